@@ -1,0 +1,42 @@
+# Two commands for a fresh Debian machine (as root):
+#   make demo   runs the agent on the embedded default config.toml
+#   make test   runs the test suite
+# Each installs what it needs (apt-get packages, a project venv in .venv) and is quick when done.
+
+PYTHON ?= python3
+VENV := .venv
+APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev rrdtool rrdcached \
+	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg iputils-ping
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint deps system-deps bench clean
+
+demo: deps
+	@scripts/demo
+
+test: deps
+	$(VENV)/bin/python -m pytest -n 2 -q
+
+lint: deps
+	$(VENV)/bin/ruff check .
+
+deps: system-deps $(STAMP)
+
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+bench: deps
+	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) data .pytest_cache

@@ -1,0 +1,114 @@
+"""The running agent: collectors on the scheduler, their batches into the sinks.
+
+This is where the parts meet: collectors produce batches; the store, the status book (and the
+alert engine and site jobs, when configured) consume them. Only this module and the CLI import
+from every package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from monitor.config import Config
+from monitor.model import Batch, CheckResult, Collector, State
+from monitor.registry import build_collectors
+from monitor.scheduler import Scheduler
+from monitor.status import StatusBook
+from monitor.store import RrdStore
+from monitor.units import format_duration
+
+log = logging.getLogger("monitor")
+
+Sink = Callable[[str, Batch], Awaitable[None]]
+
+
+def open_store(config: Config) -> RrdStore:
+    return RrdStore(
+        config.rrd_dir,
+        archives=config.storage.archives,
+        consolidations=config.storage.consolidations,
+        rrdcached=config.storage.rrdcached,
+    )
+
+
+class Agent:
+    def __init__(self, config: Config, *, only: str | None = None) -> None:
+        self.config = config
+        self.store = open_store(config)
+        self.status = StatusBook(config.state_dir / "status.json")
+        self.collectors: list[Collector] = build_collectors(config, only)
+        self.sinks: list[Sink] = []
+        self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
+        self._semaphore = asyncio.Semaphore(config.agent.concurrency)
+
+    def schedule(self) -> None:
+        for collector in self.collectors:
+            self.scheduler.add_interval(
+                collector.name, collector.interval, self._job(collector),
+                jitter=min(self.config.agent.jitter, collector.interval / 10),
+            )
+
+    def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await self.run_collector(collector)
+        return run
+
+    async def run_collector(self, collector: Collector) -> Batch:
+        started = time.monotonic()
+        try:
+            batch = await collector.collect()
+        except Exception as exc:
+            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+                                  f"collector {collector.name} could not run: {exc}")
+            await self.consume(collector, Batch(checks=[failure]))
+            raise
+        await self.consume(collector, batch)
+        problems = [c for c in batch.checks if c.state is not State.OK]
+        log.info("%s: %d value(s), %d check(s)%s in %.2f s", collector.name,
+                 len(batch.measurements), len(batch.checks),
+                 f", {len(problems)} not OK" if problems else "", time.monotonic() - started)
+        return batch
+
+    async def consume(self, collector: Collector, batch: Batch) -> None:
+        """Hand a batch to every sink; a failing sink is logged and the others still run."""
+        if batch.measurements:
+            report = await asyncio.to_thread(self.store.write, batch.measurements, collector.interval)
+            if report.errors:
+                log.error("%s: %d store error(s); first: %s", collector.name, len(report.errors),
+                          report.errors[0])
+        changes = self.status.update(batch.checks)
+        for old, new in changes:
+            log.log(logging.INFO if new.state is State.OK else logging.WARNING,
+                    "%s %s: %s%s: %s", new.target, new.check,
+                    f"{old.state.name} -> " if old else "", new.state.name, new.message)
+        try:
+            await asyncio.to_thread(self.status.save)
+        except OSError as exc:
+            log.error("cannot save check states to %s: %s", self.status.path, exc)
+        for sink in self.sinks:
+            try:
+                await sink(collector.name, batch)
+            except Exception:
+                log.exception("%s: a sink failed on this batch", collector.name)
+
+    async def collect_once(self) -> bool:
+        """Run every collector once, concurrently; True if all of them ran."""
+        async def one(collector: Collector) -> bool:
+            try:
+                await self.run_collector(collector)
+                return True
+            except Exception as exc:
+                log.error("%s failed: %s", collector.name, exc)
+                return False
+        results = await asyncio.gather(*(one(c) for c in self.collectors))
+        return all(results)
+
+    def describe_jobs(self) -> str:
+        return ", ".join(f"{c.name} every {format_duration(c.interval)}" for c in self.collectors)
+
+    async def close(self) -> None:
+        await self.scheduler.stop()
+        await asyncio.to_thread(self.store.close)

@@ -1,0 +1,188 @@
+"""The `monitor` command: the one place where config, collectors, store and jobs are wired."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from monitor import __version__
+from monitor.agent import Agent
+from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.registry import COLLECTORS
+from monitor.units import format_duration, parse_duration
+
+log = logging.getLogger("monitor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monitor",
+        description="Network and service monitoring agent: collects SNMP traffic, service checks, "
+        "disk health and reports into RRD files, draws graphs and emails alerts and digests.",
+        epilog="Config: --config, else $MONITOR_CONFIG, else ./config.toml, else "
+        "/etc/monitor/config.toml. The commented config.toml documents every key.",
+    )
+    parser.add_argument("--version", action="version", version=f"monitor {__version__}")
+    parser.add_argument("-c", "--config", type=Path, help="config file (TOML)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="run the agent in the foreground (the daemon)",
+                       description="Run every enabled collector on its interval until stopped "
+                       "(SIGTERM/SIGINT finish running jobs first; SIGHUP reloads the config).")
+    p.add_argument("--for", dest="duration", metavar="DURATION",
+                   help='stop cleanly after this long, e.g. "90s" or "10m"')
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("collect", help="run collectors once, write RRD files, exit",
+                       description="Run every enabled collector (or one) once and store the "
+                       "results. Exits 1 if any collector failed.")
+    p.add_argument("--once", action="store_true", default=True, help="run once (the default)")
+    p.add_argument("--only", metavar="NAME", choices=sorted(COLLECTORS),
+                   help="only this collector: " + ", ".join(sorted(COLLECTORS)))
+    p.set_defaults(handler=cmd_collect)
+
+    p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
+    p.set_defaults(handler=cmd_check_config)
+    return parser
+
+
+def setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    if verbose < 2:
+        for noisy in ("apscheduler", "asyncio", "matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def read_config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config or default_config_path())
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = read_config(args)
+    print(f"{config.source}: OK")
+    print(summarise(config))
+    return 0
+
+
+def summarise(config: Config) -> str:
+    from monitor.registry import build_collectors
+
+    lines = [
+        f"data directory: {config.agent.data_dir}",
+        f"RRD files:      {config.rrd_dir}"
+        + (f" (through rrdcached {config.storage.rrdcached})" if config.storage.rrdcached else ""),
+        f"web pages:      {config.html_dir}",
+        f"default interval {format_duration(config.agent.interval)}",
+    ]
+    collectors = build_collectors(config)
+    lines.append(f"jobs: {len(collectors)}")
+    for c in collectors:
+        lines.append(f"  {c.name:<12} every {format_duration(c.interval)}")
+    lines.append(f"SNMP devices: {len(config.snmp.devices)}"
+                 + "".join(f"\n  {d.name} {d.host}:{d.port} v{d.version}" for d in config.snmp.devices))
+    lines.append(f"services: {len(config.services)}"
+                 + "".join(f"\n  {s.name} ({s.kind})" for s in config.services))
+    lines.append(f"alert rules: {len(config.alerts.rules)}; digests: {len(config.digests)}; "
+                 f"contact groups: {', '.join(config.contacts) or 'none'}")
+    return "\n".join(lines)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    config = read_config(args)
+
+    async def go() -> bool:
+        agent = Agent(config, only=args.only)
+        try:
+            return await agent.collect_once()
+        finally:
+            await agent.close()
+
+    ok = asyncio.run(go())
+    print(f"RRD files in {config.rrd_dir}")
+    return 0 if ok else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    duration = parse_duration(args.duration) if args.duration else None
+    config = read_config(args)
+    return asyncio.run(run_agent(config, args, duration))
+
+
+async def run_agent(config: Config, args: argparse.Namespace, duration: float | None) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload.set)
+
+    agent = Agent(config)
+    agent.schedule()
+    agent.scheduler.start()
+    log.info("monitor %s started: %s", __version__, agent.describe_jobs() or "no jobs configured")
+    log.info("data in %s (RRD files in %s)", config.agent.data_dir, config.rrd_dir)
+    log.info("stop with Ctrl-C%s", f"; stopping by itself in {format_duration(duration)}"
+             if duration else "")
+    deadline = loop.time() + duration if duration else None
+    while not stop.is_set():
+        timeout = None if deadline is None else max(0.0, deadline - loop.time())
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(reload.wait())]
+        done, pending = await asyncio.wait(waiters, timeout=timeout,
+                                           return_when=asyncio.FIRST_COMPLETED)
+        for w in pending:
+            w.cancel()
+        if not done:
+            log.info("ran for %s; stopping", format_duration(duration or 0))
+            break
+        if reload.is_set():
+            reload.clear()
+            agent = await reload_agent(agent, args)
+    log.info("stopping: finishing running jobs")
+    await agent.close()
+    log.info("stopped")
+    return 0
+
+
+async def reload_agent(agent: Agent, args: argparse.Namespace) -> Agent:
+    """SIGHUP: load the config again; keep the running one if the new one is invalid."""
+    try:
+        config = read_config(args)
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running config: %s", exc)
+        return agent
+    await agent.close()
+    new = Agent(config)
+    new.schedule()
+    new.scheduler.start()
+    log.info("config reloaded: %s", new.describe_jobs() or "no jobs configured")
+    return new
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"monitor: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,649 @@
+"""The agent's configuration: TOML in, typed and validated dataclasses out.
+
+Every section is a dataclass; field types drive validation (see `_convert`). Errors name the
+file, the line and the key path: `config.toml:42: snmp.devices[1].port: expected an integer
+1-65535, got "abc"`. Unknown keys are errors with a "did you mean". `config.toml` at the project
+root is the commented reference for every key defined here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import socket
+import stat
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from monitor.units import parse_duration, parse_percent, parse_size
+
+# ---------------------------------------------------------------------------------------------
+# Field markers: Annotated[...] metadata that says how a TOML value becomes a Python value.
+
+
+@dataclass(frozen=True)
+class Range:
+    low: float | None = None
+    high: float | None = None
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A string that must match a regular expression; `hint` says what it should look like."""
+
+    regex: str
+    hint: str
+
+
+class _Marker:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+DURATION_MARK = _Marker("duration")
+SIZE_MARK = _Marker("size")
+PERCENT_MARK = _Marker("percent")
+PATH_MARK = _Marker("path")
+SECRET_MARK = _Marker("secret")
+
+Duration = Annotated[float, DURATION_MARK]
+Size = Annotated[int, SIZE_MARK]
+Percent = Annotated[float, PERCENT_MARK]
+ConfigPath = Annotated[Path, PATH_MARK]
+Secret = Annotated[str | None, SECRET_MARK]
+Port = Annotated[int, Range(1, 65535)]
+Name = Annotated[str, Pattern(r"^\S(.*\S)?$", "a non-empty name without leading or trailing spaces")]
+
+
+def key(toml_key: str, default: Any = dataclasses.MISSING, **kwargs: Any) -> Any:
+    """A field whose TOML key differs from its Python name (e.g. `from`)."""
+    if default is not dataclasses.MISSING:
+        kwargs["default"] = default
+    return field(metadata={"key": toml_key}, **kwargs)
+
+
+class Invalid(ValueError):
+    """Raised by a section's `validate()`; `key` is the offending sub-key (None: the section)."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+class ConfigError(Exception):
+    """A config that cannot be used. `str()` is the message a user sees."""
+
+    def __init__(self, file: str, line: int | None, key_path: str, message: str) -> None:
+        where = f"{file}:{line}" if line else file
+        text = f"{where}: {key_path}: {message}" if key_path else f"{where}: {message}"
+        super().__init__(text)
+        self.file, self.line, self.key_path, self.message = file, line, key_path, message
+
+
+# ---------------------------------------------------------------------------------------------
+# Sections. Defaults here are the agent's built-in defaults; config.toml documents each key.
+
+
+@dataclass
+class AgentConfig:
+    data_dir: ConfigPath = Path("/var/lib/monitor")
+    interval: Annotated[float, DURATION_MARK, Range(1, 86400)] = 300.0
+    jitter: Duration = 5.0
+    concurrency: Annotated[int, Range(1, 10000)] = 64
+    hostname: str = ""
+    max_backoff: Annotated[float, DURATION_MARK, Range(1, None)] = 3600.0
+
+    def validate(self) -> None:
+        if not self.hostname:
+            self.hostname = socket.gethostname()
+        if self.jitter >= self.interval:
+            raise Invalid("jitter", "must be shorter than the interval")
+
+
+@dataclass
+class StorageConfig:
+    rrd_dir: ConfigPath | None = None
+    rrdcached: str | None = None
+    # Each archive is "RESOLUTION:KEEP"; "step" is the file's base step (the job interval).
+    archives: list[str] = field(default_factory=lambda: ["step:2d", "30m:2w", "2h:9w", "1d:2y"])
+    consolidations: list[Literal["AVERAGE", "MAX", "MIN", "LAST"]] = field(
+        default_factory=lambda: ["AVERAGE", "MAX"]
+    )
+
+    def validate(self) -> None:
+        for text in self.archives:
+            resolution, _, keep = text.partition(":")
+            try:
+                if resolution != "step":
+                    parse_duration(resolution)
+                parse_duration(keep)
+            except ValueError:
+                raise Invalid(
+                    "archives", f'expected "RESOLUTION:KEEP" like "30m:2w", got {text!r}'
+                ) from None
+        if self.rrdcached and not re.match(r"^(unix:/\S+|[\w.\-\[\]:]+:\d+)$", self.rrdcached):
+            raise Invalid(
+                "rrdcached", f'expected "unix:/path/to/socket" or "host:port", got {self.rrdcached!r}'
+            )
+
+
+@dataclass
+class WebConfig:
+    html_dir: ConfigPath | None = None
+    title: str = "Network monitor"
+    base_url: str = ""
+    refresh: Duration = 300.0
+
+
+@dataclass
+class SmtpConfig:
+    host: str = "localhost"
+    port: Port = 25
+    security: Literal["none", "starttls", "tls"] = "none"
+    username: str | None = None
+    password: Secret = None
+    sender: str = key("from", "monitor@localhost")
+    timeout: Duration = 30.0
+
+
+@dataclass
+class HostConfig:
+    enabled: bool = True
+    interval: Duration | None = None
+
+
+@dataclass
+class SnmpV3Config:
+    user: str
+    auth_protocol: Literal[
+        "none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"
+    ] = "none"
+    auth_key: Secret = None
+    priv_protocol: Literal["none", "des", "aes", "aes128", "aes192", "aes256", "aes192c", "aes256c"] = (
+        "none"
+    )
+    priv_key: Secret = None
+    context: str = ""
+
+
+@dataclass
+class SnmpDevice:
+    name: Name
+    host: str
+    port: Port = 161
+    version: Literal["1", "2c", "3"] = "2c"
+    community: Secret = "public"
+    v3: SnmpV3Config | None = None
+    timeout: Annotated[float, DURATION_MARK, Range(0.1, 60)] = 2.0
+    retries: Annotated[int, Range(0, 10)] = 2
+    interval: Duration | None = None
+    identity: Literal["ifName", "ifDescr", "ifAlias", "ifIndex"] = "ifName"
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    include_admin_down: bool = False
+
+    def validate(self) -> None:
+        if self.version == "3" and self.v3 is None:
+            raise Invalid("v3", "SNMP version 3 needs a [snmp.devices.v3] table with at least user")
+
+
+@dataclass
+class SnmpConfig:
+    devices: list[SnmpDevice] = field(default_factory=list)
+    interval: Duration | None = None
+    concurrency: Annotated[int, Range(1, 1000)] = 32
+
+
+@dataclass
+class ServiceCheck:
+    name: Name
+    kind: Literal["tcp", "smtp", "imap", "pop3", "ssh", "ftp", "http", "https", "dns", "ping", "plugin"]
+    host: str = ""
+    port: Port | None = None
+    timeout: Duration = 10.0
+    interval: Duration | None = None
+
+
+@dataclass
+class DisksConfig:
+    enabled: bool = True
+    interval: Duration | None = None
+
+
+@dataclass
+class MailboxesConfig:
+    enabled: bool = False
+    interval: Duration | None = None
+
+
+@dataclass
+class MailingList:
+    name: Name
+
+
+@dataclass
+class BackupJob:
+    name: Name
+
+
+@dataclass
+class AlertRule:
+    name: Name
+
+
+@dataclass
+class AlertsConfig:
+    rules: list[AlertRule] = field(default_factory=list)
+
+
+@dataclass
+class Digest:
+    name: Name
+
+
+@dataclass
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    contacts: dict[str, list[str]] = field(default_factory=dict)
+    host: HostConfig = field(default_factory=HostConfig)
+    snmp: SnmpConfig = field(default_factory=SnmpConfig)
+    services: list[ServiceCheck] = field(default_factory=list)
+    disks: DisksConfig = field(default_factory=DisksConfig)
+    mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
+    lists: list[MailingList] = field(default_factory=list)
+    backups: list[BackupJob] = field(default_factory=list)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    digests: list[Digest] = field(default_factory=list)
+    # Not read from TOML: where the config came from and what the loader wants the user to know.
+    source: Path = field(default=Path("config.toml"), metadata={"internal": True})
+    warnings: list[str] = field(default_factory=list, metadata={"internal": True})
+
+    def validate(self) -> None:
+        if self.storage.rrd_dir is None:
+            self.storage.rrd_dir = self.agent.data_dir / "rrd"
+        if self.web.html_dir is None:
+            self.web.html_dir = self.agent.data_dir / "html"
+        names = [s.name for s in self.services]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise Invalid("services", f"two services are named {name!r}; names must be unique")
+        devices = [d.name for d in self.snmp.devices]
+        for i, name in enumerate(devices):
+            if name in devices[:i]:
+                raise Invalid("snmp", f"two SNMP devices are named {name!r}; names must be unique")
+
+    @property
+    def rrd_dir(self) -> Path:
+        assert self.storage.rrd_dir is not None
+        return self.storage.rrd_dir
+
+    @property
+    def html_dir(self) -> Path:
+        assert self.web.html_dir is not None
+        return self.web.html_dir
+
+    @property
+    def state_dir(self) -> Path:
+        return self.agent.data_dir / "state"
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def default_config_path(environ: typing.Mapping[str, str] | None = None) -> Path:
+    """$MONITOR_CONFIG, else ./config.toml, else /etc/monitor/config.toml."""
+    environ = os.environ if environ is None else environ
+    if environ.get("MONITOR_CONFIG"):
+        return Path(environ["MONITOR_CONFIG"])
+    local = Path("config.toml")
+    return local if local.exists() else Path("/etc/monitor/config.toml")
+
+
+def load_config(path: str | os.PathLike[str], environ: typing.Mapping[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file; raises ConfigError with file:line: key: message."""
+    path = Path(path)
+    display = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            display, None, "", "no such file; pass --config PATH or set MONITOR_CONFIG"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(display, None, "", f"cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(display, line, "", "not valid UTF-8") from None
+    return parse_config(text, display, base_dir=path.resolve().parent, environ=environ,
+                        readable_by_others=_readable_by_others(path))
+
+
+def parse_config(
+    text: str,
+    display: str = "config.toml",
+    *,
+    base_dir: Path | None = None,
+    environ: typing.Mapping[str, str] | None = None,
+    readable_by_others: bool = False,
+) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        msg = str(exc)
+        match = re.search(r"\(at line (\d+), column \d+\)", msg)
+        line = int(match.group(1)) if match else None
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", msg)
+        raise ConfigError(display, line, "", f"invalid TOML: {msg}") from None
+    ctx = _Context(
+        display=display,
+        lines=_locate_keys(text),
+        base_dir=base_dir or Path.cwd(),
+        environ=os.environ if environ is None else environ,
+        readable_by_others=readable_by_others,
+    )
+    config = _convert(data, Config, (), ctx)
+    config.source = Path(display)
+    config.warnings = ctx.warnings
+    return config
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH))
+    except OSError:
+        return False
+
+
+@dataclass
+class _Context:
+    display: str
+    lines: dict[tuple[str | int, ...], int]
+    base_dir: Path
+    environ: typing.Mapping[str, str]
+    readable_by_others: bool
+    warnings: list[str] = field(default_factory=list)
+
+    def line(self, path: tuple[str | int, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+    def error(self, path: tuple[str | int, ...], message: str) -> ConfigError:
+        return ConfigError(self.display, self.line(path), _format_path(path), message)
+
+
+def _format_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return repr(value)
+
+
+def _split_annotated(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    if typing.get_origin(tp) is Annotated:
+        return tp.__origin__, tp.__metadata__
+    return tp, ()
+
+
+def _convert(value: Any, tp: Any, path: tuple[str | int, ...], ctx: _Context) -> Any:
+    base, marks = _split_annotated(tp)
+    origin = typing.get_origin(base)
+
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(base) if a is not type(None)]
+        if len(options) == 1:
+            inner = Annotated[(options[0], *marks)] if marks else options[0]
+            return _convert(value, inner, path, ctx)
+        raise TypeError(f"unsupported union {base}")
+
+    if dataclasses.is_dataclass(base):
+        if not isinstance(value, dict):
+            raise ctx.error(path, f"expected a table, got {_describe(value)}")
+        return _convert_dataclass(value, base, path, ctx)
+
+    if origin is list:
+        if not isinstance(value, list):
+            raise ctx.error(path, f"expected an array, got {_describe(value)}")
+        (item_type,) = typing.get_args(base)
+        return [_convert(item, item_type, (*path, i), ctx) for i, item in enumerate(value)]
+
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ctx.error(path, f"expected a table, got {_describe(value)}")
+        _, value_type = typing.get_args(base)
+        return {k: _convert(v, value_type, (*path, k), ctx) for k, v in value.items()}
+
+    if origin is Literal:
+        allowed = typing.get_args(base)
+        if value not in allowed:
+            choices = ", ".join(f'"{a}"' for a in allowed)
+            hint = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=1)
+            extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+            raise ctx.error(path, f"expected one of {choices}, got {_describe(value)}{extra}")
+        return value
+
+    try:
+        result = _convert_scalar(value, base, marks, ctx)
+    except ValueError as exc:
+        raise ctx.error(path, str(exc)) from None
+    for mark in marks:
+        if isinstance(mark, Range):
+            _check_range(result, mark, base, value, path, ctx)
+        elif isinstance(mark, Pattern) and not re.match(mark.regex, result):
+            raise ctx.error(path, f"expected {mark.hint}, got {_describe(value)}")
+    return result
+
+
+def _convert_scalar(value: Any, base: Any, marks: tuple[Any, ...], ctx: _Context) -> Any:
+    if DURATION_MARK in marks:
+        return parse_duration(value)
+    if SIZE_MARK in marks:
+        return parse_size(value)
+    if PERCENT_MARK in marks:
+        return parse_percent(value)
+    if PATH_MARK in marks:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"expected a path, got {_describe(value)}")
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else ctx.base_dir / path
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_describe(value)}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer{_range_text(marks)}, got {_describe(value)}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"expected a number{_range_text(marks)}, got {_describe(value)}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {_describe(value)}")
+        return value
+    if base is Any:
+        return value
+    raise TypeError(f"unsupported config type {base!r}")
+
+
+def _range_text(marks: tuple[Any, ...]) -> str:
+    for mark in marks:
+        if isinstance(mark, Range):
+            if mark.low is not None and mark.high is not None:
+                return f" {mark.low:g}-{mark.high:g}"
+            if mark.low is not None:
+                return f" >= {mark.low:g}"
+            if mark.high is not None:
+                return f" <= {mark.high:g}"
+    return ""
+
+
+def _check_range(result: Any, mark: Range, base: Any, raw: Any, path: tuple, ctx: _Context) -> None:
+    too_low = mark.low is not None and result < mark.low
+    too_high = mark.high is not None and result > mark.high
+    if too_low or too_high:
+        what = "an integer" if base is int else "a value"
+        raise ctx.error(path, f"expected {what}{_range_text((mark,))}, got {_describe(raw)}")
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """TOML key -> (field, resolved type), for the fields a user may set."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        out[f.metadata.get("key", f.name)] = (f, hints[f.name])
+    return out
+
+
+def _is_secret(tp: Any) -> bool:
+    return SECRET_MARK in _split_annotated(tp)[1]
+
+
+def _convert_dataclass(data: dict, cls: type, path: tuple[str | int, ...], ctx: _Context) -> Any:
+    fields = _fields(cls)
+    known = set(fields)
+    for name, (_, tp) in fields.items():
+        if _is_secret(tp):
+            known |= {f"{name}_file", f"{name}_env"}
+    for k in data:
+        if k not in known:
+            hint = difflib.get_close_matches(k, sorted(known), n=1, cutoff=0.6)
+            extra = f' (did you mean "{hint[0]}"?)' if hint else ""
+            raise ctx.error((*path, k), f"unknown key{extra}")
+
+    kwargs: dict[str, Any] = {}
+    for name, (f, tp) in fields.items():
+        if _is_secret(tp):
+            secret = _read_secret(data, name, (*path, name), ctx)
+            if secret is not None:
+                kwargs[f.name] = secret
+            continue
+        if name in data:
+            kwargs[f.name] = _convert(data[name], tp, (*path, name), ctx)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ctx.error(path, f'missing required key "{name}"')
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except Invalid as exc:
+            raise ctx.error((*path, exc.key) if exc.key else path, exc.message) from None
+    return obj
+
+
+def _read_secret(data: dict, name: str, path: tuple[str | int, ...], ctx: _Context) -> str | None:
+    given = [k for k in (name, f"{name}_file", f"{name}_env") if k in data]
+    if len(given) > 1:
+        raise ctx.error(path, f"set only one of {', '.join(given)}")
+    if not given:
+        return None
+    k = given[0]
+    value = data[k]
+    where = (*path[:-1], k)
+    if not isinstance(value, str):
+        raise ctx.error(where, f"expected a string, got {_describe(value)}")
+    if k.endswith("_file"):
+        file = Path(value).expanduser()
+        file = file if file.is_absolute() else ctx.base_dir / file
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ctx.error(where, f"cannot read secret file {file}: {exc.strerror}") from None
+    if k.endswith("_env"):
+        if value not in ctx.environ:
+            raise ctx.error(where, f"environment variable {value} is not set")
+        return ctx.environ[value]
+    if ctx.readable_by_others:
+        ctx.warnings.append(
+            f"{ctx.display}:{ctx.line(where) or '?'}: {_format_path(where)}: inline secret in a "
+            f"file other users can read; use {name}_file or {name}_env, or chmod 600 the config"
+        )
+    return value
+
+
+_BARE_OR_QUOTED = r"""(?:[A-Za-z0-9_\-]+|"[^"]*"|'[^']*')"""
+_KEY_LINE = re.compile(rf"^\s*({_BARE_OR_QUOTED}(?:\s*\.\s*{_BARE_OR_QUOTED})*)\s*=")
+_TABLE = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    parts = re.findall(r"""[A-Za-z0-9_\-]+|"[^"]*"|'[^']*'""", text)
+    return tuple(p[1:-1] if p[:1] in "\"'" else p for p in parts)
+
+
+def _locate_keys(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map each key path to the line that sets it (tomllib does not report positions).
+
+    Handles tables, arrays of tables (with their index in the path), dotted keys and skips the
+    inside of multi-line strings; anything subtler falls back to the enclosing table's line.
+    """
+    lines: dict[tuple[str | int, ...], int] = {}
+    array_index: dict[tuple[str | int, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    in_multiline: str | None = None
+    for number, line in enumerate(text.splitlines(), 1):
+        if in_multiline:
+            if line.count(in_multiline) % 2 == 1:
+                in_multiline = None
+            continue
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        header = _TABLE.match(line)
+        if header and not _KEY_LINE.match(line):
+            keys = _split_key(header.group(2))
+            resolved: tuple[str | int, ...] = ()
+            for i, k in enumerate(keys):
+                resolved = (*resolved, k)
+                is_last = i == len(keys) - 1
+                if is_last and header.group(1) == "[[":
+                    array_index[resolved] = array_index.get(resolved, -1) + 1
+                    resolved = (*resolved, array_index[resolved])
+                elif not is_last and resolved in array_index:
+                    resolved = (*resolved, array_index[resolved])
+                lines.setdefault(resolved[:-1] if isinstance(resolved[-1], int) else resolved, number)
+            table = resolved
+            lines[table] = number
+            continue
+        match = _KEY_LINE.match(line)
+        if match:
+            lines[(*table, *_split_key(match.group(1)))] = number
+            rest = line[match.end():]
+            for quote in ('"""', "'''"):
+                if rest.count(quote) % 2 == 1:
+                    in_multiline = quote
+    return lines

@@ -1,0 +1,120 @@
+"""The small core types every part of the agent shares.
+
+A collector produces a `Batch` of `Measurement`s and `CheckResult`s; the store, the status
+book, the alert engine and the digests consume them. Nothing here knows about SNMP, RRD,
+HTML or email.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
+from typing import Protocol, runtime_checkable
+
+
+class Kind(StrEnum):
+    """How a value is turned into a rate (if at all) by the store.
+
+    GAUGE: the value itself (temperature, a rate the collector computed).
+    COUNTER: an ever-increasing counter that may wrap; the store keeps its rate per second.
+    DERIVE: like COUNTER, but a decrease is a reset (unknown), never a wrap.
+    """
+
+    GAUGE = "GAUGE"
+    COUNTER = "COUNTER"
+    DERIVE = "DERIVE"
+
+
+class State(IntEnum):
+    """Nagios' vocabulary; the integer values are the plugin exit codes."""
+
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+    UNKNOWN = 3
+
+    @property
+    def severity(self) -> int:
+        """Ordering for "worst first": CRITICAL > UNKNOWN > WARNING > OK."""
+        return {State.OK: 0, State.WARNING: 1, State.UNKNOWN: 2, State.CRITICAL: 3}[self]
+
+    @classmethod
+    def worst(cls, states: Iterable[State]) -> State:
+        return max(states, key=lambda s: s.severity, default=State.OK)
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """One value of one metric of one instance of one target at one time.
+
+    target: the monitored thing ("dmz-router", "mail.example.net", "localhost").
+    instance: the part of it ("eth0", "/var", "smtp"); "" when the target has no parts.
+    metric: the quantity, with its unit in the name ("in_octets", "response_seconds").
+    maximum: an upper bound the store may use to reject impossible values (link speed).
+    """
+
+    target: str
+    instance: str
+    metric: str
+    value: float | None
+    kind: Kind = Kind.GAUGE
+    unit: str = ""
+    timestamp: float = field(default_factory=time.time)
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The verdict of one check: a state, a one-line message for a human, and its evidence."""
+
+    target: str
+    check: str
+    state: State
+    message: str
+    measurements: tuple[Measurement, ...] = ()
+    timestamp: float = field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}/{self.check}"
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one run of one collector produced."""
+
+    measurements: list[Measurement] = field(default_factory=list)
+    checks: list[CheckResult] = field(default_factory=list)
+
+    def add(self, item: Measurement | CheckResult | Batch) -> None:
+        if isinstance(item, Measurement):
+            self.measurements.append(item)
+        elif isinstance(item, CheckResult):
+            self.checks.append(item)
+            self.measurements.extend(item.measurements)
+        else:
+            self.measurements.extend(item.measurements)
+            self.checks.extend(item.checks)
+
+    def extend(self, items: Iterable[Measurement | CheckResult | Batch]) -> None:
+        for item in items:
+            self.add(item)
+
+
+@runtime_checkable
+class Collector(Protocol):
+    """What the scheduler runs: one job with a name, an interval and an async collect().
+
+    Each collector module has one entry point, `build(config) -> list[Collector]`, that reads its
+    own config section without touching the network. `collect()` must not raise for one bad
+    target: a dead device or a closed port is a CheckResult, not an exception. An exception means
+    "the whole collector could not run" and is reported (and backed off) by the scheduler.
+    """
+
+    name: str
+    interval: float
+
+    async def collect(self) -> Batch: ...

@@ -1,0 +1,149 @@
+"""Runs jobs on a clock: APScheduler underneath, with the policies an agent needs on top.
+
+- a job never runs twice at once; a run that outlasts its interval is logged and counted;
+- a job that fails backs off (interval x 2, x 4, ... up to `max_backoff`), and recovers at once;
+- `stop()` lets in-flight runs finish (so writes complete) before it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC
+
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+log = logging.getLogger(__name__)
+
+JobFunction = Callable[[], Awaitable[object]]
+
+
+@dataclass
+class JobStats:
+    runs: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    overruns: int = 0
+    skipped_backoff: int = 0
+    last_duration: float = 0.0
+    last_error: str = ""
+    backoff_until: float = 0.0
+
+
+@dataclass
+class _Job:
+    name: str
+    function: JobFunction
+    interval: float | None
+    stats: JobStats = field(default_factory=JobStats)
+
+
+class Scheduler:
+    def __init__(self, *, max_backoff: float = 3600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        self._jobs: dict[str, _Job] = {}
+        self._running: set[asyncio.Task] = set()
+        self._max_backoff = max_backoff
+        self._clock = clock
+
+    def add_interval(self, name: str, interval: float, function: JobFunction, *,
+                     jitter: float = 0.0, run_now: bool = True) -> None:
+        job = _Job(name, function, interval)
+        self._jobs[name] = job
+        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None)
+        self._scheduler.add_job(
+            self._run, trigger, args=[job], id=name, name=name,
+            misfire_grace_time=max(1, int(interval)),
+            **({"next_run_time": _now()} if run_now else {}),
+        )
+
+    def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
+        job = _Job(name, function, None)
+        self._jobs[name] = job
+        self._scheduler.add_job(self._run, CronTrigger.from_crontab(expression), args=[job],
+                                id=name, name=name, misfire_grace_time=3600)
+
+    def remove_all(self) -> None:
+        self._scheduler.remove_all_jobs()
+        self._jobs.clear()
+
+    def stats(self) -> dict[str, JobStats]:
+        return {name: job.stats for name, job in self._jobs.items()}
+
+    def start(self) -> None:
+        self._scheduler.start()
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """Stop starting runs; wait (up to `timeout`) for the ones in flight to finish."""
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+        if self._running:
+            log.info("waiting for %d running job(s) to finish", len(self._running))
+            _, pending = await asyncio.wait(set(self._running), timeout=timeout)
+            for task in pending:
+                task.cancel()
+
+    async def run_once(self, name: str) -> bool:
+        """Run a job now, outside the clock (for `collect --once`); True if it succeeded."""
+        job = self._jobs[name]
+        await self._run(job, honour_backoff=False)
+        return job.stats.consecutive_failures == 0
+
+    async def _run(self, job: _Job, honour_backoff: bool = True) -> None:
+        stats = job.stats
+        if honour_backoff and self._clock() < stats.backoff_until:
+            stats.skipped_backoff += 1
+            return
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        started = self._clock()
+        try:
+            await job.function()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a job's failure must never stop the agent
+            stats.failures += 1
+            stats.consecutive_failures += 1
+            stats.last_error = f"{type(exc).__name__}: {exc}"
+            delay = 0.0
+            if job.interval:
+                delay = min(self._max_backoff, job.interval * 2 ** (stats.consecutive_failures - 1))
+                stats.backoff_until = self._clock() + delay
+            log.error("job %s failed (%s); %s", job.name, stats.last_error,
+                      f"next attempt in {delay:.0f} s or later" if delay else "will run again")
+            log.debug("job %s traceback", job.name, exc_info=True)
+        else:
+            if stats.consecutive_failures:
+                log.info("job %s works again after %d failure(s)", job.name,
+                         stats.consecutive_failures)
+            stats.consecutive_failures = 0
+            stats.backoff_until = 0.0
+        finally:
+            stats.runs += 1
+            stats.last_duration = self._clock() - started
+            if job.interval and stats.last_duration > job.interval:
+                log.warning("job %s took %.1f s, longer than its %.0f s interval", job.name,
+                            stats.last_duration, job.interval)
+            if task is not None:
+                self._running.discard(task)
+
+    def _on_max_instances(self, event: JobExecutionEvent) -> None:
+        job = self._jobs.get(event.job_id)
+        if job is not None:
+            job.stats.overruns += 1
+            log.warning("job %s is still running from its previous turn; this turn is skipped "
+                        "(overrun #%d)", job.name, job.stats.overruns)
+
+
+def _now():
+    from datetime import datetime
+
+    return datetime.now(UTC)
