@@ -214,10 +214,77 @@ class ServiceCheck:
     interval: Duration | None = None
 
 
+# Pseudo and read-only image file systems that are never worth a usage check.
+DEFAULT_EXCLUDED_FS_TYPES = [
+    "tmpfs", "devtmpfs", "ramfs", "overlay", "squashfs", "proc", "sysfs", "devpts", "securityfs",
+    "cgroup*", "pstore", "bpf", "debugfs", "tracefs", "configfs", "fusectl", "mqueue",
+    "hugetlbfs", "autofs", "binfmt_misc", "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs", "nfsd",
+    "iso9660", "fuse.lxcfs", "fuse.gvfsd-fuse", "fuse.portal",
+]
+# A SMART device as `smartctl --scan` prints it: "/dev/sda" or "/dev/sda -d sat".
+SMART_DEVICE_RE = re.compile(r"^(/dev/[A-Za-z0-9/_.:+-]+)(?:\s+-d\s+([A-Za-z0-9_,+-]+))?$")
+
+
+def parse_smart_device(text: str) -> tuple[str, str | None]:
+    """(device path, smartctl -d type or None) from "/dev/sda" or "/dev/sda -d sat".
+
+    The path goes into smartctl's argv, so it is held to a strict form: under /dev, no "..",
+    no spaces or shell characters (argv lists are used anyway; this keeps names sane).
+    """
+    match = SMART_DEVICE_RE.match(text.split("#", 1)[0].strip())
+    if not match or "/." in match.group(1):
+        raise ValueError(
+            f'expected a device like "/dev/sda" or "/dev/sda -d sat", got {text!r}'
+        )
+    return match.group(1), match.group(2)
+
+
 @dataclass
 class DisksConfig:
     enabled: bool = True
     interval: Duration | None = None
+    # Usage per mount point. Patterns are shell patterns (fnmatch) on the mount point.
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    exclude_fs_types: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDED_FS_TYPES))
+    usage_warning: Percent = 85.0
+    usage_critical: Percent = 95.0
+    inodes_warning: Percent = 85.0
+    inodes_critical: Percent = 95.0
+    statvfs_timeout: Annotated[float, DURATION_MARK, Range(0.1, 600)] = 5.0
+    mounts: ConfigPath = Path("/proc/self/mounts")
+    # Disk I/O counters (psutil).
+    io: bool = True
+    io_exclude: list[str] = field(default_factory=lambda: ["loop*", "ram*", "zram*", "sr*", "fd*"])
+    io_partitions: bool = False
+    # SMART through smartctl.
+    smart: Any = "auto"
+    smartctl: ConfigPath = Path("/usr/sbin/smartctl")
+    smart_timeout: Annotated[float, DURATION_MARK, Range(1, 600)] = 60.0
+    smart_rescan: Duration = 3600.0
+    smart_temperature_warning: Annotated[float, Range(0, 150)] = 60.0
+    smart_temperature_critical: Annotated[float, Range(0, 150)] = 70.0
+    smart_wear_warning: Percent = 90.0
+    smart_growth_hold: Duration = 86400.0
+    # Linux software RAID.
+    mdstat: ConfigPath = Path("/proc/mdstat")
+
+    def validate(self) -> None:
+        for low, high in (("usage_warning", "usage_critical"), ("inodes_warning", "inodes_critical"),
+                          ("smart_temperature_warning", "smart_temperature_critical")):
+            if getattr(self, low) > getattr(self, high):
+                raise Invalid(low, f"must not be above {high} ({getattr(self, high):g})")
+        if self.smart is False or self.smart == "off":
+            self.smart = "off"
+        elif self.smart != "auto":
+            if not isinstance(self.smart, list) or not all(isinstance(d, str) for d in self.smart):
+                raise Invalid("smart", '"auto", "off" or a list of devices like ["/dev/sda", '
+                              f'"/dev/sdb -d sat"], got {self.smart!r}')
+            for text in self.smart:
+                try:
+                    parse_smart_device(text)
+                except ValueError as exc:
+                    raise Invalid("smart", str(exc)) from None
 
 
 @dataclass
