@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 _SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
 _MAX_NAME = 96
-_PENDING_ROWS_PER_FILE = 10_000
+_PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
 
 
 def safe_name(name: str) -> str:
@@ -122,8 +122,10 @@ def _ds_definition(name: str, m: Measurement, step: int) -> str:
     if m.kind is Kind.GAUGE:
         kind, low = "GAUGE", m.minimum
     elif m.kind is Kind.COUNTER and m.maximum is not None:
-        # With a known maximum rate, rrdtool's COUNTER gives exact 32/64-bit wraps and a reset
-        # (which looks like a huge wrap) lands above the maximum: unknown, not a spike.
+        # With a known maximum rate, rrdtool's COUNTER handles 32/64-bit wraps (in doubles, so
+        # only approximately near 2**64) and a reset, which looks like a huge wrap, lands above
+        # the maximum: unknown, not a spike. Collectors that need exact counter math (SNMP)
+        # compute rates themselves and store GAUGEs.
         kind, low = "COUNTER", 0
     else:
         # Without a maximum, a decrease must be a reset: DERIVE with min 0 makes it unknown.
@@ -160,9 +162,12 @@ class RrdStore:
         self.rrdcached = rrdcached
         self._lock = threading.RLock()
         self._files: dict[Path, _FileState] = {}
-        self._pending: dict[Path, list[tuple[int, dict[str, float | None]]]] = {}
+        # Samples a failed write could not store (full disk, daemon down, corrupt file moved
+        # aside): they go in front of the next batch, so nothing accepted is lost.
+        self._pending: dict[Path, list[Measurement]] = {}
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
+        self._originals: dict[Path, list[Measurement]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_index()
 
@@ -232,24 +237,28 @@ class RrdStore:
         step = max(1, round(step))
         rows: dict[Path, dict[int, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
         samples: dict[Path, dict[str, Measurement]] = defaultdict(dict)
-        for m in measurements:
+        originals: dict[Path, list[Measurement]] = defaultdict(list)
+        with self._lock:
+            retry = [m for kept in self._pending.values() for m in kept]
+            self._pending.clear()
+        for m in [*retry, *measurements]:
             path = self.path_for(m.target, m.instance)
             value = m.value
             if value is not None and m.kind is not Kind.GAUGE and math.isfinite(value):
                 value = round(value)  # rrdtool counters take integers only
             rows[path][int(m.timestamp)][m.metric] = value
             samples[path].setdefault(m.metric, m)
+            originals[path].append(m)
         with self._lock:
+            self._originals = originals
             batch: list[tuple[_FileState, list[tuple[int, dict[str, float | None]]]]] = []
             for path, by_time in rows.items():
                 try:
                     state = self._prepare(path, samples[path], step, min(by_time), report)
                 except (rrdtool.OperationalError, OSError) as exc:
-                    report.errors.append(f"{path}: cannot create: {exc}")
+                    self._keep(path, f"cannot create ({exc})", report)
                     continue
-                pending = self._pending.pop(path, [])
-                ordered = pending + sorted(by_time.items())
-                fresh = self._drop_old(state, ordered, report)
+                fresh = self._drop_old(state, sorted(by_time.items()), report)
                 if fresh:
                     batch.append((state, fresh))
             if self._daemon is not None:
@@ -366,13 +375,17 @@ class RrdStore:
                                      f"aside: {exc}")
             self._files.pop(path, None)
             self._index_dirty = True
+            self._keep(path, None, report)
         else:
-            # Full disk, permissions, a busy daemon: keep the rows and try again next time.
-            kept = self._pending.setdefault(path, [])
-            kept.extend(rows)
-            del kept[:-_PENDING_ROWS_PER_FILE]
-            report.errors.append(f"{path}: update failed ({error}); {len(kept)} sample(s) kept "
-                                 "for the next attempt")
+            # Full disk, permissions, a busy daemon: keep the samples and try again next time.
+            self._keep(path, f"update failed ({error})", report)
+
+    def _keep(self, path: Path, error: str | None, report: WriteReport) -> None:
+        kept = self._pending.setdefault(path, [])
+        kept.extend(self._originals.get(path, []))
+        del kept[:-_PENDING_PER_FILE]
+        if error:
+            report.errors.append(f"{path}: {error}; {len(kept)} value(s) kept for the next attempt")
 
     @staticmethod
     def _is_corrupt(path: Path) -> bool:
@@ -399,12 +412,10 @@ class RrdStore:
         try:
             errors = self._daemon.batch(commands)
         except OSError as exc:
-            for state, rows in batch:
-                kept = self._pending.setdefault(state.info.path, [])
-                kept.extend(rows)
-                del kept[:-_PENDING_ROWS_PER_FILE]
-            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; {len(batch)} file(s) kept "
-                                 "for the next attempt")
+            for state, _ in batch:
+                self._keep(state.info.path, None, report)
+            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(batch)} "
+                                 "file(s) kept for the next attempt")
             return
         for i, (state, rows) in enumerate(batch, 1):
             if i in errors:
