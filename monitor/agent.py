@@ -58,8 +58,17 @@ class Agent:
 
     async def run_collector(self, collector: Collector) -> Batch:
         started = time.monotonic()
+        # A run may overrun its interval (logged and counted), but one that hangs for several
+        # intervals is cut off, or its job would never run again.
+        limit = max(3 * collector.interval, 30.0)
         try:
-            batch = await collector.collect()
+            batch = await asyncio.wait_for(collector.collect(), timeout=limit)
+        except TimeoutError:
+            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+                                  f"collector {collector.name} did not finish within {limit:.0f} s "
+                                  "and was stopped; check the targets it polls")
+            await self.consume(collector, Batch(checks=[failure]))
+            raise
         except Exception as exc:
             failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
                                   f"collector {collector.name} could not run: {exc}")
