@@ -74,11 +74,14 @@ class Agent:
                                   f"collector {collector.name} could not run: {exc}")
             await self.consume(collector, Batch(checks=[failure]))
             raise
-        await self.consume(collector, batch)
+        elapsed = time.monotonic() - started
         problems = [c for c in batch.checks if c.state is not State.OK]
-        log.info("%s: %d value(s), %d check(s)%s in %.2f s", collector.name,
-                 len(batch.measurements), len(batch.checks),
-                 f", {len(problems)} not OK" if problems else "", time.monotonic() - started)
+        summary = (f"{len(batch.measurements)} value(s), {len(batch.checks)} check(s)"
+                   f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
+        batch.checks.append(CheckResult("agent", f"collector {collector.name}", State.OK,
+                                        f"collector {collector.name} ran: {summary}"))
+        await self.consume(collector, batch)
+        log.info("%s: %s", collector.name, summary)
         return batch
 
     async def consume(self, collector: Collector, batch: Batch) -> None:

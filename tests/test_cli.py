@@ -48,7 +48,7 @@ def test_collect_once_writes_rrd_files(tmp_path: Path, write_config):
     metrics = {m for f in index["files"].values() for m in f["metrics"]}
     assert {"load1", "memory_used_bytes", "in_octets"} <= metrics
     status = json.loads((tmp_path / "data/state/status.json").read_text())
-    assert status["checks"][0]["check"] == "host"
+    assert {c["check"] for c in status["checks"]} == {"host", "collector host"}
 
 
 def test_bad_config_exits_2_with_location(tmp_path: Path, write_config):
