@@ -154,6 +154,8 @@ class SmtpConfig:
     password: Secret = None
     sender: str = key("from", "monitor@localhost")
     timeout: Duration = 30.0
+    # A CA bundle for a relay with a private CA (default: the system's trusted CAs).
+    ca_file: ConfigPath | None = None
 
 
 @dataclass
