@@ -188,7 +188,8 @@ def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageT
 
     ms = [m("used_bytes", used, "B"), m("free_bytes", avail, "B"), m("size_bytes", size, "B"),
           m("used_percent", used_pct, "%", 100)]
-    state = _state(used_pct, limits.usage_warning, limits.usage_critical)
+    state = bytes_state = _state(used_pct, limits.usage_warning, limits.usage_critical)
+    inode_state = State.OK
     parts = [f"{used_pct:.1f}% used ({format_bytes(used)} of {format_bytes(usable)}, "
              f"{format_bytes(avail)} free)"]
     # Some file systems (btrfs, vfat, many network ones) have no fixed inode table: f_files 0.
@@ -202,9 +203,10 @@ def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageT
         parts.append(f"inodes {inodes_pct:.1f}% used ({st.f_favail} free)")
         if inode_state.severity > state.severity:
             state = inode_state
-    if state is not State.OK:
-        limit_text = (f"warning at {limits.usage_warning:g}%, critical at {limits.usage_critical:g}%")
-        parts.append(limit_text)
+    if bytes_state is not State.OK:
+        parts.append(f"space warns at {limits.usage_warning:g}%, critical at {limits.usage_critical:g}%")
+    if inode_state is not State.OK:
+        parts.append(f"inodes warn at {limits.inodes_warning:g}%, critical at {limits.inodes_critical:g}%")
     message = f"{mount.mountpoint} ({mount.fstype}): " + ", ".join(parts)
     return CheckResult(target, f"disk {mount.mountpoint}", state, message, tuple(ms), now)
 

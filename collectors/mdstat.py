@@ -116,7 +116,7 @@ def array_check(target: str, array: MdArray, now: float) -> CheckResult:
         m("degraded", 1 if array.degraded else 0),
         m("sync_progress_percent", array.progress, "%", 100),
     )
-    what = f"{array.name} ({array.level or 'md'})"
+    what = f"{array.name} ({array.level})" if array.level else array.name
     shape = (f" [{array.wanted}/{array.working}] [{array.slots}]"
              if array.wanted is not None else "")
     details = []
@@ -138,8 +138,9 @@ def array_check(target: str, array: MdArray, now: float) -> CheckResult:
     elif array.degraded:
         missing = (array.wanted or 0) - (array.working or 0)
         state = State.CRITICAL
-        text = (f"{what} is DEGRADED{shape}: {missing} of {array.wanted} disk(s) missing"
-                f"{tail}; replace the failed disk")
+        advice = ("a rebuild is running" if array.action == "recovery"
+                  else "replace the failed disk (mdadm --add)")
+        text = f"{what} is DEGRADED{shape}: {missing} of {array.wanted} disk(s) missing{tail}; {advice}"
     elif array.action in ("resync", "recovery", "reshape", "repair") or array.pending:
         state, text = State.WARNING, f"{what} is not in sync yet{shape}{tail}"
     elif array.failed:

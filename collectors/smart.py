@@ -124,9 +124,11 @@ def _messages(data: dict | None) -> list[str]:
 
 
 def _privilege_hint() -> str:
-    who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()}"
-    return (f"SMART needs raw access to the disk (the agent runs as {who}); run it as root "
-            "or with CAP_SYS_RAWIO and access to the device")
+    if os.geteuid() == 0:
+        return ("SMART needs raw access to the disk, which even root lacks here (a container "
+                "without the device, or a restricted VM?)")
+    return (f"SMART needs raw access to the disk and the agent runs as uid {os.geteuid()}; run "
+            "it as root or with CAP_SYS_RAWIO and read access to the device")
 
 
 def scan_result(target: str, status: int, data: dict | None, stderr: str, smartctl: str,
@@ -206,9 +208,12 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
 
     messages = _messages(data)
     detail = "; ".join(messages) or (stderr.strip().splitlines() or [""])[0]
-    if status & 0x01 or data is None:
-        return result(State.UNKNOWN, f"smartctl failed on {device.label} (exit {status}: "
-                      f"{detail or 'no JSON output'}); smartmontools 7 or later is needed"), previous
+    if data is None:
+        return result(State.UNKNOWN, f"smartctl printed no JSON for {device.label} (exit {status}: "
+                      f"{detail or 'no output'}); smartmontools 7 or later is needed"), previous
+    if status & 0x01:
+        return result(State.UNKNOWN, f"smartctl refused {device.label} (exit {status}: "
+                      f"{detail or EXIT_BITS[0]}); check the device name and its -d type"), previous
     if status & 0x02:
         if any("mode, exit(" in m or "STANDBY" in m or "SLEEP" in m for m in messages):
             return result(State.OK, f"{device.label} is spun down ({detail}); not woken, "
@@ -277,6 +282,17 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
             problems.append((State.WARNING, f"media errors {grew}"))
         facts += [f"{used}% endurance used" if used is not None else "",
                   f"{media} media errors" if media is not None else ""]
+    elif protocol == "SCSI":
+        # SAS/SCSI disks have no attribute table; the grown defect list is their reallocation count.
+        grown = data.get("scsi_grown_defect_list")
+        ms.append(m("grown_defects", grown))
+        entry, grew = _growth(previous, "grown_defects", grown if isinstance(grown, int) else None,
+                              now, limits.growth_hold)
+        if entry is not None:
+            history["grown_defects"] = entry
+        if grew:
+            problems.append((State.WARNING, f"grown defect list {grew}"))
+        facts.append(f"{grown} grown defects" if grown is not None else "")
     else:
         reallocated, pending, uncorrectable = _raw(attrs, 5), _raw(attrs, 197), _raw(attrs, 198)
         ms += [m("reallocated_sectors", reallocated), m("pending_sectors", pending),
@@ -427,7 +443,7 @@ class SmartCollector:
         results = list(await asyncio.gather(*(one(d) for d in devices)))
         # Clears an earlier "smartctl missing / no disks" UNKNOWN once SMART works.
         results.append(CheckResult(self.target, "smart", State.OK,
-                                   f"smartctl reads {len(devices)} disk(s): "
+                                   f"smartctl checks {len(devices)} disk(s): "
                                    + ", ".join(d.label for d in devices), timestamp=now))
         if json.dumps(self.history.disks, sort_keys=True) != before:
             try:

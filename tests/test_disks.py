@@ -376,7 +376,7 @@ async def test_smart_auto_scan(tmp_path):
     collector = smart_collector(tmp_path, script, None)
     checks = {c.check: c for c in await collector.collect()}
     assert set(checks) == {"smart", "smart /dev/sda -d sat", "smart /dev/nvme0 -d nvme"}
-    assert checks["smart"].message == "smartctl reads 2 disk(s): /dev/sda -d sat, /dev/nvme0 -d nvme"
+    assert checks["smart"].message == "smartctl checks 2 disk(s): /dev/sda -d sat, /dev/nvme0 -d nvme"
     await collector.collect()  # the scan is cached
     runs = log.read_text().splitlines()
     assert runs.count("--scan-open --json") == 1
