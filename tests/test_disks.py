@@ -532,3 +532,16 @@ mdstat = "{tmp_path / 'mdstat'}"
 def test_missing_mdstat_means_no_raid(tmp_path):
     config = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n[disks]\nmdstat = "{tmp_path}/none"\n')
     assert build(config)[0].raid() == []
+
+
+def test_every_disks_key_is_documented_in_config_toml():
+    import dataclasses
+
+    from monitor.config import DisksConfig
+    from tests.conftest import ROOT
+
+    text = (ROOT / "config.toml").read_text()
+    section = text[text.index("\n[disks]"):]
+    section = section[:section.index("\n[", 2)]
+    for f in dataclasses.fields(DisksConfig):
+        assert f"\n{f.name} = " in section or f"\n# {f.name} = " in section, f.name
