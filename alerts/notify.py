@@ -49,6 +49,7 @@ def one_line(e: Event, now: float) -> str:
     thing = f"{e.target} {e.label}"
     lasted = now - e.since
     if e.kind is Kind.RESOLVED:
+        lasted = e.at - e.since
         return f"[OK] {thing}: recovered after {_ago(lasted)} ({e.message})"
     if e.kind is Kind.FLAPPING:
         pct = f"{e.flap_percent:.0f}%" if e.flap_percent is not None else "many"
