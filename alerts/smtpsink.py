@@ -42,6 +42,8 @@ class MaildirHandler:
 async def serve(maildir: Path, bind: str = "127.0.0.1", port: int = 2525,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> None:
     handler = MaildirHandler(maildir)
+    # aiosmtpd logs every SMTP command at INFO; one line per stored message is ours.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: SMTP(handler, hostname="monitor-smtp-sink"),
                                       bind, port)

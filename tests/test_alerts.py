@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import email
 import email.policy
 import subprocess
