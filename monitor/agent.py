@@ -68,18 +68,30 @@ class Agent:
 
     async def run_collector(self, collector: Collector) -> Batch:
         started = time.monotonic()
+        # A run may overrun its interval (logged and counted), but one that hangs for several
+        # intervals is cut off, or its job would never run again.
+        limit = max(3 * collector.interval, 30.0)
         try:
-            batch = await collector.collect()
+            batch = await asyncio.wait_for(collector.collect(), timeout=limit)
+        except TimeoutError:
+            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+                                  f"collector {collector.name} did not finish within {limit:.0f} s "
+                                  "and was stopped; check the targets it polls")
+            await self.consume(collector, Batch(checks=[failure]))
+            raise
         except Exception as exc:
             failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
                                   f"collector {collector.name} could not run: {exc}")
             await self.consume(collector, Batch(checks=[failure]))
             raise
-        await self.consume(collector, batch)
+        elapsed = time.monotonic() - started
         problems = [c for c in batch.checks if c.state is not State.OK]
-        log.info("%s: %d value(s), %d check(s)%s in %.2f s", collector.name,
-                 len(batch.measurements), len(batch.checks),
-                 f", {len(problems)} not OK" if problems else "", time.monotonic() - started)
+        summary = (f"{len(batch.measurements)} value(s), {len(batch.checks)} check(s)"
+                   f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
+        batch.checks.append(CheckResult("agent", f"collector {collector.name}", State.OK,
+                                        f"collector {collector.name} ran: {summary}"))
+        await self.consume(collector, batch)
+        log.info("%s: %s", collector.name, summary)
         return batch
 
     async def consume(self, collector: Collector, batch: Batch) -> None:
