@@ -32,6 +32,9 @@ from monitor.model import Batch, State
 
 log = logging.getLogger("monitor.alerts")
 
+KEEP_SENT = 30 * 86400.0
+KEEP_HISTORY = 400 * 86400.0
+
 
 class MaintenanceSchedule:
     """Recurring windows: a cron start and a duration."""
@@ -108,10 +111,17 @@ class AlertService:
         await self.flush()
 
     async def tick(self) -> None:
-        """Scheduled job: no-data verdicts, timers, group windows."""
+        """Scheduled job: no-data verdicts, timers, group windows, housekeeping."""
         async with self._lock:
             await asyncio.to_thread(self.evaluate_clock)
         await self.flush()
+        await asyncio.to_thread(self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        # Sent mail is kept a while for `monitor alerts` and duplicate checks; refused mail
+        # stays listed until someone looks. History feeds digests (a year is plenty).
+        self.outbox.purge(KEEP_SENT)
+        self.store.prune_history(KEEP_HISTORY)
 
     async def flush(self) -> None:
         queued = await asyncio.to_thread(self.notifier.flush)

@@ -419,6 +419,32 @@ async def test_agent_feeds_every_batch_to_the_alerts(tmp_path, relay):
         "[UNKNOWN] agent collector broken: collector broken could not run: permission denied")
 
 
+async def test_device_strings_never_add_a_header_end_to_end(tmp_path, relay):
+    rec, port = relay
+    rules = """
+        [[alerts.rules]]
+        name = "ports"
+        check = "if *"
+        [[alerts.rules]]
+        name = "errors"
+        metric = "in_errors"
+        critical = "> 10"
+    """
+    svc = AlertService(make_config(tmp_path, port, rules, group_window="0s"))
+    evil = "ge-0/0/1\r\nBcc: victim@evil.example\r\nX-Injected: 1"
+    await svc.consume("snmp", Batch(
+        checks=[CheckResult("sw1\nBcc: a@evil.example", f"if {evil}", State.CRITICAL,
+                            "banner 220 hi\r\n\r\nBcc: b@evil.example", timestamp=T0)],
+        measurements=[Measurement("sw1", evil, "in_errors", 50.0, timestamp=T0)]))
+    assert len(rec.received) == 1  # one group window: the two alerts are one mail
+    (mail,) = rec.received
+    assert mail.recipients == ["admin@example.net"]
+    msg = mail.message
+    assert msg.get_all("Bcc") is None and msg.get_all("X-Injected") is None
+    assert "\n" not in str(msg["Subject"])
+    assert "evil.example" in msg.get_content()  # shown as text in the body, harmlessly
+
+
 async def test_smtp_sink_files_each_message(tmp_path):
     handler = MaildirHandler(tmp_path / "mail")
     server, port = await start_smtp(handler)  # type: ignore[arg-type]
