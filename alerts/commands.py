@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,15 @@ ReadConfig = Callable[[argparse.Namespace], Config]
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
     def with_config(function: Callable[[Config, argparse.Namespace], int]):
-        return lambda args: function(read_config(args), args)
+        def handler(args: argparse.Namespace) -> int:
+            config = read_config(args)
+            try:
+                return function(config, args)
+            except (sqlite3.Error, OSError) as exc:
+                # ValueError would be caught by main(); this says where and what to do.
+                raise ValueError(f"cannot use the alert state in {config.state_dir}: {exc}; run "
+                                 "as the user the agent runs as, or fix data_dir") from exc
+        return handler
 
     p = sub.add_parser("alerts", help="current alerts, silences, mail waiting or refused",
                        description="List alerts that are pending, firing or flapping (with why "
