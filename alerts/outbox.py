@@ -42,6 +42,9 @@ from monitor.config import SmtpConfig
 log = logging.getLogger("monitor.outbox")
 
 PENDING, SENT, FAILED = "pending", "sent", "failed"
+# Our subjects are at most 200 characters: no folding needed, and folding a subject can leave
+# a leading space on some phones' lock screens. 998 is SMTP's hard line limit.
+_WIRE = email.policy.SMTP.clone(max_line_length=998)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -149,7 +152,7 @@ class Outbox:
         del_bcc = message.get_all("Bcc") is not None
         if del_bcc:
             del message["Bcc"]
-        raw = message.as_bytes(policy=email.policy.SMTP)
+        raw = message.as_bytes(policy=_WIRE)
         now = self.clock()
         with self._connect() as db:
             cur = db.execute(

@@ -80,9 +80,11 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 
 def _num(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
+    if abs(value) >= 1e5:
+        return f"{value:,.0f}"
+    if value == int(value):
         return str(int(value))
-    return f"{value:.4g}" if abs(value) < 1e-3 or abs(value) >= 1e6 else f"{value:.3f}".rstrip("0")
+    return f"{value:.3g}" if abs(value) < 1e-3 else f"{value:.3f}".rstrip("0").rstrip(".")
 
 
 def alert_key(rule: str, target: str, label: str) -> str:

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from alerts.service import AlertService
 from monitor.config import Config
 from monitor.model import Batch, CheckResult, Collector, State
 from monitor.registry import build_collectors
@@ -21,6 +22,8 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 log = logging.getLogger("monitor")
+
+MAIL_INTERVAL = 30.0  # how often the outbox retries; a fresh alert mail is sent at once
 
 Sink = Callable[[str, Batch], Awaitable[None]]
 
@@ -41,6 +44,9 @@ class Agent:
         self.status = StatusBook(config.state_dir / "status.json")
         self.collectors: list[Collector] = build_collectors(config, only)
         self.sinks: list[Sink] = []
+        # Alerts: every batch passes the rules; alert (and digest) mail leaves via the outbox.
+        self.alerts = AlertService(config)
+        self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
 
@@ -50,6 +56,10 @@ class Agent:
                 collector.name, collector.interval, self._job(collector),
                 jitter=min(self.config.agent.jitter, collector.interval / 10),
             )
+        # Alerts: "no data" verdicts, timers and group windows; outbox delivery (retries).
+        self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
+                                    run_now=False)
+        self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:

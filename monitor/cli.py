@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
     p.set_defaults(handler=cmd_check_config)
+
+    # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
+    from alerts.commands import register as register_alert_commands
+    register_alert_commands(sub, read_config)
     return parser
 
 

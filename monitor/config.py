@@ -329,7 +329,7 @@ class AlertRule:
     severity: Literal["WARNING", "CRITICAL", "UNKNOWN"] | None = None
     summary: str = ""
     # Before it fires / before it recovers.
-    pending: Duration = key("for", 0.0)
+    pending: Duration = key("for", 0.0)  # noqa: RUF009 - a field() with a TOML name
     retries: Annotated[int, Range(1, 100)] = 1
     hysteresis: Annotated[float, Range(0, None)] = 0.0
     recover_after: Annotated[int, Range(1, 100)] = 1
@@ -410,6 +410,17 @@ class AlertsConfig:
                                   f' (expected "RULE" or "RULE:TARGET-PATTERN")')
                 if parent == rule.name:
                     raise Invalid("rules", f"rule {rule.name!r} depends on itself")
+        parents = {r.name: [d.split(":", 1)[0] for d in r.depends_on] for r in self.rules}
+        for start in parents:
+            path, todo = [start], list(parents[start])
+            while todo:
+                name = todo.pop()
+                if name == start:
+                    raise Invalid("rules", f"rule {start!r} depends on itself through "
+                                  f"{' -> '.join(path[1:] or [start])}")
+                if name not in path:
+                    path.append(name)
+                    todo.extend(parents.get(name, []))
 
 
 @dataclass

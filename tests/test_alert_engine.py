@@ -12,7 +12,7 @@ from alerts.rules import Reading
 from monitor.config import AlertRule
 from monitor.model import State
 
-O, W, C, U = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN
+O, W, C, U = State.OK, State.WARNING, State.CRITICAL, State.UNKNOWN  # noqa: E741
 
 
 def rule(**kw) -> AlertRule:
@@ -88,7 +88,7 @@ def test_for_elapses_on_a_tick_without_new_readings():
 
 def test_firing_event_carries_what_a_human_needs():
     r = rule(notify=["admins", "hotline"])
-    s, (event,) = step(r, None, reading(C, 100), 100)
+    _, (event,) = step(r, None, reading(C, 100), 100)
     assert (event.target, event.label, event.severity, event.message, event.since) == (
         "mail.example.net", "smtp", C, "no answer", 100)
     assert event.groups == ("admins", "hotline")
@@ -121,7 +121,7 @@ def test_flapping_gives_one_notice_each_way():
     # until it stops, then the truth (here: it flapped into a problem that was never
     # announced, and is now fine: nothing more to say).
     seq = flat(out)
-    start, stop = seq.index("flapping"), seq.index("flapping_stopped")
+    start = seq.index("flapping")
     assert seq[:start] == ["firing", "resolved"] * 3
     assert seq[start + 1:] == ["flapping_stopped"]
     assert not out[-1][0].notified
