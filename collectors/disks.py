@@ -4,7 +4,8 @@ Target: the agent's host name. Instances (see the naming contract in the README)
 "fs:<mount point>" (used_bytes, free_bytes, size_bytes, used_percent, inodes_used, inodes_free,
 inodes_used_percent), "io:<device>" (read_bytes, write_bytes, read_ops, write_ops as DERIVE,
 busy_percent), "smart:<device>" and "md:<array>". Checks: "disk <mount point>",
-"smart <device>" (plus one "smart" check for smartctl itself) and "raid <array>".
+"smart <device>" (plus one "smart" check for smartctl itself), "raid <array>" and one "disks"
+check that says what is watched, or which part could not run.
 
 Each part is its own module (fsusage, smart, mdstat); this one wires them to the config and
 runs them side by side, so a slow smartctl or a hung NFS mount delays nothing else.
@@ -100,15 +101,39 @@ class DisksCollector:
         if self.smart is not None:
             parts.append(self.smart.collect())
         batch = Batch()
+        problems: list[CheckResult] = []
         for part in await asyncio.gather(*parts, return_exceptions=True):
             if isinstance(part, BaseException):
                 # One part failing (a bug, an odd file) must not cost the others' results.
-                batch.add(CheckResult(self.target, "disks", State.UNKNOWN,
-                                      f"part of the disks collector failed: {part!r}",
-                                      timestamp=self.clock()))
+                problems.append(CheckResult(self.target, "disks", State.UNKNOWN,
+                                            f"part of the disks collector failed: {part!r}"))
                 continue
-            batch.extend(part)
+            for item in part:
+                if isinstance(item, CheckResult) and item.check == "disks":
+                    problems.append(item)
+                else:
+                    batch.add(item)
+        batch.add(self.summary(batch, problems))
         return batch
+
+    def summary(self, batch: Batch, problems: list[CheckResult]) -> CheckResult:
+        """One "disks" check: what was looked at, or what kept a part from running.
+
+        Always sent, so a problem reported in an earlier run (an unreadable mount table)
+        returns to OK once it is gone.
+        """
+        if problems:
+            return CheckResult(self.target, "disks", State.worst(p.state for p in problems),
+                               "; ".join(p.message for p in problems), timestamp=self.clock())
+        kinds: dict[str, set[str]] = {}
+        for m in batch.measurements:
+            kind, _, name = m.instance.partition(":")
+            kinds.setdefault(kind, set()).add(name)
+        counts = [f"{len(kinds.get(k, ()))} {label}" for k, label in (
+            ("fs", "file system(s)"), ("io", "disk(s) with I/O counters"),
+            ("smart", "SMART disk(s)"), ("md", "md array(s)"))]
+        return CheckResult(self.target, "disks", State.OK, "watching " + ", ".join(counts),
+                           timestamp=self.clock())
 
     def io(self) -> list[Measurement]:
         counters = (self.io_counters or (lambda: psutil.disk_io_counters(perdisk=True)))() or {}
@@ -121,7 +146,7 @@ class DisksCollector:
         except FileNotFoundError:
             return []  # no md driver loaded: no software RAID on this machine
         except OSError as exc:
-            return [CheckResult(self.target, "raid", State.UNKNOWN,
+            return [CheckResult(self.target, "disks", State.UNKNOWN,
                                 f"cannot read {self.config.mdstat}: {exc.strerror}",
                                 timestamp=self.clock())]
         now = self.clock()

@@ -1,7 +1,7 @@
 """File system usage per mount point: bytes and inodes through statvfs, never blocked by a hung mount.
 
 A statvfs on a dead NFS server can block for minutes (or forever on a "hard" mount). Each call
-therefore runs in its own daemon thread and is awaited for at most `timeout` seconds; while a
+therefore runs on a daemon worker thread and is awaited for at most `timeout` seconds; while a
 call on a mount point is still blocked, that mount point is not tried again (so a hung mount
 costs at most one stuck thread, not one more per run) and is reported UNKNOWN until the call
 returns.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import os
+import queue
 import re
 import threading
 import time
@@ -85,6 +86,36 @@ class _Call:
     finished: threading.Event = field(default_factory=threading.Event)
 
 
+class _DaemonWorkers:
+    """Reusable daemon threads, one more whenever none is idle.
+
+    Not concurrent.futures: its threads are joined at interpreter exit, so one statvfs stuck
+    on a dead NFS server would hang the agent's shutdown. A stuck worker simply never comes
+    back; the others carry on. Idle workers stay bounded by the most calls ever in flight at
+    once (about the number of mount points).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            spawn = self._idle == 0
+            if not spawn:
+                self._idle -= 1
+        self._jobs.put(job)
+        if spawn:
+            threading.Thread(target=self._work, name="statvfs", daemon=True).start()
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                self._idle += 1
+
+
 class BoundedStatvfs:
     """statvfs with a time limit and at most one outstanding (possibly stuck) call per path.
 
@@ -99,6 +130,7 @@ class BoundedStatvfs:
         self._clock = clock
         self._calls: dict[str, _Call] = {}
         self._lock = threading.Lock()
+        self._workers = _DaemonWorkers()
 
     def blocked(self) -> list[str]:
         """Paths whose statvfs is still running in a stuck thread."""
@@ -113,8 +145,12 @@ class BoundedStatvfs:
                 raise StatvfsTimeout(path, self._clock() - previous.started, first=False)
             call = _Call(self._clock())
             self._calls[path] = call
-        done = asyncio.Event()
+        done = loop.create_future()
         outcome: list = []
+
+        def wake() -> None:
+            if not done.done():
+                done.set_result(None)
 
         def work() -> None:
             try:
@@ -123,17 +159,20 @@ class BoundedStatvfs:
                 outcome.append(exc)
             call.finished.set()
             try:
-                loop.call_soon_threadsafe(done.set)
+                loop.call_soon_threadsafe(wake)
             except RuntimeError:
                 pass  # the event loop is gone (agent stopped); nobody waits for this any more
 
-        # A daemon thread per call, not a pool: a stuck call must not hold a pool slot that
-        # other mounts (or, with asyncio.to_thread, other collectors) need.
-        threading.Thread(target=work, name=f"statvfs {path}", daemon=True).start()
+        # Our own daemon workers, not asyncio.to_thread: a stuck call must not hold a slot of
+        # the loop's shared executor that other collectors need.
+        self._workers.submit(work)
+        timer = loop.call_later(self.timeout, wake)
         try:
-            await asyncio.wait_for(done.wait(), self.timeout)
-        except TimeoutError:
-            raise StatvfsTimeout(path, self.timeout, first=True) from None
+            await done
+        finally:
+            timer.cancel()
+        if not call.finished.is_set():
+            raise StatvfsTimeout(path, self.timeout, first=True)
         with self._lock:
             if self._calls.get(path) is call:
                 del self._calls[path]

@@ -519,7 +519,9 @@ mdstat = "{tmp_path / 'mdstat'}"
     states = {c.check: c.state for c in batch.checks}
     assert states == {f"disk {fs}": State.OK, "smart /dev/sda": State.OK,
                       "smart /dev/nvme0": State.CRITICAL, "smart": State.OK,
-                      "raid md0": State.CRITICAL}
+                      "raid md0": State.CRITICAL, "disks": State.OK}
+    summary = next(c for c in batch.checks if c.check == "disks").message
+    assert summary.startswith("watching 1 file system(s), ") and "2 SMART disk(s), 1 md array(s)" in summary
     store = RrdStore(tmp_path / "rrd")
     report = store.write(batch.measurements, 60)
     assert not report.errors
@@ -545,3 +547,18 @@ def test_every_disks_key_is_documented_in_config_toml():
     section = section[:section.index("\n[", 2)]
     for f in dataclasses.fields(DisksConfig):
         assert f"\n{f.name} = " in section or f"\n# {f.name} = " in section, f.name
+
+
+async def test_unreadable_inputs_are_one_disks_check_that_clears(tmp_path):
+    config = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n[disks]\nmounts = "{tmp_path}/mounts"\n'
+                          f'mdstat = "{tmp_path}/mdstat"\nsmart = "off"\nio = false\n')
+    (tmp_path / "mdstat").mkdir()  # exists but cannot be read as a file
+    (collector,) = build(config)
+    bad = [c for c in (await collector.collect()).checks if c.check == "disks"]
+    assert len(bad) == 1 and bad[0].state is State.UNKNOWN
+    assert f"cannot read the mount table {tmp_path}/mounts" in bad[0].message
+    assert f"cannot read {tmp_path}/mdstat" in bad[0].message
+    (tmp_path / "mdstat").rmdir()
+    (tmp_path / "mounts").write_text(f"/dev/x {tmp_path} ext4 rw 0 0\n")
+    good = [c for c in (await collector.collect()).checks if c.check == "disks"]
+    assert good[0].state is State.OK and good[0].message.startswith("watching 1 file system(s)")
