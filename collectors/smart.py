@@ -63,13 +63,20 @@ class SmartDevice:
         return cls(path, dtype)
 
     @property
+    def addressed(self) -> bool:
+        """True when the type picks one disk behind a controller ("megaraid,3", "cciss,0")."""
+        return bool(self.type and "," in self.type)
+
+    @property
     def label(self) -> str:
-        return f"{self.path} -d {self.type}" if self.type else self.path
+        # Only an addressing type belongs in the name: "/dev/sda" stays "/dev/sda" whether it
+        # was detected (type "sat") or listed without a type, so its history and graphs match.
+        return f"{self.path} -d {self.type}" if self.addressed else self.path
 
     @property
     def instance(self) -> str:
         name = self.path.removeprefix("/dev/")
-        return f"smart:{name}" + (f" {self.type}" if self.type else "")
+        return f"smart:{name}" + (f" {self.type}" if self.addressed else "")
 
     def argv(self, smartctl: str) -> list[str]:
         return [smartctl, "--json", "-a", "-n", "standby",
@@ -158,7 +165,9 @@ def scan_result(target: str, status: int, data: dict | None, stderr: str, smartc
             continue  # a name we will not put on a command line
         if not (isinstance(dtype, str) and _TYPE_RE.match(dtype)):
             dtype = None
-        devices.append(SmartDevice(path, dtype))
+        device = SmartDevice(path, dtype)
+        if all(d.label != device.label for d in devices):
+            devices.append(device)
     if devices:
         return devices, None
     if denied:

@@ -84,6 +84,9 @@ def test_smart_device_names():
             parse_smart_device(bad)
     assert SmartDevice.parse("/dev/sdb -d sat").argv("/usr/sbin/smartctl") == [
         "/usr/sbin/smartctl", "--json", "-a", "-n", "standby", "-d", "sat", "/dev/sdb"]
+    sdb, raid3 = SmartDevice.parse("/dev/sdb -d sat"), SmartDevice.parse("/dev/bus/0 -d megaraid,3")
+    assert (sdb.label, sdb.instance) == ("/dev/sdb", "smart:sdb")
+    assert (raid3.label, raid3.instance) == ("/dev/bus/0 -d megaraid,3", "smart:bus/0 megaraid,3")
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,8 +378,8 @@ async def test_smart_auto_scan(tmp_path):
                                 scan="scan_open.json")
     collector = smart_collector(tmp_path, script, None)
     checks = {c.check: c for c in await collector.collect()}
-    assert set(checks) == {"smart", "smart /dev/sda -d sat", "smart /dev/nvme0 -d nvme"}
-    assert checks["smart"].message == "smartctl checks 2 disk(s): /dev/sda -d sat, /dev/nvme0 -d nvme"
+    assert set(checks) == {"smart", "smart /dev/sda", "smart /dev/nvme0"}
+    assert checks["smart"].message == "smartctl checks 2 disk(s): /dev/sda, /dev/nvme0"
     await collector.collect()  # the scan is cached
     runs = log.read_text().splitlines()
     assert runs.count("--scan-open --json") == 1
