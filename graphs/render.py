@@ -1,0 +1,312 @@
+"""Drawing one graph PNG from one RRD series (matplotlib, Agg, no pyplot).
+
+Runs inside worker processes: each keeps one RrdStore handle and one figure per size, reused for
+every graph, because creating a matplotlib figure costs more than drawing on it. Series are
+classified by the naming contract: in_octets+out_octets is traffic (bits/s), response_seconds
+is latency (with loss_percent), *_percent is a 0-100 % graph, anything else is generic.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.dates as mdates  # noqa: E402
+import numpy as np  # noqa: E402
+from dateutil import tz  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from graphs.stats import Stats, scaled, si, summarize  # noqa: E402
+from monitor.files import atomic_write  # noqa: E402
+from monitor.store import RrdStore, SeriesInfo  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Period:
+    name: str
+    span: int  # seconds shown
+    resolution: int | None  # consolidation asked of the store (None: the base step)
+    every: int  # how often the graph is due again
+    label: str
+
+
+PERIODS = {
+    "day": Period("day", 86400, None, 0, "last 24 hours"),
+    "week": Period("week", 7 * 86400, 1800, 1800, "last 7 days (30 min averages)"),
+    "month": Period("month", 31 * 86400, 7200, 7200, "last 31 days (2 h averages)"),
+    "year": Period("year", 366 * 86400, 86400, 86400, "last 12 months (daily averages)"),
+}
+
+# Colours: a calm palette that still reads when printed in grey; "in" is a filled area (the
+# volume you pay for), "out" a line over it, as in MRTG but with softer tones.
+IN_COLOR = "#3a9d5d"
+OUT_COLOR = "#1d4f91"
+LINE_COLORS = ["#1d4f91", "#c2571a", "#3a9d5d", "#7b4fa0", "#a0893a", "#4f8fa0"]
+LOSS_COLOR = "#c0392b"
+GRID = "#d9dde3"
+TEXT = "#2b2f36"
+BG = "#fbfbfc"
+WIDTH, HEIGHT, DPI = 700, 270, 100
+SPARK_W, SPARK_H = 160, 36
+
+
+def classify(metrics: Iterable[str]) -> str:
+    names = set(metrics)
+    if {"in_octets", "out_octets"} <= names:
+        return "traffic"
+    if "response_seconds" in names:
+        return "latency"
+    if any(m.endswith("_percent") for m in names):
+        return "percent"
+    return "generic"
+
+
+def printable(text: str, limit: int = 70) -> str:
+    """An untrusted name made safe to draw: no lone surrogates, no mathtext, bounded length."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else "\ufffd" for ch in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def unit_of(metric: str, units: dict[str, str]) -> str:
+    if metric.endswith("_percent"):
+        return "%"
+    if metric.endswith("_seconds"):
+        return "s"
+    if metric.endswith("_bytes"):
+        return "B"
+    if metric.endswith("_octets"):
+        return "B/s"
+    unit = units.get(metric, "")
+    return "" if unit in ("", "1") else unit
+
+
+@dataclass
+class Curve:
+    label: str
+    metric: str
+    values: np.ndarray
+    unit: str
+    stats: Stats
+    style: str  # "area", "line", "loss"
+
+
+def _array(column: list[float | None], factor: float = 1.0) -> np.ndarray:
+    out = np.array(column, dtype=float)  # None -> NaN: a gap, never a zero
+    return out * factor if factor != 1.0 else out
+
+
+def curves_for(kind: str, info: SeriesInfo, columns: dict[str, list], step: int) -> list[Curve]:
+    if kind == "traffic":
+        out = []
+        for metric, label, style in (("in_octets", "In", "area"), ("out_octets", "Out", "line")):
+            column = columns.get(metric, [])
+            octets = summarize(column, step)
+            bits = scaled(octets, 8)
+            # Totals stay in bytes (what people count transfers in); rates are bits/s.
+            stats = Stats(bits.current, bits.average, bits.maximum, bits.p95, octets.total,
+                          bits.known, bits.count)
+            out.append(Curve(label, metric, _array(column, 8.0), "b/s", stats, style))
+        return out
+    if kind == "latency":
+        out = []
+        column = columns.get("response_seconds", [])
+        out.append(Curve("Response", "response_seconds", _array(column), "s",
+                         summarize(column, step), "line"))
+        if "loss_percent" in columns:
+            column = columns["loss_percent"]
+            out.append(Curve("Loss", "loss_percent", _array(column), "%",
+                             summarize(column, step), "loss"))
+        return out
+    metrics = [m for m in columns if m.endswith("_percent")] if kind == "percent" else list(columns)
+    metrics = [m for m in metrics if m not in ("oper_status", "admin_status")][:6]
+    return [Curve(m.replace("_", " "), m, _array(columns[m]), unit_of(m, info.units),
+                  summarize(columns[m], step), "line") for m in metrics]
+
+
+def _si_axis(unit: str) -> FuncFormatter:
+    return FuncFormatter(lambda v, _pos: si(v, unit, 3))
+
+
+_LOCATORS = {
+    "day": (lambda: mdates.HourLocator(byhour=range(0, 24, 3)), "%H:%M"),
+    "week": (lambda: mdates.DayLocator(), "%a %d"),
+    "month": (lambda: mdates.DayLocator(bymonthday=[1, 5, 9, 13, 17, 21, 25, 29]), "%d %b"),
+    "year": (lambda: mdates.MonthLocator(), "%b"),
+}
+
+
+class Renderer:
+    """One per worker process: a store handle and reusable figures."""
+
+    def __init__(self, store: RrdStore) -> None:
+        self.store = store
+        self.tz = tz.tzlocal()
+        self.fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BG)
+        self.ax = self.fig.add_axes((0.095, 0.27, 0.85, 0.62))
+        self.ax2 = self.ax.twinx()
+        self.spark = Figure(figsize=(SPARK_W / DPI, SPARK_H / DPI), dpi=DPI, facecolor="none")
+        self.sax = self.spark.add_axes((0, 0.04, 1, 0.92))
+
+    def fetch(self, info: SeriesInfo, period: Period, now: int) -> tuple[np.ndarray, dict, int]:
+        series = self.store.fetch_path(info, now - period.span, now, period.resolution)
+        x = np.array(series.timestamps, dtype=float) / 86400.0  # matplotlib's epoch is 1970
+        return x, series.columns, series.step
+
+    def draw(self, info: SeriesInfo, period_name: str, now: int, png: Path,
+             spark: Path | None = None) -> dict:
+        """Fetch, draw and atomically write one period's PNG (and the sparkline): its legend."""
+        period = PERIODS[period_name]
+        kind = classify(info.metrics)
+        x, columns, step = self.fetch(info, period, now)
+        curves = curves_for(kind, info, columns, step)
+        atomic_write(png, self._graph(info, period, kind, x, curves, now))
+        if spark is not None:
+            atomic_write(spark, self._sparkline(kind, x, curves))
+        return {"kind": kind, "step": step,
+                "rows": [{"label": c.label, "metric": c.metric, "unit": c.unit,
+                          **c.stats.as_dict()} for c in curves]}
+
+    def _graph(self, info: SeriesInfo, period: Period, kind: str, x: np.ndarray,
+               curves: list[Curve], now: int) -> bytes:
+        fig, ax, ax2 = self.fig, self.ax, self.ax2
+        for a in (ax, ax2):
+            a.clear()
+        for t in list(fig.texts):
+            t.remove()
+        ax.set_facecolor("white")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for side in ("left", "bottom"):
+            ax.spines[side].set_color("#9aa1ab")
+        ax.grid(True, color=GRID, linewidth=0.7)
+        ax.set_axisbelow(True)
+        ax.tick_params(colors=TEXT, labelsize=8, length=3)
+        ax2.set_visible(False)
+        unit = curves[0].unit if curves else ""
+        color_iter = iter(LINE_COLORS)
+        top = 0.0
+        for c in curves:
+            finite = c.values[np.isfinite(c.values)]
+            if c.style == "area":
+                ax.fill_between(x, c.values, 0, color=IN_COLOR, alpha=0.55, linewidth=0)
+                ax.plot(x, c.values, color=IN_COLOR, linewidth=0.8)
+            elif c.style == "loss":
+                ax2.set_visible(True)
+                ax2.fill_between(x, c.values, 0, color=LOSS_COLOR, alpha=0.25, linewidth=0,
+                                 step="pre")
+                ax2.set_ylim(0, 100)
+                ax2.yaxis.set_major_formatter(_si_axis("%"))
+                ax2.tick_params(colors=LOSS_COLOR, labelsize=7, length=2)
+                for side in ("top", "left", "bottom"):
+                    ax2.spines[side].set_visible(False)
+                continue
+            else:
+                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
+                ax.plot(x, c.values, color=color, linewidth=1.2)
+            if finite.size:
+                top = max(top, float(finite.max()))
+        ax.set_xlim(x[0] if x.size else (now - period.span) / 86400, now / 86400)
+        if kind == "percent" or unit == "%":
+            ax.set_ylim(0, 100)
+        else:
+            ax.set_ylim(0, top * 1.08 if top > 0 else 1)
+        locator, fmt = _LOCATORS[period.name]
+        ax.xaxis.set_major_locator(locator())
+        ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt, tz=self.tz))
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        ax.yaxis.set_major_formatter(_si_axis(unit))
+        fig.text(0.095, 0.93, printable(f"{info.target} · {info.instance or 'device'}"),
+                 fontsize=9.5, fontweight="bold", color=TEXT, parse_math=False)
+        fig.text(0.98, 0.93, period.label, fontsize=8, color="#6b7280", ha="right",
+                 parse_math=False)
+        self._legend(curves, kind)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI, facecolor=BG)
+        return buf.getvalue()
+
+    def _legend(self, curves: list[Curve], kind: str) -> None:
+        y = 0.135
+        color_iter = iter(LINE_COLORS)
+        for c in curves[:3]:
+            if c.style == "area":
+                color = IN_COLOR
+            elif c.style == "loss":
+                color = LOSS_COLOR
+            else:
+                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
+            s = c.stats
+            text = (f"{printable(c.label, 14):<14} now {si(s.current, c.unit):>11}"
+                    f"   avg {si(s.average, c.unit):>11}   max {si(s.maximum, c.unit):>11}"
+                    f"   95th {si(s.p95, c.unit):>11}")
+            if kind == "traffic":
+                text += f"   total {si(s.total, 'B'):>9}"
+            self.fig.text(0.025, y, "■", color=color, fontsize=9, parse_math=False)
+            self.fig.text(0.05, y, text, fontsize=7.5, family="monospace", color=TEXT,
+                          parse_math=False)
+            y -= 0.07
+
+    def _sparkline(self, kind: str, x: np.ndarray, curves: list[Curve]) -> bytes:
+        ax = self.sax
+        ax.clear()
+        ax.set_axis_off()
+        top = 0.0
+        color_iter = iter(LINE_COLORS)
+        for c in curves:
+            if c.style == "loss":
+                continue
+            if c.style == "area":
+                ax.fill_between(x, c.values, 0, color=IN_COLOR, alpha=0.6, linewidth=0)
+            else:
+                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
+                ax.plot(x, c.values, color=color, linewidth=0.9)
+            finite = c.values[np.isfinite(c.values)]
+            if finite.size:
+                top = max(top, float(finite.max()))
+        if x.size:
+            ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(0, 100 if kind == "percent" else (top * 1.1 if top > 0 else 1))
+        buf = io.BytesIO()
+        self.spark.savefig(buf, format="png", dpi=DPI, transparent=True)
+        return buf.getvalue()
+
+
+# -- worker process side ----------------------------------------------------------------------
+# A ProcessPoolExecutor initializer has nowhere else to keep the per-process renderer: this is
+# per-process state of a worker, never touched in the parent.
+_renderer: Renderer | None = None
+
+
+def init_worker(rrd_root: str, rrdcached: str | None) -> None:
+    global _renderer
+    _renderer = Renderer(RrdStore(Path(rrd_root), rrdcached=rrdcached))
+
+
+@dataclass(frozen=True)
+class Job:
+    info: SeriesInfo
+    period: str
+    now: int
+    png: Path
+    spark: Path | None = None
+
+
+def run_job(job: Job) -> tuple[Job, dict | None, str | None]:
+    """Worker entry point: only the job (names and paths) goes in, the legend figures out."""
+    assert _renderer is not None, "init_worker() was not called"
+    try:
+        return job, _renderer.draw(job.info, job.period, job.now, job.png, job.spark), None
+    except Exception as exc:  # one bad file must not stop the site
+        return job, None, f"{job.info.path}: {exc}"
+
+
+def finite_or_none(v: float | None) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
