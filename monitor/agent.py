@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
@@ -20,6 +21,9 @@ from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
 from monitor.store import RrdStore
 from monitor.units import format_duration
+
+if TYPE_CHECKING:
+    from graphs.site import Site
 
 log = logging.getLogger("monitor")
 
@@ -49,6 +53,7 @@ class Agent:
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
+        self.site: Site | None = None
 
     def schedule(self) -> None:
         for collector in self.collectors:
@@ -60,6 +65,15 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        # The web site: its own job; drawing happens in worker processes, off the event loop.
+        site_interval = self.config.web.interval
+        if site_interval is None:
+            site_interval = self.config.agent.interval
+        if site_interval > 0:
+            from graphs.site import site_from_config
+            self.site = site_from_config(self.config, self.store, self.status,
+                                         workers=self.config.web.workers)
+            self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -131,6 +145,15 @@ class Agent:
     def describe_jobs(self) -> str:
         return ", ".join(f"{c.name} every {format_duration(c.interval)}" for c in self.collectors)
 
+    async def _build_site(self) -> None:
+        assert self.site is not None
+        report = await asyncio.to_thread(self.site.build)
+        log.info("site: drew %d graph(s), wrote %d page(s) in %.1f s%s", report.drawn,
+                 report.pages, report.seconds,
+                 f"; {len(report.errors)} graph(s) failed" if report.errors else "")
+
     async def close(self) -> None:
         await self.scheduler.stop()
+        if self.site is not None:
+            await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)

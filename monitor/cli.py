@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
+    # Graphs and the web site: `graph`, `serve` (handlers in graphs/commands.py).
+    from graphs.commands import register as register_graph_commands
+    register_graph_commands(sub, read_config)
     return parser
 
 

@@ -143,6 +143,10 @@ class WebConfig:
     title: str = "Network monitor"
     base_url: str = ""
     refresh: Duration = 300.0
+    # How often `run` redraws the site (default: the agent's interval); 0 turns the job off.
+    interval: Duration | None = None
+    # Worker processes drawing graphs (default: one per core).
+    workers: Annotated[int, Range(1, 256)] | None = None
 
 
 @dataclass
