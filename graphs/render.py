@@ -18,15 +18,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.dates as mdates  # noqa: E402
-import numpy as np  # noqa: E402
-from dateutil import tz  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+import matplotlib.dates as mdates
+import numpy as np
+from dateutil import tz
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from graphs.stats import Stats, scaled, si, summarize  # noqa: E402
-from monitor.files import atomic_write  # noqa: E402
-from monitor.store import RrdStore, SeriesInfo  # noqa: E402
+from graphs.stats import Stats, scaled, si, summarize
+from monitor.files import atomic_write
+from monitor.store import RrdStore, SeriesInfo
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class SiteHandler(SimpleHTTPRequestHandler):
             return str(root / ".missing")  # a 404, whatever the path tried
         return str(resolved)
 
-    def list_directory(self, path: str | os.PathLike[str]):  # noqa: ANN201
+    def list_directory(self, path: str | os.PathLike[str]):
         self.send_error(403, "No directory listings")
         return None
 

@@ -66,9 +66,9 @@ def si(value: float | None, unit: str = "", digits: int = 3) -> str:
     magnitude = abs(value)
     # Percentages and unitless counts below one keep their plain form: "0.5 %", not "500 m%".
     small_ok = unit in ("s",)
-    for factor, prefix in _PREFIXES:
-        if magnitude >= factor * 0.9995 or (factor == 1.0 and not small_ok):
-            break
+    factor, prefix = next(
+        (f, p) for f, p in _PREFIXES if magnitude >= f * 0.9995 or (f == 1.0 and not small_ok)
+    ) if magnitude >= 1e-6 * 0.9995 or not small_ok else _PREFIXES[-1]
     if unit == "%":
         factor, prefix = 1.0, ""
     scaled_value = value / factor

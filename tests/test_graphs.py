@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html.parser
 import http.client
+import itertools
 import os
 import random
 import subprocess
@@ -75,7 +76,7 @@ def test_legend_figures_match_independent_computation(tmp_path, store, status):
     # Independently: the written values whose time falls in the day window (NOW-1d, NOW].
     # RRD semantics: a sample arriving after a silence longer than the heartbeat (2 steps)
     # covers an unknown interval, so the first sample after each gap is unknown too.
-    stored = [rows[0]] + [(r[0], None, None) if p[1] is None else r for p, r in zip(rows, rows[1:])]
+    stored = [rows[0]] + [(r[0], None, None) if p[1] is None else r for p, r in itertools.pairwise(rows)]
     window = [r for r in stored if NOW - 86400 < r[0] <= NOW]
     for label, col in (("In", 1), ("Out", 2)):
         known = np.array([r[col] for r in window if r[col] is not None])
@@ -166,7 +167,7 @@ def test_hostile_names_are_escaped_everywhere(tmp_path, store, status):
                                     "a", "span", "main", "h1", "h2", "p", "table", "tr", "th",
                                     "td", "div", "img", "strong"}
         # Every link and image is relative, stays inside the site and exists.
-        for tag, key, value in parser.attrs:
+        for _tag, key, value in parser.attrs:
             if key in ("href", "src"):
                 assert "://" not in value and not value.startswith("/")
                 target = (page.parent / unquote(value)).resolve()
