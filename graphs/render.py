@@ -144,17 +144,63 @@ _LOCATORS = {
 }
 
 
+class _Canvas:
+    """One figure styled once and kept: a graph only swaps data, limits and texts.
+
+    Clearing axes rebuilds ticks, spines and transforms, which costs more than the drawing, so
+    each graph kind has its own canvas whose artists are updated in place.
+    """
+
+    def __init__(self, twin: bool) -> None:
+        self.fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BG)
+        ax = self.ax = self.fig.add_axes((0.095, 0.27, 0.85, 0.62))
+        ax.set_facecolor("white")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for side in ("left", "bottom"):
+            ax.spines[side].set_color("#9aa1ab")
+        ax.grid(True, color=GRID, linewidth=0.7)
+        ax.set_axisbelow(True)
+        ax.tick_params(colors=TEXT, labelsize=8, length=3)
+        ax.yaxis.set_major_locator(MaxNLocator(5))
+        self.ax2 = None
+        if twin:
+            ax2 = self.ax2 = ax.twinx()
+            ax2.set_ylim(0, 100)
+            ax2.yaxis.set_major_formatter(_si_axis("%"))
+            ax2.yaxis.set_major_locator(MaxNLocator(5))
+            ax2.tick_params(colors=LOSS_COLOR, labelsize=7, length=2)
+            for side in ("top", "left", "bottom"):
+                ax2.spines[side].set_visible(False)
+        self.lines = [ax.plot([], [], linewidth=1.2)[0] for _ in range(6)]
+        self.fills: list = []
+        self.title = self.fig.text(0.095, 0.93, "", fontsize=9.5, fontweight="bold", color=TEXT,
+                                   parse_math=False)
+        self.period = self.fig.text(0.98, 0.93, "", fontsize=8, color="#6b7280", ha="right",
+                                    parse_math=False)
+        self.keys = []
+        self.rows = []
+        for i in range(3):
+            y = 0.135 - 0.07 * i
+            self.keys.append(self.fig.text(0.025, y, "■", fontsize=9, parse_math=False))
+            self.rows.append(self.fig.text(0.05, y, "", fontsize=7.5, family="monospace",
+                                           color=TEXT, parse_math=False))
+        self.unit: str | None = None
+        self.period_name: str | None = None
+
+
 class Renderer:
     """One per worker process: a store handle and reusable figures."""
 
     def __init__(self, store: RrdStore) -> None:
         self.store = store
         self.tz = tz.tzlocal()
-        self.fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BG)
-        self.ax = self.fig.add_axes((0.095, 0.27, 0.85, 0.62))
-        self.ax2 = self.ax.twinx()
+        self.canvases: dict[str, _Canvas] = {}
         self.spark = Figure(figsize=(SPARK_W / DPI, SPARK_H / DPI), dpi=DPI, facecolor="none")
         self.sax = self.spark.add_axes((0, 0.04, 1, 0.92))
+        self.sax.set_axis_off()
+        self.spark_lines = [self.sax.plot([], [], linewidth=0.9)[0] for _ in range(6)]
+        self.spark_fills: list = []
 
     def fetch(self, info: SeriesInfo, period: Period, now: int) -> tuple[np.ndarray, dict, int]:
         series = self.store.fetch_path(info, now - period.span, now, period.resolution)
@@ -175,43 +221,49 @@ class Renderer:
                 "rows": [{"label": c.label, "metric": c.metric, "unit": c.unit,
                           **c.stats.as_dict()} for c in curves]}
 
+    @staticmethod
+    def _color(kind: str, c: Curve, index: int) -> str:
+        if c.style == "area":
+            return IN_COLOR
+        if c.style == "loss":
+            return LOSS_COLOR
+        return OUT_COLOR if kind == "traffic" else LINE_COLORS[index % len(LINE_COLORS)]
+
     def _graph(self, info: SeriesInfo, period: Period, kind: str, x: np.ndarray,
                curves: list[Curve], now: int) -> bytes:
-        fig, ax, ax2 = self.fig, self.ax, self.ax2
-        for a in (ax, ax2):
-            a.clear()
-        for t in list(fig.texts):
-            t.remove()
-        ax.set_facecolor("white")
-        for side in ("top", "right"):
-            ax.spines[side].set_visible(False)
-        for side in ("left", "bottom"):
-            ax.spines[side].set_color("#9aa1ab")
-        ax.grid(True, color=GRID, linewidth=0.7)
-        ax.set_axisbelow(True)
-        ax.tick_params(colors=TEXT, labelsize=8, length=3)
-        ax2.set_visible(False)
+        cv = self.canvases.get(kind)
+        if cv is None:
+            cv = self.canvases[kind] = _Canvas(twin=kind == "latency")
+        ax = cv.ax
+        for fill in cv.fills:
+            fill.remove()
+        cv.fills = []
+        for line in cv.lines:
+            line.set_visible(False)
+        if cv.ax2 is not None:
+            cv.ax2.set_visible(False)
         unit = curves[0].unit if curves else ""
-        color_iter = iter(LINE_COLORS)
         top = 0.0
-        for c in curves:
-            finite = c.values[np.isfinite(c.values)]
-            if c.style == "area":
-                ax.fill_between(x, c.values, 0, color=IN_COLOR, alpha=0.55, linewidth=0)
-                ax.plot(x, c.values, color=IN_COLOR, linewidth=0.8)
-            elif c.style == "loss":
-                ax2.set_visible(True)
-                ax2.fill_between(x, c.values, 0, color=LOSS_COLOR, alpha=0.25, linewidth=0,
-                                 step="pre")
-                ax2.set_ylim(0, 100)
-                ax2.yaxis.set_major_formatter(_si_axis("%"))
-                ax2.tick_params(colors=LOSS_COLOR, labelsize=7, length=2)
-                for side in ("top", "left", "bottom"):
-                    ax2.spines[side].set_visible(False)
+        lines = iter(cv.lines)
+        for i, c in enumerate(curves):
+            color = self._color(kind, c, i)
+            if c.style == "loss":
+                assert cv.ax2 is not None
+                cv.ax2.set_visible(True)
+                cv.fills.append(cv.ax2.fill_between(x, c.values, 0, color=LOSS_COLOR, alpha=0.25,
+                                                    linewidth=0, step="pre"))
                 continue
-            else:
-                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
-                ax.plot(x, c.values, color=color, linewidth=1.2)
+            line = next(lines, None)
+            if line is None:
+                break
+            if c.style == "area":
+                cv.fills.append(ax.fill_between(x, c.values, 0, color=IN_COLOR, alpha=0.55,
+                                                linewidth=0))
+            line.set_data(x, c.values)
+            line.set_color(color)
+            line.set_linewidth(0.8 if c.style == "area" else 1.2)
+            line.set_visible(True)
+            finite = c.values[np.isfinite(c.values)]
             if finite.size:
                 top = max(top, float(finite.max()))
         ax.set_xlim(x[0] if x.size else (now - period.span) / 86400, now / 86400)
@@ -219,55 +271,61 @@ class Renderer:
             ax.set_ylim(0, 100)
         else:
             ax.set_ylim(0, top * 1.08 if top > 0 else 1)
-        locator, fmt = _LOCATORS[period.name]
-        ax.xaxis.set_major_locator(locator())
-        ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt, tz=self.tz))
-        ax.yaxis.set_major_locator(MaxNLocator(5))
-        ax.yaxis.set_major_formatter(_si_axis(unit))
-        fig.text(0.095, 0.93, printable(f"{info.target} · {info.instance or 'device'}"),
-                 fontsize=9.5, fontweight="bold", color=TEXT, parse_math=False)
-        fig.text(0.98, 0.93, period.label, fontsize=8, color="#6b7280", ha="right",
-                 parse_math=False)
-        self._legend(curves, kind)
+        if cv.period_name != period.name:
+            locator, fmt = _LOCATORS[period.name]
+            ax.xaxis.set_major_locator(locator())
+            ax.xaxis.set_major_formatter(mdates.DateFormatter(fmt, tz=self.tz))
+            cv.period_name = period.name
+        if cv.unit != unit:
+            ax.yaxis.set_major_formatter(_si_axis(unit))
+            cv.unit = unit
+        cv.title.set_text(printable(f"{info.target} · {info.instance or 'device'}"))
+        cv.period.set_text(period.label)
+        self._legend(cv, curves, kind)
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, facecolor=BG)
+        cv.fig.savefig(buf, format="png", dpi=DPI, facecolor=BG,
+                       pil_kwargs={"compress_level": 3})
         return buf.getvalue()
 
-    def _legend(self, curves: list[Curve], kind: str) -> None:
-        y = 0.135
-        color_iter = iter(LINE_COLORS)
-        for c in curves[:3]:
-            if c.style == "area":
-                color = IN_COLOR
-            elif c.style == "loss":
-                color = LOSS_COLOR
-            else:
-                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
+    def _legend(self, cv: _Canvas, curves: list[Curve], kind: str) -> None:
+        for i, (key, row) in enumerate(zip(cv.keys, cv.rows, strict=True)):
+            if i >= len(curves):
+                key.set_visible(False)
+                row.set_visible(False)
+                continue
+            c = curves[i]
             s = c.stats
             text = (f"{printable(c.label, 14):<14} now {si(s.current, c.unit):>11}"
                     f"   avg {si(s.average, c.unit):>11}   max {si(s.maximum, c.unit):>11}"
                     f"   95th {si(s.p95, c.unit):>11}")
             if kind == "traffic":
                 text += f"   total {si(s.total, 'B'):>9}"
-            self.fig.text(0.025, y, "■", color=color, fontsize=9, parse_math=False)
-            self.fig.text(0.05, y, text, fontsize=7.5, family="monospace", color=TEXT,
-                          parse_math=False)
-            y -= 0.07
+            key.set_color(self._color(kind, c, i))
+            key.set_visible(True)
+            row.set_text(text)
+            row.set_visible(True)
 
     def _sparkline(self, kind: str, x: np.ndarray, curves: list[Curve]) -> bytes:
         ax = self.sax
-        ax.clear()
-        ax.set_axis_off()
+        for fill in self.spark_fills:
+            fill.remove()
+        self.spark_fills = []
+        for line in self.spark_lines:
+            line.set_visible(False)
         top = 0.0
-        color_iter = iter(LINE_COLORS)
-        for c in curves:
+        lines = iter(self.spark_lines)
+        for i, c in enumerate(curves):
             if c.style == "loss":
                 continue
+            line = next(lines, None)
+            if line is None:
+                break
             if c.style == "area":
-                ax.fill_between(x, c.values, 0, color=IN_COLOR, alpha=0.6, linewidth=0)
-            else:
-                color = OUT_COLOR if kind == "traffic" else next(color_iter, "#555")
-                ax.plot(x, c.values, color=color, linewidth=0.9)
+                self.spark_fills.append(ax.fill_between(x, c.values, 0, color=IN_COLOR,
+                                                        alpha=0.6, linewidth=0))
+            line.set_data(x, c.values)
+            line.set_color(self._color(kind, c, i))
+            line.set_visible(True)
             finite = c.values[np.isfinite(c.values)]
             if finite.size:
                 top = max(top, float(finite.max()))
@@ -275,7 +333,8 @@ class Renderer:
             ax.set_xlim(x[0], x[-1])
         ax.set_ylim(0, 100 if kind == "percent" else (top * 1.1 if top > 0 else 1))
         buf = io.BytesIO()
-        self.spark.savefig(buf, format="png", dpi=DPI, transparent=True)
+        self.spark.savefig(buf, format="png", dpi=DPI, transparent=True,
+                           pil_kwargs={"compress_level": 3})
         return buf.getvalue()
 
 
