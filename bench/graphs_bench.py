@@ -4,7 +4,7 @@ Targets (issue 6): site throughput (fetch + draw + PNG written, all cores) at le
 single-process `rrdtool graph` images/s; the full site for 1,000 interfaces x 4 periods within
 60 s; an incremental cycle (day graphs only) within 20 s.
 
-    .venv/bin/python bench/graphs_bench.py                  # 200 interfaces, extrapolated
+    .venv/bin/python bench/graphs_bench.py                  # 50 interfaces, extrapolated to 1000
     .venv/bin/python bench/graphs_bench.py --interfaces 1000  # the real size (slow on 2 cores)
 """
 
@@ -66,7 +66,7 @@ def rrdtool_day(path: Path, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--interfaces", type=int, default=200)
+    parser.add_argument("--interfaces", type=int, default=50)
     parser.add_argument("--hours", type=int, default=30, help="history written per interface")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()

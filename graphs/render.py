@@ -183,8 +183,8 @@ class _Canvas:
         for i in range(3):
             y = 0.135 - 0.07 * i
             self.keys.append(self.fig.text(0.025, y, "■", fontsize=9, parse_math=False))
-            self.rows.append(self.fig.text(0.05, y, "", fontsize=7.5, family="monospace",
-                                           color=TEXT, parse_math=False))
+            self.rows.append(self.fig.text(0.05, y, "", fontsize=8, color=TEXT,
+                                           parse_math=False))
         self.unit: str | None = None
         self.period_name: str | None = None
 
@@ -280,7 +280,7 @@ class Renderer:
             ax.yaxis.set_major_formatter(_si_axis(unit))
             cv.unit = unit
         cv.title.set_text(printable(f"{info.target} · {info.instance or 'device'}"))
-        cv.period.set_text(period.label)
+        cv.period.set_text(period.name)
         self._legend(cv, curves, kind)
         buf = io.BytesIO()
         cv.fig.savefig(buf, format="png", dpi=DPI, facecolor=BG,
@@ -295,11 +295,12 @@ class Renderer:
                 continue
             c = curves[i]
             s = c.stats
-            text = (f"{printable(c.label, 14):<14} now {si(s.current, c.unit):>11}"
-                    f"   avg {si(s.average, c.unit):>11}   max {si(s.maximum, c.unit):>11}"
-                    f"   95th {si(s.p95, c.unit):>11}")
+            # Short on purpose: every glyph costs render time, and the page has the full table.
+            text = (f"{printable(c.label, 14)}  now {si(s.current, c.unit)} · avg "
+                    f"{si(s.average, c.unit)} · max {si(s.maximum, c.unit)} · 95th "
+                    f"{si(s.p95, c.unit)}")
             if kind == "traffic":
-                text += f"   total {si(s.total, 'B'):>9}"
+                text += f" · total {si(s.total, 'B')}"
             key.set_color(self._color(kind, c, i))
             key.set_visible(True)
             row.set_text(text)
