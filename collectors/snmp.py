@@ -291,8 +291,7 @@ class SnmpCollector:
         self.concurrency = concurrency
         self.clock = clock
         self.pollers = {d.name: DevicePoller(d, interval) for d in devices}
-        self._engine: object | None = None
-        self._engine_loop: asyncio.AbstractEventLoop | None = None
+        self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
 
     @property
     def devices(self) -> list[SnmpDevice]:
@@ -305,27 +304,31 @@ class SnmpCollector:
             poller.client.close()
         poller.device, poller.client = device, None
 
-    def _engine_for_loop(self) -> object | None:
-        if not any(d.version == "3" for d in self.devices):
+    def _engine_for(self, poller: DevicePoller) -> object | None:
+        """The pysnmp engine of a v3 device, made once per event loop and then reused.
+
+        One engine per device, not one for all: pysnmp keeps one key per user name, so two
+        devices with the same user and different keys would otherwise overwrite each other.
+        """
+        if poller.device.version != "3":
             return None
         loop = asyncio.get_running_loop()
-        if self._engine is None or self._engine_loop is not loop:
+        engine, engine_loop = self._engines.get(poller.device.name, (None, None))
+        if engine is None or engine_loop is not loop:
             from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
 
-            self._engine, self._engine_loop = SnmpEngine(), loop
-            for poller in self.pollers.values():
-                if poller.device.version == "3":
-                    poller.client = None
-        return self._engine
+            engine = SnmpEngine()
+            self._engines[poller.device.name] = (engine, loop)
+            poller.client = None
+        return engine
 
     async def collect(self) -> Batch:
-        engine = self._engine_for_loop()
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(poller: DevicePoller) -> Batch:
             async with limit:
                 try:
-                    return await poller.poll(engine, self.clock)
+                    return await poller.poll(self._engine_for(poller), self.clock)
                 except Exception as exc:  # a bug or a broken agent: report it, poll the others
                     log.exception("%s: SNMP poll failed", poller.device.name)
                     return Batch(checks=[CheckResult(
@@ -343,14 +346,12 @@ class SnmpCollector:
             if poller.client is not None:
                 poller.client.close()
                 poller.client = None
-        if self._engine is not None:
-            close = getattr(self._engine, "close_dispatcher", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.debug("closing the SNMP engine failed", exc_info=True)
-            self._engine = None
+        for engine, _ in self._engines.values():
+            try:
+                engine.close_dispatcher()  # type: ignore[attr-defined]
+            except Exception:
+                log.debug("closing an SNMP engine failed", exc_info=True)
+        self._engines.clear()
 
 
 def build(config: Config) -> list[Collector]:

@@ -168,7 +168,7 @@ def decode_response(data: bytes) -> Response:
 
 
 def _decode_response(data: bytes) -> Response:
-    tag, pos, end = _header(data, 0)
+    tag, pos, _ = _header(data, 0)
     if tag != 0x30:
         raise BerError("not an SNMP message")
     tag, s, e = _header(data, pos)
@@ -179,7 +179,7 @@ def _decode_response(data: bytes) -> Response:
     if tag != 0x04:
         raise BerError("no community")
     community = data[s:e]
-    pdu_type, s, pdu_end = _header(data, e)
+    pdu_type, s, _ = _header(data, e)
     if pdu_type not in (RESPONSE, REPORT):
         raise BerError(f"unexpected PDU type 0x{pdu_type:02X}")
     fields = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -86,16 +87,31 @@ class CommunityClient:
         self.version = version
         self._wire_version = 0 if version == "1" else 1
         self._protocol: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
         self._ids = itertools.count((rng or (lambda: random.randrange(1, 2**30)))())
         self.requests = 0
 
     async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.close()  # a socket belongs to the event loop that made it
         if self._protocol is None or self._protocol.transport is None \
                 or self._protocol.transport.is_closing():
-            loop = asyncio.get_running_loop()
+            self._loop = loop
             try:
-                _, protocol = await loop.create_datagram_endpoint(
-                    _Protocol, remote_addr=(self.endpoint.host, self.endpoint.port))
+                infos = await loop.getaddrinfo(self.endpoint.host, self.endpoint.port,
+                                               type=socket.SOCK_DGRAM)
+                family, kind, proto, _, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    sock.connect(address)
+                    _, protocol = await loop.create_datagram_endpoint(_Protocol, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                self._sock = sock
             except OSError as exc:
                 raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: "
                                 f"{exc.strerror or exc}") from None
@@ -103,9 +119,16 @@ class CommunityClient:
         return self._protocol
 
     def close(self) -> None:
-        if self._protocol is not None and self._protocol.transport is not None:
-            self._protocol.transport.close()
+        transport = self._protocol.transport if self._protocol is not None else None
+        if transport is not None:
+            if self._loop is not None and self._loop.is_closed():
+                if self._sock is not None:
+                    self._sock.close()
+            else:
+                transport.close()
         self._protocol = None
+        self._loop = None
+        self._sock = None
 
     async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
                        max_repetitions: int = 0) -> ber.Response:
@@ -228,7 +251,7 @@ def _from_pysnmp(value: object) -> object:
 
 
 class UsmClient:
-    """SNMPv3 (USM) through pysnmp's asyncio hlapi; the engine is shared by all devices."""
+    """SNMPv3 (USM) through pysnmp's asyncio hlapi, on an engine reused across polls."""
 
     version = "3"
 
@@ -356,7 +379,7 @@ async def walk_columns(
                 else:
                     del cursor[active[position - len(pending_scalars)]]
                 continue
-        for scalar, (oid, value) in zip(pending_scalars, varbinds, strict=False):
+        for _scalar, (oid, value) in zip(pending_scalars, varbinds, strict=False):
             if not isinstance(value, Missing):
                 found_scalars[oid] = value
         rest = varbinds[len(pending_scalars):]

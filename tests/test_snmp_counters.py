@@ -133,7 +133,8 @@ def test_32bit_reset_above_speed_on_slow_link_discarded():
 
 
 def test_unknown_speed_does_not_discard():
-    r = two_polls(dev(0, 100_000, eth0=iface(10**9, speed=None)), dev(60, 106_000, eth0=iface(10, speed=None)))
+    r = two_polls(dev(0, 100_000, eth0=iface(10**9, speed=None)),
+                  dev(60, 106_000, eth0=iface(10, speed=None)))
     assert r.interfaces["eth0"]["in_octets"] == pytest.approx((2**64 - 10**9 + 10) / 60)
 
 
