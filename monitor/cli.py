@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--priv-key", help="v3 privacy pass phrase (or $SNMP_PRIV_KEY)")
     p.add_argument("--context", default="", help="v3 context name")
     p.set_defaults(handler=cmd_discover)
+
+    # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
+    from alerts.commands import register as register_alert_commands
+    register_alert_commands(sub, read_config)
     return parser
 
 
