@@ -203,7 +203,8 @@ def _v3_error(endpoint: Endpoint, indication: object, user: str) -> SnmpError:
     where = endpoint.where
     if isinstance(indication, errind.RequestTimedOut):
         return SnmpError("timeout", endpoint.no_response(
-            "host down, SNMP blocked, or v3 not enabled for this agent?"))
+            "host down, SNMP blocked, or wrong privacy key/protocol (agents drop what they "
+            "cannot decrypt)?"))
     if isinstance(indication, errind.UnknownUserName):
         return SnmpError("auth", f"{where} does not know SNMPv3 user {user!r} (unknown user name)")
     if isinstance(indication, errind.UnknownSecurityName):
