@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import rrdtool  # noqa: E402  (the reference only; graphs/ itself never imports it)
+import rrdtool  # the reference only; graphs/ itself never imports it
 
-from graphs.site import Site  # noqa: E402
-from monitor.model import Kind, Measurement  # noqa: E402
-from monitor.status import StatusBook  # noqa: E402
-from monitor.store import RrdStore  # noqa: E402
+from graphs.site import Site
+from monitor.model import Kind, Measurement
+from monitor.status import StatusBook
+from monitor.store import RrdStore
 
 STEP = 300
 
@@ -106,7 +106,7 @@ def main() -> None:
             print(f"  throughput ratio vs rrdtool: {rate / ref_rate:.2f}x (target >= 0.5x)")
             full_1000 = full * 1000 / n
             print(f"  full site, 1000 interfaces x 4 periods: {full_1000:.1f} s"
-                  f"{' (extrapolated from %d)' % n if n != 1000 else ''} (target <= 60 s)")
+                  f"{f' (extrapolated from {n})' if n != 1000 else ''} (target <= 60 s)")
 
             # Incremental: one new sample per interface, 5 min later: only day graphs are due.
             later = now + STEP

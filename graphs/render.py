@@ -153,7 +153,7 @@ class _Canvas:
 
     def __init__(self, twin: bool) -> None:
         self.fig = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor=BG)
-        ax = self.ax = self.fig.add_axes((0.095, 0.27, 0.85, 0.62))
+        ax = self.ax = self.fig.add_axes((0.095, 0.21, 0.85, 0.68))
         ax.set_facecolor("white")
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
@@ -288,23 +288,23 @@ class Renderer:
         return buf.getvalue()
 
     def _legend(self, cv: _Canvas, curves: list[Curve], kind: str) -> None:
+        """A colour key only: the figures are in the page's table, as MRTG does it. Glyphs are
+        what a matplotlib graph spends most of its time on, so the image carries few."""
+        x = 0.095
         for i, (key, row) in enumerate(zip(cv.keys, cv.rows, strict=True)):
             if i >= len(curves):
                 key.set_visible(False)
                 row.set_visible(False)
                 continue
             c = curves[i]
-            s = c.stats
-            # Short on purpose: every glyph costs render time, and the page has the full table.
-            text = (f"{printable(c.label, 14)}  now {si(s.current, c.unit)} · avg "
-                    f"{si(s.average, c.unit)} · max {si(s.maximum, c.unit)} · 95th "
-                    f"{si(s.p95, c.unit)}")
-            if kind == "traffic":
-                text += f" · total {si(s.total, 'B')}"
+            label = printable(c.label, 20) + (" (right axis)" if c.style == "loss" else "")
             key.set_color(self._color(kind, c, i))
+            key.set_position((x, 0.035))
+            row.set_position((x + 0.022, 0.035))
             key.set_visible(True)
-            row.set_text(text)
+            row.set_text(label)
             row.set_visible(True)
+            x += 0.04 + 0.0125 * len(label)
 
     def _sparkline(self, kind: str, x: np.ndarray, curves: list[Curve]) -> bytes:
         ax = self.sax
