@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -37,11 +38,11 @@ def traffic(target: str, instance: str, values: list[tuple[int, float | None, fl
     return out
 
 
-def known_day(seed: int = 7) -> list[tuple[int, float | None, float | None]]:
+def known_day(seed: int = 7, now: int = NOW) -> list[tuple[int, float | None, float | None]]:
     rng = random.Random(seed)
     rows = []
     for i in range(int(1.5 * 86400 / STEP)):
-        ts = NOW - (int(1.5 * 86400 / STEP) - 1 - i) * STEP
+        ts = now - (int(1.5 * 86400 / STEP) - 1 - i) * STEP
         gap = 100 <= i % 300 < 112  # an hour without data: must stay a gap
         rows.append((ts, None if gap else rng.uniform(1e4, 5e6),
                      None if gap else float(rng.randint(1000, 900_000))))
@@ -269,12 +270,13 @@ def test_chromium_loads_index_and_interface_page(tmp_path, write_config):
         title = "Test <DMZ>"
     """)
     store = RrdStore(data / "rrd")
-    store.write(traffic("router", "ge-0/0/1", known_day()), STEP)
+    now = int(time.time()) // STEP * STEP  # `monitor graph` draws up to the real now
+    store.write(traffic("router", "ge-0/0/1", known_day(now=now)), STEP)
     store.write([Measurement("mail.example.net", "smtp", "response_seconds", 0.02 + i / 1e4,
-                             Kind.GAUGE, "s", NOW - i * STEP) for i in range(200, -1, -1)], STEP)
+                             Kind.GAUGE, "s", now - i * STEP) for i in range(200, -1, -1)], STEP)
     book = StatusBook(data / "state" / "status.json")
     book.update([CheckResult("router", "if ge-0/0/1", State.CRITICAL, "ge-0/0/1 is down",
-                             timestamp=NOW)])
+                             timestamp=now - 3600)])
     book.save()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     done = subprocess.run([sys.executable, "-m", "monitor", "-c", str(config), "graph",
