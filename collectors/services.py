@@ -87,7 +87,8 @@ async def run_check(check: ServiceCheck, target: str, now: float) -> Outcome:
         if check.kind == "plugin":
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
         what = _WAITING.get(stage.doing, f"sent no {stage.doing}")
-        return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}")
+        return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
+                       f"{stage.note}")
     except Exception as exc:  # a dead peer is a result, not a collector failure
         return Outcome(State.CRITICAL, f"{_where(check, target)} {_error_text(exc)} after "
                        f"{secs(time.monotonic() - start)}")

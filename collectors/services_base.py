@@ -45,6 +45,7 @@ class Stage:
 
     def __init__(self) -> None:
         self.doing = "connect"
+        self.note = ""
         self.cert: Outcome | None = None
 
 

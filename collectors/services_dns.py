@@ -56,7 +56,8 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
         return Outcome(State.CRITICAL, f"{where} answered {rcode} instead of {check.expect_rcode} "
                        f"for {question}{rcode_note} in {secs(elapsed)}", elapsed)
     wanted_type = dns.rdatatype.from_text(check.query_type)
-    answers = [rd.to_text() for rrset in response.answer if rrset.rdtype == wanted_type for rd in rrset]
+    answers = sorted(rd.to_text() for rrset in response.answer if rrset.rdtype == wanted_type
+                     for rd in rrset)
     shown = ", ".join(clean(a, 60) for a in answers[:4]) + (" ..." if len(answers) > 4 else "")
     if check.expect_answers:
         got = {_norm(a) for a in answers}

@@ -136,10 +136,11 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
         await writer.drain()
     if check.expect is None:
         return ""
-    stage.doing = "answer"
+    stage.doing = repr(clean(check.expect))
     want = check.expect.encode()
     seen = b""
     while want not in seen:
+        stage.note = f" (got {clean(seen)!r})" if seen else ""
         chunk = await reader.read(4096)
         if not chunk:
             raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
