@@ -392,3 +392,11 @@ async def test_default_config_demo_down():
     (result,) = (await collector.collect()).checks
     assert (result.target, result.check, result.state) == ("127.0.0.1", "demo-down", State.CRITICAL)
     assert "refused the connection" in result.message
+
+
+def test_default_config_documents_every_service_key():
+    from dataclasses import fields
+
+    text = (ROOT / "config.toml").read_text()
+    for f in fields(ServiceCheck):
+        assert f"# {f.name} =" in text or f"\n{f.name} =" in text, f.name
