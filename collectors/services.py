@@ -96,7 +96,8 @@ async def run_check(check: ServiceCheck, target: str, now: float) -> Outcome:
     if verify_error is not None and cert is not None and (
             cert.state == State.OK or "expired" not in cert.message):
         cert.state = State.CRITICAL
-        cert.message = f"certificate not trusted: {clean(verify_error)}; " + cert.message
+        cert.message = (f"certificate not trusted: {clean(verify_error)}; "
+                        + cert.message.replace("certificate valid for", "certificate expires in"))
     if outcome.state == State.OK and outcome.response is not None:
         outcome = _thresholds(check, outcome)
     if cert is not None:

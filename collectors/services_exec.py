@@ -55,7 +55,9 @@ def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | No
 
 
 async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
-    wait = max(1, int(check.timeout))
+    # How long ping waits for the last reply: what the timeout leaves after sending, 1-5 s, so a
+    # dead host ends as "100% loss" rather than being killed at the timeout.
+    wait = max(1, int(min(5, check.timeout - check.count * check.ping_interval - 0.5)))
     argv = [str(check.ping_command), "-n", "-c", str(check.count), "-i", f"{check.ping_interval:g}",
             "-W", str(wait), check.host]
     where = f"PING {clean(check.host, 60)}"

@@ -350,6 +350,9 @@ class ServiceCheck:
         if kind == "ping":
             if self.loss_warning > self.loss_critical:
                 raise Invalid("loss_warning", "must not be above loss_critical")
+            if self.timeout <= self.count * self.ping_interval:
+                raise Invalid("timeout", f"must be longer than count x ping_interval "
+                                         f"({self.count * self.ping_interval:g} s)")
             return
         if self.port is None:
             default = (SERVICE_TLS_PORTS.get(kind) if self.tls else None) or SERVICE_PORTS.get(kind)

@@ -350,6 +350,8 @@ def test_config_errors(write_config):
     assert "only http/https" in error('kind = "tcp"\nhost = "a"\nport = 1\nexpect_text = "x"\n')
     assert "must not be above critical" in error('kind = "ssh"\nhost = "a"\nwarning = "2s"\n'
                                                  'critical = "1s"\n')
+    assert "longer than count x ping_interval" in error('kind = "ping"\nhost = "a"\ncount = 10\n'
+                                                         'timeout = "1s"\n')
     assert "record type" in error('kind = "dns"\nserver = "a"\nquery = "x"\nquery_type = "BOGUS"\n')
     assert "expected a URL" in error('kind = "http"\nurl = "ftp://x/"\n')
     assert "services[0].expect_status[0]" in error('kind = "http"\nhost = "a"\nexpect_status = [99]\n')
