@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from collectors.services_base import Outcome, Stage, clean, secs
+from collectors.services_base import Outcome, Stage, clean, hostport, secs
 from collectors.services_dns import probe_dns
 from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
@@ -33,9 +33,9 @@ _WAITING = {"connect": "did not accept the connection", "greeting": "accepted th
 
 def _where(check: ServiceCheck, target: str) -> str:
     if check.kind in ("http", "https"):
-        return f"{'HTTPS' if check.tls else 'HTTP'} {clean(check.vhost or check.host, 60)}:{check.port}"
+        return f"{'HTTPS' if check.tls else 'HTTP'} {hostport(check.vhost or check.host, check.port)}"
     if check.kind == "dns":
-        return f"DNS {clean(target, 60)}:{check.port or 53}"
+        return f"DNS {hostport(target, check.port or 53)}"
     if check.kind == "ping":
         return f"PING {clean(target, 60)}"
     if check.kind == "plugin":

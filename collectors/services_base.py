@@ -23,6 +23,12 @@ def clean(text: str | bytes, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def hostport(host: str, port: int | None) -> str:
+    """"mail.example.net:25", "[2001:db8::25]:25" for the messages."""
+    host = clean(host, 60)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def secs(value: float) -> str:
     return f"{value:.3f} s" if value < 0.1 else f"{value:.2f} s"
 

@@ -14,7 +14,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from collectors.services_base import Outcome, Stage, clean, secs
+from collectors.services_base import Outcome, Stage, clean, hostport, secs
 from monitor.config import ServiceCheck
 from monitor.model import State
 
@@ -34,7 +34,7 @@ async def _address(server: str) -> str:
 
 async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     port = check.port or 53
-    where = f"DNS {clean(server, 60)}:{port}"
+    where = f"DNS {hostport(server, port)}"
     question = f"{clean(check.query or '', 80)} {check.query_type}"
     stage.doing = "answer"
     address = await _address(server)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from urllib.parse import urljoin, urlsplit
 
-from collectors.services_base import Outcome, Stage, cert_verdict, clean, secs
+from collectors.services_base import Outcome, Stage, cert_verdict, clean, hostport, secs
 from collectors.services_tcp import ProtocolError, close, connect, peer_cert, read_line
 from monitor.config import ServiceCheck
 from monitor.model import State
@@ -73,7 +73,7 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
     default_port = 443 if tls else 80
     host_header = check.vhost or (host if port == default_port else f"{host}:{port}")
     scheme = "https" if tls else "http"
-    where = f"{scheme.upper()} {clean(check.vhost or host, 60)}:{port}{clean(path, 60)}"
+    where = f"{scheme.upper()} {hostport(check.vhost or host, port)}{clean(path, 60)}"
     hops = 0
     first_cert = True
     while True:

@@ -11,7 +11,16 @@ import asyncio
 import ssl
 import time
 
-from collectors.services_base import Outcome, Stage, cert_verdict, clean, secs, server_name, tls_context
+from collectors.services_base import (
+    Outcome,
+    Stage,
+    cert_verdict,
+    clean,
+    hostport,
+    secs,
+    server_name,
+    tls_context,
+)
 from monitor.config import ServiceCheck
 from monitor.model import State
 
@@ -37,7 +46,7 @@ def label(check: ServiceCheck) -> str:
     name = LABELS.get(check.kind, check.kind.upper())
     if check.tls and check.kind not in ("https",):
         name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
-    return f"{name} {clean(check.host, 60)}:{check.port}"
+    return f"{name} {hostport(check.host, check.port)}"
 
 
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
