@@ -402,3 +402,19 @@ def test_default_config_documents_every_service_key():
     text = (ROOT / "config.toml").read_text()
     for f in fields(ServiceCheck):
         assert f"# {f.name} =" in text or f"\n{f.name} =" in text, f.name
+
+
+async def test_results_land_in_rrd(tmp_path, servers, certs):
+    from monitor.store import RrdStore
+
+    port = await servers(srv.http, tls=srv.server_context(certs["valid"]))
+    batch = await services.ServicesCollector("services", 60, [
+        svc("https", port, "web", ca_file=certs["valid"][0]),
+        svc("tcp", srv.closed_port(), "down")]).collect()
+    store = RrdStore(tmp_path / "rrd")
+    report = store.write(batch.measurements, 60)
+    assert not report.errors
+    series = {(s.target, s.instance): set(s.metrics) for s in store.series()}
+    assert series[("127.0.0.1", "web")] == {"response_seconds", "cert_expiry_days"}
+    assert series[("127.0.0.1", "down")] == {"response_seconds"}
+    store.close()
