@@ -35,7 +35,11 @@ async def _read_body(reader, headers: dict[str, str]) -> bytes:
         except ValueError:
             raise ProtocolError("sent a bad Content-Length") from None
         return await reader.readexactly(min(length, MAX_BODY))
-    return await reader.read(MAX_BODY)
+    # No length given: the body ends when the server closes (we asked for Connection: close).
+    body = b""
+    while len(body) < MAX_BODY and (chunk := await reader.read(MAX_BODY - len(body))):
+        body += chunk
+    return body
 
 
 async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, port: int, tls: bool,

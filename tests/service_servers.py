@@ -164,6 +164,13 @@ async def http(reader, writer):
         status, body = "503 Service Unavailable", b"down for maintenance"
     elif path == "/vhost":
         body = f"site {headers.get('host')}".encode()
+    elif path == "/unsized":
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"second part")
+        await writer.drain()
+        return
     elif path == "/chunked":
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
                      b"6\r\nHello \r\n5\r\nchunk\r\n0\r\n\r\n")

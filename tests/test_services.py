@@ -200,10 +200,12 @@ async def test_http(servers):
         svc("http", port, "vhost", path="/vhost", vhost="www.example.net", expect_text="www.example.net"),
         svc("http", port, "chunked", path="/chunked", expect_text="Hello chunk"),
         svc("http", port, "head", method="HEAD"),
+        svc("http", port, "unsized", path="/unsized", expect_text="second part"),
         svc("http", name="url", url=f"http://127.0.0.1:{port}/final", expect_text="final"),
         svc("http", port, "slow", warning=0.0))
     by = {r.check: r for r in results}
-    for name in ("home", "redirect", "redirect-ok", "absolute", "vhost", "chunked", "head", "url"):
+    for name in ("home", "redirect", "redirect-ok", "absolute", "vhost", "chunked", "head", "url",
+                 "unsized"):
         assert by[name].state == State.OK, (name, by[name].message)
     assert by["home"].message.startswith(f"HTTP 127.0.0.1:{port}/ answered 200 OK in ")
     assert "after 1 redirect" in by["redirect"].message
