@@ -46,7 +46,9 @@ async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, p
                    path: str, host_header: str) -> tuple[int, str, dict[str, str], bytes, bytes | None]:
     writer = None
     try:
-        reader, writer = await connect(check, stage, verify, host, port, tls)
+        # After a redirect to another site, TLS names that site (SNI), not the configured one.
+        sni = None if host_header == (check.vhost or check.host) else urlsplit(f"//{host_header}").hostname
+        reader, writer = await connect(check, stage, verify, host, port, tls, sni)
         stage.doing = "HTTP response"
         writer.write(f"{check.method} {path} HTTP/1.1\r\nHost: {host_header}\r\n"
                      "User-Agent: monitor-service-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"

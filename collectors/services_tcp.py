@@ -50,7 +50,7 @@ def label(check: ServiceCheck) -> str:
 
 
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
-                  port: int | None = None, tls: bool | None = None
+                  port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     tls = check.tls if tls is None else tls
     stage.doing = "connect"
@@ -58,7 +58,7 @@ async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | N
         return await asyncio.open_connection(
             host or check.host, port or check.port,
             ssl=tls_context(check, verify) if tls else None,
-            server_hostname=server_name(check) if tls else None,
+            server_hostname=(sni or server_name(check)) if tls else None,
             limit=65536)
     except ssl.SSLCertVerificationError as exc:
         raise CertRejected(exc.verify_message or str(exc)) from None

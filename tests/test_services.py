@@ -420,3 +420,11 @@ async def test_results_land_in_rrd(tmp_path, servers, certs):
     assert series[("127.0.0.1", "web")] == {"response_seconds", "cert_expiry_days"}
     assert series[("127.0.0.1", "down")] == {"response_seconds"}
     store.close()
+
+
+async def test_tls_to_plain_server_and_long_banner(servers):
+    port = await servers(srv.banner("220 " + "x" * 5000 + "\r\x07"))
+    plain = await servers(srv.banner("SSH-2.0-" + "y" * 5000))
+    tls, ssh = await run(svc("smtp", port, "smtps", tls=True), svc("ssh", plain, "ssh"))
+    assert tls.state == State.CRITICAL and "TLS handshake" in tls.message
+    assert ssh.state == State.OK and len(ssh.message) < 200 and ssh.message.count("y") <= 60
