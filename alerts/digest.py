@@ -452,7 +452,7 @@ def render_text(report: Report) -> str:
     lines = [subject_of(report), f"{fmt_time(report.start)} - {fmt_time(report.end)} on "
                                  f"{report.hostname}", ""]
     for s in report.sections:
-        lines += [s.title, "=" * len(s.title)]
+        lines += [s.title, "-" * len(s.title)]
         if s.is_empty:
             lines.append(s.empty)
         if s.rows:

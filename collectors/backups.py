@@ -125,8 +125,15 @@ class JobResult:
     extra: dict = field(default_factory=dict)
 
 
+def _human(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return format_duration(round(seconds))
+
+
 def _ago(now: float, when: float) -> str:
-    return f"{format_duration(max(0.0, now - when))} ago"
+    return f"{_human(now - when)} ago"
 
 
 def _last_line(text: str) -> str:
@@ -149,9 +156,9 @@ def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
     if last.get("exit_status") != 0:
         detail = _last_line(last.get("tail", ""))
         return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
-                         f" after {format_duration(took)}" + (f": {detail}" if detail else ""),
+                         f" after {_human(took)}" + (f": {detail}" if detail else ""),
                          when, took, size)
-    return JobResult(True, f"succeeded {_ago(now, when)} in {format_duration(took)}", when, took, size)
+    return JobResult(True, f"succeeded {_ago(now, when)} in {_human(took)}", when, took, size)
 
 
 def evaluate_log(job: BackupJob, now: float) -> JobResult:

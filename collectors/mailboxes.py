@@ -382,7 +382,7 @@ class MailboxesCollector:
     async def collect(self) -> Batch:
         cfg = self.config
         result = await asyncio.to_thread(
-            scan_spools, cfg.paths, default_domain=cfg.default_domain,
+            scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
             use_maildirsize=cfg.maildirsize, maildirsize_max_age=cfg.maildirsize_max_age,
             threads=cfg.scan_threads, clock=self.clock, mbox_cache=self._mbox_cache)
         batch = self.to_batch(result, self.clock())
@@ -438,7 +438,7 @@ class MailboxesCollector:
         if over:
             summary += f"; {over} over their size limit"
         if not result.mailboxes and not result.errors:
-            summary = (f"no mailboxes found under {', '.join(cfg.paths)}; check [mailboxes] paths")
+            summary = (f"no mailboxes found under {', '.join(map(str, cfg.paths))}; check [mailboxes] paths")
         state = State.WARNING if (result.errors or not result.mailboxes) else State.OK
         batch.add(CheckResult(TARGET, "mailboxes", state, summary, timestamp=now))
         return batch

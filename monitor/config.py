@@ -320,7 +320,7 @@ class MailboxesConfig:
     enabled: bool = False
     interval: Duration | None = None
     # Path patterns; {domain} and {user} each stand for one directory level.
-    paths: list[str] = field(default_factory=lambda: ["/var/mail/vhosts/{domain}/{user}"])
+    paths: list[ConfigPath] = field(default_factory=lambda: [Path("/var/mail/vhosts/{domain}/{user}")])
     # The domain of mailboxes whose pattern has no {domain} (e.g. "/var/mail/{user}" mbox files).
     default_domain: str = "localhost"
     maildirsize: bool = True
@@ -335,11 +335,10 @@ class MailboxesConfig:
     queue_critical: Annotated[int, Range(1, None)] | None = None
 
     def validate(self) -> None:
-        for pattern in self.paths:
+        for path in self.paths:
+            pattern = str(path)
             if "{user}" not in pattern:
                 raise Invalid("paths", f"pattern {pattern!r} has no {{user}} placeholder")
-            if not pattern.startswith("/"):
-                raise Invalid("paths", f"pattern {pattern!r} must be an absolute path")
             for part in pattern.split("/"):
                 if "{" in part and part not in ("{domain}", "{user}"):
                     raise Invalid("paths", f"in {pattern!r}: {{domain}} and {{user}} must each be "
