@@ -242,8 +242,10 @@ def follow(path: Path, state: ListsState) -> tuple[int, list[str]]:
     except FileNotFoundError:
         st = None
     if state.inode is not None:
-        rotated = st is None or not _same_file(state, st) or not _head_matches(path, state)
-        truncated = not rotated and st is not None and st.st_size < state.offset
+        rotated = st is None or not _same_file(state, st)
+        # Same inode but shorter, or other first bytes: truncated (and maybe written again).
+        truncated = not rotated and st is not None and (
+            st.st_size < state.offset or not _head_matches(path, state))
         if rotated or truncated:
             # Finish the previous file first: renamed (same inode) or copied (same first bytes).
             old = None
