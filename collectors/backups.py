@@ -236,7 +236,7 @@ def repository_argv(job: BackupJob) -> tuple[list[str], dict[str, str]]:
     env: dict[str, str] = {}
     if job.kind == "restic":
         argv = [job.command or "restic", "--repo", job.repository, "snapshots", "--json",
-                "--no-lock"]
+                "--no-lock", "--no-cache"]
         if job.password is not None:
             env["RESTIC_PASSWORD"] = job.password
     else:
