@@ -114,7 +114,7 @@ def test_incremental_partial_line_rotation_and_truncation(tmp_path: Path):
 
 
 class _Mailman3(BaseHTTPRequestHandler):
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         assert self.headers["Authorization"].startswith("Basic ")
         body = {"total_size": 2, "start": 0, "entries": [
             {"list_name": "announce", "fqdn_listname": "announce@example.net", "member_count": 812},
