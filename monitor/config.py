@@ -454,20 +454,105 @@ class DisksConfig:
                     raise Invalid("smart", str(exc)) from None
 
 
+_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
+                     "a mailing list name (letters, digits, . _ + -)")
+
+
 @dataclass
 class MailboxesConfig:
+    """[mailboxes]: mailbox sizes from Maildir trees and mbox files, optional Postfix queue."""
+
     enabled: bool = False
     interval: Duration | None = None
+    # Path patterns; {domain} and {user} each stand for one directory level.
+    paths: list[ConfigPath] = field(default_factory=lambda: [Path("/var/mail/vhosts/{domain}/{user}")])
+    # The domain of mailboxes whose pattern has no {domain} (e.g. "/var/mail/{user}" mbox files).
+    default_domain: str = "localhost"
+    maildirsize: bool = True
+    maildirsize_max_age: Duration = 86400.0
+    top: Annotated[int, Range(0, 1000)] = 20
+    warn_size: Size | None = None
+    critical_size: Size | None = None
+    scan_threads: Annotated[int, Range(1, 64)] = 2
+    postfix_queue: bool = False
+    postqueue: str = "/usr/sbin/postqueue"
+    queue_warning: Annotated[int, Range(1, None)] | None = None
+    queue_critical: Annotated[int, Range(1, None)] | None = None
+
+    def validate(self) -> None:
+        for path in self.paths:
+            pattern = str(path)
+            if "{user}" not in pattern:
+                raise Invalid("paths", f"pattern {pattern!r} has no {{user}} placeholder")
+            for part in pattern.split("/"):
+                if "{" in part and part not in ("{domain}", "{user}"):
+                    raise Invalid("paths", f"in {pattern!r}: {{domain}} and {{user}} must each be "
+                                           "a whole directory level")
+        if not self.postqueue.startswith("/"):
+            raise Invalid("postqueue", "must be an absolute path to the postqueue program")
 
 
 @dataclass
-class MailingList:
-    name: Name
+class ListsConfig:
+    """[lists]: Mailman activity from its post log, subscriber counts, optional Mailman 3."""
+
+    enabled: bool = False
+    interval: Duration | None = None
+    post_log: ConfigPath | None = Path("/var/lib/mailman/logs/post")
+    list_members: str | None = "/usr/lib/mailman/bin/list_members"
+    lists: list[Annotated[str, _LIST_NAME]] = field(default_factory=list)
+    keep_days: Annotated[int, Range(1, 3660)] = 60
+    mailman3_url: str | None = None
+    mailman3_user: str = "restadmin"
+    mailman3_password: Secret = None
+    timeout: Duration = 20.0
+
+    def validate(self) -> None:
+        if self.list_members is not None and not self.list_members.startswith("/"):
+            raise Invalid("list_members", "must be an absolute path (or leave it out)")
+        if self.mailman3_url is not None and not re.match(r"^https?://[^\s/]+", self.mailman3_url):
+            raise Invalid("mailman3_url", 'expected "http://HOST:PORT" of Mailman 3 core\'s REST API')
 
 
 @dataclass
 class BackupJob:
-    name: Name
+    """One [[backups]] job and where its results come from."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                                 "a job name of letters, digits, . _ -")]
+    kind: Literal["wrapper", "log", "artifact", "restic", "borg"] = "wrapper"
+    max_age: Annotated[float, DURATION_MARK, Range(60, None)] = 93600.0
+    # kind = "log"
+    log: ConfigPath | None = None
+    success_pattern: str | None = None
+    failure_pattern: str | None = None
+    # kind = "artifact"
+    glob: str | None = None
+    max_shrink: Percent = 20.0
+    min_size: Size = 1
+    # kind = "restic" / "borg"
+    repository: str | None = None
+    password: Secret = None
+    command: str | None = None
+    timeout: Duration = 300.0
+
+    def validate(self) -> None:
+        need = {"log": ("log", self.log), "artifact": ("glob", self.glob),
+                "restic": ("repository", self.repository), "borg": ("repository", self.repository)}
+        if self.kind in need and need[self.kind][1] is None:
+            raise Invalid(need[self.kind][0], f'a "{self.kind}" backup job needs {need[self.kind][0]}')
+        if self.kind == "log" and not (self.success_pattern or self.failure_pattern):
+            raise Invalid("success_pattern", "a log job needs success_pattern and/or failure_pattern")
+        for k in ("success_pattern", "failure_pattern"):
+            if getattr(self, k):
+                try:
+                    re.compile(getattr(self, k))
+                except re.error as exc:
+                    raise Invalid(k, f"not a valid regular expression: {exc}") from None
+        if self.glob is not None and not self.glob.startswith("/"):
+            raise Invalid("glob", "must be an absolute path pattern like /srv/backup/*.tar.gz")
+        if self.command is not None and not self.command.startswith("/"):
+            raise Invalid("command", "must be an absolute path to the restic/borg program")
 
 
 _COMPARISON = Pattern(r"^\s*(>=|<=|>|<|==|!=)\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$",
@@ -588,9 +673,39 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
+DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
+                   "mailboxes", "lists", "backups")
+
+
 @dataclass
 class Digest:
-    name: Name
+    """One [[digests]] mail: what goes in it, to whom, when."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                 "a digest name of letters, digits, . _ -")]
+    schedule: str = "0 7 * * *"
+    recipients: list[str] = field(default_factory=lambda: ["admins"])
+    sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
+                           "mailboxes", "lists", "backups"]] = field(
+        default_factory=lambda: list(DIGEST_SECTIONS))
+    period: Annotated[float, DURATION_MARK, Range(3600, None)] = 86400.0
+    subject: str = ""
+    top: Annotated[int, Range(1, 1000)] = 20
+    cert_days: Annotated[int, Range(1, 3650)] = 60
+    graphs: bool = True
+
+    def validate(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.schedule)
+        except ValueError as exc:
+            raise Invalid("schedule", f'expected a cron expression like "0 7 * * 1", got '
+                                      f"{self.schedule!r} ({exc})") from None
+        if not self.recipients:
+            raise Invalid("recipients", "needs at least one contact group")
+        if not self.sections:
+            raise Invalid("sections", "needs at least one section")
 
 
 @dataclass
@@ -605,7 +720,7 @@ class Config:
     services: list[ServiceCheck] = field(default_factory=list)
     disks: DisksConfig = field(default_factory=DisksConfig)
     mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
-    lists: list[MailingList] = field(default_factory=list)
+    lists: ListsConfig = field(default_factory=ListsConfig)
     backups: list[BackupJob] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
@@ -627,6 +742,20 @@ class Config:
             if name in devices[:i]:
                 raise Invalid("snmp", f"two SNMP devices are named {name!r}; names must be unique")
         self._validate_alert_contacts()
+        self._validate_reports()
+
+    def _validate_reports(self) -> None:
+        for what, names in (("backups", [b.name for b in self.backups]),
+                            ("digests", [d.name for d in self.digests])):
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    raise Invalid(what, f"two {what} are named {name!r}; names must be unique")
+        for digest in self.digests:
+            for group in digest.recipients:
+                if group not in self.contacts:
+                    known = ", ".join(sorted(self.contacts)) or "none defined"
+                    raise Invalid("digests", f"digest {digest.name!r} goes to unknown contact "
+                                  f"group {group!r} (groups in [contacts]: {known})")
 
     def _validate_alert_contacts(self) -> None:
         for group, addresses in self.contacts.items():
