@@ -74,6 +74,9 @@ class Agent:
             self.site = site_from_config(self.config, self.store, self.status,
                                          workers=self.config.web.workers)
             self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
+        # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
+        from alerts.digest import schedule_digests
+        schedule_digests(self.config, self.scheduler, self.store, self.status)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
