@@ -144,6 +144,14 @@ _LOCATORS = {
 }
 
 
+def _mark_sparse(line, c: Curve) -> None:
+    """Few known values (a new series, or samples between gaps) would draw nothing as a line:
+    show them as dots, so a fresh install does not look broken."""
+    sparse = 0 < c.stats.known <= 60
+    line.set_marker("o" if sparse else "None")
+    line.set_markersize(2.5 if sparse else 0)
+
+
 class _Canvas:
     """One figure styled once and kept: a graph only swaps data, limits and texts.
 
@@ -262,6 +270,7 @@ class Renderer:
             line.set_data(x, c.values)
             line.set_color(color)
             line.set_linewidth(0.8 if c.style == "area" else 1.2)
+            _mark_sparse(line, c)
             line.set_visible(True)
             finite = c.values[np.isfinite(c.values)]
             if finite.size:
@@ -326,6 +335,7 @@ class Renderer:
                                                         alpha=0.6, linewidth=0))
             line.set_data(x, c.values)
             line.set_color(self._color(kind, c, i))
+            _mark_sparse(line, c)
             line.set_visible(True)
             finite = c.values[np.isfinite(c.values)]
             if finite.size:
