@@ -204,14 +204,166 @@ class SnmpConfig:
     concurrency: Annotated[int, Range(1, 1000)] = 32
 
 
+SERVICE_DEFAULT_PORTS = {
+    # kind: (plain port, implicit-TLS port)
+    "smtp": (25, 465), "imap": (143, 993), "pop3": (110, 995), "ftp": (21, 990),
+    "ssh": (22, 22), "http": (80, 443), "https": (443, 443), "dns": (53, 53),
+}
+_BANNER_KINDS = ("tcp", "smtp", "imap", "pop3", "ssh", "ftp")
+_STARTTLS_KINDS = ("smtp", "imap", "pop3", "ftp")
+DNS_RCODES = ("NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+              "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE")
+
+
 @dataclass
 class ServiceCheck:
+    """One `[[services]]` table: what to check, how, and when it is WARNING or CRITICAL.
+
+    Kind-specific keys are checked in `validate()` so that a key that would be silently ignored
+    by this kind (e.g. `starttls` on a DNS check) is an error rather than a surprise.
+    """
+
     name: Name
     kind: Literal["tcp", "smtp", "imap", "pop3", "ssh", "ftp", "http", "https", "dns", "ping", "plugin"]
     host: str = ""
     port: Port | None = None
-    timeout: Duration = 10.0
+    timeout: Annotated[float, DURATION_MARK, Range(0.05, 600)] = 10.0
     interval: Duration | None = None
+    # Response time thresholds (connect to final answer, or the whole HTTP exchange/DNS query).
+    warning_time: Duration | None = None
+    critical_time: Duration | None = None
+    # Banner kinds: a text the greeting must contain; tcp: also what to send first.
+    send: str | None = None
+    expect: str | None = None
+    # TLS: implicit TLS from the first byte (smtps 465, imaps 993, pop3s 995), or STARTTLS/STLS.
+    tls: bool = False
+    starttls: bool = False
+    verify: bool = True
+    ca_file: ConfigPath | None = None
+    tls_name: str | None = None
+    cert_warning_days: Annotated[float, Range(0, 3650)] = 21.0
+    cert_critical_days: Annotated[float, Range(0, 3650)] = 7.0
+    # SMTP: the name sent with EHLO (default: the agent's host name).
+    ehlo: str | None = None
+    # HTTP(S).
+    url: str | None = None
+    path: str = "/"
+    vhost: str | None = None
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[Annotated[int, Range(100, 599)]] = field(default_factory=list)
+    expect_text: str | None = None
+    follow_redirects: Annotated[int, Range(0, 20)] = 0
+    # DNS: the server is `host`.
+    query: str | None = None
+    query_type: str = "A"
+    answers: list[str] = field(default_factory=list)
+    rcode: str = "NOERROR"
+    # ping.
+    count: Annotated[int, Range(1, 100)] = 5
+    packet_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
+    loss_warning: Percent = 20.0
+    loss_critical: Percent = 60.0
+    # plugin: the argv of a Nagios-compatible plugin (never run through a shell).
+    command: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        kind = self.kind
+        if kind == "https":
+            self.tls = True
+        if self.url is not None:
+            if kind not in ("http", "https"):
+                raise Invalid("url", "only http and https checks take a url")
+            self._apply_url()
+        if kind not in ("plugin",) and not self.host:
+            what = "the DNS server to ask" if kind == "dns" else "the host to check"
+            raise Invalid(None, f'missing required key "host" ({what})')
+        if self.port is None:
+            if kind == "tcp":
+                raise Invalid(None, 'missing required key "port" (tcp checks need a port)')
+            if kind in SERVICE_DEFAULT_PORTS:
+                self.port = SERVICE_DEFAULT_PORTS[kind][1 if self.tls else 0]
+        elif kind in ("ping", "plugin"):
+            raise Invalid("port", f"{kind} checks take no port")
+        if self.tls and kind not in (*_BANNER_KINDS, "http", "https"):
+            raise Invalid("tls", f"{kind} checks do not speak TLS")
+        if self.tls and kind == "ssh":
+            raise Invalid("tls", "SSH does not run over TLS")
+        if self.starttls:
+            if kind not in _STARTTLS_KINDS:
+                raise Invalid("starttls", "only smtp, imap, pop3 and ftp checks can use STARTTLS")
+            if self.tls:
+                raise Invalid("starttls", "use either tls (implicit TLS) or starttls, not both")
+        if self.send is not None and kind != "tcp":
+            raise Invalid("send", "only tcp checks send a custom string")
+        if self.expect is not None and kind not in _BANNER_KINDS:
+            raise Invalid("expect", f"{kind} checks use other keys (expect_text, answers)")
+        if self.ehlo is not None and kind != "smtp":
+            raise Invalid("ehlo", "only smtp checks send EHLO")
+        http_only = {"expect_status": self.expect_status, "expect_text": self.expect_text,
+                     "follow_redirects": self.follow_redirects, "vhost": self.vhost}
+        if kind not in ("http", "https"):
+            for k, v in http_only.items():
+                if v:
+                    raise Invalid(k, "only http and https checks take this key")
+        if kind in ("http", "https") and not self.path.startswith("/"):
+            raise Invalid("path", f'expected a path starting with "/", got {self.path!r}')
+        if kind == "dns":
+            if not self.query:
+                raise Invalid(None, 'missing required key "query" (the name to look up)')
+            self.query_type = self.query_type.upper()
+            import dns.rdatatype
+
+            try:
+                dns.rdatatype.from_text(self.query_type)
+            except Exception:
+                raise Invalid("query_type", f'expected a record type like "A", "AAAA", "MX", '
+                              f'"NS", "SOA", "TXT", got {self.query_type!r}') from None
+            self.rcode = self.rcode.upper()
+            if self.rcode not in DNS_RCODES:
+                raise Invalid("rcode", f"expected one of {', '.join(DNS_RCODES)}, got {self.rcode!r}")
+        else:
+            for k, v in {"query": self.query, "answers": self.answers}.items():
+                if v:
+                    raise Invalid(k, "only dns checks take this key")
+        if kind == "plugin":
+            if not self.command or not self.command[0]:
+                raise Invalid("command", 'a plugin check needs command = ["/path/to/check_x", "arg", ...]')
+        elif self.command:
+            raise Invalid("command", "only plugin checks run a command")
+        if self.cert_critical_days > self.cert_warning_days:
+            raise Invalid("cert_critical_days", "must not be more than cert_warning_days")
+        if self.loss_critical < self.loss_warning:
+            raise Invalid("loss_critical", "must not be less than loss_warning")
+        if (self.warning_time is not None and self.critical_time is not None
+                and self.critical_time < self.warning_time):
+            raise Invalid("critical_time", "must not be less than warning_time")
+        if self.critical_time is not None and self.critical_time >= self.timeout:
+            raise Invalid("critical_time", "must be shorter than the timeout")
+
+    def _apply_url(self) -> None:
+        from urllib.parse import urlsplit
+
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid("url", f'expected a URL like "https://www.example.net/path", got {self.url!r}')
+        if self.host and self.host != parts.hostname:
+            raise Invalid("host", "give either url or host, not both")
+        if parts.scheme == "https":
+            self.tls = True
+        elif self.kind == "https":
+            raise Invalid("url", "an https check needs an https:// URL")
+        self.host = parts.hostname
+        try:
+            if parts.port is not None:
+                self.port = parts.port
+        except ValueError:
+            raise Invalid("url", f"bad port in {self.url!r}") from None
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.starttls
 
 
 @dataclass

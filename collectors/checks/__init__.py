@@ -1,0 +1,1 @@
+"""Service check implementations, one module per protocol family, used by collectors.services."""
