@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from alerts.service import AlertService
 from monitor.config import Config
 from monitor.model import Batch, CheckResult, Collector, State
 from monitor.registry import build_collectors
@@ -21,6 +22,8 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 log = logging.getLogger("monitor")
+
+MAIL_INTERVAL = 30.0  # how often the outbox retries; a fresh alert mail is sent at once
 
 Sink = Callable[[str, Batch], Awaitable[None]]
 
@@ -41,6 +44,9 @@ class Agent:
         self.status = StatusBook(config.state_dir / "status.json")
         self.collectors: list[Collector] = build_collectors(config, only)
         self.sinks: list[Sink] = []
+        # Alerts: every batch passes the rules; alert (and digest) mail leaves via the outbox.
+        self.alerts = AlertService(config)
+        self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
 
@@ -50,6 +56,10 @@ class Agent:
                 collector.name, collector.interval, self._job(collector),
                 jitter=min(self.config.agent.jitter, collector.interval / 10),
             )
+        # Alerts: "no data" verdicts, timers and group windows; outbox delivery (retries).
+        self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
+                                    run_now=False)
+        self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -58,18 +68,30 @@ class Agent:
 
     async def run_collector(self, collector: Collector) -> Batch:
         started = time.monotonic()
+        # A run may overrun its interval (logged and counted), but one that hangs for several
+        # intervals is cut off, or its job would never run again.
+        limit = max(3 * collector.interval, 30.0)
         try:
-            batch = await collector.collect()
+            batch = await asyncio.wait_for(collector.collect(), timeout=limit)
+        except TimeoutError:
+            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+                                  f"collector {collector.name} did not finish within {limit:.0f} s "
+                                  "and was stopped; check the targets it polls")
+            await self.consume(collector, Batch(checks=[failure]))
+            raise
         except Exception as exc:
             failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
                                   f"collector {collector.name} could not run: {exc}")
             await self.consume(collector, Batch(checks=[failure]))
             raise
-        await self.consume(collector, batch)
+        elapsed = time.monotonic() - started
         problems = [c for c in batch.checks if c.state is not State.OK]
-        log.info("%s: %d value(s), %d check(s)%s in %.2f s", collector.name,
-                 len(batch.measurements), len(batch.checks),
-                 f", {len(problems)} not OK" if problems else "", time.monotonic() - started)
+        summary = (f"{len(batch.measurements)} value(s), {len(batch.checks)} check(s)"
+                   f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
+        batch.checks.append(CheckResult("agent", f"collector {collector.name}", State.OK,
+                                        f"collector {collector.name} ran: {summary}"))
+        await self.consume(collector, batch)
+        log.info("%s: %s", collector.name, summary)
         return batch
 
     async def consume(self, collector: Collector, batch: Batch) -> None:
@@ -79,7 +101,10 @@ class Agent:
             if report.errors:
                 log.error("%s: %d store error(s); first: %s", collector.name, len(report.errors),
                           report.errors[0])
-        changes = self.status.update(batch.checks)
+        changes = self.status.update(batch.checks, collector.interval)
+        for stale in self.status.expire(time.time()):
+            log.info("%s %s: no longer reported; dropped from the current states",
+                     stale.target, stale.check)
         for old, new in changes:
             log.log(logging.INFO if new.state is State.OK else logging.WARNING,
                     "%s %s: %s%s: %s", new.target, new.check,

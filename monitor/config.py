@@ -154,6 +154,8 @@ class SmtpConfig:
     password: Secret = None
     sender: str = key("from", "monitor@localhost")
     timeout: Duration = 30.0
+    # A CA bundle for a relay with a private CA (default: the system's trusted CAs).
+    ca_file: ConfigPath | None = None
 
 
 @dataclass
@@ -191,10 +193,30 @@ class SnmpDevice:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     include_admin_down: bool = False
+    # Interfaces (shell patterns on the identity) whose oper status "down" is CRITICAL; a down
+    # interface that matches none of them is reported as OK ("down"), e.g. switch access ports.
+    alert_down: list[str] = field(default_factory=lambda: ["*"])
+    # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).
+    max_repetitions: Annotated[int, Range(0, 1000)] = 0
 
     def validate(self) -> None:
         if self.version == "3" and self.v3 is None:
             raise Invalid("v3", "SNMP version 3 needs a [snmp.devices.v3] table with at least user")
+        if self.version != "3" and self.v3 is not None:
+            raise Invalid("version", 'a [snmp.devices.v3] table is only used with version = "3"')
+        if self.v3 is not None:
+            if self.v3.auth_protocol != "none" and not self.v3.auth_key:
+                raise Invalid("v3.auth_key", f"auth_protocol {self.v3.auth_protocol} needs auth_key "
+                              "(or auth_key_file / auth_key_env)")
+            if self.v3.priv_protocol != "none" and self.v3.auth_protocol == "none":
+                raise Invalid("v3.priv_protocol", "privacy needs authentication: set auth_protocol")
+            if self.v3.priv_protocol != "none" and not self.v3.priv_key:
+                raise Invalid("v3.priv_key", f"priv_protocol {self.v3.priv_protocol} needs priv_key "
+                              "(or priv_key_file / priv_key_env)")
+            for name in ("auth_key", "priv_key"):
+                secret = getattr(self.v3, name)
+                if secret is not None and len(secret) < 8:
+                    raise Invalid(f"v3.{name}", "SNMPv3 keys must be at least 8 characters")
 
 
 @dataclass
@@ -366,10 +388,77 @@ class ServiceCheck:
         return self.tls or self.starttls
 
 
+# Pseudo and read-only image file systems that are never worth a usage check.
+DEFAULT_EXCLUDED_FS_TYPES = [
+    "tmpfs", "devtmpfs", "ramfs", "overlay", "squashfs", "proc", "sysfs", "devpts", "securityfs",
+    "cgroup*", "pstore", "bpf", "debugfs", "tracefs", "configfs", "fusectl", "mqueue",
+    "hugetlbfs", "autofs", "binfmt_misc", "rpc_pipefs", "nsfs", "efivarfs", "selinuxfs", "nfsd",
+    "iso9660", "fuse.lxcfs", "fuse.gvfsd-fuse", "fuse.portal",
+]
+# A SMART device as `smartctl --scan` prints it: "/dev/sda" or "/dev/sda -d sat".
+SMART_DEVICE_RE = re.compile(r"^(/dev/[A-Za-z0-9/_.:+-]+)(?:\s+-d\s+([A-Za-z0-9_,+-]+))?$")
+
+
+def parse_smart_device(text: str) -> tuple[str, str | None]:
+    """(device path, smartctl -d type or None) from "/dev/sda" or "/dev/sda -d sat".
+
+    The path goes into smartctl's argv, so it is held to a strict form: under /dev, no "..",
+    no spaces or shell characters (argv lists are used anyway; this keeps names sane).
+    """
+    match = SMART_DEVICE_RE.match(text.split("#", 1)[0].strip())
+    if not match or "/." in match.group(1):
+        raise ValueError(
+            f'expected a device like "/dev/sda" or "/dev/sda -d sat", got {text!r}'
+        )
+    return match.group(1), match.group(2)
+
+
 @dataclass
 class DisksConfig:
     enabled: bool = True
     interval: Duration | None = None
+    # Usage per mount point. Patterns are shell patterns (fnmatch) on the mount point.
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    exclude_fs_types: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDED_FS_TYPES))
+    usage_warning: Percent = 85.0
+    usage_critical: Percent = 95.0
+    inodes_warning: Percent = 85.0
+    inodes_critical: Percent = 95.0
+    statvfs_timeout: Annotated[float, DURATION_MARK, Range(0.1, 600)] = 5.0
+    mounts: ConfigPath = Path("/proc/self/mounts")
+    # Disk I/O counters (psutil).
+    io: bool = True
+    io_exclude: list[str] = field(default_factory=lambda: ["loop*", "ram*", "zram*", "sr*", "fd*"])
+    io_partitions: bool = False
+    # SMART through smartctl.
+    smart: Any = "auto"
+    smartctl: ConfigPath = Path("/usr/sbin/smartctl")
+    smart_timeout: Annotated[float, DURATION_MARK, Range(1, 600)] = 60.0
+    smart_rescan: Duration = 3600.0
+    smart_temperature_warning: Annotated[float, Range(0, 150)] = 60.0
+    smart_temperature_critical: Annotated[float, Range(0, 150)] = 70.0
+    smart_wear_warning: Percent = 90.0
+    smart_growth_hold: Duration = 86400.0
+    # Linux software RAID.
+    mdstat: ConfigPath = Path("/proc/mdstat")
+
+    def validate(self) -> None:
+        for low, high in (("usage_warning", "usage_critical"), ("inodes_warning", "inodes_critical"),
+                          ("smart_temperature_warning", "smart_temperature_critical")):
+            if getattr(self, low) > getattr(self, high):
+                raise Invalid(low, f"must not be above {high} ({getattr(self, high):g})")
+        if self.smart is False or self.smart == "off":
+            self.smart = "off"
+        elif self.smart != "auto":
+            if not isinstance(self.smart, list) or not all(isinstance(d, str) for d in self.smart):
+                raise Invalid("smart", '"auto", "off" or a list of devices like ["/dev/sda", '
+                              f'"/dev/sdb -d sat"], got {self.smart!r}')
+            for text in self.smart:
+                try:
+                    parse_smart_device(text)
+                except ValueError as exc:
+                    raise Invalid("smart", str(exc)) from None
 
 
 @dataclass
@@ -388,14 +477,122 @@ class BackupJob:
     name: Name
 
 
+_COMPARISON = Pattern(r"^\s*(>=|<=|>|<|==|!=)\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$",
+                      'a comparison like "> 90" or "<= 0.5"')
+
+
 @dataclass
 class AlertRule:
+    """One [[alerts.rules]] table; see config.toml for the meaning of each key."""
+
     name: Name
+    # What it looks at: check results (by check name) or measurements (by metric name).
+    check: str | None = None
+    metric: str | None = None
+    target: str = "*"
+    instance: str = "*"
+    condition: Literal["state", "threshold", "rate", "nodata"] | None = None
+    states: list[Literal["WARNING", "CRITICAL", "UNKNOWN"]] = field(
+        default_factory=lambda: ["WARNING", "CRITICAL", "UNKNOWN"])
+    warning: Annotated[str, _COMPARISON] | None = None
+    critical: Annotated[str, _COMPARISON] | None = None
+    rate_per: Annotated[float, DURATION_MARK, Range(1, None)] = 3600.0
+    nodata: Annotated[float, DURATION_MARK, Range(1, None)] | None = None
+    severity: Literal["WARNING", "CRITICAL", "UNKNOWN"] | None = None
+    summary: str = ""
+    # Before it fires / before it recovers.
+    pending: Duration = key("for", 0.0)  # noqa: RUF009 - a field() with a TOML name
+    retries: Annotated[int, Range(1, 100)] = 1
+    hysteresis: Annotated[float, Range(0, None)] = 0.0
+    recover_after: Annotated[int, Range(1, 100)] = 1
+    # Who hears about it, and how often.
+    notify: list[str] = field(default_factory=lambda: ["admins"])
+    repeat: Annotated[float, DURATION_MARK, Range(60, None)] | None = None
+    escalate_after: Annotated[float, DURATION_MARK, Range(60, None)] | None = None
+    escalate_to: list[str] = field(default_factory=list)
+    depends_on: list[str] = field(default_factory=list)
+    flap_detection: bool = True
+    flap_high: Percent = 30.0
+    flap_low: Percent = 20.0
+
+    def validate(self) -> None:
+        if (self.check is None) == (self.metric is None):
+            raise Invalid(None, 'set exactly one of "check" (a check name pattern) or "metric" '
+                                "(a metric name pattern)")
+        if self.condition is None:
+            self.condition = ("nodata" if self.nodata is not None
+                              else "state" if self.check is not None else "threshold")
+        if self.condition in ("threshold", "rate"):
+            if self.metric is None:
+                raise Invalid("condition", f'"{self.condition}" needs a "metric" pattern')
+            if self.warning is None and self.critical is None:
+                raise Invalid(None, f'a {self.condition} rule needs "warning" and/or "critical", '
+                                    'e.g. critical = "> 90"')
+        elif self.warning is not None or self.critical is not None:
+            raise Invalid("warning" if self.warning is not None else "critical",
+                          f'only threshold and rate rules have levels (this is "{self.condition}")')
+        if self.condition == "nodata" and self.nodata is None:
+            raise Invalid("nodata", 'a nodata rule needs nodata = "DURATION", e.g. "15m"')
+        if self.condition == "state" and self.check is None:
+            raise Invalid("condition", '"state" needs a "check" pattern')
+        if self.flap_low > self.flap_high:
+            raise Invalid("flap_low", "must not be above flap_high")
+        if self.escalate_after is not None and not self.escalate_to:
+            raise Invalid("escalate_to", "escalate_after needs escalate_to (contact groups)")
+        if not self.notify:
+            raise Invalid("notify", "needs at least one contact group")
+
+
+@dataclass
+class MaintenanceWindow:
+    """A recurring window (cron start + duration) during which matching alerts stay quiet."""
+
+    name: Name
+    cron: str
+    duration: Annotated[float, DURATION_MARK, Range(60, None)]
+    match: list[str] = field(default_factory=lambda: ["*"])
+    reason: str = ""
+
+    def validate(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.cron)
+        except ValueError as exc:
+            raise Invalid("cron", f'expected a crontab line like "0 3 * * sun", got {self.cron!r}: '
+                                  f"{exc}") from None
 
 
 @dataclass
 class AlertsConfig:
     rules: list[AlertRule] = field(default_factory=list)
+    maintenance: list[MaintenanceWindow] = field(default_factory=list)
+    group_window: Annotated[float, DURATION_MARK, Range(0, 3600)] = 60.0
+    interval: Annotated[float, DURATION_MARK, Range(1, 3600)] = 30.0
+
+    def validate(self) -> None:
+        names = [r.name for r in self.rules]
+        for i, rule in enumerate(self.rules):
+            if rule.name in names[:i]:
+                raise Invalid("rules", f"two rules are named {rule.name!r}; names must be unique")
+            for dep in rule.depends_on:
+                parent = dep.split(":", 1)[0]
+                if parent not in names:
+                    raise Invalid("rules", f"rule {rule.name!r} depends on unknown rule {parent!r}"
+                                  f' (expected "RULE" or "RULE:TARGET-PATTERN")')
+                if parent == rule.name:
+                    raise Invalid("rules", f"rule {rule.name!r} depends on itself")
+        parents = {r.name: [d.split(":", 1)[0] for d in r.depends_on] for r in self.rules}
+        for start in parents:
+            path, todo = [start], list(parents[start])
+            while todo:
+                name = todo.pop()
+                if name == start:
+                    raise Invalid("rules", f"rule {start!r} depends on itself through "
+                                  f"{' -> '.join(path[1:] or [start])}")
+                if name not in path:
+                    path.append(name)
+                    todo.extend(parents.get(name, []))
 
 
 @dataclass
@@ -436,6 +633,20 @@ class Config:
         for i, name in enumerate(devices):
             if name in devices[:i]:
                 raise Invalid("snmp", f"two SNMP devices are named {name!r}; names must be unique")
+        self._validate_alert_contacts()
+
+    def _validate_alert_contacts(self) -> None:
+        for group, addresses in self.contacts.items():
+            for address in addresses:
+                if not re.fullmatch(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.\-\[\]:]+", address):
+                    raise Invalid("contacts", f"group {group!r}: {address!r} is not a plain "
+                                  "user@domain address")
+        for rule in self.alerts.rules:
+            for group in [*rule.notify, *rule.escalate_to]:
+                if group not in self.contacts:
+                    known = ", ".join(sorted(self.contacts)) or "none defined"
+                    raise Invalid("alerts", f"rule {rule.name!r} notifies unknown contact group "
+                                  f"{group!r} (groups in [contacts]: {known})")
 
     @property
     def rrd_dir(self) -> Path:

@@ -14,14 +14,15 @@ import hashlib
 import json
 import logging
 import math
+import operator
 import os
 import re
 import socket
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import rrdtool
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 
 _SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
 _MAX_NAME = 96
-_PENDING_ROWS_PER_FILE = 10_000
+_PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
 
 
 def safe_name(name: str) -> str:
@@ -102,6 +103,17 @@ class _FileState:
     info: SeriesInfo
     last: int | None = None
     warned_old: bool = False
+    path_text: str = ""
+    metric_set: set[str] = field(default_factory=set)
+    metric_list: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.path_text = str(self.info.path)
+        self.metrics_changed()
+
+    def metrics_changed(self) -> None:
+        self.metric_set = set(self.info.metrics)
+        self.metric_list = tuple(self.info.metrics)
 
 
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
@@ -122,8 +134,10 @@ def _ds_definition(name: str, m: Measurement, step: int) -> str:
     if m.kind is Kind.GAUGE:
         kind, low = "GAUGE", m.minimum
     elif m.kind is Kind.COUNTER and m.maximum is not None:
-        # With a known maximum rate, rrdtool's COUNTER gives exact 32/64-bit wraps and a reset
-        # (which looks like a huge wrap) lands above the maximum: unknown, not a spike.
+        # With a known maximum rate, rrdtool's COUNTER handles 32/64-bit wraps (in doubles, so
+        # only approximately near 2**64) and a reset, which looks like a huge wrap, lands above
+        # the maximum: unknown, not a spike. Collectors that need exact counter math (SNMP)
+        # compute rates themselves and store GAUGEs.
         kind, low = "COUNTER", 0
     else:
         # Without a maximum, a decrease must be a reset: DERIVE with min 0 makes it unknown.
@@ -133,17 +147,38 @@ def _ds_definition(name: str, m: Measurement, step: int) -> str:
 
 
 def _value_text(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if type(value) is int:
+        return str(value)
+    if value is None or not math.isfinite(value):
         return "U"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) < 2**63):
+    if float(value).is_integer() and abs(value) < 2**63:
         return str(int(value))
     return repr(float(value))
+
+
+Key = tuple[str, str]  # (target, instance)
+_ROW_KEY = operator.attrgetter("target", "instance", "timestamp")
+Rows = list[tuple[int, dict[str, float | None]]]
+
+
+def _merge_seconds(rows: Rows) -> Rows:
+    """Sort a file's rows by time; rows within one second become one (RRD's resolution)."""
+    rows.sort(key=lambda r: r[0])
+    merged: Rows = [rows[0]]
+    for second, row in rows[1:]:
+        if second == merged[-1][0]:
+            merged[-1] = (second, {**merged[-1][1], **row})
+        else:
+            merged.append((second, row))
+    return merged
 
 
 class RrdStore:
     """Create, update and fetch RRD files under `root`.
 
-    Thread-safe: collector jobs hand batches to `write()` from worker threads.
+    Thread-safe: collector jobs hand batches to `write()` from worker threads. The write path is
+    kept lean (one dict lookup per sample, one rrdtool call per file) because it must keep up
+    with bare `rrdtool.update` (see bench/store_bench.py).
     """
 
     def __init__(
@@ -159,10 +194,13 @@ class RrdStore:
         self.consolidations = list(consolidations)
         self.rrdcached = rrdcached
         self._lock = threading.RLock()
-        self._files: dict[Path, _FileState] = {}
-        self._pending: dict[Path, list[tuple[int, dict[str, float | None]]]] = {}
+        self._files: dict[Key, _FileState] = {}
+        # Samples a failed write could not store (full disk, daemon down, corrupt file moved
+        # aside): they go in front of the next batch, so nothing accepted is lost.
+        self._pending: dict[Key, list[Measurement]] = {}
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
+        self._batch: list[Measurement] = []
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_index()
 
@@ -182,11 +220,12 @@ class RrdStore:
                       self.index_path, exc)
             return
         for rel, entry in raw.get("files", {}).items():
+            key = (entry["target"], entry["instance"])
             path = self.root / rel
-            if path.exists():
+            if key not in self._files and path.exists():
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
                                   dict(entry["metrics"]), dict(entry.get("units", {})))
-                self._files[path] = _FileState(info)
+                self._files[key] = _FileState(info)
 
     def _save_index(self) -> None:
         if not self._index_dirty:
@@ -197,6 +236,7 @@ class RrdStore:
                 existing = json.loads(self.index_path.read_text(encoding="utf-8")).get("files", {})
             except (OSError, ValueError):
                 existing = {}
+            existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
             for state in self._files.values():
                 info = state.info
                 existing[str(info.path.relative_to(self.root))] = {
@@ -218,11 +258,12 @@ class RrdStore:
         return self.root / safe_name(target) / f"{safe_name(instance)}.rrd"
 
     def info(self, target: str, instance: str) -> SeriesInfo | None:
-        state = self._files.get(self.path_for(target, instance))
-        if state is None:
-            self._load_index()
-            state = self._files.get(self.path_for(target, instance))
-        return state.info if state else None
+        with self._lock:
+            state = self._files.get((target, instance))
+            if state is None:
+                self._load_index()
+                state = self._files.get((target, instance))
+            return state.info if state else None
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -230,33 +271,62 @@ class RrdStore:
         """Store one batch. Never raises for a single bad file: its problem is in the report."""
         report = WriteReport()
         step = max(1, round(step))
-        rows: dict[Path, dict[int, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
-        samples: dict[Path, dict[str, Measurement]] = defaultdict(dict)
-        for m in measurements:
-            path = self.path_for(m.target, m.instance)
-            value = m.value
-            if value is not None and m.kind is not Kind.GAUGE and math.isfinite(value):
-                value = round(value)  # rrdtool counters take integers only
-            rows[path][int(m.timestamp)][m.metric] = value
-            samples[path].setdefault(m.metric, m)
+        gauge = Kind.GAUGE
+        isfinite = math.isfinite
         with self._lock:
-            batch: list[tuple[_FileState, list[tuple[int, dict[str, float | None]]]]] = []
-            for path, by_time in rows.items():
-                try:
-                    state = self._prepare(path, samples[path], step, min(by_time), report)
-                except (rrdtool.OperationalError, OSError) as exc:
-                    report.errors.append(f"{path}: cannot create: {exc}")
+            batch = [m for kept in self._pending.values() for m in kept]
+            self._pending.clear()
+            batch.extend(measurements)
+            self._batch = batch
+            # This runs once per sample, so it is a comprehension over runs of samples of one
+            # (target, instance, time) - collectors emit them together - and nothing more.
+            rows: dict[tuple[str, str, float], dict[str, float | None]] = {}
+            for row_key, group in groupby(batch, _ROW_KEY):
+                row = {
+                    m.metric: round(v) if type(v := m.value) is float and m.kind is not gauge
+                    and isfinite(v) else v  # rrdtool counters take integers only
+                    for m in group
+                }
+                previous = rows.get(row_key)
+                if previous is None:
+                    rows[row_key] = row
+                else:
+                    previous.update(row)
+            # Second pass, once per file row: find (or create) each file's state.
+            by_file: dict[Key, tuple[_FileState, Rows]] = {}
+            known = self._files
+            for (target, instance, ts), row in rows.items():
+                key = (target, instance)
+                second = int(ts)
+                entry = by_file.get(key)
+                if entry is not None:
+                    entry[1].append((second, row))
+                    if not entry[0].metric_set.issuperset(row):
+                        self._prepare(key, step, second, report)
                     continue
-                pending = self._pending.pop(path, [])
-                ordered = pending + sorted(by_time.items())
-                fresh = self._drop_old(state, ordered, report)
-                if fresh:
-                    batch.append((state, fresh))
+                state = known.get(key)
+                if state is None or not state.metric_set.issuperset(row):
+                    try:
+                        state = self._prepare(key, step, second, report)
+                    except (rrdtool.OperationalError, OSError) as exc:
+                        self._keep(key, f"{self.path_for(*key)}: cannot create ({exc})", report)
+                        continue
+                by_file[key] = (state, [(second, row)])
+
+            ready: list[tuple[_FileState, Rows]] = []
+            for state, file_rows in by_file.values():
+                if len(file_rows) > 1:
+                    file_rows = _merge_seconds(file_rows)
+                if state.last is None or file_rows[0][0] <= state.last:
+                    file_rows = self._drop_old(state, file_rows, report)
+                if file_rows:
+                    ready.append((state, file_rows))
             if self._daemon is not None:
-                self._write_daemon(batch, report)
+                self._write_daemon(ready, report)
             else:
-                for state, fresh in batch:
-                    self._write_direct(state, fresh, report)
+                for state, rows in ready:
+                    self._write_direct(state, rows, report)
+            self._batch = []
             try:
                 self._save_index()
             except OSError as exc:
@@ -265,19 +335,28 @@ class RrdStore:
             log.error("store: %s", error)
         return report
 
-    def _prepare(
-        self, path: Path, samples: dict[str, Measurement], step: int, first: int, report: WriteReport
-    ) -> _FileState:
-        state = self._files.get(path)
-        if state is not None and not path.exists():
+    def _samples(self, key: Key) -> dict[str, Measurement]:
+        """The first measurement of each metric of one file in this batch (kind, unit, max)."""
+        out: dict[str, Measurement] = {}
+        for m in self._batch:
+            if m.target == key[0] and m.instance == key[1]:
+                out.setdefault(m.metric, m)
+        return out
+
+    def _prepare(self, key: Key, step: int, first: int, report: WriteReport) -> _FileState:
+        """Create the file, or adopt one the index lost, or add new metrics to it."""
+        samples = self._samples(key)
+        path = self.path_for(*key)
+        state = self._files.get(key)
+        if state is not None and not state.info.path.exists():
             state = None  # deleted or moved aside behind our back: start again
         if state is None:
-            any_sample = next(iter(samples.values()))
             metrics = {name: ds_name(name) for name in samples}
             if path.exists():
-                state = self._adopt(path, any_sample, metrics, step)
+                state = self._adopt(key, path, metrics)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                any_sample = next(iter(samples.values()))
                 rrdtool.create(
                     str(path), "--step", str(step), "--start", str(first - 1), "--no-overwrite",
                     *(_ds_definition(ds, samples[m], step) for m, ds in metrics.items()),
@@ -287,7 +366,7 @@ class RrdStore:
                                   {m: s.unit for m, s in samples.items()})
                 state = _FileState(info, last=first - 1)
                 report.files_created += 1
-            self._files[path] = state
+            self._files[key] = state
             self._index_dirty = True
         missing = [m for m in samples if m not in state.info.metrics]
         if missing:
@@ -297,22 +376,21 @@ class RrdStore:
                 rrdtool.tune(str(path), _ds_definition(ds, samples[metric], state.info.step))
                 state.info.metrics[metric] = ds
                 state.info.units[metric] = samples[metric].unit
+            state.metrics_changed()
             self._index_dirty = True
         return state
 
-    def _adopt(self, path: Path, sample: Measurement, metrics: dict[str, str], step: int) -> _FileState:
+    def _adopt(self, key: Key, path: Path, metrics: dict[str, str]) -> _FileState:
         """A file exists that the index does not know (index lost): read its DS list."""
         info = rrdtool.info(str(path))
         names = [k[3:-7] for k in info if k.startswith("ds[") and k.endswith("].index")]
         names.sort(key=lambda n: info[f"ds[{n}].index"])
         by_ds = {ds: m for m, ds in metrics.items()}
         known = {by_ds.get(n, n): n for n in names}
-        series = SeriesInfo(sample.target, sample.instance, path, int(info["step"]), known)
+        series = SeriesInfo(key[0], key[1], path, int(info["step"]), known)
         return _FileState(series, last=int(info["last_update"]))
 
-    def _drop_old(
-        self, state: _FileState, ordered: list[tuple[int, dict[str, float | None]]], report: WriteReport
-    ) -> list[tuple[int, dict[str, float | None]]]:
+    def _drop_old(self, state: _FileState, rows: Rows, report: WriteReport) -> Rows:
         if state.last is None:
             try:
                 state.last = int(rrdtool.last(str(state.info.path)))
@@ -320,7 +398,7 @@ class RrdStore:
                 state.last = 0
         fresh = []
         last = state.last
-        for ts, values in ordered:
+        for ts, values in rows:
             if ts <= last:
                 report.skipped += 1
                 if not state.warned_old:
@@ -333,46 +411,57 @@ class RrdStore:
             last = ts
         return fresh
 
-    def _row_text(self, state: _FileState, ts: int, values: dict[str, float | None]) -> str:
-        return ":".join([str(ts), *(_value_text(values.get(m)) for m in state.info.metrics)])
+    @staticmethod
+    def _row_text(state: _FileState, ts: int, values: dict[str, float | None]) -> str:
+        # Fast path: str() of ints and finite floats is what rrdtool parses; only None, nan
+        # and inf (the only str() forms with an "n" or "N") need the careful conversion.
+        text = ":".join(map(str, map(values.get, state.metric_list)))
+        if "n" in text or "N" in text:
+            text = ":".join([_value_text(values.get(m)) for m in state.metric_list])
+        return f"{ts}:{text}"
 
-    def _write_direct(
-        self, state: _FileState, rows: list[tuple[int, dict[str, float | None]]], report: WriteReport
-    ) -> None:
-        path = str(state.info.path)
-        template = ":".join(state.info.metrics.values())
-        lines = [self._row_text(state, ts, values) for ts, values in rows]
+    def _write_direct(self, state: _FileState, rows: Rows, report: WriteReport) -> None:
+        row_text = self._row_text
         try:
-            rrdtool.update(path, "-t", template, *lines)
+            if len(rows) == 1:
+                rrdtool.update(state.path_text, row_text(state, *rows[0]))
+            else:
+                rrdtool.update(state.path_text, *[row_text(state, ts, v) for ts, v in rows])
         except rrdtool.OperationalError as exc:
-            self._handle_failure(state, rows, str(exc), report)
+            self._handle_failure(state, str(exc), report)
             return
         state.last = rows[-1][0]
         report.updates += len(rows)
 
-    def _handle_failure(
-        self, state: _FileState, rows: list[tuple[int, dict[str, float | None]]], error: str,
-        report: WriteReport,
-    ) -> None:
+    def _handle_failure(self, state: _FileState, error: str, report: WriteReport) -> None:
         path = state.info.path
-        if self._is_corrupt(path):
+        key = (state.info.target, state.info.instance)
+        if not path.exists():
+            self._files.pop(key, None)
+            self._index_dirty = True
+            self._keep(key, f"{path}: vanished ({error})", report)
+        elif self._is_corrupt(path):
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             try:
                 os.replace(path, aside)
                 report.errors.append(f"{path}: corrupt RRD file ({error}); moved aside to "
-                                     f"{aside.name}, a new file starts with the next sample")
+                                     f"{aside.name}, a new file starts with the next batch")
             except OSError as exc:
                 report.errors.append(f"{path}: corrupt RRD file ({error}) and cannot move it "
                                      f"aside: {exc}")
-            self._files.pop(path, None)
+            self._files.pop(key, None)
             self._index_dirty = True
+            self._keep(key, None, report)
         else:
-            # Full disk, permissions, a busy daemon: keep the rows and try again next time.
-            kept = self._pending.setdefault(path, [])
-            kept.extend(rows)
-            del kept[:-_PENDING_ROWS_PER_FILE]
-            report.errors.append(f"{path}: update failed ({error}); {len(kept)} sample(s) kept "
-                                 "for the next attempt")
+            # Full disk, permissions, a busy daemon: keep the samples and try again next time.
+            self._keep(key, f"{path}: update failed ({error})", report)
+
+    def _keep(self, key: Key, error: str | None, report: WriteReport) -> None:
+        kept = self._pending.setdefault(key, [])
+        kept.extend(m for m in self._batch if m.target == key[0] and m.instance == key[1])
+        del kept[:-_PENDING_PER_FILE]
+        if error:
+            report.errors.append(f"{error}; {len(kept)} value(s) kept for the next attempt")
 
     @staticmethod
     def _is_corrupt(path: Path) -> bool:
@@ -385,30 +474,26 @@ class RrdStore:
 
     # -- rrdcached -----------------------------------------------------------------------------
 
-    def _write_daemon(
-        self, batch: list[tuple[_FileState, list[tuple[int, dict[str, float | None]]]]],
-        report: WriteReport,
-    ) -> None:
+    def _write_daemon(self, ready: list[tuple[_FileState, Rows]], report: WriteReport) -> None:
         assert self._daemon is not None
-        if not batch:
+        if not ready:
             return
-        commands = []
-        for state, rows in batch:
-            values = " ".join(self._row_text(state, ts, v) for ts, v in rows)
-            commands.append(f"UPDATE {state.info.path} {values}")
+        row_text = self._row_text
+        commands = [
+            f"UPDATE {state.path_text} " + " ".join([row_text(state, ts, v) for ts, v in rows])
+            for state, rows in ready
+        ]
         try:
             errors = self._daemon.batch(commands)
         except OSError as exc:
-            for state, rows in batch:
-                kept = self._pending.setdefault(state.info.path, [])
-                kept.extend(rows)
-                del kept[:-_PENDING_ROWS_PER_FILE]
-            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; {len(batch)} file(s) kept "
-                                 "for the next attempt")
+            for state, _ in ready:
+                self._keep((state.info.target, state.info.instance), None, report)
+            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(ready)} "
+                                 "file(s) kept for the next attempt")
             return
-        for i, (state, rows) in enumerate(batch, 1):
+        for i, (state, rows) in enumerate(ready, 1):
             if i in errors:
-                self._handle_failure(state, rows, f"rrdcached: {errors[i]}", report)
+                self._handle_failure(state, f"rrdcached: {errors[i]}", report)
             else:
                 state.last = rows[-1][0]
                 report.updates += len(rows)

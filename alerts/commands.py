@@ -1,0 +1,177 @@
+"""The alert subcommands: `monitor alerts`, `monitor silence ...`, `monitor smtp-sink`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from alerts.engine import Status
+from alerts.outbox import Outbox, outbox_path
+from alerts.state import AlertStore, alerts_db_path
+from monitor.config import Config
+from monitor.units import format_duration, parse_duration
+
+ReadConfig = Callable[[argparse.Namespace], Config]
+
+
+def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
+    def with_config(function: Callable[[Config, argparse.Namespace], int]):
+        def handler(args: argparse.Namespace) -> int:
+            config = read_config(args)
+            try:
+                return function(config, args)
+            except (sqlite3.Error, OSError) as exc:
+                # ValueError would be caught by main(); this says where and what to do.
+                raise ValueError(f"cannot use the alert state in {config.state_dir}: {exc}; run "
+                                 "as the user the agent runs as, or fix data_dir") from exc
+        return handler
+
+    p = sub.add_parser("alerts", help="current alerts, silences, mail waiting or refused",
+                       description="List alerts that are pending, firing or flapping (with why "
+                       "they are quiet, if they are), active silences, mail waiting in the "
+                       "outbox and mail the relay refused, and recent alert events.")
+    p.add_argument("--history", metavar="DURATION", default="24h",
+                   help='show alert events of this period (default "24h"; "0" for none)')
+    p.set_defaults(handler=with_config(cmd_alerts))
+
+    p = sub.add_parser("silence", help="silence alerts for a while (add, list, remove)",
+                       description="Silences keep matching alerts quiet (state is still "
+                       "tracked; a problem still there when the silence ends is announced). "
+                       "PATTERN is a shell glob matched against the target, the rule name, "
+                       '"TARGET CHECK" and "RULE:TARGET".')
+    ss = p.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
+    a = ss.add_parser("add", help="add a silence")
+    a.add_argument("pattern", metavar="PATTERN", help='e.g. "mail.example.net" or "dmz-*"')
+    a.add_argument("--for", dest="duration", required=True, metavar="DURATION",
+                   help='how long, e.g. "2h"')
+    a.add_argument("--reason", required=True, help="why (shown in `monitor alerts`)")
+    a.set_defaults(handler=with_config(cmd_silence_add))
+    a = ss.add_parser("list", help="list active silences")
+    a.add_argument("--all", action="store_true", help="include expired ones")
+    a.set_defaults(handler=with_config(cmd_silence_list))
+    a = ss.add_parser("remove", help="end a silence now")
+    a.add_argument("id", type=int, metavar="ID")
+    a.set_defaults(handler=with_config(cmd_silence_remove))
+
+    p = sub.add_parser("smtp-sink", help="run a local SMTP server that stores mail as files",
+                       description="A stand-in relay for the demo and for testing: accepts "
+                       "every message and stores it as a .eml file; relays nothing.")
+    p.add_argument("--bind", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=2525, help="port (default 2525)")
+    p.add_argument("--maildir", type=Path, help="folder for the messages (default "
+                   "<data_dir>/mail)")
+    p.set_defaults(handler=with_config(cmd_smtp_sink))
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
+    now = time.time()
+    store = AlertStore(alerts_db_path(config.state_dir))
+    states = [s for s in store.load_states().values() if s.problem or s.flapping]
+    states.sort(key=lambda s: (-s.severity.severity, s.target, s.label))
+    print(f"Alerts ({len(states)} active):" if states else "Alerts: none active.")
+    for s in states:
+        what = s.status.value if s.status is not Status.FIRING else s.severity.name
+        flags = []
+        if s.flapping:
+            flags.append("flapping")
+        if s.quiet and s.quiet != "flapping":
+            flags.append(f"quiet: {s.quiet}")
+        elif s.status is Status.FIRING and not s.notified and not s.flapping:
+            flags.append("not announced yet")
+        print(f"  {what:<9} {s.target} {s.label}: {s.message}")
+        print(f"            since {_when(s.since)} ({format_duration(now - s.since)}), rule "
+              f"{s.rule}{'; ' + '; '.join(flags) if flags else ''}")
+    silences = store.silences()
+    if silences:
+        print(f"\nSilences ({len(silences)}):")
+        for si in silences:
+            print(f"  #{si.id} {si.pattern!r} until {_when(si.until)}: {si.reason}")
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp)
+    pending = outbox.pending()
+    relay = outbox.relay_state()
+    print(f"\nOutbox: {len(pending)} message(s) waiting"
+          + (f"; relay {config.smtp.host}:{config.smtp.port} unavailable ({relay.last_error}), "
+             f"next attempt {_when(relay.next_attempt)}" if relay.failures else ""))
+    for e in pending[:10]:
+        print(f"  #{e.id} {_when(e.created)} {e.subject}"
+              + (f" ({e.attempts} attempt(s): {e.last_error})" if e.last_error else ""))
+    failed = outbox.failed(20)
+    if failed:
+        print(f"\nRefused by the relay ({len(failed)}; check the addresses in [contacts] and "
+              f"the relay's policy):")
+        for e in failed:
+            print(f"  #{e.id} {_when(e.created)} to {', '.join(e.recipients)}: {e.subject}\n"
+                  f"      {e.last_error}")
+    period = parse_duration(args.history)
+    if period:
+        history = store.history(now - period)
+        print(f"\nEvents in the last {format_duration(period)}: {len(history)}")
+        for h in history[-20:]:
+            print(f"  {_when(h.at)} {h.kind:<16} {h.severity:<8} {h.target} {h.label}: {h.message}")
+    return 0
+
+
+def cmd_silence_add(config: Config, args: argparse.Namespace) -> int:
+    duration = parse_duration(args.duration)
+    if duration <= 0:
+        raise ValueError("--for must be a positive duration, e.g. 2h")
+    store = AlertStore(alerts_db_path(config.state_dir))
+    try:
+        author = getpass.getuser()
+    except (KeyError, OSError):
+        author = ""
+    silence = store.add_silence(args.pattern, duration, args.reason, author)
+    print(f"silence #{silence.id}: {silence.pattern!r} until {_when(silence.until)} "
+          f"({args.reason}); end it early with `monitor silence remove {silence.id}`")
+    return 0
+
+
+def cmd_silence_list(config: Config, args: argparse.Namespace) -> int:
+    store = AlertStore(alerts_db_path(config.state_dir))
+    silences = store.silences(include_expired=args.all)
+    if not silences:
+        print("no active silences")
+    now = time.time()
+    for s in silences:
+        state = "expired" if s.until <= now else f"{format_duration(s.until - now)} left"
+        print(f"#{s.id} {s.pattern!r} until {_when(s.until)} ({state}) by {s.author or '?'}: "
+              f"{s.reason}")
+    for w in config.alerts.maintenance:
+        print(f"maintenance window {w.name}: cron {w.cron!r} for {format_duration(w.duration)}, "
+              f"matching {', '.join(w.match)}")
+    return 0
+
+
+def cmd_silence_remove(config: Config, args: argparse.Namespace) -> int:
+    store = AlertStore(alerts_db_path(config.state_dir))
+    if not store.remove_silence(args.id):
+        print(f"no active silence #{args.id} (see `monitor silence list --all`)")
+        return 1
+    print(f"silence #{args.id} ended")
+    return 0
+
+
+def cmd_smtp_sink(config: Config, args: argparse.Namespace) -> int:
+    from alerts.smtpsink import serve
+
+    maildir = args.maildir or config.agent.data_dir / "mail"
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(maildir, args.bind, args.port, stop=stop)
+
+    asyncio.run(run())
+    return 0

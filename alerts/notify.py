@@ -1,0 +1,177 @@
+"""Turning alert events into mail an on-call person can act on, one mail per group window.
+
+Events wait in the store's queue per contact group; when the oldest has waited `group_window`
+(`[alerts] group_window`), all of that group's events leave as ONE message through the outbox.
+200 alerts in a minute are one mail, not 200.
+
+Subjects are written for a phone's lock screen: severity first, then the thing, then what is
+wrong: `[CRITICAL] mail.example.net smtp: no answer in 10 s (for 5m)`. Bodies are plain text:
+what, since when, current value, threshold, rule, and a link into the static site.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from email.message import EmailMessage
+
+from alerts.engine import Event, Kind
+from alerts.mail import make_message
+from alerts.outbox import Outbox
+from alerts.rules import _num
+from alerts.state import AlertStore
+from monitor.config import Config
+from monitor.model import State
+from monitor.units import format_duration
+
+log = logging.getLogger("monitor.alerts")
+
+MAX_DETAILED = 60  # events shown in full in one mail; the rest are one line each
+_PROBLEM = (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED)
+
+
+def site_link(base_url: str) -> str:
+    """Where the mail points: the site's problems page (the graphs part writes it)."""
+    return f"{base_url.rstrip('/')}/problems.html" if base_url else ""
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(ts))
+
+
+def _ago(seconds: float) -> str:
+    return format_duration(max(0.0, round(seconds / 60) * 60 if seconds >= 60 else seconds))
+
+
+def one_line(e: Event, now: float) -> str:
+    """The subject of a mail about this one event."""
+    thing = f"{e.target} {e.label}"
+    lasted = now - e.since
+    if e.kind is Kind.RESOLVED:
+        lasted = e.at - e.since
+        return f"[OK] {thing}: recovered after {_ago(lasted)} ({e.message})"
+    if e.kind is Kind.FLAPPING:
+        pct = f"{e.flap_percent:.0f}%" if e.flap_percent is not None else "many"
+        return f"[FLAPPING] {thing}: changing state often ({pct} of recent checks); " \
+               "notifications paused"
+    if e.kind is Kind.FLAPPING_STOPPED:
+        return f"[STABLE] {thing}: stopped flapping, now {e.severity.name}"
+    prefix = {Kind.REPEAT: "still ", Kind.ESCALATED: "ESCALATED, "}.get(e.kind, "")
+    duration = f" (for {_ago(lasted)})" if lasted >= 60 else ""
+    return f"[{e.severity.name}] {prefix}{thing}: {e.message}{duration}"
+
+
+def subject_for(events: Sequence[Event], now: float) -> str:
+    if len(events) == 1:
+        return one_line(events[0], now)
+    problems = [e for e in events if e.kind in _PROBLEM]
+    recovered = [e for e in events if e.kind is Kind.RESOLVED]
+    others = len(events) - len(problems) - len(recovered)
+    worst = State.worst(e.severity for e in problems) if problems else State.OK
+    tag = worst.name if problems else "OK"
+    parts = []
+    if problems:
+        parts.append(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}")
+    if recovered:
+        parts.append(f"{len(recovered)} recovered")
+    if others:
+        parts.append(f"{others} flapping notice{'s' if others != 1 else ''}")
+    ordered = sorted(events, key=_order)
+    names: list[str] = []
+    for e in ordered:
+        name = f"{e.target} {e.label}"
+        if name not in names:
+            names.append(name)
+    shown = ", ".join(names[:3]) + (f" +{len(names) - 3} more" if len(names) > 3 else "")
+    return f"[{tag}] {', '.join(parts)}: {shown}"
+
+
+def _order(e: Event) -> tuple:
+    rank = 0 if e.kind in _PROBLEM else 1 if e.kind in (Kind.FLAPPING, Kind.FLAPPING_STOPPED) else 2
+    return (rank, -e.severity.severity, e.target, e.label, e.at)
+
+
+def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostname: str = "") -> str:
+    ordered = sorted(events, key=_order)
+    lines: list[str] = []
+    link = site_link(base_url)
+    for i, e in enumerate(ordered):
+        if i == MAX_DETAILED:
+            lines.append(f"... and {len(ordered) - MAX_DETAILED} more:")
+        if i >= MAX_DETAILED:
+            lines.append(f"  {one_line(e, now)}")
+            continue
+        lines.append(one_line(e, now))
+        lines.append(f"  what:      {e.message}")
+        if e.kind is Kind.RESOLVED:
+            lines.append(f"  problem:   since {_when(e.since)}, recovered {_when(e.at)} "
+                         f"after {_ago(e.at - e.since)}")
+        else:
+            lines.append(f"  since:     {_when(e.since)} ({_ago(now - e.since)} ago)")
+        if e.value is not None:
+            lines.append(f"  value:     {_num(e.value)}")
+        if e.threshold:
+            lines.append(f"  threshold: {e.threshold}")
+        lines.append(f"  rule:      {e.rule}")
+        if e.kind is Kind.ESCALATED:
+            lines.append("  escalated: not resolved in time; this group is now informed too")
+        lines.append("")
+    lines.append("--")
+    if link:
+        lines.append(f"Current state and graphs: {link}")
+    targets = sorted({e.target for e in ordered if e.kind in _PROBLEM})
+    if targets:
+        lines.append(f"Silence: monitor silence add '{targets[0]}' --for 2h --reason '...'")
+    lines.append("All alerts: monitor alerts")
+    if hostname:
+        lines.append(f"Sent by the monitor on {hostname}.")
+    return "\n".join(lines) + "\n"
+
+
+def compose(events: Sequence[Event], *, sender: str, to: Sequence[str], group: str, now: float,
+            base_url: str = "", hostname: str = "") -> EmailMessage:
+    return make_message(
+        sender=sender, to=to, subject=subject_for(events, now),
+        body=body_for(events, now, base_url=base_url, hostname=hostname), date=now,
+        headers={"X-Monitor-Group": group, "X-Monitor-Events": str(len(events))},
+    )
+
+
+class Notifier:
+    """Moves due groups from the queue into the outbox (synchronous: run it in a thread)."""
+
+    def __init__(self, store: AlertStore, outbox: Outbox, config: Config,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.config = config
+        self.clock = clock
+
+    def flush(self, now: float | None = None, force: bool = False) -> int:
+        """Send every group whose window is over (all of them if `force`); returns mails queued."""
+        now = self.clock() if now is None else now
+        window = -1.0 if force else self.config.alerts.group_window
+        sent = 0
+        for group in self.store.due_groups(window, now):
+            items = self.store.queued(group)
+            if not items:
+                continue
+            ids = [i for i, _ in items]
+            events = [e for _, e in items]
+            addresses = self.config.contacts.get(group)
+            if not addresses:
+                log.error("alert mail for contact group %r dropped: the group is no longer in "
+                          "[contacts] (%d event(s): %s)", group, len(events),
+                          subject_for(events, now))
+                self.store.dequeue(ids)
+                continue
+            msg = compose(events, sender=self.config.smtp.sender, to=addresses, group=group,
+                          now=now, base_url=self.config.web.base_url,
+                          hostname=self.config.agent.hostname)
+            # Outbox first, queue second: a crash in between repeats a mail, never loses one.
+            entry = self.outbox.enqueue(msg)
+            self.store.dequeue(ids)
+            sent += 1
+            log.info("alert mail #%d to %s: %s", entry, group, msg["Subject"])
+        return sent

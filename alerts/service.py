@@ -1,0 +1,264 @@
+"""The alert sink the agent runs: batches in, engine steps, persisted states, grouped mail out.
+
+    batch -> rules (match, judge) -> engine.step (pure) -> AlertStore.save (states, history,
+    queue: one transaction) -> Notifier.flush (one mail per group window) -> Outbox -> relay
+
+`consume()` is an agent sink (every CheckResult and Measurement of every collector passes
+through it). `tick()` is its own scheduled job: "no data" verdicts, `for` timers, repeats,
+escalations and the group windows. `deliver()` is the outbox delivery job. Evaluation runs in a
+worker thread (SQLite commits and pattern matching stay off the event loop), one batch at a time.
+
+Held-back problems (silenced, in a maintenance window, suppressed by a dependency) are announced
+at their next fresh reading if they are still there, never from the clock alone: when the DMZ
+router comes back, the services behind it are checked again before anyone hears about them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+from alerts.engine import AlertState, Event, Quiet, Status, step, tick
+from alerts.notify import Notifier
+from alerts.outbox import Outbox, outbox_path
+from alerts.rules import Reading, Rule, alert_key, usable
+from alerts.state import AlertStore, Silence, alerts_db_path
+from monitor.config import Config, MaintenanceWindow
+from monitor.model import Batch, State
+
+log = logging.getLogger("monitor.alerts")
+
+KEEP_SENT = 30 * 86400.0
+KEEP_HISTORY = 400 * 86400.0
+
+
+class MaintenanceSchedule:
+    """Recurring windows: a cron start and a duration."""
+
+    def __init__(self, windows: list[MaintenanceWindow]) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        self.windows = [(w, CronTrigger.from_crontab(w.cron)) for w in windows]
+
+    def active(self, rule: str, target: str, label: str, now: float) -> MaintenanceWindow | None:
+        for window, trigger in self.windows:
+            if not any(_matches(p, rule, target, label) for p in window.match):
+                continue
+            start_from = datetime.datetime.fromtimestamp(now - window.duration).astimezone()
+            start = trigger.get_next_fire_time(None, start_from)
+            if start is not None and start.timestamp() <= now:
+                return window
+        return None
+
+
+def _matches(pattern: str, rule: str, target: str, label: str) -> bool:
+    return Silence(0, pattern, "", 0, 0).matches(rule, target, label)
+
+
+def _ordered(rules: list[Rule]) -> list[Rule]:
+    """Parents before the rules that depend on them (config validation refuses cycles)."""
+    by_name = {r.name: r for r in rules}
+    out: list[Rule] = []
+    seen: set[str] = set()
+
+    def visit(rule: Rule) -> None:
+        if rule.name in seen:
+            return
+        seen.add(rule.name)
+        for parent, _ in rule.depends_on:
+            if parent in by_name:
+                visit(by_name[parent])
+        out.append(rule)
+
+    for r in rules:
+        visit(r)
+    return out
+
+
+class AlertService:
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
+                 outbox: Outbox | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.rules = _ordered([Rule(r) for r in config.alerts.rules])
+        self.by_name = {r.name: r for r in self.rules}
+        self.store = AlertStore(alerts_db_path(config.state_dir), clock)
+        forgotten = self.store.forget_rules_except(self.by_name)
+        if forgotten:
+            log.info("forgot %d alert state(s) of rules no longer configured", forgotten)
+        self.states: dict[str, AlertState] = self.store.load_states()
+        self._problems: dict[str, set[str]] = {}
+        for s in self.states.values():
+            self._index(s)
+        self.outbox = outbox or Outbox(outbox_path(config.state_dir), config.smtp, clock)
+        self.notifier = Notifier(self.store, self.outbox, config, clock)
+        self.maintenance = MaintenanceSchedule(config.alerts.maintenance)
+        self._rates: dict[str, tuple[float, float]] = {}
+        self._lock = asyncio.Lock()
+        self.started = clock()
+
+    # -- the three entry points ----------------------------------------------------------------
+
+    async def consume(self, job_name: str, batch: Batch) -> None:
+        """Agent sink: evaluate every rule on a batch, then send what is due."""
+        if self.rules and (batch.checks or batch.measurements):
+            async with self._lock:
+                await asyncio.to_thread(self.evaluate, batch)
+        await self.flush()
+
+    async def tick(self) -> None:
+        """Scheduled job: no-data verdicts, timers, group windows, housekeeping."""
+        async with self._lock:
+            await asyncio.to_thread(self.evaluate_clock)
+        await self.flush()
+        await asyncio.to_thread(self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        # Sent mail is kept a while for `monitor alerts` and duplicate checks; refused mail
+        # stays listed until someone looks. History feeds digests (a year is plenty).
+        self.outbox.purge(KEEP_SENT)
+        self.store.prune_history(KEEP_HISTORY)
+
+    async def flush(self) -> None:
+        queued = await asyncio.to_thread(self.notifier.flush)
+        if queued:
+            await self.deliver()
+
+    async def deliver(self) -> int:
+        return await self.outbox.deliver_pending()
+
+    # -- evaluation (worker thread) -------------------------------------------------------------
+
+    def evaluate(self, batch: Batch) -> list[Event]:
+        now = self.clock()
+        silences = self.store.silences()
+        changed: dict[str, AlertState] = {}
+        events: list[Event] = []
+        for rule in self.rules:
+            for reading in self._readings(rule, batch):
+                self._apply(rule, reading, now, silences, changed, events)
+        self._save(changed, events)
+        return events
+
+    def _readings(self, rule: Rule, batch: Batch):
+        if rule.on_checks:
+            for result in batch.checks:
+                if rule.matches_check(result):
+                    reading = rule.judge_check(result)
+                    yield replace(reading, state=State.OK) if rule.condition == "nodata" else reading
+            return
+        for m in batch.measurements:
+            if not rule.matches_measurement(m) or not usable(m.value):
+                continue
+            assert m.value is not None
+            if rule.condition == "nodata":
+                label = rule.label_for(m)
+                yield Reading(alert_key(rule.name, m.target, label), rule.name, m.target, label,
+                              State.OK, "data arrives again", at=m.timestamp)
+                continue
+            key = alert_key(rule.name, m.target, rule.label_for(m))
+            prev = self.states.get(key)
+            current = prev.severity if prev is not None and prev.problem else State.OK
+            if rule.condition == "rate":
+                last = self._rates.get(key)
+                self._rates[key] = (m.value, m.timestamp)
+                if last is None or m.timestamp <= last[1]:
+                    continue
+                value = (m.value - last[0]) / (m.timestamp - last[1]) * rule.config.rate_per
+                yield rule.judge_value(m, value, current)
+            else:
+                yield rule.judge_value(m, m.value, current)
+
+    def evaluate_clock(self) -> list[Event]:
+        now = self.clock()
+        silences = self.store.silences()
+        changed: dict[str, AlertState] = {}
+        events: list[Event] = []
+        for rule in self.rules:
+            states = [s for s in self.states.values() if s.rule == rule.name]
+            for s in states:
+                if rule.condition == "nodata":
+                    assert rule.config.nodata is not None
+                    silent = now - s.last_seen
+                    # After a restart, give the collectors one nodata period to report first.
+                    if silent >= rule.config.nodata and now - self.started >= rule.config.nodata:
+                        reading = rule.nodata_reading(s.key, s.target, s.label, silent, now)
+                        self._apply(rule, reading, now, silences, changed, events)
+                        continue
+                # Only what time alone decides; held-back problems wait for a fresh reading.
+                if s.status is Status.PENDING or (s.status is Status.FIRING and s.notified):
+                    quiet = self._quiet(rule, s.key, s.target, s.label, now, silences)
+                    new, evs = tick(rule.config, s, now, quiet)
+                    self._remember(s, new, changed)
+                    events += evs
+        self._save(changed, events)
+        return events
+
+    def _apply(self, rule: Rule, reading: Reading, now: float, silences: list[Silence],
+               changed: dict[str, AlertState], events: list[Event]) -> None:
+        prev = self.states.get(reading.key)
+        if prev is None and reading.state is State.OK and rule.condition != "nodata":
+            return  # states are created by the first problem (nodata: by the first data)
+        quiet = self._quiet(rule, reading.key, reading.target, reading.label, now, silences)
+        new, evs = step(rule.config, prev, reading, now, quiet)
+        self._remember(prev, new, changed)
+        events += evs
+
+    def _remember(self, prev: AlertState | None, new: AlertState,
+                  changed: dict[str, AlertState]) -> None:
+        if new != prev:
+            self.states[new.key] = new
+            changed[new.key] = new
+            self._index(new)
+
+    def _index(self, s: AlertState) -> None:
+        keys = self._problems.setdefault(s.rule, set())
+        if s.problem:
+            keys.add(s.key)
+        else:
+            keys.discard(s.key)
+
+    def _quiet(self, rule: Rule, key: str, target: str, label: str, now: float,
+               silences: list[Silence]) -> Quiet:
+        silenced = ""
+        for silence in silences:
+            if silence.until > now and silence.matches(rule.name, target, label):
+                until = time.strftime("%Y-%m-%d %H:%M", time.localtime(silence.until))
+                silenced = f"silence #{silence.id} until {until}: {silence.reason}"
+                break
+        if not silenced:
+            window = self.maintenance.active(rule.name, target, label, now)
+            if window is not None:
+                silenced = f"maintenance window {window.name}" + (
+                    f": {window.reason}" if window.reason else "")
+        suppressed = ""
+        for parent, pattern in rule.depends_on:
+            for parent_key in self._problems.get(parent, ()):
+                p = self.states[parent_key]
+                if parent_key != key and (pattern is None or pattern.match(p.target)):
+                    suppressed = f"depends on {parent}: {p.target} {p.label} is {p.status.value}"
+                    break
+            if suppressed:
+                break
+        return Quiet(silenced=silenced, suppressed=suppressed)
+
+    def _save(self, changed: dict[str, AlertState], events: list[Event]) -> None:
+        if not changed and not events:
+            return
+        queue = [(group, e) for e in events for group in e.groups]
+        self.store.save(changed.values(), events, queue)
+        for e in events:
+            log.log(logging.INFO if e.kind.value == "resolved" else logging.WARNING,
+                    "alert %s: %s %s %s: %s", e.kind.value, e.severity.name, e.target, e.label,
+                    e.message)
+
+    # -- for `monitor alerts` ------------------------------------------------------------------
+
+    def current(self) -> list[AlertState]:
+        return sorted((s for s in self.states.values() if s.problem or s.flapping),
+                      key=lambda s: (-s.severity.severity, s.target, s.label))
+

@@ -1,0 +1,208 @@
+"""Alert persistence: states, silences, history and the grouping queue in one SQLite file.
+
+`data_dir/state/alerts.db` survives restarts: the engine carries on where it was (pending
+timers, flapping history, which problems were announced and so owe a recovery mail). The
+history table is what digests read for "alerts of the period". Every method opens its own
+short connection, so the store can be used from worker threads and by the CLI while the agent
+runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from alerts.engine import AlertState, Event
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS states (
+    key TEXT PRIMARY KEY,
+    rule TEXT NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    target TEXT NOT NULL,
+    label TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    since REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS history_at ON history(at);
+CREATE TABLE IF NOT EXISTS silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pattern TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    created REAL NOT NULL,
+    until REAL NOT NULL,
+    author TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    grp TEXT NOT NULL,
+    created REAL NOT NULL,
+    event TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: int
+    pattern: str
+    reason: str
+    created: float
+    until: float
+    author: str = ""
+
+    def matches(self, rule: str, target: str, label: str) -> bool:
+        """A pattern (shell glob) silences an alert if it matches its target, its rule name,
+        "target label" or "rule:target"."""
+        p = self.pattern
+        return any(fnmatch.fnmatchcase(text, p)
+                   for text in (target, rule, f"{target} {label}", f"{rule}:{target}"))
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    id: int
+    at: float
+    kind: str
+    rule: str
+    target: str
+    label: str
+    severity: str
+    message: str
+    since: float
+
+
+class AlertStore:
+    def __init__(self, path: Path, clock=time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            yield db
+        finally:
+            db.close()
+
+    # -- states ----------------------------------------------------------------------------
+
+    def load_states(self) -> dict[str, AlertState]:
+        with self._connect() as db:
+            rows = db.execute("SELECT data FROM states").fetchall()
+        states = {}
+        for (data,) in rows:
+            s = AlertState.from_json(json.loads(data))
+            states[s.key] = s
+        return states
+
+    def save(self, states: Iterable[AlertState], events: Iterable[Event] = (),
+             queue: Iterable[tuple[str, Event]] = ()) -> None:
+        """Store changed states, their events in the history and the grouping queue, in one
+        transaction (so a crash never keeps a state without the mail it owes, or vice versa)."""
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO states (key, rule, data) VALUES (?, ?, ?)",
+                           [(s.key, s.rule, json.dumps(s.to_json())) for s in states])
+            db.executemany(
+                "INSERT INTO history (at, kind, rule, target, label, severity, message, since) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(e.at, e.kind.value, e.rule, e.target, e.label, e.severity.name, e.message,
+                  e.since) for e in events])
+            db.executemany("INSERT INTO queue (grp, created, event) VALUES (?, ?, ?)",
+                           [(g, e.at, json.dumps(e.to_json())) for g, e in queue])
+            db.execute("COMMIT")
+
+    def forget_rules_except(self, rules: Iterable[str]) -> int:
+        """Drop states of rules that are no longer configured."""
+        names = list(rules)
+        with self._connect() as db:
+            marks = ",".join("?" * len(names))
+            cur = db.execute(f"DELETE FROM states WHERE rule NOT IN ({marks})", names)
+            return cur.rowcount
+
+    # -- grouping queue ----------------------------------------------------------------------
+
+    def due_groups(self, window: float, now: float) -> list[str]:
+        """Groups whose oldest queued event has waited `window`."""
+        with self._connect() as db:
+            rows = db.execute("SELECT grp FROM queue GROUP BY grp HAVING MIN(created) <= ? "
+                              "ORDER BY MIN(id)", (now - window,)).fetchall()
+        return [r[0] for r in rows]
+
+    def queued(self, group: str) -> list[tuple[int, Event]]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, event FROM queue WHERE grp = ? ORDER BY id",
+                              (group,)).fetchall()
+        return [(i, Event.from_json(json.loads(e))) for i, e in rows]
+
+    def dequeue(self, ids: Iterable[int]) -> None:
+        with self._connect() as db:
+            db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
+
+    def queue_size(self) -> int:
+        with self._connect() as db:
+            return db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
+
+    # -- silences ----------------------------------------------------------------------------
+
+    def add_silence(self, pattern: str, duration: float, reason: str, author: str = "") -> Silence:
+        now = self.clock()
+        with self._connect() as db:
+            cur = db.execute("INSERT INTO silences (pattern, reason, created, until, author) "
+                             "VALUES (?, ?, ?, ?, ?)", (pattern, reason, now, now + duration, author))
+            assert cur.lastrowid is not None
+            return Silence(cur.lastrowid, pattern, reason, now, now + duration, author)
+
+    def silences(self, include_expired: bool = False) -> list[Silence]:
+        query = "SELECT id, pattern, reason, created, until, author FROM silences"
+        args: tuple = ()
+        if not include_expired:
+            query += " WHERE until > ?"
+            args = (self.clock(),)
+        with self._connect() as db:
+            return [Silence(*row) for row in db.execute(query + " ORDER BY id", args)]
+
+    def remove_silence(self, silence_id: int) -> bool:
+        """End a silence now (kept in the table as expired, for the record)."""
+        with self._connect() as db:
+            cur = db.execute("UPDATE silences SET until = ? WHERE id = ? AND until > ?",
+                             (self.clock(), silence_id, self.clock()))
+            return cur.rowcount > 0
+
+    # -- history -----------------------------------------------------------------------------
+
+    def history(self, since: float, until: float | None = None) -> list[HistoryEntry]:
+        """Alert events between two times, oldest first (for digests and `monitor alerts`)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT id, at, kind, rule, target, label, severity, message, since FROM history "
+                "WHERE at >= ? AND at < ? ORDER BY id", (since, until or float("inf"))).fetchall()
+        return [HistoryEntry(*row) for row in rows]
+
+    def prune_history(self, older_than: float) -> int:
+        with self._connect() as db:
+            return db.execute("DELETE FROM history WHERE at < ?",
+                              (self.clock() - older_than,)).rowcount
+
+
+def alerts_db_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "alerts.db"
