@@ -224,8 +224,8 @@ async def _imap(check, env, conn, session, progress) -> Answer:
     progress.phase = "waiting for the greeting"
     greeting = clean(await conn.readline(), 4096)
     if not (greeting.startswith("* OK") or greeting.startswith("* PREAUTH")):
-        got = clean(greeting, 20) or "nothing"
-        return Answer(False, repr(got), "'* OK'", greeting, _elapsed(progress))
+        got = " ".join(greeting.split()[:2])
+        return Answer(False, repr(got) if got else "nothing", "'* OK'", greeting, _elapsed(progress))
     if not _expect_note(check, greeting):
         return Answer(False, "'* OK' without the expected text", repr(clean(check.expect, 40)),
                       greeting, _elapsed(progress))
@@ -259,7 +259,8 @@ async def _pop3(check, env, conn, session, progress) -> Answer:
     progress.phase = "waiting for the greeting"
     greeting = clean(await conn.readline(), 4096)
     if not greeting.startswith("+OK"):
-        return Answer(False, repr(clean(greeting, 20) or "nothing"), "'+OK'", greeting, _elapsed(progress))
+        got = clean(greeting.split()[0], 20) if greeting.split() else ""
+        return Answer(False, repr(got) if got else "nothing", "'+OK'", greeting, _elapsed(progress))
     if not _expect_note(check, greeting):
         return Answer(False, "'+OK' without the expected text", repr(clean(check.expect, 40)),
                       greeting, _elapsed(progress))
