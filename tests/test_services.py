@@ -324,7 +324,8 @@ async def test_http_status_text_redirects_and_host_header(servers):
     assert redirected.state is State.OK, redirected.message
     assert "after 2 redirects to http://127.0.0.1:" in redirected.message
     not_followed = await check(kind="http", host="127.0.0.1", port=port, path="/old", expect_status=[200])
-    assert not_followed.state is State.CRITICAL and "answered 301 Status instead of 200" in not_followed.message
+    assert not_followed.state is State.CRITICAL
+    assert "answered 301 Status instead of 200" in not_followed.message
     looping = await check(kind="http", host="127.0.0.1", port=port, path="/loop", follow_redirects=2)
     assert looping.state is State.CRITICAL and "still redirects after 2 redirects" in looping.message
     broken = await check(kind="http", host="127.0.0.1", port=port, path="/broken")

@@ -12,16 +12,16 @@ import ssl
 from dataclasses import dataclass
 
 from collectors.checks.common import (
+    AnyConn,
     Closed,
-    Conn,
     Env,
     Outcome,
     Progress,
     Session,
     cert_outcome,
     clean,
+    connect,
     connect_error_text,
-    connected,
     endpoint,
     limit_text,
     seconds_text,
@@ -53,7 +53,7 @@ def label(check: ServiceCheck) -> str:
     return base
 
 
-async def read_reply(conn: Conn) -> tuple[str, str]:
+async def read_reply(conn: AnyConn) -> tuple[str, str]:
     """An SMTP/FTP style reply ("250-..." continued, "250 ..." last): (code, text of all lines)."""
     lines: list[str] = []
     for _ in range(MAX_REPLY_LINES):
@@ -78,9 +78,15 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
         progress.phase = "connecting"
         progress.started = asyncio.get_running_loop().time()
         ctx = env.ssl_context(session.verify, check.ca_file) if check.tls else None
-        async with connected(host, port, ssl_ctx=ctx, server_name=check.tls_name or host,
-                             session=session, timeout=check.timeout) as conn:
-            return await DIALOGUES[check.kind](check, env, conn, session, progress)
+        conn = await connect(host, port, ssl_ctx=ctx, server_name=check.tls_name or host,
+                             session=session, timeout=check.timeout, upgradable=check.starttls)
+        try:
+            answer = await DIALOGUES[check.kind](check, env, conn, session, progress)
+        except BaseException:
+            conn.abort()
+            raise
+        await conn.close()
+        return answer
 
     try:
         async with asyncio.timeout(check.timeout):
@@ -128,7 +134,7 @@ def _elapsed(progress: Progress) -> float:
     return asyncio.get_running_loop().time() - progress.started
 
 
-async def _tcp(check: ServiceCheck, env: Env, conn: Conn, session: Session, progress: Progress) -> Answer:
+async def _tcp(check: ServiceCheck, env: Env, conn: AnyConn, session: Session, progress: Progress) -> Answer:
     if check.send:
         progress.phase = "sending"
         await conn.send(check.send.encode())
@@ -138,7 +144,7 @@ async def _tcp(check: ServiceCheck, env: Env, conn: Conn, session: Session, prog
     seen = b""
     wanted = check.expect.encode()
     while wanted not in seen and len(seen) < 65536:
-        chunk = await conn.reader.read(4096)
+        chunk = await conn.read(4096)
         if not chunk:
             break
         seen += chunk
@@ -152,7 +158,7 @@ def _expect_note(check: ServiceCheck, text: str) -> bool:
     return not check.expect or check.expect in text
 
 
-async def _smtp_like(check: ServiceCheck, env: Env, conn: Conn, session: Session, progress: Progress,
+async def _smtp_like(check: ServiceCheck, env: Env, conn: AnyConn, session: Session, progress: Progress,
                      protocol: str) -> Answer:
     progress.phase = "waiting for the greeting"
     code, greeting = await read_reply(conn)
@@ -210,7 +216,7 @@ async def _ftp(check, env, conn, session, progress) -> Answer:
     return await _smtp_like(check, env, conn, session, progress, "ftp")
 
 
-async def _goodbye(conn: Conn, command: bytes) -> None:
+async def _goodbye(conn: AnyConn, command: bytes) -> None:
     """Say goodbye and read one reply, without letting a slow goodbye count or fail the check."""
     try:
         async with asyncio.timeout(0.5):
@@ -246,7 +252,7 @@ async def _imap(check, env, conn, session, progress) -> Answer:
     return Answer(True, "'* OK'", "'* OK'", greeting[2:].strip(), seconds, note)
 
 
-async def _tagged(conn: Conn, tag: bytes) -> str:
+async def _tagged(conn: AnyConn, tag: bytes) -> str:
     """The tagged IMAP reply, skipping untagged lines ("* CAPABILITY ...")."""
     for _ in range(MAX_REPLY_LINES):
         line = await conn.readline()
@@ -291,11 +297,8 @@ async def _ssh(check, env, conn, session, progress) -> Answer:
         return Answer(False, "no SSH banner", "'SSH-2.0-...'", line, _elapsed(progress))
     seconds = _elapsed(progress)
     version = line.split("-", 2)[1] if line.count("-") >= 2 else "?"
-    try:
-        # Our own identification, so the server logs a clean disconnect rather than garbage.
-        conn.writer.write(b"SSH-2.0-monitor_check\r\n")
-    except OSError:
-        pass
+    # Our own identification, so the server logs a clean disconnect rather than garbage.
+    conn.send_nowait(b"SSH-2.0-monitor_check\r\n")
     if version not in ("2.0", "1.99"):
         return Answer(False, f"protocol {clean(version, 10)}", "2.0", line, seconds)
     if not _expect_note(check, line):

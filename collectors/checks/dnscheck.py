@@ -64,7 +64,7 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
     rcode = dns.rcode.to_text(response.rcode())
     rdtype = dns.rdatatype.from_text(check.query_type)
     found = [rd.to_text() for rrset in response.answer if rrset.rdtype == rdtype for rd in rrset]
-    shown = clean(", ".join(found), 100) or "no records"
+    shown = clean(", ".join(sorted(found)), 100) or "no records"  # sorted: rdatasets are sets
     took = f"in {seconds_text(seconds)}"
     if rcode != check.rcode:
         return Outcome(State.CRITICAL, f"{where} answered {rcode} instead of {check.rcode} for "

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from collectors.checks.common import (
+    AnyConn,
     Closed,
-    Conn,
     Env,
     Outcome,
     Progress,
@@ -52,7 +52,7 @@ class Exchange:
     too_many_redirects: bool = False
 
 
-async def fetch(conn: Conn, method: str, host_header: str, target: str, progress: Progress) -> Response:
+async def fetch(conn: AnyConn, method: str, host_header: str, target: str, progress: Progress) -> Response:
     progress.phase = "waiting for the response"
     request = (f"{method} {target} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: {USER_AGENT}\r\n"
                "Accept: */*\r\nConnection: close\r\n\r\n")
@@ -78,20 +78,20 @@ async def fetch(conn: Conn, method: str, host_header: str, target: str, progress
         elif headers.get("content-length", "").isdigit():
             length = int(headers["content-length"])
             try:
-                body = await conn.reader.readexactly(min(length, BODY_LIMIT))
+                body = await conn.readexactly(min(length, BODY_LIMIT))
             except asyncio.IncompleteReadError as exc:
                 raise BadResponse(f"body cut short after {len(exc.partial)} of {length} bytes") from None
         else:
-            body = await conn.reader.read(BODY_LIMIT)
+            body = await conn.read(BODY_LIMIT)
             while body and len(body) < BODY_LIMIT:
-                more = await conn.reader.read(BODY_LIMIT - len(body))
+                more = await conn.read(BODY_LIMIT - len(body))
                 if not more:
                     break
                 body += more
     return Response(status, reason, headers, body)
 
 
-async def _chunked(conn: Conn) -> bytes:
+async def _chunked(conn: AnyConn) -> bytes:
     body = b""
     while len(body) < BODY_LIMIT:
         size_line = (await conn.readline()).split(b";")[0].strip()
@@ -102,8 +102,8 @@ async def _chunked(conn: Conn) -> bytes:
         if size == 0:
             break
         try:
-            body += await conn.reader.readexactly(size)
-            await conn.reader.readexactly(2)
+            body += await conn.readexactly(size)
+            await conn.readexactly(2)
         except asyncio.IncompleteReadError:
             raise BadResponse("body cut short inside a chunk") from None
     return body
