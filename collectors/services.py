@@ -106,4 +106,15 @@ def build(config: Config, *, ping_path: str = "ping", clock: Callable[[], float]
     return collectors
 
 
-__all__ = ["ServicesCollector", "apply_thresholds", "build", "seconds_text"]
+async def run_once(config: Config, names: list[str] | None = None) -> list[CheckResult]:
+    """Every (or the named) service check once, in config order: `monitor services`."""
+    results: list[CheckResult] = []
+    for collector in build(config):
+        assert isinstance(collector, ServicesCollector)
+        collector.checks = [c for c in collector.checks if names is None or c.name in names]
+        results.extend((await collector.collect()).checks)
+    order = {s.name: i for i, s in enumerate(config.services)}
+    return sorted(results, key=lambda r: order[r.check])
+
+
+__all__ = ["ServicesCollector", "apply_thresholds", "build", "run_once", "seconds_text"]

@@ -73,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", default="", help="v3 context name")
     p.set_defaults(handler=cmd_discover)
 
+    p = sub.add_parser("services", help="run the service checks once and print their results",
+                       description="Run the [[services]] checks of the config (or the named ones) "
+                       "once, print state and message of each, store nothing. The exit code is "
+                       "the worst state, as a Nagios plugin's: 0 OK, 1 WARNING, 2 CRITICAL, "
+                       "3 UNKNOWN.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: all)")
+    p.set_defaults(handler=cmd_services)
+
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
@@ -160,6 +168,21 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from collectors.services import run_once
+
+    config = read_config(args)
+    known = {s.name for s in config.services}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
+                         f"known: {', '.join(sorted(known)) or 'none'}")
+    results = asyncio.run(run_once(config, args.names or None))
+    for r in results:
+        print(f"{r.state.name:<8} {r.check}: {r.message}")
+    return max((r.state.value for r in results), key=lambda v: (0, 1, 3, 2)[v], default=0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
