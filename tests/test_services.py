@@ -538,3 +538,34 @@ async def test_agent_stores_service_results(tmp_path, write_config, servers):
     status = json.loads((tmp_path / "data" / "state" / "status.json").read_text())
     states = {c["check"]: c["state"] for c in status["checks"]}
     assert {k: v for k, v in states.items() if not k.startswith("collector")} == {"ssh": 0, "closed": 2}
+
+
+async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_config, servers):
+    from tests.conftest import MONITOR
+
+    port = await servers.tcp(banner_handler(b"SSH-2.0-cli\r\n"))
+    path = write_config(f"""
+        [[services]]
+        name = "ssh"
+        kind = "ssh"
+        host = "127.0.0.1"
+        port = {port}
+        [[services]]
+        name = "closed"
+        kind = "tcp"
+        host = "127.0.0.1"
+        port = {closed_port()}
+    """)
+    proc = await asyncio.create_subprocess_exec(*MONITOR, "--config", str(path), "services",
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    lines = out.decode().splitlines()
+    assert proc.returncode == 2, err.decode()
+    assert lines[0].startswith(f"OK       ssh: SSH 127.0.0.1:{port} answered SSH-2.0 in ")
+    assert lines[1].startswith("CRITICAL closed: TCP 127.0.0.1:")
+    proc = await asyncio.create_subprocess_exec(*MONITOR, "--config", str(path), "services", "nope",
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2 and "no service named 'nope'" in err.decode()

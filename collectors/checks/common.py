@@ -101,10 +101,7 @@ class Progress:
     """Where a dialogue is, so a timeout can say what the server failed to do."""
 
     phase: str = "connecting"
-    started: float = field(default_factory=time.perf_counter)
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
+    started: float = 0.0  # loop.time() when the attempt began
 
 
 @dataclass
