@@ -299,6 +299,9 @@ class ServiceCheck:
         if kind not in ("plugin",) and not self.host:
             what = "the DNS server to ask" if kind == "dns" else "the host to check"
             raise Invalid(None, f'missing required key "host" ({what})')
+        # The host goes into ping's argv and into protocol lines: a name or an address only.
+        if self.host and not re.fullmatch(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*", self.host):
+            raise Invalid("host", f"expected a host name or IP address, got {self.host!r}")
         if self.port is None:
             if kind == "tcp":
                 raise Invalid(None, 'missing required key "port" (tcp checks need a port)')
@@ -333,7 +336,13 @@ class ServiceCheck:
             if not self.query:
                 raise Invalid(None, 'missing required key "query" (the name to look up)')
             self.query_type = self.query_type.upper()
+            import dns.name
             import dns.rdatatype
+
+            try:
+                dns.name.from_text(self.query)
+            except Exception as exc:
+                raise Invalid("query", f"not a valid DNS name: {exc}") from None
 
             try:
                 dns.rdatatype.from_text(self.query_type)

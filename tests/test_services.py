@@ -129,6 +129,9 @@ def test_defaults_and_kind_rules():
     ({"kind": "smtp", "host": "h", "critical_time": 20}, "critical_time: must be shorter"),
     ({"kind": "smtp", "host": "h", "expect_stauts": [200]}, 'unknown key (did you mean "expect_status"?)'),
     ({"kind": "ping"}, 'missing required key "host"'),
+    ({"kind": "ping", "host": "-f"}, "services[0].host: expected a host name or IP address"),
+    ({"kind": "ping", "host": "a b"}, "services[0].host: expected a host name or IP address"),
+    ({"kind": "dns", "host": "h", "query": "a" * 70 + ".net"}, "services[0].query: not a valid DNS name"),
 ])
 def test_config_errors_name_file_line_and_key(keys, error):
     with pytest.raises(ConfigError) as info:
@@ -186,6 +189,9 @@ async def test_stalled_server_times_out_with_a_clear_message(servers):
     assert result.state is State.CRITICAL
     assert result.message == (f"SMTP 127.0.0.1:{port} accepted the connection but gave no answer "
                               "within 0.3 s (waiting for the greeting)")
+    handshake = await check(kind="smtp", host="127.0.0.1", port=port, timeout="0.3s", tls=True)
+    assert handshake.message == (f"SMTPS 127.0.0.1:{port} did not complete the connection and TLS "
+                                 "handshake within 0.3 s")
 
 
 async def test_smtp_plain_and_starttls(servers, tls, pki):

@@ -92,7 +92,9 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
         async with asyncio.timeout(check.timeout):
             answer, session, verify_error = await with_verify_retry(check, attempt)
     except TimeoutError:
-        if progress.phase == "connecting":
+        if progress.phase == "connecting" and check.tls:
+            what = f"did not complete the connection and TLS handshake within {limit_text(check.timeout)}"
+        elif progress.phase == "connecting":
             what = f"did not accept a connection within {limit_text(check.timeout)}"
         else:
             what = f"accepted the connection but gave no answer within {limit_text(check.timeout)} " \
