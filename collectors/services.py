@@ -31,6 +31,11 @@ RUNNERS: dict[str, Callable[[ServiceCheck, Env], Awaitable[Outcome]]] = {
     "dns": dnscheck.run, "ping": ping.run, "plugin": plugin.run,
 }
 
+EXPECTED_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ping": (("loss_percent", "%"), ("rtt_min_seconds", "s"), ("rtt_avg_seconds", "s"),
+             ("rtt_max_seconds", "s")),
+}
+
 
 def apply_thresholds(check: ServiceCheck, outcome: Outcome) -> Outcome:
     """Response-time thresholds turn a working but slow service into WARNING or CRITICAL."""
@@ -88,6 +93,13 @@ class ServicesCollector:
         now = self.clock()
         measurements = [Measurement(target, check.name, "response_seconds", outcome.response_seconds,
                                     Kind.GAUGE, "s", now)]
+        # The same series every run, unknown when the check could not measure them: graphs show
+        # a gap for the minutes the service was down, not a file that lacks the series.
+        expected = EXPECTED_METRICS.get(check.kind, ())
+        if check.uses_tls:
+            expected = (*expected, ("cert_expiry_days", "d"))
+        for metric, unit in expected:
+            outcome.metrics.setdefault(metric, (None, unit, Kind.GAUGE))
         for metric, (value, unit, kind) in outcome.metrics.items():
             measurements.append(Measurement(target, check.name, metric, value, kind, unit, now))
         return CheckResult(target, check.name, outcome.state, outcome.message, tuple(measurements), now)

@@ -181,6 +181,8 @@ async def test_tcp_open_closed_and_send_expect(servers):
     assert refused.state is State.CRITICAL
     assert refused.message.startswith(f"TCP 127.0.0.1:{refused.message.split(':')[1].split()[0]} refused")
     assert metric(refused, "response_seconds") is None
+    smtps = await check(kind="smtp", host="127.0.0.1", port=closed_port(), tls=True)
+    assert metric(smtps, "cert_expiry_days") is None  # the series exists even while down
 
 
 async def test_stalled_server_times_out_with_a_clear_message(servers):
@@ -413,6 +415,7 @@ async def test_ping_not_permitted_says_what_to_do(tmp_path):
     assert result.state is State.UNKNOWN
     assert "may not send ICMP echo (ping: socket: Operation not permitted)" in result.message
     assert "ping_group_range" in result.message
+    assert metric(result, "loss_percent") is None and metric(result, "rtt_avg_seconds") is None
 
 
 # --- plugins -----------------------------------------------------------------------------------
