@@ -361,6 +361,8 @@ class ServiceCheck:
                 raise Invalid("command", 'a plugin check needs command = ["/path/to/check_x", "arg", ...]')
         elif self.command:
             raise Invalid("command", "only plugin checks run a command")
+        if self.ca_file is not None and not self.ca_file.is_file():
+            raise Invalid("ca_file", f"no such file: {self.ca_file} (a PEM bundle of CA certificates)")
         if self.cert_critical_days > self.cert_warning_days:
             raise Invalid("cert_critical_days", "must not be more than cert_warning_days")
         if self.loss_critical < self.loss_warning:

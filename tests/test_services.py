@@ -129,6 +129,7 @@ def test_defaults_and_kind_rules():
     ({"kind": "smtp", "host": "h", "critical_time": 20}, "critical_time: must be shorter"),
     ({"kind": "smtp", "host": "h", "expect_stauts": [200]}, 'unknown key (did you mean "expect_status"?)'),
     ({"kind": "ping"}, 'missing required key "host"'),
+    ({"kind": "imap", "host": "h", "ca_file": "/nonexistent/ca.pem"}, "services[0].ca_file: no such file"),
     ({"kind": "ping", "host": "-f"}, "services[0].host: expected a host name or IP address"),
     ({"kind": "ping", "host": "a b"}, "services[0].host: expected a host name or IP address"),
     ({"kind": "dns", "host": "h", "query": "a" * 70 + ".net"}, "services[0].query: not a valid DNS name"),

@@ -77,7 +77,7 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
     async def attempt(session: Session) -> Answer:
         progress.phase = "connecting"
         progress.started = asyncio.get_running_loop().time()
-        ctx = env.ssl_context(session.verify, check.ca_file) if check.tls else None
+        ctx = await env.ssl_context(session.verify, check.ca_file) if check.tls else None
         conn = await connect(host, port, ssl_ctx=ctx, server_name=check.tls_name or host,
                              session=session, timeout=check.timeout, upgradable=check.starttls)
         try:
@@ -186,7 +186,7 @@ async def _smtp_like(check: ServiceCheck, env: Env, conn: AnyConn, session: Sess
             if code != "220":
                 return Answer(False, f"STARTTLS with {clean(code)}", "220", text, _elapsed(progress))
             progress.phase = "in the TLS handshake"
-            await conn.start_tls(env.ssl_context(session.verify, check.ca_file),
+            await conn.start_tls(await env.ssl_context(session.verify, check.ca_file),
                                  check.tls_name or check.host, session, check.timeout)
             progress.phase = "waiting for the EHLO reply after STARTTLS"
             await conn.send(f"EHLO {ehlo}\r\n".encode())
@@ -202,7 +202,7 @@ async def _smtp_like(check: ServiceCheck, env: Env, conn: AnyConn, session: Sess
         if code != "234":
             return Answer(False, f"AUTH TLS with {clean(code)}", "234", text, _elapsed(progress))
         progress.phase = "in the TLS handshake"
-        await conn.start_tls(env.ssl_context(session.verify, check.ca_file),
+        await conn.start_tls(await env.ssl_context(session.verify, check.ca_file),
                              check.tls_name or check.host, session, check.timeout)
         note = "AUTH TLS ok"
     seconds = _elapsed(progress)
@@ -246,7 +246,7 @@ async def _imap(check, env, conn, session, progress) -> Answer:
             return Answer(False, f"STARTTLS with {clean(line, 40)!r}", "'m1 OK'", greeting,
                           _elapsed(progress))
         progress.phase = "in the TLS handshake"
-        await conn.start_tls(env.ssl_context(session.verify, check.ca_file),
+        await conn.start_tls(await env.ssl_context(session.verify, check.ca_file),
                              check.tls_name or check.host, session, check.timeout)
         note = "STARTTLS ok"
     seconds = _elapsed(progress)
@@ -280,7 +280,7 @@ async def _pop3(check, env, conn, session, progress) -> Answer:
         if not line.startswith("+OK"):
             return Answer(False, f"STLS with {clean(line, 40)!r}", "'+OK'", greeting, _elapsed(progress))
         progress.phase = "in the TLS handshake"
-        await conn.start_tls(env.ssl_context(session.verify, check.ca_file),
+        await conn.start_tls(await env.ssl_context(session.verify, check.ca_file),
                              check.tls_name or check.host, session, check.timeout)
         note = "STLS ok"
     seconds = _elapsed(progress)

@@ -77,18 +77,23 @@ class Env:
     clock: Callable[[], float] = time.time
     _contexts: dict[tuple[bool, str | None], ssl.SSLContext] = field(default_factory=dict)
 
-    def ssl_context(self, verify: bool, ca_file: Path | None) -> ssl.SSLContext:
-        """One client context per (verify, CA file): loading the system CA store is not free."""
+    async def ssl_context(self, verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+        """One client context per (verify, CA file), made once in a thread: loading the
+        system's CA store takes tens of milliseconds that the event loop should not wait."""
         key = (verify, str(ca_file) if ca_file else None)
         ctx = self._contexts.get(key)
         if ctx is None:
-            if verify:
-                ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-            else:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            self._contexts[key] = ctx
+            ctx = await asyncio.to_thread(self._make_context, verify, ca_file)
+            self._contexts.setdefault(key, ctx)
+        return ctx
+
+    @staticmethod
+    def _make_context(verify: bool, ca_file: Path | None) -> ssl.SSLContext:
+        if verify:
+            return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
         return ctx
 
 

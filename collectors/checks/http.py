@@ -131,7 +131,7 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
             vhost = check.vhost if (check.vhost and host == check.host) else host
             default_port = 443 if tls else 80
             host_header = vhost if port == default_port else f"{vhost}:{port}"
-            ctx = env.ssl_context(session.verify, check.ca_file) if tls else None
+            ctx = await env.ssl_context(session.verify, check.ca_file) if tls else None
             progress.phase = f"connecting to {endpoint(host, port)}" if hop else "connecting"
             async with connected(host, port, ssl_ctx=ctx, server_name=check.tls_name or vhost,
                                  session=session, timeout=check.timeout) as conn:
