@@ -76,8 +76,10 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
 
     async def attempt(session: Session) -> Answer:
         progress.phase = "connecting"
+        ctx = await env.ssl_context(session.verify, check.ca_file) if check.uses_tls else None
         progress.started = asyncio.get_running_loop().time()
-        ctx = await env.ssl_context(session.verify, check.ca_file) if check.tls else None
+        if not check.tls:
+            ctx = None  # STARTTLS: the context is for later
         conn = await connect(host, port, ssl_ctx=ctx, server_name=check.tls_name or host,
                              session=session, timeout=check.timeout, upgradable=check.starttls)
         try:

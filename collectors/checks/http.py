@@ -120,6 +120,8 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
     progress = Progress()
 
     async def attempt(session: Session) -> Exchange:
+        if check.tls:  # made (once) before the clock starts
+            await env.ssl_context(session.verify, check.ca_file)
         progress.started = asyncio.get_running_loop().time()
         exchange = Exchange()
         url = start_url
