@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import ssl
 from pathlib import Path
 
@@ -579,3 +580,29 @@ async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_
                                                 stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     assert proc.returncode == 2 and "no service named 'nope'" in err.decode()
+
+
+async def test_ipv6_loopback_and_names():
+    async def greet(reader, writer):
+        writer.write(b"SSH-2.0-six\r\n")
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(greet, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await check(kind="ssh", host="::1", port=port)
+        assert result.state is State.OK, result.message
+        assert result.message.startswith(f"SSH [::1]:{port} answered SSH-2.0")
+        # A name with several addresses: each is tried in turn (127.0.0.1 refuses, ::1 answers).
+        with open("/etc/hosts") as hosts:
+            if re.search(r"^::1\s.*\blocalhost\b", hosts.read(), re.M):
+                by_name = await check(kind="ssh", host="localhost", port=port)
+                assert by_name.state is State.OK, by_name.message
+    finally:
+        server.close()
+        await server.wait_closed()
