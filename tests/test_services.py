@@ -320,6 +320,8 @@ async def test_http_status_text_redirects_and_host_header(servers):
         "/new": (302, {"Location": "/"}, b""),
         "/loop": (302, {"Location": "/loop"}, b""),
         "/broken": (500, {}, b"oops"),
+        "/evil": (302, {"Location": "/a b\x01c"}, b""),
+        "/a%20b%01c": (200, {}, b"quoted"),
     }
     port = await servers.tcp(http_handler(routes, seen))
     ok = await check(kind="http", host="127.0.0.1", port=port, vhost="www.example.net",
@@ -340,6 +342,8 @@ async def test_http_status_text_redirects_and_host_header(servers):
     assert looping.state is State.CRITICAL and "still redirects after 2 redirects" in looping.message
     broken = await check(kind="http", host="127.0.0.1", port=port, path="/broken")
     assert broken.state is State.CRITICAL and "answered 500" in broken.message
+    evil = await check(kind="http", host="127.0.0.1", port=port, path="/evil", follow_redirects=1)
+    assert evil.state is State.OK and seen[-1][0] == "/a%20b%01c", (evil.message, seen[-1])
     absent = await check(kind="http", host="127.0.0.1", port=port, path="/nope")
     assert absent.state is State.WARNING and "answered 404" in absent.message
 

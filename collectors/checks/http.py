@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from dataclasses import dataclass, field
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from collectors.checks.common import (
     AnyConn,
@@ -135,9 +135,12 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
             host_header = vhost if port == default_port else f"{vhost}:{port}"
             ctx = await env.ssl_context(session.verify, check.ca_file) if tls else None
             progress.phase = f"connecting to {endpoint(host, port)}" if hop else "connecting"
-            async with connected(host, port, ssl_ctx=ctx, server_name=check.tls_name or vhost,
+            tls_name = (check.tls_name or vhost) if host == check.host else host
+            async with connected(host, port, ssl_ctx=ctx, server_name=tls_name,
                                  session=session, timeout=check.timeout) as conn:
-                target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+                # A Location from the server is untrusted: no spaces or controls in our request line.
+                target = quote((parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
+                               safe="/?=&%:@!$'()*+,;~-._[]")
                 response = await fetch(conn, check.method, host_header, target, progress)
             exchange.responses.append((url, response))
             location = response.headers.get("location")
