@@ -129,10 +129,19 @@ def summarise(config: Config) -> str:
     lines.append(f"SNMP devices: {len(config.snmp.devices)}"
                  + "".join(f"\n  {d.name} {d.host}:{d.port} v{d.version}" for d in config.snmp.devices))
     lines.append(f"services: {len(config.services)}"
-                 + "".join(f"\n  {s.name} ({s.kind})" for s in config.services))
+                 + "".join(f"\n  {s.name} ({s.kind}{_service_where(s)})" for s in config.services))
     lines.append(f"alert rules: {len(config.alerts.rules)}; digests: {len(config.digests)}; "
                  f"contact groups: {', '.join(config.contacts) or 'none'}")
     return "\n".join(lines)
+
+
+def _service_where(service) -> str:
+    if service.kind == "plugin":
+        return f" {Path(service.command[0]).name}"
+    if service.port is None:
+        return f" {service.host}"
+    return f" {service.host}:{service.port}" + (" TLS" if service.tls else " STARTTLS"
+                                                if service.starttls else "")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
