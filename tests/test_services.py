@@ -322,6 +322,7 @@ async def test_http_status_text_redirects_and_host_header(servers):
         "/broken": (500, {}, b"oops"),
         "/evil": (302, {"Location": "/a b\x01c"}, b""),
         "/a%20b%01c": (200, {}, b"quoted"),
+        "/badport": (301, {"Location": "http://127.0.0.1:99999/"}, b""),
     }
     port = await servers.tcp(http_handler(routes, seen))
     ok = await check(kind="http", host="127.0.0.1", port=port, vhost="www.example.net",
@@ -344,6 +345,9 @@ async def test_http_status_text_redirects_and_host_header(servers):
     assert broken.state is State.CRITICAL and "answered 500" in broken.message
     evil = await check(kind="http", host="127.0.0.1", port=port, path="/evil", follow_redirects=1)
     assert evil.state is State.OK and seen[-1][0] == "/a%20b%01c", (evil.message, seen[-1])
+    bad = await check(kind="http", host="127.0.0.1", port=port, path="/badport", follow_redirects=1)
+    assert bad.state is State.CRITICAL
+    assert bad.message == f"HTTP 127.0.0.1:{port} sent a redirect to a bad URL 'http://127.0.0.1:99999/'"
     absent = await check(kind="http", host="127.0.0.1", port=port, path="/nope")
     assert absent.state is State.WARNING and "answered 404" in absent.message
 

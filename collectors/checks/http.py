@@ -129,7 +129,10 @@ async def run(check: ServiceCheck, env: Env) -> Outcome:
             parts = urlsplit(url)
             host = parts.hostname or check.host
             tls = parts.scheme == "https"
-            port = parts.port or (443 if tls else 80)
+            try:
+                port = parts.port or (443 if tls else 80)
+            except ValueError:
+                raise BadResponse(f"a redirect to a bad URL {clean(url, 80)!r}") from None
             vhost = check.vhost if (check.vhost and host == check.host) else host
             default_port = 443 if tls else 80
             host_header = vhost if port == default_port else f"{vhost}:{port}"
