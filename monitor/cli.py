@@ -73,17 +73,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--context", default="", help="v3 context name")
     p.set_defaults(handler=cmd_discover)
 
-    p = sub.add_parser("services", help="run the service checks once and print their results",
-                       description="Run the [[services]] checks of the config (or the named ones) "
-                       "once, print state and message of each, store nothing. The exit code is "
-                       "the worst state, as a Nagios plugin's: 0 OK, 1 WARNING, 2 CRITICAL, "
-                       "3 UNKNOWN.")
-    p.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: all)")
-    p.set_defaults(handler=cmd_services)
-
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
+
+    # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
+    p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
+                       description="Build digest NAME from the current data and hand it to the "
+                       "outbox (sent at once when the relay answers, retried otherwise). "
+                       "--dry-run prints the MIME message instead of sending it.")
+    p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
+    p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
+    p.set_defaults(handler=cmd_digest)
+
+    p = sub.add_parser("backup-run", help="run a backup command and record its result (for cron)",
+                       description="Run CMD ARGS... (no shell), pass its output and exit status "
+                       "through, and record start, duration, exit status and the output's last "
+                       "lines for the [[backups]] job NAME (kind = \"wrapper\"). Example crontab "
+                       "line: 30 2 * * * monitor backup-run nightly -- /usr/local/bin/backup.sh",
+                       usage="monitor backup-run NAME -- CMD [ARGS...]")
+    p.add_argument("name", metavar="NAME", help="the name of a [[backups]] job")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    p.set_defaults(handler=cmd_backup_run)
     return parser
 
 
@@ -103,6 +114,33 @@ def read_config(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from alerts.digest import run_digest
+
+    config = read_config(args)
+    asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from collectors.backups import run_wrapped
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ValueError("backup-run needs the command after --, e.g. "
+                         "monitor backup-run nightly -- /usr/local/bin/backup.sh")
+    config = read_config(args)
+    jobs = {j.name: j for j in config.backups}
+    job = jobs.get(args.name)
+    if job is None:
+        raise ValueError(f"no [[backups]] job named {args.name!r} "
+                         f"(jobs: {', '.join(jobs) or 'none configured'})")
+    if job.kind != "wrapper":
+        log.warning("backup job %s has kind = %r; its check reads that source, not this run's "
+                    "record (set kind = \"wrapper\")", job.name, job.kind)
+    return run_wrapped(job.name, argv, config.state_dir)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -129,19 +167,10 @@ def summarise(config: Config) -> str:
     lines.append(f"SNMP devices: {len(config.snmp.devices)}"
                  + "".join(f"\n  {d.name} {d.host}:{d.port} v{d.version}" for d in config.snmp.devices))
     lines.append(f"services: {len(config.services)}"
-                 + "".join(f"\n  {s.name} ({s.kind}{_service_where(s)})" for s in config.services))
+                 + "".join(f"\n  {s.name} ({s.kind})" for s in config.services))
     lines.append(f"alert rules: {len(config.alerts.rules)}; digests: {len(config.digests)}; "
                  f"contact groups: {', '.join(config.contacts) or 'none'}")
     return "\n".join(lines)
-
-
-def _service_where(service) -> str:
-    if service.kind == "plugin":
-        return f" {Path(service.command[0]).name}"
-    if service.port is None:
-        return f" {service.host}"
-    return f" {service.host}:{service.port}" + (" TLS" if service.tls else " STARTTLS"
-                                                if service.starttls else "")
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
@@ -177,21 +206,6 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
-
-
-def cmd_services(args: argparse.Namespace) -> int:
-    from collectors.services import run_once
-
-    config = read_config(args)
-    known = {s.name for s in config.services}
-    unknown = [n for n in args.names if n not in known]
-    if unknown:
-        raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
-                         f"known: {', '.join(sorted(known)) or 'none'}")
-    results = asyncio.run(run_once(config, args.names or None))
-    for r in results:
-        print(f"{r.state.name:<8} {r.check}: {r.message}")
-    return max((r.state.value for r in results), key=lambda v: (0, 1, 3, 2)[v], default=0)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

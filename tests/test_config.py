@@ -86,8 +86,8 @@ def test_wrong_type_for_table():
 
 
 def test_duplicate_service_names():
-    text = ('[[services]]\nname = "a"\nkind = "tcp"\nhost = "h"\nport = 1\n'
-            '[[services]]\nname = "a"\nkind = "tcp"\nhost = "h"\nport = 1\n')
+    svc = 'kind = "tcp"\nhost = "h"\nport = 1\n'
+    text = f'[[services]]\nname = "a"\n{svc}[[services]]\nname = "a"\n{svc}'
     assert "two services are named 'a'" in error_of(text)
 
 

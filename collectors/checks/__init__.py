@@ -1,1 +1,0 @@
-"""Service check implementations, one module per protocol family, used by collectors.services."""
