@@ -3,6 +3,7 @@ and the certificate verdict (days to expiry, host name, chain)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import re
@@ -46,13 +47,33 @@ class Outcome:
     metrics: dict[str, tuple[float | None, str]] = field(default_factory=dict)
 
 
+class TlsContexts:
+    """The TLS client contexts of one collector, one per (CA file, verify).
+
+    Making a context loads the system's CA store: milliseconds of CPU that would block the event
+    loop (and every other check) if done per connection on it, so each is made once, in a thread.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+
+    async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
+        key = (str(check.ca_file) if check.ca_file else None, verify)
+        context = self._made.get(key)
+        if context is None:
+            context = await asyncio.to_thread(tls_context, check, verify)
+            context = self._made.setdefault(key, context)
+        return context
+
+
 class Stage:
     """Where a probe is, so a timeout can say what did not happen ("sent no greeting")."""
 
-    def __init__(self) -> None:
+    def __init__(self, contexts: TlsContexts | None = None) -> None:
         self.doing = "connect"
         self.note = ""
         self.cert: Outcome | None = None
+        self.contexts = contexts if contexts is not None else TlsContexts()
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:
