@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from monitor.config import ServiceCheck
 from monitor.model import State
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# C0/C1 controls, and the Unicode line separators, zero-width and bidirectional overrides that
+# could make a hostile banner rewrite the rest of a message line when displayed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 def clean(text: str | bytes, limit: int = 80) -> str:
