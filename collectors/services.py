@@ -175,3 +175,14 @@ def build(config: Config) -> list[Collector]:
                 else f"services-{format_duration(interval)}")
         out.append(ServicesCollector(name, interval, checks, config.agent.concurrency))
     return out
+
+
+async def run_once(config: Config, names: list[str] | None = None) -> list[CheckResult]:
+    """Every (or each named) service check once, in config order: `monitor services`."""
+    results: list[CheckResult] = []
+    for collector in build(config):
+        assert isinstance(collector, ServicesCollector)
+        collector.checks = [c for c in collector.checks if names is None or c.name in names]
+        results.extend((await collector.collect()).checks)
+    order = {s.name: i for i, s in enumerate(config.services)}
+    return sorted(results, key=lambda r: order[r.check])

@@ -469,3 +469,39 @@ async def test_tls_to_plain_server_and_long_banner(servers):
     tls, ssh = await run(svc("smtp", port, "smtps", tls=True), svc("ssh", plain, "ssh"))
     assert tls.state == State.CRITICAL and "TLS handshake" in tls.message
     assert ssh.state == State.OK and len(ssh.message) < 200 and ssh.message.count("y") <= 60
+
+
+async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_config, servers):
+    from tests.conftest import MONITOR
+
+    port = await servers(srv.banner("SSH-2.0-cli"))
+    path = write_config(f"""
+        [[services]]
+        name = "ssh"
+        kind = "ssh"
+        host = "127.0.0.1"
+        port = {port}
+        [[services]]
+        name = "closed"
+        kind = "tcp"
+        host = "127.0.0.1"
+        port = {srv.closed_port()}
+    """)
+
+    async def monitor(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *MONITOR, "--config", str(path), "services", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await monitor()
+    lines = out.splitlines()
+    assert code == 2, err
+    assert lines[0].startswith(f"OK       ssh: SSH 127.0.0.1:{port} answered SSH-2.0-cli")
+    assert lines[1].startswith("CRITICAL closed: TCP 127.0.0.1:")
+    code, out, _ = await monitor("ssh")
+    assert code == 0 and out.count("\n") == 1
+    code, _, err = await monitor("nope")
+    assert code == 2 and "no service named 'nope'" in err
