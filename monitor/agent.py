@@ -60,6 +60,16 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        for digest in self.config.digests:
+            self.scheduler.add_cron(f"digest {digest.name}", digest.schedule,
+                                    self._digest_job(digest.name))
+
+    def _digest_job(self, name: str) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            from alerts.digest import send_digest
+
+            await send_digest(self.config, name, store=self.store, status=self.status)
+        return run
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:

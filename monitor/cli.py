@@ -51,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
     p.set_defaults(handler=cmd_check_config)
 
+    p = sub.add_parser("backup-run", help="run a backup command and record its result",
+                       description="Run CMD (for cron), record exit status, duration and the "
+                       "tail of its output for the [[backups]] job NAME (source = \"wrapper\"), "
+                       "and exit with CMD's exit status. Example: monitor backup-run nightly -- "
+                       "/usr/local/bin/backup.sh --full")
+    p.add_argument("name", metavar="NAME", help="the [[backups]] job name")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    p.set_defaults(handler=cmd_backup_run)
+
+    p = sub.add_parser("digest", help="build a [[digests]] report now and mail it",
+                       description="Build the digest NAME now and send it through the outbox "
+                       "(or print the MIME message with --dry-run).")
+    p.add_argument("name", metavar="NAME", help="the [[digests]] name")
+    p.add_argument("--dry-run", action="store_true", help="print the message instead of sending")
+    p.set_defaults(handler=cmd_digest)
+
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
@@ -118,6 +134,26 @@ def cmd_collect(args: argparse.Namespace) -> int:
     ok = asyncio.run(go())
     print(f"RRD files in {config.rrd_dir}")
     return 0 if ok else 1
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from collectors.backups import run_wrapped
+
+    config = read_config(args)
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ValueError("backup-run needs a command: monitor backup-run NAME -- CMD ARGS...")
+    if args.name not in [job.name for job in config.backups]:
+        log.warning("backup-run: no [[backups]] job named %r in %s; recording anyway",
+                    args.name, config.source)
+    return run_wrapped(args.name, argv, config.state_dir)
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from alerts.digest import run_digest
+
+    config = read_config(args)
+    return asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

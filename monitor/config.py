@@ -291,18 +291,95 @@ class DisksConfig:
 
 @dataclass
 class MailboxesConfig:
+    """[mailboxes]: Maildir (and mbox) sizes per mailbox and per domain."""
+
     enabled: bool = False
-    interval: Duration | None = None
+    interval: Annotated[float, DURATION_MARK, Range(60, None)] = 3600.0
+    root: ConfigPath = Path("/var/mail/vhosts")
+    # Where a mailbox sits under root: "{domain}/{user}" (Postfix + Dovecot virtual), or
+    # "{user}" / "{user}/Maildir" with `domain` set.
+    layout: Annotated[str, Pattern(r"^(\{domain\}|\{user\}|[^{}/]+)(/(\{domain\}|\{user\}|[^{}/]+))*$",
+                                   'a relative path of "{domain}", "{user}" and fixed names, '
+                                   'e.g. "{domain}/{user}"')] = "{domain}/{user}"
+    domain: str = ""
+    # Classic mbox files (one file per user, e.g. /var/mail/USER), counted as USER@domain.
+    mbox_dir: ConfigPath | None = None
+    # Dovecot's maildirsize is trusted when younger than this (it is recalculated on quota use).
+    maildirsize_max_age: Duration = 86400.0
+    top: Annotated[int, Range(1, 10000)] = 20
+    workers: Annotated[int, Range(1, 64)] = 4
+    # Optional: Postfix queue size through `postqueue -j` (argv list, absolute path).
+    postqueue: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        if "{user}" not in self.layout:
+            raise Invalid("layout", 'must contain "{user}"')
+        if "{domain}" not in self.layout and not self.domain:
+            self.domain = socket.gethostname()
+        if self.postqueue and not self.postqueue[0].startswith("/"):
+            raise Invalid("postqueue", 'an argv list with an absolute path, e.g. '
+                          '["/usr/sbin/postqueue", "-j"]')
 
 
 @dataclass
 class MailingList:
-    name: Name
+    """One [[lists]] table: a Mailman list (or "*": every list in the post log)."""
+
+    name: Annotated[str, Pattern(r"^(\*|[A-Za-z0-9][A-Za-z0-9._+-]*)$",
+                                 'a Mailman list name like "announce", or "*"')]
+    post_log: ConfigPath = Path("/var/lib/mailman/logs/post")
+    # Subscriber counts: Mailman 2's list_members (absolute path; "" = none).
+    list_members: str = "/usr/lib/mailman/bin/list_members"
+    interval: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
+
+    def validate(self) -> None:
+        if self.list_members and not self.list_members.startswith("/"):
+            raise Invalid("list_members", "must be an absolute path (or \"\" for none)")
 
 
 @dataclass
 class BackupJob:
-    name: Name
+    """One [[backups]] table: where the result of a backup job comes from."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 'letters, digits, ".", "_" and "-", e.g. "nightly"')]
+    source: Literal["wrapper", "log", "artifact", "restic", "borg"] = "wrapper"
+    # No successful result within max_age is itself a failure.
+    max_age: Annotated[float, DURATION_MARK, Range(60, None)] = 93600.0
+    interval: Annotated[float, DURATION_MARK, Range(10, None)] = 600.0
+    # source = "log"
+    log: ConfigPath | None = None
+    success: str = ""
+    failure: str = ""
+    # source = "artifact"
+    path: str = ""
+    max_shrink: Percent = 20.0
+    # source = "restic" / "borg": the argv of `restic snapshots --json` / `borg list --json`.
+    command: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    timeout: Duration = 300.0
+
+    def validate(self) -> None:
+        if self.source == "log":
+            if self.log is None:
+                raise Invalid("log", 'source = "log" needs log = "/path/to/backup.log"')
+            if not self.success:
+                raise Invalid("success", 'source = "log" needs a success pattern (a regex)')
+            for k in ("success", "failure"):
+                try:
+                    re.compile(getattr(self, k))
+                except re.error as exc:
+                    raise Invalid(k, f"not a regular expression: {exc}") from None
+        if self.source == "artifact" and not self.path.startswith("/"):
+            raise Invalid("path", 'source = "artifact" needs an absolute glob, e.g. '
+                          '"/srv/backup/db-*.sql.gz"')
+        if self.source in ("restic", "borg") and (not self.command
+                                                  or not self.command[0].startswith("/")):
+            example = ('["/usr/bin/restic", "-r", "/srv/restic", "--password-file", '
+                       '"/etc/monitor/restic.pw", "snapshots", "--json"]'
+                       if self.source == "restic" else
+                       '["/usr/bin/borg", "list", "--json", "/srv/borg"]')
+            raise Invalid("command", f"an argv list with an absolute path, e.g. {example}")
 
 
 _COMPARISON = Pattern(r"^\s*(>=|<=|>|<|==|!=)\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$",
@@ -423,9 +500,39 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
+DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
+                   "mailboxes", "lists", "backups")
+
+
 @dataclass
 class Digest:
-    name: Name
+    """One [[digests]] table: a report mailed on a schedule."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                                 'letters, digits, ".", "_" and "-", e.g. "daily-admin"')]
+    schedule: str = "0 7 * * *"
+    recipients: list[str] = field(default_factory=lambda: ["admins"])
+    sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
+                           "mailboxes", "lists", "backups"]] = field(
+        default_factory=lambda: list(DIGEST_SECTIONS))
+    # The period the digest covers (alerts, traffic, list activity); default from the schedule.
+    period: Annotated[float, DURATION_MARK, Range(3600, None)] = 86400.0
+    subject: str = ""
+    top: Annotated[int, Range(1, 1000)] = 20
+    graphs: bool = True
+
+    def validate(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.schedule)
+        except ValueError as exc:
+            raise Invalid("schedule", f'expected a crontab line like "0 7 * * *", got '
+                                      f"{self.schedule!r}: {exc}") from None
+        if not self.recipients:
+            raise Invalid("recipients", "needs at least one contact group")
+        if not self.sections:
+            raise Invalid("sections", f"needs at least one of {', '.join(DIGEST_SECTIONS)}")
 
 
 @dataclass
@@ -469,6 +576,20 @@ class Config:
                 if not re.fullmatch(r"[^\s@<>()\[\],;:\"\\]+@[A-Za-z0-9.\-\[\]:]+", address):
                     raise Invalid("contacts", f"group {group!r}: {address!r} is not a plain "
                                   "user@domain address")
+        names = [d.name for d in self.digests]
+        for i, digest in enumerate(self.digests):
+            if digest.name in names[:i]:
+                raise Invalid("digests", f"two digests are named {digest.name!r}; names must be "
+                              "unique")
+            for group in digest.recipients:
+                if group not in self.contacts:
+                    known = ", ".join(sorted(self.contacts)) or "none defined"
+                    raise Invalid("digests", f"digest {digest.name!r} is sent to unknown contact "
+                                  f"group {group!r} (groups in [contacts]: {known})")
+        jobs = [b.name for b in self.backups]
+        for i, name in enumerate(jobs):
+            if name in jobs[:i]:
+                raise Invalid("backups", f"two backup jobs are named {name!r}; names must be unique")
         for rule in self.alerts.rules:
             for group in [*rule.notify, *rule.escalate_to]:
                 if group not in self.contacts:
