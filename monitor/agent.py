@@ -68,7 +68,8 @@ class Agent:
         async def run() -> None:
             from alerts.digest import send_digest
 
-            await send_digest(self.config, name, store=self.store, status=self.status)
+            await send_digest(self.config, name, store=self.store, status=self.status,
+                              outbox=self.alerts.outbox)
         return run
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
