@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from pathlib import Path
 
 import jinja2
 
@@ -362,7 +361,9 @@ _HTML = """<!DOCTYPE html>
 {% if s.rows %}
 <table cellpadding="3" cellspacing="0" border="1" style="border-collapse: collapse; font-size: 13px;">
 <tr>{% for c in s.columns %}<th align="left" bgcolor="#eeeeee">{{ c }}</th>{% endfor %}</tr>
-{% for row in s.rows %}<tr>{% for cell in row %}<td{% if cell in states %} bgcolor="{{ states[cell] }}"{% endif %}>{{ cell }}</td>{% endfor %}</tr>
+{% for row in s.rows %}<tr>{% for cell in row %}
+<td{% if cell in states %} bgcolor="{{ states[cell] }}"{% endif %}>{{ cell }}</td>
+{% endfor %}</tr>
 {% endfor %}</table>
 {% else %}<p><i>{{ s.empty }}</i></p>{% endif %}
 {% for n in s.notes %}<p style="font-size: 12px; color: #555;">{{ n }}</p>{% endfor %}
