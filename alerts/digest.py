@@ -233,7 +233,7 @@ class DigestBuilder:
 
     def section_disks(self) -> Section:
         s = Section("disks", "Disks", ["File system", "Used", "Size", "Used %", "Change"],
-                    empty="No file systems recorded.")
+                    empty="No file system usage recorded yet.")
         for info in self.series():
             if not info.instance.startswith("fs:") or "used_percent" not in info.metrics:
                 continue
@@ -242,6 +242,8 @@ class DigestBuilder:
             change = "-" if used is None or before is None else (
                 ("+" if used >= before else "-") + fmt_bytes(abs(used - before)))
             pct = self.last(info, "used_percent")
+            if used is None and pct is None:
+                continue  # no consolidated value yet
             s.rows.append([f"{info.instance[3:]} on {info.target}", fmt_bytes(used),
                            fmt_bytes(self.last(info, "size_bytes")),
                            f"{pct:.1f}%" if pct is not None else "-", change])
@@ -251,27 +253,42 @@ class DigestBuilder:
         s = Section("mailboxes", "Biggest mailboxes", ["Mailbox", "Size", "Messages",
                                                        "Growth in a week"],
                     empty="No mailbox sizes recorded (is [mailboxes] enabled?).")
-        boxes, domains = [], []
-        for info in self.series():
-            if info.target != "mailboxes" or "size_bytes" not in info.metrics:
-                continue
-            size = self.last(info, "size_bytes")
-            if size is None:
-                continue
-            (domains if info.instance.startswith("domain:") else boxes).append((size, info))
-        boxes.sort(key=lambda t: (-t[0], t[1].instance))
-        for size, info in boxes[: self.digest.top]:
-            before = self.last(info, "size_bytes", self.now - WEEK)
+        from collectors.mailboxes import load_snapshot
+
+        infos = {i.instance: i for i in self.series()
+                 if i.target == "mailboxes" and "size_bytes" in i.metrics}
+        # Current sizes: the collector's last full scan (every mailbox), else the RRD files.
+        boxes: list[tuple[float, str, float]] = []
+        domains: list[tuple[float, str]] = []
+        snap = load_snapshot(self.config.state_dir)
+        if snap is not None:
+            boxes = [(size, address, count) for address, size, count in snap["mailboxes"]]
+            domains = [(v[0], d) for d, v in snap["domains"].items()]
+        else:
+            for instance, info in infos.items():
+                size = self.last(info, "size_bytes")
+                if size is None:
+                    continue
+                if instance.startswith("domain:"):
+                    domains.append((size, instance[7:]))
+                else:
+                    boxes.append((size, instance, self.last(info, "messages") or 0))
+        boxes.sort(key=lambda t: (-t[0], t[1]))
+        for size, address, count in boxes[: self.digest.top]:
+            info = infos.get(address)
+            before = self.last(info, "size_bytes", self.now - WEEK) if info else None
             growth = "new" if before is None else (
                 f"{'+' if size >= before else '-'}{fmt_bytes(abs(size - before))}"
                 + (f" ({100 * (size - before) / before:+.0f}%)" if before else ""))
-            s.rows.append([info.instance, fmt_bytes(size),
-                           f"{self.last(info, 'messages') or 0:.0f}", growth])
-        for size, info in sorted(domains, key=lambda t: -t[0]):
-            s.notes.append(f"{info.instance[7:]}: {fmt_bytes(size)} in total")
+            s.rows.append([address, fmt_bytes(size), f"{count:.0f}", growth])
+        for size, domain in sorted(domains, key=lambda t: (-t[0], t[1])):
+            s.notes.append(f"{domain}: {fmt_bytes(size)} in total")
+        if snap is not None and snap.get("errors"):
+            s.notes.append(f"{len(snap['errors'])} mailbox(es) could not be read in the last "
+                           "scan: " + ", ".join(sorted(snap["errors"])[:10]))
         if boxes and self.digest.graphs:
             top = boxes[:10]
-            s.image = bars_png([i.instance for _, i in top], [v for v, _ in top])
+            s.image = bars_png([a for _, a, _ in top], [v for v, _, _ in top])
             s.image_alt = "biggest mailboxes"
         return s
 

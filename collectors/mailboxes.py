@@ -233,11 +233,35 @@ def postqueue_size(argv: list[str], timeout: float = 30.0) -> tuple[int, int]:
     return count, size
 
 
+def snapshot_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "mailboxes.json"
+
+
+def save_snapshot(path: Path, result: ScanResult, now: float) -> None:
+    """Every mailbox of the last scan (the RRD files keep only the top N), for digests."""
+    from monitor.files import atomic_write
+
+    data = {"at": now,
+            "mailboxes": [[m.address, m.size_bytes, m.messages] for m in result.mailboxes
+                          if not m.error],
+            "domains": {d: list(v) for d, v in result.domains().items()},
+            "errors": {m.address: m.error for m in result.errors}}
+    atomic_write(path, json.dumps(data))
+
+
+def load_snapshot(state_dir: Path) -> dict | None:
+    try:
+        return json.loads(snapshot_path(state_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 class MailboxesCollector:
-    def __init__(self, settings: MailboxesConfig, *, interval: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: MailboxesConfig, *, state_dir: Path | None = None,
+                 interval: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.name = "mailboxes"
         self.settings = settings
+        self.state_dir = state_dir
         self.interval = interval or settings.interval
         self.clock = clock
 
@@ -255,6 +279,13 @@ class MailboxesCollector:
         for domain, (size, count) in sorted(result.domains().items()):
             gauge(f"domain:{domain}", "size_bytes", size, "B")
             gauge(f"domain:{domain}", "messages", count, "")
+        if self.state_dir is not None and not result.root_error:
+            try:
+                await asyncio.to_thread(save_snapshot, snapshot_path(self.state_dir), result, now)
+            except OSError as exc:
+                batch.add(CheckResult(TARGET, "mailboxes snapshot", State.WARNING,
+                                      f"cannot save {snapshot_path(self.state_dir)}: {exc}",
+                                      timestamp=now))
         errors = result.errors
         total = len(result.mailboxes)
         if result.root_error:
@@ -284,4 +315,4 @@ class MailboxesCollector:
 def build(config: Config) -> list[Collector]:
     if not config.mailboxes.enabled:
         return []
-    return [MailboxesCollector(config.mailboxes)]
+    return [MailboxesCollector(config.mailboxes, state_dir=config.state_dir)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from alerts.engine import Event, Kind
 from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
 from collectors.lists import PostLog, state_path
-from monitor.config import ConfigError, load_config
+from collectors.mailboxes import MailboxesCollector
+from monitor.config import ConfigError, MailboxesConfig, load_config
 from monitor.model import CheckResult, Measurement, State
 from monitor.status import StatusBook
 from monitor.store import RrdStore
 from tests.smtp_helpers import Recorder, start_smtp
+from tests.test_reports import make_tree
 
 HOSTILE = "<script>alert(1)</script>@evil.example"
 
@@ -47,6 +50,7 @@ name = "weekly-hotline"
 schedule = "0 8 * * mon"
 recipients = ["hotline"]
 sections = ["mailboxes"]
+top = 20
 period = "7d"
 subject = "Biggest mailboxes"
 {extra}
@@ -167,6 +171,16 @@ def test_weekly_hotline_and_empty_sections(tmp_path: Path) -> None:
     assert "No mailbox sizes recorded" in text and "Traffic" not in text
     msg = make_digest(config, "daily-admin", store=store, status=status)
     text = parts(msg)["text/plain"].get_content()
+    # A real scan: the digest lists every mailbox of it (not only the top N kept in RRD).
+    make_tree(tmp_path / "spool", domains=2, users=30)
+    settings = MailboxesConfig(enabled=True, root=tmp_path / "spool", top=2)
+    result = asyncio.run(MailboxesCollector(settings, state_dir=config.state_dir).collect())
+    assert result.checks[0].state is State.OK
+    hotline = make_digest(config, "weekly-hotline", store=store, status=status)
+    rows = [line for line in parts(hotline)["text/plain"].get_content().splitlines()
+            if "@d" in line]
+    assert len(rows) == 20 and all(line.rstrip().endswith("new") for line in rows)
+    assert len([p for p in hotline.walk() if p.get_content_type() == "image/png"]) == 1
     for empty in ("No problems: every check is OK.", "No alert events in this period.",
                   "No traffic series recorded", "No TLS certificates checked.",
                   "No list posts in this period.", "No backup jobs configured."):
