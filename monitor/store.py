@@ -241,7 +241,9 @@ class RrdStore:
                 info = state.info
                 existing[str(info.path.relative_to(self.root))] = {
                     "target": info.target, "instance": info.instance, "step": info.step,
-                    "metrics": info.metrics, "units": info.units,
+                    # Pairs, not an object: sort_keys below would reorder an object, and the
+                    # order is the file's DS order that every update relies on.
+                    "metrics": list(info.metrics.items()), "units": info.units,
                 }
             atomic_write(self.index_path, json.dumps({"version": 1, "files": existing},
                                                      indent=1, sort_keys=True))

@@ -213,3 +213,20 @@ def test_percentile_nearest_rank() -> None:
     assert percentile(list(range(1, 101)), 95) == 95
     assert percentile([5.0], 95) == 5.0
     assert percentile([], 95) is None
+
+
+def test_store_index_keeps_ds_order_across_processes(tmp_path: Path) -> None:
+    """Found by the digest's disk section: a second process wrote values into the wrong data
+    sources because the index saved the DS order sorted by name."""
+    metrics = [("used_bytes", 3e9), ("free_bytes", 1e9), ("size_bytes", 4e9)]
+    now = int(time.time()) // 60 * 60
+    first = RrdStore(tmp_path)
+    first.write([Measurement("h", "fs:/", m, v, timestamp=now - 120) for m, v in metrics], 60)
+    first.close()
+    second = RrdStore(tmp_path)  # as `monitor run` after `monitor collect`
+    for t in (now - 60, now):
+        second.write([Measurement("h", "fs:/", m, v, timestamp=t) for m, v in metrics], 60)
+    data = second.fetch("h", "fs:/", now - 300, now)
+    second.close()
+    last = {m: [v for v in col if v is not None][-1] for m, col in data.columns.items()}
+    assert last == dict(metrics)
