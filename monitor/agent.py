@@ -112,7 +112,10 @@ class Agent:
             if report.errors:
                 log.error("%s: %d store error(s); first: %s", collector.name, len(report.errors),
                           report.errors[0])
-        changes = self.status.update(batch.checks)
+        changes = self.status.update(batch.checks, collector.interval)
+        for stale in self.status.expire(time.time()):
+            log.info("%s %s: no longer reported; dropped from the current states",
+                     stale.target, stale.check)
         for old, new in changes:
             log.log(logging.INFO if new.state is State.OK else logging.WARNING,
                     "%s %s: %s%s: %s", new.target, new.check,

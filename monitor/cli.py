@@ -67,6 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the message instead of sending")
     p.set_defaults(handler=cmd_digest)
 
+    p = sub.add_parser("discover", help="walk an SNMP device and print a [[snmp.devices]] stanza",
+                       description="Walk the system group and IF-MIB of HOST and print a "
+                       "ready-to-paste [[snmp.devices]] stanza for config.toml, with every "
+                       "interface (name, alias, speed, status) as a comment. Progress on stderr.")
+    p.add_argument("host", metavar="HOST", help="address or name of the device")
+    p.add_argument("--name", help="device name in the stanza (default: its sysName)")
+    p.add_argument("--port", type=int, default=161, help="UDP port (default 161)")
+    p.add_argument("--version", dest="snmp_version", choices=["1", "2c", "3"], default="2c",
+                   help="SNMP version (default 2c)")
+    p.add_argument("--community", default="public", help="v1/v2c community (default public)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
+    p.add_argument("--retries", type=int, default=2, help="retries after the first try (default 2)")
+    p.add_argument("--user", help="v3 user name")
+    p.add_argument("--auth-protocol", default="none",
+                   choices=["none", "md5", "sha", "sha224", "sha256", "sha384", "sha512"])
+    p.add_argument("--auth-key", help="v3 auth pass phrase (or $SNMP_AUTH_KEY)")
+    p.add_argument("--priv-protocol", default="none",
+                   choices=["none", "des", "aes", "aes128", "aes192", "aes256", "aes192c", "aes256c"])
+    p.add_argument("--priv-key", help="v3 privacy pass phrase (or $SNMP_PRIV_KEY)")
+    p.add_argument("--context", default="", help="v3 context name")
+    p.set_defaults(handler=cmd_discover)
+
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
@@ -154,6 +176,25 @@ def cmd_digest(args: argparse.Namespace) -> int:
 
     config = read_config(args)
     return asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    import os
+
+    from collectors.snmp_client import SnmpError
+    from collectors.snmp_discover import run_discover
+
+    if args.snmp_version == "3" and not args.user:
+        raise ValueError("--version 3 needs --user (and --auth-protocol/--auth-key, "
+                         "--priv-protocol/--priv-key as configured on the device)")
+    auth_key = args.auth_key or os.environ.get("SNMP_AUTH_KEY")
+    priv_key = args.priv_key or os.environ.get("SNMP_PRIV_KEY")
+    try:
+        text = asyncio.run(run_discover(args, auth_key, priv_key))
+    except SnmpError as exc:
+        print(f"monitor discover: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(text)
+    return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -193,10 +193,30 @@ class SnmpDevice:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     include_admin_down: bool = False
+    # Interfaces (shell patterns on the identity) whose oper status "down" is CRITICAL; a down
+    # interface that matches none of them is reported as OK ("down"), e.g. switch access ports.
+    alert_down: list[str] = field(default_factory=lambda: ["*"])
+    # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).
+    max_repetitions: Annotated[int, Range(0, 1000)] = 0
 
     def validate(self) -> None:
         if self.version == "3" and self.v3 is None:
             raise Invalid("v3", "SNMP version 3 needs a [snmp.devices.v3] table with at least user")
+        if self.version != "3" and self.v3 is not None:
+            raise Invalid("version", 'a [snmp.devices.v3] table is only used with version = "3"')
+        if self.v3 is not None:
+            if self.v3.auth_protocol != "none" and not self.v3.auth_key:
+                raise Invalid("v3.auth_key", f"auth_protocol {self.v3.auth_protocol} needs auth_key "
+                              "(or auth_key_file / auth_key_env)")
+            if self.v3.priv_protocol != "none" and self.v3.auth_protocol == "none":
+                raise Invalid("v3.priv_protocol", "privacy needs authentication: set auth_protocol")
+            if self.v3.priv_protocol != "none" and not self.v3.priv_key:
+                raise Invalid("v3.priv_key", f"priv_protocol {self.v3.priv_protocol} needs priv_key "
+                              "(or priv_key_file / priv_key_env)")
+            for name in ("auth_key", "priv_key"):
+                secret = getattr(self.v3, name)
+                if secret is not None and len(secret) < 8:
+                    raise Invalid(f"v3.{name}", "SNMPv3 keys must be at least 8 characters")
 
 
 @dataclass

@@ -26,6 +26,7 @@ class CheckStatus:
     message: str
     since: float
     last: float
+    interval: float = 300.0
 
     @property
     def key(self) -> str:
@@ -52,18 +53,31 @@ class StatusBook:
             status = CheckStatus(**entry)
             self._checks[status.key] = status
 
-    def update(self, results: Iterable[CheckResult]) -> list[tuple[CheckStatus | None, CheckStatus]]:
+    def update(
+        self, results: Iterable[CheckResult], interval: float = 300.0
+    ) -> list[tuple[CheckStatus | None, CheckStatus]]:
         """Record results; returns (previous, current) for each check whose state changed."""
         changes = []
         with self._lock:
             for r in results:
                 old = self._checks.get(r.key)
                 since = old.since if old and old.state == r.state else r.timestamp
-                new = CheckStatus(r.target, r.check, r.state, r.message, since, r.timestamp)
+                new = CheckStatus(r.target, r.check, r.state, r.message, since, r.timestamp,
+                                  interval)
                 self._checks[r.key] = new
                 if old is None or old.state != new.state:
                     changes.append((old, new))
         return changes
+
+    def expire(self, now: float, missed: int = 3) -> list[CheckStatus]:
+        """Forget checks nobody reported for `missed` intervals (a removed mount or service),
+        so pages and digests do not show them forever; returns what was dropped."""
+        with self._lock:
+            stale = [s for s in self._checks.values()
+                     if now - s.last > missed * max(s.interval, 60.0)]
+            for status in stale:
+                del self._checks[status.key]
+        return stale
 
     def save(self) -> None:
         with self._lock:

@@ -88,3 +88,16 @@ async def test_a_hanging_collector_is_cut_off(tmp_path: Path, monkeypatch):
     status = self_check(agent)
     assert status.state is State.UNKNOWN and "did not finish" in status.message
     await agent.close()
+
+
+def test_status_book_expires_checks_nobody_reports(tmp_path: Path):
+    from monitor.status import StatusBook
+
+    book = StatusBook(tmp_path / "status.json")
+    book.update([CheckResult("host", "disk /mnt/old", State.OK, "fine", timestamp=1000.0)], 60)
+    book.update([CheckResult("host", "disk /", State.OK, "fine", timestamp=1000.0)], 3600)
+    assert book.expire(1000.0 + 3 * 60 - 1) == []
+    dropped = book.expire(1000.0 + 3 * 60 + 1)
+    assert [s.check for s in dropped] == ["disk /mnt/old"]
+    book.save()
+    assert [s.check for s in StatusBook(tmp_path / "status.json").all()] == ["disk /"]

@@ -1,0 +1,225 @@
+"""A minimal BER codec for SNMPv1/v2c community messages (RFC 1157, RFC 3416).
+
+Why not pysnmp's codec here: pyasn1 decoding costs ~100 µs per varbind, which caps a poller at
+6-9k varbinds per CPU-second; interface polling is almost all integers and short strings, which
+this decoder reads in a few µs. SNMPv3 (USM: keys, digests, encryption, engine discovery) stays
+with pysnmp. Only what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
+Malformed input raises `BerError`, never anything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Oid = tuple[int, ...]
+
+GET, GETNEXT, RESPONSE, GETBULK, REPORT = 0xA0, 0xA1, 0xA2, 0xA5, 0xA8
+
+# Values that mean "nothing here" in a v2c response.
+NO_SUCH_OBJECT, NO_SUCH_INSTANCE, END_OF_MIB_VIEW = 0x80, 0x81, 0x82
+
+
+class Missing:
+    """noSuchObject / noSuchInstance / endOfMibView: an exception value, not data."""
+
+    __slots__ = ("tag",)
+
+    def __init__(self, tag: int) -> None:
+        self.tag = tag
+
+    def __repr__(self) -> str:
+        return {0x80: "noSuchObject", 0x81: "noSuchInstance", 0x82: "endOfMibView"}.get(self.tag, "?")
+
+
+NO_SUCH_OBJECT_V = Missing(NO_SUCH_OBJECT)
+NO_SUCH_INSTANCE_V = Missing(NO_SUCH_INSTANCE)
+END_OF_MIB_VIEW_V = Missing(END_OF_MIB_VIEW)
+_MISSING = {NO_SUCH_OBJECT: NO_SUCH_OBJECT_V, NO_SUCH_INSTANCE: NO_SUCH_INSTANCE_V,
+            END_OF_MIB_VIEW: END_OF_MIB_VIEW_V}
+
+ERROR_STATUS = {
+    0: "noError", 1: "tooBig", 2: "noSuchName", 3: "badValue", 4: "readOnly", 5: "genErr",
+    6: "noAccess", 7: "wrongType", 8: "wrongLength", 9: "wrongEncoding", 10: "wrongValue",
+    11: "noCreation", 12: "inconsistentValue", 13: "resourceUnavailable", 14: "commitFailed",
+    15: "undoFailed", 16: "authorizationError", 17: "notWritable", 18: "inconsistentName",
+}
+
+
+class BerError(ValueError):
+    """A message that is not valid BER/SNMP."""
+
+
+@dataclass(slots=True)
+class Response:
+    version: int
+    community: bytes
+    pdu_type: int
+    request_id: int
+    error_status: int
+    error_index: int
+    varbinds: list[tuple[Oid, object]]
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+def _length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes((0x80 | len(body),)) + body
+
+
+def _tlv(tag: int, payload: bytes) -> bytes:
+    return bytes((tag,)) + _length(len(payload)) + payload
+
+
+def encode_int(n: int) -> bytes:
+    return _tlv(0x02, n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True))
+
+
+def encode_oid(oid: Oid) -> bytes:
+    if len(oid) < 2:
+        raise ValueError(f"OID {oid} needs at least two arcs")
+    out = bytearray((oid[0] * 40 + oid[1],))
+    for arc in oid[2:]:
+        if arc < 0x80:
+            out.append(arc)
+            continue
+        chunk = []
+        while arc:
+            chunk.append(arc & 0x7F)
+            arc >>= 7
+        for i in range(len(chunk) - 1, 0, -1):
+            out.append(chunk[i] | 0x80)
+        out.append(chunk[0])
+    return _tlv(0x06, bytes(out))
+
+
+_NULL = b"\x05\x00"
+
+
+def encode_request(version: int, community: bytes, pdu_type: int, request_id: int, oids: list[Oid],
+                   non_repeaters: int = 0, max_repetitions: int = 0) -> bytes:
+    """A Get/GetNext (error fields 0) or GetBulk (non-repeaters, max-repetitions) message."""
+    varbinds = b"".join(_tlv(0x30, encode_oid(o) + _NULL) for o in oids)
+    pdu = (encode_int(request_id) + encode_int(non_repeaters) + encode_int(max_repetitions)
+           + _tlv(0x30, varbinds))
+    return _tlv(0x30, encode_int(version) + _tlv(0x04, community) + _tlv(pdu_type, pdu))
+
+
+# -- decoding ----------------------------------------------------------------------------------
+
+
+def _header(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of content, end of content) of the TLV at pos."""
+    try:
+        tag = data[pos]
+        first = data[pos + 1]
+    except IndexError:
+        raise BerError("truncated message") from None
+    pos += 2
+    if first & 0x80:
+        n = first & 0x7F
+        if n == 0 or n > 4:
+            raise BerError("unsupported length encoding")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    else:
+        length = first
+    end = pos + length
+    if end > len(data):
+        raise BerError("truncated message")
+    return tag, pos, end
+
+
+def _int(data: bytes, pos: int, end: int) -> int:
+    return int.from_bytes(data[pos:end], "big", signed=True)
+
+
+def decode_oid(body: bytes) -> Oid:
+    if not body:
+        raise BerError("empty OID")
+    first = body[0]
+    if first < 40:
+        arcs = [0, first]
+    elif first < 80:
+        arcs = [1, first - 40]
+    else:
+        arcs = [2, first - 80]
+    arc = 0
+    for b in body[1:]:
+        if b & 0x80:
+            arc = (arc << 7) | (b & 0x7F)
+        else:
+            arcs.append((arc << 7) | b)
+            arc = 0
+    return tuple(arcs)
+
+
+def decode_response(data: bytes) -> Response:
+    """Decode a Response (or Report) message; values: int, bytes, Oid, str (IpAddress), Missing."""
+    try:
+        return _decode_response(data)
+    except BerError:
+        raise
+    except (IndexError, ValueError) as exc:
+        raise BerError(f"malformed message: {exc}") from None
+
+
+def _decode_response(data: bytes) -> Response:
+    tag, pos, _ = _header(data, 0)
+    if tag != 0x30:
+        raise BerError("not an SNMP message")
+    tag, s, e = _header(data, pos)
+    if tag != 0x02:
+        raise BerError("no version")
+    version = _int(data, s, e)
+    tag, s, e = _header(data, e)
+    if tag != 0x04:
+        raise BerError("no community")
+    community = data[s:e]
+    pdu_type, s, _ = _header(data, e)
+    if pdu_type not in (RESPONSE, REPORT):
+        raise BerError(f"unexpected PDU type 0x{pdu_type:02X}")
+    fields = []
+    pos = s
+    for _ in range(3):
+        tag, s, e = _header(data, pos)
+        if tag != 0x02:
+            raise BerError("bad PDU header")
+        fields.append(_int(data, s, e))
+        pos = e
+    tag, pos, list_end = _header(data, pos)
+    if tag != 0x30:
+        raise BerError("no varbind list")
+    varbinds: list[tuple[Oid, object]] = []
+    append = varbinds.append
+    while pos < list_end:
+        tag, pos, vb_end = _header(data, pos)
+        if tag != 0x30:
+            raise BerError("bad varbind")
+        tag, s, e = _header(data, pos)
+        if tag != 0x06:
+            raise BerError("bad varbind name")
+        oid = decode_oid(data[s:e])
+        tag, s, e = _header(data, e)
+        if tag in (0x41, 0x42, 0x43, 0x46):  # Counter32, Gauge32, TimeTicks, Counter64: unsigned
+            value: object = int.from_bytes(data[s:e], "big")
+        elif tag == 0x02:
+            value = _int(data, s, e)
+        elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
+            value = data[s:e]
+        elif tag == 0x06:
+            value = decode_oid(data[s:e])
+        elif tag == 0x40:  # IpAddress
+            value = ".".join(str(b) for b in data[s:e])
+        elif tag == 0x05:
+            value = None
+        elif tag in _MISSING:
+            value = _MISSING[tag]
+        else:
+            value = data[s:e]
+        append((oid, value))
+        pos = vb_end
+    return Response(version, community, pdu_type, fields[0], fields[1], fields[2], varbinds)

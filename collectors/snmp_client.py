@@ -1,0 +1,410 @@
+"""SNMP requests to one device: v1/v2c over our own small codec, v3 through pysnmp's engine.
+
+Both clients offer the same three async calls (`get`, `next`, `bulk`) returning
+[(oid tuple, python value)], and raise `SnmpError` whose message names what went wrong in words
+an admin acts on (timeout, wrong community, unknown user, wrong key, unknown engine ID, ...).
+`walk_columns` walks several table columns at once with GETBULK (GETNEXT for v1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from collectors import snmp_ber as ber
+from collectors.snmp_ber import Missing, Oid
+
+Varbinds = list[tuple[Oid, object]]
+
+
+class SnmpError(Exception):
+    """A request that got no usable answer. `kind`: timeout, auth, engine, error, protocol."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how patiently to ask: names the device in every message."""
+
+    name: str
+    host: str
+    port: int = 161
+    timeout: float = 2.0
+    retries: int = 2
+
+    @property
+    def where(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        label = f"{self.name} {host}:{self.port}" if self.name != self.host else f"{host}:{self.port}"
+        return label
+
+    def no_response(self, hint: str) -> str:
+        return (f"no SNMP response from {self.where} ({self.timeout:g} s x {self.retries} "
+                f"retries): {hint}")
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.transport: asyncio.DatagramTransport | None = None
+        self.error: Exception | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        # Match on the request-id without decoding everything: a late reply to an earlier try,
+        # or garbage, is simply dropped.
+        try:
+            response = ber.decode_response(data)
+        except ber.BerError:
+            return
+        future = self.waiting.pop(response.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(response)  # type: ignore[arg-type]
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable shows up here on a connected socket: keep waiting for the
+        # timeout (a retry may still get through), but remember it for the message.
+        self.error = exc
+
+
+class CommunityClient:
+    """SNMPv1 / v2c with a community string; one connected UDP socket per device."""
+
+    def __init__(self, endpoint: Endpoint, community: str, version: str = "2c",
+                 rng: Callable[[], int] | None = None) -> None:
+        self.endpoint = endpoint
+        self.community = community.encode("utf-8")
+        self.version = version
+        self._wire_version = 0 if version == "1" else 1
+        self._protocol: _Protocol | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count((rng or (lambda: random.randrange(1, 2**30)))())
+        self.requests = 0
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self.close()  # a socket belongs to the event loop that made it
+        if self._protocol is None or self._protocol.transport is None \
+                or self._protocol.transport.is_closing():
+            self._loop = loop
+            try:
+                infos = await loop.getaddrinfo(self.endpoint.host, self.endpoint.port,
+                                               type=socket.SOCK_DGRAM)
+                family, kind, proto, _, address = infos[0]
+                sock = socket.socket(family, kind, proto)
+                sock.setblocking(False)
+                try:
+                    sock.connect(address)
+                    _, protocol = await loop.create_datagram_endpoint(_Protocol, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+                self._sock = sock
+            except OSError as exc:
+                raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: "
+                                f"{exc.strerror or exc}") from None
+            self._protocol = protocol
+        return self._protocol
+
+    def close(self) -> None:
+        transport = self._protocol.transport if self._protocol is not None else None
+        if transport is not None:
+            if self._loop is not None and self._loop.is_closed():
+                if self._sock is not None:
+                    self._sock.close()
+            else:
+                transport.close()
+        self._protocol = None
+        self._loop = None
+        self._sock = None
+
+    async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
+                       max_repetitions: int = 0) -> ber.Response:
+        protocol = await self._open()
+        request_id = next(self._ids) & 0x7FFFFFFF
+        message = ber.encode_request(self._wire_version, self.community, pdu_type, request_id,
+                                     list(oids), non_repeaters, max_repetitions)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future = loop.create_future()
+        protocol.waiting[request_id] = future
+        try:
+            for _ in range(self.endpoint.retries + 1):
+                assert protocol.transport is not None
+                protocol.transport.sendto(message)
+                self.requests += 1
+                try:
+                    return await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
+                except TimeoutError:
+                    continue
+        finally:
+            protocol.waiting.pop(request_id, None)
+            if not future.done():
+                future.cancel()
+        refused = isinstance(protocol.error, ConnectionRefusedError)
+        hint = ("port closed (ICMP port unreachable): is the SNMP agent running?" if refused else
+                "wrong community, or host down?")
+        raise SnmpError("timeout", self.endpoint.no_response(hint))
+
+    def _check(self, response: ber.Response, oids: Sequence[Oid]) -> Varbinds:
+        if response.error_status:
+            status = ber.ERROR_STATUS.get(response.error_status, str(response.error_status))
+            err = SnmpError("error", f"{self.endpoint.where} answered {status} "
+                                     f"(error index {response.error_index})")
+            err.status = status  # type: ignore[attr-defined]
+            err.index = response.error_index  # type: ignore[attr-defined]
+            raise err
+        return response.varbinds
+
+    async def get(self, oids: Sequence[Oid]) -> Varbinds:
+        return self._check(await self._request(ber.GET, oids), oids)
+
+    async def next(self, oids: Sequence[Oid]) -> Varbinds:
+        return self._check(await self._request(ber.GETNEXT, oids), oids)
+
+    async def bulk(self, non_repeaters: Sequence[Oid], repeaters: Sequence[Oid],
+                   max_repetitions: int) -> Varbinds:
+        oids = [*non_repeaters, *repeaters]
+        response = await self._request(ber.GETBULK, oids, len(non_repeaters), max_repetitions)
+        return self._check(response, oids)
+
+
+# -- SNMPv3 through pysnmp ---------------------------------------------------------------------
+
+_AUTH = {
+    "none": "USM_AUTH_NONE", "md5": "USM_AUTH_HMAC96_MD5", "sha": "USM_AUTH_HMAC96_SHA",
+    "sha224": "USM_AUTH_HMAC128_SHA224", "sha256": "USM_AUTH_HMAC192_SHA256",
+    "sha384": "USM_AUTH_HMAC256_SHA384", "sha512": "USM_AUTH_HMAC384_SHA512",
+}
+# net-snmp's AES-192/256 use the Blumenthal key extension; Cisco's (net-snmp "AES-256-C",
+# "aes256c" elsewhere) use Reeder's, which pysnmp calls plain CFB192/256.
+_PRIV = {
+    "none": "USM_PRIV_NONE", "des": "USM_PRIV_CBC56_DES", "aes": "USM_PRIV_CFB128_AES",
+    "aes128": "USM_PRIV_CFB128_AES", "aes192": "USM_PRIV_CFB192_AES_BLUMENTHAL",
+    "aes256": "USM_PRIV_CFB256_AES_BLUMENTHAL", "aes192c": "USM_PRIV_CFB192_AES",
+    "aes256c": "USM_PRIV_CFB256_AES",
+}
+
+
+def _v3_error(endpoint: Endpoint, indication: object, user: str) -> SnmpError:
+    from pysnmp.proto import errind
+
+    where = endpoint.where
+    if isinstance(indication, errind.RequestTimedOut):
+        return SnmpError("timeout", endpoint.no_response(
+            "host down, SNMP blocked, or wrong privacy key/protocol (agents drop what they "
+            "cannot decrypt)?"))
+    if isinstance(indication, errind.UnknownUserName):
+        return SnmpError("auth", f"{where} does not know SNMPv3 user {user!r} (unknown user name)")
+    if isinstance(indication, errind.UnknownSecurityName):
+        return SnmpError("auth", f"{where}: unknown SNMPv3 security name {user!r}")
+    if isinstance(indication, errind.WrongDigest | errind.AuthenticationFailure
+                  | errind.AuthenticationError):
+        return SnmpError("auth", f"{where} rejected user {user!r}: authentication failed "
+                                 "(wrong auth key or auth protocol)")
+    if isinstance(indication, errind.DecryptionError):
+        return SnmpError("auth", f"{where}: cannot decrypt the reply for user {user!r} "
+                                 "(wrong priv key or priv protocol)")
+    if isinstance(indication, errind.UnsupportedSecurityLevel):
+        return SnmpError("auth", f"{where} does not support this security level for user {user!r} "
+                                 "(set auth/priv protocols as configured on the device)")
+    if isinstance(indication, errind.UnknownEngineID):
+        return SnmpError("engine", f"{where} reported an unknown engine ID (USM report): engine "
+                                   "discovery failed; is the agent's engine ID stable?")
+    if isinstance(indication, errind.NotInTimeWindow):
+        return SnmpError("engine", f"{where}: message not in time window (engine boots/time "
+                                   "mismatch; the device's clock or boot counter jumped)")
+    return SnmpError("protocol", f"{where}: {indication}")
+
+
+def _from_pysnmp(value: object) -> object:
+    from pyasn1.type import univ
+    from pysnmp.proto import rfc1902, rfc1905
+
+    if isinstance(value, rfc1905.EndOfMibView):
+        return ber.END_OF_MIB_VIEW_V
+    if isinstance(value, rfc1905.NoSuchInstance):
+        return ber.NO_SUCH_INSTANCE_V
+    if isinstance(value, rfc1905.NoSuchObject):
+        return ber.NO_SUCH_OBJECT_V
+    if isinstance(value, rfc1902.IpAddress):
+        return ".".join(str(b) for b in value.asOctets())
+    if isinstance(value, univ.OctetString):
+        return value.asOctets()
+    if isinstance(value, univ.ObjectIdentifier):
+        return tuple(value)
+    if isinstance(value, univ.Integer):
+        return int(value)
+    if isinstance(value, univ.Null):
+        return None
+    return value
+
+
+class UsmClient:
+    """SNMPv3 (USM) through pysnmp's asyncio hlapi, on an engine reused across polls."""
+
+    version = "3"
+
+    def __init__(self, endpoint: Endpoint, engine: object, user: str, auth_protocol: str = "none",
+                 auth_key: str | None = None, priv_protocol: str = "none",
+                 priv_key: str | None = None, context: str = "") -> None:
+        from pysnmp.hlapi.v3arch.asyncio import auth
+
+        self.endpoint = endpoint
+        self.engine = engine
+        self.user = user
+        self.auth = auth.UsmUserData(
+            user,
+            authKey=auth_key if auth_protocol != "none" else None,
+            privKey=priv_key if priv_protocol != "none" else None,
+            authProtocol=getattr(auth, _AUTH[auth_protocol]),
+            privProtocol=getattr(auth, _PRIV[priv_protocol]),
+        )
+        self.context = context
+        self._target = None
+        self.requests = 0
+
+    def close(self) -> None:
+        pass
+
+    async def _call(self, kind: str, oids: Sequence[Oid], non_repeaters: int = 0,
+                    max_repetitions: int = 0) -> Varbinds:
+        from pysnmp.hlapi.v3arch.asyncio import (
+            ContextData,
+            ObjectIdentity,
+            ObjectType,
+            UdpTransportTarget,
+            bulk_cmd,
+            get_cmd,
+            next_cmd,
+        )
+        from pysnmp.proto.rfc1902 import ObjectName
+
+        if self._target is None:
+            try:
+                self._target = await UdpTransportTarget.create(
+                    (self.endpoint.host, self.endpoint.port), timeout=self.endpoint.timeout,
+                    retries=self.endpoint.retries)
+            except Exception as exc:
+                raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: {exc}") from None
+        context = ContextData(contextName=self.context)
+        vbs = [ObjectType(ObjectIdentity(ObjectName(o))) for o in oids]
+        self.requests += 1
+        if kind == "bulk":
+            result = await bulk_cmd(self.engine, self.auth, self._target, context, non_repeaters,
+                                    max_repetitions, *vbs, lookupMib=False)
+        elif kind == "next":
+            result = await next_cmd(self.engine, self.auth, self._target, context, *vbs,
+                                    lookupMib=False)
+        else:
+            result = await get_cmd(self.engine, self.auth, self._target, context, *vbs,
+                                   lookupMib=False)
+        indication, status, index, varbinds = result
+        if indication:
+            raise _v3_error(self.endpoint, indication, self.user)
+        if status:
+            err = SnmpError("error", f"{self.endpoint.where} answered {status.prettyPrint()} "
+                                     f"(error index {int(index)})")
+            err.status = status.prettyPrint()  # type: ignore[attr-defined]
+            err.index = int(index)  # type: ignore[attr-defined]
+            raise err
+        return [(tuple(name), _from_pysnmp(value)) for name, value in varbinds]
+
+    async def get(self, oids: Sequence[Oid]) -> Varbinds:
+        return await self._call("get", oids)
+
+    async def next(self, oids: Sequence[Oid]) -> Varbinds:
+        return await self._call("next", oids)
+
+    async def bulk(self, non_repeaters: Sequence[Oid], repeaters: Sequence[Oid],
+                   max_repetitions: int) -> Varbinds:
+        return await self._call("bulk", [*non_repeaters, *repeaters], len(non_repeaters),
+                                max_repetitions)
+
+
+Client = CommunityClient | UsmClient
+
+
+# -- walking -----------------------------------------------------------------------------------
+
+
+def _in_column(oid: Oid, column: Oid) -> bool:
+    n = len(column)
+    return len(oid) > n and oid[:n] == column
+
+
+async def walk_columns(
+    client: Client, columns: Sequence[Oid], *, max_repetitions: int = 25,
+    scalars: Sequence[Oid] = (), progress: Callable[[int], None] | None = None,
+) -> tuple[dict[Oid, dict[Oid, object]], dict[Oid, object]]:
+    """Walk table columns side by side; returns ({column: {index: value}}, {scalar: value}).
+
+    `scalars` are fetched by GET-NEXT semantics in the first request (pass the OID without .0,
+    e.g. sysUpTime (1,3,6,1,2,1,1,3) gives (1,3,6,1,2,1,1,3,0)). v1 uses GETNEXT one row at a time.
+    """
+    tables: dict[Oid, dict[Oid, object]] = {c: {} for c in columns}
+    found_scalars: dict[Oid, object] = {}
+    cursor: dict[Oid, Oid] = {c: c for c in columns}
+    pending_scalars = list(scalars)
+    bulk = client.version != "1"
+    rows_seen = 0
+    for _ in range(100_000):  # a bound for agents that loop; never reached by sane ones
+        active = [c for c in columns if c in cursor]
+        if not active and not pending_scalars:
+            break
+        oids = [cursor[c] for c in active]
+        if bulk:
+            varbinds = await client.bulk(pending_scalars, oids, max_repetitions)
+        else:
+            try:
+                varbinds = await client.next([*pending_scalars, *oids])
+            except SnmpError as exc:
+                # v1 ends a column with noSuchName at its index: drop it and ask again.
+                index = getattr(exc, "index", 0)
+                if getattr(exc, "status", "") != "noSuchName" or not index:
+                    raise
+                position = index - 1
+                if position < len(pending_scalars):
+                    pending_scalars.pop(position)
+                else:
+                    del cursor[active[position - len(pending_scalars)]]
+                continue
+        for _scalar, (oid, value) in zip(pending_scalars, varbinds, strict=False):
+            if not isinstance(value, Missing):
+                found_scalars[oid] = value
+        rest = varbinds[len(pending_scalars):]
+        pending_scalars = []
+        if not active:
+            continue
+        width = len(active)
+        done: set[Oid] = set()
+        advanced = False
+        for i, (oid, value) in enumerate(rest):
+            column = active[i % width]
+            if column in done:
+                continue
+            if isinstance(value, Missing) or not _in_column(oid, column) or oid <= cursor[column]:
+                done.add(column)
+                continue
+            tables[column][oid[len(column):]] = value
+            cursor[column] = oid
+            advanced = True
+        for column in active:
+            if column in done or not advanced:
+                cursor.pop(column, None)
+        rows = max((len(t) for t in tables.values()), default=0)
+        if progress is not None and rows != rows_seen:
+            progress(rows)
+            rows_seen = rows
+    return tables, found_scalars

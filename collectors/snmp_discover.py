@@ -1,0 +1,149 @@
+"""`monitor discover HOST`: walk the system group and IF-MIB, print a [[snmp.devices]] stanza.
+
+Like MRTG's cfgmaker, but the output is our config: paste it into config.toml. Interfaces are
+listed as comments (name, alias, speed, status) so the admin can pick include/exclude patterns.
+Everything from the device is untrusted: it only ever lands in TOML comments or JSON-escaped
+strings, with control characters removed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+from collectors.snmp import (
+    IF_ADMIN,
+    IF_ALIAS,
+    IF_DESCR,
+    IF_HIGH_SPEED,
+    IF_NAME,
+    IF_OPER,
+    IF_SPEED,
+    IF_TYPE,
+    OPER_STATUS,
+    SYS,
+    format_bps,
+    text,
+)
+from collectors.snmp_client import Client, walk_columns
+from monitor.units import format_duration
+
+SYSTEM = {"descr": 1, "uptime": 3, "contact": 4, "name": 5, "location": 6}
+HC_IN_OCTETS = (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6)
+
+
+def toml_string(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)  # a JSON string is a valid TOML basic string
+
+
+async def discover(client: Client, host: str, *, name: str | None = None, port: int = 161,
+                   community: str | None = None, v3: dict[str, str] | None = None,
+                   progress: Callable[[int], None] | None = None) -> str:
+    """The stanza for one device, as text."""
+    varbinds = await client.get([(*SYS, n, 0) for n in SYSTEM.values()])
+    system = {key: value for key, (_, value) in zip(SYSTEM, varbinds, strict=False)}
+    columns = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER]
+    if client.version != "1":
+        columns.append(HC_IN_OCTETS)
+    tables, _ = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
+                                   progress=progress)
+    indexes = sorted({i[0] for col in tables.values() for i in col if len(i) == 1})
+
+    sys_name = text(system.get("name"))
+    device_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", sys_name).strip("-") or host
+    lines = [f"# discovered from {host}:{port}"]
+    if text(system.get("descr")):
+        lines.append(f"# sysDescr: {text(system.get('descr'))[:200]}")
+    details = [f"{k} {text(system.get(k))}" for k in ("location", "contact") if text(system.get(k))]
+    uptime = system.get("uptime")
+    if isinstance(uptime, int):
+        details.append(f"up {format_duration(uptime / 100)}")
+    if sys_name:
+        details.insert(0, f"sysName {sys_name}")
+    if details:
+        lines.append("# " + ", ".join(details))
+    lines += ["[[snmp.devices]]", f"name = {toml_string(device_name)}", f"host = {toml_string(host)}"]
+    if port != 161:
+        lines.append(f"port = {port}")
+    lines.append(f'version = "{client.version}"')
+    if v3 is None:
+        lines.append(f"community = {toml_string(community or 'public')}"
+                     f"  # or community_file = \"/etc/monitor/{device_name}.community\"")
+    hc = bool(tables.get(HC_IN_OCTETS))
+    lines.append(f"# {len(indexes)} interface(s); 64-bit counters: {'yes' if hc else 'no'}")
+    lines.append("# identity = \"ifName\"    # ifName, ifDescr, ifAlias or ifIndex")
+    lines.append("# include = []   # shell patterns on the interface name; empty = all")
+    lines.append("# exclude = []")
+    rows = []
+    for index in indexes:
+        def get(col: tuple[int, ...], index: int = index) -> object:
+            return tables.get(col, {}).get((index,))
+
+        iname = text(get(IF_NAME)) or text(get(IF_DESCR)) or str(index)
+        high, low = get(IF_HIGH_SPEED), get(IF_SPEED)
+        speed = high * 1e6 if isinstance(high, int) and high else low if isinstance(low, int) else 0
+        admin, oper = get(IF_ADMIN), get(IF_OPER)
+        status = "admin down" if admin == 2 else OPER_STATUS.get(oper if isinstance(oper, int) else 0, "?")
+        rows.append((iname, text(get(IF_ALIAS))[:40], format_bps(speed) if speed else "-", status,
+                     index))
+    if rows:
+        w_name = max(len(r[0]) for r in rows)
+        w_alias = max(max(len(r[1]) for r in rows), 5)
+        lines.append(f"#   {'name':<{w_name}}  {'alias':<{w_alias}}  {'speed':>11}  status"
+                     "  (ifIndex)")
+        for iname, alias, speed_text, status, index in rows:
+            lines.append(f"#   {iname:<{w_name}}  {alias:<{w_alias}}  {speed_text:>11}  {status}"
+                         f"  ({index})")
+    if v3 is not None:
+        lines += ["[snmp.devices.v3]", f"user = {toml_string(v3['user'])}",
+                  f'auth_protocol = "{v3["auth_protocol"]}"']
+        if v3["auth_protocol"] != "none":
+            lines.append(f'auth_key_file = "/etc/monitor/{device_name}.auth"  # holds the auth key')
+        lines.append(f'priv_protocol = "{v3["priv_protocol"]}"')
+        if v3["priv_protocol"] != "none":
+            lines.append(f'priv_key_file = "/etc/monitor/{device_name}.priv"  # holds the priv key')
+    return "\n".join(lines) + "\n"
+
+
+async def run_discover(args: object, auth_key: str | None, priv_key: str | None) -> str:
+    """The CLI's `discover`: build a client from the arguments, show progress on stderr."""
+    import sys
+
+    from collectors.snmp_client import CommunityClient, Endpoint, UsmClient
+
+    a = args  # argparse.Namespace from monitor.cli
+    endpoint = Endpoint(a.name or a.host, a.host, a.port, a.timeout, a.retries)  # type: ignore[attr-defined]
+    tty = sys.stderr.isatty()
+    last = [0]
+
+    def progress(rows: int) -> None:
+        if tty:
+            print(f"\r  {rows} interface(s) read...", end="", file=sys.stderr, flush=True)
+        elif rows - last[0] >= 100:
+            print(f"  {rows} interface(s) read...", file=sys.stderr, flush=True)
+            last[0] = rows
+
+    print(f"walking {endpoint.where} ...", file=sys.stderr, flush=True)
+    engine = None
+    v3 = None
+    if a.snmp_version == "3":  # type: ignore[attr-defined]
+        from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
+
+        engine = SnmpEngine()
+        client: Client = UsmClient(endpoint, engine, a.user, a.auth_protocol, auth_key,  # type: ignore[attr-defined]
+                                   a.priv_protocol, priv_key, a.context)  # type: ignore[attr-defined]
+        v3 = {"user": a.user, "auth_protocol": a.auth_protocol,  # type: ignore[attr-defined]
+              "priv_protocol": a.priv_protocol}  # type: ignore[attr-defined]
+    else:
+        client = CommunityClient(endpoint, a.community, a.snmp_version)  # type: ignore[attr-defined]
+    try:
+        result = await discover(client, a.host, name=a.name, port=a.port,  # type: ignore[attr-defined]
+                                community=a.community, v3=v3, progress=progress)  # type: ignore[attr-defined]
+    finally:
+        if tty:
+            print(file=sys.stderr)
+        client.close()
+        if engine is not None:
+            engine.close_dispatcher()
+    return result

@@ -1,0 +1,88 @@
+"""The v1/v2c codec: encodings checked against known bytes, decoding of every value type."""
+
+from __future__ import annotations
+
+import pytest
+
+from collectors import snmp_ber as ber
+
+
+def test_encode_oid_and_int():
+    assert ber.encode_oid((1, 3, 6, 1, 2, 1, 1, 3, 0)) == bytes.fromhex("06082b06010201010300")
+    assert ber.encode_oid((1, 3, 6, 1, 4, 1, 8072)) == bytes.fromhex("06072b06010401bf08")
+    assert ber.encode_int(0) == b"\x02\x01\x00"
+    assert ber.encode_int(128) == b"\x02\x02\x00\x80"
+    assert ber.encode_int(-1) == b"\x02\x01\xff"
+
+
+def test_oid_round_trip():
+    for oid in [(1, 3), (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6, 2**31 - 1), (2, 100, 3), (0, 39)]:
+        body = ber.encode_oid(oid)[2:]
+        assert ber.decode_oid(body) == oid
+
+
+def response(varbinds: bytes, pdu: int = ber.RESPONSE, request_id: int = 42) -> bytes:
+    inner = ber.encode_int(request_id) + ber.encode_int(0) + ber.encode_int(0) + ber._tlv(0x30, varbinds)
+    return ber._tlv(0x30, ber.encode_int(1) + ber._tlv(0x04, b"public") + ber._tlv(pdu, inner))
+
+
+def vb(oid, tag: int, content: bytes) -> bytes:
+    return ber._tlv(0x30, ber.encode_oid(oid) + ber._tlv(tag, content))
+
+
+def test_decode_all_value_types():
+    data = response(
+        vb((1, 3, 1), 0x02, b"\xff")                       # Integer -1
+        + vb((1, 3, 2), 0x04, b"eth0")                     # OCTET STRING
+        + vb((1, 3, 3), 0x41, b"\x00\xff\xff\xff\xff")     # Counter32 max
+        + vb((1, 3, 4), 0x46, b"\x00" + b"\xff" * 8)       # Counter64 max
+        + vb((1, 3, 5), 0x43, b"\x01\x00")                 # TimeTicks 256
+        + vb((1, 3, 6), 0x40, bytes([192, 0, 2, 1]))       # IpAddress
+        + vb((1, 3, 7), 0x06, ber.encode_oid((1, 3, 6))[2:])
+        + vb((1, 3, 8), 0x82, b"")                         # endOfMibView
+        + vb((1, 3, 9), 0x05, b"")
+    )
+    r = ber.decode_response(data)
+    assert r.request_id == 42 and r.community == b"public" and r.version == 1
+    values = [v for _, v in r.varbinds]
+    assert values[:7] == [-1, b"eth0", 2**32 - 1, 2**64 - 1, 256, "192.0.2.1", (1, 3, 6)]
+    assert values[7] is ber.END_OF_MIB_VIEW_V and values[8] is None
+
+
+def test_long_lengths():
+    big = b"x" * 300
+    r = ber.decode_response(response(vb((1, 3), 0x04, big)))
+    assert r.varbinds[0][1] == big
+
+
+@pytest.mark.parametrize("junk", [b"", b"\x30", b"\x30\x05\x02\x01", b"\x04\x00", b"\x30\x84\xff\xff\xff\xff",
+                                  b"\x30\x03\x02\x01\x01"])
+def test_garbage_raises_ber_error(junk):
+    with pytest.raises(ber.BerError):
+        ber.decode_response(junk)
+
+
+def test_truncated_real_message_raises():
+    data = response(vb((1, 3, 1), 0x02, b"\x01"))
+    for cut in range(1, len(data)):
+        with pytest.raises(ber.BerError):
+            ber.decode_response(data[:cut])
+
+
+def test_request_decodes_with_pysnmp():
+    """An independent decoder (pysnmp/pyasn1) reads our GETBULK as we meant it."""
+    from pyasn1.codec.ber import decoder
+    from pysnmp.proto import api
+
+    module = api.PROTOCOL_MODULES[api.SNMP_VERSION_2C]
+    msg = ber.encode_request(1, b"public", ber.GETBULK, 12345,
+                             [(1, 3, 6, 1, 2, 1, 1, 3), (1, 3, 6, 1, 2, 1, 2, 2, 1, 10)], 1, 25)
+    decoded, rest = decoder.decode(msg, asn1Spec=module.Message())
+    assert rest == b""
+    assert bytes(module.apiMessage.get_community(decoded)) == b"public"
+    pdu = module.apiMessage.get_pdu(decoded)
+    assert int(module.apiBulkPDU.get_request_id(pdu)) == 12345
+    assert int(module.apiBulkPDU.get_non_repeaters(pdu)) == 1
+    assert int(module.apiBulkPDU.get_max_repetitions(pdu)) == 25
+    oids = [tuple(oid) for oid, _ in module.apiBulkPDU.get_varbinds(pdu)]
+    assert oids == [(1, 3, 6, 1, 2, 1, 1, 3), (1, 3, 6, 1, 2, 1, 2, 2, 1, 10)]
