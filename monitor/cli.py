@@ -177,6 +177,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     config = read_config(args)
     return asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
 
+
 def cmd_discover(args: argparse.Namespace) -> int:
     import os
 
