@@ -26,9 +26,10 @@ from monitor.config import MailboxesConfig  # noqa: E402
 
 
 def progress(text: str, end: str = "\n") -> None:
+    """A progress line on a terminal; plain log lines otherwise."""
     if sys.stderr.isatty():
-        print(f"\r  {text}", end=end if end != "\n" else "\n", file=sys.stderr, flush=True)
-    elif end == "\n":
+        print(f"\r  {text}", end=end, file=sys.stderr, flush=True)
+    else:
         print(f"  {text}", file=sys.stderr, flush=True)
 
 
@@ -59,7 +60,8 @@ def generate(root: Path, mailboxes: int, messages: int) -> None:
                 name = f"17000{i:05d}.M{i}P{b}.mail,S={size},W={size + 30}:2,S"
             os.close(os.open(folder / name, os.O_CREAT | os.O_WRONLY, 0o600))
         made += count
-        if b % 20 == 19 or b == mailboxes - 1:
+        every = 20 if sys.stderr.isatty() else 200
+        if b % every == every - 1 or b == mailboxes - 1:
             rate = made / max(1e-6, time.monotonic() - started)
             progress(f"generating: {made:,}/{messages:,} files ({rate:,.0f}/s)",
                      end="\r" if b != mailboxes - 1 else "\n")

@@ -241,12 +241,12 @@ class RrdStore:
                 info = state.info
                 existing[str(info.path.relative_to(self.root))] = {
                     "target": info.target, "instance": info.instance, "step": info.step,
-                    # Pairs, not an object: sort_keys below would reorder an object, and the
-                    # order is the file's DS order that every update relies on.
-                    "metrics": list(info.metrics.items()), "units": info.units,
+                    "metrics": info.metrics, "units": info.units,
                 }
+            # Not sort_keys: the order of "metrics" is the file's DS order, which every update
+            # relies on (sorted, a second process wrote values into the wrong data sources).
             atomic_write(self.index_path, json.dumps({"version": 1, "files": existing},
-                                                     indent=1, sort_keys=True))
+                                                     indent=1))
         self._index_dirty = False
 
     def series(self) -> list[SeriesInfo]:
