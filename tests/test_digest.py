@@ -230,3 +230,15 @@ def test_store_index_keeps_ds_order_across_processes(tmp_path: Path) -> None:
     second.close()
     last = {m: [v for v in col if v is not None][-1] for m, col in data.columns.items()}
     assert last == dict(metrics)
+
+
+async def test_agent_schedules_digests_on_their_cron(tmp_path: Path) -> None:
+    from monitor.agent import Agent
+
+    config = load_config(write_config(tmp_path))
+    agent = Agent(config)
+    agent.schedule()
+    try:
+        assert {"digest daily-admin", "digest weekly-hotline"} <= set(agent.scheduler.stats())
+    finally:
+        await agent.close()
