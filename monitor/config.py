@@ -351,10 +351,17 @@ class MailingList:
     # Subscriber counts: Mailman 2's list_members (absolute path; "" = none).
     list_members: str = "/usr/lib/mailman/bin/list_members"
     interval: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
+    # Mailman 3: subscriber counts from its REST API (e.g. "http://localhost:8001/3.1").
+    mailman3_url: str = ""
+    mailman3_user: str = "restadmin"
+    mailman3_password: Secret = None
 
     def validate(self) -> None:
         if self.list_members and not self.list_members.startswith("/"):
             raise Invalid("list_members", "must be an absolute path (or \"\" for none)")
+        if self.mailman3_url and not re.match(r"^https?://[^/\s]+(/\S*)?$", self.mailman3_url):
+            raise Invalid("mailman3_url", 'expected the REST API root, e.g. '
+                          '"http://localhost:8001/3.1"')
 
 
 @dataclass

@@ -280,3 +280,47 @@ def test_restic_repository(tmp_path: Path) -> None:
     job.environment["RESTIC_PASSWORD"] = "wrong"
     batch = asyncio.run(BackupsCollector([job], tmp_path).collect())
     assert batch.checks[0].state is State.UNKNOWN and "restic exited" in batch.checks[0].message
+
+
+def test_mailman3_rest_subscribers(tmp_path: Path) -> None:
+    """A loopback HTTP server answering GET /3.1/lists like Mailman 3's REST API."""
+    import base64
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append((self.path, self.headers.get("Authorization")))
+            body = json.dumps({"start": 0, "total_size": 2, "entries": [
+                {"list_id": "dev.example.net", "list_name": "dev",
+                 "fqdn_listname": "dev@example.net", "member_count": 17},
+                {"list_id": "ops.example.net", "list_name": "ops",
+                 "fqdn_listname": "ops@example.net", "member_count": 4}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/3.1"
+        lists = [MailingList(name="*", post_log=tmp_path / "none", list_members="",
+                             mailman3_url=url, mailman3_password="s3cret")]
+        batch = asyncio.run(ListsCollector(tmp_path / "none", lists, tmp_path).collect())
+    finally:
+        server.shutdown()
+        server.server_close()
+    values = {(m.instance, m.metric): m.value for m in batch.measurements}
+    assert values[("dev", "subscribers")] == 17 and values[("ops", "subscribers")] == 4
+    assert batch.checks[0].state is State.OK, batch.checks[0].message
+    assert seen[0][0].startswith("/3.1/lists")
+    assert seen[0][1] == "Basic " + base64.b64encode(b"restadmin:s3cret").decode()
