@@ -1,507 +1,547 @@
-"""Digests: a scheduled report mail ([[digests]]) built from what the agent already stores.
+"""Digests: the daily/weekly report mail ([[digests]]), built from what the agent already knows.
 
-Sections read the check states (StatusBook), the alert history (AlertStore), the RRD files
-(RrdStore.fetch, following the naming contract: any in_octets+out_octets series is traffic, any
-response_seconds series a service, cert_expiry_days a certificate, "fs:*" a file system, target
-"mailboxes" / "backups" the report collectors) and the list activity kept by the lists
-collector. A section with nothing to say says so in one line.
+Sources: the status book (current problems), the alert history (alerts of the period, when the
+alerts database exists), the RRD store (traffic, response times, certificate expiry, disks,
+mailbox growth), the lists collector's state file (list activity) and the backup checks.
+Each section is built independently: a section whose data is missing says so in one line, a
+section that fails says why, and the rest of the digest still goes out.
 
-The mail is multipart/alternative: plain text, and HTML (Jinja2, autoescaped: mailbox, list and
-interface names come from outside) with small inline PNG graphs (multipart/related, CID). It
-leaves through the alert outbox, so a relay outage delays it but never loses it.
+The mail is multipart/alternative: plain text first (for mutt and phones), then HTML rendered
+by Jinja2 with autoescaping (mailbox, list and interface names are untrusted) inside a
+multipart/related with small PNG sparklines referenced by Content-ID. It is handed to the
+alerts outbox like every other mail, so a relay outage delays it but never loses it.
 """
 
 from __future__ import annotations
 
-import datetime
-import email.utils
 import io
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
 
-import jinja2
+from jinja2 import Environment
 
-from alerts.mail import clean_body, clean_header, make_message
+from alerts.mail import make_message
 from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
 from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, SeriesInfo
-from monitor.units import format_duration
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("monitor.digest")
 
-WEEK = 7 * 86400
+WEEK = 7 * 86400.0
+MAX_TRAFFIC = 12
+MAX_SERVICES = 30
+
+
+@dataclass
+class Image:
+    cid: str
+    png: bytes
+    alt: str
 
 
 @dataclass
 class Section:
     key: str
     title: str
-    columns: list[str] = field(default_factory=list)
+    headers: list[str] = field(default_factory=list)
     rows: list[list[str]] = field(default_factory=list)
-    empty: str = "Nothing to report."
+    images: list[Image | None] = field(default_factory=list)  # one per row (or empty)
     notes: list[str] = field(default_factory=list)
-    image: bytes | None = None
-    image_cid: str = ""
-    image_alt: str = ""
+    empty: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.rows and not self.notes
 
 
-def fmt_bytes(value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+@dataclass
+class Report:
+    digest: Digest
+    hostname: str
+    start: float
+    end: float
+    sections: list[Section]
+    problems: int = 0
+
+    @property
+    def images(self) -> list[Image]:
+        return [img for s in self.sections for img in s.images if img is not None]
+
+
+# -- small formatting helpers ---------------------------------------------------------------
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
         return "-"
-    step = 1024.0
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < step or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= step
-    return f"{value:.1f} PiB"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} PiB"
 
 
-def fmt_bits(octets_per_second: float | None) -> str:
-    if octets_per_second is None:
+def fmt_bits(n: float | None) -> str:
+    if n is None:
         return "-"
-    bits = octets_per_second * 8
-    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s"):
-        if bits < 1000 or unit == "Gbit/s":
-            return f"{bits:.1f} {unit}"
-        bits /= 1000
-    return f"{bits:.1f} Gbit/s"
+    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"):
+        if n < 1000 or unit == "Tbit/s":
+            return f"{n:.0f} {unit}" if unit == "bit/s" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} Tbit/s"
 
 
-def percentile(values: list[float], p: float) -> float | None:
-    """The p-th percentile (nearest rank, as 95th-percentile billing uses)."""
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def fmt_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile (what billing uses for "95th percentile")."""
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
 
 
-def when(ts: float) -> str:
-    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+def sparkline(values: list[float | None], alt: str, *, second: list[float | None] | None = None,
+              percent: bool = False) -> Image | None:
+    """A 240x48 PNG of a series (and a second one), or None when there is nothing to draw."""
+    if not any(v is not None for v in values):
+        return None
+    from matplotlib.figure import Figure  # imported late: digests without graphs skip it
+
+    fig = Figure(figsize=(2.4, 0.48), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    xs = list(range(len(values)))
+    nan = float("nan")
+    ax.fill_between(xs, [nan if v is None else v for v in values], color="#9ecae1", linewidth=0)
+    ax.plot(xs, [nan if v is None else v for v in values], color="#3182bd", linewidth=1)
+    if second is not None:
+        ax.plot(range(len(second)), [nan if v is None else v for v in second], color="#e6550d",
+                linewidth=1)
+    ax.set_xlim(0, max(1, len(values) - 1))
+    if percent:
+        ax.set_ylim(0, 100)
+    else:
+        ax.set_ylim(bottom=0)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", transparent=False, facecolor="white")
+    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), alt)
+
+
+def _known(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+# -- building -------------------------------------------------------------------------------
 
 
 class DigestBuilder:
-    def __init__(self, config: Config, digest: Digest, *, store: RrdStore, status: StatusBook,
-                 alerts: AlertStore, now: float) -> None:
+    def __init__(self, config: Config, *, store: RrdStore, status: StatusBook,
+                 alert_store: AlertStore | None = None, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.digest = digest
         self.store = store
         self.status = status
-        self.alerts = alerts
-        self.now = now
-        self.since = now - digest.period
-        self._series: list[SeriesInfo] | None = None
+        self.alert_store = alert_store
+        self.clock = clock
 
-    # -- data helpers ------------------------------------------------------------------------
+    def build(self, digest: Digest) -> Report:
+        end = self.clock()
+        start = end - digest.period
+        self._series = self.store.series()
+        sections = []
+        for key in digest.sections:
+            method = getattr(self, f"section_{key}")
+            try:
+                sections.append(method(digest, start, end))
+            except Exception as exc:  # one broken source must not cost the whole digest
+                log.exception("digest %s: section %s failed", digest.name, key)
+                sections.append(Section(key, key.title(), notes=[f"This section could not be "
+                                                                  f"built: {exc}"]))
+        problems = sum(1 for s in self.status.all() if s.state is not State.OK)
+        return Report(digest, self.config.agent.hostname, start, end, sections, problems)
 
-    def series(self) -> list[SeriesInfo]:
-        if self._series is None:
-            self._series = self.store.series()
-        return self._series
-
-    def column(self, info: SeriesInfo, metric: str, start: float, end: float,
-               cf: str = "AVERAGE") -> tuple[int, list[float]]:
-        """(step, known values) of one metric over a period."""
+    def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE"):
         try:
-            data = self.store.fetch(info.target, info.instance, start, end, cf=cf)
-        except Exception as exc:  # a corrupt RRD file spoils one row, not the digest
-            log.warning("digest: cannot read %s/%s: %s", info.target, info.instance, exc)
-            return 0, []
-        values = [v for v in data.columns.get(metric, []) if v is not None and not math.isnan(v)]
-        return data.step, values
+            return self.store.fetch_path(info, start, end, cf=cf)
+        except Exception as exc:  # a corrupt RRD file: skip this series only
+            log.warning("digest: cannot read %s: %s", info.path, exc)
+            return None
 
-    def last(self, info: SeriesInfo, metric: str, at: float | None = None) -> float | None:
-        end = self.now if at is None else at
-        _, values = self.column(info, metric, end - max(4 * info.step, 7200), end, cf="AVERAGE")
+    def _latest(self, info: SeriesInfo, end: float, metric: str, window: float = 2 * 86400) -> float | None:
+        series = self._fetch(info, end - window, end)
+        if series is None:
+            return None
+        values = _known(series.columns.get(metric, []))
         return values[-1] if values else None
 
-    # -- sections ----------------------------------------------------------------------------
+    # sections ---------------------------------------------------------------------------
 
-    def build(self) -> list[Section]:
-        out = []
-        for key in self.digest.sections:
-            try:
-                out.append(getattr(self, f"section_{key}")())
-            except Exception as exc:  # one broken section must not cost the whole digest
-                log.exception("digest %s: section %s failed", self.digest.name, key)
-                out.append(Section(key, key.capitalize(), empty=f"This section could not be "
-                                   f"built: {exc}"))
-        return out
-
-    def section_problems(self) -> Section:
-        s = Section("problems", "Current problems", ["State", "Target", "Check", "Since", "Message"],
-                    empty="No problems: every check is OK.")
+    def section_problems(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("problems", "Current problems", ["state", "since", "check", "message"],
+                    empty="None: every check is OK.")
         for c in self.status.all():
-            if c.state is not State.OK:
-                s.rows.append([c.state.name, c.target, c.check,
-                               f"{format_duration(self.now - c.since)} ago", c.message])
+            if c.state is State.OK:
+                continue
+            s.rows.append([c.state.name, f"{fmt_time(c.since)} ({fmt_duration(end - c.since)})",
+                           f"{c.target} {c.check}", c.message])
         return s
 
-    def section_alerts(self) -> Section:
-        s = Section("alerts", f"Alerts of the last {format_duration(self.digest.period)}",
-                    ["Time", "Event", "Rule", "Target", "Severity", "Message"],
-                    empty="No alert events in this period.")
-        history = self.alerts.history(self.since, self.now)
-        for h in history[-50:]:
-            s.rows.append([when(h.at), h.kind, h.rule, f"{h.target} {h.label}".strip(),
-                           h.severity, h.message])
-        if len(history) > 50:
-            s.notes.append(f"{len(history) - 50} earlier event(s) not shown; `monitor alerts "
-                           "--history` lists them all.")
+    def section_alerts(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("alerts", "Alerts of the period", ["time", "event", "severity", "what", "message"],
+                    empty="No alerts in this period.")
+        store = self.alert_store
+        if store is None:
+            path = alerts_db_path(self.config.state_dir)
+            if not path.exists():
+                s.empty = "No alert history (no alert has been recorded yet)."
+                return s
+            store = AlertStore(path)
+        entries = store.history(start, end)
+        for e in entries[-200:]:
+            s.rows.append([fmt_time(e.at), e.kind, e.severity, f"{e.target} {e.label}".strip(),
+                           e.message])
+        if len(entries) > 200:
+            s.notes.append(f"{len(entries) - 200} older alert(s) of the period not shown.")
         return s
 
-    def section_traffic(self) -> Section:
-        s = Section("traffic", "Traffic", ["Interface", "In total", "Out total", "In peak",
-                                           "Out peak", "In 95th pct", "Out 95th pct"],
-                    empty="No traffic series recorded in this period.")
+    def section_traffic(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("traffic", "DMZ traffic", ["interface", "in total", "out total", "in peak",
+                                               "out peak", "in 95th", "out 95th"],
+                    empty="No traffic data in this period.")
         found = []
-        for info in self.series():
-            if "in_octets" in info.metrics and "out_octets" in info.metrics:
-                row = []
-                totals = []
-                stats = []
-                for metric in ("in_octets", "out_octets"):
-                    step, values = self.column(info, metric, self.since, self.now)
-                    totals.append(sum(values) * step)
-                    _, peaks = self.column(info, metric, self.since, self.now, cf="MAX")
-                    stats.append((max(peaks or values, default=None), percentile(values, 95)))
-                if not any(totals):
-                    continue
-                row = [f"{info.target} {info.instance}", fmt_bytes(totals[0]),
-                       fmt_bytes(totals[1]), fmt_bits(stats[0][0]), fmt_bits(stats[1][0]),
-                       fmt_bits(stats[0][1]), fmt_bits(stats[1][1])]
-                found.append((sum(totals), info, row))
-        found.sort(key=lambda t: -t[0])
-        s.rows = [row for _, _, row in found[:20]]
-        if found and self.digest.graphs:
-            info = found[0][1]
-            data = self.store.fetch(info.target, info.instance, self.since, self.now)
-            s.image = traffic_png(data.timestamps, data.columns.get("in_octets", []),
-                                  data.columns.get("out_octets", []))
-            s.image_alt = f"traffic of {info.target} {info.instance}"
+        for info in self._series:
+            if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
+                continue
+            avg = self._fetch(info, start, end)
+            if avg is None:
+                continue
+            ins, outs = avg.columns.get("in_octets", []), avg.columns.get("out_octets", [])
+            if not _known(ins) and not _known(outs):
+                continue
+            peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
+            pin = _known(peak.columns.get("in_octets", [])) if peak else _known(ins)
+            pout = _known(peak.columns.get("out_octets", [])) if peak else _known(outs)
+            total_in = sum(_known(ins)) * avg.step
+            total_out = sum(_known(outs)) * avg.step
+            found.append((total_in + total_out, info, ins, outs, total_in, total_out,
+                          max(pin, default=None), max(pout, default=None)))
+        found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
+        for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
+            p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
+            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(tin), fmt_bytes(tout),
+                           fmt_bits(pin * 8 if pin is not None else None),
+                           fmt_bits(pout * 8 if pout is not None else None),
+                           fmt_bits(p95_in * 8 if p95_in is not None else None),
+                           fmt_bits(p95_out * 8 if p95_out is not None else None)])
+            s.images.append(sparkline(ins, f"traffic {info.target} {info.instance}", second=outs)
+                            if digest.graphs else None)
+        if len(found) > MAX_TRAFFIC:
+            s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
         return s
 
-    def section_services(self) -> Section:
-        s = Section("services", "Services", ["Service", "State", "Answered", "Avg response",
-                                             "Max response"],
+    def section_services(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("services", "Services: availability and response times",
+                    ["service", "answered", "average", "max", "now"],
                     empty="No service checks recorded in this period.")
         states = {(c.target, c.check): c for c in self.status.all()}
-        for info in self.series():
-            if "response_seconds" not in info.metrics:
+        for info in self._series:
+            if "response_seconds" not in info.metrics or len(s.rows) >= MAX_SERVICES:
                 continue
-            try:
-                data = self.store.fetch(info.target, info.instance, self.since, self.now)
-            except Exception as exc:
-                log.warning("digest: cannot read %s/%s: %s", info.target, info.instance, exc)
+            series = self._fetch(info, start, end)
+            if series is None:
                 continue
-            column = data.columns.get("response_seconds", [])
-            # Count from the first answer on: a service added mid-period is not "down" before.
-            first = next((i for i, v in enumerate(column) if v is not None), len(column))
-            values = [v for v in column[first:] if v is not None]
-            # The newest row is often still being filled: do not count it against the service.
-            rows = max(1, len(column) - first - (1 if column and column[-1] is None else 0))
+            values = series.columns.get("response_seconds", [])
+            known = _known(values)
+            if not values:
+                continue
             current = states.get((info.target, info.instance))
-            answered = f"{min(100.0, 100 * len(values) / rows):.1f}%"
-            s.rows.append([f"{info.instance} on {info.target}",
-                           current.state.name if current else "-", answered,
-                           f"{sum(values) / len(values):.3f} s" if values else "-",
-                           f"{max(values):.3f} s" if values else "-"])
-        if s.rows:
-            s.notes.append("Answered: share of the period's samples with a response.")
+            s.rows.append([f"{info.instance} ({info.target})",
+                           f"{100.0 * len(known) / len(values):.1f}% of samples",
+                           f"{sum(known) / len(known):.3f} s" if known else "-",
+                           f"{max(known):.3f} s" if known else "-",
+                           current.state.name if current else "-"])
+            s.images.append(sparkline(values, f"response time {info.instance}")
+                            if digest.graphs else None)
         return s
 
-    def section_certificates(self) -> Section:
-        s = Section("certificates", "Certificate expiry", ["Expires", "In", "Service"],
-                    empty="No TLS certificates checked.")
-        found = []
-        for info in self.series():
-            if "cert_expiry_days" in info.metrics:
-                days = self.last(info, "cert_expiry_days")
-                if days is not None:
-                    found.append((days, info))
-        for days, info in sorted(found, key=lambda t: t[0]):
-            expires = datetime.date.fromtimestamp(self.now + days * 86400).isoformat()
-            s.rows.append([expires, f"{days:.0f} days", f"{info.instance} on {info.target}"])
+    def section_certificates(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("certificates", "Certificate expiry calendar", ["expires", "in", "service"],
+                    empty="No TLS certificates are checked.")
+        rows = []
+        for info in self._series:
+            if "cert_expiry_days" not in info.metrics:
+                continue
+            days = self._latest(info, end, "cert_expiry_days")
+            if days is None:
+                continue
+            rows.append((days, info))
+        for days, info in sorted(rows, key=lambda t: t[0]):
+            when = date.fromtimestamp(end) + timedelta(days=int(days))
+            flag = " (renew!)" if days <= digest.cert_days / 2 else ""
+            s.rows.append([when.isoformat(), f"{days:.0f} days{flag}",
+                           f"{info.instance} ({info.target})"])
+        if rows and not any(d <= digest.cert_days for d, _ in rows):
+            s.notes.append(f"No certificate expires within {digest.cert_days} days.")
         return s
 
-    def section_disks(self) -> Section:
-        s = Section("disks", "Disks", ["File system", "Used", "Size", "Used %", "Change"],
-                    empty="No file system usage recorded yet.")
-        for info in self.series():
+    def section_disks(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("disks", "Disks", ["file system", "used", "free", "change"],
+                    empty="No disk usage data.")
+        rows = []
+        for info in self._series:
             if not info.instance.startswith("fs:") or "used_percent" not in info.metrics:
                 continue
-            used = self.last(info, "used_bytes")
-            before = self.last(info, "used_bytes", self.since)
-            change = "-" if used is None or before is None else (
-                ("+" if used >= before else "-") + fmt_bytes(abs(used - before)))
-            pct = self.last(info, "used_percent")
-            if used is None and pct is None:
-                continue  # no consolidated value yet
-            s.rows.append([f"{info.instance[3:]} on {info.target}", fmt_bytes(used),
-                           fmt_bytes(self.last(info, "size_bytes")),
-                           f"{pct:.1f}%" if pct is not None else "-", change])
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            pct = series.columns.get("used_percent", [])
+            known = _known(pct)
+            if not known:
+                continue
+            free = _known(series.columns.get("free_bytes", []))
+            used = _known(series.columns.get("used_bytes", []))
+            change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
+            rows.append((known[-1], info, pct, free[-1] if free else None, change))
+        for last, info, pct, free, change in sorted(rows, key=lambda t: -t[0]):
+            s.rows.append([f"{info.instance[3:]} ({info.target})", f"{last:.0f}%", fmt_bytes(free),
+                           change])
+            s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
+                            if digest.graphs else None)
         return s
 
-    def section_mailboxes(self) -> Section:
-        s = Section("mailboxes", "Biggest mailboxes", ["Mailbox", "Size", "Messages",
-                                                       "Growth in a week"],
-                    empty="No mailbox sizes recorded (is [mailboxes] enabled?).")
-        from collectors.mailboxes import load_snapshot
+    def section_mailboxes(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages",
+                                                       "week-over-week"],
+                    empty="No mailbox sizes recorded (enable [mailboxes]).")
+        boxes = []
+        domains = []
+        for info in self._series:
+            if info.target != "mailboxes" or "size_bytes" not in info.metrics:
+                continue
+            series = self._fetch(info, end - WEEK - 86400, end)
+            if series is None:
+                continue
+            sizes = series.columns.get("size_bytes", [])
+            stamps = series.timestamps
+            recent = [v for t, v in zip(stamps, sizes, strict=False)
+                      if v is not None and t >= end - 2 * 86400]
+            if not recent:
+                continue
+            week_ago = [v for t, v in zip(stamps, sizes, strict=False)
+                        if v is not None and t <= end - WEEK + 3600]
+            messages = _known([v for t, v in zip(stamps, series.columns.get("messages", []),
+                                                  strict=False) if t >= end - 2 * 86400])
+            entry = (recent[-1], info.instance, week_ago[-1] if week_ago else None,
+                     messages[-1] if messages else None)
+            if info.instance.startswith("domain:"):
+                domains.append(entry)
+            elif "@" in info.instance:
+                boxes.append(entry)
 
-        infos = {i.instance: i for i in self.series()
-                 if i.target == "mailboxes" and "size_bytes" in i.metrics}
-        # Current sizes: the collector's last full scan (every mailbox), else the RRD files.
-        boxes: list[tuple[float, str, float]] = []
-        domains: list[tuple[float, str]] = []
-        snap = load_snapshot(self.config.state_dir)
-        if snap is not None:
-            boxes = [(size, address, count) for address, size, count in snap["mailboxes"]]
-            domains = [(v[0], d) for d, v in snap["domains"].items()]
-        else:
-            for instance, info in infos.items():
-                size = self.last(info, "size_bytes")
-                if size is None:
-                    continue
-                if instance.startswith("domain:"):
-                    domains.append((size, instance[7:]))
-                else:
-                    boxes.append((size, instance, self.last(info, "messages") or 0))
-        boxes.sort(key=lambda t: (-t[0], t[1]))
-        for size, address, count in boxes[: self.digest.top]:
-            info = infos.get(address)
-            before = self.last(info, "size_bytes", self.now - WEEK) if info else None
-            growth = "new" if before is None else (
-                f"{'+' if size >= before else '-'}{fmt_bytes(abs(size - before))}"
-                + (f" ({100 * (size - before) / before:+.0f}%)" if before else ""))
-            s.rows.append([address, fmt_bytes(size), f"{count:.0f}", growth])
-        for size, domain in sorted(domains, key=lambda t: (-t[0], t[1])):
-            s.notes.append(f"{domain}: {fmt_bytes(size)} in total")
-        if snap is not None and snap.get("errors"):
-            s.notes.append(f"{len(snap['errors'])} mailbox(es) could not be read in the last "
-                           "scan: " + ", ".join(sorted(snap["errors"])[:10]))
-        if boxes and self.digest.graphs:
-            top = boxes[:10]
-            s.image = bars_png([a for _, a, _ in top], [v for v, _, _ in top])
-            s.image_alt = "biggest mailboxes"
+        def growth(now_size: float, before: float | None) -> str:
+            if before is None:
+                return "new (no size a week ago)"
+            delta = now_size - before
+            pct = f" ({100 * delta / before:+.0f}%)" if before else ""
+            return f"{'+' if delta >= 0 else ''}{fmt_bytes(delta)}{pct}"
+
+        for size, name, before, messages in sorted(boxes, key=lambda t: -t[0])[:digest.top]:
+            s.rows.append([name, fmt_bytes(size), f"{messages:.0f}" if messages is not None else "-",
+                           growth(size, before)])
+        if domains:
+            top = sorted(domains, key=lambda t: -t[0])[:10]
+            s.notes.append("Biggest domains: " + ", ".join(
+                f"{name[7:]} {fmt_bytes(size)} ({growth(size, before)})"
+                for size, name, before, _ in top))
         return s
 
-    def section_lists(self) -> Section:
-        from collectors.lists import load_activity
+    def section_lists(self, digest: Digest, start: float, end: float) -> Section:
+        from collectors.lists import activity, load_state
 
-        s = Section("lists", "Mailing list activity", ["List", "Posts", "Size", "Senders",
-                                                       "Failed deliveries"],
-                    empty="No list posts in this period.")
-        first = datetime.date.fromtimestamp(self.since).isoformat()
-        last = datetime.date.fromtimestamp(self.now).isoformat()
-        totals: dict[str, list[int]] = {}
-        for day, lists in load_activity(self.config.state_dir).items():
-            if first <= day <= last:
-                for name, v in lists.items():
-                    t = totals.setdefault(name, [0, 0, 0, 0])
-                    for i, k in enumerate(("posts", "bytes", "senders", "failures")):
-                        t[i] += v[k]
-        for name, (posts, size, senders, failures) in sorted(totals.items(),
-                                                             key=lambda kv: -kv[1][0]):
-            s.rows.append([name, str(posts), fmt_bytes(size), str(senders), str(failures)])
-        if s.rows:
-            s.notes.append(f"Days {first} to {last}; senders are distinct per day.")
+        s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
+                                                       "failed", "subscribers"],
+                    empty="No posts to any mailing list in this period.")
+        path = self.config.state_dir / "lists.json"
+        if not path.exists():
+            s.empty = "No list activity recorded (enable [lists])."
+            return s
+        state = load_state(path)
+        first = datetime.fromtimestamp(start).date() + timedelta(days=1)
+        last = datetime.fromtimestamp(end).date()
+        if digest.period <= 86400:
+            first = last - timedelta(days=1)  # a daily digest covers yesterday and today so far
+        stats = activity(state, first, last)
+        names = sorted(set(stats) | set(state.subscribers))
+        for name in names:
+            st = stats.get(name)
+            subs = state.subscribers.get(name)
+            if st is None and subs is None:
+                continue
+            s.rows.append([name, str(st.posts if st else 0), fmt_bytes(st.bytes if st else 0),
+                           str(len(st.senders) if st else 0),
+                           f"{st.failures} ({st.refused} recipients)" if st and st.failures else "0",
+                           str(subs) if subs is not None else "-"])
+        if s.rows and not stats:
+            s.notes.append(f"No posts from {first.isoformat()} to {last.isoformat()}.")
+        elif s.rows:
+            s.notes.append(f"Posts from {first.isoformat()} to {last.isoformat()}.")
         return s
 
-    def section_backups(self) -> Section:
-        s = Section("backups", "Backups", ["Job", "State", "Result"],
-                    empty="No backup jobs configured.")
-        for c in self.status.all():
-            if c.target == "backups" and c.check.startswith("backup "):
-                s.rows.append([c.check[7:], c.state.name, c.message])
-        s.rows.sort(key=lambda r: r[0])
+    def section_backups(self, digest: Digest, start: float, end: float) -> Section:
+        from collectors.backups import load_runs
+
+        s = Section("backups", "Backup results", ["job", "state", "result"],
+                    empty="No backup jobs are configured.")
+        checks = {c.check[7:]: c for c in self.status.all()
+                  if c.target == "backups" and c.check.startswith("backup ")}
+        for job in self.config.backups:
+            c = checks.get(job.name)
+            if c is None:
+                s.rows.append([job.name, "UNKNOWN", "not checked yet"])
+            else:
+                s.rows.append([job.name, c.state.name, c.message.removeprefix(f"backup {job.name}: ")])
+            if job.kind == "wrapper":
+                runs = [r for r in load_runs(self.config.state_dir, job.name)
+                        if r.get("finished") and start <= r["finished"] <= end]
+                failed = [r for r in runs if r.get("exit_status") != 0]
+                if runs:
+                    s.notes.append(f"{job.name}: {len(runs)} run(s) in the period, "
+                                   f"{len(failed)} failed.")
         return s
 
 
-# -- graphs ----------------------------------------------------------------------------------
+# -- rendering ------------------------------------------------------------------------------
+
+_TEMPLATE = Path(__file__).with_name("digest.html.j2")
+
+_COLOURS = {"CRITICAL": "#c00", "WARNING": "#b60", "UNKNOWN": "#808", "OK": "#080"}
 
 
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(6, 2.2), dpi=80)
+def subject_of(report: Report) -> str:
+    d = report.digest
+    day = time.strftime("%Y-%m-%d", time.localtime(report.end))
+    base = d.subject or f"[monitor] {d.name} digest for {day}"
+    return base + (f": {report.problems} problem(s)" if report.problems else ": all OK")
 
 
-def _png(fig) -> bytes:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
-def traffic_png(timestamps: list[int], inbound: list, outbound: list) -> bytes:
-    fig = _figure()
-    ax = fig.add_subplot()
-    times = [datetime.datetime.fromtimestamp(t) for t in timestamps]
-    for values, label in ((inbound, "in"), (outbound, "out")):
-        ax.plot(times, [v * 8 if v is not None else float("nan") for v in values], label=label)
-    ax.set_ylabel("bit/s")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.tick_params(labelsize=7)
-    fig.autofmt_xdate()
-    return _png(fig)
-
-
-def bars_png(labels: list[str], values: list[float]) -> bytes:
-    fig = _figure()
-    ax = fig.add_subplot()
-    ax.barh(range(len(values)), [v / 2**20 for v in values])
-    ax.set_yticks(range(len(values)), [label[:30] for label in labels], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("MiB", fontsize=8)
-    return _png(fig)
-
-
-# -- rendering -------------------------------------------------------------------------------
-
-_HTML = """<!DOCTYPE html>
-<html><head><meta charset="utf-8"><title>{{ title }}</title></head>
-<body style="font-family: sans-serif; font-size: 14px; color: #222;">
-<h1 style="font-size: 18px;">{{ title }}</h1>
-<p>{{ period }}</p>
-{% for s in sections %}
-<h2 style="font-size: 16px; border-bottom: 1px solid #ccc;" id="{{ s.key }}">{{ s.title }}</h2>
-{% if s.rows %}
-<table cellpadding="3" cellspacing="0" border="1" style="border-collapse: collapse; font-size: 13px;">
-<tr>{% for c in s.columns %}<th align="left" bgcolor="#eeeeee">{{ c }}</th>{% endfor %}</tr>
-{% for row in s.rows %}<tr>{% for cell in row %}
-<td{% if cell in states %} bgcolor="{{ states[cell] }}"{% endif %}>{{ cell }}</td>
-{% endfor %}</tr>
-{% endfor %}</table>
-{% else %}<p><i>{{ s.empty }}</i></p>{% endif %}
-{% for n in s.notes %}<p style="font-size: 12px; color: #555;">{{ n }}</p>{% endfor %}
-{% if s.image_cid %}<p><img src="cid:{{ s.image_cid }}" alt="{{ s.image_alt }}" width="480"></p>{% endif %}
-{% endfor %}
-<p style="font-size: 11px; color: #777;">Sent by monitor on {{ host }}.</p>
-</body></html>
-"""
-
-_STATE_COLOURS = {"WARNING": "#fff3b0", "CRITICAL": "#ffc9c9", "UNKNOWN": "#e0d4ff",
-                  "OK": "#d3f9d8"}
-
-
-def render_text(title: str, period: str, sections: list[Section]) -> str:
-    lines = [title, "=" * len(title), period, ""]
-    for s in sections:
+def render_text(report: Report) -> str:
+    lines = [subject_of(report), f"{fmt_time(report.start)} - {fmt_time(report.end)} on "
+                                 f"{report.hostname}", ""]
+    for s in report.sections:
         lines += [s.title, "-" * len(s.title)]
-        if not s.rows:
+        if s.is_empty:
             lines.append(s.empty)
-        else:
-            widths = [min(40, max(len(c), *(len(r[i]) for r in s.rows)))
-                      for i, c in enumerate(s.columns)]
-            lines.append("  ".join(c.ljust(w) for c, w in zip(s.columns, widths, strict=True)).rstrip())
-            for row in s.rows:
-                cells = [cell.ljust(w) if i < len(row) - 1 else cell
-                         for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
-                lines.append("  ".join(cells).rstrip())
-        lines += s.notes
-        lines.append("")
-    return "\n".join(lines)
+        if s.rows:
+            widths = [max(len(str(r[i])) for r in [s.headers, *s.rows]) for i in range(len(s.headers))]
+            widths = [min(w, 40) for w in widths]
+            for row in [s.headers, *s.rows]:
+                cells = [str(c) for c in row]
+                text = "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=False))
+                lines.append((text + "  " + cells[-1]).rstrip() if len(cells) > 1 else cells[0])
+        lines += [*s.notes, ""]
+    if report.digest and hasattr(report, "hostname"):
+        lines.append(f"-- monitor on {report.hostname}")
+    return "\n".join(lines) + "\n"
 
 
-def build_message(config: Config, digest: Digest, sections: list[Section], now: float,
-                  since: float) -> EmailMessage:
-    recipients: list[str] = []
+def render_html(report: Report, base_url: str = "") -> str:
+    env = Environment(autoescape=True)
+    template = env.from_string(_TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(title=subject_of(report), sections=report.sections,
+                           period=f"{fmt_time(report.start)} - {fmt_time(report.end)}",
+                           hostname=report.hostname, colours=_COLOURS,
+                           link=base_url if base_url.startswith(("http://", "https://")) else "")
+
+
+def recipients_for(config: Config, digest: Digest) -> list[str]:
+    out: list[str] = []
     for group in digest.recipients:
         for address in config.contacts.get(group, []):
-            if address not in recipients:
-                recipients.append(address)
-    host = config.agent.hostname
-    problems = next((len(s.rows) for s in sections if s.key == "problems"), None)
-    title = digest.subject or f"{digest.name} digest for {host}"
-    subject = f"[monitor] {title}" + (f": {problems} problem(s)" if problems else "")
-    period = f"{when(since)} to {when(now)}"
-    text = render_text(clean_header(title), f"Period: {period}", sections)
-    msg = make_message(sender=config.smtp.sender, to=recipients, subject=subject, body=text,
-                       headers={"X-Monitor-Digest": digest.name}, date=now)
-    domain = config.smtp.sender.rpartition("@")[2] or "localhost"
-    for s in sections:
-        if s.image:
-            s.image_cid = email.utils.make_msgid(f"{s.key}-graph", domain=domain)[1:-1]
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    html = env.from_string(_HTML).render(title=clean_header(title), period=f"Period: {period}",
-                                         sections=sections, host=host, states=_STATE_COLOURS)
-    msg.add_alternative(clean_body(html), subtype="html")
-    html_part = msg.get_payload()[1]
-    for s in sections:
-        if s.image:
-            html_part.add_related(s.image, maintype="image", subtype="png",
-                                  cid=f"<{s.image_cid}>", filename=f"{s.key}.png",
-                                  disposition="inline")
+            if address not in out:
+                out.append(address)
+    return out
+
+
+def compose(report: Report, config: Config) -> EmailMessage:
+    to = recipients_for(config, report.digest)
+    msg = make_message(sender=config.smtp.sender, to=to, subject=subject_of(report),
+                       body=render_text(report), date=report.end,
+                       headers={"X-Monitor-Digest": report.digest.name})
+    msg.add_alternative(render_html(report, config.web.base_url), subtype="html", charset="utf-8")
+    if report.images:
+        html_part = msg.get_payload()[1]
+        for img in report.images:
+            html_part.add_related(img.png, maintype="image", subtype="png", cid=f"<{img.cid}>",
+                                  filename=f"{img.cid.split('@')[0]}.png", disposition="inline")
     return msg
 
 
-def find_digest(config: Config, name: str) -> Digest:
-    for digest in config.digests:
-        if digest.name == name:
-            return digest
-    known = ", ".join(d.name for d in config.digests) or "none configured"
-    raise ValueError(f"no digest named {name!r} in {config.source} (digests: {known})")
-
-
-def make_digest(config: Config, name: str, *, store: RrdStore, status: StatusBook,
-                now: float | None = None) -> EmailMessage:
-    digest = find_digest(config, name)
-    now = time.time() if now is None else now
-    builder = DigestBuilder(config, digest, store=store, status=status,
-                            alerts=AlertStore(alerts_db_path(config.state_dir)), now=now)
-    return build_message(config, digest, builder.build(), now, builder.since)
-
-
-async def send_digest(config: Config, name: str, *, store: RrdStore, status: StatusBook,
-                      outbox: Outbox | None = None,
-                      clock: Callable[[], float] = time.time) -> int:
-    """Build the digest and hand it to the outbox (durable), then try to deliver at once."""
+async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
+                     status: StatusBook | None = None, clock: Callable[[], float] = time.time,
+                     out=None) -> EmailMessage:
+    """Build digest NAME now; print it (dry run) or enqueue it in the outbox and try to send."""
     import asyncio
+    import sys
 
-    msg = await asyncio.to_thread(make_digest, config, name, store=store, status=status,
-                                  now=clock())
-    outbox = outbox or Outbox(outbox_path(config.state_dir), config.smtp)
-    entry = outbox.enqueue(msg)
-    log.info("digest %s queued for %s (outbox #%d)", name, msg["To"], entry)
-    await outbox.deliver_pending()
-    return entry
-
-
-def open_store(config: Config) -> RrdStore:
-    return RrdStore(config.rrd_dir, archives=config.storage.archives,
-                    consolidations=config.storage.consolidations,
-                    rrdcached=config.storage.rrdcached)
-
-
-async def run_digest(config: Config, name: str, *, dry_run: bool = False) -> int:
-    """`monitor digest NAME [--dry-run]`."""
-    find_digest(config, name)
-    store = open_store(config)
-    status = StatusBook(config.state_dir / "status.json")
+    digest = next((d for d in config.digests if d.name == name), None)
+    if digest is None:
+        known = ", ".join(d.name for d in config.digests) or "none configured"
+        raise ValueError(f"no digest named {name!r} (digests: {known})")
+    own_store = store is None
+    if store is None:
+        store = RrdStore(config.rrd_dir, archives=config.storage.archives,
+                         consolidations=config.storage.consolidations,
+                         rrdcached=config.storage.rrdcached)
+    status = status or StatusBook(config.state_dir / "status.json")
     try:
-        if dry_run:
-            msg = make_digest(config, name, store=store, status=status)
-            print(msg.as_string())
-            return 0
-        outbox = Outbox(outbox_path(config.state_dir), config.smtp)
-        entry = await send_digest(config, name, store=store, status=status, outbox=outbox)
-        state = next((e for e in outbox.entries() if e.id == entry), None)
-        if state is not None and state.status != "sent":
-            print(f"digest {name} queued (outbox #{entry}, {state.status}): the relay "
-                  f"{config.smtp.host}:{config.smtp.port} did not take it yet; the agent retries "
-                  "(see `monitor alerts`)")
-        else:
-            print(f"digest {name} sent (outbox #{entry})")
-        return 0
+        builder = DigestBuilder(config, store=store, status=status, clock=clock)
+        report = await asyncio.to_thread(builder.build, digest)
+        msg = await asyncio.to_thread(compose, report, config)
     finally:
-        store.close()
+        if own_store:
+            store.close()
+    if dry_run:
+        (out or sys.stdout).write(msg.as_string())
+        return msg
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp, clock=clock)
+    entry = await asyncio.to_thread(outbox.enqueue, msg)
+    sent = await outbox.deliver_pending()
+    log.info("digest %s queued as outbox #%d for %s; %d message(s) sent now", name, entry,
+             ", ".join(recipients_for(config, digest)), sent)
+    return msg
+
+
+def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook) -> None:
+    """Put every [[digests]] on the agent's scheduler at its cron schedule."""
+    for digest in config.digests:
+        async def job(name: str = digest.name) -> None:
+            await run_digest(config, name, store=store, status=status)
+        scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
+
+
+__all__ = ["DigestBuilder", "Report", "Section", "compose", "percentile", "run_digest",
+           "schedule_digests"]

@@ -1,23 +1,26 @@
-"""Backup results: one check per [[backups]] job, "backup <name>" on target "backups".
+"""Backup results, one [[backups]] job at a time, from wherever the job leaves them.
 
-A job's result comes from one source:
-- "wrapper": `monitor backup-run NAME -- CMD ARGS...` (see `run_wrapped`) ran the job and
-  recorded exit status, duration, output tail and size in data_dir/state/backups/NAME.json;
-- "log": the newest line of a log file that matches the success or failure pattern;
-- "artifact": the newest file matching a glob must be younger than max_age and must not have
-  shrunk by more than max_shrink since the previous one;
-- "restic" / "borg": the newest snapshot/archive of `restic snapshots --json` /
-  `borg list --json`.
-No successful result within max_age is a failure (CRITICAL), whatever the source.
-Measurements (instance = job name): age_seconds, success (1/0), and when known
-duration_seconds, size_bytes.
+Kinds:
+- "wrapper": cron runs `monitor backup-run NAME -- CMD ARGS...`; `run_wrapped()` runs the
+  command, passes its output and exit status through (so cron still mails failures), and records
+  start, end, exit status, output size and the output's last lines in
+  data_dir/state/backups/NAME.json;
+- "log": the last line of a log file matching success_pattern or failure_pattern decides, the
+  file's modification time says when;
+- "artifact": the newest file matching a glob must be younger than max_age, at least min_size,
+  and not more than max_shrink percent smaller than the one before it;
+- "restic" / "borg": the newest snapshot in `restic snapshots --json` / `borg list --json`.
+In every kind, no result within max_age is a failure in itself (cron stopped, disk unmounted).
+
+Naming contract: target "backups", instance = job name; metrics age_seconds, success (1/0),
+duration_seconds, size_bytes. Check: CheckResult("backups", "backup NAME").
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import glob
+import collections
+import glob as globmod
 import json
 import os
 import re
@@ -25,247 +28,320 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from monitor.config import BackupJob, Config
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.units import format_duration
 
 TARGET = "backups"
+TAIL_LINES = 20
 TAIL_BYTES = 4096
 KEEP_RUNS = 30
 
 
-@dataclass
-class Result:
-    ok: bool
-    when: float | None
-    message: str
-    duration: float | None = None
-    size: float | None = None
+# -- the wrapper ----------------------------------------------------------------------------
 
 
-def wrapper_state(state_dir: Path, name: str) -> Path:
+def runs_path(state_dir: Path, name: str) -> Path:
     return Path(state_dir) / "backups" / f"{name}.json"
 
 
 def load_runs(state_dir: Path, name: str) -> list[dict]:
+    """The recorded wrapper runs of a job, oldest first ([] when none or unreadable)."""
     try:
-        return json.loads(wrapper_state(state_dir, name).read_text(encoding="utf-8"))["runs"]
-    except (OSError, ValueError, KeyError):
+        raw = json.loads(runs_path(state_dir, name).read_text(encoding="utf-8"))
+        return list(raw.get("runs", []))
+    except (OSError, ValueError, AttributeError):
         return []
 
 
-def run_wrapped(name: str, argv: Sequence[str], state_dir: Path, *,
-                clock: Callable[[], float] = time.time, echo: bool = True) -> int:
-    """Run a backup command, pass its output through, record the result; returns the exit
-    status to exit with (128 + signal for a killed command, 127 if it cannot be started)."""
-    from monitor.files import atomic_write
+def _save_runs(state_dir: Path, name: str, runs: list[dict]) -> None:
+    atomic_write(runs_path(state_dir, name), json.dumps({"version": 1, "runs": runs[-KEEP_RUNS:]},
+                                                        indent=1))
 
+
+def run_wrapped(name: str, argv: Sequence[str], state_dir: Path, *, clock: Callable[[], float] = time.time,
+                out=None) -> int:
+    """Run a backup command, record its result, return its exit status (128+N for signal N)."""
+    out = out or sys.stdout.buffer
     started = clock()
-    t0 = time.monotonic()
-    tail = b""
-    total = 0
+    runs = load_runs(state_dir, name)
+    record = {"started": started, "finished": None, "exit_status": None, "duration_seconds": None,
+              "output_bytes": 0, "tail": "", "command": list(argv)}
     try:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        _save_runs(state_dir, name, [*runs, record])  # "running since" for the collector
     except OSError as exc:
-        status, tail = 127, f"cannot start {argv[0]}: {exc.strerror or exc}\n".encode()
-        total = len(tail)
-        if echo:
-            sys.stderr.write(tail.decode())
+        print(f"monitor backup-run: cannot record in {state_dir}: {exc}", file=sys.stderr)
+    tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
+    total = 0
+    status: int
+    try:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        status, tail_text = 127, f"command not found: {argv[0]}"
+    except PermissionError:
+        status, tail_text = 126, f"permission denied: {argv[0]}"
     else:
         assert proc.stdout is not None
-        while chunk := proc.stdout.read1(65536):
-            total += len(chunk)
-            tail = (tail + chunk)[-TAIL_BYTES:]
-            if echo:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.buffer.flush()
-        code = proc.wait()
+        try:
+            for line in proc.stdout:
+                total += len(line)
+                tail.append(line[-TAIL_BYTES:])
+                out.write(line)
+            out.flush()
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            code = proc.wait()
         status = 128 - code if code < 0 else code
-    run = {"started": started, "finished": clock(), "duration": time.monotonic() - t0,
-           "exit_status": status, "output_bytes": total,
-           "output_tail": tail.decode("utf-8", "replace"), "command": list(argv)}
-    runs = [*load_runs(state_dir, name), run][-KEEP_RUNS:]
-    atomic_write(wrapper_state(state_dir, name), json.dumps({"job": name, "runs": runs}, indent=1))
+        tail_text = b"".join(tail).decode("utf-8", "replace")[-TAIL_BYTES:]
+    finished = clock()
+    record.update(finished=finished, exit_status=status, duration_seconds=finished - started,
+                  output_bytes=total, tail=tail_text)
+    try:
+        _save_runs(state_dir, name, [*runs, record])
+    except OSError as exc:
+        print(f"monitor backup-run: cannot record the result in {state_dir}: {exc}", file=sys.stderr)
     return status
 
 
-def from_wrapper(job: BackupJob, state_dir: Path) -> Result | None:
+# -- evaluating one job ---------------------------------------------------------------------
+
+
+@dataclass
+class JobResult:
+    """What one evaluation found; `when` is the time of the result it judges (None: none)."""
+
+    ok: bool
+    message: str
+    when: float | None = None
+    duration: float | None = None
+    size: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _human(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return format_duration(round(seconds))
+
+
+def _ago(now: float, when: float) -> str:
+    return f"{_human(now - when)} ago"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
     runs = load_runs(state_dir, job.name)
-    if not runs:
-        return None
-    run = runs[-1]
-    last_line = run["output_tail"].strip().splitlines()[-1:] or [""]
-    if run["exit_status"] == 0:
-        return Result(True, run["finished"], "exited 0", run["duration"], run["output_bytes"])
-    return Result(False, run["finished"], f"exited {run['exit_status']}: {last_line[0][:200]}",
-                  run["duration"], run["output_bytes"])
+    finished = [r for r in runs if r.get("finished") is not None]
+    running = [r for r in runs if r.get("finished") is None]
+    if not finished:
+        hint = f" (started {_ago(now, running[-1]['started'])}, still running)" if running else ""
+        return JobResult(False, f"no result recorded yet{hint}; run it as `monitor backup-run "
+                                f"{job.name} -- COMMAND ...` from cron")
+    last = finished[-1]
+    when = float(last["finished"])
+    took = float(last.get("duration_seconds") or 0)
+    size = float(last.get("output_bytes") or 0)
+    if last.get("exit_status") != 0:
+        detail = _last_line(last.get("tail", ""))
+        return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
+                         f" after {_human(took)}" + (f": {detail}" if detail else ""),
+                         when, took, size)
+    return JobResult(True, f"succeeded {_ago(now, when)} in {_human(took)}", when, took, size)
 
 
-def from_log(job: BackupJob) -> Result | None:
+def evaluate_log(job: BackupJob, now: float) -> JobResult:
     assert job.log is not None
+    st = os.stat(job.log)
     with open(job.log, "rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
-        handle.seek(max(0, size - 256 * 1024))
-        lines = handle.read().decode("utf-8", "replace").splitlines()
-        mtime = os.fstat(handle.fileno()).st_mtime
-    ok_re = re.compile(job.success)
-    bad_re = re.compile(job.failure) if job.failure else None
-    for line in reversed(lines):
+        handle.seek(max(0, st.st_size - (1 << 20)))
+        text = handle.read().decode("utf-8", "replace")
+    ok_re = re.compile(job.success_pattern) if job.success_pattern else None
+    bad_re = re.compile(job.failure_pattern) if job.failure_pattern else None
+    for line in reversed(text.splitlines()):
         if bad_re is not None and bad_re.search(line):
-            return Result(False, mtime, f"log says: {line.strip()[:200]}")
-        if ok_re.search(line):
-            return Result(True, mtime, f"log says: {line.strip()[:200]}")
-    return None
+            return JobResult(False, f"log {job.log} reports a failure: {line.strip()[:200]}",
+                             st.st_mtime)
+        if ok_re is not None and ok_re.search(line):
+            return JobResult(True, f"log {job.log} reports success {_ago(now, st.st_mtime)}: "
+                                   f"{line.strip()[:120]}", st.st_mtime)
+    return JobResult(False, f"no line of {job.log} matches the success or failure pattern")
 
 
-def from_artifact(job: BackupJob, state_dir: Path) -> Result | None:
-    from monitor.files import atomic_write
-
-    files = []
-    for path in glob.glob(job.path):
+def evaluate_artifact(job: BackupJob, now: float) -> JobResult:
+    assert job.glob is not None
+    found = []
+    for path in globmod.glob(job.glob):
         try:
             st = os.stat(path)
         except OSError:
             continue
-        files.append((st.st_mtime, st.st_size, path))
-    if not files:
-        return None
-    mtime, size, path = max(files)
-    memo = Path(state_dir) / "backups" / f"{job.name}.artifact.json"
-    try:
-        previous = json.loads(memo.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        previous = {}
-    history = previous.get("history", [])
-    if not history or history[-1]["path"] != path or history[-1]["mtime"] != mtime:
-        history = [*history, {"path": path, "mtime": mtime, "size": size}][-KEEP_RUNS:]
-        atomic_write(memo, json.dumps({"history": history}))
-    before = history[-2]["size"] if len(history) > 1 else None
+        if os.path.isfile(path):
+            found.append((st.st_mtime, st.st_size, path))
+    if not found:
+        return JobResult(False, f"no file matches {job.glob}")
+    found.sort(reverse=True)
+    when, size, path = found[0]
     name = os.path.basename(path)
-    if before and size < before * (1 - job.max_shrink / 100):
-        return Result(False, mtime, f"{name} is {size} bytes, {100 - 100 * size / before:.0f}% "
-                      f"smaller than the previous backup ({before} bytes)", size=size)
-    return Result(True, mtime, f"{name}, {size} bytes", size=size)
+    if size < job.min_size:
+        return JobResult(False, f"newest backup {name} is only {size} bytes", when, size=size)
+    if len(found) > 1 and found[1][1] > 0:
+        previous = found[1][1]
+        shrink = 100.0 * (previous - size) / previous
+        if shrink > job.max_shrink:
+            return JobResult(False, f"newest backup {name} ({_size(size)}) is {shrink:.0f}% smaller "
+                                    f"than the one before ({_size(previous)})", when, size=size)
+    return JobResult(True, f"newest backup {name} ({_size(size)}) written {_ago(now, when)}",
+                     when, size=size)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _parse_time(text: str) -> float:
     # restic: "2026-11-23T06:25:01.123456789+01:00"; borg: "2026-11-23T06:25:01.000000"
-    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:?\d\d)?$", text.strip())
-    if not m:
-        raise ValueError(f"unexpected time {text!r}")
-    zone = m[3] or ""
-    value = datetime.datetime.fromisoformat(m[1] + ("+00:00" if zone == "Z" else zone))
-    return value.timestamp()
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
 
 
-async def _run_json(job: BackupJob) -> object:
-    env = {**os.environ, **job.environment}
-    proc = await asyncio.create_subprocess_exec(
-        *job.command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+def parse_restic_snapshots(text: str) -> list[dict]:
+    data = json.loads(text or "[]")
+    return data if isinstance(data, list) else []
+
+
+def parse_borg_list(text: str) -> list[dict]:
+    data = json.loads(text or "{}")
+    return list(data.get("archives", [])) if isinstance(data, dict) else []
+
+
+def repository_argv(job: BackupJob) -> tuple[list[str], dict[str, str]]:
+    """The argv (never a shell line) and extra environment to list a restic/borg repository."""
+    assert job.repository is not None
+    env: dict[str, str] = {}
+    if job.kind == "restic":
+        argv = [job.command or "restic", "--repo", job.repository, "snapshots", "--json",
+                "--no-lock", "--no-cache"]
+        if job.password is not None:
+            env["RESTIC_PASSWORD"] = job.password
+    else:
+        argv = [job.command or "borg", "list", "--json", "--", job.repository]
+        if job.password is not None:
+            env["BORG_PASSPHRASE"] = job.password
+    return argv, env
+
+
+async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
+    argv, extra = repository_argv(job)
+    env = {**os.environ, **extra}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, env=env)
+    except FileNotFoundError:
+        return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
+                                "command to its path)")
     try:
         out, err = await asyncio.wait_for(proc.communicate(), job.timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise RuntimeError(f"{job.command[0]} did not answer within {job.timeout:.0f} s") from None
+        return JobResult(False, f"{job.kind} did not list {job.repository} within "
+                                f"{format_duration(job.timeout)}")
     if proc.returncode != 0:
-        raise RuntimeError(f"{os.path.basename(job.command[0])} exited {proc.returncode}: "
-                           f"{err.decode('utf-8', 'replace').strip()[-300:]}")
-    return json.loads(out)
+        first = _last_line(err.decode("utf-8", "replace"))
+        return JobResult(False, f"{job.kind} cannot list {job.repository} (exit status "
+                                f"{proc.returncode}): {first}")
+    try:
+        text = out.decode("utf-8", "replace")
+        items = parse_restic_snapshots(text) if job.kind == "restic" else parse_borg_list(text)
+        stamped = [(_parse_time(i.get("time") or i.get("start", "")), i) for i in items]
+    except (ValueError, TypeError, AttributeError) as exc:
+        return JobResult(False, f"unexpected {job.kind} output: {exc}")
+    if not stamped:
+        return JobResult(False, f"{job.repository} holds no snapshots")
+    when, newest = max(stamped, key=lambda t: t[0])
+    summary = newest.get("summary") or {}
+    size = summary.get("total_bytes_processed")
+    label = newest.get("short_id") or newest.get("name") or newest.get("id", "")[:8]
+    return JobResult(True, f"newest snapshot {label} taken {_ago(now, when)} "
+                           f"({len(stamped)} in {job.repository})", when,
+                     size=float(size) if size is not None else None,
+                     extra={"snapshots": len(stamped)})
 
 
-async def from_snapshots(job: BackupJob) -> Result | None:
-    data = await _run_json(job)
-    if job.source == "restic":
-        items = data if isinstance(data, list) else []
-        snaps = [(_parse_time(s["time"]), s) for s in items]
-    else:
-        items = data.get("archives", []) if isinstance(data, dict) else []
-        snaps = [(_parse_time(a.get("time") or a["start"]), a) for a in items]
-    if not snaps:
-        return None
-    when, snap = max(snaps, key=lambda t: t[0])
-    size = None
-    summary = snap.get("summary") or {}
-    if "total_bytes_processed" in summary:
-        size = summary["total_bytes_processed"]
-    label = snap.get("short_id") or snap.get("name") or snap.get("id", "")[:8]
-    return Result(True, when, f"{len(snaps)} snapshot(s), newest {label}", size=size)
+async def evaluate(job: BackupJob, state_dir: Path, now: float) -> JobResult:
+    try:
+        if job.kind == "wrapper":
+            return await asyncio.to_thread(evaluate_wrapper, job, state_dir, now)
+        if job.kind == "log":
+            return await asyncio.to_thread(evaluate_log, job, now)
+        if job.kind == "artifact":
+            return await asyncio.to_thread(evaluate_artifact, job, now)
+        return await evaluate_repository(job, now)
+    except FileNotFoundError as exc:
+        return JobResult(False, f"{exc.filename} does not exist")
+    except OSError as exc:
+        return JobResult(False, f"cannot read {getattr(exc, 'filename', '') or ''}: "
+                                f"{exc.strerror or exc}")
 
 
+def judge(job: BackupJob, result: JobResult, now: float) -> CheckResult:
+    stale = result.when is None or now - result.when > job.max_age
+    message = result.message
+    if stale and result.when is not None:
+        message = f"no result within {format_duration(job.max_age)}; last: {message}"
+    ok = result.ok and not stale
+    ms: list[Measurement] = [Measurement(TARGET, job.name, "success", 1 if ok else 0, timestamp=now,
+                                         minimum=0, maximum=1)]
+    if result.when is not None:
+        ms.append(Measurement(TARGET, job.name, "age_seconds", max(0.0, now - result.when),
+                              unit="s", timestamp=now, minimum=0))
+    if result.duration is not None:
+        ms.append(Measurement(TARGET, job.name, "duration_seconds", result.duration, unit="s",
+                              timestamp=now, minimum=0))
+    if result.size is not None:
+        ms.append(Measurement(TARGET, job.name, "size_bytes", result.size, unit="B", timestamp=now,
+                              minimum=0))
+    return CheckResult(TARGET, f"backup {job.name}", State.OK if ok else State.CRITICAL,
+                       f"backup {job.name}: {message}", tuple(ms), timestamp=now)
+
+
+@dataclass
 class BackupsCollector:
-    def __init__(self, jobs: list[BackupJob], state_dir: Path, *,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.name = "backups"
-        self.jobs = jobs
-        self.state_dir = Path(state_dir)
-        self.interval = min(job.interval for job in jobs)
-        self.clock = clock
-
-    async def result(self, job: BackupJob) -> Result | None:
-        if job.source == "wrapper":
-            return from_wrapper(job, self.state_dir)
-        if job.source == "log":
-            return await asyncio.to_thread(from_log, job)
-        if job.source == "artifact":
-            return await asyncio.to_thread(from_artifact, job, self.state_dir)
-        return await from_snapshots(job)
-
-    async def check(self, job: BackupJob, now: float) -> tuple[CheckResult, list[Measurement]]:
-        check = f"backup {job.name}"
-        try:
-            result = await self.result(job)
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as exc:
-            text = getattr(exc, "strerror", None) or str(exc)
-            return CheckResult(TARGET, check, State.UNKNOWN,
-                               f"backup {job.name}: cannot read its {job.source} result: {text}",
-                               timestamp=now), []
-        limit = _age(job.max_age)
-        if result is None or result.when is None:
-            return CheckResult(TARGET, check, State.CRITICAL,
-                               f"backup {job.name}: no result found ({job.source}); expected one "
-                               f"at least every {limit}", timestamp=now), []
-        age = max(0.0, now - result.when)
-        values = [Measurement(TARGET, job.name, "age_seconds", age, unit="s", timestamp=now),
-                  Measurement(TARGET, job.name, "success", 1 if result.ok else 0, timestamp=now)]
-        if result.duration is not None:
-            values.append(Measurement(TARGET, job.name, "duration_seconds", result.duration,
-                                      unit="s", timestamp=now))
-        if result.size is not None:
-            values.append(Measurement(TARGET, job.name, "size_bytes", result.size, unit="B",
-                                      timestamp=now))
-        ago = _age(age)
-        if not result.ok:
-            state, text = State.CRITICAL, f"backup {job.name} FAILED {ago} ago: {result.message}"
-        elif age > job.max_age:
-            state, text = State.CRITICAL, (f"backup {job.name}: last success {ago} ago, older "
-                                           f"than the allowed {limit} ({result.message})")
-        else:
-            state, text = State.OK, f"backup {job.name} OK {ago} ago: {result.message}"
-        return CheckResult(TARGET, check, state, text, timestamp=now), values
+    jobs: list[BackupJob]
+    interval: float
+    state_dir: Path
+    clock: Callable[[], float] = time.time
+    name: str = "backups"
 
     async def collect(self) -> Batch:
         now = self.clock()
+        results = await asyncio.gather(*(evaluate(job, self.state_dir, now) for job in self.jobs))
         batch = Batch()
-        for check, values in await asyncio.gather(*(self.check(j, now) for j in self.jobs)):
-            batch.extend(values)
-            batch.add(check)
+        for job, result in zip(self.jobs, results, strict=True):
+            batch.add(judge(job, result, now))
         return batch
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
 
 
 def build(config: Config) -> list[Collector]:
     if not config.backups:
         return []
-    return [BackupsCollector(config.backups, config.state_dir)]
+    # Backups run daily: a look every 15 minutes is plenty (restic/borg listing is not free).
+    interval = max(config.agent.interval, 900.0)
+    return [BackupsCollector(list(config.backups), interval, config.state_dir)]

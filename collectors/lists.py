@@ -1,298 +1,428 @@
-"""Mailing-list activity from Mailman 2's post log, and subscriber counts.
+"""Mailing-list activity: Mailman 2's post log, subscriber counts, optionally Mailman 3.
 
-Target "lists", instance the list name; metrics posts_today, post_bytes_today, senders_today,
-failures_today (GAUGE, the current local day) and subscribers. Per-day totals of the last
-`KEEP_DAYS` days are kept in a JSON state file (data_dir/state/lists-<log>.json) that digests
-read (`load_activity`).
+The post log (`/var/lib/mailman/logs/post`) gets one line per delivered post:
 
-The log is read incrementally: the state file holds the log's inode and the offset read so
-far, written together with the counts (atomically), so a crash never counts a line twice.
-A new inode means the log was rotated: the rest of the old file is read from its rotated name
-(post.1) if it is there, then the new file from the start. A file shorter than the offset was
-truncated (copytruncate): it is read from the start.
+    Nov 23 06:25:01 2026 (1234) post to announce from alice@example.net, size=2345, message-id=<a@b>, success
+    Nov 23 06:30:12 2026 (1234) post to users from bob@example.org, size=812, message-id=<c@d>, 2 failures
 
-Mailman 3: subscriber counts from its REST API (`mailman3_url`); its post activity is not read
-(Mailman 3 keeps no post log of this kind).
+(Mailman 2.2-style logs put the message-id first; both are understood.) The log is read
+incrementally: the state file (data_dir/state/lists.json) remembers the file's inode, the byte
+offset read so far and a fingerprint of its first bytes, and it is written atomically together
+with the counts, so a post is counted once whatever happens:
+- rotation by rename (logrotate's default): the rest of the old file (found next to it by its
+  inode, e.g. post.1) is read first, then the new file from the start;
+- truncation (copytruncate): the rest of the copy (post.1, recognised by its first bytes) is
+  read from the old offset, then the truncated file from the start;
+- a half-written last line waits for the next run.
+Counts are kept per list per day (the log's own dates): posts, bytes, distinct senders, posts
+with refused recipients (failures) and refused recipients, for `keep_days` days.
+
+Naming contract: target "lists", instance = list name; metrics posts_today, bytes_today,
+senders_today, failures_today, subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
+import base64
 import hashlib
 import json
 import logging
 import os
 import re
 import time
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
-from monitor.config import Config, MailingList
+from monitor.config import Config, ListsConfig
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 
 log = logging.getLogger(__name__)
 
 TARGET = "lists"
-KEEP_DAYS = 45
-LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-# Mailman 2.1 SMTP_LOG_* formats (Defaults.py), e.g.
-#   Nov 23 06:25:01 2026 (1234) post to announce from alice@example.net, size=2345,
-#   message-id=<x@y>, success        (or: "..., 2 failures")
+LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+_HEAD = 256
+_READ_LIMIT = 64 << 20  # per run; the rest is read next time
+
 POST_LINE = re.compile(
-    r"^(?P<when>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}|"
-    r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4}) \(\d+\) "
-    r"post to (?P<list>\S+) from (?P<sender>.*?), size=(?P<size>\d+)"
-    r"(?:, message-id=(?P<msgid>\S*))?, "
-    r"(?:(?P<success>success)|(?P<failures>\d+) failures?)\s*$")
+    r"^(?P<ts>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}) \(\d+\) "
+    r"(?:(?P<mid1>\S+) )?post to (?P<list>\S+) from (?P<sender>.*?), size=(?P<size>\d+), "
+    r"(?:message-id=(?P<mid>.*), )?(?:(?P<success>success)|(?P<refused>\d+) failures?)\s*$"
+)
 
 
-def _day(when: str) -> str | None:
-    for fmt in ("%b %d %H:%M:%S %Y", "%a %b %d %H:%M:%S %Y"):
+@dataclass
+class DayStats:
+    posts: int = 0
+    bytes: int = 0
+    senders: set[str] = field(default_factory=set)
+    failures: int = 0
+    refused: int = 0
+
+    def to_json(self) -> dict:
+        return {"posts": self.posts, "bytes": self.bytes, "senders": sorted(self.senders),
+                "failures": self.failures, "refused": self.refused}
+
+    @classmethod
+    def from_json(cls, d: dict) -> DayStats:
+        return cls(int(d.get("posts", 0)), int(d.get("bytes", 0)), set(d.get("senders", [])),
+                   int(d.get("failures", 0)), int(d.get("refused", 0)))
+
+    def merge(self, other: DayStats) -> None:
+        self.posts += other.posts
+        self.bytes += other.bytes
+        self.senders |= other.senders
+        self.failures += other.failures
+        self.refused += other.refused
+
+
+@dataclass
+class ListsState:
+    """What the collector remembers between runs (and what digests read)."""
+
+    inode: int | None = None
+    device: int | None = None
+    offset: int = 0
+    head_len: int = 0
+    head_sha: str = ""
+    days: dict[str, dict[str, DayStats]] = field(default_factory=dict)  # day -> list -> stats
+    subscribers: dict[str, int] = field(default_factory=dict)
+    subscribers_at: float = 0.0
+    unparsed: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "version": 1,
+            "file": {"inode": self.inode, "device": self.device, "offset": self.offset,
+                     "head_len": self.head_len, "head_sha": self.head_sha},
+            "days": {d: {name: s.to_json() for name, s in lists.items()}
+                     for d, lists in sorted(self.days.items())},
+            "subscribers": self.subscribers, "subscribers_at": self.subscribers_at,
+            "unparsed": self.unparsed,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict) -> ListsState:
+        f = raw.get("file", {})
+        return cls(
+            f.get("inode"), f.get("device"), int(f.get("offset", 0)), int(f.get("head_len", 0)),
+            f.get("head_sha", ""),
+            {d: {name: DayStats.from_json(s) for name, s in lists.items()}
+             for d, lists in raw.get("days", {}).items()},
+            {k: int(v) for k, v in raw.get("subscribers", {}).items()},
+            float(raw.get("subscribers_at", 0.0)), int(raw.get("unparsed", 0)))
+
+
+def load_state(path: Path) -> ListsState:
+    """The saved state; a missing or corrupt file starts afresh (a corrupt one is logged)."""
+    try:
+        return ListsState.from_json(json.loads(Path(path).read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        return ListsState()
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.error("lists state %s unreadable (%s); counting starts afresh", path, exc)
+        return ListsState()
+
+
+def save_state(path: Path, state: ListsState) -> None:
+    atomic_write(Path(path), json.dumps(state.to_json(), indent=1))
+
+
+def activity(state: ListsState, first_day: date, last_day: date) -> dict[str, DayStats]:
+    """Per-list totals over the days first_day..last_day (inclusive); for digests."""
+    out: dict[str, DayStats] = {}
+    for day, lists in state.days.items():
         try:
-            return datetime.datetime.strptime(" ".join(when.split()), fmt).date().isoformat()
+            d = date.fromisoformat(day)
         except ValueError:
             continue
-    return None
-
-
-def state_path(state_dir: Path, post_log: Path) -> Path:
-    digest = hashlib.sha1(str(post_log).encode()).hexdigest()[:10]
-    return Path(state_dir) / f"lists-{digest}.json"
-
-
-class PostLog:
-    """Incremental reader of one post log; `update()` returns the number of new posts."""
-
-    def __init__(self, path: Path, state_file: Path) -> None:
-        self.path = Path(path)
-        self.state_file = Path(state_file)
-        self.state = self._load()
-
-    def _load(self) -> dict:
-        try:
-            data = json.loads(self.state_file.read_text(encoding="utf-8"))
-            if isinstance(data, dict) and "days" in data:
-                return data
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            log.error("list state %s unreadable (%s); counting starts afresh", self.state_file, exc)
-        return {"log": str(self.path), "inode": None, "offset": 0, "days": {}}
-
-    def _save(self) -> None:
-        from monitor.files import atomic_write
-
-        atomic_write(self.state_file, json.dumps(self.state, sort_keys=True))
-
-    @staticmethod
-    def _tail(path: Path, offset: int) -> str:
-        """The last bytes read so far: if they changed, the file is not the one we read."""
-        with open(path, "rb") as handle:
-            handle.seek(max(0, offset - 64))
-            return handle.read(min(offset, 64)).hex()
-
-    def _read(self, path: Path, offset: int) -> tuple[int, int]:
-        """Count complete lines from offset; returns (new offset, posts counted)."""
-        posts = 0
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1  # a half-written last line waits for the next run
-        for raw in data[:end].splitlines():
-            posts += self._count(raw.decode("utf-8", "replace"))
-        return offset + end, posts
-
-    def _count(self, line: str) -> int:
-        m = POST_LINE.match(line)
-        if not m:
-            return 0
-        day = _day(m["when"])
-        if day is None:
-            return 0
-        entry = self.state["days"].setdefault(day, {}).setdefault(
-            m["list"].lower(), {"posts": 0, "bytes": 0, "senders": [], "failures": 0})
-        entry["posts"] += 1
-        entry["bytes"] += int(m["size"])
-        sender = m["sender"].strip().lower()
-        if sender not in entry["senders"]:
-            entry["senders"].append(sender)
-        if m["failures"] is not None:
-            entry["failures"] += 1
-        return 1
-
-    def update(self) -> int:
-        """Read what was appended since the last run; raises OSError if the log is unreadable."""
-        st = os.stat(self.path)
-        posts = 0
-        inode, offset = self.state.get("inode"), int(self.state.get("offset", 0))
-        if inode is not None and inode != st.st_ino:
-            # Rotated: finish the old file under its rotated name, if it is still there.
-            for name in (self.path.name + ".1", self.path.name + ".0"):
-                old = self.path.with_name(name)
-                try:
-                    if os.stat(old).st_ino == inode:
-                        posts += self._read(old, offset)[1]
-                        break
-                except OSError:
-                    continue
-            offset = 0
-        elif st.st_size < offset or self._tail(self.path, offset) != self.state.get("tail"):
-            offset = 0  # truncated in place (copytruncate), perhaps regrown past the offset
-        offset, new = self._read(self.path, offset)
-        posts += new
-        self.state.update(inode=st.st_ino, offset=offset, tail=self._tail(self.path, offset))
-        cutoff = (datetime.date.today() - datetime.timedelta(days=KEEP_DAYS)).isoformat()
-        self.state["days"] = {d: v for d, v in self.state["days"].items() if d >= cutoff}
-        self._save()
-        return posts
-
-
-def load_activity(state_dir: Path) -> dict[str, dict[str, dict]]:
-    """{day: {list: {"posts", "bytes", "senders" (count), "failures"}}} of every post log."""
-    out: dict[str, dict[str, dict]] = {}
-    for path in sorted(Path(state_dir).glob("lists-*.json")):
-        try:
-            days = json.loads(path.read_text(encoding="utf-8")).get("days", {})
-        except (OSError, ValueError):
-            continue
-        for day, lists in days.items():
-            for name, v in lists.items():
-                cur = out.setdefault(day, {}).setdefault(
-                    name, {"posts": 0, "bytes": 0, "senders": 0, "failures": 0})
-                cur["posts"] += v["posts"]
-                cur["bytes"] += v["bytes"]
-                cur["senders"] += len(v["senders"])
-                cur["failures"] += v["failures"]
+        if first_day <= d <= last_day:
+            for name, stats in lists.items():
+                out.setdefault(name, DayStats()).merge(stats)
     return out
 
 
-async def count_members(list_members: str, name: str, timeout: float = 60.0) -> int:
-    """Subscribers of a Mailman 2 list through `list_members NAME` (one address a line)."""
+# -- parsing --------------------------------------------------------------------------------
+
+
+def parse_line(line: str) -> tuple[str, str, str, int, int] | None:
+    """(day "YYYY-MM-DD", list, sender, size, refused) for a post line, else None."""
+    m = POST_LINE.match(line)
+    if not m:
+        return None
+    try:
+        when = datetime.strptime(" ".join(m["ts"].split()), "%b %d %H:%M:%S %Y")
+    except ValueError:
+        return None
+    refused = int(m["refused"]) if m["refused"] else 0
+    return when.date().isoformat(), m["list"].lower(), m["sender"].strip().lower(), int(m["size"]), refused
+
+
+def count_lines(data: bytes, state: ListsState) -> int:
+    """Add every complete post line of `data` to the state; returns how many were posts."""
+    posts = 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        parsed = parse_line(raw.decode("utf-8", "replace").rstrip("\r"))
+        if parsed is None:
+            if b" post to " in raw:
+                state.unparsed += 1
+            continue
+        day, name, sender, size, refused = parsed
+        stats = state.days.setdefault(day, {}).setdefault(name, DayStats())
+        stats.posts += 1
+        stats.bytes += size
+        if sender:
+            stats.senders.add(sender)
+        if refused:
+            stats.failures += 1
+            stats.refused += refused
+        posts += 1
+    return posts
+
+
+def _head(path: Path, length: int) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read(length)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read_complete(path: Path, offset: int) -> tuple[bytes, int]:
+    """Complete lines from offset on (at most _READ_LIMIT bytes); returns (data, new offset)."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        data = handle.read(_READ_LIMIT)
+    end = data.rfind(b"\n")
+    if end < 0:
+        return b"", offset
+    return data[: end + 1], offset + end + 1
+
+
+def _rotated_candidates(path: Path) -> list[Path]:
+    out = []
+    for suffix in (".1", ".0", "-1"):
+        out.append(path.with_name(path.name + suffix))
+    try:
+        # dateext rotation: post-20261123
+        out += sorted((p for p in path.parent.iterdir()
+                       if p.name.startswith(path.name + "-") and not p.name.endswith(".gz")),
+                      reverse=True)
+    except OSError:
+        pass
+    return out
+
+
+def _same_file(state: ListsState, st: os.stat_result) -> bool:
+    return st.st_ino == state.inode and (state.device is None or st.st_dev == state.device)
+
+
+def _head_matches(path: Path, state: ListsState) -> bool:
+    if not state.head_len:
+        return True
+    try:
+        return _sha(_head(path, state.head_len)) == state.head_sha
+    except OSError:
+        return False
+
+
+def follow(path: Path, state: ListsState) -> tuple[int, list[str]]:
+    """Read what is new in the post log into the state; returns (posts counted, notes)."""
+    notes: list[str] = []
+    posts = 0
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    if state.inode is not None:
+        rotated = st is None or not _same_file(state, st)
+        # Same inode but shorter, or other first bytes: truncated (and maybe written again).
+        truncated = not rotated and st is not None and (
+            st.st_size < state.offset or not _head_matches(path, state))
+        if rotated or truncated:
+            # Finish the previous file first: renamed (same inode) or copied (same first bytes).
+            old = None
+            for candidate in _rotated_candidates(path):
+                try:
+                    cst = os.stat(candidate)
+                except OSError:
+                    continue
+                # Renamed: same inode. Copied (copytruncate): same first bytes, at least as long.
+                if _same_file(state, cst) or (cst.st_size >= state.offset
+                                              and _head_matches(candidate, state)):
+                    old = candidate
+                    break
+            if old is not None:
+                data, _ = _read_complete(old, state.offset)
+                posts += count_lines(data, state)
+                notes.append(f"{'rotated' if rotated else 'truncated'}; read the rest of {old.name}")
+            else:
+                notes.append(f"log {'rotated' if rotated else 'truncated'} and the previous file "
+                             "was not found next to it; posts logged just before may be missing")
+            state.inode = None
+            state.offset = 0
+            state.head_len = 0
+    if st is None:
+        return posts, notes
+    if state.inode is None:
+        state.inode, state.device, state.offset = st.st_ino, st.st_dev, 0
+    data, state.offset = _read_complete(path, state.offset)
+    posts += count_lines(data, state)
+    head = _head(path, _HEAD)
+    state.head_len, state.head_sha = len(head), _sha(head)
+    return posts, notes
+
+
+def prune(state: ListsState, keep_days: int, today: date) -> None:
+    oldest = (today - timedelta(days=keep_days)).isoformat()
+    for day in [d for d in state.days if d < oldest]:
+        del state.days[day]
+
+
+# -- subscribers ----------------------------------------------------------------------------
+
+
+async def count_members(list_members: str, name: str, timeout: float) -> int:
+    """Subscribers of one Mailman 2 list: `list_members NAME`, one address a line."""
     if not LIST_NAME.match(name):
-        raise ValueError(f"refusing to pass list name {name!r} to list_members")
+        raise ValueError(f"refusing list name {name!r} (not a plain list name)")
     proc = await asyncio.create_subprocess_exec(
-        list_members, name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        list_members, name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
         proc.kill()
         await proc.wait()
-        raise
+        raise RuntimeError(f"{list_members} {name} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"{list_members} {name} exited {proc.returncode}: "
-                           f"{err.decode('utf-8', 'replace').strip()[:200]}")
+        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise RuntimeError(f"{list_members} {name} exited with status {proc.returncode}"
+                           + (f": {first[0]}" if first else ""))
     return sum(1 for line in out.splitlines() if line.strip())
 
 
-def mailman3_members(url: str, user: str, password: str | None,
-                     timeout: float = 30.0) -> dict[str, int]:
-    """{list name: member_count} of every list from Mailman 3's REST API (GET <url>/lists)."""
-    import base64
-    import urllib.request
-
-    request = urllib.request.Request(url.rstrip("/") + "/lists?count=1000&page=1")
-    if password is not None:
-        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+def mailman3_lists(url: str, user: str, password: str | None, timeout: float) -> dict[str, int]:
+    """list name -> member count from Mailman 3 core's REST API (GET /3.1/lists)."""
+    out: dict[str, int] = {}
+    page = 1
+    while True:
+        request = urllib.request.Request(f"{url.rstrip('/')}/3.1/lists?count=100&page={page}")
+        token = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
         request.add_header("Authorization", f"Basic {token}")
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        data = json.loads(response.read())
-    out = {}
-    for entry in data.get("entries", []):
-        name = str(entry.get("list_name") or entry.get("fqdn_listname", "").split("@")[0])
-        if name and "member_count" in entry:
-            out[name.lower()] = int(entry["member_count"])
-    return out
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = json.loads(response.read(16 << 20))
+        entries = body.get("entries", [])
+        for entry in entries:
+            name = str(entry.get("list_name") or entry.get("fqdn_listname", "")).lower()
+            if name:
+                out[name] = int(entry.get("member_count", 0))
+        total = int(body.get("total_size", len(out)))
+        if not entries or page * 100 >= total:
+            return out
+        page += 1
 
 
+# -- the collector --------------------------------------------------------------------------
+
+
+@dataclass
 class ListsCollector:
-    """All [[lists]] entries that share one post log."""
-
-    def __init__(self, post_log: Path, lists: list[MailingList], state_dir: Path, *,
-                 name: str = "lists", clock: Callable[[], float] = time.time) -> None:
-        self.name = name
-        self.post_log = post_log
-        self.lists = lists
-        self.interval = min(entry.interval for entry in lists)
-        self.reader = PostLog(post_log, state_path(state_dir, post_log))
-        self.clock = clock
-
-    def _wanted(self, name: str) -> bool:
-        return any(entry.name == "*" or entry.name.lower() == name for entry in self.lists)
+    config: ListsConfig
+    interval: float
+    state_path: Path
+    clock: Callable[[], float] = time.time
+    name: str = "lists"
 
     async def collect(self) -> Batch:
+        cfg = self.config
         now = self.clock()
+        today = datetime.fromtimestamp(now).date()
         batch = Batch()
-        try:
-            new = await asyncio.to_thread(self.reader.update)
-        except FileNotFoundError:
-            new = 0  # Mailman 3 only: there is no post log to read
-            if not any(e.mailman3_url for e in self.lists):
-                batch.add(CheckResult(TARGET, "lists", State.UNKNOWN,
-                                      f"the Mailman post log {self.post_log} does not exist; "
-                                      "check [[lists]] post_log", timestamp=now))
-                return batch
-        except OSError as exc:
-            batch.add(CheckResult(TARGET, "lists", State.UNKNOWN,
-                                  f"cannot read the Mailman post log {self.post_log}: "
-                                  f"{exc.strerror or exc}; check [[lists]] post_log", timestamp=now))
-            return batch
-        today = datetime.date.fromtimestamp(now).isoformat()
-        day = self.reader.state["days"].get(today, {})
-        names = {e.name.lower() for e in self.lists if e.name != "*"}
-        names |= {n for d in self.reader.state["days"].values() for n in d if self._wanted(n)}
-        for name in sorted(names):
-            v = day.get(name, {"posts": 0, "bytes": 0, "senders": [], "failures": 0})
-            for metric, value, unit in (("posts_today", v["posts"], ""),
-                                        ("post_bytes_today", v["bytes"], "B"),
-                                        ("senders_today", len(v["senders"]), ""),
-                                        ("failures_today", v["failures"], "")):
-                batch.add(Measurement(TARGET, name, metric, value, unit=unit, timestamp=now))
-        problems = []
-        sem = asyncio.Semaphore(4)
-
-        async def members(entry: MailingList, name: str) -> None:
-            async with sem:
-                try:
-                    count = await count_members(entry.list_members, name)
-                except (OSError, RuntimeError, ValueError, TimeoutError) as exc:
-                    problems.append(f"{name}: subscribers unknown ({exc})")
-                    return
-            batch.add(Measurement(TARGET, name, "subscribers", count, timestamp=now))
-
-        jobs = []
-        for entry in self.lists:
-            if not entry.mailman3_url:
-                continue
+        state = await asyncio.to_thread(load_state, self.state_path)
+        problems: list[str] = []
+        counted = 0
+        if cfg.post_log is not None:
             try:
-                counts = await asyncio.to_thread(mailman3_members, entry.mailman3_url,
-                                                 entry.mailman3_user, entry.mailman3_password)
+                counted, notes = await asyncio.to_thread(follow, cfg.post_log, state)
+                for note in notes:
+                    log.info("lists: %s: %s", cfg.post_log, note)
+                if not cfg.post_log.exists():
+                    problems.append(f"post log {cfg.post_log} does not exist (is Mailman 2 "
+                                    "installed? set [lists] post_log, or leave it out)")
+            except PermissionError:
+                problems.append(f"cannot read {cfg.post_log}: permission denied (run the agent "
+                                "in the list group)")
+            except OSError as exc:
+                problems.append(f"cannot read {cfg.post_log}: {exc.strerror or exc}")
+        prune(state, cfg.keep_days, today)
+
+        names = sorted(set(cfg.lists) | set(state.days.get(today.isoformat(), {})))
+        subscribers: dict[str, int] = {}
+        if cfg.list_members and os.access(cfg.list_members, os.X_OK):
+            wanted = cfg.lists or sorted({n for lists in state.days.values() for n in lists})
+            semaphore = asyncio.Semaphore(4)
+
+            async def one(name: str) -> None:
+                async with semaphore:
+                    try:
+                        subscribers[name] = await count_members(cfg.list_members, name, cfg.timeout)
+                    except (OSError, RuntimeError, ValueError) as exc:
+                        batch.add(CheckResult(TARGET, f"list {name}", State.UNKNOWN,
+                                              f"cannot count the subscribers of {name}: {exc}",
+                                              timestamp=now))
+            await asyncio.gather(*(one(n) for n in wanted))
+        elif cfg.list_members and cfg.lists:
+            problems.append(f"{cfg.list_members} not found or not executable: no subscriber counts")
+        if cfg.mailman3_url:
+            try:
+                subscribers.update(await asyncio.to_thread(
+                    mailman3_lists, cfg.mailman3_url, cfg.mailman3_user, cfg.mailman3_password,
+                    cfg.timeout))
             except (OSError, ValueError) as exc:
-                problems.append(f"Mailman 3 REST API {entry.mailman3_url}: {exc}")
-                continue
-            for name, count in sorted(counts.items()):
-                if self._wanted(name):
-                    batch.add(Measurement(TARGET, name, "subscribers", count, timestamp=now))
-                    names.add(name)
-        for name in sorted(names):
-            entry = next((e for e in self.lists if e.name.lower() == name), None) \
-                or next(e for e in self.lists if e.name == "*")
-            if (entry.list_members and not entry.mailman3_url
-                    and os.access(entry.list_members, os.X_OK)):
-                jobs.append(members(entry, name))
-        await asyncio.gather(*jobs)
-        message = f"{len(names)} list(s); {new} new post(s) in {self.post_log}"
+                problems.append(f"Mailman 3 REST API {cfg.mailman3_url}: {exc}")
+        if subscribers:
+            state.subscribers.update(subscribers)
+            state.subscribers_at = now
+        try:
+            await asyncio.to_thread(save_state, self.state_path, state)
+        except OSError as exc:
+            # The counts stay in memory only: the next run reads the same lines again.
+            problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
+
+        todays = state.days.get(today.isoformat(), {})
+        for name in sorted(set(names) | set(subscribers)):
+            s = todays.get(name, DayStats())
+            for metric, value, unit in (("posts_today", s.posts, ""), ("bytes_today", s.bytes, "B"),
+                                        ("senders_today", len(s.senders), ""),
+                                        ("failures_today", s.failures, "")):
+                batch.add(Measurement(TARGET, name, metric, value, unit=unit, timestamp=now,
+                                      minimum=0))
+            if name in subscribers:
+                batch.add(Measurement(TARGET, name, "subscribers", subscribers[name], timestamp=now,
+                                      minimum=0))
+        total = sum(s.posts for s in todays.values())
+        failures = sum(s.failures for s in todays.values())
+        message = (f"{total} post(s) to {len(todays)} list(s) today"
+                   + (f", {failures} with refused recipients" if failures else "")
+                   + f" ({counted} new in the log)")
         if problems:
-            message += "; " + "; ".join(problems[:5])
+            message = "; ".join(problems) + "; " + message
         batch.add(CheckResult(TARGET, "lists", State.WARNING if problems else State.OK, message,
                               timestamp=now))
         return batch
 
 
 def build(config: Config) -> list[Collector]:
-    by_log: dict[Path, list[MailingList]] = {}
-    for entry in config.lists:
-        by_log.setdefault(entry.post_log, []).append(entry)
-    return [ListsCollector(path, entries, config.state_dir,
-                           name="lists" if i == 0 else f"lists {path}")
-            for i, (path, entries) in enumerate(by_log.items())]
+    cfg = config.lists
+    if not cfg.enabled:
+        return []
+    return [ListsCollector(cfg, cfg.interval or config.agent.interval,
+                           config.state_dir / "lists.json")]

@@ -1,117 +1,162 @@
-"""Mailbox sizes: Maildir trees (and mbox files), per mailbox and per domain.
+"""Mailbox sizes: Maildir trees and mbox files, per mailbox and per domain; Postfix's queue.
 
-Target "mailboxes"; instances "user@domain" (the `top` biggest mailboxes) and "domain:<domain>"
-(every domain's total); metrics size_bytes and messages. One check, "mailboxes", says how many
-mailboxes were scanned and which could not be read.
+Layout: path patterns with `{domain}` and `{user}` placeholders, each one directory level
+(default `/var/mail/vhosts/{domain}/{user}`, as Postfix virtual delivery and Dovecot use). A
+matched directory with `cur/` or `new/` is a Maildir (Maildir++ subfolders `.Sent`, `.Trash`
+... included); a matched regular file is an mbox.
 
-Speed matters on a spool of millions of files, so a mailbox costs as few system calls as
-possible: Dovecot's `maildirsize` (when present and fresh) answers without listing anything;
-otherwise the directories are listed with os.scandir and the size is read from the `S=` part of
-each Maildir file name (Dovecot and Courier write it), so only files without one are stat()ed.
-A mailbox that vanishes or turns unreadable during the scan is an error for that mailbox only.
+How a Maildir is measured, cheapest first:
+1. Dovecot's `maildirsize` (Maildir++ quota file: a header line, then "bytes count" deltas) when
+   it is fresh: written no earlier than the last change of any `cur/` or `new/` directory (a
+   delivery, an expunge or a flag change renames a file, which updates the directory), and not
+   older than `maildirsize_max_age`.
+2. Otherwise the file names: Dovecot and most delivery agents put the size in the name
+   (`1700000000.M1P2.host,S=2345,W=2401:2,S`), so one directory listing gives every size
+   without a `stat()` per message - this is why a scan is faster than `du`.
+3. `stat()` for the names without `S=`.
+A mailbox that vanishes or cannot be read during the scan is an error for that mailbox only.
+
+Naming contract: target "mailboxes"; instance "user@domain" (the `top` biggest only, so a
+spool of thousands does not make thousands of RRD files), "domain:<domain>" for every domain,
+"" for the totals, "queue:postfix" for the mail queue. Metrics: size_bytes, messages, mailboxes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
-import subprocess
+import stat as stat_mod
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from monitor.config import Config, MailboxesConfig
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 
+log = logging.getLogger(__name__)
+
 TARGET = "mailboxes"
-# Dovecot recalculates maildirsize once it grows past this; a bigger file is stale by definition.
-MAILDIRSIZE_LIMIT = 5120
+_SIZE_IN_NAME = re.compile(r",S=(\d+)")
+_MBOX_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class MailboxSize:
+    address: str
+    domain: str
+    path: str
+    kind: str  # "maildir" or "mbox"
+    size_bytes: int = 0
+    messages: int = 0
+    source: str = ""  # "maildirsize", "names", "stat", "mbox"
+    error: str | None = None
 
 
 @dataclass
-class MailboxUsage:
-    user: str
+class DomainTotal:
     domain: str
-    path: Path
     size_bytes: int = 0
     messages: int = 0
-    source: str = "scan"  # "maildirsize", "scan" or "mbox"
-    error: str | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.user}@{self.domain}"
+    mailboxes: int = 0
 
 
 @dataclass
 class ScanResult:
-    mailboxes: list[MailboxUsage] = field(default_factory=list)
-    root_error: str | None = None
+    mailboxes: list[MailboxSize] = field(default_factory=list)  # measured ones
+    errors: list[MailboxSize] = field(default_factory=list)
+    seconds: float = 0.0
 
-    @property
-    def errors(self) -> list[MailboxUsage]:
-        return [m for m in self.mailboxes if m.error]
-
-    def domains(self) -> dict[str, tuple[int, int]]:
-        out: dict[str, tuple[int, int]] = {}
+    def domains(self) -> list[DomainTotal]:
+        totals: dict[str, DomainTotal] = {}
         for m in self.mailboxes:
-            if m.error:
-                continue
-            size, count = out.get(m.domain, (0, 0))
-            out[m.domain] = (size + m.size_bytes, count + m.messages)
-        return out
+            t = totals.setdefault(m.domain, DomainTotal(m.domain))
+            t.size_bytes += m.size_bytes
+            t.messages += m.messages
+            t.mailboxes += 1
+        return sorted(totals.values(), key=lambda t: (-t.size_bytes, t.domain))
 
-    def top(self, n: int) -> list[MailboxUsage]:
-        ok = [m for m in self.mailboxes if not m.error]
-        return sorted(ok, key=lambda m: (-m.size_bytes, m.address))[:n]
+    def biggest(self, n: int) -> list[MailboxSize]:
+        return sorted(self.mailboxes, key=lambda m: (-m.size_bytes, m.address))[:n]
 
 
-def find_mailboxes(root: Path, layout: str, domain: str = "") -> Iterator[tuple[str, str, Path]]:
-    """(user, domain, path) for every directory matching the layout under root."""
-    parts = layout.split("/")
+# -- finding mailboxes ----------------------------------------------------------------------
 
-    def walk(base: Path, i: int, found: dict[str, str]) -> Iterator[tuple[str, str, Path]]:
-        if i == len(parts):
-            yield found["user"], found.get("domain", domain), base
+
+def expand_pattern(pattern: str, default_domain: str) -> Iterator[tuple[str, str, str]]:
+    """(path, user, domain) for each match of a pattern like /var/mail/vhosts/{domain}/{user}.
+
+    Placeholders match one non-hidden directory entry; a missing fixed directory matches nothing.
+    """
+    parts = [p for p in pattern.split("/") if p]
+
+    def walk(base: str, index: int, bound: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+        if index == len(parts):
+            yield base, bound.get("user", ""), bound.get("domain", default_domain)
             return
-        part = parts[i]
-        if part in ("{user}", "{domain}"):
+        part = parts[index]
+        if part in ("{domain}", "{user}"):
             try:
-                entries = sorted(os.scandir(base), key=lambda e: e.name)
-            except OSError:
-                if i == 0:
-                    raise
+                with os.scandir(base) as it:
+                    entries = sorted(e.name for e in it if not e.name.startswith("."))
+            except (FileNotFoundError, NotADirectoryError):
                 return
-            for entry in entries:
-                if entry.name.startswith(".") or not entry.is_dir():
-                    continue
-                yield from walk(Path(entry.path), i + 1, {**found, part[1:-1]: entry.name})
+            except PermissionError:
+                log.warning("mailboxes: cannot list %s (permission denied); its mailboxes are "
+                            "not counted - run the agent as a user who can read the spool", base)
+                return
+            for name in entries:
+                yield from walk(os.path.join(base, name), index + 1, {**bound, part[1:-1]: name})
         else:
-            yield from walk(base / part, i + 1, found)
+            yield from walk(os.path.join(base, part), index + 1, bound)
 
-    yield from walk(root, 0, {})
+    yield from walk("/", 0, {})
 
 
-def read_maildirsize(path: Path, max_age: float, now: float) -> tuple[int, int] | None:
-    """(bytes, messages) from Dovecot/Courier's maildirsize, or None when absent or stale."""
+# -- measuring one mailbox ------------------------------------------------------------------
+
+
+def _folders(root: str) -> list[str]:
+    """The Maildir root and its Maildir++ subfolders (".Sent", ".INBOX.Archive", ...)."""
+    folders = [root]
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.name.startswith(".") and entry.name not in (".", "..") and entry.is_dir():
+                folders.append(entry.path)
+    return folders
+
+
+def _read_maildirsize(root: str, folders: list[str], max_age: float, now: float) -> tuple[int, int] | None:
+    """(bytes, messages) from a fresh maildirsize file, else None."""
+    path = os.path.join(root, "maildirsize")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if max_age and now - st.st_mtime > max_age:
+        return None
+    for folder in folders:
+        for sub in ("cur", "new"):
+            try:
+                if os.stat(os.path.join(folder, sub)).st_mtime > st.st_mtime:
+                    return None  # something changed after Dovecot last wrote it
+            except FileNotFoundError:
+                continue
     try:
         with open(path, "rb") as handle:
-            st = os.fstat(handle.fileno())
-            if st.st_size > MAILDIRSIZE_LIMIT or now - st.st_mtime > max_age:
-                return None
-            lines = handle.read().decode("ascii", "replace").splitlines()
+            lines = handle.read(1 << 20).split(b"\n")
     except OSError:
         return None
     size = count = 0
-    # Line 1 is the quota definition; every other line is a "bytes messages" delta.
     for line in lines[1:]:
-        fields = line.split()
-        if len(fields) < 2:
+        if not line.strip():
             continue
+        fields = line.split()
+        if len(fields) != 2:
+            return None
         try:
             size += int(fields[0])
             count += int(fields[1])
@@ -122,219 +167,317 @@ def read_maildirsize(path: Path, max_age: float, now: float) -> tuple[int, int] 
     return size, count
 
 
-def _size_from_name(name: str) -> int | None:
-    """The S=<bytes> field of a Maildir file name ("1700000000.M1P2.host,S=2345,W=2400:2,S")."""
-    base = name.split(":", 1)[0]
-    at = base.find(",S=")
-    if at < 0:
-        return None
-    digits = base[at + 3:].split(",", 1)[0]
-    return int(digits) if digits.isdigit() else None
-
-
-# The S= field (flags after ":2," are letters, so no "=" can match there).
-_S_FIELD = re.compile(r",S=(\d+)")
-
-
-def _folder_usage(directory: str) -> tuple[int, int]:
-    """(bytes, messages) of one cur/ or new/ directory.
-
-    The names are parsed all at once (one regex over the joined listing, in C) rather than one
-    by one: on a million-message spool the per-name Python work, not the disk, is the cost.
-    """
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return 0, 0
+def _count_listing(directory: str) -> tuple[int, int, bool]:
+    """(bytes, messages, stat_needed) for one cur/ or new/ directory."""
+    names = os.listdir(directory)
     if not names:
-        return 0, 0
-    joined = "\n".join(names)
-    if joined[0] == "." or "\n." in joined:  # rare: dot files are not messages
-        names = [n for n in names if n[0] != "."]
-        joined = "\n".join(names)
-    sizes = _S_FIELD.findall(joined)
-    size = sum(map(int, sizes))
-    if len(sizes) != len(names):
-        # Names without an S= field (delivered by another MDA): stat those.
-        size = 0 if len(sizes) > len(names) else size
-        for name in names if len(sizes) > len(names) else [n for n in names if ",S=" not in n]:
-            s = _size_from_name(name)
-            if s is None:
-                try:
-                    s = os.lstat(os.path.join(directory, name)).st_size
-                except FileNotFoundError:
-                    continue  # expunged between listing and stat
-            size += s
-    return size, len(names)
+        return 0, 0, False
+    # One regex pass over all names at once: the per-file cost stays in C.
+    sizes = _SIZE_IN_NAME.findall("\n".join(names))
+    if len(sizes) == len(names):
+        return sum(map(int, sizes)), len(names), False
+    total = count = 0
+    for name in names:
+        if name.startswith("."):
+            continue
+        match = _SIZE_IN_NAME.search(name)
+        if match:
+            total += int(match.group(1))
+        else:
+            try:
+                total += os.stat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:
+                continue  # moved (new -> cur) or expunged between listing and stat
+        count += 1
+    return total, count, True
 
 
-def scan_maildir(path: Path) -> tuple[int, int]:
-    """(bytes, messages) of a Maildir (INBOX cur/new plus Maildir++ ".Folder" subfolders).
-
-    Raises OSError when the mailbox itself cannot be read; a folder vanishing mid-scan (a user
-    deleting it) is skipped.
-    """
-    size = count = 0
-    base = str(path)
-    folders = [base]
-    for name in os.listdir(base):
-        if name[0] == "." and name not in (".", "..") and os.path.isdir(os.path.join(base, name)):
-            folders.append(os.path.join(base, name))
+def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float) -> None:
+    folders = _folders(box.path)
+    if use_maildirsize:
+        quick = _read_maildirsize(box.path, folders, max_age, now)
+        if quick is not None:
+            box.size_bytes, box.messages = quick
+            box.source = "maildirsize"
+            return
+    total = count = 0
+    stat_used = False
     for folder in folders:
         for sub in ("cur", "new"):
-            s, c = _folder_usage(os.path.join(folder, sub))
-            size += s
-            count += c
-    return size, count
+            try:
+                size, n, needed = _count_listing(os.path.join(folder, sub))
+            except FileNotFoundError:
+                if folder == box.path and not os.path.isdir(box.path):
+                    raise
+                continue  # a folder without new/, or a subfolder deleted meanwhile
+            total += size
+            count += n
+            stat_used |= needed
+    box.size_bytes, box.messages = total, count
+    box.source = "stat" if stat_used else "names"
 
 
-def scan_mbox(path: Path) -> tuple[int, int]:
-    """(bytes, messages) of an mbox file: messages start with a "From " line."""
+def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -> None:
+    st = os.stat(box.path)
+    box.size_bytes = st.st_size
+    box.source = "mbox"
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if cache is not None and box.path in cache and cache[box.path][0] == key:
+        box.messages = cache[box.path][1]
+        return
     count = 0
-    size = 0
-    tail = b"\n"
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            size += len(chunk)
+    tail = b"\n"  # the file's start counts as a line start
+    with open(box.path, "rb") as handle:
+        while chunk := handle.read(_MBOX_CHUNK):
             data = tail + chunk
             count += data.count(b"\nFrom ")
+            # 5 bytes of context: a separator split across two reads is counted exactly once.
             tail = data[-5:]
-    return size, count
+    box.messages = count
+    if cache is not None:
+        cache[box.path] = (key, count)
 
 
-def measure(mailbox: MailboxUsage, max_age: float, now: float) -> MailboxUsage:
+def measure(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float,
+            mbox_cache: dict | None = None) -> MailboxSize:
+    """Fill in one mailbox's size; any OS error becomes this mailbox's error, nothing raises."""
     try:
-        if mailbox.source == "mbox":
-            mailbox.size_bytes, mailbox.messages = scan_mbox(mailbox.path)
-            return mailbox
-        quick = read_maildirsize(mailbox.path / "maildirsize", max_age, now)
-        if quick is not None:
-            mailbox.size_bytes, mailbox.messages = quick
-            mailbox.source = "maildirsize"
+        st = os.stat(box.path)
+        if stat_mod.S_ISREG(st.st_mode):
+            box.kind = "mbox"
+            measure_mbox(box, mbox_cache)
+        elif stat_mod.S_ISDIR(st.st_mode):
+            measure_maildir(box, use_maildirsize=use_maildirsize, max_age=max_age, now=now)
         else:
-            mailbox.size_bytes, mailbox.messages = scan_maildir(mailbox.path)
+            box.error = "neither a Maildir directory nor an mbox file"
+    except FileNotFoundError:
+        box.error = "vanished during the scan (deleted or renamed)"
+    except PermissionError:
+        box.error = ("unreadable: permission denied (run the agent as a user who can read the "
+                     "mail spool, e.g. in the mail group)")
     except OSError as exc:
-        mailbox.error = exc.strerror or str(exc)
-    return mailbox
+        box.error = f"unreadable: {exc.strerror or exc}"
+    return box
 
 
-def scan(settings: MailboxesConfig, now: float | None = None) -> ScanResult:
-    """Every mailbox under the configured root (and mbox directory), measured by `workers`
-    threads (os.scandir releases the GIL, so listing directories runs in parallel)."""
-    now = time.time() if now is None else now
-    result = ScanResult()
-    todo: list[MailboxUsage] = []
+def _is_mailbox(path: str) -> bool:
     try:
-        for user, domain, path in find_mailboxes(settings.root, settings.layout, settings.domain):
-            todo.append(MailboxUsage(user, domain, path))
-    except OSError as exc:
-        result.root_error = f"cannot list {settings.root}: {exc.strerror or exc}"
-    if settings.mbox_dir is not None:
-        try:
-            for entry in sorted(os.scandir(settings.mbox_dir), key=lambda e: e.name):
-                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False):
-                    todo.append(MailboxUsage(entry.name, settings.domain or "localhost",
-                                             Path(entry.path), source="mbox"))
-        except OSError as exc:
-            result.root_error = f"cannot list {settings.mbox_dir}: {exc.strerror or exc}"
-    with ThreadPoolExecutor(max_workers=settings.workers) as pool:
-        result.mailboxes = list(pool.map(
-            lambda m: measure(m, settings.maildirsize_max_age, now), todo, chunksize=16))
+        st = os.stat(path)
+    except OSError:
+        return True  # let measure() report it
+    if stat_mod.S_ISREG(st.st_mode):
+        return True
+    return os.path.isdir(os.path.join(path, "cur")) or os.path.isdir(os.path.join(path, "new"))
+
+
+def scan_spools(
+    patterns: list[str],
+    *,
+    default_domain: str = "localhost",
+    use_maildirsize: bool = True,
+    maildirsize_max_age: float = 7 * 86400,
+    threads: int = 1,
+    clock: Callable[[], float] = time.time,
+    mbox_cache: dict | None = None,
+) -> ScanResult:
+    """Find and measure every mailbox of the patterns (blocking; run it in a thread)."""
+    started = time.perf_counter()
+    now = clock()
+    boxes: list[MailboxSize] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        for path, user, domain in expand_pattern(pattern, default_domain):
+            if path in seen:
+                continue
+            seen.add(path)
+            address = f"{user}@{domain}" if user else domain
+            boxes.append(MailboxSize(address, domain, path, "maildir"))
+    boxes = [b for b in boxes if _is_mailbox(b.path)]
+
+    def one(box: MailboxSize) -> MailboxSize:
+        return measure(box, use_maildirsize=use_maildirsize, max_age=maildirsize_max_age, now=now,
+                       mbox_cache=mbox_cache)
+
+    if threads > 1 and len(boxes) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbox-scan") as pool:
+            list(pool.map(one, boxes, chunksize=16))
+    else:
+        for box in boxes:
+            one(box)
+    result = ScanResult(seconds=time.perf_counter() - started)
+    for box in boxes:
+        (result.errors if box.error else result.mailboxes).append(box)
     return result
 
 
-def postqueue_size(argv: list[str], timeout: float = 30.0) -> tuple[int, int]:
-    """(messages, bytes) in the Postfix queue from `postqueue -j` (one JSON object a line)."""
-    out = subprocess.run(argv, capture_output=True, timeout=timeout, check=True).stdout
-    count = size = 0
-    for line in out.splitlines():
-        if line.strip():
+# -- Postfix queue --------------------------------------------------------------------------
+
+
+@dataclass
+class QueueSummary:
+    messages: int = 0
+    size_bytes: int = 0
+    by_queue: dict[str, int] = field(default_factory=dict)
+    oldest_seconds: float = 0.0
+
+
+def parse_postqueue_json(text: str, now: float) -> QueueSummary:
+    """`postqueue -j` prints one JSON object per queued message."""
+    summary = QueueSummary()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
             item = json.loads(line)
-            count += 1
-            size += int(item.get("message_size", 0))
-    return count, size
+        except ValueError:
+            continue
+        summary.messages += 1
+        summary.size_bytes += int(item.get("message_size", 0) or 0)
+        queue = str(item.get("queue_name", "unknown"))
+        summary.by_queue[queue] = summary.by_queue.get(queue, 0) + 1
+        arrival = item.get("arrival_time")
+        if isinstance(arrival, int | float):
+            summary.oldest_seconds = max(summary.oldest_seconds, now - arrival)
+    return summary
 
 
-def snapshot_path(state_dir: Path) -> Path:
-    return Path(state_dir) / "mailboxes.json"
-
-
-def save_snapshot(path: Path, result: ScanResult, now: float) -> None:
-    """Every mailbox of the last scan (the RRD files keep only the top N), for digests."""
-    from monitor.files import atomic_write
-
-    data = {"at": now,
-            "mailboxes": [[m.address, m.size_bytes, m.messages] for m in result.mailboxes
-                          if not m.error],
-            "domains": {d: list(v) for d, v in result.domains().items()},
-            "errors": {m.address: m.error for m in result.errors}}
-    atomic_write(path, json.dumps(data))
-
-
-def load_snapshot(state_dir: Path) -> dict | None:
+async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSummary:
+    proc = await asyncio.create_subprocess_exec(
+        postqueue, "-j", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
     try:
-        return json.loads(snapshot_path(state_dir).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"{postqueue} -j did not answer within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise RuntimeError(f"{postqueue} -j exited with status {proc.returncode}"
+                           + (f": {first[0]}" if first else ""))
+    return await asyncio.to_thread(parse_postqueue_json, out.decode("utf-8", "replace"), now)
 
 
+# -- the collector --------------------------------------------------------------------------
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@dataclass
 class MailboxesCollector:
-    def __init__(self, settings: MailboxesConfig, *, state_dir: Path | None = None,
-                 interval: float | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.name = "mailboxes"
-        self.settings = settings
-        self.state_dir = state_dir
-        self.interval = interval or settings.interval
-        self.clock = clock
+    config: MailboxesConfig
+    interval: float
+    hostname: str = "localhost"
+    clock: Callable[[], float] = time.time
+    name: str = "mailboxes"
+    _mbox_cache: dict = field(default_factory=dict)
 
     async def collect(self) -> Batch:
-        now = self.clock()
-        result = await asyncio.to_thread(scan, self.settings, now)
+        cfg = self.config
+        result = await asyncio.to_thread(
+            scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
+            use_maildirsize=cfg.maildirsize, maildirsize_max_age=cfg.maildirsize_max_age,
+            threads=cfg.scan_threads, clock=self.clock, mbox_cache=self._mbox_cache)
+        batch = self.to_batch(result, self.clock())
+        if cfg.postfix_queue:
+            batch.add(await self.queue_check())
+        return batch
+
+    def to_batch(self, result: ScanResult, now: float) -> Batch:
+        cfg = self.config
         batch = Batch()
 
         def gauge(instance: str, metric: str, value: float, unit: str) -> None:
-            batch.add(Measurement(TARGET, instance, metric, value, unit=unit, timestamp=now))
+            batch.add(Measurement(TARGET, instance, metric, value, unit=unit, timestamp=now,
+                                  minimum=0))
 
-        for m in result.top(self.settings.top):
-            gauge(m.address, "size_bytes", m.size_bytes, "B")
-            gauge(m.address, "messages", m.messages, "")
-        for domain, (size, count) in sorted(result.domains().items()):
-            gauge(f"domain:{domain}", "size_bytes", size, "B")
-            gauge(f"domain:{domain}", "messages", count, "")
-        if self.state_dir is not None and not result.root_error:
-            try:
-                await asyncio.to_thread(save_snapshot, snapshot_path(self.state_dir), result, now)
-            except OSError as exc:
-                batch.add(CheckResult(TARGET, "mailboxes snapshot", State.WARNING,
-                                      f"cannot save {snapshot_path(self.state_dir)}: {exc}",
-                                      timestamp=now))
-        errors = result.errors
-        total = len(result.mailboxes)
-        if result.root_error:
-            state, message = State.CRITICAL, (f"{result.root_error}; check [mailboxes] root "
-                                              "and the agent's read permission")
-        elif errors:
-            shown = "; ".join(f"{m.address}: {m.error}" for m in errors[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            state, message = State.WARNING, (f"{len(errors)} of {total} mailboxes could not be "
-                                             f"read: {shown}{more}")
-        else:
-            fast = sum(1 for m in result.mailboxes if m.source == "maildirsize")
-            state, message = State.OK, (f"{total} mailboxes in {len(result.domains())} domain(s) "
-                                        f"scanned ({fast} from maildirsize)")
-        if self.settings.postqueue:
-            try:
-                count, size = await asyncio.to_thread(postqueue_size, self.settings.postqueue)
-                gauge("queue", "messages", count, "")
-                gauge("queue", "size_bytes", size, "B")
-            except (OSError, subprocess.SubprocessError, ValueError) as exc:
-                message += f"; postqueue failed: {exc}"
-                state = State.worst([state, State.WARNING])
-        batch.add(CheckResult(TARGET, "mailboxes", state, message, timestamp=now))
+        for box in result.biggest(cfg.top):
+            gauge(box.address, "size_bytes", box.size_bytes, "B")
+            gauge(box.address, "messages", box.messages, "")
+        domains = result.domains()
+        for d in domains:
+            gauge(f"domain:{d.domain}", "size_bytes", d.size_bytes, "B")
+            gauge(f"domain:{d.domain}", "messages", d.messages, "")
+            gauge(f"domain:{d.domain}", "mailboxes", d.mailboxes, "")
+        total = sum(m.size_bytes for m in result.mailboxes)
+        messages = sum(m.messages for m in result.mailboxes)
+        gauge("", "size_bytes", total, "B")
+        gauge("", "messages", messages, "")
+        gauge("", "mailboxes", len(result.mailboxes), "")
+        gauge("", "errors", len(result.errors), "")
+        gauge("", "scan_seconds", result.seconds, "s")
+
+        for box in result.errors:
+            batch.add(CheckResult(TARGET, f"mailbox {box.address}", State.UNKNOWN,
+                                  f"mailbox {box.address} ({box.path}): {box.error}", timestamp=now))
+        over = 0
+        for box in result.mailboxes:
+            state = State.OK
+            if cfg.critical_size is not None and box.size_bytes >= cfg.critical_size:
+                state, limit = State.CRITICAL, cfg.critical_size
+            elif cfg.warn_size is not None and box.size_bytes >= cfg.warn_size:
+                state, limit = State.WARNING, cfg.warn_size
+            if state is not State.OK:
+                over += 1
+                batch.add(CheckResult(
+                    TARGET, f"mailbox {box.address}", state,
+                    f"mailbox {box.address} holds {_size_text(box.size_bytes)} in {box.messages} "
+                    f"messages (limit {_size_text(limit)})", timestamp=now))
+        summary = (f"{len(result.mailboxes)} mailboxes in {len(domains)} domains hold "
+                   f"{_size_text(total)} in {messages:,} messages (scan {result.seconds:.1f} s)")
+        if result.errors:
+            summary += f"; {len(result.errors)} could not be read (first: {result.errors[0].address}: " \
+                       f"{result.errors[0].error})"
+        if over:
+            summary += f"; {over} over their size limit"
+        if not result.mailboxes and not result.errors:
+            summary = (f"no mailboxes found under {', '.join(map(str, cfg.paths))}; check [mailboxes] paths")
+        state = State.WARNING if (result.errors or not result.mailboxes) else State.OK
+        batch.add(CheckResult(TARGET, "mailboxes", state, summary, timestamp=now))
         return batch
+
+    async def queue_check(self) -> CheckResult:
+        cfg = self.config
+        now = self.clock()
+        try:
+            q = await read_postqueue(cfg.postqueue, 60.0, now)
+        except (OSError, RuntimeError) as exc:
+            return CheckResult(TARGET, "postfix queue", State.UNKNOWN,
+                               f"cannot read the Postfix queue: {exc}", timestamp=now)
+        ms = [Measurement(TARGET, "queue:postfix", "messages", q.messages, timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "size_bytes", q.size_bytes, unit="B",
+                          timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "deferred_messages", q.by_queue.get("deferred", 0),
+                          timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "oldest_seconds", q.oldest_seconds, unit="s",
+                          timestamp=now, minimum=0)]
+        state = State.OK
+        if cfg.queue_critical is not None and q.messages >= cfg.queue_critical:
+            state = State.CRITICAL
+        elif cfg.queue_warning is not None and q.messages >= cfg.queue_warning:
+            state = State.WARNING
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(q.by_queue.items()))
+        return CheckResult(TARGET, "postfix queue", state,
+                           f"Postfix queue holds {q.messages} message(s), {_size_text(q.size_bytes)}"
+                           + (f" ({detail}; oldest {q.oldest_seconds / 3600:.1f} h)" if detail else ""),
+                           tuple(ms), timestamp=now)
 
 
 def build(config: Config) -> list[Collector]:
-    if not config.mailboxes.enabled:
+    cfg = config.mailboxes
+    if not cfg.enabled:
         return []
-    return [MailboxesCollector(config.mailboxes, state_dir=config.state_dir)]
+    # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
+    interval = cfg.interval or max(config.agent.interval, 900.0)
+    return [MailboxesCollector(cfg, interval, config.agent.hostname)]
+
+
+__all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",
+           "expand_pattern", "parse_postqueue_json", "scan_spools"]

@@ -60,17 +60,9 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
-        for digest in self.config.digests:
-            self.scheduler.add_cron(f"digest {digest.name}", digest.schedule,
-                                    self._digest_job(digest.name))
-
-    def _digest_job(self, name: str) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            from alerts.digest import send_digest
-
-            await send_digest(self.config, name, store=self.store, status=self.status,
-                              outbox=self.alerts.outbox)
-        return run
+        # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
+        from alerts.digest import schedule_digests
+        schedule_digests(self.config, self.scheduler, self.store, self.status)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:

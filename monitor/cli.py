@@ -51,22 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
     p.set_defaults(handler=cmd_check_config)
 
-    p = sub.add_parser("backup-run", help="run a backup command and record its result",
-                       description="Run CMD (for cron), record exit status, duration and the "
-                       "tail of its output for the [[backups]] job NAME (source = \"wrapper\"), "
-                       "and exit with CMD's exit status. Example: monitor backup-run nightly -- "
-                       "/usr/local/bin/backup.sh --full")
-    p.add_argument("name", metavar="NAME", help="the [[backups]] job name")
-    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
-    p.set_defaults(handler=cmd_backup_run)
-
-    p = sub.add_parser("digest", help="build a [[digests]] report now and mail it",
-                       description="Build the digest NAME now and send it through the outbox "
-                       "(or print the MIME message with --dry-run).")
-    p.add_argument("name", metavar="NAME", help="the [[digests]] name")
-    p.add_argument("--dry-run", action="store_true", help="print the message instead of sending")
-    p.set_defaults(handler=cmd_digest)
-
     p = sub.add_parser("discover", help="walk an SNMP device and print a [[snmp.devices]] stanza",
                        description="Walk the system group and IF-MIB of HOST and print a "
                        "ready-to-paste [[snmp.devices]] stanza for config.toml, with every "
@@ -92,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
+
+    # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
+    p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
+                       description="Build digest NAME from the current data and hand it to the "
+                       "outbox (sent at once when the relay answers, retried otherwise). "
+                       "--dry-run prints the MIME message instead of sending it.")
+    p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
+    p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
+    p.set_defaults(handler=cmd_digest)
+
+    p = sub.add_parser("backup-run", help="run a backup command and record its result (for cron)",
+                       description="Run CMD ARGS... (no shell), pass its output and exit status "
+                       "through, and record start, duration, exit status and the output's last "
+                       "lines for the [[backups]] job NAME (kind = \"wrapper\"). Example crontab "
+                       "line: 30 2 * * * monitor backup-run nightly -- /usr/local/bin/backup.sh",
+                       usage="monitor backup-run NAME -- CMD [ARGS...]")
+    p.add_argument("name", metavar="NAME", help="the name of a [[backups]] job")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    p.set_defaults(handler=cmd_backup_run)
     return parser
 
 
@@ -111,6 +114,33 @@ def read_config(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from alerts.digest import run_digest
+
+    config = read_config(args)
+    asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from collectors.backups import run_wrapped
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ValueError("backup-run needs the command after --, e.g. "
+                         "monitor backup-run nightly -- /usr/local/bin/backup.sh")
+    config = read_config(args)
+    jobs = {j.name: j for j in config.backups}
+    job = jobs.get(args.name)
+    if job is None:
+        raise ValueError(f"no [[backups]] job named {args.name!r} "
+                         f"(jobs: {', '.join(jobs) or 'none configured'})")
+    if job.kind != "wrapper":
+        log.warning("backup job %s has kind = %r; its check reads that source, not this run's "
+                    "record (set kind = \"wrapper\")", job.name, job.kind)
+    return run_wrapped(job.name, argv, config.state_dir)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -156,26 +186,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
     ok = asyncio.run(go())
     print(f"RRD files in {config.rrd_dir}")
     return 0 if ok else 1
-
-
-def cmd_backup_run(args: argparse.Namespace) -> int:
-    from collectors.backups import run_wrapped
-
-    config = read_config(args)
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
-    if not argv:
-        raise ValueError("backup-run needs a command: monitor backup-run NAME -- CMD ARGS...")
-    if args.name not in [job.name for job in config.backups]:
-        log.warning("backup-run: no [[backups]] job named %r in %s; recording anyway",
-                    args.name, config.source)
-    return run_wrapped(args.name, argv, config.state_dir)
-
-
-def cmd_digest(args: argparse.Namespace) -> int:
-    from alerts.digest import run_digest
-
-    config = read_config(args)
-    return asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
 
 
 def cmd_discover(args: argparse.Namespace) -> int:

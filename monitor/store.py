@@ -173,6 +173,16 @@ def _merge_seconds(rows: Rows) -> Rows:
     return merged
 
 
+def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
+    """metrics (metric -> DS name) in the DS order of the RRD file itself."""
+    try:
+        info = rrdtool.info(str(path))
+    except rrdtool.OperationalError:
+        return metrics
+    index = {k[3:-7]: v for k, v in info.items() if k.startswith("ds[") and k.endswith("].index")}
+    return dict(sorted(metrics.items(), key=lambda kv: index.get(kv[1], len(index))))
+
+
 class RrdStore:
     """Create, update and fetch RRD files under `root`.
 
@@ -219,12 +229,19 @@ class RrdStore:
             log.error("RRD index %s unreadable (%s); it is rebuilt as files are written",
                       self.index_path, exc)
             return
+        # Version 1 indexes were saved with sorted keys, which scrambled "metrics" (the DS
+        # order): take the order from the files themselves once, then save a version 2 index.
+        stale = raw.get("version", 1) < 2
         for rel, entry in raw.get("files", {}).items():
             key = (entry["target"], entry["instance"])
             path = self.root / rel
             if key not in self._files and path.exists():
+                metrics = dict(entry["metrics"])
+                if stale:
+                    metrics = _ds_order(path, metrics)
+                    self._index_dirty = True
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  dict(entry["metrics"]), dict(entry.get("units", {})))
+                                  metrics, dict(entry.get("units", {})))
                 self._files[key] = _FileState(info)
 
     def _save_index(self) -> None:
@@ -245,7 +262,7 @@ class RrdStore:
                 }
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
-            atomic_write(self.index_path, json.dumps({"version": 1, "files": existing},
+            atomic_write(self.index_path, json.dumps({"version": 2, "files": existing},
                                                      indent=1))
         self._index_dirty = False
 
