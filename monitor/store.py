@@ -559,6 +559,26 @@ class RrdStore:
         columns = {by_ds.get(n, n): [row[i] for row in rows] for i, n in enumerate(names)}
         return Series(first, last, step, columns)
 
+    def last_gauges(self, info: SeriesInfo) -> dict[str, float]:
+        """The last value written to each GAUGE of a file, even before rrdtool has
+        consolidated any (a file written once fetches as unknown until its next step)."""
+        if self.rrdcached:
+            with contextlib.suppress(rrdtool.OperationalError):
+                rrdtool.flushcached("--daemon", self.rrdcached, str(info.path))
+        raw = rrdtool.info(str(info.path))
+        by_ds = {ds: metric for metric, ds in info.metrics.items()}
+        out = {}
+        for ds, metric in by_ds.items():
+            if raw.get(f"ds[{ds}].type") != "GAUGE":
+                continue
+            try:
+                value = float(raw.get(f"ds[{ds}].last_ds", "U"))
+            except ValueError:
+                continue  # "U": unknown
+            if math.isfinite(value):
+                out[metric] = value
+        return out
+
 
 class _RrdcachedClient:
     """rrdcached's line protocol; BATCH sends thousands of updates in one round trip."""

@@ -58,3 +58,55 @@ def test_version_1_index_with_sorted_metrics_is_repaired(tmp_path: Path) -> None
     saved = json.loads((tmp_path / "index.json").read_text())
     assert saved["version"] == 2
     assert list(next(iter(saved["files"].values()))["metrics"]) == [m for m, _ in METRICS]
+
+
+def test_last_gauges_before_any_consolidated_value(tmp_path: Path) -> None:
+    now = int(time.time())
+    store = RrdStore(tmp_path)
+    store.write([Measurement("mailboxes", "a@example.net", "size_bytes", 1234.0, timestamp=now),
+                 Measurement("mailboxes", "a@example.net", "messages", 5.0, timestamp=now)], 3600)
+    [info] = store.series()
+    data = store.fetch("mailboxes", "a@example.net", now - 7200, now)
+    assert all(v is None for col in data.columns.values() for v in col)  # rrdtool: nothing yet
+    assert store.last_gauges(info) == {"size_bytes": 1234.0, "messages": 5.0}
+    store.close()
+
+
+def test_digest_right_after_the_first_scan_lists_mailboxes_and_disks(tmp_path: Path) -> None:
+    """A fresh install (and the demo): one collection, then a digest. Before, the sections said
+    "No mailbox sizes recorded" and "No disk usage data" until rrdtool had consolidated."""
+    import subprocess
+    import sys
+
+    box = tmp_path / "spool" / "example.net" / "alice"
+    for sub in ("cur", "new", "tmp"):
+        (box / sub).mkdir(parents=True)
+    (box / "cur" / "1.M1P1.host,S=5000,W=5100:2,S").touch()
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[agent]
+data_dir = "{tmp_path / 'data'}"
+hostname = "gw.example.net"
+[contacts]
+admins = ["root@example.net"]
+[mailboxes]
+enabled = true
+paths = ["{tmp_path / 'spool'}/{{domain}}/{{user}}"]
+[disks]
+enabled = true
+smart = "off"
+[[digests]]
+name = "now"
+recipients = ["admins"]
+sections = ["disks", "mailboxes"]
+graphs = false
+""")
+    monitor = [sys.executable, "-m", "monitor", "-q", "-c", str(config)]
+    for part in ("mailboxes", "disks"):
+        proc = subprocess.run([*monitor, "collect", "--only", part], capture_output=True,
+                              text=True)
+        assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*monitor, "digest", "now", "--dry-run"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "alice@example.net" in proc.stdout
+    assert "No disk usage data" not in proc.stdout and "No mailbox sizes" not in proc.stdout
