@@ -13,6 +13,7 @@ from pathlib import Path
 from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.model import State
 from monitor.registry import COLLECTORS
 from monitor.units import format_duration, parse_duration
 
@@ -98,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the name of a [[backups]] job")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     p.set_defaults(handler=cmd_backup_run)
+
+    p = sub.add_parser("services", help="run the service checks once and print their results",
+                       description="Run the [[services]] checks of the config (or the named ones) "
+                       "once and print the state and message of each; nothing is stored. The exit "
+                       "code is the worst state, as a Nagios plugin's: 0 OK, 1 WARNING, "
+                       "2 CRITICAL, 3 UNKNOWN.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: all)")
+    p.set_defaults(handler=cmd_services)
     return parser
 
 
@@ -209,6 +218,21 @@ def cmd_discover(args: argparse.Namespace) -> int:
         return 1
     sys.stdout.write(text)
     return 0
+
+
+def cmd_services(args: argparse.Namespace) -> int:
+    from collectors.services import run_once
+
+    config = read_config(args)
+    known = {s.name for s in config.services}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
+                         f"known: {', '.join(sorted(known)) or 'none'}")
+    results = asyncio.run(run_once(config, args.names or None))
+    for r in results:
+        print(f"{r.state.name:<8} {r.check}: {r.message}")
+    return max((r.state for r in results), key=lambda s: s.severity, default=State.OK).value
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -351,6 +351,10 @@ class ServiceCheck:
             self.query_type = self.query_type.upper()
         if not self.host:
             raise Invalid("host", f'a {kind} check needs host = "NAME OR ADDRESS"')
+        # The host reaches ping's argv and protocol lines: a name or an address, never "-f".
+        for key_name, value in [("host", self.host), *(("servers", v) for v in self.servers)]:
+            if not re.fullmatch(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*", value):
+                raise Invalid(key_name, f"expected a host name or IP address, got {value!r}")
         if kind == "ping":
             if self.loss_warning > self.loss_critical:
                 raise Invalid("loss_warning", "must not be above loss_critical")
