@@ -40,6 +40,7 @@ from pathlib import Path
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.process import run_command
 
 log = logging.getLogger(__name__)
 
@@ -293,19 +294,7 @@ async def count_members(list_members: str, name: str, timeout: float) -> int:
     """Subscribers of one Mailman 2 list: `list_members NAME`, one address a line."""
     if not LIST_NAME.match(name):
         raise ValueError(f"refusing list name {name!r} (not a plain list name)")
-    proc = await asyncio.create_subprocess_exec(
-        list_members, name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"{list_members} {name} did not finish within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
-        raise RuntimeError(f"{list_members} {name} exited with status {proc.returncode}"
-                           + (f": {first[0]}" if first else ""))
+    out = await run_command([list_members, name], timeout)
     return sum(1 for line in out.splitlines() if line.strip())
 
 

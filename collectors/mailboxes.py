@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from monitor.config import Config, MailboxesConfig
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.process import run_command
 
 log = logging.getLogger(__name__)
 
@@ -343,19 +344,7 @@ def parse_postqueue_json(text: str, now: float) -> QueueSummary:
 
 
 async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSummary:
-    proc = await asyncio.create_subprocess_exec(
-        postqueue, "-j", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        stdin=asyncio.subprocess.DEVNULL)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"{postqueue} -j did not answer within {timeout:.0f} s") from None
-    if proc.returncode != 0:
-        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
-        raise RuntimeError(f"{postqueue} -j exited with status {proc.returncode}"
-                           + (f": {first[0]}" if first else ""))
+    out = await run_command([postqueue, "-j"], timeout)
     return await asyncio.to_thread(parse_postqueue_json, out.decode("utf-8", "replace"), now)
 
 
