@@ -1,0 +1,631 @@
+"""Draw day/week/month/year graphs and sparklines from fetched series (matplotlib, Agg).
+
+Speed: a plain matplotlib figure costs ~100 ms, ten times `rrdtool graph`. Most of that is the
+frame, grid, tick labels and text layout, which are identical for every graph of one period in
+one site run (same time window, same number of y divisions). So each `Renderer` keeps one
+figure, draws the static part once per (period, window, divisions), saves it as a pixel
+background, and for each graph only restores that background and draws the data artists and
+a handful of texts (blitting). The y axis is normalised to 0..1 with "nice" round steps, which
+is what makes the grid part of the reusable background.
+
+Names in titles come from devices: they are drawn with `parse_math=False` (a "$" in an ifAlias
+is not TeX) and with undecodable bytes replaced.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
+
+from graphs import stats
+from monitor.files import atomic_write
+from monitor.store import Series, SeriesInfo
+
+# -- periods -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Period:
+    name: str
+    span: int  # seconds shown
+    resolution: int | None  # fetch resolution; None = the file's base step
+    redraw: int  # seconds between redraws (0: every site run)
+    label: str
+
+
+PERIODS: dict[str, Period] = {
+    "day": Period("day", 86400, None, 0, "last 24 hours"),
+    "week": Period("week", 7 * 86400, 1800, 1800, "last 7 days"),
+    "month": Period("month", 31 * 86400, 7200, 7200, "last 31 days"),
+    "year": Period("year", 365 * 86400, 86400, 86400, "last 365 days"),
+}
+
+# -- what kind of graph a series gets (the naming contract) -----------------------------------
+
+TRAFFIC, LATENCY, PERCENT, GENERIC = "traffic", "latency", "percent", "generic"
+
+_SUFFIX_UNITS = {"_octets": "B", "_bytes": "B", "_seconds": "s", "_percent": "%", "_bps": "b/s",
+                 "_days": "d", "_packets": "pkt/s", "_errors": "/s", "_discards": "/s"}
+
+
+def classify(metrics: Iterable[str]) -> str:
+    names = set(metrics)
+    if {"in_octets", "out_octets"} <= names:
+        return TRAFFIC
+    if "response_seconds" in names:
+        return LATENCY
+    if any(m.endswith("_percent") for m in names):
+        return PERCENT
+    return GENERIC
+
+
+def unit_of(metric: str, units: dict[str, str] | None = None) -> str:
+    if units and units.get(metric) and units[metric] not in ("", "%"):
+        return units[metric]
+    for suffix, unit in _SUFFIX_UNITS.items():
+        if metric.endswith(suffix):
+            return unit
+    return (units or {}).get(metric, "")
+
+
+def display(text: str, limit: int = 0) -> str:
+    """A device-supplied name made printable: undecodable bytes and control characters become
+    U+FFFD, optionally cut to `limit` characters."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = "".join("\ufffd" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0) else c for c in text)
+    if limit and len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def format_value(value: float | None, unit: str) -> str:
+    if unit == "%":
+        return stats.percent(value)
+    if unit in ("", "/s"):
+        return stats.si(value, unit)
+    return stats.si(value, unit)
+
+
+# -- graph content -------------------------------------------------------------------------------
+
+PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
+IN_FILL, IN_EDGE, OUT_LINE = "#57b85a", "#22722a", "#1c3fa8"
+LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
+
+
+@dataclass
+class Layer:
+    label: str
+    values: np.ndarray  # display units (bits/s, seconds, percent, ...)
+    style: str  # "area", "line", "bars"
+    color: str
+    right: bool = False  # on the secondary 0-100 % axis (packet loss)
+
+
+@dataclass
+class LegendRow:
+    label: str
+    color: str
+    text: str
+
+
+@dataclass
+class Graph:
+    kind: str
+    unit: str
+    layers: list[Layer]
+    legend: list[LegendRow]
+    summary: dict[str, dict[str, float | None]]  # label -> stats, for the HTML table
+    units: dict[str, str]  # label -> unit of its figures
+    floor: float | None = 0.0  # lowest value the axis shows (None: from the data)
+    ceiling: float | None = None  # minimum top of the axis (100 for percentages)
+
+
+def _column(series: Series, metric: str, scale: float = 1.0) -> np.ndarray:
+    raw = series.columns.get(metric, [])
+    return np.array([np.nan if v is None else v * scale for v in raw], dtype=float)
+
+
+def _summary(values: np.ndarray, step: float) -> dict[str, float | None]:
+    return stats.summarize([None if math.isnan(v) else float(v) for v in values], step).as_dict()
+
+
+def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "") -> str:
+    parts = [f"now {format_value(s['current'], unit):>10}", f"avg {format_value(s['average'], unit):>10}",
+             f"max {format_value(s['maximum'], unit):>10}"]
+    if with_p95:
+        parts.append(f"95% {format_value(s['p95'], unit):>10}")
+    if total_unit:
+        parts.append(f"total {format_value(s['total_display'], total_unit):>9}")
+    return "  ".join(parts)
+
+
+def build_graph(info: SeriesInfo, series: Series) -> Graph:
+    """Turn fetched columns into layers, legend rows and summary figures."""
+    kind = classify(info.metrics)
+    step = series.step
+    if kind == TRAFFIC:
+        layers, legend, summary, units = [], [], {}, {}
+        for label, metric, style, color in (("In", "in_octets", "area", IN_FILL),
+                                            ("Out", "out_octets", "line", OUT_LINE)):
+            bits = _column(series, metric, 8.0)
+            s = _summary(bits, step)
+            octets_total = s["total"] / 8.0 if s["total"] is not None else None
+            s["total"] = octets_total  # bytes transferred, not bits
+            layers.append(Layer(label, bits, style, color))
+            legend.append(LegendRow(label, IN_EDGE if style == "area" else color, _legend_text(
+                dict(s, total_display=octets_total), "b/s", True, "B")))
+            summary[label] = s
+            units[label] = "b/s"
+        return Graph(kind, "b/s", layers, legend, summary, units)
+    if kind == LATENCY:
+        rt = _column(series, "response_seconds")
+        s = _summary(rt, step)
+        s["total"] = None
+        layers = [Layer("Response", rt, "area", LATENCY_LINE)]
+        legend = [LegendRow("Response", LATENCY_LINE, _legend_text(dict(s, total_display=None), "s", True))]
+        summary, units = {"Response": s}, {"Response": "s"}
+        if "loss_percent" in info.metrics:
+            loss = _column(series, "loss_percent")
+            ls = _summary(loss, step)
+            ls["total"] = None
+            layers.append(Layer("Loss", loss, "bars", LOSS, right=True))
+            legend.append(LegendRow("Loss", LOSS, _legend_text(dict(ls, total_display=None), "%", False)))
+            summary["Loss"], units["Loss"] = ls, "%"
+        return Graph(kind, "s", layers, legend, summary, units)
+    if kind == PERCENT:
+        metrics = [m for m in info.metrics if m.endswith("_percent")]
+        unit, floor, ceiling = "%", 0.0, 100.0
+    else:
+        # Mixed units cannot share an axis: draw the largest group of one unit; the page's
+        # table still lists every metric.
+        groups: dict[str, list[str]] = {}
+        for m in info.metrics:
+            groups.setdefault(unit_of(m, info.units), []).append(m)
+        unit, metrics = max(groups.items(), key=lambda kv: len(kv[1])) if groups else ("", [])
+        floor, ceiling = 0.0, None
+    layers, legend, summary, units = [], [], {}, {}
+    for i, metric in enumerate(metrics[: len(PALETTE)]):
+        values = _column(series, metric)
+        s = _summary(values, step)
+        color = PALETTE[i]
+        style = "area" if i == 0 and kind == PERCENT else "line"
+        layers.append(Layer(metric, values, style, color))
+        legend.append(LegendRow(metric, color, _legend_text(dict(s, total_display=None), unit, False)))
+        summary[metric], units[metric] = s, unit
+    # Every metric of the file goes into the table, drawn or not.
+    for metric in info.metrics:
+        if metric not in summary:
+            values = _column(series, metric)
+            summary[metric], units[metric] = _summary(values, step), unit_of(metric, info.units)
+    return Graph(kind, unit, layers, legend, summary, units, floor, ceiling)
+
+
+# -- axis scaling --------------------------------------------------------------------------------
+
+_NICE = (1.0, 2.0, 2.5, 5.0)
+
+
+def nice_axis(
+    low: float, high: float, floor: float | None, ceiling: float | None
+) -> tuple[float, float, int]:
+    """(bottom, top, divisions) with 3..6 divisions of a round step (1, 2, 2.5, 5 x 10^k)."""
+    if floor is not None:
+        low = min(floor, low)
+    if ceiling is not None:
+        high = max(ceiling, high)
+    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
+        high = low + 1.0 if math.isfinite(low) else 1.0
+        low = 0.0 if not math.isfinite(low) else low
+    span = high - low
+    best: tuple[float, float, int] | None = None
+    exponent = math.floor(math.log10(span / 6.0))
+    for e in (exponent, exponent + 1):
+        for base in _NICE:
+            step = base * 10.0**e
+            bottom = math.floor(low / step + 1e-9) * step
+            top = math.ceil(high / step - 1e-9) * step
+            divisions = round((top - bottom) / step)
+            if 3 <= divisions <= 6 and (best is None or top - bottom < best[1] - best[0]):
+                best = (bottom, top, divisions)
+    if best is None:  # e.g. a span that is 2 steps of the next decade
+        step = 10.0 ** (exponent + 1)
+        bottom = math.floor(low / step) * step
+        divisions = max(3, math.ceil((high - bottom) / step))
+        best = (bottom, bottom + divisions * step, divisions)
+    return best
+
+
+def _tick_label(value: float, step: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value:g} %"
+    factor, prefix = stats.prefix_for(max(abs(value), abs(step)), unit)
+    scaled = value / factor
+    step_scaled = step / factor
+    decimals = 0 if float(step_scaled).is_integer() else (1 if round(step_scaled * 10, 6).is_integer() else 2)
+    return f"{scaled:.{decimals}f} {prefix}{unit}".rstrip()
+
+
+# -- time axis (local time) ----------------------------------------------------------------------
+
+
+def time_ticks(period: str, start: float, end: float) -> tuple[list[float], list[str], list[float]]:
+    """Major tick positions and labels, and minor positions, at local-time boundaries."""
+    local_start = datetime.fromtimestamp(start).astimezone()
+    majors: list[float] = []
+    labels: list[str] = []
+    minors: list[float] = []
+
+    def walk(first: datetime, advance, label, major) -> None:  # type: ignore[no-untyped-def]
+        t = first
+        while True:
+            ts = t.timestamp()
+            if ts > end:
+                break
+            if ts >= start:
+                if major(t):
+                    majors.append(ts)
+                    labels.append(label(t))
+                else:
+                    minors.append(ts)
+            t = advance(t)
+
+    def next_local(t: datetime, **delta: int) -> datetime:
+        # Step in wall-clock time and re-resolve the UTC offset (daylight saving changes).
+        naive = t.replace(tzinfo=None) + timedelta(**delta)
+        return naive.astimezone()
+
+    if period == "day":
+        first = local_start.replace(minute=0, second=0, microsecond=0)
+        walk(first, lambda t: next_local(t, hours=1), lambda t: t.strftime("%H:%M"),
+             lambda t: t.hour % 3 == 0)
+    elif period == "week":
+        first = local_start.replace(hour=0, minute=0, second=0, microsecond=0)
+        walk(first, lambda t: next_local(t, hours=6), lambda t: t.strftime("%a %d"),
+             lambda t: t.hour == 0)
+    elif period == "month":
+        first = local_start.replace(hour=0, minute=0, second=0, microsecond=0)
+        walk(first, lambda t: next_local(t, days=1), lambda t: t.strftime("%d %b"),
+             lambda t: t.weekday() == 0)
+    else:
+        first = local_start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+        def next_month(t: datetime) -> datetime:
+            y, m = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
+            return t.replace(tzinfo=None, year=y, month=m).astimezone()
+
+        walk(first, next_month, lambda t: t.strftime("%b"), lambda t: True)
+    return majors, labels, minors
+
+
+# -- drawing -------------------------------------------------------------------------------------
+
+WIDTH, HEIGHT, DPI = 720, 300, 100
+SPARK_WIDTH, SPARK_HEIGHT = 160, 34
+_AX_LEFT, _AX_RIGHT, _AX_TOP, _AX_BOTTOM = 78, 52, 30, 88  # pixels
+_LEGEND_ROWS = 4
+
+
+def _steps(start: float, step: float, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """rrdtool's look: each sample is a flat step over the interval it covers, so a lone
+    sample between gaps is still visible and a gap stays a gap."""
+    n = len(values)
+    ends = start + step * np.arange(1, n + 1, dtype=float)
+    x = np.empty(2 * n)
+    x[0::2] = ends - step
+    x[1::2] = ends
+    y = np.repeat(values, 2)
+    return x, y
+
+
+class Renderer:
+    """One reusable figure and its cached backgrounds; one per worker process."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(WIDTH / DPI, HEIGHT / DPI), dpi=DPI, facecolor="#ffffff")
+        self.canvas = FigureCanvasAgg(self.figure)
+        fig = self.figure
+        w, h = WIDTH, HEIGHT
+        self.ax = fig.add_axes((_AX_LEFT / w, _AX_BOTTOM / h, 1 - (_AX_LEFT + _AX_RIGHT) / w,
+                                1 - (_AX_TOP + _AX_BOTTOM) / h))
+        ax = self.ax
+        ax.set_facecolor("#fcfcfd")
+        ax.set_ylim(0, 1)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+        for side in ("left", "bottom"):
+            ax.spines[side].set_color("#555555")
+        ax.tick_params(axis="both", colors="#444444", labelsize=8, length=3)
+        ax.tick_params(axis="y", length=0)
+        ax.tick_params(axis="x", which="minor", length=2)
+        ax.grid(True, which="major", color="#d0d4da", linewidth=0.7, linestyle="-")
+        ax.grid(True, which="minor", axis="x", color="#eceef1", linewidth=0.6)
+        ax.set_yticklabels([])
+        self.right = ax.twinx()
+        self.right.set_ylim(0, 1)
+        self.right.tick_params(axis="y", colors=LOSS, labelsize=8, length=2)
+        for side in ("top", "left", "bottom"):
+            self.right.spines[side].set_visible(False)
+        self.right.spines["right"].set_color(LOSS)
+        self.right.patch.set_visible(False)
+
+        anim = {"animated": True}
+        self.area = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0, **anim)
+        self.area_edge, = ax.plot([], [], linewidth=1.0, **anim)
+        self.lines = [ax.plot([], [], linewidth=1.3, solid_joinstyle="miter", **anim)[0]
+                      for _ in PALETTE]
+        self.bars = self.right.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
+                                            color=LOSS, alpha=0.45, **anim)
+        self.fonts = _Fonts()
+        self._backgrounds: dict[tuple, object] = {}
+        self._window: tuple | None = None
+        self.spark = _Sparkline()
+
+    def _background(self, period: str, start: float, end: float, divisions: int, loss: bool) -> object:
+        window = (period, start, end)
+        if window != self._window:
+            self._backgrounds.clear()  # a new site run: new time window
+            self._window = window
+        key = (divisions, loss)
+        bg = self._backgrounds.get(key)
+        if bg is None:
+            ax = self.ax
+            ax.set_xlim(start, end)
+            self.right.set_xlim(start, end)
+            majors, labels, minors = time_ticks(period, start, end)
+            ax.set_xticks(majors, labels)
+            ax.set_xticks(minors, minor=True)
+            ax.set_yticks([i / divisions for i in range(divisions + 1)])
+            ax.set_yticklabels([])
+            self.right.set_visible(loss)
+            if loss:
+                self.right.set_yticks([0, 0.25, 0.5, 0.75, 1.0], ["0 %", "25 %", "50 %", "75 %", "100 %"])
+            self.canvas.draw()
+            bg = self.canvas.copy_from_bbox(self.figure.bbox)
+            self._backgrounds[key] = bg
+        return bg
+
+    def draw(self, graph: Graph, period: Period, start: float, end: float, series_start: float,
+             step: float, title: str, subtitle: str) -> bytes:
+        """The PNG of one graph."""
+        left = [layer for layer in graph.layers if not layer.right]
+        finite = [v for layer in left for v in (np.nanmin(layer.values), np.nanmax(layer.values))
+                  if layer.values.size and not np.all(np.isnan(layer.values))]
+        low = min(finite) if finite else 0.0
+        high = max(finite) if finite else 0.0
+        if graph.kind == TRAFFIC and high <= 0:
+            high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
+        bottom, top, divisions = nice_axis(low, high, graph.floor, graph.ceiling)
+        has_loss = any(layer.right for layer in graph.layers)
+        bg = self._background(period.name, start, end, divisions, has_loss)
+        self.canvas.restore_region(bg)
+        ax = self.ax
+        scale = 1.0 / (top - bottom)
+        base = min(max((0.0 - bottom) * scale, 0.0), 1.0)
+        line_index = 0
+        with np.errstate(invalid="ignore"):
+            for layer in graph.layers:
+                x, y = _steps(series_start, step, layer.values)
+                if layer.right:
+                    y = np.clip(y / 100.0, 0, 1)
+                    self.bars.set_data(x, 0.0, y, where=~np.isnan(y))
+                    self.right.draw_artist(self.bars)
+                    continue
+                y = (y - bottom) * scale
+                if layer.style == "area":
+                    self.area.set_data(x, base, y, where=~np.isnan(y))
+                    self.area.set_facecolor(layer.color)
+                    self.area.set_alpha(0.55 if graph.kind == TRAFFIC else 0.22)
+                    ax.draw_artist(self.area)
+                    self.area_edge.set_data(x, y)
+                    self.area_edge.set_color(IN_EDGE if graph.kind == TRAFFIC else layer.color)
+                    ax.draw_artist(self.area_edge)
+                else:
+                    line = self.lines[line_index % len(self.lines)]
+                    line_index += 1
+                    line.set_data(x, y)
+                    line.set_color(layer.color)
+                    ax.draw_artist(line)
+        # Text is drawn by Pillow onto the finished pixels: matplotlib lays out and rasterises
+        # every glyph on each draw (~8 ms per label), Pillow's FreeType path is ~10x cheaper.
+        image = _rgb(self.canvas)
+        pen = ImageDraw.Draw(image)
+        fonts = self.fonts
+        step_value = (top - bottom) / divisions
+        axis_bottom, axis_height = HEIGHT - _AX_BOTTOM, HEIGHT - _AX_TOP - _AX_BOTTOM
+        for i in range(divisions + 1):
+            y = axis_bottom - i / divisions * axis_height
+            pen.text((_AX_LEFT - 5, y), _tick_label(bottom + i * step_value, step_value, graph.unit),
+                     font=fonts.small, fill="#444444", anchor="rm")
+        pen.text((10, 8), display(title, 70), font=fonts.title, fill="#1d2733", anchor="la")
+        pen.text((WIDTH - 10, 10), subtitle, font=fonts.small, fill="#667085", anchor="ra")
+        label = _YLABELS.get(graph.kind, "") or graph.unit
+        if label:
+            rotated = fonts.vertical(label)
+            image.paste(rotated, (6, _AX_TOP + (axis_height - rotated.height) // 2))
+        legend_top = axis_bottom + 32
+        rows = graph.legend[:_LEGEND_ROWS]
+        width = min(20, max((len(row.label) for row in rows), default=0)) + 1
+        for i, row in enumerate(rows):
+            y = legend_top + i * 14
+            pen.rectangle((12, y - 5, 21, y + 4), fill=row.color)
+            pen.text((27, y), f"{display(row.label, width - 1):<{width}}{row.text}", font=fonts.mono,
+                     fill="#222222", anchor="lm")
+        return _encode(image)
+
+
+class _Fonts:
+    """The DejaVu fonts matplotlib ships (no system or web fonts needed), loaded for Pillow."""
+
+    def __init__(self) -> None:
+        def load(family: str, size: int, weight: str = "normal") -> ImageFont.FreeTypeFont:
+            path = font_manager.findfont(font_manager.FontProperties(family=family, weight=weight))
+            return ImageFont.truetype(path, size)
+
+        self.small = load("DejaVu Sans", 11)
+        self.title = load("DejaVu Sans", 14, "bold")
+        self.mono = load("DejaVu Sans Mono", 11)
+        self._vertical: dict[str, Image.Image] = {}
+
+    def vertical(self, text: str) -> Image.Image:
+        image = self._vertical.get(text)
+        if image is None:
+            width = int(self.small.getlength(text)) + 2
+            image = Image.new("RGB", (width, 14), "#ffffff")
+            ImageDraw.Draw(image).text((1, 7), text, font=self.small, fill="#444444", anchor="lm")
+            image = image.rotate(90, expand=True)
+            self._vertical[text] = image
+        return image
+
+
+_YLABELS = {TRAFFIC: "bits per second", LATENCY: "response time", PERCENT: "percent"}
+
+
+class _Sparkline:
+    """A 160x34 day overview without text, for the index pages."""
+
+    def __init__(self) -> None:
+        self.figure = Figure(figsize=(SPARK_WIDTH / DPI, SPARK_HEIGHT / DPI), dpi=DPI, facecolor="#ffffff")
+        self.canvas = FigureCanvasAgg(self.figure)
+        ax = self.ax = self.figure.add_axes((0, 0, 1, 1))
+        ax.set_axis_off()
+        ax.set_ylim(-0.04, 1.08)
+        ax.axhline(-0.02, color="#c8ccd2", linewidth=0.8)
+        self.area = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0, animated=True)
+        self.line, = ax.plot([], [], linewidth=1.0, animated=True)
+        self._bg: object | None = None
+        self._window: tuple[float, float] | None = None
+
+    def draw(self, graph: Graph, start: float, end: float, series_start: float, step: float) -> bytes:
+        if self._window != (start, end) or self._bg is None:
+            self.ax.set_xlim(start, end)
+            self.canvas.draw()
+            self._bg = self.canvas.copy_from_bbox(self.figure.bbox)
+            self._window = (start, end)
+        self.canvas.restore_region(self._bg)
+        left = [layer for layer in graph.layers if not layer.right]
+        top = max([float(np.nanmax(layer.values)) for layer in left
+                   if layer.values.size and not np.all(np.isnan(layer.values))] or [0.0])
+        if graph.kind == PERCENT:
+            top = max(top, 100.0)
+        top = top if top > 0 else 1.0
+        for i, layer in enumerate(left[:2]):
+            x, y = _steps(series_start, step, layer.values / top)
+            if i == 0:
+                self.area.set_data(x, 0.0, y, where=~np.isnan(y))
+                self.area.set_facecolor(layer.color)
+                self.area.set_alpha(0.6)
+                self.ax.draw_artist(self.area)
+            if i == 1 or len(left) == 1:
+                self.line.set_data(x, y)
+                self.line.set_color(IN_EDGE if (graph.kind == TRAFFIC and i == 0) else layer.color)
+                self.ax.draw_artist(self.line)
+        return _png(self.canvas)
+
+
+def _rgb(canvas: FigureCanvasAgg) -> Image.Image:
+    size = canvas.get_width_height()
+    return Image.frombuffer("RGBA", size, canvas.buffer_rgba(), "raw", "RGBA", 0, 1).convert("RGB")
+
+
+def _encode(image: Image.Image) -> bytes:
+    # RGB with fast zlib: a fraction of the encoding time of matplotlib's default, files ~15 %
+    # larger.
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=2)
+    return out.getvalue()
+
+
+def _png(canvas: FigureCanvasAgg) -> bytes:
+    return _encode(_rgb(canvas))
+
+
+# -- one instance: fetch, draw, write ------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What a worker needs for one (target, instance): only plain data crosses processes."""
+
+    info: SeriesInfo
+    periods: list[str]
+    out_dir: Path
+    now: float
+    spark: bool = True
+
+
+@dataclass
+class JobResult:
+    target: str
+    instance: str
+    kind: str
+    summaries: dict[str, dict] = field(default_factory=dict)  # period -> {label: stats}
+    units: dict[str, str] = field(default_factory=dict)
+    drawn: list[str] = field(default_factory=list)
+    error: str = ""
+    seconds: float = 0.0
+
+
+def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
+    """(start, end, resolution) aligned on the resolution, so all graphs of a run share axes."""
+    resolution = max(period.resolution or step, step)
+    end = int(now) // resolution * resolution
+    return end - period.span, end, resolution
+
+
+def render_job(store, renderer: Renderer, job: Job) -> JobResult:
+    """Fetch, draw and atomically write the PNGs of one instance."""
+    started = time.perf_counter()
+    info = job.info
+    result = JobResult(info.target, info.instance, classify(info.metrics))
+    title = f"{info.target} · {info.instance}" if info.instance else info.target
+    try:
+        for name in job.periods:
+            period = PERIODS[name]
+            start, end, resolution = window(period, job.now, info.step)
+            series = store.fetch_path(info, start, end, resolution if period.resolution else None)
+            graph = build_graph(info, series)
+            step_text = _step_text(series.step)
+            png = renderer.draw(graph, period, start, end, series.start, series.step, title,
+                                f"{period.label} · {step_text} averages")
+            atomic_write(job.out_dir / f"{name}.png", png)
+            if name == "day" and job.spark:
+                atomic_write(job.out_dir / "spark.png",
+                             renderer.spark.draw(graph, start, end, series.start, series.step))
+            result.summaries[name] = graph.summary
+            result.units = graph.units
+            result.drawn.append(name)
+    except Exception as exc:  # one bad file must not stop the site
+        result.error = f"{type(exc).__name__}: {exc}"
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _step_text(step: int) -> str:
+    if step % 86400 == 0:
+        return f"{step // 86400}-day" if step > 86400 else "daily"
+    if step % 3600 == 0:
+        return f"{step // 3600}-hour"
+    if step % 60 == 0:
+        return f"{step // 60}-min"
+    return f"{step}-s"
+
+
+def render_many(store, jobs: Sequence[Job], renderer: Renderer | None = None) -> list[JobResult]:
+    renderer = renderer or Renderer()
+    return [render_job(store, renderer, job) for job in jobs]

@@ -1,0 +1,107 @@
+"""Legend figures of one fetched column: pure functions over `list[float | None]`.
+
+None (and NaN) is "unknown" and is skipped, never counted as zero: an hour without data
+lowers neither the average nor the total.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+Values = Sequence[float | None]
+
+
+def known(values: Values) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+def current(values: Values) -> float | None:
+    """The last known value."""
+    for v in reversed(values):
+        if v is not None and not math.isnan(v):
+            return v
+    return None
+
+
+def average(values: Values) -> float | None:
+    k = known(values)
+    return math.fsum(k) / len(k) if k else None
+
+
+def maximum(values: Values) -> float | None:
+    k = known(values)
+    return max(k) if k else None
+
+
+def percentile(values: Values, pct: float = 95.0) -> float | None:
+    """Nearest-rank percentile, the way transit is billed: sort the samples, drop the top
+    (100 - pct) %, take the highest remaining one (always a measured value, never interpolated)."""
+    k = sorted(known(values))
+    if not k:
+        return None
+    rank = max(1, math.ceil(pct / 100.0 * len(k)))
+    return k[rank - 1]
+
+
+def total(values: Values, step: float) -> float | None:
+    """Rate x time summed over the known samples (octets/s -> octets transferred)."""
+    k = known(values)
+    return math.fsum(k) * step if k else None
+
+
+@dataclass(frozen=True)
+class Summary:
+    current: float | None
+    average: float | None
+    maximum: float | None
+    p95: float | None
+    total: float | None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def summarize(values: Values, step: float) -> Summary:
+    return Summary(current(values), average(values), maximum(values), percentile(values, 95.0),
+                   total(values, step))
+
+
+# -- human forms ---------------------------------------------------------------------------------
+
+_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")]
+
+
+def prefix_for(magnitude: float, unit: str) -> tuple[float, str]:
+    """The SI prefix for a magnitude; milli and micro only for seconds (0.75 load is not 750 m)."""
+    for factor, prefix in _PREFIXES:
+        if magnitude >= factor * 0.9995:
+            return factor, prefix
+        if factor == 1.0 and unit != "s":
+            return 1.0, ""
+    return _PREFIXES[-1]
+
+
+def si(value: float | None, unit: str = "", digits: int = 3) -> str:
+    """12_345_678, "b/s" -> "12.3 Mb/s"; 0.0042, "s" -> "4.20 ms"; None -> "-"."""
+    if value is None or math.isnan(value):
+        return "-"
+    if value == 0:
+        return f"0 {unit}".strip()
+    factor, prefix = prefix_for(abs(value), unit)
+    scaled = value / factor
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(scaled))))
+    text = f"{scaled:.{decimals}f}"
+    return f"{text} {prefix}{unit}".strip()
+
+
+def seconds(value: float | None) -> str:
+    """Response times: "850 µs", "4.20 ms", "1.50 s"; None -> "-"."""
+    return si(value, "s")
+
+
+def percent(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.1f} %"
