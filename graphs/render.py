@@ -404,10 +404,9 @@ class Renderer:
              step: float, title: str, subtitle: str) -> bytes:
         """The PNG of one graph."""
         left = [layer for layer in graph.layers if not layer.right]
-        finite = [v for layer in left for v in (np.nanmin(layer.values), np.nanmax(layer.values))
-                  if layer.values.size and not np.all(np.isnan(layer.values))]
-        low = min(finite) if finite else 0.0
-        high = max(finite) if finite else 0.0
+        known = [v for v in (layer.values[~np.isnan(layer.values)] for layer in left) if v.size]
+        low = float(min(v.min() for v in known)) if known else 0.0
+        high = float(max(v.max() for v in known)) if known else 0.0
         if graph.kind == TRAFFIC and high <= 0:
             high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
         bottom, top, divisions = nice_axis(low, high, graph.floor, graph.ceiling)
@@ -519,8 +518,8 @@ class _Sparkline:
             self._window = (start, end)
         self.canvas.restore_region(self._bg)
         left = [layer for layer in graph.layers if not layer.right]
-        top = max([float(np.nanmax(layer.values)) for layer in left
-                   if layer.values.size and not np.all(np.isnan(layer.values))] or [0.0])
+        known = [v for v in (layer.values[~np.isnan(layer.values)] for layer in left) if v.size]
+        top = float(max(v.max() for v in known)) if known else 0.0
         if graph.kind == PERCENT:
             top = max(top, 100.0)
         top = top if top > 0 else 1.0

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
@@ -20,6 +21,9 @@ from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
 from monitor.store import RrdStore
 from monitor.units import format_duration
+
+if TYPE_CHECKING:
+    from graphs.site import SiteBuilder
 
 log = logging.getLogger("monitor")
 
@@ -48,6 +52,7 @@ class Agent:
         self.alerts = AlertService(config)
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
+        self.site: SiteBuilder | None = None  # set by schedule()
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
 
     def schedule(self) -> None:
@@ -60,6 +65,22 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        self._schedule_site()
+
+    def _schedule_site(self) -> None:
+        """The static site as its own job: graphs are drawn in worker processes, never here."""
+        from graphs.site import builder_for
+
+        self.site = builder_for(self.config, self.store, self.status)
+        self.scheduler.add_interval("site", self.config.agent.interval, self._build_site,
+                                    run_now=False)
+
+    async def _build_site(self) -> None:
+        assert self.site is not None
+        report = await asyncio.to_thread(self.site.build)
+        log.info("site: %d graph(s) of %d instance(s) drawn, %d page(s) in %.1f s%s",
+                 report.graphs, report.instances, report.pages, report.seconds,
+                 f"; {len(report.errors)} error(s)" if report.errors else "")
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -136,4 +157,6 @@ class Agent:
 
     async def close(self) -> None:
         await self.scheduler.stop()
+        if self.site is not None:
+            await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)

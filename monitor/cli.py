@@ -11,9 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__
-from monitor.agent import Agent
+from monitor.agent import Agent, open_store
 from monitor.config import Config, ConfigError, default_config_path, load_config
 from monitor.registry import COLLECTORS
+from monitor.status import StatusBook
 from monitor.units import format_duration, parse_duration
 
 log = logging.getLogger("monitor")
@@ -76,6 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
+    p = sub.add_parser("graph", help="draw the graphs and write the static HTML site now",
+                       description="Draw what is due (or everything with --full) from the RRD "
+                       "files and write the pages into html_dir. `run` does this on its own "
+                       "every [agent] interval.")
+    p.add_argument("--full", action="store_true", help="redraw every graph, due or not")
+    p.set_defaults(handler=cmd_graph)
+
+    p = sub.add_parser("serve", help="serve the HTML site read-only over HTTP for a quick look",
+                       description="Serve html_dir (GET/HEAD only, nothing outside it). For "
+                       "production, let nginx or Apache serve the directory (see README).")
+    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 
@@ -159,6 +173,47 @@ def cmd_discover(args: argparse.Namespace) -> int:
         print(f"monitor discover: {exc}", file=sys.stderr)
         return 1
     sys.stdout.write(text)
+    return 0
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    from graphs.site import builder_for, progress_reporter
+
+    config = read_config(args)
+    agent_store = open_store(config)
+    builder = builder_for(config, agent_store, StatusBook(config.state_dir / "status.json"))
+    try:
+        report = builder.build(full=args.full, progress=progress_reporter(sys.stderr))
+    finally:
+        builder.close()
+    print(f"{report.graphs} graph(s) of {report.instances} instance(s) drawn and {report.pages} "
+          f"page(s) written in {report.seconds:.1f} s"
+          + (f"; {len(report.errors)} error(s), first: {report.errors[0]}" if report.errors else ""))
+    index = config.html_dir.resolve() / "index.html"
+    print(f"site: {index.as_uri()}")
+    return 1 if report.errors and not report.graphs else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from graphs.serve import make_server, url_of
+
+    config = read_config(args)
+    if not (config.html_dir / "index.html").exists():
+        log.warning("%s has no index.html yet: run `monitor graph` (or `monitor run`) first",
+                    config.html_dir)
+    try:
+        server = make_server(config.html_dir, args.bind, args.port)
+    except OSError as exc:
+        print(f"monitor: cannot listen on {args.bind}:{args.port}: {exc}; choose another --port "
+              "or --bind", file=sys.stderr)
+        return 1
+    print(f"serving {config.html_dir} at {url_of(server)} (read-only; Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 

@@ -142,7 +142,9 @@ class WebConfig:
     html_dir: ConfigPath | None = None
     title: str = "Network monitor"
     base_url: str = ""
-    refresh: Duration = 300.0
+    refresh: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
+    # Processes drawing graphs; 0 = one per CPU core.
+    workers: Annotated[int, Range(0, 256)] = 0
 
 
 @dataclass

@@ -1,0 +1,471 @@
+"""The static HTML site: which graphs are due, drawing them in worker processes, the pages.
+
+Layout under html_dir (every directory name is `monitor.store.safe_name` of a device-supplied
+name, so nothing escapes html_dir; fixed file names inside cannot collide with them because
+safe names never contain a dot):
+
+    index.html  problems.html
+    <target>/index.html
+    <target>/<instance>/index.html  day.png week.png month.png year.png spark.png
+
+Incremental: a period is redrawn when it is due (day every run, week every 30 min, month every
+2 h, year daily) and its RRD file changed since that period was last drawn; a graph whose data
+stopped changing is still redrawn hourly so a dead device's gap shows. What was drawn when, and
+the legend figures of each drawing (for the pages' tables), live in data_dir/state/graphs.json.
+
+Drawing runs in a process pool on all cores; workers fetch, draw and write the PNGs themselves,
+so only small job descriptions and legend figures cross process boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import jinja2
+
+from graphs import render
+from graphs.render import PERIODS, Job, JobResult
+from graphs.stats import percent, si
+from monitor import __version__
+from monitor.config import Config
+from monitor.files import atomic_write
+from monitor.model import State
+from monitor.status import CheckStatus, StatusBook
+from monitor.store import RrdStore, SeriesInfo, safe_name
+from monitor.units import format_duration
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+STALE_REDRAW = 3600  # unchanged data is still redrawn this often, so a growing gap shows
+
+Progress = Callable[[int, int], None]
+
+
+# -- worker side ---------------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}  # per worker process: its store handle and renderer (never shared)
+
+
+def _worker_init(rrd_root: str, rrdcached: str | None) -> None:
+    _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached)
+    _worker["renderer"] = render.Renderer()
+
+
+def _work(jobs: list[Job]) -> list[JobResult]:
+    return [render.render_job(_worker["store"], _worker["renderer"], job) for job in jobs]
+
+
+# -- what is due ---------------------------------------------------------------------------------
+
+
+def data_stamp(info: SeriesInfo) -> list[int]:
+    """Changes whenever the RRD file is updated (rrdtool rewrites it in place)."""
+    try:
+        st = info.path.stat()
+    except OSError:
+        return [0, 0]
+    return [st.st_mtime_ns, st.st_size]
+
+
+def due_periods(entry: dict, stamp: list[int], now: float, out_dir: Path, slack: float,
+                always: bool = False) -> list[str]:
+    """The periods of one instance that need drawing now."""
+    due = []
+    drawn = entry.get("drawn", {})
+    stamps = entry.get("stamps", {})
+    for name, period in PERIODS.items():
+        last = drawn.get(name)
+        if always or last is None or not (out_dir / f"{name}.png").exists():
+            due.append(name)
+            continue
+        age = now - last
+        if age + slack < period.redraw:
+            continue
+        if stamps.get(name) != stamp or age + slack >= max(period.redraw, STALE_REDRAW):
+            due.append(name)
+    return due
+
+
+# -- the builder ---------------------------------------------------------------------------------
+
+
+@dataclass
+class BuildReport:
+    instances: int = 0
+    graphs: int = 0
+    errors: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    pages: int = 0
+
+
+class SiteBuilder:
+    """Builds html_dir from the store and the status book; keeps its worker pool between runs."""
+
+    def __init__(
+        self,
+        store: RrdStore,
+        status: StatusBook,
+        html_dir: Path,
+        state_path: Path,
+        *,
+        title: str = "Network monitor",
+        refresh: float = 300.0,
+        workers: int | None = None,
+        slack: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.status = status
+        self.html_dir = Path(html_dir)
+        self.state_path = Path(state_path)
+        self.title = title
+        self.refresh = max(10, int(refresh))
+        self.workers = workers or os.cpu_count() or 1
+        self.slack = slack
+        self.clock = clock
+        self._pool: ProcessPoolExecutor | None = None
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("graphs", "templates"),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True,
+                                                default_for_string=True),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+
+    # -- pool ----------------------------------------------------------------------------------
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver: workers never inherit the agent's threads (scheduler, asyncio).
+            context = multiprocessing.get_context("forkserver")
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=context, initializer=_worker_init,
+                initargs=(str(self.store.root), self.store.rrdcached))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("graph state %s unreadable (%s); every graph is redrawn", self.state_path, exc)
+            return {}
+        if raw.get("version") != STATE_VERSION:
+            return {}
+        return raw.get("entries", {})
+
+    def _save_state(self, entries: dict[str, dict]) -> None:
+        atomic_write(self.state_path, json.dumps({"version": STATE_VERSION, "entries": entries}))
+
+    # -- building ------------------------------------------------------------------------------
+
+    def build(self, *, full: bool = False, progress: Progress | None = None) -> BuildReport:
+        """Draw what is due, write every page. `full` redraws every graph."""
+        started = time.perf_counter()
+        now = self.clock()
+        report = BuildReport()
+        series = self.store.series()
+        entries = self._load_state()
+        jobs: list[Job] = []
+        stamps: dict[str, list[int]] = {}
+        for info in series:
+            rel = _rel(info)
+            stamp = data_stamp(info)
+            stamps[rel] = stamp
+            out_dir = self.html_dir / rel
+            periods = due_periods(entries.get(rel, {}), stamp, now, out_dir, self.slack, full)
+            if periods:
+                jobs.append(Job(info, periods, out_dir, now))
+        report.instances = len(series)
+        results = self._render(jobs, progress)
+        for job, result in zip(jobs, results, strict=True):
+            rel = _rel(job.info)
+            entry = entries.setdefault(rel, {})
+            entry["kind"] = result.kind
+            if result.error:
+                report.errors.append(f"{job.info.target} {job.info.instance}: {result.error}")
+            for name in result.drawn:
+                entry.setdefault("drawn", {})[name] = now
+                entry.setdefault("stamps", {})[name] = stamps[rel]
+                entry.setdefault("summaries", {})[name] = result.summaries[name]
+                report.graphs += 1
+            if result.units:
+                entry["units"] = result.units
+        known = {_rel(info) for info in series}
+        entries = {rel: e for rel, e in entries.items() if rel in known}
+        report.pages = self._write_pages(series, entries, now)
+        self._save_state(entries)
+        report.seconds = time.perf_counter() - started
+        for error in report.errors[:5]:
+            log.error("graph: %s", error)
+        return report
+
+    def _render(self, jobs: list[Job], progress: Progress | None) -> list[JobResult]:
+        total = sum(len(job.periods) for job in jobs)
+        if progress:
+            progress(0, total)
+        if not jobs:
+            return []
+        if self.workers <= 1:
+            renderer = render.Renderer()
+            results = []
+            done = 0
+            for job in jobs:
+                results.append(render.render_job(self.store, renderer, job))
+                done += len(job.periods)
+                if progress:
+                    progress(done, total)
+            return results
+        # Chunks amortise the inter-process round trip; small enough to spread over all cores.
+        size = max(1, min(16, len(jobs) // (self.workers * 4)))
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        pool = self._executor()
+        futures: list[Future] = [pool.submit(_work, chunk) for chunk in chunks]
+        done = 0
+        results = []
+        for chunk, future in zip(chunks, futures, strict=True):
+            try:
+                results.extend(future.result())
+            except Exception as exc:  # a worker died (out of memory, killed): report, go on
+                log.error("graph worker failed: %s", exc)
+                self.close()
+                results.extend(JobResult(j.info.target, j.info.instance, render.classify(j.info.metrics),
+                                         error=f"worker failed: {exc}") for j in chunk)
+            done += sum(len(job.periods) for job in chunk)
+            if progress:
+                progress(done, total)
+        return results
+
+    # -- pages ---------------------------------------------------------------------------------
+
+    def _write_pages(self, series: Sequence[SeriesInfo], entries: dict[str, dict], now: float) -> int:
+        checks = self.status.all()
+        model = _SiteModel(series, checks, entries, now)
+        common = {
+            "site_title": render.display(self.title), "refresh": self.refresh,
+            "refresh_text": format_duration(self.refresh), "generated": _local(now),
+            "version": __version__, "problem_count": len(model.problems),
+            "tz": datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
+        }
+        pages = 0
+
+        def write(path: Path, template: str, root: str, **context: Any) -> None:
+            nonlocal pages
+            html = self._env.get_template(template).render(**common, root=root, **context)
+            atomic_write(path, html)
+            pages += 1
+
+        write(self.html_dir / "index.html", "index.html.j2", "", targets=model.targets,
+              counts=model.counts, series_count=len(series))
+        write(self.html_dir / "problems.html", "problems.html.j2", "", problems=model.problems)
+        for target in model.targets:
+            write(self.html_dir / target.fsdir / "index.html", "target.html.j2", "../", target=target)
+            for item in target.graphed:
+                write(self.html_dir / target.fsdir / item.fsdir / "index.html", "instance.html.j2",
+                      "../../", item=item, periods=model.periods(item))
+        return pages
+
+
+def progress_reporter(stream: TextIO) -> Progress:
+    """A progress line on a terminal; a log line every 10 s (and at the end) otherwise."""
+    started = time.monotonic()
+    last = [0.0]
+    tty = stream.isatty()
+
+    def report(done: int, total: int) -> None:
+        elapsed = time.monotonic() - started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        text = f"graphs: {done}/{total} drawn ({rate:.0f}/s)"
+        if tty:
+            stream.write(f"\r{text}" + ("\n" if done >= total else ""))
+            stream.flush()
+        elif done >= total or elapsed - last[0] >= 10:
+            last[0] = elapsed
+            log.info("%s", text)
+
+    return report
+
+
+def builder_for(config: Config, store: RrdStore, status: StatusBook) -> SiteBuilder:
+    """The site of a config, drawing from the agent's store and status book."""
+    return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
+                       title=config.web.title, refresh=config.web.refresh,
+                       workers=config.web.workers or None, slack=config.agent.interval / 2)
+
+
+# -- page model ----------------------------------------------------------------------------------
+
+
+def _rel(info: SeriesInfo) -> str:
+    return f"{safe_name(info.target)}/{safe_name(info.instance)}"
+
+
+def _local(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _severity(state: str) -> int:
+    return State[state].severity if state else -1
+
+
+@dataclass
+class Item:
+    label: str
+    title: str
+    target_label: str
+    dir: str = ""  # safe_name(instance), URL-quoted for links
+    fsdir: str = ""  # safe_name(instance), the directory
+    url: str = ""  # from the index
+    spark: str = ""
+    has_graph: bool = False
+    rel: str = ""
+    state: str = ""
+    message: str = ""
+    since_text: str = ""
+    since_full: str = ""
+    age: str = ""
+    target_url: str = ""
+
+
+@dataclass
+class Target:
+    label: str
+    dir: str  # URL-quoted for links
+    fsdir: str  # safe_name(target), the directory
+    url: str
+    state: str = ""
+    message: str = ""
+    since_text: str = ""
+    since_full: str = ""
+    age: str = ""
+    items: list[Item] = field(default_factory=list)
+    graphed: list[Item] = field(default_factory=list)
+    checks: list[Item] = field(default_factory=list)
+
+
+def _apply_check(obj: Item | Target, check: CheckStatus, now: float) -> None:
+    obj.state = check.state.name
+    obj.message = render.display(check.message)
+    obj.since_text = _local(check.since)
+    obj.since_full = datetime.fromtimestamp(check.since).astimezone().isoformat(timespec="seconds")
+    obj.age = _age(now - check.since)
+
+
+class _SiteModel:
+    """Everything the templates show, as display-safe strings and URL-quoted relative links."""
+
+    def __init__(self, series: Sequence[SeriesInfo], checks: Sequence[CheckStatus],
+                 entries: dict[str, dict], now: float) -> None:
+        self.entries = entries
+        targets: dict[str, Target] = {}
+
+        def target_for(name: str) -> Target:
+            if name not in targets:
+                d = quote(safe_name(name))
+                targets[name] = Target(render.display(name), d, safe_name(name), f"{d}/index.html")
+            return targets[name]
+
+        by_instance: dict[tuple[str, str], Item] = {}
+        for info in series:
+            target = target_for(info.target)
+            label = render.display(info.instance) if info.instance else "(device)"
+            d = quote(safe_name(info.instance))
+            item = Item(label, f"{target.label} · {label}", target.label, d, safe_name(info.instance),
+                        f"{target.dir}/{d}/index.html", f"{target.dir}/{d}/spark.png",
+                        "day" in entries.get(_rel(info), {}).get("drawn", {}), _rel(info))
+            target.items.append(item)
+            target.graphed.append(item)
+            by_instance[(info.target, info.instance)] = item
+
+        self.problems: list[Item] = []
+        for check in checks:
+            target = target_for(check.target)
+            instance = check.check[3:] if check.check.startswith("if ") else check.check
+            graphed = by_instance.get((check.target, instance))
+            row = Item(render.display(check.check), f"{target.label} · {render.display(check.check)}",
+                       target.label)
+            _apply_check(row, check, now)
+            if graphed is not None:
+                row.url = graphed.dir + "/index.html"
+                if _severity(row.state) > _severity(graphed.state):
+                    _apply_check(graphed, check, now)
+            else:
+                target.items.append(row)
+            target.checks.append(row)
+            if _severity(row.state) > _severity(target.state):
+                _apply_check(target, check, now)
+            if check.state is not State.OK:
+                problem = Item(row.label, row.title, target.label, url=f"{target.dir}/{row.url}"
+                               if row.url else "")
+                _apply_check(problem, check, now)
+                problem.target_url = target.url
+                self.problems.append(problem)
+
+        def order(obj: Item | Target) -> tuple:
+            return (-_severity(obj.state), obj.label)
+
+        for target in targets.values():
+            target.items.sort(key=order)
+            target.graphed.sort(key=order)
+            target.checks.sort(key=order)
+        self.targets = sorted(targets.values(), key=order)
+        self.problems.sort(key=lambda p: (-_severity(p.state), p.target_label, p.label))
+        counts: dict[str, int] = {}
+        for check in checks:
+            counts[check.state.name] = counts.get(check.state.name, 0) + 1
+        self.counts = [(s.name, counts[s.name]) for s in sorted(State, key=lambda s: -s.severity)
+                       if counts.get(s.name)]
+
+    def periods(self, item: Item) -> list[dict]:
+        entry = self.entries.get(item.rel, {})
+        units = entry.get("units", {})
+        out = []
+        for name, period in PERIODS.items():
+            summary = entry.get("summaries", {}).get(name)
+            table = []
+            for label, s in (summary or {}).items():
+                unit = units.get(label, "")
+                total_unit = "B" if unit == "b/s" else ""
+                table.append({
+                    "label": render.display(label),
+                    "current": _fmt(s.get("current"), unit), "average": _fmt(s.get("average"), unit),
+                    "maximum": _fmt(s.get("maximum"), unit), "p95": _fmt(s.get("p95"), unit),
+                    "total": _fmt(s.get("total"), total_unit) if total_unit else "",
+                })
+            out.append({"name": name, "heading": period.label.capitalize(), "png": f"{name}.png",
+                        "drawn": summary is not None, "table": table})
+        return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return percent(value) if unit == "%" else si(value, unit)
