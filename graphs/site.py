@@ -321,6 +321,20 @@ def _rel(info: SeriesInfo) -> str:
     return f"{safe_name(info.target)}/{safe_name(info.instance)}"
 
 
+def _instances_of(check: str) -> list[str]:
+    """The graphed instance a check is about, by the naming contract: "if Gi0/1" -> "Gi0/1",
+    "disk /var" -> "fs:/var", a service's check is named like its instance, and a device-wide
+    check ("snmp", "host") belongs to the device's "" instance."""
+    out = [check]
+    if check.startswith("if "):
+        out.insert(0, check[3:])
+    if check.startswith("disk "):
+        out.insert(0, "fs:" + check[5:])
+    if check in ("snmp", "host"):
+        out.append("")
+    return out
+
+
 def _local(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
 
@@ -410,8 +424,8 @@ class _SiteModel:
         self.problems: list[Item] = []
         for check in checks:
             target = target_for(check.target)
-            instance = check.check[3:] if check.check.startswith("if ") else check.check
-            graphed = by_instance.get((check.target, instance))
+            graphed = next((by_instance[(check.target, i)] for i in _instances_of(check.check)
+                            if (check.target, i) in by_instance), None)
             row = Item(render.display(check.check), f"{target.label} · {render.display(check.check)}",
                        target.label)
             _apply_check(row, check, now)
