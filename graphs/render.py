@@ -14,9 +14,10 @@ is not TeX) and with undecodable bytes replaced.
 
 from __future__ import annotations
 
-import io
 import math
+import struct
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -373,15 +374,16 @@ class Renderer:
                                             color=LOSS, alpha=0.45, **anim)
         self.fonts = _Fonts()
         self._backgrounds: dict[tuple, object] = {}
-        self._window: tuple | None = None
+        self._windows: dict[str, tuple[float, float]] = {}
         self.spark = _Sparkline()
 
     def _background(self, period: str, start: float, end: float, divisions: int, loss: bool) -> object:
-        window = (period, start, end)
-        if window != self._window:
-            self._backgrounds.clear()  # a new site run: new time window
-            self._window = window
-        key = (divisions, loss)
+        if self._windows.get(period) != (start, end):
+            # A new site run moved this period's window: its backgrounds are stale.
+            self._windows[period] = (start, end)
+            for stale in [k for k in self._backgrounds if k[0] == period]:
+                del self._backgrounds[stale]
+        key = (period, divisions, loss)
         bg = self._backgrounds.get(key)
         if bg is None:
             ax = self.ax
@@ -543,11 +545,26 @@ def _rgb(canvas: FigureCanvasAgg) -> Image.Image:
 
 
 def _encode(image: Image.Image) -> bytes:
-    # RGB with fast zlib: a fraction of the encoding time of matplotlib's default, files ~15 %
-    # larger.
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=2)
-    return out.getvalue()
+    """PNG bytes of an RGB image, ~5x faster than Pillow's encoder at the same size.
+
+    Pillow tries five PNG filters on every row and keeps the best; a graph is mostly rows that
+    repeat the row above (background, vertical grid lines), so the "Up" filter alone, computed
+    by numpy for the whole image at once, compresses as well and costs a fraction.
+    """
+    pixels = np.asarray(image, dtype=np.uint8)
+    height, width, _ = pixels.shape
+    rows = pixels.reshape(height, width * 3)
+    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    filtered[:, 0] = 2  # filter type "Up"
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
+                     _chunk(b"IDAT", zlib.compress(filtered.tobytes(), 3)), _chunk(b"IEND", b"")))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def _png(canvas: FigureCanvasAgg) -> bytes:
