@@ -445,16 +445,16 @@ class Renderer:
         # Text is drawn by Pillow onto the finished pixels: matplotlib lays out and rasterises
         # every glyph on each draw (~8 ms per label), Pillow's FreeType path is ~10x cheaper.
         image = _rgb(self.canvas)
-        pen = ImageDraw.Draw(image)
+        pen = ImageDraw.Draw(image)  # rectangles only; text goes through the caches
         fonts = self.fonts
         step_value = (top - bottom) / divisions
         axis_bottom, axis_height = HEIGHT - _AX_BOTTOM, HEIGHT - _AX_TOP - _AX_BOTTOM
         for i in range(divisions + 1):
             y = axis_bottom - i / divisions * axis_height
-            pen.text((_AX_LEFT - 5, y), _tick_label(bottom + i * step_value, step_value, graph.unit),
-                     font=fonts.small, fill="#444444", anchor="rm")
-        pen.text((10, 8), display(title, 70), font=fonts.title, fill="#1d2733", anchor="la")
-        pen.text((WIDTH - 10, 10), subtitle, font=fonts.small, fill="#667085", anchor="ra")
+            fonts.text(image, (_AX_LEFT - 5, y), _tick_label(bottom + i * step_value, step_value, graph.unit),
+                       fonts.small, "#444444", "rm")
+        fonts.text(image, (10, 8), display(title, 70), fonts.title, "#1d2733", "la")
+        fonts.text(image, (WIDTH - 10, 10), subtitle, fonts.small, "#667085", "ra")
         label = _YLABELS.get(graph.kind, "") or graph.unit
         if label:
             rotated = fonts.vertical(label)
@@ -465,8 +465,8 @@ class Renderer:
         for i, row in enumerate(rows):
             y = legend_top + i * 14
             pen.rectangle((12, y - 5, 21, y + 4), fill=row.color)
-            pen.text((27, y), f"{display(row.label, width - 1):<{width}}{row.text}", font=fonts.mono,
-                     fill="#222222", anchor="lm")
+            fonts.mono_line(image, (27, y), f"{display(row.label, width - 1):<{width}}{row.text}",
+                            "#222222")
         return _encode(image)
 
 
@@ -482,6 +482,46 @@ class _Fonts:
         self.title = load("DejaVu Sans", 14, "bold")
         self.mono = load("DejaVu Sans Mono", 11)
         self._vertical: dict[str, Image.Image] = {}
+        self._texts: dict[tuple, tuple[Image.Image, int, int]] = {}
+        self._glyphs: dict[str, np.ndarray] = {}
+        self._advance = self.mono.getlength("M")
+        ascent, descent = self.mono.getmetrics()
+        self._mono_height = ascent + descent
+
+    def text(self, image: Image.Image, xy: tuple[float, float], text: str,
+             font: ImageFont.FreeTypeFont, fill: str, anchor: str) -> None:
+        """Draw text through a cache of rendered masks: tick labels, units and titles repeat
+        from graph to graph, and rasterising them is most of the cost of a label."""
+        key = (id(font), text, anchor)
+        cached = self._texts.get(key)
+        if cached is None:
+            left, top, right, bottom = font.getbbox(text, anchor=anchor)
+            mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
+            ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=255, anchor=anchor)
+            if len(self._texts) > 4096:
+                self._texts.clear()
+            cached = self._texts[key] = (mask, left, top)
+        mask, left, top = cached
+        image.paste(fill, (round(xy[0]) + left, round(xy[1]) + top), mask)
+
+    def mono_line(self, image: Image.Image, xy: tuple[int, int], text: str, fill: str) -> None:
+        """A legend line from cached glyphs: in a monospace font every character has its cell,
+        so the line is assembled with numpy instead of being laid out and rasterised again."""
+        advance, height = self._advance, self._mono_height
+        width = int(len(text) * advance) + 12
+        line = np.zeros((height, width), dtype=np.uint8)
+        for i, char in enumerate(text):
+            if char == " ":
+                continue
+            glyph = self._glyphs.get(char)
+            if glyph is None:
+                cell = Image.new("L", (int(advance) + 8, height), 0)
+                ImageDraw.Draw(cell).text((4, 0), char, font=self.mono, fill=255, anchor="la")
+                glyph = self._glyphs[char] = np.asarray(cell)
+            x = round(i * advance)
+            view = line[:, x:x + glyph.shape[1]]
+            np.maximum(view, glyph[:, :view.shape[1]], out=view)
+        image.paste(fill, (xy[0] - 4, xy[1] - height // 2), Image.fromarray(line, "L"))
 
     def vertical(self, text: str) -> Image.Image:
         image = self._vertical.get(text)
