@@ -125,6 +125,7 @@ class SiteBuilder:
         workers: int | None = None,
         slack: float = 30.0,
         clock: Callable[[], float] = time.time,
+        inline_below: int = 0,
     ) -> None:
         self.store = store
         self.status = status
@@ -135,6 +136,9 @@ class SiteBuilder:
         self.workers = workers or os.cpu_count() or 1
         self.slack = slack
         self.clock = clock
+        # A one-shot `monitor graph` with a handful of graphs draws them itself: starting
+        # worker processes (each importing matplotlib) would cost more than the drawing.
+        self.inline_below = inline_below
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -227,7 +231,7 @@ class SiteBuilder:
             progress(0, total)
         if not jobs:
             return []
-        if self.workers <= 1:
+        if self.workers <= 1 or (self._pool is None and total <= self.inline_below):
             renderer = render.Renderer()
             results = []
             done = 0
@@ -307,11 +311,13 @@ def progress_reporter(stream: TextIO) -> Progress:
     return report
 
 
-def builder_for(config: Config, store: RrdStore, status: StatusBook) -> SiteBuilder:
+def builder_for(config: Config, store: RrdStore, status: StatusBook, *,
+                inline_below: int = 0) -> SiteBuilder:
     """The site of a config, drawing from the agent's store and status book."""
     return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
                        title=config.web.title, refresh=config.web.refresh,
-                       workers=config.web.workers or None, slack=config.agent.interval / 2)
+                       workers=config.web.workers or None, slack=config.agent.interval / 2,
+                       inline_below=inline_below)
 
 
 # -- page model ----------------------------------------------------------------------------------

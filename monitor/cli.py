@@ -181,7 +181,8 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     config = read_config(args)
     agent_store = open_store(config)
-    builder = builder_for(config, agent_store, StatusBook(config.state_dir / "status.json"))
+    builder = builder_for(config, agent_store, StatusBook(config.state_dir / "status.json"),
+                          inline_below=24)
     try:
         report = builder.build(full=args.full, progress=progress_reporter(sys.stderr))
     finally:

@@ -388,3 +388,41 @@ def test_monitor_graph_command_writes_the_site(tmp_path, write_config):
     assert "graphs: 4/4 drawn" in result.stderr  # progress as log lines when not a terminal
     assert (tmp_path / "data" / "html" / "dmz-router" / safe_name("Gi0/1") / "year.png").exists()
 
+
+
+def test_monitor_serve_command_and_site_job(tmp_path, write_config):
+    import urllib.request
+
+    from monitor.agent import Agent
+    from monitor.config import load_config
+
+    config = write_config(f"""
+        [agent]
+        data_dir = "{tmp_path / 'data'}"
+        interval = "1m"
+        [host]
+        enabled = false
+        [disks]
+        enabled = false
+    """)
+    html = tmp_path / "data" / "html"
+    html.mkdir(parents=True)
+    (html / "index.html").write_text("<p>site</p>")
+    process = subprocess.Popen([*MONITOR, "--config", str(config), "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + process.stderr.read()
+        with urllib.request.urlopen(url.group(0) + "index.html", timeout=10) as response:
+            assert response.read() == b"<p>site</p>"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+        process.stderr.close()
+
+    agent = Agent(load_config(config))
+    agent.schedule()
+    assert "site" in agent.scheduler.stats()
+    assert agent.site is not None and agent.site.html_dir == html
