@@ -1,10 +1,347 @@
-"""The backups collector (see its issue); not implemented yet, so it contributes no jobs."""
+"""Backup results, one [[backups]] job at a time, from wherever the job leaves them.
+
+Kinds:
+- "wrapper": cron runs `monitor backup-run NAME -- CMD ARGS...`; `run_wrapped()` runs the
+  command, passes its output and exit status through (so cron still mails failures), and records
+  start, end, exit status, output size and the output's last lines in
+  data_dir/state/backups/NAME.json;
+- "log": the last line of a log file matching success_pattern or failure_pattern decides, the
+  file's modification time says when;
+- "artifact": the newest file matching a glob must be younger than max_age, at least min_size,
+  and not more than max_shrink percent smaller than the one before it;
+- "restic" / "borg": the newest snapshot in `restic snapshots --json` / `borg list --json`.
+In every kind, no result within max_age is a failure in itself (cron stopped, disk unmounted).
+
+Naming contract: target "backups", instance = job name; metrics age_seconds, success (1/0),
+duration_seconds, size_bytes. Check: CheckResult("backups", "backup NAME").
+"""
 
 from __future__ import annotations
 
-from monitor.config import Config
-from monitor.model import Collector
+import asyncio
+import collections
+import glob as globmod
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from monitor.config import BackupJob, Config
+from monitor.files import atomic_write
+from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.units import format_duration
+
+TARGET = "backups"
+TAIL_LINES = 20
+TAIL_BYTES = 4096
+KEEP_RUNS = 30
+
+
+# -- the wrapper ----------------------------------------------------------------------------
+
+
+def runs_path(state_dir: Path, name: str) -> Path:
+    return Path(state_dir) / "backups" / f"{name}.json"
+
+
+def load_runs(state_dir: Path, name: str) -> list[dict]:
+    """The recorded wrapper runs of a job, oldest first ([] when none or unreadable)."""
+    try:
+        raw = json.loads(runs_path(state_dir, name).read_text(encoding="utf-8"))
+        return list(raw.get("runs", []))
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+def _save_runs(state_dir: Path, name: str, runs: list[dict]) -> None:
+    atomic_write(runs_path(state_dir, name), json.dumps({"version": 1, "runs": runs[-KEEP_RUNS:]},
+                                                        indent=1))
+
+
+def run_wrapped(name: str, argv: Sequence[str], state_dir: Path, *, clock: Callable[[], float] = time.time,
+                out=None) -> int:
+    """Run a backup command, record its result, return its exit status (128+N for signal N)."""
+    out = out or sys.stdout.buffer
+    started = clock()
+    runs = load_runs(state_dir, name)
+    record = {"started": started, "finished": None, "exit_status": None, "duration_seconds": None,
+              "output_bytes": 0, "tail": "", "command": list(argv)}
+    try:
+        _save_runs(state_dir, name, [*runs, record])  # "running since" for the collector
+    except OSError as exc:
+        print(f"monitor backup-run: cannot record in {state_dir}: {exc}", file=sys.stderr)
+    tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
+    total = 0
+    status: int
+    try:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        status, tail_text = 127, f"command not found: {argv[0]}"
+    except PermissionError:
+        status, tail_text = 126, f"permission denied: {argv[0]}"
+    else:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                total += len(line)
+                tail.append(line[-TAIL_BYTES:])
+                out.write(line)
+            out.flush()
+            code = proc.wait()
+        except KeyboardInterrupt:
+            proc.terminate()
+            code = proc.wait()
+        status = 128 - code if code < 0 else code
+        tail_text = b"".join(tail).decode("utf-8", "replace")[-TAIL_BYTES:]
+    finished = clock()
+    record.update(finished=finished, exit_status=status, duration_seconds=finished - started,
+                  output_bytes=total, tail=tail_text)
+    try:
+        _save_runs(state_dir, name, [*runs, record])
+    except OSError as exc:
+        print(f"monitor backup-run: cannot record the result in {state_dir}: {exc}", file=sys.stderr)
+    return status
+
+
+# -- evaluating one job ---------------------------------------------------------------------
+
+
+@dataclass
+class JobResult:
+    """What one evaluation found; `when` is the time of the result it judges (None: none)."""
+
+    ok: bool
+    message: str
+    when: float | None = None
+    duration: float | None = None
+    size: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _human(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    return format_duration(round(seconds))
+
+
+def _ago(now: float, when: float) -> str:
+    return f"{_human(now - when)} ago"
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else ""
+
+
+def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
+    runs = load_runs(state_dir, job.name)
+    finished = [r for r in runs if r.get("finished") is not None]
+    running = [r for r in runs if r.get("finished") is None]
+    if not finished:
+        hint = f" (started {_ago(now, running[-1]['started'])}, still running)" if running else ""
+        return JobResult(False, f"no result recorded yet{hint}; run it as `monitor backup-run "
+                                f"{job.name} -- COMMAND ...` from cron")
+    last = finished[-1]
+    when = float(last["finished"])
+    took = float(last.get("duration_seconds") or 0)
+    size = float(last.get("output_bytes") or 0)
+    if last.get("exit_status") != 0:
+        detail = _last_line(last.get("tail", ""))
+        return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
+                         f" after {_human(took)}" + (f": {detail}" if detail else ""),
+                         when, took, size)
+    return JobResult(True, f"succeeded {_ago(now, when)} in {_human(took)}", when, took, size)
+
+
+def evaluate_log(job: BackupJob, now: float) -> JobResult:
+    assert job.log is not None
+    st = os.stat(job.log)
+    with open(job.log, "rb") as handle:
+        handle.seek(max(0, st.st_size - (1 << 20)))
+        text = handle.read().decode("utf-8", "replace")
+    ok_re = re.compile(job.success_pattern) if job.success_pattern else None
+    bad_re = re.compile(job.failure_pattern) if job.failure_pattern else None
+    for line in reversed(text.splitlines()):
+        if bad_re is not None and bad_re.search(line):
+            return JobResult(False, f"log {job.log} reports a failure: {line.strip()[:200]}",
+                             st.st_mtime)
+        if ok_re is not None and ok_re.search(line):
+            return JobResult(True, f"log {job.log} reports success {_ago(now, st.st_mtime)}: "
+                                   f"{line.strip()[:120]}", st.st_mtime)
+    return JobResult(False, f"no line of {job.log} matches the success or failure pattern")
+
+
+def evaluate_artifact(job: BackupJob, now: float) -> JobResult:
+    assert job.glob is not None
+    found = []
+    for path in globmod.glob(job.glob):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if os.path.isfile(path):
+            found.append((st.st_mtime, st.st_size, path))
+    if not found:
+        return JobResult(False, f"no file matches {job.glob}")
+    found.sort(reverse=True)
+    when, size, path = found[0]
+    name = os.path.basename(path)
+    if size < job.min_size:
+        return JobResult(False, f"newest backup {name} is only {size} bytes", when, size=size)
+    if len(found) > 1 and found[1][1] > 0:
+        previous = found[1][1]
+        shrink = 100.0 * (previous - size) / previous
+        if shrink > job.max_shrink:
+            return JobResult(False, f"newest backup {name} ({_size(size)}) is {shrink:.0f}% smaller "
+                                    f"than the one before ({_size(previous)})", when, size=size)
+    return JobResult(True, f"newest backup {name} ({_size(size)}) written {_ago(now, when)}",
+                     when, size=size)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _parse_time(text: str) -> float:
+    # restic: "2026-11-23T06:25:01.123456789+01:00"; borg: "2026-11-23T06:25:01.000000"
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip()).replace("Z", "+00:00")
+    return datetime.fromisoformat(text).timestamp()
+
+
+def parse_restic_snapshots(text: str) -> list[dict]:
+    data = json.loads(text or "[]")
+    return data if isinstance(data, list) else []
+
+
+def parse_borg_list(text: str) -> list[dict]:
+    data = json.loads(text or "{}")
+    return list(data.get("archives", [])) if isinstance(data, dict) else []
+
+
+def repository_argv(job: BackupJob) -> tuple[list[str], dict[str, str]]:
+    """The argv (never a shell line) and extra environment to list a restic/borg repository."""
+    assert job.repository is not None
+    env: dict[str, str] = {}
+    if job.kind == "restic":
+        argv = [job.command or "restic", "--repo", job.repository, "snapshots", "--json",
+                "--no-lock", "--no-cache"]
+        if job.password is not None:
+            env["RESTIC_PASSWORD"] = job.password
+    else:
+        argv = [job.command or "borg", "list", "--json", "--", job.repository]
+        if job.password is not None:
+            env["BORG_PASSPHRASE"] = job.password
+    return argv, env
+
+
+async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
+    argv, extra = repository_argv(job)
+    env = {**os.environ, **extra}
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL, env=env)
+    except FileNotFoundError:
+        return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
+                                "command to its path)")
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), job.timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return JobResult(False, f"{job.kind} did not list {job.repository} within "
+                                f"{format_duration(job.timeout)}")
+    if proc.returncode != 0:
+        first = _last_line(err.decode("utf-8", "replace"))
+        return JobResult(False, f"{job.kind} cannot list {job.repository} (exit status "
+                                f"{proc.returncode}): {first}")
+    try:
+        text = out.decode("utf-8", "replace")
+        items = parse_restic_snapshots(text) if job.kind == "restic" else parse_borg_list(text)
+        stamped = [(_parse_time(i.get("time") or i.get("start", "")), i) for i in items]
+    except (ValueError, TypeError, AttributeError) as exc:
+        return JobResult(False, f"unexpected {job.kind} output: {exc}")
+    if not stamped:
+        return JobResult(False, f"{job.repository} holds no snapshots")
+    when, newest = max(stamped, key=lambda t: t[0])
+    summary = newest.get("summary") or {}
+    size = summary.get("total_bytes_processed")
+    label = newest.get("short_id") or newest.get("name") or newest.get("id", "")[:8]
+    return JobResult(True, f"newest snapshot {label} taken {_ago(now, when)} "
+                           f"({len(stamped)} in {job.repository})", when,
+                     size=float(size) if size is not None else None,
+                     extra={"snapshots": len(stamped)})
+
+
+async def evaluate(job: BackupJob, state_dir: Path, now: float) -> JobResult:
+    try:
+        if job.kind == "wrapper":
+            return await asyncio.to_thread(evaluate_wrapper, job, state_dir, now)
+        if job.kind == "log":
+            return await asyncio.to_thread(evaluate_log, job, now)
+        if job.kind == "artifact":
+            return await asyncio.to_thread(evaluate_artifact, job, now)
+        return await evaluate_repository(job, now)
+    except FileNotFoundError as exc:
+        return JobResult(False, f"{exc.filename} does not exist")
+    except OSError as exc:
+        return JobResult(False, f"cannot read {getattr(exc, 'filename', '') or ''}: "
+                                f"{exc.strerror or exc}")
+
+
+def judge(job: BackupJob, result: JobResult, now: float) -> CheckResult:
+    stale = result.when is None or now - result.when > job.max_age
+    message = result.message
+    if stale and result.when is not None:
+        message = f"no result within {format_duration(job.max_age)}; last: {message}"
+    ok = result.ok and not stale
+    ms: list[Measurement] = [Measurement(TARGET, job.name, "success", 1 if ok else 0, timestamp=now,
+                                         minimum=0, maximum=1)]
+    if result.when is not None:
+        ms.append(Measurement(TARGET, job.name, "age_seconds", max(0.0, now - result.when),
+                              unit="s", timestamp=now, minimum=0))
+    if result.duration is not None:
+        ms.append(Measurement(TARGET, job.name, "duration_seconds", result.duration, unit="s",
+                              timestamp=now, minimum=0))
+    if result.size is not None:
+        ms.append(Measurement(TARGET, job.name, "size_bytes", result.size, unit="B", timestamp=now,
+                              minimum=0))
+    return CheckResult(TARGET, f"backup {job.name}", State.OK if ok else State.CRITICAL,
+                       f"backup {job.name}: {message}", tuple(ms), timestamp=now)
+
+
+@dataclass
+class BackupsCollector:
+    jobs: list[BackupJob]
+    interval: float
+    state_dir: Path
+    clock: Callable[[], float] = time.time
+    name: str = "backups"
+
+    async def collect(self) -> Batch:
+        now = self.clock()
+        results = await asyncio.gather(*(evaluate(job, self.state_dir, now) for job in self.jobs))
+        batch = Batch()
+        for job, result in zip(self.jobs, results, strict=True):
+            batch.add(judge(job, result, now))
+        return batch
 
 
 def build(config: Config) -> list[Collector]:
-    return []
+    if not config.backups:
+        return []
+    # Backups run daily: a look every 15 minutes is plenty (restic/borg listing is not free).
+    interval = max(config.agent.interval, 900.0)
+    return [BackupsCollector(list(config.backups), interval, config.state_dir)]

@@ -1,10 +1,483 @@
-"""The mailboxes collector (see its issue); not implemented yet, so it contributes no jobs."""
+"""Mailbox sizes: Maildir trees and mbox files, per mailbox and per domain; Postfix's queue.
+
+Layout: path patterns with `{domain}` and `{user}` placeholders, each one directory level
+(default `/var/mail/vhosts/{domain}/{user}`, as Postfix virtual delivery and Dovecot use). A
+matched directory with `cur/` or `new/` is a Maildir (Maildir++ subfolders `.Sent`, `.Trash`
+... included); a matched regular file is an mbox.
+
+How a Maildir is measured, cheapest first:
+1. Dovecot's `maildirsize` (Maildir++ quota file: a header line, then "bytes count" deltas) when
+   it is fresh: written no earlier than the last change of any `cur/` or `new/` directory (a
+   delivery, an expunge or a flag change renames a file, which updates the directory), and not
+   older than `maildirsize_max_age`.
+2. Otherwise the file names: Dovecot and most delivery agents put the size in the name
+   (`1700000000.M1P2.host,S=2345,W=2401:2,S`), so one directory listing gives every size
+   without a `stat()` per message - this is why a scan is faster than `du`.
+3. `stat()` for the names without `S=`.
+A mailbox that vanishes or cannot be read during the scan is an error for that mailbox only.
+
+Naming contract: target "mailboxes"; instance "user@domain" (the `top` biggest only, so a
+spool of thousands does not make thousands of RRD files), "domain:<domain>" for every domain,
+"" for the totals, "queue:postfix" for the mail queue. Metrics: size_bytes, messages, mailboxes.
+"""
 
 from __future__ import annotations
 
-from monitor.config import Config
-from monitor.model import Collector
+import asyncio
+import json
+import logging
+import os
+import re
+import stat as stat_mod
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from monitor.config import Config, MailboxesConfig
+from monitor.model import Batch, CheckResult, Collector, Measurement, State
+
+log = logging.getLogger(__name__)
+
+TARGET = "mailboxes"
+_SIZE_IN_NAME = re.compile(r",S=(\d+)")
+_MBOX_CHUNK = 1 << 20
+
+
+@dataclass(slots=True)
+class MailboxSize:
+    address: str
+    domain: str
+    path: str
+    kind: str  # "maildir" or "mbox"
+    size_bytes: int = 0
+    messages: int = 0
+    source: str = ""  # "maildirsize", "names", "stat", "mbox"
+    error: str | None = None
+
+
+@dataclass
+class DomainTotal:
+    domain: str
+    size_bytes: int = 0
+    messages: int = 0
+    mailboxes: int = 0
+
+
+@dataclass
+class ScanResult:
+    mailboxes: list[MailboxSize] = field(default_factory=list)  # measured ones
+    errors: list[MailboxSize] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def domains(self) -> list[DomainTotal]:
+        totals: dict[str, DomainTotal] = {}
+        for m in self.mailboxes:
+            t = totals.setdefault(m.domain, DomainTotal(m.domain))
+            t.size_bytes += m.size_bytes
+            t.messages += m.messages
+            t.mailboxes += 1
+        return sorted(totals.values(), key=lambda t: (-t.size_bytes, t.domain))
+
+    def biggest(self, n: int) -> list[MailboxSize]:
+        return sorted(self.mailboxes, key=lambda m: (-m.size_bytes, m.address))[:n]
+
+
+# -- finding mailboxes ----------------------------------------------------------------------
+
+
+def expand_pattern(pattern: str, default_domain: str) -> Iterator[tuple[str, str, str]]:
+    """(path, user, domain) for each match of a pattern like /var/mail/vhosts/{domain}/{user}.
+
+    Placeholders match one non-hidden directory entry; a missing fixed directory matches nothing.
+    """
+    parts = [p for p in pattern.split("/") if p]
+
+    def walk(base: str, index: int, bound: dict[str, str]) -> Iterator[tuple[str, str, str]]:
+        if index == len(parts):
+            yield base, bound.get("user", ""), bound.get("domain", default_domain)
+            return
+        part = parts[index]
+        if part in ("{domain}", "{user}"):
+            try:
+                with os.scandir(base) as it:
+                    entries = sorted(e.name for e in it if not e.name.startswith("."))
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            except PermissionError:
+                log.warning("mailboxes: cannot list %s (permission denied); its mailboxes are "
+                            "not counted - run the agent as a user who can read the spool", base)
+                return
+            for name in entries:
+                yield from walk(os.path.join(base, name), index + 1, {**bound, part[1:-1]: name})
+        else:
+            yield from walk(os.path.join(base, part), index + 1, bound)
+
+    yield from walk("/", 0, {})
+
+
+# -- measuring one mailbox ------------------------------------------------------------------
+
+
+def _folders(root: str) -> list[str]:
+    """The Maildir root and its Maildir++ subfolders (".Sent", ".INBOX.Archive", ...)."""
+    folders = [root]
+    with os.scandir(root) as it:
+        for entry in it:
+            if entry.name.startswith(".") and entry.name not in (".", "..") and entry.is_dir():
+                folders.append(entry.path)
+    return folders
+
+
+def _read_maildirsize(root: str, folders: list[str], max_age: float, now: float) -> tuple[int, int] | None:
+    """(bytes, messages) from a fresh maildirsize file, else None."""
+    path = os.path.join(root, "maildirsize")
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if max_age and now - st.st_mtime > max_age:
+        return None
+    for folder in folders:
+        for sub in ("cur", "new"):
+            try:
+                if os.stat(os.path.join(folder, sub)).st_mtime > st.st_mtime:
+                    return None  # something changed after Dovecot last wrote it
+            except FileNotFoundError:
+                continue
+    try:
+        with open(path, "rb") as handle:
+            lines = handle.read(1 << 20).split(b"\n")
+    except OSError:
+        return None
+    size = count = 0
+    for line in lines[1:]:
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 2:
+            return None
+        try:
+            size += int(fields[0])
+            count += int(fields[1])
+        except ValueError:
+            return None
+    if size < 0 or count < 0:
+        return None
+    return size, count
+
+
+def _count_listing(directory: str) -> tuple[int, int, bool]:
+    """(bytes, messages, stat_needed) for one cur/ or new/ directory."""
+    names = os.listdir(directory)
+    if not names:
+        return 0, 0, False
+    # One regex pass over all names at once: the per-file cost stays in C.
+    sizes = _SIZE_IN_NAME.findall("\n".join(names))
+    if len(sizes) == len(names):
+        return sum(map(int, sizes)), len(names), False
+    total = count = 0
+    for name in names:
+        if name.startswith("."):
+            continue
+        match = _SIZE_IN_NAME.search(name)
+        if match:
+            total += int(match.group(1))
+        else:
+            try:
+                total += os.stat(os.path.join(directory, name)).st_size
+            except FileNotFoundError:
+                continue  # moved (new -> cur) or expunged between listing and stat
+        count += 1
+    return total, count, True
+
+
+def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float) -> None:
+    folders = _folders(box.path)
+    if use_maildirsize:
+        quick = _read_maildirsize(box.path, folders, max_age, now)
+        if quick is not None:
+            box.size_bytes, box.messages = quick
+            box.source = "maildirsize"
+            return
+    total = count = 0
+    stat_used = False
+    for folder in folders:
+        for sub in ("cur", "new"):
+            try:
+                size, n, needed = _count_listing(os.path.join(folder, sub))
+            except FileNotFoundError:
+                if folder == box.path and not os.path.isdir(box.path):
+                    raise
+                continue  # a folder without new/, or a subfolder deleted meanwhile
+            total += size
+            count += n
+            stat_used |= needed
+    box.size_bytes, box.messages = total, count
+    box.source = "stat" if stat_used else "names"
+
+
+def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -> None:
+    st = os.stat(box.path)
+    box.size_bytes = st.st_size
+    box.source = "mbox"
+    key = (st.st_ino, st.st_size, st.st_mtime_ns)
+    if cache is not None and box.path in cache and cache[box.path][0] == key:
+        box.messages = cache[box.path][1]
+        return
+    count = 0
+    tail = b"\n"  # the file's start counts as a line start
+    with open(box.path, "rb") as handle:
+        while chunk := handle.read(_MBOX_CHUNK):
+            data = tail + chunk
+            count += data.count(b"\nFrom ")
+            # 5 bytes of context: a separator split across two reads is counted exactly once.
+            tail = data[-5:]
+    box.messages = count
+    if cache is not None:
+        cache[box.path] = (key, count)
+
+
+def measure(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float,
+            mbox_cache: dict | None = None) -> MailboxSize:
+    """Fill in one mailbox's size; any OS error becomes this mailbox's error, nothing raises."""
+    try:
+        st = os.stat(box.path)
+        if stat_mod.S_ISREG(st.st_mode):
+            box.kind = "mbox"
+            measure_mbox(box, mbox_cache)
+        elif stat_mod.S_ISDIR(st.st_mode):
+            measure_maildir(box, use_maildirsize=use_maildirsize, max_age=max_age, now=now)
+        else:
+            box.error = "neither a Maildir directory nor an mbox file"
+    except FileNotFoundError:
+        box.error = "vanished during the scan (deleted or renamed)"
+    except PermissionError:
+        box.error = ("unreadable: permission denied (run the agent as a user who can read the "
+                     "mail spool, e.g. in the mail group)")
+    except OSError as exc:
+        box.error = f"unreadable: {exc.strerror or exc}"
+    return box
+
+
+def _is_mailbox(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return True  # let measure() report it
+    if stat_mod.S_ISREG(st.st_mode):
+        return True
+    return os.path.isdir(os.path.join(path, "cur")) or os.path.isdir(os.path.join(path, "new"))
+
+
+def scan_spools(
+    patterns: list[str],
+    *,
+    default_domain: str = "localhost",
+    use_maildirsize: bool = True,
+    maildirsize_max_age: float = 7 * 86400,
+    threads: int = 1,
+    clock: Callable[[], float] = time.time,
+    mbox_cache: dict | None = None,
+) -> ScanResult:
+    """Find and measure every mailbox of the patterns (blocking; run it in a thread)."""
+    started = time.perf_counter()
+    now = clock()
+    boxes: list[MailboxSize] = []
+    seen: set[str] = set()
+    for pattern in patterns:
+        for path, user, domain in expand_pattern(pattern, default_domain):
+            if path in seen:
+                continue
+            seen.add(path)
+            address = f"{user}@{domain}" if user else domain
+            boxes.append(MailboxSize(address, domain, path, "maildir"))
+    boxes = [b for b in boxes if _is_mailbox(b.path)]
+
+    def one(box: MailboxSize) -> MailboxSize:
+        return measure(box, use_maildirsize=use_maildirsize, max_age=maildirsize_max_age, now=now,
+                       mbox_cache=mbox_cache)
+
+    if threads > 1 and len(boxes) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbox-scan") as pool:
+            list(pool.map(one, boxes, chunksize=16))
+    else:
+        for box in boxes:
+            one(box)
+    result = ScanResult(seconds=time.perf_counter() - started)
+    for box in boxes:
+        (result.errors if box.error else result.mailboxes).append(box)
+    return result
+
+
+# -- Postfix queue --------------------------------------------------------------------------
+
+
+@dataclass
+class QueueSummary:
+    messages: int = 0
+    size_bytes: int = 0
+    by_queue: dict[str, int] = field(default_factory=dict)
+    oldest_seconds: float = 0.0
+
+
+def parse_postqueue_json(text: str, now: float) -> QueueSummary:
+    """`postqueue -j` prints one JSON object per queued message."""
+    summary = QueueSummary()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        summary.messages += 1
+        summary.size_bytes += int(item.get("message_size", 0) or 0)
+        queue = str(item.get("queue_name", "unknown"))
+        summary.by_queue[queue] = summary.by_queue.get(queue, 0) + 1
+        arrival = item.get("arrival_time")
+        if isinstance(arrival, int | float):
+            summary.oldest_seconds = max(summary.oldest_seconds, now - arrival)
+    return summary
+
+
+async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSummary:
+    proc = await asyncio.create_subprocess_exec(
+        postqueue, "-j", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        stdin=asyncio.subprocess.DEVNULL)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"{postqueue} -j did not answer within {timeout:.0f} s") from None
+    if proc.returncode != 0:
+        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
+        raise RuntimeError(f"{postqueue} -j exited with status {proc.returncode}"
+                           + (f": {first[0]}" if first else ""))
+    return await asyncio.to_thread(parse_postqueue_json, out.decode("utf-8", "replace"), now)
+
+
+# -- the collector --------------------------------------------------------------------------
+
+
+def _size_text(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@dataclass
+class MailboxesCollector:
+    config: MailboxesConfig
+    interval: float
+    hostname: str = "localhost"
+    clock: Callable[[], float] = time.time
+    name: str = "mailboxes"
+    _mbox_cache: dict = field(default_factory=dict)
+
+    async def collect(self) -> Batch:
+        cfg = self.config
+        result = await asyncio.to_thread(
+            scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
+            use_maildirsize=cfg.maildirsize, maildirsize_max_age=cfg.maildirsize_max_age,
+            threads=cfg.scan_threads, clock=self.clock, mbox_cache=self._mbox_cache)
+        batch = self.to_batch(result, self.clock())
+        if cfg.postfix_queue:
+            batch.add(await self.queue_check())
+        return batch
+
+    def to_batch(self, result: ScanResult, now: float) -> Batch:
+        cfg = self.config
+        batch = Batch()
+
+        def gauge(instance: str, metric: str, value: float, unit: str) -> None:
+            batch.add(Measurement(TARGET, instance, metric, value, unit=unit, timestamp=now,
+                                  minimum=0))
+
+        for box in result.biggest(cfg.top):
+            gauge(box.address, "size_bytes", box.size_bytes, "B")
+            gauge(box.address, "messages", box.messages, "")
+        domains = result.domains()
+        for d in domains:
+            gauge(f"domain:{d.domain}", "size_bytes", d.size_bytes, "B")
+            gauge(f"domain:{d.domain}", "messages", d.messages, "")
+            gauge(f"domain:{d.domain}", "mailboxes", d.mailboxes, "")
+        total = sum(m.size_bytes for m in result.mailboxes)
+        messages = sum(m.messages for m in result.mailboxes)
+        gauge("", "size_bytes", total, "B")
+        gauge("", "messages", messages, "")
+        gauge("", "mailboxes", len(result.mailboxes), "")
+        gauge("", "errors", len(result.errors), "")
+        gauge("", "scan_seconds", result.seconds, "s")
+
+        for box in result.errors:
+            batch.add(CheckResult(TARGET, f"mailbox {box.address}", State.UNKNOWN,
+                                  f"mailbox {box.address} ({box.path}): {box.error}", timestamp=now))
+        over = 0
+        for box in result.mailboxes:
+            state = State.OK
+            if cfg.critical_size is not None and box.size_bytes >= cfg.critical_size:
+                state, limit = State.CRITICAL, cfg.critical_size
+            elif cfg.warn_size is not None and box.size_bytes >= cfg.warn_size:
+                state, limit = State.WARNING, cfg.warn_size
+            if state is not State.OK:
+                over += 1
+                batch.add(CheckResult(
+                    TARGET, f"mailbox {box.address}", state,
+                    f"mailbox {box.address} holds {_size_text(box.size_bytes)} in {box.messages} "
+                    f"messages (limit {_size_text(limit)})", timestamp=now))
+        summary = (f"{len(result.mailboxes)} mailboxes in {len(domains)} domains hold "
+                   f"{_size_text(total)} in {messages:,} messages (scan {result.seconds:.1f} s)")
+        if result.errors:
+            summary += f"; {len(result.errors)} could not be read (first: {result.errors[0].address}: " \
+                       f"{result.errors[0].error})"
+        if over:
+            summary += f"; {over} over their size limit"
+        if not result.mailboxes and not result.errors:
+            summary = (f"no mailboxes found under {', '.join(map(str, cfg.paths))}; check [mailboxes] paths")
+        state = State.WARNING if (result.errors or not result.mailboxes) else State.OK
+        batch.add(CheckResult(TARGET, "mailboxes", state, summary, timestamp=now))
+        return batch
+
+    async def queue_check(self) -> CheckResult:
+        cfg = self.config
+        now = self.clock()
+        try:
+            q = await read_postqueue(cfg.postqueue, 60.0, now)
+        except (OSError, RuntimeError) as exc:
+            return CheckResult(TARGET, "postfix queue", State.UNKNOWN,
+                               f"cannot read the Postfix queue: {exc}", timestamp=now)
+        ms = [Measurement(TARGET, "queue:postfix", "messages", q.messages, timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "size_bytes", q.size_bytes, unit="B",
+                          timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "deferred_messages", q.by_queue.get("deferred", 0),
+                          timestamp=now, minimum=0),
+              Measurement(TARGET, "queue:postfix", "oldest_seconds", q.oldest_seconds, unit="s",
+                          timestamp=now, minimum=0)]
+        state = State.OK
+        if cfg.queue_critical is not None and q.messages >= cfg.queue_critical:
+            state = State.CRITICAL
+        elif cfg.queue_warning is not None and q.messages >= cfg.queue_warning:
+            state = State.WARNING
+        detail = ", ".join(f"{n} {k}" for k, n in sorted(q.by_queue.items()))
+        return CheckResult(TARGET, "postfix queue", state,
+                           f"Postfix queue holds {q.messages} message(s), {_size_text(q.size_bytes)}"
+                           + (f" ({detail}; oldest {q.oldest_seconds / 3600:.1f} h)" if detail else ""),
+                           tuple(ms), timestamp=now)
 
 
 def build(config: Config) -> list[Collector]:
-    return []
+    cfg = config.mailboxes
+    if not cfg.enabled:
+        return []
+    # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
+    interval = cfg.interval or max(config.agent.interval, 900.0)
+    return [MailboxesCollector(cfg, interval, config.agent.hostname)]
+
+
+__all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",
+           "expand_pattern", "parse_postqueue_json", "scan_spools"]

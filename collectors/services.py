@@ -1,10 +1,168 @@
-"""The services collector (see its issue); not implemented yet, so it contributes no jobs."""
+"""Service checks ([[services]]): is SMTP, IMAP, POP3, the web, DNS or SSH answering, how fast,
+and are their certificates still good.
+
+`build` makes one collector per interval; a collector runs all its checks at once, at most
+agent.concurrency at a time, each bounded by its own timeout, so a server that accepts and never
+answers costs that check its timeout and nothing else. Every check gives one CheckResult
+(target = host checked, check = service name) and measurements (instance = service name):
+response_seconds, plus cert_expiry_days for TLS, loss_percent and rtt_*_seconds for ping and the
+plugin's perfdata for plugins. The probes per protocol family live in services_*.py.
+"""
 
 from __future__ import annotations
 
-from monitor.config import Config
-from monitor.model import Collector
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from collectors.services_base import Outcome, Stage, clean, hostport, secs
+from collectors.services_dns import probe_dns
+from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
+from collectors.services_http import probe_http
+from collectors.services_tcp import CertRejected, label, probe_text
+from monitor.config import Config, ServiceCheck
+from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.units import format_duration
+
+_WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
+            "sent no greeting", "answer": "sent no answer", "exit": "did not finish"}
+
+
+def _where(check: ServiceCheck, target: str) -> str:
+    if check.kind in ("http", "https"):
+        return f"{'HTTPS' if check.tls else 'HTTP'} {hostport(check.vhost or check.host, check.port)}"
+    if check.kind == "dns":
+        return f"DNS {hostport(target, check.port or 53)}"
+    if check.kind == "ping":
+        return f"PING {clean(target, 60)}"
+    if check.kind == "plugin":
+        return f"plugin {clean(check.command[0], 60)}"
+    return label(check)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused the connection"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot be resolved ({clean(exc.strerror or str(exc))})"
+    if isinstance(exc, ConnectionResetError | asyncio.IncompleteReadError | BrokenPipeError):
+        return "closed the connection early"
+    if isinstance(exc, ssl.SSLError):
+        return f"failed the TLS handshake ({clean(exc.reason or str(exc))})"
+    if isinstance(exc, OSError):
+        return f"cannot be reached ({clean(exc.strerror or str(exc))})"
+    return f"failed: {clean(str(exc) or type(exc).__name__)}"
+
+
+async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, verify: bool) -> Outcome:
+    if check.kind in ("http", "https"):
+        return await probe_http(check, stage, now, verify)
+    if check.kind == "dns":
+        return await probe_dns(check, target, stage)
+    if check.kind == "ping":
+        return await probe_ping(check, stage)
+    if check.kind == "plugin":
+        return await probe_plugin(check, stage)
+    return await probe_text(check, stage, now, verify)
+
+
+async def run_check(check: ServiceCheck, target: str, now: float) -> Outcome:
+    """One check to one target, never longer than its timeout and never raising."""
+    stage = Stage()
+    start = time.monotonic()
+    verify_error = None
+    try:
+        async with asyncio.timeout(check.timeout):
+            try:
+                outcome = await _probe(check, target, stage, now, check.verify)
+            except CertRejected as exc:
+                # Ask again without verifying, to learn when the rejected certificate expires.
+                verify_error = exc.reason
+                stage = Stage()
+                outcome = await _probe(check, target, stage, now, False)
+    except TimeoutError:
+        if check.kind == "plugin":
+            return Outcome(State.CRITICAL, plugin_timeout_message(check))
+        what = _WAITING.get(stage.doing, f"sent no {stage.doing}")
+        return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
+                       f"{stage.note}")
+    except Exception as exc:  # a dead peer is a result, not a collector failure
+        return Outcome(State.CRITICAL, f"{_where(check, target)} {_error_text(exc)} after "
+                       f"{secs(time.monotonic() - start)}")
+    cert = stage.cert
+    if verify_error is not None and cert is not None and (
+            cert.state == State.OK or "expired" not in cert.message):
+        cert.state = State.CRITICAL
+        cert.message = (f"certificate not trusted: {clean(verify_error)}; "
+                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    if outcome.state == State.OK and outcome.response is not None:
+        outcome = _thresholds(check, outcome)
+    if cert is not None:
+        outcome.metrics.update(cert.metrics)
+        if cert.state.severity > outcome.state.severity:
+            outcome.state = cert.state
+        outcome.message += f"; {cert.message}"
+    return outcome
+
+
+def _thresholds(check: ServiceCheck, outcome: Outcome) -> Outcome:
+    assert outcome.response is not None
+    for state, limit in ((State.CRITICAL, check.critical), (State.WARNING, check.warning)):
+        if limit is not None and outcome.response > limit:
+            outcome.state = state
+            outcome.message += f" (slower than {secs(limit)})"
+            break
+    return outcome
+
+
+def targets(check: ServiceCheck) -> list[str]:
+    """A dns check with servers = [primary, secondary] checks each; the rest check `host`."""
+    return list(check.servers) if check.kind == "dns" and check.servers else [check.host]
+
+
+def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) -> CheckResult:
+    metrics = dict(outcome.metrics)
+    metrics["response_seconds"] = (None if outcome.response is None else round(outcome.response, 6),
+                                   "s")
+    measurements = tuple(
+        Measurement(target, check.name, metric, value,
+                    Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now)
+        for metric, (value, unit) in metrics.items())
+    return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
+
+
+@dataclass
+class ServicesCollector:
+    name: str
+    interval: float
+    checks: list[ServiceCheck]
+    concurrency: int = 64
+    clock: Callable[[], float] = time.time
+
+    async def collect(self) -> Batch:
+        limit = asyncio.Semaphore(self.concurrency)
+
+        async def one(check: ServiceCheck, target: str) -> CheckResult:
+            async with limit:
+                now = self.clock()
+                return to_result(check, target, await run_check(check, target, now), now)
+
+        results = await asyncio.gather(*(one(c, t) for c in self.checks for t in targets(c)))
+        batch = Batch()
+        batch.extend(results)
+        return batch
 
 
 def build(config: Config) -> list[Collector]:
-    return []
+    groups: dict[float, list[ServiceCheck]] = {}
+    for check in config.services:
+        groups.setdefault(check.interval or config.agent.interval, []).append(check)
+    out: list[Collector] = []
+    for interval, checks in sorted(groups.items()):
+        name = ("services" if interval == config.agent.interval
+                else f"services-{format_duration(interval)}")
+        out.append(ServicesCollector(name, interval, checks, config.agent.concurrency))
+    return out

@@ -65,6 +65,9 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
+        from alerts.digest import schedule_digests
+        schedule_digests(self.config, self.scheduler, self.store, self.status)
         self._schedule_site()
 
     def _schedule_site(self) -> None:

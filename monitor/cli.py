@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
+
+    # Graphs and the web site (graphs/site.py, graphs/serve.py).
     p = sub.add_parser("graph", help="draw the graphs and write the static HTML site now",
                        description="Draw what is due (or everything with --full) from the RRD "
                        "files and write the pages into html_dir. `run` does this on its own "
@@ -90,6 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
     p.set_defaults(handler=cmd_serve)
+
+    # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
+    p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
+                       description="Build digest NAME from the current data and hand it to the "
+                       "outbox (sent at once when the relay answers, retried otherwise). "
+                       "--dry-run prints the MIME message instead of sending it.")
+    p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
+    p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
+    p.set_defaults(handler=cmd_digest)
+
+    p = sub.add_parser("backup-run", help="run a backup command and record its result (for cron)",
+                       description="Run CMD ARGS... (no shell), pass its output and exit status "
+                       "through, and record start, duration, exit status and the output's last "
+                       "lines for the [[backups]] job NAME (kind = \"wrapper\"). Example crontab "
+                       "line: 30 2 * * * monitor backup-run nightly -- /usr/local/bin/backup.sh",
+                       usage="monitor backup-run NAME -- CMD [ARGS...]")
+    p.add_argument("name", metavar="NAME", help="the name of a [[backups]] job")
+    p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
+    p.set_defaults(handler=cmd_backup_run)
     return parser
 
 
@@ -109,6 +130,33 @@ def read_config(args: argparse.Namespace) -> Config:
     for warning in config.warnings:
         log.warning("%s", warning)
     return config
+
+
+def cmd_digest(args: argparse.Namespace) -> int:
+    from alerts.digest import run_digest
+
+    config = read_config(args)
+    asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_backup_run(args: argparse.Namespace) -> int:
+    from collectors.backups import run_wrapped
+
+    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+    if not argv:
+        raise ValueError("backup-run needs the command after --, e.g. "
+                         "monitor backup-run nightly -- /usr/local/bin/backup.sh")
+    config = read_config(args)
+    jobs = {j.name: j for j in config.backups}
+    job = jobs.get(args.name)
+    if job is None:
+        raise ValueError(f"no [[backups]] job named {args.name!r} "
+                         f"(jobs: {', '.join(jobs) or 'none configured'})")
+    if job.kind != "wrapper":
+        log.warning("backup job %s has kind = %r; its check reads that source, not this run's "
+                    "record (set kind = \"wrapper\")", job.name, job.kind)
+    return run_wrapped(job.name, argv, config.state_dir)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

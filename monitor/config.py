@@ -228,14 +228,159 @@ class SnmpConfig:
     concurrency: Annotated[int, Range(1, 1000)] = 32
 
 
+SERVICE_PORTS = {"tcp": None, "smtp": 25, "imap": 143, "pop3": 110, "ssh": 22, "ftp": 21,
+                 "http": 80, "https": 443, "dns": 53}
+# Implicit TLS ports of the mail protocols (tls = true): submissions, imaps, pop3s.
+SERVICE_TLS_PORTS = {"smtp": 465, "imap": 993, "pop3": 995, "ftp": 990, "http": 443, "https": 443}
+DNS_RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+              "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"]
+_TEXT_PROTOCOLS = ("tcp", "smtp", "imap", "pop3", "ssh", "ftp")
+
+
 @dataclass
 class ServiceCheck:
+    """One [[services]] table; see config.toml for the meaning of each key."""
+
     name: Name
     kind: Literal["tcp", "smtp", "imap", "pop3", "ssh", "ftp", "http", "https", "dns", "ping", "plugin"]
     host: str = ""
     port: Port | None = None
-    timeout: Duration = 10.0
+    timeout: Annotated[float, DURATION_MARK, Range(0.01, 3600)] = 10.0
     interval: Duration | None = None
+    # Response time thresholds (the whole check, connect to last answer).
+    warning: Annotated[float, DURATION_MARK, Range(0, None)] | None = None
+    critical: Annotated[float, DURATION_MARK, Range(0, None)] | None = None
+    # tcp: a string to send after connecting and a substring expected in the answer.
+    send: str | None = None
+    expect: str | None = None
+    # TLS: implicit TLS from the first byte (smtps, imaps, pop3s, https) or STARTTLS/STLS.
+    tls: bool = False
+    starttls: bool = False
+    verify: bool = True
+    verify_hostname: bool = True
+    ca_file: ConfigPath | None = None
+    # The name the certificate must carry and the TLS SNI (default: host).
+    server_name: str | None = None
+    cert_warning_days: Annotated[float, Range(0, None)] = 21.0
+    cert_critical_days: Annotated[float, Range(0, None)] = 7.0
+    # smtp: the name sent with EHLO (default: the agent's host name).
+    helo: str | None = None
+    # http/https
+    url: str | None = None
+    path: str = "/"
+    vhost: str | None = None
+    method: Literal["GET", "HEAD"] = "GET"
+    expect_status: list[Annotated[int, Range(100, 599)]] = field(default_factory=list)
+    expect_text: str | None = None
+    follow_redirects: Annotated[int, Range(0, 20)] = 0
+    # dns
+    query: str | None = None
+    query_type: str = "A"
+    server: str | None = None
+    servers: list[str] = field(default_factory=list)
+    expect_answers: list[str] = field(default_factory=list)
+    expect_rcode: str = "NOERROR"
+    # ping
+    count: Annotated[int, Range(1, 100)] = 5
+    ping_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
+    loss_warning: Percent = 20.0
+    loss_critical: Percent = 60.0
+    ping_command: ConfigPath = Path("/usr/bin/ping")
+    # plugin: argv list, first item the executable (never a shell).
+    command: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        kind = self.kind
+        if self.warning is not None and self.critical is not None and self.warning > self.critical:
+            raise Invalid("warning", f"must not be above critical ({self.critical:g} s)")
+        if self.cert_warning_days < self.cert_critical_days:
+            raise Invalid("cert_warning_days", "must not be below cert_critical_days")
+        if kind == "https":
+            self.tls = True
+        if self.tls and self.starttls:
+            raise Invalid("starttls", "tls = true is TLS from the first byte; starttls upgrades "
+                                      "a plain connection: choose one")
+        if self.starttls and kind not in ("smtp", "imap", "pop3"):
+            raise Invalid("starttls", f"only smtp, imap and pop3 checks can STARTTLS (this is {kind})")
+        if self.tls and kind not in ("tcp", "smtp", "imap", "pop3", "ftp", "http", "https"):
+            raise Invalid("tls", f"a {kind} check cannot use TLS")
+        if (self.send is not None or self.expect is not None) and kind not in _TEXT_PROTOCOLS:
+            raise Invalid("send" if self.send is not None else "expect",
+                          f"send/expect are for tcp-like checks, not {kind}")
+        http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
+        if kind not in ("http", "https"):
+            for name, value in http_only.items():
+                if value is not None:
+                    raise Invalid(name, f"only http/https checks have {name}")
+            if self.expect_status:
+                raise Invalid("expect_status", "only http/https checks have expect_status")
+        if kind == "plugin":
+            if not self.command:
+                raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'
+                                         'check_x", "-H", "host"] (an argv list, no shell)')
+            if not Path(self.command[0]).is_absolute():
+                raise Invalid("command", f"the first item must be an absolute path, got "
+                                         f"{self.command[0]!r}")
+            self.host = self.host or "localhost"
+            return
+        if self.command:
+            raise Invalid("command", "only plugin checks run a command")
+        if kind in ("http", "https") and self.url:
+            self._from_url()
+        if kind == "dns":
+            if not self.query:
+                raise Invalid("query", 'a dns check needs query = "NAME" (the name to look up)')
+            servers = self.servers or ([self.server] if self.server else [])
+            if not servers and not self.host:
+                raise Invalid("server", 'a dns check needs server = "ADDRESS" (or servers = [...])')
+            self.servers = servers or [self.host]
+            self.host = self.host or self.servers[0]
+            self.expect_rcode = self.expect_rcode.upper()
+            if self.expect_rcode not in DNS_RCODES:
+                raise Invalid("expect_rcode", f"expected one of {', '.join(DNS_RCODES)}, "
+                                              f"got {self.expect_rcode!r}")
+            import dns.rdatatype
+
+            try:
+                dns.rdatatype.from_text(self.query_type)
+            except Exception:
+                raise Invalid("query_type", f'expected a record type like "A", "AAAA", "MX", '
+                                            f'got {self.query_type!r}') from None
+            self.query_type = self.query_type.upper()
+        if not self.host:
+            raise Invalid("host", f'a {kind} check needs host = "NAME OR ADDRESS"')
+        if kind == "ping":
+            if self.loss_warning > self.loss_critical:
+                raise Invalid("loss_warning", "must not be above loss_critical")
+            if self.timeout <= self.count * self.ping_interval:
+                raise Invalid("timeout", f"must be longer than count x ping_interval "
+                                         f"({self.count * self.ping_interval:g} s)")
+            return
+        if self.port is None:
+            default = (SERVICE_TLS_PORTS.get(kind) if self.tls else None) or SERVICE_PORTS.get(kind)
+            if default is None:
+                raise Invalid("port", f"a {kind} check needs port = NUMBER")
+            self.port = default
+        if kind in ("http", "https") and not self.path.startswith("/"):
+            raise Invalid("path", f'expected a path starting with "/", got {self.path!r}')
+        if kind in ("http", "https") and not self.expect_status:
+            self.expect_status = [200]
+
+    def _from_url(self) -> None:
+        from urllib.parse import urlsplit
+
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise Invalid("url", f'expected a URL like "https://www.example.net/", got {self.url!r}')
+        if parts.scheme == "https":
+            self.tls = True
+        self.host = self.host or parts.hostname
+        if parts.port:
+            self.port = self.port or parts.port
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if self.vhost is None and parts.hostname != self.host:
+            self.vhost = parts.netloc
 
 
 # Pseudo and read-only image file systems that are never worth a usage check.
@@ -311,20 +456,105 @@ class DisksConfig:
                     raise Invalid("smart", str(exc)) from None
 
 
+_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
+                     "a mailing list name (letters, digits, . _ + -)")
+
+
 @dataclass
 class MailboxesConfig:
+    """[mailboxes]: mailbox sizes from Maildir trees and mbox files, optional Postfix queue."""
+
     enabled: bool = False
     interval: Duration | None = None
+    # Path patterns; {domain} and {user} each stand for one directory level.
+    paths: list[ConfigPath] = field(default_factory=lambda: [Path("/var/mail/vhosts/{domain}/{user}")])
+    # The domain of mailboxes whose pattern has no {domain} (e.g. "/var/mail/{user}" mbox files).
+    default_domain: str = "localhost"
+    maildirsize: bool = True
+    maildirsize_max_age: Duration = 86400.0
+    top: Annotated[int, Range(0, 1000)] = 20
+    warn_size: Size | None = None
+    critical_size: Size | None = None
+    scan_threads: Annotated[int, Range(1, 64)] = 2
+    postfix_queue: bool = False
+    postqueue: str = "/usr/sbin/postqueue"
+    queue_warning: Annotated[int, Range(1, None)] | None = None
+    queue_critical: Annotated[int, Range(1, None)] | None = None
+
+    def validate(self) -> None:
+        for path in self.paths:
+            pattern = str(path)
+            if "{user}" not in pattern:
+                raise Invalid("paths", f"pattern {pattern!r} has no {{user}} placeholder")
+            for part in pattern.split("/"):
+                if "{" in part and part not in ("{domain}", "{user}"):
+                    raise Invalid("paths", f"in {pattern!r}: {{domain}} and {{user}} must each be "
+                                           "a whole directory level")
+        if not self.postqueue.startswith("/"):
+            raise Invalid("postqueue", "must be an absolute path to the postqueue program")
 
 
 @dataclass
-class MailingList:
-    name: Name
+class ListsConfig:
+    """[lists]: Mailman activity from its post log, subscriber counts, optional Mailman 3."""
+
+    enabled: bool = False
+    interval: Duration | None = None
+    post_log: ConfigPath | None = Path("/var/lib/mailman/logs/post")
+    list_members: str | None = "/usr/lib/mailman/bin/list_members"
+    lists: list[Annotated[str, _LIST_NAME]] = field(default_factory=list)
+    keep_days: Annotated[int, Range(1, 3660)] = 60
+    mailman3_url: str | None = None
+    mailman3_user: str = "restadmin"
+    mailman3_password: Secret = None
+    timeout: Duration = 20.0
+
+    def validate(self) -> None:
+        if self.list_members is not None and not self.list_members.startswith("/"):
+            raise Invalid("list_members", "must be an absolute path (or leave it out)")
+        if self.mailman3_url is not None and not re.match(r"^https?://[^\s/]+", self.mailman3_url):
+            raise Invalid("mailman3_url", 'expected "http://HOST:PORT" of Mailman 3 core\'s REST API')
 
 
 @dataclass
 class BackupJob:
-    name: Name
+    """One [[backups]] job and where its results come from."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+                                 "a job name of letters, digits, . _ -")]
+    kind: Literal["wrapper", "log", "artifact", "restic", "borg"] = "wrapper"
+    max_age: Annotated[float, DURATION_MARK, Range(60, None)] = 93600.0
+    # kind = "log"
+    log: ConfigPath | None = None
+    success_pattern: str | None = None
+    failure_pattern: str | None = None
+    # kind = "artifact"
+    glob: str | None = None
+    max_shrink: Percent = 20.0
+    min_size: Size = 1
+    # kind = "restic" / "borg"
+    repository: str | None = None
+    password: Secret = None
+    command: str | None = None
+    timeout: Duration = 300.0
+
+    def validate(self) -> None:
+        need = {"log": ("log", self.log), "artifact": ("glob", self.glob),
+                "restic": ("repository", self.repository), "borg": ("repository", self.repository)}
+        if self.kind in need and need[self.kind][1] is None:
+            raise Invalid(need[self.kind][0], f'a "{self.kind}" backup job needs {need[self.kind][0]}')
+        if self.kind == "log" and not (self.success_pattern or self.failure_pattern):
+            raise Invalid("success_pattern", "a log job needs success_pattern and/or failure_pattern")
+        for k in ("success_pattern", "failure_pattern"):
+            if getattr(self, k):
+                try:
+                    re.compile(getattr(self, k))
+                except re.error as exc:
+                    raise Invalid(k, f"not a valid regular expression: {exc}") from None
+        if self.glob is not None and not self.glob.startswith("/"):
+            raise Invalid("glob", "must be an absolute path pattern like /srv/backup/*.tar.gz")
+        if self.command is not None and not self.command.startswith("/"):
+            raise Invalid("command", "must be an absolute path to the restic/borg program")
 
 
 _COMPARISON = Pattern(r"^\s*(>=|<=|>|<|==|!=)\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$",
@@ -445,9 +675,39 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
+DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
+                   "mailboxes", "lists", "backups")
+
+
 @dataclass
 class Digest:
-    name: Name
+    """One [[digests]] mail: what goes in it, to whom, when."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                 "a digest name of letters, digits, . _ -")]
+    schedule: str = "0 7 * * *"
+    recipients: list[str] = field(default_factory=lambda: ["admins"])
+    sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
+                           "mailboxes", "lists", "backups"]] = field(
+        default_factory=lambda: list(DIGEST_SECTIONS))
+    period: Annotated[float, DURATION_MARK, Range(3600, None)] = 86400.0
+    subject: str = ""
+    top: Annotated[int, Range(1, 1000)] = 20
+    cert_days: Annotated[int, Range(1, 3650)] = 60
+    graphs: bool = True
+
+    def validate(self) -> None:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(self.schedule)
+        except ValueError as exc:
+            raise Invalid("schedule", f'expected a cron expression like "0 7 * * 1", got '
+                                      f"{self.schedule!r} ({exc})") from None
+        if not self.recipients:
+            raise Invalid("recipients", "needs at least one contact group")
+        if not self.sections:
+            raise Invalid("sections", "needs at least one section")
 
 
 @dataclass
@@ -462,7 +722,7 @@ class Config:
     services: list[ServiceCheck] = field(default_factory=list)
     disks: DisksConfig = field(default_factory=DisksConfig)
     mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
-    lists: list[MailingList] = field(default_factory=list)
+    lists: ListsConfig = field(default_factory=ListsConfig)
     backups: list[BackupJob] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
@@ -484,6 +744,20 @@ class Config:
             if name in devices[:i]:
                 raise Invalid("snmp", f"two SNMP devices are named {name!r}; names must be unique")
         self._validate_alert_contacts()
+        self._validate_reports()
+
+    def _validate_reports(self) -> None:
+        for what, names in (("backups", [b.name for b in self.backups]),
+                            ("digests", [d.name for d in self.digests])):
+            for i, name in enumerate(names):
+                if name in names[:i]:
+                    raise Invalid(what, f"two {what} are named {name!r}; names must be unique")
+        for digest in self.digests:
+            for group in digest.recipients:
+                if group not in self.contacts:
+                    known = ", ".join(sorted(self.contacts)) or "none defined"
+                    raise Invalid("digests", f"digest {digest.name!r} goes to unknown contact "
+                                  f"group {group!r} (groups in [contacts]: {known})")
 
     def _validate_alert_contacts(self) -> None:
         for group, addresses in self.contacts.items():

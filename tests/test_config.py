@@ -86,7 +86,8 @@ def test_wrong_type_for_table():
 
 
 def test_duplicate_service_names():
-    text = '[[services]]\nname = "a"\nkind = "tcp"\n[[services]]\nname = "a"\nkind = "tcp"\n'
+    svc = 'kind = "tcp"\nhost = "h"\nport = 1\n'
+    text = f'[[services]]\nname = "a"\n{svc}[[services]]\nname = "a"\n{svc}'
     assert "two services are named 'a'" in error_of(text)
 
 

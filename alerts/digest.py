@@ -1,0 +1,547 @@
+"""Digests: the daily/weekly report mail ([[digests]]), built from what the agent already knows.
+
+Sources: the status book (current problems), the alert history (alerts of the period, when the
+alerts database exists), the RRD store (traffic, response times, certificate expiry, disks,
+mailbox growth), the lists collector's state file (list activity) and the backup checks.
+Each section is built independently: a section whose data is missing says so in one line, a
+section that fails says why, and the rest of the digest still goes out.
+
+The mail is multipart/alternative: plain text first (for mutt and phones), then HTML rendered
+by Jinja2 with autoescaping (mailbox, list and interface names are untrusted) inside a
+multipart/related with small PNG sparklines referenced by Content-ID. It is handed to the
+alerts outbox like every other mail, so a relay outage delays it but never loses it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import make_msgid
+from pathlib import Path
+
+from jinja2 import Environment
+
+from alerts.mail import make_message
+from alerts.outbox import Outbox, outbox_path
+from alerts.state import AlertStore, alerts_db_path
+from monitor.config import Config, Digest
+from monitor.model import State
+from monitor.status import StatusBook
+from monitor.store import RrdStore, SeriesInfo
+
+log = logging.getLogger("monitor.digest")
+
+WEEK = 7 * 86400.0
+MAX_TRAFFIC = 12
+MAX_SERVICES = 30
+
+
+@dataclass
+class Image:
+    cid: str
+    png: bytes
+    alt: str
+
+
+@dataclass
+class Section:
+    key: str
+    title: str
+    headers: list[str] = field(default_factory=list)
+    rows: list[list[str]] = field(default_factory=list)
+    images: list[Image | None] = field(default_factory=list)  # one per row (or empty)
+    notes: list[str] = field(default_factory=list)
+    empty: str = ""
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.rows and not self.notes
+
+
+@dataclass
+class Report:
+    digest: Digest
+    hostname: str
+    start: float
+    end: float
+    sections: list[Section]
+    problems: int = 0
+
+    @property
+    def images(self) -> list[Image]:
+        return [img for s in self.sections for img in s.images if img is not None]
+
+
+# -- small formatting helpers ---------------------------------------------------------------
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
+        n /= 1024
+    return f"{sign}{n:.1f} PiB"
+
+
+def fmt_bits(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"):
+        if n < 1000 or unit == "Tbit/s":
+            return f"{n:.0f} {unit}" if unit == "bit/s" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} Tbit/s"
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def fmt_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    """Nearest-rank percentile (what billing uses for "95th percentile")."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def sparkline(values: list[float | None], alt: str, *, second: list[float | None] | None = None,
+              percent: bool = False) -> Image | None:
+    """A 240x48 PNG of a series (and a second one), or None when there is nothing to draw."""
+    if not any(v is not None for v in values):
+        return None
+    from matplotlib.figure import Figure  # imported late: digests without graphs skip it
+
+    fig = Figure(figsize=(2.4, 0.48), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    xs = list(range(len(values)))
+    nan = float("nan")
+    ax.fill_between(xs, [nan if v is None else v for v in values], color="#9ecae1", linewidth=0)
+    ax.plot(xs, [nan if v is None else v for v in values], color="#3182bd", linewidth=1)
+    if second is not None:
+        ax.plot(range(len(second)), [nan if v is None else v for v in second], color="#e6550d",
+                linewidth=1)
+    ax.set_xlim(0, max(1, len(values) - 1))
+    if percent:
+        ax.set_ylim(0, 100)
+    else:
+        ax.set_ylim(bottom=0)
+    ax.axis("off")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", transparent=False, facecolor="white")
+    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), alt)
+
+
+def _known(values: list[float | None]) -> list[float]:
+    return [v for v in values if v is not None and not math.isnan(v)]
+
+
+# -- building -------------------------------------------------------------------------------
+
+
+class DigestBuilder:
+    def __init__(self, config: Config, *, store: RrdStore, status: StatusBook,
+                 alert_store: AlertStore | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.store = store
+        self.status = status
+        self.alert_store = alert_store
+        self.clock = clock
+
+    def build(self, digest: Digest) -> Report:
+        end = self.clock()
+        start = end - digest.period
+        self._series = self.store.series()
+        sections = []
+        for key in digest.sections:
+            method = getattr(self, f"section_{key}")
+            try:
+                sections.append(method(digest, start, end))
+            except Exception as exc:  # one broken source must not cost the whole digest
+                log.exception("digest %s: section %s failed", digest.name, key)
+                sections.append(Section(key, key.title(), notes=[f"This section could not be "
+                                                                  f"built: {exc}"]))
+        problems = sum(1 for s in self.status.all() if s.state is not State.OK)
+        return Report(digest, self.config.agent.hostname, start, end, sections, problems)
+
+    def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE"):
+        try:
+            return self.store.fetch_path(info, start, end, cf=cf)
+        except Exception as exc:  # a corrupt RRD file: skip this series only
+            log.warning("digest: cannot read %s: %s", info.path, exc)
+            return None
+
+    def _latest(self, info: SeriesInfo, end: float, metric: str, window: float = 2 * 86400) -> float | None:
+        series = self._fetch(info, end - window, end)
+        if series is None:
+            return None
+        values = _known(series.columns.get(metric, []))
+        return values[-1] if values else None
+
+    # sections ---------------------------------------------------------------------------
+
+    def section_problems(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("problems", "Current problems", ["state", "since", "check", "message"],
+                    empty="None: every check is OK.")
+        for c in self.status.all():
+            if c.state is State.OK:
+                continue
+            s.rows.append([c.state.name, f"{fmt_time(c.since)} ({fmt_duration(end - c.since)})",
+                           f"{c.target} {c.check}", c.message])
+        return s
+
+    def section_alerts(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("alerts", "Alerts of the period", ["time", "event", "severity", "what", "message"],
+                    empty="No alerts in this period.")
+        store = self.alert_store
+        if store is None:
+            path = alerts_db_path(self.config.state_dir)
+            if not path.exists():
+                s.empty = "No alert history (no alert has been recorded yet)."
+                return s
+            store = AlertStore(path)
+        entries = store.history(start, end)
+        for e in entries[-200:]:
+            s.rows.append([fmt_time(e.at), e.kind, e.severity, f"{e.target} {e.label}".strip(),
+                           e.message])
+        if len(entries) > 200:
+            s.notes.append(f"{len(entries) - 200} older alert(s) of the period not shown.")
+        return s
+
+    def section_traffic(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("traffic", "DMZ traffic", ["interface", "in total", "out total", "in peak",
+                                               "out peak", "in 95th", "out 95th"],
+                    empty="No traffic data in this period.")
+        found = []
+        for info in self._series:
+            if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
+                continue
+            avg = self._fetch(info, start, end)
+            if avg is None:
+                continue
+            ins, outs = avg.columns.get("in_octets", []), avg.columns.get("out_octets", [])
+            if not _known(ins) and not _known(outs):
+                continue
+            peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
+            pin = _known(peak.columns.get("in_octets", [])) if peak else _known(ins)
+            pout = _known(peak.columns.get("out_octets", [])) if peak else _known(outs)
+            total_in = sum(_known(ins)) * avg.step
+            total_out = sum(_known(outs)) * avg.step
+            found.append((total_in + total_out, info, ins, outs, total_in, total_out,
+                          max(pin, default=None), max(pout, default=None)))
+        found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
+        for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
+            p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
+            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(tin), fmt_bytes(tout),
+                           fmt_bits(pin * 8 if pin is not None else None),
+                           fmt_bits(pout * 8 if pout is not None else None),
+                           fmt_bits(p95_in * 8 if p95_in is not None else None),
+                           fmt_bits(p95_out * 8 if p95_out is not None else None)])
+            s.images.append(sparkline(ins, f"traffic {info.target} {info.instance}", second=outs)
+                            if digest.graphs else None)
+        if len(found) > MAX_TRAFFIC:
+            s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
+        return s
+
+    def section_services(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("services", "Services: availability and response times",
+                    ["service", "answered", "average", "max", "now"],
+                    empty="No service checks recorded in this period.")
+        states = {(c.target, c.check): c for c in self.status.all()}
+        for info in self._series:
+            if "response_seconds" not in info.metrics or len(s.rows) >= MAX_SERVICES:
+                continue
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            values = series.columns.get("response_seconds", [])
+            known = _known(values)
+            if not values:
+                continue
+            current = states.get((info.target, info.instance))
+            s.rows.append([f"{info.instance} ({info.target})",
+                           f"{100.0 * len(known) / len(values):.1f}% of samples",
+                           f"{sum(known) / len(known):.3f} s" if known else "-",
+                           f"{max(known):.3f} s" if known else "-",
+                           current.state.name if current else "-"])
+            s.images.append(sparkline(values, f"response time {info.instance}")
+                            if digest.graphs else None)
+        return s
+
+    def section_certificates(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("certificates", "Certificate expiry calendar", ["expires", "in", "service"],
+                    empty="No TLS certificates are checked.")
+        rows = []
+        for info in self._series:
+            if "cert_expiry_days" not in info.metrics:
+                continue
+            days = self._latest(info, end, "cert_expiry_days")
+            if days is None:
+                continue
+            rows.append((days, info))
+        for days, info in sorted(rows, key=lambda t: t[0]):
+            when = date.fromtimestamp(end) + timedelta(days=int(days))
+            flag = " (renew!)" if days <= digest.cert_days / 2 else ""
+            s.rows.append([when.isoformat(), f"{days:.0f} days{flag}",
+                           f"{info.instance} ({info.target})"])
+        if rows and not any(d <= digest.cert_days for d, _ in rows):
+            s.notes.append(f"No certificate expires within {digest.cert_days} days.")
+        return s
+
+    def section_disks(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("disks", "Disks", ["file system", "used", "free", "change"],
+                    empty="No disk usage data.")
+        rows = []
+        for info in self._series:
+            if not info.instance.startswith("fs:") or "used_percent" not in info.metrics:
+                continue
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            pct = series.columns.get("used_percent", [])
+            known = _known(pct)
+            if not known:
+                continue
+            free = _known(series.columns.get("free_bytes", []))
+            used = _known(series.columns.get("used_bytes", []))
+            change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
+            rows.append((known[-1], info, pct, free[-1] if free else None, change))
+        for last, info, pct, free, change in sorted(rows, key=lambda t: -t[0]):
+            s.rows.append([f"{info.instance[3:]} ({info.target})", f"{last:.0f}%", fmt_bytes(free),
+                           change])
+            s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
+                            if digest.graphs else None)
+        return s
+
+    def section_mailboxes(self, digest: Digest, start: float, end: float) -> Section:
+        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages",
+                                                       "week-over-week"],
+                    empty="No mailbox sizes recorded (enable [mailboxes]).")
+        boxes = []
+        domains = []
+        for info in self._series:
+            if info.target != "mailboxes" or "size_bytes" not in info.metrics:
+                continue
+            series = self._fetch(info, end - WEEK - 86400, end)
+            if series is None:
+                continue
+            sizes = series.columns.get("size_bytes", [])
+            stamps = series.timestamps
+            recent = [v for t, v in zip(stamps, sizes, strict=False)
+                      if v is not None and t >= end - 2 * 86400]
+            if not recent:
+                continue
+            week_ago = [v for t, v in zip(stamps, sizes, strict=False)
+                        if v is not None and t <= end - WEEK + 3600]
+            messages = _known([v for t, v in zip(stamps, series.columns.get("messages", []),
+                                                  strict=False) if t >= end - 2 * 86400])
+            entry = (recent[-1], info.instance, week_ago[-1] if week_ago else None,
+                     messages[-1] if messages else None)
+            if info.instance.startswith("domain:"):
+                domains.append(entry)
+            elif "@" in info.instance:
+                boxes.append(entry)
+
+        def growth(now_size: float, before: float | None) -> str:
+            if before is None:
+                return "new (no size a week ago)"
+            delta = now_size - before
+            pct = f" ({100 * delta / before:+.0f}%)" if before else ""
+            return f"{'+' if delta >= 0 else ''}{fmt_bytes(delta)}{pct}"
+
+        for size, name, before, messages in sorted(boxes, key=lambda t: -t[0])[:digest.top]:
+            s.rows.append([name, fmt_bytes(size), f"{messages:.0f}" if messages is not None else "-",
+                           growth(size, before)])
+        if domains:
+            top = sorted(domains, key=lambda t: -t[0])[:10]
+            s.notes.append("Biggest domains: " + ", ".join(
+                f"{name[7:]} {fmt_bytes(size)} ({growth(size, before)})"
+                for size, name, before, _ in top))
+        return s
+
+    def section_lists(self, digest: Digest, start: float, end: float) -> Section:
+        from collectors.lists import activity, load_state
+
+        s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
+                                                       "failed", "subscribers"],
+                    empty="No posts to any mailing list in this period.")
+        path = self.config.state_dir / "lists.json"
+        if not path.exists():
+            s.empty = "No list activity recorded (enable [lists])."
+            return s
+        state = load_state(path)
+        first = datetime.fromtimestamp(start).date() + timedelta(days=1)
+        last = datetime.fromtimestamp(end).date()
+        if digest.period <= 86400:
+            first = last - timedelta(days=1)  # a daily digest covers yesterday and today so far
+        stats = activity(state, first, last)
+        names = sorted(set(stats) | set(state.subscribers))
+        for name in names:
+            st = stats.get(name)
+            subs = state.subscribers.get(name)
+            if st is None and subs is None:
+                continue
+            s.rows.append([name, str(st.posts if st else 0), fmt_bytes(st.bytes if st else 0),
+                           str(len(st.senders) if st else 0),
+                           f"{st.failures} ({st.refused} recipients)" if st and st.failures else "0",
+                           str(subs) if subs is not None else "-"])
+        if s.rows and not stats:
+            s.notes.append(f"No posts from {first.isoformat()} to {last.isoformat()}.")
+        elif s.rows:
+            s.notes.append(f"Posts from {first.isoformat()} to {last.isoformat()}.")
+        return s
+
+    def section_backups(self, digest: Digest, start: float, end: float) -> Section:
+        from collectors.backups import load_runs
+
+        s = Section("backups", "Backup results", ["job", "state", "result"],
+                    empty="No backup jobs are configured.")
+        checks = {c.check[7:]: c for c in self.status.all()
+                  if c.target == "backups" and c.check.startswith("backup ")}
+        for job in self.config.backups:
+            c = checks.get(job.name)
+            if c is None:
+                s.rows.append([job.name, "UNKNOWN", "not checked yet"])
+            else:
+                s.rows.append([job.name, c.state.name, c.message.removeprefix(f"backup {job.name}: ")])
+            if job.kind == "wrapper":
+                runs = [r for r in load_runs(self.config.state_dir, job.name)
+                        if r.get("finished") and start <= r["finished"] <= end]
+                failed = [r for r in runs if r.get("exit_status") != 0]
+                if runs:
+                    s.notes.append(f"{job.name}: {len(runs)} run(s) in the period, "
+                                   f"{len(failed)} failed.")
+        return s
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+_TEMPLATE = Path(__file__).with_name("digest.html.j2")
+
+_COLOURS = {"CRITICAL": "#c00", "WARNING": "#b60", "UNKNOWN": "#808", "OK": "#080"}
+
+
+def subject_of(report: Report) -> str:
+    d = report.digest
+    day = time.strftime("%Y-%m-%d", time.localtime(report.end))
+    base = d.subject or f"[monitor] {d.name} digest for {day}"
+    return base + (f": {report.problems} problem(s)" if report.problems else ": all OK")
+
+
+def render_text(report: Report) -> str:
+    lines = [subject_of(report), f"{fmt_time(report.start)} - {fmt_time(report.end)} on "
+                                 f"{report.hostname}", ""]
+    for s in report.sections:
+        lines += [s.title, "-" * len(s.title)]
+        if s.is_empty:
+            lines.append(s.empty)
+        if s.rows:
+            widths = [max(len(str(r[i])) for r in [s.headers, *s.rows]) for i in range(len(s.headers))]
+            widths = [min(w, 40) for w in widths]
+            for row in [s.headers, *s.rows]:
+                cells = [str(c) for c in row]
+                text = "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=False))
+                lines.append((text + "  " + cells[-1]).rstrip() if len(cells) > 1 else cells[0])
+        lines += [*s.notes, ""]
+    if report.digest and hasattr(report, "hostname"):
+        lines.append(f"-- monitor on {report.hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: Report, base_url: str = "") -> str:
+    env = Environment(autoescape=True)
+    template = env.from_string(_TEMPLATE.read_text(encoding="utf-8"))
+    return template.render(title=subject_of(report), sections=report.sections,
+                           period=f"{fmt_time(report.start)} - {fmt_time(report.end)}",
+                           hostname=report.hostname, colours=_COLOURS,
+                           link=base_url if base_url.startswith(("http://", "https://")) else "")
+
+
+def recipients_for(config: Config, digest: Digest) -> list[str]:
+    out: list[str] = []
+    for group in digest.recipients:
+        for address in config.contacts.get(group, []):
+            if address not in out:
+                out.append(address)
+    return out
+
+
+def compose(report: Report, config: Config) -> EmailMessage:
+    to = recipients_for(config, report.digest)
+    msg = make_message(sender=config.smtp.sender, to=to, subject=subject_of(report),
+                       body=render_text(report), date=report.end,
+                       headers={"X-Monitor-Digest": report.digest.name})
+    msg.add_alternative(render_html(report, config.web.base_url), subtype="html", charset="utf-8")
+    if report.images:
+        html_part = msg.get_payload()[1]
+        for img in report.images:
+            html_part.add_related(img.png, maintype="image", subtype="png", cid=f"<{img.cid}>",
+                                  filename=f"{img.cid.split('@')[0]}.png", disposition="inline")
+    return msg
+
+
+async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
+                     status: StatusBook | None = None, clock: Callable[[], float] = time.time,
+                     out=None) -> EmailMessage:
+    """Build digest NAME now; print it (dry run) or enqueue it in the outbox and try to send."""
+    import asyncio
+    import sys
+
+    digest = next((d for d in config.digests if d.name == name), None)
+    if digest is None:
+        known = ", ".join(d.name for d in config.digests) or "none configured"
+        raise ValueError(f"no digest named {name!r} (digests: {known})")
+    own_store = store is None
+    if store is None:
+        store = RrdStore(config.rrd_dir, archives=config.storage.archives,
+                         consolidations=config.storage.consolidations,
+                         rrdcached=config.storage.rrdcached)
+    status = status or StatusBook(config.state_dir / "status.json")
+    try:
+        builder = DigestBuilder(config, store=store, status=status, clock=clock)
+        report = await asyncio.to_thread(builder.build, digest)
+        msg = await asyncio.to_thread(compose, report, config)
+    finally:
+        if own_store:
+            store.close()
+    if dry_run:
+        (out or sys.stdout).write(msg.as_string())
+        return msg
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp, clock=clock)
+    entry = await asyncio.to_thread(outbox.enqueue, msg)
+    sent = await outbox.deliver_pending()
+    log.info("digest %s queued as outbox #%d for %s; %d message(s) sent now", name, entry,
+             ", ".join(recipients_for(config, digest)), sent)
+    return msg
+
+
+def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook) -> None:
+    """Put every [[digests]] on the agent's scheduler at its cron schedule."""
+    for digest in config.digests:
+        async def job(name: str = digest.name) -> None:
+            await run_digest(config, name, store=store, status=status)
+        scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
+
+
+__all__ = ["DigestBuilder", "Report", "Section", "compose", "percentile", "run_digest",
+           "schedule_digests"]

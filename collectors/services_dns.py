@@ -1,0 +1,70 @@
+"""dns: one query (name, type) to one server with dnspython's asyncio API; rcode and answers."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+
+import dns.asyncquery
+import dns.exception
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rdatatype
+
+from collectors.services_base import Outcome, Stage, clean, hostport, secs
+from monitor.config import ServiceCheck
+from monitor.model import State
+
+
+def _norm(text: str) -> str:
+    return text.strip().lower().rstrip(".").replace('"', "")
+
+
+async def _address(server: str) -> str:
+    try:
+        ipaddress.ip_address(server)
+        return server
+    except ValueError:
+        infos = await asyncio.get_running_loop().getaddrinfo(server, 53, type=socket.SOCK_DGRAM)
+        return infos[0][4][0]
+
+
+async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
+    port = check.port or 53
+    where = f"DNS {hostport(server, port)}"
+    question = f"{clean(check.query or '', 80)} {check.query_type}"
+    stage.doing = "answer"
+    address = await _address(server)
+    query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type))
+    start = time.monotonic()
+    try:
+        # dnspython retries over UDP until its own timeout; ours bounds the whole check.
+        response = await dns.asyncquery.udp(query, address, port=port, timeout=check.timeout)
+    except dns.exception.Timeout:
+        return Outcome(State.CRITICAL, f"{where} did not answer {question} within "
+                       f"{check.timeout:g} s")
+    except dns.exception.DNSException as exc:
+        return Outcome(State.CRITICAL, f"{where} sent an unusable answer to {question}: "
+                       f"{clean(str(exc))}", time.monotonic() - start)
+    elapsed = time.monotonic() - start
+    rcode = dns.rcode.to_text(response.rcode())
+    rcode_note = " (truncated)" if response.flags & dns.flags.TC and not response.answer else ""
+    if rcode != check.expect_rcode:
+        return Outcome(State.CRITICAL, f"{where} answered {rcode} instead of {check.expect_rcode} "
+                       f"for {question}{rcode_note} in {secs(elapsed)}", elapsed)
+    wanted_type = dns.rdatatype.from_text(check.query_type)
+    answers = sorted(rd.to_text() for rrset in response.answer if rrset.rdtype == wanted_type
+                     for rd in rrset)
+    shown = ", ".join(clean(a, 60) for a in answers[:4]) + (" ..." if len(answers) > 4 else "")
+    if check.expect_answers:
+        got = {_norm(a) for a in answers}
+        missing = [a for a in check.expect_answers if _norm(a) not in got]
+        if missing:
+            return Outcome(State.CRITICAL, f"{where} answered {question} with "
+                           f"{shown or 'no records'} instead of {', '.join(missing)} in "
+                           f"{secs(elapsed)}", elapsed)
+    return Outcome(State.OK, f"{where} answered {question} {rcode} "
+                   f"{shown or '(no records)'} in {secs(elapsed)}", elapsed)

@@ -1,0 +1,155 @@
+"""Checks that run a program (argv lists, never a shell): ping and Nagios plugins.
+
+The program gets its own process group, and a timeout or a cancelled cycle kills the group,
+so a hung plugin never outlives its check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import time
+
+from collectors.services_base import Outcome, Stage, clean, secs
+from monitor.config import ServiceCheck
+from monitor.model import State
+
+MAX_OUTPUT = 64 * 1024
+
+
+async def run(argv: list[str], stage: Stage, env: dict[str, str] | None = None
+              ) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr); the caller's timeout cancels this, which kills the group."""
+    stage.doing = "exit"
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
+    try:
+        out, err = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
+            await asyncio.shield(proc.wait())
+    return (proc.returncode if proc.returncode is not None else -1,
+            out[:MAX_OUTPUT].decode("utf-8", "replace"), err[:MAX_OUTPUT].decode("utf-8", "replace"))
+
+
+# -- ping ---------------------------------------------------------------------------------------
+
+_LOSS = re.compile(r"(\d+) packets transmitted, (\d+) (?:packets )?received.*?([\d.]+)% packet loss")
+_RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/\S+)? = ([\d.]+)/([\d.]+)/([\d.]+)")
+_DENIED = ("operation not permitted", "permission denied", "socktype: sock_raw", "cap_net_raw")
+
+
+def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | None]:
+    """(loss percent, (min, avg, max) in seconds) from iputils/busybox ping output."""
+    loss = _LOSS.search(text)
+    rtt = _RTT.search(text)
+    return (float(loss.group(3)) if loss else None,
+            tuple(float(g) / 1000 for g in rtt.groups()) if rtt else None)  # type: ignore[return-value]
+
+
+async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
+    # How long ping waits for the last reply: what the timeout leaves after sending, 1-5 s, so a
+    # dead host ends as "100% loss" rather than being killed at the timeout.
+    wait = max(1, int(min(5, check.timeout - check.count * check.ping_interval - 0.5)))
+    argv = [str(check.ping_command), "-n", "-c", str(check.count), "-i", f"{check.ping_interval:g}",
+            "-W", str(wait), check.host]
+    where = f"PING {clean(check.host, 60)}"
+    try:
+        code, out, err = await run(argv, stage, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    except FileNotFoundError:
+        return Outcome(State.UNKNOWN, f"{where}: {check.ping_command} is missing; install iputils-ping"
+                       " or set ping_command")
+    loss, rtt = parse_ping(out)
+    if loss is None:
+        text = (err or out).strip()
+        if any(d in text.lower() for d in _DENIED):
+            return Outcome(State.UNKNOWN, f"{where}: this process may not open ICMP sockets "
+                           f"({clean(text, 60)}); allow it with sysctl "
+                           "net.ipv4.ping_group_range='0 2147483647' or setcap cap_net_raw+ep "
+                           f"{check.ping_command}")
+        return Outcome(State.UNKNOWN, f"{where}: ping failed (exit {code}): {clean(text, 100)}")
+    metrics: dict[str, tuple[float | None, str]] = {"loss_percent": (loss, "%")}
+    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds")
+    for metric, value in zip(names, rtt or (None, None, None), strict=True):
+        metrics[metric] = (value, "s")
+    state = (State.CRITICAL if loss >= check.loss_critical
+             else State.WARNING if loss >= check.loss_warning else State.OK)
+    if rtt is None:
+        return Outcome(state, f"{where}: no reply to {check.count} packets (100% loss)",
+                       None, metrics)
+    return Outcome(state, f"{where}: {loss:g}% loss, rtt min/avg/max {rtt[0] * 1000:.2f}/"
+                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms", rtt[1], metrics)
+
+
+# -- Nagios plugins -----------------------------------------------------------------------------
+
+_PERF = re.compile(r"""\s*('(?:[^']|'')+'|[^'=\s]+)=([-+]?[\d.]+(?:[eE][-+]?\d+)?|U)([^;\s]*)"""
+                   r"""((?:;[^;\s]*){0,4})""")
+_UNITS: dict[str, tuple[float, str, str]] = {
+    # UOM -> (factor to the base unit, metric suffix, unit)
+    "s": (1, "_seconds", "s"), "ms": (1e-3, "_seconds", "s"), "us": (1e-6, "_seconds", "s"),
+    "%": (1, "_percent", "%"), "B": (1, "_bytes", "B"), "KB": (1024, "_bytes", "B"),
+    "MB": (1024**2, "_bytes", "B"), "GB": (1024**3, "_bytes", "B"), "TB": (1024**4, "_bytes", "B"),
+    "c": (1, "", "c"), "": (1, "", ""),
+}
+
+
+def metric_name(label: str, suffix: str) -> str:
+    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "value"
+    return name if not suffix or name.endswith(suffix) else name + suffix
+
+
+def parse_perfdata(text: str) -> dict[str, tuple[float | None, str]]:
+    """'label'=value[UOM];warn;crit;min;max ... -> {metric: (value in base units, unit)}.
+
+    Units become base units with the unit in the name (time=5ms -> time_seconds 0.005);
+    "c" (a counter) keeps its name and unit "c" so the caller can store it as a COUNTER.
+    """
+    out: dict[str, tuple[float | None, str]] = {}
+    for match in _PERF.finditer(text):
+        label, raw, uom = match.group(1), match.group(2), match.group(3)
+        label = label[1:-1].replace("''", "'") if label.startswith("'") else label
+        factor, suffix, unit = _UNITS.get(uom, (1, "", uom))
+        value = None if raw == "U" else float(raw) * factor
+        out[metric_name(label, suffix)] = (value, unit)
+    return out
+
+
+def split_plugin_output(out: str) -> tuple[str, str]:
+    """(first line's text, all perfdata) per the Nagios plugin guidelines."""
+    lines = out.splitlines() or [""]
+    text, _, perf = lines[0].partition("|")
+    long_perf = [line.partition("|")[2] for line in lines[1:] if "|" in line]
+    return text.strip(), " ".join([perf, *long_perf])
+
+
+async def probe_plugin(check: ServiceCheck, stage: Stage) -> Outcome:
+    start = time.monotonic()
+    program = os.path.basename(check.command[0])
+    try:
+        code, out, err = await run(list(check.command), stage)
+    except FileNotFoundError:
+        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} does not exist "
+                       "(install monitoring-plugins or fix command)")
+    except PermissionError:
+        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} is not executable")
+    elapsed = time.monotonic() - start
+    text, perf = split_plugin_output(out)
+    state = State(code) if code in (0, 1, 2, 3) else State.UNKNOWN
+    if not text:
+        text = clean(err, 120) or f"{program} printed nothing"
+    if code not in (0, 1, 2, 3):
+        text = f"{program} exited with {code}: {text}"
+    return Outcome(state, clean(text, 200), elapsed, parse_perfdata(perf))
+
+
+def plugin_timeout_message(check: ServiceCheck) -> str:
+    return f"plugin {os.path.basename(check.command[0])} did not finish within {secs(check.timeout)}" \
+           " and was killed"

@@ -1,0 +1,244 @@
+"""TCP and the line protocols on top of it: tcp (send/expect), smtp, imap, pop3, ssh, ftp, with
+implicit TLS (tls = true) or STARTTLS/STLS, and the certificate verdict on every TLS session.
+
+Each probe is one short conversation that ends politely (QUIT/LOGOUT) and always closes its
+socket; the caller bounds the whole of it with the check's timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+
+from collectors.services_base import (
+    Outcome,
+    Stage,
+    cert_verdict,
+    clean,
+    hostport,
+    secs,
+    server_name,
+    tls_context,
+)
+from monitor.config import ServiceCheck
+from monitor.model import State
+
+LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
+          "http": "HTTP", "https": "HTTPS"}
+MAX_LINES = 100
+
+
+class CertRejected(Exception):
+    """The TLS handshake refused the peer's certificate (the probe is rerun without verifying
+    so the report can still say when it expires)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ProtocolError(Exception):
+    """The peer answered, but not what the protocol says: the message is the on-call line."""
+
+
+def label(check: ServiceCheck) -> str:
+    name = LABELS.get(check.kind, check.kind.upper())
+    if check.tls and check.kind not in ("https",):
+        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
+    return f"{name} {hostport(check.host, check.port)}"
+
+
+async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
+                  port: int | None = None, tls: bool | None = None, sni: str | None = None
+                  ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    tls = check.tls if tls is None else tls
+    stage.doing = "connect"
+    try:
+        return await asyncio.open_connection(
+            host or check.host, port or check.port,
+            ssl=tls_context(check, verify) if tls else None,
+            server_hostname=(sni or server_name(check)) if tls else None,
+            limit=65536)
+    except ssl.SSLCertVerificationError as exc:
+        raise CertRejected(exc.verify_message or str(exc)) from None
+
+
+async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: bool) -> None:
+    try:
+        await writer.start_tls(tls_context(check, verify), server_hostname=server_name(check))
+    except ssl.SSLCertVerificationError as exc:
+        raise CertRejected(exc.verify_message or str(exc)) from None
+
+
+def peer_cert(writer: asyncio.StreamWriter) -> bytes | None:
+    obj = writer.get_extra_info("ssl_object")
+    return obj.getpeercert(binary_form=True) if obj is not None else None
+
+
+def close(writer: asyncio.StreamWriter | None) -> None:
+    """Drop the connection now: no waiting on a peer that may never answer (fds stay flat)."""
+    if writer is not None:
+        writer.transport.abort()
+
+
+async def read_line(reader: asyncio.StreamReader) -> str:
+    try:
+        line = await reader.readline()
+    except ValueError:
+        raise ProtocolError("sent a line longer than 64 KiB") from None
+    if not line:
+        raise ConnectionResetError("closed the connection")
+    return line.decode("utf-8", "replace").rstrip("\r\n")
+
+
+async def read_reply(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
+    """An SMTP/FTP reply: (code, lines), following "250-" continuation lines."""
+    lines = []
+    for _ in range(MAX_LINES):
+        line = await read_line(reader)
+        lines.append(line)
+        if len(line) < 4 or line[3] != "-":
+            break
+    return lines[-1][:3], lines
+
+
+async def command(writer: asyncio.StreamWriter, text: str) -> None:
+    writer.write(text.encode() + b"\r\n")
+    await writer.drain()
+
+
+async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool) -> Outcome:
+    """Run the conversation of check.kind; raises ProtocolError with the one-line verdict."""
+    start = time.monotonic()
+    writer = None
+    name = label(check)
+    try:
+        reader, writer = await connect(check, stage, verify)
+        connected = time.monotonic() - start
+        stage.doing = "greeting"
+        detail = await DIALOGS[check.kind](check, stage, reader, writer, verify)
+        elapsed = time.monotonic() - start
+        cert = peer_cert(writer)
+        if check.tls or check.starttls:
+            stage.cert = cert_verdict(check, cert, now)
+        if check.kind == "tcp" and not detail:
+            detail = f"accepted the connection in {secs(connected)}"
+        return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)
+    except ProtocolError as exc:
+        elapsed = time.monotonic() - start
+        return Outcome(State.CRITICAL, f"{name} {str(exc).replace('{t}', secs(elapsed))}", elapsed)
+    finally:
+        close(writer)
+
+
+def _expect_code(code: str, lines: list[str], want: str, what: str) -> None:
+    if code != want:
+        raise ProtocolError(f"answered {clean(lines[-1] if lines else code)!r} instead of {want} "
+                            f"{what} in {{t}}")
+
+
+async def _tcp(check, stage, reader, writer, verify) -> str:
+    if check.send is not None:
+        stage.doing = "answer"
+        writer.write(check.send.encode())
+        await writer.drain()
+    if check.expect is None:
+        return ""
+    stage.doing = repr(clean(check.expect))
+    want = check.expect.encode()
+    seen = b""
+    while want not in seen:
+        stage.note = f" (got {clean(seen)!r})" if seen else ""
+        chunk = await reader.read(4096)
+        if not chunk:
+            raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
+                                f" (got {clean(seen)!r})")
+        seen = (seen + chunk)[-65536:]
+    first = seen.split(b"\n", 1)[0]
+    return f"answered {clean(first)!r} in {{t}}"
+
+
+async def _smtp(check, stage, reader, writer, verify) -> str:
+    code, lines = await read_reply(reader)
+    if code != "220":
+        raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
+    banner = clean(lines[0][4:], 60)
+    stage.doing = "EHLO reply"
+    await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
+    code, ehlo = await read_reply(reader)
+    _expect_code(code, ehlo, "250", "to EHLO")
+    if check.starttls:
+        if not any(line[4:].upper().startswith("STARTTLS") for line in ehlo):
+            raise ProtocolError("does not offer STARTTLS")
+        stage.doing = "STARTTLS reply"
+        await command(writer, "STARTTLS")
+        code, lines = await read_reply(reader)
+        _expect_code(code, lines, "220", "to STARTTLS")
+        stage.doing = "TLS handshake"
+        await start_tls(writer, check, verify)
+        stage.doing = "EHLO reply after STARTTLS"
+        await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
+        code, lines = await read_reply(reader)
+        _expect_code(code, lines, "250", "to EHLO after STARTTLS")
+    await command(writer, "QUIT")
+    return f"answered 220{' and STARTTLS' if check.starttls else ''} in {{t}} ({banner})"
+
+
+async def _imap(check, stage, reader, writer, verify) -> str:
+    line = await read_line(reader)
+    if not line.upper().startswith(("* OK", "* PREAUTH")):
+        raise ProtocolError(f"greeted {clean(line)!r} instead of * OK in {{t}}")
+    if check.starttls:
+        stage.doing = "STARTTLS reply"
+        await command(writer, "m1 STARTTLS")
+        for _ in range(MAX_LINES):
+            reply = await read_line(reader)
+            if reply.startswith("m1 "):
+                break
+        if not reply.upper().startswith("M1 OK"):
+            raise ProtocolError(f"refused STARTTLS: {clean(reply)!r}")
+        stage.doing = "TLS handshake"
+        await start_tls(writer, check, verify)
+    await command(writer, "m2 LOGOUT")
+    return f"answered * OK{' and STARTTLS' if check.starttls else ''} in {{t}} ({clean(line[4:], 60)})"
+
+
+async def _pop3(check, stage, reader, writer, verify) -> str:
+    line = await read_line(reader)
+    if not line.startswith("+OK"):
+        raise ProtocolError(f"greeted {clean(line)!r} instead of +OK in {{t}}")
+    if check.starttls:
+        stage.doing = "STLS reply"
+        await command(writer, "STLS")
+        reply = await read_line(reader)
+        if not reply.startswith("+OK"):
+            raise ProtocolError(f"refused STLS: {clean(reply)!r}")
+        stage.doing = "TLS handshake"
+        await start_tls(writer, check, verify)
+    await command(writer, "QUIT")
+    return f"answered +OK{' and STLS' if check.starttls else ''} in {{t}} ({clean(line[3:], 60)})"
+
+
+async def _ssh(check, stage, reader, writer, verify) -> str:
+    # RFC 4253: a server may send other lines before its identification string.
+    for _ in range(20):
+        line = await read_line(reader)
+        if line.startswith("SSH-"):
+            break
+    else:
+        raise ProtocolError("sent no SSH identification")
+    if not line.startswith(("SSH-2.0-", "SSH-1.99-")):
+        raise ProtocolError(f"speaks {clean(line, 40)!r}, not SSH 2.0")
+    return f"answered {clean(line, 60)} in {{t}}"
+
+
+async def _ftp(check, stage, reader, writer, verify) -> str:
+    code, lines = await read_reply(reader)
+    if code != "220":
+        raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
+    await command(writer, "QUIT")
+    return f"answered 220 in {{t}} ({clean(lines[0][4:], 60)})"
+
+
+DIALOGS = {"tcp": _tcp, "smtp": _smtp, "imap": _imap, "pop3": _pop3, "ssh": _ssh, "ftp": _ftp}

@@ -1,0 +1,211 @@
+"""Small real servers on 127.0.0.1 port 0 for the service-check tests: line protocols (IMAP,
+POP3, FTP, SSH banner, SMTP that refuses), HTTP(S) with redirects, a UDP DNS responder built
+with dnspython, a server that accepts and stalls, and certificates made with `cryptography`."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import ipaddress
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+def make_cert(directory: Path, *, days: float = 90, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+              expired: bool = False, stem: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate (it is its own CA, so ca_file = cert trusts it)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    now = datetime.datetime.now(datetime.UTC)
+    if expired:
+        start, end = now - datetime.timedelta(days=30), now - datetime.timedelta(days=3)
+    else:
+        start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=days)
+    alt: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            alt.append(x509.DNSName(name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*map(str, cert))
+    return context
+
+
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[asyncio.Server, int]:
+    async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, OSError):
+            pass
+        finally:
+            writer.transport.abort()
+
+    server = await asyncio.start_server(wrapped, "127.0.0.1", 0, ssl=tls)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- line protocols -----------------------------------------------------------------------------
+
+
+def banner(*lines: str) -> Handler:
+    async def handler(reader, writer):
+        for line in lines:
+            writer.write(line.encode() + b"\r\n")
+        await writer.drain()
+        await reader.read(1024)
+
+    return handler
+
+
+async def stall(reader, writer):
+    # Never answers; returns when the client gives up, so the test's own fds stay flat too.
+    while await reader.read(1024):
+        pass
+
+
+def imap(context: ssl.SSLContext | None = None) -> Handler:
+    async def handler(reader, writer):
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] Dovecot ready.\r\n")
+        while line := await reader.readline():
+            tag, _, cmd = line.decode().strip().partition(" ")
+            if cmd.upper() == "STARTTLS" and context is not None:
+                writer.write(f"{tag} OK Begin TLS negotiation now.\r\n".encode())
+                await writer.drain()
+                await writer.start_tls(context)
+            elif cmd.upper() == "LOGOUT":
+                writer.write(f"* BYE\r\n{tag} OK Logout completed.\r\n".encode())
+                await writer.drain()
+                return
+            else:
+                writer.write(f"{tag} BAD unknown\r\n".encode())
+
+    return handler
+
+
+def pop3(context: ssl.SSLContext | None = None) -> Handler:
+    async def handler(reader, writer):
+        writer.write(b"+OK Dovecot ready.\r\n")
+        while line := await reader.readline():
+            cmd = line.decode().strip().upper()
+            if cmd == "STLS" and context is not None:
+                writer.write(b"+OK Begin TLS negotiation\r\n")
+                await writer.drain()
+                await writer.start_tls(context)
+            elif cmd == "QUIT":
+                writer.write(b"+OK Logging out\r\n")
+                await writer.drain()
+                return
+            else:
+                writer.write(b"-ERR unknown command\r\n")
+
+    return handler
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+async def http(reader, writer):
+    request = (await reader.readline()).decode()
+    headers = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        k, _, v = line.decode().partition(":")
+        headers[k.strip().lower()] = v.strip()
+    method, path, _ = request.split(" ", 2)
+    status, extra, body = "200 OK", "", b"Hello world from the test site"
+    if path == "/redirect":
+        status, extra, body = "302 Found", "Location: /final\r\n", b"moved"
+    elif path == "/absolute":
+        status, extra, body = "301 Moved", f"Location: http://{headers['host']}/final\r\n", b""
+    elif path == "/loop":
+        status, extra, body = "302 Found", "Location: /loop\r\n", b""
+    elif path == "/final":
+        body = b"the final page"
+    elif path == "/error":
+        status, body = "503 Service Unavailable", b"down for maintenance"
+    elif path == "/vhost":
+        body = f"site {headers.get('host')}".encode()
+    elif path == "/unsized":
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst part, ")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(b"second part")
+        await writer.drain()
+        return
+    elif path == "/chunked":
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+                     b"6\r\nHello \r\n5\r\nchunk\r\n0\r\n\r\n")
+        await writer.drain()
+        return
+    writer.write(f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\nContent-Type: text/plain\r\n"
+                 f"{extra}Connection: close\r\n\r\n".encode() + (b"" if method == "HEAD" else body))
+    await writer.drain()
+
+
+# -- DNS ----------------------------------------------------------------------------------------
+
+ZONE = {("www.example.net.", "A"): ["192.0.2.10", "192.0.2.11"],
+        ("example.net.", "MX"): ["10 mail.example.net."]}
+
+
+class DnsResponder(asyncio.DatagramProtocol):
+    """Answers from ZONE; NXDOMAIN for anything else."""
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        query = dns.message.from_wire(data)
+        response = dns.message.make_response(query)
+        q = query.question[0]
+        records = ZONE.get((q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)))
+        if records:
+            response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype, records))
+        else:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        self.transport.sendto(response.to_wire(), addr)
+
+
+async def serve_dns() -> tuple[asyncio.DatagramTransport, int]:
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(DnsResponder, local_addr=("127.0.0.1", 0))
+    return transport, transport.get_extra_info("sockname")[1]

@@ -1,0 +1,127 @@
+"""Backup results: the wrapper with real commands, log patterns, artifacts, a real restic repo."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collectors.backups import BackupsCollector, load_runs
+from monitor.config import BackupJob
+from monitor.model import State
+from tests.conftest import MONITOR
+
+
+def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MONITOR, "--config", str(config), *args], capture_output=True,
+                          timeout=60)
+
+
+def test_wrapper_passes_output_and_exit_status_through(tmp_path: Path, write_config):
+    config = write_config(f"""
+        [agent]
+        data_dir = "{tmp_path / 'data'}"
+        [[backups]]
+        name = "nightly"
+        max_age = "1h"
+    """)
+    ok = run_cli(config, "backup-run", "nightly", "--", sys.executable, "-c",
+                 "import sys; print('copied 42 files'); print('done', file=sys.stderr)")
+    assert ok.returncode == 0, ok.stderr
+    assert b"copied 42 files" in ok.stdout and b"done" in ok.stdout
+    bad = run_cli(config, "backup-run", "nightly", "--", sys.executable, "-c",
+                  "import sys; print('rsync: connection refused'); sys.exit(23)")
+    assert bad.returncode == 23
+    missing = run_cli(config, "backup-run", "nightly", "--", str(tmp_path / "no-such-script"))
+    assert missing.returncode == 127
+    runs = load_runs(tmp_path / "data" / "state", "nightly")
+    assert [r["exit_status"] for r in runs] == [0, 23, 127]
+    assert "copied 42 files" in runs[0]["tail"] and runs[0]["output_bytes"] > 0
+    assert runs[1]["duration_seconds"] >= 0
+    unknown = run_cli(config, "backup-run", "weekly", "--", "true")
+    assert unknown.returncode == 2 and b"no [[backups]] job named 'weekly'" in unknown.stderr
+
+
+async def test_wrapper_results_judged(tmp_path: Path):
+    from collectors.backups import run_wrapped
+
+    state = tmp_path / "state"
+    job = BackupJob("nightly", max_age=3600)
+    collector = BackupsCollector([job], 900, state, clock=lambda: now)
+    now = 1_800_000_000.0
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.CRITICAL and "no result recorded yet" in check.message
+    out = open(os.devnull, "wb")  # noqa: SIM115
+    assert run_wrapped("nightly", ["sh", "-c", "echo disk full >&2; exit 3"], state,
+                       clock=lambda: now, out=out) == 3
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.CRITICAL
+    assert "exit status 3" in check.message and "disk full" in check.message
+    assert run_wrapped("nightly", ["true"], state, clock=lambda: now, out=out) == 0
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.OK and "succeeded" in check.message
+    assert {m.metric for m in check.measurements} >= {"success", "age_seconds", "duration_seconds"}
+    now += 7200  # no new result within max_age: a failure in itself
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.CRITICAL and "no result within 1h" in check.message
+
+
+async def test_log_and_artifact_jobs(tmp_path: Path):
+    log = tmp_path / "backup.log"
+    log.write_text("2026-11-22 02:00 start\n2026-11-22 02:10 backup finished OK\n")
+    job = BackupJob("etc", kind="log", log=log, success_pattern="finished OK",
+                    failure_pattern="(?i)error", max_age=3600)
+    now = log.stat().st_mtime + 60
+    (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
+    assert check.state is State.OK
+    with open(log, "a") as handle:
+        handle.write("2026-11-23 02:05 ERROR: tar: /srv: Cannot open\n")
+    (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
+    assert check.state is State.CRITICAL and "Cannot open" in check.message
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    (dumps / "db-1.sql.gz").write_bytes(b"x" * 1000)
+    os.utime(dumps / "db-1.sql.gz", (now - 86400, now - 86400))
+    (dumps / "db-2.sql.gz").write_bytes(b"x" * 900)
+    os.utime(dumps / "db-2.sql.gz", (now - 60, now - 60))
+    job = BackupJob("db", kind="artifact", glob=f"{dumps}/*.sql.gz", max_shrink=20, max_age=3600)
+    (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
+    assert check.state is State.OK and "db-2.sql.gz" in check.message
+    (dumps / "db-3.sql.gz").write_bytes(b"x" * 300)  # shrank by two thirds: suspicious
+    os.utime(dumps / "db-3.sql.gz", (now - 30, now - 30))
+    (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
+    assert check.state is State.CRITICAL and "67% smaller" in check.message
+    later = now + 7200
+    (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: later).collect()).checks
+    assert check.state is State.CRITICAL and "no result within" in check.message
+    missing = BackupJob("gone", kind="log", log=tmp_path / "nope.log", success_pattern="OK")
+    (check,) = (await BackupsCollector([missing], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL and "does not exist" in check.message
+
+
+@pytest.mark.skipif(shutil.which("restic") is None, reason="restic (Debian package) not installed")
+async def test_restic_repository(tmp_path: Path):
+    repo, source = tmp_path / "repo", tmp_path / "src"
+    source.mkdir()
+    (source / "file.txt").write_text("precious data\n")
+    env = {**os.environ, "RESTIC_PASSWORD": "correct horse", "RESTIC_CACHE_DIR": str(tmp_path / "c")}
+    subprocess.run(["restic", "init", "--repo", str(repo)], env=env, check=True,
+                   capture_output=True, timeout=60)
+    job = BackupJob("offsite", kind="restic", repository=str(repo), password="correct horse",
+                    max_age=3600)
+    (check,) = (await BackupsCollector([job], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL and "no snapshots" in check.message
+    subprocess.run(["restic", "backup", "--repo", str(repo), str(source)], env=env, check=True,
+                   capture_output=True, timeout=60)
+    (check,) = (await BackupsCollector([job], 900, tmp_path).collect()).checks
+    assert check.state is State.OK, check.message
+    assert "newest snapshot" in check.message and "(1 in" in check.message
+    wrong = BackupJob("offsite", kind="restic", repository=str(repo), password="wrong",
+                      max_age=3600)
+    (check,) = (await BackupsCollector([wrong], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL and "cannot list" in check.message

@@ -1,0 +1,191 @@
+"""Digests built from real RRD files, the status book and report state, sent to a real aiosmtpd."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import math
+import subprocess
+import time
+from pathlib import Path
+
+from alerts.digest import percentile, run_digest
+from collectors.lists import DayStats, ListsState, save_state
+from monitor.config import parse_config
+from monitor.model import CheckResult, Measurement, State
+from monitor.status import StatusBook
+from monitor.store import RrdStore
+from tests.conftest import MONITOR
+from tests.smtp_helpers import Recorder, start_smtp
+
+EVIL = "<script>alert(1)</script>@evil.example"
+SECTIONS = ["problems", "alerts", "traffic", "services", "certificates", "disks", "mailboxes",
+            "lists", "backups"]
+
+
+def make_config(tmp_path: Path, port: int, sections=SECTIONS) -> str:
+    return f"""
+[agent]
+data_dir = "{tmp_path / 'data'}"
+hostname = "mon.example.net"
+[smtp]
+host = "127.0.0.1"
+port = {port}
+from = "monitor@example.net"
+[contacts]
+admins = ["admin@example.net", "noc@example.net"]
+hotline = ["hotline@example.net"]
+[[backups]]
+name = "nightly"
+[[digests]]
+name = "daily"
+schedule = "0 7 * * *"
+recipients = ["admins"]
+sections = {sections!r}
+[[digests]]
+name = "weekly-hotline"
+schedule = "0 8 * * 1"
+recipients = ["hotline"]
+sections = ["mailboxes"]
+period = "7d"
+"""
+
+
+def fill(tmp_path: Path, now: float) -> None:
+    """Eight days of 5-minute samples in real RRD files, a status book and list counts."""
+    store = RrdStore(tmp_path / "data" / "rrd")
+    start = int(now - 8 * 86400) // 300 * 300
+    rows = []
+    for i, ts in enumerate(range(start, int(now), 300)):
+        wave = 1 + math.sin(i / 30)
+        rows += [
+            Measurement("dmz-router", "eth0", "in_octets", 100_000 * wave, timestamp=ts),
+            Measurement("dmz-router", "eth0", "out_octets", 50_000 * wave, timestamp=ts),
+            Measurement("mail.example.net", "smtp", "response_seconds",
+                        None if i % 10 == 0 else 0.05 * wave, timestamp=ts),
+            Measurement("www.example.net", "https", "cert_expiry_days", 20 - i / 288, timestamp=ts),
+            Measurement("mon.example.net", "fs:/var", "used_percent", 70 + i / 200, timestamp=ts),
+            Measurement("mon.example.net", "fs:/var", "used_bytes", 7e9 + i * 1e6, timestamp=ts),
+            Measurement("mon.example.net", "fs:/var", "free_bytes", 3e9 - i * 1e6, timestamp=ts),
+            Measurement("mailboxes", "alice@example.net", "size_bytes", 1e9 + i * 1e6, timestamp=ts),
+            Measurement("mailboxes", "alice@example.net", "messages", 5000 + i, timestamp=ts),
+            Measurement("mailboxes", EVIL, "size_bytes", 5e8, timestamp=ts),
+            Measurement("mailboxes", "domain:example.net", "size_bytes", 2e9 + i * 1e6,
+                        timestamp=ts),
+        ]
+        if i > 288 * 6:  # a mailbox that appeared two days ago
+            rows.append(Measurement("mailboxes", "new@example.net", "size_bytes", 2e6, timestamp=ts))
+    report = store.write(rows, 300)
+    assert not report.errors
+    store.close()
+    status = StatusBook(tmp_path / "data" / "state" / "status.json")
+    status.update([
+        CheckResult("mail.example.net", "smtp", State.OK, "SMTP answered 220", timestamp=now),
+        CheckResult("backups", "backup nightly", State.CRITICAL,
+                    "backup nightly: failed 2 h ago with exit status 23: rsync: <refused>",
+                    timestamp=now - 7200),
+    ])
+    status.save()
+    today = time.strftime("%Y-%m-%d", time.localtime(now))
+    state = ListsState(days={today: {"announce": DayStats(3, 12345, {"a@x", "b@x"}, 1, 2)}},
+                       subscribers={"announce": 812, "users": 40})
+    save_state(tmp_path / "data" / "state" / "lists.json", state)
+
+
+async def test_digest_sent_through_outbox_to_real_smtp(tmp_path: Path):
+    recorder = Recorder()
+    server, port = await start_smtp(recorder)
+    try:
+        config = parse_config(make_config(tmp_path, port))
+        now = time.time()
+        fill(tmp_path, now)
+        await run_digest(config, "daily")
+    finally:
+        server.close()
+    (received,) = recorder.received
+    assert sorted(received.recipients) == ["admin@example.net", "noc@example.net"]
+    msg = received.message
+    assert "daily digest" in str(msg["Subject"]) and "1 problem(s)" in str(msg["Subject"])
+    assert msg.get_content_type() == "multipart/alternative"
+    plain, related = msg.get_payload()
+    assert plain.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    text = plain.get_content()
+    for title in ("Current problems", "Alerts of the period", "DMZ traffic", "Services",
+                  "Certificate expiry calendar", "Disks", "Biggest mailboxes",
+                  "Mailing list activity", "Backup results"):
+        assert title in text
+    assert "backups backup nightly" in text
+    assert "dmz-router eth0" in text and "95th" in text
+    assert "% of samples" in text
+    assert "www.example.net" in text and "(renew!)" in text
+    assert "alice@example.net" in text and "new (no size a week ago)" in text
+    assert "announce  3" in text and "812" in text
+    assert "No alert history" in text  # the alerts database does not exist here
+    html_part = related.get_payload()[0]
+    html = html_part.get_content()
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "rsync: &lt;refused&gt;" in html
+    images = [p for p in related.get_payload()[1:] if p.get_content_type() == "image/png"]
+    assert len(images) >= 3  # traffic, response time, disk
+    for image in images:
+        cid = image["Content-ID"].strip("<>")
+        assert f'src="cid:{cid}"' in html
+        assert image.get_content()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Week-over-week growth of alice: about 2016 samples x 1 MB.
+    line = next(line for line in text.splitlines() if line.startswith("alice@example.net"))
+    assert "+1.9 GiB" in line or "+1.8 GiB" in line
+
+
+async def test_empty_sections_say_so_and_weekly_hotline(tmp_path: Path):
+    recorder = Recorder()
+    server, port = await start_smtp(recorder)
+    try:
+        config = parse_config(make_config(tmp_path, port))
+        await run_digest(config, "daily")
+        fill(tmp_path, time.time())
+        await run_digest(config, "weekly-hotline")
+    finally:
+        server.close()
+    first, weekly = recorder.received
+    text = first.message.get_payload()[0].get_content()
+    for note in ("None: every check is OK.", "No traffic data in this period.",
+                 "No service checks recorded", "No TLS certificates are checked.",
+                 "No disk usage data.", "No mailbox sizes recorded", "No list activity recorded",
+                 "not checked yet"):
+        assert note in text
+    assert weekly.recipients == ["hotline@example.net"]
+    weekly_text = weekly.message.get_payload()[0].get_content()
+    assert "Biggest mailboxes" in weekly_text and "DMZ traffic" not in weekly_text
+    assert weekly_text.index("alice@example.net") < weekly_text.index("evil.example")
+
+
+def test_dry_run_prints_the_message_and_sends_nothing(tmp_path: Path):
+    (tmp_path / "config.toml").write_text(make_config(tmp_path, 9, ["problems", "backups"]))
+    result = subprocess.run([*MONITOR, "--config", str(tmp_path / "config.toml"), "digest", "daily",
+                             "--dry-run"], capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    msg = email.message_from_bytes(result.stdout, policy=email.policy.default)
+    assert msg["To"] == "admin@example.net, noc@example.net"
+    assert msg.get_content_type() == "multipart/alternative"
+    assert not (tmp_path / "data" / "state" / "outbox.db").exists()
+    bad = subprocess.run([*MONITOR, "--config", str(tmp_path / "config.toml"), "digest", "nope"],
+                         capture_output=True, timeout=60)
+    assert bad.returncode == 2 and b"no digest named 'nope'" in bad.stderr
+
+
+def test_percentile_nearest_rank():
+    assert percentile(list(range(1, 101)), 95) == 95
+    assert percentile([5.0], 95) == 5.0
+    assert percentile([], 95) is None
+
+
+def test_digest_config_errors():
+    import pytest
+
+    from monitor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown contact group 'ops'"):
+        parse_config('[[digests]]\nname = "d"\nrecipients = ["ops"]\n')
+    with pytest.raises(ConfigError, match="cron expression"):
+        parse_config('[contacts]\nadmins = ["a@b.c"]\n[[digests]]\nname = "d"\nschedule = "daily"\n')

@@ -1,0 +1,181 @@
+"""The mailboxes collector on generated Maildir trees: sizes from names, stat, maildirsize, mbox."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+from collectors.mailboxes import (
+    MailboxesCollector,
+    MailboxSize,
+    measure,
+    parse_postqueue_json,
+    scan_spools,
+)
+from monitor.config import MailboxesConfig
+from monitor.model import State
+
+DATA = Path(__file__).parent / "data"
+
+
+def make_maildir(box: Path, sizes: list[int], *, with_names: bool = True, folder: str = "") -> int:
+    """Real message files of the given sizes; returns their total size."""
+    base = box / folder if folder else box
+    if not sizes and folder:
+        return 0
+    for sub in ("cur", "new"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for i, size in enumerate(sizes):
+        name = f"17000000{i:02d}.M{i}P1.host" + (f",S={size}" if with_names else "")
+        sub = "cur" if i % 3 else "new"
+        if sub == "cur":
+            name += ":2,S"
+        (base / sub / name).write_bytes(b"x" * size)
+    return sum(sizes)
+
+
+def test_thousands_of_mailboxes_sizes_and_domains(tmp_path: Path):
+    rng = random.Random(1)
+    expected: dict[str, tuple[int, int]] = {}
+    for i in range(2000):
+        domain = f"d{i % 25}.example"
+        box = tmp_path / "vhosts" / domain / f"u{i}"
+        sizes = [rng.randint(1, 200) for _ in range(rng.randint(0, 4))]
+        sent = [rng.randint(1, 200) for _ in range(i % 2)]
+        total = make_maildir(box, sizes, with_names=i % 7 != 0)
+        total += make_maildir(box, sent, folder=".Sent")
+        expected[f"u{i}@{domain}"] = (total, len(sizes) + len(sent))
+    # Not mailboxes: a stray file at domain level is an mbox only where the pattern says so;
+    # a directory without cur/new is skipped; hidden entries are skipped.
+    (tmp_path / "vhosts" / "d0.example" / "not-a-maildir").mkdir()
+    (tmp_path / "vhosts" / ".hidden").mkdir()
+    result = scan_spools([f"{tmp_path}/vhosts/{{domain}}/{{user}}"], threads=3)
+    assert not result.errors
+    got = {m.address: (m.size_bytes, m.messages) for m in result.mailboxes}
+    assert got == expected
+    assert {m.source for m in result.mailboxes} == {"names", "stat"}
+    domains = {d.domain: d for d in result.domains()}
+    assert len(domains) == 25
+    assert domains["d3.example"].mailboxes == 80
+    assert domains["d3.example"].size_bytes == sum(
+        v[0] for k, v in expected.items() if k.endswith("@d3.example"))
+    top = result.biggest(5)
+    assert [m.size_bytes for m in top] == sorted((v[0] for v in expected.values()), reverse=True)[:5]
+
+
+def _maildirsize(box: Path, lines: list[str], mtime: float) -> None:
+    path = box / "maildirsize"
+    path.write_text("1000000000S,10000C\n" + "".join(f"{line}\n" for line in lines))
+    os.utime(path, (mtime, mtime))
+
+
+def test_maildirsize_fast_path_when_fresh_and_fallback_when_stale(tmp_path: Path):
+    box = tmp_path / "spool" / "example.net" / "alice"
+    real = make_maildir(box, [100, 200, 300])
+    for sub in ("cur", "new"):
+        os.utime(box / sub, (1_000_000, 1_000_000))
+    # Fresh (written after the last directory change): its figures are used, not the files'.
+    _maildirsize(box, ["5000 7", "-1000 -2", "250 1"], mtime=2_000_000)
+    pattern = [f"{tmp_path}/spool/{{domain}}/{{user}}"]
+    result = scan_spools(pattern, clock=lambda: 2_000_100)
+    (m,) = result.mailboxes
+    assert (m.size_bytes, m.messages, m.source) == (4250, 6, "maildirsize")
+    # A delivery after Dovecot's last write (directory newer): counted from the names.
+    os.utime(box / "new", (2_000_050, 2_000_050))
+    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
+    assert (m.size_bytes, m.messages, m.source) == (real, 3, "names")
+    # Older than maildirsize_max_age: counted too; disabled: counted.
+    os.utime(box / "new", (1_000_000, 1_000_000))
+    (m,) = scan_spools(pattern, clock=lambda: 2_000_000 + 8 * 86400).mailboxes
+    assert m.source == "names"
+    (m,) = scan_spools(pattern, clock=lambda: 2_000_100, use_maildirsize=False).mailboxes
+    assert m.source == "names"
+    # A corrupt maildirsize is ignored.
+    _maildirsize(box, ["garbage here now"], mtime=2_000_000)
+    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
+    assert (m.size_bytes, m.source) == (real, "names")
+
+
+def test_mbox_files_and_a_vanished_mailbox(tmp_path: Path):
+    spool = tmp_path / "mail"
+    spool.mkdir()
+    text = b"From a@b Mon Jan  1 00:00:00 2026\nSubject: x\n\nfrom here on, body\n>From quoted\n"
+    (spool / "carol").write_bytes(text * 3 + b"\nFrom z@y Tue Jan 2 00:00:00 2026\n\nlast\n")
+    (spool / "dave").write_bytes(b"")
+    os.symlink(spool / "gone", spool / "erin")  # dangling: vanished between listing and stat
+    result = scan_spools([f"{spool}/{{user}}"], default_domain="example.net", mbox_cache={})
+    got = {m.address: (m.messages, m.size_bytes, m.kind) for m in result.mailboxes}
+    assert got["carol@example.net"][0] == 4
+    assert got["carol@example.net"][1] == (spool / "carol").stat().st_size
+    assert got["dave@example.net"][:2] == (0, 0)
+    (err,) = result.errors
+    assert err.address == "erin@example.net" and "vanished" in (err.error or "")
+
+
+def test_mbox_separator_across_read_chunks(tmp_path: Path, monkeypatch):
+    import collectors.mailboxes as mb
+
+    monkeypatch.setattr(mb, "_MBOX_CHUNK", 7)
+    path = tmp_path / "box"
+    path.write_bytes(b"From a\nx\nFrom b\nyy\nFrom c\nzzz\nFrom d\n")
+    box = measure(MailboxSize("u@d", "d", str(path), "mbox"), use_maildirsize=False, max_age=0,
+                  now=0)
+    assert box.messages == 4
+
+
+def test_mailbox_removed_during_scan_is_its_own_error(tmp_path: Path):
+    box = tmp_path / "d" / "u"
+    make_maildir(box, [10])
+    item = MailboxSize("u@d", "d", str(box), "maildir")
+    import shutil
+
+    shutil.rmtree(box)
+    measure(item, use_maildirsize=True, max_age=0, now=0)
+    assert item.error and "vanished" in item.error
+
+
+async def test_collector_batch_follows_the_naming_contract(tmp_path: Path):
+    for i in range(30):
+        make_maildir(tmp_path / "v" / f"d{i % 3}.example" / f"user{i}", [100 * (i + 1)])
+    make_maildir(tmp_path / "v" / "evil.example" / "a<b>\r\nc", [5])
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "v/{domain}/{user}"], top=5,
+                          warn_size=2500, critical_size=2900)
+    batch = await MailboxesCollector(cfg, 900, clock=lambda: 1_800_000_000).collect()
+    instances = {m.instance for m in batch.measurements}
+    boxes = {i for i in instances if "@" in i}
+    assert boxes == {f"user{i}@d{i % 3}.example" for i in range(25, 30)}
+    assert {"domain:d0.example", "domain:d1.example", "domain:d2.example", "domain:evil.example",
+            ""} <= instances
+    assert all(m.target == "mailboxes" for m in batch.measurements)
+    states = {c.check: c.state for c in batch.checks}
+    assert states["mailbox user29@d2.example"] is State.CRITICAL
+    assert states["mailbox user26@d2.example"] is State.WARNING
+    assert states["mailboxes"] is State.OK
+    summary = next(c for c in batch.checks if c.check == "mailboxes")
+    assert "31 mailboxes in 4 domains" in summary.message
+
+
+async def test_postfix_queue_from_postqueue_json(tmp_path: Path):
+    recorded = DATA / "postfix" / "postqueue-j.txt"
+    summary = parse_postqueue_json(recorded.read_text(), now=1763880600)
+    assert (summary.messages, summary.size_bytes) == (3, 18133)
+    assert summary.by_queue == {"deferred": 2, "active": 1}
+    assert summary.oldest_seconds == 10600
+    # The collector runs the program (argv, no shell); here a stand-in printing the recording.
+    fake = tmp_path / "postqueue"
+    fake.write_text(f"#!{sys.executable}\nimport sys\nassert sys.argv[1:] == ['-j']\n"
+                    f"sys.stdout.write(open({str(recorded)!r}).read())\n")
+    fake.chmod(0o755)
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "none/{user}"], postfix_queue=True,
+                          postqueue=str(fake), queue_warning=2)
+    batch = await MailboxesCollector(cfg, 900).collect()
+    queue = next(c for c in batch.checks if c.check == "postfix queue")
+    assert queue.state is State.WARNING and "3 message(s)" in queue.message
+    assert {m.metric for m in batch.measurements if m.instance == "queue:postfix"} == {
+        "messages", "size_bytes", "deferred_messages", "oldest_seconds"}
+    missing = MailboxesConfig(enabled=True, paths=[tmp_path / "none/{user}"], postfix_queue=True,
+                              postqueue=str(tmp_path / "nope"))
+    batch = await MailboxesCollector(missing, 900).collect()
+    assert next(c for c in batch.checks if c.check == "postfix queue").state is State.UNKNOWN

@@ -1,0 +1,430 @@
+"""Service checks against real servers on 127.0.0.1 port 0 (see tests/service_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from collectors import services
+from collectors.services_exec import parse_perfdata, parse_ping, split_plugin_output
+from monitor.config import ConfigError, ServiceCheck, load_config
+from monitor.model import Kind, State
+from tests import service_servers as srv
+from tests.conftest import ROOT
+from tests.smtp_helpers import Recorder, start_smtp
+
+PLUGINS = Path("/usr/lib/nagios/plugins")
+
+
+def svc(kind: str, port: int | None = None, name: str = "svc", **kw) -> ServiceCheck:
+    host = kw.pop("host", "" if kind == "plugin" else "127.0.0.1")
+    check = ServiceCheck(name=name, kind=kind, host=host, port=port, timeout=kw.pop("timeout", 5.0), **kw)
+    check.validate()
+    return check
+
+
+async def run(*checks: ServiceCheck, concurrency: int = 64):
+    collector = services.ServicesCollector("services", 60, list(checks), concurrency)
+    return (await collector.collect()).checks
+
+
+async def one(check: ServiceCheck):
+    (result,) = await run(check)
+    return result
+
+
+def metric(result, name: str):
+    return {m.metric: m for m in result.measurements}[name]
+
+
+@pytest.fixture
+async def servers():
+    started = []
+
+    async def start(handler, tls=None):
+        server, port = await srv.serve(handler, tls)
+        started.append(server)
+        return port
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("certs")
+    return {
+        "valid": srv.make_cert(d, days=90, stem="valid"),
+        "soon": srv.make_cert(d, days=5, stem="soon"),
+        "expired": srv.make_cert(d, expired=True, stem="expired"),
+        "wrongname": srv.make_cert(d, names=("other.example.org",), stem="wrongname"),
+    }
+
+
+# -- tcp and line protocols ---------------------------------------------------------------------
+
+
+async def test_tcp_connect_send_expect_and_closed_port(servers):
+    port = await servers(srv.banner("hello there"))
+    ok, expect, missing, closed = await run(
+        svc("tcp", port, "plain"), svc("tcp", port, "expect", send="hi\r\n", expect="hello"),
+        svc("tcp", port, "missing", expect="welcome", timeout=1),
+        svc("tcp", srv.closed_port(), "closed"))
+    assert ok.state == State.OK and "accepted the connection" in ok.message
+    assert ok.target == "127.0.0.1" and ok.check == "plain"
+    assert metric(ok, "response_seconds").value >= 0
+    assert metric(ok, "response_seconds").instance == "plain"
+    assert expect.state == State.OK and "'hello there'" in expect.message
+    assert missing.state == State.CRITICAL and "welcome" in missing.message
+    assert closed.state == State.CRITICAL and "refused the connection" in closed.message
+    assert metric(closed, "response_seconds").value is None
+
+
+async def test_stalling_server_costs_only_its_timeout(servers):
+    stall = await servers(srv.stall)
+    good = await servers(srv.banner("SSH-2.0-OpenSSH_9.2p1 Debian-2"))
+    # Six stalls with concurrency 4 and a 0.3 s timeout: the cycle ends and the good one is OK.
+    checks = [svc("smtp", stall, f"stall{i}", timeout=0.3) for i in range(6)]
+    results = await run(*checks, svc("ssh", good, "ssh"), concurrency=4)
+    by = {r.check: r for r in results}
+    assert by["ssh"].state == State.OK
+    assert by["ssh"].message.startswith("SSH 127.0.0.1:")
+    assert "SSH-2.0-OpenSSH_9.2p1 Debian-2" in by["ssh"].message
+    for i in range(6):
+        assert by[f"stall{i}"].state == State.CRITICAL
+        assert "accepted the connection but sent no greeting within 0.30 s" in by[f"stall{i}"].message
+
+
+async def test_smtp_refusal_message(servers):
+    port = await servers(srv.banner("554 5.7.1 no service for you\x1b[31m"))
+    result = await one(svc("smtp", port, "mail"))
+    assert result.state == State.CRITICAL
+    assert result.message.startswith(f"SMTP 127.0.0.1:{port} answered 554 instead of 220 in ")
+    assert "\x1b" not in result.message
+
+
+async def test_smtp_starttls_against_aiosmtpd(certs):
+    server, port = await start_smtp(Recorder(), cert=certs["valid"])
+    try:
+        result = await one(svc("smtp", port, "mail", starttls=True, ca_file=certs["valid"][0]))
+        untrusted = await one(svc("smtp", port, "mail2", starttls=True))
+    finally:
+        server.close()
+    assert result.state == State.OK, result.message
+    assert "answered 220 and STARTTLS" in result.message
+    assert "certificate valid for 90 days" in result.message
+    assert 89 < metric(result, "cert_expiry_days").value <= 90
+    # Same server without our CA: the chain is not trusted, yet the expiry is still measured.
+    assert untrusted.state == State.CRITICAL
+    assert "not trusted" in untrusted.message and "self-signed" in untrusted.message
+    assert 89 < metric(untrusted, "cert_expiry_days").value <= 90
+
+
+async def test_smtp_implicit_tls(certs):
+    server, port = await start_smtp(Recorder(), cert=certs["valid"], implicit_tls=True)
+    try:
+        result = await one(svc("smtp", port, "smtps", tls=True, ca_file=certs["valid"][0]))
+    finally:
+        server.close()
+    assert result.state == State.OK, result.message
+    assert result.message.startswith("SMTPS 127.0.0.1:")
+
+
+async def test_imap_pop3_ftp_ssh(servers, certs):
+    ctx = srv.server_context(certs["valid"])
+    ca = certs["valid"][0]
+    imap = await servers(srv.imap(ctx))
+    pop = await servers(srv.pop3(ctx))
+    imaps = await servers(srv.imap(), tls=ctx)
+    ftp = await servers(srv.banner("220-Welcome", "220 ProFTPD ready"))
+    ftp_bad = await servers(srv.banner("421 Too many connections"))
+    ssh1 = await servers(srv.banner("SSH-1.5-old"))
+    results = await run(
+        svc("imap", imap, "imap"), svc("imap", imap, "imap-tls", starttls=True, ca_file=ca),
+        svc("pop3", pop, "pop3-tls", starttls=True, ca_file=ca),
+        svc("imap", imaps, "imaps", tls=True, ca_file=ca),
+        svc("ftp", ftp, "ftp"), svc("ftp", ftp_bad, "ftp-bad"), svc("ssh", ssh1, "ssh1"),
+        svc("pop3", imap, "wrong-protocol"))
+    by = {r.check: r for r in results}
+    for name in ("imap", "imap-tls", "pop3-tls", "imaps", "ftp"):
+        assert by[name].state == State.OK, by[name].message
+    assert "* OK and STARTTLS" in by["imap-tls"].message
+    assert "+OK and STLS" in by["pop3-tls"].message
+    assert "cert_expiry_days" in {m.metric for m in by["imaps"].measurements}
+    assert by["ftp-bad"].state == State.CRITICAL and "421 instead of 220" in by["ftp-bad"].message
+    assert by["ssh1"].state == State.CRITICAL and "not SSH 2.0" in by["ssh1"].message
+    assert by["wrong-protocol"].state == State.CRITICAL
+    assert "instead of +OK" in by["wrong-protocol"].message
+
+
+# -- TLS certificates ---------------------------------------------------------------------------
+
+
+async def test_certificates(servers, certs):
+    ports = {name: await servers(srv.http, tls=srv.server_context(pair)) for name, pair in certs.items()}
+
+    def https(name: str, **kw) -> ServiceCheck:
+        return svc("https", ports[name], name, ca_file=certs[name][0], **kw)
+
+    valid, soon, expired, wrong, soon_warn = await run(
+        https("valid"), https("soon"), https("expired"), https("wrongname"),
+        svc("https", ports["soon"], "soon-warn", ca_file=certs["soon"][0], cert_critical_days=3))
+    assert valid.state == State.OK and "certificate valid for 90 days" in valid.message
+    assert soon.state == State.CRITICAL and "certificate expires in 5.0 days" in soon.message
+    assert soon_warn.state == State.WARNING and "expires in 5 days" in soon_warn.message
+    assert 4 < metric(soon, "cert_expiry_days").value <= 5
+    assert expired.state == State.CRITICAL and "certificate expired 3 days ago" in expired.message
+    assert metric(expired, "cert_expiry_days").value < 0
+    assert wrong.state == State.CRITICAL
+    assert "certificate is not valid for 127.0.0.1" in wrong.message
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+async def test_http(servers):
+    port = await servers(srv.http)
+    results = await run(
+        svc("http", port, "home", expect_text="Hello world"),
+        svc("http", port, "text-missing", expect_text="Goodbye"),
+        svc("http", port, "redirect", path="/redirect", follow_redirects=2, expect_text="final page"),
+        svc("http", port, "no-follow", path="/redirect"),
+        svc("http", port, "redirect-ok", path="/redirect", expect_status=[301, 302]),
+        svc("http", port, "absolute", path="/absolute", follow_redirects=1),
+        svc("http", port, "loop", path="/loop", follow_redirects=3),
+        svc("http", port, "error", path="/error"),
+        svc("http", port, "vhost", path="/vhost", vhost="www.example.net", expect_text="www.example.net"),
+        svc("http", port, "chunked", path="/chunked", expect_text="Hello chunk"),
+        svc("http", port, "head", method="HEAD"),
+        svc("http", port, "unsized", path="/unsized", expect_text="second part"),
+        svc("http", name="url", url=f"http://127.0.0.1:{port}/final", expect_text="final"),
+        svc("http", port, "slow", warning=0.0))
+    by = {r.check: r for r in results}
+    for name in ("home", "redirect", "redirect-ok", "absolute", "vhost", "chunked", "head", "url",
+                 "unsized"):
+        assert by[name].state == State.OK, (name, by[name].message)
+    assert by["home"].message.startswith(f"HTTP 127.0.0.1:{port}/ answered 200 OK in ")
+    assert "after 1 redirect" in by["redirect"].message
+    assert by["text-missing"].state == State.CRITICAL and "without the text 'Goodbye'" in by[
+        "text-missing"].message
+    assert by["no-follow"].state == State.CRITICAL
+    assert "answered 302 Found instead of 200 (to /final)" in by["no-follow"].message
+    assert by["loop"].state == State.CRITICAL and "after 3 redirects" in by["loop"].message
+    assert by["error"].state == State.CRITICAL
+    assert "answered 503 Service Unavailable instead of 200" in by["error"].message
+    assert by["slow"].state == State.WARNING and "slower than" in by["slow"].message
+
+
+# -- DNS ----------------------------------------------------------------------------------------
+
+
+async def test_dns():
+    transport, port = await srv.serve_dns()
+    dead = srv.closed_port()
+    try:
+        results = await run(
+            svc("dns", port, "www", query="www.example.net", server="127.0.0.1",
+                expect_answers=["192.0.2.10"]),
+            svc("dns", port, "mx", query="example.net", query_type="mx", server="127.0.0.1",
+                expect_answers=["10 mail.example.net"]),
+            svc("dns", port, "wrong", query="www.example.net", server="127.0.0.1",
+                expect_answers=["192.0.2.99"]),
+            svc("dns", port, "nx", query="nope.example.net", server="127.0.0.1"),
+            svc("dns", port, "nx-ok", query="nope.example.net", server="127.0.0.1",
+                expect_rcode="nxdomain"),
+            svc("dns", dead, "two", query="www.example.net", servers=["127.0.0.1", "127.0.0.2"],
+                timeout=0.5))
+    finally:
+        transport.close()
+    by: dict[str, list] = {}
+    for r in results:
+        by.setdefault(r.check, []).append(r)
+    assert by["www"][0].state == State.OK, by["www"][0].message
+    assert "192.0.2.10, 192.0.2.11" in by["www"][0].message
+    assert by["mx"][0].state == State.OK, by["mx"][0].message
+    assert by["wrong"][0].state == State.CRITICAL and "instead of 192.0.2.99" in by["wrong"][0].message
+    assert by["nx"][0].state == State.CRITICAL
+    assert "answered NXDOMAIN instead of NOERROR" in by["nx"][0].message
+    assert by["nx-ok"][0].state == State.OK
+    # Primary and secondary are each a target of their own.
+    assert sorted(r.target for r in by["two"]) == ["127.0.0.1", "127.0.0.2"]
+    assert all(r.state == State.CRITICAL for r in by["two"])
+
+
+# -- ping and plugins ---------------------------------------------------------------------------
+
+PING_OUTPUT = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
+
+--- 192.0.2.1 ping statistics ---
+5 packets transmitted, 4 received, 20% packet loss, time 804ms
+rtt min/avg/max/mdev = 0.031/0.052/0.090/0.020 ms
+"""
+
+
+def test_parse_ping_and_perfdata():
+    loss, rtt = parse_ping(PING_OUTPUT)
+    assert loss == 20.0 and rtt == pytest.approx((0.031e-3, 0.052e-3, 0.090e-3))
+    text, perf = split_plugin_output("DISK OK - free | '/var log'=2GB;3;4;0;10 time=5ms\n"
+                                     "long text | load1=0.5;1;2 hits=12c size=U")
+    assert text == "DISK OK - free"
+    metrics = parse_perfdata(perf)
+    assert metrics["var_log_bytes"] == (2 * 1024**3, "B")
+    assert metrics["time_seconds"] == (pytest.approx(0.005), "s")
+    assert metrics["load1"] == (0.5, "")
+    assert metrics["hits"] == (12, "c")
+    assert metrics["size"] == (None, "")
+
+
+async def test_ping_localhost_or_clear_refusal(tmp_path):
+    result = await one(svc("ping", name="lo", count=2, timeout=5))
+    if result.state == State.OK:
+        assert {"loss_percent", "rtt_avg_seconds", "response_seconds"} <= {
+            m.metric for m in result.measurements}
+        assert "0% loss" in result.message
+    else:  # a sandbox without ICMP: the message says how to allow it
+        assert result.state == State.UNKNOWN and "ICMP" in result.message
+    # The refusal as iputils prints it without the capability, replayed by a stand-in.
+    fake = tmp_path / "ping"
+    fake.write_text("#!/bin/sh\necho 'ping: socket: Operation not permitted' >&2\nexit 2\n")
+    fake.chmod(0o755)
+    denied = await one(svc("ping", name="denied", ping_command=fake))
+    assert denied.state == State.UNKNOWN
+    assert "may not open ICMP sockets" in denied.message and "ping_group_range" in denied.message
+
+
+@pytest.mark.skipif(not (PLUGINS / "check_tcp").exists(), reason="monitoring-plugins-basic missing")
+async def test_nagios_plugins(servers):
+    port = await servers(srv.banner("220 ready"))
+    web = await servers(srv.http)
+    closed = srv.closed_port()
+    tcp, dead, http, hung = await run(
+        svc("plugin", name="check_tcp", command=[str(PLUGINS / "check_tcp"), "-H", "127.0.0.1",
+                                                   "-p", str(port)]),
+        svc("plugin", name="check_tcp_dead", command=[str(PLUGINS / "check_tcp"), "-H",
+                                                        "127.0.0.1", "-p", str(closed)]),
+        svc("plugin", name="check_http", command=[str(PLUGINS / "check_http"), "-H", "127.0.0.1",
+                                                    "-p", str(web), "-s", "Hello world"]),
+        svc("plugin", name="hung", command=["/bin/sleep", "30"], timeout=0.3))
+    assert tcp.state == State.OK and tcp.message.startswith("TCP OK")
+    assert tcp.target == "localhost"
+    assert metric(tcp, "time_seconds").unit == "s"
+    assert dead.state == State.CRITICAL and "refused" in dead.message.lower()
+    assert http.state == State.OK, http.message
+    assert metric(http, "size_bytes").value > 0
+    assert metric(http, "time_seconds").kind == Kind.GAUGE
+    assert hung.state == State.CRITICAL and "killed" in hung.message
+
+
+# -- robustness, config and wiring --------------------------------------------------------------
+
+
+async def test_file_descriptors_stay_flat(servers, certs):
+    stall = await servers(srv.stall)
+    web = await servers(srv.http, tls=srv.server_context(certs["expired"]))
+    checks = [svc("tcp", stall, "stall", expect="x", timeout=0.2),
+              svc("tcp", srv.closed_port(), "closed"),
+              svc("https", web, "expired", ca_file=certs["expired"][0]),
+              svc("plugin", name="hung", command=["/bin/sleep", "30"], timeout=0.2)]
+    await run(*checks)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        await run(*checks)
+    await asyncio.sleep(0)
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_config_errors(write_config):
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
+        return str(info.value)
+
+    assert 'needs port = NUMBER' in error('kind = "tcp"\nhost = "a"\n')
+    assert "needs query" in error('kind = "dns"\nserver = "127.0.0.1"\n')
+    assert "an argv list" in error('kind = "plugin"\n')
+    assert "absolute path" in error('kind = "plugin"\ncommand = ["check_tcp"]\n')
+    assert "only smtp, imap and pop3" in error('kind = "ssh"\nhost = "a"\nstarttls = true\n')
+    assert "choose one" in error('kind = "smtp"\nhost = "a"\ntls = true\nstarttls = true\n')
+    assert "only http/https" in error('kind = "tcp"\nhost = "a"\nport = 1\nexpect_text = "x"\n')
+    assert "must not be above critical" in error('kind = "ssh"\nhost = "a"\nwarning = "2s"\n'
+                                                 'critical = "1s"\n')
+    assert "longer than count x ping_interval" in error('kind = "ping"\nhost = "a"\ncount = 10\n'
+                                                         'timeout = "1s"\n')
+    assert "record type" in error('kind = "dns"\nserver = "a"\nquery = "x"\nquery_type = "BOGUS"\n')
+    assert "expected a URL" in error('kind = "http"\nurl = "ftp://x/"\n')
+    assert "services[0].expect_status[0]" in error('kind = "http"\nhost = "a"\nexpect_status = [99]\n')
+
+
+def test_defaults_and_grouping(write_config):
+    config = load_config(write_config('''
+        [agent]
+        interval = "1m"
+        data_dir = "data"
+        [[services]]
+        name = "smtps"
+        kind = "smtp"
+        host = "mail.example.net"
+        tls = true
+        [[services]]
+        name = "web"
+        kind = "http"
+        url = "https://www.example.net/status?x=1"
+        interval = "5m"
+        [[services]]
+        name = "ns"
+        kind = "dns"
+        query = "example.net"
+        servers = ["192.0.2.53", "198.51.100.53"]
+    '''))
+    smtps, web, ns = config.services
+    assert smtps.port == 465 and web.port == 443 and web.tls and web.path == "/status?x=1"
+    assert web.host == "www.example.net" and web.expect_status == [200]
+    assert ns.host == "192.0.2.53" and ns.port == 53
+    assert (smtps.cert_warning_days, smtps.cert_critical_days) == (21, 7)
+    collectors = services.build(config)
+    assert [(c.name, c.interval) for c in collectors] == [("services", 60), ("services-5m", 300)]
+
+
+async def test_default_config_demo_down():
+    config = load_config(ROOT / "config.toml")
+    config.services = [s for s in config.services if s.name == "demo-down"]
+    (collector,) = services.build(config)
+    (result,) = (await collector.collect()).checks
+    assert (result.target, result.check, result.state) == ("127.0.0.1", "demo-down", State.CRITICAL)
+    assert "refused the connection" in result.message
+
+
+def test_default_config_documents_every_service_key():
+    from dataclasses import fields
+
+    text = (ROOT / "config.toml").read_text()
+    for f in fields(ServiceCheck):
+        assert f"# {f.name} =" in text or f"\n{f.name} =" in text, f.name
+
+
+async def test_results_land_in_rrd(tmp_path, servers, certs):
+    from monitor.store import RrdStore
+
+    port = await servers(srv.http, tls=srv.server_context(certs["valid"]))
+    batch = await services.ServicesCollector("services", 60, [
+        svc("https", port, "web", ca_file=certs["valid"][0]),
+        svc("tcp", srv.closed_port(), "down")]).collect()
+    store = RrdStore(tmp_path / "rrd")
+    report = store.write(batch.measurements, 60)
+    assert not report.errors
+    series = {(s.target, s.instance): set(s.metrics) for s in store.series()}
+    assert series[("127.0.0.1", "web")] == {"response_seconds", "cert_expiry_days"}
+    assert series[("127.0.0.1", "down")] == {"response_seconds"}
+    store.close()
+
+
+async def test_tls_to_plain_server_and_long_banner(servers):
+    port = await servers(srv.banner("220 " + "x" * 5000 + "\r\x07"))
+    plain = await servers(srv.banner("SSH-2.0-" + "y" * 5000))
+    tls, ssh = await run(svc("smtp", port, "smtps", tls=True), svc("ssh", plain, "ssh"))
+    assert tls.state == State.CRITICAL and "TLS handshake" in tls.message
+    assert ssh.state == State.OK and len(ssh.message) < 200 and ssh.message.count("y") <= 60
