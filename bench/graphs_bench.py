@@ -69,11 +69,14 @@ def make_files(root: Path, count: int, now: int) -> tuple[RrdStore, list[tuple[s
     return RrdStore(root), names
 
 
-def rrdtool_images(store: RrdStore, names: list[tuple[str, str]], out: Path, now: int) -> tuple[int, float]:
+def rrdtool_images(
+    store: RrdStore, names: list[tuple[str, str]], out: Path, now: int
+) -> tuple[int, float, float]:
     """The reference: the same graph content drawn by rrdtool, one process."""
     out.mkdir(parents=True, exist_ok=True)
     count = 0
     started = time.perf_counter()
+    cpu = time.process_time()
     for n, name in enumerate(names):
         info = store.info(*name)
         assert info is not None
@@ -98,7 +101,7 @@ def rrdtool_images(store: RrdStore, names: list[tuple[str, str]], out: Path, now
                 "GPRINT:otot:total %6.2lf %sB\\n",
             )
             count += 1
-    return count, time.perf_counter() - started
+    return count, time.perf_counter() - started, time.process_time() - cpu
 
 
 def main() -> int:
@@ -121,7 +124,7 @@ def main() -> int:
 
         sample = names[: args.reference_sample]
         progress(f"rrdtool graph: {len(sample)} interfaces x 4 periods, one process...")
-        ref_images, ref_seconds = rrdtool_images(store, sample, root / "rrdtool", now)
+        ref_images, ref_seconds, ref_cpu = rrdtool_images(store, sample, root / "rrdtool", now)
         ref_rate = ref_images / ref_seconds
 
         status = StatusBook(root / "state" / "status.json")
@@ -131,8 +134,11 @@ def main() -> int:
         try:
             builder._executor().submit(int).result()  # start the pool (a `run` keeps it alive)
             progress(f"our site, full: {len(names)} interfaces x 4 periods on {cores} worker(s)...")
+            cpu_main = time.process_time()
             full = builder.build(full=True)
             assert not full.errors, full.errors[:3]
+            # The workers' CPU (fetch, draw, encode, write) plus this process's (pages, state).
+            full_cpu = time.process_time() - cpu_main + full.render_cpu
             full_rate = full.graphs / full.seconds
 
             progress("new data in every file; incremental cycle one minute later...")
@@ -146,9 +152,13 @@ def main() -> int:
 
     ratio = full_rate / ref_rate
     print(f"rrdtool graph (1 process):      {ref_images:5d} images in {ref_seconds:6.1f} s = "
-          f"{ref_rate:6.1f} images/s ({1000 / ref_rate:.1f} ms each)")
+          f"{ref_rate:6.1f} images/s ({1000 / ref_rate:.1f} ms each; {1000 * ref_cpu / ref_images:.1f} ms "
+          "CPU each)")
     print(f"our site, full ({cores} workers):     {full.graphs:5d} images in {full.seconds:6.1f} s = "
-          f"{full_rate:6.1f} images/s (+ {full.instances} sparklines, {full.pages} pages)")
+          f"{full_rate:6.1f} images/s (+ {full.instances} sparklines, {full.pages} pages; "
+          f"{1000 * full_cpu / full.graphs:.1f} ms CPU per image, all included)")
+    print(f"CPU-bound estimate on {cores} idle core(s): full site ~{full_cpu / cores:.0f} s; "
+          f"CPU ratio rrdtool/ours per image {ref_cpu / ref_images / (full_cpu / full.graphs):.2f}")
     print(f"ratio ours/rrdtool images/s:    {ratio:.2f}x (target >= 0.5x) "
           f"{'OK' if ratio >= 0.5 else 'MISSED'}")
     print(f"full site, {len(names)} interfaces:     {full.seconds:.1f} s (target <= 60 s) "

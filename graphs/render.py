@@ -1,15 +1,19 @@
 """Draw day/week/month/year graphs and sparklines from fetched series (matplotlib, Agg).
 
-Speed: a plain matplotlib figure costs ~100 ms, ten times `rrdtool graph`. Most of that is the
-frame, grid, tick labels and text layout, which are identical for every graph of one period in
-one site run (same time window, same number of y divisions). So each `Renderer` keeps one
-figure, draws the static part once per (period, window, divisions), saves it as a pixel
-background, and for each graph only restores that background and draws the data artists and
-a handful of texts (blitting). The y axis is normalised to 0..1 with "nice" round steps, which
-is what makes the grid part of the reusable background.
+Speed: a plain matplotlib figure costs ~100 ms, ten times `rrdtool graph`. So:
+- each `Renderer` keeps one figure; the static part (frame, grid, time axis) is identical for
+  every graph of one period in one site run, so it is drawn once per (period, window, number of
+  y divisions) and kept as a pixel background; a graph restores it and draws only its data
+  artists (blitting). The y axis is normalised to 0..1 with round steps, which is what makes
+  the grid part of the background;
+- labels, titles and legends are drawn by Pillow onto the finished pixels from caches of
+  rendered text (matplotlib lays out and rasterises every glyph on each draw, ~8 ms a label);
+- PNG encoding uses one "Up" filter computed by numpy plus zlib, ~5x faster than Pillow's
+  five-filter search at the same size.
+The result: ~20 ms of CPU per graph including the fetch, about what `rrdtool graph` needs.
 
-Names in titles come from devices: they are drawn with `parse_math=False` (a "$" in an ifAlias
-is not TeX) and with undecodable bytes replaced.
+Names in titles come from devices: they are drawn as plain text (no TeX, no format strings)
+with undecodable bytes and control characters replaced.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import struct
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,11 +99,7 @@ def display(text: str, limit: int = 0) -> str:
 
 
 def format_value(value: float | None, unit: str) -> str:
-    if unit == "%":
-        return stats.percent(value)
-    if unit in ("", "/s"):
-        return stats.si(value, unit)
-    return stats.si(value, unit)
+    return stats.percent(value) if unit == "%" else stats.si(value, unit)
 
 
 # -- graph content -------------------------------------------------------------------------------
@@ -635,6 +635,7 @@ class JobResult:
     drawn: list[str] = field(default_factory=list)
     error: str = ""
     seconds: float = 0.0
+    cpu: float = 0.0  # CPU seconds of the worker for this job
 
 
 def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
@@ -647,6 +648,7 @@ def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
 def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     """Fetch, draw and atomically write the PNGs of one instance."""
     started = time.perf_counter()
+    cpu = time.process_time()
     info = job.info
     result = JobResult(info.target, info.instance, classify(info.metrics))
     title = f"{info.target} · {info.instance}" if info.instance else info.target
@@ -669,6 +671,7 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     except Exception as exc:  # one bad file must not stop the site
         result.error = f"{type(exc).__name__}: {exc}"
     result.seconds = time.perf_counter() - started
+    result.cpu = time.process_time() - cpu
     return result
 
 
@@ -680,8 +683,3 @@ def _step_text(step: int) -> str:
     if step % 60 == 0:
         return f"{step // 60}-min"
     return f"{step}-s"
-
-
-def render_many(store, jobs: Sequence[Job], renderer: Renderer | None = None) -> list[JobResult]:
-    renderer = renderer or Renderer()
-    return [render_job(store, renderer, job) for job in jobs]

@@ -108,6 +108,7 @@ class BuildReport:
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     pages: int = 0
+    render_cpu: float = 0.0  # CPU seconds the drawing took, summed over the workers
 
 
 class SiteBuilder:
@@ -207,6 +208,7 @@ class SiteBuilder:
             rel = _rel(job.info)
             entry = entries.setdefault(rel, {})
             entry["kind"] = result.kind
+            report.render_cpu += result.cpu
             if result.error:
                 report.errors.append(f"{job.info.target} {job.info.instance}: {result.error}")
             for name in result.drawn:
