@@ -48,6 +48,7 @@ from monitor.units import format_duration
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
+LABEL_LIMIT = 80  # characters of a name shown in lists (the title attribute has all of it)
 STALE_REDRAW = 3600  # unchanged data is still redrawn this often, so a growing gap shows
 
 Progress = Callable[[int, int], None]
@@ -414,15 +415,18 @@ class _SiteModel:
         def target_for(name: str) -> Target:
             if name not in targets:
                 d = quote(safe_name(name))
-                targets[name] = Target(render.display(name), d, safe_name(name), f"{d}/index.html")
+                targets[name] = Target(render.display(name, LABEL_LIMIT), d, safe_name(name),
+                                       f"{d}/index.html")
             return targets[name]
 
         by_instance: dict[tuple[str, str], Item] = {}
         for info in series:
             target = target_for(info.target)
-            label = render.display(info.instance) if info.instance else "(device)"
+            label = render.display(info.instance, LABEL_LIMIT) if info.instance else "(device)"
+            full = render.display(info.instance) if info.instance else "(device)"
             d = quote(safe_name(info.instance))
-            item = Item(label, f"{target.label} · {label}", target.label, d, safe_name(info.instance),
+            item = Item(label, f"{render.display(info.target)} · {full}", target.label, d,
+                        safe_name(info.instance),
                         f"{target.dir}/{d}/index.html", f"{target.dir}/{d}/spark.png",
                         "day" in entries.get(_rel(info), {}).get("drawn", {}), _rel(info))
             target.items.append(item)

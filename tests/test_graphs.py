@@ -426,3 +426,20 @@ def test_monitor_serve_command_and_site_job(tmp_path, write_config):
     agent.schedule()
     assert "site" in agent.scheduler.stats()
     assert agent.site is not None and agent.site.html_dir == html
+
+
+def test_time_axis_is_in_local_time(monkeypatch):
+    import time as time_module
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time_module.tzset()
+    try:
+        end = 1_763_856_000  # 2025-11-23 00:00 UTC = 05:30 in Kolkata
+        majors, labels, _ = render.time_ticks("day", end - 86400, end)
+        assert labels[0] == "06:00" and (majors[0] - end) % 3600 == 1800  # local full hours
+        assert all(int(label[:2]) % 3 == 0 and label.endswith(":00") for label in labels)
+        majors, labels, _ = render.time_ticks("week", end - 7 * 86400, end)
+        assert all((m + 19800) % 86400 == 0 for m in majors)  # local midnights
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()
