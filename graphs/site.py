@@ -331,14 +331,15 @@ def _rel(info: SeriesInfo) -> str:
 
 
 def _instances_of(check: str) -> list[str]:
-    """The graphed instance a check is about, by the naming contract: "if Gi0/1" -> "Gi0/1",
-    "disk /var" -> "fs:/var", a service's check is named like its instance, and a device-wide
-    check ("snmp", "host") belongs to the device's "" instance."""
+    """The graphed instance a check is about, by the naming contract: a service's check is named
+    like its instance; "if Gi0/1" -> "Gi0/1", "backup nightly" -> "nightly", "disk /var" ->
+    "fs:/var"; a device-wide check ("snmp", "host") belongs to the device's "" instance."""
     out = [check]
-    if check.startswith("if "):
-        out.insert(0, check[3:])
-    if check.startswith("disk "):
-        out.insert(0, "fs:" + check[5:])
+    kind, _, rest = check.partition(" ")
+    if rest:  # "if Gi0/1", "backup nightly", "list announce": the rest names the instance
+        out.append(rest)
+    if kind == "disk" and rest:
+        out.insert(0, "fs:" + rest)
     if check in ("snmp", "host"):
         out.append("")
     return out
