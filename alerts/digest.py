@@ -196,7 +196,20 @@ class DigestBuilder:
         if series is None:
             return None
         values = _known(series.columns.get(metric, []))
-        return values[-1] if values else None
+        if values:
+            return values[-1]
+        return self._last_written(info, end).get(metric)
+
+    def _last_written(self, info: SeriesInfo, end: float) -> dict[str, float]:
+        """A series written once or twice has no consolidated value yet (the first hour of
+        a fresh install, the demo): use the last value written, if it is recent."""
+        try:
+            if info.path.stat().st_mtime < end - 2 * 86400:
+                return {}
+            return self.store.last_gauges(info)
+        except Exception as exc:
+            log.warning("digest: cannot read %s: %s", info.path, exc)
+            return {}
 
     # sections ---------------------------------------------------------------------------
 
@@ -320,9 +333,13 @@ class DigestBuilder:
                 continue
             pct = series.columns.get("used_percent", [])
             known = _known(pct)
-            if not known:
-                continue
             free = _known(series.columns.get("free_bytes", []))
+            if not known:
+                written = self._last_written(info, end)
+                if "used_percent" not in written:
+                    continue
+                known, pct = [written["used_percent"]], []  # no graph without history
+                free = [written["free_bytes"]] if "free_bytes" in written else free
             used = _known(series.columns.get("used_bytes", []))
             change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
             rows.append((known[-1], info, pct, free[-1] if free else None, change))
@@ -330,7 +347,7 @@ class DigestBuilder:
             s.rows.append([f"{info.instance[3:]} ({info.target})", f"{last:.0f}%", fmt_bytes(free),
                            change])
             s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
-                            if digest.graphs else None)
+                            if digest.graphs and pct else None)
         return s
 
     def section_mailboxes(self, digest: Digest, start: float, end: float) -> Section:
@@ -349,12 +366,17 @@ class DigestBuilder:
             stamps = series.timestamps
             recent = [v for t, v in zip(stamps, sizes, strict=False)
                       if v is not None and t >= end - 2 * 86400]
+            written = {} if recent else self._last_written(info, end)
+            if not recent and "size_bytes" in written:
+                recent = [written["size_bytes"]]
             if not recent:
                 continue
             week_ago = [v for t, v in zip(stamps, sizes, strict=False)
                         if v is not None and t <= end - WEEK + 3600]
             messages = _known([v for t, v in zip(stamps, series.columns.get("messages", []),
                                                   strict=False) if t >= end - 2 * 86400])
+            if not messages and "messages" in written:
+                messages = [written["messages"]]
             entry = (recent[-1], info.instance, week_ago[-1] if week_ago else None,
                      messages[-1] if messages else None)
             if info.instance.startswith("domain:"):

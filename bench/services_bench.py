@@ -26,24 +26,51 @@ from monitor.model import State
 
 CHECK_TCP = "/usr/lib/nagios/plugins/check_tcp"
 
-# The listeners live in their own process so that serving does not share our event loop.
+# The listeners live in their own process so that serving does not share our event loop. A
+# bare epoll loop (accept, greet, close when the client leaves) costs about as little as a C
+# daemon would: on two shared cores, an asyncio server took as much CPU as the side measured.
 SERVER = r"""
-import asyncio, json, resource, sys
+import json, resource, select, socket, sys
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-class Banner(asyncio.Protocol):
-    # A bare protocol (no streams): the listeners should cost as little as a C daemon would.
-    def connection_made(self, transport):
-        transport.write(b"220 bench.example.net ESMTP ready\r\n")
-
-async def main(n):
-    loop = asyncio.get_running_loop()
-    servers = [await loop.create_server(Banner, "127.0.0.1", 0, backlog=64) for _ in range(n)]
-    print(json.dumps([s.sockets[0].getsockname()[1] for s in servers]), flush=True)
-    await loop.run_in_executor(None, sys.stdin.read)
-
-asyncio.run(main(int(sys.argv[1])))
+BANNER = b"220 bench.example.net ESMTP ready\r\n"
+listeners = {}
+for _ in range(int(sys.argv[1])):
+    sock = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    sock.setblocking(False)
+    listeners[sock.fileno()] = sock
+poller = select.epoll()
+for fd in listeners:
+    poller.register(fd, select.EPOLLIN)
+poller.register(sys.stdin.fileno(), select.EPOLLIN)
+print(json.dumps([s.getsockname()[1] for s in listeners.values()]), flush=True)
+conns = {}
+while True:
+    for fd, _ in poller.poll():
+        if fd in listeners:
+            while True:
+                try:
+                    conn, _ = listeners[fd].accept()
+                except BlockingIOError:
+                    break
+                conn.setblocking(False)
+                try:
+                    conn.send(BANNER)
+                except OSError:
+                    conn.close()
+                    continue
+                conns[conn.fileno()] = conn
+                poller.register(conn.fileno(), select.EPOLLIN)
+        elif fd in conns:
+            try:
+                data = conns[fd].recv(4096)
+            except OSError:
+                data = b""
+            if not data:
+                poller.unregister(fd)
+                conns.pop(fd).close()
+        else:
+            sys.exit(0)  # stdin closed: the benchmark is over
 """
 
 

@@ -16,9 +16,9 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from collectors.services_base import Outcome, Stage, clean, hostport, secs
+from collectors.services_base import Outcome, Stage, TlsContexts, clean, hostport, secs
 from collectors.services_dns import probe_dns
 from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
@@ -69,9 +69,11 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
     return await probe_text(check, stage, now, verify)
 
 
-async def run_check(check: ServiceCheck, target: str, now: float) -> Outcome:
+async def run_check(check: ServiceCheck, target: str, now: float,
+                    contexts: TlsContexts | None = None) -> Outcome:
     """One check to one target, never longer than its timeout and never raising."""
-    stage = Stage()
+    contexts = contexts if contexts is not None else TlsContexts()
+    stage = Stage(contexts)
     start = time.monotonic()
     verify_error = None
     try:
@@ -81,7 +83,7 @@ async def run_check(check: ServiceCheck, target: str, now: float) -> Outcome:
             except CertRejected as exc:
                 # Ask again without verifying, to learn when the rejected certificate expires.
                 verify_error = exc.reason
-                stage = Stage()
+                stage = Stage(contexts)
                 outcome = await _probe(check, target, stage, now, False)
     except TimeoutError:
         if check.kind == "plugin":
@@ -142,17 +144,24 @@ class ServicesCollector:
     concurrency: int = 64
     clock: Callable[[], float] = time.time
 
+    contexts: TlsContexts = field(default_factory=TlsContexts)
+
     async def collect(self) -> Batch:
-        limit = asyncio.Semaphore(self.concurrency)
+        # `concurrency` workers pull from one iterator: the same bound as a semaphore, without a
+        # task and a waiter per check (a sizeable share of the CPU time of 1,000 quick checks).
+        jobs = [(c, t) for c in self.checks for t in targets(c)]
+        results: list[CheckResult | None] = [None] * len(jobs)
+        pending = iter(enumerate(jobs))
 
-        async def one(check: ServiceCheck, target: str) -> CheckResult:
-            async with limit:
+        async def worker() -> None:
+            for index, (check, target) in pending:
                 now = self.clock()
-                return to_result(check, target, await run_check(check, target, now), now)
+                outcome = await run_check(check, target, now, self.contexts)
+                results[index] = to_result(check, target, outcome, now)
 
-        results = await asyncio.gather(*(one(c, t) for c in self.checks for t in targets(c)))
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(jobs)))))
         batch = Batch()
-        batch.extend(results)
+        batch.extend(r for r in results if r is not None)
         return batch
 
 
@@ -166,3 +175,14 @@ def build(config: Config) -> list[Collector]:
                 else f"services-{format_duration(interval)}")
         out.append(ServicesCollector(name, interval, checks, config.agent.concurrency))
     return out
+
+
+async def run_once(config: Config, names: list[str] | None = None) -> list[CheckResult]:
+    """Every (or each named) service check once, in config order: `monitor services`."""
+    results: list[CheckResult] = []
+    for collector in build(config):
+        assert isinstance(collector, ServicesCollector)
+        collector.checks = [c for c in collector.checks if names is None or c.name in names]
+        results.extend((await collector.collect()).checks)
+    order = {s.name: i for i, s in enumerate(config.services)}
+    return sorted(results, key=lambda r: order[r.check])

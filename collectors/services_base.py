@@ -3,6 +3,7 @@ and the certificate verdict (days to expiry, host name, chain)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import ipaddress
 import re
@@ -12,7 +13,9 @@ from dataclasses import dataclass, field
 from monitor.config import ServiceCheck
 from monitor.model import State
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+# C0/C1 controls, and the Unicode line separators, zero-width and bidirectional overrides that
+# could make a hostile banner rewrite the rest of a message line when displayed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
 
 
 def clean(text: str | bytes, limit: int = 80) -> str:
@@ -46,13 +49,33 @@ class Outcome:
     metrics: dict[str, tuple[float | None, str]] = field(default_factory=dict)
 
 
+class TlsContexts:
+    """The TLS client contexts of one collector, one per (CA file, verify).
+
+    Making a context loads the system's CA store: milliseconds of CPU that would block the event
+    loop (and every other check) if done per connection on it, so each is made once, in a thread.
+    """
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+
+    async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
+        key = (str(check.ca_file) if check.ca_file else None, verify)
+        context = self._made.get(key)
+        if context is None:
+            context = await asyncio.to_thread(tls_context, check, verify)
+            context = self._made.setdefault(key, context)
+        return context
+
+
 class Stage:
     """Where a probe is, so a timeout can say what did not happen ("sent no greeting")."""
 
-    def __init__(self) -> None:
+    def __init__(self, contexts: TlsContexts | None = None) -> None:
         self.doing = "connect"
         self.note = ""
         self.cert: Outcome | None = None
+        self.contexts = contexts if contexts is not None else TlsContexts()
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:

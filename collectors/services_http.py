@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from collectors.services_base import Outcome, Stage, cert_verdict, clean, hostport, secs
 from collectors.services_tcp import ProtocolError, close, connect, peer_cert, read_line
@@ -50,6 +50,8 @@ async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, p
         sni = None if host_header == (check.vhost or check.host) else urlsplit(f"//{host_header}").hostname
         reader, writer = await connect(check, stage, verify, host, port, tls, sni)
         stage.doing = "HTTP response"
+        # After a redirect the path comes from the server: no spaces or controls in our request.
+        path = quote(path, safe="/?=&%:@!$'()*+,;~-._[]")
         writer.write(f"{check.method} {path} HTTP/1.1\r\nHost: {host_header}\r\n"
                      "User-Agent: monitor-service-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
                      .encode())

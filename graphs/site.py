@@ -29,7 +29,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 from urllib.parse import quote
 
 import jinja2
@@ -105,11 +105,16 @@ def due_periods(entry: dict, stamp: list[int], now: float, out_dir: Path, slack:
 @dataclass
 class BuildReport:
     instances: int = 0
-    graphs: int = 0
+    graphs: int = 0  # PNGs drawn (sparklines not counted)
+    skipped: int = 0  # periods not due or unchanged
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
     pages: int = 0
     render_cpu: float = 0.0  # CPU seconds the drawing took, summed over the workers
+
+    @property
+    def drawn(self) -> int:
+        return self.graphs
 
 
 class SiteBuilder:
@@ -128,6 +133,7 @@ class SiteBuilder:
         slack: float = 30.0,
         clock: Callable[[], float] = time.time,
         inline_below: int = 0,
+        alerts_db: Path | None = None,
     ) -> None:
         self.store = store
         self.status = status
@@ -141,6 +147,7 @@ class SiteBuilder:
         # A one-shot `monitor graph` with a handful of graphs draws them itself: starting
         # worker processes (each importing matplotlib) would cost more than the drawing.
         self.inline_below = inline_below
+        self.alerts_db = alerts_db
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -204,6 +211,7 @@ class SiteBuilder:
             if periods:
                 jobs.append(Job(info, periods, out_dir, now))
         report.instances = len(series)
+        report.skipped = len(series) * len(PERIODS) - sum(len(job.periods) for job in jobs)
         results = self._render(jobs, progress)
         for job, result in zip(jobs, results, strict=True):
             rel = _rel(job.info)
@@ -269,10 +277,11 @@ class SiteBuilder:
     def _write_pages(self, series: Sequence[SeriesInfo], entries: dict[str, dict], now: float) -> int:
         checks = self.status.all()
         model = _SiteModel(series, checks, entries, now)
+        alerts = model.alert_rows(self._alerts(), now)
         common = {
             "site_title": render.display(self.title), "refresh": self.refresh,
             "refresh_text": format_duration(self.refresh), "generated": _local(now),
-            "version": __version__, "problem_count": len(model.problems),
+            "version": __version__, "problem_count": len(model.problems) + len(alerts),
             "tz": datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
         }
         pages = 0
@@ -285,7 +294,8 @@ class SiteBuilder:
 
         write(self.html_dir / "index.html", "index.html.j2", "", targets=model.targets,
               counts=model.counts, series_count=len(series))
-        write(self.html_dir / "problems.html", "problems.html.j2", "", problems=model.problems)
+        write(self.html_dir / "problems.html", "problems.html.j2", "", problems=model.problems,
+              alerts=alerts)
         for target in model.targets:
             write(self.html_dir / target.fsdir / "index.html", "target.html.j2", "../", target=target)
             for item in target.graphed:
@@ -293,34 +303,35 @@ class SiteBuilder:
                       "../../", item=item, periods=model.periods(item))
         return pages
 
+    def _alerts(self) -> list:
+        """Firing alerts from the alert engine's database (alert mails link to this page)."""
+        if self.alerts_db is None or not self.alerts_db.exists():
+            return []
+        try:
+            from alerts.state import AlertStore
 
-def progress_reporter(stream: TextIO) -> Progress:
-    """A progress line on a terminal; a log line every 10 s (and at the end) otherwise."""
-    started = time.monotonic()
-    last = [0.0]
-    tty = stream.isatty()
-
-    def report(done: int, total: int) -> None:
-        elapsed = time.monotonic() - started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        text = f"graphs: {done}/{total} drawn ({rate:.0f}/s)"
-        if tty:
-            stream.write(f"\r{text}" + ("\n" if done >= total else ""))
-            stream.flush()
-        elif done >= total or elapsed - last[0] >= 10:
-            last[0] = elapsed
-            log.info("%s", text)
-
-    return report
+            return [s for s in AlertStore(self.alerts_db).load_states().values() if s.problem]
+        except Exception as exc:  # the pages must still be written without the alert list
+            log.warning("cannot read alerts from %s: %s", self.alerts_db, exc)
+            return []
 
 
-def builder_for(config: Config, store: RrdStore, status: StatusBook, *,
-                inline_below: int = 0) -> SiteBuilder:
-    """The site of a config, drawing from the agent's store and status book."""
+def site_from_config(
+    config: Config, store: RrdStore | None = None, status: StatusBook | None = None, *,
+    workers: int | None = None, inline_below: int = 0,
+) -> SiteBuilder:
+    """The site of a config, drawing from the agent's store and status book (or its own, for
+    the one-shot `monitor graph`)."""
+    if store is None:
+        store = RrdStore(config.rrd_dir, rrdcached=config.storage.rrdcached)
+    if status is None:
+        status = StatusBook(config.state_dir / "status.json")
+    from alerts.state import alerts_db_path
+
     return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
                        title=config.web.title, refresh=config.web.refresh,
-                       workers=config.web.workers or None, slack=config.agent.interval / 2,
-                       inline_below=inline_below)
+                       workers=workers or config.web.workers, slack=config.agent.interval / 2,
+                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir))
 
 
 # -- page model ----------------------------------------------------------------------------------
@@ -466,12 +477,27 @@ class _SiteModel:
             target.graphed.sort(key=order)
             target.checks.sort(key=order)
         self.targets = sorted(targets.values(), key=order)
+        self.by_name = targets
         self.problems.sort(key=lambda p: (-_severity(p.state), p.target_label, p.label))
         counts: dict[str, int] = {}
         for check in checks:
             counts[check.state.name] = counts.get(check.state.name, 0) + 1
         self.counts = [(s.name, counts[s.name]) for s in sorted(State, key=lambda s: -s.severity)
                        if counts.get(s.name)]
+
+    def alert_rows(self, alerts: Sequence[Any], now: float) -> list[dict]:
+        rows = []
+        for a in sorted(alerts, key=lambda a: (-a.severity.severity, a.target, a.label)):
+            target = self.by_name.get(a.target)
+            rows.append({
+                "state": a.severity.name, "status": render.display(str(a.status.value)),
+                "target_label": render.display(a.target, LABEL_LIMIT),
+                "target_url": target.url if target else "", "label": render.display(a.label, LABEL_LIMIT),
+                "rule": render.display(a.rule), "message": render.display(a.message),
+                "since_text": _local(a.since), "age": _age(now - a.since),
+                "since_full": datetime.fromtimestamp(a.since).astimezone().isoformat(timespec="seconds"),
+            })
+        return rows
 
     def periods(self, item: Item) -> list[dict]:
         entry = self.entries.get(item.rel, {})
@@ -496,3 +522,6 @@ class _SiteModel:
 
 def _fmt(value: float | None, unit: str) -> str:
     return percent(value) if unit == "%" else si(value, unit)
+
+
+Site = SiteBuilder  # the name monitor.agent uses

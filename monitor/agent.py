@@ -23,7 +23,7 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
-    from graphs.site import SiteBuilder
+    from graphs.site import Site
 
 log = logging.getLogger("monitor")
 
@@ -52,8 +52,8 @@ class Agent:
         self.alerts = AlertService(config)
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
-        self.site: SiteBuilder | None = None  # set by schedule()
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
+        self.site: Site | None = None
 
     def schedule(self) -> None:
         for collector in self.collectors:
@@ -65,25 +65,18 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
         self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        # The web site: its own job; drawing happens in worker processes, off the event loop.
+        site_interval = self.config.web.interval
+        if site_interval is None:
+            site_interval = self.config.agent.interval
+        if site_interval > 0:
+            from graphs.site import site_from_config
+            self.site = site_from_config(self.config, self.store, self.status,
+                                         workers=self.config.web.workers)
+            self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
         schedule_digests(self.config, self.scheduler, self.store, self.status)
-        self._schedule_site()
-
-    def _schedule_site(self) -> None:
-        """The static site as its own job: graphs are drawn in worker processes, never here."""
-        from graphs.site import builder_for
-
-        self.site = builder_for(self.config, self.store, self.status)
-        self.scheduler.add_interval("site", self.config.agent.interval, self._build_site,
-                                    run_now=False)
-
-    async def _build_site(self) -> None:
-        assert self.site is not None
-        report = await asyncio.to_thread(self.site.build)
-        log.info("site: %d graph(s) of %d instance(s) drawn, %d page(s) in %.1f s%s",
-                 report.graphs, report.instances, report.pages, report.seconds,
-                 f"; {len(report.errors)} error(s)" if report.errors else "")
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -157,6 +150,13 @@ class Agent:
 
     def describe_jobs(self) -> str:
         return ", ".join(f"{c.name} every {format_duration(c.interval)}" for c in self.collectors)
+
+    async def _build_site(self) -> None:
+        assert self.site is not None
+        report = await asyncio.to_thread(self.site.build)
+        log.info("site: drew %d graph(s), wrote %d page(s) in %.1f s%s", report.drawn,
+                 report.pages, report.seconds,
+                 f"; {len(report.errors)} graph(s) failed" if report.errors else "")
 
     async def close(self) -> None:
         await self.scheduler.stop()

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from monitor import __version__
-from monitor.agent import Agent, open_store
+from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.model import State
 from monitor.registry import COLLECTORS
-from monitor.status import StatusBook
 from monitor.units import format_duration, parse_duration
 
 log = logging.getLogger("monitor")
@@ -77,21 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Alerts: `alerts`, `silence add|list|remove`, `smtp-sink` (handlers in alerts/commands.py).
     from alerts.commands import register as register_alert_commands
     register_alert_commands(sub, read_config)
-
-    # Graphs and the web site (graphs/site.py, graphs/serve.py).
-    p = sub.add_parser("graph", help="draw the graphs and write the static HTML site now",
-                       description="Draw what is due (or everything with --full) from the RRD "
-                       "files and write the pages into html_dir. `run` does this on its own "
-                       "every [agent] interval.")
-    p.add_argument("--full", action="store_true", help="redraw every graph, due or not")
-    p.set_defaults(handler=cmd_graph)
-
-    p = sub.add_parser("serve", help="serve the HTML site read-only over HTTP for a quick look",
-                       description="Serve html_dir (GET/HEAD only, nothing outside it). For "
-                       "production, let nginx or Apache serve the directory (see README).")
-    p.add_argument("--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="TCP port (default 8080; 0: any free port)")
-    p.set_defaults(handler=cmd_serve)
+    # Graphs and the web site: `graph`, `serve` (handlers in graphs/commands.py).
+    from graphs.commands import register as register_graph_commands
+    register_graph_commands(sub, read_config)
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
@@ -111,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the name of a [[backups]] job")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...")
     p.set_defaults(handler=cmd_backup_run)
+
+    p = sub.add_parser("services", help="run the service checks once and print their results",
+                       description="Run the [[services]] checks of the config (or the named ones) "
+                       "once and print the state and message of each; nothing is stored. The exit "
+                       "code is the worst state, as a Nagios plugin's: 0 OK, 1 WARNING, "
+                       "2 CRITICAL, 3 UNKNOWN.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: all)")
+    p.set_defaults(handler=cmd_services)
     return parser
 
 
@@ -224,46 +220,19 @@ def cmd_discover(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_graph(args: argparse.Namespace) -> int:
-    from graphs.site import builder_for, progress_reporter
+def cmd_services(args: argparse.Namespace) -> int:
+    from collectors.services import run_once
 
     config = read_config(args)
-    agent_store = open_store(config)
-    builder = builder_for(config, agent_store, StatusBook(config.state_dir / "status.json"),
-                          inline_below=24)
-    try:
-        report = builder.build(full=args.full, progress=progress_reporter(sys.stderr))
-    finally:
-        builder.close()
-    print(f"{report.graphs} graph(s) of {report.instances} instance(s) drawn and {report.pages} "
-          f"page(s) written in {report.seconds:.1f} s"
-          + (f"; {len(report.errors)} error(s), first: {report.errors[0]}" if report.errors else ""))
-    index = config.html_dir.resolve() / "index.html"
-    print(f"site: {index.as_uri()}")
-    return 1 if report.errors and not report.graphs else 0
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    from graphs.serve import make_server, url_of
-
-    config = read_config(args)
-    if not (config.html_dir / "index.html").exists():
-        log.warning("%s has no index.html yet: run `monitor graph` (or `monitor run`) first",
-                    config.html_dir)
-    try:
-        server = make_server(config.html_dir, args.bind, args.port)
-    except OSError as exc:
-        print(f"monitor: cannot listen on {args.bind}:{args.port}: {exc}; choose another --port "
-              "or --bind", file=sys.stderr)
-        return 1
-    print(f"serving {config.html_dir} at {url_of(server)} (read-only; Ctrl-C stops)", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-    return 0
+    known = {s.name for s in config.services}
+    unknown = [n for n in args.names if n not in known]
+    if unknown:
+        raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
+                         f"known: {', '.join(sorted(known)) or 'none'}")
+    results = asyncio.run(run_once(config, args.names or None))
+    for r in results:
+        print(f"{r.state.name:<8} {r.check}: {r.message}")
+    return max((r.state for r in results), key=lambda s: s.severity, default=State.OK).value
 
 
 def cmd_run(args: argparse.Namespace) -> int:

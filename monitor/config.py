@@ -142,9 +142,11 @@ class WebConfig:
     html_dir: ConfigPath | None = None
     title: str = "Network monitor"
     base_url: str = ""
-    refresh: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
-    # Processes drawing graphs; 0 = one per CPU core.
-    workers: Annotated[int, Range(0, 256)] = 0
+    refresh: Duration = 300.0
+    # How often `run` redraws the site (default: the agent's interval); 0 turns the job off.
+    interval: Duration | None = None
+    # Worker processes drawing graphs (default: one per core).
+    workers: Annotated[int, Range(1, 256)] | None = None
 
 
 @dataclass
@@ -349,6 +351,10 @@ class ServiceCheck:
             self.query_type = self.query_type.upper()
         if not self.host:
             raise Invalid("host", f'a {kind} check needs host = "NAME OR ADDRESS"')
+        # The host reaches ping's argv and protocol lines: a name or an address, never "-f".
+        for key_name, value in [("host", self.host), *(("servers", v) for v in self.servers)]:
+            if not re.fullmatch(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*", value):
+                raise Invalid(key_name, f"expected a host name or IP address, got {value!r}")
         if kind == "ping":
             if self.loss_warning > self.loss_critical:
                 raise Invalid("loss_warning", "must not be above loss_critical")

@@ -173,6 +173,16 @@ def _merge_seconds(rows: Rows) -> Rows:
     return merged
 
 
+def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
+    """metrics (metric -> DS name) in the DS order of the RRD file itself."""
+    try:
+        info = rrdtool.info(str(path))
+    except rrdtool.OperationalError:
+        return metrics
+    index = {k[3:-7]: v for k, v in info.items() if k.startswith("ds[") and k.endswith("].index")}
+    return dict(sorted(metrics.items(), key=lambda kv: index.get(kv[1], len(index))))
+
+
 class RrdStore:
     """Create, update and fetch RRD files under `root`.
 
@@ -219,12 +229,19 @@ class RrdStore:
             log.error("RRD index %s unreadable (%s); it is rebuilt as files are written",
                       self.index_path, exc)
             return
+        # Version 1 indexes were saved with sorted keys, which scrambled "metrics" (the DS
+        # order): take the order from the files themselves once, then save a version 2 index.
+        stale = raw.get("version", 1) < 2
         for rel, entry in raw.get("files", {}).items():
             key = (entry["target"], entry["instance"])
             path = self.root / rel
             if key not in self._files and path.exists():
+                metrics = dict(entry["metrics"])
+                if stale:
+                    metrics = _ds_order(path, metrics)
+                    self._index_dirty = True
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  dict(entry["metrics"]), dict(entry.get("units", {})))
+                                  metrics, dict(entry.get("units", {})))
                 self._files[key] = _FileState(info)
 
     def _save_index(self) -> None:
@@ -243,8 +260,10 @@ class RrdStore:
                     "target": info.target, "instance": info.instance, "step": info.step,
                     "metrics": info.metrics, "units": info.units,
                 }
-            atomic_write(self.index_path, json.dumps({"version": 1, "files": existing},
-                                                     indent=1, sort_keys=True))
+            # Not sort_keys: the order of "metrics" is the file's DS order, which every update
+            # relies on (sorted, a second process wrote values into the wrong data sources).
+            atomic_write(self.index_path, json.dumps({"version": 2, "files": existing},
+                                                     indent=1))
         self._index_dirty = False
 
     def series(self) -> list[SeriesInfo]:
@@ -539,6 +558,26 @@ class RrdStore:
         by_ds = {ds: metric for metric, ds in info.metrics.items()}
         columns = {by_ds.get(n, n): [row[i] for row in rows] for i, n in enumerate(names)}
         return Series(first, last, step, columns)
+
+    def last_gauges(self, info: SeriesInfo) -> dict[str, float]:
+        """The last value written to each GAUGE of a file, even before rrdtool has
+        consolidated any (a file written once fetches as unknown until its next step)."""
+        if self.rrdcached:
+            with contextlib.suppress(rrdtool.OperationalError):
+                rrdtool.flushcached("--daemon", self.rrdcached, str(info.path))
+        raw = rrdtool.info(str(info.path))
+        by_ds = {ds: metric for metric, ds in info.metrics.items()}
+        out = {}
+        for ds, metric in by_ds.items():
+            if raw.get(f"ds[{ds}].type") != "GAUGE":
+                continue
+            try:
+                value = float(raw.get(f"ds[{ds}].last_ds", "U"))
+            except ValueError:
+                continue  # "U": unknown
+            if math.isfinite(value):
+                out[metric] = value
+        return out
 
 
 class _RrdcachedClient:

@@ -160,6 +160,10 @@ async def http(reader, writer):
         status, extra, body = "302 Found", "Location: /loop\r\n", b""
     elif path == "/final":
         body = b"the final page"
+    elif path == "/spaced":  # a careless (or hostile) Location with a space and a control
+        status, extra, body = "302 Found", "Location: /a b\x01c\r\n", b""
+    elif path == "/a%20b%01c":
+        body = b"quoted path"
     elif path == "/error":
         status, body = "503 Service Unavailable", b"down for maintenance"
     elif path == "/vhost":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -202,10 +203,11 @@ async def test_http(servers):
         svc("http", port, "head", method="HEAD"),
         svc("http", port, "unsized", path="/unsized", expect_text="second part"),
         svc("http", name="url", url=f"http://127.0.0.1:{port}/final", expect_text="final"),
+        svc("http", port, "spaced", path="/spaced", follow_redirects=1, expect_text="quoted path"),
         svc("http", port, "slow", warning=0.0))
     by = {r.check: r for r in results}
     for name in ("home", "redirect", "redirect-ok", "absolute", "vhost", "chunked", "head", "url",
-                 "unsized"):
+                 "unsized", "spaced"):
         assert by[name].state == State.OK, (name, by[name].message)
     assert by["home"].message.startswith(f"HTTP 127.0.0.1:{port}/ answered 200 OK in ")
     assert "after 1 redirect" in by["redirect"].message
@@ -357,6 +359,45 @@ def test_config_errors(write_config):
     assert "record type" in error('kind = "dns"\nserver = "a"\nquery = "x"\nquery_type = "BOGUS"\n')
     assert "expected a URL" in error('kind = "http"\nurl = "ftp://x/"\n')
     assert "services[0].expect_status[0]" in error('kind = "http"\nhost = "a"\nexpect_status = [99]\n')
+    # A host reaches ping's argv: "-f" would be an option (flood ping as root), not a host.
+    assert "services[0].host: expected a host name or IP address" in error('kind = "ping"\nhost = "-f"\n')
+    assert "services[0].host: expected a host name" in error('kind = "ssh"\nhost = "a b"\n')
+    assert "services[0].servers: expected a host name" in error(
+        'kind = "dns"\nquery = "x"\nservers = ["127.0.0.1", "-x"]\n')
+
+
+def test_untrusted_text_is_one_safe_line():
+    from collectors.services_base import clean
+
+    assert clean(b"220 hi\r\n\x1b[31mred\x00") == "220 hi [31mred"
+    text = clean("SSH-2.0-x\u202eevil\u2028next\u200bzero\x07")
+    assert not any(c in text for c in "\u202e\u2028\u200b\x07\r\n"), repr(text)
+    assert len(clean("x" * 500)) <= 80
+
+
+async def test_ipv6_loopback_and_a_name_with_several_addresses():
+    async def greet(reader, writer):
+        writer.write(b"SSH-2.0-six\r\n")
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    try:
+        server = await asyncio.start_server(greet, "::1", 0)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        port = server.sockets[0].getsockname()[1]
+        result = await one(svc("ssh", port, host="::1"))
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(f"SSH [::1]:{port} answered SSH-2.0-six")
+        # Each address of a name is tried in turn (127.0.0.1 refuses, ::1 answers).
+        if re.search(r"^::1\s.*\blocalhost\b", Path("/etc/hosts").read_text(), re.M):
+            by_name = await one(svc("ssh", port, host="localhost"))
+            assert by_name.state == State.OK, by_name.message
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def test_defaults_and_grouping(write_config):
@@ -428,3 +469,39 @@ async def test_tls_to_plain_server_and_long_banner(servers):
     tls, ssh = await run(svc("smtp", port, "smtps", tls=True), svc("ssh", plain, "ssh"))
     assert tls.state == State.CRITICAL and "TLS handshake" in tls.message
     assert ssh.state == State.OK and len(ssh.message) < 200 and ssh.message.count("y") <= 60
+
+
+async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_config, servers):
+    from tests.conftest import MONITOR
+
+    port = await servers(srv.banner("SSH-2.0-cli"))
+    path = write_config(f"""
+        [[services]]
+        name = "ssh"
+        kind = "ssh"
+        host = "127.0.0.1"
+        port = {port}
+        [[services]]
+        name = "closed"
+        kind = "tcp"
+        host = "127.0.0.1"
+        port = {srv.closed_port()}
+    """)
+
+    async def monitor(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *MONITOR, "--config", str(path), "services", *args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, err = await monitor()
+    lines = out.splitlines()
+    assert code == 2, err
+    assert lines[0].startswith(f"OK       ssh: SSH 127.0.0.1:{port} answered SSH-2.0-cli")
+    assert lines[1].startswith("CRITICAL closed: TCP 127.0.0.1:")
+    code, out, _ = await monitor("ssh")
+    assert code == 0 and out.count("\n") == 1
+    code, _, err = await monitor("nope")
+    assert code == 2 and "no service named 'nope'" in err
