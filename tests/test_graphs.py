@@ -443,3 +443,26 @@ def test_time_axis_is_in_local_time(monkeypatch):
     finally:
         monkeypatch.undo()
         time_module.tzset()
+
+
+def test_problems_page_lists_firing_alerts(site, tmp_path):
+    from alerts.engine import AlertState, Status
+    from alerts.state import AlertStore
+
+    store, status, html, _ = site
+    write_traffic(store, "<b>edge</b>", "eth0", START, START + 600)
+    db = tmp_path / "state" / "alerts.db"
+    AlertStore(db).save([
+        AlertState("r/<b>edge</b>/if eth0", "link-down", "<b>edge</b>", "if eth0 <i>",
+                   status=Status.FIRING, severity=State.CRITICAL, since=NOW - 600,
+                   message="eth0 down <script>x</script>"),
+        AlertState("r/quiet/x", "link-down", "quiet", "x", status=Status.OK, severity=State.OK),
+    ])
+    builder = SiteBuilder(store, status, html, tmp_path / "state" / "graphs.json", workers=1,
+                          clock=lambda: NOW, alerts_db=db)
+    builder.build()
+    page = (html / "problems.html").read_text().split("<main>")[1]
+    assert "Problems (1)" in page and "FIRING" in page
+    assert "eth0 down &lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    assert f'href="{safe_name("<b>edge</b>").replace("%", "%25")}/index.html"' in page
+    assert "quiet" not in page  # an OK alert is not a problem
