@@ -60,11 +60,10 @@ class ProgressLine:
 def cmd_graph(config: Config, args: argparse.Namespace) -> int:
     from graphs.site import site_from_config
 
-    site = site_from_config(config, workers=args.workers)
+    # A handful of graphs is drawn in this process: starting workers would cost more.
+    site = site_from_config(config, workers=args.workers, inline_below=24)
     try:
-        if args.all:
-            site.state_path.unlink(missing_ok=True)
-        report = site.build(progress=ProgressLine())
+        report = site.build(full=args.all, progress=ProgressLine())
     finally:
         site.close()
     index = Path(config.html_dir).resolve() / "index.html"

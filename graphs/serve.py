@@ -1,53 +1,80 @@
-"""`monitor serve`: html_dir over HTTP, read-only, for a quick look (nginx for production).
+"""`monitor serve`: html_dir over HTTP for a quick look (production: nginx, see README).
 
-Only GET and HEAD; nothing outside html_dir is served (paths resolved, symlinks included);
-no directory listings.
+Read-only (GET and HEAD only), nothing outside html_dir: `..` segments are dropped by
+http.server and anything that resolves (through a symlink) outside the directory is a 404.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
+import socket
+import threading
+from collections.abc import Callable
+from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
-class SiteHandler(SimpleHTTPRequestHandler):
-    server_version = "monitor-site"
-    sys_version = ""
+class _Handler(SimpleHTTPRequestHandler):
+    root: str = ""
 
-    def translate_path(self, path: str) -> str:
-        candidate = Path(super().translate_path(path))
-        root = Path(self.directory).resolve()
-        try:
-            resolved = candidate.resolve()
-        except (OSError, RuntimeError):
-            return str(root / ".missing")
-        if resolved != root and root not in resolved.parents:
-            return str(root / ".missing")  # a 404, whatever the path tried
-        return str(resolved)
+    def send_head(self):
+        real = os.path.realpath(self.translate_path(self.path))
+        if real != self.root and not real.startswith(self.root + os.sep):
+            self.send_error(404, "Not found")  # a symlink pointing out of html_dir
+            return None
+        return super().send_head()
 
     def list_directory(self, path: str | os.PathLike[str]):
-        self.send_error(403, "No directory listings")
+        self.send_error(404, "No listing; start at index.html")
         return None
 
     def end_headers(self) -> None:
-        # The pages refresh themselves; a cache must not hold a stale graph much longer.
-        self.send_header("Cache-Control", "max-age=60")
+        # Pages reload themselves; a cached PNG would show yesterday's graph.
+        self.send_header("Cache-Control", "no-cache")
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 
-    def log_message(self, format: str, *args) -> None:
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        hook = getattr(self.server, "on_request", None)
+        if hook is not None:
+            hook(self.path, int(code) if str(code).isdigit() else 0)
+        super().log_request(code, size)
+
+    def log_message(self, format: str, *args: object) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
 
-def make_server(html_dir: Path, bind: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
-    html_dir = Path(html_dir)
-    html_dir.mkdir(parents=True, exist_ok=True)
-    handler = functools.partial(SiteHandler, directory=str(html_dir))
-    server = ThreadingHTTPServer((bind, port), handler)
+class _Server6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
+def make_server(
+    html_dir: Path, bind: str = "127.0.0.1", port: int = 8080,
+    on_request: Callable[[str, int], None] | None = None,
+) -> ThreadingHTTPServer:
+    """A server bound (port 0: any free port) but not yet serving; `server_address` tells where.
+    `on_request(path, status)` sees every answered request (tests check for broken images)."""
+    root = os.path.realpath(html_dir)
+    handler = type("Handler", (_Handler,), {"root": root})
+    server_class = _Server6 if ":" in bind else ThreadingHTTPServer
+    server = server_class((bind, port), partial(handler, directory=root))
     server.daemon_threads = True
+    server.on_request = on_request  # type: ignore[attr-defined]
     return server
+
+
+def url_of(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    host = str(host)
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="monitor-serve", daemon=True)
+    thread.start()
+    return thread

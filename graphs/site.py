@@ -1,17 +1,20 @@
-"""The static site: which graphs are due, rendering them in worker processes, writing pages.
+"""The static HTML site: which graphs are due, drawing them in worker processes, the pages.
 
-Layout under html_dir (every name from monitor.store.safe_name, links percent-quoted, so an
-untrusted name is neither a path nor markup):
+Layout under html_dir (every directory name is `monitor.store.safe_name` of a device-supplied
+name, so nothing escapes html_dir; fixed file names inside cannot collide with them because
+safe names never contain a dot):
 
-    index.html                      every target, problems first, with a day sparkline
-    problems.html                   non-OK checks and firing alerts (alert mails link here)
-    <target>/index.html             the target's checks and instances
-    <target>/<instance>/index.html  the four periods with their summary tables
-    <target>/<instance>/{day,week,month,year,spark}.png
+    index.html  problems.html
+    <target>/index.html
+    <target>/<instance>/index.html  day.png week.png month.png year.png spark.png
 
-Reads data only through RrdStore (series, fetch) and check states through StatusBook. Graphs
-are redrawn only when their period is due and the RRD file changed since the last drawing; the
-bookkeeping is in data_dir/state/graphs.json.
+Incremental: a period is redrawn when it is due (day every run, week every 30 min, month every
+2 h, year daily) and its RRD file changed since that period was last drawn; a graph whose data
+stopped changing is still redrawn hourly so a dead device's gap shows. What was drawn when, and
+the legend figures of each drawing (for the pages' tables), live in data_dir/state/graphs.json.
+
+Drawing runs in a process pool on all cores; workers fetch, draw and write the PNGs themselves,
+so only small job descriptions and legend figures cross process boundaries.
 """
 
 from __future__ import annotations
@@ -21,312 +24,504 @@ import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import jinja2
 
-from graphs.render import PERIODS, Job, classify, init_worker, run_job
-from graphs.stats import si
+from graphs import render
+from graphs.render import PERIODS, Job, JobResult
+from graphs.stats import percent, si
+from monitor import __version__
+from monitor.config import Config
 from monitor.files import atomic_write
 from monitor.model import State
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
+from monitor.units import format_duration
 
 log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+LABEL_LIMIT = 80  # characters of a name shown in lists (the title attribute has all of it)
+STALE_REDRAW = 3600  # unchanged data is still redrawn this often, so a growing gap shows
 
 Progress = Callable[[int, int], None]
 
 
-def _env() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("graphs", "templates"),
-        autoescape=True,  # every device string goes through here: names, aliases, messages
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True, lstrip_blocks=True,
-    )
-    env.filters["si"] = si
-    env.filters["when"] = lambda ts: time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else ""
-    env.filters["text"] = display
-    return env
+# -- worker side ---------------------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}  # per worker process: its store handle and renderer (never shared)
 
 
-def display(name: str) -> str:
-    """Names that came through surrogateescape (non-UTF-8 bytes) shown with U+FFFD."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def _worker_init(rrd_root: str, rrdcached: str | None) -> None:
+    _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached)
+    _worker["renderer"] = render.Renderer()
 
 
-def ago(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
-        if seconds >= size:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
+def _work(jobs: list[Job]) -> list[JobResult]:
+    return [render.render_job(_worker["store"], _worker["renderer"], job) for job in jobs]
 
 
-@dataclass
-class InstanceView:
-    info: SeriesInfo
-    kind: str
-    dir: str  # link to its folder, relative to the target page
-    check: CheckStatus | None
-    legends: dict[str, dict | None] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.info.instance
+# -- what is due ---------------------------------------------------------------------------------
 
 
-@dataclass
-class TargetView:
-    name: str
-    dir: str  # link to its folder, relative to the site root
-    checks: list[CheckStatus]
-    instances: list[InstanceView]
-
-    @property
-    def state(self) -> State | None:
-        return State.worst(c.state for c in self.checks) if self.checks else None
-
-    @property
-    def since(self) -> float | None:
-        worst = self.state
-        times = [c.since for c in self.checks if c.state == worst]
-        return max(times) if times else None
-
-    @property
-    def sort_key(self) -> tuple:
-        return (-(self.state.severity if self.state is not None else -1), self.name)
-
-    @property
-    def spark(self) -> InstanceView | None:
-        """The instance whose sparkline stands for the target: its worst, else the first."""
-        for inst in sorted(self.instances, key=lambda i: -(i.check.state.severity if i.check else -1)):
-            return inst
-        return None
+def data_stamp(info: SeriesInfo) -> list[int]:
+    """Changes whenever the RRD file is updated (rrdtool rewrites it in place)."""
+    try:
+        st = info.path.stat()
+    except OSError:
+        return [0, 0]
+    return [st.st_mtime_ns, st.st_size]
 
 
-def match_check(instance: str, checks: list[CheckStatus]) -> CheckStatus | None:
-    """The check about one instance, by the naming contract (service name, "if <name>", ...)."""
-    by_name = {c.check: c for c in checks}
-    for candidate in (instance, f"if {instance}"):
-        if candidate in by_name:
-            return by_name[candidate]
-    _, sep, rest = instance.partition(":")
-    if sep and rest:
-        for c in checks:
-            if c.check.endswith(" " + rest):
-                return c
-    return None
+def due_periods(entry: dict, stamp: list[int], now: float, out_dir: Path, slack: float,
+                always: bool = False) -> list[str]:
+    """The periods of one instance that need drawing now."""
+    due = []
+    drawn = entry.get("drawn", {})
+    stamps = entry.get("stamps", {})
+    for name, period in PERIODS.items():
+        last = drawn.get(name)
+        if always or last is None or not (out_dir / f"{name}.png").exists():
+            due.append(name)
+            continue
+        age = now - last
+        if age + slack < period.redraw:
+            continue
+        if stamps.get(name) != stamp or age + slack >= max(period.redraw, STALE_REDRAW):
+            due.append(name)
+    return due
+
+
+# -- the builder ---------------------------------------------------------------------------------
 
 
 @dataclass
 class BuildReport:
-    drawn: int = 0
-    skipped: int = 0
-    pages: int = 0
+    instances: int = 0
+    graphs: int = 0  # PNGs drawn (sparklines not counted)
+    skipped: int = 0  # periods not due or unchanged
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    pages: int = 0
+    render_cpu: float = 0.0  # CPU seconds the drawing took, summed over the workers
+
+    @property
+    def drawn(self) -> int:
+        return self.graphs
 
 
-class Site:
+class SiteBuilder:
+    """Builds html_dir from the store and the status book; keeps its worker pool between runs."""
+
     def __init__(
         self,
-        *,
-        html_dir: Path,
-        state_dir: Path,
         store: RrdStore,
         status: StatusBook,
+        html_dir: Path,
+        state_path: Path,
+        *,
         title: str = "Network monitor",
         refresh: float = 300.0,
-        alerts_db: Path | None = None,
         workers: int | None = None,
+        slack: float = 30.0,
         clock: Callable[[], float] = time.time,
+        inline_below: int = 0,
+        alerts_db: Path | None = None,
     ) -> None:
-        self.html_dir = Path(html_dir)
-        self.state_path = Path(state_dir) / "graphs.json"
         self.store = store
         self.status = status
+        self.html_dir = Path(html_dir)
+        self.state_path = Path(state_path)
         self.title = title
-        self.refresh = int(refresh)
-        self.alerts_db = alerts_db
-        # workers=0 draws in this process (tests, tiny sites); otherwise a pool on all cores.
-        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.refresh = max(10, int(refresh))
+        self.workers = workers or os.cpu_count() or 1
+        self.slack = slack
         self.clock = clock
-        self._pool: Executor | None = None
-        self._env = _env()
+        # A one-shot `monitor graph` with a handful of graphs draws them itself: starting
+        # worker processes (each importing matplotlib) would cost more than the drawing.
+        self.inline_below = inline_below
+        self.alerts_db = alerts_db
+        self._pool: ProcessPoolExecutor | None = None
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("graphs", "templates"),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True,
+                                                default_for_string=True),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    # -- pool ----------------------------------------------------------------------------------
 
-    def _load_state(self) -> dict[str, dict]:
-        try:
-            return json.loads(self.state_path.read_text(encoding="utf-8")).get("graphs", {})
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            log.warning("graph state %s unreadable (%s): every graph is redrawn", self.state_path, exc)
-            return {}
-
-    def _save_state(self, state: dict[str, dict]) -> None:
-        atomic_write(self.state_path, json.dumps({"version": 1, "graphs": state}))
-
-    @staticmethod
-    def folder(info: SeriesInfo) -> Path:
-        return Path(safe_name(info.target)) / safe_name(info.instance)
-
-    def plan(self, series: list[SeriesInfo], state: dict[str, dict], now: int,
-             periods: tuple[str, ...] = tuple(PERIODS)) -> list[Job]:
-        """The graphs that are due: period interval elapsed and RRD changed (or PNG missing)."""
-        jobs = []
-        for info in series:
-            try:
-                mtime = info.path.stat().st_mtime_ns
-            except OSError:
-                continue
-            folder = self.html_dir / self.folder(info)
-            for name in periods:
-                period = PERIODS[name]
-                png = folder / f"{name}.png"
-                entry = state.get(str(png.relative_to(self.html_dir)))
-                if entry is not None and png.exists():
-                    if entry.get("mtime") == mtime:
-                        continue  # nothing new to draw
-                    if now - entry.get("drawn", 0) < period.every:
-                        continue  # not due yet
-                jobs.append(Job(info, name, now, png, folder / "spark.png" if name == "day" else None))
-        return jobs
-
-    # -- rendering -----------------------------------------------------------------------------
-
-    def _executor(self) -> Executor:
+    def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            # spawn: the parent runs threads (scheduler, asyncio) that fork would copy mid-state.
+            # forkserver: workers never inherit the agent's threads (scheduler, asyncio).
+            context = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=init_worker,
-                initargs=(str(self.store.root), self.store.rrdcached),
-            )
+                max_workers=self.workers, mp_context=context, initializer=_worker_init,
+                initargs=(str(self.store.root), self.store.rrdcached))
         return self._pool
-
-    def render(self, jobs: list[Job], state: dict[str, dict], report: BuildReport,
-               progress: Progress | None = None) -> None:
-        if not jobs:
-            return
-        if self.workers == 0:
-            init_worker(str(self.store.root), self.store.rrdcached)
-            results = map(run_job, jobs)
-        else:
-            chunk = max(1, min(16, len(jobs) // (self.workers * 4)))
-            results = self._executor().map(run_job, jobs, chunksize=chunk)
-        for done, (job, legend, error) in enumerate(results, 1):
-            if error:
-                report.errors.append(error)
-            else:
-                report.drawn += 1
-                state[str(job.png.relative_to(self.html_dir))] = {
-                    "drawn": job.now, "mtime": job.info.path.stat().st_mtime_ns, "legend": legend}
-            if progress:
-                progress(done, len(jobs))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    # -- state ---------------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            raw = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("graph state %s unreadable (%s); every graph is redrawn", self.state_path, exc)
+            return {}
+        if raw.get("version") != STATE_VERSION:
+            return {}
+        return raw.get("entries", {})
+
+    def _save_state(self, entries: dict[str, dict]) -> None:
+        atomic_write(self.state_path, json.dumps({"version": STATE_VERSION, "entries": entries}))
+
+    # -- building ------------------------------------------------------------------------------
+
+    def build(self, *, full: bool = False, progress: Progress | None = None) -> BuildReport:
+        """Draw what is due, write every page. `full` redraws every graph."""
+        started = time.perf_counter()
+        now = self.clock()
+        report = BuildReport()
+        series = self.store.series()
+        entries = self._load_state()
+        jobs: list[Job] = []
+        stamps: dict[str, list[int]] = {}
+        for info in series:
+            rel = _rel(info)
+            stamp = data_stamp(info)
+            stamps[rel] = stamp
+            out_dir = self.html_dir / rel
+            periods = due_periods(entries.get(rel, {}), stamp, now, out_dir, self.slack, full)
+            if periods:
+                jobs.append(Job(info, periods, out_dir, now))
+        report.instances = len(series)
+        report.skipped = len(series) * len(PERIODS) - sum(len(job.periods) for job in jobs)
+        results = self._render(jobs, progress)
+        for job, result in zip(jobs, results, strict=True):
+            rel = _rel(job.info)
+            entry = entries.setdefault(rel, {})
+            entry["kind"] = result.kind
+            report.render_cpu += result.cpu
+            if result.error:
+                report.errors.append(f"{job.info.target} {job.info.instance}: {result.error}")
+            for name in result.drawn:
+                entry.setdefault("drawn", {})[name] = now
+                entry.setdefault("stamps", {})[name] = stamps[rel]
+                entry.setdefault("summaries", {})[name] = result.summaries[name]
+                report.graphs += 1
+            if result.units:
+                entry["units"] = result.units
+        known = {_rel(info) for info in series}
+        entries = {rel: e for rel, e in entries.items() if rel in known}
+        report.pages = self._write_pages(series, entries, now)
+        self._save_state(entries)
+        report.seconds = time.perf_counter() - started
+        for error in report.errors[:5]:
+            log.error("graph: %s", error)
+        return report
+
+    def _render(self, jobs: list[Job], progress: Progress | None) -> list[JobResult]:
+        total = sum(len(job.periods) for job in jobs)
+        if progress:
+            progress(0, total)
+        if not jobs:
+            return []
+        if self.workers <= 1 or (self._pool is None and total <= self.inline_below):
+            renderer = render.Renderer()
+            results = []
+            done = 0
+            for job in jobs:
+                results.append(render.render_job(self.store, renderer, job))
+                done += len(job.periods)
+                if progress:
+                    progress(done, total)
+            return results
+        # Chunks amortise the inter-process round trip; small enough to spread over all cores.
+        size = max(1, min(16, len(jobs) // (self.workers * 4)))
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        pool = self._executor()
+        futures: list[Future] = [pool.submit(_work, chunk) for chunk in chunks]
+        done = 0
+        results = []
+        for chunk, future in zip(chunks, futures, strict=True):
+            try:
+                results.extend(future.result())
+            except Exception as exc:  # a worker died (out of memory, killed): report, go on
+                log.error("graph worker failed: %s", exc)
+                self.close()
+                results.extend(JobResult(j.info.target, j.info.instance, render.classify(j.info.metrics),
+                                         error=f"worker failed: {exc}") for j in chunk)
+            done += sum(len(job.periods) for job in chunk)
+            if progress:
+                progress(done, total)
+        return results
+
     # -- pages ---------------------------------------------------------------------------------
 
-    def views(self, series: list[SeriesInfo], state: dict[str, dict]) -> list[TargetView]:
-        checks_by_target: dict[str, list[CheckStatus]] = {}
-        for c in self.status.all():
-            checks_by_target.setdefault(c.target, []).append(c)
-        by_target: dict[str, list[SeriesInfo]] = {}
-        for info in series:
-            by_target.setdefault(info.target, []).append(info)
-        targets = []
-        for name in sorted(set(checks_by_target) | set(by_target)):
-            checks = checks_by_target.get(name, [])
-            instances = []
-            for info in by_target.get(name, []):
-                rel = self.folder(info)
-                legends = {p: (state.get(str(rel / f"{p}.png")) or {}).get("legend") for p in PERIODS}
-                instances.append(InstanceView(info, classify(info.metrics),
-                                              quote(safe_name(info.instance)),
-                                              match_check(info.instance, checks), legends))
-            targets.append(TargetView(name, quote(safe_name(name)), checks, instances))
-        targets.sort(key=lambda t: t.sort_key)
-        return targets
-
-    def _page(self, rel: Path, template: str, root: str, now: float, **context) -> None:
-        html = self._env.get_template(template).render(
-            title=self.title, refresh=self.refresh, root=root, now=now, ago=ago, State=State,
-            generated=time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now)), **context)
-        atomic_write(self.html_dir / rel, html)
-
-    def write_pages(self, targets: list[TargetView], now: float) -> int:
-        problems = [c for t in targets for c in t.checks if c.state is not State.OK]
-        problems.sort(key=lambda c: (-c.state.severity, c.target, c.check))
-        alerts = self._alerts()
+    def _write_pages(self, series: Sequence[SeriesInfo], entries: dict[str, dict], now: float) -> int:
+        checks = self.status.all()
+        model = _SiteModel(series, checks, entries, now)
+        alerts = model.alert_rows(self._alerts(), now)
+        common = {
+            "site_title": render.display(self.title), "refresh": self.refresh,
+            "refresh_text": format_duration(self.refresh), "generated": _local(now),
+            "version": __version__, "problem_count": len(model.problems) + len(alerts),
+            "tz": datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
+        }
         pages = 0
-        self._page(Path("index.html"), "index.html.j2", "", now, targets=targets,
-                   problems=problems, alerts=alerts)
-        self._page(Path("problems.html"), "problems.html.j2", "", now, problems=problems,
-                   alerts=alerts, target_dirs={t.name: t.dir for t in targets})
-        pages += 2
-        for t in targets:
-            self._page(Path(safe_name(t.name)) / "index.html", "target.html.j2", "../", now,
-                       target=t)
+
+        def write(path: Path, template: str, root: str, **context: Any) -> None:
+            nonlocal pages
+            html = self._env.get_template(template).render(**common, root=root, **context)
+            atomic_write(path, html)
             pages += 1
-            for inst in t.instances:
-                self._page(Path(safe_name(t.name)) / safe_name(inst.name) / "index.html",
-                           "instance.html.j2", "../../", now, target=t, inst=inst, periods=PERIODS)
-                pages += 1
+
+        write(self.html_dir / "index.html", "index.html.j2", "", targets=model.targets,
+              counts=model.counts, series_count=len(series))
+        write(self.html_dir / "problems.html", "problems.html.j2", "", problems=model.problems,
+              alerts=alerts)
+        for target in model.targets:
+            write(self.html_dir / target.fsdir / "index.html", "target.html.j2", "../", target=target)
+            for item in target.graphed:
+                write(self.html_dir / target.fsdir / item.fsdir / "index.html", "instance.html.j2",
+                      "../../", item=item, periods=model.periods(item))
         return pages
 
     def _alerts(self) -> list:
+        """Firing alerts from the alert engine's database (alert mails link to this page)."""
         if self.alerts_db is None or not self.alerts_db.exists():
             return []
         try:
             from alerts.state import AlertStore
 
-            states = [s for s in AlertStore(self.alerts_db).load_states().values() if s.problem]
-        except Exception as exc:  # the site must still be written without the alert list
+            return [s for s in AlertStore(self.alerts_db).load_states().values() if s.problem]
+        except Exception as exc:  # the pages must still be written without the alert list
             log.warning("cannot read alerts from %s: %s", self.alerts_db, exc)
             return []
-        return sorted(states, key=lambda s: (-s.severity.severity, s.target, s.label))
-
-    # -- one cycle -----------------------------------------------------------------------------
-
-    def build(self, progress: Progress | None = None,
-              periods: tuple[str, ...] = tuple(PERIODS)) -> BuildReport:
-        started = time.monotonic()
-        now = int(self.clock())
-        report = BuildReport()
-        series = self.store.series()
-        state = self._load_state()
-        jobs = self.plan(series, state, now, periods)
-        report.skipped = len(series) * len(periods) - len(jobs)
-        self.render(jobs, state, report, progress)
-        if jobs:
-            self._save_state(state)
-        report.pages = self.write_pages(self.views(series, state), now)
-        report.seconds = time.monotonic() - started
-        for error in report.errors[:5]:
-            log.error("graph: %s", error)
-        return report
 
 
-def site_from_config(config, store: RrdStore | None = None, status: StatusBook | None = None,
-                     workers: int | None = None) -> Site:
+def site_from_config(
+    config: Config, store: RrdStore | None = None, status: StatusBook | None = None, *,
+    workers: int | None = None, inline_below: int = 0,
+) -> SiteBuilder:
+    """The site of a config, drawing from the agent's store and status book (or its own, for
+    the one-shot `monitor graph`)."""
+    if store is None:
+        store = RrdStore(config.rrd_dir, rrdcached=config.storage.rrdcached)
+    if status is None:
+        status = StatusBook(config.state_dir / "status.json")
     from alerts.state import alerts_db_path
-    from monitor.agent import open_store
 
-    return Site(
-        html_dir=config.html_dir, state_dir=config.state_dir,
-        store=store or open_store(config),
-        status=status or StatusBook(config.state_dir / "status.json"),
-        title=config.web.title, refresh=config.web.refresh,
-        alerts_db=alerts_db_path(config.state_dir), workers=workers,
-    )
+    return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
+                       title=config.web.title, refresh=config.web.refresh,
+                       workers=workers or config.web.workers, slack=config.agent.interval / 2,
+                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir))
+
+
+# -- page model ----------------------------------------------------------------------------------
+
+
+def _rel(info: SeriesInfo) -> str:
+    return f"{safe_name(info.target)}/{safe_name(info.instance)}"
+
+
+def _instances_of(check: str) -> list[str]:
+    """The graphed instance a check is about, by the naming contract: a service's check is named
+    like its instance; "if Gi0/1" -> "Gi0/1", "backup nightly" -> "nightly", "disk /var" ->
+    "fs:/var"; a device-wide check ("snmp", "host") belongs to the device's "" instance."""
+    out = [check]
+    kind, _, rest = check.partition(" ")
+    if rest:  # "if Gi0/1", "backup nightly", "list announce": the rest names the instance
+        out.append(rest)
+    if kind == "disk" and rest:
+        out.insert(0, "fs:" + rest)
+    if check in ("snmp", "host"):
+        out.append("")
+    return out
+
+
+def _local(ts: float) -> str:
+    return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def _severity(state: str) -> int:
+    return State[state].severity if state else -1
+
+
+@dataclass
+class Item:
+    label: str
+    title: str
+    target_label: str
+    dir: str = ""  # safe_name(instance), URL-quoted for links
+    fsdir: str = ""  # safe_name(instance), the directory
+    url: str = ""  # from the index
+    spark: str = ""
+    has_graph: bool = False
+    rel: str = ""
+    state: str = ""
+    message: str = ""
+    since_text: str = ""
+    since_full: str = ""
+    age: str = ""
+    target_url: str = ""
+
+
+@dataclass
+class Target:
+    label: str
+    dir: str  # URL-quoted for links
+    fsdir: str  # safe_name(target), the directory
+    url: str
+    state: str = ""
+    message: str = ""
+    since_text: str = ""
+    since_full: str = ""
+    age: str = ""
+    items: list[Item] = field(default_factory=list)
+    graphed: list[Item] = field(default_factory=list)
+    checks: list[Item] = field(default_factory=list)
+
+
+def _apply_check(obj: Item | Target, check: CheckStatus, now: float) -> None:
+    obj.state = check.state.name
+    obj.message = render.display(check.message)
+    obj.since_text = _local(check.since)
+    obj.since_full = datetime.fromtimestamp(check.since).astimezone().isoformat(timespec="seconds")
+    obj.age = _age(now - check.since)
+
+
+class _SiteModel:
+    """Everything the templates show, as display-safe strings and URL-quoted relative links."""
+
+    def __init__(self, series: Sequence[SeriesInfo], checks: Sequence[CheckStatus],
+                 entries: dict[str, dict], now: float) -> None:
+        self.entries = entries
+        targets: dict[str, Target] = {}
+
+        def target_for(name: str) -> Target:
+            if name not in targets:
+                d = quote(safe_name(name))
+                targets[name] = Target(render.display(name, LABEL_LIMIT), d, safe_name(name),
+                                       f"{d}/index.html")
+            return targets[name]
+
+        by_instance: dict[tuple[str, str], Item] = {}
+        for info in series:
+            target = target_for(info.target)
+            label = render.display(info.instance, LABEL_LIMIT) if info.instance else "(device)"
+            full = render.display(info.instance) if info.instance else "(device)"
+            d = quote(safe_name(info.instance))
+            item = Item(label, f"{render.display(info.target)} · {full}", target.label, d,
+                        safe_name(info.instance),
+                        f"{target.dir}/{d}/index.html", f"{target.dir}/{d}/spark.png",
+                        "day" in entries.get(_rel(info), {}).get("drawn", {}), _rel(info))
+            target.items.append(item)
+            target.graphed.append(item)
+            by_instance[(info.target, info.instance)] = item
+
+        self.problems: list[Item] = []
+        for check in checks:
+            target = target_for(check.target)
+            graphed = next((by_instance[(check.target, i)] for i in _instances_of(check.check)
+                            if (check.target, i) in by_instance), None)
+            row = Item(render.display(check.check), f"{target.label} · {render.display(check.check)}",
+                       target.label)
+            _apply_check(row, check, now)
+            if graphed is not None:
+                row.url = graphed.dir + "/index.html"
+                if _severity(row.state) > _severity(graphed.state):
+                    _apply_check(graphed, check, now)
+            else:
+                target.items.append(row)
+            target.checks.append(row)
+            if _severity(row.state) > _severity(target.state):
+                _apply_check(target, check, now)
+            if check.state is not State.OK:
+                problem = Item(row.label, row.title, target.label, url=f"{target.dir}/{row.url}"
+                               if row.url else "")
+                _apply_check(problem, check, now)
+                problem.target_url = target.url
+                self.problems.append(problem)
+
+        def order(obj: Item | Target) -> tuple:
+            return (-_severity(obj.state), obj.label)
+
+        for target in targets.values():
+            target.items.sort(key=order)
+            target.graphed.sort(key=order)
+            target.checks.sort(key=order)
+        self.targets = sorted(targets.values(), key=order)
+        self.by_name = targets
+        self.problems.sort(key=lambda p: (-_severity(p.state), p.target_label, p.label))
+        counts: dict[str, int] = {}
+        for check in checks:
+            counts[check.state.name] = counts.get(check.state.name, 0) + 1
+        self.counts = [(s.name, counts[s.name]) for s in sorted(State, key=lambda s: -s.severity)
+                       if counts.get(s.name)]
+
+    def alert_rows(self, alerts: Sequence[Any], now: float) -> list[dict]:
+        rows = []
+        for a in sorted(alerts, key=lambda a: (-a.severity.severity, a.target, a.label)):
+            target = self.by_name.get(a.target)
+            rows.append({
+                "state": a.severity.name, "status": render.display(str(a.status.value)),
+                "target_label": render.display(a.target, LABEL_LIMIT),
+                "target_url": target.url if target else "", "label": render.display(a.label, LABEL_LIMIT),
+                "rule": render.display(a.rule), "message": render.display(a.message),
+                "since_text": _local(a.since), "age": _age(now - a.since),
+                "since_full": datetime.fromtimestamp(a.since).astimezone().isoformat(timespec="seconds"),
+            })
+        return rows
+
+    def periods(self, item: Item) -> list[dict]:
+        entry = self.entries.get(item.rel, {})
+        units = entry.get("units", {})
+        out = []
+        for name, period in PERIODS.items():
+            summary = entry.get("summaries", {}).get(name)
+            table = []
+            for label, s in (summary or {}).items():
+                unit = units.get(label, "")
+                total_unit = "B" if unit == "b/s" else ""
+                table.append({
+                    "label": render.display(label),
+                    "current": _fmt(s.get("current"), unit), "average": _fmt(s.get("average"), unit),
+                    "maximum": _fmt(s.get("maximum"), unit), "p95": _fmt(s.get("p95"), unit),
+                    "total": _fmt(s.get("total"), total_unit) if total_unit else "",
+                })
+            out.append({"name": name, "heading": period.label.capitalize(), "png": f"{name}.png",
+                        "drawn": summary is not None, "table": table})
+        return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    return percent(value) if unit == "%" else si(value, unit)
+
+
+Site = SiteBuilder  # the name monitor.agent uses

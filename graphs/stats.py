@@ -1,6 +1,7 @@
-"""Legend figures of one series: current, average, maximum, 95th percentile, total (pure).
+"""Legend figures of one fetched column: pure functions over `list[float | None]`.
 
-Unknown values (None or NaN) are gaps: they count for nothing, neither as zero nor as a sample.
+None (and NaN) is "unknown" and is skipped, never counted as zero: an hour without data
+lowers neither the average nor the total.
 """
 
 from __future__ import annotations
@@ -9,70 +10,98 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-
-@dataclass(frozen=True)
-class Stats:
-    current: float | None  # the last known value
-    average: float | None  # mean of the known values
-    maximum: float | None
-    p95: float | None  # nearest-rank 95th percentile, as ISPs bill it
-    total: float | None  # integral over time (value * step summed); a rate gives an amount
-    known: int  # how many values were known
-    count: int  # how many values there were
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+Values = Sequence[float | None]
 
 
-def _known(values: Sequence[float | None]) -> list[float]:
+def known(values: Values) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
-def percentile(values: Sequence[float | None], q: float = 95.0) -> float | None:
-    """Nearest-rank percentile: the smallest value with at least q % of samples at or below."""
-    known = sorted(_known(values))
-    if not known:
+def current(values: Values) -> float | None:
+    """The last known value."""
+    for v in reversed(values):
+        if v is not None and not math.isnan(v):
+            return v
+    return None
+
+
+def average(values: Values) -> float | None:
+    k = known(values)
+    return math.fsum(k) / len(k) if k else None
+
+
+def maximum(values: Values) -> float | None:
+    k = known(values)
+    return max(k) if k else None
+
+
+def percentile(values: Values, pct: float = 95.0) -> float | None:
+    """Nearest-rank percentile, the way transit is billed: sort the samples, drop the top
+    (100 - pct) %, take the highest remaining one (always a measured value, never interpolated)."""
+    k = sorted(known(values))
+    if not k:
         return None
-    rank = max(1, math.ceil(q / 100.0 * len(known)))
-    return known[rank - 1]
+    rank = max(1, math.ceil(pct / 100.0 * len(k)))
+    return k[rank - 1]
 
 
-def summarize(values: Sequence[float | None], step: float) -> Stats:
-    known = _known(values)
-    if not known:
-        return Stats(None, None, None, None, None, 0, len(values))
-    current = next(v for v in reversed(values) if v is not None and not math.isnan(v))
-    total = math.fsum(known) * step
-    return Stats(current, math.fsum(known) / len(known), max(known), percentile(known),
-                 total, len(known), len(values))
+def total(values: Values, step: float) -> float | None:
+    """Rate x time summed over the known samples (octets/s -> octets transferred)."""
+    k = known(values)
+    return math.fsum(k) * step if k else None
 
 
-def scaled(stats: Stats, factor: float) -> Stats:
-    """The same figures in another unit (octets/s -> bits/s: factor 8)."""
-    f = lambda v: None if v is None else v * factor  # noqa: E731
-    return Stats(f(stats.current), f(stats.average), f(stats.maximum), f(stats.p95),
-                 f(stats.total), stats.known, stats.count)
+@dataclass(frozen=True)
+class Summary:
+    current: float | None
+    average: float | None
+    maximum: float | None
+    p95: float | None
+    total: float | None
 
+    def as_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+def summarize(values: Values, step: float) -> Summary:
+    return Summary(current(values), average(values), maximum(values), percentile(values, 95.0),
+                   total(values, step))
+
+
+# -- human forms ---------------------------------------------------------------------------------
 
 _PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")]
 
 
+def prefix_for(magnitude: float, unit: str) -> tuple[float, str]:
+    """The SI prefix for a magnitude; milli and micro only for seconds (0.75 load is not 750 m)."""
+    for factor, prefix in _PREFIXES:
+        if magnitude >= factor * 0.9995:
+            return factor, prefix
+        if factor == 1.0 and unit != "s":
+            return 1.0, ""
+    return _PREFIXES[-1]
+
+
 def si(value: float | None, unit: str = "", digits: int = 3) -> str:
-    """12345678 b/s -> "12.3 Mb/s"; 0.0123 s -> "12.3 ms"; None -> "-"."""
+    """12_345_678, "b/s" -> "12.3 Mb/s"; 0.0042, "s" -> "4.20 ms"; None -> "-"."""
     if value is None or math.isnan(value):
         return "-"
     if value == 0:
         return f"0 {unit}".strip()
-    magnitude = abs(value)
-    # Percentages and unitless counts below one keep their plain form: "0.5 %", not "500 m%".
-    small_ok = unit in ("s",)
-    factor, prefix = next(
-        (f, p) for f, p in _PREFIXES if magnitude >= f * 0.9995 or (f == 1.0 and not small_ok)
-    ) if magnitude >= 1e-6 * 0.9995 or not small_ok else _PREFIXES[-1]
-    if unit == "%":
-        factor, prefix = 1.0, ""
-    scaled_value = value / factor
-    text = f"{scaled_value:.{digits}g}"
-    if "e" in text:
-        text = f"{scaled_value:.1f}"
+    factor, prefix = prefix_for(abs(value), unit)
+    scaled = value / factor
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(scaled))))
+    text = f"{scaled:.{decimals}f}"
     return f"{text} {prefix}{unit}".strip()
+
+
+def seconds(value: float | None) -> str:
+    """Response times: "850 µs", "4.20 ms", "1.50 s"; None -> "-"."""
+    return si(value, "s")
+
+
+def percent(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value:.1f} %"

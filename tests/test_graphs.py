@@ -1,345 +1,468 @@
-"""Graphs and the static site, on real RRD files written through RrdStore."""
+"""Graphs and the static site, from real RRD files written through the store.
+
+Legend figures are checked against values computed here from what was written; hostile names
+must come out escaped in every page and never leave html_dir; the site is loaded by headless
+Chromium from `monitor serve`'s server.
+"""
 
 from __future__ import annotations
 
-import html.parser
-import http.client
-import itertools
+import math
 import os
-import random
+import re
 import subprocess
-import sys
-import time
+import threading
+from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import unquote
+from urllib.parse import unquote, urljoin, urlsplit
 
-import numpy as np
 import pytest
+from PIL import Image
 
-from graphs.render import classify
-from graphs.serve import make_server
-from graphs.site import Site, display
-from graphs.stats import percentile, si, summarize
-from monitor.files import atomic_write
+from graphs import render, stats
+from graphs.serve import make_server, serve_in_thread, url_of
+from graphs.site import SiteBuilder, due_periods
 from monitor.model import CheckResult, Kind, Measurement, State
 from monitor.status import StatusBook
-from monitor.store import RrdStore
+from monitor.store import RrdStore, safe_name
+from tests.conftest import MONITOR, ROOT
 
-STEP = 300
-NOW = 1_790_000_100 - (1_790_000_100 % STEP)  # a fixed, step-aligned "now"
-
-
-def traffic(target: str, instance: str, values: list[tuple[int, float | None, float | None]]):
-    out = []
-    for ts, vin, vout in values:
-        for metric, v in (("in_octets", vin), ("out_octets", vout)):
-            if v is not None:
-                out.append(Measurement(target, instance, metric, v, Kind.GAUGE, "B/s", ts))
-    return out
-
-
-def known_day(seed: int = 7, now: int = NOW) -> list[tuple[int, float | None, float | None]]:
-    rng = random.Random(seed)
-    rows = []
-    for i in range(int(1.5 * 86400 / STEP)):
-        ts = now - (int(1.5 * 86400 / STEP) - 1 - i) * STEP
-        gap = 100 <= i % 300 < 112  # an hour without data: must stay a gap
-        rows.append((ts, None if gap else rng.uniform(1e4, 5e6),
-                     None if gap else float(rng.randint(1000, 900_000))))
-    return rows
-
-
-def make_site(tmp_path: Path, store: RrdStore, status: StatusBook, now: int = NOW,
-              workers: int = 0) -> Site:
-    return Site(html_dir=tmp_path / "html", state_dir=tmp_path / "state", store=store,
-                status=status, workers=workers, clock=lambda: now, refresh=120)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> RrdStore:
-    return RrdStore(tmp_path / "rrd")
-
-
-@pytest.fixture
-def status(tmp_path: Path) -> StatusBook:
-    return StatusBook(tmp_path / "state" / "status.json")
-
-
-def test_legend_figures_match_independent_computation(tmp_path, store, status):
-    rows = known_day()
-    store.write(traffic("r1", "ge-0/0/1", rows), STEP)
-    site = make_site(tmp_path, store, status)
-    report = site.build()
-    assert not report.errors and report.drawn == 4
-    legend = site._load_state()["r1/ge-0%2F0%2F1/day.png"]["legend"]
-    assert legend["kind"] == "traffic" and legend["step"] == STEP
-    by_label = {r["label"]: r for r in legend["rows"]}
-    # Independently: the written values whose time falls in the day window (NOW-1d, NOW].
-    # RRD semantics: a sample arriving after a silence longer than the heartbeat (2 steps)
-    # covers an unknown interval, so the first sample after each gap is unknown too.
-    stored = [rows[0]] + [(r[0], None, None) if p[1] is None else r for p, r in itertools.pairwise(rows)]
-    window = [r for r in stored if NOW - 86400 < r[0] <= NOW]
-    for label, col in (("In", 1), ("Out", 2)):
-        known = np.array([r[col] for r in window if r[col] is not None])
-        got = by_label[label]
-        assert got["unit"] == "b/s"
-        assert got["known"] == len(known)
-        assert got["maximum"] == pytest.approx(known.max() * 8, rel=1e-9)
-        assert got["average"] == pytest.approx(known.mean() * 8, rel=1e-9)
-        assert got["p95"] == pytest.approx(np.percentile(known, 95, method="inverted_cdf") * 8,
-                                           rel=1e-9)
-        assert got["total"] == pytest.approx(known.sum() * STEP, rel=1e-9)  # bytes
-        last = next(r[col] for r in reversed(window) if r[col] is not None)
-        assert got["current"] == pytest.approx(last * 8, rel=1e-9)
-    page = (tmp_path / "html/r1/ge-0%2F0%2F1/index.html").read_text()
-    assert si(by_label["In"]["p95"], "b/s") in page and "Total transferred" in page
-    png = (tmp_path / "html/r1/ge-0%2F0%2F1/day.png").read_bytes()
-    assert png.startswith(b"\x89PNG\r\n\x1a\n")
-
-
-def test_stats_and_units():
-    assert summarize([None, float("nan")], 60).known == 0
-    s = summarize([1.0, None, 3.0, 2.0], 10)
-    assert (s.current, s.average, s.maximum, s.total, s.known) == (2.0, 2.0, 3.0, 60.0, 3)
-    assert percentile(list(range(1, 101))) == 95
-    assert percentile([5.0]) == 5.0
-    assert si(12_345_678, "b/s") == "12.3 Mb/s"
-    assert si(0.0123, "s") == "12.3 ms"
-    assert si(2.5, "s") == "2.5 s"
-    assert si(45.5, "%") == "45.5 %"
-    assert si(None, "b/s") == "-"
-    assert si(1.2e9, "b/s") == "1.2 Gb/s"
-    assert classify(["in_octets", "out_octets", "in_errors"]) == "traffic"
-    assert classify(["response_seconds", "loss_percent"]) == "latency"
-    assert classify(["used_bytes", "used_percent"]) == "percent"
-    assert classify(["uptime_seconds"]) == "generic"
-
+STEP = 60
+NOW = 1_763_880_000  # a fixed "now" (multiple of 60); every build below uses it as its clock
+START = NOW - 20 * 3600
+END = NOW - 2 * 3600
 
 HOSTILE = [
     "<script>alert(1)</script>",
-    'q"uote\'s & <b>',
+    "quo\"te'd \" onmouseover=\"alert(2)",
     "../../../etc/passwd",
-    "%n%s%x %2e%2e",
-    "x" * 300,
-    "caf\udce9-\udcff",  # non-UTF-8 bytes from a device, via surrogateescape
+    "%n%s%x%2F..",
+    "L" * 300,
+    "bad\udcff\udcfe bytes",
+    "$\\frac{1}{2}$ tex",
 ]
 
 
-class _Collect(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.attrs: list[tuple[str, str, str]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        self.attrs.extend((tag, k, v or "") for k, v in attrs)
-
-    def handle_data(self, data):
-        self.text.append(data)
+def in_value(i: int) -> float | None:
+    """Octets/s for sample i: a varied pattern with every 11th sample unknown (a gap)."""
+    if i % 11 == 5:
+        return None
+    return 1000.0 * ((i * 37) % 101) + 0.5 * i
 
 
-def test_hostile_names_are_escaped_everywhere(tmp_path, store, status):
-    ms, checks = [], []
-    for i, name in enumerate(HOSTILE):
-        ms += traffic(name, name, [(NOW - STEP, 1000.0 * (i + 1), 10.0), (NOW, 2000.0, 20.0)])
-        ms.append(Measurement(name, f"svc {name}", "response_seconds", 0.01, Kind.GAUGE, "s", NOW))
-        checks.append(CheckResult(name, f"if {name}", State.CRITICAL, f"down: {name}", timestamp=NOW))
-        checks.append(CheckResult(name, f"svc {name}", State.WARNING, f"slow {name}", timestamp=NOW))
-    store.write(ms, STEP)
-    status.update(checks)
-    report = make_site(tmp_path, store, status).build()
+def out_value(i: int) -> float | None:
+    if i % 13 == 3:
+        return None
+    return 250.0 * ((i * 17) % 53) + 7.25
+
+
+def write_traffic(store: RrdStore, target: str, instance: str, start: int = START, end: int = END) -> None:
+    ms = []
+    for n, ts in enumerate(range(start, end + 1, STEP)):
+        ms.append(Measurement(target, instance, "in_octets", in_value(n), Kind.GAUGE, "B", ts))
+        ms.append(Measurement(target, instance, "out_octets", out_value(n), Kind.GAUGE, "B", ts))
+    report = store.write(ms, STEP)
     assert not report.errors, report.errors
-    root = (tmp_path / "html").resolve()
-    pages = sorted(root.rglob("*.html"))
-    assert len(pages) == 2 + len(HOSTILE) * 3  # index, problems; target + 2 instances each
-    for f in root.rglob("*"):
-        assert f.resolve().is_relative_to(root)
-        assert not f.name.endswith(".tmp")
-    shown = {display(n) for n in HOSTILE}
+
+
+def expected(values: list[float | None]) -> dict[str, float]:
+    """Independent computation of the legend figures (bits/s), written without graphs.stats."""
+    bits = [v * 8 for v in values if v is not None]
+    ordered = sorted(bits)
+    rank = math.ceil(0.95 * len(ordered))  # nearest rank: the smallest value >= 95 % of samples
+    return {
+        "current": bits[-1],
+        "average": sum(bits) / len(bits),
+        "maximum": max(bits),
+        "p95": ordered[rank - 1],
+        "total": sum(v for v in values if v is not None) * STEP,  # octets transferred
+    }
+
+
+@pytest.fixture
+def site(tmp_path: Path):
+    store = RrdStore(tmp_path / "rrd")
+    status = StatusBook(tmp_path / "state" / "status.json")
+
+    def build(workers: int = 1, clock: float = NOW, **kwargs) -> tuple[SiteBuilder, object]:
+        builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
+                              workers=workers, clock=lambda: clock, **kwargs)
+        try:
+            report = builder.build()
+        finally:
+            builder.close()
+        return builder, report
+
+    return store, status, tmp_path / "html", build
+
+
+# -- legend figures ------------------------------------------------------------------------------
+
+
+def test_legend_figures_match_independent_computation(site):
+    store, _status, html, build = site
+    write_traffic(store, "dmz-router", "Gi0/1")
+    n = (END - START) // STEP + 1
+    # The file is created just before the first sample, so that sample covers one second of
+    # its step: rrdtool (rightly) keeps it unknown. The figures start with the second one.
+    want_in = expected([in_value(i) for i in range(1, n)])
+    want_out = expected([out_value(i) for i in range(1, n)])
+
+    info = store.info("dmz-router", "Gi0/1")
+    result = render.render_job(store, render.Renderer(),
+                               render.Job(info, ["day"], html / "direct", NOW))
+    assert not result.error
+    got_in, got_out = result.summaries["day"]["In"], result.summaries["day"]["Out"]
+    for key in ("current", "average", "maximum", "p95", "total"):
+        assert got_in[key] == pytest.approx(want_in[key], rel=1e-9), key
+        assert got_out[key] == pytest.approx(want_out[key], rel=1e-9), key
+    with Image.open(html / "direct" / "day.png") as image:
+        assert image.size == (render.WIDTH, render.HEIGHT)
+
+    # The same figures, formatted, on the interface's page.
+    _, report = build()
+    assert not report.errors
+    page = (html / "dmz-router" / safe_name("Gi0/1") / "index.html").read_text()
+    for key in ("current", "average", "maximum", "p95"):
+        assert stats.si(want_in[key], "b/s") in page
+    assert stats.si(want_in["total"], "B") in page and stats.si(want_out["total"], "B") in page
+
+
+def test_stats_skip_unknown_and_format_with_prefixes():
+    values = [None, 1.0, float("nan"), 3.0, None]
+    assert stats.current(values) == 3.0 and stats.average(values) == 2.0
+    assert stats.total(values, 10) == 40.0 and stats.percentile([], 95) is None
+    assert stats.percentile(list(range(1, 101)), 95) == 95
+    assert stats.si(12_345_678, "b/s") == "12.3 Mb/s"
+    assert stats.si(2.5e9, "b/s") == "2.50 Gb/s"
+    assert stats.si(0.0042, "s") == "4.20 ms"
+    assert stats.si(0.75, "") == "0.750"
+    assert render.nice_axis(0, 87e6, 0.0, None) == (0.0, 100e6, 5)
+    assert render.nice_axis(0, 42.0, 0.0, 100.0)[1] == 100.0
+
+
+def test_kinds_follow_the_naming_contract():
+    assert render.classify(["in_octets", "out_octets", "in_errors"]) == render.TRAFFIC
+    assert render.classify(["response_seconds", "loss_percent"]) == render.LATENCY
+    assert render.classify(["used_bytes", "used_percent"]) == render.PERCENT
+    assert render.classify(["load1"]) == render.GENERIC
+
+
+def test_gaps_stay_gaps(tmp_path):
+    store = RrdStore(tmp_path / "rrd")
+    write_traffic(store, "r", "idle", START, START + 3600)  # one hour, then nothing
+    info = store.info("r", "idle")
+    start, end, _ = render.window(render.PERIODS["day"], NOW, info.step)
+    graph = render.build_graph(info, store.fetch_path(info, start, end))
+    values = graph.layers[0].values
+    assert math.isnan(values[-1])  # the last 2 hours are unknown, not zero
+    assert not (values == 0).any()
+
+
+# -- incremental ---------------------------------------------------------------------------------
+
+
+def test_graphs_are_redrawn_only_when_due_and_changed(site):
+    store, _status, html, build = site
+    write_traffic(store, "r", "eth0", START, NOW - 600)
+    _, report = build(clock=NOW)
+    assert report.graphs == 4
+    _, report = build(clock=NOW + 60)
+    assert report.graphs == 0  # nothing changed
+    write_traffic(store, "r", "eth0", NOW - 540, NOW - 300)
+    _, report = build(clock=NOW + 120)
+    assert report.graphs == 1  # the day graph; week, month and year are not due yet
+    write_traffic(store, "r", "eth0", NOW - 240, NOW)
+    _, report = build(clock=NOW + 1900)
+    assert report.graphs == 2  # day and week
+    entry = {"drawn": {p: NOW for p in render.PERIODS}, "stamps": {p: [1] for p in render.PERIODS}}
+    (html / "x").mkdir()
+    for p in render.PERIODS:
+        (html / "x" / f"{p}.png").write_bytes(b"")
+    assert due_periods(entry, [1], NOW + 86400, html / "x", 30) == ["day", "week", "month", "year"]
+    assert due_periods(entry, [2], NOW + 7300, html / "x", 30) == ["day", "week", "month"]
+
+
+def test_writes_are_atomic_renames(site):
+    store, status, html, build = site
+    write_traffic(store, "r", "eth0")
+    build()
+    png = html / "r" / "eth0" / "day.png"
+    page = html / "r" / "eth0" / "index.html"
+    before = {png: png.stat().st_ino, page: page.stat().st_ino}
+    with open(png, "rb") as reader:
+        old = reader.read()
+        reader.seek(0)
+        builder = SiteBuilder(store, status, html, html.parent / "state" / "graphs.json", workers=1,
+                              clock=lambda: NOW + 60)
+        builder.build(full=True)
+        # A reader that opened the old file still reads all of it: the new one was renamed in.
+        assert reader.read() == old
+    for path, inode in before.items():
+        assert path.stat().st_ino != inode
+    leftovers = [p for p in html.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
+    assert leftovers == []
+
+
+# -- hostile names -------------------------------------------------------------------------------
+
+
+class _Links(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.images: list[str] = []
+        self.scripts = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if tag == "a" and values.get("href"):
+            self.links.append(values["href"] or "")
+        if tag == "img":
+            self.images.append(values.get("src") or "")
+        for name, _ in attrs:
+            assert not name.startswith("on"), f"event handler attribute {name}"
+
+
+def hostile_site(store: RrdStore, status: StatusBook) -> None:
+    write_traffic(store, "dmz-router", "Gi0/1")
+    for i, name in enumerate(HOSTILE):
+        write_traffic(store, name, "eth0", START, START + 7200)
+        write_traffic(store, "dmz-router", name, START + i * 60, START + 7200)
+    checks = [CheckResult(name, "if eth0", State.CRITICAL, f"link down: {name}", timestamp=NOW - 300)
+              for name in HOSTILE]
+    checks += [CheckResult("dmz-router", f"if {name}", State.WARNING, f"{name} flaps", timestamp=NOW)
+               for name in HOSTILE]
+    checks.append(CheckResult("dmz-router", "if Gi0/1", State.OK, "up", timestamp=NOW - 86400))
+    status.update(checks)
+
+
+def test_hostile_names_are_escaped_everywhere(site, tmp_path):
+    store, status, html, build = site
+    hostile_site(store, status)
+    _, report = build()
+    assert not report.errors, report.errors
+    pages = sorted(html.rglob("*.html"))
+    # index, problems; 8 targets; the router's 8 interfaces and eth0 of each hostile target
+    assert len(pages) == 2 + (len(HOSTILE) + 1) * 2 + len(HOSTILE)
+    root = html.resolve()
+    for path in html.rglob("*"):
+        assert path.resolve().is_relative_to(root)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["html", "rrd", "state"]
     for page in pages:
-        raw = page.read_text(encoding="utf-8")
-        assert "<script" not in raw and "<b>" not in raw
-        parser = _Collect()
-        parser.feed(raw)
-        assert "script" not in parser.tags
-        assert set(parser.tags) <= {"html", "head", "meta", "title", "style", "body", "header",
-                                    "a", "span", "main", "h1", "h2", "p", "table", "tr", "th",
-                                    "td", "div", "img", "strong"}
-        # Every link and image is relative, stays inside the site and exists.
-        for _tag, key, value in parser.attrs:
-            if key in ("href", "src"):
-                assert "://" not in value and not value.startswith("/")
-                target = (page.parent / unquote(value)).resolve()
-                assert target.is_relative_to(root) and target.exists(), (page, value)
-        # The names come back intact from text and attributes (escaped, not mangled).
-        found = "".join(parser.text) + "".join(v for _, _, v in parser.attrs)
-        if page.name == "index.html" and page.parent == root:
-            for name in shown:
-                assert name in found
-    # Titles and alt texts carry the names as attribute values, escaped.
-    index = (root / "index.html").read_text()
-    assert 'title="q&#34;uote&#39;s &amp; &lt;b&gt;"' in index
-    problems = (root / "problems.html").read_text()
-    assert "down: &lt;script&gt;alert(1)&lt;/script&gt;" in problems
+        text = page.read_text(encoding="utf-8")  # valid UTF-8 although names were not
+        for raw in ("<script", "onmouseover=\"", "\udcff"):
+            assert raw not in text, (page, raw)
+        parser = _Links()
+        parser.feed(text)
+        assert parser.scripts == 0
+        for ref in parser.links + parser.images:
+            parts = urlsplit(ref)
+            assert not parts.scheme and not parts.netloc and not ref.startswith("/"), ref
+            target = (page.parent / unquote(parts.path)).resolve()
+            assert target.is_relative_to(root) and target.exists(), (page, ref)
+    index = (html / "index.html").read_text().split("<main>")[1]  # past the CSS
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    assert "quo&#34;te&#39;d &#34; onmouseover=&#34;alert(2)" in index
+    assert "bad\ufffd\ufffd bytes" in index
+    problems = (html / "problems.html").read_text().split("<main>")[1]
+    assert problems.count("CRITICAL</span>") == len(HOSTILE)
+    assert problems.index("CRITICAL") < problems.index("WARNING")  # worst first
+    # Problems come first on the index too; the healthy router interface is after them.
+    assert index.index("CRITICAL") < index.index(">OK<")
 
 
-def test_incremental_redraws_only_what_is_due(tmp_path, store, status):
-    store.write(traffic("r1", "a", known_day()), STEP)
-    store.write(traffic("r1", "b", known_day(8)), STEP)
-    first = make_site(tmp_path, store, status).build()
-    assert first.drawn == 8
-    index = tmp_path / "html/index.html"
-    inode = index.stat().st_ino
-    again = make_site(tmp_path, store, status, NOW + 60).build()
-    assert again.drawn == 0 and again.skipped == 8  # nothing changed
-    assert index.stat().st_ino != inode  # pages replaced by rename, never rewritten in place
-    # New data for "a" only, 5 min later: only its day graph is due.
-    os.utime(store.info("r1", "a").path, ns=(0, 0))  # mtime-granularity proof on fast disks
-    store.write(traffic("r1", "a", [(NOW + STEP, 1.0, 2.0)]), STEP)
-    later = make_site(tmp_path, store, status, NOW + STEP).build()
-    assert later.drawn == 1
-    # Two hours on, new data again: day, week and month are due, the year not yet.
-    store.write(traffic("r1", "a", [(NOW + 2 * STEP, 1.0, 2.0)]), STEP)
-    os.utime(store.info("r1", "a").path, ns=(1, 1))
-    two_hours = make_site(tmp_path, store, status, NOW + 7300).build()
-    assert two_hours.drawn == 3
-
-
-def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
-    path = tmp_path / "page.html"
-    atomic_write(path, "old")
-
-    class Boom(bytes):
-        pass
-
-    with pytest.raises(TypeError):
-        atomic_write(path, 12345)  # type: ignore[arg-type]
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+# -- serving and a real browser ------------------------------------------------------------------
 
 
 def test_serve_is_read_only_and_stays_inside(tmp_path):
-    site = tmp_path / "html"
-    site.mkdir()
-    (site / "index.html").write_text("<p>hi</p>")
+    import http.client
+
+    html = tmp_path / "html"
+    html.mkdir()
+    (html / "index.html").write_text("<p>hi</p>")
     (tmp_path / "secret.txt").write_text("secret")
-    (site / "link.txt").symlink_to(tmp_path / "secret.txt")
-    server = make_server(site, "127.0.0.1", 0)
-    import threading
-
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    (html / "link").symlink_to(tmp_path / "secret.txt")
+    server = make_server(html, "127.0.0.1", 0)
+    serve_in_thread(server)
     try:
-        port = server.server_address[1]
+        host, port = server.server_address[:2]
 
-        def get(path: str, method: str = "GET") -> tuple[int, bytes]:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        def get(method: str, path: str) -> tuple[int, bytes]:
+            conn = http.client.HTTPConnection(host, port, timeout=10)
             conn.request(method, path)
-            resp = conn.getresponse()
-            body = resp.read()
-            conn.close()
-            return resp.status, body
+            response = conn.getresponse()
+            return response.status, response.read()
 
-        assert get("/") == (200, b"<p>hi</p>")
-        assert get("/../secret.txt")[0] == 404
-        assert get("/%2e%2e/secret.txt")[0] == 404
-        assert get("/link.txt")[0] == 404
-        assert get("/index.html", "POST")[0] == 501
-        assert get("/index.html", "PUT")[0] == 501
+        assert get("GET", "/index.html") == (200, b"<p>hi</p>")
+        assert get("GET", "/../secret.txt")[0] == 404
+        assert get("GET", "/%2e%2e/secret.txt")[0] == 404
+        assert get("GET", "/link")[0] == 404
+        assert get("GET", "/")[0] == 200  # index.html
+        assert get("POST", "/index.html")[0] == 501
+        assert get("PUT", "/index.html")[0] == 501
+        assert get("DELETE", "/index.html")[0] == 501
     finally:
         server.shutdown()
         server.server_close()
 
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
-def test_chromium_loads_index_and_interface_page(tmp_path, write_config):
-    """`monitor graph` (worker processes) then `monitor serve`, loaded by headless Chromium."""
-    data = tmp_path / "data"
+def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"chromium-{len(list(tmp_path.glob('chromium-*')))}"
+    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run",
+               f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian's chromium is not installed")
+def test_chromium_loads_index_and_interface_page(site, tmp_path):
+    store, status, html, build = site
+    hostile_site(store, status)
+    _, report = build(workers=2)  # the process pool, as `monitor run` uses it
+    assert report.graphs and not report.errors
+    requests: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    def seen(path: str, code: int) -> None:
+        with lock:
+            requests.append((path, code))
+
+    server = make_server(html, "127.0.0.1", 0, on_request=seen)
+    serve_in_thread(server)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    try:
+        base = url_of(server)
+        pages = {"index": base + "index.html",
+                 "interface": base + f"dmz-router/{safe_name('Gi0/1').replace('%', '%25')}/index.html"}
+        for name, url in pages.items():
+            shot = artifacts / f"graphs-{name}.png"
+            result = chromium(tmp_path, "--window-size=1280,1400", f"--screenshot={shot}", url)
+            assert result.returncode == 0, result.stderr[-2000:]
+            assert shot.stat().st_size > 10_000
+            console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+            assert console == [], console
+            # Every image of the page was fetched by the browser, answered 200, and is a PNG.
+            parser = _Links()
+            parser.feed((html / unquote(urlsplit(url).path).lstrip("/")).read_text())
+            assert parser.images, f"{name}: no images"
+            with lock:
+                answered = dict(requests)
+            for src in parser.images:
+                path = urlsplit(urljoin(url, src)).path
+                assert answered.get(path) == 200, f"{name}: image {src} -> {answered.get(path)}"
+                with Image.open(html / unquote(path).lstrip("/")) as image:
+                    image.verify()
+        assert not [r for r in requests if r[1] >= 400], requests
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_monitor_graph_command_writes_the_site(tmp_path, write_config):
     config = write_config(f"""
         [agent]
-        data_dir = "{data}"
+        data_dir = "{tmp_path / 'data'}"
+        interval = "1m"
+        [host]
+        enabled = false
+        [disks]
+        enabled = false
         [web]
-        title = "Test <DMZ>"
+        workers = 1
     """)
-    store = RrdStore(data / "rrd")
-    now = int(time.time()) // STEP * STEP  # `monitor graph` draws up to the real now
-    store.write(traffic("router", "ge-0/0/1", known_day(now=now)), STEP)
-    store.write([Measurement("mail.example.net", "smtp", "response_seconds", 0.02 + i / 1e4,
-                             Kind.GAUGE, "s", now - i * STEP) for i in range(200, -1, -1)], STEP)
-    book = StatusBook(data / "state" / "status.json")
-    book.update([CheckResult("router", "if ge-0/0/1", State.CRITICAL, "ge-0/0/1 is down",
-                             timestamp=now - 3600)])
-    book.save()
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    done = subprocess.run([sys.executable, "-m", "monitor", "-c", str(config), "graph",
-                           "--workers", "2"], capture_output=True, text=True, env=env, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "drew 8 graph(s)" in done.stdout
-    server = subprocess.Popen([sys.executable, "-m", "monitor", "-c", str(config), "serve",
-                               "--port", "0"], stdout=subprocess.PIPE, text=True, env=env)
-    try:
-        line = server.stdout.readline()
-        url = line.split(" on ", 1)[1].split(" ", 1)[0]
-        assert url.startswith("http://127.0.0.1:")
-        ARTIFACTS.mkdir(exist_ok=True)
-        pages = {"index": url + "index.html",
-                 "interface": url + "router/ge-0%252F0%252F1/index.html"}
-        for name, page in pages.items():
-            profile = tmp_path / f"profile-{name}"
-            if name == "interface":  # one screenshot keeps the test short; both pages are loaded
-                shot = ARTIFACTS / f"graphs-{name}.png"
-                run = subprocess.run(
-                    [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
-                     "--enable-logging=stderr", "--v=0", "--window-size=1100,1400",
-                     f"--screenshot={shot}", page], capture_output=True, text=True, timeout=90)
-                console = [ln for ln in run.stderr.splitlines() if "CONSOLE" in ln]
-                assert not console, console
-                assert shot.read_bytes().startswith(b"\x89PNG")
-            dom = subprocess.run(
-                [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr",
-                 "--v=0", "--dump-dom", page], capture_output=True, text=True, timeout=90)
-            console = [ln for ln in dom.stderr.splitlines() if "CONSOLE" in ln]
-            assert not console, console
-            parser = _Collect()
-            parser.feed(dom.stdout)
-            images = [v for tag, key, v in parser.attrs if tag == "img" and key == "src"]
-            assert images, dom.stdout[:500]
-            base = page.rsplit("/", 1)[0] + "/"
-            host, port = url.split("//")[1].rstrip("/").split(":")
-            for src in images:
-                conn = http.client.HTTPConnection(host, int(port), timeout=10)
-                path = (base + src).split(url, 1)[1]
-                conn.request("GET", "/" + path)
-                resp = conn.getresponse()
-                body = resp.read()
-                conn.close()
-                assert resp.status == 200 and body.startswith(b"\x89PNG"), src
-            if name == "index":
-                assert "CRITICAL" in dom.stdout and "Test &lt;DMZ&gt;" in dom.stdout
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    store = RrdStore(tmp_path / "data" / "rrd")
+    write_traffic(store, "dmz-router", "Gi0/1")
+    store.close()
+    result = subprocess.run([*MONITOR, "--config", str(config), "graph"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "drew 4 graph(s)" in result.stdout
+    assert re.search(r"file://\S+/index.html", result.stdout)
+    assert "graphs: 4/4 drawn" in result.stderr  # progress as log lines when not a terminal
+    assert (tmp_path / "data" / "html" / "dmz-router" / safe_name("Gi0/1") / "year.png").exists()
 
 
-def test_run_schedules_the_site_job(write_config, tmp_path):
+
+def test_monitor_serve_command_and_site_job(tmp_path, write_config):
+    import urllib.request
+
     from monitor.agent import Agent
     from monitor.config import load_config
 
-    config = load_config(write_config(f"""
+    config = write_config(f"""
         [agent]
         data_dir = "{tmp_path / 'data'}"
-        [web]
-        interval = "10m"
-        workers = 1
-    """))
-    agent = Agent(config)
+        interval = "1m"
+        [host]
+        enabled = false
+        [disks]
+        enabled = false
+    """)
+    html = tmp_path / "data" / "html"
+    html.mkdir(parents=True)
+    (html / "index.html").write_text("<p>site</p>")
+    process = subprocess.Popen([*MONITOR, "--config", str(config), "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line)
+        assert url, line + process.stderr.read()
+        with urllib.request.urlopen(url.group(0) + "index.html", timeout=10) as response:
+            assert response.read() == b"<p>site</p>"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        process.stdout.close()
+        process.stderr.close()
+
+    agent = Agent(load_config(config))
     agent.schedule()
-    assert agent.site is not None and "site" in agent.scheduler._jobs
+    assert "site" in agent.scheduler.stats()
+    assert agent.site is not None and agent.site.html_dir == html
+
+
+def test_time_axis_is_in_local_time(monkeypatch):
+    import time as time_module
+
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time_module.tzset()
+    try:
+        end = 1_763_856_000  # 2025-11-23 00:00 UTC = 05:30 in Kolkata
+        majors, labels, _ = render.time_ticks("day", end - 86400, end)
+        assert labels[0] == "06:00" and (majors[0] - end) % 3600 == 1800  # local full hours
+        assert all(int(label[:2]) % 3 == 0 and label.endswith(":00") for label in labels)
+        majors, labels, _ = render.time_ticks("week", end - 7 * 86400, end)
+        assert all((m + 19800) % 86400 == 0 for m in majors)  # local midnights
+    finally:
+        monkeypatch.undo()
+        time_module.tzset()
+
+
+def test_problems_page_lists_firing_alerts(site, tmp_path):
+    from alerts.engine import AlertState, Status
+    from alerts.state import AlertStore
+
+    store, status, html, _ = site
+    write_traffic(store, "<b>edge</b>", "eth0", START, START + 600)
+    db = tmp_path / "state" / "alerts.db"
+    AlertStore(db).save([
+        AlertState("r/<b>edge</b>/if eth0", "link-down", "<b>edge</b>", "if eth0 <i>",
+                   status=Status.FIRING, severity=State.CRITICAL, since=NOW - 600,
+                   message="eth0 down <script>x</script>"),
+        AlertState("r/quiet/x", "link-down", "quiet", "x", status=Status.OK, severity=State.OK),
+    ])
+    builder = SiteBuilder(store, status, html, tmp_path / "state" / "graphs.json", workers=1,
+                          clock=lambda: NOW, alerts_db=db)
+    builder.build()
+    page = (html / "problems.html").read_text().split("<main>")[1]
+    assert "Problems (1)" in page and "FIRING" in page
+    assert "eth0 down &lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
+    assert f'href="{safe_name("<b>edge</b>").replace("%", "%25")}/index.html"' in page
+    assert "quiet" not in page  # an OK alert is not a problem
