@@ -34,6 +34,7 @@ from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, SeriesInfo
+from monitor.units import format_age
 
 log = logging.getLogger("monitor.digest")
 
@@ -101,15 +102,6 @@ def fmt_bits(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "bit/s" else f"{n:.2f} {unit}"
         n /= 1000
     return f"{n:.2f} Tbit/s"
-
-
-def fmt_duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
 def fmt_time(ts: float) -> str:
@@ -219,7 +211,7 @@ class DigestBuilder:
         for c in self.status.all():
             if c.state is State.OK:
                 continue
-            s.rows.append([c.state.name, f"{fmt_time(c.since)} ({fmt_duration(end - c.since)})",
+            s.rows.append([c.state.name, f"{fmt_time(c.since)} ({format_age(end - c.since)})",
                            f"{c.target} {c.check}", c.message])
         return s
 

@@ -43,7 +43,7 @@ from monitor.files import atomic_write
 from monitor.model import State
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
-from monitor.units import format_duration
+from monitor.units import format_age, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -360,15 +360,6 @@ def _local(ts: float) -> str:
     return datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M")
 
 
-def _age(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 3600:
-        return f"{seconds // 60} min"
-    if seconds < 86400:
-        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
-    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
-
-
 def _severity(state: str) -> int:
     return State[state].severity if state else -1
 
@@ -413,7 +404,7 @@ def _apply_check(obj: Item | Target, check: CheckStatus, now: float) -> None:
     obj.message = render.display(check.message)
     obj.since_text = _local(check.since)
     obj.since_full = datetime.fromtimestamp(check.since).astimezone().isoformat(timespec="seconds")
-    obj.age = _age(now - check.since)
+    obj.age = format_age(now - check.since)
 
 
 class _SiteModel:
@@ -494,7 +485,7 @@ class _SiteModel:
                 "target_label": render.display(a.target, LABEL_LIMIT),
                 "target_url": target.url if target else "", "label": render.display(a.label, LABEL_LIMIT),
                 "rule": render.display(a.rule), "message": render.display(a.message),
-                "since_text": _local(a.since), "age": _age(now - a.since),
+                "since_text": _local(a.since), "age": format_age(now - a.since),
                 "since_full": datetime.fromtimestamp(a.since).astimezone().isoformat(timespec="seconds"),
             })
         return rows
