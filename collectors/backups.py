@@ -35,6 +35,7 @@ from pathlib import Path
 from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.process import CommandMissing, run_command
 from monitor.units import format_duration
 
 TARGET = "backups"
@@ -250,23 +251,12 @@ async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
     argv, extra = repository_argv(job)
     env = {**os.environ, **extra}
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL, env=env)
-    except FileNotFoundError:
+        out = await run_command(argv, job.timeout, env)
+    except CommandMissing:
         return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
                                 "command to its path)")
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), job.timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return JobResult(False, f"{job.kind} did not list {job.repository} within "
-                                f"{format_duration(job.timeout)}")
-    if proc.returncode != 0:
-        first = _last_line(err.decode("utf-8", "replace"))
-        return JobResult(False, f"{job.kind} cannot list {job.repository} (exit status "
-                                f"{proc.returncode}): {first}")
+    except RuntimeError as exc:
+        return JobResult(False, f"{job.kind} cannot list {job.repository}: {exc}")
     try:
         text = out.decode("utf-8", "replace")
         items = parse_restic_snapshots(text) if job.kind == "restic" else parse_borg_list(text)

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
-async def run_command(argv: Sequence[str], timeout: float) -> bytes:
+class CommandMissing(RuntimeError):
+    """The program does not exist: callers can say which package to install."""
+
+
+async def run_command(
+    argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
+) -> bytes:
     """Run `argv` and return its standard output.
 
-    Raises RuntimeError with a message naming the command when it cannot start, outlasts
-    `timeout` (it is killed) or exits non-zero (with the first line of its standard error).
+    Raises CommandMissing when the program does not exist, RuntimeError with a message naming
+    the command when it cannot start, outlasts `timeout` (it is killed) or exits non-zero (with
+    the last line of its standard error: where tools and tracebacks put the actual error).
     """
     what = " ".join(argv)
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            stdin=asyncio.subprocess.DEVNULL)
+            stdin=asyncio.subprocess.DEVNULL, env=None if env is None else dict(env))
+    except FileNotFoundError:
+        raise CommandMissing(f"cannot run {what}: {argv[0]} not found") from None
     except OSError as exc:
         raise RuntimeError(f"cannot run {what}: {exc.strerror or exc}") from None
     try:
@@ -26,7 +35,7 @@ async def run_command(argv: Sequence[str], timeout: float) -> bytes:
         await proc.wait()
         raise RuntimeError(f"{what} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
-        first = err.decode("utf-8", "replace").strip().splitlines()[:1]
+        last = err.decode("utf-8", "replace").strip().splitlines()[-1:]
         raise RuntimeError(f"{what} exited with status {proc.returncode}"
-                           + (f": {first[0]}" if first else ""))
+                           + (f": {last[0].strip()}" if last else ""))
     return out
