@@ -42,8 +42,11 @@ def open_store(config: Config) -> RrdStore:
 
 
 class Agent:
-    def __init__(self, config: Config, *, only: str | None = None) -> None:
+    def __init__(self, config: Config, *, only: str | None = None,
+                 min_run_limit: float = 30.0) -> None:
         self.config = config
+        # A run is cut off after max(3 intervals, min_run_limit) seconds.
+        self.min_run_limit = min_run_limit
         self.store = open_store(config)
         self.status = StatusBook(config.state_dir / "status.json")
         self.collectors: list[Collector] = build_collectors(config, only)
@@ -87,7 +90,7 @@ class Agent:
         started = time.monotonic()
         # A run may overrun its interval (logged and counted), but one that hangs for several
         # intervals is cut off, or its job would never run again.
-        limit = max(3 * collector.interval, 30.0)
+        limit = max(3 * collector.interval, self.min_run_limit)
         try:
             batch = await asyncio.wait_for(collector.collect(), timeout=limit)
         except TimeoutError:
