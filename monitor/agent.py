@@ -163,6 +163,15 @@ class Agent:
 
     async def close(self) -> None:
         await self.scheduler.stop()
+        for collector in self.collectors:
+            # Collectors that hold sockets or engines (SNMP) release them, so a SIGHUP reload
+            # does not leak one set per reload.
+            close = getattr(collector, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.exception("%s: closing failed", collector.name)
         if self.site is not None:
             await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)

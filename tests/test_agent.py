@@ -98,3 +98,16 @@ def test_status_book_expires_checks_nobody_reports(tmp_path: Path):
     assert [s.check for s in dropped] == ["disk /mnt/old"]
     book.save()
     assert [s.check for s in StatusBook(tmp_path / "status.json").all()] == ["disk /"]
+
+
+async def test_close_releases_collector_resources(tmp_path: Path):
+    closed = []
+
+    @dataclass
+    class Holding(ScriptedCollector):
+        def close(self) -> None:
+            closed.append(self.name)
+
+    agent = agent_with(tmp_path, Holding([Batch()]))
+    await agent.close()
+    assert closed == ["scripted"]
