@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import ipaddress
 import re
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -34,6 +35,26 @@ def hostport(host: str, port: int | None) -> str:
 
 def secs(value: float) -> str:
     return f"{value:.3f} s" if value < 0.1 else f"{value:.2f} s"
+
+
+# What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
+WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
+            "sent no greeting", "answer": "sent no answer", "exit": "did not finish"}
+
+
+def error_text(exc: BaseException) -> str:
+    """Why a connection failed, in the words of the one-line messages."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused the connection"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot be resolved ({clean(exc.strerror or str(exc))})"
+    if isinstance(exc, ConnectionResetError | asyncio.IncompleteReadError | BrokenPipeError):
+        return "closed the connection early"
+    if isinstance(exc, ssl.SSLError):
+        return f"failed the TLS handshake ({clean(exc.reason or str(exc))})"
+    if isinstance(exc, OSError):
+        return f"cannot be reached ({clean(exc.strerror or str(exc))})"
+    return f"failed: {clean(str(exc) or type(exc).__name__)}"
 
 
 @dataclass

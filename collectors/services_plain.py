@@ -1,0 +1,274 @@
+"""Plain TCP checks (kind tcp without TLS: connect, optional send, optional expect) driven by
+readiness callbacks instead of a coroutine per check.
+
+A port or banner check is a few system calls; on asyncio's general path each step also costs a
+selector key, a handle, a future, a task wake-up and a timer, several times the system calls
+themselves (see bench/services_bench.py). Here the sockets of one collector cycle share an epoll
+set of their own whose one descriptor sits in the event loop, each check is a small state
+machine advanced by that set's events, and one timer per cycle expires overdue checks. Every
+other check (TLS, STARTTLS, multi-step dialogs, HTTP, DNS, ping, plugins) keeps the coroutine
+path in services.py; the messages here are the ones that path gives for the same events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+
+from collectors.services_base import WAITING, Outcome, clean, error_text, secs
+from collectors.services_tcp import label
+from monitor.config import ServiceCheck
+from monitor.model import State
+
+_IN = select.EPOLLIN
+_OUT = select.EPOLLOUT
+_KEEP = 65536  # as the coroutine path: the last 64 KiB of an answer are searched
+
+
+def handles(check: ServiceCheck) -> bool:
+    """Is this a check the callback path runs (the rest go through run_check)?"""
+    return check.kind == "tcp" and not check.tls and not check.starttls
+
+
+class Sockets:
+    """The plain sockets of one collector cycle on one epoll set, watched by the loop through
+    that set's single descriptor; `expire` runs the checks past their deadline."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.epoll = select.epoll()
+        self.handlers: dict[int, TcpProbe] = {}
+        self.active: set[TcpProbe] = set()
+        self.timer: asyncio.TimerHandle | None = None
+        loop.add_reader(self.epoll.fileno(), self._events)
+
+    def _events(self) -> None:
+        handlers = self.handlers
+        for fd, events in self.epoll.poll(0):
+            probe = handlers.get(fd)
+            if probe is not None:
+                probe.ready(events)
+
+    def watch(self, probe: TcpProbe, fd: int, events: int, new: bool) -> None:
+        if new:
+            self.epoll.register(fd, events)
+            self.handlers[fd] = probe
+        else:
+            self.epoll.modify(fd, events)
+
+    def forget(self, fd: int) -> None:
+        # Explicitly, before the socket closes: a forked child (a plugin check) may briefly hold
+        # the descriptor, and epoll would keep reporting it under a number reused meanwhile.
+        if self.handlers.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def deadline(self, when: float) -> None:
+        """Make sure the sweep runs by `when` (one timer for the cycle, not one per check)."""
+        if self.timer is None or when < self.timer.when():
+            if self.timer is not None:
+                self.timer.cancel()
+            self.timer = self.loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        self.timer = None
+        now = self.loop.time()
+        for probe in [p for p in self.active if p.deadline <= now]:
+            probe.expire()
+        if self.active:
+            self.deadline(min(p.deadline for p in self.active))
+
+    def close(self) -> None:
+        for probe in list(self.active):
+            probe.abort()
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.loop.remove_reader(self.epoll.fileno())
+        self.epoll.close()
+
+
+class TcpProbe:
+    """One plain tcp check: resolve (names only), connect to each address in turn, send, read
+    until `expect` shows up; `done(outcome)` is called exactly once, from the event loop."""
+
+    __slots__ = ("addresses", "check", "deadline", "doing", "done", "fd", "host", "job",
+                 "outcome", "resolving", "seen", "sock", "sockets", "start")
+
+    def __init__(self, check: ServiceCheck, host: str, sockets: Sockets,
+                 done: Callable[[TcpProbe], None]) -> None:
+        self.check = check
+        self.host = host
+        self.sockets = sockets
+        self.done = done
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.doing = "connect"
+        self.seen = b""
+        self.resolving: asyncio.Future | None = None
+        self.outcome: Outcome | None = None
+        self.job: tuple = ()  # the caller's bookkeeping
+
+    def begin(self) -> None:
+        sockets = self.sockets
+        self.start = time.monotonic()
+        self.deadline = sockets.loop.time() + self.check.timeout
+        sockets.active.add(self)
+        sockets.deadline(self.deadline)
+        host, port = self.host, self.check.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            self.resolving = asyncio.ensure_future(
+                sockets.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            self.resolving.add_done_callback(self._resolved)
+            return
+        self.addresses = [(family, (host, port))]
+        self._connect()
+
+    def _resolved(self, future: asyncio.Future) -> None:
+        self.resolving = None
+        if self.outcome is not None or future.cancelled():
+            return
+        try:
+            infos = future.result()
+        except Exception as exc:  # a name that does not resolve is a result
+            self._failed(exc)
+            return
+        self.addresses = [(info[0], info[4]) for info in infos]
+        self._connect()
+
+    def _connect(self) -> None:
+        """Connect to the next address; the answer (or the refusal) comes as an epoll event."""
+        error: OSError | None = None
+        while self.addresses:
+            family, address = self.addresses.pop(0)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:  # out of descriptors: this check fails, the cycle goes on
+                error = exc
+                continue
+            sock.setblocking(False)
+            code = sock.connect_ex(address)
+            if code in (0, errno.EINPROGRESS):
+                self.sock, self.fd = sock, sock.fileno()
+                # Writability is only waited for where it tells something: the connect time of
+                # a bare port check, or before sending. A banner check just waits for the banner
+                # (a refusal wakes EPOLLIN too), a round of epoll calls less per check.
+                self.sockets.watch(self, self.fd, _OUT if self._waits_out() else _IN, True)
+                return
+            sock.close()
+            error = OSError(code, os.strerror(code))  # ConnectionRefusedError for ECONNREFUSED
+        # Reported from a fresh loop turn, so `done` never runs inside `begin`.
+        self.sockets.loop.call_soon(self._failed, error or OSError(f"no address for {self.host}"))
+
+    def _waits_out(self) -> bool:
+        return self.check.send is not None or self.check.expect is None
+
+    def ready(self, events: int) -> None:
+        try:
+            if self.doing == "connect" and self._waits_out():
+                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    raise OSError(code, os.strerror(code))
+                self._on_connected()
+                return
+            try:
+                chunk = self.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if self.doing == "connect":  # a banner check learns of the connection by its bytes
+                self.doing = repr(clean(self.check.expect))
+            self._got(chunk)
+        except OSError as exc:
+            if self.addresses and self.doing == "connect":
+                self._drop()
+                self._connect()
+                return
+            self._failed(exc)
+        except Exception as exc:  # a check never takes the cycle down
+            self._failed(exc)
+
+    def _on_connected(self) -> None:
+        check = self.check
+        if check.send is not None:
+            self.doing = "answer"
+            # A few bytes into an empty socket buffer go at once; a short send is a peer that
+            # stopped reading, reported like the coroutine path's broken pipe.
+            data = check.send.encode()
+            if self.sock.send(data) != len(data):
+                raise BrokenPipeError(errno.EPIPE, "short send")
+        if check.expect is None:
+            self._finish(State.OK, "accepted the connection in "
+                         + secs(time.monotonic() - self.start))
+            return
+        self.doing = repr(clean(check.expect))
+        self.sockets.watch(self, self.fd, _IN, False)
+
+    def _got(self, chunk: bytes) -> None:
+        expect = self.check.expect
+        if not chunk:
+            self._finish(State.CRITICAL, f"closed the connection without sending "
+                         f"{clean(expect)!r} (got {clean(self.seen)!r})")
+            return
+        seen = self.seen + chunk if self.seen else chunk
+        if len(seen) > _KEEP:
+            seen = seen[-_KEEP:]
+        self.seen = seen
+        if expect.encode() in seen:
+            first = seen.split(b"\n", 1)[0]
+            self._finish(State.OK, f"answered {clean(first)!r} in {{t}}")
+
+    def _finish(self, state: State, detail: str) -> None:
+        elapsed = time.monotonic() - self.start
+        self._end(Outcome(state, f"{label(self.check)} {detail.replace('{t}', secs(elapsed))}",
+                          elapsed))
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.outcome is None:
+            self._end(Outcome(State.CRITICAL, f"{label(self.check)} {error_text(exc)} after "
+                              f"{secs(time.monotonic() - self.start)}"))
+
+    def expire(self) -> None:
+        """The deadline passed: the message says what had not happened yet."""
+        check = self.check
+        if self.doing == "connect" and self.sock is not None and check.expect is not None and (
+                check.send is None):
+            try:  # a banner check does not watch for the connection itself: ask the socket
+                self.sock.getpeername()
+                self.doing = repr(clean(check.expect))
+            except OSError:
+                pass
+        what = WAITING.get(self.doing, f"sent no {self.doing}")
+        note = f" (got {clean(self.seen)!r})" if self.seen else ""
+        self._end(Outcome(State.CRITICAL, f"{label(check)} {what} within {secs(check.timeout)}"
+                          f"{note}"))
+
+    def abort(self) -> None:
+        """The cycle is over (cancelled): drop the socket, report nothing."""
+        self.outcome = Outcome(State.UNKNOWN, "")
+        self._drop()
+        self.sockets.active.discard(self)
+        if self.resolving is not None:
+            self.resolving.cancel()
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            self.sockets.forget(self.fd)
+            self.sock.close()
+            self.sock = None
+
+    def _end(self, outcome: Outcome) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        self._drop()
+        self.sockets.active.discard(self)
+        if self.resolving is not None:
+            self.resolving.cancel()
+        self.done(self)
