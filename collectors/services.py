@@ -118,13 +118,17 @@ def targets(check: ServiceCheck) -> list[str]:
 
 
 def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) -> CheckResult:
-    metrics = dict(outcome.metrics)
-    metrics["response_seconds"] = (None if outcome.response is None else round(outcome.response, 6),
-                                   "s")
-    measurements = tuple(
-        Measurement(target, check.name, metric, value,
-                    Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now)
-        for metric, (value, unit) in metrics.items())
+    response = None if outcome.response is None else round(outcome.response, 6)
+    if not outcome.metrics:  # most checks: response_seconds alone
+        measurements: tuple[Measurement, ...] = (
+            Measurement(target, check.name, "response_seconds", response, Kind.GAUGE, "s", now),)
+    else:
+        metrics = dict(outcome.metrics)
+        metrics["response_seconds"] = (response, "s")
+        measurements = tuple(
+            Measurement(target, check.name, metric, value,
+                        Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now)
+            for metric, (value, unit) in metrics.items())
     return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
 
 

@@ -27,6 +27,11 @@ from monitor.model import State
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_INET, _INET6 = socket.AF_INET, socket.AF_INET6
+_STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call per socket
+_SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
+_EINPROGRESS = errno.EINPROGRESS
+_inet_pton = socket.inet_pton
 _KEEP = 65536  # as the coroutine path: the last 64 KiB of an answer are searched
 
 
@@ -45,6 +50,7 @@ class Sockets:
         self.handlers: dict[int, TcpProbe] = {}
         self.active: set[TcpProbe] = set()
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_when = float("inf")
         loop.add_reader(self.epoll.fileno(), self._events)
 
     def _events(self) -> None:
@@ -54,12 +60,9 @@ class Sockets:
             if probe is not None:
                 probe.ready(events)
 
-    def watch(self, probe: TcpProbe, fd: int, events: int, new: bool) -> None:
-        if new:
-            self.epoll.register(fd, events)
-            self.handlers[fd] = probe
-        else:
-            self.epoll.modify(fd, events)
+    def watch(self, probe: TcpProbe, fd: int, events: int) -> None:
+        self.epoll.register(fd, events)
+        self.handlers[fd] = probe
 
     def forget(self, fd: int) -> None:
         # Explicitly, before the socket closes: a forked child (a plugin check) may briefly hold
@@ -69,13 +72,14 @@ class Sockets:
 
     def deadline(self, when: float) -> None:
         """Make sure the sweep runs by `when` (one timer for the cycle, not one per check)."""
-        if self.timer is None or when < self.timer.when():
+        if when < self.timer_when:
             if self.timer is not None:
                 self.timer.cancel()
             self.timer = self.loop.call_at(when, self._sweep)
+            self.timer_when = when
 
     def _sweep(self) -> None:
-        self.timer = None
+        self.timer, self.timer_when = None, float("inf")
         now = self.loop.time()
         for probe in [p for p in self.active if p.deadline <= now]:
             probe.expire()
@@ -87,14 +91,15 @@ class Sockets:
             probe.abort()
         if self.timer is not None:
             self.timer.cancel()
-            self.timer = None
+            self.timer, self.timer_when = None, float("inf")
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
 
 
 class TcpProbe:
     """One plain tcp check: resolve (names only), connect to each address in turn, send, read
-    until `expect` shows up; `done(outcome)` is called exactly once, from the event loop."""
+    until `expect` shows up; `done(probe)` is called exactly once, from the event loop, with
+    `probe.outcome` set."""
 
     __slots__ = ("addresses", "check", "deadline", "doing", "done", "fd", "host", "job",
                  "outcome", "resolving", "seen", "sock", "sockets", "start")
@@ -107,6 +112,8 @@ class TcpProbe:
         self.done = done
         self.sock: socket.socket | None = None
         self.fd = -1
+        # "connect", then "answer" while sending, then "expect" (its text is only rendered when
+        # a timeout message needs it).
         self.doing = "connect"
         self.seen = b""
         self.resolving: asyncio.Future | None = None
@@ -115,14 +122,17 @@ class TcpProbe:
 
     def begin(self) -> None:
         sockets = self.sockets
-        self.start = time.monotonic()
-        self.deadline = sockets.loop.time() + self.check.timeout
+        # The loop's clock is time.monotonic: one reading serves the response time and the
+        # deadline (loop.call_at) both.
+        self.start = start = time.monotonic()
+        self.deadline = deadline = start + self.check.timeout
         sockets.active.add(self)
-        sockets.deadline(self.deadline)
+        if deadline < sockets.timer_when:
+            sockets.deadline(deadline)
         host, port = self.host, self.check.port
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        family = _INET6 if ":" in host else _INET
         try:
-            socket.inet_pton(family, host)
+            _inet_pton(family, host)
         except OSError:
             self.resolving = asyncio.ensure_future(
                 sockets.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
@@ -149,31 +159,31 @@ class TcpProbe:
         while self.addresses:
             family, address = self.addresses.pop(0)
             try:
-                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock = socket.socket(family, _STREAM_NONBLOCK)
             except OSError as exc:  # out of descriptors: this check fails, the cycle goes on
                 error = exc
                 continue
-            sock.setblocking(False)
             code = sock.connect_ex(address)
-            if code in (0, errno.EINPROGRESS):
-                self.sock, self.fd = sock, sock.fileno()
+            if code == _EINPROGRESS or code == 0:
+                self.sock = sock
+                self.fd = fd = sock.fileno()
                 # Writability is only waited for where it tells something: the connect time of
                 # a bare port check, or before sending. A banner check just waits for the banner
                 # (a refusal wakes EPOLLIN too), a round of epoll calls less per check.
-                self.sockets.watch(self, self.fd, _OUT if self._waits_out() else _IN, True)
+                check = self.check
+                self.sockets.watch(self, fd, _OUT if check.send is not None or check.expect is None
+                                   else _IN)
                 return
             sock.close()
             error = OSError(code, os.strerror(code))  # ConnectionRefusedError for ECONNREFUSED
         # Reported from a fresh loop turn, so `done` never runs inside `begin`.
         self.sockets.loop.call_soon(self._failed, error or OSError(f"no address for {self.host}"))
 
-    def _waits_out(self) -> bool:
-        return self.check.send is not None or self.check.expect is None
-
     def ready(self, events: int) -> None:
         try:
-            if self.doing == "connect" and self._waits_out():
-                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            check = self.check
+            if self.doing == "connect" and (check.send is not None or check.expect is None):
+                code = self.sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
                 if code:
                     raise OSError(code, os.strerror(code))
                 self._on_connected()
@@ -182,8 +192,7 @@ class TcpProbe:
                 chunk = self.sock.recv(4096)
             except (BlockingIOError, InterruptedError):
                 return
-            if self.doing == "connect":  # a banner check learns of the connection by its bytes
-                self.doing = repr(clean(self.check.expect))
+            self.doing = "expect"  # a banner check learns of the connection by its bytes
             self._got(chunk)
         except OSError as exc:
             if self.addresses and self.doing == "connect":
@@ -207,8 +216,8 @@ class TcpProbe:
             self._finish(State.OK, "accepted the connection in "
                          + secs(time.monotonic() - self.start))
             return
-        self.doing = repr(clean(check.expect))
-        self.sockets.watch(self, self.fd, _IN, False)
+        self.doing = "expect"
+        self.sockets.epoll.modify(self.fd, _IN)
 
     def _got(self, chunk: bytes) -> None:
         expect = self.check.expect
@@ -241,10 +250,11 @@ class TcpProbe:
                 check.send is None):
             try:  # a banner check does not watch for the connection itself: ask the socket
                 self.sock.getpeername()
-                self.doing = repr(clean(check.expect))
+                self.doing = "expect"
             except OSError:
                 pass
-        what = WAITING.get(self.doing, f"sent no {self.doing}")
+        doing = repr(clean(check.expect or "")) if self.doing == "expect" else self.doing
+        what = WAITING.get(doing, f"sent no {doing}")
         note = f" (got {clean(self.seen)!r})" if self.seen else ""
         self._end(Outcome(State.CRITICAL, f"{label(check)} {what} within {secs(check.timeout)}"
                           f"{note}"))
@@ -258,9 +268,10 @@ class TcpProbe:
             self.resolving.cancel()
 
     def _drop(self) -> None:
-        if self.sock is not None:
+        sock = self.sock
+        if sock is not None:
             self.sockets.forget(self.fd)
-            self.sock.close()
+            sock.close()
             self.sock = None
 
     def _end(self, outcome: Outcome) -> None:
