@@ -24,13 +24,14 @@ from collectors.services_base import (
     clean,
     error_text,
     hostport,
+    label,
     secs,
 )
 from collectors.services_dns import probe_dns
 from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
 from collectors.services_plain import Sockets, TcpProbe, handles
-from collectors.services_tcp import CertRejected, label, probe_text
+from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
 from monitor.units import format_duration
@@ -61,10 +62,17 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
 
 
 async def run_check(check: ServiceCheck, target: str, now: float,
-                    contexts: TlsContexts | None = None) -> Outcome:
-    """One check to one target, never longer than its timeout and never raising."""
+                    contexts: TlsContexts | None = None, sockets: Sockets | None = None) -> Outcome:
+    """One check to one target, never longer than its timeout and never raising. `contexts` and
+    `sockets` are those of the collector's cycle (made for this check alone when not given)."""
+    if sockets is None:
+        sockets = Sockets(asyncio.get_running_loop())
+        try:
+            return await run_check(check, target, now, contexts, sockets)
+        finally:
+            sockets.close()
     contexts = contexts if contexts is not None else TlsContexts()
-    stage = Stage(contexts)
+    stage = Stage(contexts, sockets)
     start = time.monotonic()
     verify_error = None
     try:
@@ -74,7 +82,7 @@ async def run_check(check: ServiceCheck, target: str, now: float,
             except CertRejected as exc:
                 # Ask again without verifying, to learn when the rejected certificate expires.
                 verify_error = exc.reason
-                stage = Stage(contexts)
+                stage = Stage(contexts, sockets)
                 outcome = await _probe(check, target, stage, now, False)
     except TimeoutError:
         if check.kind == "plugin":
@@ -179,18 +187,27 @@ class ServicesCollector:
 
         def take() -> None:
             nonlocal running
+            if finished.done():  # the cycle is over (or cancelled): start nothing more
+                return
             for index, (check, target) in pending:
                 now = clock()
-                if handles(check):
-                    probe = TcpProbe(check, target, sockets, probed)
-                    probe.job = (index, now)
-                    probe.begin()
-                else:
-                    task = loop.create_task(run_check(check, target, now, contexts))
-                    task.job = (index, check, target, now)  # type: ignore[attr-defined]
-                    tasks.add(task)
-                    task.add_done_callback(checked)
-                return
+                probe = None
+                try:
+                    if handles(check):
+                        probe = TcpProbe(check, target, sockets, probed)
+                        probe.job = (index, now)
+                        probe.begin()
+                    else:
+                        task = loop.create_task(run_check(check, target, now, contexts, sockets))
+                        task.job = (index, check, target, now)  # type: ignore[attr-defined]
+                        tasks.add(task)
+                        task.add_done_callback(checked)
+                    return
+                except Exception as exc:  # one check that cannot start is its own result
+                    if probe is not None:
+                        probe.abort()  # so it never reports (nor takes a slot) later
+                    results[index] = to_result(check, target, Outcome(
+                        State.CRITICAL, f"{_where(check, target)} {error_text(exc)}"), now)
             running -= 1
             if running == 0 and not finished.done():
                 finished.set_result(None)
@@ -201,6 +218,8 @@ class ServicesCollector:
                 take()
             await finished
         finally:
+            if not finished.done():
+                finished.cancel()
             for task in tasks:
                 task.cancel()
             sockets.close()

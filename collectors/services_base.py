@@ -10,9 +10,13 @@ import re
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from monitor.config import ServiceCheck
 from monitor.model import State
+
+if TYPE_CHECKING:
+    from collectors.services_plain import Sockets
 
 # C0/C1 controls, and the Unicode line separators, zero-width and bidirectional overrides that
 # could make a hostile banner rewrite the rest of a message line when displayed.
@@ -31,6 +35,17 @@ def hostport(host: str, port: int | None) -> str:
     """"mail.example.net:25", "[2001:db8::25]:25" for the messages."""
     host = clean(host, 60)
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
+          "http": "HTTP", "https": "HTTPS"}
+
+
+def label(check: ServiceCheck) -> str:
+    name = LABELS.get(check.kind, check.kind.upper())
+    if check.tls and check.kind not in ("https",):
+        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
+    return f"{name} {hostport(check.host, check.port)}"
 
 
 def secs(value: float) -> str:
@@ -90,13 +105,15 @@ class TlsContexts:
 
 
 class Stage:
-    """Where a probe is, so a timeout can say what did not happen ("sent no greeting")."""
+    """Where a probe is, so a timeout can say what did not happen ("sent no greeting"), and
+    what it shares with the other checks of its cycle (TLS contexts, the plain sockets' set)."""
 
-    def __init__(self, contexts: TlsContexts | None = None) -> None:
+    def __init__(self, contexts: TlsContexts | None = None, sockets: Sockets | None = None) -> None:
         self.doing = "connect"
         self.note = ""
         self.cert: Outcome | None = None
         self.contexts = contexts if contexts is not None else TlsContexts()
+        self.sockets = sockets
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:

@@ -8,7 +8,6 @@ socket; the caller bounds the whole of it with the check's timeout.
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 
@@ -18,15 +17,14 @@ from collectors.services_base import (
     TlsContexts,
     cert_verdict,
     clean,
-    hostport,
+    label,
     secs,
     server_name,
 )
+from collectors.services_plain import LINE_LIMIT, PlainStream
 from monitor.config import ServiceCheck
 from monitor.model import State
 
-LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
-          "http": "HTTP", "https": "HTTPS"}
 MAX_LINES = 100
 
 
@@ -43,126 +41,13 @@ class ProtocolError(Exception):
     """The peer answered, but not what the protocol says: the message is the on-call line."""
 
 
-def label(check: ServiceCheck) -> str:
-    name = LABELS.get(check.kind, check.kind.upper())
-    if check.tls and check.kind not in ("https",):
-        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
-    return f"{name} {hostport(check.host, check.port)}"
-
-
-LINE_LIMIT = 65536
-
-
-class PlainStream:
-    """StreamReader and StreamWriter in one, on a bare non-blocking socket and the loop's
-    sock_* calls, for connections that never speak TLS.
-
-    Most checks at scale are plain port and banner checks; without a transport, protocol and
-    two stream objects per connection their CPU cost drops by about a third (see
-    bench/services_bench.py). Only what the probes use is here; STARTTLS needs real streams.
-    """
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.eof = False
-        self.pending = b""
-        self.loop = asyncio.get_running_loop()
-        self.transport = self  # so close() can call writer.transport.abort()
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> PlainStream:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        try:
-            socket.inet_pton(family, host)
-            addresses = [(family, (host, port))]
-        except OSError:
-            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses = [(info[0], info[4]) for info in infos]
-        error: OSError | None = None
-        for family, address in addresses:  # each address in turn, as open_connection does
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
-            try:
-                await loop.sock_connect(sock, address)
-            except BaseException as exc:
-                sock.close()
-                if not isinstance(exc, OSError):
-                    raise
-                error = exc
-                continue
-            return cls(sock)
-        raise error if error is not None else OSError(f"no address for {host}")
-
-    async def _fill(self, size: int = 65536) -> bool:
-        if self.eof:
-            return False
-        data = await self.loop.sock_recv(self.sock, size)
-        if not data:
-            self.eof = True
-            return False
-        self.buffer += data
-        return True
-
-    async def readline(self) -> bytes:
-        """Like StreamReader.readline: the line with its newline, the rest at EOF, b"" when
-        nothing is left; ValueError for a line over the limit."""
-        start = 0
-        while True:
-            end = self.buffer.find(b"\n", start)
-            if end >= 0:
-                line, self.buffer = self.buffer[: end + 1], self.buffer[end + 1:]
-                return line
-            if len(self.buffer) > LINE_LIMIT:
-                self.buffer = b""
-                raise ValueError("line longer than the limit")
-            start = len(self.buffer)
-            if not await self._fill():
-                line, self.buffer = self.buffer, b""
-                return line
-
-    async def read(self, n: int = -1) -> bytes:
-        if not self.buffer:
-            await self._fill(65536 if n < 0 else min(n, 65536))
-        if n < 0:
-            n = len(self.buffer)
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    async def readexactly(self, n: int) -> bytes:
-        while len(self.buffer) < n:
-            if not await self._fill(min(n - len(self.buffer), 65536)):
-                partial, self.buffer = self.buffer, b""
-                raise asyncio.IncompleteReadError(partial, n)
-        data, self.buffer = self.buffer[:n], self.buffer[n:]
-        return data
-
-    def write(self, data: bytes) -> None:
-        self.pending += data
-
-    async def drain(self) -> None:
-        data, self.pending = self.pending, b""
-        if data:
-            await self.loop.sock_sendall(self.sock, data)
-
-    def get_extra_info(self, name: str, default=None):
-        return default
-
-    async def start_tls(self, *args, **kwargs) -> None:
-        raise RuntimeError("a plain connection cannot start TLS")
-
-    def abort(self) -> None:
-        self.sock.close()
-
-
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     tls = check.tls if tls is None else tls
     stage.doing = "connect"
     if not tls and not check.starttls:
-        plain = await PlainStream.open(host or check.host, port or check.port)
+        plain = await PlainStream.open(stage.sockets, host or check.host, port or check.port)
         return plain, plain  # type: ignore[return-value]  # duck-typed reader and writer
     context = await stage.contexts.get(check, verify) if tls else None
     try:

@@ -85,6 +85,38 @@ async def test_tcp_connect_send_expect_and_closed_port(servers):
     assert metric(closed, "response_seconds").value is None
 
 
+async def test_plain_tcp_by_name_refused_partial_banner_and_cancelled_cycle(servers):
+    port = await servers(srv.banner("220 mail ready"))
+    stall = await servers(srv.stall)
+    closed = srv.closed_port()
+    by_name, refused, partial = await run(
+        svc("tcp", port, "by-name", host="localhost", expect="220"),
+        svc("tcp", closed, "refused", expect="220"),
+        svc("tcp", port, "partial", expect="ESMTP", timeout=0.3))
+    assert by_name.state == State.OK, by_name.message
+    assert by_name.message.startswith(f"TCP localhost:{port} answered '220 mail ready' in ")
+    assert refused.state == State.CRITICAL
+    assert refused.message.startswith(f"TCP 127.0.0.1:{closed} refused the connection after ")
+    assert partial.state == State.CRITICAL
+    assert partial.message == (f"TCP 127.0.0.1:{port} sent no 'ESMTP' within 0.30 s "
+                               "(got '220 mail ready')")
+    assert metric(partial, "response_seconds").value is None
+
+    # A cycle cancelled midway (the agent's run cut-off) leaves no socket behind.
+    async def cancelled() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await run(svc("tcp", stall, "a", expect="x"), svc("smtp", stall, "b"))
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    await cancelled()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        await cancelled()
+    assert len(os.listdir("/proc/self/fd")) <= before
+
+
 async def test_stalling_server_costs_only_its_timeout(servers):
     stall = await servers(srv.stall)
     good = await servers(srv.banner("SSH-2.0-OpenSSH_9.2p1 Debian-2"))
