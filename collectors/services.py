@@ -160,21 +160,23 @@ class ServicesCollector:
         if not jobs:
             return Batch()
         loop = asyncio.get_running_loop()
-        sockets = Sockets(loop)
         finished = loop.create_future()
         pending = iter(enumerate(jobs))
         tasks: set[asyncio.Task] = set()
         running = 0
         clock, contexts = self.clock, self.contexts
 
-        def probed(probe: TcpProbe) -> None:
-            try:
+        def probed(probes: list[TcpProbe]) -> None:
+            # The next connections first, back to back; then the results of these.
+            for _ in probes:
+                take()
+            for probe in probes:
                 index, now = probe.job
                 assert probe.outcome is not None
                 results[index] = to_result(probe.check, probe.host,
                                            finish(probe.check, probe.outcome), now)
-            finally:
-                take()
+
+        sockets = Sockets(loop, probed)
 
         def checked(task: asyncio.Task) -> None:
             tasks.discard(task)
@@ -194,7 +196,7 @@ class ServicesCollector:
                 probe = None
                 try:
                     if handles(check):
-                        probe = TcpProbe(check, target, sockets, probed)
+                        probe = TcpProbe(check, target, sockets)
                         probe.job = (index, now)
                         probe.begin()
                     else:

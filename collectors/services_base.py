@@ -27,7 +27,8 @@ def clean(text: str | bytes, limit: int = 80) -> str:
     """Banner text fit for a one-line message: control characters gone, length bounded."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    text = _CONTROL.sub(" ", text).strip()
+    # Every character _CONTROL matches is unprintable (Cc, Cf, Zl, Zp): most banners skip it.
+    text = (text if text.isprintable() else _CONTROL.sub(" ", text)).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
