@@ -1,13 +1,14 @@
-"""Plain TCP checks (kind tcp without TLS: connect, optional send, optional expect) driven by
-readiness callbacks instead of a coroutine per check.
+"""Plain (non-TLS) TCP for the service checks: one epoll set per collector cycle, and two faces
+on it.
 
 A port or banner check is a few system calls; on asyncio's general path each step also costs a
 selector key, a handle, a future, a task wake-up and a timer, several times the system calls
-themselves (see bench/services_bench.py). Here the sockets of one collector cycle share an epoll
-set of their own whose one descriptor sits in the event loop, each check is a small state
-machine advanced by that set's events, and one timer per cycle expires overdue checks. Every
-other check (TLS, STARTTLS, multi-step dialogs, HTTP, DNS, ping, plugins) keeps the coroutine
-path in services.py; the messages here are the ones that path gives for the same events.
+themselves (see bench/services_bench.py). Here the sockets of one cycle share an epoll set of
+their own whose one descriptor sits in the event loop, and one timer per cycle expires overdue
+checks. `TcpProbe` runs a whole tcp check (connect, optional send, optional expect) as a small
+state machine called back by that set; `PlainStream` is the coroutine face of the same sockets,
+for the multi-step plain dialogs (smtp, imap, pop3, ssh, ftp, http). TLS and STARTTLS keep
+asyncio's streams. The messages are those the coroutine path gives for the same events.
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ class TcpProbe:
     until `expect` shows up; reported exactly once through `sockets.report`, from the event loop,
     with `probe.outcome` set."""
 
-    __slots__ = ("addresses", "check", "deadline", "doing", "fd", "host", "job",
-                 "outcome", "resolving", "seen", "sock", "sockets", "start")
+    __slots__ = ("addresses", "check", "connected", "deadline", "doing", "fd", "host", "job",
+                 "outcome", "resolving", "seen", "sock", "sockets", "start", "unsent")
 
     def __init__(self, check: ServiceCheck, host: str, sockets: Sockets) -> None:
         self.check = check
@@ -184,16 +185,16 @@ class TcpProbe:
         # a timeout message needs it).
         self.doing = "connect"
         self.seen = b""
+        self.unsent = b""
+        self.connected = 0.0
         self.resolving: asyncio.Future | None = None
         self.outcome: Outcome | None = None
         self.job: tuple = ()  # the caller's bookkeeping
 
     def begin(self) -> None:
         sockets = self.sockets
-        # The loop's clock is time.monotonic: one reading serves the response time and the
-        # deadline (loop.call_at) both.
-        self.start = start = time.monotonic()
-        self.deadline = deadline = start + self.check.timeout
+        self.start = time.monotonic()
+        self.deadline = deadline = sockets.loop.time() + self.check.timeout
         sockets.active.add(self)
         if deadline < sockets.timer_when:
             sockets.deadline(deadline)
@@ -244,10 +245,13 @@ class TcpProbe:
 
     def ready(self, events: int) -> None:
         try:
-            check = self.check
-            if self.doing == "connect" and (check.send is not None or check.expect is None):
+            doing = self.doing
+            if doing == "connect" and (self.check.send is not None or self.check.expect is None):
                 connected(self.sock)
                 self._on_connected()
+                return
+            if doing == "answer":
+                self._send()
                 return
             try:
                 chunk = self.sock.recv(4096)
@@ -265,17 +269,25 @@ class TcpProbe:
             self._failed(exc)
 
     def _on_connected(self) -> None:
-        check = self.check
-        if check.send is not None:
+        self.connected = time.monotonic() - self.start
+        if self.check.send is not None:
             self.doing = "answer"
-            # A few bytes into an empty socket buffer go at once; a short send is a peer that
-            # stopped reading, reported like the coroutine path's broken pipe.
-            data = check.send.encode()
-            if self.sock.send(data) != len(data):
-                raise BrokenPipeError(errno.EPIPE, "short send")
-        if check.expect is None:
-            self._finish(State.OK, "accepted the connection in "
-                         + secs(time.monotonic() - self.start))
+            self.unsent = self.check.send.encode()
+            self._send()
+        else:
+            self._sent()
+
+    def _send(self) -> None:
+        try:
+            self.unsent = self.unsent[self.sock.send(self.unsent):]
+        except (BlockingIOError, InterruptedError):
+            pass
+        if not self.unsent:  # else the socket stays watched for writing
+            self._sent()
+
+    def _sent(self) -> None:
+        if self.check.expect is None:
+            self._finish(State.OK, "accepted the connection in " + secs(self.connected))
             return
         self.doing = "expect"
         self.sockets.epoll.modify(self.fd, _IN)
@@ -291,11 +303,14 @@ class TcpProbe:
             seen = seen[-_KEEP:]
         self.seen = seen
         if expect.encode() in seen:
+            elapsed = time.monotonic() - self.start
+            self._drop()  # before the text work: the next socket call is the next check's
             first = seen.split(b"\n", 1)[0]
-            self._finish(State.OK, f"answered {clean(first)!r} in {{t}}")
+            self._finish(State.OK, f"answered {clean(first)!r} in {{t}}", elapsed)
 
-    def _finish(self, state: State, detail: str) -> None:
-        elapsed = time.monotonic() - self.start
+    def _finish(self, state: State, detail: str, elapsed: float | None = None) -> None:
+        if elapsed is None:
+            elapsed = time.monotonic() - self.start
         self._end(Outcome(state, f"{label(self.check)} {detail.replace('{t}', secs(elapsed))}",
                           elapsed))
 
