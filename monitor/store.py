@@ -161,6 +161,7 @@ Key = tuple[str, str]  # (target, instance)
 Rows = list[tuple[int, dict[str, float | None]]]
 # A file, its last update before this batch, and its rows as rrdtool text ("T:V:V T:V:V").
 _Update = tuple[_FileState, int | None, str]
+_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}))  # what a file not yet known looks like
 _END = Measurement("", "", "", None, timestamp=math.nan)  # differs from every sample: ends a run
 
 
@@ -327,9 +328,8 @@ class RrdStore:
         isfinite = math.isfinite
         updates: list[_Update] = []
         odd: set[Key] = set()
-        count = 0
         key: Key = ("", "")
-        state: _FileState | None = None
+        state = _NO_FILE
         target = instance = timestamp = None
         names: list[str] = []
         values: list[float | None] = []
@@ -337,20 +337,19 @@ class RrdStore:
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
                     second = int(timestamp)  # type: ignore[arg-type]
-                    last = state.last if state is not None else None
-                    if (last is not None and second > last and names == state.metric_names  # type: ignore[union-attr]
+                    last = state.last
+                    if (last is not None and second > last and names == state.metric_names
                             and not (odd and key in odd)):
-                        text = state.row_format % (second, *values)  # type: ignore[union-attr]
+                        text = state.row_format % (second, *values)
                         if "n" in text:  # None, nan, inf: what str() gives is not rrdtool's "U"
                             text = f"{second}:{':'.join(map(_value_text, values))}"
-                        updates.append((state, last, text))  # type: ignore[arg-type]
-                        state.last = second  # type: ignore[union-attr]
-                        count += 1
+                        updates.append((state, last, text))
+                        state.last = second
                     else:
                         odd.add(key)
                 target, instance, timestamp = m.target, m.instance, m.timestamp
                 key = (target, instance)
-                state = known.get(key)
+                state = known.get(key, _NO_FILE)
                 names, values = [], []
             names.append(m.metric)
             value = m.value
@@ -366,9 +365,9 @@ class RrdStore:
             for file, previous, text in quick:
                 if (file.info.target, file.info.instance) in odd:
                     file.last = min(file.last, previous)  # type: ignore[type-var]
-                    count -= 1
                 else:
                     updates.append((file, previous, text))
+        count = len(updates)
         for key in odd:
             count += self._general(key, known.get(key), step, report, updates)
         report.updates += count
