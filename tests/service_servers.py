@@ -57,6 +57,45 @@ def make_cert(directory: Path, *, days: float = 90, names: tuple[str, ...] = ("l
     return cert_path, key_path
 
 
+def make_chain(directory: Path, *, intermediate_days: float, leaf_days: float = 90,
+               stem: str = "chain") -> tuple[Path, Path, Path]:
+    """Root CA -> intermediate CA -> server certificate for localhost/127.0.0.1, as a web server
+    has them: (leaf + intermediate PEM, leaf key, root PEM for ca_file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(cn, days, signer, signer_name, ca, alt=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = (x509.CertificateBuilder()
+                   .subject_name(name).issuer_name(signer_name or name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if alt:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        return key, name, builder.sign(signer or key, hashes.SHA256())
+
+    root_key, root_name, root = issue("Test Root CA", 3650, None, None, True)
+    mid_key, mid_name, mid = issue("Test Intermediate CA", intermediate_days, root_key, root_name,
+                                   True)
+    alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    leaf_key, _, leaf = issue("localhost", leaf_days, mid_key, mid_name, False, alt)
+    pem = serialization.Encoding.PEM
+    chain_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    root_path = directory / f"{stem}-root.pem"
+    chain_path.write_bytes(leaf.public_bytes(pem) + mid.public_bytes(pem))
+    key_path.write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    root_path.write_bytes(root.public_bytes(pem))
+    return chain_path, key_path, root_path
+
+
 def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(*map(str, cert))

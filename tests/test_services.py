@@ -184,6 +184,21 @@ async def test_certificates(servers, certs):
     assert "certificate is not valid for 127.0.0.1" in wrong.message
 
 
+async def test_an_intermediate_expiring_first_is_the_news(servers, tmp_path):
+    short = srv.make_chain(tmp_path, intermediate_days=10, stem="short")
+    long = srv.make_chain(tmp_path, intermediate_days=400, stem="long")
+    short_port = await servers(srv.http, tls=srv.server_context(short[:2]))
+    long_port = await servers(srv.http, tls=srv.server_context(long[:2]))
+    short_chain, long_chain = await run(svc("https", short_port, "short", ca_file=short[2]),
+                                        svc("https", long_port, "long", ca_file=long[2]))
+    assert short_chain.state == State.WARNING, short_chain.message
+    assert "chain certificate 'Test Intermediate CA' expires in 10 days" in short_chain.message
+    assert 9 < metric(short_chain, "cert_expiry_days").value <= 10  # the earliest of the chain
+    assert long_chain.state == State.OK, long_chain.message
+    assert "certificate valid for 90 days" in long_chain.message
+    assert 89 < metric(long_chain, "cert_expiry_days").value <= 90
+
+
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
