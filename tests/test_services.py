@@ -272,6 +272,25 @@ async def test_dns():
     assert all(r.state == State.CRITICAL for r in by["two"])
 
 
+async def test_dns_truncated_answer_is_asked_again_over_tcp():
+    server, port = await srv.serve_dns(tcp=True)
+    udp_only, udp_port = await srv.serve_dns()
+    try:
+        big, no_tcp = await run(
+            svc("dns", port, "big", query="big.example.net", query_type="TXT", server="127.0.0.1",
+                expect_answers=['"29' + "x" * 58 + '"']),
+            svc("dns", udp_port, "no-tcp", query="big.example.net", query_type="TXT",
+                server="127.0.0.1", timeout=1))
+    finally:
+        server.close()
+        udp_only.close()
+    assert big.state == State.OK, big.message
+    assert "(over TCP: the UDP answer was truncated)" in big.message
+    assert no_tcp.state == State.CRITICAL
+    assert "refused the connection" in no_tcp.message, no_tcp.message
+
+
+
 # -- ping and plugins ---------------------------------------------------------------------------
 
 PING_OUTPUT = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
