@@ -106,6 +106,7 @@ class _FileState:
     metric_set: set[str] = field(default_factory=set)
     metric_names: list[str] = field(default_factory=list)  # in DS order
     row_format: str = ""  # "%d:%s:%s": a row's text from (time, *values in DS order)
+    batch: int = 0  # the last write() that gave this file a quick row
 
     def __post_init__(self) -> None:
         self.path_text = str(self.info.path)
@@ -213,6 +214,7 @@ class RrdStore:
         self._index_dirty = False
         self._batch: list[Measurement] = []
         self._by_key: dict[Key, list[Measurement]] | None = None
+        self._serial = 0  # counts write() calls
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_index()
 
@@ -320,12 +322,15 @@ class RrdStore:
         """Each file's new rows as rrdtool text, in one pass over the batch: this loop runs once
         per sample, so it does little. Collectors emit the samples of one (target, instance,
         time) together; such a run is a row. The usual row (every metric of a known file, in
-        its DS order, newer than its last update) becomes text at once; the others (new files
-        or metrics, some metrics only, another order, a file's row split in two runs) are
-        merged per file in _general."""
+        its DS order, newer than its last update, the file's only row in the batch) becomes
+        text at once; a file with any other row (new file or metrics, some metrics only,
+        another order, several rows such as kept samples before new ones) has all its rows
+        merged in _general, into one update per file."""
         known = self._files
         gauge = Kind.GAUGE
         isfinite = math.isfinite
+        self._serial += 1
+        serial = self._serial
         updates: list[_Update] = []
         odd: set[Key] = set()
         key: Key = ("", "")
@@ -339,12 +344,13 @@ class RrdStore:
                     second = int(timestamp)  # type: ignore[arg-type]
                     last = state.last
                     if (last is not None and second > last and names == state.metric_names
-                            and not (odd and key in odd)):
+                            and state.batch != serial and not (odd and key in odd)):
                         text = state.row_format % (second, *values)
                         if "n" in text:  # None, nan, inf: what str() gives is not rrdtool's "U"
                             text = f"{second}:{':'.join(map(_value_text, values))}"
                         updates.append((state, last, text))
                         state.last = second
+                        state.batch = serial
                     else:
                         odd.add(key)
                 target, instance, timestamp = m.target, m.instance, m.timestamp

@@ -202,7 +202,7 @@ def test_rrdcached_down_keeps_samples(tmp_path: Path):
 
 def test_rows_of_every_shape_land_in_the_right_data_sources(tmp_path: Path):
     store = RrdStore(tmp_path)
-    store.write([m("a", 1, T0), m("b", 2, T0)], STEP)
+    store.write([m("a", 1, T0), m("b", 2, T0), m("a", 1, T0, instance="eth1")], STEP)
     t1, t2, t3, t4 = (T0 + i * STEP for i in range(1, 5))
     report = store.write([
         m("b", 20, t1), m("a", 10, t1),                 # another order than the file's DS order
@@ -215,7 +215,8 @@ def test_rows_of_every_shape_land_in_the_right_data_sources(tmp_path: Path):
     b = values(store, "b", T0, t4)
     assert [a[t] for t in (t1, t2, t3, t4)] == [10, 30, 50, 61]
     assert [b[t] for t in (t1, t2, t3, t4)] == [20, 40, None, 60]
-    assert values(store, "a", T0, t4, instance="eth1")[t4] == 70
+    eth1 = values(store, "a", T0, t4, instance="eth1")  # two full rows: one update, both kept
+    assert (eth1[t2], eth1[t4]) == (11, 70)
 
 
 def test_quick_rows_then_a_new_metric_in_one_batch(tmp_path: Path):
