@@ -107,6 +107,11 @@ class _FileState:
     metric_names: list[str] = field(default_factory=list)  # in DS order
     row_format: str = ""  # "%d:%s:%s": a row's text from (time, *values in DS order)
     batch: int = 0  # the last write() that gave this file a quick row
+    # This batch's update of the file: its rows as rrdtool text ("T:V:V T:V:V"), and the time of
+    # its last update before them (restored if the update fails). Kept here rather than in a
+    # tuple per file: allocations that outlive the loop are what set off CPython's GC.
+    text: str = ""
+    last_before: int | None = None
 
     def __post_init__(self) -> None:
         self.path_text = str(self.info.path)
@@ -160,8 +165,6 @@ def _value_text(value: float | None) -> str:
 
 Key = tuple[str, str]  # (target, instance)
 Rows = list[tuple[int, dict[str, float | None]]]
-# A file, its last update before this batch, and its rows as rrdtool text ("T:V:V T:V:V").
-_Update = tuple[_FileState, int | None, str]
 _NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}))  # what a file not yet known looks like
 _END = Measurement("", "", "", None, timestamp=math.nan)  # differs from every sample: ends a run
 
@@ -304,9 +307,9 @@ class RrdStore:
                 failures = self._send_daemon(updates, report)
             else:
                 failures = self._send_direct(updates)
-            for (state, previous_last, text), error in failures:
-                state.last = previous_last
-                report.updates -= text.count(" ") + 1
+            for state, error in failures:
+                state.last = state.last_before
+                report.updates -= state.text.count(" ") + 1
                 if error:
                     self._handle_failure(state, error, report)
             self._batch, self._by_key = [], None
@@ -318,7 +321,8 @@ class RrdStore:
             log.error("store: %s", error)
         return report
 
-    def _updates(self, batch: list[Measurement], step: int, report: WriteReport) -> list[_Update]:
+    def _updates(self, batch: list[Measurement], step: int, report: WriteReport
+                 ) -> list[_FileState]:
         """Each file's new rows as rrdtool text, in one pass over the batch: this loop runs once
         per sample, so it does little. Collectors emit the samples of one (target, instance,
         time) together; such a run is a row. The usual row (every metric of a known file, in
@@ -331,7 +335,7 @@ class RrdStore:
         isfinite = math.isfinite
         self._serial += 1
         serial = self._serial
-        updates: list[_Update] = []
+        updates: list[_FileState] = []
         odd: set[Key] = set()
         key: Key = ("", "")
         state = _NO_FILE
@@ -348,8 +352,8 @@ class RrdStore:
                         text = state.row_format % (second, *values)
                         if "n" in text:  # None, nan, inf: what str() gives is not rrdtool's "U"
                             text = f"{second}:{':'.join(map(_value_text, values))}"
-                        updates.append((state, last, text))
-                        state.last = second
+                        state.text, state.last_before, state.last = text, last, second
+                        updates.append(state)
                         state.batch = serial
                     else:
                         odd.add(key)
@@ -368,11 +372,11 @@ class RrdStore:
             values.append(value)
         if odd:  # a file with an odd row has all its rows merged in _general, quick ones too
             quick, updates = updates, []
-            for file, previous, text in quick:
+            for file in quick:
                 if (file.info.target, file.info.instance) in odd:
-                    file.last = min(file.last, previous)  # type: ignore[type-var]
+                    file.last = file.last_before
                 else:
-                    updates.append((file, previous, text))
+                    updates.append(file)
         count = len(updates)
         for key in odd:
             count += self._general(key, known.get(key), step, report, updates)
@@ -380,7 +384,7 @@ class RrdStore:
         return updates
 
     def _general(self, key: Key, state: _FileState | None, step: int, report: WriteReport,
-                 updates: list[_Update]) -> int:
+                 updates: list[_FileState]) -> int:
         merged: dict[int, dict[str, float | None]] = {}
         for m in self._measurements_of(key):  # rows within one second become one (RRD's step)
             value = m.value
@@ -399,23 +403,23 @@ class RrdStore:
         if not file_rows:
             return 0
         order = state.info.metrics
-        updates.append((state, state.last, " ".join([
-            f"{second}:{':'.join([_value_text(row.get(m)) for m in order])}"
-            for second, row in file_rows])))
-        state.last = file_rows[-1][0]
+        state.text = " ".join([f"{second}:{':'.join([_value_text(row.get(m)) for m in order])}"
+                               for second, row in file_rows])
+        state.last_before, state.last = state.last, file_rows[-1][0]
+        updates.append(state)
         return len(file_rows)
 
-    def _send_direct(self, updates: list[_Update]) -> list[tuple[_Update, str]]:
+    def _send_direct(self, updates: list[_FileState]) -> list[tuple[_FileState, str]]:
         update = rrdtool.update
         failures = []
-        for item in updates:
+        for file in updates:
             try:
-                if " " in item[2]:
-                    update(item[0].path_text, *item[2].split(" "))
+                if " " in file.text:
+                    update(file.path_text, *file.text.split(" "))
                 else:
-                    update(item[0].path_text, item[2])
+                    update(file.path_text, file.text)
             except rrdtool.OperationalError as exc:
-                failures.append((item, str(exc)))
+                failures.append((file, str(exc)))
         return failures
 
     def _measurements_of(self, key: Key) -> list[Measurement]:
@@ -543,20 +547,20 @@ class RrdStore:
 
     # -- rrdcached -----------------------------------------------------------------------------
 
-    def _send_daemon(self, updates: list[_Update], report: WriteReport
-                     ) -> list[tuple[_Update, str]]:
+    def _send_daemon(self, updates: list[_FileState], report: WriteReport
+                     ) -> list[tuple[_FileState, str]]:
         assert self._daemon is not None
         if not updates:
             return []
         try:
             errors = self._daemon.batch(
-                f"UPDATE {state.path_text} {text}" for state, _, text in updates)
+                f"UPDATE {file.path_text} {file.text}" for file in updates)
         except OSError as exc:
-            for state, _, _ in updates:
-                self._keep((state.info.target, state.info.instance), None, report)
+            for file in updates:
+                self._keep((file.info.target, file.info.instance), None, report)
             report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(updates)} "
                                  "file(s) kept for the next attempt")
-            return [(item, "") for item in updates]
+            return [(file, "") for file in updates]
         return [(updates[number - 1], f"rrdcached: {message}")
                 for number, message in errors.items()]
 
