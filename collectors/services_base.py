@@ -158,32 +158,61 @@ def hostname_matches(cert, name: str) -> bool:
     return any(isinstance(cn, str) and _names_match(cn, name) for cn in cns)
 
 
-def cert_verdict(check: ServiceCheck, der: bytes | None, now: float,
-                 verify_error: str | None = None) -> Outcome:
-    """The certificate part of a TLS check: days to expiry (metric cert_expiry_days), the host
-    name and, when the handshake refused it, the chain error OpenSSL gave."""
-    from cryptography import x509
-
-    if der is None:
-        return Outcome(State.CRITICAL, "sent no certificate")
-    cert = x509.load_der_x509_certificate(der)
+def _expiry(cert, now: float) -> tuple[float, str]:
     expires = cert.not_valid_after_utc
-    days = (expires.timestamp() - now) / 86400
-    when = expires.astimezone(datetime.UTC).strftime("%Y-%m-%d")
-    problems: list[tuple[State, str]] = []
+    return (expires.timestamp() - now) / 86400, expires.astimezone(datetime.UTC).strftime("%Y-%m-%d")
+
+
+def _expiry_problem(check: ServiceCheck, what: str, days: float, when: str
+                    ) -> tuple[State, str] | None:
     if days < 0:
-        problems.append((State.CRITICAL, f"certificate expired {-days:.0f} days ago ({when})"))
-    elif days < check.cert_critical_days:
-        problems.append((State.CRITICAL, f"certificate expires in {days:.1f} days ({when})"))
-    elif days < check.cert_warning_days:
-        problems.append((State.WARNING, f"certificate expires in {days:.0f} days ({when})"))
+        return State.CRITICAL, f"{what} expired {-days:.0f} days ago ({when})"
+    if days < check.cert_critical_days:
+        return State.CRITICAL, f"{what} expires in {days:.1f} days ({when})"
+    if days < check.cert_warning_days:
+        return State.WARNING, f"{what} expires in {days:.0f} days ({when})"
+    return None
+
+
+def cert_verdict(check: ServiceCheck, chain: list[bytes], now: float,
+                 verify_error: str | None = None) -> Outcome:
+    """The certificate part of a TLS check: the host name, the chain error OpenSSL gave when the
+    handshake refused it, and expiry of every certificate the server sent: an intermediate that
+    runs out first breaks the service as surely as the server's own. The metric
+    cert_expiry_days is the earliest expiry of them all."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    if not chain:
+        return Outcome(State.CRITICAL, "sent no certificate")
+    cert = x509.load_der_x509_certificate(chain[0])
+    days, when = _expiry(cert, now)
+    problems = [p for p in [_expiry_problem(check, "certificate", days, when)] if p]
     name = server_name(check)
     if check.verify_hostname and not hostname_matches(cert, name):
         problems.append((State.CRITICAL, f"certificate is not valid for {clean(name)}"))
     if verify_error and days >= 0:
         problems.append((State.CRITICAL, f"certificate not trusted: {clean(verify_error)}"))
-    metrics: dict[str, tuple[float | None, str]] = {"cert_expiry_days": (round(days, 3), "d")}
+    earliest = days
+    for der in chain[1:]:
+        try:
+            issuer = x509.load_der_x509_certificate(der)
+        except ValueError:
+            continue  # what does not parse is the chain check's business, not the expiry's
+        issuer_days, issuer_when = _expiry(issuer, now)
+        if issuer_days >= days:
+            continue  # the server's own certificate runs out first: that is the news
+        earliest = min(earliest, issuer_days)
+        names = issuer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        subject = str(names[0].value) if names else issuer.subject.rfc4514_string()
+        problem = _expiry_problem(check, f"chain certificate {clean(subject, 60)!r}",
+                                  issuer_days, issuer_when)
+        if problem:
+            problems.append(problem)
+    metrics: dict[str, tuple[float | None, str]] = {"cert_expiry_days": (round(earliest, 3), "d")}
     if not problems:
-        return Outcome(State.OK, f"certificate valid for {days:.0f} days", metrics=metrics)
+        chain_note = f", its chain for {earliest:.0f}" if earliest < days else ""
+        return Outcome(State.OK, f"certificate valid for {days:.0f} days{chain_note}",
+                       metrics=metrics)
     state = State.worst(s for s, _ in problems)
     return Outcome(state, "; ".join(m for _, m in problems), metrics=metrics)

@@ -41,8 +41,10 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type))
     start = time.monotonic()
     try:
-        # dnspython retries over UDP until its own timeout; ours bounds the whole check.
-        response = await dns.asyncquery.udp(query, address, port=port, timeout=check.timeout)
+        # dnspython retries over UDP until its own timeout; ours bounds the whole check. A
+        # truncated answer is asked again over TCP, as resolvers do.
+        response, over_tcp = await dns.asyncquery.udp_with_fallback(
+            query, address, port=port, timeout=check.timeout)
     except dns.exception.Timeout:
         return Outcome(State.CRITICAL, f"{where} did not answer {question} within "
                        f"{check.timeout:g} s")
@@ -52,6 +54,8 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     elapsed = time.monotonic() - start
     rcode = dns.rcode.to_text(response.rcode())
     rcode_note = " (truncated)" if response.flags & dns.flags.TC and not response.answer else ""
+    if over_tcp:
+        question += " (over TCP: the UDP answer was truncated)"
     if rcode != check.expect_rcode:
         return Outcome(State.CRITICAL, f"{where} answered {rcode} instead of {check.expect_rcode} "
                        f"for {question}{rcode_note} in {secs(elapsed)}", elapsed)

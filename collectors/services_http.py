@@ -6,7 +6,7 @@ import time
 from urllib.parse import quote, urljoin, urlsplit
 
 from collectors.services_base import Outcome, Stage, cert_verdict, clean, hostport, secs
-from collectors.services_tcp import ProtocolError, close, connect, peer_cert, read_line
+from collectors.services_tcp import ProtocolError, close, connect, peer_chain, read_line
 from monitor.config import ServiceCheck
 from monitor.model import State
 
@@ -68,8 +68,8 @@ async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, p
             k, _, v = line.partition(":")
             headers[k.strip().lower()] = v.strip()
         body = b"" if check.method == "HEAD" else await _read_body(reader, headers)
-        cert = peer_cert(writer) if tls else None
-        return int(parts[1]), (parts[2] if len(parts) > 2 else ""), headers, body, cert
+        chain = peer_chain(writer) if tls else []
+        return int(parts[1]), (parts[2] if len(parts) > 2 else ""), headers, body, chain
     finally:
         close(writer)
 
@@ -86,12 +86,12 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
     first_cert = True
     while True:
         try:
-            status, reason, headers, body, cert = await _request(
+            status, reason, headers, body, chain = await _request(
                 check, stage, verify, host, port, tls, path, host_header)
         except ProtocolError as exc:
             return Outcome(State.CRITICAL, f"{where} {exc}", time.monotonic() - start)
         if tls and first_cert:
-            stage.cert = cert_verdict(check, cert, now)
+            stage.cert = cert_verdict(check, chain, now)
             first_cert = False
         if status in REDIRECTS and "location" in headers and hops < check.follow_redirects:
             hops += 1

@@ -7,6 +7,7 @@ socket; the caller bounds the whole of it with the check's timeout.
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import ssl
 import time
@@ -69,9 +70,25 @@ async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: b
         raise CertRejected(exc.verify_message or str(exc)) from None
 
 
-def peer_cert(writer: asyncio.StreamWriter) -> bytes | None:
+def peer_chain(writer: asyncio.StreamWriter) -> list[bytes]:
+    """The certificates the server sent (DER), its own first; [] without TLS.
+
+    The rest of the chain matters because an intermediate that expires before the server's own
+    certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
+    SSL objects; 3.10-3.12 only on the underlying _ssl socket (certificate objects, not DER).
+    """
     obj = writer.get_extra_info("ssl_object")
-    return obj.getpeercert(binary_form=True) if obj is not None else None
+    if obj is None:
+        return []
+    leaf = obj.getpeercert(binary_form=True)
+    chain_of = (getattr(obj, "get_unverified_chain", None)
+                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
+    sent = []
+    for cert in (chain_of() if chain_of is not None else None) or []:
+        sent.append(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER))
+    if leaf is None:
+        return sent
+    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def close(writer: asyncio.StreamWriter | None) -> None:
@@ -117,9 +134,9 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         stage.doing = "greeting"
         detail = await DIALOGS[check.kind](check, stage, reader, writer, verify)
         elapsed = time.monotonic() - start
-        cert = peer_cert(writer)
+        chain = peer_chain(writer)
         if check.tls or check.starttls:
-            stage.cert = cert_verdict(check, cert, now)
+            stage.cert = cert_verdict(check, chain, now)
         if check.kind == "tcp" and not detail:
             detail = f"accepted the connection in {secs(connected)}"
         return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)

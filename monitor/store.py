@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import math
-import operator
 import os
 import re
 import socket
@@ -22,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby
+from itertools import chain
 from pathlib import Path
 
 import rrdtool
@@ -98,14 +97,21 @@ class WriteReport:
     errors: list[str] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class _FileState:
     info: SeriesInfo
     last: int | None = None
     warned_old: bool = False
     path_text: str = ""
     metric_set: set[str] = field(default_factory=set)
-    metric_list: tuple[str, ...] = ()
+    metric_names: list[str] = field(default_factory=list)  # in DS order
+    row_format: str = ""  # "%d:%s:%s": a row's text from (time, *values in DS order)
+    batch: int = 0  # the last write() that gave this file a quick row
+    # This batch's update of the file: its rows as rrdtool text ("T:V:V T:V:V"), and the time of
+    # its last update before them (restored if the update fails). Kept here rather than in a
+    # tuple per file: allocations that outlive the loop are what set off CPython's GC.
+    text: str = ""
+    last_before: int | None = None
 
     def __post_init__(self) -> None:
         self.path_text = str(self.info.path)
@@ -113,7 +119,8 @@ class _FileState:
 
     def metrics_changed(self) -> None:
         self.metric_set = set(self.info.metrics)
-        self.metric_list = tuple(self.info.metrics)
+        self.metric_names = list(self.info.metrics)
+        self.row_format = "%d" + ":%s" * len(self.metric_names)
 
 
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
@@ -157,20 +164,18 @@ def _value_text(value: float | None) -> str:
 
 
 Key = tuple[str, str]  # (target, instance)
-_ROW_KEY = operator.attrgetter("target", "instance", "timestamp")
 Rows = list[tuple[int, dict[str, float | None]]]
+_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}))  # what a file not yet known looks like
+_END = Measurement("", "", "", None, timestamp=math.nan)  # differs from every sample: ends a run
 
 
-def _merge_seconds(rows: Rows) -> Rows:
-    """Sort a file's rows by time; rows within one second become one (RRD's resolution)."""
-    rows.sort(key=lambda r: r[0])
-    merged: Rows = [rows[0]]
-    for second, row in rows[1:]:
-        if second == merged[-1][0]:
-            merged[-1] = (second, {**merged[-1][1], **row})
-        else:
-            merged.append((second, row))
-    return merged
+def _number(value: object, kind: Kind) -> float | None:
+    """A bool, Decimal or numpy number as the int or float rrdtool reads (None if it is none)."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return round(number) if kind is not Kind.GAUGE and math.isfinite(number) else number
 
 
 def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
@@ -211,6 +216,8 @@ class RrdStore:
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
         self._batch: list[Measurement] = []
+        self._by_key: dict[Key, list[Measurement]] | None = None
+        self._serial = 0  # counts write() calls
         self.root.mkdir(parents=True, exist_ok=True)
         self._load_index()
 
@@ -290,62 +297,22 @@ class RrdStore:
         """Store one batch. Never raises for a single bad file: its problem is in the report."""
         report = WriteReport()
         step = max(1, round(step))
-        gauge = Kind.GAUGE
-        isfinite = math.isfinite
         with self._lock:
             batch = [m for kept in self._pending.values() for m in kept]
             self._pending.clear()
             batch.extend(measurements)
-            self._batch = batch
-            # This runs once per sample, so it is a comprehension over runs of samples of one
-            # (target, instance, time) - collectors emit them together - and nothing more.
-            rows: dict[tuple[str, str, float], dict[str, float | None]] = {}
-            for row_key, group in groupby(batch, _ROW_KEY):
-                row = {
-                    m.metric: round(v) if type(v := m.value) is float and m.kind is not gauge
-                    and isfinite(v) else v  # rrdtool counters take integers only
-                    for m in group
-                }
-                previous = rows.get(row_key)
-                if previous is None:
-                    rows[row_key] = row
-                else:
-                    previous.update(row)
-            # Second pass, once per file row: find (or create) each file's state.
-            by_file: dict[Key, tuple[_FileState, Rows]] = {}
-            known = self._files
-            for (target, instance, ts), row in rows.items():
-                key = (target, instance)
-                second = int(ts)
-                entry = by_file.get(key)
-                if entry is not None:
-                    entry[1].append((second, row))
-                    if not entry[0].metric_set.issuperset(row):
-                        self._prepare(key, step, second, report)
-                    continue
-                state = known.get(key)
-                if state is None or not state.metric_set.issuperset(row):
-                    try:
-                        state = self._prepare(key, step, second, report)
-                    except (rrdtool.OperationalError, OSError) as exc:
-                        self._keep(key, f"{self.path_for(*key)}: cannot create ({exc})", report)
-                        continue
-                by_file[key] = (state, [(second, row)])
-
-            ready: list[tuple[_FileState, Rows]] = []
-            for state, file_rows in by_file.values():
-                if len(file_rows) > 1:
-                    file_rows = _merge_seconds(file_rows)
-                if state.last is None or file_rows[0][0] <= state.last:
-                    file_rows = self._drop_old(state, file_rows, report)
-                if file_rows:
-                    ready.append((state, file_rows))
+            self._batch, self._by_key = batch, None
+            updates = self._updates(batch, step, report)
             if self._daemon is not None:
-                self._write_daemon(ready, report)
+                failures = self._send_daemon(updates, report)
             else:
-                for state, rows in ready:
-                    self._write_direct(state, rows, report)
-            self._batch = []
+                failures = self._send_direct(updates)
+            for state, error in failures:
+                state.last = state.last_before
+                report.updates -= state.text.count(" ") + 1
+                if error:
+                    self._handle_failure(state, error, report)
+            self._batch, self._by_key = [], None
             try:
                 self._save_index()
             except OSError as exc:
@@ -354,12 +321,121 @@ class RrdStore:
             log.error("store: %s", error)
         return report
 
+    def _updates(self, batch: list[Measurement], step: int, report: WriteReport
+                 ) -> list[_FileState]:
+        """Each file's new rows as rrdtool text, in one pass over the batch: this loop runs once
+        per sample, so it does little. Collectors emit the samples of one (target, instance,
+        time) together; such a run is a row. The usual row (every metric of a known file, in
+        its DS order, newer than its last update, the file's only row in the batch) becomes
+        text at once; a file with any other row (new file or metrics, some metrics only,
+        another order, several rows such as kept samples before new ones) has all its rows
+        merged in _general, into one update per file."""
+        known = self._files
+        gauge = Kind.GAUGE
+        isfinite = math.isfinite
+        self._serial += 1
+        serial = self._serial
+        updates: list[_FileState] = []
+        odd: set[Key] = set()
+        key: Key = ("", "")
+        state = _NO_FILE
+        target = instance = timestamp = None
+        names: list[str] = []
+        values: list[float | None] = []
+        for m in chain(batch, (_END,)):
+            if m.timestamp != timestamp or m.instance != instance or m.target != target:
+                if names:
+                    second = int(timestamp)  # type: ignore[arg-type]
+                    last = state.last
+                    if (last is not None and second > last and names == state.metric_names
+                            and state.batch != serial and not (odd and key in odd)):
+                        text = state.row_format % (second, *values)
+                        if "n" in text:  # None, nan, inf: what str() gives is not rrdtool's "U"
+                            text = f"{second}:{':'.join(map(_value_text, values))}"
+                        state.text, state.last_before, state.last = text, last, second
+                        updates.append(state)
+                        state.batch = serial
+                    else:
+                        odd.add(key)
+                target, instance, timestamp = m.target, m.instance, m.timestamp
+                key = (target, instance)
+                state = known.get(key, _NO_FILE)
+                names, values = [], []
+            names.append(m.metric)
+            value = m.value
+            if type(value) is not int:
+                if type(value) is float:
+                    if m.kind is not gauge and isfinite(value):
+                        value = round(value)  # rrdtool counters take integers only
+                elif value is not None:
+                    value = _number(value, m.kind)
+            values.append(value)
+        if odd:  # a file with an odd row has all its rows merged in _general, quick ones too
+            quick, updates = updates, []
+            for file in quick:
+                if (file.info.target, file.info.instance) in odd:
+                    file.last = file.last_before
+                else:
+                    updates.append(file)
+        count = len(updates)
+        for key in odd:
+            count += self._general(key, known.get(key), step, report, updates)
+        report.updates += count
+        return updates
+
+    def _general(self, key: Key, state: _FileState | None, step: int, report: WriteReport,
+                 updates: list[_FileState]) -> int:
+        merged: dict[int, dict[str, float | None]] = {}
+        for m in self._measurements_of(key):  # rows within one second become one (RRD's step)
+            value = m.value
+            if value is not None and type(value) is not int:
+                value = _number(value, m.kind)
+            merged.setdefault(int(m.timestamp), {})[m.metric] = value
+        file_rows = sorted(merged.items())
+        if state is None or not state.metric_set.issuperset(m for r in merged.values() for m in r):
+            try:
+                state = self._prepare(key, step, file_rows[0][0], report)
+            except (rrdtool.OperationalError, OSError) as exc:
+                self._keep(key, f"{self.path_for(*key)}: cannot create ({exc})", report)
+                return 0
+        if state.last is None or file_rows[0][0] <= state.last:
+            file_rows = self._drop_old(state, file_rows, report)
+        if not file_rows:
+            return 0
+        order = state.info.metrics
+        state.text = " ".join([f"{second}:{':'.join([_value_text(row.get(m)) for m in order])}"
+                               for second, row in file_rows])
+        state.last_before, state.last = state.last, file_rows[-1][0]
+        updates.append(state)
+        return len(file_rows)
+
+    def _send_direct(self, updates: list[_FileState]) -> list[tuple[_FileState, str]]:
+        update = rrdtool.update
+        failures = []
+        for file in updates:
+            try:
+                if " " in file.text:
+                    update(file.path_text, *file.text.split(" "))
+                else:
+                    update(file.path_text, file.text)
+            except rrdtool.OperationalError as exc:
+                failures.append((file, str(exc)))
+        return failures
+
+    def _measurements_of(self, key: Key) -> list[Measurement]:
+        """This batch's measurements of one file (indexed on first use: creating or keeping
+        thousands of files must not scan the batch once per file)."""
+        if self._by_key is None:
+            self._by_key = {}
+            for m in self._batch:
+                self._by_key.setdefault((m.target, m.instance), []).append(m)
+        return self._by_key.get(key, [])
+
     def _samples(self, key: Key) -> dict[str, Measurement]:
         """The first measurement of each metric of one file in this batch (kind, unit, max)."""
         out: dict[str, Measurement] = {}
-        for m in self._batch:
-            if m.target == key[0] and m.instance == key[1]:
-                out.setdefault(m.metric, m)
+        for m in self._measurements_of(key):
+            out.setdefault(m.metric, m)
         return out
 
     def _prepare(self, key: Key, step: int, first: int, report: WriteReport) -> _FileState:
@@ -430,28 +506,6 @@ class RrdStore:
             last = ts
         return fresh
 
-    @staticmethod
-    def _row_text(state: _FileState, ts: int, values: dict[str, float | None]) -> str:
-        # Fast path: str() of ints and finite floats is what rrdtool parses; only None, nan
-        # and inf (the only str() forms with an "n" or "N") need the careful conversion.
-        text = ":".join(map(str, map(values.get, state.metric_list)))
-        if "n" in text or "N" in text:
-            text = ":".join([_value_text(values.get(m)) for m in state.metric_list])
-        return f"{ts}:{text}"
-
-    def _write_direct(self, state: _FileState, rows: Rows, report: WriteReport) -> None:
-        row_text = self._row_text
-        try:
-            if len(rows) == 1:
-                rrdtool.update(state.path_text, row_text(state, *rows[0]))
-            else:
-                rrdtool.update(state.path_text, *[row_text(state, ts, v) for ts, v in rows])
-        except rrdtool.OperationalError as exc:
-            self._handle_failure(state, str(exc), report)
-            return
-        state.last = rows[-1][0]
-        report.updates += len(rows)
-
     def _handle_failure(self, state: _FileState, error: str, report: WriteReport) -> None:
         path = state.info.path
         key = (state.info.target, state.info.instance)
@@ -477,7 +531,7 @@ class RrdStore:
 
     def _keep(self, key: Key, error: str | None, report: WriteReport) -> None:
         kept = self._pending.setdefault(key, [])
-        kept.extend(m for m in self._batch if m.target == key[0] and m.instance == key[1])
+        kept.extend(self._measurements_of(key))
         del kept[:-_PENDING_PER_FILE]
         if error:
             report.errors.append(f"{error}; {len(kept)} value(s) kept for the next attempt")
@@ -493,29 +547,22 @@ class RrdStore:
 
     # -- rrdcached -----------------------------------------------------------------------------
 
-    def _write_daemon(self, ready: list[tuple[_FileState, Rows]], report: WriteReport) -> None:
+    def _send_daemon(self, updates: list[_FileState], report: WriteReport
+                     ) -> list[tuple[_FileState, str]]:
         assert self._daemon is not None
-        if not ready:
-            return
-        row_text = self._row_text
-        commands = [
-            f"UPDATE {state.path_text} " + " ".join([row_text(state, ts, v) for ts, v in rows])
-            for state, rows in ready
-        ]
+        if not updates:
+            return []
         try:
-            errors = self._daemon.batch(commands)
+            errors = self._daemon.batch(
+                f"UPDATE {file.path_text} {file.text}" for file in updates)
         except OSError as exc:
-            for state, _ in ready:
-                self._keep((state.info.target, state.info.instance), None, report)
-            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(ready)} "
+            for file in updates:
+                self._keep((file.info.target, file.info.instance), None, report)
+            report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(updates)} "
                                  "file(s) kept for the next attempt")
-            return
-        for i, (state, rows) in enumerate(ready, 1):
-            if i in errors:
-                self._handle_failure(state, f"rrdcached: {errors[i]}", report)
-            else:
-                state.last = rows[-1][0]
-                report.updates += len(rows)
+            return [(file, "") for file in updates]
+        return [(updates[number - 1], f"rrdcached: {message}")
+                for number, message in errors.items()]
 
     def _flush_daemon(self, path: Path) -> None:
         if self._daemon is not None:
@@ -622,13 +669,22 @@ class _RrdcachedClient:
             self.close()
             raise OSError(f"rrdcached: {exc}") from exc
 
-    def batch(self, commands: list[str]) -> dict[int, str]:
+    def batch(self, commands: Iterable[str]) -> dict[int, str]:
         """Send commands in BATCH mode; returns {command number (1-based): error message}."""
         try:
             self._connect()
             assert self._sock is not None
-            payload = "BATCH\n" + "\n".join(commands) + "\n.\n"
-            self._sock.sendall(payload.encode("utf-8", "surrogateescape"))
+            # Sent in chunks as they are made, so rrdcached works through one while the next
+            # is formatted.
+            chunk = ["BATCH"]
+            for text in commands:
+                chunk.append(text)
+                if len(chunk) >= 1000:
+                    chunk.append("")
+                    self._sock.sendall("\n".join(chunk).encode("utf-8", "surrogateescape"))
+                    chunk = []
+            chunk += [".", ""]
+            self._sock.sendall("\n".join(chunk).encode("utf-8", "surrogateescape"))
             self._line()  # "0 Go ahead.  End with dot '.' on its own line."
             status = self._line()  # "N errors"
             count = int(status.split(" ", 1)[0])

@@ -11,6 +11,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -55,6 +56,45 @@ def make_cert(directory: Path, *, days: float = 90, names: tuple[str, ...] = ("l
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def make_chain(directory: Path, *, intermediate_days: float, leaf_days: float = 90,
+               stem: str = "chain") -> tuple[Path, Path, Path]:
+    """Root CA -> intermediate CA -> server certificate for localhost/127.0.0.1, as a web server
+    has them: (leaf + intermediate PEM, leaf key, root PEM for ca_file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(cn, days, signer, signer_name, ca, alt=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        builder = (x509.CertificateBuilder()
+                   .subject_name(name).issuer_name(signer_name or name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1))
+                   .not_valid_after(now + datetime.timedelta(days=days))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if alt:
+            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+        return key, name, builder.sign(signer or key, hashes.SHA256())
+
+    root_key, root_name, root = issue("Test Root CA", 3650, None, None, True)
+    mid_key, mid_name, mid = issue("Test Intermediate CA", intermediate_days, root_key, root_name,
+                                   True)
+    alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    leaf_key, _, leaf = issue("localhost", leaf_days, mid_key, mid_name, False, alt)
+    pem = serialization.Encoding.PEM
+    chain_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+    root_path = directory / f"{stem}-root.pem"
+    chain_path.write_bytes(leaf.public_bytes(pem) + mid.public_bytes(pem))
+    key_path.write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    root_path.write_bytes(root.public_bytes(pem))
+    return chain_path, key_path, root_path
 
 
 def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
@@ -188,28 +228,66 @@ async def http(reader, writer):
 # -- DNS ----------------------------------------------------------------------------------------
 
 ZONE = {("www.example.net.", "A"): ["192.0.2.10", "192.0.2.11"],
-        ("example.net.", "MX"): ["10 mail.example.net."]}
+        ("example.net.", "MX"): ["10 mail.example.net."],
+        # 30 x 60 characters: more than a UDP answer without EDNS may carry (512 bytes)
+        ("big.example.net.", "TXT"): [f'"{i:02d}{"x" * 58}"' for i in range(30)]}
+
+
+def dns_answer(data: bytes, limit: int | None) -> bytes:
+    """Answers from ZONE, NXDOMAIN for anything else; over `limit` bytes, an empty truncated
+    answer (TC), as a server does over UDP."""
+    query = dns.message.from_wire(data)
+    response = dns.message.make_response(query)
+    q = query.question[0]
+    records = ZONE.get((q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)))
+    if records:
+        response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype, records))
+    else:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+    wire = response.to_wire()
+    if limit is not None and len(wire) > limit:
+        response.answer.clear()
+        response.flags |= dns.flags.TC
+        wire = response.to_wire()
+    return wire
 
 
 class DnsResponder(asyncio.DatagramProtocol):
-    """Answers from ZONE; NXDOMAIN for anything else."""
-
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        query = dns.message.from_wire(data)
-        response = dns.message.make_response(query)
-        q = query.question[0]
-        records = ZONE.get((q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)))
-        if records:
-            response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype, records))
-        else:
-            response.set_rcode(dns.rcode.NXDOMAIN)
-        self.transport.sendto(response.to_wire(), addr)
+        self.transport.sendto(dns_answer(data, 512), addr)
 
 
-async def serve_dns() -> tuple[asyncio.DatagramTransport, int]:
+async def _dns_over_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    size = int.from_bytes(await reader.readexactly(2), "big")
+    wire = dns_answer(await reader.readexactly(size), None)
+    writer.write(len(wire).to_bytes(2, "big") + wire)
+    await writer.drain()
+
+
+class DnsServer:
+    def __init__(self, udp: asyncio.DatagramTransport, tcp: asyncio.Server | None) -> None:
+        self.udp, self.tcp = udp, tcp
+
+    def close(self) -> None:
+        self.udp.close()
+        if self.tcp is not None:
+            self.tcp.close()
+
+
+async def serve_dns(tcp: bool = False) -> tuple[DnsServer, int]:
+    """A UDP responder on 127.0.0.1 (with tcp=True, a TCP one on the same port number too)."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(DnsResponder, local_addr=("127.0.0.1", 0))
-    return transport, transport.get_extra_info("sockname")[1]
+    for _ in range(20):
+        server, port = await serve(_dns_over_tcp) if tcp else (None, 0)
+        try:
+            udp, _ = await loop.create_datagram_endpoint(DnsResponder,
+                                                         local_addr=("127.0.0.1", port))
+        except OSError:  # that port number is taken for UDP: try another
+            if server is not None:
+                server.close()
+            continue
+        return DnsServer(udp, server), udp.get_extra_info("sockname")[1]
+    raise OSError("no port free for both UDP and TCP")

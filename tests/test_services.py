@@ -216,6 +216,21 @@ async def test_certificates(servers, certs):
     assert "certificate is not valid for 127.0.0.1" in wrong.message
 
 
+async def test_an_intermediate_expiring_first_is_the_news(servers, tmp_path):
+    short = srv.make_chain(tmp_path, intermediate_days=10, stem="short")
+    long = srv.make_chain(tmp_path, intermediate_days=400, stem="long")
+    short_port = await servers(srv.http, tls=srv.server_context(short[:2]))
+    long_port = await servers(srv.http, tls=srv.server_context(long[:2]))
+    short_chain, long_chain = await run(svc("https", short_port, "short", ca_file=short[2]),
+                                        svc("https", long_port, "long", ca_file=long[2]))
+    assert short_chain.state == State.WARNING, short_chain.message
+    assert "chain certificate 'Test Intermediate CA' expires in 10 days" in short_chain.message
+    assert 9 < metric(short_chain, "cert_expiry_days").value <= 10  # the earliest of the chain
+    assert long_chain.state == State.OK, long_chain.message
+    assert "certificate valid for 90 days" in long_chain.message
+    assert 89 < metric(long_chain, "cert_expiry_days").value <= 90
+
+
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
@@ -287,6 +302,25 @@ async def test_dns():
     # Primary and secondary are each a target of their own.
     assert sorted(r.target for r in by["two"]) == ["127.0.0.1", "127.0.0.2"]
     assert all(r.state == State.CRITICAL for r in by["two"])
+
+
+async def test_dns_truncated_answer_is_asked_again_over_tcp():
+    server, port = await srv.serve_dns(tcp=True)
+    udp_only, udp_port = await srv.serve_dns()
+    try:
+        big, no_tcp = await run(
+            svc("dns", port, "big", query="big.example.net", query_type="TXT", server="127.0.0.1",
+                expect_answers=['"29' + "x" * 58 + '"']),
+            svc("dns", udp_port, "no-tcp", query="big.example.net", query_type="TXT",
+                server="127.0.0.1", timeout=1))
+    finally:
+        server.close()
+        udp_only.close()
+    assert big.state == State.OK, big.message
+    assert "(over TCP: the UDP answer was truncated)" in big.message
+    assert no_tcp.state == State.CRITICAL
+    assert "refused the connection" in no_tcp.message, no_tcp.message
+
 
 
 # -- ping and plugins ---------------------------------------------------------------------------

@@ -195,3 +195,74 @@ def test_rrdcached_down_keeps_samples(tmp_path: Path):
     report = store.write([m("a", 1, T0)], STEP)
     assert report.errors and "kept for the next attempt" in report.errors[0]
     assert store._pending
+
+
+# -- how a batch becomes rows: the quick path and everything it hands to the general one --------
+
+
+def test_rows_of_every_shape_land_in_the_right_data_sources(tmp_path: Path):
+    store = RrdStore(tmp_path)
+    store.write([m("a", 1, T0), m("b", 2, T0), m("a", 1, T0, instance="eth1")], STEP)
+    t1, t2, t3, t4 = (T0 + i * STEP for i in range(1, 5))
+    report = store.write([
+        m("b", 20, t1), m("a", 10, t1),                 # another order than the file's DS order
+        m("a", 11, t2, instance="eth1"), m("a", 30, t2), m("b", 40, t2),  # other file between
+        m("a", 50, t3),                                  # only some metrics
+        m("b", 60, t4), m("a", 70, t4, instance="eth1"), m("a", 61, t4),  # a row split in two
+    ], STEP)
+    assert report.errors == [] and report.updates == 6
+    a = values(store, "a", T0, t4)
+    b = values(store, "b", T0, t4)
+    assert [a[t] for t in (t1, t2, t3, t4)] == [10, 30, 50, 61]
+    assert [b[t] for t in (t1, t2, t3, t4)] == [20, 40, None, 60]
+    eth1 = values(store, "a", T0, t4, instance="eth1")  # two full rows: one update, both kept
+    assert (eth1[t2], eth1[t4]) == (11, 70)
+
+
+def test_quick_rows_then_a_new_metric_in_one_batch(tmp_path: Path):
+    store = RrdStore(tmp_path)
+    store.write([m("a", 1, T0)], STEP)
+    t1, t2 = T0 + STEP, T0 + 2 * STEP
+    report = store.write([m("a", 2, t1), m("a", 3, t2), m("c", 9, t2)], STEP)
+    assert report.errors == [] and report.updates == 2 and report.skipped == 0
+    assert values(store, "a", T0, t2)[t1] == 2
+    assert values(store, "a", T0, t2)[t2] == 3
+    assert values(store, "c", T0, t2)[t2] == 9
+
+
+def test_unknown_and_odd_values(tmp_path: Path):
+    from decimal import Decimal
+
+    store = RrdStore(tmp_path)
+    t = [T0 + i * STEP for i in range(4)]
+    for i, (g, c) in enumerate([(1.5, 0), (None, 600.4), (float("nan"), 1200), (True, Decimal(1800))]):
+        report = store.write([m("g", g, t[i]), m("c", c, t[i], Kind.COUNTER, maximum=1e6)], STEP)
+        assert report.errors == []
+    g = values(store, "g", T0, t[3])
+    c = values(store, "c", T0, t[3])
+    assert [g[x] for x in t[1:]] == [None, None, 1.0]
+    assert [c[x] for x in t[1:]] == [pytest.approx(10.0), pytest.approx(10.0), pytest.approx(10.0)]
+
+
+def test_rrdcached_errors_are_matched_to_their_files_across_chunks(tmp_path: Path, rrdcached: str):
+    files = 2500  # more UPDATE lines than one chunk of the BATCH
+    RrdStore(tmp_path / "rrd").write([m("a", 1, T0, instance=f"if{i}") for i in range(files)], STEP)
+    broken = [7, 1500, 2499]
+    for i in broken:  # not a file before rrdcached ever saw them: it refuses their UPDATE lines
+        path = RrdStore(tmp_path / "rrd").path_for("router", f"if{i}")
+        path.unlink()
+        path.mkdir()
+    store = RrdStore(tmp_path / "rrd", rrdcached=rrdcached)
+    report = store.write([m("a", 2, T0 + STEP, instance=f"if{i}") for i in range(files)], STEP)
+    assert report.updates == files - len(broken)
+    assert len(report.errors) == len(broken)
+    for i in broken:  # each error names its own file
+        assert any(f"/if{i}.rrd: corrupt RRD file (rrdcached: Not a regular file: " in error
+                   and f"/if{i}.rrd); moved aside" in error for error in report.errors)
+    report = store.write([m("a", 3, T0 + 2 * STEP, instance=f"if{i}") for i in range(files)], STEP)
+    assert report.errors == [] and report.files_created == len(broken)
+    assert report.updates == files + len(broken)  # the kept samples went in first
+    got = values(store, "a", T0, T0 + 2 * STEP, instance="if1500")
+    assert got[T0 + 2 * STEP] == 3
+    assert values(store, "a", T0, T0 + 2 * STEP, instance="if8")[T0 + 2 * STEP] == 3
+    store.close()
