@@ -99,7 +99,7 @@ async def run_check(check: ServiceCheck, target: str, now: float,
         cert.state = State.CRITICAL
         cert.message = (f"certificate not trusted: {clean(verify_error)}; "
                         + cert.message.replace("certificate valid for", "certificate expires in"))
-    outcome = finish(check, outcome)
+    outcome = thresholds(check, outcome)
     if cert is not None:
         outcome.metrics.update(cert.metrics)
         if cert.state.severity > outcome.state.severity:
@@ -108,7 +108,7 @@ async def run_check(check: ServiceCheck, target: str, now: float,
     return outcome
 
 
-def finish(check: ServiceCheck, outcome: Outcome) -> Outcome:
+def thresholds(check: ServiceCheck, outcome: Outcome) -> Outcome:
     """The response-time thresholds, on an outcome that is otherwise OK."""
     if outcome.state != State.OK or outcome.response is None:
         return outcome
@@ -174,7 +174,7 @@ class ServicesCollector:
                 index, now = probe.job
                 assert probe.outcome is not None
                 results[index] = to_result(probe.check, probe.host,
-                                           finish(probe.check, probe.outcome), now)
+                                           thresholds(probe.check, probe.outcome), now)
 
         sockets = Sockets(loop, probed)
 

@@ -89,10 +89,11 @@ async def test_plain_tcp_by_name_refused_partial_banner_and_cancelled_cycle(serv
     port = await servers(srv.banner("220 mail ready"))
     stall = await servers(srv.stall)
     closed = srv.closed_port()
-    by_name, refused, partial = await run(
+    by_name, refused, partial, slow = await run(
         svc("tcp", port, "by-name", host="localhost", expect="220"),
         svc("tcp", closed, "refused", expect="220"),
-        svc("tcp", port, "partial", expect="ESMTP", timeout=0.3))
+        svc("tcp", port, "partial", expect="ESMTP", timeout=0.3),
+        svc("tcp", port, "slow", expect="220", critical=0.0))
     assert by_name.state == State.OK, by_name.message
     assert by_name.message.startswith(f"TCP localhost:{port} answered '220 mail ready' in ")
     assert refused.state == State.CRITICAL
@@ -101,6 +102,7 @@ async def test_plain_tcp_by_name_refused_partial_banner_and_cancelled_cycle(serv
     assert partial.message == (f"TCP 127.0.0.1:{port} sent no 'ESMTP' within 0.30 s "
                                "(got '220 mail ready')")
     assert metric(partial, "response_seconds").value is None
+    assert slow.state == State.CRITICAL and slow.message.endswith(" (slower than 0.000 s)")
 
     # A cycle cancelled midway (the agent's run cut-off) leaves no socket behind.
     async def cancelled() -> None:
