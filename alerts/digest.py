@@ -34,7 +34,7 @@ from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, SeriesInfo
-from monitor.units import format_age
+from monitor.units import format_age, format_bits_per_second
 
 log = logging.getLogger("monitor.digest")
 
@@ -95,13 +95,7 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def fmt_bits(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"):
-        if n < 1000 or unit == "Tbit/s":
-            return f"{n:.0f} {unit}" if unit == "bit/s" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} Tbit/s"
+    return "-" if n is None else format_bits_per_second(n)
 
 
 def fmt_time(ts: float) -> str:

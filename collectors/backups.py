@@ -36,7 +36,7 @@ from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import CommandMissing, run_command
-from monitor.units import format_duration
+from monitor.units import format_bytes, format_duration
 
 TARGET = "backups"
 TAIL_LINES = 20
@@ -201,18 +201,10 @@ def evaluate_artifact(job: BackupJob, now: float) -> JobResult:
         previous = found[1][1]
         shrink = 100.0 * (previous - size) / previous
         if shrink > job.max_shrink:
-            return JobResult(False, f"newest backup {name} ({_size(size)}) is {shrink:.0f}% smaller "
-                                    f"than the one before ({_size(previous)})", when, size=size)
-    return JobResult(True, f"newest backup {name} ({_size(size)}) written {_ago(now, when)}",
+            return JobResult(False, f"newest backup {name} ({format_bytes(size)}) is {shrink:.0f}% smaller "
+                                    f"than the one before ({format_bytes(previous)})", when, size=size)
+    return JobResult(True, f"newest backup {name} ({format_bytes(size)}) written {_ago(now, when)}",
                      when, size=size)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _parse_time(text: str) -> float:

@@ -92,3 +92,23 @@ def format_age(seconds: float) -> str:
     if seconds < 86400:
         return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def format_scaled(value: float, units: tuple[str, ...], base: int, decimals: int) -> str:
+    """`value` (in units[0]) in the largest unit that keeps it under `base`; the first unit
+    without decimals: 1536, ("B", "KiB"), 1024, 1 -> "1.5 KiB"."""
+    index = 0
+    while value >= base and index < len(units) - 1:
+        value /= base
+        index += 1
+    return f"{value:.0f} {units[0]}" if index == 0 else f"{value:.{decimals}f} {units[index]}"
+
+
+def format_bytes(value: float) -> str:
+    """1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
+    return format_scaled(value, ("B", "KiB", "MiB", "GiB", "TiB"), 1024, 1)
+
+
+def format_bits_per_second(value: float) -> str:
+    """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s"."""
+    return format_scaled(value, ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"), 1000, 2)

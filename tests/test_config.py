@@ -6,7 +6,14 @@ from pathlib import Path
 import pytest
 
 from monitor.config import ConfigError, load_config, parse_config
-from monitor.units import format_duration, parse_duration, parse_percent, parse_size
+from monitor.units import (
+    format_bits_per_second,
+    format_bytes,
+    format_duration,
+    parse_duration,
+    parse_percent,
+    parse_size,
+)
 
 
 def error_of(text: str, **kwargs) -> str:
@@ -173,3 +180,11 @@ def test_embedded_default_loads():
     root = Path(__file__).resolve().parent.parent
     config = load_config(root / "config.toml", environ=dict(os.environ))
     assert config.agent.data_dir == root / "data"
+
+
+def test_scaled_units_for_messages():
+    assert format_bytes(10) == "10 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 * 2**50) == "3072.0 TiB"  # the largest unit keeps growing
+    assert format_bits_per_second(940) == "940 bit/s"
+    assert format_bits_per_second(1_234_567) == "1.23 Mbit/s"
