@@ -19,6 +19,7 @@ so only small job descriptions and legend figures cross process boundaries.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -228,9 +229,11 @@ class SiteBuilder:
             if result.units:
                 entry["units"] = result.units
         known = {_rel(info) for info in series}
+        gone = [rel for rel in entries if rel not in known]
         entries = {rel: e for rel, e in entries.items() if rel in known}
-        report.pages = self._write_pages(series, entries, now)
+        report.pages, target_dirs = self._write_pages(series, entries, now)
         self._save_state(entries)
+        self._remove_pages(gone, target_dirs)
         report.seconds = time.perf_counter() - started
         for error in report.errors[:5]:
             log.error("graph: %s", error)
@@ -274,7 +277,9 @@ class SiteBuilder:
 
     # -- pages ---------------------------------------------------------------------------------
 
-    def _write_pages(self, series: Sequence[SeriesInfo], entries: dict[str, dict], now: float) -> int:
+    def _write_pages(self, series: Sequence[SeriesInfo], entries: dict[str, dict], now: float
+                     ) -> tuple[int, set[str]]:
+        """Every page; returns how many, and the directories of the targets on the site."""
         checks = self.status.all()
         model = _SiteModel(series, checks, entries, now)
         alerts = model.alert_rows(self._alerts(), now)
@@ -301,7 +306,24 @@ class SiteBuilder:
             for item in target.graphed:
                 write(self.html_dir / target.fsdir / item.fsdir / "index.html", "instance.html.j2",
                       "../../", item=item, periods=model.periods(item))
-        return pages
+        return pages, {target.fsdir for target in model.targets}
+
+    def _remove_pages(self, gone: Sequence[str], target_dirs: set[str]) -> None:
+        """The graphs and page of each series no longer stored (its RRD file was deleted), and
+        the page of a target left with nothing. Only what the site wrote is removed; the names
+        are safe_name()s, so nothing outside html_dir is reached."""
+        for rel in gone:
+            directory = self.html_dir / rel
+            for name in ("index.html", "spark.png", *(f"{period}.png" for period in PERIODS)):
+                (directory / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: someone put something there
+                directory.rmdir()
+            target = directory.parent
+            if target.name not in target_dirs:
+                (target / "index.html").unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    target.rmdir()
+            log.info("site: removed the pages of %s (no data stored any more)", rel)
 
     def _alerts(self) -> list:
         """Firing alerts from the alert engine's database (alert mails link to this page)."""

@@ -466,3 +466,27 @@ def test_problems_page_lists_firing_alerts(site, tmp_path):
     assert "eth0 down &lt;script&gt;x&lt;/script&gt;" in page and "<script>" not in page
     assert f'href="{safe_name("<b>edge</b>").replace("%", "%25")}/index.html"' in page
     assert "quiet" not in page  # an OK alert is not a problem
+
+
+def test_pages_of_series_no_longer_stored_are_removed(site, tmp_path):
+    store, _status, html, build = site
+    write_traffic(store, "r", "eth0")
+    write_traffic(store, "r", "eth1")
+    write_traffic(store, "old-switch", "port1")
+    build()
+    assert (html / "r" / "eth1" / "day.png").exists()
+    assert (html / "old-switch" / "port1" / "index.html").exists()
+    (html / "r" / "eth1" / "notes.txt").write_text("the admin's own file")
+    for target, instance in (("r", "eth1"), ("old-switch", "port1")):
+        store.path_for(target, instance).unlink()  # the admin deleted the data
+    fresh = RrdStore(tmp_path / "rrd")  # what `monitor graph` or a restarted agent sees
+    builder = SiteBuilder(fresh, _status, html, tmp_path / "state" / "graphs.json", workers=1,
+                          clock=lambda: NOW)
+    try:
+        builder.build()
+    finally:
+        builder.close()
+    assert (html / "r" / "eth0" / "day.png").exists()
+    assert sorted(p.name for p in (html / "r" / "eth1").iterdir()) == ["notes.txt"]
+    assert not (html / "old-switch").exists()
+    assert "old-switch" not in (html / "index.html").read_text()
