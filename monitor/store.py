@@ -103,7 +103,6 @@ class _FileState:
     last: int | None = None
     warned_old: bool = False
     path_text: str = ""
-    metric_set: set[str] = field(default_factory=set)
     metric_names: list[str] = field(default_factory=list)  # in DS order
     row_format: str = ""  # "%d:%s:%s": a row's text from (time, *values in DS order)
     batch: int = 0  # the last write() that gave this file a quick row
@@ -118,7 +117,6 @@ class _FileState:
         self.metrics_changed()
 
     def metrics_changed(self) -> None:
-        self.metric_set = set(self.info.metrics)
         self.metric_names = list(self.info.metrics)
         self.row_format = "%d" + ":%s" * len(self.metric_names)
 
@@ -178,22 +176,28 @@ def _number(value: object, kind: Kind) -> float | None:
     return round(number) if kind is not Kind.GAUGE and math.isfinite(number) else number
 
 
+def _ds_names(info: dict) -> list[str]:
+    """The data source names of an `rrdtool.info` result, in the file's DS order."""
+    index = {k[3:-7]: v for k, v in info.items() if k.startswith("ds[") and k.endswith("].index")}
+    return sorted(index, key=index.__getitem__)
+
+
 def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
     """metrics (metric -> DS name) in the DS order of the RRD file itself."""
     try:
-        info = rrdtool.info(str(path))
+        order = {ds: i for i, ds in enumerate(_ds_names(rrdtool.info(str(path))))}
     except rrdtool.OperationalError:
         return metrics
-    index = {k[3:-7]: v for k, v in info.items() if k.startswith("ds[") and k.endswith("].index")}
-    return dict(sorted(metrics.items(), key=lambda kv: index.get(kv[1], len(index))))
+    return dict(sorted(metrics.items(), key=lambda kv: order.get(kv[1], len(order))))
 
 
 class RrdStore:
     """Create, update and fetch RRD files under `root`.
 
     Thread-safe: collector jobs hand batches to `write()` from worker threads. The write path is
-    kept lean (one dict lookup per sample, one rrdtool call per file) because it must keep up
-    with bare `rrdtool.update` (see bench/store_bench.py).
+    kept lean (one pass over the samples, every row formatted before one tight loop of rrdtool
+    calls, one call per file) because it must keep up with bare `rrdtool.update` (see
+    bench/store_bench.py and `_updates`).
     """
 
     def __init__(
@@ -392,7 +396,7 @@ class RrdStore:
                 value = _number(value, m.kind)
             merged.setdefault(int(m.timestamp), {})[m.metric] = value
         file_rows = sorted(merged.items())
-        if state is None or not state.metric_set.issuperset(m for r in merged.values() for m in r):
+        if state is None or not state.info.metrics.keys() >= {m for r in merged.values() for m in r}:
             try:
                 state = self._prepare(key, step, file_rows[0][0], report)
             except (rrdtool.OperationalError, OSError) as exc:
@@ -478,10 +482,8 @@ class RrdStore:
     def _adopt(self, key: Key, path: Path, metrics: dict[str, str]) -> _FileState:
         """A file exists that the index does not know (index lost): read its DS list."""
         info = rrdtool.info(str(path))
-        names = [k[3:-7] for k in info if k.startswith("ds[") and k.endswith("].index")]
-        names.sort(key=lambda n: info[f"ds[{n}].index"])
         by_ds = {ds: m for m, ds in metrics.items()}
-        known = {by_ds.get(n, n): n for n in names}
+        known = {by_ds.get(n, n): n for n in _ds_names(info)}
         series = SeriesInfo(key[0], key[1], path, int(info["step"]), known)
         return _FileState(series, last=int(info["last_update"]))
 
