@@ -20,81 +20,78 @@ import dns.rrset
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def make_cert(directory: Path, *, days: float = 90, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
-              expired: bool = False, stem: str = "cert") -> tuple[Path, Path]:
-    """A self-signed certificate (it is its own CA, so ca_file = cert trusts it)."""
+def _issue(cn: str, start, end, *, ca: bool, signer=None, alt: tuple[str, ...] = ()):
+    """(key, certificate) for `cn`, signed by signer = (its key, its certificate), else by
+    itself; `alt` names go in the subjectAltName (IP literals as IP addresses)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    signer_key, signer_cert = signer if signer else (key, None)
+    builder = (x509.CertificateBuilder()
+               .subject_name(name).issuer_name(signer_cert.subject if signer_cert else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(start).not_valid_after(end)
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if alt:
+        names: list[x509.GeneralName] = []
+        for entry in alt:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(entry)))
+            except ValueError:
+                names.append(x509.DNSName(entry))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return key, builder.sign(signer_key, hashes.SHA256())
+
+
+def _write_pem(path: Path, *certs) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    return path
+
+
+def _write_key(path: Path, key) -> Path:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return path
+
+
+def make_cert(directory: Path, *, days: float = 90, names: tuple[str, ...] = ("localhost", "127.0.0.1"),
+              expired: bool = False, stem: str = "cert") -> tuple[Path, Path]:
+    """A self-signed certificate (it is its own CA, so ca_file = cert trusts it)."""
     now = datetime.datetime.now(datetime.UTC)
     if expired:
         start, end = now - datetime.timedelta(days=30), now - datetime.timedelta(days=3)
     else:
         start, end = now - datetime.timedelta(days=1), now + datetime.timedelta(days=days)
-    alt: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt.append(x509.DNSName(name))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start).not_valid_after(end)
-        .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
+    key, cert = _issue(names[0], start, end, ca=True, alt=names)
+    return _write_pem(directory / f"{stem}.pem", cert), _write_key(directory / f"{stem}.key", key)
 
 
 def make_chain(directory: Path, *, intermediate_days: float, leaf_days: float = 90,
                stem: str = "chain") -> tuple[Path, Path, Path]:
     """Root CA -> intermediate CA -> server certificate for localhost/127.0.0.1, as a web server
     has them: (leaf + intermediate PEM, leaf key, root PEM for ca_file)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
     now = datetime.datetime.now(datetime.UTC)
+    start = now - datetime.timedelta(days=1)
 
-    def issue(cn, days, signer, signer_name, ca, alt=None):
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        builder = (x509.CertificateBuilder()
-                   .subject_name(name).issuer_name(signer_name or name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(days=1))
-                   .not_valid_after(now + datetime.timedelta(days=days))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if alt:
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        return key, name, builder.sign(signer or key, hashes.SHA256())
+    def until(days: float) -> datetime.datetime:
+        return now + datetime.timedelta(days=days)
 
-    root_key, root_name, root = issue("Test Root CA", 3650, None, None, True)
-    mid_key, mid_name, mid = issue("Test Intermediate CA", intermediate_days, root_key, root_name,
-                                   True)
-    alt = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    leaf_key, _, leaf = issue("localhost", leaf_days, mid_key, mid_name, False, alt)
-    pem = serialization.Encoding.PEM
-    chain_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
-    root_path = directory / f"{stem}-root.pem"
-    chain_path.write_bytes(leaf.public_bytes(pem) + mid.public_bytes(pem))
-    key_path.write_bytes(leaf_key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption()))
-    root_path.write_bytes(root.public_bytes(pem))
-    return chain_path, key_path, root_path
+    root = _issue("Test Root CA", start, until(3650), ca=True)
+    middle = _issue("Test Intermediate CA", start, until(intermediate_days), ca=True, signer=root)
+    leaf_key, leaf = _issue("localhost", start, until(leaf_days), ca=False, signer=middle,
+                            alt=("localhost", "127.0.0.1"))
+    return (_write_pem(directory / f"{stem}.pem", leaf, middle[1]),
+            _write_key(directory / f"{stem}.key", leaf_key),
+            _write_pem(directory / f"{stem}-root.pem", root[1]))
 
 
 def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
