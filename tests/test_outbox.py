@@ -16,7 +16,8 @@ from alerts.mail import make_message
 from alerts.outbox import FAILED, PENDING, SENT, Outbox
 from monitor.config import SmtpConfig
 from tests.conftest import ROOT
-from tests.smtp_helpers import Authenticator, Recorder, make_cert, start_smtp
+from tests.service_servers import make_cert
+from tests.smtp_helpers import Authenticator, Recorder, start_smtp
 
 
 class Clock:
