@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from monitor.config import Config, MailboxesConfig
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import run_command
+from monitor.text import clean
+from monitor.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -351,14 +353,6 @@ async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSum
 # -- the collector --------------------------------------------------------------------------
 
 
-def _size_text(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 @dataclass
 class MailboxesCollector:
     config: MailboxesConfig
@@ -404,8 +398,10 @@ class MailboxesCollector:
         gauge("", "scan_seconds", result.seconds, "s")
 
         for box in result.errors:
-            batch.add(CheckResult(TARGET, f"mailbox {box.address}", State.UNKNOWN,
-                                  f"mailbox {box.address} ({box.path}): {box.error}", timestamp=now))
+            address = clean(box.address, 200)
+            batch.add(CheckResult(TARGET, f"mailbox {address}", State.UNKNOWN,
+                                  f"mailbox {address} ({clean(box.path, 200)}): "
+                                  f"{clean(box.error, 200)}", timestamp=now))
         over = 0
         for box in result.mailboxes:
             state = State.OK
@@ -415,15 +411,16 @@ class MailboxesCollector:
                 state, limit = State.WARNING, cfg.warn_size
             if state is not State.OK:
                 over += 1
+                address = clean(box.address, 200)
                 batch.add(CheckResult(
-                    TARGET, f"mailbox {box.address}", state,
-                    f"mailbox {box.address} holds {_size_text(box.size_bytes)} in {box.messages} "
-                    f"messages (limit {_size_text(limit)})", timestamp=now))
+                    TARGET, f"mailbox {address}", state,
+                    f"mailbox {address} holds {format_bytes(box.size_bytes)} in {box.messages} "
+                    f"messages (limit {format_bytes(limit)})", timestamp=now))
         summary = (f"{len(result.mailboxes)} mailboxes in {len(domains)} domains hold "
-                   f"{_size_text(total)} in {messages:,} messages (scan {result.seconds:.1f} s)")
+                   f"{format_bytes(total)} in {messages:,} messages (scan {result.seconds:.1f} s)")
         if result.errors:
-            summary += f"; {len(result.errors)} could not be read (first: {result.errors[0].address}: " \
-                       f"{result.errors[0].error})"
+            summary += f"; {len(result.errors)} could not be read (first: " \
+                       f"{clean(result.errors[0].address, 200)}: {clean(result.errors[0].error, 200)})"
         if over:
             summary += f"; {over} over their size limit"
         if not result.mailboxes and not result.errors:
@@ -454,7 +451,7 @@ class MailboxesCollector:
             state = State.WARNING
         detail = ", ".join(f"{n} {k}" for k, n in sorted(q.by_queue.items()))
         return CheckResult(TARGET, "postfix queue", state,
-                           f"Postfix queue holds {q.messages} message(s), {_size_text(q.size_bytes)}"
+                           f"Postfix queue holds {q.messages} message(s), {format_bytes(q.size_bytes)}"
                            + (f" ({detail}; oldest {q.oldest_seconds / 3600:.1f} h)" if detail else ""),
                            tuple(ms), timestamp=now)
 

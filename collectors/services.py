@@ -21,7 +21,6 @@ from collectors.services_base import (
     Outcome,
     Stage,
     TlsContexts,
-    clean,
     error_text,
     hostport,
     label,
@@ -34,6 +33,7 @@ from collectors.services_plain import Sockets, TcpProbe, handles
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.text import clean
 from monitor.units import format_duration
 
 

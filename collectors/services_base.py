@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import re
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -14,23 +13,10 @@ from typing import TYPE_CHECKING
 
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 if TYPE_CHECKING:
     from collectors.services_plain import Sockets
-
-# C0/C1 controls, and the Unicode line separators, zero-width and bidirectional overrides that
-# could make a hostile banner rewrite the rest of a message line when displayed.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069]+")
-
-
-def clean(text: str | bytes, limit: int = 80) -> str:
-    """Banner text fit for a one-line message: control characters gone, length bounded."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    # Every character _CONTROL matches is unprintable (Cc, Cf, Zl, Zp): most banners skip it.
-    text = (text if text.isprintable() else _CONTROL.sub(" ", text)).strip()
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 def hostport(host: str, port: int | None) -> str:
     """"mail.example.net:25", "[2001:db8::25]:25" for the messages."""

@@ -14,9 +14,10 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from collectors.services_base import Outcome, Stage, clean, hostport, secs
+from collectors.services_base import Outcome, Stage, hostport, secs
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 
 def _norm(text: str) -> str:

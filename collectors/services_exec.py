@@ -13,9 +13,10 @@ import re
 import signal
 import time
 
-from collectors.services_base import Outcome, Stage, clean, secs
+from collectors.services_base import Outcome, Stage, secs
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 MAX_OUTPUT = 64 * 1024
 

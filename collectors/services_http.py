@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from urllib.parse import quote, urljoin, urlsplit
 
-from collectors.services_base import Outcome, Stage, cert_verdict, clean, hostport, secs
+from collectors.services_base import Outcome, Stage, cert_verdict, hostport, secs
 from collectors.services_tcp import ProtocolError, close, connect, peer_chain, read_line
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 MAX_BODY = 1 << 20
 MAX_HEADERS = 200

@@ -21,9 +21,10 @@ import socket
 import time
 from collections.abc import Callable
 
-from collectors.services_base import WAITING, Outcome, clean, error_text, label, secs
+from collectors.services_base import WAITING, Outcome, error_text, label, secs
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT

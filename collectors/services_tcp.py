@@ -17,7 +17,6 @@ from collectors.services_base import (
     Stage,
     TlsContexts,
     cert_verdict,
-    clean,
     label,
     secs,
     server_name,
@@ -25,6 +24,7 @@ from collectors.services_base import (
 from collectors.services_plain import LINE_LIMIT, PlainStream
 from monitor.config import ServiceCheck
 from monitor.model import State
+from monitor.text import clean
 
 MAX_LINES = 100
 

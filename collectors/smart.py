@@ -29,6 +29,7 @@ from typing import Any
 
 from monitor.config import parse_smart_device
 from monitor.model import CheckResult, Measurement, State
+from monitor.text import clean
 
 EXIT_BITS = {
     0: "smartctl did not accept its command line",
@@ -49,7 +50,6 @@ NVME_WARNINGS = {
     0x20: "persistent memory region unreliable",
 }
 _TYPE_RE = re.compile(r"^[A-Za-z0-9_,+-]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +91,6 @@ class SmartLimits:
     growth_hold: float = 86400.0
 
 
-def _clean(text: Any) -> str:
-    """Device-supplied text (model, serial) for a one-line message: no control characters."""
-    return _CONTROL.sub("", str(text)).strip()[:80]
-
-
 def decode_exit_status(status: int) -> list[str]:
     return [text for bit, text in EXIT_BITS.items() if status & (1 << bit)]
 
@@ -127,7 +122,7 @@ def _messages(data: dict | None) -> list[str]:
     if not data:
         return []
     msgs = data.get("smartctl", {}).get("messages", [])
-    return [_clean(m.get("string", "")) for m in msgs if isinstance(m, dict)]
+    return [clean(m.get("string", "")) for m in msgs if isinstance(m, dict)]
 
 
 def _privilege_hint() -> str:
@@ -145,7 +140,7 @@ def scan_result(target: str, status: int, data: dict | None, stderr: str, smartc
         return [], CheckResult(target, "smart", State.UNKNOWN, text, timestamp=now)
 
     if data is None:
-        first = (stderr.strip().splitlines() or ["no output"])[0]
+        first = clean((stderr.strip().splitlines() or ["no output"])[0], 200)
         return unknown(f"{smartctl} --scan-open --json printed no JSON (exit {status}: {first}); "
                        "smartmontools 7 or later is needed")
     devices: list[SmartDevice] = []
@@ -157,7 +152,7 @@ def scan_result(target: str, status: int, data: dict | None, stderr: str, smartc
         error = entry.get("open_error")
         if error:
             if "permission" in str(error).lower():
-                denied.append(_clean(name))
+                denied.append(clean(name))
             continue
         try:
             path, _ = parse_smart_device(name)
@@ -216,7 +211,7 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
         return CheckResult(target, check, state, text, ms, now)
 
     messages = _messages(data)
-    detail = "; ".join(messages) or (stderr.strip().splitlines() or [""])[0]
+    detail = "; ".join(messages) or clean((stderr.strip().splitlines() or [""])[0], 200)
     if data is None:
         return result(State.UNKNOWN, f"smartctl printed no JSON for {device.label} (exit {status}: "
                       f"{detail or 'no output'}); smartmontools 7 or later is needed"), previous
@@ -234,7 +229,7 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
                       f"{detail or 'device open failed'}"), previous
 
     protocol = str(data.get("device", {}).get("protocol", ""))
-    model = _clean(data.get("model_name", "")) or "unknown model"
+    model = clean(data.get("model_name", "")) or "unknown model"
     passed = data.get("smart_status", {}).get("passed")
     temperature = data.get("temperature", {}).get("current")
     hours = data.get("power_on_time", {}).get("hours")
@@ -254,8 +249,8 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
     if status & 0x08 or passed is False:
         problems.append((State.CRITICAL, "SMART overall health FAILED: back up and replace the disk"))
     attrs = _attributes(data)
-    failing_now = [_clean(a.get("name", a["id"])) for a in attrs.values() if a.get("when_failed") == "now"]
-    failed_past = [_clean(a.get("name", a["id"])) for a in attrs.values() if a.get("when_failed") == "past"]
+    failing_now = [clean(a.get("name", a["id"])) for a in attrs.values() if a.get("when_failed") == "now"]
+    failed_past = [clean(a.get("name", a["id"])) for a in attrs.values() if a.get("when_failed") == "past"]
     if status & 0x10 or failing_now:
         problems.append((State.CRITICAL, "attribute(s) at or below threshold now: "
                          + (", ".join(failing_now) or "see smartctl -a")))
@@ -345,7 +340,7 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
 def disk_key(device: SmartDevice, data: dict | None) -> str:
     """History key: model and serial when known, so a swapped disk starts a fresh history."""
     if data and data.get("serial_number"):
-        return f"{_clean(data.get('model_name', ''))}:{_clean(data['serial_number'])}"
+        return f"{clean(data.get('model_name', ''))}:{clean(data['serial_number'])}"
     return device.label
 
 

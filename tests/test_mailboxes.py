@@ -157,6 +157,17 @@ async def test_collector_batch_follows_the_naming_contract(tmp_path: Path):
     assert "31 mailboxes in 4 domains" in summary.message
 
 
+async def test_hostile_mailbox_names_stay_on_one_line(tmp_path: Path):
+    make_maildir(tmp_path / "v" / "evil.example" / "a\r\nSubject: x\u202ecba", [5000])
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "v/{domain}/{user}"], critical_size=100)
+    batch = await MailboxesCollector(cfg, 900, clock=lambda: 1_800_000_000).collect()
+    (over,) = [c for c in batch.checks if c.state is State.CRITICAL]
+    assert over.check == "mailbox a Subject: x cba@evil.example"
+    assert over.message.startswith("mailbox a Subject: x cba@evil.example holds 4.9 KiB")
+    for text in (over.check, over.message):
+        assert not set(text) & {"\r", "\n", "\u202e"}
+
+
 async def test_postfix_queue_from_postqueue_json(tmp_path: Path):
     recorded = DATA / "postfix" / "postqueue-j.txt"
     summary = parse_postqueue_json(recorded.read_text(), now=1763880600)
