@@ -36,6 +36,7 @@ from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import CommandMissing, run_command
+from monitor.text import clean
 from monitor.units import format_bytes, format_duration
 
 TARGET = "backups"
@@ -72,7 +73,7 @@ def run_wrapped(name: str, argv: Sequence[str], state_dir: Path, *, clock: Calla
     started = clock()
     runs = load_runs(state_dir, name)
     record = {"started": started, "finished": None, "exit_status": None, "duration_seconds": None,
-              "output_bytes": 0, "tail": "", "command": list(argv)}
+              "output_bytes": 0, "tail": ""}
     try:
         _save_runs(state_dir, name, [*runs, record])  # "running since" for the collector
     except OSError as exc:
@@ -155,7 +156,7 @@ def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
     took = float(last.get("duration_seconds") or 0)
     size = float(last.get("output_bytes") or 0)
     if last.get("exit_status") != 0:
-        detail = _last_line(last.get("tail", ""))
+        detail = clean(_last_line(last.get("tail", "")), 200)
         return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
                          f" after {_human(took)}" + (f": {detail}" if detail else ""),
                          when, took, size)
@@ -172,11 +173,11 @@ def evaluate_log(job: BackupJob, now: float) -> JobResult:
     bad_re = re.compile(job.failure_pattern) if job.failure_pattern else None
     for line in reversed(text.splitlines()):
         if bad_re is not None and bad_re.search(line):
-            return JobResult(False, f"log {job.log} reports a failure: {line.strip()[:200]}",
+            return JobResult(False, f"log {job.log} reports a failure: {clean(line, 200)}",
                              st.st_mtime)
         if ok_re is not None and ok_re.search(line):
             return JobResult(True, f"log {job.log} reports success {_ago(now, st.st_mtime)}: "
-                                   f"{line.strip()[:120]}", st.st_mtime)
+                                   f"{clean(line, 120)}", st.st_mtime)
     return JobResult(False, f"no line of {job.log} matches the success or failure pattern")
 
 
@@ -248,7 +249,7 @@ async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
         return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
                                 "command to its path)")
     except RuntimeError as exc:
-        return JobResult(False, f"{job.kind} cannot list {job.repository}: {exc}")
+        return JobResult(False, f"{job.kind} cannot list {job.repository}: {clean(exc, 200)}")
     try:
         text = out.decode("utf-8", "replace")
         items = parse_restic_snapshots(text) if job.kind == "restic" else parse_borg_list(text)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from monitor.model import CheckResult, Measurement, State
-from monitor.units import format_duration
+from monitor.text import clean
+from monitor.units import format_bytes, format_duration
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +199,6 @@ def _state(percent: float, warning: float, critical: float) -> State:
     return State.OK
 
 
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageThresholds,
                 now: float) -> CheckResult:
     """The check and measurements for one file system, the way df counts.
@@ -246,8 +239,9 @@ def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageT
         parts.append(f"space warns at {limits.usage_warning:g}%, critical at {limits.usage_critical:g}%")
     if inode_state is not State.OK:
         parts.append(f"inodes warn at {limits.inodes_warning:g}%, critical at {limits.inodes_critical:g}%")
-    message = f"{mount.mountpoint} ({mount.fstype}): " + ", ".join(parts)
-    return CheckResult(target, f"disk {mount.mountpoint}", state, message, tuple(ms), now)
+    shown = clean(mount.mountpoint, 200)  # \012 and \033 in the mount table are real bytes
+    message = f"{shown} ({clean(mount.fstype)}): " + ", ".join(parts)
+    return CheckResult(target, f"disk {shown}", state, message, tuple(ms), now)
 
 
 async def collect_usage(target: str, mounts_file: Path, include: list[str], exclude: list[str],
@@ -265,14 +259,15 @@ async def collect_usage(target: str, mounts_file: Path, include: list[str], excl
     selected = select_mounts(parse_mounts(text), include, exclude, exclude_fs_types)
 
     async def one(mount: Mount) -> CheckResult:
+        shown = clean(mount.mountpoint, 200)
         try:
             st = await statvfs(mount.mountpoint)
         except StatvfsTimeout as exc:
-            return CheckResult(target, f"disk {mount.mountpoint}", State.UNKNOWN, str(exc),
+            return CheckResult(target, f"disk {shown}", State.UNKNOWN, clean(exc, 300),
                                timestamp=clock())
         except OSError as exc:
-            return CheckResult(target, f"disk {mount.mountpoint}", State.UNKNOWN,
-                               f"statvfs of {mount.mountpoint} failed: {exc.strerror or exc}",
+            return CheckResult(target, f"disk {shown}", State.UNKNOWN,
+                               f"statvfs of {shown} failed: {exc.strerror or exc}",
                                timestamp=clock())
         return usage_check(target, mount, st, limits, clock())
 

@@ -41,6 +41,7 @@ from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import run_command
+from monitor.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,10 @@ class ListsCollector:
                     try:
                         subscribers[name] = await count_members(cfg.list_members, name, cfg.timeout)
                     except (OSError, RuntimeError, ValueError) as exc:
-                        batch.add(CheckResult(TARGET, f"list {name}", State.UNKNOWN,
-                                              f"cannot count the subscribers of {name}: {exc}",
-                                              timestamp=now))
+                        shown = clean(name, 100)  # names in the post log are the log's
+                        batch.add(CheckResult(TARGET, f"list {shown}", State.UNKNOWN,
+                                              f"cannot count the subscribers of {shown}: "
+                                              f"{clean(exc, 200)}", timestamp=now))
             await asyncio.gather(*(one(n) for n in wanted))
         elif cfg.list_members and cfg.lists:
             problems.append(f"{cfg.list_members} not found or not executable: no subscriber counts")

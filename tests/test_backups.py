@@ -61,6 +61,10 @@ async def test_wrapper_results_judged(tmp_path: Path):
     (check,) = (await collector.collect()).checks
     assert check.state is State.CRITICAL
     assert "exit status 3" in check.message and "disk full" in check.message
+    assert run_wrapped("nightly", ["sh", "-c", r"printf 'disk \033[2Jfull\342\200\256x\n'; exit 4"],
+                       state, clock=lambda: now, out=out) == 4
+    (check,) = (await collector.collect()).checks  # the command's own output, on one clean line
+    assert check.message.endswith(": disk  [2Jfull x")
     assert run_wrapped("nightly", ["true"], state, clock=lambda: now, out=out) == 0
     (check,) = (await collector.collect()).checks
     assert check.state is State.OK and "succeeded" in check.message

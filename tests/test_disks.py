@@ -122,13 +122,17 @@ async def test_usage_on_temporary_directories(tmp_path):
     b.mkdir()
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/x {a} ext4 rw 0 0\n/dev/y {str(b).replace(' ', chr(92) + '040')} xfs rw 0 0\n"
-                      f"tmpfs {tmp_path} tmpfs rw 0 0\n/dev/z {tmp_path}/gone ext4 rw 0 0\n")
+                      f"tmpfs {tmp_path} tmpfs rw 0 0\n/dev/z {tmp_path}/gone ext4 rw 0 0\n"
+                      f"/dev/e {tmp_path}/x\\012y\\033[2J ext4 rw 0 0\n")  # hostile label
     pct = _statvfs_numbers(a)[2]
     limits = UsageThresholds(usage_warning=0, usage_critical=100)  # any use warns: a known state
     checks = await collect_usage("host1", mounts, [], [], ["tmpfs"], limits,
                                  BoundedStatvfs(5.0), clock=lambda: 1000.0)
     by_check = {c.check: c for c in checks}
-    assert set(by_check) == {f"disk {a}", f"disk {b}", f"disk {tmp_path}/gone"}
+    assert set(by_check) == {f"disk {a}", f"disk {b}", f"disk {tmp_path}/gone",
+                             f"disk {tmp_path}/x y [2J"}
+    evil = by_check[f"disk {tmp_path}/x y [2J"]
+    assert "\n" not in evil.message and "\x1b" not in evil.message
     ok = by_check[f"disk {a}"]
     assert ok.state is State.WARNING and f"{a} (ext4): " in ok.message
     values = {m.metric: m for m in ok.measurements}
