@@ -40,6 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 from graphs import stats
 from monitor.files import atomic_write
 from monitor.store import Series, SeriesInfo
+from monitor.text import CONTROL
 
 # -- periods -------------------------------------------------------------------------------------
 
@@ -89,10 +90,11 @@ def unit_of(metric: str, units: dict[str, str] | None = None) -> str:
 
 
 def display(text: str, limit: int = 0) -> str:
-    """A device-supplied name made printable: undecodable bytes and control characters become
-    U+FFFD, optionally cut to `limit` characters."""
+    """A device-supplied name made printable: undecodable bytes, control characters, zero-width
+    and bidirectional overrides become U+FFFD, optionally cut to `limit` characters."""
     text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    text = "".join("\ufffd" if (ord(c) < 32 or 0x7F <= ord(c) < 0xA0) else c for c in text)
+    if not text.isprintable():  # controls, and bidi overrides that would reorder a row
+        text = CONTROL.sub(lambda m: "\ufffd" * len(m.group()), text)
     if limit and len(text) > limit:
         text = text[: limit - 1] + "…"
     return text

@@ -40,6 +40,7 @@ HOSTILE = [
     "L" * 300,
     "bad\udcff\udcfe bytes",
     "$\\frac{1}{2}$ tex",
+    "right\u202eto left\u200b",
 ]
 
 
@@ -267,6 +268,7 @@ def test_hostile_names_are_escaped_everywhere(site, tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
     assert "quo&#34;te&#39;d &#34; onmouseover=&#34;alert(2)" in index
     assert "bad\ufffd\ufffd bytes" in index
+    assert "right\ufffdto left\ufffd" in index and "\u202e" not in index  # no reordered rows
     problems = (html / "problems.html").read_text().split("<main>")[1]
     assert problems.count("CRITICAL</span>") == len(HOSTILE)
     assert problems.index("CRITICAL") < problems.index("WARNING")  # worst first
