@@ -67,7 +67,7 @@ def cmd_graph(config: Config, args: argparse.Namespace) -> int:
     finally:
         site.close()
     index = Path(config.html_dir).resolve() / "index.html"
-    print(f"drew {report.drawn} graph(s) ({report.skipped} unchanged or not due), wrote "
+    print(f"drew {report.graphs} graph(s) ({report.skipped} unchanged or not due), wrote "
           f"{report.pages} page(s) in {report.seconds:.1f} s: {index.as_uri()}")
     if report.errors:
         print(f"{len(report.errors)} graph(s) failed; first: {report.errors[0]}", file=sys.stderr)

@@ -37,7 +37,6 @@ import jinja2
 
 from graphs import render
 from graphs.render import PERIODS, Job, JobResult
-from graphs.stats import percent, si
 from monitor import __version__
 from monitor.config import Config
 from monitor.files import atomic_write
@@ -112,10 +111,6 @@ class BuildReport:
     seconds: float = 0.0
     pages: int = 0
     render_cpu: float = 0.0  # CPU seconds the drawing took, summed over the workers
-
-    @property
-    def drawn(self) -> int:
-        return self.graphs
 
 
 class SiteBuilder:
@@ -524,17 +519,12 @@ class _SiteModel:
                 total_unit = "B" if unit == "b/s" else ""
                 table.append({
                     "label": render.display(label),
-                    "current": _fmt(s.get("current"), unit), "average": _fmt(s.get("average"), unit),
-                    "maximum": _fmt(s.get("maximum"), unit), "p95": _fmt(s.get("p95"), unit),
-                    "total": _fmt(s.get("total"), total_unit) if total_unit else "",
+                    **{key: render.format_value(s.get(key), unit)
+                       for key in ("current", "average", "maximum", "p95")},
+                    "total": render.format_value(s.get("total"), total_unit) if total_unit else "",
                 })
             out.append({"name": name, "heading": period.label.capitalize(), "png": f"{name}.png",
                         "drawn": summary is not None, "table": table})
         return out
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    return percent(value) if unit == "%" else si(value, unit)
-
-
-Site = SiteBuilder  # the name monitor.agent uses

@@ -23,7 +23,7 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
-    from graphs.site import Site
+    from graphs.site import SiteBuilder
 
 log = logging.getLogger("monitor")
 
@@ -56,7 +56,7 @@ class Agent:
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self._semaphore = asyncio.Semaphore(config.agent.concurrency)
-        self.site: Site | None = None
+        self.site: SiteBuilder | None = None
 
     def schedule(self) -> None:
         for collector in self.collectors:
@@ -157,7 +157,7 @@ class Agent:
     async def _build_site(self) -> None:
         assert self.site is not None
         report = await asyncio.to_thread(self.site.build)
-        log.info("site: drew %d graph(s), wrote %d page(s) in %.1f s%s", report.drawn,
+        log.info("site: drew %d graph(s), wrote %d page(s) in %.1f s%s", report.graphs,
                  report.pages, report.seconds,
                  f"; {len(report.errors)} graph(s) failed" if report.errors else "")
 
