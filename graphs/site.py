@@ -240,7 +240,10 @@ class SiteBuilder:
             progress(0, total)
         if not jobs:
             return []
-        if self.workers <= 1 or (self._pool is None and total <= self.inline_below):
+        # Inline only when asked (`monitor graph` with a few due graphs, tests): in the agent,
+        # drawing in this process would hold the GIL and delay the event loop, and with it the
+        # response times the service checks measure.
+        if self._pool is None and total <= self.inline_below:
             renderer = render.Renderer()
             results = []
             done = 0

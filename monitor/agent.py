@@ -55,7 +55,6 @@ class Agent:
         self.alerts = AlertService(config)
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
-        self._semaphore = asyncio.Semaphore(config.agent.concurrency)
         self.site: SiteBuilder | None = None
 
     def schedule(self) -> None:
@@ -74,8 +73,7 @@ class Agent:
             site_interval = self.config.agent.interval
         if site_interval > 0:
             from graphs.site import site_from_config
-            self.site = site_from_config(self.config, self.store, self.status,
-                                         workers=self.config.web.workers)
+            self.site = site_from_config(self.config, self.store, self.status)
             self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests

@@ -297,10 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     try:
         return args.handler(args)
-    except ConfigError as exc:
-        print(f"monitor: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"monitor: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

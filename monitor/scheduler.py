@@ -70,10 +70,6 @@ class Scheduler:
         self._scheduler.add_job(self._run, CronTrigger.from_crontab(expression), args=[job],
                                 id=name, name=name, misfire_grace_time=3600)
 
-    def remove_all(self) -> None:
-        self._scheduler.remove_all_jobs()
-        self._jobs.clear()
-
     def stats(self) -> dict[str, JobStats]:
         return {name: job.stats for name, job in self._jobs.items()}
 
@@ -101,15 +97,9 @@ class Scheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
 
-    async def run_once(self, name: str) -> bool:
-        """Run a job now, outside the clock (for `collect --once`); True if it succeeded."""
-        job = self._jobs[name]
-        await self._run(job, honour_backoff=False)
-        return job.stats.consecutive_failures == 0
-
-    async def _run(self, job: _Job, honour_backoff: bool = True) -> None:
+    async def _run(self, job: _Job) -> None:
         stats = job.stats
-        if honour_backoff and self._clock() < stats.backoff_until:
+        if self._clock() < stats.backoff_until:
             stats.skipped_backoff += 1
             return
         task = asyncio.current_task()

@@ -87,7 +87,8 @@ def site(tmp_path: Path):
 
     def build(workers: int = 1, clock: float = NOW, **kwargs) -> tuple[SiteBuilder, object]:
         builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
-                              workers=workers, clock=lambda: clock, **kwargs)
+                              workers=workers, clock=lambda: clock,
+                              inline_below=10**6 if workers == 1 else 0, **kwargs)
         try:
             report = builder.build()
         finally:
@@ -195,6 +196,7 @@ def test_writes_are_atomic_renames(site):
         old = reader.read()
         reader.seek(0)
         builder = SiteBuilder(store, status, html, html.parent / "state" / "graphs.json", workers=1,
+                          inline_below=10**6,
                               clock=lambda: NOW + 60)
         builder.build(full=True)
         # A reader that opened the old file still reads all of it: the new one was renamed in.
@@ -461,6 +463,7 @@ def test_problems_page_lists_firing_alerts(site, tmp_path):
         AlertState("r/quiet/x", "link-down", "quiet", "x", status=Status.OK, severity=State.OK),
     ])
     builder = SiteBuilder(store, status, html, tmp_path / "state" / "graphs.json", workers=1,
+                          inline_below=10**6,
                           clock=lambda: NOW, alerts_db=db)
     builder.build()
     page = (html / "problems.html").read_text().split("<main>")[1]
@@ -483,6 +486,7 @@ def test_pages_of_series_no_longer_stored_are_removed(site, tmp_path):
         store.path_for(target, instance).unlink()  # the admin deleted the data
     fresh = RrdStore(tmp_path / "rrd")  # what `monitor graph` or a restarted agent sees
     builder = SiteBuilder(fresh, _status, html, tmp_path / "state" / "graphs.json", workers=1,
+                          inline_below=10**6,
                           clock=lambda: NOW)
     try:
         builder.build()

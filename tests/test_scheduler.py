@@ -49,13 +49,3 @@ async def test_failing_job_backs_off_and_recovers():
     assert "device unreachable" in stats.last_error
     gaps = [b - a for a, b in itertools.pairwise(calls)][:3]
     assert gaps[1] > gaps[0]  # waits grow: 0.05, 0.1, 0.2 (+ scheduling slack)
-
-
-async def test_run_once_reports_failure():
-    scheduler = Scheduler()
-
-    async def broken() -> None:
-        raise OSError("disk full")
-
-    scheduler.add_interval("broken", 60, broken, run_now=False)
-    assert await scheduler.run_once("broken") is False
