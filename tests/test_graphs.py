@@ -196,8 +196,7 @@ def test_writes_are_atomic_renames(site):
         old = reader.read()
         reader.seek(0)
         builder = SiteBuilder(store, status, html, html.parent / "state" / "graphs.json", workers=1,
-                          inline_below=10**6,
-                              clock=lambda: NOW + 60)
+                              inline_below=10**6, clock=lambda: NOW + 60)
         builder.build(full=True)
         # A reader that opened the old file still reads all of it: the new one was renamed in.
         assert reader.read() == old
