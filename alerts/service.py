@@ -124,7 +124,9 @@ class AlertService:
         self.store.prune_history(KEEP_HISTORY)
 
     async def flush(self) -> None:
-        queued = await asyncio.to_thread(self.notifier.flush)
+        # Under the lock: two flushes at once would both take the same due group and mail it twice.
+        async with self._lock:
+            queued = await asyncio.to_thread(self.notifier.flush)
         if queued:
             await self.deliver()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import subprocess
@@ -501,3 +502,20 @@ def test_default_config_documents_every_alert_key():
 
 
 
+
+
+async def test_concurrent_batches_mail_each_problem_once(tmp_path, relay):
+    rec, port = relay
+    clock = Clock()
+    svc = AlertService(make_config(tmp_path, port, SERVICE_RULE.format(options="")), clock=clock)
+    for round_no in range(5):
+        targets = [f"host{round_no}-{i}.example.net" for i in range(4)]
+        # Collector jobs finish together: their batches (and the clock job) flush at once.
+        await asyncio.gather(*(svc.consume("services", Batch(checks=[
+            check(t, State.CRITICAL, clock.now)])) for t in targets), svc.tick())
+        clock.now += 120
+        await asyncio.gather(*(svc.consume("services", Batch(checks=[
+            check(t, State.CRITICAL, clock.now)])) for t in targets), svc.tick(), svc.tick())
+    subjects = [str(mail.message["Subject"]) for mail in rec.received]
+    assert [s.split(": ")[1].split("-")[0] for s in subjects] == [f"host{r}" for r in range(5)]
+    assert all(s.startswith("[CRITICAL] 4 problems: ") for s in subjects), subjects
