@@ -122,7 +122,8 @@ def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostnam
         lines.append(f"Current state and graphs: {link}")
     targets = sorted({e.target for e in ordered if e.kind in _PROBLEM})
     if targets:
-        lines.append(f"Silence: monitor silence add '{targets[0]}' --for 2h --reason '...'")
+        quoted = "'" + targets[0].replace("'", "'\"'\"'") + "'"  # a shell word, whatever the name
+        lines.append(f"Silence: monitor silence add {quoted} --for 2h --reason '...'")
     lines.append("All alerts: monitor alerts")
     if hostname:
         lines.append(f"Sent by the monitor on {hostname}.")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP
 
+from alerts.mail import clean_header
 from monitor.files import atomic_write
 
 log = logging.getLogger("monitor.smtpsink")
@@ -30,12 +31,15 @@ class MaildirHandler:
         raw: bytes = envelope.original_content or envelope.content
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.maildir / f"{stamp}-{next(self._counter):04d}.eml"
-        header = (f"X-Sink-Envelope-From: {envelope.mail_from}\r\n"
-                  f"X-Sink-Envelope-To: {', '.join(envelope.rcpt_tos)}\r\n").encode("ascii", "replace")
+        # Envelope addresses are the client's words: a quoted local part may hold a CR or LF.
+        header = (f"X-Sink-Envelope-From: {clean_header(envelope.mail_from)}\r\n"
+                  f"X-Sink-Envelope-To: {clean_header(', '.join(envelope.rcpt_tos))}\r\n"
+                  ).encode("ascii", "replace")
         await asyncio.to_thread(atomic_write, path, header + raw, 0o600)
         subject = next((line[9:].decode("utf-8", "replace").strip() for line in raw.splitlines()
                         if line.lower().startswith(b"subject: ")), "")
-        log.info("received mail for %s: %s -> %s", ", ".join(envelope.rcpt_tos), subject, path)
+        log.info("received mail for %s: %s -> %s", clean_header(", ".join(envelope.rcpt_tos)),
+                 clean_header(subject), path)
         return "250 OK: stored"
 
 

@@ -454,12 +454,23 @@ async def test_smtp_sink_files_each_message(tmp_path):
             await aiosmtplib.send(f"Subject: hello {i}\r\n\r\nbody\r\n".encode(),
                                   sender="a@example.net", recipients=["b@example.net"],
                                   hostname="127.0.0.1", port=port)
+        # A client's quoted local part may carry a bare CR: it must not start a header.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for line in (b"HELO x", b'MAIL FROM:<"a\rX-Injected: 1"@b.c>', b"RCPT TO:<b@example.net>",
+                     b"DATA", b"Subject: evil\r\n\r\nbody\r\n.", b"QUIT"):
+            writer.write(line + b"\r\n")
+        await writer.drain()
+        await reader.read()
+        writer.close()
     finally:
         server.close()
     files = sorted((tmp_path / "mail").glob("*.eml"))
-    assert len(files) == 2
+    assert len(files) == 3
     msg = email.message_from_bytes(files[1].read_bytes(), policy=email.policy.default)
     assert msg["Subject"] == "hello 1" and msg["X-Sink-Envelope-To"] == "b@example.net"
+    evil = email.message_from_bytes(files[2].read_bytes(), policy=email.policy.default)
+    assert evil["Subject"] == "evil" and evil["X-Injected"] is None
+    assert "\r" not in evil["X-Sink-Envelope-From"]
 
 
 def test_config_errors_name_the_problem(tmp_path):
