@@ -161,11 +161,12 @@ def _expiry_problem(check: ServiceCheck, what: str, days: float, when: str
 
 
 def cert_verdict(check: ServiceCheck, chain: list[bytes], now: float,
-                 verify_error: str | None = None) -> Outcome:
+                 verify_error: str | None = None, name: str | None = None) -> Outcome:
     """The certificate part of a TLS check: the host name, the chain error OpenSSL gave when the
     handshake refused it, and expiry of every certificate the server sent: an intermediate that
     runs out first breaks the service as surely as the server's own. The metric
-    cert_expiry_days is the earliest expiry of them all."""
+    cert_expiry_days is the earliest expiry of them all. `name` is the site the session was for
+    (after a redirect to another site, that site), by default the check's server_name."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -174,7 +175,7 @@ def cert_verdict(check: ServiceCheck, chain: list[bytes], now: float,
     cert = x509.load_der_x509_certificate(chain[0])
     days, when = _expiry(cert, now)
     problems = [p for p in [_expiry_problem(check, "certificate", days, when)] if p]
-    name = server_name(check)
+    name = name or server_name(check)
     if check.verify_hostname and not hostname_matches(cert, name):
         problems.append((State.CRITICAL, f"certificate is not valid for {clean(name)}"))
     if verify_error and days >= 0:

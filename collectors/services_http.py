@@ -43,13 +43,18 @@ async def _read_body(reader, headers: dict[str, str]) -> bytes:
     return body
 
 
+def _other_site(check: ServiceCheck, host_header: str) -> str | None:
+    """After a redirect to another site, the name TLS is about (SNI and the certificate check);
+    None while on the configured one."""
+    return None if host_header == (check.vhost or check.host) else urlsplit(f"//{host_header}").hostname
+
+
 async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, port: int, tls: bool,
-                   path: str, host_header: str) -> tuple[int, str, dict[str, str], bytes, bytes | None]:
+                   path: str, host_header: str) -> tuple[int, str, dict[str, str], bytes, list[bytes]]:
     writer = None
     try:
-        # After a redirect to another site, TLS names that site (SNI), not the configured one.
-        sni = None if host_header == (check.vhost or check.host) else urlsplit(f"//{host_header}").hostname
-        reader, writer = await connect(check, stage, verify, host, port, tls, sni)
+        reader, writer = await connect(check, stage, verify, host, port, tls,
+                                       _other_site(check, host_header))
         stage.doing = "HTTP response"
         # After a redirect the path comes from the server: no spaces or controls in our request.
         path = quote(path, safe="/?=&%:@!$'()*+,;~-._[]")
@@ -92,7 +97,7 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
         except ProtocolError as exc:
             return Outcome(State.CRITICAL, f"{where} {exc}", time.monotonic() - start)
         if tls and first_cert:
-            stage.cert = cert_verdict(check, chain, now)
+            stage.cert = cert_verdict(check, chain, now, name=_other_site(check, host_header))
             first_cert = False
         if status in REDIRECTS and "location" in headers and hops < check.follow_redirects:
             hops += 1

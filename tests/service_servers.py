@@ -193,6 +193,8 @@ async def http(reader, writer):
         status, extra, body = "302 Found", "Location: /final\r\n", b"moved"
     elif path == "/absolute":
         status, extra, body = "301 Moved", f"Location: http://{headers['host']}/final\r\n", b""
+    elif path.startswith("/to-https/"):  # /to-https/PORT: on to another site, over TLS
+        status, extra = "301 Moved", f"Location: https://localhost:{path.rsplit('/', 1)[1]}/final\r\n"
     elif path == "/loop":
         status, extra, body = "302 Found", "Location: /loop\r\n", b""
     elif path == "/final":

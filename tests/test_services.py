@@ -218,6 +218,16 @@ async def test_certificates(servers, certs):
     assert "certificate is not valid for 127.0.0.1" in wrong.message
 
 
+async def test_certificate_after_a_redirect_is_judged_by_the_site_it_names(servers, tmp_path):
+    pair = srv.make_cert(tmp_path, names=("localhost",), stem="localhost-only")
+    https_port = await servers(srv.http, tls=srv.server_context(pair))
+    http_port = await servers(srv.http)
+    result = await one(svc("http", http_port, "moved", path=f"/to-https/{https_port}",
+                           follow_redirects=1, expect_text="final page", ca_file=pair[0]))
+    assert result.state == State.OK, result.message
+    assert "after 1 redirect" in result.message and "certificate valid for 90 days" in result.message
+
+
 async def test_an_intermediate_expiring_first_is_the_news(servers, tmp_path):
     short = srv.make_chain(tmp_path, intermediate_days=10, stem="short")
     long = srv.make_chain(tmp_path, intermediate_days=400, stem="long")
