@@ -48,10 +48,14 @@ class StatusBook:
         except (OSError, ValueError) as exc:
             log.error("status file %s unreadable (%s); states start afresh", self.path, exc)
             return
-        for entry in raw.get("checks", []):
-            entry["state"] = State(entry["state"])
-            status = CheckStatus(**entry)
-            self._checks[status.key] = status
+        try:
+            checks = [CheckStatus(**{**entry, "state": State(entry["state"])})
+                      for entry in raw.get("checks", [])]
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:  # another version's file
+            log.error("status file %s has entries this version cannot read (%s); states start "
+                      "afresh", self.path, exc)
+            return
+        self._checks = {status.key: status for status in checks}
 
     def update(
         self, results: Iterable[CheckResult], interval: float = 300.0

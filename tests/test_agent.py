@@ -111,3 +111,15 @@ async def test_close_releases_collector_resources(tmp_path: Path):
     agent = agent_with(tmp_path, Holding([Batch()]))
     await agent.close()
     assert closed == ["scripted"]
+
+
+def test_status_file_of_another_shape_starts_afresh(tmp_path: Path, caplog):
+    from monitor.status import StatusBook
+
+    path = tmp_path / "status.json"
+    for text in ('{"checks": [{"target": "h", "state": 9}]}', '{"checks": [{"unknown": 1}]}',
+                 '{"checks": [1, 2]}', '[]'):
+        path.write_text(text)
+        book = StatusBook(path)  # the agent still starts
+        assert book.all() == []
+    assert "states start afresh" in caplog.text
