@@ -510,8 +510,9 @@ def compose(report: Report, config: Config) -> EmailMessage:
 
 async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
                      status: StatusBook | None = None, clock: Callable[[], float] = time.time,
-                     out=None) -> EmailMessage:
-    """Build digest NAME now; print it (dry run) or enqueue it in the outbox and try to send."""
+                     out=None, outbox: Outbox | None = None) -> EmailMessage:
+    """Build digest NAME now; print it (dry run) or enqueue it in the outbox (the agent's own,
+    when it runs there) and try to send."""
     import asyncio
     import sys
 
@@ -535,7 +536,9 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     if dry_run:
         (out or sys.stdout).write(msg.as_string())
         return msg
-    outbox = Outbox(outbox_path(config.state_dir), config.smtp, clock=clock)
+    if outbox is None:
+        outbox = await asyncio.to_thread(Outbox, outbox_path(config.state_dir), config.smtp,
+                                         clock=clock)
     entry = await asyncio.to_thread(outbox.enqueue, msg)
     sent = await outbox.deliver_pending()
     log.info("digest %s queued as outbox #%d for %s; %d message(s) sent now", name, entry,
@@ -543,11 +546,13 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     return msg
 
 
-def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook) -> None:
-    """Put every [[digests]] on the agent's scheduler at its cron schedule."""
+def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook,
+                     outbox: Outbox) -> None:
+    """Put every [[digests]] on the agent's scheduler at its cron schedule, mailed through the
+    agent's outbox (one SQLite connection and one delivery lock for alerts and digests)."""
     for digest in config.digests:
         async def job(name: str = digest.name) -> None:
-            await run_digest(config, name, store=store, status=status)
+            await run_digest(config, name, store=store, status=status, outbox=outbox)
         scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
 
 

@@ -77,7 +77,7 @@ class Agent:
             self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
-        schedule_digests(self.config, self.scheduler, self.store, self.status)
+        schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox)
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
