@@ -61,17 +61,10 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
     return await probe_text(check, stage, now, verify)
 
 
-async def run_check(check: ServiceCheck, target: str, now: float,
-                    contexts: TlsContexts | None = None, sockets: Sockets | None = None) -> Outcome:
+async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsContexts,
+                    sockets: Sockets) -> Outcome:
     """One check to one target, never longer than its timeout and never raising. `contexts` and
-    `sockets` are those of the collector's cycle (made for this check alone when not given)."""
-    if sockets is None:
-        sockets = Sockets(asyncio.get_running_loop())
-        try:
-            return await run_check(check, target, now, contexts, sockets)
-        finally:
-            sockets.close()
-    contexts = contexts if contexts is not None else TlsContexts()
+    `sockets` are those of the collector's cycle."""
     stage = Stage(contexts, sockets)
     start = time.monotonic()
     verify_error = None

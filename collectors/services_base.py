@@ -95,11 +95,11 @@ class Stage:
     """Where a probe is, so a timeout can say what did not happen ("sent no greeting"), and
     what it shares with the other checks of its cycle (TLS contexts, the plain sockets' set)."""
 
-    def __init__(self, contexts: TlsContexts | None = None, sockets: Sockets | None = None) -> None:
+    def __init__(self, contexts: TlsContexts, sockets: Sockets) -> None:
         self.doing = "connect"
         self.note = ""
         self.cert: Outcome | None = None
-        self.contexts = contexts if contexts is not None else TlsContexts()
+        self.contexts = contexts
         self.sockets = sockets
 
 

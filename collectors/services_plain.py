@@ -33,7 +33,7 @@ _STREAM_NONBLOCK = socket.SOCK_STREAM | socket.SOCK_NONBLOCK  # no fcntl call pe
 _SOL_SOCKET, _SO_ERROR = socket.SOL_SOCKET, socket.SO_ERROR
 _EINPROGRESS = errno.EINPROGRESS
 _inet_pton = socket.inet_pton
-_KEEP = 65536  # as the coroutine path: the last 64 KiB of an answer are searched
+KEEP = 65536  # the last 64 KiB of an answer are searched for `expect` (both paths)
 
 
 def start_connect(family: int, address: tuple) -> socket.socket:
@@ -300,8 +300,8 @@ class TcpProbe:
                          f"{clean(expect)!r} (got {clean(self.seen)!r})")
             return
         seen = self.seen + chunk if self.seen else chunk
-        if len(seen) > _KEEP:
-            seen = seen[-_KEEP:]
+        if len(seen) > KEEP:
+            seen = seen[-KEEP:]
         self.seen = seen
         if expect.encode() in seen:
             elapsed = time.monotonic() - self.start
@@ -464,12 +464,6 @@ class PlainStream:
                 data = data[self.sock.send(data):]
             except (BlockingIOError, InterruptedError):
                 await self.sockets.wait(self.sock, _OUT)
-
-    def get_extra_info(self, name: str, default=None):
-        return default
-
-    async def start_tls(self, *args, **kwargs) -> None:
-        raise RuntimeError("a plain connection cannot start TLS")
 
     def abort(self) -> None:
         self.sock.close()

@@ -15,13 +15,12 @@ import time
 from collectors.services_base import (
     Outcome,
     Stage,
-    TlsContexts,
     cert_verdict,
     label,
     secs,
     server_name,
 )
-from collectors.services_plain import LINE_LIMIT, PlainStream
+from collectors.services_plain import KEEP, LINE_LIMIT, PlainStream
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
@@ -62,8 +61,8 @@ async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | N
 
 
 async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: bool,
-                    stage: Stage | None = None) -> None:
-    context = await (stage.contexts if stage is not None else TlsContexts()).get(check, verify)
+                    stage: Stage) -> None:
+    context = await stage.contexts.get(check, verify)
     try:
         await writer.start_tls(context, server_hostname=server_name(check))
     except ssl.SSLCertVerificationError as exc:
@@ -134,9 +133,8 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         stage.doing = "greeting"
         detail = await DIALOGS[check.kind](check, stage, reader, writer, verify)
         elapsed = time.monotonic() - start
-        chain = peer_chain(writer)
         if check.tls or check.starttls:
-            stage.cert = cert_verdict(check, chain, now)
+            stage.cert = cert_verdict(check, peer_chain(writer), now)
         if check.kind == "tcp" and not detail:
             detail = f"accepted the connection in {secs(connected)}"
         return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)
@@ -169,7 +167,7 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
         if not chunk:
             raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
                                 f" (got {clean(seen)!r})")
-        seen = (seen + chunk)[-65536:]
+        seen = (seen + chunk)[-KEEP:]
     first = seen.split(b"\n", 1)[0]
     return f"answered {clean(first)!r} in {{t}}"
 
