@@ -357,7 +357,6 @@ async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSum
 class MailboxesCollector:
     config: MailboxesConfig
     interval: float
-    hostname: str = "localhost"
     clock: Callable[[], float] = time.time
     name: str = "mailboxes"
     _mbox_cache: dict = field(default_factory=dict)
@@ -462,7 +461,7 @@ def build(config: Config) -> list[Collector]:
         return []
     # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
     interval = cfg.interval or max(config.agent.interval, 900.0)
-    return [MailboxesCollector(cfg, interval, config.agent.hostname)]
+    return [MailboxesCollector(cfg, interval)]
 
 
 __all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",

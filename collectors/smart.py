@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.config import parse_smart_device
+from monitor.files import atomic_write
 from monitor.model import CheckResult, Measurement, State
 from monitor.text import clean
 
@@ -365,16 +365,7 @@ class SmartHistory:
             pass  # no history yet, or unreadable: start afresh (growth is seen from now on)
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".smart.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"disks": self.disks}, handle, indent=1, sort_keys=True)
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write(self.path, json.dumps({"disks": self.disks}, indent=1, sort_keys=True))
 
 
 class SmartCollector:

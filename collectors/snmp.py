@@ -293,10 +293,6 @@ class SnmpCollector:
         self.pollers = {d.name: DevicePoller(d, interval) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
 
-    @property
-    def devices(self) -> list[SnmpDevice]:
-        return [p.device for p in self.pollers.values()]
-
     def replace_device(self, device: SnmpDevice) -> None:
         """Change how a device is reached, keeping its counter history (config reloads, tests)."""
         poller = self.pollers[device.name]

@@ -22,12 +22,15 @@ Varbinds = list[tuple[Oid, object]]
 
 
 class SnmpError(Exception):
-    """A request that got no usable answer. `kind`: timeout, auth, engine, error, protocol."""
+    """A request that got no usable answer. `kind`: timeout, auth, engine, error, protocol; for
+    "error", the agent's error status ("noSuchName") and error index."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, status: str = "", index: int = 0) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.status = status
+        self.index = index
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,6 @@ class CommunityClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._ids = itertools.count((rng or (lambda: random.randrange(1, 2**30)))())
-        self.requests = 0
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -143,7 +145,6 @@ class CommunityClient:
             for _ in range(self.endpoint.retries + 1):
                 assert protocol.transport is not None
                 protocol.transport.sendto(message)
-                self.requests += 1
                 try:
                     return await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
                 except TimeoutError:
@@ -157,27 +158,25 @@ class CommunityClient:
                 "wrong community, or host down?")
         raise SnmpError("timeout", self.endpoint.no_response(hint))
 
-    def _check(self, response: ber.Response, oids: Sequence[Oid]) -> Varbinds:
+    def _check(self, response: ber.Response) -> Varbinds:
         if response.error_status:
             status = ber.ERROR_STATUS.get(response.error_status, str(response.error_status))
-            err = SnmpError("error", f"{self.endpoint.where} answered {status} "
-                                     f"(error index {response.error_index})")
-            err.status = status  # type: ignore[attr-defined]
-            err.index = response.error_index  # type: ignore[attr-defined]
-            raise err
+            raise SnmpError("error", f"{self.endpoint.where} answered {status} "
+                                     f"(error index {response.error_index})", status,
+                            response.error_index)
         return response.varbinds
 
     async def get(self, oids: Sequence[Oid]) -> Varbinds:
-        return self._check(await self._request(ber.GET, oids), oids)
+        return self._check(await self._request(ber.GET, oids))
 
     async def next(self, oids: Sequence[Oid]) -> Varbinds:
-        return self._check(await self._request(ber.GETNEXT, oids), oids)
+        return self._check(await self._request(ber.GETNEXT, oids))
 
     async def bulk(self, non_repeaters: Sequence[Oid], repeaters: Sequence[Oid],
                    max_repetitions: int) -> Varbinds:
         oids = [*non_repeaters, *repeaters]
         response = await self._request(ber.GETBULK, oids, len(non_repeaters), max_repetitions)
-        return self._check(response, oids)
+        return self._check(response)
 
 
 # -- SNMPv3 through pysnmp ---------------------------------------------------------------------
@@ -273,7 +272,6 @@ class UsmClient:
         )
         self.context = context
         self._target = None
-        self.requests = 0
 
     def close(self) -> None:
         pass
@@ -300,7 +298,6 @@ class UsmClient:
                 raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: {exc}") from None
         context = ContextData(contextName=self.context)
         vbs = [ObjectType(ObjectIdentity(ObjectName(o))) for o in oids]
-        self.requests += 1
         if kind == "bulk":
             result = await bulk_cmd(self.engine, self.auth, self._target, context, non_repeaters,
                                     max_repetitions, *vbs, lookupMib=False)
@@ -314,11 +311,8 @@ class UsmClient:
         if indication:
             raise _v3_error(self.endpoint, indication, self.user)
         if status:
-            err = SnmpError("error", f"{self.endpoint.where} answered {status.prettyPrint()} "
-                                     f"(error index {int(index)})")
-            err.status = status.prettyPrint()  # type: ignore[attr-defined]
-            err.index = int(index)  # type: ignore[attr-defined]
-            raise err
+            raise SnmpError("error", f"{self.endpoint.where} answered {status.prettyPrint()} "
+                                     f"(error index {int(index)})", status.prettyPrint(), int(index))
         return [(tuple(name), _from_pysnmp(value)) for name, value in varbinds]
 
     async def get(self, oids: Sequence[Oid]) -> Varbinds:
@@ -371,8 +365,8 @@ async def walk_columns(
                 varbinds = await client.next([*pending_scalars, *oids])
             except SnmpError as exc:
                 # v1 ends a column with noSuchName at its index: drop it and ask again.
-                index = getattr(exc, "index", 0)
-                if getattr(exc, "status", "") != "noSuchName" or not index:
+                index = exc.index
+                if exc.status != "noSuchName" or not index:
                     raise
                 position = index - 1
                 if position < len(pending_scalars):

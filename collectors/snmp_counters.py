@@ -22,10 +22,6 @@ UPTIME_WRAP = 2**32  # sysUpTime is TimeTicks (hundredths of a second) in 32 bit
 UPTIME_SLACK_SECONDS = 10.0
 UPTIME_SLACK_FRACTION = 0.25
 
-# Metrics whose rate is bounded by the link speed, and how (bytes per second per bit per second).
-OCTET_METRICS = frozenset({"in_octets", "out_octets"})
-
-
 @dataclass(frozen=True, slots=True)
 class Counter:
     """A raw counter value and its width in bits (32 for Counter32, 64 for Counter64)."""
@@ -85,14 +81,12 @@ def uptime_verdict(old_ticks: int, new_ticks: int, elapsed: float) -> str:
     return "wrapped" if wrapped else "ok"
 
 
-def rate_limit(metric: str, speed_bps: float | None) -> float | None:
+def rate_limit(speed_bps: float | None) -> float | None:
     """The highest believable rate per second of a metric on a link of this speed (None: any)."""
     if not speed_bps or speed_bps <= 0:
         return None
-    if metric in OCTET_METRICS:
-        return speed_bps / 8.0
-    # A packet is at least one byte on the wire: a packet rate above bytes-at-line-rate is a
-    # reset that looked like a wrap.
+    # Octets: at most line rate. Packets: at least one byte each on the wire, so a packet rate
+    # above bytes-at-line-rate is a reset that looked like a wrap. The same bound for both.
     return speed_bps / 8.0
 
 
@@ -140,7 +134,7 @@ class CounterState:
                     rates[metric] = None
                     continue
                 rate = delta / elapsed
-                limit = rate_limit(metric, new.speed_bps)
+                limit = rate_limit(new.speed_bps)
                 if limit is not None and rate > limit * self.speed_tolerance:
                     rate = None  # faster than the wire: a counter reset, not traffic
                 rates[metric] = rate
