@@ -147,11 +147,10 @@ def _known(values: list[float | None]) -> list[float]:
 
 class DigestBuilder:
     def __init__(self, config: Config, *, store: RrdStore, status: StatusBook,
-                 alert_store: AlertStore | None = None, clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.store = store
         self.status = status
-        self.alert_store = alert_store
         self.clock = clock
 
     def build(self, digest: Digest) -> Report:
@@ -212,13 +211,11 @@ class DigestBuilder:
     def section_alerts(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("alerts", "Alerts of the period", ["time", "event", "severity", "what", "message"],
                     empty="No alerts in this period.")
-        store = self.alert_store
-        if store is None:
-            path = alerts_db_path(self.config.state_dir)
-            if not path.exists():
-                s.empty = "No alert history (no alert has been recorded yet)."
-                return s
-            store = AlertStore(path)
+        path = alerts_db_path(self.config.state_dir)
+        if not path.exists():
+            s.empty = "No alert history (no alert has been recorded yet)."
+            return s
+        store = AlertStore(path)
         entries = store.history(start, end)
         for e in entries[-200:]:
             s.rows.append([fmt_time(e.at), e.kind, e.severity, f"{e.target} {e.label}".strip(),

@@ -105,16 +105,12 @@ class Outbox:
         *,
         retry_base: float = 30.0,
         retry_max: float = 900.0,
-        tls_context: ssl.SSLContext | None = None,
-        local_hostname: str | None = None,
     ) -> None:
         self.db_path = Path(db_path)
         self.smtp = smtp
         self.clock = clock
         self.retry_base = retry_base
         self.retry_max = retry_max
-        self.tls_context = tls_context
-        self.local_hostname = local_hostname
         self._lock = asyncio.Lock()
         self.db_path.parent.mkdir(parents=True, exist_ok=True)
         with self._connect() as db:
@@ -302,15 +298,14 @@ class Outbox:
 
     async def _open(self) -> aiosmtplib.SMTP:
         smtp = self.smtp
-        context = self.tls_context
-        if context is None and smtp.security != "none":
+        context = None
+        if smtp.security != "none":
             context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
         client = aiosmtplib.SMTP(
             hostname=smtp.host, port=smtp.port, timeout=smtp.timeout,
             use_tls=smtp.security == "tls",
             start_tls=smtp.security == "starttls",
-            tls_context=context if smtp.security != "none" else None,
-            local_hostname=self.local_hostname,
+            tls_context=context,
         )
         where = f"{smtp.host}:{smtp.port}"
         try:
@@ -367,13 +362,6 @@ def _describe(exc: BaseException) -> str:
 
 def outbox_path(state_dir: Path) -> Path:
     return Path(state_dir) / "outbox.db"
-
-
-def describe_entry(entry: OutboxEntry, now: float | None = None) -> str:
-    now = time.time() if now is None else now
-    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry.created))
-    extra = f" ({entry.attempts} attempt(s); last: {entry.last_error})" if entry.last_error else ""
-    return f"#{entry.id} {when} to {', '.join(entry.recipients)}: {entry.subject}{extra}"
 
 
 __all__ = ["FAILED", "PENDING", "SENT", "Outbox", "OutboxEntry", "RelayState", "outbox_path"]

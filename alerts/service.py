@@ -257,10 +257,3 @@ class AlertService:
             log.log(logging.INFO if e.kind.value == "resolved" else logging.WARNING,
                     "alert %s: %s %s %s: %s", e.kind.value, e.severity.name, e.target, e.label,
                     e.message)
-
-    # -- for `monitor alerts` ------------------------------------------------------------------
-
-    def current(self) -> list[AlertState]:
-        return sorted((s for s in self.states.values() if s.problem or s.flapping),
-                      key=lambda s: (-s.severity.severity, s.target, s.label))
-

@@ -158,10 +158,6 @@ class AlertStore:
         with self._connect() as db:
             db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
 
-    def queue_size(self) -> int:
-        with self._connect() as db:
-            return db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
-
     # -- silences ----------------------------------------------------------------------------
 
     def add_silence(self, pattern: str, duration: float, reason: str, author: str = "") -> Silence:
