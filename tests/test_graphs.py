@@ -393,7 +393,7 @@ def test_monitor_graph_command_writes_the_site(tmp_path, write_config):
 
 
 
-def test_monitor_serve_command_and_site_job(tmp_path, write_config):
+async def test_monitor_serve_command_and_site_job(tmp_path, write_config):
     import urllib.request
 
     from monitor.agent import Agent
@@ -429,6 +429,14 @@ def test_monitor_serve_command_and_site_job(tmp_path, write_config):
     agent.schedule()
     assert "site" in agent.scheduler.stats()
     assert agent.site is not None and agent.site.html_dir == html
+    write_traffic(agent.store, "r", "eth0")
+    try:
+        await agent._build_site()  # what the site job runs: worker processes, real pages
+    finally:
+        agent.site.close()
+    assert (html / "r" / "eth0" / "day.png").exists()
+    assert "eth0" in (html / "r" / "index.html").read_text()
+    assert "<p>site</p>" not in (html / "index.html").read_text()
 
 
 def test_time_axis_is_in_local_time(monkeypatch):
