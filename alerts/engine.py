@@ -52,6 +52,13 @@ class Kind(StrEnum):
     FLAPPING_STOPPED = "flapping_stopped"
 
 
+
+
+def _known_fields(cls: type, data: dict) -> dict:
+    """What a dataclass of this version knows of saved data (another version may have saved
+    more fields): a queued event or a state must not stop the agent after an upgrade."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in known}
 @dataclass
 class AlertState:
     key: str
@@ -91,8 +98,7 @@ class AlertState:
         data["status"] = Status(data["status"])
         data["severity"] = State(data["severity"])
         data["notified_severity"] = State(data["notified_severity"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**_known_fields(cls, data))
 
     @property
     def problem(self) -> bool:
@@ -128,7 +134,7 @@ class Event:
         data["kind"] = Kind(data["kind"])
         data["severity"] = State(data["severity"])
         data["groups"] = tuple(data["groups"])
-        return cls(**data)
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass(frozen=True)

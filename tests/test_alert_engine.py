@@ -275,3 +275,12 @@ def test_exhaustive_with_quiet_periods():
             if s.status is Status.FIRING and not (i < len(mask) and mask[i]):
                 assert s.notified, (mask, i)
         assert not open_
+
+
+def test_saved_events_and_states_of_a_newer_version_still_load():
+    event = Event(Kind.FIRING, "r/h/x", "r", "h", "x", State.CRITICAL, "down", None, "state",
+                  1.0, 2.0, ("admins",))
+    saved = {**event.to_json(), "added_later": True}
+    assert Event.from_json(saved) == event
+    state = AlertState("r/h/x", "r", "h", "x")
+    assert AlertState.from_json({**state.to_json(), "added_later": 1}) == state
