@@ -25,6 +25,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
+from apscheduler.triggers.cron import CronTrigger
 from jinja2 import Environment
 
 from alerts.mail import make_message
@@ -33,7 +34,8 @@ from alerts.state import AlertStore, alerts_db_path
 from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
-from monitor.store import RrdStore, SeriesInfo
+from monitor.store import RrdStore, Series, SeriesInfo
+from monitor.text import clean
 from monitor.units import format_age, format_bits_per_second
 
 log = logging.getLogger("monitor.digest")
@@ -41,6 +43,8 @@ log = logging.getLogger("monitor.digest")
 WEEK = 7 * 86400.0
 MAX_TRAFFIC = 12
 MAX_SERVICES = 30
+PROBLEM_SECTIONS = {"problems", "backups"}  # the sections whose rows are verdicts
+NAME_WIDTH = 60  # an interface, mailbox or list name longer than this is cut in tables
 
 
 @dataclass
@@ -59,6 +63,8 @@ class Section:
     images: list[Image | None] = field(default_factory=list)  # one per row (or empty)
     notes: list[str] = field(default_factory=list)
     empty: str = ""
+    problems: int = 0  # what this section shows as not OK (the subject counts these)
+    totals: dict[str, float] = field(default_factory=dict)  # the section's numbers, unformatted
 
     @property
     def is_empty(self) -> bool:
@@ -72,7 +78,11 @@ class Report:
     start: float
     end: float
     sections: list[Section]
-    problems: int = 0
+
+    @property
+    def problems(self) -> int:
+        """Problems the digest's own sections show (a mailbox digest counts no backup failure)."""
+        return sum(s.problems for s in self.sections)
 
     @property
     def images(self) -> list[Image]:
@@ -142,6 +152,45 @@ def _known(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
 
 
+# -- the period -----------------------------------------------------------------------------
+
+
+def _latest_fire(trigger: CronTrigger, at: datetime) -> datetime:
+    """The last time the cron trigger fires at or before `at`."""
+    lookback = timedelta(hours=1)
+    while True:
+        fire = trigger.get_next_fire_time(None, at - lookback)
+        if fire is not None and fire <= at:
+            break
+        if lookback > timedelta(days=800):
+            raise ValueError("the schedule never fires")
+        lookback *= 2
+    while True:
+        following = trigger.get_next_fire_time(None, fire + timedelta(seconds=1))
+        if following is None or following > at:
+            return fire
+        fire = following
+
+
+def period_of(schedule: str, now: float) -> tuple[float, float]:
+    """(start, end) of the digest period that ends last at or before `now`: from one scheduled
+    time to the next (daily at 07:00: yesterday 07:00 to today 07:00). Consecutive digests
+    tile time: each one starts where the previous one ended. Every section counts what
+    happened at start <= t < end (RRD rows by their end: start < t <= end)."""
+    trigger = CronTrigger.from_crontab(schedule)
+    end = _latest_fire(trigger, datetime.fromtimestamp(now, trigger.timezone))
+    start = _latest_fire(trigger, end - timedelta(seconds=1))
+    return start.timestamp(), end.timestamp()
+
+
+def _within(series: Series, start: float, end: float) -> tuple[list[int], dict[str, list]]:
+    """The rows of a fetch that belong to (start, end]: rrdtool also returns the row ending
+    one step after `end`, which belongs to the next period."""
+    keep = [i for i, t in enumerate(series.timestamps) if start < t <= end]
+    return ([series.timestamps[i] for i in keep],
+            {name: [values[i] for i in keep] for name, values in series.columns.items()})
+
+
 # -- building -------------------------------------------------------------------------------
 
 
@@ -154,8 +203,7 @@ class DigestBuilder:
         self.clock = clock
 
     def build(self, digest: Digest) -> Report:
-        end = self.clock()
-        start = end - digest.period
+        start, end = period_of(digest.schedule, self.clock())
         self._series = self.store.series()
         sections = []
         for key in digest.sections:
@@ -166,8 +214,7 @@ class DigestBuilder:
                 log.exception("digest %s: section %s failed", digest.name, key)
                 sections.append(Section(key, key.title(), notes=[f"This section could not be "
                                                                   f"built: {exc}"]))
-        problems = sum(1 for s in self.status.all() if s.state is not State.OK)
-        return Report(digest, self.config.agent.hostname, start, end, sections, problems)
+        return Report(digest, self.config.agent.hostname, start, end, sections)
 
     def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE"):
         try:
@@ -201,11 +248,22 @@ class DigestBuilder:
     def section_problems(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("problems", "Current problems", ["state", "since", "check", "message"],
                     empty="None: every check is OK.")
+        # A backup failure is shown once: in "Backup results" when the digest has that section.
+        backups_apart = "backups" in digest.sections
+        apart = 0
         for c in self.status.all():
             if c.state is State.OK:
                 continue
+            if backups_apart and c.target == "backups":
+                apart += 1
+                continue
             s.rows.append([c.state.name, f"{fmt_time(c.since)} ({format_age(end - c.since)})",
-                           f"{c.target} {c.check}", c.message])
+                           clean(f"{c.target} {c.check}", NAME_WIDTH), clean(c.message, 200)])
+        if apart:
+            s.notes.append(f"{apart} backup problem(s): see Backup results.")
+            if not s.rows:
+                s.empty = "None apart from backups."
+        s.problems = len(s.rows)
         return s
 
     def section_alerts(self, digest: Digest, start: float, end: float) -> Section:
@@ -215,11 +273,11 @@ class DigestBuilder:
         if not path.exists():
             s.empty = "No alert history (no alert has been recorded yet)."
             return s
-        store = AlertStore(path)
-        entries = store.history(start, end)
+        entries = AlertStore(path).history(start, end)  # start <= at < end
+        s.totals["alerts"] = len(entries)
         for e in entries[-200:]:
-            s.rows.append([fmt_time(e.at), e.kind, e.severity, f"{e.target} {e.label}".strip(),
-                           e.message])
+            s.rows.append([fmt_time(e.at), e.kind, e.severity,
+                           clean(f"{e.target} {e.label}", NAME_WIDTH), clean(e.message, 200)])
         if len(entries) > 200:
             s.notes.append(f"{len(entries) - 200} older alert(s) of the period not shown.")
         return s
@@ -235,20 +293,26 @@ class DigestBuilder:
             avg = self._fetch(info, start, end)
             if avg is None:
                 continue
-            ins, outs = avg.columns.get("in_octets", []), avg.columns.get("out_octets", [])
+            _, columns = _within(avg, start, end)
+            ins, outs = columns.get("in_octets", []), columns.get("out_octets", [])
             if not _known(ins) and not _known(outs):
                 continue
             peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
-            pin = _known(peak.columns.get("in_octets", [])) if peak else _known(ins)
-            pout = _known(peak.columns.get("out_octets", [])) if peak else _known(outs)
-            total_in = sum(_known(ins)) * avg.step
-            total_out = sum(_known(outs)) * avg.step
+            peaks = _within(peak, start, end)[1] if peak else columns
+            pin = _known(peaks.get("in_octets", []))
+            pout = _known(peaks.get("out_octets", []))
+            total_in = math.fsum(_known(ins)) * avg.step
+            total_out = math.fsum(_known(outs)) * avg.step
             found.append((total_in + total_out, info, ins, outs, total_in, total_out,
                           max(pin, default=None), max(pout, default=None)))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
+        for _, info, _ins, _outs, tin, tout, _pin, _pout in found:
+            name = f"{info.target} {info.instance}".strip()
+            s.totals[f"{name} in"], s.totals[f"{name} out"] = tin, tout
         for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
             p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
-            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(tin), fmt_bytes(tout),
+            s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
+                           fmt_bytes(tin), fmt_bytes(tout),
                            fmt_bits(pin * 8 if pin is not None else None),
                            fmt_bits(pout * 8 if pout is not None else None),
                            fmt_bits(p95_in * 8 if p95_in is not None else None),
@@ -270,12 +334,16 @@ class DigestBuilder:
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            values = series.columns.get("response_seconds", [])
+            _, columns = _within(series, start, end)
+            values = columns.get("response_seconds", [])
             known = _known(values)
             if not values:
                 continue
+            name = f"{info.instance} ({info.target})"
+            s.totals[f"{name} samples"] = len(values)
+            s.totals[f"{name} answered"] = len(known)
             current = states.get((info.target, info.instance))
-            s.rows.append([f"{info.instance} ({info.target})",
+            s.rows.append([clean(name, NAME_WIDTH),
                            f"{100.0 * len(known) / len(values):.1f}% of samples",
                            f"{sum(known) / len(known):.3f} s" if known else "-",
                            f"{max(known):.3f} s" if known else "-",
@@ -385,35 +453,36 @@ class DigestBuilder:
         return s
 
     def section_lists(self, digest: Digest, start: float, end: float) -> Section:
-        from collectors.lists import activity, load_state
+        from collectors.lists import activity, load_state, read_logs
 
         s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
                                                        "failed", "subscribers"],
                     empty="No posts to any mailing list in this period.")
         path = self.config.state_dir / "lists.json"
-        if not path.exists():
+        if not path.exists() and not self.config.lists.enabled:
             s.empty = "No list activity recorded (enable [lists])."
             return s
         state = load_state(path)
-        first = datetime.fromtimestamp(start).date() + timedelta(days=1)
-        last = datetime.fromtimestamp(end).date()
-        if digest.period <= 86400:
-            first = last - timedelta(days=1)  # a daily digest covers yesterday and today so far
-        stats = activity(state, first, last)
-        names = sorted(set(stats) | set(state.subscribers))
-        for name in names:
+        if self.config.lists.enabled:
+            # Lines logged since the collector's last run (up to `end`) belong to this period:
+            # read them into this copy (not saved: the collector counts them itself).
+            read_logs(self.config.lists, state, end)
+        stats = activity(state, start, end)
+        for name in sorted(set(stats) | set(state.subscribers)):
             st = stats.get(name)
             subs = state.subscribers.get(name)
-            if st is None and subs is None:
-                continue
-            s.rows.append([name, str(st.posts if st else 0), fmt_bytes(st.bytes if st else 0),
-                           str(len(st.senders) if st else 0),
+            s.rows.append([clean(name, NAME_WIDTH), str(st.posts if st else 0),
+                           fmt_bytes(st.bytes if st else 0), str(len(st.senders) if st else 0),
                            f"{st.failures} ({st.refused} recipients)" if st and st.failures else "0",
                            str(subs) if subs is not None else "-"])
-        if s.rows and not stats:
-            s.notes.append(f"No posts from {first.isoformat()} to {last.isoformat()}.")
-        elif s.rows:
-            s.notes.append(f"Posts from {first.isoformat()} to {last.isoformat()}.")
+        s.totals = {"posts": sum(st.posts for st in stats.values()),
+                    "bytes": sum(st.bytes for st in stats.values()),
+                    "failures": sum(st.failures for st in stats.values())}
+        notices = sum(st.notices for st in stats.values())
+        if s.rows:
+            s.notes.append(f"Posts from {fmt_time(start)} to {fmt_time(end)}"
+                           + (f"; Mailman also sent {notices} notice(s) of its own." if notices
+                              else "."))
         return s
 
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:
@@ -423,19 +492,25 @@ class DigestBuilder:
                     empty="No backup jobs are configured.")
         checks = {c.check[7:]: c for c in self.status.all()
                   if c.target == "backups" and c.check.startswith("backup ")}
+        runs_total = failed_total = 0
         for job in self.config.backups:
             c = checks.get(job.name)
             if c is None:
                 s.rows.append([job.name, "UNKNOWN", "not checked yet"])
             else:
-                s.rows.append([job.name, c.state.name, c.message.removeprefix(f"backup {job.name}: ")])
+                s.rows.append([job.name, c.state.name,
+                               clean(c.message.removeprefix(f"backup {job.name}: "), 200)])
             if job.kind == "wrapper":
                 runs = [r for r in load_runs(self.config.state_dir, job.name)
-                        if r.get("finished") and start <= r["finished"] <= end]
+                        if r.get("finished") and start <= r["finished"] < end]
                 failed = [r for r in runs if r.get("exit_status") != 0]
+                runs_total += len(runs)
+                failed_total += len(failed)
                 if runs:
                     s.notes.append(f"{job.name}: {len(runs)} run(s) in the period, "
                                    f"{len(failed)} failed.")
+        s.problems = sum(1 for row in s.rows if row[1] != "OK")
+        s.totals = {"runs": runs_total, "failed": failed_total}
         return s
 
 
@@ -450,6 +525,8 @@ def subject_of(report: Report) -> str:
     d = report.digest
     day = time.strftime("%Y-%m-%d", time.localtime(report.end))
     base = d.subject or f"[monitor] {d.name} digest for {day}"
+    if not set(d.sections) & PROBLEM_SECTIONS:
+        return base  # a mailbox or traffic report: no verdict on checks it does not show
     return base + (f": {report.problems} problem(s)" if report.problems else ": all OK")
 
 

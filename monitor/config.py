@@ -462,8 +462,8 @@ class DisksConfig:
                     raise Invalid("smart", str(exc)) from None
 
 
-_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
-                     "a mailing list name (letters, digits, . _ + -)")
+_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(@[A-Za-z0-9.-]{1,253})?$",
+                     "a mailing list name (letters, digits, . _ + -; Mailman 3: list@domain)")
 
 
 @dataclass
@@ -502,11 +502,13 @@ class MailboxesConfig:
 
 @dataclass
 class ListsConfig:
-    """[lists]: Mailman activity from its post log, subscriber counts, optional Mailman 3."""
+    """[lists]: Mailman activity from Mailman 2's post log and/or Mailman 3's smtp.log, and
+    subscriber counts (Mailman 2's list_members, Mailman 3's REST API)."""
 
     enabled: bool = False
     interval: Duration | None = None
     post_log: ConfigPath | None = Path("/var/lib/mailman/logs/post")
+    smtp_log: ConfigPath | None = Path("/var/log/mailman3/smtp.log")
     list_members: str | None = "/usr/lib/mailman/bin/list_members"
     lists: list[Annotated[str, _LIST_NAME]] = field(default_factory=list)
     keep_days: Annotated[int, Range(1, 3660)] = 60
@@ -696,7 +698,6 @@ class Digest:
     sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
                            "mailboxes", "lists", "backups"]] = field(
         default_factory=lambda: list(DIGEST_SECTIONS))
-    period: Annotated[float, DURATION_MARK, Range(3600, None)] = 86400.0
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
     cert_days: Annotated[int, Range(1, 3650)] = 60

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from alerts.digest import percentile, run_digest
-from collectors.lists import DayStats, ListsState, save_state
+from alerts.digest import percentile, period_of, run_digest
+from collectors.lists import ListsState, ListStats, save_state
 from monitor.config import parse_config
 from monitor.model import CheckResult, Measurement, State
 from monitor.status import StatusBook
@@ -47,7 +47,6 @@ name = "weekly-hotline"
 schedule = "0 8 * * 1"
 recipients = ["hotline"]
 sections = ["mailboxes"]
-period = "7d"
 """
 
 
@@ -86,8 +85,9 @@ def fill(tmp_path: Path, now: float) -> None:
                     timestamp=now - 7200),
     ])
     status.save()
-    today = time.strftime("%Y-%m-%d", time.localtime(now))
-    state = ListsState(days={today: {"announce": DayStats(3, 12345, {"a@x", "b@x"}, 1, 2)}},
+    _, end = period_of("0 7 * * *", now)  # the daily digest's period
+    hour = int(end - 3 * 3600) // 3600 * 3600
+    state = ListsState(hours={hour: {"announce": ListStats(3, 12345, {"a@x", "b@x"}, 1, 2)}},
                        subscribers={"announce": 812, "users": 40})
     save_state(tmp_path / "data" / "state" / "lists.json", state)
 
@@ -115,7 +115,9 @@ async def test_digest_sent_through_outbox_to_real_smtp(tmp_path: Path):
                   "Certificate expiry calendar", "Disks", "Biggest mailboxes",
                   "Mailing list activity", "Backup results"):
         assert title in text
-    assert "backups backup nightly" in text
+    # The backup failure is listed once, under "Backup results", and counted once.
+    assert "backups backup nightly" not in text and text.count("exit status 23") == 1
+    assert "nightly  CRITICAL" in text and "1 backup problem(s): see Backup results." in text
     assert "dmz-router eth0" in text and "95th" in text
     assert "% of samples" in text
     assert "www.example.net" in text and "(renew!)" in text
