@@ -33,6 +33,7 @@ from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
 from monitor.config import Config, Digest
 from monitor.model import State
+from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
@@ -177,7 +178,7 @@ def period_of(schedule: str, now: float) -> tuple[float, float]:
     time to the next (daily at 07:00: yesterday 07:00 to today 07:00). Consecutive digests
     tile time: each one starts where the previous one ended. Every section counts what
     happened at start <= t < end (RRD rows by their end: start < t <= end)."""
-    trigger = CronTrigger.from_crontab(schedule)
+    trigger = cron_trigger(schedule)
     end = _latest_fire(trigger, datetime.fromtimestamp(now, trigger.timezone))
     start = _latest_fire(trigger, end - timedelta(seconds=1))
     return start.timestamp(), end.timestamp()

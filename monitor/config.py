@@ -704,10 +704,10 @@ class Digest:
     graphs: bool = True
 
     def validate(self) -> None:
-        from apscheduler.triggers.cron import CronTrigger
+        from monitor.scheduler import cron_trigger
 
         try:
-            CronTrigger.from_crontab(self.schedule)
+            cron_trigger(self.schedule)
         except ValueError as exc:
             raise Invalid("schedule", f'expected a cron expression like "0 7 * * 1", got '
                                       f"{self.schedule!r} ({exc})") from None
