@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,10 @@ from collectors.backups import BackupsCollector, load_runs
 from monitor.config import BackupJob
 from monitor.model import State
 from tests.conftest import MONITOR
+
+
+def stamp(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 def run_cli(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -76,14 +81,14 @@ async def test_wrapper_results_judged(tmp_path: Path):
 
 async def test_log_and_artifact_jobs(tmp_path: Path):
     log = tmp_path / "backup.log"
-    log.write_text("2026-11-22 02:00 start\n2026-11-22 02:10 backup finished OK\n")
+    now = time.time()
+    log.write_text(f"{stamp(now - 900)} start\n{stamp(now - 300)} backup finished OK\n")
     job = BackupJob("etc", kind="log", log=log, success_pattern="finished OK",
                     failure_pattern="(?i)error", max_age=3600)
-    now = log.stat().st_mtime + 60
     (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
     assert check.state is State.OK
     with open(log, "a") as handle:
-        handle.write("2026-11-23 02:05 ERROR: tar: /srv: Cannot open\n")
+        handle.write(f"{stamp(now - 60)} ERROR: tar: /srv: Cannot open\n")
     (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: now).collect()).checks
     assert check.state is State.CRITICAL and "Cannot open" in check.message
 
@@ -106,6 +111,51 @@ async def test_log_and_artifact_jobs(tmp_path: Path):
     missing = BackupJob("gone", kind="log", log=tmp_path / "nope.log", success_pattern="OK")
     (check,) = (await BackupsCollector([missing], 900, tmp_path).collect()).checks
     assert check.state is State.CRITICAL and "does not exist" in check.message
+
+
+async def test_log_success_time_is_the_line_time_not_the_file_mtime(tmp_path: Path):
+    """A job that logs "starting" and dies every night is not a fresh success."""
+    log = tmp_path / "backup.log"
+    day = 86400
+    t0 = time.time() - 3 * day
+    job = BackupJob("etc", kind="log", log=log, success_pattern="finished OK",
+                    failure_pattern="(?i)error", max_age=26 * 3600)
+
+    async def check_at(at: float):
+        (check,) = (await BackupsCollector([job], 900, tmp_path, clock=lambda: at).collect()).checks
+        return check
+
+    # Lines without timestamps: the time is when the agent first saw the line (the file's
+    # mtime when it is the last line at first sight).
+    log.write_text("backup starting\nbackup finished OK\n")
+    os.utime(log, (t0, t0))
+    check = await check_at(t0 + 60)
+    assert check.state is State.OK and "success 1m ago" in check.message
+    with open(log, "a") as handle:
+        handle.write("backup starting\n")  # the next night's run dies after this line
+    os.utime(log, (t0 + day, t0 + day))
+    check = await check_at(t0 + 40 * 3600)
+    assert check.state is State.CRITICAL and "no result within" in check.message
+    assert "success 1d16h ago" in check.message
+    # A new success line is dated when first seen, and that date is kept.
+    with open(log, "a") as handle:
+        handle.write("backup finished OK\nrotating old logs\n")
+    assert (await check_at(t0 + 41 * 3600)).state is State.OK
+    check = await check_at(t0 + 60 * 3600 + 26 * 3600)
+    assert check.state is State.CRITICAL and "success 1d21h ago" in check.message
+
+    # Lines with their own timestamps: the success of 40 h ago is 40 h old, whatever the mtime.
+    now = time.time()
+    log.write_text(f"{stamp(now - 40 * 3600)} backup finished OK\n"
+                   f"{stamp(now - 3600)} backup starting\n")
+    check = await check_at(now)
+    assert check.state is State.CRITICAL and "no result within" in check.message
+    from collectors.backups import line_time
+
+    assert line_time("Mon Nov 23 06:25:01 UTC 2026 ok", now) is not None
+    assert line_time("2026-11-23T06:25:01+01:00 ok", now) == 1795411501.0
+    assert line_time("Nov 23 06:25:01 host backup: ok", 1795411501.0 + 7200) is not None
+    assert line_time("backup finished OK", now) is None
 
 
 @pytest.mark.skipif(shutil.which("restic") is None, reason="restic (Debian package) not installed")
