@@ -14,6 +14,7 @@ alerts outbox like every other mail, so a relay outage delays it but never loses
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import math
@@ -37,7 +38,7 @@ from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
-from monitor.units import format_age, format_bits_per_second
+from monitor.units import format_age, format_bits_per_second, format_duration
 
 log = logging.getLogger("monitor.digest")
 
@@ -324,33 +325,81 @@ class DigestBuilder:
             s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
         return s
 
+    def _agent_ran(self, start: float, end: float) -> list[tuple[float, float]] | None:
+        """When the agent ran in the period, from its collectors' heartbeats (monitor.agent
+        writes agent "collector NAME" run_seconds every run), as merged (from, to) spans; None
+        when no heartbeat is stored (data of an older version: every sample counts)."""
+        spans: list[tuple[float, float]] = []
+        found = False
+        for info in self._series:
+            if info.target != "agent" or "run_seconds" not in info.metrics:
+                continue
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            found = True
+            stamps, columns = _within(series, start, end)
+            spans += [(t - series.step, t) for t, v in
+                      zip(stamps, columns.get("run_seconds", []), strict=False)
+                      if v is not None and not math.isnan(v)]
+        if not found:
+            return None
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
     def section_services(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("services", "Services: availability and response times",
                     ["service", "answered", "average", "max", "now"],
                     empty="No service checks recorded in this period.")
         states = {(c.target, c.check): c for c in self.status.all()}
+        ran = self._agent_ran(start, end)
+        starts = [a for a, _ in ran or []]
+
+        def measured(t: float, step: float) -> bool:
+            """The agent ran during the row (t - step, t]."""
+            if ran is None:
+                return True
+            i = bisect.bisect_left(starts, t) - 1
+            return i >= 0 and ran[i][1] > t - step
+
         for info in self._series:
             if "response_seconds" not in info.metrics or len(s.rows) >= MAX_SERVICES:
                 continue
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            _, columns = _within(series, start, end)
+            stamps, columns = _within(series, start, end)
             values = columns.get("response_seconds", [])
-            known = _known(values)
             if not values:
                 continue
+            # Availability over the time the check was measured: a sample taken while the
+            # agent was down is no failure of the service.
+            kept = [v for t, v in zip(stamps, values, strict=False)
+                    if measured(t, series.step) or (v is not None and not math.isnan(v))]
+            known = _known(kept)
             name = f"{info.instance} ({info.target})"
-            s.totals[f"{name} samples"] = len(values)
+            s.totals[f"{name} samples"] = len(kept)
             s.totals[f"{name} answered"] = len(known)
             current = states.get((info.target, info.instance))
             s.rows.append([clean(name, NAME_WIDTH),
-                           f"{100.0 * len(known) / len(values):.1f}% of samples",
+                           f"{100.0 * len(known) / len(kept):.1f}% of samples" if kept else
+                           "not measured",
                            f"{sum(known) / len(known):.3f} s" if known else "-",
                            f"{max(known):.3f} s" if known else "-",
                            current.state.name if current else "-"])
             s.images.append(sparkline(values, f"response time {info.instance}")
                             if digest.graphs else None)
+        if ran is not None and s.rows:
+            down = (end - start) - sum(min(b, end) - max(a, start) for a, b in ran)
+            s.totals["agent down seconds"] = down
+            if down >= 60:
+                s.notes.append(f"The agent itself did not run for {format_duration(round(down))} "
+                               "of this period; that time counts against no service.")
         return s
 
     def section_certificates(self, digest: Digest, start: float, end: float) -> Section:

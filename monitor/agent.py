@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
-from monitor.model import Batch, CheckResult, Collector, State
+from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
@@ -108,6 +108,9 @@ class Agent:
                    f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
         batch.checks.append(CheckResult("agent", f"collector {collector.name}", State.OK,
                                         f"collector {collector.name} ran: {summary}"))
+        # The agent's heartbeat: a digest tells "the check failed" from "the agent did not run".
+        batch.add(Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
+                              unit="s", timestamp=time.time(), minimum=0))
         await self.consume(collector, batch)
         log.info("%s: %s", collector.name, summary)
         return batch

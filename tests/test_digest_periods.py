@@ -180,3 +180,33 @@ def test_period_rule():
     # Weekdays only: Monday's digest covers the weekend.
     assert period_of("0 7 * * 1-5", datetime(2026, 11, 23, 9).timestamp())[0] == datetime(
         2026, 11, 20, 7).timestamp()
+
+
+def test_availability_is_over_the_time_the_check_was_measured(tmp_path: Path):
+    """An SMTP check that answered whenever it was measured is 100 % available, whatever the
+    agent's own downtime; that downtime is shown apart."""
+    end = datetime(2026, 11, 23, 7).timestamp()
+    start = end - 86400
+    config = parse_config(config_text(tmp_path, tmp_path / "smtp.log"))
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    rows = []
+    failures = {start + 3600 * h for h in (2, 3, 20)}
+    for t in range(int(start) - 3600, int(end) + 3600, STEP):
+        agent_up = not (start + 5 * 3600 < t <= start + 15 * 3600)  # down for 10 hours
+        if agent_up:  # a down agent writes nothing at all
+            rows += [Measurement("mail.example.net", "smtp", "response_seconds",
+                                 None if t in failures else 0.02, timestamp=t),
+                     Measurement("agent", "collector services", "run_seconds", 0.3, timestamp=t)]
+    assert not store.write(rows, STEP).errors
+    digest = next(d for d in config.digests if d.name == "daily")
+    report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
+                           clock=lambda: end).build(digest)
+    store.close()
+    services = next(s for s in report.sections if s.key == "services")
+    # rrdtool leaves the row of the first sample after a gap unknown: 10 h and one step.
+    measured = 288 - 121
+    assert services.totals["smtp (mail.example.net) samples"] == measured
+    assert services.totals["smtp (mail.example.net) answered"] == measured - 3
+    assert services.rows[0][1] == f"{100 * (measured - 3) / measured:.1f}% of samples"
+    assert services.totals["agent down seconds"] == 10 * 3600 + STEP
+    assert "The agent itself did not run for 10h5m of this period" in services.notes[0]
