@@ -147,7 +147,7 @@ def sparkline(values: list[float | None], alt: str, *, second: list[float | None
     ax.axis("off")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", transparent=False, facecolor="white")
-    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), alt)
+    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), clean(alt, NAME_WIDTH))
 
 
 def _known(values: list[float | None]) -> list[float]:
@@ -549,7 +549,7 @@ class DigestBuilder:
                 s.rows.append([job.name, "UNKNOWN", "not checked yet"])
             else:
                 s.rows.append([job.name, c.state.name,
-                               clean(c.message.removeprefix(f"backup {job.name}: "), 200)])
+                               clean(c.message.removeprefix(f"backup {job.name}: "), 400)])
             if job.kind == "wrapper":
                 runs = [r for r in load_runs(self.config.state_dir, job.name)
                         if r.get("finished") and start <= r["finished"] < end]
@@ -589,7 +589,7 @@ def render_text(report: Report) -> str:
             lines.append(s.empty)
         if s.rows:
             widths = [max(len(str(r[i])) for r in [s.headers, *s.rows]) for i in range(len(s.headers))]
-            widths = [min(w, 40) for w in widths]
+            widths = [min(w, NAME_WIDTH) for w in widths]
             for row in [s.headers, *s.rows]:
                 cells = [str(c) for c in row]
                 text = "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=False))

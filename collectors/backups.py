@@ -37,7 +37,7 @@ from pathlib import Path
 from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
-from monitor.process import CommandMissing, run_command
+from monitor.process import CommandFailed, CommandMissing, run_command
 from monitor.text import clean
 from monitor.units import format_bytes, format_duration
 
@@ -140,9 +140,50 @@ def _ago(now: float, when: float) -> str:
     return f"{_human(now - when)} ago"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+# Lines that never carry the error: Go stack frames and goroutine headers, Python traceback
+# frames, a bare path (restic's "Is there a repository at the following location?" answer), a
+# forced-command wrapper's environment dump.
+_NOISE = re.compile(r"^(?:goroutine \d+ |\S+\.go:\d+|[\w./*()-]+\(.*\)$|created by |\[signal |"
+                    r"File \".*\", line \d+|Traceback |/\S*$|SSH_ORIGINAL_COMMAND[:=]|"
+                    r"Do you want to continue)")
+_ERROR_WORD = re.compile(r"(?i)\b(?:error|fatal|denied|failed|failure|aborted|refused|panic|"
+                         r"incorrect|cannot|unable|not exist|no such)\b")
+# (pattern, what to do) for errors whose cure is known.
+ADVICE = (
+    (re.compile(r"Cache initialization aborted|Repository access aborted|previously located at"),
+     "the repository was moved or is new to this user: run `borg list REPOSITORY` once by hand "
+     "as the user the backup runs as and answer yes, or set BORG_RELOCATED_REPO_ACCESS_IS_OK=yes "
+     "or BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes for that job"),
+    (re.compile(r"wrong password or no key found|passphrase supplied in .* is incorrect"),
+     "the password does not open this repository: check the job's password / password_file"),
+    (re.compile(r"unable to open config file|Repository .* does not exist"),
+     "no repository at that location: check the repository path, or create it with restic "
+     "init / borg init"),
+    (re.compile(r"(?i)repository is already locked|Failed to create/acquire the lock"),
+     "another run holds the repository lock, or a crashed one left it: once none runs, "
+     "`restic unlock` / `borg break-lock REPOSITORY`"),
+    (re.compile(r"outside the allowed paths|restrict-to-(?:path|repository)"),
+     "the server's `borg serve --restrict-to-path` does not allow this repository: fix the "
+     "repository path or the forced command in the server's authorized_keys"),
+    (re.compile(r"(?i)permission denied"),
+     "run the backup as a user who may read and write the repository and the source files"),
+)
+
+
+def error_line(text: str) -> str:
+    """The line of a tool's output that carries the error: restic's "Fatal:", else the last
+    line naming an error (error, fatal, denied, aborted ...), else the last line that is not
+    a stack frame, a bare path or an environment dump; with what to do for known errors."""
+    lines = [clean(line, 300) for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if line]
+    fatal = [line for line in lines if line.startswith("Fatal:")]
+    useful = [line for line in lines if not _NOISE.match(line)]
+    named = [line for line in useful if _ERROR_WORD.search(line)]
+    line = (fatal or named or useful or lines or [""])[-1]
+    for pattern, advice in ADVICE:
+        if pattern.search(line):
+            return f"{line[:200]}; what to do: {advice}"
+    return line[:200]
 
 
 def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
@@ -158,7 +199,7 @@ def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
     took = float(last.get("duration_seconds") or 0)
     size = float(last.get("output_bytes") or 0)
     if last.get("exit_status") != 0:
-        detail = clean(_last_line(last.get("tail", "")), 200)
+        detail = error_line(last.get("tail", ""))
         return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
                          f" after {_human(took)}" + (f": {detail}" if detail else ""),
                          when, took, size)
@@ -327,6 +368,9 @@ async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
     except CommandMissing:
         return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
                                 "command to its path)")
+    except CommandFailed as exc:
+        return JobResult(False, f"{job.kind} cannot list {job.repository}: "
+                                f"{error_line(exc.stderr) or f'exit status {exc.status}'}")
     except RuntimeError as exc:
         return JobResult(False, f"{job.kind} cannot list {job.repository}: {clean(exc, 200)}")
     try:

@@ -293,7 +293,10 @@ def scan_spools(
             if path in seen:
                 continue
             seen.add(path)
-            address = f"{user}@{domain}" if user else domain
+            # Directory names are the users': cleaned here, once, so no newline or bidi
+            # override reaches a metric name, an alert mail or a digest.
+            domain = clean(domain, 200)
+            address = clean(f"{user}@{domain}", 200) if user else domain
             boxes.append(MailboxSize(address, domain, path, "maildir"))
     boxes = [b for b in boxes if _is_mailbox(b.path)]
 

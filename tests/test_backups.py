@@ -179,3 +179,74 @@ async def test_restic_repository(tmp_path: Path):
                       max_age=3600)
     (check,) = (await BackupsCollector([wrong], 900, tmp_path).collect()).checks
     assert check.state is State.CRITICAL and "cannot list" in check.message
+
+
+BACKUP_DATA = Path(__file__).parent / "data" / "backups"
+
+
+@pytest.mark.parametrize(("recording", "shown", "advice"), [
+    ("restic-no-repository", "Fatal: unable to open config file", "check the repository path"),
+    ("restic-wrong-password", "Fatal: wrong password or no key found", "password_file"),
+    ("restic-panic", "panic: runtime error: invalid memory address", None),
+    ("borg-relocated", "Repository access aborted", "moved or is new to this user"),
+    ("borg-unknown-repository", "Cache initialization aborted", "moved or is new to this user"),
+    ("borg-ssh-forced-command", "Remote: Permission denied: repository /srv/borg/clients/www",
+     "restrict-to-path"),
+])
+async def test_wrapper_failure_shows_the_line_that_carries_the_error(
+        tmp_path: Path, recording: str, shown: str, advice: str | None):
+    """Not the last stderr line (a bare path, a Go stack frame, SSH_ORIGINAL_COMMAND: None)."""
+    from collectors.backups import run_wrapped
+
+    state = tmp_path / "state"
+    recorded = BACKUP_DATA / f"{recording}.stderr"
+    out = open(os.devnull, "wb")  # noqa: SIM115
+    assert run_wrapped("nightly", ["sh", "-c", 'cat "$0" >&2; exit 1', str(recorded)], state,
+                       out=out) == 1
+    (check,) = (await BackupsCollector([BackupJob("nightly")], 900, state).collect()).checks
+    assert check.state is State.CRITICAL
+    detail = check.message.split("exit status 1 after ", 1)[1]
+    assert shown in detail, detail
+    assert (advice in detail) if advice else "what to do" not in detail
+    last_line = recorded.read_text().strip().splitlines()[-1]
+    assert shown in last_line or not detail.endswith(last_line)
+
+
+@pytest.mark.skipif(shutil.which("restic") is None, reason="restic (Debian package) not installed")
+async def test_real_restic_without_repository_names_the_fatal_line(tmp_path: Path):
+    job = BackupJob("offsite", kind="restic", repository=str(tmp_path / "none"), password="pw",
+                    max_age=3600)
+    (check,) = (await BackupsCollector([job], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL
+    assert "Fatal: unable to open config file" in check.message, check.message
+    assert "check the repository path" in check.message
+
+
+@pytest.mark.skipif(shutil.which("borg") is None, reason="borgbackup (Debian package) not installed")
+async def test_real_borg_repository_moved_and_new_to_the_user(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv("BORG_BASE_DIR", str(tmp_path / "home"))
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "file.txt").write_text("precious data\n")
+    env = {**os.environ, "BORG_PASSPHRASE": "correct horse"}
+    repo = tmp_path / "repo"
+    subprocess.run(["borg", "init", "-e", "repokey", str(repo)], env=env, check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["borg", "create", f"{repo}::first", str(source)], env=env, check=True,
+                   capture_output=True, timeout=60)
+    job = BackupJob("borg", kind="borg", repository=str(repo), password="correct horse",
+                    max_age=3600)
+    (check,) = (await BackupsCollector([job], 900, tmp_path).collect()).checks
+    assert check.state is State.OK and "newest snapshot first" in check.message, check.message
+    moved = tmp_path / "moved"
+    repo.rename(moved)
+    job = BackupJob("borg", kind="borg", repository=str(moved), password="correct horse",
+                    max_age=3600)
+    (check,) = (await BackupsCollector([job], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL and "Repository access aborted" in check.message
+    assert "moved or is new to this user" in check.message
+    wrong = BackupJob("borg", kind="borg", repository=str(moved), password="wrong", max_age=3600)
+    monkeypatch.setenv("BORG_RELOCATED_REPO_ACCESS_IS_OK", "yes")
+    (check,) = (await BackupsCollector([wrong], 900, tmp_path).collect()).checks
+    assert check.state is State.CRITICAL and "is incorrect" in check.message
+    assert "check the job's password" in check.message
