@@ -191,3 +191,40 @@ def test_digest_config_errors():
         parse_config('[[digests]]\nname = "d"\nrecipients = ["ops"]\n')
     with pytest.raises(ConfigError, match="cron expression"):
         parse_config('[contacts]\nadmins = ["a@b.c"]\n[[digests]]\nname = "d"\nschedule = "daily"\n')
+
+
+def test_untrusted_names_are_cleaned_and_bounded(tmp_path: Path):
+    """A mailbox directory name with newlines, an interface name with a bidi override and a
+    300-character name reach no mail body raw."""
+    from alerts.digest import DigestBuilder, render_text
+    from collectors.mailboxes import scan_spools
+
+    spool = tmp_path / "vhosts" / "example.net"
+    evil_user = "bob\n[OK] www.example.net https recovered\n[OK] db recovered"
+    for sub in ("cur", "new", "tmp"):
+        (spool / evil_user / sub).mkdir(parents=True)
+    ((spool / evil_user / "cur") / "1700000000.M1P1.mx,S=1234:2,S").write_bytes(b"x" * 1234)
+    (box,) = scan_spools([f"{tmp_path}/vhosts/{{domain}}/{{user}}"]).mailboxes
+    assert "\n" not in box.address and box.address.startswith("bob [OK] www.example.net")
+
+    now = time.time()
+    _, end = period_of("0 7 * * *", now)
+    store = RrdStore(tmp_path / "data" / "rrd")
+    bidi, long_name = "Gi\u202e0/0/3gnp.exe", "x" * 300
+    rows = []
+    for ts in range(int(end) - 86400 + 300, int(end) + 1, 300):
+        for name in (bidi, long_name):
+            rows += [Measurement("dmz-router", name, "in_octets", 1000.0, timestamp=ts),
+                     Measurement("dmz-router", name, "out_octets", 500.0, timestamp=ts)]
+        rows.append(Measurement("mailboxes", box.address, "size_bytes", 1234, timestamp=ts))
+    assert not store.write(rows, 300).errors
+    config = parse_config(make_config(tmp_path, 9, ["traffic", "mailboxes"]))
+    digest = next(d for d in config.digests if d.name == "daily")
+    report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
+                           clock=lambda: now).build(digest)
+    store.close()
+    text = render_text(report)
+    assert "\u202e" not in text and "Gi 0/0/3gnp.exe" in text
+    assert not any(line.startswith("[OK]") for line in text.splitlines())
+    traffic = text[text.index("DMZ traffic"):text.index("Biggest mailboxes")]
+    assert max(len(line) for line in traffic.splitlines()) < 160
