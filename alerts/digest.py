@@ -38,7 +38,7 @@ from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
-from monitor.units import format_age, format_bits_per_second, format_duration
+from monitor.units import format_age, format_bits_per_second, format_bytes, format_duration
 
 log = logging.getLogger("monitor.digest")
 
@@ -46,6 +46,7 @@ WEEK = 7 * 86400.0
 MAX_TRAFFIC = 12
 MAX_SERVICES = 30
 PROBLEM_SECTIONS = {"problems", "backups"}  # the sections whose rows are verdicts
+GRAPHED_MAILBOXES = 5  # the top rows of the mailbox section get a growth graph
 NAME_WIDTH = 60  # an interface, mailbox or list name longer than this is cut in tables
 
 
@@ -95,15 +96,10 @@ class Report:
 
 
 def fmt_bytes(n: float | None) -> str:
+    """IEC bytes (monitor.units), signed: a mailbox or disk may shrink."""
     if n is None:
         return "-"
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} PiB"
+    return ("-" if n < 0 else "") + format_bytes(abs(n))
 
 
 def fmt_bits(n: float | None) -> str:
@@ -452,54 +448,64 @@ class DigestBuilder:
         return s
 
     def section_mailboxes(self, digest: Digest, start: float, end: float) -> Section:
-        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages",
-                                                       "week-over-week"],
-                    empty="No mailbox sizes recorded (enable [mailboxes]).")
-        boxes = []
-        domains = []
-        for info in self._series:
-            if info.target != "mailboxes" or "size_bytes" not in info.metrics:
-                continue
-            series = self._fetch(info, end - WEEK - 86400, end)
-            if series is None:
-                continue
-            sizes = series.columns.get("size_bytes", [])
-            stamps = series.timestamps
-            recent = [v for t, v in zip(stamps, sizes, strict=False)
-                      if v is not None and t >= end - 2 * 86400]
-            written = {} if recent else self._last_written(info, end)
-            if not recent and "size_bytes" in written:
-                recent = [written["size_bytes"]]
-            if not recent:
-                continue
-            week_ago = [v for t, v in zip(stamps, sizes, strict=False)
-                        if v is not None and t <= end - WEEK + 3600]
-            messages = _known([v for t, v in zip(stamps, series.columns.get("messages", []),
-                                                  strict=False) if t >= end - 2 * 86400])
-            if not messages and "messages" in written:
-                messages = [written["messages"]]
-            entry = (recent[-1], info.instance, week_ago[-1] if week_ago else None,
-                     messages[-1] if messages else None)
-            if info.instance.startswith("domain:"):
-                domains.append(entry)
-            elif "@" in info.instance:
-                boxes.append(entry)
+        """From the mailboxes collector's history (every mailbox, not only the RRD top): size
+        and messages of the latest scan, quota, week-over-week growth against the size kept
+        for the day a week before; those nearest their quota first."""
+        from collectors.mailboxes import history_path, load_history
 
-        def growth(now_size: float, before: float | None) -> str:
-            if before is None:
-                return "new (no size a week ago)"
-            delta = now_size - before
-            pct = f" ({100 * delta / before:+.0f}%)" if before else ""
+        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages", "quota",
+                                                       "used", "week-over-week"],
+                    empty="No mailbox sizes recorded (enable [mailboxes]).")
+        history = load_history(history_path(self.config.state_dir))
+        if not history.latest:
+            return s
+        today = datetime.fromtimestamp(min(end, history.scanned_at)).date()
+        week_ago = (today - timedelta(days=7)).isoformat()
+        reaches_back = any(day <= week_ago for day in history.days)
+
+        def before(address: str) -> int | None:
+            known = [day for day in history.days if day <= week_ago
+                     and address in history.days[day]]
+            return history.days[max(known)][address] if known else None
+
+        def growth(now_size: float, then: float | None) -> str:
+            if then is None:
+                return "new (no size a week ago)" if reaches_back else "no size a week ago yet"
+            delta = now_size - then
+            pct = f" ({100 * delta / then:+.0f}%)" if then else ""
             return f"{'+' if delta >= 0 else ''}{fmt_bytes(delta)}{pct}"
 
-        for size, name, before, messages in sorted(boxes, key=lambda t: -t[0])[:digest.top]:
-            s.rows.append([name, fmt_bytes(size), f"{messages:.0f}" if messages is not None else "-",
-                           growth(size, before)])
-        if domains:
-            top = sorted(domains, key=lambda t: -t[0])[:10]
+        def fill(size: float, quota: int | None) -> float:
+            return size / quota if quota else -1.0
+
+        ranked = sorted(history.latest.items(),
+                        key=lambda kv: (-fill(kv[1][0], kv[1][2]), -kv[1][0], kv[0]))
+        days = sorted(history.days)
+        for rank, (address, (size, messages, quota)) in enumerate(ranked[:digest.top]):
+            s.rows.append([clean(address, NAME_WIDTH), format_bytes(size), f"{messages}",
+                           format_bytes(quota) if quota else "-",
+                           f"{100 * size / quota:.0f}%" if quota else "-",
+                           growth(size, before(address))])
+            graph = [history.days[d].get(address) for d in days]
+            s.images.append(sparkline(graph, f"size of {address}")
+                            if digest.graphs and rank < GRAPHED_MAILBOXES else None)
+        s.totals = {"mailboxes": len(history.latest),
+                    "bytes": sum(v[0] for v in history.latest.values())}
+        domains: dict[str, list[float]] = {}
+        for address, (size, _, _) in history.latest.items():
+            total = domains.setdefault(address.rpartition("@")[2], [0.0, 0.0, 0.0])
+            then = before(address)
+            total[0] += size
+            total[1] += then or 0
+            total[2] += then is not None
+        if len(domains) > 1:
+            top = sorted(domains.items(), key=lambda kv: (-kv[1][0], kv[0]))[:10]
             s.notes.append("Biggest domains: " + ", ".join(
-                f"{name[7:]} {fmt_bytes(size)} ({growth(size, before)})"
-                for size, name, before, _ in top))
+                f"{clean(name, NAME_WIDTH)} {format_bytes(size)}"
+                f" ({growth(size, then if counted else None)})"
+                for name, (size, then, counted) in top))
+        s.notes.append(f"Sizes of the scan at {fmt_time(history.scanned_at)}: what the messages "
+                       "take in every folder, Trash included; quota from Dovecot's maildirsize.")
         return s
 
     def section_lists(self, digest: Digest, start: float, end: float) -> Section:

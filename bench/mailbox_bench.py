@@ -88,7 +88,7 @@ def run_scan(root: Path) -> tuple[float, int, int, int]:
 
     started = time.perf_counter()
     # As the collector runs it by default (threads), minus maildirsize: every name is read.
-    result = scan_spools([f"{root}/{{domain}}/{{user}}"], use_maildirsize=False,
+    result = scan_spools([f"{root}/{{domain}}/{{user}}"],
                          threads=MailboxesConfig().scan_threads)
     elapsed = time.perf_counter() - started
     messages = sum(m.messages for m in result.mailboxes)

@@ -5,16 +5,22 @@ Layout: path patterns with `{domain}` and `{user}` placeholders, each one direct
 matched directory with `cur/` or `new/` is a Maildir (Maildir++ subfolders `.Sent`, `.Trash`
 ... included); a matched regular file is an mbox.
 
-How a Maildir is measured, cheapest first:
-1. Dovecot's `maildirsize` (Maildir++ quota file: a header line, then "bytes count" deltas) when
-   it is fresh: written no earlier than the last change of any `cur/` or `new/` directory (a
-   delivery, an expunge or a flag change renames a file, which updates the directory), and not
-   older than `maildirsize_max_age`.
-2. Otherwise the file names: Dovecot and most delivery agents put the size in the name
+How a Maildir is measured: one size definition for every mailbox, kept from scan to scan,
+what its messages take (every folder, Trash included):
+1. the file names: Dovecot and most delivery agents put the size in the name
    (`1700000000.M1P2.host,S=2345,W=2401:2,S`), so one directory listing gives every size
-   without a `stat()` per message - this is why a scan is faster than `du`.
-3. `stat()` for the names without `S=`.
+   without a `stat()` per message - this is why a scan is faster than `du`;
+2. `stat()` for the names without `S=` (Postfix virtual(8) / local(8) deliveries).
+Dovecot's `maildirsize` is read for the quota *limit* only (its first line, "<bytes>S,<n>C"):
+its running usage drifts (files removed behind Dovecot's back, a second delivery agent) and a
+quota rule may leave Trash out, so using it as the size would make a mailbox flip between two
+definitions. A mailbox without a limit there gets `default_quota`.
 A mailbox that vanishes or cannot be read during the scan is an error for that mailbox only.
+
+History: every scan is written to data_dir/state/mailboxes.json (for digests): the latest scan
+of every mailbox (size, messages, quota) and, per local day, the size at that day's last scan,
+for HISTORY_DAYS days: a few dozen bytes per mailbox and day, for all mailboxes, not only the
+`top` ones that get RRD files.
 
 Naming contract: target "mailboxes"; instance "user@domain" (the `top` biggest only, so a
 spool of thousands does not make thousands of RRD files), "domain:<domain>" for every domain,
@@ -33,8 +39,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from monitor.config import Config, MailboxesConfig
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import run_command
 from monitor.text import clean
@@ -55,8 +64,9 @@ class MailboxSize:
     kind: str  # "maildir" or "mbox"
     size_bytes: int = 0
     messages: int = 0
-    source: str = ""  # "maildirsize", "names", "stat", "mbox"
+    source: str = ""  # "names", "stat", "mbox"
     error: str | None = None
+    quota_bytes: int | None = None  # the limit in Dovecot's maildirsize, if any
 
 
 @dataclass
@@ -132,42 +142,21 @@ def _folders(root: str) -> list[str]:
     return folders
 
 
-def _read_maildirsize(root: str, folders: list[str], max_age: float, now: float) -> tuple[int, int] | None:
-    """(bytes, messages) from a fresh maildirsize file, else None."""
-    path = os.path.join(root, "maildirsize")
+_QUOTA_LIMIT = re.compile(rb"^\s*(?:(\d+)S)?")
+
+
+def read_quota_limit(root: str) -> int | None:
+    """The byte limit from the first line of Dovecot's maildirsize ("1073741824S,10000C");
+    None without the file or a byte limit (0 is "no limit" there)."""
     try:
-        st = os.stat(path)
+        with open(os.path.join(root, "maildirsize"), "rb") as handle:
+            first = handle.readline(256)
     except OSError:
         return None
-    if max_age and now - st.st_mtime > max_age:
+    limit = _QUOTA_LIMIT.match(first)
+    if not limit or not limit.group(1):
         return None
-    for folder in folders:
-        for sub in ("cur", "new"):
-            try:
-                if os.stat(os.path.join(folder, sub)).st_mtime > st.st_mtime:
-                    return None  # something changed after Dovecot last wrote it
-            except FileNotFoundError:
-                continue
-    try:
-        with open(path, "rb") as handle:
-            lines = handle.read(1 << 20).split(b"\n")
-    except OSError:
-        return None
-    size = count = 0
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 2:
-            return None
-        try:
-            size += int(fields[0])
-            count += int(fields[1])
-        except ValueError:
-            return None
-    if size < 0 or count < 0:
-        return None
-    return size, count
+    return int(limit.group(1)) or None
 
 
 def _count_listing(directory: str) -> tuple[int, int, bool]:
@@ -195,14 +184,8 @@ def _count_listing(directory: str) -> tuple[int, int, bool]:
     return total, count, True
 
 
-def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float) -> None:
+def measure_maildir(box: MailboxSize) -> None:
     folders = _folders(box.path)
-    if use_maildirsize:
-        quick = _read_maildirsize(box.path, folders, max_age, now)
-        if quick is not None:
-            box.size_bytes, box.messages = quick
-            box.source = "maildirsize"
-            return
     total = count = 0
     stat_used = False
     for folder in folders:
@@ -218,6 +201,7 @@ def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, 
             stat_used |= needed
     box.size_bytes, box.messages = total, count
     box.source = "stat" if stat_used else "names"
+    box.quota_bytes = read_quota_limit(box.path)
 
 
 def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -> None:
@@ -241,8 +225,7 @@ def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -
         cache[box.path] = (key, count)
 
 
-def measure(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float,
-            mbox_cache: dict | None = None) -> MailboxSize:
+def measure(box: MailboxSize, mbox_cache: dict | None = None) -> MailboxSize:
     """Fill in one mailbox's size; any OS error becomes this mailbox's error, nothing raises."""
     try:
         st = os.stat(box.path)
@@ -250,7 +233,7 @@ def measure(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: flo
             box.kind = "mbox"
             measure_mbox(box, mbox_cache)
         elif stat_mod.S_ISDIR(st.st_mode):
-            measure_maildir(box, use_maildirsize=use_maildirsize, max_age=max_age, now=now)
+            measure_maildir(box)
         else:
             box.error = "neither a Maildir directory nor an mbox file"
     except FileNotFoundError:
@@ -277,15 +260,11 @@ def scan_spools(
     patterns: list[str],
     *,
     default_domain: str = "localhost",
-    use_maildirsize: bool = True,
-    maildirsize_max_age: float = 7 * 86400,
     threads: int = 1,
-    clock: Callable[[], float] = time.time,
     mbox_cache: dict | None = None,
 ) -> ScanResult:
     """Find and measure every mailbox of the patterns (blocking; run it in a thread)."""
     started = time.perf_counter()
-    now = clock()
     boxes: list[MailboxSize] = []
     seen: set[str] = set()
     for pattern in patterns:
@@ -301,8 +280,7 @@ def scan_spools(
     boxes = [b for b in boxes if _is_mailbox(b.path)]
 
     def one(box: MailboxSize) -> MailboxSize:
-        return measure(box, use_maildirsize=use_maildirsize, max_age=maildirsize_max_age, now=now,
-                       mbox_cache=mbox_cache)
+        return measure(box, mbox_cache)
 
     if threads > 1 and len(boxes) > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbox-scan") as pool:
@@ -353,6 +331,59 @@ async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSum
     return await asyncio.to_thread(parse_postqueue_json, out.decode("utf-8", "replace"), now)
 
 
+# -- history (for digests) --------------------------------------------------------------------
+
+HISTORY_DAYS = 35
+
+
+def history_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "mailboxes.json"
+
+
+@dataclass
+class MailboxHistory:
+    """The latest scan of every mailbox and one size per mailbox per local day."""
+
+    scanned_at: float = 0.0
+    latest: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)  # size, msgs, quota
+    days: dict[str, dict[str, int]] = field(default_factory=dict)  # "YYYY-MM-DD" -> address -> size
+
+    def size_on(self, day: str, address: str) -> int | None:
+        return self.days.get(day, {}).get(address)
+
+
+def load_history(path: Path) -> MailboxHistory:
+    """The saved history; missing or unreadable: empty (an unreadable one is logged)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        latest = raw.get("latest", {})
+        return MailboxHistory(
+            float(latest.get("at", 0.0)),
+            {a: (int(v[0]), int(v[1]), None if v[2] is None else int(v[2]))
+             for a, v in latest.get("boxes", {}).items()},
+            {d: {a: int(v) for a, v in boxes.items()} for d, boxes in raw.get("days", {}).items()})
+    except FileNotFoundError:
+        return MailboxHistory()
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        log.error("mailbox history %s unreadable (%s); it starts afresh", path, exc)
+        return MailboxHistory()
+
+
+def record_scan(path: Path, result: ScanResult, now: float, default_quota: float | None) -> None:
+    """Add one scan to the history file (atomically); days older than HISTORY_DAYS go."""
+    history = load_history(path)
+    fallback = int(default_quota) if default_quota else None
+    boxes = {b.address: [b.size_bytes, b.messages, b.quota_bytes or fallback]
+             for b in result.mailboxes}
+    day = datetime.fromtimestamp(now).date()
+    days = {d: v for d, v in history.days.items()
+            if d > (day - timedelta(days=HISTORY_DAYS)).isoformat()}
+    days[day.isoformat()] = {a: v[0] for a, v in boxes.items()}
+    atomic_write(Path(path), json.dumps({"version": 1, "latest": {"at": now, "boxes": boxes},
+                                         "days": dict(sorted(days.items()))},
+                                        separators=(",", ":")))
+
+
 # -- the collector --------------------------------------------------------------------------
 
 
@@ -362,15 +393,22 @@ class MailboxesCollector:
     interval: float
     clock: Callable[[], float] = time.time
     name: str = "mailboxes"
+    history_path: Path | None = None  # data_dir/state/mailboxes.json; None: keep no history
     _mbox_cache: dict = field(default_factory=dict)
 
     async def collect(self) -> Batch:
         cfg = self.config
         result = await asyncio.to_thread(
             scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
-            use_maildirsize=cfg.maildirsize, maildirsize_max_age=cfg.maildirsize_max_age,
-            threads=cfg.scan_threads, clock=self.clock, mbox_cache=self._mbox_cache)
-        batch = self.to_batch(result, self.clock())
+            threads=cfg.scan_threads, mbox_cache=self._mbox_cache)
+        now = self.clock()
+        batch = self.to_batch(result, now)
+        if self.history_path is not None:
+            try:
+                await asyncio.to_thread(record_scan, self.history_path, result, now,
+                                        cfg.default_quota)
+            except OSError as exc:
+                log.warning("mailboxes: cannot save %s: %s", self.history_path, exc)
         if cfg.postfix_queue:
             batch.add(await self.queue_check())
         return batch
@@ -464,7 +502,7 @@ def build(config: Config) -> list[Collector]:
         return []
     # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
     interval = cfg.interval or max(config.agent.interval, 900.0)
-    return [MailboxesCollector(cfg, interval)]
+    return [MailboxesCollector(cfg, interval, history_path=history_path(config.state_dir))]
 
 
 __all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",

@@ -476,8 +476,8 @@ class MailboxesConfig:
     paths: list[ConfigPath] = field(default_factory=lambda: [Path("/var/mail/vhosts/{domain}/{user}")])
     # The domain of mailboxes whose pattern has no {domain} (e.g. "/var/mail/{user}" mbox files).
     default_domain: str = "localhost"
-    maildirsize: bool = True
-    maildirsize_max_age: Duration = 86400.0
+    # The quota of mailboxes whose Dovecot maildirsize names no limit (for % of quota).
+    default_quota: Size | None = None
     top: Annotated[int, Range(0, 1000)] = 20
     warn_size: Size | None = None
     critical_size: Size | None = None

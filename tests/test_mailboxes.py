@@ -1,4 +1,4 @@
-"""The mailboxes collector on generated Maildir trees: sizes from names, stat, maildirsize, mbox."""
+"""The mailboxes collector on generated Maildir trees: sizes from names, stat, mbox; quota."""
 
 from __future__ import annotations
 
@@ -65,37 +65,33 @@ def test_thousands_of_mailboxes_sizes_and_domains(tmp_path: Path):
     assert [m.size_bytes for m in top] == sorted((v[0] for v in expected.values()), reverse=True)[:5]
 
 
-def _maildirsize(box: Path, lines: list[str], mtime: float) -> None:
+def _maildirsize(box: Path, lines: list[str], mtime: float, header: str = "1000000000S,10000C") -> None:
     path = box / "maildirsize"
-    path.write_text("1000000000S,10000C\n" + "".join(f"{line}\n" for line in lines))
+    path.write_text(header + "\n" + "".join(f"{line}\n" for line in lines))
     os.utime(path, (mtime, mtime))
 
 
-def test_maildirsize_fast_path_when_fresh_and_fallback_when_stale(tmp_path: Path):
+def test_one_size_definition_and_the_quota_from_maildirsize(tmp_path: Path):
+    """A fresh or drifted maildirsize, or one whose quota rule leaves Trash out, never changes
+    the size: it is what the messages take, every folder included. The limit comes from it."""
     box = tmp_path / "spool" / "example.net" / "alice"
-    real = make_maildir(box, [100, 200, 300])
+    real = make_maildir(box, [100, 200, 300]) + make_maildir(box, [50], folder=".Trash")
     for sub in ("cur", "new"):
         os.utime(box / sub, (1_000_000, 1_000_000))
-    # Fresh (written after the last directory change): its figures are used, not the files'.
-    _maildirsize(box, ["5000 7", "-1000 -2", "250 1"], mtime=2_000_000)
     pattern = [f"{tmp_path}/spool/{{domain}}/{{user}}"]
-    result = scan_spools(pattern, clock=lambda: 2_000_100)
-    (m,) = result.mailboxes
-    assert (m.size_bytes, m.messages, m.source) == (4250, 6, "maildirsize")
-    # A delivery after Dovecot's last write (directory newer): counted from the names.
-    os.utime(box / "new", (2_000_050, 2_000_050))
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
-    assert (m.size_bytes, m.messages, m.source) == (real, 3, "names")
-    # Older than maildirsize_max_age: counted too; disabled: counted.
-    os.utime(box / "new", (1_000_000, 1_000_000))
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_000 + 8 * 86400).mailboxes
-    assert m.source == "names"
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100, use_maildirsize=False).mailboxes
-    assert m.source == "names"
-    # A corrupt maildirsize is ignored.
-    _maildirsize(box, ["garbage here now"], mtime=2_000_000)
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
-    assert (m.size_bytes, m.source) == (real, "names")
+    sizes = set()
+    # Fresh, then drifted (files removed behind Dovecot's back), then without Trash.
+    for lines in (["650 4"], ["5000 7", "-1000 -2", "250 1"], ["600 3"]):
+        _maildirsize(box, lines, mtime=2_000_000)
+        (m,) = scan_spools(pattern).mailboxes
+        sizes.add((m.size_bytes, m.messages, m.source))
+        assert m.quota_bytes == 1_000_000_000
+    assert sizes == {(real, 4, "names")}
+    _maildirsize(box, [], mtime=2_000_000, header="0S,0C")  # 0 is "no limit"
+    assert scan_spools(pattern).mailboxes[0].quota_bytes is None
+    _maildirsize(box, [], mtime=2_000_000, header="garbage here now")
+    (m,) = scan_spools(pattern).mailboxes
+    assert (m.size_bytes, m.quota_bytes) == (real, None)
 
 
 def test_mbox_files_and_a_vanished_mailbox(tmp_path: Path):
@@ -120,8 +116,7 @@ def test_mbox_separator_across_read_chunks(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(mb, "_MBOX_CHUNK", 7)
     path = tmp_path / "box"
     path.write_bytes(b"From a\nx\nFrom b\nyy\nFrom c\nzzz\nFrom d\n")
-    box = measure(MailboxSize("u@d", "d", str(path), "mbox"), use_maildirsize=False, max_age=0,
-                  now=0)
+    box = measure(MailboxSize("u@d", "d", str(path), "mbox"))
     assert box.messages == 4
 
 
@@ -132,7 +127,7 @@ def test_mailbox_removed_during_scan_is_its_own_error(tmp_path: Path):
     import shutil
 
     shutil.rmtree(box)
-    measure(item, use_maildirsize=True, max_age=0, now=0)
+    measure(item)
     assert item.error and "vanished" in item.error
 
 
