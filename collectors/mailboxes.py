@@ -159,39 +159,64 @@ def read_quota_limit(root: str) -> int | None:
     return int(limit.group(1)) or None
 
 
-def _count_listing(directory: str) -> tuple[int, int, bool]:
-    """(bytes, messages, stat_needed) for one cur/ or new/ directory."""
+_SETTLED = 2.0  # seconds: a directory changed more recently may still change within its mtime
+
+
+def _count_listing(directory: str, cache: dict | None = None) -> tuple[int, int, bool]:
+    """(bytes, messages, stat_needed) for one cur/ or new/ directory.
+
+    Maildir never rewrites a message file: a delivery, an expunge or a flag change adds,
+    removes or renames an entry, which changes the directory's mtime. So a directory whose
+    (inode, mtime, size) is what the cache saw last time holds the same messages: one stat()
+    instead of a listing (and a stat() per message without S=)."""
+    st = os.stat(directory)
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if cache is not None:
+        hit = cache.get(directory)
+        if hit is not None and hit[0] == key:
+            return hit[1]
     names = os.listdir(directory)
+    result = _sizes_of(directory, names)
+    if cache is not None and time.time() - st.st_mtime > _SETTLED:
+        cache[directory] = (key, result)
+    return result
+
+
+def _sizes_of(directory: str, names: list[str]) -> tuple[int, int, bool]:
     if not names:
         return 0, 0, False
     # One regex pass over all names at once: the per-file cost stays in C.
     sizes = _SIZE_IN_NAME.findall("\n".join(names))
     if len(sizes) == len(names):
         return sum(map(int, sizes)), len(names), False
-    total = count = 0
-    for name in names:
-        if name.startswith("."):
-            continue
-        match = _SIZE_IN_NAME.search(name)
-        if match:
-            total += int(match.group(1))
-        else:
-            try:
-                total += os.stat(os.path.join(directory, name)).st_size
-            except FileNotFoundError:
-                continue  # moved (new -> cur) or expunged between listing and stat
-        count += 1
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        total = count = 0
+        for name in names:
+            if name.startswith("."):
+                continue
+            match = _SIZE_IN_NAME.search(name)
+            if match:
+                total += int(match.group(1))
+            else:
+                try:  # relative to the directory: no path lookup per message
+                    total += os.stat(name, dir_fd=fd, follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # moved (new -> cur) or expunged between listing and stat
+            count += 1
+    finally:
+        os.close(fd)
     return total, count, True
 
 
-def measure_maildir(box: MailboxSize) -> None:
+def measure_maildir(box: MailboxSize, cache: dict | None = None) -> None:
     folders = _folders(box.path)
     total = count = 0
     stat_used = False
     for folder in folders:
         for sub in ("cur", "new"):
             try:
-                size, n, needed = _count_listing(os.path.join(folder, sub))
+                size, n, needed = _count_listing(os.path.join(folder, sub), cache)
             except FileNotFoundError:
                 if folder == box.path and not os.path.isdir(box.path):
                     raise
@@ -225,15 +250,15 @@ def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -
         cache[box.path] = (key, count)
 
 
-def measure(box: MailboxSize, mbox_cache: dict | None = None) -> MailboxSize:
+def measure(box: MailboxSize, cache: dict | None = None) -> MailboxSize:
     """Fill in one mailbox's size; any OS error becomes this mailbox's error, nothing raises."""
     try:
         st = os.stat(box.path)
         if stat_mod.S_ISREG(st.st_mode):
             box.kind = "mbox"
-            measure_mbox(box, mbox_cache)
+            measure_mbox(box, cache)
         elif stat_mod.S_ISDIR(st.st_mode):
-            measure_maildir(box)
+            measure_maildir(box, cache)
         else:
             box.error = "neither a Maildir directory nor an mbox file"
     except FileNotFoundError:
@@ -261,9 +286,11 @@ def scan_spools(
     *,
     default_domain: str = "localhost",
     threads: int = 1,
-    mbox_cache: dict | None = None,
+    cache: dict | None = None,
 ) -> ScanResult:
-    """Find and measure every mailbox of the patterns (blocking; run it in a thread)."""
+    """Find and measure every mailbox of the patterns (blocking; run it in a thread). `cache`
+    (kept by the caller between scans) remembers unchanged Maildir directories and mbox
+    files, so a steady-state scan reads only what changed."""
     started = time.perf_counter()
     boxes: list[MailboxSize] = []
     seen: set[str] = set()
@@ -280,7 +307,7 @@ def scan_spools(
     boxes = [b for b in boxes if _is_mailbox(b.path)]
 
     def one(box: MailboxSize) -> MailboxSize:
-        return measure(box, mbox_cache)
+        return measure(box, cache)
 
     if threads > 1 and len(boxes) > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbox-scan") as pool:
@@ -384,6 +411,25 @@ def record_scan(path: Path, result: ScanResult, now: float, default_quota: float
                                         separators=(",", ":")))
 
 
+def load_scan_cache(path: Path | None) -> dict:
+    """The scan cache a previous run saved: a restarted agent's first scan lists only what
+    changed meanwhile. Missing or unreadable: empty (every directory is listed once)."""
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {p: (tuple(key), tuple(value) if isinstance(value, list) else int(value))
+                for p, (key, value) in raw.get("entries", {}).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_scan_cache(path: Path, cache: dict) -> None:
+    atomic_write(Path(path), json.dumps({"version": 1, "entries": {
+        p: [list(key), list(value) if isinstance(value, tuple) else value]
+        for p, (key, value) in cache.items()}}, separators=(",", ":")))
+
+
 # -- the collector --------------------------------------------------------------------------
 
 
@@ -394,13 +440,26 @@ class MailboxesCollector:
     clock: Callable[[], float] = time.time
     name: str = "mailboxes"
     history_path: Path | None = None  # data_dir/state/mailboxes.json; None: keep no history
-    _mbox_cache: dict = field(default_factory=dict)
+    cache_path: Path | None = None  # where the scan cache outlives a restart; None: memory only
+    _cache: dict | None = None  # unchanged directories and mbox files (see _count_listing)
 
     async def collect(self) -> Batch:
         cfg = self.config
+        if self._cache is None:
+            self._cache = await asyncio.to_thread(load_scan_cache, self.cache_path)
         result = await asyncio.to_thread(
             scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
-            threads=cfg.scan_threads, mbox_cache=self._mbox_cache)
+            threads=cfg.scan_threads, cache=self._cache)
+        # Forget mailboxes that are gone: an entry is an mbox, BOX/cur or BOX/.Folder/cur.
+        boxes = {b.path for b in result.mailboxes}
+        for stale in [p for p in self._cache if p not in boxes and os.path.dirname(p) not in boxes
+                      and os.path.dirname(os.path.dirname(p)) not in boxes]:
+            del self._cache[stale]
+        if self.cache_path is not None:
+            try:
+                await asyncio.to_thread(save_scan_cache, self.cache_path, self._cache)
+            except OSError as exc:
+                log.warning("mailboxes: cannot save %s: %s", self.cache_path, exc)
         now = self.clock()
         batch = self.to_batch(result, now)
         if self.history_path is not None:
@@ -502,7 +561,8 @@ def build(config: Config) -> list[Collector]:
         return []
     # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
     interval = cfg.interval or max(config.agent.interval, 900.0)
-    return [MailboxesCollector(cfg, interval, history_path=history_path(config.state_dir))]
+    return [MailboxesCollector(cfg, interval, history_path=history_path(config.state_dir),
+                               cache_path=config.state_dir / "mailboxes-scan-cache.json")]
 
 
 __all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",

@@ -101,7 +101,7 @@ def test_mbox_files_and_a_vanished_mailbox(tmp_path: Path):
     (spool / "carol").write_bytes(text * 3 + b"\nFrom z@y Tue Jan 2 00:00:00 2026\n\nlast\n")
     (spool / "dave").write_bytes(b"")
     os.symlink(spool / "gone", spool / "erin")  # dangling: vanished between listing and stat
-    result = scan_spools([f"{spool}/{{user}}"], default_domain="example.net", mbox_cache={})
+    result = scan_spools([f"{spool}/{{user}}"], default_domain="example.net", cache={})
     got = {m.address: (m.messages, m.size_bytes, m.kind) for m in result.mailboxes}
     assert got["carol@example.net"][0] == 4
     assert got["carol@example.net"][1] == (spool / "carol").stat().st_size
@@ -185,3 +185,50 @@ async def test_postfix_queue_from_postqueue_json(tmp_path: Path):
                               postqueue=str(tmp_path / "nope"))
     batch = await MailboxesCollector(missing, 900).collect()
     assert next(c for c in batch.checks if c.check == "postfix queue").state is State.UNKNOWN
+
+
+def test_unchanged_maildir_directories_are_not_listed_again(tmp_path: Path):
+    box = tmp_path / "spool" / "example.net" / "alice"
+    make_maildir(box, [100, 200, 300], with_names=False)
+    old = 1_700_000_000
+    for sub in ("cur", "new"):
+        os.utime(box / sub, (old, old))
+    pattern = [f"{tmp_path}/spool/{{domain}}/{{user}}"]
+    cache: dict = {}
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+    # Proof the cache answers: a file slipped in with the directory's mtime put back (nothing
+    # in Maildir does this) is not seen...
+    (box / "cur" / "sneaked:2,S").write_bytes(b"x" * 50)
+    os.utime(box / "cur", (old, old))
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+    # ... while a real delivery, flag change (rename) or expunge changes the mtime: seen at once.
+    os.rename(box / "cur" / "sneaked:2,S", box / "cur" / "sneaked:2,RS")
+    (m,) = scan_spools(pattern, cache=cache).mailboxes
+    assert (m.size_bytes, m.messages) == (650, 4)
+    os.unlink(box / "cur" / "sneaked:2,RS")
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+
+
+async def test_scan_cache_outlives_a_restart_and_forgets_removed_mailboxes(tmp_path: Path):
+    import shutil
+
+    spool = tmp_path / "vhosts" / "example.net"
+    for user in ("a", "b"):
+        make_maildir(spool / user, [10, 20], with_names=False)
+        make_maildir(spool / user, [5], folder=".Sent", with_names=False)
+        for sub in (spool / user).glob("**/cur"):
+            os.utime(sub, (1_700_000_000, 1_700_000_000))
+        for sub in (spool / user).glob("**/new"):
+            os.utime(sub, (1_700_000_000, 1_700_000_000))
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "vhosts" / "{domain}" / "{user}"])
+    cache_path = tmp_path / "state" / "cache.json"
+    first = MailboxesCollector(cfg, 900, cache_path=cache_path)
+    await first.collect()
+    restarted = MailboxesCollector(cfg, 900, cache_path=cache_path)
+    await restarted.collect()
+    assert restarted._cache == first._cache and len(first._cache) == 8
+    shutil.rmtree(spool / "b")
+    batch = await restarted.collect()
+    assert {k.split("/example.net/")[1].split("/")[0] for k in restarted._cache} == {"a"}
+    sizes = {m.instance: m.value for m in batch.measurements if m.metric == "size_bytes"}
+    assert sizes["a@example.net"] == 35
