@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
-                       description="Build digest NAME from the current data and hand it to the "
-                       "outbox (sent at once when the relay answers, retried otherwise). "
-                       "--dry-run prints the MIME message instead of sending it.")
+                       description="Build digest NAME for its last complete period (from the "
+                       "previous scheduled time to the latest one, as the agent sends it) and "
+                       "hand it to the outbox (sent at once when the relay answers, retried "
+                       "otherwise). --dry-run prints the MIME message instead of sending it.")
     p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
     p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
     p.set_defaults(handler=cmd_digest)
