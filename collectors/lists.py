@@ -128,17 +128,18 @@ class LogPosition:
     head_sha: str = ""
     lines: int = 0  # complete non-empty lines read, ever
     parsed: int = 0  # of those, lines in a format Mailman writes
+    read_at: float = 0.0  # when the file was last read
 
     def to_json(self) -> dict:
         return {"inode": self.inode, "device": self.device, "offset": self.offset,
                 "head_len": self.head_len, "head_sha": self.head_sha, "lines": self.lines,
-                "parsed": self.parsed}
+                "parsed": self.parsed, "read_at": self.read_at}
 
     @classmethod
     def from_json(cls, f: dict) -> LogPosition:
         return cls(f.get("inode"), f.get("device"), int(f.get("offset", 0)),
                    int(f.get("head_len", 0)), f.get("head_sha", ""), int(f.get("lines", 0)),
-                   int(f.get("parsed", 0)))
+                   int(f.get("parsed", 0)), float(f.get("read_at", 0.0)))
 
 
 @dataclass
@@ -350,6 +351,7 @@ def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int
     """Read what is new in one log into the state; returns (posts counted, notes)."""
     notes: list[str] = []
     posts = 0
+    when = time.time() if now is None else now
     position = state.logs.setdefault(str(path), LogPosition())
     try:
         st = os.stat(path)
@@ -373,11 +375,13 @@ def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int
             else:
                 reason = "the previous file was not found next to it"
             if old is None:
+                since = (time.strftime(" (%Y-%m-%d %H:%M)", time.localtime(position.read_at))
+                         if position.read_at else "")
                 loss = (f"{path.name} was {what} and {reason}: posts logged after the last "
-                        "read and before the rotation are not counted (rotate with "
+                        f"read{since} and before the rotation are not counted (rotate with "
                         "delaycompress, or read the log more often)")
                 notes.append(loss)
-                state.losses.append((time.time() if now is None else now, loss))
+                state.losses.append((when, loss))
             position.inode = None
             position.offset = 0
             position.head_len = 0
@@ -387,6 +391,7 @@ def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int
         position.inode, position.device, position.offset = st.st_ino, st.st_dev, 0
     data, position.offset = _read_complete(path, position.offset)
     posts += count_lines(data, state, position)
+    position.read_at = when
     head = _head(path, _HEAD)
     position.head_len, position.head_sha = len(head), _sha(head)
     return posts, notes

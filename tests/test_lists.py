@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -277,6 +278,7 @@ async def test_rotation_whose_previous_file_is_gone_is_a_warning(tmp_path: Path)
     log.write_text("")
     (check,) = (await collector.collect()).checks
     assert check.state is State.WARNING and "not counted" in check.message
+    assert time.strftime("after the last read (%Y-%m-%d %H:%M)", time.localtime(NOV22)) in check.message
     now[0] += 2 * 86400  # shown for a day, then the check is green again
     (check,) = (await collector.collect()).checks
     assert check.state is State.OK
