@@ -42,7 +42,6 @@ from monitor.units import format_age, format_bits_per_second, format_bytes, form
 
 log = logging.getLogger("monitor.digest")
 
-WEEK = 7 * 86400.0
 MAX_TRAFFIC = 12
 MAX_SERVICES = 30
 PROBLEM_SECTIONS = {"problems", "backups"}  # the sections whose rows are verdicts
@@ -184,8 +183,9 @@ def period_of(schedule: str, now: float) -> tuple[float, float]:
 def _within(series: Series, start: float, end: float) -> tuple[list[int], dict[str, list]]:
     """The rows of a fetch that belong to (start, end]: rrdtool also returns the row ending
     one step after `end`, which belongs to the next period."""
-    keep = [i for i, t in enumerate(series.timestamps) if start < t <= end]
-    return ([series.timestamps[i] for i in keep],
+    stamps = series.timestamps
+    keep = [i for i, t in enumerate(stamps) if start < t <= end]
+    return ([stamps[i] for i in keep],
             {name: [values[i] for i in keep] for name, values in series.columns.items()})
 
 
@@ -413,7 +413,7 @@ class DigestBuilder:
             when = date.fromtimestamp(end) + timedelta(days=int(days))
             flag = " (renew!)" if days <= digest.cert_days / 2 else ""
             s.rows.append([when.isoformat(), f"{days:.0f} days{flag}",
-                           f"{info.instance} ({info.target})"])
+                           clean(f"{info.instance} ({info.target})", NAME_WIDTH)])
         if rows and not any(d <= digest.cert_days for d, _ in rows):
             s.notes.append(f"No certificate expires within {digest.cert_days} days.")
         return s
@@ -428,21 +428,22 @@ class DigestBuilder:
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            pct = series.columns.get("used_percent", [])
+            _, columns = _within(series, start, end)
+            pct = columns.get("used_percent", [])
             known = _known(pct)
-            free = _known(series.columns.get("free_bytes", []))
+            free = _known(columns.get("free_bytes", []))
             if not known:
                 written = self._last_written(info, end)
                 if "used_percent" not in written:
                     continue
                 known, pct = [written["used_percent"]], []  # no graph without history
                 free = [written["free_bytes"]] if "free_bytes" in written else free
-            used = _known(series.columns.get("used_bytes", []))
+            used = _known(columns.get("used_bytes", []))
             change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
             rows.append((known[-1], info, pct, free[-1] if free else None, change))
         for last, info, pct, free, change in sorted(rows, key=lambda t: -t[0]):
-            s.rows.append([f"{info.instance[3:]} ({info.target})", f"{last:.0f}%", fmt_bytes(free),
-                           change])
+            s.rows.append([clean(f"{info.instance[3:]} ({info.target})", NAME_WIDTH), f"{last:.0f}%",
+                           fmt_bytes(free), change])
             s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
                             if digest.graphs and pct else None)
         return s
