@@ -499,8 +499,9 @@ class ListsCollector:
         names = sorted(set(cfg.lists) | set(todays))
         subscribers: dict[str, int] = {}
         if cfg.list_members and os.access(cfg.list_members, os.X_OK):
-            wanted = cfg.lists or sorted({n for lists in state.hours.values() for n in lists
-                                          if LIST_NAME.match(n)})
+            # Mailman 2 names only: a Mailman 3 list (list@domain) is counted by its REST API.
+            wanted = [n for n in cfg.lists or sorted({n for lists in state.hours.values()
+                                                      for n in lists}) if LIST_NAME.match(n)]
             semaphore = asyncio.Semaphore(4)
 
             async def one(name: str) -> None:
