@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
     p.set_defaults(handler=cmd_check_config)
 
+    p = sub.add_parser("init-config", help="write the commented reference config, without the demo",
+                       description="Write this version's commented config.toml (the reference of "
+                       "every key) with the demo's devices, services and backups commented out and "
+                       "data_dir = /var/lib/monitor, to PATH (mode 0640; an existing file is kept "
+                       "unless --force) or to standard output.")
+    p.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                   help="where to write it, e.g. /etc/monitor/config.toml (default: stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=cmd_init_config)
+
     p = sub.add_parser("discover", help="walk an SNMP device and print a [[snmp.devices]] stanza",
                        description="Walk the system group and IF-MIB of HOST and print a "
                        "ready-to-paste [[snmp.devices]] stanza for config.toml, with every "
@@ -159,6 +169,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = read_config(args)
     print(f"{config.source}: OK")
     print(summarise(config))
+    return 0
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    from monitor.files import atomic_write
+    from monitor.reference import installed_config, reference_text
+
+    text = installed_config(reference_text())
+    if args.path is None:
+        sys.stdout.write(text)
+        return 0
+    if args.path.exists() and not args.force:
+        raise ValueError(f"{args.path} exists; keeping it (--force replaces it)")
+    atomic_write(args.path, text, 0o640)  # secrets may be added to it later
+    print(f"wrote {args.path}; edit it, then check it with `monitor -c {args.path} check-config`")
     return 0
 
 
