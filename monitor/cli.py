@@ -15,6 +15,7 @@ from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
 from monitor.model import State
 from monitor.registry import COLLECTORS
+from monitor.sdnotify import Notifier
 from monitor.units import format_duration, parse_duration
 
 log = logging.getLogger("monitor")
@@ -277,7 +278,10 @@ async def run_agent(config: Config, args: argparse.Namespace, duration: float | 
     agent = Agent(config)
     agent.schedule()
     agent.scheduler.start()
+    notifier = Notifier()  # systemd's Type=notify; does nothing outside systemd
+    watchdog = asyncio.ensure_future(notifier.keep_alive())
     log.info("monitor %s started: %s", __version__, agent.describe_jobs() or "no jobs configured")
+    notifier.ready(f"running: {agent.describe_jobs() or 'no jobs configured'}")
     log.info("data in %s (RRD files in %s)", config.agent.data_dir, config.rrd_dir)
     log.info("stop with Ctrl-C%s", f"; stopping by itself in {format_duration(duration)}"
              if duration else "")
@@ -294,9 +298,14 @@ async def run_agent(config: Config, args: argparse.Namespace, duration: float | 
             break
         if reload.is_set():
             reload.clear()
+            notifier.reloading()
             agent = await reload_agent(agent, args)
+            notifier.ready(f"running: {agent.describe_jobs() or 'no jobs configured'}")
     log.info("stopping: finishing running jobs")
+    notifier.stopping()
     await agent.close()
+    watchdog.cancel()
+    notifier.close()
     log.info("stopped")
     return 0
 
