@@ -13,6 +13,7 @@ from pathlib import Path
 from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.journal import JournalFormatter, stderr_is_journal
 from monitor.model import State
 from monitor.registry import COLLECTORS
 from monitor.sdnotify import Notifier
@@ -127,6 +128,9 @@ def setup_logging(verbose: int, quiet: bool) -> None:
         level=level, stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
     )
+    if stderr_is_journal(sys.stderr):  # journald stamps lines itself and reads <N> as the level
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JournalFormatter())
     if verbose < 2:
         for noisy in ("apscheduler", "asyncio", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,71 @@
+"""Logging under journald: `<N>` priorities and no time stamps when stderr is $JOURNAL_STREAM;
+the usual time-stamped format everywhere else."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+from tests.conftest import MONITOR, ROOT
+
+CONFIG = """\
+[agent]
+data_dir = "{data}"
+interval = "1s"
+jitter = "0s"
+
+[smtp]
+password = "inline-secret"
+
+[disks]
+enabled = false
+[mailboxes]
+enabled = false
+[lists]
+enabled = false
+"""
+
+
+def run_agent(tmp_path: Path, journal: bool) -> str:
+    config = tmp_path / "config.toml"
+    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    config.chmod(0o644)  # readable by others: the inline secret gives a warning
+    log = tmp_path / "stderr.log"
+    with open(log, "w") as stderr:
+        stat = os.fstat(stderr.fileno())
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("JOURNAL_STREAM", None)
+        if journal:
+            env["JOURNAL_STREAM"] = f"{stat.st_dev}:{stat.st_ino}"
+        subprocess.run([*MONITOR, "--config", str(config), "run", "--for", "1s"], env=env,
+                       stderr=stderr, stdout=subprocess.DEVNULL, timeout=60, check=True)
+    return log.read_text()
+
+
+def test_journal_stream_gets_priorities_and_no_timestamps(tmp_path: Path):
+    lines = run_agent(tmp_path, journal=True).splitlines()
+    assert lines and all(re.match(r"<[0-7]>", line) for line in lines), lines
+    assert any(line.startswith("<4>") and "inline secret" in line for line in lines)
+    assert any(line.startswith("<6>monitor ") and "started" in line for line in lines)
+    assert not any(re.match(r"<\d>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", line) for line in lines)
+
+
+def test_elsewhere_lines_keep_their_time_stamps_and_levels(tmp_path: Path):
+    lines = run_agent(tmp_path, journal=False).splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert any(re.match(stamp + r"WARNING +.*inline secret", line) for line in lines), lines
+    assert any(re.match(stamp + r"INFO +monitor .* started", line) for line in lines)
+    assert not any(line.startswith("<") for line in lines)
+
+
+def test_a_stale_journal_stream_is_ignored(tmp_path: Path, monkeypatch):
+    # stderr redirected elsewhere (a shell in between): $JOURNAL_STREAM names another file.
+    from monitor.journal import stderr_is_journal
+
+    with open(tmp_path / "a", "w") as a, open(tmp_path / "b", "w") as b:
+        stat = os.fstat(a.fileno())
+        env = {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+        assert stderr_is_journal(a, env) and not stderr_is_journal(b, env)
+        assert not stderr_is_journal(a, {"JOURNAL_STREAM": "garbage"})
