@@ -43,6 +43,36 @@ def as_monitor(*args: str) -> subprocess.CompletedProcess:
                           env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
 
+def check_smartctl_sudo_rule() -> None:
+    """The README's SMART setup: the example sudoers rule lets the monitor user run exactly the
+    agent's smartctl command lines as root through /usr/lib/monitor/smartctl-sudo."""
+    rule = Path("/etc/sudoers.d/monitor-smartctl")
+    shutil.copy("/usr/share/doc/monitor/examples/sudoers.smartctl", rule)
+    rule.chmod(0o440)
+    try:
+        assert subprocess.run(["visudo", "-c"], capture_output=True).returncode == 0
+
+        def smartctl(*args: str) -> subprocess.CompletedProcess:
+            runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+            return subprocess.run([runuser, "-u", "monitor", "--", "/usr/lib/monitor/smartctl-sudo",
+                                   *args], capture_output=True, text=True, timeout=60)
+
+        allowed = [("--scan-open", "--json"), ("--json", "-a", "-n", "standby", "/dev/sda"),
+                   ("--json", "-a", "-n", "standby", "-d", "megaraid,0", "/dev/bus/0"),
+                   ("--json", "-a", "-n", "standby", "/dev/disk/by-id/nvme-eui.0025")]
+        for args in allowed:
+            result = smartctl(*args)
+            assert "sudo:" not in result.stderr, (args, result.stderr)  # smartctl itself ran
+        refused = [("-s", "on", "/dev/sda"), ("--json", "-a", "-n", "standby", "/dev/sda", "-s", "on"),
+                   ("--json", "-a", "-n", "standby", "/dev/../etc/shadow"),
+                   ("--json", "-a", "/dev/sda"), ("--scan-open",)]
+        for args in refused:
+            result = smartctl(*args)
+            assert result.returncode != 0 and "sudo:" in result.stderr, args
+    finally:
+        rule.unlink()
+
+
 def test_deb_builds_installs_runs_as_monitor_and_purges(tmp_path: Path):
     if installed("monitor"):
         pytest.skip("a monitor package is already installed here; not touching it")
@@ -83,6 +113,8 @@ def test_deb_builds_installs_runs_as_monitor_and_purges(tmp_path: Path):
                                     capture_output=True, text=True, timeout=60)
             assert verify.returncode == 0 and verify.stderr == "", verify.stderr
         assert Path("/usr/share/man/man1/monitor.1.gz").exists()
+        if shutil.which("sudo"):
+            check_smartctl_sudo_rule()
     finally:
         purge = subprocess.run([*APT, "purge", "monitor"], capture_output=True, text=True,
                                timeout=600)
