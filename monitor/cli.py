@@ -338,7 +338,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = read_config(args)
     now = time.time()
-    checks = [c for c in StatusBook(config.state_dir / "status.json").all()
+    path = config.state_dir / "status.json"
+    try:
+        path.open("rb").close()
+    except FileNotFoundError:
+        pass
+    except PermissionError:  # as a Nagios plugin: UNKNOWN, and why
+        print(f"UNKNOWN: cannot read {path}: permission denied; run as the user the agent runs "
+              "as (sudo -u monitor monitor status)")
+        return State.UNKNOWN.value
+    checks = [c for c in StatusBook(path).all()
               if args.pattern is None or c.matches(args.pattern)]
     states = [State.UNKNOWN if c.stale(now) else c.state for c in checks]
     worst = State.worst(states) if checks else State.UNKNOWN

@@ -8,6 +8,7 @@ bounded; `-m "not slow"` leaves it out. Needs root, apt and Debian's python3.11.
 from __future__ import annotations
 
 import grp
+import json
 import os
 import pwd
 import shutil
@@ -106,6 +107,9 @@ def test_deb_builds_installs_runs_as_monitor_and_purges(tmp_path: Path):
         assert collect.returncode == 0, collect.stderr
         assert any(Path("/var/lib/monitor/rrd").rglob("*.rrd"))
         assert os.stat("/var/lib/monitor/state/status.json").st_uid == user.pw_uid
+        status = as_monitor("status", "--json")
+        assert 0 <= status.returncode <= 3, status.stderr
+        assert any(c["check"] == "collector host" for c in json.loads(status.stdout)["checks"])
 
         # The unit as installed, with its binary and man page in place.
         if shutil.which("systemd-analyze"):

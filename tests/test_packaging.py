@@ -103,7 +103,7 @@ def test_unit_is_hardened():
     s = unit_settings()
     expected = {"Type": "notify", "User": "monitor", "StateDirectory": "monitor",
                 "ConfigurationDirectory": "monitor", "ProtectSystem": "strict",
-                "ProtectHome": "yes", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
+                "ProtectHome": "read-only", "PrivateTmp": "yes", "NoNewPrivileges": "yes",
                 "CapabilityBoundingSet": "CAP_NET_RAW", "AmbientCapabilities": "CAP_NET_RAW",
                 "ExecReload": "/bin/kill -HUP $MAINPID"}
     assert {k: s[k][0] for k in expected} == expected
