@@ -15,6 +15,7 @@ import pytest
 from monitor.cli import build_parser, main
 from monitor.model import CheckResult, State
 from monitor.status import StatusBook
+from tests.cli_helpers import subcommands
 from tests.conftest import MONITOR, ROOT
 
 CONFIG = """\
@@ -136,14 +137,6 @@ def test_check_config_json(tmp_path: Path, config: Path, write_config):
     assert result.returncode == 2
     error = json.loads(result.stdout)
     assert error["ok"] is False and error["error"].startswith(f"{bad}:2: agent.interval: ")
-
-
-def subcommands(parser, path=()):
-    for action in parser._actions:
-        if hasattr(action, "choices") and isinstance(action.choices, dict):
-            for name, sub in action.choices.items():
-                yield (*path, name), sub
-                yield from subcommands(sub, (*path, name))
 
 
 def test_every_subcommand_help_is_complete(capsys):

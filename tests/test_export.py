@@ -18,19 +18,10 @@ from monitor.config import parse_config
 from monitor.export import PrometheusExporter, metric_name
 from monitor.model import Batch, CheckResult, Kind, Measurement, State
 from monitor.status import StatusBook
+from tests.cli_helpers import HOST_ONLY
 from tests.conftest import MONITOR, ROOT
 
-CONFIG = """\
-[agent]
-data_dir = "{data}"
-interval = "1m"
-jitter = "0s"
-[disks]
-enabled = false
-[mailboxes]
-enabled = false
-[lists]
-enabled = false
+CONFIG = HOST_ONLY.replace("{interval}", "1m") + """\
 [web]
 interval = "0"
 [export]

@@ -8,29 +8,18 @@ import re
 import subprocess
 from pathlib import Path
 
+from tests.cli_helpers import HOST_ONLY
 from tests.conftest import MONITOR, ROOT
 
-CONFIG = """\
-[agent]
-data_dir = "{data}"
-interval = "1s"
-jitter = "0s"
-
+CONFIG = HOST_ONLY + """\
 [smtp]
 password = "inline-secret"
-
-[disks]
-enabled = false
-[mailboxes]
-enabled = false
-[lists]
-enabled = false
 """
 
 
 def run_agent(tmp_path: Path, journal: bool) -> str:
     config = tmp_path / "config.toml"
-    config.write_text(CONFIG.format(data=tmp_path / "data"))
+    config.write_text(CONFIG.format(data=tmp_path / "data", interval="1s"))
     config.chmod(0o644)  # readable by others: the inline secret gives a warning
     log = tmp_path / "stderr.log"
     with open(log, "w") as stderr:

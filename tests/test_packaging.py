@@ -17,6 +17,7 @@ from monitor import __version__
 from monitor.cli import build_parser
 from monitor.config import parse_config
 from monitor.reference import installed_config, reference_text
+from tests.cli_helpers import subcommands
 from tests.conftest import MONITOR, ROOT
 
 
@@ -64,19 +65,11 @@ def test_version_comes_from_the_package_metadata():
     assert run(["--version"]).stdout.strip() == f"monitor {project['version']}"
 
 
-def subparsers(parser, prefix=()):
-    for action in parser._actions:
-        if hasattr(action, "choices") and isinstance(action.choices, dict):
-            for name, sub in action.choices.items():
-                yield (*prefix, name), sub
-                yield from subparsers(sub, (*prefix, name))
-
-
 def test_man_page_lists_every_command_and_option():
     page = subprocess.run([sys.executable, str(ROOT / "scripts/make_manpage.py")],
                           capture_output=True, text=True, check=True).stdout
     assert page.startswith(".TH MONITOR 1")
-    for path, sub in subparsers(build_parser()):
+    for path, sub in subcommands(build_parser()):
         assert f".SS {' '.join(path)}".replace("-", "\\-") in page
         for action in sub._actions:
             for option in action.option_strings:

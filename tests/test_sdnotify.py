@@ -11,21 +11,8 @@ import time
 from pathlib import Path
 
 from monitor.sdnotify import Notifier, watchdog_period
+from tests.cli_helpers import HOST_ONLY
 from tests.conftest import MONITOR, ROOT
-
-CONFIG = """\
-[agent]
-data_dir = "{data}"
-interval = "1m"
-jitter = "0s"
-
-[disks]
-enabled = false
-[mailboxes]
-enabled = false
-[lists]
-enabled = false
-"""
 
 
 def receive(sock: socket.socket, timeout: float = 30.0) -> dict[str, str]:
@@ -46,7 +33,7 @@ def receive_until(sock: socket.socket, key: str, timeout: float = 30.0) -> tuple
 
 
 def test_agent_notifies_ready_watchdog_reloading_stopping(tmp_path: Path, write_config):
-    config = write_config(CONFIG.format(data=tmp_path / "data"))
+    config = write_config(HOST_ONLY.format(data=tmp_path / "data", interval="1m"))
     address = tmp_path / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(address))
@@ -62,7 +49,7 @@ def test_agent_notifies_ready_watchdog_reloading_stopping(tmp_path: Path, write_
             for _ in range(3):
                 assert receive(sock) == {"WATCHDOG": "1"}
 
-            config.write_text(CONFIG.format(data=tmp_path / "data").replace('"1m"', '"2m"'))
+            config.write_text(HOST_ONLY.format(data=tmp_path / "data", interval="2m"))
             proc.send_signal(signal.SIGHUP)
             reloading, _ = receive_until(sock, "RELOADING")
             assert int(reloading["MONOTONIC_USEC"]) > 0
