@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -115,3 +116,43 @@ def test_systemd_analyze_verify_accepts_the_unit(tmp_path: Path):
     verify = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)],
                             capture_output=True, text=True, timeout=60)
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+
+
+def capability_ping(settings: dict[str, list[str]]) -> subprocess.CompletedProcess:
+    """`monitor services` with a ping check, as nobody with the unit's NoNewPrivileges and
+    capabilities, applied by setpriv the way systemd applies them."""
+    # Outside pytest's private tmp_path: nobody must read the config.
+    with tempfile.TemporaryDirectory(prefix="monitor-ping-") as directory:
+        config = Path(directory, "ping.toml")
+        config.write_text(f'[agent]\ndata_dir = "{directory}/data"\n[[services]]\nname = "ping"\n'
+                          'kind = "ping"\nhost = "127.0.0.1"\ncount = 2\ntimeout = "5s"\n')
+        os.chmod(directory, 0o755)
+        config.chmod(0o644)
+        return run_as_nobody(settings, config)
+
+
+def run_as_nobody(settings: dict[str, list[str]], config: Path) -> subprocess.CompletedProcess:
+    def caps(key: str) -> str:
+        names = [c.removeprefix("CAP_").lower() for v in settings.get(key, []) for c in v.split()]
+        return ",".join(["-all", *(f"+{n}" for n in names)])
+    no_new_privs = ["--no-new-privs"] if settings["NoNewPrivileges"] == ["yes"] else []
+    return subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *no_new_privs,
+         f"--bounding-set={caps('CapabilityBoundingSet')}", f"--inh-caps={caps('AmbientCapabilities')}",
+         f"--ambient-caps={caps('AmbientCapabilities')}", sys.executable, "-m", "monitor",
+         "-c", str(config), "services"],
+        capture_output=True, text=True, timeout=60, cwd=config.parent,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv (util-linux) to drop privileges")
+def test_the_units_capabilities_are_enough_for_ping():
+    settings = unit_settings()
+    result = capability_ping(settings)
+    assert result.returncode == 0 and result.stdout.startswith("OK       ping: PING 127.0.0.1"), (
+        result.stdout + result.stderr)
+    low, high = map(int, Path("/proc/sys/net/ipv4/ping_group_range").read_text().split())
+    if not low <= 65534 <= high:  # no unprivileged ICMP sockets here: the capability is needed
+        without = capability_ping({**settings, "AmbientCapabilities": []})
+        assert without.returncode != 0 and not without.stdout.startswith("OK"), without.stdout
