@@ -14,7 +14,7 @@ from pathlib import Path
 from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
-from monitor.journal import JournalFormatter, stderr_is_journal
+from monitor.journal import SYSLOG_SOCKET, JournalFormatter, stderr_is_journal, syslog_handler
 from monitor.model import State
 from monitor.registry import COLLECTORS
 from monitor.sdnotify import Notifier
@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--syslog", action="store_true",
+                        help="log to syslog (facility daemon) instead of standard error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the agent in the foreground (the daemon)",
@@ -144,11 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def accept_global_options_after_commands(parser: argparse.ArgumentParser,
                                          options: list[argparse.Action] | None = None) -> None:
-    """Let -c/-v/-q follow the subcommand too (`monitor check-config -c x.toml`): every
+    """Let -c/-v/-q/--syslog follow the subcommand too (`monitor check-config -c x.toml`): every
     subparser, nested ones included, gets a copy of each whose default is SUPPRESS, so that an
     option given before the subcommand is not reset by the subparser."""
     if options is None:
-        options = [a for a in parser._actions if {"-c", "-v", "-q"} & set(a.option_strings)]
+        options = [a for a in parser._actions
+                   if {"-c", "-v", "-q", "--syslog"} & set(a.option_strings)]
     for sub in (s for a in parser._actions if isinstance(a, argparse._SubParsersAction)
                 for s in a.choices.values()):
         taken = {o for a in sub._actions for o in a.option_strings}
@@ -158,15 +161,29 @@ def accept_global_options_after_commands(parser: argparse.ArgumentParser,
         accept_global_options_after_commands(sub, options)
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
+def setup_logging(verbose: int, quiet: bool, syslog: str | None = None) -> None:
+    """Standard error (time-stamped; for the journal with priorities instead), or the syslog
+    socket `syslog` (falling back to standard error, with a warning, if it is not there)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
     )
-    if stderr_is_journal(sys.stderr):  # journald stamps lines itself and reads <N> as the level
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(JournalFormatter())
+    root = logging.getLogger()
+    root.setLevel(level)  # basicConfig leaves it alone if a handler was there already
+    if syslog:
+        try:
+            handler = syslog_handler(syslog)
+        except OSError as exc:
+            log.warning("cannot log to syslog at %s (%s); logging to standard error", syslog,
+                        exc.strerror or exc)
+        else:
+            for old in root.handlers[:]:
+                root.removeHandler(old)
+            root.addHandler(handler)
+    elif stderr_is_journal(sys.stderr):  # journald stamps lines itself and reads <N> as the level
+        for existing in root.handlers:
+            existing.setFormatter(JournalFormatter())
     if verbose < 2:
         for noisy in ("apscheduler", "asyncio", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -434,7 +451,7 @@ async def reload_agent(agent: Agent, args: argparse.Namespace) -> Agent:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet, SYSLOG_SOCKET if args.syslog else None)
     try:
         return args.handler(args)
     except (ConfigError, ValueError) as exc:

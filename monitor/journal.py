@@ -1,4 +1,5 @@
-"""Log lines for the systemd journal: `<N>` priority prefixes, no time stamps of our own.
+"""Log lines for the systemd journal (`<N>` priority prefixes, no time stamps of our own), or
+for syslog (`--syslog`: the local socket, facility daemon).
 
 Under systemd, standard error goes to journald, which stamps every line itself and reads a
 leading "<N>" (syslog priority, sd-daemon(3)) as the line's level, so `journalctl -p warning`
@@ -9,6 +10,7 @@ it counts only when stderr still is that stream (not redirected by a shell in be
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 from collections.abc import Mapping
 from typing import TextIO
@@ -26,6 +28,21 @@ class JournalFormatter(logging.Formatter):
         priority = next((p for level, p in PRIORITIES if record.levelno >= level), 7)
         # Every line of a multi-line message (a traceback) carries the priority.
         return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+SYSLOG_SOCKET = "/dev/log"
+
+
+def syslog_handler(address: str = SYSLOG_SOCKET) -> logging.Handler:
+    """A handler for the local syslog daemon (rsyslog, syslog-ng): facility daemon, tag
+    "monitor[PID]:"; the daemon adds the time stamp. OSError if nothing listens there."""
+    handler = logging.handlers.SysLogHandler(address, logging.handlers.SysLogHandler.LOG_DAEMON)
+    if handler.socket is None or handler.socket.fileno() == -1:
+        # Not connected: it would retry on every line and print a traceback each time.
+        handler.close()
+        raise OSError(f"nothing listens on {address}")
+    handler.setFormatter(logging.Formatter("monitor[%(process)d]: %(message)s"))
+    return handler
 
 
 def stderr_is_journal(stream: TextIO, environ: Mapping[str, str] | None = None) -> bool:
