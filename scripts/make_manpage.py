@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import sys
 from pathlib import Path
 
@@ -81,7 +82,10 @@ def subcommands(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
 
 
 def manpage(parser: argparse.ArgumentParser) -> str:
-    date = datetime.date.today().isoformat()
+    # SOURCE_DATE_EPOCH: the same page from the same source (reproducible builds).
+    stamp = os.environ.get("SOURCE_DATE_EPOCH")
+    day = datetime.datetime.fromtimestamp(int(stamp), datetime.UTC) if stamp else datetime.datetime.now()
+    date = day.date().isoformat()
     lines = [f'.TH MONITOR 1 "{date}" "monitor {__version__}" "User Commands"',
              ".SH NAME", "monitor \\- " + roff(parser.description.split(":")[0].lower()),
              ".SH SYNOPSIS", "\\fBmonitor\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] [\\fB\\-v\\fR|\\fB\\-q\\fR] "
