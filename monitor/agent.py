@@ -24,6 +24,7 @@ from monitor.units import format_duration
 
 if TYPE_CHECKING:
     from graphs.site import SiteBuilder
+    from monitor.export import PrometheusExporter
 
 log = logging.getLogger("monitor")
 
@@ -56,8 +57,17 @@ class Agent:
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self.site: SiteBuilder | None = None
+        # Prometheus: the latest values and check states as a textfile and/or on /metrics.
+        self.exporter: PrometheusExporter | None = None
+        if config.export.textfile or config.export.listen:
+            from monitor.export import PrometheusExporter
+            self.exporter = PrometheusExporter(config.export, self.status,
+                                               {c.name: c.interval for c in self.collectors})
+            self.sinks.append(self.exporter.consume)
 
     def schedule(self) -> None:
+        if self.exporter is not None:
+            self.exporter.serve()
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
@@ -176,3 +186,5 @@ class Agent:
         if self.site is not None:
             await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.close)

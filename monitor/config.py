@@ -718,6 +718,27 @@ class Digest:
 
 
 @dataclass
+class ExportConfig:
+    # Prometheus: a file for node_exporter's textfile collector, rewritten after every run.
+    textfile: ConfigPath | None = None
+    # "host:port" ("[::1]:9469") for an HTTP endpoint serving /metrics.
+    listen: str | None = None
+
+    def validate(self) -> None:
+        if self.listen is not None:
+            listen_address(self.listen)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid otherwise."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([\w.-]+):(\d+)", text)
+    port = int(match[2] or match[4]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise Invalid("listen", f'expected "host:port" like "127.0.0.1:9469", got {text!r}')
+    return match[1] or match[3], port
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -733,6 +754,7 @@ class Config:
     backups: list[BackupJob] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
+    export: ExportConfig = field(default_factory=ExportConfig)
     # Not read from TOML: where the config came from and what the loader wants the user to know.
     source: Path = field(default=Path("config.toml"), metadata={"internal": True})
     warnings: list[str] = field(default_factory=list, metadata={"internal": True})
