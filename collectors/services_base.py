@@ -9,14 +9,11 @@ import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
 
-if TYPE_CHECKING:
-    from collectors.services_plain import Sockets
 
 def hostport(host: str, port: int | None) -> str:
     """"mail.example.net:25", "[2001:db8::25]:25" for the messages."""
@@ -41,7 +38,8 @@ def secs(value: float) -> str:
 
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
 WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-            "sent no greeting", "answer": "sent no answer", "exit": "did not finish"}
+           "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
+           "did not complete", "answer": "sent no answer", "exit": "did not finish"}
 
 
 def error_text(exc: BaseException) -> str:
@@ -93,14 +91,13 @@ class TlsContexts:
 
 class Stage:
     """Where a probe is, so a timeout can say what did not happen ("sent no greeting"), and
-    what it shares with the other checks of its cycle (TLS contexts, the plain sockets' set)."""
+    the TLS contexts it shares with the other checks of its cycle."""
 
-    def __init__(self, contexts: TlsContexts, sockets: Sockets) -> None:
+    def __init__(self, contexts: TlsContexts) -> None:
         self.doing = "connect"
         self.note = ""
         self.cert: Outcome | None = None
         self.contexts = contexts
-        self.sockets = sockets
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:

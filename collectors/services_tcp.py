@@ -1,8 +1,10 @@
 """TCP and the line protocols on top of it: tcp (send/expect), smtp, imap, pop3, ssh, ftp, with
 implicit TLS (tls = true) or STARTTLS/STLS, and the certificate verdict on every TLS session.
 
-Each probe is one short conversation that ends politely (QUIT/LOGOUT) and always closes its
-socket; the caller bounds the whole of it with the check's timeout.
+Every dialog runs on asyncio streams (on uvloop where the agent has it). Each probe is one short
+conversation that ends politely (QUIT/LOGOUT) and always closes its socket; the caller bounds
+the whole of it with the check's timeout. The connection and the TLS handshake are separate
+stages, so a server that accepts and stalls the handshake is reported as such.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from collectors.services_base import (
     secs,
     server_name,
 )
-from collectors.services_plain import KEEP, LINE_LIMIT, PlainStream
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
 
 MAX_LINES = 100
+LINE_LIMIT = 65536  # one line of a peer's answer
+KEEP = 65536  # the last 64 KiB of an answer are searched for `expect`
+# A multi-line SMTP/FTP reply (a "220-" greeting of thousands of lines is legal) is read to its
+# end, up to this many bytes in all.
+MAX_REPLY = 1 << 20
 
 
 class CertRejected(Exception):
@@ -44,27 +50,27 @@ class ProtocolError(Exception):
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the check's (or the given) host and port; with TLS, the handshake made as
+    a stage of its own after the connection is up."""
     tls = check.tls if tls is None else tls
     stage.doing = "connect"
-    if not tls and not check.starttls:
-        plain = await PlainStream.open(stage.sockets, host or check.host, port or check.port)
-        return plain, plain  # type: ignore[return-value]  # duck-typed reader and writer
-    context = await stage.contexts.get(check, verify) if tls else None
-    try:
-        return await asyncio.open_connection(
-            host or check.host, port or check.port,
-            ssl=context,
-            server_hostname=(sni or server_name(check)) if tls else None,
-            limit=LINE_LIMIT)
-    except ssl.SSLCertVerificationError as exc:
-        raise CertRejected(exc.verify_message or str(exc)) from None
+    reader, writer = await asyncio.open_connection(host or check.host, port or check.port,
+                                                   limit=LINE_LIMIT)
+    if tls:
+        try:
+            await start_tls(writer, check, verify, stage, sni)
+        except BaseException:
+            close(writer)
+            raise
+    return reader, writer
 
 
 async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: bool,
-                    stage: Stage) -> None:
+                    stage: Stage, sni: str | None = None) -> None:
     context = await stage.contexts.get(check, verify)
+    stage.doing = "TLS handshake"
     try:
-        await writer.start_tls(context, server_hostname=server_name(check))
+        await writer.start_tls(context, server_hostname=sni or server_name(check))
     except ssl.SSLCertVerificationError as exc:
         raise CertRejected(exc.verify_message or str(exc)) from None
 
@@ -106,15 +112,27 @@ async def read_line(reader: asyncio.StreamReader) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-async def read_reply(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
-    """An SMTP/FTP reply: (code, lines), following "250-" continuation lines."""
-    lines = []
-    for _ in range(MAX_LINES):
+async def read_reply(reader: asyncio.StreamReader, protocol: str, what: str
+                     ) -> tuple[str, list[str]]:
+    """An SMTP/FTP reply: (code, lines), all its "250-" continuation lines read (MAX_REPLY bytes
+    at most). A line that is no reply ("SSH-2.0-..." from the wrong server) is judged at once,
+    as `protocol` and `what` ("greeting") name it, not waited on until the timeout."""
+    lines: list[str] = []
+    size = 0
+    while True:
         line = await read_line(reader)
+        if not (line[:3].isdigit() and line[3:4] in ("", " ", "-")):
+            raise ProtocolError(f"answered {clean(line, 60)!r} instead of an {protocol} {what} "
+                                "in {t}")
+        if lines and line[:3] != lines[0][:3]:
+            raise ProtocolError(f"answered {clean(line, 60)!r} within a {lines[0][:3]} reply "
+                                f"(its {what}) in {{t}}")
+        size += len(line)
+        if size > MAX_REPLY:
+            raise ProtocolError(f"sent a {what} longer than {MAX_REPLY >> 10} KiB")
         lines.append(line)
-        if len(line) < 4 or line[3] != "-":
-            break
-    return lines[-1][:3], lines
+        if line[3:4] != "-":
+            return line[:3], lines
 
 
 async def command(writer: asyncio.StreamWriter, text: str) -> None:
@@ -173,26 +191,25 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
 
 
 async def _smtp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader)
+    code, lines = await read_reply(reader, "SMTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
     banner = clean(lines[0][4:], 60)
     stage.doing = "EHLO reply"
     await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-    code, ehlo = await read_reply(reader)
+    code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO")
     _expect_code(code, ehlo, "250", "to EHLO")
     if check.starttls:
         if not any(line[4:].upper().startswith("STARTTLS") for line in ehlo):
             raise ProtocolError("does not offer STARTTLS")
         stage.doing = "STARTTLS reply"
         await command(writer, "STARTTLS")
-        code, lines = await read_reply(reader)
+        code, lines = await read_reply(reader, "SMTP", "reply to STARTTLS")
         _expect_code(code, lines, "220", "to STARTTLS")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
         stage.doing = "EHLO reply after STARTTLS"
         await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-        code, lines = await read_reply(reader)
+        code, lines = await read_reply(reader, "SMTP", "reply to EHLO after STARTTLS")
         _expect_code(code, lines, "250", "to EHLO after STARTTLS")
     await command(writer, "QUIT")
     return f"answered 220{' and STARTTLS' if check.starttls else ''} in {{t}} ({banner})"
@@ -211,7 +228,6 @@ async def _imap(check, stage, reader, writer, verify) -> str:
                 break
         if not reply.upper().startswith("M1 OK"):
             raise ProtocolError(f"refused STARTTLS: {clean(reply)!r}")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
     await command(writer, "m2 LOGOUT")
     return f"answered * OK{' and STARTTLS' if check.starttls else ''} in {{t}} ({clean(line[4:], 60)})"
@@ -227,7 +243,6 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
         reply = await read_line(reader)
         if not reply.startswith("+OK"):
             raise ProtocolError(f"refused STLS: {clean(reply)!r}")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
     await command(writer, "QUIT")
     return f"answered +OK{' and STLS' if check.starttls else ''} in {{t}} ({clean(line[3:], 60)})"
@@ -247,7 +262,7 @@ async def _ssh(check, stage, reader, writer, verify) -> str:
 
 
 async def _ftp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader)
+    code, lines = await read_reply(reader, "FTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
     await command(writer, "QUIT")
