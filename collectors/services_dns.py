@@ -1,4 +1,10 @@
-"""dns: one query (name, type) to one server with dnspython's asyncio API; rcode and answers."""
+"""dns: one query (name, type) to one server with dnspython's asyncio API; rcode and answers.
+
+The query carries EDNS0 with a 1232-byte payload, as dig sends it (the DNS flag day size), so
+answers up to that size come over UDP where TCP/53 is filtered; a truncated answer is asked
+again over TCP, as resolvers do. The UDP socket is connected, so a port where nothing listens
+is reported from the kernel's ICMP port unreachable at once, not after the timeout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,11 @@ import ipaddress
 import socket
 import time
 
+import dns.asyncbackend
 import dns.asyncquery
 import dns.exception
 import dns.flags
+import dns.inet
 import dns.message
 import dns.rcode
 import dns.rdatatype
@@ -18,6 +26,8 @@ from collectors.services_base import Outcome, Stage, hostport, secs
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
+
+EDNS_PAYLOAD = 1232
 
 
 def _norm(text: str) -> str:
@@ -39,13 +49,29 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     question = f"{clean(check.query or '', 80)} {check.query_type}"
     stage.doing = "answer"
     address = await _address(server)
-    query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type))
+    query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type),
+                                   use_edns=0, payload=EDNS_PAYLOAD)
     start = time.monotonic()
+    over_tcp = False
     try:
-        # dnspython retries over UDP until its own timeout; ours bounds the whole check. A
-        # truncated answer is asked again over TCP, as resolvers do.
-        response, over_tcp = await dns.asyncquery.udp_with_fallback(
-            query, address, port=port, timeout=check.timeout)
+        # dnspython retries over UDP until its own timeout; ours bounds the whole check.
+        backend = dns.asyncbackend.get_backend("asyncio")
+        family = dns.inet.af_for_address(address)
+        async with await backend.make_socket(family, socket.SOCK_DGRAM, 0, None,
+                                             (address, port)) as sock:
+            response = await dns.asyncquery.udp(query, address, port=port, timeout=check.timeout,
+                                                sock=sock)
+        if response.flags & dns.flags.TC:
+            over_tcp = True
+            stage.doing = "answer over TCP"
+            response = await dns.asyncquery.tcp(query, address, port=port, timeout=check.timeout)
+    except ConnectionRefusedError:
+        elapsed = time.monotonic() - start
+        if over_tcp:
+            return Outcome(State.CRITICAL, f"{where} truncated its UDP answer to {question} and "
+                           f"refused the connection over TCP in {secs(elapsed)}", elapsed)
+        return Outcome(State.CRITICAL, f"{where} refused the query {question} over UDP (port "
+                       f"unreachable) in {secs(elapsed)}", elapsed)
     except dns.exception.Timeout:
         return Outcome(State.CRITICAL, f"{where} did not answer {question} within "
                        f"{check.timeout:g} s")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from collectors import services
 from collectors.services_exec import parse_perfdata, parse_ping, split_plugin_output
 from monitor.config import ConfigError, ServiceCheck, load_config
 from monitor.model import Kind, State
+from tests import daemons
 from tests import service_servers as srv
 from tests.conftest import ROOT
 from tests.smtp_helpers import Recorder, start_smtp
@@ -583,3 +585,97 @@ async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_
     assert code == 0 and out.count("\n") == 1
     code, _, err = await monitor("nope")
     assert code == 2 and "no service named 'nope'" in err
+
+
+# -- the message names the stage that failed (issue 14, defect 5) -------------------------------
+
+
+async def test_stalled_tls_handshake_is_named(servers):
+    async def starttls_then_stall(reader, writer):
+        writer.write(b"* OK IMAP ready\r\n")
+        await reader.readline()
+        writer.write(b"m1 OK Begin TLS negotiation now.\r\n")
+        await srv.stall(reader, writer)
+
+    stall = await servers(srv.stall)
+    imap = await servers(starttls_then_stall)
+    smtps, imap_starttls = await run(svc("smtp", stall, "smtps", tls=True, timeout=0.3),
+                                     svc("imap", imap, "imap", starttls=True, timeout=0.3))
+    assert smtps.message == (f"SMTPS 127.0.0.1:{stall} accepted the connection but the TLS "
+                             "handshake did not complete within 0.30 s")
+    assert imap_starttls.message == (f"IMAP 127.0.0.1:{imap} accepted the connection but the TLS "
+                                     "handshake did not complete within 0.30 s")
+
+
+async def test_smtp_check_against_real_sshd_is_judged_by_its_first_line(tmp_path):
+    with daemons.sshd(tmp_path) as port:
+        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+        results = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in hosts),
+                            svc("ssh", port, "ssh"))
+    *smtp, ssh = results
+    assert ssh.state == State.OK and "answered SSH-2.0-OpenSSH" in ssh.message, ssh.message
+    for result, host in zip(smtp, hosts, strict=True):
+        # Judged on the line it sent, not after the 30 s timeout ("sent no greeting within").
+        assert result.state == State.CRITICAL
+        assert result.message.startswith(f"SMTP {srv_hostport(host, port)} answered 'SSH-2.0-OpenSSH")
+        assert "instead of an SMTP greeting in " in result.message, result.message
+        assert metric(result, "response_seconds").value is not None
+
+
+def srv_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def test_a_5000_line_greeting_is_read_to_its_end_before_ehlo(servers):
+    async def chatty_smtp(reader, writer):
+        writer.write(b"".join(b"220-line %d of the greeting\r\n" % i for i in range(4999))
+                     + b"220 mail.example.net ESMTP ready\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith(b"EHLO"):
+                writer.write(b"250-mail.example.net\r\n250 8BITMIME\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                writer.write(b"221 bye\r\n")
+            await writer.drain()
+
+    async def endless_greeting(reader, writer):
+        while True:
+            writer.write(b"220-" + b"x" * 1000 + b"\r\n")
+            await writer.drain()
+
+    chatty = await servers(chatty_smtp)
+    endless = await servers(endless_greeting)
+    ok, bounded = await run(svc("smtp", chatty, "chatty"), svc("smtp", endless, "endless"))
+    assert ok.state == State.OK, ok.message
+    assert ok.message.startswith(f"SMTP 127.0.0.1:{chatty} answered 220 in ")
+    assert bounded.state == State.CRITICAL
+    assert bounded.message == f"SMTP 127.0.0.1:{endless} sent a greeting longer than 1024 KiB"
+
+
+async def test_refused_udp_dns_is_reported_at_once():
+    closed = daemons.free_port(socket.SOCK_DGRAM)
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    results = await run(svc("dns", closed, "dns", query="www.example.net", servers=hosts, timeout=30))
+    for result in results:
+        # The kernel's ICMP port unreachable, not the 30 s timeout.
+        assert result.state == State.CRITICAL
+        assert result.message.startswith(f"DNS {srv_hostport(result.target, closed)} refused the "
+                                         "query www.example.net A over UDP (port unreachable) in ")
+
+
+async def test_dns_edns0_brings_a_large_answer_over_udp_from_real_unbound(tmp_path):
+    # Eight 100-character TXT records: about 1,000 bytes, more than 512 and less than 1232.
+    texts = [f"{i}" + "t" * 99 for i in range(8)]
+    zone = ['local-zone: "example.test." static',
+            *(f"local-data: 'big.example.test. 300 IN TXT \"{t}\"'" for t in texts),
+            'local-data: "www.example.test. 300 IN AAAA 2001:db8::10"']
+    with daemons.unbound(tmp_path, zone, tcp=False) as port:
+        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+        results = await run(
+            svc("dns", port, "big", query="big.example.test", query_type="TXT", servers=hosts,
+                expect_answers=[f'"{t}"' for t in texts]),
+            svc("dns", port, "www", query="www.example.test", query_type="AAAA", servers=hosts,
+                expect_answers=["2001:db8::10"]))
+    assert len(results) == 2 * len(hosts)
+    for result in results:
+        assert result.state == State.OK, result.message  # TCP/53 is closed: UDP carried it
+        assert "over TCP" not in result.message
