@@ -6,7 +6,8 @@
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev rrdtool rrdcached \
-	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping
+	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping \
+	unbound openssh-server
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint deps system-deps bench clean

@@ -27,7 +27,7 @@ from collectors.services_base import (
     secs,
 )
 from collectors.services_dns import probe_dns
-from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
+from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
@@ -129,7 +129,8 @@ def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) ->
         metrics["response_seconds"] = (response, "s")
         measurements = tuple(
             Measurement(target, check.name, metric, value,
-                        Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now)
+                        Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now,
+                        thresholds=outcome.thresholds.get(metric))
             for metric, (value, unit) in metrics.items())
     return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
 
@@ -143,6 +144,8 @@ class ServicesCollector:
     clock: Callable[[], float] = time.time
 
     contexts: TlsContexts = field(default_factory=TlsContexts)
+    # The metrics each plugin check has stored so far, to bound them (services_exec).
+    plugin_metrics: dict[str, set[str]] = field(default_factory=dict)
 
     async def collect(self) -> Batch:
         # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64
@@ -156,6 +159,8 @@ class ServicesCollector:
             for index, (check, target) in pending:
                 now = self.clock()
                 outcome = await run_check(check, target, now, self.contexts)
+                if check.kind == "plugin":
+                    outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
                 results[index] = to_result(check, target, outcome, now)
 
         async with asyncio.TaskGroup() as group:

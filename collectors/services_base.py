@@ -11,7 +11,7 @@ import ssl
 from dataclasses import dataclass, field
 
 from monitor.config import ServiceCheck
-from monitor.model import State
+from monitor.model import State, Thresholds
 from monitor.text import clean
 
 
@@ -59,7 +59,8 @@ def error_text(exc: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    """What a probe found. `metrics`: metric -> (value, unit), stored with response_seconds.
+    """What a probe found. `metrics`: metric -> (value, unit), stored with response_seconds;
+    `thresholds`: a plugin's perfdata warn/crit/min/max of those metrics that had any.
 
     `response` is the measured time (None: nothing answered, so no response time exists).
     """
@@ -68,6 +69,7 @@ class Outcome:
     message: str
     response: float | None = None
     metrics: dict[str, tuple[float | None, str]] = field(default_factory=dict)
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)  # a plugin's, per metric
 
 
 class TlsContexts:

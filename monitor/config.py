@@ -309,6 +309,12 @@ class ServiceCheck:
         if (self.send is not None or self.expect is not None) and kind not in _TEXT_PROTOCOLS:
             raise Invalid("send" if self.send is not None else "expect",
                           f"send/expect are for tcp-like checks, not {kind}")
+        # Both go into protocol lines (EHLO, Host:): a CR or LF would end the line and start
+        # another command or header of the config's making.
+        for key_name, value in (("helo", self.helo), ("vhost", self.vhost)):
+            if value is not None and (not value or re.search(r"[\x00-\x20\x7f]", value)):
+                raise Invalid(key_name, f"expected a host name without spaces or control "
+                                        f"characters (CR/LF would end the protocol line), got {value!r}")
         http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
         if kind not in ("http", "https"):
             for name, value in http_only.items():

@@ -13,7 +13,7 @@ import pytest
 from collectors import services
 from collectors.services_exec import parse_perfdata, parse_ping, split_plugin_output
 from monitor.config import ConfigError, ServiceCheck, load_config
-from monitor.model import Kind, State
+from monitor.model import Kind, State, Thresholds
 from tests import daemons
 from tests import service_servers as srv
 from tests.conftest import ROOT
@@ -353,7 +353,7 @@ def test_parse_ping_and_perfdata():
     text, perf = split_plugin_output("DISK OK - free | '/var log'=2GB;3;4;0;10 time=5ms\n"
                                      "long text | load1=0.5;1;2 hits=12c size=U")
     assert text == "DISK OK - free"
-    metrics = parse_perfdata(perf)
+    metrics = parse_perfdata(perf).metrics
     assert metrics["var_log_bytes"] == (2 * 1024**3, "B")
     assert metrics["time_seconds"] == (pytest.approx(0.005), "s")
     assert metrics["load1"] == (0.5, "")
@@ -679,3 +679,85 @@ async def test_dns_edns0_brings_a_large_answer_over_udp_from_real_unbound(tmp_pa
     for result in results:
         assert result.state == State.OK, result.message  # TCP/53 is closed: UDP carried it
         assert "over TCP" not in result.message
+
+
+# -- plugin perfdata and environment (issue 14, defect 7) ---------------------------------------
+
+GUIDELINES_EXAMPLE = """DISK OK - free space: / 3326 MB (56%); | /=2643MB;5948;5958;0;5968
+/ 15272 MB (77%);
+/boot 68 MB (69%);
+/home 69357 MB (27%);
+/var/log 819 MB (84%); | /boot=68MB;88;93;0;98
+/home=69357MB;253404;253409;0;253414
+/var/log=818MB;970;975;0;980
+"""
+
+
+def plugin_script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+async def test_plugin_perfdata_per_the_guidelines(tmp_path):
+    example = tmp_path / "example.txt"
+    example.write_text(GUIDELINES_EXAMPLE)
+    disk = plugin_script(tmp_path, "check_disk_example", f"cat {example}\n")
+    odd = plugin_script(tmp_path, "check_odd", "echo \"OK | /home=1B /HOME=2B time=1,5s "
+                        "'Temperatur Küche'=21,5;25;30 'a b'=1 a_b=2 rta=250ms;200:;@500:900;0;\"\n")
+    disk_result, odd_result = await run(svc("plugin", name="disk", command=[str(disk)]),
+                                        svc("plugin", name="odd", command=[str(odd)]))
+    assert disk_result.state == State.OK and disk_result.message == "DISK OK - free space: / 3326 MB (56%);"
+    got = {m.metric: m for m in disk_result.measurements}
+    # The guidelines' own example: the perfdata of every line after the "|", /home and /var/log too.
+    assert {name: m.value / 1024**2 for name, m in got.items() if name != "response_seconds"} == {
+        "value_bytes": 2643, "boot_bytes": 68, "home_bytes": 69357, "var_log_bytes": 818}
+    assert got["home_bytes"].thresholds == Thresholds(
+        f"{253404 * 1024**2:g}", f"{253409 * 1024**2:g}", 0, 253414 * 1024**2)
+    got = {m.metric: m for m in odd_result.measurements}
+    assert got["home_bytes"].value == 1 and got["HOME_bytes"].value == 2  # case-distinct labels
+    assert got["time_seconds"].value == 1.5  # a decimal comma
+    assert got["Temperatur_Küche"].value == 21.5
+    assert got["Temperatur_Küche"].thresholds == Thresholds("25", "30", None, None)
+    assert got["a_b"].value == 1 and {m.value for n, m in got.items() if n.startswith("a_b_")} == {2}
+    # Ranges and limits in the stored unit (ms -> s), as the plugin gave them otherwise.
+    assert got["rta_seconds"].value == pytest.approx(0.25)
+    assert got["rta_seconds"].thresholds == Thresholds("0.2:", "@0.5:0.9", 0, None)
+
+
+async def test_plugin_runs_in_a_minimal_c_locale_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONITOR_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    show = plugin_script(tmp_path, "check_env", 'echo "OK LC_ALL=$LC_ALL LANG=$LANG '
+                         'secret=${MONITOR_TEST_SECRET:-none} path=$PATH"\n')
+    result = await one(svc("plugin", name="env", command=[str(show)]))
+    assert result.message == ("OK LC_ALL=C LANG=C secret=none "
+                              "path=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+
+
+async def test_plugin_data_sources_are_bounded_and_the_message_says_so(tmp_path):
+    counter = tmp_path / "runs"
+    counter.write_text("0")
+    # Each run prints 30 labels no run printed before (a time stamp in the label, say).
+    churn = plugin_script(tmp_path, "check_churn", f"""n=$(cat {counter}); echo $((n+1)) > {counter}
+printf 'OK |'; i=0; while [ $i -lt 30 ]; do printf " run${{n}}_$i=1"; i=$((i+1)); done; echo
+""")
+    collector = services.ServicesCollector("services", 60, [svc("plugin", name="churn",
+                                                                command=[str(churn)])])
+    first, second, third = [(await collector.collect()).checks[0] for _ in range(3)]
+    assert len(first.measurements) == 31 and first.message == "OK"
+    assert len(second.measurements) == 21  # 50 in all, and response_seconds
+    assert second.message == ("OK (10 perfdata labels not stored, e.g. 'run1_20': this check has "
+                              "its 50 data sources; does a label change every run?)")
+    assert [m.metric for m in third.measurements] == ["response_seconds"]
+
+
+def test_crlf_in_helo_or_vhost_is_refused_at_load(write_config):
+    for key, kind in (("helo", "smtp"), ("vhost", "http")):
+        path = write_config(f'[[services]]\nname = "x"\nkind = "{kind}"\nhost = "a"\n'
+                            f'{key} = "mx.example.net\\r\\nRCPT TO:<victim@example.net>"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value).startswith(f"{path}:5: services[0].{key}: expected a host name "
+                                          "without spaces or control characters"), str(info.value)
