@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import signal
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -49,12 +51,27 @@ _RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/\S+)? = ([\d.]+)/([\d.]+)/
 _DENIED = ("operation not permitted", "permission denied", "socktype: sock_raw", "cap_net_raw")
 
 
+_REPLY = re.compile(r"icmp_seq=(\d+).*? time=([\d.]+) ms")
+
+
 def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | None]:
     """(loss percent, (min, avg, max) in seconds) from iputils/busybox ping output."""
     loss = _LOSS.search(text)
     rtt = _RTT.search(text)
     return (float(loss.group(3)) if loss else None,
             tuple(float(g) / 1000 for g in rtt.groups()) if rtt else None)  # type: ignore[return-value]
+
+
+def median_and_jitter(text: str) -> tuple[float, float] | None:
+    """SmokePing's view of the replies (seconds): the median round trip, and the jitter as the
+    mean difference between consecutive replies (RFC 3550's idea, mtr's "Javg"); None when
+    no reply was printed. Duplicates (the same icmp_seq twice) count once."""
+    rtts = dict((int(seq), float(ms) / 1000) for seq, ms in _REPLY.findall(text))
+    if not rtts:
+        return None
+    ordered = [rtts[seq] for seq in sorted(rtts)]
+    steps = [abs(b - a) for a, b in itertools.pairwise(ordered)]
+    return statistics.median(ordered), (sum(steps) / len(steps) if steps else 0.0)
 
 
 async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
@@ -79,16 +96,20 @@ async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
                            f"{check.ping_command}")
         return Outcome(State.UNKNOWN, f"{where}: ping failed (exit {code}): {clean(text, 100)}")
     metrics: dict[str, tuple[float | None, str]] = {"loss_percent": (loss, "%")}
-    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds")
-    for metric, value in zip(names, rtt or (None, None, None), strict=True):
+    spread = median_and_jitter(out) if rtt else None
+    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds", "rtt_median_seconds",
+             "rtt_jitter_seconds")
+    for metric, value in zip(names, (*(rtt or (None,) * 3), *(spread or (None, None))), strict=True):
         metrics[metric] = (value, "s")
     state = (State.CRITICAL if loss >= check.loss_critical
              else State.WARNING if loss >= check.loss_warning else State.OK)
     if rtt is None:
         return Outcome(state, f"{where}: no reply to {check.count} packets (100% loss)",
                        None, metrics)
+    spread_note = (f", median {spread[0] * 1000:.2f} ms, jitter {spread[1] * 1000:.2f} ms"
+                   if spread else "")
     return Outcome(state, f"{where}: {loss:g}% loss, rtt min/avg/max {rtt[0] * 1000:.2f}/"
-                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms", rtt[1], metrics)
+                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms{spread_note}", rtt[1], metrics)
 
 
 # -- Nagios plugins -----------------------------------------------------------------------------

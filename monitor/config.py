@@ -283,7 +283,7 @@ class ServiceCheck:
     expect_answers: list[str] = field(default_factory=list)
     expect_rcode: str = "NOERROR"
     # ping
-    count: Annotated[int, Range(1, 100)] = 5
+    count: Annotated[int, Range(1, 100)] = 20
     ping_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
     loss_warning: Percent = 20.0
     loss_critical: Percent = 60.0

@@ -761,3 +761,39 @@ def test_crlf_in_helo_or_vhost_is_refused_at_load(write_config):
             load_config(path)
         assert str(info.value).startswith(f"{path}:5: services[0].{key}: expected a host name "
                                           "without spaces or control characters"), str(info.value)
+
+
+# -- ping the SmokePing way ---------------------------------------------------------------------
+
+PING_REPLIES = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
+64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=10.0 ms
+64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms
+64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms (DUP!)
+64 bytes from 192.0.2.1: icmp_seq=4 ttl=64 time=20.0 ms
+64 bytes from 192.0.2.1: icmp_seq=5 ttl=64 time=25.0 ms
+
+--- 192.0.2.1 ping statistics ---
+5 packets transmitted, 4 received, +1 duplicates, 20% packet loss, time 804ms
+rtt min/avg/max/mdev = 10.0/21.25/30.0/7.395 ms
+"""
+
+
+async def test_ping_reports_median_and_jitter(tmp_path):
+    replay = tmp_path / "replies.txt"
+    replay.write_text(PING_REPLIES)
+    fake = plugin_script(tmp_path, "ping", f"cat {replay}\n")
+    result = await one(svc("ping", name="smoke", ping_command=fake))
+    assert result.message == ("PING 127.0.0.1: 20% loss, rtt min/avg/max 10.00/21.25/30.00 ms, "
+                              "median 22.50 ms, jitter 11.67 ms")
+    assert metric(result, "rtt_median_seconds").value == pytest.approx(0.0225)
+    assert metric(result, "rtt_jitter_seconds").value == pytest.approx(0.035 / 3)
+    assert ServiceCheck(name="p", kind="ping", host="a").count == 20  # SmokePing's default
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    for host in hosts:
+        real = await one(svc("ping", name="lo", host=host, count=3, ping_interval=0.2, timeout=5))
+        if real.state == State.OK:
+            assert real.message.startswith(f"PING {host}: 0% loss, rtt min/avg/max ")
+            assert ", median " in real.message and ", jitter " in real.message
+            assert metric(real, "rtt_median_seconds").value > 0
+        else:  # a sandbox without ICMP sockets
+            assert real.state == State.UNKNOWN and "ICMP" in real.message
