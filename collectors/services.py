@@ -26,7 +26,7 @@ from collectors.services_base import (
     label,
     secs,
 )
-from collectors.services_dns import probe_dns
+from collectors.services_dns import compare_serials, probe_dns
 from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
 from collectors.services_tcp import CertRejected, probe_text
@@ -167,7 +167,12 @@ class ServicesCollector:
             for _ in range(min(self.concurrency, len(jobs))):
                 group.create_task(worker())
         batch = Batch()
-        batch.extend(r for r in results if r is not None)
+        first = 0
+        for check in self.checks:  # a check's targets are adjacent jobs
+            count = len(targets(check))
+            done = [r for r in results[first:first + count] if r is not None]
+            batch.extend(compare_serials(check, done) if check.kind == "dns" else done)
+            first += count
         return batch
 
 

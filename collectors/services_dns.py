@@ -1,6 +1,7 @@
 """dns: one query (name, type) to one server with dnspython's asyncio API; rcode and answers.
 
-The query carries EDNS0 with a 1232-byte payload, as dig sends it (the DNS flag day size), so
+An SOA check of several servers also compares each secondary's serial with the primary's (the
+first server). The query carries EDNS0 with a 1232-byte payload, as dig sends it (the DNS flag day size), so
 answers up to that size come over UDP where TCP/53 is filtered; a truncated answer is asked
 again over TCP, as resolvers do. The UDP socket is connected, so a port where nothing listens
 is reported from the kernel's ICMP port unreachable at once, not after the timeout.
@@ -12,6 +13,7 @@ import asyncio
 import ipaddress
 import socket
 import time
+from dataclasses import replace
 
 import dns.asyncbackend
 import dns.asyncquery
@@ -24,7 +26,7 @@ import dns.rdatatype
 
 from collectors.services_base import Outcome, Stage, hostport, secs
 from monitor.config import ServiceCheck
-from monitor.model import State
+from monitor.model import CheckResult, State
 from monitor.text import clean
 
 EDNS_PAYLOAD = 1232
@@ -86,7 +88,15 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     if rcode != check.expect_rcode:
         return Outcome(State.CRITICAL, f"{where} answered {rcode} instead of {check.expect_rcode} "
                        f"for {question}{rcode_note} in {secs(elapsed)}", elapsed)
+    if check.authoritative and not response.flags & dns.flags.AA:
+        return Outcome(State.CRITICAL, f"{where} answered {question} without the authoritative "
+                       f"flag (AA): it does not serve the zone itself, in {secs(elapsed)}",
+                       elapsed)
     wanted_type = dns.rdatatype.from_text(check.query_type)
+    metrics: dict[str, tuple[float | None, str]] = {}
+    soa = [rd for rrset in response.answer if rrset.rdtype == dns.rdatatype.SOA for rd in rrset]
+    if wanted_type == dns.rdatatype.SOA and soa:
+        metrics["soa_serial"] = (float(soa[0].serial), "")
     answers = sorted(rd.to_text() for rrset in response.answer if rrset.rdtype == wanted_type
                      for rd in rrset)
     shown = ", ".join(clean(a, 60) for a in answers[:4]) + (" ..." if len(answers) > 4 else "")
@@ -98,4 +108,32 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
                            f"{shown or 'no records'} instead of {', '.join(missing)} in "
                            f"{secs(elapsed)}", elapsed)
     return Outcome(State.OK, f"{where} answered {question} {rcode} "
-                   f"{shown or '(no records)'} in {secs(elapsed)}", elapsed)
+                   f"{shown or '(no records)'} in {secs(elapsed)}", elapsed, metrics)
+
+
+def _serial(result: CheckResult) -> int | None:
+    value = next((m.value for m in result.measurements if m.metric == "soa_serial"), None)
+    return None if value is None else int(value)
+
+
+def compare_serials(check: ServiceCheck, results: list[CheckResult]) -> list[CheckResult]:
+    """An SOA check of several servers (`results` in the order of check.servers): each
+    secondary's serial against the primary's (the first server). A secondary that answers with
+    another serial is stale (or the primary went back): a WARNING naming both serials."""
+    if dns.rdatatype.from_text(check.query_type) != dns.rdatatype.SOA or len(results) < 2:
+        return results
+    primary = _serial(results[0])
+    if primary is None:
+        return results
+    out = [results[0]]
+    for result in results[1:]:
+        serial = _serial(result)
+        if result.state != State.OK or serial is None or serial == primary:
+            out.append(result)
+            continue
+        # RFC 1982: serials wrap at 2**32; "behind" is less in serial-number arithmetic.
+        behind = 0 < (primary - serial) % 2**32 < 2**31
+        out.append(replace(result, state=State.WARNING, message=(
+            f"{result.message}; serial {serial} is {'behind' if behind else 'ahead of'} the "
+            f"primary {hostport(results[0].target, check.port or 53)}'s {primary}")))
+    return out

@@ -282,6 +282,7 @@ class ServiceCheck:
     servers: list[str] = field(default_factory=list)
     expect_answers: list[str] = field(default_factory=list)
     expect_rcode: str = "NOERROR"
+    authoritative: bool = False  # the answer must carry the AA flag
     # ping
     count: Annotated[int, Range(1, 100)] = 20
     ping_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
@@ -322,6 +323,8 @@ class ServiceCheck:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
+        if self.authoritative and kind != "dns":
+            raise Invalid("authoritative", "only dns checks have authoritative")
         if kind == "plugin":
             if not self.command:
                 raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'

@@ -62,15 +62,17 @@ def _accepts(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def unbound(directory: Path, local_data: list[str], tcp: bool = True) -> Iterator[int]:
+def unbound(directory: Path, local_data: list[str], tcp: bool = True,
+            interfaces: list[str] | None = None, port: int | None = None) -> Iterator[int]:
     """unbound answering for its local zones from `local_data` lines (unbound.conf syntax) on
-    127.0.0.1 and ::1 (UDP; TCP too unless tcp=False); yields the port."""
+    `interfaces` (default 127.0.0.1 and ::1; UDP, TCP too unless tcp=False); yields the port."""
     _require("/usr/sbin/unbound")
     import dns.message
     import dns.query
 
-    port = free_port(socket.SOCK_DGRAM)
-    interfaces = ["127.0.0.1", *(["::1"] if ipv6_loopback() else [])]
+    port = port or free_port(socket.SOCK_DGRAM)
+    interfaces = interfaces or ["127.0.0.1", *(["::1"] if ipv6_loopback() else [])]
+    directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "unbound.conf"
     lines = ["server:", f"  port: {port}", "  do-daemonize: no", "  chroot: \"\"",
              "  username: \"\"", f"  directory: \"{directory}\"", "  pidfile: \"\"",
@@ -83,8 +85,8 @@ def unbound(directory: Path, local_data: list[str], tcp: bool = True) -> Iterato
 
     def ready() -> bool:
         try:
-            dns.query.udp(dns.message.make_query("ready.invalid.", "A"), "127.0.0.1", port=port,
-                          timeout=0.2)
+            dns.query.udp(dns.message.make_query("ready.invalid.", "A"), interfaces[0],
+                          port=port, timeout=0.2)
             return True
         except Exception:
             return False

@@ -797,3 +797,41 @@ async def test_ping_reports_median_and_jitter(tmp_path):
             assert metric(real, "rtt_median_seconds").value > 0
         else:  # a sandbox without ICMP sockets
             assert real.state == State.UNKNOWN and "ICMP" in real.message
+
+
+# -- DNS for ISPs: SOA serials of primary and secondaries, the AA flag --------------------------
+
+
+async def test_soa_serial_of_each_secondary_against_the_primary(tmp_path):
+    def zone(serial: int) -> list[str]:
+        return ['local-zone: "example.test." static',
+                f'local-data: "example.test. 3600 IN SOA ns1.example.test. hostmaster.example.test. '
+                f'{serial} 7200 3600 1209600 300"']
+
+    port = daemons.free_port(socket.SOCK_DGRAM)
+    stale_at = "::1" if daemons.ipv6_loopback() else "127.0.0.3"
+    with daemons.unbound(tmp_path / "primary", zone(2026120102), interfaces=["127.0.0.1"],
+                         port=port), \
+         daemons.unbound(tmp_path / "fresh", zone(2026120102), interfaces=["127.0.0.2"], port=port), \
+         daemons.unbound(tmp_path / "stale", zone(2026113001), interfaces=[stale_at], port=port):
+        primary, fresh, stale = await run(svc(
+            "dns", port, "soa", query="example.test", query_type="SOA", authoritative=True,
+            servers=["127.0.0.1", "127.0.0.2", stale_at]))
+        nx, = await run(svc("dns", port, "aa", query="www.example.test", authoritative=True,
+                            servers=["127.0.0.1"], expect_rcode="NXDOMAIN"))
+    cache, cache_port = await srv.serve_dns()  # answers as a cache does: without AA
+    try:
+        not_ours = await one(svc("dns", cache_port, "cached", query="www.example.net",
+                                 server="127.0.0.1", authoritative=True))
+    finally:
+        cache.close()
+    assert (primary.state, fresh.state) == (State.OK, State.OK), (primary.message, fresh.message)
+    assert metric(primary, "soa_serial").value == 2026120102
+    assert stale.state == State.WARNING
+    assert stale.message.endswith(f"; serial 2026113001 is behind the primary 127.0.0.1:{port}'s "
+                                  "2026120102"), stale.message
+    assert stale.target == stale_at and metric(stale, "response_seconds").value is not None
+    assert nx.state == State.OK, nx.message
+    assert not_ours.state == State.CRITICAL
+    assert not_ours.message.startswith(f"DNS 127.0.0.1:{cache_port} answered www.example.net A "
+                                       "without the authoritative flag (AA)")
