@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
 import ssl
 import time
 
@@ -158,9 +159,18 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)
     except ProtocolError as exc:
         elapsed = time.monotonic() - start
-        return Outcome(State.CRITICAL, f"{name} {str(exc).replace('{t}', secs(elapsed))}", elapsed)
+        return Outcome(State.CRITICAL, hide_password(
+            check, f"{name} {str(exc).replace('{t}', secs(elapsed))}"), elapsed)
     finally:
         close(writer)
+
+
+def hide_password(check: ServiceCheck, text: str) -> str:
+    """A server that echoes what it got must not put the password into our messages."""
+    if check.password:
+        for secret in (check.password, _plain_credentials(check)):
+            text = text.replace(secret, "***")
+    return text
 
 
 def _expect_code(code: str, lines: list[str], want: str, what: str) -> None:
@@ -209,10 +219,38 @@ async def _smtp(check, stage, reader, writer, verify) -> str:
         await start_tls(writer, check, verify, stage)
         stage.doing = "EHLO reply after STARTTLS"
         await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-        code, lines = await read_reply(reader, "SMTP", "reply to EHLO after STARTTLS")
-        _expect_code(code, lines, "250", "to EHLO after STARTTLS")
+        code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO after STARTTLS")
+        _expect_code(code, ehlo, "250", "to EHLO after STARTTLS")
+    if check.username:
+        await _smtp_login(check, stage, reader, writer, ehlo)
     await command(writer, "QUIT")
-    return f"answered 220{' and STARTTLS' if check.starttls else ''} in {{t}} ({banner})"
+    return (f"answered 220{' and STARTTLS' if check.starttls else ''}{_logged_in(check)} in {{t}}"
+            f" ({banner})")
+
+
+def _logged_in(check: ServiceCheck) -> str:
+    return f", logged in as {clean(check.username, 40)!r}" if check.username else ""
+
+
+def _plain_credentials(check: ServiceCheck) -> str:
+    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
+    assert check.username is not None and check.password is not None
+    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
+
+
+async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, ehlo: list[str]) -> None:
+    mechanisms = {m.upper() for line in ehlo if line[4:9].upper() in ("AUTH ", "AUTH=")
+                  for m in line[9:].split()}
+    if "PLAIN" not in mechanisms:
+        raise ProtocolError(f"offers no AUTH PLAIN (AUTH {clean(' '.join(sorted(mechanisms)), 40) or 'none'})"
+                            " to log in with")
+    stage.doing = "AUTH reply"
+    await command(writer, f"AUTH PLAIN {_plain_credentials(check)}")
+    code, lines = await read_reply(reader, "SMTP", "reply to AUTH")
+    if code != "235":
+        raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                            f"{clean(lines[-1])!r} in {{t}}")
 
 
 async def _imap(check, stage, reader, writer, verify) -> str:
@@ -229,8 +267,39 @@ async def _imap(check, stage, reader, writer, verify) -> str:
         if not reply.upper().startswith("M1 OK"):
             raise ProtocolError(f"refused STARTTLS: {clean(reply)!r}")
         await start_tls(writer, check, verify, stage)
-    await command(writer, "m2 LOGOUT")
-    return f"answered * OK{' and STARTTLS' if check.starttls else ''} in {{t}} ({clean(line[4:], 60)})"
+    if check.username:
+        await imap_login(check, stage, reader, writer)
+    await command(writer, "m9 LOGOUT")
+    return (f"answered * OK{' and STARTTLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
+            f"({clean(line[4:], 60)})")
+
+
+async def imap_tagged(reader: asyncio.StreamReader, tag: str) -> tuple[str, list[str]]:
+    """The tagged reply to command `tag` and the untagged lines before it (MAX_REPLY bytes)."""
+    untagged: list[str] = []
+    size = 0
+    while True:
+        line = await read_line(reader)
+        if line.startswith(f"{tag} "):
+            return line, untagged
+        size += len(line)
+        if size > MAX_REPLY:
+            raise ProtocolError(f"sent more than {MAX_REPLY >> 10} KiB before its reply to {tag}")
+        untagged.append(line)
+
+
+async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    """AUTHENTICATE PLAIN (RFC 3501/4959 without SASL-IR: every server has it, no quoting)."""
+    stage.doing = "AUTHENTICATE reply"
+    await command(writer, "m2 AUTHENTICATE PLAIN")
+    line = await read_line(reader)
+    if line.startswith("+"):
+        await command(writer, _plain_credentials(check))
+        line, _ = await imap_tagged(reader, "m2")
+    if not line.upper().startswith("M2 OK"):
+        raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                            f"{clean(line[3:])!r} in {{t}}")
 
 
 async def _pop3(check, stage, reader, writer, verify) -> str:
@@ -244,8 +313,20 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
         if not reply.startswith("+OK"):
             raise ProtocolError(f"refused STLS: {clean(reply)!r}")
         await start_tls(writer, check, verify, stage)
+    if check.username:
+        stage.doing = "USER reply"
+        await command(writer, f"USER {check.username}")
+        reply = await read_line(reader)
+        if reply.startswith("+OK"):
+            stage.doing = "PASS reply"
+            await command(writer, f"PASS {check.password}")
+            reply = await read_line(reader)
+        if not reply.startswith("+OK"):
+            raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                                f"{clean(reply)!r} in {{t}}")
     await command(writer, "QUIT")
-    return f"answered +OK{' and STLS' if check.starttls else ''} in {{t}} ({clean(line[3:], 60)})"
+    return (f"answered +OK{' and STLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
+            f"({clean(line[3:], 60)})")
 
 
 async def _ssh(check, stage, reader, writer, verify) -> str:

@@ -267,6 +267,9 @@ class ServiceCheck:
     cert_critical_days: Annotated[float, Range(0, None)] = 7.0
     # smtp: the name sent with EHLO (default: the agent's host name).
     helo: str | None = None
+    # smtp/imap/pop3 login with a test account (over TLS only); the password never shows.
+    username: str | None = None
+    password: Secret = field(default=None, repr=False)
     # http/https
     url: str | None = None
     path: str = "/"
@@ -316,6 +319,8 @@ class ServiceCheck:
             if value is not None and (not value or re.search(r"[\x00-\x20\x7f]", value)):
                 raise Invalid(key_name, f"expected a host name without spaces or control "
                                         f"characters (CR/LF would end the protocol line), got {value!r}")
+        if self.username is not None or self.password is not None:
+            self._validate_login()
         http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
@@ -380,6 +385,20 @@ class ServiceCheck:
             raise Invalid("path", f'expected a path starting with "/", got {self.path!r}')
         if kind in ("http", "https") and not self.expect_status:
             self.expect_status = [200]
+
+    def _validate_login(self) -> None:
+        if self.kind not in ("smtp", "imap", "pop3"):
+            raise Invalid("username", f"only smtp, imap and pop3 checks log in (this is {self.kind})")
+        if not self.username:
+            raise Invalid("username", "a login check needs username = \"NAME\" with the password")
+        if not self.password:
+            raise Invalid("password", "a login check needs password_file = \"PATH\" (or password_env)")
+        if not (self.tls or self.starttls):
+            raise Invalid("username", "a login check needs tls = true or starttls = true: the "
+                                      "password must not cross the network in clear")
+        for key_name, value in (("username", self.username), ("password", self.password)):
+            if re.search(r"[\x00\r\n]", value):
+                raise Invalid(key_name, "must not contain NUL, CR or LF")
 
     def _from_url(self) -> None:
         from urllib.parse import urlsplit

@@ -113,3 +113,88 @@ def sshd(directory: Path) -> Iterator[int]:
     with _running(["/usr/sbin/sshd", "-D", "-e", "-f", str(conf)],
                   lambda: _accepts("127.0.0.1", port), "sshd", directory / "sshd.log"):
         yield port
+
+
+@contextlib.contextmanager
+def world_dir(prefix: str) -> Iterator[Path]:
+    """A directory the daemons' own users can reach (pytest's tmp_path sits under a 0700
+    directory of root's), removed afterwards."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Dovecot:
+    """A running dovecot: ports by name (imap, imaps, pop3, pop3s, lmtp), its directory."""
+
+    def __init__(self, directory: Path, ports: dict[str, int]) -> None:
+        self.directory = directory
+        self.ports = ports
+
+    def maildir(self, user: str) -> Path:
+        return self.directory / "mail" / user
+
+
+@contextlib.contextmanager
+def dovecot(cert: tuple[Path, Path], users: dict[str, str]) -> Iterator[Dovecot]:
+    """dovecot with IMAP, IMAPS, POP3, POP3S and LMTP (TCP) on 127.0.0.1 and ::1, `users`
+    (name -> password) in a passwd-file, Maildirs under its directory, the certificate `cert`
+    (PEM, key) for TLS."""
+    _require("/usr/sbin/dovecot")
+    import pwd
+    import shutil
+
+    with world_dir("monitor-dovecot-") as d:
+        vmail = pwd.getpwnam("dovecot")
+        (d / "mail").mkdir()
+        os.chown(d / "mail", vmail.pw_uid, vmail.pw_gid)
+        for name, src in (("cert.pem", cert[0]), ("key.pem", cert[1])):
+            shutil.copy(src, d / name)
+        (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
+        ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "lmtp")}
+        address = "127.0.0.1" + (", ::1" if ipv6_loopback() else "")
+
+        def listener(service: str, name: str, ssl: bool = False) -> str:
+            return (f"service {service} {{\n  inet_listener {name} {{\n    address = {address}\n"
+                    f"    port = {ports[name]}\n    ssl = {'yes' if ssl else 'no'}\n  }}\n}}\n")
+
+        conf = d / "dovecot.conf"
+        conf.write_text(f"""
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+instance_name = monitor-test-{ports['imap']}
+protocols = imap pop3 lmtp
+listen = {address}
+ssl = yes
+ssl_cert = <{d}/cert.pem
+ssl_key = <{d}/key.pem
+disable_plaintext_auth = yes
+auth_mechanisms = plain login
+first_valid_uid = {vmail.pw_uid}
+mail_location = maildir:{d}/mail/%u
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN {d}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={vmail.pw_uid} gid={vmail.pw_gid} home={d}/mail/%u
+}}
+default_internal_user = dovecot
+default_login_user = dovenull
+auth_failure_delay = 0
+""" + listener("imap-login", "imap") + listener("imap-login", "imaps", True).replace(
+            "service imap-login {\n", "service imap-login {\n", 1)
+            + listener("pop3-login", "pop3") + listener("pop3-login", "pop3s", True)
+            + listener("lmtp", "lmtp"))
+        with _running(["/usr/sbin/dovecot", "-F", "-c", str(conf)],
+                      lambda: all(_accepts("127.0.0.1", p) for p in ports.values()), "dovecot",
+                      d / "stdout.log"):
+            yield Dovecot(d, ports)

@@ -835,3 +835,73 @@ async def test_soa_serial_of_each_secondary_against_the_primary(tmp_path):
     assert not_ours.state == State.CRITICAL
     assert not_ours.message.startswith(f"DNS 127.0.0.1:{cache_port} answered www.example.net A "
                                        "without the authoritative flag (AA)")
+
+
+# -- login checks (a test account on real dovecot) ----------------------------------------------
+
+PASSWORD = "pa55 w0rd;\"'"
+
+
+@pytest.fixture(scope="module")
+def dovecot(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dovecot")
+    cert = srv.make_cert(d, names=("localhost", "127.0.0.1", "::1"))
+    with daemons.dovecot(cert, {"probe@example.test": PASSWORD}) as server:
+        server.ca = cert[0]
+        yield server
+
+
+async def test_imap_and_pop3_login_against_dovecot(dovecot):
+    ports = dovecot.ports
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def login(kind: str, port_name: str, host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
+        return svc(kind, ports[port_name], f"{port_name}-{host}-{password[:3]}", host=host,
+                   ca_file=dovecot.ca, username="probe@example.test", password=password, **kw)
+
+    checks = []
+    for host in hosts:
+        checks += [login("imap", "imap", host, starttls=True), login("imap", "imaps", host, tls=True),
+                   login("pop3", "pop3", host, starttls=True), login("pop3", "pop3s", host, tls=True)]
+    checks += [login("imap", "imaps", "127.0.0.1", "wrong", tls=True),
+               login("pop3", "pop3s", "127.0.0.1", "wrong", tls=True)]
+    *good, bad_imap, bad_pop3 = await run(*checks)
+    for result in good:
+        assert result.state == State.OK, result.message
+        assert ", logged in as 'probe@example.test' in " in result.message
+        assert "certificate valid for 90 days" in result.message
+    assert bad_imap.state == State.CRITICAL and bad_pop3.state == State.CRITICAL
+    assert bad_imap.message.startswith(f"IMAPS 127.0.0.1:{ports['imaps']} refused the login of "
+                                       "'probe@example.test': 'NO [AUTHENTICATIONFAILED]")
+    assert bad_pop3.message.startswith(f"POP3S 127.0.0.1:{ports['pop3s']} refused the login of "
+                                       "'probe@example.test': '-ERR [AUTH] Authentication failed.'")
+    for result in [*good, bad_imap, bad_pop3]:
+        assert PASSWORD not in result.message and "wrong" not in result.message
+
+
+def test_login_config(write_config, tmp_path):
+    secret = tmp_path / "probe.secret"
+    secret.write_text(PASSWORD + "\n")
+    config = load_config(write_config(f'''
+        [[services]]
+        name = "imap-login"
+        kind = "imap"
+        host = "mail.example.net"
+        tls = true
+        username = "probe@example.net"
+        password_file = "{secret}"
+    '''))
+    (check,) = config.services
+    assert check.password == PASSWORD and PASSWORD not in repr(check)
+
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\nhost = "a"\n{body}'))
+        return str(info.value)
+
+    assert "services[0].username: a login check needs tls = true or starttls = true" in error(
+        f'kind = "imap"\nusername = "u"\npassword_file = "{secret}"\n')
+    assert "services[0].password: a login check needs password_file" in error(
+        'kind = "pop3"\ntls = true\nusername = "u"\n')
+    assert "services[0].username: only smtp, imap and pop3 checks log in" in error(
+        f'kind = "ssh"\nusername = "u"\npassword_file = "{secret}"\n')
