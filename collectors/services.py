@@ -29,6 +29,7 @@ from collectors.services_base import (
 from collectors.services_dns import compare_serials, probe_dns
 from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
+from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
@@ -57,6 +58,8 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
         return await probe_ping(check, stage)
     if check.kind == "plugin":
         return await probe_plugin(check, stage)
+    if check.kind == "roundtrip":
+        return await probe_roundtrip(check, stage, now, verify)
     return await probe_text(check, stage, now, verify)
 
 

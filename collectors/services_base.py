@@ -22,12 +22,12 @@ def hostport(host: str, port: int | None) -> str:
 
 
 LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
-          "http": "HTTP", "https": "HTTPS"}
+          "http": "HTTP", "https": "HTTPS", "roundtrip": "MAIL ROUND TRIP"}
 
 
 def label(check: ServiceCheck) -> str:
     name = LABELS.get(check.kind, check.kind.upper())
-    if check.tls and check.kind not in ("https",):
+    if check.tls and check.kind not in ("https", "roundtrip"):
         name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
     return f"{name} {hostport(check.host, check.port)}"
 
@@ -39,7 +39,8 @@ def secs(value: float) -> str:
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
 WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
            "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
-           "did not complete", "answer": "sent no answer", "exit": "did not finish"}
+           "did not complete", "answer": "sent no answer", "exit": "did not finish",
+           "delivery": "accepted the probe mail but it did not arrive in the mailbox"}
 
 
 def error_text(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ teardown. A daemon that is not installed skips the test (the Makefile installs t
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import socket
 import subprocess
@@ -29,6 +30,13 @@ def ipv6_loopback() -> bool:
         return True
     except OSError:
         return False
+
+
+def _ids(user: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(user)
+    return entry.pw_uid, entry.pw_gid
 
 
 def _require(binary: str) -> None:
@@ -131,7 +139,8 @@ def world_dir(prefix: str) -> Iterator[Path]:
 
 
 class Dovecot:
-    """A running dovecot: ports by name (imap, imaps, pop3, pop3s, lmtp), its directory."""
+    """A running dovecot: ports by name (imap, imaps, pop3, pop3s, lmtp, and auth: SASL for
+    postfix), its directory."""
 
     def __init__(self, directory: Path, ports: dict[str, int]) -> None:
         self.directory = directory
@@ -157,7 +166,7 @@ def dovecot(cert: tuple[Path, Path], users: dict[str, str]) -> Iterator[Dovecot]
         for name, src in (("cert.pem", cert[0]), ("key.pem", cert[1])):
             shutil.copy(src, d / name)
         (d / "passwd").write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in users.items()))
-        ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "lmtp")}
+        ports = {name: free_port() for name in ("imap", "imaps", "pop3", "pop3s", "lmtp", "auth")}
         address = "127.0.0.1" + (", ::1" if ipv6_loopback() else "")
 
         def listener(service: str, name: str, ssl: bool = False) -> str:
@@ -190,11 +199,102 @@ userdb {{
 default_internal_user = dovecot
 default_login_user = dovenull
 auth_failure_delay = 0
+# No growing penalty after the tests' failed logins (anvil skips trusted networks).
+login_trusted_networks = 127.0.0.0/8 ::1/128
 """ + listener("imap-login", "imap") + listener("imap-login", "imaps", True).replace(
             "service imap-login {\n", "service imap-login {\n", 1)
             + listener("pop3-login", "pop3") + listener("pop3-login", "pop3s", True)
-            + listener("lmtp", "lmtp"))
+            + listener("lmtp", "lmtp") + listener("auth", "auth").replace(
+                f"address = {address}", "address = 127.0.0.1"))
         with _running(["/usr/sbin/dovecot", "-F", "-c", str(conf)],
                       lambda: all(_accepts("127.0.0.1", p) for p in ports.values()), "dovecot",
                       d / "stdout.log"):
             yield Dovecot(d, ports)
+
+
+@contextlib.contextmanager
+def postfix(cert: tuple[Path, Path], dovecot: Dovecot, domain: str = "example.test"
+            ) -> Iterator[dict[str, int]]:
+    """postfix with smtp (STARTTLS offered) and submission (TLS required, SASL AUTH through
+    `dovecot`) on 127.0.0.1 and ::1, delivering mail for `domain` to dovecot over LMTP; yields
+    the ports by name (smtp, submission)."""
+    _require("/usr/sbin/postfix")
+    import shutil
+
+    with world_dir("monitor-postfix-") as d:
+        etc = d / "etc"
+        etc.mkdir()
+        uid, gid = _ids("postfix")
+        postdrop = grp.getgrnam("postdrop").gr_gid
+        (d / "data").mkdir()
+        os.chown(d / "data", uid, gid)
+        # What `postfix check` would make, made here so master starts at once (no postfix-script).
+        (d / "queue" / "pid").mkdir(parents=True)
+        for name, owner, mode in [*((q, gid, 0o700) for q in (
+                "active", "bounce", "corrupt", "defer", "deferred", "flush", "hold", "incoming",
+                "private", "saved", "trace")), ("maildrop", postdrop, 0o730), ("public", postdrop, 0o710)]:
+            (d / "queue" / name).mkdir()
+            os.chown(d / "queue" / name, uid, owner)
+            (d / "queue" / name).chmod(mode)
+        for name, src in (("cert.pem", cert[0]), ("key.pem", cert[1])):
+            shutil.copy(src, etc / name)
+        ports = {"smtp": free_port(), "submission": free_port()}
+        six = ipv6_loopback()
+        (etc / "main.cf").write_text(f"""compatibility_level = 3.6
+queue_directory = {d}/queue
+data_directory = {d}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mail.{domain}
+mydomain = {domain}
+myorigin = {domain}
+mydestination =
+inet_interfaces = loopback-only
+inet_protocols = {'all' if six else 'ipv4'}
+mynetworks = 127.0.0.0/8{' [::1]/128' if six else ''}
+alias_maps =
+alias_database =
+local_recipient_maps =
+virtual_mailbox_domains = {domain}
+virtual_transport = lmtp:inet:127.0.0.1:{dovecot.ports['lmtp']}
+smtpd_tls_cert_file = {etc}/cert.pem
+smtpd_tls_key_file = {etc}/key.pem
+smtpd_tls_security_level = may
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:127.0.0.1:{dovecot.ports['auth']}
+smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated reject_unauth_destination
+maillog_file = /dev/stdout
+smtputf8_enable = no
+biff = no
+""")
+        common = "n - n - - smtpd"
+        binds = ["127.0.0.1", *(["[::1]"] if six else [])]
+        services = [f"{b}:{ports['smtp']} inet {common}" for b in binds] + [
+            f"{b}:{ports['submission']} inet {common} -o smtpd_tls_security_level=encrypt "
+            "-o smtpd_sasl_auth_enable=yes -o smtpd_client_restrictions=permit_sasl_authenticated,reject"
+            for b in binds]
+        (etc / "master.cf").write_text("\n".join([*services, *"""pickup unix n - n 60 1 pickup
+cleanup unix n - n - 0 cleanup
+qmgr unix n - n 300 1 qmgr
+tlsmgr unix - - n 1000? 1 tlsmgr
+rewrite unix - - n - - trivial-rewrite
+bounce unix - - n - 0 bounce
+defer unix - - n - 0 bounce
+trace unix - - n - 0 bounce
+verify unix - - n - 1 verify
+flush unix n - n 1000? 0 flush
+proxymap unix - - n - - proxymap
+smtp unix - - n - - smtp
+showq unix n - n - - showq
+error unix - - n - - error
+retry unix - - n - - error
+discard unix - - n - - discard
+lmtp unix - - n - - lmtp
+anvil unix - - n - 1 anvil
+scache unix - - n - 1 scache
+postlog unix-dgram n - n - 1 postlogd""".splitlines()]) + "\n")
+        # master in the foreground (-d) as the test's child; its own children end with it.
+        with _running(["/usr/lib/postfix/sbin/master", "-c", str(etc), "-d"],
+                      lambda: all(_accepts("127.0.0.1", p) for p in ports.values()), "postfix",
+                      d / "postfix.log"):
+            yield ports

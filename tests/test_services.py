@@ -842,13 +842,22 @@ async def test_soa_serial_of_each_secondary_against_the_primary(tmp_path):
 PASSWORD = "pa55 w0rd;\"'"
 
 
-@pytest.fixture(scope="module")
-def dovecot(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dovecot")
-    cert = srv.make_cert(d, names=("localhost", "127.0.0.1", "::1"))
+@pytest.fixture
+def dovecot(tmp_path):
+    # One per test: dovecot delays every login from an address after a failed one (its anvil
+    # penalty), so each test makes its failed logins last, one per address.
+    cert = srv.make_cert(tmp_path, names=("localhost", "127.0.0.1", "::1"))
     with daemons.dovecot(cert, {"probe@example.test": PASSWORD}) as server:
         server.ca = cert[0]
+        server.cert = cert
         yield server
+
+
+@pytest.fixture
+def postfix(dovecot):
+    """postfix delivering example.test to the dovecot above, SASL AUTH through it."""
+    with daemons.postfix(dovecot.cert, dovecot) as ports:
+        yield ports
 
 
 async def test_imap_and_pop3_login_against_dovecot(dovecot):
@@ -863,9 +872,9 @@ async def test_imap_and_pop3_login_against_dovecot(dovecot):
     for host in hosts:
         checks += [login("imap", "imap", host, starttls=True), login("imap", "imaps", host, tls=True),
                    login("pop3", "pop3", host, starttls=True), login("pop3", "pop3s", host, tls=True)]
-    checks += [login("imap", "imaps", "127.0.0.1", "wrong", tls=True),
-               login("pop3", "pop3s", "127.0.0.1", "wrong", tls=True)]
-    *good, bad_imap, bad_pop3 = await run(*checks)
+    good = await run(*checks)
+    bad_imap, bad_pop3 = await run(login("imap", "imaps", "127.0.0.1", "wrong", tls=True),
+                                   login("pop3", "pop3s", hosts[-1], "wrong", tls=True))
     for result in good:
         assert result.state == State.OK, result.message
         assert ", logged in as 'probe@example.test' in " in result.message
@@ -873,8 +882,9 @@ async def test_imap_and_pop3_login_against_dovecot(dovecot):
     assert bad_imap.state == State.CRITICAL and bad_pop3.state == State.CRITICAL
     assert bad_imap.message.startswith(f"IMAPS 127.0.0.1:{ports['imaps']} refused the login of "
                                        "'probe@example.test': 'NO [AUTHENTICATIONFAILED]")
-    assert bad_pop3.message.startswith(f"POP3S 127.0.0.1:{ports['pop3s']} refused the login of "
-                                       "'probe@example.test': '-ERR [AUTH] Authentication failed.'")
+    assert bad_pop3.message.startswith(f"POP3S {srv_hostport(hosts[-1], ports['pop3s'])} refused "
+                                       "the login of 'probe@example.test': '-ERR [AUTH] "
+                                       "Authentication failed.'")
     for result in [*good, bad_imap, bad_pop3]:
         assert PASSWORD not in result.message and "wrong" not in result.message
 
@@ -903,5 +913,50 @@ def test_login_config(write_config, tmp_path):
         f'kind = "imap"\nusername = "u"\npassword_file = "{secret}"\n')
     assert "services[0].password: a login check needs password_file" in error(
         'kind = "pop3"\ntls = true\nusername = "u"\n')
-    assert "services[0].username: only smtp, imap and pop3 checks log in" in error(
+    assert "services[0].username: only smtp, imap, pop3 and roundtrip checks log in" in error(
         f'kind = "ssh"\nusername = "u"\npassword_file = "{secret}"\n')
+
+
+async def test_smtp_auth_login_against_postfix(postfix, dovecot):
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def login(host: str, password: str = PASSWORD) -> ServiceCheck:
+        return svc("smtp", postfix["submission"], f"submission-{host}-{password[:3]}", host=host,
+                   starttls=True, ca_file=dovecot.ca, username="probe@example.test",
+                   password=password)
+
+    good = await run(*(login(h) for h in hosts))
+    bad, = await run(login("127.0.0.1", "wrong"))
+    for result in good:
+        assert result.state == State.OK, result.message
+        assert "answered 220 and STARTTLS, logged in as 'probe@example.test' in " in result.message
+    assert bad.state == State.CRITICAL
+    assert bad.message.startswith(f"SMTP 127.0.0.1:{postfix['submission']} refused the login of "
+                                  "'probe@example.test': '535 5.7.8 "), bad.message
+    assert all(PASSWORD not in r.message for r in [*good, bad])
+
+
+async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def roundtrip(host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
+        return svc("roundtrip", postfix["submission"], f"rt-{host}-{password[:3]}", host=host,
+                   starttls=True, ca_file=dovecot.ca, username="probe@example.test",
+                   password=password, imap_port=dovecot.ports["imaps"], timeout=20, **kw)
+
+    results = await run(*(roundtrip(h) for h in hosts), concurrency=1)
+    for result, host in zip(results, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(
+            f"MAIL ROUND TRIP {srv_hostport(host, postfix['submission'])} delivered a probe to "
+            "probe@example.test in ")
+        assert f"found over IMAPS {srv_hostport(host, dovecot.ports['imaps'])})" in result.message
+        assert metric(result, "delivery_seconds").value > 0
+        assert "certificate valid for 90 days" in result.message
+    # Found and deleted: the mailbox holds no probe afterwards.
+    inbox = dovecot.maildir("probe@example.test")
+    assert not [p for p in inbox.rglob("*") if p.is_file() and p.parent.name in ("new", "cur")]
+    bad, = await run(roundtrip("127.0.0.1", "wrong"))
+    assert bad.state == State.CRITICAL
+    assert bad.message.startswith(f"MAIL ROUND TRIP 127.0.0.1:{postfix['submission']} refused the "
+                                  "login of 'probe@example.test': '535 "), bad.message
