@@ -298,3 +298,25 @@ postlog unix-dgram n - n - 1 postlogd""".splitlines()]) + "\n")
                       lambda: all(_accepts("127.0.0.1", p) for p in ports.values()), "postfix",
                       d / "postfix.log"):
             yield ports
+
+
+@contextlib.contextmanager
+def vsftpd() -> Iterator[int]:
+    """vsftpd on 127.0.0.1 and ::1 (listen_ipv6 takes both), anonymous read-only into an empty
+    directory; yields the port."""
+    _require("/usr/sbin/vsftpd")
+    with world_dir("monitor-vsftpd-") as d:
+        empty = d / "empty"
+        empty.mkdir()
+        port = free_port()
+        conf = d / "vsftpd.conf"
+        conf.write_text("\n".join([
+            f"listen_ipv6={'YES' if ipv6_loopback() else 'NO'}",
+            f"listen={'NO' if ipv6_loopback() else 'YES'}", f"listen_port={port}",
+            "background=NO", "anonymous_enable=YES", "ftp_username=nobody", f"anon_root={empty}",
+            "local_enable=NO", "write_enable=NO",
+            f"secure_chroot_dir={empty}", "ftpd_banner=monitor test FTP ready", "seccomp_sandbox=NO",
+            f"vsftpd_log_file={d}/vsftpd.log", "pasv_enable=NO"]) + "\n")
+        with _running(["/usr/sbin/vsftpd", str(conf)], lambda: _accepts("127.0.0.1", port),
+                      "vsftpd", d / "stdout.log"):
+            yield port

@@ -960,3 +960,13 @@ async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
     assert bad.state == State.CRITICAL
     assert bad.message.startswith(f"MAIL ROUND TRIP 127.0.0.1:{postfix['submission']} refused the "
                                   "login of 'probe@example.test': '535 "), bad.message
+
+
+async def test_ftp_against_real_vsftpd():
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    with daemons.vsftpd() as port:
+        results = await run(*(svc("ftp", port, f"ftp-{h}", host=h) for h in hosts))
+    for result, host in zip(results, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(f"FTP {srv_hostport(host, port)} answered 220 in ")
+        assert result.message.endswith("(monitor test FTP ready)")
