@@ -320,3 +320,42 @@ def vsftpd() -> Iterator[int]:
         with _running(["/usr/sbin/vsftpd", str(conf)], lambda: _accepts("127.0.0.1", port),
                       "vsftpd", d / "stdout.log"):
             yield port
+
+
+@contextlib.contextmanager
+def nginx(cert: tuple[Path, Path], server_name: str = "localhost") -> Iterator[int]:
+    """nginx serving a small page over HTTPS (`cert`) on 127.0.0.1 and ::1; yields the port."""
+    _require("/usr/sbin/nginx")
+    with world_dir("monitor-nginx-") as d:
+        port = free_port()
+        (d / "html").mkdir()
+        (d / "html" / "index.html").write_text("Hello from nginx\n")
+        listen = [f"listen 127.0.0.1:{port} ssl;", *([f"listen [::1]:{port} ssl;"] if ipv6_loopback()
+                                                     else [])]
+        conf = d / "nginx.conf"
+        conf.write_text(f"""daemon off;
+master_process on;
+worker_processes 1;
+user nobody nogroup;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  server {{
+    {' '.join(listen)}
+    server_name {server_name};
+    ssl_certificate {cert[0]};
+    ssl_certificate_key {cert[1]};
+    root {d}/html;
+  }}
+}}
+""")
+        with _running(["/usr/sbin/nginx", "-c", str(conf), "-p", str(d)],
+                      lambda: _accepts("127.0.0.1", port), "nginx", d / "stdout.log"):
+            yield port
