@@ -166,6 +166,7 @@ class ServicesCollector:
                     outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
                 results[index] = to_result(check, target, outcome, now)
 
+        await self.contexts.prepare(self.checks)
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.concurrency, len(jobs))):
                 group.create_task(worker())

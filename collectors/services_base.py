@@ -4,6 +4,7 @@ and the certificate verdict (days to expiry, host name, chain)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import socket
@@ -82,6 +83,17 @@ class TlsContexts:
 
     def __init__(self) -> None:
         self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+
+    async def prepare(self, checks: list[ServiceCheck]) -> None:
+        """Make the contexts these checks will ask for, before their timeouts run: a slow CA
+        store load is then never blamed on a server. One that cannot be made (a bad ca_file)
+        is left for its check to report."""
+        wanted = {(str(c.ca_file) if c.ca_file else None, c.verify): c for c in checks
+                  if c.tls or c.starttls}
+        for key, check in wanted.items():
+            if key not in self._made:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await self.get(check, check.verify)
 
     async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
         key = (str(check.ca_file) if check.ca_file else None, verify)

@@ -599,12 +599,12 @@ async def test_stalled_tls_handshake_is_named(servers):
 
     stall = await servers(srv.stall)
     imap = await servers(starttls_then_stall)
-    smtps, imap_starttls = await run(svc("smtp", stall, "smtps", tls=True, timeout=0.3),
-                                     svc("imap", imap, "imap", starttls=True, timeout=0.3))
+    smtps, imap_starttls = await run(svc("smtp", stall, "smtps", tls=True, timeout=1),
+                                     svc("imap", imap, "imap", starttls=True, timeout=1))
     assert smtps.message == (f"SMTPS 127.0.0.1:{stall} accepted the connection but the TLS "
-                             "handshake did not complete within 0.30 s")
+                             "handshake did not complete within 1.00 s")
     assert imap_starttls.message == (f"IMAP 127.0.0.1:{imap} accepted the connection but the TLS "
-                                     "handshake did not complete within 0.30 s")
+                                     "handshake did not complete within 1.00 s")
 
 
 async def test_smtp_check_against_real_sshd_is_judged_by_its_first_line(tmp_path):
