@@ -86,6 +86,18 @@ def raise_fd_limit(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))
 
 
+def under_xargs(args: list[str], lines: list[str]) -> tuple[float, float, bool]:
+    """xargs -P 64 `args` fed `lines`: (wall seconds, CPU seconds of all it ran, all exited 0)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    xargs = subprocess.run(["xargs", "-P", "64", *args], input="".join(f"{line}\n" for line in lines),
+                           text=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+    return wall, cpu, xargs.returncode == 0
+
+
 def loop_name() -> str:
     return "uvloop" if loop_factory() is not None else "standard asyncio loop"
 
@@ -153,17 +165,11 @@ def main() -> int:
         print(f"ratio: ours is {ratio:.1f}x faster (target >= 20x); cycle {ours:.2f} s "
               f"(target <= 3 s): {'PASS' if ratio >= 20 and ours <= 3 else 'MISS'}")
 
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        xargs = subprocess.run(
-            ["xargs", "-P", "64", "-I", "{}", CHECK_TCP, "-H", "127.0.0.1", "-p", "{}", "-e", "220",
-             "-t", "10"], input="".join(f"{port}\n" for port in ports), text=True,
-            stdout=subprocess.DEVNULL)
-        parallel = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        parallel_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        parallel, parallel_cpu, all_ok = under_xargs(
+            ["-I", "{}", CHECK_TCP, "-H", "127.0.0.1", "-p", "{}", "-e", "220", "-t", "10"],
+            [str(port) for port in ports])
         print(f"check_tcp 64 at a time (xargs -P 64): {parallel:.2f} s wall, {parallel_cpu:.2f} s "
-              f"CPU, {'all OK' if xargs.returncode == 0 else 'some failed'}")
+              f"CPU, {'all OK' if all_ok else 'some failed'}")
         cpu_ratio = parallel_cpu / cpu
         print(f"CPU ratio against xargs -P 64: ours uses {cpu_ratio:.1f}x less CPU (target >= 10x), "
               f"{parallel / ours:.1f}x less wall time: {'PASS' if cpu_ratio >= 10 else 'MISS'}")
@@ -233,16 +239,9 @@ def mixed_cycle(count: int, concurrency: int) -> bool:
               f"(mean), {count - len(failed)} OK{': ' + failed[0] if failed else ''}")
 
         # `env` runs each line's plugin (xargs -L 1 needs a command): a small exec in their count.
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        xargs = subprocess.run(["xargs", "-P", "64", "-L", "1", "env"],
-                               input="".join(f"{c}\n" for c in commands), text=True,
-                               stdout=subprocess.DEVNULL)
-        theirs = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        their_cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+        theirs, their_cpu, all_ok = under_xargs(["-L", "1", "env"], commands)
         print(f"the same plugins under xargs -P 64: {theirs:.2f} s wall, {their_cpu:.2f} s CPU, "
-              f"{'all OK' if xargs.returncode == 0 else 'some failed'}")
+              f"{'all OK' if all_ok else 'some failed'}")
         wall_ratio, cpu_ratio = theirs / ours, their_cpu / cpu
         verdict = "PASS" if wall_ratio >= 3 and cpu_ratio >= 5 else "MISS"
         print(f"mixed ratio: ours takes {wall_ratio:.1f}x less wall time (target >= 3x) and "
