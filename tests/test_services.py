@@ -970,3 +970,31 @@ async def test_ftp_against_real_vsftpd():
         assert result.state == State.OK, result.message
         assert result.message.startswith(f"FTP {srv_hostport(host, port)} answered 220 in ")
         assert result.message.endswith("(monitor test FTP ready)")
+
+
+async def test_a_flooding_peer_never_holds_the_loop(servers):
+    async def flood(reader, writer):
+        chunk = b"y" * 65536
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    port = await servers(flood)
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        (result,) = await run(svc("tcp", port, "flood", expect="never sent", timeout=1))
+    finally:
+        beating.cancel()
+    # Ended by its own timeout, the text kept bounded, and the loop had its turns meanwhile
+    # (a lenient floor: about 100 ticks fit in that second).
+    assert result.message.startswith(f"TCP 127.0.0.1:{port} sent no 'never sent' within 1.00 s (got ")
+    assert len(result.message) < 200
+    assert ticks >= 10, ticks
