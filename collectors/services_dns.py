@@ -52,7 +52,9 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     stage.doing = "answer"
     address = await _address(server)
     query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type),
-                                   use_edns=0, payload=EDNS_PAYLOAD)
+                                   use_edns=0, payload=EDNS_PAYLOAD, want_dnssec=check.dnssec)
+    if check.dnssec:
+        query.flags |= dns.flags.AD  # RFC 6840: ask for the AD bit
     start = time.monotonic()
     over_tcp = False
     try:
@@ -92,6 +94,10 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
         return Outcome(State.CRITICAL, f"{where} answered {question} without the authoritative "
                        f"flag (AA): it does not serve the zone itself, in {secs(elapsed)}",
                        elapsed)
+    if check.dnssec and not response.flags & dns.flags.AD:
+        return Outcome(State.CRITICAL, f"{where} answered {question} without the AD flag: not "
+                       f"DNSSEC-validated (an unsigned zone, or not a validating resolver) in "
+                       f"{secs(elapsed)}", elapsed)
     wanted_type = dns.rdatatype.from_text(check.query_type)
     metrics: dict[str, tuple[float | None, str]] = {}
     soa = [rd for rrset in response.answer if rrset.rdtype == dns.rdatatype.SOA for rd in rrset]
@@ -107,8 +113,9 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
             return Outcome(State.CRITICAL, f"{where} answered {question} with "
                            f"{shown or 'no records'} instead of {', '.join(missing)} in "
                            f"{secs(elapsed)}", elapsed)
+    validated = " (DNSSEC-validated)" if check.dnssec else ""
     return Outcome(State.OK, f"{where} answered {question} {rcode} "
-                   f"{shown or '(no records)'} in {secs(elapsed)}", elapsed, metrics)
+                   f"{shown or '(no records)'}{validated} in {secs(elapsed)}", elapsed, metrics)
 
 
 def _serial(result: CheckResult) -> int | None:

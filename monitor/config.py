@@ -293,6 +293,7 @@ class ServiceCheck:
     expect_answers: list[str] = field(default_factory=list)
     expect_rcode: str = "NOERROR"
     authoritative: bool = False  # the answer must carry the AA flag
+    dnssec: bool = False  # the answer must carry the AD flag (a validating resolver's verdict)
     # ping
     count: Annotated[int, Range(1, 100)] = 20
     ping_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
@@ -346,8 +347,9 @@ class ServiceCheck:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
-        if self.authoritative and kind != "dns":
-            raise Invalid("authoritative", "only dns checks have authoritative")
+        for name in ("authoritative", "dnssec"):
+            if getattr(self, name) and kind != "dns":
+                raise Invalid(name, f"only dns checks have {name}")
         if kind == "plugin":
             if not self.command:
                 raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'

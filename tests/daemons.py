@@ -71,9 +71,12 @@ def _accepts(host: str, port: int) -> bool:
 
 @contextlib.contextmanager
 def unbound(directory: Path, local_data: list[str], tcp: bool = True,
-            interfaces: list[str] | None = None, port: int | None = None) -> Iterator[int]:
-    """unbound answering for its local zones from `local_data` lines (unbound.conf syntax) on
-    `interfaces` (default 127.0.0.1 and ::1; UDP, TCP too unless tcp=False); yields the port."""
+            interfaces: list[str] | None = None, port: int | None = None,
+            modules: str = "iterator") -> Iterator[int]:
+    """unbound answering for its local zones from `local_data` lines (unbound.conf syntax, more
+    clauses such as auth-zone or stub-zone too) on `interfaces` (default 127.0.0.1 and ::1; UDP,
+    TCP too unless tcp=False) with `modules` ("validator iterator" to validate); yields the
+    port."""
     _require("/usr/sbin/unbound")
     import dns.message
     import dns.query
@@ -87,7 +90,7 @@ def unbound(directory: Path, local_data: list[str], tcp: bool = True,
              "  use-syslog: no", "  logfile: \"\"", "  verbosity: 1", "  num-threads: 1",
              f"  do-tcp: {'yes' if tcp else 'no'}", "  do-ip6: yes",
              "  access-control: 127.0.0.0/8 allow", "  access-control: ::1 allow",
-             "  module-config: \"iterator\"", "  do-not-query-localhost: no",
+             f"  module-config: \"{modules}\"", "  do-not-query-localhost: no",
              *(f"  interface: {i}" for i in interfaces), *(f"  {line}" for line in local_data)]
     conf.write_text("\n".join(lines) + "\n")
 

@@ -998,3 +998,49 @@ async def test_a_flooding_peer_never_holds_the_loop(servers):
     assert result.message.startswith(f"TCP 127.0.0.1:{port} sent no 'never sent' within 1.00 s (got ")
     assert len(result.message) < 200
     assert ticks >= 10, ticks
+
+
+def signed_zone(directory: Path) -> tuple[Path, str]:
+    """signed.test, signed with a fresh ECDSA P-256 key: (zone file, the trust anchor line)."""
+    import dns.dnssec
+    import dns.rdtypes.ANY.DNSKEY
+    import dns.zone
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    zone = dns.zone.from_text("""$TTL 300
+@ IN SOA ns.signed.test. hostmaster.signed.test. 1 7200 3600 1209600 300
+@ IN NS ns.signed.test.
+ns IN A 127.0.0.1
+www IN A 192.0.2.80
+""", origin="signed.test.")
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256,
+                                    flags=257)
+    dns.dnssec.sign_zone(zone, keys=[(key, dnskey)], add_dnskey=True, lifetime=86400)
+    path = directory / "signed.test.zone"
+    path.write_text(zone.to_text())
+    return path, f"signed.test. DNSKEY {dnskey.to_text()}"
+
+
+async def test_dnssec_validation_status_from_a_validating_unbound(tmp_path):
+    zone_file, anchor = signed_zone(tmp_path)
+    authority = daemons.free_port(socket.SOCK_DGRAM)
+    with daemons.unbound(tmp_path / "authority", [
+            'local-zone: "test." nodefault',  # RFC 6761 names are blocked by default
+            "auth-zone:", '  name: "signed.test."', f'  zonefile: "{zone_file}"',
+            "  for-downstream: yes", "  for-upstream: yes"], interfaces=["127.0.0.1"],
+            port=authority), \
+         daemons.unbound(tmp_path / "resolver", [
+            'local-zone: "test." nodefault',
+            f'trust-anchor: "{anchor}"', "stub-zone:", '  name: "signed.test."',
+            f"  stub-addr: 127.0.0.1@{authority}"], interfaces=["127.0.0.2"],
+            modules="validator iterator") as resolver:
+        validated, = await run(svc("dns", resolver, "validated", query="www.signed.test",
+                                   server="127.0.0.2", dnssec=True, expect_answers=["192.0.2.80"]))
+        unvalidated, = await run(svc("dns", authority, "authority", query="www.signed.test",
+                                     server="127.0.0.1", dnssec=True, authoritative=True))
+    assert validated.state == State.OK, validated.message
+    assert validated.message.endswith(" (DNSSEC-validated) in " + validated.message.rsplit(" in ", 1)[1])
+    assert unvalidated.state == State.CRITICAL
+    assert unvalidated.message.startswith(f"DNS 127.0.0.1:{authority} answered www.signed.test A "
+                                          "without the AD flag: not DNSSEC-validated")
