@@ -610,10 +610,11 @@ async def test_stalled_tls_handshake_is_named(servers):
 async def test_smtp_check_against_real_sshd_is_judged_by_its_first_line(tmp_path):
     with daemons.sshd(tmp_path) as port:
         hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
-        results = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in hosts),
-                            svc("ssh", port, "ssh"))
-    *smtp, ssh = results
-    assert ssh.state == State.OK and "answered SSH-2.0-OpenSSH" in ssh.message, ssh.message
+        smtp = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in hosts))
+        ssh = await run(*(svc("ssh", port, f"ssh-{h}", host=h) for h in hosts))
+    for result, host in zip(ssh, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(f"SSH {srv_hostport(host, port)} answered SSH-2.0-OpenSSH")
     for result, host in zip(smtp, hosts, strict=True):
         # Judged on the line it sent, not after the 30 s timeout ("sent no greeting within").
         assert result.state == State.CRITICAL
