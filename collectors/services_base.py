@@ -110,7 +110,7 @@ class Stage:
 
     def __init__(self, contexts: TlsContexts) -> None:
         self.doing = "connect"
-        self.note = ""
+        self.got = b""  # what a tcp check has received so far (for "sent no 'x' (got ...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
 

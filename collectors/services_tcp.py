@@ -190,12 +190,12 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
     want = check.expect.encode()
     seen = b""
     while want not in seen:
-        stage.note = f" (got {clean(seen)!r})" if seen else ""
-        chunk = await reader.read(4096)
+        chunk = await reader.read(KEEP)
         if not chunk:
             raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
                                 f" (got {clean(seen)!r})")
-        seen = (seen + chunk)[-KEEP:]
+        # Only the text of a timeout message needs it cleaned: kept raw until then.
+        seen = stage.got = (seen + chunk)[-KEEP:]
     first = seen.split(b"\n", 1)[0]
     return f"answered {clean(first)!r} in {{t}}"
 

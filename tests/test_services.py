@@ -995,10 +995,11 @@ async def test_a_flooding_peer_never_holds_the_loop(servers):
     finally:
         beating.cancel()
     # Ended by its own timeout, the text kept bounded, and the loop had its turns meanwhile
-    # (a lenient floor: about 100 ticks fit in that second).
+    # (a lenient floor, for a loaded machine: about 100 ticks fit in that second; a reader that
+    # never yields while data keeps coming gives none).
     assert result.message.startswith(f"TCP 127.0.0.1:{port} sent no 'never sent' within 1.00 s (got ")
     assert len(result.message) < 200
-    assert ticks >= 10, ticks
+    assert ticks >= 3, ticks
 
 
 def signed_zone(directory: Path) -> tuple[Path, str]:
