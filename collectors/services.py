@@ -26,10 +26,10 @@ from collectors.services_base import (
     label,
     secs,
 )
-from collectors.services_dns import probe_dns
-from collectors.services_exec import plugin_timeout_message, probe_ping, probe_plugin
+from collectors.services_dns import compare_serials, probe_dns
+from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
 from collectors.services_http import probe_http
-from collectors.services_plain import Sockets, TcpProbe, handles
+from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
@@ -58,14 +58,15 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
         return await probe_ping(check, stage)
     if check.kind == "plugin":
         return await probe_plugin(check, stage)
+    if check.kind == "roundtrip":
+        return await probe_roundtrip(check, stage, now, verify)
     return await probe_text(check, stage, now, verify)
 
 
-async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsContexts,
-                    sockets: Sockets) -> Outcome:
-    """One check to one target, never longer than its timeout and never raising. `contexts` and
-    `sockets` are those of the collector's cycle."""
-    stage = Stage(contexts, sockets)
+async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsContexts) -> Outcome:
+    """One check to one target, never longer than its timeout and never raising. `contexts` are
+    the collector's TLS contexts."""
+    stage = Stage(contexts)
     start = time.monotonic()
     verify_error = None
     try:
@@ -75,16 +76,19 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
             except CertRejected as exc:
                 # Ask again without verifying, to learn when the rejected certificate expires.
                 verify_error = exc.reason
-                stage = Stage(contexts, sockets)
+                stage = Stage(contexts)
                 outcome = await _probe(check, target, stage, now, False)
     except TimeoutError:
         if check.kind == "plugin":
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
         what = WAITING.get(stage.doing, f"sent no {stage.doing}")
         return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
-                       f"{stage.note}")
+                       f"{f' (got {clean(stage.got)!r})' if stage.got else ''}")
     except Exception as exc:  # a dead peer is a result, not a collector failure
-        return Outcome(State.CRITICAL, f"{_where(check, target)} {error_text(exc)} after "
+        text = error_text(exc)
+        if stage.doing == "TLS handshake" and "TLS handshake" not in text:
+            text += " during the TLS handshake"
+        return Outcome(State.CRITICAL, f"{_where(check, target)} {text} after "
                        f"{secs(time.monotonic() - start)}")
     cert = stage.cert
     if verify_error is not None and cert is not None and (
@@ -128,7 +132,8 @@ def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) ->
         metrics["response_seconds"] = (response, "s")
         measurements = tuple(
             Measurement(target, check.name, metric, value,
-                        Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now)
+                        Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now,
+                        thresholds=outcome.thresholds.get(metric))
             for metric, (value, unit) in metrics.items())
     return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
 
@@ -142,84 +147,36 @@ class ServicesCollector:
     clock: Callable[[], float] = time.time
 
     contexts: TlsContexts = field(default_factory=TlsContexts)
+    # The metrics each plugin check has stored so far, to bound them (services_exec).
+    plugin_metrics: dict[str, set[str]] = field(default_factory=dict)
 
     async def collect(self) -> Batch:
-        # `concurrency` slots take jobs from one iterator. Plain tcp checks run as callbacks on
-        # one epoll set (services_plain), the rest as one task each around run_check; a finished
-        # job hands its slot to the next. Neither kind needs a waiter, a worker coroutine or
-        # (for plain tcp) a timer per check: at 1,000 quick checks those were most of the CPU.
+        # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64
+        # tasks, not 1,000. A cancelled cycle (the agent's run cut-off) cancels every worker,
+        # and each probe closes its socket on the way out.
         jobs = [(c, t) for c in self.checks for t in targets(c)]
         results: list[CheckResult | None] = [None] * len(jobs)
-        if not jobs:
-            return Batch()
-        loop = asyncio.get_running_loop()
-        finished = loop.create_future()
         pending = iter(enumerate(jobs))
-        tasks: set[asyncio.Task] = set()
-        running = 0
-        clock, contexts = self.clock, self.contexts
 
-        def probed(probes: list[TcpProbe]) -> None:
-            # The next connections first, back to back; then the results of these.
-            for _ in probes:
-                take()
-            for probe in probes:
-                index, now = probe.job
-                assert probe.outcome is not None
-                results[index] = to_result(probe.check, probe.host,
-                                           thresholds(probe.check, probe.outcome), now)
-
-        sockets = Sockets(loop, probed)
-
-        def checked(task: asyncio.Task) -> None:
-            tasks.discard(task)
-            try:
-                if not task.cancelled():
-                    index, check, target, now = task.job  # type: ignore[attr-defined]
-                    results[index] = to_result(check, target, task.result(), now)
-            finally:
-                take()
-
-        def take() -> None:
-            nonlocal running
-            if finished.done():  # the cycle is over (or cancelled): start nothing more
-                return
+        async def worker() -> None:
             for index, (check, target) in pending:
-                now = clock()
-                probe = None
-                try:
-                    if handles(check):
-                        probe = TcpProbe(check, target, sockets)
-                        probe.job = (index, now)
-                        probe.begin()
-                    else:
-                        task = loop.create_task(run_check(check, target, now, contexts, sockets))
-                        task.job = (index, check, target, now)  # type: ignore[attr-defined]
-                        tasks.add(task)
-                        task.add_done_callback(checked)
-                    return
-                except Exception as exc:  # one check that cannot start is its own result
-                    if probe is not None:
-                        probe.abort()  # so it never reports (nor takes a slot) later
-                    results[index] = to_result(check, target, Outcome(
-                        State.CRITICAL, f"{_where(check, target)} {error_text(exc)}"), now)
-            running -= 1
-            if running == 0 and not finished.done():
-                finished.set_result(None)
+                now = self.clock()
+                outcome = await run_check(check, target, now, self.contexts)
+                if check.kind == "plugin":
+                    outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
+                results[index] = to_result(check, target, outcome, now)
 
-        try:
-            running = min(self.concurrency, len(jobs))
-            for _ in range(running):
-                take()
-            await finished
-        finally:
-            if not finished.done():
-                finished.cancel()
-            for task in tasks:
-                task.cancel()
-            sockets.close()
+        await self.contexts.prepare(self.checks)
+        async with asyncio.TaskGroup() as group:
+            for _ in range(min(self.concurrency, len(jobs))):
+                group.create_task(worker())
         batch = Batch()
-        batch.extend(r for r in results if r is not None)
+        first = 0
+        for check in self.checks:  # a check's targets are adjacent jobs
+            count = len(targets(check))
+            done = [r for r in results[first:first + count] if r is not None]
+            batch.extend(compare_serials(check, done) if check.kind == "dns" else done)
+            first += count
         return batch
 
 

@@ -4,19 +4,17 @@ and the certificate verdict (days to expiry, host name, chain)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from monitor.config import ServiceCheck
-from monitor.model import State
+from monitor.model import State, Thresholds
 from monitor.text import clean
 
-if TYPE_CHECKING:
-    from collectors.services_plain import Sockets
 
 def hostport(host: str, port: int | None) -> str:
     """"mail.example.net:25", "[2001:db8::25]:25" for the messages."""
@@ -25,12 +23,12 @@ def hostport(host: str, port: int | None) -> str:
 
 
 LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
-          "http": "HTTP", "https": "HTTPS"}
+          "http": "HTTP", "https": "HTTPS", "roundtrip": "MAIL ROUND TRIP"}
 
 
 def label(check: ServiceCheck) -> str:
     name = LABELS.get(check.kind, check.kind.upper())
-    if check.tls and check.kind not in ("https",):
+    if check.tls and check.kind not in ("https", "roundtrip"):
         name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
     return f"{name} {hostport(check.host, check.port)}"
 
@@ -41,7 +39,9 @@ def secs(value: float) -> str:
 
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
 WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-            "sent no greeting", "answer": "sent no answer", "exit": "did not finish"}
+           "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
+           "did not complete", "answer": "sent no answer", "exit": "did not finish",
+           "delivery": "accepted the probe mail but it did not arrive in the mailbox"}
 
 
 def error_text(exc: BaseException) -> str:
@@ -61,7 +61,8 @@ def error_text(exc: BaseException) -> str:
 
 @dataclass
 class Outcome:
-    """What a probe found. `metrics`: metric -> (value, unit), stored with response_seconds.
+    """What a probe found. `metrics`: metric -> (value, unit), stored with response_seconds;
+    `thresholds`: a plugin's perfdata warn/crit/min/max of those metrics that had any.
 
     `response` is the measured time (None: nothing answered, so no response time exists).
     """
@@ -70,6 +71,7 @@ class Outcome:
     message: str
     response: float | None = None
     metrics: dict[str, tuple[float | None, str]] = field(default_factory=dict)
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)  # a plugin's, per metric
 
 
 class TlsContexts:
@@ -82,6 +84,17 @@ class TlsContexts:
     def __init__(self) -> None:
         self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
 
+    async def prepare(self, checks: list[ServiceCheck]) -> None:
+        """Make the contexts these checks will ask for, before their timeouts run: a slow CA
+        store load is then never blamed on a server. One that cannot be made (a bad ca_file)
+        is left for its check to report."""
+        wanted = {(str(c.ca_file) if c.ca_file else None, c.verify): c for c in checks
+                  if c.tls or c.starttls}
+        for key, check in wanted.items():
+            if key not in self._made:
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await self.get(check, check.verify)
+
     async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
         key = (str(check.ca_file) if check.ca_file else None, verify)
         context = self._made.get(key)
@@ -93,14 +106,13 @@ class TlsContexts:
 
 class Stage:
     """Where a probe is, so a timeout can say what did not happen ("sent no greeting"), and
-    what it shares with the other checks of its cycle (TLS contexts, the plain sockets' set)."""
+    the TLS contexts it shares with the other checks of its cycle."""
 
-    def __init__(self, contexts: TlsContexts, sockets: Sockets) -> None:
+    def __init__(self, contexts: TlsContexts) -> None:
         self.doing = "connect"
-        self.note = ""
+        self.got = b""  # what a tcp check has received so far (for "sent no 'x' (got ...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
-        self.sockets = sockets
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:

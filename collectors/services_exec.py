@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import itertools
 import os
 import re
 import signal
+import statistics
 import time
+from dataclasses import dataclass, field
 
 from collectors.services_base import Outcome, Stage, secs
 from monitor.config import ServiceCheck
-from monitor.model import State
+from monitor.model import State, Thresholds
 from monitor.text import clean
 
 MAX_OUTPUT = 64 * 1024
@@ -47,12 +51,27 @@ _RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/\S+)? = ([\d.]+)/([\d.]+)/
 _DENIED = ("operation not permitted", "permission denied", "socktype: sock_raw", "cap_net_raw")
 
 
+_REPLY = re.compile(r"icmp_seq=(\d+).*? time=([\d.]+) ms")
+
+
 def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | None]:
     """(loss percent, (min, avg, max) in seconds) from iputils/busybox ping output."""
     loss = _LOSS.search(text)
     rtt = _RTT.search(text)
     return (float(loss.group(3)) if loss else None,
             tuple(float(g) / 1000 for g in rtt.groups()) if rtt else None)  # type: ignore[return-value]
+
+
+def median_and_jitter(text: str) -> tuple[float, float] | None:
+    """SmokePing's view of the replies (seconds): the median round trip, and the jitter as the
+    mean difference between consecutive replies (RFC 3550's idea, mtr's "Javg"); None when
+    no reply was printed. Duplicates (the same icmp_seq twice) count once."""
+    rtts = dict((int(seq), float(ms) / 1000) for seq, ms in _REPLY.findall(text))
+    if not rtts:
+        return None
+    ordered = [rtts[seq] for seq in sorted(rtts)]
+    steps = [abs(b - a) for a, b in itertools.pairwise(ordered)]
+    return statistics.median(ordered), (sum(steps) / len(steps) if steps else 0.0)
 
 
 async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
@@ -77,22 +96,30 @@ async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
                            f"{check.ping_command}")
         return Outcome(State.UNKNOWN, f"{where}: ping failed (exit {code}): {clean(text, 100)}")
     metrics: dict[str, tuple[float | None, str]] = {"loss_percent": (loss, "%")}
-    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds")
-    for metric, value in zip(names, rtt or (None, None, None), strict=True):
+    spread = median_and_jitter(out) if rtt else None
+    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds", "rtt_median_seconds",
+             "rtt_jitter_seconds")
+    for metric, value in zip(names, (*(rtt or (None,) * 3), *(spread or (None, None))), strict=True):
         metrics[metric] = (value, "s")
     state = (State.CRITICAL if loss >= check.loss_critical
              else State.WARNING if loss >= check.loss_warning else State.OK)
     if rtt is None:
         return Outcome(state, f"{where}: no reply to {check.count} packets (100% loss)",
                        None, metrics)
+    spread_note = (f", median {spread[0] * 1000:.2f} ms, jitter {spread[1] * 1000:.2f} ms"
+                   if spread else "")
     return Outcome(state, f"{where}: {loss:g}% loss, rtt min/avg/max {rtt[0] * 1000:.2f}/"
-                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms", rtt[1], metrics)
+                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms{spread_note}", rtt[1], metrics)
 
 
 # -- Nagios plugins -----------------------------------------------------------------------------
 
-_PERF = re.compile(r"""\s*('(?:[^']|'')+'|[^'=\s]+)=([-+]?[\d.]+(?:[eE][-+]?\d+)?|U)([^;\s]*)"""
-                   r"""((?:;[^;\s]*){0,4})""")
+# Per the Nagios plugin development guidelines: 'label'=value[UOM];[warn];[crit];[min];[max],
+# quotes around a label with spaces ('' is a quote inside), and a decimal comma from plugins
+# run under another locale ("1,5s").
+_NUMBER = r"[-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?"
+_PERF = re.compile(rf"""\s*('(?:[^']|'')+'|[^'=\s]+)=({_NUMBER}|U)([^;\s]*)((?:;[^;\s]*){{0,4}})""")
+_RANGE = re.compile(rf"@?(?:(?:~|{_NUMBER})?:)?(?:{_NUMBER})?")
 _UNITS: dict[str, tuple[float, str, str]] = {
     # UOM -> (factor to the base unit, metric suffix, unit)
     "s": (1, "_seconds", "s"), "ms": (1e-3, "_seconds", "s"), "us": (1e-6, "_seconds", "s"),
@@ -100,42 +127,101 @@ _UNITS: dict[str, tuple[float, str, str]] = {
     "MB": (1024**2, "_bytes", "B"), "GB": (1024**3, "_bytes", "B"), "TB": (1024**4, "_bytes", "B"),
     "c": (1, "", "c"), "": (1, "", ""),
 }
+# Data sources one plugin check may add: a label that changes every run ("time_12:01:07")
+# would otherwise add one to its RRD file every run.
+MAX_PLUGIN_METRICS = 50
 
 
 def metric_name(label: str, suffix: str) -> str:
-    name = re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_") or "value"
+    """The metric for a perfdata label: its letters (any script, case kept: "/home" and "/HOME"
+    are two file systems) and digits, other runs as "_", the unit's suffix."""
+    name = re.sub(r"[\W_]+", "_", label).strip("_") or "value"
     return name if not suffix or name.endswith(suffix) else name + suffix
 
 
-def parse_perfdata(text: str) -> dict[str, tuple[float | None, str]]:
-    """'label'=value[UOM];warn;crit;min;max ... -> {metric: (value in base units, unit)}.
+def _number(text: str) -> float:
+    return float(text.replace(",", "."))
 
-    Units become base units with the unit in the name (time=5ms -> time_seconds 0.005);
-    "c" (a counter) keeps its name and unit "c" so the caller can store it as a COUNTER.
-    """
-    out: dict[str, tuple[float | None, str]] = {}
+
+def _scaled_range(text: str, factor: float) -> str | None:
+    """A warn/crit range in the stored unit ("5000:" ms -> "5:"); None if empty or no range."""
+    if not text or not _RANGE.fullmatch(text):
+        return None
+    return re.sub(_NUMBER, lambda m: f"{_number(m.group()) * factor:g}", text)
+
+
+@dataclass
+class Perfdata:
+    """The perfdata of one plugin run: metric -> (value in base units, unit) and the thresholds
+    of the metrics that came with any."""
+
+    metrics: dict[str, tuple[float | None, str]] = field(default_factory=dict)
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
+
+
+def parse_perfdata(text: str) -> Perfdata:
+    """'label'=value[UOM];warn;crit;min;max ... in base units with the unit in the metric's name
+    (time=5ms -> time_seconds 0.005). "c" (a counter) keeps its name and unit "c" so the caller
+    can store it as a COUNTER. Two labels that come out as one name ("a b", "a_b") stay two
+    metrics: the later one gets a suffix from its label."""
+    out = Perfdata()
+    labels: dict[str, str] = {}
     for match in _PERF.finditer(text):
-        label, raw, uom = match.group(1), match.group(2), match.group(3)
+        label, raw, uom, rest = match.groups()
         label = label[1:-1].replace("''", "'") if label.startswith("'") else label
         factor, suffix, unit = _UNITS.get(uom, (1, "", uom))
-        value = None if raw == "U" else float(raw) * factor
-        out[metric_name(label, suffix)] = (value, unit)
+        name = metric_name(label, suffix)
+        if labels.setdefault(name, label) != label:
+            name = f"{name}_{hashlib.sha1(label.encode()).hexdigest()[:6]}"
+        value = None if raw == "U" else _number(raw) * factor
+        out.metrics[name] = (value, unit)
+        warn, crit, low, high = [*rest[1:].split(";"), "", "", ""][:4]
+        limits = [_number(v) * factor if re.fullmatch(_NUMBER, v) else None for v in (low, high)]
+        thresholds = Thresholds(_scaled_range(warn, factor), _scaled_range(crit, factor), *limits)
+        if thresholds != Thresholds():
+            out.thresholds[name] = thresholds
     return out
 
 
 def split_plugin_output(out: str) -> tuple[str, str]:
-    """(first line's text, all perfdata) per the Nagios plugin guidelines."""
+    """(first line's text, all perfdata) per the Nagios plugin guidelines: perfdata after "|"
+    on the first line, and on the long-text lines from the first one with a "|" to the end."""
     lines = out.splitlines() or [""]
     text, _, perf = lines[0].partition("|")
-    long_perf = [line.partition("|")[2] for line in lines[1:] if "|" in line]
-    return text.strip(), " ".join([perf, *long_perf])
+    for number, line in enumerate(lines[1:], 1):
+        if "|" in line:
+            return text.strip(), " ".join([perf, line.partition("|")[2], *lines[number + 1:]])
+    return text.strip(), perf
+
+
+def bound_metrics(outcome: Outcome, known: set[str]) -> Outcome:
+    """Store at most MAX_PLUGIN_METRICS metrics per check over the agent's life (`known` is the
+    check's, kept by its collector); the rest are dropped and the message says so."""
+    new = [name for name in outcome.metrics if name not in known]
+    room = max(0, MAX_PLUGIN_METRICS - len(known))
+    known.update(new[:room])
+    dropped = new[room:]
+    if dropped:
+        for name in dropped:
+            del outcome.metrics[name]
+            outcome.thresholds.pop(name, None)
+        outcome.message += (f" ({len(dropped)} perfdata label{'s' if len(dropped) > 1 else ''} "
+                            f"not stored, e.g. {clean(dropped[0], 40)!r}: this check has its "
+                            f"{MAX_PLUGIN_METRICS} data sources; does a label change every run?)")
+    return outcome
+
+
+# What a plugin sees of the agent's environment: nothing (no secrets), a search path and the C
+# locale, so its numbers have a decimal point and its messages are the ones documented.
+PLUGIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+              "LANG": "C", "LC_ALL": "C"}
 
 
 async def probe_plugin(check: ServiceCheck, stage: Stage) -> Outcome:
     start = time.monotonic()
     program = os.path.basename(check.command[0])
     try:
-        code, out, err = await run(list(check.command), stage)
+        code, out, err = await run(list(check.command), stage, env=PLUGIN_ENV)
     except FileNotFoundError:
         return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} does not exist "
                        "(install monitoring-plugins or fix command)")
@@ -148,7 +234,8 @@ async def probe_plugin(check: ServiceCheck, stage: Stage) -> Outcome:
         text = clean(err, 120) or f"{program} printed nothing"
     if code not in (0, 1, 2, 3):
         text = f"{program} exited with {code}: {text}"
-    return Outcome(state, clean(text, 200), elapsed, parse_perfdata(perf))
+    perfdata = parse_perfdata(perf)
+    return Outcome(state, clean(text, 200), elapsed, perfdata.metrics, perfdata.thresholds)
 
 
 def plugin_timeout_message(check: ServiceCheck) -> str:

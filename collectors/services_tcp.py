@@ -1,14 +1,17 @@
 """TCP and the line protocols on top of it: tcp (send/expect), smtp, imap, pop3, ssh, ftp, with
 implicit TLS (tls = true) or STARTTLS/STLS, and the certificate verdict on every TLS session.
 
-Each probe is one short conversation that ends politely (QUIT/LOGOUT) and always closes its
-socket; the caller bounds the whole of it with the check's timeout.
+Every dialog runs on asyncio streams (on uvloop where the agent has it). Each probe is one short
+conversation that ends politely (QUIT/LOGOUT) and always closes its socket; the caller bounds
+the whole of it with the check's timeout. The connection and the TLS handshake are separate
+stages, so a server that accepts and stalls the handshake is reported as such.
 """
 
 from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
 import ssl
 import time
 
@@ -20,12 +23,16 @@ from collectors.services_base import (
     secs,
     server_name,
 )
-from collectors.services_plain import KEEP, LINE_LIMIT, PlainStream
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
 
 MAX_LINES = 100
+LINE_LIMIT = 65536  # one line of a peer's answer
+KEEP = 65536  # the last 64 KiB of an answer are searched for `expect`
+# A multi-line SMTP/FTP reply (a "220-" greeting of thousands of lines is legal) is read to its
+# end, up to this many bytes in all.
+MAX_REPLY = 1 << 20
 
 
 class CertRejected(Exception):
@@ -44,27 +51,27 @@ class ProtocolError(Exception):
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to the check's (or the given) host and port; with TLS, the handshake made as
+    a stage of its own after the connection is up."""
     tls = check.tls if tls is None else tls
     stage.doing = "connect"
-    if not tls and not check.starttls:
-        plain = await PlainStream.open(stage.sockets, host or check.host, port or check.port)
-        return plain, plain  # type: ignore[return-value]  # duck-typed reader and writer
-    context = await stage.contexts.get(check, verify) if tls else None
-    try:
-        return await asyncio.open_connection(
-            host or check.host, port or check.port,
-            ssl=context,
-            server_hostname=(sni or server_name(check)) if tls else None,
-            limit=LINE_LIMIT)
-    except ssl.SSLCertVerificationError as exc:
-        raise CertRejected(exc.verify_message or str(exc)) from None
+    reader, writer = await asyncio.open_connection(host or check.host, port or check.port,
+                                                   limit=LINE_LIMIT)
+    if tls:
+        try:
+            await start_tls(writer, check, verify, stage, sni)
+        except BaseException:
+            close(writer)
+            raise
+    return reader, writer
 
 
 async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: bool,
-                    stage: Stage) -> None:
+                    stage: Stage, sni: str | None = None) -> None:
     context = await stage.contexts.get(check, verify)
+    stage.doing = "TLS handshake"
     try:
-        await writer.start_tls(context, server_hostname=server_name(check))
+        await writer.start_tls(context, server_hostname=sni or server_name(check))
     except ssl.SSLCertVerificationError as exc:
         raise CertRejected(exc.verify_message or str(exc)) from None
 
@@ -106,15 +113,27 @@ async def read_line(reader: asyncio.StreamReader) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-async def read_reply(reader: asyncio.StreamReader) -> tuple[str, list[str]]:
-    """An SMTP/FTP reply: (code, lines), following "250-" continuation lines."""
-    lines = []
-    for _ in range(MAX_LINES):
+async def read_reply(reader: asyncio.StreamReader, protocol: str, what: str
+                     ) -> tuple[str, list[str]]:
+    """An SMTP/FTP reply: (code, lines), all its "250-" continuation lines read (MAX_REPLY bytes
+    at most). A line that is no reply ("SSH-2.0-..." from the wrong server) is judged at once,
+    as `protocol` and `what` ("greeting") name it, not waited on until the timeout."""
+    lines: list[str] = []
+    size = 0
+    while True:
         line = await read_line(reader)
+        if not (line[:3].isdigit() and line[3:4] in ("", " ", "-")):
+            raise ProtocolError(f"answered {clean(line, 60)!r} instead of an {protocol} {what} "
+                                "in {t}")
+        if lines and line[:3] != lines[0][:3]:
+            raise ProtocolError(f"answered {clean(line, 60)!r} within a {lines[0][:3]} reply "
+                                f"(its {what}) in {{t}}")
+        size += len(line)
+        if size > MAX_REPLY:
+            raise ProtocolError(f"sent a {what} longer than {MAX_REPLY >> 10} KiB")
         lines.append(line)
-        if len(line) < 4 or line[3] != "-":
-            break
-    return lines[-1][:3], lines
+        if line[3:4] != "-":
+            return line[:3], lines
 
 
 async def command(writer: asyncio.StreamWriter, text: str) -> None:
@@ -140,9 +159,18 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)
     except ProtocolError as exc:
         elapsed = time.monotonic() - start
-        return Outcome(State.CRITICAL, f"{name} {str(exc).replace('{t}', secs(elapsed))}", elapsed)
+        return Outcome(State.CRITICAL, hide_password(
+            check, f"{name} {str(exc).replace('{t}', secs(elapsed))}"), elapsed)
     finally:
         close(writer)
+
+
+def hide_password(check: ServiceCheck, text: str) -> str:
+    """A server that echoes what it got must not put the password into our messages."""
+    if check.password:
+        for secret in (check.password, _plain_credentials(check)):
+            text = text.replace(secret, "***")
+    return text
 
 
 def _expect_code(code: str, lines: list[str], want: str, what: str) -> None:
@@ -162,40 +190,67 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
     want = check.expect.encode()
     seen = b""
     while want not in seen:
-        stage.note = f" (got {clean(seen)!r})" if seen else ""
-        chunk = await reader.read(4096)
+        chunk = await reader.read(KEEP)
         if not chunk:
             raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
                                 f" (got {clean(seen)!r})")
-        seen = (seen + chunk)[-KEEP:]
+        # Only the text of a timeout message needs it cleaned: kept raw until then.
+        seen = stage.got = (seen + chunk)[-KEEP:]
     first = seen.split(b"\n", 1)[0]
     return f"answered {clean(first)!r} in {{t}}"
 
 
 async def _smtp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader)
+    code, lines = await read_reply(reader, "SMTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
     banner = clean(lines[0][4:], 60)
     stage.doing = "EHLO reply"
     await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-    code, ehlo = await read_reply(reader)
+    code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO")
     _expect_code(code, ehlo, "250", "to EHLO")
     if check.starttls:
         if not any(line[4:].upper().startswith("STARTTLS") for line in ehlo):
             raise ProtocolError("does not offer STARTTLS")
         stage.doing = "STARTTLS reply"
         await command(writer, "STARTTLS")
-        code, lines = await read_reply(reader)
+        code, lines = await read_reply(reader, "SMTP", "reply to STARTTLS")
         _expect_code(code, lines, "220", "to STARTTLS")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
         stage.doing = "EHLO reply after STARTTLS"
         await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-        code, lines = await read_reply(reader)
-        _expect_code(code, lines, "250", "to EHLO after STARTTLS")
+        code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO after STARTTLS")
+        _expect_code(code, ehlo, "250", "to EHLO after STARTTLS")
+    if check.username:
+        await _smtp_login(check, stage, reader, writer, ehlo)
     await command(writer, "QUIT")
-    return f"answered 220{' and STARTTLS' if check.starttls else ''} in {{t}} ({banner})"
+    return (f"answered 220{' and STARTTLS' if check.starttls else ''}{_logged_in(check)} in {{t}}"
+            f" ({banner})")
+
+
+def _logged_in(check: ServiceCheck) -> str:
+    return f", logged in as {clean(check.username, 40)!r}" if check.username else ""
+
+
+def _plain_credentials(check: ServiceCheck) -> str:
+    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
+    assert check.username is not None and check.password is not None
+    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
+
+
+async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter, ehlo: list[str]) -> None:
+    mechanisms = {m.upper() for line in ehlo if line[4:9].upper() in ("AUTH ", "AUTH=")
+                  for m in line[9:].split()}
+    if "PLAIN" not in mechanisms:
+        raise ProtocolError(f"offers no AUTH PLAIN (AUTH {clean(' '.join(sorted(mechanisms)), 40) or 'none'})"
+                            " to log in with")
+    stage.doing = "AUTH reply"
+    await command(writer, f"AUTH PLAIN {_plain_credentials(check)}")
+    code, lines = await read_reply(reader, "SMTP", "reply to AUTH")
+    if code != "235":
+        raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                            f"{clean(lines[-1])!r} in {{t}}")
 
 
 async def _imap(check, stage, reader, writer, verify) -> str:
@@ -211,10 +266,40 @@ async def _imap(check, stage, reader, writer, verify) -> str:
                 break
         if not reply.upper().startswith("M1 OK"):
             raise ProtocolError(f"refused STARTTLS: {clean(reply)!r}")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
-    await command(writer, "m2 LOGOUT")
-    return f"answered * OK{' and STARTTLS' if check.starttls else ''} in {{t}} ({clean(line[4:], 60)})"
+    if check.username:
+        await imap_login(check, stage, reader, writer)
+    await command(writer, "m9 LOGOUT")
+    return (f"answered * OK{' and STARTTLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
+            f"({clean(line[4:], 60)})")
+
+
+async def imap_tagged(reader: asyncio.StreamReader, tag: str) -> tuple[str, list[str]]:
+    """The tagged reply to command `tag` and the untagged lines before it (MAX_REPLY bytes)."""
+    untagged: list[str] = []
+    size = 0
+    while True:
+        line = await read_line(reader)
+        if line.startswith(f"{tag} "):
+            return line, untagged
+        size += len(line)
+        if size > MAX_REPLY:
+            raise ProtocolError(f"sent more than {MAX_REPLY >> 10} KiB before its reply to {tag}")
+        untagged.append(line)
+
+
+async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+    """AUTHENTICATE PLAIN (RFC 3501/4959 without SASL-IR: every server has it, no quoting)."""
+    stage.doing = "AUTHENTICATE reply"
+    await command(writer, "m2 AUTHENTICATE PLAIN")
+    line = await read_line(reader)
+    if line.startswith("+"):
+        await command(writer, _plain_credentials(check))
+        line, _ = await imap_tagged(reader, "m2")
+    if not line.upper().startswith("M2 OK"):
+        raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                            f"{clean(line[3:])!r} in {{t}}")
 
 
 async def _pop3(check, stage, reader, writer, verify) -> str:
@@ -227,10 +312,21 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
         reply = await read_line(reader)
         if not reply.startswith("+OK"):
             raise ProtocolError(f"refused STLS: {clean(reply)!r}")
-        stage.doing = "TLS handshake"
         await start_tls(writer, check, verify, stage)
+    if check.username:
+        stage.doing = "USER reply"
+        await command(writer, f"USER {check.username}")
+        reply = await read_line(reader)
+        if reply.startswith("+OK"):
+            stage.doing = "PASS reply"
+            await command(writer, f"PASS {check.password}")
+            reply = await read_line(reader)
+        if not reply.startswith("+OK"):
+            raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
+                                f"{clean(reply)!r} in {{t}}")
     await command(writer, "QUIT")
-    return f"answered +OK{' and STLS' if check.starttls else ''} in {{t}} ({clean(line[3:], 60)})"
+    return (f"answered +OK{' and STLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
+            f"({clean(line[3:], 60)})")
 
 
 async def _ssh(check, stage, reader, writer, verify) -> str:
@@ -247,7 +343,7 @@ async def _ssh(check, stage, reader, writer, verify) -> str:
 
 
 async def _ftp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader)
+    code, lines = await read_reply(reader, "FTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
     await command(writer, "QUIT")

@@ -15,6 +15,7 @@ from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
 from monitor.journal import SYSLOG_SOCKET, JournalFormatter, stderr_is_journal, syslog_handler
+from monitor.eventloop import run as run_loop
 from monitor.model import State
 from monitor.registry import COLLECTORS
 from monitor.sdnotify import Notifier
@@ -201,7 +202,7 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from alerts.digest import run_digest
 
     config = read_config(args)
-    asyncio.run(run_digest(config, args.name, dry_run=args.dry_run))
+    run_loop(run_digest(config, args.name, dry_run=args.dry_run))
     return 0
 
 
@@ -301,7 +302,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         finally:
             await agent.close()
 
-    ok = asyncio.run(go())
+    ok = run_loop(go())
     print(f"RRD files in {config.rrd_dir}")
     return 0 if ok else 1
 
@@ -318,7 +319,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     auth_key = args.auth_key or os.environ.get("SNMP_AUTH_KEY")
     priv_key = args.priv_key or os.environ.get("SNMP_PRIV_KEY")
     try:
-        text = asyncio.run(run_discover(args, auth_key, priv_key))
+        text = run_loop(run_discover(args, auth_key, priv_key))
     except SnmpError as exc:
         print(f"monitor discover: {exc}", file=sys.stderr)
         return 1
@@ -335,7 +336,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
                          f"known: {', '.join(sorted(known)) or 'none'}")
-    results = asyncio.run(run_once(config, args.names or None))
+    results = run_loop(run_once(config, args.names or None))
     if args.json:
         import json
         print(json.dumps([{"target": r.target, "check": r.check, "state": r.state.name,
@@ -388,7 +389,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration) if args.duration else None
     config = read_config(args)
-    return asyncio.run(run_agent(config, args, duration))
+    return run_loop(run_agent(config, args, duration))
 
 
 async def run_agent(config: Config, args: argparse.Namespace, duration: float | None) -> int:

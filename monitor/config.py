@@ -231,9 +231,10 @@ class SnmpConfig:
 
 
 SERVICE_PORTS = {"tcp": None, "smtp": 25, "imap": 143, "pop3": 110, "ssh": 22, "ftp": 21,
-                 "http": 80, "https": 443, "dns": 53}
+                 "http": 80, "https": 443, "dns": 53, "roundtrip": 587}
 # Implicit TLS ports of the mail protocols (tls = true): submissions, imaps, pop3s.
-SERVICE_TLS_PORTS = {"smtp": 465, "imap": 993, "pop3": 995, "ftp": 990, "http": 443, "https": 443}
+SERVICE_TLS_PORTS = {"smtp": 465, "imap": 993, "pop3": 995, "ftp": 990, "http": 443, "https": 443,
+                     "roundtrip": 465}
 DNS_RCODES = ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
               "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE"]
 _TEXT_PROTOCOLS = ("tcp", "smtp", "imap", "pop3", "ssh", "ftp")
@@ -244,7 +245,8 @@ class ServiceCheck:
     """One [[services]] table; see config.toml for the meaning of each key."""
 
     name: Name
-    kind: Literal["tcp", "smtp", "imap", "pop3", "ssh", "ftp", "http", "https", "dns", "ping", "plugin"]
+    kind: Literal["tcp", "smtp", "imap", "pop3", "ssh", "ftp", "http", "https", "dns", "ping", "plugin",
+                  "roundtrip"]
     host: str = ""
     port: Port | None = None
     timeout: Annotated[float, DURATION_MARK, Range(0.01, 3600)] = 10.0
@@ -267,6 +269,14 @@ class ServiceCheck:
     cert_critical_days: Annotated[float, Range(0, None)] = 7.0
     # smtp: the name sent with EHLO (default: the agent's host name).
     helo: str | None = None
+    # smtp/imap/pop3 login with a test account (over TLS only); the password never shows.
+    username: str | None = None
+    password: Secret = field(default=None, repr=False)
+    # roundtrip: a probe mail submitted over SMTP (host, port, tls/starttls, login) to rcpt_to,
+    # then looked for over IMAPS (imap_host, imap_port, the same login) and deleted.
+    rcpt_to: str | None = None
+    imap_host: str | None = None
+    imap_port: Port | None = None
     # http/https
     url: str | None = None
     path: str = "/"
@@ -282,8 +292,10 @@ class ServiceCheck:
     servers: list[str] = field(default_factory=list)
     expect_answers: list[str] = field(default_factory=list)
     expect_rcode: str = "NOERROR"
+    authoritative: bool = False  # the answer must carry the AA flag
+    dnssec: bool = False  # the answer must carry the AD flag (a validating resolver's verdict)
     # ping
-    count: Annotated[int, Range(1, 100)] = 5
+    count: Annotated[int, Range(1, 100)] = 20
     ping_interval: Annotated[float, DURATION_MARK, Range(0.002, 10)] = 0.2
     loss_warning: Percent = 20.0
     loss_critical: Percent = 60.0
@@ -302,13 +314,32 @@ class ServiceCheck:
         if self.tls and self.starttls:
             raise Invalid("starttls", "tls = true is TLS from the first byte; starttls upgrades "
                                       "a plain connection: choose one")
-        if self.starttls and kind not in ("smtp", "imap", "pop3"):
+        if self.starttls and kind not in ("smtp", "imap", "pop3", "roundtrip"):
             raise Invalid("starttls", f"only smtp, imap and pop3 checks can STARTTLS (this is {kind})")
-        if self.tls and kind not in ("tcp", "smtp", "imap", "pop3", "ftp", "http", "https"):
+        if self.tls and kind not in ("tcp", "smtp", "imap", "pop3", "ftp", "http", "https", "roundtrip"):
             raise Invalid("tls", f"a {kind} check cannot use TLS")
         if (self.send is not None or self.expect is not None) and kind not in _TEXT_PROTOCOLS:
             raise Invalid("send" if self.send is not None else "expect",
                           f"send/expect are for tcp-like checks, not {kind}")
+        # Both go into protocol lines (EHLO, Host:): a CR or LF would end the line and start
+        # another command or header of the config's making.
+        for key_name, value in (("helo", self.helo), ("vhost", self.vhost)):
+            if value is not None and (not value or re.search(r"[\x00-\x20\x7f]", value)):
+                raise Invalid(key_name, f"expected a host name without spaces or control "
+                                        f"characters (CR/LF would end the protocol line), got {value!r}")
+        if self.username is not None or self.password is not None or kind == "roundtrip":
+            self._validate_login()
+        if kind == "roundtrip":
+            self.rcpt_to = self.rcpt_to or self.username
+            if not re.fullmatch(r"[^\s@<>]+@[A-Za-z0-9.-]+", self.rcpt_to or ""):
+                raise Invalid("rcpt_to", f"expected a mail address like probe@example.net, got "
+                                         f"{self.rcpt_to!r}")
+            self.imap_host = self.imap_host or self.host
+            self.imap_port = self.imap_port or 993
+        else:
+            for name in ("rcpt_to", "imap_host", "imap_port"):
+                if getattr(self, name) is not None:
+                    raise Invalid(name, f"only roundtrip checks have {name}")
         http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
@@ -316,6 +347,9 @@ class ServiceCheck:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
+        for name in ("authoritative", "dnssec"):
+            if getattr(self, name) and kind != "dns":
+                raise Invalid(name, f"only dns checks have {name}")
         if kind == "plugin":
             if not self.command:
                 raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'
@@ -352,7 +386,9 @@ class ServiceCheck:
         if not self.host:
             raise Invalid("host", f'a {kind} check needs host = "NAME OR ADDRESS"')
         # The host reaches ping's argv and protocol lines: a name or an address, never "-f".
-        for key_name, value in [("host", self.host), *(("servers", v) for v in self.servers)]:
+        hosts = [("host", self.host), ("imap_host", self.imap_host or self.host),
+                 *(("servers", v) for v in self.servers)]
+        for key_name, value in hosts:
             if not re.fullmatch(r"[A-Za-z0-9_.:%][A-Za-z0-9_.:%-]*", value):
                 raise Invalid(key_name, f"expected a host name or IP address, got {value!r}")
         if kind == "ping":
@@ -371,6 +407,21 @@ class ServiceCheck:
             raise Invalid("path", f'expected a path starting with "/", got {self.path!r}')
         if kind in ("http", "https") and not self.expect_status:
             self.expect_status = [200]
+
+    def _validate_login(self) -> None:
+        if self.kind not in ("smtp", "imap", "pop3", "roundtrip"):
+            raise Invalid("username", f"only smtp, imap, pop3 and roundtrip checks log in (this is "
+                                      f"{self.kind})")
+        if not self.username:
+            raise Invalid("username", "a login check needs username = \"NAME\" with the password")
+        if not self.password:
+            raise Invalid("password", "a login check needs password_file = \"PATH\" (or password_env)")
+        if not (self.tls or self.starttls):
+            raise Invalid("username", "a login check needs tls = true or starttls = true: the "
+                                      "password must not cross the network in clear")
+        for key_name, value in (("username", self.username), ("password", self.password)):
+            if re.search(r"[\x00\r\n]", value):
+                raise Invalid(key_name, "must not contain NUL, CR or LF")
 
     def _from_url(self) -> None:
         from urllib.parse import urlsplit

@@ -64,6 +64,19 @@ class Measurement:
     timestamp: float = field(default_factory=time.time)
     minimum: float | None = None
     maximum: float | None = None
+    thresholds: Thresholds | None = None  # a plugin's perfdata warn/crit/min/max
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """What a Nagios plugin's perfdata says around a value, in the unit the value is stored in:
+    the warning and critical ranges as the plugin gave them ("10", "@5:10", "~:3") and the
+    minimum and maximum it may take (the store does not bound the series by them)."""
+
+    warning: str | None = None
+    critical: str | None = None
+    low: float | None = None
+    high: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -232,10 +232,11 @@ ZONE = {("www.example.net.", "A"): ["192.0.2.10", "192.0.2.11"],
         ("big.example.net.", "TXT"): [f'"{i:02d}{"x" * 58}"' for i in range(30)]}
 
 
-def dns_answer(data: bytes, limit: int | None) -> bytes:
-    """Answers from ZONE, NXDOMAIN for anything else; over `limit` bytes, an empty truncated
-    answer (TC), as a server does over UDP."""
+def dns_answer(data: bytes, udp: bool) -> bytes:
+    """Answers from ZONE, NXDOMAIN for anything else; over UDP, above 512 bytes (or the EDNS
+    payload the query offers), an empty truncated answer (TC), as a server does."""
     query = dns.message.from_wire(data)
+    limit = max(512, query.payload) if udp and query.edns >= 0 else 512 if udp else None
     response = dns.message.make_response(query)
     q = query.question[0]
     records = ZONE.get((q.name.to_text().lower(), dns.rdatatype.to_text(q.rdtype)))
@@ -243,7 +244,7 @@ def dns_answer(data: bytes, limit: int | None) -> bytes:
         response.answer.append(dns.rrset.from_text_list(q.name, 300, "IN", q.rdtype, records))
     else:
         response.set_rcode(dns.rcode.NXDOMAIN)
-    wire = response.to_wire()
+    wire = response.to_wire(max_size=65535)
     if limit is not None and len(wire) > limit:
         response.answer.clear()
         response.flags |= dns.flags.TC
@@ -256,12 +257,12 @@ class DnsResponder(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
-        self.transport.sendto(dns_answer(data, 512), addr)
+        self.transport.sendto(dns_answer(data, udp=True), addr)
 
 
 async def _dns_over_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     size = int.from_bytes(await reader.readexactly(2), "big")
-    wire = dns_answer(await reader.readexactly(size), None)
+    wire = dns_answer(await reader.readexactly(size), udp=False)
     writer.write(len(wire).to_bytes(2, "big") + wire)
     await writer.drain()
 

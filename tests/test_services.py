@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from collectors import services
 from collectors.services_exec import parse_perfdata, parse_ping, split_plugin_output
 from monitor.config import ConfigError, ServiceCheck, load_config
-from monitor.model import Kind, State
+from monitor.model import Kind, State, Thresholds
+from tests import daemons
 from tests import service_servers as srv
 from tests.conftest import ROOT
 from tests.smtp_helpers import Recorder, start_smtp
@@ -351,7 +353,7 @@ def test_parse_ping_and_perfdata():
     text, perf = split_plugin_output("DISK OK - free | '/var log'=2GB;3;4;0;10 time=5ms\n"
                                      "long text | load1=0.5;1;2 hits=12c size=U")
     assert text == "DISK OK - free"
-    metrics = parse_perfdata(perf)
+    metrics = parse_perfdata(perf).metrics
     assert metrics["var_log_bytes"] == (2 * 1024**3, "B")
     assert metrics["time_seconds"] == (pytest.approx(0.005), "s")
     assert metrics["load1"] == (0.5, "")
@@ -583,3 +585,464 @@ async def test_cli_services_prints_results_and_exits_with_the_worst_state(write_
     assert code == 0 and out.count("\n") == 1
     code, _, err = await monitor("nope")
     assert code == 2 and "no service named 'nope'" in err
+
+
+# -- the message names the stage that failed (issue 14, defect 5) -------------------------------
+
+
+async def test_stalled_tls_handshake_is_named(servers):
+    async def starttls_then_stall(reader, writer):
+        writer.write(b"* OK IMAP ready\r\n")
+        await reader.readline()
+        writer.write(b"m1 OK Begin TLS negotiation now.\r\n")
+        await srv.stall(reader, writer)
+
+    stall = await servers(srv.stall)
+    imap = await servers(starttls_then_stall)
+    smtps, imap_starttls = await run(svc("smtp", stall, "smtps", tls=True, timeout=1),
+                                     svc("imap", imap, "imap", starttls=True, timeout=1))
+    assert smtps.message == (f"SMTPS 127.0.0.1:{stall} accepted the connection but the TLS "
+                             "handshake did not complete within 1.00 s")
+    assert imap_starttls.message == (f"IMAP 127.0.0.1:{imap} accepted the connection but the TLS "
+                                     "handshake did not complete within 1.00 s")
+
+
+async def test_smtp_check_against_real_sshd_is_judged_by_its_first_line(tmp_path):
+    with daemons.sshd(tmp_path) as port:
+        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+        smtp = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in hosts))
+        ssh = await run(*(svc("ssh", port, f"ssh-{h}", host=h) for h in hosts))
+    for result, host in zip(ssh, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(f"SSH {srv_hostport(host, port)} answered SSH-2.0-OpenSSH")
+    for result, host in zip(smtp, hosts, strict=True):
+        # Judged on the line it sent, not after the 30 s timeout ("sent no greeting within").
+        assert result.state == State.CRITICAL
+        assert result.message.startswith(f"SMTP {srv_hostport(host, port)} answered 'SSH-2.0-OpenSSH")
+        assert "instead of an SMTP greeting in " in result.message, result.message
+        assert metric(result, "response_seconds").value is not None
+
+
+def srv_hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def test_a_5000_line_greeting_is_read_to_its_end_before_ehlo(servers):
+    async def chatty_smtp(reader, writer):
+        writer.write(b"".join(b"220-line %d of the greeting\r\n" % i for i in range(4999))
+                     + b"220 mail.example.net ESMTP ready\r\n")
+        while line := await reader.readline():
+            if line.upper().startswith(b"EHLO"):
+                writer.write(b"250-mail.example.net\r\n250 8BITMIME\r\n")
+            elif line.upper().startswith(b"QUIT"):
+                writer.write(b"221 bye\r\n")
+            await writer.drain()
+
+    async def endless_greeting(reader, writer):
+        while True:
+            writer.write(b"220-" + b"x" * 1000 + b"\r\n")
+            await writer.drain()
+
+    chatty = await servers(chatty_smtp)
+    endless = await servers(endless_greeting)
+    ok, bounded = await run(svc("smtp", chatty, "chatty"), svc("smtp", endless, "endless"))
+    assert ok.state == State.OK, ok.message
+    assert ok.message.startswith(f"SMTP 127.0.0.1:{chatty} answered 220 in ")
+    assert bounded.state == State.CRITICAL
+    assert bounded.message == f"SMTP 127.0.0.1:{endless} sent a greeting longer than 1024 KiB"
+
+
+async def test_refused_udp_dns_is_reported_at_once():
+    closed = daemons.free_port(socket.SOCK_DGRAM)
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    results = await run(svc("dns", closed, "dns", query="www.example.net", servers=hosts, timeout=30))
+    for result in results:
+        # The kernel's ICMP port unreachable, not the 30 s timeout.
+        assert result.state == State.CRITICAL
+        assert result.message.startswith(f"DNS {srv_hostport(result.target, closed)} refused the "
+                                         "query www.example.net A over UDP (port unreachable) in ")
+
+
+async def test_dns_edns0_brings_a_large_answer_over_udp_from_real_unbound(tmp_path):
+    # Eight 100-character TXT records: about 1,000 bytes, more than 512 and less than 1232.
+    texts = [f"{i}" + "t" * 99 for i in range(8)]
+    zone = ['local-zone: "example.test." static',
+            *(f"local-data: 'big.example.test. 300 IN TXT \"{t}\"'" for t in texts),
+            'local-data: "www.example.test. 300 IN AAAA 2001:db8::10"']
+    with daemons.unbound(tmp_path, zone, tcp=False) as port:
+        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+        results = await run(
+            svc("dns", port, "big", query="big.example.test", query_type="TXT", servers=hosts,
+                expect_answers=[f'"{t}"' for t in texts]),
+            svc("dns", port, "www", query="www.example.test", query_type="AAAA", servers=hosts,
+                expect_answers=["2001:db8::10"]))
+    assert len(results) == 2 * len(hosts)
+    for result in results:
+        assert result.state == State.OK, result.message  # TCP/53 is closed: UDP carried it
+        assert "over TCP" not in result.message
+
+
+# -- plugin perfdata and environment (issue 14, defect 7) ---------------------------------------
+
+GUIDELINES_EXAMPLE = """DISK OK - free space: / 3326 MB (56%); | /=2643MB;5948;5958;0;5968
+/ 15272 MB (77%);
+/boot 68 MB (69%);
+/home 69357 MB (27%);
+/var/log 819 MB (84%); | /boot=68MB;88;93;0;98
+/home=69357MB;253404;253409;0;253414
+/var/log=818MB;970;975;0;980
+"""
+
+
+def plugin_script(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+async def test_plugin_perfdata_per_the_guidelines(tmp_path):
+    example = tmp_path / "example.txt"
+    example.write_text(GUIDELINES_EXAMPLE)
+    disk = plugin_script(tmp_path, "check_disk_example", f"cat {example}\n")
+    odd = plugin_script(tmp_path, "check_odd", "echo \"OK | /home=1B /HOME=2B time=1,5s "
+                        "'Temperatur Küche'=21,5;25;30 'a b'=1 a_b=2 rta=250ms;200:;@500:900;0;\"\n")
+    disk_result, odd_result = await run(svc("plugin", name="disk", command=[str(disk)]),
+                                        svc("plugin", name="odd", command=[str(odd)]))
+    assert disk_result.state == State.OK and disk_result.message == "DISK OK - free space: / 3326 MB (56%);"
+    got = {m.metric: m for m in disk_result.measurements}
+    # The guidelines' own example: the perfdata of every line after the "|", /home and /var/log too.
+    assert {name: m.value / 1024**2 for name, m in got.items() if name != "response_seconds"} == {
+        "value_bytes": 2643, "boot_bytes": 68, "home_bytes": 69357, "var_log_bytes": 818}
+    assert got["home_bytes"].thresholds == Thresholds(
+        f"{253404 * 1024**2:g}", f"{253409 * 1024**2:g}", 0, 253414 * 1024**2)
+    got = {m.metric: m for m in odd_result.measurements}
+    assert got["home_bytes"].value == 1 and got["HOME_bytes"].value == 2  # case-distinct labels
+    assert got["time_seconds"].value == 1.5  # a decimal comma
+    assert got["Temperatur_Küche"].value == 21.5
+    assert got["Temperatur_Küche"].thresholds == Thresholds("25", "30", None, None)
+    assert got["a_b"].value == 1 and {m.value for n, m in got.items() if n.startswith("a_b_")} == {2}
+    # Ranges and limits in the stored unit (ms -> s), as the plugin gave them otherwise.
+    assert got["rta_seconds"].value == pytest.approx(0.25)
+    assert got["rta_seconds"].thresholds == Thresholds("0.2:", "@0.5:0.9", 0, None)
+
+
+async def test_plugin_runs_in_a_minimal_c_locale_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("MONITOR_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("LANG", "de_DE.UTF-8")
+    show = plugin_script(tmp_path, "check_env", 'echo "OK LC_ALL=$LC_ALL LANG=$LANG '
+                         'secret=${MONITOR_TEST_SECRET:-none} path=$PATH"\n')
+    result = await one(svc("plugin", name="env", command=[str(show)]))
+    assert result.message == ("OK LC_ALL=C LANG=C secret=none "
+                              "path=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin")
+
+
+async def test_plugin_data_sources_are_bounded_and_the_message_says_so(tmp_path):
+    counter = tmp_path / "runs"
+    counter.write_text("0")
+    # Each run prints 30 labels no run printed before (a time stamp in the label, say).
+    churn = plugin_script(tmp_path, "check_churn", f"""n=$(cat {counter}); echo $((n+1)) > {counter}
+printf 'OK |'; i=0; while [ $i -lt 30 ]; do printf " run${{n}}_$i=1"; i=$((i+1)); done; echo
+""")
+    collector = services.ServicesCollector("services", 60, [svc("plugin", name="churn",
+                                                                command=[str(churn)])])
+    first, second, third = [(await collector.collect()).checks[0] for _ in range(3)]
+    assert len(first.measurements) == 31 and first.message == "OK"
+    assert len(second.measurements) == 21  # 50 in all, and response_seconds
+    assert second.message == ("OK (10 perfdata labels not stored, e.g. 'run1_20': this check has "
+                              "its 50 data sources; does a label change every run?)")
+    assert [m.metric for m in third.measurements] == ["response_seconds"]
+
+
+def test_crlf_in_helo_or_vhost_is_refused_at_load(write_config):
+    for key, kind in (("helo", "smtp"), ("vhost", "http")):
+        path = write_config(f'[[services]]\nname = "x"\nkind = "{kind}"\nhost = "a"\n'
+                            f'{key} = "mx.example.net\\r\\nRCPT TO:<victim@example.net>"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(path)
+        assert str(info.value).startswith(f"{path}:5: services[0].{key}: expected a host name "
+                                          "without spaces or control characters"), str(info.value)
+
+
+# -- ping the SmokePing way ---------------------------------------------------------------------
+
+PING_REPLIES = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
+64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=10.0 ms
+64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms
+64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms (DUP!)
+64 bytes from 192.0.2.1: icmp_seq=4 ttl=64 time=20.0 ms
+64 bytes from 192.0.2.1: icmp_seq=5 ttl=64 time=25.0 ms
+
+--- 192.0.2.1 ping statistics ---
+5 packets transmitted, 4 received, +1 duplicates, 20% packet loss, time 804ms
+rtt min/avg/max/mdev = 10.0/21.25/30.0/7.395 ms
+"""
+
+
+async def test_ping_reports_median_and_jitter(tmp_path):
+    replay = tmp_path / "replies.txt"
+    replay.write_text(PING_REPLIES)
+    fake = plugin_script(tmp_path, "ping", f"cat {replay}\n")
+    result = await one(svc("ping", name="smoke", ping_command=fake))
+    assert result.message == ("PING 127.0.0.1: 20% loss, rtt min/avg/max 10.00/21.25/30.00 ms, "
+                              "median 22.50 ms, jitter 11.67 ms")
+    assert metric(result, "rtt_median_seconds").value == pytest.approx(0.0225)
+    assert metric(result, "rtt_jitter_seconds").value == pytest.approx(0.035 / 3)
+    assert ServiceCheck(name="p", kind="ping", host="a").count == 20  # SmokePing's default
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    for host in hosts:
+        real = await one(svc("ping", name="lo", host=host, count=3, ping_interval=0.2, timeout=5))
+        if real.state == State.OK:
+            assert real.message.startswith(f"PING {host}: 0% loss, rtt min/avg/max ")
+            assert ", median " in real.message and ", jitter " in real.message
+            assert metric(real, "rtt_median_seconds").value > 0
+        else:  # a sandbox without ICMP sockets
+            assert real.state == State.UNKNOWN and "ICMP" in real.message
+
+
+# -- DNS for ISPs: SOA serials of primary and secondaries, the AA flag --------------------------
+
+
+async def test_soa_serial_of_each_secondary_against_the_primary(tmp_path):
+    def zone(serial: int) -> list[str]:
+        return ['local-zone: "example.test." static',
+                f'local-data: "example.test. 3600 IN SOA ns1.example.test. hostmaster.example.test. '
+                f'{serial} 7200 3600 1209600 300"']
+
+    port = daemons.free_port(socket.SOCK_DGRAM)
+    stale_at = "::1" if daemons.ipv6_loopback() else "127.0.0.3"
+    with daemons.unbound(tmp_path / "primary", zone(2026120102), interfaces=["127.0.0.1"],
+                         port=port), \
+         daemons.unbound(tmp_path / "fresh", zone(2026120102), interfaces=["127.0.0.2"], port=port), \
+         daemons.unbound(tmp_path / "stale", zone(2026113001), interfaces=[stale_at], port=port):
+        primary, fresh, stale = await run(svc(
+            "dns", port, "soa", query="example.test", query_type="SOA", authoritative=True,
+            servers=["127.0.0.1", "127.0.0.2", stale_at]))
+        nx, = await run(svc("dns", port, "aa", query="www.example.test", authoritative=True,
+                            servers=["127.0.0.1"], expect_rcode="NXDOMAIN"))
+    cache, cache_port = await srv.serve_dns()  # answers as a cache does: without AA
+    try:
+        not_ours = await one(svc("dns", cache_port, "cached", query="www.example.net",
+                                 server="127.0.0.1", authoritative=True))
+    finally:
+        cache.close()
+    assert (primary.state, fresh.state) == (State.OK, State.OK), (primary.message, fresh.message)
+    assert metric(primary, "soa_serial").value == 2026120102
+    assert stale.state == State.WARNING
+    assert stale.message.endswith(f"; serial 2026113001 is behind the primary 127.0.0.1:{port}'s "
+                                  "2026120102"), stale.message
+    assert stale.target == stale_at and metric(stale, "response_seconds").value is not None
+    assert nx.state == State.OK, nx.message
+    assert not_ours.state == State.CRITICAL
+    assert not_ours.message.startswith(f"DNS 127.0.0.1:{cache_port} answered www.example.net A "
+                                       "without the authoritative flag (AA)")
+
+
+# -- login checks (a test account on real dovecot) ----------------------------------------------
+
+PASSWORD = "pa55 w0rd;\"'"
+
+
+@pytest.fixture
+def dovecot(tmp_path):
+    # One per test: dovecot delays every login from an address after a failed one (its anvil
+    # penalty), so each test makes its failed logins last, one per address.
+    cert = srv.make_cert(tmp_path, names=("localhost", "127.0.0.1", "::1"))
+    with daemons.dovecot(cert, {"probe@example.test": PASSWORD}) as server:
+        server.ca = cert[0]
+        server.cert = cert
+        yield server
+
+
+@pytest.fixture
+def postfix(dovecot):
+    """postfix delivering example.test to the dovecot above, SASL AUTH through it."""
+    with daemons.postfix(dovecot.cert, dovecot) as ports:
+        yield ports
+
+
+async def test_imap_and_pop3_login_against_dovecot(dovecot):
+    ports = dovecot.ports
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def login(kind: str, port_name: str, host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
+        return svc(kind, ports[port_name], f"{port_name}-{host}-{password[:3]}", host=host,
+                   ca_file=dovecot.ca, username="probe@example.test", password=password, **kw)
+
+    checks = []
+    for host in hosts:
+        checks += [login("imap", "imap", host, starttls=True), login("imap", "imaps", host, tls=True),
+                   login("pop3", "pop3", host, starttls=True), login("pop3", "pop3s", host, tls=True)]
+    good = await run(*checks)
+    bad_imap, bad_pop3 = await run(login("imap", "imaps", "127.0.0.1", "wrong", tls=True),
+                                   login("pop3", "pop3s", hosts[-1], "wrong", tls=True))
+    for result in good:
+        assert result.state == State.OK, result.message
+        assert ", logged in as 'probe@example.test' in " in result.message
+        assert "certificate valid for 90 days" in result.message
+    assert bad_imap.state == State.CRITICAL and bad_pop3.state == State.CRITICAL
+    assert bad_imap.message.startswith(f"IMAPS 127.0.0.1:{ports['imaps']} refused the login of "
+                                       "'probe@example.test': 'NO [AUTHENTICATIONFAILED]")
+    assert bad_pop3.message.startswith(f"POP3S {srv_hostport(hosts[-1], ports['pop3s'])} refused "
+                                       "the login of 'probe@example.test': '-ERR [AUTH] "
+                                       "Authentication failed.'")
+    for result in [*good, bad_imap, bad_pop3]:
+        assert PASSWORD not in result.message and "wrong" not in result.message
+
+
+def test_login_config(write_config, tmp_path):
+    secret = tmp_path / "probe.secret"
+    secret.write_text(PASSWORD + "\n")
+    config = load_config(write_config(f'''
+        [[services]]
+        name = "imap-login"
+        kind = "imap"
+        host = "mail.example.net"
+        tls = true
+        username = "probe@example.net"
+        password_file = "{secret}"
+    '''))
+    (check,) = config.services
+    assert check.password == PASSWORD and PASSWORD not in repr(check)
+
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\nhost = "a"\n{body}'))
+        return str(info.value)
+
+    assert "services[0].username: a login check needs tls = true or starttls = true" in error(
+        f'kind = "imap"\nusername = "u"\npassword_file = "{secret}"\n')
+    assert "services[0].password: a login check needs password_file" in error(
+        'kind = "pop3"\ntls = true\nusername = "u"\n')
+    assert "services[0].username: only smtp, imap, pop3 and roundtrip checks log in" in error(
+        f'kind = "ssh"\nusername = "u"\npassword_file = "{secret}"\n')
+
+
+async def test_smtp_auth_login_against_postfix(postfix, dovecot):
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def login(host: str, password: str = PASSWORD) -> ServiceCheck:
+        return svc("smtp", postfix["submission"], f"submission-{host}-{password[:3]}", host=host,
+                   starttls=True, ca_file=dovecot.ca, username="probe@example.test",
+                   password=password)
+
+    good = await run(*(login(h) for h in hosts))
+    bad, = await run(login("127.0.0.1", "wrong"))
+    for result in good:
+        assert result.state == State.OK, result.message
+        assert "answered 220 and STARTTLS, logged in as 'probe@example.test' in " in result.message
+    assert bad.state == State.CRITICAL
+    assert bad.message.startswith(f"SMTP 127.0.0.1:{postfix['submission']} refused the login of "
+                                  "'probe@example.test': '535 5.7.8 "), bad.message
+    assert all(PASSWORD not in r.message for r in [*good, bad])
+
+
+async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+
+    def roundtrip(host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
+        return svc("roundtrip", postfix["submission"], f"rt-{host}-{password[:3]}", host=host,
+                   starttls=True, ca_file=dovecot.ca, username="probe@example.test",
+                   password=password, imap_port=dovecot.ports["imaps"], timeout=20, **kw)
+
+    results = await run(*(roundtrip(h) for h in hosts), concurrency=1)
+    for result, host in zip(results, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(
+            f"MAIL ROUND TRIP {srv_hostport(host, postfix['submission'])} delivered a probe to "
+            "probe@example.test in ")
+        assert f"found over IMAPS {srv_hostport(host, dovecot.ports['imaps'])})" in result.message
+        assert metric(result, "delivery_seconds").value > 0
+        assert "certificate valid for 90 days" in result.message
+    # Found and deleted: the mailbox holds no probe afterwards.
+    inbox = dovecot.maildir("probe@example.test")
+    assert not [p for p in inbox.rglob("*") if p.is_file() and p.parent.name in ("new", "cur")]
+    bad, = await run(roundtrip("127.0.0.1", "wrong"))
+    assert bad.state == State.CRITICAL
+    assert bad.message.startswith(f"MAIL ROUND TRIP 127.0.0.1:{postfix['submission']} refused the "
+                                  "login of 'probe@example.test': '535 "), bad.message
+
+
+async def test_ftp_against_real_vsftpd():
+    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
+    with daemons.vsftpd() as port:
+        results = await run(*(svc("ftp", port, f"ftp-{h}", host=h) for h in hosts))
+    for result, host in zip(results, hosts, strict=True):
+        assert result.state == State.OK, result.message
+        assert result.message.startswith(f"FTP {srv_hostport(host, port)} answered 220 in ")
+        assert result.message.endswith("(monitor test FTP ready)")
+
+
+async def test_a_flooding_peer_never_holds_the_loop(servers):
+    async def flood(reader, writer):
+        chunk = b"y" * 65536
+        while True:
+            writer.write(chunk)
+            await writer.drain()
+
+    port = await servers(flood)
+    ticks = 0
+
+    async def heartbeat() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    beating = asyncio.create_task(heartbeat())
+    try:
+        (result,) = await run(svc("tcp", port, "flood", expect="never sent", timeout=1))
+    finally:
+        beating.cancel()
+    # Ended by its own timeout, the text kept bounded, and the loop had its turns meanwhile
+    # (a lenient floor, for a loaded machine: about 100 ticks fit in that second; a reader that
+    # never yields while data keeps coming gives none).
+    assert result.message.startswith(f"TCP 127.0.0.1:{port} sent no 'never sent' within 1.00 s (got ")
+    assert len(result.message) < 200
+    assert ticks >= 3, ticks
+
+
+def signed_zone(directory: Path) -> tuple[Path, str]:
+    """signed.test, signed with a fresh ECDSA P-256 key: (zone file, the trust anchor line)."""
+    import dns.dnssec
+    import dns.rdtypes.ANY.DNSKEY
+    import dns.zone
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    zone = dns.zone.from_text("""$TTL 300
+@ IN SOA ns.signed.test. hostmaster.signed.test. 1 7200 3600 1209600 300
+@ IN NS ns.signed.test.
+ns IN A 127.0.0.1
+www IN A 192.0.2.80
+""", origin="signed.test.")
+    key = ec.generate_private_key(ec.SECP256R1())
+    dnskey = dns.dnssec.make_dnskey(key.public_key(), dns.dnssec.Algorithm.ECDSAP256SHA256,
+                                    flags=257)
+    dns.dnssec.sign_zone(zone, keys=[(key, dnskey)], add_dnskey=True, lifetime=86400)
+    path = directory / "signed.test.zone"
+    path.write_text(zone.to_text())
+    return path, f"signed.test. DNSKEY {dnskey.to_text()}"
+
+
+async def test_dnssec_validation_status_from_a_validating_unbound(tmp_path):
+    zone_file, anchor = signed_zone(tmp_path)
+    authority = daemons.free_port(socket.SOCK_DGRAM)
+    with daemons.unbound(tmp_path / "authority", [
+            'local-zone: "test." nodefault',  # RFC 6761 names are blocked by default
+            "auth-zone:", '  name: "signed.test."', f'  zonefile: "{zone_file}"',
+            "  for-downstream: yes", "  for-upstream: yes"], interfaces=["127.0.0.1"],
+            port=authority), \
+         daemons.unbound(tmp_path / "resolver", [
+            'local-zone: "test." nodefault',
+            f'trust-anchor: "{anchor}"', "stub-zone:", '  name: "signed.test."',
+            f"  stub-addr: 127.0.0.1@{authority}"], interfaces=["127.0.0.2"],
+            modules="validator iterator") as resolver:
+        validated, = await run(svc("dns", resolver, "validated", query="www.signed.test",
+                                   server="127.0.0.2", dnssec=True, expect_answers=["192.0.2.80"]))
+        unvalidated, = await run(svc("dns", authority, "authority", query="www.signed.test",
+                                     server="127.0.0.1", dnssec=True, authoritative=True))
+    assert validated.state == State.OK, validated.message
+    assert validated.message.endswith(" (DNSSEC-validated) in " + validated.message.rsplit(" in ", 1)[1])
+    assert unvalidated.state == State.CRITICAL
+    assert unvalidated.message.startswith(f"DNS 127.0.0.1:{authority} answered www.signed.test A "
+                                          "without the AD flag: not DNSSEC-validated")
