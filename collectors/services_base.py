@@ -41,7 +41,8 @@ def secs(value: float) -> str:
 
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
 WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-            "sent no greeting", "answer": "sent no answer", "exit": "did not finish"}
+            "sent no greeting", "answer": "sent no answer", "exit": "did not finish",
+           "TLS handshake": "accepted the connection but the TLS handshake stalled"}
 
 
 def error_text(exc: BaseException) -> str:
@@ -80,10 +81,12 @@ class TlsContexts:
     """
 
     def __init__(self) -> None:
-        self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+        self._made: dict[tuple[str | None, bool, str | None, str | None], ssl.SSLContext] = {}
 
     async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
-        key = (str(check.ca_file) if check.ca_file else None, verify)
+        key = (str(check.ca_file) if check.ca_file else None, verify,
+               str(check.client_cert) if check.client_cert else None,
+               str(check.client_key) if check.client_key else None)
         context = self._made.get(key)
         if context is None:
             context = await asyncio.to_thread(tls_context, check, verify)
@@ -108,6 +111,9 @@ def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:
     # Host names are matched by `cert_verdict`, so a wrong name and an expiry are both reported.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if check.client_cert is not None:  # https: a client certificate for sites that ask for one
+        context.load_cert_chain(str(check.client_cert),
+                                str(check.client_key) if check.client_key else None)
     return context
 
 
