@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
 import re
 import socket
 import ssl
@@ -108,14 +109,15 @@ def next_hop(hop: Hop, location: str) -> Hop | str:
     return Hop(tls, hop.host if same else parts.hostname, port, path, site)
 
 
-def _basic_auth(check: ServiceCheck) -> aiohttp.BasicAuth | None:
-    """user:password@ in the url (percent-encoded as URLs have it)."""
+def _basic_auth(check: ServiceCheck) -> str | None:
+    """The Authorization header for user:password@ in the url (percent-encoded there)."""
     if not check.url:
         return None
     parts = urlsplit(check.url)
     if parts.username is None:
         return None
-    return aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
 
 
 def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
@@ -222,18 +224,20 @@ class Probe:
             headers={"User-Agent": USER_AGENT})
 
     async def request(self, session: aiohttp.ClientSession, hop: Hop, context: ssl.SSLContext | None,
-                      sni: str, auth: aiohttp.BasicAuth | None) -> Answer:
+                      sni: str, auth: str | None) -> Answer:
         check, stage = self.check, self.stage
         stage.doing = "connect"
         stage.note = f" ({self.at})" if self.at else ""
         del self.sockets[:]
         data = check.body.encode() if check.body is not None else None
         headers = {"Host": hop.site}
+        if auth is not None:
+            headers["Authorization"] = auth
         if data is not None:
             headers["Content-Type"] = check.content_type or "application/x-www-form-urlencoded"
         try:
             async with session.request(
-                    check.method, hop.url(), headers=headers, data=data, auth=auth,
+                    check.method, hop.url(), headers=headers, data=data,
                     allow_redirects=False, proxy=check.proxy, ssl=context if hop.tls else True,
                     server_hostname=sni if hop.tls else None) as response:
                 assert isinstance(response, Response)

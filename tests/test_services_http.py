@@ -1,0 +1,247 @@
+"""http/https checks against a real nginx on 127.0.0.1 and ::1 and hostile HTTP servers
+(tests/http_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from monitor.model import State
+from tests import http_servers as web
+from tests import service_servers as srv
+from tests.test_services import metric, one, run, servers, svc
+
+__all__ = ["servers"]  # the fixture, imported for these tests
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    server = web.start_nginx(tmp_path_factory.mktemp("nginx"))
+    yield server
+    server.process.kill()
+    server.process.wait(timeout=10)
+
+
+class Heartbeat:
+    """A 10 ms tick in the test's event loop: the longest gap shows whether anything held it."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.ticks = 0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            self.ticks += 1
+            last = now
+
+
+@pytest.fixture
+async def heartbeat():
+    beat = Heartbeat()
+    task = asyncio.create_task(beat.run())
+    yield beat
+    task.cancel()
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+
+async def test_ipv6_literals_send_a_bracketed_host(nginx):
+    p = nginx.http
+    four, six, by_url, redirected = await run(
+        svc("http", p, "four", path="/host", expect_text="host 127.0.0.1"),
+        svc("http", p, "six", host="::1", path="/host", expect_text="host [::1]"),
+        svc("http", name="url", url=f"http://[::1]:{p}/host", expect_text="host [::1]"),
+        svc("http", p, "redirected", host="::1", path="/six", follow_redirects=1,
+            expect_text="host [::1]"))
+    for result in (four, six, by_url, redirected):
+        assert result.state == State.OK, result.message
+    assert six.message.startswith(f"HTTP [::1]:{p}/host answered 200 OK in ")
+    assert by_url.message.startswith(f"HTTP [::1]:{p}/host answered 200 OK in ")
+    assert "after 1 redirect" in redirected.message
+
+
+async def test_server_name_is_the_sni_on_any_port(nginx):
+    # Only the www.example.net certificate is valid for that name: nginx chose it by the SNI.
+    # (The Host header is still host:port, so nginx answers from its default site.)
+    checks = [svc("https", nginx.https, f"www-{host}", host=host, server_name="www.example.net",
+                  ca_file=nginx.ca) for host in ("127.0.0.1", "::1")]
+    default = svc("https", nginx.https, "default", ca_file=nginx.ca, verify_hostname=False,
+                  expect_text="default site")
+    wrong = svc("https", nginx.https, "no-name", ca_file=nginx.ca)
+    www4, www6, plain, no_name = await run(*checks, default, wrong)
+    for result in (www4, www6, plain):
+        assert result.state == State.OK, result.message
+        assert "certificate valid for 90 days" in result.message
+    assert www6.message.startswith(f"HTTPS [::1]:{nginx.https}/ answered 200 OK")
+    assert no_name.state == State.CRITICAL
+    assert "certificate is not valid for 127.0.0.1" in no_name.message
+
+
+async def test_an_error_after_a_redirect_names_the_failing_server(nginx):
+    result = await one(svc("http", nginx.http, "moved", path="/to-closed", follow_redirects=1))
+    assert result.state == State.CRITICAL
+    closed = result.message.split("HTTP 127.0.0.1:")[2].split("/")[0]
+    assert result.message.startswith(f"HTTP 127.0.0.1:{nginx.http}/to-closed after 1 redirect: "
+                                     f"HTTP 127.0.0.1:{closed}/ refused the connection after ")
+
+
+async def test_redirect_to_https_judges_that_sites_certificate(nginx):
+    result = await one(svc("http", nginx.http, "to-https", path="/to-https", follow_redirects=1,
+                           ca_file=nginx.ca, expect_text="host localhost"))
+    assert result.state == State.OK, result.message
+    assert "after 1 redirect" in result.message and "certificate valid for 90 days" in result.message
+    assert 89 < metric(result, "cert_expiry_days").value <= 90
+
+
+async def test_basic_auth_from_the_url_is_sent_and_never_shown(nginx):
+    base = f"127.0.0.1:{nginx.http}/private/"
+    good, wrong, none = await run(
+        svc("http", name="good", url=f"http://probe:s3cr%40t@{base}", expect_text="private page"),
+        svc("http", name="wrong", url=f"http://probe:nope@{base}"),
+        svc("http", name="none", url=f"http://{base}"))
+    assert good.state == State.OK, good.message
+    assert wrong.state == State.CRITICAL and "answered 401 Unauthorized" in wrong.message
+    assert none.state == State.CRITICAL and "answered 401" in none.message
+    for result in (good, wrong):
+        assert "s3cr" not in result.message and "nope" not in result.message
+        assert "probe" not in result.message
+
+
+async def test_international_names_go_out_in_their_ascii_form(nginx):
+    by_vhost, by_url = await run(
+        svc("http", nginx.http, "vhost", vhost="bücher.example", expect_text="international"),
+        svc("http", name="url", host="127.0.0.1", url=f"http://bücher.example:{nginx.http}/",
+            expect_text="international"))
+    assert by_vhost.state == State.OK, by_vhost.message
+    assert by_url.state == State.OK, by_url.message
+    assert by_vhost.message.startswith(f"HTTP xn--bcher-kva.example:{nginx.http}/ answered 200")
+
+
+async def test_client_certificate(nginx):
+    without, with_cert = await run(
+        svc("https", nginx.mtls, "without", ca_file=nginx.ca),
+        svc("https", nginx.mtls, "with", ca_file=nginx.ca, client_cert=nginx.client[0],
+            client_key=nginx.client[1], expect_text="CN=probe.example.net"))
+    assert without.state == State.CRITICAL and "answered 400" in without.message
+    assert with_cert.state == State.OK, with_cert.message
+    assert "certificate valid for 90 days" in with_cert.message
+
+
+async def test_gzip_from_nginx_is_decoded(nginx):
+    result = await one(svc("http", nginx.http, "page", expect_text="hello from nginx",
+                           expect_regex=r"(padding ){200}"))
+    assert result.state == State.OK, result.message
+
+
+async def test_through_a_proxy(nginx):
+    proxy = web.Proxy()
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        plain, tls = await run(
+            svc("http", nginx.http, "plain", path="/host", proxy=address, expect_text="host"),
+            svc("https", nginx.https, "tls", vhost="www.example.net", ca_file=nginx.ca,
+                proxy=address, expect_text="the www site"))
+    finally:
+        server.close()
+    assert plain.state == State.OK, plain.message
+    assert tls.state == State.OK, tls.message
+    assert "certificate valid for 90 days" in tls.message
+    assert f"GET http://127.0.0.1:{nginx.http}/host HTTP/1.1" in proxy.seen
+    assert f"CONNECT 127.0.0.1:{nginx.https} HTTP/1.1" in proxy.seen
+    down = await one(svc("http", nginx.http, "down", proxy=f"http://127.0.0.1:{srv.closed_port()}"))
+    assert down.state == State.CRITICAL and "through the proxy" in down.message
+
+
+# -- hostile servers ----------------------------------------------------------------------------
+
+
+async def test_a_64_mib_chunk_neither_holds_the_loop_nor_outlives_the_timeout(servers, heartbeat,
+                                                                              tmp_path):
+    pair = srv.make_cert(tmp_path)
+    plain = await servers(web.huge_chunk)
+    tls = await servers(web.huge_chunk, tls=srv.server_context(pair))
+    endless = await servers(web.trickle)
+    started = time.monotonic()
+    big, big_tls, never = await run(
+        svc("http", plain, "big", timeout=5, expect_text="needle"),
+        svc("https", tls, "big-tls", timeout=5, ca_file=pair[0]),
+        svc("http", endless, "never", timeout=1))
+    assert time.monotonic() - started < 5
+    assert big.state == State.OK, big.message
+    assert "more not read" in big.message
+    assert big_tls.state == State.OK, big_tls.message
+    assert "(1048576 bytes, more not read)" in big_tls.message
+    assert never.state == State.CRITICAL
+    assert never.message.startswith(f"HTTP 127.0.0.1:{endless} sent no end of the HTTP body "
+                                    "within 1.00 s (got ")
+    assert heartbeat.ticks > 10 and heartbeat.longest < 0.5, heartbeat.longest
+
+
+async def test_hostile_answers(servers):
+    hints, negative, zipped, kept, kept_text, headers = await run(
+        svc("http", await servers(web.early_hints), "hints", expect_text="the answer"),
+        svc("http", await servers(web.negative_length), "negative"),
+        svc("http", await servers(web.gzipped), "gzip", expect_text="Welcome to the compressed"),
+        svc("http", await servers(web.keep_alive_without_length), "kept", timeout=2),
+        svc("http", await servers(web.keep_alive_without_length), "kept-text", timeout=2,
+            expect_text="hello"),
+        svc("http", await servers(web.endless_headers), "headers", timeout=2))
+    assert hints.state == State.OK and "answered 200 OK" in hints.message, hints.message
+    assert negative.state == State.CRITICAL
+    assert "sent a malformed HTTP answer" in negative.message, negative.message
+    assert zipped.state == State.OK, zipped.message
+    for result in (kept, kept_text):
+        assert result.state == State.OK, result.message
+        assert metric(result, "response_seconds").value < 1
+    assert headers.state == State.CRITICAL
+    assert "sent a malformed HTTP answer" in headers.message, headers.message
+
+
+async def test_post_with_a_body_and_a_regex(servers):
+    port = await servers(web.echo)
+    form, as_json, regex, no_match = await run(
+        svc("http", port, "form", method="POST", body="a=1&b=2",
+            expect_text="POST application/x-www-form-urlencoded a=1&b=2"),
+        svc("http", port, "json", method="POST", body='{"ping": 1}', content_type="application/json",
+            expect_text='application/json {"ping": 1}'),
+        svc("http", port, "regex", expect_regex=r"^GET None $"),
+        svc("http", port, "no-match", expect_regex=r"POST"))
+    for result in (form, as_json, regex):
+        assert result.state == State.OK, result.message
+    assert no_match.state == State.CRITICAL
+    assert "but nothing matched 'POST'" in no_match.message
+
+
+async def test_a_stalled_tls_handshake_says_so(servers):
+    port = await servers(srv.stall)
+    result = await one(svc("https", port, "stalled", timeout=0.5))
+    assert result.state == State.CRITICAL
+    assert result.message == (f"HTTPS 127.0.0.1:{port} accepted the connection but the TLS "
+                              "handshake stalled within 0.50 s")
+
+
+def test_http_config_errors(write_config):
+    from monitor.config import ConfigError, load_config
+
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
+        return str(info.value)
+
+    assert "services[0].body: only a method = \"POST\"" in error(
+        'kind = "http"\nhost = "a"\nbody = "x"\n')
+    assert "services[0].expect_regex: not a valid regular expression" in error(
+        'kind = "http"\nhost = "a"\nexpect_regex = "(["\n')
+    assert "services[0].proxy: expected a URL" in error('kind = "http"\nhost = "a"\nproxy = "x"\n')
+    assert "services[0].client_key: needs client_cert" in error(
+        'kind = "https"\nhost = "a"\nclient_key = "/k"\n')
+    assert "only http/https checks have proxy" in error(
+        'kind = "tcp"\nhost = "a"\nport = 1\nproxy = "http://p:1"\n')
