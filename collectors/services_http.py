@@ -76,8 +76,11 @@ class Hop:
         return URL(f"{self.scheme}://{_bracketed(self.host)}{port}{quote(self.path, safe=PATH_SAFE)}",
                    encoded=True)
 
+    def label(self) -> str:
+        return f"{self.scheme.upper()} {hostport(self.site_name, self.port)}"
+
     def where(self) -> str:
-        return f"{self.scheme.upper()} {hostport(self.site_name, self.port)}{clean(self.path, 60)}"
+        return f"{self.label()}{clean(self.path, 60)}"
 
 
 def _authority(host: str, port: int, tls: bool) -> str:
@@ -88,6 +91,11 @@ def first_hop(check: ServiceCheck) -> Hop:
     port = check.port or (443 if check.tls else 80)
     return Hop(check.tls, check.host, port, check.path,
                check.vhost or _authority(check.host, port, check.tls))
+
+
+def site_label(check: ServiceCheck) -> str:
+    """ "HTTPS www.example.net:443": the site a check is for, as its messages begin."""
+    return first_hop(check).label()
 
 
 def next_hop(hop: Hop, location: str) -> Hop | str:
@@ -188,6 +196,23 @@ class Answer:
     chain: list[bytes]
 
 
+async def _connected(session, context, params) -> None:
+    probe = context.trace_request_ctx
+    probe.stage.doing = "HTTP response"
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    """Tells the stage when the connection (TCP, and TLS for https) is up: from then on a
+    timeout means the server sent no answer."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_connected)
+    trace.freeze()
+    return trace
+
+
+TRACING = _tracing()
+
+
 class Probe:
     """One check's requests: its aiohttp session (no pooling: each hop is a new connection, as
     a first visitor's would be) and the stage a timeout reports."""
@@ -220,6 +245,7 @@ class Probe:
                                          socket_factory=self._socket)
         return aiohttp.ClientSession(
             connector=connector, response_class=Response, cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[TRACING],
             trust_env=False, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
             headers={"User-Agent": USER_AGENT})
 
@@ -239,7 +265,7 @@ class Probe:
             async with session.request(
                     check.method, hop.url(), headers=headers, data=data,
                     allow_redirects=False, proxy=check.proxy, ssl=context if hop.tls else True,
-                    server_hostname=sni if hop.tls else None) as response:
+                    server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
                 assert isinstance(response, Response)
                 body, complete = b"", True
                 if check.method != "HEAD":

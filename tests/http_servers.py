@@ -86,7 +86,7 @@ master_process off;
 daemon off;
 pid {d}/nginx.pid;
 error_log {d}/error.log;
-events {{ worker_connections 64; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log off;
     client_body_temp_path {d}/tmp/body;

@@ -245,3 +245,24 @@ def test_http_config_errors(write_config):
         'kind = "https"\nhost = "a"\nclient_key = "/k"\n')
     assert "only http/https checks have proxy" in error(
         'kind = "tcp"\nhost = "a"\nport = 1\nproxy = "http://p:1"\n')
+
+
+async def test_timeouts_name_the_stage_and_the_site(servers):
+    stall = await servers(srv.stall)
+
+    async def to_stall(reader, writer):
+        await web.read_request(reader)
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: http://localhost:{stall}/next\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+
+    moved = await servers(to_stall)
+    answer, named, redirected = await run(
+        svc("http", stall, "answer", timeout=0.3),
+        svc("http", name="named", host="127.0.0.1", url=f"http://www.example.net:{stall}/x",
+            timeout=0.3),
+        svc("http", moved, "redirected", follow_redirects=1, timeout=0.3))
+    assert answer.message == f"HTTP 127.0.0.1:{stall} sent no HTTP response within 0.30 s"
+    assert named.message == f"HTTP www.example.net:{stall} sent no HTTP response within 0.30 s"
+    assert redirected.message == (f"HTTP 127.0.0.1:{moved} sent no HTTP response within 0.30 s "
+                                  f"(after 1 redirect, at HTTP localhost:{stall}/next)")
