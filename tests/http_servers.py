@@ -130,6 +130,7 @@ http {{
         server_name localhost;
         ssl_certificate {local[0]};
         ssl_certificate_key {local[1]};
+        location = /to-ip {{ return 301 https://127.0.0.1:{https}/; }}
         location / {{ return 200 "host $host\\n"; }}
     }}
     server {{

@@ -100,6 +100,25 @@ async def test_redirect_to_https_judges_that_sites_certificate(nginx):
     assert 89 < metric(result, "cert_expiry_days").value <= 90
 
 
+async def test_each_tls_site_on_the_way_is_judged(nginx):
+    # localhost's certificate is good; the site it redirects to (by IP: no SNI, nginx's default
+    # certificate for default.invalid) is not, and that is named.
+    result = await one(svc("https", nginx.https, "hops", vhost="localhost", path="/to-ip",
+                           follow_redirects=1, ca_file=nginx.ca))
+    assert result.state == State.CRITICAL
+    assert result.message.endswith("; certificate valid for 90 days; 127.0.0.1: certificate is "
+                                   "not valid for 127.0.0.1"), result.message
+
+
+async def test_an_untrusted_certificate_is_still_measured(nginx):
+    result = await one(svc("https", nginx.https, "untrusted", server_name="www.example.net"))
+    assert result.state == State.CRITICAL
+    assert "answered 200 OK" in result.message
+    assert result.message.endswith("; certificate not trusted: unable to get local issuer "
+                                   "certificate; certificate expires in 90 days"), result.message
+    assert 89 < metric(result, "cert_expiry_days").value <= 90
+
+
 async def test_basic_auth_from_the_url_is_sent_and_never_shown(nginx):
     base = f"127.0.0.1:{nginx.http}/private/"
     good, wrong, none = await run(
