@@ -196,16 +196,25 @@ class Answer:
     chain: list[bytes]
 
 
-async def _connected(session, context, params) -> None:
-    probe = context.trace_request_ctx
-    probe.stage.doing = "HTTP response"
+def _on(event: str):
+    """A tracing callback: the probe (the request's trace context) notes the event's time."""
+
+    async def note(session, context, params) -> None:
+        context.trace_request_ctx.phase(event)
+
+    return note
 
 
 def _tracing() -> aiohttp.TraceConfig:
-    """Tells the stage when the connection (TCP, and TLS for https) is up: from then on a
-    timeout means the server sent no answer."""
+    """The request's phases (name resolution, connection with TLS, wait for the answer), and
+    when the connection is up: from then on a timeout means the server sent no answer."""
     trace = aiohttp.TraceConfig()
-    trace.on_connection_create_end.append(_connected)
+    trace.on_dns_resolvehost_start.append(_on("dns_start"))
+    trace.on_dns_resolvehost_end.append(_on("dns_end"))
+    trace.on_connection_create_start.append(_on("connect_start"))
+    trace.on_connection_create_end.append(_on("connect_end"))
+    trace.on_request_headers_sent.append(_on("sent"))
+    trace.on_request_end.append(_on("answered"))
     trace.freeze()
     return trace
 
@@ -223,6 +232,23 @@ class Probe:
         self.sockets: list[socket.socket] = []
         self.at = ""  # after a redirect: where the check is now, for a timeout's message
         self.want = check.expect_text.encode() if check.expect_text is not None else None
+        # Seconds per phase, summed over the hops (as blackbox_exporter's phases).
+        self.phases = {"dns_seconds": 0.0, "connect_seconds": 0.0, "first_byte_seconds": 0.0}
+        self._began: dict[str, float] = {}
+
+    def phase(self, event: str) -> None:
+        now = time.monotonic()
+        began = self._began
+        if event == "dns_end" and "dns_start" in began:
+            self.phases["dns_seconds"] += now - began["dns_start"]
+            # The name resolution is part of the connection's time: not counted twice.
+            began["connect_start"] = began.get("connect_start", now) + now - began["dns_start"]
+        elif event == "connect_end" and "connect_start" in began:
+            self.phases["connect_seconds"] += now - began.pop("connect_start")
+            self.stage.doing = "HTTP response"
+        elif event == "answered" and "sent" in began:
+            self.phases["first_byte_seconds"] += now - began.pop("sent")
+        began[event] = now
 
     def _socket(self, addr_info) -> socket.socket:
         family, type_, proto, _, _ = addr_info
@@ -378,7 +404,9 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 continue
             break
     elapsed = time.monotonic() - start
-    return await judge(check, answer, where, via(), elapsed)
+    outcome = await judge(check, answer, where, via(), elapsed)
+    outcome.metrics.update((name, (round(value, 6), "s")) for name, value in probe.phases.items())
+    return outcome
 
 
 async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elapsed: float) -> Outcome:

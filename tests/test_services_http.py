@@ -92,6 +92,14 @@ async def test_an_error_after_a_redirect_names_the_failing_server(nginx):
                                      f"HTTP 127.0.0.1:{closed}/ refused the connection after ")
 
 
+async def test_the_phases_of_a_request_are_measured(nginx):
+    result = await one(svc("https", nginx.https, "phases", host="localhost", ca_file=nginx.ca))
+    assert result.state == State.OK, result.message
+    phases = {name: metric(result, f"{name}_seconds").value for name in ("dns", "connect", "first_byte")}
+    assert all(value > 0 for value in phases.values()), phases
+    assert sum(phases.values()) <= metric(result, "response_seconds").value
+
+
 async def test_redirect_to_https_judges_that_sites_certificate(nginx):
     result = await one(svc("http", nginx.http, "to-https", path="/to-https", follow_redirects=1,
                            ca_file=nginx.ca, expect_text="host localhost"))
