@@ -195,37 +195,29 @@ async def trickle(reader, writer):
         await asyncio.sleep(0.02)
 
 
-async def early_hints(reader, writer):
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-                 b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nthe answer")
-    await writer.drain()
-    await reader.read(1)
+def answers(raw: bytes):
+    """A server that answers each connection's request with `raw` and keeps the connection
+    open until the client gives up."""
+
+    async def handler(reader, writer):
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        await reader.read(1)
+
+    return handler
 
 
-async def negative_length(reader, writer):
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello")
-    await writer.drain()
-    await reader.read(1)
-
-
-async def gzipped(reader, writer):
-    """A gzip body whatever the request said (as some servers and caches do)."""
-    await read_request(reader)
-    body = gzip.compress(b"<html>Welcome to the compressed page</html>")
-    writer.write(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: text/html\r\n"
-                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
-    await writer.drain()
-    await reader.read(1)
-
-
-async def keep_alive_without_length(reader, writer):
-    """A body without Content-Length or chunking on a connection the server keeps open."""
-    await read_request(reader)
-    writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\nhello there")
-    await writer.drain()
-    await reader.read(1)  # until the client gives up
+early_hints = answers(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+                      b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nthe answer")
+negative_length = answers(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello")
+# A gzip body whatever the request said (as some servers and caches do).
+_ZIPPED = gzip.compress(b"<html>Welcome to the compressed page</html>")
+gzipped = answers(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: text/html\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(_ZIPPED) + _ZIPPED)
+# A body without Content-Length or chunking on a connection the server keeps open.
+keep_alive_without_length = answers(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"
+                                    b"hello there")
 
 
 async def endless_headers(reader, writer):
