@@ -4,7 +4,7 @@ from the URL, a proxy, POST with a body and client certificates.
 
 Redirects are followed here, not by aiohttp, because each hop is its own verdict: the site it
 names decides the TLS name, a failure names the server that failed, and credentials go to the
-configured site only. A body is read up to MAX_BODY whatever its framing (length, chunked, until
+configured site only. A body is read up to max_body (1 MiB) whatever its framing (length, chunked, until
 close, compressed), in pieces the loop hands out between other tasks; the caller's timeout bounds
 the whole check.
 """
@@ -38,7 +38,6 @@ from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
 
-MAX_BODY = 1 << 20
 READ_SIZE = 1 << 16
 REDIRECTS = (301, 302, 303, 307, 308)
 USER_AGENT = "monitor-service-check"
@@ -192,7 +191,7 @@ class Answer:
     reason: str
     location: str | None
     body: bytes
-    complete: bool  # the body was read to its end (not cut at MAX_BODY nor left open)
+    complete: bool  # the body was read to its end (not cut at max_body nor left open)
     chain: list[bytes]
 
 
@@ -304,21 +303,21 @@ class Probe:
             raise
 
     async def read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
-        """Up to MAX_BODY bytes of the (decompressed) body, and whether that was all of it.
+        """Up to max_body bytes of the (decompressed) body, and whether that was all of it.
 
         Reading stops early once expect_text is seen. A body that only ends when the server
         closes (no length, not chunked) is not waited for without expect_text/expect_regex: a
         server that keeps such a connection open would otherwise cost the whole timeout."""
-        stage, content, want = self.stage, response.content, self.want
+        stage, content, want, limit = self.stage, response.content, self.want, self.check.max_body
         stage.doing = "end of the HTTP body"
         until_close = ("Content-Length" not in response.headers
                        and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
         if until_close and want is None and self.check.expect_regex is None:
-            body = content.read_nowait(MAX_BODY)
+            body = content.read_nowait(limit)
             return body, content.at_eof()
         body = bytearray()
-        while len(body) < MAX_BODY:
-            chunk = await content.read(min(READ_SIZE, MAX_BODY - len(body)))
+        while len(body) < limit:
+            chunk = await content.read(min(READ_SIZE, limit - len(body)))
             if not chunk:
                 return bytes(body), True
             seen = len(body)

@@ -278,6 +278,7 @@ class ServiceCheck:
     expect_text: str | None = None
     expect_regex: str | None = None
     follow_redirects: Annotated[int, Range(0, 20)] = 0
+    max_body: Annotated[int, SIZE_MARK, Range(1, 64 << 20)] = 1 << 20
     proxy: str | None = None
     client_cert: ConfigPath | None = None
     client_key: ConfigPath | None = None
@@ -325,6 +326,8 @@ class ServiceCheck:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
+            if self.max_body != 1 << 20:
+                raise Invalid("max_body", "only http/https checks have max_body")
         if kind == "plugin":
             if not self.command:
                 raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'

@@ -197,15 +197,18 @@ async def test_a_64_mib_chunk_neither_holds_the_loop_nor_outlives_the_timeout(se
     tls = await servers(web.huge_chunk, tls=srv.server_context(pair))
     endless = await servers(web.trickle)
     started = time.monotonic()
-    big, big_tls, never = await run(
+    big, big_tls, never, small = await run(
         svc("http", plain, "big", timeout=5, expect_text="needle"),
         svc("https", tls, "big-tls", timeout=5, ca_file=pair[0]),
-        svc("http", endless, "never", timeout=1))
+        svc("http", endless, "never", timeout=1),
+        svc("http", plain, "small", timeout=5, max_body=65536, expect_text="not there"))
     assert time.monotonic() - started < 5
     assert big.state == State.OK, big.message
     assert "more not read" in big.message
     assert big_tls.state == State.OK, big_tls.message
     assert "(1048576 bytes, more not read)" in big_tls.message
+    assert small.state == State.CRITICAL
+    assert "without the text 'not there' in its first 65536 bytes" in small.message
     assert never.state == State.CRITICAL
     assert never.message.startswith(f"HTTP 127.0.0.1:{endless} sent no end of the HTTP body "
                                     "within 1.00 s (got ")
@@ -270,6 +273,11 @@ def test_http_config_errors(write_config):
     assert "services[0].proxy: expected a URL" in error('kind = "http"\nhost = "a"\nproxy = "x"\n')
     assert "services[0].client_key: needs client_cert" in error(
         'kind = "https"\nhost = "a"\nclient_key = "/k"\n')
+    assert "only http/https checks have max_body" in error(
+        'kind = "tcp"\nhost = "a"\nport = 1\nmax_body = "2MiB"\n')
+    config = load_config(write_config('[[services]]\nname = "x"\nkind = "http"\nhost = "a"\n'
+                                      'max_body = "64KiB"\n'))
+    assert config.services[0].max_body == 65536
     assert "only http/https checks have proxy" in error(
         'kind = "tcp"\nhost = "a"\nport = 1\nproxy = "http://p:1"\n')
 
