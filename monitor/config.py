@@ -428,7 +428,8 @@ class ServiceCheck:
         except ValueError:
             port = -1
         if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
-            raise Invalid("url", f'expected a URL like "https://www.example.net/", got {self.url!r}')
+            shown = re.sub(r"//[^/@]*@", "//***@", self.url)  # no password in an error message
+            raise Invalid("url", f'expected a URL like "https://www.example.net/", got {shown!r}')
         if parts.scheme == "https":
             self.tls = True
         self.host = self.host or parts.hostname
