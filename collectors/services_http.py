@@ -109,6 +109,12 @@ def next_hop(hop: Hop, location: str) -> Hop | str:
         return url
     tls = parts.scheme == "https"
     port = port or (443 if tls else 80)
+    if not parts.netloc.isascii():  # an international name in a Location: its xn-- form
+        try:
+            hostname = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            return url
+        parts = parts._replace(netloc=_authority(hostname, port, tls))
     # Still the same site: keep the address (host may be one web server of several).
     same = parts.hostname == hop.site_name and port == hop.port
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
