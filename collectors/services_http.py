@@ -60,6 +60,7 @@ class Hop:
     port: int
     path: str
     site: str  # authority: "www.example.net", "[::1]:8080"
+    method: str = "GET"
 
     @property
     def scheme(self) -> str:
@@ -89,7 +90,7 @@ def _authority(host: str, port: int, tls: bool) -> str:
 def first_hop(check: ServiceCheck) -> Hop:
     port = check.port or (443 if check.tls else 80)
     return Hop(check.tls, check.host, port, check.path,
-               check.vhost or _authority(check.host, port, check.tls))
+               check.vhost or _authority(check.host, port, check.tls), check.method)
 
 
 def site_label(check: ServiceCheck) -> str:
@@ -97,8 +98,9 @@ def site_label(check: ServiceCheck) -> str:
     return first_hop(check).label()
 
 
-def next_hop(hop: Hop, location: str) -> Hop | str:
-    """The hop a Location header leads to, or the URL it named when that is no HTTP(S) URL."""
+def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
+    """The hop a Location header leads to, or the URL it named when that is no HTTP(S) URL.
+    As browsers do, a POST answered 301, 302 or 303 goes on as a GET (307/308 keep it)."""
     url = urljoin(f"{hop.scheme}://{hop.site}{hop.path}", location)
     parts = urlsplit(url)
     try:
@@ -119,7 +121,8 @@ def next_hop(hop: Hop, location: str) -> Hop | str:
     same = parts.hostname == hop.site_name and port == hop.port
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     site = parts.netloc.rpartition("@")[2]
-    return Hop(tls, hop.host if same else parts.hostname, port, path, site)
+    method = hop.method if status in (307, 308) or hop.method == "HEAD" else "GET"
+    return Hop(tls, hop.host if same else parts.hostname, port, path, site, method)
 
 
 def _basic_auth(check: ServiceCheck) -> str | None:
@@ -286,7 +289,7 @@ class Probe:
         stage.doing = "connect"
         stage.note = f" ({self.at})" if self.at else ""
         del self.sockets[:]
-        data = check.body.encode() if check.body is not None else None
+        data = check.body.encode() if check.body is not None and hop.method == "POST" else None
         headers = {"Host": hop.site}
         if auth is not None:
             headers["Authorization"] = auth
@@ -294,12 +297,12 @@ class Probe:
             headers["Content-Type"] = check.content_type or "application/x-www-form-urlencoded"
         try:
             async with session.request(
-                    check.method, hop.url(), headers=headers, data=data,
+                    hop.method, hop.url(), headers=headers, data=data,
                     allow_redirects=False, proxy=check.proxy, ssl=context if hop.tls else True,
                     server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
                 assert isinstance(response, Response)
                 body, complete = b"", True
-                if check.method != "HEAD":
+                if hop.method != "HEAD":
                     body, complete = await self.read_body(response)
                 return Answer(response.status, response.reason or "",
                               response.headers.get("Location"), body, complete, response.chain)
@@ -399,7 +402,7 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 verdicts.append((hop, cert))
                 stage.cert = certificates(verdicts)
             if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
-                target = next_hop(hop, answer.location)
+                target = next_hop(hop, answer.location, answer.status)
                 hops += 1
                 if isinstance(target, str):
                     return Outcome(State.CRITICAL, f"{where} redirected to unusable "

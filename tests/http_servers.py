@@ -233,8 +233,12 @@ async def endless_headers(reader, writer):
 
 
 async def echo(reader, writer):
-    """Answers with the request's method, Content-Type and body."""
+    """Answers with the request's method, Content-Type and body (a POST to /form: 303 to /)."""
     request, headers, body = await read_request(reader)
+    if request.startswith("POST /form "):
+        writer.write(b"HTTP/1.1 303 See Other\r\nLocation: /\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        return
     answer = (f"{request.split(' ', 1)[0]} {headers.get('content-type')} ".encode() + body)
     writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(answer) + answer)
     await writer.drain()

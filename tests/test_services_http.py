@@ -236,14 +236,16 @@ async def test_hostile_answers(servers):
 
 async def test_post_with_a_body_and_a_regex(servers):
     port = await servers(web.echo)
-    form, as_json, regex, no_match = await run(
+    form, as_json, regex, no_match, then_get = await run(
         svc("http", port, "form", method="POST", body="a=1&b=2",
             expect_text="POST application/x-www-form-urlencoded a=1&b=2"),
         svc("http", port, "json", method="POST", body='{"ping": 1}', content_type="application/json",
             expect_text='application/json {"ping": 1}'),
         svc("http", port, "regex", expect_regex=r"^GET None $"),
-        svc("http", port, "no-match", expect_regex=r"POST"))
-    for result in (form, as_json, regex):
+        svc("http", port, "no-match", expect_regex=r"POST"),
+        svc("http", port, "then-get", method="POST", body="x=1", path="/form", follow_redirects=1,
+            expect_text="GET None "))
+    for result in (form, as_json, regex, then_get):
         assert result.state == State.OK, result.message
     assert no_match.state == State.CRITICAL
     assert "but nothing matched 'POST'" in no_match.message
@@ -316,5 +318,8 @@ def test_redirect_targets():
     assert next_hop(here, "http://[::1]:8080/") == Hop(False, "::1", 8080, "/", "[::1]:8080")
     assert next_hop(here, "http://u:p@other.example/") == Hop(False, "other.example", 80, "/",
                                                                "other.example")
+    posted = Hop(False, "192.0.2.80", 80, "/form", "www.example.net", "POST")
+    assert next_hop(posted, "/done", 303).method == "GET"
+    assert next_hop(posted, "/again", 307).method == "POST"
     assert next_hop(here, "ftp://files.example/") == "ftp://files.example/"
     assert next_hop(here, "http://www.example.net:99999/") == "http://www.example.net:99999/"
