@@ -41,8 +41,8 @@ def secs(value: float) -> str:
 
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
 WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-            "sent no greeting", "answer": "sent no answer", "exit": "did not finish",
-           "TLS handshake": "accepted the connection but the TLS handshake stalled"}
+           "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
+           "did not complete", "answer": "sent no answer", "exit": "did not finish"}
 
 
 def error_text(exc: BaseException) -> str:

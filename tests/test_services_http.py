@@ -256,7 +256,7 @@ async def test_a_stalled_tls_handshake_says_so(servers):
     result = await one(svc("https", port, "stalled", timeout=0.5))
     assert result.state == State.CRITICAL
     assert result.message == (f"HTTPS 127.0.0.1:{port} accepted the connection but the TLS "
-                              "handshake stalled within 0.50 s")
+                              "handshake did not complete within 0.50 s")
 
 
 def test_http_config_errors(write_config):
