@@ -6,8 +6,9 @@
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev rrdtool rrdcached \
-	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping nginx
+	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping
 STAMP := $(VENV)/.installed
+APT_PACKAGES += nginx  # the http/https tests start their own
 
 .PHONY: demo test lint deps system-deps bench clean
 

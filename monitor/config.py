@@ -316,18 +316,17 @@ class ServiceCheck:
         if (self.send is not None or self.expect is not None) and kind not in _TEXT_PROTOCOLS:
             raise Invalid("send" if self.send is not None else "expect",
                           f"send/expect are for tcp-like checks, not {kind}")
-        http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text,
-                     "expect_regex": self.expect_regex, "body": self.body,
-                     "content_type": self.content_type, "proxy": self.proxy,
-                     "client_cert": self.client_cert, "client_key": self.client_key}
+        http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
+        http_only |= {"expect_regex": self.expect_regex, "body": self.body,
+                      "content_type": self.content_type, "proxy": self.proxy,
+                      "client_cert": self.client_cert, "client_key": self.client_key,
+                      "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
                 if value is not None:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
-            if self.max_body != 1 << 20:
-                raise Invalid("max_body", "only http/https checks have max_body")
         if kind == "plugin":
             if not self.command:
                 raise Invalid("command", 'a plugin check needs command = ["/usr/lib/nagios/plugins/'
