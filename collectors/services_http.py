@@ -4,9 +4,9 @@ from the URL, a proxy, POST with a body and client certificates.
 
 Redirects are followed here, not by aiohttp, because each hop is its own verdict: the site it
 names decides the TLS name, a failure names the server that failed, and credentials go to the
-configured site only. A body is read up to max_body (1 MiB) whatever its framing (length, chunked, until
-close, compressed), in pieces the loop hands out between other tasks; the caller's timeout bounds
-the whole check.
+configured site only. A body is read up to max_body (1 MiB) whatever its framing (length,
+chunked, until close, compressed), in pieces the loop hands out between other tasks; the
+caller's timeout bounds the whole check.
 """
 
 from __future__ import annotations
@@ -403,10 +403,11 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 stage.cert = certificates(verdicts)
             if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
                 target = next_hop(hop, answer.location, answer.status)
-                hops += 1
                 if isinstance(target, str):
-                    return Outcome(State.CRITICAL, f"{where} redirected to unusable "
+                    at = f"{via()}: {hop.where()}" if hops else ""
+                    return Outcome(State.CRITICAL, f"{where}{at} redirected to unusable "
                                    f"{clean(target)!r}", time.monotonic() - start)
+                hops += 1
                 hop = target
                 probe.at = f"{via().strip()}, at {hop.where()}"
                 continue
@@ -415,6 +416,10 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
     outcome = await judge(check, answer, where, via(), elapsed)
     outcome.metrics.update((name, (round(value, 6), "s")) for name, value in probe.phases.items())
     return outcome
+
+
+def _matches(pattern: str, body: bytes) -> bool:
+    return re.search(pattern, body.decode("utf-8", "replace")) is not None
 
 
 async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elapsed: float) -> Outcome:
@@ -428,13 +433,11 @@ async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elaps
     if check.expect_text is not None and check.expect_text.encode() not in answer.body:
         return Outcome(State.CRITICAL, f"{where} answered {status} but without the text "
                        f"{clean(check.expect_text, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
-    if check.expect_regex is not None:
-        # A pattern over a megabyte of someone else's page: CPU off the event loop.
-        text = answer.body.decode("utf-8", "replace")
-        found = await asyncio.to_thread(re.search, check.expect_regex, text)
-        if found is None:
-            return Outcome(State.CRITICAL, f"{where} answered {status} but nothing matched "
-                           f"{clean(check.expect_regex, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
+    # A pattern over a megabyte of someone else's page: CPU off the event loop.
+    if check.expect_regex is not None and not await asyncio.to_thread(
+            _matches, check.expect_regex, answer.body):
+        return Outcome(State.CRITICAL, f"{where} answered {status} but nothing matched "
+                       f"{clean(check.expect_regex, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
     size = f"{len(answer.body)} bytes" + ("" if answer.complete else ", more not read")
     return Outcome(State.OK, f"{where} answered {status} {clean(answer.reason, 40)}{via} in "
                    f"{secs(elapsed)} ({size})", elapsed)

@@ -232,6 +232,10 @@ async def test_hostile_answers(servers):
         assert result.state == State.OK, result.message
     assert headers.state == State.CRITICAL
     assert "sent a malformed HTTP answer" in headers.message, headers.message
+    ftp = await servers(web.answers(b"HTTP/1.1 302 Found\r\nLocation: ftp://files.example/\r\n"
+                                    b"Content-Length: 0\r\n\r\n"))
+    unusable = await one(svc("http", ftp, "ftp", follow_redirects=1))
+    assert unusable.message == f"HTTP 127.0.0.1:{ftp}/ redirected to unusable 'ftp://files.example/'"
 
 
 async def test_post_with_a_body_and_a_regex(servers):
