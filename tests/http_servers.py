@@ -56,7 +56,9 @@ class Nginx:
     http: int  # plain sites; / says "hello from nginx <host>"
     https: int  # default certificate for "default.invalid"; www.example.net by SNI
     mtls: int  # asks for a client certificate signed by `ca`
-    ca: Path  # the CA of every certificate here (for ca_file)
+    chain: int  # localhost with an intermediate CA that expires in 10 days (root: chain_ca)
+    chain_ca: Path
+    ca: Path  # the CA of the other certificates here (for ca_file)
     client: tuple[Path, Path]  # a client certificate and key it accepts
     process: subprocess.Popen
 
@@ -74,7 +76,8 @@ def start_nginx(directory: Path) -> Nginx:
                           stem="local")
     client = make_leaf(directory, (ca_key, ca_cert), names=("probe.example.net",),
                            stem="client")
-    http, https, mtls = free_port(), free_port(), free_port()
+    chained = srv.make_chain(directory, intermediate_days=10, stem="chained")
+    http, https, mtls, chain = free_port(), free_port(), free_port(), free_port()
     d = directory
 
     def listen(port: int, tls: bool = False) -> str:
@@ -105,6 +108,7 @@ http {{
         location = /six {{ return 302 http://[::1]:{http}/host; }}
         location = /to-closed {{ return 302 http://127.0.0.1:{srv.closed_port()}/; }}
         location = /to-https {{ return 301 https://localhost:{https}/host; }}
+        location = /to-chain {{ return 301 https://localhost:{chain}/; }}
         location /private/ {{ auth_basic "monitor"; auth_basic_user_file {d}/htpasswd; }}
     }}
     server {{
@@ -134,6 +138,12 @@ http {{
         location / {{ return 200 "host $host\\n"; }}
     }}
     server {{
+        {listen(chain, tls=True)}
+        ssl_certificate {chained[0]};
+        ssl_certificate_key {chained[1]};
+        location / {{ return 200 "chained site\\n"; }}
+    }}
+    server {{
         {listen(mtls, tls=True)}
         ssl_certificate {local[0]};
         ssl_certificate_key {local[1]};
@@ -159,7 +169,7 @@ http {{
     else:
         process.kill()
         raise RuntimeError("nginx did not listen within 10 s")
-    return Nginx(http, https, mtls, ca, client, process)
+    return Nginx(http, https, mtls, chain, chained[2], ca, client, process)
 
 
 # -- hostile servers ----------------------------------------------------------------------------

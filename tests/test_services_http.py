@@ -108,6 +108,18 @@ async def test_redirect_to_https_judges_that_sites_certificate(nginx):
     assert 89 < metric(result, "cert_expiry_days").value <= 90
 
 
+async def test_an_intermediate_expiring_first_is_found_after_a_redirect(nginx):
+    direct, redirected = await run(
+        svc("https", nginx.chain, "direct", host="localhost", ca_file=nginx.chain_ca),
+        svc("http", nginx.http, "redirected", path="/to-chain", follow_redirects=1,
+            ca_file=nginx.chain_ca, expect_text="chained site"))
+    for result in (direct, redirected):
+        assert result.state == State.WARNING, result.message
+        assert "chain certificate 'Test Intermediate CA' expires in 10 days" in result.message
+        assert 9 < metric(result, "cert_expiry_days").value <= 10
+    assert "after 1 redirect" in redirected.message
+
+
 async def test_each_tls_site_on_the_way_is_judged(nginx):
     # localhost's certificate is good; the site it redirects to (by IP: no SNI, nginx's default
     # certificate for default.invalid) is not, and that is named.
