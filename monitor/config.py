@@ -393,6 +393,9 @@ class ServiceCheck:
         if (self.body is not None or self.content_type is not None) and self.method != "POST":
             raise Invalid("body" if self.body is not None else "content_type",
                           'only a method = "POST" check sends a body')
+        if self.method == "HEAD" and (self.expect_text is not None or self.expect_regex is not None):
+            raise Invalid("expect_text" if self.expect_text is not None else "expect_regex",
+                          'a method = "HEAD" answer has no body to look in')
         if self.expect_regex is not None:
             try:
                 re.compile(self.expect_regex)

@@ -285,6 +285,8 @@ def test_http_config_errors(write_config):
 
     assert "services[0].body: only a method = \"POST\"" in error(
         'kind = "http"\nhost = "a"\nbody = "x"\n')
+    assert "services[0].expect_text: a method = \"HEAD\" answer has no body" in error(
+        'kind = "http"\nhost = "a"\nmethod = "HEAD"\nexpect_text = "x"\n')
     assert "services[0].expect_regex: not a valid regular expression" in error(
         'kind = "http"\nhost = "a"\nexpect_regex = "(["\n')
     bad_url = error('kind = "http"\nurl = "http://probe:s3cret@host:x/"\n')
