@@ -125,15 +125,18 @@ def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
     return Hop(tls, hop.host if same else parts.hostname, port, path, site, method)
 
 
-def _basic_auth(check: ServiceCheck) -> str | None:
-    """The Authorization header for user:password@ in the url (percent-encoded there)."""
-    if not check.url:
-        return None
-    parts = urlsplit(check.url)
+def basic_auth(url: str | None) -> str | None:
+    """The Authorization header value for user:password@ in a URL (percent-encoded there)."""
+    parts = urlsplit(url or "")
     if parts.username is None:
         return None
     pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
     return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
 def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
@@ -295,10 +298,15 @@ class Probe:
             headers["Authorization"] = auth
         if data is not None:
             headers["Content-Type"] = check.content_type or "application/x-www-form-urlencoded"
+        proxy = proxy_headers = None
+        if check.proxy is not None:
+            proxy = _without_userinfo(check.proxy)
+            login = basic_auth(check.proxy)
+            proxy_headers = {"Proxy-Authorization": login} if login else None
         try:
             async with session.request(
-                    hop.method, hop.url(), headers=headers, data=data,
-                    allow_redirects=False, proxy=check.proxy, ssl=context if hop.tls else True,
+                    hop.method, hop.url(), headers=headers, data=data, allow_redirects=False,
+                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if hop.tls else True,
                     server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
                 assert isinstance(response, Response)
                 body, complete = b"", True
@@ -342,7 +350,7 @@ class Probe:
         check, contexts = self.check, self.stage.contexts
         own_site = hop.site == first.site
         sni = server_name(check) if own_site else hop.site_name
-        auth = _basic_auth(check) if own_site else None
+        auth = basic_auth(check.url) if own_site else None
         context = await contexts.get(check, verify) if hop.tls else None
         reason = None
         try:

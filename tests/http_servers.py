@@ -259,7 +259,7 @@ async def echo(reader, writer):
 
 class Proxy:
     """GET http://host:port/path (absolute form) and CONNECT host:port, to loopback only;
-    `seen` lists the request lines it got."""
+    `seen` lists the request lines (and Proxy-Authorization headers) it got."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
@@ -270,6 +270,8 @@ class Proxy:
         headers = []
         while (h := await reader.readline()) not in (b"\r\n", b""):
             headers.append(h)
+            if h.lower().startswith(b"proxy-authorization:"):
+                self.seen.append(h.decode().strip())
         method, target, _ = line.split(" ", 2)
         if method == "CONNECT":
             host, _, port = target.rpartition(":")
