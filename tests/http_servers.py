@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -225,6 +226,16 @@ negative_length = answers(b"HTTP/1.1 200 OK\r\nContent-Length: -5\r\n\r\nhello")
 _ZIPPED = gzip.compress(b"<html>Welcome to the compressed page</html>")
 gzipped = answers(b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: text/html\r\n"
                   b"Content-Length: %d\r\n\r\n" % len(_ZIPPED) + _ZIPPED)
+
+
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros in 64 KiB of gzip, as an answer (zlib lets other threads run)."""
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+    body = b"".join(packer.compress(bytes(1 << 20)) for _ in range(64)) + packer.flush()
+    return (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+            % len(body) + body)
+
+
 # A body without Content-Length or chunking on a connection the server keeps open.
 keep_alive_without_length = answers(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\n\r\n"
                                     b"hello there")

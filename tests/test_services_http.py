@@ -207,17 +207,21 @@ async def test_through_a_proxy(nginx):
 # -- hostile servers ----------------------------------------------------------------------------
 
 
-async def test_a_64_mib_chunk_neither_holds_the_loop_nor_outlives_the_timeout(servers, heartbeat,
-                                                                              tmp_path):
+async def test_a_64_mib_chunk_or_a_gzip_bomb_neither_holds_the_loop_nor_outlives_the_timeout(
+        servers, heartbeat, tmp_path):
     pair = srv.make_cert(tmp_path)
     plain = await servers(web.huge_chunk)
     tls = await servers(web.huge_chunk, tls=srv.server_context(pair))
     endless = await servers(web.trickle)
-    big, big_tls, never, small = await run(
+    bomb = await servers(web.answers(await asyncio.to_thread(web.gzip_bomb)))
+    big, big_tls, never, small, bombed = await run(
         svc("http", plain, "big", timeout=5, expect_text="needle"),
         svc("https", tls, "big-tls", timeout=5, ca_file=pair[0]),
         svc("http", endless, "never", timeout=1),
-        svc("http", plain, "small", timeout=5, max_body=65536, expect_text="not there"))
+        svc("http", plain, "small", timeout=5, max_body=65536, expect_text="not there"),
+        svc("http", bomb, "bomb", timeout=5))
+    assert bombed.state == State.OK, bombed.message
+    assert "(1048576 bytes, more not read)" in bombed.message
     assert big.state == State.OK, big.message
     assert "more not read" in big.message
     assert big_tls.state == State.OK, big_tls.message
