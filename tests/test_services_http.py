@@ -231,9 +231,9 @@ async def test_a_64_mib_chunk_or_a_gzip_bomb_neither_holds_the_loop_nor_outlives
     assert never.state == State.CRITICAL
     assert never.message.startswith(f"HTTP 127.0.0.1:{endless} sent no end of the HTTP body "
                                     "within 1.00 s (got ")
-    # The old client held the loop for the whole 64 MiB (40 s); a second is room for any
-    # scheduling hiccup of a busy machine, not a speed target.
-    assert heartbeat.ticks > 10 and heartbeat.longest < 1.0, heartbeat.longest
+    # The old client held the loop for the whole 64 MiB (40 s); two seconds are room for the
+    # scheduling hiccups of a busy machine, not a speed target.
+    assert heartbeat.ticks > 10 and heartbeat.longest < 2.0, heartbeat.longest
 
 
 async def test_hostile_answers(servers):
