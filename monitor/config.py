@@ -417,7 +417,7 @@ class ServiceCheck:
                 try:
                     setattr(self, key_name, _idna(value))
                 except UnicodeError:
-                    raise Invalid(key_name if key_name != "host" or not self.url else "url",
+                    raise Invalid("url" if key_name == "host" and self.url else key_name,
                                   f"not a valid international name: {value!r}") from None
 
     def _from_url(self) -> None:
@@ -426,10 +426,10 @@ class ServiceCheck:
         assert self.url is not None
         parts = urlsplit(self.url)
         try:
-            port = parts.port
-        except ValueError:
-            port = -1
-        if parts.scheme not in ("http", "https") or not parts.hostname or port == -1:
+            port, port_ok = parts.port, True
+        except ValueError:  # not a number, or above 65535
+            port, port_ok = None, False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
             shown = re.sub(r"//[^/@]*@", "//***@", self.url)  # no password in an error message
             raise Invalid("url", f'expected a URL like "https://www.example.net/", got {shown!r}')
         if parts.scheme == "https":

@@ -301,6 +301,8 @@ def test_http_config_errors(write_config):
         'kind = "http"\nhost = "a"\nexpect_regex = "(["\n')
     bad_url = error('kind = "http"\nurl = "http://probe:s3cret@host:x/"\n')
     assert "expected a URL" in bad_url and "s3cret" not in bad_url
+    assert "services[0].url: not a valid international name" in error(
+        'kind = "http"\nurl = "http://a\u3002\u3002b/"\n')
     assert "services[0].proxy: expected a URL" in error('kind = "http"\nhost = "a"\nproxy = "x"\n')
     assert "services[0].client_key: needs client_cert" in error(
         'kind = "https"\nhost = "a"\nclient_key = "/k"\n')
