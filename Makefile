@@ -11,6 +11,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev 
 	unbound openssh-server postfix dovecot-imapd dovecot-pop3d dovecot-lmtpd vsftpd nginx \
 	monitoring-plugins-standard bind9-dnsutils
 STAMP := $(VENV)/.installed
+APT_PACKAGES += nginx  # the http/https tests start their own
 
 .PHONY: demo test lint deps system-deps bench clean deb
 

@@ -28,7 +28,7 @@ from collectors.services_base import (
 )
 from collectors.services_dns import compare_serials, probe_dns
 from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
-from collectors.services_http import probe_http
+from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
@@ -39,7 +39,7 @@ from monitor.units import format_duration
 
 def _where(check: ServiceCheck, target: str) -> str:
     if check.kind in ("http", "https"):
-        return f"{'HTTPS' if check.tls else 'HTTP'} {hostport(check.vhost or check.host, check.port)}"
+        return site_label(check)
     if check.kind == "dns":
         return f"DNS {hostport(target, check.port or 53)}"
     if check.kind == "ping":

@@ -82,21 +82,26 @@ class TlsContexts:
     """
 
     def __init__(self) -> None:
-        self._made: dict[tuple[str | None, bool], ssl.SSLContext] = {}
+        self._made: dict[tuple[str | None, bool, str | None, str | None], ssl.SSLContext] = {}
 
     async def prepare(self, checks: list[ServiceCheck]) -> None:
         """Make the contexts these checks will ask for, before their timeouts run: a slow CA
         store load is then never blamed on a server. One that cannot be made (a bad ca_file)
         is left for its check to report."""
-        wanted = {(str(c.ca_file) if c.ca_file else None, c.verify): c for c in checks
-                  if c.tls or c.starttls}
+        wanted = {self._key(c, c.verify): c for c in checks if c.tls or c.starttls}
         for key, check in wanted.items():
             if key not in self._made:
                 with contextlib.suppress(OSError, ssl.SSLError):
                     await self.get(check, check.verify)
 
+    @staticmethod
+    def _key(check: ServiceCheck, verify: bool) -> tuple[str | None, bool, str | None, str | None]:
+        return (str(check.ca_file) if check.ca_file else None, verify,
+                str(check.client_cert) if check.client_cert else None,
+                str(check.client_key) if check.client_key else None)
+
     async def get(self, check: ServiceCheck, verify: bool) -> ssl.SSLContext:
-        key = (str(check.ca_file) if check.ca_file else None, verify)
+        key = self._key(check, verify)
         context = self._made.get(key)
         if context is None:
             context = await asyncio.to_thread(tls_context, check, verify)
@@ -120,6 +125,9 @@ def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:
     # Host names are matched by `cert_verdict`, so a wrong name and an expiry are both reported.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+    if check.client_cert is not None:  # https: a client certificate for sites that ask for one
+        context.load_cert_chain(str(check.client_cert),
+                                str(check.client_key) if check.client_key else None)
     return context
 
 

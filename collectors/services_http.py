@@ -1,132 +1,451 @@
-"""http/https: a small HTTP/1.1 client on asyncio streams (status, text, redirects, Host)."""
+"""http/https checks on aiohttp: status, a text or pattern in the body, redirects followed hop by
+hop (each TLS site's certificate and chain judged by cert_verdict), vhost and SNI, basic auth
+from the URL, a proxy, POST with a body and client certificates.
+
+Redirects are followed here, not by aiohttp, because each hop is its own verdict: the site it
+names decides the TLS name, a failure names the server that failed, and credentials go to the
+configured site only. A body is read up to max_body (1 MiB) whatever its framing (length,
+chunked, until close, compressed), in pieces the loop hands out between other tasks; the
+caller's timeout bounds the whole check.
+"""
 
 from __future__ import annotations
 
+import _ssl
+import asyncio
+import base64
+import re
+import socket
+import ssl
 import time
-from urllib.parse import quote, urljoin, urlsplit
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
-from collectors.services_base import Outcome, Stage, cert_verdict, hostport, secs
-from collectors.services_tcp import ProtocolError, close, connect, peer_chain, read_line
+import aiohttp
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+from collectors.services_base import (
+    Outcome,
+    Stage,
+    cert_verdict,
+    error_text,
+    hostport,
+    secs,
+    server_name,
+)
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
 
-MAX_BODY = 1 << 20
-MAX_HEADERS = 200
+READ_SIZE = 1 << 16
 REDIRECTS = (301, 302, 303, 307, 308)
+USER_AGENT = "monitor-service-check"
+# What may stay as it is in a request path taken from a Location header; the rest is quoted, so
+# no space or control character from a server reaches our request line.
+PATH_SAFE = "/?=&%:@!$'()*+,;~-._[]"
 
 
-async def _read_body(reader, headers: dict[str, str]) -> bytes:
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while len(body) < MAX_BODY:
-            size_line = await read_line(reader)
-            try:
-                size = int(size_line.split(";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ProtocolError(f"sent a bad chunk size {clean(size_line, 20)!r}") from None
-            if size == 0:
-                break
-            body += await reader.readexactly(size)
-            await reader.readline()
-        return body
-    if "content-length" in headers:
-        try:
-            length = int(headers["content-length"])
-        except ValueError:
-            raise ProtocolError("sent a bad Content-Length") from None
-        return await reader.readexactly(min(length, MAX_BODY))
-    # No length given: the body ends when the server closes (we asked for Connection: close).
-    body = b""
-    while len(body) < MAX_BODY and (chunk := await reader.read(MAX_BODY - len(body))):
-        body += chunk
-    return body
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
-def _other_site(check: ServiceCheck, host_header: str) -> str | None:
-    """After a redirect to another site, the name TLS is about (SNI and the certificate check);
-    None while on the configured one."""
-    return None if host_header == (check.vhost or check.host) else urlsplit(f"//{host_header}").hostname
+@dataclass
+class Hop:
+    """One request of a check: the address it connects to and the site it is for (the Host
+    header, and for TLS the SNI and the name the certificate must carry)."""
+
+    tls: bool
+    host: str
+    port: int
+    path: str
+    site: str  # authority: "www.example.net", "[::1]:8080"
+    method: str = "GET"
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def site_name(self) -> str:
+        return urlsplit(f"//{self.site}").hostname or self.host
+
+    def url(self) -> URL:
+        default = 443 if self.tls else 80
+        port = "" if self.port == default else f":{self.port}"
+        return URL(f"{self.scheme}://{_bracketed(self.host)}{port}{quote(self.path, safe=PATH_SAFE)}",
+                   encoded=True)
+
+    def label(self) -> str:
+        return f"{self.scheme.upper()} {hostport(self.site_name, self.port)}"
+
+    def where(self) -> str:
+        return f"{self.label()}{clean(self.path, 60)}"
 
 
-async def _request(check: ServiceCheck, stage: Stage, verify: bool, host: str, port: int, tls: bool,
-                   path: str, host_header: str) -> tuple[int, str, dict[str, str], bytes, list[bytes]]:
-    writer = None
+def _authority(host: str, port: int, tls: bool) -> str:
+    return _bracketed(host) if port == (443 if tls else 80) else f"{_bracketed(host)}:{port}"
+
+
+def first_hop(check: ServiceCheck) -> Hop:
+    port = check.port or (443 if check.tls else 80)
+    return Hop(check.tls, check.host, port, check.path,
+               check.vhost or _authority(check.host, port, check.tls), check.method)
+
+
+def site_label(check: ServiceCheck) -> str:
+    """ "HTTPS www.example.net:443": the site a check is for, as its messages begin."""
+    return first_hop(check).label()
+
+
+def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
+    """The hop a Location header leads to, or the URL it named when that is no HTTP(S) URL.
+    As browsers do, a POST answered 301, 302 or 303 goes on as a GET (307/308 keep it)."""
+    url = urljoin(f"{hop.scheme}://{hop.site}{hop.path}", location)
+    parts = urlsplit(url)
     try:
-        reader, writer = await connect(check, stage, verify, host, port, tls,
-                                       _other_site(check, host_header))
-        stage.doing = "HTTP response"
-        # After a redirect the path comes from the server: no spaces or controls in our request.
-        path = quote(path, safe="/?=&%:@!$'()*+,;~-._[]")
-        writer.write(f"{check.method} {path} HTTP/1.1\r\nHost: {host_header}\r\n"
-                     "User-Agent: monitor-service-check\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-                     .encode())
-        await writer.drain()
-        status_line = await read_line(reader)
-        parts = status_line.split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise ProtocolError(f"answered {clean(status_line)!r}, not HTTP")
-        headers: dict[str, str] = {}
-        for _ in range(MAX_HEADERS):
-            line = await read_line(reader)
-            if not line:
-                break
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        body = b"" if check.method == "HEAD" else await _read_body(reader, headers)
-        chain = peer_chain(writer) if tls else []
-        return int(parts[1]), (parts[2] if len(parts) > 2 else ""), headers, body, chain
-    finally:
-        close(writer)
+        port = parts.port
+    except ValueError:
+        return url
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return url
+    tls = parts.scheme == "https"
+    port = port or (443 if tls else 80)
+    if not parts.netloc.isascii():  # an international name in a Location: its xn-- form
+        try:
+            hostname = parts.hostname.encode("idna").decode("ascii")
+        except UnicodeError:
+            return url
+        parts = parts._replace(netloc=_authority(hostname, port, tls))
+    # Still the same site: keep the address (host may be one web server of several).
+    same = parts.hostname == hop.site_name and port == hop.port
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    site = parts.netloc.rpartition("@")[2]
+    method = hop.method if status in (307, 308) or hop.method == "HEAD" else "GET"
+    return Hop(tls, hop.host if same else parts.hostname, port, path, site, method)
+
+
+def basic_auth(url: str | None) -> str | None:
+    """The Authorization header value for user:password@ in a URL (percent-encoded there)."""
+    parts = urlsplit(url or "")
+    if parts.username is None:
+        return None
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+    return "Basic " + base64.b64encode(pair).decode("ascii")
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
+    """The certificates the server sent (DER), its own first; [] without TLS.
+
+    (A copy of services_tcp.peer_chain for a transport.) Python 3.13 has get_unverified_chain()
+    on SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects)."""
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if obj is None:
+        return []
+    leaf = obj.getpeercert(binary_form=True)
+    chain_of = (getattr(obj, "get_unverified_chain", None)
+                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
+    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
+            for cert in (chain_of() if chain_of is not None else None) or []]
+    if leaf is None:
+        return sent
+    return [leaf, *(der for der in sent if der != leaf)]
+
+
+def untrusted(cert: Outcome, reason: str) -> Outcome:
+    """The verdict of a certificate the handshake refused, with its expiry still measured."""
+    if cert.state == State.OK or "expired" not in cert.message:
+        cert.state = State.CRITICAL
+        cert.message = (f"certificate not trusted: {clean(reason)}; "
+                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    return cert
+
+
+def failure_text(exc: BaseException) -> str | None:
+    """What went wrong, for the errors aiohttp raises (None: not one of them)."""
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"cannot be reached through the proxy (the proxy {error_text(exc.os_error)})"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return f"cannot be reached through the proxy (it answered {exc.status} {clean(exc.message, 40)})"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return error_text(exc.os_error)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "closed the connection without an answer"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        cause = exc.__cause__ or exc
+        return f"sent a broken body ({clean(str(getattr(cause, 'message', None) or cause), 60)})"
+    if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError):
+        return f"sent a malformed HTTP answer ({clean(str(exc.message), 60)})"
+    if isinstance(exc, aiohttp.ClientError | OSError | asyncio.IncompleteReadError | ssl.SSLError):
+        return error_text(exc)
+    return None
+
+
+class Response(aiohttp.ClientResponse):
+    """A response that keeps the certificates its connection's server sent (a short answer has
+    handed the connection back before the caller could look at it)."""
+
+    chain: list[bytes] = []
+
+    async def start(self, connection):  # type: ignore[no-untyped-def]
+        self.chain = peer_chain(connection.transport)
+        return await super().start(connection)
+
+
+@dataclass
+class Answer:
+    status: int
+    reason: str
+    location: str | None
+    body: bytes
+    complete: bool  # the body was read to its end (not cut at max_body nor left open)
+    chain: list[bytes]
+
+
+def _on(event: str):
+    """A tracing callback: the probe (the request's trace context) notes the event's time."""
+
+    async def note(session, context, params) -> None:
+        context.trace_request_ctx.phase(event)
+
+    return note
+
+
+def _tracing() -> aiohttp.TraceConfig:
+    """The request's phases (name resolution, connection with TLS, wait for the answer), and
+    when the connection is up: from then on a timeout means the server sent no answer."""
+    trace = aiohttp.TraceConfig()
+    trace.on_dns_resolvehost_start.append(_on("dns_start"))
+    trace.on_dns_resolvehost_end.append(_on("dns_end"))
+    trace.on_connection_create_start.append(_on("connect_start"))
+    trace.on_connection_create_end.append(_on("connect_end"))
+    trace.on_request_headers_sent.append(_on("sent"))
+    trace.on_request_end.append(_on("answered"))
+    trace.freeze()
+    return trace
+
+
+TRACING = _tracing()
+
+
+class Probe:
+    """One check's requests: its aiohttp session (no pooling: each hop is a new connection, as
+    a first visitor's would be) and the stage a timeout reports."""
+
+    def __init__(self, check: ServiceCheck, stage: Stage) -> None:
+        self.check = check
+        self.stage = stage
+        self.sockets: list[socket.socket] = []
+        self.at = ""  # after a redirect: where the check is now, for a timeout's message
+        self.want = check.expect_text.encode() if check.expect_text is not None else None
+        # Seconds per phase, summed over the hops (as blackbox_exporter's phases).
+        self.phases = {"dns_seconds": 0.0, "connect_seconds": 0.0, "first_byte_seconds": 0.0}
+        self._began: dict[str, float] = {}
+
+    def phase(self, event: str) -> None:
+        now = time.monotonic()
+        began = self._began
+        if event == "dns_end" and "dns_start" in began:
+            self.phases["dns_seconds"] += now - began["dns_start"]
+            # The name resolution is part of the connection's time: not counted twice.
+            began["connect_start"] = began.get("connect_start", now) + now - began["dns_start"]
+        elif event == "connect_end" and "connect_start" in began:
+            self.phases["connect_seconds"] += now - began.pop("connect_start")
+            self.stage.doing = "HTTP response"
+        elif event == "answered" and "sent" in began:
+            self.phases["first_byte_seconds"] += now - began.pop("sent")
+        began[event] = now
+
+    def _socket(self, addr_info) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family, type_, proto)
+        self.sockets.append(sock)
+        return sock
+
+    def connected(self) -> bool:
+        """Whether a TCP connection of this check is established (so a stall is past it)."""
+        for sock in self.sockets:
+            try:
+                sock.getpeername()
+                return True
+            except OSError:
+                continue
+        return False
+
+    def session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, limit=0,
+                                         socket_factory=self._socket)
+        return aiohttp.ClientSession(
+            connector=connector, response_class=Response, cookie_jar=aiohttp.DummyCookieJar(),
+            trace_configs=[TRACING],
+            trust_env=False, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True,
+            headers={"User-Agent": USER_AGENT})
+
+    async def request(self, session: aiohttp.ClientSession, hop: Hop, context: ssl.SSLContext | None,
+                      sni: str, auth: str | None) -> Answer:
+        check, stage = self.check, self.stage
+        stage.doing = "connect"
+        stage.note = f" ({self.at})" if self.at else ""
+        del self.sockets[:]
+        data = check.body.encode() if check.body is not None and hop.method == "POST" else None
+        headers = {"Host": hop.site}
+        if auth is not None:
+            headers["Authorization"] = auth
+        if data is not None:
+            headers["Content-Type"] = check.content_type or "application/x-www-form-urlencoded"
+        proxy = proxy_headers = None
+        if check.proxy is not None:
+            proxy = _without_userinfo(check.proxy)
+            login = basic_auth(check.proxy)
+            proxy_headers = {"Proxy-Authorization": login} if login else None
+        try:
+            async with session.request(
+                    hop.method, hop.url(), headers=headers, data=data, allow_redirects=False,
+                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if hop.tls else True,
+                    server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
+                assert isinstance(response, Response)
+                body, complete = b"", True
+                if hop.method != "HEAD":
+                    body, complete = await self.read_body(response)
+                return Answer(response.status, response.reason or "",
+                              response.headers.get("Location"), body, complete, response.chain)
+        except asyncio.CancelledError:
+            if stage.doing == "connect" and hop.tls and self.connected():
+                stage.doing = "TLS handshake"
+            raise
+
+    async def read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+        """Up to max_body bytes of the (decompressed) body, and whether that was all of it.
+
+        Reading stops early once expect_text is seen. A body that only ends when the server
+        closes (no length, not chunked) is not waited for without expect_text/expect_regex: a
+        server that keeps such a connection open would otherwise cost the whole timeout."""
+        stage, content, want, limit = self.stage, response.content, self.want, self.check.max_body
+        stage.doing = "end of the HTTP body"
+        until_close = ("Content-Length" not in response.headers
+                       and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
+        if until_close and want is None and self.check.expect_regex is None:
+            body = content.read_nowait(limit)
+            return body, content.at_eof()
+        body = bytearray()
+        while len(body) < limit:
+            chunk = await content.read(min(READ_SIZE, limit - len(body)))
+            if not chunk:
+                return bytes(body), True
+            seen = len(body)
+            body += chunk
+            stage.note = f" (got {len(body)} bytes{', ' + self.at if self.at else ''})"
+            if want is not None and want in body[max(0, seen - len(want) + 1):]:
+                return bytes(body), content.at_eof()
+        return bytes(body), content.at_eof()
+
+    async def hop(self, session: aiohttp.ClientSession, hop: Hop, first: Hop, now: float,
+                  verify: bool) -> tuple[Answer, Outcome | None]:
+        """One request and, over TLS, the verdict on the certificate of the site it was for."""
+        check, contexts = self.check, self.stage.contexts
+        own_site = hop.site == first.site
+        sni = server_name(check) if own_site else hop.site_name
+        auth = basic_auth(check.url) if own_site else None
+        context = await contexts.get(check, verify) if hop.tls else None
+        reason = None
+        try:
+            answer = await self.request(session, hop, context, sni, auth)
+        except aiohttp.ClientConnectorCertificateError as exc:
+            # Ask again without verifying, to learn when the rejected certificate expires.
+            error = exc.certificate_error
+            reason = getattr(error, "verify_message", None) or str(error)
+            answer = await self.request(session, hop, await contexts.get(check, False), sni, auth)
+        if not hop.tls:
+            return answer, None
+        cert = cert_verdict(check, answer.chain, now, name=None if own_site else hop.site_name)
+        return answer, untrusted(cert, reason) if reason is not None else cert
+
+
+def certificates(verdicts: list[tuple[Hop, Outcome]]) -> Outcome | None:
+    """One certificate verdict for the check: the first TLS site's, with any other site's
+    problem added (named by its site), and the earliest expiry of them all."""
+    if not verdicts:
+        return None
+    (_, first), *others = verdicts
+    cert = Outcome(first.state, first.message, metrics=dict(first.metrics))
+    for hop, other in others:
+        if other.state != State.OK:
+            cert.message += f"; {hop.site_name}: {other.message}"
+            cert.state = State.worst([cert.state, other.state])
+        days = other.metrics.get("cert_expiry_days", (None, ""))[0]
+        mine = cert.metrics.get("cert_expiry_days", (None, ""))[0]
+        if days is not None and (mine is None or days < mine):
+            cert.metrics["cert_expiry_days"] = (days, "d")
+    return cert
 
 
 async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool) -> Outcome:
     start = time.monotonic()
-    tls = check.tls
-    host, port, path = check.host, check.port or (443 if tls else 80), check.path
-    default_port = 443 if tls else 80
-    host_header = check.vhost or (host if port == default_port else f"{host}:{port}")
-    scheme = "https" if tls else "http"
-    where = f"{scheme.upper()} {hostport(check.vhost or host, port)}{clean(path, 60)}"
+    first = hop = first_hop(check)
+    where = first.where()
+    probe = Probe(check, stage)
+    verdicts: list[tuple[Hop, Outcome]] = []
     hops = 0
-    first_cert = True
-    while True:
-        try:
-            status, reason, headers, body, chain = await _request(
-                check, stage, verify, host, port, tls, path, host_header)
-        except ProtocolError as exc:
-            return Outcome(State.CRITICAL, f"{where} {exc}", time.monotonic() - start)
-        if tls and first_cert:
-            stage.cert = cert_verdict(check, chain, now, name=_other_site(check, host_header))
-            first_cert = False
-        if status in REDIRECTS and "location" in headers and hops < check.follow_redirects:
-            hops += 1
-            url = urljoin(f"{scheme}://{host_header}{path}", headers["location"])
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                return Outcome(State.CRITICAL, f"{where} redirected to unusable {clean(url)!r}",
-                               time.monotonic() - start)
-            tls = parts.scheme == "https"
-            scheme = parts.scheme
-            new_port = parts.port or (443 if tls else 80)
-            if parts.hostname != urlsplit(f"//{host_header}").hostname or new_port != port:
-                host = parts.hostname
-            host_header = parts.netloc
-            port = new_port
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            continue
-        break
+
+    def via() -> str:
+        return f" after {hops} redirect{'s' if hops != 1 else ''}" if hops else ""
+
+    async with probe.session() as session:
+        while True:
+            try:
+                answer, cert = await probe.hop(session, hop, first, now, verify)
+            except Exception as exc:
+                text = failure_text(exc)
+                if text is None:
+                    raise
+                at = f"{via()}: {hop.where()}" if hops else ""
+                return Outcome(State.CRITICAL, f"{where}{at} {text} after "
+                               f"{secs(time.monotonic() - start)}")
+            if cert is not None and not any(h.site == hop.site for h, _ in verdicts):
+                verdicts.append((hop, cert))
+                stage.cert = certificates(verdicts)
+            if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
+                target = next_hop(hop, answer.location, answer.status)
+                if isinstance(target, str):
+                    at = f"{via()}: {hop.where()}" if hops else ""
+                    return Outcome(State.CRITICAL, f"{where}{at} redirected to unusable "
+                                   f"{clean(target)!r}", time.monotonic() - start)
+                hops += 1
+                hop = target
+                probe.at = f"{via().strip()}, at {hop.where()}"
+                continue
+            break
     elapsed = time.monotonic() - start
-    via = f" after {hops} redirect{'s' if hops != 1 else ''}" if hops else ""
+    outcome = await judge(check, answer, where, via(), elapsed)
+    outcome.metrics.update((name, (round(value, 6), "s")) for name, value in probe.phases.items())
+    return outcome
+
+
+def _matches(pattern: str, body: bytes) -> bool:
+    return re.search(pattern, body.decode("utf-8", "replace")) is not None
+
+
+async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elapsed: float) -> Outcome:
+    status = answer.status
     wanted = "/".join(str(s) for s in check.expect_status)
     if status not in check.expect_status:
-        extra = ""
-        if status in REDIRECTS and "location" in headers:
-            extra = f" (to {clean(headers['location'], 60)})"
-        return Outcome(State.CRITICAL, f"{where} answered {status} {clean(reason, 40)} instead of "
-                       f"{wanted}{extra}{via} in {secs(elapsed)}", elapsed)
-    if check.expect_text is not None and check.expect_text.encode() not in body:
+        extra = f" (to {clean(answer.location, 60)})" if status in REDIRECTS and answer.location else ""
+        return Outcome(State.CRITICAL, f"{where} answered {status} {clean(answer.reason, 40)} instead "
+                       f"of {wanted}{extra}{via} in {secs(elapsed)}", elapsed)
+    within = "" if answer.complete else f" in its first {len(answer.body)} bytes"
+    if check.expect_text is not None and check.expect_text.encode() not in answer.body:
         return Outcome(State.CRITICAL, f"{where} answered {status} but without the text "
-                       f"{clean(check.expect_text, 40)!r}{via} in {secs(elapsed)}", elapsed)
-    return Outcome(State.OK, f"{where} answered {status} {clean(reason, 40)}{via} in {secs(elapsed)}"
-                   f" ({len(body)} bytes)", elapsed)
+                       f"{clean(check.expect_text, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
+    # A pattern over a megabyte of someone else's page: CPU off the event loop.
+    if check.expect_regex is not None and not await asyncio.to_thread(
+            _matches, check.expect_regex, answer.body):
+        return Outcome(State.CRITICAL, f"{where} answered {status} but nothing matched "
+                       f"{clean(check.expect_regex, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
+    size = f"{len(answer.body)} bytes" + ("" if answer.complete else ", more not read")
+    return Outcome(State.OK, f"{where} answered {status} {clean(answer.reason, 40)}{via} in "
+                   f"{secs(elapsed)} ({size})", elapsed)

@@ -14,8 +14,8 @@ from pathlib import Path
 from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
-from monitor.journal import SYSLOG_SOCKET, JournalFormatter, stderr_is_journal, syslog_handler
 from monitor.eventloop import run as run_loop
+from monitor.journal import SYSLOG_SOCKET, JournalFormatter, stderr_is_journal, syslog_handler
 from monitor.model import State
 from monitor.registry import COLLECTORS
 from monitor.sdnotify import Notifier

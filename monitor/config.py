@@ -281,10 +281,17 @@ class ServiceCheck:
     url: str | None = None
     path: str = "/"
     vhost: str | None = None
-    method: Literal["GET", "HEAD"] = "GET"
+    method: Literal["GET", "HEAD", "POST"] = "GET"
+    body: str | None = None
+    content_type: str | None = None
     expect_status: list[Annotated[int, Range(100, 599)]] = field(default_factory=list)
     expect_text: str | None = None
+    expect_regex: str | None = None
     follow_redirects: Annotated[int, Range(0, 20)] = 0
+    max_body: Annotated[int, SIZE_MARK, Range(1, 64 << 20)] = 1 << 20
+    proxy: str | None = None
+    client_cert: ConfigPath | None = None
+    client_key: ConfigPath | None = None
     # dns
     query: str | None = None
     query_type: str = "A"
@@ -341,6 +348,10 @@ class ServiceCheck:
                 if getattr(self, name) is not None:
                     raise Invalid(name, f"only roundtrip checks have {name}")
         http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
+        http_only |= {"expect_regex": self.expect_regex, "body": self.body,
+                      "content_type": self.content_type, "proxy": self.proxy,
+                      "client_cert": self.client_cert, "client_key": self.client_key,
+                      "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
                 if value is not None:
@@ -361,8 +372,10 @@ class ServiceCheck:
             return
         if self.command:
             raise Invalid("command", "only plugin checks run a command")
-        if kind in ("http", "https") and self.url:
-            self._from_url()
+        if kind in ("http", "https"):
+            if self.url:
+                self._from_url()
+            self._international_names()
         if kind == "dns":
             if not self.query:
                 raise Invalid("query", 'a dns check needs query = "NAME" (the name to look up)')
@@ -405,8 +418,43 @@ class ServiceCheck:
             self.port = default
         if kind in ("http", "https") and not self.path.startswith("/"):
             raise Invalid("path", f'expected a path starting with "/", got {self.path!r}')
-        if kind in ("http", "https") and not self.expect_status:
+        if kind in ("http", "https"):
+            self._validate_http()
+
+    def _validate_http(self) -> None:
+        from urllib.parse import urlsplit
+
+        if not self.expect_status:
             self.expect_status = [200]
+        if (self.body is not None or self.content_type is not None) and self.method != "POST":
+            raise Invalid("body" if self.body is not None else "content_type",
+                          'only a method = "POST" check sends a body')
+        if self.method == "HEAD" and (self.expect_text is not None or self.expect_regex is not None):
+            raise Invalid("expect_text" if self.expect_text is not None else "expect_regex",
+                          'a method = "HEAD" answer has no body to look in')
+        if self.expect_regex is not None:
+            try:
+                re.compile(self.expect_regex)
+            except re.error as exc:
+                raise Invalid("expect_regex", f"not a valid regular expression: {exc}") from None
+        if self.proxy is not None:
+            parts = urlsplit(self.proxy)
+            if parts.scheme != "http" or not parts.hostname:
+                raise Invalid("proxy", f'expected a URL like "http://proxy.example.net:3128", '
+                                       f'got {self.proxy!r}')
+        if self.client_key is not None and self.client_cert is None:
+            raise Invalid("client_key", "needs client_cert (the certificate it belongs to)")
+
+    def _international_names(self) -> None:
+        """International names go on the wire (DNS, Host, SNI) in their ASCII (IDNA) form."""
+        for key_name in ("host", "vhost", "server_name"):
+            value = getattr(self, key_name)
+            if value and not value.isascii():
+                try:
+                    setattr(self, key_name, _idna(value))
+                except UnicodeError:
+                    raise Invalid("url" if key_name == "host" and self.url else key_name,
+                                  f"not a valid international name: {value!r}") from None
 
     def _validate_login(self) -> None:
         if self.kind not in ("smtp", "imap", "pop3", "roundtrip"):
@@ -428,16 +476,28 @@ class ServiceCheck:
 
         assert self.url is not None
         parts = urlsplit(self.url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise Invalid("url", f'expected a URL like "https://www.example.net/", got {self.url!r}')
+        try:
+            port, port_ok = parts.port, True
+        except ValueError:  # not a number, or above 65535
+            port, port_ok = None, False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            shown = re.sub(r"//[^/@]*@", "//***@", self.url)  # no password in an error message
+            raise Invalid("url", f'expected a URL like "https://www.example.net/", got {shown!r}')
         if parts.scheme == "https":
             self.tls = True
         self.host = self.host or parts.hostname
-        if parts.port:
-            self.port = self.port or parts.port
+        if port:
+            self.port = self.port or port
         self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         if self.vhost is None and parts.hostname != self.host:
-            self.vhost = parts.netloc
+            # The authority without user:password@ (that goes in an Authorization header).
+            self.vhost = parts.netloc.rpartition("@")[2]
+
+
+def _idna(name: str) -> str:
+    """bücher.example -> xn--bcher-kva.example (a port after the name is kept)."""
+    host, colon, port = name.rpartition(":") if name.count(":") == 1 else (name, "", "")
+    return host.encode("idna").decode("ascii") + colon + port
 
 
 # Pseudo and read-only image file systems that are never worth a usage check.

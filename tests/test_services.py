@@ -538,7 +538,8 @@ async def test_results_land_in_rrd(tmp_path, servers, certs):
     report = store.write(batch.measurements, 60)
     assert not report.errors
     series = {(s.target, s.instance): set(s.metrics) for s in store.series()}
-    assert series[("127.0.0.1", "web")] == {"response_seconds", "cert_expiry_days"}
+    assert series[("127.0.0.1", "web")] == {"response_seconds", "cert_expiry_days", "dns_seconds",
+                                            "connect_seconds", "first_byte_seconds"}
     assert series[("127.0.0.1", "down")] == {"response_seconds"}
     store.close()
 

@@ -1,0 +1,355 @@
+"""http/https checks against a real nginx on 127.0.0.1 and ::1 and hostile HTTP servers
+(tests/http_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from monitor.model import State
+from tests import http_servers as web
+from tests import service_servers as srv
+from tests.test_services import metric, one, run, servers, svc
+
+__all__ = ["servers"]  # the fixture, imported for these tests
+
+
+@pytest.fixture(scope="module")
+def nginx(tmp_path_factory):
+    server = web.start_nginx(tmp_path_factory.mktemp("nginx"))
+    yield server
+    server.process.kill()
+    server.process.wait(timeout=10)
+
+
+class Heartbeat:
+    """A 10 ms tick in the test's event loop: the longest gap shows whether anything held it."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.ticks = 0
+
+    async def run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            self.longest = max(self.longest, now - last)
+            self.ticks += 1
+            last = now
+
+
+@pytest.fixture
+async def heartbeat():
+    beat = Heartbeat()
+    task = asyncio.create_task(beat.run())
+    yield beat
+    task.cancel()
+
+
+# -- nginx --------------------------------------------------------------------------------------
+
+
+async def test_ipv6_literals_send_a_bracketed_host(nginx):
+    p = nginx.http
+    four, six, by_url, redirected = await run(
+        svc("http", p, "four", path="/host", expect_text="host 127.0.0.1"),
+        svc("http", p, "six", host="::1", path="/host", expect_text="host [::1]"),
+        svc("http", name="url", url=f"http://[::1]:{p}/host", expect_text="host [::1]"),
+        svc("http", p, "redirected", host="::1", path="/six", follow_redirects=1,
+            expect_text="host [::1]"))
+    for result in (four, six, by_url, redirected):
+        assert result.state == State.OK, result.message
+    assert six.message.startswith(f"HTTP [::1]:{p}/host answered 200 OK in ")
+    assert by_url.message.startswith(f"HTTP [::1]:{p}/host answered 200 OK in ")
+    assert "after 1 redirect" in redirected.message
+
+
+async def test_server_name_is_the_sni_on_any_port(nginx):
+    # Only the www.example.net certificate is valid for that name: nginx chose it by the SNI.
+    # (The Host header is still host:port, so nginx answers from its default site.)
+    checks = [svc("https", nginx.https, f"www-{host}", host=host, server_name="www.example.net",
+                  ca_file=nginx.ca) for host in ("127.0.0.1", "::1")]
+    default = svc("https", nginx.https, "default", ca_file=nginx.ca, verify_hostname=False,
+                  expect_text="default site")
+    wrong = svc("https", nginx.https, "no-name", ca_file=nginx.ca)
+    www4, www6, plain, no_name = await run(*checks, default, wrong)
+    for result in (www4, www6, plain):
+        assert result.state == State.OK, result.message
+        assert "certificate valid for 90 days" in result.message
+    assert www6.message.startswith(f"HTTPS [::1]:{nginx.https}/ answered 200 OK")
+    assert no_name.state == State.CRITICAL
+    assert "certificate is not valid for 127.0.0.1" in no_name.message
+
+
+async def test_an_error_after_a_redirect_names_the_failing_server(nginx):
+    result = await one(svc("http", nginx.http, "moved", path="/to-closed", follow_redirects=1))
+    assert result.state == State.CRITICAL
+    closed = result.message.split("HTTP 127.0.0.1:")[2].split("/")[0]
+    assert result.message.startswith(f"HTTP 127.0.0.1:{nginx.http}/to-closed after 1 redirect: "
+                                     f"HTTP 127.0.0.1:{closed}/ refused the connection after ")
+
+
+async def test_the_phases_of_a_request_are_measured(nginx):
+    # A name to resolve (from /etc/hosts). Name lookups here have been seen to stall for the
+    # resolver's 5 s now and then, hence the longer timeout of the checks that make one.
+    result = await one(svc("https", nginx.https, "phases", host="localhost", ca_file=nginx.ca,
+                           timeout=15))
+    assert result.state == State.OK, result.message
+    phases = {name: metric(result, f"{name}_seconds").value for name in ("dns", "connect", "first_byte")}
+    assert all(value > 0 for value in phases.values()), phases
+    assert sum(phases.values()) <= metric(result, "response_seconds").value
+
+
+async def test_redirect_to_https_judges_that_sites_certificate(nginx):
+    result = await one(svc("http", nginx.http, "to-https", path="/to-https", follow_redirects=1,
+                           ca_file=nginx.ca, expect_text="host localhost", timeout=15))
+    assert result.state == State.OK, result.message
+    assert "after 1 redirect" in result.message and "certificate valid for 90 days" in result.message
+    assert 89 < metric(result, "cert_expiry_days").value <= 90
+
+
+async def test_an_intermediate_expiring_first_is_found_after_a_redirect(nginx):
+    direct, redirected = await run(
+        svc("https", nginx.chain, "direct", server_name="localhost", ca_file=nginx.chain_ca),
+        svc("http", nginx.http, "redirected", path="/to-chain", follow_redirects=1,
+            ca_file=nginx.chain_ca, expect_text="chained site", timeout=15))
+    for result in (direct, redirected):
+        assert result.state == State.WARNING, result.message
+        assert "chain certificate 'Test Intermediate CA' expires in 10 days" in result.message
+        assert 9 < metric(result, "cert_expiry_days").value <= 10
+    assert "after 1 redirect" in redirected.message
+
+
+async def test_each_tls_site_on_the_way_is_judged(nginx):
+    # localhost's certificate is good; the site it redirects to (by IP: no SNI, nginx's default
+    # certificate for default.invalid) is not, and that is named.
+    result = await one(svc("https", nginx.https, "hops", vhost="localhost", path="/to-ip",
+                           follow_redirects=1, ca_file=nginx.ca))
+    assert result.state == State.CRITICAL
+    assert result.message.endswith("; certificate valid for 90 days; 127.0.0.1: certificate is "
+                                   "not valid for 127.0.0.1"), result.message
+
+
+async def test_an_untrusted_certificate_is_still_measured(nginx):
+    result = await one(svc("https", nginx.https, "untrusted", server_name="www.example.net"))
+    assert result.state == State.CRITICAL
+    assert "answered 200 OK" in result.message
+    assert result.message.endswith("; certificate not trusted: unable to get local issuer "
+                                   "certificate; certificate expires in 90 days"), result.message
+    assert 89 < metric(result, "cert_expiry_days").value <= 90
+
+
+async def test_basic_auth_from_the_url_is_sent_and_never_shown(nginx):
+    base = f"127.0.0.1:{nginx.http}/private/"
+    good, wrong, none = await run(
+        svc("http", name="good", url=f"http://probe:s3cr%40t@{base}", expect_text="private page"),
+        svc("http", name="wrong", url=f"http://probe:nope@{base}"),
+        svc("http", name="none", url=f"http://{base}"))
+    assert good.state == State.OK, good.message
+    assert wrong.state == State.CRITICAL and "answered 401 Unauthorized" in wrong.message
+    assert none.state == State.CRITICAL and "answered 401" in none.message
+    for result in (good, wrong):
+        assert "s3cr" not in result.message and "nope" not in result.message
+        assert "probe" not in result.message
+
+
+async def test_international_names_go_out_in_their_ascii_form(nginx):
+    by_vhost, by_url = await run(
+        svc("http", nginx.http, "vhost", vhost="bücher.example", expect_text="international"),
+        svc("http", name="url", host="127.0.0.1", url=f"http://bücher.example:{nginx.http}/",
+            expect_text="international"))
+    assert by_vhost.state == State.OK, by_vhost.message
+    assert by_url.state == State.OK, by_url.message
+    assert by_vhost.message.startswith(f"HTTP xn--bcher-kva.example:{nginx.http}/ answered 200")
+
+
+async def test_client_certificate(nginx):
+    without, with_cert = await run(
+        svc("https", nginx.mtls, "without", ca_file=nginx.ca),
+        svc("https", nginx.mtls, "with", ca_file=nginx.ca, client_cert=nginx.client[0],
+            client_key=nginx.client[1], expect_text="CN=probe.example.net"))
+    assert without.state == State.CRITICAL and "answered 400" in without.message
+    assert with_cert.state == State.OK, with_cert.message
+    assert "certificate valid for 90 days" in with_cert.message
+
+
+async def test_gzip_from_nginx_is_decoded(nginx):
+    result = await one(svc("http", nginx.http, "page", expect_text="hello from nginx",
+                           expect_regex=r"(padding ){200}"))
+    assert result.state == State.OK, result.message
+
+
+async def test_through_a_proxy(nginx):
+    proxy = web.Proxy()
+    server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+    address = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        plain, tls = await run(
+            svc("http", nginx.http, "plain", path="/host", proxy=address, expect_text="host"),
+            svc("https", nginx.https, "tls", vhost="www.example.net", ca_file=nginx.ca,
+                proxy=address.replace("//", "//agent:pr%40xy@"), expect_text="the www site"))
+    finally:
+        server.close()
+    assert plain.state == State.OK, plain.message
+    assert tls.state == State.OK, tls.message
+    assert "certificate valid for 90 days" in tls.message
+    assert f"GET http://127.0.0.1:{nginx.http}/host HTTP/1.1" in proxy.seen
+    assert f"CONNECT 127.0.0.1:{nginx.https} HTTP/1.1" in proxy.seen
+    assert "Proxy-Authorization: Basic YWdlbnQ6cHJAeHk=" in proxy.seen  # agent:pr@xy
+    assert "pr@xy" not in tls.message and "agent" not in tls.message
+    down = await one(svc("http", nginx.http, "down", proxy=f"http://127.0.0.1:{srv.closed_port()}"))
+    assert down.state == State.CRITICAL and "through the proxy" in down.message
+
+
+# -- hostile servers ----------------------------------------------------------------------------
+
+
+async def test_a_64_mib_chunk_or_a_gzip_bomb_neither_holds_the_loop_nor_outlives_the_timeout(
+        servers, heartbeat, tmp_path):
+    pair = srv.make_cert(tmp_path)
+    plain = await servers(web.huge_chunk)
+    tls = await servers(web.huge_chunk, tls=srv.server_context(pair))
+    endless = await servers(web.trickle)
+    bomb = await servers(web.answers(await asyncio.to_thread(web.gzip_bomb)))
+    big, big_tls, never, small, bombed = await run(
+        svc("http", plain, "big", timeout=5, expect_text="needle"),
+        svc("https", tls, "big-tls", timeout=5, ca_file=pair[0]),
+        svc("http", endless, "never", timeout=2),
+        svc("http", plain, "small", timeout=5, max_body=65536, expect_text="not there"),
+        svc("http", bomb, "bomb", timeout=5))
+    assert bombed.state == State.OK, bombed.message
+    assert "(1048576 bytes, more not read)" in bombed.message
+    assert big.state == State.OK, big.message
+    assert "more not read" in big.message
+    assert big_tls.state == State.OK, big_tls.message
+    assert "(1048576 bytes, more not read)" in big_tls.message
+    assert small.state == State.CRITICAL
+    assert "without the text 'not there' in its first 65536 bytes" in small.message
+    assert never.state == State.CRITICAL
+    assert never.message.startswith(f"HTTP 127.0.0.1:{endless} sent no end of the HTTP body "
+                                    "within 2.00 s (got ")
+    # The old client held the loop for the whole 64 MiB (40 s); two seconds are room for the
+    # scheduling hiccups of a busy machine, not a speed target.
+    assert heartbeat.ticks > 10 and heartbeat.longest < 2.0, heartbeat.longest
+
+
+async def test_hostile_answers(servers):
+    hints, negative, zipped, kept, kept_text, headers = await run(
+        svc("http", await servers(web.early_hints), "hints", expect_text="the answer"),
+        svc("http", await servers(web.negative_length), "negative"),
+        svc("http", await servers(web.gzipped), "gzip", expect_text="Welcome to the compressed"),
+        svc("http", await servers(web.keep_alive_without_length), "kept", timeout=2),
+        svc("http", await servers(web.keep_alive_without_length), "kept-text", timeout=2,
+            expect_text="hello"),
+        svc("http", await servers(web.endless_headers), "headers", timeout=2))
+    assert hints.state == State.OK and "answered 200 OK" in hints.message, hints.message
+    assert negative.state == State.CRITICAL
+    assert "sent a malformed HTTP answer" in negative.message, negative.message
+    assert zipped.state == State.OK, zipped.message
+    for result in (kept, kept_text):  # before: each waited for its timeout
+        assert result.state == State.OK, result.message
+    assert headers.state == State.CRITICAL
+    assert "sent a malformed HTTP answer" in headers.message, headers.message
+    ftp = await servers(web.answers(b"HTTP/1.1 302 Found\r\nLocation: ftp://files.example/\r\n"
+                                    b"Content-Length: 0\r\n\r\n"))
+    unusable = await one(svc("http", ftp, "ftp", follow_redirects=1))
+    assert unusable.message == f"HTTP 127.0.0.1:{ftp}/ redirected to unusable 'ftp://files.example/'"
+
+
+async def test_post_with_a_body_and_a_regex(servers):
+    port = await servers(web.echo)
+    form, as_json, regex, no_match, then_get = await run(
+        svc("http", port, "form", method="POST", body="a=1&b=2",
+            expect_text="POST application/x-www-form-urlencoded a=1&b=2"),
+        svc("http", port, "json", method="POST", body='{"ping": 1}', content_type="application/json",
+            expect_text='application/json {"ping": 1}'),
+        svc("http", port, "regex", expect_regex=r"^GET None $"),
+        svc("http", port, "no-match", expect_regex=r"POST"),
+        svc("http", port, "then-get", method="POST", body="x=1", path="/form", follow_redirects=1,
+            expect_text="GET None "))
+    for result in (form, as_json, regex, then_get):
+        assert result.state == State.OK, result.message
+    assert no_match.state == State.CRITICAL
+    assert "but nothing matched 'POST'" in no_match.message
+
+
+async def test_a_stalled_tls_handshake_says_so(servers):
+    port = await servers(srv.stall)
+    # (Long enough for a busy machine to make the TLS context and connect.)
+    result = await one(svc("https", port, "stalled", timeout=2))
+    assert result.state == State.CRITICAL
+    assert result.message == (f"HTTPS 127.0.0.1:{port} accepted the connection but the TLS "
+                              "handshake did not complete within 2.00 s")
+
+
+def test_http_config_errors(write_config):
+    from monitor.config import ConfigError, load_config
+
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
+        return str(info.value)
+
+    assert "services[0].body: only a method = \"POST\"" in error(
+        'kind = "http"\nhost = "a"\nbody = "x"\n')
+    assert "services[0].expect_text: a method = \"HEAD\" answer has no body" in error(
+        'kind = "http"\nhost = "a"\nmethod = "HEAD"\nexpect_text = "x"\n')
+    assert "services[0].expect_regex: not a valid regular expression" in error(
+        'kind = "http"\nhost = "a"\nexpect_regex = "(["\n')
+    bad_url = error('kind = "http"\nurl = "http://probe:s3cret@host:x/"\n')
+    assert "expected a URL" in bad_url and "s3cret" not in bad_url
+    assert "services[0].url: not a valid international name" in error(
+        'kind = "http"\nurl = "http://a\u3002\u3002b/"\n')
+    assert "services[0].proxy: expected a URL" in error('kind = "http"\nhost = "a"\nproxy = "x"\n')
+    assert "services[0].client_key: needs client_cert" in error(
+        'kind = "https"\nhost = "a"\nclient_key = "/k"\n')
+    assert "only http/https checks have max_body" in error(
+        'kind = "tcp"\nhost = "a"\nport = 1\nmax_body = "2MiB"\n')
+    config = load_config(write_config('[[services]]\nname = "x"\nkind = "http"\nhost = "a"\n'
+                                      'max_body = "64KiB"\n'))
+    assert config.services[0].max_body == 65536
+    assert "only http/https checks have proxy" in error(
+        'kind = "tcp"\nhost = "a"\nport = 1\nproxy = "http://p:1"\n')
+
+
+async def test_timeouts_name_the_stage_and_the_site(servers):
+    stall = await servers(srv.stall)
+
+    async def to_stall(reader, writer):
+        await web.read_request(reader)
+        writer.write(f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{stall}/next\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        await writer.drain()
+
+    moved = await servers(to_stall)
+    answer, named, redirected = await run(
+        svc("http", stall, "answer", timeout=1),
+        svc("http", name="named", host="127.0.0.1", url=f"http://www.example.net:{stall}/x",
+            timeout=1),
+        svc("http", moved, "redirected", follow_redirects=1, timeout=1))
+    assert answer.message == f"HTTP 127.0.0.1:{stall} sent no HTTP response within 1.00 s"
+    assert named.message == f"HTTP www.example.net:{stall} sent no HTTP response within 1.00 s"
+    assert redirected.message == (f"HTTP 127.0.0.1:{moved} sent no HTTP response within 1.00 s "
+                                  f"(after 1 redirect, at HTTP 127.0.0.1:{stall}/next)")
+
+
+def test_redirect_targets():
+    from collectors.services_http import Hop, next_hop
+
+    here = Hop(False, "192.0.2.80", 80, "/a/b", "www.example.net")
+    assert next_hop(here, "c?d=1") == Hop(False, "192.0.2.80", 80, "/a/c?d=1", "www.example.net")
+    assert next_hop(here, "https://www.example.net/") == Hop(True, "www.example.net", 443, "/",
+                                                              "www.example.net")
+    assert next_hop(here, "http://bücher.example:8080/x") == Hop(
+        False, "xn--bcher-kva.example", 8080, "/x", "xn--bcher-kva.example:8080")
+    assert next_hop(here, "http://[::1]:8080/") == Hop(False, "::1", 8080, "/", "[::1]:8080")
+    assert next_hop(here, "http://u:p@other.example/") == Hop(False, "other.example", 80, "/",
+                                                               "other.example")
+    posted = Hop(False, "192.0.2.80", 80, "/form", "www.example.net", "POST")
+    assert next_hop(posted, "/done", 303).method == "GET"
+    assert next_hop(posted, "/again", 307).method == "POST"
+    assert next_hop(here, "ftp://files.example/") == "ftp://files.example/"
+    assert next_hop(here, "http://www.example.net:99999/") == "http://www.example.net:99999/"
