@@ -83,7 +83,7 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
         what = WAITING.get(stage.doing, f"sent no {stage.doing}")
         return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
-                       f"{f' (got {clean(stage.got)!r})' if stage.got else ''}")
+                       f"{f' (got {clean(stage.got)!r})' if stage.got else ''}{stage.note}")
     except Exception as exc:  # a dead peer is a result, not a collector failure
         text = error_text(exc)
         if stage.doing == "TLS handshake" and "TLS handshake" not in text:

@@ -116,6 +116,7 @@ class Stage:
     def __init__(self, contexts: TlsContexts) -> None:
         self.doing = "connect"
         self.got = b""  # what a tcp check has received so far (for "sent no 'x' (got ...)")
+        self.note = ""  # more for a timeout message: where an http check was ("(after 1 redirect...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
 
