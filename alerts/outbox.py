@@ -26,16 +26,16 @@ import email.utils
 import fcntl
 import json
 import logging
-import sqlite3
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
 import aiosmtplib
 
+from alerts.db import SqliteFile
 from alerts.mail import recipients_of
 from monitor.config import SmtpConfig
 
@@ -105,6 +105,7 @@ class Outbox:
         *,
         retry_base: float = 30.0,
         retry_max: float = 900.0,
+        readonly: bool = False,
     ) -> None:
         self.db_path = Path(db_path)
         self.smtp = smtp
@@ -112,23 +113,11 @@ class Outbox:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._lock = asyncio.Lock()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self.file = SqliteFile(self.db_path, _SCHEMA, readonly=readonly)
+        self._connect = self.file.connect
 
-    # -- storage ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: cheap, and safe from any thread (deliver runs DB work in
-        # a worker thread so that an fsync never stalls the event loop).
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+    def close(self) -> None:
+        self.file.close()
 
     def enqueue(self, message: EmailMessage) -> int:
         """Accept a message for delivery; durable when this returns. Returns its outbox id.

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -98,6 +99,12 @@ class AlertService:
         self.notifier = Notifier(self.store, self.outbox, config, clock)
         self.maintenance = MaintenanceSchedule(config.alerts.maintenance)
         self._rates: dict[str, tuple[float, float]] = {}
+        # What the engine decided but SQLite has not stored yet (disk full, I/O error): retried
+        # before every later save, so nothing is announced, forgotten or taken back before the
+        # state change and the mail it causes are durable together.
+        self._unsaved_states: dict[str, AlertState] = {}
+        self._unsaved_events: list[Event] = []
+        self.save_error = ""
         self._lock = asyncio.Lock()
         self.started = clock()
 
@@ -120,8 +127,15 @@ class AlertService:
     def _housekeeping(self) -> None:
         # Sent mail is kept a while for `monitor alerts` and duplicate checks; refused mail
         # stays listed until someone looks. History feeds digests (a year is plenty).
-        self.outbox.purge(KEEP_SENT)
-        self.store.prune_history(KEEP_HISTORY)
+        try:
+            self.outbox.purge(KEEP_SENT)
+            self.store.prune_history(KEEP_HISTORY)
+        except (sqlite3.Error, OSError) as exc:  # a full disk: tried again next tick
+            log.warning("alert housekeeping postponed: %s", exc)
+
+    def close(self) -> None:
+        self.store.close()
+        self.outbox.close()
 
     async def flush(self) -> None:
         # Under the lock: two flushes at once would both take the same due group and mail it twice.
@@ -249,10 +263,26 @@ class AlertService:
         return Quiet(silenced=silenced, suppressed=suppressed)
 
     def _save(self, changed: dict[str, AlertState], events: list[Event]) -> None:
-        if not changed and not events:
+        self._unsaved_states.update(changed)
+        self._unsaved_events += events
+        if not self._unsaved_states and not self._unsaved_events:
             return
+        events = self._unsaved_events
         queue = [(group, e) for e in events for group in e.groups]
-        self.store.save(changed.values(), events, queue)
+        try:
+            self.store.save(self._unsaved_states.values(), events, queue)
+        except (sqlite3.Error, OSError) as exc:
+            if not self.save_error:
+                log.error("cannot save alert state to %s: %s; %d event(s) wait in memory and are "
+                          "saved (and mailed) as soon as it works again", self.store.path, exc,
+                          len(events))
+            self.save_error = str(exc)
+            return
+        if self.save_error:
+            log.info("alert state saved again to %s (%d event(s) that waited)", self.store.path,
+                     len(events))
+        self.save_error = ""
+        self._unsaved_states, self._unsaved_events = {}, []
         for e in events:
             log.log(logging.INFO if e.kind.value == "resolved" else logging.WARNING,
                     "alert %s: %s %s %s: %s", e.kind.value, e.severity.name, e.target, e.label,

@@ -9,15 +9,14 @@ runs.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
-import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alerts.db import SqliteFile
 from alerts.engine import AlertState, Event
 
 _SCHEMA = """
@@ -86,22 +85,15 @@ class HistoryEntry:
 
 
 class AlertStore:
-    def __init__(self, path: Path, clock=time.time) -> None:
+    def __init__(self, path: Path, clock=time.time, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        # FULL: a state change counts as announced only once it is on disk.
+        self.file = SqliteFile(self.path, _SCHEMA, readonly=readonly)
+        self._connect = self.file.connect
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def close(self) -> None:
+        self.file.close()
 
     # -- states ----------------------------------------------------------------------------
 

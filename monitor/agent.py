@@ -173,3 +173,4 @@ class Agent:
         if self.site is not None:
             await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)
+        self.alerts.close()
