@@ -23,11 +23,13 @@ log = logging.getLogger("monitor.alerts")
 
 class SqliteFile:
     def __init__(self, path: Path, schema: str, *, synchronous: str = "FULL",
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, columns: tuple[tuple[str, str, str], ...] = ()) -> None:
+        """`columns`: (table, column, declaration) added to files an older version made."""
         self.path = Path(path)
         self.synchronous = synchronous
         self.readonly = readonly
         self.damaged = ""
+        self.columns = columns
         self._keep: sqlite3.Connection | None = None
         if readonly:
             return
@@ -45,6 +47,10 @@ class SqliteFile:
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("integrity check failed")
             db.executescript(schema)
+            for table, column, declaration in self.columns:
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
         self._keep = sqlite3.connect(self.path, check_same_thread=False)
         self._keep.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
 
@@ -155,24 +156,27 @@ class Notifier:
         window = -1.0 if force else self.config.alerts.group_window
         sent = 0
         for group in self.store.due_groups(window, now):
-            items = self.store.queued(group)
+            domain = self.config.smtp.sender.rpartition("@")[2] or "localhost"
+            fresh = f"<alert.{self.store.nonce}.{uuid.uuid4().hex[:16]}@{domain}>"
+            message_id, items = self.store.claim(group, fresh)
             if not items:
                 continue
-            ids = [i for i, _ in items]
             events = [e for _, e in items]
             addresses = self.config.contacts.get(group)
             if not addresses:
                 log.error("alert mail for contact group %r dropped: the group is no longer in "
                           "[contacts] (%d event(s): %s)", group, len(events),
                           subject_for(events, now))
-                self.store.dequeue(ids)
+                self.store.dequeue(message_id)
                 continue
             msg = compose(events, sender=self.config.smtp.sender, to=addresses, group=group,
                           now=now, base_url=self.config.web.base_url,
                           hostname=self.config.agent.hostname)
-            # Outbox first, queue second: a crash in between repeats a mail, never loses one.
+            msg["Message-ID"] = message_id
+            # Outbox first, queue second: a crash in between finds the mail in the outbox under
+            # its Message-ID (enqueue takes it once), so it is neither lost nor sent twice.
             entry = self.outbox.enqueue(msg)
-            self.store.dequeue(ids)
+            self.store.dequeue(message_id)
             sent += 1
             log.info("alert mail #%d to %s: %s", entry, group, msg["Subject"])
         return sent

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     done_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, id);
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox(message_id);
 CREATE TABLE IF NOT EXISTS relay (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     failures INTEGER NOT NULL,
@@ -122,6 +123,9 @@ class Outbox:
     def enqueue(self, message: EmailMessage) -> int:
         """Accept a message for delivery; durable when this returns. Returns its outbox id.
 
+        A Message-ID the outbox holds already is not taken again (the id of the first is
+        returned): handing a message over twice, as after a crash, sends it once.
+
         Sets Message-ID (if absent) and Date (if absent) now, so that a resend after a crash is
         byte-identical and recognisable as a duplicate.
         """
@@ -140,12 +144,19 @@ class Outbox:
         raw = message.as_bytes(policy=_WIRE)
         now = self.clock()
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            known = db.execute("SELECT id FROM outbox WHERE message_id = ?",
+                               (str(message["Message-ID"]),)).fetchone()
+            if known is not None:  # handed over before a crash: it is queued (or sent) already
+                db.execute("COMMIT")
+                return known[0]
             cur = db.execute(
                 "INSERT INTO outbox (message_id, sender, recipients, subject, raw, created, "
                 "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(message["Message-ID"]), self.smtp.sender, json.dumps(recipients),
                  str(message["Subject"] or ""), raw, now, now),
             )
+            db.execute("COMMIT")
             assert cur.lastrowid is not None
             return cur.lastrowid
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,12 @@ CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     grp TEXT NOT NULL,
     created REAL NOT NULL,
-    event TEXT NOT NULL
+    event TEXT NOT NULL,
+    mail TEXT                          -- the Message-ID of the mail that carries it, once chosen
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -89,8 +95,18 @@ class AlertStore:
         self.path = Path(path)
         self.clock = clock
         # FULL: a state change counts as announced only once it is on disk.
-        self.file = SqliteFile(self.path, _SCHEMA, readonly=readonly)
+        self.file = SqliteFile(self.path, _SCHEMA, readonly=readonly,
+                               columns=(("queue", "mail", "TEXT"),))
         self._connect = self.file.connect
+        # Part of every alert Message-ID: a fresh file (moved aside when damaged) restarts the
+        # queue's ids, and must not make Message-IDs the outbox has seen already.
+        self.nonce = "" if readonly else self._nonce()
+
+    def _nonce(self) -> str:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('nonce', ?)",
+                       (uuid.uuid4().hex[:12],))
+            return db.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()[0]
 
     def close(self) -> None:
         self.file.close()
@@ -140,15 +156,30 @@ class AlertStore:
                               "ORDER BY MIN(id)", (now - window,)).fetchall()
         return [r[0] for r in rows]
 
-    def queued(self, group: str) -> list[tuple[int, Event]]:
-        with self._connect() as db:
-            rows = db.execute("SELECT id, event FROM queue WHERE grp = ? ORDER BY id",
-                              (group,)).fetchall()
-        return [(i, Event.from_json(json.loads(e))) for i, e in rows]
+    def claim(self, group: str, message_id: str) -> tuple[str, list[tuple[int, Event]]]:
+        """The events of `group` that the next mail carries, and that mail's Message-ID.
 
-    def dequeue(self, ids: Iterable[int]) -> None:
+        The choice is saved before the mail is handed to the outbox: after a crash in between,
+        the same events go out under the same Message-ID (the outbox takes a Message-ID once),
+        never twice under two. Events queued later wait for the next mail."""
         with self._connect() as db:
-            db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT mail FROM queue WHERE grp = ? AND mail IS NOT NULL "
+                             "ORDER BY id LIMIT 1", (group,)).fetchone()
+            if row is not None:
+                message_id = row[0]
+            else:
+                db.execute("UPDATE queue SET mail = ? WHERE grp = ? AND mail IS NULL",
+                           (message_id, group))
+            rows = db.execute("SELECT id, event FROM queue WHERE mail = ? ORDER BY id",
+                              (message_id,)).fetchall()
+            db.execute("COMMIT")
+        return message_id, [(i, Event.from_json(json.loads(e))) for i, e in rows]
+
+    def dequeue(self, message_id: str) -> None:
+        """The mail is in the outbox: its events leave the queue."""
+        with self._connect() as db:
+            db.execute("DELETE FROM queue WHERE mail = ?", (message_id,))
 
     # -- silences ----------------------------------------------------------------------------
 

@@ -99,3 +99,30 @@ async def test_nothing_counts_as_announced_until_it_is_saved(small_disk, relay):
     clock.now += 30
     await restarted.consume("services", Batch(checks=[check("d2", State.CRITICAL, clock.now)]))
     assert [s.split(":")[0] for s in rec.subjects()] == ["[CRITICAL] d2 smtp"]
+
+
+async def test_mail_handed_to_the_outbox_before_a_failure_is_not_sent_twice(
+        tmp_path, small_disk, relay):
+    """alerts.db on a disk that fills up between the outbox taking a mail and the queue
+    letting go of its events (outbox.db elsewhere): the retry sends nothing new."""
+    rec, port = relay
+    clock = Clock()
+    roomy = tmp_path / "roomy"
+    roomy.mkdir()
+    state_dir = small_disk.path / "data" / "state"
+    state_dir.mkdir(parents=True)
+    (state_dir / "outbox.db").symlink_to(roomy / "outbox.db")
+    config = make_config(small_disk.path, port, SERVICE_RULE.format(options=""), group_window="1m")
+    svc = AlertService(config, clock=clock)
+    await svc.consume("services", Batch(checks=[check("d2", State.CRITICAL, T0)]))
+    clock.now += 61
+    small_disk.fill()
+    with contextlib.suppress(Exception):
+        await svc.tick()
+    small_disk.free()
+    for _ in range(3):
+        clock.now += 61
+        await svc.tick()
+    await svc.deliver()
+    assert [s.split(":")[0] for s in rec.subjects()] == ["[CRITICAL] d2 smtp"]
+    assert len(svc.outbox.entries()) == 1
