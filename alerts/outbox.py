@@ -15,6 +15,11 @@ Guarantees and their limits:
   logged, and listed by `monitor alerts`; the rest of the queue carries on.
 - One deliverer at a time per outbox file (an flock), so the agent's job, a digest run and a
   manual command never send the same message twice.
+- In the agent, delivery is its own task (`start()`/`stop()`), never part of a collector's or the
+  alert job's run: a stuck relay delays mail, not collection, and a stop or reload cancels a
+  hanging SMTP session at once (what was not confirmed stays queued). New mail wakes the task
+  for an attempt at once, whatever the back-off; between probes of a relay that is down it
+  waits at most `retry_max` (60 s), so queued mail leaves within a minute of the relay's return.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import email.utils
 import fcntl
 import json
 import logging
+import sqlite3
 import ssl
 import time
 from collections.abc import Callable
@@ -105,7 +111,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         *,
         retry_base: float = 30.0,
-        retry_max: float = 900.0,
+        retry_max: float = 60.0,
         readonly: bool = False,
     ) -> None:
         self.db_path = Path(db_path)
@@ -114,6 +120,10 @@ class Outbox:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._lock = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._stopped = False
         self.file = SqliteFile(self.db_path, _SCHEMA, readonly=readonly)
         self._connect = self.file.connect
 
@@ -222,9 +232,60 @@ class Outbox:
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def deliver_pending(self) -> int:
+    def start(self, poll: float = 30.0) -> None:
+        """Deliver from a task of its own from now on (the agent; needs a running loop)."""
+        if self._task is None and not self._stopped:
+            self._task = asyncio.get_running_loop().create_task(self._run(poll),
+                                                                  name="outbox delivery")
+
+    async def stop(self) -> None:
+        """Cancel the delivery task, even in the middle of an SMTP session; from now on mail is
+        only queued (a collector run that ends during a shutdown must not start a session)."""
+        task, self._stopped = self._task, True
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, poll: float) -> None:
+        while True:
+            urgent, self._urgent = self._urgent, False
+            self._wake.clear()
+            try:
+                await self._deliver_locked(urgent)
+                wait = await asyncio.to_thread(self._next_wait, poll)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("mail delivery from %s failed: %s; trying again in %.0f s",
+                          self.db_path, exc, poll)
+                wait = poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _next_wait(self, poll: float) -> float:
+        """Seconds until something is due (at most `poll`: another process may enqueue)."""
+        with self._connect() as db:
+            row = db.execute("SELECT MIN(next_attempt) FROM outbox WHERE status = ?",
+                             (PENDING,)).fetchone()
+        if row[0] is None:
+            return poll
+        due = max(row[0], self.relay_state().next_attempt)
+        return min(poll, max(0.5, due - self.clock()))
+
+    async def deliver_pending(self, new_mail: bool = False) -> int:
         """Send every due message; returns how many the relay accepted. Never raises for SMTP
-        trouble: that is recorded (relay backoff, per-message retry or failure) and logged."""
+        trouble: that is recorded (relay backoff, per-message retry or failure) and logged.
+
+        `new_mail`: something was just queued; the relay is tried at once, even while it is
+        backed off. With the delivery task running (the agent), this only wakes it (returns 0)."""
+        if self._stopped:
+            return 0
+        if self._task is not None:
+            self._urgent = self._urgent or new_mail
+            self._wake.set()
+            return 0
+        return await self._deliver_locked(new_mail)
+
+    async def _deliver_locked(self, urgent: bool) -> int:
         async with self._lock:
             lock_file = self.db_path.with_name(self.db_path.name + ".deliver.lock")
             handle = open(lock_file, "a")  # noqa: SIM115 - held across awaits
@@ -234,14 +295,14 @@ class Outbox:
                 except BlockingIOError:
                     log.debug("another process is delivering from %s", self.db_path)
                     return 0
-                return await self._deliver()
+                return await self._deliver(urgent)
             finally:
                 handle.close()
 
-    async def _deliver(self) -> int:
+    async def _deliver(self, urgent: bool) -> int:
         now = self.clock()
         relay = await asyncio.to_thread(self.relay_state)
-        if now < relay.next_attempt:
+        if now < relay.next_attempt and not urgent:
             return 0
         due = await asyncio.to_thread(self._due, now)
         if not due:

@@ -142,7 +142,7 @@ class AlertService:
         async with self._lock:
             queued = await asyncio.to_thread(self.notifier.flush)
         if queued:
-            await self.deliver()
+            await self.outbox.deliver_pending(new_mail=True)
 
     async def deliver(self) -> int:
         return await self.outbox.deliver_pending()

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("monitor")
 
-MAIL_INTERVAL = 30.0  # how often the outbox retries; a fresh alert mail is sent at once
+MAIL_INTERVAL = 30.0  # how often the outbox looks for mail other processes queued
 
 Sink = Callable[[str, Batch], Awaitable[None]]
 
@@ -63,10 +63,11 @@ class Agent:
                 collector.name, collector.interval, self._job(collector),
                 jitter=min(self.config.agent.jitter, collector.interval / 10),
             )
-        # Alerts: "no data" verdicts, timers and group windows; outbox delivery (retries).
+        # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
+        # own: a stuck relay must not hold up a collector's job, a stop or a reload.
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
                                     run_now=False)
-        self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        self.alerts.outbox.start(MAIL_INTERVAL)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
         site_interval = self.config.web.interval
         if site_interval is None:
@@ -160,6 +161,7 @@ class Agent:
                  f"; {len(report.errors)} graph(s) failed" if report.errors else "")
 
     async def close(self) -> None:
+        await self.alerts.outbox.stop()  # first: a relay that hangs must not delay the rest
         await self.scheduler.stop()
         for collector in self.collectors:
             # Collectors that hold sockets or engines (SNMP) release them, so a SIGHUP reload
