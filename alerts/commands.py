@@ -75,7 +75,12 @@ def _when(ts: float) -> str:
 
 def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
-    store = AlertStore(alerts_db_path(config.state_dir))
+    if not alerts_db_path(config.state_dir).exists():
+        print(f"Alerts: none yet (no {alerts_db_path(config.state_dir)}: the agent has not run "
+              "with this data_dir).")
+        return 0
+    # Read-only: works on a full disk, and never creates or changes the agent's files.
+    store = AlertStore(alerts_db_path(config.state_dir), readonly=True)
     states = [s for s in store.load_states().values() if s.problem or s.flapping]
     states.sort(key=lambda s: (-s.severity.severity, s.target, s.label))
     print(f"Alerts ({len(states)} active):" if states else "Alerts: none active.")
@@ -96,12 +101,16 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         print(f"\nSilences ({len(silences)}):")
         for si in silences:
             print(f"  #{si.id} {si.pattern!r} until {_when(si.until)}: {si.reason}")
-    outbox = Outbox(outbox_path(config.state_dir), config.smtp)
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp, readonly=True)
     pending = outbox.pending()
-    relay = outbox.relay_state()
-    print(f"\nOutbox: {len(pending)} message(s) waiting"
-          + (f"; relay {config.smtp.host}:{config.smtp.port} unavailable ({relay.last_error}), "
-             f"next attempt {_when(relay.next_attempt)}" if relay.failures else ""))
+    print(f"\nOutbox: {len(pending)} message(s) waiting")
+    for index, route in enumerate(outbox.routes):
+        relay = outbox.relay_state(index)
+        if relay.failures:
+            print(f"  {'relay' if index == 0 else 'fallback'} {route.where} "
+                  f"{'refuses' if relay.refused else 'unavailable'} since "
+                  f"{_when(relay.down_since)} ({relay.last_error}); next attempt "
+                  f"{_when(relay.next_attempt)}")
     for e in pending[:10]:
         print(f"  #{e.id} {_when(e.created)} {e.subject}"
               + (f" ({e.attempts} attempt(s): {e.last_error})" if e.last_error else ""))
@@ -112,6 +121,18 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         for e in failed:
             print(f"  #{e.id} {_when(e.created)} to {', '.join(e.recipients)}: {e.subject}\n"
                   f"      {e.last_error}")
+    recent = [e for e in outbox.entries("sent", 200) if (e.done_at or 0) >= now - 86400]
+    partial = [e for e in recent if e.refused]
+    if partial:
+        print(f"\nDelivered, but some recipients refused ({len(partial)} in the last 24h):")
+        for e in partial:
+            print(f"  #{e.id} {_when(e.created)} {e.subject}\n      refused: {e.refused}")
+    unsure = [e for e in recent if e.unconfirmed]
+    if unsure:
+        print(f"\nSent without the relay's confirmation ({len(unsure)} in the last 24h; maybe "
+              "delivered twice, with the same Message-ID):")
+        for e in unsure:
+            print(f"  #{e.id} {_when(e.created)} {e.subject}: {e.last_error}")
     period = parse_duration(args.history)
     if period:
         history = store.history(now - period)

@@ -29,7 +29,7 @@ from alerts.outbox import Outbox, outbox_path
 from alerts.rules import Reading, Rule, alert_key, usable
 from alerts.state import AlertStore, Silence, alerts_db_path
 from monitor.config import Config, MaintenanceWindow
-from monitor.model import Batch, State
+from monitor.model import Batch, CheckResult, State
 
 log = logging.getLogger("monitor.alerts")
 
@@ -132,6 +132,21 @@ class AlertService:
             self.store.prune_history(KEEP_HISTORY)
         except (sqlite3.Error, OSError) as exc:  # a full disk: tried again next tick
             log.warning("alert housekeeping postponed: %s", exc)
+
+    def mail_check(self) -> CheckResult:
+        """The agent's own `mail` check: can it tell anyone? (worker thread: reads SQLite)"""
+        level, text = self.outbox.health()
+        problems = [text] if level else []
+        if self.save_error:
+            level = 2
+            problems.append(f"alert state cannot be saved to {self.store.path}: "
+                            f"{self.save_error}; alerts wait in memory")
+        if self.store.file.damaged:
+            level = 2
+            problems.append(self.store.file.damaged)
+        state = (State.OK, State.WARNING, State.CRITICAL)[level]
+        return CheckResult("agent", "mail", state, "; ".join(problems) or text,
+                           timestamp=self.clock())
 
     def close(self) -> None:
         self.store.close()

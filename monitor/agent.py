@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
@@ -41,6 +42,14 @@ def open_store(config: Config) -> RrdStore:
     )
 
 
+@dataclass(frozen=True)
+class _SelfCheck:
+    """The source of the agent's own checks, where `consume` expects a collector."""
+
+    name: str
+    interval: float
+
+
 class Agent:
     def __init__(self, config: Config, *, only: str | None = None,
                  min_run_limit: float = 30.0) -> None:
@@ -65,7 +74,7 @@ class Agent:
             )
         # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.
-        self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
+        self.scheduler.add_interval("alerts", self.config.alerts.interval, self._alerts_job,
                                     run_now=False)
         self.alerts.outbox.start(MAIL_INTERVAL)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
@@ -79,6 +88,12 @@ class Agent:
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
         schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox)
+
+    async def _alerts_job(self) -> None:
+        await self.alerts.tick()
+        # The mail path is reported like any other check (status.json, the site, alert rules).
+        mail = await asyncio.to_thread(self.alerts.mail_check)
+        await self.consume(_SelfCheck("alerts", self.config.alerts.interval), Batch(checks=[mail]))
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -113,7 +128,7 @@ class Agent:
         log.info("%s: %s", collector.name, summary)
         return batch
 
-    async def consume(self, collector: Collector, batch: Batch) -> None:
+    async def consume(self, collector: Collector | _SelfCheck, batch: Batch) -> None:
         """Hand a batch to every sink; a failing sink is logged and the others still run."""
         if batch.measurements:
             report = await asyncio.to_thread(self.store.write, batch.measurements, collector.interval)
