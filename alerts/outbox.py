@@ -19,7 +19,7 @@ Guarantees and their limits:
   alert job's run: a stuck relay delays mail, not collection, and a stop or reload cancels a
   hanging SMTP session at once (what was not confirmed stays queued). New mail wakes the task
   for an attempt at once, whatever the back-off; between probes of a relay that is down it
-  waits at most `retry_max` (60 s), so queued mail leaves within a minute of the relay's return.
+  waits at most `retry_max` (50 s), so queued mail leaves within a minute of the relay's return.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         *,
         retry_base: float = 30.0,
-        retry_max: float = 60.0,
+        retry_max: float = 50.0,
         readonly: bool = False,
     ) -> None:
         self.db_path = Path(db_path)

@@ -6,15 +6,23 @@ allowed), filled with a file until the kernel says ENOSPC.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import random
+import re
+import signal
 import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
 from alerts.service import AlertService
 from monitor.model import Batch, State
+from tests.conftest import ROOT
 from tests.smtp_helpers import Recorder, start_smtp
 from tests.test_alerts import SERVICE_RULE, T0, Clock, check, make_config
 
@@ -126,3 +134,95 @@ async def test_mail_handed_to_the_outbox_before_a_failure_is_not_sent_twice(
     await svc.deliver()
     assert [s.split(":")[0] for s in rec.subjects()] == ["[CRITICAL] d2 smtp"]
     assert len(svc.outbox.entries()) == 1
+
+
+# -- kill -9 anywhere on the alert path ---------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    # The agent's alert path in a process of its own: states, queue, outbox, delivery task.
+    import asyncio, sys, time
+    from alerts.service import AlertService
+    from monitor.config import load_config
+    from monitor.model import Batch, CheckResult, State
+
+    async def main():
+        svc = AlertService(load_config(sys.argv[1]))
+        svc.outbox.start(poll=0.2)
+        for i in range(int(sys.argv[2])):
+            await svc.consume("services", Batch(checks=[CheckResult(
+                f"t{i:03d}", "smtp", State.CRITICAL, "no answer", timestamp=time.time())]))
+        while svc.outbox.pending():
+            await asyncio.sleep(0.05)
+        await svc.outbox.stop()
+        print("done", flush=True)
+
+    asyncio.run(main())
+""")
+
+_TARGET = re.compile(r"^\[CRITICAL\] (t\d{3}) smtp", re.M)
+
+
+async def kill_9_loop(tmp_path: Path, alerts: int, kills: int, budget: float,
+                      delay: float = 0.05) -> dict:
+    """Start the alert path, kill -9 it at a random moment, again and again (at most `kills`
+    times and `budget` seconds), then let it finish. Counts, per alert, the mails that reached
+    a slow relay and their Message-IDs."""
+    rec = Recorder(delay=delay)
+    server, port = await start_smtp(rec)
+    config = tmp_path / "config.toml"
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        data_dir = "{tmp_path / 'data'}"
+        [smtp]
+        host = "127.0.0.1"
+        port = {port}
+        from = "monitor@example.net"
+        [contacts]
+        admins = ["admin@example.net"]
+        [alerts]
+        group_window = "0s"
+        [[alerts.rules]]
+        name = "down"
+        check = "smtp"
+    """))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    rng = random.Random(16)
+    done_kills = 0
+    started = time.monotonic()
+
+    async def child() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, str(config), str(alerts), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+
+    try:
+        while done_kills < kills and time.monotonic() - started < budget:
+            proc = await child()
+            await asyncio.sleep(rng.uniform(0.3, 1.2))  # python starts in ~0.3 s
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGKILL)
+                done_kills += 1
+            await proc.wait()
+        proc = await child()
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        assert out.strip() == b"done"
+    finally:
+        server.close()
+    per_alert: dict[str, list[str]] = {f"t{i:03d}": [] for i in range(alerts)}
+    for received in rec.received:
+        msg = received.message
+        for target in _TARGET.findall(msg.get_content()):
+            per_alert[target].append(str(msg["Message-ID"]))
+    lost = [t for t, ids in per_alert.items() if not ids]
+    duplicates = sum(len(ids) - 1 for ids in per_alert.values() if ids)
+    new_ids = [t for t, ids in per_alert.items() if len(set(ids)) > 1]
+    return {"kills": done_kills, "lost": lost, "duplicates": duplicates,
+            "duplicates_with_a_new_message_id": new_ids, "mails": len(rec.received),
+            "seconds": time.monotonic() - started}
+
+
+async def test_kill_9_on_the_alert_path_loses_nothing_and_duplicates_keep_their_id(tmp_path):
+    result = await kill_9_loop(tmp_path, alerts=40, kills=5, budget=15)
+    assert result["kills"] >= 3, result
+    assert result["lost"] == [], result
+    assert result["duplicates_with_a_new_message_id"] == [], result
