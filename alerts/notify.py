@@ -12,6 +12,7 @@ what, since when, current value, threshold, rule, and a link into the static sit
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from alerts.engine import Event, Kind
 from alerts.mail import make_message
 from alerts.outbox import Outbox
 from alerts.rules import _num
-from alerts.state import AlertStore
+from alerts.state import AlertStore, glob_literal
 from monitor.config import Config
 from monitor.model import State
 from monitor.units import format_duration
@@ -29,7 +30,7 @@ from monitor.units import format_duration
 log = logging.getLogger("monitor.alerts")
 
 MAX_DETAILED = 60  # events shown in full in one mail; the rest are one line each
-_PROBLEM = (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED)
+_PROBLEM = (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED, Kind.IMPROVED)
 
 
 def site_link(base_url: str) -> str:
@@ -42,7 +43,8 @@ def _when(ts: float) -> str:
 
 
 def _ago(seconds: float) -> str:
-    return format_duration(max(0.0, round(seconds / 60) * 60 if seconds >= 60 else seconds))
+    # Whole seconds under a minute, whole minutes above: "22ms" is noise on a phone.
+    return format_duration(max(0.0, round(seconds / 60) * 60 if seconds >= 60 else round(seconds)))
 
 
 def one_line(e: Event, now: float) -> str:
@@ -56,31 +58,47 @@ def one_line(e: Event, now: float) -> str:
         pct = f"{e.flap_percent:.0f}%" if e.flap_percent is not None else "many"
         return f"[FLAPPING] {thing}: changing state often ({pct} of recent checks); " \
                "notifications paused"
+    if e.kind is Kind.ACKNOWLEDGED:
+        return f"[ACK] {thing}: acknowledged by {e.ack} ({e.severity.name}: {e.message})"
     if e.kind is Kind.FLAPPING_STOPPED:
         return f"[STABLE] {thing}: stopped flapping, now {e.severity.name}"
-    prefix = {Kind.REPEAT: "still ", Kind.ESCALATED: "ESCALATED, "}.get(e.kind, "")
+    prefix = {Kind.REPEAT: "still ", Kind.ESCALATED: "ESCALATED, ",
+              Kind.IMPROVED: "improved, "}.get(e.kind, "")
     duration = f" (for {_ago(lasted)})" if lasted >= 60 else ""
     return f"[{e.severity.name}] {prefix}{thing}: {e.message}{duration}"
 
 
+def _net(events: Sequence[Event]) -> list[Event]:
+    """The events that still say something: a problem that recovered within the same mail
+    counts as its recovery only."""
+    resolved_at = {e.key: e.at for e in events if e.kind is Kind.RESOLVED}
+    return [e for e in events
+            if not (e.kind in _PROBLEM and resolved_at.get(e.key, -1.0) >= e.at)]
+
+
 def subject_for(events: Sequence[Event], now: float) -> str:
-    if len(events) == 1:
-        return one_line(events[0], now)
-    problems = [e for e in events if e.kind in _PROBLEM]
-    recovered = [e for e in events if e.kind is Kind.RESOLVED]
-    others = len(events) - len(problems) - len(recovered)
-    worst = State.worst(e.severity for e in problems) if problems else State.OK
-    tag = worst.name if problems else "OK"
+    net = _net(events)
+    if len(net) == 1:
+        return one_line(net[0], now)
+    problems = [e for e in net if e.kind in _PROBLEM]
+    recovered = [e for e in net if e.kind is Kind.RESOLVED]
+    acked = [e for e in net if e.kind is Kind.ACKNOWLEDGED]
+    flapping = len(net) - len(problems) - len(recovered) - len(acked)
+    if problems:
+        tag = State.worst(e.severity for e in problems).name
+    else:
+        tag = "OK" if recovered else "ACK" if acked and not flapping else "FLAPPING"
     parts = []
     if problems:
         parts.append(f"{len(problems)} problem{'s' if len(problems) != 1 else ''}")
     if recovered:
         parts.append(f"{len(recovered)} recovered")
-    if others:
-        parts.append(f"{others} flapping notice{'s' if others != 1 else ''}")
-    ordered = sorted(events, key=_order)
+    if acked:
+        parts.append(f"{len(acked)} acknowledged")
+    if flapping:
+        parts.append(f"{flapping} flapping notice{'s' if flapping != 1 else ''}")
     names: list[str] = []
-    for e in ordered:
+    for e in sorted(net, key=_order):
         name = f"{e.target} {e.label}"
         if name not in names:
             names.append(name)
@@ -88,9 +106,14 @@ def subject_for(events: Sequence[Event], now: float) -> str:
     return f"[{tag}] {', '.join(parts)}: {shown}"
 
 
+def _natural(text: str) -> list:
+    """Numbers in names compare as numbers: 127.0.1.2 before 127.0.1.10 before .100."""
+    return [int(part) if i % 2 else part for i, part in enumerate(re.split(r"(\d+)", text))]
+
+
 def _order(e: Event) -> tuple:
     rank = 0 if e.kind in _PROBLEM else 1 if e.kind in (Kind.FLAPPING, Kind.FLAPPING_STOPPED) else 2
-    return (rank, -e.severity.severity, e.target, e.label, e.at)
+    return (rank, -e.severity.severity, _natural(e.target), _natural(e.label), e.at)
 
 
 def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostname: str = "") -> str:
@@ -117,18 +140,28 @@ def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostnam
         lines.append(f"  rule:      {e.rule}")
         if e.kind is Kind.ESCALATED:
             lines.append("  escalated: not resolved in time; this group is now informed too")
+        if e.kind is Kind.IMPROVED:
+            lines.append("  improved:  less severe than announced; still a problem")
+        if e.ack:
+            lines.append(f"  acked:     {e.ack}")
         lines.append("")
     lines.append("--")
     if link:
         lines.append(f"Current state and graphs: {link}")
-    targets = sorted({e.target for e in ordered if e.kind in _PROBLEM})
-    if targets:
-        quoted = "'" + targets[0].replace("'", "'\"'\"'") + "'"  # a shell word, whatever the name
-        lines.append(f"Silence: monitor silence add {quoted} --for 2h --reason '...'")
+    problems = [e for e in ordered if e.kind in _PROBLEM]
+    if problems:
+        # That alert only (not the whole host): "TARGET LABEL", glob characters escaped.
+        pattern = glob_literal(f"{problems[0].target} {problems[0].label}")
+        lines.append(f"Silence: monitor silence add {_shell_word(pattern)} --for 2h --reason '...'")
+        lines.append(f"Acknowledge: monitor ack {_shell_word(pattern)} --comment '...'")
     lines.append("All alerts: monitor alerts")
     if hostname:
         lines.append(f"Sent by the monitor on {hostname}.")
     return "\n".join(lines) + "\n"
+
+
+def _shell_word(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"  # a shell word, whatever the name
 
 
 def compose(events: Sequence[Event], *, sender: str, to: Sequence[str], group: str, now: float,

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from alerts.engine import AlertState, Event, Quiet, Status, step, tick
+from alerts.engine import AlertState, Event, Kind, Quiet, Status, acknowledge, step, tick
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, outbox_path
 from alerts.rules import Reading, Rule, alert_key, usable
@@ -88,10 +88,8 @@ class AlertService:
         self.rules = _ordered([Rule(r) for r in config.alerts.rules])
         self.by_name = {r.name: r for r in self.rules}
         self.store = AlertStore(alerts_db_path(config.state_dir), clock)
-        forgotten = self.store.forget_rules_except(self.by_name)
-        if forgotten:
-            log.info("forgot %d alert state(s) of rules no longer configured", forgotten)
         self.states: dict[str, AlertState] = self.store.load_states()
+        self._retire_removed_rules()
         self._problems: dict[str, set[str]] = {}
         for s in self.states.values():
             self._index(s)
@@ -104,9 +102,30 @@ class AlertService:
         # state change and the mail it causes are durable together.
         self._unsaved_states: dict[str, AlertState] = {}
         self._unsaved_events: list[Event] = []
+        self._unsaved_acks: list[int] = []
         self.save_error = ""
         self._lock = asyncio.Lock()
         self.started = clock()
+
+    def _retire_removed_rules(self) -> None:
+        """States of rules no longer configured are dropped; each problem they had announced
+        gets its recovery mail ("rule removed"), in the same transaction. Alerts are keyed by
+        rule name, target and label: renaming a rule is removing it and adding a new one."""
+        gone = [s for s in self.states.values() if s.rule not in self.by_name]
+        if not gone:
+            return
+        now = self.clock()
+        events = [Event(Kind.RESOLVED, s.key, s.rule, s.target, s.label, State.OK,
+                        f"resolved: rule {s.rule!r} removed from the config (was: {s.message})",
+                        s.value, s.threshold, s.since, now,
+                        tuple(s.notified_groups) or tuple(self.config.contacts)[:1])
+                  for s in gone if s.notified]
+        queue = [(group, e) for e in events for group in e.groups]
+        self.store.save([], events, queue, forget=[s.key for s in gone])
+        for s in gone:
+            del self.states[s.key]
+        log.info("forgot %d alert state(s) of rules no longer configured (%d recovery mail(s) "
+                 "owed: rule removed)", len(gone), len(events))
 
     # -- the three entry points ----------------------------------------------------------------
 
@@ -169,6 +188,7 @@ class AlertService:
         silences = self.store.silences()
         changed: dict[str, AlertState] = {}
         events: list[Event] = []
+        self._apply_acks(now, changed, events)
         for rule in self.rules:
             for reading in self._readings(rule, batch):
                 self._apply(rule, reading, now, silences, changed, events)
@@ -209,6 +229,7 @@ class AlertService:
         silences = self.store.silences()
         changed: dict[str, AlertState] = {}
         events: list[Event] = []
+        self._apply_acks(now, changed, events)
         for rule in self.rules:
             states = [s for s in self.states.values() if s.rule == rule.name]
             for s in states:
@@ -228,6 +249,18 @@ class AlertService:
                     events += evs
         self._save(changed, events)
         return events
+
+    def _apply_acks(self, now: float, changed: dict[str, AlertState],
+                    events: list[Event]) -> None:
+        """Acknowledgements asked for by `monitor ack` (or a reply to a mail) since last time."""
+        for ack in self.store.pending_acks():
+            for s in list(self.states.values()):
+                rule = self.by_name.get(s.rule)
+                if rule is not None and s.problem and ack.matches(s):
+                    new, evs = acknowledge(rule.config, s, ack.author, ack.comment, ack.until, now)
+                    self._remember(s, new, changed)
+                    events += evs
+            self._unsaved_acks.append(ack.id)
 
     def _apply(self, rule: Rule, reading: Reading, now: float, silences: list[Silence],
                changed: dict[str, AlertState], events: list[Event]) -> None:
@@ -280,12 +313,13 @@ class AlertService:
     def _save(self, changed: dict[str, AlertState], events: list[Event]) -> None:
         self._unsaved_states.update(changed)
         self._unsaved_events += events
-        if not self._unsaved_states and not self._unsaved_events:
+        if not self._unsaved_states and not self._unsaved_events and not self._unsaved_acks:
             return
         events = self._unsaved_events
         queue = [(group, e) for e in events for group in e.groups]
         try:
-            self.store.save(self._unsaved_states.values(), events, queue)
+            self.store.save(self._unsaved_states.values(), events, queue,
+                            acks_applied=self._unsaved_acks)
         except (sqlite3.Error, OSError) as exc:
             if not self.save_error:
                 log.error("cannot save alert state to %s: %s; %d event(s) wait in memory and are "
@@ -297,7 +331,7 @@ class AlertService:
             log.info("alert state saved again to %s (%d event(s) that waited)", self.store.path,
                      len(events))
         self.save_error = ""
-        self._unsaved_states, self._unsaved_events = {}, []
+        self._unsaved_states, self._unsaved_events, self._unsaved_acks = {}, [], []
         for e in events:
             log.log(logging.INFO if e.kind.value == "resolved" else logging.WARNING,
                     "alert %s: %s %s %s: %s", e.kind.value, e.severity.name, e.target, e.label,

@@ -10,7 +10,9 @@ runs.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterable
@@ -53,6 +55,15 @@ CREATE TABLE IF NOT EXISTS queue (
     event TEXT NOT NULL,
     mail TEXT                          -- the Message-ID of the mail that carries it, once chosen
 );
+CREATE TABLE IF NOT EXISTS acks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pattern TEXT NOT NULL,             -- an alert id (see `monitor alerts`) or a silence pattern
+    author TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created REAL NOT NULL,
+    until REAL NOT NULL,               -- 0: until the problem recovers
+    applied INTEGER NOT NULL DEFAULT 0 -- the agent has taken it into its states
+);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -75,6 +86,30 @@ class Silence:
         p = self.pattern
         return any(fnmatch.fnmatchcase(text, p)
                    for text in (target, rule, f"{target} {label}", f"{rule}:{target}"))
+
+
+@dataclass(frozen=True)
+class Ack:
+    id: int
+    pattern: str
+    author: str
+    comment: str
+    created: float
+    until: float
+
+    def matches(self, state: AlertState) -> bool:
+        return self.pattern.lower() == alert_id(state.key) or Silence(
+            0, self.pattern, "", 0, 0).matches(state.rule, state.target, state.label)
+
+
+def alert_id(key: str) -> str:
+    """A short id for an alert, stable across restarts (shown by `monitor alerts`)."""
+    return hashlib.sha1(key.encode()).hexdigest()[:6]
+
+
+def glob_literal(text: str) -> str:
+    """A silence pattern that matches exactly `text` (device names may hold *, ? or [)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 @dataclass(frozen=True)
@@ -123,11 +158,15 @@ class AlertStore:
         return states
 
     def save(self, states: Iterable[AlertState], events: Iterable[Event] = (),
-             queue: Iterable[tuple[str, Event]] = ()) -> None:
-        """Store changed states, their events in the history and the grouping queue, in one
-        transaction (so a crash never keeps a state without the mail it owes, or vice versa)."""
+             queue: Iterable[tuple[str, Event]] = (), forget: Iterable[str] = (),
+             acks_applied: Iterable[int] = ()) -> None:
+        """Store changed states, their events in the history and the grouping queue, and drop
+        the `forget` keys, in one transaction (so a crash never keeps a state without the mail
+        it owes, or vice versa)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM states WHERE key = ?", [(k,) for k in forget])
+            db.executemany("UPDATE acks SET applied = 1 WHERE id = ?", [(i,) for i in acks_applied])
             db.executemany("INSERT OR REPLACE INTO states (key, rule, data) VALUES (?, ?, ?)",
                            [(s.key, s.rule, json.dumps(s.to_json())) for s in states])
             db.executemany(
@@ -138,14 +177,6 @@ class AlertStore:
             db.executemany("INSERT INTO queue (grp, created, event) VALUES (?, ?, ?)",
                            [(g, e.at, json.dumps(e.to_json())) for g, e in queue])
             db.execute("COMMIT")
-
-    def forget_rules_except(self, rules: Iterable[str]) -> int:
-        """Drop states of rules that are no longer configured."""
-        names = list(rules)
-        with self._connect() as db:
-            marks = ",".join("?" * len(names))
-            cur = db.execute(f"DELETE FROM states WHERE rule NOT IN ({marks})", names)
-            return cur.rowcount
 
     # -- grouping queue ----------------------------------------------------------------------
 
@@ -206,6 +237,24 @@ class AlertStore:
             cur = db.execute("UPDATE silences SET until = ? WHERE id = ? AND until > ?",
                              (self.clock(), silence_id, self.clock()))
             return cur.rowcount > 0
+
+    # -- acknowledgements --------------------------------------------------------------------
+
+    def add_ack(self, pattern: str, author: str, comment: str, until: float = 0.0) -> Ack:
+        """Ask the agent to acknowledge the problems matching `pattern` (applied at its next
+        evaluation, or at its start)."""
+        now = self.clock()
+        with self._connect() as db:
+            cur = db.execute("INSERT INTO acks (pattern, author, comment, created, until) "
+                             "VALUES (?, ?, ?, ?, ?)", (pattern, author, comment, now, until))
+            assert cur.lastrowid is not None
+            return Ack(cur.lastrowid, pattern, author, comment, now, until)
+
+    def pending_acks(self) -> list[Ack]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, pattern, author, comment, created, until FROM acks "
+                              "WHERE applied = 0 ORDER BY id").fetchall()
+        return [Ack(*row) for row in rows]
 
     # -- history -----------------------------------------------------------------------------
 

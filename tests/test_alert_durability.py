@@ -88,7 +88,9 @@ async def test_problem_raised_while_the_disk_is_full_is_mailed_before_its_recove
     subjects = rec.subjects()
     # Nobody gets "recovered" for a problem nobody was paged about: the firing event that
     # could not be saved is saved (and mailed) first, then its recovery.
-    assert len(subjects) == 1 and subjects[0].startswith("[CRITICAL] 1 problem, 1 recovered"), subjects
+    (mail,) = rec.received
+    assert subjects[0].startswith("[OK] d2 smtp: recovered after 20s"), subjects
+    assert "[CRITICAL] d2 smtp: SMTP no answer in 10 s" in mail.message.get_content()
     assert [h.kind for h in svc.store.history(T0)] == ["firing", "resolved"]
     assert svc.save_error == ""
 
@@ -226,3 +228,31 @@ async def test_kill_9_on_the_alert_path_loses_nothing_and_duplicates_keep_their_
     assert result["kills"] >= 3, result
     assert result["lost"] == [], result
     assert result["duplicates_with_a_new_message_id"] == [], result
+
+
+@pytest.mark.parametrize("name", ["alerts.db", "outbox.db"])
+async def test_a_damaged_database_is_moved_aside_and_reported(tmp_path, relay, name):
+    rec, port = relay
+    config = make_config(tmp_path, port, SERVICE_RULE.format(options=""), group_window="0s")
+    config.state_dir.mkdir(parents=True)
+    damaged = config.state_dir / name
+    damaged.write_bytes(b"this is not an SQLite database, whatever happened to it\n" * 100)
+    svc = AlertService(config)  # no traceback: the agent keeps running
+    (aside,) = config.state_dir.glob(f"{name}.damaged-*")
+    assert aside.read_bytes().startswith(b"this is not an SQLite")
+    check_result = svc.mail_check()
+    assert check_result.state is State.CRITICAL
+    assert f"{damaged} is damaged" in check_result.message and str(aside) in check_result.message
+    await svc.consume("services", Batch(checks=[check("d2", State.CRITICAL, time.time())]))
+    assert [s.split(":")[0] for s in rec.subjects()] == ["[CRITICAL] d2 smtp"]
+
+
+def test_monitor_alerts_reads_on_a_full_disk(small_disk):
+    import argparse
+
+    from alerts.commands import cmd_alerts
+
+    config = make_config(small_disk.path, 25, SERVICE_RULE.format(options=""))
+    AlertService(config).close()
+    small_disk.fill()
+    assert cmd_alerts(config, argparse.Namespace(history="24h")) == 0

@@ -98,7 +98,7 @@ async def test_fire_and_resolve_cycle(tmp_path, relay):
     body = msg.get_content()
     for expected in ("what:      SMTP no answer in 10 s", "since:", "threshold: check state CRITICAL",
                      "rule:      service-down", "https://monitor.example.net/problems.html",
-                     "monitor silence add 'mail.example.net' --for 2h"):
+                     "monitor silence add 'mail.example.net smtp' --for 2h"):
         assert expected in body
     assert msg["Message-ID"] and msg["Auto-Submitted"] == "auto-generated"
 
