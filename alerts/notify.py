@@ -11,12 +11,14 @@ what, since when, current value, threshold, rule, and a link into the static sit
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from email.message import EmailMessage
+from urllib.parse import quote
 
 from alerts.engine import Event, Kind
 from alerts.mail import make_message
@@ -25,6 +27,7 @@ from alerts.rules import _num
 from alerts.state import AlertStore, glob_literal
 from monitor.config import Config
 from monitor.model import State
+from monitor.store import safe_name
 from monitor.units import format_duration
 
 log = logging.getLogger("monitor.alerts")
@@ -138,6 +141,9 @@ def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostnam
         if e.threshold:
             lines.append(f"  threshold: {e.threshold}")
         lines.append(f"  rule:      {e.rule}")
+        page = problem_page(base_url, e.target)
+        if page:
+            lines.append(f"  page:      {page}")
         if e.kind is Kind.ESCALATED:
             lines.append("  escalated: not resolved in time; this group is now informed too")
         if e.kind is Kind.IMPROVED:
@@ -164,12 +170,30 @@ def _shell_word(text: str) -> str:
     return "'" + text.replace("'", "'\"'\"'") + "'"  # a shell word, whatever the name
 
 
+def problem_page(base_url: str, target: str) -> str:
+    """The site's page of the target a problem is about (the graphs part writes one for every
+    target with a check or a graph)."""
+    if not base_url:
+        return ""
+    return f"{base_url.rstrip('/')}/{quote(safe_name(target))}/index.html"
+
+
+def thread_id(e: Event, domain: str) -> str:
+    """The Message-ID every mail of one problem episode refers to (In-Reply-To, References):
+    a phone's mail client shows firing, repeats, escalation and recovery as one conversation."""
+    digest = hashlib.sha1(e.key.encode()).hexdigest()[:12]
+    return f"<problem.{digest}.{int(e.since)}@{domain}>"
+
+
 def compose(events: Sequence[Event], *, sender: str, to: Sequence[str], group: str, now: float,
             base_url: str = "", hostname: str = "") -> EmailMessage:
+    domain = sender.rpartition("@")[2] or "localhost"
+    threads = list(dict.fromkeys(thread_id(e, domain) for e in sorted(events, key=_order)))
     return make_message(
         sender=sender, to=to, subject=subject_for(events, now),
         body=body_for(events, now, base_url=base_url, hostname=hostname), date=now,
-        headers={"X-Monitor-Group": group, "X-Monitor-Events": str(len(events))},
+        headers={"X-Monitor-Group": group, "X-Monitor-Events": str(len(events)),
+                 "In-Reply-To": threads[0], "References": " ".join(threads[:20])},
     )
 
 

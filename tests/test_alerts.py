@@ -213,14 +213,22 @@ async def test_silence_from_the_command_line(tmp_path, relay):
         admins = ["admin@example.net"]
     """))
 
-    def cli(*args: str) -> str:
+    def cli(*args: str, code: int = 0) -> str:
         out = subprocess.run([*MONITOR, "--config", str(path), *args], capture_output=True,
                              text=True, cwd=ROOT, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        assert out.returncode == code, out.stderr
+        return out.stdout + out.stderr
 
-    added = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "disk swap")
-    assert added.startswith("silence #1: 'mail.example.*' until")
+    # Nothing of that name is known yet (a typo?), and a month is long: both want --force.
+    refused = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "x", code=2)
+    assert "matches no alert and no check now" in refused and "--force" in refused
+    refused = cli("silence", "add", "*", "--for", "30d", "--reason", "x", "--force", code=0)
+    assert cli("silence", "remove", "1")
+    refused = cli("silence", "add", "*", "--for", "30d", "--reason", "x", code=2)
+    assert "longer than 7d" in refused
+    added = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "disk swap",
+                "--force")
+    assert added.startswith("silence #2: 'mail.example.*' until")
     assert "disk swap" in cli("silence", "list")
 
     svc = AlertService(config)
@@ -228,10 +236,10 @@ async def test_silence_from_the_command_line(tmp_path, relay):
     await svc.consume("s", Batch(checks=[check("other.example.org", State.CRITICAL, T0)]))
     assert rec.subjects() == ["[CRITICAL] other.example.org smtp: SMTP no answer in 10 s"]
     listing = cli("alerts")
-    assert "mail.example.net smtp" in listing and "quiet: silence #1" in listing
+    assert "mail.example.net smtp" in listing and "quiet: silence #2" in listing
     assert "Outbox: 0 message(s) waiting" in listing
 
-    assert "ended" in cli("silence", "remove", "1")
+    assert "ended" in cli("silence", "remove", "2")
     assert "no active silences" in cli("silence", "list")
     await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL, T0 + 60)]))
     assert rec.subjects()[-1].startswith("[CRITICAL] mail.example.net smtp")
