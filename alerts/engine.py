@@ -87,6 +87,7 @@ class AlertState:
     last_seen: float = 0.0  # last time real data arrived
     quiet: str = ""  # why it is not being announced right now (for `monitor alerts`)
     notified_groups: list[str] = dataclasses.field(default_factory=list)  # owed a recovery
+    announced: float = 0.0  # when the episode's first "firing" was decided
     # Acknowledged (`monitor ack`, a reply to the mail): no repeats or escalation until it
     # recovers (or `ack_until`, if set); later mails say who and why.
     ack_by: str = ""
@@ -227,6 +228,7 @@ def tick(rule: AlertRule, prev: AlertState, now: float,
             if loud:
                 events.append(_event(Kind.FIRING, s, now, rule.notify))
                 s.notified, s.notified_severity, s.last_notified = True, s.severity, now
+                s.announced = now
         elif loud and s.severity.severity > s.notified_severity.severity:
             events.append(_event(Kind.FIRING, s, now, _groups(rule, s)))
             s.notified_severity, s.last_notified = s.severity, now
@@ -252,6 +254,14 @@ def tick(rule: AlertRule, prev: AlertState, now: float,
         else:
             s.notified_groups += [g for g in e.groups if g not in s.notified_groups]
     return s, events
+
+
+def withdraw(prev: AlertState, reason: str) -> AlertState:
+    """The episode's first "firing" was held back as its mail left (a rule it depends on has
+    a problem now): it was never announced, so it owes no recovery, and it is announced at a
+    fresh reading once it is no longer held back."""
+    return dataclasses.replace(prev, notified=False, notified_severity=State.OK,
+                               notified_groups=[], escalated=False, quiet=reason)
 
 
 def acknowledge(rule: AlertRule, prev: AlertState, author: str, comment: str, until: float,
@@ -294,4 +304,4 @@ def _event(kind: Kind, s: AlertState, now: float, groups: list[str] | tuple[str,
 
 
 __all__ = ["HISTORY", "LOUD", "AlertState", "Event", "Kind", "Quiet", "Status", "acknowledge",
-           "flap_percent", "step", "tick"]
+           "flap_percent", "step", "tick", "withdraw"]

@@ -207,8 +207,12 @@ class Notifier:
         self.config = config
         self.clock = clock
 
-    def flush(self, now: float | None = None, force: bool = False) -> int:
-        """Send every group whose window is over (all of them if `force`); returns mails queued."""
+    def flush(self, now: float | None = None, force: bool = False,
+              hold: Callable[[list[Event]], list[Event]] | None = None) -> int:
+        """Send every group whose window is over (all of them if `force`); returns mails queued.
+
+        `hold(events)` returns those that must not go out after all (decided as the mail
+        leaves: a parent's problem may have arrived during the group window)."""
         now = self.clock() if now is None else now
         window = -1.0 if force else self.config.alerts.group_window
         sent = 0
@@ -219,6 +223,11 @@ class Notifier:
             if not items:
                 continue
             events = [e for _, e in items]
+            held = hold(events) if hold is not None else []
+            events = [e for e in events if e not in held]
+            if not events:
+                self.store.dequeue(message_id)
+                continue
             addresses = self.config.contacts.get(group)
             if not addresses:
                 log.error("alert mail for contact group %r dropped: the group is no longer in "

@@ -23,7 +23,17 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from alerts.engine import AlertState, Event, Kind, Quiet, Status, acknowledge, step, tick
+from alerts.engine import (
+    AlertState,
+    Event,
+    Kind,
+    Quiet,
+    Status,
+    acknowledge,
+    step,
+    tick,
+    withdraw,
+)
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, outbox_path
 from alerts.rules import Reading, Rule, alert_key, usable
@@ -174,7 +184,7 @@ class AlertService:
     async def flush(self) -> None:
         # Under the lock: two flushes at once would both take the same due group and mail it twice.
         async with self._lock:
-            queued = await asyncio.to_thread(self.notifier.flush)
+            queued = await asyncio.to_thread(self.notifier.flush, hold=self._hold)
         if queued:
             await self.outbox.deliver_pending(new_mail=True)
 
@@ -249,6 +259,32 @@ class AlertService:
                     events += evs
         self._save(changed, events)
         return events
+
+    def _hold(self, events: list[Event]) -> list[Event]:
+        """Dependencies decided as the mail leaves (worker thread, under the lock): a problem
+        whose parent rule has a problem by now is not mailed; if this was its first
+        announcement, it is withdrawn and announced later if it outlasts the parent's."""
+        now = self.clock()
+        held, changed = [], {}
+        for e in events:
+            rule = self.by_name.get(e.rule)
+            if rule is None or e.kind not in (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED,
+                                              Kind.IMPROVED):
+                continue
+            reason = self._quiet(rule, e.key, e.target, e.label, now, []).suppressed
+            if not reason:
+                continue
+            held.append(e)
+            s = self.states.get(e.key)
+            if s is not None and s.notified and e.kind is Kind.FIRING and s.announced == e.at:
+                self._remember(s, withdraw(s, reason), changed)
+            log.info("alert %s %s %s held back as its mail left: %s", e.kind.value, e.target,
+                     e.label, reason)
+        if changed:
+            self._save(changed, [])
+            if self._unsaved_states:  # not durable: send it rather than risk silence
+                return []
+        return held
 
     def _apply_acks(self, now: float, changed: dict[str, AlertState],
                     events: list[Event]) -> None:

@@ -178,3 +178,54 @@ def test_ack_command_help_and_cli(tmp_path):
     out = subprocess.run([*MONITOR, "--config", str(config), "ack", "x"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 1 and "no current problem matches 'x'" in out.stdout
+
+
+DEPENDENT_RULES = """
+    [[alerts.rules]]
+    name = "router-down"
+    check = "snmp"
+    target = "dmz-router"
+    [[alerts.rules]]
+    name = "dmz-services"
+    check = "*"
+    target = "*.dmz.example.net"
+    depends_on = ["router-down:dmz-*"]
+"""
+
+
+async def test_dependencies_are_decided_when_the_mail_leaves(tmp_path, relay):
+    """Services polled more often than the router fail first; the router's own problem arrives
+    32 s later, inside the group window: one mail, about the router."""
+    rec, port = relay
+    clock = Clock()
+    config = make_config(tmp_path, port, DEPENDENT_RULES, group_window="1m")
+    svc = AlertService(config, clock=clock)
+
+    def services(state: State) -> Batch:
+        return Batch(checks=[check(f"host{i}.dmz.example.net", state, clock.now, "no answer",
+                                   name="ping") for i in range(5)])
+
+    await svc.consume("services", services(State.CRITICAL))
+    clock.now += 32
+    await svc.consume("snmp", Batch(checks=[check("dmz-router", State.CRITICAL, clock.now,
+                                                  "SNMP no answer", name="snmp")]))
+    for _ in range(3):
+        clock.now += 30
+        await svc.consume("services", services(State.CRITICAL))
+        await svc.tick()
+    assert [s.split(":")[0] for s in rec.subjects()] == ["[CRITICAL] dmz-router snmp"]
+    # The router recovers, one service stays down: that one is announced now, at its next
+    # reading (nothing was said about it, so it owes no recovery before).
+    await svc.consume("snmp", Batch(checks=[check("dmz-router", State.OK, clock.now, "up",
+                                                  name="snmp")]))
+    clock.now += 30
+    await svc.consume("services", Batch(checks=[
+        check("host0.dmz.example.net", State.CRITICAL, clock.now, "no answer", name="ping"),
+        *[check(f"host{i}.dmz.example.net", State.OK, clock.now, "ok", name="ping")
+          for i in range(1, 5)]]))
+    clock.now += 61
+    await svc.tick()
+    subjects = rec.subjects()
+    assert len(subjects) == 2, subjects
+    assert "1 recovered" in subjects[1] and "host0.dmz.example.net ping" in subjects[1]
+    assert "host1" not in rec.received[1].message.get_content()
