@@ -278,7 +278,11 @@ def _flap(rule: AlertRule, s: AlertState, now: float, quiet: Quiet) -> list[Even
     percent = flap_percent(s.history) if rule.flap_detection else 0.0
     if not s.flapping and rule.flap_detection and percent >= rule.flap_high:
         s.flapping = True
-        if not quiet.reason:
+        # Only what reached a hard state is worth a notice (soft toggling below `retries`
+        # was never going to page anyone).
+        hard = s.notified or s.status is Status.FIRING or (
+            s.status is Status.PENDING and s.soft >= rule.retries)
+        if not quiet.reason and hard:
             s.flap_notified = True
             return [_event(Kind.FLAPPING, s, now, _groups(rule, s), percent)]
     elif s.flapping and (percent < rule.flap_low or not rule.flap_detection):

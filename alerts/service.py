@@ -261,21 +261,27 @@ class AlertService:
         return events
 
     def _hold(self, events: list[Event]) -> list[Event]:
-        """Dependencies decided as the mail leaves (worker thread, under the lock): a problem
-        whose parent rule has a problem by now is not mailed; if this was its first
-        announcement, it is withdrawn and announced later if it outlasts the parent's."""
+        """Decided as the mail leaves (worker thread, under the lock): a problem whose parent
+        rule has a problem by now is not mailed, nor are the ups and downs of an alert that is
+        flapping by now (its flapping notice is). A held first announcement is withdrawn: it
+        is announced later if the problem outlasts the parent's, or the flapping."""
         now = self.clock()
         held, changed = [], {}
         for e in events:
             rule = self.by_name.get(e.rule)
+            s = self.states.get(e.key)
             if rule is None or e.kind not in (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED,
-                                              Kind.IMPROVED):
+                                              Kind.IMPROVED, Kind.RESOLVED):
                 continue
-            reason = self._quiet(rule, e.key, e.target, e.label, now, []).suppressed
+            if s is not None and s.flapping:
+                reason = "flapping"  # the flapping notice tells it; its ups and downs do not
+            elif e.kind is Kind.RESOLVED:
+                continue
+            else:
+                reason = self._quiet(rule, e.key, e.target, e.label, now, []).suppressed
             if not reason:
                 continue
             held.append(e)
-            s = self.states.get(e.key)
             if s is not None and s.notified and e.kind is Kind.FIRING and s.announced == e.at:
                 self._remember(s, withdraw(s, reason), changed)
             log.info("alert %s %s %s held back as its mail left: %s", e.kind.value, e.target,

@@ -229,3 +229,23 @@ async def test_dependencies_are_decided_when_the_mail_leaves(tmp_path, relay):
     assert len(subjects) == 2, subjects
     assert "1 recovered" in subjects[1] and "host0.dmz.example.net ping" in subjects[1]
     assert "host1" not in rec.received[1].message.get_content()
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    ("", ["[FLAPPING]", "[STABLE]"]),  # flaps from its first readings: two mails, no more
+    ("retries = 3", []),  # never reached a hard state: nothing to say
+])
+async def test_flapping_from_the_first_readings_makes_at_most_two_mails(tmp_path, relay,
+                                                                        options, expected):
+    rec, port = relay
+    clock = Clock()
+    config = make_config(tmp_path, port, SERVICE_RULE.format(options=options), group_window="1m")
+    svc = AlertService(config, clock=clock)
+    for i in range(30 + 40):  # 30 toggles every 5 s, then calm
+        state = State.CRITICAL if i % 2 == 0 and i < 30 else State.OK
+        await feed(svc, "mail.example.net", state)
+        clock.now += 5
+        await svc.tick()
+    clock.now += 120
+    await svc.tick()
+    assert [s.split(" ")[0] for s in rec.subjects()] == expected, rec.subjects()
