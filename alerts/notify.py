@@ -24,7 +24,7 @@ from alerts.engine import Event, Kind
 from alerts.mail import make_message
 from alerts.outbox import Outbox
 from alerts.rules import _num
-from alerts.state import AlertStore, glob_literal
+from alerts.state import AlertStore, glob_literal, reply_token
 from monitor.config import Config
 from monitor.model import State
 from monitor.store import safe_name
@@ -119,7 +119,8 @@ def _order(e: Event) -> tuple:
     return (rank, -e.severity.severity, _natural(e.target), _natural(e.label), e.at)
 
 
-def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostname: str = "") -> str:
+def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostname: str = "",
+             token: Callable[[Event], str] | None = None) -> str:
     ordered = sorted(events, key=_order)
     lines: list[str] = []
     link = site_link(base_url)
@@ -160,6 +161,11 @@ def body_for(events: Sequence[Event], now: float, *, base_url: str = "", hostnam
         pattern = glob_literal(f"{problems[0].target} {problems[0].label}")
         lines.append(f"Silence: monitor silence add {_shell_word(pattern)} --for 2h --reason '...'")
         lines.append(f"Acknowledge: monitor ack {_shell_word(pattern)} --comment '...'")
+    if token is not None and problems:
+        tokens = " ".join(dict.fromkeys(token(e) for e in problems))
+        lines.append('Reply "ack" (the rest of the line is the comment) or "silence 2h" to act '
+                     "on the problems above; keep this line in the reply:")
+        lines.append(f"monitor-token: {tokens}")
     lines.append("All alerts: monitor alerts")
     if hostname:
         lines.append(f"Sent by the monitor on {hostname}.")
@@ -186,12 +192,13 @@ def thread_id(e: Event, domain: str) -> str:
 
 
 def compose(events: Sequence[Event], *, sender: str, to: Sequence[str], group: str, now: float,
-            base_url: str = "", hostname: str = "") -> EmailMessage:
+            base_url: str = "", hostname: str = "",
+            token: Callable[[Event], str] | None = None) -> EmailMessage:
     domain = sender.rpartition("@")[2] or "localhost"
     threads = list(dict.fromkeys(thread_id(e, domain) for e in sorted(events, key=_order)))
     return make_message(
         sender=sender, to=to, subject=subject_for(events, now),
-        body=body_for(events, now, base_url=base_url, hostname=hostname), date=now,
+        body=body_for(events, now, base_url=base_url, hostname=hostname, token=token), date=now,
         headers={"X-Monitor-Group": group, "X-Monitor-Events": str(len(events)),
                  "In-Reply-To": threads[0], "References": " ".join(threads[:20])},
     )
@@ -215,6 +222,10 @@ class Notifier:
         leaves: a parent's problem may have arrived during the group window)."""
         now = self.clock() if now is None else now
         window = -1.0 if force else self.config.alerts.group_window
+        token = None
+        if self.config.alerts.replies is not None:
+            nonce = self.store.nonce
+            token = lambda e: reply_token(nonce, e.key)  # noqa: E731
         sent = 0
         for group in self.store.due_groups(window, now):
             domain = self.config.smtp.sender.rpartition("@")[2] or "localhost"
@@ -237,7 +248,7 @@ class Notifier:
                 continue
             msg = compose(events, sender=self.config.smtp.sender, to=addresses, group=group,
                           now=now, base_url=self.config.web.base_url,
-                          hostname=self.config.agent.hostname)
+                          hostname=self.config.agent.hostname, token=token)
             msg["Message-ID"] = message_id
             # Outbox first, queue second: a crash in between finds the mail in the outbox under
             # its Message-ID (enqueue takes it once), so it is neither lost nor sent twice.

@@ -36,6 +36,7 @@ from alerts.engine import (
 )
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, outbox_path
+from alerts.replies import ReplyReader
 from alerts.rules import Reading, Rule, alert_key, usable
 from alerts.state import AlertStore, Silence, alerts_db_path
 from monitor.config import Config, MaintenanceWindow
@@ -106,6 +107,9 @@ class AlertService:
         self.outbox = outbox or Outbox(outbox_path(config.state_dir), config.smtp, clock)
         self.notifier = Notifier(self.store, self.outbox, config, clock)
         self.maintenance = MaintenanceSchedule(config.alerts.maintenance)
+        self.replies: ReplyReader | None = None
+        if config.alerts.replies is not None:
+            self.replies = ReplyReader(config, self.store, self.outbox)
         self._rates: dict[str, tuple[float, float]] = {}
         # What the engine decided but SQLite has not stored yet (disk full, I/O error): retried
         # before every later save, so nothing is announced, forgotten or taken back before the
@@ -161,6 +165,14 @@ class AlertService:
             self.store.prune_history(KEEP_HISTORY)
         except (sqlite3.Error, OSError) as exc:  # a full disk: tried again next tick
             log.warning("alert housekeeping postponed: %s", exc)
+
+    async def read_replies(self) -> None:
+        """Scheduled job: acks and silences by reply to an alert mail; applied at once."""
+        assert self.replies is not None
+        actions = await asyncio.to_thread(self.replies.poll)
+        if any(a.command for a in actions):
+            await self.tick()
+            await self.outbox.deliver_pending(new_mail=True)
 
     def mail_check(self) -> CheckResult:
         """The agent's own `mail` check: can it tell anyone? (worker thread: reads SQLite)"""

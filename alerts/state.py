@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -105,6 +106,12 @@ class Ack:
 def alert_id(key: str) -> str:
     """A short id for an alert, stable across restarts (shown by `monitor alerts`)."""
     return hashlib.sha1(key.encode()).hexdigest()[:6]
+
+
+def reply_token(nonce: str, key: str) -> str:
+    """What a reply must quote to act on an alert: its id and a MAC only this agent makes."""
+    mac = hmac.new(nonce.encode(), key.encode(), hashlib.sha256).hexdigest()[:10]
+    return f"{alert_id(key)}.{mac}"
 
 
 def glob_literal(text: str) -> str:

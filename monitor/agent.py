@@ -77,6 +77,9 @@ class Agent:
         self.scheduler.add_interval("alerts", self.config.alerts.interval, self._alerts_job,
                                     run_now=False)
         self.alerts.outbox.start(MAIL_INTERVAL)
+        if self.config.alerts.replies is not None:
+            self.scheduler.add_interval("replies", self.config.alerts.replies.interval,
+                                        self.alerts.read_replies, run_now=False)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
         site_interval = self.config.web.interval
         if site_interval is None:

@@ -682,8 +682,30 @@ class MaintenanceWindow:
 
 
 @dataclass
+class RepliesConfig:
+    """[alerts.replies]: an IMAP mailbox where replies to alert mails arrive."""
+
+    server: str
+    user: str
+    password: Secret = None
+    port: Port | None = None
+    security: Literal["none", "starttls", "tls"] = "tls"
+    ca_file: ConfigPath | None = None
+    mailbox: str = "INBOX"
+    interval: Annotated[float, DURATION_MARK, Range(10, 3600)] = 60.0
+    timeout: Duration = 30.0
+
+    def validate(self) -> None:
+        if self.port is None:
+            self.port = 993 if self.security == "tls" else 143
+        if not self.password:
+            raise Invalid("password", "the IMAP login needs a password (password_file = ...)")
+
+
+@dataclass
 class AlertsConfig:
     rules: list[AlertRule] = field(default_factory=list)
+    replies: RepliesConfig | None = None
     maintenance: list[MaintenanceWindow] = field(default_factory=list)
     group_window: Annotated[float, DURATION_MARK, Range(0, 3600)] = 60.0
     interval: Annotated[float, DURATION_MARK, Range(1, 3600)] = 30.0
