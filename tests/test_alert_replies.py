@@ -36,8 +36,9 @@ def dovecot(tmp_path):
         pytest.skip("dovecot is not installed (apt-get install dovecot-imapd)")
     port = free_port()
     home = tmp_path / "dovecot"
-    (home / "run").mkdir(parents=True)
-    reachable = Path(tempfile.mkdtemp(prefix="monitor-test-imap-"))
+    home.mkdir()
+    # Short (unix socket paths are limited to 108 bytes) and reachable by the dovecot user.
+    reachable = Path(tempfile.mkdtemp(prefix="monitor-imap-"))
     reachable.chmod(0o755)
     store = reachable / "mail"
     store.mkdir()
@@ -46,8 +47,8 @@ def dovecot(tmp_path):
     (home / "dovecot.conf").write_text(textwrap.dedent(f"""
         protocols = imap
         listen = 127.0.0.1
-        base_dir = {home}/run
-        state_dir = {home}/run/state
+        base_dir = {reachable}/run
+        state_dir = {reachable}/state
         instance_name = monitor-test-{port}
         ssl = no
         disable_plaintext_auth = no
