@@ -249,3 +249,26 @@ async def test_flapping_from_the_first_readings_makes_at_most_two_mails(tmp_path
     clock.now += 120
     await svc.tick()
     assert [s.split(" ")[0] for s in rec.subjects()] == expected, rec.subjects()
+
+
+def test_problems_page_shows_who_acknowledged_and_why(tmp_path):
+    from alerts.engine import AlertState, Status
+    from graphs.site import SiteBuilder
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    db = tmp_path / "state" / "alerts.db"
+    store = AlertStore(db)
+    store.save([AlertState("r\x1fd2\x1fsmtp", "service-down", "d2", "smtp", status=Status.FIRING,
+                           severity=State.CRITICAL, since=T0 - 600, message="no answer",
+                           notified=True, ack_by="alice", ack_comment="<b>rebooting</b>")])
+    store.close()
+    builder = SiteBuilder(RrdStore(tmp_path / "rrd"), StatusBook(tmp_path / "state" / "s.json"),
+                          tmp_path / "html", tmp_path / "state" / "graphs.json", workers=1,
+                          inline_below=10**6, clock=lambda: T0, alerts_db=db)
+    try:
+        builder.build()
+    finally:
+        builder.close()
+    page = (tmp_path / "html" / "problems.html").read_text()
+    assert "acknowledged by alice: &lt;b&gt;rebooting&lt;/b&gt;" in page
