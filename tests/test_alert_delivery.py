@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import textwrap
 import time
@@ -18,8 +17,8 @@ from monitor.agent import Agent
 from monitor.config import SmtpConfig
 from monitor.model import Batch, CheckResult, State
 from tests.conftest import MONITOR, ROOT
-from tests.smtp_helpers import Recorder, start_smtp
-from tests.test_alerts import make_config
+from tests.smtp_helpers import Recorder, free_port, start_smtp
+from tests.test_alerts import Clock, make_config
 
 
 @dataclass
@@ -98,12 +97,6 @@ async def test_a_tarpit_relay_does_not_hold_up_collection_or_the_stop(tmp_path):
         PENDING]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sighup_and_sigterm_are_not_held_up_by_a_tarpit_relay(tmp_path):
     """A real agent process: reload and stop while its only relay holds the session."""
     async def scenario() -> tuple[int, str]:
@@ -168,14 +161,6 @@ def test_sighup_and_sigterm_are_not_held_up_by_a_tarpit_relay(tmp_path):
     code, text = asyncio.run(scenario())
     assert code == 0, text
     assert "stopped" in text
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def message(subject: str):

@@ -24,7 +24,16 @@ from alerts.service import AlertService
 from monitor.model import Batch, State
 from tests.conftest import ROOT
 from tests.smtp_helpers import Recorder, start_smtp
-from tests.test_alerts import SERVICE_RULE, T0, Clock, check, make_config
+from tests.test_alerts import (
+    SERVICE_RULE,
+    T0,
+    Clock,
+    check,
+    make_config,
+)
+from tests.test_alerts import relay as relay_fixture
+
+relay = relay_fixture  # the aiosmtpd relay fixture, shared
 
 
 class SmallDisk:
@@ -58,14 +67,6 @@ def small_disk(tmp_path):
     disk = SmallDisk(tmp_path / "small", "1m")
     yield disk
     disk.umount()
-
-
-@pytest.fixture
-async def relay():
-    rec = Recorder()
-    server, port = await start_smtp(rec)
-    yield rec, port
-    server.close()
 
 
 def service_on(disk: SmallDisk, port: int, clock: Clock) -> AlertService:

@@ -8,7 +8,6 @@ import asyncio
 import email
 import email.policy
 import json
-import socket
 import stat
 
 import pytest
@@ -20,14 +19,8 @@ from monitor.agent import Agent
 from monitor.config import SmtpConfig, SmtpRelay
 from monitor.model import Batch, CheckResult, State
 from tests.service_servers import make_cert
-from tests.smtp_helpers import Authenticator, Received, Recorder, start_smtp
+from tests.smtp_helpers import Authenticator, Received, Recorder, free_port, start_smtp
 from tests.test_alerts import T0, Clock, make_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def message(subject: str, to=("admin@example.net",)):

@@ -20,15 +20,16 @@ from monitor.model import Batch, State
 from monitor.store import safe_name
 from tests.conftest import MONITOR, ROOT
 from tests.smtp_helpers import Recorder, start_smtp
-from tests.test_alerts import SERVICE_RULE, T0, Clock, check, make_config
+from tests.test_alerts import (
+    SERVICE_RULE,
+    T0,
+    Clock,
+    check,
+    make_config,
+)
+from tests.test_alerts import relay as relay_fixture
 
-
-@pytest.fixture
-async def relay():
-    rec = Recorder()
-    server, port = await start_smtp(rec)
-    yield rec, port
-    server.close()
+relay = relay_fixture  # the aiosmtpd relay fixture, shared
 
 
 def service(tmp_path, port, options="", clock=None, rules=None, extra=""):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import imaplib
 import shutil
-import socket
 import subprocess
 import tempfile
 import textwrap
@@ -16,16 +15,10 @@ import pytest
 from alerts.mail import make_message
 from alerts.service import AlertService
 from monitor.model import Batch, State
-from tests.smtp_helpers import Recorder, start_smtp
+from tests.smtp_helpers import Recorder, free_port, start_smtp
 from tests.test_alerts import SERVICE_RULE, Clock, check, make_config
 
 DOVECOT = Path("/usr/sbin/dovecot")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
