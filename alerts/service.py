@@ -118,6 +118,7 @@ class AlertService:
         self._unsaved_events: list[Event] = []
         self._unsaved_acks: list[int] = []
         self.save_error = ""
+        self.flush_error = ""
         self._lock = asyncio.Lock()
         self.started = clock()
 
@@ -182,6 +183,9 @@ class AlertService:
             level = 2
             problems.append(f"alert state cannot be saved to {self.store.path}: "
                             f"{self.save_error}; alerts wait in memory")
+        if self.flush_error:
+            level = 2
+            problems.append(f"alert mail cannot be handed to the outbox: {self.flush_error}")
         if self.store.file.damaged:
             level = 2
             problems.append(self.store.file.damaged)
@@ -196,7 +200,16 @@ class AlertService:
     async def flush(self) -> None:
         # Under the lock: two flushes at once would both take the same due group and mail it twice.
         async with self._lock:
-            queued = await asyncio.to_thread(self.notifier.flush, hold=self._hold)
+            try:
+                queued = await asyncio.to_thread(self.notifier.flush, hold=self._hold)
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk: the events stay queued and the next flush tries again (raising
+                # would back the whole alert job off, for up to an hour).
+                log.error("alert mail cannot be handed to the outbox yet: %s; retried at the "
+                          "next evaluation", exc)
+                self.flush_error = str(exc)
+                return
+            self.flush_error = ""
         if queued:
             await self.outbox.deliver_pending(new_mail=True)
 
