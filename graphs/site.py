@@ -330,7 +330,8 @@ class SiteBuilder:
         try:
             from alerts.state import AlertStore
 
-            return [s for s in AlertStore(self.alerts_db).load_states().values() if s.problem]
+            return [s for s in AlertStore(self.alerts_db, readonly=True).load_states().values()
+                    if s.problem]
         except Exception as exc:  # the pages must still be written without the alert list
             log.warning("cannot read alerts from %s: %s", self.alerts_db, exc)
             return []

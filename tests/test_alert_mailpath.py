@@ -203,3 +203,30 @@ async def test_sendmail_exit_status_is_deferral_or_refusal(tmp_path, code, statu
     (entry,) = box.entries()
     assert entry.status == status
     assert f"exited with status {code}: user unknown" in entry.last_error
+
+
+async def test_recipients_deferred_one_by_one(tmp_path):
+    """4xx for some recipients: the others get it (and the deferral is shown); 4xx for all: the
+    message waits for a retry."""
+    rec = Recorder()
+    server, port = await start_smtp(rec)
+
+    async def handle_RCPT(server_, session, envelope, address, options):
+        if address.startswith(("full@", "later@")):
+            return "452 4.2.2 mailbox full"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    rec.handle_RCPT = handle_RCPT  # type: ignore[attr-defined]
+    config = SmtpConfig(host="127.0.0.1", port=port, sender="monitor@example.net", timeout=5)
+    try:
+        box = Outbox(tmp_path / "outbox.db", config)
+        box.enqueue(message("some", to=["admin@example.net", "full@example.net"]))
+        box.enqueue(message("none", to=["later@example.net"]))
+        assert await box.deliver_pending(new_mail=True) == 1
+    finally:
+        server.close()
+    some, none = box.entries()
+    assert some.status == SENT and "full@example.net: 452 4.2.2 mailbox full" in some.refused
+    assert none.status == PENDING and "452" in none.last_error
+    assert rec.subjects() == ["some"]
