@@ -21,6 +21,7 @@ from monitor.store import safe_name
 from tests.conftest import MONITOR, ROOT
 from tests.smtp_helpers import Recorder, start_smtp
 from tests.test_alerts import (
+    DEPENDENT_RULES,
     SERVICE_RULE,
     T0,
     Clock,
@@ -181,17 +182,6 @@ def test_ack_command_help_and_cli(tmp_path):
     assert out.returncode == 1 and "no current problem matches 'x'" in out.stdout
 
 
-DEPENDENT_RULES = """
-    [[alerts.rules]]
-    name = "router-down"
-    check = "snmp"
-    target = "dmz-router"
-    [[alerts.rules]]
-    name = "dmz-services"
-    check = "*"
-    target = "*.dmz.example.net"
-    depends_on = ["router-down:dmz-*"]
-"""
 
 
 async def test_dependencies_are_decided_when_the_mail_leaves(tmp_path, relay):

@@ -63,6 +63,19 @@ SERVICE_RULE = """
 """
 
 
+DEPENDENT_RULES = """
+    [[alerts.rules]]
+    name = "router-down"
+    check = "snmp"
+    target = "dmz-router"
+    [[alerts.rules]]
+    name = "dmz-services"
+    check = "*"
+    target = "*.dmz.example.net"
+    depends_on = ["router-down:dmz-*"]
+"""
+
+
 def check(target: str, state: State, at: float, message: str | None = None,
           name: str = "smtp") -> CheckResult:
     return CheckResult(target, name, state, message or (
@@ -144,18 +157,7 @@ async def test_flapping_service_gives_few_mails(tmp_path, relay):
 async def test_dependency_one_notification_not_fifty(tmp_path, relay):
     rec, port = relay
     clock = Clock()
-    rules = """
-        [[alerts.rules]]
-        name = "router-down"
-        check = "snmp"
-        target = "dmz-router"
-        [[alerts.rules]]
-        name = "dmz-services"
-        check = "*"
-        target = "*.dmz.example.net"
-        depends_on = ["router-down:dmz-*"]
-    """
-    svc = AlertService(make_config(tmp_path, port, rules), clock=clock)
+    svc = AlertService(make_config(tmp_path, port, DEPENDENT_RULES), clock=clock)
     services = [check(f"host{i}.dmz.example.net", State.CRITICAL, clock.now, "no answer",
                       name="ping") for i in range(50)]
     router = check("dmz-router", State.CRITICAL, clock.now, "SNMP no answer", name="snmp")
