@@ -15,11 +15,13 @@ from pathlib import Path
 
 from alerts.engine import Status
 from alerts.outbox import Outbox, outbox_path
-from alerts.state import AlertStore, alerts_db_path
+from alerts.state import Ack, AlertStore, Silence, alert_id, alerts_db_path
 from monitor.config import Config
+from monitor.status import StatusBook
 from monitor.units import format_duration, parse_duration
 
 ReadConfig = Callable[[argparse.Namespace], Config]
+LONG_SILENCE = 7 * 86400.0
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
@@ -54,6 +56,9 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
     a.add_argument("--for", dest="duration", required=True, metavar="DURATION",
                    help='how long, e.g. "2h"')
     a.add_argument("--reason", required=True, help="why (shown in `monitor alerts`)")
+    a.add_argument("--force", action="store_true",
+                   help=f"add it even if PATTERN matches no alert or check now, or it is longer "
+                   f"than {format_duration(LONG_SILENCE)}")
     a.set_defaults(handler=with_config(cmd_silence_add))
     a = ss.add_parser("list", help="list active silences")
     a.add_argument("--all", action="store_true", help="include expired ones")
@@ -61,6 +66,19 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
     a = ss.add_parser("remove", help="end a silence now")
     a.add_argument("id", type=int, metavar="ID")
     a.set_defaults(handler=with_config(cmd_silence_remove))
+
+    p = sub.add_parser("ack", help="acknowledge a problem: no repeats or escalation until it "
+                       "recovers", description="Acknowledge the problems matching ID (the #id "
+                       "`monitor alerts` shows) or PATTERN (as for `monitor silence`): repeats "
+                       "and escalation stop until the problem recovers (or --until ends); the "
+                       "contact groups that were told get one mail saying who and why, and "
+                       "later mails and the site's problems page show it. The running agent "
+                       "applies it at its next evaluation.")
+    p.add_argument("pattern", metavar="ID|PATTERN")
+    p.add_argument("--comment", default="", help="why, or what is being done (shown in mails)")
+    p.add_argument("--until", metavar="DURATION", help='end the acknowledgement after this long '
+                   '(e.g. "4h"; default: when the problem recovers)')
+    p.set_defaults(handler=with_config(cmd_ack))
 
     p = sub.add_parser("smtp-sink", help="run a local SMTP server that stores mail as files",
                        description="A stand-in relay for the demo and for testing: accepts "
@@ -78,7 +96,12 @@ def _when(ts: float) -> str:
 
 def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
     now = time.time()
-    store = AlertStore(alerts_db_path(config.state_dir))
+    if not alerts_db_path(config.state_dir).exists():
+        print(f"Alerts: none yet (no {alerts_db_path(config.state_dir)}: the agent has not run "
+              "with this data_dir).")
+        return 0
+    # Read-only: works on a full disk, and never creates or changes the agent's files.
+    store = AlertStore(alerts_db_path(config.state_dir), readonly=True)
     states = [s for s in store.load_states().values() if s.problem or s.flapping]
     states.sort(key=lambda s: (-s.severity.severity, s.target, s.label))
     if args.json:
@@ -95,7 +118,10 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
             flags.append(f"quiet: {s.quiet}")
         elif s.status is Status.FIRING and not s.notified and not s.flapping:
             flags.append("not announced yet")
-        print(f"  {what:<9} {s.target} {s.label}: {s.message}")
+        if s.ack_by:
+            flags.append(f"acknowledged by {s.ack_by}" + (f": {s.ack_comment}" if s.ack_comment
+                                                          else ""))
+        print(f"  {what:<9} #{alert_id(s.key)} {s.target} {s.label}: {s.message}")
         print(f"            since {_when(s.since)} ({format_duration(now - s.since)}), rule "
               f"{s.rule}{'; ' + '; '.join(flags) if flags else ''}")
     silences = store.silences()
@@ -103,12 +129,16 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         print(f"\nSilences ({len(silences)}):")
         for si in silences:
             print(f"  #{si.id} {si.pattern!r} until {_when(si.until)}: {si.reason}")
-    outbox = Outbox(outbox_path(config.state_dir), config.smtp)
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp, readonly=True)
     pending = outbox.pending()
-    relay = outbox.relay_state()
-    print(f"\nOutbox: {len(pending)} message(s) waiting"
-          + (f"; relay {config.smtp.host}:{config.smtp.port} unavailable ({relay.last_error}), "
-             f"next attempt {_when(relay.next_attempt)}" if relay.failures else ""))
+    print(f"\nOutbox: {len(pending)} message(s) waiting")
+    for index, route in enumerate(outbox.routes):
+        relay = outbox.relay_state(index)
+        if relay.failures:
+            print(f"  {'relay' if index == 0 else 'fallback'} {route.where} "
+                  f"{'refuses' if relay.refused else 'unavailable'} since "
+                  f"{_when(relay.down_since)} ({relay.last_error}); next attempt "
+                  f"{_when(relay.next_attempt)}")
     for e in pending[:10]:
         print(f"  #{e.id} {_when(e.created)} {e.subject}"
               + (f" ({e.attempts} attempt(s): {e.last_error})" if e.last_error else ""))
@@ -119,6 +149,18 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         for e in failed:
             print(f"  #{e.id} {_when(e.created)} to {', '.join(e.recipients)}: {e.subject}\n"
                   f"      {e.last_error}")
+    recent = [e for e in outbox.entries("sent", 200) if (e.done_at or 0) >= now - 86400]
+    partial = [e for e in recent if e.refused]
+    if partial:
+        print(f"\nDelivered, but some recipients refused ({len(partial)} in the last 24h):")
+        for e in partial:
+            print(f"  #{e.id} {_when(e.created)} {e.subject}\n      refused: {e.refused}")
+    unsure = [e for e in recent if e.unconfirmed]
+    if unsure:
+        print(f"\nSent without the relay's confirmation ({len(unsure)} in the last 24h; maybe "
+              "delivered twice, with the same Message-ID):")
+        for e in unsure:
+            print(f"  #{e.id} {_when(e.created)} {e.subject}: {e.last_error}")
     period = parse_duration(args.history)
     if period:
         history = store.history(now - period)
@@ -131,7 +173,7 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
 def alerts_json(config: Config, store: AlertStore, states: list, now: float,
                 period: float) -> dict:
     """What `monitor alerts` prints, for scripts: times are Unix seconds, states by name."""
-    outbox = Outbox(outbox_path(config.state_dir), config.smtp)
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp, readonly=True)
     relay = outbox.relay_state()
     return {
         "alerts": [{"rule": s.rule, "target": s.target, "label": s.label,
@@ -146,15 +188,55 @@ def alerts_json(config: Config, store: AlertStore, states: list, now: float,
     }
 
 
+def _author() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
+
+
+def _known_things(config: Config, store: AlertStore) -> list[tuple[str, str, str]]:
+    """(rule, target, label) of every alert and every check the agent knows of."""
+    things = [(s.rule, s.target, s.label) for s in store.load_states().values()]
+    status = config.state_dir / "status.json"
+    if status.exists():
+        things += [("", c.target, c.check) for c in StatusBook(status).all()]
+    return things
+
+
+def cmd_ack(config: Config, args: argparse.Namespace) -> int:
+    until = parse_duration(args.until) if args.until else 0.0
+    store = AlertStore(alerts_db_path(config.state_dir))
+    probe = Ack(0, args.pattern, "", "", 0, 0)
+    problems = [s for s in store.load_states().values() if s.problem and probe.matches(s)]
+    if not problems:
+        print(f"no current problem matches {args.pattern!r} (see `monitor alerts`)")
+        return 1
+    ack = store.add_ack(args.pattern, _author(), args.comment,
+                        time.time() + until if until else 0.0)
+    for s in problems:
+        print(f"acknowledged #{alert_id(s.key)} {s.target} {s.label}: {s.message}")
+    print(f"by {ack.author or '?'}"
+          + (f" ({ack.comment})" if ack.comment else "")
+          + (f" until {_when(ack.until)}" if ack.until else " until it recovers"))
+    return 0
+
+
 def cmd_silence_add(config: Config, args: argparse.Namespace) -> int:
     duration = parse_duration(args.duration)
     if duration <= 0:
         raise ValueError("--for must be a positive duration, e.g. 2h")
     store = AlertStore(alerts_db_path(config.state_dir))
-    try:
-        author = getpass.getuser()
-    except (KeyError, OSError):
-        author = ""
+    if not args.force:
+        if duration > LONG_SILENCE:
+            raise ValueError(f"a silence of {format_duration(duration)} is longer than "
+                             f"{format_duration(LONG_SILENCE)}: problems would go unheard for "
+                             "that long; add --force if you mean it")
+        probe = Silence(0, args.pattern, "", 0, 0)
+        if not any(probe.matches(*thing) for thing in _known_things(config, store)):
+            raise ValueError(f"{args.pattern!r} matches no alert and no check now (a typo?); "
+                             "see `monitor alerts`, or add --force to silence it anyway")
+    author = _author()
     silence = store.add_silence(args.pattern, duration, args.reason, author)
     print(f"silence #{silence.id}: {silence.pattern!r} until {_when(silence.until)} "
           f"({args.reason}); end it early with `monitor silence remove {silence.id}`")

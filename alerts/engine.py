@@ -50,6 +50,8 @@ class Kind(StrEnum):
     ESCALATED = "escalated"
     FLAPPING = "flapping"
     FLAPPING_STOPPED = "flapping_stopped"
+    IMPROVED = "improved"  # still a problem, less severe than announced (CRITICAL -> WARNING)
+    ACKNOWLEDGED = "acknowledged"  # someone is on it: repeats and escalation stop
 
 
 
@@ -84,6 +86,16 @@ class AlertState:
     escalated: bool = False
     last_seen: float = 0.0  # last time real data arrived
     quiet: str = ""  # why it is not being announced right now (for `monitor alerts`)
+    notified_groups: list[str] = dataclasses.field(default_factory=list)  # owed a recovery
+    announced: float = 0.0  # when the episode's first "firing" was decided
+    # Acknowledged (`monitor ack`, a reply to the mail): no repeats or escalation until it
+    # recovers (or `ack_until`, if set); later mails say who and why.
+    ack_by: str = ""
+    ack_comment: str = ""
+    ack_until: float = 0.0
+
+    def acked(self, now: float) -> bool:
+        return bool(self.ack_by) and (not self.ack_until or now < self.ack_until)
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -120,6 +132,7 @@ class Event:
     at: float
     groups: tuple[str, ...]
     flap_percent: float | None = None
+    ack: str = ""  # "who: why" of an acknowledgement, for the mails that follow it
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -209,33 +222,67 @@ def tick(rule: AlertRule, prev: AlertState, now: float,
         s.quiet = s.quiet or "flapping"
         return s, events
     loud = not quiet.reason
+    acked = s.acked(now)
     if s.status is Status.FIRING:
         if not s.notified:
             if loud:
                 events.append(_event(Kind.FIRING, s, now, rule.notify))
                 s.notified, s.notified_severity, s.last_notified = True, s.severity, now
+                s.announced = now
         elif loud and s.severity.severity > s.notified_severity.severity:
             events.append(_event(Kind.FIRING, s, now, _groups(rule, s)))
             s.notified_severity, s.last_notified = s.severity, now
-        elif loud and rule.repeat and now - s.last_notified >= rule.repeat:
+        elif loud and s.severity.severity < s.notified_severity.severity:
+            events.append(_event(Kind.IMPROVED, s, now, _groups(rule, s)))
+            s.notified_severity, s.last_notified = s.severity, now
+        elif loud and not acked and rule.repeat and now - s.last_notified >= rule.repeat:
             events.append(_event(Kind.REPEAT, s, now, _groups(rule, s)))
             s.last_notified = now
-        if (loud and s.notified and not s.escalated and rule.escalate_after is not None
-                and s.firing_since is not None and now - s.firing_since >= rule.escalate_after):
+        if (loud and not acked and s.notified and not s.escalated
+                and rule.escalate_after is not None and s.firing_since is not None
+                and now - s.firing_since >= rule.escalate_after):
             events.append(_event(Kind.ESCALATED, s, now, tuple(rule.escalate_to)))
             s.escalated = True
     elif s.notified and s.status in (Status.OK, Status.RESOLVED):
         # Every announced problem gets its recovery, silenced or not.
         events.append(_event(Kind.RESOLVED, s, now, _groups(rule, s)))
         s.notified, s.escalated, s.notified_severity = False, False, State.OK
+        s.ack_by, s.ack_comment, s.ack_until = "", "", 0.0  # sticky until it recovers
+    for e in events:
+        if e.kind is Kind.RESOLVED:
+            s.notified_groups = []
+        else:
+            s.notified_groups += [g for g in e.groups if g not in s.notified_groups]
     return s, events
+
+
+def withdraw(prev: AlertState, reason: str) -> AlertState:
+    """The episode's first "firing" was held back as its mail left (a rule it depends on has
+    a problem now): it was never announced, so it owes no recovery, and it is announced at a
+    fresh reading once it is no longer held back."""
+    return dataclasses.replace(prev, notified=False, notified_severity=State.OK,
+                               notified_groups=[], escalated=False, quiet=reason)
+
+
+def acknowledge(rule: AlertRule, prev: AlertState, author: str, comment: str, until: float,
+                now: float) -> tuple[AlertState, list[Event]]:
+    """Someone is on it (Nagios' sticky ack): no repeats or escalation until it recovers (or
+    `until`). The groups that heard of the problem hear who took it."""
+    s = dataclasses.replace(prev, ack_by=author, ack_comment=comment, ack_until=until)
+    if not s.notified:
+        return s, []
+    return s, [_event(Kind.ACKNOWLEDGED, s, now, tuple(s.notified_groups) or tuple(rule.notify))]
 
 
 def _flap(rule: AlertRule, s: AlertState, now: float, quiet: Quiet) -> list[Event]:
     percent = flap_percent(s.history) if rule.flap_detection else 0.0
     if not s.flapping and rule.flap_detection and percent >= rule.flap_high:
         s.flapping = True
-        if not quiet.reason:
+        # Only what reached a hard state is worth a notice (soft toggling below `retries`
+        # was never going to page anyone).
+        hard = s.notified or s.status is Status.FIRING or (
+            s.status is Status.PENDING and s.soft >= rule.retries)
+        if not quiet.reason and hard:
             s.flap_notified = True
             return [_event(Kind.FLAPPING, s, now, _groups(rule, s), percent)]
     elif s.flapping and (percent < rule.flap_low or not rule.flap_detection):
@@ -255,9 +302,10 @@ def _groups(rule: AlertRule, s: AlertState) -> tuple[str, ...]:
 
 def _event(kind: Kind, s: AlertState, now: float, groups: list[str] | tuple[str, ...],
            percent: float | None = None) -> Event:
+    ack = f"{s.ack_by}: {s.ack_comment}" if s.ack_by and s.ack_comment else s.ack_by
     return Event(kind, s.key, s.rule, s.target, s.label, s.severity, s.message, s.value,
-                 s.threshold, s.since, now, tuple(groups), percent)
+                 s.threshold, s.since, now, tuple(groups), percent, ack)
 
 
-__all__ = ["HISTORY", "LOUD", "AlertState", "Event", "Kind", "Quiet", "Status", "flap_percent",
-           "step", "tick"]
+__all__ = ["HISTORY", "LOUD", "AlertState", "Event", "Kind", "Quiet", "Status", "acknowledge",
+           "flap_percent", "step", "tick", "withdraw"]

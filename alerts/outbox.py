@@ -15,6 +15,11 @@ Guarantees and their limits:
   logged, and listed by `monitor alerts`; the rest of the queue carries on.
 - One deliverer at a time per outbox file (an flock), so the agent's job, a digest run and a
   manual command never send the same message twice.
+- In the agent, delivery is its own task (`start()`/`stop()`), never part of a collector's or the
+  alert job's run: a stuck relay delays mail, not collection, and a stop or reload cancels a
+  hanging SMTP session at once (what was not confirmed stays queued). New mail wakes the task
+  for an attempt at once, whatever the back-off; between probes of a relay that is down it
+  waits at most `retry_max` (50 s), so queued mail leaves within a minute of the relay's return.
 """
 
 from __future__ import annotations
@@ -27,17 +32,17 @@ import fcntl
 import json
 import logging
 import sqlite3
-import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-import aiosmtplib
-
+from alerts.db import SqliteFile
 from alerts.mail import recipients_of
+from alerts.transport import Outcome, RouteDown, open_route
 from monitor.config import SmtpConfig
+from monitor.units import format_duration
 
 log = logging.getLogger("monitor.outbox")
 
@@ -59,14 +64,20 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt REAL NOT NULL DEFAULT 0,
     last_error TEXT NOT NULL DEFAULT '',
-    done_at REAL
+    done_at REAL,
+    unconfirmed INTEGER NOT NULL DEFAULT 0,  -- times the relay never answered after the message
+    refused TEXT NOT NULL DEFAULT '',  -- sent, but these recipients were refused
+    route TEXT NOT NULL DEFAULT ''     -- the relay (or sendmail) that took it
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, id);
-CREATE TABLE IF NOT EXISTS relay (
-    id INTEGER PRIMARY KEY CHECK (id = 1),
+CREATE INDEX IF NOT EXISTS outbox_message_id ON outbox(message_id);
+CREATE TABLE IF NOT EXISTS routes (
+    name TEXT PRIMARY KEY,             -- "0 host:port" (the primary), "1 ..." (fallbacks)
     failures INTEGER NOT NULL,
     next_attempt REAL NOT NULL,
-    last_error TEXT NOT NULL
+    last_error TEXT NOT NULL,
+    down_since REAL NOT NULL,
+    refused INTEGER NOT NULL           -- it said no (AUTH, 5xx), rather than not answering
 );
 """
 
@@ -83,6 +94,9 @@ class OutboxEntry:
     next_attempt: float
     last_error: str
     done_at: float | None
+    unconfirmed: int = 0
+    refused: str = ""
+    route: str = ""
 
 
 @dataclass(frozen=True)
@@ -90,10 +104,8 @@ class RelayState:
     failures: int
     next_attempt: float
     last_error: str
-
-
-class RelayUnavailable(Exception):
-    """The relay as a whole is not usable now (connect, TLS, AUTH, 421, timeout)."""
+    down_since: float = 0.0
+    refused: bool = False
 
 
 class Outbox:
@@ -104,7 +116,8 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         *,
         retry_base: float = 30.0,
-        retry_max: float = 900.0,
+        retry_max: float = 50.0,
+        readonly: bool = False,
     ) -> None:
         self.db_path = Path(db_path)
         self.smtp = smtp
@@ -112,26 +125,26 @@ class Outbox:
         self.retry_base = retry_base
         self.retry_max = retry_max
         self._lock = asyncio.Lock()
-        self.db_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+        self._urgent = False
+        self._stopped = False
+        self.file = SqliteFile(self.db_path, _SCHEMA, readonly=readonly, columns=(
+            ("outbox", "unconfirmed", "INTEGER NOT NULL DEFAULT 0"),
+            ("outbox", "refused", "TEXT NOT NULL DEFAULT ''"),
+            ("outbox", "route", "TEXT NOT NULL DEFAULT ''")))
+        self.routes = [smtp, *smtp.fallback]
+        self._refused_by_primary: set[int] = set()  # message ids the primary said no to
+        self._connect = self.file.connect
 
-    # -- storage ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        # A connection per operation: cheap, and safe from any thread (deliver runs DB work in
-        # a worker thread so that an fsync never stalls the event loop).
-        db = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
+    def close(self) -> None:
+        self.file.close()
 
     def enqueue(self, message: EmailMessage) -> int:
         """Accept a message for delivery; durable when this returns. Returns its outbox id.
+
+        A Message-ID the outbox holds already is not taken again (the id of the first is
+        returned): handing a message over twice, as after a crash, sends it once.
 
         Sets Message-ID (if absent) and Date (if absent) now, so that a resend after a crash is
         byte-identical and recognisable as a duplicate.
@@ -151,18 +164,25 @@ class Outbox:
         raw = message.as_bytes(policy=_WIRE)
         now = self.clock()
         with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            known = db.execute("SELECT id FROM outbox WHERE message_id = ?",
+                               (str(message["Message-ID"]),)).fetchone()
+            if known is not None:  # handed over before a crash: it is queued (or sent) already
+                db.execute("COMMIT")
+                return known[0]
             cur = db.execute(
                 "INSERT INTO outbox (message_id, sender, recipients, subject, raw, created, "
                 "next_attempt) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (str(message["Message-ID"]), self.smtp.sender, json.dumps(recipients),
                  str(message["Subject"] or ""), raw, now, now),
             )
+            db.execute("COMMIT")
             assert cur.lastrowid is not None
             return cur.lastrowid
 
     def entries(self, status: str | None = None, limit: int = 1000) -> list[OutboxEntry]:
         query = ("SELECT id, message_id, recipients, subject, created, status, attempts, "
-                 "next_attempt, last_error, done_at FROM outbox")
+                 "next_attempt, last_error, done_at, unconfirmed, refused, route FROM outbox")
         args: tuple = ()
         if status:
             query += " WHERE status = ?"
@@ -178,10 +198,23 @@ class Outbox:
     def failed(self, limit: int = 50) -> list[OutboxEntry]:
         return self.entries(FAILED, limit)
 
-    def relay_state(self) -> RelayState:
+    def relay_state(self, index: int = 0) -> RelayState:
+        """The state of the primary relay (or of fallback `index`)."""
         with self._connect() as db:
-            row = db.execute("SELECT failures, next_attempt, last_error FROM relay").fetchone()
-        return RelayState(*row) if row else RelayState(0, 0.0, "")
+            row = db.execute("SELECT failures, next_attempt, last_error, down_since, refused "
+                             "FROM routes WHERE name = ?", (self._route_name(index),)).fetchone()
+        return RelayState(row[0], row[1], row[2], row[3], bool(row[4])) if row else RelayState(
+            0, 0.0, "")
+
+    def _route_name(self, index: int) -> str:
+        return f"{index} {self.routes[index].where}"
+
+    def _set_route(self, index: int, state: RelayState) -> None:
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO routes (name, failures, next_attempt, last_error, "
+                       "down_since, refused) VALUES (?, ?, ?, ?, ?, ?)",
+                       (self._route_name(index), state.failures, state.next_attempt,
+                        state.last_error, state.down_since, int(state.refused)))
 
     def raw_message(self, entry_id: int) -> bytes:
         with self._connect() as db:
@@ -197,34 +230,81 @@ class Outbox:
                              (SENT, self.clock() - older_than))
             return cur.rowcount
 
-    def _due(self, now: float) -> list[tuple[int, str, str, str, bytes, int]]:
+    def _due(self, now: float) -> list[tuple[int, str, str, str, bytes, int, int]]:
         with self._connect() as db:
             return db.execute(
-                "SELECT id, message_id, sender, recipients, raw, attempts FROM outbox "
+                "SELECT id, message_id, sender, recipients, raw, attempts, unconfirmed FROM outbox "
                 "WHERE status = ? AND next_attempt <= ? ORDER BY id", (PENDING, now)).fetchall()
 
     def _mark(self, entry_id: int, status: str, attempts: int, next_attempt: float,
-              error: str) -> None:
+              error: str, **more: object) -> None:
+        extra = "".join(f", {name} = ?" for name in more)
         with self._connect() as db:
             db.execute(
                 "UPDATE outbox SET status = ?, attempts = ?, next_attempt = ?, last_error = ?, "
-                "done_at = ? WHERE id = ?",
+                f"done_at = ?{extra} WHERE id = ?",
                 (status, attempts, next_attempt, error,
-                 self.clock() if status != PENDING else None, entry_id))
-
-    def _set_relay(self, failures: int, next_attempt: float, error: str) -> None:
-        with self._connect() as db:
-            db.execute("INSERT OR REPLACE INTO relay (id, failures, next_attempt, last_error) "
-                       "VALUES (1, ?, ?, ?)", (failures, next_attempt, error))
+                 self.clock() if status != PENDING else None, *more.values(), entry_id))
 
     def _backoff(self, failures: int) -> float:
         return min(self.retry_max, self.retry_base * 2 ** max(0, failures - 1))
 
     # -- delivery --------------------------------------------------------------------------
 
-    async def deliver_pending(self) -> int:
+    def start(self, poll: float = 30.0) -> None:
+        """Deliver from a task of its own from now on (the agent; needs a running loop)."""
+        if self._task is None and not self._stopped:
+            self._task = asyncio.get_running_loop().create_task(self._run(poll),
+                                                                  name="outbox delivery")
+
+    async def stop(self) -> None:
+        """Cancel the delivery task, even in the middle of an SMTP session; from now on mail is
+        only queued (a collector run that ends during a shutdown must not start a session)."""
+        task, self._stopped = self._task, True
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, poll: float) -> None:
+        while True:
+            urgent, self._urgent = self._urgent, False
+            self._wake.clear()
+            try:
+                await self._deliver_locked(urgent)
+                wait = await asyncio.to_thread(self._next_wait, poll)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("mail delivery from %s failed: %s; trying again in %.0f s",
+                          self.db_path, exc, poll)
+                wait = poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _next_wait(self, poll: float) -> float:
+        """Seconds until something is due (at most `poll`: another process may enqueue)."""
+        with self._connect() as db:
+            row = db.execute("SELECT MIN(next_attempt) FROM outbox WHERE status = ?",
+                             (PENDING,)).fetchone()
+        if row[0] is None:
+            return poll
+        due = max(row[0], self.relay_state().next_attempt)
+        return min(poll, max(0.5, due - self.clock()))
+
+    async def deliver_pending(self, new_mail: bool = False) -> int:
         """Send every due message; returns how many the relay accepted. Never raises for SMTP
-        trouble: that is recorded (relay backoff, per-message retry or failure) and logged."""
+        trouble: that is recorded (relay backoff, per-message retry or failure) and logged.
+
+        `new_mail`: something was just queued; the relay is tried at once, even while it is
+        backed off. With the delivery task running (the agent), this only wakes it (returns 0)."""
+        if self._stopped:
+            return 0
+        if self._task is not None:
+            self._urgent = self._urgent or new_mail
+            self._wake.set()
+            return 0
+        return await self._deliver_locked(new_mail)
+
+    async def _deliver_locked(self, urgent: bool) -> int:
         async with self._lock:
             lock_file = self.db_path.with_name(self.db_path.name + ".deliver.lock")
             handle = open(lock_file, "a")  # noqa: SIM115 - held across awaits
@@ -234,130 +314,162 @@ class Outbox:
                 except BlockingIOError:
                     log.debug("another process is delivering from %s", self.db_path)
                     return 0
-                return await self._deliver()
+                return await self._deliver(urgent)
             finally:
                 handle.close()
 
-    async def _deliver(self) -> int:
+    async def _deliver(self, urgent: bool) -> int:
+        """One pass: the primary first; what it could not take goes to the fallbacks, in order,
+        if the primary refused it or has been down `fallback_after`."""
         now = self.clock()
-        relay = await asyncio.to_thread(self.relay_state)
-        if now < relay.next_attempt:
-            return 0
         due = await asyncio.to_thread(self._due, now)
-        if not due:
-            return 0
         sent = 0
-        client: aiosmtplib.SMTP | None = None
-        try:
-            try:
-                client = await self._open()
-            except RelayUnavailable as exc:
-                await self._relay_failed(relay, str(exc), len(due))
-                return 0
-            for entry_id, message_id, sender, recipients_json, raw, attempts in due:
-                recipients = json.loads(recipients_json)
-                try:
-                    errors, _ = await client.sendmail(sender, recipients, bytes(raw))
-                except aiosmtplib.SMTPRecipientsRefused as exc:
-                    codes = [e.code for e in exc.recipients]
-                    text = "; ".join(f"{e.recipient}: {e.code} {e.message}" for e in exc.recipients)
-                    if 421 in codes:
-                        raise RelayUnavailable(text) from exc
-                    await self._refused(entry_id, message_id, attempts, min(codes), text)
-                    await _reset(client)
-                    continue
-                except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPDataError) as exc:
-                    if exc.code == 421:
-                        raise RelayUnavailable(f"{exc.code} {exc.message}") from exc
-                    await self._refused(entry_id, message_id, attempts, exc.code,
-                                        f"{exc.code} {exc.message}")
-                    await _reset(client)
-                    continue
-                except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                    raise RelayUnavailable(_describe(exc)) from exc
-                note = ""
-                if errors:
-                    note = "some recipients refused: " + "; ".join(
-                        f"{r}: {e.code} {e.message}" for r, e in errors.items())
-                    log.error("mail %s (%s): %s", entry_id, message_id, note)
-                await asyncio.to_thread(self._mark, entry_id, SENT, attempts + 1, 0.0, note)
-                sent += 1
-                log.debug("mail %s (%s) delivered to %s", entry_id, message_id, recipients)
-        except RelayUnavailable as exc:
-            await self._relay_failed(relay, str(exc), len(due) - sent)
-            return sent
-        finally:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.quit()
-        if relay.failures:
-            log.info("mail relay %s:%d works again; %d queued message(s) sent",
-                     self.smtp.host, self.smtp.port, sent)
-            await asyncio.to_thread(self._set_relay, 0, 0.0, "")
+        for index in range(len(self.routes)):
+            if not due:
+                break
+            if index > 0 and not await asyncio.to_thread(self._primary_given_up, due):
+                break
+            state = await asyncio.to_thread(self.relay_state, index)
+            if now < state.next_attempt and not urgent:
+                continue
+            taken, due = await self._deliver_via(index, state, due)
+            sent += taken
         return sent
 
-    async def _open(self) -> aiosmtplib.SMTP:
-        smtp = self.smtp
-        context = None
-        if smtp.security != "none":
-            context = ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
-        client = aiosmtplib.SMTP(
-            hostname=smtp.host, port=smtp.port, timeout=smtp.timeout,
-            use_tls=smtp.security == "tls",
-            start_tls=smtp.security == "starttls",
-            tls_context=context,
-        )
-        where = f"{smtp.host}:{smtp.port}"
+    def _primary_given_up(self, due: list) -> bool:
+        primary = self.relay_state(0)
+        refused_here = any(row[0] in self._refused_by_primary for row in due)
+        return refused_here or primary.refused or (
+            primary.failures > 0 and self.clock() - primary.down_since >= self.smtp.fallback_after)
+
+    async def _deliver_via(self, index: int, state: RelayState, due: list) -> tuple[int, list]:
+        """Send `due` over route `index`; returns (sent, what is left for the next route)."""
+        route = self.routes[index]
+        last = index == len(self.routes) - 1
         try:
-            await client.connect()
-        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-            raise RelayUnavailable(f"cannot connect to mail relay {where}: {_describe(exc)}") from exc
-        if smtp.username:
-            try:
-                await client.login(smtp.username, smtp.password or "")
-            except aiosmtplib.SMTPAuthenticationError as exc:
-                with contextlib.suppress(Exception):
-                    await client.quit()
-                raise RelayUnavailable(
-                    f"mail relay {where} refused the login for {smtp.username!r}: {exc.code} "
-                    f"{exc.message}; check [smtp] username and password") from exc
-            except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
-                with contextlib.suppress(Exception):
-                    await client.quit()
-                raise RelayUnavailable(f"AUTH at mail relay {where} failed: {_describe(exc)}") from exc
-        return client
+            session = await open_route(route)
+        except RouteDown as exc:
+            await self._route_failed(index, state, exc, len(due))
+            return 0, due
+        sent, left = 0, []
+        try:
+            for position, row in enumerate(due):
+                entry_id, message_id, sender, recipients_json, raw = row[:5]
+                try:
+                    outcome = await session.send(sender, json.loads(recipients_json), bytes(raw))
+                except RouteDown as exc:
+                    await self._route_failed(index, state, exc, len(due) - position)
+                    return sent, left + due[position:]
+                if outcome.status == "refused" and not last:
+                    self._refused_by_primary.add(entry_id)
+                    left.append(row)
+                    log.warning("mail %s (%s) refused by %s: %s; trying the next way out",
+                                entry_id, message_id, route.where, outcome.text)
+                    continue
+                sent += await self._record(index, row, outcome)
+                if outcome.status == "unconfirmed":
+                    # The session is unusable; the rest waits for the next pass.
+                    await self._route_failed(index, state, RouteDown(outcome.text),
+                                             len(due) - position - 1)
+                    return sent, left + due[position + 1:]
+        finally:
+            await session.close()
+        if state.failures or state.refused:
+            log.info("mail relay %s works again; %d queued message(s) sent", route.where, sent)
+            await asyncio.to_thread(self._set_route, index, RelayState(0, 0.0, ""))
+        return sent, left
 
-    async def _relay_failed(self, relay: RelayState, error: str, waiting: int) -> None:
-        failures = relay.failures + 1
+    async def _record(self, index: int, row: tuple, outcome: Outcome) -> int:
+        entry_id, message_id, _, recipients_json, _, attempts, unconfirmed = row
+        where = self.routes[index].where
+        if outcome.status == "sent":
+            if outcome.refused:
+                log.error("mail %s (%s) delivered via %s, but some recipients were refused: %s",
+                          entry_id, message_id, where, outcome.refused)
+            await asyncio.to_thread(self._mark, entry_id, SENT, attempts + 1, 0.0, "",
+                                    refused=outcome.refused, route=where)
+            log.debug("mail %s (%s) delivered via %s to %s", entry_id, message_id, where,
+                      recipients_json)
+            return 1
+        if outcome.status == "unconfirmed":
+            if unconfirmed >= 1:
+                # Twice without a verdict: most likely delivered twice already; stop here.
+                await asyncio.to_thread(self._mark, entry_id, SENT, attempts + 1, 0.0,
+                                        outcome.text, unconfirmed=unconfirmed + 1, route=where)
+                log.error("mail %s (%s): %s, for the second time; not sent again",
+                          entry_id, message_id, outcome.text)
+                return 1
+            await asyncio.to_thread(self._mark, entry_id, PENDING, attempts + 1, 0.0,
+                                    outcome.text, unconfirmed=1)
+            log.warning("mail %s (%s): %s; sending it once more, with the same Message-ID",
+                        entry_id, message_id, outcome.text)
+            return 0
+        if outcome.status == "refused":
+            await asyncio.to_thread(self._mark, entry_id, FAILED, attempts + 1, 0.0, outcome.text)
+            log.error("mail %s (%s) permanently refused by %s: %s; see `monitor alerts`",
+                      entry_id, message_id, where, outcome.text)
+            return 0
+        delay = self._backoff(attempts + 1)
+        await asyncio.to_thread(self._mark, entry_id, PENDING, attempts + 1,
+                                self.clock() + delay, outcome.text)
+        log.warning("mail %s (%s) deferred by %s: %s; retry in %.0f s", entry_id, message_id,
+                    where, outcome.text, delay)
+        return 0
+
+    async def _route_failed(self, index: int, state: RelayState, exc: RouteDown,
+                            waiting: int) -> None:
+        failures = state.failures + 1
         delay = self._backoff(failures)
-        await asyncio.to_thread(self._set_relay, failures, self.clock() + delay, error)
+        down_since = state.down_since if state.failures else self.clock()
+        await asyncio.to_thread(self._set_route, index, RelayState(
+            failures, self.clock() + delay, str(exc), down_since, exc.refused))
         log.error("mail relay unavailable (%s); %d message(s) wait, next attempt in %.0f s",
-                  error, waiting, delay)
+                  exc, waiting, delay)
 
-    async def _refused(self, entry_id: int, message_id: str, attempts: int, code: int,
-                       text: str) -> None:
-        if code >= 500:
-            await asyncio.to_thread(self._mark, entry_id, FAILED, attempts + 1, 0.0, text)
-            log.error("mail %s (%s) permanently refused by the relay: %s; see `monitor alerts`",
-                      entry_id, message_id, text)
-        else:
-            delay = self._backoff(attempts + 1)
-            await asyncio.to_thread(self._mark, entry_id, PENDING, attempts + 1,
-                                    self.clock() + delay, text)
-            log.warning("mail %s (%s) deferred by the relay: %s; retry in %.0f s",
-                        entry_id, message_id, text, delay)
+    # -- the agent's own check ----------------------------------------------------------------
 
-
-async def _reset(client: aiosmtplib.SMTP) -> None:
-    with contextlib.suppress(Exception):
-        await client.rset()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return f"{exc.code} {exc.message}"
-    text = str(exc) or type(exc).__name__
-    return text if not isinstance(exc, OSError) or not exc.strerror else exc.strerror
+    def health(self) -> tuple[int, str]:
+        """(severity 0 OK / 1 WARNING / 2 CRITICAL, message) of the mail path, for the agent's
+        `mail` check: how long the oldest mail waits, what the relay said, what it refused."""
+        now = self.clock()
+        day = now - 86400
+        with self._connect() as db:
+            waiting, oldest = db.execute("SELECT COUNT(*), MIN(created) FROM outbox WHERE "
+                                         "status = ?", (PENDING,)).fetchone()
+            failed = db.execute("SELECT COUNT(*), MAX(last_error) FROM outbox WHERE status = ? "
+                                "AND done_at >= ?", (FAILED, day)).fetchone()
+            partial = db.execute("SELECT COUNT(*), MAX(refused) FROM outbox WHERE status = ? "
+                                 "AND refused != '' AND done_at >= ?", (SENT, day)).fetchone()
+            via = db.execute("SELECT route, COUNT(*) FROM outbox WHERE status = ? AND "
+                             "done_at >= ? GROUP BY route", (SENT, now - 3600)).fetchall()
+        primary = self.relay_state(0)
+        problems: list[tuple[int, str]] = []
+        if waiting:
+            waited = now - oldest
+            level = (2 if waited >= self.smtp.critical_after
+                     else 1 if waited >= self.smtp.warn_after else 0)
+            why = f"; {primary.last_error}" if primary.failures else ""
+            problems.append((level, f"{waiting} mail(s) waiting, the oldest for "
+                             f"{format_duration(waited)}{why}"))
+        if primary.refused:
+            problems.append((2, f"the relay refuses mail: {primary.last_error}"))
+        if failed[0]:
+            problems.append((2, f"{failed[0]} mail(s) refused in the last 24h (see `monitor "
+                             f"alerts`): {failed[1]}"))
+        if partial[0]:
+            problems.append((1, f"{partial[0]} mail(s) in the last 24h reached only some "
+                             f"recipients: {partial[1]}"))
+        fallbacks = [f"{n} via {r}" for r, n in via if r and r != self.routes[0].where]
+        if fallbacks:
+            problems.append((1, f"mail went out by a fallback: {', '.join(fallbacks)} in the "
+                             "last hour"))
+        if self.file.damaged:
+            problems.append((2, self.file.damaged))
+        worst = max((level for level, _ in problems), default=0)
+        shown = [text for level, text in problems if level] or [
+            f"mail goes out via {self.routes[0].where}"
+            + (f"; {waiting} mail(s) on their way" if waiting else "")]
+        return worst, "; ".join(shown)
 
 
 def outbox_path(state_dir: Path) -> Path:

@@ -18,17 +18,29 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from alerts.engine import AlertState, Event, Quiet, Status, step, tick
+from alerts.engine import (
+    AlertState,
+    Event,
+    Kind,
+    Quiet,
+    Status,
+    acknowledge,
+    step,
+    tick,
+    withdraw,
+)
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, outbox_path
+from alerts.replies import ReplyReader
 from alerts.rules import Reading, Rule, alert_key, usable
 from alerts.state import AlertStore, Silence, alerts_db_path
 from monitor.config import Config, MaintenanceWindow
-from monitor.model import Batch, State
+from monitor.model import Batch, CheckResult, State
 
 log = logging.getLogger("monitor.alerts")
 
@@ -87,19 +99,48 @@ class AlertService:
         self.rules = _ordered([Rule(r) for r in config.alerts.rules])
         self.by_name = {r.name: r for r in self.rules}
         self.store = AlertStore(alerts_db_path(config.state_dir), clock)
-        forgotten = self.store.forget_rules_except(self.by_name)
-        if forgotten:
-            log.info("forgot %d alert state(s) of rules no longer configured", forgotten)
         self.states: dict[str, AlertState] = self.store.load_states()
+        self._retire_removed_rules()
         self._problems: dict[str, set[str]] = {}
         for s in self.states.values():
             self._index(s)
         self.outbox = outbox or Outbox(outbox_path(config.state_dir), config.smtp, clock)
         self.notifier = Notifier(self.store, self.outbox, config, clock)
         self.maintenance = MaintenanceSchedule(config.alerts.maintenance)
+        self.replies: ReplyReader | None = None
+        if config.alerts.replies is not None:
+            self.replies = ReplyReader(config, self.store, self.outbox)
         self._rates: dict[str, tuple[float, float]] = {}
+        # What the engine decided but SQLite has not stored yet (disk full, I/O error): retried
+        # before every later save, so nothing is announced, forgotten or taken back before the
+        # state change and the mail it causes are durable together.
+        self._unsaved_states: dict[str, AlertState] = {}
+        self._unsaved_events: list[Event] = []
+        self._unsaved_acks: list[int] = []
+        self.save_error = ""
+        self.flush_error = ""
         self._lock = asyncio.Lock()
         self.started = clock()
+
+    def _retire_removed_rules(self) -> None:
+        """States of rules no longer configured are dropped; each problem they had announced
+        gets its recovery mail ("rule removed"), in the same transaction. Alerts are keyed by
+        rule name, target and label: renaming a rule is removing it and adding a new one."""
+        gone = [s for s in self.states.values() if s.rule not in self.by_name]
+        if not gone:
+            return
+        now = self.clock()
+        events = [Event(Kind.RESOLVED, s.key, s.rule, s.target, s.label, State.OK,
+                        f"resolved: rule {s.rule!r} removed from the config (was: {s.message})",
+                        s.value, s.threshold, s.since, now,
+                        tuple(s.notified_groups) or tuple(self.config.contacts)[:1])
+                  for s in gone if s.notified]
+        queue = [(group, e) for e in events for group in e.groups]
+        self.store.save([], events, queue, forget=[s.key for s in gone])
+        for s in gone:
+            del self.states[s.key]
+        log.info("forgot %d alert state(s) of rules no longer configured (%d recovery mail(s) "
+                 "owed: rule removed)", len(gone), len(events))
 
     # -- the three entry points ----------------------------------------------------------------
 
@@ -120,15 +161,57 @@ class AlertService:
     def _housekeeping(self) -> None:
         # Sent mail is kept a while for `monitor alerts` and duplicate checks; refused mail
         # stays listed until someone looks. History feeds digests (a year is plenty).
-        self.outbox.purge(KEEP_SENT)
-        self.store.prune_history(KEEP_HISTORY)
+        try:
+            self.outbox.purge(KEEP_SENT)
+            self.store.prune_history(KEEP_HISTORY)
+        except (sqlite3.Error, OSError) as exc:  # a full disk: tried again next tick
+            log.warning("alert housekeeping postponed: %s", exc)
+
+    async def read_replies(self) -> None:
+        """Scheduled job: acks and silences by reply to an alert mail; applied at once."""
+        assert self.replies is not None
+        actions = await asyncio.to_thread(self.replies.poll)
+        if any(a.command for a in actions):
+            await self.tick()
+            await self.outbox.deliver_pending(new_mail=True)
+
+    def mail_check(self) -> CheckResult:
+        """The agent's own `mail` check: can it tell anyone? (worker thread: reads SQLite)"""
+        level, text = self.outbox.health()
+        problems = [text] if level else []
+        if self.save_error:
+            level = 2
+            problems.append(f"alert state cannot be saved to {self.store.path}: "
+                            f"{self.save_error}; alerts wait in memory")
+        if self.flush_error:
+            level = 2
+            problems.append(f"alert mail cannot be handed to the outbox: {self.flush_error}")
+        if self.store.file.damaged:
+            level = 2
+            problems.append(self.store.file.damaged)
+        state = (State.OK, State.WARNING, State.CRITICAL)[level]
+        return CheckResult("agent", "mail", state, "; ".join(problems) or text,
+                           timestamp=self.clock())
+
+    def close(self) -> None:
+        self.store.close()
+        self.outbox.close()
 
     async def flush(self) -> None:
         # Under the lock: two flushes at once would both take the same due group and mail it twice.
         async with self._lock:
-            queued = await asyncio.to_thread(self.notifier.flush)
+            try:
+                queued = await asyncio.to_thread(self.notifier.flush, hold=self._hold)
+            except (sqlite3.Error, OSError) as exc:
+                # A full disk: the events stay queued and the next flush tries again (raising
+                # would back the whole alert job off, for up to an hour).
+                log.error("alert mail cannot be handed to the outbox yet: %s; retried at the "
+                          "next evaluation", exc)
+                self.flush_error = str(exc)
+                return
+            self.flush_error = ""
         if queued:
-            await self.deliver()
+            await self.outbox.deliver_pending(new_mail=True)
 
     async def deliver(self) -> int:
         return await self.outbox.deliver_pending()
@@ -140,6 +223,7 @@ class AlertService:
         silences = self.store.silences()
         changed: dict[str, AlertState] = {}
         events: list[Event] = []
+        self._apply_acks(now, changed, events)
         for rule in self.rules:
             for reading in self._readings(rule, batch):
                 self._apply(rule, reading, now, silences, changed, events)
@@ -180,6 +264,7 @@ class AlertService:
         silences = self.store.silences()
         changed: dict[str, AlertState] = {}
         events: list[Event] = []
+        self._apply_acks(now, changed, events)
         for rule in self.rules:
             states = [s for s in self.states.values() if s.rule == rule.name]
             for s in states:
@@ -199,6 +284,50 @@ class AlertService:
                     events += evs
         self._save(changed, events)
         return events
+
+    def _hold(self, events: list[Event]) -> list[Event]:
+        """Decided as the mail leaves (worker thread, under the lock): a problem whose parent
+        rule has a problem by now is not mailed, nor are the ups and downs of an alert that is
+        flapping by now (its flapping notice is). A held first announcement is withdrawn: it
+        is announced later if the problem outlasts the parent's, or the flapping."""
+        now = self.clock()
+        held, changed = [], {}
+        for e in events:
+            rule = self.by_name.get(e.rule)
+            s = self.states.get(e.key)
+            if rule is None or e.kind not in (Kind.FIRING, Kind.REPEAT, Kind.ESCALATED,
+                                              Kind.IMPROVED, Kind.RESOLVED):
+                continue
+            if s is not None and s.flapping:
+                reason = "flapping"  # the flapping notice tells it; its ups and downs do not
+            elif e.kind is Kind.RESOLVED:
+                continue
+            else:
+                reason = self._quiet(rule, e.key, e.target, e.label, now, []).suppressed
+            if not reason:
+                continue
+            held.append(e)
+            if s is not None and s.notified and e.kind is Kind.FIRING and s.announced == e.at:
+                self._remember(s, withdraw(s, reason), changed)
+            log.info("alert %s %s %s held back as its mail left: %s", e.kind.value, e.target,
+                     e.label, reason)
+        if changed:
+            self._save(changed, [])
+            if self._unsaved_states:  # not durable: send it rather than risk silence
+                return []
+        return held
+
+    def _apply_acks(self, now: float, changed: dict[str, AlertState],
+                    events: list[Event]) -> None:
+        """Acknowledgements asked for by `monitor ack` (or a reply to a mail) since last time."""
+        for ack in self.store.pending_acks():
+            for s in list(self.states.values()):
+                rule = self.by_name.get(s.rule)
+                if rule is not None and s.problem and ack.matches(s):
+                    new, evs = acknowledge(rule.config, s, ack.author, ack.comment, ack.until, now)
+                    self._remember(s, new, changed)
+                    events += evs
+            self._unsaved_acks.append(ack.id)
 
     def _apply(self, rule: Rule, reading: Reading, now: float, silences: list[Silence],
                changed: dict[str, AlertState], events: list[Event]) -> None:
@@ -249,10 +378,27 @@ class AlertService:
         return Quiet(silenced=silenced, suppressed=suppressed)
 
     def _save(self, changed: dict[str, AlertState], events: list[Event]) -> None:
-        if not changed and not events:
+        self._unsaved_states.update(changed)
+        self._unsaved_events += events
+        if not self._unsaved_states and not self._unsaved_events and not self._unsaved_acks:
             return
+        events = self._unsaved_events
         queue = [(group, e) for e in events for group in e.groups]
-        self.store.save(changed.values(), events, queue)
+        try:
+            self.store.save(self._unsaved_states.values(), events, queue,
+                            acks_applied=self._unsaved_acks)
+        except (sqlite3.Error, OSError) as exc:
+            if not self.save_error:
+                log.error("cannot save alert state to %s: %s; %d event(s) wait in memory and are "
+                          "saved (and mailed) as soon as it works again", self.store.path, exc,
+                          len(events))
+            self.save_error = str(exc)
+            return
+        if self.save_error:
+            log.info("alert state saved again to %s (%d event(s) that waited)", self.store.path,
+                     len(events))
+        self.save_error = ""
+        self._unsaved_states, self._unsaved_events, self._unsaved_acks = {}, [], []
         for e in events:
             log.log(logging.INFO if e.kind.value == "resolved" else logging.WARNING,
                     "alert %s: %s %s %s: %s", e.kind.value, e.severity.name, e.target, e.label,

@@ -9,15 +9,18 @@ runs.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
+import hashlib
+import hmac
 import json
-import sqlite3
+import re
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from alerts.db import SqliteFile
 from alerts.engine import AlertState, Event
 
 _SCHEMA = """
@@ -50,7 +53,21 @@ CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     grp TEXT NOT NULL,
     created REAL NOT NULL,
-    event TEXT NOT NULL
+    event TEXT NOT NULL,
+    mail TEXT                          -- the Message-ID of the mail that carries it, once chosen
+);
+CREATE TABLE IF NOT EXISTS acks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pattern TEXT NOT NULL,             -- an alert id (see `monitor alerts`) or a silence pattern
+    author TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    created REAL NOT NULL,
+    until REAL NOT NULL,               -- 0: until the problem recovers
+    applied INTEGER NOT NULL DEFAULT 0 -- the agent has taken it into its states
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 """
 
@@ -73,6 +90,36 @@ class Silence:
 
 
 @dataclass(frozen=True)
+class Ack:
+    id: int
+    pattern: str
+    author: str
+    comment: str
+    created: float
+    until: float
+
+    def matches(self, state: AlertState) -> bool:
+        return self.pattern.lower() == alert_id(state.key) or Silence(
+            0, self.pattern, "", 0, 0).matches(state.rule, state.target, state.label)
+
+
+def alert_id(key: str) -> str:
+    """A short id for an alert, stable across restarts (shown by `monitor alerts`)."""
+    return hashlib.sha1(key.encode()).hexdigest()[:6]
+
+
+def reply_token(nonce: str, key: str) -> str:
+    """What a reply must quote to act on an alert: its id and a MAC only this agent makes."""
+    mac = hmac.new(nonce.encode(), key.encode(), hashlib.sha256).hexdigest()[:10]
+    return f"{alert_id(key)}.{mac}"
+
+
+def glob_literal(text: str) -> str:
+    """A silence pattern that matches exactly `text` (device names may hold *, ? or [)."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     id: int
     at: float
@@ -86,22 +133,25 @@ class HistoryEntry:
 
 
 class AlertStore:
-    def __init__(self, path: Path, clock=time.time) -> None:
+    def __init__(self, path: Path, clock=time.time, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        # FULL: a state change counts as announced only once it is on disk.
+        self.file = SqliteFile(self.path, _SCHEMA, readonly=readonly,
+                               columns=(("queue", "mail", "TEXT"),))
+        self._connect = self.file.connect
+        # Part of every alert Message-ID: a fresh file (moved aside when damaged) restarts the
+        # queue's ids, and must not make Message-IDs the outbox has seen already.
+        self.nonce = "" if readonly else self._nonce()
 
-    @contextlib.contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            yield db
-        finally:
-            db.close()
+    def _nonce(self) -> str:
+        with self._connect() as db:
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('nonce', ?)",
+                       (uuid.uuid4().hex[:12],))
+            return db.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()[0]
+
+    def close(self) -> None:
+        self.file.close()
 
     # -- states ----------------------------------------------------------------------------
 
@@ -115,11 +165,15 @@ class AlertStore:
         return states
 
     def save(self, states: Iterable[AlertState], events: Iterable[Event] = (),
-             queue: Iterable[tuple[str, Event]] = ()) -> None:
-        """Store changed states, their events in the history and the grouping queue, in one
-        transaction (so a crash never keeps a state without the mail it owes, or vice versa)."""
+             queue: Iterable[tuple[str, Event]] = (), forget: Iterable[str] = (),
+             acks_applied: Iterable[int] = ()) -> None:
+        """Store changed states, their events in the history and the grouping queue, and drop
+        the `forget` keys, in one transaction (so a crash never keeps a state without the mail
+        it owes, or vice versa)."""
         with self._connect() as db:
             db.execute("BEGIN IMMEDIATE")
+            db.executemany("DELETE FROM states WHERE key = ?", [(k,) for k in forget])
+            db.executemany("UPDATE acks SET applied = 1 WHERE id = ?", [(i,) for i in acks_applied])
             db.executemany("INSERT OR REPLACE INTO states (key, rule, data) VALUES (?, ?, ?)",
                            [(s.key, s.rule, json.dumps(s.to_json())) for s in states])
             db.executemany(
@@ -131,14 +185,6 @@ class AlertStore:
                            [(g, e.at, json.dumps(e.to_json())) for g, e in queue])
             db.execute("COMMIT")
 
-    def forget_rules_except(self, rules: Iterable[str]) -> int:
-        """Drop states of rules that are no longer configured."""
-        names = list(rules)
-        with self._connect() as db:
-            marks = ",".join("?" * len(names))
-            cur = db.execute(f"DELETE FROM states WHERE rule NOT IN ({marks})", names)
-            return cur.rowcount
-
     # -- grouping queue ----------------------------------------------------------------------
 
     def due_groups(self, window: float, now: float) -> list[str]:
@@ -148,15 +194,30 @@ class AlertStore:
                               "ORDER BY MIN(id)", (now - window,)).fetchall()
         return [r[0] for r in rows]
 
-    def queued(self, group: str) -> list[tuple[int, Event]]:
-        with self._connect() as db:
-            rows = db.execute("SELECT id, event FROM queue WHERE grp = ? ORDER BY id",
-                              (group,)).fetchall()
-        return [(i, Event.from_json(json.loads(e))) for i, e in rows]
+    def claim(self, group: str, message_id: str) -> tuple[str, list[tuple[int, Event]]]:
+        """The events of `group` that the next mail carries, and that mail's Message-ID.
 
-    def dequeue(self, ids: Iterable[int]) -> None:
+        The choice is saved before the mail is handed to the outbox: after a crash in between,
+        the same events go out under the same Message-ID (the outbox takes a Message-ID once),
+        never twice under two. Events queued later wait for the next mail."""
         with self._connect() as db:
-            db.executemany("DELETE FROM queue WHERE id = ?", [(i,) for i in ids])
+            db.execute("BEGIN IMMEDIATE")
+            row = db.execute("SELECT mail FROM queue WHERE grp = ? AND mail IS NOT NULL "
+                             "ORDER BY id LIMIT 1", (group,)).fetchone()
+            if row is not None:
+                message_id = row[0]
+            else:
+                db.execute("UPDATE queue SET mail = ? WHERE grp = ? AND mail IS NULL",
+                           (message_id, group))
+            rows = db.execute("SELECT id, event FROM queue WHERE mail = ? ORDER BY id",
+                              (message_id,)).fetchall()
+            db.execute("COMMIT")
+        return message_id, [(i, Event.from_json(json.loads(e))) for i, e in rows]
+
+    def dequeue(self, message_id: str) -> None:
+        """The mail is in the outbox: its events leave the queue."""
+        with self._connect() as db:
+            db.execute("DELETE FROM queue WHERE mail = ?", (message_id,))
 
     # -- silences ----------------------------------------------------------------------------
 
@@ -183,6 +244,24 @@ class AlertStore:
             cur = db.execute("UPDATE silences SET until = ? WHERE id = ? AND until > ?",
                              (self.clock(), silence_id, self.clock()))
             return cur.rowcount > 0
+
+    # -- acknowledgements --------------------------------------------------------------------
+
+    def add_ack(self, pattern: str, author: str, comment: str, until: float = 0.0) -> Ack:
+        """Ask the agent to acknowledge the problems matching `pattern` (applied at its next
+        evaluation, or at its start)."""
+        now = self.clock()
+        with self._connect() as db:
+            cur = db.execute("INSERT INTO acks (pattern, author, comment, created, until) "
+                             "VALUES (?, ?, ?, ?, ?)", (pattern, author, comment, now, until))
+            assert cur.lastrowid is not None
+            return Ack(cur.lastrowid, pattern, author, comment, now, until)
+
+    def pending_acks(self) -> list[Ack]:
+        with self._connect() as db:
+            rows = db.execute("SELECT id, pattern, author, comment, created, until FROM acks "
+                              "WHERE applied = 0 ORDER BY id").fetchall()
+        return [Ack(*row) for row in rows]
 
     # -- history -----------------------------------------------------------------------------
 

@@ -330,7 +330,8 @@ class SiteBuilder:
         try:
             from alerts.state import AlertStore
 
-            return [s for s in AlertStore(self.alerts_db).load_states().values() if s.problem]
+            return [s for s in AlertStore(self.alerts_db, readonly=True).load_states().values()
+                    if s.problem]
         except Exception as exc:  # the pages must still be written without the alert list
             log.warning("cannot read alerts from %s: %s", self.alerts_db, exc)
             return []
@@ -505,6 +506,8 @@ class _SiteModel:
                 "target_label": render.display(a.target, LABEL_LIMIT),
                 "target_url": target.url if target else "", "label": render.display(a.label, LABEL_LIMIT),
                 "rule": render.display(a.rule), "message": render.display(a.message),
+                "ack": render.display(f"acknowledged by {a.ack_by}" + (
+                    f": {a.ack_comment}" if a.ack_comment else "")) if a.ack_by else "",
                 "since_text": _local(a.since), "age": format_age(now - a.since),
                 "since_full": datetime.fromtimestamp(a.since).astimezone().isoformat(timespec="seconds"),
             })

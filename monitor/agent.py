@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("monitor")
 
-MAIL_INTERVAL = 30.0  # how often the outbox retries; a fresh alert mail is sent at once
+MAIL_INTERVAL = 30.0  # how often the outbox looks for mail other processes queued
 
 Sink = Callable[[str, Batch], Awaitable[None]]
 
@@ -40,6 +41,14 @@ def open_store(config: Config) -> RrdStore:
         consolidations=config.storage.consolidations,
         rrdcached=config.storage.rrdcached,
     )
+
+
+@dataclass(frozen=True)
+class _SelfCheck:
+    """The source of the agent's own checks, where `consume` expects a collector."""
+
+    name: str
+    interval: float
 
 
 class Agent:
@@ -73,10 +82,14 @@ class Agent:
                 collector.name, collector.interval, self._job(collector),
                 jitter=min(self.config.agent.jitter, collector.interval / 10),
             )
-        # Alerts: "no data" verdicts, timers and group windows; outbox delivery (retries).
-        self.scheduler.add_interval("alerts", self.config.alerts.interval, self.alerts.tick,
+        # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
+        # own: a stuck relay must not hold up a collector's job, a stop or a reload.
+        self.scheduler.add_interval("alerts", self.config.alerts.interval, self._alerts_job,
                                     run_now=False)
-        self.scheduler.add_interval("mail", MAIL_INTERVAL, self.alerts.deliver)
+        self.alerts.outbox.start(MAIL_INTERVAL)
+        if self.config.alerts.replies is not None:
+            self.scheduler.add_interval("replies", self.config.alerts.replies.interval,
+                                        self.alerts.read_replies, run_now=False)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
         site_interval = self.config.web.interval
         if site_interval is None:
@@ -88,6 +101,12 @@ class Agent:
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
         schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox)
+
+    async def _alerts_job(self) -> None:
+        await self.alerts.tick()
+        # The mail path is reported like any other check (status.json, the site, alert rules).
+        mail = await asyncio.to_thread(self.alerts.mail_check)
+        await self.consume(_SelfCheck("alerts", self.config.alerts.interval), Batch(checks=[mail]))
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
@@ -125,7 +144,7 @@ class Agent:
         log.info("%s: %s", collector.name, summary)
         return batch
 
-    async def consume(self, collector: Collector, batch: Batch) -> None:
+    async def consume(self, collector: Collector | _SelfCheck, batch: Batch) -> None:
         """Hand a batch to every sink; a failing sink is logged and the others still run."""
         if batch.measurements:
             report = await asyncio.to_thread(self.store.write, batch.measurements, collector.interval)
@@ -173,6 +192,7 @@ class Agent:
                  f"; {len(report.errors)} graph(s) failed" if report.errors else "")
 
     async def close(self) -> None:
+        await self.alerts.outbox.stop()  # first: a relay that hangs must not delay the rest
         await self.scheduler.stop()
         for collector in self.collectors:
             # Collectors that hold sockets or engines (SNMP) release them, so a SIGHUP reload
@@ -188,3 +208,4 @@ class Agent:
         await asyncio.to_thread(self.store.close)
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)
+        self.alerts.close()

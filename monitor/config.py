@@ -150,16 +150,48 @@ class WebConfig:
 
 
 @dataclass
-class SmtpConfig:
+class SmtpRelay:
+    """One way out for mail: an SMTP relay, or the local sendmail program."""
+
+    transport: Literal["smtp", "sendmail"] = "smtp"
     host: str = "localhost"
     port: Port = 25
     security: Literal["none", "starttls", "tls"] = "none"
     username: str | None = None
     password: Secret = None
-    sender: str = key("from", "monitor@localhost")
+    # Connect, greeting and each command (EHLO, AUTH, MAIL, RCPT, DATA).
     timeout: Duration = 30.0
+    # The relay's answer after the message (RFC 5321 4.5.3.2.6: 10 minutes; content scanning).
+    data_timeout: Duration = 600.0
     # A CA bundle for a relay with a private CA (default: the system's trusted CAs).
     ca_file: ConfigPath | None = None
+    # transport = "sendmail": the program, run as PROGRAM -oi -f FROM -- RECIPIENTS.
+    sendmail: str = "/usr/sbin/sendmail"
+
+    def validate(self) -> None:
+        if not self.sendmail.startswith("/"):
+            raise Invalid("sendmail", "must be an absolute path to the sendmail program")
+
+    @property
+    def where(self) -> str:
+        return self.sendmail if self.transport == "sendmail" else f"{self.host}:{self.port}"
+
+
+@dataclass
+class SmtpConfig(SmtpRelay):
+    sender: str = key("from", "monitor@localhost")
+    # Other ways out, in order, used when this relay refuses or has been down `fallback_after`.
+    fallback: list[SmtpRelay] = field(default_factory=list)
+    fallback_after: Duration = 300.0
+    # The agent's own "agent mail" check: WARNING when mail has waited `warn_after`, CRITICAL
+    # after `critical_after` or when the relay refuses mail.
+    warn_after: Duration = 300.0
+    critical_after: Duration = 1800.0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.warn_after > self.critical_after:
+            raise Invalid("warn_after", "must not be longer than critical_after")
 
 
 @dataclass
@@ -763,8 +795,30 @@ class MaintenanceWindow:
 
 
 @dataclass
+class RepliesConfig:
+    """[alerts.replies]: an IMAP mailbox where replies to alert mails arrive."""
+
+    server: str
+    user: str
+    password: Secret = None
+    port: Port | None = None
+    security: Literal["none", "starttls", "tls"] = "tls"
+    ca_file: ConfigPath | None = None
+    mailbox: str = "INBOX"
+    interval: Annotated[float, DURATION_MARK, Range(10, 3600)] = 60.0
+    timeout: Duration = 30.0
+
+    def validate(self) -> None:
+        if self.port is None:
+            self.port = 993 if self.security == "tls" else 143
+        if not self.password:
+            raise Invalid("password", "the IMAP login needs a password (password_file = ...)")
+
+
+@dataclass
 class AlertsConfig:
     rules: list[AlertRule] = field(default_factory=list)
+    replies: RepliesConfig | None = None
     maintenance: list[MaintenanceWindow] = field(default_factory=list)
     group_window: Annotated[float, DURATION_MARK, Range(0, 3600)] = 60.0
     interval: Annotated[float, DURATION_MARK, Range(1, 3600)] = 30.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import socket
 import ssl
 import warnings
 from dataclasses import dataclass, field
@@ -105,3 +106,10 @@ async def start_smtp(
     server = await loop.create_server(factory, "127.0.0.1", port,
                                       ssl=context if implicit_tls else None)
     return server, server.sockets[0].getsockname()[1]
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (for a relay that is down, or one started later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -55,8 +55,8 @@ CASES = [
     ("soft problem never announced", {"retries": 2}, [C, O, C, O], [[], [], [], []]),
     ("recovery hysteresis", {"recover_after": 2}, [C, O, C, O, O],
      [["firing"], [], [], [], ["resolved"]]),
-    ("worse is announced, better is not", {}, [W, C, W, C, O],
-     [["firing"], ["firing"], [], [], ["resolved"]]),
+    ("worse and better are announced", {"flap_detection": False}, [W, C, W, C, O],
+     [["firing"], ["firing"], ["improved"], ["firing"], ["resolved"]]),
     ("unknown is a problem", {}, [U, O], [["firing"], ["resolved"]]),
     ("severity override", {"severity": "WARNING"}, [C, O], [["firing"], ["resolved"]]),
 ]
@@ -231,6 +231,10 @@ def check_invariants(r: AlertRule, states: list[State]) -> None:
                 assert open_, ("resolved without a problem", states, i)
                 assert recent[-1] is O, (states, i)
                 open_ = False
+            elif e.kind is Kind.IMPROVED:
+                assert open_ and e.severity.severity < notified_severity.severity, (states, i)
+                assert e.severity is not O
+                notified_severity = e.severity
             elif e.kind is Kind.REPEAT:
                 assert open_
         assert s.notified == open_, (states, i)

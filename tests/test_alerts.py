@@ -63,6 +63,19 @@ SERVICE_RULE = """
 """
 
 
+DEPENDENT_RULES = """
+    [[alerts.rules]]
+    name = "router-down"
+    check = "snmp"
+    target = "dmz-router"
+    [[alerts.rules]]
+    name = "dmz-services"
+    check = "*"
+    target = "*.dmz.example.net"
+    depends_on = ["router-down:dmz-*"]
+"""
+
+
 def check(target: str, state: State, at: float, message: str | None = None,
           name: str = "smtp") -> CheckResult:
     return CheckResult(target, name, state, message or (
@@ -98,7 +111,7 @@ async def test_fire_and_resolve_cycle(tmp_path, relay):
     body = msg.get_content()
     for expected in ("what:      SMTP no answer in 10 s", "since:", "threshold: check state CRITICAL",
                      "rule:      service-down", "https://monitor.example.net/problems.html",
-                     "monitor silence add 'mail.example.net' --for 2h"):
+                     "monitor silence add 'mail.example.net smtp' --for 2h"):
         assert expected in body
     assert msg["Message-ID"] and msg["Auto-Submitted"] == "auto-generated"
 
@@ -144,18 +157,7 @@ async def test_flapping_service_gives_few_mails(tmp_path, relay):
 async def test_dependency_one_notification_not_fifty(tmp_path, relay):
     rec, port = relay
     clock = Clock()
-    rules = """
-        [[alerts.rules]]
-        name = "router-down"
-        check = "snmp"
-        target = "dmz-router"
-        [[alerts.rules]]
-        name = "dmz-services"
-        check = "*"
-        target = "*.dmz.example.net"
-        depends_on = ["router-down:dmz-*"]
-    """
-    svc = AlertService(make_config(tmp_path, port, rules), clock=clock)
+    svc = AlertService(make_config(tmp_path, port, DEPENDENT_RULES), clock=clock)
     services = [check(f"host{i}.dmz.example.net", State.CRITICAL, clock.now, "no answer",
                       name="ping") for i in range(50)]
     router = check("dmz-router", State.CRITICAL, clock.now, "SNMP no answer", name="snmp")
@@ -213,14 +215,22 @@ async def test_silence_from_the_command_line(tmp_path, relay):
         admins = ["admin@example.net"]
     """))
 
-    def cli(*args: str) -> str:
+    def cli(*args: str, code: int = 0) -> str:
         out = subprocess.run([*MONITOR, "--config", str(path), *args], capture_output=True,
                              text=True, cwd=ROOT, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return out.stdout
+        assert out.returncode == code, out.stderr
+        return out.stdout + out.stderr
 
-    added = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "disk swap")
-    assert added.startswith("silence #1: 'mail.example.*' until")
+    # Nothing of that name is known yet (a typo?), and a month is long: both want --force.
+    refused = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "x", code=2)
+    assert "matches no alert and no check now" in refused and "--force" in refused
+    refused = cli("silence", "add", "*", "--for", "30d", "--reason", "x", "--force", code=0)
+    assert cli("silence", "remove", "1")
+    refused = cli("silence", "add", "*", "--for", "30d", "--reason", "x", code=2)
+    assert "longer than 7d" in refused
+    added = cli("silence", "add", "mail.example.*", "--for", "2h", "--reason", "disk swap",
+                "--force")
+    assert added.startswith("silence #2: 'mail.example.*' until")
     assert "disk swap" in cli("silence", "list")
 
     svc = AlertService(config)
@@ -228,10 +238,10 @@ async def test_silence_from_the_command_line(tmp_path, relay):
     await svc.consume("s", Batch(checks=[check("other.example.org", State.CRITICAL, T0)]))
     assert rec.subjects() == ["[CRITICAL] other.example.org smtp: SMTP no answer in 10 s"]
     listing = cli("alerts")
-    assert "mail.example.net smtp" in listing and "quiet: silence #1" in listing
+    assert "mail.example.net smtp" in listing and "quiet: silence #2" in listing
     assert "Outbox: 0 message(s) waiting" in listing
 
-    assert "ended" in cli("silence", "remove", "1")
+    assert "ended" in cli("silence", "remove", "2")
     assert "no active silences" in cli("silence", "list")
     await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL, T0 + 60)]))
     assert rec.subjects()[-1].startswith("[CRITICAL] mail.example.net smtp")
@@ -507,7 +517,7 @@ def test_default_config_documents_every_alert_key():
     for cls in (AlertRule, AlertsConfig, MaintenanceWindow, SmtpConfig):
         for f in fields(cls):
             name = f.metadata.get("key", f.name)
-            if name in ("rules", "maintenance"):
+            if name in ("rules", "maintenance", "fallback", "replies"):  # tables of their own
                 continue
             assert f"{name} =" in text or f"{name}_file =" in text, f"{cls.__name__}.{name}"
 
