@@ -104,7 +104,7 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
     store = AlertStore(alerts_db_path(config.state_dir), readonly=True)
     states = [s for s in store.load_states().values() if s.problem or s.flapping]
     states.sort(key=lambda s: (-s.severity.severity, s.target, s.label))
-    if args.json:
+    if getattr(args, "json", False):
         print(json.dumps(alerts_json(config, store, states, now, parse_duration(args.history)),
                          indent=1))
         return 0
@@ -173,17 +173,19 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
 def alerts_json(config: Config, store: AlertStore, states: list, now: float,
                 period: float) -> dict:
     """What `monitor alerts` prints, for scripts: times are Unix seconds, states by name."""
-    outbox = Outbox(outbox_path(config.state_dir), config.smtp, readonly=True)
-    relay = outbox.relay_state()
+    mail: dict = {"pending": [], "refused": [], "relay": None}
+    if outbox_path(config.state_dir).exists():  # else the agent has not mailed anything yet
+        outbox = Outbox(outbox_path(config.state_dir), config.smtp, readonly=True)
+        mail = {"pending": [dataclasses.asdict(e) for e in outbox.pending()],
+                "refused": [dataclasses.asdict(e) for e in outbox.failed(20)],
+                "relay": dataclasses.asdict(outbox.relay_state())}
     return {
         "alerts": [{"rule": s.rule, "target": s.target, "label": s.label,
                     "status": s.status.value, "severity": s.severity.name, "message": s.message,
                     "since": s.since, "flapping": s.flapping, "quiet": s.quiet,
                     "notified": s.notified} for s in states],
         "silences": [dataclasses.asdict(si) for si in store.silences()],
-        "outbox": {"pending": [dataclasses.asdict(e) for e in outbox.pending()],
-                   "refused": [dataclasses.asdict(e) for e in outbox.failed(20)],
-                   "relay": dataclasses.asdict(relay)},
+        "outbox": mail,
         "history": [dataclasses.asdict(h) for h in store.history(now - period)] if period else [],
     }
 

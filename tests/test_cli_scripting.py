@@ -119,7 +119,8 @@ timeout = "5s"
 
 
 def test_alerts_json_lists_silences(config: Path):
-    add = run("-c", str(config), "silence", "add", "mail.*", "--for", "2h", "--reason", "swap")
+    add = run("-c", str(config), "silence", "add", "mail.*", "--for", "2h", "--reason", "swap",
+              "--force")
     assert add.returncode == 0, add.stderr
     result = run("-c", str(config), "alerts", "--json")
     assert result.returncode == 0, result.stderr
