@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import hashlib
+import json
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from collectors.snmp_client import (
     Client,
@@ -27,10 +31,12 @@ from collectors.snmp_client import (
     Endpoint,
     SnmpError,
     UsmClient,
+    Walk,
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
 from monitor.config import Config, SnmpDevice
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
 from monitor.units import format_duration
 
@@ -39,7 +45,10 @@ log = logging.getLogger(__name__)
 Oid = tuple[int, ...]
 
 SYS = (1, 3, 6, 1, 2, 1, 1)
-SYS_UPTIME = (*SYS, 3)
+SYS_OBJECT_ID, SYS_UPTIME, SYS_NAME = (*SYS, 2), (*SYS, 3), (*SYS, 5)
+IF_NUMBER = (1, 3, 6, 1, 2, 1, 2, 1)
+# Fetched with the first request of every poll (GET-NEXT semantics: the .0 instance comes back).
+SCALARS = [SYS_OBJECT_ID, SYS_UPTIME, SYS_NAME, IF_NUMBER]
 IF = (1, 3, 6, 1, 2, 1, 2, 2, 1)
 IFX = (1, 3, 6, 1, 2, 1, 31, 1, 1, 1)
 
@@ -67,6 +76,14 @@ DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, I
 HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
 ERROR_COLUMNS = [low for hc, low in COUNTERS.values() if hc is None and low is not None]
+# metric -> its 32-bit column, for the metrics that also have a 64-bit one.
+LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not None and low}
+
+# Rows one column may have: a table longer than this is an agent that never ends its walk.
+# ifNumber counts the rows of ifTable; real agents have a few more in ifXTable (stacked or
+# hidden sub-interfaces), never thousands more.
+ROW_SLACK = 256
+ROWS_WITHOUT_IFNUMBER = 20_000
 
 OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
                7: "lowerLayerDown"}
@@ -131,7 +148,7 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
         seen.add(ident)
         high, low = get(IF_HIGH_SPEED), get(IF_SPEED)
         speed: float | None = None
-        if isinstance(high, int) and high > 0:
+        if isinstance(high, int) and 0 < high < 2**32:
             speed = high * 1e6
         if isinstance(low, int) and 0 < low < 2**32 - 1 and (speed is None or speed < 4e9):
             speed = float(low)  # exact for links below 4.29 Gbit/s (ifHighSpeed is rounded)
@@ -164,15 +181,45 @@ def make_client(device: SnmpDevice, engine: object | None) -> Client:
     return CommunityClient(endpoint, device.community or "public", device.version)
 
 
+def row_budget(device: SnmpDevice) -> Callable[[dict[Oid, object]], int]:
+    """The most rows a walk of `device` may read per column, from its ifNumber."""
+    def budget(scalars: dict[Oid, object]) -> int:
+        count = scalars.get((*IF_NUMBER, 0))
+        if isinstance(count, int) and count >= 0:
+            return 2 * count + ROW_SLACK
+        return ROWS_WITHOUT_IFNUMBER
+    return budget
+
+
+def state_file(directory: Path, name: str) -> Path:
+    """Where a device's counter state lives: a safe file name, whatever the device is called."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "device"
+    return directory / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:10]}.json"
+
+
+def scalar_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ".".join(map(str, value))
+    return text(value)
+
+
 @dataclass
 class DevicePoller:
-    """One device's client and counter history across polls."""
+    """One device's client and counter history across polls (and, with `state_dir`, runs)."""
 
     device: SnmpDevice
     interval: float
+    state_dir: Path | None = None
     state: CounterState = field(init=False)
-    has_hc: bool | None = None  # learnt on the first poll: are ifHC* columns there?
+    # Learnt from the last poll: the metrics whose 64-bit column some interface lacks (their
+    # 32-bit columns are walked too); None until the first poll (walk both).
+    low_needed: set[str] | None = None
+    # Interfaces seen in earlier polls (identity -> seen up at least once): a known interface
+    # missing from a broken walk becomes UNKNOWN, and "down" matters for one that was up.
+    known: dict[str, bool] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # sysObjectID, sysName
     client: Client | None = None
+    loaded: bool = False
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
@@ -180,31 +227,47 @@ class DevicePoller:
     def columns(self) -> list[Oid]:
         if self.device.version == "1":
             counters = LOW_COLUMNS  # v1 cannot carry Counter64
-        elif self.has_hc:
-            counters = [*HC_COLUMNS, *ERROR_COLUMNS]
+        elif self.low_needed is None:
+            counters = HC_COLUMNS + LOW_COLUMNS
         else:
-            counters = HC_COLUMNS + LOW_COLUMNS if self.has_hc is None else LOW_COLUMNS
+            counters = [*HC_COLUMNS, *ERROR_COLUMNS,
+                        *(LOW_OF_HC[m] for m in LOW_OF_HC if m in self.low_needed)]
         return [*DESCRIPTIVE, *counters]
 
     async def poll(self, engine: object | None, clock: Callable[[], float]) -> Batch:
         device = self.device
+        if not self.loaded:
+            self.loaded = True
+            await asyncio.to_thread(self.load_state)
         if self.client is None:
             self.client = make_client(device, engine)
         columns = self.columns()
         reps = device.max_repetitions or max(1, 250 // len(columns))
+        budget = device.poll_budget or self.interval
         try:
-            tables, scalars = await walk_columns(self.client, columns, max_repetitions=reps,
-                                                 scalars=[SYS_UPTIME])
+            async with asyncio.timeout(budget):
+                walk = await walk_columns(self.client, columns, max_repetitions=reps,
+                                          scalars=SCALARS, max_rows=row_budget(device))
+        except TimeoutError:
+            return self.failed(f"{device.name}: poll stopped after {budget:g} s, its time budget "
+                               "(the agent answers too slowly, or its tables never end)", clock())
         except SnmpError as exc:
-            return Batch(checks=[CheckResult(device.name, "snmp", State.CRITICAL, exc.message,
-                                             timestamp=clock())])
-        now = clock()
-        if self.has_hc is None and device.version != "1":
-            self.has_hc = any(tables.get(c) for c in HC_COLUMNS)
-        uptime = scalars.get((*SYS_UPTIME, 0))
-        uptime_ticks = uptime if isinstance(uptime, int) else None
-        interfaces = interfaces_from_tables(tables, device.identity)
-        return self.measure(interfaces, uptime_ticks, now)
+            return self.failed(exc.message, clock())
+        if walk.stopped:
+            return self.failed(f"{device.name}: {walk.stopped}", clock())
+        batch = self.measure(walk, clock())
+        if self.state_dir is not None:
+            await asyncio.to_thread(self.save_state)
+        return batch
+
+    def failed(self, message: str, now: float, state: State = State.CRITICAL) -> Batch:
+        """The device gave no usable poll: say why, and its known interfaces are unknown."""
+        batch = Batch(checks=[CheckResult(self.device.name, "snmp", state, message, timestamp=now)])
+        for identity in self.known:
+            batch.add(CheckResult(self.device.name, f"if {identity}", State.UNKNOWN,
+                                  f"{identity}: unknown, no usable poll of {self.device.name} "
+                                  "(see its snmp check)", timestamp=now))
+        return batch
 
     def selected(self, iface: Interface) -> bool:
         d = self.device
@@ -215,11 +278,51 @@ class DevicePoller:
             return False
         return d.include_admin_down or iface.admin != 2
 
-    def measure(self, interfaces: list[Interface], uptime_ticks: int | None, now: float) -> Batch:
+    def table_problem(self, walk: Walk, interfaces: list[Interface]) -> tuple[State, str]:
+        """What is wrong with the interface table as walked (OK, "" when nothing)."""
+        count = walk.scalars.get((*IF_NUMBER, 0))
+        if not interfaces:
+            if count == 0 and not walk.ends:
+                return State.OK, ""
+            answers = sorted({walk.ends.get(c, "nothing") for c in (IF_DESCR, IF_OPER)})
+            return State.CRITICAL, (f"{self.device.name} answers sysUpTime but not its interface "
+                                    f"table (IF-MIB ifTable: {', '.join(answers)}"
+                                    f"{f'; ifNumber {count}' if isinstance(count, int) else ''})")
+        disorder = {c: why for c, why in walk.ends.items() if not why.startswith("no")
+                    and not why.startswith("end")}
+        if disorder:
+            why = next(iter(disorder.values()))
+            return State.WARNING, (f"{self.device.name} walked its interface table out of order "
+                                   f"({why}, in {len(disorder)} column(s)); the walk stopped "
+                                   "there, so some interfaces may be missing")
+        return State.OK, ""
+
+    def measure(self, walk: Walk, now: float) -> Batch:
         device = self.device
+        tables = walk.tables
+        uptime = walk.scalars.get((*SYS_UPTIME, 0))
+        uptime_ticks = uptime if isinstance(uptime, int) else None
+        identity = {"sys_object_id": scalar_text(walk.scalars.get((*SYS_OBJECT_ID, 0))),
+                    "sys_name": scalar_text(walk.scalars.get((*SYS_NAME, 0)))}
+        if any(self.identity.get(k, "") not in ("", v) for k, v in identity.items() if v):
+            # Another device now answers at this name: its counters are not the old ones'.
+            log.info("%s: device identity changed (%s -> %s); counter history dropped",
+                     device.name, self.identity, identity)
+            self.state = CounterState(self.interval)
+            self.known.clear()
+        self.identity = identity
+        interfaces = interfaces_from_tables(tables, device.identity)
+        if device.version != "1":
+            indexes = {iface.index for iface in interfaces}
+            self.low_needed = {m for m, (hc, _) in COUNTERS.items() if m in LOW_OF_HC
+                               and indexes - {i[0] for i in tables.get(hc, {}) if len(i) == 1}}
+        problem_state, problem = self.table_problem(walk, interfaces)
         chosen = [i for i in interfaces if self.selected(i)]
-        sample = DeviceSample(now, uptime_ticks, {i.identity: i.sample for i in chosen})
-        rates = self.state.update(sample)
+        if problem_state is State.OK or chosen:
+            sample = DeviceSample(now, uptime_ticks, {i.identity: i.sample for i in chosen})
+            rates = self.state.update(sample)
+        else:
+            rates = None  # keep the last good sample: the next good poll continues from it
         batch = Batch()
         target = device.name
 
@@ -230,7 +333,7 @@ class DevicePoller:
             batch.add(gauge("", "uptime_seconds", uptime_ticks / 100.0, "s"))
         up = 0
         for iface in chosen:
-            per_second = rates.interfaces.get(iface.identity, {})
+            per_second = rates.interfaces.get(iface.identity, {}) if rates else {}
             for metric, rate in per_second.items():
                 batch.add(gauge(iface.identity, metric, rate, "B/s" if "octets" in metric else "/s"))
             if iface.oper is not None:
@@ -241,17 +344,30 @@ class DevicePoller:
                 batch.add(gauge(iface.identity, "speed_bps", iface.speed_bps, "bit/s"))
             up += iface.oper == 1
             batch.add(self.interface_check(iface, per_second, now))
+            self.known[iface.identity] = self.known.get(iface.identity, False) or iface.oper == 1
+        present = {i.identity for i in chosen}
+        if problem_state is not State.OK:
+            for identity in self.known.keys() - present:
+                batch.add(CheckResult(target, f"if {identity}", State.UNKNOWN,
+                                      f"{identity}: unknown, missing from the interface table "
+                                      f"{device.name} returned (see its snmp check)", timestamp=now))
+        else:
+            # A healthy walk is the truth: interfaces no longer there are gone (removed, renamed).
+            for identity in self.known.keys() - present:
+                del self.known[identity]
         uptime_text = (f", up {format_duration(uptime_ticks / 100.0)}"
                        if uptime_ticks is not None else "")
         summary = (f"{device.name}: {len(chosen)} interface(s) polled, {up} up "
                    f"(of {len(interfaces)} on the device){uptime_text}")
-        if rates.rebooted:
+        if problem_state is not State.OK:
+            batch.add(CheckResult(target, "snmp", problem_state, problem, timestamp=now))
+        elif rates is not None and rates.rebooted:
             batch.add(CheckResult(target, "snmp", State.WARNING,
                                   f"{device.name} restarted (sysUpTime went back{uptime_text}); "
                                   "rates of this poll are unknown", timestamp=now))
         else:
             batch.add(CheckResult(target, "snmp", State.OK, summary, timestamp=now))
-        if rates.reason:
+        if rates is not None and rates.reason:
             log.debug("%s: %s", device.name, rates.reason)
         return batch
 
@@ -263,7 +379,10 @@ class DevicePoller:
         if iface.admin == 2:
             return CheckResult(self.device.name, check, State.OK,
                                f"{label} is administratively down", timestamp=now)
-        status = OPER_STATUS.get(iface.oper or 0, f"status {iface.oper}")
+        if iface.oper is None:
+            status = "of unknown status (no ifOperStatus)"
+        else:
+            status = OPER_STATUS.get(iface.oper, f"in status {iface.oper} (not a valid ifOperStatus)")
         if iface.oper == 1:
             traffic = ""
             rin, rout = rates.get("in_octets"), rates.get("out_octets")
@@ -280,17 +399,74 @@ class DevicePoller:
                            f"{self.device.name} interface {label} is {status} (admin up)",
                            timestamp=now)
 
+    # -- counter state on disk: `collect --once` from cron and restarts keep their rates ------
+
+    def state_path(self) -> Path | None:
+        return None if self.state_dir is None else state_file(self.state_dir, self.device.name)
+
+    def save_state(self) -> None:
+        path = self.state_path()
+        last = self.state.last
+        if path is None or last is None:
+            return
+        data = {
+            "format": 1, "host": f"{self.device.host}:{self.device.port}",
+            "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
+            "known": self.known,
+            "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
+                                  "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
+                           for name, i in last.interfaces.items()},
+        }
+        try:
+            atomic_write(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+        except OSError as exc:
+            log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
+
+    def load_state(self) -> None:
+        """The last poll of an earlier run, if it is of this device (the rest is checked by
+        `CounterState`: sysUpTime against the clock, the gap against the interval)."""
+        path = self.state_path()
+        if path is None or not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            identity = {k: str(v) for k, v in data["identity"].items()}
+            interfaces = {
+                str(name): InterfaceSample(
+                    {str(m): Counter(int(v), int(bits)) for m, (v, bits) in i["counters"].items()},
+                    None if i["speed_bps"] is None else float(i["speed_bps"]),
+                    None if i["discontinuity"] is None else int(i["discontinuity"]))
+                for name, i in data["interfaces"].items()}
+            ticks = data["uptime_ticks"]
+            sample = DeviceSample(float(data["time"]), None if ticks is None else int(ticks),
+                                  interfaces)
+            known = {str(k): bool(v) for k, v in data.get("known", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: ignoring unreadable counter state %s: %s", self.device.name, path, exc)
+            return
+        if data.get("host") != f"{self.device.host}:{self.device.port}":
+            log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
+            return
+        self.identity, self.known, self.state.last = identity, known, sample
+
 
 class SnmpCollector:
-    """Polls its devices concurrently, at most `concurrency` at a time, one SNMP engine shared."""
+    """Polls its devices concurrently, at most `concurrency` at a time.
+
+    `batches()` yields each device's results as soon as that device is done (the agent stores
+    and checks them at once); `collect()` waits for all of them. Every device has its own time
+    budget (`poll_budget`, default the interval) and row budget (from its ifNumber), so a
+    device that never ends its walk only stops itself.
+    """
 
     def __init__(self, devices: list[SnmpDevice], interval: float, *, concurrency: int = 32,
-                 name: str = "snmp", clock: Callable[[], float] = time.time) -> None:
+                 name: str = "snmp", clock: Callable[[], float] = time.time,
+                 state_dir: Path | None = None) -> None:
         self.name = name
         self.interval = interval
         self.concurrency = concurrency
         self.clock = clock
-        self.pollers = {d.name: DevicePoller(d, interval) for d in devices}
+        self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
 
     def replace_device(self, device: SnmpDevice) -> None:
@@ -318,23 +494,35 @@ class SnmpCollector:
             poller.client = None
         return engine
 
-    async def collect(self) -> Batch:
+    async def _poll(self, poller: DevicePoller, limit: asyncio.Semaphore) -> Batch:
+        async with limit:
+            try:
+                return await poller.poll(self._engine_for(poller), self.clock)
+            except Exception as exc:  # a bug or a broken agent: report it, poll the others
+                log.exception("%s: SNMP poll failed", poller.device.name)
+                return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
+                                     f"{exc}", self.clock(), State.UNKNOWN)
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Each device's batch as it finishes; devices done while the consumer was busy with
+        the previous batch come together (one store write and status save for many)."""
         limit = asyncio.Semaphore(self.concurrency)
+        pending = {asyncio.ensure_future(self._poll(p, limit)) for p in self.pollers.values()}
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                batch = Batch()
+                for task in done:
+                    batch.add(task.result())
+                yield batch
+        finally:
+            for task in pending:
+                task.cancel()
 
-        async def one(poller: DevicePoller) -> Batch:
-            async with limit:
-                try:
-                    return await poller.poll(self._engine_for(poller), self.clock)
-                except Exception as exc:  # a bug or a broken agent: report it, poll the others
-                    log.exception("%s: SNMP poll failed", poller.device.name)
-                    return Batch(checks=[CheckResult(
-                        poller.device.name, "snmp", State.UNKNOWN,
-                        f"{poller.device.name}: poll failed: {type(exc).__name__}: {exc}",
-                        timestamp=self.clock())])
-
+    async def collect(self) -> Batch:
         batch = Batch()
-        for result in await asyncio.gather(*(one(p) for p in self.pollers.values())):
-            batch.add(result)
+        async for part in self.batches():
+            batch.add(part)
         return batch
 
     def close(self) -> None:
@@ -359,5 +547,6 @@ def build(config: Config) -> list[Collector]:
     out: list[Collector] = []
     for interval, devices in sorted(groups.items(), key=lambda kv: kv[0] != default):
         name = "snmp" if interval == default else f"snmp-{format_duration(interval).replace(' ', '')}"
-        out.append(SnmpCollector(devices, interval, concurrency=config.snmp.concurrency, name=name))
+        out.append(SnmpCollector(devices, interval, concurrency=config.snmp.concurrency, name=name,
+                                 state_dir=config.state_dir / "snmp"))
     return out

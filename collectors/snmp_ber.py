@@ -4,7 +4,9 @@ Why not pysnmp's codec here: pyasn1 decoding costs ~100 µs per varbind, which c
 6-9k varbinds per CPU-second; interface polling is almost all integers and short strings, which
 this decoder reads in a few µs. SNMPv3 (USM: keys, digests, encryption, engine discovery) stays
 with pysnmp. Only what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
-Malformed input raises `BerError`, never anything else.
+Malformed input raises `BerError`, never anything else, and the work per message is bounded:
+an OID has at most 128 sub-identifiers of at most 32 bits (RFC 2578 section 3.5), an integer at
+most 64 bits, so decoding costs time linear in the message size, whatever the peer sends.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ ERROR_STATUS = {
     11: "noCreation", 12: "inconsistentValue", 13: "resourceUnavailable", 14: "commitFailed",
     15: "undoFailed", 16: "authorizationError", 17: "notWritable", 18: "inconsistentName",
 }
+
+
+MAX_OID_ARCS = 128  # RFC 2578 3.5: at most 128 sub-identifiers, each at most 2^32-1
+MAX_ARC = 2**32 - 1
+# Content bytes of a value: INTEGER is 32 bits (signed), Counter32/Gauge32/TimeTicks 32 bits
+# unsigned (plus a leading zero byte), Counter64 64 bits (plus a leading zero byte).
+MAX_INT_BYTES = {0x02: 4, 0x41: 5, 0x42: 5, 0x43: 5, 0x46: 9}
 
 
 class BerError(ValueError):
@@ -133,13 +142,27 @@ def _header(data: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
-def _int(data: bytes, pos: int, end: int) -> int:
-    return int.from_bytes(data[pos:end], "big", signed=True)
+def _int(data: bytes, pos: int, end: int, tag: int = 0x02) -> int:
+    if end - pos > MAX_INT_BYTES[tag]:
+        raise BerError(f"integer of {end - pos} bytes (type 0x{tag:02X} holds at most "
+                       f"{MAX_INT_BYTES[tag]})")
+    if end == pos:
+        raise BerError("integer without content")
+    value = int.from_bytes(data[pos:end], "big", signed=tag == 0x02)
+    if tag != 0x02 and value >> (64 if tag == 0x46 else 32):
+        raise BerError(f"value {value} out of range for type 0x{tag:02X}")
+    return value
 
 
 def decode_oid(body: bytes) -> Oid:
     if not body:
         raise BerError("empty OID")
+    # A sub-identifier takes at most 5 bytes: longer bodies cannot be a legal OID, and refusing
+    # them first keeps a hostile 60 KB OID from costing more than a few microseconds.
+    if len(body) > 5 * MAX_OID_ARCS:
+        raise BerError(f"OID of {len(body)} bytes (more than {MAX_OID_ARCS} sub-identifiers)")
+    if body[-1] & 0x80:
+        raise BerError("OID ends inside a sub-identifier (dangling continuation byte)")
     first = body[0]
     if first < 40:
         arcs = [0, first]
@@ -151,9 +174,16 @@ def decode_oid(body: bytes) -> Oid:
     for b in body[1:]:
         if b & 0x80:
             arc = (arc << 7) | (b & 0x7F)
+            if arc > MAX_ARC:
+                raise BerError("OID sub-identifier above 2^32-1")
         else:
-            arcs.append((arc << 7) | b)
+            arc = (arc << 7) | b
+            if arc > MAX_ARC:
+                raise BerError("OID sub-identifier above 2^32-1")
+            arcs.append(arc)
             arc = 0
+    if len(arcs) > MAX_OID_ARCS:
+        raise BerError(f"OID with {len(arcs)} sub-identifiers (more than {MAX_OID_ARCS})")
     return tuple(arcs)
 
 
@@ -204,10 +234,8 @@ def _decode_response(data: bytes) -> Response:
             raise BerError("bad varbind name")
         oid = decode_oid(data[s:e])
         tag, s, e = _header(data, e)
-        if tag in (0x41, 0x42, 0x43, 0x46):  # Counter32, Gauge32, TimeTicks, Counter64: unsigned
-            value: object = int.from_bytes(data[s:e], "big")
-        elif tag == 0x02:
-            value = _int(data, s, e)
+        if tag in MAX_INT_BYTES:  # INTEGER; Counter32, Gauge32, TimeTicks, Counter64: unsigned
+            value: object = _int(data, s, e, tag)
         elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
             value = data[s:e]
         elif tag == 0x06:

@@ -46,8 +46,9 @@ async def discover(client: Client, host: str, *, name: str | None = None, port: 
     columns = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER]
     if client.version != "1":
         columns.append(HC_IN_OCTETS)
-    tables, _ = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
-                                   progress=progress)
+    walk = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
+                              progress=progress)
+    tables = walk.tables
     indexes = sorted({i[0] for col in tables.values() for i in col if len(i) == 1})
 
     sys_name = text(system.get("name"))

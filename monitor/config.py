@@ -202,6 +202,9 @@ class SnmpDevice:
     alert_down: list[str] = field(default_factory=lambda: ["*"])
     # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).
     max_repetitions: Annotated[int, Range(0, 1000)] = 0
+    # The longest one poll of this device may take (default: its poll interval); a device that
+    # answers too slowly or never ends its tables is stopped there and reported, alone.
+    poll_budget: Annotated[float, DURATION_MARK, Range(0.1, 86400)] | None = None
 
     def validate(self) -> None:
         if self.version == "3" and self.v3 is None:

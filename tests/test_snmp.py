@@ -387,7 +387,7 @@ def test_codec_agrees_with_net_snmp(snmpd):
     async def ours() -> list[int]:
         client = CommunityClient(Endpoint("snmpd", "127.0.0.1", snmpd), "monitor-ro")
         try:
-            tables, _ = await walk_columns(client, [column], max_repetitions=2)
+            tables = (await walk_columns(client, [column], max_repetitions=2)).tables
         finally:
             client.close()
         return list(tables[column].values())
