@@ -395,3 +395,22 @@ def test_codec_agrees_with_net_snmp(snmpd):
     mine = asyncio.run(ours())
     assert len(mine) == len(theirs)
     assert all(0 <= b - a < 10**7 for a, b in zip(theirs, mine, strict=True))  # counters move on
+
+
+@pytest.mark.parametrize("recording, low_only, high", [
+    ("mixed-c2950", ["Fa0/1", "Fa0/24", "Gi0/1"], "Vl1"),
+    ("mixed-c3750", ["StackPort1"], "Gi1/0/1"),
+])
+def test_mixed_64_and_32_bit_interfaces_all_get_traffic(snmpsim, tmp_path, recording, low_only,
+                                                        high):
+    """Real Catalyst recordings where only some interfaces have ifHC* counters: every interface
+    gets its traffic, from the 64-bit columns where it has them and the 32-bit ones elsewhere."""
+    run = Run(tmp_path, [device("cat", snmpsim, f"{recording}-t0", include_admin_down=True)])
+    run.poll(0)  # learns which interfaces lack 64-bit counters
+    run.poll(1, cat=f"{recording}-t1")
+    for name in [*low_only, high]:
+        assert run.rate("cat", name, "in_octets", 1) == pytest.approx(100), name
+        assert run.rate("cat", name, "out_octets", 1) == pytest.approx(200), name
+    poller = run.collector.pollers["cat"]
+    assert poller.low_needed is not None and "in_octets" in poller.low_needed
+    run.close()

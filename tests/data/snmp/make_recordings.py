@@ -193,7 +193,36 @@ def demo() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Real recordings (snmpsim-data, BSD-2-Clause: data/network/router/cisco-unmarked-0 and
+# data/network/switch/cisco-c3750), cut to the system group, ifNumber, ifTable and ifXTable:
+# Catalyst switches where only some interfaces have 64-bit counters (a 2950 with 64-bit
+# counters on Vl1 only; a 3750 whose StackPort1 and Nu0 have only 32-bit ones).
+MIXED = ("mixed-c2950", "mixed-c3750")
+IN_OCTETS = {f"{IF}.10.": 65, f"{IFX}.6.": 70}
+OUT_OCTETS = {f"{IF}.16.": 65, f"{IFX}.10.": 70}
+
+
+def advanced(recording: str, seconds: int = 60) -> str:
+    """The next poll of a real recording: uptime + `seconds`, every interface's in/out octet
+    counter (32 and 64 bits) + 100 / 200 bytes per second, wrapping as the device would."""
+    out = []
+    for line in recording.splitlines():
+        oid, kind, value = line.split("|", 2)
+        if oid == f"{SYS}.3.0":
+            value = str((int(value) + 100 * seconds) % 2**32)
+        for columns, rate in ((IN_OCTETS, 100), (OUT_OCTETS, 200)):
+            for prefix, tag in columns.items():
+                if oid.startswith(prefix) and kind == str(tag):
+                    bits = 32 if tag == 65 else 64
+                    value = str((int(value) + rate * seconds) % 2**bits)
+        out.append(f"{oid}|{kind}|{value}")
+    return "\n".join(out) + "\n"
+
+
 def main() -> None:
+    for name in MIXED:
+        t0 = (HERE / f"{name}-t0.snmprec").read_text()
+        (HERE / f"{name}-t1.snmprec").write_text(advanced(t0))
     files: dict[str, str] = {}
     for t in (0, 1):
         files[f"router-t{t}"] = router(t)
