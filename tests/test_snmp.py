@@ -414,3 +414,74 @@ def test_mixed_64_and_32_bit_interfaces_all_get_traffic(snmpsim, tmp_path, recor
     poller = run.collector.pollers["cat"]
     assert poller.low_needed is not None and "in_octets" in poller.low_needed
     run.close()
+
+
+def poll_once(tmp_path: Path, dev: SnmpDevice, at: float) -> Batch:
+    """One run of a fresh collector (as `monitor collect --once` from cron would make)."""
+    collector = SnmpCollector([dev], STEP, clock=Clock(at), state_dir=tmp_path / "state")
+    try:
+        return asyncio.run(collector.collect())
+    finally:
+        collector.close()
+
+
+def rate_of(batch: Batch, instance: str, metric: str = "in_octets") -> float | None:
+    values = [m.value for m in batch.measurements if m.instance == instance and m.metric == metric]
+    assert values, f"no {metric} of {instance}"
+    return values[0]
+
+
+def test_counter_state_survives_the_process(snmpsim, tmp_path):
+    """cron-style runs: each a new process; the second one has rates from the first's state."""
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    files = list((tmp_path / "state").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"
+    assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+    second = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + STEP)
+    assert rate_of(second, "eth0") == pytest.approx(10_000)
+    assert check(second, "edge", "snmp").state is State.OK
+
+
+def test_foreign_or_stale_counter_state_never_makes_a_spike(snmpsim, tmp_path):
+    poll_once(tmp_path, device("edge", snmpsim, "renumber-t0"), T0)
+    # Another device now answers under the same name and address (sysName differs; its eth0
+    # and uptime would make a believable 133 Mbit/s): its counters are not the saved ones.
+    other = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + STEP)
+    assert rate_of(other, "eth0") is None
+    assert check(other, "edge", "snmp").state is State.OK
+    # A state from long ago (the same device) is a gap, not a burst.
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    stale = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + 3600)
+    assert rate_of(stale, "eth0") is None
+    # A state file of another host (the device was re-pointed) is not used either.
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    moved = dataclasses.replace(device("edge", snmpsim, "router-t1"), host="localhost")
+    assert rate_of(poll_once(tmp_path, moved, T0 + STEP), "eth0") is None
+    # A damaged state file is ignored (and replaced), not a crash.
+    for path in (tmp_path / "state").iterdir():
+        path.write_text("{not json")
+    assert check(poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0), "edge",
+                 "snmp").state is State.OK
+
+
+def test_collect_once_twice_stores_traffic_from_the_second_run(snmpd, tmp_path):
+    """Two `collect --once` agents (cron, or a SIGHUP reload: a new Agent on the same data_dir)
+    against snmpd's live counters: the second run has rates."""
+    from monitor.agent import Agent
+
+    text = (f'[agent]\ndata_dir = "{tmp_path}"\ninterval = "1m"\n[host]\nenabled = false\n'
+            '[disks]\nenabled = false\n'
+            f'[[snmp.devices]]\nname = "box"\nhost = "127.0.0.1"\nport = {snmpd}\n'
+            'community = "monitor-ro"\ninclude = ["lo"]\n')
+
+    async def run() -> Batch:
+        agent = Agent(parse_config(text, base_dir=tmp_path), only="snmp")
+        try:
+            return await agent.run_collector(agent.collectors[0])
+        finally:
+            await agent.close()
+
+    first = asyncio.run(run())
+    assert rate_of(first, "lo") is None  # nothing to compare with yet
+    second = asyncio.run(run())
+    assert rate_of(second, "lo") is not None and rate_of(second, "lo") >= 0
