@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from collectors.snmp_ber import Missing
 from collectors.snmp_client import (
     Client,
     CommunityClient,
@@ -90,7 +91,10 @@ OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: 
 
 
 def text(value: object) -> str:
-    """A display string from the agent: bytes decoded leniently, control characters dropped."""
+    """A display string from the agent: bytes decoded leniently, control characters dropped;
+    "" for nothing (noSuchObject/noSuchInstance/endOfMibView are not names)."""
+    if value is None or isinstance(value, Missing):
+        return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     if not isinstance(value, str):

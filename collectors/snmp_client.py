@@ -281,6 +281,7 @@ class UsmClient:
         self.endpoint = endpoint
         self.engine = engine
         self.user = user
+        self.auth_protocol, self.priv_protocol = auth_protocol, priv_protocol
         self.auth = auth.UsmUserData(
             user,
             authKey=auth_key if auth_protocol != "none" else None,
@@ -293,6 +294,18 @@ class UsmClient:
 
     def close(self) -> None:
         pass
+
+    def too_low(self) -> str:
+        """authorizationError: the agent's access rule (VACM) wants more than we offer."""
+        level = ("authPriv" if self.priv_protocol != "none" else
+                 "authNoPriv" if self.auth_protocol != "none" else "noAuthNoPriv")
+        need = {"noAuthNoPriv": "authNoPriv or authPriv: set auth_protocol and auth_key (and "
+                                "priv_protocol and priv_key for authPriv)",
+                "authNoPriv": "authPriv: set priv_protocol and priv_key as on the device",
+                "authPriv": "read access to the IF-MIB: the device's access rule (VACM view) for "
+                            "this user does not allow it"}[level]
+        return (f"{self.endpoint.where} refused user {self.user!r} at security level {level} "
+                f"(authorizationError): it needs {need}")
 
     async def _call(self, kind: str, oids: Sequence[Oid], non_repeaters: int = 0,
                     max_repetitions: int = 0) -> Varbinds:
@@ -329,8 +342,11 @@ class UsmClient:
         if indication:
             raise _v3_error(self.endpoint, indication, self.user)
         if status:
-            raise SnmpError("error", f"{self.endpoint.where} answered {status.prettyPrint()} "
-                                     f"(error index {int(index)})", status.prettyPrint(), int(index))
+            name = status.prettyPrint()
+            if name == "authorizationError":
+                raise SnmpError("auth", self.too_low(), name, int(index))
+            raise SnmpError("error", f"{self.endpoint.where} answered {name} "
+                                     f"(error index {int(index)})", name, int(index))
         return [(tuple(name), _from_pysnmp(value)) for name, value in varbinds]
 
     async def get(self, oids: Sequence[Oid]) -> Varbinds:

@@ -485,3 +485,34 @@ def test_collect_once_twice_stores_traffic_from_the_second_run(snmpd, tmp_path):
     assert rate_of(first, "lo") is None  # nothing to compare with yet
     second = asyncio.run(run())
     assert rate_of(second, "lo") is not None and rate_of(second, "lo") >= 0
+
+
+def test_v3_security_level_too_low_says_which_is_needed(snmpd):
+    """snmpd allows the user only with privacy (rouser ... priv): asking with auth only gets
+    authorizationError, which must say what to configure."""
+    v3 = SnmpV3Config(user=SNMPD_USER, auth_protocol="sha256", auth_key=AUTH_KEY)
+    collector = SnmpCollector([SnmpDevice(name="core", host="127.0.0.1", port=snmpd, version="3",
+                                          v3=v3, timeout=1.0, retries=0)], STEP)
+    batch = asyncio.run(collector.collect())
+    collector.close()
+    message = check(batch, "core", "snmp").message
+    assert "security level authNoPriv" in message and "needs authPriv" in message, message
+    assert "priv_protocol" in message
+
+
+def test_words_for_odd_devices(snmpsim, tmp_path):
+    """No sysName: discover names the device by its host. ifOperStatus missing or invalid: the
+    check says so in words, not "status None" / "status 0"."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(snmpsim),
+         "--community", "odd", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert tomllib.loads(out.stdout)["snmp"]["devices"][0]["name"] == "127.0.0.1"
+    assert "noSuch" not in out.stdout
+    run = Run(tmp_path, [device("odd", snmpsim, "odd")])
+    batch = run.poll(0)
+    run.close()
+    eth1, eth2 = check(batch, "odd", "if eth1").message, check(batch, "odd", "if eth2").message
+    assert "status 0 (not a valid ifOperStatus)" in eth1 and "None" not in eth2
+    assert "no ifOperStatus" in eth2

@@ -219,6 +219,14 @@ def advanced(recording: str, seconds: int = 60) -> str:
     return "\n".join(out) + "\n"
 
 
+def odd() -> str:
+    """A device without sysName, whose eth1 reports ifOperStatus 0 and eth2 none at all."""
+    lines = device("odd-box", 100000, [dict(index=1, name="eth0"), dict(index=2, name="eth1", oper=0),
+                                       dict(index=3, name="eth2")]).splitlines()
+    return "\n".join(line for line in lines
+                     if not line.startswith((f"{SYS}.5.0|", f"{IF}.8.3|"))) + "\n"
+
+
 def main() -> None:
     for name in MIXED:
         t0 = (HERE / f"{name}-t0.snmprec").read_text()
@@ -234,6 +242,7 @@ def main() -> None:
         files[f"uptimewrap-t{t}"] = uptime_wrap(t)
     for t in (0, 1, 2):
         files[f"reboot-t{t}"] = reboot(t)
+    files["odd"] = odd()
     for name, content in files.items():
         (HERE / f"{name}.snmprec").write_text(content)
     # The demo's router ships with the project, not with the tests.
