@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
+import ipaddress
 import json
 import logging
 import re
@@ -36,6 +37,7 @@ from collectors.snmp_client import (
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
+from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
@@ -72,7 +74,7 @@ COUNTERS: dict[str, tuple[Oid | None, Oid | None]] = {
     "out_discards": (None, (*IF, 19)),
     "out_errors": (None, (*IF, 20)),
 }
-DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER,
+DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER,
                IF_DISCONTINUITY]
 HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
@@ -85,6 +87,85 @@ LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not 
 # hidden sub-interfaces), never thousands more.
 ROW_SLACK = 256
 ROWS_WITHOUT_IFNUMBER = 20_000
+
+# The slow-changing part of a device (MAC and IP addresses per interface): walked on the first
+# poll and then once an hour, like LibreNMS' discovery, not every poll.
+IF_PHYS_ADDRESS = (*IF, 6)
+IP_AD_ENT_IF_INDEX, IP_AD_ENT_NETMASK = (1, 3, 6, 1, 2, 1, 4, 20, 1, 2), (1, 3, 6, 1, 2, 1, 4, 20, 1, 3)
+IP_ADDRESS_IF_INDEX, IP_ADDRESS_PREFIX = (1, 3, 6, 1, 2, 1, 4, 34, 1, 3), (1, 3, 6, 1, 2, 1, 4, 34, 1, 5)
+INVENTORY = [IF_PHYS_ADDRESS, IP_AD_ENT_IF_INDEX, IP_AD_ENT_NETMASK, IP_ADDRESS_IF_INDEX,
+             IP_ADDRESS_PREFIX]
+INVENTORY_INTERVAL = 3600.0
+
+# LibreNMS' port description convention: "Transit: ExampleNet (notes) [10G] {CID-42}".
+PORT_GROUPS = ("cust", "transit", "peering", "core")
+_PORT_DESCRIPTION = re.compile(r"^\s*(?P<group>[A-Za-z]+)\s*:\s*(?P<name>[^\[{(]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class PortDescription:
+    """What an ifAlias in LibreNMS style says: group (cust, transit, peering, core), the
+    other side's name, and the optional (notes), [speed] and {circuit id}."""
+
+    group: str
+    name: str
+    notes: str = ""
+    speed: str = ""
+    circuit: str = ""
+
+
+def parse_port_description(alias: str) -> PortDescription | None:
+    match = _PORT_DESCRIPTION.match(alias)
+    if match is None or match["group"].lower() not in PORT_GROUPS:
+        return None
+
+    def part(opening: str, closing: str) -> str:
+        found = re.search(re.escape(opening) + r"([^" + re.escape(closing) + r"]*)"
+                          + re.escape(closing), alias)
+        return found.group(1).strip() if found else ""
+
+    return PortDescription(match["group"].lower(), match["name"].strip(), part("(", ")"),
+                           part("[", "]"), part("{", "}"))
+
+
+def mac_text(value: object) -> str:
+    """ifPhysAddress as aa:bb:cc:dd:ee:ff ("" for none)."""
+    if not isinstance(value, bytes) or not value.strip(b"\x00"):
+        return ""
+    return ":".join(f"{b:02x}" for b in value)
+
+
+def addresses_by_ifindex(tables: dict[Oid, dict[Oid, object]]) -> dict[int, list[str]]:
+    """Interface addresses ("192.0.2.1/24", "2001:db8::1/64") per ifIndex, from the IP-MIB's
+    ipAddressTable (v4 and v6) and the older ipAddrTable (v4 only), without duplicates."""
+    found: dict[int, set[str]] = {}
+    masks = tables.get(IP_AD_ENT_NETMASK, {})
+    for index, if_index in tables.get(IP_AD_ENT_IF_INDEX, {}).items():
+        if len(index) != 4 or not isinstance(if_index, int):
+            continue
+        mask = masks.get(index)
+        try:
+            address = ipaddress.IPv4Address(bytes(index))
+            prefix = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if isinstance(mask, str) else 32
+        except ValueError:
+            continue
+        found.setdefault(if_index, set()).add(f"{address}/{prefix}")
+    prefixes = tables.get(IP_ADDRESS_PREFIX, {})
+    for index, if_index in tables.get(IP_ADDRESS_IF_INDEX, {}).items():
+        # index: address type (1 ipv4, 2 ipv6), length, the address bytes
+        if len(index) < 2 or index[0] not in (1, 2) or len(index) != 2 + index[1]:
+            continue
+        if not isinstance(if_index, int) or any(not 0 <= b < 256 for b in index[2:]):
+            continue
+        try:
+            address = ipaddress.ip_address(bytes(index[2:]))
+        except ValueError:
+            continue
+        pointer = prefixes.get(index)
+        full = 32 if address.version == 4 else 128
+        prefix = pointer[-1] if isinstance(pointer, tuple) and len(pointer) > 1 else full
+        found.setdefault(if_index, set()).add(f"{address}/{prefix if 0 <= prefix <= full else full}")
+    return {i: sorted(a, key=lambda t: (":" in t, t)) for i, a in found.items()}
 
 OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
                7: "lowerLayerDown"}
@@ -122,6 +203,7 @@ class Interface:
     admin: int | None
     oper: int | None
     sample: InterfaceSample
+    if_type: int | None = None
 
 
 def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) -> list[Interface]:
@@ -166,11 +248,12 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
             if isinstance(value, int):
                 counters[metric] = Counter(value, 32)
         disc = get(IF_DISCONTINUITY)
-        admin, oper = get(IF_ADMIN), get(IF_OPER)
+        admin, oper, if_type = get(IF_ADMIN), get(IF_OPER), get(IF_TYPE)
         out.append(Interface(
             index, ident, name, descr, alias, speed,
             admin if isinstance(admin, int) else None, oper if isinstance(oper, int) else None,
             InterfaceSample(counters, speed, disc if isinstance(disc, int) else None),
+            if_type if isinstance(if_type, int) else None,
         ))
     return out
 
@@ -224,9 +307,19 @@ class DevicePoller:
     identity: dict[str, str] = field(default_factory=dict)  # sysObjectID, sysName
     client: Client | None = None
     loaded: bool = False
+    # ifIndex -> (MAC, addresses), from the inventory walk; when it was last walked.
+    inventory: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
+    inventory_at: float | None = None
+    # Per interface identity: group/description/MAC/addresses (the port index, saved with the
+    # counter state for the site and digests to read: see `read_port_index`).
+    ports: dict[str, dict[str, object]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
+
+    @property
+    def skip_types(self) -> set[int]:
+        return {IF_TYPES[t] for t in self.device.skip_types}
 
     def columns(self) -> list[Oid]:
         if self.device.version == "1":
@@ -252,6 +345,9 @@ class DevicePoller:
             async with asyncio.timeout(budget):
                 walk = await walk_columns(self.client, columns, max_repetitions=reps,
                                           scalars=SCALARS, max_rows=row_budget(device))
+                if not walk.stopped and (self.inventory_at is None
+                                         or clock() - self.inventory_at >= INVENTORY_INTERVAL):
+                    await self.walk_inventory(walk, clock())
         except TimeoutError:
             return self.failed(f"{device.name}: poll stopped after {budget:g} s, its time budget "
                                "(the agent answers too slowly, or its tables never end)", clock())
@@ -264,6 +360,20 @@ class DevicePoller:
             await asyncio.to_thread(self.save_state)
         return batch
 
+    async def walk_inventory(self, walk: Walk, now: float) -> None:
+        """MAC and IP addresses per ifIndex; a device without the IP-MIB just has none."""
+        assert self.client is not None
+        try:
+            inventory = await walk_columns(self.client, INVENTORY, max_repetitions=25,
+                                           max_rows=2 * row_budget(self.device)(walk.scalars))
+        except SnmpError as exc:
+            log.debug("%s: no interface addresses: %s", self.device.name, exc.message)
+            return
+        addresses = addresses_by_ifindex(inventory.tables)
+        macs = {i[0]: mac_text(v) for i, v in inventory.tables[IF_PHYS_ADDRESS].items() if len(i) == 1}
+        self.inventory = {i: (macs.get(i, ""), addresses.get(i, [])) for i in macs.keys() | addresses}
+        self.inventory_at = now
+
     def failed(self, message: str, now: float, state: State = State.CRITICAL) -> Batch:
         """The device gave no usable poll: say why, and its known interfaces are unknown."""
         batch = Batch(checks=[CheckResult(self.device.name, "snmp", state, message, timestamp=now)])
@@ -273,12 +383,14 @@ class DevicePoller:
                                   "(see its snmp check)", timestamp=now))
         return batch
 
-    def selected(self, iface: Interface) -> bool:
+    def selected(self, iface: Interface, skip_types: set[int]) -> bool:
         d = self.device
         names = {iface.identity, iface.name, iface.descr} - {""}
         if d.include and not any(fnmatch.fnmatchcase(n, p) for n in names for p in d.include):
             return False
         if any(fnmatch.fnmatchcase(n, p) for n in names for p in d.exclude):
+            return False
+        if iface.if_type is not None and iface.if_type in skip_types:
             return False
         return d.include_admin_down or iface.admin != 2
 
@@ -321,7 +433,8 @@ class DevicePoller:
             self.low_needed = {m for m, (hc, _) in COUNTERS.items() if m in LOW_OF_HC
                                and indexes - {i[0] for i in tables.get(hc, {}) if len(i) == 1}}
         problem_state, problem = self.table_problem(walk, interfaces)
-        chosen = [i for i in interfaces if self.selected(i)]
+        skip = self.skip_types
+        chosen = [i for i in interfaces if self.selected(i, skip)]
         if problem_state is State.OK or chosen:
             sample = DeviceSample(now, uptime_ticks, {i.identity: i.sample for i in chosen})
             rates = self.state.update(sample)
@@ -350,6 +463,7 @@ class DevicePoller:
             batch.add(self.interface_check(iface, per_second, now))
             self.known[iface.identity] = self.known.get(iface.identity, False) or iface.oper == 1
         present = {i.identity for i in chosen}
+        self.ports = {i.identity: self.port_entry(i) for i in chosen} if chosen else self.ports
         if problem_state is not State.OK:
             for identity in self.known.keys() - present:
                 batch.add(CheckResult(target, f"if {identity}", State.UNKNOWN,
@@ -375,6 +489,19 @@ class DevicePoller:
             log.debug("%s: %s", device.name, rates.reason)
         return batch
 
+    def port_entry(self, iface: Interface) -> dict[str, object]:
+        described = parse_port_description(iface.alias)
+        mac, addresses = self.inventory.get(iface.index, ("", []))
+        return {
+            "name": iface.name, "descr": iface.descr, "alias": iface.alias,
+            "type": if_type_name(iface.if_type), "speed_bps": iface.speed_bps,
+            "group": described.group if described else "",
+            "description": described.name if described else "",
+            "circuit": described.circuit if described else "",
+            "notes": described.notes if described else "",
+            "mac": mac, "addresses": addresses,
+        }
+
     def interface_check(self, iface: Interface, rates: dict[str, float | None], now: float) -> CheckResult:
         label = iface.identity + (f" ({iface.alias})" if iface.alias and iface.alias != iface.identity
                                   else "")
@@ -394,13 +521,18 @@ class DevicePoller:
                 traffic = f", in {format_bps(rin * 8)}, out {format_bps(rout * 8)}"
             return CheckResult(self.device.name, check, State.OK, f"{label} up{speed}{traffic}",
                                timestamp=now)
+        # A port that was up and went down is a problem; a port nothing was ever plugged into
+        # is not (unless alert_down names it): a new switch's first poll pages nobody.
+        was_up = self.known.get(iface.identity, False)
         watched = any(fnmatch.fnmatchcase(iface.identity, p) for p in self.device.alert_down)
-        if not watched:
+        if not (was_up or watched):
             return CheckResult(self.device.name, check, State.OK, f"{label} is {status} "
-                               "(not in alert_down)", timestamp=now)
+                               "(never seen up; alert_down names the ports to watch anyway)",
+                               timestamp=now)
         state = State.CRITICAL if iface.oper in (2, 7) else State.WARNING
+        why = "was up before" if was_up else "in alert_down"
         return CheckResult(self.device.name, check, state,
-                           f"{self.device.name} interface {label} is {status} (admin up)",
+                           f"{self.device.name} interface {label} is {status} (admin up, {why})",
                            timestamp=now)
 
     # -- counter state on disk: `collect --once` from cron and restarts keep their rates ------
@@ -416,7 +548,7 @@ class DevicePoller:
         data = {
             "format": 1, "host": f"{self.device.host}:{self.device.port}",
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
-            "known": self.known,
+            "known": self.known, "device": self.device.name, "ports": self.ports,
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
@@ -452,6 +584,9 @@ class DevicePoller:
             log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
             return
         self.identity, self.known, self.state.last = identity, known, sample
+        ports = data.get("ports")
+        if isinstance(ports, dict):
+            self.ports = ports
 
 
 class SnmpCollector:
@@ -540,6 +675,26 @@ class SnmpCollector:
             except Exception:
                 log.debug("closing an SNMP engine failed", exc_info=True)
         self._engines.clear()
+
+
+def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """{device: {interface identity: {group, description, circuit, notes, alias, type, mac,
+    addresses, speed_bps, name, descr}}} as of each device's last poll, for the site and the
+    digests (group: "transit", "peering", "cust", "core" or ""). `state_dir` is the
+    config's state_dir; values are device data: untrusted text, escape it."""
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    directory = state_dir / "snmp"
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            device, ports = data["device"], data["ports"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(device, str) and isinstance(ports, dict):
+            out[device] = ports
+    return out
 
 
 def build(config: Config) -> list[Collector]:

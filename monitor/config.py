@@ -197,9 +197,11 @@ class SnmpDevice:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     include_admin_down: bool = False
-    # Interfaces (shell patterns on the identity) whose oper status "down" is CRITICAL; a down
-    # interface that matches none of them is reported as OK ("down"), e.g. switch access ports.
-    alert_down: list[str] = field(default_factory=lambda: ["*"])
+    # An interface going down is CRITICAL when it was seen up before; these (shell patterns on
+    # the identity) are CRITICAL when down even if never seen up (a new uplink not yet lit).
+    alert_down: list[str] = field(default_factory=list)
+    # Interface types (IANAifType names) not polled: loopbacks, voice and channel sub-layers.
+    skip_types: list[str] = field(default_factory=lambda: list(_default_skip_types()))
     # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).
     max_repetitions: Annotated[int, Range(0, 1000)] = 0
     # The longest one poll of this device may take (default: its poll interval); a device that
@@ -224,6 +226,18 @@ class SnmpDevice:
                 secret = getattr(self.v3, name)
                 if secret is not None and len(secret) < 8:
                     raise Invalid(f"v3.{name}", "SNMPv3 keys must be at least 8 characters")
+        from collectors.snmp_iftypes import IF_TYPES
+
+        unknown = [t for t in self.skip_types if t not in IF_TYPES]
+        if unknown:
+            raise Invalid("skip_types", f"unknown ifType name(s) {', '.join(map(repr, unknown))} "
+                          "(IANAifType names, e.g. softwareLoopback, ethernetCsmacd, l2vlan)")
+
+
+def _default_skip_types() -> list[str]:
+    from collectors.snmp_iftypes import DEFAULT_SKIP_TYPES
+
+    return DEFAULT_SKIP_TYPES
 
 
 @dataclass
