@@ -313,6 +313,8 @@ class DevicePoller:
     # Per interface identity: group/description/MAC/addresses (the port index, saved with the
     # counter state for the site and digests to read: see `read_port_index`).
     ports: dict[str, dict[str, object]] = field(default_factory=dict)
+    # identity -> {"WARNING"/"CRITICAL": since when the interface is above that threshold}
+    busy_since: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
@@ -502,6 +504,29 @@ class DevicePoller:
             "mac": mac, "addresses": addresses,
         }
 
+    def utilisation(self, iface: Interface, rate_in: float | None, rate_out: float | None,
+                    now: float) -> tuple[State, str]:
+        """WARNING/CRITICAL when in or out stayed above its threshold for `utilisation_for`."""
+        d = self.device
+        levels = [(State.CRITICAL, d.utilisation_critical), (State.WARNING, d.utilisation_warning)]
+        if (rate_in is None or rate_out is None or not iface.speed_bps
+                or not any(fnmatch.fnmatchcase(iface.identity, p) for p in d.utilisation_interfaces)):
+            return State.OK, ""
+        percent = 100 * 8 * max(rate_in, rate_out) / iface.speed_bps
+        over = self.busy_since.setdefault(iface.identity, {})
+        result: tuple[State, str] = (State.OK, "")
+        for state, threshold in levels:
+            if not threshold or percent < threshold:
+                over.pop(state.name, None)
+                continue
+            since = over.setdefault(state.name, now)
+            if now - since >= d.utilisation_for and result[0] is State.OK:
+                result = (state, f"; {percent:.0f} % of the link, above {threshold:g} % for "
+                                 f"{format_duration(now - since)}")
+        if not over:
+            del self.busy_since[iface.identity]
+        return result
+
     def interface_check(self, iface: Interface, rates: dict[str, float | None], now: float) -> CheckResult:
         label = iface.identity + (f" ({iface.alias})" if iface.alias and iface.alias != iface.identity
                                   else "")
@@ -519,8 +544,9 @@ class DevicePoller:
             rin, rout = rates.get("in_octets"), rates.get("out_octets")
             if rin is not None and rout is not None:
                 traffic = f", in {format_bps(rin * 8)}, out {format_bps(rout * 8)}"
-            return CheckResult(self.device.name, check, State.OK, f"{label} up{speed}{traffic}",
-                               timestamp=now)
+            state, busy = self.utilisation(iface, rin, rout, now)
+            return CheckResult(self.device.name, check, state,
+                               f"{label} up{speed}{traffic}{busy}", timestamp=now)
         # A port that was up and went down is a problem; a port nothing was ever plugged into
         # is not (unless alert_down names it): a new switch's first poll pages nobody.
         was_up = self.known.get(iface.identity, False)
@@ -549,6 +575,7 @@ class DevicePoller:
             "format": 1, "host": f"{self.device.host}:{self.device.port}",
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
             "known": self.known, "device": self.device.name, "ports": self.ports,
+            "busy_since": self.busy_since,
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
@@ -584,9 +611,15 @@ class DevicePoller:
             log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
             return
         self.identity, self.known, self.state.last = identity, known, sample
-        ports = data.get("ports")
+        ports, busy = data.get("ports"), data.get("busy_since")
         if isinstance(ports, dict):
             self.ports = ports
+        try:
+            if isinstance(busy, dict):
+                self.busy_since = {str(i): {str(k): float(v) for k, v in levels.items()}
+                                   for i, levels in busy.items() if isinstance(levels, dict)}
+        except (TypeError, ValueError, AttributeError):
+            self.busy_since = {}
 
 
 class SnmpCollector:

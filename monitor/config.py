@@ -200,6 +200,13 @@ class SnmpDevice:
     # An interface going down is CRITICAL when it was seen up before; these (shell patterns on
     # the identity) are CRITICAL when down even if never seen up (a new uplink not yet lit).
     alert_down: list[str] = field(default_factory=list)
+    # Utilisation: in or out above this percent of the link speed for `utilisation_for` makes
+    # the interface check WARNING / CRITICAL (0 turns a level off), on the interfaces that
+    # match `utilisation_interfaces`.
+    utilisation_warning: Annotated[float, Range(0, 1000)] = 80.0
+    utilisation_critical: Annotated[float, Range(0, 1000)] = 95.0
+    utilisation_for: Annotated[float, DURATION_MARK, Range(0, 86400 * 7)] = 900.0
+    utilisation_interfaces: list[str] = field(default_factory=lambda: ["*"])
     # Interface types (IANAifType names) not polled: loopbacks, voice and channel sub-layers.
     skip_types: list[str] = field(default_factory=lambda: list(_default_skip_types()))
     # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).

@@ -572,3 +572,29 @@ def test_discover_lists_macs_addresses_groups_and_skipped_types(snmpsim):
     assert "transit" in eth0
     lo = next(line for line in out.stdout.splitlines() if line.startswith("#   lo "))
     assert "skipped (softwareLoopback)" in lo
+
+
+def test_utilisation_alerting_without_a_rule():
+    """In or out above utilisation_warning/_critical percent of the link for utilisation_for."""
+    from collectors.snmp import DevicePoller, Interface
+    from collectors.snmp_counters import InterfaceSample
+
+    dev = SnmpDevice(name="edge", host="192.0.2.1", utilisation_for=600.0,
+                     utilisation_interfaces=["wan*"])
+    poller = DevicePoller(dev, 300)
+    wan = Interface(1, "wan0", "wan0", "", "", 1e9, 1, 1, InterfaceSample({}))
+    lan = Interface(2, "lan0", "lan0", "", "", 1e9, 1, 1, InterfaceSample({}))
+    full = 0.97e9 / 8  # bytes per second: 97 % of 1 Gbit/s
+    states = [poller.interface_check(wan, {"in_octets": full, "out_octets": 0}, t).state
+              for t in (0, 300, 600, 900)]
+    assert states == [State.OK, State.OK, State.CRITICAL, State.CRITICAL]
+    message = poller.interface_check(wan, {"in_octets": full, "out_octets": 0}, 900).message
+    assert "97 % of the link, above 95 % for 15m" in message, message
+    # Back to 85 %: WARNING only once that lasted utilisation_for (its timer ran since t=0).
+    assert poller.interface_check(wan, {"in_octets": 0.85e9 / 8, "out_octets": 0}, 1200).state \
+        is State.WARNING
+    assert poller.interface_check(wan, {"in_octets": 1e6, "out_octets": 0}, 1500).state is State.OK
+    assert not poller.busy_since
+    # Interfaces not in utilisation_interfaces are never judged by load.
+    assert poller.interface_check(lan, {"in_octets": full, "out_octets": full}, 5000).state \
+        is State.OK
