@@ -11,6 +11,7 @@ most 64 bits, so decoding costs time linear in the message size, whatever the pe
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 Oid = tuple[int, ...]
@@ -154,6 +155,11 @@ def _int(data: bytes, pos: int, end: int, tag: int = 0x02) -> int:
     return value
 
 
+_HIGH_BIT = re.compile(rb"[\x80-\xff]")
+# The first byte of an OID holds its first two arcs (40 x first + second).
+_FIRST_ARCS = tuple((0, b) if b < 40 else (1, b - 40) if b < 80 else (2, b - 80) for b in range(256))
+
+
 def decode_oid(body: bytes) -> Oid:
     if not body:
         raise BerError("empty OID")
@@ -161,6 +167,9 @@ def decode_oid(body: bytes) -> Oid:
     # them first keeps a hostile 60 KB OID from costing more than a few microseconds.
     if len(body) > 5 * MAX_OID_ARCS:
         raise BerError(f"OID of {len(body)} bytes (more than {MAX_OID_ARCS} sub-identifiers)")
+    if body.isascii() and len(body) < MAX_OID_ARCS:
+        # The common case, every sub-identifier below 128: one byte each, read in C.
+        return _FIRST_ARCS[body[0]] + tuple(body[1:])
     if body[-1] & 0x80:
         raise BerError("OID ends inside a sub-identifier (dangling continuation byte)")
     first = body[0]
@@ -170,8 +179,13 @@ def decode_oid(body: bytes) -> Oid:
         arcs = [1, first - 40]
     else:
         arcs = [2, first - 80]
+    # The one-byte sub-identifiers before the first long one (a table column's OID, before
+    # an ifIndex of 128 or more) in C; the rest byte by byte.
+    high = _HIGH_BIT.search(body, 1)
+    start = len(body) if high is None else high.start()
+    arcs.extend(body[1:start])
     arc = 0
-    for b in body[1:]:
+    for b in body[start:]:
         if b & 0x80:
             arc = (arc << 7) | (b & 0x7F)
             if arc > MAX_ARC:
@@ -225,17 +239,49 @@ def _decode_response(data: bytes) -> Response:
         raise BerError("no varbind list")
     varbinds: list[tuple[Oid, object]] = []
     append = varbinds.append
+    if list_end > len(data):
+        raise BerError("truncated message")
     while pos < list_end:
-        tag, pos, vb_end = _header(data, pos)
-        if tag != 0x30:
+        # Short lengths (all of a poller's varbinds) are read inline: this loop is the poller's
+        # hot path. Long ones go through _header.
+        if data[pos] != 0x30:
             raise BerError("bad varbind")
-        tag, s, e = _header(data, pos)
-        if tag != 0x06:
+        n = data[pos + 1]
+        if n < 0x80:
+            vb_start, vb_end = pos + 2, pos + 2 + n
+        else:
+            _, vb_start, vb_end = _header(data, pos)
+        if vb_end > list_end:
+            raise BerError("varbind beyond its list")
+        if data[vb_start] != 0x06:
             raise BerError("bad varbind name")
-        oid = decode_oid(data[s:e])
-        tag, s, e = _header(data, e)
-        if tag in MAX_INT_BYTES:  # INTEGER; Counter32, Gauge32, TimeTicks, Counter64: unsigned
-            value: object = _int(data, s, e, tag)
+        n = data[vb_start + 1]
+        if n < 0x80:
+            s, e = vb_start + 2, vb_start + 2 + n
+        else:
+            _, s, e = _header(data, vb_start)
+        body = data[s:e]
+        if body.isascii() and 0 < len(body) < MAX_OID_ARCS:  # decode_oid's fast path, inline
+            oid = _FIRST_ARCS[body[0]] + tuple(body[1:])
+        else:
+            oid = decode_oid(body)
+        n = data[e + 1] if e + 1 < vb_end else 0x80
+        if n < 0x80:
+            tag, s, e = data[e], e + 2, e + 2 + n
+        else:
+            tag, s, e = _header(data, e)
+        if e > vb_end:
+            raise BerError("value beyond its varbind")
+        limit = MAX_INT_BYTES.get(tag)
+        if limit is not None:  # INTEGER; Counter32, Gauge32, TimeTicks, Counter64: unsigned
+            if not 0 < e - s <= limit:
+                _int(data, s, e, tag)  # raises the precise error
+            if tag == 0x02:
+                value: object = int.from_bytes(data[s:e], "big", signed=True)
+            else:
+                value = int.from_bytes(data[s:e], "big")
+                if value >> (64 if tag == 0x46 else 32):
+                    _int(data, s, e, tag)
         elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
             value = data[s:e]
         elif tag == 0x06:

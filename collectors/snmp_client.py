@@ -367,11 +367,6 @@ Client = CommunityClient | UsmClient
 # -- walking -----------------------------------------------------------------------------------
 
 
-def _in_column(oid: Oid, column: Oid) -> bool:
-    n = len(column)
-    return len(oid) > n and oid[:n] == column
-
-
 @dataclass
 class Walk:
     """What a table walk read, and how it ended.
@@ -447,22 +442,27 @@ async def walk_columns(
         width = len(active)
         done: set[Oid] = set()
         advanced = False
-        for i, (oid, value) in enumerate(rest):
-            column = active[i % width]
-            if column in done:
-                continue
-            if isinstance(value, Missing) or not _in_column(oid, column) or oid <= cursor[column]:
-                done.add(column)
-                if isinstance(value, Missing):
-                    walk.ends[column] = repr(value)
-                elif oid <= cursor[column]:
-                    what = "repeated OID" if oid == cursor[column] else "OIDs went backwards:"
-                    walk.ends[column] = f"{what} {dotted(oid)} after {dotted(cursor[column])}"
-                continue
-            tables[column][oid[len(column):]] = value
-            cursor[column] = oid
-            advanced = True
-            if len(tables[column]) > limit:
+        # Column by column (a GETBULK answer interleaves them: row 1 of every column, row 2,
+        # ...): each column's values are every width-th varbind. This loop is the walk's hot
+        # path, so the per-value work is one slice compare, one order compare, one insert.
+        for k, column in enumerate(active):
+            table, n, last = tables[column], len(column), cursor[column]
+            for oid, value in rest[k::width]:
+                if oid[:n] != column or len(oid) == n or oid <= last \
+                        or value.__class__ is Missing:
+                    done.add(column)
+                    if value.__class__ is Missing:
+                        walk.ends[column] = repr(value)
+                    elif oid <= last:
+                        what = "repeated OID" if oid == last else "OIDs went backwards:"
+                        walk.ends[column] = f"{what} {dotted(oid)} after {dotted(last)}"
+                    break
+                table[oid[n:]] = value
+                last = oid
+            if last is not cursor[column]:
+                cursor[column] = last
+                advanced = True
+            if len(table) > limit:
                 walk.stopped = (f"the walk of {dotted(column)} passed {limit} rows (more than the "
                                 "device's interface count allows) and was stopped")
                 return walk

@@ -307,7 +307,8 @@ def test_snmpd_v2c_and_v3(snmpd, tmp_path):
 
     async def twice() -> tuple[Batch, Batch]:
         first = await collector.collect()
-        await asyncio.sleep(0.05)
+        # lo reports 10 Mbit/s: the polls' own traffic over 50 ms would exceed it (dropped).
+        await asyncio.sleep(1.0)
         return first, await collector.collect()
 
     first, second = asyncio.run(twice())
