@@ -280,6 +280,9 @@ def main() -> int:
     global DEVICES
     if "--devices" in sys.argv:
         DEVICES = int(sys.argv[sys.argv.index("--devices") + 1])
+    # --only efficiency (or cycle, v3, mrtg, comma-separated): a part of the run, for iterating
+    parts = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else {
+        "cycle", "v3", "mrtg", "efficiency"}
     for tool in ("ip", "/usr/sbin/snmpd", "snmpbulkwalk", "mrtg", "cfgmaker", "rrdcached"):
         if not shutil.which(tool):
             print(f"needs {tool} (apt-get install iproute2 snmpd snmp mrtg)")
@@ -311,11 +314,14 @@ def main() -> int:
 
         print(f"full cycle: {DEVICES} devices x {IFACES_PER_DEVICE} interfaces, all columns, RRD "
               "updates through rrdcached ...", flush=True)
-        inside("cycle", str(tmp), ",".join(map(str, ports)))
-        print("SNMPv3 vs v2c CPU per poll of one device ...", flush=True)
-        inside("v3", str(tmp), str(ports[0]), "20")
-        print("MRTG (cfgmaker + LogFormat rrdtool) on one device of 48 interfaces ...", flush=True)
-        inside("mrtg", str(tmp), str(ports[0]))
+        if "cycle" in parts:
+            inside("cycle", str(tmp), ",".join(map(str, ports)))
+        if "v3" in parts:
+            print("SNMPv3 vs v2c CPU per poll of one device ...", flush=True)
+            inside("v3", str(tmp), str(ports[0]), "20")
+        if "mrtg" in parts:
+            print("MRTG (cfgmaker + LogFormat rrdtool) on one device of 48 interfaces ...", flush=True)
+            inside("mrtg", str(tmp), str(ports[0]))
 
         print(f"adding interfaces up to {BIG} for the client efficiency test ...", flush=True)
         add_interfaces(BIG - IFACES_PER_DEVICE, IFACES_PER_DEVICE - 1)
@@ -323,7 +329,8 @@ def main() -> int:
         procs.remove(snmpd)
         snmpd = start_snmpd(tmp, [BASE_PORT])
         procs.append(snmpd)
-        inside("efficiency", str(tmp), str(BASE_PORT), "10")
+        if "efficiency" in parts:
+            inside("efficiency", str(tmp), str(BASE_PORT), "10")
     finally:
         for p in procs:
             stop(p)
@@ -332,43 +339,55 @@ def main() -> int:
 
     print()
     print("== SNMP benchmark (2 shared cores: figures are noisy) ==")
-    vb, cpu, reps = results["ours"]
-    ours_rate = int(vb) / float(cpu)
-    nvb, ncpu = results["netsnmp"]
-    net_rate = int(nvb) / max(float(ncpu), 1e-6)
-    pvb, pcpu = results["pysnmp"]
-    py_rate = int(pvb) / max(float(pcpu), 1e-6)
-    print(f"client efficiency, {BIG} interfaces, {len(all_columns())} columns, max-repetitions {reps}:")
-    print(f"  ours            {ours_rate:>10,.0f} varbinds/CPU-s")
-    print(f"  snmpbulkwalk    {net_rate:>10,.0f} varbinds/CPU-s   "
-          f"ours/net-snmp = {ours_rate / net_rate:.2f}x (target >= 1x: "
-          f"{'met' if ours_rate >= net_rate else 'NOT met'})")
-    print(f"  bare pysnmp     {py_rate:>10,.0f} varbinds/CPU-s   ours/pysnmp = {ours_rate / py_rate:.1f}x")
-    walls = []
-    for i in range(3):
-        wall, cpu, values, created, bad, rss = results[f"cycle{i}"]
-        walls.append(float(wall))
-        label = "first (creates RRD files)" if i == 0 else "steady state"
-        print(f"cycle {i} {label}: {DEVICES}x{IFACES_PER_DEVICE}: {float(wall):.2f} s wall, "
-              f"{float(cpu):.2f} s agent CPU ({values} values, {created} files created, "
-              f"{bad} device(s) not OK), peak RSS {rss} MiB")
-    steady = min(walls[1:])
-    print(f"  steady-state cycle {steady:.2f} s (target <= 20 s: {'met' if steady <= 20 else 'NOT met'});"
-          f" first/steady = {walls[0] / steady:.1f}x (target <= 3x: "
-          f"{'met' if walls[0] <= 3 * steady else 'NOT met'}); RSS {results['cycle2'][5]} MiB "
-          f"(target <= 250: {'met' if float(results['cycle2'][5]) <= 250 else 'NOT met'})")
-    v2c, v3 = float(results["v2c"][0]), float(results["v3"][0])
-    print(f"CPU per poll of one 48-interface device: v2c {v2c:.2f} ms, v3 (SHA-256/AES-128) "
-          f"{v3:.2f} ms = {v3 / v2c:.1f}x")
-    targets, mrtg_time = results["mrtg"]
-    per_if_mrtg = float(mrtg_time) / max(int(targets), 1)
-    per_if_ours = steady / (DEVICES * IFACES_PER_DEVICE)
-    ratio = per_if_mrtg / per_if_ours
-    print(f"MRTG: {targets} targets in {float(mrtg_time):.2f} s = {per_if_mrtg * 1000:.2f} ms/interface; "
-          f"ours {per_if_ours * 1000:.3f} ms/interface (all columns + RRD)")
-    print(f"  MRTG/ours = {ratio:.1f}x slower per interface (target >= 5x: "
-          f"{'met' if ratio >= 5 else 'NOT met'})")
+    report(results)
     return 0
+
+
+def report(results: dict[str, list[str]]) -> None:
+    if "ours" in results:
+        vb, cpu, reps = results["ours"]
+        ours_rate = int(vb) / float(cpu)
+        nvb, ncpu = results["netsnmp"]
+        net_rate = int(nvb) / max(float(ncpu), 1e-6)
+        pvb, pcpu = results["pysnmp"]
+        py_rate = int(pvb) / max(float(pcpu), 1e-6)
+        print(f"client efficiency, {BIG} interfaces, {len(all_columns())} columns, "
+              f"max-repetitions {reps}:")
+        print(f"  ours            {ours_rate:>10,.0f} varbinds/CPU-s")
+        print(f"  snmpbulkwalk    {net_rate:>10,.0f} varbinds/CPU-s   "
+              f"ours/net-snmp = {ours_rate / net_rate:.2f}x (target >= 1x: "
+              f"{'met' if ours_rate >= net_rate else 'NOT met'})")
+        print(f"  bare pysnmp     {py_rate:>10,.0f} varbinds/CPU-s   "
+              f"ours/pysnmp = {ours_rate / py_rate:.1f}x")
+    steady = None
+    if "cycle0" in results:
+        walls = []
+        for i in range(3):
+            wall, cpu, values, created, bad, rss = results[f"cycle{i}"]
+            walls.append(float(wall))
+            label = "first (creates RRD files)" if i == 0 else "steady state"
+            print(f"cycle {i} {label}: {DEVICES}x{IFACES_PER_DEVICE}: {float(wall):.2f} s wall, "
+                  f"{float(cpu):.2f} s agent CPU ({values} values, {created} files created, "
+                  f"{bad} device(s) not OK), peak RSS {rss} MiB")
+        steady = min(walls[1:])
+        rss = float(results["cycle2"][5])
+        print(f"  steady-state cycle {steady:.2f} s (target <= 20 s: "
+              f"{'met' if steady <= 20 else 'NOT met'}); first/steady = {walls[0] / steady:.1f}x "
+              f"(target <= 3x: {'met' if walls[0] <= 3 * steady else 'NOT met'}); RSS {rss:.0f} "
+              f"MiB (target <= 250: {'met' if rss <= 250 else 'NOT met'})")
+    if "v2c" in results:
+        v2c, v3 = float(results["v2c"][0]), float(results["v3"][0])
+        print(f"CPU per poll of one 48-interface device: v2c {v2c:.2f} ms, v3 (SHA-256/AES-128) "
+              f"{v3:.2f} ms = {v3 / v2c:.1f}x")
+    if "mrtg" in results and steady is not None:
+        targets, mrtg_time = results["mrtg"]
+        per_if_mrtg = float(mrtg_time) / max(int(targets), 1)
+        per_if_ours = steady / (DEVICES * IFACES_PER_DEVICE)
+        ratio = per_if_mrtg / per_if_ours
+        print(f"MRTG: {targets} targets in {float(mrtg_time):.2f} s = {per_if_mrtg * 1000:.2f} "
+              f"ms/interface; ours {per_if_ours * 1000:.3f} ms/interface (all columns + RRD)")
+        print(f"  MRTG/ours = {ratio:.1f}x slower per interface (target >= 5x: "
+              f"{'met' if ratio >= 5 else 'NOT met'})")
 
 
 def all_columns() -> list:

@@ -91,6 +91,8 @@ def encode_int(n: int) -> bytes:
 def encode_oid(oid: Oid) -> bytes:
     if len(oid) < 2:
         raise ValueError(f"OID {oid} needs at least two arcs")
+    if max(oid[2:], default=0) < 0x80 and 0 <= oid[0] * 40 + oid[1] < 0x80:
+        return _tlv(0x06, bytes((oid[0] * 40 + oid[1], *oid[2:])))  # one byte per arc
     out = bytearray((oid[0] * 40 + oid[1],))
     for arc in oid[2:]:
         if arc < 0x80:
@@ -263,6 +265,10 @@ def _decode_response(data: bytes) -> Response:
         body = data[s:e]
         if body.isascii() and 0 < len(body) < MAX_OID_ARCS:  # decode_oid's fast path, inline
             oid = _FIRST_ARCS[body[0]] + tuple(body[1:])
+        elif (3 <= len(body) < MAX_OID_ARCS and body[-2] >= 0x80 and body[-1] < 0x80
+              and body[:-2].isascii()):
+            # A column and an index of 128 to 16383 (big ifIndex values): the same, inline.
+            oid = _FIRST_ARCS[body[0]] + tuple(body[1:-2]) + (((body[-2] & 0x7F) << 7) | body[-1],)
         else:
             oid = decode_oid(body)
         n = data[e + 1] if e + 1 < vb_end else 0x80
