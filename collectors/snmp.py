@@ -10,6 +10,12 @@ metrics in_octets/out_octets (bytes per second, stored as GAUGE: we computed the
 in/out_{ucast,mcast,bcast}_packets, in/out_{errors,discards} (per second), oper_status and
 admin_status (1 = up, 2 = down), speed_bps; instance "" has uptime_seconds. Checks: "snmp" per
 device, "if <identity>" per interface.
+
+A misbehaving device harms only itself: each poll has a time budget and a row budget, and the
+collector yields each device's batch as soon as it is done (`SnmpCollector.batches`). Counter
+state, the interfaces seen (and seen up) and the port index (`read_port_index`: groups from
+LibreNMS-style descriptions, MAC and IP addresses) are kept per device in [agent] data_dir's
+state/snmp/, so restarts and `collect --once` from cron keep their rates.
 """
 
 from __future__ import annotations
