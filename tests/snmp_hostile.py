@@ -4,6 +4,7 @@ string asks for (one server plays every bad device at once, like snmpsim plays t
 
 endless       a table that never ends (every answer has higher OIDs in every column)
 slow          like endless, each answer 0.2 s late (only a time budget stops it)
+held          like endless, but no answer at all until the test sets `HostileAgent.gate`
 backwards     OIDs that go back inside a column (.5, then .1)
 repeat        the same OID again and again
 endofmib      answers sysUpTime, endOfMibView for every IF-MIB column
@@ -26,7 +27,7 @@ SYS_OBJECT_ID = (1, 3, 6, 1, 2, 1, 1, 2, 0)
 SYS_UPTIME = (1, 3, 6, 1, 2, 1, 1, 3, 0)
 SYS_NAME = (1, 3, 6, 1, 2, 1, 1, 5, 0)
 IF_NUMBER = (1, 3, 6, 1, 2, 1, 2, 1, 0)
-MODES = ("endless", "slow", "backwards", "repeat", "endofmib", "nosuchobject", "bigint",
+MODES = ("endless", "slow", "held", "backwards", "repeat", "endofmib", "nosuchobject", "bigint",
          "hugeoid", "dangling", "garbage", "silence")
 
 
@@ -75,7 +76,7 @@ def scalar(oid: tuple[int, ...], sys_name: bytes) -> bytes:
 def next_row(mode: str, column: tuple[int, ...], cursor: tuple[int, ...], rep: int) -> bytes:
     """One repetition of one column: the varbind the hostile agent returns."""
     index = cursor[len(column)] if len(cursor) > len(column) else 0
-    if mode in ("endless", "slow"):
+    if mode in ("endless", "slow", "held"):
         return varbind((*column, index + rep + 1), counter(1000))
     if mode == "backwards":
         return varbind((*column, 5 if rep % 2 == 0 else 1), counter(1000))
@@ -124,6 +125,9 @@ def answer(data: bytes, rng: random.Random, sys_name: bytes = b"hostile") -> byt
 class HostileAgent(asyncio.DatagramProtocol):
     def __init__(self, sys_name: str = "hostile") -> None:
         self.sys_name = sys_name.encode()
+        self.gate = asyncio.Event()
+        self.held: list[tuple[bytes, tuple[str, int]]] = []
+        self.release: asyncio.Future | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self.rng = random.Random(15)
         self.requests: dict[str, int] = {}
@@ -142,8 +146,18 @@ class HostileAgent(asyncio.DatagramProtocol):
             return
         if mode == "slow":
             asyncio.get_running_loop().call_later(0.2, self._send, reply, addr)
+        elif mode == "held" and not self.gate.is_set():
+            if not self.held:
+                self.release = asyncio.ensure_future(self._release())
+            self.held.append((reply, addr))
         else:
             self.transport.sendto(reply, addr)
+
+    async def _release(self) -> None:
+        await self.gate.wait()
+        for reply, addr in self.held:
+            self._send(reply, addr)
+        self.held.clear()
 
     def _send(self, reply: bytes, addr: tuple[str, int]) -> None:
         if self.transport is not None and not self.transport.is_closing():
