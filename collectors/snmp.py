@@ -721,18 +721,27 @@ class SnmpCollector:
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Each device's batch as it finishes; devices done while the consumer was busy with
-        the previous batch come together (one store write and status save for many)."""
+        the previous batch come together (one store write and status save for many). At most
+        `concurrency` finished batches wait for the consumer: a slow store holds the polls
+        back instead of piling up every device's values in memory."""
         limit = asyncio.Semaphore(self.concurrency)
-        pending = {asyncio.ensure_future(self._poll(p, limit)) for p in self.pollers.values()}
+        ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=self.concurrency)
+
+        async def run(poller: DevicePoller) -> None:
+            await ready.put(await self._poll(poller, limit))
+
+        tasks = [asyncio.ensure_future(run(p)) for p in self.pollers.values()]
         try:
-            while pending:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                batch = Batch()
-                for task in done:
-                    batch.add(task.result())
+            remaining = len(tasks)
+            while remaining:
+                batch = await ready.get()
+                remaining -= 1
+                while remaining and not ready.empty():
+                    batch.add(ready.get_nowait())
+                    remaining -= 1
                 yield batch
         finally:
-            for task in pending:
+            for task in tasks:
                 task.cancel()
 
     async def collect(self) -> Batch:
