@@ -29,8 +29,10 @@ def agent_config(tmp_path: Path, snmpsim_port: int, hostile_port: int, modes=MOD
                      f'community = "{community}"\ntimeout = "1s"\nretries = 1\n')
     for mode in modes:
         # "held" answers only once the test saw the good devices' data: it has all the time.
-        patience = 'timeout = "50s"\npoll_budget = "60s"' if mode == "held" else (
-            'timeout = "1s"\npoll_budget = "2s"')
+        # "slow" answers every request, late: only its poll budget (not a timeout) stops it.
+        patience = {"held": 'timeout = "50s"\npoll_budget = "60s"',
+                    "slow": 'timeout = "10s"\npoll_budget = "2s"'}.get(
+            mode, 'timeout = "1s"\npoll_budget = "2s"')
         lines.append(f'[[snmp.devices]]\nname = "bad-{mode}"\nhost = "127.0.0.1"\n'
                      f'port = {hostile_port}\ncommunity = "{mode}"\nretries = 0\n{patience}\n')
     return "\n".join(lines)
