@@ -6,10 +6,11 @@
 PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev rrdtool rrdcached \
-	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping
+	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping \
+	borgbackup dovecot-lmtpd systemd sudo
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint deps system-deps bench clean
+.PHONY: demo test lint deps system-deps bench clean deb
 
 demo: deps
 	@scripts/demo
@@ -35,8 +36,12 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	@touch $(STAMP)
 
+# The Debian 12 package (dist/monitor_VERSION-1_amd64.deb): see packaging/build-deb.
+deb: system-deps
+	packaging/build-deb
+
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) data .pytest_cache
+	rm -rf $(VENV) data .pytest_cache build dist

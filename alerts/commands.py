@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
+import json
 import signal
 import sqlite3
 import time
@@ -38,6 +40,7 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
                        "outbox and mail the relay refused, and recent alert events.")
     p.add_argument("--history", metavar="DURATION", default="24h",
                    help='show alert events of this period (default "24h"; "0" for none)')
+    p.add_argument("--json", action="store_true", help="print all of it as one JSON object")
     p.set_defaults(handler=with_config(cmd_alerts))
 
     p = sub.add_parser("silence", help="silence alerts for a while (add, list, remove)",
@@ -78,6 +81,10 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
     store = AlertStore(alerts_db_path(config.state_dir))
     states = [s for s in store.load_states().values() if s.problem or s.flapping]
     states.sort(key=lambda s: (-s.severity.severity, s.target, s.label))
+    if args.json:
+        print(json.dumps(alerts_json(config, store, states, now, parse_duration(args.history)),
+                         indent=1))
+        return 0
     print(f"Alerts ({len(states)} active):" if states else "Alerts: none active.")
     for s in states:
         what = s.status.value if s.status is not Status.FIRING else s.severity.name
@@ -119,6 +126,24 @@ def cmd_alerts(config: Config, args: argparse.Namespace) -> int:
         for h in history[-20:]:
             print(f"  {_when(h.at)} {h.kind:<16} {h.severity:<8} {h.target} {h.label}: {h.message}")
     return 0
+
+
+def alerts_json(config: Config, store: AlertStore, states: list, now: float,
+                period: float) -> dict:
+    """What `monitor alerts` prints, for scripts: times are Unix seconds, states by name."""
+    outbox = Outbox(outbox_path(config.state_dir), config.smtp)
+    relay = outbox.relay_state()
+    return {
+        "alerts": [{"rule": s.rule, "target": s.target, "label": s.label,
+                    "status": s.status.value, "severity": s.severity.name, "message": s.message,
+                    "since": s.since, "flapping": s.flapping, "quiet": s.quiet,
+                    "notified": s.notified} for s in states],
+        "silences": [dataclasses.asdict(si) for si in store.silences()],
+        "outbox": {"pending": [dataclasses.asdict(e) for e in outbox.pending()],
+                   "refused": [dataclasses.asdict(e) for e in outbox.failed(20)],
+                   "relay": dataclasses.asdict(relay)},
+        "history": [dataclasses.asdict(h) for h in store.history(now - period)] if period else [],
+    }
 
 
 def cmd_silence_add(config: Config, args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ alerts outbox like every other mail, so a relay outage delays it but never loses
 
 from __future__ import annotations
 
+import bisect
 import io
 import logging
 import math
@@ -25,6 +26,7 @@ from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
 
+from apscheduler.triggers.cron import CronTrigger
 from jinja2 import Environment
 
 from alerts.mail import make_message
@@ -32,15 +34,19 @@ from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
 from monitor.config import Config, Digest
 from monitor.model import State
+from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
-from monitor.store import RrdStore, SeriesInfo
-from monitor.units import format_age, format_bits_per_second
+from monitor.store import RrdStore, Series, SeriesInfo
+from monitor.text import clean
+from monitor.units import format_age, format_bits_per_second, format_bytes, format_duration
 
 log = logging.getLogger("monitor.digest")
 
-WEEK = 7 * 86400.0
 MAX_TRAFFIC = 12
 MAX_SERVICES = 30
+PROBLEM_SECTIONS = {"problems", "backups"}  # the sections whose rows are verdicts
+GRAPHED_MAILBOXES = 5  # the top rows of the mailbox section get a growth graph
+NAME_WIDTH = 60  # an interface, mailbox or list name longer than this is cut in tables
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Section:
     images: list[Image | None] = field(default_factory=list)  # one per row (or empty)
     notes: list[str] = field(default_factory=list)
     empty: str = ""
+    problems: int = 0  # what this section shows as not OK (the subject counts these)
+    totals: dict[str, float] = field(default_factory=dict)  # the section's numbers, unformatted
 
     @property
     def is_empty(self) -> bool:
@@ -72,7 +80,11 @@ class Report:
     start: float
     end: float
     sections: list[Section]
-    problems: int = 0
+
+    @property
+    def problems(self) -> int:
+        """Problems the digest's own sections show (a mailbox digest counts no backup failure)."""
+        return sum(s.problems for s in self.sections)
 
     @property
     def images(self) -> list[Image]:
@@ -83,15 +95,10 @@ class Report:
 
 
 def fmt_bytes(n: float | None) -> str:
+    """IEC bytes (monitor.units), signed: a mailbox or disk may shrink."""
     if n is None:
         return "-"
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
-            return f"{sign}{n:.0f} {unit}" if unit == "B" else f"{sign}{n:.1f} {unit}"
-        n /= 1024
-    return f"{sign}{n:.1f} PiB"
+    return ("-" if n < 0 else "") + format_bytes(abs(n))
 
 
 def fmt_bits(n: float | None) -> str:
@@ -135,11 +142,51 @@ def sparkline(values: list[float | None], alt: str, *, second: list[float | None
     ax.axis("off")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", transparent=False, facecolor="white")
-    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), alt)
+    return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), clean(alt, NAME_WIDTH))
 
 
 def _known(values: list[float | None]) -> list[float]:
     return [v for v in values if v is not None and not math.isnan(v)]
+
+
+# -- the period -----------------------------------------------------------------------------
+
+
+def _latest_fire(trigger: CronTrigger, at: datetime) -> datetime:
+    """The last time the cron trigger fires at or before `at`."""
+    lookback = timedelta(hours=1)
+    while True:
+        fire = trigger.get_next_fire_time(None, at - lookback)
+        if fire is not None and fire <= at:
+            break
+        if lookback > timedelta(days=800):
+            raise ValueError("the schedule never fires")
+        lookback *= 2
+    while True:
+        following = trigger.get_next_fire_time(None, fire + timedelta(seconds=1))
+        if following is None or following > at:
+            return fire
+        fire = following
+
+
+def period_of(schedule: str, now: float) -> tuple[float, float]:
+    """(start, end) of the digest period that ends last at or before `now`: from one scheduled
+    time to the next (daily at 07:00: yesterday 07:00 to today 07:00). Consecutive digests
+    tile time: each one starts where the previous one ended. Every section counts what
+    happened at start <= t < end (RRD rows by their end: start < t <= end)."""
+    trigger = cron_trigger(schedule)
+    end = _latest_fire(trigger, datetime.fromtimestamp(now, trigger.timezone))
+    start = _latest_fire(trigger, end - timedelta(seconds=1))
+    return start.timestamp(), end.timestamp()
+
+
+def _within(series: Series, start: float, end: float) -> tuple[list[int], dict[str, list]]:
+    """The rows of a fetch that belong to (start, end]: rrdtool also returns the row ending
+    one step after `end`, which belongs to the next period."""
+    stamps = series.timestamps
+    keep = [i for i, t in enumerate(stamps) if start < t <= end]
+    return ([stamps[i] for i in keep],
+            {name: [values[i] for i in keep] for name, values in series.columns.items()})
 
 
 # -- building -------------------------------------------------------------------------------
@@ -154,8 +201,7 @@ class DigestBuilder:
         self.clock = clock
 
     def build(self, digest: Digest) -> Report:
-        end = self.clock()
-        start = end - digest.period
+        start, end = period_of(digest.schedule, self.clock())
         self._series = self.store.series()
         sections = []
         for key in digest.sections:
@@ -166,8 +212,7 @@ class DigestBuilder:
                 log.exception("digest %s: section %s failed", digest.name, key)
                 sections.append(Section(key, key.title(), notes=[f"This section could not be "
                                                                   f"built: {exc}"]))
-        problems = sum(1 for s in self.status.all() if s.state is not State.OK)
-        return Report(digest, self.config.agent.hostname, start, end, sections, problems)
+        return Report(digest, self.config.agent.hostname, start, end, sections)
 
     def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE"):
         try:
@@ -201,11 +246,22 @@ class DigestBuilder:
     def section_problems(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("problems", "Current problems", ["state", "since", "check", "message"],
                     empty="None: every check is OK.")
+        # A backup failure is shown once: in "Backup results" when the digest has that section.
+        backups_apart = "backups" in digest.sections
+        apart = 0
         for c in self.status.all():
             if c.state is State.OK:
                 continue
+            if backups_apart and c.target == "backups":
+                apart += 1
+                continue
             s.rows.append([c.state.name, f"{fmt_time(c.since)} ({format_age(end - c.since)})",
-                           f"{c.target} {c.check}", c.message])
+                           clean(f"{c.target} {c.check}", NAME_WIDTH), clean(c.message, 200)])
+        if apart:
+            s.notes.append(f"{apart} backup problem(s): see Backup results.")
+            if not s.rows:
+                s.empty = "None apart from backups."
+        s.problems = len(s.rows)
         return s
 
     def section_alerts(self, digest: Digest, start: float, end: float) -> Section:
@@ -215,11 +271,11 @@ class DigestBuilder:
         if not path.exists():
             s.empty = "No alert history (no alert has been recorded yet)."
             return s
-        store = AlertStore(path)
-        entries = store.history(start, end)
+        entries = AlertStore(path).history(start, end)  # start <= at < end
+        s.totals["alerts"] = len(entries)
         for e in entries[-200:]:
-            s.rows.append([fmt_time(e.at), e.kind, e.severity, f"{e.target} {e.label}".strip(),
-                           e.message])
+            s.rows.append([fmt_time(e.at), e.kind, e.severity,
+                           clean(f"{e.target} {e.label}", NAME_WIDTH), clean(e.message, 200)])
         if len(entries) > 200:
             s.notes.append(f"{len(entries) - 200} older alert(s) of the period not shown.")
         return s
@@ -235,20 +291,26 @@ class DigestBuilder:
             avg = self._fetch(info, start, end)
             if avg is None:
                 continue
-            ins, outs = avg.columns.get("in_octets", []), avg.columns.get("out_octets", [])
+            _, columns = _within(avg, start, end)
+            ins, outs = columns.get("in_octets", []), columns.get("out_octets", [])
             if not _known(ins) and not _known(outs):
                 continue
             peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
-            pin = _known(peak.columns.get("in_octets", [])) if peak else _known(ins)
-            pout = _known(peak.columns.get("out_octets", [])) if peak else _known(outs)
-            total_in = sum(_known(ins)) * avg.step
-            total_out = sum(_known(outs)) * avg.step
+            peaks = _within(peak, start, end)[1] if peak else columns
+            pin = _known(peaks.get("in_octets", []))
+            pout = _known(peaks.get("out_octets", []))
+            total_in = math.fsum(_known(ins)) * avg.step
+            total_out = math.fsum(_known(outs)) * avg.step
             found.append((total_in + total_out, info, ins, outs, total_in, total_out,
                           max(pin, default=None), max(pout, default=None)))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
+        for _, info, _ins, _outs, tin, tout, _pin, _pout in found:
+            name = f"{info.target} {info.instance}".strip()
+            s.totals[f"{name} in"], s.totals[f"{name} out"] = tin, tout
         for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
             p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
-            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(tin), fmt_bytes(tout),
+            s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
+                           fmt_bytes(tin), fmt_bytes(tout),
                            fmt_bits(pin * 8 if pin is not None else None),
                            fmt_bits(pout * 8 if pout is not None else None),
                            fmt_bits(p95_in * 8 if p95_in is not None else None),
@@ -259,29 +321,81 @@ class DigestBuilder:
             s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
         return s
 
+    def _agent_ran(self, start: float, end: float) -> list[tuple[float, float]] | None:
+        """When the agent ran in the period, from its collectors' heartbeats (monitor.agent
+        writes agent "collector NAME" run_seconds every run), as merged (from, to) spans; None
+        when no heartbeat is stored (data of an older version: every sample counts)."""
+        spans: list[tuple[float, float]] = []
+        found = False
+        for info in self._series:
+            if info.target != "agent" or "run_seconds" not in info.metrics:
+                continue
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            found = True
+            stamps, columns = _within(series, start, end)
+            spans += [(t - series.step, t) for t, v in
+                      zip(stamps, columns.get("run_seconds", []), strict=False)
+                      if v is not None and not math.isnan(v)]
+        if not found:
+            return None
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(spans):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        return merged
+
     def section_services(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("services", "Services: availability and response times",
                     ["service", "answered", "average", "max", "now"],
                     empty="No service checks recorded in this period.")
         states = {(c.target, c.check): c for c in self.status.all()}
+        ran = self._agent_ran(start, end)
+        starts = [a for a, _ in ran or []]
+
+        def measured(t: float, step: float) -> bool:
+            """The agent ran during the row (t - step, t]."""
+            if ran is None:
+                return True
+            i = bisect.bisect_left(starts, t) - 1
+            return i >= 0 and ran[i][1] > t - step
+
         for info in self._series:
             if "response_seconds" not in info.metrics or len(s.rows) >= MAX_SERVICES:
                 continue
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            values = series.columns.get("response_seconds", [])
-            known = _known(values)
+            stamps, columns = _within(series, start, end)
+            values = columns.get("response_seconds", [])
             if not values:
                 continue
+            # Availability over the time the check was measured: a sample taken while the
+            # agent was down is no failure of the service.
+            kept = [v for t, v in zip(stamps, values, strict=False)
+                    if measured(t, series.step) or (v is not None and not math.isnan(v))]
+            known = _known(kept)
+            name = f"{info.instance} ({info.target})"
+            s.totals[f"{name} samples"] = len(kept)
+            s.totals[f"{name} answered"] = len(known)
             current = states.get((info.target, info.instance))
-            s.rows.append([f"{info.instance} ({info.target})",
-                           f"{100.0 * len(known) / len(values):.1f}% of samples",
+            s.rows.append([clean(name, NAME_WIDTH),
+                           f"{100.0 * len(known) / len(kept):.1f}% of samples" if kept else
+                           "not measured",
                            f"{sum(known) / len(known):.3f} s" if known else "-",
                            f"{max(known):.3f} s" if known else "-",
                            current.state.name if current else "-"])
             s.images.append(sparkline(values, f"response time {info.instance}")
                             if digest.graphs else None)
+        if ran is not None and s.rows:
+            down = (end - start) - sum(min(b, end) - max(a, start) for a, b in ran)
+            s.totals["agent down seconds"] = down
+            if down >= 60:
+                s.notes.append(f"The agent itself did not run for {format_duration(round(down))} "
+                               "of this period; that time counts against no service.")
         return s
 
     def section_certificates(self, digest: Digest, start: float, end: float) -> Section:
@@ -299,7 +413,7 @@ class DigestBuilder:
             when = date.fromtimestamp(end) + timedelta(days=int(days))
             flag = " (renew!)" if days <= digest.cert_days / 2 else ""
             s.rows.append([when.isoformat(), f"{days:.0f} days{flag}",
-                           f"{info.instance} ({info.target})"])
+                           clean(f"{info.instance} ({info.target})", NAME_WIDTH)])
         if rows and not any(d <= digest.cert_days for d, _ in rows):
             s.notes.append(f"No certificate expires within {digest.cert_days} days.")
         return s
@@ -314,106 +428,118 @@ class DigestBuilder:
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            pct = series.columns.get("used_percent", [])
+            _, columns = _within(series, start, end)
+            pct = columns.get("used_percent", [])
             known = _known(pct)
-            free = _known(series.columns.get("free_bytes", []))
+            free = _known(columns.get("free_bytes", []))
             if not known:
                 written = self._last_written(info, end)
                 if "used_percent" not in written:
                     continue
                 known, pct = [written["used_percent"]], []  # no graph without history
                 free = [written["free_bytes"]] if "free_bytes" in written else free
-            used = _known(series.columns.get("used_bytes", []))
+            used = _known(columns.get("used_bytes", []))
             change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
             rows.append((known[-1], info, pct, free[-1] if free else None, change))
         for last, info, pct, free, change in sorted(rows, key=lambda t: -t[0]):
-            s.rows.append([f"{info.instance[3:]} ({info.target})", f"{last:.0f}%", fmt_bytes(free),
-                           change])
+            s.rows.append([clean(f"{info.instance[3:]} ({info.target})", NAME_WIDTH), f"{last:.0f}%",
+                           fmt_bytes(free), change])
             s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
                             if digest.graphs and pct else None)
         return s
 
     def section_mailboxes(self, digest: Digest, start: float, end: float) -> Section:
-        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages",
-                                                       "week-over-week"],
-                    empty="No mailbox sizes recorded (enable [mailboxes]).")
-        boxes = []
-        domains = []
-        for info in self._series:
-            if info.target != "mailboxes" or "size_bytes" not in info.metrics:
-                continue
-            series = self._fetch(info, end - WEEK - 86400, end)
-            if series is None:
-                continue
-            sizes = series.columns.get("size_bytes", [])
-            stamps = series.timestamps
-            recent = [v for t, v in zip(stamps, sizes, strict=False)
-                      if v is not None and t >= end - 2 * 86400]
-            written = {} if recent else self._last_written(info, end)
-            if not recent and "size_bytes" in written:
-                recent = [written["size_bytes"]]
-            if not recent:
-                continue
-            week_ago = [v for t, v in zip(stamps, sizes, strict=False)
-                        if v is not None and t <= end - WEEK + 3600]
-            messages = _known([v for t, v in zip(stamps, series.columns.get("messages", []),
-                                                  strict=False) if t >= end - 2 * 86400])
-            if not messages and "messages" in written:
-                messages = [written["messages"]]
-            entry = (recent[-1], info.instance, week_ago[-1] if week_ago else None,
-                     messages[-1] if messages else None)
-            if info.instance.startswith("domain:"):
-                domains.append(entry)
-            elif "@" in info.instance:
-                boxes.append(entry)
+        """From the mailboxes collector's history (every mailbox, not only the RRD top): size
+        and messages of the latest scan, quota, week-over-week growth against the size kept
+        for the day a week before; those nearest their quota first."""
+        from collectors.mailboxes import history_path, load_history
 
-        def growth(now_size: float, before: float | None) -> str:
-            if before is None:
-                return "new (no size a week ago)"
-            delta = now_size - before
-            pct = f" ({100 * delta / before:+.0f}%)" if before else ""
+        s = Section("mailboxes", "Biggest mailboxes", ["mailbox", "size", "messages", "quota",
+                                                       "used", "week-over-week"],
+                    empty="No mailbox sizes recorded (enable [mailboxes]).")
+        history = load_history(history_path(self.config.state_dir))
+        if not history.latest:
+            return s
+        today = datetime.fromtimestamp(min(end, history.scanned_at)).date()
+        week_ago = (today - timedelta(days=7)).isoformat()
+        reaches_back = any(day <= week_ago for day in history.days)
+
+        def before(address: str) -> int | None:
+            known = [day for day in history.days if day <= week_ago
+                     and address in history.days[day]]
+            return history.days[max(known)][address] if known else None
+
+        def growth(now_size: float, then: float | None) -> str:
+            if then is None:
+                return "new (no size a week ago)" if reaches_back else "no size a week ago yet"
+            delta = now_size - then
+            pct = f" ({100 * delta / then:+.0f}%)" if then else ""
             return f"{'+' if delta >= 0 else ''}{fmt_bytes(delta)}{pct}"
 
-        for size, name, before, messages in sorted(boxes, key=lambda t: -t[0])[:digest.top]:
-            s.rows.append([name, fmt_bytes(size), f"{messages:.0f}" if messages is not None else "-",
-                           growth(size, before)])
-        if domains:
-            top = sorted(domains, key=lambda t: -t[0])[:10]
+        def fill(size: float, quota: int | None) -> float:
+            return size / quota if quota else -1.0
+
+        ranked = sorted(history.latest.items(),
+                        key=lambda kv: (-fill(kv[1][0], kv[1][2]), -kv[1][0], kv[0]))
+        days = sorted(history.days)
+        for rank, (address, (size, messages, quota)) in enumerate(ranked[:digest.top]):
+            s.rows.append([clean(address, NAME_WIDTH), format_bytes(size), f"{messages}",
+                           format_bytes(quota) if quota else "-",
+                           f"{100 * size / quota:.0f}%" if quota else "-",
+                           growth(size, before(address))])
+            graph = [history.days[d].get(address) for d in days]
+            s.images.append(sparkline(graph, f"size of {address}")
+                            if digest.graphs and rank < GRAPHED_MAILBOXES else None)
+        s.totals = {"mailboxes": len(history.latest),
+                    "bytes": sum(v[0] for v in history.latest.values())}
+        domains: dict[str, list[float]] = {}
+        for address, (size, _, _) in history.latest.items():
+            total = domains.setdefault(address.rpartition("@")[2], [0.0, 0.0, 0.0])
+            then = before(address)
+            total[0] += size
+            total[1] += then or 0
+            total[2] += then is not None
+        if len(domains) > 1:
+            top = sorted(domains.items(), key=lambda kv: (-kv[1][0], kv[0]))[:10]
             s.notes.append("Biggest domains: " + ", ".join(
-                f"{name[7:]} {fmt_bytes(size)} ({growth(size, before)})"
-                for size, name, before, _ in top))
+                f"{clean(name, NAME_WIDTH)} {format_bytes(size)}"
+                f" ({growth(size, then if counted else None)})"
+                for name, (size, then, counted) in top))
+        s.notes.append(f"Sizes of the scan at {fmt_time(history.scanned_at)}: what the messages "
+                       "take in every folder, Trash included; quota from Dovecot's maildirsize.")
         return s
 
     def section_lists(self, digest: Digest, start: float, end: float) -> Section:
-        from collectors.lists import activity, load_state
+        from collectors.lists import activity, load_state, read_logs
 
         s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
                                                        "failed", "subscribers"],
                     empty="No posts to any mailing list in this period.")
         path = self.config.state_dir / "lists.json"
-        if not path.exists():
+        if not path.exists() and not self.config.lists.enabled:
             s.empty = "No list activity recorded (enable [lists])."
             return s
         state = load_state(path)
-        first = datetime.fromtimestamp(start).date() + timedelta(days=1)
-        last = datetime.fromtimestamp(end).date()
-        if digest.period <= 86400:
-            first = last - timedelta(days=1)  # a daily digest covers yesterday and today so far
-        stats = activity(state, first, last)
-        names = sorted(set(stats) | set(state.subscribers))
-        for name in names:
+        if self.config.lists.enabled:
+            # Lines logged since the collector's last run (up to `end`) belong to this period:
+            # read them into this copy (not saved: the collector counts them itself).
+            read_logs(self.config.lists, state, end)
+        stats = activity(state, start, end)
+        for name in sorted(set(stats) | set(state.subscribers)):
             st = stats.get(name)
             subs = state.subscribers.get(name)
-            if st is None and subs is None:
-                continue
-            s.rows.append([name, str(st.posts if st else 0), fmt_bytes(st.bytes if st else 0),
-                           str(len(st.senders) if st else 0),
+            s.rows.append([clean(name, NAME_WIDTH), str(st.posts if st else 0),
+                           fmt_bytes(st.bytes if st else 0), str(len(st.senders) if st else 0),
                            f"{st.failures} ({st.refused} recipients)" if st and st.failures else "0",
                            str(subs) if subs is not None else "-"])
-        if s.rows and not stats:
-            s.notes.append(f"No posts from {first.isoformat()} to {last.isoformat()}.")
-        elif s.rows:
-            s.notes.append(f"Posts from {first.isoformat()} to {last.isoformat()}.")
+        s.totals = {"posts": sum(st.posts for st in stats.values()),
+                    "bytes": sum(st.bytes for st in stats.values()),
+                    "failures": sum(st.failures for st in stats.values())}
+        notices = sum(st.notices for st in stats.values())
+        if s.rows:
+            s.notes.append(f"Posts from {fmt_time(start)} to {fmt_time(end)}"
+                           + (f"; Mailman also sent {notices} notice(s) of its own." if notices
+                              else "."))
         return s
 
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:
@@ -423,19 +549,25 @@ class DigestBuilder:
                     empty="No backup jobs are configured.")
         checks = {c.check[7:]: c for c in self.status.all()
                   if c.target == "backups" and c.check.startswith("backup ")}
+        runs_total = failed_total = 0
         for job in self.config.backups:
             c = checks.get(job.name)
             if c is None:
                 s.rows.append([job.name, "UNKNOWN", "not checked yet"])
             else:
-                s.rows.append([job.name, c.state.name, c.message.removeprefix(f"backup {job.name}: ")])
+                s.rows.append([job.name, c.state.name,
+                               clean(c.message.removeprefix(f"backup {job.name}: "), 400)])
             if job.kind == "wrapper":
                 runs = [r for r in load_runs(self.config.state_dir, job.name)
-                        if r.get("finished") and start <= r["finished"] <= end]
+                        if r.get("finished") and start <= r["finished"] < end]
                 failed = [r for r in runs if r.get("exit_status") != 0]
+                runs_total += len(runs)
+                failed_total += len(failed)
                 if runs:
                     s.notes.append(f"{job.name}: {len(runs)} run(s) in the period, "
                                    f"{len(failed)} failed.")
+        s.problems = sum(1 for row in s.rows if row[1] != "OK")
+        s.totals = {"runs": runs_total, "failed": failed_total}
         return s
 
 
@@ -450,6 +582,8 @@ def subject_of(report: Report) -> str:
     d = report.digest
     day = time.strftime("%Y-%m-%d", time.localtime(report.end))
     base = d.subject or f"[monitor] {d.name} digest for {day}"
+    if not set(d.sections) & PROBLEM_SECTIONS:
+        return base  # a mailbox or traffic report: no verdict on checks it does not show
     return base + (f": {report.problems} problem(s)" if report.problems else ": all OK")
 
 
@@ -462,7 +596,7 @@ def render_text(report: Report) -> str:
             lines.append(s.empty)
         if s.rows:
             widths = [max(len(str(r[i])) for r in [s.headers, *s.rows]) for i in range(len(s.headers))]
-            widths = [min(w, 40) for w in widths]
+            widths = [min(w, NAME_WIDTH) for w in widths]
             for row in [s.headers, *s.rows]:
                 cells = [str(c) for c in row]
                 text = "  ".join(c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=False))

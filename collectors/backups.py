@@ -5,8 +5,9 @@ Kinds:
   command, passes its output and exit status through (so cron still mails failures), and records
   start, end, exit status, output size and the output's last lines in
   data_dir/state/backups/NAME.json;
-- "log": the last line of a log file matching success_pattern or failure_pattern decides, the
-  file's modification time says when;
+- "log": the last line of a log file matching success_pattern or failure_pattern decides; its
+  own timestamp says when (else the time the agent first saw that line, never the file's
+  mtime: a later "starting" line must not refresh an old success);
 - "artifact": the newest file matching a glob must be younger than max_age, at least min_size,
   and not more than max_shrink percent smaller than the one before it;
 - "restic" / "borg": the newest snapshot in `restic snapshots --json` / `borg list --json`.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import glob as globmod
+import hashlib
 import json
 import os
 import re
@@ -29,13 +31,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
-from monitor.process import CommandMissing, run_command
+from monitor.process import CommandFailed, CommandMissing, run_command
 from monitor.text import clean
 from monitor.units import format_bytes, format_duration
 
@@ -138,9 +140,50 @@ def _ago(now: float, when: float) -> str:
     return f"{_human(now - when)} ago"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+# Lines that never carry the error: Go stack frames and goroutine headers, Python traceback
+# frames, a bare path (restic's "Is there a repository at the following location?" answer), a
+# forced-command wrapper's environment dump.
+_NOISE = re.compile(r"^(?:goroutine \d+ |\S+\.go:\d+|[\w./*()-]+\(.*\)$|created by |\[signal |"
+                    r"File \".*\", line \d+|Traceback |/\S*$|SSH_ORIGINAL_COMMAND[:=]|"
+                    r"Do you want to continue)")
+_ERROR_WORD = re.compile(r"(?i)\b(?:error|fatal|denied|failed|failure|aborted|refused|panic|"
+                         r"incorrect|cannot|unable|not exist|no such)\b")
+# (pattern, what to do) for errors whose cure is known.
+ADVICE = (
+    (re.compile(r"Cache initialization aborted|Repository access aborted|previously located at"),
+     "the repository was moved or is new to this user: run `borg list REPOSITORY` once by hand "
+     "as the user the backup runs as and answer yes, or set BORG_RELOCATED_REPO_ACCESS_IS_OK=yes "
+     "or BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes for that job"),
+    (re.compile(r"wrong password or no key found|passphrase supplied in .* is incorrect"),
+     "the password does not open this repository: check the job's password / password_file"),
+    (re.compile(r"unable to open config file|Repository .* does not exist"),
+     "no repository at that location: check the repository path, or create it with restic "
+     "init / borg init"),
+    (re.compile(r"(?i)repository is already locked|Failed to create/acquire the lock"),
+     "another run holds the repository lock, or a crashed one left it: once none runs, "
+     "`restic unlock` / `borg break-lock REPOSITORY`"),
+    (re.compile(r"outside the allowed paths|restrict-to-(?:path|repository)"),
+     "the server's `borg serve --restrict-to-path` does not allow this repository: fix the "
+     "repository path or the forced command in the server's authorized_keys"),
+    (re.compile(r"(?i)permission denied"),
+     "run the backup as a user who may read and write the repository and the source files"),
+)
+
+
+def error_line(text: str) -> str:
+    """The line of a tool's output that carries the error: restic's "Fatal:", else the last
+    line naming an error (error, fatal, denied, aborted ...), else the last line that is not
+    a stack frame, a bare path or an environment dump; with what to do for known errors."""
+    lines = [clean(line, 300) for line in text.splitlines() if line.strip()]
+    lines = [line for line in lines if line]
+    fatal = [line for line in lines if line.startswith("Fatal:")]
+    useful = [line for line in lines if not _NOISE.match(line)]
+    named = [line for line in useful if _ERROR_WORD.search(line)]
+    line = (fatal or named or useful or lines or [""])[-1]
+    for pattern, advice in ADVICE:
+        if pattern.search(line):
+            return f"{line[:200]}; what to do: {advice}"
+    return line[:200]
 
 
 def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
@@ -156,28 +199,105 @@ def evaluate_wrapper(job: BackupJob, state_dir: Path, now: float) -> JobResult:
     took = float(last.get("duration_seconds") or 0)
     size = float(last.get("output_bytes") or 0)
     if last.get("exit_status") != 0:
-        detail = clean(_last_line(last.get("tail", "")), 200)
+        detail = error_line(last.get("tail", ""))
         return JobResult(False, f"failed {_ago(now, when)} with exit status {last.get('exit_status')}"
                          f" after {_human(took)}" + (f": {detail}" if detail else ""),
                          when, took, size)
     return JobResult(True, f"succeeded {_ago(now, when)} in {_human(took)}", when, took, size)
 
 
-def evaluate_log(job: BackupJob, now: float) -> JobResult:
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_ISO_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)[T ](\d\d):(\d\d)(?::(\d\d)(?:[.,]\d+)?)?"
+                       r"\s?(Z|[+-]\d\d:?\d\d)?")
+# syslog "Nov 23 06:25:01", date(1) "Mon Nov 23 06:25:01 CET 2026", Mailman "Nov 23 06:25:01 2026"
+_WORD_TIME = re.compile(r"\b(" + "|".join(_MONTHS) + r") +(\d{1,2}) (\d\d):(\d\d):(\d\d)"
+                        r"(?: [A-Z]{2,5})?(?: (\d{4})\b)?")
+
+
+def line_time(line: str, now: float) -> float | None:
+    """The time a log line gives itself (ISO 8601, syslog or date(1) style), else None. A
+    syslog stamp without a year is taken in the year that puts it at most a day ahead."""
+    m = _ISO_TIME.search(line)
+    try:
+        if m:
+            year, month, day, hour, minute = (int(x) for x in m.groups()[:5])
+            when = datetime(year, month, day, hour, minute, int(m[6] or 0))
+            if m[7]:
+                zone = m[7].replace(":", "")
+                offset = 0 if zone == "Z" else (1 if zone[0] == "+" else -1) * (
+                    int(zone[1:3]) * 3600 + int(zone[3:5]) * 60)
+                return when.replace(tzinfo=UTC).timestamp() - offset
+            return when.timestamp()
+        m = _WORD_TIME.search(line)
+        if m:
+            month, day = _MONTHS.index(m[1]) + 1, int(m[2])
+            clock = (int(m[3]), int(m[4]), int(m[5]))
+            if m[6]:
+                return datetime(int(m[6]), month, day, *clock).timestamp()
+            year = datetime.fromtimestamp(now).year
+            when = datetime(year, month, day, *clock).timestamp()
+            return when if when <= now + 86400 else datetime(year - 1, month, day,
+                                                             *clock).timestamp()
+    except ValueError:  # 2026-02-30: not a time after all
+        return None
+    return None
+
+
+def _seen_path(state_dir: Path, name: str) -> Path:
+    return Path(state_dir) / "backups" / "seen" / f"{name}.json"
+
+
+def _first_seen(state_dir: Path, name: str, key: str, guess: float) -> float:
+    """When the agent first saw the line identified by `key` (recorded at first sight)."""
+    path = _seen_path(state_dir, name)
+    try:
+        seen = json.loads(path.read_text(encoding="utf-8"))
+        if seen.get("line") == key:
+            return float(seen["first_seen"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    try:
+        atomic_write(path, json.dumps({"line": key, "first_seen": guess}))
+    except OSError:
+        pass  # seen again next time, and judged by that time then
+    return guess
+
+
+def evaluate_log(job: BackupJob, state_dir: Path, now: float) -> JobResult:
+    """The last line matching either pattern decides; its time is the line's own timestamp,
+    else when the agent first saw it (the file's mtime if it is the last line at first
+    sight): a job that logs "starting" and dies does not look like a fresh success."""
     assert job.log is not None
     st = os.stat(job.log)
     with open(job.log, "rb") as handle:
-        handle.seek(max(0, st.st_size - (1 << 20)))
-        text = handle.read().decode("utf-8", "replace")
+        base = max(0, st.st_size - (1 << 20))
+        handle.seek(base)
+        data = handle.read()
     ok_re = re.compile(job.success_pattern) if job.success_pattern else None
     bad_re = re.compile(job.failure_pattern) if job.failure_pattern else None
-    for line in reversed(text.splitlines()):
-        if bad_re is not None and bad_re.search(line):
-            return JobResult(False, f"log {job.log} reports a failure: {clean(line, 200)}",
-                             st.st_mtime)
-        if ok_re is not None and ok_re.search(line):
-            return JobResult(True, f"log {job.log} reports success {_ago(now, st.st_mtime)}: "
-                                   f"{clean(line, 120)}", st.st_mtime)
+    lines = data.split(b"\n")
+    end = base + len(data)
+    last_line = True
+    for raw in reversed(lines):
+        start = end - len(raw)
+        line = raw.decode("utf-8", "replace").rstrip("\r")
+        end = start - 1
+        if not line.strip():
+            continue
+        failed = bad_re is not None and bool(bad_re.search(line))
+        if not failed and (ok_re is None or not ok_re.search(line)):
+            last_line = False
+            continue
+        when = line_time(line, now)
+        if when is None:
+            key = f"{st.st_ino}:{start}:{hashlib.sha256(raw).hexdigest()[:16]}"
+            when = _first_seen(state_dir, job.name, key,
+                               min(now, st.st_mtime) if last_line else now)
+        if failed:
+            return JobResult(False, f"log {job.log} reports a failure {_ago(now, when)}: "
+                                    f"{clean(line, 200)}", when)
+        return JobResult(True, f"log {job.log} reports success {_ago(now, when)}: "
+                               f"{clean(line, 120)}", when)
     return JobResult(False, f"no line of {job.log} matches the success or failure pattern")
 
 
@@ -248,6 +368,9 @@ async def evaluate_repository(job: BackupJob, now: float) -> JobResult:
     except CommandMissing:
         return JobResult(False, f"{argv[0]} is not installed (apt-get install {job.kind}, or set "
                                 "command to its path)")
+    except CommandFailed as exc:
+        return JobResult(False, f"{job.kind} cannot list {job.repository}: "
+                                f"{error_line(exc.stderr) or f'exit status {exc.status}'}")
     except RuntimeError as exc:
         return JobResult(False, f"{job.kind} cannot list {job.repository}: {clean(exc, 200)}")
     try:
@@ -273,7 +396,7 @@ async def evaluate(job: BackupJob, state_dir: Path, now: float) -> JobResult:
         if job.kind == "wrapper":
             return await asyncio.to_thread(evaluate_wrapper, job, state_dir, now)
         if job.kind == "log":
-            return await asyncio.to_thread(evaluate_log, job, now)
+            return await asyncio.to_thread(evaluate_log, job, state_dir, now)
         if job.kind == "artifact":
             return await asyncio.to_thread(evaluate_artifact, job, now)
         return await evaluate_repository(job, now)

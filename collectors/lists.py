@@ -1,30 +1,46 @@
-"""Mailing-list activity: Mailman 2's post log, subscriber counts, optionally Mailman 3.
+"""Mailing-list activity: Mailman 2's post log, Mailman 3's smtp.log, subscriber counts.
 
-The post log (`/var/lib/mailman/logs/post`) gets one line per delivered post:
+Mailman 2 (`/var/lib/mailman/logs/post`) writes one line per delivered post:
 
     Nov 23 06:25:01 2026 (1234) post to announce from alice@example.net, size=2345, message-id=<a@b>, success
     Nov 23 06:30:12 2026 (1234) post to users from bob@example.org, size=812, message-id=<c@d>, 2 failures
 
-(Mailman 2.2-style logs put the message-id first; both are understood.) The log is read
-incrementally: the state file (data_dir/state/lists.json) remembers the file's inode, the byte
-offset read so far and a fingerprint of its first bytes, and it is written atomically together
-with the counts, so a post is counted once whatever happens:
-- rotation by rename (logrotate's default): the rest of the old file (found next to it by its
-  inode, e.g. post.1) is read first, then the new file from the start;
-- truncation (copytruncate): the rest of the copy (post.1, recognised by its first bytes) is
-  read from the old offset, then the truncated file from the start;
-- a half-written last line waits for the next run.
-Counts are kept per list per day (the log's own dates): posts, bytes, distinct senders, posts
-with refused recipients (failures) and refused recipients, for `keep_days` days.
+(Mailman 2.2-style logs put the message-id first; both are understood.) Mailman 3
+(`/var/log/mailman3/smtp.log` on Debian) writes its `[logging.smtp]` templates, list names being
+full addresses:
 
-Naming contract: target "lists", instance = list name; metrics posts_today, bytes_today,
-senders_today, failures_today, subscribers.
+    Nov 23 06:25:01 2026 (1234) <a@b> smtp to users@lists.example.net for 14 recips, completed in 0.2 seconds
+    Nov 23 06:25:01 2026 (1234) <a@b> post to users@lists.example.net from bob@example.org, 641 bytes
+    Nov 23 06:25:01 2026 (1234) <c@d> post to users@lists.example.net from x@y.z, 641 bytes, 2 failures
+    Nov 23 06:25:01 2026 (1234) <c@d> delivery to x@y failed with code 550, User unknown
+
+Mailman logs its own mails (welcome, moderation and bounce notices) with the same "post to"
+template; they come from the list's -bounces, -owner, -request ... address (or the site's
+mailman@ address) and are counted as notices, not posts.
+
+Each log is read incrementally: the state file (data_dir/state/lists.json) remembers per log the
+file's inode, the byte offset read so far and a fingerprint of its first bytes, and it is written
+atomically together with the counts, so a post is counted once whatever happens:
+- rotation by rename (logrotate's default): the rest of the old file (found next to it by its
+  inode or first bytes, e.g. post.1, or post.1.gz / smtp.log-20261123.gz when logrotate
+  compresses at once) is read first, then the new file from the start;
+- truncation (copytruncate): the rest of the copy (recognised by its first bytes) is read from
+  the old offset, then the truncated file from the start;
+- a rotated file that cannot be found is a WARNING for a day (its last posts are not counted);
+- a half-written last line waits for the next run.
+Counts are kept per list per hour of local time (posts, bytes, distinct senders, posts with
+refused recipients and refused recipients, Mailman's notices) for `keep_days` days: a digest
+counts the hours that end inside its period, so consecutive digests never count a post twice.
+
+Naming contract: target "lists", instance = list name (Mailman 3: the list's address); metrics
+posts_today, bytes_today, senders_today, failures_today, subscribers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import json
 import logging
@@ -32,9 +48,10 @@ import os
 import re
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from monitor.config import Config, ListsConfig
@@ -47,76 +64,130 @@ log = logging.getLogger(__name__)
 
 TARGET = "lists"
 LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
+HOUR = 3600
+LOSS_SHOWN = 86400.0  # a rotation that lost posts stays a WARNING this long
 _HEAD = 256
-_READ_LIMIT = 64 << 20  # per run; the rest is read next time
+_READ_LIMIT = 64 << 20  # per run and log; the rest is read next time
 
-POST_LINE = re.compile(
-    r"^(?P<ts>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}) \(\d+\) "
-    r"(?:(?P<mid1>\S+) )?post to (?P<list>\S+) from (?P<sender>.*?), size=(?P<size>\d+), "
+_STAMP = r"^(?P<ts>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}) \(\d+\) "
+MAILMAN2_POST = re.compile(
+    _STAMP + r"(?:(?P<mid1>\S+) )?post to (?P<list>\S+) from (?P<sender>.*?), size=(?P<size>\d+), "
     r"(?:message-id=(?P<mid>.*), )?(?:(?P<success>success)|(?P<refused>\d+) failures?)\s*$"
 )
+MAILMAN3_POST = re.compile(
+    _STAMP + r"(?:(?P<mid>.*?) )?post to (?P<list>\S+) from (?P<sender>.*?), (?P<size>\d+) bytes"
+    r"(?:, (?P<refused>\d+) failures?)?\s*$"
+)
+# Mailman 3's other smtp.log templates: understood, not posts.
+MAILMAN3_OTHER = re.compile(
+    _STAMP + r"(?:.*? )?(?:smtp to \S+ for \d+ recips, completed in [\d.]+ seconds"
+    r"|delivery to \S+ failed with code .*)\s*$"
+)
+# Where Mailman's own mails come from: LIST-bounces@, LIST-owner@ (VERP: LIST-bounces+x=y@),
+# the site's mailman@ / mailman-bounces@.
+_NOTICE_SENDER = re.compile(
+    r"^(?:[^@]*-(?:bounces|owner|request|confirm|join|leave|subscribe|unsubscribe|admin)"
+    r"(?:\+[^@]*)?|mailman(?:-bounces|-owner)?)@", re.IGNORECASE)
 
 
 @dataclass
-class DayStats:
+class ListStats:
     posts: int = 0
     bytes: int = 0
     senders: set[str] = field(default_factory=set)
     failures: int = 0
     refused: int = 0
+    notices: int = 0
 
     def to_json(self) -> dict:
         return {"posts": self.posts, "bytes": self.bytes, "senders": sorted(self.senders),
-                "failures": self.failures, "refused": self.refused}
+                "failures": self.failures, "refused": self.refused, "notices": self.notices}
 
     @classmethod
-    def from_json(cls, d: dict) -> DayStats:
+    def from_json(cls, d: dict) -> ListStats:
         return cls(int(d.get("posts", 0)), int(d.get("bytes", 0)), set(d.get("senders", [])),
-                   int(d.get("failures", 0)), int(d.get("refused", 0)))
+                   int(d.get("failures", 0)), int(d.get("refused", 0)), int(d.get("notices", 0)))
 
-    def merge(self, other: DayStats) -> None:
+    def merge(self, other: ListStats) -> None:
         self.posts += other.posts
         self.bytes += other.bytes
         self.senders |= other.senders
         self.failures += other.failures
         self.refused += other.refused
+        self.notices += other.notices
 
 
 @dataclass
-class ListsState:
-    """What the collector remembers between runs (and what digests read)."""
+class LogPosition:
+    """How far one log has been read, and how much of it could be parsed."""
 
     inode: int | None = None
     device: int | None = None
     offset: int = 0
     head_len: int = 0
     head_sha: str = ""
-    days: dict[str, dict[str, DayStats]] = field(default_factory=dict)  # day -> list -> stats
+    lines: int = 0  # complete non-empty lines read, ever
+    parsed: int = 0  # of those, lines in a format Mailman writes
+    read_at: float = 0.0  # when the file was last read
+
+    def to_json(self) -> dict:
+        return {"inode": self.inode, "device": self.device, "offset": self.offset,
+                "head_len": self.head_len, "head_sha": self.head_sha, "lines": self.lines,
+                "parsed": self.parsed, "read_at": self.read_at}
+
+    @classmethod
+    def from_json(cls, f: dict) -> LogPosition:
+        return cls(f.get("inode"), f.get("device"), int(f.get("offset", 0)),
+                   int(f.get("head_len", 0)), f.get("head_sha", ""), int(f.get("lines", 0)),
+                   int(f.get("parsed", 0)), float(f.get("read_at", 0.0)))
+
+
+@dataclass
+class ListsState:
+    """What the collector remembers between runs (and what digests read)."""
+
+    logs: dict[str, LogPosition] = field(default_factory=dict)  # log path -> position
+    hours: dict[int, dict[str, ListStats]] = field(default_factory=dict)  # hour start -> list -> stats
     subscribers: dict[str, int] = field(default_factory=dict)
     subscribers_at: float = 0.0
-    unparsed: int = 0
+    losses: list[tuple[float, str]] = field(default_factory=list)  # (when, what) rotations that lost lines
 
     def to_json(self) -> dict:
         return {
-            "version": 1,
-            "file": {"inode": self.inode, "device": self.device, "offset": self.offset,
-                     "head_len": self.head_len, "head_sha": self.head_sha},
-            "days": {d: {name: s.to_json() for name, s in lists.items()}
-                     for d, lists in sorted(self.days.items())},
+            "version": 2,
+            "logs": {path: pos.to_json() for path, pos in sorted(self.logs.items())},
+            "hours": {str(h): {name: s.to_json() for name, s in lists.items()}
+                      for h, lists in sorted(self.hours.items())},
             "subscribers": self.subscribers, "subscribers_at": self.subscribers_at,
-            "unparsed": self.unparsed,
+            "losses": [list(loss) for loss in self.losses],
         }
 
     @classmethod
     def from_json(cls, raw: dict) -> ListsState:
-        f = raw.get("file", {})
-        return cls(
-            f.get("inode"), f.get("device"), int(f.get("offset", 0)), int(f.get("head_len", 0)),
-            f.get("head_sha", ""),
-            {d: {name: DayStats.from_json(s) for name, s in lists.items()}
-             for d, lists in raw.get("days", {}).items()},
+        state = cls(
+            {path: LogPosition.from_json(f) for path, f in raw.get("logs", {}).items()},
+            {int(h): {name: ListStats.from_json(s) for name, s in lists.items()}
+             for h, lists in raw.get("hours", {}).items()},
             {k: int(v) for k, v in raw.get("subscribers", {}).items()},
-            float(raw.get("subscribers_at", 0.0)), int(raw.get("unparsed", 0)))
+            float(raw.get("subscribers_at", 0.0)),
+            [(float(at), str(what)) for at, what in raw.get("losses", [])])
+        if raw.get("version", 1) == 1:  # per-day counts: each day's posts go to its first hour
+            for day, lists in raw.get("days", {}).items():
+                try:
+                    hour = int(time.mktime(datetime.fromisoformat(day).timetuple()))
+                except ValueError:
+                    continue
+                state.hours[hour] = {name: ListStats.from_json(s) for name, s in lists.items()}
+        return state
+
+    def by_day(self) -> dict[str, dict[str, ListStats]]:
+        """Counts per local day "YYYY-MM-DD" per list."""
+        out: dict[str, dict[str, ListStats]] = {}
+        for hour, lists in self.hours.items():
+            day = datetime.fromtimestamp(hour).date().isoformat()
+            for name, stats in lists.items():
+                out.setdefault(day, {}).setdefault(name, ListStats()).merge(stats)
+        return out
 
 
 def load_state(path: Path) -> ListsState:
@@ -134,62 +205,86 @@ def save_state(path: Path, state: ListsState) -> None:
     atomic_write(Path(path), json.dumps(state.to_json(), indent=1))
 
 
-def activity(state: ListsState, first_day: date, last_day: date) -> dict[str, DayStats]:
-    """Per-list totals over the days first_day..last_day (inclusive); for digests."""
-    out: dict[str, DayStats] = {}
-    for day, lists in state.days.items():
-        try:
-            d = date.fromisoformat(day)
-        except ValueError:
-            continue
-        if first_day <= d <= last_day:
+def activity(state: ListsState, start: float, end: float) -> dict[str, ListStats]:
+    """Per-list totals over the hours that end within (start, end]: consecutive periods
+    count every hour once, and an hour still under way waits for the next period."""
+    out: dict[str, ListStats] = {}
+    for hour, lists in state.hours.items():
+        if start < hour + HOUR <= end:
             for name, stats in lists.items():
-                out.setdefault(name, DayStats()).merge(stats)
+                out.setdefault(name, ListStats()).merge(stats)
     return out
+
+
+def hour_of(when: datetime) -> int:
+    """The start (epoch seconds) of the local hour holding a naive local time."""
+    return int(time.mktime(when.replace(minute=0, second=0, microsecond=0).timetuple()))
 
 
 # -- parsing --------------------------------------------------------------------------------
 
 
-def parse_line(line: str) -> tuple[str, str, str, int, int] | None:
-    """(day "YYYY-MM-DD", list, sender, size, refused) for a post line, else None."""
-    m = POST_LINE.match(line)
+@dataclass(frozen=True)
+class Post:
+    when: datetime  # local time, as Mailman logs it
+    list: str
+    sender: str
+    size: int
+    refused: int
+    notice: bool  # one of Mailman's own mails (welcome, moderation, bounce notices)
+
+
+def parse_line(line: str) -> Post | bool | None:
+    """A Post for a post line of either Mailman; True for another line Mailman writes to its
+    smtp log; None for a line in no known format."""
+    m = MAILMAN2_POST.match(line) or MAILMAN3_POST.match(line)
     if not m:
-        return None
+        return True if MAILMAN3_OTHER.match(line) else None
     try:
         when = datetime.strptime(" ".join(m["ts"].split()), "%b %d %H:%M:%S %Y")
     except ValueError:
         return None
-    refused = int(m["refused"]) if m["refused"] else 0
-    return when.date().isoformat(), m["list"].lower(), m["sender"].strip().lower(), int(m["size"]), refused
+    sender = clean(m["sender"].lower(), 200)  # the log's text is the senders'
+    name = clean(m["list"].lower(), 100)
+    return Post(when, name, sender, int(m["size"]), int(m["refused"] or 0),
+                bool(_NOTICE_SENDER.match(sender)))
 
 
-def count_lines(data: bytes, state: ListsState) -> int:
-    """Add every complete post line of `data` to the state; returns how many were posts."""
+def count_lines(data: bytes, state: ListsState, position: LogPosition) -> int:
+    """Add every complete line of `data` to the state; returns how many were list posts."""
     posts = 0
     for raw in data.split(b"\n"):
         if not raw.strip():
             continue
+        position.lines += 1
         parsed = parse_line(raw.decode("utf-8", "replace").rstrip("\r"))
         if parsed is None:
-            if b" post to " in raw:
-                state.unparsed += 1
             continue
-        day, name, sender, size, refused = parsed
-        stats = state.days.setdefault(day, {}).setdefault(name, DayStats())
+        position.parsed += 1
+        if parsed is True:
+            continue
+        stats = state.hours.setdefault(hour_of(parsed.when), {}).setdefault(parsed.list,
+                                                                            ListStats())
+        if parsed.notice:
+            stats.notices += 1
+            continue
         stats.posts += 1
-        stats.bytes += size
-        if sender:
-            stats.senders.add(sender)
-        if refused:
+        stats.bytes += parsed.size
+        if parsed.sender:
+            stats.senders.add(parsed.sender)
+        if parsed.refused:
             stats.failures += 1
-            stats.refused += refused
+            stats.refused += parsed.refused
         posts += 1
     return posts
 
 
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
 def _head(path: Path, length: int) -> bytes:
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         return handle.read(length)
 
 
@@ -199,7 +294,7 @@ def _sha(data: bytes) -> str:
 
 def _read_complete(path: Path, offset: int) -> tuple[bytes, int]:
     """Complete lines from offset on (at most _READ_LIMIT bytes); returns (data, new offset)."""
-    with open(path, "rb") as handle:
+    with _open(path) as handle:
         handle.seek(offset)
         data = handle.read(_READ_LIMIT)
     end = data.rfind(b"\n")
@@ -209,83 +304,137 @@ def _read_complete(path: Path, offset: int) -> tuple[bytes, int]:
 
 
 def _rotated_candidates(path: Path) -> list[Path]:
-    out = []
-    for suffix in (".1", ".0", "-1"):
-        out.append(path.with_name(path.name + suffix))
+    """Where logrotate puts the previous file: post.1 (.gz), post.0, post-1, dateext
+    post-20261123 (.gz), newest first."""
+    out = [path.with_name(path.name + suffix)
+           for suffix in (".1", ".0", "-1", ".1.gz", ".0.gz", "-1.gz")]
     try:
-        # dateext rotation: post-20261123
         out += sorted((p for p in path.parent.iterdir()
-                       if p.name.startswith(path.name + "-") and not p.name.endswith(".gz")),
-                      reverse=True)
+                       if p.name.startswith(path.name + "-") and p not in out),
+                      key=lambda p: p.name.removesuffix(".gz"), reverse=True)[:4]
     except OSError:
         pass
     return out
 
 
-def _same_file(state: ListsState, st: os.stat_result) -> bool:
-    return st.st_ino == state.inode and (state.device is None or st.st_dev == state.device)
+def _same_file(position: LogPosition, st: os.stat_result) -> bool:
+    return st.st_ino == position.inode and (position.device is None
+                                            or st.st_dev == position.device)
 
 
-def _head_matches(path: Path, state: ListsState) -> bool:
-    if not state.head_len:
+def _head_matches(path: Path, position: LogPosition) -> bool:
+    if not position.head_len:
         return True
     try:
-        return _sha(_head(path, state.head_len)) == state.head_sha
-    except OSError:
+        return _sha(_head(path, position.head_len)) == position.head_sha
+    except (OSError, EOFError, zlib.error):
         return False
 
 
-def follow(path: Path, state: ListsState) -> tuple[int, list[str]]:
-    """Read what is new in the post log into the state; returns (posts counted, notes)."""
+def _previous_file(path: Path, position: LogPosition) -> Path | None:
+    """The rotated or copied previous file: same inode (renamed), or same first bytes and at
+    least as long (copied, or compressed: gzip gives a new inode)."""
+    for candidate in _rotated_candidates(path):
+        try:
+            cst = os.stat(candidate)
+        except OSError:
+            continue
+        compressed = candidate.name.endswith(".gz")
+        if not compressed and _same_file(position, cst):
+            return candidate
+        if (compressed or cst.st_size >= position.offset) and _head_matches(candidate, position):
+            return candidate
+    return None
+
+
+def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int, list[str]]:
+    """Read what is new in one log into the state; returns (posts counted, notes)."""
     notes: list[str] = []
     posts = 0
+    when = time.time() if now is None else now
+    position = state.logs.setdefault(str(path), LogPosition())
     try:
         st = os.stat(path)
     except FileNotFoundError:
         st = None
-    if state.inode is not None:
-        rotated = st is None or not _same_file(state, st)
+    if position.inode is not None:
+        rotated = st is None or not _same_file(position, st)
         # Same inode but shorter, or other first bytes: truncated (and maybe written again).
         truncated = not rotated and st is not None and (
-            st.st_size < state.offset or not _head_matches(path, state))
+            st.st_size < position.offset or not _head_matches(path, position))
         if rotated or truncated:
-            # Finish the previous file first: renamed (same inode) or copied (same first bytes).
-            old = None
-            for candidate in _rotated_candidates(path):
-                try:
-                    cst = os.stat(candidate)
-                except OSError:
-                    continue
-                # Renamed: same inode. Copied (copytruncate): same first bytes, at least as long.
-                if _same_file(state, cst) or (cst.st_size >= state.offset
-                                              and _head_matches(candidate, state)):
-                    old = candidate
-                    break
+            what = "rotated" if rotated else "truncated"
+            old = _previous_file(path, position)
             if old is not None:
-                data, _ = _read_complete(old, state.offset)
-                posts += count_lines(data, state)
-                notes.append(f"{'rotated' if rotated else 'truncated'}; read the rest of {old.name}")
+                try:
+                    data, _ = _read_complete(old, position.offset)
+                    posts += count_lines(data, state, position)
+                    notes.append(f"{what}; read the rest of {old.name}")
+                except (OSError, EOFError, zlib.error) as exc:
+                    old, reason = None, f"{old.name} is unreadable ({exc})"
             else:
-                notes.append(f"log {'rotated' if rotated else 'truncated'} and the previous file "
-                             "was not found next to it; posts logged just before may be missing")
-            state.inode = None
-            state.offset = 0
-            state.head_len = 0
+                reason = "the previous file was not found next to it"
+            if old is None:
+                since = (time.strftime(" (%Y-%m-%d %H:%M)", time.localtime(position.read_at))
+                         if position.read_at else "")
+                loss = (f"{path.name} was {what} and {reason}: posts logged after the last "
+                        f"read{since} and before the rotation are not counted (rotate with "
+                        "delaycompress, or read the log more often)")
+                notes.append(loss)
+                state.losses.append((when, loss))
+            position.inode = None
+            position.offset = 0
+            position.head_len = 0
     if st is None:
         return posts, notes
-    if state.inode is None:
-        state.inode, state.device, state.offset = st.st_ino, st.st_dev, 0
-    data, state.offset = _read_complete(path, state.offset)
-    posts += count_lines(data, state)
+    if position.inode is None:
+        position.inode, position.device, position.offset = st.st_ino, st.st_dev, 0
+    data, position.offset = _read_complete(path, position.offset)
+    posts += count_lines(data, state, position)
+    position.read_at = when
     head = _head(path, _HEAD)
-    state.head_len, state.head_sha = len(head), _sha(head)
+    position.head_len, position.head_sha = len(head), _sha(head)
     return posts, notes
 
 
-def prune(state: ListsState, keep_days: int, today: date) -> None:
-    oldest = (today - timedelta(days=keep_days)).isoformat()
-    for day in [d for d in state.days if d < oldest]:
-        del state.days[day]
+def prune(state: ListsState, keep_days: int, now: float) -> None:
+    oldest = now - keep_days * 86400
+    for hour in [h for h in state.hours if h < oldest]:
+        del state.hours[hour]
+    state.losses = [(at, what) for at, what in state.losses if at >= now - LOSS_SHOWN]
+
+
+def configured_logs(cfg: ListsConfig) -> list[Path]:
+    return [p for p in (cfg.post_log, cfg.smtp_log) if p is not None]
+
+
+def read_logs(cfg: ListsConfig, state: ListsState, now: float) -> tuple[int, list[str]]:
+    """Follow every configured log that exists; returns (posts counted, problems).
+    OSErrors other than a missing file are problems, not exceptions."""
+    counted, problems = 0, []
+    logs = configured_logs(cfg)
+    present = [p for p in logs if p.exists()]
+    if logs and not present:
+        problems.append("no Mailman log found (" + ", ".join(str(p) for p in logs) + "): set "
+                        "[lists] post_log (Mailman 2) or smtp_log (Mailman 3)")
+    for path in logs:
+        if path not in present and str(path) not in state.logs:
+            continue
+        try:
+            posts, notes = follow(path, state, now)
+            counted += posts
+            for note in notes:
+                log.info("lists: %s: %s", path, note)
+        except PermissionError:
+            problems.append(f"cannot read {path}: permission denied (run the agent in the "
+                            "list group)")
+        except OSError as exc:
+            problems.append(f"cannot read {path}: {exc.strerror or exc}")
+        position = state.logs.get(str(path))
+        if position and position.lines and not position.parsed:
+            problems.append(f"none of the {position.lines} line(s) of {path} is in a format "
+                            "Mailman writes (post log / smtp.log with the default templates)")
+    return counted, problems
 
 
 # -- subscribers ----------------------------------------------------------------------------
@@ -300,7 +449,8 @@ async def count_members(list_members: str, name: str, timeout: float) -> int:
 
 
 def mailman3_lists(url: str, user: str, password: str | None, timeout: float) -> dict[str, int]:
-    """list name -> member count from Mailman 3 core's REST API (GET /3.1/lists)."""
+    """list address -> member count from Mailman 3 core's REST API (GET /3.1/lists). Keyed by
+    the full address: users@lists.a and users@lists.b are two lists."""
     out: dict[str, int] = {}
     page = 1
     while True:
@@ -311,9 +461,11 @@ def mailman3_lists(url: str, user: str, password: str | None, timeout: float) ->
             body = json.loads(response.read(16 << 20))
         entries = body.get("entries", [])
         for entry in entries:
-            name = str(entry.get("list_name") or entry.get("fqdn_listname", "")).lower()
+            name = str(entry.get("fqdn_listname") or "").lower()
+            if not name and entry.get("list_name") and entry.get("mail_host"):
+                name = f"{entry['list_name']}@{entry['mail_host']}".lower()
             if name:
-                out[name] = int(entry.get("member_count", 0))
+                out[clean(name, 100)] = int(entry.get("member_count", 0))
         total = int(body.get("total_size", len(out)))
         if not entries or page * 100 >= total:
             return out
@@ -334,30 +486,22 @@ class ListsCollector:
     async def collect(self) -> Batch:
         cfg = self.config
         now = self.clock()
-        today = datetime.fromtimestamp(now).date()
+        midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0,
+                                                       microsecond=0)
         batch = Batch()
         state = await asyncio.to_thread(load_state, self.state_path)
-        problems: list[str] = []
-        counted = 0
-        if cfg.post_log is not None:
-            try:
-                counted, notes = await asyncio.to_thread(follow, cfg.post_log, state)
-                for note in notes:
-                    log.info("lists: %s: %s", cfg.post_log, note)
-                if not cfg.post_log.exists():
-                    problems.append(f"post log {cfg.post_log} does not exist (is Mailman 2 "
-                                    "installed? set [lists] post_log, or leave it out)")
-            except PermissionError:
-                problems.append(f"cannot read {cfg.post_log}: permission denied (run the agent "
-                                "in the list group)")
-            except OSError as exc:
-                problems.append(f"cannot read {cfg.post_log}: {exc.strerror or exc}")
-        prune(state, cfg.keep_days, today)
+        counted, problems = await asyncio.to_thread(read_logs, cfg, state, now)
+        prune(state, cfg.keep_days, now)
+        problems += [what for _, what in state.losses]
+        todays: dict[str, ListStats] = activity(state, midnight.timestamp(),
+                                                (midnight + timedelta(days=1)).timestamp())
 
-        names = sorted(set(cfg.lists) | set(state.days.get(today.isoformat(), {})))
+        names = sorted(set(cfg.lists) | set(todays))
         subscribers: dict[str, int] = {}
         if cfg.list_members and os.access(cfg.list_members, os.X_OK):
-            wanted = cfg.lists or sorted({n for lists in state.days.values() for n in lists})
+            # Mailman 2 names only: a Mailman 3 list (list@domain) is counted by its REST API.
+            wanted = [n for n in cfg.lists or sorted({n for lists in state.hours.values()
+                                                      for n in lists}) if LIST_NAME.match(n)]
             semaphore = asyncio.Semaphore(4)
 
             async def one(name: str) -> None:
@@ -388,9 +532,8 @@ class ListsCollector:
             # The counts stay in memory only: the next run reads the same lines again.
             problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
 
-        todays = state.days.get(today.isoformat(), {})
         for name in sorted(set(names) | set(subscribers)):
-            s = todays.get(name, DayStats())
+            s = todays.get(name, ListStats())
             for metric, value, unit in (("posts_today", s.posts, ""), ("bytes_today", s.bytes, "B"),
                                         ("senders_today", len(s.senders), ""),
                                         ("failures_today", s.failures, "")):

@@ -5,16 +5,22 @@ Layout: path patterns with `{domain}` and `{user}` placeholders, each one direct
 matched directory with `cur/` or `new/` is a Maildir (Maildir++ subfolders `.Sent`, `.Trash`
 ... included); a matched regular file is an mbox.
 
-How a Maildir is measured, cheapest first:
-1. Dovecot's `maildirsize` (Maildir++ quota file: a header line, then "bytes count" deltas) when
-   it is fresh: written no earlier than the last change of any `cur/` or `new/` directory (a
-   delivery, an expunge or a flag change renames a file, which updates the directory), and not
-   older than `maildirsize_max_age`.
-2. Otherwise the file names: Dovecot and most delivery agents put the size in the name
+How a Maildir is measured: one size definition for every mailbox, kept from scan to scan,
+what its messages take (every folder, Trash included):
+1. the file names: Dovecot and most delivery agents put the size in the name
    (`1700000000.M1P2.host,S=2345,W=2401:2,S`), so one directory listing gives every size
-   without a `stat()` per message - this is why a scan is faster than `du`.
-3. `stat()` for the names without `S=`.
+   without a `stat()` per message - this is why a scan is faster than `du`;
+2. `stat()` for the names without `S=` (Postfix virtual(8) / local(8) deliveries).
+Dovecot's `maildirsize` is read for the quota *limit* only (its first line, "<bytes>S,<n>C"):
+its running usage drifts (files removed behind Dovecot's back, a second delivery agent) and a
+quota rule may leave Trash out, so using it as the size would make a mailbox flip between two
+definitions. A mailbox without a limit there gets `default_quota`.
 A mailbox that vanishes or cannot be read during the scan is an error for that mailbox only.
+
+History: every scan is written to data_dir/state/mailboxes.json (for digests): the latest scan
+of every mailbox (size, messages, quota) and, per local day, the size at that day's last scan,
+for HISTORY_DAYS days: a few dozen bytes per mailbox and day, for all mailboxes, not only the
+`top` ones that get RRD files.
 
 Naming contract: target "mailboxes"; instance "user@domain" (the `top` biggest only, so a
 spool of thousands does not make thousands of RRD files), "domain:<domain>" for every domain,
@@ -33,8 +39,11 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from monitor.config import Config, MailboxesConfig
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import run_command
 from monitor.text import clean
@@ -55,8 +64,9 @@ class MailboxSize:
     kind: str  # "maildir" or "mbox"
     size_bytes: int = 0
     messages: int = 0
-    source: str = ""  # "maildirsize", "names", "stat", "mbox"
+    source: str = ""  # "names", "stat", "mbox"
     error: str | None = None
+    quota_bytes: int | None = None  # the limit in Dovecot's maildirsize, if any
 
 
 @dataclass
@@ -132,83 +142,81 @@ def _folders(root: str) -> list[str]:
     return folders
 
 
-def _read_maildirsize(root: str, folders: list[str], max_age: float, now: float) -> tuple[int, int] | None:
-    """(bytes, messages) from a fresh maildirsize file, else None."""
-    path = os.path.join(root, "maildirsize")
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    if max_age and now - st.st_mtime > max_age:
-        return None
-    for folder in folders:
-        for sub in ("cur", "new"):
-            try:
-                if os.stat(os.path.join(folder, sub)).st_mtime > st.st_mtime:
-                    return None  # something changed after Dovecot last wrote it
-            except FileNotFoundError:
-                continue
-    try:
-        with open(path, "rb") as handle:
-            lines = handle.read(1 << 20).split(b"\n")
-    except OSError:
-        return None
-    size = count = 0
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 2:
-            return None
-        try:
-            size += int(fields[0])
-            count += int(fields[1])
-        except ValueError:
-            return None
-    if size < 0 or count < 0:
-        return None
-    return size, count
+_QUOTA_LIMIT = re.compile(rb"^\s*(?:(\d+)S)?")
 
 
-def _count_listing(directory: str) -> tuple[int, int, bool]:
-    """(bytes, messages, stat_needed) for one cur/ or new/ directory."""
+def read_quota_limit(root: str) -> int | None:
+    """The byte limit from the first line of Dovecot's maildirsize ("1073741824S,10000C");
+    None without the file or a byte limit (0 is "no limit" there)."""
+    try:
+        with open(os.path.join(root, "maildirsize"), "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return None
+    limit = _QUOTA_LIMIT.match(first)
+    if not limit or not limit.group(1):
+        return None
+    return int(limit.group(1)) or None
+
+
+_SETTLED = 2.0  # seconds: a directory changed more recently may still change within its mtime
+
+
+def _count_listing(directory: str, cache: dict | None = None) -> tuple[int, int, bool]:
+    """(bytes, messages, stat_needed) for one cur/ or new/ directory.
+
+    Maildir never rewrites a message file: a delivery, an expunge or a flag change adds,
+    removes or renames an entry, which changes the directory's mtime. So a directory whose
+    (inode, mtime, size) is what the cache saw last time holds the same messages: one stat()
+    instead of a listing (and a stat() per message without S=)."""
+    st = os.stat(directory)
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    if cache is not None:
+        hit = cache.get(directory)
+        if hit is not None and hit[0] == key:
+            return hit[1]
     names = os.listdir(directory)
+    result = _sizes_of(directory, names)
+    if cache is not None and time.time() - st.st_mtime > _SETTLED:
+        cache[directory] = (key, result)
+    return result
+
+
+def _sizes_of(directory: str, names: list[str]) -> tuple[int, int, bool]:
     if not names:
         return 0, 0, False
     # One regex pass over all names at once: the per-file cost stays in C.
     sizes = _SIZE_IN_NAME.findall("\n".join(names))
     if len(sizes) == len(names):
         return sum(map(int, sizes)), len(names), False
-    total = count = 0
-    for name in names:
-        if name.startswith("."):
-            continue
-        match = _SIZE_IN_NAME.search(name)
-        if match:
-            total += int(match.group(1))
-        else:
-            try:
-                total += os.stat(os.path.join(directory, name)).st_size
-            except FileNotFoundError:
-                continue  # moved (new -> cur) or expunged between listing and stat
-        count += 1
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        total = count = 0
+        for name in names:
+            if name.startswith("."):
+                continue
+            match = _SIZE_IN_NAME.search(name)
+            if match:
+                total += int(match.group(1))
+            else:
+                try:  # relative to the directory: no path lookup per message
+                    total += os.stat(name, dir_fd=fd, follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue  # moved (new -> cur) or expunged between listing and stat
+            count += 1
+    finally:
+        os.close(fd)
     return total, count, True
 
 
-def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float) -> None:
+def measure_maildir(box: MailboxSize, cache: dict | None = None) -> None:
     folders = _folders(box.path)
-    if use_maildirsize:
-        quick = _read_maildirsize(box.path, folders, max_age, now)
-        if quick is not None:
-            box.size_bytes, box.messages = quick
-            box.source = "maildirsize"
-            return
     total = count = 0
     stat_used = False
     for folder in folders:
         for sub in ("cur", "new"):
             try:
-                size, n, needed = _count_listing(os.path.join(folder, sub))
+                size, n, needed = _count_listing(os.path.join(folder, sub), cache)
             except FileNotFoundError:
                 if folder == box.path and not os.path.isdir(box.path):
                     raise
@@ -218,6 +226,7 @@ def measure_maildir(box: MailboxSize, *, use_maildirsize: bool, max_age: float, 
             stat_used |= needed
     box.size_bytes, box.messages = total, count
     box.source = "stat" if stat_used else "names"
+    box.quota_bytes = read_quota_limit(box.path)
 
 
 def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -> None:
@@ -241,16 +250,15 @@ def measure_mbox(box: MailboxSize, cache: dict[str, tuple[tuple, int]] | None) -
         cache[box.path] = (key, count)
 
 
-def measure(box: MailboxSize, *, use_maildirsize: bool, max_age: float, now: float,
-            mbox_cache: dict | None = None) -> MailboxSize:
+def measure(box: MailboxSize, cache: dict | None = None) -> MailboxSize:
     """Fill in one mailbox's size; any OS error becomes this mailbox's error, nothing raises."""
     try:
         st = os.stat(box.path)
         if stat_mod.S_ISREG(st.st_mode):
             box.kind = "mbox"
-            measure_mbox(box, mbox_cache)
+            measure_mbox(box, cache)
         elif stat_mod.S_ISDIR(st.st_mode):
-            measure_maildir(box, use_maildirsize=use_maildirsize, max_age=max_age, now=now)
+            measure_maildir(box, cache)
         else:
             box.error = "neither a Maildir directory nor an mbox file"
     except FileNotFoundError:
@@ -277,15 +285,13 @@ def scan_spools(
     patterns: list[str],
     *,
     default_domain: str = "localhost",
-    use_maildirsize: bool = True,
-    maildirsize_max_age: float = 7 * 86400,
     threads: int = 1,
-    clock: Callable[[], float] = time.time,
-    mbox_cache: dict | None = None,
+    cache: dict | None = None,
 ) -> ScanResult:
-    """Find and measure every mailbox of the patterns (blocking; run it in a thread)."""
+    """Find and measure every mailbox of the patterns (blocking; run it in a thread). `cache`
+    (kept by the caller between scans) remembers unchanged Maildir directories and mbox
+    files, so a steady-state scan reads only what changed."""
     started = time.perf_counter()
-    now = clock()
     boxes: list[MailboxSize] = []
     seen: set[str] = set()
     for pattern in patterns:
@@ -293,13 +299,15 @@ def scan_spools(
             if path in seen:
                 continue
             seen.add(path)
-            address = f"{user}@{domain}" if user else domain
+            # Directory names are the users': cleaned here, once, so no newline or bidi
+            # override reaches a metric name, an alert mail or a digest.
+            domain = clean(domain, 200)
+            address = clean(f"{user}@{domain}", 200) if user else domain
             boxes.append(MailboxSize(address, domain, path, "maildir"))
     boxes = [b for b in boxes if _is_mailbox(b.path)]
 
     def one(box: MailboxSize) -> MailboxSize:
-        return measure(box, use_maildirsize=use_maildirsize, max_age=maildirsize_max_age, now=now,
-                       mbox_cache=mbox_cache)
+        return measure(box, cache)
 
     if threads > 1 and len(boxes) > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbox-scan") as pool:
@@ -350,6 +358,78 @@ async def read_postqueue(postqueue: str, timeout: float, now: float) -> QueueSum
     return await asyncio.to_thread(parse_postqueue_json, out.decode("utf-8", "replace"), now)
 
 
+# -- history (for digests) --------------------------------------------------------------------
+
+HISTORY_DAYS = 35
+
+
+def history_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "mailboxes.json"
+
+
+@dataclass
+class MailboxHistory:
+    """The latest scan of every mailbox and one size per mailbox per local day."""
+
+    scanned_at: float = 0.0
+    latest: dict[str, tuple[int, int, int | None]] = field(default_factory=dict)  # size, msgs, quota
+    days: dict[str, dict[str, int]] = field(default_factory=dict)  # "YYYY-MM-DD" -> address -> size
+
+    def size_on(self, day: str, address: str) -> int | None:
+        return self.days.get(day, {}).get(address)
+
+
+def load_history(path: Path) -> MailboxHistory:
+    """The saved history; missing or unreadable: empty (an unreadable one is logged)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        latest = raw.get("latest", {})
+        return MailboxHistory(
+            float(latest.get("at", 0.0)),
+            {a: (int(v[0]), int(v[1]), None if v[2] is None else int(v[2]))
+             for a, v in latest.get("boxes", {}).items()},
+            {d: {a: int(v) for a, v in boxes.items()} for d, boxes in raw.get("days", {}).items()})
+    except FileNotFoundError:
+        return MailboxHistory()
+    except (OSError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        log.error("mailbox history %s unreadable (%s); it starts afresh", path, exc)
+        return MailboxHistory()
+
+
+def record_scan(path: Path, result: ScanResult, now: float, default_quota: float | None) -> None:
+    """Add one scan to the history file (atomically); days older than HISTORY_DAYS go."""
+    history = load_history(path)
+    fallback = int(default_quota) if default_quota else None
+    boxes = {b.address: [b.size_bytes, b.messages, b.quota_bytes or fallback]
+             for b in result.mailboxes}
+    day = datetime.fromtimestamp(now).date()
+    days = {d: v for d, v in history.days.items()
+            if d > (day - timedelta(days=HISTORY_DAYS)).isoformat()}
+    days[day.isoformat()] = {a: v[0] for a, v in boxes.items()}
+    atomic_write(Path(path), json.dumps({"version": 1, "latest": {"at": now, "boxes": boxes},
+                                         "days": dict(sorted(days.items()))},
+                                        separators=(",", ":")))
+
+
+def load_scan_cache(path: Path | None) -> dict:
+    """The scan cache a previous run saved: a restarted agent's first scan lists only what
+    changed meanwhile. Missing or unreadable: empty (every directory is listed once)."""
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {p: (tuple(key), tuple(value) if isinstance(value, list) else int(value))
+                for p, (key, value) in raw.get("entries", {}).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
+def save_scan_cache(path: Path, cache: dict) -> None:
+    atomic_write(Path(path), json.dumps({"version": 1, "entries": {
+        p: [list(key), list(value) if isinstance(value, tuple) else value]
+        for p, (key, value) in cache.items()}}, separators=(",", ":")))
+
+
 # -- the collector --------------------------------------------------------------------------
 
 
@@ -359,15 +439,35 @@ class MailboxesCollector:
     interval: float
     clock: Callable[[], float] = time.time
     name: str = "mailboxes"
-    _mbox_cache: dict = field(default_factory=dict)
+    history_path: Path | None = None  # data_dir/state/mailboxes.json; None: keep no history
+    cache_path: Path | None = None  # where the scan cache outlives a restart; None: memory only
+    _cache: dict | None = None  # unchanged directories and mbox files (see _count_listing)
 
     async def collect(self) -> Batch:
         cfg = self.config
+        if self._cache is None:
+            self._cache = await asyncio.to_thread(load_scan_cache, self.cache_path)
         result = await asyncio.to_thread(
             scan_spools, [str(p) for p in cfg.paths], default_domain=cfg.default_domain,
-            use_maildirsize=cfg.maildirsize, maildirsize_max_age=cfg.maildirsize_max_age,
-            threads=cfg.scan_threads, clock=self.clock, mbox_cache=self._mbox_cache)
-        batch = self.to_batch(result, self.clock())
+            threads=cfg.scan_threads, cache=self._cache)
+        # Forget mailboxes that are gone: an entry is an mbox, BOX/cur or BOX/.Folder/cur.
+        boxes = {b.path for b in result.mailboxes}
+        for stale in [p for p in self._cache if p not in boxes and os.path.dirname(p) not in boxes
+                      and os.path.dirname(os.path.dirname(p)) not in boxes]:
+            del self._cache[stale]
+        if self.cache_path is not None:
+            try:
+                await asyncio.to_thread(save_scan_cache, self.cache_path, self._cache)
+            except OSError as exc:
+                log.warning("mailboxes: cannot save %s: %s", self.cache_path, exc)
+        now = self.clock()
+        batch = self.to_batch(result, now)
+        if self.history_path is not None:
+            try:
+                await asyncio.to_thread(record_scan, self.history_path, result, now,
+                                        cfg.default_quota)
+            except OSError as exc:
+                log.warning("mailboxes: cannot save %s: %s", self.history_path, exc)
         if cfg.postfix_queue:
             batch.add(await self.queue_check())
         return batch
@@ -461,7 +561,8 @@ def build(config: Config) -> list[Collector]:
         return []
     # Mailbox sizes change slowly and a scan walks the whole spool: every 15 min at most.
     interval = cfg.interval or max(config.agent.interval, 900.0)
-    return [MailboxesCollector(cfg, interval)]
+    return [MailboxesCollector(cfg, interval, history_path=history_path(config.state_dir),
+                               cache_path=config.state_dir / "mailboxes-scan-cache.json")]
 
 
 __all__ = ["MailboxSize", "MailboxesCollector", "ScanResult", "build",

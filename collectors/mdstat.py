@@ -9,6 +9,16 @@
 
 Member flags: (F) failed, (S) spare, (W) write-mostly, (R) replacement. "[3/2]" is "wanted
 disks / working disks" and "[_UU]" shows which slot is missing.
+
+Firmware RAID (Intel RST / IMSM, DDF) shows a *container* that is always "inactive", its
+members all spares, and the arrays inside it as ordinary md devices:
+
+    md126 : active raid1 sda[1] sdb[0]
+          976759808 blocks super external:/md127/0 [2/2] [UU]
+    md127 : inactive sdb[1](S) sda[0](S)
+          5288 blocks super external:imsm
+
+The container holds no data of its own: it is reported as OK; its arrays are checked.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ _PROGRESS = re.compile(
     r"\b(resync|recovery|reshape|check|repair)\s*=\s*([\d.]+)%"
     r"(?:.*?finish\s*=\s*([\d.]+)min)?(?:.*?speed\s*=\s*(\d+)K/sec)?"
 )
+_CONTAINER = re.compile(r"\bsuper external:(imsm|ddf)\b")
 _PENDING = re.compile(r"\b(resync|recovery|reshape|check|repair)\s*=\s*(DELAYED|PENDING)")
 
 
@@ -43,6 +54,7 @@ class MdArray:
     finish_minutes: float | None = None
     speed_kbps: int | None = None
     pending: str = ""            # "resync=DELAYED" etc.
+    container: str = ""          # "imsm" / "ddf": a firmware RAID container, not an array
 
     @property
     def failed(self) -> list[str]:
@@ -81,6 +93,9 @@ def parse_mdstat(text: str) -> list[MdArray]:
             if not line.strip():
                 current = None
             continue
+        container = _CONTAINER.search(line)
+        if container:
+            current.container = container.group(1)
         slots = _SLOTS.search(line)
         if slots:
             current.wanted, current.working = int(slots.group(1)), int(slots.group(2))
@@ -133,12 +148,24 @@ def array_check(target: str, array: MdArray, now: float) -> CheckResult:
         details.append("spare: " + ", ".join(array.spares))
     tail = ("; " + "; ".join(details)) if details else ""
 
-    if not array.active:
+    if array.container:
+        disks = ", ".join(sorted(array.members))
+        state, text = State.OK, (f"{array.name} is a {array.container.upper()} firmware RAID "
+                                 f"container of {disks} (always inactive; its arrays are "
+                                 "checked on their own)")
+    elif not array.active:
         state, text = State.CRITICAL, f"{what} is inactive (not running){tail}"
+    elif array.degraded and array.action == "reshape" and not array.failed:
+        # Growing or changing level (raid5 -> raid6): the new slot fills as the reshape runs.
+        state = State.WARNING
+        text = (f"{what} is being reshaped{shape}{tail}; it has less redundancy until the "
+                "reshape ends: leave it running, remove no disk")
     elif array.degraded:
         missing = (array.wanted or 0) - (array.working or 0)
         state = State.CRITICAL
         advice = ("a rebuild is running" if array.action == "recovery"
+                  else "a reshape is running; once it ends, replace the failed disk (mdadm --add)"
+                  if array.action == "reshape"
                   else "replace the failed disk (mdadm --add)")
         text = f"{what} is DEGRADED{shape}: {missing} of {array.wanted} disk(s) missing{tail}; {advice}"
     elif array.action in ("resync", "recovery", "reshape", "repair") or array.pending:

@@ -10,7 +10,9 @@ different and several can be set at once, so it is decoded bit by bit, not read 
 
 A growing count of reallocated sectors (ATA) or media errors (NVMe) is the classic early sign
 of a dying disk, so the last count per disk is kept in a small JSON state file; growth gives a
-WARNING that stays for `growth_hold` seconds so it is not lost between two runs.
+WARNING that stays for `growth_hold` seconds so it is not lost between two runs. NVMe media
+errors and SAS uncorrected errors (read/write/verify) above zero are a WARNING even without
+growth: each is data the drive could not deliver.
 """
 
 from __future__ import annotations
@@ -284,6 +286,11 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
             history["media_errors"] = entry
         if grew:
             problems.append((State.WARNING, f"media errors {grew}"))
+        elif isinstance(media, int) and media > 0:
+            # Data the drive could not read back, ever: not normal at any count.
+            problems.append((State.WARNING, f"{media} media error(s) recorded (data the drive "
+                                            "could not read back): back it up, plan a "
+                                            "replacement"))
         facts += [f"{used}% endurance used" if used is not None else "",
                   f"{media} media errors" if media is not None else ""]
     elif protocol == "SCSI":
@@ -297,6 +304,18 @@ def interpret(target: str, device: SmartDevice, status: int, data: dict | None, 
         if grew:
             problems.append((State.WARNING, f"grown defect list {grew}"))
         facts.append(f"{grown} grown defects" if grown is not None else "")
+        # Errors the drive could not correct (read, write, verify): any is a lost block.
+        counters = data.get("scsi_error_counter_log") or {}
+        uncorrected = [(kind, counters[kind].get("total_uncorrected_errors"))
+                       for kind in ("read", "write", "verify")
+                       if isinstance(counters.get(kind), dict)]
+        total = sum(n for _, n in uncorrected if isinstance(n, int))
+        if uncorrected:
+            ms.append(m("uncorrected_errors", total))
+        if total > 0:
+            which = ", ".join(f"{n} {kind}" for kind, n in uncorrected if isinstance(n, int) and n)
+            problems.append((State.WARNING, f"{total} uncorrected error(s) ({which}): back it "
+                                            "up, plan a replacement"))
     else:
         reallocated, pending, uncorrectable = _raw(attrs, 5), _raw(attrs, 197), _raw(attrs, 198)
         ms += [m("reallocated_sectors", reallocated), m("pending_sectors", pending),

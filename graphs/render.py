@@ -38,7 +38,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
-from monitor.files import atomic_write
+from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.store import Series, SeriesInfo
 from monitor.text import CONTROL
 
@@ -663,10 +663,11 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
-            atomic_write(job.out_dir / f"{name}.png", png)
+            atomic_write(job.out_dir / f"{name}.png", png, PUBLIC_MODE)
             if name == "day" and job.spark:
                 atomic_write(job.out_dir / "spark.png",
-                             renderer.spark.draw(graph, start, end, series.start, series.step))
+                             renderer.spark.draw(graph, start, end, series.start, series.step),
+                             PUBLIC_MODE)
             result.summaries[name] = graph.summary
             result.units = graph.units
             result.drawn.append(name)

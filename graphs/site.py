@@ -39,7 +39,7 @@ from graphs import render
 from graphs.render import PERIODS, Job, JobResult
 from monitor import __version__
 from monitor.config import Config
-from monitor.files import atomic_write
+from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import State
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
@@ -292,7 +292,7 @@ class SiteBuilder:
         def write(path: Path, template: str, root: str, **context: Any) -> None:
             nonlocal pages
             html = self._env.get_template(template).render(**common, root=root, **context)
-            atomic_write(path, html)
+            atomic_write(path, html, PUBLIC_MODE)
             pages += 1
 
         write(self.html_dir / "index.html", "index.html.j2", "", targets=model.targets,

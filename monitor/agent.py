@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
-from monitor.model import Batch, CheckResult, Collector, State, StreamingCollector
+from monitor.model import Batch, CheckResult, Collector, Measurement, State, StreamingCollector
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
@@ -24,6 +24,7 @@ from monitor.units import format_duration
 
 if TYPE_CHECKING:
     from graphs.site import SiteBuilder
+    from monitor.export import PrometheusExporter
 
 log = logging.getLogger("monitor")
 
@@ -56,8 +57,17 @@ class Agent:
         self.sinks.append(self.alerts.consume)
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self.site: SiteBuilder | None = None
+        # Prometheus: the latest values and check states as a textfile and/or on /metrics.
+        self.exporter: PrometheusExporter | None = None
+        if config.export.textfile or config.export.listen:
+            from monitor.export import PrometheusExporter
+            self.exporter = PrometheusExporter(config.export, self.status,
+                                               {c.name: c.interval for c in self.collectors})
+            self.sinks.append(self.exporter.consume)
 
     def schedule(self) -> None:
+        if self.exporter is not None:
+            self.exporter.serve()
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
@@ -121,10 +131,15 @@ class Agent:
                    f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
         ran = CheckResult("agent", f"collector {collector.name}", State.OK,
                           f"collector {collector.name} ran: {summary}")
-        batch.checks.append(ran)
+        # The agent's heartbeat: a digest tells "the check failed" from "the agent did not run".
+        heartbeat = Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
+                                unit="s", timestamp=time.time(), minimum=0)
+        batch.add(ran)
+        batch.add(heartbeat)
         await self.consume(collector, batch)
         log.info("%s: %s", collector.name, summary)
-        consumed.checks.append(ran)
+        consumed.add(ran)
+        consumed.add(heartbeat)
         return consumed
 
     async def consume(self, collector: Collector, batch: Batch) -> None:
@@ -188,3 +203,5 @@ class Agent:
         if self.site is not None:
             await asyncio.to_thread(self.site.close)
         await asyncio.to_thread(self.store.close)
+        if self.exporter is not None:
+            await asyncio.to_thread(self.exporter.close)

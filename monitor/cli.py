@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import logging
 import signal
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 from monitor import __version__
 from monitor.agent import Agent
 from monitor.config import Config, ConfigError, default_config_path, load_config
+from monitor.journal import SYSLOG_SOCKET, JournalFormatter, stderr_is_journal, syslog_handler
 from monitor.model import State
 from monitor.registry import COLLECTORS
+from monitor.sdnotify import Notifier
 from monitor.units import format_duration, parse_duration
 
 log = logging.getLogger("monitor")
@@ -32,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", "--config", type=Path, help="config file (TOML)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more output (-vv: debug)")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--syslog", action="store_true",
+                        help="log to syslog (facility daemon) instead of standard error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("run", help="run the agent in the foreground (the daemon)",
@@ -44,13 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="run collectors once, write RRD files, exit",
                        description="Run every enabled collector (or one) once and store the "
                        "results. Exits 1 if any collector failed.")
-    p.add_argument("--once", action="store_true", default=True, help="run once (the default)")
+    p.add_argument("--once", action="store_true",
+                   help="accepted and ignored: collect always runs once (`run` is the daemon)")
     p.add_argument("--only", metavar="NAME", choices=sorted(COLLECTORS),
                    help="only this collector: " + ", ".join(sorted(COLLECTORS)))
     p.set_defaults(handler=cmd_collect)
 
-    p = sub.add_parser("check-config", help="validate the config and summarise what is monitored")
+    p = sub.add_parser("check-config", help="validate the config and summarise what is monitored",
+                       description="Load and validate the config; print what is monitored, or "
+                       "the first error with file, line and key (exit code 2).")
+    p.add_argument("--json", action="store_true",
+                   help='print the summary (or {"ok": false, "error": ...}) as JSON')
     p.set_defaults(handler=cmd_check_config)
+
+    p = sub.add_parser("init-config", help="write the commented reference config, without the demo",
+                       description="Write this version's commented config.toml (the reference of "
+                       "every key) with the demo's devices, services and backups commented out and "
+                       "data_dir = /var/lib/monitor, to PATH (mode 0640; an existing file is kept "
+                       "unless --force) or to standard output.")
+    p.add_argument("path", nargs="?", type=Path, metavar="PATH",
+                   help="where to write it, e.g. /etc/monitor/config.toml (default: stdout)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(handler=cmd_init_config)
 
     p = sub.add_parser("discover", help="walk an SNMP device and print a [[snmp.devices]] stanza",
                        description="Walk the system group and IF-MIB of HOST and print a "
@@ -59,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host", metavar="HOST", help="address or name of the device")
     p.add_argument("--name", help="device name in the stanza (default: its sysName)")
     p.add_argument("--port", type=int, default=161, help="UDP port (default 161)")
-    p.add_argument("--version", dest="snmp_version", choices=["1", "2c", "3"], default="2c",
-                   help="SNMP version (default 2c)")
+    p.add_argument("--snmp-version", "--version", dest="snmp_version", choices=["1", "2c", "3"],
+                   default="2c", help="SNMP version (default 2c; --version is an alias here)")
     p.add_argument("--community", default="public", help="v1/v2c community (default public)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per try (default 2)")
     p.add_argument("--retries", type=int, default=2, help="retries after the first try (default 2)")
@@ -83,9 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
-                       description="Build digest NAME from the current data and hand it to the "
-                       "outbox (sent at once when the relay answers, retried otherwise). "
-                       "--dry-run prints the MIME message instead of sending it.")
+                       description="Build digest NAME for its last complete period (from the "
+                       "previous scheduled time to the latest one, as the agent sends it) and "
+                       "hand it to the outbox (sent at once when the relay answers, retried "
+                       "otherwise). --dry-run prints the MIME message instead of sending it.")
     p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
     p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
     p.set_defaults(handler=cmd_digest)
@@ -106,16 +127,64 @@ def build_parser() -> argparse.ArgumentParser:
                        "code is the worst state, as a Nagios plugin's: 0 OK, 1 WARNING, "
                        "2 CRITICAL, 3 UNKNOWN.")
     p.add_argument("names", nargs="*", metavar="NAME", help="only these services (default: all)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(handler=cmd_services)
+
+    p = sub.add_parser("status", help="print the current check states; exit code of the worst",
+                       description="Print the current state of every check (or those matching "
+                       "PATTERN) from the agent's status file, worst first, after a summary line. "
+                       "The exit code is that of the worst state, as a Nagios plugin's (0 OK, "
+                       "1 WARNING, 2 CRITICAL, 3 UNKNOWN), so another monitor can check this one. "
+                       "A check not reported for 3 intervals counts as UNKNOWN (is the agent "
+                       "running?); no matching check at all is UNKNOWN too.")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help='shell glob on the target, the check or "TARGET CHECK" (default: all)')
+    p.add_argument("--json", action="store_true", help="print the states as JSON")
+    p.set_defaults(handler=cmd_status)
+    accept_global_options_after_commands(parser)
     return parser
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
+def accept_global_options_after_commands(parser: argparse.ArgumentParser,
+                                         options: list[argparse.Action] | None = None) -> None:
+    """Let -c/-v/-q/--syslog follow the subcommand too (`monitor check-config -c x.toml`): every
+    subparser, nested ones included, gets a copy of each whose default is SUPPRESS, so that an
+    option given before the subcommand is not reset by the subparser."""
+    if options is None:
+        options = [a for a in parser._actions
+                   if {"-c", "-v", "-q", "--syslog"} & set(a.option_strings)]
+    for sub in (s for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                for s in a.choices.values()):
+        taken = {o for a in sub._actions for o in a.option_strings}
+        for option in options:
+            if taken.isdisjoint(option.option_strings):
+                sub._add_action(copy.copy(option)).default = argparse.SUPPRESS
+        accept_global_options_after_commands(sub, options)
+
+
+def setup_logging(verbose: int, quiet: bool, syslog: str | None = None) -> None:
+    """Standard error (time-stamped; for the journal with priorities instead), or the syslog
+    socket `syslog` (falling back to standard error, with a warning, if it is not there)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, stream=sys.stderr,
         format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%Y-%m-%d %H:%M:%S",
     )
+    root = logging.getLogger()
+    root.setLevel(level)  # basicConfig leaves it alone if a handler was there already
+    if syslog:
+        try:
+            handler = syslog_handler(syslog)
+        except OSError as exc:
+            log.warning("cannot log to syslog at %s (%s); logging to standard error", syslog,
+                        exc.strerror or exc)
+        else:
+            for old in root.handlers[:]:
+                root.removeHandler(old)
+            root.addHandler(handler)
+    elif stderr_is_journal(sys.stderr):  # journald stamps lines itself and reads <N> as the level
+        for existing in root.handlers:
+            existing.setFormatter(JournalFormatter())
     if verbose < 2:
         for noisy in ("apscheduler", "asyncio", "matplotlib", "PIL"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -156,9 +225,46 @@ def cmd_backup_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = read_config(args)
-    print(f"{config.source}: OK")
-    print(summarise(config))
+    if not args.json:
+        config = read_config(args)
+        print(f"{config.source}: OK")
+        print(summarise(config))
+        return 0
+    import json
+
+    from monitor.registry import build_collectors
+    try:
+        config = read_config(args)
+    except ConfigError as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}, indent=1))
+        return 2
+    print(json.dumps({
+        "ok": True, "source": str(config.source), "warnings": config.warnings,
+        "data_dir": str(config.agent.data_dir), "rrd_dir": str(config.rrd_dir),
+        "html_dir": str(config.html_dir), "rrdcached": config.storage.rrdcached,
+        "interval": config.agent.interval,
+        "jobs": [{"name": c.name, "interval": c.interval} for c in build_collectors(config)],
+        "snmp_devices": [{"name": d.name, "host": d.host, "port": d.port, "version": d.version}
+                         for d in config.snmp.devices],
+        "services": [{"name": s.name, "kind": s.kind} for s in config.services],
+        "alert_rules": [r.name for r in config.alerts.rules],
+        "digests": [d.name for d in config.digests], "contact_groups": sorted(config.contacts),
+    }, indent=1))
+    return 0
+
+
+def cmd_init_config(args: argparse.Namespace) -> int:
+    from monitor.files import atomic_write
+    from monitor.reference import installed_config, reference_text
+
+    text = installed_config(reference_text())
+    if args.path is None:
+        sys.stdout.write(text)
+        return 0
+    if args.path.exists() and not args.force:
+        raise ValueError(f"{args.path} exists; keeping it (--force replaces it)")
+    atomic_write(args.path, text, 0o640)  # secrets may be added to it later
+    print(f"wrote {args.path}; edit it, then check it with `monitor -c {args.path} check-config`")
     return 0
 
 
@@ -207,7 +313,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from collectors.snmp_discover import run_discover
 
     if args.snmp_version == "3" and not args.user:
-        raise ValueError("--version 3 needs --user (and --auth-protocol/--auth-key, "
+        raise ValueError("--snmp-version 3 needs --user (and --auth-protocol/--auth-key, "
                          "--priv-protocol/--priv-key as configured on the device)")
     auth_key = args.auth_key or os.environ.get("SNMP_AUTH_KEY")
     priv_key = args.priv_key or os.environ.get("SNMP_PRIV_KEY")
@@ -230,9 +336,53 @@ def cmd_services(args: argparse.Namespace) -> int:
         raise ValueError(f"no service named {', '.join(map(repr, unknown))} in {config.source}; "
                          f"known: {', '.join(sorted(known)) or 'none'}")
     results = asyncio.run(run_once(config, args.names or None))
-    for r in results:
-        print(f"{r.state.name:<8} {r.check}: {r.message}")
+    if args.json:
+        import json
+        print(json.dumps([{"target": r.target, "check": r.check, "state": r.state.name,
+                           "message": r.message, "time": r.timestamp,
+                           "metrics": {m.metric: m.value for m in r.measurements}}
+                          for r in results], indent=1))
+    else:
+        for r in results:
+            print(f"{r.state.name:<8} {r.check}: {r.message}")
     return max((r.state for r in results), key=lambda s: s.severity, default=State.OK).value
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from monitor.status import StatusBook
+
+    config = read_config(args)
+    now = time.time()
+    path = config.state_dir / "status.json"
+    try:
+        path.open("rb").close()
+    except FileNotFoundError:
+        pass
+    except PermissionError:  # as a Nagios plugin: UNKNOWN, and why
+        print(f"UNKNOWN: cannot read {path}: permission denied; run as the user the agent runs "
+              "as (sudo -u monitor monitor status)")
+        return State.UNKNOWN.value
+    checks = [c for c in StatusBook(path).all()
+              if args.pattern is None or c.matches(args.pattern)]
+    states = [State.UNKNOWN if c.stale(now) else c.state for c in checks]
+    worst = State.worst(states) if checks else State.UNKNOWN
+    if args.json:
+        print(json.dumps({"state": worst.name, "exit_code": worst.value, "checks": [
+            {"target": c.target, "check": c.check, "state": c.state.name, "message": c.message,
+             "since": c.since, "last": c.last, "stale": c.stale(now)} for c in checks]}, indent=1))
+        return worst.value
+    counts = ", ".join(f"{states.count(s)} {s.name}" for s in State if states.count(s))
+    where = f" matching {args.pattern!r}" if args.pattern else ""
+    print(f"{worst.name}: {counts or 'no checks'}{where}"
+          + ("" if checks else f" in {config.state_dir / 'status.json'}"))
+    for c, state in zip(checks, states, strict=True):
+        age = f"stale: last reported {format_duration(now - c.last)} ago" if c.stale(now) else \
+            f"since {format_duration(now - c.since)}"
+        print(f"{state.name:<8} {c.target} {c.check}: {c.message} ({age})")
+    return worst.value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -252,7 +402,10 @@ async def run_agent(config: Config, args: argparse.Namespace, duration: float | 
     agent = Agent(config)
     agent.schedule()
     agent.scheduler.start()
+    notifier = Notifier()  # systemd's Type=notify; does nothing outside systemd
+    watchdog = asyncio.ensure_future(notifier.keep_alive())
     log.info("monitor %s started: %s", __version__, agent.describe_jobs() or "no jobs configured")
+    notifier.ready(f"running: {agent.describe_jobs() or 'no jobs configured'}")
     log.info("data in %s (RRD files in %s)", config.agent.data_dir, config.rrd_dir)
     log.info("stop with Ctrl-C%s", f"; stopping by itself in {format_duration(duration)}"
              if duration else "")
@@ -269,9 +422,14 @@ async def run_agent(config: Config, args: argparse.Namespace, duration: float | 
             break
         if reload.is_set():
             reload.clear()
+            notifier.reloading()
             agent = await reload_agent(agent, args)
+            notifier.ready(f"running: {agent.describe_jobs() or 'no jobs configured'}")
     log.info("stopping: finishing running jobs")
+    notifier.stopping()
     await agent.close()
+    watchdog.cancel()
+    notifier.close()
     log.info("stopped")
     return 0
 
@@ -294,7 +452,7 @@ async def reload_agent(agent: Agent, args: argparse.Namespace) -> Agent:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
+    setup_logging(args.verbose, args.quiet, SYSLOG_SOCKET if args.syslog else None)
     try:
         return args.handler(args)
     except (ConfigError, ValueError) as exc:

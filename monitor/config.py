@@ -486,8 +486,8 @@ class DisksConfig:
                     raise Invalid("smart", str(exc)) from None
 
 
-_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$",
-                     "a mailing list name (letters, digits, . _ + -)")
+_LIST_NAME = Pattern(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}(@[A-Za-z0-9.-]{1,253})?$",
+                     "a mailing list name (letters, digits, . _ + -; Mailman 3: list@domain)")
 
 
 @dataclass
@@ -500,8 +500,8 @@ class MailboxesConfig:
     paths: list[ConfigPath] = field(default_factory=lambda: [Path("/var/mail/vhosts/{domain}/{user}")])
     # The domain of mailboxes whose pattern has no {domain} (e.g. "/var/mail/{user}" mbox files).
     default_domain: str = "localhost"
-    maildirsize: bool = True
-    maildirsize_max_age: Duration = 86400.0
+    # The quota of mailboxes whose Dovecot maildirsize names no limit (for % of quota).
+    default_quota: Size | None = None
     top: Annotated[int, Range(0, 1000)] = 20
     warn_size: Size | None = None
     critical_size: Size | None = None
@@ -526,11 +526,13 @@ class MailboxesConfig:
 
 @dataclass
 class ListsConfig:
-    """[lists]: Mailman activity from its post log, subscriber counts, optional Mailman 3."""
+    """[lists]: Mailman activity from Mailman 2's post log and/or Mailman 3's smtp.log, and
+    subscriber counts (Mailman 2's list_members, Mailman 3's REST API)."""
 
     enabled: bool = False
     interval: Duration | None = None
     post_log: ConfigPath | None = Path("/var/lib/mailman/logs/post")
+    smtp_log: ConfigPath | None = Path("/var/log/mailman3/smtp.log")
     list_members: str | None = "/usr/lib/mailman/bin/list_members"
     lists: list[Annotated[str, _LIST_NAME]] = field(default_factory=list)
     keep_days: Annotated[int, Range(1, 3660)] = 60
@@ -720,17 +722,16 @@ class Digest:
     sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
                            "mailboxes", "lists", "backups"]] = field(
         default_factory=lambda: list(DIGEST_SECTIONS))
-    period: Annotated[float, DURATION_MARK, Range(3600, None)] = 86400.0
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
     cert_days: Annotated[int, Range(1, 3650)] = 60
     graphs: bool = True
 
     def validate(self) -> None:
-        from apscheduler.triggers.cron import CronTrigger
+        from monitor.scheduler import cron_trigger
 
         try:
-            CronTrigger.from_crontab(self.schedule)
+            cron_trigger(self.schedule)
         except ValueError as exc:
             raise Invalid("schedule", f'expected a cron expression like "0 7 * * 1", got '
                                       f"{self.schedule!r} ({exc})") from None
@@ -738,6 +739,27 @@ class Digest:
             raise Invalid("recipients", "needs at least one contact group")
         if not self.sections:
             raise Invalid("sections", "needs at least one section")
+
+
+@dataclass
+class ExportConfig:
+    # Prometheus: a file for node_exporter's textfile collector, rewritten after every run.
+    textfile: ConfigPath | None = None
+    # "host:port" ("[::1]:9469") for an HTTP endpoint serving /metrics.
+    listen: str | None = None
+
+    def validate(self) -> None:
+        if self.listen is not None:
+            listen_address(self.listen)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid otherwise."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([\w.-]+):(\d+)", text)
+    port = int(match[2] or match[4]) if match else 0
+    if not match or not 1 <= port <= 65535:
+        raise Invalid("listen", f'expected "host:port" like "127.0.0.1:9469", got {text!r}')
+    return match[1] or match[3], port
 
 
 @dataclass
@@ -756,6 +778,7 @@ class Config:
     backups: list[BackupJob] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
+    export: ExportConfig = field(default_factory=ExportConfig)
     # Not read from TOML: where the config came from and what the loader wants the user to know.
     source: Path = field(default=Path("config.toml"), metadata={"internal": True})
     warnings: list[str] = field(default_factory=list, metadata={"internal": True})

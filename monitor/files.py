@@ -9,27 +9,68 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# State (check states, histories, indexes): the agent's user and group only.
+STATE_MODE = 0o640
+# Pages and graphs: a web server running as another user serves them.
+PUBLIC_MODE = 0o644
 
-def atomic_write(path: Path, data: bytes | str, mode: int = 0o644) -> None:
+
+def atomic_write(path: Path, data: bytes | str, mode: int = STATE_MODE) -> None:
     """Write a file so that readers see either the old or the new content, never a part.
 
-    The temporary file lives in the same directory (same filesystem) and is renamed over the
-    target; on error it is removed and the old file stays as it was.
+    The temporary file lives in the same directory (same filesystem); its data reach the disk
+    (fsync) before it is renamed over the target, and the rename is made durable after, so a
+    crash leaves the old file or the new one, never an empty one. On error it is removed and
+    the old file stays as it was. The file gets `mode` whatever the umask: STATE_MODE by
+    default, PUBLIC_MODE for what a web server serves; directories it creates get the matching
+    search bits (0750, 0755).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, directory_mode(mode))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
+            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    sync_directory(path.parent)
+
+
+def directory_mode(file_mode: int) -> int:
+    """The mode of a directory holding files of `file_mode`: search (x) where read (r) is."""
+    return 0o700 | file_mode | ((file_mode & 0o444) >> 2)
+
+
+def make_dirs(directory: Path, mode: int) -> None:
+    """Create `directory` and missing parents with exactly `mode` (not the umask's idea of it);
+    existing directories are left as they are."""
+    missing = []
+    while not directory.is_dir():
+        missing.append(directory)
+        if directory.parent == directory:
+            break
+        directory = directory.parent
+    for new in reversed(missing):
+        try:
+            new.mkdir()
+        except FileExistsError:  # another writer was quicker; its mode stands
+            continue
+        os.chmod(new, mode)
+
+
+def sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager

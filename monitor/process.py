@@ -10,6 +10,16 @@ class CommandMissing(RuntimeError):
     """The program does not exist: callers can say which package to install."""
 
 
+class CommandFailed(RuntimeError):
+    """The program exited non-zero; `stderr` is all it wrote there (for callers that know
+    which line of their tool's output carries the error)."""
+
+    def __init__(self, message: str, status: int, stderr: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.stderr = stderr
+
+
 async def run_command(
     argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None
 ) -> bytes:
@@ -35,7 +45,8 @@ async def run_command(
         await proc.wait()
         raise RuntimeError(f"{what} did not finish within {timeout:.0f} s") from None
     if proc.returncode != 0:
-        last = err.decode("utf-8", "replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"{what} exited with status {proc.returncode}"
-                           + (f": {last[0].strip()}" if last else ""))
+        text = err.decode("utf-8", "replace")
+        last = text.strip().splitlines()[-1:]
+        raise CommandFailed(f"{what} exited with status {proc.returncode}"
+                            + (f": {last[0].strip()}" if last else ""), proc.returncode, text)
     return out

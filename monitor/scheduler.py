@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,38 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 log = logging.getLogger(__name__)
+
+_DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+def _crontab_days(field: str) -> str:
+    """A crontab day-of-week field (0 and 7 are Sunday, 1 is Monday) in day names: APScheduler
+    3's from_crontab counts 0 as Monday, so "0 8 * * 1" would fire on Tuesdays."""
+    if field == "*" or not re.fullmatch(r"[\d,*/-]+", field):
+        return field  # names (mon-fri) mean the same to both
+    days = set()
+    for part in field.split(","):
+        span, _, step = part.partition("/")
+        if span == "*":
+            low, high = 0, 6
+        elif "-" in span:
+            low, high = (int(x) for x in span.split("-", 1))
+        else:
+            low = high = int(span)
+            high = 7 if step else high
+        if not 0 <= low <= high <= 7 or (step and int(step) < 1):
+            return field  # let APScheduler say what is wrong
+        days.update(d % 7 for d in range(low, high + 1, int(step or 1)))
+    return ",".join(_DAY_NAMES[d] for d in sorted(days))
+
+
+def cron_trigger(expression: str) -> CronTrigger:
+    """The trigger of a crontab expression (minute hour day month day-of-week), crontab's
+    meaning of the day numbers kept; local time."""
+    fields = expression.split()
+    if len(fields) == 5:
+        fields[4] = _crontab_days(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields))
 
 JobFunction = Callable[[], Awaitable[object]]
 
@@ -67,7 +100,7 @@ class Scheduler:
     def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
         job = _Job(name, function, None)
         self._jobs[name] = job
-        self._scheduler.add_job(self._run, CronTrigger.from_crontab(expression), args=[job],
+        self._scheduler.add_job(self._run, cron_trigger(expression), args=[job],
                                 id=name, name=name, misfire_grace_time=3600)
 
     def stats(self) -> dict[str, JobStats]:

@@ -5,6 +5,7 @@ Persisted as JSON in the state directory after each run so that a restart keeps 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import threading
@@ -31,6 +32,15 @@ class CheckStatus:
     @property
     def key(self) -> str:
         return f"{self.target}/{self.check}"
+
+    def stale(self, now: float, missed: int = 3) -> bool:
+        """Not reported for `missed` intervals: the agent (or this collector) is not running."""
+        return now - self.last > missed * max(self.interval, 60.0)
+
+    def matches(self, pattern: str) -> bool:
+        """A shell glob on the target, the check or "TARGET CHECK"."""
+        return any(fnmatch.fnmatchcase(text, pattern)
+                   for text in (self.target, self.check, f"{self.target} {self.check}"))
 
 
 class StatusBook:
@@ -77,8 +87,7 @@ class StatusBook:
         """Forget checks nobody reported for `missed` intervals (a removed mount or service),
         so pages and digests do not show them forever; returns what was dropped."""
         with self._lock:
-            stale = [s for s in self._checks.values()
-                     if now - s.last > missed * max(s.interval, 60.0)]
+            stale = [s for s in self._checks.values() if s.stale(now, missed)]
             for status in stale:
                 del self._checks[status.key]
         return stale

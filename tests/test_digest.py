@@ -7,10 +7,12 @@ import email.policy
 import math
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
-from alerts.digest import percentile, run_digest
-from collectors.lists import DayStats, ListsState, save_state
+from alerts.digest import percentile, period_of, run_digest
+from collectors.lists import ListsState, ListStats, save_state
+from collectors.mailboxes import MailboxSize, ScanResult, record_scan
 from monitor.config import parse_config
 from monitor.model import CheckResult, Measurement, State
 from monitor.status import StatusBook
@@ -47,7 +49,6 @@ name = "weekly-hotline"
 schedule = "0 8 * * 1"
 recipients = ["hotline"]
 sections = ["mailboxes"]
-period = "7d"
 """
 
 
@@ -86,8 +87,19 @@ def fill(tmp_path: Path, now: float) -> None:
                     timestamp=now - 7200),
     ])
     status.save()
-    today = time.strftime("%Y-%m-%d", time.localtime(now))
-    state = ListsState(days={today: {"announce": DayStats(3, 12345, {"a@x", "b@x"}, 1, 2)}},
+    # The mailboxes collector's history: a scan a day for 8 days, then the latest one.
+    history = tmp_path / "data" / "state" / "mailboxes.json"
+    for k in range(8, -1, -1):
+        boxes = [MailboxSize("alice@example.net", "example.net", "/x", "maildir",
+                             int(1e9 + (8 - k) * 288e6), 5000 + (8 - k) * 288),
+                 MailboxSize(EVIL, "evil.example", "/y", "maildir", int(5e8), 10)]
+        if k <= 2:  # a mailbox that appeared two days ago
+            boxes.append(MailboxSize("new@example.net", "example.net", "/z", "maildir",
+                                     int(2e6), 3))
+        record_scan(history, ScanResult(mailboxes=boxes), now - k * 86400, None)
+    _, end = period_of("0 7 * * *", now)  # the daily digest's period
+    hour = int(end - 3 * 3600) // 3600 * 3600
+    state = ListsState(hours={hour: {"announce": ListStats(3, 12345, {"a@x", "b@x"}, 1, 2)}},
                        subscribers={"announce": 812, "users": 40})
     save_state(tmp_path / "data" / "state" / "lists.json", state)
 
@@ -115,7 +127,9 @@ async def test_digest_sent_through_outbox_to_real_smtp(tmp_path: Path):
                   "Certificate expiry calendar", "Disks", "Biggest mailboxes",
                   "Mailing list activity", "Backup results"):
         assert title in text
-    assert "backups backup nightly" in text
+    # The backup failure is listed once, under "Backup results", and counted once.
+    assert "backups backup nightly" not in text and text.count("exit status 23") == 1
+    assert "nightly  CRITICAL" in text and "1 backup problem(s): see Backup results." in text
     assert "dmz-router eth0" in text and "95th" in text
     assert "% of samples" in text
     assert "www.example.net" in text and "(renew!)" in text
@@ -189,3 +203,89 @@ def test_digest_config_errors():
         parse_config('[[digests]]\nname = "d"\nrecipients = ["ops"]\n')
     with pytest.raises(ConfigError, match="cron expression"):
         parse_config('[contacts]\nadmins = ["a@b.c"]\n[[digests]]\nname = "d"\nschedule = "daily"\n')
+
+
+def test_untrusted_names_are_cleaned_and_bounded(tmp_path: Path):
+    """A mailbox directory name with newlines, an interface name with a bidi override and a
+    300-character name reach no mail body raw."""
+    from alerts.digest import DigestBuilder, render_text
+    from collectors.mailboxes import scan_spools
+
+    spool = tmp_path / "vhosts" / "example.net"
+    evil_user = "bob\n[OK] www.example.net https recovered\n[OK] db recovered"
+    for sub in ("cur", "new", "tmp"):
+        (spool / evil_user / sub).mkdir(parents=True)
+    ((spool / evil_user / "cur") / "1700000000.M1P1.mx,S=1234:2,S").write_bytes(b"x" * 1234)
+    (box,) = scan_spools([f"{tmp_path}/vhosts/{{domain}}/{{user}}"]).mailboxes
+    assert "\n" not in box.address and box.address.startswith("bob [OK] www.example.net")
+
+    now = time.time()
+    _, end = period_of("0 7 * * *", now)
+    store = RrdStore(tmp_path / "data" / "rrd")
+    bidi, long_name = "Gi\u202e0/0/3gnp.exe", "x" * 300
+    rows = []
+    for ts in range(int(end) - 86400 + 300, int(end) + 1, 300):
+        for name in (bidi, long_name):
+            rows += [Measurement("dmz-router", name, "in_octets", 1000.0, timestamp=ts),
+                     Measurement("dmz-router", name, "out_octets", 500.0, timestamp=ts)]
+        rows.append(Measurement("mailboxes", box.address, "size_bytes", 1234, timestamp=ts))
+    assert not store.write(rows, 300).errors
+    config = parse_config(make_config(tmp_path, 9, ["traffic", "mailboxes"]))
+    digest = next(d for d in config.digests if d.name == "daily")
+    report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
+                           clock=lambda: now).build(digest)
+    store.close()
+    text = render_text(report)
+    assert "\u202e" not in text and "Gi 0/0/3gnp.exe" in text
+    assert not any(line.startswith("[OK]") for line in text.splitlines())
+    traffic = text[text.index("DMZ traffic"):text.index("Biggest mailboxes")]
+    assert max(len(line) for line in traffic.splitlines()) < 160
+
+
+async def test_weekly_hotline_mail_speaks_of_mailboxes_from_the_latest_scan(tmp_path: Path):
+    """Sizes of the latest scan for every mailbox (not only the RRD top), quota and % of quota
+    from maildirsize (those nearest the limit first), growth for a mailbox outside the top,
+    a subject about mailboxes only."""
+    from alerts.digest import DigestBuilder, render_text, subject_of
+    from collectors.mailboxes import MailboxesCollector, history_path
+    from monitor.config import MailboxesConfig
+    from tests.test_mailboxes import make_maildir
+
+    spool = tmp_path / "vhosts" / "example.net"
+    kib = 1024
+    make_maildir(spool / "full", [100 * kib] * 9)  # 900 KiB of a 1 MiB quota
+    (spool / "full" / "maildirsize").write_text(f"{1024 * kib}S,0C\n921600 9\n")
+    make_maildir(spool / "big", [2048 * kib] * 3)  # 6 MiB, no quota
+    make_maildir(spool / "grower", [600 * kib])  # 0.6 MiB now; 32.9 MiB in a week
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "vhosts" / "{domain}" / "{user}"],
+                          top=1)
+    state_dir = tmp_path / "data" / "state"
+    monday = datetime(2026, 11, 23, 8).timestamp()
+    clock = [monday - 7 * 86400 - 3600]
+    collector = MailboxesCollector(cfg, 900, clock=lambda: clock[0],
+                                   history_path=history_path(state_dir))
+    for day in range(8):
+        if day == 7:
+            make_maildir(spool / "grower", [600 * kib, *[1100 * kib] * 30])  # 32.8 MiB more
+        clock[0] = monday - (7 - day) * 86400 - 3600
+        batch = await collector.collect()
+    assert [m.instance for m in batch.measurements if m.metric == "size_bytes"
+            and "@" in m.instance] == ["grower@example.net"]  # RRD: the top 1 only (a week
+    # ago that was big@: grower's growth comes from the history of every mailbox)
+    config = parse_config(make_config(tmp_path, 9))
+    status = StatusBook(state_dir / "status.json")
+    status.update([CheckResult("backups", "backup nightly", State.CRITICAL, "failed",
+                               timestamp=monday)])
+    weekly = next(d for d in config.digests if d.name == "weekly-hotline")
+    report = DigestBuilder(config, store=RrdStore(tmp_path / "data" / "rrd"), status=status,
+                           clock=lambda: monday + 5).build(weekly)
+    assert "problem" not in subject_of(report)  # the backup failure is not this mail's
+    text = render_text(report)
+    rows = [line for line in text.splitlines() if "@example.net" in line]
+    assert rows[0].startswith("full@example.net") and "1.0 MiB" in rows[0] and "88%" in rows[0]
+    grower = next(line for line in rows if line.startswith("grower@"))
+    assert "32.8 MiB" in grower and "31" in grower and "+32.2 MiB" in grower
+    big = next(line for line in rows if line.startswith("big@"))
+    assert "6.0 MiB" in big and " 3 " in big
+    mailboxes = next(s for s in report.sections if s.key == "mailboxes")
+    assert sum(1 for image in mailboxes.images if image is not None) == 3

@@ -499,6 +499,24 @@ def test_mdstat_failed_members():
     assert arrays["md127"].spares == ["sdh1"]
 
 
+def test_mdstat_imsm_container_is_not_an_inactive_array():
+    arrays = md("imsm.txt")
+    container = array_check("host1", arrays["md127"], 1.0)
+    assert container.state is State.OK and "IMSM firmware RAID container of sda, sdb" in (
+        container.message)
+    volume = array_check("host1", arrays["md126"], 1.0)
+    assert volume.state is State.OK and volume.message == "md126 (raid1) clean [2/2] [UU]"
+
+
+def test_mdstat_reshape_is_not_a_failed_disk():
+    arrays = md("reshape.txt")
+    grow = array_check("host1", arrays["md0"], 1.0)  # raid5 3 -> 4 disks
+    assert grow.state is State.WARNING and "reshape 2.3%" in grow.message
+    level = array_check("host1", arrays["md1"], 1.0)  # raid5 -> raid6: [5/4] while reshaping
+    assert level.state is State.WARNING and "being reshaped [5/4] [UUUU_]" in level.message
+    assert "replace" not in level.message and "remove no disk" in level.message
+
+
 # --------------------------------------------------------------------------------------------
 # the whole collector, into real RRD files
 
@@ -569,3 +587,17 @@ async def test_unreadable_inputs_are_one_disks_check_that_clears(tmp_path):
     (tmp_path / "mounts").write_text(f"/dev/x {tmp_path} ext4 rw 0 0\n")
     good = [c for c in (await collector.collect()).checks if c.check == "disks"]
     assert good[0].state is State.OK and good[0].message.startswith("watching 1 file system(s)")
+
+
+async def test_smart_nvme_media_errors_and_sas_uncorrected_warn_without_growth(tmp_path):
+    files = {"/dev/nvme2": "nvme_media_errors.json", "/dev/sde": "sas_uncorrected.json"}
+    script, _ = fake_smartctl(tmp_path, files)
+    collector = smart_collector(tmp_path, script, list(files))
+    for _ in range(2):  # the second run sees no growth: still a WARNING
+        results = {c.check: c for c in await collector.collect()}
+        nvme = results["smart /dev/nvme2"]
+        assert nvme.state is State.WARNING and "3 media error(s) recorded" in nvme.message
+        sas = results["smart /dev/sde"]
+        assert sas.state is State.WARNING, sas.message
+        assert "2 uncorrected error(s) (2 read)" in sas.message
+        assert {m.metric: m.value for m in sas.measurements}["uncorrected_errors"] == 2

@@ -7,11 +7,20 @@ import os
 import shutil
 import sys
 import threading
-from datetime import date
+import time
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from collectors.lists import ListsCollector, ListsState, activity, follow, load_state, parse_line
+from collectors.lists import (
+    ListsCollector,
+    ListsState,
+    activity,
+    follow,
+    load_state,
+    parse_line,
+    save_state,
+)
 from monitor.config import ListsConfig
 from monitor.model import State
 
@@ -21,7 +30,11 @@ NOV22 = 1795340000.0  # 2026-11-22 (any time zone near UTC)
 
 def counts(state: ListsState) -> dict:
     return {(day, name): (s.posts, s.bytes, len(s.senders), s.failures, s.refused)
-            for day, lists in state.days.items() for name, s in lists.items()}
+            for day, lists in state.by_day().items() for name, s in lists.items()}
+
+
+def local(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
 
 
 EXPECTED = {
@@ -35,12 +48,22 @@ EXPECTED = {
 
 
 def test_parse_real_line_formats():
-    assert parse_line("Nov 23 06:25:01 2026 (1234) post to announce from alice@example.net, "
-                      "size=2345, message-id=<a,b@c>, success") == (
-        "2026-11-23", "announce", "alice@example.net", 2345, 0)
+    post = parse_line("Nov 23 06:25:01 2026 (1234) post to announce from alice@example.net, "
+                      "size=2345, message-id=<a,b@c>, success")
+    assert (post.when, post.list, post.sender, post.size, post.refused, post.notice) == (
+        datetime(2026, 11, 23, 6, 25, 1), "announce", "alice@example.net", 2345, 0, False)
     assert parse_line("Nov 23 06:25:01 2026 (1234) post to x from y@z, size=1, "
-                      "message-id=<m>, 3 failures")[4] == 3
+                      "message-id=<m>, 3 failures").refused == 3
     assert parse_line("Nov 23 06:25:01 2026 (1) <id> smtp to x for 3 recips, completed in 1 s") is None
+    # Mailman 3's templates (schema.cfg [logging.smtp]).
+    post = parse_line("Nov 23 06:25:01 2026 (77) <a@b> post to users@lists.example.net from a@b, "
+                      "641 bytes, 2 failures")
+    assert (post.list, post.sender, post.size, post.refused, post.notice) == (
+        "users@lists.example.net", "a@b", 641, 2, False)
+    assert parse_line("Nov 23 06:25:01 2026 (77) <a@b> smtp to users@lists.example.net for 3 "
+                      "recips, completed in 0.25 seconds") is True
+    assert parse_line("Nov 23 06:25:01 2026 (77) <a@b> post to users@lists.example.net from "
+                      "users-bounces@lists.example.net, 900 bytes").notice
 
 
 def test_sample_log_counts(tmp_path: Path):
@@ -50,8 +73,7 @@ def test_sample_log_counts(tmp_path: Path):
     posts, _ = follow(log, state)
     assert posts == 8
     assert counts(state) == EXPECTED
-    assert state.unparsed == 0
-    week = activity(state, date(2026, 11, 20), date(2026, 11, 22))
+    week = activity(state, local("2026-11-20T00:00"), local("2026-11-23T00:00"))
     assert week["users"].posts == 4 and week["users"].failures == 2
     assert week["staff"].posts == 1  # the 2nd of November is outside
 
@@ -65,8 +87,6 @@ def test_incremental_partial_line_rotation_and_truncation(tmp_path: Path):
     log = tmp_path / "post"
     first, rest = _split(SAMPLE.read_text())
     state_file = tmp_path / "state" / "lists.json"
-    from collectors.lists import save_state
-
     # Run 1: four lines and half of the fifth (a writer in the middle of a line).
     log.write_text(first + rest[:30])
     state = ListsState()
@@ -116,9 +136,13 @@ def test_incremental_partial_line_rotation_and_truncation(tmp_path: Path):
 class _Mailman3(BaseHTTPRequestHandler):
     def do_GET(self):
         assert self.headers["Authorization"].startswith("Basic ")
-        body = {"total_size": 2, "start": 0, "entries": [
+        body = {"total_size": 4, "start": 0, "entries": [
             {"list_name": "announce", "fqdn_listname": "announce@example.net", "member_count": 812},
-            {"list_name": "staff", "fqdn_listname": "staff@example.net", "member_count": 9}]}
+            {"list_name": "staff", "fqdn_listname": "staff@example.net", "member_count": 9},
+            {"list_name": "users", "mail_host": "lists.a", "fqdn_listname": "users@lists.a",
+             "member_count": 14},
+            {"list_name": "users", "mail_host": "lists.b", "fqdn_listname": "users@lists.b",
+             "member_count": 7}]}
         data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -152,12 +176,16 @@ async def test_collector_members_mailman3_and_state(tmp_path: Path):
         batch = await collector.collect()
     finally:
         server.shutdown()
+        server.server_close()  # refused at once: the second run does not wait for a timeout
     checks = {c.check: c for c in batch.checks}
     assert checks["list ghost"].state is State.UNKNOWN and "No such list" in checks["list ghost"].message
     assert checks["lists"].state is State.OK
     values = {(m.instance, m.metric): m.value for m in batch.measurements}
     assert values[("users", "subscribers")] == 3
-    assert values[("announce", "subscribers")] == 812
+    # Mailman 3's lists are keyed by address: two "users" lists on two domains stay two.
+    assert values[("announce@example.net", "subscribers")] == 812
+    assert values[("users@lists.a", "subscribers")] == 14
+    assert values[("users@lists.b", "subscribers")] == 7
     assert values[("users", "posts_today")] == 1
     assert values[("staff", "bytes_today")] == 4096
     saved = load_state(tmp_path / "state" / "lists.json")
@@ -172,4 +200,85 @@ async def test_missing_log_is_reported_not_raised(tmp_path: Path):
     cfg = ListsConfig(enabled=True, post_log=tmp_path / "nope", list_members=None)
     batch = await ListsCollector(cfg, 60, tmp_path / "s.json").collect()
     (check,) = batch.checks
-    assert check.state is State.WARNING and "does not exist" in check.message
+    assert check.state is State.WARNING and "no Mailman log found" in check.message
+
+
+SMTP_LOG = Path(__file__).parent / "data" / "mailman" / "smtp.log"
+
+EXPECTED_MAILMAN3 = {
+    ("2026-11-21", "announce@lists.example.net"): (1, 2345, 1, 0, 0),
+    ("2026-11-21", "users@lists.example.net"): (2, 1453, 1, 1, 2),
+    ("2026-11-21", "users@lists.other.example"): (1, 500, 1, 0, 0),
+    ("2026-11-22", "users@lists.other.example"): (1, 700, 1, 1, 1),
+    ("2026-11-22", "announce@lists.example.net"): (0, 0, 0, 0, 0),  # a notice only
+    ("2026-11-22", "staff@lists.example.net"): (1, 4096, 1, 0, 0),
+}
+
+
+async def test_mailman3_smtp_log_posts_failures_and_notices(tmp_path: Path):
+    log = tmp_path / "smtp.log"
+    shutil.copy(SMTP_LOG, log)
+    cfg = ListsConfig(enabled=True, post_log=None, smtp_log=log, list_members=None)
+    batch = await ListsCollector(cfg, 60, tmp_path / "lists.json", clock=lambda: NOV22).collect()
+    state = load_state(tmp_path / "lists.json")
+    assert counts(state) == EXPECTED_MAILMAN3
+    notices = {(day, name): s.notices for day, lists in state.by_day().items()
+               for name, s in lists.items() if s.notices}
+    assert notices == {("2026-11-21", "users@lists.example.net"): 2,
+                       ("2026-11-22", "announce@lists.example.net"): 1}
+    (check,) = batch.checks
+    assert check.state is State.OK and "6 new in the log" in check.message
+    values = {(m.instance, m.metric): m.value for m in batch.measurements}
+    assert values[("users@lists.other.example", "failures_today")] == 1
+    assert values[("staff@lists.example.net", "posts_today")] == 1
+
+
+async def test_log_without_a_parseable_line_is_a_warning(tmp_path: Path):
+    log = tmp_path / "smtp.log"
+    # A custom [logging.smtp] template: nothing can be counted, and the check says so.
+    log.write_text("2026-11-21 06:25:01 mailman.smtp: posted <a@b> to users, 641 bytes\n" * 3)
+    cfg = ListsConfig(enabled=True, post_log=None, smtp_log=log, list_members=None)
+    collector = ListsCollector(cfg, 60, tmp_path / "lists.json", clock=lambda: NOV22)
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.WARNING
+    assert f"none of the 3 line(s) of {log} is in a format Mailman writes" in check.message
+    (check,) = (await collector.collect()).checks  # and stays so on the next run
+    assert check.state is State.WARNING
+
+
+def test_rotation_with_immediate_compression_reads_the_gzip_tail(tmp_path: Path):
+    import gzip
+
+    log = tmp_path / "post"
+    first, rest = _split(SAMPLE.read_text())
+    log.write_text(first)
+    state = ListsState()
+    assert follow(log, state)[0] == 4
+    # Four more posts, then logrotate with `compress` and no `delaycompress`: post.1.gz at once.
+    with open(log, "a") as handle:
+        handle.write(rest)
+    with open(log, "rb") as src, gzip.open(tmp_path / "post.1.gz", "wb") as dst:
+        dst.write(src.read())
+    log.unlink()
+    log.write_text("")
+    posts, notes = follow(log, state)
+    assert posts == 4 and "post.1.gz" in notes[0]
+    assert counts(state) == EXPECTED
+    assert not state.losses
+
+
+async def test_rotation_whose_previous_file_is_gone_is_a_warning(tmp_path: Path):
+    log = tmp_path / "post"
+    log.write_text(SAMPLE.read_text())
+    cfg = ListsConfig(enabled=True, post_log=log, smtp_log=None, list_members=None)
+    now = [NOV22]
+    collector = ListsCollector(cfg, 60, tmp_path / "lists.json", clock=lambda: now[0])
+    assert (await collector.collect()).checks[0].state is State.OK
+    log.unlink()  # rotated and removed (rotate 0), or moved somewhere else
+    log.write_text("")
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.WARNING and "not counted" in check.message
+    assert time.strftime("after the last read (%Y-%m-%d %H:%M)", time.localtime(NOV22)) in check.message
+    now[0] += 2 * 86400  # shown for a day, then the check is green again
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.OK

@@ -1,4 +1,4 @@
-"""The mailboxes collector on generated Maildir trees: sizes from names, stat, maildirsize, mbox."""
+"""The mailboxes collector on generated Maildir trees: sizes from names, stat, mbox; quota."""
 
 from __future__ import annotations
 
@@ -65,37 +65,33 @@ def test_thousands_of_mailboxes_sizes_and_domains(tmp_path: Path):
     assert [m.size_bytes for m in top] == sorted((v[0] for v in expected.values()), reverse=True)[:5]
 
 
-def _maildirsize(box: Path, lines: list[str], mtime: float) -> None:
+def _maildirsize(box: Path, lines: list[str], mtime: float, header: str = "1000000000S,10000C") -> None:
     path = box / "maildirsize"
-    path.write_text("1000000000S,10000C\n" + "".join(f"{line}\n" for line in lines))
+    path.write_text(header + "\n" + "".join(f"{line}\n" for line in lines))
     os.utime(path, (mtime, mtime))
 
 
-def test_maildirsize_fast_path_when_fresh_and_fallback_when_stale(tmp_path: Path):
+def test_one_size_definition_and_the_quota_from_maildirsize(tmp_path: Path):
+    """A fresh or drifted maildirsize, or one whose quota rule leaves Trash out, never changes
+    the size: it is what the messages take, every folder included. The limit comes from it."""
     box = tmp_path / "spool" / "example.net" / "alice"
-    real = make_maildir(box, [100, 200, 300])
+    real = make_maildir(box, [100, 200, 300]) + make_maildir(box, [50], folder=".Trash")
     for sub in ("cur", "new"):
         os.utime(box / sub, (1_000_000, 1_000_000))
-    # Fresh (written after the last directory change): its figures are used, not the files'.
-    _maildirsize(box, ["5000 7", "-1000 -2", "250 1"], mtime=2_000_000)
     pattern = [f"{tmp_path}/spool/{{domain}}/{{user}}"]
-    result = scan_spools(pattern, clock=lambda: 2_000_100)
-    (m,) = result.mailboxes
-    assert (m.size_bytes, m.messages, m.source) == (4250, 6, "maildirsize")
-    # A delivery after Dovecot's last write (directory newer): counted from the names.
-    os.utime(box / "new", (2_000_050, 2_000_050))
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
-    assert (m.size_bytes, m.messages, m.source) == (real, 3, "names")
-    # Older than maildirsize_max_age: counted too; disabled: counted.
-    os.utime(box / "new", (1_000_000, 1_000_000))
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_000 + 8 * 86400).mailboxes
-    assert m.source == "names"
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100, use_maildirsize=False).mailboxes
-    assert m.source == "names"
-    # A corrupt maildirsize is ignored.
-    _maildirsize(box, ["garbage here now"], mtime=2_000_000)
-    (m,) = scan_spools(pattern, clock=lambda: 2_000_100).mailboxes
-    assert (m.size_bytes, m.source) == (real, "names")
+    sizes = set()
+    # Fresh, then drifted (files removed behind Dovecot's back), then without Trash.
+    for lines in (["650 4"], ["5000 7", "-1000 -2", "250 1"], ["600 3"]):
+        _maildirsize(box, lines, mtime=2_000_000)
+        (m,) = scan_spools(pattern).mailboxes
+        sizes.add((m.size_bytes, m.messages, m.source))
+        assert m.quota_bytes == 1_000_000_000
+    assert sizes == {(real, 4, "names")}
+    _maildirsize(box, [], mtime=2_000_000, header="0S,0C")  # 0 is "no limit"
+    assert scan_spools(pattern).mailboxes[0].quota_bytes is None
+    _maildirsize(box, [], mtime=2_000_000, header="garbage here now")
+    (m,) = scan_spools(pattern).mailboxes
+    assert (m.size_bytes, m.quota_bytes) == (real, None)
 
 
 def test_mbox_files_and_a_vanished_mailbox(tmp_path: Path):
@@ -105,7 +101,7 @@ def test_mbox_files_and_a_vanished_mailbox(tmp_path: Path):
     (spool / "carol").write_bytes(text * 3 + b"\nFrom z@y Tue Jan 2 00:00:00 2026\n\nlast\n")
     (spool / "dave").write_bytes(b"")
     os.symlink(spool / "gone", spool / "erin")  # dangling: vanished between listing and stat
-    result = scan_spools([f"{spool}/{{user}}"], default_domain="example.net", mbox_cache={})
+    result = scan_spools([f"{spool}/{{user}}"], default_domain="example.net", cache={})
     got = {m.address: (m.messages, m.size_bytes, m.kind) for m in result.mailboxes}
     assert got["carol@example.net"][0] == 4
     assert got["carol@example.net"][1] == (spool / "carol").stat().st_size
@@ -120,8 +116,7 @@ def test_mbox_separator_across_read_chunks(tmp_path: Path, monkeypatch):
     monkeypatch.setattr(mb, "_MBOX_CHUNK", 7)
     path = tmp_path / "box"
     path.write_bytes(b"From a\nx\nFrom b\nyy\nFrom c\nzzz\nFrom d\n")
-    box = measure(MailboxSize("u@d", "d", str(path), "mbox"), use_maildirsize=False, max_age=0,
-                  now=0)
+    box = measure(MailboxSize("u@d", "d", str(path), "mbox"))
     assert box.messages == 4
 
 
@@ -132,7 +127,7 @@ def test_mailbox_removed_during_scan_is_its_own_error(tmp_path: Path):
     import shutil
 
     shutil.rmtree(box)
-    measure(item, use_maildirsize=True, max_age=0, now=0)
+    measure(item)
     assert item.error and "vanished" in item.error
 
 
@@ -190,3 +185,50 @@ async def test_postfix_queue_from_postqueue_json(tmp_path: Path):
                               postqueue=str(tmp_path / "nope"))
     batch = await MailboxesCollector(missing, 900).collect()
     assert next(c for c in batch.checks if c.check == "postfix queue").state is State.UNKNOWN
+
+
+def test_unchanged_maildir_directories_are_not_listed_again(tmp_path: Path):
+    box = tmp_path / "spool" / "example.net" / "alice"
+    make_maildir(box, [100, 200, 300], with_names=False)
+    old = 1_700_000_000
+    for sub in ("cur", "new"):
+        os.utime(box / sub, (old, old))
+    pattern = [f"{tmp_path}/spool/{{domain}}/{{user}}"]
+    cache: dict = {}
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+    # Proof the cache answers: a file slipped in with the directory's mtime put back (nothing
+    # in Maildir does this) is not seen...
+    (box / "cur" / "sneaked:2,S").write_bytes(b"x" * 50)
+    os.utime(box / "cur", (old, old))
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+    # ... while a real delivery, flag change (rename) or expunge changes the mtime: seen at once.
+    os.rename(box / "cur" / "sneaked:2,S", box / "cur" / "sneaked:2,RS")
+    (m,) = scan_spools(pattern, cache=cache).mailboxes
+    assert (m.size_bytes, m.messages) == (650, 4)
+    os.unlink(box / "cur" / "sneaked:2,RS")
+    assert scan_spools(pattern, cache=cache).mailboxes[0].size_bytes == 600
+
+
+async def test_scan_cache_outlives_a_restart_and_forgets_removed_mailboxes(tmp_path: Path):
+    import shutil
+
+    spool = tmp_path / "vhosts" / "example.net"
+    for user in ("a", "b"):
+        make_maildir(spool / user, [10, 20], with_names=False)
+        make_maildir(spool / user, [5], folder=".Sent", with_names=False)
+        for sub in (spool / user).glob("**/cur"):
+            os.utime(sub, (1_700_000_000, 1_700_000_000))
+        for sub in (spool / user).glob("**/new"):
+            os.utime(sub, (1_700_000_000, 1_700_000_000))
+    cfg = MailboxesConfig(enabled=True, paths=[tmp_path / "vhosts" / "{domain}" / "{user}"])
+    cache_path = tmp_path / "state" / "cache.json"
+    first = MailboxesCollector(cfg, 900, cache_path=cache_path)
+    await first.collect()
+    restarted = MailboxesCollector(cfg, 900, cache_path=cache_path)
+    await restarted.collect()
+    assert restarted._cache == first._cache and len(first._cache) == 8
+    shutil.rmtree(spool / "b")
+    batch = await restarted.collect()
+    assert {k.split("/example.net/")[1].split("/")[0] for k in restarted._cache} == {"a"}
+    sizes = {m.instance: m.value for m in batch.measurements if m.metric == "size_bytes"}
+    assert sizes["a@example.net"] == 35

@@ -250,3 +250,40 @@ d["devices"] = [
     {"name": "/dev/sda", "info_name": "/dev/sda", "type": "scsi", "protocol": "SCSI",
      "open_error": "Permission denied"}]
 write("scan_open_denied.json", d)
+
+# 9. NVMe with media errors that no longer grow, no critical warning: exit 0
+write("nvme_media_errors.json", nvme_doc("/dev/nvme2", 0, 0, 41, 12, 3, 100, 20111, 0))
+
+# 10. SAS disk (smartctl -a on SCSI): health OK, no grown defects, but uncorrected read errors
+d = head(argv("/dev/sde"), 0)
+d["device"] = {"name": "/dev/sde", "info_name": "/dev/sde", "type": "scsi", "protocol": "SCSI"}
+d["scsi_vendor"] = "SEAGATE"
+d["scsi_product"] = "ST4000NM0023"
+d["scsi_model_name"] = "SEAGATE ST4000NM0023"
+d["scsi_revision"] = "GS0F"
+d["scsi_version"] = "SPC-4"
+d["user_capacity"] = {"blocks": 7814037168, "bytes": 4000787030016}
+d["logical_block_size"] = 512
+d["rotation_rate"] = 7200
+d["form_factor"] = {"scsi_value": 2, "name": "3.5 inches"}
+d["serial_number"] = "Z1Z0ABCD0000C4321XYZ"
+d["device_type"] = {"scsi_value": 0, "name": "disk"}
+d["local_time"] = LOCAL
+d["smart_support"] = {"available": True, "enabled": True}
+d["temperature_warning"] = {"enabled": True}
+d["smart_status"] = {"passed": True}
+d["temperature"] = {"current": 31, "drive_trip": 68}
+d["power_on_time"] = {"hours": 51234, "minutes": 12}
+d["scsi_grown_defect_list"] = 0
+counters = {"errors_corrected_by_eccfast": 0, "errors_corrected_by_eccdelayed": 0,
+            "errors_corrected_by_rereads_rewrites": 0, "total_errors_corrected": 0,
+            "correction_algorithm_invocations": 0, "gigabytes_processed": "0.000",
+            "total_uncorrected_errors": 0}
+d["scsi_error_counter_log"] = {
+    "read": {**counters, "errors_corrected_by_eccfast": 1843211, "errors_corrected_by_eccdelayed": 12,
+             "total_errors_corrected": 1843223, "correction_algorithm_invocations": 1843223,
+             "gigabytes_processed": "512034.771", "total_uncorrected_errors": 2},
+    "write": {**counters, "gigabytes_processed": "301234.025"},
+    "verify": {**counters, "errors_corrected_by_eccfast": 5, "total_errors_corrected": 5,
+               "correction_algorithm_invocations": 5, "gigabytes_processed": "1234.567"}}
+write("sas_uncorrected.json", d)

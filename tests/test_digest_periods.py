@@ -1,0 +1,212 @@
+"""Consecutive digests on a controlled clock tile time: over 21 dailies and 3 weeklies, the sums
+of every section's numbers equal independent counts of what happened (posts, alerts, traffic,
+service samples, backup runs), including events exactly on a period boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from alerts.digest import DigestBuilder, period_of
+from alerts.engine import Event, Kind
+from alerts.state import AlertStore, alerts_db_path
+from collectors.backups import runs_path
+from collectors.lists import ListsCollector
+from monitor.config import parse_config
+from monitor.model import Measurement, State
+from monitor.status import StatusBook
+from monitor.store import RrdStore
+
+STEP = 300
+SECTIONS = ["alerts", "traffic", "services", "lists", "backups"]
+
+
+def config_text(tmp_path: Path, log: Path) -> str:
+    return f"""
+[agent]
+data_dir = "{tmp_path / 'data'}"
+hostname = "mon.example.net"
+[storage]
+archives = ["step:40d"]
+[contacts]
+admins = ["admin@example.net"]
+[lists]
+enabled = true
+post_log = "{tmp_path / 'none'}"
+smtp_log = "{log}"
+list_members = "{tmp_path / 'none'}"
+[[backups]]
+name = "nightly"
+[[digests]]
+name = "daily"
+schedule = "0 7 * * *"
+sections = {SECTIONS!r}
+graphs = false
+[[digests]]
+name = "weekly"
+schedule = "0 8 * * 1"
+sections = {SECTIONS!r}
+graphs = false
+"""
+
+
+def mm3_line(at: float, name: str, sender: str, size: int, refused: int = 0) -> str:
+    stamp = datetime.fromtimestamp(at).strftime("%b %d %H:%M:%S %Y")
+    tail = f", {refused} failures" if refused else ""
+    return (f"{stamp} (42) <{int(at)}.{size}@example.net> post to {name} from {sender}, "
+            f"{size} bytes{tail}\n")
+
+
+def test_consecutive_daily_and_weekly_digests_tile_time(tmp_path: Path):
+    rng = random.Random(13)
+    monday = datetime(2026, 11, 2, 8, 0)
+    assert monday.weekday() == 0
+    first = (monday - timedelta(days=1, hours=8)).timestamp()
+    last = (monday + timedelta(days=22)).timestamp()
+    state_dir = tmp_path / "data" / "state"
+    log = tmp_path / "smtp.log"
+    log.write_text("")
+    config = parse_config(config_text(tmp_path, log))
+
+    # Traffic and one service, every 5 minutes; the service misses every 7th sample.
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    stamps = list(range(int(first) // STEP * STEP + STEP, int(last), STEP))
+    traffic = {t: float(rng.randrange(1000, 90_000)) for t in stamps}
+    answers = {t: (None if i % 7 == 0 else 0.01 + (i % 5) / 100) for i, t in enumerate(stamps)}
+    rows = []
+    for t in stamps:
+        rows += [Measurement("dmz-router", "eth0", "in_octets", traffic[t], timestamp=t),
+                 Measurement("dmz-router", "eth0", "out_octets", traffic[t] / 2, timestamp=t),
+                 Measurement("mail.example.net", "smtp", "response_seconds", answers[t],
+                             timestamp=t)]
+    assert not store.write(rows, STEP).errors
+
+    # Events at random times, and some exactly on the boundaries of both schedules.
+    boundaries = [(monday + timedelta(days=d, hours=h)).timestamp()
+                  for d in range(-1, 22) for h in (-1, 0)]
+    def times(n: int) -> list[float]:
+        return sorted([rng.uniform(first, last) for _ in range(n)] + rng.sample(boundaries, 6))
+
+    posts = [(t, rng.choice(["users@lists.a", "users@lists.b"]), rng.randrange(300, 9000),
+              rng.choice([0, 0, 0, 2])) for t in times(160)]
+    notices = [(t, "users@lists.a") for t in times(20)]
+    alert_times = times(90)
+    alerts = AlertStore(alerts_db_path(state_dir))
+    alerts.save([], [Event(Kind.FIRING, f"k{i}", "rule", "host", "check", State.WARNING, "m",
+                           None, "", at, at, ()) for i, at in enumerate(alert_times)])
+    runs = [dict(started=t - 600, finished=t, exit_status=rng.choice([0, 0, 1]),
+                 duration_seconds=600, output_bytes=0, tail="")
+            for t in sorted((monday + timedelta(days=d, hours=2, minutes=rng.randrange(-300, 400)))
+                            .timestamp() for d in range(-1, 22))]
+    runs_path(state_dir, "nightly").parent.mkdir(parents=True, exist_ok=True)
+    runs_path(state_dir, "nightly").write_text(json.dumps({"version": 1, "runs": runs}))
+
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    status = StatusBook(state_dir / "status.json")
+    lines = sorted([(t, mm3_line(t, n, f"s{int(t) % 17}@example.org", size, refused))
+                    for t, n, size, refused in posts]
+                   + [(t, mm3_line(t, n, "users-bounces@lists.a", 1500)) for t, n in notices])
+    digests = {d.name: d for d in config.digests}
+    schedule = sorted(
+        [(end, "daily") for end in ((monday + timedelta(days=d, hours=-1)).timestamp()
+                                    for d in range(1, 22))]
+        + [(end, "weekly") for end in ((monday + timedelta(weeks=w)).timestamp()
+                                       for w in (1, 2, 3))])
+    sums: dict[str, dict[str, float]] = {"daily": {}, "weekly": {}}
+    spans: dict[str, list[tuple[float, float]]] = {"daily": [], "weekly": []}
+    collector = ListsCollector(config.lists, 300, state_dir / "lists.json")
+    written = 0
+    for end, name in schedule:
+        # Mailman writes its log as time goes by; the collector reads it now and then, and the
+        # lines written since its last run are read by the digest itself.
+        seen_at = end - rng.uniform(60, 5 * 3600)
+        for cutoff in (seen_at, end):
+            new = [text for t, text in lines[written:] if t < cutoff]
+            with open(log, "a") as handle:
+                handle.writelines(new)
+            written += len(new)
+            if cutoff == seen_at:
+                collector.clock = lambda at=cutoff: at
+                asyncio.run(collector.collect())
+        # The scheduler runs the job a few seconds late; the period still ends at 07:00.
+        report = DigestBuilder(config, store=store, status=status,
+                               clock=lambda at=end: at + 7.5).build(digests[name])
+        assert report.end == end
+        spans[name].append((report.start, report.end))
+        for section in report.sections:
+            for key, value in section.totals.items():
+                sums[name][f"{section.key}: {key}"] = sums[name].get(f"{section.key}: {key}",
+                                                                     0) + value
+    store.close()
+
+    for name, periods in spans.items():
+        # One period after the other, no gap, no overlap.
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(periods)), name
+        start, end = periods[0][0], periods[-1][1]
+        counted = [p for p in posts if start <= p[0] < end]
+        expected = {
+            "alerts: alerts": sum(1 for t in alert_times if start <= t < end),
+            "lists: posts": len(counted),
+            "lists: bytes": sum(p[2] for p in counted),
+            "lists: failures": sum(1 for p in counted if p[3]),
+            "traffic: dmz-router eth0 in": math.fsum(traffic[t] for t in stamps
+                                                     if start < t <= end) * STEP,
+            "traffic: dmz-router eth0 out": math.fsum(traffic[t] / 2 for t in stamps
+                                                      if start < t <= end) * STEP,
+            "services: smtp (mail.example.net) samples": sum(1 for t in stamps if start < t <= end),
+            "services: smtp (mail.example.net) answered": sum(
+                1 for t in stamps if start < t <= end and answers[t] is not None),
+            "backups: runs": sum(1 for r in runs if start <= r["finished"] < end),
+            "backups: failed": sum(1 for r in runs if start <= r["finished"] < end
+                                   and r["exit_status"] != 0),
+        }
+        assert expected["lists: posts"] > 100 and expected["alerts: alerts"] > 50
+        assert {k: round(v, 3) for k, v in sums[name].items()} == {
+            k: round(v, 3) for k, v in expected.items()}, name
+
+
+def test_period_rule():
+    daily = period_of("0 7 * * *", datetime(2026, 11, 23, 7, 0, 3).timestamp())
+    assert daily == (datetime(2026, 11, 22, 7).timestamp(), datetime(2026, 11, 23, 7).timestamp())
+    # By hand in the afternoon: the last complete period.
+    assert period_of("0 7 * * *", datetime(2026, 11, 23, 15).timestamp()) == daily
+    weekly = period_of("0 8 * * 1", datetime(2026, 11, 23, 8).timestamp())  # a Monday
+    assert weekly == (datetime(2026, 11, 16, 8).timestamp(), datetime(2026, 11, 23, 8).timestamp())
+    # Weekdays only: Monday's digest covers the weekend.
+    assert period_of("0 7 * * 1-5", datetime(2026, 11, 23, 9).timestamp())[0] == datetime(
+        2026, 11, 20, 7).timestamp()
+
+
+def test_availability_is_over_the_time_the_check_was_measured(tmp_path: Path):
+    """An SMTP check that answered whenever it was measured is 100 % available, whatever the
+    agent's own downtime; that downtime is shown apart."""
+    end = datetime(2026, 11, 23, 7).timestamp()
+    start = end - 86400
+    config = parse_config(config_text(tmp_path, tmp_path / "smtp.log"))
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    rows = []
+    failures = {start + 3600 * h for h in (2, 3, 20)}
+    for t in range(int(start) - 3600, int(end) + 3600, STEP):
+        agent_up = not (start + 5 * 3600 < t <= start + 15 * 3600)  # down for 10 hours
+        if agent_up:  # a down agent writes nothing at all
+            rows += [Measurement("mail.example.net", "smtp", "response_seconds",
+                                 None if t in failures else 0.02, timestamp=t),
+                     Measurement("agent", "collector services", "run_seconds", 0.3, timestamp=t)]
+    assert not store.write(rows, STEP).errors
+    digest = next(d for d in config.digests if d.name == "daily")
+    report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
+                           clock=lambda: end).build(digest)
+    store.close()
+    services = next(s for s in report.sections if s.key == "services")
+    # rrdtool leaves the row of the first sample after a gap unknown: 10 h and one step.
+    measured = 288 - 121
+    assert services.totals["smtp (mail.example.net) samples"] == measured
+    assert services.totals["smtp (mail.example.net) answered"] == measured - 3
+    assert services.rows[0][1] == f"{100 * (measured - 3) / measured:.1f}% of samples"
+    assert services.totals["agent down seconds"] == 10 * 3600 + STEP
+    assert "The agent itself did not run for 10h5m of this period" in services.notes[0]
