@@ -10,27 +10,44 @@ metrics in_octets/out_octets (bytes per second, stored as GAUGE: we computed the
 in/out_{ucast,mcast,bcast}_packets, in/out_{errors,discards} (per second), oper_status and
 admin_status (1 = up, 2 = down), speed_bps; instance "" has uptime_seconds. Checks: "snmp" per
 device, "if <identity>" per interface.
+
+A misbehaving device harms only itself: each poll has a time budget and a row budget, and the
+collector yields each device's batch as soon as it is done (`SnmpCollector.batches`). Counter
+state, the interfaces seen (and seen up) and the port index (`read_port_index`: groups from
+LibreNMS-style descriptions, MAC and IP addresses) are kept per device in [agent] data_dir's
+state/snmp/, so restarts and `collect --once` from cron keep their rates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fnmatch
+import functools
+import hashlib
+import ipaddress
+import json
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from collectors.snmp_ber import Missing
 from collectors.snmp_client import (
     Client,
     CommunityClient,
     Endpoint,
     SnmpError,
     UsmClient,
+    Walk,
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
+from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
+from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
 from monitor.units import format_duration
 
@@ -39,7 +56,10 @@ log = logging.getLogger(__name__)
 Oid = tuple[int, ...]
 
 SYS = (1, 3, 6, 1, 2, 1, 1)
-SYS_UPTIME = (*SYS, 3)
+SYS_OBJECT_ID, SYS_UPTIME, SYS_NAME = (*SYS, 2), (*SYS, 3), (*SYS, 5)
+IF_NUMBER = (1, 3, 6, 1, 2, 1, 2, 1)
+# Fetched with the first request of every poll (GET-NEXT semantics: the .0 instance comes back).
+SCALARS = [SYS_OBJECT_ID, SYS_UPTIME, SYS_NAME, IF_NUMBER]
 IF = (1, 3, 6, 1, 2, 1, 2, 2, 1)
 IFX = (1, 3, 6, 1, 2, 1, 31, 1, 1, 1)
 
@@ -62,20 +82,142 @@ COUNTERS: dict[str, tuple[Oid | None, Oid | None]] = {
     "out_discards": (None, (*IF, 19)),
     "out_errors": (None, (*IF, 20)),
 }
-DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER,
+DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER,
                IF_DISCONTINUITY]
 HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
 ERROR_COLUMNS = [low for hc, low in COUNTERS.values() if hc is None and low is not None]
+UNITS = {metric: "B/s" if "octets" in metric else "/s" for metric in COUNTERS}
+# metric -> its 32-bit column, for the metrics that also have a 64-bit one.
+LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not None and low}
+
+# Rows one column may have: a table longer than this is an agent that never ends its walk.
+# ifNumber counts the rows of ifTable; real agents have a few more in ifXTable (stacked or
+# hidden sub-interfaces), never thousands more.
+ROW_SLACK = 256
+ROWS_WITHOUT_IFNUMBER = 20_000
+
+# The slow-changing part of a device (MAC and IP addresses per interface): walked on the first
+# poll and then once an hour, like LibreNMS' discovery, not every poll.
+IF_PHYS_ADDRESS = (*IF, 6)
+IP_AD_ENT_IF_INDEX, IP_AD_ENT_NETMASK = (1, 3, 6, 1, 2, 1, 4, 20, 1, 2), (1, 3, 6, 1, 2, 1, 4, 20, 1, 3)
+IP_ADDRESS_IF_INDEX, IP_ADDRESS_PREFIX = (1, 3, 6, 1, 2, 1, 4, 34, 1, 3), (1, 3, 6, 1, 2, 1, 4, 34, 1, 5)
+INVENTORY = [IF_PHYS_ADDRESS, IP_AD_ENT_IF_INDEX, IP_AD_ENT_NETMASK, IP_ADDRESS_IF_INDEX,
+             IP_ADDRESS_PREFIX]
+INVENTORY_INTERVAL = 3600.0
+
+# LibreNMS' port description convention: "Transit: ExampleNet (notes) [10G] {CID-42}".
+PORT_GROUPS = ("cust", "transit", "peering", "core")
+_PORT_DESCRIPTION = re.compile(r"^\s*(?P<group>[A-Za-z]+)\s*:\s*(?P<name>[^\[{(]*)")
+
+
+@dataclass(frozen=True, slots=True)
+class PortDescription:
+    """What an ifAlias in LibreNMS style says: group (cust, transit, peering, core), the
+    other side's name, and the optional (notes), [speed] and {circuit id}."""
+
+    group: str
+    name: str
+    notes: str = ""
+    speed: str = ""
+    circuit: str = ""
+
+
+NOT_DESCRIBED = PortDescription("", "")
+
+
+@dataclass(frozen=True, slots=True)
+class PortInfo:
+    """One entry of the port index (see `read_port_index`)."""
+
+    name: str
+    descr: str
+    alias: str
+    type: str
+    speed_bps: float | None
+    group: str
+    description: str
+    circuit: str
+    notes: str
+    mac: str
+    addresses: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> PortInfo:
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
+        speed = values["speed_bps"]
+        return cls(**{k: str(v or "") for k, v in values.items() if k not in ("speed_bps", "addresses")},
+                   speed_bps=float(speed) if isinstance(speed, int | float) else None,
+                   addresses=tuple(str(a) for a in values["addresses"] or ()))  # type: ignore[union-attr]
+
+
+@functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
+def parse_port_description(alias: str) -> PortDescription | None:
+    match = _PORT_DESCRIPTION.match(alias)
+    if match is None or match["group"].lower() not in PORT_GROUPS:
+        return None
+
+    def part(opening: str, closing: str) -> str:
+        found = re.search(re.escape(opening) + r"([^" + re.escape(closing) + r"]*)"
+                          + re.escape(closing), alias)
+        return found.group(1).strip() if found else ""
+
+    return PortDescription(match["group"].lower(), match["name"].strip(), part("(", ")"),
+                           part("[", "]"), part("{", "}"))
+
+
+def mac_text(value: object) -> str:
+    """ifPhysAddress as aa:bb:cc:dd:ee:ff ("" for none)."""
+    if not isinstance(value, bytes) or not value.strip(b"\x00"):
+        return ""
+    return ":".join(f"{b:02x}" for b in value)
+
+
+def addresses_by_ifindex(tables: dict[Oid, dict[Oid, object]]) -> dict[int, list[str]]:
+    """Interface addresses ("192.0.2.1/24", "2001:db8::1/64") per ifIndex, from the IP-MIB's
+    ipAddressTable (v4 and v6) and the older ipAddrTable (v4 only), without duplicates."""
+    found: dict[int, set[str]] = {}
+    masks = tables.get(IP_AD_ENT_NETMASK, {})
+    for index, if_index in tables.get(IP_AD_ENT_IF_INDEX, {}).items():
+        if len(index) != 4 or not isinstance(if_index, int):
+            continue
+        mask = masks.get(index)
+        try:
+            address = ipaddress.IPv4Address(bytes(index))
+            prefix = ipaddress.IPv4Network(f"0.0.0.0/{mask}").prefixlen if isinstance(mask, str) else 32
+        except ValueError:
+            continue
+        found.setdefault(if_index, set()).add(f"{address}/{prefix}")
+    prefixes = tables.get(IP_ADDRESS_PREFIX, {})
+    for index, if_index in tables.get(IP_ADDRESS_IF_INDEX, {}).items():
+        # index: address type (1 ipv4, 2 ipv6), length, the address bytes
+        if len(index) < 2 or index[0] not in (1, 2) or len(index) != 2 + index[1]:
+            continue
+        if not isinstance(if_index, int) or any(not 0 <= b < 256 for b in index[2:]):
+            continue
+        try:
+            address = ipaddress.ip_address(bytes(index[2:]))
+        except ValueError:
+            continue
+        pointer = prefixes.get(index)
+        full = 32 if address.version == 4 else 128
+        prefix = pointer[-1] if isinstance(pointer, tuple) and len(pointer) > 1 else full
+        found.setdefault(if_index, set()).add(f"{address}/{prefix if 0 <= prefix <= full else full}")
+    return {i: sorted(a, key=lambda t: (":" in t, t)) for i, a in found.items()}
 
 OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
                7: "lowerLayerDown"}
 
 
 def text(value: object) -> str:
-    """A display string from the agent: bytes decoded leniently, control characters dropped."""
+    """A display string from the agent: bytes decoded leniently, control characters dropped;
+    "" for nothing (noSuchObject/noSuchInstance/endOfMibView are not names)."""
+    if value is None or isinstance(value, Missing):
+        return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value.isprintable():
+        return value.strip()
     if not isinstance(value, str):
         return "" if value is None else str(value)
     return "".join(ch for ch in value if ch.isprintable()).strip()
@@ -101,6 +243,7 @@ class Interface:
     admin: int | None
     oper: int | None
     sample: InterfaceSample
+    if_type: int | None = None
 
 
 def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) -> list[Interface]:
@@ -109,47 +252,54 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
     Re-resolved on every poll: the identity, not the ifIndex, links a row to its history.
     Two rows with the same identity keep it apart with "#ifIndex" on the later one.
     """
-    indexes = sorted({idx[0] for column in tables.values() for idx in column if len(idx) == 1})
+    empty: dict[Oid, object] = {}
+    names, descrs, aliases = (tables.get(c, empty) for c in (IF_NAME, IF_DESCR, IF_ALIAS))
+    highs, lows, discs = (tables.get(c, empty) for c in (IF_HIGH_SPEED, IF_SPEED, IF_DISCONTINUITY))
+    admins, opers, types = (tables.get(c, empty) for c in (IF_ADMIN, IF_OPER, IF_TYPE))
+    # Per metric: its 64-bit column's rows, then its 32-bit column's (either may be empty).
+    counter_columns = [(metric, tables.get(hc, empty) if hc else empty,
+                        tables.get(low, empty) if low else empty)
+                       for metric, (hc, low) in COUNTERS.items()]
+    keys: set[Oid] = set().union(*tables.values())
     out: list[Interface] = []
     seen: set[str] = set()
-    for index in indexes:
-        key = (index,)
-
-        def get(column: Oid, key: tuple[int, ...] = key) -> object:
-            return tables.get(column, {}).get(key)
-
-        name, descr, alias = text(get(IF_NAME)), text(get(IF_DESCR)), text(get(IF_ALIAS))
-        candidates = {
-            "ifName": (name, descr),
-            "ifDescr": (descr, name),
-            "ifAlias": (alias, name, descr),
-            "ifIndex": (),
-        }[identity]
-        ident = next((c for c in candidates if c), str(index))
+    for key in sorted(k for k in keys if len(k) == 1):
+        index = key[0]
+        name, descr, alias = text(names.get(key)), text(descrs.get(key)), text(aliases.get(key))
+        if identity == "ifName":
+            ident = name or descr
+        elif identity == "ifDescr":
+            ident = descr or name
+        elif identity == "ifAlias":
+            ident = alias or name or descr
+        else:
+            ident = ""
+        ident = ident or str(index)
         if ident in seen:
             ident = f"{ident}#{index}"
         seen.add(ident)
-        high, low = get(IF_HIGH_SPEED), get(IF_SPEED)
+        high, low = highs.get(key), lows.get(key)
         speed: float | None = None
-        if isinstance(high, int) and high > 0:
+        if isinstance(high, int) and 0 < high < 2**32:
             speed = high * 1e6
         if isinstance(low, int) and 0 < low < 2**32 - 1 and (speed is None or speed < 4e9):
             speed = float(low)  # exact for links below 4.29 Gbit/s (ifHighSpeed is rounded)
         counters: dict[str, Counter] = {}
-        for metric, (hc, low_col) in COUNTERS.items():
-            value = get(hc) if hc is not None else None
-            if isinstance(value, int):
-                counters[metric] = Counter(value, 64)
+        for metric, wide, narrow in counter_columns:
+            value = wide.get(key)
+            if value.__class__ is int:
+                counters[metric] = Counter(value, 64)  # type: ignore[arg-type]
                 continue
-            value = get(low_col) if low_col is not None else None
-            if isinstance(value, int):
-                counters[metric] = Counter(value, 32)
-        disc = get(IF_DISCONTINUITY)
-        admin, oper = get(IF_ADMIN), get(IF_OPER)
+            value = narrow.get(key)
+            if value.__class__ is int:
+                counters[metric] = Counter(value, 32)  # type: ignore[arg-type]
+        disc = discs.get(key)
+        admin, oper, if_type = admins.get(key), opers.get(key), types.get(key)
         out.append(Interface(
             index, ident, name, descr, alias, speed,
             admin if isinstance(admin, int) else None, oper if isinstance(oper, int) else None,
             InterfaceSample(counters, speed, disc if isinstance(disc, int) else None),
+            if_type if isinstance(if_type, int) else None,
         ))
     return out
 
@@ -164,96 +314,258 @@ def make_client(device: SnmpDevice, engine: object | None) -> Client:
     return CommunityClient(endpoint, device.community or "public", device.version)
 
 
+def row_budget(device: SnmpDevice) -> Callable[[dict[Oid, object]], int]:
+    """The most rows a walk of `device` may read per column, from its ifNumber."""
+    def budget(scalars: dict[Oid, object]) -> int:
+        count = scalars.get((*IF_NUMBER, 0))
+        if isinstance(count, int) and count >= 0:
+            return 2 * count + ROW_SLACK
+        return ROWS_WITHOUT_IFNUMBER
+    return budget
+
+
+def state_file(directory: Path, name: str) -> Path:
+    """Where a device's counter state lives: a safe file name, whatever the device is called."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "device"
+    return directory / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:10]}.json"
+
+
+def scalar_text(value: object) -> str:
+    if isinstance(value, tuple):
+        return ".".join(map(str, value))
+    return text(value)
+
+
 @dataclass
 class DevicePoller:
-    """One device's client and counter history across polls."""
+    """One device's client and counter history across polls (and, with `state_dir`, runs)."""
 
     device: SnmpDevice
     interval: float
+    state_dir: Path | None = None
     state: CounterState = field(init=False)
-    has_hc: bool | None = None  # learnt on the first poll: are ifHC* columns there?
+    # Learnt from the last poll: the metrics whose 64-bit column some interface lacks (their
+    # 32-bit columns are walked too); None until the first poll (walk both).
+    low_needed: set[str] | None = None
+    # Interfaces seen in earlier polls (identity -> seen up at least once): a known interface
+    # missing from a broken walk becomes UNKNOWN, and "down" matters for one that was up.
+    known: dict[str, bool] = field(default_factory=dict)
+    identity: dict[str, str] = field(default_factory=dict)  # sysObjectID, sysName
     client: Client | None = None
+    loaded: bool = False
+    # ifIndex -> (MAC, addresses), from the inventory walk; when it was last walked.
+    inventory: dict[int, tuple[str, list[str]]] = field(default_factory=dict)
+    inventory_at: float | None = None
+    # Per interface identity: group/description/MAC/addresses (the port index, saved with the
+    # counter state for the site and digests to read: see `read_port_index`).
+    ports: dict[str, PortInfo] = field(default_factory=dict)
+    # identity -> {"WARNING"/"CRITICAL": since when the interface is above that threshold}
+    busy_since: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
 
+    @property
+    def skip_types(self) -> set[int]:
+        return {IF_TYPES[t] for t in self.device.skip_types}
+
     def columns(self) -> list[Oid]:
         if self.device.version == "1":
             counters = LOW_COLUMNS  # v1 cannot carry Counter64
-        elif self.has_hc:
-            counters = [*HC_COLUMNS, *ERROR_COLUMNS]
+        elif self.low_needed is None:
+            counters = HC_COLUMNS + LOW_COLUMNS
         else:
-            counters = HC_COLUMNS + LOW_COLUMNS if self.has_hc is None else LOW_COLUMNS
+            counters = [*HC_COLUMNS, *ERROR_COLUMNS,
+                        *(LOW_OF_HC[m] for m in LOW_OF_HC if m in self.low_needed)]
         return [*DESCRIPTIVE, *counters]
 
     async def poll(self, engine: object | None, clock: Callable[[], float]) -> Batch:
         device = self.device
+        if not self.loaded:
+            self.loaded = True
+            await asyncio.to_thread(self.load_state)
         if self.client is None:
             self.client = make_client(device, engine)
         columns = self.columns()
         reps = device.max_repetitions or max(1, 250 // len(columns))
+        budget = device.poll_budget or self.interval
         try:
-            tables, scalars = await walk_columns(self.client, columns, max_repetitions=reps,
-                                                 scalars=[SYS_UPTIME])
+            async with asyncio.timeout(budget):
+                walk = await walk_columns(self.client, columns, max_repetitions=reps,
+                                          scalars=SCALARS, max_rows=row_budget(device))
+                if not walk.stopped and (self.inventory_at is None
+                                         or clock() - self.inventory_at >= INVENTORY_INTERVAL):
+                    await self.walk_inventory(walk, clock())
+        except TimeoutError:
+            return self.failed(f"{device.name}: poll stopped after {budget:g} s, its time budget "
+                               "(the agent answers too slowly, or its tables never end)", clock())
         except SnmpError as exc:
-            return Batch(checks=[CheckResult(device.name, "snmp", State.CRITICAL, exc.message,
-                                             timestamp=clock())])
-        now = clock()
-        if self.has_hc is None and device.version != "1":
-            self.has_hc = any(tables.get(c) for c in HC_COLUMNS)
-        uptime = scalars.get((*SYS_UPTIME, 0))
-        uptime_ticks = uptime if isinstance(uptime, int) else None
-        interfaces = interfaces_from_tables(tables, device.identity)
-        return self.measure(interfaces, uptime_ticks, now)
+            return self.failed(exc.message, clock())
+        if walk.stopped:
+            return self.failed(f"{device.name}: {walk.stopped}", clock())
+        batch = self.measure(walk, clock())
+        if self.state_dir is not None:
+            await asyncio.to_thread(self.save_state)
+        return batch
 
-    def selected(self, iface: Interface) -> bool:
+    async def walk_inventory(self, walk: Walk, now: float) -> None:
+        """MAC and IP addresses per ifIndex; a device without the IP-MIB just has none."""
+        assert self.client is not None
+        try:
+            inventory = await walk_columns(self.client, INVENTORY, max_repetitions=25,
+                                           max_rows=2 * row_budget(self.device)(walk.scalars))
+        except SnmpError as exc:
+            log.debug("%s: no interface addresses: %s", self.device.name, exc.message)
+            return
+        addresses = addresses_by_ifindex(inventory.tables)
+        macs = {i[0]: mac_text(v) for i, v in inventory.tables[IF_PHYS_ADDRESS].items() if len(i) == 1}
+        self.inventory = {i: (macs.get(i, ""), addresses.get(i, [])) for i in macs.keys() | addresses}
+        self.inventory_at = now
+
+    def failed(self, message: str, now: float, state: State = State.CRITICAL) -> Batch:
+        """The device gave no usable poll: say why, and its known interfaces are unknown."""
+        batch = Batch(checks=[CheckResult(self.device.name, "snmp", state, message, timestamp=now)])
+        for identity in self.known:
+            batch.add(CheckResult(self.device.name, f"if {identity}", State.UNKNOWN,
+                                  f"{identity}: unknown, no usable poll of {self.device.name} "
+                                  "(see its snmp check)", timestamp=now))
+        return batch
+
+    def selected(self, iface: Interface, skip_types: set[int]) -> bool:
         d = self.device
         names = {iface.identity, iface.name, iface.descr} - {""}
         if d.include and not any(fnmatch.fnmatchcase(n, p) for n in names for p in d.include):
             return False
         if any(fnmatch.fnmatchcase(n, p) for n in names for p in d.exclude):
             return False
+        if iface.if_type is not None and iface.if_type in skip_types:
+            return False
         return d.include_admin_down or iface.admin != 2
 
-    def measure(self, interfaces: list[Interface], uptime_ticks: int | None, now: float) -> Batch:
+    def table_problem(self, walk: Walk, interfaces: list[Interface]) -> tuple[State, str]:
+        """What is wrong with the interface table as walked (OK, "" when nothing)."""
+        count = walk.scalars.get((*IF_NUMBER, 0))
+        if not interfaces:
+            if count == 0 and not walk.ends:
+                return State.OK, ""
+            answers = sorted({walk.ends.get(c, "nothing") for c in (IF_DESCR, IF_OPER)})
+            return State.CRITICAL, (f"{self.device.name} answers sysUpTime but not its interface "
+                                    f"table (IF-MIB ifTable: {', '.join(answers)}"
+                                    f"{f'; ifNumber {count}' if isinstance(count, int) else ''})")
+        disorder = {c: why for c, why in walk.ends.items() if not why.startswith("no")
+                    and not why.startswith("end")}
+        if disorder:
+            why = next(iter(disorder.values()))
+            return State.WARNING, (f"{self.device.name} walked its interface table out of order "
+                                   f"({why}, in {len(disorder)} column(s)); the walk stopped "
+                                   "there, so some interfaces may be missing")
+        return State.OK, ""
+
+    def measure(self, walk: Walk, now: float) -> Batch:
         device = self.device
-        chosen = [i for i in interfaces if self.selected(i)]
-        sample = DeviceSample(now, uptime_ticks, {i.identity: i.sample for i in chosen})
-        rates = self.state.update(sample)
+        tables = walk.tables
+        uptime = walk.scalars.get((*SYS_UPTIME, 0))
+        uptime_ticks = uptime if isinstance(uptime, int) else None
+        identity = {"sys_object_id": scalar_text(walk.scalars.get((*SYS_OBJECT_ID, 0))),
+                    "sys_name": scalar_text(walk.scalars.get((*SYS_NAME, 0)))}
+        if any(self.identity.get(k, "") not in ("", v) for k, v in identity.items() if v):
+            # Another device now answers at this name: its counters are not the old ones'.
+            log.info("%s: device identity changed (%s -> %s); counter history dropped",
+                     device.name, self.identity, identity)
+            self.state = CounterState(self.interval)
+            self.known.clear()
+        self.identity = identity
+        interfaces = interfaces_from_tables(tables, device.identity)
+        if device.version != "1":
+            indexes = {iface.index for iface in interfaces}
+            self.low_needed = {m for m, (hc, _) in COUNTERS.items() if m in LOW_OF_HC
+                               and indexes - {i[0] for i in tables.get(hc, {}) if len(i) == 1}}
+        problem_state, problem = self.table_problem(walk, interfaces)
+        skip = self.skip_types
+        chosen = [i for i in interfaces if self.selected(i, skip)]
+        if problem_state is State.OK or chosen:
+            sample = DeviceSample(now, uptime_ticks, {i.identity: i.sample for i in chosen})
+            rates = self.state.update(sample)
+        else:
+            rates = None  # keep the last good sample: the next good poll continues from it
         batch = Batch()
         target = device.name
 
-        def gauge(instance: str, metric: str, value: float | None, unit: str) -> Measurement:
-            return Measurement(target, instance, metric, value, Kind.GAUGE, unit, now, minimum=0)
-
+        add = batch.measurements.append  # ~15 values per interface: the per-value cost counts
+        gauge = Kind.GAUGE
         if uptime_ticks is not None:
-            batch.add(gauge("", "uptime_seconds", uptime_ticks / 100.0, "s"))
+            add(Measurement(target, "", "uptime_seconds", uptime_ticks / 100.0, gauge, "s", now, 0))
         up = 0
         for iface in chosen:
-            per_second = rates.interfaces.get(iface.identity, {})
+            ident = iface.identity
+            per_second = rates.interfaces.get(ident, {}) if rates else {}
             for metric, rate in per_second.items():
-                batch.add(gauge(iface.identity, metric, rate, "B/s" if "octets" in metric else "/s"))
+                add(Measurement(target, ident, metric, rate, gauge, UNITS[metric], now, 0))
             if iface.oper is not None:
-                batch.add(gauge(iface.identity, "oper_status", iface.oper, ""))
+                add(Measurement(target, ident, "oper_status", iface.oper, gauge, "", now, 0))
             if iface.admin is not None:
-                batch.add(gauge(iface.identity, "admin_status", iface.admin, ""))
+                add(Measurement(target, ident, "admin_status", iface.admin, gauge, "", now, 0))
             if iface.speed_bps is not None:
-                batch.add(gauge(iface.identity, "speed_bps", iface.speed_bps, "bit/s"))
+                add(Measurement(target, ident, "speed_bps", iface.speed_bps, gauge, "bit/s", now, 0))
             up += iface.oper == 1
-            batch.add(self.interface_check(iface, per_second, now))
+            batch.checks.append(self.interface_check(iface, per_second, now))
+            self.known[ident] = self.known.get(ident, False) or iface.oper == 1
+        present = {i.identity for i in chosen}
+        self.ports = {i.identity: self.port_entry(i) for i in chosen} if chosen else self.ports
+        if problem_state is not State.OK:
+            for identity in self.known.keys() - present:
+                batch.add(CheckResult(target, f"if {identity}", State.UNKNOWN,
+                                      f"{identity}: unknown, missing from the interface table "
+                                      f"{device.name} returned (see its snmp check)", timestamp=now))
+        else:
+            # A healthy walk is the truth: interfaces no longer there are gone (removed, renamed).
+            for identity in self.known.keys() - present:
+                del self.known[identity]
         uptime_text = (f", up {format_duration(uptime_ticks / 100.0)}"
                        if uptime_ticks is not None else "")
         summary = (f"{device.name}: {len(chosen)} interface(s) polled, {up} up "
                    f"(of {len(interfaces)} on the device){uptime_text}")
-        if rates.rebooted:
+        if problem_state is not State.OK:
+            batch.add(CheckResult(target, "snmp", problem_state, problem, timestamp=now))
+        elif rates is not None and rates.rebooted:
             batch.add(CheckResult(target, "snmp", State.WARNING,
                                   f"{device.name} restarted (sysUpTime went back{uptime_text}); "
                                   "rates of this poll are unknown", timestamp=now))
         else:
             batch.add(CheckResult(target, "snmp", State.OK, summary, timestamp=now))
-        if rates.reason:
+        if rates is not None and rates.reason:
             log.debug("%s: %s", device.name, rates.reason)
         return batch
+
+    def port_entry(self, iface: Interface) -> PortInfo:
+        described = parse_port_description(iface.alias) or NOT_DESCRIBED
+        mac, addresses = self.inventory.get(iface.index, ("", []))
+        return PortInfo(iface.name, iface.descr, iface.alias, if_type_name(iface.if_type),
+                        iface.speed_bps, described.group, described.name, described.circuit,
+                        described.notes, mac, tuple(addresses))
+
+    def utilisation(self, iface: Interface, rate_in: float | None, rate_out: float | None,
+                    now: float) -> tuple[State, str]:
+        """WARNING/CRITICAL when in or out stayed above its threshold for `utilisation_for`."""
+        d = self.device
+        levels = [(State.CRITICAL, d.utilisation_critical), (State.WARNING, d.utilisation_warning)]
+        if (rate_in is None or rate_out is None or not iface.speed_bps
+                or not any(fnmatch.fnmatchcase(iface.identity, p) for p in d.utilisation_interfaces)):
+            return State.OK, ""
+        percent = 100 * 8 * max(rate_in, rate_out) / iface.speed_bps
+        over = self.busy_since.setdefault(iface.identity, {})
+        result: tuple[State, str] = (State.OK, "")
+        for state, threshold in levels:
+            if not threshold or percent < threshold:
+                over.pop(state.name, None)
+                continue
+            since = over.setdefault(state.name, now)
+            if now - since >= d.utilisation_for and result[0] is State.OK:
+                result = (state, f"; {percent:.0f} % of the link, above {threshold:g} % for "
+                                 f"{format_duration(now - since)}")
+        if not over:
+            del self.busy_since[iface.identity]
+        return result
 
     def interface_check(self, iface: Interface, rates: dict[str, float | None], now: float) -> CheckResult:
         label = iface.identity + (f" ({iface.alias})" if iface.alias and iface.alias != iface.identity
@@ -263,34 +575,114 @@ class DevicePoller:
         if iface.admin == 2:
             return CheckResult(self.device.name, check, State.OK,
                                f"{label} is administratively down", timestamp=now)
-        status = OPER_STATUS.get(iface.oper or 0, f"status {iface.oper}")
+        if iface.oper is None:
+            status = "of unknown status (no ifOperStatus)"
+        else:
+            status = OPER_STATUS.get(iface.oper, f"in status {iface.oper} (not a valid ifOperStatus)")
         if iface.oper == 1:
             traffic = ""
             rin, rout = rates.get("in_octets"), rates.get("out_octets")
             if rin is not None and rout is not None:
                 traffic = f", in {format_bps(rin * 8)}, out {format_bps(rout * 8)}"
-            return CheckResult(self.device.name, check, State.OK, f"{label} up{speed}{traffic}",
-                               timestamp=now)
+            state, busy = self.utilisation(iface, rin, rout, now)
+            return CheckResult(self.device.name, check, state,
+                               f"{label} up{speed}{traffic}{busy}", timestamp=now)
+        # A port that was up and went down is a problem; a port nothing was ever plugged into
+        # is not (unless alert_down names it): a new switch's first poll pages nobody.
+        was_up = self.known.get(iface.identity, False)
         watched = any(fnmatch.fnmatchcase(iface.identity, p) for p in self.device.alert_down)
-        if not watched:
+        if not (was_up or watched):
             return CheckResult(self.device.name, check, State.OK, f"{label} is {status} "
-                               "(not in alert_down)", timestamp=now)
+                               "(never seen up; alert_down names the ports to watch anyway)",
+                               timestamp=now)
         state = State.CRITICAL if iface.oper in (2, 7) else State.WARNING
+        why = "was up before" if was_up else "in alert_down"
         return CheckResult(self.device.name, check, state,
-                           f"{self.device.name} interface {label} is {status} (admin up)",
+                           f"{self.device.name} interface {label} is {status} (admin up, {why})",
                            timestamp=now)
+
+    # -- counter state on disk: `collect --once` from cron and restarts keep their rates ------
+
+    def state_path(self) -> Path | None:
+        return None if self.state_dir is None else state_file(self.state_dir, self.device.name)
+
+    def save_state(self) -> None:
+        path = self.state_path()
+        last = self.state.last
+        if path is None or last is None:
+            return
+        data = {
+            "format": 1, "host": f"{self.device.host}:{self.device.port}",
+            "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
+            "known": self.known, "device": self.device.name,
+            "ports": {name: dataclasses.asdict(port) for name, port in self.ports.items()},
+            "busy_since": self.busy_since,
+            "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
+                                  "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
+                           for name, i in last.interfaces.items()},
+        }
+        try:
+            atomic_write(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+        except OSError as exc:
+            log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
+
+    def load_state(self) -> None:
+        """The last poll of an earlier run, if it is of this device (the rest is checked by
+        `CounterState`: sysUpTime against the clock, the gap against the interval)."""
+        path = self.state_path()
+        if path is None or not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            identity = {k: str(v) for k, v in data["identity"].items()}
+            interfaces = {
+                str(name): InterfaceSample(
+                    {str(m): Counter(int(v), int(bits)) for m, (v, bits) in i["counters"].items()},
+                    None if i["speed_bps"] is None else float(i["speed_bps"]),
+                    None if i["discontinuity"] is None else int(i["discontinuity"]))
+                for name, i in data["interfaces"].items()}
+            ticks = data["uptime_ticks"]
+            sample = DeviceSample(float(data["time"]), None if ticks is None else int(ticks),
+                                  interfaces)
+            known = {str(k): bool(v) for k, v in data.get("known", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: ignoring unreadable counter state %s: %s", self.device.name, path, exc)
+            return
+        if data.get("host") != f"{self.device.host}:{self.device.port}":
+            log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
+            return
+        self.identity, self.known, self.state.last = identity, known, sample
+        ports, busy = data.get("ports"), data.get("busy_since")
+        try:
+            if isinstance(ports, dict):
+                self.ports = {str(n): PortInfo.from_dict(p) for n, p in ports.items()}
+        except (TypeError, ValueError, AttributeError):
+            self.ports = {}
+        try:
+            if isinstance(busy, dict):
+                self.busy_since = {str(i): {str(k): float(v) for k, v in levels.items()}
+                                   for i, levels in busy.items() if isinstance(levels, dict)}
+        except (TypeError, ValueError, AttributeError):
+            self.busy_since = {}
 
 
 class SnmpCollector:
-    """Polls its devices concurrently, at most `concurrency` at a time, one SNMP engine shared."""
+    """Polls its devices concurrently, at most `concurrency` at a time.
+
+    `batches()` yields each device's results as soon as that device is done (the agent stores
+    and checks them at once); `collect()` waits for all of them. Every device has its own time
+    budget (`poll_budget`, default the interval) and row budget (from its ifNumber), so a
+    device that never ends its walk only stops itself.
+    """
 
     def __init__(self, devices: list[SnmpDevice], interval: float, *, concurrency: int = 32,
-                 name: str = "snmp", clock: Callable[[], float] = time.time) -> None:
+                 name: str = "snmp", clock: Callable[[], float] = time.time,
+                 state_dir: Path | None = None) -> None:
         self.name = name
         self.interval = interval
         self.concurrency = concurrency
         self.clock = clock
-        self.pollers = {d.name: DevicePoller(d, interval) for d in devices}
+        self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
 
     def replace_device(self, device: SnmpDevice) -> None:
@@ -318,23 +710,44 @@ class SnmpCollector:
             poller.client = None
         return engine
 
-    async def collect(self) -> Batch:
+    async def _poll(self, poller: DevicePoller, limit: asyncio.Semaphore) -> Batch:
+        async with limit:
+            try:
+                return await poller.poll(self._engine_for(poller), self.clock)
+            except Exception as exc:  # a bug or a broken agent: report it, poll the others
+                log.exception("%s: SNMP poll failed", poller.device.name)
+                return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
+                                     f"{exc}", self.clock(), State.UNKNOWN)
+
+    async def batches(self) -> AsyncIterator[Batch]:
+        """Each device's batch as it finishes; devices done while the consumer was busy with
+        the previous batch come together (one store write and status save for many). At most
+        `concurrency` finished batches wait for the consumer: a slow store holds the polls
+        back instead of piling up every device's values in memory."""
         limit = asyncio.Semaphore(self.concurrency)
+        ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=self.concurrency)
 
-        async def one(poller: DevicePoller) -> Batch:
-            async with limit:
-                try:
-                    return await poller.poll(self._engine_for(poller), self.clock)
-                except Exception as exc:  # a bug or a broken agent: report it, poll the others
-                    log.exception("%s: SNMP poll failed", poller.device.name)
-                    return Batch(checks=[CheckResult(
-                        poller.device.name, "snmp", State.UNKNOWN,
-                        f"{poller.device.name}: poll failed: {type(exc).__name__}: {exc}",
-                        timestamp=self.clock())])
+        async def run(poller: DevicePoller) -> None:
+            await ready.put(await self._poll(poller, limit))
 
+        tasks = [asyncio.ensure_future(run(p)) for p in self.pollers.values()]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                batch = await ready.get()
+                remaining -= 1
+                while remaining and not ready.empty():
+                    batch.add(ready.get_nowait())
+                    remaining -= 1
+                yield batch
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def collect(self) -> Batch:
         batch = Batch()
-        for result in await asyncio.gather(*(one(p) for p in self.pollers.values())):
-            batch.add(result)
+        async for part in self.batches():
+            batch.add(part)
         return batch
 
     def close(self) -> None:
@@ -350,6 +763,26 @@ class SnmpCollector:
         self._engines.clear()
 
 
+def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """{device: {interface identity: {group, description, circuit, notes, alias, type, mac,
+    addresses, speed_bps, name, descr}}} as of each device's last poll, for the site and the
+    digests (group: "transit", "peering", "cust", "core" or ""). `state_dir` is the
+    config's state_dir; values are device data: untrusted text, escape it."""
+    out: dict[str, dict[str, dict[str, object]]] = {}
+    directory = state_dir / "snmp"
+    if not directory.is_dir():
+        return out
+    for path in sorted(directory.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+            device, ports = data["device"], data["ports"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(device, str) and isinstance(ports, dict):
+            out[device] = ports
+    return out
+
+
 def build(config: Config) -> list[Collector]:
     """One collector per distinct poll interval (most configs: one, named "snmp")."""
     default = config.snmp.interval or config.agent.interval
@@ -359,5 +792,6 @@ def build(config: Config) -> list[Collector]:
     out: list[Collector] = []
     for interval, devices in sorted(groups.items(), key=lambda kv: kv[0] != default):
         name = "snmp" if interval == default else f"snmp-{format_duration(interval).replace(' ', '')}"
-        out.append(SnmpCollector(devices, interval, concurrency=config.snmp.concurrency, name=name))
+        out.append(SnmpCollector(devices, interval, concurrency=config.snmp.concurrency, name=name,
+                                 state_dir=config.state_dir / "snmp"))
     return out

@@ -4,11 +4,14 @@ Why not pysnmp's codec here: pyasn1 decoding costs ~100 µs per varbind, which c
 6-9k varbinds per CPU-second; interface polling is almost all integers and short strings, which
 this decoder reads in a few µs. SNMPv3 (USM: keys, digests, encryption, engine discovery) stays
 with pysnmp. Only what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
-Malformed input raises `BerError`, never anything else.
+Malformed input raises `BerError`, never anything else, and the work per message is bounded:
+an OID has at most 128 sub-identifiers of at most 32 bits (RFC 2578 section 3.5), an integer at
+most 64 bits, so decoding costs time linear in the message size, whatever the peer sends.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 Oid = tuple[int, ...]
@@ -43,6 +46,13 @@ ERROR_STATUS = {
     11: "noCreation", 12: "inconsistentValue", 13: "resourceUnavailable", 14: "commitFailed",
     15: "undoFailed", 16: "authorizationError", 17: "notWritable", 18: "inconsistentName",
 }
+
+
+MAX_OID_ARCS = 128  # RFC 2578 3.5: at most 128 sub-identifiers, each at most 2^32-1
+MAX_ARC = 2**32 - 1
+# Content bytes of a value: INTEGER is 32 bits (signed), Counter32/Gauge32/TimeTicks 32 bits
+# unsigned (plus a leading zero byte), Counter64 64 bits (plus a leading zero byte).
+MAX_INT_BYTES = {0x02: 4, 0x41: 5, 0x42: 5, 0x43: 5, 0x46: 9}
 
 
 class BerError(ValueError):
@@ -81,6 +91,8 @@ def encode_int(n: int) -> bytes:
 def encode_oid(oid: Oid) -> bytes:
     if len(oid) < 2:
         raise ValueError(f"OID {oid} needs at least two arcs")
+    if max(oid[2:], default=0) < 0x80 and 0 <= oid[0] * 40 + oid[1] < 0x80:
+        return _tlv(0x06, bytes((oid[0] * 40 + oid[1], *oid[2:])))  # one byte per arc
     out = bytearray((oid[0] * 40 + oid[1],))
     for arc in oid[2:]:
         if arc < 0x80:
@@ -133,13 +145,35 @@ def _header(data: bytes, pos: int) -> tuple[int, int, int]:
     return tag, pos, end
 
 
-def _int(data: bytes, pos: int, end: int) -> int:
-    return int.from_bytes(data[pos:end], "big", signed=True)
+def _int(data: bytes, pos: int, end: int, tag: int = 0x02) -> int:
+    if end - pos > MAX_INT_BYTES[tag]:
+        raise BerError(f"integer of {end - pos} bytes (type 0x{tag:02X} holds at most "
+                       f"{MAX_INT_BYTES[tag]})")
+    if end == pos:
+        raise BerError("integer without content")
+    value = int.from_bytes(data[pos:end], "big", signed=tag == 0x02)
+    if tag != 0x02 and value >> (64 if tag == 0x46 else 32):
+        raise BerError(f"value {value} out of range for type 0x{tag:02X}")
+    return value
+
+
+_HIGH_BIT = re.compile(rb"[\x80-\xff]")
+# The first byte of an OID holds its first two arcs (40 x first + second).
+_FIRST_ARCS = tuple((0, b) if b < 40 else (1, b - 40) if b < 80 else (2, b - 80) for b in range(256))
 
 
 def decode_oid(body: bytes) -> Oid:
     if not body:
         raise BerError("empty OID")
+    # A sub-identifier takes at most 5 bytes: longer bodies cannot be a legal OID, and refusing
+    # them first keeps a hostile 60 KB OID from costing more than a few microseconds.
+    if len(body) > 5 * MAX_OID_ARCS:
+        raise BerError(f"OID of {len(body)} bytes (more than {MAX_OID_ARCS} sub-identifiers)")
+    if body.isascii() and len(body) < MAX_OID_ARCS:
+        # The common case, every sub-identifier below 128: one byte each, read in C.
+        return _FIRST_ARCS[body[0]] + tuple(body[1:])
+    if body[-1] & 0x80:
+        raise BerError("OID ends inside a sub-identifier (dangling continuation byte)")
     first = body[0]
     if first < 40:
         arcs = [0, first]
@@ -147,13 +181,25 @@ def decode_oid(body: bytes) -> Oid:
         arcs = [1, first - 40]
     else:
         arcs = [2, first - 80]
+    # The one-byte sub-identifiers before the first long one (a table column's OID, before
+    # an ifIndex of 128 or more) in C; the rest byte by byte.
+    high = _HIGH_BIT.search(body, 1)
+    start = len(body) if high is None else high.start()
+    arcs.extend(body[1:start])
     arc = 0
-    for b in body[1:]:
+    for b in body[start:]:
         if b & 0x80:
             arc = (arc << 7) | (b & 0x7F)
+            if arc > MAX_ARC:
+                raise BerError("OID sub-identifier above 2^32-1")
         else:
-            arcs.append((arc << 7) | b)
+            arc = (arc << 7) | b
+            if arc > MAX_ARC:
+                raise BerError("OID sub-identifier above 2^32-1")
+            arcs.append(arc)
             arc = 0
+    if len(arcs) > MAX_OID_ARCS:
+        raise BerError(f"OID with {len(arcs)} sub-identifiers (more than {MAX_OID_ARCS})")
     return tuple(arcs)
 
 
@@ -195,19 +241,53 @@ def _decode_response(data: bytes) -> Response:
         raise BerError("no varbind list")
     varbinds: list[tuple[Oid, object]] = []
     append = varbinds.append
+    if list_end > len(data):
+        raise BerError("truncated message")
     while pos < list_end:
-        tag, pos, vb_end = _header(data, pos)
-        if tag != 0x30:
+        # Short lengths (all of a poller's varbinds) are read inline: this loop is the poller's
+        # hot path. Long ones go through _header.
+        if data[pos] != 0x30:
             raise BerError("bad varbind")
-        tag, s, e = _header(data, pos)
-        if tag != 0x06:
+        n = data[pos + 1]
+        if n < 0x80:
+            vb_start, vb_end = pos + 2, pos + 2 + n
+        else:
+            _, vb_start, vb_end = _header(data, pos)
+        if vb_end > list_end:
+            raise BerError("varbind beyond its list")
+        if data[vb_start] != 0x06:
             raise BerError("bad varbind name")
-        oid = decode_oid(data[s:e])
-        tag, s, e = _header(data, e)
-        if tag in (0x41, 0x42, 0x43, 0x46):  # Counter32, Gauge32, TimeTicks, Counter64: unsigned
-            value: object = int.from_bytes(data[s:e], "big")
-        elif tag == 0x02:
-            value = _int(data, s, e)
+        n = data[vb_start + 1]
+        if n < 0x80:
+            s, e = vb_start + 2, vb_start + 2 + n
+        else:
+            _, s, e = _header(data, vb_start)
+        body = data[s:e]
+        if body.isascii() and 0 < len(body) < MAX_OID_ARCS:  # decode_oid's fast path, inline
+            oid = _FIRST_ARCS[body[0]] + tuple(body[1:])
+        elif (3 <= len(body) < MAX_OID_ARCS and body[-2] >= 0x80 and body[-1] < 0x80
+              and body[:-2].isascii()):
+            # A column and an index of 128 to 16383 (big ifIndex values): the same, inline.
+            oid = _FIRST_ARCS[body[0]] + tuple(body[1:-2]) + (((body[-2] & 0x7F) << 7) | body[-1],)
+        else:
+            oid = decode_oid(body)
+        n = data[e + 1] if e + 1 < vb_end else 0x80
+        if n < 0x80:
+            tag, s, e = data[e], e + 2, e + 2 + n
+        else:
+            tag, s, e = _header(data, e)
+        if e > vb_end:
+            raise BerError("value beyond its varbind")
+        limit = MAX_INT_BYTES.get(tag)
+        if limit is not None:  # INTEGER; Counter32, Gauge32, TimeTicks, Counter64: unsigned
+            if not 0 < e - s <= limit:
+                _int(data, s, e, tag)  # raises the precise error
+            if tag == 0x02:
+                value: object = int.from_bytes(data[s:e], "big", signed=True)
+            else:
+                value = int.from_bytes(data[s:e], "big")
+                if value >> (64 if tag == 0x46 else 32):
+                    _int(data, s, e, tag)
         elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
             value = data[s:e]
         elif tag == 0x06:

@@ -13,7 +13,7 @@ import itertools
 import random
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from collectors import snmp_ber as ber
 from collectors.snmp_ber import Missing, Oid
@@ -22,7 +22,9 @@ Varbinds = list[tuple[Oid, object]]
 
 
 class SnmpError(Exception):
-    """A request that got no usable answer. `kind`: timeout, auth, engine, error, protocol; for
+    """A request that got no usable answer. `kind`: timeout, auth, engine, error, protocol,
+    malformed (the device answered, but not in valid SNMP), walk (a table walk the device would
+    not let end: see `walk_columns`); for
     "error", the agent's error status ("noSuchName") and error index."""
 
     def __init__(self, kind: str, message: str, status: str = "", index: int = 0) -> None:
@@ -49,6 +51,9 @@ class Endpoint:
         label = f"{self.name} {host}:{self.port}" if self.name != self.host else f"{host}:{self.port}"
         return label
 
+    def malformed(self, detail: str) -> str:
+        return f"{self.where} answered with a malformed reply ({detail})"
+
     def no_response(self, hint: str) -> str:
         return (f"no SNMP response from {self.where} ({self.timeout:g} s x {self.retries} "
                 f"retries): {hint}")
@@ -56,7 +61,7 @@ class Endpoint:
 
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self) -> None:
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.waiting: dict[int, asyncio.Future[ber.Response | ber.BerError]] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.error: Exception | None = None
 
@@ -64,11 +69,16 @@ class _Protocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: object) -> None:
-        # Match on the request-id without decoding everything: a late reply to an earlier try,
-        # or garbage, is simply dropped.
+        # A late reply to an earlier request is dropped. A reply that does not decode fails
+        # the request in flight at once: the socket is connected, so only the device sends
+        # here, and it did answer (just not in SNMP).
         try:
             response = ber.decode_response(data)
-        except ber.BerError:
+        except ber.BerError as exc:
+            for future in self.waiting.values():
+                if not future.done():
+                    future.set_result(exc)  # a result, not an exception: nobody may await it
+            self.waiting.clear()
             return
         future = self.waiting.pop(response.request_id, None)
         if future is not None and not future.done():
@@ -141,14 +151,22 @@ class CommunityClient:
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         protocol.waiting[request_id] = future
+        expected = len(oids) if pdu_type != ber.GETBULK else (
+            non_repeaters + (len(oids) - non_repeaters) * max_repetitions)
         try:
             for _ in range(self.endpoint.retries + 1):
                 assert protocol.transport is not None
                 protocol.transport.sendto(message)
                 try:
-                    return await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
+                    response = await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
                 except TimeoutError:
                     continue
+                if isinstance(response, ber.BerError):
+                    raise SnmpError("malformed", self.endpoint.malformed(str(response)))
+                if len(response.varbinds) > max(expected, 1):
+                    raise SnmpError("malformed", self.endpoint.malformed(
+                        f"{len(response.varbinds)} values for {expected} asked"))
+                return response
         finally:
             protocol.waiting.pop(request_id, None)
             if not future.done():
@@ -263,6 +281,7 @@ class UsmClient:
         self.endpoint = endpoint
         self.engine = engine
         self.user = user
+        self.auth_protocol, self.priv_protocol = auth_protocol, priv_protocol
         self.auth = auth.UsmUserData(
             user,
             authKey=auth_key if auth_protocol != "none" else None,
@@ -275,6 +294,18 @@ class UsmClient:
 
     def close(self) -> None:
         pass
+
+    def too_low(self) -> str:
+        """authorizationError: the agent's access rule (VACM) wants more than we offer."""
+        level = ("authPriv" if self.priv_protocol != "none" else
+                 "authNoPriv" if self.auth_protocol != "none" else "noAuthNoPriv")
+        need = {"noAuthNoPriv": "authNoPriv or authPriv: set auth_protocol and auth_key (and "
+                                "priv_protocol and priv_key for authPriv)",
+                "authNoPriv": "authPriv: set priv_protocol and priv_key as on the device",
+                "authPriv": "read access to the IF-MIB: the device's access rule (VACM view) for "
+                            "this user does not allow it"}[level]
+        return (f"{self.endpoint.where} refused user {self.user!r} at security level {level} "
+                f"(authorizationError): it needs {need}")
 
     async def _call(self, kind: str, oids: Sequence[Oid], non_repeaters: int = 0,
                     max_repetitions: int = 0) -> Varbinds:
@@ -311,8 +342,11 @@ class UsmClient:
         if indication:
             raise _v3_error(self.endpoint, indication, self.user)
         if status:
-            raise SnmpError("error", f"{self.endpoint.where} answered {status.prettyPrint()} "
-                                     f"(error index {int(index)})", status.prettyPrint(), int(index))
+            name = status.prettyPrint()
+            if name == "authorizationError":
+                raise SnmpError("auth", self.too_low(), name, int(index))
+            raise SnmpError("error", f"{self.endpoint.where} answered {name} "
+                                     f"(error index {int(index)})", name, int(index))
         return [(tuple(name), _from_pysnmp(value)) for name, value in varbinds]
 
     async def get(self, oids: Sequence[Oid]) -> Varbinds:
@@ -333,27 +367,48 @@ Client = CommunityClient | UsmClient
 # -- walking -----------------------------------------------------------------------------------
 
 
-def _in_column(oid: Oid, column: Oid) -> bool:
-    n = len(column)
-    return len(oid) > n and oid[:n] == column
+@dataclass
+class Walk:
+    """What a table walk read, and how it ended.
+
+    tables: {column: {index: value}}; scalars: {oid: value}.
+    ends: per column, what ended it when it was not the normal step past its last row:
+    "endOfMibView", "noSuchObject", "noSuchInstance", or "OIDs went backwards (... after ...)",
+    "repeated OID ...". A healthy walk of a column with rows has no entry.
+    stopped: why the walk was cut short by its row budget ("" if it ended by itself).
+    """
+
+    tables: dict[Oid, dict[Oid, object]]
+    scalars: dict[Oid, object]
+    ends: dict[Oid, str] = field(default_factory=dict)
+    stopped: str = ""
+
+
+def dotted(oid: Oid) -> str:
+    text = ".".join(map(str, oid))
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 async def walk_columns(
     client: Client, columns: Sequence[Oid], *, max_repetitions: int = 25,
     scalars: Sequence[Oid] = (), progress: Callable[[int], None] | None = None,
-) -> tuple[dict[Oid, dict[Oid, object]], dict[Oid, object]]:
-    """Walk table columns side by side; returns ({column: {index: value}}, {scalar: value}).
+    max_rows: Callable[[dict[Oid, object]], int] | int = 100_000,
+) -> Walk:
+    """Walk table columns side by side with GETBULK (GETNEXT for v1).
 
     `scalars` are fetched by GET-NEXT semantics in the first request (pass the OID without .0,
-    e.g. sysUpTime (1,3,6,1,2,1,1,3) gives (1,3,6,1,2,1,1,3,0)). v1 uses GETNEXT one row at a time.
+    e.g. sysUpTime (1,3,6,1,2,1,1,3) gives (1,3,6,1,2,1,1,3,0)). `max_rows` bounds the rows of
+    any one column (an agent whose table never ends); a callable gets the scalars of the first
+    answer (to allow, say, twice the device's ifNumber).
     """
-    tables: dict[Oid, dict[Oid, object]] = {c: {} for c in columns}
-    found_scalars: dict[Oid, object] = {}
+    walk = Walk({c: {} for c in columns}, {})
+    tables = walk.tables
     cursor: dict[Oid, Oid] = {c: c for c in columns}
     pending_scalars = list(scalars)
     bulk = client.version != "1"
     rows_seen = 0
-    for _ in range(100_000):  # a bound for agents that loop; never reached by sane ones
+    limit = max_rows if isinstance(max_rows, int) else None
+    while True:
         active = [c for c in columns if c in cursor]
         if not active and not pending_scalars:
             break
@@ -366,7 +421,7 @@ async def walk_columns(
             except SnmpError as exc:
                 # v1 ends a column with noSuchName at its index: drop it and ask again.
                 index = exc.index
-                if exc.status != "noSuchName" or not index:
+                if exc.status != "noSuchName" or not index or index > len(pending_scalars) + len(active):
                     raise
                 position = index - 1
                 if position < len(pending_scalars):
@@ -376,24 +431,41 @@ async def walk_columns(
                 continue
         for _scalar, (oid, value) in zip(pending_scalars, varbinds, strict=False):
             if not isinstance(value, Missing):
-                found_scalars[oid] = value
+                walk.scalars[oid] = value
         rest = varbinds[len(pending_scalars):]
         pending_scalars = []
+        if limit is None:
+            assert callable(max_rows)
+            limit = max_rows(walk.scalars)
         if not active:
             continue
         width = len(active)
         done: set[Oid] = set()
         advanced = False
-        for i, (oid, value) in enumerate(rest):
-            column = active[i % width]
-            if column in done:
-                continue
-            if isinstance(value, Missing) or not _in_column(oid, column) or oid <= cursor[column]:
-                done.add(column)
-                continue
-            tables[column][oid[len(column):]] = value
-            cursor[column] = oid
-            advanced = True
+        # Column by column (a GETBULK answer interleaves them: row 1 of every column, row 2,
+        # ...): each column's values are every width-th varbind. This loop is the walk's hot
+        # path, so the per-value work is one slice compare, one order compare, one insert.
+        for k, column in enumerate(active):
+            table, n, last = tables[column], len(column), cursor[column]
+            for oid, value in rest[k::width]:
+                if oid[:n] != column or len(oid) == n or oid <= last \
+                        or value.__class__ is Missing:
+                    done.add(column)
+                    if value.__class__ is Missing:
+                        walk.ends[column] = repr(value)
+                    elif oid <= last:
+                        what = "repeated OID" if oid == last else "OIDs went backwards:"
+                        walk.ends[column] = f"{what} {dotted(oid)} after {dotted(last)}"
+                    break
+                table[oid[n:]] = value
+                last = oid
+            if last is not cursor[column]:
+                cursor[column] = last
+                advanced = True
+            if len(table) > limit:
+                walk.stopped = (f"the walk of {dotted(column)} passed {limit} rows (more than the "
+                                "device's interface count allows) and was stopped")
+                return walk
         for column in active:
             if column in done or not advanced:
                 cursor.pop(column, None)
@@ -401,4 +473,4 @@ async def walk_columns(
         if progress is not None and rows != rows_seen:
             progress(rows)
             rows_seen = rows
-    return tables, found_scalars
+    return walk

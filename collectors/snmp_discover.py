@@ -19,14 +19,20 @@ from collectors.snmp import (
     IF_HIGH_SPEED,
     IF_NAME,
     IF_OPER,
+    IF_PHYS_ADDRESS,
     IF_SPEED,
     IF_TYPE,
+    INVENTORY,
     OPER_STATUS,
     SYS,
+    addresses_by_ifindex,
     format_bps,
+    mac_text,
+    parse_port_description,
     text,
 )
-from collectors.snmp_client import Client, walk_columns
+from collectors.snmp_client import Client, SnmpError, walk_columns
+from collectors.snmp_iftypes import DEFAULT_SKIP_TYPES, if_type_name
 from monitor.units import format_duration
 
 SYSTEM = {"descr": 1, "uptime": 3, "contact": 4, "name": 5, "location": 6}
@@ -46,9 +52,16 @@ async def discover(client: Client, host: str, *, name: str | None = None, port: 
     columns = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER]
     if client.version != "1":
         columns.append(HC_IN_OCTETS)
-    tables, _ = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
-                                   progress=progress)
+    walk = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
+                              progress=progress)
+    tables = walk.tables
     indexes = sorted({i[0] for col in tables.values() for i in col if len(i) == 1})
+    try:
+        inventory = (await walk_columns(client, INVENTORY, max_repetitions=25)).tables
+    except SnmpError:
+        inventory = {}  # no IP-MIB: the table has no addresses
+    addresses = addresses_by_ifindex(inventory)
+    macs = {i[0]: mac_text(v) for i, v in inventory.get(IF_PHYS_ADDRESS, {}).items() if len(i) == 1}
 
     sys_name = text(system.get("name"))
     device_name = name or re.sub(r"[^A-Za-z0-9._-]+", "-", sys_name).strip("-") or host
@@ -85,16 +98,23 @@ async def discover(client: Client, host: str, *, name: str | None = None, port: 
         speed = high * 1e6 if isinstance(high, int) and high else low if isinstance(low, int) else 0
         admin, oper = get(IF_ADMIN), get(IF_OPER)
         status = "admin down" if admin == 2 else OPER_STATUS.get(oper if isinstance(oper, int) else 0, "?")
-        rows.append((iname, text(get(IF_ALIAS))[:40], format_bps(speed) if speed else "-", status,
-                     index))
+        kind = if_type_name(get(IF_TYPE))
+        if kind in DEFAULT_SKIP_TYPES:
+            status += f", skipped ({kind})"
+        alias = text(get(IF_ALIAS))
+        described = parse_port_description(alias)
+        if described:
+            status += f", {described.group}"
+        extra = " ".join(filter(None, [macs.get(index, ""), *addresses.get(index, [])]))
+        rows.append((iname, alias[:40], format_bps(speed) if speed else "-", status, index, extra))
     if rows:
         w_name = max(len(r[0]) for r in rows)
         w_alias = max(max(len(r[1]) for r in rows), 5)
         lines.append(f"#   {'name':<{w_name}}  {'alias':<{w_alias}}  {'speed':>11}  status"
-                     "  (ifIndex)")
-        for iname, alias, speed_text, status, index in rows:
+                     "  (ifIndex)  MAC, addresses")
+        for iname, alias, speed_text, status, index, extra in rows:
             lines.append(f"#   {iname:<{w_name}}  {alias:<{w_alias}}  {speed_text:>11}  {status}"
-                         f"  ({index})")
+                         f"  ({index}){f'  {extra}' if extra else ''}")
     if v3 is not None:
         lines += ["[snmp.devices.v3]", f"user = {toml_string(v3['user'])}",
                   f'auth_protocol = "{v3["auth_protocol"]}"']

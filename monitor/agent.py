@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
-from monitor.model import Batch, CheckResult, Collector, Measurement, State
+from monitor.model import Batch, CheckResult, Collector, Measurement, State, StreamingCollector
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
@@ -118,8 +118,20 @@ class Agent:
         # A run may overrun its interval (logged and counted), but one that hangs for several
         # intervals is cut off, or its job would never run again.
         limit = max(3 * collector.interval, self.min_run_limit)
+        # A streaming collector's parts are stored and checked as they come; only the summary
+        # waits for the end (and a cut-off run keeps the parts it delivered).
+        consumed = Batch()
+
+        async def produce() -> Batch:
+            if not isinstance(collector, StreamingCollector):
+                return await collector.collect()
+            async for part in collector.batches():
+                await self.consume(collector, part)
+                consumed.add(part)
+            return Batch()
+
         try:
-            batch = await asyncio.wait_for(collector.collect(), timeout=limit)
+            batch = await asyncio.wait_for(produce(), timeout=limit)
         except TimeoutError:
             failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
                                   f"collector {collector.name} did not finish within {limit:.0f} s "
@@ -132,17 +144,22 @@ class Agent:
             await self.consume(collector, Batch(checks=[failure]))
             raise
         elapsed = time.monotonic() - started
-        problems = [c for c in batch.checks if c.state is not State.OK]
-        summary = (f"{len(batch.measurements)} value(s), {len(batch.checks)} check(s)"
+        consumed.add(batch)
+        problems = [c for c in consumed.checks if c.state is not State.OK]
+        summary = (f"{len(consumed.measurements)} value(s), {len(consumed.checks)} check(s)"
                    f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
-        batch.checks.append(CheckResult("agent", f"collector {collector.name}", State.OK,
-                                        f"collector {collector.name} ran: {summary}"))
+        ran = CheckResult("agent", f"collector {collector.name}", State.OK,
+                          f"collector {collector.name} ran: {summary}")
         # The agent's heartbeat: a digest tells "the check failed" from "the agent did not run".
-        batch.add(Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
-                              unit="s", timestamp=time.time(), minimum=0))
+        heartbeat = Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
+                                unit="s", timestamp=time.time(), minimum=0)
+        batch.add(ran)
+        batch.add(heartbeat)
         await self.consume(collector, batch)
         log.info("%s: %s", collector.name, summary)
-        return batch
+        consumed.add(ran)
+        consumed.add(heartbeat)
+        return consumed
 
     async def consume(self, collector: Collector | _SelfCheck, batch: Batch) -> None:
         """Hand a batch to every sink; a failing sink is logged and the others still run."""

@@ -229,11 +229,23 @@ class SnmpDevice:
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     include_admin_down: bool = False
-    # Interfaces (shell patterns on the identity) whose oper status "down" is CRITICAL; a down
-    # interface that matches none of them is reported as OK ("down"), e.g. switch access ports.
-    alert_down: list[str] = field(default_factory=lambda: ["*"])
+    # An interface going down is CRITICAL when it was seen up before; these (shell patterns on
+    # the identity) are CRITICAL when down even if never seen up (a new uplink not yet lit).
+    alert_down: list[str] = field(default_factory=list)
+    # Utilisation: in or out above this percent of the link speed for `utilisation_for` makes
+    # the interface check WARNING / CRITICAL (0 turns a level off), on the interfaces that
+    # match `utilisation_interfaces`.
+    utilisation_warning: Annotated[float, Range(0, 1000)] = 80.0
+    utilisation_critical: Annotated[float, Range(0, 1000)] = 95.0
+    utilisation_for: Annotated[float, DURATION_MARK, Range(0, 86400 * 7)] = 900.0
+    utilisation_interfaces: list[str] = field(default_factory=lambda: ["*"])
+    # Interface types (IANAifType names) not polled: loopbacks, voice and channel sub-layers.
+    skip_types: list[str] = field(default_factory=lambda: list(_default_skip_types()))
     # GETBULK max-repetitions; 0 picks one from the number of columns (about 250 varbinds).
     max_repetitions: Annotated[int, Range(0, 1000)] = 0
+    # The longest one poll of this device may take (default: its poll interval); a device that
+    # answers too slowly or never ends its tables is stopped there and reported, alone.
+    poll_budget: Annotated[float, DURATION_MARK, Range(0.1, 86400)] | None = None
 
     def validate(self) -> None:
         if self.version == "3" and self.v3 is None:
@@ -253,6 +265,18 @@ class SnmpDevice:
                 secret = getattr(self.v3, name)
                 if secret is not None and len(secret) < 8:
                     raise Invalid(f"v3.{name}", "SNMPv3 keys must be at least 8 characters")
+        from collectors.snmp_iftypes import IF_TYPES
+
+        unknown = [t for t in self.skip_types if t not in IF_TYPES]
+        if unknown:
+            raise Invalid("skip_types", f"unknown ifType name(s) {', '.join(map(repr, unknown))} "
+                          "(IANAifType names, e.g. softwareLoopback, ethernetCsmacd, l2vlan)")
+
+
+def _default_skip_types() -> list[str]:
+    from collectors.snmp_iftypes import DEFAULT_SKIP_TYPES
+
+    return DEFAULT_SKIP_TYPES
 
 
 @dataclass

@@ -8,7 +8,7 @@ HTML or email.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Protocol, runtime_checkable
@@ -131,3 +131,12 @@ class Collector(Protocol):
     interval: float
 
     async def collect(self) -> Batch: ...
+
+
+@runtime_checkable
+class StreamingCollector(Collector, Protocol):
+    """A collector of many independent targets (SNMP devices): `batches()` yields each part as
+    soon as it is done, so one slow target never holds back the others' data. `collect()` is
+    still there (all parts in one batch)."""
+
+    def batches(self) -> AsyncIterator[Batch]: ...

@@ -23,7 +23,7 @@ import pytest
 
 from collectors.snmp import SnmpCollector
 from collectors.snmp_client import CommunityClient, Endpoint, SnmpError
-from monitor.config import SnmpDevice, SnmpV3Config, parse_config
+from monitor.config import ConfigError, SnmpDevice, SnmpV3Config, parse_config
 from monitor.model import Batch, State
 from monitor.store import RrdStore
 from tests.conftest import DATA, ROOT
@@ -195,8 +195,9 @@ def test_dmz_router_rates_from_rrd(snmpsim, tmp_path):
     eth0 = check(second, "dmz-router", "if eth0")
     assert eth0.state is State.OK and "uplink to ISP <transit>" in eth0.message
     assert "80 kbit/s" in eth0.message  # 10,000 B/s in
+    # eth2 is down and was never seen up: shown, not alarmed.
     eth2 = check(second, "dmz-router", "if eth2")
-    assert eth2.state is State.CRITICAL and "down" in eth2.message
+    assert eth2.state is State.OK and "down" in eth2.message and "never seen up" in eth2.message
     # eth3 is administratively down: not polled by default.
     assert not [c for c in second.checks if c.check == "if eth3"]
     assert run.store.info("dmz-router", "eth3") is None
@@ -287,8 +288,9 @@ def test_snmpd_v2c_and_v3(snmpd, tmp_path):
     v3 = SnmpV3Config(user=SNMPD_USER, auth_protocol="sha256", auth_key=AUTH_KEY,
                       priv_protocol="aes128", priv_key=PRIV_KEY)
     devices = [
-        device("v2c", snmpd, "monitor-ro", include=["lo"]),
-        SnmpDevice(name="v3", host="127.0.0.1", port=snmpd, version="3", v3=v3, include=["lo"]),
+        device("v2c", snmpd, "monitor-ro", include=["lo"], skip_types=[]),
+        SnmpDevice(name="v3", host="127.0.0.1", port=snmpd, version="3", v3=v3, include=["lo"],
+                   skip_types=[]),
         SnmpDevice(name="badcomm", host="127.0.0.1", port=snmpd, community="nope", timeout=0.3,
                    retries=0),
         SnmpDevice(name="baduser", host="127.0.0.1", port=snmpd, version="3",
@@ -305,7 +307,8 @@ def test_snmpd_v2c_and_v3(snmpd, tmp_path):
 
     async def twice() -> tuple[Batch, Batch]:
         first = await collector.collect()
-        await asyncio.sleep(0.05)
+        # lo reports 10 Mbit/s: the polls' own traffic over 50 ms would exceed it (dropped).
+        await asyncio.sleep(1.0)
         return first, await collector.collect()
 
     first, second = asyncio.run(twice())
@@ -348,8 +351,6 @@ def test_discover_dead_device_says_so(silent_port):
 
 
 def test_config_validation_of_v3(tmp_path):
-    from monitor.config import ConfigError
-
     base = '[[snmp.devices]]\nname = "r"\nhost = "192.0.2.1"\nversion = "3"\n'
     with pytest.raises(ConfigError, match="v3: SNMP version 3 needs"):
         parse_config(base, base_dir=tmp_path)
@@ -387,7 +388,7 @@ def test_codec_agrees_with_net_snmp(snmpd):
     async def ours() -> list[int]:
         client = CommunityClient(Endpoint("snmpd", "127.0.0.1", snmpd), "monitor-ro")
         try:
-            tables, _ = await walk_columns(client, [column], max_repetitions=2)
+            tables = (await walk_columns(client, [column], max_repetitions=2)).tables
         finally:
             client.close()
         return list(tables[column].values())
@@ -395,3 +396,206 @@ def test_codec_agrees_with_net_snmp(snmpd):
     mine = asyncio.run(ours())
     assert len(mine) == len(theirs)
     assert all(0 <= b - a < 10**7 for a, b in zip(theirs, mine, strict=True))  # counters move on
+
+
+@pytest.mark.parametrize("recording, low_only, high", [
+    ("mixed-c2950", ["Fa0/1", "Fa0/24", "Gi0/1"], "Vl1"),
+    ("mixed-c3750", ["StackPort1"], "Gi1/0/1"),
+])
+def test_mixed_64_and_32_bit_interfaces_all_get_traffic(snmpsim, tmp_path, recording, low_only,
+                                                        high):
+    """Real Catalyst recordings where only some interfaces have ifHC* counters: every interface
+    gets its traffic, from the 64-bit columns where it has them and the 32-bit ones elsewhere."""
+    run = Run(tmp_path, [device("cat", snmpsim, f"{recording}-t0", include_admin_down=True)])
+    run.poll(0)  # learns which interfaces lack 64-bit counters
+    run.poll(1, cat=f"{recording}-t1")
+    for name in [*low_only, high]:
+        assert run.rate("cat", name, "in_octets", 1) == pytest.approx(100), name
+        assert run.rate("cat", name, "out_octets", 1) == pytest.approx(200), name
+    poller = run.collector.pollers["cat"]
+    assert poller.low_needed is not None and "in_octets" in poller.low_needed
+    run.close()
+
+
+def poll_once(tmp_path: Path, dev: SnmpDevice, at: float) -> Batch:
+    """One run of a fresh collector (as `monitor collect --once` from cron would make)."""
+    collector = SnmpCollector([dev], STEP, clock=Clock(at), state_dir=tmp_path / "state" / "snmp")
+    try:
+        return asyncio.run(collector.collect())
+    finally:
+        collector.close()
+
+
+def rate_of(batch: Batch, instance: str, metric: str = "in_octets") -> float | None:
+    values = [m.value for m in batch.measurements if m.instance == instance and m.metric == metric]
+    assert values, f"no {metric} of {instance}"
+    return values[0]
+
+
+def test_counter_state_survives_the_process(snmpsim, tmp_path):
+    """cron-style runs: each a new process; the second one has rates from the first's state."""
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    files = list((tmp_path / "state" / "snmp").iterdir())
+    assert len(files) == 1 and files[0].suffix == ".json"
+    assert oct(files[0].stat().st_mode & 0o777) == "0o600"
+    second = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + STEP)
+    assert rate_of(second, "eth0") == pytest.approx(10_000)
+    assert check(second, "edge", "snmp").state is State.OK
+
+
+def test_foreign_or_stale_counter_state_never_makes_a_spike(snmpsim, tmp_path):
+    poll_once(tmp_path, device("edge", snmpsim, "renumber-t0"), T0)
+    # Another device now answers under the same name and address (sysName differs; its eth0
+    # and uptime would make a believable 133 Mbit/s): its counters are not the saved ones.
+    other = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + STEP)
+    assert rate_of(other, "eth0") is None
+    assert check(other, "edge", "snmp").state is State.OK
+    # A state from long ago (the same device) is a gap, not a burst.
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    stale = poll_once(tmp_path, device("edge", snmpsim, "router-t1"), T0 + 3600)
+    assert rate_of(stale, "eth0") is None
+    # A state file of another host (the device was re-pointed) is not used either.
+    poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0)
+    moved = dataclasses.replace(device("edge", snmpsim, "router-t1"), host="localhost")
+    assert rate_of(poll_once(tmp_path, moved, T0 + STEP), "eth0") is None
+    # A damaged state file is ignored (and replaced), not a crash.
+    for path in (tmp_path / "state" / "snmp").iterdir():
+        path.write_text("{not json")
+    assert check(poll_once(tmp_path, device("edge", snmpsim, "router-t0"), T0), "edge",
+                 "snmp").state is State.OK
+
+
+def test_collect_once_twice_stores_traffic_from_the_second_run(snmpd, tmp_path):
+    """Two `collect --once` agents (cron, or a SIGHUP reload: a new Agent on the same data_dir)
+    against snmpd's live counters: the second run has rates."""
+    from monitor.agent import Agent
+
+    text = (f'[agent]\ndata_dir = "{tmp_path}"\ninterval = "1m"\n[host]\nenabled = false\n'
+            '[disks]\nenabled = false\n'
+            f'[[snmp.devices]]\nname = "box"\nhost = "127.0.0.1"\nport = {snmpd}\n'
+            'community = "monitor-ro"\ninclude = ["lo"]\nskip_types = []\n')
+
+    async def run() -> Batch:
+        agent = Agent(parse_config(text, base_dir=tmp_path), only="snmp")
+        try:
+            return await agent.run_collector(agent.collectors[0])
+        finally:
+            await agent.close()
+
+    first = asyncio.run(run())
+    assert rate_of(first, "lo") is None  # nothing to compare with yet
+    second = asyncio.run(run())
+    assert rate_of(second, "lo") is not None and rate_of(second, "lo") >= 0
+
+
+def test_v3_security_level_too_low_says_which_is_needed(snmpd):
+    """snmpd allows the user only with privacy (rouser ... priv): asking with auth only gets
+    authorizationError, which must say what to configure."""
+    v3 = SnmpV3Config(user=SNMPD_USER, auth_protocol="sha256", auth_key=AUTH_KEY)
+    collector = SnmpCollector([SnmpDevice(name="core", host="127.0.0.1", port=snmpd, version="3",
+                                          v3=v3, timeout=1.0, retries=0)], STEP)
+    batch = asyncio.run(collector.collect())
+    collector.close()
+    message = check(batch, "core", "snmp").message
+    assert "security level authNoPriv" in message and "needs authPriv" in message, message
+    assert "priv_protocol" in message
+
+
+def test_words_for_odd_devices(snmpsim, tmp_path):
+    """No sysName: discover names the device by its host. ifOperStatus missing or invalid: the
+    check says so in words, not "status None" / "status 0"."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(snmpsim),
+         "--community", "odd", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert tomllib.loads(out.stdout)["snmp"]["devices"][0]["name"] == "127.0.0.1"
+    assert "noSuch" not in out.stdout
+    run = Run(tmp_path, [device("odd", snmpsim, "odd")])
+    batch = run.poll(0)
+    run.close()
+    eth1, eth2 = check(batch, "odd", "if eth1").message, check(batch, "odd", "if eth2").message
+    assert "status 0 (not a valid ifOperStatus)" in eth1 and "None" not in eth2
+    assert "no ifOperStatus" in eth2
+
+
+def test_quiet_defaults_down_only_matters_after_up_and_loopbacks_are_skipped(snmpsim, tmp_path):
+    run = Run(tmp_path, [device("flap", snmpsim, "flap-t0")])
+    first = run.poll(0)
+    ports = {c.check for c in first.checks if c.check.startswith("if ")}
+    assert ports == {"if eth0", "if eth1", "if vlan10"}  # lo: softwareLoopback, skipped
+    assert check(first, "flap", "if eth1").state is State.OK  # never up: not a problem
+    second = run.poll(1, flap="flap-t1")
+    eth0 = check(second, "flap", "if eth0")
+    assert eth0.state is State.CRITICAL and "was up before" in eth0.message
+    assert check(second, "flap", "if eth1").state is State.OK
+    run.close()
+    # alert_down names a port to watch even before it was ever up; skip_types is configurable.
+    run = Run(tmp_path / "2", [device("flap", snmpsim, "flap-t0", alert_down=["eth1"],
+                                      skip_types=["l2vlan"])])
+    batch = run.poll(0)
+    assert check(batch, "flap", "if eth1").state is State.CRITICAL
+    assert {c.check for c in batch.checks if c.check.startswith("if ")} == {"if eth0", "if eth1",
+                                                                            "if lo"}
+    run.close()
+    with pytest.raises(ConfigError, match=r"skip_types.*'loopback'"):
+        parse_config('[[snmp.devices]]\nname = "r"\nhost = "192.0.2.1"\nskip_types = ["loopback"]\n',
+                     base_dir=tmp_path)
+
+
+def test_port_index_has_groups_macs_and_addresses(snmpsim, tmp_path):
+    """LibreNMS-style descriptions become the port's group; MAC and IP-MIB addresses are
+    there too, in the index the site and digests read."""
+    from collectors.snmp import parse_port_description, read_port_index
+
+    poll_once(tmp_path, device("flap", snmpsim, "flap-t0"), T0)
+    ports = read_port_index(tmp_path / "state")["flap"]
+    eth0 = ports["eth0"]
+    assert (eth0["group"], eth0["description"], eth0["circuit"]) == ("transit", "ExampleNet",
+                                                                      "CID-42")
+    assert eth0["mac"] == "02:00:00:00:00:01" and eth0["type"] == "ethernetCsmacd"
+    assert eth0["addresses"] == ["192.0.2.1/30", "2001:db8::1/64"]
+    assert (ports["eth1"]["group"], ports["eth1"]["notes"]) == ("cust", "rack 4")
+    assert ports["vlan10"]["group"] == "core" and ports["vlan10"]["type"] == "l2vlan"
+    assert "lo" not in ports
+    assert parse_port_description("uplink to ISP") is None
+    assert parse_port_description("Peering: DE-CIX [100G]").speed == "100G"
+
+
+def test_discover_lists_macs_addresses_groups_and_skipped_types(snmpsim):
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(snmpsim),
+         "--community", "flap-t0", "--timeout", "1"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    eth0 = next(line for line in out.stdout.splitlines() if line.startswith("#   eth0 "))
+    assert "02:00:00:00:00:01" in eth0 and "192.0.2.1/30" in eth0 and "2001:db8::1/64" in eth0
+    assert "transit" in eth0
+    lo = next(line for line in out.stdout.splitlines() if line.startswith("#   lo "))
+    assert "skipped (softwareLoopback)" in lo
+
+
+def test_utilisation_alerting_without_a_rule():
+    """In or out above utilisation_warning/_critical percent of the link for utilisation_for."""
+    from collectors.snmp import DevicePoller, Interface
+    from collectors.snmp_counters import InterfaceSample
+
+    dev = SnmpDevice(name="edge", host="192.0.2.1", utilisation_for=600.0,
+                     utilisation_interfaces=["wan*"])
+    poller = DevicePoller(dev, 300)
+    wan = Interface(1, "wan0", "wan0", "", "", 1e9, 1, 1, InterfaceSample({}))
+    lan = Interface(2, "lan0", "lan0", "", "", 1e9, 1, 1, InterfaceSample({}))
+    full = 0.97e9 / 8  # bytes per second: 97 % of 1 Gbit/s
+    states = [poller.interface_check(wan, {"in_octets": full, "out_octets": 0}, t).state
+              for t in (0, 300, 600, 900)]
+    assert states == [State.OK, State.OK, State.CRITICAL, State.CRITICAL]
+    message = poller.interface_check(wan, {"in_octets": full, "out_octets": 0}, 900).message
+    assert "97 % of the link, above 95 % for 15m" in message, message
+    # Back to 85 %: WARNING only once that lasted utilisation_for (its timer ran since t=0).
+    assert poller.interface_check(wan, {"in_octets": 0.85e9 / 8, "out_octets": 0}, 1200).state \
+        is State.WARNING
+    assert poller.interface_check(wan, {"in_octets": 1e6, "out_octets": 0}, 1500).state is State.OK
+    assert not poller.busy_since
+    # Interfaces not in utilisation_interfaces are never judged by load.
+    assert poller.interface_check(lan, {"in_octets": full, "out_octets": full}, 5000).state \
+        is State.OK

@@ -86,3 +86,112 @@ def test_request_decodes_with_pysnmp():
     assert int(module.apiBulkPDU.get_max_repetitions(pdu)) == 25
     oids = [tuple(oid) for oid, _ in module.apiBulkPDU.get_varbinds(pdu)]
     assert oids == [(1, 3, 6, 1, 2, 1, 1, 3), (1, 3, 6, 1, 2, 1, 2, 2, 1, 10)]
+
+
+# -- malformed input: refused with BerError, in bounded work --------------------------------
+
+
+@pytest.mark.parametrize("tag, content", [
+    (0x02, b"\x01" * 5),         # INTEGER beyond 32 bits
+    (0x41, b"\x01" * 6),         # Counter32 of 6 bytes
+    (0x41, b"\x01" + b"\x00" * 4),  # Counter32 = 2^32: 5 bytes, out of range
+    (0x46, b"\x01" * 200),       # a 200-byte Counter64
+    (0x43, b""),                 # TimeTicks without content
+])
+def test_oversized_or_empty_integers_are_malformed(tag, content):
+    with pytest.raises(ber.BerError):
+        ber.decode_response(response(vb((1, 3, 1), tag, content)))
+
+
+def oid_body(oid) -> bytes:
+    encoded = ber.encode_oid(oid)
+    _, start, _ = ber._header(encoded, 0)
+    return encoded[start:]
+
+
+def test_oid_limits():
+    longest = (1, 3, *([2**32 - 1] * 126))
+    assert ber.decode_oid(oid_body(longest)) == longest
+    with pytest.raises(ber.BerError, match="128"):
+        ber.decode_oid(oid_body((1, 3, *([7] * 127))))
+    with pytest.raises(ber.BerError):
+        ber.decode_oid(b"\x2b" + b"\x81" * 60_000 + b"\x01")  # the 60 KB OID
+    with pytest.raises(ber.BerError, match="2\\^32"):
+        ber.decode_oid(ber.encode_oid((1, 3, 2**32))[2:])
+    with pytest.raises(ber.BerError, match="dangling"):
+        ber.decode_oid(ber.encode_oid((1, 3, 6, 1))[2:] + b"\x81")
+
+
+def recorded_responses() -> list[bytes]:
+    """Responses built from a real device recording (a Catalyst 2950's IF-MIB, every value
+    type it has), in GETBULK-sized pieces."""
+    from tests.conftest import DATA
+
+    tags = {"2": 0x02, "4": 0x04, "4x": 0x04, "6": 0x06, "64": 0x40, "65": 0x41, "66": 0x42,
+            "67": 0x43, "70": 0x46}
+    varbinds = []
+    for line in (DATA / "snmp" / "mixed-c2950-t0.snmprec").read_text().splitlines():
+        oid_text, kind, value = line.split("|", 2)
+        oid = tuple(int(x) for x in oid_text.split("."))
+        tag = tags[kind]
+        if kind == "4x":
+            content = bytes.fromhex(value)
+        elif tag == 0x04:
+            content = value.encode()
+        elif tag == 0x06:
+            content = ber.encode_oid(tuple(int(x) for x in value.split(".")))[2:]
+        elif tag == 0x40:
+            content = bytes(int(x) for x in value.split("."))
+        elif tag == 0x02:
+            content = ber.encode_int(int(value))[2:]
+        else:
+            n = int(value)
+            content = n.to_bytes((n.bit_length() + 8) // 8, "big")
+        varbinds.append(vb(oid, tag, content))
+    return [response(b"".join(varbinds[i:i + 50])) for i in range(0, len(varbinds), 50)]
+
+
+def mutate(data: bytes, rng) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randrange(1, 6)):
+        what = rng.randrange(6)
+        pos = rng.randrange(len(out)) if out else 0
+        if what == 0 and out:
+            out[pos] ^= 1 << rng.randrange(8)
+        elif what == 1 and out:
+            out[pos] = rng.choice((0x00, 0x7F, 0x80, 0x81, 0x84, 0xFF))
+        elif what == 2:
+            out[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 9)))
+        elif what == 3:
+            del out[pos:pos + rng.randrange(1, 9)]
+        elif what == 4:
+            out = out[:pos]
+        else:
+            out[pos:pos] = b"\x81" * rng.randrange(1, 300)  # long continuation runs
+    return bytes(out)
+
+
+def test_fuzzed_recorded_responses_only_ever_raise_ber_error():
+    """A seeded mutator over real responses (bounded: 20,000 cases, about a second): the
+    decoder returns a Response of known value types or raises BerError, nothing else."""
+    import random
+
+    rng = random.Random(20261201)
+    originals = recorded_responses()
+    for original in originals:
+        assert ber.decode_response(original).varbinds
+    allowed = (int, bytes, tuple, str, ber.Missing, type(None))
+    decoded = 0
+    for _ in range(20_000):
+        data = mutate(rng.choice(originals), rng)
+        try:
+            result = ber.decode_response(data)
+        except ber.BerError:
+            continue
+        decoded += 1
+        for oid, value in result.varbinds:
+            assert isinstance(oid, tuple) and len(oid) <= ber.MAX_OID_ARCS
+            assert isinstance(value, allowed)
+            if isinstance(value, int):
+                assert -(2**31) <= value < 2**64
+    assert decoded  # some mutations (a flipped value bit) still decode

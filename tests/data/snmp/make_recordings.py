@@ -193,7 +193,74 @@ def demo() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Real recordings (snmpsim-data, BSD-2-Clause: data/network/router/cisco-unmarked-0 and
+# data/network/switch/cisco-c3750), cut to the system group, ifNumber, ifTable and ifXTable:
+# Catalyst switches where only some interfaces have 64-bit counters (a 2950 with 64-bit
+# counters on Vl1 only; a 3750 whose StackPort1 and Nu0 have only 32-bit ones).
+MIXED = ("mixed-c2950", "mixed-c3750")
+IN_OCTETS = {f"{IF}.10.": 65, f"{IFX}.6.": 70}
+OUT_OCTETS = {f"{IF}.16.": 65, f"{IFX}.10.": 70}
+
+
+def advanced(recording: str, seconds: int = 60) -> str:
+    """The next poll of a real recording: uptime + `seconds`, every interface's in/out octet
+    counter (32 and 64 bits) + 100 / 200 bytes per second, wrapping as the device would."""
+    out = []
+    for line in recording.splitlines():
+        oid, kind, value = line.split("|", 2)
+        if oid == f"{SYS}.3.0":
+            value = str((int(value) + 100 * seconds) % 2**32)
+        for columns, rate in ((IN_OCTETS, 100), (OUT_OCTETS, 200)):
+            for prefix, tag in columns.items():
+                if oid.startswith(prefix) and kind == str(tag):
+                    bits = 32 if tag == 65 else 64
+                    value = str((int(value) + rate * seconds) % 2**bits)
+        out.append(f"{oid}|{kind}|{value}")
+    return "\n".join(out) + "\n"
+
+
+def flap(t: int) -> str:
+    """eth0 up at t0, down at t1; eth1 never up; lo (softwareLoopback) and a VLAN always up;
+    port descriptions in LibreNMS style."""
+    text = device("flap-switch", 100000 + 6000 * t, [
+        dict(index=1, name="eth0", oper=1 if t == 0 else 2, alias="Transit: ExampleNet [10G] {CID-42}"),
+        dict(index=2, name="eth1", oper=2, alias="Cust: Acme Ltd (rack 4)"),
+        dict(index=3, name="lo", alias="loopback"),
+        dict(index=4, name="vlan10", alias="Core: backbone"),
+    ])
+    types = {f"{IF}.3.3|": "24", f"{IF}.3.4|": "135"}  # softwareLoopback, l2vlan
+    out = []
+    for line in text.splitlines():
+        for prefix, number in types.items():
+            if line.startswith(prefix):
+                line = f"{prefix}2|{number}"
+        out.append(line)
+    # MAC addresses, and IP addresses in both IP-MIB tables (ipAddrTable: v4 only).
+    out += [f"{IF}.6.{n}|4x|0200000000{n:02x}" for n in (1, 2, 4)] + [f"{IF}.6.3|4x|"]
+    v4 = "192.0.2.1"
+    out += [f"1.3.6.1.2.1.4.20.1.1.{v4}|64|{v4}", f"1.3.6.1.2.1.4.20.1.2.{v4}|2|1",
+            f"1.3.6.1.2.1.4.20.1.3.{v4}|64|255.255.255.252"]
+    v6 = ".".join(str(b) for b in bytes.fromhex("20010db8000000000000000000000001"))
+    for index in (f"1.4.{v4}", f"2.16.{v6}"):
+        prefix = 30 if index.startswith("1.") else 64
+        out += [f"1.3.6.1.2.1.4.34.1.3.{index}|2|1",
+                f"1.3.6.1.2.1.4.34.1.5.{index}|6|1.3.6.1.2.1.4.32.1.5.1.{index}.{prefix}"]
+    out.sort(key=oid_key)
+    return "\n".join(out) + "\n"
+
+
+def odd() -> str:
+    """A device without sysName, whose eth1 reports ifOperStatus 0 and eth2 none at all."""
+    lines = device("odd-box", 100000, [dict(index=1, name="eth0"), dict(index=2, name="eth1", oper=0),
+                                       dict(index=3, name="eth2")]).splitlines()
+    return "\n".join(line for line in lines
+                     if not line.startswith((f"{SYS}.5.0|", f"{IF}.8.3|"))) + "\n"
+
+
 def main() -> None:
+    for name in MIXED:
+        t0 = (HERE / f"{name}-t0.snmprec").read_text()
+        (HERE / f"{name}-t1.snmprec").write_text(advanced(t0))
     files: dict[str, str] = {}
     for t in (0, 1):
         files[f"router-t{t}"] = router(t)
@@ -203,8 +270,10 @@ def main() -> None:
         files[f"wrap64-t{t}"] = wraps(t)
         files[f"wrap32-t{t}"] = wraps32(t)
         files[f"uptimewrap-t{t}"] = uptime_wrap(t)
+        files[f"flap-t{t}"] = flap(t)
     for t in (0, 1, 2):
         files[f"reboot-t{t}"] = reboot(t)
+    files["odd"] = odd()
     for name, content in files.items():
         (HERE / f"{name}.snmprec").write_text(content)
     # The demo's router ships with the project, not with the tests.
