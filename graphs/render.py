@@ -386,11 +386,14 @@ class Renderer:
             for stale in [k for k in self._backgrounds if k[0] == period]:
                 del self._backgrounds[stale]
         key = (period, divisions, loss)
+        # The data artists are drawn through the axes' current transform: the limits are set on
+        # every draw, not only when a background is made, or a graph drawn after another
+        # period's lands on that period's time axis (a year squeezed into a day's pixels).
+        ax = self.ax
+        ax.set_xlim(start, end)
+        self.right.set_xlim(start, end)
         bg = self._backgrounds.get(key)
         if bg is None:
-            ax = self.ax
-            ax.set_xlim(start, end)
-            self.right.set_xlim(start, end)
             majors, labels, minors = time_ticks(period, start, end)
             ax.set_xticks(majors, labels)
             ax.set_xticks(minors, minor=True)
