@@ -674,7 +674,7 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             result.units = graph.units
             result.drawn.append(name)
     except Exception as exc:  # one bad file must not stop the site
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error = f"{type(exc).__name__}: {exc} ({info.path})"
     result.seconds = time.perf_counter() - started
     result.cpu = time.process_time() - cpu
     return result

@@ -437,7 +437,7 @@ class _SiteModel:
 
         def target_for(name: str) -> Target:
             if name not in targets:
-                d = quote(safe_name(name))
+                d = quote(safe_name(name), safe="=@")
                 targets[name] = Target(render.display(name, LABEL_LIMIT), d, safe_name(name),
                                        f"{d}/index.html")
             return targets[name]
@@ -447,7 +447,7 @@ class _SiteModel:
             target = target_for(info.target)
             label = render.display(info.instance, LABEL_LIMIT) if info.instance else "(device)"
             full = render.display(info.instance) if info.instance else "(device)"
-            d = quote(safe_name(info.instance))
+            d = quote(safe_name(info.instance), safe="=@")
             item = Item(label, f"{render.display(info.target)} · {full}", target.label, d,
                         safe_name(info.instance),
                         f"{target.dir}/{d}/index.html", f"{target.dir}/{d}/spark.png",
