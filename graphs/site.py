@@ -41,6 +41,7 @@ from monitor import __version__
 from monitor.config import Config
 from monitor.files import atomic_write
 from monitor.model import State
+from monitor.process import exit_with
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
 from monitor.units import format_age, format_duration
@@ -59,7 +60,8 @@ Progress = Callable[[int, int], None]
 _worker: dict[str, Any] = {}  # per worker process: its store handle and renderer (never shared)
 
 
-def _worker_init(rrd_root: str, rrdcached: str | None) -> None:
+def _worker_init(rrd_root: str, rrdcached: str | None, owner: int) -> None:
+    exit_with(owner)  # a killed `monitor graph` or agent takes its workers with it
     _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached)
     _worker["renderer"] = render.Renderer()
 
@@ -160,9 +162,10 @@ class SiteBuilder:
         if self._pool is None:
             # forkserver: workers never inherit the agent's threads (scheduler, asyncio).
             context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["graphs.forkserver"])
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=context, initializer=_worker_init,
-                initargs=(str(self.store.root), self.store.rrdcached))
+                initargs=(str(self.store.root), self.store.rrdcached, os.getpid()))
         return self._pool
 
     def close(self) -> None:
