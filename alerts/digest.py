@@ -30,6 +30,7 @@ from jinja2 import Environment
 from alerts.mail import make_message
 from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
+from graphs import stats
 from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
@@ -232,27 +233,22 @@ class DigestBuilder:
         for info in self._series:
             if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
                 continue
-            avg = self._fetch(info, start, end)
-            if avg is None:
+            try:  # the site's figures for the same period (graphs.stats): the billing 95th
+                rows = stats.period_rows(self.store, info, start, end)
+            except Exception as exc:  # a corrupt RRD file: skip this series only
+                log.warning("digest: cannot read %s: %s", info.path, exc)
                 continue
-            ins, outs = avg.columns.get("in_octets", []), avg.columns.get("out_octets", [])
+            ins, outs = rows.columns.get("in_octets", []), rows.columns.get("out_octets", [])
             if not _known(ins) and not _known(outs):
                 continue
-            peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
-            pin = _known(peak.columns.get("in_octets", [])) if peak else _known(ins)
-            pout = _known(peak.columns.get("out_octets", [])) if peak else _known(outs)
-            total_in = sum(_known(ins)) * avg.step
-            total_out = sum(_known(outs)) * avg.step
-            found.append((total_in + total_out, info, ins, outs, total_in, total_out,
-                          max(pin, default=None), max(pout, default=None)))
+            fin, fout = (stats.summarize(v, rows.step) for v in (ins, outs))
+            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
-        for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
-            p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
-            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(tin), fmt_bytes(tout),
-                           fmt_bits(pin * 8 if pin is not None else None),
-                           fmt_bits(pout * 8 if pout is not None else None),
-                           fmt_bits(p95_in * 8 if p95_in is not None else None),
-                           fmt_bits(p95_out * 8 if p95_out is not None else None)])
+        for _, info, ins, outs, fin, fout in found[:MAX_TRAFFIC]:
+            bits = lambda v: fmt_bits(None if v is None else v * 8)  # noqa: E731
+            s.rows.append([f"{info.target} {info.instance}".strip(), fmt_bytes(fin.total),
+                           fmt_bytes(fout.total), bits(fin.maximum), bits(fout.maximum),
+                           bits(fin.p95), bits(fout.p95)])
             s.images.append(sparkline(ins, f"traffic {info.target} {info.instance}", second=outs)
                             if digest.graphs else None)
         if len(found) > MAX_TRAFFIC:

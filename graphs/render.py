@@ -148,6 +148,10 @@ def _summary(values: np.ndarray, step: float) -> dict[str, float | None]:
     return stats.summarize([None if math.isnan(v) else float(v) for v in values], step).as_dict()
 
 
+def _figures(series: Series, metric: str, scale: float = 1.0) -> dict[str, float | None]:
+    return _summary(_column(series, metric, scale), series.step)
+
+
 def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "") -> str:
     parts = [f"now {format_value(s['current'], unit):>10}", f"avg {format_value(s['average'], unit):>10}",
              f"max {format_value(s['maximum'], unit):>10}"]
@@ -158,16 +162,17 @@ def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_un
     return "  ".join(parts)
 
 
-def build_graph(info: SeriesInfo, series: Series) -> Graph:
-    """Turn fetched columns into layers, legend rows and summary figures."""
+def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) -> Graph:
+    """Turn fetched columns into layers (from `series`), legend rows and summary figures (from
+    `rows`, the period's finest rows, see stats.period_rows; default `series`)."""
     kind = classify(info.metrics)
-    step = series.step
+    rows = rows or series
     if kind == TRAFFIC:
         layers, legend, summary, units = [], [], {}, {}
         for label, metric, style, color in (("In", "in_octets", "area", IN_FILL),
                                             ("Out", "out_octets", "line", OUT_LINE)):
             bits = _column(series, metric, 8.0)
-            s = _summary(bits, step)
+            s = _figures(rows, metric, 8.0)
             octets_total = s["total"] / 8.0 if s["total"] is not None else None
             s["total"] = octets_total  # bytes transferred, not bits
             layers.append(Layer(label, bits, style, color))
@@ -178,14 +183,14 @@ def build_graph(info: SeriesInfo, series: Series) -> Graph:
         return Graph(kind, "b/s", layers, legend, summary, units)
     if kind == LATENCY:
         rt = _column(series, "response_seconds")
-        s = _summary(rt, step)
+        s = _figures(rows, "response_seconds")
         s["total"] = None
         layers = [Layer("Response", rt, "area", LATENCY_LINE)]
         legend = [LegendRow("Response", LATENCY_LINE, _legend_text(dict(s, total_display=None), "s", True))]
         summary, units = {"Response": s}, {"Response": "s"}
         if "loss_percent" in info.metrics:
             loss = _column(series, "loss_percent")
-            ls = _summary(loss, step)
+            ls = _figures(rows, "loss_percent")
             ls["total"] = None
             layers.append(Layer("Loss", loss, "bars", LOSS, right=True))
             legend.append(LegendRow("Loss", LOSS, _legend_text(dict(ls, total_display=None), "%", False)))
@@ -205,7 +210,7 @@ def build_graph(info: SeriesInfo, series: Series) -> Graph:
     layers, legend, summary, units = [], [], {}, {}
     for i, metric in enumerate(metrics[: len(PALETTE)]):
         values = _column(series, metric)
-        s = _summary(values, step)
+        s = _figures(rows, metric)
         color = PALETTE[i]
         style = "area" if i == 0 and kind == PERCENT else "line"
         layers.append(Layer(metric, values, style, color))
@@ -214,8 +219,7 @@ def build_graph(info: SeriesInfo, series: Series) -> Graph:
     # Every metric of the file goes into the table, drawn or not.
     for metric in info.metrics:
         if metric not in summary:
-            values = _column(series, metric)
-            summary[metric], units[metric] = _summary(values, step), unit_of(metric, info.units)
+            summary[metric], units[metric] = _figures(rows, metric), unit_of(metric, info.units)
     return Graph(kind, unit, layers, legend, summary, units, floor, ceiling)
 
 
@@ -662,7 +666,13 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             period = PERIODS[name]
             start, end, resolution = window(period, job.now, info.step)
             series = store.fetch_path(info, start, end, resolution if period.resolution else None)
-            graph = build_graph(info, series)
+            # The figures (95th, peak, total) of a period up to 31 days come from its 5-minute
+            # rows, as billing computes them, not from the coarser averages drawn.
+            if period.span <= stats.BILLING_SPAN:
+                rows = stats.period_rows(store, info, start, end, None if period.resolution else series)
+            else:
+                rows = stats.window(series, start, end)
+            graph = build_graph(info, series, rows)
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")

@@ -9,6 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from monitor.store import Series
+
+if TYPE_CHECKING:
+    from monitor.store import RrdStore, SeriesInfo
 
 Values = Sequence[float | None]
 
@@ -66,6 +72,31 @@ class Summary:
 def summarize(values: Values, step: float) -> Summary:
     return Summary(current(values), average(values), maximum(values), percentile(values, 95.0),
                    total(values, step))
+
+
+# -- a period's figures from an RRD file -------------------------------------------------------
+
+BILLING_SPAN = 31 * 86400  # periods up to this long get their figures from base-step rows
+
+
+def window(series: Series, start: float, end: float) -> Series:
+    """The rows of `series` for start < t <= end (rrdtool's fetch adds one past each edge)."""
+    stamps = series.timestamps
+    first = next((i for i, t in enumerate(stamps) if t > start), len(stamps))
+    last = next((i for i in range(len(stamps) - 1, -1, -1) if stamps[i] <= end), -1) + 1
+    last = max(first, last)
+    return Series(series.start + first * series.step, series.start + last * series.step,
+                  series.step, {m: v[first:last] for m, v in series.columns.items()})
+
+
+def period_rows(store: RrdStore, info: SeriesInfo, start: float, end: float,
+                fetched: Series | None = None) -> Series:
+    """The file's finest rows for start < t <= end: its base-step (5-minute) samples where the
+    archives keep them (31+ days by default), else the finest archive that covers the period.
+    The site's legends and tables and the digests take their figures (`summarize`: the billing
+    95th, the peak of 5-minute samples, the total) from these rows, so both show the same
+    numbers for the same period. `fetched`: the same fetch, already made (the day graph's)."""
+    return window(fetched or store.fetch_path(info, start, end), start, end)
 
 
 # -- human forms ---------------------------------------------------------------------------------

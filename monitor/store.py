@@ -162,14 +162,18 @@ class _FileState:
 
 
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
-    """RRA:CF:0.5:STEPS:ROWS for each "RESOLUTION:KEEP" archive and consolidation function."""
+    """RRA:CF:0.5:STEPS:ROWS for each "RESOLUTION:KEEP" archive and consolidation function.
+
+    An archive of single samples (STEPS 1) gets the first function only: the AVERAGE and the
+    MAX of one sample are the sample, and that archive is the largest (31+ days of 5-minute
+    rows by default, for the billing 95th)."""
     out = []
     for spec in archives:
         resolution_text, _, keep_text = spec.partition(":")
         resolution = step if resolution_text == "step" else parse_duration(resolution_text)
         steps = max(1, round(resolution / step))
         rows = max(2, math.ceil(parse_duration(keep_text) / (steps * step)))
-        for cf in consolidations:
+        for cf in consolidations[:1] if steps == 1 else consolidations:
             out.append(f"RRA:{cf}:0.5:{steps}:{rows}")
     return out
 
@@ -244,7 +248,7 @@ class RrdStore:
         self,
         root: Path,
         *,
-        archives: Sequence[str] = ("step:2d", "30m:2w", "2h:9w", "1d:2y"),
+        archives: Sequence[str] = ("step:32d", "30m:2w", "2h:9w", "1d:2y"),
         consolidations: Sequence[str] = ("AVERAGE", "MAX"),
         rrdcached: str | None = None,
     ) -> None:

@@ -155,9 +155,13 @@ def copy(dest: Path) -> RrdStore:
 
 def rows(column: Column, start: int, end: int, end_of_history: int = END,
          days: int = DAYS) -> np.ndarray:
-    """The 5-minute values written for start < t <= end (NaN where nothing was written)."""
+    """The 5-minute values the RRD file holds for start < t <= end: NaN where nothing was
+    written, and for the first sample after a gap (longer than the heartbeat, 2 steps)."""
     ts = times(end_of_history, days)
-    return column.values[(ts > start) & (ts <= end)]
+    values = column.values.copy()
+    for _, last in GAPS:
+        values[ts == last + STEP] = np.nan
+    return values[(ts > start) & (ts <= end)]
 
 
 def column(target: str, instance: str, metric: str, end: int = END, days: int = DAYS) -> Column:
