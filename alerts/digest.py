@@ -35,7 +35,7 @@ from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, SeriesInfo
-from monitor.units import format_age, format_bits_per_second
+from monitor.units import IN_EDGE, IN_FILL, OUT_LINE, format_age, format_bits_per_second
 
 log = logging.getLogger("monitor.digest")
 
@@ -123,10 +123,10 @@ def sparkline(values: list[float | None], alt: str, *, second: list[float | None
     ax = fig.add_axes((0, 0, 1, 1))
     xs = list(range(len(values)))
     nan = float("nan")
-    ax.fill_between(xs, [nan if v is None else v for v in values], color="#9ecae1", linewidth=0)
-    ax.plot(xs, [nan if v is None else v for v in values], color="#3182bd", linewidth=1)
-    if second is not None:
-        ax.plot(range(len(second)), [nan if v is None else v for v in second], color="#e6550d",
+    ax.fill_between(xs, [nan if v is None else v for v in values], color=IN_FILL, linewidth=0)
+    ax.plot(xs, [nan if v is None else v for v in values], color=IN_EDGE, linewidth=1)
+    if second is not None:  # the site's in/out colours (monitor.units)
+        ax.plot(range(len(second)), [nan if v is None else v for v in second], color=OUT_LINE,
                 linewidth=1)
     ax.set_xlim(0, max(1, len(values) - 1))
     if percent:

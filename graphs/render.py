@@ -38,6 +38,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
+from monitor import units
 from monitor.files import atomic_write
 from monitor.store import Series, SeriesInfo
 from monitor.text import CONTROL
@@ -100,14 +101,13 @@ def display(text: str, limit: int = 0) -> str:
     return text
 
 
-def format_value(value: float | None, unit: str) -> str:
-    return stats.percent(value) if unit == "%" else stats.si(value, unit)
+format_value = units.format_value  # the one formatter of the site, the mail and messages
 
 
 # -- graph content -------------------------------------------------------------------------------
 
 PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
-IN_FILL, IN_EDGE, OUT_LINE = "#57b85a", "#22722a", "#1c3fa8"
+IN_FILL, IN_EDGE, OUT_LINE = units.IN_FILL, units.IN_EDGE, units.OUT_LINE
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
 
 
@@ -258,14 +258,18 @@ def nice_axis(
     return best
 
 
-def _tick_label(value: float, step: float, unit: str) -> str:
-    if unit == "%":
-        return f"{value:g} %"
-    factor, prefix = stats.prefix_for(max(abs(value), abs(step)), unit)
-    scaled = value / factor
-    step_scaled = step / factor
-    decimals = 0 if float(step_scaled).is_integer() else (1 if round(step_scaled * 10, 6).is_integer() else 2)
-    return f"{scaled:.{decimals}f} {prefix}{unit}".rstrip()
+def axis(low: float, high: float, floor: float | None, ceiling: float | None, unit: str
+         ) -> tuple[float, float, list[str]]:
+    """(bottom, top, tick labels) of a y axis: round steps in the unit shown (GiB for bytes,
+    Mbit/s for bits, days for long durations), every label in that one unit, with only the
+    decimals the step needs ("200 ms", "2.5 Gbit/s", never "200.0 ms")."""
+    factor, shown = units.scale_for(max(abs(low), abs(high), abs(ceiling or 0.0)), unit)
+    scaled = lambda v: None if v is None else v / factor  # noqa: E731
+    bottom, top, divisions = nice_axis(low / factor, high / factor, scaled(floor), scaled(ceiling))
+    step = (top - bottom) / divisions
+    decimals = 0 if round(step, 9).is_integer() else (1 if round(step * 10, 6).is_integer() else 2)
+    labels = [f"{bottom + i * step:.{decimals}f} {shown}".rstrip() for i in range(divisions + 1)]
+    return bottom * factor, top * factor, labels
 
 
 # -- time axis (local time) ----------------------------------------------------------------------
@@ -420,7 +424,8 @@ class Renderer:
         high = float(max(v.max() for v in known)) if known else 0.0
         if graph.kind == TRAFFIC and high <= 0:
             high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
-        bottom, top, divisions = nice_axis(low, high, graph.floor, graph.ceiling)
+        bottom, top, ticks = axis(low, high, graph.floor, graph.ceiling, graph.unit)
+        divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)
         self.canvas.restore_region(bg)
@@ -456,15 +461,13 @@ class Renderer:
         image = _rgb(self.canvas)
         pen = ImageDraw.Draw(image)  # rectangles only; text goes through the caches
         fonts = self.fonts
-        step_value = (top - bottom) / divisions
         axis_bottom, axis_height = HEIGHT - _AX_BOTTOM, HEIGHT - _AX_TOP - _AX_BOTTOM
-        for i in range(divisions + 1):
+        for i, tick in enumerate(ticks):
             y = axis_bottom - i / divisions * axis_height
-            fonts.text(image, (_AX_LEFT - 5, y), _tick_label(bottom + i * step_value, step_value, graph.unit),
-                       fonts.small, "#444444", "rm")
+            fonts.text(image, (_AX_LEFT - 5, y), tick, fonts.small, "#444444", "rm")
         fonts.text(image, (10, 8), display(title, 70), fonts.title, "#1d2733", "la")
         fonts.text(image, (WIDTH - 10, 10), subtitle, fonts.small, "#667085", "ra")
-        label = _YLABELS.get(graph.kind, "") or graph.unit
+        label = _YLABELS.get(graph.kind, "")  # other axes: the tick labels carry the unit
         if label:
             rotated = fonts.vertical(label)
             image.paste(rotated, (6, _AX_TOP + (axis_height - rotated.height) // 2))

@@ -283,11 +283,16 @@ class SiteBuilder:
         """Every page; returns how many, and the directories of the targets on the site."""
         checks = self.status.all()
         model = _SiteModel(series, checks, entries, now)
-        alerts = model.alert_rows(self._alerts(), now)
+        firing = self._alerts()
+        alerts = model.alert_rows(firing, now)
+        # An alert of a check's rule is the same problem as the check (its label is the check's
+        # name): counted once.
+        problems = ({(c.target, c.check) for c in checks if c.state is not State.OK}
+                    | {(a.target, a.label) for a in firing})
         common = {
             "site_title": render.display(self.title), "refresh": self.refresh,
             "refresh_text": format_duration(self.refresh), "generated": _local(now),
-            "version": __version__, "problem_count": len(model.problems) + len(alerts),
+            "version": __version__, "problem_count": len(problems),
             "tz": datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
         }
         pages = 0

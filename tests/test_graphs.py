@@ -25,6 +25,7 @@ from graphs.site import SiteBuilder, due_periods
 from monitor.model import CheckResult, Kind, Measurement, State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, safe_name
+from monitor.units import format_value
 from tests.conftest import MONITOR, ROOT
 
 STEP = 60
@@ -126,8 +127,8 @@ def test_legend_figures_match_independent_computation(site):
     assert not report.errors
     page = (html / "dmz-router" / safe_name("Gi0/1") / "index.html").read_text()
     for key in ("current", "average", "maximum", "p95"):
-        assert stats.si(want_in[key], "b/s") in page
-    assert stats.si(want_in["total"], "B") in page and stats.si(want_out["total"], "B") in page
+        assert format_value(want_in[key], "b/s") in page
+    assert format_value(want_in["total"], "B") in page and format_value(want_out["total"], "B") in page
 
 
 def test_stats_skip_unknown_and_format_with_prefixes():
@@ -135,10 +136,12 @@ def test_stats_skip_unknown_and_format_with_prefixes():
     assert stats.current(values) == 3.0 and stats.average(values) == 2.0
     assert stats.total(values, 10) == 40.0 and stats.percentile([], 95) is None
     assert stats.percentile(list(range(1, 101)), 95) == 95
-    assert stats.si(12_345_678, "b/s") == "12.3 Mb/s"
-    assert stats.si(2.5e9, "b/s") == "2.50 Gb/s"
-    assert stats.si(0.0042, "s") == "4.20 ms"
-    assert stats.si(0.75, "") == "0.750"
+    assert format_value(12_345_678, "b/s") == "12.3 Mbit/s"
+    assert format_value(2.5e9, "b/s") == "2.50 Gbit/s"
+    assert format_value(0.0042, "s") == "4.20 ms"
+    assert format_value(0.75, "") == "0.750"
+    assert format_value(3 * 2**40, "B") == "3.0 TiB" and format_value(1e12, "B") == "931.3 GiB"
+    assert format_value(3_840_000, "s") == "44 days" and format_value(30, "d") == "30 days"
     assert render.nice_axis(0, 87e6, 0.0, None) == (0.0, 100e6, 5)
     assert render.nice_axis(0, 42.0, 0.0, 100.0)[1] == 100.0
 

@@ -7,6 +7,7 @@ drawn in one warm renderer is compared, pixel for pixel, with the same graph dra
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,11 @@ from PIL import Image
 from alerts.digest import DigestBuilder
 from graphs import render
 from graphs.render import PERIODS, Job
+from graphs.site import SiteBuilder
 from monitor.config import Digest, parse_config
+from monitor.model import CheckResult, State
 from monitor.status import StatusBook
+from monitor.store import safe_name
 from monitor.units import format_bits_per_second, format_bytes
 from tests import longhistory
 
@@ -90,3 +94,41 @@ def test_95th_peak_and_total_of_every_period_up_to_a_month_are_billing_figures(
         assert row[1:] == [octets(figures["In"][2]), octets(figures["Out"][2]),
                            bits(figures["In"][1]), bits(figures["Out"][1]),
                            bits(figures["In"][0]), bits(figures["Out"][0])], name
+
+
+def build_site(store, tmp_path: Path, status: StatusBook | None = None, alerts_db: Path | None = None):
+    status = status or StatusBook(tmp_path / "state" / "status.json")
+    builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
+                          workers=1, inline_below=10**6, clock=lambda: longhistory.END,
+                          alerts_db=alerts_db)
+    try:
+        report = builder.build(full=True)
+    finally:
+        builder.close()
+    assert not report.errors, report.errors
+    return tmp_path / "html"
+
+
+def test_one_unit_convention_on_pages_and_problems_counted_once(history, tmp_path):
+    from alerts.engine import AlertState, Status
+    from alerts.state import AlertStore
+
+    status = StatusBook(tmp_path / "state" / "status.json")
+    end = longhistory.END
+    status.update([CheckResult(longhistory.ROUTER, f"if {longhistory.DOWN_PORT}", State.CRITICAL,
+                               "down", timestamp=end),
+                   CheckResult(longhistory.WEB, "ping", State.WARNING, "loss 20 %", timestamp=end)])
+    db = tmp_path / "state" / "alerts.db"
+    AlertStore(db).save([AlertState(f"down/{longhistory.ROUTER}/if {longhistory.DOWN_PORT}", "down",
+                                    longhistory.ROUTER, f"if {longhistory.DOWN_PORT}",
+                                    status=Status.FIRING, severity=State.CRITICAL, since=end - 600,
+                                    message="down")])
+    html = build_site(history, tmp_path, status, db)
+    index = (html / "index.html").read_text()
+    assert "Problems (2)" in index  # the port (its check and its alert) and the ping check
+    router = html / safe_name(longhistory.ROUTER)
+    device = (router / "@" / "index.html").read_text()
+    assert re.search(r"\b\d+ days\b", device) and " Ms" not in device  # uptime as a duration
+    uplink = (router / safe_name(longhistory.UPLINK) / "index.html").read_text()
+    assert "Mbit/s" in uplink and ("GiB" in uplink or "TiB" in uplink)
+    assert not re.search(r"\d (?:[kMGT]b/s|[kMGT]B)\b", uplink)  # no SI bytes, no "Mb/s"
