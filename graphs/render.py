@@ -140,12 +140,12 @@ class Graph:
 
 
 def _column(series: Series, metric: str, scale: float = 1.0) -> np.ndarray:
-    raw = series.columns.get(metric, [])
-    return np.array([np.nan if v is None else v * scale for v in raw], dtype=float)
+    values = np.array(series.columns.get(metric, []), dtype=float)  # None becomes NaN
+    return values * scale if scale != 1.0 else values
 
 
 def _summary(values: np.ndarray, step: float) -> dict[str, float | None]:
-    return stats.summarize([None if math.isnan(v) else float(v) for v in values], step).as_dict()
+    return stats.summarize(values, step).as_dict()
 
 
 def _figures(series: Series, metric: str, scale: float = 1.0) -> dict[str, float | None]:

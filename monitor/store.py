@@ -650,7 +650,8 @@ class RrdStore:
             args += ["--daemon", self.rrdcached]
         (first, last, step), names, rows = rrdtool.fetch(*args)
         by_ds = {ds: metric for metric, ds in info.metrics.items()}
-        columns = {by_ds.get(n, n): [row[i] for row in rows] for i, n in enumerate(names)}
+        by_column = map(list, zip(*rows, strict=True)) if rows else ([] for _ in names)
+        columns = {by_ds.get(n, n): values for n, values in zip(names, by_column, strict=True)}
         return Series(first, last, step, columns)
 
     def last_gauges(self, info: SeriesInfo) -> dict[str, float]:
