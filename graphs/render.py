@@ -34,6 +34,8 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
@@ -109,15 +111,23 @@ format_value = units.format_value  # the one formatter of the site, the mail and
 PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
 IN_FILL, IN_EDGE, OUT_LINE = units.IN_FILL, units.IN_EDGE, units.OUT_LINE
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
+P95_MARK = "#c0392b"
+# loss (percent) up to which a latency line has this colour
+LOSS_COLORS = ((0.0, "#1a9e3a"), (5.0, "#1f77d0"), (10.0, "#7b3fd0"), (25.0, "#d0459b"),
+               (100.0, "#d62728"))
+_LOSS_LIMITS = np.array([limit for limit, _ in LOSS_COLORS[:-1]])
+_LOSS_RGBA = np.array([to_rgba(color) for _, color in LOSS_COLORS])
 
 
 @dataclass
 class Layer:
     label: str
     values: np.ndarray  # display units (bits/s, seconds, percent, ...)
-    style: str  # "area", "line", "bars"
+    style: str  # "area", "line", "bars", "band" (low..values), "loss-line" (coloured by loss)
     color: str
     right: bool = False  # on the secondary 0-100 % axis (packet loss)
+    low: np.ndarray | None = None  # a band's lower edge
+    loss: np.ndarray | None = None  # a loss-line's loss (percent) per sample
 
 
 @dataclass
@@ -137,6 +147,7 @@ class Graph:
     units: dict[str, str]  # label -> unit of its figures
     floor: float | None = 0.0  # lowest value the axis shows (None: from the data)
     ceiling: float | None = None  # minimum top of the axis (100 for percentages)
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (value, colour): dashed lines
 
 
 def _column(series: Series, metric: str, scale: float = 1.0) -> np.ndarray:
@@ -152,14 +163,38 @@ def _figures(series: Series, metric: str, scale: float = 1.0) -> dict[str, float
     return _summary(_column(series, metric, scale), series.step)
 
 
-def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "") -> str:
-    parts = [f"now {format_value(s['current'], unit):>10}", f"avg {format_value(s['average'], unit):>10}",
-             f"max {format_value(s['maximum'], unit):>10}"]
+def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "",
+                 speed: float | None = None) -> str:
+    def value(key: str) -> str:
+        text = f"{format_value(s[key], unit):>11}"
+        return text + (f" {of_speed(s[key], speed):>4}" if speed else "")
+
+    parts = [f"now {value('current')}", f"avg {value('average')}", f"max {value('maximum')}"]
     if with_p95:
-        parts.append(f"95% {format_value(s['p95'], unit):>10}")
+        parts.append(f"95% {value('p95')}")
     if total_unit:
         parts.append(f"total {format_value(s['total_display'], total_unit):>9}")
-    return "  ".join(parts)
+    return " ".join(parts)
+
+
+def of_speed(bits: float | None, speed: float | None) -> str:
+    """A rate as a share of the link's speed, as MRTG prints it beside every figure: "48%"."""
+    if bits is None or not speed:
+        return ""
+    return f"{100.0 * bits / speed:.0f}%"
+
+
+def link_speed(rows: Series) -> float | None:
+    """The interface's speed in bit/s (its last known speed_bps of the period), if stored."""
+    return stats.current(rows.columns.get("speed_bps", [])) or None
+
+
+def loss_color(loss: float) -> str:
+    """SmokePing's idea: the latency line's colour says how many probes were lost."""
+    for limit, color in LOSS_COLORS:
+        if loss <= limit:
+            return color
+    return LOSS_COLORS[-1][1]
 
 
 def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) -> Graph:
@@ -169,6 +204,7 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
     rows = rows or series
     if kind == TRAFFIC:
         layers, legend, summary, units = [], [], {}, {}
+        speed = link_speed(rows)
         for label, metric, style, color in (("In", "in_octets", "area", IN_FILL),
                                             ("Out", "out_octets", "line", OUT_LINE)):
             bits = _column(series, metric, 8.0)
@@ -177,24 +213,53 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
             s["total"] = octets_total  # bytes transferred, not bits
             layers.append(Layer(label, bits, style, color))
             legend.append(LegendRow(label, IN_EDGE if style == "area" else color, _legend_text(
-                dict(s, total_display=octets_total), "b/s", True, "B")))
+                dict(s, total_display=octets_total), "b/s", True, "B", speed)))
             summary[label] = s
             units[label] = "b/s"
-        return Graph(kind, "b/s", layers, legend, summary, units)
+        if speed:
+            summary["Link speed"] = {"current": speed}
+            units["Link speed"] = "b/s"
+        # The billing line (Cacti, LibreNMS): the higher of the two directions' 95th.
+        p95 = max((s["p95"] for s in (summary["In"], summary["Out"]) if s["p95"] is not None),
+                  default=None)
+        marks = [(p95, P95_MARK)] if p95 else []
+        if p95:
+            legend.append(LegendRow("95th", P95_MARK, f"    {format_value(p95, 'b/s'):>11}"
+                                    + (f" {of_speed(p95, speed):>4}" if speed else "")
+                                    + "  (the higher direction's, 5-minute samples)"))
+        return Graph(kind, "b/s", layers, legend, summary, units, marks=marks)
     if kind == LATENCY:
         rt = _column(series, "response_seconds")
         s = _figures(rows, "response_seconds")
         s["total"] = None
-        layers = [Layer("Response", rt, "area", LATENCY_LINE)]
-        legend = [LegendRow("Response", LATENCY_LINE, _legend_text(dict(s, total_display=None), "s", True))]
+        loss = _column(series, "loss_percent") if "loss_percent" in info.metrics else None
+        layers, legend = [], []
+        band = {"rtt_min_seconds", "rtt_max_seconds"} <= info.metrics.keys()
+        if band:
+            # SmokePing's picture: the spread of the probes as a band, the average on top.
+            layers.append(Layer("min-max", _column(series, "rtt_max_seconds"), "band",
+                                LATENCY_FILL, low=_column(series, "rtt_min_seconds")))
+        if loss is not None:
+            layers.append(Layer("Response", rt, "loss-line", LATENCY_LINE, loss=loss))
+        else:
+            layers.append(Layer("Response", rt, "area", LATENCY_LINE))
+        legend.append(LegendRow("Response", LATENCY_LINE,
+                                _legend_text(dict(s, total_display=None), "s", True)))
         summary, units = {"Response": s}, {"Response": "s"}
-        if "loss_percent" in info.metrics:
-            loss = _column(series, "loss_percent")
+        if band:
+            legend.append(LegendRow("min-max", LATENCY_FILL, "fastest to slowest probe of each "
+                                    "interval"))
+        if loss is not None:
             ls = _figures(rows, "loss_percent")
             ls["total"] = None
             layers.append(Layer("Loss", loss, "bars", LOSS, right=True))
             legend.append(LegendRow("Loss", LOSS, _legend_text(dict(ls, total_display=None), "%", False)))
             summary["Loss"], units["Loss"] = ls, "%"
+            legend.append(LegendRow("colour", LOSS_COLORS[0][1], "of the line by loss: green 0 %, "
+                                    "blue <= 5 %, purple <= 10 %, pink <= 25 %, red more"))
+        for metric in ("rtt_min_seconds", "rtt_max_seconds"):
+            if metric in info.metrics:
+                summary[metric], units[metric] = _figures(rows, metric), "s"
         return Graph(kind, "s", layers, legend, summary, units)
     if kind == PERCENT:
         metrics = [m for m in info.metrics if m.endswith("_percent")]
@@ -382,6 +447,11 @@ class Renderer:
                       for _ in PALETTE]
         self.bars = self.right.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
                                             color=LOSS, alpha=0.45, **anim)
+        self.band = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
+                                    color=LATENCY_FILL, alpha=0.8, **anim)
+        self.loss_line = LineCollection([], linewidths=1.6, capstyle="butt", **anim)
+        ax.add_collection(self.loss_line)
+        self.mark = ax.axhline(0.0, linewidth=1.5, dashes=(5, 3), **anim)
         self.fonts = _Fonts()
         self._backgrounds: dict[tuple, object] = {}
         self._windows: dict[str, tuple[float, float]] = {}
@@ -442,7 +512,20 @@ class Renderer:
                     self.right.draw_artist(self.bars)
                     continue
                 y = (y - bottom) * scale
-                if layer.style == "area":
+                if layer.style == "band" and layer.low is not None:
+                    _, low = _steps(series_start, step, layer.low)
+                    low = (low - bottom) * scale
+                    self.band.set_data(x, low, y, where=~(np.isnan(y) | np.isnan(low)))
+                    ax.draw_artist(self.band)
+                elif layer.style == "loss-line" and layer.loss is not None:
+                    points = np.column_stack([x, y])
+                    self.loss_line.set_segments(np.stack([points[:-1], points[1:]], axis=1))
+                    # segment j joins point j to j + 1: it shows sample (j + 1) // 2
+                    samples = (np.arange(len(points) - 1) + 1) // 2
+                    self.loss_line.set_color(_LOSS_RGBA[np.searchsorted(
+                        _LOSS_LIMITS, np.nan_to_num(layer.loss[samples], nan=0.0), side="left")])
+                    ax.draw_artist(self.loss_line)
+                elif layer.style == "area":
                     self.area.set_data(x, base, y, where=~np.isnan(y))
                     self.area.set_facecolor(layer.color)
                     self.area.set_alpha(0.55 if graph.kind == TRAFFIC else 0.22)
@@ -456,6 +539,10 @@ class Renderer:
                     line.set_data(x, y)
                     line.set_color(layer.color)
                     ax.draw_artist(line)
+            for value, color in graph.marks:
+                self.mark.set_ydata([(value - bottom) * scale] * 2)
+                self.mark.set_color(color)
+                ax.draw_artist(self.mark)
         # Text is drawn by Pillow onto the finished pixels: matplotlib lays out and rasterises
         # every glyph on each draw (~8 ms per label), Pillow's FreeType path is ~10x cheaper.
         image = _rgb(self.canvas)
@@ -492,7 +579,7 @@ class _Fonts:
 
         self.small = load("DejaVu Sans", 11)
         self.title = load("DejaVu Sans", 14, "bold")
-        self.mono = load("DejaVu Sans Mono", 11)
+        self.mono = load("DejaVu Sans Mono", 10)  # a legend line with % of link speed fits
         self._vertical: dict[str, Image.Image] = {}
         self._texts: dict[tuple, tuple[Image.Image, int, int]] = {}
         self._glyphs: dict[str, np.ndarray] = {}

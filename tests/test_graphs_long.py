@@ -132,3 +132,45 @@ def test_one_unit_convention_on_pages_and_problems_counted_once(history, tmp_pat
     uplink = (router / safe_name(longhistory.UPLINK) / "index.html").read_text()
     assert "Mbit/s" in uplink and ("GiB" in uplink or "TiB" in uplink)
     assert not re.search(r"\d (?:[kMGT]b/s|[kMGT]B)\b", uplink)  # no SI bytes, no "Mb/s"
+
+
+def plot_colors(path: Path) -> set[tuple[int, int, int]]:
+    """The colours inside the plot area (not the legend, which repeats them as swatches)."""
+    top, bottom = render._AX_TOP, render.HEIGHT - render._AX_BOTTOM
+    area = pixels(path)[top:bottom, render._AX_LEFT:render.WIDTH - render._AX_RIGHT]
+    return {tuple(int(c) for c in p) for p in area.reshape(-1, 3)}
+
+
+def rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def drawn(color: str, colors: set[tuple[int, int, int]]) -> bool:
+    """Some pixel has about this colour (lines are antialiased)."""
+    want = np.array(rgb(color))
+    return bool((np.abs(np.array(sorted(colors)) - want).max(axis=1) <= 24).any())
+
+
+def test_traffic_shows_link_share_and_the_95th_line_latency_the_smokeping_way(history, tmp_path):
+    uplink = history.info(longhistory.ROUTER, longhistory.UPLINK)
+    result = render.render_job(history, render.Renderer(), Job(uplink, ["week"], tmp_path / "up",
+                                                               longhistory.END))
+    assert not result.error
+    start, end, _ = render.window(PERIODS["week"], longhistory.END, uplink.step)
+    rows = render.stats.period_rows(history, uplink, start, end)
+    graph = render.build_graph(uplink, history.fetch_path(uplink, start, end, 1800), rows)
+    speed = longhistory.SPEED[longhistory.UPLINK]
+    in_p95 = graph.summary["In"]["p95"]
+    assert f"{100 * in_p95 / speed:.0f}%" in graph.legend[0].text  # MRTG: % of the link
+    assert graph.marks == [(max(in_p95, graph.summary["Out"]["p95"]), render.P95_MARK)]
+    assert drawn(render.P95_MARK, plot_colors(tmp_path / "up" / "week.png"))
+
+    ping = history.info(longhistory.WEB, "ping")
+    result = render.render_job(history, render.Renderer(), Job(ping, ["day"], tmp_path / "ping",
+                                                               longhistory.END))
+    assert not result.error
+    colors = plot_colors(tmp_path / "ping" / "day.png")
+    assert drawn(render.LOSS_COLORS[0][1], colors)  # no loss: green
+    assert drawn(render.LOSS_COLORS[-1][1], colors)  # a lost interval: red
+    assert drawn(render.LATENCY_FILL, colors)  # the min-max band
+    assert "rtt_min_seconds" in result.summaries["day"] and "Loss" in result.summaries["day"]
