@@ -219,6 +219,9 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
         if speed:
             summary["Link speed"] = {"current": speed}
             units["Link speed"] = "b/s"
+        for metric in info.metrics:  # errors, discards, status: the table and the port list
+            if metric not in ("in_octets", "out_octets", "speed_bps"):
+                summary[metric], units[metric] = _figures(rows, metric), unit_of(metric, info.units)
         # The billing line (Cacti, LibreNMS): the higher of the two directions' 95th.
         p95 = max((s["p95"] for s in (summary["In"], summary["Out"]) if s["p95"] is not None),
                   default=None)

@@ -20,10 +20,12 @@ so only small job descriptions and legend figures cross process boundaries.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -132,6 +134,7 @@ class SiteBuilder:
         clock: Callable[[], float] = time.time,
         inline_below: int = 0,
         alerts_db: Path | None = None,
+        uplinks: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.status = status
@@ -146,6 +149,7 @@ class SiteBuilder:
         # worker processes (each importing matplotlib) would cost more than the drawing.
         self.inline_below = inline_below
         self.alerts_db = alerts_db
+        self.uplinks = list(uplinks)
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -282,7 +286,7 @@ class SiteBuilder:
                      ) -> tuple[int, set[str]]:
         """Every page; returns how many, and the directories of the targets on the site."""
         checks = self.status.all()
-        model = _SiteModel(series, checks, entries, now)
+        model = _SiteModel(series, checks, entries, now, self.uplinks)
         firing = self._alerts()
         alerts = model.alert_rows(firing, now)
         # An alert of a check's rule is the same problem as the check (its label is the check's
@@ -359,7 +363,8 @@ def site_from_config(
     return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
                        title=config.web.title, refresh=config.web.refresh,
                        workers=workers or config.web.workers, slack=config.agent.interval / 2,
-                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir))
+                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir),
+                       uplinks=config.web.uplinks)
 
 
 # -- page model ----------------------------------------------------------------------------------
@@ -382,6 +387,53 @@ def _instances_of(check: str) -> list[str]:
     if check in ("snmp", "host"):
         out.append("")
     return out
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers in names by value: Gi0/0/2 before Gi0/0/10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+_OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "not present",
+                7: "lower layer down"}  # IF-MIB ifOperStatus
+
+
+def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
+              checks: Sequence[CheckStatus]) -> dict:
+    """One line of a device's port table, from the day graph's figures (current values)."""
+    day = entry["summaries"]["day"]
+
+    def now(label: str) -> float | None:
+        return (day.get(label) or {}).get("current")
+
+    speed = now("Link speed")
+    rin, rout = now("In"), now("Out")
+    oper, admin = now("oper_status"), now("admin_status")
+    status = "admin down" if admin == 2 else _OPER_STATUS.get(round(oper), f"status {oper:g}") \
+        if oper is not None else ""
+    alias = ""
+    check = next((c for c in checks if c.target == info.target and c.check == f"if {info.instance}"),
+                 None)
+    if check is not None:  # the SNMP check says "Gi0/1 (alias) up, ...": its alias
+        match = re.match(re.escape(info.instance) + r" \((.*?)\) ", check.message)
+        alias = render.display(match.group(1), LABEL_LIMIT) if match else ""
+
+    def per_second(*labels: str) -> str:
+        values = [now(label) for label in labels if now(label) is not None]
+        return render.format_value(sum(values), "/s") if values else ""
+
+    busiest = max((r for r in (rin, rout) if r is not None), default=None)
+    return {
+        "name": info.instance, "label": item.label, "url": f"{item.dir}/index.html",
+        "alias": alias, "status": status, "state": item.state,
+        "speed": render.format_value(speed, "b/s") if speed else "",
+        "in": render.format_value(rin, "b/s"), "out": render.format_value(rout, "b/s"),
+        "utilisation": render.of_speed(busiest, speed),
+        "errors": per_second("in_errors", "out_errors"),
+        "discards": per_second("in_discards", "out_discards"),
+        "uplink": any(fnmatch.fnmatchcase(f"{info.target} {info.instance}", p) for p in uplinks),
+    }
 
 
 def _local(ts: float) -> str:
@@ -425,6 +477,7 @@ class Target:
     items: list[Item] = field(default_factory=list)
     graphed: list[Item] = field(default_factory=list)
     checks: list[Item] = field(default_factory=list)
+    ports: list[dict] = field(default_factory=list)  # the port table of a device
 
 
 def _apply_check(obj: Item | Target, check: CheckStatus, now: float) -> None:
@@ -439,7 +492,7 @@ class _SiteModel:
     """Everything the templates show, as display-safe strings and URL-quoted relative links."""
 
     def __init__(self, series: Sequence[SeriesInfo], checks: Sequence[CheckStatus],
-                 entries: dict[str, dict], now: float) -> None:
+                 entries: dict[str, dict], now: float, uplinks: Sequence[str] = ()) -> None:
         self.entries = entries
         targets: dict[str, Target] = {}
 
@@ -495,6 +548,13 @@ class _SiteModel:
             target.items.sort(key=order)
             target.graphed.sort(key=order)
             target.checks.sort(key=order)
+        for info in series:
+            entry = entries.get(_rel(info), {})
+            if entry.get("kind") == render.TRAFFIC and "day" in entry.get("summaries", {}):
+                item = by_instance[(info.target, info.instance)]
+                targets[info.target].ports.append(_port_row(info, item, entry, uplinks, checks))
+        for target in targets.values():
+            target.ports.sort(key=lambda row: (not row["uplink"], natural_key(row["name"])))
         self.targets = sorted(targets.values(), key=order)
         self.by_name = targets
         self.problems.sort(key=lambda p: (-_severity(p.state), p.target_label, p.label))

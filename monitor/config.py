@@ -147,6 +147,8 @@ class WebConfig:
     interval: Duration | None = None
     # Worker processes drawing graphs (default: one per core).
     workers: Annotated[int, Range(1, 256)] | None = None
+    # Ports listed first in a device's port table: shell patterns on "device port".
+    uplinks: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -96,11 +96,12 @@ def test_95th_peak_and_total_of_every_period_up_to_a_month_are_billing_figures(
                            bits(figures["In"][0]), bits(figures["Out"][0])], name
 
 
-def build_site(store, tmp_path: Path, status: StatusBook | None = None, alerts_db: Path | None = None):
+def build_site(store, tmp_path: Path, status: StatusBook | None = None, alerts_db: Path | None = None,
+               uplinks: tuple[str, ...] = ()):
     status = status or StatusBook(tmp_path / "state" / "status.json")
     builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
                           workers=1, inline_below=10**6, clock=lambda: longhistory.END,
-                          alerts_db=alerts_db)
+                          alerts_db=alerts_db, uplinks=uplinks)
     try:
         report = builder.build(full=True)
     finally:
@@ -174,3 +175,30 @@ def test_traffic_shows_link_share_and_the_95th_line_latency_the_smokeping_way(hi
     assert drawn(render.LOSS_COLORS[-1][1], colors)  # a lost interval: red
     assert drawn(render.LATENCY_FILL, colors)  # the min-max band
     assert "rtt_min_seconds" in result.summaries["day"] and "Loss" in result.summaries["day"]
+
+
+def port_rows(page: str) -> list[list[str]]:
+    table = page.split('<table class="ports">')[1].split("</table>")[0]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in table.split("<tr")[2:]]
+
+
+def test_device_page_port_table_sorted_naturally_uplinks_first(history, tmp_path):
+    status = StatusBook(tmp_path / "state" / "status.json")
+    status.update([CheckResult(longhistory.ROUTER, f"if {longhistory.CUSTOMER}", State.OK,
+                               f"{longhistory.CUSTOMER} (cust <b>42</b>) up, 100 Mbit/s",
+                               timestamp=longhistory.END)])
+    html = build_site(history, tmp_path / "a", status)
+    page = (html / safe_name(longhistory.ROUTER) / "index.html").read_text()
+    rows = port_rows(page)
+    assert [r[0] for r in rows] == ["Gi0/0/1", "Gi0/0/2", "Gi0/0/10"]  # not 1, 10, 2
+    uplink, customer, down = rows
+    assert customer[1] == "cust &lt;b&gt;42&lt;/b&gt;"  # the alias, escaped
+    assert uplink[2] == "up" and down[2] == "down"
+    assert uplink[3] == "1.00 Gbit/s" and customer[3] == "100 Mbit/s"
+    assert re.fullmatch(r"\d+%", uplink[6]) and down[4] == "0 bit/s"
+    assert re.fullmatch(r"[\d.]+ (?:m)?/s|0 /s", uplink[7]), uplink  # errors per second
+
+    html = build_site(history, tmp_path / "b", uplinks=(f"* {longhistory.DOWN_PORT}",))
+    rows = port_rows((html / safe_name(longhistory.ROUTER) / "index.html").read_text())
+    assert [r[0] for r in rows] == ["Gi0/0/10 uplink", "Gi0/0/1", "Gi0/0/2"]
