@@ -258,6 +258,11 @@ def test_hostile_names_are_escaped_everywhere(site, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["html", "rrd", "state"]
     for page in pages:
         text = page.read_text(encoding="utf-8")  # valid UTF-8 although names were not
+        # the overview's own filter script is the only one, and it holds no name
+        own = re.findall(r"<script>\n// Narrow the list.*?</script>", text, re.S)
+        assert len(own) == (page.name == "index.html" and page.parent == html)
+        assert not [o for o in own if "alert(" in o or "etc/passwd" in o]
+        text = text.replace(own[0], "") if own else text
         for raw in ("<script", "onmouseover=\"", "\udcff"):
             assert raw not in text, (page, raw)
         parser = _Links()
