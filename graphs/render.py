@@ -640,10 +640,12 @@ _YLABELS = {TRAFFIC: "bits per second", LATENCY: "response time", PERCENT: "perc
 
 
 class _Sparkline:
-    """A 160x34 day overview without text, for the index pages."""
+    """A day overview without text for the index pages: 160x34 shown, drawn at 320x68."""
 
     def __init__(self) -> None:
-        self.figure = Figure(figsize=(SPARK_WIDTH / DPI, SPARK_HEIGHT / DPI), dpi=DPI, facecolor="#ffffff")
+        # Drawn at twice the size it is shown (crisp on high-DPI screens; a sparkline is cheap).
+        self.figure = Figure(figsize=(SPARK_WIDTH / DPI, SPARK_HEIGHT / DPI), dpi=2 * DPI,
+                             facecolor="#ffffff")
         self.canvas = FigureCanvasAgg(self.figure)
         ax = self.ax = self.figure.add_axes((0, 0, 1, 1))
         ax.set_axis_off()

@@ -185,3 +185,25 @@ def test_no_horizontal_overflow_at_1400_and_400_px(long_site, tmp_path, scheme):
         server.server_close()
         for probe in probes:
             probe.unlink()
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian's chromium is not installed")
+def test_overview_filter_narrows_the_list(long_site, tmp_path):
+    _, html = long_site
+    server = make_server(html, "127.0.0.1", 0)
+    serve_in_thread(server)
+    try:
+        result = chromium(tmp_path, "--virtual-time-budget=5000", "--dump-dom",
+                          url_of(server) + "index.html#q=transit%20up")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"<tr [^>]*data-text=[^>]*>", result.stdout)
+    shown = [re.search(r'data-text="([^ "]*)', row).group(1) for row in rows
+             if not re.search(r"\shidden\b", row)]
+    # the uplink (its alias says transit) and its device stay; everything else is hidden
+    assert shown == ["core-router", "gi0/0/1"], shown
+    assert 'id="filters" hidden' not in result.stdout  # the filter shows only with scripts
+    page = (html / "index.html").read_text()
+    assert 'id="filters" hidden' in page and page.count("data-text=") == len(rows)
