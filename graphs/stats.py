@@ -91,11 +91,17 @@ def window(series: Series, start: float, end: float) -> Series:
                   series.step, {m: v[first:last] for m, v in series.columns.items()})
 
 
+BILLING_STEP = 300  # transit is billed on 5-minute samples
+
+
 def period_rows(store: RrdStore, info: SeriesInfo, start: float, end: float,
                 fetched: Series | None = None) -> Series:
-    """The file's finest rows for start < t <= end: its base-step (5-minute) samples where the
+    """The file's 5-minute rows (its base step if coarser) for start < t <= end, where the
     archives keep them (31+ days by default), else the finest archive that covers the period.
     The site's legends and tables and the digests take their figures (`summarize`: the billing
     95th, the peak of 5-minute samples, the total) from these rows, so both show the same
     numbers for the same period. `fetched`: the same fetch, already made (the day graph's)."""
-    return window(fetched or store.fetch_path(info, start, end), start, end)
+    resolution = max(info.step, BILLING_STEP)
+    if fetched is None or fetched.step != resolution:
+        fetched = store.fetch_path(info, start, end, resolution)
+    return window(fetched, start, end)

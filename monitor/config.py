@@ -115,7 +115,7 @@ class StorageConfig:
     rrd_dir: ConfigPath | None = None
     rrdcached: str | None = None
     # Each archive is "RESOLUTION:KEEP"; "step" is the file's base step (the job interval).
-    archives: list[str] = field(default_factory=lambda: ["step:32d", "30m:2w", "2h:9w", "1d:2y"])
+    archives: list[str] = field(default_factory=lambda: ["step:2d", "5m:32d", "30m:2w", "2h:9w", "1d:2y"])
     consolidations: list[Literal["AVERAGE", "MAX", "MIN", "LAST"]] = field(
         default_factory=lambda: ["AVERAGE", "MAX"]
     )

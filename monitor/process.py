@@ -4,6 +4,7 @@ a timeout), and helper processes that end with the process they work for."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import select
 import threading
@@ -54,8 +55,12 @@ def exit_with(pid: int) -> None:
     when the process exits, so a thread waits on it without polling or PID-reuse races."""
     try:
         pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
+    except ProcessLookupError:  # it ended before we looked
         os._exit(1)
+    except OSError as exc:  # a kernel before 5.3: the process works on, unwatched
+        logging.getLogger(__name__).warning("cannot watch process %d (%s): this process may "
+                                            "outlive it", pid, exc)
+        return
 
     def watch() -> None:
         select.select([pidfd], [], [])

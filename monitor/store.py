@@ -164,18 +164,19 @@ class _FileState:
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
     """RRA:CF:0.5:STEPS:ROWS for each "RESOLUTION:KEEP" archive and consolidation function.
 
-    An archive of single samples (STEPS 1) gets the first function only: the AVERAGE and the
-    MAX of one sample are the sample, and that archive is the largest (31+ days of 5-minute
-    rows by default, for the billing 95th)."""
-    out = []
+    Archives of the same resolution are one (the longest KEEP): with the default 5-minute step,
+    "step:2d" and "5m:32d" are a single archive of 32 days. An archive of single samples
+    (STEPS 1) gets the first function only: the AVERAGE and the MAX of one sample are the sample.
+    """
+    rows_for: dict[int, int] = {}
     for spec in archives:
         resolution_text, _, keep_text = spec.partition(":")
         resolution = step if resolution_text == "step" else parse_duration(resolution_text)
         steps = max(1, round(resolution / step))
         rows = max(2, math.ceil(parse_duration(keep_text) / (steps * step)))
-        for cf in consolidations[:1] if steps == 1 else consolidations:
-            out.append(f"RRA:{cf}:0.5:{steps}:{rows}")
-    return out
+        rows_for[steps] = max(rows, rows_for.get(steps, 0))
+    return [f"RRA:{cf}:0.5:{steps}:{rows}" for steps, rows in sorted(rows_for.items())
+            for cf in (consolidations[:1] if steps == 1 else consolidations)]
 
 
 def _ds_definition(name: str, m: Measurement, step: int) -> str:
@@ -248,7 +249,7 @@ class RrdStore:
         self,
         root: Path,
         *,
-        archives: Sequence[str] = ("step:32d", "30m:2w", "2h:9w", "1d:2y"),
+        archives: Sequence[str] = ("step:2d", "5m:32d", "30m:2w", "2h:9w", "1d:2y"),
         consolidations: Sequence[str] = ("AVERAGE", "MAX"),
         rrdcached: str | None = None,
     ) -> None:

@@ -133,7 +133,7 @@ def test_defaults_and_relative_paths(tmp_path: Path):
     assert config.rrd_dir == tmp_path / "var" / "rrd"
     assert config.html_dir == tmp_path / "var" / "html"
     assert config.agent.interval == 300
-    assert config.storage.archives[0] == "step:32d"
+    assert config.storage.archives[:2] == ["step:2d", "5m:32d"]
 
 
 def test_secret_from_file_and_env(tmp_path: Path):
