@@ -96,12 +96,15 @@ BILLING_STEP = 300  # transit is billed on 5-minute samples
 
 def period_rows(store: RrdStore, info: SeriesInfo, start: float, end: float,
                 fetched: Series | None = None) -> Series:
-    """The file's 5-minute rows (its base step if coarser) for start < t <= end, where the
+    """The file's rows for start < t <= end (every sample for a day or two, 5-minute rows
+    for longer periods, the base step where that is coarser) where the
     archives keep them (31+ days by default), else the finest archive that covers the period.
     The site's legends and tables and the digests take their figures (`summarize`: the billing
     95th, the peak of 5-minute samples, the total) from these rows, so both show the same
     numbers for the same period. `fetched`: the same fetch, already made (the day graph's)."""
-    resolution = max(info.step, BILLING_STEP)
+    # A day has every sample (the default archives keep 2 days at the base step); longer
+    # periods the 5-minute rows (a 1-minute step would make a month 44,640 rows).
+    resolution = info.step if end - start <= 2 * 86400 else max(info.step, BILLING_STEP)
     if fetched is None or fetched.step != resolution:
         fetched = store.fetch_path(info, start, end, resolution)
     return window(fetched, start, end)
