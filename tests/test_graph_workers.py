@@ -13,6 +13,7 @@ import pytest
 from monitor.model import Kind, Measurement
 from monitor.store import RrdStore
 from tests.conftest import MONITOR
+from tests.test_graphs import graph_config
 
 STEP = 60
 T0 = 1_763_880_000
@@ -25,17 +26,7 @@ def test_workers_end_with_monitor_graph(tmp_path, write_config, how):
         store.write([Measurement("sw", f"port{n}", "in_octets", 1000.0 * i + n, Kind.GAUGE, "B/s",
                                  T0 + i * STEP) for n in range(300)], STEP)
     store.close()
-    config = write_config(f"""
-        [agent]
-        data_dir = "{tmp_path / 'data'}"
-        interval = "1m"
-        [host]
-        enabled = false
-        [disks]
-        enabled = false
-        [web]
-        workers = 2
-    """)
+    config = graph_config(write_config, tmp_path / "data", workers=2)
     proc = subprocess.Popen([*MONITOR, "--config", str(config), "graph", "--all"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -376,18 +376,23 @@ def test_chromium_loads_index_and_interface_page(site, tmp_path):
         server.server_close()
 
 
-def test_monitor_graph_command_writes_the_site(tmp_path, write_config):
-    config = write_config(f"""
+def graph_config(write_config, data: Path, workers: int = 1) -> Path:
+    """A config for `monitor graph` on data_dir `data` (no collectors)."""
+    return write_config(f"""
         [agent]
-        data_dir = "{tmp_path / 'data'}"
+        data_dir = "{data}"
         interval = "1m"
         [host]
         enabled = false
         [disks]
         enabled = false
         [web]
-        workers = 1
+        workers = {workers}
     """)
+
+
+def test_monitor_graph_command_writes_the_site(tmp_path, write_config):
+    config = graph_config(write_config, tmp_path / "data")
     store = RrdStore(tmp_path / "data" / "rrd")
     write_traffic(store, "dmz-router", "Gi0/1")
     store.close()

@@ -12,6 +12,7 @@ import sys
 from monitor.model import Kind, Measurement
 from monitor.store import RrdStore, safe_name
 from tests.conftest import MONITOR, ROOT
+from tests.test_graphs import graph_config
 
 STEP = 60
 T0 = 1_763_880_000
@@ -52,17 +53,7 @@ def test_hostile_names_and_a_truncated_file_give_a_clear_error_and_no_crash(tmp_
     # another one truncated, for the grapher: the store's index still lists it
     truncated = store.path_for(NASTY[1], NASTY[1])
     truncated.write_bytes(truncated.read_bytes()[:2000])
-    config = write_config(f"""
-        [agent]
-        data_dir = "{data}"
-        interval = "1m"
-        [host]
-        enabled = false
-        [disks]
-        enabled = false
-        [web]
-        workers = 1
-    """)
+    config = graph_config(write_config, data)
     graph = subprocess.run([*MONITOR, "--config", str(config), "graph", "--all"],
                            capture_output=True, text=True, timeout=120)
     assert graph.returncode == 1, (graph.returncode, graph.stderr)  # failed graphs, no signal
