@@ -32,13 +32,22 @@ from jinja2 import Environment
 from alerts.mail import make_message
 from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
+from graphs import stats
 from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
-from monitor.units import format_age, format_bits_per_second, format_bytes, format_duration
+from monitor.units import (
+    IN_EDGE,
+    IN_FILL,
+    OUT_LINE,
+    format_age,
+    format_bits_per_second,
+    format_bytes,
+    format_duration,
+)
 
 log = logging.getLogger("monitor.digest")
 
@@ -129,10 +138,10 @@ def sparkline(values: list[float | None], alt: str, *, second: list[float | None
     ax = fig.add_axes((0, 0, 1, 1))
     xs = list(range(len(values)))
     nan = float("nan")
-    ax.fill_between(xs, [nan if v is None else v for v in values], color="#9ecae1", linewidth=0)
-    ax.plot(xs, [nan if v is None else v for v in values], color="#3182bd", linewidth=1)
-    if second is not None:
-        ax.plot(range(len(second)), [nan if v is None else v for v in second], color="#e6550d",
+    ax.fill_between(xs, [nan if v is None else v for v in values], color=IN_FILL, linewidth=0)
+    ax.plot(xs, [nan if v is None else v for v in values], color=IN_EDGE, linewidth=1)
+    if second is not None:  # the site's in/out colours (monitor.units)
+        ax.plot(range(len(second)), [nan if v is None else v for v in second], color=OUT_LINE,
                 linewidth=1)
     ax.set_xlim(0, max(1, len(values) - 1))
     if percent:
@@ -288,33 +297,25 @@ class DigestBuilder:
         for info in self._series:
             if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
                 continue
-            avg = self._fetch(info, start, end)
-            if avg is None:
+            try:  # the site's figures for the same period (graphs.stats): the billing 95th
+                rows = stats.period_rows(self.store, info, start, end)
+            except Exception as exc:  # a corrupt RRD file: skip this series only
+                log.warning("digest: cannot read %s: %s", info.path, exc)
                 continue
-            _, columns = _within(avg, start, end)
-            ins, outs = columns.get("in_octets", []), columns.get("out_octets", [])
+            ins, outs = rows.columns.get("in_octets", []), rows.columns.get("out_octets", [])
             if not _known(ins) and not _known(outs):
                 continue
-            peak = self._fetch(info, start, end, cf="MAX") if "MAX" in self.store.consolidations else None
-            peaks = _within(peak, start, end)[1] if peak else columns
-            pin = _known(peaks.get("in_octets", []))
-            pout = _known(peaks.get("out_octets", []))
-            total_in = math.fsum(_known(ins)) * avg.step
-            total_out = math.fsum(_known(outs)) * avg.step
-            found.append((total_in + total_out, info, ins, outs, total_in, total_out,
-                          max(pin, default=None), max(pout, default=None)))
+            fin, fout = (stats.summarize(v, rows.step) for v in (ins, outs))
+            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
-        for _, info, _ins, _outs, tin, tout, _pin, _pout in found:
+        for _, info, _ins, _outs, fin, fout in found:
             name = f"{info.target} {info.instance}".strip()
-            s.totals[f"{name} in"], s.totals[f"{name} out"] = tin, tout
-        for _, info, ins, outs, tin, tout, pin, pout in found[:MAX_TRAFFIC]:
-            p95_in, p95_out = percentile(_known(ins), 95), percentile(_known(outs), 95)
+            s.totals[f"{name} in"], s.totals[f"{name} out"] = fin.total or 0.0, fout.total or 0.0
+        for _, info, ins, outs, fin, fout in found[:MAX_TRAFFIC]:
+            bits = lambda v: fmt_bits(None if v is None else v * 8)  # noqa: E731
             s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
-                           fmt_bytes(tin), fmt_bytes(tout),
-                           fmt_bits(pin * 8 if pin is not None else None),
-                           fmt_bits(pout * 8 if pout is not None else None),
-                           fmt_bits(p95_in * 8 if p95_in is not None else None),
-                           fmt_bits(p95_out * 8 if p95_out is not None else None)])
+                           fmt_bytes(fin.total), fmt_bytes(fout.total), bits(fin.maximum),
+                           bits(fout.maximum), bits(fin.p95), bits(fout.p95)])
             s.images.append(sparkline(ins, f"traffic {info.target} {info.instance}", second=outs)
                             if digest.graphs else None)
         if len(found) > MAX_TRAFFIC:

@@ -34,10 +34,13 @@ matplotlib.use("Agg")
 import numpy as np
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
+from monitor import units
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.store import Series, SeriesInfo
 from monitor.text import CONTROL
@@ -100,24 +103,31 @@ def display(text: str, limit: int = 0) -> str:
     return text
 
 
-def format_value(value: float | None, unit: str) -> str:
-    return stats.percent(value) if unit == "%" else stats.si(value, unit)
+format_value = units.format_value  # the one formatter of the site, the mail and messages
 
 
 # -- graph content -------------------------------------------------------------------------------
 
 PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
-IN_FILL, IN_EDGE, OUT_LINE = "#57b85a", "#22722a", "#1c3fa8"
+IN_FILL, IN_EDGE, OUT_LINE = units.IN_FILL, units.IN_EDGE, units.OUT_LINE
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
+P95_MARK = "#c0392b"
+# loss (percent) up to which a latency line has this colour
+LOSS_COLORS = ((0.0, "#1a9e3a"), (5.0, "#1f77d0"), (10.0, "#7b3fd0"), (25.0, "#d0459b"),
+               (100.0, "#d62728"))
+_LOSS_LIMITS = np.array([limit for limit, _ in LOSS_COLORS[:-1]])
+_LOSS_RGBA = np.array([to_rgba(color) for _, color in LOSS_COLORS])
 
 
 @dataclass
 class Layer:
     label: str
     values: np.ndarray  # display units (bits/s, seconds, percent, ...)
-    style: str  # "area", "line", "bars"
+    style: str  # "area", "line", "bars", "band" (low..values), "loss-line" (coloured by loss)
     color: str
     right: bool = False  # on the secondary 0-100 % axis (packet loss)
+    low: np.ndarray | None = None  # a band's lower edge
+    loss: np.ndarray | None = None  # a loss-line's loss (percent) per sample
 
 
 @dataclass
@@ -137,59 +147,122 @@ class Graph:
     units: dict[str, str]  # label -> unit of its figures
     floor: float | None = 0.0  # lowest value the axis shows (None: from the data)
     ceiling: float | None = None  # minimum top of the axis (100 for percentages)
+    marks: list[tuple[float, str]] = field(default_factory=list)  # (value, colour): dashed lines
 
 
 def _column(series: Series, metric: str, scale: float = 1.0) -> np.ndarray:
-    raw = series.columns.get(metric, [])
-    return np.array([np.nan if v is None else v * scale for v in raw], dtype=float)
+    values = np.array(series.columns.get(metric, []), dtype=float)  # None becomes NaN
+    return values * scale if scale != 1.0 else values
 
 
 def _summary(values: np.ndarray, step: float) -> dict[str, float | None]:
-    return stats.summarize([None if math.isnan(v) else float(v) for v in values], step).as_dict()
+    return stats.summarize(values, step).as_dict()
 
 
-def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "") -> str:
-    parts = [f"now {format_value(s['current'], unit):>10}", f"avg {format_value(s['average'], unit):>10}",
-             f"max {format_value(s['maximum'], unit):>10}"]
+def _figures(series: Series, metric: str, scale: float = 1.0) -> dict[str, float | None]:
+    return _summary(_column(series, metric, scale), series.step)
+
+
+def _legend_text(s: dict[str, float | None], unit: str, with_p95: bool, total_unit: str = "",
+                 speed: float | None = None) -> str:
+    def value(key: str) -> str:
+        text = f"{format_value(s[key], unit):>11}"
+        return text + (f" {of_speed(s[key], speed):>4}" if speed else "")
+
+    parts = [f"now {value('current')}", f"avg {value('average')}", f"max {value('maximum')}"]
     if with_p95:
-        parts.append(f"95% {format_value(s['p95'], unit):>10}")
+        parts.append(f"95% {value('p95')}")
     if total_unit:
         parts.append(f"total {format_value(s['total_display'], total_unit):>9}")
-    return "  ".join(parts)
+    return " ".join(parts)
 
 
-def build_graph(info: SeriesInfo, series: Series) -> Graph:
-    """Turn fetched columns into layers, legend rows and summary figures."""
+def of_speed(bits: float | None, speed: float | None) -> str:
+    """A rate as a share of the link's speed, as MRTG prints it beside every figure: "48%"."""
+    if bits is None or not speed:
+        return ""
+    return f"{100.0 * bits / speed:.0f}%"
+
+
+def link_speed(rows: Series) -> float | None:
+    """The interface's speed in bit/s (its last known speed_bps of the period), if stored."""
+    return stats.current(rows.columns.get("speed_bps", [])) or None
+
+
+def loss_color(loss: float) -> str:
+    """SmokePing's idea: the latency line's colour says how many probes were lost."""
+    for limit, color in LOSS_COLORS:
+        if loss <= limit:
+            return color
+    return LOSS_COLORS[-1][1]
+
+
+def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) -> Graph:
+    """Turn fetched columns into layers (from `series`), legend rows and summary figures (from
+    `rows`, the period's finest rows, see stats.period_rows; default `series`)."""
     kind = classify(info.metrics)
-    step = series.step
+    rows = rows or series
     if kind == TRAFFIC:
         layers, legend, summary, units = [], [], {}, {}
+        speed = link_speed(rows)
         for label, metric, style, color in (("In", "in_octets", "area", IN_FILL),
                                             ("Out", "out_octets", "line", OUT_LINE)):
             bits = _column(series, metric, 8.0)
-            s = _summary(bits, step)
+            s = _figures(rows, metric, 8.0)
             octets_total = s["total"] / 8.0 if s["total"] is not None else None
             s["total"] = octets_total  # bytes transferred, not bits
             layers.append(Layer(label, bits, style, color))
             legend.append(LegendRow(label, IN_EDGE if style == "area" else color, _legend_text(
-                dict(s, total_display=octets_total), "b/s", True, "B")))
+                dict(s, total_display=octets_total), "b/s", True, "B", speed)))
             summary[label] = s
             units[label] = "b/s"
-        return Graph(kind, "b/s", layers, legend, summary, units)
+        if speed:
+            summary["Link speed"] = {"current": speed}
+            units["Link speed"] = "b/s"
+        for metric in info.metrics:  # errors, discards, status: the table and the port list
+            if metric not in ("in_octets", "out_octets", "speed_bps"):
+                summary[metric], units[metric] = _figures(rows, metric), unit_of(metric, info.units)
+        # The billing line (Cacti, LibreNMS): the higher of the two directions' 95th.
+        p95 = max((s["p95"] for s in (summary["In"], summary["Out"]) if s["p95"] is not None),
+                  default=None)
+        marks = [(p95, P95_MARK)] if p95 else []
+        if p95:
+            legend.append(LegendRow("95th", P95_MARK, f"    {format_value(p95, 'b/s'):>11}"
+                                    + (f" {of_speed(p95, speed):>4}" if speed else "")
+                                    + "  (the higher direction's, 5-minute samples)"))
+        return Graph(kind, "b/s", layers, legend, summary, units, marks=marks)
     if kind == LATENCY:
         rt = _column(series, "response_seconds")
-        s = _summary(rt, step)
+        s = _figures(rows, "response_seconds")
         s["total"] = None
-        layers = [Layer("Response", rt, "area", LATENCY_LINE)]
-        legend = [LegendRow("Response", LATENCY_LINE, _legend_text(dict(s, total_display=None), "s", True))]
+        loss = _column(series, "loss_percent") if "loss_percent" in info.metrics else None
+        layers, legend = [], []
+        band = {"rtt_min_seconds", "rtt_max_seconds"} <= info.metrics.keys()
+        if band:
+            # SmokePing's picture: the spread of the probes as a band, the average on top.
+            layers.append(Layer("min-max", _column(series, "rtt_max_seconds"), "band",
+                                LATENCY_FILL, low=_column(series, "rtt_min_seconds")))
+        if loss is not None:
+            layers.append(Layer("Response", rt, "loss-line", LATENCY_LINE, loss=loss))
+        else:
+            layers.append(Layer("Response", rt, "area", LATENCY_LINE))
+        legend.append(LegendRow("Response", LATENCY_LINE,
+                                _legend_text(dict(s, total_display=None), "s", True)))
         summary, units = {"Response": s}, {"Response": "s"}
-        if "loss_percent" in info.metrics:
-            loss = _column(series, "loss_percent")
-            ls = _summary(loss, step)
+        if band:
+            legend.append(LegendRow("min-max", LATENCY_FILL, "fastest to slowest probe of each "
+                                    "interval"))
+        if loss is not None:
+            ls = _figures(rows, "loss_percent")
             ls["total"] = None
             layers.append(Layer("Loss", loss, "bars", LOSS, right=True))
             legend.append(LegendRow("Loss", LOSS, _legend_text(dict(ls, total_display=None), "%", False)))
             summary["Loss"], units["Loss"] = ls, "%"
+            legend.append(LegendRow("colour", LOSS_COLORS[0][1], "of the line by loss: green 0 %, "
+                                    "blue <= 5 %, purple <= 10 %, pink <= 25 %, red more"))
+        for metric in ("rtt_min_seconds", "rtt_max_seconds"):
+            if metric in info.metrics:
+                summary[metric], units[metric] = _figures(rows, metric), "s"
         return Graph(kind, "s", layers, legend, summary, units)
     if kind == PERCENT:
         metrics = [m for m in info.metrics if m.endswith("_percent")]
@@ -205,7 +278,7 @@ def build_graph(info: SeriesInfo, series: Series) -> Graph:
     layers, legend, summary, units = [], [], {}, {}
     for i, metric in enumerate(metrics[: len(PALETTE)]):
         values = _column(series, metric)
-        s = _summary(values, step)
+        s = _figures(rows, metric)
         color = PALETTE[i]
         style = "area" if i == 0 and kind == PERCENT else "line"
         layers.append(Layer(metric, values, style, color))
@@ -214,8 +287,7 @@ def build_graph(info: SeriesInfo, series: Series) -> Graph:
     # Every metric of the file goes into the table, drawn or not.
     for metric in info.metrics:
         if metric not in summary:
-            values = _column(series, metric)
-            summary[metric], units[metric] = _summary(values, step), unit_of(metric, info.units)
+            summary[metric], units[metric] = _figures(rows, metric), unit_of(metric, info.units)
     return Graph(kind, unit, layers, legend, summary, units, floor, ceiling)
 
 
@@ -254,14 +326,18 @@ def nice_axis(
     return best
 
 
-def _tick_label(value: float, step: float, unit: str) -> str:
-    if unit == "%":
-        return f"{value:g} %"
-    factor, prefix = stats.prefix_for(max(abs(value), abs(step)), unit)
-    scaled = value / factor
-    step_scaled = step / factor
-    decimals = 0 if float(step_scaled).is_integer() else (1 if round(step_scaled * 10, 6).is_integer() else 2)
-    return f"{scaled:.{decimals}f} {prefix}{unit}".rstrip()
+def axis(low: float, high: float, floor: float | None, ceiling: float | None, unit: str
+         ) -> tuple[float, float, list[str]]:
+    """(bottom, top, tick labels) of a y axis: round steps in the unit shown (GiB for bytes,
+    Mbit/s for bits, days for long durations), every label in that one unit, with only the
+    decimals the step needs ("200 ms", "2.5 Gbit/s", never "200.0 ms")."""
+    factor, shown = units.scale_for(max(abs(low), abs(high), abs(ceiling or 0.0)), unit)
+    scaled = lambda v: None if v is None else v / factor  # noqa: E731
+    bottom, top, divisions = nice_axis(low / factor, high / factor, scaled(floor), scaled(ceiling))
+    step = (top - bottom) / divisions
+    decimals = 0 if round(step, 9).is_integer() else (1 if round(step * 10, 6).is_integer() else 2)
+    labels = [f"{bottom + i * step:.{decimals}f} {shown}".rstrip() for i in range(divisions + 1)]
+    return bottom * factor, top * factor, labels
 
 
 # -- time axis (local time) ----------------------------------------------------------------------
@@ -374,6 +450,11 @@ class Renderer:
                       for _ in PALETTE]
         self.bars = self.right.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
                                             color=LOSS, alpha=0.45, **anim)
+        self.band = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
+                                    color=LATENCY_FILL, alpha=0.8, **anim)
+        self.loss_line = LineCollection([], linewidths=1.6, capstyle="butt", **anim)
+        ax.add_collection(self.loss_line)
+        self.mark = ax.axhline(0.0, linewidth=1.5, dashes=(5, 3), **anim)
         self.fonts = _Fonts()
         self._backgrounds: dict[tuple, object] = {}
         self._windows: dict[str, tuple[float, float]] = {}
@@ -386,11 +467,14 @@ class Renderer:
             for stale in [k for k in self._backgrounds if k[0] == period]:
                 del self._backgrounds[stale]
         key = (period, divisions, loss)
+        # The data artists are drawn through the axes' current transform: the limits are set on
+        # every draw, not only when a background is made, or a graph drawn after another
+        # period's lands on that period's time axis (a year squeezed into a day's pixels).
+        ax = self.ax
+        ax.set_xlim(start, end)
+        self.right.set_xlim(start, end)
         bg = self._backgrounds.get(key)
         if bg is None:
-            ax = self.ax
-            ax.set_xlim(start, end)
-            self.right.set_xlim(start, end)
             majors, labels, minors = time_ticks(period, start, end)
             ax.set_xticks(majors, labels)
             ax.set_xticks(minors, minor=True)
@@ -413,7 +497,8 @@ class Renderer:
         high = float(max(v.max() for v in known)) if known else 0.0
         if graph.kind == TRAFFIC and high <= 0:
             high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
-        bottom, top, divisions = nice_axis(low, high, graph.floor, graph.ceiling)
+        bottom, top, ticks = axis(low, high, graph.floor, graph.ceiling, graph.unit)
+        divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)
         self.canvas.restore_region(bg)
@@ -430,7 +515,20 @@ class Renderer:
                     self.right.draw_artist(self.bars)
                     continue
                 y = (y - bottom) * scale
-                if layer.style == "area":
+                if layer.style == "band" and layer.low is not None:
+                    _, low = _steps(series_start, step, layer.low)
+                    low = (low - bottom) * scale
+                    self.band.set_data(x, low, y, where=~(np.isnan(y) | np.isnan(low)))
+                    ax.draw_artist(self.band)
+                elif layer.style == "loss-line" and layer.loss is not None:
+                    points = np.column_stack([x, y])
+                    self.loss_line.set_segments(np.stack([points[:-1], points[1:]], axis=1))
+                    # segment j joins point j to j + 1: it shows sample (j + 1) // 2
+                    samples = (np.arange(len(points) - 1) + 1) // 2
+                    self.loss_line.set_color(_LOSS_RGBA[np.searchsorted(
+                        _LOSS_LIMITS, np.nan_to_num(layer.loss[samples], nan=0.0), side="left")])
+                    ax.draw_artist(self.loss_line)
+                elif layer.style == "area":
                     self.area.set_data(x, base, y, where=~np.isnan(y))
                     self.area.set_facecolor(layer.color)
                     self.area.set_alpha(0.55 if graph.kind == TRAFFIC else 0.22)
@@ -444,20 +542,22 @@ class Renderer:
                     line.set_data(x, y)
                     line.set_color(layer.color)
                     ax.draw_artist(line)
+            for value, color in graph.marks:
+                self.mark.set_ydata([(value - bottom) * scale] * 2)
+                self.mark.set_color(color)
+                ax.draw_artist(self.mark)
         # Text is drawn by Pillow onto the finished pixels: matplotlib lays out and rasterises
         # every glyph on each draw (~8 ms per label), Pillow's FreeType path is ~10x cheaper.
         image = _rgb(self.canvas)
         pen = ImageDraw.Draw(image)  # rectangles only; text goes through the caches
         fonts = self.fonts
-        step_value = (top - bottom) / divisions
         axis_bottom, axis_height = HEIGHT - _AX_BOTTOM, HEIGHT - _AX_TOP - _AX_BOTTOM
-        for i in range(divisions + 1):
+        for i, tick in enumerate(ticks):
             y = axis_bottom - i / divisions * axis_height
-            fonts.text(image, (_AX_LEFT - 5, y), _tick_label(bottom + i * step_value, step_value, graph.unit),
-                       fonts.small, "#444444", "rm")
+            fonts.text(image, (_AX_LEFT - 5, y), tick, fonts.small, "#444444", "rm")
         fonts.text(image, (10, 8), display(title, 70), fonts.title, "#1d2733", "la")
         fonts.text(image, (WIDTH - 10, 10), subtitle, fonts.small, "#667085", "ra")
-        label = _YLABELS.get(graph.kind, "") or graph.unit
+        label = _YLABELS.get(graph.kind, "")  # other axes: the tick labels carry the unit
         if label:
             rotated = fonts.vertical(label)
             image.paste(rotated, (6, _AX_TOP + (axis_height - rotated.height) // 2))
@@ -482,7 +582,7 @@ class _Fonts:
 
         self.small = load("DejaVu Sans", 11)
         self.title = load("DejaVu Sans", 14, "bold")
-        self.mono = load("DejaVu Sans Mono", 11)
+        self.mono = load("DejaVu Sans Mono", 10)  # a legend line with % of link speed fits
         self._vertical: dict[str, Image.Image] = {}
         self._texts: dict[tuple, tuple[Image.Image, int, int]] = {}
         self._glyphs: dict[str, np.ndarray] = {}
@@ -540,10 +640,12 @@ _YLABELS = {TRAFFIC: "bits per second", LATENCY: "response time", PERCENT: "perc
 
 
 class _Sparkline:
-    """A 160x34 day overview without text, for the index pages."""
+    """A day overview without text for the index pages: 160x34 shown, drawn at 320x68."""
 
     def __init__(self) -> None:
-        self.figure = Figure(figsize=(SPARK_WIDTH / DPI, SPARK_HEIGHT / DPI), dpi=DPI, facecolor="#ffffff")
+        # Drawn at twice the size it is shown (crisp on high-DPI screens; a sparkline is cheap).
+        self.figure = Figure(figsize=(SPARK_WIDTH / DPI, SPARK_HEIGHT / DPI), dpi=2 * DPI,
+                             facecolor="#ffffff")
         self.canvas = FigureCanvasAgg(self.figure)
         ax = self.ax = self.figure.add_axes((0, 0, 1, 1))
         ax.set_axis_off()
@@ -659,7 +761,13 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             period = PERIODS[name]
             start, end, resolution = window(period, job.now, info.step)
             series = store.fetch_path(info, start, end, resolution if period.resolution else None)
-            graph = build_graph(info, series)
+            # The figures (95th, peak, total) of a period up to 31 days come from its 5-minute
+            # rows, as billing computes them, not from the coarser averages drawn.
+            if period.span <= stats.BILLING_SPAN:
+                rows = stats.period_rows(store, info, start, end, None if period.resolution else series)
+            else:
+                rows = stats.window(series, start, end)
+            graph = build_graph(info, series, rows)
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
@@ -672,7 +780,7 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             result.units = graph.units
             result.drawn.append(name)
     except Exception as exc:  # one bad file must not stop the site
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error = f"{type(exc).__name__}: {exc} ({info.path})"
     result.seconds = time.perf_counter() - started
     result.cpu = time.process_time() - cpu
     return result

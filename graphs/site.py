@@ -20,10 +20,12 @@ so only small job descriptions and legend figures cross process boundaries.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -41,6 +43,7 @@ from monitor import __version__
 from monitor.config import Config
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import State
+from monitor.process import exit_with
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
 from monitor.units import format_age, format_duration
@@ -59,7 +62,8 @@ Progress = Callable[[int, int], None]
 _worker: dict[str, Any] = {}  # per worker process: its store handle and renderer (never shared)
 
 
-def _worker_init(rrd_root: str, rrdcached: str | None) -> None:
+def _worker_init(rrd_root: str, rrdcached: str | None, owner: int) -> None:
+    exit_with(owner)  # a killed `monitor graph` or agent takes its workers with it
     _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached)
     _worker["renderer"] = render.Renderer()
 
@@ -130,6 +134,7 @@ class SiteBuilder:
         clock: Callable[[], float] = time.time,
         inline_below: int = 0,
         alerts_db: Path | None = None,
+        uplinks: Sequence[str] = (),
     ) -> None:
         self.store = store
         self.status = status
@@ -144,6 +149,7 @@ class SiteBuilder:
         # worker processes (each importing matplotlib) would cost more than the drawing.
         self.inline_below = inline_below
         self.alerts_db = alerts_db
+        self.uplinks = list(uplinks)
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -160,9 +166,10 @@ class SiteBuilder:
         if self._pool is None:
             # forkserver: workers never inherit the agent's threads (scheduler, asyncio).
             context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["graphs.forkserver"])
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=context, initializer=_worker_init,
-                initargs=(str(self.store.root), self.store.rrdcached))
+                initargs=(str(self.store.root), self.store.rrdcached, os.getpid()))
         return self._pool
 
     def close(self) -> None:
@@ -279,12 +286,17 @@ class SiteBuilder:
                      ) -> tuple[int, set[str]]:
         """Every page; returns how many, and the directories of the targets on the site."""
         checks = self.status.all()
-        model = _SiteModel(series, checks, entries, now)
-        alerts = model.alert_rows(self._alerts(), now)
+        model = _SiteModel(series, checks, entries, now, self.uplinks)
+        firing = self._alerts()
+        alerts = model.alert_rows(firing, now)
+        # An alert of a check's rule is the same problem as the check (its label is the check's
+        # name): counted once.
+        problems = ({(c.target, c.check) for c in checks if c.state is not State.OK}
+                    | {(a.target, a.label) for a in firing})
         common = {
             "site_title": render.display(self.title), "refresh": self.refresh,
             "refresh_text": format_duration(self.refresh), "generated": _local(now),
-            "version": __version__, "problem_count": len(model.problems) + len(alerts),
+            "version": __version__, "problem_count": len(problems),
             "tz": datetime.fromtimestamp(now).astimezone().strftime("%Z, UTC%z"),
         }
         pages = 0
@@ -352,7 +364,8 @@ def site_from_config(
     return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
                        title=config.web.title, refresh=config.web.refresh,
                        workers=workers or config.web.workers, slack=config.agent.interval / 2,
-                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir))
+                       inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir),
+                       uplinks=config.web.uplinks)
 
 
 # -- page model ----------------------------------------------------------------------------------
@@ -375,6 +388,53 @@ def _instances_of(check: str) -> list[str]:
     if check in ("snmp", "host"):
         out.append("")
     return out
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders the numbers in names by value: Gi0/0/2 before Gi0/0/10."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold())
+                 for part in re.split(r"(\d+)", name) if part)
+
+
+_OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "not present",
+                7: "lower layer down"}  # IF-MIB ifOperStatus
+
+
+def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
+              checks: Sequence[CheckStatus]) -> dict:
+    """One line of a device's port table, from the day graph's figures (current values)."""
+    day = entry["summaries"]["day"]
+
+    def now(label: str) -> float | None:
+        return (day.get(label) or {}).get("current")
+
+    speed = now("Link speed")
+    rin, rout = now("In"), now("Out")
+    oper, admin = now("oper_status"), now("admin_status")
+    status = "admin down" if admin == 2 else _OPER_STATUS.get(round(oper), f"status {oper:g}") \
+        if oper is not None else ""
+    alias = ""
+    check = next((c for c in checks if c.target == info.target and c.check == f"if {info.instance}"),
+                 None)
+    if check is not None:  # the SNMP check says "Gi0/1 (alias) up, ...": its alias
+        match = re.match(re.escape(info.instance) + r" \((.*?)\) ", check.message)
+        alias = render.display(match.group(1), LABEL_LIMIT) if match else ""
+
+    def per_second(*labels: str) -> str:
+        values = [now(label) for label in labels if now(label) is not None]
+        return render.format_value(sum(values), "/s") if values else ""
+
+    busiest = max((r for r in (rin, rout) if r is not None), default=None)
+    return {
+        "name": info.instance, "label": item.label, "url": f"{item.dir}/index.html",
+        "alias": alias, "status": status, "state": item.state,
+        "speed": render.format_value(speed, "b/s") if speed else "",
+        "in": render.format_value(rin, "b/s"), "out": render.format_value(rout, "b/s"),
+        "utilisation": render.of_speed(busiest, speed),
+        "errors": per_second("in_errors", "out_errors"),
+        "discards": per_second("in_discards", "out_discards"),
+        "uplink": any(fnmatch.fnmatchcase(f"{info.target} {info.instance}", p) for p in uplinks),
+    }
 
 
 def _local(ts: float) -> str:
@@ -418,6 +478,7 @@ class Target:
     items: list[Item] = field(default_factory=list)
     graphed: list[Item] = field(default_factory=list)
     checks: list[Item] = field(default_factory=list)
+    ports: list[dict] = field(default_factory=list)  # the port table of a device
 
 
 def _apply_check(obj: Item | Target, check: CheckStatus, now: float) -> None:
@@ -432,13 +493,13 @@ class _SiteModel:
     """Everything the templates show, as display-safe strings and URL-quoted relative links."""
 
     def __init__(self, series: Sequence[SeriesInfo], checks: Sequence[CheckStatus],
-                 entries: dict[str, dict], now: float) -> None:
+                 entries: dict[str, dict], now: float, uplinks: Sequence[str] = ()) -> None:
         self.entries = entries
         targets: dict[str, Target] = {}
 
         def target_for(name: str) -> Target:
             if name not in targets:
-                d = quote(safe_name(name))
+                d = quote(safe_name(name), safe="=@")
                 targets[name] = Target(render.display(name, LABEL_LIMIT), d, safe_name(name),
                                        f"{d}/index.html")
             return targets[name]
@@ -448,7 +509,7 @@ class _SiteModel:
             target = target_for(info.target)
             label = render.display(info.instance, LABEL_LIMIT) if info.instance else "(device)"
             full = render.display(info.instance) if info.instance else "(device)"
-            d = quote(safe_name(info.instance))
+            d = quote(safe_name(info.instance), safe="=@")
             item = Item(label, f"{render.display(info.target)} · {full}", target.label, d,
                         safe_name(info.instance),
                         f"{target.dir}/{d}/index.html", f"{target.dir}/{d}/spark.png",
@@ -488,6 +549,13 @@ class _SiteModel:
             target.items.sort(key=order)
             target.graphed.sort(key=order)
             target.checks.sort(key=order)
+        for info in series:
+            entry = entries.get(_rel(info), {})
+            if entry.get("kind") == render.TRAFFIC and "day" in entry.get("summaries", {}):
+                item = by_instance[(info.target, info.instance)]
+                targets[info.target].ports.append(_port_row(info, item, entry, uplinks, checks))
+        for target in targets.values():
+            target.ports.sort(key=lambda row: (not row["uplink"], natural_key(row["name"])))
         self.targets = sorted(targets.values(), key=order)
         self.by_name = targets
         self.problems.sort(key=lambda p: (-_severity(p.state), p.target_label, p.label))

@@ -1,4 +1,4 @@
-"""Legend figures of one fetched column: pure functions over `list[float | None]`.
+"""Legend figures of one fetched column: functions over `list[float | None]` (or numpy arrays).
 
 None (and NaN) is "unknown" and is skipped, never counted as zero: an hour without data
 lowers neither the average nor the total.
@@ -9,46 +9,54 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-Values = Sequence[float | None]
+import numpy as np
+
+from monitor.store import Series
+
+if TYPE_CHECKING:
+    from monitor.store import RrdStore, SeriesInfo
+
+Values = Sequence[float | None] | np.ndarray
 
 
-def known(values: Values) -> list[float]:
-    return [v for v in values if v is not None and not math.isnan(v)]
+def known(values: Values) -> np.ndarray:
+    """The known values, in order (None and NaN dropped), as floats."""
+    array = np.asarray(values, dtype=float)  # None becomes NaN
+    return array[~np.isnan(array)]
 
 
 def current(values: Values) -> float | None:
     """The last known value."""
-    for v in reversed(values):
-        if v is not None and not math.isnan(v):
-            return v
-    return None
+    k = known(values)
+    return float(k[-1]) if k.size else None
 
 
 def average(values: Values) -> float | None:
     k = known(values)
-    return math.fsum(k) / len(k) if k else None
+    return float(k.sum()) / k.size if k.size else None
 
 
 def maximum(values: Values) -> float | None:
     k = known(values)
-    return max(k) if k else None
+    return float(k.max()) if k.size else None
 
 
 def percentile(values: Values, pct: float = 95.0) -> float | None:
     """Nearest-rank percentile, the way transit is billed: sort the samples, drop the top
     (100 - pct) %, take the highest remaining one (always a measured value, never interpolated)."""
-    k = sorted(known(values))
-    if not k:
+    k = known(values)
+    if not k.size:
         return None
-    rank = max(1, math.ceil(pct / 100.0 * len(k)))
-    return k[rank - 1]
+    rank = max(1, math.ceil(pct / 100.0 * k.size))
+    return float(np.partition(k, rank - 1)[rank - 1])
 
 
 def total(values: Values, step: float) -> float | None:
     """Rate x time summed over the known samples (octets/s -> octets transferred)."""
     k = known(values)
-    return math.fsum(k) * step if k else None
+    return float(k.sum()) * step if k.size else None
 
 
 @dataclass(frozen=True)
@@ -64,44 +72,39 @@ class Summary:
 
 
 def summarize(values: Values, step: float) -> Summary:
-    return Summary(current(values), average(values), maximum(values), percentile(values, 95.0),
-                   total(values, step))
+    k = known(values)  # once: the legend of a month of 5-minute rows has 8,928 per line
+    return Summary(current(k), average(k), maximum(k), percentile(k, 95.0), total(k, step))
 
 
-# -- human forms ---------------------------------------------------------------------------------
+# -- a period's figures from an RRD file -------------------------------------------------------
 
-_PREFIXES = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"), (1.0, ""), (1e-3, "m"), (1e-6, "µ")]
-
-
-def prefix_for(magnitude: float, unit: str) -> tuple[float, str]:
-    """The SI prefix for a magnitude; milli and micro only for seconds (0.75 load is not 750 m)."""
-    for factor, prefix in _PREFIXES:
-        if magnitude >= factor * 0.9995:
-            return factor, prefix
-        if factor == 1.0 and unit != "s":
-            return 1.0, ""
-    return _PREFIXES[-1]
+BILLING_SPAN = 31 * 86400  # periods up to this long get their figures from base-step rows
 
 
-def si(value: float | None, unit: str = "", digits: int = 3) -> str:
-    """12_345_678, "b/s" -> "12.3 Mb/s"; 0.0042, "s" -> "4.20 ms"; None -> "-"."""
-    if value is None or math.isnan(value):
-        return "-"
-    if value == 0:
-        return f"0 {unit}".strip()
-    factor, prefix = prefix_for(abs(value), unit)
-    scaled = value / factor
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(scaled))))
-    text = f"{scaled:.{decimals}f}"
-    return f"{text} {prefix}{unit}".strip()
+def window(series: Series, start: float, end: float) -> Series:
+    """The rows of `series` for start < t <= end (rrdtool's fetch adds one past each edge)."""
+    rows = len(next(iter(series.columns.values()), []))
+    # Row i is at series.start + (i + 1) * step.
+    first = min(rows, max(0, math.floor((start - series.start) / series.step)))
+    last = min(rows, max(first, math.floor((end - series.start) / series.step)))
+    return Series(series.start + first * series.step, series.start + last * series.step,
+                  series.step, {m: v[first:last] for m, v in series.columns.items()})
 
 
-def seconds(value: float | None) -> str:
-    """Response times: "850 µs", "4.20 ms", "1.50 s"; None -> "-"."""
-    return si(value, "s")
+BILLING_STEP = 300  # transit is billed on 5-minute samples
 
 
-def percent(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return f"{value:.1f} %"
+def period_rows(store: RrdStore, info: SeriesInfo, start: float, end: float,
+                fetched: Series | None = None) -> Series:
+    """The file's rows for start < t <= end (every sample for a day or two, 5-minute rows
+    for longer periods, the base step where that is coarser) where the
+    archives keep them (31+ days by default), else the finest archive that covers the period.
+    The site's legends and tables and the digests take their figures (`summarize`: the billing
+    95th, the peak of 5-minute samples, the total) from these rows, so both show the same
+    numbers for the same period. `fetched`: the same fetch, already made (the day graph's)."""
+    # A day has every sample (the default archives keep 2 days at the base step); longer
+    # periods the 5-minute rows (a 1-minute step would make a month 44,640 rows).
+    resolution = info.step if end - start <= 2 * 86400 else max(info.step, BILLING_STEP)
+    if fetched is None or fetched.step != resolution:
+        fetched = store.fetch_path(info, start, end, resolution)
+    return window(fetched, start, end)

@@ -115,7 +115,7 @@ class StorageConfig:
     rrd_dir: ConfigPath | None = None
     rrdcached: str | None = None
     # Each archive is "RESOLUTION:KEEP"; "step" is the file's base step (the job interval).
-    archives: list[str] = field(default_factory=lambda: ["step:2d", "30m:2w", "2h:9w", "1d:2y"])
+    archives: list[str] = field(default_factory=lambda: ["step:2d", "5m:32d", "30m:2w", "2h:9w", "1d:2y"])
     consolidations: list[Literal["AVERAGE", "MAX", "MIN", "LAST"]] = field(
         default_factory=lambda: ["AVERAGE", "MAX"]
     )
@@ -147,6 +147,8 @@ class WebConfig:
     interval: Duration | None = None
     # Worker processes drawing graphs (default: one per core).
     workers: Annotated[int, Range(1, 256)] | None = None
+    # Ports listed first in a device's port table: shell patterns on "device port".
+    uplinks: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,8 +1,13 @@
-"""Running an external command the safe way: an argv list (never a shell), no stdin, a timeout."""
+"""Processes: running an external command the safe way (an argv list, never a shell; no stdin;
+a timeout), and helper processes that end with the process they work for."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import select
+import threading
 from collections.abc import Mapping, Sequence
 
 
@@ -50,3 +55,26 @@ async def run_command(
         raise CommandFailed(f"{what} exited with status {proc.returncode}"
                             + (f": {last[0].strip()}" if last else ""), proc.returncode, text)
     return out
+
+
+def exit_with(pid: int) -> None:
+    """End this process as soon as process `pid` ends, however it ends (kill -9 included).
+
+    For worker processes: a pool's workers otherwise outlive a killed parent, each holding its
+    memory. PR_SET_PDEATHSIG cannot do it: a forkserver's workers are the server's children,
+    not the pool owner's, and it fires when the parent *thread* ends. A pidfd becomes readable
+    when the process exits, so a thread waits on it without polling or PID-reuse races."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:  # it ended before we looked
+        os._exit(1)
+    except OSError as exc:  # a kernel before 5.3: the process works on, unwatched
+        logging.getLogger(__name__).warning("cannot watch process %d (%s): this process may "
+                                            "outlive it", pid, exc)
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"exit-with-{pid}", daemon=True).start()

@@ -40,18 +40,58 @@ _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
 def safe_name(name: str) -> str:
     """An injective, path-safe file name component for an untrusted name.
 
-    Letters, digits, "_" and "-" stay; every other byte (including "/", "." and "%") becomes
-    %XX, so "a/b" -> "a%2Fb" never meets "a_b", and ".." cannot appear. Long names are cut and
+    Letters, digits, "_" and "-" stay; every other byte (including "/", "." and "=") becomes
+    =XX, so "a/b" -> "a=2Fb" never meets "a_b", and ".." cannot appear. Long names are cut and
     completed by a hash so they stay unique. The empty name is "@" (which no other name yields).
+    Never "%": librrd (1.7.2) passes file names through printf-style formatting in its error
+    paths, where "%s" or "%n" in a name garbles the message or crashes the process.
     """
     if name == "":
         return "@"
     raw = name.encode("utf-8", "surrogateescape")
-    out = "".join(chr(b) if _SAFE_CHARS.match(chr(b)) else f"%{b:02X}" for b in raw)
+    out = "".join(chr(b) if _SAFE_CHARS.match(chr(b)) else f"={b:02X}" for b in raw)
     if len(out) > _MAX_NAME:
         digest = hashlib.sha256(raw).hexdigest()[:16]
         out = f"{out[:_MAX_NAME - 17]}~{digest}"
     return out
+
+
+def migrate_percent_names(root: Path) -> int:
+    """Rename the files and directories that earlier versions named with %XX escapes to the
+    =XX names of `safe_name` (the same name with "%" for "=", which those versions always
+    escaped: the mapping is one to one), and the index's keys with them. Returns how many were
+    renamed. Files keep their content, so no history is lost."""
+    renamed = 0
+    try:
+        targets = [d for d in root.iterdir() if d.is_dir()]
+    except FileNotFoundError:
+        return 0
+    with locked(root / ".index.lock"):
+        for directory in targets:
+            new_dir = directory.with_name(directory.name.replace("%", "="))
+            for path in list(directory.iterdir()):
+                new = new_dir / path.name.replace("%", "=")
+                if new != path:
+                    new_dir.mkdir(exist_ok=True)
+                    os.rename(path, new)
+                    renamed += 1
+            if new_dir != directory:
+                with contextlib.suppress(OSError):  # emptied above; not if something new is there
+                    directory.rmdir()
+        index = root / "index.json"
+        try:
+            text = index.read_text(encoding="utf-8")
+            raw = json.loads(text) if "%" in text else None
+        except (OSError, ValueError):
+            raw = None
+        files = raw.get("files") if isinstance(raw, dict) else None
+        if isinstance(files, dict) and any("%" in rel for rel in files):
+            raw["files"] = {rel.replace("%", "="): entry for rel, entry in files.items()}
+            atomic_write(index, json.dumps(raw, indent=1))
+    if renamed:
+        log.warning("store: renamed %d RRD file(s) under %s from %%XX to =XX names (librrd "
+                    "treats %% in file names as a format)", renamed, root)
+    return renamed
 
 
 def ds_name(metric: str) -> str:
@@ -122,16 +162,21 @@ class _FileState:
 
 
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
-    """RRA:CF:0.5:STEPS:ROWS for each "RESOLUTION:KEEP" archive and consolidation function."""
-    out = []
+    """RRA:CF:0.5:STEPS:ROWS for each "RESOLUTION:KEEP" archive and consolidation function.
+
+    Archives of the same resolution are one (the longest KEEP): with the default 5-minute step,
+    "step:2d" and "5m:32d" are a single archive of 32 days. An archive of single samples
+    (STEPS 1) gets the first function only: the AVERAGE and the MAX of one sample are the sample.
+    """
+    rows_for: dict[int, int] = {}
     for spec in archives:
         resolution_text, _, keep_text = spec.partition(":")
         resolution = step if resolution_text == "step" else parse_duration(resolution_text)
         steps = max(1, round(resolution / step))
         rows = max(2, math.ceil(parse_duration(keep_text) / (steps * step)))
-        for cf in consolidations:
-            out.append(f"RRA:{cf}:0.5:{steps}:{rows}")
-    return out
+        rows_for[steps] = max(rows, rows_for.get(steps, 0))
+    return [f"RRA:{cf}:0.5:{steps}:{rows}" for steps, rows in sorted(rows_for.items())
+            for cf in (consolidations[:1] if steps == 1 else consolidations)]
 
 
 def _ds_definition(name: str, m: Measurement, step: int) -> str:
@@ -204,7 +249,7 @@ class RrdStore:
         self,
         root: Path,
         *,
-        archives: Sequence[str] = ("step:2d", "30m:2w", "2h:9w", "1d:2y"),
+        archives: Sequence[str] = ("step:2d", "5m:32d", "30m:2w", "2h:9w", "1d:2y"),
         consolidations: Sequence[str] = ("AVERAGE", "MAX"),
         rrdcached: str | None = None,
     ) -> None:
@@ -223,6 +268,7 @@ class RrdStore:
         self._by_key: dict[Key, list[Measurement]] | None = None
         self._serial = 0  # counts write() calls
         self.root.mkdir(parents=True, exist_ok=True)
+        migrate_percent_names(self.root)
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------
@@ -605,7 +651,8 @@ class RrdStore:
             args += ["--daemon", self.rrdcached]
         (first, last, step), names, rows = rrdtool.fetch(*args)
         by_ds = {ds: metric for metric, ds in info.metrics.items()}
-        columns = {by_ds.get(n, n): [row[i] for row in rows] for i, n in enumerate(names)}
+        by_column = map(list, zip(*rows, strict=True)) if rows else ([] for _ in names)
+        columns = {by_ds.get(n, n): values for n, values in zip(names, by_column, strict=True)}
         return Series(first, last, step, columns)
 
     def last_gauges(self, info: SeriesInfo) -> dict[str, float]:

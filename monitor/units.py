@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION_UNITS = {
@@ -94,21 +95,83 @@ def format_age(seconds: float) -> str:
     return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
 
 
-def format_scaled(value: float, units: tuple[str, ...], base: int, decimals: int) -> str:
-    """`value` (in units[0]) in the largest unit that keeps it under `base`; the first unit
-    without decimals: 1536, ("B", "KiB"), 1024, 1 -> "1.5 KiB"."""
-    index = 0
-    while value >= base and index < len(units) - 1:
-        value /= base
-        index += 1
-    return f"{value:.0f} {units[0]}" if index == 0 else f"{value:.{decimals}f} {units[index]}"
+# How traffic looks in the site's graphs and the digests' sparklines alike (MRTG's convention:
+# in as a green area, out as a blue line).
+IN_FILL, IN_EDGE, OUT_LINE = "#57b85a", "#22722a", "#1c3fa8"
+
+
+# -- the one formatter of measured values ------------------------------------------------------
+#
+# One convention in the site, the mail and messages: sizes in IEC binary units (KiB, MiB, GiB,
+# TiB: what `df -h` and `du -h` print), rates of bits in SI (kbit/s, Mbit/s: how links are sold),
+# durations of a minute or more as durations ("44 days", not "3.84 Ms").
+
+_BINARY = {"B": ("B", "KiB", "MiB", "GiB", "TiB", "PiB"),
+           "B/s": ("B/s", "KiB/s", "MiB/s", "GiB/s", "TiB/s", "PiB/s")}
+_BITS = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s")
+_SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
+_DURATIONS = ((2 * 86400, 86400, "days"), (2 * 3600, 3600, "h"), (120, 60, "min"))
+
+
+def scale_for(magnitude: float, unit: str) -> tuple[float, str]:
+    """(factor, unit shown) for values of about `magnitude` in `unit`: 3e9, "B" -> (2**30, "GiB");
+    2e7, "b/s" -> (1e6, "Mbit/s"); 0.004, "s" -> (0.001, "ms"); 4e6, "s" -> (86400, "days")."""
+    magnitude = abs(magnitude)
+    if unit in _BINARY:
+        names, factor, index = _BINARY[unit], 1.0, 0
+        while magnitude >= factor * 1024 * 0.9995 and index < len(names) - 1:
+            factor *= 1024
+            index += 1
+        return factor, names[index]
+    if unit in ("b/s", "bit/s"):
+        index = 0
+        while magnitude >= 1000 ** (index + 1) * 0.9995 and index < len(_BITS) - 1:
+            index += 1
+        return 1000.0**index, _BITS[index]
+    if unit == "s":
+        for threshold, factor, name in _DURATIONS:
+            if magnitude >= threshold:
+                return factor, name
+        if magnitude >= 0.9995 or magnitude == 0:
+            return 1.0, "s"
+        return (1e-3, "ms") if magnitude >= 0.9995e-3 else (1e-6, "µs")
+    if unit == "%":
+        return 1.0, "%"
+    if unit == "d":  # certificate expiry
+        return 1.0, "days"
+    for factor, prefix in _SI:  # packets, errors per second, plain counts: never milli
+        if magnitude >= factor * 0.9995:
+            return factor, f"{prefix}{unit}" if unit else prefix
+    return 1.0, unit
+
+
+def format_value(value: float | None, unit: str = "") -> str:
+    """A measured value for people, in the convention above; None or NaN -> "-".
+
+    1536, "B" -> "1.5 KiB"; 12_345_678, "b/s" -> "12.3 Mbit/s"; 0.0042, "s" -> "4.20 ms";
+    3_840_000, "s" -> "44 days"; 12.34, "%" -> "12.3 %"."""
+    if value is None or math.isnan(value):
+        return "-"
+    factor, shown = scale_for(value, unit)
+    scaled = value / factor
+    if unit == "%":
+        text = f"{scaled:.1f}"
+    elif shown in ("B", "B/s") or scaled == 0:
+        text = f"{scaled:.0f}"
+    elif unit in _BINARY:
+        text = f"{scaled:.1f}"
+    elif shown in ("days", "h", "min"):
+        text = f"{scaled:.0f}" if abs(scaled) >= 10 else f"{scaled:.1f}"
+    else:  # three significant digits
+        text = f"{scaled:.{max(0, 2 - math.floor(math.log10(abs(scaled) * 1.0005)))}f}"
+    return f"{text} {shown}".strip()
 
 
 def format_bytes(value: float) -> str:
     """1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
-    return format_scaled(value, ("B", "KiB", "MiB", "GiB", "TiB"), 1024, 1)
+    return format_value(value, "B")
 
 
 def format_bits_per_second(value: float) -> str:
     """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s"."""
-    return format_scaled(value, ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s"), 1000, 2)
+    return format_value(value, "b/s")

@@ -133,7 +133,7 @@ def test_defaults_and_relative_paths(tmp_path: Path):
     assert config.rrd_dir == tmp_path / "var" / "rrd"
     assert config.html_dir == tmp_path / "var" / "html"
     assert config.agent.interval == 300
-    assert config.storage.archives[0] == "step:2d"
+    assert config.storage.archives[:2] == ["step:2d", "5m:32d"]
 
 
 def test_secret_from_file_and_env(tmp_path: Path):
@@ -185,6 +185,6 @@ def test_embedded_default_loads():
 def test_scaled_units_for_messages():
     assert format_bytes(10) == "10 B"
     assert format_bytes(1536) == "1.5 KiB"
-    assert format_bytes(3 * 2**50) == "3072.0 TiB"  # the largest unit keeps growing
+    assert format_bytes(3 * 2**50) == "3.0 PiB"  # as the digests say it
     assert format_bits_per_second(940) == "940 bit/s"
     assert format_bits_per_second(1_234_567) == "1.23 Mbit/s"

@@ -1,0 +1,204 @@
+"""Graphs on a long, realistic history (tests/longhistory.py: 420 days written through the store).
+
+A graph must not depend on what was drawn before it in the same process: every graph of the site
+drawn in one warm renderer is compared, pixel for pixel, with the same graph drawn alone.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alerts.digest import DigestBuilder
+from graphs import render
+from graphs.render import PERIODS, Job
+from graphs.site import SiteBuilder
+from monitor.config import Digest, parse_config
+from monitor.model import CheckResult, State
+from monitor.status import StatusBook
+from monitor.store import safe_name
+from monitor.units import format_bits_per_second, format_bytes
+from tests import longhistory
+
+
+@pytest.fixture(scope="module")
+def history(tmp_path_factory: pytest.TempPathFactory):
+    store = longhistory.copy(tmp_path_factory.mktemp("long") / "rrd")
+    yield store
+    store.close()
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def test_every_graph_drawn_warm_equals_the_same_graph_drawn_alone(history, tmp_path):
+    series = history.series()
+    assert len(series) >= 7
+    warm = render.Renderer()
+    for info in series:  # the site's order: each instance's day, week, month, year in turn
+        out = tmp_path.joinpath("warm", info.path.parent.name, info.path.stem)
+        result = render.render_job(history, warm, Job(info, list(PERIODS), out, longhistory.END))
+        assert not result.error, result.error
+    differing = []
+    for info in series:
+        for name in PERIODS:
+            alone = tmp_path.joinpath("alone", info.path.parent.name, info.path.stem)
+            result = render.render_job(history, render.Renderer(),
+                                       Job(info, [name], alone, longhistory.END, spark=False))
+            assert not result.error, result.error
+            warm_png = tmp_path.joinpath("warm", info.path.parent.name, info.path.stem) / f"{name}.png"
+            if not np.array_equal(pixels(warm_png), pixels(alone / f"{name}.png")):
+                differing.append(f"{info.target} {info.instance} {name}")
+    assert differing == []
+
+
+def nearest_rank(values: np.ndarray, pct: float) -> float:
+    known = np.sort(values[~np.isnan(values)])
+    return float(known[math.ceil(pct / 100 * known.size) - 1])
+
+
+@pytest.mark.parametrize("instance", [longhistory.CUSTOMER, longhistory.UPLINK])
+def test_95th_peak_and_total_of_every_period_up_to_a_month_are_billing_figures(
+        history, tmp_path, instance):
+    """Site legends/tables and the digest, against an independent computation from the
+    5-minute rows that were written (the bursty port is where 2-hour averages lie most)."""
+    info = history.info(longhistory.ROUTER, instance)
+    result = render.render_job(history, render.Renderer(),
+                               Job(info, ["day", "week", "month"], tmp_path, longhistory.END))
+    assert not result.error, result.error
+    status = StatusBook(tmp_path / "status.json")
+    for name in ("day", "week", "month"):
+        start, end, _ = render.window(PERIODS[name], longhistory.END, info.step)
+        figures = {}
+        for label, metric in (("In", "in_octets"), ("Out", "out_octets")):
+            octets = longhistory.rows(longhistory.column(longhistory.ROUTER, instance, metric),
+                                      start, end)
+            figures[label] = (nearest_rank(octets, 95) * 8, float(np.nanmax(octets)) * 8,
+                              math.fsum(octets[~np.isnan(octets)]) * longhistory.STEP)
+            site = result.summaries[name][label]
+            assert (site["p95"], site["maximum"], site["total"]) == pytest.approx(
+                figures[label], rel=1e-9), (name, label)
+        builder = DigestBuilder(parse_config(""), store=history, status=status,
+                                clock=lambda end=end: end)
+        report = builder.build(Digest(name="d", sections=["traffic"], period=end - start))
+        section = report.sections[0]
+        row = next(r for r in section.rows if r[0] == f"{longhistory.ROUTER} {instance}")
+        bits, octets = format_bits_per_second, format_bytes
+        assert row[1:] == [octets(figures["In"][2]), octets(figures["Out"][2]),
+                           bits(figures["In"][1]), bits(figures["Out"][1]),
+                           bits(figures["In"][0]), bits(figures["Out"][0])], name
+
+
+def build_site(store, tmp_path: Path, status: StatusBook | None = None, alerts_db: Path | None = None,
+               uplinks: tuple[str, ...] = ()):
+    status = status or StatusBook(tmp_path / "state" / "status.json")
+    builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
+                          workers=1, inline_below=10**6, clock=lambda: longhistory.END,
+                          alerts_db=alerts_db, uplinks=uplinks)
+    try:
+        report = builder.build(full=True)
+    finally:
+        builder.close()
+    assert not report.errors, report.errors
+    return tmp_path / "html"
+
+
+def test_one_unit_convention_on_pages_and_problems_counted_once(history, tmp_path):
+    from alerts.engine import AlertState, Status
+    from alerts.state import AlertStore
+
+    status = StatusBook(tmp_path / "state" / "status.json")
+    end = longhistory.END
+    status.update([CheckResult(longhistory.ROUTER, f"if {longhistory.DOWN_PORT}", State.CRITICAL,
+                               "down", timestamp=end),
+                   CheckResult(longhistory.WEB, "ping", State.WARNING, "loss 20 %", timestamp=end)])
+    db = tmp_path / "state" / "alerts.db"
+    AlertStore(db).save([AlertState(f"down/{longhistory.ROUTER}/if {longhistory.DOWN_PORT}", "down",
+                                    longhistory.ROUTER, f"if {longhistory.DOWN_PORT}",
+                                    status=Status.FIRING, severity=State.CRITICAL, since=end - 600,
+                                    message="down")])
+    html = build_site(history, tmp_path, status, db)
+    index = (html / "index.html").read_text()
+    assert "Problems (2)" in index  # the port (its check and its alert) and the ping check
+    router = html / safe_name(longhistory.ROUTER)
+    device = (router / "@" / "index.html").read_text()
+    assert re.search(r"\b\d+ days\b", device) and " Ms" not in device  # uptime as a duration
+    uplink = (router / safe_name(longhistory.UPLINK) / "index.html").read_text()
+    assert "Mbit/s" in uplink and ("GiB" in uplink or "TiB" in uplink)
+    assert not re.search(r"\d (?:[kMGT]b/s|[kMGT]B)\b", uplink)  # no SI bytes, no "Mb/s"
+
+
+def plot_colors(path: Path) -> set[tuple[int, int, int]]:
+    """The colours inside the plot area (not the legend, which repeats them as swatches)."""
+    top, bottom = render._AX_TOP, render.HEIGHT - render._AX_BOTTOM
+    area = pixels(path)[top:bottom, render._AX_LEFT:render.WIDTH - render._AX_RIGHT]
+    return {tuple(int(c) for c in p) for p in area.reshape(-1, 3)}
+
+
+def rgb(color: str) -> tuple[int, int, int]:
+    return tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def drawn(color: str, colors: set[tuple[int, int, int]]) -> bool:
+    """Some pixel has about this colour (lines are antialiased)."""
+    want = np.array(rgb(color))
+    return bool((np.abs(np.array(sorted(colors)) - want).max(axis=1) <= 24).any())
+
+
+def test_traffic_shows_link_share_and_the_95th_line_latency_the_smokeping_way(history, tmp_path):
+    uplink = history.info(longhistory.ROUTER, longhistory.UPLINK)
+    result = render.render_job(history, render.Renderer(), Job(uplink, ["week"], tmp_path / "up",
+                                                               longhistory.END))
+    assert not result.error
+    start, end, _ = render.window(PERIODS["week"], longhistory.END, uplink.step)
+    rows = render.stats.period_rows(history, uplink, start, end)
+    graph = render.build_graph(uplink, history.fetch_path(uplink, start, end, 1800), rows)
+    speed = longhistory.SPEED[longhistory.UPLINK]
+    in_p95 = graph.summary["In"]["p95"]
+    assert f"{100 * in_p95 / speed:.0f}%" in graph.legend[0].text  # MRTG: % of the link
+    assert graph.marks == [(max(in_p95, graph.summary["Out"]["p95"]), render.P95_MARK)]
+    assert drawn(render.P95_MARK, plot_colors(tmp_path / "up" / "week.png"))
+
+    ping = history.info(longhistory.WEB, "ping")
+    result = render.render_job(history, render.Renderer(), Job(ping, ["day"], tmp_path / "ping",
+                                                               longhistory.END))
+    assert not result.error
+    colors = plot_colors(tmp_path / "ping" / "day.png")
+    assert drawn(render.LOSS_COLORS[0][1], colors)  # no loss: green
+    assert drawn(render.LOSS_COLORS[-1][1], colors)  # a lost interval: red
+    assert drawn(render.LATENCY_FILL, colors)  # the min-max band
+    assert "rtt_min_seconds" in result.summaries["day"] and "Loss" in result.summaries["day"]
+
+
+def port_rows(page: str) -> list[list[str]]:
+    table = page.split('<table class="ports">')[1].split("</table>")[0]
+    return [[re.sub(r"<[^>]+>", "", cell).strip() for cell in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+            for row in table.split("<tr")[2:]]
+
+
+def test_device_page_port_table_sorted_naturally_uplinks_first(history, tmp_path):
+    status = StatusBook(tmp_path / "state" / "status.json")
+    status.update([CheckResult(longhistory.ROUTER, f"if {longhistory.CUSTOMER}", State.OK,
+                               f"{longhistory.CUSTOMER} (cust <b>42</b>) up, 100 Mbit/s",
+                               timestamp=longhistory.END)])
+    html = build_site(history, tmp_path / "a", status)
+    page = (html / safe_name(longhistory.ROUTER) / "index.html").read_text()
+    rows = port_rows(page)
+    assert [r[0] for r in rows] == ["Gi0/0/1", "Gi0/0/2", "Gi0/0/10"]  # not 1, 10, 2
+    uplink, customer, down = rows
+    assert customer[1] == "cust &lt;b&gt;42&lt;/b&gt;"  # the alias, escaped
+    assert uplink[2] == "up" and down[2] == "down"
+    assert uplink[3] == "1.00 Gbit/s" and customer[3] == "100 Mbit/s"
+    assert re.fullmatch(r"\d+%", uplink[6]) and down[4] == "0 bit/s"
+    assert re.fullmatch(r"[\d.]+ (?:m)?/s|0 /s", uplink[7]), uplink  # errors per second
+
+    html = build_site(history, tmp_path / "b", uplinks=(f"* {longhistory.DOWN_PORT}",))
+    rows = port_rows((html / safe_name(longhistory.ROUTER) / "index.html").read_text())
+    assert [r[0] for r in rows] == ["Gi0/0/10 uplink", "Gi0/0/1", "Gi0/0/2"]
