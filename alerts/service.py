@@ -41,6 +41,7 @@ from alerts.rules import Reading, Rule, alert_key, usable
 from alerts.state import AlertStore, Silence, alerts_db_path
 from monitor.config import Config, MaintenanceWindow
 from monitor.model import Batch, CheckResult, State
+from monitor.scheduler import cron_trigger
 
 log = logging.getLogger("monitor.alerts")
 
@@ -52,9 +53,8 @@ class MaintenanceSchedule:
     """Recurring windows: a cron start and a duration."""
 
     def __init__(self, windows: list[MaintenanceWindow]) -> None:
-        from apscheduler.triggers.cron import CronTrigger
-
-        self.windows = [(w, CronTrigger.from_crontab(w.cron)) for w in windows]
+        # crontab's day numbers (1 = Monday), not APScheduler's (0 = Monday)
+        self.windows = [(w, cron_trigger(w.cron)) for w in windows]
 
     def active(self, rule: str, target: str, label: str, now: float) -> MaintenanceWindow | None:
         for window, trigger in self.windows:

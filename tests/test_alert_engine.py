@@ -288,3 +288,16 @@ def test_saved_events_and_states_of_a_newer_version_still_load():
     assert Event.from_json(saved) == event
     state = AlertState("r/h/x", "r", "h", "x")
     assert AlertState.from_json({**state.to_json(), "added_later": 1}) == state
+
+
+def test_maintenance_window_days_have_crontab_meaning():
+    """`0 2 * * 1` is Monday 02:00 as in crontab (APScheduler 3 alone would take Tuesday)."""
+    import datetime
+
+    from alerts.service import MaintenanceSchedule
+    from monitor.config import MaintenanceWindow
+
+    schedule = MaintenanceSchedule([MaintenanceWindow("backup", "0 2 * * 1", 3600.0)])
+    monday = datetime.datetime(2026, 11, 30, 2, 30).astimezone().timestamp()  # a Monday
+    assert schedule.active("r", "t", "c", monday) is not None
+    assert schedule.active("r", "t", "c", monday + 86400) is None
