@@ -209,8 +209,9 @@ class DigestBuilder:
         self.status = status
         self.clock = clock
 
-    def build(self, digest: Digest) -> Report:
-        start, end = period_of(digest.schedule, self.clock())
+    def build(self, digest: Digest, window: tuple[float, float] | None = None) -> Report:
+        """The digest of its last complete scheduled period, or of `window` (start, end)."""
+        start, end = window or period_of(digest.schedule, self.clock())
         self._series = self.store.series()
         sections = []
         for key in digest.sections:

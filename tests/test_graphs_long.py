@@ -87,7 +87,7 @@ def test_95th_peak_and_total_of_every_period_up_to_a_month_are_billing_figures(
                 figures[label], rel=1e-9), (name, label)
         builder = DigestBuilder(parse_config(""), store=history, status=status,
                                 clock=lambda end=end: end)
-        report = builder.build(Digest(name="d", sections=["traffic"], period=end - start))
+        report = builder.build(Digest(name="d", sections=["traffic"]), window=(start, end))
         section = report.sections[0]
         row = next(r for r in section.rows if r[0] == f"{longhistory.ROUTER} {instance}")
         bits, octets = format_bits_per_second, format_bytes
