@@ -643,9 +643,11 @@ def compose(report: Report, config: Config) -> EmailMessage:
 
 async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
                      status: StatusBook | None = None, clock: Callable[[], float] = time.time,
-                     out=None, outbox: Outbox | None = None) -> EmailMessage:
+                     out=None, outbox: Outbox | None = None,
+                     last: float | None = None) -> EmailMessage:
     """Build digest NAME now; print it (dry run) or enqueue it in the outbox (the agent's own,
-    when it runs there) and try to send."""
+    when it runs there) and try to send. `last`: cover the last this many seconds up to now
+    instead of the last complete scheduled period."""
     import asyncio
     import sys
 
@@ -661,7 +663,9 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     status = status or StatusBook(config.state_dir / "status.json")
     try:
         builder = DigestBuilder(config, store=store, status=status, clock=clock)
-        report = await asyncio.to_thread(builder.build, digest)
+        now = clock()
+        window = (now - last, now) if last else None
+        report = await asyncio.to_thread(builder.build, digest, window)
         msg = await asyncio.to_thread(compose, report, config)
     finally:
         if own_store:

@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "otherwise). --dry-run prints the MIME message instead of sending it.")
     p.add_argument("name", metavar="NAME", help="the name of a [[digests]] table")
     p.add_argument("--dry-run", action="store_true", help="print the message; send nothing")
+    p.add_argument("--last", metavar="DURATION",
+                   help='cover the last DURATION up to now instead of the last complete period, '
+                   'e.g. "3h" (what has happened since this morning\'s digest)')
     p.set_defaults(handler=cmd_digest)
 
     p = sub.add_parser("backup-run", help="run a backup command and record its result (for cron)",
@@ -202,7 +205,8 @@ def cmd_digest(args: argparse.Namespace) -> int:
     from alerts.digest import run_digest
 
     config = read_config(args)
-    run_loop(run_digest(config, args.name, dry_run=args.dry_run))
+    last = parse_duration(args.last) if args.last else None
+    run_loop(run_digest(config, args.name, dry_run=args.dry_run, last=last))
     return 0
 
 

@@ -183,6 +183,14 @@ def test_dry_run_prints_the_message_and_sends_nothing(tmp_path: Path):
     assert msg["To"] == "admin@example.net, noc@example.net"
     assert msg.get_content_type() == "multipart/alternative"
     assert not (tmp_path / "data" / "state" / "outbox.db").exists()
+    recent = subprocess.run([*MONITOR, "--config", str(tmp_path / "config.toml"), "digest",
+                             "daily", "--dry-run", "--last", "3h"], capture_output=True, timeout=60)
+    assert recent.returncode == 0, recent.stderr
+    body = email.message_from_bytes(recent.stdout, policy=email.policy.default).get_body(
+        ("plain",)).get_content()
+    starts = {time.strftime("%Y-%m-%d %H:%M", time.localtime(time.time() - 3 * 3600 - lag))
+              for lag in (0, 60)}  # the minute may turn while the command runs
+    assert any(start in body for start in starts), body[:300]
     bad = subprocess.run([*MONITOR, "--config", str(tmp_path / "config.toml"), "digest", "nope"],
                          capture_output=True, timeout=60)
     assert bad.returncode == 2 and b"no digest named 'nope'" in bad.stderr
