@@ -37,7 +37,7 @@ from monitor.config import Config, Digest
 from monitor.model import State
 from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
-from monitor.store import RrdStore, Series, SeriesInfo
+from monitor.store import RrdStore, SeriesInfo
 from monitor.text import clean
 from monitor.units import (
     IN_EDGE,
@@ -118,15 +118,6 @@ def fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def percentile(values: list[float], pct: float) -> float | None:
-    """Nearest-rank percentile (what billing uses for "95th percentile")."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
-
-
 def sparkline(values: list[float | None], alt: str, *, second: list[float | None] | None = None,
               percent: bool = False) -> Image | None:
     """A 240x48 PNG of a series (and a second one), or None when there is nothing to draw."""
@@ -187,15 +178,6 @@ def period_of(schedule: str, now: float) -> tuple[float, float]:
     end = _latest_fire(trigger, datetime.fromtimestamp(now, trigger.timezone))
     start = _latest_fire(trigger, end - timedelta(seconds=1))
     return start.timestamp(), end.timestamp()
-
-
-def _within(series: Series, start: float, end: float) -> tuple[list[int], dict[str, list]]:
-    """The rows of a fetch that belong to (start, end]: rrdtool also returns the row ending
-    one step after `end`, which belongs to the next period."""
-    stamps = series.timestamps
-    keep = [i for i, t in enumerate(stamps) if start < t <= end]
-    return ([stamps[i] for i in keep],
-            {name: [values[i] for i in keep] for name, values in series.columns.items()})
 
 
 # -- building -------------------------------------------------------------------------------
@@ -336,7 +318,8 @@ class DigestBuilder:
             if series is None:
                 continue
             found = True
-            stamps, columns = _within(series, start, end)
+            rows = stats.window(series, start, end)
+            stamps, columns = rows.timestamps, rows.columns
             spans += [(t - series.step, t) for t, v in
                       zip(stamps, columns.get("run_seconds", []), strict=False)
                       if v is not None and not math.isnan(v)]
@@ -371,7 +354,8 @@ class DigestBuilder:
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            stamps, columns = _within(series, start, end)
+            rows = stats.window(series, start, end)
+            stamps, columns = rows.timestamps, rows.columns
             values = columns.get("response_seconds", [])
             if not values:
                 continue
@@ -430,7 +414,7 @@ class DigestBuilder:
             series = self._fetch(info, start, end)
             if series is None:
                 continue
-            _, columns = _within(series, start, end)
+            columns = stats.window(series, start, end).columns
             pct = columns.get("used_percent", [])
             known = _known(pct)
             free = _known(columns.get("free_bytes", []))
@@ -693,5 +677,5 @@ def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusB
         scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
 
 
-__all__ = ["DigestBuilder", "Report", "Section", "compose", "percentile", "run_digest",
+__all__ = ["DigestBuilder", "Report", "Section", "compose", "run_digest",
            "schedule_digests"]

@@ -10,9 +10,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from alerts.digest import percentile, period_of, run_digest
+from alerts.digest import period_of, run_digest
 from collectors.lists import ListsState, ListStats, save_state
 from collectors.mailboxes import MailboxSize, ScanResult, record_scan
+from graphs.stats import percentile
 from monitor.config import parse_config
 from monitor.model import CheckResult, Measurement, State
 from monitor.status import StatusBook
