@@ -224,8 +224,8 @@ class Notifier:
         window = -1.0 if force else self.config.alerts.group_window
         token = None
         if self.config.alerts.replies is not None:
-            nonce = self.store.nonce
-            token = lambda e: reply_token(nonce, e.key)  # noqa: E731
+            reply_key = self.store.reply_key
+            token = lambda e: reply_token(reply_key, e.key)  # noqa: E731
         sent = 0
         for group in self.store.due_groups(window, now):
             domain = self.config.smtp.sender.rpartition("@")[2] or "localhost"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import email
 import email.policy
 import email.utils
+import hmac
 import imaplib
 import logging
 import re
@@ -93,8 +94,12 @@ class ReplyReader:
                 _, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
                 raw = next((item[1] for item in data if isinstance(item, tuple)), b"")
                 msg = email.message_from_bytes(raw, policy=email.policy.default)
-                actions.append(self.act(msg))  # type: ignore[arg-type]
-                imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+                try:  # one mail that cannot be read (a bogus charset) must not block the rest
+                    actions.append(self.act(msg))  # type: ignore[arg-type]
+                except Exception as exc:
+                    log.warning("reply %s ignored: %s", uid.decode(), clean_header(str(exc), limit=200))
+                finally:
+                    imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
         finally:
             try:
                 imap.logout()
@@ -117,9 +122,10 @@ class ReplyReader:
         text = msg.get_body(preferencelist=("plain",))
         quoted = str(text.get_content()) if text is not None else ""
         targets = []
-        for short, _ in _TOKEN.findall(quoted):
+        for short, mac in _TOKEN.findall(quoted):
             s = by_id.get(short)
-            if s is not None and reply_token(self.store.nonce, s.key) == f"{short}.{_}":
+            if s is not None and hmac.compare_digest(reply_token(self.store.reply_key, s.key),
+                                                     f"{short}.{mac}"):
                 targets.append(s)
         if not targets:
             return self._ignored(sender, "it quotes no valid monitor-token of a current alert")

@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterable
@@ -108,9 +109,10 @@ def alert_id(key: str) -> str:
     return hashlib.sha1(key.encode()).hexdigest()[:6]
 
 
-def reply_token(nonce: str, key: str) -> str:
+
+def reply_token(secret: str, key: str) -> str:
     """What a reply must quote to act on an alert: its id and a MAC only this agent makes."""
-    mac = hmac.new(nonce.encode(), key.encode(), hashlib.sha256).hexdigest()[:10]
+    mac = hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()[:10]
     return f"{alert_id(key)}.{mac}"
 
 
@@ -142,13 +144,14 @@ class AlertStore:
         self._connect = self.file.connect
         # Part of every alert Message-ID: a fresh file (moved aside when damaged) restarts the
         # queue's ids, and must not make Message-IDs the outbox has seen already.
-        self.nonce = "" if readonly else self._nonce()
+        self.nonce = "" if readonly else self._meta("nonce", uuid.uuid4().hex[:12])
+        # The key of the reply tokens: never shown in a mail (the nonce is, in every Message-ID).
+        self.reply_key = "" if readonly else self._meta("reply_key", secrets.token_hex(32))
 
-    def _nonce(self) -> str:
+    def _meta(self, name: str, initial: str) -> str:
         with self._connect() as db:
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('nonce', ?)",
-                       (uuid.uuid4().hex[:12],))
-            return db.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()[0]
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (name, initial))
+            return db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()[0]
 
     def close(self) -> None:
         self.file.close()

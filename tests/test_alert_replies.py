@@ -168,3 +168,14 @@ async def test_ack_and_silence_by_replying_to_the_alert_mail(tmp_path, dovecot):
         assert not any("still mail.example.net" in s for s in rec.subjects())
     finally:
         server.close()
+
+
+def test_the_reply_key_is_not_the_nonce_every_message_id_shows(tmp_path):
+    """Every alert Message-ID carries the store's nonce: a token made from it must not act."""
+    from alerts.state import AlertStore, reply_token
+
+    store = AlertStore(tmp_path / "alerts.db")
+    key = "rule\x00host\x00check"
+    assert store.reply_key and store.reply_key != store.nonce
+    assert reply_token(store.nonce, key) != reply_token(store.reply_key, key)
+    assert AlertStore(tmp_path / "alerts.db").reply_key == store.reply_key  # kept across restarts
