@@ -60,8 +60,13 @@ def migrate_percent_names(root: Path) -> int:
     """Rename the files and directories that earlier versions named with %XX escapes to the
     =XX names of `safe_name` (the same name with "%" for "=", which those versions always
     escaped: the mapping is one to one), and the index's keys with them. Returns how many were
-    renamed. Files keep their content, so no history is lost."""
+    renamed. Files keep their content, so no history is lost. Done once per data directory
+    (a marker file records it): every store opens through here, the agent's reload too, and a
+    scan of tens of thousands of files each time would be paid for nothing."""
+    marker = root / ".names-migrated"
     renamed = 0
+    if marker.exists():
+        return 0
     try:
         targets = [d for d in root.iterdir() if d.is_dir()]
     except FileNotFoundError:
@@ -88,6 +93,7 @@ def migrate_percent_names(root: Path) -> int:
         if isinstance(files, dict) and any("%" in rel for rel in files):
             raw["files"] = {rel.replace("%", "="): entry for rel, entry in files.items()}
             atomic_write(index, json.dumps(raw, indent=1))
+        marker.touch()
     if renamed:
         log.warning("store: renamed %d RRD file(s) under %s from %%XX to =XX names (librrd "
                     "treats %% in file names as a format)", renamed, root)
