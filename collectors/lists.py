@@ -522,7 +522,7 @@ class ListsCollector:
                     mailman3_lists, cfg.mailman3_url, cfg.mailman3_user, cfg.mailman3_password,
                     cfg.timeout))
             except (OSError, ValueError) as exc:
-                problems.append(f"Mailman 3 REST API {cfg.mailman3_url}: {exc}")
+                problems.append(f"Mailman 3 REST API {cfg.mailman3_url}: {clean(exc, 200)}")
         if subscribers:
             state.subscribers.update(subscribers)
             state.subscribers_at = now

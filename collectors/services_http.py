@@ -14,6 +14,7 @@ from __future__ import annotations
 import _ssl
 import asyncio
 import base64
+import dataclasses
 import re
 import socket
 import ssl
@@ -351,7 +352,11 @@ class Probe:
         own_site = hop.site == first.site
         sni = server_name(check) if own_site else hop.site_name
         auth = basic_auth(check.url) if own_site else None
-        context = await contexts.get(check, verify) if hop.tls else None
+        # Credentials (basic auth, a client certificate) go to the configured site only, never
+        # to a site a redirect points at.
+        tls_check = check if own_site else dataclasses.replace(check, client_cert=None,
+                                                               client_key=None)
+        context = await contexts.get(tls_check, verify) if hop.tls else None
         reason = None
         try:
             answer = await self.request(session, hop, context, sni, auth)
@@ -359,7 +364,8 @@ class Probe:
             # Ask again without verifying, to learn when the rejected certificate expires.
             error = exc.certificate_error
             reason = getattr(error, "verify_message", None) or str(error)
-            answer = await self.request(session, hop, await contexts.get(check, False), sni, auth)
+            answer = await self.request(session, hop, await contexts.get(tls_check, False), sni,
+                                        auth)
         if not hop.tls:
             return answer, None
         cert = cert_verdict(check, answer.chain, now, name=None if own_site else hop.site_name)

@@ -168,7 +168,10 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
 def hide_password(check: ServiceCheck, text: str) -> str:
     """A server that echoes what it got must not put the password into our messages."""
     if check.password:
-        for secret in (check.password, _plain_credentials(check)):
+        password = check.password
+        # as sent (PLAIN, LOGIN's base64) and as a server's echo reaches a message (repr escapes)
+        for secret in (password, repr(password)[1:-1], _plain_credentials(check),
+                       base64.b64encode(password.encode()).decode()):
             text = text.replace(secret, "***")
     return text
 

@@ -1047,3 +1047,18 @@ async def test_dnssec_validation_status_from_a_validating_unbound(tmp_path):
     assert unvalidated.state == State.CRITICAL
     assert unvalidated.message.startswith(f"DNS 127.0.0.1:{authority} answered www.signed.test A "
                                           "without the AD flag: not DNSSEC-validated")
+
+
+def test_an_echoed_password_is_hidden_however_it_reaches_the_message():
+    """Servers that echo what they got: the password as typed, as repr escapes it in a message,
+    and as AUTH LOGIN sends it (base64) all become ***."""
+    import base64
+
+    from collectors.services_tcp import hide_password
+
+    password = "pa\\ss'wo\"rd"
+    check = ServiceCheck(name="login", kind="pop3", host="127.0.0.1", username="probe",
+                         password=password)
+    echoes = [password, repr(password)[1:-1], base64.b64encode(password.encode()).decode()]
+    message = hide_password(check, "refused: " + " / ".join(echoes))
+    assert message == "refused: *** / *** / ***"
