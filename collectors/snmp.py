@@ -474,6 +474,9 @@ class DevicePoller:
                      device.name, self.identity, identity)
             self.state = CounterState(self.interval)
             self.known.clear()
+            # nor its MACs, addresses, ports and utilisation timers (the inventory is walked
+            # afresh at the next poll)
+            self.inventory, self.inventory_at, self.busy_since, self.ports = {}, None, {}, {}
         self.identity = identity
         interfaces = interfaces_from_tables(tables, device.identity)
         if device.version != "1":
