@@ -9,9 +9,9 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev 
 	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping \
 	borgbackup systemd sudo \
 	unbound openssh-server postfix dovecot-imapd dovecot-pop3d dovecot-lmtpd vsftpd nginx \
-	monitoring-plugins-standard bind9-dnsutils
+	monitoring-plugins-standard bind9-dnsutils \
+	redis-server nut-server nut-client munin munin-node munin-plugins-core fping
 STAMP := $(VENV)/.installed
-APT_PACKAGES += nginx  # the http/https tests start their own
 
 .PHONY: demo test lint deps system-deps bench clean deb
 
