@@ -3,6 +3,7 @@ and the certificate verdict (days to expiry, host name, chain)."""
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
 import contextlib
 import datetime
@@ -22,14 +23,16 @@ def hostport(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# http/https checks are labelled by their site (services_http.site_label), dns and ping by
+# their target: these are the kinds whose label is the check's host and port.
 LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
-          "http": "HTTP", "https": "HTTPS", "roundtrip": "MAIL ROUND TRIP"}
+          "roundtrip": "MAIL ROUND TRIP"}
 
 
 def label(check: ServiceCheck) -> str:
     name = LABELS.get(check.kind, check.kind.upper())
-    if check.tls and check.kind not in ("https", "roundtrip"):
-        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
+    if check.tls and check.kind != "roundtrip":
+        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp") else "+TLS"
     return f"{name} {hostport(check.host, check.port)}"
 
 
@@ -119,6 +122,27 @@ class Stage:
         self.note = ""  # more for a timeout message: where an http check was ("(after 1 redirect...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
+
+
+def peer_chain(link: asyncio.BaseTransport | asyncio.StreamWriter | None) -> list[bytes]:
+    """The certificates the server sent (DER), its own first; [] without TLS. `link`: a stream
+    writer or a transport (aiohttp's, aiosmtplib's), anything with get_extra_info.
+
+    The rest of the chain matters because an intermediate that expires before the server's own
+    certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
+    SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects, not DER).
+    """
+    obj = link.get_extra_info("ssl_object") if link is not None else None
+    if obj is None:
+        return []
+    leaf = obj.getpeercert(binary_form=True)
+    chain_of = (getattr(obj, "get_unverified_chain", None)
+                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
+    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
+            for cert in (chain_of() if chain_of is not None else None) or []]
+    if leaf is None:
+        return sent
+    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:

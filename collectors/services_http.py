@@ -1,6 +1,7 @@
 """http/https checks on aiohttp: status, a text or pattern in the body, redirects followed hop by
 hop (each TLS site's certificate and chain judged by cert_verdict), vhost and SNI, basic auth
-from the URL, a proxy, POST with a body and client certificates.
+(username with password_file/password_env, or from the URL), a proxy, POST with a body and
+client certificates.
 
 Redirects are followed here, not by aiohttp, because each hop is its own verdict: the site it
 names decides the TLS name, a failure names the server that failed, and credentials go to the
@@ -11,7 +12,6 @@ caller's timeout bounds the whole check.
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import base64
 import dataclasses
@@ -32,6 +32,7 @@ from collectors.services_base import (
     cert_verdict,
     error_text,
     hostport,
+    peer_chain,
     secs,
     server_name,
 )
@@ -131,31 +132,24 @@ def basic_auth(url: str | None) -> str | None:
     parts = urlsplit(url or "")
     if parts.username is None:
         return None
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
+    return _basic(unquote(parts.username), unquote(parts.password or ""))
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def site_login(check: ServiceCheck) -> str | None:
+    """The check's basic auth for its own site: username with the password of password_file /
+    password_env (the loader's secret), or user:password@ in the URL."""
+    if check.username is not None:
+        return _basic(check.username, check.password or "")
+    return basic_auth(check.url)
 
 
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
-    """The certificates the server sent (DER), its own first; [] without TLS.
-
-    (A copy of services_tcp.peer_chain for a transport.) Python 3.13 has get_unverified_chain()
-    on SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects)."""
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if obj is None:
-        return []
-    leaf = obj.getpeercert(binary_form=True)
-    chain_of = (getattr(obj, "get_unverified_chain", None)
-                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
-    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
-            for cert in (chain_of() if chain_of is not None else None) or []]
-    if leaf is None:
-        return sent
-    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def untrusted(cert: Outcome, reason: str) -> Outcome:
@@ -351,7 +345,7 @@ class Probe:
         check, contexts = self.check, self.stage.contexts
         own_site = hop.site == first.site
         sni = server_name(check) if own_site else hop.site_name
-        auth = basic_auth(check.url) if own_site else None
+        auth = site_login(check) if own_site else None
         # Credentials (basic auth, a client certificate) go to the configured site only, never
         # to a site a redirect points at.
         tls_check = check if own_site else dataclasses.replace(check, client_cert=None,

@@ -19,7 +19,7 @@ from email.utils import formatdate, make_msgid
 
 import aiosmtplib
 
-from collectors.services_base import Outcome, Stage, cert_verdict, hostport, label, secs
+from collectors.services_base import Outcome, Stage, cert_verdict, hostport, label, peer_chain, secs
 from collectors.services_tcp import (
     CertRejected,
     ProtocolError,
@@ -29,7 +29,6 @@ from collectors.services_tcp import (
     hide_password,
     imap_login,
     imap_tagged,
-    peer_chain,
     read_line,
 )
 from monitor.config import ServiceCheck

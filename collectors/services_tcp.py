@@ -9,7 +9,6 @@ stages, so a server that accepts and stalls the handshake is reported as such.
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import base64
 import ssl
@@ -20,6 +19,7 @@ from collectors.services_base import (
     Stage,
     cert_verdict,
     label,
+    peer_chain,
     secs,
     server_name,
 )
@@ -74,27 +74,6 @@ async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: b
         await writer.start_tls(context, server_hostname=sni or server_name(check))
     except ssl.SSLCertVerificationError as exc:
         raise CertRejected(exc.verify_message or str(exc)) from None
-
-
-def peer_chain(writer: asyncio.StreamWriter) -> list[bytes]:
-    """The certificates the server sent (DER), its own first; [] without TLS.
-
-    The rest of the chain matters because an intermediate that expires before the server's own
-    certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
-    SSL objects; 3.10-3.12 only on the underlying _ssl socket (certificate objects, not DER).
-    """
-    obj = writer.get_extra_info("ssl_object")
-    if obj is None:
-        return []
-    leaf = obj.getpeercert(binary_form=True)
-    chain_of = (getattr(obj, "get_unverified_chain", None)
-                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
-    sent = []
-    for cert in (chain_of() if chain_of is not None else None) or []:
-        sent.append(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER))
-    if leaf is None:
-        return sent
-    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def close(writer: asyncio.StreamWriter | None) -> None:

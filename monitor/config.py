@@ -327,7 +327,8 @@ class ServiceCheck:
     cert_critical_days: Annotated[float, Range(0, None)] = 7.0
     # smtp: the name sent with EHLO (default: the agent's host name).
     helo: str | None = None
-    # smtp/imap/pop3 login with a test account (over TLS only); the password never shows.
+    # smtp/imap/pop3 login, http(s) basic auth, with a test account (over TLS only); the
+    # password never shows.
     username: str | None = None
     password: Secret = field(default=None, repr=False)
     # roundtrip: a probe mail submitted over SMTP (host, port, tls/starttls, login) to rcpt_to,
@@ -515,16 +516,24 @@ class ServiceCheck:
                                   f"not a valid international name: {value!r}") from None
 
     def _validate_login(self) -> None:
-        if self.kind not in ("smtp", "imap", "pop3", "roundtrip"):
-            raise Invalid("username", f"only smtp, imap, pop3 and roundtrip checks log in (this is "
-                                      f"{self.kind})")
+        if self.kind not in ("smtp", "imap", "pop3", "roundtrip", "http", "https"):
+            raise Invalid("username", f"only smtp, imap, pop3, http(s) and roundtrip checks log in "
+                                      f"(this is {self.kind})")
+        if self.kind in ("http", "https") and "@" in (self.url or "").partition("//")[2].split("/")[0]:
+            raise Invalid("username", "the url has user:password@ too: give the login one way "
+                                      "(username with password_file is the one that keeps the "
+                                      "password out of the config)")
+        if self.kind in ("http", "https") and ":" in (self.username or ""):
+            raise Invalid("username", "HTTP basic auth cannot carry a ':' in the user name "
+                                      "(RFC 7617)")
         if not self.username:
             raise Invalid("username", "a login check needs username = \"NAME\" with the password")
         if not self.password:
             raise Invalid("password", "a login check needs password_file = \"PATH\" (or password_env)")
-        if not (self.tls or self.starttls):
-            raise Invalid("username", "a login check needs tls = true or starttls = true: the "
-                                      "password must not cross the network in clear")
+        if not (self.tls or self.starttls or (self.url or "").lower().startswith("https:")):
+            raise Invalid("username", "a login check needs tls = true or starttls = true (http: "
+                                      "an https check): the password must not cross the "
+                                      "network in clear")
         for key_name, value in (("username", self.username), ("password", self.password)):
             if re.search(r"[\x00\r\n]", value):
                 raise Invalid(key_name, "must not contain NUL, CR or LF")

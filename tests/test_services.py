@@ -915,7 +915,7 @@ def test_login_config(write_config, tmp_path):
         f'kind = "imap"\nusername = "u"\npassword_file = "{secret}"\n')
     assert "services[0].password: a login check needs password_file" in error(
         'kind = "pop3"\ntls = true\nusername = "u"\n')
-    assert "services[0].username: only smtp, imap, pop3 and roundtrip checks log in" in error(
+    assert "services[0].username: only smtp, imap, pop3, http(s) and roundtrip checks log in" in error(
         f'kind = "ssh"\nusername = "u"\npassword_file = "{secret}"\n')
 
 
@@ -1062,3 +1062,11 @@ def test_an_echoed_password_is_hidden_however_it_reaches_the_message():
     echoes = [password, repr(password)[1:-1], base64.b64encode(password.encode()).decode()]
     message = hide_password(check, "refused: " + " / ".join(echoes))
     assert message == "refused: *** / *** / ***"
+
+
+def test_one_peer_chain_and_labels_only_for_the_kinds_that_use_them():
+    from collectors import services_base, services_http, services_tcp
+
+    assert services_http.peer_chain is services_tcp.peer_chain is services_base.peer_chain
+    # http/https are labelled by their site (services_http.site_label), not by LABELS
+    assert not {"http", "https"} & services_base.LABELS.keys()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from monitor.config import ConfigError, load_config
 from monitor.model import State
 from tests import http_servers as web
 from tests import service_servers as srv
@@ -156,6 +157,53 @@ async def test_basic_auth_from_the_url_is_sent_and_never_shown(nginx):
         assert "probe" not in result.message
 
 
+async def test_basic_auth_with_username_and_password_file(nginx, write_config, tmp_path):
+    secret = tmp_path / "web.secret"
+    secret.write_text("s3cr@t\n")
+    secret.chmod(0o600)
+    config = load_config(write_config(f"""
+        [[services]]
+        name = "private"
+        kind = "https"
+        host = "localhost"
+        port = {nginx.https}
+        path = "/private/"
+        ca_file = "{nginx.ca}"
+        expect_text = "private page"
+        username = "probe"
+        password_file = "{secret}"
+        timeout = "15s"
+
+        [[services]]
+        name = "by-env"
+        kind = "https"
+        host = "localhost"
+        port = {nginx.https}
+        path = "/private/"
+        ca_file = "{nginx.ca}"
+        username = "probe"
+        password_env = "WEB_SECRET"
+        timeout = "15s"
+    """), environ={"WEB_SECRET": "wrong-one"})
+    good, wrong = await run(*config.services)
+    assert good.state == State.OK, good.message
+    assert wrong.state == State.CRITICAL and "answered 401 Unauthorized" in wrong.message
+    for result in (good, wrong):
+        assert "s3cr" not in result.message and "wrong-one" not in result.message
+
+    def error(body: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
+        return str(info.value)
+
+    assert "services[0].username: a login check needs tls = true" in error(
+        f'kind = "http"\nhost = "a"\nusername = "u"\npassword_file = "{secret}"\n')
+    assert "services[0].username: the url has user:password@ too" in error(
+        f'kind = "https"\nurl = "https://u:p@a/"\nusername = "u"\npassword_file = "{secret}"\n')
+    assert "services[0].username: HTTP basic auth cannot carry a ':'" in error(
+        f'kind = "https"\nhost = "a"\nusername = "u:v"\npassword_file = "{secret}"\n')
+
+
 async def test_international_names_go_out_in_their_ascii_form(nginx):
     by_vhost, by_url = await run(
         svc("http", nginx.http, "vhost", vhost="bücher.example", expect_text="international"),
@@ -174,6 +222,21 @@ async def test_client_certificate(nginx):
     assert without.state == State.CRITICAL and "answered 400" in without.message
     assert with_cert.state == State.OK, with_cert.message
     assert "certificate valid for 90 days" in with_cert.message
+
+
+async def test_client_certificate_is_not_sent_on_a_redirect_to_another_site(nginx):
+    # `other` takes a client certificate if one comes (ssl_verify_client optional) and says
+    # whether it got one; the same site again (`/again`) still gets it.
+    cert = {"ca_file": nginx.ca, "client_cert": nginx.client[0], "client_key": nginx.client[1],
+            "follow_redirects": 1}
+    elsewhere, again = await run(
+        # (with the certificate it would say "client certificate: SUCCESS CN=probe...")
+        svc("https", nginx.mtls, "elsewhere", path="/elsewhere",
+            expect_text="client certificate: NONE", timeout=15, **cert),
+        svc("https", nginx.mtls, "again", path="/again", expect_text="CN=probe.example.net", **cert))
+    assert elsewhere.state == State.OK, elsewhere.message
+    assert again.state == State.OK, again.message
+    assert "after 1 redirect" in elsewhere.message and "after 1 redirect" in again.message
 
 
 async def test_gzip_from_nginx_is_decoded(nginx):
