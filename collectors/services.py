@@ -81,6 +81,9 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
     except TimeoutError:
         if check.kind == "plugin":
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
+        if stage.doing.startswith("name lookup of "):  # http: the DNS stage, not the server
+            return Outcome(State.CRITICAL, f"{_where(check, target)}: {stage.doing} timed out "
+                           f"after {secs(check.timeout)}{stage.note}")
         what = WAITING.get(stage.doing, f"sent no {stage.doing}")
         return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
                        f"{f' (got {clean(stage.got)!r})' if stage.got else ''}{stage.note}")

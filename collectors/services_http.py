@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
@@ -36,7 +37,7 @@ from collectors.services_base import (
     secs,
     server_name,
 )
-from monitor.config import ServiceCheck
+from monitor.config import ServiceCheck, address_and_port
 from monitor.model import State
 from monitor.text import clean
 
@@ -206,9 +207,46 @@ def _on(event: str):
     """A tracing callback: the probe (the request's trace context) notes the event's time."""
 
     async def note(session, context, params) -> None:
-        context.trace_request_ctx.phase(event)
+        context.trace_request_ctx.phase(event, getattr(params, "host", ""))
 
     return note
+
+
+class ServerResolver(AbstractResolver):
+    """Addresses (A, AAAA) of a name from one DNS server: a check's `resolver`, instead of the
+    system's. Its time is the check's: the check's timeout cancels a lookup that stalls."""
+
+    def __init__(self, server: str) -> None:
+        import dns.asyncresolver
+
+        self.resolver = dns.asyncresolver.Resolver(configure=False)
+        address, self.resolver.port = address_and_port(server, 53)
+        self.resolver.nameservers = [address]
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        import dns.exception
+        import dns.resolver
+
+        kinds = {socket.AF_INET: ["A"], socket.AF_INET6: ["AAAA"]}.get(family, ["A", "AAAA"])
+        found: list[ResolveResult] = []
+        for kind in kinds:
+            try:
+                answer = await self.resolver.resolve(host, kind, lifetime=3600)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                raise socket.gaierror(socket.EAI_AGAIN, f"DNS server {self.resolver.nameservers[0]}"
+                                      f": {exc}") from None
+            inet = socket.AF_INET if kind == "A" else socket.AF_INET6
+            found.extend(ResolveResult(hostname=host, host=record.address, port=port, family=inet,
+                                       proto=0, flags=socket.AI_NUMERICHOST) for record in answer)
+        if not found:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return found
+
+    async def close(self) -> None:
+        return None
 
 
 def _tracing() -> aiohttp.TraceConfig:
@@ -242,10 +280,14 @@ class Probe:
         self.phases = {"dns_seconds": 0.0, "connect_seconds": 0.0, "first_byte_seconds": 0.0}
         self._began: dict[str, float] = {}
 
-    def phase(self, event: str) -> None:
+    def phase(self, event: str, host: str = "") -> None:
         now = time.monotonic()
         began = self._began
-        if event == "dns_end" and "dns_start" in began:
+        if event == "dns_start":
+            # A stall from here on is the name lookup's, not the web server's.
+            self.stage.doing = f"name lookup of {clean(host, 60)}"
+        elif event == "dns_end" and "dns_start" in began:
+            self.stage.doing = "connect"
             self.phases["dns_seconds"] += now - began["dns_start"]
             # The name resolution is part of the connection's time: not counted twice.
             began["connect_start"] = began.get("connect_start", now) + now - began["dns_start"]
@@ -273,8 +315,9 @@ class Probe:
         return False
 
     def session(self) -> aiohttp.ClientSession:
+        resolver = ServerResolver(self.check.resolver) if self.check.resolver else None
         connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, limit=0,
-                                         socket_factory=self._socket)
+                                         socket_factory=self._socket, resolver=resolver)
         return aiohttp.ClientSession(
             connector=connector, response_class=Response, cookie_jar=aiohttp.DummyCookieJar(),
             trace_configs=[TRACING],

@@ -351,6 +351,9 @@ class ServiceCheck:
     proxy: str | None = None
     client_cert: ConfigPath | None = None
     client_key: ConfigPath | None = None
+    # The DNS server asked for the host's address ("192.0.2.53", "[2001:db8::53]:5353");
+    # default: the system's resolver (/etc/hosts, resolv.conf).
+    resolver: str | None = None
     # dns
     query: str | None = None
     query_type: str = "A"
@@ -410,6 +413,7 @@ class ServiceCheck:
         http_only |= {"expect_regex": self.expect_regex, "body": self.body,
                       "content_type": self.content_type, "proxy": self.proxy,
                       "client_cert": self.client_cert, "client_key": self.client_key,
+                      "resolver": self.resolver,
                       "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
@@ -503,6 +507,13 @@ class ServiceCheck:
                                        f'got {self.proxy!r}')
         if self.client_key is not None and self.client_cert is None:
             raise Invalid("client_key", "needs client_cert (the certificate it belongs to)")
+        if self.resolver is not None:
+            try:
+                address_and_port(self.resolver, 53)
+            except ValueError:
+                raise Invalid("resolver", f'expected an IP address with an optional port like '
+                                          f'"192.0.2.53" or "[2001:db8::53]:5353", got '
+                                          f'{self.resolver!r}') from None
 
     def _international_names(self) -> None:
         """International names go on the wire (DNS, Host, SNI) in their ASCII (IDNA) form."""
@@ -559,6 +570,27 @@ class ServiceCheck:
         if self.vhost is None and parts.hostname != self.host:
             # The authority without user:password@ (that goes in an Authorization header).
             self.vhost = parts.netloc.rpartition("@")[2]
+
+
+def address_and_port(text: str, default_port: int) -> tuple[str, int]:
+    """("192.0.2.53", 5353) from "192.0.2.53:5353", ("2001:db8::53", 53) from "2001:db8::53" or
+    "[2001:db8::53]"; ValueError for anything that is not an IP address (and port)."""
+    import ipaddress
+
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(text)
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(text)
+    return host, port
 
 
 def _idna(name: str) -> str:

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
 
 from monitor.config import ConfigError, load_config
 from monitor.model import State
+from tests import daemons
 from tests import http_servers as web
 from tests import service_servers as srv
 from tests.test_services import metric, one, run, servers, svc
@@ -416,3 +418,29 @@ def test_redirect_targets():
     assert next_hop(posted, "/again", 307).method == "POST"
     assert next_hop(here, "ftp://files.example/") == "ftp://files.example/"
     assert next_hop(here, "http://www.example.net:99999/") == "http://www.example.net:99999/"
+
+
+async def test_a_stalled_name_lookup_names_the_dns_stage(nginx, tmp_path):
+    # A "resolver" that takes the query and never answers, and real unbound for the good case.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        stalled = f"127.0.0.1:{silent.getsockname()[1]}"
+        with daemons.unbound(tmp_path, ['local-zone: "example.test." static',
+                                        'local-data: "www.example.test. 300 IN A 127.0.0.1"']) as port:
+            lookup, redirected, good = await run(
+                svc("http", nginx.http, "lookup", host="www.example.test", resolver=stalled,
+                    timeout=1),
+                svc("http", nginx.http, "redirected", path="/to-https", follow_redirects=1,
+                    resolver=stalled, timeout=1),
+                svc("http", nginx.http, "good", host="www.example.test",
+                    resolver=f"127.0.0.1:{port}", path="/host", expect_text="www.example.test"))
+    finally:
+        silent.close()
+    assert lookup.message == (f"HTTP www.example.test:{nginx.http}: name lookup of "
+                              "www.example.test timed out after 1.00 s")
+    assert redirected.message == (f"HTTP 127.0.0.1:{nginx.http}: name lookup of localhost "
+                                  f"timed out after 1.00 s (after 1 redirect, at HTTPS "
+                                  f"localhost:{nginx.https}/host)")
+    assert good.state == State.OK, good.message
+    assert metric(good, "dns_seconds").value > 0
