@@ -26,10 +26,10 @@ from collectors.services_tcp import (
     close,
     command,
     connect,
-    hide_password,
     imap_login,
     imap_tagged,
     read_line,
+    said,
 )
 from monitor.config import ServiceCheck
 from monitor.model import State
@@ -72,16 +72,16 @@ async def _submit(check: ServiceCheck, stage: Stage, verify: bool, now: float,
             await smtp.auth_login(check.username, check.password)
         else:
             raise ProtocolError(f"offers no AUTH PLAIN or LOGIN (AUTH "
-                                f"{clean(' '.join(smtp.server_auth_methods), 40) or 'none'}) to "
+                                f"{said(check, ' '.join(smtp.server_auth_methods), 40) or 'none'}) to "
                                 "log in with")
         stage.doing = "answer to the submission"
         await smtp.send_message(message)
         await smtp.quit()
     except aiosmtplib.SMTPAuthenticationError as exc:
         raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
-                            f"'{exc.code} {clean(exc.message)}' in {{t}}") from None
+                            f"'{exc.code} {said(check, exc.message)}' in {{t}}") from None
     except aiosmtplib.SMTPResponseException as exc:
-        raise ProtocolError(f"answered '{exc.code} {clean(exc.message)}' to the {stage.doing} "
+        raise ProtocolError(f"answered '{exc.code} {said(check, exc.message)}' to the {stage.doing} "
                             "in {t}") from None
     except aiosmtplib.SMTPException as exc:
         cause = exc.__cause__ or exc.__context__
@@ -89,7 +89,7 @@ async def _submit(check: ServiceCheck, stage: Stage, verify: bool, now: float,
             raise CertRejected(cause.verify_message or str(cause)) from None
         if isinstance(cause, OSError):
             raise cause from None
-        raise ProtocolError(f"failed at the {stage.doing}: {clean(str(exc))}") from None
+        raise ProtocolError(f"failed at the {stage.doing}: {said(check, str(exc))}") from None
     finally:
         smtp.close()
 
@@ -107,13 +107,13 @@ async def _find_and_delete(check: ServiceCheck, stage: Stage, verify: bool, tag:
         stage.doing = "IMAP greeting"
         greeting = await read_line(reader)
         if not greeting.upper().startswith("* OK"):
-            raise ProtocolError(f"(IMAP) greeted {clean(greeting)!r} instead of * OK in {{t}}")
+            raise ProtocolError(f"(IMAP) greeted {said(check, greeting)!r} instead of * OK in {{t}}")
         await imap_login(check, stage, reader, writer)
         stage.doing = "SELECT reply"
         await command(writer, "m3 SELECT INBOX")
         reply, _ = await imap_tagged(reader, "m3")
         if not reply.upper().startswith("M3 OK"):
-            raise ProtocolError(f"(IMAP) refused to open the INBOX: {clean(reply[3:])!r} in {{t}}")
+            raise ProtocolError(f"(IMAP) refused to open the INBOX: {said(check, reply[3:])!r} in {{t}}")
         stage.doing = "delivery"
         number = 0
         while True:
@@ -122,7 +122,7 @@ async def _find_and_delete(check: ServiceCheck, stage: Stage, verify: bool, tag:
             reply, untagged = await imap_tagged(reader, f"u{number}")
             seen = time.monotonic()
             if not reply.upper().startswith(f"U{number} OK"):
-                raise ProtocolError(f"(IMAP) refused the search: {clean(reply)!r} in {{t}}")
+                raise ProtocolError(f"(IMAP) refused the search: {said(check, reply)!r} in {{t}}")
             uids = [uid for line in untagged if line.upper().startswith("* SEARCH")
                     for uid in line.split()[2:]]
             if uids:
@@ -153,8 +153,7 @@ async def probe_roundtrip(check: ServiceCheck, stage: Stage, now: float, verify:
         seen, late = await _find_and_delete(check, stage, verify, tag, token)
     except ProtocolError as exc:
         elapsed = time.monotonic() - start
-        return Outcome(State.CRITICAL, hide_password(
-            check, f"{name} {str(exc).replace('{t}', secs(elapsed))}"), elapsed)
+        return Outcome(State.CRITICAL, f"{name} {str(exc).replace('{t}', secs(elapsed))}", elapsed)
     delivery = seen - submitted
     late_note = f"; deleted {late} probe{'s' if late > 1 else ''} of earlier runs" if late else ""
     return Outcome(State.OK, f"{name} delivered a probe to {clean(check.rcpt_to, 60)} in "

@@ -1050,8 +1050,8 @@ async def test_dnssec_validation_status_from_a_validating_unbound(tmp_path):
 
 
 def test_an_echoed_password_is_hidden_however_it_reaches_the_message():
-    """Servers that echo what they got: the password as typed, as repr escapes it in a message,
-    and as AUTH LOGIN sends it (base64) all become ***."""
+    """Servers that echo what they got: the password as typed, as AUTH LOGIN sends it (base64)
+    and as AUTH PLAIN does (with the user name) all become ***."""
     import base64
 
     from collectors.services_tcp import hide_password
@@ -1059,9 +1059,30 @@ def test_an_echoed_password_is_hidden_however_it_reaches_the_message():
     password = "pa\\ss'wo\"rd"
     check = ServiceCheck(name="login", kind="pop3", host="127.0.0.1", username="probe",
                          password=password)
-    echoes = [password, repr(password)[1:-1], base64.b64encode(password.encode()).decode()]
+    echoes = [password, base64.b64encode(password.encode()).decode(),
+              base64.b64encode(f"\0probe\0{password}".encode()).decode()]
     message = hide_password(check, "refused: " + " / ".join(echoes))
     assert message == "refused: *** / *** / ***"
+
+
+async def test_a_password_echoed_anywhere_in_a_reply_never_reaches_the_message(servers, certs):
+    """Servers that echo the password at every offset, across the cut of an 80-character
+    message too: not even a prefix of it may survive."""
+    password = "Qx7!Zr9#Lm2$Wp5&"
+    context = srv.server_context(certs["valid"])
+    checks = []
+    for pad in range(0, 96, 3):
+        for kind in ("smtp", "imap", "pop3", "roundtrip"):
+            port = await servers(srv.echoing("smtp" if kind == "roundtrip" else kind, pad), context)
+            extra = {"rcpt_to": "probe@example.net", "imap_port": port} if kind == "roundtrip" else {}
+            checks.append(svc(kind, port, f"{kind}-{pad}", tls=True, verify=False,
+                              username="probe", password=password, **extra))
+    results = await run(*checks)
+    pieces = {password[i:i + 4] for i in range(len(password) - 3)}
+    for result in results:
+        assert result.state == State.CRITICAL and "refused the login" in result.message, result.message
+        leaked = [piece for piece in pieces if piece in result.message]
+        assert not leaked, (result.check, result.message)
 
 
 def test_one_peer_chain_and_labels_only_for_the_kinds_that_use_them():
