@@ -25,6 +25,7 @@ from collectors.services_base import (
     hostport,
     label,
     secs,
+    untrusted,
 )
 from collectors.services_dns import compare_serials, probe_dns
 from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
@@ -59,7 +60,7 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
     if check.kind == "plugin":
         return await probe_plugin(check, stage)
     if check.kind == "roundtrip":
-        return await probe_roundtrip(check, stage, now, verify)
+        return await probe_roundtrip(check, stage, now)
     return await probe_text(check, stage, now, verify)
 
 
@@ -94,11 +95,8 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
         return Outcome(State.CRITICAL, f"{_where(check, target)} {text} after "
                        f"{secs(time.monotonic() - start)}")
     cert = stage.cert
-    if verify_error is not None and cert is not None and (
-            cert.state == State.OK or "expired" not in cert.message):
-        cert.state = State.CRITICAL
-        cert.message = (f"certificate not trusted: {clean(verify_error)}; "
-                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    if verify_error is not None and cert is not None:
+        cert = untrusted(cert, verify_error)
     outcome = thresholds(check, outcome)
     if cert is not None:
         outcome.metrics.update(cert.metrics)

@@ -248,3 +248,40 @@ def cert_verdict(check: ServiceCheck, chain: list[bytes], now: float,
                        metrics=metrics)
     state = State.worst(s for s, _ in problems)
     return Outcome(state, "; ".join(m for _, m in problems), metrics=metrics)
+
+
+def untrusted(cert: Outcome, reason: str) -> Outcome:
+    """The verdict of a certificate the handshake refused, with its expiry still measured."""
+    if cert.state == State.OK or "expired" not in cert.message:
+        cert.state = State.CRITICAL
+        cert.message = (f"certificate not trusted: {clean(reason)}; "
+                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    return cert
+
+
+def tls_verdict(check: ServiceCheck, chain: list[bytes], now: float, rejected: str | None,
+                name: str | None = None) -> Outcome:
+    """The one TLS judgement of every check: cert_verdict, and when the handshake refused the
+    chain (`rejected`: OpenSSL's reason; the session was then made again without verifying, to
+    see the certificates), "not trusted" with the expiry still told."""
+    cert = cert_verdict(check, chain, now, name=name)
+    return untrusted(cert, rejected) if rejected is not None else cert
+
+
+def certificates(verdicts: list[tuple[str, Outcome]]) -> Outcome | None:
+    """One certificate verdict for a check that met several TLS servers ((name, verdict): the
+    sites of a redirect chain, the submission and IMAP servers of a round trip): the first
+    one's, with any other's problem added (named), and the earliest expiry of them all."""
+    if not verdicts:
+        return None
+    (_, first), *others = verdicts
+    cert = Outcome(first.state, first.message, metrics=dict(first.metrics))
+    for name, other in others:
+        if other.state != State.OK:
+            cert.message += f"; {name}: {other.message}"
+            cert.state = State.worst([cert.state, other.state])
+        days = other.metrics.get("cert_expiry_days", (None, ""))[0]
+        mine = cert.metrics.get("cert_expiry_days", (None, ""))[0]
+        if days is not None and (mine is None or days < mine):
+            cert.metrics["cert_expiry_days"] = (days, "d")
+    return cert

@@ -30,12 +30,13 @@ from yarl import URL
 from collectors.services_base import (
     Outcome,
     Stage,
-    cert_verdict,
+    certificates,
     error_text,
     hostport,
     peer_chain,
     secs,
     server_name,
+    tls_verdict,
 )
 from monitor.config import ServiceCheck, address_and_port
 from monitor.model import State
@@ -151,15 +152,6 @@ def site_login(check: ServiceCheck) -> str | None:
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def untrusted(cert: Outcome, reason: str) -> Outcome:
-    """The verdict of a certificate the handshake refused, with its expiry still measured."""
-    if cert.state == State.OK or "expired" not in cert.message:
-        cert.state = State.CRITICAL
-        cert.message = (f"certificate not trusted: {clean(reason)}; "
-                        + cert.message.replace("certificate valid for", "certificate expires in"))
-    return cert
 
 
 def failure_text(exc: BaseException) -> str | None:
@@ -405,26 +397,8 @@ class Probe:
                                         auth)
         if not hop.tls:
             return answer, None
-        cert = cert_verdict(check, answer.chain, now, name=None if own_site else hop.site_name)
-        return answer, untrusted(cert, reason) if reason is not None else cert
-
-
-def certificates(verdicts: list[tuple[Hop, Outcome]]) -> Outcome | None:
-    """One certificate verdict for the check: the first TLS site's, with any other site's
-    problem added (named by its site), and the earliest expiry of them all."""
-    if not verdicts:
-        return None
-    (_, first), *others = verdicts
-    cert = Outcome(first.state, first.message, metrics=dict(first.metrics))
-    for hop, other in others:
-        if other.state != State.OK:
-            cert.message += f"; {hop.site_name}: {other.message}"
-            cert.state = State.worst([cert.state, other.state])
-        days = other.metrics.get("cert_expiry_days", (None, ""))[0]
-        mine = cert.metrics.get("cert_expiry_days", (None, ""))[0]
-        if days is not None and (mine is None or days < mine):
-            cert.metrics["cert_expiry_days"] = (days, "d")
-    return cert
+        return answer, tls_verdict(check, answer.chain, now, reason,
+                                   name=None if own_site else hop.site_name)
 
 
 async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool) -> Outcome:
@@ -432,7 +406,8 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
     first = hop = first_hop(check)
     where = first.where()
     probe = Probe(check, stage)
-    verdicts: list[tuple[Hop, Outcome]] = []
+    verdicts: list[tuple[str, Outcome]] = []  # (site name, its certificate's verdict)
+    sites: set[str] = set()
     hops = 0
 
     def via() -> str:
@@ -449,8 +424,9 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 at = f"{via()}: {hop.where()}" if hops else ""
                 return Outcome(State.CRITICAL, f"{where}{at} {text} after "
                                f"{secs(time.monotonic() - start)}")
-            if cert is not None and not any(h.site == hop.site for h, _ in verdicts):
-                verdicts.append((hop, cert))
+            if cert is not None and hop.site not in sites:
+                sites.add(hop.site)
+                verdicts.append((hop.site_name, cert))
                 stage.cert = certificates(verdicts)
             if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
                 target = next_hop(hop, answer.location, answer.status)

@@ -964,6 +964,26 @@ async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
                                   "login of 'probe@example.test': '535 "), bad.message
 
 
+async def test_a_refused_imap_certificate_is_judged_and_costs_no_second_probe(tmp_path):
+    names = ("localhost", "127.0.0.1", "::1")
+    smtp_cert = srv.make_cert(tmp_path, names=names, stem="smtp")
+    imap_cert = srv.make_cert(tmp_path, names=names, stem="imap")  # not the ca_file's
+    with (daemons.dovecot(imap_cert, {"probe@example.test": PASSWORD}) as dovecot,
+          daemons.postfix(smtp_cert, dovecot) as ports):
+        result, = await run(svc("roundtrip", ports["submission"], "rt", starttls=True,
+                                ca_file=smtp_cert[0], username="probe@example.test",
+                                password=PASSWORD, imap_port=dovecot.ports["imaps"], timeout=20))
+        log = (dovecot.directory / "dovecot.log").read_text()
+    assert result.state == State.CRITICAL, result.message
+    imaps = f"IMAPS 127.0.0.1:{dovecot.ports['imaps']}"
+    assert " delivered a probe to probe@example.test in " in result.message
+    assert result.message.endswith(f"; certificate valid for 90 days; {imaps}: certificate not "
+                                   "trusted: self-signed certificate; certificate expires in 90 "
+                                   "days"), result.message
+    assert "probes of earlier runs" not in result.message
+    assert log.count("saved mail to INBOX") == 1, log  # one probe mail, not one per verdict
+
+
 async def test_ftp_against_real_vsftpd():
     hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
     with daemons.vsftpd() as port:
