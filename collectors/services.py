@@ -33,7 +33,7 @@ from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State, Thresholds
 from monitor.text import clean
 from monitor.units import format_duration
 
@@ -123,18 +123,30 @@ def targets(check: ServiceCheck) -> list[str]:
     return list(check.servers) if check.kind == "dns" and check.servers else [check.host]
 
 
+def response_limits(check: ServiceCheck) -> Thresholds:
+    """The check's response-time limits as thresholds of response_seconds ("2" is above 2 s),
+    for the graphs; empty without any."""
+    return Thresholds(*(None if limit is None else f"{limit:g}"
+                        for limit in (check.warning, check.critical)))
+
+
 def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) -> CheckResult:
     response = None if outcome.response is None else round(outcome.response, 6)
+    limits = response_limits(check)
     if not outcome.metrics:  # most checks: response_seconds alone
         measurements: tuple[Measurement, ...] = (
-            Measurement(target, check.name, "response_seconds", response, Kind.GAUGE, "s", now),)
+            Measurement(target, check.name, "response_seconds", response, Kind.GAUGE, "s", now,
+                        thresholds=limits),)
     else:
         metrics = dict(outcome.metrics)
         metrics["response_seconds"] = (response, "s")
+        # A plugin's metrics each say what their thresholds are now (empty: none any more).
+        told = dict(outcome.thresholds, response_seconds=limits)
+        default = Thresholds() if check.kind == "plugin" else None
         measurements = tuple(
             Measurement(target, check.name, metric, value,
                         Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now,
-                        thresholds=outcome.thresholds.get(metric))
+                        thresholds=told.get(metric, default))
             for metric, (value, unit) in metrics.items())
     return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
 

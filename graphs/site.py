@@ -273,7 +273,8 @@ class SiteBuilder:
             except Exception as exc:  # a worker died (out of memory, killed): report, go on
                 log.error("graph worker failed: %s", exc)
                 self.close()
-                results.extend(JobResult(j.info.target, j.info.instance, render.classify(j.info.metrics),
+                results.extend(JobResult(j.info.target, j.info.instance,
+                                         render.classify(j.info.metrics, j.info.thresholds),
                                          error=f"worker failed: {exc}") for j in chunk)
             done += sum(len(job.periods) for job in chunk)
             if progress:

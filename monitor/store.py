@@ -27,7 +27,7 @@ from pathlib import Path
 import rrdtool
 
 from monitor.files import atomic_write, locked
-from monitor.model import Kind, Measurement
+from monitor.model import Kind, Measurement, Thresholds
 from monitor.units import parse_duration
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,9 @@ class SeriesInfo:
     step: int
     metrics: dict[str, str]  # metric -> DS name, in DS order
     units: dict[str, str] = field(default_factory=dict)
+    # The latest warning/critical ranges (and min/max) a producer gave per metric (a plugin's
+    # perfdata, a check's response-time limits): what graphs draw as limit lines.
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
 
 
 @dataclass
@@ -303,8 +306,9 @@ class RrdStore:
                 if stale:
                     metrics = _ds_order(path, metrics)
                     self._index_dirty = True
+                limits = {m: Thresholds(*v) for m, v in entry.get("thresholds", {}).items()}
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  metrics, dict(entry.get("units", {})))
+                                  metrics, dict(entry.get("units", {})), limits)
                 self._files[key] = _FileState(info)
 
     def _save_index(self) -> None:
@@ -319,10 +323,12 @@ class RrdStore:
             existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
             for state in self._files.values():
                 info = state.info
-                existing[str(info.path.relative_to(self.root))] = {
-                    "target": info.target, "instance": info.instance, "step": info.step,
-                    "metrics": info.metrics, "units": info.units,
-                }
+                entry = {"target": info.target, "instance": info.instance, "step": info.step,
+                         "metrics": info.metrics, "units": info.units}
+                if info.thresholds:
+                    entry["thresholds"] = {m: [t.warning, t.critical, t.low, t.high]
+                                           for m, t in info.thresholds.items()}
+                existing[str(info.path.relative_to(self.root))] = entry
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
             atomic_write(self.index_path, json.dumps({"version": 2, "files": existing},
@@ -398,6 +404,7 @@ class RrdStore:
         target = instance = timestamp = None
         names: list[str] = []
         values: list[float | None] = []
+        told: list[Measurement] = []  # samples that came with thresholds (or "none now")
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
@@ -418,6 +425,8 @@ class RrdStore:
                 state = known.get(key, _NO_FILE)
                 names, values = [], []
             names.append(m.metric)
+            if m.thresholds is not None:
+                told.append(m)
             value = m.value
             if type(value) is not int:
                 if type(value) is float:
@@ -437,7 +446,24 @@ class RrdStore:
         for key in odd:
             count += self._general(key, known.get(key), step, report, updates)
         report.updates += count
+        if told:
+            self._note_thresholds(told)
         return updates
+
+    def _note_thresholds(self, told: list[Measurement]) -> None:
+        """Keep the latest thresholds of each metric with its file's index entry (an empty
+        Thresholds() clears them); the index is written only when one changed."""
+        for m in told:
+            state = self._files.get((m.target, m.instance))
+            if state is None or m.metric not in state.info.metrics:
+                continue  # not stored (a failed create): nothing to draw them on
+            limits = state.info.thresholds
+            if limits.get(m.metric) != (m.thresholds or None):
+                if m.thresholds:
+                    limits[m.metric] = m.thresholds
+                else:
+                    del limits[m.metric]
+                self._index_dirty = True
 
     def _general(self, key: Key, state: _FileState | None, step: int, report: WriteReport,
                  updates: list[_FileState]) -> int:
