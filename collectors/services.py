@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from collectors.services_base import (
@@ -28,7 +28,15 @@ from collectors.services_base import (
     untrusted,
 )
 from collectors.services_dns import compare_serials, probe_dns
-from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
+from collectors.services_exec import (
+    SPREAD,
+    PingSeries,
+    bound_metrics,
+    plugin_timeout_message,
+    probe_ping,
+    probe_plugin,
+    spread_wait,
+)
 from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
@@ -162,6 +170,29 @@ class ServicesCollector:
     contexts: TlsContexts = field(default_factory=TlsContexts)
     # The metrics each plugin check has stored so far, to bound them (services_exec).
     plugin_metrics: dict[str, set[str]] = field(default_factory=dict)
+    # The ping series running over this interval, per ping check, and the clock they are
+    # spread by (a test's controlled one).
+    pings: dict[str, PingSeries] = field(default_factory=dict)
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+    async def ping(self, check: ServiceCheck, now: float) -> Outcome:
+        """SmokePing's way: the pings of a check go out spread over the interval, in a series
+        that no cycle waits for; a cycle reports the series of the interval just past and
+        starts the next. The first cycle (no series yet) sends its pings back to back."""
+        last = self.pings.pop(check.name, None)
+        spacing = SPREAD * self.interval / check.count  # each ping in the middle of its slot
+        self.pings[check.name] = PingSeries(check, spacing, spread_wait(check, self.interval),
+                                            spacing / 2, self.sleep, self.monotonic).start()
+        if last is None:
+            return await run_check(check, check.host, now, self.contexts)
+        return thresholds(check, last.finish())
+
+    def close(self) -> None:
+        """Stop the ping series (an agent's reload or exit): their processes are killed."""
+        for series in self.pings.values():
+            series.finish()
+        self.pings.clear()
 
     async def collect(self) -> Batch:
         # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64
@@ -174,7 +205,10 @@ class ServicesCollector:
         async def worker() -> None:
             for index, (check, target) in pending:
                 now = self.clock()
-                outcome = await run_check(check, target, now, self.contexts)
+                if check.kind == "ping":
+                    outcome = await self.ping(check, now)
+                else:
+                    outcome = await run_check(check, target, now, self.contexts)
                 if check.kind == "plugin":
                     outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
                 results[index] = to_result(check, target, outcome, now)
@@ -212,5 +246,6 @@ async def run_once(config: Config, names: list[str] | None = None) -> list[Check
         assert isinstance(collector, ServicesCollector)
         collector.checks = [c for c in collector.checks if names is None or c.name in names]
         results.extend((await collector.collect()).checks)
+        collector.close()  # once: no ping series for a next cycle
     order = {s.name: i for i, s in enumerate(config.services)}
     return sorted(results, key=lambda r: order[r.check])

@@ -31,7 +31,10 @@ def svc(kind: str, port: int | None = None, name: str = "svc", **kw) -> ServiceC
 
 async def run(*checks: ServiceCheck, concurrency: int = 64):
     collector = services.ServicesCollector("services", 60, list(checks), concurrency)
-    return (await collector.collect()).checks
+    try:
+        return (await collector.collect()).checks
+    finally:
+        collector.close()  # no ping series left running for a next cycle
 
 
 async def one(check: ServiceCheck):
@@ -767,24 +770,31 @@ def test_crlf_in_helo_or_vhost_is_refused_at_load(write_config):
 
 # -- ping the SmokePing way ---------------------------------------------------------------------
 
-PING_REPLIES = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
-64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=10.0 ms
-64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms
-64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms (DUP!)
-64 bytes from 192.0.2.1: icmp_seq=4 ttl=64 time=20.0 ms
-64 bytes from 192.0.2.1: icmp_seq=5 ttl=64 time=25.0 ms
-
---- 192.0.2.1 ping statistics ---
-5 packets transmitted, 4 received, +1 duplicates, 20% packet loss, time 804ms
-rtt min/avg/max/mdev = 10.0/21.25/30.0/7.395 ms
-"""
+def fake_ping(tmp_path: Path, rtts_ms: list[float | None]) -> Path:
+    """A stand-in for `ping -c 1`: the n-th run prints iputils' output for the n-th round trip
+    of `rtts_ms` (None: no reply), and notes its arguments in ping.log."""
+    replies = tmp_path / "replies"
+    replies.write_text("".join(f"{'lost' if ms is None else ms}\n" for ms in rtts_ms))
+    return plugin_script(tmp_path, "ping", f"""
+printf '%s\\n' "$*" >> {tmp_path}/ping.log
+n=$(wc -l < {tmp_path}/ping.log)
+ms=$(sed -n "${{n}}p" {replies})
+echo "PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data."
+if [ "$ms" = lost ]; then
+  printf '\\n--- 192.0.2.1 ping statistics ---\\n'
+  echo "1 packets transmitted, 0 received, 100% packet loss, time 0ms"
+  exit 1
+fi
+echo "64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=$ms ms"
+printf '\\n--- 192.0.2.1 ping statistics ---\\n'
+echo "1 packets transmitted, 1 received, 0% packet loss, time 0ms"
+echo "rtt min/avg/max/mdev = $ms/$ms/$ms/0.000 ms"
+""")
 
 
 async def test_ping_reports_median_and_jitter(tmp_path):
-    replay = tmp_path / "replies.txt"
-    replay.write_text(PING_REPLIES)
-    fake = plugin_script(tmp_path, "ping", f"cat {replay}\n")
-    result = await one(svc("ping", name="smoke", ping_command=fake))
+    fake = fake_ping(tmp_path, [10.0, 30.0, None, 20.0, 25.0])
+    result = await one(svc("ping", name="smoke", ping_command=fake, count=5))
     assert result.message == ("PING 127.0.0.1: 20% loss, rtt min/avg/max 10.00/21.25/30.00 ms, "
                               "median 22.50 ms, jitter 11.67 ms")
     assert metric(result, "rtt_median_seconds").value == pytest.approx(0.0225)
@@ -799,6 +809,88 @@ async def test_ping_reports_median_and_jitter(tmp_path):
             assert metric(real, "rtt_median_seconds").value > 0
         else:  # a sandbox without ICMP sockets
             assert real.state == State.UNKNOWN and "ICMP" in real.message
+
+
+class ControlledClock:
+    """A monotonic clock that moves only when the test says: `sleep` waits for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleepers: list[tuple[float, asyncio.Future]] = []
+        self.woken: list[float] = []  # when each sleeper was due, in order
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.now + delay, future))
+        await future
+
+    async def advance(self, to: float) -> None:
+        """Move to `to`, waking every sleeper due by then in order (and what they start)."""
+        while True:
+            due = sorted((t, f) for t, f in self.sleepers if t <= to and not f.done())
+            if not due:
+                break
+            at, future = due[0]
+            self.now = at
+            self.woken.append(at)
+            future.set_result(None)
+            for _ in range(50):  # let the woken series start its ping and reach its next sleep
+                await asyncio.sleep(0)
+            await settle()
+        self.now = to
+        await settle()
+
+
+async def settle() -> None:
+    """Until every ping process started so far has finished (the stand-in answers at once)."""
+    for _ in range(500):
+        await asyncio.sleep(0.002)
+        if not [t for t in asyncio.all_tasks() if "_one" in repr(t.get_coro())]:
+            return
+
+
+async def test_pings_are_spread_over_the_interval_and_never_hold_a_cycle(tmp_path, servers):
+    rtts: list[float | None] = [2.0] * 60
+    rtts[25], rtts[30] = None, 7.0  # one lost in the second series, one slow
+    fake = fake_ping(tmp_path, rtts)
+    port = await servers(srv.banner("220 ready"))
+    clock = ControlledClock()
+    ping = svc("ping", name="smoke", ping_command=fake, count=20, ping_interval=0.002)
+    collector = services.ServicesCollector("services", 60, [ping, svc("tcp", port, "tcp")],
+                                           sleep=clock.sleep, monotonic=clock)
+    try:
+        # Cycle 1: its pings back to back (there is no series yet), and the spread series of
+        # the next interval started; the cycle ends with the series' clock not moved at all.
+        first = {r.check: r for r in (await collector.collect()).checks}
+        assert first["tcp"].state == State.OK and first["smoke"].state == State.OK
+        assert first["smoke"].message.startswith("PING 127.0.0.1: 0% loss")
+        assert clock.now == 0.0 and not collector.pings["smoke"].task.done()
+        # The interval passes: one ping every 0.9 x 60 / 20 = 2.7 s, each mid-slot.
+        await clock.advance(60.0)
+        assert clock.woken == pytest.approx([2.7 * (k + 0.5) for k in range(20)])
+        assert len((tmp_path / "ping.log").read_text().splitlines()) == 40  # 20 + 20 pings
+        # Cycle 2 reports that series at once and starts the next (its clock unmoved).
+        second = {r.check: r for r in (await collector.collect()).checks}
+        assert clock.now == 60.0
+        smoke = second["smoke"]
+        assert smoke.state == State.OK, smoke.message
+        assert smoke.message.startswith("PING 127.0.0.1: 5% loss, "), smoke.message
+        assert metric(smoke, "rtt_median_seconds").value == pytest.approx(0.002)
+        assert metric(smoke, "rtt_max_seconds").value == pytest.approx(0.007)
+        assert metric(smoke, "loss_percent").value == 5.0
+        # Cycle 3 comes before the series ran out (the scheduler's jitter): what has settled is
+        # the result, the rest given up; the series after it starts at once.
+        await clock.advance(60.0 + 2.7 * 4 + 0.1)
+        third = {r.check: r for r in (await collector.collect()).checks}
+        assert metric(third["smoke"], "loss_percent").value == 0.0
+        assert "PING 127.0.0.1: 0% loss" in third["smoke"].message
+        assert len(collector.pings) == 1 and not collector.pings["smoke"].task.done()
+    finally:
+        collector.close()
+    assert all(line.startswith("-n -c 1 -W ") for line in (tmp_path / "ping.log").read_text().splitlines())
 
 
 # -- DNS for ISPs: SOA serials of primary and secondaries, the AA flag --------------------------
