@@ -163,47 +163,25 @@ async def test_basic_auth_with_username_and_password_file(nginx, write_config, t
     secret = tmp_path / "web.secret"
     secret.write_text("s3cr@t\n")
     secret.chmod(0o600)
-    config = load_config(write_config(f"""
+    tables = [f"""
         [[services]]
-        name = "private"
-        kind = "https"
-        host = "localhost"
-        port = {nginx.https}
-        path = "/private/"
-        ca_file = "{nginx.ca}"
-        expect_text = "private page"
-        username = "probe"
-        password_file = "{secret}"
-        timeout = "15s"
-
-        [[services]]
-        name = "by-env"
+        name = "{name}"
         kind = "https"
         host = "localhost"
         port = {nginx.https}
         path = "/private/"
         ca_file = "{nginx.ca}"
         username = "probe"
-        password_env = "WEB_SECRET"
+        {password}
         timeout = "15s"
-    """), environ={"WEB_SECRET": "wrong-one"})
+    """ for name, password in (("private", f'password_file = "{secret}"'),
+                                ("by-env", 'password_env = "WEB_SECRET"'))]
+    config = load_config(write_config("".join(tables)), environ={"WEB_SECRET": "wrong-one"})
     good, wrong = await run(*config.services)
-    assert good.state == State.OK, good.message
+    assert good.state == State.OK and "answered 200 OK" in good.message, good.message
     assert wrong.state == State.CRITICAL and "answered 401 Unauthorized" in wrong.message
     for result in (good, wrong):
         assert "s3cr" not in result.message and "wrong-one" not in result.message
-
-    def error(body: str) -> str:
-        with pytest.raises(ConfigError) as info:
-            load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
-        return str(info.value)
-
-    assert "services[0].username: a login check needs tls = true" in error(
-        f'kind = "http"\nhost = "a"\nusername = "u"\npassword_file = "{secret}"\n')
-    assert "services[0].username: the url has user:password@ too" in error(
-        f'kind = "https"\nurl = "https://u:p@a/"\nusername = "u"\npassword_file = "{secret}"\n')
-    assert "services[0].username: HTTP basic auth cannot carry a ':'" in error(
-        f'kind = "https"\nhost = "a"\nusername = "u:v"\npassword_file = "{secret}"\n')
 
 
 async def test_international_names_go_out_in_their_ascii_form(nginx):
@@ -350,13 +328,23 @@ async def test_a_stalled_tls_handshake_says_so(servers):
                               "handshake did not complete within 2.00 s")
 
 
-def test_http_config_errors(write_config):
-    from monitor.config import ConfigError, load_config
-
+def test_http_config_errors(write_config, tmp_path):
     def error(body: str) -> str:
         with pytest.raises(ConfigError) as info:
             load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
         return str(info.value)
+
+    secret = tmp_path / "web.secret"
+    secret.write_text("s3cr@t\n")
+    login = f'username = "u"\npassword_file = "{secret}"\n'
+    assert "services[0].username: a login check needs tls = true" in error(
+        f'kind = "http"\nhost = "a"\n{login}')
+    assert "services[0].username: the url has user:password@ too" in error(
+        f'kind = "https"\nurl = "https://u:p@a/"\n{login}')
+    assert "services[0].username: HTTP basic auth cannot carry a ':'" in error(
+        'kind = "https"\nhost = "a"\n' + login.replace('"u"', '"u:v"'))
+    assert "services[0].resolver: expected an IP address" in error(
+        'kind = "http"\nhost = "a"\nresolver = "dns.example.net"\n')
 
     assert "services[0].body: only a method = \"POST\"" in error(
         'kind = "http"\nhost = "a"\nbody = "x"\n')
