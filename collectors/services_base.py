@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -34,6 +35,29 @@ def label(check: ServiceCheck) -> str:
     if check.tls and check.kind != "roundtrip":
         name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp") else "+TLS"
     return f"{name} {hostport(check.host, check.port)}"
+
+
+def plain_credentials(check: ServiceCheck) -> str:
+    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
+    assert check.username is not None and check.password is not None
+    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
+
+
+def hide_password(check: ServiceCheck, text: str) -> str:
+    """A server that echoes what it got must not put the password into our messages: as typed
+    and as sent (SASL PLAIN, LOGIN's base64, HTTP basic auth). Used on the raw reply, before
+    `clean` cuts it (after, a password at the cut would survive as a prefix): see `said`."""
+    if check.password and check.username is not None:
+        for secret in (check.password, plain_credentials(check),
+                       base64.b64encode(check.password.encode()).decode(),
+                       base64.b64encode(f"{check.username}:{check.password}".encode()).decode()):
+            text = text.replace(secret, "***")
+    return text
+
+
+def said(check: ServiceCheck, text: str, limit: int = 80) -> str:
+    """What a peer said, for a message: the password hidden in the raw text, then cleaned."""
+    return clean(hide_password(check, text), limit)
 
 
 def secs(value: float) -> str:

@@ -34,6 +34,7 @@ from collectors.services_base import (
     error_text,
     hostport,
     peer_chain,
+    said,
     secs,
     server_name,
     tls_verdict,
@@ -433,7 +434,7 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 if isinstance(target, str):
                     at = f"{via()}: {hop.where()}" if hops else ""
                     return Outcome(State.CRITICAL, f"{where}{at} redirected to unusable "
-                                   f"{clean(target)!r}", time.monotonic() - start)
+                                   f"{said(check, target)!r}", time.monotonic() - start)
                 hops += 1
                 hop = target
                 probe.at = f"{via().strip()}, at {hop.where()}"
@@ -453,9 +454,10 @@ async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elaps
     status = answer.status
     wanted = "/".join(str(s) for s in check.expect_status)
     if status not in check.expect_status:
-        extra = f" (to {clean(answer.location, 60)})" if status in REDIRECTS and answer.location else ""
-        return Outcome(State.CRITICAL, f"{where} answered {status} {clean(answer.reason, 40)} instead "
-                       f"of {wanted}{extra}{via} in {secs(elapsed)}", elapsed)
+        extra = (f" (to {said(check, answer.location, 60)})"
+                 if status in REDIRECTS and answer.location else "")
+        return Outcome(State.CRITICAL, f"{where} answered {status} {said(check, answer.reason, 40)} "
+                       f"instead of {wanted}{extra}{via} in {secs(elapsed)}", elapsed)
     within = "" if answer.complete else f" in its first {len(answer.body)} bytes"
     if check.expect_text is not None and check.expect_text.encode() not in answer.body:
         return Outcome(State.CRITICAL, f"{where} answered {status} but without the text "
@@ -466,5 +468,5 @@ async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elaps
         return Outcome(State.CRITICAL, f"{where} answered {status} but nothing matched "
                        f"{clean(check.expect_regex, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
     size = f"{len(answer.body)} bytes" + ("" if answer.complete else ", more not read")
-    return Outcome(State.OK, f"{where} answered {status} {clean(answer.reason, 40)}{via} in "
+    return Outcome(State.OK, f"{where} answered {status} {said(check, answer.reason, 40)}{via} in "
                    f"{secs(elapsed)} ({size})", elapsed)

@@ -28,6 +28,7 @@ from collectors.services_base import (
     hostport,
     label,
     peer_chain,
+    said,
     secs,
     server_name,
     tls_verdict,
@@ -41,7 +42,6 @@ from collectors.services_tcp import (
     imap_login,
     imap_tagged,
     read_line,
-    said,
 )
 from monitor.config import ServiceCheck
 from monitor.model import State

@@ -10,7 +10,6 @@ stages, so a server that accepts and stalls the handshake is reported as such.
 from __future__ import annotations
 
 import asyncio
-import base64
 import ssl
 import time
 
@@ -20,6 +19,8 @@ from collectors.services_base import (
     cert_verdict,
     label,
     peer_chain,
+    plain_credentials,
+    said,
     secs,
     server_name,
 )
@@ -143,22 +144,6 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         close(writer)
 
 
-def hide_password(check: ServiceCheck, text: str) -> str:
-    """A server that echoes what it got must not put the password into our messages: as typed
-    and as sent (PLAIN credentials, LOGIN's base64). Used on the raw reply, before `clean` cuts
-    it (after, a password at the cut would survive as a prefix): see `said`."""
-    if check.password:
-        for secret in (check.password, _plain_credentials(check),
-                       base64.b64encode(check.password.encode()).decode()):
-            text = text.replace(secret, "***")
-    return text
-
-
-def said(check: ServiceCheck, text: str, limit: int = 80) -> str:
-    """What a peer said, for a message: the password hidden in the raw text, then cleaned."""
-    return clean(hide_password(check, text), limit)
-
-
 def _expect_code(check: ServiceCheck, code: str, lines: list[str], want: str, what: str) -> None:
     if code != want:
         raise ProtocolError(f"answered {said(check, lines[-1] if lines else code)!r} instead of {want} "
@@ -218,12 +203,6 @@ def _logged_in(check: ServiceCheck) -> str:
     return f", logged in as {clean(check.username, 40)!r}" if check.username else ""
 
 
-def _plain_credentials(check: ServiceCheck) -> str:
-    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
-    assert check.username is not None and check.password is not None
-    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
-
-
 async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, ehlo: list[str]) -> None:
     mechanisms = {m.upper() for line in ehlo if line[4:9].upper() in ("AUTH ", "AUTH=")
@@ -232,7 +211,7 @@ async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamR
         offered = said(check, " ".join(sorted(mechanisms)), 40) or "none"
         raise ProtocolError(f"offers no AUTH PLAIN (AUTH {offered}) to log in with")
     stage.doing = "AUTH reply"
-    await command(writer, f"AUTH PLAIN {_plain_credentials(check)}")
+    await command(writer, f"AUTH PLAIN {plain_credentials(check)}")
     code, lines = await read_reply(check, reader, "SMTP", "reply to AUTH")
     if code != "235":
         raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
@@ -281,7 +260,7 @@ async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamRe
     await command(writer, "m2 AUTHENTICATE PLAIN")
     line = await read_line(reader)
     if line.startswith("+"):
-        await command(writer, _plain_credentials(check))
+        await command(writer, plain_credentials(check))
         line, _ = await imap_tagged(reader, "m2")
     if not line.upper().startswith("M2 OK"):
         raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "

@@ -298,14 +298,23 @@ async def serve_dns(tcp: bool = False) -> tuple[DnsServer, int]:
 
 
 def echoing(kind: str, pad: int) -> Handler:
-    """A login server (smtp, imap or pop3) that refuses every login with a reply echoing the
+    """A login server (smtp, imap, pop3 or https) that refuses every login with a reply echoing the
     password it got `pad` characters into its text, as some do with what they could not parse."""
 
     def refusal(password: str) -> bytes:
         return (" " + "x" * pad + password + " was refused").encode()
 
     async def handler(reader, writer):
-        if kind == "smtp":
+        if kind == "https":  # in the reason phrase of a 401 (and the Location of a redirect)
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            password = base64.b64decode(headers["authorization"].split()[1]).decode()
+            password = password.partition(":")[2]
+            writer.write(b"HTTP/1.1 401" + refusal(password) + b"\r\nLocation: /" + refusal(password)[1:]
+                         + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        elif kind == "smtp":
             writer.write(b"220 echo ESMTP\r\n")
             while line := await reader.readline():
                 command = line.decode().strip()
