@@ -693,12 +693,15 @@ class ListsConfig:
             raise Invalid("mailman3_url", 'expected "http://HOST:PORT" of Mailman 3 core\'s REST API')
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_DNS_ZONE = Pattern(rf"^{_LABEL}(\.{_LABEL})+\.?$", 'a DNS zone like "zen.spamhaus.org"')
+
+
 @dataclass
 class Blocklist:
     """One DNSBL zone of [[blocklists.lists]]: what its return codes mean, where to delist."""
 
-    zone: Annotated[str, Pattern(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)+\.?$",
-                                 "a DNS zone like \"zen.spamhaus.org\"")]
+    zone: Annotated[str, _DNS_ZONE]
     # Return code (an A record in 127.0.0.0/8) -> what it means.
     codes: dict[str, str] = field(default_factory=dict)
     delist: str = ""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collectors import backups, blocklists, disks, host, lists, maillog, mailboxes, services, snmp
+from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, services, snmp
 from monitor.config import Config
 from monitor.model import Collector
 
