@@ -528,6 +528,44 @@ class DigestBuilder:
                               else "."))
         return s
 
+    def section_mail(self, digest: Digest, start: float, end: float) -> Section:
+        """pflogsumm's summary from the mail-log collector's hourly counts."""
+        from collectors.maillog import load_state, read_logs, summary
+
+        s = Section("mail", "Mail traffic", ["", "what", "count"],
+                    empty="No mail logged in this period.")
+        path = self.config.state_dir / "maillog.json"
+        if not path.exists() and not self.config.maillog.enabled:
+            s.empty = "No mail statistics recorded (enable [maillog])."
+            return s
+        state = load_state(path)
+        if self.config.maillog.enabled:
+            read_logs(self.config.maillog, state, end)  # up to `end`, into this copy only
+        total = summary(state, start, end)
+        c = total.counts
+        if not any(c.values()):
+            return s
+        rows = [("received", f"{c['received']} ({fmt_bytes(c['received_bytes'])})"),
+                ("delivered", f"{c['delivered']} ({c['outbound']} outbound)"),
+                ("deferred", str(c["deferred"])), ("bounced", str(c["bounced"])),
+                ("rejected", str(c["rejected"])),
+                ("SASL authentication failures", str(c["sasl_failures"])),
+                ("Dovecot login failures", str(c["login_failures"]))]
+        s.rows = [["totals" if i == 0 else "", what, n] for i, (what, n) in enumerate(rows)]
+        for table, title in (("senders", "top senders"), ("outbound_by", "top outbound senders"),
+                             ("domains", "top recipient domains"),
+                             ("reasons", "top reject reasons"),
+                             ("sasl_clients", "top SASL-failing clients"),
+                             ("login_clients", "top login-failing clients")):
+            for i, (key, n) in enumerate(total.tables[table].most_common(digest.top)):
+                s.rows.append([title if i == 0 else "", clean(key, 100), str(n)])
+        s.totals = {name: float(c[name]) for name in ("received", "delivered", "outbound",
+                                                      "deferred", "bounced", "rejected",
+                                                      "sasl_failures", "login_failures")}
+        s.notes.append(f"From the mail log, {fmt_time(start)} to {fmt_time(end)}; senders are "
+                       "SASL users, else client addresses.")
+        return s
+
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:
         from collectors.backups import load_runs
 

@@ -193,6 +193,7 @@ def main() -> None:
     (DATA / "mail.log").write_text(mail_log)
     (DATA / "dovecot.log").write_text(dovecot_log)
     (DATA / "plan.json").write_text(json.dumps({
+        "recorded_at": int(time.time()),  # the syslog stamps carry no year
         "plan": [asdict(s) for s in PLAN], "sasl_failures": SASL_FAILURES,
         "login_failures": LOGIN_FAILURES}, indent=1) + "\n")
     print(f"recorded {len(mail_log.splitlines())} Postfix and {len(dovecot_log.splitlines())} "
