@@ -1,0 +1,115 @@
+"""Seasonal baselines on a generated year written through monitor.store: a weekly pattern with
+day-to-day noise, holidays and monthly backup surges, and an injected burst. The burst is
+flagged; the normal hours are not (the false-positive count over the year is printed and
+bounded)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alerts.baseline import check_hour, judge_hours, selected
+from monitor import seasonal
+from monitor.config import BaselineConfig, BaselineSeries
+from monitor.model import Kind, Measurement, State
+from monitor.store import RrdStore
+from tests.longhistory import END, _shape
+
+STEP = 300
+DAYS = 365
+DAY = 86400
+ROUTER, PORT = "dmz-router", "eth1"
+START = END - DAYS * DAY
+# Tuesday 03:00-06:00 (UTC) of the 40th week: a hijacked server relaying spam for 3 hours.
+_MIDNIGHT = (START // DAY + 1) * DAY  # 1970-01-01 was a Thursday: weekday (Monday 0) = days + 3
+BURST_START = _MIDNIGHT + 40 * 7 * DAY + ((1 - (_MIDNIGHT // DAY + 3) % 7) % 7) * DAY + 3 * 3600
+BURST_HOURS = 3
+
+
+def traffic(ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bytes/s out of a DMZ port: the diurnal and weekly curve of tests.longhistory, 15 %
+    sample noise, a day-to-day level that wanders by 15 %, eight weekday holidays at half the
+    traffic, and a backup at 02:00 on the 1st of each month at 2.5x."""
+    level = 2e6 * _shape(ts, int(ts[-1]))
+    days = (ts - ts[0]) // DAY
+    daily = np.exp(0.15 * rng.standard_normal(int(days.max()) + 1))[days]
+    holidays = rng.choice(np.arange(int(days.max()) + 1), 8, replace=False)
+    holiday = np.where(np.isin(days, holidays), 0.5, 1.0)
+    noise = np.clip(1 + 0.15 * rng.standard_normal(ts.size), 0.2, None)
+    first_of_month = (np.array([np.datetime64(int(t), "s").astype(object).day for t in ts[::288]])
+                      == 1)[days]
+    backup = np.where(first_of_month & ((ts % DAY) // 3600 == 2), 2.5, 1.0)
+    return level * daily * holiday * noise * backup
+
+
+def test_a_year_with_a_weekly_pattern_flags_the_burst_and_almost_nothing_else(tmp_path):
+    rng = np.random.default_rng(20)
+    ts = np.arange(START + STEP, END + 1, STEP, dtype=np.int64)
+    values = traffic(ts, rng)
+    burst = (ts > BURST_START) & (ts <= BURST_START + BURST_HOURS * 3600)
+    values = np.where(burst, values * 8, values)
+    store = RrdStore(tmp_path / "rrd")
+    config = BaselineConfig(enabled=True)
+    flagged: list[int] = []
+    inside = judged = 0
+    checks = {}
+    for day in range(DAYS):
+        part = slice(day * 288, (day + 1) * 288)
+        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part], values[part], strict=True)],
+                    STEP)
+        ((info, metric, factor),) = selected(config, store.series())
+        ends = np.arange(ts[part][0] - STEP + 3600, ts[part][-1] + 1, 3600)
+        hours = judge_hours(store, info, metric, ends, config.weeks, factor)
+        flagged += [int(e) for e in hours.ends[hours.anomalous]]
+        # The hourly job's checks, on the day they are made (5-minute rows are kept 32 days).
+        for at in (BURST_START + BURST_HOURS * 3600 + 60, BURST_START + 7 * DAY + 3600):
+            if ts[part][0] <= at <= ts[part][-1] + STEP:
+                checks[at] = check_hour(store, config, at)
+        known = ~np.isnan(hours.expected.usual) & ~np.isnan(hours.values)
+        judged += int(known.sum())
+        inside += int((known & (hours.values >= hours.expected.low)
+                       & (hours.values <= hours.expected.high)).sum())
+    burst_ends = {BURST_START + (i + 1) * 3600 for i in range(BURST_HOURS)}
+    false_positives = sorted(set(flagged) - burst_ends)
+    print(f"\nbaseline over {DAYS} days: {judged} hours judged, {len(false_positives)} false "
+          f"positive(s) ({100 * len(false_positives) / judged:.2f} %), burst hours flagged "
+          f"{len(burst_ends & set(flagged))}/{BURST_HOURS}, {100 * inside / judged:.1f} % of "
+          "hours inside the band")
+    assert burst_ends <= set(flagged)
+    assert len(false_positives) <= 3
+    assert judged > (DAYS - 6 * 7 - 2) * 24  # after the first weeks every hour has a baseline
+    assert inside / judged > 0.9
+
+    # The check of the burst's last hour, as the hourly job makes it.
+    (result,) = checks[BURST_START + BURST_HOURS * 3600 + 60]
+    assert result.state is State.WARNING
+    assert result.check == "baseline eth1 out_octets" and result.target == ROUTER
+    assert result.message.startswith("dmz-router eth1 out_octets is ")
+    assert "x the usual for Tuesday 05:00: " in result.message
+    (calm,) = checks[BURST_START + 7 * DAY + 3600]
+    assert calm.state is State.OK and "for Tuesday 03:00" in calm.message
+
+
+def test_band_rules():
+    week = seasonal.WEEK
+    history = np.array([10.0, 12.0, 11.0, 50.0])  # four weeks of one slot; one bad week
+    band = seasonal.band(history, 0, week, np.array([4 * week + 1.0]), weeks=4)
+    assert band.usual[0] == 11.5  # the median ignores the bad week
+    assert seasonal.anomalous(np.array([30.0, 50.0]), band, 4.0).tolist() == [False, True]
+    few = seasonal.band(history[:1], 0, week, np.array([1 * week + 1.0]), weeks=4)
+    assert np.isnan(few.usual[0])  # one week is not enough
+    flat = seasonal.band(np.zeros(4), 0, week, np.array([4 * week + 1.0]), weeks=4)
+    assert not seasonal.anomalous(np.array([1e-3]), flat, 4.0)[0]  # below the floor of a flat 0
+
+
+def test_selection_patterns():
+    from monitor.store import SeriesInfo
+
+    config = BaselineConfig(series=[
+        BaselineSeries("*_octets", target="dmz-router", instance="ppp*", enabled=False),
+        BaselineSeries("out_octets", factor=6.0), BaselineSeries("in_octets")])
+    ppp = SeriesInfo("dmz-router", "ppp0", None, 300, {"in_octets": "a", "out_octets": "b"})
+    eth = SeriesInfo("dmz-router", "eth1", None, 300, {"in_octets": "a", "out_octets": "b",
+                                                      "in_errors": "c"})
+    assert [(i.instance, m, f) for i, m, f in selected(config, [ppp, eth])] == [
+        ("eth1", "in_octets", 4.0), ("eth1", "out_octets", 6.0)]
