@@ -828,7 +828,7 @@ class BaselineConfig:
     factor: Annotated[float, Range(1.1, None)] = 4.0
     series: list[BaselineSeries] = field(default_factory=lambda: [
         BaselineSeries("in_octets"), BaselineSeries("out_octets"),
-        BaselineSeries("delivered", target="mail")])
+        BaselineSeries("outbound", target="mail", instance="postfix")])
 
 
 @dataclass

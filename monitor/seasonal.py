@@ -14,8 +14,9 @@ keeps (the 2-hour averages of the last 9 weeks), robust and easy to say in a sen
 - the expected band is usual +- 3 spreads (never below 0);
 - a value is anomalous when it is at least `factor` times the usual level, above the band, and
   above 5 % of the series' highest level of those weeks (so 0.01 after a usual 0.001 is not
-  "10x the usual"; a series that was 0 all those weeks has no scale and is never anomalous). Only the high side is judged: traffic far below the usual is a holiday or an
-  outage, which other checks catch.
+  "10x the usual"; a series that was 0 all those weeks has no scale and is never anomalous).
+  Only the high side is judged: traffic far below the usual is a holiday or an outage, which
+  other checks catch.
 The median of several weeks ignores one bad week: last Tuesday's burst does not raise this
 Tuesday's expectation. (Weeks are 604,800 s: across a daylight-saving change the same local hour
 is one hour off for the weeks that straddle it.)

@@ -82,6 +82,7 @@ def test_a_year_with_a_weekly_pattern_flags_the_burst_and_almost_nothing_else(tm
 
     # The check of the burst's last hour, as the hourly job makes it.
     (result,) = checks[BURST_START + BURST_HOURS * 3600 + 60]
+    print(result.message)
     assert result.state is State.WARNING
     assert result.check == "baseline eth1 out_octets" and result.target == ROUTER
     assert result.message.startswith("dmz-router eth1 out_octets is ")

@@ -210,3 +210,43 @@ sections = ["mail"]
 
 def report_window(report) -> tuple[float, float]:
     return report.start, report.end
+
+
+def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_path):
+    """config.toml's anomaly rules, fed what the collectors report for a server relaying spam:
+    a burst of SASL failures, one sender's volume, the deferred queue growing, a baseline
+    WARNING. Each fires at its level; quiet readings fire nothing."""
+    import dataclasses
+
+    from alerts.service import AlertService
+    from monitor.config import load_config
+    from monitor.model import Batch, CheckResult, Measurement
+    from tests.conftest import ROOT
+
+    reference = load_config(ROOT / "config.toml")
+    config = dataclasses.replace(reference, agent=dataclasses.replace(
+        reference.agent, data_dir=tmp_path))
+    now = [1_796_000_000.0]
+    service = AlertService(config, clock=lambda: now[0])
+
+    def batch(sasl: float, sender: float, deferred: float, baseline: State) -> Batch:
+        at = now[0]
+        return Batch([Measurement("mail", "postfix", "sasl_failures", sasl, Kind.DERIVE,
+                                  timestamp=at),
+                      Measurement("mail", "sender alice@example.net", "outbound_this_hour",
+                                  sender, timestamp=at),
+                      Measurement("mx1", "queue:postfix", "deferred_messages", deferred,
+                                  timestamp=at)],
+                     [CheckResult("dmz-router", "baseline eth1 out_octets", baseline,
+                                  "dmz-router eth1 out_octets is 8.0x the usual", timestamp=at)])
+
+    service.evaluate(batch(1000, 20, 10, State.OK))
+    now[0] += 3600
+    service.evaluate(batch(1050, 30, 20, State.OK))  # 50 failures and 10 deferred in an hour
+    assert not [s for s in service.states.values() if s.severity is not State.OK]
+    now[0] += 3600
+    service.evaluate(batch(3050, 1500, 700, State.WARNING))
+    firing = {s.rule: s.severity for s in service.states.values() if s.severity is not State.OK}
+    assert firing == {"mail-auth-failures": State.CRITICAL, "mail-sender-burst": State.CRITICAL,
+                      "mail-deferred-growing": State.CRITICAL, "traffic-unusual": State.WARNING}
+    service.close()
