@@ -12,16 +12,14 @@ leaves a noisy one out. The same band is drawn on the graphs (graphs.render).
 
 from __future__ import annotations
 
-import fnmatch
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 
 from monitor import seasonal
-from monitor.config import BaselineConfig, BaselineSeries
+from monitor.config import BaselineConfig
 from monitor.model import CheckResult, State
 from monitor.store import RrdStore, SeriesInfo
 from monitor.text import clean
@@ -29,28 +27,6 @@ from monitor.units import format_value
 
 HOUR = 3600
 HISTORY_STEP = 7200  # the store's 2-hour archive keeps 9 weeks
-
-
-def selection(config: BaselineConfig, info: SeriesInfo, metric: str) -> BaselineSeries | None:
-    """The [[baseline.series]] entry for one metric of one file, if it is enabled."""
-    for entry in config.series:
-        if (fnmatch.fnmatchcase(info.target, entry.target)
-                and fnmatch.fnmatchcase(info.instance, entry.instance)
-                and fnmatch.fnmatchcase(metric, entry.metric)):
-            return entry if entry.enabled else None
-    return None
-
-
-def selected(config: BaselineConfig, series: Iterable[SeriesInfo]
-             ) -> list[tuple[SeriesInfo, str, float]]:
-    """(file, metric, factor) for every metric with a baseline."""
-    out = []
-    for info in series:
-        for metric in info.metrics:
-            entry = selection(config, info, metric)
-            if entry is not None:
-                out.append((info, metric, entry.factor or config.factor))
-    return out
 
 
 def shown(value: float, metric: str, unit: str) -> str:
@@ -104,7 +80,7 @@ def check_hour(store: RrdStore, config: BaselineConfig, now: float) -> list[Chec
     hour_end = int(now) // HOUR * HOUR
     when = datetime.fromtimestamp(hour_end - HOUR).strftime("%A %H:00")
     out = []
-    for info, metric, factor in selected(config, store.series()):
+    for info, metric, factor in seasonal.selected(config, store.series()):
         name = f"baseline {info.instance} {metric}".replace("  ", " ")
         what = clean(f"{info.target} {info.instance} {metric}".replace("  ", " "), 200)
         unit = info.units.get(metric, "")

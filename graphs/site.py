@@ -40,10 +40,11 @@ import jinja2
 from graphs import render
 from graphs.render import PERIODS, Job, JobResult
 from monitor import __version__
-from monitor.config import Config
+from monitor.config import BaselineConfig, Config
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import State
 from monitor.process import exit_with
+from monitor.seasonal import selected
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
 from monitor.units import format_age, format_duration
@@ -135,6 +136,7 @@ class SiteBuilder:
         inline_below: int = 0,
         alerts_db: Path | None = None,
         uplinks: Sequence[str] = (),
+        baseline: BaselineConfig | None = None,
     ) -> None:
         self.store = store
         self.status = status
@@ -150,6 +152,7 @@ class SiteBuilder:
         self.inline_below = inline_below
         self.alerts_db = alerts_db
         self.uplinks = list(uplinks)
+        self.baseline = baseline  # draw the seasonal band of the series it selects
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -212,7 +215,8 @@ class SiteBuilder:
             out_dir = self.html_dir / rel
             periods = due_periods(entries.get(rel, {}), stamp, now, out_dir, self.slack, full)
             if periods:
-                jobs.append(Job(info, periods, out_dir, now))
+                jobs.append(Job(info, periods, out_dir, now, baseline=self._band_metric(info),
+                                weeks=self.baseline.weeks if self.baseline else 6))
         report.instances = len(series)
         report.skipped = len(series) * len(PERIODS) - sum(len(job.periods) for job in jobs)
         results = self._render(jobs, progress)
@@ -240,6 +244,15 @@ class SiteBuilder:
         for error in report.errors[:5]:
             log.error("graph: %s", error)
         return report
+
+    def _band_metric(self, info: SeriesInfo) -> str:
+        """The one metric of a file whose expected band is drawn: out before in (a hijacked
+        server shows in what it sends), else the first one with a baseline."""
+        if self.baseline is None:
+            return ""
+        metrics = [m for _, m, _ in selected(self.baseline, [info])]
+        return next((m for m in ("out_octets", "in_octets") if m in metrics),
+                    metrics[0] if metrics else "")
 
     def _render(self, jobs: list[Job], progress: Progress | None) -> list[JobResult]:
         total = sum(len(job.periods) for job in jobs)
@@ -365,7 +378,8 @@ def site_from_config(
                        title=config.web.title, refresh=config.web.refresh,
                        workers=workers or config.web.workers, slack=config.agent.interval / 2,
                        inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir),
-                       uplinks=config.web.uplinks)
+                       uplinks=config.web.uplinks,
+                       baseline=config.baseline if config.baseline.enabled else None)
 
 
 # -- page model ----------------------------------------------------------------------------------

@@ -21,15 +21,20 @@ The median of several weeks ignores one bad week: last Tuesday's burst does not 
 Tuesday's expectation. (Weeks are 604,800 s: across a daylight-saving change the same local hour
 is one hour off for the weeks that straddle it.)
 
-Pure numpy; the caller fetches and stores.
+Pure numpy (and which series have a baseline, from the config); the caller fetches.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from monitor.config import BaselineConfig, BaselineSeries
+from monitor.store import SeriesInfo
 
 WEEK = 7 * 86400
 MAD_TO_SIGMA = 1.4826
@@ -79,3 +84,25 @@ def anomalous(values: np.ndarray, expected: Band, factor: float) -> np.ndarray:
     with np.errstate(invalid="ignore"):
         return ((values >= factor * expected.usual) & (values > expected.high)
                 & (values > expected.floor) & ~np.isnan(expected.usual))
+
+
+def selection(config: BaselineConfig, info: SeriesInfo, metric: str) -> BaselineSeries | None:
+    """The [[baseline.series]] entry for one metric of one file, if it is enabled."""
+    for entry in config.series:
+        if (fnmatch.fnmatchcase(info.target, entry.target)
+                and fnmatch.fnmatchcase(info.instance, entry.instance)
+                and fnmatch.fnmatchcase(metric, entry.metric)):
+            return entry if entry.enabled else None
+    return None
+
+
+def selected(config: BaselineConfig, series: Iterable[SeriesInfo]
+             ) -> list[tuple[SeriesInfo, str, float]]:
+    """(file, metric, factor) for every metric with a baseline."""
+    out = []
+    for info in series:
+        for metric in info.metrics:
+            entry = selection(config, info, metric)
+            if entry is not None:
+                out.append((info, metric, entry.factor or config.factor))
+    return out

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from alerts.baseline import check_hour, judge_hours, selected
+from alerts.baseline import check_hour, judge_hours
 from monitor import seasonal
 from monitor.config import BaselineConfig, BaselineSeries
 from monitor.model import Kind, Measurement, State
+from monitor.seasonal import selected
 from monitor.store import RrdStore
 from tests.longhistory import END, _shape
 
@@ -114,3 +115,40 @@ def test_selection_patterns():
                                                       "in_errors": "c"})
     assert [(i.instance, m, f) for i, m, f in selected(config, [ppp, eth])] == [
         ("eth1", "in_octets", 4.0), ("eth1", "out_octets", 6.0)]
+
+
+def test_week_graph_draws_the_usual_band(tmp_path):
+    """Seven weeks of traffic with last night's burst: the week graph has the band under the
+    data, the burst above it."""
+    from graphs.render import PERIODS, Job, Renderer, build_graph, render_job, window
+
+    rng = np.random.default_rng(3)
+    end = END
+    ts = np.arange(end - 7 * 7 * DAY + STEP, end + 1, STEP, dtype=np.int64)
+    values = traffic(ts, rng)
+    burst = (ts > end - 20 * 3600) & (ts <= end - 17 * 3600)
+    values = np.where(burst, values * 8, values)
+    store = RrdStore(tmp_path / "rrd")
+    for begin in range(0, ts.size, 2016):
+        part = slice(begin, begin + 2016)
+        store.write([Measurement(ROUTER, PORT, name, float(v * share), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part], values[part], strict=True)
+                     for name, share in (("out_octets", 1.0), ("in_octets", 0.3))], STEP)
+    (info,) = store.series()
+    result = render_job(store, Renderer(), Job(info, ["day", "week"], tmp_path / "png", end,
+                                               baseline="out_octets", weeks=6))
+    assert result.error == "" and result.drawn == ["day", "week"]
+    assert (tmp_path / "png" / "week.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The graph itself: the band is the first layer, the burst is above it.
+    from graphs.render import add_usual_band
+
+    start, stop, resolution = window(PERIODS["week"], end, STEP)
+    series = store.fetch_path(info, start, stop, resolution)
+    graph = build_graph(info, series)
+    add_usual_band(graph, store, info, "out_octets", 6, series)
+    usual = graph.layers[0]
+    assert usual.label == "usual" and usual.style == "band"
+    out = next(layer for layer in graph.layers if layer.label == "Out")
+    over = out.values > usual.values
+    assert over[-40:-33].any() and over[:-48].mean() < 0.2
+    assert any(row.label == "usual" for row in graph.legend[:4])
