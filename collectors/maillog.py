@@ -173,6 +173,12 @@ def save_state(path: Path, state: MailLogState) -> None:
     atomic_write(Path(path), json.dumps(state.to_json(), separators=(",", ":")))
 
 
+def hours_between(state: MailLogState, start: float, end: float) -> list[tuple[int, HourCounts]]:
+    """The hours that start within [start, end), oldest first (the current one too: the mail
+    page and the check show the hour under way)."""
+    return sorted((h, c) for h, c in state.hours.items() if start <= h < end)
+
+
 def summary(state: MailLogState, start: float, end: float) -> HourCounts:
     """The hours that end within (start, end], merged: consecutive periods count each once."""
     out = HourCounts()
@@ -382,9 +388,9 @@ class MailLogCollector:
                                   timestamp=now, minimum=0))
         midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
         today = HourCounts()
-        for hour, counts in state.hours.items():  # this hour too, while it is under way
-            if midnight.timestamp() <= hour < (midnight + timedelta(days=1)).timestamp():
-                today.merge(counts)
+        for _, counts in hours_between(state, midnight.timestamp(),
+                                       (midnight + timedelta(days=1)).timestamp()):
+            today.merge(counts)
         c = today.counts
         message = (f"today: {c['received']} received, {c['delivered']} delivered "
                    f"({c['outbound']} outbound), {c['deferred']} deferred, {c['bounced']} bounced, "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -250,3 +251,51 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
     assert firing == {"mail-auth-failures": State.CRITICAL, "mail-sender-burst": State.CRITICAL,
                       "mail-deferred-growing": State.CRITICAL, "traffic-unusual": State.WARNING}
     service.close()
+
+
+async def test_mail_page_shows_the_last_day_escaped(tmp_path):
+    """The site's mail.html from the recorded logs (plus a hostile sender), looked at in
+    Chromium: the totals from the plan, names escaped."""
+    from graphs.site import SiteBuilder
+    from monitor.model import CheckResult
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+    from tests.conftest import ROOT
+    from tests.test_graphs import chromium
+
+    mail, dovecot = copy_logs(tmp_path)
+    with mail.open("a") as f:
+        f.write(mail.read_text().splitlines()[-1].split(" mail postfix/")[0]
+                + " mail postfix/smtpd[9]: NOQUEUE: reject: RCPT from x[192.0.2.9]: 554 5.7.1 "
+                "<a@b>: Recipient address rejected: <script>alert(1)</script>; from=<a> to=<b>\n")
+    now = RECORDED_AT + 60
+    cfg = config(tmp_path, mail, dovecot)
+    state_path = tmp_path / "state" / "maillog.json"
+    batch = await MailLogCollector(cfg, 300, state_path, clock=lambda: now).collect()
+    store = RrdStore(tmp_path / "rrd")
+    store.write(batch.measurements, 300)
+    status = StatusBook(tmp_path / "state" / "status.json")
+    status.update([CheckResult("192.0.2.10", "blocklists", State.CRITICAL,
+                               "192.0.2.10 is listed in bl.example: 127.0.0.2 = spam source",
+                               timestamp=now), *batch.checks], 300)
+    builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
+                          workers=1, clock=lambda: now, inline_below=10**6, mail_state=state_path)
+    try:
+        report = builder.build()
+    finally:
+        builder.close()
+    assert not report.errors
+    page = (tmp_path / "html" / "mail.html").read_text()
+    want = recorded_plan()
+    row = re.search(r"<tr>(<td class=\"num\">\d+</td>)+</tr>", page).group(0)
+    assert re.findall(r">(\d+)<", row)[:3] == [str(want["received"]), str(want["delivered"]),
+                                               str(want["outbound"])]
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "192.0.2.10 is listed in bl.example" in page
+    assert 'href="mail.html">Mail</a>' in (tmp_path / "html" / "index.html").read_text()
+    shot = ROOT / "test-artifacts" / "mail-page.png"
+    shot.parent.mkdir(exist_ok=True)
+    result = chromium(tmp_path, "--window-size=1280,1800", f"--screenshot={shot}",
+                      (tmp_path / "html" / "mail.html").as_uri())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.stat().st_size > 10_000
