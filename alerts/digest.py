@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 from jinja2 import Environment
@@ -495,21 +496,30 @@ class DigestBuilder:
                        "take in every folder, Trash included; quota from Dovecot's maildirsize.")
         return s
 
+    def _log_state(self, s: Section, name: str, cfg: Any, load_state: Callable[[Path], Any],
+                   read_logs: Callable[[Any, Any, float], Any], end: float, what: str) -> Any:
+        """A log-counting collector's saved state ([lists], [maillog]) with the lines logged
+        since its last run (up to `end`) read into this copy, not saved: the collector counts
+        them itself. None (and a note in `s`) when the collector is off and left nothing."""
+        path = self.config.state_dir / f"{name}.json"
+        if not path.exists() and not cfg.enabled:
+            s.empty = f"No {what} recorded (enable [{name}])."
+            return None
+        state = load_state(path)
+        if cfg.enabled:
+            read_logs(cfg, state, end)
+        return state
+
     def section_lists(self, digest: Digest, start: float, end: float) -> Section:
         from collectors.lists import activity, load_state, read_logs
 
         s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
                                                        "failed", "subscribers"],
                     empty="No posts to any mailing list in this period.")
-        path = self.config.state_dir / "lists.json"
-        if not path.exists() and not self.config.lists.enabled:
-            s.empty = "No list activity recorded (enable [lists])."
+        state = self._log_state(s, "lists", self.config.lists, load_state, read_logs, end,
+                                "list activity")
+        if state is None:
             return s
-        state = load_state(path)
-        if self.config.lists.enabled:
-            # Lines logged since the collector's last run (up to `end`) belong to this period:
-            # read them into this copy (not saved: the collector counts them itself).
-            read_logs(self.config.lists, state, end)
         stats = activity(state, start, end)
         for name in sorted(set(stats) | set(state.subscribers)):
             st = stats.get(name)
@@ -534,13 +544,10 @@ class DigestBuilder:
 
         s = Section("mail", "Mail traffic", ["", "what", "count"],
                     empty="No mail logged in this period.")
-        path = self.config.state_dir / "maillog.json"
-        if not path.exists() and not self.config.maillog.enabled:
-            s.empty = "No mail statistics recorded (enable [maillog])."
+        state = self._log_state(s, "maillog", self.config.maillog, load_state, read_logs, end,
+                                "mail statistics")
+        if state is None:
             return s
-        state = load_state(path)
-        if self.config.maillog.enabled:
-            read_logs(self.config.maillog, state, end)  # up to `end`, into this copy only
         total = summary(state, start, end)
         c = total.counts
         if not any(c.values()):
