@@ -18,7 +18,9 @@ Dovecot's own log_path ("Dec 02 00:34:57 imap-login: Info: ..."). Counted per lo
 - SASL authentication failures per client address, Dovecot login failures (imap/pop3/
   submission/managesieve "auth failed, N attempts") per remote address.
 The log is followed with collectors.logfollow (rotation, compression and truncation survived,
-nothing counted twice); position, the queue ids still in the queue and the hourly counts are in
+nothing counted twice), or, with `journal = true`, the journal is read with journalctl
+(short-iso-precise, the mail units' entries after the cursor of the last one read). Positions,
+the queue ids still in the queue and the hourly counts are in
 data_dir/state/maillog.json, written atomically. A flood of distinct senders, domains or
 addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 
@@ -46,6 +48,7 @@ from collectors.logfollow import LogPosition, follow_log
 from monitor.config import Config, MailLogConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.process import run_command
 from monitor.text import clean
 
 log = logging.getLogger(__name__)
@@ -141,13 +144,15 @@ class MailLogState:
     queue: dict[str, Queued] = field(default_factory=dict)
     totals: Counter = field(default_factory=Counter)  # ever-increasing, for the DERIVE series
     losses: list[tuple[float, str]] = field(default_factory=list)
+    journal_cursor: str = ""  # where reading the journal goes on
 
     def to_json(self) -> dict:
         return {"version": 1,
                 "logs": {p: pos.to_json() for p, pos in sorted(self.logs.items())},
                 "hours": {str(h): c.to_json() for h, c in sorted(self.hours.items())},
                 "queue": {q: [e.sender, e.received, e.seen] for q, e in self.queue.items()},
-                "totals": dict(self.totals), "losses": [list(x) for x in self.losses]}
+                "totals": dict(self.totals), "losses": [list(x) for x in self.losses],
+                "journal_cursor": self.journal_cursor}
 
     @classmethod
     def from_json(cls, raw: dict) -> MailLogState:
@@ -156,7 +161,8 @@ class MailLogState:
                    {q: Queued(str(e[0]), bool(e[1]), float(e[2]))
                     for q, e in raw.get("queue", {}).items()},
                    Counter({k: int(v) for k, v in raw.get("totals", {}).items()}),
-                   [(float(at), str(what)) for at, what in raw.get("losses", [])])
+                   [(float(at), str(what)) for at, what in raw.get("losses", [])],
+                   str(raw.get("journal_cursor", "")))
 
 
 def load_state(path: Path) -> MailLogState:
@@ -321,11 +327,40 @@ def prune(state: MailLogState, keep_days: int, now: float) -> None:
     state.losses = [(at, what) for at, what in state.losses if at >= now - LOSS_SHOWN]
 
 
+CURSOR_LINE = "-- cursor: "
+FIRST_READ = 86400.0  # a journal read for the first time: its last day
+
+
+def journal_command(cfg: MailLogConfig, cursor: str, now: float) -> list[str]:
+    """journalctl for the mail units' entries after `cursor` (or of the last day)."""
+    argv = [str(cfg.journalctl), "--no-pager", "--quiet", "--output=short-iso-precise",
+            "--show-cursor"]
+    if cfg.journal_directory is not None:
+        argv.append(f"--directory={cfg.journal_directory}")
+    argv.append(f"--after-cursor={cursor}" if cursor else f"--since=@{int(now - FIRST_READ)}")
+    return argv + [f"_SYSTEMD_UNIT={unit}" for unit in cfg.journal_units]
+
+
+def count_journal(output: bytes, state: MailLogState, cfg: MailLogConfig, now: float) -> int:
+    """Count journalctl's lines and move the cursor past them. Without a cursor line (no new
+    entries) the cursor stays."""
+    counting = Counting(state, cfg.local_domains, now)
+    text = output.decode("utf-8", "replace")
+    body, sep, cursor = text.rpartition("\n" + CURSOR_LINE)
+    if not sep and text.startswith(CURSOR_LINE):
+        body, cursor = "", text[len(CURSOR_LINE):]
+    elif not sep:
+        return 0  # no cursor: journalctl printed nothing (or was cut off); read again next run
+    known = sum(1 for line in body.splitlines() if line.strip() and counting.line(line))
+    state.journal_cursor = cursor.strip()
+    return known
+
+
 def read_logs(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int, list[str]]:
     """Follow the configured logs into the state; returns (lines counted, problems)."""
     counting = Counting(state, cfg.local_domains, now)
     counted, problems = 0, []
-    for path in [p for p in (cfg.log, cfg.dovecot_log) if p is not None]:
+    for path in [p for p in (cfg.log, cfg.dovecot_log) if p is not None and not cfg.journal]:
         if not path.exists() and str(path) not in state.logs:
             problems.append(f"{path} does not exist (set [maillog] log to Postfix's log)")
             continue
@@ -370,6 +405,13 @@ class MailLogCollector:
         now = self.clock()
         state = await asyncio.to_thread(load_state, self.state_path)
         counted, problems = await asyncio.to_thread(read_logs, self.config, state, now)
+        if self.config.journal:
+            try:
+                out = await run_command(journal_command(self.config, state.journal_cursor, now),
+                                        self.config.timeout)
+                counted += await asyncio.to_thread(count_journal, out, state, self.config, now)
+            except (OSError, RuntimeError) as exc:
+                problems.append(f"cannot read the journal: {clean(exc, 300)}")
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
         try:

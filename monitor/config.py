@@ -800,6 +800,13 @@ class MailLogConfig:
     # Domains delivered here: mail to them is inbound, everything else outbound.
     local_domains: list[str] = field(default_factory=list)
     keep_days: Annotated[int, Range(1, 3660)] = 35
+    # Debian 12 without rsyslog: Postfix and Dovecot log to the journal only.
+    journal: bool = False
+    journal_units: list[str] = field(default_factory=lambda: [
+        "postfix@-.service", "postfix.service", "dovecot.service"])
+    journal_directory: ConfigPath | None = None  # another journal (journalctl -D); unset: the system's
+    journalctl: ConfigPath = Path("/usr/bin/journalctl")
+    timeout: Duration = 60.0
 
     def validate(self) -> None:
         self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]

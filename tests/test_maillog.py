@@ -299,3 +299,77 @@ async def test_mail_page_shows_the_last_day_escaped(tmp_path):
                       (tmp_path / "html" / "mail.html").as_uri())
     assert result.returncode == 0, result.stderr[-2000:]
     assert shot.stat().st_size > 10_000
+
+
+def journal_export(lines: list[str], now: float, first: int = 0) -> bytes:
+    """The recorded syslog lines as journald would have stored them (systemd's export format):
+    Postfix's under postfix@-.service, Dovecot's under dovecot.service, plus a cron line."""
+    from collectors.maillog import _STAMP, line_time
+
+    out = []
+    at = now
+    for n, line in enumerate(lines):
+        stamp = _STAMP.match(line)
+        at = line_time(stamp, now)
+        rest = stamp["rest"]
+        if " postfix/" in f" {rest}":
+            _, _, tail = rest.partition(" ")  # the host name
+            ident, _, message = tail.partition(": ")
+            ident, pid = ident.rstrip("]").split("[")
+            unit = "postfix@-.service"
+        else:  # Dovecot's own log: "imap-login: Info: ..."
+            ident, pid, unit, message = "dovecot", "77", "dovecot.service", rest
+        usec = int(at * 1e6) + first + n  # one boot: journalctl orders its entries by the monotonic clock
+        out.append(f"__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={usec}\n"
+                   f"_BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=mail\n"
+                   f"_SYSTEMD_UNIT={unit}\nSYSLOG_IDENTIFIER={ident}\n_PID={pid}\n"
+                   f"MESSAGE={message}\n\n")
+    usec = int(at * 1e6) + first + len(lines)
+    out.append(f"__REALTIME_TIMESTAMP={usec}\n__MONOTONIC_TIMESTAMP={usec}\n"
+               "_BOOT_ID=0123456789abcdef0123456789abcdef\n_HOSTNAME=mail\n"
+               "_SYSTEMD_UNIT=cron.service\nSYSLOG_IDENTIFIER=CRON\n_PID=5\n"
+               "MESSAGE=warning: unknown[10.0.0.1]: SASL LOGIN authentication failed: x\n\n")
+    return "".join(out).encode()
+
+
+def make_journal(path: Path, lines: list[str], now: float, first: int = 0) -> None:
+    import subprocess
+
+    import pytest
+
+    remote = Path("/lib/systemd/systemd-journal-remote")
+    if not remote.exists():
+        pytest.skip("systemd-journal-remote is not installed (see APT_PACKAGES in the Makefile)")
+    subprocess.run([str(remote), f"--output={path}", "-"], input=journal_export(lines, now, first),
+                   check=True, capture_output=True)
+
+
+async def test_journal_is_read_after_its_cursor(tmp_path):
+    """Debian 12 without rsyslog: the same traffic read from real journal files with journalctl,
+    in two parts (a second file appears between runs): every entry counted once, other units'
+    entries left out."""
+    lines = (DATA / "mail.log").read_text().splitlines()
+    dovecot = (DATA / "dovecot.log").read_text().splitlines()
+    half = len(lines) // 2
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    now = RECORDED_AT + 60
+    make_journal(directory / "one.journal", lines[:half], now)
+    cfg = MailLogConfig(enabled=True, journal=True, journal_directory=directory,
+                        local_domains=["example.test"])
+    state_path = tmp_path / "maillog.json"
+    # The first read covers the last day before `now`.
+    collector = MailLogCollector(cfg, 300, state_path, clock=lambda: now)
+    (check,) = (await collector.collect()).checks
+    assert check.state is State.OK, check.message
+    cursor = load_state(state_path).journal_cursor
+    assert cursor.startswith("s=")
+    make_journal(directory / "two.journal", lines[half:] + dovecot, now, first=half + 1)
+    await collector.collect()
+    await collector.collect()  # nothing new: the cursor stays, nothing counted twice
+    assert figures(load_state(state_path)) == recorded_plan()
+    broken = MailLogCollector(MailLogConfig(enabled=True, journal=True,
+                                            journalctl=tmp_path / "no-journalctl"), 300,
+                              tmp_path / "other.json", clock=lambda: now)
+    (check,) = (await broken.collect()).checks
+    assert check.state is State.WARNING and "cannot read the journal" in check.message
