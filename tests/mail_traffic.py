@@ -48,7 +48,8 @@ PLAN = [
     Send(2, "blocked@example.test", None, "rejected:Recipient address rejected: Blocked by policy"),
     Send(1, USER, "", "rejected:Client host rejected: Access denied"),  # submission, no AUTH
 ]
-SASL_FAILURES = 3  # wrong password on submission
+SASL_FAILURES = 3  # wrong password on submission, each from its own loopback address:
+SASL_SOURCE = "127.0.0.{}"  # 127.0.0.10, .11, ... (Dovecot delays repeated failures per address)
 LOGIN_FAILURES = 2  # wrong password over IMAPS
 
 
@@ -87,7 +88,7 @@ def expected(plan: list[Send] = PLAN, sasl_failures: int = SASL_FAILURES,
         "outbound_by": dict(outbound),
         "senders": dict(senders),
         "domains": dict(domains),
-        "sasl_failures": {"127.0.0.1": sasl_failures},
+        "sasl_failures": {SASL_SOURCE.format(10 + i): 1 for i in range(sasl_failures)},
         "login_failures": {"127.0.0.1": login_failures},
     }
 
@@ -125,8 +126,9 @@ def _drive(ports: dict[str, int], imaps: int) -> None:
                     client.send_message(_message(send.to, n), from_addr=USER, to_addrs=[send.to])
                 except smtplib.SMTPRecipientsRefused:
                     assert send.outcome.startswith("rejected"), send
-    for _ in range(SASL_FAILURES):
-        with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30) as client:
+    for i in range(SASL_FAILURES):
+        with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=30,
+                          source_address=(SASL_SOURCE.format(10 + i), 0)) as client:
             client.starttls(context=_unverified())
             client.ehlo()
             # One AUTH command per attempt (smtplib's login() would try every mechanism).
