@@ -27,8 +27,8 @@ addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
 bounced, rejected, outbound (messages, DERIVE: the store keeps the rate, so an hour's average
 times 3600 is the hour's count), received_bytes; sasl_failures; instance "dovecot":
-login_failures; instance "sender <who>": outbound_this_hour (GAUGE, the busiest senders of the
-current hour). Check "maillog" (target "mail").
+login_failures; instance "sender <who>": outbound_last_hour (GAUGE, the busiest senders of the
+last 60 minutes). Check "maillog" (target "mail").
 """
 
 from __future__ import annotations
@@ -393,6 +393,20 @@ def _hour_start(now: float) -> float:
     return datetime.fromtimestamp(now).replace(minute=0, second=0, microsecond=0).timestamp()
 
 
+def last_hour_senders(state: MailLogState, now: float) -> dict[str, float]:
+    """Outbound mail per sender over the last 60 minutes, estimated from the hourly counts (the
+    hour under way plus the share of the previous hour still inside the window, as a sliding
+    window rate limiter counts), for the busiest senders of either hour. A sender that went
+    quiet decays to 0 in the hour after, so an alert on it recovers."""
+    start = _hour_start(now)
+    current = state.hours.get(int(start), HourCounts()).tables["outbound_by"]
+    previous = state.hours.get(int(start - HOUR), HourCounts()).tables["outbound_by"]
+    share = 1.0 - min(max(now - start, 0.0), HOUR) / HOUR
+    senders = ({s for s, _ in current.most_common(TOP_SENDER_SERIES)}
+               | {s for s, _ in previous.most_common(TOP_SENDER_SERIES)})
+    return {s: current[s] + previous[s] * share for s in sorted(senders)}
+
+
 @dataclass
 class MailLogCollector:
     config: MailLogConfig
@@ -424,9 +438,8 @@ class MailLogCollector:
             batch.add(Measurement(TARGET, instance, metric, float(state.totals[metric]),
                                   Kind.DERIVE, unit="B" if metric.endswith("_bytes") else "",
                                   timestamp=now, minimum=0))
-        this_hour = state.hours.get(int(_hour_start(now)), HourCounts())
-        for sender, n in this_hour.tables["outbound_by"].most_common(TOP_SENDER_SERIES):
-            batch.add(Measurement(TARGET, f"sender {sender}", "outbound_this_hour", float(n),
+        for sender, n in last_hour_senders(state, now).items():
+            batch.add(Measurement(TARGET, f"sender {sender}", "outbound_last_hour", n,
                                   timestamp=now, minimum=0))
         midnight = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
         today = HourCounts()

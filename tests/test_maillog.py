@@ -102,7 +102,7 @@ async def test_collector_stores_series_and_a_check(tmp_path):
     assert values["postfix", "delivered"].kind is Kind.DERIVE
     assert values["dovecot", "login_failures"].value == sum(want["login_failures"].values())
     assert {metric for _, metric in values} >= set(COUNTS)
-    senders = {i: m.value for (i, metric), m in values.items() if metric == "outbound_this_hour"}
+    senders = {i: m.value for (i, metric), m in values.items() if metric == "outbound_last_hour"}
     # Recorded within one hour or two: the current hour holds at most what was sent.
     assert all(i.startswith("sender ") for i in senders)
     (check,) = batch.checks
@@ -234,7 +234,7 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
         at = now[0]
         return Batch([Measurement("mail", "postfix", "sasl_failures", sasl, Kind.DERIVE,
                                   timestamp=at),
-                      Measurement("mail", "sender alice@example.net", "outbound_this_hour",
+                      Measurement("mail", "sender alice@example.net", "outbound_last_hour",
                                   sender, timestamp=at),
                       Measurement("mx1", "queue:postfix", "deferred_messages", deferred,
                                   timestamp=at)],
@@ -373,3 +373,19 @@ async def test_journal_is_read_after_its_cursor(tmp_path):
                               tmp_path / "other.json", clock=lambda: now)
     (check,) = (await broken.collect()).checks
     assert check.state is State.WARNING and "cannot read the journal" in check.message
+
+
+def test_sender_volume_is_a_sliding_hour_and_falls_back_to_zero():
+    from collectors.maillog import HourCounts, last_hour_senders
+
+    state = MailLogState()
+    hour = 1_796_000_400  # a whole hour (UTC and most zones)
+    state.hours[hour - 3600] = HourCounts()
+    state.hours[hour - 3600].tables["outbound_by"].update({"spammer@example.net": 600})
+    state.hours[hour] = HourCounts()
+    state.hours[hour].tables["outbound_by"].update({"alice@example.net": 3})
+    at_quarter = last_hour_senders(state, hour + 900)
+    assert at_quarter == {"alice@example.net": 3, "spammer@example.net": 450}
+    # Two hours on: the spammer, quiet since, has decayed out (its alert recovered on the way).
+    state.hours[hour + 3600] = HourCounts()
+    assert last_hour_senders(state, hour + 3600 + 10) == {"alice@example.net": 3 * (1 - 10 / 3600)}
