@@ -104,7 +104,7 @@ class Agent:
         if self.config.baseline.enabled:
             from alerts.baseline import BaselineJob
             job = BaselineJob(self.store, self.config.baseline)
-            self.scheduler.add_interval("baseline", job.interval, self._baseline(job),
+            self.scheduler.add_interval(job.name, job.interval, self._baseline(job),
                                         run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests

@@ -152,3 +152,29 @@ def test_week_graph_draws_the_usual_band(tmp_path):
     over = out.values > usual.values
     assert over[-40:-33].any() and over[:-48].mean() < 0.2
     assert any(row.label == "usual" for row in graph.legend[:4])
+
+
+async def test_agent_schedules_the_baseline_job_and_consumes_its_checks(tmp_path):
+    """[baseline] on: the agent runs the hourly job off the loop and its checks land in the
+    status book like a collector's."""
+    from monitor.agent import Agent
+    from monitor.config import parse_config
+
+    config = parse_config('[host]\nenabled = false\n[disks]\nenabled = false\n'
+                          '[baseline]\nenabled = true\n', base_dir=tmp_path)
+    config.agent.data_dir = tmp_path
+    config.storage.rrd_dir = tmp_path / "rrd"
+    config.web.interval = 0
+    agent = Agent(config)
+    agent.store.write([Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s",
+                                   END - 600 + i * STEP, minimum=0) for i in range(3)], STEP)
+    agent.schedule()
+    try:
+        assert "baseline" in agent.scheduler.stats()
+        from alerts.baseline import BaselineJob
+
+        await agent._baseline(BaselineJob(agent.store, config.baseline))()  # what the job runs
+        (status,) = [s for s in agent.status.all() if s.check.startswith("baseline ")]
+        assert status.check == "baseline eth1 out_octets" and status.state is State.OK
+    finally:
+        await agent.close()
