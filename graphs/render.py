@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
-from monitor import units
+from monitor import seasonal, units
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import alert_range
 from monitor.store import Series, SeriesInfo
@@ -113,6 +113,8 @@ format_value = units.format_value  # the one formatter of the site, the mail and
 
 PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
 IN_FILL, IN_EDGE, OUT_LINE = units.IN_FILL, units.IN_EDGE, units.OUT_LINE
+USUAL_FILL = "#d4dcc4"  # the seasonal baseline's expected band
+BAND_SPAN = 8 * 86400  # day and week graphs: an hour-of-the-week band means something there
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
 P95_MARK = "#c0392b"
 # loss (percent) up to which a latency line has this colour
@@ -587,6 +589,7 @@ class Renderer:
                     _, low = _steps(series_start, step, layer.low)
                     low = (low - bottom) * scale
                     self.band.set_data(x, low, y, where=~(np.isnan(y) | np.isnan(low)))
+                    self.band.set_facecolor(layer.color)
                     ax.draw_artist(self.band)
                 elif layer.style == "loss-line" and layer.loss is not None:
                     points = np.column_stack([x, y])
@@ -795,6 +798,8 @@ class Job:
     out_dir: Path
     now: float
     spark: bool = True
+    baseline: str = ""  # the metric whose seasonal band is drawn (monitor.seasonal), if any
+    weeks: int = 6
 
 
 @dataclass
@@ -836,6 +841,8 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             else:
                 rows = stats.window(series, start, end)
             graph = build_graph(info, series, rows)
+            if job.baseline and period.span <= BAND_SPAN:
+                add_usual_band(graph, store, info, job.baseline, job.weeks, series)
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
@@ -852,6 +859,32 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     result.seconds = time.perf_counter() - started
     result.cpu = time.process_time() - cpu
     return result
+
+
+def add_usual_band(graph: Graph, store, info: SeriesInfo, metric: str, weeks: int,
+                   series: Series) -> None:
+    """The expected band of `metric` for each hour of the week (monitor.seasonal, from the
+    store's 2-hour averages of the weeks before), drawn under the data."""
+    if graph.kind == TRAFFIC:
+        scale, label = 8.0, {"in_octets": "In", "out_octets": "Out"}.get(metric)
+    else:
+        scale, label = 1.0, metric
+    if label is None or not any(layer.label == label for layer in graph.layers):
+        return
+    n = len(next(iter(series.columns.values()), []))
+    if not n:
+        return
+    history = store.fetch_path(info, series.start - weeks * seasonal.WEEK - 7200, series.end, 7200)
+    past = np.array(history.columns.get(metric, []), dtype=float)
+    times = series.start + (np.arange(n) + 0.5) * series.step
+    expected = seasonal.band(past, history.start, history.step, times, weeks)
+    if np.isnan(expected.usual).all():
+        return
+    graph.layers.insert(0, Layer("usual", expected.high * scale, "band", USUAL_FILL,
+                                 low=expected.low * scale))
+    row = LegendRow("usual", USUAL_FILL, f"{label}: expected for the hour of the week (last "
+                                         f"{weeks} weeks)")
+    graph.legend.insert(min(len(graph.legend), _LEGEND_ROWS - 1), row)
 
 
 def _step_text(step: int) -> str:
