@@ -1,0 +1,275 @@
+"""`monitor import mrtg` against the real thing: Debian's cfgmaker writes the config from an
+snmpsim device, Debian's mrtg (perl, rateup, RRDs) polls it over a simulated period, and the
+import must give back MRTG's own figures (average and max per interval) from our RRD files.
+
+The device's interface counters are snmpsim `writecache` values that the test SETs before each
+run; MRTG's clock is Perl's time() overridden by a tiny module (MRTG hands that time on to
+rateup and RRDs::update), so 2 hours of 5-minute polls take a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from importers import mrtg
+from importers.commands import cmd_import, register
+from monitor.config import parse_config
+from monitor.store import RrdStore
+from tests.conftest import DATA, ROOT
+from tests.test_snmp import free_udp_port, stop, wait_for_agent
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/mrtg").exists() or not Path("/usr/bin/cfgmaker").exists(),
+                                reason="Debian's mrtg is not installed (apt-get install mrtg librrds-perl)")
+
+T0 = 1_800_000_000 - 1_800_000_000 % 86400  # midnight UTC: MRTG's and our rows line up
+RUNS = 25  # 2 hours of 5-minute polls
+IN_OID, OUT_OID = "1.3.6.1.2.1.2.2.1.10", "1.3.6.1.2.1.2.2.1.16"
+FAKE_CLOCK = """package FakeClock;
+BEGIN { *CORE::GLOBAL::time = sub () { defined $ENV{FAKE_TIME} ? $ENV{FAKE_TIME} : CORE::time() }; }
+1;
+"""
+
+
+def rates(run: int) -> dict[int, tuple[int, int]]:
+    """Bytes per second (in, out) of ifIndex 1 and 2 between run-1 and run."""
+    return {1: (1000 * (1 + run % 7), 400 * (1 + run % 5)), 2: (50 * (run % 3), 10 * run)}
+
+
+def recording(directory: Path) -> None:
+    """The DMZ router's real recording with writable 32-bit octet counters (no ifHC: noHC)."""
+    keep = []
+    for line in (DATA / "snmp" / "router-t0.snmprec").read_text().splitlines():
+        oid = line.split("|", 1)[0]
+        if oid.rsplit(".", 1)[0] in (IN_OID, OUT_OID, "1.3.6.1.2.1.31.1.1.1.6",
+                                     "1.3.6.1.2.1.31.1.1.1.10"):
+            continue
+        keep.append(line)
+    for index in (1, 2, 3, 4):
+        keep += [f"{IN_OID}.{index}|65:writecache|value=0", f"{OUT_OID}.{index}|65:writecache|value=0"]
+    keep.sort(key=lambda line: tuple(int(p) for p in line.split("|", 1)[0].split(".")))
+    (directory / "mrtg.snmprec").write_text("\n".join(keep) + "\n")
+
+
+class CounterSetter:
+    """SNMP SETs of Counter32 values into snmpsim's writecache (one engine for all runs)."""
+
+    async def __aenter__(self) -> CounterSetter:
+        from pysnmp.hlapi.v3arch import asyncio as hlapi
+
+        self.hlapi = hlapi
+        self.engine = hlapi.SnmpEngine()
+        return self
+
+    async def set(self, port: int, values: dict[str, int]) -> None:
+        h = self.hlapi
+        target = await h.UdpTransportTarget.create(("127.0.0.1", port), timeout=2, retries=2)
+        error, status, _, _ = await h.set_cmd(
+            self.engine, h.CommunityData("mrtg"), target, h.ContextData(),
+            *(h.ObjectType(h.ObjectIdentity(oid), h.Counter32(value % 2**32))
+              for oid, value in values.items()))
+        assert error is None and not status, (error, status)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.engine.close_dispatcher()
+
+
+@pytest.fixture(scope="module")
+def device():
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-mrtgsim-"))  # snmpsim runs as nobody as root
+    data, cache = tmp / "data", tmp / "cache"
+    data.mkdir()
+    cache.mkdir()
+    recording(data)
+    for path in (tmp, data, cache):
+        os.chmod(path, 0o777)
+    port = free_udp_port()
+    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"), f"--data-dir={data}",
+            f"--cache-dir={cache}", f"--agent-udpv4-endpoint=127.0.0.1:{port}",
+            "--logging-method=null"]
+    if os.geteuid() == 0:
+        argv += ["--process-user=nobody", "--process-group=nogroup"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(wait_for_agent(port, "mrtg", proc, "snmpsim"))
+    except RuntimeError:
+        stop(proc)
+        raise
+    yield port
+    stop(proc)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_mrtg(port: int, tmp: Path, logformat: str) -> tuple[Path, Path]:
+    """cfgmaker's config for the device, then RUNS polls by mrtg; (config, work dir)."""
+    work = tmp / "mrtg"
+    work.mkdir()
+    (tmp / "FakeClock.pm").write_text(FAKE_CLOCK)
+    config = tmp / "mrtg.cfg"
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    subprocess.run(["cfgmaker", "--ifref=name", "--global", f"WorkDir: {work}",
+                    "--global", "Options[_]: bits,growright", "--global", f"LogFormat: {logformat}",
+                    f"--output={config}", f"mrtg@127.0.0.1:{port}"],
+                   check=True, capture_output=True, env=env)
+    asyncio.run(poll_runs(port, tmp, config, env))
+    return config, work
+
+
+async def poll_runs(port: int, tmp: Path, config: Path, env: dict[str, str]) -> None:
+    counters = {1: [0, 0], 2: [0, 0]}
+    async with CounterSetter() as setter:
+        for run in range(RUNS):
+            if run:
+                for index, (rate_in, rate_out) in rates(run).items():
+                    counters[index][0] += rate_in * 300
+                    counters[index][1] += rate_out * 300
+            await setter.set(port, {f"{oid}.{index}": counters[index][side] for index in counters
+                                    for side, oid in enumerate((IN_OID, OUT_OID))})
+            proc = await asyncio.create_subprocess_exec(
+                "perl", f"-I{tmp}", "-MFakeClock", "/usr/bin/mrtg", "--log-only",
+                "--lock-file", str(tmp / "mrtg.lock"), "--confcache-file", str(tmp / "mrtg.ok"),
+                str(config), env={**env, "FAKE_TIME": str(T0 + run * 300)},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            output, _ = await proc.communicate()
+            assert proc.returncode == 0, output.decode(errors="replace")
+
+
+def import_args(path: Path, *extra: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"), lambda args: None)  # type: ignore[arg-type, return-value]
+    return parser.parse_args(["import", "mrtg", str(path), *extra])
+
+
+def our_config(tmp: Path):
+    path = tmp / "config.toml"
+    path.write_text(f'[agent]\ndata_dir = "{tmp / "ours"}"\n')
+    return parse_config(path.read_text(), path)
+
+
+def run_import(config, path: Path, *extra: str) -> tuple[int, str, str]:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = cmd_import(config, import_args(path, *extra), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def log_rows(path: Path) -> list[tuple[int, float, float, float, float]]:
+    lines = path.read_text().splitlines()[1:]
+    return [(int(f[0]), *map(float, f[1:5])) for f in (line.split() for line in lines)]  # type: ignore[misc]
+
+
+def test_cfgmaker_config_becomes_snmp_stanzas_and_rateup_logs_our_history(device, tmp_path):
+    config_path, work = run_mrtg(device, tmp_path, "rateup")
+    config = our_config(tmp_path)
+    code, out, err = run_import(config, config_path, "--dry-run")
+    assert code == 0, err
+    assert "dry run, nothing written" in err and "would create eth0.rrd" in err
+    assert not (tmp_path / "ours" / "rrd" / "dmz-router").exists()
+    # The stanza is valid config for this agent, names the imported interfaces, and keeps the
+    # community out of the file.
+    assert 'include = ["eth0", "eth1"]' in out and "mrtg" not in out.split("community_file")[0][-40:]
+    community = tmp_path / "dmz-router.community"
+    community.write_text("mrtg\n")
+    stanza = out.replace("/etc/monitor/dmz-router.community", str(community))
+    parsed = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n{stanza}', tmp_path / "c.toml")
+    (dev,) = parsed.snmp.devices
+    assert (dev.name, dev.host, dev.port, dev.community, dev.include) == \
+        ("dmz-router", "127.0.0.1", device, "mrtg", ["eth0", "eth1"])
+    assert "2 target(s) commented out" in err  # eth2/eth3 were down: cfgmaker left them out
+
+    code, out, err = run_import(config, config_path)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    for target_file, instance in (("127.0.0.1_eth0.log", "eth0"), ("127.0.0.1_eth1.log", "eth1")):
+        rows = [r for r in log_rows(work / target_file) if r[0] > T0]
+        assert len(rows) == RUNS - 1
+        fetched = store.fetch("dmz-router", instance, T0, T0 + (RUNS - 1) * 300)
+        ours = dict(zip(fetched.timestamps, zip(fetched.columns["in_octets"],
+                                                fetched.columns["out_octets"], strict=True),
+                        strict=True))
+        for end, avg_in, avg_out, max_in, max_out in rows:
+            assert ours[end] == (pytest.approx(avg_in), pytest.approx(avg_out)), end
+            assert (max_in, max_out) == (avg_in, avg_out)  # one poll per 5-minute row
+        # The 30-minute rows (week graph) and their maxima, as MRTG would consolidate them.
+        week = store.fetch("dmz-router", instance, T0, T0 + 7200, resolution=1800)
+        week_max = store.fetch("dmz-router", instance, T0, T0 + 7200, resolution=1800, cf="MAX")
+        by_time = {r[0]: r for r in rows}
+        for i, end in enumerate(week.timestamps[:4]):
+            inside = [by_time[t] for t in range(end - 1500, end + 1, 300)]
+            assert week.columns["in_octets"][i] == pytest.approx(sum(r[1] for r in inside) / 6)
+            assert week_max.columns["in_octets"][i] == pytest.approx(max(r[3] for r in inside))
+    # Again: our rows are kept, nothing is overwritten without --force.
+    code, _, err = run_import(config, config_path)
+    assert code == 0 and " 0 rows filled" in err and "kept (ours; --force replaces)" in err
+    code, _, err = run_import(config, config_path, "--force")
+    assert code == 0 and "replaced" in err
+
+
+def test_mrtg_rrdtool_files_give_the_same_rows_in_every_archive(device, tmp_path):
+    import rrdtool
+
+    config_path, work = run_mrtg(device, tmp_path, "rrdtool")
+    assert (work / "127.0.0.1_eth0.rrd").exists() and not (work / "127.0.0.1_eth0.log").exists()
+    config = our_config(tmp_path)
+    code, _, err = run_import(config, config_path)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    end = T0 + (RUNS - 1) * 300
+    for resolution in (300, 1800, 7200):
+        for cf in ("AVERAGE", "MAX"):
+            (start, _, step), _names, theirs = rrdtool.fetch(
+                str(work / "127.0.0.1_eth0.rrd"), cf, "--start", str(T0), "--end", str(end),
+                "-r", str(resolution))
+            assert step == resolution
+            ours = store.fetch("dmz-router", "eth0", T0, end, resolution, cf)
+            assert ours.step == resolution and ours.start == start
+            known = [(a, b) for a, b in zip(theirs, zip(ours.columns["in_octets"], ours.columns["out_octets"],
+                                                         strict=True), strict=False) if a[0] is not None]
+            assert known, (resolution, cf)
+            for (their_in, their_out), (our_in, our_out) in known:
+                assert (our_in, our_out) == (pytest.approx(their_in), pytest.approx(their_out))
+
+
+def test_target_forms_and_what_cannot_be_mapped(tmp_path):
+    (tmp_path / "work").mkdir()
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"""WorkDir: {tmp_path / 'work'}
+Options[_]: bits
+# System: core1
+### Interface 3 >> Descr: 'GigabitEthernet0/3' | Name: 'Gi0/3' | Ip: '' | Eth: '' ###
+Target[core1_3]: 3:pub\\@lic@core1.example.net:::::2
+Title[core1_3]: Uplink
+Target[core1_gi04]: -#Gi0/4:public@core1.example.net:::::2
+Target[core1_err]: ifInErrors#Gi0/5&ifOutErrors#Gi0/5:public@core1.example.net:::::2
+Target[sum]: #Gi0/1:public@core1.example.net + #Gi0/2:public@core1.example.net
+Target[script]: `/usr/local/bin/temperature`
+Target[byip]: /192.0.2.1:public@edge1
+Target[v3]: #ge-0/0/0:user@edge2:::::3
+SnmpOptions[v3]: username=>'mon', authprotocol=>'sha', authpassword=>'x', privprotocol=>'aes'
+""")
+    config = mrtg.read_config(cfg)
+    by_name = {t.name: t for t in config.targets}
+    first = mrtg.parse_target(by_name["core1_3"])
+    assert (first.device, first.identity, first.community, first.version) == \
+        ("core1", "Gi0/3", "pub@lic", "2c")
+    assert mrtg.parse_target(by_name["core1_gi04"]).metrics == ("out_octets", "in_octets")
+    assert mrtg.parse_target(by_name["core1_err"]).metrics == ("in_errors", "out_errors")
+    assert by_name["core1_3"].options == {"bits"}
+    plan = mrtg.plan(cfg)
+    unmapped = "\n".join(plan.unmapped)
+    assert "several targets" in unmapped and "external script" in unmapped
+    assert "IP address '192.0.2.1'" in unmapped
+    assert "no history at" in unmapped  # nothing under WorkDir
+    stanzas = "\n".join(plan.stanzas)
+    assert 'user = "mon"' in stanzas and 'priv_protocol = "aes"' in stanzas and "'x'" not in stanzas
+    assert "pub@lic" not in stanzas  # communities stay out of the printed config
