@@ -120,7 +120,11 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
 
     out = out or sys.stdout
     err = err or sys.stderr
-    plan = make_plan(args)
+    try:
+        plan = make_plan(args)
+    except OSError as exc:
+        raise ValueError(f"import {args.tool}: cannot read {exc.filename or args.path}: "
+                         f"{exc.strerror or exc}") from None
     for stanza in plan.stanzas:
         out.write(stanza + "\n")
     out.flush()

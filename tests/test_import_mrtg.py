@@ -273,3 +273,64 @@ SnmpOptions[v3]: username=>'mon', authprotocol=>'sha', authpassword=>'x', privpr
     stanzas = "\n".join(plan.stanzas)
     assert 'user = "mon"' in stanzas and 'priv_protocol = "aes"' in stanzas and "'x'" not in stanzas
     assert "pub@lic" not in stanzas  # communities stay out of the printed config
+
+
+def synthetic_log(path: Path, now: int) -> list[tuple[int, int, int, int, int]]:
+    """Two years of an interface in rateup's exact layout: the counters line, then the current
+    and 601 five-minute lines, 600 of 30 minutes, 600 of 2 hours and 732 of a day, newest
+    first, each on its resolution's boundaries as rateup writes them."""
+    import math
+
+    times = [now - i * 300 for i in range(602)]
+    for resolution, count in ((1800, 600), (7200, 600), (86400, 732)):
+        first = times[-1] - times[-1] % resolution
+        first = first - resolution if first == times[-1] else first
+        times += [first - i * resolution for i in range(count)]
+    rows = []
+    for t in times:
+        average = int(1e6 * (2 + math.sin(t / 86400 * 2 * math.pi)) * (1 + (t - now) / 4e8))
+        rows.append((t, average, average // 4, int(average * 1.5), average // 3))
+    path.write_text(f"{now} 123456789 23456789\n" + "".join(f"{r[0]} {r[1]} {r[2]} {r[3]} {r[4]}\n"
+                                                            for r in rows))
+    return rows
+
+
+def test_two_years_of_rateup_log_fill_every_archive_and_the_95th(tmp_path):
+    work = tmp_path / "mrtg"
+    work.mkdir()
+    now = T0
+    rows = synthetic_log(work / "core1_gi0_1.log", now)
+    # rateup itself reads it as a log of its own: it carries the history on when it next runs.
+    subprocess.run(["rateup", str(work) + "/", "core1_gi0_1", str(now + 300), "-Z", "u",
+                    str(123456789 + 300 * 1000), str(23456789 + 300 * 100), "125000000"],
+                   check=True, capture_output=True)
+    after = log_rows(work / "core1_gi0_1.log")
+    assert {r[0]: r[1] for r in after}[rows[-1][0]] == rows[-1][1]  # the oldest day kept
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"WorkDir: {work}\nTarget[core1_gi0_1]: #Gi0/1:public@core1.example.net:::::2\n"
+                   "MaxBytes[core1_gi0_1]: 125000000\n")
+    config = our_config(tmp_path)
+    code, _, err = run_import(config, cfg)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    lines = log_rows(work / "core1_gi0_1.log")
+    for resolution, span in ((1800, 9 * 86400), (7200, 40 * 86400), (86400, 700 * 86400)):
+        ours = store.fetch("core1.example.net", "Gi0/1", now - span, now, resolution)
+        ours_max = store.fetch("core1.example.net", "Gi0/1", now - span, now, resolution, "MAX")
+        average = dict(zip(ours.timestamps, ours.columns["in_octets"], strict=True))
+        peak = dict(zip(ours_max.timestamps, ours_max.columns["in_octets"], strict=True))
+        theirs = [(t, a, m) for t, a, _, m, _ in lines
+                  if now - span < t <= now - 3 * resolution and t % resolution == 0]
+        finer_until = {1800: rows[601][0], 7200: rows[1201][0], 86400: rows[1801][0]}[resolution]
+        section = [r for r in theirs if r[0] < finer_until - resolution]  # this resolution only
+        assert len(section) > 5, resolution
+        for t, a, m in section:
+            assert average[t] == pytest.approx(a), (resolution, t)
+            assert peak[t] == pytest.approx(m), (resolution, t)
+    # The 95th percentile of the month before last, as the billing graph computes it from our
+    # 5-minute rows, is the one of MRTG's 2-hour rows of that month.
+    start, end = now - 60 * 86400, now - 30 * 86400
+    fetched = store.fetch("core1.example.net", "Gi0/1", start, end, 300)
+    ours = sorted(v for v in fetched.columns["in_octets"] if v is not None)
+    theirs = sorted(a for t, a, _, _, _ in lines if start < t <= end and t % 7200 == 0)
+    assert ours[int(len(ours) * 0.95)] == pytest.approx(theirs[int(len(theirs) * 0.95)], rel=1e-3)
