@@ -13,7 +13,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,8 +22,8 @@ from importers import mrtg
 from importers.commands import cmd_import, register
 from monitor.config import parse_config
 from monitor.store import RrdStore
-from tests.conftest import DATA, ROOT
-from tests.test_snmp import free_udp_port, stop, wait_for_agent
+from tests.conftest import DATA
+from tests.test_snmp import start_snmpsim, stop
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/mrtg").exists() or not Path("/usr/bin/cfgmaker").exists(),
                                 reason="Debian's mrtg is not installed (apt-get install mrtg librrds-perl)")
@@ -90,18 +89,7 @@ def device():
     recording(data)
     for path in (tmp, data, cache):
         os.chmod(path, 0o777)
-    port = free_udp_port()
-    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"), f"--data-dir={data}",
-            f"--cache-dir={cache}", f"--agent-udpv4-endpoint=127.0.0.1:{port}",
-            "--logging-method=null"]
-    if os.geteuid() == 0:
-        argv += ["--process-user=nobody", "--process-group=nogroup"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        asyncio.run(wait_for_agent(port, "mrtg", proc, "snmpsim"))
-    except RuntimeError:
-        stop(proc)
-        raise
+    proc, port = start_snmpsim(data, cache, "mrtg")
     yield port
     stop(proc)
     shutil.rmtree(tmp, ignore_errors=True)
