@@ -134,15 +134,18 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
     started = time.monotonic()
     totals = {"created": 0, "filled": 0, "kept": 0, "replaced": 0, "files": 0}
     failed: list[str] = []
+    empty: list[str] = []
     lines: list[str] = []
     try:
         for copy, size in zip(plan.copies, sizes, strict=True):
             progress.show(copy.what)
             try:
                 history = copy.read()
-                history = {m: a for m, a in history.items() if a}
+                history = {m: a for m, a in history.items()
+                           if any(v is not None for archive in a for _, _, v in archive.rows)}
                 if not history:
-                    failed.append(f"{copy.what}: no rows in {', '.join(map(str, copy.sources))}")
+                    empty.append(f"{copy.what}: no data yet in "
+                                 f"{', '.join(map(str, copy.sources))}")
                     continue
                 report = store.merge_history(copy.templates, history, step_for(copy, config),
                                              force=args.force, dry_run=args.dry_run)
@@ -174,7 +177,7 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
         err.write(line + "\n")
     for note in plan.notes:
         err.write(f"note: {note}\n")
-    problems = plan.unmapped + failed
+    problems = plan.unmapped + empty + failed
     if problems:
         err.write(f"not imported ({len(problems)}):\n")
         for problem in problems:

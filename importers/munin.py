@@ -74,7 +74,7 @@ def plan(path: Path) -> Plan:
         copies = _copies(host, plugin, fields, labels, result)
         result.copies += copies
         if plugin.startswith("ping_") and copies:
-            pinged.setdefault(host, []).append(plugin[5:])
+            pinged.setdefault(host, []).append(copies[0].target)
     hosts = sorted({host for host, _ in found})
     if hosts:
         result.notes.append("Munin nodes imported as targets " + ", ".join(hosts) + " (the host "
@@ -112,9 +112,15 @@ def _copies(host: str, plugin: str, fields: dict[str, Path], labels: dict[tuple[
     if plugin.startswith("if_"):
         return one(f"nic:{plugin[3:]}", IF_FIELDS, "host")
     if plugin.startswith("ping_"):
-        return one(f"ping-{plugin[5:]}", {"ping": ("rtt_avg_seconds", Kind.GAUGE, "s"),
-                                          "packetloss": ("loss_percent", Kind.GAUGE, "%")},
-                   "services", target=plugin[5:])
+        # Munin cleans the plugin name (ping_192_0_2_1); the "ping" field's label is the host.
+        pinged = labels.get((host, plugin, "ping"), plugin[5:])
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]+", pinged):
+            result.unmapped.append(f"Munin {host} {plugin}: pinged host {clean(pinged, 60)!r} "
+                                   "is not a host name")
+            return []
+        return one(f"ping-{pinged}", {"ping": ("rtt_avg_seconds", Kind.GAUGE, "s"),
+                                      "packetloss": ("loss_percent", Kind.GAUGE, "%")},
+                   "services", target=pinged)
     if plugin in ("df", "df_inode"):
         metric = "used_percent" if plugin == "df" else "inodes_used_percent"
         copies = []

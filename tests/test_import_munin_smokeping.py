@@ -1,9 +1,12 @@
 """`monitor import munin` and `monitor import smokeping` on files in those tools' exact layouts.
 
-Munin: DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd with one data source "42" and munin-update's
-archives (AVERAGE, MIN, MAX at 5 min x 576, 30 min x 432, 2 h x 540, 1 day x 450), plus its
-`datafile` with the df labels. (munin-update is not run here: it polls munin-node with the real
-clock only, so it cannot write the 60 days of history this test needs.) SmokePing: its
+Munin: Debian's munin-update polls Debian's munin-node (its own plugins: cpu, load, memory, df,
+df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, to show that the
+files and the datafile it writes are mapped. It polls with the real clock, so its files hold no
+finished 5-minute row yet: the history test uses files made in exactly its layout
+(DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd, one data source "42", AVERAGE, MIN and MAX at 5 min x
+576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the real files) with 60 days of
+5-minute updates, and its `datafile` with the df labels. SmokePing: its
 documented Database layout (step 300, uptime, loss, median, ping1..ping20; AVERAGE 1 x 1008,
 AVERAGE/MIN/MAX 12 x 4320 and 144 x 720) under DATADIR/SECTION/NAME.rrd, and a real Targets file.
 The imported rows must equal the other tool's own rows in every archive.
@@ -14,6 +17,14 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import rrdtool
@@ -213,3 +224,97 @@ def test_smokeping_targets_become_checks_with_median_and_loss_history(tmp_path):
     # Dry run and no --force: nothing changes the second time.
     code, _, err = run("smokeping", etc / "Targets", config, "--rrd-dir", str(tmp_path / "data"), "--dry-run")
     assert code == 0 and " 0 rows filled" in err and "dry run" in err
+
+
+MUNIN_UPDATE = Path("/usr/share/munin/munin-update")
+
+
+@pytest.fixture(scope="module")
+def munin_dbdir():
+    """A real munin-update run against a real munin-node on a free loopback port."""
+    if not MUNIN_UPDATE.exists() or not Path("/usr/sbin/munin-node").exists():
+        pytest.skip("Debian's munin and munin-node are not installed")
+    as_root = os.geteuid() == 0
+    if as_root:
+        try:
+            munin = pwd.getpwnam("munin")
+        except KeyError:
+            pytest.skip("no munin user (munin-update refuses to run as root)")
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-munin-"))  # the munin user must reach it
+    os.chmod(tmp, 0o755)
+    plugins, plugin_conf = tmp / "conf" / "plugins", tmp / "conf" / "plugin-conf.d"
+    plugins.mkdir(parents=True)
+    plugin_conf.mkdir()
+    for name, plugin in (("cpu", "cpu"), ("load", "load"), ("memory", "memory"), ("df", "df"),
+                         ("df_inode", "df_inode"), ("if_lo", "if_"), ("if_err_lo", "if_err_"),
+                         ("ping_127.0.0.1", "ping_")):
+        (plugins / name).symlink_to(f"/usr/share/munin/plugins/{plugin}")
+    (plugin_conf / "munin-node").write_text("[*]\nuser root\n" if as_root else "")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    user = "user root\ngroup root\n" if as_root else ""
+    (tmp / "munin-node.conf").write_text(
+        f"log_level 4\nlog_file {tmp}/munin-node.log\npid_file {tmp}/munin-node.pid\n"
+        f"background 0\nsetsid 0\n{user}allow ^127\\.0\\.0\\.1$\nhost 127.0.0.1\n"
+        f"port {port}\nhost_name web1.example.net\n")
+    # munin-node has no option for its plugin directory: point Munin's own default at ours.
+    node = subprocess.Popen(
+        ["perl", "-e", '$0 = "munin-node"; require Munin::Common::Defaults; '
+         f'$Munin::Common::Defaults::MUNIN_CONFDIR = "{tmp}/conf"; '
+         f'@ARGV = ("--config", "{tmp}/munin-node.conf", "--foreground"); '
+         'do "/usr/sbin/munin-node"; die $@ if $@; exit main::main();'],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert node.poll() is None, node.stderr.read().decode()  # type: ignore[union-attr]
+                time.sleep(0.1)
+        for name in ("db", "log", "run", "html"):
+            (tmp / name).mkdir()
+            if as_root:
+                os.chown(tmp / name, munin.pw_uid, munin.pw_gid)
+        conf = tmp / "munin.conf"
+        conf.write_text(f"dbdir {tmp}/db\nhtmldir {tmp}/html\nlogdir {tmp}/log\nrundir {tmp}/run\n"
+                        f"\n[example.net;web1.example.net]\n    address 127.0.0.1\n    port {port}\n"
+                        "    use_node_name no\n")
+        conf.chmod(0o644)
+        argv = [str(MUNIN_UPDATE), "--config_file", str(conf)]
+        if as_root:
+            argv = ["runuser", "-u", "munin", "--", *argv]
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        yield tmp / "db", conf
+    finally:
+        node.terminate()
+        node.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_real_munin_update_files_are_mapped(munin_dbdir, tmp_path):
+    from importers import munin
+
+    dbdir, conf = munin_dbdir
+    files = {p.name for p in (dbdir / "example.net").glob("*.rrd")}
+    assert "web1.example.net-if_lo-down-d.rrd" in files and "web1.example.net-load-load-g.rrd" in files
+    # Our synthetic files above are in exactly this layout.
+    info = rrdtool.info(str(dbdir / "example.net" / "web1.example.net-load-load-g.rrd"))
+    rras = [f"RRA:{info[f'rra[{i}].cf']}:0.5:{info[f'rra[{i}].pdp_per_row']}:{info[f'rra[{i}].rows']}"
+            for i in range(len(MUNIN_RRAS))]
+    assert rras == MUNIN_RRAS and info["ds[42].type"] == "GAUGE" and info["step"] == 300
+    plan = munin.plan(conf)  # munin.conf -> its dbdir
+    series = {(c.target, c.instance, m.metric) for c in plan.copies for m in c.templates}
+    host = "web1.example.net"
+    for expected in ((host, "", "cpu_user_percent"), (host, "", "load5"),
+                     (host, "", "memory_used_bytes"), (host, "", "swap_used_bytes"),
+                     (host, "nic:lo", "in_octets"), (host, "nic:lo", "out_errors"),
+                     ("127.0.0.1", "ping-127.0.0.1", "loss_percent")):
+        assert expected in series, expected
+    if any("-df-" in name for name in files):  # the mount points depend on the machine
+        assert any(i.startswith("fs:/") and m == "used_percent" for _, i, m in series)
+    assert any('host = "127.0.0.1"' in s for s in plan.stanzas)  # from the label, not ping_127_0_0_1
+    code, _, err = run("munin", conf, our_config(tmp_path), "--dry-run")
+    assert code == 0, err
+    assert "no data yet" in err  # one poll: no 5-minute row is complete
