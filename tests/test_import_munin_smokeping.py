@@ -5,7 +5,7 @@ df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, to s
 files and the datafile it writes are mapped. It polls with the real clock, so its files hold no
 finished 5-minute row yet: the history test uses files made in exactly its layout
 (DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd, one data source "42", AVERAGE, MIN and MAX at 5 min x
-576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the real files) with 60 days of
+576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the real files) with 12 days of
 5-minute updates, and its `datafile` with the df labels. SmokePing: its
 documented Database layout (step 300, uptime, loss, median, ping1..ping20; AVERAGE 1 x 1008,
 AVERAGE/MIN/MAX 12 x 4320 and 144 x 720) under DATADIR/SECTION/NAME.rrd, and a real Targets file.
@@ -35,7 +35,7 @@ from monitor.config import parse_config
 from monitor.store import RrdStore
 
 END = 1_800_000_000 - 1_800_000_000 % 86400
-DAYS = 60
+DAYS = 12
 MUNIN_RRAS = [f"RRA:{cf}:0.5:{steps}:{rows}" for steps, rows in ((1, 576), (6, 432), (24, 540), (288, 450))
               for cf in ("AVERAGE", "MIN", "MAX")]
 SMOKEPING_RRAS = ["RRA:AVERAGE:0.5:1:1008", *(f"RRA:{cf}:0.5:{steps}:{rows}"
@@ -86,7 +86,8 @@ def same_rows(store: RrdStore, target: str, instance: str, metric: str, theirs_p
             ours = store.fetch(target, instance, start, END, resolution, cf)
             mine = dict(zip(ours.timestamps, ours.columns[metric], strict=True))
             for t, v in theirs.items():
-                if v is None or step != resolution:
+                # (Their first row of each resolution holds a partial first 5 minutes.)
+                if v is None or step != resolution or t <= END - DAYS * 86400 + 86400:
                     continue
                 assert mine.get(t) == pytest.approx(v * scale, rel=1e-6), (resolution, cf, t)
                 compared += 1
