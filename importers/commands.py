@@ -16,6 +16,7 @@ from typing import TextIO
 
 from importers.plan import Plan, SeriesCopy
 from monitor.config import Config
+from monitor.text import clean
 from monitor.units import format_bytes
 
 ReadConfig = Callable[[argparse.Namespace], Config]
@@ -100,7 +101,7 @@ class Progress:
         if self.live:
             self.stream.write(f"\r\x1b[K[{self.files}/{self.total_files} files, "
                               f"{format_bytes(self.bytes)} of {format_bytes(self.total_bytes)}] "
-                              f"{what[:60]}")
+                              f"{clean(what, 60)}")
             self.stream.flush()
 
     def done(self, copy: SeriesCopy, size: int) -> None:
@@ -160,7 +161,7 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
                 totals[name] += getattr(report, name)
             verb = "would " if args.dry_run else ""
             action = f"{verb}create" if report.created else f"{verb}merge into"
-            lines.append(f"  {copy.what} -> {copy.target} {copy.instance or '(device)'}: "
+            lines.append(f"{copy.what} -> {copy.target} {copy.instance or '(device)'}: "
                          f"{action} {report.path.name}, {report.filled} rows filled"
                          + (f", {report.replaced} replaced" if report.replaced else "")
                          + (f", {report.kept} kept (ours; --force replaces)" if report.kept else ""))
@@ -173,13 +174,14 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
               f"({format_bytes(sum(sizes))} read in {elapsed:.1f} s), {totals['created']} new "
               f"file(s), {totals['filled']} rows filled, {totals['kept']} kept, "
               f"{totals['replaced']} replaced; {len(plan.stanzas)} config stanza(s) on stdout\n")
+    # Names in these lines come from the other tool's files: one clean line each.
     for line in lines:
-        err.write(line + "\n")
+        err.write(f"  {clean(line, 400)}\n")
     for note in plan.notes:
-        err.write(f"note: {note}\n")
+        err.write(f"note: {clean(note, 400)}\n")
     problems = plan.unmapped + empty + failed
     if problems:
         err.write(f"not imported ({len(problems)}):\n")
         for problem in problems:
-            err.write(f"  {problem}\n")
+            err.write(f"  {clean(problem, 400)}\n")
     return 1 if failed else 0

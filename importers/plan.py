@@ -45,13 +45,16 @@ class Plan:
 
 
 def toml_string(text: str) -> str:
-    """A TOML basic string (device names and descriptions come from other tools' files)."""
+    """A TOML basic string (device names and descriptions come from other tools' files):
+    controls and other unprintable characters (bidi overrides) as \\uXXXX escapes."""
     out = []
     for ch in text:
         if ch in '"\\':
             out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ch == "\x7f":
+        elif not ch.isprintable() and ord(ch) <= 0xFFFF:
             out.append(f"\\u{ord(ch):04x}")
+        elif not ch.isprintable():
+            out.append(f"\\U{ord(ch):08x}")
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'

@@ -322,3 +322,39 @@ def test_two_years_of_rateup_log_fill_every_archive_and_the_95th(tmp_path):
     ours = sorted(v for v in fetched.columns["in_octets"] if v is not None)
     theirs = sorted(a for t, a, _, _, _ in lines if start < t <= end and t % 7200 == 0)
     assert ours[int(len(ours) * 0.95)] == pytest.approx(theirs[int(len(theirs) * 0.95)], rel=1e-3)
+
+
+def test_progress_on_a_terminal_and_hostile_names_stay_one_line(tmp_path):
+    import pty
+
+    work = tmp_path / "work"
+    work.mkdir()
+    synthetic_log(work / "evil.log", T0)
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"WorkDir: {work}\n# System: rtr\u202e1\x1b[2J\n"
+                   "Target[evil]: #../../etc/passwd\x07:public@192.0.2.7\n")
+    config = our_config(tmp_path)
+    master, slave = pty.openpty()
+    err = os.fdopen(slave, "w")
+    out = __import__("io").StringIO()
+    code = cmd_import(config, import_args(cfg), out, err)
+    err.close()
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert code == 0, terminal
+    shown = terminal.decode()
+    assert "[0/1 files, 0 B of" in shown and "[1/1 files," in shown  # files done / total, bytes
+    assert "\x07" not in shown and "\u202e" not in shown and "\x1b[2J" not in shown
+    # The name cannot leave the RRD directory; the stanza keeps it, escaped as TOML.
+    files = list((tmp_path / "ours").rglob("*.rrd"))
+    assert len(files) == 1 and (tmp_path / "ours" / "rrd") in files[0].parents
+    assert 'include = ["../../etc/passwd\\u0007"]' in out.getvalue()
+    assert "\u202e" not in out.getvalue() and 'name = "rtr\\u202e1\\u001b[2J"' in out.getvalue()
