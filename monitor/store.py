@@ -692,8 +692,9 @@ class RrdStore:
                 return report
             if report.created or report.added_metrics:
                 first = newest + 1 if report.created else int(time.time())
+                # The index is saved by close(): once per import, not once per file (a file
+                # the index lacks after a crash is adopted by the next write).
                 state = self._prepare(key, step, first, WriteReport(), samples)
-                self._save_index()
             assert state is not None
             for _attempt in range(5):
                 self._flush_daemon(state.info.path)
