@@ -331,7 +331,8 @@ def _stanza(name: str, host: str, port: int, version: str,
         if "maxbytes" in target.keys:
             notes.append(f"MaxBytes {clean(target.keys['maxbytes'], 20)}")
         notes += [o for o in sorted(target.options) if o in ("bits", "nohc", "growright")]
-        lines.append(f"# {clean(interface.identity, 60)}: " + "; ".join(n for n in notes if n))
+        if any(notes):
+            lines.append(f"# {clean(interface.identity, 60)}: " + "; ".join(n for n in notes if n))
     if version == "3":  # a sub-table: after the device's own keys
         options = first.keys.get("snmpoptions", "")
         lines.append("[snmp.devices.v3]  # from MRTG's SnmpOptions[]; put the keys in the files")
