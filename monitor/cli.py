@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Graphs and the web site: `graph`, `serve` (handlers in graphs/commands.py).
     from graphs.commands import register as register_graph_commands
     register_graph_commands(sub, read_config)
+    # Moving from other tools: `import mrtg|munin|smokeping` (importers/commands.py).
+    from importers.commands import register as register_import_commands
+    register_import_commands(sub, read_config)
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",
