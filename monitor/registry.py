@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collectors import backups, disks, host, lists, mailboxes, services, snmp
+from collectors import backups, disks, host, lists, mailboxes, nut, services, snmp
 from monitor.config import Config
 from monitor.model import Collector
 
 COLLECTORS: dict[str, Callable[[Config], list[Collector]]] = {
     "host": host.build,
     "snmp": snmp.build,
+    "ups": nut.build,
     "services": services.build,
     "disks": disks.build,
     "mailboxes": mailboxes.build,
