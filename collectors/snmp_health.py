@@ -50,6 +50,9 @@ UCD = (1, 3, 6, 1, 4, 1, 2021)
 UCD_MEM_TOTAL, UCD_MEM_AVAIL = (*UCD, 4, 5), (*UCD, 4, 6)
 UCD_MEM_BUFFER, UCD_MEM_CACHED = (*UCD, 4, 14), (*UCD, 4, 15)
 UCD_CPU_IDLE = (*UCD, 11, 11)
+# ssCpuRaw{User,Nice,System,Idle,Wait,Interrupt,SoftIRQ,Steal}: ticks, busy share from deltas
+UCD_CPU_RAW = [(*UCD, 11, n) for n in (50, 51, 52, 53, 54, 56, 61, 64)]
+UCD_CPU_RAW_IDLE = [(*UCD, 11, 53), (*UCD, 11, 54)]  # idle and I/O wait
 CISCO_CPU_5MIN = (1, 3, 6, 1, 4, 1, 9, 9, 109, 1, 1, 1, 1, 8)
 CISCO_POOL = (1, 3, 6, 1, 4, 1, 9, 9, 48, 1, 1, 1)
 CISCO_POOL_NAME, CISCO_POOL_USED, CISCO_POOL_FREE = (*CISCO_POOL, 2), (*CISCO_POOL, 5), (*CISCO_POOL, 6)
@@ -72,7 +75,7 @@ ENV_FAN_DESCR, ENV_FAN_STATE = (*ENVMON, 4, 1, 2), (*ENVMON, 4, 1, 3)
 ENV_PSU_DESCR, ENV_PSU_STATE = (*ENVMON, 5, 1, 2), (*ENVMON, 5, 1, 3)
 
 SCALARS = [*ups.SCALARS, UCD_MEM_TOTAL, UCD_MEM_AVAIL, UCD_MEM_BUFFER, UCD_MEM_CACHED, UCD_CPU_IDLE,
-           MT_VOLTAGE, MT_TEMPERATURE, MT_CPU_TEMPERATURE]
+           *UCD_CPU_RAW, MT_VOLTAGE, MT_TEMPERATURE, MT_CPU_TEMPERATURE]
 COLUMNS = [*ups.COLUMNS, *snmp_bgp.COLUMNS, HR_STORAGE_TYPE, HR_STORAGE_DESCR, HR_STORAGE_UNITS,
            HR_STORAGE_SIZE, HR_STORAGE_USED, HR_PROCESSOR_LOAD, CISCO_CPU_5MIN, CISCO_POOL_NAME,
            CISCO_POOL_USED, CISCO_POOL_FREE, JNX_DESCR, JNX_STATE, JNX_TEMP, JNX_CPU, JNX_BUFFER,
@@ -169,7 +172,7 @@ def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dic
         out.value("cpu", "cpu_percent", sum(cpu) / len(cpu), "%")
     elif idle is not None and 0 <= idle <= 100:
         out.value("cpu", "cpu_percent", 100.0 - idle, "%")
-    out.found.cpu = bool(cpu) or idle is not None
+    out.found.cpu = bool(cpu) or idle is not None or (*UCD_CPU_RAW[0], 0) in scalars
 
     def memory(used: float, size: float) -> None:
         if size > 0:
@@ -338,6 +341,7 @@ class DeviceHealth:
     present: list[Oid] | None = None  # the columns that had rows at the last survey
     surveyed_at: float | None = None
     found: Found = field(default_factory=Found)
+    cpu_ticks: tuple[int, int] | None = None  # UCD raw CPU counters: (busy, total) last poll
 
     async def poll(self, client: Client, target: str, now: float) -> Batch:
         survey = self.present is None or self.surveyed_at is None or now - self.surveyed_at >= SURVEY_INTERVAL
@@ -347,11 +351,31 @@ class DeviceHealth:
         except SnmpError as exc:
             log.debug("%s: health MIBs not read: %s", target, exc.message)
             return Batch()
-        if survey:
-            self.present = [c for c in COLUMNS if tables.get(c)]
-            self.surveyed_at = now
         batch, self.found = interpret(target, scalars, tables, now, self.bgp)
+        if survey:
+            # A family's columns go together: a UPS's alarm table or a peer's prefix counts
+            # may be empty now and have rows at the next poll.
+            had = {c for c in COLUMNS if tables.get(c)}
+            for family in (ups.COLUMNS, snmp_bgp.COLUMNS):
+                if had & set(family) or (family is ups.COLUMNS and self.found.ups):
+                    had |= set(family)
+            self.present = [c for c in COLUMNS if c in had]
+            self.surveyed_at = now
+        if not any(m.metric == "cpu_percent" for m in batch.measurements):
+            self.ucd_cpu(target, scalars, now, batch)
         return batch
+
+    def ucd_cpu(self, target: str, scalars: dict[Oid, object], now: float, batch: Batch) -> None:
+        """net-snmp's CPU share from its raw tick counters (two polls needed)."""
+        ticks = {oid: _int(scalars.get((*oid, 0))) for oid in UCD_CPU_RAW}
+        if ticks[UCD_CPU_RAW[0]] is None:
+            return
+        total = sum(v or 0 for v in ticks.values())
+        busy = total - sum(ticks[oid] or 0 for oid in UCD_CPU_RAW_IDLE)
+        last, self.cpu_ticks = self.cpu_ticks, (busy, total)
+        if last is not None and total > last[1] and busy >= last[0]:  # no counter wrap/reset
+            share = 100.0 * (busy - last[0]) / (total - last[1])
+            batch.add(Measurement(target, "cpu", "cpu_percent", share, Kind.GAUGE, "%", now))
 
 
 @dataclass

@@ -35,7 +35,6 @@ def poll_until(collector: NutCollector, status: str) -> Batch:
     """Polls until upsd reports `status` (the driver rereads its file every second)."""
     deadline = time.monotonic() + 20
     while True:
-        batch = asyncio.run(collector.collect())
         unit = collector.units[0]
         now = asyncio.run(list_vars(unit.host, unit.port, unit.ups, 5)).get("ups.status")
         if now == status or time.monotonic() > deadline:
