@@ -147,13 +147,15 @@ class BgpWatch:
                 if value is not None:
                     batch.add(Measurement(target, instance, metric, value, Kind.GAUGE, unit, now))
 
-            add("bgp_state", peer.state)
+            # Each its own unit, prefixes first: the device page draws the first of them.
+            add("accepted_prefixes", peer.accepted_prefixes, "prefixes")
+            add("bgp_state", peer.state, "state")
             add("established_seconds", peer.established_seconds if peer.state == ESTABLISHED else None,
                 "s")
-            add("accepted_prefixes", peer.accepted_prefixes)
             if peer.transitions is not None and history.transitions is not None:
                 # into and out of Established both count: two transitions are one flap
-                add("session_flaps", (max(0, peer.transitions - history.transitions) + 1) // 2)
+                add("session_flaps", (max(0, peer.transitions - history.transitions) + 1) // 2,
+                    "flaps")
             history.transitions = peer.transitions
             batch.add(CheckResult(target, instance, *self.verdict(peer, history, now), timestamp=now))
         for gone in self.peers.keys() - {p.address for p in peers}:
