@@ -411,7 +411,7 @@ def nut_upsd(values: dict[str, str], name: str = "dummy") -> Iterator[NutUps]:
             driver_log = directory / "driver.log"
             driver = subprocess.Popen(["/lib/nut/dummy-ups", "-a", name, "-F", *user], env=env,
                                       stdout=driver_log.open("w"), stderr=subprocess.STDOUT)
-            stack.callback(_stop, driver)
+            stack.callback(stop, driver)
             for _ in range(100):
                 if any(state.iterdir()) or driver.poll() is not None:
                     break
@@ -419,7 +419,7 @@ def nut_upsd(values: dict[str, str], name: str = "dummy") -> Iterator[NutUps]:
             upsd_log = directory / "upsd.log"
             upsd = subprocess.Popen(["/lib/nut/upsd", "-F", *user], env=env,
                                     stdout=upsd_log.open("w"), stderr=subprocess.STDOUT)
-            stack.callback(_stop, upsd)
+            stack.callback(stop, upsd)
             for _ in range(100):
                 if _accepts("127.0.0.1", port):
                     break
@@ -431,7 +431,8 @@ def nut_upsd(values: dict[str, str], name: str = "dummy") -> Iterator[NutUps]:
             yield ups
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen) -> None:
+    """Ends a daemon of a test: TERM, then KILL after 5 s."""
     proc.terminate()
     try:
         proc.wait(5)

@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
@@ -26,8 +22,8 @@ from collectors.snmp_bgp import BgpWatch, Peer
 from collectors.snmp_health import ErrorWatch
 from monitor.config import SnmpDevice
 from monitor.model import Batch, State
-from tests.conftest import DATA, ROOT
-from tests.test_snmp import Clock, free_udp_port, snmpd, stop, wait_for_agent  # noqa: F401
+from tests.conftest import DATA
+from tests.test_snmp import Clock, serving, snmpd  # noqa: F401
 
 HEALTH_DATA = DATA / "health"
 T0 = 1_800_000_000
@@ -35,26 +31,8 @@ T0 = 1_800_000_000
 
 @pytest.fixture(scope="module")
 def recordings():
-    tmp = Path(tempfile.mkdtemp(prefix="monitor-snmpsim-health-"))
-    cache = tmp / "cache"
-    cache.mkdir()
-    os.chmod(tmp, 0o755)
-    os.chmod(cache, 0o777)
-    port = free_udp_port()
-    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"),
-            f"--data-dir={HEALTH_DATA}", f"--cache-dir={cache}",
-            f"--agent-udpv4-endpoint=127.0.0.1:{port}", "--logging-method=null"]
-    if os.geteuid() == 0:
-        argv += ["--process-user=nobody", "--process-group=nogroup"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        asyncio.run(wait_for_agent(port, "ups-eaton-t0", proc, "snmpsim"))
-    except RuntimeError:
-        stop(proc)
-        raise
-    yield port
-    stop(proc)
-    shutil.rmtree(tmp, ignore_errors=True)
+    with serving(HEALTH_DATA, "ups-eaton-t0") as port:
+        yield port
 
 
 class Device:
