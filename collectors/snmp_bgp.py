@@ -88,7 +88,7 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
         for index, state in sorted(get(JNX_STATE).items()):
             raw = get(JNX_REMOTE_ADDR).get(index)
             address = _address(raw) if isinstance(raw, bytes) else None
-            if address is None:
+            if address is None or _int(state) not in STATES:
                 continue
             peer_index = _int(get(JNX_PEER_INDEX).get(index))
             if peer_index is not None:
@@ -103,7 +103,7 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
     else:
         for index, state in sorted(get(PEER_STATE).items()):
             address = _address(index) if len(index) == 4 else None
-            if address is None:
+            if address is None or _int(state) not in STATES:  # not a BGP state: not a peer
                 continue
             established = _int(get(PEER_ESTABLISHED_TIME).get(index))
             peers.append(Peer(address, _int(get(PEER_REMOTE_AS).get(index)), _int(state),

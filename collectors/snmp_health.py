@@ -267,7 +267,7 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
         kind = ENT_KINDS.get(_int(kind_code) or 0)
         raw, scale = _int(get(ENT_VALUE).get(index)), _int(get(ENT_SCALE).get(index)) or 9
         precision, oper = _int(get(ENT_PRECISION).get(index)) or 0, _int(get(ENT_OPER).get(index))
-        if kind is None or raw is None or oper == 2:  # unavailable
+        if kind is None or raw is None or oper == 2 or not 1 <= scale <= 17:  # unavailable
             continue
         label = _name(names.get(index), "") or _name(get(ENT_PHYSICAL_DESCR).get(index), f"sensor {index[0]}")
         name = out.unique(label, index)
@@ -313,8 +313,10 @@ def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oi
 Tables = dict[Oid, dict[Oid, object]]
 
 
-async def read(client: Client, columns: Sequence[Oid]) -> tuple[dict[Oid, object], Tables]:
-    """The scalars and `columns` of the health MIBs, a few columns per walk."""
+async def read(client: Client, columns: Sequence[Oid], names: Tables | None = None
+               ) -> tuple[dict[Oid, object], Tables]:
+    """The scalars and `columns` of the health MIBs, a few columns per walk; the sensors'
+    entPhysicalName/Descr too unless `names` (of an earlier poll) are given."""
     scalars: dict[Oid, object] = {}
     tables: dict[Oid, dict[Oid, object]] = {}
     first = await walk_columns(client, [], scalars=SCALARS)
@@ -326,10 +328,12 @@ async def read(client: Client, columns: Sequence[Oid]) -> tuple[dict[Oid, object
         if walk.stopped:
             log.info("%s: %s", client.endpoint.where, walk.stopped)
             break
-    if tables.get(ENT_TYPE):  # sensor names: only for a device that has sensors
-        names = await walk_columns(client, [ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR], max_repetitions=25,
-                                   max_rows=MAX_ROWS)
-        tables.update(names.tables)
+    if names is not None:
+        tables.update(names)
+    elif tables.get(ENT_TYPE):  # sensor names: only for a device that has sensors
+        walk = await walk_columns(client, [ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR], max_repetitions=25,
+                                  max_rows=MAX_ROWS)
+        tables.update(walk.tables)
     return scalars, tables
 
 
@@ -342,17 +346,24 @@ class DeviceHealth:
     surveyed_at: float | None = None
     found: Found = field(default_factory=Found)
     cpu_ticks: tuple[int, int] | None = None  # UCD raw CPU counters: (busy, total) last poll
+    names: Tables | None = None  # ENTITY-MIB names of the sensors, read at the survey
 
     async def poll(self, client: Client, target: str, now: float) -> Batch:
-        survey = self.present is None or self.surveyed_at is None or now - self.surveyed_at >= SURVEY_INTERVAL
+        survey = (self.present is None or self.surveyed_at is None
+                  or now - self.surveyed_at >= SURVEY_INTERVAL)
         columns = COLUMNS if survey else self.present or []
         try:
-            scalars, tables = await read(client, columns)
+            scalars, tables = await read(client, columns, None if survey else self.names)
         except SnmpError as exc:
             log.debug("%s: health MIBs not read: %s", target, exc.message)
             return Batch()
-        batch, self.found = interpret(target, scalars, tables, now, self.bgp)
+        try:
+            batch, self.found = interpret(target, scalars, tables, now, self.bgp)
+        except Exception:  # a device's data we did not foresee: its interfaces still count
+            log.exception("%s: cannot interpret its UPS/BGP/health tables", target)
+            return Batch()
         if survey:
+            self.names = {c: tables.get(c, {}) for c in (ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR)}
             # A family's columns go together: a UPS's alarm table or a peer's prefix counts
             # may be empty now and have rows at the next poll.
             had = {c for c in COLUMNS if tables.get(c)}

@@ -237,3 +237,23 @@ def test_discover_says_what_it_found(recordings):
         [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(recordings),
          "--community", "cisco-c3560-t0", "--timeout", "2"], capture_output=True, text=True, timeout=60)
     assert "# UPS-MIB: no, BGP peers: 0, sensors: 3, CPU: yes, memory: yes\n" in out.stdout
+
+
+def test_a_lying_device_harms_only_itself(recordings):
+    liar = Device(recordings, "hostile")
+    try:
+        batch = liar.poll(0)
+    finally:
+        liar.close()
+    result = checks(batch)
+    assert result["snmp"][0] is State.OK and "if eth0" in result
+    state, message = result["ups"]
+    assert state is State.CRITICAL and "\n" not in message and "\u202e" not in message
+    assert len(message) < 200 and "charge" not in message  # 5000 % is no charge
+    assert set(k for k in result if k.startswith("bgp ")) == {"bgp 192.0.2.2"}
+    assert result["bgp 192.0.2.2"][1].startswith("BGP to AS4294967295 192.0.2.2 established")
+    assert result["psu ../../etc/passwd"][0] is State.CRITICAL  # a name, never a path
+    names = [c.check for c in batch.checks] + [m.instance for m in batch.measurements]
+    assert all(name.isprintable() and len(name) < 80 for name in names)
+    assert values(batch, "sensor CPU CRITICAL fake") == {}  # scale 99: not a value
+    assert values(batch, "sensor sensor 6") == {"temperature_celsius": 42.0}
