@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 SURVEY_INTERVAL = 3600.0
 MAX_ROWS = 5000  # per column: a sensor table longer than this is an agent that never ends
-COLUMNS_PER_WALK = 12  # columns walked side by side (small answers: some agents have no tooBig)
+COLUMNS_PER_WALK = 16  # columns walked side by side
+VALUES_PER_REQUEST = 250
 
 HR_STORAGE = (1, 3, 6, 1, 2, 1, 25, 2, 3, 1)
 HR_STORAGE_TYPE, HR_STORAGE_DESCR = (*HR_STORAGE, 2), (*HR_STORAGE, 3)
@@ -319,11 +320,14 @@ async def read(client: Client, columns: Sequence[Oid], names: Tables | None = No
     entPhysicalName/Descr too unless `names` (of an earlier poll) are given."""
     scalars: dict[Oid, object] = {}
     tables: dict[Oid, dict[Oid, object]] = {}
-    first = await walk_columns(client, [], scalars=SCALARS)
-    scalars.update(first.scalars)
-    for start in range(0, len(columns), COLUMNS_PER_WALK):
-        walk = await walk_columns(client, columns[start:start + COLUMNS_PER_WALK],
-                                  max_repetitions=10, max_rows=MAX_ROWS)
+    chunks = [columns[i:i + COLUMNS_PER_WALK] for i in range(0, len(columns), COLUMNS_PER_WALK)]
+    for k, chunk in enumerate(chunks or [[]]):
+        asked = SCALARS if k == 0 else []  # with the first request: one round trip fewer
+        # About 250 values per answer, as the interface walk asks.
+        reps = max(1, min(50, (VALUES_PER_REQUEST - len(asked)) // max(1, len(chunk))))
+        walk = await walk_columns(client, chunk, scalars=asked, max_repetitions=reps,
+                                  max_rows=MAX_ROWS)
+        scalars.update(walk.scalars)
         tables.update(walk.tables)
         if walk.stopped:
             log.info("%s: %s", client.endpoint.where, walk.stopped)
