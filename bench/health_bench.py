@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from collectors.snmp import SnmpCollector  # noqa: E402
 from monitor.config import SnmpDevice  # noqa: E402
-from tests.test_snmp import serving, stop, wait_for_agent  # noqa: E402
 from tests.daemons import free_port  # noqa: E402
+from tests.test_snmp import serving, stop, wait_for_agent  # noqa: E402
 
 
 def timed(device: SnmpDevice, polls: int) -> tuple[float, float]:

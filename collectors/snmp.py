@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collectors.snmp_ber import Missing
+from collectors.snmp_bgp import port_links
 from collectors.snmp_client import (
     Client,
     CommunityClient,
@@ -418,6 +419,7 @@ class DevicePoller:
         if device.health:
             try:
                 async with asyncio.timeout(max(0.1, budget - (time.monotonic() - started))):
+                    self.health.bgp.links = port_links(self.ports.values())
                     batch.add(await self.health.poll(self.client, device.name, clock()))
             except TimeoutError:
                 log.info("%s: health MIBs not read within the poll budget", device.name)

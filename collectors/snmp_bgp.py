@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from collectors.snmp_ber import Oid
 from monitor.model import Batch, CheckResult, Kind, Measurement, State
+from monitor.text import clean
 from monitor.units import format_duration
 
 BGP_PEER = (1, 3, 6, 1, 2, 1, 15, 3, 1)
@@ -130,12 +133,54 @@ def _clock(ts: float, now: float) -> str:
     return time.strftime(fmt, time.localtime(ts))
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DescribedPort(Protocol):
+    """What `port_links` needs of a port (collectors.snmp.PortInfo)."""
+
+    group: str
+    description: str
+    alias: str
+    addresses: tuple[str, ...]
+
+
+def port_links(ports: Iterable[DescribedPort]) -> list[tuple[Network, str]]:
+    """The subnets of the described ports ("Transit: ExampleNet", else the alias), at most a
+    /24 or /64 wide: a BGP peer in one of them is that port's neighbour."""
+    out = []
+    for port in ports:
+        label = clean(f"{port.group.title()}: {port.description}" if port.group and port.description
+                      else port.alias, 40)
+        for address in port.addresses if label else ():
+            try:
+                network = ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                continue
+            if network.prefixlen >= (24 if network.version == 4 else 64):
+                out.append((network, label))
+    return out
+
+
 @dataclass
 class BgpWatch:
-    """Per device: the history of each peer across polls, and the checks of one poll."""
+    """Per device: the history of each peer across polls, and the checks of one poll.
+
+    `links`: the device's own interface networks with the port's description ("Transit:
+    ExampleNet"); a peer inside one is named by it (BGP4-MIB has no peer descriptions)."""
 
     prefix_drop: float = 50.0
     peers: dict[str, PeerHistory] = field(default_factory=dict)
+    links: list[tuple[Network, str]] = field(default_factory=list)
+
+    def label(self, address: str) -> str:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return ""
+        inside = [(net.prefixlen, name) for net, name in self.links
+                  if net.version == ip.version and ip in net]
+        return max(inside)[1] if inside else ""  # the narrowest network
 
     def batch(self, target: str, peers: list[Peer], now: float) -> Batch:
         batch = Batch()
@@ -164,6 +209,9 @@ class BgpWatch:
 
     def verdict(self, peer: Peer, history: PeerHistory, now: float) -> tuple[State, str]:
         name = f"BGP to AS{peer.remote_as} {peer.address}" if peer.remote_as else f"BGP to {peer.address}"
+        label = self.label(peer.address)
+        if label:
+            name += f" ({label})"
         if peer.state != ESTABLISHED:
             state_name = STATES.get(peer.state or 0, f"state {peer.state}")
             if peer.admin_stopped:

@@ -257,3 +257,22 @@ def test_a_lying_device_harms_only_itself(recordings):
     assert all(name.isprintable() and len(name) < 80 for name in names)
     assert values(batch, "sensor CPU CRITICAL fake") == {}  # scale 99: not a value
     assert values(batch, "sensor sensor 6") == {"temperature_celsius": 42.0}
+
+
+def test_peers_are_named_by_the_port_they_are_on():
+    from collectors.snmp import PortInfo
+    from collectors.snmp_bgp import port_links
+
+    def port(alias: str, group: str, description: str, *addresses: str) -> PortInfo:
+        return PortInfo("eth0", "eth0", alias, "ethernetCsmacd", 1e9, group, description, "", "",
+                        "", addresses)
+
+    watch = BgpWatch(links=port_links([
+        port("Transit: ExampleNet [10G]", "transit", "ExampleNet", "192.0.2.2/30", "2001:db8::2/64"),
+        port("IX LAN", "", "", "198.51.100.10/22"),  # wider than a /24: not a neighbour's link
+        port("", "", "", "203.0.113.1/24"),  # no description: no name
+    ]))
+    [result] = watch.batch("edge1", [Peer("192.0.2.1", 64500, 3, established_seconds=60.0)], T0).checks
+    assert result.message.startswith("BGP to AS64500 192.0.2.1 (Transit: ExampleNet) down since ")
+    assert watch.label("2001:db8::1") == "Transit: ExampleNet"
+    assert watch.label("198.51.100.1") == "" and watch.label("203.0.113.9") == ""
