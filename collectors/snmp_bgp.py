@@ -193,7 +193,7 @@ class BgpWatch:
                     batch.add(Measurement(target, instance, metric, value, Kind.GAUGE, unit, now))
 
             # Each its own unit, prefixes first: the device page draws the first of them.
-            add("accepted_prefixes", peer.accepted_prefixes, "prefixes")
+            add("accepted_prefixes", peer.accepted_prefixes)
             add("bgp_state", peer.state, "state")
             add("established_seconds", peer.established_seconds if peer.state == ESTABLISHED else None,
                 "s")
