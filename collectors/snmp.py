@@ -640,7 +640,7 @@ class DevicePoller:
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
             "known": self.known, "device": self.device.name,
             "ports": {name: dataclasses.asdict(port) for name, port in self.ports.items()},
-            "busy_since": self.busy_since,
+            "busy_since": self.busy_since, "health": self.health.saved(),
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
@@ -676,6 +676,7 @@ class DevicePoller:
             log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
             return
         self.identity, self.known, self.state.last = identity, known, sample
+        self.health.restore(data.get("health"))
         ports, busy = data.get("ports"), data.get("busy_since")
         try:
             if isinstance(ports, dict):

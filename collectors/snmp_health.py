@@ -24,6 +24,7 @@ humidity_percent.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -379,6 +380,25 @@ class DeviceHealth:
         if not any(m.metric == "cpu_percent" for m in batch.measurements):
             self.ucd_cpu(target, scalars, now, batch)
         return batch
+
+    def saved(self) -> dict[str, object]:
+        """What a restart must keep: each BGP peer's history (for "was up 41 days" and the
+        prefix baseline) and the UCD CPU ticks. The survey is redone."""
+        return {"bgp": {a: dataclasses.asdict(h) for a, h in self.bgp.peers.items()},
+                "cpu_ticks": self.cpu_ticks}
+
+    def restore(self, data: object) -> None:
+        """The inverse of `saved` (an unreadable part is dropped, never an error)."""
+        if not isinstance(data, dict):
+            return
+        peers = data.get("bgp")
+        try:
+            if isinstance(peers, dict):
+                self.bgp.peers = {str(a): snmp_bgp.PeerHistory(**h) for a, h in peers.items()}
+            ticks = data.get("cpu_ticks")
+            self.cpu_ticks = (int(ticks[0]), int(ticks[1])) if isinstance(ticks, list) else None
+        except (TypeError, ValueError, IndexError):
+            self.bgp.peers, self.cpu_ticks = {}, None
 
     def ucd_cpu(self, target: str, scalars: dict[Oid, object], now: float, batch: Batch) -> None:
         """net-snmp's CPU share from its raw tick counters (two polls needed)."""

@@ -276,3 +276,21 @@ def test_peers_are_named_by_the_port_they_are_on():
     assert result.message.startswith("BGP to AS64500 192.0.2.1 (Transit: ExampleNet) down since ")
     assert watch.label("2001:db8::1") == "Transit: ExampleNet"
     assert watch.label("198.51.100.1") == "" and watch.label("203.0.113.9") == ""
+
+
+def test_bgp_history_survives_a_restart(recordings, tmp_path):
+    """cron-style runs, each a new collector on the same state directory: the second run
+    still knows how long the session had been up."""
+    def run(phase: int, at: float) -> Batch:
+        dev = SnmpDevice(name="bgp-ios", host="127.0.0.1", port=recordings,
+                         community=f"bgp-ios-t{phase}", timeout=2.0, retries=1)
+        collector = SnmpCollector([dev], 300, clock=Clock(at), state_dir=tmp_path)
+        try:
+            return asyncio.run(collector.collect())
+        finally:
+            collector.close()
+
+    run(0, T0)
+    message = checks(run(1, T0 + 300))["bgp 192.168.99.25"][1]
+    assert ", was up 10m47s (state active)" in message
+    assert checks(run(1, T0 + 600))["bgp 192.168.99.20"][0] is State.WARNING  # baseline kept
