@@ -70,6 +70,10 @@ ENT_TYPE, ENT_SCALE, ENT_PRECISION = (*ENT_SENSOR, 1), (*ENT_SENSOR, 2), (*ENT_S
 ENT_VALUE, ENT_OPER = (*ENT_SENSOR, 4), (*ENT_SENSOR, 5)
 ENT_PHYSICAL = (1, 3, 6, 1, 2, 1, 47, 1, 1, 1, 1)
 ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR = (*ENT_PHYSICAL, 7), (*ENT_PHYSICAL, 2)
+CISCO_SENSOR = (1, 3, 6, 1, 4, 1, 9, 9, 91, 1, 1, 1, 1)  # CISCO-ENTITY-SENSOR-MIB: same columns
+CISCO_THRESHOLD = (1, 3, 6, 1, 4, 1, 9, 9, 91, 1, 2, 1, 1)  # index: entPhysicalIndex, threshold
+CISCO_T_SEVERITY, CISCO_T_RELATION = (*CISCO_THRESHOLD, 2), (*CISCO_THRESHOLD, 3)
+CISCO_T_VALUE, CISCO_T_EVALUATION = (*CISCO_THRESHOLD, 4), (*CISCO_THRESHOLD, 5)
 ENVMON = (1, 3, 6, 1, 4, 1, 9, 9, 13, 1)
 ENV_TEMP_DESCR, ENV_TEMP_VALUE = (*ENVMON, 3, 1, 2), (*ENVMON, 3, 1, 3)
 ENV_TEMP_THRESHOLD, ENV_TEMP_STATE = (*ENVMON, 3, 1, 4), (*ENVMON, 3, 1, 6)
@@ -82,7 +86,9 @@ COLUMNS = [*ups.COLUMNS, *snmp_bgp.COLUMNS, HR_STORAGE_TYPE, HR_STORAGE_DESCR, H
            HR_STORAGE_SIZE, HR_STORAGE_USED, HR_PROCESSOR_LOAD, CISCO_CPU_5MIN, CISCO_POOL_NAME,
            CISCO_POOL_USED, CISCO_POOL_FREE, JNX_DESCR, JNX_STATE, JNX_TEMP, JNX_CPU, JNX_BUFFER,
            MT_GAUGE_NAME, MT_GAUGE_VALUE, MT_GAUGE_UNIT, ENT_TYPE, ENT_SCALE, ENT_PRECISION,
-           ENT_VALUE, ENT_OPER, ENV_TEMP_DESCR, ENV_TEMP_VALUE, ENV_TEMP_THRESHOLD, ENV_TEMP_STATE,
+           ENT_VALUE, ENT_OPER, *((*CISCO_SENSOR, n) for n in range(1, 6)), CISCO_T_SEVERITY,
+           CISCO_T_RELATION, CISCO_T_VALUE, CISCO_T_EVALUATION, ENV_TEMP_DESCR, ENV_TEMP_VALUE,
+           ENV_TEMP_THRESHOLD, ENV_TEMP_STATE,
            ENV_FAN_DESCR, ENV_FAN_STATE, ENV_PSU_DESCR, ENV_PSU_STATE]
 
 STORAGE_WARNING, STORAGE_CRITICAL = 90.0, 95.0
@@ -99,6 +105,10 @@ JNX_WORDS = {1: "unknown", 2: "running", 3: "ready", 4: "reset", 5: "running at 
 ENT_KINDS = {3: ("volts", "V"), 4: ("volts", "V"), 5: ("amperes", "A"), 6: ("watts", "W"),
              8: ("temperature_celsius", "°C"), 9: ("humidity_percent", "%"), 10: ("fan_rpm", "rpm"),
              14: ("power_dbm", "dBm")}
+# CISCO-ENTITY-SENSOR thresholds: severity minor(10) major(20) critical(30); relation
+CISCO_SEVERITY = {10: (State.WARNING, "minor"), 20: (State.CRITICAL, "major"),
+                  30: (State.CRITICAL, "critical")}
+CISCO_RELATION = {1: "<", 2: "<=", 3: ">", 4: ">=", 5: "=", 6: "!="}
 # MikroTik mtxrGaugeUnit: celsius(1) rpm(2) dV(3) dA(4) dW(5) status(6)
 MT_KINDS = {1: ("temperature_celsius", "°C", 1.0), 2: ("fan_rpm", "rpm", 1.0), 3: ("volts", "V", 0.1),
             4: ("amperes", "A", 0.1), 5: ("watts", "W", 0.1)}
@@ -263,23 +273,10 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
             out.found.sensors += 1
             state = State.CRITICAL if code == 6 else State.WARNING if code == 1 else State.OK
             _failed_part(out, kind, out.unique(name, index, kind), state, JNX_WORDS.get(code, str(code)))
-    # ENTITY-SENSOR-MIB: value x 10^(3 (scale - 9)) / 10^precision.
-    names = get(ENT_PHYSICAL_NAME)
-    for index, kind_code in sorted(get(ENT_TYPE).items()):
-        kind = ENT_KINDS.get(_int(kind_code) or 0)
-        raw, scale = _int(get(ENT_VALUE).get(index)), _int(get(ENT_SCALE).get(index)) or 9
-        precision, oper = _int(get(ENT_PRECISION).get(index)) or 0, _int(get(ENT_OPER).get(index))
-        if kind is None or raw is None or oper == 2 or not 1 <= scale <= 17:  # unavailable
-            continue
-        label = _name(names.get(index), "") or _name(get(ENT_PHYSICAL_DESCR).get(index), f"sensor {index[0]}")
-        name = out.unique(label, index)
-        value = raw * 10.0 ** (3 * (scale - 9) - max(0, min(precision, 9)))
-        out.sensor(name, kind[0], round(value, 6), kind[1])
-        if kind[0] == "fan_rpm" and oper is not None:
-            failed = oper == 3
-            _failed_part(out, "fan", out.unique(name, index, "fan"),
-                         State.CRITICAL if failed else State.OK,
-                         "not operational" if failed else f"turning at {value:.0f} rpm")
+    for base in (ENT_SENSOR, CISCO_SENSOR):
+        sensors = _entity_sensors(out, tables, base)
+        if base is CISCO_SENSOR:
+            _cisco_thresholds(out, tables, sensors)
     # MikroTik: the gauge table (RouterOS 6.4x+), else the older scalars (tenths).
     if get(MT_GAUGE_VALUE):
         for index, value in sorted(get(MT_GAUGE_VALUE).items()):
@@ -294,6 +291,59 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
             value = _int(scalars.get((*oid, 0)))
             if value is not None:
                 out.sensor(name, metric, value / 10.0, unit)
+
+
+def _entity_sensors(out: _Out, tables: Tables, base: Oid) -> dict[Oid, tuple[str, str, str, float]]:
+    """ENTITY-SENSOR-MIB (or CISCO-ENTITY-SENSOR-MIB, same columns under `base`): value x
+    10^(3 (scale - 9) - precision). Returns {index: (name, metric, unit, scale factor)}."""
+    get = lambda n: tables.get((*base, n), {})  # noqa: E731
+    names, descrs = tables.get(ENT_PHYSICAL_NAME, {}), tables.get(ENT_PHYSICAL_DESCR, {})
+    found = {}
+    for index, kind_code in sorted(get(1).items()):
+        kind = ENT_KINDS.get(_int(kind_code) or 0)
+        raw, scale = _int(get(4).get(index)), _int(get(2).get(index)) or 9
+        precision, oper = _int(get(3).get(index)) or 0, _int(get(5).get(index))
+        if kind is None or raw is None or oper == 2 or not 1 <= scale <= 17:  # unavailable
+            continue
+        label = _name(names.get(index), "") or _name(descrs.get(index), f"sensor {index[0]}")
+        name = out.unique(label, index)
+        factor = 10.0 ** (3 * (scale - 9) - max(0, min(precision, 9)))
+        value = raw * factor
+        out.sensor(name, kind[0], round(value, 6), kind[1])
+        found[index] = (name, *kind, factor)
+        if kind[0] == "fan_rpm" and oper is not None:
+            failed = oper == 3
+            _failed_part(out, "fan", out.unique(name, index, "fan"),
+                         State.CRITICAL if failed else State.OK,
+                         "not operational" if failed else f"turning at {value:.0f} rpm")
+    return found
+
+
+def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, str, str, float]]) -> None:
+    """The device's own thresholds of its sensors: a check per sensor that has some."""
+    get = lambda column: tables.get(column, {})  # noqa: E731
+    limits: dict[Oid, list[tuple[int, str, float, bool]]] = {}
+    for index, severity in get(CISCO_T_SEVERITY).items():
+        relation = CISCO_RELATION.get(_int(get(CISCO_T_RELATION).get(index)) or 0)
+        raw = _int(get(CISCO_T_VALUE).get(index))
+        if _int(severity) in CISCO_SEVERITY and relation and raw is not None and index[:-1] in sensors:
+            hit = get(CISCO_T_EVALUATION).get(index) == 1
+            limits.setdefault(index[:-1], []).append((severity, relation, raw, hit))  # type: ignore[arg-type]
+    for index, rows in sorted(limits.items()):
+        name, metric, unit, factor = sensors[index]
+        value = _int(get((*CISCO_SENSOR, 4)).get(index)) or 0
+        shown = f"{value * factor:g} {unit}"
+        hits = sorted((r for r in rows if r[3]), reverse=True)
+        what = "temperature" if metric == "temperature_celsius" else "sensor"
+        if hits:
+            severity, relation, raw, _ = hits[0]
+            state, word = CISCO_SEVERITY[severity]
+            out.check(f"{what} {name}", state, f"{name} is {shown} ({word} threshold: "
+                      f"{relation} {raw * factor:g} {unit})")
+        else:
+            levels = ", ".join(f"{CISCO_SEVERITY[s][1]} {r} {v * factor:g} {unit}"
+                               for s, r, v, _ in sorted(rows))
+            out.check(f"{what} {name}", State.OK, f"{name} is {shown} (thresholds: {levels})")
 
 
 def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
@@ -335,7 +385,7 @@ async def read(client: Client, columns: Sequence[Oid], names: Tables | None = No
             break
     if names is not None:
         tables.update(names)
-    elif tables.get(ENT_TYPE):  # sensor names: only for a device that has sensors
+    elif tables.get(ENT_TYPE) or tables.get((*CISCO_SENSOR, 1)):  # names: for sensors only
         walk = await walk_columns(client, [ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR], max_repetitions=25,
                                   max_rows=MAX_ROWS)
         tables.update(walk.tables)

@@ -294,3 +294,18 @@ def test_bgp_history_survives_a_restart(recordings, tmp_path):
     message = checks(run(1, T0 + 300))["bgp 192.168.99.25"][1]
     assert ", was up 10m47s (state active)" in message
     assert checks(run(1, T0 + 600))["bgp 192.168.99.20"][0] is State.WARNING  # baseline kept
+
+
+def test_cisco_entity_sensor_thresholds_of_the_switch_itself(recordings):
+    nexus = Device(recordings, "cisco-n5000")
+    try:
+        first = nexus.poll(0)
+        result = checks(first)
+        assert result["temperature Module-1, Outlet"] == (
+            State.OK, "Module-1, Outlet is 40 °C (thresholds: minor >= 58 °C, major >= 67 °C)")
+        assert values(first, "sensor Module-1, Outlet") == {"temperature_celsius": 40.0}
+        assert nexus.collector.pollers["cisco-n5000"].health.found.sensors > 50
+        hot = checks(nexus.poll(1))["temperature Module-1, Outlet"]
+        assert hot == (State.CRITICAL, "Module-1, Outlet is 69 °C (major threshold: >= 67 °C)")
+    finally:
+        nexus.close()

@@ -16,6 +16,7 @@ APC = "1.3.6.1.4.1.318.1.1.1"
 BGP = "1.3.6.1.2.1.15.3.1"
 CBGP = "1.3.6.1.4.1.9.9.187.1.2.4.1"
 ENVMON = "1.3.6.1.4.1.9.9.13.1"
+CSENSOR = "1.3.6.1.4.1.9.9.91.1"
 UPTIME = "1.3.6.1.2.1.1.3.0"
 
 
@@ -65,6 +66,11 @@ def main() -> None:
         "bgp-ios-t1": variant("bgp-ios", {
             f"{BGP}.2.192.168.99.25": "2|3", f"{BGP}.16.192.168.99.25": "66|120",
             f"{CBGP}.1.192.168.99.20.1.1": "65|5"}, 300),
+        # Nexus 5000: the outlet of module 1 reaches 69 °C, past its minor (58) and major (67)
+        # thresholds, which the switch evaluates as true.
+        "cisco-n5000-t1": variant("cisco-n5000", {
+            f"{CSENSOR}.1.1.1.4.21598": "2|69", f"{CSENSOR}.2.1.1.5.21598.1": "2|1",
+            f"{CSENSOR}.2.1.1.5.21598.2": "2|1"}, 300),
         # Catalyst 3560: its fan fails.
         "cisco-c3560-t1": variant("cisco-c3560", {f"{ENVMON}.4.1.3.1004": "2|3"}, 300),
     }
