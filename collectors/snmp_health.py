@@ -9,9 +9,10 @@ budget) and reads, where the device has them:
   and Linux-based boxes), CISCO-PROCESS-MIB, CISCO-MEMORY-POOL-MIB, Juniper's
   jnxOperatingTable (routing engines); storage (hrStorage fixed disks), check "storage <path>"
   at 90 % (WARNING) / 95 % (CRITICAL);
-- sensors, fans and power supplies: ENTITY-SENSOR-MIB, CISCO-ENVMON-MIB (with the device's
-  own temperature thresholds and states), jnxOperatingTable, MikroTik's health tables. A failed
-  fan or power supply is CRITICAL ("fan <name>", "psu <name>").
+- sensors, fans and power supplies: ENTITY-SENSOR-MIB, CISCO-ENTITY-SENSOR-MIB and
+  CISCO-ENVMON-MIB (with the device's own thresholds and states: checks "temperature <name>",
+  "sensor <name>"), jnxOperatingTable, MikroTik's health tables. A failed fan or power supply
+  is CRITICAL ("fan <name>", "psu <name>").
 
 The first poll walks every column of these MIBs; later polls walk only the columns that had
 rows, and every `SURVEY_INTERVAL` all of them again (a line card or UPS added later shows up).
