@@ -122,3 +122,35 @@ def test_ups_config_names_file_line_and_key(tmp_path):
     with pytest.raises(ConfigError) as info:
         parse_config('[[ups]]\nname = "rack"\nups = "bad name!"\n', "site.toml")
     assert str(info.value).startswith("site.toml:3: ups[0].ups: expected a upsd UPS name")
+
+
+async def test_on_battery_pages_at_once_through_the_real_mail_path(tmp_path):
+    """upsd says OB: the shipped rule (every CRITICAL check, retries = 1) mails at once, and the
+    mail, read as a mail, says the runtime first."""
+    from alerts.service import AlertService
+    from tests.smtp_helpers import Recorder, start_smtp
+    from tests.test_alerts import make_config
+
+    rec = Recorder()
+    server, port = await start_smtp(rec)
+    rule = '[[alerts.rules]]\nname = "service-down"\ncheck = "*"\nstates = ["CRITICAL"]\nretries = 1\n'
+    service = AlertService(make_config(tmp_path, port, rule, group_window="0s"))
+    try:
+        with nut_upsd(SEQUENCE[0]) as ups:
+            collector = NutCollector([UpsConfig(name="rack-ups", ups=ups.name, port=ups.port)], 60)
+            ups.show(SEQUENCE[1])  # the mains fail
+            for _ in range(200):  # until the driver has read the file again and told upsd
+                batch = await collector.collect()
+                if "Back-UPS" in check(batch).message:
+                    break
+                await asyncio.sleep(0.1)
+            await service.consume("ups", batch)
+        [mail] = rec.received
+        subject = str(mail.message["Subject"])
+        assert subject == ("[CRITICAL] rack-ups ups: UPS APC Back-UPS ES 700: on battery, 23m "
+                           "runtime left (charge 91 %, load 23 %, input 0 V)")
+        body = mail.message.get_body(("plain",)).get_content()
+        assert "  what:      UPS APC Back-UPS ES 700: on battery, 23m runtime left" in body
+        assert "rule:      service-down" in body
+    finally:
+        server.close()
