@@ -405,6 +405,49 @@ class DigestBuilder:
             s.notes.append(f"No certificate expires within {digest.cert_days} days.")
         return s
 
+    def section_power(self, digest: Digest, start: float, end: float) -> Section:
+        """Power and upstream: each UPS's time on battery, each BGP session's time down and
+        flaps in the period (from the stored series: a restart loses nothing)."""
+        s = Section("power", "Power and upstream", ["what", "events", "time", "detail"],
+                    empty="No power events and no BGP session down.")
+        quiet = 0
+        for info in self._series:
+            is_ups = info.instance == "ups" and "on_battery" in info.metrics
+            is_bgp = info.instance.startswith("bgp ") and "bgp_state" in info.metrics
+            if not (is_ups or is_bgp):
+                continue
+            series = self._fetch(info, start, end)
+            if series is None:
+                continue
+            columns = stats.window(series, start, end).columns
+            if is_ups:
+                bad = [v if v is not None else 0.0 for v in columns.get("on_battery", [])]
+            else:  # a step whose state is below 6 (established) counts as down, to the step
+                bad = [1.0 if v is not None and v < 6 else 0.0 for v in columns.get("bgp_state", [])]
+            episodes = sum(1 for i, v in enumerate(bad) if v > 0 and (i == 0 or bad[i - 1] == 0))
+            flaps = sum(_known(columns.get("session_flaps", [])))
+            if not episodes and not flaps:
+                quiet += 1
+                continue
+            longest, run = 0.0, 0.0
+            for v in bad:
+                run = run + v * series.step if v > 0 else 0.0
+                longest = max(longest, run)
+            if is_ups:
+                charge = _known(columns.get("battery_charge_percent", []))
+                detail = f"longest {format_duration(longest)}" + (
+                    f", lowest charge {min(charge):.0f} %" if charge else "")
+                what = f"{info.target} on battery"
+            else:
+                detail = f"longest down {format_duration(longest)}" + (
+                    f", {flaps:.0f} flap(s)" if flaps else "")
+                what = f"{info.target} {info.instance}"
+            s.rows.append([clean(what, NAME_WIDTH), str(episodes),
+                           format_duration(sum(v * series.step for v in bad)), detail])
+        if quiet:
+            s.notes.append(f"{quiet} UPS / BGP session(s) without events.")
+        return s
+
     def section_disks(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("disks", "Disks", ["file system", "used", "free", "change"],
                     empty="No disk usage data.")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from collectors.snmp_ber import Missing
+from collectors.snmp_bgp import port_links
 from collectors.snmp_client import (
     Client,
     CommunityClient,
@@ -45,6 +46,7 @@ from collectors.snmp_client import (
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
+from collectors.snmp_health import DeviceHealth, ErrorWatch
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write
@@ -361,9 +363,18 @@ class DevicePoller:
     ports: dict[str, PortInfo] = field(default_factory=dict)
     # identity -> {"WARNING"/"CRITICAL": since when the interface is above that threshold}
     busy_since: dict[str, dict[str, float]] = field(default_factory=dict)
+    # UPS, BGP and device health (collectors.snmp_health), and the default link-error rule.
+    health: DeviceHealth = field(init=False)
+    errors: ErrorWatch = field(init=False)
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
+        self.reset_health()
+
+    def reset_health(self) -> None:
+        self.health = DeviceHealth()
+        self.health.bgp.prefix_drop = self.device.bgp_prefix_drop
+        self.errors = ErrorWatch(self.device.errors_warning, self.device.errors_for)
 
     @property
     def skip_types(self) -> set[int]:
@@ -389,6 +400,7 @@ class DevicePoller:
         columns = self.columns()
         reps = device.max_repetitions or max(1, 250 // len(columns))
         budget = device.poll_budget or self.interval
+        started = time.monotonic()
         try:
             async with asyncio.timeout(budget):
                 walk = await walk_columns(self.client, columns, max_repetitions=reps,
@@ -404,6 +416,13 @@ class DevicePoller:
         if walk.stopped:
             return self.failed(f"{device.name}: {walk.stopped}", clock())
         batch = self.measure(walk, clock())
+        if device.health:
+            try:
+                async with asyncio.timeout(max(0.1, budget - (time.monotonic() - started))):
+                    self.health.bgp.links = port_links(self.ports.values())
+                    batch.add(await self.health.poll(self.client, device.name, clock()))
+            except TimeoutError:
+                log.info("%s: health MIBs not read within the poll budget", device.name)
         if self.state_dir is not None:
             await asyncio.to_thread(self.save_state)
         return batch
@@ -477,6 +496,7 @@ class DevicePoller:
             # nor its MACs, addresses, ports and utilisation timers (the inventory is walked
             # afresh at the next poll)
             self.inventory, self.inventory_at, self.busy_since, self.ports = {}, None, {}, {}
+            self.reset_health()  # and its UPS, BGP and link-error history
         self.identity = identity
         interfaces = interfaces_from_tables(tables, device.identity)
         if device.version != "1":
@@ -588,8 +608,9 @@ class DevicePoller:
             if rin is not None and rout is not None:
                 traffic = f", in {format_bps(rin * 8)}, out {format_bps(rout * 8)}"
             state, busy = self.utilisation(iface, rin, rout, now)
-            return CheckResult(self.device.name, check, state,
-                               f"{label} up{speed}{traffic}{busy}", timestamp=now)
+            error_state, errors = self.errors.judge(iface.identity, rates, now)
+            return CheckResult(self.device.name, check, State.worst((state, error_state)),
+                               f"{label} up{speed}{traffic}{busy}{errors}", timestamp=now)
         # A port that was up and went down is a problem; a port nothing was ever plugged into
         # is not (unless alert_down names it): a new switch's first poll pages nobody.
         was_up = self.known.get(iface.identity, False)
@@ -619,7 +640,7 @@ class DevicePoller:
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
             "known": self.known, "device": self.device.name,
             "ports": {name: dataclasses.asdict(port) for name, port in self.ports.items()},
-            "busy_since": self.busy_since,
+            "busy_since": self.busy_since, "health": self.health.saved(),
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
@@ -655,6 +676,7 @@ class DevicePoller:
             log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
             return
         self.identity, self.known, self.state.last = identity, known, sample
+        self.health.restore(data.get("health"))
         ports, busy = data.get("ports"), data.get("busy_since")
         try:
             if isinstance(ports, dict):

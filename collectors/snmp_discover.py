@@ -32,6 +32,7 @@ from collectors.snmp import (
     text,
 )
 from collectors.snmp_client import Client, SnmpError, walk_columns
+from collectors.snmp_health import DeviceHealth
 from collectors.snmp_iftypes import DEFAULT_SKIP_TYPES, if_type_name
 from monitor.units import format_duration
 
@@ -85,6 +86,9 @@ async def discover(client: Client, host: str, *, name: str | None = None, port: 
                      f"  # or community_file = \"/etc/monitor/{device_name}.community\"")
     hc = bool(tables.get(HC_IN_OCTETS))
     lines.append(f"# {len(indexes)} interface(s); 64-bit counters: {'yes' if hc else 'no'}")
+    health = DeviceHealth()
+    await health.poll(client, device_name, 0.0)  # what the agent will read besides interfaces
+    lines.append(f"# {health.found.text()}")
     lines.append("# identity = \"ifName\"    # ifName, ifDescr, ifAlias or ifIndex")
     lines.append("# include = []   # shell patterns on the interface name; empty = all")
     lines.append("# exclude = []")

@@ -441,14 +441,19 @@ def _rel(info: SeriesInfo) -> str:
 
 def _instances_of(check: str) -> list[str]:
     """The graphed instance a check is about, by the naming contract: a service's check is named
-    like its instance; "if Gi0/1" -> "Gi0/1", "backup nightly" -> "nightly", "disk /var" ->
-    "fs:/var"; a device-wide check ("snmp", "host") belongs to the device's "" instance."""
+    like its instance ("ups", "bgp 192.0.2.1"); "if Gi0/1" -> "Gi0/1", "backup nightly" ->
+    "nightly", "disk /var" -> "fs:/var", "storage /var" -> "storage:/var", "fan X" -> "sensor X";
+    a device-wide check ("snmp", "host") belongs to the device's "" instance."""
     out = [check]
     kind, _, rest = check.partition(" ")
     if rest:  # "if Gi0/1", "backup nightly", "list announce": the rest names the instance
         out.append(rest)
     if kind == "disk" and rest:
         out.insert(0, "fs:" + rest)
+    if kind == "storage" and rest:  # SNMP hrStorage: "storage /var" -> "storage:/var"
+        out.insert(0, "storage:" + rest)
+    if kind in ("fan", "temperature") and rest:  # a fan's or sensor's readings
+        out.insert(0, "sensor " + rest)
     if check in ("snmp", "host"):
         out.append("")
     return out

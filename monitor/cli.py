@@ -27,8 +27,9 @@ log = logging.getLogger("monitor")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="monitor",
-        description="Network and service monitoring agent: collects SNMP traffic, service checks, "
-        "disk health and reports into RRD files, draws graphs and emails alerts and digests.",
+        description="Network and service monitoring agent: collects SNMP traffic, UPS, BGP and "
+        "device health, service checks, disk health and reports into RRD files, draws graphs "
+        "and emails alerts and digests.",
         epilog="Config: --config, else $MONITOR_CONFIG, else ./config.toml, else "
         "/etc/monitor/config.toml. The commented config.toml documents every key.",
     )
@@ -76,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("discover", help="walk an SNMP device and print a [[snmp.devices]] stanza",
                        description="Walk the system group and IF-MIB of HOST and print a "
                        "ready-to-paste [[snmp.devices]] stanza for config.toml, with every "
-                       "interface (name, alias, speed, status) as a comment. Progress on stderr.")
+                       "interface (name, alias, speed, status) as a comment, and what else the "
+                       "agent will read there (UPS-MIB/APC, BGP peers, sensors, CPU, memory, "
+                       "storage). Progress on stderr.")
     p.add_argument("host", metavar="HOST", help="address or name of the device")
     p.add_argument("--name", help="device name in the stanza (default: its sysName)")
     p.add_argument("--port", type=int, default=161, help="UDP port (default 161)")
@@ -292,6 +295,9 @@ def summarise(config: Config) -> str:
         lines.append(f"  {c.name:<12} every {format_duration(c.interval)}")
     lines.append(f"SNMP devices: {len(config.snmp.devices)}"
                  + "".join(f"\n  {d.name} {d.host}:{d.port} v{d.version}" for d in config.snmp.devices))
+    if config.ups:
+        lines.append(f"UPS (NUT): {len(config.ups)}"
+                     + "".join(f"\n  {u.name} {u.ups}@{u.host}:{u.port}" for u in config.ups))
     lines.append(f"services: {len(config.services)}"
                  + "".join(f"\n  {s.name} ({s.kind})" for s in config.services))
     if config.blocklists.enabled:

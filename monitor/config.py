@@ -248,6 +248,15 @@ class SnmpDevice:
     # The longest one poll of this device may take (default: its poll interval); a device that
     # answers too slowly or never ends its tables is stopped there and reported, alone.
     poll_budget: Annotated[float, DURATION_MARK, Range(0.1, 86400)] | None = None
+    # Link errors without writing a rule: in or out errors above this percent of the packets
+    # for `errors_for` make the interface's check WARNING (0 turns it off).
+    errors_warning: Annotated[float, Range(0, 100)] = 1.0
+    errors_for: Annotated[float, DURATION_MARK, Range(0, 86400 * 7)] = 900.0
+    # UPS (UPS-MIB, APC PowerNet), BGP peers and health (CPU, memory, storage, sensors, fans,
+    # power supplies) are read with every poll when the device has them; false skips them.
+    health: bool = True
+    # A BGP peer whose accepted prefixes fall by more than this percent is WARNING (0: off).
+    bgp_prefix_drop: Annotated[float, Range(0, 100)] = 50.0
 
     def validate(self) -> None:
         if self.version == "3" and self.v3 is None:
@@ -286,6 +295,22 @@ class SnmpConfig:
     devices: list[SnmpDevice] = field(default_factory=list)
     interval: Duration | None = None
     concurrency: Annotated[int, Range(1, 1000)] = 32
+
+
+@dataclass
+class UpsConfig:
+    """One [[ups]] table: a UPS behind Network UPS Tools' upsd (NUT's TCP protocol)."""
+
+    name: Name
+    ups: str = "ups"  # the UPS's name in upsd (ups.conf section; `upsc -l` lists them)
+    host: str = "127.0.0.1"
+    port: Port = 3493
+    timeout: Annotated[float, DURATION_MARK, Range(0.1, 60)] = 5.0
+    interval: Duration | None = None
+
+    def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", self.ups):
+            raise Invalid("ups", f"expected a upsd UPS name of letters, digits, . _ -, got {self.ups!r}")
 
 
 SERVICE_PORTS = {"tcp": None, "smtp": 25, "imap": 143, "pop3": 110, "ssh": 22, "ftp": 21,
@@ -1064,7 +1089,7 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
-DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
+DIGEST_SECTIONS = ("problems", "alerts", "power", "traffic", "services", "certificates", "disks",
                    "mailboxes", "lists", "mail", "backups")
 
 
@@ -1076,8 +1101,8 @@ class Digest:
                                  "a digest name of letters, digits, . _ -")]
     schedule: str = "0 7 * * *"
     recipients: list[str] = field(default_factory=lambda: ["admins"])
-    sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
-                           "mailboxes", "lists", "mail", "backups"]] = field(
+    sections: list[Literal["problems", "alerts", "power", "traffic", "services", "certificates",
+                           "disks", "mailboxes", "lists", "mail", "backups"]] = field(
         default_factory=lambda: list(DIGEST_SECTIONS))
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
@@ -1128,6 +1153,7 @@ class Config:
     contacts: dict[str, list[str]] = field(default_factory=dict)
     host: HostConfig = field(default_factory=HostConfig)
     snmp: SnmpConfig = field(default_factory=SnmpConfig)
+    ups: list[UpsConfig] = field(default_factory=list)
     services: list[ServiceCheck] = field(default_factory=list)
     disks: DisksConfig = field(default_factory=DisksConfig)
     mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
@@ -1152,6 +1178,10 @@ class Config:
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise Invalid("services", f"two services are named {name!r}; names must be unique")
+        units = [u.name for u in self.ups]
+        for i, name in enumerate(units):
+            if name in units[:i]:
+                raise Invalid("ups", f"two [[ups]] tables are named {name!r}; names must be unique")
         devices = [d.name for d in self.snmp.devices]
         for i, name in enumerate(devices):
             if name in devices[:i]:

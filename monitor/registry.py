@@ -7,13 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, services, snmp
+from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, nut, services, snmp
 from monitor.config import Config
 from monitor.model import Collector
 
 COLLECTORS: dict[str, Callable[[Config], list[Collector]]] = {
     "host": host.build,
     "snmp": snmp.build,
+    "ups": nut.build,
     "services": services.build,
     "disks": disks.build,
     "mailboxes": mailboxes.build,

@@ -363,3 +363,80 @@ http {{
         with _running(["/usr/sbin/nginx", "-c", str(conf), "-p", str(d)],
                       lambda: _accepts("127.0.0.1", port), "nginx", d / "stdout.log"):
             yield port
+
+
+class NutUps:
+    """A running upsd with one dummy-ups UPS; `show()` makes the UPS report new values."""
+
+    def __init__(self, directory: Path, port: int, name: str) -> None:
+        self.directory, self.port, self.name = directory, port, name
+
+    def show(self, values: dict[str, str]) -> None:
+        # dummy-ups (mode dummy-once) reads its file again when it changes.
+        path = self.directory / "ups.seq"
+        tmp = path.with_suffix(".new")
+        tmp.write_text("".join(f"{k}: {v}\n" for k, v in values.items()))
+        tmp.chmod(0o644)
+        tmp.replace(path)
+
+
+@contextlib.contextmanager
+def nut_upsd(values: dict[str, str], name: str = "dummy") -> Iterator[NutUps]:
+    """Debian's upsd and dummy-ups driver on a free loopback port, configured in a temporary
+    directory (NUT_CONFPATH / NUT_STATEPATH), as user nut when started as root."""
+    for binary in ("/lib/nut/upsd", "/lib/nut/dummy-ups"):
+        _require(binary)
+    with world_dir("monitor-nut-") as directory:
+        state = directory / "state"
+        state.mkdir()
+        port = free_port()
+        ups = NutUps(directory, port, name)
+        ups.show(values)
+        (directory / "ups.conf").write_text(
+            f"[{name}]\n  driver = dummy-ups\n  port = {directory / 'ups.seq'}\n"
+            "  mode = dummy-once\n  pollinterval = 1\n  desc = \"test UPS\"\n")
+        (directory / "upsd.conf").write_text(f"LISTEN 127.0.0.1 {port}\n")
+        (directory / "upsd.users").write_text("")
+        user: list[str] = []
+        if os.geteuid() == 0:
+            uid, gid = _ids("nut")
+            os.chown(state, uid, gid)
+            state.chmod(0o770)
+            for conf in ("upsd.conf", "upsd.users", "ups.conf"):
+                os.chown(directory / conf, 0, gid)
+                (directory / conf).chmod(0o640)
+            user = ["-u", "nut"]
+        env = {**os.environ, "NUT_CONFPATH": str(directory), "NUT_STATEPATH": str(state),
+               "NUT_ALTPIDPATH": str(state)}
+        with contextlib.ExitStack() as stack:
+            driver_log = directory / "driver.log"
+            driver = subprocess.Popen(["/lib/nut/dummy-ups", "-a", name, "-F", *user], env=env,
+                                      stdout=driver_log.open("w"), stderr=subprocess.STDOUT)
+            stack.callback(stop, driver)
+            for _ in range(100):
+                if any(state.iterdir()) or driver.poll() is not None:
+                    break
+                time.sleep(0.05)
+            upsd_log = directory / "upsd.log"
+            upsd = subprocess.Popen(["/lib/nut/upsd", "-F", *user], env=env,
+                                    stdout=upsd_log.open("w"), stderr=subprocess.STDOUT)
+            stack.callback(stop, upsd)
+            for _ in range(100):
+                if _accepts("127.0.0.1", port):
+                    break
+                if upsd.poll() is not None:
+                    raise RuntimeError(f"upsd exited: {upsd_log.read_text()[-1000:]}")
+                time.sleep(0.05)
+            else:
+                raise RuntimeError(f"upsd did not listen: {upsd_log.read_text()[-1000:]}")
+            yield ups
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ends a daemon of a test: TERM, then KILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -9,6 +9,7 @@ reads the rates back with RrdStore.fetch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from monitor.config import ConfigError, SnmpDevice, SnmpV3Config, parse_config
 from monitor.model import Batch, State
 from monitor.store import RrdStore
 from tests.conftest import DATA, ROOT
+from tests.daemons import stop
 
 SNMP_DATA = DATA / "snmp"
 T0 = 1_800_000_000 - 1_800_000_000 % 60
@@ -57,15 +60,6 @@ async def wait_for_agent(port: int, community: str, proc: subprocess.Popen, what
         client.close()
 
 
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def start_snmpsim(data: Path, cache: Path, community: str) -> tuple[subprocess.Popen, int]:
     """snmpsim serving the recordings in `data` on a free loopback port, once it answers
     `community`. As root it runs as nobody, who must reach `cache` (and `data`)."""
@@ -85,18 +79,30 @@ def start_snmpsim(data: Path, cache: Path, community: str) -> tuple[subprocess.P
     return proc, port
 
 
-@pytest.fixture(scope="module")
-def snmpsim():
+@contextlib.contextmanager
+def serving(data_dir: Path, community: str) -> Iterator[int]:
+    """snmpsim serving the recordings of `data_dir` on a free loopback port (`community`: one
+    of them, asked until it answers)."""
     # Not under pytest's tmp_path: as root snmpsim runs as nobody, who must reach its cache.
     tmp = Path(tempfile.mkdtemp(prefix="monitor-snmpsim-"))
     cache = tmp / "cache"
     cache.mkdir()
     os.chmod(tmp, 0o755)
     os.chmod(cache, 0o777)
-    proc, port = start_snmpsim(SNMP_DATA, cache, "router-t0")
-    yield port
-    stop(proc)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        proc, port = start_snmpsim(data_dir, cache, community)
+        try:
+            yield port
+        finally:
+            stop(proc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def snmpsim():
+    with serving(SNMP_DATA, "router-t0") as port:
+        yield port
 
 
 SNMPD_USER, AUTH_KEY, PRIV_KEY = "monv3", "auth-pass-256", "priv-pass-aes"

@@ -1,0 +1,243 @@
+"""BGP sessions of a router: BGP4-MIB's peer table, Juniper's BGP4-V2 tables, prefix counts.
+
+Peers come from Juniper's jnxBgpM2PeerTable when the router has it (IPv6 peers and routing
+instances too), else from BGP4-MIB's bgpPeerTable (IPv4 peers of the default instance, what
+every router has). Accepted prefixes come from CISCO-BGP4-MIB (cbgpPeerAddrFamilyPrefixTable,
+cbgpPeer2AddrFamilyPrefixTable) or Juniper's jnxBgpM2PrefixCountersTable, summed over the
+address families of a peer.
+
+One check per peer, "bgp <address>": CRITICAL when a session that is not administratively
+stopped is not Established ("BGP to AS64500 192.0.2.1 down since 03:12, was up 41 days"),
+WARNING when its accepted prefixes fell by more than `bgp_prefix_drop` percent below what it
+had. Metrics (instance "bgp <address>"): bgp_state (6 = established), established_seconds,
+accepted_prefixes, session_flaps (times it left Established since the last poll).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from collectors.snmp_ber import Oid
+from monitor.model import Batch, CheckResult, Kind, Measurement, State
+from monitor.text import clean
+from monitor.units import format_duration
+
+BGP_PEER = (1, 3, 6, 1, 2, 1, 15, 3, 1)
+PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS = (*BGP_PEER, 2), (*BGP_PEER, 3), (*BGP_PEER, 9)
+PEER_TRANSITIONS, PEER_ESTABLISHED_TIME = (*BGP_PEER, 15), (*BGP_PEER, 16)
+CISCO_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 4, 1, 1)  # index: IPv4 (4), afi, safi
+CISCO2_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 8, 1, 1)  # index: type, len, addr, afi, safi
+JNX_PEER = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 1, 1, 1)
+JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR = (*JNX_PEER, 2), (*JNX_PEER, 3), (*JNX_PEER, 11)
+JNX_REMOTE_AS, JNX_PEER_INDEX = (*JNX_PEER, 13), (*JNX_PEER, 14)
+JNX_ESTABLISHED_TIME = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 4, 1, 1, 1)
+JNX_PREFIXES = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 6, 2, 1)
+JNX_IN_PREFIXES, JNX_ACCEPTED = (*JNX_PREFIXES, 7), (*JNX_PREFIXES, 8)  # index: peer index, afi, safi
+
+COLUMNS = [PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS, PEER_TRANSITIONS, PEER_ESTABLISHED_TIME,
+           CISCO_ACCEPTED, CISCO2_ACCEPTED, JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR, JNX_REMOTE_AS,
+           JNX_PEER_INDEX, JNX_ESTABLISHED_TIME, JNX_IN_PREFIXES, JNX_ACCEPTED]
+
+STATES = {1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm", 6: "established"}
+ESTABLISHED = 6
+# A lower prefix count that lasts this long is the peer's new normal, not a drop.
+NEW_NORMAL = 86400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: str
+    remote_as: int | None
+    state: int | None
+    admin_stopped: bool = False
+    established_seconds: float | None = None
+    transitions: int | None = None
+    accepted_prefixes: int | None = None
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _address(octets: tuple[int, ...] | bytes) -> str | None:
+    try:
+        return str(ipaddress.ip_address(bytes(octets)))
+    except ValueError:
+        return None
+
+
+def _sum(counts: dict[str, int], key: str | None, value: object) -> None:
+    if key is not None and _int(value) is not None:
+        counts[key] = counts.get(key, 0) + value  # type: ignore[operator]
+
+
+def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
+    """The BGP peers the tables describe (an empty list for a router without BGP)."""
+    empty: dict[Oid, object] = {}
+    get = lambda column: tables.get(column, empty)  # noqa: E731
+    accepted: dict[str, int] = {}
+    for index, value in get(CISCO_ACCEPTED).items():
+        _sum(accepted, _address(index[:4]) if len(index) == 6 else None, value)
+    for index, value in get(CISCO2_ACCEPTED).items():
+        ok = len(index) >= 4 and index[1] == len(index) - 4
+        _sum(accepted, _address(index[2:-2]) if ok else None, value)
+    peers: list[Peer] = []
+    if get(JNX_STATE):
+        by_peer_index: dict[int, str] = {}
+        for index, state in sorted(get(JNX_STATE).items()):
+            raw = get(JNX_REMOTE_ADDR).get(index)
+            address = _address(raw) if isinstance(raw, bytes) else None
+            if address is None or _int(state) not in STATES:
+                continue
+            peer_index = _int(get(JNX_PEER_INDEX).get(index))
+            if peer_index is not None:
+                by_peer_index[peer_index] = address
+            established = _int(get(JNX_ESTABLISHED_TIME).get(index))
+            peers.append(Peer(address, _int(get(JNX_REMOTE_AS).get(index)), _int(state),
+                              get(JNX_STATUS).get(index) == 1,
+                              None if established is None else float(established)))
+        counts = get(JNX_ACCEPTED) or get(JNX_IN_PREFIXES)
+        for index, value in counts.items():
+            _sum(accepted, by_peer_index.get(index[0]) if len(index) == 3 else None, value)
+    else:
+        for index, state in sorted(get(PEER_STATE).items()):
+            address = _address(index) if len(index) == 4 else None
+            if address is None or _int(state) not in STATES:  # not a BGP state: not a peer
+                continue
+            established = _int(get(PEER_ESTABLISHED_TIME).get(index))
+            peers.append(Peer(address, _int(get(PEER_REMOTE_AS).get(index)), _int(state),
+                              get(PEER_ADMIN).get(index) == 1,
+                              None if established is None else float(established),
+                              _int(get(PEER_TRANSITIONS).get(index))))
+    return [Peer(p.address, p.remote_as, p.state, p.admin_stopped, p.established_seconds,
+                 p.transitions, accepted.get(p.address)) for p in peers]
+
+
+@dataclass
+class PeerHistory:
+    """What one poll needs of the earlier ones."""
+
+    up_for: float | None = None  # established seconds at the last poll it was up
+    up_seen: float | None = None  # when that was
+    transitions: int | None = None
+    reference: int | None = None  # accepted prefixes before a drop
+    low_since: float | None = None
+
+
+def _clock(ts: float, now: float) -> str:
+    fmt = "%H:%M" if now - ts < 20 * 3600 else "%Y-%m-%d %H:%M"
+    return time.strftime(fmt, time.localtime(ts))
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class DescribedPort(Protocol):
+    """What `port_links` needs of a port (collectors.snmp.PortInfo)."""
+
+    group: str
+    description: str
+    alias: str
+    addresses: tuple[str, ...]
+
+
+def port_links(ports: Iterable[DescribedPort]) -> list[tuple[Network, str]]:
+    """The subnets of the described ports ("Transit: ExampleNet", else the alias), at most a
+    /24 or /64 wide: a BGP peer in one of them is that port's neighbour."""
+    out = []
+    for port in ports:
+        label = clean(f"{port.group.title()}: {port.description}" if port.group and port.description
+                      else port.alias, 40)
+        for address in port.addresses if label else ():
+            try:
+                network = ipaddress.ip_network(address, strict=False)
+            except ValueError:
+                continue
+            if network.prefixlen >= (24 if network.version == 4 else 64):
+                out.append((network, label))
+    return out
+
+
+@dataclass
+class BgpWatch:
+    """Per device: the history of each peer across polls, and the checks of one poll.
+
+    `links`: the device's own interface networks with the port's description ("Transit:
+    ExampleNet"); a peer inside one is named by it (BGP4-MIB has no peer descriptions)."""
+
+    prefix_drop: float = 50.0
+    peers: dict[str, PeerHistory] = field(default_factory=dict)
+    links: list[tuple[Network, str]] = field(default_factory=list)
+
+    def label(self, address: str) -> str:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return ""
+        inside = [(net.prefixlen, name) for net, name in self.links
+                  if net.version == ip.version and ip in net]
+        return max(inside)[1] if inside else ""  # the narrowest network
+
+    def batch(self, target: str, peers: list[Peer], now: float) -> Batch:
+        batch = Batch()
+        for peer in peers:
+            history = self.peers.setdefault(peer.address, PeerHistory())
+            instance = f"bgp {peer.address}"
+
+            def add(metric: str, value: float | None, unit: str = "", instance: str = instance) -> None:
+                if value is not None:
+                    batch.add(Measurement(target, instance, metric, value, Kind.GAUGE, unit, now))
+
+            # Each its own unit, prefixes first: the device page draws the first of them.
+            add("accepted_prefixes", peer.accepted_prefixes)
+            add("bgp_state", peer.state, "state")
+            add("established_seconds", peer.established_seconds if peer.state == ESTABLISHED else None,
+                "s")
+            if peer.transitions is not None and history.transitions is not None:
+                # into and out of Established both count: two transitions are one flap
+                add("session_flaps", (max(0, peer.transitions - history.transitions) + 1) // 2,
+                    "flaps")
+            history.transitions = peer.transitions
+            batch.add(CheckResult(target, instance, *self.verdict(peer, history, now), timestamp=now))
+        for gone in self.peers.keys() - {p.address for p in peers}:
+            del self.peers[gone]  # removed from the router's config
+        return batch
+
+    def verdict(self, peer: Peer, history: PeerHistory, now: float) -> tuple[State, str]:
+        name = f"BGP to AS{peer.remote_as} {peer.address}" if peer.remote_as else f"BGP to {peer.address}"
+        label = self.label(peer.address)
+        if label:
+            name += f" ({label})"
+        if peer.state != ESTABLISHED:
+            state_name = STATES.get(peer.state or 0, f"state {peer.state}")
+            if peer.admin_stopped:
+                return State.OK, f"{name} is administratively stopped ({state_name})"
+            since = ""
+            if peer.established_seconds:  # while down: seconds since it left Established
+                since = f" since {_clock(now - peer.established_seconds, now)}"
+            was = ""
+            if history.up_for is not None and history.up_seen is not None:
+                left = now - (peer.established_seconds or 0.0)
+                was = f", was up {format_duration(history.up_for + max(0.0, left - history.up_seen))}"
+            return State.CRITICAL, f"{name} down{since}{was} (state {state_name})"
+        history.up_for, history.up_seen = peer.established_seconds, now
+        up = (f" for {format_duration(peer.established_seconds)}"
+              if peer.established_seconds is not None else "")
+        count = peer.accepted_prefixes
+        if count is None:
+            return State.OK, f"{name} established{up}"
+        message = f"{name} established{up}, {count:,} prefixes accepted"
+        reference = history.reference
+        floor = None if reference is None else reference * (1 - self.prefix_drop / 100)
+        if self.prefix_drop and floor is not None and count < floor:
+            history.low_since = history.low_since or now
+            if now - history.low_since < NEW_NORMAL:
+                drop = 100 * (reference - count) / reference if reference else 0.0
+                return State.WARNING, (f"{name}: accepted prefixes fell from {reference:,} to "
+                                       f"{count:,} (-{drop:.0f} %, more than {self.prefix_drop:g} %)")
+        history.reference, history.low_since = count, None
+        return State.OK, message

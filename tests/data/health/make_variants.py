@@ -1,0 +1,82 @@
+"""Writes the later polls (NAME-t1, NAME-t2, ...) of the real recordings next to this file.
+
+Each *-t0.snmprec here is a real device's recording cut to the system group, the interface
+tables and the MIBs under test (sources and licences: SOURCES.md). A state change is a second
+recording: the t0 file with the few values a real device changes in that event, everything else
+as recorded. Run it after changing it; the output is committed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+UPS = "1.3.6.1.2.1.33.1"
+APC = "1.3.6.1.4.1.318.1.1.1"
+BGP = "1.3.6.1.2.1.15.3.1"
+CBGP = "1.3.6.1.4.1.9.9.187.1.2.4.1"
+ENVMON = "1.3.6.1.4.1.9.9.13.1"
+CSENSOR = "1.3.6.1.4.1.9.9.91.1"
+UPTIME = "1.3.6.1.2.1.1.3.0"
+
+
+def oid_key(line: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in line.split("|", 1)[0].split("."))
+
+
+def variant(name: str, changes: dict[str, str], seconds: int) -> str:
+    """`name`-t0 with `changes` ({oid: "type|value"}, added when missing) and sysUpTime
+    `seconds` later."""
+    lines = {}
+    for line in (HERE / f"{name}-t0.snmprec").read_text().splitlines():
+        oid, kind, value = line.split("|", 2)
+        if oid == UPTIME:
+            value = str(int(value) + 100 * seconds)
+        lines[oid] = f"{oid}|{kind}|{value}"
+    for oid, typed in changes.items():
+        lines[oid] = f"{oid}|{typed}"
+    return "\n".join(sorted(lines.values(), key=oid_key)) + "\n"
+
+
+def main() -> None:
+    out = {
+        # The mains fail: on battery for 3 minutes, 23 minutes left, an upsAlarmOnBattery row.
+        "ups-eaton-t1": variant("ups-eaton", {
+            f"{UPS}.4.1.0": "2|5", f"{UPS}.2.2.0": "2|180", f"{UPS}.2.3.0": "2|23",
+            f"{UPS}.2.4.0": "2|87", f"{UPS}.3.3.1.3.1": "2|0", f"{UPS}.3.3.1.3.2": "2|0",
+            f"{UPS}.3.3.1.3.3": "2|0", f"{UPS}.6.1.0": "66|1",
+            f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.2", f"{UPS}.6.2.1.3.1": "67|67425000"}, 180),
+        # Still out: the battery is low (4 minutes left).
+        "ups-eaton-t2": variant("ups-eaton", {
+            f"{UPS}.4.1.0": "2|5", f"{UPS}.2.1.0": "2|3", f"{UPS}.2.2.0": "2|1260",
+            f"{UPS}.2.3.0": "2|4", f"{UPS}.2.4.0": "2|18", f"{UPS}.6.1.0": "66|2",
+            f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.2", f"{UPS}.6.2.1.2.2": f"6|{UPS}.6.3.3"}, 1260),
+        # Mains back: on line, charging; the battery self-test asks for a new battery.
+        "ups-eaton-t3": variant("ups-eaton", {
+            f"{UPS}.2.4.0": "2|35", f"{UPS}.6.1.0": "66|1",
+            f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.1"}, 1500),
+        # APC: on battery (upsBasicOutputStatus onBattery), 12 minutes left, 90 % charge.
+        "apc-smt750-t1": variant("apc-smt750", {
+            f"{APC}.4.1.1.0": "2|3", f"{APC}.2.2.3.0": "67|72000", f"{APC}.2.3.1.0": "66|900",
+            f"{APC}.2.1.2.0": "67|6000"}, 60),
+        # APC back on line; its battery replace indicator is on.
+        "apc-smt750-t2": variant("apc-smt750", {f"{APC}.2.2.4.0": "2|2"}, 120),
+        # BGP: 192.168.99.25 drops to Active (left Established 120 s ago);
+        # 192.168.99.20 stays up but accepts 5 of its 15 IPv4 unicast prefixes.
+        "bgp-ios-t1": variant("bgp-ios", {
+            f"{BGP}.2.192.168.99.25": "2|3", f"{BGP}.16.192.168.99.25": "66|120",
+            f"{CBGP}.1.192.168.99.20.1.1": "65|5"}, 300),
+        # Nexus 5000: the outlet of module 1 reaches 69 °C, past its minor (58) and major (67)
+        # thresholds, which the switch evaluates as true.
+        "cisco-n5000-t1": variant("cisco-n5000", {
+            f"{CSENSOR}.1.1.1.4.21598": "2|69", f"{CSENSOR}.2.1.1.5.21598.1": "2|1",
+            f"{CSENSOR}.2.1.1.5.21598.2": "2|1"}, 300),
+        # Catalyst 3560: its fan fails.
+        "cisco-c3560-t1": variant("cisco-c3560", {f"{ENVMON}.4.1.3.1004": "2|3"}, 300),
+    }
+    for name, text in out.items():
+        (HERE / f"{name}.snmprec").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The digest's "power and upstream" section, from real RRD files: a power cut of half an hour
+and a BGP session that went down and flapped, among quiet ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alerts.digest import DigestBuilder, render_text
+from monitor.config import parse_config
+from monitor.model import Measurement
+from monitor.status import StatusBook
+from monitor.store import RrdStore
+
+END = 1_800_000_000 - 1_800_000_000 % 300
+
+
+def test_power_and_upstream_section(tmp_path: Path):
+    config = parse_config(f"""
+[agent]
+data_dir = "{tmp_path}"
+[contacts]
+admins = ["admin@example.net"]
+[[digests]]
+name = "daily"
+sections = ["power"]
+""")
+    store = RrdStore(config.rrd_dir)
+    rows = []
+    start = END - 86400
+    for i, ts in enumerate(range(start, END + 1, 300)):
+        cut = 100 <= i < 106  # 30 minutes on battery
+        rows += [
+            Measurement("rack-ups", "ups", "on_battery", 1.0 if cut else 0.0, timestamp=ts),
+            Measurement("rack-ups", "ups", "battery_charge_percent", 100 - 10 * (i - 99) if cut else 100,
+                        timestamp=ts),
+            Measurement("spare-ups", "ups", "on_battery", 0.0, timestamp=ts),
+            Measurement("edge1", "bgp 192.0.2.1", "bgp_state", 3 if 200 <= i < 203 else 6, timestamp=ts),
+            Measurement("edge1", "bgp 192.0.2.1", "session_flaps", 2 if i == 200 else 0, timestamp=ts),
+            Measurement("edge1", "bgp 198.51.100.7", "bgp_state", 6, timestamp=ts),
+        ]
+    assert not store.write(rows, 300).errors
+    builder = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "status.json"))
+    report = builder.build(config.digests[0], (start, END))
+    store.close()
+    [section] = report.sections
+    assert section.rows == [
+        ["edge1 bgp 192.0.2.1", "1", "15m", "longest down 15m, 2 flap(s)"],
+        ["rack-ups on battery", "1", "30m", "longest 30m, lowest charge 40 %"],
+    ] or section.rows == [
+        ["rack-ups on battery", "1", "30m", "longest 30m, lowest charge 40 %"],
+        ["edge1 bgp 192.0.2.1", "1", "15m", "longest down 15m, 2 flap(s)"],
+    ]
+    assert section.notes == ["2 UPS / BGP session(s) without events."]
+    text = render_text(report)
+    assert "Power and upstream" in text and "rack-ups on battery" in text

@@ -1,0 +1,311 @@
+"""UPS, BGP and device health over SNMP, against real device recordings served by snmpsim
+(tests/data/health, see SOURCES.md there) and net-snmp's snmpd; the default link-error rule.
+
+Each recording exists once per poll (NAME-t0, NAME-t1, ...): a test polls t0, switches the
+device's community to t1 and polls again, as tests/test_snmp.py does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import subprocess
+import sys
+import time
+
+import pytest
+
+from alerts.engine import Event, Kind
+from alerts.notify import one_line
+from collectors.snmp import SnmpCollector
+from collectors.snmp_bgp import BgpWatch, Peer
+from collectors.snmp_health import ErrorWatch
+from monitor.config import SnmpDevice
+from monitor.model import Batch, State
+from tests.conftest import DATA
+from tests.test_snmp import Clock, serving, snmpd  # noqa: F401
+
+HEALTH_DATA = DATA / "health"
+T0 = 1_800_000_000
+
+
+@pytest.fixture(scope="module")
+def recordings():
+    with serving(HEALTH_DATA, "ups-eaton-t0") as port:
+        yield port
+
+
+class Device:
+    """One recorded device polled through its phases with a fake clock."""
+
+    def __init__(self, port: int, recording: str, **kw) -> None:
+        self.recording = recording
+        self.clock = Clock(T0)
+        dev = SnmpDevice(name=recording, host="127.0.0.1", port=port, community=f"{recording}-t0",
+                         timeout=2.0, retries=1, **kw)
+        self.collector = SnmpCollector([dev], 300, clock=self.clock)
+
+    def poll(self, phase: int, seconds: float = 300) -> Batch:
+        poller = self.collector.pollers[self.recording]
+        if phase:
+            self.collector.replace_device(dataclasses.replace(
+                poller.device, community=f"{self.recording}-t{phase}"))
+            self.clock.now += seconds
+        return asyncio.run(self.collector.collect())
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+def checks(batch: Batch) -> dict[str, tuple[State, str]]:
+    return {c.check: (c.state, c.message) for c in batch.checks}
+
+
+def values(batch: Batch, instance: str) -> dict[str, float | None]:
+    return {m.metric: m.value for m in batch.measurements if m.instance == instance}
+
+
+def test_ups_mib_power_cut_from_a_real_eaton(recordings):
+    ups = Device(recordings, "ups-eaton")
+    try:
+        first = ups.poll(0)
+        assert checks(first)["ups"] == (State.OK, "UPS EATON 93E 80: on line, runtime 18h12m "
+                                        "(charge 100 %, load 21 %, input 227 V)")
+        assert values(first, "ups") == {"on_battery": 0.0, "battery_charge_percent": 100.0,
+                                        "runtime_seconds": 65520.0, "input_volts": 227.0,
+                                        "output_volts": 220.0, "load_percent": 21.0,
+                                        "temperature_celsius": 25.0}
+        cut = checks(ups.poll(1, 180))["ups"]
+        assert cut == (State.CRITICAL, "UPS EATON 93E 80: on battery, 23m runtime left, for 3m "
+                                       "(charge 87 %, load 21 %, input 0 V)")
+        low = checks(ups.poll(2, 1080))["ups"]
+        assert low[0] is State.CRITICAL and "4m runtime left, battery LOW" in low[1]
+        back = checks(ups.poll(3, 240))["ups"]
+        assert back == (State.WARNING, "UPS EATON 93E 80: battery needs replacing, runtime 18h12m "
+                                       "(charge 35 %, load 21 %, input 227 V)")
+    finally:
+        ups.close()
+
+
+def test_apc_powernet_on_battery_and_replace_battery(recordings):
+    apc = Device(recordings, "apc-smt750")
+    try:
+        assert checks(apc.poll(0))["ups"][0] is State.OK
+        battery = apc.poll(1, 60)
+        assert checks(battery)["ups"] == (State.CRITICAL, "UPS Smart-UPS X 750: on battery, 12m "
+                                          "runtime left, for 1m (charge 90 %, load 0 %, input 119 V)")
+        assert values(battery, "ups")["temperature_celsius"] == 23.4
+        assert checks(apc.poll(2, 60))["ups"][0] is State.WARNING
+    finally:
+        apc.close()
+
+
+def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
+    router = Device(recordings, "bgp-ios")
+    try:
+        first = checks(router.poll(0))
+        assert first["bgp 192.168.99.25"] == (State.OK, "BGP to AS64513 192.168.99.25 established "
+                                              "for 7m47s, 19 prefixes accepted")
+        later = router.poll(1, 300)
+        down_at = time.strftime("%H:%M", time.localtime(router.clock.now - 120))
+        assert checks(later)["bgp 192.168.99.25"] == (
+            State.CRITICAL, f"BGP to AS64513 192.168.99.25 down since {down_at}, was up 10m47s "
+                            "(state active)")
+        state, message = checks(later)["bgp 192.168.99.20"]
+        assert state is State.WARNING and message == (
+            "BGP to AS64513 192.168.99.20: accepted prefixes fell from 17 to 7 (-59 %, more than 50 %)")
+        assert values(later, "bgp 192.168.99.25")["bgp_state"] == 3
+    finally:
+        router.close()
+
+
+def test_bgp_down_mail_is_readable():
+    watch = BgpWatch()
+    up = Peer("192.0.2.1", 64500, 6, established_seconds=41 * 86400.0)
+    watch.batch("edge1", [up], T0)
+    down = Peer("192.0.2.1", 64500, 1, established_seconds=600.0)
+    [result] = watch.batch("edge1", [down], T0 + 900).checks
+    since = time.strftime("%H:%M", time.localtime(T0 + 300))
+    assert result.message == f"BGP to AS64500 192.0.2.1 down since {since}, was up 41d5m (state idle)"
+    event = Event(kind=Kind.FIRING, key="k", rule="service-down", target="edge1", label=result.check,
+                  severity=State.CRITICAL, message=result.message, value=None, threshold="",
+                  since=T0 + 900, at=T0 + 900, groups=("admins",))
+    assert one_line(event, T0 + 900).startswith(f"[CRITICAL] edge1 bgp 192.0.2.1: BGP to AS64500 "
+                                                f"192.0.2.1 down since {since}, was up 41d")
+
+
+def test_flaps_are_counted_and_a_stopped_peer_is_not_a_problem():
+    watch = BgpWatch()
+    watch.batch("r", [Peer("192.0.2.9", 65001, 6, established_seconds=10.0, transitions=7)], T0)
+    batch = watch.batch("r", [Peer("192.0.2.9", 65001, 6, established_seconds=5.0, transitions=13)],
+                        T0 + 300)
+    assert values(batch, "bgp 192.0.2.9")["session_flaps"] == 3
+    [stopped] = watch.batch("r", [Peer("192.0.2.9", 65001, 1, admin_stopped=True)], T0 + 600).checks
+    assert stopped.state is State.OK and "administratively stopped" in stopped.message
+
+
+def test_juniper_bgp4_v2_peers_with_ipv6_and_prefixes(recordings):
+    router = Device(recordings, "bgp-junos")
+    try:
+        result = checks(router.poll(0))
+        assert result["bgp 192.168.99.25"][1].endswith("established for 4d4h29m41s, 24 prefixes accepted")
+        assert result["bgp fd00:28:1:1::1:5"][0] is State.CRITICAL
+        assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 3
+    finally:
+        router.close()
+
+
+def test_cisco_envmon_thresholds_cpu_memory_and_a_failed_fan(recordings):
+    switch = Device(recordings, "cisco-c3560")
+    try:
+        first = switch.poll(0)
+        result = checks(first)
+        # Recorded as it was: the switch itself said its sensor is in its warning state.
+        assert result["temperature SW#1, Sensor#1, YELLOW"] == (
+            State.WARNING, "SW#1, Sensor#1, YELLOW is 61 °C (warning, device threshold 66 °C)")
+        assert result["psu Sw1, PS1 Normal, RPS NotExist"][0] is State.OK
+        assert values(first, "cpu") == {"cpu_percent": 28.0}
+        assert values(first, "memory")["used_bytes"] == 22188980
+        fan = checks(switch.poll(1))["fan Switch#1, Fan#1"]
+        assert fan == (State.CRITICAL, "fan Switch#1, Fan#1 is critical (failed: redundancy lost or "
+                                       "the device at risk)")
+    finally:
+        switch.close()
+
+
+def test_juniper_operating_table_entity_sensors_and_mikrotik(recordings):
+    found = {}
+    for name in ("juniper-mx960", "arista-7150s", "routeros-rb750"):
+        device = Device(recordings, name)
+        try:
+            batch = device.poll(0)
+            found[name] = (device.collector.pollers[name].health.found, batch)
+        finally:
+            device.close()
+    mx, mx_batch = found["juniper-mx960"]
+    assert mx.cpu and mx.memory and mx.storage == 4 and mx.sensors >= 40
+    mx_checks = checks(mx_batch)
+    assert mx_checks["psu PEM 0"] == (State.OK, "power supply PEM 0 is running")
+    assert mx_checks["fan Top Tray Fan 1"][0] is State.OK
+    assert "storage /packages/mnt/jbase" not in mx_checks  # read-only package images
+    assert values(mx_batch, "sensor Routing Engine 0") == {"temperature_celsius": 24.0}
+    arista, arista_batch = found["arista-7150s"]
+    assert arista.sensors > 50
+    assert values(arista_batch, "sensor Board temp sensor")["temperature_celsius"] == 23.0
+    _, mt_batch = found["routeros-rb750"]
+    assert values(mt_batch, "sensor voltage") == {"volts": 24.3}
+    assert values(mt_batch, "sensor temperature") == {"temperature_celsius": 38.0}
+    assert values(mt_batch, "cpu") == {"cpu_percent": 6.0}
+
+
+def test_net_snmp_host_resources_and_ucd(snmpd):  # noqa: F811
+    device = SnmpDevice(name="linux", host="127.0.0.1", port=snmpd, community="monitor-ro",
+                        include=["lo"], skip_types=[])
+    collector = SnmpCollector([device], 300)
+    try:
+        batch = asyncio.run(collector.collect())
+    finally:
+        collector.close()
+    found = collector.pollers["linux"].health.found
+    # CPU: found (hrProcessorLoad needs a minute of snmpd's history; the UCD raw counters need
+    # two polls), memory and storage at once.
+    assert found.cpu and found.memory and found.storage >= 1
+    memory = values(batch, "memory")
+    assert 0 < memory["used_bytes"] < memory["size_bytes"]
+    root = values(batch, "storage:/")
+    assert 0 < root["used_percent"] <= 100
+    assert any(c.check == "storage /" for c in batch.checks)
+
+
+def test_link_errors_warn_after_their_duration():
+    watch = ErrorWatch(percent=1.0, duration=900)
+    bad = {"in_errors": 5.0, "in_ucast_packets": 95.0, "out_errors": 0.0, "out_ucast_packets": 50.0}
+    assert watch.judge("ge-0/0/1", bad, T0) == (State.OK, "")
+    state, text = watch.judge("ge-0/0/1", bad, T0 + 900)
+    assert state is State.WARNING and text == "; 5 % of packets with errors, above 1 % for 15m"
+    assert watch.judge("ge-0/0/1", {**bad, "in_errors": 0.0}, T0 + 1200) == (State.OK, "")
+    assert watch.judge("ge-0/0/1", bad, T0 + 1500) == (State.OK, "")  # the clock starts again
+
+
+def test_discover_says_what_it_found(recordings):
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(recordings),
+         "--community", "bgp-ios-t0", "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "# UPS-MIB: no, BGP peers: 2, sensors: 0, CPU: no, memory: no\n" in out.stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(recordings),
+         "--community", "cisco-c3560-t0", "--timeout", "2"], capture_output=True, text=True, timeout=60)
+    assert "# UPS-MIB: no, BGP peers: 0, sensors: 3, CPU: yes, memory: yes\n" in out.stdout
+
+
+def test_a_lying_device_harms_only_itself(recordings):
+    liar = Device(recordings, "hostile")
+    try:
+        batch = liar.poll(0)
+    finally:
+        liar.close()
+    result = checks(batch)
+    assert result["snmp"][0] is State.OK and "if eth0" in result
+    state, message = result["ups"]
+    assert state is State.CRITICAL and "\n" not in message and "\u202e" not in message
+    assert len(message) < 200 and "charge" not in message  # 5000 % is no charge
+    assert set(k for k in result if k.startswith("bgp ")) == {"bgp 192.0.2.2"}
+    assert result["bgp 192.0.2.2"][1].startswith("BGP to AS4294967295 192.0.2.2 established")
+    assert result["psu ../../etc/passwd"][0] is State.CRITICAL  # a name, never a path
+    names = [c.check for c in batch.checks] + [m.instance for m in batch.measurements]
+    assert all(name.isprintable() and len(name) < 80 for name in names)
+    assert values(batch, "sensor CPU CRITICAL fake") == {}  # scale 99: not a value
+    assert values(batch, "sensor sensor 6") == {"temperature_celsius": 42.0}
+
+
+def test_peers_are_named_by_the_port_they_are_on():
+    from collectors.snmp import PortInfo
+    from collectors.snmp_bgp import port_links
+
+    def port(alias: str, group: str, description: str, *addresses: str) -> PortInfo:
+        return PortInfo("eth0", "eth0", alias, "ethernetCsmacd", 1e9, group, description, "", "",
+                        "", addresses)
+
+    watch = BgpWatch(links=port_links([
+        port("Transit: ExampleNet [10G]", "transit", "ExampleNet", "192.0.2.2/30", "2001:db8::2/64"),
+        port("IX LAN", "", "", "198.51.100.10/22"),  # wider than a /24: not a neighbour's link
+        port("", "", "", "203.0.113.1/24"),  # no description: no name
+    ]))
+    [result] = watch.batch("edge1", [Peer("192.0.2.1", 64500, 3, established_seconds=60.0)], T0).checks
+    assert result.message.startswith("BGP to AS64500 192.0.2.1 (Transit: ExampleNet) down since ")
+    assert watch.label("2001:db8::1") == "Transit: ExampleNet"
+    assert watch.label("198.51.100.1") == "" and watch.label("203.0.113.9") == ""
+
+
+def test_bgp_history_survives_a_restart(recordings, tmp_path):
+    """cron-style runs, each a new collector on the same state directory: the second run
+    still knows how long the session had been up."""
+    def run(phase: int, at: float) -> Batch:
+        dev = SnmpDevice(name="bgp-ios", host="127.0.0.1", port=recordings,
+                         community=f"bgp-ios-t{phase}", timeout=2.0, retries=1)
+        collector = SnmpCollector([dev], 300, clock=Clock(at), state_dir=tmp_path)
+        try:
+            return asyncio.run(collector.collect())
+        finally:
+            collector.close()
+
+    run(0, T0)
+    message = checks(run(1, T0 + 300))["bgp 192.168.99.25"][1]
+    assert ", was up 10m47s (state active)" in message
+    assert checks(run(1, T0 + 600))["bgp 192.168.99.20"][0] is State.WARNING  # baseline kept
+
+
+def test_cisco_entity_sensor_thresholds_of_the_switch_itself(recordings):
+    nexus = Device(recordings, "cisco-n5000")
+    try:
+        first = nexus.poll(0)
+        result = checks(first)
+        assert result["temperature Module-1, Outlet"] == (
+            State.OK, "Module-1, Outlet is 40 °C (thresholds: minor >= 58 °C, major >= 67 °C)")
+        assert values(first, "sensor Module-1, Outlet") == {"temperature_celsius": 40.0}
+        assert nexus.collector.pollers["cisco-n5000"].health.found.sensors > 50
+        hot = checks(nexus.poll(1))["temperature Module-1, Outlet"]
+        assert hot == (State.CRITICAL, "Module-1, Outlet is 69 °C (major threshold: >= 67 °C)")
+    finally:
+        nexus.close()
