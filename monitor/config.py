@@ -405,14 +405,15 @@ class ServiceCheck:
             for name in ("rcpt_to", "imap_host", "imap_port"):
                 if getattr(self, name) is not None:
                     raise Invalid(name, f"only roundtrip checks have {name}")
-        http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
+        http_only: dict[str, object] = {"url": self.url, "vhost": self.vhost,
+                                        "expect_text": self.expect_text}
         http_only |= {"expect_regex": self.expect_regex, "body": self.body,
                       "content_type": self.content_type, "proxy": self.proxy,
                       "client_cert": self.client_cert, "client_key": self.client_key,
                       "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
-            for name, value in http_only.items():
-                if value is not None:
+            for name, given in http_only.items():
+                if given is not None:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
@@ -874,8 +875,9 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
-DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
-                   "mailboxes", "lists", "backups")
+DigestSection = Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
+                        "mailboxes", "lists", "backups"]
+DIGEST_SECTIONS: tuple[DigestSection, ...] = typing.get_args(DigestSection)
 
 
 @dataclass
@@ -886,9 +888,7 @@ class Digest:
                                  "a digest name of letters, digits, . _ -")]
     schedule: str = "0 7 * * *"
     recipients: list[str] = field(default_factory=lambda: ["admins"])
-    sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
-                           "mailboxes", "lists", "backups"]] = field(
-        default_factory=lambda: list(DIGEST_SECTIONS))
+    sections: list[DigestSection] = field(default_factory=lambda: list(DIGEST_SECTIONS))
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
     cert_days: Annotated[int, Range(1, 3650)] = 60
@@ -1136,7 +1136,7 @@ def _convert(value: Any, tp: Any, path: tuple[str | int, ...], ctx: _Context) ->
     if dataclasses.is_dataclass(base):
         if not isinstance(value, dict):
             raise ctx.error(path, f"expected a table, got {_describe(value)}")
-        return _convert_dataclass(value, base, path, ctx)
+        return _convert_dataclass(value, typing.cast(type, base), path, ctx)
 
     if origin is list:
         if not isinstance(value, list):

@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -30,7 +30,7 @@ def _crontab_days(field: str) -> str:
     3's from_crontab counts 0 as Monday, so "0 8 * * 1" would fire on Tuesdays."""
     if field == "*" or not re.fullmatch(r"[\d,*/-]+", field):
         return field  # names (mon-fri) mean the same to both
-    days = set()
+    days: set[int] = set()
     for part in field.split(","):
         span, _, step = part.partition("/")
         if span == "*":
@@ -177,7 +177,5 @@ class Scheduler:
                         "(overrun #%d)", job.name, job.stats.overruns)
 
 
-def _now():
-    from datetime import datetime
-
+def _now() -> datetime:
     return datetime.now(UTC)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from typing import BinaryIO
 
 import rrdtool
 
@@ -90,7 +91,7 @@ def migrate_percent_names(root: Path) -> int:
         except (OSError, ValueError):
             raw = None
         files = raw.get("files") if isinstance(raw, dict) else None
-        if isinstance(files, dict) and any("%" in rel for rel in files):
+        if isinstance(raw, dict) and isinstance(files, dict) and any("%" in rel for rel in files):
             raw["files"] = {rel.replace("%", "="): entry for rel, entry in files.items()}
             atomic_write(index, json.dumps(raw, indent=1))
         marker.touch()
@@ -395,13 +396,14 @@ class RrdStore:
         odd: set[Key] = set()
         key: Key = ("", "")
         state = _NO_FILE
-        target = instance = timestamp = None
+        target = instance = None
+        timestamp = math.nan  # before the first row: unequal to every time stamp
         names: list[str] = []
         values: list[float | None] = []
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
-                    second = int(timestamp)  # type: ignore[arg-type]
+                    second = int(timestamp)
                     last = state.last
                     if (last is not None and second > last and names == state.metric_names
                             and state.batch != serial and not (odd and key in odd)):
@@ -688,7 +690,7 @@ class _RrdcachedClient:
     def __init__(self, address: str) -> None:
         self.address = address
         self._sock: socket.socket | None = None
-        self._reader = None
+        self._reader: BinaryIO | None = None
 
     def _connect(self) -> None:
         if self._sock is not None:
