@@ -42,6 +42,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import io
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
@@ -234,7 +236,7 @@ class Post:
     notice: bool  # one of Mailman's own mails (welcome, moderation, bounce notices)
 
 
-def parse_line(line: str) -> Post | bool | None:
+def parse_line(line: str) -> Post | Literal[True] | None:
     """A Post for a post line of either Mailman; True for another line Mailman writes to its
     smtp log; None for a line in no known format."""
     m = MAILMAN2_POST.match(line) or MAILMAN3_POST.match(line)
@@ -279,7 +281,7 @@ def count_lines(data: bytes, state: ListsState, position: LogPosition) -> int:
     return posts
 
 
-def _open(path: Path):
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
@@ -371,7 +373,8 @@ def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int
                     posts += count_lines(data, state, position)
                     notes.append(f"{what}; read the rest of {old.name}")
                 except (OSError, EOFError, zlib.error) as exc:
-                    old, reason = None, f"{old.name} is unreadable ({exc})"
+                    reason = f"{old.name} is unreadable ({exc})"
+                    old = None
             else:
                 reason = "the previous file was not found next to it"
             if old is None:
@@ -498,7 +501,8 @@ class ListsCollector:
 
         names = sorted(set(cfg.lists) | set(todays))
         subscribers: dict[str, int] = {}
-        if cfg.list_members and os.access(cfg.list_members, os.X_OK):
+        list_members = cfg.list_members
+        if list_members and os.access(list_members, os.X_OK):
             # Mailman 2 names only: a Mailman 3 list (list@domain) is counted by its REST API.
             wanted = [n for n in cfg.lists or sorted({n for lists in state.hours.values()
                                                       for n in lists}) if LIST_NAME.match(n)]
@@ -507,7 +511,7 @@ class ListsCollector:
             async def one(name: str) -> None:
                 async with semaphore:
                     try:
-                        subscribers[name] = await count_members(cfg.list_members, name, cfg.timeout)
+                        subscribers[name] = await count_members(list_members, name, cfg.timeout)
                     except (OSError, RuntimeError, ValueError) as exc:
                         shown = clean(name, 100)  # names in the post log are the log's
                         batch.add(CheckResult(TARGET, f"list {shown}", State.UNKNOWN,

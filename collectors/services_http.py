@@ -11,7 +11,6 @@ caller's timeout bounds the whole check.
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import base64
 import dataclasses
@@ -19,10 +18,14 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
+from aiohttp.connector import Connection
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
@@ -35,6 +38,7 @@ from collectors.services_base import (
     secs,
     server_name,
 )
+from collectors.services_tcp import peer_chain
 from monitor.config import ServiceCheck
 from monitor.model import State
 from monitor.text import clean
@@ -110,11 +114,12 @@ def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
         return url
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return url
+    hostname = parts.hostname
     tls = parts.scheme == "https"
     port = port or (443 if tls else 80)
     if not parts.netloc.isascii():  # an international name in a Location: its xn-- form
         try:
-            hostname = parts.hostname.encode("idna").decode("ascii")
+            hostname = hostname.encode("idna").decode("ascii")
         except UnicodeError:
             return url
         parts = parts._replace(netloc=_authority(hostname, port, tls))
@@ -123,7 +128,7 @@ def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     site = parts.netloc.rpartition("@")[2]
     method = hop.method if status in (307, 308) or hop.method == "HEAD" else "GET"
-    return Hop(tls, hop.host if same else parts.hostname, port, path, site, method)
+    return Hop(tls, hop.host if same else hostname, port, path, site, method)
 
 
 def basic_auth(url: str | None) -> str | None:
@@ -138,24 +143,6 @@ def basic_auth(url: str | None) -> str | None:
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
-    """The certificates the server sent (DER), its own first; [] without TLS.
-
-    (A copy of services_tcp.peer_chain for a transport.) Python 3.13 has get_unverified_chain()
-    on SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects)."""
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if obj is None:
-        return []
-    leaf = obj.getpeercert(binary_form=True)
-    chain_of = (getattr(obj, "get_unverified_chain", None)
-                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
-    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
-            for cert in (chain_of() if chain_of is not None else None) or []]
-    if leaf is None:
-        return sent
-    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def untrusted(cert: Outcome, reason: str) -> Outcome:
@@ -193,7 +180,7 @@ class Response(aiohttp.ClientResponse):
 
     chain: list[bytes] = []
 
-    async def start(self, connection):  # type: ignore[no-untyped-def]
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         self.chain = peer_chain(connection.transport)
         return await super().start(connection)
 
@@ -208,10 +195,10 @@ class Answer:
     chain: list[bytes]
 
 
-def _on(event: str):
+def _on(event: str) -> Callable[[aiohttp.ClientSession, SimpleNamespace, object], Awaitable[None]]:
     """A tracing callback: the probe (the request's trace context) notes the event's time."""
 
-    async def note(session, context, params) -> None:
+    async def note(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
         context.trace_request_ctx.phase(event)
 
     return note
@@ -262,7 +249,7 @@ class Probe:
             self.phases["first_byte_seconds"] += now - began.pop("sent")
         began[event] = now
 
-    def _socket(self, addr_info) -> socket.socket:
+    def _socket(self, addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, _ = addr_info
         sock = socket.socket(family, type_, proto)
         self.sockets.append(sock)
@@ -307,7 +294,7 @@ class Probe:
         try:
             async with session.request(
                     hop.method, hop.url(), headers=headers, data=data, allow_redirects=False,
-                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if hop.tls else True,
+                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if context is not None else True,
                     server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
                 assert isinstance(response, Response)
                 body, complete = b"", True
@@ -331,8 +318,7 @@ class Probe:
         until_close = ("Content-Length" not in response.headers
                        and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
         if until_close and want is None and self.check.expect_regex is None:
-            body = content.read_nowait(limit)
-            return body, content.at_eof()
+            return content.read_nowait(limit), content.at_eof()
         body = bytearray()
         while len(body) < limit:
             chunk = await content.read(min(READ_SIZE, limit - len(body)))

@@ -67,6 +67,7 @@ async def _submit(check: ServiceCheck, stage: Stage, verify: bool, now: float,
             await smtp.ehlo()
         # One attempt, not aiosmtplib's login() trying every mechanism: each failure costs a
         # server's error delay and a line in its log.
+        assert check.username is not None and check.password is not None  # the config requires them
         if "plain" in smtp.server_auth_methods:
             await smtp.auth_plain(check.username, check.password)
         elif "login" in smtp.server_auth_methods:

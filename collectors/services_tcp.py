@@ -76,14 +76,14 @@ async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: b
         raise CertRejected(exc.verify_message or str(exc)) from None
 
 
-def peer_chain(writer: asyncio.StreamWriter) -> list[bytes]:
+def peer_chain(peer: asyncio.StreamWriter | asyncio.BaseTransport | None) -> list[bytes]:
     """The certificates the server sent (DER), its own first; [] without TLS.
 
     The rest of the chain matters because an intermediate that expires before the server's own
     certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
     SSL objects; 3.10-3.12 only on the underlying _ssl socket (certificate objects, not DER).
     """
-    obj = writer.get_extra_info("ssl_object")
+    obj = peer.get_extra_info("ssl_object") if peer is not None else None
     if obj is None:
         return []
     leaf = obj.getpeercert(binary_form=True)
@@ -182,7 +182,8 @@ def _expect_code(code: str, lines: list[str], want: str, what: str) -> None:
                             f"{what} in {{t}}")
 
 
-async def _tcp(check, stage, reader, writer, verify) -> str:
+async def _tcp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     if check.send is not None:
         stage.doing = "answer"
         writer.write(check.send.encode())
@@ -203,7 +204,8 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
     return f"answered {clean(first)!r} in {{t}}"
 
 
-async def _smtp(check, stage, reader, writer, verify) -> str:
+async def _smtp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     code, lines = await read_reply(reader, "SMTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
@@ -256,7 +258,8 @@ async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamR
                             f"{clean(lines[-1])!r} in {{t}}")
 
 
-async def _imap(check, stage, reader, writer, verify) -> str:
+async def _imap(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     line = await read_line(reader)
     if not line.upper().startswith(("* OK", "* PREAUTH")):
         raise ProtocolError(f"greeted {clean(line)!r} instead of * OK in {{t}}")
@@ -305,7 +308,8 @@ async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamRe
                             f"{clean(line[3:])!r} in {{t}}")
 
 
-async def _pop3(check, stage, reader, writer, verify) -> str:
+async def _pop3(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     line = await read_line(reader)
     if not line.startswith("+OK"):
         raise ProtocolError(f"greeted {clean(line)!r} instead of +OK in {{t}}")
@@ -332,7 +336,8 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
             f"({clean(line[3:], 60)})")
 
 
-async def _ssh(check, stage, reader, writer, verify) -> str:
+async def _ssh(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     # RFC 4253: a server may send other lines before its identification string.
     for _ in range(20):
         line = await read_line(reader)
@@ -345,7 +350,8 @@ async def _ssh(check, stage, reader, writer, verify) -> str:
     return f"answered {clean(line, 60)} in {{t}}"
 
 
-async def _ftp(check, stage, reader, writer, verify) -> str:
+async def _ftp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     code, lines = await read_reply(reader, "FTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
