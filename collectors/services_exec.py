@@ -15,6 +15,7 @@ import re
 import signal
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from collectors.services_base import Outcome, Stage, secs
@@ -25,15 +26,28 @@ from monitor.text import clean
 MAX_OUTPUT = 64 * 1024
 
 
-async def run(argv: list[str], stage: Stage, env: dict[str, str] | None = None
+async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """The first `limit` bytes of a pipe, read to its end: a program that floods its output
+    costs its own time budget, never the agent's memory."""
+    kept = bytearray()
+    while stream is not None and (chunk := await stream.read(65536)):
+        kept += chunk[:max(0, limit - len(kept))]
+    return bytes(kept)
+
+
+async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] | None = None
               ) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr); the caller's timeout cancels this, which kills the group."""
-    stage.doing = "exit"
+    """(exit code, stdout, stderr), each output cut at MAX_OUTPUT; the caller's timeout cancels
+    this, which kills the group."""
+    if stage is not None:
+        stage.doing = "exit"
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
     try:
-        out, err = await proc.communicate()
+        out, err = await asyncio.gather(_bounded(proc.stdout, MAX_OUTPUT),
+                                        _bounded(proc.stderr, MAX_OUTPUT))
+        await proc.wait()
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -41,7 +55,7 @@ async def run(argv: list[str], stage: Stage, env: dict[str, str] | None = None
             # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
             await asyncio.shield(proc.wait())
     return (proc.returncode if proc.returncode is not None else -1,
-            out[:MAX_OUTPUT].decode("utf-8", "replace"), err[:MAX_OUTPUT].decode("utf-8", "replace"))
+            out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
 # -- ping ---------------------------------------------------------------------------------------
@@ -194,13 +208,19 @@ def split_plugin_output(out: str) -> tuple[str, str]:
     return text.strip(), perf
 
 
+def admit(names: Iterable[str], known: set[str], limit: int = MAX_PLUGIN_METRICS) -> list[str]:
+    """Admit new metric names into `known` (one check's or graph's, over the agent's life)
+    while it has fewer than `limit`; returns the names not admitted."""
+    new = [name for name in names if name not in known]
+    room = max(0, limit - len(known))
+    known.update(new[:room])
+    return new[room:]
+
+
 def bound_metrics(outcome: Outcome, known: set[str]) -> Outcome:
     """Store at most MAX_PLUGIN_METRICS metrics per check over the agent's life (`known` is the
     check's, kept by its collector); the rest are dropped and the message says so."""
-    new = [name for name in outcome.metrics if name not in known]
-    room = max(0, MAX_PLUGIN_METRICS - len(known))
-    known.update(new[:room])
-    dropped = new[room:]
+    dropped = admit(outcome.metrics, known)
     if dropped:
         for name in dropped:
             del outcome.metrics[name]

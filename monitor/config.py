@@ -920,13 +920,53 @@ class ExportConfig:
             listen_address(self.listen)
 
 
-def listen_address(text: str) -> tuple[str, int]:
-    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid otherwise."""
+def listen_address(text: str, key: str = "listen", example: str = "127.0.0.1:9469") -> tuple[str, int]:
+    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid (of `key`) otherwise."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([\w.-]+):(\d+)", text)
     port = int(match[2] or match[4]) if match else 0
     if not match or not 1 <= port <= 65535:
-        raise Invalid("listen", f'expected "host:port" like "127.0.0.1:9469", got {text!r}')
+        raise Invalid(key, f'expected "host:port" like "{example}", got {text!r}')
     return match[1] or match[3], port
+
+
+@dataclass
+class MuninSource:
+    """One [[munin]] table: Munin plugins run here, or a munin-node asked over TCP."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                 "a name of letters, digits, . _ -")]
+    # Local plugins: absolute paths (the symlinks of /etc/munin/plugins: if_eth0 -> if_) and/or
+    # every executable file of a directory.
+    plugins: list[ConfigPath] = field(default_factory=list)
+    directory: ConfigPath | None = None
+    # Or a munin-node: "host:port"; `only` limits the plugins fetched (default: all it lists).
+    node: str | None = None
+    only: list[str] = field(default_factory=list)
+    # The target the graphs and checks belong to (default: this host, or the node's host).
+    target: str = ""
+    # env.NAME settings of plugin-conf.d, for the local plugins.
+    env: dict[str, str] = field(default_factory=dict)
+    interval: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
+    # Per plugin run (config, then fetch) or per munin-node answer.
+    timeout: Annotated[float, DURATION_MARK, Range(0.1, 600)] = 10.0
+
+    def validate(self) -> None:
+        local = bool(self.plugins or self.directory)
+        if local == (self.node is not None):
+            raise Invalid("node", "a [[munin]] table has either plugins/directory (run here) or "
+                                  "node = \"host:port\" (a munin-node), not both nor neither")
+        for key, path in [("plugins", p) for p in self.plugins] + [("directory", self.directory)]:
+            if path is not None and not path.is_absolute():
+                raise Invalid(key, f"must be an absolute path, got {str(path)!r}")
+        if self.node is not None:
+            listen_address(self.node, "node", "127.0.0.1:4949")
+        for name in self.only:
+            if not re.fullmatch(r"[\w.:-]{1,100}", name):
+                raise Invalid("only", f"not a plugin name: {name!r}")
+        for name, value in self.env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or "\0" in value:
+                raise Invalid("env", f"{name!r}: expected NAME = \"value\" (letters, digits, _; "
+                                     "no NUL in the value)")
 
 
 @dataclass
@@ -943,6 +983,7 @@ class Config:
     mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     backups: list[BackupJob] = field(default_factory=list)
+    munin: list[MuninSource] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -968,6 +1009,7 @@ class Config:
 
     def _validate_reports(self) -> None:
         for what, names in (("backups", [b.name for b in self.backups]),
+                            ("munin", [m.name for m in self.munin]),
                             ("digests", [d.name for d in self.digests])):
             for i, name in enumerate(names):
                 if name in names[:i]:

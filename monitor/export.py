@@ -111,7 +111,7 @@ class PrometheusExporter:
                 if now - m.timestamp > MISSED * max(interval, 60.0):
                     del self._latest[key]
                     continue
-                counter = m.kind is not Kind.GAUGE
+                counter = m.kind in (Kind.COUNTER, Kind.DERIVE)  # ABSOLUTE counts restart
                 name = metric_name(m)
                 family = families.get((name, counter))
                 if family is None:

@@ -196,6 +196,8 @@ def _ds_definition(name: str, m: Measurement, step: int) -> str:
         # the maximum: unknown, not a spike. Collectors that need exact counter math (SNMP)
         # compute rates themselves and store GAUGEs.
         kind, low = "COUNTER", 0
+    elif m.kind is Kind.ABSOLUTE:
+        kind, low = "ABSOLUTE", 0 if m.minimum is None else m.minimum
     else:
         # Without a maximum, a decrease must be a reset: DERIVE with min 0 makes it unknown.
         kind, low = "DERIVE", 0 if m.minimum is None else m.minimum
