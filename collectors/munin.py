@@ -301,13 +301,14 @@ class MuninCollector:
             results, summary = await self._ask_node()
         else:
             results, summary = await self._run_local()
+        failed = 0
         for plugin, outcome in results:
             if isinstance(outcome, PluginFailed):
                 batch.add(CheckResult(self.target, f"munin {plugin}", State.UNKNOWN,
                                       f"{plugin}: {outcome}", timestamp=now))
+                failed += 1
             else:
-                self._add_graphs(batch, plugin, outcome, now)
-        failed = sum(isinstance(o, PluginFailed) for _, o in results)
+                failed += not self._add_graphs(batch, plugin, outcome, now)
         state = summary[0] if summary else State.WARNING if failed else State.OK
         message = summary[1] if summary else (
             f"{len(results)} plugin(s), {failed} failed" if failed else f"{len(results)} plugin(s)")
@@ -377,13 +378,15 @@ class MuninCollector:
                          f"munin-node {node}: {len(results)} plugin(s)"
                          + (f", {failed} failed" if failed else ""))
 
-    def _add_graphs(self, batch: Batch, plugin: str, parsed: Parsed, now: float) -> None:
+    def _add_graphs(self, batch: Batch, plugin: str, parsed: Parsed, now: float) -> bool:
+        """The graphs' series and checks; False if the plugin printed no value at all."""
         graphs = [g for g in parsed.graphs.values() if any(f.has_value for f in g.fields.values())]
         if not graphs:
             batch.add(CheckResult(self.target, f"munin {plugin}", State.UNKNOWN,
                                   f"{plugin} printed no values" + (
                                       f" ({parsed.ignored} line(s) not understood)"
                                       if parsed.ignored else ""), timestamp=now))
+            return False
         for graph in graphs:
             with_values = [f for f in graph.fields.values() if f.has_value]
             known = self._known.setdefault(graph.name, set())
@@ -422,6 +425,7 @@ class MuninCollector:
             text += f" ({'; '.join(notes)})" if notes else ""
             batch.add(CheckResult(self.target, f"munin {graph.name}", state,
                                   clean(f"{title}: {text}", 300), timestamp=now))
+        return True
 
     def _judged(self, graph: str, f: Field, when: float) -> float | None:
         """The value Munin's levels apply to: a GAUGE's value, the others' rate per second

@@ -35,6 +35,16 @@ async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
     return bytes(kept)
 
 
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed process. Its pipes are read to their end first: asyncio's wait()
+    returns only once they are closed, and a reader that stopped at its limit never sees that.
+    A pipe still open after a few seconds belongs to a process that left the group: give up."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await asyncio.gather(_bounded(proc.stdout, 0), _bounded(proc.stderr, 0))
+            await proc.wait()
+
+
 async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] | None = None
               ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr), each output cut at MAX_OUTPUT; the caller's timeout cancels
@@ -48,12 +58,13 @@ async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] |
         out, err = await asyncio.gather(_bounded(proc.stdout, MAX_OUTPUT),
                                         _bounded(proc.stderr, MAX_OUTPUT))
         await proc.wait()
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
-            await asyncio.shield(proc.wait())
+    except BaseException:
+        # Cancelled (its timeout) or failed: the whole group goes, children it left included.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
+        await asyncio.shield(_reap(proc))
+        raise
     return (proc.returncode if proc.returncode is not None else -1,
             out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
