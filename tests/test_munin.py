@@ -295,3 +295,47 @@ def test_config_errors_name_the_key():
     assert '"host:port" like "127.0.0.1:4949"' in port
     env = error('[[munin]]\nname = "x"\ndirectory = "/etc/munin/plugins"\nenv = { "a b" = "1" }\n')
     assert "env" in env
+
+
+async def test_readings_are_stored_as_the_rates_munin_would_draw(tmp_path: Path):
+    """Eight hours of five-minute readings of a plugin with one field of each type, through the store: what
+    comes back is each type's rate (DERIVE and COUNTER per second, ABSOLUTE per second of the
+    count since the previous reading) and the GAUGE as printed; a DERIVE reset is a gap."""
+    step = 300
+    start = 1_800_000_000 // step * step
+    values = tmp_path / "values"
+    plugin = script(tmp_path, "mix", """\
+if [ "$1" = config ]; then
+  echo "graph_title Mixed types"
+  echo "queue.label queue"
+  echo "sent.label sent"; echo "sent.type DERIVE"; echo "sent.min 0"
+  echo "octets.label octets"; echo "octets.type COUNTER"; echo "octets.max 1000000"
+  echo "hits.label hits"; echo "hits.type ABSOLUTE"
+  exit 0
+fi
+read queue sent octets hits < "$VALUES"
+printf 'queue.value %s\\nsent.value %s\\noctets.value %s\\nhits.value %s\\n' $queue $sent $octets $hits
+""")
+    now = [float(start)]
+    c = collector(tmp_path, clock=lambda: now[0], plugins=[plugin], env={"VALUES": str(values)})
+    store = RrdStore(tmp_path / "rrd")
+    reset = start + 50 * step
+    sent = 0
+    for i in range(97):
+        t = start + i * step
+        sent = 0 if t == reset else sent + 3 * step  # 3/s, and once a reset to 0
+        values.write_text(f"{i % 7} {sent} {i * 600 * step} {2 * step}\n")
+        now[0] = t
+        batch = await c.collect()
+        assert store.write(batch.measurements, step).errors == []
+    series = store.fetch("localhost", "mix", start + step, start + 96 * step)
+    rows = dict(zip(series.timestamps, zip(*(series.columns[m] for m in
+                                              ("queue", "sent", "octets", "hits")), strict=True),
+                    strict=True))
+    for i in range(2, 97):
+        t = start + i * step
+        queue, sent_rate, octets_rate, hits_rate = rows[t]
+        assert queue == i % 7
+        assert octets_rate == pytest.approx(600) and hits_rate == pytest.approx(2)
+        assert sent_rate is None if t == reset else sent_rate == pytest.approx(3), (i, sent_rate)
+    store.close()
