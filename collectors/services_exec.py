@@ -136,7 +136,8 @@ class PingSeries:
                         await self.sleep(delay)
                     group.create_task(self._one(number))
         except* _Stop as stopped:
-            self.problem = stopped.exceptions[0].outcome  # type: ignore[attr-defined]
+            first = stopped.exceptions[0]
+            self.problem = first.outcome if isinstance(first, _Stop) else None
 
     async def _one(self, number: int) -> None:
         check = self.check

@@ -865,7 +865,7 @@ def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
     return result
 
 
-def add_usual_band(graph: Graph, store, info: SeriesInfo, metric: str, weeks: int,
+def add_usual_band(graph: Graph, store: RrdStore, info: SeriesInfo, metric: str, weeks: int,
                    series: Series) -> None:
     """The expected band of `metric` for each hour of the week (monitor.seasonal, from the
     store's 2-hour averages of the weeks before), drawn under the data."""

@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -676,7 +676,7 @@ class RrdStore:
 
     # -- history from other tools ------------------------------------------------------------
 
-    def merge_history(self, templates: Sequence[Measurement], history: dict[str, Sequence[Archive]],
+    def merge_history(self, templates: Sequence[Measurement], history: Mapping[str, Sequence[Archive]],
                       step: float, *, force: bool = False, dry_run: bool = False) -> MergeReport:
         """Write another tool's consolidated history into the file of (target, instance), into
         every archive at once: each row gets the average (or max) of the finest imported rows
@@ -746,7 +746,7 @@ class RrdStore:
                        *(_ds_definition(ds_name(m), s, step) for m, s in samples.items()),
                        *rra_definitions(step, self.archives, self.consolidations))
 
-    def _merge_file(self, path: Path, metrics: dict[str, str], history: dict[str, Sequence[Archive]],
+    def _merge_file(self, path: Path, metrics: dict[str, str], history: Mapping[str, Sequence[Archive]],
                     force: bool, report: MergeReport, scratch: Path) -> Path:
         """Fill the rows of `path` (dumped to XML) from `history`; the merged file's path."""
         xml = scratch / "dump.xml"
@@ -786,13 +786,13 @@ class RrdStore:
                 for row in rows:
                     database.remove(row)
                 for end in ends:
-                    row = old.get(end)
-                    if row is None:
-                        row = ET.SubElement(database, "row")
+                    kept = old.get(end)
+                    if kept is None:
+                        blank = ET.SubElement(database, "row")
                         for _ in range(width):
-                            ET.SubElement(row, "v").text = "NaN"
+                            ET.SubElement(blank, "v").text = "NaN"
                     else:
-                        database.append(row)
+                        database.append(kept)
                 rows = database.findall("row")
                 for prep in rra.iter("cdp_prep"):
                     for ds in prep.findall("ds"):
