@@ -18,7 +18,10 @@ STAMP := $(VENV)/.installed
 demo: deps
 	@scripts/demo
 
+# Lint and type check first (seconds, incremental through .mypy_cache), then the suite.
 test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -n 2 -q
 
 lint: deps
@@ -47,4 +50,4 @@ bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) data .pytest_cache build dist
+	rm -rf $(VENV) data .pytest_cache .mypy_cache build dist

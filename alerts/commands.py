@@ -25,7 +25,8 @@ LONG_SILENCE = 7 * 86400.0
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
-    def with_config(function: Callable[[Config, argparse.Namespace], int]):
+    def with_config(function: Callable[[Config, argparse.Namespace], int]
+                    ) -> Callable[[argparse.Namespace], int]:
         def handler(args: argparse.Namespace) -> int:
             config = read_config(args)
             try:

@@ -19,13 +19,13 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from apscheduler.triggers.cron import CronTrigger
 from jinja2 import Environment
@@ -36,9 +36,9 @@ from alerts.state import AlertStore, alerts_db_path
 from graphs import stats
 from monitor.config import Config, Digest
 from monitor.model import State
-from monitor.scheduler import cron_trigger
+from monitor.scheduler import Scheduler, cron_trigger
 from monitor.status import StatusBook
-from monitor.store import RrdStore, SeriesInfo
+from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
 from monitor.units import (
     IN_EDGE,
@@ -119,7 +119,7 @@ def fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
-def sparkline(values: list[float | None], alt: str, *, second: list[float | None] | None = None,
+def sparkline(values: Sequence[float | None], alt: str, *, second: Sequence[float | None] | None = None,
               percent: bool = False) -> Image | None:
     """A 240x48 PNG of a series (and a second one), or None when there is nothing to draw."""
     if not any(v is not None for v in values):
@@ -207,7 +207,7 @@ class DigestBuilder:
                                                                   f"built: {exc}"]))
         return Report(digest, self.config.agent.hostname, start, end, sections)
 
-    def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE"):
+    def _fetch(self, info: SeriesInfo, start: float, end: float, cf: str = "AVERAGE") -> Series | None:
         try:
             return self.store.fetch_path(info, start, end, cf=cf)
         except Exception as exc:  # a corrupt RRD file: skip this series only
@@ -471,9 +471,9 @@ class DigestBuilder:
             used = _known(columns.get("used_bytes", []))
             change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
             rows.append((known[-1], info, pct, free[-1] if free else None, change))
-        for last, info, pct, free, change in sorted(rows, key=lambda t: -t[0]):
+        for last, info, pct, free_now, change in sorted(rows, key=lambda t: -t[0]):
             s.rows.append([clean(f"{info.instance[3:]} ({info.target})", NAME_WIDTH), f"{last:.0f}%",
-                           fmt_bytes(free), change])
+                           fmt_bytes(free_now), change])
             s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
                             if digest.graphs and pct else None)
         return s
@@ -706,7 +706,8 @@ def compose(report: Report, config: Config) -> EmailMessage:
                        headers={"X-Monitor-Digest": report.digest.name})
     msg.add_alternative(render_html(report, config.web.base_url), subtype="html", charset="utf-8")
     if report.images:
-        html_part = msg.get_payload()[1]
+        html_part = msg.get_payload(1)
+        assert isinstance(html_part, EmailMessage)  # add_alternative made it
         for img in report.images:
             html_part.add_related(img.png, maintype="image", subtype="png", cid=f"<{img.cid}>",
                                   filename=f"{img.cid.split('@')[0]}.png", disposition="inline")
@@ -715,7 +716,7 @@ def compose(report: Report, config: Config) -> EmailMessage:
 
 async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
                      status: StatusBook | None = None, clock: Callable[[], float] = time.time,
-                     out=None, outbox: Outbox | None = None,
+                     out: TextIO | None = None, outbox: Outbox | None = None,
                      last: float | None = None) -> EmailMessage:
     """Build digest NAME now; print it (dry run) or enqueue it in the outbox (the agent's own,
     when it runs there) and try to send. `last`: cover the last this many seconds up to now
@@ -755,7 +756,7 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     return msg
 
 
-def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook,
+def schedule_digests(config: Config, scheduler: Scheduler, store: RrdStore, status: StatusBook,
                      outbox: Outbox) -> None:
     """Put every [[digests]] on the agent's scheduler at its cron schedule, mailed through the
     agent's outbox (one SQLite connection and one delivery lock for alerts and digests)."""

@@ -351,7 +351,7 @@ class Outbox:
         except RouteDown as exc:
             await self._route_failed(index, state, exc, len(due))
             return 0, due
-        sent, left = 0, []
+        sent, left = 0, list[tuple[int, str, str, str, bytes, int, int]]()
         try:
             for position, row in enumerate(due):
                 entry_id, message_id, sender, recipients_json, raw = row[:5]

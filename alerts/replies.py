@@ -113,15 +113,15 @@ class ReplyReader:
             status, _ = imap.select(self.replies.mailbox)
             if status != "OK":
                 raise OSError(f"IMAP mailbox {self.replies.mailbox!r} cannot be opened")
-            _, found = imap.uid("SEARCH", None, "UNSEEN")
-            for uid in (found[0] or b"").split():
+            _, found = imap.uid("SEARCH", "UNSEEN")
+            for uid in (found[0] or b"").decode("ascii", "replace").split():
                 _, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
                 raw = next((item[1] for item in data if isinstance(item, tuple)), b"")
                 msg = email.message_from_bytes(raw, policy=email.policy.default)
                 try:  # one mail that cannot be read (a bogus charset) must not block the rest
-                    actions.append(self.act(msg))  # type: ignore[arg-type]
+                    actions.append(self.act(msg))
                 except Exception as exc:
-                    log.warning("reply %s ignored: %s", uid.decode(), clean_header(str(exc), limit=200))
+                    log.warning("reply %s ignored: %s", uid, clean_header(str(exc), limit=200))
                 finally:
                     imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
         finally:

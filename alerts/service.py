@@ -20,7 +20,7 @@ import datetime
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from alerts.engine import (
@@ -230,7 +230,7 @@ class AlertService:
         self._save(changed, events)
         return events
 
-    def _readings(self, rule: Rule, batch: Batch):
+    def _readings(self, rule: Rule, batch: Batch) -> Iterator[Reading]:
         if rule.on_checks:
             for result in batch.checks:
                 if rule.matches_check(result):
@@ -291,7 +291,8 @@ class AlertService:
         flapping by now (its flapping notice is). A held first announcement is withdrawn: it
         is announced later if the problem outlasts the parent's, or the flapping."""
         now = self.clock()
-        held, changed = [], {}
+        held: list[Event] = []
+        changed: dict[str, AlertState] = {}
         for e in events:
             rule = self.by_name.get(e.rule)
             s = self.states.get(e.key)

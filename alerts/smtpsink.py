@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from alerts.mail import clean_header
 from monitor.files import atomic_write
@@ -27,8 +27,9 @@ class MaildirHandler:
         self.maildir.mkdir(parents=True, exist_ok=True)
         self._counter = itertools.count(1)
 
-    async def handle_DATA(self, server, session, envelope) -> str:
-        raw: bytes = envelope.original_content or envelope.content
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or envelope.content
+        assert isinstance(raw, bytes)  # SMTP() without decode_data keeps the bytes received
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = self.maildir / f"{stamp}-{next(self._counter):04d}.eml"
         # Envelope addresses are the client's words: a quoted local part may hold a CR or LF.

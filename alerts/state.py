@@ -17,7 +17,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,7 +139,8 @@ class HistoryEntry:
 
 
 class AlertStore:
-    def __init__(self, path: Path, clock=time.time, *, readonly: bool = False) -> None:
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time, *,
+                 readonly: bool = False) -> None:
         self.path = Path(path)
         self.clock = clock
         # FULL: a state change counts as announced only once it is on disk.

@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
@@ -69,7 +70,7 @@ def _save_runs(state_dir: Path, name: str, runs: list[dict]) -> None:
 
 
 def run_wrapped(name: str, argv: Sequence[str], state_dir: Path, *, clock: Callable[[], float] = time.time,
-                out=None) -> int:
+                out: BinaryIO | None = None) -> int:
     """Run a backup command, record its result, return its exit status (128+N for signal N)."""
     out = out or sys.stdout.buffer
     started = clock()
@@ -235,8 +236,8 @@ def line_time(line: str, now: float) -> float | None:
             if m[6]:
                 return datetime(int(m[6]), month, day, *clock).timestamp()
             year = datetime.fromtimestamp(now).year
-            when = datetime(year, month, day, *clock).timestamp()
-            return when if when <= now + 86400 else datetime(year - 1, month, day,
+            stamp = datetime(year, month, day, *clock).timestamp()
+            return stamp if stamp <= now + 86400 else datetime(year - 1, month, day,
                                                              *clock).timestamp()
     except ValueError:  # 2026-02-30: not a time after all
         return None

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 from collectors.logfollow import LogPosition, follow_log
 from monitor.config import Config, ListsConfig
@@ -205,7 +206,7 @@ class Post:
     notice: bool  # one of Mailman's own mails (welcome, moderation, bounce notices)
 
 
-def parse_line(line: str) -> Post | bool | None:
+def parse_line(line: str) -> Post | Literal[True] | None:
     """A Post for a post line of either Mailman; True for another line Mailman writes to its
     smtp log; None for a line in no known format."""
     m = MAILMAN2_POST.match(line) or MAILMAN3_POST.match(line)
@@ -362,7 +363,8 @@ class ListsCollector:
 
         names = sorted(set(cfg.lists) | set(todays))
         subscribers: dict[str, int] = {}
-        if cfg.list_members and os.access(cfg.list_members, os.X_OK):
+        list_members = cfg.list_members
+        if list_members and os.access(list_members, os.X_OK):
             # Mailman 2 names only: a Mailman 3 list (list@domain) is counted by its REST API.
             wanted = [n for n in cfg.lists or sorted({n for lists in state.hours.values()
                                                       for n in lists}) if LIST_NAME.match(n)]
@@ -371,7 +373,7 @@ class ListsCollector:
             async def one(name: str) -> None:
                 async with semaphore:
                     try:
-                        subscribers[name] = await count_members(cfg.list_members, name, cfg.timeout)
+                        subscribers[name] = await count_members(list_members, name, cfg.timeout)
                     except (OSError, RuntimeError, ValueError) as exc:
                         shown = clean(name, 100)  # names in the post log are the log's
                         batch.add(CheckResult(TARGET, f"list {shown}", State.UNKNOWN,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import time
 import zlib
@@ -53,7 +54,7 @@ class LogPosition:
                    int(f.get("parsed", 0)), float(f.get("read_at", 0.0)))
 
 
-def _open(path: Path):
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
 
 
@@ -154,7 +155,8 @@ def follow_log(path: Path, position: LogPosition, consume: Callable[[bytes], int
                     out.counted += consume(data)
                     out.notes.append(f"{what}; read the rest of {old.name}")
                 except (OSError, EOFError, zlib.error) as exc:
-                    old, reason = None, f"{old.name} is unreadable ({exc})"
+                    reason = f"{old.name} is unreadable ({exc})"
+                    old = None
             else:
                 reason = "the previous file was not found next to it"
             if old is None:

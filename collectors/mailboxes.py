@@ -405,7 +405,7 @@ def record_scan(path: Path, result: ScanResult, now: float, default_quota: float
     day = datetime.fromtimestamp(now).date()
     days = {d: v for d, v in history.days.items()
             if d > (day - timedelta(days=HISTORY_DAYS)).isoformat()}
-    days[day.isoformat()] = {a: v[0] for a, v in boxes.items()}
+    days[day.isoformat()] = {b.address: b.size_bytes for b in result.mailboxes}
     atomic_write(Path(path), json.dumps({"version": 1, "latest": {"at": now, "boxes": boxes},
                                          "days": dict(sorted(days.items()))},
                                         separators=(",", ":")))

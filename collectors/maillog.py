@@ -34,6 +34,7 @@ last 60 minutes). Check "maillog" (target "mail").
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -366,7 +367,7 @@ def read_logs(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int,
             continue
         position = state.logs.setdefault(str(path), LogPosition())
         try:
-            result = follow_log(path, position, lambda data, p=position: counting.data(data, p),
+            result = follow_log(path, position, functools.partial(counting.data, position=position),
                                 now, lost="mail log lines")
         except PermissionError:
             problems.append(f"cannot read {path}: permission denied (run the agent in the adm "

@@ -134,8 +134,9 @@ def targets(check: ServiceCheck) -> list[str]:
 def response_limits(check: ServiceCheck) -> Thresholds:
     """The check's response-time limits as thresholds of response_seconds ("2" is above 2 s),
     for the graphs; empty without any."""
-    return Thresholds(*(None if limit is None else f"{limit:g}"
-                        for limit in (check.warning, check.critical)))
+    warning, critical = (None if limit is None else f"{limit:g}"
+                         for limit in (check.warning, check.critical))
+    return Thresholds(warning, critical)
 
 
 def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) -> CheckResult:

@@ -12,10 +12,14 @@ import ipaddress
 import socket
 import ssl
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from monitor.config import ServiceCheck
 from monitor.model import State, Thresholds
 from monitor.text import clean
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 
 def hostport(host: str, port: int | None) -> str:
@@ -192,7 +196,7 @@ def _names_match(pattern: str, name: str) -> bool:
     return pattern == name
 
 
-def hostname_matches(cert, name: str) -> bool:
+def hostname_matches(cert: x509.Certificate, name: str) -> bool:
     """RFC 6125: subjectAltName DNS/IP entries (the common name only when there is no SAN)."""
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -213,7 +217,7 @@ def hostname_matches(cert, name: str) -> bool:
     return any(isinstance(cn, str) and _names_match(cn, name) for cn in cns)
 
 
-def _expiry(cert, now: float) -> tuple[float, str]:
+def _expiry(cert: x509.Certificate, now: float) -> tuple[float, str]:
     expires = cert.not_valid_after_utc
     return (expires.timestamp() - now) / 86400, expires.astimezone(datetime.UTC).strftime("%Y-%m-%d")
 

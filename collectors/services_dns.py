@@ -42,7 +42,7 @@ async def _address(server: str) -> str:
         return server
     except ValueError:
         infos = await asyncio.get_running_loop().getaddrinfo(server, 53, type=socket.SOCK_DGRAM)
-        return infos[0][4][0]
+        return str(infos[0][4][0])
 
 
 async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
@@ -51,6 +51,7 @@ async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     question = f"{clean(check.query or '', 80)} {check.query_type}"
     stage.doing = "answer"
     address = await _address(server)
+    assert check.query is not None  # the config requires it of a dns check
     query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type),
                                    use_edns=0, payload=EDNS_PAYLOAD, want_dnssec=check.dnssec)
     if check.dnssec:

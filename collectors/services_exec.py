@@ -15,7 +15,7 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from collectors.services_base import Outcome, Stage, secs
@@ -26,24 +26,47 @@ from monitor.text import clean
 MAX_OUTPUT = 64 * 1024
 
 
-async def run(argv: list[str], stage: Stage | None, env: dict[str, str] | None = None
+async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
+    """The first `limit` bytes of a pipe, read to its end: a program that floods its output
+    costs its own time budget, never the agent's memory."""
+    kept = bytearray()
+    while stream is not None and (chunk := await stream.read(65536)):
+        kept += chunk[:max(0, limit - len(kept))]
+    return bytes(kept)
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """Wait for a killed process. Its pipes are read to their end first: asyncio's wait()
+    returns only once they are closed, and a reader that stopped at its limit never sees that.
+    A pipe still open after a few seconds belongs to a process that left the group: give up."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5):
+            await asyncio.gather(_bounded(proc.stdout, 0), _bounded(proc.stderr, 0))
+            await proc.wait()
+
+
+async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] | None = None
               ) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr); the caller's timeout cancels this, which kills the group."""
+    """(exit code, stdout, stderr), each output cut at MAX_OUTPUT; the caller's timeout cancels
+    this, which kills the group."""
     if stage is not None:
         stage.doing = "exit"
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
     try:
-        out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
-            await asyncio.shield(proc.wait())
+        out, err = await asyncio.gather(_bounded(proc.stdout, MAX_OUTPUT),
+                                        _bounded(proc.stderr, MAX_OUTPUT))
+        await proc.wait()
+    except BaseException:
+        # Cancelled (its timeout) or failed: the whole group goes, children it left included.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
+        await asyncio.shield(_reap(proc))
+        raise
     return (proc.returncode if proc.returncode is not None else -1,
-            out[:MAX_OUTPUT].decode("utf-8", "replace"), err[:MAX_OUTPUT].decode("utf-8", "replace"))
+            out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
 
 # -- ping ---------------------------------------------------------------------------------------
@@ -113,7 +136,8 @@ class PingSeries:
                         await self.sleep(delay)
                     group.create_task(self._one(number))
         except* _Stop as stopped:
-            self.problem = stopped.exceptions[0].outcome  # type: ignore[attr-defined]
+            first = stopped.exceptions[0]
+            self.problem = first.outcome if isinstance(first, _Stop) else None
 
     async def _one(self, number: int) -> None:
         check = self.check
@@ -275,13 +299,19 @@ def split_plugin_output(out: str) -> tuple[str, str]:
     return text.strip(), perf
 
 
+def admit(names: Iterable[str], known: set[str], limit: int = MAX_PLUGIN_METRICS) -> list[str]:
+    """Admit new metric names into `known` (one check's or graph's, over the agent's life)
+    while it has fewer than `limit`; returns the names not admitted."""
+    new = [name for name in names if name not in known]
+    room = max(0, limit - len(known))
+    known.update(new[:room])
+    return new[room:]
+
+
 def bound_metrics(outcome: Outcome, known: set[str]) -> Outcome:
     """Store at most MAX_PLUGIN_METRICS metrics per check over the agent's life (`known` is the
     check's, kept by its collector); the rest are dropped and the message says so."""
-    new = [name for name in outcome.metrics if name not in known]
-    room = max(0, MAX_PLUGIN_METRICS - len(known))
-    known.update(new[:room])
-    dropped = new[room:]
+    dropped = admit(outcome.metrics, known)
     if dropped:
         for name in dropped:
             del outcome.metrics[name]

@@ -19,11 +19,15 @@ import re
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.connector import Connection
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
@@ -114,11 +118,12 @@ def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
         return url
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return url
+    hostname = parts.hostname
     tls = parts.scheme == "https"
     port = port or (443 if tls else 80)
     if not parts.netloc.isascii():  # an international name in a Location: its xn-- form
         try:
-            hostname = parts.hostname.encode("idna").decode("ascii")
+            hostname = hostname.encode("idna").decode("ascii")
         except UnicodeError:
             return url
         parts = parts._replace(netloc=_authority(hostname, port, tls))
@@ -127,7 +132,7 @@ def next_hop(hop: Hop, location: str, status: int = 302) -> Hop | str:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     site = parts.netloc.rpartition("@")[2]
     method = hop.method if status in (307, 308) or hop.method == "HEAD" else "GET"
-    return Hop(tls, hop.host if same else parts.hostname, port, path, site, method)
+    return Hop(tls, hop.host if same else hostname, port, path, site, method)
 
 
 def basic_auth(url: str | None) -> str | None:
@@ -181,7 +186,7 @@ class Response(aiohttp.ClientResponse):
 
     chain: list[bytes] = []
 
-    async def start(self, connection):  # type: ignore[no-untyped-def]
+    async def start(self, connection: Connection) -> aiohttp.ClientResponse:
         self.chain = peer_chain(connection.transport)
         return await super().start(connection)
 
@@ -196,10 +201,10 @@ class Answer:
     chain: list[bytes]
 
 
-def _on(event: str):
+def _on(event: str) -> Callable[[aiohttp.ClientSession, SimpleNamespace, object], Awaitable[None]]:
     """A tracing callback: the probe (the request's trace context) notes the event's time."""
 
-    async def note(session, context, params) -> None:
+    async def note(session: aiohttp.ClientSession, context: SimpleNamespace, params: object) -> None:
         context.trace_request_ctx.phase(event, getattr(params, "host", ""))
 
     return note
@@ -291,7 +296,7 @@ class Probe:
             self.phases["first_byte_seconds"] += now - began.pop("sent")
         began[event] = now
 
-    def _socket(self, addr_info) -> socket.socket:
+    def _socket(self, addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, _ = addr_info
         sock = socket.socket(family, type_, proto)
         self.sockets.append(sock)
@@ -337,7 +342,7 @@ class Probe:
         try:
             async with session.request(
                     hop.method, hop.url(), headers=headers, data=data, allow_redirects=False,
-                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if hop.tls else True,
+                    proxy=proxy, proxy_headers=proxy_headers, ssl=context if context is not None else True,
                     server_hostname=sni if hop.tls else None, trace_request_ctx=self) as response:
                 assert isinstance(response, Response)
                 body, complete = b"", True
@@ -361,8 +366,7 @@ class Probe:
         until_close = ("Content-Length" not in response.headers
                        and "chunked" not in response.headers.get("Transfer-Encoding", "").lower())
         if until_close and want is None and self.check.expect_regex is None:
-            body = content.read_nowait(limit)
-            return body, content.at_eof()
+            return content.read_nowait(limit), content.at_eof()
         body = bytearray()
         while len(body) < limit:
             chunk = await content.read(min(READ_SIZE, limit - len(body)))

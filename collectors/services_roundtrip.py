@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import ssl
 import time
@@ -119,6 +120,7 @@ async def _submit(check: ServiceCheck, stage: Stage, now: float, message: EmailM
                 await smtp.ehlo()
             # One attempt, not aiosmtplib's login() trying every mechanism: each failure costs a
             # server's error delay and a line in its log.
+            assert check.username is not None and check.password is not None  # the config's rule
             if "plain" in smtp.server_auth_methods:
                 await smtp.auth_plain(check.username, check.password)
             elif "login" in smtp.server_auth_methods:
@@ -145,13 +147,14 @@ async def _imap_connect(check: ServiceCheck, stage: Stage, now: float
     """The IMAPS connection and the verdict on its certificate, judged as any other TLS
     server's (a refused one looked at again without verifying)."""
     assert check.imap_host is not None
-    where = dict(host=check.imap_host, port=check.imap_port, tls=True, sni=imap_name(check))
+    where = functools.partial(connect, check, stage, host=check.imap_host, port=check.imap_port,
+                              tls=True, sni=imap_name(check))
     rejected = None
     try:
-        reader, writer = await connect(check, stage, check.verify, **where)
+        reader, writer = await where(check.verify)
     except CertRejected as exc:
         rejected = exc.reason
-        reader, writer = await connect(check, stage, False, **where)
+        reader, writer = await where(False)
     return reader, writer, tls_verdict(check, peer_chain(writer), now, rejected,
                                        name=imap_name(check))
 

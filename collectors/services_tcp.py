@@ -150,7 +150,8 @@ def _expect_code(check: ServiceCheck, code: str, lines: list[str], want: str, wh
                             f"{what} in {{t}}")
 
 
-async def _tcp(check, stage, reader, writer, verify) -> str:
+async def _tcp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     if check.send is not None:
         stage.doing = "answer"
         writer.write(check.send.encode())
@@ -171,7 +172,8 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
     return f"answered {clean(first)!r} in {{t}}"
 
 
-async def _smtp(check, stage, reader, writer, verify) -> str:
+async def _smtp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     code, lines = await read_reply(check, reader, "SMTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {said(check, lines[-1])!r}")
@@ -218,7 +220,8 @@ async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamR
                             f"{said(check, lines[-1])!r} in {{t}}")
 
 
-async def _imap(check, stage, reader, writer, verify) -> str:
+async def _imap(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     line = await read_line(reader)
     if not line.upper().startswith(("* OK", "* PREAUTH")):
         raise ProtocolError(f"greeted {said(check, line)!r} instead of * OK in {{t}}")
@@ -267,7 +270,8 @@ async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamRe
                             f"{said(check, line[3:])!r} in {{t}}")
 
 
-async def _pop3(check, stage, reader, writer, verify) -> str:
+async def _pop3(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+                writer: asyncio.StreamWriter, verify: bool) -> str:
     line = await read_line(reader)
     if not line.startswith("+OK"):
         raise ProtocolError(f"greeted {said(check, line)!r} instead of +OK in {{t}}")
@@ -294,7 +298,8 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
             f"({said(check, line[3:], 60)})")
 
 
-async def _ssh(check, stage, reader, writer, verify) -> str:
+async def _ssh(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     # RFC 4253: a server may send other lines before its identification string.
     for _ in range(20):
         line = await read_line(reader)
@@ -307,7 +312,8 @@ async def _ssh(check, stage, reader, writer, verify) -> str:
     return f"answered {clean(line, 60)} in {{t}}"
 
 
-async def _ftp(check, stage, reader, writer, verify) -> str:
+async def _ftp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
+               writer: asyncio.StreamWriter, verify: bool) -> str:
     code, lines = await read_reply(check, reader, "FTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")

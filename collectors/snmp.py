@@ -147,10 +147,10 @@ class PortInfo:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PortInfo:
         values = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
-        speed = values["speed_bps"]
+        speed, addresses = values["speed_bps"], values["addresses"]
         return cls(**{k: str(v or "") for k, v in values.items() if k not in ("speed_bps", "addresses")},
                    speed_bps=float(speed) if isinstance(speed, int | float) else None,
-                   addresses=tuple(str(a) for a in values["addresses"] or ()))  # type: ignore[union-attr]
+                   addresses=tuple(str(a) for a in addresses) if isinstance(addresses, list | tuple) else ())
 
 
 @functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
@@ -198,13 +198,13 @@ def addresses_by_ifindex(tables: dict[Oid, dict[Oid, object]]) -> dict[int, list
         if not isinstance(if_index, int) or any(not 0 <= b < 256 for b in index[2:]):
             continue
         try:
-            address = ipaddress.ip_address(bytes(index[2:]))
+            any_address = ipaddress.ip_address(bytes(index[2:]))
         except ValueError:
             continue
         pointer = prefixes.get(index)
-        full = 32 if address.version == 4 else 128
+        full = 32 if any_address.version == 4 else 128
         prefix = pointer[-1] if isinstance(pointer, tuple) and len(pointer) > 1 else full
-        found.setdefault(if_index, set()).add(f"{address}/{prefix if 0 <= prefix <= full else full}")
+        found.setdefault(if_index, set()).add(f"{any_address}/{prefix if 0 <= prefix <= full else full}")
     return {i: sorted(a, key=lambda t: (":" in t, t)) for i, a in found.items()}
 
 OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
@@ -290,11 +290,11 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
         for metric, wide, narrow in counter_columns:
             value = wide.get(key)
             if value.__class__ is int:
-                counters[metric] = Counter(value, 64)  # type: ignore[arg-type]
+                counters[metric] = Counter(value, 64)
                 continue
             value = narrow.get(key)
             if value.__class__ is int:
-                counters[metric] = Counter(value, 32)  # type: ignore[arg-type]
+                counters[metric] = Counter(value, 32)
         disc = discs.get(key)
         admin, oper, if_type = admins.get(key), opers.get(key), types.get(key)
         out.append(Interface(
@@ -501,7 +501,7 @@ class DevicePoller:
         interfaces = interfaces_from_tables(tables, device.identity)
         if device.version != "1":
             indexes = {iface.index for iface in interfaces}
-            self.low_needed = {m for m, (hc, _) in COUNTERS.items() if m in LOW_OF_HC
+            self.low_needed = {m for m, (hc, _) in COUNTERS.items() if hc is not None and m in LOW_OF_HC
                                and indexes - {i[0] for i in tables.get(hc, {}) if len(i) == 1}}
         problem_state, problem = self.table_problem(walk, interfaces)
         skip = self.skip_types
@@ -536,14 +536,14 @@ class DevicePoller:
         present = {i.identity for i in chosen}
         self.ports = {i.identity: self.port_entry(i) for i in chosen} if chosen else self.ports
         if problem_state is not State.OK:
-            for identity in self.known.keys() - present:
-                batch.add(CheckResult(target, f"if {identity}", State.UNKNOWN,
-                                      f"{identity}: unknown, missing from the interface table "
+            for missing in self.known.keys() - present:
+                batch.add(CheckResult(target, f"if {missing}", State.UNKNOWN,
+                                      f"{missing}: unknown, missing from the interface table "
                                       f"{device.name} returned (see its snmp check)", timestamp=now))
         else:
             # A healthy walk is the truth: interfaces no longer there are gone (removed, renamed).
-            for identity in self.known.keys() - present:
-                del self.known[identity]
+            for gone in self.known.keys() - present:
+                del self.known[gone]
         uptime_text = (f", up {format_duration(uptime_ticks / 100.0)}"
                        if uptime_ticks is not None else "")
         summary = (f"{device.name}: {len(chosen)} interface(s) polled, {up} up "

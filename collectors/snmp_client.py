@@ -80,9 +80,9 @@ class _Protocol(asyncio.DatagramProtocol):
                     future.set_result(exc)  # a result, not an exception: nobody may await it
             self.waiting.clear()
             return
-        future = self.waiting.pop(response.request_id, None)
-        if future is not None and not future.done():
-            future.set_result(response)  # type: ignore[arg-type]
+        waiter = self.waiting.pop(response.request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable shows up here on a connected socket: keep waiting for the

@@ -135,9 +135,9 @@ class CounterState:
                     continue
                 rate = delta / elapsed
                 limit = rate_limit(new.speed_bps)
-                if limit is not None and rate > limit * self.speed_tolerance:
-                    rate = None  # faster than the wire: a counter reset, not traffic
-                rates[metric] = rate
+                # faster than the wire: a counter reset, not traffic
+                too_fast = limit is not None and rate > limit * self.speed_tolerance
+                rates[metric] = None if too_fast else rate
             out[identity] = rates
         return Rates(out)
 

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 from monitor.config import Config
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
 class ProgressLine:
     """A progress line on a terminal; a log line every few seconds otherwise."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.started = time.monotonic()
@@ -83,7 +84,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     except OSError as exc:
         raise ValueError(f"cannot listen on {args.bind}:{args.port}: {exc}; pick another "
                          "--port or stop what uses it") from exc
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), server.server_address[1]
     shown = f"[{host}]" if ":" in str(host) else host
     print(f"serving {config.html_dir} on http://{shown}:{port}/ (read-only; Ctrl-C stops)",
           flush=True)

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -43,7 +44,7 @@ from graphs import stats
 from monitor import seasonal, units
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import alert_range
-from monitor.store import Series, SeriesInfo
+from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import CONTROL
 
 # -- periods -------------------------------------------------------------------------------------
@@ -511,7 +512,7 @@ class Renderer:
         self.right.spines["right"].set_color(LOSS)
         self.right.patch.set_visible(False)
 
-        anim = {"animated": True}
+        anim: dict[str, Any] = {"animated": True}
         self.area = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0, **anim)
         self.area_edge, = ax.plot([], [], linewidth=1.0, **anim)
         self.lines = [ax.plot([], [], linewidth=1.3, solid_joinstyle="miter", **anim)[0]
@@ -586,21 +587,24 @@ class Renderer:
                     continue
                 y = (y - bottom) * scale
                 if layer.style == "band" and layer.low is not None:
-                    _, low = _steps(series_start, step, layer.low)
-                    low = (low - bottom) * scale
-                    self.band.set_data(x, low, y, where=~(np.isnan(y) | np.isnan(low)))
+                    _, low_y = _steps(series_start, step, layer.low)
+                    low_y = (low_y - bottom) * scale
+                    gaps = np.isnan(y) | np.isnan(low_y)
+                    # a boolean array is what fill_between takes; matplotlib's stub says Sequence
+                    self.band.set_data(x, low_y, y, where=~gaps)  # type: ignore[arg-type]
                     self.band.set_facecolor(layer.color)
                     ax.draw_artist(self.band)
                 elif layer.style == "loss-line" and layer.loss is not None:
                     points = np.column_stack([x, y])
-                    self.loss_line.set_segments(np.stack([points[:-1], points[1:]], axis=1))
+                    # an (N, 2, 2) array is what set_segments documents; its stub says Sequence
+                    self.loss_line.set_segments(np.stack([points[:-1], points[1:]], axis=1))  # type: ignore[arg-type]
                     # segment j joins point j to j + 1: it shows sample (j + 1) // 2
                     samples = (np.arange(len(points) - 1) + 1) // 2
                     self.loss_line.set_color(_LOSS_RGBA[np.searchsorted(
                         _LOSS_LIMITS, np.nan_to_num(layer.loss[samples], nan=0.0), side="left")])
                     ax.draw_artist(self.loss_line)
                 elif layer.style == "area":
-                    self.area.set_data(x, base, y, where=~np.isnan(y))
+                    self.area.set_data(x, base, y, where=~np.isnan(y))  # type: ignore[arg-type]
                     self.area.set_facecolor(layer.color)
                     self.area.set_alpha(0.55 if graph.kind == TRAFFIC else 0.22)
                     ax.draw_artist(self.area)
@@ -624,8 +628,8 @@ class Renderer:
         fonts = self.fonts
         axis_bottom, axis_height = HEIGHT - _AX_BOTTOM, HEIGHT - _AX_TOP - _AX_BOTTOM
         for i, tick in enumerate(ticks):
-            y = axis_bottom - i / divisions * axis_height
-            fonts.text(image, (_AX_LEFT - 5, y), tick, fonts.small, "#444444", "rm")
+            tick_y = axis_bottom - i / divisions * axis_height
+            fonts.text(image, (_AX_LEFT - 5, tick_y), tick, fonts.small, "#444444", "rm")
         fonts.text(image, (10, 8), display(title, 70), fonts.title, "#1d2733", "la")
         fonts.text(image, (WIDTH - 10, 10), subtitle, fonts.small, "#667085", "ra")
         label = _YLABELS.get(graph.kind, "")  # other axes: the tick labels carry the unit
@@ -636,9 +640,9 @@ class Renderer:
         rows = graph.legend[:_LEGEND_ROWS]
         width = min(20, max((len(row.label) for row in rows), default=0)) + 1
         for i, row in enumerate(rows):
-            y = legend_top + i * 14
-            pen.rectangle((12, y - 5, 21, y + 4), fill=row.color)
-            fonts.mono_line(image, (27, y), f"{display(row.label, width - 1):<{width}}{row.text}",
+            row_y = legend_top + i * 14
+            pen.rectangle((12, row_y - 5, 21, row_y + 4), fill=row.color)
+            fonts.mono_line(image, (27, row_y), f"{display(row.label, width - 1):<{width}}{row.text}",
                             "#222222")
         return _encode(image)
 
@@ -668,7 +672,7 @@ class _Fonts:
         key = (id(font), text, anchor)
         cached = self._texts.get(key)
         if cached is None:
-            left, top, right, bottom = font.getbbox(text, anchor=anchor)
+            left, top, right, bottom = (int(v) for v in font.getbbox(text, anchor=anchor))
             mask = Image.new("L", (max(1, right - left), max(1, bottom - top)), 0)
             ImageDraw.Draw(mask).text((-left, -top), text, font=font, fill=255, anchor=anchor)
             if len(self._texts) > 4096:
@@ -822,7 +826,7 @@ def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
     return end - period.span, end, resolution
 
 
-def render_job(store, renderer: Renderer, job: Job) -> JobResult:
+def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
     """Fetch, draw and atomically write the PNGs of one instance."""
     started = time.perf_counter()
     cpu = time.process_time()
@@ -861,7 +865,7 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     return result
 
 
-def add_usual_band(graph: Graph, store, info: SeriesInfo, metric: str, weeks: int,
+def add_usual_band(graph: Graph, store: RrdStore, info: SeriesInfo, metric: str, weeks: int,
                    series: Series) -> None:
     """The expected band of `metric` for each hour of the week (monitor.seasonal, from the
     store's 2-hour averages of the weeks before), drawn under the data."""

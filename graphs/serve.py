@@ -6,6 +6,7 @@ http.server and anything that resolves (through a symlink) outside the directory
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +23,14 @@ log = logging.getLogger(__name__)
 class _Handler(SimpleHTTPRequestHandler):
     root: str = ""
 
-    def send_head(self):
+    def send_head(self) -> io.BytesIO | BinaryIO | None:
         real = os.path.realpath(self.translate_path(self.path))
         if real != self.root and not real.startswith(self.root + os.sep):
             self.send_error(404, "Not found")  # a symlink pointing out of html_dir
             return None
         return super().send_head()
 
-    def list_directory(self, path: str | os.PathLike[str]):
+    def list_directory(self, path: str | os.PathLike[str]) -> io.BytesIO | None:
         self.send_error(404, "No listing; start at index.html")
         return None
 

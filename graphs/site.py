@@ -490,7 +490,7 @@ def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
         alias = render.display(match.group(1), LABEL_LIMIT) if match else ""
 
     def per_second(*labels: str) -> str:
-        values = [now(label) for label in labels if now(label) is not None]
+        values = [value for label in labels if (value := now(label)) is not None]
         return render.format_value(sum(values), "/s") if values else ""
 
     busiest = max((r for r in (rin, rout) if r is not None), default=None)

@@ -42,7 +42,7 @@ def dbdir_of(path: Path) -> Path:
 
 def read_labels(dbdir: Path) -> dict[tuple[str, str, str], str]:
     """(host, plugin, field) -> label, from Munin's datafile ("dom;host:plugin.field.label x")."""
-    labels = {}
+    labels: dict[tuple[str, str, str], str] = {}
     try:
         text = (dbdir / "datafile").read_text(encoding="utf-8", errors="replace")
     except OSError:

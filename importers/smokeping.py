@@ -8,6 +8,7 @@ loss_percent.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def plan(targets: Path, rrd_dir: Path | None = None) -> Plan:
     return result
 
 
-def _reader(rrd: Path, metric: str, with_loss: bool):
+def _reader(rrd: Path, metric: str, with_loss: bool) -> Callable[[], dict[str, list[Archive]]]:
     def read() -> dict[str, list[Archive]]:
         archives = read_archives(rrd)
         pings = len([ds for ds in archives if re.fullmatch(r"ping\d+", ds)]) or 20

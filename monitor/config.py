@@ -434,15 +434,16 @@ class ServiceCheck:
             for name in ("rcpt_to", "imap_host", "imap_port"):
                 if getattr(self, name) is not None:
                     raise Invalid(name, f"only roundtrip checks have {name}")
-        http_only = {"url": self.url, "vhost": self.vhost, "expect_text": self.expect_text}
+        http_only: dict[str, object] = {"url": self.url, "vhost": self.vhost,
+                                        "expect_text": self.expect_text}
         http_only |= {"expect_regex": self.expect_regex, "body": self.body,
                       "content_type": self.content_type, "proxy": self.proxy,
                       "client_cert": self.client_cert, "client_key": self.client_key,
                       "resolver": self.resolver,
                       "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
-            for name, value in http_only.items():
-                if value is not None:
+            for name, given in http_only.items():
+                if given is not None:
                     raise Invalid(name, f"only http/https checks have {name}")
             if self.expect_status:
                 raise Invalid("expect_status", "only http/https checks have expect_status")
@@ -1089,8 +1090,9 @@ class AlertsConfig:
                     todo.extend(parents.get(name, []))
 
 
-DIGEST_SECTIONS = ("problems", "alerts", "power", "traffic", "services", "certificates", "disks",
-                   "mailboxes", "lists", "mail", "backups")
+DigestSection = Literal["problems", "alerts", "power", "traffic", "services", "certificates",
+                        "disks", "mailboxes", "lists", "mail", "backups"]
+DIGEST_SECTIONS: tuple[DigestSection, ...] = typing.get_args(DigestSection)
 
 
 @dataclass
@@ -1101,9 +1103,7 @@ class Digest:
                                  "a digest name of letters, digits, . _ -")]
     schedule: str = "0 7 * * *"
     recipients: list[str] = field(default_factory=lambda: ["admins"])
-    sections: list[Literal["problems", "alerts", "power", "traffic", "services", "certificates",
-                           "disks", "mailboxes", "lists", "mail", "backups"]] = field(
-        default_factory=lambda: list(DIGEST_SECTIONS))
+    sections: list[DigestSection] = field(default_factory=lambda: list(DIGEST_SECTIONS))
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
     cert_days: Annotated[int, Range(1, 3650)] = 60
@@ -1135,13 +1135,53 @@ class ExportConfig:
             listen_address(self.listen)
 
 
-def listen_address(text: str) -> tuple[str, int]:
-    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid otherwise."""
+def listen_address(text: str, key: str = "listen", example: str = "127.0.0.1:9469") -> tuple[str, int]:
+    """ "127.0.0.1:9469" or "[::1]:9469" -> (host, port); Invalid (of `key`) otherwise."""
     match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([\w.-]+):(\d+)", text)
     port = int(match[2] or match[4]) if match else 0
     if not match or not 1 <= port <= 65535:
-        raise Invalid("listen", f'expected "host:port" like "127.0.0.1:9469", got {text!r}')
+        raise Invalid(key, f'expected "host:port" like "{example}", got {text!r}')
     return match[1] or match[3], port
+
+
+@dataclass
+class MuninSource:
+    """One [[munin]] table: Munin plugins run here, or a munin-node asked over TCP."""
+
+    name: Annotated[str, Pattern(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                 "a name of letters, digits, . _ -")]
+    # Local plugins: absolute paths (the symlinks of /etc/munin/plugins: if_eth0 -> if_) and/or
+    # every executable file of a directory.
+    plugins: list[ConfigPath] = field(default_factory=list)
+    directory: ConfigPath | None = None
+    # Or a munin-node: "host:port"; `only` limits the plugins fetched (default: all it lists).
+    node: str | None = None
+    only: list[str] = field(default_factory=list)
+    # The target the graphs and checks belong to (default: this host, or the node's host).
+    target: str = ""
+    # env.NAME settings of plugin-conf.d, for the local plugins.
+    env: dict[str, str] = field(default_factory=dict)
+    interval: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
+    # Per plugin run (config, then fetch) or per munin-node answer.
+    timeout: Annotated[float, DURATION_MARK, Range(0.1, 600)] = 10.0
+
+    def validate(self) -> None:
+        local = bool(self.plugins or self.directory)
+        if local == (self.node is not None):
+            raise Invalid("node", "a [[munin]] table has either plugins/directory (run here) or "
+                                  "node = \"host:port\" (a munin-node), not both nor neither")
+        for key, path in [("plugins", p) for p in self.plugins] + [("directory", self.directory)]:
+            if path is not None and not path.is_absolute():
+                raise Invalid(key, f"must be an absolute path, got {str(path)!r}")
+        if self.node is not None:
+            listen_address(self.node, "node", "127.0.0.1:4949")
+        for name in self.only:
+            if not re.fullmatch(r"[\w.:-]{1,100}", name):
+                raise Invalid("only", f"not a plugin name: {name!r}")
+        for name, value in self.env.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", name) or "\0" in value:
+                raise Invalid("env", f"{name!r}: expected NAME = \"value\" (letters, digits, _; "
+                                     "no NUL in the value)")
 
 
 @dataclass
@@ -1162,6 +1202,7 @@ class Config:
     maillog: MailLogConfig = field(default_factory=MailLogConfig)
     baseline: BaselineConfig = field(default_factory=BaselineConfig)
     backups: list[BackupJob] = field(default_factory=list)
+    munin: list[MuninSource] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -1191,6 +1232,7 @@ class Config:
 
     def _validate_reports(self) -> None:
         for what, names in (("backups", [b.name for b in self.backups]),
+                            ("munin", [m.name for m in self.munin]),
                             ("digests", [d.name for d in self.digests])):
             for i, name in enumerate(names):
                 if name in names[:i]:
@@ -1359,7 +1401,7 @@ def _convert(value: Any, tp: Any, path: tuple[str | int, ...], ctx: _Context) ->
     if dataclasses.is_dataclass(base):
         if not isinstance(value, dict):
             raise ctx.error(path, f"expected a table, got {_describe(value)}")
-        return _convert_dataclass(value, base, path, ctx)
+        return _convert_dataclass(value, typing.cast(type, base), path, ctx)
 
     if origin is list:
         if not isinstance(value, list):

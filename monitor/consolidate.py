@@ -51,9 +51,9 @@ def combine(archives: Sequence[Sequence[Archive]], how: str = "sum") -> list[Arc
         rows: list[Interval] = []
         for start, end, value in first.rows:
             values = [value, *(b.get(end) for b in by_end)]
-            known = None if any(v is None for v in values) else values
-            rows.append((start, end, None if known is None else (
-                sum(known) if how == "sum" else max(known))))  # type: ignore[arg-type]
+            known = [v for v in values if v is not None]
+            rows.append((start, end, None if len(known) < len(values) else (
+                sum(known) if how == "sum" else max(known))))
         out.append(Archive(first.cf, rows))
     return out
 

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -57,10 +58,10 @@ class PrometheusExporter:
         self.intervals = intervals  # collector name -> interval, for dropping stale values
         self._lock = threading.Lock()
         # (target, instance, metric) -> (latest measurement, its collector's interval)
-        self._latest: dict[tuple[str, str, str], tuple[Measurement, float]] = {}
+        self._latest: dict[tuple[str, str, str], tuple[Measurement, float, float]] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
-        self._server = None
+        self._server: WSGIServer | None = None
 
     def serve(self) -> None:
         """Start the /metrics endpoint (`monitor run` only: a `collect` beside the running
@@ -78,7 +79,7 @@ class PrometheusExporter:
         with self._lock:
             for m in batch.measurements:
                 if m.value is not None:
-                    self._latest[(m.target, m.instance, m.metric)] = (m, interval)
+                    self._latest[(m.target, m.instance, m.metric)] = (m, m.value, interval)
         if self.config.textfile:
             await asyncio.to_thread(self.write_textfile, Path(self.config.textfile))
 
@@ -106,11 +107,11 @@ class PrometheusExporter:
         yield since
         families: dict[tuple[str, bool], GaugeMetricFamily | CounterMetricFamily] = {}
         with self._lock:
-            for key, (m, interval) in list(self._latest.items()):
+            for key, (m, value, interval) in list(self._latest.items()):
                 if now - m.timestamp > MISSED * max(interval, 60.0):
                     del self._latest[key]
                     continue
-                counter = m.kind is not Kind.GAUGE
+                counter = m.kind in (Kind.COUNTER, Kind.DERIVE)  # ABSOLUTE counts restart
                 name = metric_name(m)
                 family = families.get((name, counter))
                 if family is None:
@@ -118,7 +119,7 @@ class PrometheusExporter:
                     doc = f"{m.metric} ({m.kind.value}{', ' + m.unit if m.unit else ''})"
                     family = families[(name, counter)] = kind(name, doc,
                                                               labels=["target", "instance"])
-                family.add_metric([label(m.target), label(m.instance)], m.value)
+                family.add_metric([label(m.target), label(m.instance)], value)
         yield from families.values()
 
     def close(self) -> None:

@@ -37,7 +37,8 @@ def syslog_handler(address: str = SYSLOG_SOCKET) -> logging.Handler:
     """A handler for the local syslog daemon (rsyslog, syslog-ng): facility daemon, tag
     "monitor[PID]:"; the daemon adds the time stamp. OSError if nothing listens there."""
     handler = logging.handlers.SysLogHandler(address, logging.handlers.SysLogHandler.LOG_DAEMON)
-    if handler.socket is None or handler.socket.fileno() == -1:
+    sock = getattr(handler, "socket", None)  # set by the handler, absent from typeshed's stub
+    if sock is None or sock.fileno() == -1:
         # Not connected: it would retry on every line and print a traceback each time.
         handler.close()
         raise OSError(f"nothing listens on {address}")

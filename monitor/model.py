@@ -21,11 +21,14 @@ class Kind(StrEnum):
     GAUGE: the value itself (temperature, a rate the collector computed).
     COUNTER: an ever-increasing counter that may wrap; the store keeps its rate per second.
     DERIVE: like COUNTER, but a decrease is a reset (unknown), never a wrap.
+    ABSOLUTE: a count since the previous reading (the source resets it on every read): the
+    store keeps it per second (RRD's ABSOLUTE; Munin plugins declare it).
     """
 
     GAUGE = "GAUGE"
     COUNTER = "COUNTER"
     DERIVE = "DERIVE"
+    ABSOLUTE = "ABSOLUTE"
 
 
 class State(IntEnum):

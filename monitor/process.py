@@ -53,7 +53,7 @@ async def run_command(
         text = err.decode("utf-8", "replace")
         last = text.strip().splitlines()[-1:]
         raise CommandFailed(f"{what} exited with status {proc.returncode}"
-                            + (f": {last[0].strip()}" if last else ""), proc.returncode, text)
+                            + (f": {last[0].strip()}" if last else ""), proc.returncode or -1, text)
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, nut, services, snmp
+from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, munin, nut, services, snmp
 from monitor.config import Config
 from monitor.model import Collector
 
@@ -20,6 +20,7 @@ COLLECTORS: dict[str, Callable[[Config], list[Collector]]] = {
     "mailboxes": mailboxes.build,
     "lists": lists.build,
     "backups": backups.build,
+    "munin": munin.build,
     "blocklists": blocklists.build,
     "maillog": maillog.build,
 }

@@ -1,8 +1,15 @@
-"""Runs jobs on a clock: APScheduler underneath, with the policies an agent needs on top.
+"""Runs jobs on a clock: APScheduler's triggers (intervals with jitter, crontab expressions)
+decide when, a timer task per job runs them, with the policies an agent needs:
 
-- a job never runs twice at once; a run that outlasts its interval is logged and counted;
+- a job never runs twice at once; a turn that comes while it still runs is skipped, logged
+  and counted (an overrun);
+- turns missed while the process slept come as one (coalesced), or not at all when the last
+  of them is older than the job's grace time;
 - a job that fails backs off (interval x 2, x 4, ... up to `max_backoff`), and recovers at once;
 - `stop()` lets in-flight runs finish (so writes complete) before it returns.
+
+Time comes from a `Clock` (wall time for the triggers, monotonic time for durations, and the
+sleeping): the system's by default, a hand-driven one in tests.
 """
 
 from __future__ import annotations
@@ -13,10 +20,10 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
+from typing import Protocol
 
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobExecutionEvent
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -30,7 +37,7 @@ def _crontab_days(field: str) -> str:
     3's from_crontab counts 0 as Monday, so "0 8 * * 1" would fire on Tuesdays."""
     if field == "*" or not re.fullmatch(r"[\d,*/-]+", field):
         return field  # names (mon-fri) mean the same to both
-    days = set()
+    days: set[int] = set()
     for part in field.split(","):
         span, _, step = part.partition("/")
         if span == "*":
@@ -54,6 +61,36 @@ def cron_trigger(expression: str) -> CronTrigger:
         fields[4] = _crontab_days(fields[4])
     return CronTrigger.from_crontab(" ".join(fields))
 
+
+class Clock(Protocol):
+    """Where the scheduler gets its time and its sleep."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch (what cron expressions and intervals follow)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps (durations, back-off)."""
+        ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+# The longest single sleep: a timer looks at the wall clock at least this often, so a
+# suspend/resume or a clock step delays a turn by at most this much.
+MAX_NAP = 60.0
+
 JobFunction = Callable[[], Awaitable[object]]
 
 
@@ -64,6 +101,7 @@ class JobStats:
     consecutive_failures: int = 0
     overruns: int = 0
     skipped_backoff: int = 0
+    missed: int = 0
     last_duration: float = 0.0
     last_error: str = ""
     backoff_until: float = 0.0
@@ -74,71 +112,104 @@ class _Job:
     name: str
     function: JobFunction
     interval: float | None
+    trigger: BaseTrigger
+    grace: float  # seconds a turn may come late and still run
+    first: datetime | None = None  # the first turn, when it is not the trigger's
     stats: JobStats = field(default_factory=JobStats)
+    run: asyncio.Task[None] | None = None
 
 
 class Scheduler:
-    def __init__(self, *, max_backoff: float = 3600.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._scheduler = AsyncIOScheduler(job_defaults={"coalesce": True, "max_instances": 1})
-        self._scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+    def __init__(self, *, max_backoff: float = 3600.0, clock: Clock | None = None) -> None:
         self._jobs: dict[str, _Job] = {}
-        self._running: set[asyncio.Task] = set()
+        self._timers: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
         self._max_backoff = max_backoff
-        self._clock = clock
+        self._clock: Clock = clock or SystemClock()
+        self._started = False
 
     def add_interval(self, name: str, interval: float, function: JobFunction, *,
                      jitter: float = 0.0, run_now: bool = True) -> None:
-        job = _Job(name, function, interval)
-        self._jobs[name] = job
-        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None)
-        self._scheduler.add_job(
-            self._run, trigger, args=[job], id=name, name=name,
-            misfire_grace_time=max(1, int(interval)),
-            **({"next_run_time": _now()} if run_now else {}),
-        )
+        now = self._now()
+        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=now)
+        self._add(_Job(name, function, interval, trigger, max(1.0, float(int(interval))),
+                       first=now if run_now else trigger.get_next_fire_time(now, now)))
 
     def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
-        job = _Job(name, function, None)
-        self._jobs[name] = job
-        self._scheduler.add_job(self._run, cron_trigger(expression), args=[job],
-                                id=name, name=name, misfire_grace_time=3600)
+        self._add(_Job(name, function, None, cron_trigger(expression), 3600.0))
 
     def stats(self) -> dict[str, JobStats]:
         return {name: job.stats for name, job in self._jobs.items()}
 
     def start(self) -> None:
-        self._scheduler.start()
+        """Start the jobs' timers (on the running event loop)."""
+        self._started = True
+        for job in self._jobs.values():
+            self._start_timer(job)
 
     async def stop(self, timeout: float = 60.0) -> None:
         """Stop starting runs; wait (up to `timeout`) for the ones in flight to finish."""
-        # Pause, not shutdown: APScheduler's asyncio executor cancels running jobs on shutdown,
-        # which would cut a collector's RRD writes in half.
-        if self._scheduler.running:
-            self._scheduler.pause()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            # A run handed to the loop just before shutdown registers itself on its first step.
-            for _ in range(3):
-                await asyncio.sleep(0)
-            if not self._running:
-                break
+        self._started = False
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        if self._running:
             log.info("waiting for %d running job(s) to finish", len(self._running))
-            await asyncio.wait(set(self._running), timeout=deadline - loop.time())
-        for task in self._running:
+            deadline = asyncio.ensure_future(self._clock.sleep(timeout))
+            try:
+                while self._running and not deadline.done():
+                    await asyncio.wait({*self._running, deadline},
+                                       return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                deadline.cancel()
+        for task in list(self._running):
             task.cancel()
-        if self._scheduler.running:
-            self._scheduler.shutdown(wait=False)
+
+    def _add(self, job: _Job) -> None:
+        self._jobs[job.name] = job
+        if self._started:
+            self._start_timer(job)
+
+    def _start_timer(self, job: _Job) -> None:
+        self._timers.append(asyncio.get_running_loop().create_task(self._timer(job),
+                                                                   name=f"timer {job.name}"))
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock.time(), UTC)
+
+    async def _timer(self, job: _Job) -> None:
+        due = job.first or job.trigger.get_next_fire_time(None, self._now())
+        while due is not None:
+            while (wait := (due - self._now()).total_seconds()) > 0:
+                await self._clock.sleep(min(wait, MAX_NAP))
+            now = self._now()
+            # Turns missed meanwhile (a suspend, a long stall) come as one: the latest.
+            while (following := job.trigger.get_next_fire_time(due, now)) is not None \
+                    and following <= now:
+                due = following
+            self._turn(job, (now - due).total_seconds())
+            due = job.trigger.get_next_fire_time(due, now)
+
+    def _turn(self, job: _Job, late: float) -> None:
+        stats = job.stats
+        if job.run is not None and not job.run.done():
+            stats.overruns += 1
+            log.warning("job %s is still running from its previous turn; this turn is skipped "
+                        "(overrun #%d)", job.name, stats.overruns)
+        elif late > job.grace:
+            stats.missed += 1
+            log.warning("job %s: its turn is %.0f s late (the process was stopped or the clock "
+                        "stepped); skipped", job.name, late)
+        elif self._clock.monotonic() < stats.backoff_until:
+            stats.skipped_backoff += 1
+        else:
+            job.run = asyncio.get_running_loop().create_task(self._run(job), name=f"job {job.name}")
+            self._running.add(job.run)
+            job.run.add_done_callback(self._running.discard)
 
     async def _run(self, job: _Job) -> None:
         stats = job.stats
-        if self._clock() < stats.backoff_until:
-            stats.skipped_backoff += 1
-            return
-        task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
-        started = self._clock()
+        started = self._clock.monotonic()
         try:
             await job.function()
         except asyncio.CancelledError:
@@ -150,7 +221,7 @@ class Scheduler:
             delay = 0.0
             if job.interval:
                 delay = min(self._max_backoff, job.interval * 2 ** (stats.consecutive_failures - 1))
-                stats.backoff_until = self._clock() + delay
+                stats.backoff_until = self._clock.monotonic() + delay
             log.error("job %s failed (%s); %s", job.name, stats.last_error,
                       f"next attempt in {delay:.0f} s or later" if delay else "will run again")
             log.debug("job %s traceback", job.name, exc_info=True)
@@ -162,22 +233,7 @@ class Scheduler:
             stats.backoff_until = 0.0
         finally:
             stats.runs += 1
-            stats.last_duration = self._clock() - started
+            stats.last_duration = self._clock.monotonic() - started
             if job.interval and stats.last_duration > job.interval:
                 log.warning("job %s took %.1f s, longer than its %.0f s interval", job.name,
                             stats.last_duration, job.interval)
-            if task is not None:
-                self._running.discard(task)
-
-    def _on_max_instances(self, event: JobExecutionEvent) -> None:
-        job = self._jobs.get(event.job_id)
-        if job is not None:
-            job.stats.overruns += 1
-            log.warning("job %s is still running from its previous turn; this turn is skipped "
-                        "(overrun #%d)", job.name, job.stats.overruns)
-
-
-def _now():
-    from datetime import datetime
-
-    return datetime.now(UTC)

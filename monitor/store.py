@@ -22,10 +22,11 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
+from typing import BinaryIO
 
 import rrdtool
 
@@ -94,7 +95,7 @@ def migrate_percent_names(root: Path) -> int:
         except (OSError, ValueError):
             raw = None
         files = raw.get("files") if isinstance(raw, dict) else None
-        if isinstance(files, dict) and any("%" in rel for rel in files):
+        if isinstance(raw, dict) and isinstance(files, dict) and any("%" in rel for rel in files):
             raw["files"] = {rel.replace("%", "="): entry for rel, entry in files.items()}
             atomic_write(index, json.dumps(raw, indent=1))
         marker.touch()
@@ -202,6 +203,8 @@ def _ds_definition(name: str, m: Measurement, step: int) -> str:
         # the maximum: unknown, not a spike. Collectors that need exact counter math (SNMP)
         # compute rates themselves and store GAUGEs.
         kind, low = "COUNTER", 0
+    elif m.kind is Kind.ABSOLUTE:
+        kind, low = "ABSOLUTE", 0 if m.minimum is None else m.minimum
     else:
         # Without a maximum, a decrease must be a reset: DERIVE with min 0 makes it unknown.
         kind, low = "DERIVE", 0 if m.minimum is None else m.minimum
@@ -444,14 +447,15 @@ class RrdStore:
         odd: set[Key] = set()
         key: Key = ("", "")
         state = _NO_FILE
-        target = instance = timestamp = None
+        target = instance = None
+        timestamp = math.nan  # before the first row: unequal to every time stamp
         names: list[str] = []
         values: list[float | None] = []
         told: list[Measurement] = []  # samples that came with thresholds (or "none now")
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
-                    second = int(timestamp)  # type: ignore[arg-type]
+                    second = int(timestamp)
                     last = state.last
                     if (last is not None and second > last and names == state.metric_names
                             and state.batch != serial and not (odd and key in odd)):
@@ -672,7 +676,7 @@ class RrdStore:
 
     # -- history from other tools ------------------------------------------------------------
 
-    def merge_history(self, templates: Sequence[Measurement], history: dict[str, Sequence[Archive]],
+    def merge_history(self, templates: Sequence[Measurement], history: Mapping[str, Sequence[Archive]],
                       step: float, *, force: bool = False, dry_run: bool = False) -> MergeReport:
         """Write another tool's consolidated history into the file of (target, instance), into
         every archive at once: each row gets the average (or max) of the finest imported rows
@@ -742,7 +746,7 @@ class RrdStore:
                        *(_ds_definition(ds_name(m), s, step) for m, s in samples.items()),
                        *rra_definitions(step, self.archives, self.consolidations))
 
-    def _merge_file(self, path: Path, metrics: dict[str, str], history: dict[str, Sequence[Archive]],
+    def _merge_file(self, path: Path, metrics: dict[str, str], history: Mapping[str, Sequence[Archive]],
                     force: bool, report: MergeReport, scratch: Path) -> Path:
         """Fill the rows of `path` (dumped to XML) from `history`; the merged file's path."""
         xml = scratch / "dump.xml"
@@ -782,13 +786,13 @@ class RrdStore:
                 for row in rows:
                     database.remove(row)
                 for end in ends:
-                    row = old.get(end)
-                    if row is None:
-                        row = ET.SubElement(database, "row")
+                    kept = old.get(end)
+                    if kept is None:
+                        blank = ET.SubElement(database, "row")
                         for _ in range(width):
-                            ET.SubElement(row, "v").text = "NaN"
+                            ET.SubElement(blank, "v").text = "NaN"
                     else:
-                        database.append(row)
+                        database.append(kept)
                 rows = database.findall("row")
                 for prep in rra.iter("cdp_prep"):
                     for ds in prep.findall("ds"):
@@ -909,7 +913,7 @@ class _RrdcachedClient:
     def __init__(self, address: str) -> None:
         self.address = address
         self._sock: socket.socket | None = None
-        self._reader = None
+        self._reader: BinaryIO | None = None
 
     def _connect(self) -> None:
         if self._sock is not None:

@@ -440,3 +440,21 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def munin_node(directory: Path) -> Iterator[int]:
+    """Debian's munin-node on 127.0.0.1 with a config of its own (its plugins are the
+    machine's /etc/munin/plugins, which munin-node cannot be told to look elsewhere for);
+    yields the port."""
+    _require("/usr/sbin/munin-node")
+    port = free_port()
+    conf = directory / "munin-node.conf"
+    conf.write_text("\n".join([
+        "log_level 4", f"log_file {directory / 'munin-node.log'}",
+        f"pid_file {directory / 'munin-node.pid'}", "background 0", "setsid 0",
+        "user root", "group root", "ignore_file [\\#~]$", "allow ^127\\.0\\.0\\.1$",
+        "host 127.0.0.1", f"port {port}", "timeout 10"]) + "\n")
+    with _running(["/usr/sbin/munin-node", "--config", str(conf), "--foreground"],
+                  lambda: _accepts("127.0.0.1", port), "munin-node", directory / "node.out"):
+        yield port

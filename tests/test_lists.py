@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
+import socket
 import threading
 import time
 from datetime import datetime
@@ -160,12 +160,13 @@ async def test_collector_members_mailman3_and_state(tmp_path: Path):
     # Stand-in for Mailman 2's bin/list_members: prints a recorded member list for "users".
     members = Path(__file__).parent / "data" / "mailman" / "members-users.txt"
     fake = tmp_path / "list_members"
-    fake.write_text(f"#!{sys.executable}\nimport sys\nname = sys.argv[1]\n"
-                    f"if name != 'users':\n    sys.exit('No such list: ' + name)\n"
-                    f"sys.stdout.write(open({str(members)!r}).read())\n")
+    # (A shell script: a Python one would spend most of the test starting up.)
+    fake.write_text(f'#!/bin/sh\n[ "$1" = users ] || {{ echo "No such list: $1" >&2; exit 1; }}\n'
+                    f"exec cat '{members}'\n")
     fake.chmod(0o755)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Mailman3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # A short poll: shutdown() waits for serve_forever's next look (0.5 s by default).
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         cfg = ListsConfig(enabled=True, post_log=log, list_members=str(fake),
@@ -174,9 +175,11 @@ async def test_collector_members_mailman3_and_state(tmp_path: Path):
                           mailman3_password="secret")
         collector = ListsCollector(cfg, 60, tmp_path / "state" / "lists.json", clock=lambda: NOV22)
         batch = await collector.collect()
+        # The second run, against the same server, reads nothing new in the log.
+        second = await collector.collect()
     finally:
         server.shutdown()
-        server.server_close()  # refused at once: the second run does not wait for a timeout
+        server.server_close()
     checks = {c.check: c for c in batch.checks}
     assert checks["list ghost"].state is State.UNKNOWN and "No such list" in checks["list ghost"].message
     assert checks["lists"].state is State.OK
@@ -190,10 +193,27 @@ async def test_collector_members_mailman3_and_state(tmp_path: Path):
     assert values[("staff", "bytes_today")] == 4096
     saved = load_state(tmp_path / "state" / "lists.json")
     assert counts(saved) == EXPECTED and saved.subscribers["users"] == 3
-    # The second run reads nothing new.
-    batch = await collector.collect()
-    assert "(0 new in the log)" in next(c for c in batch.checks if c.check == "lists").message
+    again = next(c for c in second.checks if c.check == "lists")
+    assert again.state is State.OK and "(0 new in the log)" in again.message
+    assert {(m.instance, m.metric): m.value for m in second.measurements}[
+        ("users@lists.a", "subscribers")] == 14
     assert counts(load_state(tmp_path / "state" / "lists.json")) == EXPECTED
+
+
+async def test_mailman3_api_that_never_answers_costs_its_timeout_only(tmp_path: Path):
+    """A REST API that accepts and then says nothing: the run ends at the lists timeout with
+    a warning, and the log's counts are still there."""
+    log = tmp_path / "post"
+    shutil.copy(SAMPLE, log)
+    with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # listens, never accepts
+        cfg = ListsConfig(enabled=True, post_log=log, list_members=None, keep_days=3650,
+                          mailman3_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
+                          mailman3_password="secret", timeout=0.3)
+        batch = await ListsCollector(cfg, 60, tmp_path / "lists.json", clock=lambda: NOV22).collect()
+    check = next(c for c in batch.checks if c.check == "lists")
+    assert check.state is State.WARNING and "Mailman 3 REST API" in check.message
+    assert "timed out" in check.message
+    assert {(m.instance, m.metric): m.value for m in batch.measurements}[("staff", "bytes_today")] == 4096
 
 
 async def test_missing_log_is_reported_not_raised(tmp_path: Path):

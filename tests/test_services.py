@@ -386,14 +386,17 @@ async def test_nagios_plugins(servers):
     port = await servers(srv.banner("220 ready"))
     web = await servers(srv.http)
     closed = srv.closed_port()
-    tcp, dead, http, hung = await run(
+    tcp, dead, http, hung, flood = await run(
         svc("plugin", name="check_tcp", command=[str(PLUGINS / "check_tcp"), "-H", "127.0.0.1",
                                                    "-p", str(port)]),
         svc("plugin", name="check_tcp_dead", command=[str(PLUGINS / "check_tcp"), "-H",
                                                         "127.0.0.1", "-p", str(closed)]),
         svc("plugin", name="check_http", command=[str(PLUGINS / "check_http"), "-H", "127.0.0.1",
                                                     "-p", str(web), "-s", "Hello world"]),
-        svc("plugin", name="hung", command=["/bin/sleep", "30"], timeout=0.3))
+        svc("plugin", name="hung", command=["/bin/sleep", "30"], timeout=0.3),
+        # Endless output: read up to its bound, then the timeout; the kill must not hang on the
+        # pipe the reader stopped draining.
+        svc("plugin", name="flood", command=["/usr/bin/yes", "OK | x=1"], timeout=0.5))
     assert tcp.state == State.OK and tcp.message.startswith("TCP OK")
     assert tcp.target == "localhost"
     assert metric(tcp, "time_seconds").unit == "s"
@@ -402,6 +405,7 @@ async def test_nagios_plugins(servers):
     assert metric(http, "size_bytes").value > 0
     assert metric(http, "time_seconds").kind == Kind.GAUGE
     assert hung.state == State.CRITICAL and "killed" in hung.message
+    assert flood.state == State.CRITICAL and "killed" in flood.message
 
 
 # -- robustness, config and wiring --------------------------------------------------------------

@@ -1,0 +1,341 @@
+"""The Munin collector with Debian's munin-plugins-core and a real munin-node on loopback:
+fields stored with their DS types, warning/critical levels as checks, and plugins and nodes
+that stall, flood, lie or print garbage harming only themselves."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import psutil
+import pytest
+import rrdtool
+
+from collectors.munin import MuninCollector, NodeSession, outside, parse
+from monitor.config import ConfigError, MuninSource, parse_config
+from monitor.model import Kind, State
+from monitor.store import RrdStore
+from tests.daemons import munin_node
+
+PLUGINS = Path("/usr/share/munin/plugins")
+T0 = 1_800_000_000.0
+
+pytestmark = pytest.mark.skipif(not (PLUGINS / "load").exists(),
+                                reason="munin-plugins-core is not installed (see the Makefile)")
+
+
+def script(directory: Path, name: str, body: str) -> Path:
+    path = directory / name
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def checks(batch) -> dict[str, object]:
+    return {c.check: c for c in batch.checks}
+
+
+def collector(tmp_path: Path, clock=None, **keys) -> MuninCollector:
+    source = MuninSource(name="here", **keys)
+    source.validate()
+    return MuninCollector(source, "localhost", tmp_path / "plugstate",
+                          **({"clock": clock} if clock else {}))
+
+
+async def test_debian_plugins_become_series_of_their_declared_types(tmp_path: Path):
+    # Wildcard plugins read their argument from their name, as /etc/munin/plugins' links do.
+    (tmp_path / "if_lo").symlink_to(PLUGINS / "if_")
+    plugins = [PLUGINS / "load", PLUGINS / "cpu", PLUGINS / "memory", PLUGINS / "df",
+               tmp_path / "if_lo"]
+    times = iter([T0, T0 + 300])
+    c = collector(tmp_path, clock=lambda: next(times), plugins=plugins)
+    store = RrdStore(tmp_path / "rrd")
+    first = await c.collect()
+    assert store.write(first.measurements, 300).errors == []
+    state = checks(first)
+    assert {f"munin {p.name}" for p in plugins} <= state.keys()
+    assert all(state[f"munin {p.name}"].state is State.OK for p in plugins), first.checks
+    assert state["munin load"].message.startswith("Load average: load ")
+    assert state["munin [here]"].state is State.OK
+    kinds = {(m.instance, m.metric): m.kind for m in first.measurements}
+    assert kinds[("load", "load")] is Kind.GAUGE
+    assert kinds[("cpu", "user")] is Kind.DERIVE and kinds[("if_lo", "down")] is Kind.DERIVE
+    assert kinds[("memory", "apps")] is Kind.GAUGE
+    assert {m.unit for m in first.measurements if m.instance == "memory"} == {"B"}
+    assert {m.unit for m in first.measurements if m.instance == "df"} == {"%"}
+    # The RRD files have the plugins' DS types and minimums.
+    info = rrdtool.info(str(store.info("localhost", "cpu").path))
+    ds = {k.split("[")[1].split("]")[0]: v for k, v in info.items() if k.endswith("].type")}
+    assert set(ds.values()) == {"DERIVE"} and "user" in ds
+    assert info["ds[user].min"] == 0.0
+    # The second reading has rates: the check shows them per second.
+    second = await c.collect()
+    assert "/s" in checks(second)["munin cpu"].message
+    assert all(m.timestamp == T0 + 300 for m in second.measurements)
+
+
+def test_levels_are_read_as_munin_reads_them():
+    assert outside(11, "10") == "above 10" and outside(9, "10") is None
+    assert outside(11, ":10") == "above 10"
+    assert outside(4, "5:") == "below 5" and outside(-1, "5:") == "below 5"
+    assert outside(-3, "10") is None  # a bare number is a maximum only (not Nagios' 0..10)
+    assert outside(3, "5:10") == "below 5" and outside(12, "5:10") == "above 10"
+    assert outside(7, "5:10") is None
+
+
+async def test_warning_and_critical_levels_become_the_graphs_check(tmp_path: Path):
+    # The plugin prints what the test writes to its state file; env comes from the config.
+    counter = tmp_path / "value"
+    plugin = script(tmp_path, "queue", """\
+if [ "$1" = config ]; then
+  echo "graph_title Mail queue"
+  echo "graph_vlabel mails"
+  echo "active.label active"
+  echo "active.warning $LEVEL"
+  echo "active.critical 100"
+  echo "rate.label delivered"
+  echo "rate.type DERIVE"
+  echo "rate.min 0"
+  echo "rate.critical 5"
+  exit 0
+fi
+read active delivered < "$VALUES"
+echo "active.value $active"
+echo "active.extinfo oldest mail from example.net"
+echo "rate.value $delivered"
+""")
+    times = iter([T0, T0 + 100, T0 + 200, T0 + 300])
+    c = collector(tmp_path, clock=lambda: next(times), plugins=[plugin],
+                  env={"LEVEL": "10:50", "VALUES": str(counter)})
+    readings = []
+    for active, delivered in (("20", "1000"), ("60", "1100"), ("5", "2100"), ("150", "1")):
+        counter.write_text(f"{active} {delivered}\n")
+        readings.append(checks(await c.collect())["munin queue"])
+    assert [r.state for r in readings] == [State.OK, State.WARNING, State.CRITICAL, State.CRITICAL]
+    assert readings[1].message == ("Mail queue: active 60.0 above 50 (warning): oldest mail from "
+                                   "example.net")
+    # 1000 delivered in 100 s: 10/s, above the rate's critical 5; the active count is low.
+    assert "delivered 10.0 /s above 5 (critical)" in readings[2].message
+    assert "active 5.00 below 10 (warning)" in readings[2].message
+    # A counter that went down is a reset: no rate for that reading, not a huge one.
+    assert "delivered" not in readings[3].message and "active 150 above 100" in readings[3].message
+
+
+async def test_hostile_plugins_harm_only_themselves(tmp_path: Path):
+    hostile = [
+        script(tmp_path, "stall", "sleep 60\n"),
+        # Endless output: bounded in memory, killed at its time budget.
+        script(tmp_path, "flood", 'exec yes "flood.value 1"\n'),
+        script(tmp_path, "garbage", "head -c 3000 /dev/urandom; echo\n"
+               "echo '../../etc.value 1'; echo 'x.value 1e999'; echo 'graph_title \x1b[31mred'\n"
+               "printf 'y.label \\342\\200\\256evil\\n'; echo 'y.value 12'\n"),
+        script(tmp_path, "fails", "echo 'cannot read /proc/thing' >&2; exit 3\n"),
+        script(tmp_path, "silent", "exit 0\n"),
+        script(tmp_path, "sprawl", 'i=0; while [ $i -lt 300 ]; do echo "f$i.value $i"; i=$((i+1)); done\n'),
+        tmp_path / "missing",
+    ]
+    not_executable = tmp_path / "plain"
+    not_executable.write_text("#!/bin/sh\necho x.value 1\n")
+    c = collector(tmp_path, plugins=[PLUGINS / "load", *hostile, not_executable], timeout=2)
+    batch = await c.collect()
+    state = checks(batch)
+    assert state["munin load"].state is State.OK
+    for name in ("stall", "flood"):
+        assert state[f"munin {name}"].state is State.UNKNOWN
+        assert "did not finish within 2 s and was killed" in state[f"munin {name}"].message
+    assert "exited with 3: cannot read /proc/thing" in state["munin fails"].message
+    assert state["munin silent"].state is State.UNKNOWN
+    assert "printed no values" in state["munin silent"].message
+    assert "does not exist" in state["munin missing"].message
+    assert "is not executable" in state["munin plain"].message
+    # Garbage: what could be a field is kept; names that could form paths and non-numbers not.
+    garbage = {(m.metric, m.value) for m in batch.measurements if m.instance == "garbage"}
+    assert ("y", 12.0) in garbage and ("x", None) in garbage
+    assert not any("etc" in metric for metric, _ in garbage)
+    assert "not understood" in state["munin garbage"].message
+    assert all(ch.isprintable() and "\u202e" not in ch for c_ in batch.checks for ch in c_.message)
+    # A plugin with hundreds of fields: its graph keeps its first 50.
+    assert len([m for m in batch.measurements if m.instance == "sprawl"]) == 50
+    assert state["munin [here]"].state is State.WARNING
+    assert "6 failed" in state["munin [here]"].message
+    # Nothing of theirs is left running (each ran in a process group that was killed).
+    left = [p.cmdline() for p in psutil.Process().children(recursive=True)
+            if "flood.value" in " ".join(p.cmdline()) or p.name() == "sleep"]
+    assert left == []
+
+
+async def test_a_directory_of_plugins_as_etc_munin_plugins_has_them(tmp_path: Path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "load").symlink_to(PLUGINS / "load")
+    (plugins / "uptime").symlink_to(PLUGINS / "uptime")
+    (plugins / "load.dpkg-old").symlink_to(PLUGINS / "load")  # munin-node skips these too
+    (plugins / "README").write_text("not a plugin")
+    batch = await collector(tmp_path, directory=plugins).collect()
+    assert {c.check for c in batch.checks} == {"munin load", "munin uptime", "munin [here]"}
+    assert all(c.state is State.OK for c in batch.checks), batch.checks
+
+
+async def test_a_real_munin_node(tmp_path: Path):
+    with munin_node(tmp_path) as port:
+        source = MuninSource(name="node", node=f"127.0.0.1:{port}",
+                             only=["load", "memory", "cpu", "no_such_plugin"], timeout=10)
+        source.validate()
+        c = MuninCollector(source, "127.0.0.1", tmp_path / "state")
+        batch = await c.collect()
+        # Without `only`: the plugins the node lists (this machine's /etc/munin/plugins).
+        session = await NodeSession.open(f"127.0.0.1:{port}", 10)
+        listed = await session.plugins()
+        session.close()
+    state = checks(batch)
+    assert state["munin load"].state is State.OK and state["munin memory"].state is State.OK
+    assert state["munin cpu"].state is State.OK
+    assert state["munin no_such_plugin"].state is State.UNKNOWN
+    assert "Unknown service" in state["munin no_such_plugin"].message
+    assert state["munin [node]"].state is State.WARNING
+    kinds = {(m.instance, m.metric): m.kind for m in batch.measurements}
+    assert kinds[("cpu", "idle")] is Kind.DERIVE and kinds[("load", "load")] is Kind.GAUGE
+    assert {"load", "memory", "cpu"} <= set(listed)
+
+
+async def hostile_node(handler) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def node_collect(port: int, tmp_path: Path, **keys) -> dict[str, object]:
+    source = MuninSource(name="liar", node=f"127.0.0.1:{port}", **keys)
+    source.validate()
+    return checks(await MuninCollector(source, "liar", tmp_path).collect())
+
+
+async def test_hostile_munin_nodes(tmp_path: Path):
+    async def not_munin(reader, writer):
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def stalls_after_greeting(reader, writer):
+        writer.write(b"# munin node at liar\n")
+        await writer.drain()
+        await reader.read()
+
+    async def floods(reader, writer):
+        writer.write(b"# munin node at liar\n")
+        await reader.readline()
+        writer.write(b"cap multigraph\n")
+        await reader.readline()
+        try:
+            while True:  # a config answer that never ends
+                writer.write(b"graph_title x\n" * 1000)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+
+    async def lies_in_list(reader, writer):
+        writer.write(b"# munin node at liar\n")
+        commands = []
+        while line := await reader.readline():
+            commands.append(line)
+            if line.startswith(b"cap"):
+                writer.write(b"cap multigraph\n")
+            elif line.startswith(b"list"):
+                writer.write(b"load ../../etc/passwd bad\x07name load\r\n")
+            elif line.startswith(b"config"):
+                writer.write(b"graph_title Load\nload.label load\nload.critical 1\n.\n")
+            elif line.startswith(b"fetch"):
+                writer.write(b"load.value 5\n.\n")
+            await writer.drain()
+        lied.extend(commands)
+
+    lied: list[bytes] = []
+    for handler, expect in ((not_munin, "not a munin-node"),
+                            (stalls_after_greeting, "no answer to 'cap multigraph' within 0.5 s"),
+                            (floods, "longer than")):
+        server, port = await hostile_node(handler)
+        async with server:
+            state = await node_collect(port, tmp_path, timeout=0.5)
+        assert expect in state["munin [liar]"].message, state["munin [liar]"].message
+        assert state["munin [liar]"].state in (State.CRITICAL, State.WARNING)
+    server, port = await hostile_node(lies_in_list)
+    async with server:
+        state = await node_collect(port, tmp_path, timeout=2)
+        await asyncio.sleep(0.05)
+    assert state["munin load"].state is State.CRITICAL  # 5 above its critical 1
+    # Names that are no plugin names never go into a command line.
+    sent = b"".join(lied)
+    assert b"passwd" not in sent and b"\x07" not in sent
+    # A node refusing connections: the node's check says so, nothing else breaks.
+    server, port = await hostile_node(not_munin)
+    server.close()
+    await server.wait_closed()
+    state = await node_collect(port, tmp_path, timeout=1)
+    assert state["munin [liar]"].state is State.CRITICAL
+
+
+def test_parse_multigraph_sections_and_timestamps():
+    parsed = parse("diskstats", ["multigraph diskstats_iops", "vda.value 5",
+                                 "multigraph diskstats_iops.vda", "rdio.value 1800000000:3",
+                                 "rdio.type DERIVE", "multigraph ../x", "evil.value 1"])
+    assert set(parsed.graphs) == {"diskstats", "diskstats_iops", "diskstats_iops.vda"}
+    rdio = parsed.graphs["diskstats_iops.vda"].fields["rdio"]
+    assert (rdio.value, rdio.when, rdio.kind) == (3.0, 1_800_000_000.0, Kind.DERIVE)
+    assert "evil" not in str(parsed.graphs)
+
+
+def test_config_errors_name_the_key():
+    def error(text: str) -> str:
+        with pytest.raises(ConfigError) as info:
+            parse_config(text, "config.toml")
+        return str(info.value)
+
+    both = error('[[munin]]\nname = "x"\nnode = "127.0.0.1:4949"\nplugins = ["/bin/true"]\n')
+    assert "config.toml" in both and "node" in both and "not both" in both
+    port = error('[[munin]]\nname = "x"\nnode = "127.0.0.1"\n')
+    assert '"host:port" like "127.0.0.1:4949"' in port
+    env = error('[[munin]]\nname = "x"\ndirectory = "/etc/munin/plugins"\nenv = { "a b" = "1" }\n')
+    assert "env" in env
+
+
+async def test_readings_are_stored_as_the_rates_munin_would_draw(tmp_path: Path):
+    """Eight hours of five-minute readings of a plugin with one field of each type, through the store: what
+    comes back is each type's rate (DERIVE and COUNTER per second, ABSOLUTE per second of the
+    count since the previous reading) and the GAUGE as printed; a DERIVE reset is a gap."""
+    step = 300
+    start = 1_800_000_000 // step * step
+    values = tmp_path / "values"
+    plugin = script(tmp_path, "mix", """\
+if [ "$1" = config ]; then
+  echo "graph_title Mixed types"
+  echo "queue.label queue"
+  echo "sent.label sent"; echo "sent.type DERIVE"; echo "sent.min 0"
+  echo "octets.label octets"; echo "octets.type COUNTER"; echo "octets.max 1000000"
+  echo "hits.label hits"; echo "hits.type ABSOLUTE"
+  exit 0
+fi
+read queue sent octets hits < "$VALUES"
+printf 'queue.value %s\\nsent.value %s\\noctets.value %s\\nhits.value %s\\n' $queue $sent $octets $hits
+""")
+    now = [float(start)]
+    c = collector(tmp_path, clock=lambda: now[0], plugins=[plugin], env={"VALUES": str(values)})
+    store = RrdStore(tmp_path / "rrd")
+    reset = start + 50 * step
+    sent = 0
+    for i in range(97):
+        t = start + i * step
+        sent = 0 if t == reset else sent + 3 * step  # 3/s, and once a reset to 0
+        values.write_text(f"{i % 7} {sent} {i * 600 * step} {2 * step}\n")
+        now[0] = t
+        batch = await c.collect()
+        assert store.write(batch.measurements, step).errors == []
+    series = store.fetch("localhost", "mix", start + step, start + 96 * step)
+    rows = dict(zip(series.timestamps, zip(*(series.columns[m] for m in
+                                              ("queue", "sent", "octets", "hits")), strict=True),
+                    strict=True))
+    for i in range(2, 97):
+        t = start + i * step
+        queue, sent_rate, octets_rate, hits_rate = rows[t]
+        assert queue == i % 7
+        assert octets_rate == pytest.approx(600) and hits_rate == pytest.approx(2)
+        assert sent_rate is None if t == reset else sent_rate == pytest.approx(3), (i, sent_rate)
+    store.close()
