@@ -490,7 +490,10 @@ class DigestBuilder:
         history = load_history(history_path(self.config.state_dir))
         if not history.latest:
             return s
-        today = datetime.fromtimestamp(min(end, history.scanned_at)).date()
+        # Growth of the sizes shown (the latest scan's) over the week before that scan: with the
+        # period's end instead, a digest built after its end (a late run, `--last`, a test run
+        # before 07:00) compared today's sizes with those of eight days ago.
+        today = datetime.fromtimestamp(history.scanned_at).date()
         week_ago = (today - timedelta(days=7)).isoformat()
         reaches_back = any(day <= week_ago for day in history.days)
 
