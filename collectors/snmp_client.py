@@ -448,8 +448,8 @@ async def walk_columns(
         for k, column in enumerate(active):
             table, n, last = tables[column], len(column), cursor[column]
             for oid, value in rest[k::width]:
-                if oid[:n] != column or len(oid) == n or oid <= last \
-                        or value.__class__ is Missing:
+                # (oid == column needs no test of its own: it is <= last, which starts there)
+                if oid[:n] != column or oid <= last or value.__class__ is Missing:
                     done.add(column)
                     if value.__class__ is Missing:
                         walk.ends[column] = repr(value)
