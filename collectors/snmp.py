@@ -24,7 +24,6 @@ import asyncio
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import ipaddress
 import json
 import logging
@@ -47,8 +46,9 @@ from collectors.snmp_client import (
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
-from monitor.files import atomic_write
+from monitor.files import atomic_write, safe_name
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.text import clean
 from monitor.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -209,18 +209,18 @@ OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: 
                7: "lowerLayerDown"}
 
 
+# DisplayString (RFC 2579) holds at most 255 characters: a longer ifAlias or sysName is an agent
+# that misbehaves, and must not carry kilobytes into every message and log line.
+DISPLAY_STRING_LIMIT = 255
+
+
 def text(value: object) -> str:
-    """A display string from the agent: bytes decoded leniently, control characters dropped;
-    "" for nothing (noSuchObject/noSuchInstance/endOfMibView are not names)."""
+    """A display string from the agent, cleaned (`monitor.text.clean`: one line, no control or
+    bidi characters, at most DISPLAY_STRING_LIMIT characters); "" for nothing
+    (noSuchObject/noSuchInstance/endOfMibView are not names)."""
     if value is None or isinstance(value, Missing):
         return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str) and value.isprintable():
-        return value.strip()
-    if not isinstance(value, str):
-        return "" if value is None else str(value)
-    return "".join(ch for ch in value if ch.isprintable()).strip()
+    return clean(value, DISPLAY_STRING_LIMIT)
 
 
 def format_bps(bps: float) -> str:
@@ -314,20 +314,17 @@ def make_client(device: SnmpDevice, engine: object | None) -> Client:
     return CommunityClient(endpoint, device.community or "public", device.version)
 
 
-def row_budget(device: SnmpDevice) -> Callable[[dict[Oid, object]], int]:
-    """The most rows a walk of `device` may read per column, from its ifNumber."""
-    def budget(scalars: dict[Oid, object]) -> int:
-        count = scalars.get((*IF_NUMBER, 0))
-        if isinstance(count, int) and count >= 0:
-            return 2 * count + ROW_SLACK
-        return ROWS_WITHOUT_IFNUMBER
-    return budget
+def row_budget(scalars: dict[Oid, object]) -> int:
+    """The most rows a walk may read per column, from the device's ifNumber (in `scalars`)."""
+    count = scalars.get((*IF_NUMBER, 0))
+    if isinstance(count, int) and count >= 0:
+        return 2 * count + ROW_SLACK
+    return ROWS_WITHOUT_IFNUMBER
 
 
 def state_file(directory: Path, name: str) -> Path:
     """Where a device's counter state lives: a safe file name, whatever the device is called."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "device"
-    return directory / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:10]}.json"
+    return directory / f"{safe_name(name)}.json"
 
 
 def scalar_text(value: object) -> str:
@@ -392,7 +389,7 @@ class DevicePoller:
         try:
             async with asyncio.timeout(budget):
                 walk = await walk_columns(self.client, columns, max_repetitions=reps,
-                                          scalars=SCALARS, max_rows=row_budget(device))
+                                          scalars=SCALARS, max_rows=row_budget)
                 if not walk.stopped and (self.inventory_at is None
                                          or clock() - self.inventory_at >= INVENTORY_INTERVAL):
                     await self.walk_inventory(walk, clock())
@@ -413,7 +410,7 @@ class DevicePoller:
         assert self.client is not None
         try:
             inventory = await walk_columns(self.client, INVENTORY, max_repetitions=25,
-                                           max_rows=2 * row_budget(self.device)(walk.scalars))
+                                           max_rows=2 * row_budget(walk.scalars))
         except SnmpError as exc:
             log.debug("%s: no interface addresses: %s", self.device.name, exc.message)
             return

@@ -1,10 +1,13 @@
-"""Small file helpers shared by the store, the status book and the site writer."""
+"""Small file helpers shared by the store, the status book, the site writer and the collectors
+that keep state (atomic writes, modes, locks, path-safe names for untrusted names)."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,9 @@ from pathlib import Path
 STATE_MODE = 0o640
 # Pages and graphs: a web server running as another user serves them.
 PUBLIC_MODE = 0o644
+
+_SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
+_MAX_NAME = 96
 
 
 def atomic_write(path: Path, data: bytes | str, mode: int = STATE_MODE) -> None:
@@ -83,3 +89,22 @@ def locked(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def safe_name(name: str) -> str:
+    """An injective, path-safe file name component for an untrusted name.
+
+    Letters, digits, "_" and "-" stay; every other byte (including "/", "." and "=") becomes
+    =XX, so "a/b" -> "a=2Fb" never meets "a_b", and ".." cannot appear. Long names are cut and
+    completed by a hash so they stay unique. The empty name is "@" (which no other name yields).
+    Never "%": librrd (1.7.2) passes file names through printf-style formatting in its error
+    paths, where "%s" or "%n" in a name garbles the message or crashes the process.
+    """
+    if name == "":
+        return "@"
+    raw = name.encode("utf-8", "surrogateescape")
+    out = "".join(chr(b) if _SAFE_CHARS.match(chr(b)) else f"={b:02X}" for b in raw)
+    if len(out) > _MAX_NAME:
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        out = f"{out[:_MAX_NAME - 17]}~{digest}"
+    return out

@@ -26,34 +26,13 @@ from pathlib import Path
 
 import rrdtool
 
-from monitor.files import atomic_write, locked
+from monitor.files import atomic_write, locked, safe_name
 from monitor.model import Kind, Measurement
 from monitor.units import parse_duration
 
 log = logging.getLogger(__name__)
 
-_SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
-_MAX_NAME = 96
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
-
-
-def safe_name(name: str) -> str:
-    """An injective, path-safe file name component for an untrusted name.
-
-    Letters, digits, "_" and "-" stay; every other byte (including "/", "." and "=") becomes
-    =XX, so "a/b" -> "a=2Fb" never meets "a_b", and ".." cannot appear. Long names are cut and
-    completed by a hash so they stay unique. The empty name is "@" (which no other name yields).
-    Never "%": librrd (1.7.2) passes file names through printf-style formatting in its error
-    paths, where "%s" or "%n" in a name garbles the message or crashes the process.
-    """
-    if name == "":
-        return "@"
-    raw = name.encode("utf-8", "surrogateescape")
-    out = "".join(chr(b) if _SAFE_CHARS.match(chr(b)) else f"={b:02X}" for b in raw)
-    if len(out) > _MAX_NAME:
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-        out = f"{out[:_MAX_NAME - 17]}~{digest}"
-    return out
 
 
 def migrate_percent_names(root: Path) -> int:
