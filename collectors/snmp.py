@@ -25,7 +25,6 @@ import dataclasses
 import fnmatch
 import functools
 import ipaddress
-import json
 import logging
 import re
 import time
@@ -46,7 +45,7 @@ from collectors.snmp_client import (
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
-from monitor.files import atomic_write, safe_name
+from monitor.files import load_state, safe_name, save_state
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
 from monitor.text import clean
 from monitor.units import format_duration
@@ -622,7 +621,7 @@ class DevicePoller:
                            for name, i in last.interfaces.items()},
         }
         try:
-            atomic_write(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+            save_state(path, data)
         except OSError as exc:
             log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
 
@@ -630,10 +629,12 @@ class DevicePoller:
         """The last poll of an earlier run, if it is of this device (the rest is checked by
         `CounterState`: sysUpTime against the clock, the gap against the interval)."""
         path = self.state_path()
-        if path is None or not path.exists():
+        if path is None:
             return
         try:
-            data = json.loads(path.read_text())
+            data = load_state(path)
+            if data is None:
+                return
             identity = {k: str(v) for k, v in data["identity"].items()}
             interfaces = {
                 str(name): InterfaceSample(
@@ -774,7 +775,7 @@ def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
         return out
     for path in sorted(directory.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = load_state(path)
             device, ports = data["device"], data["ports"]
         except (OSError, ValueError, KeyError, TypeError):
             continue

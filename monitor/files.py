@@ -6,11 +6,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # State (check states, histories, indexes): the agent's user and group only.
 STATE_MODE = 0o640
@@ -47,6 +49,22 @@ def atomic_write(path: Path, data: bytes | str, mode: int = STATE_MODE) -> None:
             os.unlink(tmp)
         raise
     sync_directory(path.parent)
+
+
+def save_state(path: Path, data: object) -> None:
+    """A producer's state (counters, rate memory) as compact JSON, written atomically with
+    mode 0600: what a restart or the next `collect --once` from cron carries on from."""
+    atomic_write(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+
+
+def load_state(path: Path) -> Any:
+    """What `save_state` wrote; None when there is none. Raises OSError or ValueError (a damaged
+    file): the caller says whose state it was and starts afresh."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    return json.loads(text)
 
 
 def directory_mode(file_mode: int) -> int:
