@@ -150,6 +150,9 @@ class PortInfo:
                    addresses=tuple(str(a) for a in values["addresses"] or ()))  # type: ignore[union-attr]
 
 
+PORT_FIELDS = tuple(f.name for f in dataclasses.fields(PortInfo))
+
+
 @functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
 def parse_port_description(alias: str) -> PortDescription | None:
     match = _PORT_DESCRIPTION.match(alias)
@@ -219,6 +222,13 @@ def text(value: object) -> str:
     (noSuchObject/noSuchInstance/endOfMibView are not names)."""
     if value is None or isinstance(value, Missing):
         return ""
+    if isinstance(value, bytes) and len(value) <= DISPLAY_STRING_LIMIT:
+        return _display_text(value)
+    return clean(value, DISPLAY_STRING_LIMIT)
+
+
+@functools.lru_cache(maxsize=8192)  # the same names and aliases at every poll of every device
+def _display_text(value: bytes) -> str:
     return clean(value, DISPLAY_STRING_LIMIT)
 
 
@@ -614,7 +624,8 @@ class DevicePoller:
             "format": 1, "host": f"{self.device.host}:{self.device.port}",
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
             "known": self.known, "device": self.device.name,
-            "ports": {name: dataclasses.asdict(port) for name, port in self.ports.items()},
+            "ports": {name: {f: getattr(port, f) for f in PORT_FIELDS}  # asdict: 5x slower
+                      for name, port in self.ports.items()},
             "busy_since": self.busy_since,
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
