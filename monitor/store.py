@@ -33,6 +33,7 @@ from monitor.units import parse_duration
 log = logging.getLogger(__name__)
 
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
+INDEX_SAVE_INTERVAL = 10.0  # seconds between index saves while files are being created
 
 
 def migrate_percent_names(root: Path) -> int:
@@ -249,6 +250,7 @@ class RrdStore:
         self._pending: dict[Key, list[Measurement]] = {}
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
+        self._index_saved_at: float | None = None  # time.monotonic() of the last index save
         self._batch: list[Measurement] = []
         self._by_key: dict[Key, list[Measurement]] | None = None
         self._serial = 0  # counts write() calls
@@ -286,9 +288,17 @@ class RrdStore:
                                   metrics, dict(entry.get("units", {})))
                 self._files[key] = _FileState(info)
 
-    def _save_index(self) -> None:
+    def _save_index(self, min_interval: float = 0.0) -> None:
+        """Merge our files into index.json. `min_interval`: not again within so many seconds of
+        the last save (the first cycle of a big site creates files in hundreds of batches,
+        and each save reads, checks and rewrites the whole index: quadratic). A file created
+        meanwhile that a crash keeps out of the index is adopted at its next write."""
         if not self._index_dirty:
             return
+        now = time.monotonic()
+        if self._index_saved_at is not None and now - self._index_saved_at < min_interval:
+            return
+        self._index_saved_at = now
         with locked(self.root / ".index.lock"):
             # Another process (a `collect --once` beside `run`) may have added files: merge.
             try:
@@ -349,7 +359,7 @@ class RrdStore:
                     self._handle_failure(state, error, report)
             self._batch, self._by_key = [], None
             try:
-                self._save_index()
+                self._save_index(INDEX_SAVE_INTERVAL)
             except OSError as exc:
                 report.errors.append(f"{self.index_path}: cannot write index: {exc}")
         for error in report.errors:
