@@ -198,7 +198,7 @@ def file_size(tmp: Path, archives: list[str]) -> int:
     return size
 
 
-def inside_cycle(ports: list[int], tmp: Path) -> None:
+def inside_cycle(ports: list[int], tmp: Path, archives: list[str]) -> None:
     from collectors.snmp import SnmpCollector
     from monitor.config import SnmpDevice
     from monitor.store import RrdStore
@@ -207,7 +207,7 @@ def inside_cycle(ports: list[int], tmp: Path) -> None:
     devices = [SnmpDevice(name=f"dev{i:04d}", host="127.0.0.1", port=p, timeout=10, retries=1)
                for i, p in enumerate(ports)]
     collector = SnmpCollector(devices, 60, concurrency=32, state_dir=tmp / "state" / "snmp")
-    store = RrdStore(tmp / "rrd", rrdcached=address, archives=store_archives())
+    store = RrdStore(tmp / "rrd", rrdcached=address, archives=archives)
 
     async def cycle() -> tuple[float, float, int, int, int]:
         """As the agent does: each batch (devices done meanwhile) written as it arrives."""
@@ -300,7 +300,7 @@ def main() -> int:
         if what == "efficiency":
             inside_efficiency(int(sys.argv[4]), int(sys.argv[5]))
         elif what == "cycle":
-            inside_cycle([int(p) for p in sys.argv[4].split(",")], tmp)
+            inside_cycle([int(p) for p in sys.argv[4].split(",")], tmp, sys.argv[5].split(","))
         elif what == "v3":
             inside_v3(int(sys.argv[4]), int(sys.argv[5]))
         elif what == "mrtg":
@@ -353,7 +353,7 @@ def main() -> int:
                       f"{free / 2**30:.0f} GiB free: skipped (try --archives step:1h)")
                 parts.discard("cycle")
         if "cycle" in parts:
-            inside("cycle", str(tmp), ",".join(map(str, ports)))
+            inside("cycle", str(tmp), ",".join(map(str, ports)), ",".join(store_archives()))
         if "v3" in parts:
             print("SNMPv3 vs v2c CPU per poll of one device ...", flush=True)
             inside("v3", str(tmp), str(ports[0]), "20")
