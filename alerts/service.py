@@ -37,10 +37,12 @@ from alerts.engine import (
 from alerts.notify import Notifier
 from alerts.outbox import Outbox, outbox_path
 from alerts.replies import ReplyReader
-from alerts.rules import Reading, Rule, alert_key, usable
+from alerts.rules import SEP, Reading, Rule, alert_key, usable
 from alerts.state import AlertStore, Silence, alerts_db_path
 from monitor.config import Config, MaintenanceWindow
+from monitor.files import load_state, save_state
 from monitor.model import Batch, CheckResult, State
+from monitor.model import Kind as MetricKind
 from monitor.scheduler import cron_trigger
 
 log = logging.getLogger("monitor.alerts")
@@ -110,7 +112,11 @@ class AlertService:
         self.replies: ReplyReader | None = None
         if config.alerts.replies is not None:
             self.replies = ReplyReader(config, self.store, self.outbox)
-        self._rates: dict[str, tuple[float, float]] = {}
+        # Rate rules: the last value and time per alert key, kept on disk (state/alert-rates.json)
+        # so a restart or the next `collect --once` from cron has a rate from its first reading.
+        self.rates_path = config.state_dir / "alert-rates.json"
+        self._rates = self._load_rates()
+        self._rates_changed = False
         # What the engine decided but SQLite has not stored yet (disk full, I/O error): retried
         # before every later save, so nothing is announced, forgotten or taken back before the
         # state change and the mail it causes are durable together.
@@ -121,6 +127,30 @@ class AlertService:
         self.flush_error = ""
         self._lock = asyncio.Lock()
         self.started = clock()
+
+    def _load_rates(self) -> dict[str, tuple[float, float]]:
+        """The rate rules' last readings of an earlier run, for the rules still configured."""
+        rate_rules = {r.name for r in self.rules if r.condition == "rate"}
+        try:
+            data = load_state(self.rates_path)
+            if data is None:
+                return {}
+            return {str(key): (float(value), float(at)) for key, (value, at) in data["rates"].items()
+                    if key.split(SEP, 1)[0] in rate_rules}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable rate memory %s (rates start afresh): %s",
+                        self.rates_path, exc)
+            return {}
+
+    def _save_rates(self) -> None:
+        if not self._rates_changed:
+            return
+        try:
+            save_state(self.rates_path, {"format": 1, "rates": self._rates})
+        except OSError as exc:
+            log.error("cannot save the rate rules' last readings to %s: %s", self.rates_path, exc)
+            return
+        self._rates_changed = False
 
     def _retire_removed_rules(self) -> None:
         """States of rules no longer configured are dropped; each problem they had announced
@@ -228,6 +258,7 @@ class AlertService:
             for reading in self._readings(rule, batch):
                 self._apply(rule, reading, now, silences, changed, events)
         self._save(changed, events)
+        self._save_rates()
         return events
 
     def _readings(self, rule: Rule, batch: Batch) -> Iterator[Reading]:
@@ -252,8 +283,11 @@ class AlertService:
             if rule.condition == "rate":
                 last = self._rates.get(key)
                 self._rates[key] = (m.value, m.timestamp)
+                self._rates_changed = True
                 if last is None or m.timestamp <= last[1]:
                     continue
+                if m.kind is not MetricKind.GAUGE and m.value < last[0]:
+                    continue  # a counter that went back was reset (a reboot): no rate
                 value = (m.value - last[0]) / (m.timestamp - last[1]) * rule.config.rate_per
                 yield rule.judge_value(m, value, current)
             else:

@@ -24,9 +24,7 @@ import asyncio
 import dataclasses
 import fnmatch
 import functools
-import hashlib
 import ipaddress
-import json
 import logging
 import re
 import time
@@ -49,8 +47,9 @@ from collectors.snmp_counters import Counter, CounterState, DeviceSample, Interf
 from collectors.snmp_health import DeviceHealth, ErrorWatch
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
-from monitor.files import atomic_write
+from monitor.files import load_state, safe_name, save_state
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.text import clean
 from monitor.units import format_duration
 
 log = logging.getLogger(__name__)
@@ -153,6 +152,9 @@ class PortInfo:
                    addresses=tuple(str(a) for a in addresses) if isinstance(addresses, list | tuple) else ())
 
 
+PORT_FIELDS = tuple(f.name for f in dataclasses.fields(PortInfo))
+
+
 @functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
 def parse_port_description(alias: str) -> PortDescription | None:
     match = _PORT_DESCRIPTION.match(alias)
@@ -211,18 +213,25 @@ OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: 
                7: "lowerLayerDown"}
 
 
+# DisplayString (RFC 2579) holds at most 255 characters: a longer ifAlias or sysName is an agent
+# that misbehaves, and must not carry kilobytes into every message and log line.
+DISPLAY_STRING_LIMIT = 255
+
+
 def text(value: object) -> str:
-    """A display string from the agent: bytes decoded leniently, control characters dropped;
-    "" for nothing (noSuchObject/noSuchInstance/endOfMibView are not names)."""
+    """A display string from the agent, cleaned (`monitor.text.clean`: one line, no control or
+    bidi characters, at most DISPLAY_STRING_LIMIT characters); "" for nothing
+    (noSuchObject/noSuchInstance/endOfMibView are not names)."""
     if value is None or isinstance(value, Missing):
         return ""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str) and value.isprintable():
-        return value.strip()
-    if not isinstance(value, str):
-        return "" if value is None else str(value)
-    return "".join(ch for ch in value if ch.isprintable()).strip()
+    if isinstance(value, bytes) and len(value) <= DISPLAY_STRING_LIMIT:
+        return _display_text(value)
+    return clean(value, DISPLAY_STRING_LIMIT)
+
+
+@functools.lru_cache(maxsize=8192)  # the same names and aliases at every poll of every device
+def _display_text(value: bytes) -> str:
+    return clean(value, DISPLAY_STRING_LIMIT)
 
 
 def format_bps(bps: float) -> str:
@@ -316,20 +325,17 @@ def make_client(device: SnmpDevice, engine: object | None) -> Client:
     return CommunityClient(endpoint, device.community or "public", device.version)
 
 
-def row_budget(device: SnmpDevice) -> Callable[[dict[Oid, object]], int]:
-    """The most rows a walk of `device` may read per column, from its ifNumber."""
-    def budget(scalars: dict[Oid, object]) -> int:
-        count = scalars.get((*IF_NUMBER, 0))
-        if isinstance(count, int) and count >= 0:
-            return 2 * count + ROW_SLACK
-        return ROWS_WITHOUT_IFNUMBER
-    return budget
+def row_budget(scalars: dict[Oid, object]) -> int:
+    """The most rows a walk may read per column, from the device's ifNumber (in `scalars`)."""
+    count = scalars.get((*IF_NUMBER, 0))
+    if isinstance(count, int) and count >= 0:
+        return 2 * count + ROW_SLACK
+    return ROWS_WITHOUT_IFNUMBER
 
 
 def state_file(directory: Path, name: str) -> Path:
     """Where a device's counter state lives: a safe file name, whatever the device is called."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "device"
-    return directory / f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:10]}.json"
+    return directory / f"{safe_name(name)}.json"
 
 
 def scalar_text(value: object) -> str:
@@ -404,7 +410,7 @@ class DevicePoller:
         try:
             async with asyncio.timeout(budget):
                 walk = await walk_columns(self.client, columns, max_repetitions=reps,
-                                          scalars=SCALARS, max_rows=row_budget(device))
+                                          scalars=SCALARS, max_rows=row_budget)
                 if not walk.stopped and (self.inventory_at is None
                                          or clock() - self.inventory_at >= INVENTORY_INTERVAL):
                     await self.walk_inventory(walk, clock())
@@ -432,7 +438,7 @@ class DevicePoller:
         assert self.client is not None
         try:
             inventory = await walk_columns(self.client, INVENTORY, max_repetitions=25,
-                                           max_rows=2 * row_budget(self.device)(walk.scalars))
+                                           max_rows=2 * row_budget(walk.scalars))
         except SnmpError as exc:
             log.debug("%s: no interface addresses: %s", self.device.name, exc.message)
             return
@@ -639,14 +645,15 @@ class DevicePoller:
             "format": 1, "host": f"{self.device.host}:{self.device.port}",
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
             "known": self.known, "device": self.device.name,
-            "ports": {name: dataclasses.asdict(port) for name, port in self.ports.items()},
+            "ports": {name: {f: getattr(port, f) for f in PORT_FIELDS}  # asdict: 5x slower
+                      for name, port in self.ports.items()},
             "busy_since": self.busy_since, "health": self.health.saved(),
             "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
         }
         try:
-            atomic_write(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+            save_state(path, data)
         except OSError as exc:
             log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
 
@@ -654,10 +661,12 @@ class DevicePoller:
         """The last poll of an earlier run, if it is of this device (the rest is checked by
         `CounterState`: sysUpTime against the clock, the gap against the interval)."""
         path = self.state_path()
-        if path is None or not path.exists():
+        if path is None:
             return
         try:
-            data = json.loads(path.read_text())
+            data = load_state(path)
+            if data is None:
+                return
             identity = {k: str(v) for k, v in data["identity"].items()}
             interfaces = {
                 str(name): InterfaceSample(
@@ -799,7 +808,7 @@ def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
         return out
     for path in sorted(directory.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
+            data = load_state(path)
             device, ports = data["device"], data["ports"]
         except (OSError, ValueError, KeyError, TypeError):
             continue

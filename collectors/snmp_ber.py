@@ -11,7 +11,9 @@ most 64 bits, so decoding costs time linear in the message size, whatever the pe
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 Oid = tuple[int, ...]
@@ -111,10 +113,18 @@ def encode_oid(oid: Oid) -> bytes:
 _NULL = b"\x05\x00"
 
 
+@functools.lru_cache(maxsize=8192)
+def _request_varbind(oid: Oid) -> bytes:
+    """(oid, NULL) as sent in a request. Cached: a walk's cursors are the same few thousand
+    (column, ifIndex) pairs at every poll of every device, and encoding was a tenth of the
+    client's CPU time."""
+    return _tlv(0x30, encode_oid(oid) + _NULL)
+
+
 def encode_request(version: int, community: bytes, pdu_type: int, request_id: int, oids: list[Oid],
                    non_repeaters: int = 0, max_repetitions: int = 0) -> bytes:
     """A Get/GetNext (error fields 0) or GetBulk (non-repeaters, max-repetitions) message."""
-    varbinds = b"".join(_tlv(0x30, encode_oid(o) + _NULL) for o in oids)
+    varbinds = b"".join(map(_request_varbind, oids))
     pdu = (encode_int(request_id) + encode_int(non_repeaters) + encode_int(max_repetitions)
            + _tlv(0x30, varbinds))
     return _tlv(0x30, encode_int(version) + _tlv(0x04, community) + _tlv(pdu_type, pdu))
@@ -240,12 +250,29 @@ def _decode_response(data: bytes) -> Response:
     if tag != 0x30:
         raise BerError("no varbind list")
     varbinds: list[tuple[Oid, object]] = []
-    append = varbinds.append
     if list_end > len(data):
         raise BerError("truncated message")
+    _decode_varbinds(data, pos, list_end, varbinds)
+    return Response(version, community, pdu_type, fields[0], fields[1], fields[2], varbinds)
+
+
+# Encoded OID -> OID, for the names of response varbinds (see _decode_varbinds).
+_OID_CACHE: dict[bytes, Oid] = {}
+_OID_CACHE_SIZE = 32_768
+
+
+def _decode_varbinds(data: bytes, pos: int, list_end: int, varbinds: list[tuple[Oid, object]],
+                     first_arcs: tuple[tuple[int, int], ...] = _FIRST_ARCS,
+                     int_limits: dict[int, int] = MAX_INT_BYTES,
+                     missing: dict[int, Missing] = _MISSING,
+                     from_bytes: Callable[..., int] = int.from_bytes,
+                     oids: dict[bytes, Oid] = _OID_CACHE) -> None:
+    """The varbind list from `pos` to `list_end`. This loop is the poller's hot path: the
+    module-level tables come in as defaults (local names), short lengths (all of a poller's
+    varbinds) are read inline, long ones go through _header, and OIDs come from a cache (the
+    same (column, ifIndex) pairs come back at every poll of every device)."""
+    append = varbinds.append
     while pos < list_end:
-        # Short lengths (all of a poller's varbinds) are read inline: this loop is the poller's
-        # hot path. Long ones go through _header.
         if data[pos] != 0x30:
             raise BerError("bad varbind")
         n = data[pos + 1]
@@ -263,14 +290,16 @@ def _decode_response(data: bytes) -> Response:
         else:
             _, s, e = _header(data, vb_start)
         body = data[s:e]
-        if body.isascii() and 0 < len(body) < MAX_OID_ARCS:  # decode_oid's fast path, inline
-            oid = _FIRST_ARCS[body[0]] + tuple(body[1:])
-        elif (3 <= len(body) < MAX_OID_ARCS and body[-2] >= 0x80 and body[-1] < 0x80
-              and body[:-2].isascii()):
-            # A column and an index of 128 to 16383 (big ifIndex values): the same, inline.
-            oid = _FIRST_ARCS[body[0]] + tuple(body[1:-2]) + (((body[-2] & 0x7F) << 7) | body[-1],)
-        else:
-            oid = decode_oid(body)
+        oid = oids.get(body)
+        if oid is None:
+            if body.isascii() and 0 < n < 128:  # decode_oid's fast path, inline
+                oid = first_arcs[body[0]] + tuple(body[1:])
+            else:
+                oid = decode_oid(body)
+            if n < 40:  # a table row's name (a long one would only fill the cache)
+                if len(oids) >= _OID_CACHE_SIZE:
+                    oids.clear()  # junk from one device costs speed, never memory
+                oids[body] = oid
         n = data[e + 1] if e + 1 < vb_end else 0x80
         if n < 0x80:
             tag, s, e = data[e], e + 2, e + 2 + n
@@ -278,15 +307,15 @@ def _decode_response(data: bytes) -> Response:
             tag, s, e = _header(data, e)
         if e > vb_end:
             raise BerError("value beyond its varbind")
-        limit = MAX_INT_BYTES.get(tag)
+        limit = int_limits.get(tag)
         if limit is not None:  # INTEGER; Counter32, Gauge32, TimeTicks, Counter64: unsigned
-            if not 0 < e - s <= limit:
+            if not 0 < n <= limit:
                 _int(data, s, e, tag)  # raises the precise error
             if tag == 0x02:
-                value: object = int.from_bytes(data[s:e], "big", signed=True)
+                value: object = from_bytes(data[s:e], "big", signed=True)
             else:
-                value = int.from_bytes(data[s:e], "big")
-                if value >> (64 if tag == 0x46 else 32):
+                value = from_bytes(data[s:e], "big")
+                if value >> (64 if tag == 0x46 else 32):  # type: ignore[operator]
                     _int(data, s, e, tag)
         elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
             value = data[s:e]
@@ -296,10 +325,9 @@ def _decode_response(data: bytes) -> Response:
             value = ".".join(str(b) for b in data[s:e])
         elif tag == 0x05:
             value = None
-        elif tag in _MISSING:
-            value = _MISSING[tag]
+        elif tag in missing:
+            value = missing[tag]
         else:
             value = data[s:e]
         append((oid, value))
         pos = vb_end
-    return Response(version, community, pdu_type, fields[0], fields[1], fields[2], varbinds)

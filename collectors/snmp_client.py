@@ -291,6 +291,7 @@ class UsmClient:
         )
         self.context = context
         self._target = None
+        self._request_vbs: dict[Oid, object] = {}  # OID -> pysnmp ObjectType, resolved once
 
     def close(self) -> None:
         pass
@@ -328,7 +329,16 @@ class UsmClient:
             except Exception as exc:
                 raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: {exc}") from None
         context = ContextData(contextName=self.context)
-        vbs = [ObjectType(ObjectIdentity(ObjectName(o))) for o in oids]
+        vbs = []
+        for oid in oids:
+            # pysnmp resolves every request OID against its MIB tree (a tenth of a v3 poll's
+            # CPU) and marks the object resolved: the same object is not resolved again.
+            vb = self._request_vbs.get(oid)
+            if vb is None:
+                if len(self._request_vbs) >= 4096:
+                    self._request_vbs.clear()
+                vb = self._request_vbs[oid] = ObjectType(ObjectIdentity(ObjectName(oid)))
+            vbs.append(vb)
         if kind == "bulk":
             result = await bulk_cmd(self.engine, self.auth, self._target, context, non_repeaters,
                                     max_repetitions, *vbs, lookupMib=False)
@@ -448,8 +458,8 @@ async def walk_columns(
         for k, column in enumerate(active):
             table, n, last = tables[column], len(column), cursor[column]
             for oid, value in rest[k::width]:
-                if oid[:n] != column or len(oid) == n or oid <= last \
-                        or value.__class__ is Missing:
+                # (oid == column needs no test of its own: it is <= last, which starts there)
+                if oid[:n] != column or oid <= last or value.__class__ is Missing:
                     done.add(column)
                     if value.__class__ is Missing:
                         walk.ends[column] = repr(value)

@@ -8,6 +8,7 @@ strings, with control characters removed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from collectors.snmp import (
     IF_DESCR,
     IF_HIGH_SPEED,
     IF_NAME,
+    IF_NUMBER,
     IF_OPER,
     IF_PHYS_ADDRESS,
     IF_SPEED,
@@ -29,6 +31,7 @@ from collectors.snmp import (
     format_bps,
     mac_text,
     parse_port_description,
+    row_budget,
     text,
 )
 from collectors.snmp_client import Client, SnmpError, walk_columns
@@ -38,6 +41,8 @@ from monitor.units import format_duration
 
 SYSTEM = {"descr": 1, "uptime": 3, "contact": 4, "name": 5, "location": 6}
 HC_IN_OCTETS = (1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6)
+# A discovery walks what a poll walks, and the inventory: minutes only on a huge or slow agent.
+DISCOVER_BUDGET = 300.0
 
 
 def toml_string(value: str) -> str:
@@ -46,19 +51,42 @@ def toml_string(value: str) -> str:
 
 async def discover(client: Client, host: str, *, name: str | None = None, port: int = 161,
                    community: str | None = None, v3: dict[str, str] | None = None,
-                   progress: Callable[[int], None] | None = None) -> str:
-    """The stanza for one device, as text."""
+                   progress: Callable[[int], None] | None = None,
+                   budget: float = DISCOVER_BUDGET) -> str:
+    """The stanza for one device, as text. Bounded like a poll: `budget` seconds in all, and
+    rows per column from the device's ifNumber (`row_budget`); an agent whose tables never
+    end gets an SnmpError (kind "walk") that says so."""
+    try:
+        async with asyncio.timeout(budget):
+            return await _discover(client, host, name=name, port=port, community=community,
+                                   v3=v3, progress=progress)
+    except TimeoutError:
+        raise SnmpError("walk", f"discovery of {client.endpoint.where} stopped after {budget:g} s, "
+                                "its time budget (the agent answers too slowly, or its tables "
+                                "never end)") from None
+
+
+async def _discover(client: Client, host: str, *, name: str | None, port: int,
+                    community: str | None, v3: dict[str, str] | None,
+                    progress: Callable[[int], None] | None) -> str:
     varbinds = await client.get([(*SYS, n, 0) for n in SYSTEM.values()])
     system = {key: value for key, (_, value) in zip(SYSTEM, varbinds, strict=False)}
     columns = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF_ADMIN, IF_OPER]
     if client.version != "1":
         columns.append(HC_IN_OCTETS)
     walk = await walk_columns(client, columns, max_repetitions=max(1, 250 // len(columns)),
-                              progress=progress)
+                              scalars=[IF_NUMBER], progress=progress, max_rows=row_budget)
+    if walk.stopped:
+        raise SnmpError("walk", f"{client.endpoint.where}: {walk.stopped}")
     tables = walk.tables
     indexes = sorted({i[0] for col in tables.values() for i in col if len(i) == 1})
+    inventory_note = ""
     try:
-        inventory = (await walk_columns(client, INVENTORY, max_repetitions=25)).tables
+        found = await walk_columns(client, INVENTORY, max_repetitions=25,
+                                   max_rows=2 * row_budget(walk.scalars))
+        inventory = found.tables
+        if found.stopped:
+            inventory, inventory_note = {}, f"# MACs and addresses not listed: {found.stopped}"
     except SnmpError:
         inventory = {}  # no IP-MIB: the table has no addresses
     addresses = addresses_by_ifindex(inventory)
@@ -86,6 +114,8 @@ async def discover(client: Client, host: str, *, name: str | None = None, port: 
                      f"  # or community_file = \"/etc/monitor/{device_name}.community\"")
     hc = bool(tables.get(HC_IN_OCTETS))
     lines.append(f"# {len(indexes)} interface(s); 64-bit counters: {'yes' if hc else 'no'}")
+    if inventory_note:
+        lines.append(inventory_note)
     health = DeviceHealth()
     await health.poll(client, device_name, 0.0)  # what the agent will read besides interfaces
     lines.append(f"# {health.found.text()}")

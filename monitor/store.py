@@ -31,34 +31,22 @@ from typing import BinaryIO
 import rrdtool
 
 from monitor.consolidate import Archive, consolidate, timeline
-from monitor.files import atomic_write, locked
+from monitor.files import atomic_write, locked, safe_name
 from monitor.model import Kind, Measurement, Thresholds
 from monitor.units import parse_duration
 
 log = logging.getLogger(__name__)
 
-_SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
-_MAX_NAME = 96
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
+INDEX_SAVE_INTERVAL = 30.0  # seconds between index saves while files are being created
 
 
-def safe_name(name: str) -> str:
-    """An injective, path-safe file name component for an untrusted name.
-
-    Letters, digits, "_" and "-" stay; every other byte (including "/", "." and "=") becomes
-    =XX, so "a/b" -> "a=2Fb" never meets "a_b", and ".." cannot appear. Long names are cut and
-    completed by a hash so they stay unique. The empty name is "@" (which no other name yields).
-    Never "%": librrd (1.7.2) passes file names through printf-style formatting in its error
-    paths, where "%s" or "%n" in a name garbles the message or crashes the process.
-    """
-    if name == "":
-        return "@"
-    raw = name.encode("utf-8", "surrogateescape")
-    out = "".join(chr(b) if _SAFE_CHARS.match(chr(b)) else f"={b:02X}" for b in raw)
-    if len(out) > _MAX_NAME:
-        digest = hashlib.sha256(raw).hexdigest()[:16]
-        out = f"{out[:_MAX_NAME - 17]}~{digest}"
-    return out
+def _file_signature(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 def migrate_percent_names(root: Path) -> int:
@@ -319,6 +307,11 @@ class RrdStore:
         self._pending: dict[Key, list[Measurement]] = {}
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
+        self._index_saved_at: float | None = None  # time.monotonic() of the last index save
+        # index.json as we last wrote it (mtime, size, inode), and the entries in it of files
+        # other processes made: while it is unchanged, a save need not read it back.
+        self._index_signature: tuple[int, int, int] | None = None
+        self._foreign_entries: dict[str, dict] = {}
         self._batch: list[Measurement] = []
         self._by_key: dict[Key, list[Measurement]] | None = None
         self._serial = 0  # counts write() calls
@@ -357,16 +350,32 @@ class RrdStore:
                                   metrics, dict(entry.get("units", {})), limits)
                 self._files[key] = _FileState(info)
 
-    def _save_index(self) -> None:
+    def _save_index(self, min_interval: float = 0.0) -> None:
+        """Merge our files into index.json. `min_interval`: not again within so many seconds of
+        the last save (the first cycle of a big site creates files in hundreds of batches,
+        and each save reads, checks and rewrites the whole index: quadratic). A file created
+        meanwhile that a crash keeps out of the index is adopted at its next write."""
         if not self._index_dirty:
             return
+        now = time.monotonic()
+        if self._index_saved_at is not None and now - self._index_saved_at < min_interval:
+            return
+        self._index_saved_at = now
         with locked(self.root / ".index.lock"):
             # Another process (a `collect --once` beside `run`) may have added files: merge.
-            try:
-                existing = json.loads(self.index_path.read_text(encoding="utf-8")).get("files", {})
-            except (OSError, ValueError):
-                existing = {}
-            existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
+            # Read back only when the file changed since our last save: at 48,000 files,
+            # parsing it held ~130 MiB of dicts for a moment (the agent's peak RSS).
+            signature = _file_signature(self.index_path)
+            if signature is not None and signature == self._index_signature:
+                existing = dict(self._foreign_entries)
+            else:
+                try:
+                    existing = json.loads(self.index_path.read_text(encoding="utf-8")).get(
+                        "files", {})
+                except (OSError, ValueError):
+                    existing = {}
+                existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
+            ours = set()
             for state in self._files.values():
                 info = state.info
                 entry = {"target": info.target, "instance": info.instance, "step": info.step,
@@ -374,11 +383,16 @@ class RrdStore:
                 if info.thresholds:
                     entry["thresholds"] = {m: [t.warning, t.critical, t.low, t.high]
                                            for m, t in info.thresholds.items()}
-                existing[str(info.path.relative_to(self.root))] = entry
+                rel = str(info.path.relative_to(self.root))
+                ours.add(rel)
+                existing[rel] = entry
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
+            # Compact: at 48,000 files the indented index took twice as long to write and read.
             atomic_write(self.index_path, json.dumps({"version": 2, "files": existing},
-                                                     indent=1))
+                                                     separators=(",", ":")))
+            self._index_signature = _file_signature(self.index_path)
+            self._foreign_entries = {rel: e for rel, e in existing.items() if rel not in ours}
         self._index_dirty = False
 
     def series(self) -> list[SeriesInfo]:
@@ -422,7 +436,7 @@ class RrdStore:
                     self._handle_failure(state, error, report)
             self._batch, self._by_key = [], None
             try:
-                self._save_index()
+                self._save_index(INDEX_SAVE_INTERVAL)
             except OSError as exc:
                 report.errors.append(f"{self.index_path}: cannot write index: {exc}")
         for error in report.errors:

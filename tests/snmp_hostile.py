@@ -14,6 +14,11 @@ hugeoid       a 60 KB OID
 dangling      an OID whose last byte says "more follows"
 garbage       random bytes
 silence       nothing at all
+
+Not in MODES (not a broken poll), for the tests of what a device may say:
+longalias     a tidy table of 2 interfaces whose ifAlias is 30 KB with terminal escapes and
+              bidi overrides
+endlessinventory  a tidy IF-MIB, but ifPhysAddress and the IP-MIB tables never end
 """
 
 from __future__ import annotations
@@ -73,9 +78,33 @@ def scalar(oid: tuple[int, ...], sys_name: bytes) -> bytes:
     return varbind(IF_NUMBER, ber.encode_int(2))
 
 
+IF, IFX = (1, 3, 6, 1, 2, 1, 2, 2, 1), (1, 3, 6, 1, 2, 1, 31, 1, 1, 1)
+INVENTORY_COLUMNS = ((*IF, 6), (1, 3, 6, 1, 2, 1, 4))  # ifPhysAddress, the IP-MIB
+LONG_ALIAS = b"\x1b[2J\xe2\x80\xae" + b"evil alias " * 2700 + b"\x07"
+
+
+def tidy_value(column: tuple[int, ...], index: int) -> bytes:
+    """A plausible value of an IF-MIB column for interface `index`."""
+    if column in ((*IFX, 1), (*IF, 2)):  # ifName, ifDescr
+        return ber._tlv(0x04, f"port{index}".encode())
+    if column == (*IFX, 18):  # ifAlias
+        return ber._tlv(0x04, LONG_ALIAS)
+    if column in ((*IF, 3), (*IF, 7), (*IF, 8)):  # ifType ethernetCsmacd, admin and oper up
+        return ber.encode_int(6 if column == (*IF, 3) else 1)
+    if column in ((*IF, 5), (*IFX, 15)):  # ifSpeed, ifHighSpeed: 1 Gbit/s
+        return ber._tlv(0x42, (10**9 if column == (*IF, 5) else 1000).to_bytes(5, "big"))
+    return counter(1000)
+
+
 def next_row(mode: str, column: tuple[int, ...], cursor: tuple[int, ...], rep: int) -> bytes:
     """One repetition of one column: the varbind the hostile agent returns."""
     index = cursor[len(column)] if len(cursor) > len(column) else 0
+    if mode in ("longalias", "endlessinventory"):
+        if mode == "endlessinventory" and any(column[:len(c)] == c for c in INVENTORY_COLUMNS):
+            return varbind((*column, index + rep + 1), counter(1000))
+        if index + rep + 1 > 2:  # two interfaces, then the end of the MIB
+            return varbind(cursor, b"\x82\x00")
+        return varbind((*column, index + rep + 1), tidy_value(column, index + rep + 1))
     if mode in ("endless", "slow", "held"):
         return varbind((*column, index + rep + 1), counter(1000))
     if mode == "backwards":
@@ -112,6 +141,8 @@ def answer(data: bytes, rng: random.Random, sys_name: bytes = b"hostile") -> byt
         repeaters = oids[non_rep:]
         if mode == "hugeoid":  # one 60 KB OID: all a datagram can carry
             reps, repeaters = 1, repeaters[:1]
+        if mode == "longalias":  # one 30 KB alias per answer
+            reps = 1
         for rep in range(min(reps, 10)):
             for oid in repeaters:
                 column = oid[:11] if oid[:10] == (1, 3, 6, 1, 2, 1, 31, 1, 1, 1) else oid[:10]

@@ -15,7 +15,7 @@ from alerts.service import AlertService
 from alerts.smtpsink import MaildirHandler
 from monitor.agent import Agent
 from monitor.config import parse_config
-from monitor.model import Batch, CheckResult, Measurement, State
+from monitor.model import Batch, CheckResult, Kind, Measurement, State
 from tests.conftest import MONITOR, ROOT
 from tests.smtp_helpers import Recorder, start_smtp
 
@@ -368,6 +368,58 @@ async def test_thresholds_hysteresis_rate_and_nodata(tmp_path, relay):
                                   "for 11m")
     await feed(m("in_octets", 1.0, instance="ge-0/0/0", unit="B/s"))
     assert rec.subjects()[-1].startswith("[OK] files.example.net ge-0/0/0 in_octets")
+
+
+async def test_rate_rules_remember_across_restarts_and_cron_runs(tmp_path, relay):
+    """Each `collect --once` from cron is a new process (and a new AlertService): the rate
+    rule's last reading is on disk, so the second run has a rate. A counter that went back
+    (reset by a reboot) gives no rate; a damaged file only restarts the rates."""
+    rec, port = relay
+    clock = Clock()
+    rules = """
+        [[alerts.rules]]
+        name = "disk-filling"
+        metric = "used_bytes"
+        condition = "rate"
+        critical = "> 1000000000"
+        rate_per = "1h"
+        severity = "WARNING"
+        [[alerts.rules]]
+        name = "nic-busy"
+        metric = "in_octets"
+        condition = "rate"
+        critical = "> 1000000"
+        rate_per = "1s"
+    """
+    config = make_config(tmp_path, port, rules, group_window="0s")
+
+    async def run(*ms: Measurement) -> None:  # one cron run: a fresh service, then gone
+        svc = AlertService(config, clock=clock)
+        try:
+            await svc.consume("disks", Batch(measurements=list(ms)))
+        finally:
+            svc.close()
+
+    def used(value: float) -> Measurement:
+        return Measurement("files.example.net", "fs:/var", "used_bytes", value, unit="B",
+                           timestamp=clock.now)
+
+    def octets(value: float) -> Measurement:
+        return Measurement("files.example.net", "nic:eth0", "in_octets", value, Kind.DERIVE,
+                           unit="B", timestamp=clock.now)
+
+    await run(used(10e9), octets(5e9))
+    assert (config.state_dir / "alert-rates.json").exists()
+    clock.now += 1800
+    await run(used(12e9), octets(1e3))  # +2 GB in half an hour; the NIC counter was reset
+    assert [s for s in rec.subjects() if "disk-filling" in s or "used_bytes" in s] == [
+        "[WARNING] files.example.net fs:/var used_bytes: fs:/var used_bytes changes by "
+        "4,000,000,000 B per hour, warning above 1,000,000,000 B per hour"]
+    assert not [s for s in rec.subjects() if "in_octets" in s]  # no huge negative "rate"
+    (config.state_dir / "alert-rates.json").write_text("{damaged")
+    clock.now += 1800
+    await run(used(20e9))  # no memory: no rate, no crash
+    assert len(rec.received) == 1
 
 
 async def test_state_survives_a_restart_and_the_recovery_still_comes(tmp_path, relay):

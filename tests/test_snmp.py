@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from collectors.snmp import SnmpCollector
+from collectors.snmp import SnmpCollector, read_port_index
 from collectors.snmp_client import CommunityClient, Endpoint, SnmpError
 from monitor.config import ConfigError, SnmpDevice, SnmpV3Config, parse_config
 from monitor.model import Batch, State
@@ -559,7 +559,7 @@ def test_quiet_defaults_down_only_matters_after_up_and_loopbacks_are_skipped(snm
 def test_port_index_has_groups_macs_and_addresses(snmpsim, tmp_path):
     """LibreNMS-style descriptions become the port's group; MAC and IP-MIB addresses are
     there too, in the index the site and digests read."""
-    from collectors.snmp import parse_port_description, read_port_index
+    from collectors.snmp import parse_port_description
 
     poll_once(tmp_path, device("flap", snmpsim, "flap-t0"), T0)
     ports = read_port_index(tmp_path / "state")["flap"]
@@ -612,3 +612,40 @@ def test_utilisation_alerting_without_a_rule():
     # Interfaces not in utilisation_interfaces are never judged by load.
     assert poller.interface_check(lan, {"in_octets": full, "out_octets": full}, 5000).state \
         is State.OK
+
+
+def test_another_device_at_a_name_drops_the_old_ones_inventory(snmpsim, tmp_path):
+    """Another device answering under a name (sysName and sysObjectID tell): the old one's
+    counters, MACs, addresses, ports, known interfaces and utilisation timers are dropped, in
+    memory and in the state file, so nothing of it shows (or alarms) as the new device's."""
+    clock = Clock(T0)
+    state_dir = tmp_path / "state" / "snmp"
+    collector = SnmpCollector([device("edge", snmpsim, "flap-t0")], STEP, clock=clock,
+                              state_dir=state_dir)
+    poller = collector.pollers["edge"]
+    try:
+        asyncio.run(collector.collect())
+        collector.replace_device(device("edge", snmpsim, "flap-t1"))
+        clock.now = T0 + STEP
+        before = asyncio.run(collector.collect())
+        assert check(before, "edge", "if eth0").state is State.CRITICAL  # was up, went down
+        assert poller.known.get("eth0") is True
+        assert poller.ports["eth0"].mac == "02:00:00:00:00:01"
+        assert any(mac for mac, _ in poller.inventory.values())
+        # (the recordings carry no traffic: a utilisation timer as a busy link would leave it)
+        poller.busy_since["vlan10"] = {"WARNING": T0}
+        # The address now answers as another device (access-sw1), without a MAC table.
+        collector.replace_device(device("edge", snmpsim, "switch-t0"))
+        clock.now = T0 + 2 * STEP
+        after = asyncio.run(collector.collect())
+    finally:
+        collector.close()
+    assert check(after, "edge", "snmp").state is State.OK
+    old = {"eth0", "eth1", "lo", "vlan10"}
+    assert not old & set(poller.known) and not old & set(poller.ports)
+    assert not old & set(poller.busy_since) and not old & set(poller.state.last.interfaces)
+    assert "02:00:00:00:00:01" not in {mac for mac, _ in poller.inventory.values()}
+    assert not [c for c in after.checks if c.check in {f"if {n}" for n in old}]
+    assert all(m.value is None for m in after.measurements if m.metric == "in_octets")
+    saved = read_port_index(tmp_path / "state")["edge"]
+    assert "Gi0/1" in saved and not old & set(saved)

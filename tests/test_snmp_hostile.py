@@ -125,3 +125,58 @@ def test_device_losing_its_interface_table_is_not_green(snmpsim, tmp_path, mode)
     else:
         assert result.state is State.WARNING
         assert ("backwards" if mode == "backwards" else "repeated") in result.message
+
+
+def test_a_huge_hostile_alias_is_cleaned_and_bounded(tmp_path):
+    """A 30 KB ifAlias with terminal escapes and a bidi override: messages, the port index and
+    logs get one bounded, clean line; the state file's name is safe whatever the device's."""
+    from collectors.snmp import DISPLAY_STRING_LIMIT
+    from monitor.config import SnmpDevice
+    from monitor.files import safe_name
+
+    name = "../evil/dev"
+    async def go() -> tuple[Batch, SnmpCollector]:
+        transport, _, port = await start_hostile()
+        collector = SnmpCollector([SnmpDevice(name=name, host="127.0.0.1", port=port,
+                                              community="longalias", timeout=1, retries=0)],
+                                  60, state_dir=tmp_path / "snmp")
+        try:
+            return await collector.collect(), collector
+        finally:
+            collector.close()
+            transport.close()
+
+    batch, collector = asyncio.run(go())
+    port1 = check(batch, name, "if port1")
+    assert port1.state is State.OK and "evil alias" in port1.message
+    assert len(port1.message) < DISPLAY_STRING_LIMIT + 100
+    for bad in ("\x1b", "\u202e", "\x07"):
+        assert bad not in port1.message
+    poller = collector.pollers[name]
+    assert len(poller.ports["port1"].alias) <= DISPLAY_STRING_LIMIT
+    assert poller.state_path() == tmp_path / "snmp" / f"{safe_name(name)}.json"
+    assert poller.state_path().exists() and "/" not in safe_name(name)
+
+
+def test_discover_is_bounded_like_a_poll():
+    """An endless interface table, an endless inventory, a slow agent: discover ends each
+    with a clear word instead of walking on (the CLI prints it and exits 1)."""
+    from collectors.snmp_client import CommunityClient, Endpoint, SnmpError
+    from collectors.snmp_discover import discover
+
+    async def go(community: str, budget: float = 60) -> str:
+        transport, _, port = await start_hostile()
+        client = CommunityClient(Endpoint("bad", "127.0.0.1", port, 1, 0), community)
+        try:
+            return await discover(client, "127.0.0.1", port=port, budget=budget)
+        finally:
+            client.close()
+            transport.close()
+
+    with pytest.raises(SnmpError, match="passed 260 rows"):  # 2 x ifNumber 2 + 256
+        asyncio.run(go("endless"))
+    with pytest.raises(SnmpError, match="time budget"):
+        asyncio.run(go("slow", budget=1))
+    stanza = asyncio.run(go("endlessinventory"))
+    assert "# 2 interface(s)" in stanza and "port1" in stanza and "port2" in stanza
+    assert "MACs and addresses not listed" in stanza and "rows" in stanza
