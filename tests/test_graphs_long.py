@@ -137,8 +137,9 @@ def test_one_unit_convention_on_pages_and_problems_counted_once(history, tmp_pat
 
 def plot_colors(path: Path) -> set[tuple[int, int, int]]:
     """The colours inside the plot area (not the legend, which repeats them as swatches)."""
-    top, bottom = render._AX_TOP, render.HEIGHT - render._AX_BOTTOM
-    area = pixels(path)[top:bottom, render._AX_LEFT:render.WIDTH - render._AX_RIGHT]
+    s = render.SCALE  # the geometry is in CSS pixels, the image has SCALE times as many
+    top, bottom = render._AX_TOP * s, (render.HEIGHT - render._AX_BOTTOM) * s
+    area = pixels(path)[top:bottom, render._AX_LEFT * s:(render.WIDTH - render._AX_RIGHT) * s]
     return {tuple(int(c) for c in p) for p in area.reshape(-1, 3)}
 
 
