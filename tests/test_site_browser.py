@@ -152,6 +152,21 @@ frames.forEach(function (f) {
 });
 </script></body></html>"""
 
+def probed(tmp_path: Path, url: str, *flags: str) -> dict:
+    """What a probe page wrote into its <pre id="out">, as JSON, after Chromium ran it."""
+    result = chromium(tmp_path, *flags, "--virtual-time-budget=10000", "--dump-dom", url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<pre id="out"[^>]*>(.*?)</pre>', result.stdout, re.S)
+    assert found and found.group(1), result.stdout[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def screenshot(tmp_path: Path, shot: Path, url: str, *flags: str) -> None:
+    """A screenshot for a person to look at (test-artifacts/)."""
+    result = chromium(tmp_path, *flags, "--hide-scrollbars", "--virtual-time-budget=10000",
+                      f"--screenshot={shot}", url)
+    assert result.returncode == 0 and shot.stat().st_size > 20_000, result.stderr[-500:]
+
 
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian's chromium is not installed")
 @pytest.mark.parametrize("scheme", ["light", "dark"])
@@ -175,22 +190,14 @@ def test_no_horizontal_overflow_at_1400_and_400_px(long_site, tmp_path, scheme):
             probe.write_text(PROBE % json.dumps(frames))
             probes.append(probe)
             window = f"--window-size={len(frames) * (width + 10)},1510"
-            result = chromium(tmp_path, *flags, window, "--virtual-time-budget=10000",
-                              "--dump-dom", base + probe.name)
-            assert result.returncode == 0, result.stderr[-2000:]
-            found = re.search(r'<pre id="out"[^>]*>(.*?)</pre>', result.stdout, re.S)
-            assert found and found.group(1), result.stdout[-2000:]
-            measured = json.loads(found.group(1).replace("&quot;", '"'))
+            measured = probed(tmp_path, base + probe.name, *flags, window)
             assert len(measured) == len(frames)
             overflow = {page: m for page, m in measured.items()
                         if m["scroll"] > m["client"] or m["inner"]}
             assert overflow == {}, json.dumps(overflow)
             assert {m["dark"] for m in measured.values()} == {scheme == "dark"}
-            shot = artifacts / f"site-{width}-{scheme}.png"
-            result = chromium(tmp_path, *flags, window, "--hide-scrollbars",
-                              "--virtual-time-budget=10000", f"--screenshot={shot}",
-                              base + probe.name)
-            assert result.returncode == 0 and shot.stat().st_size > 20_000, result.stderr[-500:]
+            screenshot(tmp_path, artifacts / f"site-{width}-{scheme}.png", base + probe.name,
+                       *flags, window)
     finally:
         server.shutdown()
         server.server_close()
@@ -254,21 +261,13 @@ def test_graphs_are_sharp_on_a_high_dpi_screen(long_site, tmp_path, width):
             probe = html / f"sharp-{page}-{width}.html"
             probe.write_text(SHARPNESS_PROBE % (width, PAGES[page]))
             probes.append(probe)
-            window = f"--window-size={width},1500"
-            result = chromium(tmp_path, "--force-device-scale-factor=2", window,
-                              "--virtual-time-budget=10000", "--dump-dom", base + probe.name)
-            assert result.returncode == 0, result.stderr[-2000:]
-            found = re.search(r'<pre id="out"[^>]*>(.*?)</pre>', result.stdout, re.S)
-            assert found and found.group(1), result.stdout[-2000:]
-            measured = json.loads(found.group(1).replace("&quot;", '"'))
+            flags = ("--force-device-scale-factor=2", f"--window-size={width},1500")
+            measured = probed(tmp_path, base + probe.name, *flags)
             assert measured["ratio"] == 2 and len(measured["images"]) >= 3, measured
             blurry = [i for i in measured["images"] if i["natural"] < i["device"] - 1]
             assert blurry == [], blurry
-            shot = artifacts / f"sharp-{width}-{page}.png"
-            result = chromium(tmp_path, "--force-device-scale-factor=2", window,
-                              "--hide-scrollbars", "--virtual-time-budget=10000",
-                              f"--screenshot={shot}", base + PAGES[page])
-            assert result.returncode == 0 and shot.stat().st_size > 20_000, result.stderr[-500:]
+            screenshot(tmp_path, artifacts / f"sharp-{width}-{page}.png", base + PAGES[page],
+                       *flags)
     finally:
         server.shutdown()
         server.server_close()
