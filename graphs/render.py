@@ -32,6 +32,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import numpy as np
+from isal import isal_zlib
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
@@ -705,23 +706,25 @@ def _rgb(canvas: FigureCanvasAgg) -> Image.Image:
 
 
 def _encode(rgba: np.ndarray) -> bytes:
-    """PNG bytes (8-bit RGB) of an (height, width, 4) RGBA array, ~5x faster than Pillow's
+    """PNG bytes (8-bit RGBA, opaque) of an (height, width, 4) array, ~5x faster than Pillow's
     encoder at the same size.
 
     Pillow tries five PNG filters on every row and keeps the best; a graph is mostly rows that
     repeat the row above (background, vertical grid lines), so the "Up" filter alone, computed
-    by numpy for the whole image at once, compresses as well and costs a fraction.
+    by numpy for the whole image at once, compresses as well and costs a fraction. RGBA, as the
+    canvas holds it: dropping the alpha byte would cost a strided copy of every pixel, more
+    than compressing its column of zero differences. Deflate by ISA-L (isal, the same zlib
+    stream): ~8x faster than zlib at a similar size, which is what makes 2x images affordable.
     """
     height, width, _ = rgba.shape
-    pixels = rgba[:, :, :3]
-    filtered = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    rows = rgba.reshape(height, width * 4)
+    filtered = np.empty((height, width * 4 + 1), dtype=np.uint8)
     filtered[:, 0] = 2  # filter type "Up"
-    body = filtered[:, 1:].reshape(height, width, 3)
-    body[0] = pixels[0]
-    np.subtract(pixels[1:], pixels[:-1], out=body[1:])  # uint8 arithmetic wraps, as PNG wants
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
+    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA
     return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
-                     _chunk(b"IDAT", zlib.compress(filtered, 3)), _chunk(b"IEND", b"")))
+                     _chunk(b"IDAT", isal_zlib.compress(filtered, 1)), _chunk(b"IEND", b"")))
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
