@@ -833,8 +833,12 @@ class RepliesConfig:
     mailbox: str = "INBOX"
     interval: Annotated[float, DURATION_MARK, Range(10, 3600)] = 60.0
     timeout: Duration = 30.0
+    authserv_id: str | None = None
 
     def validate(self) -> None:
+        if self.authserv_id is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", self.authserv_id):
+            raise Invalid("authserv_id", "a host name, as your mail server writes it at the start "
+                          "of its Authentication-Results header")
         if self.port is None:
             self.port = 993 if self.security == "tls" else 143
         if not self.password:
