@@ -104,17 +104,6 @@ class Report:
 # -- small formatting helpers ---------------------------------------------------------------
 
 
-def fmt_bytes(n: float | None) -> str:
-    """IEC bytes (monitor.units), signed: a mailbox or disk may shrink."""
-    if n is None:
-        return "-"
-    return ("-" if n < 0 else "") + format_bytes(abs(n))
-
-
-def fmt_bits(n: float | None) -> str:
-    return "-" if n is None else format_bits_per_second(n)
-
-
 def fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
@@ -144,10 +133,6 @@ def sparkline(values: Sequence[float | None], alt: str, *, second: Sequence[floa
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", transparent=False, facecolor="white")
     return Image(make_msgid("graph", domain="monitor")[1:-1], buffer.getvalue(), clean(alt, NAME_WIDTH))
-
-
-def _known(values: list[float | None]) -> list[float]:
-    return [v for v in values if v is not None and not math.isnan(v)]
 
 
 # -- the period -----------------------------------------------------------------------------
@@ -218,9 +203,9 @@ class DigestBuilder:
         series = self._fetch(info, end - window, end)
         if series is None:
             return None
-        values = _known(series.columns.get(metric, []))
-        if values:
-            return values[-1]
+        values = stats.known(series.columns.get(metric, []))
+        if values.size:
+            return float(values[-1])
         return self._last_written(info, end).get(metric)
 
     def _last_written(self, info: SeriesInfo, end: float) -> dict[str, float]:
@@ -287,7 +272,7 @@ class DigestBuilder:
                 log.warning("digest: cannot read %s: %s", info.path, exc)
                 continue
             ins, outs = rows.columns.get("in_octets", []), rows.columns.get("out_octets", [])
-            if not _known(ins) and not _known(outs):
+            if not stats.known(ins).size and not stats.known(outs).size:
                 continue
             fin, fout = (stats.summarize(v, rows.step) for v in (ins, outs))
             found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout))
@@ -296,9 +281,9 @@ class DigestBuilder:
             name = f"{info.target} {info.instance}".strip()
             s.totals[f"{name} in"], s.totals[f"{name} out"] = fin.total or 0.0, fout.total or 0.0
         for _, info, ins, outs, fin, fout in found[:MAX_TRAFFIC]:
-            bits = lambda v: fmt_bits(None if v is None else v * 8)  # noqa: E731
+            bits = lambda v: format_bits_per_second(None if v is None else v * 8)  # noqa: E731
             s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
-                           fmt_bytes(fin.total), fmt_bytes(fout.total), bits(fin.maximum),
+                           format_bytes(fin.total), format_bytes(fout.total), bits(fin.maximum),
                            bits(fout.maximum), bits(fin.p95), bits(fout.p95)])
             s.images.append(sparkline(ins, f"traffic {info.target} {info.instance}", second=outs)
                             if digest.graphs else None)
@@ -364,7 +349,7 @@ class DigestBuilder:
             # agent was down is no failure of the service.
             kept = [v for t, v in zip(stamps, values, strict=False)
                     if measured(t, series.step) or (v is not None and not math.isnan(v))]
-            known = _known(kept)
+            known = list(stats.known(kept))
             name = f"{info.instance} ({info.target})"
             s.totals[f"{name} samples"] = len(kept)
             s.totals[f"{name} answered"] = len(known)
@@ -425,7 +410,7 @@ class DigestBuilder:
             else:  # a step whose state is below 6 (established) counts as down, to the step
                 bad = [1.0 if v is not None and v < 6 else 0.0 for v in columns.get("bgp_state", [])]
             episodes = sum(1 for i, v in enumerate(bad) if v > 0 and (i == 0 or bad[i - 1] == 0))
-            flaps = sum(_known(columns.get("session_flaps", [])))
+            flaps = sum(stats.known(columns.get("session_flaps", [])))
             if not episodes and not flaps:
                 quiet += 1
                 continue
@@ -434,7 +419,7 @@ class DigestBuilder:
                 run = run + v * series.step if v > 0 else 0.0
                 longest = max(longest, run)
             if is_ups:
-                charge = _known(columns.get("battery_charge_percent", []))
+                charge = list(stats.known(columns.get("battery_charge_percent", [])))
                 detail = f"longest {format_duration(longest)}" + (
                     f", lowest charge {min(charge):.0f} %" if charge else "")
                 what = f"{info.target} on battery"
@@ -460,20 +445,20 @@ class DigestBuilder:
                 continue
             columns = stats.window(series, start, end).columns
             pct = columns.get("used_percent", [])
-            known = _known(pct)
-            free = _known(columns.get("free_bytes", []))
+            known = list(stats.known(pct))
+            free = list(stats.known(columns.get("free_bytes", [])))
             if not known:
                 written = self._last_written(info, end)
                 if "used_percent" not in written:
                     continue
                 known, pct = [written["used_percent"]], []  # no graph without history
                 free = [written["free_bytes"]] if "free_bytes" in written else free
-            used = _known(columns.get("used_bytes", []))
-            change = fmt_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
+            used = list(stats.known(columns.get("used_bytes", [])))
+            change = format_bytes(used[-1] - used[0]) if len(used) > 1 else "-"
             rows.append((known[-1], info, pct, free[-1] if free else None, change))
         for last, info, pct, free_now, change in sorted(rows, key=lambda t: -t[0]):
             s.rows.append([clean(f"{info.instance[3:]} ({info.target})", NAME_WIDTH), f"{last:.0f}%",
-                           fmt_bytes(free_now), change])
+                           format_bytes(free_now), change])
             s.images.append(sparkline(pct, f"disk {info.instance[3:]}", percent=True)
                             if digest.graphs and pct else None)
         return s
@@ -507,7 +492,7 @@ class DigestBuilder:
                 return "new (no size a week ago)" if reaches_back else "no size a week ago yet"
             delta = now_size - then
             pct = f" ({100 * delta / then:+.0f}%)" if then else ""
-            return f"{'+' if delta >= 0 else ''}{fmt_bytes(delta)}{pct}"
+            return f"{'+' if delta >= 0 else ''}{format_bytes(delta)}{pct}"
 
         def fill(size: float, quota: int | None) -> float:
             return size / quota if quota else -1.0
@@ -566,18 +551,18 @@ class DigestBuilder:
                                 "list activity")
         if state is None:
             return s
-        stats = activity(state, start, end)
-        for name in sorted(set(stats) | set(state.subscribers)):
-            st = stats.get(name)
+        by_list = activity(state, start, end)
+        for name in sorted(set(by_list) | set(state.subscribers)):
+            st = by_list.get(name)
             subs = state.subscribers.get(name)
             s.rows.append([clean(name, NAME_WIDTH), str(st.posts if st else 0),
-                           fmt_bytes(st.bytes if st else 0), str(len(st.senders) if st else 0),
+                           format_bytes(st.bytes if st else 0), str(len(st.senders) if st else 0),
                            f"{st.failures} ({st.refused} recipients)" if st and st.failures else "0",
                            str(subs) if subs is not None else "-"])
-        s.totals = {"posts": sum(st.posts for st in stats.values()),
-                    "bytes": sum(st.bytes for st in stats.values()),
-                    "failures": sum(st.failures for st in stats.values())}
-        notices = sum(st.notices for st in stats.values())
+        s.totals = {"posts": sum(st.posts for st in by_list.values()),
+                    "bytes": sum(st.bytes for st in by_list.values()),
+                    "failures": sum(st.failures for st in by_list.values())}
+        notices = sum(st.notices for st in by_list.values())
         if s.rows:
             s.notes.append(f"Posts from {fmt_time(start)} to {fmt_time(end)}"
                            + (f"; Mailman also sent {notices} notice(s) of its own." if notices
@@ -598,7 +583,7 @@ class DigestBuilder:
         c = total.counts
         if not any(c.values()):
             return s
-        rows = [("received", f"{c['received']} ({fmt_bytes(c['received_bytes'])})"),
+        rows = [("received", f"{c['received']} ({format_bytes(c['received_bytes'])})"),
                 ("delivered", f"{c['delivered']} ({c['outbound']} outbound)"),
                 ("deferred", str(c["deferred"])), ("bounced", str(c["bounced"])),
                 ("rejected", str(c["rejected"])),

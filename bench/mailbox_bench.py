@@ -117,12 +117,16 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/monitor-bench-maildir"))
     parser.add_argument("--regenerate", action="store_true")
     parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--trees", choices=("both", "S=", "no S="), default="both",
+                        help="which tree(s) to time")
     args = parser.parse_args()
     cold = os.access(DROP_CACHES, os.W_OK)
     if not cold:
         print("not root (or /proc/sys read-only): cold runs skipped", file=sys.stderr)
     verdicts = []
     for label, with_sizes in (("S=", True), ("no S=", False)):
+        if args.trees not in ("both", label):
+            continue
         base = args.dir / f"{args.mailboxes}x{args.messages}{'' if with_sizes else '-nosize'}"
         if args.regenerate:
             shutil.rmtree(base, ignore_errors=True)

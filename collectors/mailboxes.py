@@ -30,6 +30,7 @@ spool of thousands does not make thousands of RRD files), "domain:<domain>" for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -175,38 +176,48 @@ def _count_listing(directory: str, cache: dict | None = None) -> tuple[int, int,
         hit = cache.get(directory)
         if hit is not None and hit[0] == key:
             return hit[1]
-    names = os.listdir(directory)
-    result = _sizes_of(directory, names)
+    result = _sizes_of(directory)
     if cache is not None and time.time() - st.st_mtime > _SETTLED:
         cache[directory] = (key, result)
     return result
 
 
-def _sizes_of(directory: str, names: list[str]) -> tuple[int, int, bool]:
-    if not names:
-        return 0, 0, False
-    # One regex pass over all names at once: the per-file cost stays in C.
-    sizes = _SIZE_IN_NAME.findall("\n".join(names))
-    if len(sizes) == len(names):
-        return sum(map(int, sizes)), len(names), False
+def _sizes_of(directory: str) -> tuple[int, int, bool]:
+    # One listing through a directory descriptor: each entry's stat() (for names without
+    # S=) is then an fstatat() relative to it, issued from C by os.DirEntry, the same
+    # system calls `du` makes and no per-message path lookup or Python-level call.
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        total = count = 0
-        for name in names:
-            if name.startswith("."):
-                continue
-            match = _SIZE_IN_NAME.search(name)
-            if match:
-                total += int(match.group(1))
-            else:
-                try:  # relative to the directory: no path lookup per message
-                    total += os.stat(name, dir_fd=fd, follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    continue  # moved (new -> cur) or expunged between listing and stat
-            count += 1
+        with os.scandir(fd) as listing:
+            entries = [entry for entry in listing if not entry.name.startswith(".")]
+        if not entries:
+            return 0, 0, False
+        # One regex pass over all names at once: the per-file cost stays in C.
+        sizes = _SIZE_IN_NAME.findall("\n".join(entry.name for entry in entries))
+        if len(sizes) == len(entries):
+            return sum(map(int, sizes)), len(entries), False
+        if not sizes:  # Postfix virtual(8) / local(8) names: every size from stat()
+            return (*_stat_sizes(entries), True)
+        unsized = [entry for entry in entries if _SIZE_IN_NAME.search(entry.name) is None]
+        total, count = _stat_sizes(unsized)
+        return total + sum(map(int, sizes)), count + len(sizes), True
     finally:
         os.close(fd)
-    return total, count, True
+
+
+def _stat_sizes(entries: list[os.DirEntry]) -> tuple[int, int]:
+    """(bytes, files) of entries by stat(); one moved (new -> cur) or expunged between the
+    listing and its stat() is not counted."""
+    try:
+        return sum(entry.stat(follow_symlinks=False).st_size for entry in entries), len(entries)
+    except FileNotFoundError:
+        pass
+    total = count = 0
+    for entry in entries:
+        with contextlib.suppress(FileNotFoundError):
+            total += entry.stat(follow_symlinks=False).st_size
+            count += 1
+    return total, count
 
 
 def measure_maildir(box: MailboxSize, cache: dict | None = None) -> None:

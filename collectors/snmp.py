@@ -115,12 +115,12 @@ _PORT_DESCRIPTION = re.compile(r"^\s*(?P<group>[A-Za-z]+)\s*:\s*(?P<name>[^\[{(]
 @dataclass(frozen=True, slots=True)
 class PortDescription:
     """What an ifAlias in LibreNMS style says: group (cust, transit, peering, core), the
-    other side's name, and the optional (notes), [speed] and {circuit id}."""
+    other side's name, and the optional (notes) and {circuit id}. A [speed] is part of the
+    alias the site shows; the speed figures come from ifHighSpeed."""
 
     group: str
     name: str
     notes: str = ""
-    speed: str = ""
     circuit: str = ""
 
 
@@ -167,7 +167,7 @@ def parse_port_description(alias: str) -> PortDescription | None:
         return found.group(1).strip() if found else ""
 
     return PortDescription(match["group"].lower(), match["name"].strip(), part("(", ")"),
-                           part("[", "]"), part("{", "}"))
+                           part("{", "}"))
 
 
 def mac_text(value: object) -> str:
@@ -797,12 +797,15 @@ class SnmpCollector:
         self._engines.clear()
 
 
-def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
-    """{device: {interface identity: {group, description, circuit, notes, alias, type, mac,
-    addresses, speed_bps, name, descr}}} as of each device's last poll, for the site and the
-    digests (group: "transit", "peering", "cust", "core" or ""). `state_dir` is the
-    config's state_dir; values are device data: untrusted text, escape it."""
-    out: dict[str, dict[str, dict[str, object]]] = {}
+PortIndex = dict[str, dict[str, PortInfo]]
+
+
+def read_port_index(state_dir: Path) -> PortIndex:
+    """{device: {interface identity: PortInfo}} as of each device's last poll, for the site
+    and the digests (group: "transit", "peering", "cust", "core" or ""). `state_dir` is the
+    config's state_dir; the text is device data: untrusted, clean and escape it. A damaged
+    state file leaves its device out."""
+    out: PortIndex = {}
     directory = state_dir / "snmp"
     if not directory.is_dir():
         return out
@@ -812,8 +815,12 @@ def read_port_index(state_dir: Path) -> dict[str, dict[str, dict[str, object]]]:
             device, ports = data["device"], data["ports"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
-        if isinstance(device, str) and isinstance(ports, dict):
-            out[device] = ports
+        if not isinstance(device, str) or not isinstance(ports, dict):
+            continue
+        try:
+            out[device] = {str(name): PortInfo.from_dict(port) for name, port in ports.items()}
+        except (TypeError, ValueError, AttributeError):
+            continue
     return out
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import json
 import logging
 import multiprocessing
@@ -32,7 +33,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import jinja2
@@ -48,6 +49,9 @@ from monitor.seasonal import selected
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
 from monitor.units import format_age, format_bytes, format_duration
+
+if TYPE_CHECKING:
+    from collectors.snmp import PortIndex, PortInfo
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +140,7 @@ class SiteBuilder:
         inline_below: int = 0,
         alerts_db: Path | None = None,
         uplinks: Sequence[str] = (),
+        port_index: Callable[[], PortIndex] | None = None,
         baseline: BaselineConfig | None = None,
         mail_state: Path | None = None,
     ) -> None:
@@ -153,6 +158,9 @@ class SiteBuilder:
         self.inline_below = inline_below
         self.alerts_db = alerts_db
         self.uplinks = list(uplinks)
+        # The SNMP collector's port index (aliases, groups, MAC and IP addresses), read at
+        # every build: it changes only when a device is polled.
+        self.port_index = port_index
         self.baseline = baseline  # draw the seasonal band of the series it selects
         self.mail_state = mail_state  # the mail-log collector's counts, for mail.html
         self._pool: ProcessPoolExecutor | None = None
@@ -302,7 +310,8 @@ class SiteBuilder:
                      ) -> tuple[int, set[str]]:
         """Every page; returns how many, and the directories of the targets on the site."""
         checks = self.status.all()
-        model = _SiteModel(series, checks, entries, now, self.uplinks)
+        model = _SiteModel(series, checks, entries, now, self.uplinks,
+                           self.port_index() if self.port_index else {})
         firing = self._alerts()
         alerts = model.alert_rows(firing, now)
         # An alert of a check's rule is the same problem as the check (its label is the check's
@@ -421,12 +430,14 @@ def site_from_config(
     if status is None:
         status = StatusBook(config.state_dir / "status.json")
     from alerts.state import alerts_db_path
+    from collectors.snmp import read_port_index
 
     return SiteBuilder(store, status, config.html_dir, config.state_dir / "graphs.json",
                        title=config.web.title, refresh=config.web.refresh,
                        workers=workers or config.web.workers, slack=config.agent.interval / 2,
                        inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir),
                        uplinks=config.web.uplinks,
+                       port_index=functools.partial(read_port_index, config.state_dir),
                        baseline=config.baseline if config.baseline.enabled else None,
                        mail_state=config.state_dir / "maillog.json" if config.maillog.enabled
                        else None)
@@ -470,8 +481,9 @@ _OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6:
 
 
 def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
-              checks: Sequence[CheckStatus]) -> dict:
-    """One line of a device's port table, from the day graph's figures (current values)."""
+              port: PortInfo | None) -> dict:
+    """One line of a device's port table, from the day graph's figures (current values) and
+    the port index (alias, group, MAC and IP addresses)."""
     day = entry["summaries"]["day"]
 
     def now(label: str) -> float | None:
@@ -482,12 +494,6 @@ def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
     oper, admin = now("oper_status"), now("admin_status")
     status = "admin down" if admin == 2 else _OPER_STATUS.get(round(oper), f"status {oper:g}") \
         if oper is not None else ""
-    alias = ""
-    check = next((c for c in checks if c.target == info.target and c.check == f"if {info.instance}"),
-                 None)
-    if check is not None:  # the SNMP check says "Gi0/1 (alias) up, ...": its alias
-        match = re.match(re.escape(info.instance) + r" \((.*?)\) ", check.message)
-        alias = render.display(match.group(1), LABEL_LIMIT) if match else ""
 
     def per_second(*labels: str) -> str:
         values = [value for label in labels if (value := now(label)) is not None]
@@ -496,7 +502,12 @@ def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
     busiest = max((r for r in (rin, rout) if r is not None), default=None)
     return {
         "name": info.instance, "label": item.label, "url": f"{item.dir}/index.html",
-        "alias": alias, "status": status, "state": item.state,
+        "alias": render.display(port.alias, LABEL_LIMIT) if port else "",
+        "alias_full": render.display(port.alias) if port else "",
+        "group": render.display(port.group) if port else "",
+        "mac": render.display(port.mac) if port else "",
+        "addresses": [render.display(a) for a in port.addresses] if port else [],
+        "status": status, "state": item.state,
         "speed": render.format_value(speed, "b/s") if speed else "",
         "in": render.format_value(rin, "b/s"), "out": render.format_value(rout, "b/s"),
         "utilisation": render.of_speed(busiest, speed),
@@ -562,7 +573,8 @@ class _SiteModel:
     """Everything the templates show, as display-safe strings and URL-quoted relative links."""
 
     def __init__(self, series: Sequence[SeriesInfo], checks: Sequence[CheckStatus],
-                 entries: dict[str, dict], now: float, uplinks: Sequence[str] = ()) -> None:
+                 entries: dict[str, dict], now: float, uplinks: Sequence[str] = (),
+                 port_index: PortIndex | None = None) -> None:
         self.entries = entries
         targets: dict[str, Target] = {}
 
@@ -622,7 +634,8 @@ class _SiteModel:
             entry = entries.get(_rel(info), {})
             if entry.get("kind") == render.TRAFFIC and "day" in entry.get("summaries", {}):
                 item = by_instance[(info.target, info.instance)]
-                targets[info.target].ports.append(_port_row(info, item, entry, uplinks, checks))
+                port = (port_index or {}).get(info.target, {}).get(info.instance)
+                targets[info.target].ports.append(_port_row(info, item, entry, uplinks, port))
         for target in targets.values():
             target.ports.sort(key=lambda row: (not row["uplink"], natural_key(row["name"])))
         self.targets = sorted(targets.values(), key=order)

@@ -170,11 +170,12 @@ def format_value(value: float | None, unit: str = "") -> str:
     return f"{text} {shown}".strip()
 
 
-def format_bytes(value: float) -> str:
-    """1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB"."""
+def format_bytes(value: float | None) -> str:
+    """1536 -> "1.5 KiB", 3 * 2**30 -> "3.0 GiB", -1536 -> "-1.5 KiB" (a mailbox may shrink),
+    None -> "-"."""
     return format_value(value, "B")
 
 
-def format_bits_per_second(value: float) -> str:
-    """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s"."""
+def format_bits_per_second(value: float | None) -> str:
+    """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s", None -> "-"."""
     return format_value(value, "b/s")

@@ -298,3 +298,25 @@ async def test_weekly_hotline_mail_speaks_of_mailboxes_from_the_latest_scan(tmp_
     assert "6.0 MiB" in big and " 3 " in big
     mailboxes = next(s for s in report.sections if s.key == "mailboxes")
     assert sum(1 for image in mailboxes.images if image is not None) == 3
+
+
+def test_digest_formats_with_the_shared_helpers_and_shadows_no_module():
+    """One byte formatter (monitor.units) and one "known values" helper (graphs.stats) for
+    every section, and no local name hiding an imported module (`stats` in section_lists)."""
+    import ast
+
+    import alerts.digest
+    from monitor.units import format_bytes
+
+    tree = ast.parse(Path(alerts.digest.__file__).read_text())
+    own = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    assert not own & {"fmt_bytes", "fmt_bits", "_known"}
+    imported = {alias.asname or alias.name.partition(".")[0] for node in tree.body
+                if isinstance(node, ast.Import | ast.ImportFrom) for alias in node.names}
+    shadowing = sorted(
+        f"{func.name}: {node.id}" for func in ast.walk(tree) if isinstance(func, ast.FunctionDef)
+        for node in ast.walk(func)
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id in imported)
+    assert shadowing == []
+    assert (format_bytes(-1536), format_bytes(None), format_bytes(3 * 2**30)) == (
+        "-1.5 KiB", "-", "3.0 GiB")

@@ -29,11 +29,12 @@ def rows_with(color: str, path: Path) -> list[int]:
     """The pixel rows of the plot area where a line of about this colour runs across."""
     with Image.open(path) as image:
         pixels = np.asarray(image.convert("RGB")).astype(int)
-    area = pixels[render._AX_TOP:render.HEIGHT - render._AX_BOTTOM,
-                  render._AX_LEFT:render.WIDTH - render._AX_RIGHT]
+    s = render.SCALE  # the geometry is in CSS pixels, the image has SCALE times as many
+    area = pixels[render._AX_TOP * s:(render.HEIGHT - render._AX_BOTTOM) * s,
+                  render._AX_LEFT * s:(render.WIDTH - render._AX_RIGHT) * s]
     want = np.array([int(color[i:i + 2], 16) for i in (1, 3, 5)])
     near = (np.abs(area - want).max(axis=2) <= 40).sum(axis=1)
-    return [render._AX_TOP + y for y in np.nonzero(near > area.shape[1] // 3)[0]]
+    return [render._AX_TOP * s + y for y in np.nonzero(near > area.shape[1] // 3)[0]]
 
 
 def one_run(check: ServiceCheck) -> list[Measurement]:

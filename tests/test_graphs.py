@@ -120,7 +120,8 @@ def test_legend_figures_match_independent_computation(site):
         assert got_in[key] == pytest.approx(want_in[key], rel=1e-9), key
         assert got_out[key] == pytest.approx(want_out[key], rel=1e-9), key
     with Image.open(html / "direct" / "day.png") as image:
-        assert image.size == (render.WIDTH, render.HEIGHT)
+        # drawn at twice the size the pages show it: sharp on a high-DPI screen
+        assert image.size == (2 * render.WIDTH, 2 * render.HEIGHT)
 
     # The same figures, formatted, on the interface's page.
     _, report = build()

@@ -97,11 +97,11 @@ def test_95th_peak_and_total_of_every_period_up_to_a_month_are_billing_figures(
 
 
 def build_site(store, tmp_path: Path, status: StatusBook | None = None, alerts_db: Path | None = None,
-               uplinks: tuple[str, ...] = ()):
+               uplinks: tuple[str, ...] = (), port_index=None):
     status = status or StatusBook(tmp_path / "state" / "status.json")
     builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
                           workers=1, inline_below=10**6, clock=lambda: longhistory.END,
-                          alerts_db=alerts_db, uplinks=uplinks)
+                          alerts_db=alerts_db, uplinks=uplinks, port_index=port_index)
     try:
         report = builder.build(full=True)
     finally:
@@ -137,8 +137,9 @@ def test_one_unit_convention_on_pages_and_problems_counted_once(history, tmp_pat
 
 def plot_colors(path: Path) -> set[tuple[int, int, int]]:
     """The colours inside the plot area (not the legend, which repeats them as swatches)."""
-    top, bottom = render._AX_TOP, render.HEIGHT - render._AX_BOTTOM
-    area = pixels(path)[top:bottom, render._AX_LEFT:render.WIDTH - render._AX_RIGHT]
+    s = render.SCALE  # the geometry is in CSS pixels, the image has SCALE times as many
+    top, bottom = render._AX_TOP * s, (render.HEIGHT - render._AX_BOTTOM) * s
+    area = pixels(path)[top:bottom, render._AX_LEFT * s:(render.WIDTH - render._AX_RIGHT) * s]
     return {tuple(int(c) for c in p) for p in area.reshape(-1, 3)}
 
 
@@ -184,20 +185,22 @@ def port_rows(page: str) -> list[list[str]]:
 
 
 def test_device_page_port_table_sorted_naturally_uplinks_first(history, tmp_path):
-    status = StatusBook(tmp_path / "state" / "status.json")
-    status.update([CheckResult(longhistory.ROUTER, f"if {longhistory.CUSTOMER}", State.OK,
-                               f"{longhistory.CUSTOMER} (cust <b>42</b>) up, 100 Mbit/s",
-                               timestamp=longhistory.END)])
-    html = build_site(history, tmp_path / "a", status)
+    from collectors.snmp import PortInfo
+
+    customer_port = PortInfo(longhistory.CUSTOMER, "", "cust <b>42</b> (a) b", "ethernetCsmacd",
+                             100e6, "cust", "", "", "", "02:00:00:00:00:02", ("192.0.2.9/30",))
+    html = build_site(history, tmp_path / "a",
+                      port_index=lambda: {longhistory.ROUTER: {longhistory.CUSTOMER: customer_port}})
     page = (html / safe_name(longhistory.ROUTER) / "index.html").read_text()
     rows = port_rows(page)
     assert [r[0] for r in rows] == ["Gi0/0/1", "Gi0/0/2", "Gi0/0/10"]  # not 1, 10, 2
     uplink, customer, down = rows
-    assert customer[1] == "cust &lt;b&gt;42&lt;/b&gt;"  # the alias, escaped
-    assert uplink[2] == "up" and down[2] == "down"
-    assert uplink[3] == "1.00 Gbit/s" and customer[3] == "100 Mbit/s"
-    assert re.fullmatch(r"\d+%", uplink[6]) and down[4] == "0 bit/s"
-    assert re.fullmatch(r"[\d.]+ (?:m)?/s|0 /s", uplink[7]), uplink  # errors per second
+    assert customer[1] == "cust &lt;b&gt;42&lt;/b&gt; (a) b cust"  # the alias, escaped; its group
+    assert customer[2] == "192.0.2.9/3002:00:00:00:00:02" and uplink[1:3] == ["", ""]
+    assert uplink[3] == "up" and down[3] == "down"
+    assert uplink[4] == "1.00 Gbit/s" and customer[4] == "100 Mbit/s"
+    assert re.fullmatch(r"\d+%", uplink[7]) and down[5] == "0 bit/s"
+    assert re.fullmatch(r"[\d.]+ (?:m)?/s|0 /s", uplink[8]), uplink  # errors per second
 
     html = build_site(history, tmp_path / "b", uplinks=(f"* {longhistory.DOWN_PORT}",))
     rows = port_rows((html / safe_name(longhistory.ROUTER) / "index.html").read_text())

@@ -232,3 +232,35 @@ async def test_scan_cache_outlives_a_restart_and_forgets_removed_mailboxes(tmp_p
     assert {k.split("/example.net/")[1].split("/")[0] for k in restarted._cache} == {"a"}
     sizes = {m.instance: m.value for m in batch.measurements if m.metric == "size_bytes"}
     assert sizes["a@example.net"] == 35
+
+
+def test_sizes_without_s_come_from_the_listing_not_a_python_stat_per_message(tmp_path: Path):
+    """Postfix virtual(8) names (no S=) and a folder mixing both kinds: exact sizes and counts,
+    dot files left out, and no os.stat() call from Python per message (the stat()s are
+    os.DirEntry's, relative to the listed directory: what makes the scan no slower than du)."""
+    box = tmp_path / "example.net" / "carol"
+    rng = random.Random(7)
+    plain = [rng.randint(300, 90_000) for _ in range(400)]
+    expected = make_maildir(box, plain, with_names=False)
+    mixed = [rng.randint(300, 9_000) for _ in range(60)]
+    expected += make_maildir(box, mixed[:30], with_names=False, folder=".Sent")
+    for i, size in enumerate(mixed[30:]):  # Dovecot names next to Postfix ones
+        (box / ".Sent" / "cur" / f"17100000{i:02d}.M{i}P9.host,S={size},W={size}:2,S").write_bytes(
+            b"x" * size)
+    expected += sum(mixed[30:])
+    (box / "cur" / ".hidden-temp").write_bytes(b"x" * 5000)
+    calls = 0
+
+    def count(frame, event, arg):
+        nonlocal calls
+        if event == "c_call" and arg in (os.stat, os.lstat):
+            calls += 1
+
+    sys.setprofile(count)
+    try:
+        result = scan_spools([f"{tmp_path}/{{domain}}/{{user}}"])
+    finally:
+        sys.setprofile(None)
+    (found,) = result.mailboxes
+    assert (found.size_bytes, found.messages, found.source) == (expected, 460, "stat")
+    assert calls < 40, calls  # a few per directory, none per message

@@ -81,9 +81,10 @@ class _Page(HTMLParser):
 
 def plotted_extent(path: Path) -> tuple[int, int]:
     """The first and last pixel column of the plot area that hold data (not background or grid)."""
-    top, bottom = render._AX_TOP + 2, render.HEIGHT - render._AX_BOTTOM - 2
-    area = np.asarray(Image.open(path).convert("RGB"))[top:bottom, render._AX_LEFT + 2:
-                                                       render.WIDTH - render._AX_RIGHT]
+    s = render.SCALE  # the geometry is in CSS pixels, the image has SCALE times as many
+    top, bottom = (render._AX_TOP + 2) * s, (render.HEIGHT - render._AX_BOTTOM - 2) * s
+    area = np.asarray(Image.open(path).convert("RGB"))[top:bottom, (render._AX_LEFT + 2) * s:
+                                                       (render.WIDTH - render._AX_RIGHT) * s]
     grey = (np.abs(area.astype(int) - area.mean(axis=2, keepdims=True)) < 12).all(axis=2)
     columns = np.flatnonzero((~grey).any(axis=0))
     return int(columns[0]), int(columns[-1])
@@ -117,7 +118,7 @@ def test_crawl_every_link_image_and_page_is_whole_and_graphs_cover_their_period(
     assert leftovers == []
     # Each period's graph shows data from (near) its left edge to its right edge: the data of
     # the period it claims, on that period's axis (a year drawn on a day's axis fails this).
-    width = render.WIDTH - render._AX_RIGHT - render._AX_LEFT - 2
+    width = (render.WIDTH - render._AX_RIGHT - render._AX_LEFT - 2) * render.SCALE
     for name in PERIODS:
         first, last = plotted_extent(html / safe_name(longhistory.ROUTER) /
                                      safe_name(longhistory.UPLINK) / f"{name}.png")
@@ -135,7 +136,15 @@ frames.forEach(function (f) {
   frame.style = "border:0;margin-right:10px;vertical-align:top";
   frame.onload = function () {
     var d = frame.contentDocument.documentElement;
-    results[f.name + "@" + f.width] = {scroll: d.scrollWidth, client: d.clientWidth,
+    // A table that scrolls sideways inside its box is overflow too (the reader must swipe
+    // inside the page to see its last column): which ones, by their first header.
+    var inner = [];
+    frame.contentDocument.querySelectorAll(".scroll").forEach(function (box) {
+      if (box.scrollWidth > box.clientWidth + 1)
+        inner.push((box.querySelector("h2, th, td") || box).textContent.slice(0, 40) + " "
+                   + box.scrollWidth + ">" + box.clientWidth);
+    });
+    results[f.name + "@" + f.width] = {scroll: d.scrollWidth, client: d.clientWidth, inner: inner,
       dark: frame.contentWindow.matchMedia("(prefers-color-scheme: dark)").matches};
     if (--pending === 0) document.getElementById("out").textContent = JSON.stringify(results);
   };
@@ -143,11 +152,27 @@ frames.forEach(function (f) {
 });
 </script></body></html>"""
 
+def probed(tmp_path: Path, url: str, *flags: str) -> dict:
+    """What a probe page wrote into its <pre id="out">, as JSON, after Chromium ran it."""
+    result = chromium(tmp_path, *flags, "--virtual-time-budget=10000", "--dump-dom", url)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r'<pre id="out"[^>]*>(.*?)</pre>', result.stdout, re.S)
+    assert found and found.group(1), result.stdout[-2000:]
+    return json.loads(found.group(1).replace("&quot;", '"'))
+
+
+def screenshot(tmp_path: Path, shot: Path, url: str, *flags: str) -> None:
+    """A screenshot for a person to look at (test-artifacts/)."""
+    result = chromium(tmp_path, *flags, "--hide-scrollbars", "--virtual-time-budget=10000",
+                      f"--screenshot={shot}", url)
+    assert result.returncode == 0 and shot.stat().st_size > 20_000, result.stderr[-500:]
+
 
 @pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian's chromium is not installed")
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_no_horizontal_overflow_at_1400_and_400_px(long_site, tmp_path, scheme):
-    """Index, device, interface and service page at 1400 and 400 px: no horizontal overflow.
+    """Index, device, interface and service page at 1400 and 400 px: no horizontal overflow,
+    of the page or of a table inside its scroll box (tables reflow on a phone).
     The screenshots (test-artifacts/site-{width}-{scheme}.png, the four pages side by side)
     are for a person to look at."""
     _, html = long_site
@@ -165,21 +190,14 @@ def test_no_horizontal_overflow_at_1400_and_400_px(long_site, tmp_path, scheme):
             probe.write_text(PROBE % json.dumps(frames))
             probes.append(probe)
             window = f"--window-size={len(frames) * (width + 10)},1510"
-            result = chromium(tmp_path, *flags, window, "--virtual-time-budget=10000",
-                              "--dump-dom", base + probe.name)
-            assert result.returncode == 0, result.stderr[-2000:]
-            found = re.search(r'<pre id="out"[^>]*>(.*?)</pre>', result.stdout, re.S)
-            assert found and found.group(1), result.stdout[-2000:]
-            measured = json.loads(found.group(1).replace("&quot;", '"'))
+            measured = probed(tmp_path, base + probe.name, *flags, window)
             assert len(measured) == len(frames)
-            overflow = {page: m for page, m in measured.items() if m["scroll"] > m["client"]}
-            assert overflow == {}
+            overflow = {page: m for page, m in measured.items()
+                        if m["scroll"] > m["client"] or m["inner"]}
+            assert overflow == {}, json.dumps(overflow)
             assert {m["dark"] for m in measured.values()} == {scheme == "dark"}
-            shot = artifacts / f"site-{width}-{scheme}.png"
-            result = chromium(tmp_path, *flags, window, "--hide-scrollbars",
-                              "--virtual-time-budget=10000", f"--screenshot={shot}",
-                              base + probe.name)
-            assert result.returncode == 0 and shot.stat().st_size > 20_000, result.stderr[-500:]
+            screenshot(tmp_path, artifacts / f"site-{width}-{scheme}.png", base + probe.name,
+                       *flags, window)
     finally:
         server.shutdown()
         server.server_close()
@@ -207,3 +225,51 @@ def test_overview_filter_narrows_the_list(long_site, tmp_path):
     assert 'id="filters" hidden' not in result.stdout  # the filter shows only with scripts
     page = (html / "index.html").read_text()
     assert 'id="filters" hidden' in page and page.count("data-text=") == len(rows)
+
+
+SHARPNESS_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<pre id="out" style="margin:0;height:4px;overflow:hidden"></pre>
+<iframe id="page" width="%d" height="3000" style="border:0" src="%s"></iframe><script>
+// Every graph image of the page: its pixels against the device pixels it covers.
+document.getElementById("page").onload = function () {
+  var doc = this.contentDocument, found = [];
+  doc.querySelectorAll(".graph img").forEach(function (img) {
+    found.push({src: img.getAttribute("src"), natural: img.naturalWidth,
+                device: img.getBoundingClientRect().width * window.devicePixelRatio});
+  });
+  document.getElementById("out").textContent = JSON.stringify(
+    {ratio: window.devicePixelRatio, images: found});
+};
+</script></body></html>"""
+
+
+@pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian's chromium is not installed")
+@pytest.mark.parametrize("width", [1400, 400])
+def test_graphs_are_sharp_on_a_high_dpi_screen(long_site, tmp_path, width):
+    """At a device scale factor of 2 every graph image has at least one pixel per device
+    pixel it covers (the interface page's four periods, the device page's day graphs).
+    Screenshots: test-artifacts/sharp-{width}-{page}.png."""
+    _, html = long_site
+    server = make_server(html, "127.0.0.1", 0)
+    serve_in_thread(server)
+    artifacts = ROOT / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    probes = []
+    try:
+        base = url_of(server)
+        for page in ("interface", "device"):
+            probe = html / f"sharp-{page}-{width}.html"
+            probe.write_text(SHARPNESS_PROBE % (width, PAGES[page]))
+            probes.append(probe)
+            flags = ("--force-device-scale-factor=2", f"--window-size={width},1500")
+            measured = probed(tmp_path, base + probe.name, *flags)
+            assert measured["ratio"] == 2 and len(measured["images"]) >= 3, measured
+            blurry = [i for i in measured["images"] if i["natural"] < i["device"] - 1]
+            assert blurry == [], blurry
+            screenshot(tmp_path, artifacts / f"sharp-{width}-{page}.png", base + PAGES[page],
+                       *flags)
+    finally:
+        server.shutdown()
+        server.server_close()
+        for probe in probes:
+            probe.unlink()

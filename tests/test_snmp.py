@@ -559,20 +559,50 @@ def test_quiet_defaults_down_only_matters_after_up_and_loopbacks_are_skipped(snm
 def test_port_index_has_groups_macs_and_addresses(snmpsim, tmp_path):
     """LibreNMS-style descriptions become the port's group; MAC and IP-MIB addresses are
     there too, in the index the site and digests read."""
-    from collectors.snmp import parse_port_description
+    from collectors.snmp import PortDescription, parse_port_description, read_port_index
 
     poll_once(tmp_path, device("flap", snmpsim, "flap-t0"), T0)
     ports = read_port_index(tmp_path / "state")["flap"]
     eth0 = ports["eth0"]
-    assert (eth0["group"], eth0["description"], eth0["circuit"]) == ("transit", "ExampleNet",
-                                                                      "CID-42")
-    assert eth0["mac"] == "02:00:00:00:00:01" and eth0["type"] == "ethernetCsmacd"
-    assert eth0["addresses"] == ["192.0.2.1/30", "2001:db8::1/64"]
-    assert (ports["eth1"]["group"], ports["eth1"]["notes"]) == ("cust", "rack 4")
-    assert ports["vlan10"]["group"] == "core" and ports["vlan10"]["type"] == "l2vlan"
+    assert (eth0.group, eth0.description, eth0.circuit) == ("transit", "ExampleNet", "CID-42")
+    assert eth0.mac == "02:00:00:00:00:01" and eth0.type == "ethernetCsmacd"
+    assert eth0.addresses == ("192.0.2.1/30", "2001:db8::1/64")
+    assert eth0.alias == "Transit: ExampleNet [10G] {CID-42}" and eth0.speed_bps == 1e9
+    assert (ports["eth1"].group, ports["eth1"].notes) == ("cust", "rack 4")
+    assert ports["vlan10"].group == "core" and ports["vlan10"].type == "l2vlan"
     assert "lo" not in ports
     assert parse_port_description("uplink to ISP") is None
-    assert parse_port_description("Peering: DE-CIX [100G]").speed == "100G"
+    assert parse_port_description("Peering: DE-CIX [100G]") == PortDescription("peering", "DE-CIX")
+
+
+def test_site_port_table_reads_the_port_index_not_the_check_message(snmpsim, tmp_path):
+    """An ifAlias with ") " and HTML in it reaches the device page whole and escaped, with the
+    port's group, MAC and address, from the collector's port index (two real polls)."""
+    import html
+
+    from graphs.site import site_from_config
+    from monitor.status import StatusBook
+    from tests.data.snmp.make_recordings import EVIL_ALIAS
+
+    config = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n[web]\nworkers = 1\n')
+    store, status = RrdStore(config.rrd_dir), StatusBook(config.state_dir / "status.json")
+    for phase in (0, 1):
+        batch = poll_once(tmp_path, device("evil", snmpsim, f"evilalias-t{phase}"),
+                          T0 + phase * STEP)
+        assert not store.write(batch.measurements, STEP).errors
+        status.update(batch.checks)
+    builder = site_from_config(config, store, status, inline_below=10**6)
+    builder.clock = lambda: T0 + STEP
+    try:
+        assert not builder.build(full=True).errors
+    finally:
+        builder.close()
+        store.close()
+    page = (config.html_dir / "evil" / "index.html").read_text()
+    table = page.split('<table class="ports">')[1].split("</table>")[0]
+    assert html.escape(EVIL_ALIAS, quote=False) in table and "<script>" not in table
+    assert '<span class="tag">cust</span>' in table
+    assert "198.51.100.7/24" in table and "02:00:00:00:be:01" in table
 
 
 def test_discover_lists_macs_addresses_groups_and_skipped_types(snmpsim):

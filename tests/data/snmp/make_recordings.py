@@ -249,6 +249,20 @@ def flap(t: int) -> str:
     return "\n".join(out) + "\n"
 
 
+EVIL_ALIAS = "Cust: Evil (rack 4) <b>bold</b> (x) tail <script>alert(1)</script>"
+
+
+def evil_alias(t: int) -> str:
+    """A port whose ifAlias has ") " and HTML in it, with a MAC and an address; 60 s apart."""
+    lines = device("evil-switch", 100000 + 6000 * t, [
+        dict(index=1, name="eth0", alias=EVIL_ALIAS, octets=10**9 + 600_000 * t)]).splitlines()
+    lines += [f"{IF}.6.1|4x|02000000be01", "1.3.6.1.2.1.4.20.1.1.198.51.100.7|64|198.51.100.7",
+              "1.3.6.1.2.1.4.20.1.2.198.51.100.7|2|1",
+              "1.3.6.1.2.1.4.20.1.3.198.51.100.7|64|255.255.255.0"]
+    lines.sort(key=oid_key)
+    return "\n".join(lines) + "\n"
+
+
 def odd() -> str:
     """A device without sysName, whose eth1 reports ifOperStatus 0 and eth2 none at all."""
     lines = device("odd-box", 100000, [dict(index=1, name="eth0"), dict(index=2, name="eth1", oper=0),
@@ -271,6 +285,7 @@ def main() -> None:
         files[f"wrap32-t{t}"] = wraps32(t)
         files[f"uptimewrap-t{t}"] = uptime_wrap(t)
         files[f"flap-t{t}"] = flap(t)
+        files[f"evilalias-t{t}"] = evil_alias(t)
     for t in (0, 1, 2):
         files[f"reboot-t{t}"] = reboot(t)
     files["odd"] = odd()
