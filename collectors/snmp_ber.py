@@ -315,7 +315,7 @@ def _decode_varbinds(data: bytes, pos: int, list_end: int, varbinds: list[tuple[
                 value: object = from_bytes(data[s:e], "big", signed=True)
             else:
                 value = from_bytes(data[s:e], "big")
-                if value >> (64 if tag == 0x46 else 32):  # type: ignore[operator]
+                if value >> (64 if tag == 0x46 else 32):
                     _int(data, s, e, tag)
         elif tag == 0x04 or tag == 0x44:  # OCTET STRING, Opaque
             value = data[s:e]

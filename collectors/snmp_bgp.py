@@ -139,10 +139,14 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 class DescribedPort(Protocol):
     """What `port_links` needs of a port (collectors.snmp.PortInfo)."""
 
-    group: str
-    description: str
-    alias: str
-    addresses: tuple[str, ...]
+    @property
+    def group(self) -> str: ...
+    @property
+    def description(self) -> str: ...
+    @property
+    def alias(self) -> str: ...
+    @property
+    def addresses(self) -> tuple[str, ...]: ...
 
 
 def port_links(ports: Iterable[DescribedPort]) -> list[tuple[Network, str]]:

@@ -201,7 +201,7 @@ def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dic
         cache = sum(_int(scalars.get((*oid, 0))) or 0 for oid in (UCD_MEM_BUFFER, UCD_MEM_CACHED))
         memory(1024.0 * max(0, total - avail - cache), 1024.0 * total)
     elif pools and pools[0][1] is not None and pools[0][2] is not None:
-        memory(float(pools[0][1]), float(pools[0][1] + pools[0][2]))  # type: ignore[operator]
+        memory(float(pools[0][1]), float(pools[0][1] + pools[0][2]))
     else:
         buffers = [v for i in engines if (v := _int(get(JNX_BUFFER).get(i))) is not None]
         if buffers:
@@ -266,25 +266,27 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
         lower = name.lower()
         kind = ("psu" if lower.startswith(("pem", "power supply")) else
                 "fan" if lower.startswith("fan") or " fan" in lower else "")
-        code = _int(get(JNX_STATE).get(index))
+        jnx_state = _int(get(JNX_STATE).get(index))
         temperature = _int(get(JNX_TEMP).get(index))
         if temperature:
             out.sensor(out.unique(name or str(index), index), "temperature_celsius", float(temperature), "°C")
-        if kind and code is not None:
+        if kind and jnx_state is not None:
             out.found.sensors += 1
-            state = State.CRITICAL if code == 6 else State.WARNING if code == 1 else State.OK
-            _failed_part(out, kind, out.unique(name, index, kind), state, JNX_WORDS.get(code, str(code)))
+            state = State.CRITICAL if jnx_state == 6 else State.WARNING if jnx_state == 1 else State.OK
+            _failed_part(out, kind, out.unique(name, index, kind), state,
+                         JNX_WORDS.get(jnx_state, str(jnx_state)))
     for base in (ENT_SENSOR, CISCO_SENSOR):
         sensors = _entity_sensors(out, tables, base)
         if base is CISCO_SENSOR:
             _cisco_thresholds(out, tables, sensors)
     # MikroTik: the gauge table (RouterOS 6.4x+), else the older scalars (tenths).
     if get(MT_GAUGE_VALUE):
-        for index, value in sorted(get(MT_GAUGE_VALUE).items()):
-            unit = MT_KINDS.get(_int(get(MT_GAUGE_UNIT).get(index)) or 0)
-            if unit is not None and _int(value) is not None:
+        for index, raw in sorted(get(MT_GAUGE_VALUE).items()):
+            gauge = MT_KINDS.get(_int(get(MT_GAUGE_UNIT).get(index)) or 0)
+            reading = _int(raw)
+            if gauge is not None and reading is not None:
                 name = out.unique(_name(get(MT_GAUGE_NAME).get(index), f"gauge {index[0]}"), index)
-                out.sensor(name, unit[0], value * unit[2], unit[1])  # type: ignore[operator]
+                out.sensor(name, gauge[0], reading * gauge[2], gauge[1])
     else:
         for name, oid, metric, unit in (("temperature", MT_TEMPERATURE, "temperature_celsius", "°C"),
                                         ("cpu temperature", MT_CPU_TEMPERATURE, "temperature_celsius", "°C"),
@@ -326,10 +328,10 @@ def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, s
     limits: dict[Oid, list[tuple[int, str, float, bool]]] = {}
     for index, severity in get(CISCO_T_SEVERITY).items():
         relation = CISCO_RELATION.get(_int(get(CISCO_T_RELATION).get(index)) or 0)
-        raw = _int(get(CISCO_T_VALUE).get(index))
-        if _int(severity) in CISCO_SEVERITY and relation and raw is not None and index[:-1] in sensors:
+        raw_limit, level = _int(get(CISCO_T_VALUE).get(index)), _int(severity)
+        if level in CISCO_SEVERITY and relation and raw_limit is not None and index[:-1] in sensors:
             hit = get(CISCO_T_EVALUATION).get(index) == 1
-            limits.setdefault(index[:-1], []).append((severity, relation, raw, hit))  # type: ignore[arg-type]
+            limits.setdefault(index[:-1], []).append((level, relation, float(raw_limit), hit))
     for index, rows in sorted(limits.items()):
         name, metric, unit, factor = sensors[index]
         value = _int(get((*CISCO_SENSOR, 4)).get(index)) or 0
@@ -337,10 +339,10 @@ def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, s
         hits = sorted((r for r in rows if r[3]), reverse=True)
         what = "temperature" if metric == "temperature_celsius" else "sensor"
         if hits:
-            severity, relation, raw, _ = hits[0]
-            state, word = CISCO_SEVERITY[severity]
+            level, relation, limit, _ = hits[0]
+            state, word = CISCO_SEVERITY[level]
             out.check(f"{what} {name}", state, f"{name} is {shown} ({word} threshold: "
-                      f"{relation} {raw * factor:g} {unit})")
+                      f"{relation} {limit * factor:g} {unit})")
         else:
             levels = ", ".join(f"{CISCO_SEVERITY[s][1]} {r} {v * factor:g} {unit}"
                                for s, r, v, _ in sorted(rows))
