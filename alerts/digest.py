@@ -35,6 +35,7 @@ from alerts.state import AlertStore, alerts_db_path
 from graphs import stats
 from monitor.config import Config, Digest
 from monitor.model import State
+from monitor.scheduler import JobFunction as Job
 from monitor.scheduler import cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, SeriesInfo
@@ -668,13 +669,14 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
 
 
 def schedule_digests(config: Config, scheduler, store: RrdStore, status: StatusBook,
-                     outbox: Outbox) -> None:
+                     outbox: Outbox, guard: Callable[[Job], Job] = lambda job: job) -> None:
     """Put every [[digests]] on the agent's scheduler at its cron schedule, mailed through the
-    agent's outbox (one SQLite connection and one delivery lock for alerts and digests)."""
+    agent's outbox (one SQLite connection and one delivery lock for alerts and digests).
+    `guard` wraps each job (in a cluster: run on the leader only)."""
     for digest in config.digests:
         async def job(name: str = digest.name) -> None:
             await run_digest(config, name, store=store, status=status, outbox=outbox)
-        scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
+        scheduler.add_cron(f"digest {digest.name}", digest.schedule, guard(job))
 
 
 __all__ = ["DigestBuilder", "Report", "Section", "compose", "run_digest",

@@ -687,6 +687,13 @@ class SnmpCollector:
         self.clock = clock
         self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
+        self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
+
+    def work_units(self) -> dict[str, str]:
+        return {name: poller.device.group for name, poller in self.pollers.items()}
+
+    def select(self, units: set[str] | None) -> None:
+        self._selected = units
 
     def replace_device(self, device: SnmpDevice) -> None:
         """Change how a device is reached, keeping its counter history (config reloads, tests)."""
@@ -733,7 +740,8 @@ class SnmpCollector:
         async def run(poller: DevicePoller) -> None:
             await ready.put(await self._poll(poller, limit))
 
-        tasks = [asyncio.ensure_future(run(p)) for p in self.pollers.values()]
+        tasks = [asyncio.ensure_future(run(p)) for name, p in self.pollers.items()
+                 if self._selected is None or name in self._selected]
         try:
             remaining = len(tasks)
             while remaining:

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
-from monitor.model import Batch, CheckResult, Collector, Measurement, State, StreamingCollector
+from monitor.model import (
+    Batch,
+    CheckResult,
+    Collector,
+    Measurement,
+    SharedCollector,
+    State,
+    StreamingCollector,
+)
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
@@ -24,6 +32,7 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
+    from cluster.node import ClusterNode
     from graphs.site import SiteBuilder
     from monitor.export import PrometheusExporter
 
@@ -55,6 +64,12 @@ class Agent:
     def __init__(self, config: Config, *, only: str | None = None,
                  min_run_limit: float = 30.0) -> None:
         self.config = config
+        # [cluster]: this agent shares the devices and checks with others and runs the alerts,
+        # the site and the digests only while it is the leader.
+        self.cluster: ClusterNode | None = None
+        if config.cluster is not None:
+            from cluster.node import ClusterNode
+            self.cluster = ClusterNode(config.cluster)
         # A run is cut off after max(3 intervals, min_run_limit) seconds.
         self.min_run_limit = min_run_limit
         self.store = open_store(config)
@@ -77,19 +92,26 @@ class Agent:
     def schedule(self) -> None:
         if self.exporter is not None:
             self.exporter.serve()
+        cluster = self.cluster
+        if cluster is not None:
+            self.scheduler.add_interval("cluster heartbeat", cluster.config.heartbeat, cluster.beat)
+            self.scheduler.add_interval("cluster lease", cluster.config.lease / 3,
+                                        cluster.renew_lease)
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
-                jitter=min(self.config.agent.jitter, collector.interval / 10),
+                jitter=0 if cluster else min(self.config.agent.jitter, collector.interval / 10),
+                aligned=cluster is not None,
             )
         # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.
-        self.scheduler.add_interval("alerts", self.config.alerts.interval, self._alerts_job,
-                                    run_now=False)
+        self.scheduler.add_interval("alerts", self.config.alerts.interval,
+                                    self._leader_only(self._alerts_job), run_now=False)
         self.alerts.outbox.start(MAIL_INTERVAL)
         if self.config.alerts.replies is not None:
             self.scheduler.add_interval("replies", self.config.alerts.replies.interval,
-                                        self.alerts.read_replies, run_now=False)
+                                        self._leader_only(self.alerts.read_replies),
+                                        run_now=False)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
         site_interval = self.config.web.interval
         if site_interval is None:
@@ -97,10 +119,19 @@ class Agent:
         if site_interval > 0:
             from graphs.site import site_from_config
             self.site = site_from_config(self.config, self.store, self.status)
-            self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
+            self.scheduler.add_interval("site", site_interval, self._leader_only(self._build_site),
+                                        run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
-        schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox)
+        schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox,
+                         guard=self._leader_only)
+
+    def _leader_only(self, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """A job that, in a cluster, runs on the leader only (alone: every agent runs it)."""
+        async def run() -> None:
+            if self.cluster is None or self.cluster.leading:
+                await job()
+        return run
 
     async def _alerts_job(self) -> None:
         await self.alerts.tick()
@@ -114,6 +145,9 @@ class Agent:
         return run
 
     async def run_collector(self, collector: Collector) -> Batch:
+        if self.cluster is not None and isinstance(collector, SharedCollector):
+            collector.select(await self.cluster.claim(collector.name, collector.work_units(),
+                                                      collector.interval))
         started = time.monotonic()
         # A run may overrun its interval (logged and counted), but one that hangs for several
         # intervals is cut off, or its job would never run again.
@@ -226,3 +260,5 @@ class Agent:
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)
         self.alerts.close()
+        if self.cluster is not None:
+            await self.cluster.close()

@@ -140,3 +140,14 @@ class StreamingCollector(Collector, Protocol):
     still there (all parts in one batch)."""
 
     def batches(self) -> AsyncIterator[Batch]: ...
+
+
+@runtime_checkable
+class SharedCollector(Collector, Protocol):
+    """A collector whose targets several agents ([cluster]) may share: `work_units()` names each
+    unit of work (a device, a service check) with its group; before a run the agent tells it
+    which units are this node's with `select()` (None: all of them, the single-machine case)."""
+
+    def work_units(self) -> dict[str, str]: ...
+
+    def select(self, units: set[str] | None) -> None: ...

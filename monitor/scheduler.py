@@ -87,10 +87,19 @@ class Scheduler:
         self._clock = clock
 
     def add_interval(self, name: str, interval: float, function: JobFunction, *,
-                     jitter: float = 0.0, run_now: bool = True) -> None:
+                     jitter: float = 0.0, run_now: bool = True, aligned: bool = False) -> None:
+        """`aligned`: runs at a tenth into each interval counted from the epoch, as every
+        agent of a cluster does, so a run falls in one cycle (time // interval) with room to
+        spare and a takeover leaves no cycle out."""
         job = _Job(name, function, interval)
         self._jobs[name] = job
-        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None)
+        start = None
+        if aligned:
+            from datetime import datetime
+
+            begin = (time.time() // interval + 1) * interval + interval / 10
+            start = datetime.fromtimestamp(begin, UTC)
+        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=start)
         self._scheduler.add_job(
             self._run, trigger, args=[job], id=name, name=name,
             misfire_grace_time=max(1, int(interval)),

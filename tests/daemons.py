@@ -362,3 +362,33 @@ http {{
         with _running(["/usr/sbin/nginx", "-c", str(conf), "-p", str(d)],
                       lambda: _accepts("127.0.0.1", port), "nginx", d / "stdout.log"):
             yield port
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, port: int | None = None) -> Iterator[int]:
+    """redis-server on 127.0.0.1 (no persistence), its files in `directory`; yields the port.
+    A given `port` lets a test start it again where the agents expect it."""
+    _require("/usr/bin/redis-server")
+    port = port or free_port()
+    argv = ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory), "--daemonize", "no"]
+    with _running(argv, lambda: _accepts("127.0.0.1", port), "redis-server",
+                  directory / f"redis-{port}.log"):
+        yield port
+
+
+@contextlib.contextmanager
+def rrdcached_tcp(base: Path, port: int | None = None) -> Iterator[int]:
+    """rrdcached listening on 127.0.0.1:PORT over TCP, its files under `base` (-b, -B: clients
+    name files relative to it and cannot leave it); yields the port."""
+    _require("/usr/bin/rrdcached")
+    port = port or free_port()
+    journal = base.parent / f"{base.name}-journal"
+    base.mkdir(exist_ok=True)
+    journal.mkdir(exist_ok=True)
+    argv = ["/usr/bin/rrdcached", "-g", "-l", f"127.0.0.1:{port}", "-b", str(base), "-B",
+            "-j", str(journal), "-w", "3600", "-z", "1", "-f", "7200",
+            "-p", str(base.parent / f"rrdcached-{port}.pid")]
+    with _running(argv, lambda: _accepts("127.0.0.1", port), "rrdcached",
+                  base.parent / f"rrdcached-{port}.log"):
+        yield port
