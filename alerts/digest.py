@@ -227,7 +227,7 @@ class DigestBuilder:
         """A series written once or twice has no consolidated value yet (the first hour of
         a fresh install, the demo): use the last value written, if it is recent."""
         try:
-            if info.path.stat().st_mtime < end - 2 * 86400:
+            if self.store.modified(info)[0] < end - 2 * 86400:
                 return {}
             return self.store.last_gauges(info)
         except Exception as exc:

@@ -44,11 +44,22 @@ Sink = Callable[[str, Batch], Awaitable[None]]
 
 
 def open_store(config: Config) -> RrdStore:
+    """The config's store. In a cluster with an rrdcached over TCP the files are the daemon's
+    (every node writes and the leader reads through it) and their index is in Redis."""
+    rrdcached = config.storage.rrdcached
+    remote = config.cluster is not None and rrdcached is not None and not rrdcached.startswith("unix:")
+    catalog = None
+    if remote:
+        assert config.cluster is not None
+        from cluster.catalog import RedisCatalog
+        catalog = RedisCatalog(config.cluster)
     return RrdStore(
         config.rrd_dir,
         archives=config.storage.archives,
         consolidations=config.storage.consolidations,
-        rrdcached=config.storage.rrdcached,
+        rrdcached=rrdcached,
+        remote=remote,
+        catalog=catalog,
     )
 
 

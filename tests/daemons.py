@@ -380,13 +380,14 @@ def redis_server(directory: Path, port: int | None = None) -> Iterator[int]:
 @contextlib.contextmanager
 def rrdcached_tcp(base: Path, port: int | None = None) -> Iterator[int]:
     """rrdcached listening on 127.0.0.1:PORT over TCP, its files under `base` (-b, -B: clients
-    name files relative to it and cannot leave it); yields the port."""
+    name files relative to it and cannot leave it; -R: CREATE makes directories); yields the
+    port."""
     _require("/usr/bin/rrdcached")
     port = port or free_port()
     journal = base.parent / f"{base.name}-journal"
     base.mkdir(exist_ok=True)
     journal.mkdir(exist_ok=True)
-    argv = ["/usr/bin/rrdcached", "-g", "-l", f"127.0.0.1:{port}", "-b", str(base), "-B",
+    argv = ["/usr/bin/rrdcached", "-g", "-R", "-l", f"127.0.0.1:{port}", "-b", str(base), "-B",
             "-j", str(journal), "-w", "3600", "-z", "1", "-f", "7200",
             "-p", str(base.parent / f"rrdcached-{port}.pid")]
     with _running(argv, lambda: _accepts("127.0.0.1", port), "rrdcached",
