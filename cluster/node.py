@@ -170,6 +170,11 @@ class ClusterNode:
         self._reached()
         return claimed
 
+    def shared_state(self, job: str, keep: float) -> RedisState:
+        """Where `job`'s units keep what moves with them (kept `keep` seconds after the last
+        write)."""
+        return RedisState(self, f"{PREFIX}state:{job}:", keep)
+
     # -- leadership ------------------------------------------------------------------------------
 
     @property
@@ -206,3 +211,24 @@ class ClusterNode:
         finally:
             self._lease_until = 0.0
             await self.redis.aclose()
+
+
+class RedisState:
+    """`monitor.model.SharedState` in Redis: one key per unit. Cut off from Redis, a node
+    keeps its own state (in memory and its state files) and shares it again once it can."""
+
+    def __init__(self, node: ClusterNode, prefix: str, keep: float) -> None:
+        self.node, self.prefix, self.keep_ms = node, prefix, int(keep * 1000)
+
+    async def get(self, unit: str) -> str | None:
+        try:
+            return await self.node.redis.get(self.prefix + unit)
+        except Unreachable as exc:
+            self.node._missed(exc)
+            return None
+
+    async def put(self, unit: str, text: str) -> None:
+        try:
+            await self.node.redis.set(self.prefix + unit, text, px=self.keep_ms)
+        except Unreachable as exc:
+            self.node._missed(exc)

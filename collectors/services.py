@@ -32,7 +32,7 @@ from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
 from monitor.text import clean
 from monitor.units import format_duration
 
@@ -156,6 +156,9 @@ class ServicesCollector:
 
     def select(self, units: set[str] | None) -> None:
         self.selected = units
+
+    def share_state(self, share: SharedState) -> None:
+        """Service checks keep no state across runs that another node would need."""
 
     async def collect(self) -> Batch:
         # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64

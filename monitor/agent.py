@@ -86,6 +86,11 @@ class Agent:
         self.store = open_store(config)
         self.status = StatusBook(config.state_dir / "status.json")
         self.collectors: list[Collector] = build_collectors(config, only)
+        if self.cluster is not None:
+            for collector in self.collectors:
+                if isinstance(collector, SharedCollector):
+                    # A day: long after any rate could be computed from it (two intervals).
+                    collector.share_state(self.cluster.shared_state(collector.name, 86400))
         self.sinks: list[Sink] = []
         # Alerts: every batch passes the rules; alert (and digest) mail leaves via the outbox.
         self.alerts = AlertService(config)

@@ -151,3 +151,14 @@ class SharedCollector(Collector, Protocol):
     def work_units(self) -> dict[str, str]: ...
 
     def select(self, units: set[str] | None) -> None: ...
+
+    def share_state(self, share: SharedState) -> None:
+        """Keep what the next run of a unit needs (SNMP counters) where every node finds it."""
+
+
+class SharedState(Protocol):
+    """State of units of work that moves with them between nodes (text, e.g. JSON)."""
+
+    async def get(self, unit: str) -> str | None: ...
+
+    async def put(self, unit: str, text: str) -> None: ...
