@@ -728,6 +728,11 @@ class SnmpCollector:
 
     def share_state(self, share: SharedState) -> None:
         self._share = share
+        # A takeover may skip one cycle (the dead node's heartbeat lapses just after the
+        # cycle began), so a rate may span up to three intervals; sysUpTime still tells a
+        # restarted device from a quiet one.
+        for poller in self.pollers.values():
+            poller.state.max_gap_intervals = 3.0
 
     def replace_device(self, device: SnmpDevice) -> None:
         """Change how a device is reached, keeping its counter history (config reloads, tests)."""

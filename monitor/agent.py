@@ -32,7 +32,7 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
-    from cluster.node import ClusterNode
+    from cluster.member import ClusterMember
     from graphs.site import SiteBuilder
     from monitor.export import PrometheusExporter
 
@@ -75,26 +75,27 @@ class Agent:
     def __init__(self, config: Config, *, only: str | None = None,
                  min_run_limit: float = 30.0) -> None:
         self.config = config
-        # [cluster]: this agent shares the devices and checks with others and runs the alerts,
-        # the site and the digests only while it is the leader.
-        self.cluster: ClusterNode | None = None
-        if config.cluster is not None:
-            from cluster.node import ClusterNode
-            self.cluster = ClusterNode(config.cluster)
         # A run is cut off after max(3 intervals, min_run_limit) seconds.
         self.min_run_limit = min_run_limit
         self.store = open_store(config)
         self.status = StatusBook(config.state_dir / "status.json")
         self.collectors: list[Collector] = build_collectors(config, only)
-        if self.cluster is not None:
-            for collector in self.collectors:
-                if isinstance(collector, SharedCollector):
-                    # A day: long after any rate could be computed from it (two intervals).
-                    collector.share_state(self.cluster.shared_state(collector.name, 86400))
         self.sinks: list[Sink] = []
         # Alerts: every batch passes the rules; alert (and digest) mail leaves via the outbox.
         self.alerts = AlertService(config)
-        self.sinks.append(self.alerts.consume)
+        # [cluster]: this agent shares the devices and checks with others, sends its check
+        # results to the leader, and runs the alerts, the site and the digests only while it
+        # is the leader itself.
+        self.cluster: ClusterMember | None = None
+        if config.cluster is None:
+            self.sinks.append(self.alerts.consume)
+        else:
+            from cluster.member import ClusterMember
+            self.cluster = ClusterMember(config, self.alerts, self.status)
+            for collector in self.collectors:
+                if isinstance(collector, SharedCollector):
+                    # A day: long after any rate could be computed from it (two intervals).
+                    collector.share_state(self.cluster.node.shared_state(collector.name, 86400))
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self.site: SiteBuilder | None = None
         # Prometheus: the latest values and check states as a textfile and/or on /metrics.
@@ -110,9 +111,7 @@ class Agent:
             self.exporter.serve()
         cluster = self.cluster
         if cluster is not None:
-            self.scheduler.add_interval("cluster heartbeat", cluster.config.heartbeat, cluster.beat)
-            self.scheduler.add_interval("cluster lease", cluster.config.lease / 3,
-                                        cluster.renew_lease)
+            cluster.schedule(self.scheduler)
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
@@ -123,7 +122,8 @@ class Agent:
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.
         self.scheduler.add_interval("alerts", self.config.alerts.interval,
                                     self._leader_only(self._alerts_job), run_now=False)
-        self.alerts.outbox.start(MAIL_INTERVAL)
+        if cluster is None:  # in a cluster the leader delivers in its round
+            self.alerts.outbox.start(MAIL_INTERVAL)
         if self.config.alerts.replies is not None:
             self.scheduler.add_interval("replies", self.config.alerts.replies.interval,
                                         self._leader_only(self.alerts.read_replies),
@@ -144,10 +144,9 @@ class Agent:
 
     def _leader_only(self, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
         """A job that, in a cluster, runs on the leader only (alone: every agent runs it)."""
-        async def run() -> None:
-            if self.cluster is None or self.cluster.leading:
-                await job()
-        return run
+        if self.cluster is None:
+            return job
+        return self.cluster.leader_only(job)
 
     async def _alerts_job(self) -> None:
         await self.alerts.tick()
@@ -160,9 +159,15 @@ class Agent:
             await self.run_collector(collector)
         return run
 
+    def _own_label(self, collector: Collector) -> str:
+        """The agent's own check of a collector; in a cluster, each node's apart."""
+        if self.cluster is None:
+            return f"collector {collector.name}"
+        return f"collector {collector.name} on {self.cluster.node.name}"
+
     async def run_collector(self, collector: Collector) -> Batch:
         if self.cluster is not None and isinstance(collector, SharedCollector):
-            collector.select(await self.cluster.claim(collector.name, collector.work_units(),
+            collector.select(await self.cluster.node.claim(collector.name, collector.work_units(),
                                                       collector.interval))
         started = time.monotonic()
         # A run may overrun its interval (logged and counted), but one that hangs for several
@@ -183,13 +188,13 @@ class Agent:
         try:
             batch = await asyncio.wait_for(produce(), timeout=limit)
         except TimeoutError:
-            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+            failure = CheckResult("agent", self._own_label(collector), State.UNKNOWN,
                                   f"collector {collector.name} did not finish within {limit:.0f} s "
                                   "and was stopped; check the targets it polls")
             await self.consume(collector, Batch(checks=[failure]))
             raise
         except Exception as exc:
-            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+            failure = CheckResult("agent", self._own_label(collector), State.UNKNOWN,
                                   f"collector {collector.name} could not run: {exc}")
             await self.consume(collector, Batch(checks=[failure]))
             raise
@@ -198,10 +203,10 @@ class Agent:
         problems = [c for c in consumed.checks if c.state is not State.OK]
         summary = (f"{len(consumed.measurements)} value(s), {len(consumed.checks)} check(s)"
                    f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
-        ran = CheckResult("agent", f"collector {collector.name}", State.OK,
+        ran = CheckResult("agent", self._own_label(collector), State.OK,
                           f"collector {collector.name} ran: {summary}")
         # The agent's heartbeat: a digest tells "the check failed" from "the agent did not run".
-        heartbeat = Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
+        heartbeat = Measurement("agent", self._own_label(collector), "run_seconds", elapsed,
                                 unit="s", timestamp=time.time(), minimum=0)
         batch.add(ran)
         batch.add(heartbeat)
@@ -230,6 +235,8 @@ class Agent:
             await asyncio.to_thread(self.status.save)
         except OSError as exc:
             log.error("cannot save check states to %s: %s", self.status.path, exc)
+        if self.cluster is not None:
+            await self.cluster.publish(batch, collector.interval)
         for sink in self.sinks:
             try:
                 await sink(collector.name, batch)

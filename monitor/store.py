@@ -653,6 +653,13 @@ class RrdStore:
         if self.remote:
             # The daemon's files: it says whether one is gone; a busy or failing daemon keeps
             # the samples for the next batch.
+            if "illegal attempt to update" in error:
+                # Another writer got there first (rows not newer than the file's last one):
+                # these can never be written. The file's last update is asked anew next time.
+                state.last = None
+                report.skipped += len(self._measurements_of(key))
+                report.errors.append(f"{path}: {error}; these values are dropped")
+                return
             if "No such file" in error:
                 self._files.pop(key, None)
                 self._index_dirty = True

@@ -30,7 +30,7 @@ from cluster.ownership import assign, owner
 from monitor.config import ClusterConfig
 from monitor.store import RrdStore
 from tests.conftest import DATA, MONITOR, ROOT
-from tests.daemons import redis_server, rrdcached_tcp, snmpsim
+from tests.daemons import free_port, redis_server, rrdcached_tcp, snmpsim
 
 INTERVAL = 3.0
 
@@ -84,6 +84,7 @@ def cluster_config(tmp: Path, node: str, redis_port: int, body: str) -> Path:
 data_dir = "{data}"
 interval = "{INTERVAL:g}s"
 jitter = "0s"
+hostname = "{node}"
 
 [web]
 interval = "0s"
@@ -235,6 +236,9 @@ def test_snmp_counters_move_with_the_device_no_spike_across_a_takeover(tmp_path)
         moved = sorted(d for d, n in owners.items() if n == victim)
         first = wait_cycles(3)
         wait_cycles(3)
+        # Half-way through a cycle: the victim has polled in it, its heartbeat lapses before
+        # the next one begins, whose owner has the victim's counters at hand.
+        time.sleep(INTERVAL / 2)
         procs[victim].send_signal(signal.SIGKILL)
         procs[victim].wait()
         killed = int(time.time() // INTERVAL)
@@ -263,3 +267,128 @@ def test_snmp_counters_move_with_the_device_no_spike_across_a_takeover(tmp_path)
         # once: no unknown row at all (a node without them would start with an unknown one).
         gaps = "".join("u" if v is None else "k" for v in values)
         assert "u" not in gaps, (device, device in moved, killed - first, gaps)
+
+
+class SmtpSink:
+    """tests/smtp_helpers' recording SMTP server, on a thread of its own (the agents are
+    other processes; the test waits synchronously)."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        from tests.smtp_helpers import Recorder, start_smtp
+
+        self.recorder = Recorder()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server, self.port = self.loop.run_until_complete(start_smtp(self.recorder))
+            started.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        started.wait(10)
+
+    def subjects(self) -> list[str]:
+        return list(self.recorder.subjects())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.server.close)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Switch:
+    """A TCP port the test opens (the service is up) and closes (connection refused)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.sock: socket.socket | None = None
+
+    def up(self) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(64)
+
+    def down(self) -> None:
+        assert self.sock is not None
+        self.sock.close()
+        self.sock = None
+
+
+def test_leader_killed_no_result_lost_no_alert_mail_lost_or_twice(tmp_path):
+    sink = SmtpSink()
+    service = Switch()
+    service.up()
+    names = ["node-a", "node-b", "node-c"]
+    body = f"""
+[smtp]
+host = "127.0.0.1"
+port = {sink.port}
+security = "none"
+from = "monitor@example.net"
+
+[contacts]
+ops = ["ops@example.net"]
+
+[alerts]
+group_window = "0s"
+interval = "1s"
+
+[[alerts.rules]]
+name = "flap-down"
+check = "flap"
+notify = ["ops"]
+flap_detection = false
+
+[[services]]
+name = "flap"
+kind = "tcp"
+host = "127.0.0.1"
+port = {service.port}
+timeout = "1s"
+""" + "".join(f'\n[[services]]\nname = "steady{i}"\nkind = "tcp"\nhost = "127.0.0.1"\n'
+              f'port = {service.port}\ntimeout = "1s"\n' for i in range(5))
+
+    def mails() -> list[str]:
+        return [s for s in sink.subjects() if "flap" in s]
+
+    with redis_server(tmp_path) as port, contextlib.ExitStack() as stack:
+        client = redis.Redis(port=port, decode_responses=True)
+        configs = {n: cluster_config(tmp_path, n, port, body) for n in names}
+        procs = {n: stack.enter_context(agent(configs[n], tmp_path / f"{n}.log")) for n in names}
+        wait_until(lambda: live(client) == set(names) and client.get("monitor:leader"),
+                   "three heartbeats and a leader")
+        wait_cycles(2)
+        service.down()
+        wait_until(lambda: len(mails()) == 1, "the problem mail")
+        service.up()
+        wait_until(lambda: len(mails()) == 2, "the recovery mail")
+        leader = client.get("monitor:leader")
+        procs[leader].send_signal(signal.SIGKILL)
+        procs[leader].wait()
+        service.down()  # a problem while the leadership changes hands
+        wait_until(lambda: client.get("monitor:leader") not in (None, leader), "a new leader")
+        successor = client.get("monitor:leader")
+        wait_until(lambda: len(mails()) == 3, "the problem mail from the new leader")
+        service.up()
+        wait_until(lambda: len(mails()) == 4, "its recovery mail")
+        wait_cycles(3)  # time for a duplicate to show up, if one were coming
+        stack.close()
+        groups = client.xinfo_groups("monitor:results")
+        length = client.xlen("monitor:results")
+    sink.close()
+    logs = "".join((tmp_path / f"{n}.log").read_text(errors="replace") for n in names)
+    subjects = mails()
+    assert len(subjects) == 4, subjects
+    assert len(set(sink.recorder.message_ids())) == len(sink.recorder.message_ids())
+    assert ["RESOLVED" in s or "OK" in s for s in subjects] == [False, True, False, True], subjects
+    assert successor != leader
+    # Every result any node sent was taken and acknowledged by a leader.
+    (group,) = groups
+    assert group["pending"] == 0 and group["entries-read"] == length, (group, length)
+    assert "Traceback" not in logs
