@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Graphs and the web site: `graph`, `serve` (handlers in graphs/commands.py).
     from graphs.commands import register as register_graph_commands
     register_graph_commands(sub, read_config)
+    # Several machines: `cluster status` (cluster/commands.py).
+    from cluster.commands import register as register_cluster_commands
+    register_cluster_commands(sub, read_config)
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",

@@ -118,6 +118,14 @@ def agent(config: Path, log: Path) -> Iterator[subprocess.Popen]:
                 proc.wait()
 
 
+def cluster_status(config: Path, *options: str) -> str:
+    out = subprocess.run([*MONITOR, "--config", str(config), "cluster", "status", *options],
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
 def wait_until(predicate, what: str, limit: float = 60.0) -> None:
     """Wait for a condition of the world (not an assertion on how long it took)."""
     deadline = time.monotonic() + limit
@@ -179,6 +187,8 @@ def test_each_check_once_per_cycle_with_three_nodes_a_kill_and_a_return(tmp_path
         last = wait_cycles(4) - 1
         owners = {k: json.loads(v)["node"] for k, v in client.hgetall("monitor:owners").items()}
         assert back.poll() is None
+        status = json.loads(cluster_status(configs["node-a"], "--json"))
+        text = cluster_status(configs["node-b"])
     servers.close()
     logs = {n: (tmp_path / f"{n}.log").read_text(errors="replace") for n in names}
     counts = servers.per_cycle()
@@ -191,6 +201,11 @@ def test_each_check_once_per_cycle_with_three_nodes_a_kill_and_a_return(tmp_path
         assert set(seen) == every, (cycle, killed, returned, sorted(every - set(seen)))
     # The returned node has its share back (it owns those checks again).
     assert victim in set(owners.values())
+    # `monitor cluster status` tells the same.
+    assert {n["node"] for n in status["nodes"] if n["alive"]} == set(names)
+    assert status["leader"] in names and len(status["owners"]) == 12
+    assert {o["node"] for o in status["owners"].values()} == set(names)
+    assert f"leader: {status['leader']}" in text and "node-a: alive, groups default" in text
     assert "Traceback" not in "".join(logs.values())
 
 
