@@ -8,6 +8,7 @@ import json
 import redis
 from redis.exceptions import RedisError
 
+from cluster.node import client_options
 from monitor.config import ClusterConfig
 
 INDEX = "monitor:index"
@@ -17,13 +18,8 @@ class RedisCatalog:
     """`monitor.store.Catalog` in Redis. Synchronous: the store runs in worker threads."""
 
     def __init__(self, config: ClusterConfig) -> None:
-        options: dict = {"decode_responses": True, "socket_timeout": max(1.0, config.heartbeat),
-                         "socket_connect_timeout": max(1.0, config.heartbeat)}
-        if config.password is not None:
-            options["password"] = config.password
-        if config.tls_ca_file is not None:
-            options["ssl_ca_certs"] = str(config.tls_ca_file)
-        self.redis = redis.Redis.from_url(config.redis, **options)
+        self.redis = redis.Redis.from_url(
+            config.redis, **client_options(config, timeout=max(1.0, config.heartbeat)))
 
     def load(self) -> dict[str, dict]:
         try:

@@ -8,7 +8,9 @@ leader's lease. Every Redis key starts with `monitor:`.
 - `monitor:claim:<job>:<unit>:<cycle>`: set with NX by the node that runs a unit in a cycle
   (cycle = time // interval). Two nodes that briefly disagree on the live set (one has not
   seen a heartbeat expire yet) cannot both run a unit: the second claim fails.
-- `monitor:owners`: unit -> the node that last claimed it and when (status only).
+- `monitor:owners`: unit -> the node that last claimed it and when (status, and the leader's
+  "poller unreachable" verdicts).
+- `monitor:seen`: node -> the time of its last heartbeat, kept after it lapses.
 - `monitor:leader`: the leader's name, with the lease as its time to live; renewed by its
   holder only (a Lua compare-and-expire), taken by anyone once it lapses.
 """
@@ -22,7 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from cluster.ownership import assign
 from monitor.config import ClusterConfig
@@ -32,6 +36,7 @@ log = logging.getLogger(__name__)
 PREFIX = "monitor:"
 NODES = PREFIX + "nodes"
 OWNERS = PREFIX + "owners"
+SEEN = PREFIX + "seen"  # node -> the time of its last heartbeat (kept when the node is gone)
 LEADER = PREFIX + "leader"
 MISSED_BEATS = 3  # a node is dead after this many heartbeats without one
 
@@ -60,15 +65,22 @@ def node_key(name: str) -> str:
     return f"{PREFIX}node:{name}"
 
 
-def connect(config: ClusterConfig, timeout: float) -> aioredis.Redis:
-    """A Redis client for the cluster's URL (password and CA from the config)."""
+def client_options(config: ClusterConfig, timeout: float) -> dict[str, Any]:
+    """redis-py options for the cluster's Redis: password and CA from the config, and no
+    retries of its own (a node cut off from Redis must find out at once, and carry on)."""
     options: dict[str, Any] = {"decode_responses": True, "socket_timeout": timeout,
-                               "socket_connect_timeout": timeout}
+                               "socket_connect_timeout": timeout,
+                               "retry": Retry(NoBackoff(), 0), "retry_on_timeout": False}
     if config.password is not None:
         options["password"] = config.password
     if config.tls_ca_file is not None:
         options["ssl_ca_certs"] = str(config.tls_ca_file)
-    return aioredis.from_url(config.redis, **options)
+    return options
+
+
+def connect(config: ClusterConfig, timeout: float) -> aioredis.Redis:
+    """An asyncio Redis client for the cluster's URL."""
+    return aioredis.from_url(config.redis, **client_options(config, timeout))
 
 
 class ClusterNode:
@@ -106,6 +118,10 @@ class ClusterNode:
             log.error("cluster: Redis %s cannot be reached (%s); polling this node's share "
                       "and buffering until it can", self.config.redis, exc)
 
+    @property
+    def cut_off(self) -> bool:
+        return self.cut_off_since is not None
+
     # -- heartbeat and live set ------------------------------------------------------------------
 
     @property
@@ -120,6 +136,7 @@ class ClusterNode:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.set(node_key(self.name), json.dumps(info), px=int(self.ttl * 1000))
                 pipe.sadd(NODES, self.name)
+                pipe.hset(SEEN, self.name, str(info["time"]))
                 await pipe.execute()
         except Unreachable as exc:
             self._missed(exc)
@@ -146,6 +163,8 @@ class ClusterNode:
         """The units (unit -> group) this node runs in the current cycle of `job`: those it owns
         among the live nodes and could claim. Cut off from Redis, it runs the share it had."""
         cycle = int(self.clock() // interval)
+        if self.cut_off:  # the heartbeat finds out when Redis answers again
+            return {u for u, node in assign(units, self._live).items() if node == self.name}
         try:
             live = await self.live_nodes()
         except Unreachable as exc:
@@ -174,6 +193,27 @@ class ClusterNode:
         """Where `job`'s units keep what moves with them (kept `keep` seconds after the last
         write)."""
         return RedisState(self, f"{PREFIX}state:{job}:", keep)
+
+    async def stranded(self, units: Mapping[str, Mapping[str, str]]
+                       ) -> dict[tuple[str, str], tuple[str, float]]:
+        """(job, unit) -> (node, last heard of) for the units (job -> unit -> group) last run
+        by a node that is gone, in a group no live node serves: nobody polls them now."""
+        live = await self.live_nodes()
+        served = {g for groups in live.values() for g in groups}
+        owners = await self.redis.hgetall(OWNERS)
+        seen = await self.redis.hgetall(SEEN)
+        out = {}
+        for job, of_job in units.items():
+            for unit, group in of_job.items():
+                if group in served:
+                    continue
+                try:
+                    node = str(json.loads(owners[f"{job}/{unit}"])["node"])
+                except (KeyError, ValueError, TypeError):
+                    continue  # never polled by anyone: nothing to say about it
+                if node not in live:
+                    out[(job, unit)] = (node, float(seen.get(node) or 0.0))
+        return out
 
     # -- leadership ------------------------------------------------------------------------------
 
@@ -221,6 +261,8 @@ class RedisState:
         self.node, self.prefix, self.keep_ms = node, prefix, int(keep * 1000)
 
     async def get(self, unit: str) -> str | None:
+        if self.node.cut_off:
+            return None
         try:
             return await self.node.redis.get(self.prefix + unit)
         except Unreachable as exc:
@@ -228,6 +270,8 @@ class RedisState:
             return None
 
     async def put(self, unit: str, text: str) -> None:
+        if self.node.cut_off:
+            return
         try:
             await self.node.redis.set(self.prefix + unit, text, px=self.keep_ms)
         except Unreachable as exc:

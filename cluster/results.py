@@ -115,7 +115,7 @@ class ResultStream:
 
     async def publish(self, batch: Batch, interval: float) -> None:
         entry = self._entry(batch, interval)
-        if not self.buffer.oldest() and await self._send([entry]):
+        if not self.node.cut_off and not self.buffer.oldest() and await self._send([entry]):
             return
         self.buffer.append(entry)  # behind what waits already: the order is kept
         self.node.extra["buffered"] = len(self.buffer)

@@ -157,6 +157,9 @@ class ServicesCollector:
     def select(self, units: set[str] | None) -> None:
         self.selected = units
 
+    def unit_of(self, target: str, check: str) -> str | None:
+        return check if any(c.name == check for c in self.checks) else None
+
     def share_state(self, share: SharedState) -> None:
         """Service checks keep no state across runs that another node would need."""
 

@@ -726,6 +726,9 @@ class SnmpCollector:
     def select(self, units: set[str] | None) -> None:
         self._selected = units
 
+    def unit_of(self, target: str, check: str) -> str | None:
+        return target if target in self.pollers else None
+
     def share_state(self, share: SharedState) -> None:
         self._share = share
         # A takeover may skip one cycle (the dead node's heartbeat lapses just after the

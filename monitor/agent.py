@@ -91,11 +91,11 @@ class Agent:
             self.sinks.append(self.alerts.consume)
         else:
             from cluster.member import ClusterMember
-            self.cluster = ClusterMember(config, self.alerts, self.status)
-            for collector in self.collectors:
-                if isinstance(collector, SharedCollector):
-                    # A day: long after any rate could be computed from it (two intervals).
-                    collector.share_state(self.cluster.node.shared_state(collector.name, 86400))
+            shared = [c for c in self.collectors if isinstance(c, SharedCollector)]
+            self.cluster = ClusterMember(config, self.alerts, self.status, shared)
+            for collector in shared:
+                # A day: long after any rate could be computed from it (three intervals).
+                collector.share_state(self.cluster.node.shared_state(collector.name, 86400))
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self.site: SiteBuilder | None = None
         # Prometheus: the latest values and check states as a textfile and/or on /metrics.

@@ -152,6 +152,9 @@ class SharedCollector(Collector, Protocol):
 
     def select(self, units: set[str] | None) -> None: ...
 
+    def unit_of(self, target: str, check: str) -> str | None:
+        """The unit of work a check result of this collector belongs to (None: not ours)."""
+
     def share_state(self, share: SharedState) -> None:
         """Keep what the next run of a unit needs (SNMP counters) where every node finds it."""
 

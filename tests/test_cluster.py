@@ -161,6 +161,7 @@ def test_rendezvous_moves_only_the_lost_nodes_share():
     assert owner("x", []) is None
 
 
+@pytest.mark.timeout(300)
 def test_each_check_once_per_cycle_with_three_nodes_a_kill_and_a_return(tmp_path):
     servers = CountingServers(12)
     checks = "".join(f'\n[[services]]\nname = "svc{i}"\nkind = "tcp"\nhost = "127.0.0.1"\n'
@@ -233,6 +234,7 @@ def live_recordings(devices: int) -> tuple[dict[str, str], dict[str, int]]:
     return recordings, rates
 
 
+@pytest.mark.timeout(300)
 def test_snmp_counters_move_with_the_device_no_spike_across_a_takeover(tmp_path):
     recordings, rates = live_recordings(6)
     names = ["node-a", "node-b", "node-c"]
@@ -335,6 +337,7 @@ class Switch:
         self.sock = None
 
 
+@pytest.mark.timeout(300)
 def test_leader_killed_no_result_lost_no_alert_mail_lost_or_twice(tmp_path):
     sink = SmtpSink()
     service = Switch()
@@ -407,3 +410,166 @@ timeout = "1s"
     (group,) = groups
     assert group["pending"] == 0 and group["entries-read"] == length, (group, length)
     assert "Traceback" not in logs
+
+
+class Cable:
+    """A TCP relay from a port of its own to `upstream` that the test can cut (every
+    connection dropped, new ones refused) and mend: a remote POP's link."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.port = free_port()
+        self.links: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.listener: socket.socket | None = None
+        self.mend()
+
+    def mend(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                near, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                far = socket.create_connection(("127.0.0.1", self.upstream))
+            except OSError:
+                near.close()
+                continue
+            with self.lock:
+                self.links += [near, far]
+            for a, b in ((near, far), (far, near)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        assert self.listener is not None
+        with contextlib.suppress(OSError):  # wakes the accepting thread (close alone does not)
+            self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        with self.lock:
+            for s in self.links:
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            self.links = []
+
+
+CUT = 120.0  # the POP is cut off this long
+
+
+@pytest.mark.timeout(480)
+def test_a_cut_off_pop_keeps_polling_buffers_and_replays_everything(tmp_path):
+    sink = SmtpSink()
+    servers = CountingServers(3)
+    with redis_server(tmp_path) as port, rrdcached_tcp(tmp_path / "rrd-host") as rrd_port, \
+            contextlib.ExitStack() as stack:
+        redis_cable, rrd_cable = Cable(port), Cable(rrd_port)
+        checks = "".join(f'\n[[services]]\nname = "pop2-svc{i}"\nkind = "tcp"\n'
+                         f'host = "127.0.0.1"\nport = {p}\ntimeout = "1s"\ngroup = "pop2"\n'
+                         for i, p in enumerate(servers.ports))
+        alerting = f"""
+[smtp]
+host = "127.0.0.1"
+port = {sink.port}
+security = "none"
+from = "monitor@example.net"
+
+[contacts]
+ops = ["ops@example.net"]
+
+[alerts]
+group_window = "0s"
+interval = "1s"
+
+[[alerts.rules]]
+name = "pop-and-poller"
+check = "p*"
+notify = ["ops"]
+flap_detection = false
+"""
+        central = cluster_config(tmp_path, "core", port, f'\n[storage]\nrrdcached = '
+                                 f'"127.0.0.1:{rrd_port}"\n{alerting}{checks}')
+        pop = cluster_config(tmp_path, "pop2-poller", redis_cable.port,
+                             f'groups = ["pop2"]\n\n[storage]\nrrdcached = '
+                             f'"127.0.0.1:{rrd_cable.port}"\n{alerting}{checks}')
+        client = redis.Redis(port=port, decode_responses=True)
+        stack.enter_context(agent(central, tmp_path / "core.log"))
+        wait_until(lambda: client.get("monitor:leader") == "core", "the core node leading")
+        stack.enter_context(agent(pop, tmp_path / "pop2-poller.log"))
+        wait_until(lambda: "pop2-poller" in live(client), "the POP's heartbeat")
+        wait_cycles(2)
+        redis_cable.cut()
+        rrd_cable.cut()
+        cut_at = time.time()
+        wait_until(lambda: any("poller pop2-poller" in s for s in sink.subjects()),
+                   "the one alert for the poller")
+        unknown = json.loads((tmp_path / "core" / "state" / "status.json").read_text())
+        time.sleep(max(0.0, cut_at + CUT - time.time()))
+        redis_cable.mend()
+        rrd_cable.mend()
+        mended_at = time.time()
+        wait_until(lambda: client.xlen("monitor:results") and not client.xinfo_groups(
+            "monitor:results")[0]["lag"] and "pop2-poller" in live(client)
+            and (tmp_path / "pop2-poller" / "cluster-buffer").is_dir()
+            and not list((tmp_path / "pop2-poller" / "cluster-buffer").glob("*.jsonl")),
+            "the buffer replayed and read")
+        wait_until(lambda: sum("poller pop2-poller" in s for s in sink.subjects()) == 2,
+                   "the poller's recovery mail")
+        wait_cycles(2)
+        entries = client.xrange("monitor:results")
+        subjects = sink.subjects()  # before the POP stops (it is gone then, and said so)
+        stack.close()
+        store = RrdStore(tmp_path / "reader", rrdcached=f"127.0.0.1:{rrd_port}", remote=True,
+                         catalog=RedisCatalog(ClusterConfig(redis=f"redis://127.0.0.1:{port}/0")))
+        series = store.fetch("127.0.0.1", "pop2-svc0", cut_at, mended_at)
+    sink.close()
+    servers.close()
+    logs = "".join((tmp_path / f"{n}.log").read_text(errors="replace")
+                   for n in ("core", "pop2-poller"))
+    assert "Traceback" not in logs
+    # While it was cut off the POP kept polling: every cycle of the cut has its connection
+    # (from the one after the cycle in which the link broke, which the node spends finding
+    # out), never two.
+    cycles = range(int(cut_at // INTERVAL) + 2, int(mended_at // INTERVAL))
+    assert all(max(c.values()) == 1 for c in servers.per_cycle().values())
+    counts = servers.per_cycle()
+    assert all(counts.get(c, Counter()) == Counter(servers.ports) for c in cycles), counts
+    # The leader showed its checks UNKNOWN, "poller ... unreachable since", not CRITICAL.
+    pop_checks = [c for c in unknown["checks"] if c["check"].startswith("pop2-svc")]
+    assert len(pop_checks) == 3 and all(c["state"] == 3 and "poller pop2-poller unreachable "
+                                        "since" in c["message"] for c in pop_checks), pop_checks
+    # One alert for the poller (and its recovery), none for the checks behind it.
+    assert len(subjects) == 2, subjects
+    assert "[CRITICAL] cluster poller pop2-poller: poller pop2-poller unreachable" in subjects[0]
+    assert subjects[1].startswith("[OK] cluster poller pop2-poller"), subjects
+    # Every result it took during the cut reached the leader's stream, in order.
+    taken = []
+    for _, fields in entries:
+        entry = json.loads(fields["entry"])
+        if entry["node"] == "pop2-poller":
+            batch = json.loads(entry["batch"])
+            taken += [c[4] for c in batch["checks"] if c[1] == "pop2-svc0"]
+    assert taken == sorted(taken)
+    during = [t for t in taken if cut_at < t < mended_at]
+    assert {int(t // INTERVAL) for t in during} >= set(cycles)
+    # And the RRD file through the one rrdcached holds every sample it took then.
+    stored = [t for t, v in zip(series.timestamps, series.columns["response_seconds"],
+                                strict=True) if v is not None]
+    assert {int(t // INTERVAL) for t in stored} >= set(cycles[1:]), (stored, cycles)
