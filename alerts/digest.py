@@ -25,6 +25,7 @@ from datetime import date, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
 from pathlib import Path
+from typing import Any
 
 from apscheduler.triggers.cron import CronTrigger
 from jinja2 import Environment
@@ -496,21 +497,30 @@ class DigestBuilder:
                        "take in every folder, Trash included; quota from Dovecot's maildirsize.")
         return s
 
+    def _log_state(self, s: Section, name: str, cfg: Any, load_state: Callable[[Path], Any],
+                   read_logs: Callable[[Any, Any, float], Any], end: float, what: str) -> Any:
+        """A log-counting collector's saved state ([lists], [maillog]) with the lines logged
+        since its last run (up to `end`) read into this copy, not saved: the collector counts
+        them itself. None (and a note in `s`) when the collector is off and left nothing."""
+        path = self.config.state_dir / f"{name}.json"
+        if not path.exists() and not cfg.enabled:
+            s.empty = f"No {what} recorded (enable [{name}])."
+            return None
+        state = load_state(path)
+        if cfg.enabled:
+            read_logs(cfg, state, end)
+        return state
+
     def section_lists(self, digest: Digest, start: float, end: float) -> Section:
         from collectors.lists import activity, load_state, read_logs
 
         s = Section("lists", "Mailing list activity", ["list", "posts", "volume", "senders",
                                                        "failed", "subscribers"],
                     empty="No posts to any mailing list in this period.")
-        path = self.config.state_dir / "lists.json"
-        if not path.exists() and not self.config.lists.enabled:
-            s.empty = "No list activity recorded (enable [lists])."
+        state = self._log_state(s, "lists", self.config.lists, load_state, read_logs, end,
+                                "list activity")
+        if state is None:
             return s
-        state = load_state(path)
-        if self.config.lists.enabled:
-            # Lines logged since the collector's last run (up to `end`) belong to this period:
-            # read them into this copy (not saved: the collector counts them itself).
-            read_logs(self.config.lists, state, end)
         stats = activity(state, start, end)
         for name in sorted(set(stats) | set(state.subscribers)):
             st = stats.get(name)
@@ -527,6 +537,41 @@ class DigestBuilder:
             s.notes.append(f"Posts from {fmt_time(start)} to {fmt_time(end)}"
                            + (f"; Mailman also sent {notices} notice(s) of its own." if notices
                               else "."))
+        return s
+
+    def section_mail(self, digest: Digest, start: float, end: float) -> Section:
+        """pflogsumm's summary from the mail-log collector's hourly counts."""
+        from collectors.maillog import load_state, read_logs, summary
+
+        s = Section("mail", "Mail traffic", ["", "what", "count"],
+                    empty="No mail logged in this period.")
+        state = self._log_state(s, "maillog", self.config.maillog, load_state, read_logs, end,
+                                "mail statistics")
+        if state is None:
+            return s
+        total = summary(state, start, end)
+        c = total.counts
+        if not any(c.values()):
+            return s
+        rows = [("received", f"{c['received']} ({fmt_bytes(c['received_bytes'])})"),
+                ("delivered", f"{c['delivered']} ({c['outbound']} outbound)"),
+                ("deferred", str(c["deferred"])), ("bounced", str(c["bounced"])),
+                ("rejected", str(c["rejected"])),
+                ("SASL authentication failures", str(c["sasl_failures"])),
+                ("Dovecot login failures", str(c["login_failures"]))]
+        s.rows = [["totals" if i == 0 else "", what, n] for i, (what, n) in enumerate(rows)]
+        for table, title in (("senders", "top senders"), ("outbound_by", "top outbound senders"),
+                             ("domains", "top recipient domains"),
+                             ("reasons", "top reject reasons"),
+                             ("sasl_clients", "top SASL-failing clients"),
+                             ("login_clients", "top login-failing clients")):
+            for i, (key, n) in enumerate(total.tables[table].most_common(digest.top)):
+                s.rows.append([title if i == 0 else "", clean(key, 100), str(n)])
+        s.totals = {name: float(c[name]) for name in ("received", "delivered", "outbound",
+                                                      "deferred", "bounced", "rejected",
+                                                      "sasl_failures", "login_failures")}
+        s.notes.append(f"From the mail log, {fmt_time(start)} to {fmt_time(end)}; senders are "
+                       "SASL users, else client addresses.")
         return s
 
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:

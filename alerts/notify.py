@@ -225,7 +225,7 @@ class Notifier:
         token = None
         if self.config.alerts.replies is not None:
             reply_key = self.store.reply_key
-            token = lambda e: reply_token(reply_key, e.key)  # noqa: E731
+            token = lambda e: reply_token(reply_key, e.key, e.since)  # noqa: E731
         sent = 0
         for group in self.store.due_groups(window, now):
             domain = self.config.smtp.sender.rpartition("@")[2] or "localhost"

@@ -4,10 +4,13 @@ Each alert mail (with `[alerts.replies]` configured) ends with a `monitor-token:
 token per problem: the alert's id and a MAC keyed by this agent's alerts.db. A reply acts when
 
 - its sender is an address of a `[contacts]` group (the token proves it answers our mail; the
-  sender check keeps a forwarded mail from acting for a stranger),
+  sender check keeps a forwarded mail from acting for a stranger); with `authserv_id` set, our
+  own mail server must also vouch for that From: domain (dmarc=pass in its
+  Authentication-Results), so a forged From: is not enough,
 - its first line starts with "ack" (the rest of the line is the comment) or "silence DURATION"
   (the rest is the reason), and
-- it quotes at least one valid token (mail clients quote the body they reply to).
+- it quotes at least one valid token of the problem's current episode (mail clients quote the
+  body they reply to; a token from an earlier episode of the same check does not act).
 
 The ack or silence goes into alerts.db as if `monitor ack`/`monitor silence add` had been typed
 (the running agent applies acks at its next evaluation), and the sender gets a confirmation.
@@ -56,6 +59,27 @@ def first_line(msg: EmailMessage) -> str:
         if line.strip() and not line.lstrip().startswith(">"):
             return line.strip()
     return ""
+
+
+def dmarc_passed(msg: EmailMessage, authserv_id: str, sender: str) -> bool:
+    """Whether our own mail server vouches for the From: domain (RFC 8601 / DMARC).
+
+    Only the topmost Authentication-Results header counts: it is the one the last hop (the
+    receiving server named by `authserv_id`) added; anything below it came with the mail and
+    may be the sender's own invention."""
+    headers = msg.get_all("Authentication-Results") or []
+    if not headers:
+        return False
+    top = re.sub(r"\([^)]*\)", " ", str(headers[0]))  # RFC 5322 comments
+    server, _, results = top.partition(";")
+    if [w.lower() for w in server.split()[:1]] != [authserv_id.lower()]:
+        return False
+    domain = sender.rpartition("@")[2].lower()
+    for result in results.split(";"):
+        words = result.split()
+        if words[:1] == ["dmarc=pass"] and f"header.from={domain}" in (w.lower() for w in words):
+            return True
+    return False
 
 
 class ReplyReader:
@@ -114,6 +138,10 @@ class ReplyReader:
             return self._ignored(sender, "automatic mail")
         if sender not in self.contacts:
             return self._ignored(sender, "the sender is in no [contacts] group")
+        authserv_id = self.config.alerts.replies.authserv_id if self.config.alerts.replies else None
+        if authserv_id and not dmarc_passed(msg, authserv_id, sender):
+            return self._ignored(sender, f"{authserv_id}'s Authentication-Results do not show "
+                                 "dmarc=pass for the sender's domain (a forged From:?)")
         match = _COMMAND.match(first_line(msg))
         if match is None:
             return self._ignored(sender, 'the first line is neither "ack" nor "silence DURATION"')
@@ -124,7 +152,7 @@ class ReplyReader:
         targets = []
         for short, mac in _TOKEN.findall(quoted):
             s = by_id.get(short)
-            if s is not None and hmac.compare_digest(reply_token(self.store.reply_key, s.key),
+            if s is not None and hmac.compare_digest(reply_token(self.store.reply_key, s.key, s.since),
                                                      f"{short}.{mac}"):
                 targets.append(s)
         if not targets:

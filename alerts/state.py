@@ -110,9 +110,13 @@ def alert_id(key: str) -> str:
 
 
 
-def reply_token(secret: str, key: str) -> str:
-    """What a reply must quote to act on an alert: its id and a MAC only this agent makes."""
-    mac = hmac.new(secret.encode(), key.encode(), hashlib.sha256).hexdigest()[:10]
+def reply_token(secret: str, key: str, since: float) -> str:
+    """What a reply must quote to act on an alert: its id and a MAC only this agent makes.
+
+    The MAC covers the problem episode (`since`, its first bad reading) too, so a token quoted
+    from last month's mail about the same check cannot acknowledge today's new problem."""
+    message = f"{key}\n{since:.3f}".encode()
+    mac = hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:10]
     return f"{alert_id(key)}.{mac}"
 
 

@@ -40,20 +40,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gzip
-import hashlib
 import json
 import logging
 import os
 import re
 import time
 import urllib.request
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from collectors.logfollow import LogPosition, follow_log
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
@@ -66,8 +64,6 @@ TARGET = "lists"
 LIST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,99}$")
 HOUR = 3600
 LOSS_SHOWN = 86400.0  # a rotation that lost posts stays a WARNING this long
-_HEAD = 256
-_READ_LIMIT = 64 << 20  # per run and log; the rest is read next time
 
 _STAMP = r"^(?P<ts>[A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}) \(\d+\) "
 MAILMAN2_POST = re.compile(
@@ -115,31 +111,6 @@ class ListStats:
         self.failures += other.failures
         self.refused += other.refused
         self.notices += other.notices
-
-
-@dataclass
-class LogPosition:
-    """How far one log has been read, and how much of it could be parsed."""
-
-    inode: int | None = None
-    device: int | None = None
-    offset: int = 0
-    head_len: int = 0
-    head_sha: str = ""
-    lines: int = 0  # complete non-empty lines read, ever
-    parsed: int = 0  # of those, lines in a format Mailman writes
-    read_at: float = 0.0  # when the file was last read
-
-    def to_json(self) -> dict:
-        return {"inode": self.inode, "device": self.device, "offset": self.offset,
-                "head_len": self.head_len, "head_sha": self.head_sha, "lines": self.lines,
-                "parsed": self.parsed, "read_at": self.read_at}
-
-    @classmethod
-    def from_json(cls, f: dict) -> LogPosition:
-        return cls(f.get("inode"), f.get("device"), int(f.get("offset", 0)),
-                   int(f.get("head_len", 0)), f.get("head_sha", ""), int(f.get("lines", 0)),
-                   int(f.get("parsed", 0)), float(f.get("read_at", 0.0)))
 
 
 @dataclass
@@ -279,122 +250,15 @@ def count_lines(data: bytes, state: ListsState, position: LogPosition) -> int:
     return posts
 
 
-def _open(path: Path):
-    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
-
-
-def _head(path: Path, length: int) -> bytes:
-    with _open(path) as handle:
-        return handle.read(length)
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _read_complete(path: Path, offset: int) -> tuple[bytes, int]:
-    """Complete lines from offset on (at most _READ_LIMIT bytes); returns (data, new offset)."""
-    with _open(path) as handle:
-        handle.seek(offset)
-        data = handle.read(_READ_LIMIT)
-    end = data.rfind(b"\n")
-    if end < 0:
-        return b"", offset
-    return data[: end + 1], offset + end + 1
-
-
-def _rotated_candidates(path: Path) -> list[Path]:
-    """Where logrotate puts the previous file: post.1 (.gz), post.0, post-1, dateext
-    post-20261123 (.gz), newest first."""
-    out = [path.with_name(path.name + suffix)
-           for suffix in (".1", ".0", "-1", ".1.gz", ".0.gz", "-1.gz")]
-    try:
-        out += sorted((p for p in path.parent.iterdir()
-                       if p.name.startswith(path.name + "-") and p not in out),
-                      key=lambda p: p.name.removesuffix(".gz"), reverse=True)[:4]
-    except OSError:
-        pass
-    return out
-
-
-def _same_file(position: LogPosition, st: os.stat_result) -> bool:
-    return st.st_ino == position.inode and (position.device is None
-                                            or st.st_dev == position.device)
-
-
-def _head_matches(path: Path, position: LogPosition) -> bool:
-    if not position.head_len:
-        return True
-    try:
-        return _sha(_head(path, position.head_len)) == position.head_sha
-    except (OSError, EOFError, zlib.error):
-        return False
-
-
-def _previous_file(path: Path, position: LogPosition) -> Path | None:
-    """The rotated or copied previous file: same inode (renamed), or same first bytes and at
-    least as long (copied, or compressed: gzip gives a new inode)."""
-    for candidate in _rotated_candidates(path):
-        try:
-            cst = os.stat(candidate)
-        except OSError:
-            continue
-        compressed = candidate.name.endswith(".gz")
-        if not compressed and _same_file(position, cst):
-            return candidate
-        if (compressed or cst.st_size >= position.offset) and _head_matches(candidate, position):
-            return candidate
-    return None
-
-
 def follow(path: Path, state: ListsState, now: float | None = None) -> tuple[int, list[str]]:
     """Read what is new in one log into the state; returns (posts counted, notes)."""
-    notes: list[str] = []
-    posts = 0
     when = time.time() if now is None else now
     position = state.logs.setdefault(str(path), LogPosition())
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        st = None
-    if position.inode is not None:
-        rotated = st is None or not _same_file(position, st)
-        # Same inode but shorter, or other first bytes: truncated (and maybe written again).
-        truncated = not rotated and st is not None and (
-            st.st_size < position.offset or not _head_matches(path, position))
-        if rotated or truncated:
-            what = "rotated" if rotated else "truncated"
-            old = _previous_file(path, position)
-            if old is not None:
-                try:
-                    data, _ = _read_complete(old, position.offset)
-                    posts += count_lines(data, state, position)
-                    notes.append(f"{what}; read the rest of {old.name}")
-                except (OSError, EOFError, zlib.error) as exc:
-                    old, reason = None, f"{old.name} is unreadable ({exc})"
-            else:
-                reason = "the previous file was not found next to it"
-            if old is None:
-                since = (time.strftime(" (%Y-%m-%d %H:%M)", time.localtime(position.read_at))
-                         if position.read_at else "")
-                loss = (f"{path.name} was {what} and {reason}: posts logged after the last "
-                        f"read{since} and before the rotation are not counted (rotate with "
-                        "delaycompress, or read the log more often)")
-                notes.append(loss)
-                state.losses.append((when, loss))
-            position.inode = None
-            position.offset = 0
-            position.head_len = 0
-    if st is None:
-        return posts, notes
-    if position.inode is None:
-        position.inode, position.device, position.offset = st.st_ino, st.st_dev, 0
-    data, position.offset = _read_complete(path, position.offset)
-    posts += count_lines(data, state, position)
-    position.read_at = when
-    head = _head(path, _HEAD)
-    position.head_len, position.head_sha = len(head), _sha(head)
-    return posts, notes
+    result = follow_log(path, position, lambda data: count_lines(data, state, position), when,
+                        lost="posts")
+    if result.loss:
+        state.losses.append((when, result.loss))
+    return result.counted, result.notes
 
 
 def prune(state: ListsState, keep_days: int, now: float) -> None:

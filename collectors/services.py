@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from collectors.services_base import (
@@ -25,14 +25,32 @@ from collectors.services_base import (
     hostport,
     label,
     secs,
+    untrusted,
 )
 from collectors.services_dns import compare_serials, probe_dns
-from collectors.services_exec import bound_metrics, plugin_timeout_message, probe_ping, probe_plugin
+from collectors.services_exec import (
+    SPREAD,
+    PingSeries,
+    bound_metrics,
+    plugin_timeout_message,
+    probe_ping,
+    probe_plugin,
+    spread_wait,
+)
 from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
+from monitor.model import (
+    Batch,
+    CheckResult,
+    Collector,
+    Kind,
+    Measurement,
+    SharedState,
+    State,
+    Thresholds,
+)
 from monitor.text import clean
 from monitor.units import format_duration
 
@@ -59,7 +77,7 @@ async def _probe(check: ServiceCheck, target: str, stage: Stage, now: float, ver
     if check.kind == "plugin":
         return await probe_plugin(check, stage)
     if check.kind == "roundtrip":
-        return await probe_roundtrip(check, stage, now, verify)
+        return await probe_roundtrip(check, stage, now)
     return await probe_text(check, stage, now, verify)
 
 
@@ -81,6 +99,9 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
     except TimeoutError:
         if check.kind == "plugin":
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
+        if stage.doing.startswith("name lookup of "):  # http: the DNS stage, not the server
+            return Outcome(State.CRITICAL, f"{_where(check, target)}: {stage.doing} timed out "
+                           f"after {secs(check.timeout)}{stage.note}")
         what = WAITING.get(stage.doing, f"sent no {stage.doing}")
         return Outcome(State.CRITICAL, f"{_where(check, target)} {what} within {secs(check.timeout)}"
                        f"{f' (got {clean(stage.got)!r})' if stage.got else ''}{stage.note}")
@@ -91,11 +112,8 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
         return Outcome(State.CRITICAL, f"{_where(check, target)} {text} after "
                        f"{secs(time.monotonic() - start)}")
     cert = stage.cert
-    if verify_error is not None and cert is not None and (
-            cert.state == State.OK or "expired" not in cert.message):
-        cert.state = State.CRITICAL
-        cert.message = (f"certificate not trusted: {clean(verify_error)}; "
-                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    if verify_error is not None and cert is not None:
+        cert = untrusted(cert, verify_error)
     outcome = thresholds(check, outcome)
     if cert is not None:
         outcome.metrics.update(cert.metrics)
@@ -122,18 +140,30 @@ def targets(check: ServiceCheck) -> list[str]:
     return list(check.servers) if check.kind == "dns" and check.servers else [check.host]
 
 
+def response_limits(check: ServiceCheck) -> Thresholds:
+    """The check's response-time limits as thresholds of response_seconds ("2" is above 2 s),
+    for the graphs; empty without any."""
+    return Thresholds(*(None if limit is None else f"{limit:g}"
+                        for limit in (check.warning, check.critical)))
+
+
 def to_result(check: ServiceCheck, target: str, outcome: Outcome, now: float) -> CheckResult:
     response = None if outcome.response is None else round(outcome.response, 6)
+    limits = response_limits(check)
     if not outcome.metrics:  # most checks: response_seconds alone
         measurements: tuple[Measurement, ...] = (
-            Measurement(target, check.name, "response_seconds", response, Kind.GAUGE, "s", now),)
+            Measurement(target, check.name, "response_seconds", response, Kind.GAUGE, "s", now,
+                        thresholds=limits),)
     else:
         metrics = dict(outcome.metrics)
         metrics["response_seconds"] = (response, "s")
+        # A plugin's metrics each say what their thresholds are now (empty: none any more).
+        told = dict(outcome.thresholds, response_seconds=limits)
+        default = Thresholds() if check.kind == "plugin" else None
         measurements = tuple(
             Measurement(target, check.name, metric, value,
                         Kind.COUNTER if unit == "c" else Kind.GAUGE, unit, now,
-                        thresholds=outcome.thresholds.get(metric))
+                        thresholds=told.get(metric, default))
             for metric, (value, unit) in metrics.items())
     return CheckResult(target, check.name, outcome.state, outcome.message, measurements, now)
 
@@ -162,6 +192,29 @@ class ServicesCollector:
 
     def share_state(self, share: SharedState) -> None:
         """Service checks keep no state across runs that another node would need."""
+    # The ping series running over this interval, per ping check, and the clock they are
+    # spread by (a test's controlled one).
+    pings: dict[str, PingSeries] = field(default_factory=dict)
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+    async def ping(self, check: ServiceCheck, now: float) -> Outcome:
+        """SmokePing's way: the pings of a check go out spread over the interval, in a series
+        that no cycle waits for; a cycle reports the series of the interval just past and
+        starts the next. The first cycle (no series yet) sends its pings back to back."""
+        last = self.pings.pop(check.name, None)
+        spacing = SPREAD * self.interval / check.count  # each ping in the middle of its slot
+        self.pings[check.name] = PingSeries(check, spacing, spread_wait(check, self.interval),
+                                            spacing / 2, self.sleep, self.monotonic).start()
+        if last is None:
+            return await run_check(check, check.host, now, self.contexts)
+        return thresholds(check, last.finish())
+
+    def close(self) -> None:
+        """Stop the ping series (an agent's reload or exit): their processes are killed."""
+        for series in self.pings.values():
+            series.finish()
+        self.pings.clear()
 
     async def collect(self) -> Batch:
         # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64
@@ -175,7 +228,10 @@ class ServicesCollector:
         async def worker() -> None:
             for index, (check, target) in pending:
                 now = self.clock()
-                outcome = await run_check(check, target, now, self.contexts)
+                if check.kind == "ping":
+                    outcome = await self.ping(check, now)
+                else:
+                    outcome = await run_check(check, target, now, self.contexts)
                 if check.kind == "plugin":
                     outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
                 results[index] = to_result(check, target, outcome, now)
@@ -213,5 +269,6 @@ async def run_once(config: Config, names: list[str] | None = None) -> list[Check
         assert isinstance(collector, ServicesCollector)
         collector.checks = [c for c in collector.checks if names is None or c.name in names]
         results.extend((await collector.collect()).checks)
+        collector.close()  # once: no ping series for a next cycle
     order = {s.name: i for i, s in enumerate(config.services)}
     return sorted(results, key=lambda r: order[r.check])

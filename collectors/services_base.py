@@ -3,7 +3,9 @@ and the certificate verdict (days to expiry, host name, chain)."""
 
 from __future__ import annotations
 
+import _ssl
 import asyncio
+import base64
 import contextlib
 import datetime
 import ipaddress
@@ -22,15 +24,40 @@ def hostport(host: str, port: int | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+# http/https checks are labelled by their site (services_http.site_label), dns and ping by
+# their target: these are the kinds whose label is the check's host and port.
 LABELS = {"tcp": "TCP", "smtp": "SMTP", "imap": "IMAP", "pop3": "POP3", "ssh": "SSH", "ftp": "FTP",
-          "http": "HTTP", "https": "HTTPS", "roundtrip": "MAIL ROUND TRIP"}
+          "roundtrip": "MAIL ROUND TRIP"}
 
 
 def label(check: ServiceCheck) -> str:
     name = LABELS.get(check.kind, check.kind.upper())
-    if check.tls and check.kind not in ("https", "roundtrip"):
-        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp", "http") else "+TLS"
+    if check.tls and check.kind != "roundtrip":
+        name += "S" if check.kind in ("smtp", "imap", "pop3", "ftp") else "+TLS"
     return f"{name} {hostport(check.host, check.port)}"
+
+
+def plain_credentials(check: ServiceCheck) -> str:
+    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
+    assert check.username is not None and check.password is not None
+    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
+
+
+def hide_password(check: ServiceCheck, text: str) -> str:
+    """A server that echoes what it got must not put the password into our messages: as typed
+    and as sent (SASL PLAIN, LOGIN's base64, HTTP basic auth). Used on the raw reply, before
+    `clean` cuts it (after, a password at the cut would survive as a prefix): see `said`."""
+    if check.password and check.username is not None:
+        for secret in (check.password, plain_credentials(check),
+                       base64.b64encode(check.password.encode()).decode(),
+                       base64.b64encode(f"{check.username}:{check.password}".encode()).decode()):
+            text = text.replace(secret, "***")
+    return text
+
+
+def said(check: ServiceCheck, text: str, limit: int = 80) -> str:
+    """What a peer said, for a message: the password hidden in the raw text, then cleaned."""
+    return clean(hide_password(check, text), limit)
 
 
 def secs(value: float) -> str:
@@ -119,6 +146,27 @@ class Stage:
         self.note = ""  # more for a timeout message: where an http check was ("(after 1 redirect...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
+
+
+def peer_chain(link: asyncio.BaseTransport | asyncio.StreamWriter | None) -> list[bytes]:
+    """The certificates the server sent (DER), its own first; [] without TLS. `link`: a stream
+    writer or a transport (aiohttp's, aiosmtplib's), anything with get_extra_info.
+
+    The rest of the chain matters because an intermediate that expires before the server's own
+    certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
+    SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects, not DER).
+    """
+    obj = link.get_extra_info("ssl_object") if link is not None else None
+    if obj is None:
+        return []
+    leaf = obj.getpeercert(binary_form=True)
+    chain_of = (getattr(obj, "get_unverified_chain", None)
+                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
+    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
+            for cert in (chain_of() if chain_of is not None else None) or []]
+    if leaf is None:
+        return sent
+    return [leaf, *(der for der in sent if der != leaf)]
 
 
 def tls_context(check: ServiceCheck, verify: bool) -> ssl.SSLContext:
@@ -224,3 +272,40 @@ def cert_verdict(check: ServiceCheck, chain: list[bytes], now: float,
                        metrics=metrics)
     state = State.worst(s for s, _ in problems)
     return Outcome(state, "; ".join(m for _, m in problems), metrics=metrics)
+
+
+def untrusted(cert: Outcome, reason: str) -> Outcome:
+    """The verdict of a certificate the handshake refused, with its expiry still measured."""
+    if cert.state == State.OK or "expired" not in cert.message:
+        cert.state = State.CRITICAL
+        cert.message = (f"certificate not trusted: {clean(reason)}; "
+                        + cert.message.replace("certificate valid for", "certificate expires in"))
+    return cert
+
+
+def tls_verdict(check: ServiceCheck, chain: list[bytes], now: float, rejected: str | None,
+                name: str | None = None) -> Outcome:
+    """The one TLS judgement of every check: cert_verdict, and when the handshake refused the
+    chain (`rejected`: OpenSSL's reason; the session was then made again without verifying, to
+    see the certificates), "not trusted" with the expiry still told."""
+    cert = cert_verdict(check, chain, now, name=name)
+    return untrusted(cert, rejected) if rejected is not None else cert
+
+
+def certificates(verdicts: list[tuple[str, Outcome]]) -> Outcome | None:
+    """One certificate verdict for a check that met several TLS servers ((name, verdict): the
+    sites of a redirect chain, the submission and IMAP servers of a round trip): the first
+    one's, with any other's problem added (named), and the earliest expiry of them all."""
+    if not verdicts:
+        return None
+    (_, first), *others = verdicts
+    cert = Outcome(first.state, first.message, metrics=dict(first.metrics))
+    for name, other in others:
+        if other.state != State.OK:
+            cert.message += f"; {name}: {other.message}"
+            cert.state = State.worst([cert.state, other.state])
+        days = other.metrics.get("cert_expiry_days", (None, ""))[0]
+        mine = cert.metrics.get("cert_expiry_days", (None, ""))[0]
+        if days is not None and (mine is None or days < mine):
+            cert.metrics["cert_expiry_days"] = (days, "d")
+    return cert

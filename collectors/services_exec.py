@@ -15,6 +15,7 @@ import re
 import signal
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from collectors.services_base import Outcome, Stage, secs
@@ -25,10 +26,11 @@ from monitor.text import clean
 MAX_OUTPUT = 64 * 1024
 
 
-async def run(argv: list[str], stage: Stage, env: dict[str, str] | None = None
+async def run(argv: list[str], stage: Stage | None, env: dict[str, str] | None = None
               ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr); the caller's timeout cancels this, which kills the group."""
-    stage.doing = "exit"
+    if stage is not None:
+        stage.doing = "exit"
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
@@ -51,9 +53,6 @@ _RTT = re.compile(r"(?:rtt|round-trip) min/avg/max(?:/\S+)? = ([\d.]+)/([\d.]+)/
 _DENIED = ("operation not permitted", "permission denied", "socktype: sock_raw", "cap_net_raw")
 
 
-_REPLY = re.compile(r"icmp_seq=(\d+).*? time=([\d.]+) ms")
-
-
 def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | None]:
     """(loss percent, (min, avg, max) in seconds) from iputils/busybox ping output."""
     loss = _LOSS.search(text)
@@ -62,54 +61,136 @@ def parse_ping(text: str) -> tuple[float | None, tuple[float, float, float] | No
             tuple(float(g) / 1000 for g in rtt.groups()) if rtt else None)  # type: ignore[return-value]
 
 
-def median_and_jitter(text: str) -> tuple[float, float] | None:
-    """SmokePing's view of the replies (seconds): the median round trip, and the jitter as the
-    mean difference between consecutive replies (RFC 3550's idea, mtr's "Javg"); None when
-    no reply was printed. Duplicates (the same icmp_seq twice) count once."""
-    rtts = dict((int(seq), float(ms) / 1000) for seq, ms in _REPLY.findall(text))
+def median_and_jitter(rtts: list[float]) -> tuple[float, float] | None:
+    """SmokePing's view of the replies (seconds, in the order the pings were sent): the median
+    round trip, and the jitter as the mean difference between consecutive replies (RFC 3550's
+    idea, mtr's "Javg"); None without a reply."""
     if not rtts:
         return None
-    ordered = [rtts[seq] for seq in sorted(rtts)]
-    steps = [abs(b - a) for a, b in itertools.pairwise(ordered)]
-    return statistics.median(ordered), (sum(steps) / len(steps) if steps else 0.0)
+    steps = [abs(b - a) for a, b in itertools.pairwise(rtts)]
+    return statistics.median(rtts), (sum(steps) / len(steps) if steps else 0.0)
+
+
+class _Stop(Exception):
+    """A ping that cannot work (no program, no ICMP permission): the series ends with it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+class PingSeries:
+    """The `count` pings of one ping check, one every `spacing` seconds, each its own `ping -c 1`
+    (so the spacing is ours, not ping's, and a lost reply never shifts the ones after it), the
+    first `offset` seconds in.
+
+    Run back to back (`run`, spacing = ping_interval, within the check's timeout) for
+    `monitor services` and an agent's first cycle; spread over the interval (`start`, then
+    `finish` at the next cycle) by the collector the rest of the time, SmokePing's way, as a
+    task of its own that no cycle waits for. `sleep` and `clock` are the collector's
+    (a test's controlled clock)."""
+
+    def __init__(self, check: ServiceCheck, spacing: float, wait: int, offset: float = 0.0,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.check, self.spacing, self.wait, self.offset = check, spacing, wait, offset
+        self.sleep, self.clock = sleep, clock
+        self.replies: dict[int, float | None] = {}  # ping number -> rtt in seconds, None: lost
+        self.problem: Outcome | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> PingSeries:
+        self.task = asyncio.get_running_loop().create_task(self.run())
+        return self
+
+    async def run(self) -> None:
+        began = self.clock()
+        try:
+            async with asyncio.TaskGroup() as group:
+                for number in range(self.check.count):
+                    delay = began + self.offset + number * self.spacing - self.clock()
+                    if delay > 0:
+                        await self.sleep(delay)
+                    group.create_task(self._one(number))
+        except* _Stop as stopped:
+            self.problem = stopped.exceptions[0].outcome  # type: ignore[attr-defined]
+
+    async def _one(self, number: int) -> None:
+        check = self.check
+        argv = [str(check.ping_command), "-n", "-c", "1", "-W", str(self.wait), check.host]
+        try:
+            code, out, err = await run(argv, None, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+        except FileNotFoundError:
+            raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: {check.ping_command} is missing; "
+                                "install iputils-ping or set ping_command")) from None
+        loss, rtt = parse_ping(out)
+        if loss is None:
+            text = (err or out).strip()
+            if any(d in text.lower() for d in _DENIED):
+                raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: this process may not open ICMP "
+                                    f"sockets ({clean(text, 60)}); allow it with sysctl "
+                                    "net.ipv4.ping_group_range='0 2147483647' or setcap "
+                                    f"cap_net_raw+ep {check.ping_command}"))
+            raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: ping failed (exit {code}): "
+                                f"{clean(text, 100)}"))
+        self.replies[number] = rtt[1] if rtt is not None and loss < 100 else None
+
+    @property
+    def where(self) -> str:
+        return f"PING {clean(self.check.host, 60)}"
+
+    def finish(self) -> Outcome:
+        """The verdict on the pings that have settled, now: the ones still out are given up
+        (their processes killed), so the series never runs into the next one."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        return self.outcome()
+
+    def outcome(self) -> Outcome:
+        if self.problem is not None:
+            return self.problem
+        check, where = self.check, self.where
+        sent = len(self.replies)
+        if not sent:
+            return Outcome(State.UNKNOWN, f"{where}: no ping of the series had finished")
+        rtts = [rtt for _, rtt in sorted(self.replies.items()) if rtt is not None]
+        loss = round(100.0 * (sent - len(rtts)) / sent, 3)
+        spread = median_and_jitter(rtts)
+        rtt = (min(rtts), statistics.fmean(rtts), max(rtts)) if rtts else None
+        metrics: dict[str, tuple[float | None, str]] = {"loss_percent": (loss, "%")}
+        names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds", "rtt_median_seconds",
+                 "rtt_jitter_seconds")
+        for metric, value in zip(names, (*(rtt or (None,) * 3), *(spread or (None, None))),
+                                 strict=True):
+            metrics[metric] = (value, "s")
+        state = (State.CRITICAL if loss >= check.loss_critical
+                 else State.WARNING if loss >= check.loss_warning else State.OK)
+        if rtt is None or spread is None:
+            return Outcome(state, f"{where}: no reply to {sent} packets (100% loss)", None, metrics)
+        return Outcome(state, f"{where}: {loss:g}% loss, rtt min/avg/max {rtt[0] * 1000:.2f}/"
+                       f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms, median "
+                       f"{spread[0] * 1000:.2f} ms, jitter {spread[1] * 1000:.2f} ms", rtt[1],
+                       metrics)
 
 
 async def probe_ping(check: ServiceCheck, stage: Stage) -> Outcome:
-    # How long ping waits for the last reply: what the timeout leaves after sending, 1-5 s, so a
-    # dead host ends as "100% loss" rather than being killed at the timeout.
+    """The pings back to back, ping_interval apart, within the check's timeout."""
+    # How long each ping waits for its reply: what the timeout leaves after sending, 1-5 s, so
+    # a dead host ends as "100% loss" rather than being killed at the timeout.
     wait = max(1, int(min(5, check.timeout - check.count * check.ping_interval - 0.5)))
-    argv = [str(check.ping_command), "-n", "-c", str(check.count), "-i", f"{check.ping_interval:g}",
-            "-W", str(wait), check.host]
-    where = f"PING {clean(check.host, 60)}"
-    try:
-        code, out, err = await run(argv, stage, env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
-    except FileNotFoundError:
-        return Outcome(State.UNKNOWN, f"{where}: {check.ping_command} is missing; install iputils-ping"
-                       " or set ping_command")
-    loss, rtt = parse_ping(out)
-    if loss is None:
-        text = (err or out).strip()
-        if any(d in text.lower() for d in _DENIED):
-            return Outcome(State.UNKNOWN, f"{where}: this process may not open ICMP sockets "
-                           f"({clean(text, 60)}); allow it with sysctl "
-                           "net.ipv4.ping_group_range='0 2147483647' or setcap cap_net_raw+ep "
-                           f"{check.ping_command}")
-        return Outcome(State.UNKNOWN, f"{where}: ping failed (exit {code}): {clean(text, 100)}")
-    metrics: dict[str, tuple[float | None, str]] = {"loss_percent": (loss, "%")}
-    spread = median_and_jitter(out) if rtt else None
-    names = ("rtt_min_seconds", "rtt_avg_seconds", "rtt_max_seconds", "rtt_median_seconds",
-             "rtt_jitter_seconds")
-    for metric, value in zip(names, (*(rtt or (None,) * 3), *(spread or (None, None))), strict=True):
-        metrics[metric] = (value, "s")
-    state = (State.CRITICAL if loss >= check.loss_critical
-             else State.WARNING if loss >= check.loss_warning else State.OK)
-    if rtt is None:
-        return Outcome(state, f"{where}: no reply to {check.count} packets (100% loss)",
-                       None, metrics)
-    spread_note = (f", median {spread[0] * 1000:.2f} ms, jitter {spread[1] * 1000:.2f} ms"
-                   if spread else "")
-    return Outcome(state, f"{where}: {loss:g}% loss, rtt min/avg/max {rtt[0] * 1000:.2f}/"
-                   f"{rtt[1] * 1000:.2f}/{rtt[2] * 1000:.2f} ms{spread_note}", rtt[1], metrics)
+    stage.doing = "exit"
+    series = PingSeries(check, check.ping_interval, wait)
+    await series.run()
+    return series.outcome()
+
+
+def spread_wait(check: ServiceCheck, interval: float) -> int:
+    """How long a spread ping waits for its reply: 1-5 s, within a tenth of the interval, so
+    the last one has settled before the next cycle."""
+    return max(1, int(min(5, check.timeout, interval / 10)))
+
+
+SPREAD = 0.9  # the share of the interval a spread series uses (the rest: the last replies)
 
 
 # -- Nagios plugins -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """http/https checks on aiohttp: status, a text or pattern in the body, redirects followed hop by
 hop (each TLS site's certificate and chain judged by cert_verdict), vhost and SNI, basic auth
-from the URL, a proxy, POST with a body and client certificates.
+(username with password_file/password_env, or from the URL), a proxy, POST with a body and
+client certificates.
 
 Redirects are followed here, not by aiohttp, because each hop is its own verdict: the site it
 names decides the TLS name, a failure names the server that failed, and credentials go to the
@@ -11,7 +12,6 @@ caller's timeout bounds the whole check.
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
 import base64
 import dataclasses
@@ -23,19 +23,23 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 from collectors.services_base import (
     Outcome,
     Stage,
-    cert_verdict,
+    certificates,
     error_text,
     hostport,
+    peer_chain,
+    said,
     secs,
     server_name,
+    tls_verdict,
 )
-from monitor.config import ServiceCheck
+from monitor.config import ServiceCheck, address_and_port
 from monitor.model import State
 from monitor.text import clean
 
@@ -131,40 +135,24 @@ def basic_auth(url: str | None) -> str | None:
     parts = urlsplit(url or "")
     if parts.username is None:
         return None
-    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
-    return "Basic " + base64.b64encode(pair).decode("ascii")
+    return _basic(unquote(parts.username), unquote(parts.password or ""))
+
+
+def _basic(username: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+
+
+def site_login(check: ServiceCheck) -> str | None:
+    """The check's basic auth for its own site: username with the password of password_file /
+    password_env (the loader's secret), or user:password@ in the URL."""
+    if check.username is not None:
+        return _basic(check.username, check.password or "")
+    return basic_auth(check.url)
 
 
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
-
-
-def peer_chain(transport: asyncio.BaseTransport | None) -> list[bytes]:
-    """The certificates the server sent (DER), its own first; [] without TLS.
-
-    (A copy of services_tcp.peer_chain for a transport.) Python 3.13 has get_unverified_chain()
-    on SSL objects; 3.11-3.12 only on the underlying _ssl socket (certificate objects)."""
-    obj = transport.get_extra_info("ssl_object") if transport is not None else None
-    if obj is None:
-        return []
-    leaf = obj.getpeercert(binary_form=True)
-    chain_of = (getattr(obj, "get_unverified_chain", None)
-                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
-    sent = [cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER)
-            for cert in (chain_of() if chain_of is not None else None) or []]
-    if leaf is None:
-        return sent
-    return [leaf, *(der for der in sent if der != leaf)]
-
-
-def untrusted(cert: Outcome, reason: str) -> Outcome:
-    """The verdict of a certificate the handshake refused, with its expiry still measured."""
-    if cert.state == State.OK or "expired" not in cert.message:
-        cert.state = State.CRITICAL
-        cert.message = (f"certificate not trusted: {clean(reason)}; "
-                        + cert.message.replace("certificate valid for", "certificate expires in"))
-    return cert
 
 
 def failure_text(exc: BaseException) -> str | None:
@@ -212,9 +200,46 @@ def _on(event: str):
     """A tracing callback: the probe (the request's trace context) notes the event's time."""
 
     async def note(session, context, params) -> None:
-        context.trace_request_ctx.phase(event)
+        context.trace_request_ctx.phase(event, getattr(params, "host", ""))
 
     return note
+
+
+class ServerResolver(AbstractResolver):
+    """Addresses (A, AAAA) of a name from one DNS server: a check's `resolver`, instead of the
+    system's. Its time is the check's: the check's timeout cancels a lookup that stalls."""
+
+    def __init__(self, server: str) -> None:
+        import dns.asyncresolver
+
+        self.resolver = dns.asyncresolver.Resolver(configure=False)
+        address, self.resolver.port = address_and_port(server, 53)
+        self.resolver.nameservers = [address]
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        import dns.exception
+        import dns.resolver
+
+        kinds = {socket.AF_INET: ["A"], socket.AF_INET6: ["AAAA"]}.get(family, ["A", "AAAA"])
+        found: list[ResolveResult] = []
+        for kind in kinds:
+            try:
+                answer = await self.resolver.resolve(host, kind, lifetime=3600)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+                continue
+            except dns.exception.DNSException as exc:
+                raise socket.gaierror(socket.EAI_AGAIN, f"DNS server {self.resolver.nameservers[0]}"
+                                      f": {exc}") from None
+            inet = socket.AF_INET if kind == "A" else socket.AF_INET6
+            found.extend(ResolveResult(hostname=host, host=record.address, port=port, family=inet,
+                                       proto=0, flags=socket.AI_NUMERICHOST) for record in answer)
+        if not found:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return found
+
+    async def close(self) -> None:
+        return None
 
 
 def _tracing() -> aiohttp.TraceConfig:
@@ -248,10 +273,14 @@ class Probe:
         self.phases = {"dns_seconds": 0.0, "connect_seconds": 0.0, "first_byte_seconds": 0.0}
         self._began: dict[str, float] = {}
 
-    def phase(self, event: str) -> None:
+    def phase(self, event: str, host: str = "") -> None:
         now = time.monotonic()
         began = self._began
-        if event == "dns_end" and "dns_start" in began:
+        if event == "dns_start":
+            # A stall from here on is the name lookup's, not the web server's.
+            self.stage.doing = f"name lookup of {clean(host, 60)}"
+        elif event == "dns_end" and "dns_start" in began:
+            self.stage.doing = "connect"
             self.phases["dns_seconds"] += now - began["dns_start"]
             # The name resolution is part of the connection's time: not counted twice.
             began["connect_start"] = began.get("connect_start", now) + now - began["dns_start"]
@@ -279,8 +308,9 @@ class Probe:
         return False
 
     def session(self) -> aiohttp.ClientSession:
+        resolver = ServerResolver(self.check.resolver) if self.check.resolver else None
         connector = aiohttp.TCPConnector(force_close=True, use_dns_cache=False, limit=0,
-                                         socket_factory=self._socket)
+                                         socket_factory=self._socket, resolver=resolver)
         return aiohttp.ClientSession(
             connector=connector, response_class=Response, cookie_jar=aiohttp.DummyCookieJar(),
             trace_configs=[TRACING],
@@ -351,7 +381,7 @@ class Probe:
         check, contexts = self.check, self.stage.contexts
         own_site = hop.site == first.site
         sni = server_name(check) if own_site else hop.site_name
-        auth = basic_auth(check.url) if own_site else None
+        auth = site_login(check) if own_site else None
         # Credentials (basic auth, a client certificate) go to the configured site only, never
         # to a site a redirect points at.
         tls_check = check if own_site else dataclasses.replace(check, client_cert=None,
@@ -368,26 +398,8 @@ class Probe:
                                         auth)
         if not hop.tls:
             return answer, None
-        cert = cert_verdict(check, answer.chain, now, name=None if own_site else hop.site_name)
-        return answer, untrusted(cert, reason) if reason is not None else cert
-
-
-def certificates(verdicts: list[tuple[Hop, Outcome]]) -> Outcome | None:
-    """One certificate verdict for the check: the first TLS site's, with any other site's
-    problem added (named by its site), and the earliest expiry of them all."""
-    if not verdicts:
-        return None
-    (_, first), *others = verdicts
-    cert = Outcome(first.state, first.message, metrics=dict(first.metrics))
-    for hop, other in others:
-        if other.state != State.OK:
-            cert.message += f"; {hop.site_name}: {other.message}"
-            cert.state = State.worst([cert.state, other.state])
-        days = other.metrics.get("cert_expiry_days", (None, ""))[0]
-        mine = cert.metrics.get("cert_expiry_days", (None, ""))[0]
-        if days is not None and (mine is None or days < mine):
-            cert.metrics["cert_expiry_days"] = (days, "d")
-    return cert
+        return answer, tls_verdict(check, answer.chain, now, reason,
+                                   name=None if own_site else hop.site_name)
 
 
 async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool) -> Outcome:
@@ -395,7 +407,8 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
     first = hop = first_hop(check)
     where = first.where()
     probe = Probe(check, stage)
-    verdicts: list[tuple[Hop, Outcome]] = []
+    verdicts: list[tuple[str, Outcome]] = []  # (site name, its certificate's verdict)
+    sites: set[str] = set()
     hops = 0
 
     def via() -> str:
@@ -412,15 +425,16 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
                 at = f"{via()}: {hop.where()}" if hops else ""
                 return Outcome(State.CRITICAL, f"{where}{at} {text} after "
                                f"{secs(time.monotonic() - start)}")
-            if cert is not None and not any(h.site == hop.site for h, _ in verdicts):
-                verdicts.append((hop, cert))
+            if cert is not None and hop.site not in sites:
+                sites.add(hop.site)
+                verdicts.append((hop.site_name, cert))
                 stage.cert = certificates(verdicts)
             if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
                 target = next_hop(hop, answer.location, answer.status)
                 if isinstance(target, str):
                     at = f"{via()}: {hop.where()}" if hops else ""
                     return Outcome(State.CRITICAL, f"{where}{at} redirected to unusable "
-                                   f"{clean(target)!r}", time.monotonic() - start)
+                                   f"{said(check, target)!r}", time.monotonic() - start)
                 hops += 1
                 hop = target
                 probe.at = f"{via().strip()}, at {hop.where()}"
@@ -440,9 +454,10 @@ async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elaps
     status = answer.status
     wanted = "/".join(str(s) for s in check.expect_status)
     if status not in check.expect_status:
-        extra = f" (to {clean(answer.location, 60)})" if status in REDIRECTS and answer.location else ""
-        return Outcome(State.CRITICAL, f"{where} answered {status} {clean(answer.reason, 40)} instead "
-                       f"of {wanted}{extra}{via} in {secs(elapsed)}", elapsed)
+        extra = (f" (to {said(check, answer.location, 60)})"
+                 if status in REDIRECTS and answer.location else "")
+        return Outcome(State.CRITICAL, f"{where} answered {status} {said(check, answer.reason, 40)} "
+                       f"instead of {wanted}{extra}{via} in {secs(elapsed)}", elapsed)
     within = "" if answer.complete else f" in its first {len(answer.body)} bytes"
     if check.expect_text is not None and check.expect_text.encode() not in answer.body:
         return Outcome(State.CRITICAL, f"{where} answered {status} but without the text "
@@ -453,5 +468,5 @@ async def judge(check: ServiceCheck, answer: Answer, where: str, via: str, elaps
         return Outcome(State.CRITICAL, f"{where} answered {status} but nothing matched "
                        f"{clean(check.expect_regex, 40)!r}{within}{via} in {secs(elapsed)}", elapsed)
     size = f"{len(answer.body)} bytes" + ("" if answer.complete else ", more not read")
-    return Outcome(State.OK, f"{where} answered {status} {clean(answer.reason, 40)}{via} in "
+    return Outcome(State.OK, f"{where} answered {status} {said(check, answer.reason, 40)}{via} in "
                    f"{secs(elapsed)} ({size})", elapsed)

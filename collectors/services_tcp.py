@@ -9,9 +9,7 @@ stages, so a server that accepts and stalls the handshake is reported as such.
 
 from __future__ import annotations
 
-import _ssl
 import asyncio
-import base64
 import ssl
 import time
 
@@ -20,6 +18,9 @@ from collectors.services_base import (
     Stage,
     cert_verdict,
     label,
+    peer_chain,
+    plain_credentials,
+    said,
     secs,
     server_name,
 )
@@ -76,27 +77,6 @@ async def start_tls(writer: asyncio.StreamWriter, check: ServiceCheck, verify: b
         raise CertRejected(exc.verify_message or str(exc)) from None
 
 
-def peer_chain(writer: asyncio.StreamWriter) -> list[bytes]:
-    """The certificates the server sent (DER), its own first; [] without TLS.
-
-    The rest of the chain matters because an intermediate that expires before the server's own
-    certificate breaks the service just the same. Python 3.13 has get_unverified_chain() on
-    SSL objects; 3.10-3.12 only on the underlying _ssl socket (certificate objects, not DER).
-    """
-    obj = writer.get_extra_info("ssl_object")
-    if obj is None:
-        return []
-    leaf = obj.getpeercert(binary_form=True)
-    chain_of = (getattr(obj, "get_unverified_chain", None)
-                or getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None))
-    sent = []
-    for cert in (chain_of() if chain_of is not None else None) or []:
-        sent.append(cert if isinstance(cert, bytes) else cert.public_bytes(_ssl.ENCODING_DER))
-    if leaf is None:
-        return sent
-    return [leaf, *(der for der in sent if der != leaf)]
-
-
 def close(writer: asyncio.StreamWriter | None) -> None:
     """Drop the connection now: no waiting on a peer that may never answer (fds stay flat)."""
     if writer is not None:
@@ -113,7 +93,7 @@ async def read_line(reader: asyncio.StreamReader) -> str:
     return line.decode("utf-8", "replace").rstrip("\r\n")
 
 
-async def read_reply(reader: asyncio.StreamReader, protocol: str, what: str
+async def read_reply(check: ServiceCheck, reader: asyncio.StreamReader, protocol: str, what: str
                      ) -> tuple[str, list[str]]:
     """An SMTP/FTP reply: (code, lines), all its "250-" continuation lines read (MAX_REPLY bytes
     at most). A line that is no reply ("SSH-2.0-..." from the wrong server) is judged at once,
@@ -123,10 +103,10 @@ async def read_reply(reader: asyncio.StreamReader, protocol: str, what: str
     while True:
         line = await read_line(reader)
         if not (line[:3].isdigit() and line[3:4] in ("", " ", "-")):
-            raise ProtocolError(f"answered {clean(line, 60)!r} instead of an {protocol} {what} "
+            raise ProtocolError(f"answered {said(check, line, 60)!r} instead of an {protocol} {what} "
                                 "in {t}")
         if lines and line[:3] != lines[0][:3]:
-            raise ProtocolError(f"answered {clean(line, 60)!r} within a {lines[0][:3]} reply "
+            raise ProtocolError(f"answered {said(check, line, 60)!r} within a {lines[0][:3]} reply "
                                 f"(its {what}) in {{t}}")
         size += len(line)
         if size > MAX_REPLY:
@@ -159,26 +139,14 @@ async def probe_text(check: ServiceCheck, stage: Stage, now: float, verify: bool
         return Outcome(State.OK, f"{name} {detail.replace('{t}', secs(elapsed))}", elapsed)
     except ProtocolError as exc:
         elapsed = time.monotonic() - start
-        return Outcome(State.CRITICAL, hide_password(
-            check, f"{name} {str(exc).replace('{t}', secs(elapsed))}"), elapsed)
+        return Outcome(State.CRITICAL, f"{name} {str(exc).replace('{t}', secs(elapsed))}", elapsed)
     finally:
         close(writer)
 
 
-def hide_password(check: ServiceCheck, text: str) -> str:
-    """A server that echoes what it got must not put the password into our messages."""
-    if check.password:
-        password = check.password
-        # as sent (PLAIN, LOGIN's base64) and as a server's echo reaches a message (repr escapes)
-        for secret in (password, repr(password)[1:-1], _plain_credentials(check),
-                       base64.b64encode(password.encode()).decode()):
-            text = text.replace(secret, "***")
-    return text
-
-
-def _expect_code(code: str, lines: list[str], want: str, what: str) -> None:
+def _expect_code(check: ServiceCheck, code: str, lines: list[str], want: str, what: str) -> None:
     if code != want:
-        raise ProtocolError(f"answered {clean(lines[-1] if lines else code)!r} instead of {want} "
+        raise ProtocolError(f"answered {said(check, lines[-1] if lines else code)!r} instead of {want} "
                             f"{what} in {{t}}")
 
 
@@ -204,26 +172,26 @@ async def _tcp(check, stage, reader, writer, verify) -> str:
 
 
 async def _smtp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader, "SMTP", "greeting")
+    code, lines = await read_reply(check, reader, "SMTP", "greeting")
     if code != "220":
-        raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
-    banner = clean(lines[0][4:], 60)
+        raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {said(check, lines[-1])!r}")
+    banner = said(check, lines[0][4:], 60)
     stage.doing = "EHLO reply"
     await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-    code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO")
-    _expect_code(code, ehlo, "250", "to EHLO")
+    code, ehlo = await read_reply(check, reader, "SMTP", "reply to EHLO")
+    _expect_code(check, code, ehlo, "250", "to EHLO")
     if check.starttls:
         if not any(line[4:].upper().startswith("STARTTLS") for line in ehlo):
             raise ProtocolError("does not offer STARTTLS")
         stage.doing = "STARTTLS reply"
         await command(writer, "STARTTLS")
-        code, lines = await read_reply(reader, "SMTP", "reply to STARTTLS")
-        _expect_code(code, lines, "220", "to STARTTLS")
+        code, lines = await read_reply(check, reader, "SMTP", "reply to STARTTLS")
+        _expect_code(check, code, lines, "220", "to STARTTLS")
         await start_tls(writer, check, verify, stage)
         stage.doing = "EHLO reply after STARTTLS"
         await command(writer, f"EHLO {check.helo or 'monitor.invalid'}")
-        code, ehlo = await read_reply(reader, "SMTP", "reply to EHLO after STARTTLS")
-        _expect_code(code, ehlo, "250", "to EHLO after STARTTLS")
+        code, ehlo = await read_reply(check, reader, "SMTP", "reply to EHLO after STARTTLS")
+        _expect_code(check, code, ehlo, "250", "to EHLO after STARTTLS")
     if check.username:
         await _smtp_login(check, stage, reader, writer, ehlo)
     await command(writer, "QUIT")
@@ -235,31 +203,25 @@ def _logged_in(check: ServiceCheck) -> str:
     return f", logged in as {clean(check.username, 40)!r}" if check.username else ""
 
 
-def _plain_credentials(check: ServiceCheck) -> str:
-    """SASL PLAIN (RFC 4616): NUL, user, NUL, password, in base64."""
-    assert check.username is not None and check.password is not None
-    return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
-
-
 async def _smtp_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter, ehlo: list[str]) -> None:
     mechanisms = {m.upper() for line in ehlo if line[4:9].upper() in ("AUTH ", "AUTH=")
                   for m in line[9:].split()}
     if "PLAIN" not in mechanisms:
-        raise ProtocolError(f"offers no AUTH PLAIN (AUTH {clean(' '.join(sorted(mechanisms)), 40) or 'none'})"
-                            " to log in with")
+        offered = said(check, " ".join(sorted(mechanisms)), 40) or "none"
+        raise ProtocolError(f"offers no AUTH PLAIN (AUTH {offered}) to log in with")
     stage.doing = "AUTH reply"
-    await command(writer, f"AUTH PLAIN {_plain_credentials(check)}")
-    code, lines = await read_reply(reader, "SMTP", "reply to AUTH")
+    await command(writer, f"AUTH PLAIN {plain_credentials(check)}")
+    code, lines = await read_reply(check, reader, "SMTP", "reply to AUTH")
     if code != "235":
         raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
-                            f"{clean(lines[-1])!r} in {{t}}")
+                            f"{said(check, lines[-1])!r} in {{t}}")
 
 
 async def _imap(check, stage, reader, writer, verify) -> str:
     line = await read_line(reader)
     if not line.upper().startswith(("* OK", "* PREAUTH")):
-        raise ProtocolError(f"greeted {clean(line)!r} instead of * OK in {{t}}")
+        raise ProtocolError(f"greeted {said(check, line)!r} instead of * OK in {{t}}")
     if check.starttls:
         stage.doing = "STARTTLS reply"
         await command(writer, "m1 STARTTLS")
@@ -268,13 +230,13 @@ async def _imap(check, stage, reader, writer, verify) -> str:
             if reply.startswith("m1 "):
                 break
         if not reply.upper().startswith("M1 OK"):
-            raise ProtocolError(f"refused STARTTLS: {clean(reply)!r}")
+            raise ProtocolError(f"refused STARTTLS: {said(check, reply)!r}")
         await start_tls(writer, check, verify, stage)
     if check.username:
         await imap_login(check, stage, reader, writer)
     await command(writer, "m9 LOGOUT")
     return (f"answered * OK{' and STARTTLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
-            f"({clean(line[4:], 60)})")
+            f"({said(check, line[4:], 60)})")
 
 
 async def imap_tagged(reader: asyncio.StreamReader, tag: str) -> tuple[str, list[str]]:
@@ -298,23 +260,23 @@ async def imap_login(check: ServiceCheck, stage: Stage, reader: asyncio.StreamRe
     await command(writer, "m2 AUTHENTICATE PLAIN")
     line = await read_line(reader)
     if line.startswith("+"):
-        await command(writer, _plain_credentials(check))
+        await command(writer, plain_credentials(check))
         line, _ = await imap_tagged(reader, "m2")
     if not line.upper().startswith("M2 OK"):
         raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
-                            f"{clean(line[3:])!r} in {{t}}")
+                            f"{said(check, line[3:])!r} in {{t}}")
 
 
 async def _pop3(check, stage, reader, writer, verify) -> str:
     line = await read_line(reader)
     if not line.startswith("+OK"):
-        raise ProtocolError(f"greeted {clean(line)!r} instead of +OK in {{t}}")
+        raise ProtocolError(f"greeted {said(check, line)!r} instead of +OK in {{t}}")
     if check.starttls:
         stage.doing = "STLS reply"
         await command(writer, "STLS")
         reply = await read_line(reader)
         if not reply.startswith("+OK"):
-            raise ProtocolError(f"refused STLS: {clean(reply)!r}")
+            raise ProtocolError(f"refused STLS: {said(check, reply)!r}")
         await start_tls(writer, check, verify, stage)
     if check.username:
         stage.doing = "USER reply"
@@ -326,10 +288,10 @@ async def _pop3(check, stage, reader, writer, verify) -> str:
             reply = await read_line(reader)
         if not reply.startswith("+OK"):
             raise ProtocolError(f"refused the login of {clean(check.username, 40)!r}: "
-                                f"{clean(reply)!r} in {{t}}")
+                                f"{said(check, reply)!r} in {{t}}")
     await command(writer, "QUIT")
     return (f"answered +OK{' and STLS' if check.starttls else ''}{_logged_in(check)} in {{t}} "
-            f"({clean(line[3:], 60)})")
+            f"({said(check, line[3:], 60)})")
 
 
 async def _ssh(check, stage, reader, writer, verify) -> str:
@@ -346,7 +308,7 @@ async def _ssh(check, stage, reader, writer, verify) -> str:
 
 
 async def _ftp(check, stage, reader, writer, verify) -> str:
-    code, lines = await read_reply(reader, "FTP", "greeting")
+    code, lines = await read_reply(check, reader, "FTP", "greeting")
     if code != "220":
         raise ProtocolError(f"answered {code} instead of 220 in {{t}}: {clean(lines[-1])!r}")
     await command(writer, "QUIT")

@@ -40,8 +40,9 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
-from monitor import units
+from monitor import seasonal, units
 from monitor.files import PUBLIC_MODE, atomic_write
+from monitor.model import alert_range
 from monitor.store import Series, SeriesInfo
 from monitor.text import CONTROL
 
@@ -72,11 +73,13 @@ _SUFFIX_UNITS = {"_octets": "B", "_bytes": "B", "_seconds": "s", "_percent": "%"
                  "_days": "d", "_packets": "pkt/s", "_errors": "/s", "_discards": "/s"}
 
 
-def classify(metrics: Iterable[str]) -> str:
+def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
+    """The graph a file gets from its metrics; `thresholds`: the metrics with limits (a
+    plugin's perfdata with warn/crit is drawn as its own values, not as the plugin's run time)."""
     names = set(metrics)
     if {"in_octets", "out_octets"} <= names:
         return TRAFFIC
-    if "response_seconds" in names:
+    if "response_seconds" in names and not set(thresholds) - {"response_seconds"}:
         return LATENCY
     if any(m.endswith("_percent") for m in names):
         return PERCENT
@@ -110,6 +113,8 @@ format_value = units.format_value  # the one formatter of the site, the mail and
 
 PALETTE = ["#1f5fbf", "#d9822b", "#2e9e4f", "#8e44ad", "#c0392b", "#138d90", "#7f8c8d"]
 IN_FILL, IN_EDGE, OUT_LINE = units.IN_FILL, units.IN_EDGE, units.OUT_LINE
+USUAL_FILL = "#d4dcc4"  # the seasonal baseline's expected band
+BAND_SPAN = 8 * 86400  # day and week graphs: an hour-of-the-week band means something there
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
 P95_MARK = "#c0392b"
 # loss (percent) up to which a latency line has this colour
@@ -197,10 +202,67 @@ def loss_color(loss: float) -> str:
     return LOSS_COLORS[-1][1]
 
 
+WARNING_LINE, CRITICAL_LINE = units.WARNING_LINE, units.CRITICAL_LINE
+# A limit further above the highest value than this many times is named in the legend but not
+# drawn: including it in the axis would flatten the data into the bottom pixels.
+LIMIT_REACH = 3.0
+
+
+def describe_range(limits: tuple[float, float, bool], unit: str) -> str:
+    """A Nagios range as a person says it, in the units convention: "above 2.00 s"."""
+    start, end, inside = limits
+    low, high = (format_value(v, unit) if math.isfinite(v) else "" for v in (start, end))
+    if inside:
+        if math.isinf(start):
+            return f"at or below {high}"
+        return f"at or above {low}" if math.isinf(end) else f"from {low} to {high}"
+    if math.isinf(start):
+        return f"above {high}"
+    return f"below {low}" if math.isinf(end) else f"outside {low} to {high}"
+
+
+def limit_lines(info: SeriesInfo, drawn: list[tuple[str, str]], unit: str, layers: list[Layer]
+                ) -> tuple[list[tuple[float, str]], list[LegendRow]]:
+    """The warning (yellow) and critical (red) limits of the drawn metrics ((metric, label)) as
+    horizontal lines and one legend row each."""
+    if not info.thresholds:
+        return [], []
+    known = [layer.values[~np.isnan(layer.values)] for layer in layers if not layer.right]
+    highest = max((float(np.abs(v).max()) for v in known if v.size), default=0.0)
+    marks: list[tuple[float, str]] = []
+    rows: list[LegendRow] = []
+    for name, which, color in (("Warning", "warning", WARNING_LINE),
+                               ("Critical", "critical", CRITICAL_LINE)):
+        labels_of: dict[str, list[str]] = {}  # "above 2.00" -> the labels it is for
+        for metric, label in drawn:
+            limits = alert_range(getattr(info.thresholds.get(metric), which, None))
+            if limits is None:
+                continue
+            edges = [edge for edge in limits[:2] if math.isfinite(edge)]
+            shown = [e for e in edges if highest == 0 or abs(e) <= LIMIT_REACH * highest]
+            marks.extend((edge, color) for edge in shown if (edge, color) not in marks)
+            text = describe_range(limits, unit) + ("" if len(shown) == len(edges)
+                                                    else " (off the scale)")
+            labels_of.setdefault(text, []).append(display(label, 20))
+        if labels_of:
+            parts = [text if len(drawn) == 1 else f"{', '.join(labels)} {text}"
+                     for text, labels in labels_of.items()]
+            rows.append(LegendRow(name, color, display("; ".join(parts), 90)))
+    return marks, rows
+
+
+def with_limits(legend: list[LegendRow], limits: list[LegendRow]) -> list[LegendRow]:
+    """The limit rows where the legend's first rows are, so the image always shows them (the
+    rows it has no room for are in the page's table)."""
+    keep = max(1, _LEGEND_ROWS - len(limits))
+    return legend[:keep] + limits + legend[keep:]
+
+
 def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) -> Graph:
     """Turn fetched columns into layers (from `series`), legend rows and summary figures (from
-    `rows`, the period's finest rows, see stats.period_rows; default `series`)."""
-    kind = classify(info.metrics)
+    `rows`, the period's finest rows, see stats.period_rows; default `series`), with the
+    metrics' warning and critical limits (SeriesInfo.thresholds) as lines."""
+    kind = classify(info.metrics, info.thresholds)
     rows = rows or series
     if kind == TRAFFIC:
         layers, legend, summary, units = [], [], {}, {}
@@ -263,7 +325,8 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
         for metric in ("rtt_min_seconds", "rtt_max_seconds"):
             if metric in info.metrics:
                 summary[metric], units[metric] = _figures(rows, metric), "s"
-        return Graph(kind, "s", layers, legend, summary, units)
+        marks, limits = limit_lines(info, [("response_seconds", "Response")], "s", layers)
+        return Graph(kind, "s", layers, with_limits(legend, limits), summary, units, marks=marks)
     if kind == PERCENT:
         metrics = [m for m in info.metrics if m.endswith("_percent")]
         unit, floor, ceiling = "%", 0.0, 100.0
@@ -273,7 +336,9 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
         groups: dict[str, list[str]] = {}
         for m in info.metrics:
             groups.setdefault(unit_of(m, info.units), []).append(m)
-        unit, metrics = max(groups.items(), key=lambda kv: len(kv[1])) if groups else ("", [])
+        # (the group of the metrics with limits first: those are what the lines are for)
+        unit, metrics = max(groups.items(), key=lambda kv: (
+            bool(set(kv[1]) & info.thresholds.keys()), len(kv[1]))) if groups else ("", [])
         floor, ceiling = 0.0, None
     layers, legend, summary, units = [], [], {}, {}
     for i, metric in enumerate(metrics[: len(PALETTE)]):
@@ -288,7 +353,10 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
     for metric in info.metrics:
         if metric not in summary:
             summary[metric], units[metric] = _figures(rows, metric), unit_of(metric, info.units)
-    return Graph(kind, unit, layers, legend, summary, units, floor, ceiling)
+    drawn = [(metric, metric) for metric in metrics[: len(PALETTE)]]
+    marks, limits = limit_lines(info, drawn, unit, layers)
+    return Graph(kind, unit, layers, with_limits(legend, limits), summary, units, floor, ceiling,
+                 marks=marks)
 
 
 # -- axis scaling --------------------------------------------------------------------------------
@@ -493,6 +561,8 @@ class Renderer:
         """The PNG of one graph."""
         left = [layer for layer in graph.layers if not layer.right]
         known = [v for v in (layer.values[~np.isnan(layer.values)] for layer in left) if v.size]
+        if graph.marks:  # limit lines are in view (limit_lines left out the far ones)
+            known.append(np.array([value for value, _ in graph.marks]))
         low = float(min(v.min() for v in known)) if known else 0.0
         high = float(max(v.max() for v in known)) if known else 0.0
         if graph.kind == TRAFFIC and high <= 0:
@@ -519,6 +589,7 @@ class Renderer:
                     _, low = _steps(series_start, step, layer.low)
                     low = (low - bottom) * scale
                     self.band.set_data(x, low, y, where=~(np.isnan(y) | np.isnan(low)))
+                    self.band.set_facecolor(layer.color)
                     ax.draw_artist(self.band)
                 elif layer.style == "loss-line" and layer.loss is not None:
                     points = np.column_stack([x, y])
@@ -727,6 +798,8 @@ class Job:
     out_dir: Path
     now: float
     spark: bool = True
+    baseline: str = ""  # the metric whose seasonal band is drawn (monitor.seasonal), if any
+    weeks: int = 6
 
 
 @dataclass
@@ -754,7 +827,7 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     started = time.perf_counter()
     cpu = time.process_time()
     info = job.info
-    result = JobResult(info.target, info.instance, classify(info.metrics))
+    result = JobResult(info.target, info.instance, classify(info.metrics, info.thresholds))
     title = f"{info.target} · {info.instance}" if info.instance else info.target
     try:
         for name in job.periods:
@@ -768,6 +841,8 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
             else:
                 rows = stats.window(series, start, end)
             graph = build_graph(info, series, rows)
+            if job.baseline and period.span <= BAND_SPAN:
+                add_usual_band(graph, store, info, job.baseline, job.weeks, series)
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
@@ -784,6 +859,32 @@ def render_job(store, renderer: Renderer, job: Job) -> JobResult:
     result.seconds = time.perf_counter() - started
     result.cpu = time.process_time() - cpu
     return result
+
+
+def add_usual_band(graph: Graph, store, info: SeriesInfo, metric: str, weeks: int,
+                   series: Series) -> None:
+    """The expected band of `metric` for each hour of the week (monitor.seasonal, from the
+    store's 2-hour averages of the weeks before), drawn under the data."""
+    if graph.kind == TRAFFIC:
+        scale, label = 8.0, {"in_octets": "In", "out_octets": "Out"}.get(metric)
+    else:
+        scale, label = 1.0, metric
+    if label is None or not any(layer.label == label for layer in graph.layers):
+        return
+    n = len(next(iter(series.columns.values()), []))
+    if not n:
+        return
+    history = store.fetch_path(info, series.start - weeks * seasonal.WEEK - 7200, series.end, 7200)
+    past = np.array(history.columns.get(metric, []), dtype=float)
+    times = series.start + (np.arange(n) + 0.5) * series.step
+    expected = seasonal.band(past, history.start, history.step, times, weeks)
+    if np.isnan(expected.usual).all():
+        return
+    graph.layers.insert(0, Layer("usual", expected.high * scale, "band", USUAL_FILL,
+                                 low=expected.low * scale))
+    row = LegendRow("usual", USUAL_FILL, f"{label}: expected for the hour of the week (last "
+                                         f"{weeks} weeks)")
+    graph.legend.insert(min(len(graph.legend), _LEGEND_ROWS - 1), row)
 
 
 def _step_text(step: int) -> str:

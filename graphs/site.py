@@ -40,13 +40,14 @@ import jinja2
 from graphs import render
 from graphs.render import PERIODS, Job, JobResult
 from monitor import __version__
-from monitor.config import Config
+from monitor.config import BaselineConfig, Config
 from monitor.files import PUBLIC_MODE, atomic_write
 from monitor.model import State
 from monitor.process import exit_with
+from monitor.seasonal import selected
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
-from monitor.units import format_age, format_duration
+from monitor.units import format_age, format_bytes, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ class SiteBuilder:
         inline_below: int = 0,
         alerts_db: Path | None = None,
         uplinks: Sequence[str] = (),
+        baseline: BaselineConfig | None = None,
+        mail_state: Path | None = None,
     ) -> None:
         self.store = store
         self.status = status
@@ -150,6 +153,8 @@ class SiteBuilder:
         self.inline_below = inline_below
         self.alerts_db = alerts_db
         self.uplinks = list(uplinks)
+        self.baseline = baseline  # draw the seasonal band of the series it selects
+        self.mail_state = mail_state  # the mail-log collector's counts, for mail.html
         self._pool: ProcessPoolExecutor | None = None
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
@@ -213,7 +218,8 @@ class SiteBuilder:
             out_dir = self.html_dir / rel
             periods = due_periods(entries.get(rel, {}), stamp, now, out_dir, self.slack, full)
             if periods:
-                jobs.append(Job(info, periods, out_dir, now))
+                jobs.append(Job(info, periods, out_dir, now, baseline=self._band_metric(info),
+                                weeks=self.baseline.weeks if self.baseline else 6))
         report.instances = len(series)
         report.skipped = len(series) * len(PERIODS) - sum(len(job.periods) for job in jobs)
         results = self._render(jobs, progress)
@@ -241,6 +247,15 @@ class SiteBuilder:
         for error in report.errors[:5]:
             log.error("graph: %s", error)
         return report
+
+    def _band_metric(self, info: SeriesInfo) -> str:
+        """The one metric of a file whose expected band is drawn: out before in (a hijacked
+        server shows in what it sends), else the first one with a baseline."""
+        if self.baseline is None:
+            return ""
+        metrics = [m for _, m, _ in selected(self.baseline, [info])]
+        return next((m for m in ("out_octets", "in_octets") if m in metrics),
+                    metrics[0] if metrics else "")
 
     def _render(self, jobs: list[Job], progress: Progress | None) -> list[JobResult]:
         total = sum(len(job.periods) for job in jobs)
@@ -274,7 +289,8 @@ class SiteBuilder:
             except Exception as exc:  # a worker died (out of memory, killed): report, go on
                 log.error("graph worker failed: %s", exc)
                 self.close()
-                results.extend(JobResult(j.info.target, j.info.instance, render.classify(j.info.metrics),
+                results.extend(JobResult(j.info.target, j.info.instance,
+                                         render.classify(j.info.metrics, j.info.thresholds),
                                          error=f"worker failed: {exc}") for j in chunk)
             done += sum(len(job.periods) for job in chunk)
             if progress:
@@ -294,7 +310,9 @@ class SiteBuilder:
         # name): counted once.
         problems = ({(c.target, c.check) for c in checks if c.state is not State.OK}
                     | {(a.target, a.label) for a in firing})
+        mail = self._mail_model(now, checks)
         common = {
+            "mail_page": mail is not None,
             "site_title": render.display(self.title), "refresh": self.refresh,
             "refresh_text": format_duration(self.refresh), "generated": _local(now),
             "version": __version__, "problem_count": len(problems),
@@ -312,12 +330,55 @@ class SiteBuilder:
               counts=model.counts, series_count=len(series))
         write(self.html_dir / "problems.html", "problems.html.j2", "", problems=model.problems,
               alerts=alerts)
+        if mail is not None:
+            write(self.html_dir / "mail.html", "mail.html.j2", "", **mail)
         for target in model.targets:
             write(self.html_dir / target.fsdir / "index.html", "target.html.j2", "../", target=target)
             for item in target.graphed:
                 write(self.html_dir / target.fsdir / item.fsdir / "index.html", "instance.html.j2",
                       "../../", item=item, periods=model.periods(item))
         return pages, {target.fsdir for target in model.targets}
+
+    def _mail_model(self, now: float, checks: Sequence[CheckStatus]) -> dict[str, Any] | None:
+        """mail.html: pflogsumm's tables for the last 24 hours (hour by hour, the busiest
+        senders, domains, reject reasons and failing clients), the mail graphs and the block-list
+        checks. None when [maillog] is off."""
+        if self.mail_state is None:
+            return None
+        from collectors.maillog import TABLES, HourCounts, hours_between, load_state
+
+        hour = 3600
+        start = (int(now) // hour - 23) * hour
+        hours = hours_between(load_state(self.mail_state), start, start + 24 * hour)
+        total = HourCounts()
+        for _, counts in hours:
+            total.merge(counts)
+        columns = ["received", "delivered", "outbound", "deferred", "bounced", "rejected",
+                   "sasl_failures", "login_failures"]
+        titles = dict(zip(TABLES, ("Senders (messages received)", "Outbound senders",
+                                   "Recipient domains (delivered)", "Reject reasons",
+                                   "SASL authentication failures by client",
+                                   "Dovecot login failures by client"), strict=True))
+        graphs = [{"label": label, "url": f"mail/{safe_name(instance)}/index.html",
+                   "png": f"mail/{safe_name(instance)}/day.png"}
+                  for instance, label in (("postfix", "Postfix"), ("dovecot", "Dovecot"))
+                  if (self.html_dir / "mail" / safe_name(instance) / "day.png").exists()]
+        return {
+            "columns": [c.replace("_", " ") for c in columns],
+            "totals": [total.counts[c] for c in columns],
+            "received_bytes": format_bytes(total.counts["received_bytes"]),
+            "hours": [{"hour": datetime.fromtimestamp(h).strftime("%a %H:00"),
+                       "counts": [c.counts[name] for name in columns]} for h, c in hours],
+            "tables": [{"title": titles[name],
+                        "rows": [(render.display(key, LABEL_LIMIT), n)
+                                 for key, n in total.tables[name].most_common(10)]}
+                       for name in TABLES],
+            "graphs": graphs,
+            "blocklists": [{"state": c.state.name, "target": render.display(c.target, 60),
+                            "message": render.display(c.message, 600)}
+                           for c in sorted(checks, key=lambda c: (-c.state.severity, c.target))
+                           if c.check in ("blocklists", "dnsbl")],
+        }
 
     def _remove_pages(self, gone: Sequence[str], target_dirs: set[str]) -> None:
         """The graphs and page of each series no longer stored (its RRD file was deleted), and
@@ -366,7 +427,10 @@ def site_from_config(
                        title=config.web.title, refresh=config.web.refresh,
                        workers=workers or config.web.workers, slack=config.agent.interval / 2,
                        inline_below=inline_below, alerts_db=alerts_db_path(config.state_dir),
-                       uplinks=config.web.uplinks)
+                       uplinks=config.web.uplinks,
+                       baseline=config.baseline if config.baseline.enabled else None,
+                       mail_state=config.state_dir / "maillog.json" if config.maillog.enabled
+                       else None)
 
 
 # -- page model ----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from monitor.store import RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
+    from alerts.baseline import BaselineJob
     from cluster.member import ClusterMember
     from graphs.site import SiteBuilder
     from monitor.export import PrometheusExporter
@@ -137,6 +138,14 @@ class Agent:
             self.site = site_from_config(self.config, self.store, self.status)
             self.scheduler.add_interval("site", site_interval, self._leader_only(self._build_site),
                                         run_now=False)
+        # Seasonal baselines: the last complete hour of each selected series against its usual
+        # level for that hour of the week, as checks the alert rules see.
+        if self.config.baseline.enabled:
+            from alerts.baseline import BaselineJob
+            job = BaselineJob(self.store, self.config.baseline)
+            self.scheduler.add_interval(job.name, job.interval,
+                                        self._leader_only(self._baseline(job)),
+                                        run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
         schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox,
@@ -153,6 +162,12 @@ class Agent:
         # The mail path is reported like any other check (status.json, the site, alert rules).
         mail = await asyncio.to_thread(self.alerts.mail_check)
         await self.consume(_SelfCheck("alerts", self.config.alerts.interval), Batch(checks=[mail]))
+
+    def _baseline(self, job: BaselineJob) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            checks = await asyncio.to_thread(job.run)  # rrdtool fetches and numpy: off the loop
+            await self.consume(_SelfCheck(job.name, job.interval), Batch(checks=checks))
+        return run
 
     def _job(self, collector: Collector) -> Callable[[], Awaitable[None]]:
         async def run() -> None:

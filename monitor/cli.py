@@ -101,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Graphs and the web site: `graph`, `serve` (handlers in graphs/commands.py).
     from graphs.commands import register as register_graph_commands
     register_graph_commands(sub, read_config)
+    # Moving from other tools: `import mrtg|munin|smokeping` (importers/commands.py).
+    from importers.commands import register as register_import_commands
+    register_import_commands(sub, read_config)
     # Several machines: `cluster status` (cluster/commands.py).
     from cluster.commands import register as register_cluster_commands
     register_cluster_commands(sub, read_config)
@@ -294,6 +297,12 @@ def summarise(config: Config) -> str:
                  + "".join(f"\n  {d.name} {d.host}:{d.port} v{d.version}" for d in config.snmp.devices))
     lines.append(f"services: {len(config.services)}"
                  + "".join(f"\n  {s.name} ({s.kind})" for s in config.services))
+    if config.blocklists.enabled:
+        lines.append(f"block lists: {len(config.blocklists.addresses)} address(es) or range(s) in "
+                     f"{len(config.blocklists.lists)} list(s)")
+    if config.baseline.enabled:
+        lines.append(f"baselines: {len(config.baseline.series)} pattern(s), every "
+                     f"{format_duration(config.baseline.interval)}")
     lines.append(f"alert rules: {len(config.alerts.rules)}; digests: {len(config.digests)}; "
                  f"contact groups: {', '.join(config.contacts) or 'none'}")
     return "\n".join(lines)

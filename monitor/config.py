@@ -330,7 +330,8 @@ class ServiceCheck:
     cert_critical_days: Annotated[float, Range(0, None)] = 7.0
     # smtp: the name sent with EHLO (default: the agent's host name).
     helo: str | None = None
-    # smtp/imap/pop3 login with a test account (over TLS only); the password never shows.
+    # smtp/imap/pop3 login, http(s) basic auth, with a test account (over TLS only); the
+    # password never shows.
     username: str | None = None
     password: Secret = field(default=None, repr=False)
     # roundtrip: a probe mail submitted over SMTP (host, port, tls/starttls, login) to rcpt_to,
@@ -353,6 +354,9 @@ class ServiceCheck:
     proxy: str | None = None
     client_cert: ConfigPath | None = None
     client_key: ConfigPath | None = None
+    # The DNS server asked for the host's address ("192.0.2.53", "[2001:db8::53]:5353");
+    # default: the system's resolver (/etc/hosts, resolv.conf).
+    resolver: str | None = None
     # dns
     query: str | None = None
     query_type: str = "A"
@@ -412,6 +416,7 @@ class ServiceCheck:
         http_only |= {"expect_regex": self.expect_regex, "body": self.body,
                       "content_type": self.content_type, "proxy": self.proxy,
                       "client_cert": self.client_cert, "client_key": self.client_key,
+                      "resolver": self.resolver,
                       "max_body": None if self.max_body == 1 << 20 else self.max_body}
         if kind not in ("http", "https"):
             for name, value in http_only.items():
@@ -505,6 +510,13 @@ class ServiceCheck:
                                        f'got {self.proxy!r}')
         if self.client_key is not None and self.client_cert is None:
             raise Invalid("client_key", "needs client_cert (the certificate it belongs to)")
+        if self.resolver is not None:
+            try:
+                address_and_port(self.resolver, 53)
+            except ValueError:
+                raise Invalid("resolver", f'expected an IP address with an optional port like '
+                                          f'"192.0.2.53" or "[2001:db8::53]:5353", got '
+                                          f'{self.resolver!r}') from None
 
     def _international_names(self) -> None:
         """International names go on the wire (DNS, Host, SNI) in their ASCII (IDNA) form."""
@@ -518,16 +530,24 @@ class ServiceCheck:
                                   f"not a valid international name: {value!r}") from None
 
     def _validate_login(self) -> None:
-        if self.kind not in ("smtp", "imap", "pop3", "roundtrip"):
-            raise Invalid("username", f"only smtp, imap, pop3 and roundtrip checks log in (this is "
-                                      f"{self.kind})")
+        if self.kind not in ("smtp", "imap", "pop3", "roundtrip", "http", "https"):
+            raise Invalid("username", f"only smtp, imap, pop3, http(s) and roundtrip checks log in "
+                                      f"(this is {self.kind})")
+        if self.kind in ("http", "https") and "@" in (self.url or "").partition("//")[2].split("/")[0]:
+            raise Invalid("username", "the url has user:password@ too: give the login one way "
+                                      "(username with password_file is the one that keeps the "
+                                      "password out of the config)")
+        if self.kind in ("http", "https") and ":" in (self.username or ""):
+            raise Invalid("username", "HTTP basic auth cannot carry a ':' in the user name "
+                                      "(RFC 7617)")
         if not self.username:
             raise Invalid("username", "a login check needs username = \"NAME\" with the password")
         if not self.password:
             raise Invalid("password", "a login check needs password_file = \"PATH\" (or password_env)")
-        if not (self.tls or self.starttls):
-            raise Invalid("username", "a login check needs tls = true or starttls = true: the "
-                                      "password must not cross the network in clear")
+        if not (self.tls or self.starttls or (self.url or "").lower().startswith("https:")):
+            raise Invalid("username", "a login check needs tls = true or starttls = true (http: "
+                                      "an https check): the password must not cross the "
+                                      "network in clear")
         for key_name, value in (("username", self.username), ("password", self.password)):
             if re.search(r"[\x00\r\n]", value):
                 raise Invalid(key_name, "must not contain NUL, CR or LF")
@@ -553,6 +573,27 @@ class ServiceCheck:
         if self.vhost is None and parts.hostname != self.host:
             # The authority without user:password@ (that goes in an Authorization header).
             self.vhost = parts.netloc.rpartition("@")[2]
+
+
+def address_and_port(text: str, default_port: int) -> tuple[str, int]:
+    """("192.0.2.53", 5353) from "192.0.2.53:5353", ("2001:db8::53", 53) from "2001:db8::53" or
+    "[2001:db8::53]"; ValueError for anything that is not an IP address (and port)."""
+    import ipaddress
+
+    host, port = text, default_port
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(text)
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, number = text.partition(":")
+        port = int(number)
+    ipaddress.ip_address(host)
+    if not 0 < port < 65536:
+        raise ValueError(text)
+    return host, port
 
 
 def _idna(name: str) -> str:
@@ -696,6 +737,151 @@ class ListsConfig:
             raise Invalid("mailman3_url", 'expected "http://HOST:PORT" of Mailman 3 core\'s REST API')
 
 
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_DNS_ZONE = Pattern(rf"^{_LABEL}(\.{_LABEL})+\.?$", 'a DNS zone like "zen.spamhaus.org"')
+
+
+@dataclass
+class Blocklist:
+    """One DNSBL zone of [[blocklists.lists]]: what its return codes mean, where to delist."""
+
+    zone: Annotated[str, _DNS_ZONE]
+    # Return code (an A record in 127.0.0.0/8) -> what it means.
+    codes: dict[str, str] = field(default_factory=dict)
+    delist: str = ""
+
+    def validate(self) -> None:
+        import ipaddress
+
+        self.zone = self.zone.rstrip(".").lower()
+        for code in self.codes:
+            try:
+                ipaddress.IPv4Address(code)
+            except ValueError:
+                raise Invalid("codes", f"expected return codes like \"127.0.0.2\", got {code!r}") from None
+
+
+def _default_blocklists() -> list[Blocklist]:
+    """The widely used public lists, their return codes and delisting pages."""
+    return [
+        Blocklist("zen.spamhaus.org", {
+            "127.0.0.2": "SBL: a spam source or spam operation (Spamhaus Block List)",
+            "127.0.0.3": "SBL CSS: a snowshoe spam source",
+            "127.0.0.4": "XBL: an exploited host (open proxy, malware, hijacked server)",
+            "127.0.0.9": "SBL DROP: a hijacked or rogue network",
+            "127.0.0.10": "PBL: end-user address the ISP says should not send mail directly",
+            "127.0.0.11": "PBL: end-user address Spamhaus says should not send mail directly",
+        }, "https://check.spamhaus.org/"),
+        Blocklist("bl.spamcop.net", {"127.0.0.2": "SpamCop: reported as a spam source"},
+                  "https://www.spamcop.net/bl.shtml"),
+        Blocklist("b.barracudacentral.org", {"127.0.0.2": "Barracuda: poor sender reputation"},
+                  "https://www.barracudacentral.org/rbl/removal-request"),
+        Blocklist("psbl.surriel.com", {"127.0.0.2": "PSBL: sent mail to its spam traps"},
+                  "https://psbl.org/remove"),
+        Blocklist("bl.mailspike.net", {
+            "127.0.0.2": "Mailspike: spam source", "127.0.0.10": "Mailspike: worst reputation",
+            "127.0.0.11": "Mailspike: very bad reputation", "127.0.0.12": "Mailspike: bad reputation",
+        }, "https://mailspike.org/anubis/lookup.html"),
+        Blocklist("dnsbl-1.uceprotect.net", {"127.0.0.2": "UCEPROTECT level 1: this address sent spam"},
+                  "https://www.uceprotect.net/en/rblcheck.php"),
+    ]
+
+
+@dataclass
+class BlocklistsConfig:
+    """[blocklists]: the shop's outbound addresses looked up in DNS block lists."""
+
+    enabled: bool = False
+    interval: Annotated[float, DURATION_MARK, Range(60, None)] = 3600.0
+    # Addresses and ranges ("192.0.2.10", "198.51.100.0/27"): the shop's outbound mail servers.
+    addresses: list[str] = field(default_factory=list)
+    # The resolver to ask ("127.0.0.1"); unset: the system's (/etc/resolv.conf).
+    resolver: str | None = None
+    port: Port = 53
+    timeout: Annotated[float, DURATION_MARK, Range(0.1, 120)] = 10.0
+    concurrency: Annotated[int, Range(1, 256)] = 8
+    # An answer is asked again after this long at the earliest (lists limit queries per resolver).
+    cache: Duration = 3300.0
+    lists: list[Blocklist] = field(default_factory=_default_blocklists)
+
+    def validate(self) -> None:
+        import ipaddress
+
+        total = 0
+        for text in self.addresses:
+            try:
+                network = ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise Invalid("addresses", f'expected an address or range like "192.0.2.10" or '
+                              f'"198.51.100.0/27", got {text!r}') from None
+            total += network.num_addresses
+        if total > 4096:
+            raise Invalid("addresses", f"{total} addresses: at most 4096 (a /20) are looked up")
+        if self.resolver is not None:
+            try:
+                ipaddress.ip_address(self.resolver)
+            except ValueError:
+                raise Invalid("resolver", f"expected the resolver's IP address, got {self.resolver!r}"
+                              ) from None
+        if self.enabled and not self.addresses:
+            raise Invalid("addresses", "list the outbound addresses to look up")
+        zones = [b.zone for b in self.lists]
+        for i, zone in enumerate(zones):
+            if zone in zones[:i]:
+                raise Invalid("lists", f"zone {zone!r} is listed twice")
+
+
+@dataclass
+class MailLogConfig:
+    """[maillog]: Postfix (and Dovecot) log statistics, read incrementally, pflogsumm-style."""
+
+    enabled: bool = False
+    interval: Duration | None = None
+    # The syslog file Postfix writes to (Debian: /var/log/mail.log; maillog_file works too).
+    log: ConfigPath = Path("/var/log/mail.log")
+    # Dovecot's own log_path, when it does not log to the same file through syslog.
+    dovecot_log: ConfigPath | None = None
+    # Domains delivered here: mail to them is inbound, everything else outbound.
+    local_domains: list[str] = field(default_factory=list)
+    keep_days: Annotated[int, Range(1, 3660)] = 35
+    # Debian 12 without rsyslog: Postfix and Dovecot log to the journal only.
+    journal: bool = False
+    journal_units: list[str] = field(default_factory=lambda: [
+        "postfix@-.service", "postfix.service", "dovecot.service"])
+    journal_directory: ConfigPath | None = None  # another journal (journalctl -D); unset: the system's
+    journalctl: ConfigPath = Path("/usr/bin/journalctl")
+    timeout: Duration = 60.0
+
+    def validate(self) -> None:
+        self.local_domains = [d.lower().rstrip(".") for d in self.local_domains]
+
+
+@dataclass
+class BaselineSeries:
+    """One [[baseline.series]] pattern: which series get a seasonal baseline, how tolerant."""
+
+    metric: str
+    target: str = "*"
+    instance: str = "*"
+    enabled: bool = True
+    factor: Annotated[float, Range(1.1, None)] | None = None
+
+
+@dataclass
+class BaselineConfig:
+    """[baseline]: the usual level of a series per hour of the week, and deviations from it."""
+
+    enabled: bool = False
+    interval: Annotated[float, DURATION_MARK, Range(60, None)] = 3600.0
+    weeks: Annotated[int, Range(2, 9)] = 6
+    # WARNING when an hour's average is this many times the usual for that hour of the week
+    # (and outside the usual spread).
+    factor: Annotated[float, Range(1.1, None)] = 4.0
+    series: list[BaselineSeries] = field(default_factory=lambda: [
+        BaselineSeries("in_octets"), BaselineSeries("out_octets"),
+        BaselineSeries("outbound", target="mail", instance="postfix")])
+
+
 @dataclass
 class BackupJob:
     """One [[backups]] job and where its results come from."""
@@ -836,8 +1022,12 @@ class RepliesConfig:
     mailbox: str = "INBOX"
     interval: Annotated[float, DURATION_MARK, Range(10, 3600)] = 60.0
     timeout: Duration = 30.0
+    authserv_id: str | None = None
 
     def validate(self) -> None:
+        if self.authserv_id is not None and not re.fullmatch(r"[A-Za-z0-9.-]+", self.authserv_id):
+            raise Invalid("authserv_id", "a host name, as your mail server writes it at the start "
+                          "of its Authentication-Results header")
         if self.port is None:
             self.port = 993 if self.security == "tls" else 143
         if not self.password:
@@ -878,7 +1068,7 @@ class AlertsConfig:
 
 
 DIGEST_SECTIONS = ("problems", "alerts", "traffic", "services", "certificates", "disks",
-                   "mailboxes", "lists", "backups")
+                   "mailboxes", "lists", "mail", "backups")
 
 
 @dataclass
@@ -890,7 +1080,7 @@ class Digest:
     schedule: str = "0 7 * * *"
     recipients: list[str] = field(default_factory=lambda: ["admins"])
     sections: list[Literal["problems", "alerts", "traffic", "services", "certificates", "disks",
-                           "mailboxes", "lists", "backups"]] = field(
+                           "mailboxes", "lists", "mail", "backups"]] = field(
         default_factory=lambda: list(DIGEST_SECTIONS))
     subject: str = ""
     top: Annotated[int, Range(1, 1000)] = 20
@@ -970,6 +1160,9 @@ class Config:
     disks: DisksConfig = field(default_factory=DisksConfig)
     mailboxes: MailboxesConfig = field(default_factory=MailboxesConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
+    blocklists: BlocklistsConfig = field(default_factory=BlocklistsConfig)
+    maillog: MailLogConfig = field(default_factory=MailLogConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
     backups: list[BackupJob] = field(default_factory=list)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)

@@ -7,6 +7,7 @@ HTML or email.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -77,6 +78,32 @@ class Thresholds:
     critical: str | None = None
     low: float | None = None
     high: float | None = None
+
+    def __bool__(self) -> bool:
+        """Whether anything is known (an empty one says "none now", not "not told")."""
+        return any(v is not None for v in (self.warning, self.critical, self.low, self.high))
+
+
+def alert_range(text: str | None) -> tuple[float, float, bool] | None:
+    """A Nagios range as (start, end, inside): the plugin alerts when the value is outside
+    start..end, or with "@" inside it. "10" is above 10 (its implicit start, 0, is given as
+    -inf: what a person reads), "10:" below 10, "~:10" above 10, "5:10" outside 5..10,
+    "@5:10" within. None if it is no range."""
+    if not text:
+        return None
+    inside = text.startswith("@")
+    body = text[1:] if inside else text
+    start_text, colon, end_text = body.partition(":")
+    if not colon:
+        start_text, end_text = "~", start_text
+    try:
+        start = -math.inf if start_text == "~" else float(start_text or 0)
+        end = math.inf if end_text == "" else float(end_text)
+    except ValueError:
+        return None
+    if start > end or (math.isinf(start) and math.isinf(end)):
+        return None
+    return start, end, inside
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from collectors import backups, disks, host, lists, mailboxes, services, snmp
+from collectors import backups, blocklists, disks, host, lists, mailboxes, maillog, services, snmp
 from monitor.config import Config
 from monitor.model import Collector
 
@@ -19,6 +19,8 @@ COLLECTORS: dict[str, Callable[[Config], list[Collector]]] = {
     "mailboxes": mailboxes.build,
     "lists": lists.build,
     "backups": backups.build,
+    "blocklists": blocklists.build,
+    "maillog": maillog.build,
 }
 
 

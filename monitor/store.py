@@ -25,8 +25,11 @@ import math
 import os
 import re
 import socket
+import subprocess
+import tempfile
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
@@ -35,8 +38,9 @@ from typing import Protocol
 
 import rrdtool
 
+from monitor.consolidate import Archive, consolidate, timeline
 from monitor.files import atomic_write, locked
-from monitor.model import Kind, Measurement
+from monitor.model import Kind, Measurement, Thresholds
 from monitor.units import parse_duration
 
 log = logging.getLogger(__name__)
@@ -128,6 +132,9 @@ class SeriesInfo:
     step: int
     metrics: dict[str, str]  # metric -> DS name, in DS order
     units: dict[str, str] = field(default_factory=dict)
+    # The latest warning/critical ranges (and min/max) a producer gave per metric (a plugin's
+    # perfdata, a check's response-time limits): what graphs draw as limit lines.
+    thresholds: dict[str, Thresholds] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,6 +245,18 @@ def _split_rows(text: str, limit: int) -> list[str]:
     return parts
 
 
+@dataclass
+class MergeReport:
+    """What `RrdStore.merge_history` did (or, dry, would do) to one file."""
+
+    path: Path
+    created: bool = False
+    filled: int = 0  # rows (per data source and archive) that were unknown and now have a value
+    replaced: int = 0  # rows that had a value and were given the imported one (force)
+    kept: int = 0  # rows that had a value and kept it (no force)
+    added_metrics: list[str] = field(default_factory=list)
+
+
 Key = tuple[str, str]  # (target, instance)
 Rows = list[tuple[int, dict[str, float | None]]]
 _NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}))  # what a file not yet known looks like
@@ -319,6 +338,33 @@ def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
     return dict(sorted(metrics.items(), key=lambda kv: order.get(kv[1], len(order))))
 
 
+def read_archives(path: Path) -> dict[str, list[Archive]]:
+    """Every archive of any RRD file (MRTG's, Munin's, SmokePing's), per data source."""
+    with tempfile.TemporaryDirectory(prefix="monitor-read-") as scratch:
+        xml = Path(scratch) / "dump.xml"
+        rrdtool.dump(str(path), str(xml))
+        root = ET.parse(xml).getroot()
+    step = int(root.findtext("step", "0"))
+    last = int(root.findtext("lastupdate", "0"))
+    names = [d.findtext("name", "").strip() for d in root.findall("ds")]
+    out: dict[str, list[Archive]] = {name: [] for name in names}
+    for rra in root.findall("rra"):
+        cf = rra.findtext("cf", "").strip()
+        resolution = step * int(rra.findtext("pdp_per_row", "1"))
+        rows = rra.findall("database/row")
+        end = last - last % resolution
+        columns: list[list[tuple[int, int, float | None]]] = [[] for _ in names]
+        for i, row in enumerate(rows):
+            row_end = end - (len(rows) - 1 - i) * resolution
+            for column, cell in zip(columns, row, strict=False):
+                value = float(cell.text or "nan")
+                column.append((row_end - resolution, row_end,
+                               value if math.isfinite(value) else None))
+        for name, column in zip(names, columns, strict=True):
+            out[name].append(Archive(cf, column))
+    return out
+
+
 class RrdStore:
     """Create, update and fetch RRD files under `root`.
 
@@ -377,8 +423,9 @@ class RrdStore:
             if key not in self._files and (self.remote or path.exists()):
                 if entry.get("stale"):
                     self._index_dirty = True
+                limits = {m: Thresholds(*v) for m, v in entry.get("thresholds", {}).items()}
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  dict(entry["metrics"]), dict(entry.get("units", {})))
+                                  dict(entry["metrics"]), dict(entry.get("units", {})), limits)
                 self._files[key] = _FileState(info)
 
     @property
@@ -389,11 +436,16 @@ class RrdStore:
     def _save_index(self) -> None:
         if not self._index_dirty:
             return
-        self.catalog.save({
-            str(s.info.path.relative_to(self._base)): {
-                "target": s.info.target, "instance": s.info.instance, "step": s.info.step,
-                "metrics": s.info.metrics, "units": s.info.units}
-            for s in self._files.values()})
+        entries = {}
+        for state in self._files.values():
+            info = state.info
+            entry = {"target": info.target, "instance": info.instance, "step": info.step,
+                     "metrics": info.metrics, "units": info.units}
+            if info.thresholds:
+                entry["thresholds"] = {m: [t.warning, t.critical, t.low, t.high]
+                                       for m, t in info.thresholds.items()}
+            entries[str(info.path.relative_to(self._base))] = entry
+        self.catalog.save(entries)
         self._index_dirty = False
 
     def series(self) -> list[SeriesInfo]:
@@ -466,6 +518,7 @@ class RrdStore:
         target = instance = timestamp = None
         names: list[str] = []
         values: list[float | None] = []
+        told: list[Measurement] = []  # samples that came with thresholds (or "none now")
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
@@ -486,6 +539,8 @@ class RrdStore:
                 state = known.get(key, _NO_FILE)
                 names, values = [], []
             names.append(m.metric)
+            if m.thresholds is not None:
+                told.append(m)
             value = m.value
             if type(value) is not int:
                 if type(value) is float:
@@ -505,7 +560,24 @@ class RrdStore:
         for key in odd:
             count += self._general(key, known.get(key), step, report, updates)
         report.updates += count
+        if told:
+            self._note_thresholds(told)
         return updates
+
+    def _note_thresholds(self, told: list[Measurement]) -> None:
+        """Keep the latest thresholds of each metric with its file's index entry (an empty
+        Thresholds() clears them); the index is written only when one changed."""
+        for m in told:
+            state = self._files.get((m.target, m.instance))
+            if state is None or m.metric not in state.info.metrics:
+                continue  # not stored (a failed create): nothing to draw them on
+            limits = state.info.thresholds
+            if limits.get(m.metric) != (m.thresholds or None):
+                if m.thresholds:
+                    limits[m.metric] = m.thresholds
+                else:
+                    del limits[m.metric]
+                self._index_dirty = True
 
     def _general(self, key: Key, state: _FileState | None, step: int, report: WriteReport,
                  updates: list[_FileState]) -> int:
@@ -562,9 +634,11 @@ class RrdStore:
             out.setdefault(m.metric, m)
         return out
 
-    def _prepare(self, key: Key, step: int, first: int, report: WriteReport) -> _FileState:
-        """Create the file, or adopt one the index lost, or add new metrics to it."""
-        samples = self._samples(key)
+    def _prepare(self, key: Key, step: int, first: int, report: WriteReport,
+                 samples: dict[str, Measurement] | None = None) -> _FileState:
+        """Create the file, or adopt one the index lost, or add new metrics to it (those of
+        `samples`, by default this batch's)."""
+        samples = self._samples(key) if samples is None else samples
         path = self.path_for(*key)
         state = self._files.get(key)
         if state is not None and not self.remote and not state.info.path.exists():
@@ -699,6 +773,156 @@ class RrdStore:
                 return handle.read(4) != b"RRD\x00"
         except (rrdtool.OperationalError, OSError):
             return path.exists()
+
+    # -- history from other tools ------------------------------------------------------------
+
+    def merge_history(self, templates: Sequence[Measurement], history: dict[str, Sequence[Archive]],
+                      step: float, *, force: bool = False, dry_run: bool = False) -> MergeReport:
+        """Write another tool's consolidated history into the file of (target, instance), into
+        every archive at once: each row gets the average (or max) of the finest imported rows
+        that cover it, so the week, month and year graphs and the 95th percentile read it as if
+        we had collected it. `templates` are one measurement per metric as the collector makes
+        them (target, instance, metric, kind, unit): a missing file is created exactly as the
+        collector would create it, so its next samples simply continue the file. Rows that
+        already have a value keep it unless `force`; `dry_run` only counts.
+
+        The rows are rewritten through rrdtool dump and restore into a new file that replaces
+        the old one; a sample the agent writes meanwhile makes it start again (a few times)."""
+        step = max(1, round(step))
+        key = (templates[0].target, templates[0].instance)
+        samples = {m.metric: m for m in templates}
+        ends = [r[1] for archives in history.values() for a in archives for r in a.rows]
+        newest = max(ends, default=0)
+        with self._lock:
+            path = self.path_for(*key)
+            state = self._files.get(key)
+            report = MergeReport(path)
+            if state is None or not state.info.path.exists():
+                report.created = not path.exists()
+                state = None if report.created else self._prepare(key, step, 0, WriteReport(), samples)
+            if state is not None:
+                path = state.info.path
+                report.added_metrics = [m for m in samples if m not in state.info.metrics]
+            if dry_run:
+                with tempfile.TemporaryDirectory(prefix="monitor-merge-") as scratch:
+                    copy = Path(scratch) / "dry.rrd"
+                    if report.created:
+                        self._create_scratch(copy, samples, step, newest)
+                        metrics = {m: ds_name(m) for m in samples}
+                    else:
+                        self._flush_daemon(path)
+                        metrics = dict(state.info.metrics)  # type: ignore[union-attr]
+                        copy.write_bytes(path.read_bytes())
+                        if report.added_metrics:
+                            for metric in report.added_metrics:
+                                rrdtool.tune(str(copy), _ds_definition(
+                                    ds_name(metric), samples[metric], state.info.step))  # type: ignore[union-attr]
+                                metrics[metric] = ds_name(metric)
+                    self._merge_file(copy, metrics, history, force, report, Path(scratch))
+                return report
+            if report.created or report.added_metrics:
+                first = newest + 1 if report.created else int(time.time())
+                # The index is saved by close(): once per import, not once per file (a file
+                # the index lacks after a crash is adopted by the next write).
+                state = self._prepare(key, step, first, WriteReport(), samples)
+            assert state is not None
+            for _attempt in range(5):
+                self._flush_daemon(state.info.path)
+                before = rrdtool.last(str(state.info.path))
+                attempt = MergeReport(state.info.path, report.created, added_metrics=report.added_metrics)
+                with tempfile.TemporaryDirectory(prefix=".merge-", dir=state.info.path.parent) as scratch:
+                    new = self._merge_file(state.info.path, state.info.metrics, history, force,
+                                           attempt, Path(scratch))
+                    if rrdtool.last(str(state.info.path)) != before:
+                        continue  # the agent wrote a sample meanwhile: merge again with it
+                    os.replace(new, state.info.path)
+                state.last = int(rrdtool.last(str(state.info.path)))
+                return attempt
+            raise OSError(f"{state.info.path}: written to all the time; stop the agent, then import")
+
+    def _create_scratch(self, path: Path, samples: dict[str, Measurement], step: int,
+                        newest: int) -> None:
+        rrdtool.create(str(path), "--step", str(step), "--start", str(newest),
+                       *(_ds_definition(ds_name(m), s, step) for m, s in samples.items()),
+                       *rra_definitions(step, self.archives, self.consolidations))
+
+    def _merge_file(self, path: Path, metrics: dict[str, str], history: dict[str, Sequence[Archive]],
+                    force: bool, report: MergeReport, scratch: Path) -> Path:
+        """Fill the rows of `path` (dumped to XML) from `history`; the merged file's path."""
+        xml = scratch / "dump.xml"
+        rrdtool.dump(str(path), str(xml))
+        tree = ET.parse(xml)
+        root = tree.getroot()
+        step = int(root.findtext("step", "0"))
+        last = int(root.findtext("lastupdate", "0"))
+        newest = max((r[1] for archives in history.values() for a in archives for r in a.rows),
+                     default=0)
+        ds_index = {name.strip(): i for i, name in
+                    enumerate(d.findtext("name", "") for d in root.findall("ds"))}
+        moved = newest > last
+        if moved:
+            # The history is newer than the file (it has not been written yet, or only long
+            # ago): the file starts again at the history's end, its rows kept in place.
+            root.find("lastupdate").text = str(newest)  # type: ignore[union-attr]
+            for ds in root.findall("ds"):
+                ds.find("last_ds").text = "U"  # type: ignore[union-attr]
+                ds.find("value").text = "0.0000000000e+00"  # type: ignore[union-attr]
+                ds.find("unknown_sec").text = str(newest % step)  # type: ignore[union-attr]
+        columns = {metric: ds_index[ds] for metric, ds in metrics.items()
+                   if metric in history and ds in ds_index}
+        timelines: dict[tuple[str, str], list] = {}
+        for rra in root.findall("rra"):
+            cf = rra.findtext("cf", "").strip()
+            resolution = step * int(rra.findtext("pdp_per_row", "1"))
+            database = rra.find("database")
+            assert database is not None
+            rows = database.findall("row")
+            old_end = last - last % resolution
+            new_end = max(last, newest) - max(last, newest) % resolution
+            ends = [new_end - (len(rows) - 1 - i) * resolution for i in range(len(rows))]
+            if moved:
+                old = {old_end - (len(rows) - 1 - i) * resolution: row for i, row in enumerate(rows)}
+                width = len(rows[0]) if rows else 0
+                for row in rows:
+                    database.remove(row)
+                for end in ends:
+                    row = old.get(end)
+                    if row is None:
+                        row = ET.SubElement(database, "row")
+                        for _ in range(width):
+                            ET.SubElement(row, "v").text = "NaN"
+                    else:
+                        database.append(row)
+                rows = database.findall("row")
+                for prep in rra.iter("cdp_prep"):
+                    for ds in prep.findall("ds"):
+                        for name in ("primary_value", "secondary_value", "value"):
+                            ds.find(name).text = "NaN"  # type: ignore[union-attr]
+                        ds.find("unknown_datapoints").text = str(newest % resolution // step)  # type: ignore[union-attr]
+            for metric, column in columns.items():
+                pieces = timelines.get((metric, cf))
+                if pieces is None:
+                    pieces = timelines[(metric, cf)] = timeline(history[metric], cf)
+                values = consolidate(pieces, ends, resolution, cf)
+                for row, value in zip(rows, values, strict=True):
+                    if value is None:
+                        continue
+                    cell = row[column]
+                    if cell.text is not None and cell.text.strip() not in ("NaN", "nan"):
+                        if not force:
+                            report.kept += 1
+                            continue
+                        report.replaced += 1
+                    else:
+                        report.filled += 1
+                    cell.text = f"{value:.10e}"
+        tree.write(xml, encoding="utf-8")
+        merged = scratch / "merged.rrd"
+        done = subprocess.run(["rrdtool", "restore", "--force-overwrite", str(xml), str(merged)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"{path}: rrdtool restore failed: {done.stderr.strip()}")
+        return merged
 
     # -- rrdcached -----------------------------------------------------------------------------
 

@@ -98,6 +98,9 @@ def format_age(seconds: float) -> str:
 # How traffic looks in the site's graphs and the digests' sparklines alike (MRTG's convention:
 # in as a green area, out as a blue line).
 IN_FILL, IN_EDGE, OUT_LINE = "#57b85a", "#22722a", "#1c3fa8"
+# A warning and a critical limit, drawn as lines: Nagios' yellow and red (the yellow darkened
+# enough to be seen on white).
+WARNING_LINE, CRITICAL_LINE = "#e0b000", "#d62728"
 
 
 # -- the one formatter of measured values ------------------------------------------------------

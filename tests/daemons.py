@@ -216,11 +216,12 @@ login_trusted_networks = 127.0.0.0/8 ::1/128
 
 
 @contextlib.contextmanager
-def postfix(cert: tuple[Path, Path], dovecot: Dovecot, domain: str = "example.test"
-            ) -> Iterator[dict[str, int]]:
+def postfix(cert: tuple[Path, Path], dovecot: Dovecot, domain: str = "example.test",
+            main_cf: str = "", log: Path | None = None) -> Iterator[dict[str, int]]:
     """postfix with smtp (STARTTLS offered) and submission (TLS required, SASL AUTH through
     `dovecot`) on 127.0.0.1 and ::1, delivering mail for `domain` to dovecot over LMTP; yields
-    the ports by name (smtp, submission)."""
+    the ports by name (smtp, submission). `main_cf`: more main.cf lines; `log`: where its mail
+    log goes (default: postfix.log in its directory)."""
     _require("/usr/sbin/postfix")
     import shutil
 
@@ -269,7 +270,7 @@ smtpd_relay_restrictions = permit_mynetworks permit_sasl_authenticated reject_un
 maillog_file = /dev/stdout
 smtputf8_enable = no
 biff = no
-""")
+""" + main_cf)
         common = "n - n - - smtpd"
         binds = ["127.0.0.1", *(["[::1]"] if six else [])]
         services = [f"{b}:{ports['smtp']} inet {common}" for b in binds] + [
@@ -299,7 +300,7 @@ postlog unix-dgram n - n - 1 postlogd""".splitlines()]) + "\n")
         # master in the foreground (-d) as the test's child; its own children end with it.
         with _running(["/usr/lib/postfix/sbin/master", "-c", str(etc), "-d"],
                       lambda: all(_accepts("127.0.0.1", p) for p in ports.values()), "postfix",
-                      d / "postfix.log"):
+                      log or d / "postfix.log"):
             yield ports
 
 

@@ -56,7 +56,8 @@ def make_leaf(directory: Path, ca, names: tuple[str, ...], stem: str, days: floa
 class Nginx:
     http: int  # plain sites; / says "hello from nginx <host>"
     https: int  # default certificate for "default.invalid"; www.example.net by SNI
-    mtls: int  # asks for a client certificate signed by `ca`
+    mtls: int  # asks for a client certificate signed by `ca`; /elsewhere redirects to `other`
+    other: int  # another site (localhost) that takes a client certificate and says if it got one
     chain: int  # localhost with an intermediate CA that expires in 10 days (root: chain_ca)
     chain_ca: Path
     ca: Path  # the CA of the other certificates here (for ca_file)
@@ -78,7 +79,8 @@ def start_nginx(directory: Path) -> Nginx:
     client = make_leaf(directory, (ca_key, ca_cert), names=("probe.example.net",),
                            stem="client")
     chained = srv.make_chain(directory, intermediate_days=10, stem="chained")
-    http, https, mtls, chain = free_port(), free_port(), free_port(), free_port()
+    http, https, mtls, chain, other = (free_port(), free_port(), free_port(), free_port(),
+                                       free_port())
     d = directory
 
     def listen(port: int, tls: bool = False) -> str:
@@ -136,6 +138,7 @@ http {{
         ssl_certificate {local[0]};
         ssl_certificate_key {local[1]};
         location = /to-ip {{ return 301 https://127.0.0.1:{https}/; }}
+        location /private/ {{ auth_basic "monitor"; auth_basic_user_file {d}/htpasswd; }}
         location / {{ return 200 "host $host\\n"; }}
     }}
     server {{
@@ -150,7 +153,17 @@ http {{
         ssl_certificate_key {local[1]};
         ssl_verify_client on;
         ssl_client_certificate {ca};
+        location = /elsewhere {{ return 302 https://localhost:{other}/; }}
+        location = /again {{ return 302 https://127.0.0.1:{mtls}/; }}
         location / {{ return 200 "hello $ssl_client_s_dn\\n"; }}
+    }}
+    server {{
+        {listen(other, tls=True)}
+        ssl_certificate {local[0]};
+        ssl_certificate_key {local[1]};
+        ssl_verify_client optional;
+        ssl_client_certificate {ca};
+        location / {{ return 200 "client certificate: $ssl_client_verify $ssl_client_s_dn\\n"; }}
     }}
 }}
 """)
@@ -170,7 +183,7 @@ http {{
     else:
         process.kill()
         raise RuntimeError("nginx did not listen within 10 s")
-    return Nginx(http, https, mtls, chain, chained[2], ca, client, process)
+    return Nginx(http, https, mtls, other, chain, chained[2], ca, client, process)
 
 
 # -- hostile servers ----------------------------------------------------------------------------

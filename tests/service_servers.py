@@ -5,6 +5,7 @@ with dnspython, a server that accepts and stalls, and certificates made with `cr
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime
 import ipaddress
 import ssl
@@ -291,3 +292,67 @@ async def serve_dns(tcp: bool = False) -> tuple[DnsServer, int]:
             continue
         return DnsServer(udp, server), udp.get_extra_info("sockname")[1]
     raise OSError("no port free for both UDP and TCP")
+
+
+# -- servers that echo the password ---------------------------------------------------------
+
+
+def echoing(kind: str, pad: int) -> Handler:
+    """A login server (smtp, imap, pop3 or https) that refuses every login with a reply echoing the
+    password it got `pad` characters into its text, as some do with what they could not parse."""
+
+    def refusal(password: str) -> bytes:
+        return (" " + "x" * pad + password + " was refused").encode()
+
+    async def handler(reader, writer):
+        if kind == "https":  # in the reason phrase of a 401 (and the Location of a redirect)
+            headers = {}
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            password = base64.b64decode(headers["authorization"].split()[1]).decode()
+            password = password.partition(":")[2]
+            writer.write(b"HTTP/1.1 401" + refusal(password) + b"\r\nLocation: /" + refusal(password)[1:]
+                         + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        elif kind == "smtp":
+            writer.write(b"220 echo ESMTP\r\n")
+            while line := await reader.readline():
+                command = line.decode().strip()
+                if command.upper().startswith("EHLO"):
+                    writer.write(b"250-echo\r\n250 AUTH PLAIN LOGIN\r\n")
+                elif command.upper().startswith("AUTH PLAIN"):
+                    encoded = command.split(" ", 2)[2] if command.count(" ") >= 2 else ""
+                    if not encoded:
+                        writer.write(b"334 \r\n")
+                        encoded = (await reader.readline()).decode().strip()
+                    password = base64.b64decode(encoded).split(b"\0")[2].decode()
+                    writer.write(b"535" + refusal(password) + b"\r\n")
+                else:
+                    writer.write(b"221 bye\r\n")
+                    return
+        elif kind == "imap":
+            writer.write(b"* OK echo ready\r\n")
+            while line := await reader.readline():
+                tag, _, command = line.decode().strip().partition(" ")
+                if command.upper() == "AUTHENTICATE PLAIN":
+                    writer.write(b"+ \r\n")
+                    encoded = (await reader.readline()).decode().strip()
+                    password = base64.b64decode(encoded).split(b"\0")[2].decode()
+                    writer.write(f"{tag} NO".encode() + refusal(password) + b"\r\n")
+                else:
+                    writer.write(f"{tag} OK bye\r\n".encode())
+                    return
+        else:
+            writer.write(b"+OK echo ready\r\n")
+            while line := await reader.readline():
+                command = line.decode().strip()
+                if command.upper().startswith("PASS "):
+                    writer.write(b"-ERR" + refusal(command[5:]) + b"\r\n")
+                elif command.upper().startswith("USER "):
+                    writer.write(b"+OK\r\n")
+                else:
+                    writer.write(b"+OK bye\r\n")
+                    return
+        await writer.drain()
+
+    return handler

@@ -177,5 +177,82 @@ def test_the_reply_key_is_not_the_nonce_every_message_id_shows(tmp_path):
     store = AlertStore(tmp_path / "alerts.db")
     key = "rule\x00host\x00check"
     assert store.reply_key and store.reply_key != store.nonce
-    assert reply_token(store.nonce, key) != reply_token(store.reply_key, key)
+    assert reply_token(store.nonce, key, 0.0) != reply_token(store.reply_key, key, 0.0)
     assert AlertStore(tmp_path / "alerts.db").reply_key == store.reply_key  # kept across restarts
+
+
+def test_a_token_acts_on_its_own_episode_only(tmp_path):
+    from alerts.state import reply_token
+
+    assert reply_token("k", "rule\x00host\x00check", 1000.0) != \
+        reply_token("k", "rule\x00host\x00check", 90000.0)
+
+
+REPLIES_OFFLINE = """
+    [alerts.replies]
+    server = "127.0.0.1"
+    port = 9
+    security = "none"
+    user = "replies"
+    password_file = "{secret}"
+    {extra}
+"""
+
+
+async def _alert_and_reader(tmp_path, extra: str):
+    """An alert mailed through a real SMTP sink, and the reader that acts on replies to it."""
+    rec = Recorder()
+    server, port = await start_smtp(rec)
+    secret = tmp_path / "imap.secret"
+    secret.write_text("imap-secret\n")
+    config = make_config(tmp_path, port, SERVICE_RULE.format(options=""),
+                         REPLIES_OFFLINE.format(secret=secret, extra=extra), group_window="0s")
+    clock = Clock()
+    svc = AlertService(config, clock=clock)
+    await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL, clock.now)]))
+    server.close()
+    (mail,) = rec.received
+    return svc, mail, clock
+
+
+async def test_a_token_from_an_earlier_episode_does_not_ack_the_new_problem(tmp_path):
+    svc, old_mail, clock = await _alert_and_reader(tmp_path, "")
+    await svc.consume("s", Batch(checks=[check("mail.example.net", State.OK, clock.now + 60)]))
+    clock.now += 3600
+    await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL, clock.now)]))
+    action = svc.replies.act(reply(old_mail, "admin@example.net", "ack old news"))
+    assert action.command == "" and "no valid monitor-token" in action.note
+
+
+def _with_results(msg, *headers: str):
+    for h in headers:  # top to bottom, as in the mail's text
+        msg["Authentication-Results"] = h
+    return msg
+
+
+async def test_with_authserv_id_a_forged_contact_from_does_not_act(tmp_path):
+    svc, mail, _ = await _alert_and_reader(tmp_path, 'authserv_id = "mx.example.net"')
+    forged = [
+        reply(mail, "admin@example.net", "ack no results at all"),
+        _with_results(reply(mail, "admin@example.net", "ack results from elsewhere"),
+                      "mx.evil.example; dmarc=pass header.from=example.net"),
+        # The forger's own header sits below ours; ours says fail.
+        _with_results(reply(mail, "admin@example.net", "ack forged below"),
+                      "mx.example.net; dmarc=fail (p=reject) header.from=example.net",
+                      "mx.example.net; dmarc=pass header.from=example.net"),
+        _with_results(reply(mail, "admin@example.net", "ack other domain passed"),
+                      "mx.example.net; dmarc=pass header.from=evil.example"),
+    ]
+    for msg in forged:
+        action = svc.replies.act(msg)
+        assert action.command == "" and "forged From" in action.note, first_line_of(msg)
+    genuine = _with_results(reply(mail, "admin@example.net", "ack on it"),
+                            "MX.example.net 1; spf=pass smtp.mailfrom=example.net;"
+                            " dkim=pass (2048-bit key) header.d=example.net;"
+                            " dmarc=pass (policy=reject) header.from=example.net")
+    action = svc.replies.act(genuine)
+    assert action.command == "ack" and action.alerts == ("mail.example.net smtp",)
+
+
+def first_line_of(msg) -> str:
+    return msg.get_content().splitlines()[0]

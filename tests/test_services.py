@@ -31,7 +31,10 @@ def svc(kind: str, port: int | None = None, name: str = "svc", **kw) -> ServiceC
 
 async def run(*checks: ServiceCheck, concurrency: int = 64):
     collector = services.ServicesCollector("services", 60, list(checks), concurrency)
-    return (await collector.collect()).checks
+    try:
+        return (await collector.collect()).checks
+    finally:
+        collector.close()  # no ping series left running for a next cycle
 
 
 async def one(check: ServiceCheck):
@@ -767,24 +770,31 @@ def test_crlf_in_helo_or_vhost_is_refused_at_load(write_config):
 
 # -- ping the SmokePing way ---------------------------------------------------------------------
 
-PING_REPLIES = """PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data.
-64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=10.0 ms
-64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms
-64 bytes from 192.0.2.1: icmp_seq=2 ttl=64 time=30.0 ms (DUP!)
-64 bytes from 192.0.2.1: icmp_seq=4 ttl=64 time=20.0 ms
-64 bytes from 192.0.2.1: icmp_seq=5 ttl=64 time=25.0 ms
-
---- 192.0.2.1 ping statistics ---
-5 packets transmitted, 4 received, +1 duplicates, 20% packet loss, time 804ms
-rtt min/avg/max/mdev = 10.0/21.25/30.0/7.395 ms
-"""
+def fake_ping(tmp_path: Path, rtts_ms: list[float | None]) -> Path:
+    """A stand-in for `ping -c 1`: the n-th run prints iputils' output for the n-th round trip
+    of `rtts_ms` (None: no reply), and notes its arguments in ping.log."""
+    replies = tmp_path / "replies"
+    replies.write_text("".join(f"{'lost' if ms is None else ms}\n" for ms in rtts_ms))
+    return plugin_script(tmp_path, "ping", f"""
+printf '%s\\n' "$*" >> {tmp_path}/ping.log
+n=$(wc -l < {tmp_path}/ping.log)
+ms=$(sed -n "${{n}}p" {replies})
+echo "PING 192.0.2.1 (192.0.2.1) 56(84) bytes of data."
+if [ "$ms" = lost ]; then
+  printf '\\n--- 192.0.2.1 ping statistics ---\\n'
+  echo "1 packets transmitted, 0 received, 100% packet loss, time 0ms"
+  exit 1
+fi
+echo "64 bytes from 192.0.2.1: icmp_seq=1 ttl=64 time=$ms ms"
+printf '\\n--- 192.0.2.1 ping statistics ---\\n'
+echo "1 packets transmitted, 1 received, 0% packet loss, time 0ms"
+echo "rtt min/avg/max/mdev = $ms/$ms/$ms/0.000 ms"
+""")
 
 
 async def test_ping_reports_median_and_jitter(tmp_path):
-    replay = tmp_path / "replies.txt"
-    replay.write_text(PING_REPLIES)
-    fake = plugin_script(tmp_path, "ping", f"cat {replay}\n")
-    result = await one(svc("ping", name="smoke", ping_command=fake))
+    fake = fake_ping(tmp_path, [10.0, 30.0, None, 20.0, 25.0])
+    result = await one(svc("ping", name="smoke", ping_command=fake, count=5))
     assert result.message == ("PING 127.0.0.1: 20% loss, rtt min/avg/max 10.00/21.25/30.00 ms, "
                               "median 22.50 ms, jitter 11.67 ms")
     assert metric(result, "rtt_median_seconds").value == pytest.approx(0.0225)
@@ -799,6 +809,88 @@ async def test_ping_reports_median_and_jitter(tmp_path):
             assert metric(real, "rtt_median_seconds").value > 0
         else:  # a sandbox without ICMP sockets
             assert real.state == State.UNKNOWN and "ICMP" in real.message
+
+
+class ControlledClock:
+    """A monotonic clock that moves only when the test says: `sleep` waits for it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleepers: list[tuple[float, asyncio.Future]] = []
+        self.woken: list[float] = []  # when each sleeper was due, in order
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.now + delay, future))
+        await future
+
+    async def advance(self, to: float) -> None:
+        """Move to `to`, waking every sleeper due by then in order (and what they start)."""
+        while True:
+            due = sorted((t, f) for t, f in self.sleepers if t <= to and not f.done())
+            if not due:
+                break
+            at, future = due[0]
+            self.now = at
+            self.woken.append(at)
+            future.set_result(None)
+            for _ in range(50):  # let the woken series start its ping and reach its next sleep
+                await asyncio.sleep(0)
+            await settle()
+        self.now = to
+        await settle()
+
+
+async def settle() -> None:
+    """Until every ping process started so far has finished (the stand-in answers at once)."""
+    for _ in range(500):
+        await asyncio.sleep(0.002)
+        if not [t for t in asyncio.all_tasks() if "_one" in repr(t.get_coro())]:
+            return
+
+
+async def test_pings_are_spread_over_the_interval_and_never_hold_a_cycle(tmp_path, servers):
+    rtts: list[float | None] = [2.0] * 60
+    rtts[25], rtts[30] = None, 7.0  # one lost in the second series, one slow
+    fake = fake_ping(tmp_path, rtts)
+    port = await servers(srv.banner("220 ready"))
+    clock = ControlledClock()
+    ping = svc("ping", name="smoke", ping_command=fake, count=20, ping_interval=0.002)
+    collector = services.ServicesCollector("services", 60, [ping, svc("tcp", port, "tcp")],
+                                           sleep=clock.sleep, monotonic=clock)
+    try:
+        # Cycle 1: its pings back to back (there is no series yet), and the spread series of
+        # the next interval started; the cycle ends with the series' clock not moved at all.
+        first = {r.check: r for r in (await collector.collect()).checks}
+        assert first["tcp"].state == State.OK and first["smoke"].state == State.OK
+        assert first["smoke"].message.startswith("PING 127.0.0.1: 0% loss")
+        assert clock.now == 0.0 and not collector.pings["smoke"].task.done()
+        # The interval passes: one ping every 0.9 x 60 / 20 = 2.7 s, each mid-slot.
+        await clock.advance(60.0)
+        assert clock.woken == pytest.approx([2.7 * (k + 0.5) for k in range(20)])
+        assert len((tmp_path / "ping.log").read_text().splitlines()) == 40  # 20 + 20 pings
+        # Cycle 2 reports that series at once and starts the next (its clock unmoved).
+        second = {r.check: r for r in (await collector.collect()).checks}
+        assert clock.now == 60.0
+        smoke = second["smoke"]
+        assert smoke.state == State.OK, smoke.message
+        assert smoke.message.startswith("PING 127.0.0.1: 5% loss, "), smoke.message
+        assert metric(smoke, "rtt_median_seconds").value == pytest.approx(0.002)
+        assert metric(smoke, "rtt_max_seconds").value == pytest.approx(0.007)
+        assert metric(smoke, "loss_percent").value == 5.0
+        # Cycle 3 comes before the series ran out (the scheduler's jitter): what has settled is
+        # the result, the rest given up; the series after it starts at once.
+        await clock.advance(60.0 + 2.7 * 4 + 0.1)
+        third = {r.check: r for r in (await collector.collect()).checks}
+        assert metric(third["smoke"], "loss_percent").value == 0.0
+        assert "PING 127.0.0.1: 0% loss" in third["smoke"].message
+        assert len(collector.pings) == 1 and not collector.pings["smoke"].task.done()
+    finally:
+        collector.close()
+    assert all(line.startswith("-n -c 1 -W ") for line in (tmp_path / "ping.log").read_text().splitlines())
 
 
 # -- DNS for ISPs: SOA serials of primary and secondaries, the AA flag --------------------------
@@ -915,7 +1007,7 @@ def test_login_config(write_config, tmp_path):
         f'kind = "imap"\nusername = "u"\npassword_file = "{secret}"\n')
     assert "services[0].password: a login check needs password_file" in error(
         'kind = "pop3"\ntls = true\nusername = "u"\n')
-    assert "services[0].username: only smtp, imap, pop3 and roundtrip checks log in" in error(
+    assert "services[0].username: only smtp, imap, pop3, http(s) and roundtrip checks log in" in error(
         f'kind = "ssh"\nusername = "u"\npassword_file = "{secret}"\n')
 
 
@@ -962,6 +1054,26 @@ async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
     assert bad.state == State.CRITICAL
     assert bad.message.startswith(f"MAIL ROUND TRIP 127.0.0.1:{postfix['submission']} refused the "
                                   "login of 'probe@example.test': '535 "), bad.message
+
+
+async def test_a_refused_imap_certificate_is_judged_and_costs_no_second_probe(tmp_path):
+    names = ("localhost", "127.0.0.1", "::1")
+    smtp_cert = srv.make_cert(tmp_path, names=names, stem="smtp")
+    imap_cert = srv.make_cert(tmp_path, names=names, stem="imap")  # not the ca_file's
+    with (daemons.dovecot(imap_cert, {"probe@example.test": PASSWORD}) as dovecot,
+          daemons.postfix(smtp_cert, dovecot) as ports):
+        result, = await run(svc("roundtrip", ports["submission"], "rt", starttls=True,
+                                ca_file=smtp_cert[0], username="probe@example.test",
+                                password=PASSWORD, imap_port=dovecot.ports["imaps"], timeout=20))
+        log = (dovecot.directory / "dovecot.log").read_text()
+    assert result.state == State.CRITICAL, result.message
+    imaps = f"IMAPS 127.0.0.1:{dovecot.ports['imaps']}"
+    assert " delivered a probe to probe@example.test in " in result.message
+    assert result.message.endswith(f"; certificate valid for 90 days; {imaps}: certificate not "
+                                   "trusted: self-signed certificate; certificate expires in 90 "
+                                   "days"), result.message
+    assert "probes of earlier runs" not in result.message
+    assert log.count("saved mail to INBOX") == 1, log  # one probe mail, not one per verdict
 
 
 async def test_ftp_against_real_vsftpd():
@@ -1050,15 +1162,45 @@ async def test_dnssec_validation_status_from_a_validating_unbound(tmp_path):
 
 
 def test_an_echoed_password_is_hidden_however_it_reaches_the_message():
-    """Servers that echo what they got: the password as typed, as repr escapes it in a message,
-    and as AUTH LOGIN sends it (base64) all become ***."""
+    """Servers that echo what they got: the password as typed, as AUTH LOGIN sends it (base64)
+    and as AUTH PLAIN does (with the user name) all become ***."""
     import base64
 
-    from collectors.services_tcp import hide_password
+    from collectors.services_base import hide_password
 
     password = "pa\\ss'wo\"rd"
     check = ServiceCheck(name="login", kind="pop3", host="127.0.0.1", username="probe",
                          password=password)
-    echoes = [password, repr(password)[1:-1], base64.b64encode(password.encode()).decode()]
+    echoes = [password, base64.b64encode(password.encode()).decode(),
+              base64.b64encode(f"\0probe\0{password}".encode()).decode()]
     message = hide_password(check, "refused: " + " / ".join(echoes))
     assert message == "refused: *** / *** / ***"
+
+
+async def test_a_password_echoed_anywhere_in_a_reply_never_reaches_the_message(servers, certs):
+    """Servers that echo the password at every offset, across the cut of an 80-character
+    message too: not even a prefix of it may survive."""
+    password = "Qx7!Zr9#Lm2$Wp5&"
+    context = srv.server_context(certs["valid"])
+    checks = []
+    for pad in range(0, 96, 3):
+        for kind in ("smtp", "imap", "pop3", "roundtrip", "https"):
+            port = await servers(srv.echoing("smtp" if kind == "roundtrip" else kind, pad), context)
+            extra = {"rcpt_to": "probe@example.net", "imap_port": port} if kind == "roundtrip" else {}
+            checks.append(svc(kind, port, f"{kind}-{pad}", tls=True, verify=False,
+                              username="probe", password=password, **extra))
+    results = await run(*checks)
+    pieces = {password[i:i + 4] for i in range(len(password) - 3)}
+    for result in results:
+        assert result.state == State.CRITICAL, result.message
+        assert "refused the login" in result.message or "answered 401" in result.message
+        leaked = [piece for piece in pieces if piece in result.message]
+        assert not leaked, (result.check, result.message)
+
+
+def test_one_peer_chain_and_labels_only_for_the_kinds_that_use_them():
+    from collectors import services_base, services_http, services_tcp
+
+    assert services_http.peer_chain is services_tcp.peer_chain is services_base.peer_chain
+    # http/https are labelled by their site (services_http.site_label), not by LABELS
+    assert not {"http", "https"} & services_base.LABELS.keys()

@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import pytest
 
+from monitor.config import ConfigError, load_config
 from monitor.model import State
+from tests import daemons
 from tests import http_servers as web
 from tests import service_servers as srv
 from tests.test_services import metric, one, run, servers, svc
@@ -156,6 +159,31 @@ async def test_basic_auth_from_the_url_is_sent_and_never_shown(nginx):
         assert "probe" not in result.message
 
 
+async def test_basic_auth_with_username_and_password_file(nginx, write_config, tmp_path):
+    secret = tmp_path / "web.secret"
+    secret.write_text("s3cr@t\n")
+    secret.chmod(0o600)
+    tables = [f"""
+        [[services]]
+        name = "{name}"
+        kind = "https"
+        host = "localhost"
+        port = {nginx.https}
+        path = "/private/"
+        ca_file = "{nginx.ca}"
+        username = "probe"
+        {password}
+        timeout = "15s"
+    """ for name, password in (("private", f'password_file = "{secret}"'),
+                                ("by-env", 'password_env = "WEB_SECRET"'))]
+    config = load_config(write_config("".join(tables)), environ={"WEB_SECRET": "wrong-one"})
+    good, wrong = await run(*config.services)
+    assert good.state == State.OK and "answered 200 OK" in good.message, good.message
+    assert wrong.state == State.CRITICAL and "answered 401 Unauthorized" in wrong.message
+    for result in (good, wrong):
+        assert "s3cr" not in result.message and "wrong-one" not in result.message
+
+
 async def test_international_names_go_out_in_their_ascii_form(nginx):
     by_vhost, by_url = await run(
         svc("http", nginx.http, "vhost", vhost="bücher.example", expect_text="international"),
@@ -174,6 +202,21 @@ async def test_client_certificate(nginx):
     assert without.state == State.CRITICAL and "answered 400" in without.message
     assert with_cert.state == State.OK, with_cert.message
     assert "certificate valid for 90 days" in with_cert.message
+
+
+async def test_client_certificate_is_not_sent_on_a_redirect_to_another_site(nginx):
+    # `other` takes a client certificate if one comes (ssl_verify_client optional) and says
+    # whether it got one; the same site again (`/again`) still gets it.
+    cert = {"ca_file": nginx.ca, "client_cert": nginx.client[0], "client_key": nginx.client[1],
+            "follow_redirects": 1}
+    elsewhere, again = await run(
+        # (with the certificate it would say "client certificate: SUCCESS CN=probe...")
+        svc("https", nginx.mtls, "elsewhere", path="/elsewhere",
+            expect_text="client certificate: NONE", timeout=15, **cert),
+        svc("https", nginx.mtls, "again", path="/again", expect_text="CN=probe.example.net", **cert))
+    assert elsewhere.state == State.OK, elsewhere.message
+    assert again.state == State.OK, again.message
+    assert "after 1 redirect" in elsewhere.message and "after 1 redirect" in again.message
 
 
 async def test_gzip_from_nginx_is_decoded(nginx):
@@ -285,13 +328,23 @@ async def test_a_stalled_tls_handshake_says_so(servers):
                               "handshake did not complete within 2.00 s")
 
 
-def test_http_config_errors(write_config):
-    from monitor.config import ConfigError, load_config
-
+def test_http_config_errors(write_config, tmp_path):
     def error(body: str) -> str:
         with pytest.raises(ConfigError) as info:
             load_config(write_config(f'[[services]]\nname = "x"\n{body}'))
         return str(info.value)
+
+    secret = tmp_path / "web.secret"
+    secret.write_text("s3cr@t\n")
+    login = f'username = "u"\npassword_file = "{secret}"\n'
+    assert "services[0].username: a login check needs tls = true" in error(
+        f'kind = "http"\nhost = "a"\n{login}')
+    assert "services[0].username: the url has user:password@ too" in error(
+        f'kind = "https"\nurl = "https://u:p@a/"\n{login}')
+    assert "services[0].username: HTTP basic auth cannot carry a ':'" in error(
+        'kind = "https"\nhost = "a"\n' + login.replace('"u"', '"u:v"'))
+    assert "services[0].resolver: expected an IP address" in error(
+        'kind = "http"\nhost = "a"\nresolver = "dns.example.net"\n')
 
     assert "services[0].body: only a method = \"POST\"" in error(
         'kind = "http"\nhost = "a"\nbody = "x"\n')
@@ -353,3 +406,29 @@ def test_redirect_targets():
     assert next_hop(posted, "/again", 307).method == "POST"
     assert next_hop(here, "ftp://files.example/") == "ftp://files.example/"
     assert next_hop(here, "http://www.example.net:99999/") == "http://www.example.net:99999/"
+
+
+async def test_a_stalled_name_lookup_names_the_dns_stage(nginx, tmp_path):
+    # A "resolver" that takes the query and never answers, and real unbound for the good case.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        stalled = f"127.0.0.1:{silent.getsockname()[1]}"
+        with daemons.unbound(tmp_path, ['local-zone: "example.test." static',
+                                        'local-data: "www.example.test. 300 IN A 127.0.0.1"']) as port:
+            lookup, redirected, good = await run(
+                svc("http", nginx.http, "lookup", host="www.example.test", resolver=stalled,
+                    timeout=1),
+                svc("http", nginx.http, "redirected", path="/to-https", follow_redirects=1,
+                    resolver=stalled, timeout=1),
+                svc("http", nginx.http, "good", host="www.example.test",
+                    resolver=f"127.0.0.1:{port}", path="/host", expect_text="www.example.test"))
+    finally:
+        silent.close()
+    assert lookup.message == (f"HTTP www.example.test:{nginx.http}: name lookup of "
+                              "www.example.test timed out after 1.00 s")
+    assert redirected.message == (f"HTTP 127.0.0.1:{nginx.http}: name lookup of localhost "
+                                  f"timed out after 1.00 s (after 1 redirect, at HTTPS "
+                                  f"localhost:{nginx.https}/host)")
+    assert good.state == State.OK, good.message
+    assert metric(good, "dns_seconds").value > 0

@@ -66,6 +66,25 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def start_snmpsim(data: Path, cache: Path, community: str) -> tuple[subprocess.Popen, int]:
+    """snmpsim serving the recordings in `data` on a free loopback port, once it answers
+    `community`. As root it runs as nobody, who must reach `cache` (and `data`)."""
+    port = free_udp_port()
+    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"),
+            f"--data-dir={data}", f"--cache-dir={cache}",
+            f"--agent-udpv4-endpoint=127.0.0.1:{port}", "--max-var-binds=2000",
+            "--logging-method=null"]
+    if os.geteuid() == 0:
+        argv += ["--process-user=nobody", "--process-group=nogroup"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        asyncio.run(wait_for_agent(port, community, proc, "snmpsim"))
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc, port
+
+
 @pytest.fixture(scope="module")
 def snmpsim():
     # Not under pytest's tmp_path: as root snmpsim runs as nobody, who must reach its cache.
@@ -74,19 +93,7 @@ def snmpsim():
     cache.mkdir()
     os.chmod(tmp, 0o755)
     os.chmod(cache, 0o777)
-    port = free_udp_port()
-    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"),
-            f"--data-dir={SNMP_DATA}", f"--cache-dir={cache}",
-            f"--agent-udpv4-endpoint=127.0.0.1:{port}", "--max-var-binds=2000",
-            "--logging-method=null"]
-    if os.geteuid() == 0:
-        argv += ["--process-user=nobody", "--process-group=nogroup"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        asyncio.run(wait_for_agent(port, "router-t0", proc, "snmpsim"))
-    except RuntimeError:
-        stop(proc)
-        raise
+    proc, port = start_snmpsim(SNMP_DATA, cache, "router-t0")
     yield port
     stop(proc)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,375 @@
+"""MRTG: an mrtg.cfg as cfgmaker writes it -> [[snmp.devices]] stanzas, and each interface
+target's history (rateup `.log` or `LogFormat: rrdtool` files) -> our RRD file of that interface.
+
+MRTG keeps bytes per second (in and out, average and maximum per interval), as our SNMP
+collector does (in_octets/out_octets, B/s; `Options[]: bits` only changes MRTG's graphs). The
+interface identity is the ifName where the config names it (`#ifName` targets, or the
+"Name: '...'" comment cfgmaker writes above each target), so the imported history lands in the
+file the SNMP collector writes with its default identity = "ifName".
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from importers.plan import Plan, SeriesCopy, toml_string
+from monitor.consolidate import Archive, Interval
+from monitor.model import Kind, Measurement
+from monitor.store import read_archives
+from monitor.text import clean
+
+log = logging.getLogger(__name__)
+
+# MRTG's interface OIDs (by name, as Target[] expressions use them) -> our metric.
+OID_METRICS = {
+    "ifInOctets": "in_octets", "ifHCInOctets": "in_octets",
+    "ifOutOctets": "out_octets", "ifHCOutOctets": "out_octets",
+    "ifInUcastPkts": "in_ucast_packets", "ifHCInUcastPkts": "in_ucast_packets",
+    "ifOutUcastPkts": "out_ucast_packets", "ifHCOutUcastPkts": "out_ucast_packets",
+    "ifInErrors": "in_errors", "ifOutErrors": "out_errors",
+    "ifInDiscards": "in_discards", "ifOutDiscards": "out_discards",
+    "1.3.6.1.2.1.2.2.1.10": "in_octets", "1.3.6.1.2.1.2.2.1.16": "out_octets",
+    "1.3.6.1.2.1.31.1.1.1.6": "in_octets", "1.3.6.1.2.1.31.1.1.1.10": "out_octets",
+    "1.3.6.1.2.1.2.2.1.14": "in_errors", "1.3.6.1.2.1.2.2.1.20": "out_errors",
+    "1.3.6.1.2.1.2.2.1.13": "in_discards", "1.3.6.1.2.1.2.2.1.19": "out_discards",
+}
+_LINE = re.compile(r"^(?P<key>[A-Za-z][\w-]*)(?:\[(?P<target>[^\]]+)\])?\s*:\s?(?P<value>.*)$")
+# [-]REF:community@host[:port[:timeout[:retries[:backoff[:version]]]]][|conversion]
+_TARGET = re.compile(
+    r"^(?P<reverse>-)?(?P<ref>.+?):(?P<community>(?:\\.|[^@\\])*)@"
+    r"(?P<host>\[[^\]]+\]|[^:|\s]+)(?P<options>(?::[^:|\s]*)*)(?:\|\w+)?$")
+_INTERFACE_COMMENT = re.compile(
+    r"^### Interface (?P<index>\d+) >> Descr: '(?P<descr>.*?)' \| Name: '(?P<name>.*?)'")
+_SYSTEM_COMMENT = re.compile(r"^# System: (?P<name>.+)$")
+
+
+@dataclass
+class MrtgTarget:
+    """One Target[] of the config, with what cfgmaker's comments say about it."""
+
+    name: str
+    expression: str
+    line: int
+    file: Path
+    options: set[str] = field(default_factory=set)
+    keys: dict[str, str] = field(default_factory=dict)  # Title, MaxBytes, SnmpOptions, ...
+    if_name: str = ""  # from cfgmaker's "### Interface N >> Descr: '..' | Name: '..'"
+    if_descr: str = ""
+    if_index: int | None = None
+    system: str = ""  # from cfgmaker's "# System: NAME"
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}: Target[{self.name}]"
+
+
+@dataclass
+class MrtgConfig:
+    targets: list[MrtgTarget]
+    workdir: Path | None
+    logdir: Path | None
+    logformat: str
+    interval: float  # seconds
+    commented_out: int
+
+
+def read_config(path: Path) -> MrtgConfig:
+    """Parse an mrtg.cfg (and its Include: files) the way MRTG reads it."""
+    glob: dict[str, str] = {}
+    targets: dict[str, MrtgTarget] = {}
+    defaults: dict[str, str] = {}
+    counts = {"commented": 0}
+
+    def lines(file: Path) -> Iterator[tuple[Path, int, str]]:
+        for number, text in enumerate(file.read_text(encoding="utf-8", errors="replace")
+                                      .splitlines(), 1):
+            match = re.match(r"^Include\s*:\s*(.+?)\s*$", text)
+            if match:
+                included = Path(match[1])
+                yield from lines(included if included.is_absolute() else file.parent / included)
+            else:
+                yield file, number, text
+
+    pending: tuple[str, str | None, Path, int, list[str]] | None = None
+    comment: dict[str, str] = {}
+    system = {"name": "", "host": ""}  # cfgmaker's "# System:" and the host it heads
+
+    def finish() -> None:
+        if pending is None:
+            return
+        key, target, file, number, parts = pending
+        value = "\n".join(parts).strip()
+        target = None if target is None else target.lower()  # as MRTG does (file names too)
+        lower = key.lower()
+        if target is None:
+            glob[lower] = value
+        elif target in ("_", "^", "$"):
+            if target == "_":
+                defaults[lower] = value
+        else:
+            entry = targets.get(target)
+            if lower == "target":
+                # Defaults (Options[_]) apply to the targets that follow them, as in MRTG.
+                host = re.search(r"@(\[[^\]]+\]|[^:|\s]+)", value)
+                host_text = host[1] if host else ""
+                system["host"] = system["host"] or host_text
+                entry = targets[target] = MrtgTarget(
+                    target, value, number, file, keys=dict(defaults),
+                    system=system["name"] if host_text == system["host"] else "")
+                if comment:
+                    entry.if_name, entry.if_descr = comment["name"], comment["descr"]
+                    entry.if_index = int(comment["index"])
+                comment.clear()
+            elif entry is None:
+                entry = targets[target] = MrtgTarget(target, "", number, file)
+            entry.keys[lower] = value
+
+    for file, number, text in lines(path):
+        if text[:1] in (" ", "\t") and pending is not None and text.strip():
+            pending[4].append(text.strip())
+            continue
+        if text.startswith("#"):
+            interface = _INTERFACE_COMMENT.match(text)
+            if interface:
+                comment = interface.groupdict()
+            found = _SYSTEM_COMMENT.match(text)
+            if found:
+                system = {"name": found["name"].strip(), "host": ""}
+            if re.match(r"^#\s*Target\[", text):
+                counts["commented"] += 1
+            continue
+        finish()
+        pending = None
+        match = _LINE.match(text)
+        if match:
+            pending = (match["key"], match["target"], file, number, [match["value"]])
+    finish()
+    out = []
+    for target in targets.values():
+        if not target.expression:
+            continue
+        target.options = {o.strip().lower() for o in re.split(r"[,\s]+", target.keys.get("options", ""))
+                          if o.strip()}
+        out.append(target)
+    workdir = glob.get("workdir")
+    logdir = glob.get("logdir")
+    interval = glob.get("interval", "5")
+    minutes = float(interval.split(":")[0]) if re.match(r"^\d+(\.\d+)?(:\d+)?$", interval) else 5.0
+    return MrtgConfig(out, Path(workdir) if workdir else None, Path(logdir) if logdir else None,
+                      glob.get("logformat", "rateup").strip().lower(), minutes * 60,
+                      counts["commented"])
+
+
+@dataclass(frozen=True)
+class Interface:
+    """What a Target[] polls, when it is an interface's traffic (or errors, discards)."""
+
+    device: str
+    host: str
+    port: int
+    community: str
+    version: str
+    identity: str  # our interface identity (ifName, or what the device option says)
+    metrics: tuple[str, str]  # (in, out) after a reversing "-"
+
+
+def parse_target(target: MrtgTarget) -> Interface:
+    """The interface a target polls; ValueError says why it is not one we can map."""
+    expression = target.expression.strip()
+    if "`" in expression:
+        raise ValueError("an external script (`...`): its numbers mean what the script says")
+    if re.search(r"\s", expression):
+        raise ValueError("an expression over several targets (a sum or difference): no single "
+                         "interface holds it")
+    match = _TARGET.match(expression)
+    if not match:
+        raise ValueError(f"not a Target form MRTG documents: {clean(expression, 80)!r}")
+    community = re.sub(r"\\(.)", r"\1", match["community"])
+    host = match["host"].strip("[]")
+    options = match["options"].split(":")[1:]
+    port = int(options[0]) if options and options[0].isdigit() else 161
+    version = {"2": "2c", "3": "3"}.get(options[4] if len(options) > 4 else "", "1")
+    ref = match["ref"]
+    metrics: tuple[str, str] = ("in_octets", "out_octets")
+    interface_ref = ref
+    if "&" in ref:
+        first, _, second = ref.partition("&")
+        found = []
+        for oid_ref in (first, second):
+            oid = re.match(r"^([A-Za-z][A-Za-z0-9]*|[0-9.]+?)(?=[.#\\/!%][^.]*$|\.\d+$)", oid_ref)
+            metric = OID_METRICS.get(oid[1]) if oid else None
+            if metric is None:
+                raise ValueError(f"explicit OIDs {clean(ref, 60)!r}: not interface counters this "
+                                 "agent stores (ifIn/OutOctets, ifIn/OutErrors, ifIn/OutDiscards)")
+            found.append((metric, oid_ref[len(oid[1]):]))  # type: ignore[index]
+        if found[0][1] != found[1][1]:
+            raise ValueError(f"explicit OIDs {clean(ref, 60)!r} of two different interfaces")
+        metrics = (found[0][0], found[1][0])
+        interface_ref = found[0][1].lstrip(".") if found[0][1][:1] == "." else found[0][1]
+    if match["reverse"]:
+        metrics = (metrics[1], metrics[0])
+    identity = _identity(target, interface_ref)
+    device = target.system or host
+    return Interface(device, host, port, community, version, identity, metrics)
+
+
+def _identity(target: MrtgTarget, ref: str) -> str:
+    """Our identity (ifName) of an MRTG interface reference."""
+    if ref.startswith("#"):
+        return ref[1:]
+    if target.if_name:  # cfgmaker's comment: the ifName of a \descr, /ip, !mac or index target
+        return target.if_name
+    if ref.isdigit():
+        raise ValueError(f"interface index {ref} without cfgmaker's \"### Interface {ref} >> "
+                         "... Name: '...'\" comment: its ifName is unknown (run cfgmaker "
+                         "--ifref=name, or `monitor discover`, to name it)")
+    kind = {"\\": "description (ifDescr)", "/": "IP address", "!": "Ethernet address",
+            "%": "interface type"}.get(ref[:1], "reference")
+    raise ValueError(f"interface by {kind} {clean(ref[1:], 40)!r}: its ifName is unknown "
+                     "without cfgmaker's comment above the target")
+
+
+# -- history ------------------------------------------------------------------------------------
+
+
+def read_log(path: Path) -> tuple[list[Archive], list[Archive]]:
+    """A rateup .log -> (in, out), each [AVERAGE, MAX]. Line i (newest first) holds the rates
+    from the time of line i+1 to its own; negative values are rateup's unknown."""
+    rows: list[tuple[int, float, float, float, float]] = []
+    with path.open(encoding="ascii", errors="replace") as handle:
+        handle.readline()  # the counters of the last run
+        for text in handle:
+            fields = text.split()
+            if len(fields) < 5:
+                continue
+            try:
+                rows.append((int(fields[0]), *(float(f) for f in fields[1:5])))  # type: ignore[arg-type]
+            except ValueError:
+                continue
+    rows.sort(reverse=True)
+    # A new log is rateup's 2533 lines of zeros; what is still zero at its old end is that
+    # filler, not traffic (an unused port reads as unknown there rather than as idle).
+    while rows and not any(rows[-1][1:]):
+        rows.pop()
+    columns: list[list[Interval]] = [[], [], [], []]
+    for i, (end, *values) in enumerate(rows):
+        if i + 1 < len(rows):
+            start = rows[i + 1][0]
+        elif i > 0:
+            start = end - (rows[i - 1][0] - end)
+        else:
+            start = end - 300
+        if start >= end:
+            continue
+        for column, value in zip(columns, values, strict=True):
+            column.append((start, end, None if value < 0 else value))
+    average_in, average_out, max_in, max_out = columns
+    return ([Archive("AVERAGE", average_in), Archive("MAX", max_in)],
+            [Archive("AVERAGE", average_out), Archive("MAX", max_out)])
+
+
+def read_rrd(path: Path) -> tuple[list[Archive], list[Archive]]:
+    """MRTG's own RRD file (LogFormat: rrdtool): ds0 is in, ds1 is out."""
+    archives = read_archives(path)
+    return archives.get("ds0", []), archives.get("ds1", [])
+
+
+def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
+    """The stanzas and copies for every interface target of an MRTG config."""
+    config = read_config(config_path)
+    result = Plan()
+    by_device: dict[tuple[str, str, int, str, str], list[tuple[MrtgTarget, Interface]]] = {}
+    for target in config.targets:
+        try:
+            interface = parse_target(target)
+        except ValueError as exc:
+            result.unmapped.append(f"{target.where}: {exc}")
+            continue
+        if "gauge" in target.options or "absolute" in target.options:
+            result.unmapped.append(f"{target.where}: Options[] gauge/absolute: not counters "
+                                   "of an interface")
+            continue
+        key = (interface.device, interface.host, interface.port, interface.version,
+               interface.community)
+        by_device.setdefault(key, []).append((target, interface))
+    if config.commented_out:
+        result.notes.append(f"{config.commented_out} target(s) commented out in the config "
+                            "(cfgmaker does that for interfaces that were down): not imported")
+    directory = rrd_dir or config.logdir or config.workdir or config_path.parent
+    names = [k[0] for k in by_device]
+    for (device, host, port, version, _community), items in by_device.items():
+        name = device if names.count(device) == 1 else f"{device}-{port}"
+        result.stanzas.append(_stanza(name, host, port, version, items, config_path))
+        for target, interface in items:
+            copy = _copy(name, target, interface, directory, config.logformat)
+            if isinstance(copy, str):
+                result.unmapped.append(copy)
+            else:
+                result.copies.append(copy)
+    return result
+
+
+def _stanza(name: str, host: str, port: int, version: str,
+            items: list[tuple[MrtgTarget, Interface]], source: Path) -> str:
+    first = items[0][0]
+    lines = [f"# from MRTG {source}: " + ", ".join(t.name for t, _ in items),
+             "[[snmp.devices]]", f"name = {toml_string(name)}", f"host = {toml_string(host)}"]
+    if port != 161:
+        lines.append(f"port = {port}")
+    lines.append(f'version = "{version}"')
+    if version != "3":
+        lines.append(f"community_file = {toml_string(f'/etc/monitor/{_file_part(name)}.community')}"
+                     "  # put MRTG's community there (chmod 600)")
+    include = sorted({i.identity for _, i in items})
+    lines.append("include = [" + ", ".join(toml_string(i) for i in include) + "]")
+    for target, interface in items:
+        notes = [clean(target.keys.get("title", ""), 100)]
+        if "maxbytes" in target.keys:
+            notes.append(f"MaxBytes {clean(target.keys['maxbytes'], 20)}")
+        notes += [o for o in sorted(target.options) if o in ("bits", "nohc", "growright")]
+        if any(notes):
+            lines.append(f"# {clean(interface.identity, 60)}: " + "; ".join(n for n in notes if n))
+    if version == "3":  # a sub-table: after the device's own keys
+        options = first.keys.get("snmpoptions", "")
+        lines.append("[snmp.devices.v3]  # from MRTG's SnmpOptions[]; put the keys in the files")
+        user = re.search(r"username\s*=>\s*'([^']*)'", options)
+        lines.append(f"user = {toml_string(user[1] if user else 'CHANGE-ME')}")
+        for kind in ("auth", "priv"):
+            protocol = re.search(kind + r"protocol\s*=>\s*'([^']*)'", options)
+            if protocol:
+                lines.append(f"{kind}_protocol = {toml_string(protocol[1].lower())}")
+                lines.append(f"{kind}_key_file = "
+                             f"{toml_string(f'/etc/monitor/{_file_part(name)}.{kind}')}")
+    return "\n".join(lines) + "\n"
+
+
+def _file_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _copy(device: str, target: MrtgTarget, interface: Interface, directory: Path,
+          logformat: str) -> SeriesCopy | str:
+    base = target.keys.get("directory", "")
+    folder = directory / base if base else directory
+    stem = target.name  # lower case, as MRTG names the files
+    rrd, log_file = folder / f"{stem}.rrd", folder / f"{stem}.log"
+    if logformat == "rrdtool" or (rrd.exists() and not log_file.exists()):
+        source, reader = rrd, read_rrd
+    else:
+        source, reader = log_file, read_log
+    if not source.exists():
+        return f"{target.where}: no history at {source}"
+    metric_in, metric_out = interface.metrics
+    unit = "B/s" if "octets" in metric_in else "/s"
+    templates = [Measurement(device, interface.identity, metric, None, Kind.GAUGE, unit, 0, 0)
+                 for metric in (metric_in, metric_out)]
+
+    def read() -> dict[str, list[Archive]]:
+        incoming, outgoing = reader(source)
+        return {metric_in: incoming, metric_out: outgoing}
+
+    return SeriesCopy(templates, [source], read, f"MRTG target {target.name}")

@@ -1,0 +1,180 @@
+"""Seasonal baselines on a generated year written through monitor.store: a weekly pattern with
+day-to-day noise, holidays and monthly backup surges, and an injected burst. The burst is
+flagged; the normal hours are not (the false-positive count over the year is printed and
+bounded)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from alerts.baseline import check_hour, judge_hours
+from monitor import seasonal
+from monitor.config import BaselineConfig, BaselineSeries
+from monitor.model import Kind, Measurement, State
+from monitor.seasonal import selected
+from monitor.store import RrdStore
+from tests.longhistory import END, _shape
+
+STEP = 300
+DAYS = 365
+DAY = 86400
+ROUTER, PORT = "dmz-router", "eth1"
+START = END - DAYS * DAY
+# Tuesday 03:00-06:00 (UTC) of the 40th week: a hijacked server relaying spam for 3 hours.
+_MIDNIGHT = (START // DAY + 1) * DAY  # 1970-01-01 was a Thursday: weekday (Monday 0) = days + 3
+BURST_START = _MIDNIGHT + 40 * 7 * DAY + ((1 - (_MIDNIGHT // DAY + 3) % 7) % 7) * DAY + 3 * 3600
+BURST_HOURS = 3
+
+
+def traffic(ts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Bytes/s out of a DMZ port: the diurnal and weekly curve of tests.longhistory, 15 %
+    sample noise, a day-to-day level that wanders by 15 %, eight weekday holidays at half the
+    traffic, and a backup at 02:00 on the 1st of each month at 2.5x."""
+    level = 2e6 * _shape(ts, int(ts[-1]))
+    days = (ts - ts[0]) // DAY
+    daily = np.exp(0.15 * rng.standard_normal(int(days.max()) + 1))[days]
+    holidays = rng.choice(np.arange(int(days.max()) + 1), 8, replace=False)
+    holiday = np.where(np.isin(days, holidays), 0.5, 1.0)
+    noise = np.clip(1 + 0.15 * rng.standard_normal(ts.size), 0.2, None)
+    first_of_month = (np.array([np.datetime64(int(t), "s").astype(object).day for t in ts[::288]])
+                      == 1)[days]
+    backup = np.where(first_of_month & ((ts % DAY) // 3600 == 2), 2.5, 1.0)
+    return level * daily * holiday * noise * backup
+
+
+def test_a_year_with_a_weekly_pattern_flags_the_burst_and_almost_nothing_else(tmp_path):
+    rng = np.random.default_rng(20)
+    ts = np.arange(START + STEP, END + 1, STEP, dtype=np.int64)
+    values = traffic(ts, rng)
+    burst = (ts > BURST_START) & (ts <= BURST_START + BURST_HOURS * 3600)
+    values = np.where(burst, values * 8, values)
+    store = RrdStore(tmp_path / "rrd")
+    config = BaselineConfig(enabled=True)
+    flagged: list[int] = []
+    inside = judged = 0
+    checks = {}
+    for day in range(DAYS):
+        part = slice(day * 288, (day + 1) * 288)
+        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part], values[part], strict=True)],
+                    STEP)
+        ((info, metric, factor),) = selected(config, store.series())
+        ends = np.arange(ts[part][0] - STEP + 3600, ts[part][-1] + 1, 3600)
+        hours = judge_hours(store, info, metric, ends, config.weeks, factor)
+        flagged += [int(e) for e in hours.ends[hours.anomalous]]
+        # The hourly job's checks, on the day they are made (5-minute rows are kept 32 days).
+        for at in (BURST_START + BURST_HOURS * 3600 + 60, BURST_START + 7 * DAY + 3600):
+            if ts[part][0] <= at <= ts[part][-1] + STEP:
+                checks[at] = check_hour(store, config, at)
+        known = ~np.isnan(hours.expected.usual) & ~np.isnan(hours.values)
+        judged += int(known.sum())
+        inside += int((known & (hours.values >= hours.expected.low)
+                       & (hours.values <= hours.expected.high)).sum())
+    burst_ends = {BURST_START + (i + 1) * 3600 for i in range(BURST_HOURS)}
+    false_positives = sorted(set(flagged) - burst_ends)
+    print(f"\nbaseline over {DAYS} days: {judged} hours judged, {len(false_positives)} false "
+          f"positive(s) ({100 * len(false_positives) / judged:.2f} %), burst hours flagged "
+          f"{len(burst_ends & set(flagged))}/{BURST_HOURS}, {100 * inside / judged:.1f} % of "
+          "hours inside the band")
+    assert burst_ends <= set(flagged)
+    assert len(false_positives) <= 3
+    assert judged > (DAYS - 6 * 7 - 2) * 24  # after the first weeks every hour has a baseline
+    assert inside / judged > 0.9
+
+    # The check of the burst's last hour, as the hourly job makes it.
+    (result,) = checks[BURST_START + BURST_HOURS * 3600 + 60]
+    print(result.message)
+    assert result.state is State.WARNING
+    assert result.check == "baseline eth1 out_octets" and result.target == ROUTER
+    assert result.message.startswith("dmz-router eth1 out_octets is ")
+    assert "x the usual for Tuesday 05:00: " in result.message
+    (calm,) = checks[BURST_START + 7 * DAY + 3600]
+    assert calm.state is State.OK and "for Tuesday 03:00" in calm.message
+
+
+def test_band_rules():
+    week = seasonal.WEEK
+    history = np.array([10.0, 12.0, 11.0, 50.0])  # four weeks of one slot; one bad week
+    band = seasonal.band(history, 0, week, np.array([4 * week + 1.0]), weeks=4)
+    assert band.usual[0] == 11.5  # the median ignores the bad week
+    assert seasonal.anomalous(np.array([30.0, 50.0]), band, 4.0).tolist() == [False, True]
+    few = seasonal.band(history[:1], 0, week, np.array([1 * week + 1.0]), weeks=4)
+    assert np.isnan(few.usual[0])  # one week is not enough
+    flat = seasonal.band(np.zeros(4), 0, week, np.array([4 * week + 1.0]), weeks=4)
+    assert not seasonal.anomalous(np.array([1e-3]), flat, 4.0)[0]  # below the floor of a flat 0
+
+
+def test_selection_patterns():
+    from monitor.store import SeriesInfo
+
+    config = BaselineConfig(series=[
+        BaselineSeries("*_octets", target="dmz-router", instance="ppp*", enabled=False),
+        BaselineSeries("out_octets", factor=6.0), BaselineSeries("in_octets")])
+    ppp = SeriesInfo("dmz-router", "ppp0", None, 300, {"in_octets": "a", "out_octets": "b"})
+    eth = SeriesInfo("dmz-router", "eth1", None, 300, {"in_octets": "a", "out_octets": "b",
+                                                      "in_errors": "c"})
+    assert [(i.instance, m, f) for i, m, f in selected(config, [ppp, eth])] == [
+        ("eth1", "in_octets", 4.0), ("eth1", "out_octets", 6.0)]
+
+
+def test_week_graph_draws_the_usual_band(tmp_path):
+    """Seven weeks of traffic with last night's burst: the week graph has the band under the
+    data, the burst above it."""
+    from graphs.render import PERIODS, Job, Renderer, build_graph, render_job, window
+
+    rng = np.random.default_rng(3)
+    end = END
+    ts = np.arange(end - 7 * 7 * DAY + STEP, end + 1, STEP, dtype=np.int64)
+    values = traffic(ts, rng)
+    burst = (ts > end - 20 * 3600) & (ts <= end - 17 * 3600)
+    values = np.where(burst, values * 8, values)
+    store = RrdStore(tmp_path / "rrd")
+    for begin in range(0, ts.size, 2016):
+        part = slice(begin, begin + 2016)
+        store.write([Measurement(ROUTER, PORT, name, float(v * share), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part], values[part], strict=True)
+                     for name, share in (("out_octets", 1.0), ("in_octets", 0.3))], STEP)
+    (info,) = store.series()
+    result = render_job(store, Renderer(), Job(info, ["day", "week"], tmp_path / "png", end,
+                                               baseline="out_octets", weeks=6))
+    assert result.error == "" and result.drawn == ["day", "week"]
+    assert (tmp_path / "png" / "week.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The graph itself: the band is the first layer, the burst is above it.
+    from graphs.render import add_usual_band
+
+    start, stop, resolution = window(PERIODS["week"], end, STEP)
+    series = store.fetch_path(info, start, stop, resolution)
+    graph = build_graph(info, series)
+    add_usual_band(graph, store, info, "out_octets", 6, series)
+    usual = graph.layers[0]
+    assert usual.label == "usual" and usual.style == "band"
+    out = next(layer for layer in graph.layers if layer.label == "Out")
+    over = out.values > usual.values
+    assert over[-40:-33].any() and over[:-48].mean() < 0.2
+    assert any(row.label == "usual" for row in graph.legend[:4])
+
+
+async def test_agent_schedules_the_baseline_job_and_consumes_its_checks(tmp_path):
+    """[baseline] on: the agent runs the hourly job off the loop and its checks land in the
+    status book like a collector's."""
+    from monitor.agent import Agent
+    from monitor.config import parse_config
+
+    config = parse_config('[host]\nenabled = false\n[disks]\nenabled = false\n'
+                          '[baseline]\nenabled = true\n', base_dir=tmp_path)
+    config.agent.data_dir = tmp_path
+    config.storage.rrd_dir = tmp_path / "rrd"
+    config.web.interval = 0
+    agent = Agent(config)
+    agent.store.write([Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s",
+                                   END - 600 + i * STEP, minimum=0) for i in range(3)], STEP)
+    agent.schedule()
+    try:
+        assert "baseline" in agent.scheduler.stats()
+        from alerts.baseline import BaselineJob
+
+        await agent._baseline(BaselineJob(agent.store, config.baseline))()  # what the job runs
+        (status,) = [s for s in agent.status.all() if s.check.startswith("baseline ")]
+        assert status.check == "baseline eth1 out_octets" and status.state is State.OK
+    finally:
+        await agent.close()

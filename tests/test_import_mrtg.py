@@ -1,0 +1,360 @@
+"""`monitor import mrtg` against the real thing: Debian's cfgmaker writes the config from an
+snmpsim device, Debian's mrtg (perl, rateup, RRDs) polls it over a simulated period, and the
+import must give back MRTG's own figures (average and max per interval) from our RRD files.
+
+The device's interface counters are snmpsim `writecache` values that the test SETs before each
+run; MRTG's clock is Perl's time() overridden by a tiny module (MRTG hands that time on to
+rateup and RRDs::update), so 2 hours of 5-minute polls take a few seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from importers import mrtg
+from importers.commands import cmd_import, register
+from monitor.config import parse_config
+from monitor.store import RrdStore
+from tests.conftest import DATA
+from tests.test_snmp import start_snmpsim, stop
+
+pytestmark = pytest.mark.skipif(not Path("/usr/bin/mrtg").exists() or not Path("/usr/bin/cfgmaker").exists(),
+                                reason="Debian's mrtg is not installed (apt-get install mrtg librrds-perl)")
+
+T0 = 1_800_000_000 - 1_800_000_000 % 86400  # midnight UTC: MRTG's and our rows line up
+RUNS = 25  # 2 hours of 5-minute polls
+IN_OID, OUT_OID = "1.3.6.1.2.1.2.2.1.10", "1.3.6.1.2.1.2.2.1.16"
+FAKE_CLOCK = """package FakeClock;
+BEGIN { *CORE::GLOBAL::time = sub () { defined $ENV{FAKE_TIME} ? $ENV{FAKE_TIME} : CORE::time() }; }
+1;
+"""
+
+
+def rates(run: int) -> dict[int, tuple[int, int]]:
+    """Bytes per second (in, out) of ifIndex 1 and 2 between run-1 and run."""
+    return {1: (1000 * (1 + run % 7), 400 * (1 + run % 5)), 2: (50 * (run % 3), 10 * run)}
+
+
+def recording(directory: Path) -> None:
+    """The DMZ router's real recording with writable 32-bit octet counters (no ifHC: noHC)."""
+    keep = []
+    for line in (DATA / "snmp" / "router-t0.snmprec").read_text().splitlines():
+        oid = line.split("|", 1)[0]
+        if oid.rsplit(".", 1)[0] in (IN_OID, OUT_OID, "1.3.6.1.2.1.31.1.1.1.6",
+                                     "1.3.6.1.2.1.31.1.1.1.10"):
+            continue
+        keep.append(line)
+    for index in (1, 2, 3, 4):
+        keep += [f"{IN_OID}.{index}|65:writecache|value=0", f"{OUT_OID}.{index}|65:writecache|value=0"]
+    keep.sort(key=lambda line: tuple(int(p) for p in line.split("|", 1)[0].split(".")))
+    (directory / "mrtg.snmprec").write_text("\n".join(keep) + "\n")
+
+
+class CounterSetter:
+    """SNMP SETs of Counter32 values into snmpsim's writecache (one engine for all runs)."""
+
+    async def __aenter__(self) -> CounterSetter:
+        from pysnmp.hlapi.v3arch import asyncio as hlapi
+
+        self.hlapi = hlapi
+        self.engine = hlapi.SnmpEngine()
+        return self
+
+    async def set(self, port: int, values: dict[str, int]) -> None:
+        h = self.hlapi
+        target = await h.UdpTransportTarget.create(("127.0.0.1", port), timeout=2, retries=2)
+        error, status, _, _ = await h.set_cmd(
+            self.engine, h.CommunityData("mrtg"), target, h.ContextData(),
+            *(h.ObjectType(h.ObjectIdentity(oid), h.Counter32(value % 2**32))
+              for oid, value in values.items()))
+        assert error is None and not status, (error, status)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.engine.close_dispatcher()
+
+
+@pytest.fixture(scope="module")
+def device():
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-mrtgsim-"))  # snmpsim runs as nobody as root
+    data, cache = tmp / "data", tmp / "cache"
+    data.mkdir()
+    cache.mkdir()
+    recording(data)
+    for path in (tmp, data, cache):
+        os.chmod(path, 0o777)
+    proc, port = start_snmpsim(data, cache, "mrtg")
+    yield port
+    stop(proc)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_mrtg(port: int, tmp: Path, logformat: str) -> tuple[Path, Path]:
+    """cfgmaker's config for the device, then RUNS polls by mrtg; (config, work dir)."""
+    work = tmp / "mrtg"
+    work.mkdir()
+    (tmp / "FakeClock.pm").write_text(FAKE_CLOCK)
+    config = tmp / "mrtg.cfg"
+    env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
+    subprocess.run(["cfgmaker", "--ifref=name", "--global", f"WorkDir: {work}",
+                    "--global", "Options[_]: bits,growright", "--global", f"LogFormat: {logformat}",
+                    f"--output={config}", f"mrtg@127.0.0.1:{port}"],
+                   check=True, capture_output=True, env=env)
+    asyncio.run(poll_runs(port, tmp, config, env))
+    return config, work
+
+
+async def poll_runs(port: int, tmp: Path, config: Path, env: dict[str, str]) -> None:
+    counters = {1: [0, 0], 2: [0, 0]}
+    async with CounterSetter() as setter:
+        for run in range(RUNS):
+            if run:
+                for index, (rate_in, rate_out) in rates(run).items():
+                    counters[index][0] += rate_in * 300
+                    counters[index][1] += rate_out * 300
+            await setter.set(port, {f"{oid}.{index}": counters[index][side] for index in counters
+                                    for side, oid in enumerate((IN_OID, OUT_OID))})
+            proc = await asyncio.create_subprocess_exec(
+                "perl", f"-I{tmp}", "-MFakeClock", "/usr/bin/mrtg", "--log-only",
+                "--lock-file", str(tmp / "mrtg.lock"), "--confcache-file", str(tmp / "mrtg.ok"),
+                str(config), env={**env, "FAKE_TIME": str(T0 + run * 300)},
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+            output, _ = await proc.communicate()
+            assert proc.returncode == 0, output.decode(errors="replace")
+
+
+def import_args(path: Path, *extra: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="command"), lambda args: None)  # type: ignore[arg-type, return-value]
+    return parser.parse_args(["import", "mrtg", str(path), *extra])
+
+
+def our_config(tmp: Path):
+    path = tmp / "config.toml"
+    path.write_text(f'[agent]\ndata_dir = "{tmp / "ours"}"\n')
+    return parse_config(path.read_text(), path)
+
+
+def run_import(config, path: Path, *extra: str) -> tuple[int, str, str]:
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    code = cmd_import(config, import_args(path, *extra), out, err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def log_rows(path: Path) -> list[tuple[int, float, float, float, float]]:
+    lines = path.read_text().splitlines()[1:]
+    return [(int(f[0]), *map(float, f[1:5])) for f in (line.split() for line in lines)]  # type: ignore[misc]
+
+
+def test_cfgmaker_config_becomes_snmp_stanzas_and_rateup_logs_our_history(device, tmp_path):
+    config_path, work = run_mrtg(device, tmp_path, "rateup")
+    config = our_config(tmp_path)
+    code, out, err = run_import(config, config_path, "--dry-run")
+    assert code == 0, err
+    assert "dry run, nothing written" in err and "would create eth0.rrd" in err
+    assert not (tmp_path / "ours" / "rrd" / "dmz-router").exists()
+    # The stanza is valid config for this agent, names the imported interfaces, and keeps the
+    # community out of the file.
+    assert 'include = ["eth0", "eth1"]' in out and "mrtg" not in out.split("community_file")[0][-40:]
+    community = tmp_path / "dmz-router.community"
+    community.write_text("mrtg\n")
+    stanza = out.replace("/etc/monitor/dmz-router.community", str(community))
+    parsed = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n{stanza}', tmp_path / "c.toml")
+    (dev,) = parsed.snmp.devices
+    assert (dev.name, dev.host, dev.port, dev.community, dev.include) == \
+        ("dmz-router", "127.0.0.1", device, "mrtg", ["eth0", "eth1"])
+    assert "2 target(s) commented out" in err  # eth2/eth3 were down: cfgmaker left them out
+
+    code, out, err = run_import(config, config_path)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    for target_file, instance in (("127.0.0.1_eth0.log", "eth0"), ("127.0.0.1_eth1.log", "eth1")):
+        rows = [r for r in log_rows(work / target_file) if r[0] > T0]
+        assert len(rows) == RUNS - 1
+        fetched = store.fetch("dmz-router", instance, T0, T0 + (RUNS - 1) * 300)
+        ours = dict(zip(fetched.timestamps, zip(fetched.columns["in_octets"],
+                                                fetched.columns["out_octets"], strict=True),
+                        strict=True))
+        for end, avg_in, avg_out, max_in, max_out in rows:
+            assert ours[end] == (pytest.approx(avg_in), pytest.approx(avg_out)), end
+            assert (max_in, max_out) == (avg_in, avg_out)  # one poll per 5-minute row
+        # The 30-minute rows (week graph) and their maxima, as MRTG would consolidate them.
+        week = store.fetch("dmz-router", instance, T0, T0 + 7200, resolution=1800)
+        week_max = store.fetch("dmz-router", instance, T0, T0 + 7200, resolution=1800, cf="MAX")
+        by_time = {r[0]: r for r in rows}
+        for i, end in enumerate(week.timestamps[:4]):
+            inside = [by_time[t] for t in range(end - 1500, end + 1, 300)]
+            assert week.columns["in_octets"][i] == pytest.approx(sum(r[1] for r in inside) / 6)
+            assert week_max.columns["in_octets"][i] == pytest.approx(max(r[3] for r in inside))
+    # Again: our rows are kept, nothing is overwritten without --force.
+    code, _, err = run_import(config, config_path)
+    assert code == 0 and " 0 rows filled" in err and "kept (ours; --force replaces)" in err
+    code, _, err = run_import(config, config_path, "--force")
+    assert code == 0 and "replaced" in err
+
+
+def test_mrtg_rrdtool_files_give_the_same_rows_in_every_archive(device, tmp_path):
+    import rrdtool
+
+    config_path, work = run_mrtg(device, tmp_path, "rrdtool")
+    assert (work / "127.0.0.1_eth0.rrd").exists() and not (work / "127.0.0.1_eth0.log").exists()
+    config = our_config(tmp_path)
+    code, _, err = run_import(config, config_path)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    end = T0 + (RUNS - 1) * 300
+    for resolution in (300, 1800, 7200):
+        for cf in ("AVERAGE", "MAX"):
+            (start, _, step), _names, theirs = rrdtool.fetch(
+                str(work / "127.0.0.1_eth0.rrd"), cf, "--start", str(T0), "--end", str(end),
+                "-r", str(resolution))
+            assert step == resolution
+            ours = store.fetch("dmz-router", "eth0", T0, end, resolution, cf)
+            assert ours.step == resolution and ours.start == start
+            known = [(a, b) for a, b in zip(theirs, zip(ours.columns["in_octets"], ours.columns["out_octets"],
+                                                         strict=True), strict=False) if a[0] is not None]
+            assert known, (resolution, cf)
+            for (their_in, their_out), (our_in, our_out) in known:
+                assert (our_in, our_out) == (pytest.approx(their_in), pytest.approx(their_out))
+
+
+def test_target_forms_and_what_cannot_be_mapped(tmp_path):
+    (tmp_path / "work").mkdir()
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"""WorkDir: {tmp_path / 'work'}
+Options[_]: bits
+# System: core1
+### Interface 3 >> Descr: 'GigabitEthernet0/3' | Name: 'Gi0/3' | Ip: '' | Eth: '' ###
+Target[core1_3]: 3:pub\\@lic@core1.example.net:::::2
+Title[core1_3]: Uplink
+Target[core1_gi04]: -#Gi0/4:public@core1.example.net:::::2
+Target[core1_err]: ifInErrors#Gi0/5&ifOutErrors#Gi0/5:public@core1.example.net:::::2
+Target[sum]: #Gi0/1:public@core1.example.net + #Gi0/2:public@core1.example.net
+Target[script]: `/usr/local/bin/temperature`
+Target[byip]: /192.0.2.1:public@edge1
+Target[v3]: #ge-0/0/0:user@edge2:::::3
+SnmpOptions[v3]: username=>'mon', authprotocol=>'sha', authpassword=>'x', privprotocol=>'aes'
+""")
+    config = mrtg.read_config(cfg)
+    by_name = {t.name: t for t in config.targets}
+    first = mrtg.parse_target(by_name["core1_3"])
+    assert (first.device, first.identity, first.community, first.version) == \
+        ("core1", "Gi0/3", "pub@lic", "2c")
+    assert mrtg.parse_target(by_name["core1_gi04"]).metrics == ("out_octets", "in_octets")
+    assert mrtg.parse_target(by_name["core1_err"]).metrics == ("in_errors", "out_errors")
+    assert by_name["core1_3"].options == {"bits"}
+    plan = mrtg.plan(cfg)
+    unmapped = "\n".join(plan.unmapped)
+    assert "several targets" in unmapped and "external script" in unmapped
+    assert "IP address '192.0.2.1'" in unmapped
+    assert "no history at" in unmapped  # nothing under WorkDir
+    stanzas = "\n".join(plan.stanzas)
+    assert 'user = "mon"' in stanzas and 'priv_protocol = "aes"' in stanzas and "'x'" not in stanzas
+    assert "pub@lic" not in stanzas  # communities stay out of the printed config
+
+
+def synthetic_log(path: Path, now: int) -> list[tuple[int, int, int, int, int]]:
+    """Two years of an interface in rateup's exact layout: the counters line, then the current
+    and 601 five-minute lines, 600 of 30 minutes, 600 of 2 hours and 732 of a day, newest
+    first, each on its resolution's boundaries as rateup writes them."""
+    import math
+
+    times = [now - i * 300 for i in range(602)]
+    for resolution, count in ((1800, 600), (7200, 600), (86400, 732)):
+        first = times[-1] - times[-1] % resolution
+        first = first - resolution if first == times[-1] else first
+        times += [first - i * resolution for i in range(count)]
+    rows = []
+    for t in times:
+        average = int(1e6 * (2 + math.sin(t / 86400 * 2 * math.pi)) * (1 + (t - now) / 4e8))
+        rows.append((t, average, average // 4, int(average * 1.5), average // 3))
+    path.write_text(f"{now} 123456789 23456789\n" + "".join(f"{r[0]} {r[1]} {r[2]} {r[3]} {r[4]}\n"
+                                                            for r in rows))
+    return rows
+
+
+def test_two_years_of_rateup_log_fill_every_archive_and_the_95th(tmp_path):
+    work = tmp_path / "mrtg"
+    work.mkdir()
+    now = T0
+    rows = synthetic_log(work / "core1_gi0_1.log", now)
+    # rateup itself reads it as a log of its own: it carries the history on when it next runs.
+    subprocess.run(["rateup", str(work) + "/", "core1_gi0_1", str(now + 300), "-Z", "u",
+                    str(123456789 + 300 * 1000), str(23456789 + 300 * 100), "125000000"],
+                   check=True, capture_output=True)
+    after = log_rows(work / "core1_gi0_1.log")
+    assert {r[0]: r[1] for r in after}[rows[-1][0]] == rows[-1][1]  # the oldest day kept
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"WorkDir: {work}\nTarget[core1_gi0_1]: #Gi0/1:public@core1.example.net:::::2\n"
+                   "MaxBytes[core1_gi0_1]: 125000000\n")
+    config = our_config(tmp_path)
+    code, _, err = run_import(config, cfg)
+    assert code == 0, err
+    store = RrdStore(config.rrd_dir)
+    lines = log_rows(work / "core1_gi0_1.log")
+    for resolution, span in ((1800, 9 * 86400), (7200, 40 * 86400), (86400, 700 * 86400)):
+        ours = store.fetch("core1.example.net", "Gi0/1", now - span, now, resolution)
+        ours_max = store.fetch("core1.example.net", "Gi0/1", now - span, now, resolution, "MAX")
+        average = dict(zip(ours.timestamps, ours.columns["in_octets"], strict=True))
+        peak = dict(zip(ours_max.timestamps, ours_max.columns["in_octets"], strict=True))
+        theirs = [(t, a, m) for t, a, _, m, _ in lines
+                  if now - span < t <= now - 3 * resolution and t % resolution == 0]
+        finer_until = {1800: rows[601][0], 7200: rows[1201][0], 86400: rows[1801][0]}[resolution]
+        section = [r for r in theirs if r[0] < finer_until - resolution]  # this resolution only
+        assert len(section) > 5, resolution
+        for t, a, m in section:
+            assert average[t] == pytest.approx(a), (resolution, t)
+            assert peak[t] == pytest.approx(m), (resolution, t)
+    # The 95th percentile of the month before last, as the billing graph computes it from our
+    # 5-minute rows, is the one of MRTG's 2-hour rows of that month.
+    start, end = now - 60 * 86400, now - 30 * 86400
+    fetched = store.fetch("core1.example.net", "Gi0/1", start, end, 300)
+    ours = sorted(v for v in fetched.columns["in_octets"] if v is not None)
+    theirs = sorted(a for t, a, _, _, _ in lines if start < t <= end and t % 7200 == 0)
+    assert ours[int(len(ours) * 0.95)] == pytest.approx(theirs[int(len(theirs) * 0.95)], rel=1e-3)
+
+
+def test_progress_on_a_terminal_and_hostile_names_stay_one_line(tmp_path):
+    import pty
+
+    work = tmp_path / "work"
+    work.mkdir()
+    synthetic_log(work / "evil.log", T0)
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"WorkDir: {work}\n# System: rtr\u202e1\x1b[2J\n"
+                   "Target[evil]: #../../etc/passwd\x07:public@192.0.2.7\n")
+    config = our_config(tmp_path)
+    master, slave = pty.openpty()
+    err = os.fdopen(slave, "w")
+    out = __import__("io").StringIO()
+    code = cmd_import(config, import_args(cfg), out, err)
+    err.close()
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    assert code == 0, terminal
+    shown = terminal.decode()
+    assert "[0/1 files, 0 B of" in shown and "[1/1 files," in shown  # files done / total, bytes
+    assert "\x07" not in shown and "\u202e" not in shown and "\x1b[2J" not in shown
+    # The name cannot leave the RRD directory; the stanza keeps it, escaped as TOML.
+    files = list((tmp_path / "ours").rglob("*.rrd"))
+    assert len(files) == 1 and (tmp_path / "ours" / "rrd") in files[0].parents
+    assert 'include = ["../../etc/passwd\\u0007"]' in out.getvalue()
+    assert "\u202e" not in out.getvalue() and 'name = "rtr\\u202e1\\u001b[2J"' in out.getvalue()
