@@ -337,16 +337,12 @@ class Switch:
         self.sock = None
 
 
-@pytest.mark.timeout(300)
-def test_leader_killed_no_result_lost_no_alert_mail_lost_or_twice(tmp_path):
-    sink = SmtpSink()
-    service = Switch()
-    service.up()
-    names = ["node-a", "node-b", "node-c"]
-    body = f"""
+def alerting_config(smtp_port: int, checks: str) -> str:
+    """Alert mail at once to a sink, by one rule on the checks named `checks`."""
+    return f"""
 [smtp]
 host = "127.0.0.1"
-port = {sink.port}
+port = {smtp_port}
 security = "none"
 from = "monitor@example.net"
 
@@ -358,11 +354,20 @@ group_window = "0s"
 interval = "1s"
 
 [[alerts.rules]]
-name = "flap-down"
-check = "flap"
+name = "watched"
+check = "{checks}"
 notify = ["ops"]
 flap_detection = false
+"""
 
+
+@pytest.mark.timeout(300)
+def test_leader_killed_no_result_lost_no_alert_mail_lost_or_twice(tmp_path):
+    sink = SmtpSink()
+    service = Switch()
+    service.up()
+    names = ["node-a", "node-b", "node-c"]
+    body = alerting_config(sink.port, "flap") + f"""
 [[services]]
 name = "flap"
 kind = "tcp"
@@ -484,26 +489,7 @@ def test_a_cut_off_pop_keeps_polling_buffers_and_replays_everything(tmp_path):
         checks = "".join(f'\n[[services]]\nname = "pop2-svc{i}"\nkind = "tcp"\n'
                          f'host = "127.0.0.1"\nport = {p}\ntimeout = "1s"\ngroup = "pop2"\n'
                          for i, p in enumerate(servers.ports))
-        alerting = f"""
-[smtp]
-host = "127.0.0.1"
-port = {sink.port}
-security = "none"
-from = "monitor@example.net"
-
-[contacts]
-ops = ["ops@example.net"]
-
-[alerts]
-group_window = "0s"
-interval = "1s"
-
-[[alerts.rules]]
-name = "pop-and-poller"
-check = "p*"
-notify = ["ops"]
-flap_detection = false
-"""
+        alerting = alerting_config(sink.port, "p*")
         central = cluster_config(tmp_path, "core", port, f'\n[storage]\nrrdcached = '
                                  f'"127.0.0.1:{rrd_port}"\n{alerting}{checks}')
         pop = cluster_config(tmp_path, "pop2-poller", redis_cable.port,
