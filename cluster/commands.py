@@ -11,8 +11,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from cluster.node import LEADER, NODES, OWNERS, Unreachable, connect, node_key
-from cluster.results import GROUP, STREAM
 from monitor.config import Config
 from monitor.text import clean
 from monitor.units import format_duration
@@ -36,6 +34,9 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
 
 async def read_status(config: Config, now: float | None = None) -> dict[str, Any]:
     """The cluster as Redis knows it (raises OSError/RedisError if it cannot be reached)."""
+    from cluster.node import LEADER, NODES, OWNERS, connect, node_key
+    from cluster.results import GROUP, STREAM
+
     assert config.cluster is not None
     now = time.time() if now is None else now
     redis = connect(config.cluster, timeout=5.0)
@@ -108,6 +109,8 @@ def format_status(status: dict[str, Any]) -> str:
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     if config.cluster is None:
         raise ValueError(f"{config.source}: no [cluster] section: this agent works alone")
+    from cluster.node import Unreachable  # Redis' client only where a cluster is used
+
     try:
         status = asyncio.run(read_status(config))
     except Unreachable as exc:
