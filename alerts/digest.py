@@ -36,6 +36,7 @@ from alerts.state import AlertStore, alerts_db_path
 from graphs import stats
 from monitor.config import Config, Digest
 from monitor.model import State
+from monitor.scheduler import JobFunction as Job
 from monitor.scheduler import Scheduler, cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
@@ -212,7 +213,7 @@ class DigestBuilder:
         """A series written once or twice has no consolidated value yet (the first hour of
         a fresh install, the demo): use the last value written, if it is recent."""
         try:
-            if info.path.stat().st_mtime < end - 2 * 86400:
+            if self.store.modified(info)[0] < end - 2 * 86400:
                 return {}
             return self.store.last_gauges(info)
         except Exception as exc:
@@ -745,13 +746,14 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
 
 
 def schedule_digests(config: Config, scheduler: Scheduler, store: RrdStore, status: StatusBook,
-                     outbox: Outbox) -> None:
+                     outbox: Outbox, guard: Callable[[Job], Job] = lambda job: job) -> None:
     """Put every [[digests]] on the agent's scheduler at its cron schedule, mailed through the
-    agent's outbox (one SQLite connection and one delivery lock for alerts and digests)."""
+    agent's outbox (one SQLite connection and one delivery lock for alerts and digests).
+    `guard` wraps each job (in a cluster: run on the leader only)."""
     for digest in config.digests:
         async def job(name: str = digest.name) -> None:
             await run_digest(config, name, store=store, status=status, outbox=outbox)
-        scheduler.add_cron(f"digest {digest.name}", digest.schedule, job)
+        scheduler.add_cron(f"digest {digest.name}", digest.schedule, guard(job))
 
 
 __all__ = ["DigestBuilder", "Report", "Section", "compose", "run_digest",

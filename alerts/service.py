@@ -174,12 +174,28 @@ class AlertService:
 
     # -- the three entry points ----------------------------------------------------------------
 
-    async def consume(self, job_name: str, batch: Batch) -> None:
-        """Agent sink: evaluate every rule on a batch, then send what is due."""
+    async def consume(self, job_name: str, batch: Batch, deliver: bool = True) -> None:
+        """Agent sink: evaluate every rule on a batch, then send what is due (or, without
+        `deliver`, only hand it to the outbox)."""
         if self.rules and (batch.checks or batch.measurements):
             async with self._lock:
                 await asyncio.to_thread(self.evaluate, batch)
-        await self.flush()
+        await self.flush(deliver)
+
+    def relevant(self, batch: Batch) -> Batch:
+        """The part of a batch the rules look at: its checks, and the measurements a rule on
+        values matches (what another node's alert engine needs of it)."""
+        value_rules = [r for r in self.rules if not r.on_checks]
+        return Batch(checks=list(batch.checks),
+                     measurements=[m for m in batch.measurements
+                                   if any(r.matches_measurement(m) for r in value_rules)])
+
+    def reload_states(self) -> None:
+        """Read the alert states again (the database was replaced: a new cluster leader)."""
+        self.states = self.store.load_states()
+        self._problems = {}
+        for s in self.states.values():
+            self._index(s)
 
     async def tick(self) -> None:
         """Scheduled job: no-data verdicts, timers, group windows, housekeeping."""
@@ -227,7 +243,7 @@ class AlertService:
         self.store.close()
         self.outbox.close()
 
-    async def flush(self) -> None:
+    async def flush(self, deliver: bool = True) -> None:
         # Under the lock: two flushes at once would both take the same due group and mail it twice.
         async with self._lock:
             try:
@@ -240,7 +256,7 @@ class AlertService:
                 self.flush_error = str(exc)
                 return
             self.flush_error = ""
-        if queued:
+        if queued and deliver:
             await self.outbox.deliver_pending(new_mail=True)
 
     async def deliver(self) -> int:

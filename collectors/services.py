@@ -41,7 +41,16 @@ from collectors.services_http import probe_http, site_label
 from collectors.services_roundtrip import probe_roundtrip
 from collectors.services_tcp import CertRejected, probe_text
 from monitor.config import Config, ServiceCheck
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State, Thresholds
+from monitor.model import (
+    Batch,
+    CheckResult,
+    Collector,
+    Kind,
+    Measurement,
+    SharedState,
+    State,
+    Thresholds,
+)
 from monitor.text import clean
 from monitor.units import format_duration
 
@@ -171,6 +180,19 @@ class ServicesCollector:
     contexts: TlsContexts = field(default_factory=TlsContexts)
     # The metrics each plugin check has stored so far, to bound them (services_exec).
     plugin_metrics: dict[str, set[str]] = field(default_factory=dict)
+    selected: set[str] | None = None  # [cluster]: the checks this node runs now
+
+    def work_units(self) -> dict[str, str]:
+        return {check.name: check.group for check in self.checks}
+
+    def select(self, units: set[str] | None) -> None:
+        self.selected = units
+
+    def unit_of(self, target: str, check: str) -> str | None:
+        return check if any(c.name == check for c in self.checks) else None
+
+    def share_state(self, share: SharedState) -> None:
+        """Service checks keep no state across runs that another node would need."""
     # The ping series running over this interval, per ping check, and the clock they are
     # spread by (a test's controlled one).
     pings: dict[str, PingSeries] = field(default_factory=dict)
@@ -199,7 +221,8 @@ class ServicesCollector:
         # `concurrency` workers take jobs from one iterator, so a cycle of 1,000 checks is 64
         # tasks, not 1,000. A cancelled cycle (the agent's run cut-off) cancels every worker,
         # and each probe closes its socket on the way out.
-        jobs = [(c, t) for c in self.checks for t in targets(c)]
+        checks = [c for c in self.checks if self.selected is None or c.name in self.selected]
+        jobs = [(c, t) for c in checks for t in targets(c)]
         results: list[CheckResult | None] = [None] * len(jobs)
         pending = iter(enumerate(jobs))
 
@@ -214,13 +237,13 @@ class ServicesCollector:
                     outcome = bound_metrics(outcome, self.plugin_metrics.setdefault(check.name, set()))
                 results[index] = to_result(check, target, outcome, now)
 
-        await self.contexts.prepare(self.checks)
+        await self.contexts.prepare(checks)
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.concurrency, len(jobs))):
                 group.create_task(worker())
         batch = Batch()
         first = 0
-        for check in self.checks:  # a check's targets are adjacent jobs
+        for check in checks:  # a check's targets are adjacent jobs
             count = len(targets(check))
             done = [r for r in results[first:first + count] if r is not None]
             batch.extend(compare_serials(check, done) if check.kind == "dns" else done)

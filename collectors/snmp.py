@@ -25,6 +25,7 @@ import dataclasses
 import fnmatch
 import functools
 import ipaddress
+import json
 import logging
 import re
 import time
@@ -47,8 +48,8 @@ from collectors.snmp_counters import Counter, CounterState, DeviceSample, Interf
 from collectors.snmp_health import DeviceHealth, ErrorWatch
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
-from monitor.files import load_state, safe_name, save_state
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.files import atomic_write, load_state, safe_name
+from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
 from monitor.text import clean
 from monitor.units import format_duration
 
@@ -396,11 +397,18 @@ class DevicePoller:
                         *(LOW_OF_HC[m] for m in LOW_OF_HC if m in self.low_needed)]
         return [*DESCRIPTIVE, *counters]
 
-    async def poll(self, engine: object | None, clock: Callable[[], float]) -> Batch:
+    async def poll(self, engine: object | None, clock: Callable[[], float],
+                   share: SharedState | None = None) -> Batch:
         device = self.device
         if not self.loaded:
             self.loaded = True
             await asyncio.to_thread(self.load_state)
+        if share is not None:
+            # Another node may have polled this device since we last did (a takeover): its
+            # counters are the ones to compute the next rates from.
+            text = await share.get(device.name)
+            if text is not None:
+                self.restore_state(text, "the cluster", newer_only=True)
         if self.client is None:
             self.client = make_client(device, engine)
         columns = self.columns()
@@ -431,6 +439,10 @@ class DevicePoller:
                 log.info("%s: health MIBs not read within the poll budget", device.name)
         if self.state_dir is not None:
             await asyncio.to_thread(self.save_state)
+        if share is not None:
+            text = self.state_text()
+            if text is not None:
+                await share.put(device.name, text)
         return batch
 
     async def walk_inventory(self, walk: Walk, now: float) -> None:
@@ -638,9 +650,21 @@ class DevicePoller:
 
     def save_state(self) -> None:
         path = self.state_path()
-        last = self.state.last
-        if path is None or last is None:
+        text = self.state_text()
+        if path is None or text is None:
             return
+        try:
+            # Not fsynced (see monitor.files.save_state): rewritten at every poll, and checked
+            # when read back.
+            atomic_write(path, text, mode=0o600, durable=False)
+        except OSError as exc:
+            log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
+
+    def state_text(self) -> str | None:
+        """The counter state (and what goes with it) as JSON; None before the first poll."""
+        last = self.state.last
+        if last is None:
+            return None
         data = {
             "format": 1, "host": f"{self.device.host}:{self.device.port}",
             "identity": self.identity, "time": last.time, "uptime_ticks": last.uptime_ticks,
@@ -652,10 +676,7 @@ class DevicePoller:
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
         }
-        try:
-            save_state(path, data)
-        except OSError as exc:
-            log.error("%s: cannot save counter state to %s: %s", self.device.name, path, exc)
+        return json.dumps(data, separators=(",", ":"))
 
     def load_state(self) -> None:
         """The last poll of an earlier run, if it is of this device (the rest is checked by
@@ -664,9 +685,19 @@ class DevicePoller:
         if path is None:
             return
         try:
-            data = load_state(path)
-            if data is None:
-                return
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("%s: ignoring unreadable counter state %s: %s", self.device.name, path, exc)
+            return
+        self.restore_state(text, str(path))
+
+    def restore_state(self, text: str, where: str, newer_only: bool = False) -> None:
+        """Take the state in `text` (from a file, or from the node that polled the device
+        before this one); with `newer_only`, only if it is of a later poll than ours."""
+        try:
+            data = json.loads(text)
             identity = {k: str(v) for k, v in data["identity"].items()}
             interfaces = {
                 str(name): InterfaceSample(
@@ -678,11 +709,13 @@ class DevicePoller:
             sample = DeviceSample(float(data["time"]), None if ticks is None else int(ticks),
                                   interfaces)
             known = {str(k): bool(v) for k, v in data.get("known", {}).items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("%s: ignoring unreadable counter state %s: %s", self.device.name, path, exc)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("%s: ignoring unreadable counter state %s: %s", self.device.name, where, exc)
             return
         if data.get("host") != f"{self.device.host}:{self.device.port}":
-            log.info("%s: counter state in %s is of another host; ignored", self.device.name, path)
+            log.info("%s: counter state in %s is of another host; ignored", self.device.name, where)
+            return
+        if newer_only and self.state.last is not None and sample.time <= self.state.last.time:
             return
         self.identity, self.known, self.state.last = identity, known, sample
         self.health.restore(data.get("health"))
@@ -718,6 +751,25 @@ class SnmpCollector:
         self.clock = clock
         self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
+        self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
+        self._share: SharedState | None = None  # [cluster]: counter state of every node
+
+    def work_units(self) -> dict[str, str]:
+        return {name: poller.device.group for name, poller in self.pollers.items()}
+
+    def select(self, units: set[str] | None) -> None:
+        self._selected = units
+
+    def unit_of(self, target: str, check: str) -> str | None:
+        return target if target in self.pollers else None
+
+    def share_state(self, share: SharedState) -> None:
+        self._share = share
+        # A takeover may skip one cycle (the dead node's heartbeat lapses just after the
+        # cycle began), so a rate may span up to three intervals; sysUpTime still tells a
+        # restarted device from a quiet one.
+        for poller in self.pollers.values():
+            poller.state.max_gap_intervals = 3.0
 
     def replace_device(self, device: SnmpDevice) -> None:
         """Change how a device is reached, keeping its counter history (config reloads, tests)."""
@@ -747,7 +799,7 @@ class SnmpCollector:
     async def _poll(self, poller: DevicePoller, limit: asyncio.Semaphore) -> Batch:
         async with limit:
             try:
-                return await poller.poll(self._engine_for(poller), self.clock)
+                return await poller.poll(self._engine_for(poller), self.clock, self._share)
             except Exception as exc:  # a bug or a broken agent: report it, poll the others
                 log.exception("%s: SNMP poll failed", poller.device.name)
                 return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
@@ -764,7 +816,8 @@ class SnmpCollector:
         async def run(poller: DevicePoller) -> None:
             await ready.put(await self._poll(poller, limit))
 
-        tasks = [asyncio.ensure_future(run(p)) for p in self.pollers.values()]
+        tasks = [asyncio.ensure_future(run(p)) for name, p in self.pollers.items()
+                 if self._selected is None or name in self._selected]
         try:
             remaining = len(tasks)
             while remaining:

@@ -67,9 +67,9 @@ Progress = Callable[[int, int], None]
 _worker: dict[str, Any] = {}  # per worker process: its store handle and renderer (never shared)
 
 
-def _worker_init(rrd_root: str, rrdcached: str | None, owner: int) -> None:
+def _worker_init(rrd_root: str, rrdcached: str | None, remote: bool, owner: int) -> None:
     exit_with(owner)  # a killed `monitor graph` or agent takes its workers with it
-    _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached)
+    _worker["store"] = RrdStore(Path(rrd_root), rrdcached=rrdcached, remote=remote)
     _worker["renderer"] = render.Renderer()
 
 
@@ -80,13 +80,13 @@ def _work(jobs: list[Job]) -> list[JobResult]:
 # -- what is due ---------------------------------------------------------------------------------
 
 
-def data_stamp(info: SeriesInfo) -> list[int]:
+def data_stamp(store: RrdStore, info: SeriesInfo) -> list[int]:
     """Changes whenever the RRD file is updated (rrdtool rewrites it in place)."""
     try:
-        st = info.path.stat()
+        changed, size = store.modified(info)
     except OSError:
         return [0, 0]
-    return [st.st_mtime_ns, st.st_size]
+    return [round(changed * 1e9), size]
 
 
 def due_periods(entry: dict, stamp: list[int], now: float, out_dir: Path, slack: float,
@@ -182,7 +182,8 @@ class SiteBuilder:
             context.set_forkserver_preload(["graphs.forkserver"])
             self._pool = ProcessPoolExecutor(
                 max_workers=self.workers, mp_context=context, initializer=_worker_init,
-                initargs=(str(self.store.root), self.store.rrdcached, os.getpid()))
+                initargs=(str(self.store.root), self.store.rrdcached, self.store.remote,
+                          os.getpid()))
         return self._pool
 
     def close(self) -> None:
@@ -220,7 +221,7 @@ class SiteBuilder:
         stamps: dict[str, list[int]] = {}
         for info in series:
             rel = _rel(info)
-            stamp = data_stamp(info)
+            stamp = data_stamp(self.store, info)
             stamps[rel] = stamp
             out_dir = self.html_dir / rel
             periods = due_periods(entries.get(rel, {}), stamp, now, out_dir, self.slack, full)

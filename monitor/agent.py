@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING
 
 from alerts.service import AlertService
 from monitor.config import Config
-from monitor.model import Batch, CheckResult, Collector, Measurement, State, StreamingCollector
+from monitor.model import (
+    Batch,
+    CheckResult,
+    Collector,
+    Measurement,
+    SharedCollector,
+    State,
+    StreamingCollector,
+)
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
@@ -25,6 +33,7 @@ from monitor.units import format_duration
 
 if TYPE_CHECKING:
     from alerts.baseline import BaselineJob
+    from cluster.member import ClusterMember
     from graphs.site import SiteBuilder
     from monitor.export import PrometheusExporter
 
@@ -36,11 +45,22 @@ Sink = Callable[[str, Batch], Awaitable[None]]
 
 
 def open_store(config: Config) -> RrdStore:
+    """The config's store. In a cluster with an rrdcached over TCP the files are the daemon's
+    (every node writes and the leader reads through it) and their index is in Redis."""
+    rrdcached = config.storage.rrdcached
+    remote = config.cluster is not None and rrdcached is not None and not rrdcached.startswith("unix:")
+    catalog = None
+    if remote:
+        assert config.cluster is not None
+        from cluster.catalog import RedisCatalog
+        catalog = RedisCatalog(config.cluster)
     return RrdStore(
         config.rrd_dir,
         archives=config.storage.archives,
         consolidations=config.storage.consolidations,
-        rrdcached=config.storage.rrdcached,
+        rrdcached=rrdcached,
+        remote=remote,
+        catalog=catalog,
     )
 
 
@@ -64,7 +84,19 @@ class Agent:
         self.sinks: list[Sink] = []
         # Alerts: every batch passes the rules; alert (and digest) mail leaves via the outbox.
         self.alerts = AlertService(config)
-        self.sinks.append(self.alerts.consume)
+        # [cluster]: this agent shares the devices and checks with others, sends its check
+        # results to the leader, and runs the alerts, the site and the digests only while it
+        # is the leader itself.
+        self.cluster: ClusterMember | None = None
+        if config.cluster is None:
+            self.sinks.append(self.alerts.consume)
+        else:
+            from cluster.member import ClusterMember
+            shared = [c for c in self.collectors if isinstance(c, SharedCollector)]
+            self.cluster = ClusterMember(config, self.alerts, self.status, shared)
+            for collector in shared:
+                # A day: long after any rate could be computed from it (three intervals).
+                collector.share_state(self.cluster.node.shared_state(collector.name, 86400))
         self.scheduler = Scheduler(max_backoff=config.agent.max_backoff)
         self.site: SiteBuilder | None = None
         # Prometheus: the latest values and check states as a textfile and/or on /metrics.
@@ -78,19 +110,25 @@ class Agent:
     def schedule(self) -> None:
         if self.exporter is not None:
             self.exporter.serve()
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.schedule(self.scheduler)
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
-                jitter=min(self.config.agent.jitter, collector.interval / 10),
+                jitter=0 if cluster else min(self.config.agent.jitter, collector.interval / 10),
+                aligned=cluster is not None,
             )
         # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.
-        self.scheduler.add_interval("alerts", self.config.alerts.interval, self._alerts_job,
-                                    run_now=False)
-        self.alerts.outbox.start(MAIL_INTERVAL)
+        self.scheduler.add_interval("alerts", self.config.alerts.interval,
+                                    self._leader_only(self._alerts_job), run_now=False)
+        if cluster is None:  # in a cluster the leader delivers in its round
+            self.alerts.outbox.start(MAIL_INTERVAL)
         if self.config.alerts.replies is not None:
             self.scheduler.add_interval("replies", self.config.alerts.replies.interval,
-                                        self.alerts.read_replies, run_now=False)
+                                        self._leader_only(self.alerts.read_replies),
+                                        run_now=False)
         # The web site: its own job; drawing happens in worker processes, off the event loop.
         site_interval = self.config.web.interval
         if site_interval is None:
@@ -98,17 +136,26 @@ class Agent:
         if site_interval > 0:
             from graphs.site import site_from_config
             self.site = site_from_config(self.config, self.store, self.status)
-            self.scheduler.add_interval("site", site_interval, self._build_site, run_now=False)
+            self.scheduler.add_interval("site", site_interval, self._leader_only(self._build_site),
+                                        run_now=False)
         # Seasonal baselines: the last complete hour of each selected series against its usual
         # level for that hour of the week, as checks the alert rules see.
         if self.config.baseline.enabled:
             from alerts.baseline import BaselineJob
             job = BaselineJob(self.store, self.config.baseline)
-            self.scheduler.add_interval(job.name, job.interval, self._baseline(job),
+            self.scheduler.add_interval(job.name, job.interval,
+                                        self._leader_only(self._baseline(job)),
                                         run_now=False)
         # Digests: each [[digests]] at its cron schedule, mailed through the same outbox.
         from alerts.digest import schedule_digests
-        schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox)
+        schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox,
+                         guard=self._leader_only)
+
+    def _leader_only(self, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """A job that, in a cluster, runs on the leader only (alone: every agent runs it)."""
+        if self.cluster is None:
+            return job
+        return self.cluster.leader_only(job)
 
     async def _alerts_job(self) -> None:
         await self.alerts.tick()
@@ -127,7 +174,16 @@ class Agent:
             await self.run_collector(collector)
         return run
 
+    def _own_label(self, collector: Collector) -> str:
+        """The agent's own check of a collector; in a cluster, each node's apart."""
+        if self.cluster is None:
+            return f"collector {collector.name}"
+        return f"collector {collector.name} on {self.cluster.node.name}"
+
     async def run_collector(self, collector: Collector) -> Batch:
+        if self.cluster is not None and isinstance(collector, SharedCollector):
+            collector.select(await self.cluster.node.claim(collector.name, collector.work_units(),
+                                                      collector.interval))
         started = time.monotonic()
         # A run may overrun its interval (logged and counted), but one that hangs for several
         # intervals is cut off, or its job would never run again.
@@ -147,13 +203,13 @@ class Agent:
         try:
             batch = await asyncio.wait_for(produce(), timeout=limit)
         except TimeoutError:
-            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+            failure = CheckResult("agent", self._own_label(collector), State.UNKNOWN,
                                   f"collector {collector.name} did not finish within {limit:.0f} s "
                                   "and was stopped; check the targets it polls")
             await self.consume(collector, Batch(checks=[failure]))
             raise
         except Exception as exc:
-            failure = CheckResult("agent", f"collector {collector.name}", State.UNKNOWN,
+            failure = CheckResult("agent", self._own_label(collector), State.UNKNOWN,
                                   f"collector {collector.name} could not run: {exc}")
             await self.consume(collector, Batch(checks=[failure]))
             raise
@@ -162,10 +218,10 @@ class Agent:
         problems = [c for c in consumed.checks if c.state is not State.OK]
         summary = (f"{len(consumed.measurements)} value(s), {len(consumed.checks)} check(s)"
                    f"{f', {len(problems)} not OK' if problems else ''} in {elapsed:.2f} s")
-        ran = CheckResult("agent", f"collector {collector.name}", State.OK,
+        ran = CheckResult("agent", self._own_label(collector), State.OK,
                           f"collector {collector.name} ran: {summary}")
         # The agent's heartbeat: a digest tells "the check failed" from "the agent did not run".
-        heartbeat = Measurement("agent", f"collector {collector.name}", "run_seconds", elapsed,
+        heartbeat = Measurement("agent", self._own_label(collector), "run_seconds", elapsed,
                                 unit="s", timestamp=time.time(), minimum=0)
         batch.add(ran)
         batch.add(heartbeat)
@@ -194,6 +250,8 @@ class Agent:
             await asyncio.to_thread(self.status.save)
         except OSError as exc:
             log.error("cannot save check states to %s: %s", self.status.path, exc)
+        if self.cluster is not None:
+            await self.cluster.publish(batch, collector.interval)
         for sink in self.sinks:
             try:
                 await sink(collector.name, batch)
@@ -240,3 +298,5 @@ class Agent:
         if self.exporter is not None:
             await asyncio.to_thread(self.exporter.close)
         self.alerts.close()
+        if self.cluster is not None:
+            await self.cluster.close()

@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Moving from other tools: `import mrtg|munin|smokeping` (importers/commands.py).
     from importers.commands import register as register_import_commands
     register_import_commands(sub, read_config)
+    # Several machines: `cluster status` (cluster/commands.py).
+    from cluster.commands import register as register_cluster_commands
+    register_cluster_commands(sub, read_config)
 
     # Reports: `digest NAME [--dry-run]`, `backup-run NAME -- CMD ARGS...`.
     p = sub.add_parser("digest", help="build a [[digests]] mail now and send it (or print it)",

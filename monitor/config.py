@@ -227,6 +227,8 @@ class SnmpDevice:
     timeout: Annotated[float, DURATION_MARK, Range(0.1, 60)] = 2.0
     retries: Annotated[int, Range(0, 10)] = 2
     interval: Duration | None = None
+    # [cluster]: the nodes that may poll this device are those whose `groups` name this group.
+    group: Name = "default"
     identity: Literal["ifName", "ifDescr", "ifAlias", "ifIndex"] = "ifName"
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
@@ -334,6 +336,7 @@ class ServiceCheck:
     port: Port | None = None
     timeout: Annotated[float, DURATION_MARK, Range(0.01, 3600)] = 10.0
     interval: Duration | None = None
+    group: Name = "default"  # [cluster]: which nodes may run this check
     # Response time thresholds (the whole check, connect to last answer).
     warning: Annotated[float, DURATION_MARK, Range(0, None)] | None = None
     critical: Annotated[float, DURATION_MARK, Range(0, None)] | None = None
@@ -1185,6 +1188,31 @@ class MuninSource:
 
 
 @dataclass
+class ClusterConfig:
+    """[cluster]: several agents share the work through Redis (see README "Several machines")."""
+
+    redis: Annotated[str, Pattern(r"^(redis|rediss|unix)://\S+$",
+                                  '"redis://host:6379/0", "rediss://..." (TLS) or "unix:///path"')]
+    password: Secret = field(default=None, repr=False)
+    tls_ca_file: ConfigPath | None = None  # rediss://: the CA that signed Redis' certificate
+    node: Name | None = None  # default: the agent's host name
+    groups: list[Name] = field(default_factory=lambda: ["default"])
+    # How often a node says it is alive; it is taken for dead after three missed heartbeats.
+    heartbeat: Annotated[float, DURATION_MARK, Range(0.1, 3600)] = 5.0
+    # The leader's lease (alerts, site, digests): renewed every third of it; another node takes
+    # over when it lapses.
+    lease: Annotated[float, DURATION_MARK, Range(0.3, 3600)] = 15.0
+    # Where samples and check results wait while Redis or rrdcached cannot be reached, and
+    # how much of them: past it the oldest go (counted, reported by `monitor cluster status`).
+    buffer_dir: ConfigPath | None = None
+    buffer_max: Size = 256 * 1024 * 1024
+
+    def validate(self) -> None:
+        if not self.groups:
+            raise Invalid("groups", "a node needs at least one group")
+
+
+@dataclass
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -1206,6 +1234,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     digests: list[Digest] = field(default_factory=list)
     export: ExportConfig = field(default_factory=ExportConfig)
+    cluster: ClusterConfig | None = None
     # Not read from TOML: where the config came from and what the loader wants the user to know.
     source: Path = field(default=Path("config.toml"), metadata={"internal": True})
     warnings: list[str] = field(default_factory=list, metadata={"internal": True})
@@ -1215,6 +1244,10 @@ class Config:
             self.storage.rrd_dir = self.agent.data_dir / "rrd"
         if self.web.html_dir is None:
             self.web.html_dir = self.agent.data_dir / "html"
+        if self.cluster is not None:
+            self.cluster.node = self.cluster.node or self.agent.hostname or socket.gethostname()
+            if self.cluster.buffer_dir is None:
+                self.cluster.buffer_dir = self.agent.data_dir / "cluster-buffer"
         names = [s.name for s in self.services]
         for i, name in enumerate(names):
             if name in names[:i]:

@@ -170,3 +170,28 @@ class StreamingCollector(Collector, Protocol):
     still there (all parts in one batch)."""
 
     def batches(self) -> AsyncIterator[Batch]: ...
+
+
+@runtime_checkable
+class SharedCollector(Collector, Protocol):
+    """A collector whose targets several agents ([cluster]) may share: `work_units()` names each
+    unit of work (a device, a service check) with its group; before a run the agent tells it
+    which units are this node's with `select()` (None: all of them, the single-machine case)."""
+
+    def work_units(self) -> dict[str, str]: ...
+
+    def select(self, units: set[str] | None) -> None: ...
+
+    def unit_of(self, target: str, check: str) -> str | None:
+        """The unit of work a check result of this collector belongs to (None: not ours)."""
+
+    def share_state(self, share: SharedState) -> None:
+        """Keep what the next run of a unit needs (SNMP counters) where every node finds it."""
+
+
+class SharedState(Protocol):
+    """State of units of work that moves with them between nodes (text, e.g. JSON)."""
+
+    async def get(self, unit: str) -> str | None: ...
+
+    async def put(self, unit: str, text: str) -> None: ...

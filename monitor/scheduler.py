@@ -129,9 +129,16 @@ class Scheduler:
         self._started = False
 
     def add_interval(self, name: str, interval: float, function: JobFunction, *,
-                     jitter: float = 0.0, run_now: bool = True) -> None:
+                     jitter: float = 0.0, run_now: bool = True, aligned: bool = False) -> None:
+        """`aligned`: runs at a tenth into each interval counted from the epoch, as every
+        agent of a cluster does, so a run falls in one cycle (time // interval) with room to
+        spare and a takeover leaves no cycle out."""
         now = self._now()
-        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=now)
+        start = now
+        if aligned:
+            begin = (self._clock.time() // interval + 1) * interval + interval / 10
+            start = datetime.fromtimestamp(begin, UTC)
+        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=start)
         self._add(_Job(name, function, interval, trigger, max(1.0, float(int(interval))),
                        first=now if run_now else trigger.get_next_fire_time(now, now)))
 

@@ -5,6 +5,14 @@ File and DS names are made from untrusted names (interface aliases, mailbox name
 escapes the RRD directory and two different names never share a file; the original names are
 kept in `index.json`. Updates arrive in batches (one per collector run) and are written either
 directly or, when `[storage] rrdcached` is set, through rrdcached's BATCH protocol.
+
+With `remote=True` (several agents, [cluster]) the files are not on this machine at all: they
+live under rrdcached's base directory (`rrdcached -b DIR -B -R`) on the store host, and every
+operation goes through the daemon: CREATE, UPDATE, LAST, INFO and FETCH (which flushes the file's
+pending updates first). File names are then relative to that directory. rrdcached has no TUNE:
+a file's data sources are fixed when it is created, and a metric that appears later on a file
+made through the daemon is reported (once) and not stored. The index of files is kept by a
+`Catalog` the caller hands in (a JSON file here; Redis in a cluster).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import rrdtool
 
@@ -39,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
 INDEX_SAVE_INTERVAL = 30.0  # seconds between index saves while files are being created
+_DAEMON_LINE = 3900  # the longest row text of one UPDATE sent to rrdcached (its limit: 4096)
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -210,6 +219,22 @@ def _value_text(value: float | None) -> str:
     return repr(float(value))
 
 
+def _split_rows(text: str, limit: int) -> list[str]:
+    """Space-separated rows in parts of at most `limit` characters (a row is never cut)."""
+    parts: list[str] = []
+    start = 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start, start + limit + 1)
+        if cut <= start:  # one row longer than the limit: it goes alone
+            cut = text.find(" ", start + 1)
+            if cut < 0:
+                break
+        parts.append(text[start:cut])
+        start = cut + 1
+    parts.append(text[start:])
+    return parts
+
+
 @dataclass
 class MergeReport:
     """What `RrdStore.merge_history` did (or, dry, would do) to one file."""
@@ -241,6 +266,71 @@ def _ds_names(info: dict) -> list[str]:
     """The data source names of an `rrdtool.info` result, in the file's DS order."""
     index = {k[3:-7]: v for k, v in info.items() if k.startswith("ds[") and k.endswith("].index")}
     return sorted(index, key=index.__getitem__)
+
+
+class Catalog(Protocol):
+    """Where the index of RRD files (relative path -> target, instance, step, metrics in DS
+    order, units) is kept, for every process that reads or writes the store."""
+
+    def load(self) -> dict[str, dict]: ...
+
+    def save(self, entries: dict[str, dict]) -> None:
+        """Add or replace these entries (other writers' entries stay); OSError if it cannot."""
+
+
+class JsonCatalog:
+    """The index as `index.json` in the RRD directory, merged under a lock file (a `collect`
+    beside `run` may add files)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.path = root / "index.json"
+        # index.json as we last wrote it (mtime, size, inode), and the entries in it of files
+        # other processes made: while it is unchanged, a save need not read it back.
+        self._signature: tuple[int, int, int] | None = None
+        self._foreign: dict[str, dict] = {}
+
+    def load(self) -> dict[str, dict]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.error("RRD index %s unreadable (%s); it is rebuilt as files are written",
+                      self.path, exc)
+            return {}
+        # Version 1 indexes were saved with sorted keys, which scrambled "metrics" (the DS
+        # order): take the order from the files themselves once (the next save is version 2).
+        stale = raw.get("version", 1) < 2
+        files = {}
+        for rel, entry in raw.get("files", {}).items():
+            if stale and (self.root / rel).exists():
+                entry = {**entry, "metrics": _ds_order(self.root / rel, dict(entry["metrics"])),
+                         "stale": True}
+            files[rel] = entry
+        return files
+
+    def save(self, entries: dict[str, dict]) -> None:
+        with locked(self.root / ".index.lock"):
+            # Read back only when the file changed since our last save: at 48,000 files,
+            # parsing it held ~130 MiB of dicts for a moment (the agent's peak RSS).
+            signature = _file_signature(self.path)
+            if signature is not None and signature == self._signature:
+                existing = dict(self._foreign)
+            else:
+                try:
+                    existing = json.loads(self.path.read_text(encoding="utf-8")).get("files", {})
+                except (OSError, ValueError):
+                    existing = {}
+                existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
+            existing.update(entries)
+            # Not sort_keys: the order of "metrics" is the file's DS order, which every update
+            # relies on (sorted, a second process wrote values into the wrong data sources).
+            # Compact: at 48,000 files the indented index took twice as long to write and read.
+            atomic_write(self.path, json.dumps({"version": 2, "files": existing},
+                                               separators=(",", ":")))
+            self._signature = _file_signature(self.path)
+            self._foreign = {rel: e for rel, e in existing.items() if rel not in entries}
 
 
 def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
@@ -295,8 +385,16 @@ class RrdStore:
         archives: Sequence[str] = ("step:2d", "5m:32d", "30m:2w", "2h:9w", "1d:2y"),
         consolidations: Sequence[str] = ("AVERAGE", "MAX"),
         rrdcached: str | None = None,
+        remote: bool = False,
+        catalog: Catalog | None = None,
     ) -> None:
+        if remote and not rrdcached:
+            raise ValueError("a remote store needs an rrdcached address")
         self.root = Path(root)
+        self.remote = remote
+        # What every rrdtool call on a file adds: through the daemon, when the files are its.
+        self._via: tuple[str, ...] = ("--daemon", rrdcached) if remote and rrdcached else ()
+        self._refused: set[tuple[Key, str]] = set()  # metrics a remote file cannot take
         self.archives = list(archives)
         self.consolidations = list(consolidations)
         self.rrdcached = rrdcached
@@ -308,15 +406,13 @@ class RrdStore:
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
         self._index_saved_at: float | None = None  # time.monotonic() of the last index save
-        # index.json as we last wrote it (mtime, size, inode), and the entries in it of files
-        # other processes made: while it is unchanged, a save need not read it back.
-        self._index_signature: tuple[int, int, int] | None = None
-        self._foreign_entries: dict[str, dict] = {}
         self._batch: list[Measurement] = []
         self._by_key: dict[Key, list[Measurement]] | None = None
         self._serial = 0  # counts write() calls
-        self.root.mkdir(parents=True, exist_ok=True)
-        migrate_percent_names(self.root)
+        if not remote:
+            self.root.mkdir(parents=True, exist_ok=True)
+            migrate_percent_names(self.root)
+        self.catalog: Catalog = catalog or JsonCatalog(self.root)
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------
@@ -326,73 +422,43 @@ class RrdStore:
         return self.root / "index.json"
 
     def _load_index(self) -> None:
-        try:
-            raw = json.loads(self.index_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return
-        except (OSError, ValueError) as exc:
-            log.error("RRD index %s unreadable (%s); it is rebuilt as files are written",
-                      self.index_path, exc)
-            return
-        # Version 1 indexes were saved with sorted keys, which scrambled "metrics" (the DS
-        # order): take the order from the files themselves once, then save a version 2 index.
-        stale = raw.get("version", 1) < 2
-        for rel, entry in raw.get("files", {}).items():
+        for rel, entry in self.catalog.load().items():
             key = (entry["target"], entry["instance"])
-            path = self.root / rel
-            if key not in self._files and path.exists():
-                metrics = dict(entry["metrics"])
-                if stale:
-                    metrics = _ds_order(path, metrics)
+            path = self._base / rel
+            if key not in self._files and (self.remote or path.exists()):
+                if entry.get("stale"):
                     self._index_dirty = True
                 limits = {m: Thresholds(*v) for m, v in entry.get("thresholds", {}).items()}
                 info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  metrics, dict(entry.get("units", {})), limits)
+                                  dict(entry["metrics"]), dict(entry.get("units", {})), limits)
                 self._files[key] = _FileState(info)
 
+    @property
+    def _base(self) -> Path:
+        """What file paths are relative to: the RRD directory, or rrdcached's (remote)."""
+        return Path() if self.remote else self.root
+
     def _save_index(self, min_interval: float = 0.0) -> None:
-        """Merge our files into index.json. `min_interval`: not again within so many seconds of
+        """Our files into the catalog. `min_interval`: not again within so many seconds of
         the last save (the first cycle of a big site creates files in hundreds of batches,
-        and each save reads, checks and rewrites the whole index: quadratic). A file created
-        meanwhile that a crash keeps out of the index is adopted at its next write."""
+        and each save merges the whole index: quadratic). A file created meanwhile that a
+        crash keeps out of the index is adopted at its next write."""
         if not self._index_dirty:
             return
         now = time.monotonic()
         if self._index_saved_at is not None and now - self._index_saved_at < min_interval:
             return
         self._index_saved_at = now
-        with locked(self.root / ".index.lock"):
-            # Another process (a `collect --once` beside `run`) may have added files: merge.
-            # Read back only when the file changed since our last save: at 48,000 files,
-            # parsing it held ~130 MiB of dicts for a moment (the agent's peak RSS).
-            signature = _file_signature(self.index_path)
-            if signature is not None and signature == self._index_signature:
-                existing = dict(self._foreign_entries)
-            else:
-                try:
-                    existing = json.loads(self.index_path.read_text(encoding="utf-8")).get(
-                        "files", {})
-                except (OSError, ValueError):
-                    existing = {}
-                existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
-            ours = set()
-            for state in self._files.values():
-                info = state.info
-                entry = {"target": info.target, "instance": info.instance, "step": info.step,
-                         "metrics": info.metrics, "units": info.units}
-                if info.thresholds:
-                    entry["thresholds"] = {m: [t.warning, t.critical, t.low, t.high]
-                                           for m, t in info.thresholds.items()}
-                rel = str(info.path.relative_to(self.root))
-                ours.add(rel)
-                existing[rel] = entry
-            # Not sort_keys: the order of "metrics" is the file's DS order, which every update
-            # relies on (sorted, a second process wrote values into the wrong data sources).
-            # Compact: at 48,000 files the indented index took twice as long to write and read.
-            atomic_write(self.index_path, json.dumps({"version": 2, "files": existing},
-                                                     separators=(",", ":")))
-            self._index_signature = _file_signature(self.index_path)
-            self._foreign_entries = {rel: e for rel, e in existing.items() if rel not in ours}
+        entries = {}
+        for state in self._files.values():
+            info = state.info
+            entry = {"target": info.target, "instance": info.instance, "step": info.step,
+                     "metrics": info.metrics, "units": info.units}
+            if info.thresholds:
+                entry["thresholds"] = {m: [t.warning, t.critical, t.low, t.high]
+                                       for m, t in info.thresholds.items()}
+            entries[str(info.path.relative_to(self._base))] = entry
+        self.catalog.save(entries)
         self._index_dirty = False
 
     def series(self) -> list[SeriesInfo]:
@@ -403,7 +469,7 @@ class RrdStore:
                           key=lambda i: (i.target, i.instance))
 
     def path_for(self, target: str, instance: str) -> Path:
-        return self.root / safe_name(target) / f"{safe_name(instance)}.rrd"
+        return self._base / safe_name(target) / f"{safe_name(instance)}.rrd"
 
     def info(self, target: str, instance: str) -> SeriesInfo | None:
         with self._lock:
@@ -437,8 +503,9 @@ class RrdStore:
             self._batch, self._by_key = [], None
             try:
                 self._save_index(INDEX_SAVE_INTERVAL)
-            except OSError as exc:
-                report.errors.append(f"{self.index_path}: cannot write index: {exc}")
+            except OSError as exc:  # a full disk; in a cluster, Redis out of reach
+                report.errors.append(f"cannot save the index of RRD files: {exc}; saved with "
+                                     "a later batch")
         for error in report.errors:
             log.error("store: %s", error)
         return report
@@ -588,28 +655,47 @@ class RrdStore:
         samples = self._samples(key) if samples is None else samples
         path = self.path_for(*key)
         state = self._files.get(key)
-        if state is not None and not state.info.path.exists():
+        if state is not None and not self.remote and not state.info.path.exists():
             state = None  # deleted or moved aside behind our back: start again
         if state is None:
             metrics = {name: ds_name(name) for name in samples}
-            if path.exists():
+            if not self.remote and path.exists():
                 state = self._adopt(key, path, metrics)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                any_sample = next(iter(samples.values()))
-                rrdtool.create(
-                    str(path), "--step", str(step), "--start", str(first - 1), "--no-overwrite",
-                    *(_ds_definition(ds, samples[m], step) for m, ds in metrics.items()),
-                    *rra_definitions(step, self.archives, self.consolidations),
-                )
-                info = SeriesInfo(any_sample.target, any_sample.instance, path, step, metrics,
-                                  {m: s.unit for m, s in samples.items()})
-                state = _FileState(info, last=first - 1)
-                report.files_created += 1
+                if not self.remote:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    rrdtool.create(
+                        *self._via, str(path), "--step", str(step), "--start", str(first - 1),
+                        "--no-overwrite",
+                        *(_ds_definition(ds, samples[m], step) for m, ds in metrics.items()),
+                        *rra_definitions(step, self.archives, self.consolidations),
+                    )
+                except rrdtool.OperationalError as exc:
+                    if not (self.remote and "File exists" in str(exc)):
+                        raise
+                    # Another node made it (or the index lost it): take it as it is.
+                    state = self._adopt(key, path, metrics)
+                else:
+                    any_sample = next(iter(samples.values()))
+                    info = SeriesInfo(any_sample.target, any_sample.instance, path, step,
+                                      metrics, {m: s.unit for m, s in samples.items()})
+                    state = _FileState(info, last=first - 1)
+                    report.files_created += 1
             self._files[key] = state
             self._index_dirty = True
         missing = [m for m in samples if m not in state.info.metrics]
-        if missing:
+        if missing and self.remote:
+            # rrdcached cannot add a data source (no TUNE): the file keeps the ones it was
+            # made with; the others' values are not stored (said once per metric).
+            for metric in missing:
+                if (key, metric) not in self._refused:
+                    self._refused.add((key, metric))
+                    report.errors.append(
+                        f"{path}: metric {metric!r} is new to this file, and a file made through "
+                        "rrdcached cannot take another data source (rrdcached has no TUNE); its "
+                        "values are not stored (see README, Several machines)")
+        elif missing:
             self._flush_daemon(path)
             for metric in missing:
                 ds = ds_name(metric)
@@ -622,7 +708,7 @@ class RrdStore:
 
     def _adopt(self, key: Key, path: Path, metrics: dict[str, str]) -> _FileState:
         """A file exists that the index does not know (index lost): read its DS list."""
-        info = rrdtool.info(str(path))
+        info = rrdtool.info(*self._via, str(path))
         by_ds = {ds: m for m, ds in metrics.items()}
         known = {by_ds.get(n, n): n for n in _ds_names(info)}
         series = SeriesInfo(key[0], key[1], path, int(info["step"]), known)
@@ -631,7 +717,7 @@ class RrdStore:
     def _drop_old(self, state: _FileState, rows: Rows, report: WriteReport) -> Rows:
         if state.last is None:
             try:
-                state.last = int(rrdtool.last(str(state.info.path)))
+                state.last = int(rrdtool.last(*self._via, str(state.info.path)))
             except rrdtool.OperationalError:
                 state.last = 0
         fresh = []
@@ -652,7 +738,21 @@ class RrdStore:
     def _handle_failure(self, state: _FileState, error: str, report: WriteReport) -> None:
         path = state.info.path
         key = (state.info.target, state.info.instance)
-        if not path.exists():
+        if self.remote:
+            # The daemon's files: it says whether one is gone; a busy or failing daemon keeps
+            # the samples for the next batch.
+            if "illegal attempt to update" in error:
+                # Another writer got there first (rows not newer than the file's last one):
+                # these can never be written. The file's last update is asked anew next time.
+                state.last = None
+                report.skipped += len(self._measurements_of(key))
+                report.errors.append(f"{path}: {error}; these values are dropped")
+                return
+            if "No such file" in error:
+                self._files.pop(key, None)
+                self._index_dirty = True
+            self._keep(key, f"{path}: update failed ({error})", report)
+        elif not path.exists():
             self._files.pop(key, None)
             self._index_dirty = True
             self._keep(key, f"{path}: vanished ({error})", report)
@@ -845,17 +945,30 @@ class RrdStore:
         assert self._daemon is not None
         if not updates:
             return []
+        # rrdcached reads a command line of at most 4 KiB and drops the connection on a longer
+        # one: a file's rows (many after an outage) go as several UPDATEs, in order.
+        commands: list[str] = []
+        owners: list[_FileState] = []
+        for file in updates:
+            if len(file.text) <= _DAEMON_LINE:
+                commands.append(f"UPDATE {file.path_text} {file.text}")
+                owners.append(file)
+                continue
+            for part in _split_rows(file.text, _DAEMON_LINE - len(file.path_text) - 8):
+                commands.append(f"UPDATE {file.path_text} {part}")
+                owners.append(file)
         try:
-            errors = self._daemon.batch(
-                f"UPDATE {file.path_text} {file.text}" for file in updates)
+            errors = self._daemon.batch(commands)
         except OSError as exc:
             for file in updates:
                 self._keep((file.info.target, file.info.instance), None, report)
             report.errors.append(f"rrdcached {self.rrdcached}: {exc}; samples of {len(updates)} "
                                  "file(s) kept for the next attempt")
             return [(file, "") for file in updates]
-        return [(updates[number - 1], f"rrdcached: {message}")
-                for number, message in errors.items()]
+        failed: dict[int, tuple[_FileState, str]] = {}
+        for number, message in errors.items():
+            failed.setdefault(id(owners[number - 1]), (owners[number - 1], f"rrdcached: {message}"))
+        return list(failed.values())
 
     def _flush_daemon(self, path: Path) -> None:
         if self._daemon is not None:
@@ -900,13 +1013,24 @@ class RrdStore:
         columns = {by_ds.get(n, n): values for n, values in zip(names, by_column, strict=True)}
         return Series(first, last, step, columns)
 
+    def modified(self, info: SeriesInfo) -> tuple[float, int]:
+        """When a file last changed (seconds) and a second number that changes with it (its
+        size here; 0 remote, where the time of its last update stands for both)."""
+        if self.remote:
+            try:
+                return float(rrdtool.last(*self._via, str(info.path))), 0
+            except rrdtool.OperationalError as exc:
+                raise OSError(str(exc)) from exc
+        st = info.path.stat()
+        return st.st_mtime_ns / 1e9, st.st_size
+
     def last_gauges(self, info: SeriesInfo) -> dict[str, float]:
         """The last value written to each GAUGE of a file, even before rrdtool has
         consolidated any (a file written once fetches as unknown until its next step)."""
-        if self.rrdcached:
+        if self.rrdcached and not self.remote:
             with contextlib.suppress(rrdtool.OperationalError):
                 rrdtool.flushcached("--daemon", self.rrdcached, str(info.path))
-        raw = rrdtool.info(str(info.path))
+        raw = rrdtool.info(*self._via, str(info.path))
         by_ds = {ds: metric for metric, ds in info.metrics.items()}
         out = {}
         for ds, metric in by_ds.items():

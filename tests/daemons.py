@@ -458,3 +458,84 @@ def munin_node(directory: Path) -> Iterator[int]:
     with _running(["/usr/sbin/munin-node", "--config", str(conf), "--foreground"],
                   lambda: _accepts("127.0.0.1", port), "munin-node", directory / "node.out"):
         yield port
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path, port: int | None = None) -> Iterator[int]:
+    """redis-server on 127.0.0.1 (no persistence), its files in `directory`; yields the port.
+    A given `port` lets a test start it again where the agents expect it."""
+    _require("/usr/bin/redis-server")
+    port = port or free_port()
+    argv = ["/usr/bin/redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory), "--daemonize", "no"]
+    with _running(argv, lambda: _accepts("127.0.0.1", port), "redis-server",
+                  directory / f"redis-{port}.log"):
+        yield port
+
+
+@contextlib.contextmanager
+def rrdcached_tcp(base: Path, port: int | None = None) -> Iterator[int]:
+    """rrdcached listening on 127.0.0.1:PORT over TCP, its files under `base` (-b, -B: clients
+    name files relative to it and cannot leave it; -R: CREATE makes directories); yields the
+    port."""
+    _require("/usr/bin/rrdcached")
+    port = port or free_port()
+    journal = base.parent / f"{base.name}-journal"
+    base.mkdir(exist_ok=True)
+    journal.mkdir(exist_ok=True)
+    argv = ["/usr/bin/rrdcached", "-g", "-R", "-l", f"127.0.0.1:{port}", "-b", str(base), "-B",
+            "-j", str(journal), "-w", "3600", "-z", "1", "-f", "7200",
+            "-p", str(base.parent / f"rrdcached-{port}.pid")]
+    with _running(argv, lambda: _accepts("127.0.0.1", port), "rrdcached",
+                  base.parent / f"rrdcached-{port}.log"):
+        yield port
+
+
+@contextlib.contextmanager
+def snmpsim(recordings: dict[str, str], ready_community: str) -> Iterator[int]:
+    """snmpsim serving recordings (community -> .snmprec text) on a free UDP port of
+    127.0.0.1; yields the port once `ready_community` answers."""
+    import shutil
+    import sys
+    import tempfile
+
+    # Not under pytest's tmp_path: as root snmpsim runs as nobody, who must reach its cache.
+    tmp = Path(tempfile.mkdtemp(prefix="monitor-snmpsim-"))
+    cache = tmp / "cache"
+    cache.mkdir()
+    os.chmod(tmp, 0o755)
+    os.chmod(cache, 0o777)
+    data_dir = tmp / "data"
+    data_dir.mkdir()
+    os.chmod(data_dir, 0o755)
+    for community, text in recordings.items():
+        (data_dir / f"{community}.snmprec").write_text(text)
+    port = free_port(socket.SOCK_DGRAM)
+    root = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, str(root / "scripts" / "run_snmpsim.py"), f"--data-dir={data_dir}",
+            f"--cache-dir={cache}", f"--agent-udpv4-endpoint=127.0.0.1:{port}",
+            "--max-var-binds=2000", "--logging-method=null"]
+    if os.geteuid() == 0:
+        argv += ["--process-user=nobody", "--process-group=nogroup"]
+
+    def answers() -> bool:
+        from collectors.snmp_client import CommunityClient, Endpoint, SnmpError
+
+        async def get() -> bool:
+            client = CommunityClient(Endpoint("snmpsim", "127.0.0.1", port, timeout=0.3,
+                                              retries=0), ready_community)
+            try:
+                await client.get([(1, 3, 6, 1, 2, 1, 1, 3, 0)])
+                return True
+            except SnmpError:
+                return False
+            finally:
+                client.close()
+        import asyncio
+        return asyncio.run(get())
+
+    try:
+        with _running(argv, answers, "snmpsim", tmp / "snmpsim.log"):
+            yield port
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

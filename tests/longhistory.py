@@ -113,8 +113,16 @@ def write(root: Path, end: int = END, days: int = DAYS) -> RrdStore:
     """Write the history into an RRD directory through the store (batches of a few days, as
     a collector's runs would arrive, merged for speed) and return the store."""
     store = RrdStore(root)
+    feed(store, end, days)
+    store.close()
+    return RrdStore(root)
+
+
+def feed(store: RrdStore, end: int = END, days: int = DAYS,
+         targets: set[str] | None = None) -> None:
+    """Write the history (of these targets only, if given) into a store, a week per batch."""
     ts = times(end, days)
-    cols = columns(end, days)
+    cols = [c for c in columns(end, days) if targets is None or c.target in targets]
     chunk = 2016  # one week of rows per write()
     for begin in range(0, ts.size, chunk):
         batch: list[Measurement] = []
@@ -127,8 +135,6 @@ def write(root: Path, end: int = END, days: int = DAYS) -> RrdStore:
                     batch.append(Measurement(c.target, c.instance, c.metric, v, Kind.GAUGE,
                                              c.unit, second, minimum=0))
         store.write(batch, STEP)
-    store.close()
-    return RrdStore(root)
 
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache"

@@ -1,0 +1,147 @@
+"""What an agent does as a member of a cluster, beside polling its share: its jobs (heartbeat,
+lease, replay of the buffer, the leader's round) and where its check results go.
+
+The agent hands over its alert service and status book; this module never looks inside them
+beyond their public methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from alerts.outbox import outbox_path
+from alerts.service import AlertService
+from alerts.state import alerts_db_path
+from cluster.node import ClusterNode, Unreachable
+from cluster.results import AlertStateReplica, DiskBuffer, ResultStream
+from monitor.config import Config
+from monitor.model import Batch, CheckResult, SharedCollector, State
+from monitor.scheduler import Scheduler
+from monitor.status import StatusBook
+
+log = logging.getLogger(__name__)
+
+Job = Callable[[], Awaitable[object]]
+
+
+class ClusterMember:
+    def __init__(self, config: Config, alerts: AlertService, status: StatusBook,
+                 shared: list[SharedCollector]) -> None:
+        cluster = config.cluster
+        assert cluster is not None and cluster.buffer_dir is not None
+        self.config = cluster
+        self.node = ClusterNode(cluster)
+        self.buffer = DiskBuffer(cluster.buffer_dir, cluster.buffer_max)
+        self.results = ResultStream(self.node, self.buffer)
+        self.replica = AlertStateReplica(self.node, {
+            "alerts": alerts_db_path(config.state_dir), "outbox": outbox_path(config.state_dir)})
+        self.alerts = alerts
+        self.status = status
+        self.shared = shared  # the collectors whose units the nodes share
+        self._unreachable: set[str] = set()  # pollers the leader has reported unreachable
+        self._led = False  # whether the last round ran as the leader
+        self._alert_state_changed = False
+
+    def schedule(self, scheduler: Scheduler) -> None:
+        beat = self.config.heartbeat
+        scheduler.add_interval("cluster heartbeat", beat, self.node.beat)
+        scheduler.add_interval("cluster lease", self.config.lease / 3, self.node.renew_lease)
+        scheduler.add_interval("cluster replay", beat, self.results.replay, run_now=False)
+        scheduler.add_interval("cluster leader", beat, self.lead, run_now=False)
+
+    def leader_only(self, job: Job) -> Callable[[], Awaitable[None]]:
+        """A job run on the leader only; what it changes in the alert state is saved for the
+        next leader at the end of the leader's round."""
+        async def run() -> None:
+            if self.node.leading:
+                await job()
+                self._alert_state_changed = True
+        return run
+
+    async def publish(self, batch: Batch, interval: float) -> None:
+        """A node's batch, for the leader's alert engine and status book."""
+        part = self.alerts.relevant(batch)
+        if part.checks or part.measurements:
+            await self.results.publish(part, interval)
+
+    async def lead(self) -> None:
+        """Job: while this node leads, take the stream's results into the status book and the
+        alert engine, save the alert state, acknowledge, then send the mail that is due."""
+        try:
+            await self._round()
+        except Unreachable as exc:  # the lease runs out by itself if this goes on
+            self.node._missed(exc)
+
+    async def _round(self) -> None:
+        if not self.node.leading:
+            self._led = False
+            return
+        if not self._led:
+            # Before anything is evaluated: the state of the leader before us.
+            if await self.replica.restore():
+                self.alerts.reload_states()
+            self._led = True
+        taken = await self.results.take()
+        for _, node, interval, batch in taken:
+            if node != self.node.name:  # our own results are in the book already
+                self.status.update(batch.checks, interval)
+            await self.alerts.consume("cluster", batch, deliver=False)
+        await self._cover_unreachable()
+        if taken:
+            await asyncio.to_thread(self.status.save)
+        if taken or self._alert_state_changed:
+            await self.replica.save()
+            self._alert_state_changed = False
+        await self.results.ack([entry_id for entry_id, *_ in taken])
+        if await self.alerts.deliver():
+            await self.replica.save()  # sent: the next leader must not send it again
+
+    async def _cover_unreachable(self) -> None:
+        """The devices and checks of a poller that is gone, which no other node can take
+        over (its group has no other live node), are UNKNOWN "poller X unreachable since ..."
+        in the status book (not CRITICAL, and not alerts: those stay as they were); the
+        poller itself is one check, "poller X", that alert rules can page on."""
+        stranded = await self.node.stranded({c.name: c.work_units() for c in self.shared})
+        now = time.time()
+        behind: dict[str, tuple[float, int]] = {}
+        covered = []
+        for status in self.status.all():
+            for collector in self.shared:
+                unit = collector.unit_of(status.target, status.check)
+                if unit is None or (collector.name, unit) not in stranded:
+                    continue
+                node, since = stranded[(collector.name, unit)]
+                when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+                covered.append((CheckResult(status.target, status.check, State.UNKNOWN,
+                                            f"poller {node} unreachable since {when}",
+                                            timestamp=now), status.interval))
+                behind[node] = (since, behind.get(node, (since, 0))[1] + 1)
+                break
+        for result, interval in covered:
+            self.status.update([result], interval)
+        verdicts = []
+        for node, (since, count) in sorted(behind.items()):
+            when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(since))
+            verdicts.append(CheckResult("cluster", f"poller {node}", State.CRITICAL,
+                                        f"poller {node} unreachable since {when}: the "
+                                        f"{count} check(s) behind it are UNKNOWN", timestamp=now))
+        for node in sorted(self._unreachable - behind.keys()):
+            verdicts.append(CheckResult("cluster", f"poller {node}", State.OK,
+                                        f"poller {node} reachable again", timestamp=now))
+        self._unreachable = set(behind)
+        if verdicts:
+            self.status.update(verdicts, self.config.heartbeat)
+            await self.alerts.consume("cluster", Batch(checks=verdicts), deliver=False)
+            self._alert_state_changed = True
+            await asyncio.to_thread(self.status.save)
+
+    async def close(self) -> None:
+        if self.node.leading:
+            try:
+                await self.replica.save()
+            except Exception:
+                log.exception("cluster: the alert state could not be saved for the next leader")
+        await self.node.close()

@@ -1,0 +1,88 @@
+"""One store for several nodes: RRD files created, updated and read through one rrdcached over
+TCP (its base directory is the only place the files exist), their index in Redis. Real
+rrdcached and redis-server on loopback; a month of history written through `monitor.store`."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from cluster.catalog import RedisCatalog
+from monitor.config import ClusterConfig
+from monitor.model import Measurement
+from monitor.store import RrdStore
+from tests import longhistory
+from tests.daemons import redis_server, rrdcached_tcp
+
+DAYS = 30
+
+
+@pytest.fixture
+def shared(tmp_path):
+    with redis_server(tmp_path) as redis_port, rrdcached_tcp(tmp_path / "rrd-host") as rrd_port:
+        config = ClusterConfig(redis=f"redis://127.0.0.1:{redis_port}/0", node="x")
+
+        def store(node: str) -> RrdStore:
+            return RrdStore(tmp_path / node, rrdcached=f"127.0.0.1:{rrd_port}", remote=True,
+                            catalog=RedisCatalog(config))
+        yield store, tmp_path / "rrd-host"
+
+
+def test_two_nodes_write_one_store_the_leader_reads_it_all(shared):
+    store, host_dir = shared
+    pop1, pop2 = store("pop1"), store("pop2")
+    longhistory.feed(pop1, days=DAYS, targets={longhistory.ROUTER})
+    longhistory.feed(pop2, days=DAYS, targets={longhistory.WEB, longhistory.DB})
+    pop1.close()
+    pop2.close()
+    # The files are the daemon's; the nodes' own directories hold none.
+    assert sorted(p.name for p in (host_dir / "core-router").glob("*.rrd")) == [
+        "@.rrd", "Gi0=2F0=2F1.rrd", "Gi0=2F0=2F10.rrd", "Gi0=2F0=2F2.rrd"]
+    assert not list(host_dir.parent.joinpath("pop1").rglob("*.rrd"))
+
+    leader = store("leader")
+    listed = {(s.target, s.instance) for s in leader.series()}
+    assert listed == {(c.target, c.instance) for c in longhistory.columns(days=DAYS)}
+    end = longhistory.END
+    for target, instance, metric in [(longhistory.ROUTER, longhistory.UPLINK, "in_octets"),
+                                     (longhistory.WEB, "ping", "rtt_max_seconds"),
+                                     (longhistory.DB, "fs:/var", "used_percent")]:
+        want = longhistory.rows(longhistory.column(target, instance, metric, days=DAYS),
+                                end - 86400, end, days=DAYS)
+        got = leader.fetch(target, instance, end - 86400, end, resolution=300)
+        assert got.step == 300
+        values = np.array([math.nan if v is None else v
+                           for t, v in zip(got.timestamps, got.columns[metric], strict=True)
+                           if end - 86400 < t <= end])
+        np.testing.assert_allclose(values, want, rtol=1e-9, equal_nan=True)
+    modified, _ = leader.modified(leader.info(longhistory.DB, "fs:/var"))
+    assert modified == end
+
+
+def test_a_fresh_value_is_read_back_through_the_daemon_and_a_late_metric_is_reported(shared):
+    store, _ = shared
+    node = store("pop1")
+    now = int(time.time()) // 60 * 60
+    for i in range(3):
+        report = node.write([Measurement("sw1", "Gi0/1", "in_octets", 100.0 + i,
+                                         timestamp=now - 120 + 60 * i, minimum=0)], 60)
+        assert not report.errors
+    # A second node that meets the same series adopts the file the first one made.
+    other = store("pop2")
+    late = [Measurement("sw1", "Gi0/1", "in_octets", 200.0, timestamp=now + 60, minimum=0),
+            Measurement("sw1", "Gi0/1", "out_octets", 5.0, timestamp=now + 60, minimum=0)]
+    report = other.write(late, 60)
+    assert report.updates == 1
+    assert any("cannot take another data source" in e for e in report.errors)
+    assert not other.write([Measurement("sw1", "Gi0/1", "in_octets", 201.0, timestamp=now + 120,
+                                        minimum=0),
+                            Measurement("sw1", "Gi0/1", "out_octets", 6.0, timestamp=now + 120,
+                                        minimum=0)], 60).errors  # said once
+    # No flush was asked for: FETCH through the daemon flushes first, so the rows are there.
+    reader = store("leader")
+    got = reader.fetch("sw1", "Gi0/1", now - 180, now + 120)
+    assert [v for v in got.columns["in_octets"] if v is not None][-3:] == [102.0, 200.0, 201.0]
+    assert reader.last_gauges(reader.info("sw1", "Gi0/1")) == {"in_octets": 201.0}
