@@ -8,7 +8,7 @@ import json
 import redis
 from redis.exceptions import RedisError
 
-from cluster.node import client_options
+from cluster.node import client_options, decoded
 from monitor.config import ClusterConfig
 
 INDEX = "monitor:index"
@@ -33,7 +33,7 @@ class RedisCatalog:
             except ValueError:
                 continue
             if isinstance(entry, dict) and {"target", "instance", "step", "metrics"} <= entry.keys():
-                out[rel] = entry
+                out[decoded(rel)] = entry
         return out
 
     def save(self, entries: dict[str, dict]) -> None:

@@ -34,14 +34,14 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
 
 async def read_status(config: Config, now: float | None = None) -> dict[str, Any]:
     """The cluster as Redis knows it (raises OSError/RedisError if it cannot be reached)."""
-    from cluster.node import LEADER, NODES, OWNERS, connect, node_key
+    from cluster.node import LEADER, NODES, OWNERS, connect, decoded, node_key
     from cluster.results import GROUP, STREAM
 
     assert config.cluster is not None
     now = time.time() if now is None else now
     redis = connect(config.cluster, timeout=5.0)
     try:
-        names = sorted(await redis.smembers(NODES))
+        names = sorted(decoded(n) for n in await redis.smembers(NODES))
         beats = await redis.mget([node_key(n) for n in names]) if names else []
         ttls = [await redis.pttl(node_key(n)) for n in names]
         leader = await redis.get(LEADER)

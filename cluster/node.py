@@ -61,6 +61,11 @@ return 0
 Unreachable = (RedisError, OSError)
 
 
+
+def decoded(value: bytes | str) -> str:
+    """A reply of our clients (decode_responses: always str; redis-py types it bytes | str)."""
+    return value.decode() if isinstance(value, bytes) else value
+
 def node_key(name: str) -> str:
     return f"{PREFIX}node:{name}"
 
@@ -145,7 +150,7 @@ class ClusterNode:
 
     async def live_nodes(self) -> dict[str, list[str]]:
         """node -> groups, of the nodes whose heartbeat has not lapsed (this one included)."""
-        names = sorted(await self.redis.smembers(NODES))
+        names = sorted(decoded(n) for n in await self.redis.smembers(NODES))
         values = await self.redis.mget([node_key(n) for n in names]) if names else []
         live = {self.name: self.groups}
         for name, value in zip(names, values, strict=True):
@@ -264,7 +269,8 @@ class RedisState:
         if self.node.cut_off:
             return None
         try:
-            return await self.node.redis.get(self.prefix + unit)
+            value = await self.node.redis.get(self.prefix + unit)
+            return None if value is None else decoded(value)
         except Unreachable as exc:
             self.node._missed(exc)
             return None

@@ -23,6 +23,7 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from cluster import wire
 from cluster.node import PREFIX, ClusterNode, Unreachable
@@ -158,13 +159,14 @@ class ResultStream:
                 if "BUSYGROUP" not in str(exc):
                     raise
             self._group_made = True
-        _, claimed, _ = await redis.xautoclaim(STREAM, GROUP, self.node.name, min_idle_time=0,
-                                               start_id="0-0", count=count)
-        rows = list(claimed)
+        claim: Any = await redis.xautoclaim(STREAM, GROUP, self.node.name, min_idle_time=0,
+                                            start_id="0-0", count=count)
+        rows: list[Any] = list(claim[1])  # (next start, [(id, fields)], deleted ids)
         if len(rows) < count:
             fresh = await redis.xreadgroup(GROUP, self.node.name, {STREAM: ">"},
                                            count=count - len(rows))
-            for _, entries in fresh or []:
+            stream_entries: Any = fresh or []
+            for _, entries in stream_entries:
                 rows.extend(entries)
         out = []
         for entry_id, fields in rows:

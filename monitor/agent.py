@@ -151,7 +151,7 @@ class Agent:
         schedule_digests(self.config, self.scheduler, self.store, self.status, self.alerts.outbox,
                          guard=self._leader_only)
 
-    def _leader_only(self, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+    def _leader_only(self, job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[object]]:
         """A job that, in a cluster, runs on the leader only (alone: every agent runs it)."""
         if self.cluster is None:
             return job
