@@ -63,7 +63,9 @@ async def read_status(config: Config, now: float | None = None) -> dict[str, Any
                       "heartbeat_age_seconds": (now - info["time"]) if "time" in info else None,
                       "expires_in_seconds": ttl / 1000 if ttl and ttl > 0 else None,
                       "started": info.get("started"), "buffered": info.get("buffered", 0),
-                      "dropped": info.get("dropped", 0)})
+                      "dropped": info.get("dropped", 0),
+                      "samples_buffered": info.get("samples_buffered", 0),
+                      "samples_dropped": info.get("samples_dropped", 0)})
     owners = {}
     for unit, text in sorted(owners_raw.items()):
         try:
@@ -93,9 +95,13 @@ def format_status(status: dict[str, Any]) -> str:
         beat = f"heartbeat {format_duration(max(0.0, age))} ago" if age is not None else "no heartbeat"
         state = "alive" if n["alive"] else "GONE"
         buffered = f", {n['buffered']} result batch(es) buffered" if n["buffered"] else ""
-        dropped = f", {n['dropped']} dropped (buffer full)" if n["dropped"] else ""
+        buffered += f", {n['dropped']} dropped (buffer full)" if n["dropped"] else ""
+        if n["samples_buffered"]:
+            buffered += f", {n['samples_buffered']} sample batch(es) buffered"
+        if n["samples_dropped"]:
+            buffered += f", {n['samples_dropped']} sample batch(es) dropped (buffer full)"
         lines.append(f"  {clean(n['node'])}: {state}, groups {', '.join(map(clean, n['groups'])) or '?'}, "
-                     f"{beat}, polls {counts.get(n['node'], 0)} unit(s){buffered}{dropped}")
+                     f"{beat}, polls {counts.get(n['node'], 0)} unit(s){buffered}")
     stream = status["stream"]
     lines.append(f"results stream: {stream['length']} entries, {stream['lag'] or 0} not yet "
                  f"read by the leader, {stream['pending']} read and not yet acknowledged")

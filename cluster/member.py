@@ -16,7 +16,7 @@ from alerts.outbox import outbox_path
 from alerts.service import AlertService
 from alerts.state import alerts_db_path
 from cluster.node import ClusterNode, Unreachable
-from cluster.results import AlertStateReplica, DiskBuffer, ResultStream
+from cluster.results import AlertStateReplica, DiskBuffer, ResultStream, samples_buffer
 from monitor.config import Config
 from monitor.model import Batch, CheckResult, SharedCollector, State
 from monitor.scheduler import Scheduler
@@ -36,6 +36,7 @@ class ClusterMember:
         self.node = ClusterNode(cluster)
         self.buffer = DiskBuffer(cluster.buffer_dir, cluster.buffer_max)
         self.results = ResultStream(self.node, self.buffer)
+        self.samples = samples_buffer(cluster)  # the store's backlog (see agent.open_store)
         self.replica = AlertStateReplica(self.node, {
             "alerts": alerts_db_path(config.state_dir), "outbox": outbox_path(config.state_dir)})
         self.alerts = alerts
@@ -49,8 +50,15 @@ class ClusterMember:
         beat = self.config.heartbeat
         scheduler.add_interval("cluster heartbeat", beat, self.node.beat)
         scheduler.add_interval("cluster lease", self.config.lease / 3, self.node.renew_lease)
-        scheduler.add_interval("cluster replay", beat, self.results.replay, run_now=False)
+        scheduler.add_interval("cluster replay", beat, self.replay, run_now=False)
         scheduler.add_interval("cluster leader", beat, self.lead, run_now=False)
+
+    async def replay(self) -> None:
+        """Job: the buffered check results to the stream; and what the heartbeat says of both
+        buffers (the store replays the samples itself, with its next batch)."""
+        await self.results.replay()
+        self.node.extra["samples_buffered"] = await asyncio.to_thread(len, self.samples)
+        self.node.extra["samples_dropped"] = self.samples.dropped
 
     def leader_only(self, job: Job) -> Callable[[], Awaitable[None]]:
         """A job run on the leader only; what it changes in the alert state is saved for the

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from typing import Any
 
 from cluster import wire
 from cluster.node import PREFIX, ClusterNode, Unreachable
+from monitor.config import ClusterConfig
 from monitor.files import atomic_write
 from monitor.model import Batch
 
@@ -40,22 +42,27 @@ _SEGMENT = 1 << 20  # bytes per buffer file
 
 
 class DiskBuffer:
-    """Lines of text on local disk, in order, at most `max_bytes` of them: past that the oldest
-    file of lines goes, and the lines lost are counted (reported with the heartbeat and by
-    `monitor cluster status`)."""
+    """Lines of text on local disk, in order. Every buffer under `pool` (its own directory by
+    default: the check results in `buffer_dir`, the samples in a folder of it) shares
+    `max_bytes`: past that the oldest file of lines of any of them goes, and the lines lost are
+    counted with their buffer (reported with the heartbeat and by `monitor cluster status`)."""
 
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, pool: Path | None = None) -> None:
         self.directory = Path(directory)
+        self.pool = Path(pool) if pool is not None else self.directory
         self.max_bytes = max(max_bytes, 2 * _SEGMENT)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._count_path = self.directory / "dropped"
-        try:
-            self.dropped = int(self._count_path.read_text())
-        except (OSError, ValueError):
-            self.dropped = 0
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped so far (kept in a file: another buffer of the pool may drop ours)."""
+        return _dropped(self.directory)
 
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.jsonl"))
+
+    def waiting(self) -> bool:
+        return bool(self._segments())
 
     def __len__(self) -> int:
         total = 0
@@ -79,16 +86,31 @@ class DiskBuffer:
         self._bound()
 
     def _bound(self) -> None:
-        segments = self._segments()
-        while len(segments) > 1 and sum(p.stat().st_size for p in segments) > self.max_bytes:
-            oldest = segments.pop(0)
-            with oldest.open("rb") as f:
-                lost = sum(1 for _ in f)
-            oldest.unlink()
-            self.dropped += lost
-            atomic_write(self._count_path, str(self.dropped))
-            log.error("cluster buffer %s is full (%d bytes): dropped its %d oldest entries "
-                      "(%d so far)", self.directory, self.max_bytes, lost, self.dropped)
+        """Drop the least recently written files of the pool (never a buffer's last one)
+        while the pool holds more than `max_bytes`."""
+        files, total = [], 0
+        for directory in {p.parent for p in self.pool.rglob("*.jsonl")}:
+            segments = sorted(directory.glob("*.jsonl"))
+            for path in segments:
+                with contextlib.suppress(OSError):  # taken meanwhile by its reader
+                    stat = path.stat()
+                    total += stat.st_size
+                    if path is not segments[-1]:
+                        files.append((stat.st_mtime_ns, path, stat.st_size))
+        for _, oldest, size in sorted(files):
+            if total <= self.max_bytes:
+                break
+            try:
+                with oldest.open("rb") as f:
+                    lost = sum(1 for _ in f)
+                oldest.unlink()
+            except OSError:
+                continue
+            total -= size
+            dropped = _dropped(oldest.parent) + lost
+            atomic_write(oldest.parent / "dropped", str(dropped))
+            log.error("cluster buffer %s is full (%d bytes): dropped %d of the oldest entries "
+                      "of %s (%d so far)", self.pool, self.max_bytes, lost, oldest.parent, dropped)
 
     def oldest(self) -> tuple[Path, list[str]] | None:
         """The oldest file of lines, to send and then `remove`."""
@@ -99,6 +121,20 @@ class DiskBuffer:
 
     def remove(self, segment: Path) -> None:
         segment.unlink(missing_ok=True)
+
+
+def _dropped(directory: Path) -> int:
+    try:
+        return int((directory / "dropped").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def samples_buffer(config: ClusterConfig) -> DiskBuffer:
+    """Where a node's samples wait while the one rrdcached cannot be reached (the store's
+    backlog), sharing `buffer_max` with the check results."""
+    assert config.buffer_dir is not None
+    return DiskBuffer(config.buffer_dir / "samples", config.buffer_max, pool=config.buffer_dir)
 
 
 class ResultStream:
@@ -116,7 +152,7 @@ class ResultStream:
 
     async def publish(self, batch: Batch, interval: float) -> None:
         entry = self._entry(batch, interval)
-        if not self.node.cut_off and not self.buffer.oldest() and await self._send([entry]):
+        if not self.node.cut_off and not self.buffer.waiting() and await self._send([entry]):
             return
         self.buffer.append(entry)  # behind what waits already: the order is kept
         self.node.extra["buffered"] = len(self.buffer)

@@ -28,7 +28,7 @@ from monitor.model import (
 from monitor.registry import build_collectors
 from monitor.scheduler import Scheduler
 from monitor.status import StatusBook
-from monitor.store import RrdStore
+from monitor.store import Backlog, Catalog, RrdStore
 from monitor.units import format_duration
 
 if TYPE_CHECKING:
@@ -46,14 +46,19 @@ Sink = Callable[[str, Batch], Awaitable[None]]
 
 def open_store(config: Config) -> RrdStore:
     """The config's store. In a cluster with an rrdcached over TCP the files are the daemon's
-    (every node writes and the leader reads through it) and their index is in Redis."""
+    (every node writes and the leader reads through it), their index is in Redis, and the
+    samples the daemon cannot take wait in the node's buffer."""
     rrdcached = config.storage.rrdcached
     remote = config.cluster is not None and rrdcached is not None and not rrdcached.startswith("unix:")
-    catalog = None
+    catalog: Catalog | None = None
+    backlog: Backlog | None = None
     if remote:
         assert config.cluster is not None
         from cluster.catalog import RedisCatalog
+        from cluster.results import samples_buffer
         catalog = RedisCatalog(config.cluster)
+        # Samples the daemon cannot take (the link down) wait on this node's disk.
+        backlog = samples_buffer(config.cluster)
     return RrdStore(
         config.rrd_dir,
         archives=config.storage.archives,
@@ -61,6 +66,7 @@ def open_store(config: Config) -> RrdStore:
         rrdcached=rrdcached,
         remote=remote,
         catalog=catalog,
+        backlog=backlog,
     )
 
 

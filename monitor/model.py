@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class Kind(StrEnum):
@@ -85,6 +85,23 @@ class Thresholds:
     def __bool__(self) -> bool:
         """Whether anything is known (an empty one says "none now", not "not told")."""
         return any(v is not None for v in (self.warning, self.critical, self.low, self.high))
+
+
+def measurement_row(m: Measurement) -> list[Any]:
+    """A measurement as a JSON-able list (for the buffers and streams that carry samples as
+    text); `measurement_from_row` reads it back."""
+    limits = m.thresholds
+    return [m.target, m.instance, m.metric, m.value, m.kind.value, m.unit, m.timestamp, m.minimum,
+            m.maximum, None if limits is None else
+            [limits.warning, limits.critical, limits.low, limits.high]]
+
+
+def measurement_from_row(row: list[Any]) -> Measurement:
+    """The measurement of `measurement_row`; ValueError/TypeError for anything else."""
+    target, instance, metric, value, kind, unit, timestamp, low, high, limits = row
+    return Measurement(str(target), str(instance), str(metric),
+                       None if value is None else float(value), Kind(kind), str(unit),
+                       float(timestamp), low, high, None if limits is None else Thresholds(*limits))
 
 
 def alert_range(text: str | None) -> tuple[float, float, bool] | None:

@@ -30,7 +30,7 @@ import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
@@ -40,14 +40,36 @@ import rrdtool
 
 from monitor.consolidate import Archive, consolidate, timeline
 from monitor.files import atomic_write, locked, safe_name
-from monitor.model import Kind, Measurement, Thresholds
+from monitor.model import Kind, Measurement, Thresholds, measurement_from_row, measurement_row
 from monitor.units import parse_duration
 
 log = logging.getLogger(__name__)
 
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
+_REPLAY_FILES = 8  # backlog files (of about a MiB) replayed per batch written
 INDEX_SAVE_INTERVAL = 30.0  # seconds between index saves while files are being created
 _DAEMON_LINE = 3900  # the longest row text of one UPDATE sent to rrdcached (its limit: 4096)
+
+
+def _backlog_runs(lines: Iterable[str]) -> Iterator[tuple[int, list[Measurement]]]:
+    """(step, samples) of a backlog's lines, consecutive lines of one step together."""
+    run: list[Measurement] = []
+    run_step = 0
+    for line in lines:
+        try:
+            data = json.loads(line)
+            step = int(data["step"])
+            samples = [measurement_from_row(row) for row in data["samples"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("store: a line of the sample backlog is unreadable (%s); skipped", exc)
+            continue
+        if step != run_step and run:
+            yield run_step, run
+            run = []
+        run_step = step
+        run.extend(samples)
+    if run:
+        yield run_step, run
 
 
 def _file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -278,6 +300,20 @@ class Catalog(Protocol):
         """Add or replace these entries (other writers' entries stay); OSError if it cannot."""
 
 
+class Backlog(Protocol):
+    """Where samples wait, on local disk and in order, that the store could not write (its
+    rrdcached out of reach): lines of text appended at the end, taken back from the front a
+    file of lines at a time. Its owner bounds it (and counts what it drops)."""
+
+    def waiting(self) -> bool: ...
+
+    def append(self, text: str) -> None: ...
+
+    def oldest(self) -> tuple[Path, list[str]] | None: ...
+
+    def remove(self, segment: Path) -> None: ...
+
+
 class JsonCatalog:
     """The index as `index.json` in the RRD directory, merged under a lock file (a `collect`
     beside `run` may add files)."""
@@ -387,6 +423,7 @@ class RrdStore:
         rrdcached: str | None = None,
         remote: bool = False,
         catalog: Catalog | None = None,
+        backlog: Backlog | None = None,
     ) -> None:
         if remote and not rrdcached:
             raise ValueError("a remote store needs an rrdcached address")
@@ -401,8 +438,12 @@ class RrdStore:
         self._lock = threading.RLock()
         self._files: dict[Key, _FileState] = {}
         # Samples a failed write could not store (full disk, daemon down, corrupt file moved
-        # aside): they go in front of the next batch, so nothing accepted is lost.
+        # aside): they go in front of the next batch, so nothing accepted is lost. With a
+        # backlog they wait there instead (on disk: a restart does not lose them), and go
+        # before any newer sample once they can be written.
         self._pending: dict[Key, list[Measurement]] = {}
+        self.backlog = backlog
+        self._unwritten: list[Measurement] = []  # this batch's samples bound for the backlog
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
         self._index_saved_at: float | None = None  # time.monotonic() of the last index save
@@ -486,29 +527,80 @@ class RrdStore:
         report = WriteReport()
         step = max(1, round(step))
         with self._lock:
-            batch = [m for kept in self._pending.values() for m in kept]
-            self._pending.clear()
-            batch.extend(measurements)
-            self._batch, self._by_key = batch, None
-            updates = self._updates(batch, step, report)
-            if self._daemon is not None:
-                failures = self._send_daemon(updates, report)
-            else:
-                failures = self._send_direct(updates)
-            for state, error in failures:
-                state.last = state.last_before
-                report.updates -= state.text.count(" ") + 1
-                if error:
-                    self._handle_failure(state, error, report)
-            self._batch, self._by_key = [], None
-            try:
-                self._save_index(INDEX_SAVE_INTERVAL)
-            except OSError as exc:  # a full disk; in a cluster, Redis out of reach
-                report.errors.append(f"cannot save the index of RRD files: {exc}; saved with "
-                                     "a later batch")
+            backlog = self.backlog
+            if backlog is not None and backlog.waiting():
+                self._replay(backlog, report)
+                if backlog.waiting():  # still behind: these wait behind the rest, in order
+                    self._to_backlog(backlog, list(measurements), step)
+                    measurements = ()
+            unwritten = self._write_batch(measurements, step, report)
+            if backlog is not None and unwritten:
+                self._to_backlog(backlog, unwritten, step)
         for error in report.errors:
             log.error("store: %s", error)
         return report
+
+    def _to_backlog(self, backlog: Backlog, measurements: list[Measurement], step: int) -> None:
+        if measurements:
+            backlog.append(json.dumps({"step": step,
+                                       "samples": [measurement_row(m) for m in measurements]},
+                                      separators=(",", ":")))
+
+    def _replay(self, backlog: Backlog, report: WriteReport) -> None:
+        """Write what waits in the backlog, oldest first (a few of its files per batch, so a
+        long outage is caught up over several batches). A file of it none of whose samples
+        could be written stays for the next attempt; samples a partly written one could not
+        take go to the end (rows already written are skipped when it is tried again)."""
+        if self._daemon is not None:
+            try:
+                self._daemon.command("PING")
+            except OSError:
+                return  # still away: not worth reading the backlog for
+        for _ in range(_REPLAY_FILES):
+            oldest = backlog.oldest()
+            if oldest is None:
+                return
+            segment, lines = oldest
+            before = report.updates
+            unwritten: list[tuple[int, list[Measurement]]] = []
+            for step, samples in _backlog_runs(lines):
+                kept = self._write_batch(samples, step, report)
+                if kept:
+                    unwritten.append((step, kept))
+            if unwritten and report.updates == before:
+                return  # nothing could be written (the daemon still away): try again later
+            backlog.remove(segment)
+            for step, kept in unwritten:
+                self._to_backlog(backlog, kept, step)
+            if unwritten:
+                return
+
+    def _write_batch(self, measurements: Iterable[Measurement], step: int, report: WriteReport
+                     ) -> list[Measurement]:
+        """One batch into the files; returns the samples that could not be written when there
+        is a backlog (for it; without one they wait in memory)."""
+        batch = [m for kept in self._pending.values() for m in kept]
+        self._pending.clear()
+        batch.extend(measurements)
+        self._batch, self._by_key = batch, None
+        updates = self._updates(batch, step, report)
+        if self._daemon is not None:
+            failures = self._send_daemon(updates, report)
+        else:
+            failures = self._send_direct(updates)
+        for state, error in failures:
+            state.last = state.last_before
+            report.updates -= state.text.count(" ") + 1
+            if error:
+                self._handle_failure(state, error, report)
+        self._batch, self._by_key = [], None
+        try:
+            self._save_index(INDEX_SAVE_INTERVAL)
+        except OSError as exc:  # a full disk; in a cluster, Redis out of reach
+            report.errors.append(f"cannot save the index of RRD files: {exc}; saved with "
+                                 "a later batch")
+        unwritten, self._unwritten = self._unwritten, []
+        return unwritten
 
     def _updates(self, batch: list[Measurement], step: int, report: WriteReport
                  ) -> list[_FileState]:
@@ -773,6 +865,13 @@ class RrdStore:
             self._keep(key, f"{path}: update failed ({error})", report)
 
     def _keep(self, key: Key, error: str | None, report: WriteReport) -> None:
+        if self.backlog is not None:
+            kept = self._measurements_of(key)
+            self._unwritten.extend(kept)
+            if error:
+                report.errors.append(f"{error}; {len(kept)} value(s) kept on disk for the next "
+                                     "attempt")
+            return
         kept = self._pending.setdefault(key, [])
         kept.extend(self._measurements_of(key))
         del kept[:-_PENDING_PER_FILE]

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from cluster.catalog import RedisCatalog
+from cluster.commands import format_status
+from cluster.results import DiskBuffer
 from monitor.config import ClusterConfig
 from monitor.model import Measurement
-from monitor.store import RrdStore
+from monitor.store import JsonCatalog, RrdStore
 from tests import longhistory
-from tests.daemons import redis_server, rrdcached_tcp
+from tests.daemons import free_port, redis_server, rrdcached_tcp
 
 DAYS = 30
 
@@ -86,3 +88,50 @@ def test_a_fresh_value_is_read_back_through_the_daemon_and_a_late_metric_is_repo
     got = reader.fetch("sw1", "Gi0/1", now - 180, now + 120)
     assert [v for v in got.columns["in_octets"] if v is not None][-3:] == [102.0, 200.0, 201.0]
     assert reader.last_gauges(reader.info("sw1", "Gi0/1")) == {"in_octets": 201.0}
+
+
+def test_samples_wait_on_disk_while_rrdcached_is_away_the_oldest_dropped_past_the_bound(tmp_path):
+    """A node whose rrdcached cannot be reached keeps its samples in the buffer on disk; past
+    `buffer_max` the oldest go and are counted; restarted, it writes the rest in order once the
+    daemon answers."""
+    rrd_port = free_port()  # nothing listens there yet
+    buffer_dir = tmp_path / "cluster-buffer"
+
+    def node_store() -> RrdStore:
+        return RrdStore(tmp_path / "pop", rrdcached=f"127.0.0.1:{rrd_port}", remote=True,
+                        catalog=JsonCatalog(tmp_path / "pop"),
+                        backlog=DiskBuffer(buffer_dir / "samples", 0, pool=buffer_dir))
+    metrics = [f"metric_{i:02d}" for i in range(40)]
+    start = int(time.time() // 60) * 60 - 900 * 60
+    rows = 900
+    store = node_store()
+    for row in range(rows):
+        report = store.write([Measurement("pop-router", "uplink", m, float(row), unit="x",
+                                          timestamp=start + row * 60) for m in metrics], 60)
+        assert report.updates == 0
+    store.close()  # as good as kill -9: nothing is in memory but the file handles
+    samples = DiskBuffer(buffer_dir / "samples", 0, pool=buffer_dir)
+    dropped = samples.dropped
+    assert 0 < dropped < rows and len(samples) == rows - dropped
+    assert sum(p.stat().st_size for p in buffer_dir.rglob("*.jsonl")) <= samples.max_bytes
+    assert "sample batch(es) dropped" in format_status({
+        "leader": None, "lease_seconds": None, "owners": {}, "stream": {
+            "length": 0, "lag": 0, "pending": 0},
+        "nodes": [{"node": "pop", "alive": True, "groups": [], "heartbeat_age_seconds": 1.0,
+                   "buffered": 0, "dropped": 0, "samples_buffered": len(samples),
+                   "samples_dropped": dropped}]})
+
+    with rrdcached_tcp(tmp_path / "rrd-host", port=rrd_port):
+        store = node_store()
+        store.write([Measurement("pop-router", "uplink", m, float(rows), unit="x",
+                                 timestamp=start + rows * 60) for m in metrics], 60)
+        while samples.waiting():  # a few of its files per batch
+            store.write([], 60)
+        series = store.fetch("pop-router", "uplink", start, start + rows * 60 + 60)
+        store.close()
+    stored = {t: v for t, v in zip(series.timestamps, series.columns["metric_07"], strict=True)
+              if v is not None}
+    # Exactly the newest rows survived, each with its value, and the one taken after them (the
+    # first row of a new file opens its first step: RRD stores no value for it).
+    assert stored == {start + row * 60: float(row) for row in range(dropped + 1, rows + 1)}
+    assert samples.dropped == dropped and not samples.waiting()
