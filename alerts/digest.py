@@ -718,10 +718,9 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
         known = ", ".join(d.name for d in config.digests) or "none configured"
         raise ValueError(f"no digest named {name!r} (digests: {known})")
     own_store = store is None
-    if store is None:
-        store = RrdStore(config.rrd_dir, archives=config.storage.archives,
-                         consolidations=config.storage.consolidations,
-                         rrdcached=config.storage.rrdcached)
+    if store is None:  # in a cluster: the one rrdcached's files, their index in Redis
+        from monitor.agent import open_store
+        store = open_store(config)
     status = status or StatusBook(config.state_dir / "status.json")
     try:
         builder = DigestBuilder(config, store=store, status=status, clock=clock)

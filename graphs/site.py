@@ -425,9 +425,11 @@ def site_from_config(
     workers: int | None = None, inline_below: int = 0,
 ) -> SiteBuilder:
     """The site of a config, drawing from the agent's store and status book (or its own, for
-    the one-shot `monitor graph`)."""
+    the one-shot `monitor graph`: in a cluster, the files of the one rrdcached and their index
+    in Redis, as the leader's)."""
     if store is None:
-        store = RrdStore(config.rrd_dir, rrdcached=config.storage.rrdcached)
+        from monitor.agent import open_store
+        store = open_store(config)
     if status is None:
         status = StatusBook(config.state_dir / "status.json")
     from alerts.state import alerts_db_path

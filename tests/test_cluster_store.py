@@ -5,6 +5,8 @@ rrdcached and redis-server on loopback; a month of history written through `moni
 from __future__ import annotations
 
 import math
+import os
+import subprocess
 import time
 
 import numpy as np
@@ -14,9 +16,11 @@ from cluster.catalog import RedisCatalog
 from cluster.commands import format_status
 from cluster.results import DiskBuffer
 from monitor.config import ClusterConfig
+from monitor.files import safe_name
 from monitor.model import Measurement
 from monitor.store import JsonCatalog, RrdStore
 from tests import longhistory
+from tests.conftest import MONITOR, ROOT
 from tests.daemons import free_port, redis_server, rrdcached_tcp
 
 DAYS = 30
@@ -135,3 +139,53 @@ def test_samples_wait_on_disk_while_rrdcached_is_away_the_oldest_dropped_past_th
     # first row of a new file opens its first step: RRD stores no value for it).
     assert stored == {start + row * 60: float(row) for row in range(dropped + 1, rows + 1)}
     assert samples.dropped == dropped and not samples.waiting()
+
+
+def test_graph_and_digest_commands_read_the_cluster_store(tmp_path):
+    """`monitor graph` and `monitor digest` on any node of a cluster draw from the one
+    rrdcached's files and their index in Redis, as the leader's site does (the node's own RRD
+    directory has none)."""
+    with redis_server(tmp_path) as redis_port, rrdcached_tcp(tmp_path / "rrd-host") as rrd_port:
+        pop = RrdStore(tmp_path / "pop", rrdcached=f"127.0.0.1:{rrd_port}", remote=True,
+                       catalog=RedisCatalog(ClusterConfig(redis=f"redis://127.0.0.1:{redis_port}/0")))
+        now = int(time.time() // 60) * 60
+        for ts in range(now - 7200, now + 1, 60):
+            pop.write([Measurement("db1", "fs:/var", "used_percent", 73.0, unit="%", timestamp=ts),
+                       Measurement("db1", "fs:/var", "free_bytes", 2e9, unit="B", timestamp=ts)],
+                      60)
+        pop.close()
+        config = tmp_path / "core.toml"
+        config.write_text(f"""
+[agent]
+data_dir = "{tmp_path / 'core'}"
+hostname = "core"
+[storage]
+rrdcached = "127.0.0.1:{rrd_port}"
+[cluster]
+redis = "redis://127.0.0.1:{redis_port}/0"
+node = "core"
+[smtp]
+host = "127.0.0.1"
+port = 9
+from = "monitor@example.net"
+[contacts]
+admins = ["admin@example.net"]
+[[digests]]
+name = "now"
+recipients = ["admins"]
+sections = ["disks"]
+graphs = false
+""")
+        config.chmod(0o600)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        digest = subprocess.run([*MONITOR, "--config", str(config), "digest", "now", "--dry-run",
+                                 "--last", "1h"], capture_output=True, text=True, timeout=120,
+                                env=env)
+        graph = subprocess.run([*MONITOR, "--config", str(config), "graph", "--all"],
+                               capture_output=True, text=True, timeout=300, env=env)
+    assert digest.returncode == 0, digest.stderr
+    assert "/var (db1)" in digest.stdout and "73%" in digest.stdout, digest.stdout[-2000:]
+    assert graph.returncode == 0, graph.stderr
+    day = tmp_path / "core" / "html" / "db1" / safe_name("fs:/var") / "day.png"
+    assert day.read_bytes().startswith(b"\x89PNG")
+    assert not list((tmp_path / "core").rglob("*.rrd"))
