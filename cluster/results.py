@@ -52,6 +52,7 @@ class DiskBuffer:
         self.pool = Path(pool) if pool is not None else self.directory
         self.max_bytes = max(max_bytes, 2 * _SEGMENT)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._counted: dict[Path, tuple[int, int]] = {}  # file -> (size, lines) when counted
 
     @property
     def dropped(self) -> int:
@@ -65,14 +66,20 @@ class DiskBuffer:
         return bool(self._segments())
 
     def __len__(self) -> int:
-        total = 0
+        """Lines waiting (counted again only in files that changed: asked every heartbeat)."""
+        counted: dict[Path, tuple[int, int]] = {}
         for path in self._segments():
             try:
-                with path.open("rb") as f:
-                    total += sum(1 for _ in f)
+                size = path.stat().st_size
+                known = self._counted.get(path)
+                if known is None or known[0] != size:
+                    with path.open("rb") as f:
+                        known = (size, sum(1 for _ in f))
+                counted[path] = known
             except OSError:
                 continue
-        return total
+        self._counted = counted
+        return sum(lines for _, lines in counted.values())
 
     def append(self, text: str) -> None:
         segments = self._segments()
