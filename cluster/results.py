@@ -52,7 +52,8 @@ class DiskBuffer:
         self.pool = Path(pool) if pool is not None else self.directory
         self.max_bytes = max(max_bytes, 2 * _SEGMENT)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._counted: dict[Path, tuple[int, int]] = {}  # file -> (size, lines) when counted
+        # file -> ((size, mtime), lines) when it was counted
+        self._counted: dict[Path, tuple[tuple[int, int], int]] = {}
 
     @property
     def dropped(self) -> int:
@@ -67,14 +68,15 @@ class DiskBuffer:
 
     def __len__(self) -> int:
         """Lines waiting (counted again only in files that changed: asked every heartbeat)."""
-        counted: dict[Path, tuple[int, int]] = {}
+        counted: dict[Path, tuple[tuple[int, int], int]] = {}
         for path in self._segments():
             try:
-                size = path.stat().st_size
+                stat = path.stat()
+                signature = (stat.st_size, stat.st_mtime_ns)
                 known = self._counted.get(path)
-                if known is None or known[0] != size:
+                if known is None or known[0] != signature:
                     with path.open("rb") as f:
-                        known = (size, sum(1 for _ in f))
+                        known = (signature, sum(1 for _ in f))
                 counted[path] = known
             except OSError:
                 continue
