@@ -45,7 +45,7 @@ from collectors.snmp_client import (
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
-from collectors.snmp_health import DeviceHealth, ErrorWatch
+from collectors.snmp_health import DeviceHealth, ErrorWatch, StorageLimits
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write, load_state, safe_name
@@ -381,6 +381,7 @@ class DevicePoller:
     def reset_health(self) -> None:
         self.health = DeviceHealth()
         self.health.bgp.prefix_drop = self.device.bgp_prefix_drop
+        self.health.storage = StorageLimits(self.device.storage_warning, self.device.storage_critical)
         self.errors = ErrorWatch(self.device.errors_warning, self.device.errors_for)
 
     @property

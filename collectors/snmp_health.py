@@ -8,7 +8,7 @@ budget) and reads, where the device has them:
 - CPU and memory: HOST-RESOURCES-MIB (hrProcessorLoad, hrStorage RAM), UCD-SNMP-MIB (net-snmp
   and Linux-based boxes), CISCO-PROCESS-MIB, CISCO-MEMORY-POOL-MIB, Juniper's
   jnxOperatingTable (routing engines); storage (hrStorage fixed disks), check "storage <path>"
-  at 90 % (WARNING) / 95 % (CRITICAL);
+  at the device's storage_warning / storage_critical percent (default 90 / 95);
 - sensors, fans and power supplies: ENTITY-SENSOR-MIB, CISCO-ENTITY-SENSOR-MIB and
   CISCO-ENVMON-MIB (with the device's own thresholds and states: checks "temperature <name>",
   "sensor <name>"), jnxOperatingTable, MikroTik's health tables. A failed fan or power supply
@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from collectors import snmp_bgp, ups
+from collectors.fsusage import usage_state
 from collectors.snmp_ber import Missing, Oid
 from collectors.snmp_client import Client, SnmpError, walk_columns
 from monitor.model import Batch, CheckResult, Kind, Measurement, State
@@ -92,7 +93,6 @@ COLUMNS = [*ups.COLUMNS, *snmp_bgp.COLUMNS, HR_STORAGE_TYPE, HR_STORAGE_DESCR, H
            ENV_TEMP_THRESHOLD, ENV_TEMP_STATE,
            ENV_FAN_DESCR, ENV_FAN_STATE, ENV_PSU_DESCR, ENV_PSU_STATE]
 
-STORAGE_WARNING, STORAGE_CRITICAL = 90.0, 95.0
 READ_ONLY_MOUNTS = ("/packages/", "/dev", "/proc", "/sys", "/run", "/snap/")
 # CISCO-ENVMON states: normal(1) warning(2) critical(3) shutdown(4) notPresent(5)
 # notFunctioning(6)
@@ -124,6 +124,15 @@ def _name(value: object, fallback: str) -> str:
         return fallback
     text = clean(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, 60)
     return text or fallback
+
+
+@dataclass
+class StorageLimits:
+    """hrStorage fixed disks: percent used that is WARNING / CRITICAL (the device's
+    storage_warning / storage_critical, as [disks] usage_warning / usage_critical)."""
+
+    warning: float = 90.0
+    critical: float = 95.0
 
 
 @dataclass
@@ -173,7 +182,8 @@ class _Out:
             self.value(f"sensor {name}", metric, value, unit)
 
 
-def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]]) -> None:
+def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
+                    storage: StorageLimits) -> None:
     get = lambda column: tables.get(column, {})  # noqa: E731
     loads = [v for v in map(_int, get(HR_PROCESSOR_LOAD).values()) if v is not None]
     cisco = [v for v in map(_int, get(CISCO_CPU_5MIN).values()) if v is not None]
@@ -226,8 +236,7 @@ def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dic
             out.value(instance, "used_bytes", float(taken * unit), "B")
             out.value(instance, "size_bytes", float(size * unit), "B")
             out.value(instance, "used_percent", percent, "%")
-            state = (State.CRITICAL if percent >= STORAGE_CRITICAL else
-                     State.WARNING if percent >= STORAGE_WARNING else State.OK)
+            state = usage_state(percent, storage.warning, storage.critical)
             out.check(f"storage {path}", state, f"{path}: {percent:.0f} % used of "
                       f"{format_bytes(size * unit)}")
 
@@ -350,7 +359,8 @@ def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, s
 
 
 def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
-              now: float, bgp: snmp_bgp.BgpWatch) -> tuple[Batch, Found]:
+              now: float, bgp: snmp_bgp.BgpWatch, storage: StorageLimits | None = None
+              ) -> tuple[Batch, Found]:
     """One poll's values -> measurements and checks (pure but for `bgp`'s history)."""
     out = _Out(target, now)
     reading = ups.from_snmp(scalars, tables)
@@ -360,7 +370,7 @@ def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oi
     peers = snmp_bgp.peers_from_tables(tables)
     out.found.bgp_peers = len(peers)
     out.batch.add(bgp.batch(target, peers, now))
-    _cpu_and_memory(out, scalars, tables)
+    _cpu_and_memory(out, scalars, tables, storage or StorageLimits())
     _sensors(out, scalars, tables)
     return out.batch, out.found
 
@@ -400,6 +410,7 @@ class DeviceHealth:
     """One device's health reading across polls (which columns it has, BGP history)."""
 
     bgp: snmp_bgp.BgpWatch = field(default_factory=snmp_bgp.BgpWatch)
+    storage: StorageLimits = field(default_factory=StorageLimits)
     present: list[Oid] | None = None  # the columns that had rows at the last survey
     surveyed_at: float | None = None
     found: Found = field(default_factory=Found)
@@ -416,7 +427,7 @@ class DeviceHealth:
             log.debug("%s: health MIBs not read: %s", target, exc.message)
             return Batch()
         try:
-            batch, self.found = interpret(target, scalars, tables, now, self.bgp)
+            batch, self.found = interpret(target, scalars, tables, now, self.bgp, self.storage)
         except Exception:  # a device's data we did not foresee: its interfaces still count
             log.exception("%s: cannot interpret its UPS/BGP/health tables", target)
             return Batch()
