@@ -25,8 +25,8 @@ data_dir/state/maillog.json, written atomically. A flood of distinct senders, do
 addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
-bounced, rejected, outbound (messages, DERIVE: the store keeps the rate, so an hour's average
-times 3600 is the hour's count), received_bytes; sasl_failures; instance "dovecot":
+bounced, rejected, outbound (unit "msg", DERIVE: the store keeps the rate per second, which the
+graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes; sasl_failures; instance "dovecot":
 login_failures; instance "sender <who>": outbound_last_hour (GAUGE, the busiest senders of the
 last 60 minutes). Check "maillog" (target "mail").
 """
@@ -63,6 +63,9 @@ LOSS_SHOWN = 86400.0
 TOP_SENDER_SERIES = 10
 COUNTS = ("received", "delivered", "deferred", "bounced", "rejected", "outbound",
           "received_bytes", "sasl_failures", "login_failures")
+# The unit of what each counter counts (the store keeps its rate per second).
+COUNT_UNITS = {**dict.fromkeys(("received", "delivered", "deferred", "bounced", "rejected", "outbound"),
+                               "msg"), "received_bytes": "B"}
 TABLES = ("senders", "outbound_by", "domains", "reasons", "sasl_clients", "login_clients")
 
 _STAMP = re.compile(
@@ -437,7 +440,7 @@ class MailLogCollector:
         for metric in COUNTS:
             instance = "dovecot" if metric == "login_failures" else "postfix"
             batch.add(Measurement(TARGET, instance, metric, float(state.totals[metric]),
-                                  Kind.DERIVE, unit="B" if metric.endswith("_bytes") else "",
+                                  Kind.DERIVE, unit=COUNT_UNITS.get(metric, ""),
                                   timestamp=now, minimum=0))
         for sender, n in last_hour_senders(state, now).items():
             batch.add(Measurement(TARGET, f"sender {sender}", "outbound_last_hour", n,

@@ -73,6 +73,8 @@ TRAFFIC, LATENCY, PERCENT, GENERIC = "traffic", "latency", "percent", "generic"
 
 _SUFFIX_UNITS = {"_octets": "B", "_bytes": "B", "_seconds": "s", "_percent": "%", "_bps": "b/s",
                  "_days": "d", "_packets": "pkt/s", "_errors": "/s", "_discards": "/s"}
+# Counted units whose stored per-second rate is drawn per hour (monitor.units' "/h" rates).
+_HOURLY_RATES = {"msg": "msg/h"}
 
 
 def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
@@ -90,7 +92,7 @@ def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
 
 def unit_of(metric: str, units: dict[str, str] | None = None) -> str:
     if units and units.get(metric) and units[metric] not in ("", "%"):
-        return units[metric]
+        return _HOURLY_RATES.get(units[metric], units[metric])
     for suffix, unit in _SUFFIX_UNITS.items():
         if metric.endswith(suffix):
             return unit
@@ -574,6 +576,12 @@ class Renderer:
         if graph.kind == TRAFFIC and high <= 0:
             high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
         bottom, top, ticks = axis(low, high, graph.floor, graph.ceiling, graph.unit)
+        # other axes: the tick labels carry the unit, or words do where it is a rate per hour
+        # (then the ticks keep the number and its k / M: "1.5k", beside "messages per hour")
+        label = _YLABELS.get(graph.kind) or units.axis_label(graph.unit)
+        if graph.kind not in _YLABELS and label:
+            ticks = [number + shown.removesuffix(graph.unit)
+                     for number, _, shown in (t.partition(" ") for t in ticks)]
         divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)
@@ -638,7 +646,6 @@ class Renderer:
             fonts.text(image, ((_AX_LEFT - 5) * s, tick_y * s), tick, fonts.small, "#444444", "rm")
         fonts.text(image, (10 * s, 8 * s), display(title, 70), fonts.title, "#1d2733", "la")
         fonts.text(image, ((WIDTH - 10) * s, 10 * s), subtitle, fonts.small, "#667085", "ra")
-        label = _YLABELS.get(graph.kind, "")  # other axes: the tick labels carry the unit
         widest = max((fonts.small.getlength(tick) for tick in ticks), default=0)
         if label and 6 * s + 14 * s <= (_AX_LEFT - 5) * s - widest:  # never over a tick label
             rotated = fonts.vertical(label)

@@ -114,11 +114,20 @@ _BINARY = {"B": ("B", "KiB", "MiB", "GiB", "TiB", "PiB"),
 _BITS = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s")
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _DURATIONS = ((2 * 86400, 86400, "days"), (2 * 3600, 3600, "h"), (120, 60, "min"))
+# A unit ending in "/h" is a per-second rate (what the store keeps of a counter) shown per
+# hour: a few mails an hour read "12 msg/h", not "0.00333".
+_AXIS_LABELS = {"msg/h": "messages per hour"}
+
+
+def axis_label(unit: str) -> str:
+    """The y axis's words for a graph in `unit`, where its tick labels are not enough."""
+    return _AXIS_LABELS.get(unit, "")
 
 
 def scale_for(magnitude: float, unit: str) -> tuple[float, str]:
     """(factor, unit shown) for values of about `magnitude` in `unit`: 3e9, "B" -> (2**30, "GiB");
-    2e7, "b/s" -> (1e6, "Mbit/s"); 0.004, "s" -> (0.001, "ms"); 4e6, "s" -> (86400, "days")."""
+    2e7, "b/s" -> (1e6, "Mbit/s"); 0.004, "s" -> (0.001, "ms"); 4e6, "s" -> (86400, "days");
+    0.01 (per second), "msg/h" -> (1 / 3600, "msg/h")."""
     magnitude = abs(magnitude)
     if unit in _BINARY:
         names, factor, index = _BINARY[unit], 1.0, 0
@@ -142,6 +151,11 @@ def scale_for(magnitude: float, unit: str) -> tuple[float, str]:
         return 1.0, "%"
     if unit == "d":  # certificate expiry
         return 1.0, "days"
+    if unit.endswith("/h"):
+        for factor, prefix in _SI:
+            if magnitude * 3600 >= factor * 0.9995:
+                return factor / 3600, f"{prefix}{unit}"
+        return 1 / 3600, unit
     for factor, prefix in _SI:  # packets, errors per second, plain counts: never milli
         if magnitude >= factor * 0.9995:
             return factor, f"{prefix}{unit}" if unit else prefix

@@ -389,3 +389,38 @@ def test_sender_volume_is_a_sliding_hour_and_falls_back_to_zero():
     # Two hours on: the spammer, quiet since, has decayed out (its alert recovered on the way).
     state.hours[hour + 3600] = HourCounts()
     assert last_hour_senders(state, hour + 3600 + 10) == {"alice@example.net": 3 * (1 - 10 / 3600)}
+
+
+def test_mail_graphs_draw_messages_per_hour(tmp_path):
+    """Two days of the collector's counters written through the store: the store keeps the
+    rate per second (as before), the mail graph draws it per hour ("120 msg/h", y axis
+    "messages per hour"), not as 0.0333 per second."""
+    from collectors.maillog import COUNT_UNITS, COUNTS, TARGET
+    from graphs import render
+    from graphs.render import PERIODS, Job
+    from monitor import units
+    from monitor.model import Kind, Measurement
+    from monitor.store import RrdStore
+
+    store = RrdStore(tmp_path / "rrd")
+    per_step = {"received": 10, "delivered": 9, "outbound": 2}  # per 5 minutes: 120/h, 108/h, 24/h
+    end = RECORDED_AT // 300 * 300
+    for n, at in enumerate(range(end - 2 * 86400, end + 1, 300)):
+        store.write([Measurement(TARGET, "postfix", m, float(per_step.get(m, 0) * n), Kind.DERIVE,
+                                 unit=COUNT_UNITS.get(m, ""), timestamp=at, minimum=0)
+                     for m in COUNTS if m != "login_failures"], 300)
+    info = store.info(TARGET, "postfix")
+    stored = store.fetch_path(info, end - 3600, end).columns["received"]
+    assert all(abs(v - 10 / 300) < 1e-9 for v in stored if v is not None)  # still per second
+    start, stop, _ = render.window(PERIODS["day"], end, info.step)
+    rows = render.stats.period_rows(store, info, start, stop)
+    graph = render.build_graph(info, store.fetch_path(info, start, stop), rows)
+    assert graph.unit == "msg/h" and units.axis_label(graph.unit) == "messages per hour"
+    assert units.format_value(2.0, "msg/h") == "7.20 kmsg/h"  # a flood: 2 per second
+    legend = {row.label: row.text for row in graph.legend}
+    assert "avg   120 msg/h" in legend["received"] and "avg  24.0 msg/h" in legend["outbound"]
+    _, _, ticks = render.axis(0.0, max(graph.layers[0].values), 0.0, None, graph.unit)
+    assert all(t.endswith(" msg/h") for t in ticks) and ticks[-1] in ("120 msg/h", "125 msg/h",
+                                                                       "150 msg/h")
+    result = render.render_job(store, render.Renderer(), Job(info, ["day"], tmp_path / "png", end))
+    assert not result.error and (tmp_path / "png" / "day.png").stat().st_size > 5_000
