@@ -26,9 +26,9 @@ addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
 bounced, rejected, outbound (unit "msg", DERIVE: the store keeps the rate per second, which the
-graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes; sasl_failures; instance "dovecot":
-login_failures; instance "sender <who>": outbound_last_hour (GAUGE, the busiest senders of the
-last 60 minutes). Check "maillog" (target "mail").
+graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes;
+sasl_failures; instance "dovecot": login_failures; instance "sender <who>": outbound_last_hour
+(GAUGE, the busiest senders of the last 60 minutes). Check "maillog" (target "mail").
 """
 
 from __future__ import annotations
