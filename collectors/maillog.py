@@ -390,6 +390,16 @@ def read_logs(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int,
     return counted, problems
 
 
+async def read_journal(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int, list[str]]:
+    """Count the journal's mail entries after the state's cursor; returns (entries counted,
+    problems)."""
+    try:
+        out = await run_command(journal_command(cfg, state.journal_cursor, now), cfg.timeout)
+        return await asyncio.to_thread(count_journal, out, state, cfg, now), []
+    except (OSError, RuntimeError) as exc:
+        return 0, [f"cannot read the journal: {clean(exc, 300)}"]
+
+
 # -- the collector --------------------------------------------------------------------------
 
 
@@ -424,12 +434,9 @@ class MailLogCollector:
         state = await asyncio.to_thread(load_state, self.state_path)
         counted, problems = await asyncio.to_thread(read_logs, self.config, state, now)
         if self.config.journal:
-            try:
-                out = await run_command(journal_command(self.config, state.journal_cursor, now),
-                                        self.config.timeout)
-                counted += await asyncio.to_thread(count_journal, out, state, self.config, now)
-            except (OSError, RuntimeError) as exc:
-                problems.append(f"cannot read the journal: {clean(exc, 300)}")
+            from_journal, trouble = await read_journal(self.config, state, now)
+            counted += from_journal
+            problems += trouble
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
         try:

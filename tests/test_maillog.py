@@ -424,3 +424,66 @@ def test_mail_graphs_draw_messages_per_hour(tmp_path):
                                                                        "150 msg/h")
     result = render.render_job(store, render.Renderer(), Job(info, ["day"], tmp_path / "png", end))
     assert not result.error and (tmp_path / "png" / "day.png").stat().st_size > 5_000
+
+
+def test_journal_mode_digest_counts_up_to_the_period_end(tmp_path):
+    """journal = true: the collector read the first half of the traffic; the rest reached the
+    journal after its last run. The digest reads the journal after the collector's cursor
+    itself (as it reads the files in file mode) and counts everything, saving nothing; with
+    journalctl gone it says how far it counted."""
+    import asyncio
+
+    from alerts.digest import DigestBuilder
+    from monitor.config import parse_config
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    lines = (DATA / "mail.log").read_text().splitlines()
+    dovecot = (DATA / "dovecot.log").read_text().splitlines()
+    half = len(lines) // 2
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    now = RECORDED_AT + 60
+    make_journal(directory / "one.journal", lines[:half], now)
+
+    def config(journalctl: str = "/usr/bin/journalctl"):
+        return parse_config(f'''
+[agent]
+data_dir = "{tmp_path / 'data'}"
+hostname = "mon.example.net"
+[contacts]
+admins = ["admin@example.net"]
+[maillog]
+enabled = true
+journal = true
+journal_directory = "{directory}"
+journalctl = "{journalctl}"
+local_domains = ["example.test"]
+[[digests]]
+name = "daily"
+sections = ["mail"]
+''', "config.toml")
+
+    cfg = config()
+    state_path = cfg.state_dir / "maillog.json"
+    asyncio.run(MailLogCollector(cfg.maillog, 300, state_path, clock=lambda: now).collect())
+    cursor = load_state(state_path).journal_cursor
+    make_journal(directory / "two.journal", lines[half:] + dovecot, now, first=half + 1)
+    window = (RECORDED_AT - 86400, RECORDED_AT + 7200)
+    want = recorded_plan()
+
+    def build(config) -> object:
+        builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
+                                status=StatusBook(tmp_path / "status.json"))
+        (section,) = builder.build(config.digests[0], window).sections
+        return section
+
+    section = build(cfg)
+    assert section.totals["delivered"] == want["delivered"]
+    assert section.totals["received"] == want["received"]
+    assert section.totals["login_failures"] == sum(want["login_failures"].values())
+    assert load_state(state_path).journal_cursor == cursor  # the collector's cursor: not moved
+    partial = build(config(str(tmp_path / "no-journalctl")))
+    assert partial.totals["delivered"] < want["delivered"]
+    assert "Counted up to the collector's last read of the journal only: cannot read the " \
+           "journal" in partial.notes[-1]
