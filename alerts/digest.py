@@ -15,7 +15,6 @@ alerts outbox like every other mail, so a relay outage delays it but never loses
 from __future__ import annotations
 
 import asyncio
-
 import bisect
 import io
 import logging
