@@ -229,6 +229,26 @@ def test_storage_thresholds_in_the_config_file(tmp_path):
         load_config(path)
 
 
+def test_arista_thresholds_of_standard_entity_sensors(recordings):
+    """ENTITY-SENSOR-MIB itself has no thresholds; Arista's aristaEntSensorThresholdTable
+    gives them to its rows (a real DCS-7050TX: an optic on Ethernet1 receives no light, which
+    the switch itself calls "below the low critical threshold (229)")."""
+    device = Device(recordings, "arista-7050tx")
+    try:
+        found = checks(device.poll(0))
+    finally:
+        device.close()
+    assert found["sensor DOM RX Power Sensor for Ethernet1"] == (
+        State.CRITICAL, "DOM RX Power Sensor for Ethernet1 is 1e-07 W (below the low critical "
+                        "threshold 2.29e-05 W)")
+    assert found["temperature Cpu temp sensor"] == (
+        State.OK, "Cpu temp sensor is 53.3 °C (thresholds: high warning 90 °C, high critical 95 °C)")
+    assert found["sensor DOM Voltage Sensor for Ethernet1"][0] is State.OK
+    # a rail whose limits are all "not set" (+-1000000000) gets no threshold check
+    assert "sensor CpucardPwrCon Rail1 12V standby" not in found
+    assert sum(1 for c in found if c.startswith(("temperature ", "sensor "))) == 13
+
+
 def test_net_snmp_host_resources_and_ucd(snmpd):  # noqa: F811
     device = SnmpDevice(name="linux", host="127.0.0.1", port=snmpd, community="monitor-ro",
                         include=["lo"], skip_types=[])
