@@ -8,6 +8,7 @@ import gzip
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from collectors.maillog import (
@@ -167,14 +168,11 @@ async def test_live_postfix_and_dovecot(tmp_path):
     assert figures(state) == expected()
 
 
-def test_digest_mail_section_is_pflogsumm_style(tmp_path):
-    from alerts.digest import DigestBuilder, Report, render_html, render_text
+def digest_config(tmp_path: Path, maillog: str):
+    """A config with [maillog] (`maillog`: its source keys) and a daily digest of its section."""
     from monitor.config import parse_config
-    from monitor.status import StatusBook
-    from monitor.store import RrdStore
 
-    mail, dovecot = copy_logs(tmp_path)
-    config = parse_config(f'''
+    return parse_config(f'''
 [agent]
 data_dir = "{tmp_path / 'data'}"
 hostname = "mon.example.net"
@@ -182,13 +180,21 @@ hostname = "mon.example.net"
 admins = ["admin@example.net"]
 [maillog]
 enabled = true
-log = "{mail}"
-dovecot_log = "{dovecot}"
+{maillog}
 local_domains = ["example.test"]
 [[digests]]
 name = "daily"
 sections = ["mail"]
 ''', "config.toml")
+
+
+def test_digest_mail_section_is_pflogsumm_style(tmp_path):
+    from alerts.digest import DigestBuilder, Report, render_html, render_text
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    mail, dovecot = copy_logs(tmp_path)
+    config = digest_config(tmp_path, f'log = "{mail}"\ndovecot_log = "{dovecot}"')
     builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
                             status=StatusBook(tmp_path / "status.json"))
     digest = config.digests[0]
@@ -344,10 +350,9 @@ def make_journal(path: Path, lines: list[str], now: float, first: int = 0) -> No
                    check=True, capture_output=True)
 
 
-async def test_journal_is_read_after_its_cursor(tmp_path):
-    """Debian 12 without rsyslog: the same traffic read from real journal files with journalctl,
-    in two parts (a second file appears between runs): every entry counted once, other units'
-    entries left out."""
+def journal_in_two_parts(tmp_path: Path) -> tuple[Path, float, Callable[[], None]]:
+    """The recorded traffic as journal files in tmp_path/journal: the first half now, the
+    rest (and Dovecot's lines) when the returned function is called."""
     lines = (DATA / "mail.log").read_text().splitlines()
     dovecot = (DATA / "dovecot.log").read_text().splitlines()
     half = len(lines) // 2
@@ -355,6 +360,15 @@ async def test_journal_is_read_after_its_cursor(tmp_path):
     directory.mkdir()
     now = RECORDED_AT + 60
     make_journal(directory / "one.journal", lines[:half], now)
+    return directory, now, lambda: make_journal(directory / "two.journal", lines[half:] + dovecot,
+                                                now, first=half + 1)
+
+
+async def test_journal_is_read_after_its_cursor(tmp_path):
+    """Debian 12 without rsyslog: the same traffic read from real journal files with journalctl,
+    in two parts (a second file appears between runs): every entry counted once, other units'
+    entries left out."""
+    directory, now, second_half = journal_in_two_parts(tmp_path)
     cfg = MailLogConfig(enabled=True, journal=True, journal_directory=directory,
                         local_domains=["example.test"])
     state_path = tmp_path / "maillog.json"
@@ -364,7 +378,7 @@ async def test_journal_is_read_after_its_cursor(tmp_path):
     assert check.state is State.OK, check.message
     cursor = load_state(state_path).journal_cursor
     assert cursor.startswith("s=")
-    make_journal(directory / "two.journal", lines[half:] + dovecot, now, first=half + 1)
+    second_half()
     await collector.collect()
     await collector.collect()  # nothing new: the cursor stays, nothing counted twice
     assert figures(load_state(state_path)) == recorded_plan()
@@ -434,41 +448,20 @@ def test_journal_mode_digest_counts_up_to_the_period_end(tmp_path):
     import asyncio
 
     from alerts.digest import DigestBuilder
-    from monitor.config import parse_config
     from monitor.status import StatusBook
     from monitor.store import RrdStore
 
-    lines = (DATA / "mail.log").read_text().splitlines()
-    dovecot = (DATA / "dovecot.log").read_text().splitlines()
-    half = len(lines) // 2
-    directory = tmp_path / "journal"
-    directory.mkdir()
-    now = RECORDED_AT + 60
-    make_journal(directory / "one.journal", lines[:half], now)
+    directory, now, second_half = journal_in_two_parts(tmp_path)
 
     def config(journalctl: str = "/usr/bin/journalctl"):
-        return parse_config(f'''
-[agent]
-data_dir = "{tmp_path / 'data'}"
-hostname = "mon.example.net"
-[contacts]
-admins = ["admin@example.net"]
-[maillog]
-enabled = true
-journal = true
-journal_directory = "{directory}"
-journalctl = "{journalctl}"
-local_domains = ["example.test"]
-[[digests]]
-name = "daily"
-sections = ["mail"]
-''', "config.toml")
+        return digest_config(tmp_path, f'journal = true\njournal_directory = "{directory}"\n'
+                                       f'journalctl = "{journalctl}"')
 
     cfg = config()
     state_path = cfg.state_dir / "maillog.json"
     asyncio.run(MailLogCollector(cfg.maillog, 300, state_path, clock=lambda: now).collect())
     cursor = load_state(state_path).journal_cursor
-    make_journal(directory / "two.journal", lines[half:] + dovecot, now, first=half + 1)
+    second_half()
     window = (RECORDED_AT - 86400, RECORDED_AT + 7200)
     want = recorded_plan()
 
