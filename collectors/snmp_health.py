@@ -352,13 +352,13 @@ def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, s
         _, _, unit, factor = sensors[index]
         value = _int(get((*CISCO_SENSOR, 4)).get(index)) or 0
         hits = sorted((r for r in rows if r[3]), reverse=True)
-        hit = None
+        crossed = None
         if hits:
             level, relation, limit, _ = hits[0]
             state, word = CISCO_SEVERITY[level]
-            hit = (state, f"{word} threshold: {relation} {limit * factor:g} {unit}")
+            crossed = (state, f"{word} threshold: {relation} {limit * factor:g} {unit}")
         levels = ", ".join(f"{CISCO_SEVERITY[s][1]} {r} {v * factor:g} {unit}" for s, r, v, _ in sorted(rows))
-        _threshold_check(out, sensors[index], value, hit, levels)
+        _threshold_check(out, sensors[index], value, crossed, levels)
 
 
 def _arista_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, str, str, float]]) -> None:
