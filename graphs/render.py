@@ -73,8 +73,6 @@ TRAFFIC, LATENCY, PERCENT, GENERIC = "traffic", "latency", "percent", "generic"
 
 _SUFFIX_UNITS = {"_octets": "B", "_bytes": "B", "_seconds": "s", "_percent": "%", "_bps": "b/s",
                  "_days": "d", "_packets": "pkt/s", "_errors": "/s", "_discards": "/s"}
-# Counted units whose stored per-second rate is drawn per hour (monitor.units' "/h" rates).
-_HOURLY_RATES = {"msg": "msg/h"}
 
 
 def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
@@ -90,13 +88,15 @@ def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
     return GENERIC
 
 
-def unit_of(metric: str, units: dict[str, str] | None = None) -> str:
-    if units and units.get(metric) and units[metric] not in ("", "%"):
-        return _HOURLY_RATES.get(units[metric], units[metric])
+def unit_of(metric: str, stored: dict[str, str] | None = None) -> str:
+    """The unit `metric` is drawn in: its stored unit (a counted one as its rate, "msg" ->
+    "msg/h"), else the one its name implies."""
+    if stored and stored.get(metric) and stored[metric] not in ("", "%"):
+        return units.rate_unit(stored[metric])
     for suffix, unit in _SUFFIX_UNITS.items():
         if metric.endswith(suffix):
             return unit
-    return (units or {}).get(metric, "")
+    return (stored or {}).get(metric, "")
 
 
 def display(text: str, limit: int = 0) -> str:

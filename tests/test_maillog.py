@@ -431,6 +431,9 @@ def test_mail_graphs_draw_messages_per_hour(tmp_path):
     graph = render.build_graph(info, store.fetch_path(info, start, stop), rows)
     assert graph.unit == "msg/h" and units.axis_label(graph.unit) == "messages per hour"
     assert units.format_value(2.0, "msg/h") == "7.20 kmsg/h"  # a flood: 2 per second
+    from alerts.baseline import shown  # the baseline check's words: per hour as well
+
+    assert shown(10 / 300, "outbound", info.units["outbound"]) == "120 msg/h"
     legend = {row.label: row.text for row in graph.legend}
     assert "avg   120 msg/h" in legend["received"] and "avg  24.0 msg/h" in legend["outbound"]
     _, _, ticks = render.axis(0.0, max(graph.layers[0].values), 0.0, None, graph.unit)
