@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -164,6 +165,7 @@ class SiteBuilder:
         self.baseline = baseline  # draw the seasonal band of the series it selects
         self.mail_state = mail_state  # the mail-log collector's counts, for mail.html
         self._pool: ProcessPoolExecutor | None = None
+        self._abandoned = threading.Event()
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True,
@@ -185,6 +187,12 @@ class SiteBuilder:
                 initargs=(str(self.store.root), self.store.rrdcached, self.store.remote,
                           os.getpid()))
         return self._pool
+
+    def abandon(self) -> None:
+        """From another thread: let a running build stop drawing at its next chunk (an agent
+        that stops should not wait for a site it redraws at its next start). Graphs not drawn
+        stay due; the pages are written with what is there."""
+        self._abandoned.set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -214,6 +222,7 @@ class SiteBuilder:
         """Draw what is due, write every page. `full` redraws every graph."""
         started = time.perf_counter()
         now = self.clock()
+        self._abandoned.clear()
         report = BuildReport()
         series = self.store.series()
         entries = self._load_state()
@@ -287,11 +296,22 @@ class SiteBuilder:
         # Chunks amortise the inter-process round trip; small enough to spread over all cores.
         size = max(1, min(16, len(jobs) // (self.workers * 4)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        pool = self._executor()
-        futures: list[Future] = [pool.submit(_work, chunk) for chunk in chunks]
+        # Chunks go out a few at a time (enough to keep every worker busy), so an abandoned
+        # build stops sending: a chunk already with a worker cannot be called back.
+        window = 2 * self.workers
+        futures: dict[int, Future] = {}
         done = 0
         results = []
-        for chunk, future in zip(chunks, futures, strict=True):
+        for i, chunk in enumerate(chunks):
+            while len(futures) < min(i + window, len(chunks)) and not self._abandoned.is_set():
+                # _executor(): a new pool when a dead worker made us close the last one
+                futures[len(futures)] = self._executor().submit(_work, chunks[len(futures)])
+            future = futures.get(i)
+            if future is None:  # abandoned before it was sent: nothing drawn, still due
+                results.extend(JobResult(j.info.target, j.info.instance,
+                                         render.classify(j.info.metrics, j.info.thresholds))
+                               for j in chunk)
+                continue
             try:
                 results.extend(future.result())
             except Exception as exc:  # a worker died (out of memory, killed): report, go on
