@@ -6,6 +6,7 @@ drawn in one warm renderer is compared, pixel for pixel, with the same graph dra
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -217,7 +218,7 @@ def assert_round_ticks(ticks: list[str]) -> None:
     assert len(set(shown)) == 1, ticks
     assert all(ROUND_TICK.fullmatch(n) for n in numbers), ticks
     values = [float(n) for n in numbers]
-    steps = {round(b - a, 9) for a, b in zip(values, values[1:])}
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(values)}
     assert len(steps) == 1, ticks
     step = steps.pop()
     mantissa = step / 10 ** math.floor(math.log10(step))
@@ -263,6 +264,7 @@ def test_state_metrics_show_words_and_only_traffic_has_a_total(history, tmp_path
                 [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
                 for row in table.split("<tr>")[1:]}
         current, average, maximum, p95, total = rows["oper_status"]
+        assert p95 == "down" and total == "-"
         assert current == "down" and maximum == "down", (period, rows["oper_status"])
         if period in ("month", "year"):  # up until 30 days ago
             assert average == "mixed"
