@@ -49,7 +49,15 @@ from monitor.process import exit_with
 from monitor.seasonal import selected
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
-from monitor.units import format_age, format_bytes, format_duration
+from monitor.units import (
+    OPER_STATUS,
+    format_age,
+    format_bytes,
+    format_duration,
+    format_metric,
+    format_state,
+    format_value,
+)
 
 if TYPE_CHECKING:
     from collectors.snmp import PortIndex, PortInfo
@@ -497,10 +505,6 @@ def natural_key(name: str) -> tuple:
                  for part in re.split(r"(\d+)", name) if part)
 
 
-_OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "not present",
-                7: "lower layer down"}  # IF-MIB ifOperStatus
-
-
 def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
               port: PortInfo | None) -> dict:
     """One line of a device's port table, from the day graph's figures (current values) and
@@ -513,7 +517,7 @@ def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
     speed = now("Link speed")
     rin, rout = now("In"), now("Out")
     oper, admin = now("oper_status"), now("admin_status")
-    status = "admin down" if admin == 2 else _OPER_STATUS.get(round(oper), f"status {oper:g}") \
+    status = "admin down" if admin == 2 else format_state(oper, OPER_STATUS) \
         if oper is not None else ""
 
     def per_second(*labels: str) -> str:
@@ -696,9 +700,10 @@ class _SiteModel:
                 total_unit = "B" if unit == "b/s" else ""
                 table.append({
                     "label": render.display(label),
-                    **{key: render.format_value(s.get(key), unit)
+                    **{key: format_metric(s.get(key), label, unit)
                        for key in ("current", "average", "maximum", "p95")},
-                    "total": render.format_value(s.get("total"), total_unit) if total_unit else "",
+                    # only traffic has a total (bytes moved); "-" as for any figure not known
+                    "total": format_value(s.get("total") if total_unit else None, total_unit),
                 })
             out.append({"name": name, "heading": period.label.capitalize(), "png": f"{name}.png",
                         "drawn": summary is not None, "table": table})
