@@ -51,7 +51,7 @@ from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write, load_state, safe_name
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
 from monitor.text import clean
-from monitor.units import format_duration
+from monitor.units import OPER_STATUS, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,6 @@ def addresses_by_ifindex(tables: dict[Oid, dict[Oid, object]]) -> dict[int, list
         found.setdefault(if_index, set()).add(f"{any_address}/{prefix if 0 <= prefix <= full else full}")
     return {i: sorted(a, key=lambda t: (":" in t, t)) for i, a in found.items()}
 
-OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
-               7: "lowerLayerDown"}
 
 
 # DisplayString (RFC 2579) holds at most 255 characters: a longer ifAlias or sysName is an agent

@@ -179,3 +179,29 @@ def format_bytes(value: float | None) -> str:
 def format_bits_per_second(value: float | None) -> str:
     """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s", None -> "-"."""
     return format_value(value, "b/s")
+
+
+# -- enumerated metrics: values that name states ----------------------------------------------
+
+# IF-MIB ifOperStatus and ifAdminStatus, as the collectors store them (the number of the state).
+OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
+               7: "lowerLayerDown"}
+ADMIN_STATUS = {1: "up", 2: "down", 3: "testing"}
+ENUMERATED = {"oper_status": OPER_STATUS, "admin_status": ADMIN_STATUS}
+
+
+def format_state(value: float | None, states: dict[int, str]) -> str:
+    """A stored state number as its word: 1 -> "up"; a figure between states (the average of
+    a period with both) -> "mixed"; None or NaN -> "-"."""
+    if value is None or math.isnan(value):
+        return "-"
+    if abs(value - round(value)) > 1e-9:
+        return "mixed"
+    return states.get(round(value), f"state {value:g}")
+
+
+def format_metric(value: float | None, metric: str, unit: str = "") -> str:
+    """A value of `metric` for people: the state's word for an enumerated metric
+    (oper_status 1 -> "up"), else `format_value`."""
+    states = ENUMERATED.get(metric)
+    return format_state(value, states) if states else format_value(value, unit)
