@@ -795,14 +795,13 @@ class SnmpCollector:
             poller.client = None
         return engine
 
-    async def _poll(self, poller: DevicePoller, limit: asyncio.Semaphore) -> Batch:
-        async with limit:
-            try:
-                return await poller.poll(self._engine_for(poller), self.clock, self._share)
-            except Exception as exc:  # a bug or a broken agent: report it, poll the others
-                log.exception("%s: SNMP poll failed", poller.device.name)
-                return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
-                                     f"{exc}", self.clock(), State.UNKNOWN)
+    async def _poll(self, poller: DevicePoller) -> Batch:
+        try:
+            return await poller.poll(self._engine_for(poller), self.clock, self._share)
+        except Exception as exc:  # a bug or a broken agent: report it, poll the others
+            log.exception("%s: SNMP poll failed", poller.device.name)
+            return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
+                                 f"{exc}", self.clock(), State.UNKNOWN)
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Each device's batch as it finishes; devices done while the consumer was busy with
@@ -813,7 +812,10 @@ class SnmpCollector:
         ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=self.concurrency)
 
         async def run(poller: DevicePoller) -> None:
-            await ready.put(await self._poll(poller, limit))
+            # The poll keeps its place until its batch is queued: were the place given back at
+            # once, every device polled while the consumer writes would wait here with its batch.
+            async with limit:
+                await ready.put(await self._poll(poller))
 
         tasks = [asyncio.ensure_future(run(p)) for name, p in self.pollers.items()
                  if self._selected is None or name in self._selected]
