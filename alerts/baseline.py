@@ -23,7 +23,7 @@ from monitor.config import BaselineConfig
 from monitor.model import CheckResult, State
 from monitor.store import RrdStore, SeriesInfo
 from monitor.text import clean
-from monitor.units import format_value
+from monitor.units import format_value, rate_unit
 
 HOUR = 3600
 HISTORY_STEP = 7200  # the store's 2-hour archive keeps 9 weeks
@@ -35,7 +35,7 @@ def shown(value: float, metric: str, unit: str) -> str:
         return format_value(value * 8, "b/s")
     if not unit:  # a count stored as its rate (mail delivered): per hour
         return f"{value * HOUR:.0f} per hour"
-    return format_value(value, unit)
+    return format_value(value, rate_unit(unit))  # messages: per hour too
 
 
 def history(store: RrdStore, info: SeriesInfo, metric: str, end: float, weeks: int

@@ -14,6 +14,7 @@ alerts outbox like every other mail, so a relay outage delays it but never loses
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import io
 import logging
@@ -572,7 +573,7 @@ class DigestBuilder:
 
     def section_mail(self, digest: Digest, start: float, end: float) -> Section:
         """pflogsumm's summary from the mail-log collector's hourly counts."""
-        from collectors.maillog import load_state, read_logs, summary
+        from collectors.maillog import load_state, read_journal, read_logs, summary
 
         s = Section("mail", "Mail traffic", ["", "what", "count"],
                     empty="No mail logged in this period.")
@@ -580,9 +581,18 @@ class DigestBuilder:
                                 "mail statistics")
         if state is None:
             return s
+        counted_to = ""
+        if self.config.maillog.enabled and self.config.maillog.journal:
+            # As with the log files: the entries since the collector's last run, counted into
+            # this copy only (the digest is built in a worker thread: no loop runs here).
+            _, problems = asyncio.run(read_journal(self.config.maillog, state, end))
+            if problems:
+                counted_to = (f" Counted up to the collector's last read of the journal only: "
+                              f"{problems[0]}.")
         total = summary(state, start, end)
         c = total.counts
         if not any(c.values()):
+            s.empty += counted_to
             return s
         rows = [("received", f"{c['received']} ({format_bytes(c['received_bytes'])})"),
                 ("delivered", f"{c['delivered']} ({c['outbound']} outbound)"),
@@ -602,7 +612,7 @@ class DigestBuilder:
                                                       "deferred", "bounced", "rejected",
                                                       "sasl_failures", "login_failures")}
         s.notes.append(f"From the mail log, {fmt_time(start)} to {fmt_time(end)}; senders are "
-                       "SASL users, else client addresses.")
+                       "SASL users, else client addresses." + counted_to)
         return s
 
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:
@@ -710,7 +720,6 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     """Build digest NAME now; print it (dry run) or enqueue it in the outbox (the agent's own,
     when it runs there) and try to send. `last`: cover the last this many seconds up to now
     instead of the last complete scheduled period."""
-    import asyncio
     import sys
 
     digest = next((d for d in config.digests if d.name == name), None)

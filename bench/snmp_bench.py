@@ -198,6 +198,21 @@ def file_size(tmp: Path, archives: list[str]) -> int:
     return size
 
 
+def reset_peak_rss() -> None:
+    """Start a new peak (VmHWM) so each cycle's figure is its own, not the run's so far."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def inside_cycle(ports: list[int], tmp: Path, archives: list[str]) -> None:
     from collectors.snmp import SnmpCollector
     from monitor.config import SnmpDevice
@@ -224,12 +239,27 @@ def inside_cycle(ports: list[int], tmp: Path, archives: list[str]) -> None:
             bad += len(problems)
         return time.perf_counter() - t0, time.process_time() - cpu0, values, created, bad
 
+    tracing = os.environ.get("SNMP_BENCH_TRACEMALLOC") == "1"  # where the memory goes (slow)
+    if tracing:
+        import tracemalloc
+
+        tracemalloc.start(int(os.environ.get("SNMP_BENCH_FRAMES", "1")))
+
     async def main() -> None:
         for i in range(3):
+            reset_peak_rss()
             wall, cpu, values, created, bad = await cycle()
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            rss = peak_rss_mib()
             print(f"RESULT cycle{i} {wall:.3f} {cpu:.3f} {values} {created} {bad} {rss:.0f} "
                   f"{os.getloadavg()[0]:.1f}")
+            if tracing:
+                current, peak = tracemalloc.get_traced_memory()
+                print(f"  tracemalloc cycle{i}: live {current / 2**20:.1f} MiB, peak "
+                      f"{peak / 2**20:.1f} MiB", file=sys.stderr)
+                top = tracemalloc.take_snapshot().statistics("lineno")[:12]
+                for stat in top:
+                    print(f"    {stat}", file=sys.stderr)
+                tracemalloc.reset_peak()
             await asyncio.sleep(1)  # RRD timestamps are whole seconds
 
     try:
@@ -328,7 +358,7 @@ def main() -> int:
     def inside(*args: str) -> None:
         out = subprocess.run(["ip", "netns", "exec", NS, sys.executable, __file__, "--inside", *args],
                              capture_output=True, text=True, check=True)
-        sys.stderr.write(out.stderr[-2000:])
+        sys.stderr.write(out.stderr[-2000 if 'SNMP_BENCH_TRACEMALLOC' not in os.environ else -20000:])
         for line in out.stdout.splitlines():
             if line.startswith("RESULT "):
                 name, *vals = line.split()[1:]
@@ -408,7 +438,7 @@ def report(results: dict[str, list[str]]) -> None:
                   f"{float(cpu):.2f} s agent CPU ({values} values, {created} files created, "
                   f"{bad} device(s) not OK), peak RSS {rss} MiB, load {load}")
         steady = min(walls[1:])
-        rss = float(results["cycle2"][5])
+        rss = max(float(results[f"cycle{i}"][5]) for i in range(3))  # each cycle's own peak
         print(f"  steady-state cycle {steady:.2f} s (target <= 20 s: "
               f"{'met' if steady <= 20 else 'NOT met'}); first/steady = {walls[0] / steady:.1f}x "
               f"(target <= 3x: {'met' if walls[0] <= 3 * steady else 'NOT met'}); RSS {rss:.0f} "

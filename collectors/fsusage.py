@@ -191,7 +191,8 @@ class UsageThresholds:
     inodes_critical: float = 95.0
 
 
-def _state(percent: float, warning: float, critical: float) -> State:
+def usage_state(percent: float, warning: float, critical: float) -> State:
+    """CRITICAL at or above `critical` percent, WARNING at or above `warning`, else OK."""
     if percent >= critical:
         return State.CRITICAL
     if percent >= warning:
@@ -220,7 +221,7 @@ def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageT
 
     ms = [m("used_bytes", used, "B"), m("free_bytes", avail, "B"), m("size_bytes", size, "B"),
           m("used_percent", used_pct, "%", 100)]
-    state = bytes_state = _state(used_pct, limits.usage_warning, limits.usage_critical)
+    state = bytes_state = usage_state(used_pct, limits.usage_warning, limits.usage_critical)
     inode_state = State.OK
     parts = [f"{used_pct:.1f}% used ({format_bytes(used)} of {format_bytes(usable)}, "
              f"{format_bytes(avail)} free)"]
@@ -231,7 +232,7 @@ def usage_check(target: str, mount: Mount, st: os.statvfs_result, limits: UsageT
         inodes_pct = 100.0 * inodes_used / inodes_usable if inodes_usable else 0.0
         ms += [m("inodes_used", inodes_used, ""), m("inodes_free", st.f_favail, ""),
                m("inodes_used_percent", inodes_pct, "%", 100)]
-        inode_state = _state(inodes_pct, limits.inodes_warning, limits.inodes_critical)
+        inode_state = usage_state(inodes_pct, limits.inodes_warning, limits.inodes_critical)
         parts.append(f"inodes {inodes_pct:.1f}% used ({st.f_favail} free)")
         if inode_state.severity > state.severity:
             state = inode_state

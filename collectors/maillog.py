@@ -25,10 +25,10 @@ data_dir/state/maillog.json, written atomically. A flood of distinct senders, do
 addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
-bounced, rejected, outbound (messages, DERIVE: the store keeps the rate, so an hour's average
-times 3600 is the hour's count), received_bytes; sasl_failures; instance "dovecot":
-login_failures; instance "sender <who>": outbound_last_hour (GAUGE, the busiest senders of the
-last 60 minutes). Check "maillog" (target "mail").
+bounced, rejected, outbound (unit "msg", DERIVE: the store keeps the rate per second, which the
+graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes;
+sasl_failures; instance "dovecot": login_failures; instance "sender <who>": outbound_last_hour
+(GAUGE, the busiest senders of the last 60 minutes). Check "maillog" (target "mail").
 """
 
 from __future__ import annotations
@@ -63,6 +63,9 @@ LOSS_SHOWN = 86400.0
 TOP_SENDER_SERIES = 10
 COUNTS = ("received", "delivered", "deferred", "bounced", "rejected", "outbound",
           "received_bytes", "sasl_failures", "login_failures")
+# The unit of what each counter counts (the store keeps its rate per second).
+COUNT_UNITS = {**dict.fromkeys(("received", "delivered", "deferred", "bounced", "rejected", "outbound"),
+                               "msg"), "received_bytes": "B"}
 TABLES = ("senders", "outbound_by", "domains", "reasons", "sasl_clients", "login_clients")
 
 _STAMP = re.compile(
@@ -387,6 +390,16 @@ def read_logs(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int,
     return counted, problems
 
 
+async def read_journal(cfg: MailLogConfig, state: MailLogState, now: float) -> tuple[int, list[str]]:
+    """Count the journal's mail entries after the state's cursor; returns (entries counted,
+    problems)."""
+    try:
+        out = await run_command(journal_command(cfg, state.journal_cursor, now), cfg.timeout)
+        return await asyncio.to_thread(count_journal, out, state, cfg, now), []
+    except (OSError, RuntimeError) as exc:
+        return 0, [f"cannot read the journal: {clean(exc, 300)}"]
+
+
 # -- the collector --------------------------------------------------------------------------
 
 
@@ -421,12 +434,9 @@ class MailLogCollector:
         state = await asyncio.to_thread(load_state, self.state_path)
         counted, problems = await asyncio.to_thread(read_logs, self.config, state, now)
         if self.config.journal:
-            try:
-                out = await run_command(journal_command(self.config, state.journal_cursor, now),
-                                        self.config.timeout)
-                counted += await asyncio.to_thread(count_journal, out, state, self.config, now)
-            except (OSError, RuntimeError) as exc:
-                problems.append(f"cannot read the journal: {clean(exc, 300)}")
+            from_journal, trouble = await read_journal(self.config, state, now)
+            counted += from_journal
+            problems += trouble
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
         try:
@@ -437,7 +447,7 @@ class MailLogCollector:
         for metric in COUNTS:
             instance = "dovecot" if metric == "login_failures" else "postfix"
             batch.add(Measurement(TARGET, instance, metric, float(state.totals[metric]),
-                                  Kind.DERIVE, unit="B" if metric.endswith("_bytes") else "",
+                                  Kind.DERIVE, unit=COUNT_UNITS.get(metric, ""),
                                   timestamp=now, minimum=0))
         for sender, n in last_hour_senders(state, now).items():
             batch.add(Measurement(TARGET, f"sender {sender}", "outbound_last_hour", n,

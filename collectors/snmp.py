@@ -45,13 +45,13 @@ from collectors.snmp_client import (
     walk_columns,
 )
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
-from collectors.snmp_health import DeviceHealth, ErrorWatch
+from collectors.snmp_health import DeviceHealth, ErrorWatch, StorageLimits
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write, load_state, safe_name
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
 from monitor.text import clean
-from monitor.units import format_duration
+from monitor.units import OPER_STATUS, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +210,6 @@ def addresses_by_ifindex(tables: dict[Oid, dict[Oid, object]]) -> dict[int, list
         found.setdefault(if_index, set()).add(f"{any_address}/{prefix if 0 <= prefix <= full else full}")
     return {i: sorted(a, key=lambda t: (":" in t, t)) for i, a in found.items()}
 
-OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
-               7: "lowerLayerDown"}
 
 
 # DisplayString (RFC 2579) holds at most 255 characters: a longer ifAlias or sysName is an agent
@@ -381,6 +379,7 @@ class DevicePoller:
     def reset_health(self) -> None:
         self.health = DeviceHealth()
         self.health.bgp.prefix_drop = self.device.bgp_prefix_drop
+        self.health.storage = StorageLimits(self.device.storage_warning, self.device.storage_critical)
         self.errors = ErrorWatch(self.device.errors_warning, self.device.errors_for)
 
     @property
@@ -796,14 +795,13 @@ class SnmpCollector:
             poller.client = None
         return engine
 
-    async def _poll(self, poller: DevicePoller, limit: asyncio.Semaphore) -> Batch:
-        async with limit:
-            try:
-                return await poller.poll(self._engine_for(poller), self.clock, self._share)
-            except Exception as exc:  # a bug or a broken agent: report it, poll the others
-                log.exception("%s: SNMP poll failed", poller.device.name)
-                return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
-                                     f"{exc}", self.clock(), State.UNKNOWN)
+    async def _poll(self, poller: DevicePoller) -> Batch:
+        try:
+            return await poller.poll(self._engine_for(poller), self.clock, self._share)
+        except Exception as exc:  # a bug or a broken agent: report it, poll the others
+            log.exception("%s: SNMP poll failed", poller.device.name)
+            return poller.failed(f"{poller.device.name}: poll failed: {type(exc).__name__}: "
+                                 f"{exc}", self.clock(), State.UNKNOWN)
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Each device's batch as it finishes; devices done while the consumer was busy with
@@ -814,7 +812,10 @@ class SnmpCollector:
         ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=self.concurrency)
 
         async def run(poller: DevicePoller) -> None:
-            await ready.put(await self._poll(poller, limit))
+            # The poll keeps its place until its batch is queued: were the place given back at
+            # once, every device polled while the consumer writes would wait here with its batch.
+            async with limit:
+                await ready.put(await self._poll(poller))
 
         tasks = [asyncio.ensure_future(run(p)) for name, p in self.pollers.items()
                  if self._selected is None or name in self._selected]

@@ -8,8 +8,9 @@ budget) and reads, where the device has them:
 - CPU and memory: HOST-RESOURCES-MIB (hrProcessorLoad, hrStorage RAM), UCD-SNMP-MIB (net-snmp
   and Linux-based boxes), CISCO-PROCESS-MIB, CISCO-MEMORY-POOL-MIB, Juniper's
   jnxOperatingTable (routing engines); storage (hrStorage fixed disks), check "storage <path>"
-  at 90 % (WARNING) / 95 % (CRITICAL);
-- sensors, fans and power supplies: ENTITY-SENSOR-MIB, CISCO-ENTITY-SENSOR-MIB and
+  at the device's storage_warning / storage_critical percent (default 90 / 95);
+- sensors, fans and power supplies: ENTITY-SENSOR-MIB (thresholds from Arista's
+  aristaEntSensorThresholdTable: the standard MIB has none), CISCO-ENTITY-SENSOR-MIB and
   CISCO-ENVMON-MIB (with the device's own thresholds and states: checks "temperature <name>",
   "sensor <name>"), jnxOperatingTable, MikroTik's health tables. A failed fan or power supply
   is CRITICAL ("fan <name>", "psu <name>").
@@ -31,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from collectors import snmp_bgp, ups
+from collectors.fsusage import usage_state
 from collectors.snmp_ber import Missing, Oid
 from collectors.snmp_client import Client, SnmpError, walk_columns
 from monitor.model import Batch, CheckResult, Kind, Measurement, State
@@ -75,6 +77,13 @@ CISCO_SENSOR = (1, 3, 6, 1, 4, 1, 9, 9, 91, 1, 1, 1, 1)  # CISCO-ENTITY-SENSOR-M
 CISCO_THRESHOLD = (1, 3, 6, 1, 4, 1, 9, 9, 91, 1, 2, 1, 1)  # index: entPhysicalIndex, threshold
 CISCO_T_SEVERITY, CISCO_T_RELATION = (*CISCO_THRESHOLD, 2), (*CISCO_THRESHOLD, 3)
 CISCO_T_VALUE, CISCO_T_EVALUATION = (*CISCO_THRESHOLD, 4), (*CISCO_THRESHOLD, 5)
+# ENTITY-SENSOR-MIB (RFC 3433) has no thresholds; Arista's aristaEntSensorThresholdTable adds
+# them to its rows (same index, same units as entPhySensorValue): low warning (1), low critical
+# (2), high warning (3), high critical (4); +-1000000000 is "not set".
+ARISTA_THRESHOLD = (1, 3, 6, 1, 4, 1, 30065, 3, 12, 1, 1, 1)
+ARISTA_LIMITS = {2: (State.CRITICAL, "low critical", -1), 4: (State.CRITICAL, "high critical", 1),
+                 1: (State.WARNING, "low warning", -1), 3: (State.WARNING, "high warning", 1)}
+ARISTA_UNSET = 1_000_000_000
 ENVMON = (1, 3, 6, 1, 4, 1, 9, 9, 13, 1)
 ENV_TEMP_DESCR, ENV_TEMP_VALUE = (*ENVMON, 3, 1, 2), (*ENVMON, 3, 1, 3)
 ENV_TEMP_THRESHOLD, ENV_TEMP_STATE = (*ENVMON, 3, 1, 4), (*ENVMON, 3, 1, 6)
@@ -88,11 +97,11 @@ COLUMNS = [*ups.COLUMNS, *snmp_bgp.COLUMNS, HR_STORAGE_TYPE, HR_STORAGE_DESCR, H
            CISCO_POOL_USED, CISCO_POOL_FREE, JNX_DESCR, JNX_STATE, JNX_TEMP, JNX_CPU, JNX_BUFFER,
            MT_GAUGE_NAME, MT_GAUGE_VALUE, MT_GAUGE_UNIT, ENT_TYPE, ENT_SCALE, ENT_PRECISION,
            ENT_VALUE, ENT_OPER, *((*CISCO_SENSOR, n) for n in range(1, 6)), CISCO_T_SEVERITY,
-           CISCO_T_RELATION, CISCO_T_VALUE, CISCO_T_EVALUATION, ENV_TEMP_DESCR, ENV_TEMP_VALUE,
+           CISCO_T_RELATION, CISCO_T_VALUE, CISCO_T_EVALUATION,
+           *((*ARISTA_THRESHOLD, n) for n in ARISTA_LIMITS), ENV_TEMP_DESCR, ENV_TEMP_VALUE,
            ENV_TEMP_THRESHOLD, ENV_TEMP_STATE,
            ENV_FAN_DESCR, ENV_FAN_STATE, ENV_PSU_DESCR, ENV_PSU_STATE]
 
-STORAGE_WARNING, STORAGE_CRITICAL = 90.0, 95.0
 READ_ONLY_MOUNTS = ("/packages/", "/dev", "/proc", "/sys", "/run", "/snap/")
 # CISCO-ENVMON states: normal(1) warning(2) critical(3) shutdown(4) notPresent(5)
 # notFunctioning(6)
@@ -124,6 +133,15 @@ def _name(value: object, fallback: str) -> str:
         return fallback
     text = clean(value.decode("utf-8", "replace") if isinstance(value, bytes) else value, 60)
     return text or fallback
+
+
+@dataclass
+class StorageLimits:
+    """hrStorage fixed disks: percent used that is WARNING / CRITICAL (the device's
+    storage_warning / storage_critical, as [disks] usage_warning / usage_critical)."""
+
+    warning: float = 90.0
+    critical: float = 95.0
 
 
 @dataclass
@@ -173,7 +191,8 @@ class _Out:
             self.value(f"sensor {name}", metric, value, unit)
 
 
-def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]]) -> None:
+def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
+                    storage: StorageLimits) -> None:
     get = lambda column: tables.get(column, {})  # noqa: E731
     loads = [v for v in map(_int, get(HR_PROCESSOR_LOAD).values()) if v is not None]
     cisco = [v for v in map(_int, get(CISCO_CPU_5MIN).values()) if v is not None]
@@ -226,8 +245,7 @@ def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dic
             out.value(instance, "used_bytes", float(taken * unit), "B")
             out.value(instance, "size_bytes", float(size * unit), "B")
             out.value(instance, "used_percent", percent, "%")
-            state = (State.CRITICAL if percent >= STORAGE_CRITICAL else
-                     State.WARNING if percent >= STORAGE_WARNING else State.OK)
+            state = usage_state(percent, storage.warning, storage.critical)
             out.check(f"storage {path}", state, f"{path}: {percent:.0f} % used of "
                       f"{format_bytes(size * unit)}")
 
@@ -275,10 +293,8 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
             state = State.CRITICAL if jnx_state == 6 else State.WARNING if jnx_state == 1 else State.OK
             _failed_part(out, kind, out.unique(name, index, kind), state,
                          JNX_WORDS.get(jnx_state, str(jnx_state)))
-    for base in (ENT_SENSOR, CISCO_SENSOR):
-        sensors = _entity_sensors(out, tables, base)
-        if base is CISCO_SENSOR:
-            _cisco_thresholds(out, tables, sensors)
+    _arista_thresholds(out, tables, _entity_sensors(out, tables, ENT_SENSOR))
+    _cisco_thresholds(out, tables, _entity_sensors(out, tables, CISCO_SENSOR))
     # MikroTik: the gauge table (RouterOS 6.4x+), else the older scalars (tenths).
     if get(MT_GAUGE_VALUE):
         for index, raw in sorted(get(MT_GAUGE_VALUE).items()):
@@ -333,24 +349,53 @@ def _cisco_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, s
             hit = get(CISCO_T_EVALUATION).get(index) == 1
             limits.setdefault(index[:-1], []).append((level, relation, float(raw_limit), hit))
     for index, rows in sorted(limits.items()):
-        name, metric, unit, factor = sensors[index]
+        _, _, unit, factor = sensors[index]
         value = _int(get((*CISCO_SENSOR, 4)).get(index)) or 0
-        shown = f"{value * factor:g} {unit}"
         hits = sorted((r for r in rows if r[3]), reverse=True)
-        what = "temperature" if metric == "temperature_celsius" else "sensor"
+        crossed = None
         if hits:
             level, relation, limit, _ = hits[0]
             state, word = CISCO_SEVERITY[level]
-            out.check(f"{what} {name}", state, f"{name} is {shown} ({word} threshold: "
-                      f"{relation} {limit * factor:g} {unit})")
-        else:
-            levels = ", ".join(f"{CISCO_SEVERITY[s][1]} {r} {v * factor:g} {unit}"
-                               for s, r, v, _ in sorted(rows))
-            out.check(f"{what} {name}", State.OK, f"{name} is {shown} (thresholds: {levels})")
+            crossed = (state, f"{word} threshold: {relation} {limit * factor:g} {unit}")
+        levels = ", ".join(f"{CISCO_SEVERITY[s][1]} {r} {v * factor:g} {unit}" for s, r, v, _ in sorted(rows))
+        _threshold_check(out, sensors[index], value, crossed, levels)
+
+
+def _arista_thresholds(out: _Out, tables: Tables, sensors: dict[Oid, tuple[str, str, str, float]]) -> None:
+    """Arista's thresholds of its ENTITY-SENSOR rows: a check per sensor that has some; the
+    device's own words ("below the low critical threshold") decide, as in its CLI."""
+    for index, sensor in sorted(sensors.items()):
+        limits = {n: v for n in ARISTA_LIMITS
+                  if (v := _int(tables.get((*ARISTA_THRESHOLD, n), {}).get(index))) is not None
+                  and abs(v) < ARISTA_UNSET}
+        value = _int(tables.get(ENT_VALUE, {}).get(index))
+        if not limits or value is None:
+            continue
+        _, _, unit, factor = sensor
+        hit = next(((state, f"{'below' if side < 0 else 'above'} the {word} threshold "
+                     f"{limits[n] * factor:g} {unit}")
+                    for n, (state, word, side) in ARISTA_LIMITS.items()
+                    if n in limits and (value - limits[n]) * side > 0), None)
+        levels = ", ".join(f"{ARISTA_LIMITS[n][1]} {limits[n] * factor:g} {unit}" for n in sorted(limits))
+        _threshold_check(out, sensor, value, hit, levels)
+
+
+def _threshold_check(out: _Out, sensor: tuple[str, str, str, float], raw: int,
+                     hit: tuple[State, str] | None, levels: str) -> None:
+    """Check "temperature NAME" (or "sensor NAME") of a sensor with the device's own limits:
+    `hit` (state, words) when one is crossed, else OK with all of them."""
+    name, metric, unit, factor = sensor
+    what = "temperature" if metric == "temperature_celsius" else "sensor"
+    shown = f"{raw * factor:g} {unit}"
+    if hit is not None:
+        out.check(f"{what} {name}", hit[0], f"{name} is {shown} ({hit[1]})")
+    else:
+        out.check(f"{what} {name}", State.OK, f"{name} is {shown} (thresholds: {levels})")
 
 
 def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
-              now: float, bgp: snmp_bgp.BgpWatch) -> tuple[Batch, Found]:
+              now: float, bgp: snmp_bgp.BgpWatch, storage: StorageLimits | None = None
+              ) -> tuple[Batch, Found]:
     """One poll's values -> measurements and checks (pure but for `bgp`'s history)."""
     out = _Out(target, now)
     reading = ups.from_snmp(scalars, tables)
@@ -360,7 +405,7 @@ def interpret(target: str, scalars: dict[Oid, object], tables: dict[Oid, dict[Oi
     peers = snmp_bgp.peers_from_tables(tables)
     out.found.bgp_peers = len(peers)
     out.batch.add(bgp.batch(target, peers, now))
-    _cpu_and_memory(out, scalars, tables)
+    _cpu_and_memory(out, scalars, tables, storage or StorageLimits())
     _sensors(out, scalars, tables)
     return out.batch, out.found
 
@@ -400,6 +445,7 @@ class DeviceHealth:
     """One device's health reading across polls (which columns it has, BGP history)."""
 
     bgp: snmp_bgp.BgpWatch = field(default_factory=snmp_bgp.BgpWatch)
+    storage: StorageLimits = field(default_factory=StorageLimits)
     present: list[Oid] | None = None  # the columns that had rows at the last survey
     surveyed_at: float | None = None
     found: Found = field(default_factory=Found)
@@ -416,7 +462,7 @@ class DeviceHealth:
             log.debug("%s: health MIBs not read: %s", target, exc.message)
             return Batch()
         try:
-            batch, self.found = interpret(target, scalars, tables, now, self.bgp)
+            batch, self.found = interpret(target, scalars, tables, now, self.bgp, self.storage)
         except Exception:  # a device's data we did not foresee: its interfaces still count
             log.exception("%s: cannot interpret its UPS/BGP/health tables", target)
             return Batch()

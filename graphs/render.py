@@ -88,13 +88,15 @@ def classify(metrics: Iterable[str], thresholds: Iterable[str] = ()) -> str:
     return GENERIC
 
 
-def unit_of(metric: str, units: dict[str, str] | None = None) -> str:
-    if units and units.get(metric) and units[metric] not in ("", "%"):
-        return units[metric]
+def unit_of(metric: str, stored: dict[str, str] | None = None) -> str:
+    """The unit `metric` is drawn in: its stored unit (a counted one as its rate, "msg" ->
+    "msg/h"), else the one its name implies."""
+    if stored and stored.get(metric) and stored[metric] not in ("", "%"):
+        return units.rate_unit(stored[metric])
     for suffix, unit in _SUFFIX_UNITS.items():
         if metric.endswith(suffix):
             return unit
-    return (units or {}).get(metric, "")
+    return (stored or {}).get(metric, "")
 
 
 def display(text: str, limit: int = 0) -> str:
@@ -405,9 +407,44 @@ def axis(low: float, high: float, floor: float | None, ceiling: float | None, un
     scaled = lambda v: None if v is None else v / factor  # noqa: E731
     bottom, top, divisions = nice_axis(low / factor, high / factor, scaled(floor), scaled(ceiling))
     step = (top - bottom) / divisions
-    decimals = 0 if round(step, 9).is_integer() else (1 if round(step * 10, 6).is_integer() else 2)
-    labels = [f"{bottom + i * step:.{decimals}f} {shown}".rstrip() for i in range(divisions + 1)]
+    if not _whole(step):
+        # A step below one of the unit shown: the unit of the step's size, if the step is
+        # whole in it and the top stays a number of at most four digits ("200 bit/s", not
+        # "0.2 kbit/s"; "250 ms", not "0.25 s"; but "2.5 Gbit/s", not "2500 Mbit/s").
+        finer, finer_shown = units.scale_for(step * factor, unit)
+        if (finer < factor and _whole(step * factor / finer)
+                and max(abs(bottom), abs(top)) * factor / finer <= 1000 * (1 + 1e-9)):
+            bottom, top, step = (v * factor / finer for v in (bottom, top, step))
+            factor, shown = finer, finer_shown
+    decimals = next(d for d in range(7) if d == 6 or _whole(step * 10**d))
+    labels = [f"{_tick_number(bottom + i * step, decimals)} {shown}".rstrip()
+              for i in range(divisions + 1)]
     return bottom * factor, top * factor, labels
+
+
+def _whole(value: float) -> bool:
+    return abs(value - round(value)) <= 1e-6 * max(1.0, abs(value))
+
+
+def _tick_number(value: float, decimals: int) -> str:
+    """A tick's number with the decimals it has, not the step's: "0", "2.5", "5", "7.5"."""
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def y_axis(graph: Graph) -> tuple[float, float, list[str]]:
+    """(bottom, top, tick labels) of a graph's left axis: its drawn data and limit lines."""
+    left = [layer for layer in graph.layers if not layer.right]
+    known = [v for v in (layer.values[~np.isnan(layer.values)] for layer in left) if v.size]
+    if graph.marks:  # limit lines are in view (limit_lines left out the far ones)
+        known.append(np.array([value for value, _ in graph.marks]))
+    low = float(min(v.min() for v in known)) if known else 0.0
+    high = float(max(v.max() for v in known)) if known else 0.0
+    if graph.kind == TRAFFIC and high <= 0:
+        high = 1000.0  # an idle link: 0..1000 bit/s rather than 0..1 bit/s
+    return axis(low, high, graph.floor, graph.ceiling, graph.unit)
 
 
 # -- time axis (local time) ----------------------------------------------------------------------
@@ -565,15 +602,13 @@ class Renderer:
     def draw(self, graph: Graph, period: Period, start: float, end: float, series_start: float,
              step: float, title: str, subtitle: str) -> bytes:
         """The PNG of one graph."""
-        left = [layer for layer in graph.layers if not layer.right]
-        known = [v for v in (layer.values[~np.isnan(layer.values)] for layer in left) if v.size]
-        if graph.marks:  # limit lines are in view (limit_lines left out the far ones)
-            known.append(np.array([value for value, _ in graph.marks]))
-        low = float(min(v.min() for v in known)) if known else 0.0
-        high = float(max(v.max() for v in known)) if known else 0.0
-        if graph.kind == TRAFFIC and high <= 0:
-            high = 1000.0  # an idle link: 0..1 kb/s rather than 0..1 b/s
-        bottom, top, ticks = axis(low, high, graph.floor, graph.ceiling, graph.unit)
+        bottom, top, ticks = y_axis(graph)
+        # other axes: the tick labels carry the unit, or words do where it is a rate per hour
+        # (then the ticks keep the number and its k / M: "1.5k", beside "messages per hour")
+        label = _YLABELS.get(graph.kind) or units.axis_label(graph.unit)
+        if graph.kind not in _YLABELS and label:
+            ticks = [number + shown.removesuffix(graph.unit)
+                     for number, _, shown in (t.partition(" ") for t in ticks)]
         divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)
@@ -638,7 +673,6 @@ class Renderer:
             fonts.text(image, ((_AX_LEFT - 5) * s, tick_y * s), tick, fonts.small, "#444444", "rm")
         fonts.text(image, (10 * s, 8 * s), display(title, 70), fonts.title, "#1d2733", "la")
         fonts.text(image, ((WIDTH - 10) * s, 10 * s), subtitle, fonts.small, "#667085", "ra")
-        label = _YLABELS.get(graph.kind, "")  # other axes: the tick labels carry the unit
         widest = max((fonts.small.getlength(tick) for tick in ticks), default=0)
         if label and 6 * s + 14 * s <= (_AX_LEFT - 5) * s - widest:  # never over a tick label
             rotated = fonts.vertical(label)

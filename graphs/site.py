@@ -27,6 +27,7 @@ import logging
 import multiprocessing
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -48,7 +49,15 @@ from monitor.process import exit_with
 from monitor.seasonal import selected
 from monitor.status import CheckStatus, StatusBook
 from monitor.store import RrdStore, SeriesInfo, safe_name
-from monitor.units import format_age, format_bytes, format_duration
+from monitor.units import (
+    OPER_STATUS,
+    format_age,
+    format_bytes,
+    format_duration,
+    format_metric,
+    format_state,
+    format_value,
+)
 
 if TYPE_CHECKING:
     from collectors.snmp import PortIndex, PortInfo
@@ -164,6 +173,7 @@ class SiteBuilder:
         self.baseline = baseline  # draw the seasonal band of the series it selects
         self.mail_state = mail_state  # the mail-log collector's counts, for mail.html
         self._pool: ProcessPoolExecutor | None = None
+        self._abandoned = threading.Event()
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("graphs", "templates"),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2"), default=True,
@@ -185,6 +195,12 @@ class SiteBuilder:
                 initargs=(str(self.store.root), self.store.rrdcached, self.store.remote,
                           os.getpid()))
         return self._pool
+
+    def abandon(self) -> None:
+        """From another thread: let a running build stop drawing at its next chunk (an agent
+        that stops should not wait for a site it redraws at its next start). Graphs not drawn
+        stay due; the pages are written with what is there."""
+        self._abandoned.set()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -214,6 +230,7 @@ class SiteBuilder:
         """Draw what is due, write every page. `full` redraws every graph."""
         started = time.perf_counter()
         now = self.clock()
+        self._abandoned.clear()
         report = BuildReport()
         series = self.store.series()
         entries = self._load_state()
@@ -287,11 +304,22 @@ class SiteBuilder:
         # Chunks amortise the inter-process round trip; small enough to spread over all cores.
         size = max(1, min(16, len(jobs) // (self.workers * 4)))
         chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        pool = self._executor()
-        futures: list[Future] = [pool.submit(_work, chunk) for chunk in chunks]
+        # Chunks go out a few at a time (enough to keep every worker busy), so an abandoned
+        # build stops sending: a chunk already with a worker cannot be called back.
+        window = 2 * self.workers
+        futures: dict[int, Future] = {}
         done = 0
         results = []
-        for chunk, future in zip(chunks, futures, strict=True):
+        for i, chunk in enumerate(chunks):
+            while len(futures) < min(i + window, len(chunks)) and not self._abandoned.is_set():
+                # _executor(): a new pool when a dead worker made us close the last one
+                futures[len(futures)] = self._executor().submit(_work, chunks[len(futures)])
+            future = futures.get(i)
+            if future is None:  # abandoned before it was sent: nothing drawn, still due
+                results.extend(JobResult(j.info.target, j.info.instance,
+                                         render.classify(j.info.metrics, j.info.thresholds))
+                               for j in chunk)
+                continue
             try:
                 results.extend(future.result())
             except Exception as exc:  # a worker died (out of memory, killed): report, go on
@@ -479,10 +507,6 @@ def natural_key(name: str) -> tuple:
                  for part in re.split(r"(\d+)", name) if part)
 
 
-_OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "not present",
-                7: "lower layer down"}  # IF-MIB ifOperStatus
-
-
 def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
               port: PortInfo | None) -> dict:
     """One line of a device's port table, from the day graph's figures (current values) and
@@ -495,7 +519,7 @@ def _port_row(info: SeriesInfo, item: Item, entry: dict, uplinks: Sequence[str],
     speed = now("Link speed")
     rin, rout = now("In"), now("Out")
     oper, admin = now("oper_status"), now("admin_status")
-    status = "admin down" if admin == 2 else _OPER_STATUS.get(round(oper), f"status {oper:g}") \
+    status = "admin down" if admin == 2 else format_state(oper, OPER_STATUS) \
         if oper is not None else ""
 
     def per_second(*labels: str) -> str:
@@ -678,9 +702,10 @@ class _SiteModel:
                 total_unit = "B" if unit == "b/s" else ""
                 table.append({
                     "label": render.display(label),
-                    **{key: render.format_value(s.get(key), unit)
+                    **{key: format_metric(s.get(key), label, unit)
                        for key in ("current", "average", "maximum", "p95")},
-                    "total": render.format_value(s.get("total"), total_unit) if total_unit else "",
+                    # only traffic has a total (bytes moved); "-" as for any figure not known
+                    "total": format_value(s.get("total") if total_unit else None, total_unit),
                 })
             out.append({"name": name, "heading": period.label.capitalize(), "png": f"{name}.png",
                         "drawn": summary is not None, "table": table})

@@ -288,6 +288,8 @@ class Agent:
 
     async def close(self) -> None:
         await self.alerts.outbox.stop()  # first: a relay that hangs must not delay the rest
+        if self.site is not None:
+            self.site.abandon()  # redrawn at the next start: no reason to hold the stop
         await self.scheduler.stop()
         for collector in self.collectors:
             # Collectors that hold sockets or engines (SNMP) release them, so a SIGHUP reload

@@ -259,8 +259,15 @@ class SnmpDevice:
     health: bool = True
     # A BGP peer whose accepted prefixes fall by more than this percent is WARNING (0: off).
     bgp_prefix_drop: Annotated[float, Range(0, 100)] = 50.0
+    # hrStorage fixed disks (servers polled by SNMP): percent used that is WARNING / CRITICAL,
+    # named like [disks] usage_warning / usage_critical.
+    storage_warning: Percent = 90.0
+    storage_critical: Percent = 95.0
 
     def validate(self) -> None:
+        if self.storage_warning > self.storage_critical:
+            raise Invalid("storage_warning",
+                          f"must not be above storage_critical ({self.storage_critical:g})")
         if self.version == "3" and self.v3 is None:
             raise Invalid("v3", "SNMP version 3 needs a [snmp.devices.v3] table with at least user")
         if self.version != "3" and self.v3 is not None:

@@ -114,11 +114,28 @@ _BINARY = {"B": ("B", "KiB", "MiB", "GiB", "TiB", "PiB"),
 _BITS = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s")
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _DURATIONS = ((2 * 86400, 86400, "days"), (2 * 3600, 3600, "h"), (120, 60, "min"))
+# A unit ending in "/h" is a per-second rate (what the store keeps of a counter) shown per
+# hour: a few mails an hour read "12 msg/h", not "0.00333". _HOURLY_RATES: the counted units
+# whose rate is shown so.
+_AXIS_LABELS = {"msg/h": "messages per hour"}
+_HOURLY_RATES = {"msg": "msg/h"}
+
+
+def rate_unit(unit: str) -> str:
+    """The unit a counter's stored rate per second is shown in: "msg" -> "msg/h"; any other
+    unit as it is."""
+    return _HOURLY_RATES.get(unit, unit)
+
+
+def axis_label(unit: str) -> str:
+    """The y axis's words for a graph in `unit`, where its tick labels are not enough."""
+    return _AXIS_LABELS.get(unit, "")
 
 
 def scale_for(magnitude: float, unit: str) -> tuple[float, str]:
     """(factor, unit shown) for values of about `magnitude` in `unit`: 3e9, "B" -> (2**30, "GiB");
-    2e7, "b/s" -> (1e6, "Mbit/s"); 0.004, "s" -> (0.001, "ms"); 4e6, "s" -> (86400, "days")."""
+    2e7, "b/s" -> (1e6, "Mbit/s"); 0.004, "s" -> (0.001, "ms"); 4e6, "s" -> (86400, "days");
+    0.01 (per second), "msg/h" -> (1 / 3600, "msg/h")."""
     magnitude = abs(magnitude)
     if unit in _BINARY:
         names, factor, index = _BINARY[unit], 1.0, 0
@@ -142,6 +159,11 @@ def scale_for(magnitude: float, unit: str) -> tuple[float, str]:
         return 1.0, "%"
     if unit == "d":  # certificate expiry
         return 1.0, "days"
+    if unit.endswith("/h"):
+        for factor, prefix in _SI:
+            if magnitude * 3600 >= factor * 0.9995:
+                return factor / 3600, f"{prefix}{unit}"
+        return 1 / 3600, unit
     for factor, prefix in _SI:  # packets, errors per second, plain counts: never milli
         if magnitude >= factor * 0.9995:
             return factor, f"{prefix}{unit}" if unit else prefix
@@ -179,3 +201,29 @@ def format_bytes(value: float | None) -> str:
 def format_bits_per_second(value: float | None) -> str:
     """940 -> "940 bit/s", 1234567 -> "1.23 Mbit/s", None -> "-"."""
     return format_value(value, "b/s")
+
+
+# -- enumerated metrics: values that name states ----------------------------------------------
+
+# IF-MIB ifOperStatus and ifAdminStatus, as the collectors store them (the number of the state).
+OPER_STATUS = {1: "up", 2: "down", 3: "testing", 4: "unknown", 5: "dormant", 6: "notPresent",
+               7: "lowerLayerDown"}
+ADMIN_STATUS = {1: "up", 2: "down", 3: "testing"}
+ENUMERATED = {"oper_status": OPER_STATUS, "admin_status": ADMIN_STATUS}
+
+
+def format_state(value: float | None, states: dict[int, str]) -> str:
+    """A stored state number as its word: 1 -> "up"; a figure between states (the average of
+    a period with both) -> "mixed"; None or NaN -> "-"."""
+    if value is None or math.isnan(value):
+        return "-"
+    if abs(value - round(value)) > 1e-9:
+        return "mixed"
+    return states.get(round(value), f"state {value:g}")
+
+
+def format_metric(value: float | None, metric: str, unit: str = "") -> str:
+    """A value of `metric` for people: the state's word for an enumerated metric
+    (oper_status 1 -> "up"), else `format_value`."""
+    states = ENUMERATED.get(metric)
+    return format_state(value, states) if states else format_value(value, unit)

@@ -1,6 +1,6 @@
 """Block-list lookups against a real unbound serving local DNSBL zones: listed and unlisted
-addresses, a range, a list that answers for everything, one that refuses the resolver, one that
-never answers, and the cache."""
+addresses (IPv4 and IPv6), a range, a list that answers for everything, one that refuses the
+resolver, one that never answers, and the cache."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ ZONES = [
     "local-data: '10.2.0.192.bl.dnsbl.example. 300 IN TXT \"Spam seen from 192.0.2.10, see https://bl.example/remove\"'",
     'local-data: "5.100.51.198.bl.dnsbl.example. 300 IN A 127.0.0.4"',
     'local-data: "2.0.0.127.bl.dnsbl.example. 300 IN A 127.0.0.2"',  # RFC 5782's test entry
+    # An IPv6 listing, RFC 5782 section 2.4: the address's 32 nibbles in reverse order
+    # (written out here, not made by the code under test).
+    f'local-data: "{".".join(reversed("20010db8000000000000000000000025"))}.bl.dnsbl.example. '
+    '300 IN A 127.0.0.4"',
     'local-zone: "clean.dnsbl.example." static',
     # A list that shut down and wildcards its zone: everything is "listed".
     'local-zone: "dead.dnsbl.example." redirect',
@@ -59,7 +63,8 @@ def test_query_names():
 async def test_listed_unlisted_wildcard_refusing_and_silent_lists(tmp_path, stalled_server):
     zones = [*ZONES, "stub-zone:", '  name: "slow.dnsbl.example."',
              f"  stub-addr: 127.0.0.1@{stalled_server}"]
-    cfg = BlocklistsConfig(enabled=True, addresses=["192.0.2.10", "192.0.2.20", "198.51.100.0/29"],
+    cfg = BlocklistsConfig(enabled=True, addresses=["192.0.2.10", "192.0.2.20", "198.51.100.0/29",
+                                                    "2001:db8::25", "2001:db8::26"],
                            resolver="127.0.0.1", timeout=1.0, lists=lists())
     with daemons.unbound(tmp_path, zones, interfaces=["127.0.0.1"]) as port:
         cfg.port = port
@@ -79,8 +84,14 @@ async def test_listed_unlisted_wildcard_refusing_and_silent_lists(tmp_path, stal
     assert ranged.state is State.CRITICAL
     assert ranged.message.startswith("198.51.100.5 is listed in bl.dnsbl.example: 127.0.0.4 = "
                                      "exploited host")
+    six = by(batch, "2001:db8::25", "blocklists")
+    assert six.state is State.CRITICAL
+    assert six.message.startswith("2001:db8::25 is listed in bl.dnsbl.example: 127.0.0.4 = "
+                                  "exploited host")
+    assert by(batch, "2001:db8::26", "blocklists").state is State.OK
     counts = {m.instance: m.value for m in batch.measurements if m.metric == "listed_addresses"}
-    assert counts == {"192.0.2.10": 1, "192.0.2.20": 0, "198.51.100.0/29": 1}
+    assert counts == {"192.0.2.10": 1, "192.0.2.20": 0, "198.51.100.0/29": 1, "2001:db8::25": 1,
+                      "2001:db8::26": 0}
     assert by(batch, "bl.dnsbl.example", "dnsbl").state is State.OK
     assert by(batch, "clean.dnsbl.example", "dnsbl").state is State.OK
     dead = by(batch, "dead.dnsbl.example", "dnsbl")

@@ -517,3 +517,29 @@ def test_pages_of_series_no_longer_stored_are_removed(site, tmp_path):
     assert sorted(p.name for p in (html / "r" / "eth1").iterdir()) == ["notes.txt"]
     assert not (html / "old-switch").exists()
     assert "old-switch" not in (html / "index.html").read_text()
+
+
+def test_an_abandoned_build_stops_drawing_and_leaves_the_rest_due(tmp_path: Path):
+    """What the agent does when it stops: the site build in flight ends at its next chunk
+    instead of holding the stop; what it did not draw is drawn by the next build."""
+    store = RrdStore(tmp_path / "rrd")
+    for i in range(12):  # 4 chunks of 3 series for one worker, 2 sent at a time
+        write_traffic(store, "router", f"if{i}", start=END - 86400)
+    status = StatusBook(tmp_path / "state" / "status.json")
+    builder = SiteBuilder(store, status, tmp_path / "html", tmp_path / "state" / "graphs.json",
+                          workers=1, clock=lambda: NOW)
+    seen: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(total)
+        if done:
+            builder.abandon()  # as Agent.stop does, from the event loop's thread
+
+    try:
+        first = builder.build(progress=progress)
+        total = seen[0]
+        assert 0 < first.graphs < total and not first.errors
+        second = builder.build()
+        assert first.graphs + second.graphs == total
+    finally:
+        builder.close()

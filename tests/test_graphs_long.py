@@ -6,6 +6,7 @@ drawn in one warm renderer is compared, pixel for pixel, with the same graph dra
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from pathlib import Path
@@ -205,3 +206,80 @@ def test_device_page_port_table_sorted_naturally_uplinks_first(history, tmp_path
     html = build_site(history, tmp_path / "b", uplinks=(f"* {longhistory.DOWN_PORT}",))
     rows = port_rows((html / safe_name(longhistory.ROUTER) / "index.html").read_text())
     assert [r[0] for r in rows] == ["Gi0/0/10 uplink", "Gi0/0/1", "Gi0/0/2"]
+
+
+ROUND_TICK = re.compile(r"-?(0|[1-9]\d*)(\.\d*[1-9])?")  # no "0.0", "1.0", "2.50", "007"
+
+
+def assert_round_ticks(ticks: list[str]) -> None:
+    """Tick labels as rrdtool writes them: one unit, round numbers without spurious decimals,
+    evenly spaced by a round step (1, 2, 2.5 or 5 times a power of ten)."""
+    numbers, shown = zip(*(tick.partition(" ")[::2] for tick in ticks), strict=True)
+    assert len(set(shown)) == 1, ticks
+    assert all(ROUND_TICK.fullmatch(n) for n in numbers), ticks
+    values = [float(n) for n in numbers]
+    steps = {round(b - a, 9) for a, b in itertools.pairwise(values)}
+    assert len(steps) == 1, ticks
+    step = steps.pop()
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5)), ticks
+
+
+def test_a_down_ports_graphs_have_round_tick_labels(history):
+    """The port down for 30 days: its day and week graphs are all zero, its month starts with a
+    day of traffic; every period's ticks are round (not "0.0 kbit/s ... 1.0 kbit/s")."""
+    info = history.info(longhistory.ROUTER, longhistory.DOWN_PORT)
+    for name, period in PERIODS.items():
+        start, end, resolution = render.window(period, longhistory.END, info.step)
+        series = history.fetch_path(info, start, end, resolution if period.resolution else None)
+        ticks = render.y_axis(render.build_graph(info, series, render.stats.window(series, start, end)))[2]
+        assert_round_ticks(ticks)
+        if name == "day":
+            assert ticks[0] == "0 bit/s" and ticks[-1] == "1000 bit/s", ticks
+
+
+@pytest.mark.parametrize(("low", "high", "floor", "unit"), [
+    (0.0, 0.0, 0.0, ""), (2.0, 2.0, 0.0, ""), (17.0, 17.0, None, ""), (-3.0, -3.0, None, ""),
+    (0.0, 1000.0, 0.0, "b/s"), (0.0, 87e6, 0.0, "b/s"), (0.0, 2.2e9, 0.0, "b/s"),
+    (0.0, 0.18, 0.0, "s"), (0.0, 1.3, 0.0, "s"), (0.0, 4e6, 0.0, "s"), (0.0, 0.9, 0.0, "%"),
+    (0.0, 3.3 * 2**30, 0.0, "B"), (0.0, 0.55 * 2**30, 0.0, "B"), (0.0, 7.4, 0.0, ""),
+    (0.0, 0.03, 0.0, "/s"), (0.0, 1.2e-5, 0.0, "s"), (12.5, 13.1, None, "%"),
+])
+def test_tick_labels_are_round_for_any_range(low, high, floor, unit):
+    bottom, top, ticks = render.axis(low, high, floor, None, unit)
+    assert_round_ticks(ticks)
+    assert bottom <= low and top >= high
+
+
+def test_state_metrics_show_words_and_only_traffic_has_a_total(history, tmp_path):
+    """The numbers under a down port's graphs: oper_status as IF-MIB's word ("down", not
+    "2.00"), a period with both states "mixed"; every non-traffic row's total is "-"."""
+    html = build_site(history, tmp_path)
+    page = (html / safe_name(longhistory.ROUTER) / safe_name(longhistory.DOWN_PORT) /
+            "index.html").read_text()
+    tables = [t.split("</table>")[0] for t in page.split('<table class="figures">')[1:]]
+    assert len(tables) == len(PERIODS)
+    for period, table in zip(PERIODS, tables, strict=True):
+        rows = {re.sub(r"<[^>]+>", "", row.split("</th>")[0]).strip():
+                [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", row)]
+                for row in table.split("<tr>")[1:]}
+        current, average, maximum, p95, total = rows["oper_status"]
+        assert p95 == "down" and total == "-"
+        assert current == "down" and maximum == "down", (period, rows["oper_status"])
+        if period in ("month", "year"):  # up until 30 days ago
+            assert average == "mixed"
+        for label, cells in rows.items():
+            if label not in ("In", "Out"):
+                assert cells[4] == "-", (period, label, cells)
+            assert all(cells), (period, label, cells)
+    assert "1.00<" not in page and "2.00<" not in page
+
+
+def test_state_words_are_if_mibs():
+    from monitor.units import OPER_STATUS, format_metric
+
+    assert [format_metric(v, "oper_status") for v in (1, 2, 3, 5, 6, 7)] == [
+        "up", "down", "testing", "dormant", "notPresent", "lowerLayerDown"]
+    assert format_metric(None, "oper_status") == "-" and format_metric(1.5, "admin_status") == "mixed"
+    assert format_metric(9, "oper_status") == "state 9" and OPER_STATUS[4] == "unknown"
+    assert format_metric(1.0, "in_errors", "/s") == "1.00 /s"

@@ -33,6 +33,7 @@ from importers import smokeping
 from importers.commands import cmd_import, register
 from monitor.config import parse_config
 from monitor.store import RrdStore
+from tests.conftest import DATA
 
 END = 1_800_000_000 - 1_800_000_000 % 86400
 DAYS = 12
@@ -319,3 +320,29 @@ def test_real_munin_update_files_are_mapped(munin_dbdir, tmp_path):
     code, _, err = run("munin", conf, our_config(tmp_path), "--dry-run")
     assert code == 0, err
     assert "no data yet" in err  # one poll: no 5-minute row is complete
+
+
+def test_smokepings_own_shipped_configs_become_checks(tmp_path):
+    """The Targets of Debian's smokeping 2.7.3 package (config.d/Targets) and SmokePing's own
+    example config (examples/config.multiple-probes, a whole config with Probes and Targets),
+    copied unchanged into tests/data/smokeping/."""
+    config = our_config(tmp_path)
+    expected = {
+        "config.multiple-probes": {("network.myhost1", "ping", "myhost1.example"),
+                                   ("network.myhost2", "ping", "myhost2.example"),
+                                   ("services.DNS.dns1", "dns", "dns1.example"),
+                                   ("services.DNS.dns2", "dns", "dns2.example"),
+                                   # its HTTP section names no probe: FPing, from the top
+                                   ("services.HTTP.www1", "ping", "www1.example"),
+                                   ("services.HTTP.www2", "ping", "www2.example")},
+        "Targets.debian": {("Local.LocalMachine", "ping", "localhost")},
+    }
+    for name, checks in expected.items():
+        code, out, err = run("smokeping", DATA / "smokeping" / name, config,
+                             "--rrd-dir", str(tmp_path / "none"), "--dry-run")
+        assert code == 0, err
+        loaded = parse_config(f'[agent]\ndata_dir = "{tmp_path / "ours"}"\n' + out,
+                              tmp_path / "imported.toml")
+        got = {(s.name, s.kind, s.host or s.server) for s in loaded.services}
+        assert got == checks, name
+        assert "no history at" in err  # said, not silently skipped

@@ -8,6 +8,7 @@ import gzip
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from collectors.maillog import (
@@ -167,14 +168,11 @@ async def test_live_postfix_and_dovecot(tmp_path):
     assert figures(state) == expected()
 
 
-def test_digest_mail_section_is_pflogsumm_style(tmp_path):
-    from alerts.digest import DigestBuilder, Report, render_html, render_text
+def digest_config(tmp_path: Path, maillog: str):
+    """A config with [maillog] (`maillog`: its source keys) and a daily digest of its section."""
     from monitor.config import parse_config
-    from monitor.status import StatusBook
-    from monitor.store import RrdStore
 
-    mail, dovecot = copy_logs(tmp_path)
-    config = parse_config(f'''
+    return parse_config(f'''
 [agent]
 data_dir = "{tmp_path / 'data'}"
 hostname = "mon.example.net"
@@ -182,13 +180,21 @@ hostname = "mon.example.net"
 admins = ["admin@example.net"]
 [maillog]
 enabled = true
-log = "{mail}"
-dovecot_log = "{dovecot}"
+{maillog}
 local_domains = ["example.test"]
 [[digests]]
 name = "daily"
 sections = ["mail"]
 ''', "config.toml")
+
+
+def test_digest_mail_section_is_pflogsumm_style(tmp_path):
+    from alerts.digest import DigestBuilder, Report, render_html, render_text
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    mail, dovecot = copy_logs(tmp_path)
+    config = digest_config(tmp_path, f'log = "{mail}"\ndovecot_log = "{dovecot}"')
     builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
                             status=StatusBook(tmp_path / "status.json"))
     digest = config.digests[0]
@@ -344,10 +350,9 @@ def make_journal(path: Path, lines: list[str], now: float, first: int = 0) -> No
                    check=True, capture_output=True)
 
 
-async def test_journal_is_read_after_its_cursor(tmp_path):
-    """Debian 12 without rsyslog: the same traffic read from real journal files with journalctl,
-    in two parts (a second file appears between runs): every entry counted once, other units'
-    entries left out."""
+def journal_in_two_parts(tmp_path: Path) -> tuple[Path, float, Callable[[], None]]:
+    """The recorded traffic as journal files in tmp_path/journal: the first half now, the
+    rest (and Dovecot's lines) when the returned function is called."""
     lines = (DATA / "mail.log").read_text().splitlines()
     dovecot = (DATA / "dovecot.log").read_text().splitlines()
     half = len(lines) // 2
@@ -355,6 +360,15 @@ async def test_journal_is_read_after_its_cursor(tmp_path):
     directory.mkdir()
     now = RECORDED_AT + 60
     make_journal(directory / "one.journal", lines[:half], now)
+    return directory, now, lambda: make_journal(directory / "two.journal", lines[half:] + dovecot,
+                                                now, first=half + 1)
+
+
+async def test_journal_is_read_after_its_cursor(tmp_path):
+    """Debian 12 without rsyslog: the same traffic read from real journal files with journalctl,
+    in two parts (a second file appears between runs): every entry counted once, other units'
+    entries left out."""
+    directory, now, second_half = journal_in_two_parts(tmp_path)
     cfg = MailLogConfig(enabled=True, journal=True, journal_directory=directory,
                         local_domains=["example.test"])
     state_path = tmp_path / "maillog.json"
@@ -364,7 +378,7 @@ async def test_journal_is_read_after_its_cursor(tmp_path):
     assert check.state is State.OK, check.message
     cursor = load_state(state_path).journal_cursor
     assert cursor.startswith("s=")
-    make_journal(directory / "two.journal", lines[half:] + dovecot, now, first=half + 1)
+    second_half()
     await collector.collect()
     await collector.collect()  # nothing new: the cursor stays, nothing counted twice
     assert figures(load_state(state_path)) == recorded_plan()
@@ -389,3 +403,83 @@ def test_sender_volume_is_a_sliding_hour_and_falls_back_to_zero():
     # Two hours on: the spammer, quiet since, has decayed out (its alert recovered on the way).
     state.hours[hour + 3600] = HourCounts()
     assert last_hour_senders(state, hour + 3600 + 10) == {"alice@example.net": 3 * (1 - 10 / 3600)}
+
+
+def test_mail_graphs_draw_messages_per_hour(tmp_path):
+    """Two days of the collector's counters written through the store: the store keeps the
+    rate per second (as before), the mail graph draws it per hour ("120 msg/h", y axis
+    "messages per hour"), not as 0.0333 per second."""
+    from collectors.maillog import COUNT_UNITS, COUNTS, TARGET
+    from graphs import render
+    from graphs.render import PERIODS, Job
+    from monitor import units
+    from monitor.model import Kind, Measurement
+    from monitor.store import RrdStore
+
+    store = RrdStore(tmp_path / "rrd")
+    per_step = {"received": 10, "delivered": 9, "outbound": 2}  # per 5 minutes: 120/h, 108/h, 24/h
+    end = RECORDED_AT // 300 * 300
+    for n, at in enumerate(range(end - 2 * 86400, end + 1, 300)):
+        store.write([Measurement(TARGET, "postfix", m, float(per_step.get(m, 0) * n), Kind.DERIVE,
+                                 unit=COUNT_UNITS.get(m, ""), timestamp=at, minimum=0)
+                     for m in COUNTS if m != "login_failures"], 300)
+    info = store.info(TARGET, "postfix")
+    stored = store.fetch_path(info, end - 3600, end).columns["received"]
+    assert all(abs(v - 10 / 300) < 1e-9 for v in stored if v is not None)  # still per second
+    start, stop, _ = render.window(PERIODS["day"], end, info.step)
+    rows = render.stats.period_rows(store, info, start, stop)
+    graph = render.build_graph(info, store.fetch_path(info, start, stop), rows)
+    assert graph.unit == "msg/h" and units.axis_label(graph.unit) == "messages per hour"
+    assert units.format_value(2.0, "msg/h") == "7.20 kmsg/h"  # a flood: 2 per second
+    from alerts.baseline import shown  # the baseline check's words: per hour as well
+
+    assert shown(10 / 300, "outbound", info.units["outbound"]) == "120 msg/h"
+    legend = {row.label: row.text for row in graph.legend}
+    assert "avg   120 msg/h" in legend["received"] and "avg  24.0 msg/h" in legend["outbound"]
+    _, _, ticks = render.axis(0.0, max(graph.layers[0].values), 0.0, None, graph.unit)
+    assert all(t.endswith(" msg/h") for t in ticks) and ticks[-1] in ("120 msg/h", "125 msg/h",
+                                                                       "150 msg/h")
+    result = render.render_job(store, render.Renderer(), Job(info, ["day"], tmp_path / "png", end))
+    assert not result.error and (tmp_path / "png" / "day.png").stat().st_size > 5_000
+
+
+def test_journal_mode_digest_counts_up_to_the_period_end(tmp_path):
+    """journal = true: the collector read the first half of the traffic; the rest reached the
+    journal after its last run. The digest reads the journal after the collector's cursor
+    itself (as it reads the files in file mode) and counts everything, saving nothing; with
+    journalctl gone it says how far it counted."""
+    import asyncio
+
+    from alerts.digest import DigestBuilder
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    directory, now, second_half = journal_in_two_parts(tmp_path)
+
+    def config(journalctl: str = "/usr/bin/journalctl"):
+        return digest_config(tmp_path, f'journal = true\njournal_directory = "{directory}"\n'
+                                       f'journalctl = "{journalctl}"')
+
+    cfg = config()
+    state_path = cfg.state_dir / "maillog.json"
+    asyncio.run(MailLogCollector(cfg.maillog, 300, state_path, clock=lambda: now).collect())
+    cursor = load_state(state_path).journal_cursor
+    second_half()
+    window = (RECORDED_AT - 86400, RECORDED_AT + 7200)
+    want = recorded_plan()
+
+    def build(config) -> object:
+        builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
+                                status=StatusBook(tmp_path / "status.json"))
+        (section,) = builder.build(config.digests[0], window).sections
+        return section
+
+    section = build(cfg)
+    assert section.totals["delivered"] == want["delivered"]
+    assert section.totals["received"] == want["received"]
+    assert section.totals["login_failures"] == sum(want["login_failures"].values())
+    assert load_state(state_path).journal_cursor == cursor  # the collector's cursor: not moved
+    partial = build(config(str(tmp_path / "no-journalctl")))
+    assert partial.totals["delivered"] < want["delivered"]
+    assert "Counted up to the collector's last read of the journal only: cannot read the " \
+           "journal" in partial.notes[-1]

@@ -144,8 +144,16 @@ frames.forEach(function (f) {
         inner.push((box.querySelector("h2, th, td") || box).textContent.slice(0, 40) + " "
                    + box.scrollWidth + ">" + box.clientWidth);
     });
+    // Where the graph images are: how many share a row, how wide they are shown.
+    var graphs = [];
+    frame.contentDocument.querySelectorAll(".graph img").forEach(function (img) {
+      var box = img.getBoundingClientRect();
+      graphs.push({top: Math.round(box.top), left: Math.round(box.left),
+                   width: Math.round(box.width)});
+    });
     results[f.name + "@" + f.width] = {scroll: d.scrollWidth, client: d.clientWidth, inner: inner,
-      dark: frame.contentWindow.matchMedia("(prefers-color-scheme: dark)").matches};
+      dark: frame.contentWindow.matchMedia("(prefers-color-scheme: dark)").matches,
+      graphs: graphs};
     if (--pending === 0) document.getElementById("out").textContent = JSON.stringify(results);
   };
   document.body.appendChild(frame);
@@ -196,6 +204,14 @@ def test_no_horizontal_overflow_at_1400_and_400_px(long_site, tmp_path, scheme):
                         if m["scroll"] > m["client"] or m["inner"]}
             assert overflow == {}, json.dumps(overflow)
             assert {m["dark"] for m in measured.values()} == {scheme == "dark"}
+            for page in ("device", "interface"):
+                graphs = measured[f"{page}@{width}"]["graphs"]
+                per_row = max(sum(g["top"] == top for g in graphs) for top in {g["top"] for g in graphs})
+                widest = max(g["width"] for g in graphs)
+                # 1400 px: two graphs a row, each near its drawn 720 px; 400 px: one, the
+                # phone's width
+                assert len(graphs) >= 3 and per_row == (2 if width == 1400 else 1), (page, graphs)
+                assert (widest >= 600) if width == 1400 else (widest <= width), (page, graphs)
             screenshot(tmp_path, artifacts / f"site-{width}-{scheme}.png", base + probe.name,
                        *flags, window)
     finally:

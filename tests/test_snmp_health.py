@@ -198,6 +198,57 @@ def test_juniper_operating_table_entity_sensors_and_mikrotik(recordings):
     assert values(mt_batch, "cpu") == {"cpu_percent": 6.0}
 
 
+def test_storage_thresholds_are_the_devices_own(recordings):
+    """The MX960's /var is 33 % used: OK at the defaults (90 / 95), WARNING and CRITICAL when
+    the device's storage_warning / storage_critical say so; a bad pair names its key."""
+    states = {}
+    for warning, critical in ((90.0, 95.0), (30.0, 95.0), (20.0, 30.0)):
+        device = Device(recordings, "juniper-mx960", storage_warning=warning,
+                        storage_critical=critical)
+        try:
+            states[warning] = checks(device.poll(0))["storage /var"]
+        finally:
+            device.close()
+    assert states[90.0][0] is State.OK
+    assert states[30.0] == (State.WARNING, "/var: 33 % used of 17.8 GiB")
+    assert states[20.0][0] is State.CRITICAL
+    assert SnmpDevice("r", "h").storage_warning == 90.0
+
+
+def test_storage_thresholds_in_the_config_file(tmp_path):
+    from monitor.config import ConfigError, load_config
+
+    path = tmp_path / "config.toml"
+    path.write_text('[[snmp.devices]]\nname = "srv"\nhost = "192.0.2.9"\n'
+                    'storage_warning = "80%"\nstorage_critical = "85%"\n')
+    device = load_config(path).snmp.devices[0]
+    assert (device.storage_warning, device.storage_critical) == (80.0, 85.0)
+    path.write_text('[[snmp.devices]]\nname = "srv"\nhost = "192.0.2.9"\n'
+                    'storage_warning = "96%"\n')
+    with pytest.raises(ConfigError, match="storage_warning: must not be above storage_critical"):
+        load_config(path)
+
+
+def test_arista_thresholds_of_standard_entity_sensors(recordings):
+    """ENTITY-SENSOR-MIB itself has no thresholds; Arista's aristaEntSensorThresholdTable
+    gives them to its rows (a real DCS-7050TX: an optic on Ethernet1 receives no light, which
+    the switch itself calls "below the low critical threshold (229)")."""
+    device = Device(recordings, "arista-7050tx")
+    try:
+        found = checks(device.poll(0))
+    finally:
+        device.close()
+    assert found["sensor DOM RX Power Sensor for Ethernet1"] == (
+        State.CRITICAL, "DOM RX Power Sensor for Ethernet1 is 1e-07 W (below the low critical "
+                        "threshold 2.29e-05 W)")
+    assert found["temperature Cpu temp sensor"] == (
+        State.OK, "Cpu temp sensor is 53.3 °C (thresholds: high warning 90 °C, high critical 95 °C)")
+    assert found["sensor DOM Voltage Sensor for Ethernet1"][0] is State.OK
+    # a rail whose limits are all "not set" (+-1000000000) gets no threshold check
+    assert "sensor CpucardPwrCon Rail1 12V standby" not in found
+    assert sum(1 for c in found if c.startswith(("temperature ", "sensor "))) == 13
+
+
 def test_net_snmp_host_resources_and_ucd(snmpd):  # noqa: F811
     device = SnmpDevice(name="linux", host="127.0.0.1", port=snmpd, community="monitor-ro",
                         include=["lo"], skip_types=[])
