@@ -49,7 +49,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The Debian 12 package (dist/monitor_VERSION-1_amd64.deb): see packaging/build-deb.
-deb: system-deps
+deb: system-deps $(NATIVE)
 	packaging/build-deb
 
 bench: deps
