@@ -12,6 +12,7 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev 
 	monitoring-plugins-standard bind9-dnsutils \
 	redis-server nut-server nut-client munin munin-node munin-plugins-core fping
 STAMP := $(VENV)/.installed
+NATIVE := collectors/_maildir_sizes.so
 
 .PHONY: demo test lint deps system-deps bench clean deb
 
@@ -27,7 +28,12 @@ test: deps
 lint: deps
 	$(VENV)/bin/ruff check .
 
-deps: system-deps $(STAMP)
+deps: system-deps $(STAMP) $(NATIVE)
+
+# The mailbox scan's per-directory loop in C (collectors/mailboxes.py loads it with ctypes and
+# falls back to Python without it).
+$(NATIVE): collectors/maildir_sizes.c
+	cc -O2 -Wall -Wextra -shared -fPIC -o $@ $<
 
 system-deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -43,11 +49,11 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # The Debian 12 package (dist/monitor_VERSION-1_amd64.deb): see packaging/build-deb.
-deb: system-deps
+deb: system-deps $(NATIVE)
 	packaging/build-deb
 
 bench: deps
 	@for b in bench/*.py; do echo "== $$b"; $(VENV)/bin/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache build dist
+	rm -rf $(VENV) data .pytest_cache .mypy_cache build dist $(NATIVE)

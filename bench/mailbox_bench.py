@@ -11,7 +11,9 @@ Each round runs both sides on both trees, cold (the page, dentry and inode cache
 before each side; needs root) and warm, the order of the two sides alternating between
 rounds. Our scan is timed twice: the first scan of a fresh agent (no directory cache) and a
 steady-state scan (the collector keeps a cache of unchanged directories between its runs).
-Target: every scan at most 1.0x du's time in the same conditions.
+Target: every scan at most 1.0x du's time in the same conditions (the minimum over the rounds;
+medians and CPU seconds - user + system, all threads - are printed too: on a shared machine
+the wall time of either side depends on what else runs, CPU time much less).
 
     .venv/bin/python bench/mailbox_bench.py [--mailboxes 2000] [--messages 1000000] [--rounds 2]
 """
@@ -21,7 +23,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -90,23 +94,33 @@ def drop_caches() -> None:
     DROP_CACHES.write_text("3\n")
 
 
-def run_du(root: Path) -> float:
+def cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_du(root: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of `du -s`."""
+    cpu = cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     subprocess.run(["du", "-s", str(root)], capture_output=True, check=True)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, cpu_seconds(resource.RUSAGE_CHILDREN) - cpu
 
 
-def run_scan(root: Path, cache: dict) -> tuple[float, tuple[int, int, int]]:
+def run_scan(root: Path, cache: dict) -> tuple[float, float, tuple[int, int, int]]:
+    """(wall, CPU of every thread, what was found) of one scan."""
     from collectors.mailboxes import scan_spools
     from monitor.config import MailboxesConfig
 
+    cpu = cpu_seconds(resource.RUSAGE_SELF)
     started = time.perf_counter()
     result = scan_spools([f"{root}/{{domain}}/{{user}}"], threads=MailboxesConfig().scan_threads,
                          cache=cache)
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds(resource.RUSAGE_SELF) - cpu
     found = (len(result.mailboxes), sum(m.messages for m in result.mailboxes),
              sum(m.size_bytes for m in result.mailboxes))
-    return elapsed, found
+    return elapsed, cpu, found
 
 
 def main() -> int:
@@ -138,6 +152,8 @@ def main() -> int:
             continue
         root = base / "vhosts"
         times: dict[tuple[str, str], list[float]] = {}
+        cpus: dict[tuple[str, str], list[float]] = {}
+        loads = [os.getloadavg()[0]]
         for round_ in range(args.rounds):
             for caches in (("cold", "warm") if cold else ("warm",)):
                 sides = ["du", "scan"] if round_ % 2 == 0 else ["scan", "du"]
@@ -147,34 +163,44 @@ def main() -> int:
                     elif side == sides[0]:
                         run_du(root)  # warm the caches once for both sides
                     if side == "du":
-                        times.setdefault(("du -s", caches), []).append(run_du(root))
+                        elapsed, cpu = run_du(root)
+                        times.setdefault(("du -s", caches), []).append(elapsed)
+                        cpus.setdefault(("du -s", caches), []).append(cpu)
                         continue
                     cache: dict = {}
-                    elapsed, found = run_scan(root, cache)
+                    elapsed, cpu, found = run_scan(root, cache)
                     if found != expected:
                         print(f"MISMATCH ({label}): scan found {found}, expected {expected}")
                         return 1
                     times.setdefault(("first scan", caches), []).append(elapsed)
+                    cpus.setdefault(("first scan", caches), []).append(cpu)
                     if caches == "cold":
                         drop_caches()  # the steady scan's directory stats are cold too
                     time.sleep(2.1)  # directories settle (see collectors.mailboxes._SETTLED)
-                    elapsed, found = run_scan(root, cache)
+                    elapsed, cpu, found = run_scan(root, cache)
                     assert found == expected
                     times.setdefault(("steady scan", caches), []).append(elapsed)
+                    cpus.setdefault(("steady scan", caches), []).append(cpu)
+                loads.append(os.getloadavg()[0])
                 progress(f"{label} round {round_ + 1} {caches} done")
         progress("\n")
-        print(f"tree {label}: {args.mailboxes} mailboxes, {expected[1]:,} message files ({base})")
+        print(f"tree {label}: {args.mailboxes} mailboxes, {expected[1]:,} message files ({base}); "
+              f"1-min load average {min(loads):.1f}-{max(loads):.1f} over the rounds")
         for caches in ("cold", "warm"):
             if ("du -s", caches) not in times:
                 continue
             du = min(times[("du -s", caches)])
-            print(f"  {caches}: du -s {du:.3f} s", end="")
+            du_median = statistics.median(times[("du -s", caches)])
+            du_cpu = min(cpus[("du -s", caches)])
+            print(f"  {caches}: du -s {du:.3f} s (median {du_median:.3f}, CPU {du_cpu:.2f} s)")
             for what in ("first scan", "steady scan"):
                 ours = min(times[(what, caches)])
+                median = statistics.median(times[(what, caches)])
+                cpu = min(cpus[(what, caches)])
                 ratio = ours / du
                 verdicts.append(ratio <= 1.0)
-                print(f" | {what} {ours:.3f} s = {ratio:.2f}x du", end="")
-            print()
+                print(f"    {what}: {ours:.3f} s = {ratio:.2f}x du (median {median:.3f} s = "
+                      f"{median / du_median:.2f}x; CPU {cpu:.2f} s = {cpu / du_cpu:.2f}x du's)")
     if args.generate_only:
         return 0
     ok = all(verdicts)

@@ -264,3 +264,40 @@ def test_sizes_without_s_come_from_the_listing_not_a_python_stat_per_message(tmp
     (found,) = result.mailboxes
     assert (found.size_bytes, found.messages, found.source) == (expected, 460, "stat")
     assert calls < 40, calls  # a few per directory, none per message
+
+
+def test_the_c_directory_loop_and_the_python_fallback_agree(tmp_path: Path):
+    """collectors/maildir_sizes.c (built by `make deps`) measures a directory exactly as the
+    Python code does: sizes from names or stat(), dot files out, odd names, a subdirectory and
+    a symlink (its own size, not its target's); errors are the same OSErrors."""
+    from collectors import mailboxes
+
+    assert mailboxes._NATIVE_SIZES is not None, "run `make deps`: it builds the C helper"
+    rng = random.Random(3)
+    cur = tmp_path / "box" / "cur"
+    cur.mkdir(parents=True)
+    for i in range(300):
+        size = rng.randint(0, 20_000)
+        name = f"17200000{i:03d}.M{i}P3.host" + (f",S={size},W={size + 9}:2,S" if i % 3 else "")
+        (cur / name).write_bytes(b"y" * size)
+    odd = {"1.M1.host,S=,S=77:2,S": 5, "2.M2.host,S=x:2,S": 300, ",S=0": 9, ".hidden,S=5": 100,
+           "3.M3.host,S=\u0661\u0662:2,S": 1, "4.M4.host,S=99999999999999999999999": 3}
+    for name, size in odd.items():
+        (cur / name).write_bytes(b"z" * size)
+    (cur / "subdir").mkdir()
+    (cur / "link").symlink_to(cur / "2.M2.host,S=x:2,S")
+    native = mailboxes._sizes_of(str(cur))
+    assert native == mailboxes._sizes_of_listing(str(cur))
+    assert native[1] == 300 + 5 + 2  # every entry but the dot file
+    # Without any odd name the whole directory is measured in C (same figures again).
+    (cur / "3.M3.host,S=\u0661\u0662:2,S").unlink()
+    (cur / "4.M4.host,S=99999999999999999999999").unlink()
+    assert mailboxes._sizes_of(str(cur)) == mailboxes._sizes_of_listing(str(cur))
+    for where, error in ((tmp_path / "missing", FileNotFoundError),
+                         (cur / "link", NotADirectoryError)):
+        for measure_directory in (mailboxes._sizes_of, mailboxes._sizes_of_listing):
+            try:
+                measure_directory(str(where))
+            except error:
+                continue
+            raise AssertionError(f"{measure_directory.__name__}({where}) did not raise {error}")
