@@ -152,6 +152,11 @@ def _done(log: Path) -> bool:
             and text.count("status=bounced") >= want["bounced"])
 
 
+def _logins_logged(log: Path) -> bool:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return text.count("(auth failed, ") >= LOGIN_FAILURES
+
+
 async def record(directory: Path) -> tuple[str, str]:
     """Run the plan through real Postfix and Dovecot; (Postfix's log, Dovecot's log)."""
     from tests import daemons
@@ -175,12 +180,15 @@ async def record(directory: Path) -> tuple[str, str]:
                     daemons.postfix(cert, dovecot, main_cf=main_cf, log=log) as ports:
                 await asyncio.to_thread(_drive, ports, dovecot.ports["imaps"])
                 deadline = time.monotonic() + 90
-                while not _done(log):
+                dovecot_path = dovecot.directory / "dovecot.log"
+                # Dovecot logs a failed login when the login process ends, which may be after
+                # our client has gone: wait for its lines too, not only for Postfix's.
+                while not (_done(log) and _logins_logged(dovecot_path)):
                     if time.monotonic() > deadline:
                         raise AssertionError("postfix did not finish the plan within 90 s:\n"
                                              + log.read_text(errors="replace")[-3000:])
                     await asyncio.sleep(0.2)
-                dovecot_log = (dovecot.directory / "dovecot.log").read_text(errors="replace")
+                dovecot_log = dovecot_path.read_text(errors="replace")
     finally:
         relay.close()
     return log.read_text(errors="replace"), dovecot_log
