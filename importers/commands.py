@@ -13,6 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+from xml.etree.ElementTree import ParseError
+
+import rrdtool
 
 from importers.plan import Plan, SeriesCopy
 from monitor.config import Config
@@ -150,7 +153,8 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
                     continue
                 report = store.merge_history(copy.templates, history, step_for(copy, config),
                                              force=args.force, dry_run=args.dry_run)
-            except (OSError, ValueError) as exc:
+            # rrdtool's own error: a damaged file (cut short, written on another architecture).
+            except (OSError, ValueError, ParseError, rrdtool.OperationalError) as exc:
                 failed.append(f"{copy.what}: {exc}")
                 continue
             finally:

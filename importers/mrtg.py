@@ -134,9 +134,12 @@ def read_config(path: Path) -> MrtgConfig:
             continue
         if text.startswith("#"):
             interface = _INTERFACE_COMMENT.match(text)
+            found = _SYSTEM_COMMENT.match(text)
+            if interface or found:  # cfgmaker's heading of what follows: the line above is done
+                finish()
+                pending = None
             if interface:
                 comment = interface.groupdict()
-            found = _SYSTEM_COMMENT.match(text)
             if found:
                 system = {"name": found["name"].strip(), "host": ""}
             if re.match(r"^#\s*Target\[", text):
@@ -200,7 +203,8 @@ def parse_target(target: MrtgTarget) -> Interface:
         first, _, second = ref.partition("&")
         found = []
         for oid_ref in (first, second):
-            oid = re.match(r"^([A-Za-z][A-Za-z0-9]*|[0-9.]+?)(?=[.#\\/!%][^.]*$|\.\d+$)", oid_ref)
+            # The OID, then ".INDEX" or a reference (#name, \descr, /ip, !mac) that may hold dots.
+            oid = re.match(r"^([A-Za-z][A-Za-z0-9]*|[0-9.]+?)(?=[#\\/!%]|\.\d+$)", oid_ref)
             metric = OID_METRICS.get(oid[1]) if oid else None
             if metric is None:
                 raise ValueError(f"explicit OIDs {clean(ref, 60)!r}: not interface counters this "
@@ -278,11 +282,14 @@ def read_rrd(path: Path) -> tuple[list[Archive], list[Archive]]:
     return archives.get("ds0", []), archives.get("ds1", [])
 
 
+DeviceKey = tuple[str, str, int, str, str]  # (device, host, port, version, community)
+
+
 def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
     """The stanzas and copies for every interface target of an MRTG config."""
     config = read_config(config_path)
     result = Plan()
-    by_device: dict[tuple[str, str, int, str, str], list[tuple[MrtgTarget, Interface]]] = {}
+    by_device: dict[DeviceKey, list[tuple[MrtgTarget, Interface]]] = {}
     for target in config.targets:
         try:
             interface = parse_target(target)
@@ -300,9 +307,10 @@ def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
         result.notes.append(f"{config.commented_out} target(s) commented out in the config "
                             "(cfgmaker does that for interfaces that were down): not imported")
     directory = rrd_dir or config.logdir or config.workdir or config_path.parent
-    names = [k[0] for k in by_device]
-    for (device, host, port, version, _community), items in by_device.items():
-        name = device if names.count(device) == 1 else f"{device}-{port}"
+    names = _device_names(list(by_device))
+    for key, items in by_device.items():
+        name = names[key]
+        _device, host, port, version, _community = key
         result.stanzas.append(_stanza(name, host, port, version, items, config_path))
         for target, interface in items:
             copy = _copy(name, target, interface, directory, config.logformat)
@@ -311,6 +319,27 @@ def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
             else:
                 result.copies.append(copy)
     return result
+
+
+def _device_names(keys: list[DeviceKey]) -> dict[DeviceKey, str]:
+    """A distinct device name per (device, host, port, version, community): the device's own
+    name where it is the only one so named, else with its host (factory-default switches all
+    say sysName "switch"), its port, and at last a number."""
+    out: dict[DeviceKey, str] = {}
+    taken: set[str] = set()
+    for key in keys:
+        device, host, port = key[:3]
+        alike = sum(1 for k in keys if k[0] == device)
+        candidates = [device] if alike == 1 else []
+        candidates += [f"{device}-{host}" if host != device else device,
+                       f"{device}-{host}-{port}"]
+        name = next((c for c in candidates if c not in taken), None)
+        number = 2
+        while name is None or name in taken:
+            name, number = f"{device}-{host}-{port}-{number}", number + 1
+        taken.add(name)
+        out[key] = name
+    return out
 
 
 def _stanza(name: str, host: str, port: int, version: str,

@@ -346,3 +346,23 @@ def test_smokepings_own_shipped_configs_become_checks(tmp_path):
         got = {(s.name, s.kind, s.host or s.server) for s in loaded.services}
         assert got == checks, name
         assert "no history at" in err  # said, not silently skipped
+
+
+def test_a_damaged_munin_file_is_reported_and_the_others_still_imported(tmp_path):
+    """A truncated RRD file (a disk that filled up, a copy cut short) or one written on another
+    architecture makes rrdtool raise its own error, not OSError: that one series is "not
+    imported", with the reason, and the import carries on with the rest."""
+    domain = tmp_path / "munin" / "example.net"
+    domain.mkdir(parents=True)
+    host = "db.example.net"
+    fill(domain / f"{host}-load-load-g.rrd", ["DS:42:GAUGE:600:U:U"], MUNIN_RRAS,
+         lambda t: [repr(value(t, 0.5))], days=3)
+    good = (domain / f"{host}-load-load-g.rrd").read_bytes()
+    (domain / f"{host}-cpu-user-d.rrd").write_bytes(good[:1000])  # cut short
+    config = our_config(tmp_path)
+    code, _out, err = run("munin", tmp_path / "munin", config)
+    assert code == 1
+    assert f"Munin {host} cpu: " in err and "not imported" in err
+    assert "1 of 2 series" in err
+    store = RrdStore(config.rrd_dir)
+    assert any(v is not None for v in store.fetch(host, "", END - 86400, END, 1800).columns["load5"])
