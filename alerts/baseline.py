@@ -26,7 +26,6 @@ from monitor.text import clean
 from monitor.units import format_value, rate_unit
 
 HOUR = 3600
-HISTORY_STEP = 7200  # the store's 2-hour archive keeps 9 weeks
 
 
 def shown(value: float, metric: str, unit: str) -> str:
@@ -36,13 +35,6 @@ def shown(value: float, metric: str, unit: str) -> str:
     if not unit:  # a count stored as its rate (mail delivered): per hour
         return f"{value * HOUR:.0f} per hour"
     return format_value(value, rate_unit(unit))  # messages: per hour too
-
-
-def history(store: RrdStore, info: SeriesInfo, metric: str, end: float, weeks: int
-            ) -> tuple[np.ndarray, int, int]:
-    """(values, start, step) of the 2-hour averages of `weeks` weeks before `end`."""
-    series = store.fetch_path(info, end - weeks * seasonal.WEEK - HISTORY_STEP, end, HISTORY_STEP)
-    return np.array(series.columns.get(metric, []), dtype=float), series.start, series.step
 
 
 @dataclass(frozen=True)
@@ -70,7 +62,7 @@ def judge_hours(store: RrdStore, info: SeriesInfo, metric: str, ends: np.ndarray
             sample = column[(which == i) & ~np.isnan(column)]
             if sample.size:
                 values[i] = sample.mean()
-    past, start, step = history(store, info, metric, first, weeks)
+    past, start, step = seasonal.weekly_history(store, info, metric, first, first, weeks)
     expected = seasonal.band(past, start, step, np.asarray(ends, dtype=float) - HOUR / 2, weeks)
     return Hours(np.asarray(ends), values, expected, seasonal.anomalous(values, expected, factor))
 

@@ -178,3 +178,26 @@ async def test_agent_schedules_the_baseline_job_and_consumes_its_checks(tmp_path
         assert status.check == "baseline eth1 out_octets" and status.state is State.OK
     finally:
         await agent.close()
+
+
+def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
+    """weeks = 9 (the most the config takes) asks for more than the 2-hour archive keeps
+    (2h:9w): rrdtool fetch then answers from the daily archive, which covers it all. The
+    usual level must stay that of the hour (a quiet 04:00 is not the day's average)."""
+    weeks = 9
+    ts = np.arange(END - (weeks + 1) * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
+    values = 2e6 * _shape(ts, int(ts[-1]))
+    store = RrdStore(tmp_path / "rrd")
+    for part in range(0, ts.size, 288 * 7):
+        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part:part + 288 * 7],
+                                                            values[part:part + 288 * 7], strict=True)],
+                    STEP)
+    ((info, metric, factor),) = selected(BaselineConfig(enabled=True), store.series())
+    day = END - END % DAY - 2 * DAY
+    quiet, busy = (judge_hours(store, info, metric, np.array([day + hour * 3600]), weeks, factor)
+                   for hour in (4, 20))
+    # The series grows by 80 % over the 10 weeks: the usual (a median of earlier weeks) lags.
+    for hours in (quiet, busy):
+        assert 0.6 * hours.values[0] < hours.expected.usual[0] <= hours.values[0]
+    assert busy.expected.usual[0] > 2 * quiet.expected.usual[0]
