@@ -170,6 +170,45 @@ async def test_ack_and_silence_by_replying_to_the_alert_mail(tmp_path, dovecot):
         server.close()
 
 
+async def test_a_reply_the_store_cannot_take_now_is_read_again_later(tmp_path, dovecot,
+                                                                    monkeypatch):
+    """alerts.db busy past its timeout (the agent and `monitor ack` at once) or a full disk:
+    the reply stays unseen and acts at the next poll, rather than being marked read and lost."""
+    import sqlite3
+
+    rec = Recorder()
+    server, port = await start_smtp(rec)
+    try:
+        secret = tmp_path / "imap.secret"
+        secret.write_text("imap-secret\n")
+        config = make_config(tmp_path, port, SERVICE_RULE.format(options=""), f"""
+            [alerts.replies]
+            server = "127.0.0.1"
+            port = {dovecot}
+            security = "none"
+            user = "replies"
+            password_file = "{secret}"
+        """, group_window="0s")
+        clock = Clock()
+        svc = AlertService(config, clock=clock)
+        await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL,
+                                                   clock.now)]))
+        (mail,) = rec.received
+        deliver(dovecot, reply(mail, "admin@example.net", "ack on it"))
+        add_ack = svc.store.add_ack
+
+        def busy(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(svc.store, "add_ack", busy)
+        await svc.read_replies()
+        monkeypatch.setattr(svc.store, "add_ack", add_ack)
+        await svc.read_replies()
+        state = next(iter(svc.states.values()))
+        assert state.ack_by == "admin@example.net" and state.ack_comment == "on it"
+    finally:
+        server.close()
+
+
 def test_the_reply_key_is_not_the_nonce_every_message_id_shows(tmp_path):
     """Every alert Message-ID carries the store's nonce: a token made from it must not act."""
     from alerts.state import AlertStore, reply_token
