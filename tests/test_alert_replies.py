@@ -114,20 +114,25 @@ def reply(to_mail, sender: str, first: str):
     return msg
 
 
+def replies_config(tmp_path: Path, smtp_port: int, imap_port: int, options: str = ""):
+    """The alert test config with one service rule and [alerts.replies] on the test Dovecot."""
+    secret = tmp_path / "imap.secret"
+    secret.write_text("imap-secret\n")
+    return make_config(tmp_path, smtp_port, SERVICE_RULE.format(options=options), f"""
+        [alerts.replies]
+        server = "127.0.0.1"
+        port = {imap_port}
+        security = "none"
+        user = "replies"
+        password_file = "{secret}"
+    """, group_window="0s")
+
+
 async def test_ack_and_silence_by_replying_to_the_alert_mail(tmp_path, dovecot):
     rec = Recorder()
     server, port = await start_smtp(rec)
     try:
-        secret = tmp_path / "imap.secret"
-        secret.write_text("imap-secret\n")
-        config = make_config(tmp_path, port, SERVICE_RULE.format(options='repeat = "10m"'), f"""
-            [alerts.replies]
-            server = "127.0.0.1"
-            port = {dovecot}
-            security = "none"
-            user = "replies"
-            password_file = "{secret}"
-        """, group_window="0s")
+        config = replies_config(tmp_path, port, dovecot, 'repeat = "10m"')
         clock = Clock()
         svc = AlertService(config, clock=clock)
         await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL,
@@ -179,16 +184,7 @@ async def test_a_reply_the_store_cannot_take_now_is_read_again_later(tmp_path, d
     rec = Recorder()
     server, port = await start_smtp(rec)
     try:
-        secret = tmp_path / "imap.secret"
-        secret.write_text("imap-secret\n")
-        config = make_config(tmp_path, port, SERVICE_RULE.format(options=""), f"""
-            [alerts.replies]
-            server = "127.0.0.1"
-            port = {dovecot}
-            security = "none"
-            user = "replies"
-            password_file = "{secret}"
-        """, group_window="0s")
+        config = replies_config(tmp_path, port, dovecot)
         clock = Clock()
         svc = AlertService(config, clock=clock)
         await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL,
