@@ -124,9 +124,19 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
 
     out = out or sys.stdout
     err = err or sys.stderr
+    store = open_store(config)
+    if store.remote:
+        store.close()
+        raise ValueError(
+            "import rewrites RRD files in place (rrdtool dump and restore), which cannot be done "
+            "through an rrdcached over TCP: run it on the store host, with a config of its own "
+            "without [cluster] whose [storage] rrd_dir is rrdcached's base directory (-b) and "
+            "rrdcached its local socket; the nodes take up the files it creates at their next "
+            "write")
     try:
         plan = make_plan(args)
     except OSError as exc:
+        store.close()
         raise ValueError(f"import {args.tool}: cannot read {exc.filename or args.path}: "
                          f"{exc.strerror or exc}") from None
     for stanza in plan.stanzas:
@@ -134,7 +144,6 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
     out.flush()
     sizes = [c.size for c in plan.copies]
     progress = Progress(len(plan.copies), sum(sizes), err)
-    store = open_store(config)
     started = time.monotonic()
     totals = {"created": 0, "filled": 0, "kept": 0, "replaced": 0, "files": 0}
     failed: list[str] = []

@@ -421,3 +421,20 @@ Target[byip]: ifInErrors/192.0.2.7&ifOutErrors/192.0.2.7:public@192.0.2.1:::::2
     parsed = {t.name: mrtg.parse_target(t) for t in mrtg.read_config(cfg).targets}
     assert (parsed["vlan"].identity, parsed["vlan"].metrics) == ("Gi0/5.100", ("in_octets", "out_octets"))
     assert (parsed["byip"].identity, parsed["byip"].metrics) == ("eth1", ("in_errors", "out_errors"))
+
+
+def test_in_a_cluster_with_rrdcached_over_tcp_the_import_says_where_to_run(tmp_path):
+    """The files are rrdcached's on another host: dump and restore cannot reach them. The
+    import must say so before it reads or writes anything, not fail file by file."""
+    from tests.smtp_helpers import free_port
+
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text("WorkDir: /nonexistent\n")
+    path = tmp_path / "config.toml"
+    port = free_port()  # nothing listens there: neither Redis nor rrdcached
+    path.write_text(f'[agent]\ndata_dir = "{tmp_path / "ours"}"\n'
+                    f'[storage]\nrrdcached = "127.0.0.1:{port}"\n'
+                    f'[cluster]\nredis = "redis://127.0.0.1:{port}/0"\n')
+    config = parse_config(path.read_text(), path)
+    with pytest.raises(ValueError, match="run it on the store host"):
+        run_import(config, cfg)
