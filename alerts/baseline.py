@@ -70,7 +70,8 @@ def judge_hours(store: RrdStore, info: SeriesInfo, metric: str, ends: np.ndarray
 def check_hour(store: RrdStore, config: BaselineConfig, now: float) -> list[CheckResult]:
     """One check per selected series for the last complete hour before `now`."""
     hour_end = int(now) // HOUR * HOUR
-    when = datetime.fromtimestamp(hour_end - HOUR).strftime("%A %H:00")
+    # %M, not "00": where the local offset is not whole hours (India), the hour starts at hh:30.
+    when = datetime.fromtimestamp(hour_end - HOUR).strftime("%A %H:%M")
     out = []
     for info, metric, factor in seasonal.selected(config, store.series()):
         name = f"baseline {info.instance} {metric}".replace("  ", " ")

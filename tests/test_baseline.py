@@ -201,3 +201,22 @@ def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
     for hours in (quiet, busy):
         assert 0.6 * hours.values[0] < hours.expected.usual[0] <= hours.values[0]
     assert busy.expected.usual[0] > 2 * quiet.expected.usual[0]
+
+
+def test_the_hour_is_named_in_local_time_where_hours_start_at_half_past(tmp_path, monkeypatch):
+    """India (UTC+5:30), Newfoundland, central Australia: the judged hour (whole UTC hours,
+    as the store's rows are) starts at hh:30 local time, and the check must say so."""
+    import time
+
+    store = RrdStore(tmp_path / "rrd")
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s",
+                             END - 3000 + i * STEP, minimum=0) for i in range(10)], STEP)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        (check,) = check_hour(store, BaselineConfig(enabled=True), END - END % 3600 + 60)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    local = time.gmtime(END - END % 3600 - 3600 + 5.5 * 3600)
+    assert time.strftime("%A %H:%M", local) in check.message and ":30" in check.message
