@@ -139,6 +139,9 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
         store.close()
         raise ValueError(f"import {args.tool}: cannot read {exc.filename or args.path}: "
                          f"{exc.strerror or exc}") from None
+    except BaseException:  # a config it cannot take (an Include loop): said by the caller
+        store.close()
+        raise
     for stanza in plan.stanzas:
         out.write(stanza + "\n")
     out.flush()

@@ -84,13 +84,18 @@ def read_config(path: Path) -> MrtgConfig:
     defaults: dict[str, str] = {}
     counts = {"commented": 0}
 
-    def lines(file: Path) -> Iterator[tuple[Path, int, str]]:
+    def lines(file: Path, within: tuple[Path, ...] = ()) -> Iterator[tuple[Path, int, str]]:
+        within = (*within, file.resolve())
         for number, text in enumerate(file.read_text(encoding="utf-8", errors="replace")
                                       .splitlines(), 1):
             match = re.match(r"^Include\s*:\s*(.+?)\s*$", text)
             if match:
                 included = Path(match[1])
-                yield from lines(included if included.is_absolute() else file.parent / included)
+                included = included if included.is_absolute() else file.parent / included
+                if included.resolve() in within:
+                    raise ValueError(f"{file}:{number}: Include: {included} includes itself "
+                                     "(through the files that include this one)")
+                yield from lines(included, within)
             else:
                 yield file, number, text
 
