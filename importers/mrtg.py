@@ -73,7 +73,6 @@ class MrtgConfig:
     workdir: Path | None
     logdir: Path | None
     logformat: str
-    interval: float  # seconds
     commented_out: int
 
 
@@ -165,11 +164,9 @@ def read_config(path: Path) -> MrtgConfig:
         out.append(target)
     workdir = glob.get("workdir")
     logdir = glob.get("logdir")
-    interval = glob.get("interval", "5")
-    minutes = float(interval.split(":")[0]) if re.match(r"^\d+(\.\d+)?(:\d+)?$", interval) else 5.0
+    # (MRTG's Interval does not matter: the history goes into files of our collector's step.)
     return MrtgConfig(out, Path(workdir) if workdir else None, Path(logdir) if logdir else None,
-                      glob.get("logformat", "rateup").strip().lower(), minutes * 60,
-                      counts["commented"])
+                      glob.get("logformat", "rateup").strip().lower(), counts["commented"])
 
 
 @dataclass(frozen=True)
