@@ -47,13 +47,15 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
                              "ping_ series of each Munin node -> the host, disks and ping series "
                              "of this agent (target = the node's name).")
     munin.add_argument("path", type=Path, metavar="DBDIR|MUNIN.CONF")
-    smoke = kinds.add_parser("smokeping", help="a SmokePing Targets file and its RRD files",
-                             description="Targets -> [[services]] ping (dns, http where the "
-                             "probe says so) checks; their median RTT and loss history.")
-    smoke.add_argument("path", type=Path, metavar="TARGETS")
+    smoke = kinds.add_parser("smokeping", help="a SmokePing config (or its Targets) and its RRD "
+                             "files", description="Targets -> [[services]] ping (dns, http where "
+                             "the probe says so) checks; their median RTT and loss history. "
+                             "CONFIG is /etc/smokeping/config (its @include files are read) or "
+                             "a Targets file alone.")
+    smoke.add_argument("path", type=Path, metavar="CONFIG|TARGETS")
     smoke.add_argument("--rrd-dir", type=Path, metavar="DIR",
-                       help="SmokePing's datadir (default: next to the config, ../data, or "
-                       "/var/lib/smokeping)")
+                       help="SmokePing's datadir (default: the config's datadir, else next to "
+                       "the file, ../data, or /var/lib/smokeping)")
     for tool in (mrtg, munin, smoke):
         tool.add_argument("--dry-run", action="store_true",
                           help="show what would be done; write nothing")

@@ -1,14 +1,14 @@
-"""SmokePing: a Targets file -> [[services]] ping checks (dns, http where the probe says so), and
-each target's RRD file (DATADIR/SECTION/.../NAME.rrd: data sources uptime, loss, median and
-ping1..pingN, N = the Database section's "pings", 20 by default) -> our series of that check:
-median -> rtt_median_seconds (response_seconds for dns/http), loss (pings lost of N) ->
-loss_percent.
+"""SmokePing: a config (its @include files followed) or a Targets file -> [[services]] ping
+checks (dns, http where the probe says so), and each target's RRD file
+(DATADIR/SECTION/.../NAME.rrd: data sources uptime, loss, median and ping1..pingN, N = the
+Database section's "pings", 20 by default) -> our series of that check: median ->
+rtt_median_seconds (response_seconds for dns/http), loss (pings lost of N) -> loss_percent.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,22 +28,44 @@ class Node:
     path: tuple[str, ...]
     line: int
     settings: dict[str, str] = field(default_factory=dict)
+    file: Path = Path()
 
 
-def read_targets(path: Path) -> list[Node]:
-    """The nodes of a Targets file (its "*** Targets ***" part), with inherited probe/lookup."""
+def _lines(path: Path, within: tuple[Path, ...] = ()) -> Iterator[tuple[Path, int, str]]:
+    """The config's lines, each with its file and number, `@include FILE` lines replaced by
+    that file's (Debian's /etc/smokeping/config is nothing but @include lines)."""
+    within = (*within, path.resolve())
+    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        match = re.match(r"^@include\s+(\S+)\s*$", raw.strip())
+        if match is None:
+            yield path, number, raw
+            continue
+        included = Path(match[1]) if Path(match[1]).is_absolute() else path.parent / match[1]
+        if included.resolve() in within:
+            raise ValueError(f"{path}:{number}: @include {included} includes itself")
+        yield from _lines(included, within)
+
+
+def read_config(path: Path) -> tuple[list[Node], Path | None]:
+    """The nodes of a SmokePing config's "*** Targets ***" part (the whole file when it has no
+    sections: a config.d/Targets), with inherited probe/lookup, and the General datadir."""
+    lines = list(_lines(path))
     nodes: list[Node] = []
     stack: list[Node] = [Node((), 0)]
-    in_targets = not re.search(r"^\*\*\*", path.read_text(encoding="utf-8", errors="replace"), re.M)
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    datadir: Path | None = None
+    section = "" if any(text.startswith("***") for _, _, text in lines) else "Targets"
+    for file, number, raw in lines:
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
-        section = re.match(r"^\*\*\*\s*(\w+)\s*\*\*\*$", text)
-        if section:
-            in_targets = section[1] == "Targets"
+        heading = re.match(r"^\*\*\*\s*(\w+)\s*\*\*\*$", text)
+        if heading:
+            section = heading[1]
             continue
-        if not in_targets:
+        setting = re.match(r"^([A-Za-z_]\w*)\s*=\s*(.*)$", text)
+        if section == "General" and setting and setting[1] == "datadir":
+            datadir = Path(setting[2].strip())
+        if section != "Targets":
             continue
         node = re.match(r"^(\++)\s*(\S+)$", text)
         if node:
@@ -51,25 +73,31 @@ def read_targets(path: Path) -> list[Node]:
             del stack[depth:]
             parent = stack[-1]
             inherited = {k: v for k, v in parent.settings.items() if k in ("probe", "lookup", "pings")}
-            new = Node((*parent.path, node[2]), number, inherited)
+            new = Node((*parent.path, node[2]), number, inherited, file)
             stack.append(new)
             nodes.append(new)
             continue
-        setting = re.match(r"^([A-Za-z_]\w*)\s*=\s*(.*)$", text)
         if setting:
             stack[-1].settings[setting[1]] = setting[2].strip()
-    return nodes
+    return nodes, datadir
+
+
+def read_targets(path: Path) -> list[Node]:
+    """The nodes of a Targets file or a whole config (see `read_config`)."""
+    return read_config(path)[0]
 
 
 def plan(targets: Path, rrd_dir: Path | None = None) -> Plan:
     result = Plan()
-    datadir = rrd_dir or next((d for d in (targets.parent / "data", targets.parent.parent / "data",
-                                           Path("/var/lib/smokeping")) if d.is_dir()), targets.parent)
-    for node in read_targets(targets):
+    nodes, configured = read_config(targets)
+    datadir = rrd_dir or configured or next(
+        (d for d in (targets.parent / "data", targets.parent.parent / "data",
+                     Path("/var/lib/smokeping")) if d.is_dir()), targets.parent)
+    for node in nodes:
         host = node.settings.get("host")
         if host is None:
             continue  # a section
-        where = f"{targets}:{node.line}: {'/'.join(node.path)}"
+        where = f"{node.file}:{node.line}: {'/'.join(node.path)}"
         if host.startswith("/") or " " in host:
             result.unmapped.append(f"{where}: a multi-host graph ({clean(host, 60)}): its "
                                    "targets are imported one by one")
