@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, toml_string
 from monitor.consolidate import Archive, Interval
 from monitor.model import Kind, Measurement
 from monitor.store import read_archives
@@ -45,6 +44,7 @@ _TARGET = re.compile(
 _INTERFACE_COMMENT = re.compile(
     r"^### Interface (?P<index>\d+) >> Descr: '(?P<descr>.*?)' \| Name: '(?P<name>.*?)'")
 _SYSTEM_COMMENT = re.compile(r"^# System: (?P<name>.+)$")
+_INCLUDE = re.compile(r"^Include\s*:\s*(.+?)\s*$")
 
 
 @dataclass
@@ -83,21 +83,6 @@ def read_config(path: Path) -> MrtgConfig:
     defaults: dict[str, str] = {}
     counts = {"commented": 0}
 
-    def lines(file: Path, within: tuple[Path, ...] = ()) -> Iterator[tuple[Path, int, str]]:
-        within = (*within, file.resolve())
-        for number, text in enumerate(file.read_text(encoding="utf-8", errors="replace")
-                                      .splitlines(), 1):
-            match = re.match(r"^Include\s*:\s*(.+?)\s*$", text)
-            if match:
-                included = Path(match[1])
-                included = included if included.is_absolute() else file.parent / included
-                if included.resolve() in within:
-                    raise ValueError(f"{file}:{number}: Include: {included} includes itself "
-                                     "(through the files that include this one)")
-                yield from lines(included, within)
-            else:
-                yield file, number, text
-
     pending: tuple[str, str | None, Path, int, list[str]] | None = None
     comment: dict[str, str] = {}
     system = {"name": "", "host": ""}  # cfgmaker's "# System:" and the host it heads
@@ -132,7 +117,7 @@ def read_config(path: Path) -> MrtgConfig:
                 entry = targets[target] = MrtgTarget(target, "", number, file)
             entry.keys[lower] = value
 
-    for file, number, text in lines(path):
+    for file, number, text in included_lines(path, _INCLUDE):
         if text[:1] in (" ", "\t") and pending is not None and text.strip():
             pending[4].append(text.strip())
             continue

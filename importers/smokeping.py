@@ -8,11 +8,11 @@ rtt_median_seconds (response_seconds for dns/http), loss (pings lost of N) -> lo
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, toml_string
 from monitor.consolidate import Archive
 from monitor.model import Kind, Measurement
 from monitor.store import read_archives
@@ -21,6 +21,7 @@ from monitor.text import clean
 PING_PROBES = ("FPing", "FPing6", "FPingContinuous", "Ping", "TCPPing", "OpenSSHJunOSPing")
 DNS_PROBES = ("DNS", "AnotherDNS", "EchoPingDNS")
 HTTP_PROBES = ("Curl", "EchoPingHttp", "EchoPingHttps")
+_INCLUDE = re.compile(r"^\s*@include\s+(\S+)\s*$")  # Debian's main config is only these
 
 
 @dataclass
@@ -31,25 +32,10 @@ class Node:
     file: Path = Path()
 
 
-def _lines(path: Path, within: tuple[Path, ...] = ()) -> Iterator[tuple[Path, int, str]]:
-    """The config's lines, each with its file and number, `@include FILE` lines replaced by
-    that file's (Debian's /etc/smokeping/config is nothing but @include lines)."""
-    within = (*within, path.resolve())
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-        match = re.match(r"^@include\s+(\S+)\s*$", raw.strip())
-        if match is None:
-            yield path, number, raw
-            continue
-        included = Path(match[1]) if Path(match[1]).is_absolute() else path.parent / match[1]
-        if included.resolve() in within:
-            raise ValueError(f"{path}:{number}: @include {included} includes itself")
-        yield from _lines(included, within)
-
-
 def read_config(path: Path) -> tuple[list[Node], Path | None]:
     """The nodes of a SmokePing config's "*** Targets ***" part (the whole file when it has no
     sections: a config.d/Targets), with inherited probe/lookup, and the General datadir."""
-    lines = list(_lines(path))
+    lines = list(included_lines(path, _INCLUDE))
     nodes: list[Node] = []
     stack: list[Node] = [Node((), 0)]
     datadir: Path | None = None
