@@ -60,7 +60,9 @@ def judge_hours(store: RrdStore, info: SeriesInfo, metric: str, ends: np.ndarray
     with np.errstate(invalid="ignore"):
         for i in range(len(ends)):
             sample = column[(which == i) & ~np.isnan(column)]
-            if sample.size:
+            # At least half the hour known (rrdtool's xff): ten minutes after a restart or an
+            # outage are not the hour's average, and a burst in them is not "8x the usual".
+            if sample.size and sample.size * rows.step >= HOUR / 2:
                 values[i] = sample.mean()
     past, start, step = seasonal.weekly_history(store, info, metric, first, first, weeks)
     expected = seasonal.band(past, start, step, np.asarray(ends, dtype=float) - HOUR / 2, weeks)
@@ -88,7 +90,7 @@ def check_hour(store: RrdStore, config: BaselineConfig, now: float) -> list[Chec
         if np.isnan(usual) or np.isnan(value):
             message = (f"{what}: no usual level for {when} yet (needs 2 of the last "
                        f"{config.weeks} weeks)" if np.isnan(usual)
-                       else f"{what}: no data for {when}")
+                       else f"{what}: less than half of the hour from {when} was measured")
             out.append(CheckResult(info.target, name, State.OK, message, timestamp=now))
             continue
         band = (f"usual {shown(usual, metric, unit)}, expected up to "

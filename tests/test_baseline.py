@@ -220,3 +220,26 @@ def test_the_hour_is_named_in_local_time_where_hours_start_at_half_past(tmp_path
         time.tzset()
     local = time.gmtime(END - END % 3600 - 3600 + 5.5 * 3600)
     assert time.strftime("%A %H:%M", local) in check.message and ":30" in check.message
+
+
+def test_an_hour_mostly_missing_is_not_judged_on_its_few_samples(tmp_path):
+    """The poller was away for 50 minutes of the hour (an agent restart, a device that did not
+    answer): 10 minutes of a burst are not that hour's average. Less than half an hour known:
+    no verdict; half or more: judged as before."""
+    ts = np.arange(END - 4 * 7 * DAY + STEP, END - 3600 + 1, STEP, dtype=np.int64)
+    store = RrdStore(tmp_path / "rrd")
+    quiet = [Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s", int(t), minimum=0)
+             for t in ts]
+    store.write(quiet, STEP)
+    # The last hour: 50 minutes unknown (the heartbeat lapses), then 10 minutes at 10x.
+    store.write([Measurement(ROUTER, PORT, "out_octets", None, Kind.GAUGE, "B/s", END - 3600 + 600,
+                             minimum=0)], STEP)
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e7, Kind.GAUGE, "B/s", t, minimum=0)
+                 for t in (END - 300, END)], STEP)
+    ((info, metric, factor),) = selected(BaselineConfig(enabled=True), store.series())
+    hours = judge_hours(store, info, metric, np.array([END]), 6, factor)
+    assert np.isnan(hours.values[0]) and not hours.anomalous[0]
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e7, Kind.GAUGE, "B/s", t, minimum=0)
+                 for t in range(END + STEP, END + 3600 + 1, STEP)], STEP)
+    hours = judge_hours(store, info, metric, np.array([END + 3600]), 6, factor)
+    assert hours.values[0] == 1e7 and hours.anomalous[0]
