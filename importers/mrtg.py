@@ -106,8 +106,9 @@ def read_config(path: Path) -> MrtgConfig:
                 host = re.search(r"@(\[[^\]]+\]|[^:|\s]+)", value)
                 host_text = host[1] if host else ""
                 system["host"] = system["host"] or host_text
+                # Keys above the Target[] line (MRTG takes them in any order) are kept.
                 entry = targets[target] = MrtgTarget(
-                    target, value, number, file, keys=dict(defaults),
+                    target, value, number, file, keys={**defaults, **(entry.keys if entry else {})},
                     system=system["name"] if host_text == system["host"] else "")
                 if comment:
                     entry.if_name, entry.if_descr = comment["name"], comment["descr"]

@@ -445,3 +445,22 @@ def test_an_include_loop_is_an_error_that_names_the_line(tmp_path):
     (tmp_path / "b.cfg").write_text("# the other half\nInclude: a.cfg\n")
     with pytest.raises(ValueError, match=r"b\.cfg:2: .*a\.cfg is included again"):
         mrtg.read_config(tmp_path / "a.cfg")
+
+
+def test_keys_written_before_their_target_line_still_apply(tmp_path):
+    """MRTG takes a target's keys in any order: Directory[] above Target[] still says where its
+    log is (and Options[] gauge still keeps it out)."""
+    work = tmp_path / "work"
+    (work / "core").mkdir(parents=True)
+    (work / "core" / "up.log").write_text("1700000000 0 0\n1700000000 10 20 30 40\n"
+                                          "1699999700 10 20 30 40\n")
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"""WorkDir: {work}
+Directory[up]: core
+Options[temp]: gauge
+Target[up]: #Gi0/1:public@192.0.2.1:::::2
+Target[temp]: #Gi0/2:public@192.0.2.1:::::2
+""")
+    plan = mrtg.plan(cfg)
+    assert [c.sources for c in plan.copies] == [[work / "core" / "up.log"]]
+    assert any("gauge" in u for u in plan.unmapped)
