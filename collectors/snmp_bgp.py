@@ -6,15 +6,18 @@ every router has). Accepted prefixes come from CISCO-BGP4-MIB (cbgpPeerAddrFamil
 cbgpPeer2AddrFamilyPrefixTable) or Juniper's jnxBgpM2PrefixCountersTable, summed over the
 address families of a peer.
 
-One check per peer, "bgp <address>": CRITICAL when a session that is not administratively
-stopped is not Established ("BGP to AS64500 192.0.2.1 down since 03:12, was up 41 days"),
-WARNING when its accepted prefixes fell by more than `bgp_prefix_drop` percent below what it
-had. Metrics (instance "bgp <address>"): bgp_state (6 = established), established_seconds,
-accepted_prefixes, session_flaps (times it left Established since the last poll).
+One check per peer, "bgp <address>" ("bgp <address> in routing instance N" outside Juniper's
+master instance: an L3VPN customer's CE may have a master peer's address): CRITICAL when a
+session that is not administratively stopped is not Established ("BGP to AS64500 192.0.2.1
+down since 03:12, was up 41 days"), WARNING when its accepted prefixes fell by more than
+`bgp_prefix_drop` percent below what it had. Metrics (instance "bgp <address>"): bgp_state
+(6 = established), established_seconds, accepted_prefixes, session_flaps (times it left
+Established since the last poll).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -57,6 +60,15 @@ class Peer:
     established_seconds: float | None = None
     transitions: int | None = None
     accepted_prefixes: int | None = None
+    routing_instance: int = 0  # Juniper's jnxBgpM2PeerRoutingInstance; 0: the master instance
+
+    @property
+    def name(self) -> str:
+        """The peer's address, and its routing instance when that is not the master: what its
+        check, series and history are keyed by."""
+        if not self.routing_instance:
+            return self.address
+        return f"{self.address} in routing instance {self.routing_instance}"
 
 
 def _int(value: object) -> int | None:
@@ -93,13 +105,15 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
             address = _address(raw) if isinstance(raw, bytes) else None
             if address is None or _int(state) not in STATES:
                 continue
+            established = _int(get(JNX_ESTABLISHED_TIME).get(index))
+            peer = Peer(address, _int(get(JNX_REMOTE_AS).get(index)), _int(state),
+                        get(JNX_STATUS).get(index) == 1,
+                        None if established is None else float(established),
+                        routing_instance=index[0])
             peer_index = _int(get(JNX_PEER_INDEX).get(index))
             if peer_index is not None:
-                by_peer_index[peer_index] = address
-            established = _int(get(JNX_ESTABLISHED_TIME).get(index))
-            peers.append(Peer(address, _int(get(JNX_REMOTE_AS).get(index)), _int(state),
-                              get(JNX_STATUS).get(index) == 1,
-                              None if established is None else float(established)))
+                by_peer_index[peer_index] = peer.name
+            peers.append(peer)
         counts = get(JNX_ACCEPTED) or get(JNX_IN_PREFIXES)
         for index, value in counts.items():
             _sum(accepted, by_peer_index.get(index[0]) if len(index) == 3 else None, value)
@@ -113,8 +127,7 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
                               get(PEER_ADMIN).get(index) == 1,
                               None if established is None else float(established),
                               _int(get(PEER_TRANSITIONS).get(index))))
-    return [Peer(p.address, p.remote_as, p.state, p.admin_stopped, p.established_seconds,
-                 p.transitions, accepted.get(p.address)) for p in peers]
+    return [dataclasses.replace(p, accepted_prefixes=accepted.get(p.name)) for p in peers]
 
 
 @dataclass
@@ -189,8 +202,8 @@ class BgpWatch:
     def batch(self, target: str, peers: list[Peer], now: float) -> Batch:
         batch = Batch()
         for peer in peers:
-            history = self.peers.setdefault(peer.address, PeerHistory())
-            instance = f"bgp {peer.address}"
+            history = self.peers.setdefault(peer.name, PeerHistory())
+            instance = f"bgp {peer.name}"
 
             def add(metric: str, value: float | None, unit: str = "", instance: str = instance) -> None:
                 if value is not None:
@@ -207,12 +220,12 @@ class BgpWatch:
                     "flaps")
             history.transitions = peer.transitions
             batch.add(CheckResult(target, instance, *self.verdict(peer, history, now), timestamp=now))
-        for gone in self.peers.keys() - {p.address for p in peers}:
+        for gone in self.peers.keys() - {p.name for p in peers}:
             del self.peers[gone]  # removed from the router's config
         return batch
 
     def verdict(self, peer: Peer, history: PeerHistory, now: float) -> tuple[State, str]:
-        name = f"BGP to AS{peer.remote_as} {peer.address}" if peer.remote_as else f"BGP to {peer.address}"
+        name = f"BGP to AS{peer.remote_as} {peer.name}" if peer.remote_as else f"BGP to {peer.name}"
         label = self.label(peer.address)
         if label:
             name += f" ({label})"

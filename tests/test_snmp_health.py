@@ -155,6 +155,26 @@ def test_juniper_bgp4_v2_peers_with_ipv6_and_prefixes(recordings):
         router.close()
 
 
+def test_juniper_peers_of_two_routing_instances_with_one_address(recordings):
+    """An L3VPN customer's CE in routing instance 5 has the address of a master-instance peer:
+    two sessions, two checks, each with its own prefixes."""
+    router = Device(recordings, "bgp-junos")
+    try:
+        router.poll(0)
+        later = router.poll(1, 300)
+    finally:
+        router.close()
+    names = [c.check for c in later.checks if c.check.startswith("bgp 192.168.99.25")]
+    assert sorted(names) == ["bgp 192.168.99.25", "bgp 192.168.99.25 in routing instance 5"]
+    result = checks(later)
+    assert result["bgp 192.168.99.25"][1].endswith(", 24 prefixes accepted")
+    assert result["bgp 192.168.99.25 in routing instance 5"] == (
+        State.OK, "BGP to AS65010 192.168.99.25 in routing instance 5 established for 10m, "
+                  "2 prefixes accepted")
+    assert values(later, "bgp 192.168.99.25 in routing instance 5")["accepted_prefixes"] == 2
+    assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 4
+
+
 def test_cisco_envmon_thresholds_cpu_memory_and_a_failed_fan(recordings):
     switch = Device(recordings, "cisco-c3560")
     try:

@@ -17,6 +17,7 @@ BGP = "1.3.6.1.2.1.15.3.1"
 CBGP = "1.3.6.1.4.1.9.9.187.1.2.4.1"
 ENVMON = "1.3.6.1.4.1.9.9.13.1"
 CSENSOR = "1.3.6.1.4.1.9.9.91.1"
+JBGP = "1.3.6.1.4.1.2636.5.1.1.2"
 UPTIME = "1.3.6.1.2.1.1.3.0"
 
 
@@ -66,6 +67,14 @@ def main() -> None:
         "bgp-ios-t1": variant("bgp-ios", {
             f"{BGP}.2.192.168.99.25": "2|3", f"{BGP}.16.192.168.99.25": "66|120",
             f"{CBGP}.1.192.168.99.20.1.1": "65|5"}, 300),
+        # Juniper: a customer's routing instance (5) gets a peer with the address of a peer of
+        # the master instance (192.168.99.25), as L3VPN customers' CEs often have: established
+        # 10 minutes, AS65010, peer index 3, 2 IPv4 unicast prefixes accepted.
+        "bgp-junos-t1": variant("bgp-junos", {
+            f"{JBGP}.1.1.1.{n}.5.1.192.168.99.24.1.192.168.99.25": typed for n, typed in (
+                (2, "2|6"), (3, "2|2"), (11, "4x|C0A86319"), (13, "66|65010"), (14, "66|3"))} | {
+            f"{JBGP}.4.1.1.1.5.1.192.168.99.24.1.192.168.99.25": "66|600",
+            f"{JBGP}.6.2.1.7.3.1.1": "66|2", f"{JBGP}.6.2.1.8.3.1.1": "66|2"}, 300),
         # Nexus 5000: the outlet of module 1 reaches 69 °C, past its minor (58) and major (67)
         # thresholds, which the switch evaluates as true.
         "cisco-n5000-t1": variant("cisco-n5000", {
