@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
@@ -33,6 +34,18 @@ async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
     while stream is not None and (chunk := await stream.read(65536)):
         kept += chunk[:max(0, limit - len(kept))]
     return bytes(kept)
+
+
+def cannot_run(program: str, exc: OSError) -> str:
+    """Why `program` could not be started (the error of `run`), and what to do about it."""
+    shown = clean(program, 120)
+    if isinstance(exc, FileNotFoundError):
+        return f"{shown} does not exist"
+    if isinstance(exc, PermissionError):
+        return f"{shown} is not executable (chmod +x it, or is its file system mounted noexec?)"
+    if exc.errno == errno.ENOEXEC:
+        return f"{shown} is not a program (a script needs its #! line)"
+    return f"{shown} cannot be started ({clean(exc.strerror or str(exc), 80)})"
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:
@@ -147,6 +160,9 @@ class PingSeries:
         except FileNotFoundError:
             raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: {check.ping_command} is missing; "
                                 "install iputils-ping or set ping_command")) from None
+        except OSError as exc:
+            raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: ping_command "
+                                f"{cannot_run(str(check.ping_command), exc)}")) from None
         loss, rtt = parse_ping(out)
         if loss is None:
             text = (err or out).strip()
@@ -333,11 +349,11 @@ async def probe_plugin(check: ServiceCheck, stage: Stage) -> Outcome:
     program = os.path.basename(check.command[0])
     try:
         code, out, err = await run(list(check.command), stage, env=PLUGIN_ENV)
-    except FileNotFoundError:
-        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} does not exist "
+    except FileNotFoundError as exc:
+        return Outcome(State.UNKNOWN, f"plugin {cannot_run(check.command[0], exc)} "
                        "(install monitoring-plugins or fix command)")
-    except PermissionError:
-        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} is not executable")
+    except OSError as exc:
+        return Outcome(State.UNKNOWN, f"plugin {cannot_run(check.command[0], exc)}")
     elapsed = time.monotonic() - start
     text, perf = split_plugin_output(out)
     state = State(code) if code in (0, 1, 2, 3) else State.UNKNOWN

@@ -1208,3 +1208,20 @@ def test_one_peer_chain_and_labels_only_for_the_kinds_that_use_them():
     assert services_http.peer_chain is services_tcp.peer_chain is services_base.peer_chain
     # http/https are labelled by their site (services_http.site_label), not by LABELS
     assert not {"http", "https"} & services_base.LABELS.keys()
+
+
+async def test_programs_that_cannot_be_started_say_why_and_what_to_do(tmp_path):
+    """A ping_command or plugin that exists but is no program (not executable, a script without
+    its #! line) is the config's problem, said as such, never "cannot be reached"."""
+    no_shebang = tmp_path / "check_no_shebang"
+    no_shebang.write_text("echo OK\n")
+    no_shebang.chmod(0o755)
+    not_executable = tmp_path / "ping"
+    not_executable.write_text("#!/bin/sh\n")
+    plugin, ping = await run(svc("plugin", name="plugin", command=[str(no_shebang)]),
+                             svc("ping", name="ping", ping_command=not_executable, count=2))
+    assert plugin.state is State.UNKNOWN
+    assert plugin.message == f"plugin {no_shebang} is not a program (a script needs its #! line)"
+    assert ping.state is State.UNKNOWN
+    assert ping.message == (f"PING 127.0.0.1: ping_command {not_executable} is not executable "
+                            "(chmod +x it, or is its file system mounted noexec?)")
