@@ -94,9 +94,13 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
     accepted: dict[str, int] = {}
     for index, value in get(CISCO_ACCEPTED).items():
         _sum(accepted, _address(index[:4]) if len(index) == 6 else None, value)
+    # IOS 15 and later count an IPv4 peer in both tables: the newer one's counts replace the
+    # older one's, never add to them.
+    newer: dict[str, int] = {}
     for index, value in get(CISCO2_ACCEPTED).items():
         ok = len(index) >= 4 and index[1] == len(index) - 4
-        _sum(accepted, _address(index[2:-2]) if ok else None, value)
+        _sum(newer, _address(index[2:-2]) if ok else None, value)
+    accepted |= newer
     peers: list[Peer] = []
     if get(JNX_STATE):
         by_peer_index: dict[int, str] = {}

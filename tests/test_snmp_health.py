@@ -119,6 +119,18 @@ def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
         router.close()
 
 
+def test_cisco_prefix_counts_in_both_mib_tables_are_not_added(recordings):
+    """IOS 15 reports a peer's accepted prefixes in cbgpPeerAddrFamilyPrefixTable and again in
+    cbgpPeer2AddrFamilyPrefixTable: 19, not 38."""
+    router = Device(recordings, "bgp-ios")
+    try:
+        result = checks(router.poll(2))
+    finally:
+        router.close()
+    assert result["bgp 192.168.99.25"][1].endswith(", 19 prefixes accepted")
+    assert result["bgp 192.168.99.20"][1].endswith(", 17 prefixes accepted")
+
+
 def test_bgp_down_mail_is_readable():
     watch = BgpWatch()
     up = Peer("192.0.2.1", 64500, 6, established_seconds=41 * 86400.0)

@@ -15,6 +15,7 @@ UPS = "1.3.6.1.2.1.33.1"
 APC = "1.3.6.1.4.1.318.1.1.1"
 BGP = "1.3.6.1.2.1.15.3.1"
 CBGP = "1.3.6.1.4.1.9.9.187.1.2.4.1"
+CBGP2 = "1.3.6.1.4.1.9.9.187.1.2.8.1"
 ENVMON = "1.3.6.1.4.1.9.9.13.1"
 CSENSOR = "1.3.6.1.4.1.9.9.91.1"
 JBGP = "1.3.6.1.4.1.2636.5.1.1.2"
@@ -67,6 +68,12 @@ def main() -> None:
         "bgp-ios-t1": variant("bgp-ios", {
             f"{BGP}.2.192.168.99.25": "2|3", f"{BGP}.16.192.168.99.25": "66|120",
             f"{CBGP}.1.192.168.99.20.1.1": "65|5"}, 300),
+        # IOS 15 and later fill CISCO-BGP4-MIB's cbgpPeer2AddrFamilyPrefixTable (IPv4 and IPv6
+        # peers) next to the deprecated IPv4-only cbgpPeerAddrFamilyPrefixTable: the same counts
+        # in both (index: address type 1, length 4, the address, AFI, SAFI).
+        "bgp-ios-t2": variant("bgp-ios", {
+            f"{CBGP2}.1.1.4.192.168.99.{peer}.1.{safi}": f"65|{count}" for peer, safi, count in (
+                (20, 1, 15), (20, 2, 2), (25, 1, 17), (25, 2, 2))}, 300),
         # Juniper: a customer's routing instance (5) gets a peer with the address of a peer of
         # the master instance (192.168.99.25), as L3VPN customers' CEs often have: established
         # 10 minutes, AS65010, peer index 3, 2 IPv4 unicast prefixes accepted.
