@@ -7,7 +7,8 @@ UPS on USB behind upsd page the same way:
 - on battery: CRITICAL at once, with the runtime left first ("on battery, 23 min runtime left")
   because that is what the person woken at 3 a.m. needs to decide;
 - battery low (on line), battery needs replacing, on bypass: WARNING;
-- on line: OK, with charge, runtime and load.
+- on line, or in a battery self-test (on battery by design: APC's onBatteryTest): OK, with
+  charge, runtime and load.
 
 Metrics (instance "ups"): on_battery (1/0), battery_charge_percent, runtime_seconds,
 input_volts, output_volts, load_percent, temperature_celsius.
@@ -25,6 +26,7 @@ from monitor.units import format_duration
 
 # Power states, in the words of the messages.
 ONLINE, BATTERY, BYPASS, OFF, UNKNOWN = "on line", "on battery", "on bypass", "off", "unknown"
+SELF_TEST = "in a battery self-test"
 
 METRICS = {  # field -> (metric, unit)
     "charge_percent": ("battery_charge_percent", "%"),
@@ -147,8 +149,11 @@ UPS_MIB_POWER = {1: UNKNOWN, 2: OFF, 3: ONLINE, 4: BYPASS, 5: BATTERY, 6: ONLINE
 # upsBasicOutputStatus: onLine(2) onBattery(3) onSmartBoost(4) timedSleeping(5)
 # softwareBypass(6) off(7) rebooting(8) switchedBypass(9) hardwareFailureBypass(10)
 # sleepingUntilPowerReturn(11) onSmartTrim(12) ecoMode(13) hotStandby(14) onBatteryTest(15)
+# emergencyStaticBypass(16) staticBypassStandby(17) eConversion(20) selfTest(28) (others: unknown).
+# A self-test is on battery by design (the card schedules one every two weeks): not a power cut.
 APC_POWER = {2: ONLINE, 3: BATTERY, 4: ONLINE, 5: OFF, 6: BYPASS, 7: OFF, 8: OFF, 9: BYPASS,
-             10: BYPASS, 11: OFF, 12: ONLINE, 13: ONLINE, 14: ONLINE, 15: BATTERY}
+             10: BYPASS, 11: OFF, 12: ONLINE, 13: ONLINE, 14: ONLINE, 15: SELF_TEST, 16: BYPASS,
+             17: BYPASS, 20: ONLINE, 28: SELF_TEST}
 
 
 def _scalar(scalars: dict[Oid, object], oid: Oid) -> int | None:

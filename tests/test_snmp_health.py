@@ -100,6 +100,19 @@ def test_apc_powernet_on_battery_and_replace_battery(recordings):
         apc.close()
 
 
+def test_an_apc_self_test_is_not_a_power_cut(recordings):
+    """Smart-UPS run a battery self-test every two weeks (upsBasicOutputStatus onBatteryTest):
+    seconds on battery by design, which must not page anyone at 3 a.m."""
+    apc = Device(recordings, "apc-smt750")
+    try:
+        test = apc.poll(3, 180)
+    finally:
+        apc.close()
+    state, message = checks(test)["ups"]
+    assert state is State.OK and message.startswith("UPS Smart-UPS X 750: in a battery self-test")
+    assert values(test, "ups")["on_battery"] == 0.0
+
+
 def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
     router = Device(recordings, "bgp-ios")
     try:

@@ -63,6 +63,10 @@ def main() -> None:
             f"{APC}.2.1.2.0": "67|6000"}, 60),
         # APC back on line; its battery replace indicator is on.
         "apc-smt750-t2": variant("apc-smt750", {f"{APC}.2.2.4.0": "2|2"}, 120),
+        # APC: its scheduled battery self-test (upsBasicOutputStatus onBatteryTest): on battery
+        # for 8 seconds, by design.
+        "apc-smt750-t3": variant("apc-smt750", {
+            f"{APC}.4.1.1.0": "2|15", f"{APC}.2.1.2.0": "67|800"}, 180),
         # BGP: 192.168.99.25 drops to Active (left Established 120 s ago);
         # 192.168.99.20 stays up but accepts 5 of its 15 IPv4 unicast prefixes.
         "bgp-ios-t1": variant("bgp-ios", {
