@@ -7,8 +7,8 @@ UPS on USB behind upsd page the same way:
 - on battery: CRITICAL at once, with the runtime left first ("on battery, 23 min runtime left")
   because that is what the person woken at 3 a.m. needs to decide;
 - battery low (on line), battery needs replacing, on bypass: WARNING;
-- on line, or in a battery self-test (on battery by design: APC's onBatteryTest): OK, with
-  charge, runtime and load.
+- on line, or in a battery self-test (on battery by design: APC's onBatteryTest, UPS-MIB's
+  upsAlarmTestInProgress): OK, with charge, runtime and load.
 
 Metrics (instance "ups"): on_battery (1/0), battery_charge_percent, runtime_seconds,
 input_volts, output_volts, load_percent, temperature_celsius.
@@ -122,6 +122,7 @@ UPS_OUTPUT_VOLTAGE, UPS_OUTPUT_LOAD = (*UPS_MIB, 4, 4, 1, 2), (*UPS_MIB, 4, 4, 1
 UPS_ALARM_DESCR = (*UPS_MIB, 6, 2, 1, 2)
 UPS_ALARM_BATTERY_BAD = (*UPS_MIB, 6, 3, 1)
 UPS_ALARM_LOW_BATTERY = (*UPS_MIB, 6, 3, 3)
+UPS_ALARM_TEST_IN_PROGRESS = (*UPS_MIB, 6, 3, 14)
 
 APC = (1, 3, 6, 1, 4, 1, 318, 1, 1, 1)
 APC_MODEL = (*APC, 1, 1, 1)
@@ -211,6 +212,8 @@ def from_snmp(scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]]) 
     minutes = _scalar(scalars, UPS_MINUTES_LEFT)
     seconds = _scalar(scalars, UPS_SECONDS_ON_BATTERY)
     power = UPS_MIB_POWER.get(source, UNKNOWN) if source is not None else UNKNOWN
+    if power == BATTERY and UPS_ALARM_TEST_IN_PROGRESS in alarms:
+        power = SELF_TEST  # on battery by design, not a power cut
     return UpsReading(
         "UPS-MIB", power,
         battery_low=status in (3, 4) or UPS_ALARM_LOW_BATTERY in alarms,

@@ -111,6 +111,14 @@ def test_an_apc_self_test_is_not_a_power_cut(recordings):
     state, message = checks(test)["ups"]
     assert state is State.OK and message.startswith("UPS Smart-UPS X 750: in a battery self-test")
     assert values(test, "ups")["on_battery"] == 0.0
+    # UPS-MIB says it with an upsAlarmTestInProgress row while upsOutputSource is battery.
+    eaton = Device(recordings, "ups-eaton")
+    try:
+        test = eaton.poll(4, 600)
+    finally:
+        eaton.close()
+    state, message = checks(test)["ups"]
+    assert state is State.OK and message.startswith("UPS EATON 93E 80: in a battery self-test")
 
 
 def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):

@@ -57,6 +57,10 @@ def main() -> None:
         "ups-eaton-t3": variant("ups-eaton", {
             f"{UPS}.2.4.0": "2|35", f"{UPS}.6.1.0": "66|1",
             f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.1"}, 1500),
+        # Its battery self-test: on battery for 10 s with the upsAlarmTestInProgress row.
+        "ups-eaton-t4": variant("ups-eaton", {
+            f"{UPS}.4.1.0": "2|5", f"{UPS}.2.2.0": "2|10", f"{UPS}.6.1.0": "66|1",
+            f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.14", f"{UPS}.6.2.1.3.1": "67|67425000"}, 600),
         # APC: on battery (upsBasicOutputStatus onBattery), 12 minutes left, 90 % charge.
         "apc-smt750-t1": variant("apc-smt750", {
             f"{APC}.4.1.1.0": "2|3", f"{APC}.2.2.3.0": "67|72000", f"{APC}.2.3.1.0": "66|900",
