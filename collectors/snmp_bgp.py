@@ -34,6 +34,9 @@ PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS = (*BGP_PEER, 2), (*BGP_PEER, 3), (*BGP_P
 PEER_TRANSITIONS, PEER_ESTABLISHED_TIME = (*BGP_PEER, 15), (*BGP_PEER, 16)
 CISCO_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 4, 1, 1)  # index: IPv4 (4), afi, safi
 CISCO2_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 8, 1, 1)  # index: type, len, addr, afi, safi
+# cbgpPeer2RemoteAs (index: type, len, addr): the 4-byte AS that BGP4-MIB's 16-bit
+# bgpPeerRemoteAs shows as AS_TRANS (23456)
+CISCO2_REMOTE_AS = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 5, 1, 11)
 JNX_PEER = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 1, 1, 1)
 JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR = (*JNX_PEER, 2), (*JNX_PEER, 3), (*JNX_PEER, 11)
 JNX_REMOTE_AS, JNX_PEER_INDEX = (*JNX_PEER, 13), (*JNX_PEER, 14)
@@ -42,8 +45,9 @@ JNX_PREFIXES = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 6, 2, 1)
 JNX_IN_PREFIXES, JNX_ACCEPTED = (*JNX_PREFIXES, 7), (*JNX_PREFIXES, 8)  # index: peer index, afi, safi
 
 COLUMNS = [PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS, PEER_TRANSITIONS, PEER_ESTABLISHED_TIME,
-           CISCO_ACCEPTED, CISCO2_ACCEPTED, JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR, JNX_REMOTE_AS,
-           JNX_PEER_INDEX, JNX_ESTABLISHED_TIME, JNX_IN_PREFIXES, JNX_ACCEPTED]
+           CISCO_ACCEPTED, CISCO2_ACCEPTED, CISCO2_REMOTE_AS, JNX_STATE, JNX_STATUS,
+           JNX_REMOTE_ADDR, JNX_REMOTE_AS, JNX_PEER_INDEX, JNX_ESTABLISHED_TIME, JNX_IN_PREFIXES,
+           JNX_ACCEPTED]
 
 STATES = {1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm", 6: "established"}
 ESTABLISHED = 6
@@ -101,6 +105,9 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
         ok = len(index) >= 4 and index[1] == len(index) - 4
         _sum(newer, _address(index[2:-2]) if ok else None, value)
     accepted |= newer
+    remote_as = {address: value for index, value in get(CISCO2_REMOTE_AS).items()
+                 if len(index) >= 2 and index[1] == len(index) - 2
+                 and (address := _address(index[2:])) is not None and _int(value) is not None}
     peers: list[Peer] = []
     if get(JNX_STATE):
         by_peer_index: dict[int, str] = {}
@@ -127,7 +134,8 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
             if address is None or _int(state) not in STATES:  # not a BGP state: not a peer
                 continue
             established = _int(get(PEER_ESTABLISHED_TIME).get(index))
-            peers.append(Peer(address, _int(get(PEER_REMOTE_AS).get(index)), _int(state),
+            asn = remote_as.get(address, _int(get(PEER_REMOTE_AS).get(index)))
+            peers.append(Peer(address, asn, _int(state),
                               get(PEER_ADMIN).get(index) == 1,
                               None if established is None else float(established),
                               _int(get(PEER_TRANSITIONS).get(index))))

@@ -142,7 +142,7 @@ def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
 
 def test_cisco_prefix_counts_in_both_mib_tables_are_not_added(recordings):
     """IOS 15 reports a peer's accepted prefixes in cbgpPeerAddrFamilyPrefixTable and again in
-    cbgpPeer2AddrFamilyPrefixTable: 19, not 38."""
+    cbgpPeer2AddrFamilyPrefixTable: 19, not 38. And a 4-byte AS as cbgpPeer2RemoteAs."""
     router = Device(recordings, "bgp-ios")
     try:
         result = checks(router.poll(2))
@@ -150,6 +150,8 @@ def test_cisco_prefix_counts_in_both_mib_tables_are_not_added(recordings):
         router.close()
     assert result["bgp 192.168.99.25"][1].endswith(", 19 prefixes accepted")
     assert result["bgp 192.168.99.20"][1].endswith(", 17 prefixes accepted")
+    # A 4-byte AS: cbgpPeer2RemoteAs, not BGP4-MIB's AS_TRANS 23456.
+    assert result["bgp 192.168.99.25"][1].startswith("BGP to AS4200000001 192.168.99.25 established")
 
 
 def test_bgp_down_mail_is_readable():

@@ -79,9 +79,14 @@ def main() -> None:
         # IOS 15 and later fill CISCO-BGP4-MIB's cbgpPeer2AddrFamilyPrefixTable (IPv4 and IPv6
         # peers) next to the deprecated IPv4-only cbgpPeerAddrFamilyPrefixTable: the same counts
         # in both (index: address type 1, length 4, the address, AFI, SAFI).
+        # And a peer with a 4-byte AS: BGP4-MIB's 16-bit bgpPeerRemoteAs says AS_TRANS (23456),
+        # cbgpPeer2RemoteAs the AS.
         "bgp-ios-t2": variant("bgp-ios", {
             f"{CBGP2}.1.1.4.192.168.99.{peer}.1.{safi}": f"65|{count}" for peer, safi, count in (
-                (20, 1, 15), (20, 2, 2), (25, 1, 17), (25, 2, 2))}, 300),
+                (20, 1, 15), (20, 2, 2), (25, 1, 17), (25, 2, 2))} | {
+            f"{BGP}.9.192.168.99.25": "2|23456",
+            "1.3.6.1.4.1.9.9.187.1.2.5.1.11.1.4.192.168.99.20": "66|64513",
+            "1.3.6.1.4.1.9.9.187.1.2.5.1.11.1.4.192.168.99.25": "66|4200000001"}, 300),
         # Juniper: a customer's routing instance (5) gets a peer with the address of a peer of
         # the master instance (192.168.99.25), as L3VPN customers' CEs often have: established
         # 10 minutes, AS65010, peer index 3, 2 IPv4 unicast prefixes accepted.
