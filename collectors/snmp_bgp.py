@@ -105,9 +105,10 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
         ok = len(index) >= 4 and index[1] == len(index) - 4
         _sum(newer, _address(index[2:-2]) if ok else None, value)
     accepted |= newer
-    remote_as = {address: value for index, value in get(CISCO2_REMOTE_AS).items()
-                 if len(index) >= 2 and index[1] == len(index) - 2
-                 and (address := _address(index[2:])) is not None and _int(value) is not None}
+    remote_as: dict[str, int] = {
+        address: asn for index, value in get(CISCO2_REMOTE_AS).items()
+        if len(index) >= 2 and index[1] == len(index) - 2
+        and (address := _address(index[2:])) is not None and (asn := _int(value)) is not None}
     peers: list[Peer] = []
     if get(JNX_STATE):
         by_peer_index: dict[int, str] = {}
