@@ -1278,3 +1278,13 @@ async def test_round_trip_deletes_only_the_probes_a_lying_imap_server_names(serv
     assert result.state is State.OK, result.message
     assert [c for c in sent if c.startswith("UID STORE")] == ["UID STORE 3,4,9 +FLAGS.SILENT (\\Deleted)"]
     assert "deleted 2 probes of earlier runs" in result.message
+
+
+async def test_tcp_expect_after_a_long_answer_names_its_first_line(servers):
+    """The message quotes the first line of the answer, also when what was expected comes
+    after more than 64 KiB of it (not a line from the middle of the answer)."""
+    port = await servers(srv.banner("220 long banner", "x" * 100_000, "READY"))
+    result = await one(svc("tcp", port, "long", expect="READY"))
+    assert result.state is State.OK, result.message
+    assert result.message.startswith(f"TCP 127.0.0.1:{port} answered '220 long banner' in "), \
+        result.message
