@@ -7,13 +7,11 @@ so a hung plugin never outlives its check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import itertools
 import os
 import re
-import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -22,18 +20,10 @@ from dataclasses import dataclass, field
 from collectors.services_base import Outcome, Stage, secs
 from monitor.config import ServiceCheck
 from monitor.model import State, Thresholds
+from monitor.process import read_bounded, reap
 from monitor.text import clean
 
 MAX_OUTPUT = 64 * 1024
-
-
-async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    """The first `limit` bytes of a pipe, read to its end: a program that floods its output
-    costs its own time budget, never the agent's memory."""
-    kept = bytearray()
-    while stream is not None and (chunk := await stream.read(65536)):
-        kept += chunk[:max(0, limit - len(kept))]
-    return bytes(kept)
 
 
 def cannot_run(program: str, exc: OSError) -> str:
@@ -48,16 +38,6 @@ def cannot_run(program: str, exc: OSError) -> str:
     return f"{shown} cannot be started ({clean(exc.strerror or str(exc), 80)})"
 
 
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Wait for a killed process. Its pipes are read to their end first: asyncio's wait()
-    returns only once they are closed, and a reader that stopped at its limit never sees that.
-    A pipe still open after a few seconds belongs to a process that left the group: give up."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            await asyncio.gather(_bounded(proc.stdout, 0), _bounded(proc.stderr, 0))
-            await proc.wait()
-
-
 async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] | None = None
               ) -> tuple[int, str, str]:
     """(exit code, stdout, stderr), each output cut at MAX_OUTPUT; the caller's timeout cancels
@@ -68,15 +48,13 @@ async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] |
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
     try:
-        out, err = await asyncio.gather(_bounded(proc.stdout, MAX_OUTPUT),
-                                        _bounded(proc.stderr, MAX_OUTPUT))
+        (out, _), (err, _) = await asyncio.gather(read_bounded(proc.stdout, MAX_OUTPUT),
+                                                  read_bounded(proc.stderr, MAX_OUTPUT))
         await proc.wait()
     except BaseException:
-        # Cancelled (its timeout) or failed: the whole group goes, children it left included.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
-        await asyncio.shield(_reap(proc))
+        # Cancelled (its timeout) or failed: the whole group goes, children it left included,
+        # reaped off the cancelled task so no zombie (or pipe fd) is left behind.
+        await asyncio.shield(reap(proc))
         raise
     return (proc.returncode if proc.returncode is not None else -1,
             out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
