@@ -210,15 +210,30 @@ class Scheduler:
         elif self._clock.monotonic() < stats.backoff_until:
             stats.skipped_backoff += 1
         else:
-            job.run = asyncio.get_running_loop().create_task(self._run(job), name=f"job {job.name}")
-            self._running.add(job.run)
-            job.run.add_done_callback(self._running.discard)
+            self._start_run(job, job.function)
 
-    async def _run(self, job: _Job) -> None:
+    def run_soon(self, name: str, function: JobFunction | None = None) -> bool:
+        """Start a run of job `name` now, outside its schedule (of `function` instead of the
+        job's own, if given), unless one is running or the job backs off after a failure; True
+        if it started. The job's schedule stays as it was."""
+        job = self._jobs.get(name)
+        if job is None or not self._started or (job.run is not None and not job.run.done()) \
+                or self._clock.monotonic() < job.stats.backoff_until:
+            return False
+        self._start_run(job, function or job.function)
+        return True
+
+    def _start_run(self, job: _Job, function: JobFunction) -> None:
+        job.run = asyncio.get_running_loop().create_task(self._run(job, function),
+                                                         name=f"job {job.name}")
+        self._running.add(job.run)
+        job.run.add_done_callback(self._running.discard)
+
+    async def _run(self, job: _Job, function: JobFunction) -> None:
         stats = job.stats
         started = self._clock.monotonic()
         try:
-            await job.function()
+            await function()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a job's failure must never stop the agent
