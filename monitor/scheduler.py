@@ -185,7 +185,19 @@ class Scheduler:
         return datetime.fromtimestamp(self._clock.time(), UTC)
 
     async def _timer(self, job: _Job) -> None:
-        due = job.first or job.trigger.get_next_fire_time(None, self._now())
+        if job.first is not None:  # a turn at once, before the trigger's own
+            while (wait := (job.first - self._now()).total_seconds()) > 0:
+                await self._clock.sleep(min(wait, MAX_NAP))
+            now = self._now()
+            self._turn(job, (now - job.first).total_seconds())
+            # Then the trigger's schedule from its start: counted on from the first turn, an
+            # aligned job would keep that turn's phase (APScheduler adds the interval to the
+            # turn it is given), and so run wherever in its cycle the agent happened to start.
+            due = job.trigger.get_next_fire_time(None, now)
+            if due is not None and due <= job.first:
+                due = job.trigger.get_next_fire_time(due, now)
+        else:
+            due = job.trigger.get_next_fire_time(None, self._now())
         while due is not None:
             while (wait := (due - self._now()).total_seconds()) > 0:
                 await self._clock.sleep(min(wait, MAX_NAP))
