@@ -61,10 +61,11 @@ class ClusterMember:
         scheduler.add_interval("cluster leader", beat, self.lead, run_now=False)
 
     async def heartbeat(self) -> None:
-        """Job: the heartbeat. When it finds a node gone, each shared collector runs again at
-        once, for the units the gone node had not run in this cycle (nobody claimed them): the
-        takeover leaves no cycle out. A collector still busy with its turn runs at a later beat
-        of the same cycle."""
+        """Job: the heartbeat. When it finds a node gone in the first half of a cycle, each
+        shared collector runs again at once, for the units the gone node had not run in this
+        cycle (nobody claimed them): the takeover leaves no cycle out. A collector still busy
+        with its turn runs at a later beat of that half. (Later in the cycle the gone node has
+        run its part, unless it died before; a run then could hold up the next cycle's turn.)"""
         gone = await self.node.beat()
         now = time.time()
         if gone:
@@ -72,7 +73,7 @@ class ClusterMember:
                         ", ".join(sorted(gone)))
             self._takeovers = {c.name: (c, int(now // c.interval)) for c in self.shared}
         for name, (collector, cycle) in list(self._takeovers.items()):
-            if int(now // collector.interval) != cycle or self._scheduler is None \
+            if now >= (cycle + 0.5) * collector.interval or self._scheduler is None \
                     or self._take_over is None \
                     or self._scheduler.run_soon(name, self._take_over(collector)):
                 del self._takeovers[name]
