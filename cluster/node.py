@@ -23,6 +23,7 @@ leader's lease. Every Redis key starts with `monitor:`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -37,6 +38,7 @@ from redis.retry import Retry
 
 from cluster.ownership import assign
 from monitor.config import ClusterConfig
+from monitor.files import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +133,25 @@ class ClusterNode:
         self.clock = clock
         self.monotonic = monotonic
         self.redis = connect(config, timeout=max(1.0, config.heartbeat))
-        self.started = clock()
+        self.started = clock()  # set again at the first heartbeat: when the others see it
+        self._announced = False
         self.cut_off_since: float | None = None  # when Redis stopped answering
         # The live set as last read: while Redis cannot be reached, the node keeps to the share
         # it had (the others, seeing its heartbeat lapse, take it over only when it is gone).
         self._live: dict[str, Peer] = {self.name: Peer(self.groups, self.started)}
         self._lease_until = 0.0  # monotonic; the lease is ours until then
+        # job -> [cycle, units]: what this node last ran, on its disk. Cut off from Redis it
+        # has no claims to ask; a node started again in the cycle its predecessor ran must not
+        # run that cycle a second time.
+        self._ran_path = None if config.buffer_dir is None else config.buffer_dir / "claims.json"
+        self._ran: dict[str, tuple[int, list[str]]] = {}
+        if self._ran_path is not None:
+            try:
+                ran = load_state(self._ran_path) or {}
+                self._ran = {str(job): (int(cycle), [str(u) for u in units])
+                             for job, (cycle, units) in ran.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("cluster: ignoring unreadable %s: %s", self._ran_path, exc)
         self.extra: dict[str, object] = {}  # more to publish with the heartbeat (the buffer)
 
     # -- reachability ----------------------------------------------------------------------------
@@ -166,6 +181,11 @@ class ClusterNode:
     async def beat(self) -> set[str]:
         """Job: tell the others this node is alive (and what it buffers); the nodes whose
         heartbeat lapsed since the last beat (their share of this cycle is to be taken over)."""
+        if not self._announced:
+            # A node joins when the others can see it: the cycle of its first heartbeat is the
+            # one it takes no share of (its aligned turns begin by the next at the latest).
+            self._announced, self.started = True, self.clock()
+            self._live = {self.name: Peer(self.groups, self.started)}
         info = {"groups": self.groups, "started": self.started, "time": self.clock(),
                 "leader": self.leading, **self.extra}
         try:
@@ -221,7 +241,8 @@ class ClusterNode:
             live = await self.live_nodes()
         except Unreachable as exc:
             self._missed(exc)
-            return Claim(self._mine(units, self._live, cycle * interval), cycle, until)
+            return await self._ran_now(job, cycle, until,
+                                       self._mine(units, self._live, cycle * interval))
         self._live = live
         mine = sorted(self._mine(units, live, cycle * interval))
         if not mine:
@@ -238,9 +259,24 @@ class ClusterNode:
                     await self.redis.hset(OWNERS, mapping={f"{job}/{u}": when for u in claimed})
         except Unreachable as exc:
             self._missed(exc)
-            return Claim(set(mine), cycle, until)
+            return await self._ran_now(job, cycle, until, set(mine))
         self._reached()
-        return Claim(claimed, cycle, until)
+        return await self._ran_now(job, cycle, until, claimed)
+
+    async def _ran_now(self, job: str, cycle: int, until: float, units: set[str]) -> Claim:
+        """The claim of `units`, less those this node (or its predecessor, before a restart)
+        ran in this cycle already; noted on disk."""
+        last_cycle, last_units = self._ran.get(job, (None, []))
+        if last_cycle == cycle:
+            units = units - set(last_units)
+        if units and self._ran_path is not None:
+            self._ran[job] = (cycle, sorted(units | set(last_units) if last_cycle == cycle
+                                            else units))
+            try:
+                await asyncio.to_thread(save_state, self._ran_path, self._ran)
+            except OSError as exc:
+                log.error("cluster: cannot note what this node ran in %s: %s", self._ran_path, exc)
+        return Claim(units, cycle, until)
 
     def shared_state(self, job: str, keep: float) -> RedisState:
         """Where `job`'s units keep what moves with them (kept `keep` seconds after the last

@@ -124,6 +124,9 @@ class Agent:
                 collector.name, collector.interval, self._job(collector),
                 jitter=0 if cluster else min(self.config.agent.jitter, collector.interval / 10),
                 aligned=cluster is not None,
+                # A node that joins owns nothing of its first cycle: a run at once would only
+                # hold up its first aligned turn on a slow start.
+                run_now=cluster is None or not isinstance(collector, SharedCollector),
             )
         # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.

@@ -140,7 +140,8 @@ class Scheduler:
             start = datetime.fromtimestamp(begin, UTC)
         trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=start)
         self._add(_Job(name, function, interval, trigger, max(1.0, float(int(interval))),
-                       first=now if run_now else trigger.get_next_fire_time(now, now)))
+                       first=now if run_now else None if aligned
+                       else trigger.get_next_fire_time(now, now)))
 
     def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
         self._add(_Job(name, function, None, cron_trigger(expression), 3600.0))
