@@ -45,13 +45,38 @@ class ClusterMember:
         self._unreachable: set[str] = set()  # pollers the leader has reported unreachable
         self._led = False  # whether the last round ran as the leader
         self._alert_state_changed = False
+        self._scheduler: Scheduler | None = None
+        self._take_over: Callable[[SharedCollector], Job] | None = None
+        # collector -> (it, the cycle): takeovers due that could not start yet (it was running)
+        self._takeovers: dict[str, tuple[SharedCollector, int]] = {}
 
-    def schedule(self, scheduler: Scheduler) -> None:
+    def schedule(self, scheduler: Scheduler, take_over: Callable[[SharedCollector], Job]) -> None:
+        """The member's jobs on `scheduler`; `take_over(collector)` is a run of a shared
+        collector that polls what a gone node left of the current cycle."""
         beat = self.config.heartbeat
-        scheduler.add_interval("cluster heartbeat", beat, self.node.beat)
+        self._scheduler, self._take_over = scheduler, take_over
+        scheduler.add_interval("cluster heartbeat", beat, self.heartbeat)
         scheduler.add_interval("cluster lease", self.config.lease / 3, self.node.renew_lease)
         scheduler.add_interval("cluster replay", beat, self.replay, run_now=False)
         scheduler.add_interval("cluster leader", beat, self.lead, run_now=False)
+
+    async def heartbeat(self) -> None:
+        """Job: the heartbeat. When it finds a node gone in the first half of a cycle, each
+        shared collector runs again at once, for the units the gone node had not run in this
+        cycle (nobody claimed them): the takeover leaves no cycle out. A collector still busy
+        with its turn runs at a later beat of that half. (Later in the cycle the gone node has
+        run its part, unless it died before; a run then could hold up the next cycle's turn.)"""
+        gone = await self.node.beat()
+        now = time.time()
+        if gone:
+            log.warning("cluster: %s gone; taking over what it had not run of this cycle",
+                        ", ".join(sorted(gone)))
+            self._takeovers = {c.name: (c, int(now // c.interval)) for c in self.shared}
+        for name, (collector, cycle) in list(self._takeovers.items()):
+            if now >= (cycle + 0.5) * collector.interval or self._scheduler is None \
+                    or self._take_over is None \
+                    or self._scheduler.run_soon(name, self._take_over(collector)):
+                del self._takeovers[name]
 
     async def replay(self) -> None:
         """Job: the buffered check results to the stream; and what the heartbeat says of both

@@ -201,11 +201,13 @@ class StreamingCollector(Collector, Protocol):
 class SharedCollector(Collector, Protocol):
     """A collector whose targets several agents ([cluster]) may share: `work_units()` names each
     unit of work (a device, a service check) with its group; before a run the agent tells it
-    which units are this node's with `select()` (None: all of them, the single-machine case)."""
+    which units are this node's with `select()` (None: all of them, the single-machine case),
+    and until when their runs may start (`until`, wall-clock time: a poll that would start later
+    is left out, its cycle is as good as over)."""
 
     def work_units(self) -> dict[str, str]: ...
 
-    def select(self, units: set[str] | None) -> None: ...
+    def select(self, units: set[str] | None, until: float | None = None) -> None: ...
 
     def unit_of(self, target: str, check: str) -> str | None:
         """The unit of work a check result of this collector belongs to (None: not ours)."""
