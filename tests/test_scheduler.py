@@ -97,6 +97,25 @@ async def test_an_aligned_job_runs_at_once_then_a_tenth_into_each_interval():
     await scheduler.stop()
 
 
+async def test_jitter_spreads_turns_without_stretching_the_interval():
+    clock = ManualClock()
+    scheduler = Scheduler(clock=clock)
+    runs: list[float] = []
+
+    async def job() -> None:
+        runs.append(clock.now - START)
+
+    scheduler.add_interval("poll", 300, job, jitter=30)
+    scheduler.start()
+    await clock.advance(300 * 200 + 31)
+    await scheduler.stop()
+    # Each turn within its slot's first 30 s (APScheduler's own jitter drifts: each turn is
+    # counted from the jittered one before, ~15 s later every turn).
+    assert len(runs) == 201
+    assert all(0 <= t - 300 * k <= 30 for k, t in enumerate(runs)), runs[:10]
+    assert len({round(t - 300 * k) for k, t in enumerate(runs)}) > 5  # spread, not fixed
+
+
 async def test_run_now_false_waits_one_interval():
     clock = ManualClock()
     scheduler = Scheduler(clock=clock)
