@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -246,7 +247,7 @@ class ResultStream:
             await self.node.redis.xack(STREAM, GROUP, *ids)
 
 
-def _page_size(image: bytes) -> int:
+def _page_size(image: bytes | memoryview) -> int:
     """The page size an SQLite image declares (header bytes 16-17; 1 means 65536)."""
     size = int.from_bytes(image[16:18], "big")
     return 65536 if size == 1 else size or 4096
@@ -285,7 +286,7 @@ class AlertStateReplica:
         self.redis = aioredis.from_url(node.config.redis, **options)
         self._readers: dict[str, sqlite3.Connection] = {}
         self._data_versions: dict[str, int] = {}
-        self._held: dict[str, bytes] = {}  # name -> the image Redis holds, as far as we know
+        self._held: dict[str, list[bytes]] = {}  # name -> digests of the pages Redis holds
         self._version: int | None = None  # the version Redis holds, if we wrote or read it
         self._lock = asyncio.Lock()  # the round and the outbox save at will: one at a time
 
@@ -295,9 +296,10 @@ class AlertStateReplica:
                                                   check_same_thread=False)
         return self._readers[name]
 
-    def _changes(self, everything: bool) -> dict[str, tuple[bytes, dict[int, bytes], int]]:
-        """name -> (image, the pages that differ from what Redis holds, data version), for
-        each database that changed since the last save (each one if `everything`)."""
+    def _changes(self, everything: bool) -> dict[str, tuple[list[bytes], dict[int, bytes], int]]:
+        """name -> (its page digests, the pages that differ from what Redis holds, its data
+        version), for each database that changed since the last save (each one if
+        `everything`). Digests, not a copy of the pages: the memory kept is 16 bytes a page."""
         out = {}
         for name in self.paths:
             db = self._reader(name)
@@ -306,13 +308,17 @@ class AlertStateReplica:
                 continue
             with db:  # one read transaction: a consistent image
                 db.execute("BEGIN")
-                image = db.serialize()
+                image = memoryview(db.serialize())
             size = _page_size(image)
-            held = memoryview(self._held.get(name, b"") if not everything else b"")
-            fresh = memoryview(image)
-            pages = {i // size: image[i:i + size] for i in range(0, len(image), size)
-                     if fresh[i:i + size] != held[i:i + size]}
-            out[name] = (image, pages, data_version)
+            held = [] if everything else self._held.get(name, [])
+            digests, pages = [], {}
+            for index, at in enumerate(range(0, len(image), size)):
+                page = image[at:at + size]
+                digest = hashlib.sha256(page).digest()[:16]
+                digests.append(digest)
+                if index >= len(held) or held[index] != digest:
+                    pages[index] = bytes(page)
+            out[name] = (digests, pages, data_version)
         return out
 
     async def save(self) -> None:
@@ -329,21 +335,20 @@ class AlertStateReplica:
         version = (int(stored) if stored is not None else 0) + 1
         meta: dict[str, Any] = {"node": self.node.name, "version": version}
         async with redis.pipeline(transaction=True) as pipe:
-            for name, (image, pages, _) in changes.items():
-                count = -(-len(image) // _page_size(image))
+            for name, (digests, pages, _) in changes.items():
+                count, held = len(digests), len(self._held.get(name, []))
                 meta[f"{name}:pages"] = count
                 if everything:
                     pipe.delete(f"{ALERT_STATE}:{name}")
-                elif len(self._held.get(name, b"")) > len(image):
-                    held = -(-len(self._held[name]) // _page_size(image))
+                elif held > count:  # it shrank
                     pipe.hdel(f"{ALERT_STATE}:{name}", *map(str, range(count, held)))
                 if pages:
                     pipe.hset(f"{ALERT_STATE}:{name}", mapping={str(i): p for i, p in pages.items()})
             pipe.hset(ALERT_STATE, mapping=meta)
             await pipe.execute()
         self._version = version
-        for name, (image, _, data_version) in changes.items():
-            self._held[name] = image
+        for name, (digests, _, data_version) in changes.items():
+            self._held[name] = digests
             self._data_versions[name] = data_version
 
     async def restore(self) -> bool:
@@ -366,13 +371,15 @@ class AlertStateReplica:
         for name, pages in zip(self.paths, stored_pages, strict=True):
             count = int(meta.get(f"{name}:pages", 0))
             if count and all(str(i).encode() in pages for i in range(count)):
-                images[name] = b"".join(pages[str(i).encode()] for i in range(count))
+                images[name] = [pages[str(i).encode()] for i in range(count)]
 
         def load() -> None:
             for name, image in images.items():
-                _load_image(self.paths[name], image)
+                _load_image(self.paths[name], b"".join(image))
         await asyncio.to_thread(load)
-        self._held, self._version, self._data_versions = images, int(meta["version"]), {}
+        self._held = {name: [hashlib.sha256(p).digest()[:16] for p in image]
+                      for name, image in images.items()}
+        self._version, self._data_versions = int(meta["version"]), {}
         log.warning("cluster: took over the alert state of %s (version %s)", meta.get("node"),
                     meta["version"])
         return True
