@@ -10,16 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
 from importers.plan import Plan, SeriesCopy
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
 from monitor.text import clean
 from monitor.units import format_bytes
-
-ReadConfig = Callable[[argparse.Namespace], Config]
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
