@@ -33,7 +33,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from cluster import wire
-from cluster.node import PREFIX, ClusterNode, Unreachable, client_options
+from cluster.node import PREFIX, ClusterNode, Unreachable, client_options, decoded
 from monitor.config import ClusterConfig
 from monitor.files import atomic_write
 from monitor.model import Batch
@@ -333,7 +333,7 @@ class AlertStateReplica:
         if not changes:
             return
         version = (int(stored) if stored is not None else 0) + 1
-        meta: dict[str, Any] = {"node": self.node.name, "version": version}
+        meta: dict[str, str | int] = {"node": self.node.name, "version": version}
         async with redis.pipeline(transaction=True) as pipe:
             for name, (digests, pages, _) in changes.items():
                 count, held = len(digests), len(self._held.get(name, []))
@@ -344,7 +344,7 @@ class AlertStateReplica:
                     pipe.hdel(f"{ALERT_STATE}:{name}", *map(str, range(count, held)))
                 if pages:
                     pipe.hset(f"{ALERT_STATE}:{name}", mapping={str(i): p for i, p in pages.items()})
-            pipe.hset(ALERT_STATE, mapping=meta)
+            pipe.hset(ALERT_STATE, mapping={k: v for k, v in meta.items()})
             await pipe.execute()
         self._version = version
         for name, (digests, _, data_version) in changes.items():
@@ -401,9 +401,12 @@ class MailLedger:
     def __init__(self, node: ClusterNode, before_pass: Callable[[], Awaitable[bool]],
                  keep: float = 30 * 86400) -> None:
         self.node = node
-        self.before_pass = before_pass
+        self._before_pass = before_pass
         self.token = f"{node.name} {node.started!r}"
         self.keep_ms = int(keep * 1000)
+
+    async def before_pass(self) -> bool:
+        return await self._before_pass()
 
     @staticmethod
     def _key(message_id: str) -> str:
@@ -418,8 +421,9 @@ class MailLedger:
 
     async def taken(self, message_id: str) -> str | None:
         try:
-            state, node, token, when = await self.node.redis.hmget(
-                self._key(message_id), ["state", "node", "token", "time"])
+            state, node, token, when = (None if v is None else decoded(v) for v in
+                                        await self.node.redis.hmget(
+                                            self._key(message_id), ["state", "node", "token", "time"]))
         except Unreachable as exc:
             self.node._missed(exc)
             return None  # `begin` cannot note it either: the message waits
@@ -435,7 +439,10 @@ class MailLedger:
         except Unreachable as exc:
             self.node._missed(exc)
             return f"Redis cannot be reached ({exc}): not sent before it can note it"
-        return None if other is None else self._why(*other)
+        if other is None:
+            return None
+        state, node, when = (None if v is None else decoded(v) for v in other)
+        return self._why(state, node, when)
 
     async def sent(self, message_id: str) -> None:
         try:
