@@ -18,9 +18,10 @@ Guarantees and their limits:
 - Several agents taking turns with one outbox (a cluster's leaders, each with a copy of it) share
   a `DeliveryLedger`: before a pass it may save the state the mail comes from (False: this agent
   sends nothing now); each message is noted as begun just before DATA and as sent after the
-  relay's "250", and a message another agent noted is never sent again: sent, it is marked sent
-  here; begun by an agent that stopped before the relay answered, it is marked sent
-  "unconfirmed" (the relay most likely has it) and logged, rather than sent twice.
+  relay's answer, and a message another agent noted is never sent again: sent (or refused for
+  good), it is marked so here; begun by an agent that stopped before the relay answered, it is
+  marked sent "unconfirmed" (the relay most likely has it) and logged, rather than sent twice.
+  A message the relay deferred is free again for whoever sends next.
 - In the agent, delivery is its own task (`start()`/`stop()`), never part of a collector's or the
   alert job's run: a stuck relay delays mail, not collection, and a stop or reload cancels a
   hanging SMTP session at once (what was not confirmed stays queued). New mail wakes the task
@@ -131,8 +132,10 @@ class DeliveryLedger(Protocol):
         """Note that this agent sends the message now; None, or why it cannot (then it waits)."""
         ...
 
-    async def sent(self, message_id: str) -> None:
-        """The relay took it (or refused it for good): nobody sends it again."""
+    async def settle(self, message_id: str, status: str) -> None:
+        """What became of a message this agent sent (an `Outcome` status): "sent" or
+        "refused" (for good), nobody sends it again; "deferred" (or the way out failed before
+        it went), another agent may; "unconfirmed", it stays begun."""
         ...
 
 
@@ -382,8 +385,8 @@ class Outbox:
         if why is None:
             return False
         begun = why.startswith("begun")
-        await asyncio.to_thread(self._mark, entry_id, SENT, attempts, 0.0, why,
-                                unconfirmed=unconfirmed + begun)
+        await asyncio.to_thread(self._mark, entry_id, FAILED if why.startswith("refused") else SENT,
+                                attempts, 0.0, why, unconfirmed=unconfirmed + begun)
         (log.error if begun else log.info)("mail %s (%s) %s; not sent again", entry_id,
                                            message_id, why)
         return True
@@ -414,9 +417,13 @@ class Outbox:
                     outcome = await session.send(sender, json.loads(recipients_json), bytes(raw),
                                                  before_data=begin)
                 except RouteDown as exc:
+                    if self.ledger is not None:
+                        await self.ledger.settle(message_id, "deferred")
                     await self._route_failed(index, state, exc, len(due) - position)
                     return sent, left + due[position:]
                 if outcome.status == "refused" and not last:
+                    if self.ledger is not None:
+                        await self.ledger.settle(message_id, "deferred")
                     self._refused_by_primary.add(entry_id)
                     left.append(row)
                     log.warning("mail %s (%s) refused by %s: %s; trying the next way out",
@@ -438,8 +445,8 @@ class Outbox:
     async def _record(self, index: int, row: tuple, outcome: Outcome) -> int:
         entry_id, message_id, _, recipients_json, _, attempts, unconfirmed = row
         where = self.routes[index].where
-        if self.ledger is not None and outcome.status in ("sent", "refused"):
-            await self.ledger.sent(message_id)
+        if self.ledger is not None:
+            await self.ledger.settle(message_id, outcome.status)
         if outcome.status == "sent":
             if outcome.refused:
                 log.error("mail %s (%s) delivered via %s, but some recipients were refused: %s",

@@ -55,6 +55,13 @@ redis.call('HSET', KEYS[1], 'state', 'begun', 'node', ARGV[2], 'token', ARGV[1],
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return false
 """
+# Forget that this process began a message the relay did not take (deferred): anyone may send it.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] and redis.call('HGET', KEYS[1], 'state') == 'begun' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
 STREAM_MAX = 1_000_000  # entries kept in the stream (acknowledged or not): days of results
 _SEGMENT = 1 << 20  # bytes per buffer file
 
@@ -416,6 +423,8 @@ class MailLedger:
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(when or 0)))
         if state == "sent":
             return f"sent by {node} at {at}"
+        if state == "refused":
+            return f"refused for good by the relay, sent by {node} at {at}"
         return (f"begun by {node} at {at}, with no word of the relay's answer since (the relay "
                 "most likely has it)")
 
@@ -444,13 +453,16 @@ class MailLedger:
         state, node, when = (None if v is None else decoded(v) for v in other)
         return self._why(state, node, when)
 
-    async def sent(self, message_id: str) -> None:
+    async def settle(self, message_id: str, status: str) -> None:
+        key = self._key(message_id)
         try:
-            async with self.node.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._key(message_id), mapping={
-                    "state": "sent", "node": self.node.name, "token": self.token,
-                    "time": repr(self.node.clock())})
-                pipe.pexpire(self._key(message_id), self.keep_ms)
-                await pipe.execute()
+            if status in ("sent", "refused"):
+                async with self.node.redis.pipeline(transaction=True) as pipe:
+                    pipe.hset(key, mapping={"state": status, "node": self.node.name,
+                                            "token": self.token, "time": repr(self.node.clock())})
+                    pipe.pexpire(key, self.keep_ms)
+                    await pipe.execute()
+            elif status == "deferred":
+                await self.node.redis.eval(_RELEASE, 1, key, self.token)
         except Unreachable as exc:  # "begun" stays: no other node sends it again either
             self.node._missed(exc)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import sqlite3
 import threading
@@ -16,9 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from alerts.mail import make_message
+from alerts.outbox import FAILED, SENT, Outbox
 from cluster.node import ClusterNode
 from cluster.results import ALERT_STATE, AlertStateReplica, MailLedger
-from monitor.config import ClusterConfig
+from monitor.config import ClusterConfig, SmtpConfig
 from tests.daemons import redis_server
 from tests.smtp_helpers import Recorder, start_smtp
 from tests.test_cluster import Switch, agent, alerting_config, cluster_config, live, wait_cycles, wait_until
@@ -194,13 +197,62 @@ def test_mail_ledger_a_message_begun_or_sent_by_one_leader_is_not_sent_by_anothe
         assert await a.taken("<m1@x>") is None  # its own: it may send once more (unconfirmed)
         assert (await b.taken("<m1@x>") or "").startswith("begun by node-a")
         assert (await b.begin("<m1@x>") or "").startswith("begun by node-a")
-        await a.sent("<m1@x>")
+        await a.settle("<m1@x>", "unconfirmed")  # no answer: it stays begun
+        assert (await b.taken("<m1@x>") or "").startswith("begun by node-a")
+        await a.settle("<m1@x>", "sent")
         assert (await a.taken("<m1@x>") or "").startswith("sent by node-a")
         assert (await b.taken("<m1@x>") or "").startswith("sent by node-a")
         assert await b.begin("<m2@x>") is None
         assert (await a.begin("<m2@x>") or "").startswith("begun by node-b")
+        await b.settle("<m2@x>", "deferred")  # the relay did not take it: anyone may send it
+        assert await a.taken("<m2@x>") is None and await a.begin("<m2@x>") is None
+        await a.settle("<m2@x>", "refused")
+        assert (await b.taken("<m2@x>") or "").startswith("refused for good")
         await first.close()
         await second.close()
+
+    with redis_server(tmp_path) as port:
+        asyncio.run(scenario(port))
+
+
+def test_the_next_leaders_copy_of_the_outbox_does_not_resend_what_the_last_one_sent(tmp_path):
+    """Two leaders in turn, each with its copy of the outbox (the second holds the image taken
+    before the first one sent: killed between the relay's "250" and the next save)."""
+    async def scenario(port: int) -> None:
+        recorder = Recorder()
+        server, smtp_port = await start_smtp(recorder)
+        smtp = SmtpConfig(host="127.0.0.1", port=smtp_port, sender="monitor@example.net",
+                          timeout=5)
+        url = f"redis://127.0.0.1:{port}/0"
+        nodes = [ClusterNode(ClusterConfig(redis=url, node=n, buffer_dir=tmp_path / n))
+                 for n in ("node-a", "node-b")]
+
+        async def leads() -> bool:
+            return True
+        first = Outbox(tmp_path / "a.db", smtp)
+        first.share(MailLedger(nodes[0], leads))
+        for subject in ("CRITICAL web1 http", "refused: CRITICAL web2 http"):
+            first.enqueue(make_message(sender=smtp.sender, to=["ops@example.net"],
+                                       subject=subject, body="down"))
+        first.close()
+        shutil.copy(tmp_path / "a.db", tmp_path / "b.db")  # the image the next leader gets
+        first = Outbox(tmp_path / "a.db", smtp)
+        first.share(MailLedger(nodes[0], leads))
+        recorder.reject["refused"] = "550 no such user"
+        assert await first.deliver_pending() == 1
+        second = Outbox(tmp_path / "b.db", smtp)
+        second.share(MailLedger(nodes[1], leads))
+        assert await second.deliver_pending() == 0
+        assert len(recorder.received) == 1
+        states = {e.subject: (e.status, e.last_error) for e in second.entries()}
+        assert states["CRITICAL web1 http"][0] == SENT
+        assert states["CRITICAL web1 http"][1].startswith("sent by node-a")
+        assert states["refused: CRITICAL web2 http"][0] == FAILED
+        for box in (first, second):
+            box.close()
+        for node in nodes:
+            await node.close()
+        server.close()
 
     with redis_server(tmp_path) as port:
         asyncio.run(scenario(port))
