@@ -24,7 +24,16 @@ from cluster.results import ALERT_STATE, AlertStateReplica, MailLedger
 from monitor.config import ClusterConfig, SmtpConfig
 from tests.daemons import redis_server
 from tests.smtp_helpers import Recorder, start_smtp
-from tests.test_cluster import Switch, agent, alerting_config, cluster_config, live, wait_cycles, wait_until
+from tests.test_cluster import (
+    SmtpSink,
+    Switch,
+    agent,
+    alerting_config,
+    cluster_config,
+    live,
+    wait_cycles,
+    wait_until,
+)
 
 
 class HoldingRecorder(Recorder):
@@ -44,33 +53,11 @@ class HoldingRecorder(Recorder):
         return answer
 
 
-class HoldingSink:
-    def __init__(self) -> None:
-        self.recorder = HoldingRecorder()
-        self.loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server, self.port = self.loop.run_until_complete(start_smtp(self.recorder))
-            started.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        started.wait(10)
-
-    def close(self) -> None:
-        self.recorder.release.set()
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.mark.timeout(300)
 def test_leader_killed_while_the_relay_holds_its_mail_the_next_leader_does_not_send_it_again(
         tmp_path):
-    sink = HoldingSink()
+    recorder = HoldingRecorder()
+    sink = SmtpSink(recorder)
     service = Switch()
     service.up()
     names = ["node-a", "node-b"]
@@ -92,22 +79,23 @@ timeout = "1s"
                        "two heartbeats and a leader")
             wait_cycles(2)
             service.down()
-            assert sink.recorder.held.wait(60), "the problem mail never reached the relay"
+            assert recorder.held.wait(60), "the problem mail never reached the relay"
             leader = client.get("monitor:leader")
             assert leader in names
             procs[leader].send_signal(signal.SIGKILL)  # the relay has the mail; no answer yet
             procs[leader].wait()
-            sink.recorder.release.set()
+            recorder.release.set()
             wait_until(lambda: client.get("monitor:leader") not in (None, leader), "a new leader")
             successor = client.get("monitor:leader")
             service.up()
-            wait_until(lambda: len(sink.recorder.received) >= 2, "the recovery mail")
+            wait_until(lambda: len(recorder.received) >= 2, "the recovery mail")
             wait_cycles(3)  # time for a second copy of the problem mail, if one were coming
             stack.close()
     finally:
+        recorder.release.set()
         sink.close()
-    subjects = sink.recorder.subjects()
-    ids = sink.recorder.message_ids()
+    subjects = recorder.subjects()
+    ids = recorder.message_ids()
     assert len(ids) == len(set(ids)) == 2, subjects
     assert ["RESOLVED" in s or "OK" in s for s in subjects] == [False, True], subjects
     log = (tmp_path / f"{successor}.log").read_text(errors="replace")
