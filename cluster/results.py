@@ -342,6 +342,8 @@ class AlertStateReplica:
         version = (int(stored) if stored is not None else 0) + 1
         meta: dict[str, str | int] = {"node": self.node.name, "version": version}
         async with redis.pipeline(transaction=True) as pipe:
+            if everything:  # (and what an older version kept there: whole images)
+                pipe.delete(ALERT_STATE)
             for name, (digests, pages, _) in changes.items():
                 count, held = len(digests), len(self._held.get(name, []))
                 meta[f"{name}:pages"] = count
