@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 from xml.etree.ElementTree import ParseError
@@ -18,11 +17,9 @@ from xml.etree.ElementTree import ParseError
 import rrdtool
 
 from importers.plan import Plan, SeriesCopy
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
 from monitor.text import clean
 from monitor.units import format_bytes
-
-ReadConfig = Callable[[argparse.Namespace], Config]
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:

@@ -23,6 +23,9 @@ from typing import Annotated, Any, Literal
 
 from monitor.units import parse_duration, parse_percent, parse_size
 
+if typing.TYPE_CHECKING:
+    import argparse
+
 # ---------------------------------------------------------------------------------------------
 # Field markers: Annotated[...] metadata that says how a TOML value becomes a Python value.
 
@@ -1330,6 +1333,11 @@ def default_config_path(environ: typing.Mapping[str, str] | None = None) -> Path
         return Path(environ["MONITOR_CONFIG"])
     local = Path("config.toml")
     return local if local.exists() else Path("/etc/monitor/config.toml")
+
+
+# What a subcommand's module is handed to read the config (monitor.cli.read_config: the path
+# of -c/$MONITOR_CONFIG, the loader, its warnings logged): every command reads it one way.
+ReadConfig = typing.Callable[["argparse.Namespace"], "Config"]
 
 
 def load_config(path: str | os.PathLike[str], environ: typing.Mapping[str, str] | None = None) -> Config:

@@ -410,15 +410,15 @@ def test_snmp_counters_move_with_the_device_no_spike_across_a_takeover(tmp_path)
 
 
 class SmtpSink:
-    """tests/smtp_helpers' recording SMTP server, on a thread of its own (the agents are
-    other processes; the test waits synchronously)."""
+    """tests/smtp_helpers' recording SMTP server (or `recorder`, a Recorder of the test's own),
+    on a thread of its own (the agents are other processes; the test waits synchronously)."""
 
-    def __init__(self) -> None:
+    def __init__(self, recorder: object = None) -> None:
         import asyncio
 
         from tests.smtp_helpers import Recorder, start_smtp
 
-        self.recorder = Recorder()
+        self.recorder = recorder if isinstance(recorder, Recorder) else Recorder()
         self.loop = asyncio.new_event_loop()
         started = threading.Event()
 
