@@ -882,7 +882,8 @@ def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
 
 
 def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
-    """Fetch, draw and atomically write the PNGs of one instance."""
+    """Fetch, draw and atomically write the PNGs of one instance (not yet durable: the caller
+    makes them so, monitor.files.sync_filesystem)."""
     started = time.perf_counter()
     cpu = time.process_time()
     info = job.info
@@ -905,11 +906,13 @@ def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
-            atomic_write(job.out_dir / f"{name}.png", png, PUBLIC_MODE)
+            # Not fsynced one by one (two journal commits an image, more than the drawing on a
+            # busy disk): the site build syncs the filesystem once before it records them drawn.
+            atomic_write(job.out_dir / f"{name}.png", png, PUBLIC_MODE, durable=False)
             if name == "day" and job.spark:
                 atomic_write(job.out_dir / "spark.png",
                              renderer.spark.draw(graph, start, end, series.start, series.step),
-                             PUBLIC_MODE)
+                             PUBLIC_MODE, durable=False)
             result.summaries[name] = graph.summary
             result.units = graph.units
             result.drawn.append(name)

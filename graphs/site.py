@@ -43,7 +43,7 @@ from graphs import render
 from graphs.render import PERIODS, Job, JobResult
 from monitor import __version__
 from monitor.config import BaselineConfig, Config
-from monitor.files import PUBLIC_MODE, atomic_write
+from monitor.files import PUBLIC_MODE, atomic_write, sync_filesystem
 from monitor.model import State
 from monitor.process import exit_with
 from monitor.seasonal import selected
@@ -266,6 +266,10 @@ class SiteBuilder:
         gone = [rel for rel in entries if rel not in known]
         entries = {rel: e for rel, e in entries.items() if rel in known}
         report.pages, target_dirs = self._write_pages(series, entries, now)
+        # Graphs and pages were written without an fsync each: one sync makes them durable
+        # before the state says they were drawn (a power loss cannot leave an empty image that
+        # the state would not redraw).
+        sync_filesystem(self.html_dir)
         self._save_state(entries)
         self._remove_pages(gone, target_dirs)
         report.seconds = time.perf_counter() - started
@@ -360,7 +364,7 @@ class SiteBuilder:
         def write(path: Path, template: str, root: str, **context: Any) -> None:
             nonlocal pages
             html = self._env.get_template(template).render(**common, root=root, **context)
-            atomic_write(path, html, PUBLIC_MODE)
+            atomic_write(path, html, PUBLIC_MODE, durable=False)  # synced with the graphs
             pages += 1
 
         write(self.html_dir / "index.html", "index.html.j2", "", targets=model.targets,
