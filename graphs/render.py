@@ -704,7 +704,8 @@ class Renderer:
                                     codes=np.tile(_MOVE_LINE, len(j)))
                 elif layer.style == "area":
                     plot.fill(x, y, base, layer.color, 0.55 if graph.kind == TRAFFIC else 0.22)
-                    plot.stroke(x, y, IN_EDGE if graph.kind == TRAFFIC else layer.color, 1.0)
+                    plot.stroke(x, y, IN_EDGE if graph.kind == TRAFFIC else layer.color, 1.0,
+                                join="miter")
                 else:
                     plot.stroke(x, y, layer.color, 1.3, join="miter")
             for value, color in graph.marks:
@@ -753,10 +754,16 @@ class _Fonts:
         self.mono = load("DejaVu Sans Mono", 10 * scale)  # a legend line with % of link speed fits
         self._vertical: dict[str, Image.Image] = {}
         self._texts: dict[tuple, tuple[Image.Image, int, int]] = {}
-        self._glyphs: dict[str, np.ndarray] = {}
         self._advance = self.mono.getlength("M")
         ascent, descent = self.mono.getmetrics()
         self._mono_height = ascent + descent
+        # The legend's glyphs, each in a cell of its advance plus 4 pixels of room either side
+        # (for what overhangs): one row of `_atlas` a glyph, `_glyph_index` says which.
+        self._cell = int(self._advance) + 8
+        self._glyph_index: dict[str, int] = {}
+        self._atlas = np.zeros((0, self._mono_height, self._cell), dtype=np.uint8)
+        # Cells of glyphs this many characters apart do not overlap.
+        self._stride = math.ceil(self._cell / self._advance)
 
     def text(self, image: Image.Image, xy: tuple[float, float], text: str,
              font: ImageFont.FreeTypeFont, fill: str, anchor: str) -> None:
@@ -777,20 +784,21 @@ class _Fonts:
     def mono_line(self, image: Image.Image, xy: tuple[int, int], text: str, fill: str) -> None:
         """A legend line from cached glyphs: in a monospace font every character has its cell,
         so the line is assembled with numpy instead of being laid out and rasterised again."""
-        advance, height = self._advance, self._mono_height
-        width = int(len(text) * advance) + 12
-        line = np.zeros((height, width), dtype=np.uint8)
-        for i, char in enumerate(text):
-            if char == " ":
-                continue
-            glyph = self._glyphs.get(char)
-            if glyph is None:
-                cell = Image.new("L", (int(advance) + 8, height), 0)
-                ImageDraw.Draw(cell).text((4, 0), char, font=self.mono, fill=255, anchor="la")
-                glyph = self._glyphs[char] = np.asarray(cell)
-            x = round(i * advance)
-            view = line[:, x:x + glyph.shape[1]]
-            np.maximum(view, glyph[:, :view.shape[1]], out=view)
+        advance, height, cell = self._advance, self._mono_height, self._cell
+        for char in set(text) - self._glyph_index.keys():
+            glyph = Image.new("L", (cell, height), 0)
+            ImageDraw.Draw(glyph).text((4, 0), char, font=self.mono, fill=255, anchor="la")
+            self._glyph_index[char] = len(self._atlas)
+            self._atlas = np.concatenate([self._atlas, np.asarray(glyph)[None]])
+        positions = np.array([i for i, char in enumerate(text) if char != " "], dtype=int)
+        glyphs = self._atlas[[self._glyph_index[text[i]] for i in positions]]
+        columns = np.rint(positions * advance).astype(int)[:, None] + np.arange(cell)
+        line = np.zeros((height, int(len(text) * advance) + cell + 1), dtype=np.uint8)
+        # Glyphs `_stride` apart do not overlap: each such set goes in with one indexed
+        # maximum, not one numpy call per character.
+        for first in range(self._stride):
+            at = columns[first::self._stride]
+            line[:, at] = np.maximum(line[:, at], glyphs[first::self._stride].transpose(1, 0, 2))
         image.paste(fill, (xy[0] - 4, xy[1] - height // 2), Image.fromarray(line, "L"))
 
     def vertical(self, text: str) -> Image.Image:
