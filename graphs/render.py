@@ -3,14 +3,17 @@
 Speed: a plain matplotlib figure costs ~100 ms, ten times `rrdtool graph`. So:
 - each `Renderer` keeps one figure; the static part (frame, grid, time axis) is identical for
   every graph of one period in one site run, so it is drawn once per (period, window, number of
-  y divisions) and kept as a pixel background; a graph restores it and draws only its data
-  artists (blitting). The y axis is normalised to 0..1 with round steps, which is what makes
-  the grid part of the background;
+  y divisions) and kept as a pixel background; a graph restores it and draws only its data,
+  as paths in pixels straight onto Agg (`_Plot`: no artists, no use of the axes' limits). The
+  y axis is normalised to 0..1 with round steps, which is what makes the grid part of the
+  background;
 - labels, titles and legends are drawn by Pillow onto the finished pixels from caches of
   rendered text (matplotlib lays out and rasterises every glyph on each draw, ~8 ms a label);
-- PNG encoding uses one "Up" filter computed by numpy plus zlib, ~5x faster than Pillow's
-  five-filter search at the same size.
-The result: ~20 ms of CPU per graph including the fetch, about what `rrdtool graph` needs.
+- PNG encoding uses one "Up" filter computed by numpy plus ISA-L deflate, ~5x faster than
+  Pillow's five-filter search at the same size.
+The result: ~10-11 ms of CPU per 1440x600 graph including the fetch, its figures, the file,
+its share of the sparklines and pages (bench/graphs_bench.py), about what `rrdtool graph` needs
+for a 620x200 one and a third of what it needs at the same pixels (--zoom 2).
 
 Names in titles come from devices: they are drawn as plain text (no TeX, no format strings)
 with undecodable bytes and control characters replaced.
@@ -18,6 +21,7 @@ with undecodable bytes and control characters replaced.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import time
@@ -35,10 +39,12 @@ matplotlib.use("Agg")
 import numpy as np
 from isal import isal_zlib
 from matplotlib import font_manager
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection
 from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.path import Path as DrawPath
+from matplotlib.transforms import IdentityTransform
 from PIL import Image, ImageDraw, ImageFont
 
 from graphs import stats
@@ -522,6 +528,84 @@ def _steps(start: float, step: float, values: np.ndarray) -> tuple[np.ndarray, n
     return x, y
 
 
+class _Plot:
+    """Draws one graph's data straight onto the canvas's Agg renderer, in pixels computed here
+    from the graph's own window (start..end) and the axes' box: no artist objects (their unit
+    conversion, transforms and bookkeeping cost more than Agg's rasterising), and no reliance on
+    the axes' current limits, which belong to whichever background was drawn last. Lines and
+    fills get what matplotlib's artists would give them (same widths in points, caps, joins,
+    antialiasing), and every path is snapped to the pixel grid: steps have only horizontal and
+    vertical edges, which matplotlib snaps by itself only in paths under 1,024 vertices."""
+
+    def __init__(self, canvas: FigureCanvasAgg, ax: Axes, start: float, end: float,
+                 bottom: float, top: float) -> None:
+        self.renderer = canvas.get_renderer()
+        self.clip = ax.bbox
+        x0, y0, width, height = ax.bbox.bounds
+        self.x0, self.x_scale = x0, width / (end - start)
+        self.start, self.y0, self.height = start, y0, height
+        self.bottom, self.y_scale = bottom, height / (top - bottom)
+        self.right_edge = x0 + width
+
+    def x(self, t: np.ndarray) -> np.ndarray:
+        return self.x0 + (t - self.start) * self.x_scale
+
+    def y(self, values: np.ndarray | float) -> Any:
+        """Pixel heights of values on the left axis (bottom..top)."""
+        return self.y0 + (values - self.bottom) * self.y_scale
+
+    def y_share(self, share: np.ndarray) -> np.ndarray:
+        """Pixel heights of 0..1 on the whole height (the right axis, the sparkline)."""
+        return self.y0 + share * self.height
+
+    def stroke(self, x: np.ndarray, y: np.ndarray, color: Any, width: float, *,
+               join: str = "round", cap: str = "projecting",
+               dashes: tuple[float, list[float]] | None = None,
+               codes: np.ndarray | None = None) -> None:
+        """A line (points wide) through x, y; NaN breaks it, as it breaks a Line2D."""
+        gc = self.renderer.new_gc()
+        gc.set_clip_rectangle(self.clip)
+        gc.set_antialiased(True)
+        gc.set_snap(True)
+        gc.set_linewidth(width)
+        gc.set_foreground(color)
+        gc.set_joinstyle(join)
+        gc.set_capstyle(cap)
+        if dashes:
+            gc.set_dashes(*dashes)
+        self.renderer.draw_path(gc, DrawPath(np.column_stack([x, y]), codes), IdentityTransform())
+        gc.restore()
+
+    def fill(self, x: np.ndarray, top: np.ndarray, low: np.ndarray | float, color: Any,
+             alpha: float) -> None:
+        """The area between low and top (pixels) where both are known: one polygon whose
+        unknown stretches have no height (a gap draws nothing, its edges stay vertical)."""
+        gaps = np.isnan(top) | np.isnan(low)
+        if gaps.all():
+            return
+        if np.ndim(low) == 0:
+            top = np.where(gaps, low, top)
+            vertices = np.empty((len(x) + 2, 2))
+            vertices[1:-1, 0], vertices[1:-1, 1] = x, top
+            vertices[0], vertices[-1] = (x[0], low), (x[-1], low)
+        else:
+            # the band's edges both at its bottom pixel where either is unknown
+            top, low = np.where(gaps, self.y0, top), np.where(gaps, self.y0, low)
+            vertices = np.column_stack([np.concatenate([x, x[::-1]]),
+                                        np.concatenate([top, low[::-1]])])
+        gc = self.renderer.new_gc()
+        gc.set_clip_rectangle(self.clip)
+        gc.set_antialiased(True)
+        gc.set_snap(True)
+        gc.set_linewidth(0)
+        self.renderer.draw_path(gc, DrawPath(vertices), IdentityTransform(), to_rgba(color, alpha))
+        gc.restore()
+
+
+_MOVE_LINE = np.array([DrawPath.MOVETO, DrawPath.LINETO], dtype=DrawPath.code_type)
+MARK_DASHES = (0.0, [7.5, 4.5])  # a Line2D's dashes=(5, 3) at linewidth 1.5 (scaled dashes)
+
+
 class Renderer:
     """One reusable figure and its cached backgrounds; one per worker process."""
 
@@ -553,19 +637,6 @@ class Renderer:
             self.right.spines[side].set_visible(False)
         self.right.spines["right"].set_color(LOSS)
         self.right.patch.set_visible(False)
-
-        anim: dict[str, Any] = {"animated": True}
-        self.area = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0, **anim)
-        self.area_edge, = ax.plot([], [], linewidth=1.0, **anim)
-        self.lines = [ax.plot([], [], linewidth=1.3, solid_joinstyle="miter", **anim)[0]
-                      for _ in PALETTE]
-        self.bars = self.right.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
-                                            color=LOSS, alpha=0.45, **anim)
-        self.band = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0,
-                                    color=LATENCY_FILL, alpha=0.8, **anim)
-        self.loss_line = LineCollection([], linewidths=1.6, capstyle="butt", **anim)
-        ax.add_collection(self.loss_line)
-        self.mark = ax.axhline(0.0, linewidth=1.5, dashes=(5, 3), **anim)
         self.fonts = _Fonts(SCALE)
         self._backgrounds: dict[tuple, object] = {}
         self._windows: dict[str, tuple[float, float]] = {}
@@ -578,14 +649,13 @@ class Renderer:
             for stale in [k for k in self._backgrounds if k[0] == period]:
                 del self._backgrounds[stale]
         key = (period, divisions, loss)
-        # The data artists are drawn through the axes' current transform: the limits are set on
-        # every draw, not only when a background is made, or a graph drawn after another
-        # period's lands on that period's time axis (a year squeezed into a day's pixels).
-        ax = self.ax
-        ax.set_xlim(start, end)
-        self.right.set_xlim(start, end)
+        # Only the background uses the axes' limits; the data is placed by _Plot from the
+        # graph's own window, never from whichever period's limits the axes have now.
         bg = self._backgrounds.get(key)
         if bg is None:
+            ax = self.ax
+            ax.set_xlim(start, end)
+            self.right.set_xlim(start, end)
             majors, labels, minors = time_ticks(period, start, end)
             ax.set_xticks(majors, labels)
             ax.set_xticks(minors, minor=True)
@@ -613,54 +683,39 @@ class Renderer:
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)
         self.canvas.restore_region(bg)
-        ax = self.ax
-        scale = 1.0 / (top - bottom)
-        base = min(max((0.0 - bottom) * scale, 0.0), 1.0)
-        line_index = 0
+        plot = _Plot(self.canvas, self.ax, start, end, bottom, top)
+        base = plot.y(min(max(0.0, bottom), top))
         with np.errstate(invalid="ignore"):
             for layer in graph.layers:
-                x, y = _steps(series_start, step, layer.values)
+                t, values = _steps(series_start, step, layer.values)
+                x = plot.x(t)
                 if layer.right:
-                    y = np.clip(y / 100.0, 0, 1)
-                    self.bars.set_data(x, 0.0, y, where=~np.isnan(y))
-                    self.right.draw_artist(self.bars)
+                    plot.fill(x, plot.y_share(np.clip(values / 100.0, 0, 1)), plot.y0, LOSS, 0.45)
                     continue
-                y = (y - bottom) * scale
+                y = plot.y(values)
                 if layer.style == "band" and layer.low is not None:
-                    _, low_y = _steps(series_start, step, layer.low)
-                    low_y = (low_y - bottom) * scale
-                    gaps = np.isnan(y) | np.isnan(low_y)
-                    # a boolean array is what fill_between takes; matplotlib's stub says Sequence
-                    self.band.set_data(x, low_y, y, where=~gaps)  # type: ignore[arg-type]
-                    self.band.set_facecolor(layer.color)
-                    ax.draw_artist(self.band)
+                    plot.fill(x, y, plot.y(np.repeat(layer.low, 2)), layer.color, 0.8)
                 elif layer.style == "loss-line" and layer.loss is not None:
-                    points = np.column_stack([x, y])
-                    # an (N, 2, 2) array is what set_segments documents; its stub says Sequence
-                    self.loss_line.set_segments(np.stack([points[:-1], points[1:]], axis=1))  # type: ignore[arg-type]
-                    # segment j joins point j to j + 1: it shows sample (j + 1) // 2
-                    samples = (np.arange(len(points) - 1) + 1) // 2
-                    self.loss_line.set_color(_LOSS_RGBA[np.searchsorted(
-                        _LOSS_LIMITS, np.nan_to_num(layer.loss[samples], nan=0.0), side="left")])
-                    ax.draw_artist(self.loss_line)
+                    # segment j joins point j to j + 1: it shows sample (j + 1) // 2; one path
+                    # of separate segments per loss colour
+                    samples = (np.arange(len(x) - 1) + 1) // 2
+                    colors = np.searchsorted(_LOSS_LIMITS, np.nan_to_num(layer.loss[samples],
+                                                                         nan=0.0), side="left")
+                    for c in np.unique(colors):
+                        j = np.flatnonzero(colors == c)
+                        ends = np.column_stack([j, j + 1]).ravel()
+                        plot.stroke(x[ends], y[ends], _LOSS_RGBA[c], 1.6, cap="butt",
+                                    codes=np.tile(_MOVE_LINE, len(j)))
                 elif layer.style == "area":
-                    self.area.set_data(x, base, y, where=~np.isnan(y))  # type: ignore[arg-type]
-                    self.area.set_facecolor(layer.color)
-                    self.area.set_alpha(0.55 if graph.kind == TRAFFIC else 0.22)
-                    ax.draw_artist(self.area)
-                    self.area_edge.set_data(x, y)
-                    self.area_edge.set_color(IN_EDGE if graph.kind == TRAFFIC else layer.color)
-                    ax.draw_artist(self.area_edge)
+                    plot.fill(x, y, base, layer.color, 0.55 if graph.kind == TRAFFIC else 0.22)
+                    plot.stroke(x, y, IN_EDGE if graph.kind == TRAFFIC else layer.color, 1.0,
+                                join="miter")
                 else:
-                    line = self.lines[line_index % len(self.lines)]
-                    line_index += 1
-                    line.set_data(x, y)
-                    line.set_color(layer.color)
-                    ax.draw_artist(line)
+                    plot.stroke(x, y, layer.color, 1.3, join="miter")
             for value, color in graph.marks:
-                self.mark.set_ydata([(value - bottom) * scale] * 2)
-                self.mark.set_color(color)
-                ax.draw_artist(self.mark)
+                mark = plot.y(value)
+                plot.stroke(np.array([plot.x0, plot.right_edge]), np.array([mark, mark]), color,
+                            1.5, cap="butt", dashes=MARK_DASHES)
         # Text is drawn by Pillow onto the finished pixels: matplotlib lays out and rasterises
         # every glyph on each draw (~8 ms per label), Pillow's FreeType path is ~10x cheaper.
         image = _rgb(self.canvas)
@@ -703,10 +758,16 @@ class _Fonts:
         self.mono = load("DejaVu Sans Mono", 10 * scale)  # a legend line with % of link speed fits
         self._vertical: dict[str, Image.Image] = {}
         self._texts: dict[tuple, tuple[Image.Image, int, int]] = {}
-        self._glyphs: dict[str, np.ndarray] = {}
         self._advance = self.mono.getlength("M")
         ascent, descent = self.mono.getmetrics()
         self._mono_height = ascent + descent
+        # The legend's glyphs, each in a cell of its advance plus 4 pixels of room either side
+        # (for what overhangs): one row of `_atlas` a glyph, `_glyph_index` says which.
+        self._cell = int(self._advance) + 8
+        self._glyph_index: dict[str, int] = {}
+        self._atlas = np.zeros((0, self._mono_height, self._cell), dtype=np.uint8)
+        # Cells of glyphs this many characters apart do not overlap.
+        self._stride = math.ceil(self._cell / self._advance)
 
     def text(self, image: Image.Image, xy: tuple[float, float], text: str,
              font: ImageFont.FreeTypeFont, fill: str, anchor: str) -> None:
@@ -727,20 +788,21 @@ class _Fonts:
     def mono_line(self, image: Image.Image, xy: tuple[int, int], text: str, fill: str) -> None:
         """A legend line from cached glyphs: in a monospace font every character has its cell,
         so the line is assembled with numpy instead of being laid out and rasterised again."""
-        advance, height = self._advance, self._mono_height
-        width = int(len(text) * advance) + 12
-        line = np.zeros((height, width), dtype=np.uint8)
-        for i, char in enumerate(text):
-            if char == " ":
-                continue
-            glyph = self._glyphs.get(char)
-            if glyph is None:
-                cell = Image.new("L", (int(advance) + 8, height), 0)
-                ImageDraw.Draw(cell).text((4, 0), char, font=self.mono, fill=255, anchor="la")
-                glyph = self._glyphs[char] = np.asarray(cell)
-            x = round(i * advance)
-            view = line[:, x:x + glyph.shape[1]]
-            np.maximum(view, glyph[:, :view.shape[1]], out=view)
+        advance, height, cell = self._advance, self._mono_height, self._cell
+        for char in set(text) - self._glyph_index.keys():
+            glyph = Image.new("L", (cell, height), 0)
+            ImageDraw.Draw(glyph).text((4, 0), char, font=self.mono, fill=255, anchor="la")
+            self._glyph_index[char] = len(self._atlas)
+            self._atlas = np.concatenate([self._atlas, np.asarray(glyph)[None]])
+        positions = np.array([i for i, char in enumerate(text) if char != " "], dtype=int)
+        glyphs = self._atlas[[self._glyph_index[text[i]] for i in positions]]
+        columns = np.rint(positions * advance).astype(int)[:, None] + np.arange(cell)
+        line = np.zeros((height, int(len(text) * advance) + cell + 1), dtype=np.uint8)
+        # Glyphs `_stride` apart do not overlap: each such set goes in with one indexed
+        # maximum, not one numpy call per character.
+        for first in range(self._stride):
+            at = columns[first::self._stride]
+            line[:, at] = np.maximum(line[:, at], glyphs[first::self._stride].transpose(1, 0, 2))
         image.paste(fill, (xy[0] - 4, xy[1] - height // 2), Image.fromarray(line, "L"))
 
     def vertical(self, text: str) -> Image.Image:
@@ -770,8 +832,6 @@ class _Sparkline:
         ax.set_axis_off()
         ax.set_ylim(-0.04, 1.08)
         ax.axhline(-0.02, color="#c8ccd2", linewidth=0.8)
-        self.area = ax.fill_between([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], linewidth=0, animated=True)
-        self.line, = ax.plot([], [], linewidth=1.0, animated=True)
         self._bg: object | None = None
         self._window: tuple[float, float] | None = None
 
@@ -788,17 +848,15 @@ class _Sparkline:
         if graph.kind == PERCENT:
             top = max(top, 100.0)
         top = top if top > 0 else 1.0
+        plot = _Plot(self.canvas, self.ax, start, end, *self.ax.get_ylim())
         for i, layer in enumerate(left[:2]):
-            x, y = _steps(series_start, step, layer.values / top)
+            t, values = _steps(series_start, step, layer.values / top)
+            x, y = plot.x(t), plot.y(values)
             if i == 0:
-                self.area.set_data(x, 0.0, y, where=~np.isnan(y))
-                self.area.set_facecolor(layer.color)
-                self.area.set_alpha(0.6)
-                self.ax.draw_artist(self.area)
+                plot.fill(x, y, plot.y(0.0), layer.color, 0.6)
             if i == 1 or len(left) == 1:
-                self.line.set_data(x, y)
-                self.line.set_color(IN_EDGE if (graph.kind == TRAFFIC and i == 0) else layer.color)
-                self.ax.draw_artist(self.line)
+                plot.stroke(x, y, IN_EDGE if (graph.kind == TRAFFIC and i == 0) else layer.color,
+                            1.0)
         return _png(self.canvas)
 
 
@@ -827,13 +885,20 @@ def _encode(rgba: np.ndarray) -> bytes:
     """
     height, width, _ = rgba.shape
     rows = rgba.reshape(height, width * 4)
-    filtered = np.empty((height, width * 4 + 1), dtype=np.uint8)
+    filtered = _filter_buffer(height, width * 4 + 1)
     filtered[:, 0] = 2  # filter type "Up"
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])  # uint8 arithmetic wraps, as PNG wants
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)  # 8-bit RGBA
     return b"".join((b"\x89PNG\r\n\x1a\n", _chunk(b"IHDR", header),
                      _chunk(b"IDAT", isal_zlib.compress(filtered, 1)), _chunk(b"IEND", b"")))
+
+
+@functools.lru_cache(maxsize=4)
+def _filter_buffer(height: int, width: int) -> np.ndarray:
+    """The filtered rows' buffer of one image size, reused (a worker encodes one image at a
+    time): a fresh 3.5 MB array a graph is that many page faults and zeroed pages again."""
+    return np.empty((height, width), dtype=np.uint8)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -882,13 +947,20 @@ def window(period: Period, now: float, step: int) -> tuple[int, int, int]:
 
 
 def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
-    """Fetch, draw and atomically write the PNGs of one instance."""
+    """Fetch, draw and atomically write the PNGs of one instance (not yet durable: the caller
+    makes them so, monitor.files.sync_filesystem)."""
     started = time.perf_counter()
     cpu = time.process_time()
     info = job.info
     result = JobResult(info.target, info.instance, classify(info.metrics, info.thresholds))
     title = f"{info.target} · {info.instance}" if info.instance else info.target
     try:
+        # The week's 5-minute rows are the last of the month's: one fetch for both.
+        billing = None
+        if {"week", "month"} <= set(job.periods):
+            month_start, month_end, _ = window(PERIODS["month"], job.now, info.step)
+            week_end = window(PERIODS["week"], job.now, info.step)[1]
+            billing = stats.period_rows(store, info, month_start, max(month_end, week_end))
         for name in job.periods:
             period = PERIODS[name]
             start, end, resolution = window(period, job.now, info.step)
@@ -896,7 +968,8 @@ def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
             # The figures (95th, peak, total) of a period up to 31 days come from its 5-minute
             # rows, as billing computes them, not from the coarser averages drawn.
             if period.span <= stats.BILLING_SPAN:
-                rows = stats.period_rows(store, info, start, end, None if period.resolution else series)
+                rows = stats.period_rows(store, info, start, end,
+                                         billing if period.resolution else series)
             else:
                 rows = stats.window(series, start, end)
             graph = build_graph(info, series, rows)
@@ -905,11 +978,13 @@ def render_job(store: RrdStore, renderer: Renderer, job: Job) -> JobResult:
             step_text = _step_text(series.step)
             png = renderer.draw(graph, period, start, end, series.start, series.step, title,
                                 f"{period.label} · {step_text} averages")
-            atomic_write(job.out_dir / f"{name}.png", png, PUBLIC_MODE)
+            # Not fsynced one by one (two journal commits an image, more than the drawing on a
+            # busy disk): the site build syncs the filesystem once before it records them drawn.
+            atomic_write(job.out_dir / f"{name}.png", png, PUBLIC_MODE, durable=False)
             if name == "day" and job.spark:
                 atomic_write(job.out_dir / "spark.png",
                              renderer.spark.draw(graph, start, end, series.start, series.step),
-                             PUBLIC_MODE)
+                             PUBLIC_MODE, durable=False)
             result.summaries[name] = graph.summary
             result.units = graph.units
             result.drawn.append(name)

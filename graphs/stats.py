@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -68,7 +68,7 @@ class Summary:
     total: float | None
 
     def as_dict(self) -> dict[str, float | None]:
-        return asdict(self)
+        return dict(self.__dict__)  # dataclasses.asdict's deep copy costs more than the figures
 
 
 def summarize(values: Values, step: float) -> Summary:
@@ -101,7 +101,8 @@ def period_rows(store: RrdStore, info: SeriesInfo, start: float, end: float,
     archives keep them (31+ days by default), else the finest archive that covers the period.
     The site's legends and tables and the digests take their figures (`summarize`: the billing
     95th, the peak of 5-minute samples, the total) from these rows, so both show the same
-    numbers for the same period. `fetched`: the same fetch, already made (the day graph's)."""
+    numbers for the same period. `fetched`: the same fetch or a longer one, already made (the
+    day graph's; the month's 5-minute rows for the week), used when it has the step wanted."""
     # A day has every sample (the default archives keep 2 days at the base step); longer
     # periods the 5-minute rows (a 1-minute step would make a month 44,640 rows).
     resolution = info.step if end - start <= 2 * 86400 else max(info.step, BILLING_STEP)

@@ -20,8 +20,10 @@ import pytest
 from PIL import Image
 
 from graphs import render, stats
+from graphs import site as site_module
 from graphs.serve import make_server, serve_in_thread, url_of
 from graphs.site import SiteBuilder, due_periods
+from monitor import files
 from monitor.model import CheckResult, Kind, Measurement, State
 from monitor.status import StatusBook
 from monitor.store import RrdStore, safe_name
@@ -208,6 +210,32 @@ def test_writes_are_atomic_renames(site):
         assert path.stat().st_ino != inode
     leftovers = [p for p in html.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
     assert leftovers == []
+
+
+def test_a_build_syncs_its_files_once_before_its_state(site, monkeypatch):
+    """Graphs and pages are not fsynced one by one (two journal commits each); one syncfs of
+    html_dir makes them durable before the state says they were drawn."""
+    store, _status, html, build = site
+    write_traffic(store, "r", "eth0")
+    events: list[str] = []
+    real_fsync, real_sync = files.os.fsync, files.sync_filesystem
+
+    def fsync(fd: int) -> None:
+        events.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def sync(path: Path) -> None:
+        events.append(f"syncfs {path}")
+        real_sync(path)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(site_module, "sync_filesystem", sync)
+    build()
+    state = html.parent / "state"
+    assert events[0] == f"syncfs {html}"
+    # after it, only the state file's own fsyncs (the file, its directory)
+    assert all(e.startswith(f"fsync {state}") for e in events[1:]) and len(events) >= 2
+    assert (html / "r" / "eth0" / "day.png").stat().st_size > 0
 
 
 # -- hostile names -------------------------------------------------------------------------------
