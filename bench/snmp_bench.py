@@ -271,7 +271,7 @@ def inside_cycle(ports: list[int], tmp: Path, archives: list[str]) -> None:
 
 
 def inside_v3(port: int, rounds: int) -> None:
-    """CPU per poll of one device: v2c (our codec) vs v3 (pysnmp, one engine reused)."""
+    """CPU per poll of one device: v2c vs v3 (USM state and keys kept across polls)."""
     from collectors.snmp import SnmpCollector
     from monitor.config import SnmpDevice, SnmpV3Config
 

@@ -1,9 +1,9 @@
-"""A minimal BER codec for SNMPv1/v2c community messages (RFC 1157, RFC 3416).
+"""A minimal BER codec for SNMP PDUs and v1/v2c community messages (RFC 1157, RFC 3416).
 
 Why not pysnmp's codec here: pyasn1 decoding costs ~100 µs per varbind, which caps a poller at
 6-9k varbinds per CPU-second; interface polling is almost all integers and short strings, which
-this decoder reads in a few µs. SNMPv3 (USM: keys, digests, encryption, engine discovery) stays
-with pysnmp. Only what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
+this decoder reads in a few µs. SNMPv3 messages (collectors.snmp_v3) wrap the same PDUs. Only
+what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
 Malformed input raises `BerError`, never anything else, and the work per message is bounded:
 an OID has at most 128 sub-identifiers of at most 32 bits (RFC 2578 section 3.5), an integer at
 most 64 bits, so decoding costs time linear in the message size, whatever the peer sends.
