@@ -298,7 +298,7 @@ class UsmClient(_UdpClient):
             await self._discover()
         resynced = rediscovered = False
         while True:
-            keys = engine.keys(user) if user.flags else None
+            keys = await engine.keys_soon(user) if user.flags else None
             request_id, msg_id = self._next_id(), self._next_id()
             boots, engine_time = engine.now()
             scoped = v3.encode_scoped_pdu(engine.engine_id, self.context, ber.encode_pdu(
@@ -362,30 +362,33 @@ class UsmClient(_UdpClient):
 
     def _report_error(self, report: str, pdu: ber.Response) -> SnmpError:
         """An agent's Report (RFC 3414 usmStats and friends) in words an admin acts on."""
-        where, user = self.endpoint.where, self.user.name
-        if report == "unknownUserName":
-            return SnmpError("auth", f"{where} does not know SNMPv3 user {user!r} (unknown user name)")
-        if report == "wrongDigest":
-            return SnmpError("auth", f"{where} rejected user {user!r}: authentication failed "
-                                     "(wrong auth key or auth protocol)")
-        if report == "decryptionError":
-            return SnmpError("auth", f"{where}: cannot decrypt the request of user {user!r} "
-                                     "(wrong priv key or priv protocol)")
-        if report == "unsupportedSecLevel":
-            return SnmpError("auth", f"{where} does not support security level {self.user.level} "
-                                     f"for user {user!r} (set auth/priv protocols as configured "
-                                     "on the device)")
-        if report == "unknownEngineID":
-            return SnmpError("engine", f"{where} reported an unknown engine ID (USM report): engine "
-                                       "discovery failed; is the agent's engine ID stable?")
-        if report == "notInTimeWindow":
-            return SnmpError("engine", f"{where}: message not in time window (engine boots/time "
-                                       "mismatch; the device's clock or boot counter jumped)")
-        if report in ("unknownContext", "unavailableContext"):
-            return SnmpError("error", f"{where} has no SNMPv3 context "
-                                      f"{self.context.decode('utf-8', 'replace')!r} ({report})")
-        what = report or (dotted(pdu.varbinds[0][0]) if pdu.varbinds else "no varbind")
-        return SnmpError("protocol", f"{where} answered with a report: {what}")
+        words = _REPORT_WORDS.get(report)
+        if words is None:
+            what = report or (dotted(pdu.varbinds[0][0]) if pdu.varbinds else "no varbind")
+            return SnmpError("protocol", f"{self.endpoint.where} answered with a report: {what}")
+        kind, text = words
+        return SnmpError(kind, text.format(
+            where=self.endpoint.where, user=self.user.name, level=self.user.level, report=report,
+            context=self.context.decode("utf-8", "replace")))
+
+
+# What an agent's Report means: (SnmpError kind, message).
+_REPORT_WORDS = {
+    "unknownUserName": ("auth", "{where} does not know SNMPv3 user {user!r} (unknown user name)"),
+    "wrongDigest": ("auth", "{where} rejected user {user!r}: authentication failed (wrong auth "
+                            "key or auth protocol)"),
+    "decryptionError": ("auth", "{where}: cannot decrypt the request of user {user!r} (wrong "
+                                "priv key or priv protocol)"),
+    "unsupportedSecLevel": ("auth", "{where} does not support security level {level} for user "
+                                    "{user!r} (set auth/priv protocols as configured on the "
+                                    "device)"),
+    "unknownEngineID": ("engine", "{where} reported an unknown engine ID (USM report): engine "
+                                  "discovery failed; is the agent's engine ID stable?"),
+    "notInTimeWindow": ("engine", "{where}: message not in time window (engine boots/time "
+                                  "mismatch; the device's clock or boot counter jumped)"),
+    "unknownContext": ("error", "{where} has no SNMPv3 context {context!r} ({report})"),
+    "unavailableContext": ("error", "{where} has no SNMPv3 context {context!r} ({report})"),
+}
 
 
 Client = CommunityClient | UsmClient
