@@ -258,7 +258,6 @@ class UsmClient(_UdpClient):
         super().__init__(endpoint, rng)
         self.engine = engine
         self.user = v3.UsmUser(user, auth_protocol, auth_key, priv_protocol, priv_key)
-        self.auth_protocol, self.priv_protocol = auth_protocol, priv_protocol
         self.context = context.encode("utf-8")
         self._user_name = user.encode("utf-8")
 
@@ -327,7 +326,8 @@ class UsmClient(_UdpClient):
                 engine.heard(reply.boots, reply.engine_time)
                 continue
             raise self._report_error(report, pdu)
-        if reply.flags & 3 != user.flags or reply.engine_id != engine.engine_id \
+        level = reply.flags & (v3.AUTH_FLAG | v3.PRIV_FLAG)
+        if level != user.flags or reply.engine_id != engine.engine_id \
                 or reply.user_name != self._user_name:
             raise SnmpError("malformed", self.endpoint.malformed(
                 "a response at another security level, engine ID or user name than asked"))
