@@ -316,8 +316,8 @@ def test_snmpd_v2c_and_v3(snmpd, tmp_path):
                    v3=dataclasses.replace(v3, user="intruder")),
     ]
     collector = SnmpCollector(devices, STEP, concurrency=8)
-    # Same agent, same user, wrong key: its own engine (one agent = one engine ID, and pysnmp
-    # keeps one localized key per user and engine ID).
+    # Same agent, same user, wrong key: a collector of its own (it would otherwise share the
+    # device name's engine state).
     badauth = SnmpCollector([SnmpDevice(name="badauth", host="127.0.0.1", port=snmpd, version="3",
                              v3=dataclasses.replace(v3, auth_key="wrong-auth-key"))], STEP)
     bad = asyncio.run(badauth.collect())
