@@ -241,6 +241,48 @@ def test_engine_id_change_and_reboot_resync(tmp_path):
     assert engine.boots > second_boots >= first_boots
 
 
+def test_discover_over_v3_prints_a_stanza_that_loads(matrix_snmpd, tmp_path, monkeypatch):
+    """`monitor discover` with v3 (keys from the environment): a stanza with the v3 table and
+    no key in it; a wrong auth key says so and exits 1."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import tomllib
+
+    from monitor.config import parse_config
+    from tests.conftest import ROOT
+
+    def discover(auth_key: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "monitor", "discover", "127.0.0.1", "--port", str(matrix_snmpd),
+             "--snmp-version", "3", "--user", user_name("sha384", "aes192c"),
+             "--auth-protocol", "sha384", "--priv-protocol", "aes192c", "--timeout", "1"],
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            env={**os.environ, "SNMP_AUTH_KEY": auth_key, "SNMP_PRIV_KEY": PRIV_PASS})
+
+    out = discover(AUTH_PASS)
+    assert out.returncode == 0, out.stderr
+    assert AUTH_PASS not in out.stdout and PRIV_PASS not in out.stdout
+    stanza = tomllib.loads(out.stdout)["snmp"]["devices"][0]
+    assert stanza["version"] == "3" and stanza["v3"]["priv_protocol"] == "aes192c"
+    assert "lo " in out.stdout
+    # the stanza names key files to create; here the keys come from the environment
+    text = re.sub(r'(auth|priv)_key_file = "[^"]*"', r'\1_key_env = "MATRIX_\1"', out.stdout)
+    monkeypatch.setenv("MATRIX_auth", AUTH_PASS)
+    monkeypatch.setenv("MATRIX_priv", PRIV_PASS)
+    config = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n' + text, base_dir=tmp_path)
+    pasted = config.snmp.devices[0]
+    assert pasted.v3.user == user_name("sha384", "aes192c")
+    collector = SnmpCollector([pasted], STEP)
+    batch = asyncio.run(collector.collect())
+    collector.close()
+    assert check(batch, pasted.name, "snmp").state is State.OK, check(batch, pasted.name, "snmp")
+    wrong = discover("not-the-auth-key")
+    assert wrong.returncode == 1
+    assert "authentication failed (wrong auth key or auth protocol)" in wrong.stderr
+
+
 # -- hostile: a relay between the client and snmpd that mangles the replies ---------------------
 
 
