@@ -332,8 +332,11 @@ class UsmClient(_UdpClient):
             raise SnmpError("malformed", self.endpoint.malformed(
                 "a response at another security level, engine ID or user name than asked"))
         if keys is not None and not engine.in_time_window(reply.boots, reply.engine_time):
+            # A replay, or an agent whose clock or boot counter went back: the next request
+            # discovers its boots and time afresh rather than failing for ever.
+            engine.engine_id = b""
             raise SnmpError("engine", f"{self.endpoint.where}: reply not in time window (its "
-                                      "boot counter went back, or the reply is a replay)")
+                                      "boot counter or clock went back, or the reply is a replay)")
         if pdu.request_id != request_id:
             raise SnmpError("malformed", self.endpoint.malformed(
                 f"request ID {pdu.request_id} in the reply to {request_id}"))

@@ -124,6 +124,20 @@ def test_priv_key_extensions_agree_with_pysnmp():
                 (auth_name, ours)
 
 
+def test_time_window_of_replies():
+    """RFC 3414 3.2.7 as a manager: a reply from an earlier boot, or from more than 150 s before
+    our notion of the agent's clock, is refused; a later one moves the notion forward."""
+    engine = v3.UsmEngine()
+    engine.discovered(b"\x80\x00\x1f\x88\x04agent", 5, 1000)
+    assert engine.in_time_window(5, 1000) and engine.in_time_window(5, 900)
+    assert not engine.in_time_window(5, 849)
+    assert not engine.in_time_window(4, 5000)
+    assert not engine.in_time_window(2**31 - 1, 0)
+    assert engine.in_time_window(6, 3)  # a reboot: boots up, clock restarted
+    assert engine.now()[0] == 6 and engine.latest_time == 3
+    assert not engine.in_time_window(5, 1200)
+
+
 def test_every_auth_and_priv_combination_of_net_snmp(matrix_snmpd, tmp_path):
     """All 43 security configurations snmpd offers (noAuthNoPriv; MD5, SHA-1, SHA-224/256/384/512
     each without privacy and with DES, AES-128, AES-192/256 and their Cisco-style -C variants),
