@@ -40,6 +40,7 @@ from bench.snmp_bench import (  # noqa: E402  (after the path set-up)
     V3_PRIV,
     V3_USER,
     add_interfaces,
+    cannot_run,
     child_cpu,
     inside_v3,
     sh,
@@ -171,12 +172,10 @@ def main() -> int:
          "netsnmp": inside_netsnmp}[what](port, rounds)
         return 0
     rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 20
-    for tool in ("ip", "/usr/sbin/snmpd", "snmpbulkwalk"):
-        if not shutil.which(tool):
-            print(f"needs {tool} (apt-get install iproute2 snmpd snmp)")
-            return 2
-    if os.geteuid() != 0:
-        print("run as root: the benchmark creates a network namespace with 48 interfaces")
+    problem = cannot_run(("ip", "/usr/sbin/snmpd", "snmpbulkwalk"), "iproute2 snmpd snmp",
+                         f"with {IFACES_PER_DEVICE} interfaces")
+    if problem:
+        print(problem)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="snmpv3-bench-"))
     sh("ip", "netns", "add", NS)
