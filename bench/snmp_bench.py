@@ -79,6 +79,16 @@ def start_snmpd(tmp: Path, ports: list[int]) -> subprocess.Popen:
     raise RuntimeError("snmpd did not start; see " + str(tmp / "snmpd.log"))
 
 
+def cannot_run(tools: tuple[str, ...], packages: str, interfaces: str) -> str:
+    """Why the benchmark cannot run here ("" if it can): a tool missing, or not root."""
+    for tool in tools:
+        if not shutil.which(tool):
+            return f"needs {tool} (apt-get install {packages})"
+    if os.geteuid() != 0:
+        return f"run as root: the benchmark creates a network namespace {interfaces}"
+    return ""
+
+
 def stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -271,7 +281,7 @@ def inside_cycle(ports: list[int], tmp: Path, archives: list[str]) -> None:
 
 
 def inside_v3(port: int, rounds: int) -> None:
-    """CPU per poll of one device: v2c (our codec) vs v3 (pysnmp, one engine reused)."""
+    """CPU per poll of one device: v2c vs v3 (USM state and keys kept across polls)."""
     from collectors.snmp import SnmpCollector
     from monitor.config import SnmpDevice, SnmpV3Config
 
@@ -343,12 +353,10 @@ def main() -> int:
     # --only efficiency (or cycle, v3, mrtg, comma-separated): a part of the run, for iterating
     parts = set(sys.argv[sys.argv.index("--only") + 1].split(",")) if "--only" in sys.argv else {
         "cycle", "v3", "mrtg", "efficiency"}
-    for tool in ("ip", "/usr/sbin/snmpd", "snmpbulkwalk", "mrtg", "cfgmaker", "rrdcached"):
-        if not shutil.which(tool):
-            print(f"needs {tool} (apt-get install iproute2 snmpd snmp mrtg)")
-            return 2
-    if os.geteuid() != 0:
-        print("run as root: the benchmark creates a network namespace with many interfaces")
+    problem = cannot_run(("ip", "/usr/sbin/snmpd", "snmpbulkwalk", "mrtg", "cfgmaker", "rrdcached"),
+                         "iproute2 snmpd snmp mrtg", "with many interfaces")
+    if problem:
+        print(problem)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="snmp-bench-"))
     sh("ip", "netns", "add", NS)

@@ -47,6 +47,7 @@ from collectors.snmp_client import (
 from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
 from collectors.snmp_health import DeviceHealth, ErrorWatch, StorageLimits
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
+from collectors.snmp_v3 import UsmEngine
 from monitor.config import Config, SnmpDevice
 from monitor.files import atomic_write, load_state, safe_name
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, SharedState, State
@@ -314,7 +315,7 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
     return out
 
 
-def make_client(device: SnmpDevice, engine: object | None) -> Client:
+def make_client(device: SnmpDevice, engine: UsmEngine | None) -> Client:
     endpoint = Endpoint(device.name, device.host, device.port, device.timeout, device.retries)
     if device.version == "3":
         assert device.v3 is not None and engine is not None
@@ -396,7 +397,7 @@ class DevicePoller:
                         *(LOW_OF_HC[m] for m in LOW_OF_HC if m in self.low_needed)]
         return [*DESCRIPTIVE, *counters]
 
-    async def poll(self, engine: object | None, clock: Callable[[], float],
+    async def poll(self, engine: UsmEngine | None, clock: Callable[[], float],
                    share: SharedState | None = None) -> Batch:
         device = self.device
         if not self.loaded:
@@ -749,7 +750,7 @@ class SnmpCollector:
         self.concurrency = concurrency
         self.clock = clock
         self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
-        self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
+        self._engines: dict[str, UsmEngine] = {}
         self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
         self._until: float | None = None  # [cluster]: no poll starts after this (cycle's end)
         self._share: SharedState | None = None  # [cluster]: counter state of every node
@@ -778,22 +779,14 @@ class SnmpCollector:
             poller.client.close()
         poller.device, poller.client = device, None
 
-    def _engine_for(self, poller: DevicePoller) -> object | None:
-        """The pysnmp engine of a v3 device, made once per event loop and then reused.
-
-        One engine per device, not one for all: pysnmp keeps one key per user name, so two
-        devices with the same user and different keys would otherwise overwrite each other.
-        """
+    def _engine_for(self, poller: DevicePoller) -> UsmEngine | None:
+        """A v3 device's USM state (its engine ID, clock, localised keys), kept across polls and
+        reloads: one per device, as two devices may share a user name with different keys."""
         if poller.device.version != "3":
             return None
-        loop = asyncio.get_running_loop()
-        engine, engine_loop = self._engines.get(poller.device.name, (None, None))
-        if engine is None or engine_loop is not loop:
-            from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
-
-            engine = SnmpEngine()
-            self._engines[poller.device.name] = (engine, loop)
-            poller.client = None
+        engine = self._engines.get(poller.device.name)
+        if engine is None:
+            engine = self._engines[poller.device.name] = UsmEngine()
         return engine
 
     async def _poll(self, poller: DevicePoller) -> Batch:
@@ -853,11 +846,6 @@ class SnmpCollector:
             if poller.client is not None:
                 poller.client.close()
                 poller.client = None
-        for engine, _ in self._engines.values():
-            try:
-                engine.close_dispatcher()  # type: ignore[attr-defined]
-            except Exception:
-                log.debug("closing an SNMP engine failed", exc_info=True)
         self._engines.clear()
 
 

@@ -1,9 +1,9 @@
-"""A minimal BER codec for SNMPv1/v2c community messages (RFC 1157, RFC 3416).
+"""A minimal BER codec for SNMP PDUs and v1/v2c community messages (RFC 1157, RFC 3416).
 
 Why not pysnmp's codec here: pyasn1 decoding costs ~100 µs per varbind, which caps a poller at
 6-9k varbinds per CPU-second; interface polling is almost all integers and short strings, which
-this decoder reads in a few µs. SNMPv3 (USM: keys, digests, encryption, engine discovery) stays
-with pysnmp. Only what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
+this decoder reads in a few µs. SNMPv3 messages (collectors.snmp_v3) wrap the same PDUs. Only
+what a poller needs: encode Get/GetNext/GetBulk, decode Response/Report.
 Malformed input raises `BerError`, never anything else, and the work per message is bounded:
 an OID has at most 128 sub-identifiers of at most 32 bits (RFC 2578 section 3.5), an integer at
 most 64 bits, so decoding costs time linear in the message size, whatever the peer sends.
@@ -121,13 +121,19 @@ def _request_varbind(oid: Oid) -> bytes:
     return _tlv(0x30, encode_oid(oid) + _NULL)
 
 
+def encode_pdu(pdu_type: int, request_id: int, oids: list[Oid], non_repeaters: int = 0,
+               max_repetitions: int = 0) -> bytes:
+    """A Get/GetNext (error fields 0) or GetBulk (non-repeaters, max-repetitions) PDU."""
+    varbinds = b"".join(map(_request_varbind, oids))
+    return _tlv(pdu_type, encode_int(request_id) + encode_int(non_repeaters)
+                + encode_int(max_repetitions) + _tlv(0x30, varbinds))
+
+
 def encode_request(version: int, community: bytes, pdu_type: int, request_id: int, oids: list[Oid],
                    non_repeaters: int = 0, max_repetitions: int = 0) -> bytes:
-    """A Get/GetNext (error fields 0) or GetBulk (non-repeaters, max-repetitions) message."""
-    varbinds = b"".join(map(_request_varbind, oids))
-    pdu = (encode_int(request_id) + encode_int(non_repeaters) + encode_int(max_repetitions)
-           + _tlv(0x30, varbinds))
-    return _tlv(0x30, encode_int(version) + _tlv(0x04, community) + _tlv(pdu_type, pdu))
+    """A v1/v2c message carrying `encode_pdu`'s PDU."""
+    pdu = encode_pdu(pdu_type, request_id, oids, non_repeaters, max_repetitions)
+    return _tlv(0x30, encode_int(version) + _tlv(0x04, community) + pdu)
 
 
 # -- decoding ----------------------------------------------------------------------------------
@@ -223,6 +229,16 @@ def decode_response(data: bytes) -> Response:
         raise BerError(f"malformed message: {exc}") from None
 
 
+def decode_pdu(data: bytes, pos: int, end: int) -> Response:
+    """The Response (or Report) PDU at `pos`, inside data[:end] (an SNMPv3 scoped PDU's)."""
+    try:
+        return _decode_pdu(data[:end] if end < len(data) else data, pos, 3, b"")
+    except BerError:
+        raise
+    except (IndexError, ValueError) as exc:
+        raise BerError(f"malformed message: {exc}") from None
+
+
 def _decode_response(data: bytes) -> Response:
     tag, pos, _ = _header(data, 0)
     if tag != 0x30:
@@ -234,8 +250,11 @@ def _decode_response(data: bytes) -> Response:
     tag, s, e = _header(data, e)
     if tag != 0x04:
         raise BerError("no community")
-    community = data[s:e]
-    pdu_type, s, _ = _header(data, e)
+    return _decode_pdu(data, e, version, data[s:e])
+
+
+def _decode_pdu(data: bytes, pos: int, version: int, community: bytes) -> Response:
+    pdu_type, s, _ = _header(data, pos)
     if pdu_type not in (RESPONSE, REPORT):
         raise BerError(f"unexpected PDU type 0x{pdu_type:02X}")
     fields = []

@@ -1,4 +1,4 @@
-"""SNMP requests to one device: v1/v2c over our own small codec, v3 through pysnmp's engine.
+"""SNMP requests to one device: v1/v2c and v3 (USM, collectors.snmp_v3) over our own codec.
 
 Both clients offer the same three async calls (`get`, `next`, `bulk`) returning
 [(oid tuple, python value)], and raise `SnmpError` whose message names what went wrong in words
@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from collectors import snmp_ber as ber
+from collectors import snmp_v3 as v3
 from collectors.snmp_ber import Missing, Oid
 
 Varbinds = list[tuple[Oid, object]]
@@ -59,9 +60,16 @@ class Endpoint:
                 f"retries): {hint}")
 
 
+Decoder = Callable[[bytes], tuple[int, object]]
+
+
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.waiting: dict[int, asyncio.Future[ber.Response | ber.BerError]] = {}
+    """A connected UDP socket's replies, handed to the request waiting for each: `decode` gives
+    a reply's key (request ID for v1/v2c, msgID for v3) and what the waiter gets."""
+
+    def __init__(self, decode: Decoder) -> None:
+        self.decode = decode
+        self.waiting: dict[int, asyncio.Future[object]] = {}
         self.transport: asyncio.DatagramTransport | None = None
         self.error: Exception | None = None
 
@@ -73,16 +81,16 @@ class _Protocol(asyncio.DatagramProtocol):
         # the request in flight at once: the socket is connected, so only the device sends
         # here, and it did answer (just not in SNMP).
         try:
-            response = ber.decode_response(data)
+            key, reply = self.decode(data)
         except ber.BerError as exc:
             for future in self.waiting.values():
                 if not future.done():
                     future.set_result(exc)  # a result, not an exception: nobody may await it
             self.waiting.clear()
             return
-        waiter = self.waiting.pop(response.request_id, None)
+        waiter = self.waiting.pop(key, None)
         if waiter is not None and not waiter.done():
-            waiter.set_result(response)
+            waiter.set_result(reply)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable shows up here on a connected socket: keep waiting for the
@@ -90,19 +98,21 @@ class _Protocol(asyncio.DatagramProtocol):
         self.error = exc
 
 
-class CommunityClient:
-    """SNMPv1 / v2c with a community string; one connected UDP socket per device."""
+class _UdpClient:
+    """One connected UDP socket per device, and sending a message until its reply comes."""
 
-    def __init__(self, endpoint: Endpoint, community: str, version: str = "2c",
-                 rng: Callable[[], int] | None = None) -> None:
+    # Why a device may not answer at all, for the message of a timeout.
+    silence_hint = "wrong community, or host down?"
+
+    def __init__(self, endpoint: Endpoint, rng: Callable[[], int] | None = None) -> None:
         self.endpoint = endpoint
-        self.community = community.encode("utf-8")
-        self.version = version
-        self._wire_version = 0 if version == "1" else 1
         self._protocol: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sock: socket.socket | None = None
         self._ids = itertools.count((rng or (lambda: random.randrange(1, 2**30)))())
+
+    def _decode(self, data: bytes) -> tuple[int, object]:
+        raise NotImplementedError
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -119,7 +129,8 @@ class CommunityClient:
                 sock.setblocking(False)
                 try:
                     sock.connect(address)
-                    _, protocol = await loop.create_datagram_endpoint(_Protocol, sock=sock)
+                    _, protocol = await loop.create_datagram_endpoint(
+                        lambda: _Protocol(self._decode), sock=sock)
                 except BaseException:
                     sock.close()
                     raise
@@ -142,41 +153,39 @@ class CommunityClient:
         self._loop = None
         self._sock = None
 
-    async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
-                       max_repetitions: int = 0) -> ber.Response:
+    def _next_id(self) -> int:
+        return next(self._ids) & 0x7FFFFFFF
+
+    async def _exchange(self, message: bytes, key: int) -> object:
+        """Send `message` (again after each timeout) until the reply with `key` comes."""
         protocol = await self._open()
-        request_id = next(self._ids) & 0x7FFFFFFF
-        message = ber.encode_request(self._wire_version, self.community, pdu_type, request_id,
-                                     list(oids), non_repeaters, max_repetitions)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future = loop.create_future()
-        protocol.waiting[request_id] = future
-        expected = len(oids) if pdu_type != ber.GETBULK else (
-            non_repeaters + (len(oids) - non_repeaters) * max_repetitions)
+        future: asyncio.Future[object] = loop.create_future()
+        protocol.waiting[key] = future
         try:
             for _ in range(self.endpoint.retries + 1):
                 assert protocol.transport is not None
                 protocol.transport.sendto(message)
                 try:
-                    response = await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
+                    reply = await asyncio.wait_for(asyncio.shield(future), self.endpoint.timeout)
                 except TimeoutError:
                     continue
-                if isinstance(response, ber.BerError):
-                    raise SnmpError("malformed", self.endpoint.malformed(str(response)))
-                if len(response.varbinds) > max(expected, 1):
-                    raise SnmpError("malformed", self.endpoint.malformed(
-                        f"{len(response.varbinds)} values for {expected} asked"))
-                return response
+                if isinstance(reply, ber.BerError):
+                    raise SnmpError("malformed", self.endpoint.malformed(str(reply)))
+                return reply
         finally:
-            protocol.waiting.pop(request_id, None)
+            protocol.waiting.pop(key, None)
             if not future.done():
                 future.cancel()
         refused = isinstance(protocol.error, ConnectionRefusedError)
         hint = ("port closed (ICMP port unreachable): is the SNMP agent running?" if refused else
-                "wrong community, or host down?")
+                self.silence_hint)
         raise SnmpError("timeout", self.endpoint.no_response(hint))
 
-    def _check(self, response: ber.Response) -> Varbinds:
+    def _check(self, response: ber.Response, expected: int) -> Varbinds:
+        if len(response.varbinds) > max(expected, 1):
+            raise SnmpError("malformed", self.endpoint.malformed(
+                f"{len(response.varbinds)} values for {expected} asked"))
         if response.error_status:
             status = ber.ERROR_STATUS.get(response.error_status, str(response.error_status))
             raise SnmpError("error", f"{self.endpoint.where} answered {status} "
@@ -184,191 +193,205 @@ class CommunityClient:
                             response.error_index)
         return response.varbinds
 
+    async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
+                       max_repetitions: int = 0) -> Varbinds:
+        raise NotImplementedError
+
     async def get(self, oids: Sequence[Oid]) -> Varbinds:
-        return self._check(await self._request(ber.GET, oids))
+        return await self._request(ber.GET, oids)
 
     async def next(self, oids: Sequence[Oid]) -> Varbinds:
-        return self._check(await self._request(ber.GETNEXT, oids))
+        return await self._request(ber.GETNEXT, oids)
 
     async def bulk(self, non_repeaters: Sequence[Oid], repeaters: Sequence[Oid],
                    max_repetitions: int) -> Varbinds:
-        oids = [*non_repeaters, *repeaters]
-        response = await self._request(ber.GETBULK, oids, len(non_repeaters), max_repetitions)
-        return self._check(response)
+        return await self._request(ber.GETBULK, [*non_repeaters, *repeaters], len(non_repeaters),
+                                   max_repetitions)
 
 
-# -- SNMPv3 through pysnmp ---------------------------------------------------------------------
-
-_AUTH = {
-    "none": "USM_AUTH_NONE", "md5": "USM_AUTH_HMAC96_MD5", "sha": "USM_AUTH_HMAC96_SHA",
-    "sha224": "USM_AUTH_HMAC128_SHA224", "sha256": "USM_AUTH_HMAC192_SHA256",
-    "sha384": "USM_AUTH_HMAC256_SHA384", "sha512": "USM_AUTH_HMAC384_SHA512",
-}
-# net-snmp's AES-192/256 use the Blumenthal key extension; Cisco's (net-snmp "AES-256-C",
-# "aes256c" elsewhere) use Reeder's, which pysnmp calls plain CFB192/256.
-_PRIV = {
-    "none": "USM_PRIV_NONE", "des": "USM_PRIV_CBC56_DES", "aes": "USM_PRIV_CFB128_AES",
-    "aes128": "USM_PRIV_CFB128_AES", "aes192": "USM_PRIV_CFB192_AES_BLUMENTHAL",
-    "aes256": "USM_PRIV_CFB256_AES_BLUMENTHAL", "aes192c": "USM_PRIV_CFB192_AES",
-    "aes256c": "USM_PRIV_CFB256_AES",
-}
+def _expected(pdu_type: int, oids: Sequence[Oid], non_repeaters: int, max_repetitions: int) -> int:
+    """How many varbinds a request may get back."""
+    if pdu_type != ber.GETBULK:
+        return len(oids)
+    return non_repeaters + (len(oids) - non_repeaters) * max_repetitions
 
 
-def _v3_error(endpoint: Endpoint, indication: object, user: str) -> SnmpError:
-    from pysnmp.proto import errind
+class CommunityClient(_UdpClient):
+    """SNMPv1 / v2c with a community string; one connected UDP socket per device."""
 
-    where = endpoint.where
-    if isinstance(indication, errind.RequestTimedOut):
-        return SnmpError("timeout", endpoint.no_response(
-            "host down, SNMP blocked, or wrong privacy key/protocol (agents drop what they "
-            "cannot decrypt)?"))
-    if isinstance(indication, errind.UnknownUserName):
-        return SnmpError("auth", f"{where} does not know SNMPv3 user {user!r} (unknown user name)")
-    if isinstance(indication, errind.UnknownSecurityName):
-        return SnmpError("auth", f"{where}: unknown SNMPv3 security name {user!r}")
-    if isinstance(indication, errind.WrongDigest | errind.AuthenticationFailure
-                  | errind.AuthenticationError):
-        return SnmpError("auth", f"{where} rejected user {user!r}: authentication failed "
-                                 "(wrong auth key or auth protocol)")
-    if isinstance(indication, errind.DecryptionError):
-        return SnmpError("auth", f"{where}: cannot decrypt the reply for user {user!r} "
-                                 "(wrong priv key or priv protocol)")
-    if isinstance(indication, errind.UnsupportedSecurityLevel):
-        return SnmpError("auth", f"{where} does not support this security level for user {user!r} "
-                                 "(set auth/priv protocols as configured on the device)")
-    if isinstance(indication, errind.UnknownEngineID):
-        return SnmpError("engine", f"{where} reported an unknown engine ID (USM report): engine "
-                                   "discovery failed; is the agent's engine ID stable?")
-    if isinstance(indication, errind.NotInTimeWindow):
-        return SnmpError("engine", f"{where}: message not in time window (engine boots/time "
-                                   "mismatch; the device's clock or boot counter jumped)")
-    return SnmpError("protocol", f"{where}: {indication}")
+    def __init__(self, endpoint: Endpoint, community: str, version: str = "2c",
+                 rng: Callable[[], int] | None = None) -> None:
+        super().__init__(endpoint, rng)
+        self.community = community.encode("utf-8")
+        self.version = version
+        self._wire_version = 0 if version == "1" else 1
+
+    def _decode(self, data: bytes) -> tuple[int, object]:
+        response = ber.decode_response(data)
+        return response.request_id, response
+
+    async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
+                       max_repetitions: int = 0) -> Varbinds:
+        request_id = self._next_id()
+        message = ber.encode_request(self._wire_version, self.community, pdu_type, request_id,
+                                     list(oids), non_repeaters, max_repetitions)
+        response = await self._exchange(message, request_id)
+        assert isinstance(response, ber.Response)
+        return self._check(response, _expected(pdu_type, oids, non_repeaters, max_repetitions))
 
 
-def _from_pysnmp(value: object) -> object:
-    from pyasn1.type import univ
-    from pysnmp.proto import rfc1902, rfc1905
-
-    if isinstance(value, rfc1905.EndOfMibView):
-        return ber.END_OF_MIB_VIEW_V
-    if isinstance(value, rfc1905.NoSuchInstance):
-        return ber.NO_SUCH_INSTANCE_V
-    if isinstance(value, rfc1905.NoSuchObject):
-        return ber.NO_SUCH_OBJECT_V
-    if isinstance(value, rfc1902.IpAddress):
-        return ".".join(str(b) for b in value.asOctets())
-    if isinstance(value, univ.OctetString):
-        return value.asOctets()
-    if isinstance(value, univ.ObjectIdentifier):
-        return tuple(value)
-    if isinstance(value, univ.Integer):
-        return int(value)
-    if isinstance(value, univ.Null):
-        return None
-    return value
+# -- SNMPv3 (USM) ------------------------------------------------------------------------------
 
 
-class UsmClient:
-    """SNMPv3 (USM) through pysnmp's asyncio hlapi, on an engine reused across polls."""
+class UsmClient(_UdpClient):
+    """SNMPv3 with the User-based Security Model (collectors.snmp_v3), on the device's
+    `UsmEngine`: what discovery learnt and the localised keys last across polls and reloads."""
 
     version = "3"
+    silence_hint = ("host down, SNMP blocked, or wrong privacy key/protocol (agents drop what they "
+                    "cannot decrypt)?")
 
-    def __init__(self, endpoint: Endpoint, engine: object, user: str, auth_protocol: str = "none",
-                 auth_key: str | None = None, priv_protocol: str = "none",
-                 priv_key: str | None = None, context: str = "") -> None:
-        from pysnmp.hlapi.v3arch.asyncio import auth
-
-        self.endpoint = endpoint
+    def __init__(self, endpoint: Endpoint, engine: v3.UsmEngine, user: str,
+                 auth_protocol: str = "none", auth_key: str | None = None,
+                 priv_protocol: str = "none", priv_key: str | None = None, context: str = "",
+                 rng: Callable[[], int] | None = None) -> None:
+        super().__init__(endpoint, rng)
         self.engine = engine
-        self.user = user
-        self.auth_protocol, self.priv_protocol = auth_protocol, priv_protocol
-        self.auth = auth.UsmUserData(
-            user,
-            authKey=auth_key if auth_protocol != "none" else None,
-            privKey=priv_key if priv_protocol != "none" else None,
-            authProtocol=getattr(auth, _AUTH[auth_protocol]),
-            privProtocol=getattr(auth, _PRIV[priv_protocol]),
-        )
-        self.context = context
-        self._target = None
-        self._request_vbs: dict[Oid, object] = {}  # OID -> pysnmp ObjectType, resolved once
+        self.user = v3.UsmUser(user, auth_protocol, auth_key, priv_protocol, priv_key)
+        self.context = context.encode("utf-8")
+        self._user_name = user.encode("utf-8")
 
-    def close(self) -> None:
-        pass
+    def _decode(self, data: bytes) -> tuple[int, object]:
+        message = v3.decode_message(data)
+        return message.msg_id, message
 
     def too_low(self) -> str:
         """authorizationError: the agent's access rule (VACM) wants more than we offer."""
-        level = ("authPriv" if self.priv_protocol != "none" else
-                 "authNoPriv" if self.auth_protocol != "none" else "noAuthNoPriv")
+        level = self.user.level
         need = {"noAuthNoPriv": "authNoPriv or authPriv: set auth_protocol and auth_key (and "
                                 "priv_protocol and priv_key for authPriv)",
                 "authNoPriv": "authPriv: set priv_protocol and priv_key as on the device",
                 "authPriv": "read access to the IF-MIB: the device's access rule (VACM view) for "
                             "this user does not allow it"}[level]
-        return (f"{self.endpoint.where} refused user {self.user!r} at security level {level} "
+        return (f"{self.endpoint.where} refused user {self.user.name!r} at security level {level} "
                 f"(authorizationError): it needs {need}")
 
-    async def _call(self, kind: str, oids: Sequence[Oid], non_repeaters: int = 0,
-                    max_repetitions: int = 0) -> Varbinds:
-        from pysnmp.hlapi.v3arch.asyncio import (
-            ContextData,
-            ObjectIdentity,
-            ObjectType,
-            UdpTransportTarget,
-            bulk_cmd,
-            get_cmd,
-            next_cmd,
-        )
-        from pysnmp.proto.rfc1902 import ObjectName
+    async def _discover(self) -> None:
+        """RFC 3414 4: an empty unauthenticated request; the agent's Report names its engine ID,
+        boots and time."""
+        msg_id = self._next_id()
+        pdu = ber.encode_pdu(ber.GET, self._next_id(), [])
+        message = v3.encode_message(msg_id, v3.REPORTABLE_FLAG, b"", 0, 0, b"", None,
+                                    v3.encode_scoped_pdu(b"", b"", pdu))
+        reply = await self._exchange(message, msg_id)
+        assert isinstance(reply, v3.Message)
+        if not reply.engine_id:
+            raise SnmpError("malformed", self.endpoint.malformed(
+                "no engine ID in its answer to engine discovery"))
+        self.engine.discovered(reply.engine_id, reply.boots, reply.engine_time)
 
-        if self._target is None:
-            try:
-                self._target = await UdpTransportTarget.create(
-                    (self.endpoint.host, self.endpoint.port), timeout=self.endpoint.timeout,
-                    retries=self.endpoint.retries)
-            except Exception as exc:
-                raise SnmpError("timeout", f"cannot reach {self.endpoint.where}: {exc}") from None
-        context = ContextData(contextName=self.context)
-        vbs = []
-        for oid in oids:
-            # pysnmp resolves every request OID against its MIB tree (a tenth of a v3 poll's
-            # CPU) and marks the object resolved: the same object is not resolved again.
-            vb = self._request_vbs.get(oid)
-            if vb is None:
-                if len(self._request_vbs) >= 4096:
-                    self._request_vbs.clear()
-                vb = self._request_vbs[oid] = ObjectType(ObjectIdentity(ObjectName(oid)))
-            vbs.append(vb)
-        if kind == "bulk":
-            result = await bulk_cmd(self.engine, self.auth, self._target, context, non_repeaters,
-                                    max_repetitions, *vbs, lookupMib=False)
-        elif kind == "next":
-            result = await next_cmd(self.engine, self.auth, self._target, context, *vbs,
-                                    lookupMib=False)
-        else:
-            result = await get_cmd(self.engine, self.auth, self._target, context, *vbs,
-                                   lookupMib=False)
-        indication, status, index, varbinds = result
-        if indication:
-            raise _v3_error(self.endpoint, indication, self.user)
-        if status:
-            name = status.prettyPrint()
-            if name == "authorizationError":
-                raise SnmpError("auth", self.too_low(), name, int(index))
-            raise SnmpError("error", f"{self.endpoint.where} answered {name} "
-                                     f"(error index {int(index)})", name, int(index))
-        return [(tuple(name), _from_pysnmp(value)) for name, value in varbinds]
+    async def _request(self, pdu_type: int, oids: Sequence[Oid], non_repeaters: int = 0,
+                       max_repetitions: int = 0) -> Varbinds:
+        engine, user = self.engine, self.user
+        if not engine.engine_id:
+            await self._discover()
+        resynced = rediscovered = False
+        while True:
+            keys = await engine.keys_soon(user) if user.flags else None
+            request_id, msg_id = self._next_id(), self._next_id()
+            boots, engine_time = engine.now()
+            scoped = v3.encode_scoped_pdu(engine.engine_id, self.context, ber.encode_pdu(
+                pdu_type, request_id, list(oids), non_repeaters, max_repetitions))
+            message = v3.encode_message(msg_id, user.flags | v3.REPORTABLE_FLAG, engine.engine_id,
+                                        boots, engine_time, self._user_name, keys, scoped,
+                                        engine.next_salt())
+            reply = await self._exchange(message, msg_id)
+            assert isinstance(reply, v3.Message)
+            pdu = self._open_reply(reply, keys)
+            if pdu.pdu_type != ber.REPORT:
+                break
+            report = v3.REPORTS.get(pdu.varbinds[0][0], "") if pdu.varbinds else ""
+            authentic = bool(reply.flags & v3.AUTH_FLAG)
+            if report == "unknownEngineID" and not rediscovered and reply.engine_id \
+                    and reply.engine_id != engine.engine_id:
+                # The agent's engine ID changed (a replaced or reconfigured device): its keys
+                # are localised again for the new ID, once.
+                rediscovered = True
+                engine.discovered(reply.engine_id, reply.boots, reply.engine_time)
+                continue
+            if report == "notInTimeWindow" and not resynced and (authentic or keys is None):
+                # The agent rebooted, or our notion of its clock drifted: the report (signed
+                # with our key) carries its boots and time; ask again, once.
+                resynced = True
+                engine.heard(reply.boots, reply.engine_time)
+                continue
+            raise self._report_error(report, pdu)
+        level = reply.flags & (v3.AUTH_FLAG | v3.PRIV_FLAG)
+        if level != user.flags or reply.engine_id != engine.engine_id \
+                or reply.user_name != self._user_name:
+            raise SnmpError("malformed", self.endpoint.malformed(
+                "a response at another security level, engine ID or user name than asked"))
+        if keys is not None and not engine.in_time_window(reply.boots, reply.engine_time):
+            # A replay, or an agent whose clock or boot counter went back: the next request
+            # discovers its boots and time afresh rather than failing for ever.
+            engine.engine_id = b""
+            raise SnmpError("engine", f"{self.endpoint.where}: reply not in time window (its "
+                                      "boot counter or clock went back, or the reply is a replay)")
+        if pdu.request_id != request_id:
+            raise SnmpError("malformed", self.endpoint.malformed(
+                f"request ID {pdu.request_id} in the reply to {request_id}"))
+        if pdu.error_status == 16:  # authorizationError
+            raise SnmpError("auth", self.too_low(), "authorizationError", pdu.error_index)
+        return self._check(pdu, _expected(pdu_type, oids, non_repeaters, max_repetitions))
 
-    async def get(self, oids: Sequence[Oid]) -> Varbinds:
-        return await self._call("get", oids)
+    def _open_reply(self, reply: v3.Message, keys: v3.Keys | None) -> ber.Response:
+        """The reply's PDU, once its digest checks out and it decrypts."""
+        where, user = self.endpoint.where, self.user.name
+        try:
+            if reply.flags & v3.AUTH_FLAG:
+                if keys is None:
+                    raise v3.WrongDigest("an authenticated reply to an unauthenticated request")
+                v3.verify(reply, keys)
+            return v3.scoped_pdu(reply, keys)
+        except v3.WrongDigest as exc:
+            raise SnmpError("auth", f"{where} sent a reply for user {user!r} that fails "
+                                    f"authentication ({exc}): not from the agent, or a wrong "
+                                    "auth key on one side") from None
+        except v3.CannotDecrypt as exc:
+            raise SnmpError("auth", f"{where}: cannot decrypt the reply for user {user!r} "
+                                    f"(wrong priv key or priv protocol: {exc})") from None
+        except ber.BerError as exc:
+            raise SnmpError("malformed", self.endpoint.malformed(str(exc))) from None
 
-    async def next(self, oids: Sequence[Oid]) -> Varbinds:
-        return await self._call("next", oids)
+    def _report_error(self, report: str, pdu: ber.Response) -> SnmpError:
+        """An agent's Report (RFC 3414 usmStats and friends) in words an admin acts on."""
+        words = _REPORT_WORDS.get(report)
+        if words is None:
+            what = report or (dotted(pdu.varbinds[0][0]) if pdu.varbinds else "no varbind")
+            return SnmpError("protocol", f"{self.endpoint.where} answered with a report: {what}")
+        kind, text = words
+        return SnmpError(kind, text.format(
+            where=self.endpoint.where, user=self.user.name, level=self.user.level, report=report,
+            context=self.context.decode("utf-8", "replace")))
 
-    async def bulk(self, non_repeaters: Sequence[Oid], repeaters: Sequence[Oid],
-                   max_repetitions: int) -> Varbinds:
-        return await self._call("bulk", [*non_repeaters, *repeaters], len(non_repeaters),
-                                max_repetitions)
+
+# What an agent's Report means: (SnmpError kind, message).
+_REPORT_WORDS = {
+    "unknownUserName": ("auth", "{where} does not know SNMPv3 user {user!r} (unknown user name)"),
+    "wrongDigest": ("auth", "{where} rejected user {user!r}: authentication failed (wrong auth "
+                            "key or auth protocol)"),
+    "decryptionError": ("auth", "{where}: cannot decrypt the request of user {user!r} (wrong "
+                                "priv key or priv protocol)"),
+    "unsupportedSecLevel": ("auth", "{where} does not support security level {level} for user "
+                                    "{user!r} (set auth/priv protocols as configured on the "
+                                    "device)"),
+    "unknownEngineID": ("engine", "{where} reported an unknown engine ID (USM report): engine "
+                                  "discovery failed; is the agent's engine ID stable?"),
+    "notInTimeWindow": ("engine", "{where}: message not in time window (engine boots/time "
+                                  "mismatch; the device's clock or boot counter jumped)"),
+    "unknownContext": ("error", "{where} has no SNMPv3 context {context!r} ({report})"),
+    "unavailableContext": ("error", "{where} has no SNMPv3 context {context!r} ({report})"),
+}
 
 
 Client = CommunityClient | UsmClient

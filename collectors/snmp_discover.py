@@ -179,13 +179,11 @@ async def run_discover(args: object, auth_key: str | None, priv_key: str | None)
             last[0] = rows
 
     print(f"walking {endpoint.where} ...", file=sys.stderr, flush=True)
-    engine = None
     v3 = None
     if a.snmp_version == "3":  # type: ignore[attr-defined]
-        from pysnmp.hlapi.v3arch.asyncio import SnmpEngine
+        from collectors.snmp_v3 import UsmEngine
 
-        engine = SnmpEngine()
-        client: Client = UsmClient(endpoint, engine, a.user, a.auth_protocol, auth_key,  # type: ignore[attr-defined]
+        client: Client = UsmClient(endpoint, UsmEngine(), a.user, a.auth_protocol, auth_key,  # type: ignore[attr-defined]
                                    a.priv_protocol, priv_key, a.context)  # type: ignore[attr-defined]
         v3 = {"user": a.user, "auth_protocol": a.auth_protocol,  # type: ignore[attr-defined]
               "priv_protocol": a.priv_protocol}  # type: ignore[attr-defined]
@@ -198,6 +196,4 @@ async def run_discover(args: object, auth_key: str | None, priv_key: str | None)
         if tty:
             print(file=sys.stderr)
         client.close()
-        if engine is not None:
-            engine.close_dispatcher()
     return result

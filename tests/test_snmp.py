@@ -108,30 +108,36 @@ def snmpsim():
 SNMPD_USER, AUTH_KEY, PRIV_KEY = "monv3", "auth-pass-256", "priv-pass-aes"
 
 
-@pytest.fixture(scope="module")
-def snmpd(tmp_path_factory):
+@contextlib.contextmanager
+def net_snmpd(directory: Path, conf: str, port: int | None = None) -> Iterator[int]:
+    """net-snmp's snmpd with `conf` and its persistent state (its boot counter: a restart in the
+    same directory is a reboot) in `directory`, on `port` (default a free one), once it answers
+    the community monitor-ro (`conf` must allow it)."""
     if not Path("/usr/sbin/snmpd").exists():
         pytest.skip("net-snmp snmpd not installed (apt-get install snmpd)")
-    tmp = tmp_path_factory.mktemp("snmpd")
-    port = free_udp_port()
-    conf = tmp / "snmpd.conf"
-    conf.write_text(
-        "rocommunity monitor-ro 127.0.0.1\n"
-        f"createUser {SNMPD_USER} SHA-256 {AUTH_KEY} AES {PRIV_KEY}\n"
-        f"rouser {SNMPD_USER} priv\n"
-    )
-    env = {**os.environ, "MIBS": "", "MIBDIRS": str(tmp)}  # no MIB parsing noise
+    port = port or free_udp_port()
+    (directory / "snmpd.conf").write_text(conf)
+    env = {**os.environ, "MIBS": "", "MIBDIRS": str(directory)}  # no MIB parsing noise
     proc = subprocess.Popen(
-        ["/usr/sbin/snmpd", "-f", "-Lf", str(tmp / "snmpd.log"), "-C", "-c", str(conf),
-         f"--persistentDir={tmp / 'persist'}", "-p", str(tmp / "snmpd.pid"), f"udp:127.0.0.1:{port}"],
+        ["/usr/sbin/snmpd", "-f", "-Lf", str(directory / "snmpd.log"), "-C", "-c",
+         f"{directory / 'snmpd.conf'},{directory / 'persist' / 'snmpd.conf'}",
+         f"--persistentDir={directory / 'persist'}",
+         "-p", str(directory / "snmpd.pid"), f"udp:127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         asyncio.run(wait_for_agent(port, "monitor-ro", proc, "snmpd"))
-    except RuntimeError:
+        yield port
+    finally:
         stop(proc)
-        raise
-    yield port
-    stop(proc)
+
+
+@pytest.fixture(scope="module")
+def snmpd(tmp_path_factory):
+    conf = ("rocommunity monitor-ro 127.0.0.1\n"
+            f"createUser {SNMPD_USER} SHA-256 {AUTH_KEY} AES {PRIV_KEY}\n"
+            f"rouser {SNMPD_USER} priv\n")
+    with net_snmpd(tmp_path_factory.mktemp("snmpd"), conf) as port:
+        yield port
 
 
 @pytest.fixture
@@ -310,8 +316,8 @@ def test_snmpd_v2c_and_v3(snmpd, tmp_path):
                    v3=dataclasses.replace(v3, user="intruder")),
     ]
     collector = SnmpCollector(devices, STEP, concurrency=8)
-    # Same agent, same user, wrong key: its own engine (one agent = one engine ID, and pysnmp
-    # keeps one localized key per user and engine ID).
+    # Same agent, same user, wrong key: a collector of its own (it would otherwise share the
+    # device name's engine state).
     badauth = SnmpCollector([SnmpDevice(name="badauth", host="127.0.0.1", port=snmpd, version="3",
                              v3=dataclasses.replace(v3, auth_key="wrong-auth-key"))], STEP)
     bad = asyncio.run(badauth.collect())
