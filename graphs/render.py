@@ -1008,10 +1008,10 @@ def add_usual_band(graph: Graph, store: RrdStore, info: SeriesInfo, metric: str,
     n = len(next(iter(series.columns.values()), []))
     if not n:
         return
-    history = store.fetch_path(info, series.start - weeks * seasonal.WEEK - 7200, series.end, 7200)
-    past = np.array(history.columns.get(metric, []), dtype=float)
+    past, start, step = seasonal.weekly_history(store, info, metric, series.start, series.end,
+                                                weeks)
     times = series.start + (np.arange(n) + 0.5) * series.step
-    expected = seasonal.band(past, history.start, history.step, times, weeks)
+    expected = seasonal.band(past, start, step, times, weeks)
     if np.isnan(expected.usual).all():
         return
     graph.layers.insert(0, Layer("usual", expected.high * scale, "band", USUAL_FILL,

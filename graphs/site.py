@@ -207,8 +207,10 @@ class SiteBuilder:
 
     def abandon(self) -> None:
         """From another thread: let a running build stop drawing at its next chunk (an agent
-        that stops should not wait for a site it redraws at its next start). Graphs not drawn
-        stay due; the pages are written with what is there."""
+        that stops should not wait for a site it redraws at its next start), and a build that
+        starts afterwards draw nothing (one already on its way to its thread). For good: the
+        builder belongs to an agent that is stopping. Graphs not drawn stay due; the pages are
+        written with what is there."""
         self._abandoned.set()
 
     def close(self) -> None:
@@ -239,7 +241,6 @@ class SiteBuilder:
         """Draw what is due, write every page. `full` redraws every graph."""
         started = time.perf_counter()
         now = self.clock()
-        self._abandoned.clear()
         report = BuildReport()
         series = self.store.series()
         entries = self._load_state()

@@ -203,6 +203,31 @@ def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
     assert busy.expected.usual[0] > 2 * quiet.expected.usual[0]
 
 
+def test_the_week_graphs_band_with_eight_weeks_follows_the_hours(tmp_path):
+    """The week graph's band with weeks = 8 reaches 9 weeks back, past the 2-hour archive
+    (2h:9w): from the daily archive rrdtool would give, each day's band would be flat."""
+    from graphs.render import PERIODS, add_usual_band, build_graph, window
+
+    weeks = 8
+    ts = np.arange(END - (weeks + 2) * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
+    values = 2e6 * _shape(ts, int(ts[-1]))
+    store = RrdStore(tmp_path / "rrd")
+    for part in range(0, ts.size, 288 * 7):
+        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part:part + 288 * 7],
+                                                            values[part:part + 288 * 7], strict=True)],
+                    STEP)
+    (info,) = store.series()
+    start, stop, resolution = window(PERIODS["week"], END, STEP)
+    series = store.fetch_path(info, start, stop, resolution)
+    graph = build_graph(info, series)
+    add_usual_band(graph, store, info, "out_octets", weeks, series)
+    usual = graph.layers[0]
+    assert usual.label == "usual"
+    last_day = usual.values[-288 // (series.step // STEP):]
+    assert np.nanmax(last_day) > 2 * np.nanmin(last_day)
+
+
 def test_the_hour_is_named_in_local_time_where_hours_start_at_half_past(tmp_path, monkeypatch):
     """India (UTC+5:30), Newfoundland, central Australia: the judged hour (whole UTC hours,
     as the store's rows are) starts at hh:30 local time, and the check must say so."""
