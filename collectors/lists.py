@@ -52,7 +52,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from collectors.logfollow import LogPosition, follow_log
+from collectors.logfollow import LogPosition, build_counter, counts_check, follow_log, save_counts
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
@@ -392,11 +392,7 @@ class ListsCollector:
         if subscribers:
             state.subscribers.update(subscribers)
             state.subscribers_at = now
-        try:
-            await asyncio.to_thread(save_state, self.state_path, state)
-        except OSError as exc:
-            # The counts stay in memory only: the next run reads the same lines again.
-            problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
+        problems += await asyncio.to_thread(save_counts, save_state, self.state_path, state)
 
         for name in sorted(set(names) | set(subscribers)):
             s = todays.get(name, ListStats())
@@ -410,19 +406,12 @@ class ListsCollector:
                                       minimum=0))
         total = sum(s.posts for s in todays.values())
         failures = sum(s.failures for s in todays.values())
-        message = (f"{total} post(s) to {len(todays)} list(s) today"
+        summary = (f"{total} post(s) to {len(todays)} list(s) today"
                    + (f", {failures} with refused recipients" if failures else "")
                    + f" ({counted} new in the log)")
-        if problems:
-            message = "; ".join(problems) + "; " + message
-        batch.add(CheckResult(TARGET, "lists", State.WARNING if problems else State.OK, message,
-                              timestamp=now))
+        batch.add(counts_check(TARGET, "lists", summary, problems, now))
         return batch
 
 
 def build(config: Config) -> list[Collector]:
-    cfg = config.lists
-    if not cfg.enabled:
-        return []
-    return [ListsCollector(cfg, cfg.interval or config.agent.interval,
-                           config.state_dir / "lists.json")]
+    return build_counter(ListsCollector, config.lists, config, "lists.json")

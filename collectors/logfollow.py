@@ -11,6 +11,10 @@ remembers the file's inode, the byte offset read so far and a fingerprint of its
   the old offset, then the truncated file from the start;
 - a rotated file that cannot be found is reported as a loss (the caller shows it for a while);
 - a half-written last line waits for the next run.
+
+The log-counting collectors (collectors.lists, collectors.maillog) share the rest of a run's
+frame here too: how they are built from their config section, how their state is saved, and
+their own check.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+from monitor.config import Config, Duration
+from monitor.model import CheckResult, Collector, State
 
 _HEAD = 256
 _READ_LIMIT = 64 << 20  # per run and log; the rest is read next time
@@ -179,3 +187,48 @@ def follow_log(path: Path, position: LogPosition, consume: Callable[[bytes], int
     head = _head(path, _HEAD)
     position.head_len, position.head_sha = len(head), _sha(head)
     return out
+
+
+# -- the frame of a log-counting collector --------------------------------------------------
+
+
+class CountedSection(Protocol):
+    """A config section of a log-counting collector ([lists], [maillog])."""
+
+    enabled: bool
+    interval: Duration | None
+
+
+Section = TypeVar("Section", bound=CountedSection)
+CountState = TypeVar("CountState")
+
+
+def build_counter(make: Callable[[Section, float, Path], Collector], section: Section,
+                  config: Config, state_file: str) -> list[Collector]:
+    """The one collector of an enabled section: its own interval, else the agent's; its state
+    (positions and counts) in state_dir/state_file."""
+    if not section.enabled:
+        return []
+    return [make(section, section.interval or config.agent.interval,
+                 config.state_dir / state_file)]
+
+
+def save_counts(save: Callable[[Path, CountState], None], path: Path,
+                state: CountState) -> list[str]:
+    """Save the state with `save`; returns the problem if it could not be. Unsaved, the counts
+    stay in memory only and the next run reads the same lines again from the saved positions:
+    nothing is lost or counted twice."""
+    try:
+        save(path, state)
+    except OSError as exc:
+        return [f"cannot save {path}: {exc.strerror or exc}"]
+    return []
+
+
+def counts_check(target: str, check: str, summary: str, problems: list[str],
+                 now: float) -> CheckResult:
+    """A log-counting collector's own check: OK with its summary, or WARNING with the problems
+    (unreadable logs, rotations that lost lines, an unsaved state) ahead of it."""
+    message = "; ".join([*problems, summary])
+    return CheckResult(target, check, State.WARNING if problems else State.OK, message,
+                       timestamp=now)

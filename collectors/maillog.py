@@ -45,10 +45,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from collectors.logfollow import LogPosition, follow_log
+from collectors.logfollow import LogPosition, build_counter, counts_check, follow_log, save_counts
 from monitor.config import Config, MailLogConfig
 from monitor.files import atomic_write
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.model import Batch, Collector, Kind, Measurement
 from monitor.process import run_command
 from monitor.text import clean
 
@@ -439,10 +439,7 @@ class MailLogCollector:
             problems += trouble
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
-        try:
-            await asyncio.to_thread(save_state, self.state_path, state)
-        except OSError as exc:
-            problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
+        problems += await asyncio.to_thread(save_counts, save_state, self.state_path, state)
         batch = Batch()
         for metric in COUNTS:
             instance = "dovecot" if metric == "login_failures" else "postfix"
@@ -458,20 +455,13 @@ class MailLogCollector:
                                        (midnight + timedelta(days=1)).timestamp()):
             today.merge(counts)
         c = today.counts
-        message = (f"today: {c['received']} received, {c['delivered']} delivered "
+        summary = (f"today: {c['received']} received, {c['delivered']} delivered "
                    f"({c['outbound']} outbound), {c['deferred']} deferred, {c['bounced']} bounced, "
                    f"{c['rejected']} rejected, {c['sasl_failures']} SASL and "
                    f"{c['login_failures']} login failure(s) ({counted} new log line(s))")
-        if problems:
-            message = "; ".join(problems) + "; " + message
-        batch.add(CheckResult(TARGET, "maillog", State.WARNING if problems else State.OK, message,
-                              timestamp=now))
+        batch.add(counts_check(TARGET, "maillog", summary, problems, now))
         return batch
 
 
 def build(config: Config) -> list[Collector]:
-    cfg = config.maillog
-    if not cfg.enabled:
-        return []
-    return [MailLogCollector(cfg, cfg.interval or config.agent.interval,
-                             config.state_dir / "maillog.json")]
+    return build_counter(MailLogCollector, config.maillog, config, "maillog.json")
