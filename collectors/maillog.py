@@ -27,7 +27,8 @@ addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
 bounced, rejected, outbound (unit "msg", DERIVE: the store keeps the rate per second, which the
 graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes;
-sasl_failures; instance "dovecot": login_failures; instance "sender <who>": outbound_last_hour
+sasl_failures (unit "failures", per hour as well); instance "dovecot": login_failures (unit
+"failures": failed attempts); instance "sender <who>": outbound_last_hour
 (GAUGE, the busiest senders of the last 60 minutes). Check "maillog" (target "mail").
 """
 
@@ -65,7 +66,8 @@ COUNTS = ("received", "delivered", "deferred", "bounced", "rejected", "outbound"
           "received_bytes", "sasl_failures", "login_failures")
 # The unit of what each counter counts (the store keeps its rate per second).
 COUNT_UNITS = {**dict.fromkeys(("received", "delivered", "deferred", "bounced", "rejected", "outbound"),
-                               "msg"), "received_bytes": "B"}
+                               "msg"), "received_bytes": "B",
+               **dict.fromkeys(("sasl_failures", "login_failures"), "failures")}
 TABLES = ("senders", "outbound_by", "domains", "reasons", "sasl_clients", "login_clients")
 
 _STAMP = re.compile(
