@@ -46,13 +46,12 @@ import os
 import re
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from collectors.logfollow import LogPosition, build_counter, counts_check, follow_log, save_counts
+from collectors.logfollow import CountingCollector, LogPosition, build_counter, follow_log
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
@@ -341,11 +340,7 @@ def mailman3_lists(url: str, user: str, password: str | None, timeout: float) ->
 
 
 @dataclass
-class ListsCollector:
-    config: ListsConfig
-    interval: float
-    state_path: Path
-    clock: Callable[[], float] = time.time
+class ListsCollector(CountingCollector[ListsConfig]):
     name: str = "lists"
 
     async def collect(self) -> Batch:
@@ -392,7 +387,7 @@ class ListsCollector:
         if subscribers:
             state.subscribers.update(subscribers)
             state.subscribers_at = now
-        problems += await asyncio.to_thread(save_counts, save_state, self.state_path, state)
+        problems += await self.save(save_state, state)
 
         for name in sorted(set(names) | set(subscribers)):
             s = todays.get(name, ListStats())
@@ -409,7 +404,7 @@ class ListsCollector:
         summary = (f"{total} post(s) to {len(todays)} list(s) today"
                    + (f", {failures} with refused recipients" if failures else "")
                    + f" ({counted} new in the log)")
-        batch.add(counts_check(TARGET, "lists", summary, problems, now))
+        batch.add(self.own_check(TARGET, summary, problems, now))
         return batch
 
 

@@ -19,6 +19,7 @@ their own check.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -28,7 +29,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from monitor.config import Config, Duration
 from monitor.model import CheckResult, Collector, State
@@ -203,6 +204,36 @@ Section = TypeVar("Section", bound=CountedSection)
 CountState = TypeVar("CountState")
 
 
+@dataclass
+class CountingCollector(Generic[Section]):
+    """What a log-counting collector is made of: its config section, how often it runs, and
+    its state file (positions and counts, saved atomically together). Subclasses name
+    themselves and add `collect`."""
+
+    config: Section
+    interval: float
+    state_path: Path
+    clock: Callable[[], float] = time.time
+    name: str = ""  # the collector's, and its own check's
+
+    async def save(self, save: Callable[[Path, CountState], None], state: CountState) -> list[str]:
+        """Save the state with `save` (off the loop); returns the problem if it could not be.
+        Unsaved, the counts stay in memory only and the next run reads the same lines again
+        from the saved positions: nothing is lost or counted twice."""
+        try:
+            await asyncio.to_thread(save, self.state_path, state)
+        except OSError as exc:
+            return [f"cannot save {self.state_path}: {exc.strerror or exc}"]
+        return []
+
+    def own_check(self, target: str, summary: str, problems: list[str], now: float) -> CheckResult:
+        """The collector's own check (named as the collector): OK with its summary, or WARNING
+        with the problems (unreadable logs, rotations that lost lines, an unsaved state) ahead
+        of it."""
+        return CheckResult(target, self.name, State.WARNING if problems else State.OK,
+                           "; ".join([*problems, summary]), timestamp=now)
+
+
 def build_counter(make: Callable[[Section, float, Path], Collector], section: Section,
                   config: Config, state_file: str) -> list[Collector]:
     """The one collector of an enabled section: its own interval, else the agent's; its state
@@ -211,24 +242,3 @@ def build_counter(make: Callable[[Section, float, Path], Collector], section: Se
         return []
     return [make(section, section.interval or config.agent.interval,
                  config.state_dir / state_file)]
-
-
-def save_counts(save: Callable[[Path, CountState], None], path: Path,
-                state: CountState) -> list[str]:
-    """Save the state with `save`; returns the problem if it could not be. Unsaved, the counts
-    stay in memory only and the next run reads the same lines again from the saved positions:
-    nothing is lost or counted twice."""
-    try:
-        save(path, state)
-    except OSError as exc:
-        return [f"cannot save {path}: {exc.strerror or exc}"]
-    return []
-
-
-def counts_check(target: str, check: str, summary: str, problems: list[str],
-                 now: float) -> CheckResult:
-    """A log-counting collector's own check: OK with its summary, or WARNING with the problems
-    (unreadable logs, rotations that lost lines, an unsaved state) ahead of it."""
-    message = "; ".join([*problems, summary])
-    return CheckResult(target, check, State.WARNING if problems else State.OK, message,
-                       timestamp=now)

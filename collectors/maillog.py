@@ -41,12 +41,12 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from collectors.logfollow import LogPosition, build_counter, counts_check, follow_log, save_counts
+from collectors.logfollow import CountingCollector, LogPosition, build_counter, follow_log
 from monitor.config import Config, MailLogConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, Collector, Kind, Measurement
@@ -424,11 +424,7 @@ def last_hour_senders(state: MailLogState, now: float) -> dict[str, float]:
 
 
 @dataclass
-class MailLogCollector:
-    config: MailLogConfig
-    interval: float
-    state_path: Path
-    clock: Callable[[], float] = time.time
+class MailLogCollector(CountingCollector[MailLogConfig]):
     name: str = "maillog"
 
     async def collect(self) -> Batch:
@@ -441,7 +437,7 @@ class MailLogCollector:
             problems += trouble
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
-        problems += await asyncio.to_thread(save_counts, save_state, self.state_path, state)
+        problems += await self.save(save_state, state)
         batch = Batch()
         for metric in COUNTS:
             instance = "dovecot" if metric == "login_failures" else "postfix"
@@ -461,7 +457,7 @@ class MailLogCollector:
                    f"({c['outbound']} outbound), {c['deferred']} deferred, {c['bounced']} bounced, "
                    f"{c['rejected']} rejected, {c['sasl_failures']} SASL and "
                    f"{c['login_failures']} login failure(s) ({counted} new log line(s))")
-        batch.add(counts_check(TARGET, "maillog", summary, problems, now))
+        batch.add(self.own_check(TARGET, summary, problems, now))
         return batch
 
 
