@@ -328,7 +328,7 @@ class DigestBuilder:
                                                "out peak", "in 95th", "out 95th"],
                     empty="No traffic data in this period.")
         found = []
-        updated: tuple[float, float] | None = None  # (last update, step) of the freshest file
+        updates: list[tuple[float, float]] = []  # (last update, step) of every file
         for info in self._series:
             if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
                 continue
@@ -337,19 +337,18 @@ class DigestBuilder:
             except Exception as exc:  # a corrupt RRD file: skip this series only
                 log.warning("digest: cannot read %s: %s", info.path, exc)
                 continue
-            last = self._last_update(info)
-            if updated is None or last > updated[0]:
-                updated = (last, rows.step)
+            updates.append((self._last_update(info), rows.step))
             ins, outs = rows.columns.get("in_octets", []), rows.columns.get("out_octets", [])
             if not stats.known(ins).size and not stats.known(outs).size:
                 continue
             fin, fout = (stats.summarize(v, rows.step) for v in (ins, outs))
-            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout))
+            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout,
+                          updates[-1]))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
-        for _, info, _ins, _outs, fin, fout in found:
+        for _, info, _ins, _outs, fin, fout, _ in found:
             name = f"{info.target} {info.instance}".strip()
             s.totals[f"{name} in"], s.totals[f"{name} out"] = fin.total or 0.0, fout.total or 0.0
-        for _, info, ins, outs, fin, fout in found[:MAX_TRAFFIC]:
+        for _, info, ins, outs, fin, fout, _ in found[:MAX_TRAFFIC]:
             bits = lambda v: format_bits_per_second(None if v is None else v * 8)  # noqa: E731
             s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
                            format_bytes(fin.total), format_bytes(fout.total), bits(fin.maximum),
@@ -358,12 +357,11 @@ class DigestBuilder:
                             if digest.graphs else None)
         if len(found) > MAX_TRAFFIC:
             s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
-        if updated is not None:
-            pending = unwritten_rows(start, end, *updated)
-            if pending.none_yet:
-                s.empty = f"No traffic data in this period yet. {pending.note}"
-            elif pending.note:
-                s.notes.append(pending.note)
+        if found:  # every figure shown is complete up to the least recent of their files
+            if note := unwritten_rows(start, end, *min(f[-1] for f in found)).note:
+                s.notes.append(note)
+        elif updates and (pending := unwritten_rows(start, end, *max(updates))).none_yet:
+            s.empty = f"No traffic data in this period yet. {pending.note}"
         return s
 
     def _agent_ran(self, start: float, end: float
@@ -405,7 +403,8 @@ class DigestBuilder:
         states = {(c.target, c.check): c for c in self.status.all()}
         ran, not_yet_known = self._agent_ran(start, end)
         starts = [a for a, _ in ran or []]
-        updated: tuple[float, float] | None = None  # (last update, step) of the freshest file
+        updates: list[tuple[float, float]] = []  # (last update, step) of every file
+        measured_updates: list[tuple[float, float]] = []  # of the files with samples
 
         def measured(t: float, step: float) -> bool:
             """The agent ran during the row (t - step, t]."""
@@ -426,14 +425,17 @@ class DigestBuilder:
             if not values:
                 continue
             last = self._last_update(info)
-            if updated is None or last > updated[0]:
-                updated = (last, series.step)
+            updates.append((last, series.step))
             none_yet = unwritten_rows(start, end, last, series.step).none_yet
             # Availability over the time the check was measured: a sample taken while the
-            # agent was down is no failure of the service.
-            kept = [v for t, v in zip(stamps, values, strict=False)
-                    if measured(t, series.step) or (v is not None and not math.isnan(v))]
+            # agent was down is no failure of the service, nor is a row of this file that
+            # rrdtool has not written yet (another collector's heartbeat may be newer).
+            written = math.floor(last / series.step) * series.step
+            kept = [v for t, v in zip(stamps, values, strict=False) if t <= written
+                    and (measured(t, series.step) or (v is not None and not math.isnan(v)))]
             known = list(stats.known(kept))
+            if kept:
+                measured_updates.append((last, series.step))
             name = f"{info.instance} ({info.target})"
             s.totals[f"{name} samples"] = len(kept)
             s.totals[f"{name} answered"] = len(known)
@@ -454,8 +456,11 @@ class DigestBuilder:
             if down >= 60:
                 s.notes.append(f"The agent itself did not run for {format_duration(round(down))} "
                                "of this period; that time counts against no service.")
-        if updated is not None and (pending := unwritten_rows(start, end, *updated).note):
-            s.notes.append(pending)
+        # As for traffic: complete up to the least recent file that has samples, or why none.
+        pending = (unwritten_rows(start, end, *min(measured_updates)) if measured_updates else
+                   unwritten_rows(start, end, *max(updates)) if updates else None)
+        if pending is not None and pending.note and (measured_updates or pending.none_yet):
+            s.notes.append(pending.note)
         return s
 
     def section_certificates(self, digest: Digest, start: float, end: float) -> Section:

@@ -212,11 +212,13 @@ def test_availability_is_over_the_time_the_check_was_measured(tmp_path: Path):
     assert "The agent itself did not run for 10h5m of this period" in services.notes[0]
 
 
-def _short_run(tmp_path: Path, polls: list[float], period: tuple[float, float]):
+def _short_run(tmp_path: Path, polls: list[float], period: tuple[float, float],
+               host_polls: tuple[float, ...] = ()):
     """A demo-like run of the agent on a 1-minute step: heartbeats, one service and one
-    interface at each poll (the interface's first poll has no rate yet), written through
-    monitor.store, then the digest of `period`. The files are left as the agent leaves them:
-    last changed at the last poll (set here, the samples being in the past)."""
+    interface at each poll (the interface's first poll has no rate yet), and the host
+    collector's heartbeat at `host_polls`, written through monitor.store, then the digest of
+    `period`. The files are left as the agent leaves them: last changed at their last poll
+    (set here, the samples being in the past)."""
     import os
 
     config = parse_config(config_text(tmp_path, tmp_path / "smtp.log"))
@@ -228,8 +230,12 @@ def _short_run(tmp_path: Path, polls: list[float], period: tuple[float, float]):
             Measurement("mail.example.net", "smtp", "response_seconds", 0.02, timestamp=t),
             Measurement("dmz-router", "eth0", "in_octets", rate, timestamp=t),
             Measurement("dmz-router", "eth0", "out_octets", rate, timestamp=t)], 60).errors
+    for t in host_polls:
+        assert not store.write([Measurement("agent", "collector host", "run_seconds", 0.01,
+                                            timestamp=t)], 60).errors
     for info in store.series():
-        os.utime(info.path, (polls[-1], polls[-1]))
+        last = host_polls[-1] if info.instance == "collector host" else polls[-1]
+        os.utime(info.path, (last, last))
     digest = next(d for d in config.digests if d.name == "daily")
     report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
                            clock=lambda: period[1]).build(digest, period)
@@ -269,3 +275,15 @@ def test_rows_not_written_yet_are_no_downtime_of_the_agent(tmp_path: Path):
     # Before: the unwritten 1m1s counted as the agent's downtime ("did not run for 1m11s").
     assert services.totals["agent down seconds"] == 10  # 07:00:50 to the first poll's row
     assert services.notes == [note]
+
+
+def test_a_row_the_service_file_has_not_written_is_no_failed_sample(tmp_path: Path):
+    # Under load the agent stopped after the host collector's fourth poll but before the
+    # service check's: the heartbeats say the agent ran in the row up to 07:03, the service's
+    # file has that row still pending. Before: counted as a missed answer ("50.0%").
+    t = datetime(2026, 11, 23, 7, 0).timestamp()
+    sections = _short_run(tmp_path, [t + 51, t + 111, t + 171], (t + 50, t + 241),
+                          host_polls=(t + 51, t + 111, t + 171, t + 232))
+    services = sections["services"]
+    assert services.rows[0][1] == "100.0% of samples"
+    assert services.totals["smtp (mail.example.net) samples"] == 1  # the row up to 07:02
