@@ -1263,6 +1263,13 @@ class Config:
         for i, name in enumerate(units):
             if name in units[:i]:
                 raise Invalid("ups", f"two [[ups]] tables are named {name!r}; names must be unique")
+        read_by_snmp = {d.name for d in self.snmp.devices if d.health}
+        for unit in self.ups:
+            if unit.name in read_by_snmp:
+                # Both would write target NAME, instance "ups", and one "ups" check.
+                raise Invalid("ups", f"[[ups]] {unit.name!r} has the name of [[snmp.devices]] "
+                              f"{unit.name}, whose UPS (if it has one) the SNMP poll reads too: "
+                              "give the [[ups]] another name, or set health = false there")
         devices = [d.name for d in self.snmp.devices]
         for i, name in enumerate(devices):
             if name in devices[:i]:

@@ -104,6 +104,14 @@ def measurement_from_row(row: list[Any]) -> Measurement:
                        float(timestamp), low, high, None if limits is None else Thresholds(*limits))
 
 
+def _finite(text: str) -> float:
+    """A range's number: "nan" and "inf" parse as floats but bound nothing ("~" is -inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def alert_range(text: str | None) -> tuple[float, float, bool] | None:
     """A Nagios range as (start, end, inside): the plugin alerts when the value is outside
     start..end, or with "@" inside it. "10" is above 10 (its implicit start, 0, is given as
@@ -117,8 +125,8 @@ def alert_range(text: str | None) -> tuple[float, float, bool] | None:
     if not colon:
         start_text, end_text = "~", start_text
     try:
-        start = -math.inf if start_text == "~" else float(start_text or 0)
-        end = math.inf if end_text == "" else float(end_text)
+        start = -math.inf if start_text == "~" else _finite(start_text or "0")
+        end = math.inf if end_text == "" else _finite(end_text)
     except ValueError:
         return None
     if start > end or (math.isinf(start) and math.isinf(end)):
