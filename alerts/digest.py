@@ -110,6 +110,61 @@ def fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts))
 
 
+def fmt_clock(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def merge_spans(spans: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """(from, to) spans merged where they touch or overlap, in order."""
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _hour_start(ts: float) -> float:
+    return datetime.fromtimestamp(ts).replace(minute=0, second=0, microsecond=0).timestamp()
+
+
+def counted_hours(start: float, end: float, what: str) -> tuple[str, str]:
+    """The log sections (lists, mail) count whole local hours, those that end within
+    (start, end]: (the note that says which, the empty text when none does)."""
+    first, last = _hour_start(start), _hour_start(end)
+    if last <= start:
+        return "", (f"No complete hour in this period: {what} are counted per hour, and "
+                    f"{fmt_time(first)}-{time.strftime('%H:%M', time.localtime(first + 3600))} "
+                    "is counted once it has ended.")
+    return f"Whole hours from {fmt_time(first)} to {fmt_time(last)}", ""
+
+
+@dataclass(frozen=True)
+class Unwritten:
+    """The rows of a period rrdtool has not written yet. It writes the row (t - step, t] at
+    the first update after t: after the agent's last poll, the rest of the period waits for
+    the next one (a digest built just after its period, a short demo run, a stopped agent)."""
+
+    none_yet: bool  # not even the period's first row
+    note: str  # "" when what is missing is under 1 % of the period (and at most one row)
+
+
+def unwritten_rows(start: float, end: float, last_update: float, step: float) -> Unwritten:
+    written = math.floor(last_update / step) * step  # the end of the last row written
+    first = (math.floor(start / step) + 1) * step  # the end of the period's first row
+    row = f"{format_duration(step)} row"
+    if written < first:
+        return Unwritten(True, f"The last poll ({fmt_clock(last_update)}) came before the "
+                               f"period's first {row} ended ({fmt_clock(first)}): rrdtool writes "
+                               "a row at the first poll after it ends.")
+    if written >= end or end - written < max(step, 0.01 * (end - start)):
+        return Unwritten(False, "")
+    return Unwritten(False, f"Figures up to {fmt_clock(written)}, the last complete {row}: the "
+                            f"{format_duration(end - written)} after it are written at the "
+                            "agent's next poll.")
+
+
 def sparkline(values: Sequence[float | None], alt: str, *, second: Sequence[float | None] | None = None,
               percent: bool = False) -> Image | None:
     """A 240x48 PNG of a series (and a second one), or None when there is nothing to draw."""
@@ -201,6 +256,14 @@ class DigestBuilder:
             log.warning("digest: cannot read %s: %s", info.path, exc)
             return None
 
+    def _last_update(self, info: SeriesInfo) -> float:
+        """When the file was last updated (inf when that cannot be told: every row counts as
+        written). Asked after a fetch, which through rrdcached flushes the file first."""
+        try:
+            return self.store.modified(info)[0]
+        except OSError:
+            return math.inf
+
     def _latest(self, info: SeriesInfo, end: float, metric: str, window: float = 2 * 86400) -> float | None:
         series = self._fetch(info, end - window, end)
         if series is None:
@@ -265,6 +328,7 @@ class DigestBuilder:
                                                "out peak", "in 95th", "out 95th"],
                     empty="No traffic data in this period.")
         found = []
+        updates: list[tuple[float, float]] = []  # (last update, step) of every file
         for info in self._series:
             if "in_octets" not in info.metrics or "out_octets" not in info.metrics:
                 continue
@@ -273,16 +337,18 @@ class DigestBuilder:
             except Exception as exc:  # a corrupt RRD file: skip this series only
                 log.warning("digest: cannot read %s: %s", info.path, exc)
                 continue
+            updates.append((self._last_update(info), rows.step))
             ins, outs = rows.columns.get("in_octets", []), rows.columns.get("out_octets", [])
             if not stats.known(ins).size and not stats.known(outs).size:
                 continue
             fin, fout = (stats.summarize(v, rows.step) for v in (ins, outs))
-            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout))
+            found.append(((fin.total or 0) + (fout.total or 0), info, ins, outs, fin, fout,
+                          updates[-1]))
         found.sort(key=lambda t: (-t[0], t[1].target, t[1].instance))
-        for _, info, _ins, _outs, fin, fout in found:
+        for _, info, _ins, _outs, fin, fout, _ in found:
             name = f"{info.target} {info.instance}".strip()
             s.totals[f"{name} in"], s.totals[f"{name} out"] = fin.total or 0.0, fout.total or 0.0
-        for _, info, ins, outs, fin, fout in found[:MAX_TRAFFIC]:
+        for _, info, ins, outs, fin, fout, _ in found[:MAX_TRAFFIC]:
             bits = lambda v: format_bits_per_second(None if v is None else v * 8)  # noqa: E731
             s.rows.append([clean(f"{info.target} {info.instance}".strip(), NAME_WIDTH),
                            format_bytes(fin.total), format_bytes(fout.total), bits(fin.maximum),
@@ -291,14 +357,25 @@ class DigestBuilder:
                             if digest.graphs else None)
         if len(found) > MAX_TRAFFIC:
             s.notes.append(f"{len(found) - MAX_TRAFFIC} quieter interface(s) not shown.")
+        if found:  # every figure shown is complete up to the least recent of their files
+            if note := unwritten_rows(start, end, *min(f[-1] for f in found)).note:
+                s.notes.append(note)
+        elif updates and (pending := unwritten_rows(start, end, *max(updates))).none_yet:
+            s.empty = f"No traffic data in this period yet. {pending.note}"
         return s
 
-    def _agent_ran(self, start: float, end: float) -> list[tuple[float, float]] | None:
+    def _agent_ran(self, start: float, end: float
+                   ) -> tuple[list[tuple[float, float]] | None, tuple[float, float]]:
         """When the agent ran in the period, from its collectors' heartbeats (monitor.agent
         writes agent "collector NAME" run_seconds every run), as merged (from, to) spans; None
-        when no heartbeat is stored (data of an older version: every sample counts)."""
+        when no heartbeat is stored (data of an older version: every sample counts). And the
+        span not known yet: from the freshest heartbeat's last written row to one interval
+        after its last update, the agent ran on (or its next run is not due yet) but rrdtool
+        has not written the row: that is no time the agent was down."""
         spans: list[tuple[float, float]] = []
         found = False
+        pending = (end, end)
+        freshest = -math.inf
         for info in self._series:
             if info.target != "agent" or "run_seconds" not in info.metrics:
                 continue
@@ -306,28 +383,28 @@ class DigestBuilder:
             if series is None:
                 continue
             found = True
+            last = self._last_update(info)
+            if math.isfinite(last) and last > freshest:
+                freshest = last
+                pending = (math.floor(last / series.step) * series.step, last + info.step)
             rows = stats.window(series, start, end)
             stamps, columns = rows.timestamps, rows.columns
             spans += [(t - series.step, t) for t, v in
                       zip(stamps, columns.get("run_seconds", []), strict=False)
                       if v is not None and not math.isnan(v)]
         if not found:
-            return None
-        merged: list[tuple[float, float]] = []
-        for a, b in sorted(spans):
-            if merged and a <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
-            else:
-                merged.append((a, b))
-        return merged
+            return None, pending
+        return merge_spans(spans), pending
 
     def section_services(self, digest: Digest, start: float, end: float) -> Section:
         s = Section("services", "Services: availability and response times",
                     ["service", "answered", "average", "max", "now"],
                     empty="No service checks recorded in this period.")
         states = {(c.target, c.check): c for c in self.status.all()}
-        ran = self._agent_ran(start, end)
+        ran, not_yet_known = self._agent_ran(start, end)
         starts = [a for a, _ in ran or []]
+        updates: list[tuple[float, float]] = []  # (last update, step) of every file
+        measured_updates: list[tuple[float, float]] = []  # of the files with samples
 
         def measured(t: float, step: float) -> bool:
             """The agent ran during the row (t - step, t]."""
@@ -347,29 +424,43 @@ class DigestBuilder:
             values = columns.get("response_seconds", [])
             if not values:
                 continue
+            last = self._last_update(info)
+            updates.append((last, series.step))
+            none_yet = unwritten_rows(start, end, last, series.step).none_yet
             # Availability over the time the check was measured: a sample taken while the
-            # agent was down is no failure of the service.
-            kept = [v for t, v in zip(stamps, values, strict=False)
-                    if measured(t, series.step) or (v is not None and not math.isnan(v))]
+            # agent was down is no failure of the service, nor is a row of this file that
+            # rrdtool has not written yet (another collector's heartbeat may be newer).
+            written = math.floor(last / series.step) * series.step
+            kept = [v for t, v in zip(stamps, values, strict=False) if t <= written
+                    and (measured(t, series.step) or (v is not None and not math.isnan(v)))]
             known = list(stats.known(kept))
+            if kept:
+                measured_updates.append((last, series.step))
             name = f"{info.instance} ({info.target})"
             s.totals[f"{name} samples"] = len(kept)
             s.totals[f"{name} answered"] = len(known)
             current = states.get((info.target, info.instance))
             s.rows.append([clean(name, NAME_WIDTH),
                            f"{100.0 * len(known) / len(kept):.1f}% of samples" if kept else
-                           "not measured",
+                           "no complete row yet" if none_yet else "not measured",
                            f"{sum(known) / len(known):.3f} s" if known else "-",
                            f"{max(known):.3f} s" if known else "-",
                            current.state.name if current else "-"])
             s.images.append(sparkline(values, f"response time {info.instance}")
                             if digest.graphs else None)
         if ran is not None and s.rows:
-            down = (end - start) - sum(min(b, end) - max(a, start) for a, b in ran)
+            down = (end - start) - sum(min(b, end) - max(a, start)
+                                       for a, b in merge_spans([*ran, not_yet_known])
+                                       if b > start and a < end)
             s.totals["agent down seconds"] = down
             if down >= 60:
                 s.notes.append(f"The agent itself did not run for {format_duration(round(down))} "
                                "of this period; that time counts against no service.")
+        # As for traffic: complete up to the least recent file that has samples, or why none.
+        pending = (unwritten_rows(start, end, *min(measured_updates)) if measured_updates else
+                   unwritten_rows(start, end, *max(updates)) if updates else None)
+        if pending is not None and pending.note and (measured_updates or pending.none_yet):
+            s.notes.append(pending.note)
         return s
 
     def section_certificates(self, digest: Digest, start: float, end: float) -> Section:
@@ -553,6 +644,9 @@ class DigestBuilder:
                                 "list activity")
         if state is None:
             return s
+        hours, none = counted_hours(start, end, "posts")
+        if none:
+            s.empty = none
         by_list = activity(state, start, end)
         for name in sorted(set(by_list) | set(state.subscribers)):
             st = by_list.get(name)
@@ -566,7 +660,7 @@ class DigestBuilder:
                     "failures": sum(st.failures for st in by_list.values())}
         notices = sum(st.notices for st in by_list.values())
         if s.rows:
-            s.notes.append(f"Posts from {fmt_time(start)} to {fmt_time(end)}"
+            s.notes.append(none or f"Posts of the {hours[0].lower()}{hours[1:]}"
                            + (f"; Mailman also sent {notices} notice(s) of its own." if notices
                               else "."))
         return s
@@ -591,8 +685,9 @@ class DigestBuilder:
                               f"{problems[0]}.")
         total = summary(state, start, end)
         c = total.counts
+        hours, none = counted_hours(start, end, "the mail log's lines")
         if not any(c.values()):
-            s.empty += counted_to
+            s.empty = (none or s.empty) + counted_to
             return s
         rows = [("received", f"{c['received']} ({format_bytes(c['received_bytes'])})"),
                 ("delivered", f"{c['delivered']} ({c['outbound']} outbound)"),
@@ -611,7 +706,7 @@ class DigestBuilder:
         s.totals = {name: float(c[name]) for name in ("received", "delivered", "outbound",
                                                       "deferred", "bounced", "rejected",
                                                       "sasl_failures", "login_failures")}
-        s.notes.append(f"From the mail log, {fmt_time(start)} to {fmt_time(end)}; senders are "
+        s.notes.append(f"From the mail log: {hours[0].lower()}{hours[1:]}; senders are "
                        "SASL users, else client addresses." + counted_to)
         return s
 

@@ -46,13 +46,12 @@ import os
 import re
 import time
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
-from collectors.logfollow import LogPosition, follow_log
+from collectors.logfollow import CountingCollector, LogPosition, build_counter, follow_log
 from monitor.config import Config, ListsConfig
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
@@ -341,11 +340,7 @@ def mailman3_lists(url: str, user: str, password: str | None, timeout: float) ->
 
 
 @dataclass
-class ListsCollector:
-    config: ListsConfig
-    interval: float
-    state_path: Path
-    clock: Callable[[], float] = time.time
+class ListsCollector(CountingCollector[ListsConfig]):
     name: str = "lists"
 
     async def collect(self) -> Batch:
@@ -392,11 +387,7 @@ class ListsCollector:
         if subscribers:
             state.subscribers.update(subscribers)
             state.subscribers_at = now
-        try:
-            await asyncio.to_thread(save_state, self.state_path, state)
-        except OSError as exc:
-            # The counts stay in memory only: the next run reads the same lines again.
-            problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
+        problems += await self.save(save_state, state)
 
         for name in sorted(set(names) | set(subscribers)):
             s = todays.get(name, ListStats())
@@ -410,19 +401,12 @@ class ListsCollector:
                                       minimum=0))
         total = sum(s.posts for s in todays.values())
         failures = sum(s.failures for s in todays.values())
-        message = (f"{total} post(s) to {len(todays)} list(s) today"
+        summary = (f"{total} post(s) to {len(todays)} list(s) today"
                    + (f", {failures} with refused recipients" if failures else "")
                    + f" ({counted} new in the log)")
-        if problems:
-            message = "; ".join(problems) + "; " + message
-        batch.add(CheckResult(TARGET, "lists", State.WARNING if problems else State.OK, message,
-                              timestamp=now))
+        batch.add(self.own_check(TARGET, summary, problems, now))
         return batch
 
 
 def build(config: Config) -> list[Collector]:
-    cfg = config.lists
-    if not cfg.enabled:
-        return []
-    return [ListsCollector(cfg, cfg.interval or config.agent.interval,
-                           config.state_dir / "lists.json")]
+    return build_counter(ListsCollector, config.lists, config, "lists.json")

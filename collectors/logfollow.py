@@ -11,10 +11,15 @@ remembers the file's inode, the byte offset read so far and a fingerprint of its
   the old offset, then the truncated file from the start;
 - a rotated file that cannot be found is reported as a loss (the caller shows it for a while);
 - a half-written last line waits for the next run.
+
+The log-counting collectors (collectors.lists, collectors.maillog) share the rest of a run's
+frame here too: how they are built from their config section, how their state is saved, and
+their own check.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import io
@@ -24,6 +29,10 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from monitor.config import Config, Duration
+from monitor.model import CheckResult, Collector, State
 
 _HEAD = 256
 _READ_LIMIT = 64 << 20  # per run and log; the rest is read next time
@@ -179,3 +188,57 @@ def follow_log(path: Path, position: LogPosition, consume: Callable[[bytes], int
     head = _head(path, _HEAD)
     position.head_len, position.head_sha = len(head), _sha(head)
     return out
+
+
+# -- the frame of a log-counting collector --------------------------------------------------
+
+
+class CountedSection(Protocol):
+    """A config section of a log-counting collector ([lists], [maillog])."""
+
+    enabled: bool
+    interval: Duration | None
+
+
+Section = TypeVar("Section", bound=CountedSection)
+CountState = TypeVar("CountState")
+
+
+@dataclass
+class CountingCollector(Generic[Section]):
+    """What a log-counting collector is made of: its config section, how often it runs, and
+    its state file (positions and counts, saved atomically together). Subclasses name
+    themselves and add `collect`."""
+
+    config: Section
+    interval: float
+    state_path: Path
+    clock: Callable[[], float] = time.time
+    name: str = ""  # the collector's, and its own check's
+
+    async def save(self, save: Callable[[Path, CountState], None], state: CountState) -> list[str]:
+        """Save the state with `save` (off the loop); returns the problem if it could not be.
+        Unsaved, the counts stay in memory only and the next run reads the same lines again
+        from the saved positions: nothing is lost or counted twice."""
+        try:
+            await asyncio.to_thread(save, self.state_path, state)
+        except OSError as exc:
+            return [f"cannot save {self.state_path}: {exc.strerror or exc}"]
+        return []
+
+    def own_check(self, target: str, summary: str, problems: list[str], now: float) -> CheckResult:
+        """The collector's own check (named as the collector): OK with its summary, or WARNING
+        with the problems (unreadable logs, rotations that lost lines, an unsaved state) ahead
+        of it."""
+        return CheckResult(target, self.name, State.WARNING if problems else State.OK,
+                           "; ".join([*problems, summary]), timestamp=now)
+
+
+def build_counter(make: Callable[[Section, float, Path], Collector], section: Section,
+                  config: Config, state_file: str) -> list[Collector]:
+    """The one collector of an enabled section: its own interval, else the agent's; its state
+    (positions and counts) in state_dir/state_file."""
+    if not section.enabled:
+        return []
+    return [make(section, section.interval or config.agent.interval,
+                 config.state_dir / state_file)]

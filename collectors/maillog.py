@@ -27,7 +27,8 @@ addresses is bounded: past MAX_KEYS per hour they are counted as "(others)".
 Naming contract: target "mail"; instance "postfix": metrics received, delivered, deferred,
 bounced, rejected, outbound (unit "msg", DERIVE: the store keeps the rate per second, which the
 graphs draw per hour; an hour's average times 3600 is the hour's count), received_bytes;
-sasl_failures; instance "dovecot": login_failures; instance "sender <who>": outbound_last_hour
+sasl_failures (unit "failures", per hour as well); instance "dovecot": login_failures (unit
+"failures": failed attempts); instance "sender <who>": outbound_last_hour
 (GAUGE, the busiest senders of the last 60 minutes). Check "maillog" (target "mail").
 """
 
@@ -40,15 +41,15 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from collectors.logfollow import LogPosition, follow_log
+from collectors.logfollow import CountingCollector, LogPosition, build_counter, follow_log
 from monitor.config import Config, MailLogConfig
 from monitor.files import atomic_write
-from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
+from monitor.model import Batch, Collector, Kind, Measurement
 from monitor.process import run_command
 from monitor.text import clean
 
@@ -65,7 +66,8 @@ COUNTS = ("received", "delivered", "deferred", "bounced", "rejected", "outbound"
           "received_bytes", "sasl_failures", "login_failures")
 # The unit of what each counter counts (the store keeps its rate per second).
 COUNT_UNITS = {**dict.fromkeys(("received", "delivered", "deferred", "bounced", "rejected", "outbound"),
-                               "msg"), "received_bytes": "B"}
+                               "msg"), "received_bytes": "B",
+               **dict.fromkeys(("sasl_failures", "login_failures"), "failures")}
 TABLES = ("senders", "outbound_by", "domains", "reasons", "sasl_clients", "login_clients")
 
 _STAMP = re.compile(
@@ -422,11 +424,7 @@ def last_hour_senders(state: MailLogState, now: float) -> dict[str, float]:
 
 
 @dataclass
-class MailLogCollector:
-    config: MailLogConfig
-    interval: float
-    state_path: Path
-    clock: Callable[[], float] = time.time
+class MailLogCollector(CountingCollector[MailLogConfig]):
     name: str = "maillog"
 
     async def collect(self) -> Batch:
@@ -439,10 +437,7 @@ class MailLogCollector:
             problems += trouble
         prune(state, self.config.keep_days, now)
         problems += [what for _, what in state.losses]
-        try:
-            await asyncio.to_thread(save_state, self.state_path, state)
-        except OSError as exc:
-            problems.append(f"cannot save {self.state_path}: {exc.strerror or exc}")
+        problems += await self.save(save_state, state)
         batch = Batch()
         for metric in COUNTS:
             instance = "dovecot" if metric == "login_failures" else "postfix"
@@ -458,20 +453,13 @@ class MailLogCollector:
                                        (midnight + timedelta(days=1)).timestamp()):
             today.merge(counts)
         c = today.counts
-        message = (f"today: {c['received']} received, {c['delivered']} delivered "
+        summary = (f"today: {c['received']} received, {c['delivered']} delivered "
                    f"({c['outbound']} outbound), {c['deferred']} deferred, {c['bounced']} bounced, "
                    f"{c['rejected']} rejected, {c['sasl_failures']} SASL and "
                    f"{c['login_failures']} login failure(s) ({counted} new log line(s))")
-        if problems:
-            message = "; ".join(problems) + "; " + message
-        batch.add(CheckResult(TARGET, "maillog", State.WARNING if problems else State.OK, message,
-                              timestamp=now))
+        batch.add(self.own_check(TARGET, summary, problems, now))
         return batch
 
 
 def build(config: Config) -> list[Collector]:
-    cfg = config.maillog
-    if not cfg.enabled:
-        return []
-    return [MailLogCollector(cfg, cfg.interval or config.agent.interval,
-                             config.state_dir / "maillog.json")]
+    return build_counter(MailLogCollector, config.maillog, config, "maillog.json")

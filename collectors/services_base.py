@@ -13,6 +13,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from monitor.config import ServiceCheck
 from monitor.model import State, Thresholds
@@ -47,15 +48,28 @@ def plain_credentials(check: ServiceCheck) -> str:
     return base64.b64encode(f"\0{check.username}\0{check.password}".encode()).decode()
 
 
+def _logins(check: ServiceCheck) -> list[tuple[str, str]]:
+    """Every (user, password) the check may send: its own, and those of an http check's URL and
+    proxy URL (user:password@, percent-encoded there)."""
+    logins = [(check.username, check.password)] if check.password and check.username is not None else []
+    for url in (check.url, check.proxy):
+        parts = urlsplit(url or "")
+        if parts.password:
+            logins.append((unquote(parts.username or ""), unquote(parts.password)))
+    return logins
+
+
 def hide_password(check: ServiceCheck, text: str) -> str:
     """A server that echoes what it got must not put the password into our messages: as typed
     and as sent (SASL PLAIN, LOGIN's base64, HTTP basic auth). Used on the raw reply, before
     `clean` cuts it (after, a password at the cut would survive as a prefix): see `said`."""
-    if check.password and check.username is not None:
-        for secret in (check.password, plain_credentials(check),
-                       base64.b64encode(check.password.encode()).decode(),
-                       base64.b64encode(f"{check.username}:{check.password}".encode()).decode()):
-            text = text.replace(secret, "***")
+    secrets = {form for user, password in _logins(check)
+               for form in (password, base64.b64encode(f"\0{user}\0{password}".encode()).decode(),
+                            base64.b64encode(password.encode()).decode(),
+                            base64.b64encode(f"{user}:{password}".encode()).decode())}
+    # Longest first: base64("probe:s3cret") holds base64("s3cret") when the user is 3n long.
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 
@@ -75,19 +89,24 @@ WAITING = {"connect": "did not accept the connection", "greeting": "accepted the
            "delivery": "accepted the probe mail but it did not arrive in the mailbox"}
 
 
-def error_text(exc: BaseException) -> str:
-    """Why a connection failed, in the words of the one-line messages."""
+def error_text(exc: BaseException, check: ServiceCheck | None = None) -> str:
+    """Why a connection failed, in the words of the one-line messages. With the check, its
+    texts are `said` (an error may quote a peer: a DNS server's answer, a server's bytes)."""
+
+    def say(text: str) -> str:
+        return said(check, text) if check is not None else clean(text)
+
     if isinstance(exc, ConnectionRefusedError):
         return "refused the connection"
     if isinstance(exc, socket.gaierror):
-        return f"cannot be resolved ({clean(exc.strerror or str(exc))})"
+        return f"cannot be resolved ({say(exc.strerror or str(exc))})"
     if isinstance(exc, ConnectionResetError | asyncio.IncompleteReadError | BrokenPipeError):
         return "closed the connection early"
     if isinstance(exc, ssl.SSLError):
-        return f"failed the TLS handshake ({clean(exc.reason or str(exc))})"
+        return f"failed the TLS handshake ({say(exc.reason or str(exc))})"
     if isinstance(exc, OSError):
-        return f"cannot be reached ({clean(exc.strerror or str(exc))})"
-    return f"failed: {clean(str(exc) or type(exc).__name__)}"
+        return f"cannot be reached ({say(exc.strerror or str(exc))})"
+    return f"failed: {say(str(exc) or type(exc).__name__)}"
 
 
 @dataclass

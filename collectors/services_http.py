@@ -88,8 +88,11 @@ class Hop:
     def label(self) -> str:
         return f"{self.scheme.upper()} {hostport(self.site_name, self.port)}"
 
-    def where(self) -> str:
-        return f"{self.label()}{clean(self.path, 60)}"
+    def where(self, check: ServiceCheck) -> str:
+        """The site and path, for a message. After a redirect both are the server's words (its
+        Location header): said, like everything a peer says."""
+        return (f"{self.scheme.upper()} {hostport(said(check, self.site_name, 60), self.port)}"
+                f"{said(check, self.path, 60)}")
 
 
 def _authority(host: str, port: int, tls: bool) -> str:
@@ -160,23 +163,25 @@ def _without_userinfo(url: str) -> str:
     return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
 
 
-def failure_text(exc: BaseException) -> str | None:
-    """What went wrong, for the errors aiohttp raises (None: not one of them)."""
+def failure_text(check: ServiceCheck, exc: BaseException) -> str | None:
+    """What went wrong, for the errors aiohttp raises (None: not one of them). Their texts
+    quote what the server (or proxy, or DNS server) sent: said."""
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return f"cannot be reached through the proxy (the proxy {error_text(exc.os_error)})"
+        return f"cannot be reached through the proxy (the proxy {error_text(exc.os_error, check)})"
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return f"cannot be reached through the proxy (it answered {exc.status} {clean(exc.message, 40)})"
+        return (f"cannot be reached through the proxy (it answered {exc.status} "
+                f"{said(check, str(exc.message), 40)})")
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return error_text(exc.os_error)
+        return error_text(exc.os_error, check)
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "closed the connection without an answer"
     if isinstance(exc, aiohttp.ClientPayloadError):
         cause = exc.__cause__ or exc
-        return f"sent a broken body ({clean(str(getattr(cause, 'message', None) or cause), 60)})"
+        return f"sent a broken body ({said(check, str(getattr(cause, 'message', None) or cause), 60)})"
     if isinstance(exc, aiohttp.ClientResponseError | HttpProcessingError):
-        return f"sent a malformed HTTP answer ({clean(str(exc.message), 60)})"
+        return f"sent a malformed HTTP answer ({said(check, str(exc.message), 100)})"
     if isinstance(exc, aiohttp.ClientError | OSError | asyncio.IncompleteReadError | ssl.SSLError):
-        return error_text(exc)
+        return error_text(exc, check)
     return None
 
 
@@ -283,7 +288,7 @@ class Probe:
         began = self._began
         if event == "dns_start":
             # A stall from here on is the name lookup's, not the web server's.
-            self.stage.doing = f"name lookup of {clean(host, 60)}"
+            self.stage.doing = f"name lookup of {said(self.check, host, 60)}"
         elif event == "dns_end" and "dns_start" in began:
             self.stage.doing = "connect"
             self.phases["dns_seconds"] += now - began["dns_start"]
@@ -409,7 +414,7 @@ class Probe:
 async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool) -> Outcome:
     start = time.monotonic()
     first = hop = first_hop(check)
-    where = first.where()
+    where = first.where(check)
     probe = Probe(check, stage)
     verdicts: list[tuple[str, Outcome]] = []  # (site name, its certificate's verdict)
     sites: set[str] = set()
@@ -423,25 +428,25 @@ async def probe_http(check: ServiceCheck, stage: Stage, now: float, verify: bool
             try:
                 answer, cert = await probe.hop(session, hop, first, now, verify)
             except Exception as exc:
-                text = failure_text(exc)
+                text = failure_text(check, exc)
                 if text is None:
                     raise
-                at = f"{via()}: {hop.where()}" if hops else ""
+                at = f"{via()}: {hop.where(check)}" if hops else ""
                 return Outcome(State.CRITICAL, f"{where}{at} {text} after "
                                f"{secs(time.monotonic() - start)}")
             if cert is not None and hop.site not in sites:
                 sites.add(hop.site)
-                verdicts.append((hop.site_name, cert))
+                verdicts.append((said(check, hop.site_name, 60), cert))
                 stage.cert = certificates(verdicts)
             if answer.status in REDIRECTS and answer.location and hops < check.follow_redirects:
                 target = next_hop(hop, answer.location, answer.status)
                 if isinstance(target, str):
-                    at = f"{via()}: {hop.where()}" if hops else ""
+                    at = f"{via()}: {hop.where(check)}" if hops else ""
                     return Outcome(State.CRITICAL, f"{where}{at} redirected to unusable "
                                    f"{said(check, target)!r}", time.monotonic() - start)
                 hops += 1
                 hop = target
-                probe.at = f"{via().strip()}, at {hop.where()}"
+                probe.at = f"{via().strip()}, at {hop.where(check)}"
                 continue
             break
     elapsed = time.monotonic() - start

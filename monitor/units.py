@@ -115,15 +115,15 @@ _BITS = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s")
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 _DURATIONS = ((2 * 86400, 86400, "days"), (2 * 3600, 3600, "h"), (120, 60, "min"))
 # A unit ending in "/h" is a per-second rate (what the store keeps of a counter) shown per
-# hour: a few mails an hour read "12 msg/h", not "0.00333". _HOURLY_RATES: the counted units
-# whose rate is shown so.
-_AXIS_LABELS = {"msg/h": "messages per hour"}
-_HOURLY_RATES = {"msg": "msg/h"}
+# hour: a few mails an hour read "12 msg/h", not "0.00333", and a few failed logins
+# "4 failures/h". _HOURLY_RATES: the counted units whose rate is shown so.
+_AXIS_LABELS = {"msg/h": "messages per hour", "failures/h": "failures per hour"}
+_HOURLY_RATES = {"msg": "msg/h", "failures": "failures/h"}
 
 
 def rate_unit(unit: str) -> str:
-    """The unit a counter's stored rate per second is shown in: "msg" -> "msg/h"; any other
-    unit as it is."""
+    """The unit a counter's stored rate per second is shown in: "msg" -> "msg/h", "failures" ->
+    "failures/h"; any other unit as it is."""
     return _HOURLY_RATES.get(unit, unit)
 
 

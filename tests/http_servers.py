@@ -278,6 +278,26 @@ async def echo(reader, writer):
     await writer.drain()
 
 
+def echoing_redirect(then: str):
+    """A server that echoes the credentials it got (the Authorization header's base64) into a
+    redirect's Location, between a right-to-left override and a terminal escape; the hop it
+    leads to gets a status line that echoes them again (then="garbage") or nothing at all
+    (then="stall")."""
+
+    async def handler(reader, writer):
+        request, headers, _ = await read_request(reader)
+        creds = headers.get("authorization", "").removeprefix("Basic ").encode()
+        if request.split(" ")[1] == "/":
+            writer.write(b"HTTP/1.1 302 Found\r\nLocation: /x\xe2\x80\xae\x1b[2J" + creds
+                         + b"/next\r\nContent-Length: 0\r\n\r\n")
+        elif then == "garbage":
+            writer.write(b"HTTP/1.1 2x0 " + creds + b"\xe2\x80\xae\x1b[2J\r\n\r\n")
+        await writer.drain()
+        await reader.read(1)
+
+    return handler
+
+
 # -- a forward proxy ----------------------------------------------------------------------------
 
 

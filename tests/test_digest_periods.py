@@ -210,3 +210,80 @@ def test_availability_is_over_the_time_the_check_was_measured(tmp_path: Path):
     assert services.rows[0][1] == f"{100 * (measured - 3) / measured:.1f}% of samples"
     assert services.totals["agent down seconds"] == 10 * 3600 + STEP
     assert "The agent itself did not run for 10h5m of this period" in services.notes[0]
+
+
+def _short_run(tmp_path: Path, polls: list[float], period: tuple[float, float],
+               host_polls: tuple[float, ...] = ()):
+    """A demo-like run of the agent on a 1-minute step: heartbeats, one service and one
+    interface at each poll (the interface's first poll has no rate yet), and the host
+    collector's heartbeat at `host_polls`, written through monitor.store, then the digest of
+    `period`. The files are left as the agent leaves them: last changed at their last poll
+    (set here, the samples being in the past)."""
+    import os
+
+    config = parse_config(config_text(tmp_path, tmp_path / "smtp.log"))
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    for i, t in enumerate(polls):
+        rate = None if i == 0 else 1000.0 * i
+        assert not store.write([
+            Measurement("agent", "collector services", "run_seconds", 0.3, timestamp=t),
+            Measurement("mail.example.net", "smtp", "response_seconds", 0.02, timestamp=t),
+            Measurement("dmz-router", "eth0", "in_octets", rate, timestamp=t),
+            Measurement("dmz-router", "eth0", "out_octets", rate, timestamp=t)], 60).errors
+    for t in host_polls:
+        assert not store.write([Measurement("agent", "collector host", "run_seconds", 0.01,
+                                            timestamp=t)], 60).errors
+    for info in store.series():
+        last = host_polls[-1] if info.instance == "collector host" else polls[-1]
+        os.utime(info.path, (last, last))
+    digest = next(d for d in config.digests if d.name == "daily")
+    report = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "s.json"),
+                           clock=lambda: period[1]).build(digest, period)
+    store.close()
+    return {s.key: s for s in report.sections}
+
+
+def test_a_run_shorter_than_a_row_says_why_it_has_no_figures(tmp_path: Path):
+    # `make demo` with DEMO_DURATION=45s: one poll (and the services' check before the run)
+    # inside one minute; rrdtool writes that minute's row at the next poll, which never came.
+    t = datetime(2026, 11, 23, 7, 0).timestamp()
+    sections = _short_run(tmp_path, [t + 45, t + 51], (t + 50, t + 98))
+    why = ("The last poll (07:00:51) came before the period's first 1m row ended (07:01:00): "
+           "rrdtool writes a row at the first poll after it ends.")
+    assert sections["traffic"].empty == f"No traffic data in this period yet. {why}"
+    services = sections["services"]
+    assert services.rows[0][:2] == ["smtp (mail.example.net)", "no complete row yet"]
+    assert services.notes == [why]  # and no "the agent did not run"
+    assert services.totals["agent down seconds"] == 0
+    assert sections["lists"].empty == ("No complete hour in this period: posts are counted per "
+                                       "hour, and 2026-11-23 07:00-08:00 is counted once it has "
+                                       "ended.")
+
+
+def test_rows_not_written_yet_are_no_downtime_of_the_agent(tmp_path: Path):
+    # The default demo: polls at 51 s, 1m51s and 2m51s; the agent stops at 3m. The row up to
+    # 07:01 has 9 s of data (unknown), the one up to 07:03 waits for a fourth poll.
+    t = datetime(2026, 11, 23, 7, 0).timestamp()
+    sections = _short_run(tmp_path, [t + 51, t + 111, t + 171], (t + 50, t + 181))
+    note = ("Figures up to 07:02:00, the last complete 1m row: the 1m1s after it are written at "
+            "the agent's next poll.")
+    traffic, services = sections["traffic"], sections["services"]
+    assert traffic.rows[0][0] == "dmz-router eth0" and traffic.notes == [note]
+    # The row 07:01-07:02: 51 s at the second poll's rate (1000/s), 9 s at the third's.
+    assert traffic.totals["dmz-router eth0 in"] == 51 * 1000.0 + 9 * 2000.0
+    assert services.rows[0][1] == "100.0% of samples"
+    # Before: the unwritten 1m1s counted as the agent's downtime ("did not run for 1m11s").
+    assert services.totals["agent down seconds"] == 10  # 07:00:50 to the first poll's row
+    assert services.notes == [note]
+
+
+def test_a_row_the_service_file_has_not_written_is_no_failed_sample(tmp_path: Path):
+    # Under load the agent stopped after the host collector's fourth poll but before the
+    # service check's: the heartbeats say the agent ran in the row up to 07:03, the service's
+    # file has that row still pending. Before: counted as a missed answer ("50.0%").
+    t = datetime(2026, 11, 23, 7, 0).timestamp()
+    sections = _short_run(tmp_path, [t + 51, t + 111, t + 171], (t + 50, t + 241),
+                          host_polls=(t + 51, t + 111, t + 171, t + 232))
+    services = sections["services"]
+    assert services.rows[0][1] == "100.0% of samples"
+    assert services.totals["smtp (mail.example.net) samples"] == 1  # the row up to 07:02

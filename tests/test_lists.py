@@ -253,6 +253,21 @@ async def test_mailman3_smtp_log_posts_failures_and_notices(tmp_path: Path):
     assert values[("staff@lists.example.net", "posts_today")] == 1
 
 
+async def test_a_state_that_cannot_be_saved_is_a_warning_and_counts_again(tmp_path: Path):
+    # (collectors.logfollow's frame, shared with the mail log: save_counts, counts_check)
+    log = tmp_path / "smtp.log"
+    shutil.copy(SMTP_LOG, log)
+    cfg = ListsConfig(enabled=True, post_log=None, smtp_log=log, list_members=None)
+    (tmp_path / "blocked").write_text("a file where the state directory should be")
+    collector = ListsCollector(cfg, 60, tmp_path / "blocked" / "lists.json", clock=lambda: NOV22)
+    for _ in range(2):  # unsaved, the next run reads the same lines again: nothing is lost
+        (check,) = (await collector.collect()).checks
+        assert check.state is State.WARNING
+        assert check.message.startswith(f"cannot save {tmp_path / 'blocked' / 'lists.json'}: ")
+        assert check.message.endswith("; 2 post(s) to 3 list(s) today, 1 with refused recipients "
+                                      "(6 new in the log)")
+
+
 async def test_log_without_a_parseable_line_is_a_warning(tmp_path: Path):
     log = tmp_path / "smtp.log"
     # A custom [logging.smtp] template: nothing can be counted, and the check says so.

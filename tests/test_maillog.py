@@ -483,3 +483,42 @@ def test_journal_mode_digest_counts_up_to_the_period_end(tmp_path):
     assert partial.totals["delivered"] < want["delivered"]
     assert "Counted up to the collector's last read of the journal only: cannot read the " \
            "journal" in partial.notes[-1]
+
+
+def test_login_failure_graphs_draw_failures_per_hour(tmp_path):
+    """SASL and Dovecot login failures, like the messages: stored per second, drawn per hour
+    ("12.0 failures/h" beside "failures per hour"), in the Postfix file's table too."""
+    from collectors.maillog import COUNT_UNITS, COUNTS, TARGET
+    from graphs import render
+    from graphs.render import PERIODS
+    from monitor import units
+    from monitor.model import Kind, Measurement
+    from monitor.store import RrdStore
+
+    store = RrdStore(tmp_path / "rrd")
+    per_step = {"received": 10, "sasl_failures": 3, "login_failures": 1}  # 36/h and 12/h
+    end = RECORDED_AT // 300 * 300
+    for n, at in enumerate(range(end - 2 * 86400, end + 1, 300)):
+        store.write([Measurement(TARGET, "dovecot" if m == "login_failures" else "postfix", m,
+                                 float(per_step.get(m, 0) * n), Kind.DERIVE,
+                                 unit=COUNT_UNITS.get(m, ""), timestamp=at, minimum=0)
+                     for m in COUNTS], 300)
+    graphs = {}
+    for instance in ("postfix", "dovecot"):
+        info = store.info(TARGET, instance)
+        start, stop, _ = render.window(PERIODS["day"], end, info.step)
+        rows = render.stats.period_rows(store, info, start, stop)
+        graphs[instance] = render.build_graph(info, store.fetch_path(info, start, stop), rows)
+    dovecot = graphs["dovecot"]
+    assert dovecot.unit == "failures/h" and units.axis_label(dovecot.unit) == "failures per hour"
+    legend = {row.label: row.text for row in dovecot.legend}
+    assert "avg 12.0 failures/h" in legend["login_failures"], legend
+    # The Postfix graph draws the messages; its table has the SASL failures per hour.
+    postfix = graphs["postfix"]
+    assert postfix.unit == "msg/h" and postfix.units["sasl_failures"] == "failures/h"
+    assert units.format_value(postfix.summary["sasl_failures"]["average"],
+                              postfix.units["sasl_failures"]) == "36.0 failures/h"
+    from alerts.baseline import shown  # the baseline check's words: per hour as well
+
+    info = store.info(TARGET, "dovecot")
+    assert shown(1 / 300, "login_failures", info.units["login_failures"]) == "12.0 failures/h"

@@ -302,6 +302,36 @@ async def test_hostile_answers(servers):
     assert unusable.message == f"HTTP 127.0.0.1:{ftp}/ redirected to unusable 'ftp://files.example/'"
 
 
+async def test_a_hostile_redirect_reaches_messages_said(servers, tmp_path):
+    # The server echoes our basic auth into its Location (with a bidi override and a terminal
+    # escape) and then into a broken status line, or stalls after the redirect: whatever it
+    # says reaches the message without the password (in any form) or control characters.
+    from monitor.text import CONTROL
+
+    pair = srv.make_cert(tmp_path)
+    garbage = await servers(web.echoing_redirect("garbage"))
+    garbage_tls = await servers(web.echoing_redirect("garbage"), tls=srv.server_context(pair))
+    stall_tls = await servers(web.echoing_redirect("stall"), tls=srv.server_context(pair))
+    login = {"username": "probe", "password": "s3cret", "ca_file": pair[0], "follow_redirects": 2}
+    by_fields, by_url, stalled = await run(
+        svc("https", garbage_tls, "fields", **login),
+        svc("http", name="url", url=f"http://probe:s3cret@127.0.0.1:{garbage}/",
+            follow_redirects=2),
+        svc("https", stall_tls, "stalled", timeout=2, **login))
+    for result in (by_fields, by_url, stalled):
+        assert result.state == State.CRITICAL, result.message
+        assert "after 1 redirect" in result.message, result.message
+        assert "***/next" in result.message, result.message
+        assert not CONTROL.search(result.message), repr(result.message)
+        for secret in ("s3cret", "czNjcmV0", "cHJvYmU6czNjcmV0"):  # as typed, and in base64
+            assert secret not in result.message, result.message
+    for result in (by_fields, by_url):
+        assert "sent a malformed HTTP answer" in result.message, result.message
+        assert "2x0 ***" in result.message, result.message
+    assert "sent no HTTP response within 2.00 s (after 1 redirect, at HTTPS 127.0.0.1:" \
+        in stalled.message, stalled.message
+
+
 async def test_post_with_a_body_and_a_regex(servers):
     port = await servers(web.echo)
     form, as_json, regex, no_match, then_get = await run(
