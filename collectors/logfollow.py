@@ -160,8 +160,12 @@ def follow_log(path: Path, position: LogPosition, consume: Callable[[bytes], int
             old = _previous_file(path, position)
             if old is not None:
                 try:
-                    data, _ = _read_complete(old, position.offset)
-                    out.counted += consume(data)
+                    # To its end, a piece at a time: the old file is read only now (a busy
+                    # server, or an agent stopped for a while, may have left much of it).
+                    offset = position.offset
+                    while (piece := _read_complete(old, offset))[1] != offset:
+                        out.counted += consume(piece[0])
+                        offset = piece[1]
                     out.notes.append(f"{what}; read the rest of {old.name}")
                 except (OSError, EOFError, zlib.error) as exc:
                     reason = f"{old.name} is unreadable ({exc})"

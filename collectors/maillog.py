@@ -78,15 +78,21 @@ _QID = r"(?P<qid>[0-9A-Za-z]{6,20})"
 _CLIENT = re.compile(_QID + r": client=[^\[\s]*\[(?P<ip>[^\]]+)\]"
                      r"(?:.*?\bsasl_username=(?P<user>[^,\s]+))?")
 _PICKUP = re.compile(_QID + r": uid=(?P<uid>\d+) from=")
-_QUEUED = re.compile(_QID + r": from=<(?P<sender>[^>]*)>, size=(?P<size>\d+), nrcpt=\d+")
-_STATUS = re.compile(_QID + r": to=<(?P<to>[^>]*)>,.*? status=(?P<status>sent|deferred|bounced"
-                     r"|expired)\b")
+# An address as Postfix logs it: a quoted local part may hold anything (">", ", status=sent"),
+# and the sender chooses it; the field ends at the first ">" outside quotes.
+_ADDRESS = r'(?:"(?:[^"\\]|\\.)*"|[^>"])*'
+_STATUS = re.compile(_QID + r": to=<(?P<to>" + _ADDRESS + r")>,(?: orig_to=<" + _ADDRESS
+                     + r">,)?.*? status=(?P<status>sent|deferred|bounced|expired)\b")
+_QUEUED = re.compile(_QID + r": from=<(?P<sender>" + _ADDRESS + r")>, size=(?P<size>\d+), nrcpt=\d+")
 _REMOVED = re.compile(_QID + r": removed$")
 _REJECT = re.compile(r"^(?:NOQUEUE|[0-9A-Za-z]{6,20}): (?:milter-)?reject: (?P<what>.*)$")
 _SASL_FAILED = re.compile(r"^warning: [^\[\s]*\[(?P<ip>[^\]]+)\]: SASL \S+ authentication failed")
 _DOVECOT_FAILED = re.compile(
     r"\b(?:imap|pop3|submission|managesieve)-login: (?:Info: )?.*?\(auth failed, (?P<n>\d+) "
-    r"attempts?.*?\brip=(?P<ip>[0-9A-Fa-f:.]+)")
+    r"attempts?.*?\brip=[0-9A-Fa-f:.]+")
+# The client's address is the line's last rip=: the user name the client gave comes before it
+# (user=<x, rip=192.0.2.99>) and would otherwise name an address of the attacker's choosing.
+_RIP = re.compile(r"\brip=([0-9A-Fa-f:.]+)")
 _DOVECOT = re.compile(r"\b(?:dovecot|(?:imap|pop3|submission|managesieve|lmtp)-login|auth)"
                       r"(?:\[\d+\])?: ")
 _BRACKETED_ADDRESS = re.compile(r"\[[0-9A-Fa-f:.]+\]")
@@ -257,7 +263,7 @@ class Counting:
                 hour = self.hour(ts)
                 n = int(failed["n"])
                 self.count(hour, "login_failures", n)
-                hour.bump("login_clients", clean(failed["ip"], 60), n)
+                hour.bump("login_clients", clean(_RIP.findall(rest)[-1], 60), n)
                 return True
             return _DOVECOT.search(rest) is not None
         ts = line_time(stamp, self.now)

@@ -317,3 +317,25 @@ async def test_rotation_whose_previous_file_is_gone_is_a_warning(tmp_path: Path)
     now[0] += 2 * 86400  # shown for a day, then the check is green again
     (check,) = (await collector.collect()).checks
     assert check.state is State.OK
+
+
+def test_the_rest_of_a_rotated_log_is_read_to_its_end_however_long(tmp_path, monkeypatch):
+    """More unread lines in the rotated file than one read takes (a busy server, an agent
+    stopped across the rotation): all of them are counted, none dropped."""
+    from collectors import logfollow
+
+    monkeypatch.setattr(logfollow, "_READ_LIMIT", 4096)
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"line 0\n")
+    position = logfollow.LogPosition()
+
+    def count(data: bytes) -> int:
+        return data.count(b"\n")
+
+    assert logfollow.follow_log(log, position, count, 1.0, "lines").counted == 1
+    with log.open("ab") as handle:
+        handle.write(b"".join(b"line %d\n" % i for i in range(1, 5001)))  # ~40 KiB
+    log.rename(log.with_name("mail.log.1"))
+    log.write_bytes(b"new 1\nnew 2\n")
+    result = logfollow.follow_log(log, position, count, 2.0, "lines")
+    assert result.counted == 5000 + 2 and not result.loss

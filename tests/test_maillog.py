@@ -145,6 +145,31 @@ def test_hostile_lines_are_bounded_and_cleaned(tmp_path):
     assert "\x1b" not in reason and "\u202e" not in reason
 
 
+def test_fields_a_client_chooses_cannot_pose_as_the_real_ones(tmp_path):
+    """The user name a login attempt gives and the quoted local part of an address are the
+    client's choice: a "rip=" in the first, a "status=sent" or ">" in the second, must not be
+    taken for the fields Postfix and Dovecot write after them."""
+    mail = tmp_path / "mail.log"
+    stamp = "2026-12-02T00:00:01.000000+00:00 mx"
+    mail.write_text("\n".join([
+        f"{stamp} dovecot: imap-login: Disconnected (auth failed, 3 attempts in 6 secs): "
+        "user=<x, rip=192.0.2.99>, method=PLAIN, rip=203.0.113.5, lip=192.0.2.1, TLS, "
+        "session=<abcdef>",
+        f"{stamp} postfix/qmgr[2]: 4B2C81E0A1: from=<\"a>b\"@example.net>, size=1200, nrcpt=1 "
+        "(queue active)",
+        f'{stamp} postfix/smtp[3]: 4B2C81E0A1: to=<"x>, status=sent"@example.org>, '
+        'orig_to=<"y, status=sent"@example.org>, relay=mx.example.org[198.51.100.7]:25, '
+        "delay=1.2, delays=0.1/0/0.5/0.6, dsn=4.0.0, status=deferred (host said: 451 try again; "
+        "dsn=2.0.0, status=sent)",
+    ]) + "\n", encoding="utf-8")
+    state = MailLogState()
+    read_logs(config(tmp_path, mail), state, 1_796_000_000)
+    total = summary(state, 0, float("inf"))
+    assert dict(total.tables["login_clients"]) == {"203.0.113.5": 3}
+    assert total.counts["deferred"] == 1 and total.counts["delivered"] == 0
+    assert total.counts["received"] == 1 and total.counts["received_bytes"] == 1200
+
+
 def test_reject_reasons():
     assert reject_reason("RCPT from x[192.0.2.1]: 554 5.7.1 Service unavailable; Client host "
                          "[192.0.2.1] blocked using zen.spamhaus.org; from=<a> to=<b>") == (
