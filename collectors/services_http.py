@@ -232,18 +232,26 @@ class ServerResolver(AbstractResolver):
         import dns.resolver
 
         kinds = {socket.AF_INET: ["A"], socket.AF_INET6: ["AAAA"]}.get(family, ["A", "AAAA"])
+        answers = await asyncio.gather(*(self.resolver.resolve(host, kind, lifetime=3600)
+                                         for kind in kinds), return_exceptions=True)
         found: list[ResolveResult] = []
-        for kind in kinds:
-            try:
-                answer = await self.resolver.resolve(host, kind, lifetime=3600)
-            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        failure: BaseException | None = None
+        for kind, answer in zip(kinds, answers, strict=True):
+            if isinstance(answer, (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer)):
                 continue
-            except dns.exception.DNSException as exc:
-                raise socket.gaierror(socket.EAI_AGAIN, f"DNS server {self.resolver.nameservers[0]}"
-                                      f": {exc}") from None
+            if isinstance(answer, BaseException):
+                failure = failure or answer
+                continue
             inet = socket.AF_INET if kind == "A" else socket.AF_INET6
             found.extend(ResolveResult(hostname=host, host=record.address, port=port, family=inet,
                                        proto=0, flags=socket.AI_NUMERICHOST) for record in answer)
+        # One family's failure (a server that fails AAAA queries) costs nothing while the
+        # other answered: only without any address is it the check's error.
+        if not found and isinstance(failure, dns.exception.DNSException):
+            raise socket.gaierror(socket.EAI_AGAIN, f"DNS server {self.resolver.nameservers[0]}"
+                                  f": {failure}") from None
+        if not found and failure is not None:
+            raise failure
         if not found:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return found

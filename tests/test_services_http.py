@@ -462,3 +462,49 @@ async def test_a_stalled_name_lookup_names_the_dns_stage(nginx, tmp_path):
                                   f"localhost:{nginx.https}/host)")
     assert good.state == State.OK, good.message
     assert metric(good, "dns_seconds").value > 0
+
+
+async def test_a_server_that_fails_aaaa_queries_still_gives_the_a_address(nginx):
+    """A DNS server (or a middlebox in front of it) that answers A but SERVFAILs AAAA: the
+    site is reachable over IPv4, so the check is OK; only a name without any address fails."""
+    import threading
+
+    import dns.message
+    import dns.rcode
+    import dns.rdatatype
+    import dns.rrset
+
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    running = True
+
+    def answer() -> None:
+        while running:
+            try:
+                data, peer = server.recvfrom(4096)
+            except TimeoutError:
+                continue
+            query = dns.message.from_wire(data)
+            reply = dns.message.make_response(query)
+            question = query.question[0]
+            if question.rdtype == dns.rdatatype.A and str(question.name) == "www.example.test.":
+                reply.answer.append(dns.rrset.from_text(question.name, 300, "IN", "A", "127.0.0.1"))
+            else:
+                reply.set_rcode(dns.rcode.SERVFAIL)
+            server.sendto(reply.to_wire(), peer)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        where = f"127.0.0.1:{server.getsockname()[1]}"
+        good, nowhere = await run(
+            svc("http", nginx.http, "good", host="www.example.test", resolver=where,
+                path="/host", expect_text="www.example.test"),
+            svc("http", nginx.http, "nowhere", host="nowhere.example.test", resolver=where))
+    finally:
+        running = False
+        thread.join()
+        server.close()
+    assert good.state == State.OK, good.message
+    assert nowhere.state == State.CRITICAL and "cannot be resolved" in nowhere.message
