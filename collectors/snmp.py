@@ -44,7 +44,7 @@ from collectors.snmp_client import (
     Walk,
     walk_columns,
 )
-from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
+from collectors.snmp_counters import Counter, Counters, CounterState, DeviceSample, InterfaceSample
 from collectors.snmp_health import DeviceHealth, ErrorWatch, StorageLimits
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from monitor.config import Config, SnmpDevice
@@ -89,6 +89,7 @@ DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF
 HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
 ERROR_COLUMNS = [low for hc, low in COUNTERS.values() if hc is None and low is not None]
+COUNTER_METRICS = tuple(COUNTERS)
 UNITS = {metric: "B/s" if "octets" in metric else "/s" for metric in COUNTERS}
 # metric -> its 32-bit column, for the metrics that also have a 64-bit one.
 LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not None and low}
@@ -240,7 +241,7 @@ def format_bps(bps: float) -> str:
     return f"{bps:.0f} bit/s"
 
 
-@dataclass
+@dataclass(slots=True)
 class Interface:
     """One row of the interface tables, as read in one poll."""
 
@@ -271,6 +272,9 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
                         tables.get(low, empty) if low else empty)
                        for metric, (hc, low) in COUNTERS.items()]
     keys: set[Oid] = set().union(*tables.values())
+    # One tuple of counter names for all the interfaces that have the same columns (usually
+    # all of them, and of every device): the last poll of each interface stays in memory.
+    shapes = {COUNTER_METRICS: COUNTER_METRICS}
     out: list[Interface] = []
     seen: set[str] = set()
     for key in sorted(k for k in keys if len(k) == 1):
@@ -294,15 +298,21 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
             speed = high * 1e6
         if isinstance(low, int) and 0 < low < 2**32 - 1 and (speed is None or speed < 4e9):
             speed = float(low)  # exact for links below 4.29 Gbit/s (ifHighSpeed is rounded)
-        counters: dict[str, Counter] = {}
+        metrics: list[str] = []
+        values: list[int] = []
+        wide_bits = 0
         for metric, wide, narrow in counter_columns:
             value = wide.get(key)
             if value.__class__ is int:
-                counters[metric] = Counter(value, 64)
-                continue
-            value = narrow.get(key)
-            if value.__class__ is int:
-                counters[metric] = Counter(value, 32)
+                wide_bits |= 1 << len(values)
+            else:
+                value = narrow.get(key)
+                if value.__class__ is not int:
+                    continue
+            metrics.append(metric)
+            values.append(value)  # type: ignore[arg-type]
+        shape = tuple(metrics)
+        counters = Counters(shapes.setdefault(shape, shape), values, wide_bits)
         disc = discs.get(key)
         admin, oper, if_type = admins.get(key), opers.get(key), types.get(key)
         out.append(Interface(
@@ -671,7 +681,7 @@ class DevicePoller:
             "ports": {name: {f: getattr(port, f) for f in PORT_FIELDS}  # asdict: 5x slower
                       for name, port in self.ports.items()},
             "busy_since": self.busy_since, "health": self.health.saved(),
-            "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
+            "interfaces": {name: {"counters": i.counters.saved(),
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
         }
