@@ -561,7 +561,15 @@ class DevicePoller:
             batch.checks.append(self.interface_check(iface, per_second, now))
             self.known[ident] = self.known.get(ident, False) or iface.oper == 1
         present = {i.identity for i in chosen}
-        self.ports = {i.identity: self.port_entry(i) for i in chosen} if chosen else self.ports
+        if chosen:
+            # An unchanged entry stays the one made before (the new one is freed at once): what
+            # lives from poll to poll is not reallocated at every poll, which fragments the heap.
+            before = self.ports
+            self.ports = {}
+            for iface in chosen:
+                entry = self.port_entry(iface)
+                old = before.get(iface.identity)
+                self.ports[iface.identity] = old if old == entry else entry
         if problem_state is not State.OK:
             for missing in self.known.keys() - present:
                 batch.add(CheckResult(target, f"if {missing}", State.UNKNOWN,
