@@ -672,14 +672,16 @@ class RrdStore:
         key: Key = ("", "")
         state = _NO_FILE
         target = instance = None
-        timestamp = math.nan  # before the first row: unequal to every time stamp
+        timestamp = second_of = math.nan  # before the first row: unequal to every time stamp
+        second = 0
         names: list[str] = []
         values: list[float | None] = []
         told: list[Measurement] = []  # samples that came with thresholds (or "none now")
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
-                    second = int(timestamp)
+                    if timestamp != second_of:  # one int for the files of one poll, not one each
+                        second_of, second = timestamp, int(timestamp)
                     last = state.last
                     if (last is not None and second > last and names == state.metric_names
                             and state.batch != serial and not (odd and key in odd)):
