@@ -433,8 +433,10 @@ def report(results: dict[str, list[str]]) -> None:
                   f"{bad} device(s) not OK), peak RSS {rss} MiB, load {load}")
         steady = min(walls[1:])
         rss = max(float(results[f"cycle{i}"][5]) for i in range(3))  # each cycle's own peak
+        cpus = [float(results[f"cycle{i}"][1]) for i in range(3)]
         print(f"  steady-state cycle {steady:.2f} s (target <= 20 s: "
               f"{'met' if steady <= 20 else 'NOT met'}); first/steady = {walls[0] / steady:.1f}x "
+              f"wall, {cpus[0] / min(cpus[1:]):.1f}x agent CPU "
               f"(target <= 3x: {'met' if walls[0] <= 3 * steady else 'NOT met'}); RSS {rss:.0f} "
               f"MiB (target <= 250: {'met' if rss <= 250 else 'NOT met'})")
     if "v2c" in results:
