@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
-import functools
 import ipaddress
 import json
 import logging
@@ -157,7 +156,6 @@ class PortInfo:
 PORT_FIELDS = tuple(f.name for f in dataclasses.fields(PortInfo))
 
 
-@functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
 def parse_port_description(alias: str) -> PortDescription | None:
     match = _PORT_DESCRIPTION.match(alias)
     if match is None or match["group"].lower() not in PORT_GROUPS:
@@ -224,14 +222,38 @@ def text(value: object) -> str:
     (noSuchObject/noSuchInstance/endOfMibView are not names)."""
     if value is None or isinstance(value, Missing):
         return ""
-    if isinstance(value, bytes) and len(value) <= DISPLAY_STRING_LIMIT:
-        return _display_text(value)
     return clean(value, DISPLAY_STRING_LIMIT)
 
 
-@functools.lru_cache(maxsize=8192)  # the same names and aliases at every poll of every device
-def _display_text(value: bytes) -> str:
-    return clean(value, DISPLAY_STRING_LIMIT)
+class DeviceTexts:
+    """`text` and `parse_port_description` made once per distinct name or alias: the same
+    ones come back at every poll of every device, and one string object for each also keeps
+    the names held from poll to poll (known interfaces, the port index) single. One per
+    collector, shared by its devices, and bounded: junk from one device only empties it."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._texts: dict[bytes, str] = {}
+        self._descriptions: dict[str, PortDescription | None] = {}
+
+    def __call__(self, value: object) -> str:
+        if value.__class__ is not bytes or len(value) > DISPLAY_STRING_LIMIT:  # type: ignore[arg-type]
+            return text(value)
+        found = self._texts.get(value)  # type: ignore[call-overload]
+        if found is None:
+            if len(self._texts) >= self.size:
+                self._texts.clear()
+            found = self._texts[value] = clean(value, DISPLAY_STRING_LIMIT)  # type: ignore[index]
+        return found
+
+    def port_description(self, alias: str) -> PortDescription | None:
+        try:
+            return self._descriptions[alias]
+        except KeyError:
+            if len(self._descriptions) >= self.size:
+                self._descriptions.clear()
+            found = self._descriptions[alias] = parse_port_description(alias)
+            return found
 
 
 def format_bps(bps: float) -> str:
@@ -257,8 +279,10 @@ class Interface:
     if_type: int | None = None
 
 
-def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) -> list[Interface]:
-    """Rows keyed by ifIndex -> Interfaces named by `identity` (ifName, ifDescr, ifAlias, ifIndex).
+def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str,
+                           text: Callable[[object], str] = text) -> list[Interface]:
+    """Rows keyed by ifIndex -> Interfaces named by `identity` (ifName, ifDescr, ifAlias, ifIndex),
+    their names made by `text` (a collector's `DeviceTexts`).
 
     Re-resolved on every poll: the identity, not the ifIndex, links a row to its history.
     Two rows with the same identity keep it apart with "#ifIndex" on the later one.
@@ -381,6 +405,7 @@ class DevicePoller:
     # UPS, BGP and device health (collectors.snmp_health), and the default link-error rule.
     health: DeviceHealth = field(init=False)
     errors: ErrorWatch = field(init=False)
+    texts: DeviceTexts = field(default_factory=DeviceTexts)  # the collector's, shared
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
@@ -525,7 +550,7 @@ class DevicePoller:
             self.inventory, self.inventory_at, self.busy_since, self.ports = {}, None, {}, {}
             self.reset_health()  # and its UPS, BGP and link-error history
         self.identity = identity
-        interfaces = interfaces_from_tables(tables, device.identity)
+        interfaces = interfaces_from_tables(tables, device.identity, self.texts)
         if device.version != "1":
             indexes = {iface.index for iface in interfaces}
             self.low_needed = {m for m, (hc, _) in COUNTERS.items() if hc is not None and m in LOW_OF_HC
@@ -596,7 +621,7 @@ class DevicePoller:
         return batch
 
     def port_entry(self, iface: Interface) -> PortInfo:
-        described = parse_port_description(iface.alias) or NOT_DESCRIBED
+        described = self.texts.port_description(iface.alias) or NOT_DESCRIBED
         mac, addresses = self.inventory.get(iface.index, ("", []))
         return PortInfo(iface.name, iface.descr, iface.alias, if_type_name(iface.if_type),
                         iface.speed_bps, described.group, described.name, described.circuit,
@@ -770,6 +795,9 @@ class SnmpCollector:
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
         self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
         self._share: SharedState | None = None  # [cluster]: counter state of every node
+        self.texts = DeviceTexts()
+        for poller in self.pollers.values():
+            poller.texts = self.texts
 
     def work_units(self) -> dict[str, str]:
         return {name: poller.device.group for name, poller in self.pollers.items()}
