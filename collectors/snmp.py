@@ -237,13 +237,13 @@ class DeviceTexts:
         self._descriptions: dict[str, PortDescription | None] = {}
 
     def __call__(self, value: object) -> str:
-        if value.__class__ is not bytes or len(value) > DISPLAY_STRING_LIMIT:  # type: ignore[arg-type]
+        if value.__class__ is not bytes or len(value) > DISPLAY_STRING_LIMIT:
             return text(value)
-        found = self._texts.get(value)  # type: ignore[call-overload]
+        found = self._texts.get(value)
         if found is None:
             if len(self._texts) >= self.size:
                 self._texts.clear()
-            found = self._texts[value] = clean(value, DISPLAY_STRING_LIMIT)  # type: ignore[index]
+            found = self._texts[value] = clean(value, DISPLAY_STRING_LIMIT)
         return found
 
     def port_description(self, alias: str) -> PortDescription | None:
@@ -334,7 +334,7 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str,
                 if value.__class__ is not int:
                     continue
             metrics.append(metric)
-            values.append(value)  # type: ignore[arg-type]
+            values.append(value)
         shape = tuple(metrics)
         counters = Counters(shapes.setdefault(shape, shape), values, wide_bits)
         disc = discs.get(key)
@@ -743,7 +743,8 @@ class DevicePoller:
             identity = {k: str(v) for k, v in data["identity"].items()}
             interfaces = {
                 str(name): InterfaceSample(
-                    {str(m): Counter(int(v), int(bits)) for m, (v, bits) in i["counters"].items()},
+                    Counters.of({str(m): Counter(int(v), int(bits))
+                                 for m, (v, bits) in i["counters"].items()}),
                     None if i["speed_bps"] is None else float(i["speed_bps"]),
                     None if i["discontinuity"] is None else int(i["discontinuity"]))
                 for name, i in data["interfaces"].items()}

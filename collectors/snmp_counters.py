@@ -40,11 +40,11 @@ class Counters(Mapping[str, Counter]):
     the bits of one integer. The last poll of every interface stays in memory: a dict of
     Counter objects was ~1.3 KiB an interface, this is ~0.3 KiB."""
 
-    __slots__ = ("names", "values", "wide")
+    __slots__ = ("names", "numbers", "wide")
 
     def __init__(self, names: tuple[str, ...], values: Iterable[int], wide: int) -> None:
         self.names = names
-        self.values = array("Q", values)
+        self.numbers = array("Q", values)
         self.wide = wide  # bit i set: names[i] is a 64-bit counter, else a 32-bit one
 
     @classmethod
@@ -63,7 +63,7 @@ class Counters(Mapping[str, Counter]):
             i = self.names.index(metric)
         except ValueError:
             raise KeyError(metric) from None
-        return Counter(self.values[i], 64 if self.wide >> i & 1 else 32)
+        return Counter(self.numbers[i], 64 if self.wide >> i & 1 else 32)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names)
@@ -75,7 +75,7 @@ class Counters(Mapping[str, Counter]):
         """metric -> [value, bits], as state files keep them."""
         wide = self.wide
         return {metric: [value, 64 if wide >> i & 1 else 32]
-                for i, (metric, value) in enumerate(zip(self.names, self.values, strict=True))}
+                for i, (metric, value) in enumerate(zip(self.names, self.numbers, strict=True))}
 
     def __repr__(self) -> str:
         return f"Counters({dict(self.items())!r})"
@@ -208,11 +208,12 @@ def _rates(old: Counters, new: Counters, elapsed: float, top: float) -> dict[str
         return rates
     same_width = old.wide == new.wide
     wide = new.wide
-    for i, (metric, before, value) in enumerate(zip(new.names, old.values, new.values, strict=True)):
+    pairs = zip(new.names, old.numbers, new.numbers, strict=True)
+    for i, (metric, was, value) in enumerate(pairs):
         if not same_width and (old.wide ^ wide) >> i & 1:
             rates[metric] = None  # the agent switched between ifHC* and 32-bit columns
             continue
-        delta = value - before
+        delta = value - was
         if delta < 0:  # wrapped once
             delta += 1 << (64 if wide >> i & 1 else 32)
         rate = delta / elapsed
