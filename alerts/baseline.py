@@ -26,7 +26,6 @@ from monitor.text import clean
 from monitor.units import format_value, rate_unit
 
 HOUR = 3600
-HISTORY_STEP = 7200  # the store's 2-hour archive keeps 9 weeks
 
 
 def shown(value: float, metric: str, unit: str) -> str:
@@ -36,13 +35,6 @@ def shown(value: float, metric: str, unit: str) -> str:
     if not unit:  # a count stored as its rate (mail delivered): per hour
         return f"{value * HOUR:.0f} per hour"
     return format_value(value, rate_unit(unit))  # messages: per hour too
-
-
-def history(store: RrdStore, info: SeriesInfo, metric: str, end: float, weeks: int
-            ) -> tuple[np.ndarray, int, int]:
-    """(values, start, step) of the 2-hour averages of `weeks` weeks before `end`."""
-    series = store.fetch_path(info, end - weeks * seasonal.WEEK - HISTORY_STEP, end, HISTORY_STEP)
-    return np.array(series.columns.get(metric, []), dtype=float), series.start, series.step
 
 
 @dataclass(frozen=True)
@@ -68,9 +60,11 @@ def judge_hours(store: RrdStore, info: SeriesInfo, metric: str, ends: np.ndarray
     with np.errstate(invalid="ignore"):
         for i in range(len(ends)):
             sample = column[(which == i) & ~np.isnan(column)]
-            if sample.size:
+            # At least half the hour known (rrdtool's xff): ten minutes after a restart or an
+            # outage are not the hour's average, and a burst in them is not "8x the usual".
+            if sample.size and sample.size * rows.step >= HOUR / 2:
                 values[i] = sample.mean()
-    past, start, step = history(store, info, metric, first, weeks)
+    past, start, step = seasonal.weekly_history(store, info, metric, first, first, weeks)
     expected = seasonal.band(past, start, step, np.asarray(ends, dtype=float) - HOUR / 2, weeks)
     return Hours(np.asarray(ends), values, expected, seasonal.anomalous(values, expected, factor))
 
@@ -78,7 +72,8 @@ def judge_hours(store: RrdStore, info: SeriesInfo, metric: str, ends: np.ndarray
 def check_hour(store: RrdStore, config: BaselineConfig, now: float) -> list[CheckResult]:
     """One check per selected series for the last complete hour before `now`."""
     hour_end = int(now) // HOUR * HOUR
-    when = datetime.fromtimestamp(hour_end - HOUR).strftime("%A %H:00")
+    # %M, not "00": where the local offset is not whole hours (India), the hour starts at hh:30.
+    when = datetime.fromtimestamp(hour_end - HOUR).strftime("%A %H:%M")
     out = []
     for info, metric, factor in seasonal.selected(config, store.series()):
         name = f"baseline {info.instance} {metric}".replace("  ", " ")
@@ -95,7 +90,7 @@ def check_hour(store: RrdStore, config: BaselineConfig, now: float) -> list[Chec
         if np.isnan(usual) or np.isnan(value):
             message = (f"{what}: no usual level for {when} yet (needs 2 of the last "
                        f"{config.weeks} weeks)" if np.isnan(usual)
-                       else f"{what}: no data for {when}")
+                       else f"{what}: less than half of the hour from {when} was measured")
             out.append(CheckResult(info.target, name, State.OK, message, timestamp=now))
             continue
         band = (f"usual {shown(usual, metric, unit)}, expected up to "

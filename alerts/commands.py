@@ -16,11 +16,11 @@ from pathlib import Path
 from alerts.engine import Status
 from alerts.outbox import Outbox, outbox_path
 from alerts.state import Ack, AlertStore, Silence, alert_id, alerts_db_path
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
+from monitor.eventloop import run as run_loop
 from monitor.status import StatusBook
 from monitor.units import format_duration, parse_duration
 
-ReadConfig = Callable[[argparse.Namespace], Config]
 LONG_SILENCE = 7 * 86400.0
 
 
@@ -283,5 +283,5 @@ def cmd_smtp_sink(config: Config, args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await serve(maildir, args.bind, args.port, stop=stop)
 
-    asyncio.run(run())
+    run_loop(run())
     return 0

@@ -15,6 +15,13 @@ Guarantees and their limits:
   logged, and listed by `monitor alerts`; the rest of the queue carries on.
 - One deliverer at a time per outbox file (an flock), so the agent's job, a digest run and a
   manual command never send the same message twice.
+- Several agents taking turns with one outbox (a cluster's leaders, each with a copy of it) share
+  a `DeliveryLedger`: before a pass it may save the state the mail comes from (False: this agent
+  sends nothing now); each message is noted as begun just before DATA and as sent after the
+  relay's answer, and a message another agent noted is never sent again: sent (or refused for
+  good), it is marked so here; begun by an agent that stopped before the relay answered, it is
+  marked sent "unconfirmed" (the relay most likely has it) and logged, rather than sent twice.
+  A message the relay deferred is free again for whoever sends next.
 - In the agent, delivery is its own task (`start()`/`stop()`), never part of a collector's or the
   alert job's run: a stuck relay delays mail, not collection, and a stop or reload cancels a
   hanging SMTP session at once (what was not confirmed stays queued). New mail wakes the task
@@ -29,6 +36,7 @@ import contextlib
 import email.policy
 import email.utils
 import fcntl
+import functools
 import json
 import logging
 import sqlite3
@@ -37,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Protocol
 
 from alerts.db import SqliteFile
 from alerts.mail import recipients_of
@@ -108,6 +117,28 @@ class RelayState:
     refused: bool = False
 
 
+class DeliveryLedger(Protocol):
+    """What the agents sharing an outbox know of each message's delivery (see above)."""
+
+    async def before_pass(self) -> bool:
+        """Whether this agent may send now (having saved what the next one needs, if so)."""
+        ...
+
+    async def taken(self, message_id: str) -> str | None:
+        """Why this agent must not send the message (sent or begun by another), or None."""
+        ...
+
+    async def begin(self, message_id: str) -> str | None:
+        """Note that this agent sends the message now; None, or why it cannot (then it waits)."""
+        ...
+
+    async def settle(self, message_id: str, status: str) -> None:
+        """What became of a message this agent sent (an `Outcome` status): "sent" or
+        "refused" (for good), nobody sends it again; "deferred" (or the way out failed before
+        it went), another agent may; "unconfirmed", it stays begun."""
+        ...
+
+
 class Outbox:
     def __init__(
         self,
@@ -136,6 +167,11 @@ class Outbox:
         self.routes = [smtp, *smtp.fallback]
         self._refused_by_primary: set[int] = set()  # message ids the primary said no to
         self._connect = self.file.connect
+        self.ledger: DeliveryLedger | None = None
+
+    def share(self, ledger: DeliveryLedger) -> None:
+        """From now on, deliver in turns with the other agents of `ledger` (a cluster)."""
+        self.ledger = ledger
 
     def close(self) -> None:
         self.file.close()
@@ -321,8 +357,12 @@ class Outbox:
     async def _deliver(self, urgent: bool) -> int:
         """One pass: the primary first; what it could not take goes to the fallbacks, in order,
         if the primary refused it or has been down `fallback_after`."""
+        if self.ledger is not None and not await self.ledger.before_pass():
+            return 0
         now = self.clock()
         due = await asyncio.to_thread(self._due, now)
+        if self.ledger is not None:
+            due = [row for row in due if not await self._taken_elsewhere(row)]
         sent = 0
         for index in range(len(self.routes)):
             if not due:
@@ -335,6 +375,21 @@ class Outbox:
             taken, due = await self._deliver_via(index, state, due)
             sent += taken
         return sent
+
+    async def _taken_elsewhere(self, row: tuple) -> bool:
+        """Whether another agent of the ledger has sent or begun sending this message (then it
+        is marked sent here, and not sent again)."""
+        assert self.ledger is not None
+        entry_id, message_id, *_, attempts, unconfirmed = row
+        why = await self.ledger.taken(message_id)
+        if why is None:
+            return False
+        begun = why.startswith("begun")
+        await asyncio.to_thread(self._mark, entry_id, FAILED if why.startswith("refused") else SENT,
+                                attempts, 0.0, why, unconfirmed=unconfirmed + begun)
+        (log.error if begun else log.info)("mail %s (%s) %s; not sent again", entry_id,
+                                           message_id, why)
+        return True
 
     def _primary_given_up(self, due: list) -> bool:
         primary = self.relay_state(0)
@@ -355,12 +410,20 @@ class Outbox:
         try:
             for position, row in enumerate(due):
                 entry_id, message_id, sender, recipients_json, raw = row[:5]
+                begin = None
+                if self.ledger is not None:
+                    begin = functools.partial(self.ledger.begin, message_id)
                 try:
-                    outcome = await session.send(sender, json.loads(recipients_json), bytes(raw))
+                    outcome = await session.send(sender, json.loads(recipients_json), bytes(raw),
+                                                 before_data=begin)
                 except RouteDown as exc:
+                    if self.ledger is not None:
+                        await self.ledger.settle(message_id, "deferred")
                     await self._route_failed(index, state, exc, len(due) - position)
                     return sent, left + due[position:]
                 if outcome.status == "refused" and not last:
+                    if self.ledger is not None:
+                        await self.ledger.settle(message_id, "deferred")
                     self._refused_by_primary.add(entry_id)
                     left.append(row)
                     log.warning("mail %s (%s) refused by %s: %s; trying the next way out",
@@ -382,6 +445,8 @@ class Outbox:
     async def _record(self, index: int, row: tuple, outcome: Outcome) -> int:
         entry_id, message_id, _, recipients_json, _, attempts, unconfirmed = row
         where = self.routes[index].where
+        if self.ledger is not None:
+            await self.ledger.settle(message_id, outcome.status)
         if outcome.status == "sent":
             if outcome.refused:
                 log.error("mail %s (%s) delivered via %s, but some recipients were refused: %s",
@@ -476,4 +541,5 @@ def outbox_path(state_dir: Path) -> Path:
     return Path(state_dir) / "outbox.db"
 
 
-__all__ = ["FAILED", "PENDING", "SENT", "Outbox", "OutboxEntry", "RelayState", "outbox_path"]
+__all__ = ["FAILED", "PENDING", "SENT", "DeliveryLedger", "Outbox", "OutboxEntry", "RelayState",
+           "outbox_path"]

@@ -27,6 +27,7 @@ import hmac
 import imaplib
 import logging
 import re
+import sqlite3
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -118,12 +119,17 @@ class ReplyReader:
                 _, data = imap.uid("FETCH", uid, "(BODY.PEEK[])")
                 raw = next((item[1] for item in data if isinstance(item, tuple)), b"")
                 msg = email.message_from_bytes(raw, policy=email.policy.default)
-                try:  # one mail that cannot be read (a bogus charset) must not block the rest
+                try:
                     actions.append(self.act(msg))
-                except Exception as exc:
+                except (sqlite3.Error, OSError) as exc:
+                    # alerts.db busy or the disk full: the ack must not be lost with the mail
+                    # marked read; it stays unseen and acts at the next poll.
+                    log.error("reply %s left unread, tried again at the next poll: cannot "
+                              "record it: %s", uid, exc)
+                    continue
+                except Exception as exc:  # a mail that cannot be read (a bogus charset)
                     log.warning("reply %s ignored: %s", uid, clean_header(str(exc), limit=200))
-                finally:
-                    imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+                imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
         finally:
             try:
                 imap.logout()

@@ -18,6 +18,7 @@ import contextlib
 import os
 import re
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -43,8 +44,14 @@ class RouteDown(Exception):
         self.refused = refused
 
 
+# Called just before the message goes (SMTP: before DATA): None to send it, or why not (the
+# outbox's ledger could not note that it goes); the message is then deferred, not sent.
+BeforeData = Callable[[], Awaitable[str | None]]
+
+
 class Session(Protocol):
-    async def send(self, sender: str, recipients: list[str], raw: bytes) -> Outcome: ...
+    async def send(self, sender: str, recipients: list[str], raw: bytes,
+                   before_data: BeforeData | None = None) -> Outcome: ...
 
     async def close(self) -> None: ...
 
@@ -111,7 +118,8 @@ class SmtpSession:
                 raise RouteDown(f"AUTH at mail relay {where} failed: {_describe(exc)}") from exc
         return cls(relay, client)
 
-    async def send(self, sender: str, recipients: list[str], raw: bytes) -> Outcome:
+    async def send(self, sender: str, recipients: list[str], raw: bytes,
+                   before_data: BeforeData | None = None) -> Outcome:
         if self.dead:
             raise RouteDown(self.dead)
         c, timeout = self.client, self.relay.timeout
@@ -131,6 +139,9 @@ class SmtpSession:
             text = "; ".join(f"{r}: {code} {message}" for r, code, message in refused)
             if len(refused) == len(recipients):
                 return await self._refused(min(code for _, code, _ in refused), text)
+            if before_data is not None and (why := await before_data()) is not None:
+                await c.rset(timeout=timeout)
+                return Outcome("deferred", why)
             start = await c.execute_command(b"DATA", timeout=timeout)
             if start.code != 354:
                 return await self._refused(start.code, f"DATA: {start.code} {start.message}")
@@ -180,7 +191,10 @@ class SendmailSession:
     def __init__(self, relay: SmtpRelay) -> None:
         self.relay = relay
 
-    async def send(self, sender: str, recipients: list[str], raw: bytes) -> Outcome:
+    async def send(self, sender: str, recipients: list[str], raw: bytes,
+                   before_data: BeforeData | None = None) -> Outcome:
+        if before_data is not None and (why := await before_data()) is not None:
+            return Outcome("deferred", why)
         argv = [self.relay.sendmail, "-oi", "-f", sender, "--", *recipients]
         try:
             proc = await asyncio.create_subprocess_exec(

@@ -12,6 +12,7 @@ from cluster.node import client_options, decoded
 from monitor.config import ClusterConfig
 
 INDEX = "monitor:index"
+REVISION = "monitor:index-revision"  # counts the saves: a node reads the index when it moved
 
 
 class RedisCatalog:
@@ -40,6 +41,15 @@ class RedisCatalog:
         if not entries:
             return
         try:
-            self.redis.hset(INDEX, mapping={rel: json.dumps(e) for rel, e in entries.items()})
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(INDEX, mapping={rel: json.dumps(e) for rel, e in entries.items()})
+                pipe.incr(REVISION)
+                pipe.execute()
         except RedisError as exc:
             raise OSError(f"Redis: {exc}") from exc
+
+    def revision(self) -> object:
+        try:
+            return self.redis.get(REVISION) or 0
+        except RedisError:
+            return None  # cut off: what we know is all we can go by

@@ -4,18 +4,16 @@ lag and what each node buffers, read from Redis."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
+import sys
 import time
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
+from monitor.eventloop import run as run_loop
 from monitor.text import clean
 from monitor.units import format_duration
-
-ReadConfig = Callable[[argparse.Namespace], Config]
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
@@ -118,9 +116,9 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from cluster.node import Unreachable  # Redis' client only where a cluster is used
 
     try:
-        status = asyncio.run(read_status(config))
+        status = run_loop(read_status(config))
     except Unreachable as exc:
-        print(f"monitor: Redis {config.cluster.redis} cannot be reached: {exc}")
+        print(f"monitor: Redis {config.cluster.redis} cannot be reached: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(status, indent=1) if args.json else format_status(status))
     return 0

@@ -16,7 +16,7 @@ from alerts.outbox import outbox_path
 from alerts.service import AlertService
 from alerts.state import alerts_db_path
 from cluster.node import ClusterNode, Unreachable
-from cluster.results import AlertStateReplica, DiskBuffer, ResultStream, samples_buffer
+from cluster.results import AlertStateReplica, DiskBuffer, MailLedger, ResultStream, samples_buffer
 from monitor.config import Config
 from monitor.model import Batch, CheckResult, SharedCollector, State
 from monitor.scheduler import Scheduler
@@ -40,18 +40,45 @@ class ClusterMember:
         self.replica = AlertStateReplica(self.node, {
             "alerts": alerts_db_path(config.state_dir), "outbox": outbox_path(config.state_dir)})
         self.alerts = alerts
+        # Mail leaves only from the leader, after the state it comes from is in Redis, and
+        # never twice: the ledger notes each message's delivery there.
+        alerts.outbox.share(MailLedger(self.node, self._before_mail))
         self.status = status
         self.shared = shared  # the collectors whose units the nodes share
         self._unreachable: set[str] = set()  # pollers the leader has reported unreachable
-        self._led = False  # whether the last round ran as the leader
-        self._alert_state_changed = False
+        self._scheduler: Scheduler | None = None
+        self._takeover_run: Callable[[SharedCollector], Job] | None = None
+        # collector -> (it, the cycle): takeovers due that could not start yet (it was running)
+        self._takeovers: dict[str, tuple[SharedCollector, int]] = {}
+        self._taking_over = asyncio.Lock()
 
-    def schedule(self, scheduler: Scheduler) -> None:
+    def schedule(self, scheduler: Scheduler, take_over: Callable[[SharedCollector], Job]) -> None:
+        """The member's jobs on `scheduler`; `take_over(collector)` is a run of a shared
+        collector that polls what a gone node left of the current cycle."""
         beat = self.config.heartbeat
-        scheduler.add_interval("cluster heartbeat", beat, self.node.beat)
+        self._scheduler, self._takeover_run = scheduler, take_over
+        scheduler.add_interval("cluster heartbeat", beat, self.heartbeat)
         scheduler.add_interval("cluster lease", self.config.lease / 3, self.node.renew_lease)
         scheduler.add_interval("cluster replay", beat, self.replay, run_now=False)
         scheduler.add_interval("cluster leader", beat, self.lead, run_now=False)
+
+    async def heartbeat(self) -> None:
+        """Job: the heartbeat. When it finds a node gone in the first half of a cycle, each
+        shared collector runs again at once, for the units the gone node had not run in this
+        cycle (nobody claimed them): the takeover leaves no cycle out. A collector still busy
+        with its turn runs at a later beat of that half. (Later in the cycle the gone node has
+        run its part, unless it died before; a run then could hold up the next cycle's turn.)"""
+        gone = await self.node.beat()
+        now = time.time()
+        if gone:
+            log.warning("cluster: %s gone; taking over what it had not run of this cycle",
+                        ", ".join(sorted(gone)))
+            self._takeovers = {c.name: (c, int(now // c.interval)) for c in self.shared}
+        for name, (collector, cycle) in list(self._takeovers.items()):
+            if now >= (cycle + 0.5) * collector.interval or self._scheduler is None \
+                    or self._takeover_run is None \
+                    or self._scheduler.run_soon(name, self._takeover_run(collector)):
+                del self._takeovers[name]
 
     async def replay(self) -> None:
         """Job: the buffered check results to the stream; and what the heartbeat says of both
@@ -61,13 +88,39 @@ class ClusterMember:
         self.node.extra["samples_dropped"] = self.samples.dropped
 
     def leader_only(self, job: Job) -> Callable[[], Awaitable[None]]:
-        """A job run on the leader only; what it changes in the alert state is saved for the
-        next leader at the end of the leader's round."""
+        """A job run on the leader only, from the last leader's alert state; what it changes
+        there is saved for the next leader before any mail leaves, and at the leader's round."""
         async def run() -> None:
-            if self.node.leading:
+            if self.node.leading and await self._take_over_state():
                 await job()
-                self._alert_state_changed = True
         return run
+
+    async def _take_over_state(self) -> bool:
+        """Whether this node leads, with the alert state of the leader before it (taken when
+        Redis holds a newer one than ours: before anything is evaluated or sent). False while
+        Redis cannot say (nothing may run from a stale state)."""
+        async with self._taking_over:
+            if not self.node.leading:
+                return False
+            try:
+                if await self.replica.restore():
+                    self.alerts.reload_states()
+            except Unreachable as exc:
+                self.node._missed(exc)
+                return False
+            return True
+
+    async def _before_mail(self) -> bool:
+        """The outbox's question before it sends: only the leader sends, and only once the
+        alert state and outbox that the mail comes from are in Redis."""
+        if not await self._take_over_state():
+            return False
+        try:
+            await self.replica.save()
+        except Unreachable as exc:
+            self.node._missed(exc)
+            return False
+        return True
 
     async def publish(self, batch: Batch, interval: float) -> None:
         """A node's batch, for the leader's alert engine and status book."""
@@ -84,14 +137,8 @@ class ClusterMember:
             self.node._missed(exc)
 
     async def _round(self) -> None:
-        if not self.node.leading:
-            self._led = False
+        if not await self._take_over_state():
             return
-        if not self._led:
-            # Before anything is evaluated: the state of the leader before us.
-            if await self.replica.restore():
-                self.alerts.reload_states()
-            self._led = True
         taken = await self.results.take()
         for _, node, interval, batch in taken:
             if node != self.node.name:  # our own results are in the book already
@@ -100,12 +147,9 @@ class ClusterMember:
         await self._cover_unreachable()
         if taken:
             await asyncio.to_thread(self.status.save)
-        if taken or self._alert_state_changed:
-            await self.replica.save()
-            self._alert_state_changed = False
+        await self.replica.save()  # only what changed, if anything did
         await self.results.ack([entry_id for entry_id, *_ in taken])
-        if await self.alerts.deliver():
-            await self.replica.save()  # sent: the next leader must not send it again
+        await self.alerts.deliver()
 
     async def _cover_unreachable(self) -> None:
         """The devices and checks of a poller that is gone, which no other node can take
@@ -143,7 +187,6 @@ class ClusterMember:
         if verdicts:
             self.status.update(verdicts, self.config.heartbeat)
             await self.alerts.consume("cluster", Batch(checks=verdicts), deliver=False)
-            self._alert_state_changed = True
             await asyncio.to_thread(self.status.save)
 
     async def close(self) -> None:
@@ -152,4 +195,5 @@ class ClusterMember:
                 await self.replica.save()
             except Exception:
                 log.exception("cluster: the alert state could not be saved for the next leader")
+        await self.replica.close()
         await self.node.close()

@@ -3,11 +3,17 @@ leader's lease. Every Redis key starts with `monitor:`.
 
 - `monitor:node:<name>`: the node's heartbeat (JSON: groups, when it started, what it buffers),
   with a time to live of three heartbeats: a node that stops (kill -9, a cut link) drops out of
-  the live set by itself, and its units go to the others at their next cycle.
+  the live set by itself, and its units go to the others: what it had not run of the current
+  cycle at once (the others run their collectors again when a beat finds it gone), the rest
+  from the next cycle. A node that joins takes its share from the cycle after the one it
+  started in (`started`): the others may have run that one already.
 - `monitor:nodes`: every node ever seen (for `monitor cluster status`; dead ones show as such).
 - `monitor:claim:<job>:<unit>:<cycle>`: set with NX by the node that runs a unit in a cycle
   (cycle = time // interval). Two nodes that briefly disagree on the live set (one has not
-  seen a heartbeat expire yet) cannot both run a unit: the second claim fails.
+  seen a heartbeat expire yet), or a node whose run comes late, cannot both run a unit in a
+  cycle: the second claim fails. A claim holds only for polls that start before the last tenth
+  of its cycle (`Claim.until`): a run that falls behind leaves the rest to the next cycle's
+  owner rather than poll in that cycle too.
 - `monitor:owners`: unit -> the node that last claimed it and when (status, and the leader's
   "poller unreachable" verdicts).
 - `monitor:seen`: node -> the time of its last heartbeat, kept after it lapses.
@@ -17,10 +23,12 @@ leader's lease. Every Redis key starts with `monitor:`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,6 +38,7 @@ from redis.retry import Retry
 
 from cluster.ownership import assign
 from monitor.config import ClusterConfig
+from monitor.files import load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +48,9 @@ OWNERS = PREFIX + "owners"
 SEEN = PREFIX + "seen"  # node -> the time of its last heartbeat (kept when the node is gone)
 LEADER = PREFIX + "leader"
 MISSED_BEATS = 3  # a node is dead after this many heartbeats without one
+# A unit's poll starts in the first nine tenths of its cycle or not at all (in that cycle): a
+# run that falls this far behind would poll in the next cycle, which its owner polls too.
+LAST_START = 0.9
 
 # Renew the lease if we hold it, take it if nobody does; 1 if we hold it afterwards.
 _ACQUIRE = """
@@ -61,10 +73,28 @@ return 0
 Unreachable = (RedisError, OSError)
 
 
+@dataclass(frozen=True)
+class Peer:
+    """A live node as its heartbeat tells: the groups it serves, when it started."""
+
+    groups: list[str]
+    started: float
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a node runs of a job in one cycle: the units it claimed, and the time after which
+    none of their polls may start any more (the cycle is then as good as over)."""
+
+    units: set[str]
+    cycle: int
+    until: float
+
 
 def decoded(value: bytes | str) -> str:
     """A reply of our clients (decode_responses: always str; redis-py types it bytes | str)."""
     return value.decode() if isinstance(value, bytes) else value
+
 
 def node_key(name: str) -> str:
     return f"{PREFIX}node:{name}"
@@ -90,7 +120,9 @@ def connect(config: ClusterConfig, timeout: float) -> aioredis.Redis:
 
 class ClusterNode:
     """This agent in the cluster. The agent runs `beat` and `renew_lease` as jobs, asks `claim`
-    before each run of a shared collector and `leading` before each leader-only job."""
+    before each run of a shared collector and `leading` before each leader-only job; when a
+    beat finds a node gone, the agent runs its shared collectors again at once, to take over
+    what the gone node had not run of the current cycle."""
 
     def __init__(self, config: ClusterConfig, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
@@ -101,12 +133,25 @@ class ClusterNode:
         self.clock = clock
         self.monotonic = monotonic
         self.redis = connect(config, timeout=max(1.0, config.heartbeat))
-        self.started = clock()
+        self.started = clock()  # set again at the first heartbeat: when the others see it
+        self._announced = False
         self.cut_off_since: float | None = None  # when Redis stopped answering
         # The live set as last read: while Redis cannot be reached, the node keeps to the share
         # it had (the others, seeing its heartbeat lapse, take it over only when it is gone).
-        self._live: dict[str, list[str]] = {self.name: self.groups}
+        self._live: dict[str, Peer] = {self.name: Peer(self.groups, self.started)}
         self._lease_until = 0.0  # monotonic; the lease is ours until then
+        # job -> [cycle, units]: what this node last ran, on its disk. Cut off from Redis it
+        # has no claims to ask; a node started again in the cycle its predecessor ran must not
+        # run that cycle a second time.
+        self._ran_path = None if config.buffer_dir is None else config.buffer_dir / "claims.json"
+        self._ran: dict[str, tuple[int, list[str]]] = {}
+        if self._ran_path is not None:
+            try:
+                ran = load_state(self._ran_path) or {}
+                self._ran = {str(job): (int(cycle), [str(u) for u in units])
+                             for job, (cycle, units) in ran.items()}
+            except (OSError, ValueError, TypeError, AttributeError) as exc:
+                log.warning("cluster: ignoring unreadable %s: %s", self._ran_path, exc)
         self.extra: dict[str, object] = {}  # more to publish with the heartbeat (the buffer)
 
     # -- reachability ----------------------------------------------------------------------------
@@ -133,8 +178,14 @@ class ClusterNode:
     def ttl(self) -> float:
         return MISSED_BEATS * self.config.heartbeat
 
-    async def beat(self) -> None:
-        """Job: tell the others this node is alive (and what it buffers)."""
+    async def beat(self) -> set[str]:
+        """Job: tell the others this node is alive (and what it buffers); the nodes whose
+        heartbeat lapsed since the last beat (their share of this cycle is to be taken over)."""
+        if not self._announced:
+            # A node joins when the others can see it: the cycle of its first heartbeat is the
+            # one it takes no share of (its aligned turns begin by the next at the latest).
+            self._announced, self.started = True, self.clock()
+            self._live = {self.name: Peer(self.groups, self.started)}
         info = {"groups": self.groups, "started": self.started, "time": self.clock(),
                 "leader": self.leading, **self.extra}
         try:
@@ -143,42 +194,60 @@ class ClusterNode:
                 pipe.sadd(NODES, self.name)
                 pipe.hset(SEEN, self.name, str(info["time"]))
                 await pipe.execute()
+            live = await self.live_nodes()
         except Unreachable as exc:
             self._missed(exc)
-            return
+            return set()
         self._reached()
+        gone = self._live.keys() - live.keys()
+        self._live = live
+        return gone
 
-    async def live_nodes(self) -> dict[str, list[str]]:
-        """node -> groups, of the nodes whose heartbeat has not lapsed (this one included)."""
+    async def live_nodes(self) -> dict[str, Peer]:
+        """The nodes whose heartbeat has not lapsed (this one included)."""
         names = sorted(decoded(n) for n in await self.redis.smembers(NODES))
         values = await self.redis.mget([node_key(n) for n in names]) if names else []
-        live = {self.name: self.groups}
+        live = {self.name: Peer(self.groups, self.started)}
         for name, value in zip(names, values, strict=True):
-            if value is None:
+            if value is None or name == self.name:
                 continue
             try:
-                groups = json.loads(value)["groups"]
-            except (ValueError, KeyError, TypeError):
+                info = json.loads(value)
+                groups, started = info["groups"], float(info.get("started", 0.0))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
             if isinstance(groups, list):
-                live[name] = [str(g) for g in groups]
+                live[name] = Peer([str(g) for g in groups], started)
         return live
 
-    async def claim(self, job: str, units: Mapping[str, str], interval: float) -> set[str]:
+    def _mine(self, units: Mapping[str, str], live: Mapping[str, Peer], begins: float) -> set[str]:
+        """The units this node owns in the cycle that `begins` then. A node that started in
+        that cycle owns only what nobody else can run in it: the others may have run its
+        share already, and its first run may come too late."""
+        newcomers = {name for name, peer in live.items() if peer.started >= begins}
+        owners = assign(units, {name: peer.groups for name, peer in live.items()}, newcomers)
+        return {u for u, node in owners.items() if node == self.name}
+
+    async def claim(self, job: str, units: Mapping[str, str], interval: float) -> Claim:
         """The units (unit -> group) this node runs in the current cycle of `job`: those it owns
-        among the live nodes and could claim. Cut off from Redis, it runs the share it had."""
-        cycle = int(self.clock() // interval)
-        if self.cut_off:  # the heartbeat finds out when Redis answers again
-            return {u for u, node in assign(units, self._live).items() if node == self.name}
+        among the live nodes and could claim (none of them already run in this cycle). Cut off
+        from Redis, it runs the share it had."""
+        now = self.clock()
+        cycle = int(now // interval)
+        until = (cycle + LAST_START) * interval
+        if now >= until:
+            return Claim(set(), cycle, until)  # too late for this cycle; the next one's owner
         try:
             live = await self.live_nodes()
         except Unreachable as exc:
             self._missed(exc)
-            return {u for u, node in assign(units, self._live).items() if node == self.name}
+            return await self._ran_now(job, cycle, until,
+                                       self._mine(units, self._live, cycle * interval))
         self._live = live
-        mine = [u for u, node in assign(units, live).items() if node == self.name]
+        mine = sorted(self._mine(units, live, cycle * interval))
         if not mine:
-            return set()
+            self._reached()
+            return Claim(set(), cycle, until)
         ttl = int(3 * interval * 1000)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -190,9 +259,24 @@ class ClusterNode:
                     await self.redis.hset(OWNERS, mapping={f"{job}/{u}": when for u in claimed})
         except Unreachable as exc:
             self._missed(exc)
-            return set(mine)
+            return await self._ran_now(job, cycle, until, set(mine))
         self._reached()
-        return claimed
+        return await self._ran_now(job, cycle, until, claimed)
+
+    async def _ran_now(self, job: str, cycle: int, until: float, units: set[str]) -> Claim:
+        """The claim of `units`, less those this node (or its predecessor, before a restart)
+        ran in this cycle already; noted on disk."""
+        last_cycle, last_units = self._ran.get(job, (None, []))
+        if last_cycle == cycle:
+            units = units - set(last_units)
+        if units and self._ran_path is not None:
+            self._ran[job] = (cycle, sorted(units | set(last_units) if last_cycle == cycle
+                                            else units))
+            try:
+                await asyncio.to_thread(save_state, self._ran_path, self._ran)
+            except OSError as exc:
+                log.error("cluster: cannot note what this node ran in %s: %s", self._ran_path, exc)
+        return Claim(units, cycle, until)
 
     def shared_state(self, job: str, keep: float) -> RedisState:
         """Where `job`'s units keep what moves with them (kept `keep` seconds after the last
@@ -204,7 +288,7 @@ class ClusterNode:
         """(job, unit) -> (node, last heard of) for the units (job -> unit -> group) last run
         by a node that is gone, in a group no live node serves: nobody polls them now."""
         live = await self.live_nodes()
-        served = {g for groups in live.values() for g in groups}
+        served = {g for peer in live.values() for g in peer.groups}
         owners = await self.redis.hgetall(OWNERS)
         seen = await self.redis.hgetall(SEEN)
         out = {}

@@ -8,7 +8,7 @@ score); when one joins, it takes only the units it now scores highest on.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 
 def _score(node: str, unit: str) -> int:
@@ -21,11 +21,18 @@ def owner(unit: str, nodes: Iterable[str]) -> str | None:
     return max(nodes, key=lambda node: (_score(node, unit), node), default=None)
 
 
-def assign(units: Mapping[str, str], nodes: Mapping[str, Iterable[str]]) -> dict[str, str | None]:
+def assign(units: Mapping[str, str], nodes: Mapping[str, Iterable[str]],
+           newcomers: Collection[str] = ()) -> dict[str, str | None]:
     """unit -> owning node, for units (unit -> group) and live nodes (node -> its groups); a
-    unit whose group no live node serves has no owner (None)."""
-    by_group: dict[str, list[str]] = {}
+    unit whose group no live node serves has no owner (None).
+
+    `newcomers` (nodes that joined during the cycle being assigned) get only the units of
+    groups that no other live node serves: the others may have run the newcomer's share of
+    that cycle already, and the newcomer must not wait for its first run to be on time."""
+    settled: dict[str, list[str]] = {}
+    joining: dict[str, list[str]] = {}
     for node, groups in nodes.items():
         for group in groups:
-            by_group.setdefault(group, []).append(node)
-    return {unit: owner(unit, by_group.get(group, ())) for unit, group in units.items()}
+            (joining if node in newcomers else settled).setdefault(group, []).append(node)
+    return {unit: owner(unit, settled.get(group) or joining.get(group) or ())
+            for unit, group in units.items()}

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.services_exec import MAX_OUTPUT, MAX_PLUGIN_METRICS, PLUGIN_ENV, admit, run
+from collectors.services_exec import MAX_OUTPUT, MAX_PLUGIN_METRICS, PLUGIN_ENV, admit, cannot_run, run
 from monitor.config import Config, MuninSource, listen_address
 from monitor.model import Batch, CheckResult, Collector, Kind, Measurement, State
 from monitor.store import safe_name
@@ -194,10 +194,8 @@ async def run_plugin(path: Path, env: dict[str, str], timeout: float) -> tuple[l
                 outputs.append(out.splitlines())
     except TimeoutError:
         raise PluginFailed(f"{name} did not finish within {timeout:g} s and was killed") from None
-    except FileNotFoundError:
-        raise PluginFailed(f"plugin {clean(str(path), 120)} does not exist") from None
-    except PermissionError:
-        raise PluginFailed(f"plugin {clean(str(path), 120)} is not executable") from None
+    except OSError as exc:  # no such file, not executable, no #! line: this plugin's problem
+        raise PluginFailed(f"plugin {cannot_run(str(path), exc)}") from None
     return outputs[0], outputs[1]
 
 

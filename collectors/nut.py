@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 
+from collectors.services_base import hostport
 from collectors.ups import BATTERY, BYPASS, OFF, ONLINE, UNKNOWN, UpsReading, ups_batch
 from monitor.config import Config, UpsConfig
 from monitor.model import Batch, CheckResult, Collector, State
@@ -30,6 +32,18 @@ MAX_VARS = 1000
 
 class NutError(Exception):
     """upsd refused (ERR UNKNOWN-UPS, ACCESS-DENIED, ...) or said something that is not NUT."""
+
+
+# What an admin does about upsd's refusals (NUT's network protocol, "ERR <word>").
+ERR_HINTS = {
+    "UNKNOWN-UPS": "upsd has no UPS of that name (UNKNOWN-UPS): `upsc -l {where}` lists its "
+                   "names; set ups = one of them",
+    "DATA-STALE": "upsd has no fresh data from the UPS's driver (DATA-STALE): is the UPS's USB or "
+                  "serial cable in, and its driver running (`upsdrvctl start`)?",
+    "DRIVER-NOT-CONNECTED": "the UPS's driver is not running (DRIVER-NOT-CONNECTED): start it "
+                            "(`upsdrvctl start`, or the nut-driver service)",
+    "ACCESS-DENIED": "upsd refuses this host (ACCESS-DENIED): see LISTEN in upsd.conf",
+}
 
 
 def _unquote(text: str) -> str:
@@ -56,7 +70,10 @@ async def list_vars(host: str, port: int, ups: str, timeout: float) -> dict[str,
                     raise NutError("the connection closed before END LIST VAR") from None
                 line = raw.decode("utf-8", "replace").strip()
                 if line.startswith("ERR "):
-                    raise NutError(clean(line[4:], 60))
+                    word = line[4:].split(" ", 1)[0]
+                    hint = ERR_HINTS.get(word)
+                    raise NutError(hint.format(where=hostport(host, port)) if hint
+                                   else clean(line[4:], 60))
                 if line.startswith(f"BEGIN LIST VAR {ups}"):
                     continue
                 if line.startswith(f"END LIST VAR {ups}"):
@@ -78,9 +95,11 @@ async def list_vars(host: str, port: int, ups: str, timeout: float) -> dict[str,
 def _number(variables: dict[str, str], *names: str) -> float | None:
     for name in names:
         try:
-            return float(variables[name])
+            value = float(variables[name])
         except (KeyError, ValueError):
             continue
+        if math.isfinite(value):  # not "nan" or "inf": float() takes them
+            return value
     return None
 
 

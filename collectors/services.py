@@ -12,6 +12,7 @@ plugin's perfdata for plugins. The probes per protocol family live in services_*
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ from monitor.model import (
 )
 from monitor.text import clean
 from monitor.units import format_duration
+
+log = logging.getLogger(__name__)
 
 
 def _where(check: ServiceCheck, target: str) -> str:
@@ -181,12 +184,13 @@ class ServicesCollector:
     # The metrics each plugin check has stored so far, to bound them (services_exec).
     plugin_metrics: dict[str, set[str]] = field(default_factory=dict)
     selected: set[str] | None = None  # [cluster]: the checks this node runs now
+    until: float | None = None  # [cluster]: no check starts after this time (its cycle's end)
 
     def work_units(self) -> dict[str, str]:
         return {check.name: check.group for check in self.checks}
 
-    def select(self, units: set[str] | None) -> None:
-        self.selected = units
+    def select(self, units: set[str] | None, until: float | None = None) -> None:
+        self.selected, self.until = units, until
 
     def unit_of(self, target: str, check: str) -> str | None:
         return check if any(c.name == check for c in self.checks) else None
@@ -226,9 +230,14 @@ class ServicesCollector:
         results: list[CheckResult | None] = [None] * len(jobs)
         pending = iter(enumerate(jobs))
 
+        late: list[str] = []
+
         async def worker() -> None:
             for index, (check, target) in pending:
                 now = self.clock()
+                if self.until is not None and now >= self.until:
+                    late.append(check.name)  # the next cycle's owner runs it
+                    continue
                 if check.kind == "ping":
                     outcome = await self.ping(check, now)
                 else:
@@ -241,6 +250,9 @@ class ServicesCollector:
         async with asyncio.TaskGroup() as group:
             for _ in range(min(self.concurrency, len(jobs))):
                 group.create_task(worker())
+        if late:
+            log.warning("%s: %d check(s) not run, their cycle was over before they could start: "
+                        "%s", self.name, len(late), ", ".join(sorted(set(late))))
         batch = Batch()
         first = 0
         for check in checks:  # a check's targets are adjacent jobs

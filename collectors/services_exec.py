@@ -7,12 +7,11 @@ so a hung plugin never outlives its check.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import errno
 import hashlib
 import itertools
 import os
 import re
-import signal
 import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,28 +20,22 @@ from dataclasses import dataclass, field
 from collectors.services_base import Outcome, Stage, secs
 from monitor.config import ServiceCheck
 from monitor.model import State, Thresholds
+from monitor.process import read_bounded, reap
 from monitor.text import clean
 
 MAX_OUTPUT = 64 * 1024
 
 
-async def _bounded(stream: asyncio.StreamReader | None, limit: int) -> bytes:
-    """The first `limit` bytes of a pipe, read to its end: a program that floods its output
-    costs its own time budget, never the agent's memory."""
-    kept = bytearray()
-    while stream is not None and (chunk := await stream.read(65536)):
-        kept += chunk[:max(0, limit - len(kept))]
-    return bytes(kept)
-
-
-async def _reap(proc: asyncio.subprocess.Process) -> None:
-    """Wait for a killed process. Its pipes are read to their end first: asyncio's wait()
-    returns only once they are closed, and a reader that stopped at its limit never sees that.
-    A pipe still open after a few seconds belongs to a process that left the group: give up."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            await asyncio.gather(_bounded(proc.stdout, 0), _bounded(proc.stderr, 0))
-            await proc.wait()
+def cannot_run(program: str, exc: OSError) -> str:
+    """Why `program` could not be started (the error of `run`), and what to do about it."""
+    shown = clean(program, 120)
+    if isinstance(exc, FileNotFoundError):
+        return f"{shown} does not exist"
+    if isinstance(exc, PermissionError):
+        return f"{shown} is not executable (chmod +x it, or is its file system mounted noexec?)"
+    if exc.errno == errno.ENOEXEC:
+        return f"{shown} is not a program (a script needs its #! line)"
+    return f"{shown} cannot be started ({clean(exc.strerror or str(exc), 80)})"
 
 
 async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] | None = None
@@ -55,15 +48,13 @@ async def run(argv: list[str], stage: Stage | None = None, env: dict[str, str] |
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, start_new_session=True, env=env)
     try:
-        out, err = await asyncio.gather(_bounded(proc.stdout, MAX_OUTPUT),
-                                        _bounded(proc.stderr, MAX_OUTPUT))
+        (out, _), (err, _) = await asyncio.gather(read_bounded(proc.stdout, MAX_OUTPUT),
+                                                  read_bounded(proc.stderr, MAX_OUTPUT))
         await proc.wait()
     except BaseException:
-        # Cancelled (its timeout) or failed: the whole group goes, children it left included.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        # Reap it off the cancelled task so no zombie (or pipe fd) is left behind.
-        await asyncio.shield(_reap(proc))
+        # Cancelled (its timeout) or failed: the whole group goes, children it left included,
+        # reaped off the cancelled task so no zombie (or pipe fd) is left behind.
+        await asyncio.shield(reap(proc))
         raise
     return (proc.returncode if proc.returncode is not None else -1,
             out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
@@ -147,6 +138,9 @@ class PingSeries:
         except FileNotFoundError:
             raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: {check.ping_command} is missing; "
                                 "install iputils-ping or set ping_command")) from None
+        except OSError as exc:
+            raise _Stop(Outcome(State.UNKNOWN, f"{self.where}: ping_command "
+                                f"{cannot_run(str(check.ping_command), exc)}")) from None
         loss, rtt = parse_ping(out)
         if loss is None:
             text = (err or out).strip()
@@ -333,11 +327,11 @@ async def probe_plugin(check: ServiceCheck, stage: Stage) -> Outcome:
     program = os.path.basename(check.command[0])
     try:
         code, out, err = await run(list(check.command), stage, env=PLUGIN_ENV)
-    except FileNotFoundError:
-        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} does not exist "
+    except FileNotFoundError as exc:
+        return Outcome(State.UNKNOWN, f"plugin {cannot_run(check.command[0], exc)} "
                        "(install monitoring-plugins or fix command)")
-    except PermissionError:
-        return Outcome(State.UNKNOWN, f"plugin {clean(check.command[0])} is not executable")
+    except OSError as exc:
+        return Outcome(State.UNKNOWN, f"plugin {cannot_run(check.command[0], exc)}")
     elapsed = time.monotonic() - start
     text, perf = split_plugin_output(out)
     state = State(code) if code in (0, 1, 2, 3) else State.UNKNOWN

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import re
 import ssl
 import time
 import uuid
@@ -159,6 +160,13 @@ async def _imap_connect(check: ServiceCheck, stage: Stage, now: float
                                        name=imap_name(check))
 
 
+def _search_uids(lines: list[str]) -> set[int]:
+    """The UIDs of untagged "* SEARCH 3 4" lines. They go back into our STORE command: only
+    numbers are taken, so a server that answers "1:*" cannot have us delete its whole INBOX."""
+    return {int(uid) for line in lines if line.upper().startswith("* SEARCH")
+            for uid in line.split()[2:] if re.fullmatch(r"[1-9][0-9]{0,9}", uid)}
+
+
 async def _find_and_delete(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter, tag: str, token: str) -> tuple[float, int]:
     """Wait (looking every POLL seconds) for the probe with `token`, then delete it with every
@@ -182,16 +190,16 @@ async def _find_and_delete(check: ServiceCheck, stage: Stage, reader: asyncio.St
         seen = time.monotonic()
         if not reply.upper().startswith(f"U{number} OK"):
             raise ProtocolError(f"(IMAP) refused the search: {said(check, reply)!r} in {{t}}")
-        uids = [uid for line in untagged if line.upper().startswith("* SEARCH")
-                for uid in line.split()[2:]]
+        uids = _search_uids(untagged)
         if uids:
             await command(writer, f'u{number}t UID SEARCH HEADER X-Monitor-Probe "{token}"')
             _, mine = await imap_tagged(reader, f"u{number}t")
-            if any(line.split()[2:] for line in mine if line.upper().startswith("* SEARCH")):
+            if this_run := _search_uids(mine):
+                uids |= this_run  # (it may have arrived between the two searches)
                 break
         await asyncio.sleep(POLL)
     stage.doing = "delete"
-    await command(writer, f"d1 UID STORE {','.join(uids)} +FLAGS.SILENT (\\Deleted)")
+    await command(writer, f"d1 UID STORE {','.join(map(str, sorted(uids)))} +FLAGS.SILENT (\\Deleted)")
     await imap_tagged(reader, "d1")
     await command(writer, "d2 EXPUNGE")
     await imap_tagged(reader, "d2")

@@ -30,7 +30,8 @@ from monitor.text import clean
 
 MAX_LINES = 100
 LINE_LIMIT = 65536  # one line of a peer's answer
-KEEP = 65536  # the last 64 KiB of an answer are searched for `expect`
+KEEP = 65536  # bytes read at a time while looking for `expect`
+HEAD = 4096  # the start of an answer, kept for the messages
 # A multi-line SMTP/FTP reply (a "220-" greeting of thousands of lines is legal) is read to its
 # end, up to this many bytes in all.
 MAX_REPLY = 1 << 20
@@ -160,15 +161,20 @@ async def _tcp(check: ServiceCheck, stage: Stage, reader: asyncio.StreamReader,
         return ""
     stage.doing = repr(clean(check.expect))
     want = check.expect.encode()
-    seen = b""
-    while want not in seen:
+    head = seen = b""
+    while want:
         chunk = await reader.read(KEEP)
         if not chunk:
             raise ProtocolError(f"closed the connection without sending {clean(check.expect)!r}"
-                                f" (got {clean(seen)!r})")
-        # Only the text of a timeout message needs it cleaned: kept raw until then.
-        seen = stage.got = (seen + chunk)[-KEEP:]
-    first = seen.split(b"\n", 1)[0]
+                                f" (got {clean(head)!r})")
+        # The start of the answer for the messages (only a message needs it cleaned: kept raw
+        # until then); `want` looked for in what came since the last look (plus the bytes it
+        # may start in), so a peer that floods costs reading, not searching all of it again.
+        head = stage.got = head if len(head) >= HEAD else (head + chunk)[:HEAD]
+        seen = seen[-(len(want) - 1):] + chunk if len(want) > 1 else chunk
+        if want in seen:
+            break
+    first = head.split(b"\n", 1)[0]
     return f"answered {clean(first)!r} in {{t}}"
 
 

@@ -795,6 +795,7 @@ class SnmpCollector:
         self.pollers = {d.name: DevicePoller(d, interval, state_dir) for d in devices}
         self._engines: dict[str, tuple[object, asyncio.AbstractEventLoop]] = {}
         self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
+        self._until: float | None = None  # [cluster]: no poll starts after this (cycle's end)
         self._share: SharedState | None = None  # [cluster]: counter state of every node
         self.texts = DeviceTexts()
         for poller in self.pollers.values():
@@ -803,8 +804,8 @@ class SnmpCollector:
     def work_units(self) -> dict[str, str]:
         return {name: poller.device.group for name, poller in self.pollers.items()}
 
-    def select(self, units: set[str] | None) -> None:
-        self._selected = units
+    def select(self, units: set[str] | None, until: float | None = None) -> None:
+        self._selected, self._until = units, until
 
     def unit_of(self, target: str, check: str) -> str | None:
         return target if target in self.pollers else None
@@ -857,11 +858,16 @@ class SnmpCollector:
         back instead of piling up every device's values in memory."""
         limit = asyncio.Semaphore(self.concurrency)
         ready: asyncio.Queue[Batch] = asyncio.Queue(maxsize=self.concurrency)
+        late: list[str] = []
 
         async def run(poller: DevicePoller) -> None:
             # The poll keeps its place until its batch is queued: were the place given back at
             # once, every device polled while the consumer writes would wait here with its batch.
             async with limit:
+                if self._until is not None and self.clock() >= self._until:
+                    late.append(poller.device.name)  # the next cycle's owner polls it
+                    await ready.put(Batch())
+                    return
                 await ready.put(await self._poll(poller))
 
         tasks = [asyncio.ensure_future(run(p)) for name, p in self.pollers.items()
@@ -874,10 +880,14 @@ class SnmpCollector:
                 while remaining and not ready.empty():
                     batch.add(ready.get_nowait())
                     remaining -= 1
-                yield batch
+                if batch.checks or batch.measurements:
+                    yield batch
         finally:
             for task in tasks:
                 task.cancel()
+        if late:
+            log.warning("%s: %d device(s) not polled, their cycle was over before the poll could "
+                        "start: %s", self.name, len(late), ", ".join(sorted(late)))
 
     async def collect(self) -> Batch:
         batch = Batch()

@@ -6,15 +6,18 @@ every router has). Accepted prefixes come from CISCO-BGP4-MIB (cbgpPeerAddrFamil
 cbgpPeer2AddrFamilyPrefixTable) or Juniper's jnxBgpM2PrefixCountersTable, summed over the
 address families of a peer.
 
-One check per peer, "bgp <address>": CRITICAL when a session that is not administratively
-stopped is not Established ("BGP to AS64500 192.0.2.1 down since 03:12, was up 41 days"),
-WARNING when its accepted prefixes fell by more than `bgp_prefix_drop` percent below what it
-had. Metrics (instance "bgp <address>"): bgp_state (6 = established), established_seconds,
-accepted_prefixes, session_flaps (times it left Established since the last poll).
+One check per peer, "bgp <address>" ("bgp <address> in routing instance N" outside Juniper's
+master instance: an L3VPN customer's CE may have a master peer's address): CRITICAL when a
+session that is not administratively stopped is not Established ("BGP to AS64500 192.0.2.1
+down since 03:12, was up 41 days"), WARNING when its accepted prefixes fell by more than
+`bgp_prefix_drop` percent below what it had. Metrics (instance "bgp <address>"): bgp_state
+(6 = established), established_seconds, accepted_prefixes, session_flaps (times it left
+Established since the last poll).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import time
 from collections.abc import Iterable
@@ -31,6 +34,9 @@ PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS = (*BGP_PEER, 2), (*BGP_PEER, 3), (*BGP_P
 PEER_TRANSITIONS, PEER_ESTABLISHED_TIME = (*BGP_PEER, 15), (*BGP_PEER, 16)
 CISCO_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 4, 1, 1)  # index: IPv4 (4), afi, safi
 CISCO2_ACCEPTED = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 8, 1, 1)  # index: type, len, addr, afi, safi
+# cbgpPeer2RemoteAs (index: type, len, addr): the 4-byte AS that BGP4-MIB's 16-bit
+# bgpPeerRemoteAs shows as AS_TRANS (23456)
+CISCO2_REMOTE_AS = (1, 3, 6, 1, 4, 1, 9, 9, 187, 1, 2, 5, 1, 11)
 JNX_PEER = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 1, 1, 1)
 JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR = (*JNX_PEER, 2), (*JNX_PEER, 3), (*JNX_PEER, 11)
 JNX_REMOTE_AS, JNX_PEER_INDEX = (*JNX_PEER, 13), (*JNX_PEER, 14)
@@ -39,8 +45,9 @@ JNX_PREFIXES = (1, 3, 6, 1, 4, 1, 2636, 5, 1, 1, 2, 6, 2, 1)
 JNX_IN_PREFIXES, JNX_ACCEPTED = (*JNX_PREFIXES, 7), (*JNX_PREFIXES, 8)  # index: peer index, afi, safi
 
 COLUMNS = [PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS, PEER_TRANSITIONS, PEER_ESTABLISHED_TIME,
-           CISCO_ACCEPTED, CISCO2_ACCEPTED, JNX_STATE, JNX_STATUS, JNX_REMOTE_ADDR, JNX_REMOTE_AS,
-           JNX_PEER_INDEX, JNX_ESTABLISHED_TIME, JNX_IN_PREFIXES, JNX_ACCEPTED]
+           CISCO_ACCEPTED, CISCO2_ACCEPTED, CISCO2_REMOTE_AS, JNX_STATE, JNX_STATUS,
+           JNX_REMOTE_ADDR, JNX_REMOTE_AS, JNX_PEER_INDEX, JNX_ESTABLISHED_TIME, JNX_IN_PREFIXES,
+           JNX_ACCEPTED]
 
 STATES = {1: "idle", 2: "connect", 3: "active", 4: "opensent", 5: "openconfirm", 6: "established"}
 ESTABLISHED = 6
@@ -57,6 +64,15 @@ class Peer:
     established_seconds: float | None = None
     transitions: int | None = None
     accepted_prefixes: int | None = None
+    routing_instance: int = 0  # Juniper's jnxBgpM2PeerRoutingInstance; 0: the master instance
+
+    @property
+    def name(self) -> str:
+        """The peer's address, and its routing instance when that is not the master: what its
+        check, series and history are keyed by."""
+        if not self.routing_instance:
+            return self.address
+        return f"{self.address} in routing instance {self.routing_instance}"
 
 
 def _int(value: object) -> int | None:
@@ -82,9 +98,17 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
     accepted: dict[str, int] = {}
     for index, value in get(CISCO_ACCEPTED).items():
         _sum(accepted, _address(index[:4]) if len(index) == 6 else None, value)
+    # IOS 15 and later count an IPv4 peer in both tables: the newer one's counts replace the
+    # older one's, never add to them.
+    newer: dict[str, int] = {}
     for index, value in get(CISCO2_ACCEPTED).items():
         ok = len(index) >= 4 and index[1] == len(index) - 4
-        _sum(accepted, _address(index[2:-2]) if ok else None, value)
+        _sum(newer, _address(index[2:-2]) if ok else None, value)
+    accepted |= newer
+    remote_as: dict[str, int] = {
+        address: asn for index, value in get(CISCO2_REMOTE_AS).items()
+        if len(index) >= 2 and index[1] == len(index) - 2
+        and (address := _address(index[2:])) is not None and (asn := _int(value)) is not None}
     peers: list[Peer] = []
     if get(JNX_STATE):
         by_peer_index: dict[int, str] = {}
@@ -93,13 +117,15 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
             address = _address(raw) if isinstance(raw, bytes) else None
             if address is None or _int(state) not in STATES:
                 continue
+            established = _int(get(JNX_ESTABLISHED_TIME).get(index))
+            peer = Peer(address, _int(get(JNX_REMOTE_AS).get(index)), _int(state),
+                        get(JNX_STATUS).get(index) == 1,
+                        None if established is None else float(established),
+                        routing_instance=index[0])
             peer_index = _int(get(JNX_PEER_INDEX).get(index))
             if peer_index is not None:
-                by_peer_index[peer_index] = address
-            established = _int(get(JNX_ESTABLISHED_TIME).get(index))
-            peers.append(Peer(address, _int(get(JNX_REMOTE_AS).get(index)), _int(state),
-                              get(JNX_STATUS).get(index) == 1,
-                              None if established is None else float(established)))
+                by_peer_index[peer_index] = peer.name
+            peers.append(peer)
         counts = get(JNX_ACCEPTED) or get(JNX_IN_PREFIXES)
         for index, value in counts.items():
             _sum(accepted, by_peer_index.get(index[0]) if len(index) == 3 else None, value)
@@ -109,12 +135,12 @@ def peers_from_tables(tables: dict[Oid, dict[Oid, object]]) -> list[Peer]:
             if address is None or _int(state) not in STATES:  # not a BGP state: not a peer
                 continue
             established = _int(get(PEER_ESTABLISHED_TIME).get(index))
-            peers.append(Peer(address, _int(get(PEER_REMOTE_AS).get(index)), _int(state),
+            asn = remote_as.get(address, _int(get(PEER_REMOTE_AS).get(index)))
+            peers.append(Peer(address, asn, _int(state),
                               get(PEER_ADMIN).get(index) == 1,
                               None if established is None else float(established),
                               _int(get(PEER_TRANSITIONS).get(index))))
-    return [Peer(p.address, p.remote_as, p.state, p.admin_stopped, p.established_seconds,
-                 p.transitions, accepted.get(p.address)) for p in peers]
+    return [dataclasses.replace(p, accepted_prefixes=accepted.get(p.name)) for p in peers]
 
 
 @dataclass
@@ -189,8 +215,8 @@ class BgpWatch:
     def batch(self, target: str, peers: list[Peer], now: float) -> Batch:
         batch = Batch()
         for peer in peers:
-            history = self.peers.setdefault(peer.address, PeerHistory())
-            instance = f"bgp {peer.address}"
+            history = self.peers.setdefault(peer.name, PeerHistory())
+            instance = f"bgp {peer.name}"
 
             def add(metric: str, value: float | None, unit: str = "", instance: str = instance) -> None:
                 if value is not None:
@@ -207,12 +233,12 @@ class BgpWatch:
                     "flaps")
             history.transitions = peer.transitions
             batch.add(CheckResult(target, instance, *self.verdict(peer, history, now), timestamp=now))
-        for gone in self.peers.keys() - {p.address for p in peers}:
+        for gone in self.peers.keys() - {p.name for p in peers}:
             del self.peers[gone]  # removed from the router's config
         return batch
 
     def verdict(self, peer: Peer, history: PeerHistory, now: float) -> tuple[State, str]:
-        name = f"BGP to AS{peer.remote_as} {peer.address}" if peer.remote_as else f"BGP to {peer.address}"
+        name = f"BGP to AS{peer.remote_as} {peer.name}" if peer.remote_as else f"BGP to {peer.name}"
         label = self.label(peer.address)
         if label:
             name += f" ({label})"

@@ -7,7 +7,8 @@ UPS on USB behind upsd page the same way:
 - on battery: CRITICAL at once, with the runtime left first ("on battery, 23 min runtime left")
   because that is what the person woken at 3 a.m. needs to decide;
 - battery low (on line), battery needs replacing, on bypass: WARNING;
-- on line: OK, with charge, runtime and load.
+- on line, or in a battery self-test (on battery by design: APC's onBatteryTest, UPS-MIB's
+  upsAlarmTestInProgress): OK, with charge, runtime and load.
 
 Metrics (instance "ups"): on_battery (1/0), battery_charge_percent, runtime_seconds,
 input_volts, output_volts, load_percent, temperature_celsius.
@@ -25,6 +26,7 @@ from monitor.units import format_duration
 
 # Power states, in the words of the messages.
 ONLINE, BATTERY, BYPASS, OFF, UNKNOWN = "on line", "on battery", "on bypass", "off", "unknown"
+SELF_TEST = "in a battery self-test"
 
 METRICS = {  # field -> (metric, unit)
     "charge_percent": ("battery_charge_percent", "%"),
@@ -120,6 +122,7 @@ UPS_OUTPUT_VOLTAGE, UPS_OUTPUT_LOAD = (*UPS_MIB, 4, 4, 1, 2), (*UPS_MIB, 4, 4, 1
 UPS_ALARM_DESCR = (*UPS_MIB, 6, 2, 1, 2)
 UPS_ALARM_BATTERY_BAD = (*UPS_MIB, 6, 3, 1)
 UPS_ALARM_LOW_BATTERY = (*UPS_MIB, 6, 3, 3)
+UPS_ALARM_TEST_IN_PROGRESS = (*UPS_MIB, 6, 3, 14)
 
 APC = (1, 3, 6, 1, 4, 1, 318, 1, 1, 1)
 APC_MODEL = (*APC, 1, 1, 1)
@@ -147,8 +150,11 @@ UPS_MIB_POWER = {1: UNKNOWN, 2: OFF, 3: ONLINE, 4: BYPASS, 5: BATTERY, 6: ONLINE
 # upsBasicOutputStatus: onLine(2) onBattery(3) onSmartBoost(4) timedSleeping(5)
 # softwareBypass(6) off(7) rebooting(8) switchedBypass(9) hardwareFailureBypass(10)
 # sleepingUntilPowerReturn(11) onSmartTrim(12) ecoMode(13) hotStandby(14) onBatteryTest(15)
+# emergencyStaticBypass(16) staticBypassStandby(17) eConversion(20) selfTest(28) (others: unknown).
+# A self-test is on battery by design (the card schedules one every two weeks): not a power cut.
 APC_POWER = {2: ONLINE, 3: BATTERY, 4: ONLINE, 5: OFF, 6: BYPASS, 7: OFF, 8: OFF, 9: BYPASS,
-             10: BYPASS, 11: OFF, 12: ONLINE, 13: ONLINE, 14: ONLINE, 15: BATTERY}
+             10: BYPASS, 11: OFF, 12: ONLINE, 13: ONLINE, 14: ONLINE, 15: SELF_TEST, 16: BYPASS,
+             17: BYPASS, 20: ONLINE, 28: SELF_TEST}
 
 
 def _scalar(scalars: dict[Oid, object], oid: Oid) -> int | None:
@@ -206,6 +212,8 @@ def from_snmp(scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]]) 
     minutes = _scalar(scalars, UPS_MINUTES_LEFT)
     seconds = _scalar(scalars, UPS_SECONDS_ON_BATTERY)
     power = UPS_MIB_POWER.get(source, UNKNOWN) if source is not None else UNKNOWN
+    if power == BATTERY and UPS_ALARM_TEST_IN_PROGRESS in alarms:
+        power = SELF_TEST  # on battery by design, not a power cut
     return UpsReading(
         "UPS-MIB", power,
         battery_low=status in (3, 4) or UPS_ALARM_LOW_BATTERY in alarms,

@@ -6,15 +6,12 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
 
 log = logging.getLogger("monitor")
-
-ReadConfig = Callable[[argparse.Namespace], Config]
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:

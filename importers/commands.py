@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
+from xml.etree.ElementTree import ParseError
+
+import rrdtool
 
 from importers.plan import Plan, SeriesCopy
-from monitor.config import Config
+from monitor.config import Config, ReadConfig
 from monitor.text import clean
 from monitor.units import format_bytes
-
-ReadConfig = Callable[[argparse.Namespace], Config]
 
 
 def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
@@ -44,13 +44,15 @@ def register(sub: argparse._SubParsersAction, read_config: ReadConfig) -> None:
                              "ping_ series of each Munin node -> the host, disks and ping series "
                              "of this agent (target = the node's name).")
     munin.add_argument("path", type=Path, metavar="DBDIR|MUNIN.CONF")
-    smoke = kinds.add_parser("smokeping", help="a SmokePing Targets file and its RRD files",
-                             description="Targets -> [[services]] ping (dns, http where the "
-                             "probe says so) checks; their median RTT and loss history.")
-    smoke.add_argument("path", type=Path, metavar="TARGETS")
+    smoke = kinds.add_parser("smokeping", help="a SmokePing config (or its Targets) and its RRD "
+                             "files", description="Targets -> [[services]] ping (dns, http where "
+                             "the probe says so) checks; their median RTT and loss history. "
+                             "CONFIG is /etc/smokeping/config (its @include files are read) or "
+                             "a Targets file alone.")
+    smoke.add_argument("path", type=Path, metavar="CONFIG|TARGETS")
     smoke.add_argument("--rrd-dir", type=Path, metavar="DIR",
-                       help="SmokePing's datadir (default: next to the config, ../data, or "
-                       "/var/lib/smokeping)")
+                       help="SmokePing's datadir (default: the config's datadir, else next to "
+                       "the file, ../data, or /var/lib/smokeping)")
     for tool in (mrtg, munin, smoke):
         tool.add_argument("--dry-run", action="store_true",
                           help="show what would be done; write nothing")
@@ -121,17 +123,29 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
 
     out = out or sys.stdout
     err = err or sys.stderr
+    store = open_store(config)
+    if store.remote:
+        store.close()
+        raise ValueError(
+            "import rewrites RRD files in place (rrdtool dump and restore), which cannot be done "
+            "through an rrdcached over TCP: run it on the store host, with a config of its own "
+            "without [cluster] whose [storage] rrd_dir is rrdcached's base directory (-b) and "
+            "rrdcached its local socket; the nodes take up the files it creates at their next "
+            "write")
     try:
         plan = make_plan(args)
     except OSError as exc:
+        store.close()
         raise ValueError(f"import {args.tool}: cannot read {exc.filename or args.path}: "
                          f"{exc.strerror or exc}") from None
+    except BaseException:  # a config it cannot take (an Include loop): said by the caller
+        store.close()
+        raise
     for stanza in plan.stanzas:
         out.write(stanza + "\n")
     out.flush()
     sizes = [c.size for c in plan.copies]
     progress = Progress(len(plan.copies), sum(sizes), err)
-    store = open_store(config)
     started = time.monotonic()
     totals = {"created": 0, "filled": 0, "kept": 0, "replaced": 0, "files": 0}
     failed: list[str] = []
@@ -150,7 +164,8 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
                     continue
                 report = store.merge_history(copy.templates, history, step_for(copy, config),
                                              force=args.force, dry_run=args.dry_run)
-            except (OSError, ValueError) as exc:
+            # rrdtool's own error: a damaged file (cut short, written on another architecture).
+            except (OSError, ValueError, ParseError, rrdtool.OperationalError) as exc:
                 failed.append(f"{copy.what}: {exc}")
                 continue
             finally:

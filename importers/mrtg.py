@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, toml_string
 from monitor.consolidate import Archive, Interval
 from monitor.model import Kind, Measurement
 from monitor.store import read_archives
@@ -45,6 +44,7 @@ _TARGET = re.compile(
 _INTERFACE_COMMENT = re.compile(
     r"^### Interface (?P<index>\d+) >> Descr: '(?P<descr>.*?)' \| Name: '(?P<name>.*?)'")
 _SYSTEM_COMMENT = re.compile(r"^# System: (?P<name>.+)$")
+_INCLUDE = re.compile(r"^Include\s*:\s*(.+?)\s*$")
 
 
 @dataclass
@@ -73,7 +73,6 @@ class MrtgConfig:
     workdir: Path | None
     logdir: Path | None
     logformat: str
-    interval: float  # seconds
     commented_out: int
 
 
@@ -83,16 +82,6 @@ def read_config(path: Path) -> MrtgConfig:
     targets: dict[str, MrtgTarget] = {}
     defaults: dict[str, str] = {}
     counts = {"commented": 0}
-
-    def lines(file: Path) -> Iterator[tuple[Path, int, str]]:
-        for number, text in enumerate(file.read_text(encoding="utf-8", errors="replace")
-                                      .splitlines(), 1):
-            match = re.match(r"^Include\s*:\s*(.+?)\s*$", text)
-            if match:
-                included = Path(match[1])
-                yield from lines(included if included.is_absolute() else file.parent / included)
-            else:
-                yield file, number, text
 
     pending: tuple[str, str | None, Path, int, list[str]] | None = None
     comment: dict[str, str] = {}
@@ -117,8 +106,9 @@ def read_config(path: Path) -> MrtgConfig:
                 host = re.search(r"@(\[[^\]]+\]|[^:|\s]+)", value)
                 host_text = host[1] if host else ""
                 system["host"] = system["host"] or host_text
+                # Keys above the Target[] line (MRTG takes them in any order) are kept.
                 entry = targets[target] = MrtgTarget(
-                    target, value, number, file, keys=dict(defaults),
+                    target, value, number, file, keys={**defaults, **(entry.keys if entry else {})},
                     system=system["name"] if host_text == system["host"] else "")
                 if comment:
                     entry.if_name, entry.if_descr = comment["name"], comment["descr"]
@@ -128,15 +118,18 @@ def read_config(path: Path) -> MrtgConfig:
                 entry = targets[target] = MrtgTarget(target, "", number, file)
             entry.keys[lower] = value
 
-    for file, number, text in lines(path):
+    for file, number, text in included_lines(path, _INCLUDE):
         if text[:1] in (" ", "\t") and pending is not None and text.strip():
             pending[4].append(text.strip())
             continue
         if text.startswith("#"):
             interface = _INTERFACE_COMMENT.match(text)
+            found = _SYSTEM_COMMENT.match(text)
+            if interface or found:  # cfgmaker's heading of what follows: the line above is done
+                finish()
+                pending = None
             if interface:
                 comment = interface.groupdict()
-            found = _SYSTEM_COMMENT.match(text)
             if found:
                 system = {"name": found["name"].strip(), "host": ""}
             if re.match(r"^#\s*Target\[", text):
@@ -157,11 +150,9 @@ def read_config(path: Path) -> MrtgConfig:
         out.append(target)
     workdir = glob.get("workdir")
     logdir = glob.get("logdir")
-    interval = glob.get("interval", "5")
-    minutes = float(interval.split(":")[0]) if re.match(r"^\d+(\.\d+)?(:\d+)?$", interval) else 5.0
+    # (MRTG's Interval does not matter: the history goes into files of our collector's step.)
     return MrtgConfig(out, Path(workdir) if workdir else None, Path(logdir) if logdir else None,
-                      glob.get("logformat", "rateup").strip().lower(), minutes * 60,
-                      counts["commented"])
+                      glob.get("logformat", "rateup").strip().lower(), counts["commented"])
 
 
 @dataclass(frozen=True)
@@ -200,7 +191,8 @@ def parse_target(target: MrtgTarget) -> Interface:
         first, _, second = ref.partition("&")
         found = []
         for oid_ref in (first, second):
-            oid = re.match(r"^([A-Za-z][A-Za-z0-9]*|[0-9.]+?)(?=[.#\\/!%][^.]*$|\.\d+$)", oid_ref)
+            # The OID, then ".INDEX" or a reference (#name, \descr, /ip, !mac) that may hold dots.
+            oid = re.match(r"^([A-Za-z][A-Za-z0-9]*|[0-9.]+?)(?=[#\\/!%]|\.\d+$)", oid_ref)
             metric = OID_METRICS.get(oid[1]) if oid else None
             if metric is None:
                 raise ValueError(f"explicit OIDs {clean(ref, 60)!r}: not interface counters this "
@@ -278,11 +270,14 @@ def read_rrd(path: Path) -> tuple[list[Archive], list[Archive]]:
     return archives.get("ds0", []), archives.get("ds1", [])
 
 
+DeviceKey = tuple[str, str, int, str, str]  # (device, host, port, version, community)
+
+
 def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
     """The stanzas and copies for every interface target of an MRTG config."""
     config = read_config(config_path)
     result = Plan()
-    by_device: dict[tuple[str, str, int, str, str], list[tuple[MrtgTarget, Interface]]] = {}
+    by_device: dict[DeviceKey, list[tuple[MrtgTarget, Interface]]] = {}
     for target in config.targets:
         try:
             interface = parse_target(target)
@@ -300,9 +295,10 @@ def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
         result.notes.append(f"{config.commented_out} target(s) commented out in the config "
                             "(cfgmaker does that for interfaces that were down): not imported")
     directory = rrd_dir or config.logdir or config.workdir or config_path.parent
-    names = [k[0] for k in by_device]
-    for (device, host, port, version, _community), items in by_device.items():
-        name = device if names.count(device) == 1 else f"{device}-{port}"
+    names = _device_names(list(by_device))
+    for key, items in by_device.items():
+        name = names[key]
+        _device, host, port, version, _community = key
         result.stanzas.append(_stanza(name, host, port, version, items, config_path))
         for target, interface in items:
             copy = _copy(name, target, interface, directory, config.logformat)
@@ -311,6 +307,27 @@ def plan(config_path: Path, rrd_dir: Path | None = None) -> Plan:
             else:
                 result.copies.append(copy)
     return result
+
+
+def _device_names(keys: list[DeviceKey]) -> dict[DeviceKey, str]:
+    """A distinct device name per (device, host, port, version, community): the device's own
+    name where it is the only one so named, else with its host (factory-default switches all
+    say sysName "switch"), its port, and at last a number."""
+    out: dict[DeviceKey, str] = {}
+    taken: set[str] = set()
+    for key in keys:
+        device, host, port = key[:3]
+        alike = sum(1 for k in keys if k[0] == device)
+        candidates = [device] if alike == 1 else []
+        candidates += [f"{device}-{host}" if host != device else device,
+                       f"{device}-{host}-{port}"]
+        name = next((c for c in candidates if c not in taken), None)
+        number = 2
+        while name is None or name in taken:
+            name, number = f"{device}-{host}-{port}-{number}", number + 1
+        taken.add(name)
+        out[key] = name
+    return out
 
 
 def _stanza(name: str, host: str, port: int, version: str,

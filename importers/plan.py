@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,3 +59,22 @@ def toml_string(text: str) -> str:
         else:
             out.append(ch)
     return '"' + "".join(out) + '"'
+
+
+def included_lines(path: Path, include: re.Pattern[str], within: tuple[Path, ...] = ()
+                   ) -> Iterator[tuple[Path, int, str]]:
+    """A config's lines with their file and number, each line `include` matches replaced by the
+    lines of the file its group 1 names (relative to the including file): MRTG's "Include:",
+    SmokePing's "@include". ValueError, naming the line, for a file that includes itself."""
+    within = (*within, path.resolve())
+    for number, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        match = include.match(text)
+        if match is None:
+            yield path, number, text
+            continue
+        included = Path(match[1])
+        included = included if included.is_absolute() else path.parent / included
+        if included.resolve() in within:
+            raise ValueError(f"{path}:{number}: {included} is included again (a loop through "
+                             "the files that include this one)")
+        yield from included_lines(included, include, within)

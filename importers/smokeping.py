@@ -1,8 +1,8 @@
-"""SmokePing: a Targets file -> [[services]] ping checks (dns, http where the probe says so), and
-each target's RRD file (DATADIR/SECTION/.../NAME.rrd: data sources uptime, loss, median and
-ping1..pingN, N = the Database section's "pings", 20 by default) -> our series of that check:
-median -> rtt_median_seconds (response_seconds for dns/http), loss (pings lost of N) ->
-loss_percent.
+"""SmokePing: a config (its @include files followed) or a Targets file -> [[services]] ping
+checks (dns, http where the probe says so), and each target's RRD file
+(DATADIR/SECTION/.../NAME.rrd: data sources uptime, loss, median and ping1..pingN, N = the
+Database section's "pings", 20 by default) -> our series of that check: median ->
+rtt_median_seconds (response_seconds for dns/http), loss (pings lost of N) -> loss_percent.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, toml_string
 from monitor.consolidate import Archive
 from monitor.model import Kind, Measurement
 from monitor.store import read_archives
@@ -21,6 +21,7 @@ from monitor.text import clean
 PING_PROBES = ("FPing", "FPing6", "FPingContinuous", "Ping", "TCPPing", "OpenSSHJunOSPing")
 DNS_PROBES = ("DNS", "AnotherDNS", "EchoPingDNS")
 HTTP_PROBES = ("Curl", "EchoPingHttp", "EchoPingHttps")
+_INCLUDE = re.compile(r"^\s*@include\s+(\S+)\s*$")  # Debian's main config is only these
 
 
 @dataclass
@@ -28,22 +29,29 @@ class Node:
     path: tuple[str, ...]
     line: int
     settings: dict[str, str] = field(default_factory=dict)
+    file: Path = Path()
 
 
-def read_targets(path: Path) -> list[Node]:
-    """The nodes of a Targets file (its "*** Targets ***" part), with inherited probe/lookup."""
+def read_config(path: Path) -> tuple[list[Node], Path | None]:
+    """The nodes of a SmokePing config's "*** Targets ***" part (the whole file when it has no
+    sections: a config.d/Targets), with inherited probe/lookup, and the General datadir."""
+    lines = list(included_lines(path, _INCLUDE))
     nodes: list[Node] = []
     stack: list[Node] = [Node((), 0)]
-    in_targets = not re.search(r"^\*\*\*", path.read_text(encoding="utf-8", errors="replace"), re.M)
-    for number, raw in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    datadir: Path | None = None
+    section = "" if any(text.startswith("***") for _, _, text in lines) else "Targets"
+    for file, number, raw in lines:
         text = raw.strip()
         if not text or text.startswith("#"):
             continue
-        section = re.match(r"^\*\*\*\s*(\w+)\s*\*\*\*$", text)
-        if section:
-            in_targets = section[1] == "Targets"
+        heading = re.match(r"^\*\*\*\s*(\w+)\s*\*\*\*$", text)
+        if heading:
+            section = heading[1]
             continue
-        if not in_targets:
+        setting = re.match(r"^([A-Za-z_]\w*)\s*=\s*(.*)$", text)
+        if section == "General" and setting and setting[1] == "datadir":
+            datadir = Path(setting[2].strip())
+        if section != "Targets":
             continue
         node = re.match(r"^(\++)\s*(\S+)$", text)
         if node:
@@ -51,25 +59,31 @@ def read_targets(path: Path) -> list[Node]:
             del stack[depth:]
             parent = stack[-1]
             inherited = {k: v for k, v in parent.settings.items() if k in ("probe", "lookup", "pings")}
-            new = Node((*parent.path, node[2]), number, inherited)
+            new = Node((*parent.path, node[2]), number, inherited, file)
             stack.append(new)
             nodes.append(new)
             continue
-        setting = re.match(r"^([A-Za-z_]\w*)\s*=\s*(.*)$", text)
         if setting:
             stack[-1].settings[setting[1]] = setting[2].strip()
-    return nodes
+    return nodes, datadir
+
+
+def read_targets(path: Path) -> list[Node]:
+    """The nodes of a Targets file or a whole config (see `read_config`)."""
+    return read_config(path)[0]
 
 
 def plan(targets: Path, rrd_dir: Path | None = None) -> Plan:
     result = Plan()
-    datadir = rrd_dir or next((d for d in (targets.parent / "data", targets.parent.parent / "data",
-                                           Path("/var/lib/smokeping")) if d.is_dir()), targets.parent)
-    for node in read_targets(targets):
+    nodes, configured = read_config(targets)
+    datadir = rrd_dir or configured or next(
+        (d for d in (targets.parent / "data", targets.parent.parent / "data",
+                     Path("/var/lib/smokeping")) if d.is_dir()), targets.parent)
+    for node in nodes:
         host = node.settings.get("host")
         if host is None:
             continue  # a section
-        where = f"{targets}:{node.line}: {'/'.join(node.path)}"
+        where = f"{node.file}:{node.line}: {'/'.join(node.path)}"
         if host.startswith("/") or " " in host:
             result.unmapped.append(f"{where}: a multi-host graph ({clean(host, 60)}): its "
                                    "targets are imported one by one")

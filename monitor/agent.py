@@ -118,12 +118,15 @@ class Agent:
             self.exporter.serve()
         cluster = self.cluster
         if cluster is not None:
-            cluster.schedule(self.scheduler)
+            cluster.schedule(self.scheduler, self._take_over)
         for collector in self.collectors:
             self.scheduler.add_interval(
                 collector.name, collector.interval, self._job(collector),
                 jitter=0 if cluster else min(self.config.agent.jitter, collector.interval / 10),
                 aligned=cluster is not None,
+                # A node that joins owns nothing of its first cycle: a run at once would only
+                # hold up its first aligned turn on a slow start.
+                run_now=cluster is None or not isinstance(collector, SharedCollector),
             )
         # Alerts: "no data" verdicts, timers and group windows. Mail leaves from a task of its
         # own: a stuck relay must not hold up a collector's job, a stop or a reload.
@@ -180,16 +183,30 @@ class Agent:
             await self.run_collector(collector)
         return run
 
+    def _take_over(self, collector: SharedCollector) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            await self.run_collector(collector, taking_over=True)
+        return run
+
     def _own_label(self, collector: Collector) -> str:
         """The agent's own check of a collector; in a cluster, each node's apart."""
         if self.cluster is None:
             return f"collector {collector.name}"
         return f"collector {collector.name} on {self.cluster.node.name}"
 
-    async def run_collector(self, collector: Collector) -> Batch:
+    async def run_collector(self, collector: Collector, *, taking_over: bool = False) -> Batch:
+        """One run of `collector`; in a cluster, of the units this node claims in the current
+        cycle (`taking_over`: a run again in the cycle, after a node was found gone, which does
+        nothing unless the gone node left units of it unclaimed)."""
         if self.cluster is not None and isinstance(collector, SharedCollector):
-            collector.select(await self.cluster.node.claim(collector.name, collector.work_units(),
-                                                      collector.interval))
+            claim = await self.cluster.node.claim(collector.name, collector.work_units(),
+                                                  collector.interval)
+            if taking_over and not claim.units:
+                return Batch()
+            if taking_over:
+                log.info("%s: taking over %d unit(s) of this cycle: %s", collector.name,
+                         len(claim.units), ", ".join(sorted(claim.units)))
+            collector.select(claim.units, until=claim.until)
         started = time.monotonic()
         # A run may overrun its interval (logged and counted), but one that hangs for several
         # intervals is cut off, or its job would never run again.

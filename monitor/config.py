@@ -23,6 +23,9 @@ from typing import Annotated, Any, Literal
 
 from monitor.units import parse_duration, parse_percent, parse_size
 
+if typing.TYPE_CHECKING:
+    import argparse
+
 # ---------------------------------------------------------------------------------------------
 # Field markers: Annotated[...] metadata that says how a TOML value becomes a Python value.
 
@@ -1263,6 +1266,13 @@ class Config:
         for i, name in enumerate(units):
             if name in units[:i]:
                 raise Invalid("ups", f"two [[ups]] tables are named {name!r}; names must be unique")
+        read_by_snmp = {d.name for d in self.snmp.devices if d.health}
+        for unit in self.ups:
+            if unit.name in read_by_snmp:
+                # Both would write target NAME, instance "ups", and one "ups" check.
+                raise Invalid("ups", f"[[ups]] {unit.name!r} has the name of [[snmp.devices]] "
+                              f"{unit.name}, whose UPS (if it has one) the SNMP poll reads too: "
+                              "give the [[ups]] another name, or set health = false there")
         devices = [d.name for d in self.snmp.devices]
         for i, name in enumerate(devices):
             if name in devices[:i]:
@@ -1323,6 +1333,11 @@ def default_config_path(environ: typing.Mapping[str, str] | None = None) -> Path
         return Path(environ["MONITOR_CONFIG"])
     local = Path("config.toml")
     return local if local.exists() else Path("/etc/monitor/config.toml")
+
+
+# What a subcommand's module is handed to read the config (monitor.cli.read_config: the path
+# of -c/$MONITOR_CONFIG, the loader, its warnings logged): every command reads it one way.
+ReadConfig = typing.Callable[["argparse.Namespace"], "Config"]
 
 
 def load_config(path: str | os.PathLike[str], environ: typing.Mapping[str, str] | None = None) -> Config:

@@ -104,6 +104,14 @@ def measurement_from_row(row: list[Any]) -> Measurement:
                        float(timestamp), low, high, None if limits is None else Thresholds(*limits))
 
 
+def _finite(text: str) -> float:
+    """A range's number: "nan" and "inf" parse as floats but bound nothing ("~" is -inf)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def alert_range(text: str | None) -> tuple[float, float, bool] | None:
     """A Nagios range as (start, end, inside): the plugin alerts when the value is outside
     start..end, or with "@" inside it. "10" is above 10 (its implicit start, 0, is given as
@@ -117,8 +125,8 @@ def alert_range(text: str | None) -> tuple[float, float, bool] | None:
     if not colon:
         start_text, end_text = "~", start_text
     try:
-        start = -math.inf if start_text == "~" else float(start_text or 0)
-        end = math.inf if end_text == "" else float(end_text)
+        start = -math.inf if start_text == "~" else _finite(start_text or "0")
+        end = math.inf if end_text == "" else _finite(end_text)
     except ValueError:
         return None
     if start > end or (math.isinf(start) and math.isinf(end)):
@@ -193,11 +201,13 @@ class StreamingCollector(Collector, Protocol):
 class SharedCollector(Collector, Protocol):
     """A collector whose targets several agents ([cluster]) may share: `work_units()` names each
     unit of work (a device, a service check) with its group; before a run the agent tells it
-    which units are this node's with `select()` (None: all of them, the single-machine case)."""
+    which units are this node's with `select()` (None: all of them, the single-machine case),
+    and until when their runs may start (`until`, wall-clock time: a poll that would start later
+    is left out, its cycle is as good as over)."""
 
     def work_units(self) -> dict[str, str]: ...
 
-    def select(self, units: set[str] | None) -> None: ...
+    def select(self, units: set[str] | None, until: float | None = None) -> None: ...
 
     def unit_of(self, target: str, check: str) -> str | None:
         """The unit of work a check result of this collector belongs to (None: not ours)."""

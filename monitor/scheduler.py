@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from apscheduler.triggers.base import BaseTrigger
@@ -115,6 +116,7 @@ class _Job:
     trigger: BaseTrigger
     grace: float  # seconds a turn may come late and still run
     first: datetime | None = None  # the first turn, when it is not the trigger's
+    jitter: float = 0.0  # seconds each turn may come after its due time, at random
     stats: JobStats = field(default_factory=JobStats)
     run: asyncio.Task[None] | None = None
 
@@ -127,6 +129,7 @@ class Scheduler:
         self._max_backoff = max_backoff
         self._clock: Clock = clock or SystemClock()
         self._started = False
+        self._random = random.Random()
 
     def add_interval(self, name: str, interval: float, function: JobFunction, *,
                      jitter: float = 0.0, run_now: bool = True, aligned: bool = False) -> None:
@@ -138,9 +141,12 @@ class Scheduler:
         if aligned:
             begin = (self._clock.time() // interval + 1) * interval + interval / 10
             start = datetime.fromtimestamp(begin, UTC)
-        trigger = IntervalTrigger(seconds=interval, jitter=jitter or None, start_date=start)
+        # The jitter is added to each turn's wait, not given to the trigger: APScheduler counts
+        # the next turn from the jittered one, so the interval would grow by jitter / 2.
+        trigger = IntervalTrigger(seconds=interval, start_date=start)
         self._add(_Job(name, function, interval, trigger, max(1.0, float(int(interval))),
-                       first=now if run_now else trigger.get_next_fire_time(now, now)))
+                       first=now if run_now else None if aligned
+                       else trigger.get_next_fire_time(now, now), jitter=jitter))
 
     def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
         self._add(_Job(name, function, None, cron_trigger(expression), 3600.0))
@@ -185,16 +191,30 @@ class Scheduler:
         return datetime.fromtimestamp(self._clock.time(), UTC)
 
     async def _timer(self, job: _Job) -> None:
-        due = job.first or job.trigger.get_next_fire_time(None, self._now())
+        if job.first is not None:  # a turn at once, before the trigger's own
+            while (wait := (job.first - self._now()).total_seconds()) > 0:
+                await self._clock.sleep(min(wait, MAX_NAP))
+            now = self._now()
+            self._turn(job, (now - job.first).total_seconds())
+            # Then the trigger's schedule from its start: counted on from the first turn, an
+            # aligned job would keep that turn's phase (APScheduler adds the interval to the
+            # turn it is given), and so run wherever in its cycle the agent happened to start.
+            due = job.trigger.get_next_fire_time(None, now)
+            if due is not None and due <= job.first:
+                due = job.trigger.get_next_fire_time(due, now)
+        else:
+            due = job.trigger.get_next_fire_time(None, self._now())
         while due is not None:
-            while (wait := (due - self._now()).total_seconds()) > 0:
+            turn = due + timedelta(seconds=self._random.uniform(0, job.jitter)) if job.jitter \
+                else due
+            while (wait := (turn - self._now()).total_seconds()) > 0:
                 await self._clock.sleep(min(wait, MAX_NAP))
             now = self._now()
             # Turns missed meanwhile (a suspend, a long stall) come as one: the latest.
             while (following := job.trigger.get_next_fire_time(due, now)) is not None \
                     and following <= now:
                 due = following
-            self._turn(job, (now - due).total_seconds())
+            self._turn(job, (now - max(due, turn)).total_seconds())  # (due: a caught-up turn)
             due = job.trigger.get_next_fire_time(due, now)
 
     def _turn(self, job: _Job, late: float) -> None:
@@ -210,15 +230,30 @@ class Scheduler:
         elif self._clock.monotonic() < stats.backoff_until:
             stats.skipped_backoff += 1
         else:
-            job.run = asyncio.get_running_loop().create_task(self._run(job), name=f"job {job.name}")
-            self._running.add(job.run)
-            job.run.add_done_callback(self._running.discard)
+            self._start_run(job, job.function)
 
-    async def _run(self, job: _Job) -> None:
+    def run_soon(self, name: str, function: JobFunction | None = None) -> bool:
+        """Start a run of job `name` now, outside its schedule (of `function` instead of the
+        job's own, if given), unless one is running or the job backs off after a failure; True
+        if it started. The job's schedule stays as it was."""
+        job = self._jobs.get(name)
+        if job is None or not self._started or (job.run is not None and not job.run.done()) \
+                or self._clock.monotonic() < job.stats.backoff_until:
+            return False
+        self._start_run(job, function or job.function)
+        return True
+
+    def _start_run(self, job: _Job, function: JobFunction) -> None:
+        job.run = asyncio.get_running_loop().create_task(self._run(job, function),
+                                                         name=f"job {job.name}")
+        self._running.add(job.run)
+        job.run.add_done_callback(self._running.discard)
+
+    async def _run(self, job: _Job, function: JobFunction) -> None:
         stats = job.stats
         started = self._clock.monotonic()
         try:
-            await job.function()
+            await function()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a job's failure must never stop the agent

@@ -21,7 +21,8 @@ The median of several weeks ignores one bad week: last Tuesday's burst does not 
 Tuesday's expectation. (Weeks are 604,800 s: across a daylight-saving change the same local hour
 is one hour off for the weeks that straddle it.)
 
-Pure numpy (and which series have a baseline, from the config); the caller fetches.
+Pure numpy (and which series have a baseline, from the config), but for `weekly_history`, the
+one fetch of those weeks that both the hourly job and the graphs make.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from monitor.config import BaselineConfig, BaselineSeries
-from monitor.store import SeriesInfo
+from monitor.store import RrdStore, SeriesInfo
 
 WEEK = 7 * 86400
+HISTORY_STEP = 7200  # the store's 2-hour archive (2h:9w by default)
 MAD_TO_SIGMA = 1.4826
 BAND_SPREADS = 3.0
 MIN_SPREAD = 0.10  # of the usual level
@@ -76,6 +78,24 @@ def band(history: np.ndarray, start: float, step: float, times: np.ndarray, week
     peak = float(known.max()) if known.size else 0.0
     floor = FLOOR_OF_PEAK * peak if peak > 0 else float("inf")  # a series never above 0: no scale
     return Band(usual, low, high, floor)
+
+
+def weekly_history(store: RrdStore, info: SeriesInfo, metric: str, start: float, end: float,
+                   weeks: int) -> tuple[np.ndarray, int, int]:
+    """(values, start, step) of the 2-hour averages from `weeks` weeks before `start` to `end`,
+    for `band`.
+
+    rrdtool fetch prefers an archive that covers the whole range to a finer one that covers
+    part of it: asked for more weeks than the 2-hour archive keeps (weeks = 9 with 2h:9w, a
+    week graph with 8 weeks, shorter [storage] archives) it answers with daily averages, and
+    "the usual for Tuesday 04:00" becomes Tuesday's average. So the range shrinks a week at a
+    time until an archive of 2 hours or finer answers: the band has fewer weeks, not the wrong
+    hours (none at all without such an archive)."""
+    for back in range(weeks, 0, -1):
+        series = store.fetch_path(info, start - back * WEEK - HISTORY_STEP, end, HISTORY_STEP)
+        if series.step <= HISTORY_STEP:
+            return np.array(series.columns.get(metric, []), dtype=float), series.start, series.step
+    return np.array([], dtype=float), int(start), HISTORY_STEP
 
 
 def anomalous(values: np.ndarray, expected: Band, factor: float) -> np.ndarray:

@@ -10,8 +10,9 @@ With `remote=True` (several agents, [cluster]) the files are not on this machine
 live under rrdcached's base directory (`rrdcached -b DIR -B -R`) on the store host, and every
 operation goes through the daemon: CREATE, UPDATE, LAST, INFO and FETCH (which flushes the file's
 pending updates first). File names are then relative to that directory. rrdcached has no TUNE:
-a file's data sources are fixed when it is created, and a metric that appears later on a file
-made through the daemon is reported (once) and not stored. The index of files is kept by a
+a metric that appears later on a file is added by making the file again through the daemon,
+its history copied in (CREATE -r, rrdtool's prefill); a daemon that cannot (older than 1.6) has
+it reported, once, and not stored. The index of files is kept by a
 `Catalog` the caller hands in (a JSON file here; Redis in a cluster).
 """
 
@@ -332,6 +333,9 @@ class Catalog(Protocol):
     def save(self, entries: dict[str, dict]) -> None:
         """Add or replace these entries (other writers' entries stay); OSError if it cannot."""
 
+    def revision(self) -> object:
+        """Something that changes whenever any writer saves (None: cannot tell now)."""
+
 
 class Backlog(Protocol):
     """Where samples wait, on local disk and in order, that the store could not write (its
@@ -399,6 +403,9 @@ class JsonCatalog:
             atomic_write(self.path, _index_text(existing))
             self._signature = _file_signature(self.path)
             self._foreign = {rel: e for rel, e in existing.items() if rel not in entries}
+
+    def revision(self) -> object:
+        return _file_signature(self.path)
 
 
 def _index_text(files: dict[str, dict], per_piece: int = 1000) -> Iterator[str]:
@@ -500,6 +507,7 @@ class RrdStore:
             self.root.mkdir(parents=True, exist_ok=True)
             migrate_percent_names(self.root)
         self.catalog: Catalog = catalog or JsonCatalog(self.root)
+        self._catalog_revision = self.catalog.revision() if remote else None
         self._load_index()
 
     # -- index ---------------------------------------------------------------------------------
@@ -576,6 +584,8 @@ class RrdStore:
         report = WriteReport()
         step = max(1, round(step))
         with self._lock:
+            if self.remote:
+                self._follow_catalog()
             backlog = self.backlog
             if backlog is not None and backlog.waiting():
                 self._replay(backlog, report)
@@ -588,6 +598,26 @@ class RrdStore:
         for error in report.errors:
             log.error("store: %s", error)
         return report
+
+    def _follow_catalog(self) -> None:
+        """Remote: take the files another node gave more data sources (made again through the
+        daemon) as they are now, before writing to them. rrdcached would take an UPDATE with
+        too few values and fail only when it writes the file, losing the other rows it holds
+        for it. One read of the catalog's revision a batch; the catalog itself when it moved."""
+        revision = self.catalog.revision()
+        if revision is None or revision == self._catalog_revision:
+            return
+        self._catalog_revision = revision
+        for entry in self.catalog.load().values():
+            state = self._files.get((entry["target"], entry["instance"]))
+            if state is None:
+                continue
+            ours, theirs = list(state.info.metrics.items()), list(entry["metrics"].items())
+            if len(theirs) > len(ours) and theirs[:len(ours)] == ours:
+                state.info.metrics.update(theirs)
+                for metric, unit in entry.get("units", {}).items():
+                    state.info.units.setdefault(metric, unit)
+                state.metrics_changed()
 
     def _to_backlog(self, backlog: Backlog, measurements: list[Measurement], step: int) -> None:
         if measurements:
@@ -830,17 +860,23 @@ class RrdStore:
                     report.files_created += 1
             self._files[key] = state
             self._index_dirty = True
-        missing = [m for m in samples if m not in state.info.metrics]
+        missing = [m for m in samples if m not in state.info.metrics
+                   and (key, m) not in self._refused]
         if missing and self.remote:
-            # rrdcached cannot add a data source (no TUNE): the file keeps the ones it was
-            # made with; the others' values are not stored (said once per metric).
-            for metric in missing:
-                if (key, metric) not in self._refused:
+            # rrdcached has no TUNE: the file is made again through the daemon with the new
+            # data sources, its history copied in by rrdtool's own prefill (CREATE -r).
+            try:
+                self._add_remote_sources(state, {m: samples[m] for m in missing})
+            except OSError as exc:
+                for metric in missing:  # said once per metric; its values are not stored
                     self._refused.add((key, metric))
                     report.errors.append(
-                        f"{path}: metric {metric!r} is new to this file, and a file made through "
-                        "rrdcached cannot take another data source (rrdcached has no TUNE); its "
-                        "values are not stored (see README, Several machines)")
+                        f"{path}: metric {metric!r} is new to this file and rrdcached could not "
+                        f"make the file again with it ({exc}); its values are not stored (see "
+                        "README, Several machines)")
+            else:
+                state.metrics_changed()
+                self._index_dirty = True
         elif missing:
             self._flush_daemon(path)
             # A new layout (the old one is other files' too), as far as the tunes went.
@@ -858,6 +894,39 @@ class RrdStore:
                 state.metric_names, state.row_format = layout.names, layout.row_format
                 self._index_dirty = True
         return state
+
+    def _add_remote_sources(self, state: _FileState, samples: dict[str, Measurement]) -> None:
+        """Give a file of the daemon's new data sources (metric -> a sample of it): flushed,
+        then made again twice through the daemon (a copy, then the file from the copy, its
+        DS and RRA definitions as they are, the new DS at the end), each time with the
+        history copied in (`CREATE -r`, rrdtool 1.6+). The copy stays beside the file
+        (`*.rrd.tune.rrd`, the file as it was before): the daemon cannot delete files."""
+        assert self._daemon is not None
+        path = state.path_text
+        info = rrdtool.info(*self._via, path)
+        step = int(info["step"])
+        def limit(value: float | None) -> str:  # rrdtool.info gives None for "U"
+            return "U" if value is None or math.isnan(value) else repr(float(value))
+        sources = [f"DS:{ds}:{info[f'ds[{ds}].type']}:{info[f'ds[{ds}].minimal_heartbeat']}:"
+                   f"{limit(info[f'ds[{ds}].min'])}:{limit(info[f'ds[{ds}].max'])}"
+                   for ds in _ds_names(info)]
+        added = {metric: ds_name(metric) for metric in samples}
+        sources += [_ds_definition(ds, samples[m], step) for m, ds in added.items()]
+        archives = [f"RRA:{info[f'rra[{i}].cf']}:{info[f'rra[{i}].xff']}:"
+                    f"{info[f'rra[{i}].pdp_per_row']}:{info[f'rra[{i}].rows']}"
+                    for i in range(len({k.split("]")[0] for k in info if k.startswith("rra[")}))]
+        copy = f"{path}.tune.rrd"
+        definitions = " ".join(sources + archives)
+        for command in (f"FLUSH {path}", f"CREATE {copy} -s {step} -r {path} {definitions}",
+                        f"CREATE {path} -s {step} -r {copy} {definitions}"):
+            status = self._daemon.command(command)
+            if status.startswith("-"):
+                raise OSError(status.partition(" ")[2] or status)
+        for metric, ds in added.items():
+            state.info.metrics[metric] = ds
+            state.info.units[metric] = samples[metric].unit
+        log.warning("store: %s: data source(s) %s added through rrdcached (the file before: %s)",
+                    path, ", ".join(added.values()), copy)
 
     def _adopt(self, key: Key, path: Path, metrics: dict[str, str]) -> _FileState:
         """A file exists that the index does not know (index lost): read its DS list."""
@@ -902,7 +971,9 @@ class RrdStore:
                 report.skipped += len(self._measurements_of(key))
                 report.errors.append(f"{path}: {error}; these values are dropped")
                 return
-            if "No such file" in error:
+            if "No such file" in error or "data source readings" in error:
+                # Gone, or made again with more data sources by another node: the next batch
+                # takes the file as it is now.
                 self._files.pop(key, None)
                 self._index_dirty = True
             self._keep(key, f"{path}: update failed ({error})", report)

@@ -114,20 +114,25 @@ def reply(to_mail, sender: str, first: str):
     return msg
 
 
+def replies_config(tmp_path: Path, smtp_port: int, imap_port: int, options: str = ""):
+    """The alert test config with one service rule and [alerts.replies] on the test Dovecot."""
+    secret = tmp_path / "imap.secret"
+    secret.write_text("imap-secret\n")
+    return make_config(tmp_path, smtp_port, SERVICE_RULE.format(options=options), f"""
+        [alerts.replies]
+        server = "127.0.0.1"
+        port = {imap_port}
+        security = "none"
+        user = "replies"
+        password_file = "{secret}"
+    """, group_window="0s")
+
+
 async def test_ack_and_silence_by_replying_to_the_alert_mail(tmp_path, dovecot):
     rec = Recorder()
     server, port = await start_smtp(rec)
     try:
-        secret = tmp_path / "imap.secret"
-        secret.write_text("imap-secret\n")
-        config = make_config(tmp_path, port, SERVICE_RULE.format(options='repeat = "10m"'), f"""
-            [alerts.replies]
-            server = "127.0.0.1"
-            port = {dovecot}
-            security = "none"
-            user = "replies"
-            password_file = "{secret}"
-        """, group_window="0s")
+        config = replies_config(tmp_path, port, dovecot, 'repeat = "10m"')
         clock = Clock()
         svc = AlertService(config, clock=clock)
         await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL,
@@ -166,6 +171,36 @@ async def test_ack_and_silence_by_replying_to_the_alert_mail(tmp_path, dovecot):
             clock.now += 600
             await svc.tick()
         assert not any("still mail.example.net" in s for s in rec.subjects())
+    finally:
+        server.close()
+
+
+async def test_a_reply_the_store_cannot_take_now_is_read_again_later(tmp_path, dovecot,
+                                                                    monkeypatch):
+    """alerts.db busy past its timeout (the agent and `monitor ack` at once) or a full disk:
+    the reply stays unseen and acts at the next poll, rather than being marked read and lost."""
+    import sqlite3
+
+    rec = Recorder()
+    server, port = await start_smtp(rec)
+    try:
+        config = replies_config(tmp_path, port, dovecot)
+        clock = Clock()
+        svc = AlertService(config, clock=clock)
+        await svc.consume("s", Batch(checks=[check("mail.example.net", State.CRITICAL,
+                                                   clock.now)]))
+        (mail,) = rec.received
+        deliver(dovecot, reply(mail, "admin@example.net", "ack on it"))
+        add_ack = svc.store.add_ack
+
+        def busy(*args, **kwargs):
+            raise sqlite3.OperationalError("database is locked")
+        monkeypatch.setattr(svc.store, "add_ack", busy)
+        await svc.read_replies()
+        monkeypatch.setattr(svc.store, "add_ack", add_ack)
+        await svc.read_replies()
+        state = next(iter(svc.states.values()))
+        assert state.ack_by == "admin@example.net" and state.ack_comment == "on it"
     finally:
         server.close()
 

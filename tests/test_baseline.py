@@ -178,3 +178,68 @@ async def test_agent_schedules_the_baseline_job_and_consumes_its_checks(tmp_path
         assert status.check == "baseline eth1 out_octets" and status.state is State.OK
     finally:
         await agent.close()
+
+
+def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
+    """weeks = 9 (the most the config takes) asks for more than the 2-hour archive keeps
+    (2h:9w): rrdtool fetch then answers from the daily archive, which covers it all. The
+    usual level must stay that of the hour (a quiet 04:00 is not the day's average)."""
+    weeks = 9
+    ts = np.arange(END - (weeks + 1) * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
+    values = 2e6 * _shape(ts, int(ts[-1]))
+    store = RrdStore(tmp_path / "rrd")
+    for part in range(0, ts.size, 288 * 7):
+        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
+                                 minimum=0) for t, v in zip(ts[part:part + 288 * 7],
+                                                            values[part:part + 288 * 7], strict=True)],
+                    STEP)
+    ((info, metric, factor),) = selected(BaselineConfig(enabled=True), store.series())
+    day = END - END % DAY - 2 * DAY
+    quiet, busy = (judge_hours(store, info, metric, np.array([day + hour * 3600]), weeks, factor)
+                   for hour in (4, 20))
+    # The series grows by 80 % over the 10 weeks: the usual (a median of earlier weeks) lags.
+    for hours in (quiet, busy):
+        assert 0.6 * hours.values[0] < hours.expected.usual[0] <= hours.values[0]
+    assert busy.expected.usual[0] > 2 * quiet.expected.usual[0]
+
+
+def test_the_hour_is_named_in_local_time_where_hours_start_at_half_past(tmp_path, monkeypatch):
+    """India (UTC+5:30), Newfoundland, central Australia: the judged hour (whole UTC hours,
+    as the store's rows are) starts at hh:30 local time, and the check must say so."""
+    import time
+
+    store = RrdStore(tmp_path / "rrd")
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s",
+                             END - 3000 + i * STEP, minimum=0) for i in range(10)], STEP)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    try:
+        (check,) = check_hour(store, BaselineConfig(enabled=True), END - END % 3600 + 60)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    local = time.gmtime(END - END % 3600 - 3600 + 5.5 * 3600)
+    assert time.strftime("%A %H:%M", local) in check.message and ":30" in check.message
+
+
+def test_an_hour_mostly_missing_is_not_judged_on_its_few_samples(tmp_path):
+    """The poller was away for 50 minutes of the hour (an agent restart, a device that did not
+    answer): 10 minutes of a burst are not that hour's average. Less than half an hour known:
+    no verdict; half or more: judged as before."""
+    ts = np.arange(END - 4 * 7 * DAY + STEP, END - 3600 + 1, STEP, dtype=np.int64)
+    store = RrdStore(tmp_path / "rrd")
+    quiet = [Measurement(ROUTER, PORT, "out_octets", 1e6, Kind.GAUGE, "B/s", int(t), minimum=0)
+             for t in ts]
+    store.write(quiet, STEP)
+    # The last hour: 50 minutes unknown (the heartbeat lapses), then 10 minutes at 10x.
+    store.write([Measurement(ROUTER, PORT, "out_octets", None, Kind.GAUGE, "B/s", END - 3600 + 600,
+                             minimum=0)], STEP)
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e7, Kind.GAUGE, "B/s", t, minimum=0)
+                 for t in (END - 300, END)], STEP)
+    ((info, metric, factor),) = selected(BaselineConfig(enabled=True), store.series())
+    hours = judge_hours(store, info, metric, np.array([END]), 6, factor)
+    assert np.isnan(hours.values[0]) and not hours.anomalous[0]
+    store.write([Measurement(ROUTER, PORT, "out_octets", 1e7, Kind.GAUGE, "B/s", t, minimum=0)
+                 for t in range(END + STEP, END + 3600 + 1, STEP)], STEP)
+    hours = judge_hours(store, info, metric, np.array([END + 3600]), 6, factor)
+    assert hours.values[0] == 1e7 and hours.anomalous[0]

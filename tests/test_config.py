@@ -98,6 +98,15 @@ def test_duplicate_service_names():
     assert "two services are named 'a'" in error_of(text)
 
 
+def test_a_ups_named_like_an_snmp_device_is_refused():
+    """NUT and the SNMP collector (UPS-MIB, health = true) both write target NAME, instance
+    "ups": one series and one "ups" check fed by two sources would mix their readings."""
+    device = '[[snmp.devices]]\nname = "ups1"\nhost = "192.0.2.5"\ncommunity = "public"\n'
+    error = error_of(f'{device}[[ups]]\nname = "ups1"\n')
+    assert "ups" in error and "[[snmp.devices]] ups1" in error
+    parse_config(f'{device}health = false\n[[ups]]\nname = "ups1"\n')  # no UPS read by SNMP
+
+
 def test_dotted_keys_and_inline_tables_locate():
     text = 'agent.interval = 60\nsmtp = { port = "x" }\n'
     assert error_of(text) == 'config.toml:2: smtp.port: expected an integer 1-65535, got "x"'

@@ -116,3 +116,6 @@ def test_nagios_ranges_as_people_say_them():
     assert said("@5:10") == "from 5.00 to 10.0"
     assert said("@~:3") == "at or below 3.00"
     assert alert_range("x") is None and alert_range("9:1") is None
+    # A plugin's perfdata is its own words: "nan" and "inf" parse as floats but are no limit.
+    assert alert_range("nan") is None and alert_range("nan:5") is None
+    assert alert_range("inf") is None and alert_range("@-inf:inf") is None

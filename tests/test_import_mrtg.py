@@ -358,3 +358,109 @@ def test_progress_on_a_terminal_and_hostile_names_stay_one_line(tmp_path):
     assert len(files) == 1 and (tmp_path / "ours" / "rrd") in files[0].parents
     assert 'include = ["../../etc/passwd\\u0007"]' in out.getvalue()
     assert "\u202e" not in out.getvalue() and 'name = "rtr\\u202e1\\u001b[2J"' in out.getvalue()
+
+
+def test_two_devices_with_the_same_sysname_stay_two_devices(tmp_path):
+    """Factory-default switches all answer sysName "switch": cfgmaker's "# System:" comments
+    then name two hosts alike. They must stay two [[snmp.devices]] with two names (the config
+    rejects duplicate names) and two targets (one file each, not one history over the other)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"""WorkDir: {work}
+
+# System: switch
+### Interface 1 >> Descr: 'port1' | Name: 'p1' | Ip: '' | Eth: '' ###
+
+Target[a_1]: 1:public@192.0.2.1:::::2
+
+# System: switch
+### Interface 1 >> Descr: 'port1' | Name: 'p1' | Ip: '' | Eth: '' ###
+
+Target[b_1]: 1:public@192.0.2.2:::::2
+""")
+    for name in ("a_1", "b_1"):
+        (work / f"{name}.log").write_text("1700000000 0 0\n1700000000 10 20 30 40\n"
+                                          "1699999700 10 20 30 40\n")
+    plan = mrtg.plan(cfg)
+    names = [line for stanza in plan.stanzas for line in stanza.splitlines()
+             if line.startswith("name = ")]
+    assert len(names) == 2 and len(set(names)) == 2, names
+    assert len({copy.target for copy in plan.copies}) == 2
+
+
+def test_a_target_line_right_before_the_next_interface_comment_keeps_its_own_comment(tmp_path):
+    """Without blank lines between cfgmaker's blocks (a hand-trimmed config), the comment of
+    the next interface must not be taken for the target above it, nor lost for its own."""
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text("""WorkDir: /nonexistent
+# System: core1
+### Interface 1 >> Descr: 'port1' | Name: 'p1' | Ip: '' | Eth: '' ###
+Target[core1_1]: 1:public@192.0.2.1:::::2
+### Interface 2 >> Descr: 'port2' | Name: 'p2' | Ip: '' | Eth: '' ###
+Target[core1_2]: 2:public@192.0.2.1:::::2
+# System: core2
+### Interface 1 >> Descr: 'port1' | Name: 'q1' | Ip: '' | Eth: '' ###
+Target[core2_1]: 1:public@192.0.2.2:::::2
+""")
+    parsed = {t.name: mrtg.parse_target(t) for t in mrtg.read_config(cfg).targets}
+    assert {name: (i.device, i.identity) for name, i in parsed.items()} == {
+        "core1_1": ("core1", "p1"), "core1_2": ("core1", "p2"), "core2_1": ("core2", "q1")}
+
+
+def test_explicit_oids_of_an_interface_whose_reference_has_dots(tmp_path):
+    """MRTG documents explicit OIDs with any interface reference: a VLAN sub-interface's name
+    (Gi0/5.100, eth0.100) or an IP address (ifInErrors/192.0.2.1) has dots in it."""
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text("""WorkDir: /nonexistent
+Target[vlan]: ifInOctets#Gi0/5.100&ifOutOctets#Gi0/5.100:public@192.0.2.1:::::2
+
+### Interface 7 >> Descr: 'eth1' | Name: 'eth1' | Ip: '192.0.2.7' | Eth: '' ###
+Target[byip]: ifInErrors/192.0.2.7&ifOutErrors/192.0.2.7:public@192.0.2.1:::::2
+""")
+    parsed = {t.name: mrtg.parse_target(t) for t in mrtg.read_config(cfg).targets}
+    assert (parsed["vlan"].identity, parsed["vlan"].metrics) == ("Gi0/5.100", ("in_octets", "out_octets"))
+    assert (parsed["byip"].identity, parsed["byip"].metrics) == ("eth1", ("in_errors", "out_errors"))
+
+
+def test_in_a_cluster_with_rrdcached_over_tcp_the_import_says_where_to_run(tmp_path):
+    """The files are rrdcached's on another host: dump and restore cannot reach them. The
+    import must say so before it reads or writes anything, not fail file by file."""
+    from tests.smtp_helpers import free_port
+
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text("WorkDir: /nonexistent\n")
+    path = tmp_path / "config.toml"
+    port = free_port()  # nothing listens there: neither Redis nor rrdcached
+    path.write_text(f'[agent]\ndata_dir = "{tmp_path / "ours"}"\n'
+                    f'[storage]\nrrdcached = "127.0.0.1:{port}"\n'
+                    f'[cluster]\nredis = "redis://127.0.0.1:{port}/0"\n')
+    config = parse_config(path.read_text(), path)
+    with pytest.raises(ValueError, match="run it on the store host"):
+        run_import(config, cfg)
+
+
+def test_an_include_loop_is_an_error_that_names_the_line(tmp_path):
+    (tmp_path / "a.cfg").write_text("WorkDir: /nonexistent\nInclude: b.cfg\n")
+    (tmp_path / "b.cfg").write_text("# the other half\nInclude: a.cfg\n")
+    with pytest.raises(ValueError, match=r"b\.cfg:2: .*a\.cfg is included again"):
+        mrtg.read_config(tmp_path / "a.cfg")
+
+
+def test_keys_written_before_their_target_line_still_apply(tmp_path):
+    """MRTG takes a target's keys in any order: Directory[] above Target[] still says where its
+    log is (and Options[] gauge still keeps it out)."""
+    work = tmp_path / "work"
+    (work / "core").mkdir(parents=True)
+    (work / "core" / "up.log").write_text("1700000000 0 0\n1700000000 10 20 30 40\n"
+                                          "1699999700 10 20 30 40\n")
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"""WorkDir: {work}
+Directory[up]: core
+Options[temp]: gauge
+Target[up]: #Gi0/1:public@192.0.2.1:::::2
+Target[temp]: #Gi0/2:public@192.0.2.1:::::2
+""")
+    plan = mrtg.plan(cfg)
+    assert [c.sources for c in plan.copies] == [[work / "core" / "up.log"]]
+    assert any("gauge" in u for u in plan.unmapped)

@@ -346,3 +346,47 @@ def test_smokepings_own_shipped_configs_become_checks(tmp_path):
         got = {(s.name, s.kind, s.host or s.server) for s in loaded.services}
         assert got == checks, name
         assert "no history at" in err  # said, not silently skipped
+
+
+def test_a_damaged_munin_file_is_reported_and_the_others_still_imported(tmp_path):
+    """A truncated RRD file (a disk that filled up, a copy cut short) or one written on another
+    architecture makes rrdtool raise its own error, not OSError: that one series is "not
+    imported", with the reason, and the import carries on with the rest."""
+    domain = tmp_path / "munin" / "example.net"
+    domain.mkdir(parents=True)
+    host = "db.example.net"
+    fill(domain / f"{host}-load-load-g.rrd", ["DS:42:GAUGE:600:U:U"], MUNIN_RRAS,
+         lambda t: [repr(value(t, 0.5))], days=3)
+    good = (domain / f"{host}-load-load-g.rrd").read_bytes()
+    (domain / f"{host}-cpu-user-d.rrd").write_bytes(good[:1000])  # cut short
+    config = our_config(tmp_path)
+    code, _out, err = run("munin", tmp_path / "munin", config)
+    assert code == 1
+    assert f"Munin {host} cpu: " in err and "not imported" in err
+    assert "1 of 2 series" in err
+    store = RrdStore(config.rrd_dir)
+    assert any(v is not None for v in store.fetch(host, "", END - 86400, END, 1800).columns["load5"])
+
+
+def test_debians_main_smokeping_config_is_read_through_its_includes(tmp_path):
+    """Debian's /etc/smokeping/config is only @include lines (config.d/General, ..., Targets);
+    its datadir is in General. Given that file, the import must find the targets and the RRD
+    files where SmokePing keeps them, not report nothing at all."""
+    etc = tmp_path / "etc" / "smokeping"
+    (etc / "config.d").mkdir(parents=True)
+    data = tmp_path / "lib" / "smokeping"
+    (data / "Local").mkdir(parents=True)
+    (etc / "config.d" / "General").write_text(
+        f"*** General ***\n\nowner = Root\ndatadir = {data}\npiddir = /run/smokeping\n")
+    (etc / "config.d" / "Probes").write_text("*** Probes ***\n\n+ FPing\nbinary = /usr/bin/fping\n")
+    (etc / "config.d" / "Targets").write_text((DATA / "smokeping" / "Targets.debian").read_text())
+    (etc / "config").write_text("".join(f"@include {etc}/config.d/{part}\n"
+                                        for part in ("General", "Probes", "Targets")))
+    ds = ["DS:uptime:GAUGE:600:0:U", "DS:loss:GAUGE:600:0:20", "DS:median:GAUGE:600:0:180"]
+    fill(data / "Local" / "LocalMachine.rrd", ds, SMOKEPING_RRAS,
+         lambda t: ["U", "0", repr(value(t, 0.001))], days=3)
+    config = our_config(tmp_path)
+    code, out, err = run("smokeping", etc / "config", config, "--dry-run")
+    assert code == 0, err
+    assert 'name = "Local.LocalMachine"' in out and "config.d/Targets:" in out
+    assert "no history at" not in err and "1 of 1 series" in err

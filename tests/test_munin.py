@@ -176,6 +176,23 @@ async def test_a_directory_of_plugins_as_etc_munin_plugins_has_them(tmp_path: Pa
     assert all(c.state is State.OK for c in batch.checks), batch.checks
 
 
+async def test_a_plugin_without_its_shebang_harms_only_itself(tmp_path: Path):
+    """An executable file that is no program (a script someone saved without its #! line:
+    exec fails with ENOEXEC) is that plugin's UNKNOWN, not the end of every plugin's reading."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "load").symlink_to(PLUGINS / "load")
+    broken = plugins / "queue"
+    broken.write_text('echo "queue.value 1"\n')
+    broken.chmod(0o755)
+    state = checks(await collector(tmp_path, directory=plugins).collect())
+    assert state["munin load"].state is State.OK
+    assert state["munin queue"].state is State.UNKNOWN
+    assert state["munin queue"].message == (f"queue: plugin {broken} is not a program (a script "
+                                            "needs its #! line)")
+    assert state["munin [here]"].message == "2 plugin(s), 1 failed"
+
+
 async def test_a_real_munin_node(tmp_path: Path):
     with munin_node(tmp_path) as port:
         source = MuninSource(name="node", node=f"127.0.0.1:{port}",

@@ -154,3 +154,23 @@ async def test_on_battery_pages_at_once_through_the_real_mail_path(tmp_path):
         assert "rule:      service-down" in body
     finally:
         server.close()
+
+
+def test_upsd_refusals_say_what_to_do():
+    """upsd's ERR words (UNKNOWN-UPS, DATA-STALE, ...) come with what the admin does about them."""
+    with nut_upsd(ONLINE) as ups:
+        collector = NutCollector([UpsConfig(name="rack-ups", ups="nosuch", port=ups.port)], 60)
+        result = check(asyncio.run(collector.collect()))
+    assert result.state is State.UNKNOWN
+    assert result.message == (f"cannot read upsd 127.0.0.1:{ups.port} UPS 'nosuch': upsd has no "
+                              f"UPS of that name (UNKNOWN-UPS): `upsc -l 127.0.0.1:{ups.port}` "
+                              "lists its names; set ups = one of them")
+
+
+def test_numbers_that_are_not_numbers_are_not_stored():
+    """A upsd (or driver) saying "nan" or "inf" gives no value, not a NaN in the graphs and
+    "charge nan %" in a page."""
+    reading = reading_of({"ups.status": "OL", "battery.charge": "nan", "battery.runtime": "inf",
+                          "ups.load": "-inf", "input.voltage": "230"})
+    assert (reading.charge_percent, reading.runtime_seconds, reading.load_percent) == (None, None, None)
+    assert reading.input_volts == 230.0

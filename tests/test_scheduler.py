@@ -80,6 +80,42 @@ async def test_turns_missed_during_a_suspend_come_as_one():
     assert scheduler.stats()["poll"].missed == 0
 
 
+async def test_an_aligned_job_runs_at_once_then_a_tenth_into_each_interval():
+    clock = ManualClock(START + 7.7)
+    scheduler = Scheduler(clock=clock)
+    runs: list[float] = []
+
+    async def job() -> None:
+        runs.append(round(clock.now - START, 3))
+
+    scheduler.add_interval("snmp", 10, job, aligned=True)
+    scheduler.add_interval("host", 10, job)  # not aligned: from its start
+    scheduler.start()
+    await clock.advance(40)
+    # The first turn at once, then on the cycles' grid, not 10 s after wherever it started.
+    assert sorted(runs) == [7.7, 7.7, 11, 17.7, 21, 27.7, 31, 37.7, 41, 47.7]
+    await scheduler.stop()
+
+
+async def test_jitter_spreads_turns_without_stretching_the_interval():
+    clock = ManualClock()
+    scheduler = Scheduler(clock=clock)
+    runs: list[float] = []
+
+    async def job() -> None:
+        runs.append(clock.now - START)
+
+    scheduler.add_interval("poll", 300, job, jitter=30)
+    scheduler.start()
+    await clock.advance(300 * 200 + 31)
+    await scheduler.stop()
+    # Each turn within its slot's first 30 s (APScheduler's own jitter drifts: each turn is
+    # counted from the jittered one before, ~15 s later every turn).
+    assert len(runs) == 201
+    assert all(0 <= t - 300 * k <= 30 for k, t in enumerate(runs)), runs[:10]
+    assert len({round(t - 300 * k) for k, t in enumerate(runs)}) > 5  # spread, not fixed
+
+
 async def test_run_now_false_waits_one_interval():
     clock = ManualClock()
     scheduler = Scheduler(clock=clock)

@@ -1208,3 +1208,83 @@ def test_one_peer_chain_and_labels_only_for_the_kinds_that_use_them():
     assert services_http.peer_chain is services_tcp.peer_chain is services_base.peer_chain
     # http/https are labelled by their site (services_http.site_label), not by LABELS
     assert not {"http", "https"} & services_base.LABELS.keys()
+
+
+async def test_programs_that_cannot_be_started_say_why_and_what_to_do(tmp_path):
+    """A ping_command or plugin that exists but is no program (not executable, a script without
+    its #! line) is the config's problem, said as such, never "cannot be reached"."""
+    no_shebang = tmp_path / "check_no_shebang"
+    no_shebang.write_text("echo OK\n")
+    no_shebang.chmod(0o755)
+    not_executable = tmp_path / "ping"
+    not_executable.write_text("#!/bin/sh\n")
+    plugin, ping = await run(svc("plugin", name="plugin", command=[str(no_shebang)]),
+                             svc("ping", name="ping", ping_command=not_executable, count=2))
+    assert plugin.state is State.UNKNOWN
+    assert plugin.message == f"plugin {no_shebang} is not a program (a script needs its #! line)"
+    assert ping.state is State.UNKNOWN
+    assert ping.message == (f"PING 127.0.0.1: ping_command {not_executable} is not executable "
+                            "(chmod +x it, or is its file system mounted noexec?)")
+
+
+async def test_round_trip_deletes_only_the_probes_a_lying_imap_server_names(servers, certs):
+    """The UIDs of the probes come from the IMAP server: one that answers the search with
+    "1:*" (every message) or a UID that is no number must not have our STORE + EXPUNGE empty
+    the test account's INBOX. And the probe found by its token is deleted with the late ones,
+    even when it arrived between the two searches."""
+    context = srv.server_context(certs["valid"])
+    sent: list[str] = []
+
+    async def submission(reader, writer):
+        writer.write(b"220 fake ESMTP\r\n")
+        while line := await reader.readline():
+            command = line.decode().strip().upper()
+            if command.startswith("EHLO"):
+                writer.write(b"250-fake\r\n250 AUTH PLAIN\r\n")
+            elif command.startswith("AUTH"):
+                writer.write(b"235 ok\r\n")
+            elif command == "DATA":
+                writer.write(b"354 go on\r\n")
+                while (await reader.readline()) != b".\r\n":
+                    pass
+                writer.write(b"250 queued\r\n")
+            elif command == "QUIT":
+                writer.write(b"221 bye\r\n")
+                return
+            else:
+                writer.write(b"250 ok\r\n")
+
+    async def liar(reader, writer):
+        writer.write(b"* OK liar ready\r\n")
+        while line := await reader.readline():
+            tag, _, command = line.decode().strip().partition(" ")
+            sent.append(command)
+            if command == "AUTHENTICATE PLAIN":
+                writer.write(b"+ \r\n")
+                await reader.readline()
+                writer.write(f"{tag} OK logged in\r\n".encode())
+                continue
+            if command.startswith("UID SEARCH") and tag.endswith("t"):  # by the run's token
+                writer.write(b"* SEARCH 9\r\n")
+            elif command.startswith("UID SEARCH"):  # by the check's tag: this run's not yet
+                writer.write(b"* SEARCH 1:* 3 x)(y 4 " + b"7" * 5000 + b"\r\n")
+            writer.write(f"{tag} OK done\r\n".encode())
+            if command == "LOGOUT":
+                return
+
+    smtp_port, imap_port = await servers(submission, context), await servers(liar, context)
+    result = await one(svc("roundtrip", smtp_port, "rt", tls=True, verify=False, username="probe",
+                           password="secret", rcpt_to="probe@example.net", imap_port=imap_port))
+    assert result.state is State.OK, result.message
+    assert [c for c in sent if c.startswith("UID STORE")] == ["UID STORE 3,4,9 +FLAGS.SILENT (\\Deleted)"]
+    assert "deleted 2 probes of earlier runs" in result.message
+
+
+async def test_tcp_expect_after_a_long_answer_names_its_first_line(servers):
+    """The message quotes the first line of the answer, also when what was expected comes
+    after more than 64 KiB of it (not a line from the middle of the answer)."""
+    port = await servers(srv.banner("220 long banner", "x" * 100_000, "READY"))
+    result = await one(svc("tcp", port, "long", expect="READY"))
+    assert result.state is State.OK, result.message
+    assert result.message.startswith(f"TCP 127.0.0.1:{port} answered '220 long banner' in "), \
+        result.message

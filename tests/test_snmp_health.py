@@ -100,6 +100,27 @@ def test_apc_powernet_on_battery_and_replace_battery(recordings):
         apc.close()
 
 
+def test_an_apc_self_test_is_not_a_power_cut(recordings):
+    """Smart-UPS run a battery self-test every two weeks (upsBasicOutputStatus onBatteryTest):
+    seconds on battery by design, which must not page anyone at 3 a.m."""
+    apc = Device(recordings, "apc-smt750")
+    try:
+        test = apc.poll(3, 180)
+    finally:
+        apc.close()
+    state, message = checks(test)["ups"]
+    assert state is State.OK and message.startswith("UPS Smart-UPS X 750: in a battery self-test")
+    assert values(test, "ups")["on_battery"] == 0.0
+    # UPS-MIB says it with an upsAlarmTestInProgress row while upsOutputSource is battery.
+    eaton = Device(recordings, "ups-eaton")
+    try:
+        test = eaton.poll(4, 600)
+    finally:
+        eaton.close()
+    state, message = checks(test)["ups"]
+    assert state is State.OK and message.startswith("UPS EATON 93E 80: in a battery self-test")
+
+
 def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
     router = Device(recordings, "bgp-ios")
     try:
@@ -117,6 +138,20 @@ def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
         assert values(later, "bgp 192.168.99.25")["bgp_state"] == 3
     finally:
         router.close()
+
+
+def test_cisco_prefix_counts_in_both_mib_tables_are_not_added(recordings):
+    """IOS 15 reports a peer's accepted prefixes in cbgpPeerAddrFamilyPrefixTable and again in
+    cbgpPeer2AddrFamilyPrefixTable: 19, not 38. And a 4-byte AS as cbgpPeer2RemoteAs."""
+    router = Device(recordings, "bgp-ios")
+    try:
+        result = checks(router.poll(2))
+    finally:
+        router.close()
+    assert result["bgp 192.168.99.25"][1].endswith(", 19 prefixes accepted")
+    assert result["bgp 192.168.99.20"][1].endswith(", 17 prefixes accepted")
+    # A 4-byte AS: cbgpPeer2RemoteAs, not BGP4-MIB's AS_TRANS 23456.
+    assert result["bgp 192.168.99.25"][1].startswith("BGP to AS4200000001 192.168.99.25 established")
 
 
 def test_bgp_down_mail_is_readable():
@@ -153,6 +188,26 @@ def test_juniper_bgp4_v2_peers_with_ipv6_and_prefixes(recordings):
         assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 3
     finally:
         router.close()
+
+
+def test_juniper_peers_of_two_routing_instances_with_one_address(recordings):
+    """An L3VPN customer's CE in routing instance 5 has the address of a master-instance peer:
+    two sessions, two checks, each with its own prefixes."""
+    router = Device(recordings, "bgp-junos")
+    try:
+        router.poll(0)
+        later = router.poll(1, 300)
+    finally:
+        router.close()
+    names = [c.check for c in later.checks if c.check.startswith("bgp 192.168.99.25")]
+    assert sorted(names) == ["bgp 192.168.99.25", "bgp 192.168.99.25 in routing instance 5"]
+    result = checks(later)
+    assert result["bgp 192.168.99.25"][1].endswith(", 24 prefixes accepted")
+    assert result["bgp 192.168.99.25 in routing instance 5"] == (
+        State.OK, "BGP to AS65010 192.168.99.25 in routing instance 5 established for 10m, "
+                  "2 prefixes accepted")
+    assert values(later, "bgp 192.168.99.25 in routing instance 5")["accepted_prefixes"] == 2
+    assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 4
 
 
 def test_cisco_envmon_thresholds_cpu_memory_and_a_failed_fan(recordings):

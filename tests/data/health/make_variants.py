@@ -15,8 +15,10 @@ UPS = "1.3.6.1.2.1.33.1"
 APC = "1.3.6.1.4.1.318.1.1.1"
 BGP = "1.3.6.1.2.1.15.3.1"
 CBGP = "1.3.6.1.4.1.9.9.187.1.2.4.1"
+CBGP2 = "1.3.6.1.4.1.9.9.187.1.2.8.1"
 ENVMON = "1.3.6.1.4.1.9.9.13.1"
 CSENSOR = "1.3.6.1.4.1.9.9.91.1"
+JBGP = "1.3.6.1.4.1.2636.5.1.1.2"
 UPTIME = "1.3.6.1.2.1.1.3.0"
 
 
@@ -55,17 +57,44 @@ def main() -> None:
         "ups-eaton-t3": variant("ups-eaton", {
             f"{UPS}.2.4.0": "2|35", f"{UPS}.6.1.0": "66|1",
             f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.1"}, 1500),
+        # Its battery self-test: on battery for 10 s with the upsAlarmTestInProgress row.
+        "ups-eaton-t4": variant("ups-eaton", {
+            f"{UPS}.4.1.0": "2|5", f"{UPS}.2.2.0": "2|10", f"{UPS}.6.1.0": "66|1",
+            f"{UPS}.6.2.1.2.1": f"6|{UPS}.6.3.14", f"{UPS}.6.2.1.3.1": "67|67425000"}, 600),
         # APC: on battery (upsBasicOutputStatus onBattery), 12 minutes left, 90 % charge.
         "apc-smt750-t1": variant("apc-smt750", {
             f"{APC}.4.1.1.0": "2|3", f"{APC}.2.2.3.0": "67|72000", f"{APC}.2.3.1.0": "66|900",
             f"{APC}.2.1.2.0": "67|6000"}, 60),
         # APC back on line; its battery replace indicator is on.
         "apc-smt750-t2": variant("apc-smt750", {f"{APC}.2.2.4.0": "2|2"}, 120),
+        # APC: its scheduled battery self-test (upsBasicOutputStatus onBatteryTest): on battery
+        # for 8 seconds, by design.
+        "apc-smt750-t3": variant("apc-smt750", {
+            f"{APC}.4.1.1.0": "2|15", f"{APC}.2.1.2.0": "67|800"}, 180),
         # BGP: 192.168.99.25 drops to Active (left Established 120 s ago);
         # 192.168.99.20 stays up but accepts 5 of its 15 IPv4 unicast prefixes.
         "bgp-ios-t1": variant("bgp-ios", {
             f"{BGP}.2.192.168.99.25": "2|3", f"{BGP}.16.192.168.99.25": "66|120",
             f"{CBGP}.1.192.168.99.20.1.1": "65|5"}, 300),
+        # IOS 15 and later fill CISCO-BGP4-MIB's cbgpPeer2AddrFamilyPrefixTable (IPv4 and IPv6
+        # peers) next to the deprecated IPv4-only cbgpPeerAddrFamilyPrefixTable: the same counts
+        # in both (index: address type 1, length 4, the address, AFI, SAFI).
+        # And a peer with a 4-byte AS: BGP4-MIB's 16-bit bgpPeerRemoteAs says AS_TRANS (23456),
+        # cbgpPeer2RemoteAs the AS.
+        "bgp-ios-t2": variant("bgp-ios", {
+            f"{CBGP2}.1.1.4.192.168.99.{peer}.1.{safi}": f"65|{count}" for peer, safi, count in (
+                (20, 1, 15), (20, 2, 2), (25, 1, 17), (25, 2, 2))} | {
+            f"{BGP}.9.192.168.99.25": "2|23456",
+            "1.3.6.1.4.1.9.9.187.1.2.5.1.11.1.4.192.168.99.20": "66|64513",
+            "1.3.6.1.4.1.9.9.187.1.2.5.1.11.1.4.192.168.99.25": "66|4200000001"}, 300),
+        # Juniper: a customer's routing instance (5) gets a peer with the address of a peer of
+        # the master instance (192.168.99.25), as L3VPN customers' CEs often have: established
+        # 10 minutes, AS65010, peer index 3, 2 IPv4 unicast prefixes accepted.
+        "bgp-junos-t1": variant("bgp-junos", {
+            f"{JBGP}.1.1.1.{n}.5.1.192.168.99.24.1.192.168.99.25": typed for n, typed in (
+                (2, "2|6"), (3, "2|2"), (11, "4x|C0A86319"), (13, "66|65010"), (14, "66|3"))} | {
+            f"{JBGP}.4.1.1.1.5.1.192.168.99.24.1.192.168.99.25": "66|600",
+            f"{JBGP}.6.2.1.7.3.1.1": "66|2", f"{JBGP}.6.2.1.8.3.1.1": "66|2"}, 300),
         # Nexus 5000: the outlet of module 1 reaches 69 °C, past its minor (58) and major (67)
         # thresholds, which the switch evaluates as true.
         "cisco-n5000-t1": variant("cisco-n5000", {
