@@ -614,10 +614,8 @@ class RrdStore:
                 continue
             ours, theirs = list(state.info.metrics.items()), list(entry["metrics"].items())
             if len(theirs) > len(ours) and theirs[:len(ours)] == ours:
-                state.info.metrics.update(theirs)
-                for metric, unit in entry.get("units", {}).items():
-                    state.info.units.setdefault(metric, unit)
-                state.metrics_changed()
+                self._relayout(state, {**state.info.metrics, **dict(theirs)},
+                               {**entry.get("units", {}), **state.info.units})
 
     def _to_backlog(self, backlog: Backlog, measurements: list[Measurement], step: int) -> None:
         if measurements:
@@ -875,7 +873,6 @@ class RrdStore:
                         f"make the file again with it ({exc}); its values are not stored (see "
                         "README, Several machines)")
             else:
-                state.metrics_changed()
                 self._index_dirty = True
         elif missing:
             self._flush_daemon(path)
@@ -888,12 +885,16 @@ class RrdStore:
                     metrics[metric] = ds
                     units[metric] = samples[metric].unit
             finally:
-                layout = self._layouts.get(metrics, units)
-                state.info = dataclasses.replace(state.info, metrics=layout.metrics,
-                                                 units=layout.units)
-                state.metric_names, state.row_format = layout.names, layout.row_format
+                self._relayout(state, metrics, units)
                 self._index_dirty = True
         return state
+
+    def _relayout(self, state: _FileState, metrics: dict[str, str], units: dict[str, str]) -> None:
+        """Give a file these data sources: a layout of its own or another's, never a change
+        in place of the one it had (other files share it)."""
+        layout = self._layouts.get(metrics, units)
+        state.info = dataclasses.replace(state.info, metrics=layout.metrics, units=layout.units)
+        state.metric_names, state.row_format = layout.names, layout.row_format
 
     def _add_remote_sources(self, state: _FileState, samples: dict[str, Measurement]) -> None:
         """Give a file of the daemon's new data sources (metric -> a sample of it): flushed,
@@ -922,9 +923,8 @@ class RrdStore:
             status = self._daemon.command(command)
             if status.startswith("-"):
                 raise OSError(status.partition(" ")[2] or status)
-        for metric, ds in added.items():
-            state.info.metrics[metric] = ds
-            state.info.units[metric] = samples[metric].unit
+        self._relayout(state, {**state.info.metrics, **added},
+                       {**state.info.units, **{m: samples[m].unit for m in added}})
         log.warning("store: %s: data source(s) %s added through rrdcached (the file before: %s)",
                     path, ", ".join(added.values()), copy)
 
