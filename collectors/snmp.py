@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import fnmatch
-import functools
 import ipaddress
 import json
 import logging
@@ -44,7 +43,7 @@ from collectors.snmp_client import (
     Walk,
     walk_columns,
 )
-from collectors.snmp_counters import Counter, CounterState, DeviceSample, InterfaceSample
+from collectors.snmp_counters import Counter, Counters, CounterState, DeviceSample, InterfaceSample
 from collectors.snmp_health import DeviceHealth, ErrorWatch, StorageLimits
 from collectors.snmp_iftypes import IF_TYPES, if_type_name
 from collectors.snmp_v3 import UsmEngine
@@ -90,6 +89,7 @@ DESCRIPTIVE = [IF_NAME, IF_DESCR, IF_ALIAS, IF_TYPE, IF_SPEED, IF_HIGH_SPEED, IF
 HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
 ERROR_COLUMNS = [low for hc, low in COUNTERS.values() if hc is None and low is not None]
+COUNTER_METRICS = tuple(COUNTERS)
 UNITS = {metric: "B/s" if "octets" in metric else "/s" for metric in COUNTERS}
 # metric -> its 32-bit column, for the metrics that also have a 64-bit one.
 LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not None and low}
@@ -157,7 +157,6 @@ class PortInfo:
 PORT_FIELDS = tuple(f.name for f in dataclasses.fields(PortInfo))
 
 
-@functools.lru_cache(maxsize=4096)  # the same few hundred aliases, every poll
 def parse_port_description(alias: str) -> PortDescription | None:
     match = _PORT_DESCRIPTION.match(alias)
     if match is None or match["group"].lower() not in PORT_GROUPS:
@@ -224,14 +223,38 @@ def text(value: object) -> str:
     (noSuchObject/noSuchInstance/endOfMibView are not names)."""
     if value is None or isinstance(value, Missing):
         return ""
-    if isinstance(value, bytes) and len(value) <= DISPLAY_STRING_LIMIT:
-        return _display_text(value)
     return clean(value, DISPLAY_STRING_LIMIT)
 
 
-@functools.lru_cache(maxsize=8192)  # the same names and aliases at every poll of every device
-def _display_text(value: bytes) -> str:
-    return clean(value, DISPLAY_STRING_LIMIT)
+class DeviceTexts:
+    """`text` and `parse_port_description` made once per distinct name or alias: the same
+    ones come back at every poll of every device, and one string object for each also keeps
+    the names held from poll to poll (known interfaces, the port index) single. One per
+    collector, shared by its devices, and bounded: junk from one device only empties it."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._texts: dict[bytes, str] = {}
+        self._descriptions: dict[str, PortDescription | None] = {}
+
+    def __call__(self, value: object) -> str:
+        if value.__class__ is not bytes or len(value) > DISPLAY_STRING_LIMIT:
+            return text(value)
+        found = self._texts.get(value)
+        if found is None:
+            if len(self._texts) >= self.size:
+                self._texts.clear()
+            found = self._texts[value] = clean(value, DISPLAY_STRING_LIMIT)
+        return found
+
+    def port_description(self, alias: str) -> PortDescription | None:
+        try:
+            return self._descriptions[alias]
+        except KeyError:
+            if len(self._descriptions) >= self.size:
+                self._descriptions.clear()
+            found = self._descriptions[alias] = parse_port_description(alias)
+            return found
 
 
 def format_bps(bps: float) -> str:
@@ -241,7 +264,7 @@ def format_bps(bps: float) -> str:
     return f"{bps:.0f} bit/s"
 
 
-@dataclass
+@dataclass(slots=True)
 class Interface:
     """One row of the interface tables, as read in one poll."""
 
@@ -257,8 +280,10 @@ class Interface:
     if_type: int | None = None
 
 
-def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) -> list[Interface]:
-    """Rows keyed by ifIndex -> Interfaces named by `identity` (ifName, ifDescr, ifAlias, ifIndex).
+def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str,
+                           text: Callable[[object], str] = text) -> list[Interface]:
+    """Rows keyed by ifIndex -> Interfaces named by `identity` (ifName, ifDescr, ifAlias, ifIndex),
+    their names made by `text` (a collector's `DeviceTexts`).
 
     Re-resolved on every poll: the identity, not the ifIndex, links a row to its history.
     Two rows with the same identity keep it apart with "#ifIndex" on the later one.
@@ -272,6 +297,9 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
                         tables.get(low, empty) if low else empty)
                        for metric, (hc, low) in COUNTERS.items()]
     keys: set[Oid] = set().union(*tables.values())
+    # One tuple of counter names for all the interfaces that have the same columns (usually
+    # all of them, and of every device): the last poll of each interface stays in memory.
+    shapes = {COUNTER_METRICS: COUNTER_METRICS}
     out: list[Interface] = []
     seen: set[str] = set()
     for key in sorted(k for k in keys if len(k) == 1):
@@ -295,15 +323,21 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str) 
             speed = high * 1e6
         if isinstance(low, int) and 0 < low < 2**32 - 1 and (speed is None or speed < 4e9):
             speed = float(low)  # exact for links below 4.29 Gbit/s (ifHighSpeed is rounded)
-        counters: dict[str, Counter] = {}
+        metrics: list[str] = []
+        values: list[int] = []
+        wide_bits = 0
         for metric, wide, narrow in counter_columns:
             value = wide.get(key)
             if value.__class__ is int:
-                counters[metric] = Counter(value, 64)
-                continue
-            value = narrow.get(key)
-            if value.__class__ is int:
-                counters[metric] = Counter(value, 32)
+                wide_bits |= 1 << len(values)
+            else:
+                value = narrow.get(key)
+                if value.__class__ is not int:
+                    continue
+            metrics.append(metric)
+            values.append(value)
+        shape = tuple(metrics)
+        counters = Counters(shapes.setdefault(shape, shape), values, wide_bits)
         disc = discs.get(key)
         admin, oper, if_type = admins.get(key), opers.get(key), types.get(key)
         out.append(Interface(
@@ -372,6 +406,7 @@ class DevicePoller:
     # UPS, BGP and device health (collectors.snmp_health), and the default link-error rule.
     health: DeviceHealth = field(init=False)
     errors: ErrorWatch = field(init=False)
+    texts: DeviceTexts = field(default_factory=DeviceTexts)  # the collector's, shared
 
     def __post_init__(self) -> None:
         self.state = CounterState(self.interval)
@@ -516,7 +551,7 @@ class DevicePoller:
             self.inventory, self.inventory_at, self.busy_since, self.ports = {}, None, {}, {}
             self.reset_health()  # and its UPS, BGP and link-error history
         self.identity = identity
-        interfaces = interfaces_from_tables(tables, device.identity)
+        interfaces = interfaces_from_tables(tables, device.identity, self.texts)
         if device.version != "1":
             indexes = {iface.index for iface in interfaces}
             self.low_needed = {m for m, (hc, _) in COUNTERS.items() if hc is not None and m in LOW_OF_HC
@@ -552,7 +587,15 @@ class DevicePoller:
             batch.checks.append(self.interface_check(iface, per_second, now))
             self.known[ident] = self.known.get(ident, False) or iface.oper == 1
         present = {i.identity for i in chosen}
-        self.ports = {i.identity: self.port_entry(i) for i in chosen} if chosen else self.ports
+        if chosen:
+            # An unchanged entry stays the one made before (the new one is freed at once): what
+            # lives from poll to poll is not reallocated at every poll, which fragments the heap.
+            before = self.ports
+            self.ports = {}
+            for iface in chosen:
+                entry = self.port_entry(iface)
+                old = before.get(iface.identity)
+                self.ports[iface.identity] = old if old == entry else entry
         if problem_state is not State.OK:
             for missing in self.known.keys() - present:
                 batch.add(CheckResult(target, f"if {missing}", State.UNKNOWN,
@@ -579,7 +622,7 @@ class DevicePoller:
         return batch
 
     def port_entry(self, iface: Interface) -> PortInfo:
-        described = parse_port_description(iface.alias) or NOT_DESCRIBED
+        described = self.texts.port_description(iface.alias) or NOT_DESCRIBED
         mac, addresses = self.inventory.get(iface.index, ("", []))
         return PortInfo(iface.name, iface.descr, iface.alias, if_type_name(iface.if_type),
                         iface.speed_bps, described.group, described.name, described.circuit,
@@ -672,7 +715,7 @@ class DevicePoller:
             "ports": {name: {f: getattr(port, f) for f in PORT_FIELDS}  # asdict: 5x slower
                       for name, port in self.ports.items()},
             "busy_since": self.busy_since, "health": self.health.saved(),
-            "interfaces": {name: {"counters": {m: [c.value, c.bits] for m, c in i.counters.items()},
+            "interfaces": {name: {"counters": i.counters.saved(),
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
         }
@@ -701,7 +744,8 @@ class DevicePoller:
             identity = {k: str(v) for k, v in data["identity"].items()}
             interfaces = {
                 str(name): InterfaceSample(
-                    {str(m): Counter(int(v), int(bits)) for m, (v, bits) in i["counters"].items()},
+                    Counters.of({str(m): Counter(int(v), int(bits))
+                                 for m, (v, bits) in i["counters"].items()}),
                     None if i["speed_bps"] is None else float(i["speed_bps"]),
                     None if i["discontinuity"] is None else int(i["discontinuity"]))
                 for name, i in data["interfaces"].items()}
@@ -754,6 +798,9 @@ class SnmpCollector:
         self._selected: set[str] | None = None  # [cluster]: the devices this node polls now
         self._until: float | None = None  # [cluster]: no poll starts after this (cycle's end)
         self._share: SharedState | None = None  # [cluster]: counter state of every node
+        self.texts = DeviceTexts()
+        for poller in self.pollers.values():
+            poller.texts = self.texts
 
     def work_units(self) -> dict[str, str]:
         return {name: poller.device.group for name, poller in self.pollers.items()}

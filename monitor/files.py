@@ -11,7 +11,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ _SAFE_CHARS = re.compile(r"[A-Za-z0-9_\-]")
 _MAX_NAME = 96
 
 
-def atomic_write(path: Path, data: bytes | str, mode: int = STATE_MODE, *,
+def atomic_write(path: Path, data: bytes | str | Iterable[str], mode: int = STATE_MODE, *,
                  durable: bool = True) -> None:
     """Write a file so that readers see either the old or the new content, never a part.
 
@@ -35,15 +35,18 @@ def atomic_write(path: Path, data: bytes | str, mode: int = STATE_MODE, *,
     default, PUBLIC_MODE for what a web server serves; directories it creates get the matching
     search bits (0750, 0755). `durable=False` skips the two fsyncs (tens of milliseconds each on
     a busy disk): readers still never see a part, but a power loss may leave the old content
-    or an empty file; for state rewritten every poll whose reader checks it.
+    or an empty file; for state rewritten every poll whose reader checks it. `data` may be
+    pieces of text, written as they come (a big file need not be in memory whole).
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
+    pieces = [data] if isinstance(data, bytes) else (piece.encode("utf-8") for piece in data)
     make_dirs(path.parent, directory_mode(mode))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:40]}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            for piece in pieces:
+                handle.write(piece)
             handle.flush()
             os.fchmod(handle.fileno(), mode)
             if durable:

@@ -19,6 +19,7 @@ it reported, once, and not stored. The index of files is kept by a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,7 +34,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -133,9 +134,11 @@ def ds_name(metric: str) -> str:
     return f"{clean}_{hashlib.sha256(metric.encode('utf-8', 'surrogateescape')).hexdigest()[:6]}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeriesInfo:
-    """What the index knows of one RRD file."""
+    """What the index knows of one RRD file. The store shares `metrics` and `units` between
+    the files of one layout (every interface of every switch has the same): read them, never
+    change them in place."""
 
     target: str
     instance: str
@@ -171,14 +174,40 @@ class WriteReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The data sources of a file (metric -> DS name, in DS order), their units, and what the
+    write path makes of them: one shared copy for all the files that have the same (48,000
+    interface files are a handful of layouts; a copy each was ~1 KiB per file)."""
+
+    metrics: dict[str, str]
+    units: dict[str, str]
+    names: list[str]  # the metrics in DS order
+    row_format: str  # "%d:%s:%s": a row's text from (time, *values in DS order)
+
+
+class _Layouts:
+    """The distinct layouts of one store's files."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, _Layout] = {}
+
+    def get(self, metrics: Mapping[str, str], units: Mapping[str, str]) -> _Layout:
+        key = (tuple(metrics.items()), tuple(units.items()))
+        layout = self._known.get(key)
+        if layout is None:
+            layout = self._known[key] = _Layout(dict(metrics), dict(units), list(metrics),
+                                                "%d" + ":%s" * len(metrics))
+        return layout
+
+
 @dataclass(slots=True)
 class _FileState:
     info: SeriesInfo
+    metric_names: list[str]  # its layout's (shared: never changed in place)
+    row_format: str
     last: int | None = None
     warned_old: bool = False
-    path_text: str = ""
-    metric_names: list[str] = field(default_factory=list)  # in DS order
-    row_format: str = ""  # "%d:%s:%s": a row's text from (time, *values in DS order)
     batch: int = 0  # the last write() that gave this file a quick row
     # This batch's update of the file: its rows as rrdtool text ("T:V:V T:V:V"), and the time of
     # its last update before them (restored if the update fails). Kept here rather than in a
@@ -186,13 +215,17 @@ class _FileState:
     text: str = ""
     last_before: int | None = None
 
-    def __post_init__(self) -> None:
-        self.path_text = str(self.info.path)
-        self.metrics_changed()
+    @property
+    def path_text(self) -> str:
+        return str(self.info.path)  # pathlib keeps it: no second copy per file here
 
-    def metrics_changed(self) -> None:
-        self.metric_names = list(self.info.metrics)
-        self.row_format = "%d" + ":%s" * len(self.metric_names)
+    @classmethod
+    def of(cls, info: SeriesInfo, layout: _Layout, last: int | None = None) -> _FileState:
+        """The state of a file described by `info`, with its layout's shared metrics and
+        units."""
+        if info.metrics is not layout.metrics or info.units is not layout.units:
+            info = dataclasses.replace(info, metrics=layout.metrics, units=layout.units)
+        return cls(info, layout.names, layout.row_format, last)
 
 
 def rra_definitions(step: int, archives: Sequence[str], consolidations: Sequence[str]) -> list[str]:
@@ -272,7 +305,7 @@ class MergeReport:
 
 Key = tuple[str, str]  # (target, instance)
 Rows = list[tuple[int, dict[str, float | None]]]
-_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}))  # what a file not yet known looks like
+_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}), [], "%d")  # what a file not yet known looks like
 _END = Measurement("", "", "", None, timestamp=math.nan)  # differs from every sample: ends a run
 
 
@@ -367,13 +400,25 @@ class JsonCatalog:
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
             # Compact: at 48,000 files the indented index took twice as long to write and read.
-            atomic_write(self.path, json.dumps({"version": 2, "files": existing},
-                                               separators=(",", ":")))
+            atomic_write(self.path, _index_text(existing))
             self._signature = _file_signature(self.path)
             self._foreign = {rel: e for rel, e in existing.items() if rel not in entries}
 
     def revision(self) -> object:
         return _file_signature(self.path)
+
+
+def _index_text(files: dict[str, dict], per_piece: int = 1000) -> Iterator[str]:
+    """index.json in pieces of `per_piece` entries: at 48,000 files the text whole (and its
+    bytes) held ~70 MiB for a moment, which the allocator kept (the agent's peak RSS)."""
+    encode = json.JSONEncoder(separators=(",", ":")).encode
+    yield '{"version":2,"files":{'
+    entries = iter(files.items())
+    separator = ""
+    while piece := dict(islice(entries, per_piece)):
+        yield separator + encode(piece)[1:-1]
+        separator = ","
+    yield "}}"
 
 
 def _ds_order(path: Path, metrics: dict[str, str]) -> dict[str, str]:
@@ -444,6 +489,7 @@ class RrdStore:
         self.rrdcached = rrdcached
         self._lock = threading.RLock()
         self._files: dict[Key, _FileState] = {}
+        self._layouts = _Layouts()
         # Samples a failed write could not store (full disk, daemon down, corrupt file moved
         # aside): they go in front of the next batch, so nothing accepted is lost. With a
         # backlog they wait there instead (on disk: a restart does not lose them), and go
@@ -471,16 +517,19 @@ class RrdStore:
         return self.root / "index.json"
 
     def _load_index(self) -> None:
+        targets: dict[str, str] = {}  # one copy of a device's name for all its files
         for rel, entry in self.catalog.load().items():
-            key = (entry["target"], entry["instance"])
+            target = targets.setdefault(entry["target"], entry["target"])
+            key = (target, entry["instance"])
             path = self._base / rel
             if key not in self._files and (self.remote or path.exists()):
                 if entry.get("stale"):
                     self._index_dirty = True
                 limits = {m: Thresholds(*v) for m, v in entry.get("thresholds", {}).items()}
-                info = SeriesInfo(entry["target"], entry["instance"], path, int(entry["step"]),
-                                  dict(entry["metrics"]), dict(entry.get("units", {})), limits)
-                self._files[key] = _FileState(info)
+                layout = self._layouts.get(entry["metrics"], entry.get("units", {}))
+                info = SeriesInfo(target, key[1], path, int(entry["step"]), layout.metrics,
+                                  layout.units, limits)
+                self._files[key] = _FileState.of(info, layout)
 
     @property
     def _base(self) -> Path:
@@ -565,10 +614,8 @@ class RrdStore:
                 continue
             ours, theirs = list(state.info.metrics.items()), list(entry["metrics"].items())
             if len(theirs) > len(ours) and theirs[:len(ours)] == ours:
-                state.info.metrics.update(theirs)
-                for metric, unit in entry.get("units", {}).items():
-                    state.info.units.setdefault(metric, unit)
-                state.metrics_changed()
+                self._relayout(state, {**state.info.metrics, **dict(theirs)},
+                               {**entry.get("units", {}), **state.info.units})
 
     def _to_backlog(self, backlog: Backlog, measurements: list[Measurement], step: int) -> None:
         if measurements:
@@ -623,6 +670,8 @@ class RrdStore:
             report.updates -= state.text.count(" ") + 1
             if error:
                 self._handle_failure(state, error, report)
+        for state in updates:  # not kept until the next batch: ~120 bytes a file
+            state.text = ""
         self._batch, self._by_key = [], None
         try:
             self._save_index(INDEX_SAVE_INTERVAL)
@@ -651,14 +700,16 @@ class RrdStore:
         key: Key = ("", "")
         state = _NO_FILE
         target = instance = None
-        timestamp = math.nan  # before the first row: unequal to every time stamp
+        timestamp = second_of = math.nan  # before the first row: unequal to every time stamp
+        second = 0
         names: list[str] = []
         values: list[float | None] = []
         told: list[Measurement] = []  # samples that came with thresholds (or "none now")
         for m in chain(batch, (_END,)):
             if m.timestamp != timestamp or m.instance != instance or m.target != target:
                 if names:
-                    second = int(timestamp)
+                    if timestamp != second_of:  # one int for the files of one poll, not one each
+                        second_of, second = timestamp, int(timestamp)
                     last = state.last
                     if (last is not None and second > last and names == state.metric_names
                             and state.batch != serial and not (odd and key in odd)):
@@ -800,9 +851,10 @@ class RrdStore:
                     state = self._adopt(key, path, metrics)
                 else:
                     any_sample = next(iter(samples.values()))
+                    layout = self._layouts.get(metrics, {m: s.unit for m, s in samples.items()})
                     info = SeriesInfo(any_sample.target, any_sample.instance, path, step,
-                                      metrics, {m: s.unit for m, s in samples.items()})
-                    state = _FileState(info, last=first - 1)
+                                      layout.metrics, layout.units)
+                    state = _FileState.of(info, layout, last=first - 1)
                     report.files_created += 1
             self._files[key] = state
             self._index_dirty = True
@@ -821,18 +873,28 @@ class RrdStore:
                         f"make the file again with it ({exc}); its values are not stored (see "
                         "README, Several machines)")
             else:
-                state.metrics_changed()
                 self._index_dirty = True
         elif missing:
             self._flush_daemon(path)
-            for metric in missing:
-                ds = ds_name(metric)
-                rrdtool.tune(str(path), _ds_definition(ds, samples[metric], state.info.step))
-                state.info.metrics[metric] = ds
-                state.info.units[metric] = samples[metric].unit
-            state.metrics_changed()
-            self._index_dirty = True
+            # A new layout (the old one is other files' too), as far as the tunes went.
+            metrics, units = dict(state.info.metrics), dict(state.info.units)
+            try:
+                for metric in missing:
+                    ds = ds_name(metric)
+                    rrdtool.tune(str(path), _ds_definition(ds, samples[metric], state.info.step))
+                    metrics[metric] = ds
+                    units[metric] = samples[metric].unit
+            finally:
+                self._relayout(state, metrics, units)
+                self._index_dirty = True
         return state
+
+    def _relayout(self, state: _FileState, metrics: dict[str, str], units: dict[str, str]) -> None:
+        """Give a file these data sources: a layout of its own or another's, never a change
+        in place of the one it had (other files share it)."""
+        layout = self._layouts.get(metrics, units)
+        state.info = dataclasses.replace(state.info, metrics=layout.metrics, units=layout.units)
+        state.metric_names, state.row_format = layout.names, layout.row_format
 
     def _add_remote_sources(self, state: _FileState, samples: dict[str, Measurement]) -> None:
         """Give a file of the daemon's new data sources (metric -> a sample of it): flushed,
@@ -861,9 +923,8 @@ class RrdStore:
             status = self._daemon.command(command)
             if status.startswith("-"):
                 raise OSError(status.partition(" ")[2] or status)
-        for metric, ds in added.items():
-            state.info.metrics[metric] = ds
-            state.info.units[metric] = samples[metric].unit
+        self._relayout(state, {**state.info.metrics, **added},
+                       {**state.info.units, **{m: samples[m].unit for m in added}})
         log.warning("store: %s: data source(s) %s added through rrdcached (the file before: %s)",
                     path, ", ".join(added.values()), copy)
 
@@ -872,8 +933,9 @@ class RrdStore:
         info = rrdtool.info(*self._via, str(path))
         by_ds = {ds: m for m, ds in metrics.items()}
         known = {by_ds.get(n, n): n for n in _ds_names(info)}
-        series = SeriesInfo(key[0], key[1], path, int(info["step"]), known)
-        return _FileState(series, last=int(info["last_update"]))
+        layout = self._layouts.get(known, {})
+        series = SeriesInfo(key[0], key[1], path, int(info["step"]), layout.metrics, layout.units)
+        return _FileState.of(series, layout, last=int(info["last_update"]))
 
     def _drop_old(self, state: _FileState, rows: Rows, report: WriteReport) -> Rows:
         if state.last is None:

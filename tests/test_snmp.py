@@ -685,3 +685,22 @@ def test_another_device_at_a_name_drops_the_old_ones_inventory(snmpsim, tmp_path
     assert all(m.value is None for m in after.measurements if m.metric == "in_octets")
     saved = read_port_index(tmp_path / "state")["edge"]
     assert "Gi0/1" in saved and not old & set(saved)
+
+
+def test_names_are_made_once_per_collector_and_bounded():
+    """The devices of a collector share its DeviceTexts (no module-level cache); what a device
+    sends is cleaned as `text` cleans it, and junk beyond the bound empties the cache."""
+    from collectors.snmp import DeviceTexts, PortDescription, text
+
+    collector = SnmpCollector([SnmpDevice(name=n, host="127.0.0.1") for n in ("a", "b")], STEP)
+    first, second = collector.pollers.values()
+    assert first.texts is second.texts is collector.texts
+    texts = DeviceTexts(size=4)
+    name = texts(b"ge-0/0/1\x1b[31m")
+    assert name == text(b"ge-0/0/1\x1b[31m") and texts(b"ge-0/0/1\x1b[31m") is name
+    assert texts(None) == "" and texts(b"x" * 300) == text(b"x" * 300)
+    for i in range(10):
+        texts(b"junk%d" % i)
+    assert len(texts._texts) <= 4
+    assert texts.port_description("Transit: ExampleNet [10G] {CID-42}") == PortDescription(
+        "transit", "ExampleNet", "", "CID-42")

@@ -7,6 +7,7 @@ import pytest
 from collectors.snmp_counters import (
     UPTIME_WRAP,
     Counter,
+    Counters,
     CounterState,
     DeviceSample,
     InterfaceSample,
@@ -195,3 +196,38 @@ def test_packet_rate_bound():
 def test_no_uptime_still_gives_rates():
     r = two_polls(dev(0, None, eth0=iface(1000)), dev(60, None, eth0=iface(7000)))
     assert r.interfaces["eth0"]["in_octets"] == 100.0
+
+
+def test_compact_counters_read_like_a_dict():
+    counters = Counters.of({"in_octets": Counter(2**64 - 1, 64), "in_errors": Counter(7, 32)})
+    assert dict(counters) == {"in_octets": Counter(2**64 - 1, 64), "in_errors": Counter(7, 32)}
+    assert counters.get("out_octets") is None and len(counters) == 2
+    assert counters.saved() == {"in_octets": [2**64 - 1, 64], "in_errors": [7, 32]}
+    assert Counters.of(counters) is counters
+
+
+@pytest.mark.parametrize("bad", [Counter(2**32, 32), Counter(-1, 64), Counter(5, 16)])
+def test_compact_counters_refuse_what_no_agent_sends(bad):
+    """A damaged state file: an error (the state is ignored), not a wrong rate later."""
+    with pytest.raises(ValueError):
+        Counters.of({"in_octets": bad})
+
+
+def test_same_rates_whether_the_columns_line_up_or_not():
+    """The side-by-side path (same columns as last time) and the by-name one agree: wraps in
+    32 and 64 bits, a width switch, a reset above the link speed."""
+    before = {"in_octets": Counter(2**64 - 600, 64), "out_octets": Counter(2**32 - 60, 32),
+              "in_errors": Counter(100, 32), "out_errors": Counter(100, 64),
+              "in_discards": Counter(2**40, 64)}
+    after = {"in_octets": Counter(600, 64), "out_octets": Counter(60, 32),
+             "in_errors": Counter(160, 32), "out_errors": Counter(160, 32),
+             "in_discards": Counter(0, 64)}
+    expected = {"in_octets": 20.0, "out_octets": 2.0, "in_errors": 1.0, "out_errors": None,
+                "in_discards": None}
+    lined_up = two_polls(dev(0, 100_000, eth0=InterfaceSample(before, 8e3)),
+                         dev(60, 106_000, eth0=InterfaceSample(after, 8e3)))
+    assert lined_up.interfaces["eth0"] == expected
+    reordered = dict(reversed(list(before.items())))
+    by_name = two_polls(dev(0, 100_000, eth0=InterfaceSample(reordered, 8e3)),
+                        dev(60, 106_000, eth0=InterfaceSample(after, 8e3)))
+    assert by_name.interfaces["eth0"] == expected
