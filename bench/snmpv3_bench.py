@@ -45,8 +45,8 @@ from bench.snmp_bench import (  # noqa: E402  (after the path set-up)
     inside_v3,
     sh,
     start_snmpd,
-    stop,
 )
+from tests.daemons import stop  # noqa: E402  (TERM, then KILL)
 
 SUBTREES = ("1.3.6.1.2.1.2.2", "1.3.6.1.2.1.31.1.1")  # ifTable, ifXTable
 

@@ -180,12 +180,9 @@ async def test_agent_schedules_the_baseline_job_and_consumes_its_checks(tmp_path
         await agent.close()
 
 
-def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
-    """weeks = 9 (the most the config takes) asks for more than the 2-hour archive keeps
-    (2h:9w): rrdtool fetch then answers from the daily archive, which covers it all. The
-    usual level must stay that of the hour (a quiet 04:00 is not the day's average)."""
-    weeks = 9
-    ts = np.arange(END - (weeks + 1) * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
+def _weeks_of_traffic(tmp_path, weeks: int) -> RrdStore:
+    """`weeks` weeks of the daily shape (growing), written a week at a time."""
+    ts = np.arange(END - weeks * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
     values = 2e6 * _shape(ts, int(ts[-1]))
     store = RrdStore(tmp_path / "rrd")
     for part in range(0, ts.size, 288 * 7):
@@ -193,6 +190,15 @@ def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
                                  minimum=0) for t, v in zip(ts[part:part + 288 * 7],
                                                             values[part:part + 288 * 7], strict=True)],
                     STEP)
+    return store
+
+
+def test_nine_weeks_of_baseline_still_compare_the_hour_of_the_week(tmp_path):
+    """weeks = 9 (the most the config takes) asks for more than the 2-hour archive keeps
+    (2h:9w): rrdtool fetch then answers from the daily archive, which covers it all. The
+    usual level must stay that of the hour (a quiet 04:00 is not the day's average)."""
+    weeks = 9
+    store = _weeks_of_traffic(tmp_path, weeks + 1)
     ((info, metric, factor),) = selected(BaselineConfig(enabled=True), store.series())
     day = END - END % DAY - 2 * DAY
     quiet, busy = (judge_hours(store, info, metric, np.array([day + hour * 3600]), weeks, factor)
@@ -209,14 +215,7 @@ def test_the_week_graphs_band_with_eight_weeks_follows_the_hours(tmp_path):
     from graphs.render import PERIODS, add_usual_band, build_graph, window
 
     weeks = 8
-    ts = np.arange(END - (weeks + 2) * 7 * DAY + STEP, END + 1, STEP, dtype=np.int64)
-    values = 2e6 * _shape(ts, int(ts[-1]))
-    store = RrdStore(tmp_path / "rrd")
-    for part in range(0, ts.size, 288 * 7):
-        store.write([Measurement(ROUTER, PORT, "out_octets", float(v), Kind.GAUGE, "B/s", int(t),
-                                 minimum=0) for t, v in zip(ts[part:part + 288 * 7],
-                                                            values[part:part + 288 * 7], strict=True)],
-                    STEP)
+    store = _weeks_of_traffic(tmp_path, weeks + 2)
     (info,) = store.series()
     start, stop, resolution = window(PERIODS["week"], END, STEP)
     series = store.fetch_path(info, start, stop, resolution)
