@@ -503,7 +503,9 @@ class DigestBuilder:
             else:  # a step whose state is below 6 (established) counts as down, to the step
                 bad = [1.0 if v is not None and v < 6 else 0.0 for v in columns.get("bgp_state", [])]
             episodes = sum(1 for i, v in enumerate(bad) if v > 0 and (i == 0 or bad[i - 1] == 0))
-            flaps = sum(stats.known(columns.get("session_flaps", [])))
+            # Flaps are counted per poll: a consolidated row holds the mean of its polls'
+            # counts, so the row's flaps are that mean times the polls it covers.
+            flaps = sum(stats.known(columns.get("session_flaps", []))) * series.step / info.step
             if not episodes and not flaps:
                 quiet += 1
                 continue

@@ -53,3 +53,32 @@ sections = ["power"]
     assert section.notes == ["2 UPS / BGP session(s) without events."]
     text = render_text(report)
     assert "Power and upstream" in text and "rack-ups on battery" in text
+
+
+def test_flaps_are_counted_whole_from_consolidated_rows(tmp_path: Path):
+    """Polled every minute, read by a weekly digest from 5-minute (or coarser) rows: a row's
+    value is the mean of its polls' counts, so the flaps are that mean times its polls."""
+    config = parse_config(f"""
+[agent]
+data_dir = "{tmp_path}"
+[contacts]
+admins = ["admin@example.net"]
+[[digests]]
+name = "weekly"
+schedule = "0 8 * * 1"
+sections = ["power"]
+""")
+    store = RrdStore(config.rrd_dir)
+    start = END - 7 * 86400
+    flapped = {start + 3 * 86400: 2, start + 5 * 86400 + 120: 1}
+    rows = []
+    for ts in range(start - 3600, END + 1, 60):
+        rows += [Measurement("edge1", "bgp 192.0.2.1", "bgp_state", 6, timestamp=ts),
+                 Measurement("edge1", "bgp 192.0.2.1", "session_flaps", flapped.get(ts, 0),
+                             timestamp=ts)]
+    assert not store.write(rows, 60).errors
+    builder = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "status.json"))
+    report = builder.build(config.digests[0], (start, END))
+    store.close()
+    [section] = report.sections
+    assert section.rows == [["edge1 bgp 192.0.2.1", "0", "0s", "longest down 0s, 3 flap(s)"]]
