@@ -33,6 +33,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
@@ -48,6 +49,7 @@ from monitor.units import parse_duration
 log = logging.getLogger(__name__)
 
 _PENDING_PER_FILE = 100_000  # values kept per file while it cannot be written
+_CREATE_AHEAD_FROM = 16  # new files in one batch made side by side in threads
 _REPLAY_FILES = 8  # backlog files (of about a MiB) replayed per batch written
 INDEX_SAVE_INTERVAL = 30.0  # seconds between index saves while files are being created
 _DAEMON_LINE = 3900  # the longest row text of one UPDATE sent to rrdcached (its limit: 4096)
@@ -497,6 +499,11 @@ class RrdStore:
         self._pending: dict[Key, list[Measurement]] = {}
         self.backlog = backlog
         self._unwritten: list[Measurement] = []  # this batch's samples bound for the backlog
+        # Files a batch creates are made side by side in a few threads (the binding releases
+        # the GIL; a create costs ~1 ms of librrd's CPU, so 48,000 new files one by one held
+        # the first cycle on one core): key -> None, or the error its create raised.
+        self._creators: ThreadPoolExecutor | None = None
+        self._made: dict[Key, Exception | None] = {}
         self._daemon: _RrdcachedClient | None = _RrdcachedClient(rrdcached) if rrdcached else None
         self._index_dirty = False
         self._index_saved_at: float | None = None  # time.monotonic() of the last index save
@@ -744,8 +751,10 @@ class RrdStore:
                 else:
                     updates.append(file)
         count = len(updates)
+        self._create_ahead(odd, step)
         for key in odd:
             count += self._general(key, known.get(key), step, report, updates)
+        self._made.clear()  # (made but not taken: their rows were all too old; adopted later)
         report.updates += count
         if told:
             self._note_thresholds(told)
@@ -814,6 +823,41 @@ class RrdStore:
                 self._by_key.setdefault((m.target, m.instance), []).append(m)
         return self._by_key.get(key, [])
 
+    def _create(self, path: Path, step: int, first: int, metrics: dict[str, str],
+                samples: dict[str, Measurement]) -> None:
+        if not self.remote:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        rrdtool.create(
+            *self._via, str(path), "--step", str(step), "--start", str(first - 1),
+            "--no-overwrite",
+            *(_ds_definition(ds, samples[m], step) for m, ds in metrics.items()),
+            *rra_definitions(step, self.archives, self.consolidations),
+        )
+
+    def _create_ahead(self, keys: Iterable[Key], step: int) -> None:
+        """Create the batch's new files (no state, no file yet) side by side, for _prepare to
+        take as made; worth it only for many (a first poll, a new device)."""
+        new = [key for key in keys if key not in self._files
+               and (self.remote or not self.path_for(*key).exists())]
+        if len(new) < _CREATE_AHEAD_FROM:
+            return
+
+        def create(key: Key) -> Exception | None:
+            samples = self._samples(key)
+            first = min(int(m.timestamp) for m in self._measurements_of(key))
+            try:
+                self._create(self.path_for(*key), step, first,
+                             {name: ds_name(name) for name in samples}, samples)
+            except (rrdtool.OperationalError, OSError) as exc:
+                return exc
+            return None
+
+        self._measurements_of(new[0])  # the batch's index, made before the threads share it
+        if self._creators is None:
+            self._creators = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                                thread_name_prefix="rrd-create")
+        self._made.update(zip(new, self._creators.map(create, new), strict=True))
+
     def _samples(self, key: Key) -> dict[str, Measurement]:
         """The first measurement of each metric of one file in this batch (kind, unit, max)."""
         out: dict[str, Measurement] = {}
@@ -832,18 +876,16 @@ class RrdStore:
             state = None  # deleted or moved aside behind our back: start again
         if state is None:
             metrics = {name: ds_name(name) for name in samples}
-            if not self.remote and path.exists():
+            made_ahead = key in self._made
+            if not made_ahead and not self.remote and path.exists():
                 state = self._adopt(key, path, metrics)
             else:
-                if not self.remote:
-                    path.parent.mkdir(parents=True, exist_ok=True)
                 try:
-                    rrdtool.create(
-                        *self._via, str(path), "--step", str(step), "--start", str(first - 1),
-                        "--no-overwrite",
-                        *(_ds_definition(ds, samples[m], step) for m, ds in metrics.items()),
-                        *rra_definitions(step, self.archives, self.consolidations),
-                    )
+                    if made_ahead:
+                        if (error := self._made.pop(key)) is not None:
+                            raise error
+                    else:
+                        self._create(path, step, first, metrics, samples)
                 except rrdtool.OperationalError as exc:
                     if not (self.remote and "File exists" in str(exc)):
                         raise
@@ -1212,6 +1254,9 @@ class RrdStore:
             self._save_index()
             if self._daemon is not None:
                 self._daemon.close()
+            if self._creators is not None:
+                self._creators.shutdown()
+                self._creators = None
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -184,6 +184,38 @@ def test_unwritable_directory_keeps_samples(tmp_path: Path):
     assert store.info("router", "eth0") is not None
 
 
+def test_a_first_poll_creates_its_files_side_by_side_and_one_failure_stays_its_own(tmp_path: Path):
+    """A batch with many new files (a first poll) has them made in threads: each file has its
+    own data sources and rows, and a file that cannot be made (a file where its directory
+    should be) keeps its samples without harming the others."""
+    root = tmp_path / "rrd"
+    store = RrdStore(root)
+    (root / "switch07").parent.mkdir(parents=True, exist_ok=True)
+    (root / "switch07").write_text("a file where a directory should be")
+    batch = [m(metric, float(10 * port + k), ts, target=f"switch{port % 8:02d}",
+               instance=f"ge-0/0/{port}")
+             for ts in (T0, T0 + STEP) for port in range(48)
+             for k, metric in enumerate(("in_octets", "out_octets") if port % 2 else ("temp",))]
+    report = store.write(batch, STEP)
+    assert report.files_created == 42  # 48 ports, 6 of them on switch07
+    assert len(report.errors) == 6 and all("switch07" in e for e in report.errors)
+    for port in range(48):
+        if port % 8 == 7:
+            assert store.info(f"switch{port % 8:02d}", f"ge-0/0/{port}") is None
+            continue
+        names = ("in_octets", "out_octets") if port % 2 else ("temp",)
+        info = store.info(f"switch{port % 8:02d}", f"ge-0/0/{port}")
+        assert info is not None and list(info.metrics) == list(names)
+        for k, name in enumerate(names):
+            got = values(store, name, T0, T0 + STEP, target=f"switch{port % 8:02d}",
+                         instance=f"ge-0/0/{port}")
+            assert got[T0 + STEP] == 10 * port + k
+    (root / "switch07").unlink()
+    assert store.write([], STEP).errors == []  # the kept samples go in now
+    assert store.info("switch07", "ge-0/0/7") is not None
+    store.close()
+
+
 def test_index_lost_files_are_adopted(tmp_path: Path):
     store = RrdStore(tmp_path)
     store.write([m("a", 1, T0)], STEP)
