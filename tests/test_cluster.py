@@ -460,6 +460,12 @@ class Switch:
         self.sock = None
 
 
+def tcp_checks(names: list[str], port: int) -> str:
+    """[[services]] tcp checks of 127.0.0.1:`port`, one per name."""
+    return "".join(f'\n[[services]]\nname = "{name}"\nkind = "tcp"\nhost = "127.0.0.1"\n'
+                   f'port = {port}\ntimeout = "1s"\n' for name in names)
+
+
 def alerting_config(smtp_port: int, checks: str) -> str:
     """Alert mail at once to a sink, by one rule on the checks named `checks`."""
     return f"""
@@ -490,15 +496,8 @@ def test_leader_killed_no_result_lost_no_alert_mail_lost_or_twice(tmp_path):
     service = Switch()
     service.up()
     names = ["node-a", "node-b", "node-c"]
-    body = alerting_config(sink.port, "flap") + f"""
-[[services]]
-name = "flap"
-kind = "tcp"
-host = "127.0.0.1"
-port = {service.port}
-timeout = "1s"
-""" + "".join(f'\n[[services]]\nname = "steady{i}"\nkind = "tcp"\nhost = "127.0.0.1"\n'
-              f'port = {service.port}\ntimeout = "1s"\n' for i in range(5))
+    body = alerting_config(sink.port, "flap") + tcp_checks(["flap"], service.port) \
+        + tcp_checks([f"steady{i}" for i in range(5)], service.port)
 
     def mails() -> list[str]:
         return [s for s in sink.subjects() if "flap" in s]

@@ -31,6 +31,7 @@ from tests.test_cluster import (
     alerting_config,
     cluster_config,
     live,
+    tcp_checks,
     wait_cycles,
     wait_until,
 )
@@ -61,14 +62,7 @@ def test_leader_killed_while_the_relay_holds_its_mail_the_next_leader_does_not_s
     service = Switch()
     service.up()
     names = ["node-a", "node-b"]
-    body = alerting_config(sink.port, "flap") + f"""
-[[services]]
-name = "flap"
-kind = "tcp"
-host = "127.0.0.1"
-port = {service.port}
-timeout = "1s"
-"""
+    body = alerting_config(sink.port, "flap") + tcp_checks(["flap"], service.port)
     try:
         with redis_server(tmp_path) as port, contextlib.ExitStack() as stack:
             client = redis.Redis(port=port, decode_responses=True)

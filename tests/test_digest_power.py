@@ -14,16 +14,22 @@ from monitor.store import RrdStore
 END = 1_800_000_000 - 1_800_000_000 % 300
 
 
-def test_power_and_upstream_section(tmp_path: Path):
-    config = parse_config(f"""
+def power_digest(tmp_path: Path, schedule: str = "0 7 * * *"):
+    """A config with one digest of the power section only."""
+    return parse_config(f"""
 [agent]
 data_dir = "{tmp_path}"
 [contacts]
 admins = ["admin@example.net"]
 [[digests]]
-name = "daily"
+name = "power"
+schedule = "{schedule}"
 sections = ["power"]
 """)
+
+
+def test_power_and_upstream_section(tmp_path: Path):
+    config = power_digest(tmp_path)
     store = RrdStore(config.rrd_dir)
     rows = []
     start = END - 86400
@@ -58,16 +64,7 @@ sections = ["power"]
 def test_flaps_are_counted_whole_from_consolidated_rows(tmp_path: Path):
     """Polled every minute, read by a weekly digest from 5-minute (or coarser) rows: a row's
     value is the mean of its polls' counts, so the flaps are that mean times its polls."""
-    config = parse_config(f"""
-[agent]
-data_dir = "{tmp_path}"
-[contacts]
-admins = ["admin@example.net"]
-[[digests]]
-name = "weekly"
-schedule = "0 8 * * 1"
-sections = ["power"]
-""")
+    config = power_digest(tmp_path, "0 8 * * 1")
     store = RrdStore(config.rrd_dir)
     start = END - 7 * 86400
     flapped = {start + 3 * 86400: 2, start + 5 * 86400 + 120: 1}
