@@ -156,6 +156,17 @@ class DiskBuffer:
     def remove(self, segment: Path) -> None:
         segment.unlink(missing_ok=True)
 
+    def keep(self, segment: Path, lines: list[str]) -> None:
+        """The file's lines replaced by `lines`, under its name (so it stays the oldest) and
+        with its modification time (the pool drops the least recently written first)."""
+        try:
+            written = segment.stat().st_mtime_ns
+        except FileNotFoundError:
+            written = None
+        atomic_write(segment, "".join(line.replace("\n", " ") + "\n" for line in lines))
+        if written is not None:
+            os.utime(segment, ns=(written, written))
+
 
 def _dropped(directory: Path) -> int:
     try:

@@ -55,6 +55,11 @@ INDEX_SAVE_INTERVAL = 30.0  # seconds between index saves while files are being 
 _DAEMON_LINE = 3900  # the longest row text of one UPDATE sent to rrdcached (its limit: 4096)
 
 
+def _backlog_line(measurements: list[Measurement], step: int) -> str:
+    return json.dumps({"step": step, "samples": [measurement_row(m) for m in measurements]},
+                      separators=(",", ":"))
+
+
 def _backlog_runs(lines: Iterable[str]) -> Iterator[tuple[int, list[Measurement]]]:
     """(step, samples) of a backlog's lines, consecutive lines of one step together."""
     run: list[Measurement] = []
@@ -352,6 +357,10 @@ class Backlog(Protocol):
 
     def remove(self, segment: Path) -> None: ...
 
+    def keep(self, segment: Path, lines: list[str]) -> None:
+        """Put `lines` in place of the file's (it stays the oldest: what it holds goes first)."""
+        ...
+
 
 class JsonCatalog:
     """The index as `index.json` in the RRD directory, merged under a lock file (a `collect`
@@ -626,9 +635,7 @@ class RrdStore:
 
     def _to_backlog(self, backlog: Backlog, measurements: list[Measurement], step: int) -> None:
         if measurements:
-            backlog.append(json.dumps({"step": step,
-                                       "samples": [measurement_row(m) for m in measurements]},
-                                      separators=(",", ":")))
+            backlog.append(_backlog_line(measurements, step))
 
     def _replay(self, backlog: Backlog, report: WriteReport) -> None:
         """Write what waits in the backlog, oldest first (a few of its files per batch, so a
@@ -653,11 +660,12 @@ class RrdStore:
                     unwritten.append((step, kept))
             if unwritten and report.updates == before:
                 return  # nothing could be written (the daemon still away): try again later
-            backlog.remove(segment)
-            for step, kept in unwritten:
-                self._to_backlog(backlog, kept, step)
             if unwritten:
+                # What the file could not give stays in it, ahead of the newer files: written
+                # after them, its samples would be older than their files' rows and dropped.
+                backlog.keep(segment, [_backlog_line(kept, step) for step, kept in unwritten])
                 return
+            backlog.remove(segment)
 
     def _write_batch(self, measurements: Iterable[Measurement], step: int, report: WriteReport
                      ) -> list[Measurement]:

@@ -201,3 +201,43 @@ graphs = false
     day = tmp_path / "core" / "html" / "db1" / safe_name("fs:/var") / "day.png"
     assert day.read_bytes().startswith(b"\x89PNG")
     assert not list((tmp_path / "core").rglob("*.rrd"))
+
+
+def test_a_partly_replayed_buffer_file_keeps_its_rest_ahead_of_newer_ones(tmp_path, monkeypatch):
+    """Replaying after an outage, one file of the buffer is written only in part (here one
+    device's file cannot be created on the store host at that moment): what it kept must go
+    before the newer files, or those make the device's file newer than the kept samples and
+    rrdtool drops them as too old."""
+    import cluster.results
+
+    monkeypatch.setattr(cluster.results, "_SEGMENT", 64)  # one batch per buffer file
+    rrd_port = free_port()  # nothing listens there yet
+    buffer_dir = tmp_path / "cluster-buffer"
+    host = tmp_path / "rrd-host"
+
+    def node_store() -> RrdStore:
+        return RrdStore(tmp_path / "pop", rrdcached=f"127.0.0.1:{rrd_port}", remote=True,
+                        catalog=JsonCatalog(tmp_path / "pop"),
+                        backlog=DiskBuffer(buffer_dir / "samples", 10 << 20, pool=buffer_dir))
+    start = int(time.time() // 60) * 60 - 60 * 60
+    store = node_store()
+    for row in range(4):
+        store.write([Measurement(device, "uplink", "in", float(row), unit="x",
+                                 timestamp=start + row * 60) for device in ("r1", "r2")], 60)
+    samples = DiskBuffer(buffer_dir / "samples", 10 << 20, pool=buffer_dir)
+    assert len(list((buffer_dir / "samples").glob("*.jsonl"))) == 4
+    host.mkdir()
+    (host / safe_name("r2")).write_text("a file where the device's directory should be")
+    with rrdcached_tcp(host, port=rrd_port):
+        report = store.write([], 60)  # r1's rows go in; r2's first file stays
+        assert any("r2" in error for error in report.errors)
+        (host / safe_name("r2")).unlink()
+        while samples.waiting():
+            store.write([], 60)
+        series = {d: store.fetch(d, "uplink", start - 60, start + 4 * 60) for d in ("r1", "r2")}
+        store.close()
+    for device, got in series.items():
+        stored = {t: v for t, v in zip(got.timestamps, got.columns["in"], strict=True)
+                  if v is not None}
+        # (the first sample opens the file's first step: RRD stores no value for it)
+        assert stored == {start + row * 60: float(row) for row in range(1, 4)}, device
