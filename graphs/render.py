@@ -301,7 +301,7 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
         if p95:
             legend.append(LegendRow("95th", P95_MARK, f"    {format_value(p95, 'b/s'):>11}"
                                     + (f" {of_speed(p95, speed):>4}" if speed else "")
-                                    + "  (the higher direction's, 5-minute samples)"))
+                                    + f"  (the higher direction's, {_rows_text(rows.step)})"))
         return Graph(kind, "b/s", layers, legend, summary, units, marks=marks)
     if kind == LATENCY:
         rt = _column(series, "response_seconds")
@@ -1019,6 +1019,12 @@ def add_usual_band(graph: Graph, store: RrdStore, info: SeriesInfo, metric: str,
     row = LegendRow("usual", USUAL_FILL, f"{label}: expected for the hour of the week (last "
                                          f"{weeks} weeks)")
     graph.legend.insert(min(len(graph.legend), _LEGEND_ROWS - 1), row)
+
+
+def _rows_text(step: int) -> str:
+    """What the period's figures come from: samples up to the billing step, averages beyond
+    (a year's 95th is one of daily averages, and must not claim 5-minute samples)."""
+    return f"{_step_text(step)} {'samples' if step <= stats.BILLING_STEP else 'averages'}"
 
 
 def _step_text(step: int) -> str:

@@ -283,3 +283,23 @@ def test_state_words_are_if_mibs():
     assert format_metric(None, "oper_status") == "-" and format_metric(1.5, "admin_status") == "mixed"
     assert format_metric(9, "oper_status") == "state 9" and OPER_STATUS[4] == "unknown"
     assert format_metric(1.0, "in_errors", "/s") == "1.00 /s"
+
+
+def test_the_95th_line_says_what_it_is_computed_from(history):
+    """The billing line's legend names its rows: the month's 5-minute samples, the year's
+    daily averages (never "5-minute samples" where there are none)."""
+    from graphs.render import PERIODS, build_graph, window
+    from graphs.stats import period_rows
+    from graphs.stats import window as rows_of
+
+    store = history
+    info = store.info(longhistory.ROUTER, longhistory.UPLINK)
+    said = {}
+    for name in ("month", "year"):
+        start, end, resolution = window(PERIODS[name], longhistory.END, info.step)
+        series = store.fetch_path(info, start, end, resolution)
+        rows = (period_rows(store, info, start, end, series) if name == "month"
+                else rows_of(series, start, end))
+        (line,) = [row.text for row in build_graph(info, series, rows).legend if row.label == "95th"]
+        said[name] = line
+    assert "5-min samples" in said["month"] and "daily averages" in said["year"], said
