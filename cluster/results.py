@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
@@ -79,6 +80,10 @@ class DiskBuffer:
         self.directory.mkdir(parents=True, exist_ok=True)
         # file -> ((size, mtime), lines) when it was counted
         self._counted: dict[Path, tuple[tuple[int, int], int]] = {}
+        # Its users call it from worker threads (disk I/O and fsync stay off the event loop),
+        # several collectors' batches at once: one writer at a time keeps lines whole and
+        # in order.
+        self._writing = threading.Lock()
 
     @property
     def dropped(self) -> int:
@@ -109,6 +114,10 @@ class DiskBuffer:
         return sum(lines for _, lines in counted.values())
 
     def append(self, text: str) -> None:
+        with self._writing:
+            self._append(text)
+
+    def _append(self, text: str) -> None:
         segments = self._segments()
         path = segments[-1] if segments else self.directory / f"{1:012d}.jsonl"
         if path.exists() and path.stat().st_size >= _SEGMENT:
@@ -197,9 +206,16 @@ class ResultStream:
 
     async def publish(self, batch: Batch, interval: float) -> None:
         entry = self._entry(batch, interval)
-        if not self.node.cut_off and not self.buffer.waiting() and await self._send([entry]):
+        if not self.node.cut_off and not await asyncio.to_thread(self.buffer.waiting) \
+                and await self._send([entry]):
             return
-        self.buffer.append(entry)  # behind what waits already: the order is kept
+        # Behind what waits already (the order is kept); written and synced off the loop.
+        await asyncio.to_thread(self._buffered, entry)
+
+    def _buffered(self, entry: str | None = None) -> None:
+        """(In a thread) `entry` appended, if given, and the buffer's counts for the heartbeat."""
+        if entry is not None:
+            self.buffer.append(entry)
         self.node.extra["buffered"] = len(self.buffer)
         self.node.extra["dropped"] = self.buffer.dropped
 
@@ -217,16 +233,15 @@ class ResultStream:
     async def replay(self) -> int:
         """Job: send what the buffer holds, oldest first; returns how many went."""
         sent = 0
-        while (oldest := self.buffer.oldest()) is not None:
+        while (oldest := await asyncio.to_thread(self.buffer.oldest)) is not None:
             segment, lines = oldest
             if lines and not await self._send(lines):
                 break
-            self.buffer.remove(segment)
+            await asyncio.to_thread(self.buffer.remove, segment)
             sent += len(lines)
         if sent:
             log.warning("cluster: replayed %d buffered batch(es) to the leader's stream", sent)
-        self.node.extra["buffered"] = len(self.buffer)
-        self.node.extra["dropped"] = self.buffer.dropped
+        await asyncio.to_thread(self._buffered)
         return sent
 
     async def take(self, count: int = 500) -> list[tuple[str, str, float, Batch]]:
