@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import io
+import json
 import logging
 import math
 import time
@@ -36,9 +37,10 @@ from alerts.outbox import Outbox, outbox_path
 from alerts.state import AlertStore, alerts_db_path
 from graphs import stats
 from monitor.config import Config, Digest
+from monitor.files import atomic_write
 from monitor.model import State
+from monitor.scheduler import Clock, Scheduler, SystemClock, cron_trigger
 from monitor.scheduler import JobFunction as Job
-from monitor.scheduler import Scheduler, cron_trigger
 from monitor.status import StatusBook
 from monitor.store import RrdStore, Series, SeriesInfo
 from monitor.text import clean
@@ -92,6 +94,7 @@ class Report:
     start: float
     end: float
     sections: list[Section]
+    notice: str = ""  # said under the period (a digest sent late)
 
     @property
     def problems(self) -> int:
@@ -522,8 +525,10 @@ class DigestBuilder:
                 detail = f"longest down {format_duration(longest)}" + (
                     f", {flaps:.0f} flap(s)" if flaps else "")
                 what = f"{info.target} {info.instance}"
-            s.rows.append([clean(what, NAME_WIDTH), str(episodes),
-                           format_duration(sum(v * series.step for v in bad)), detail])
+            bad_seconds = sum(v * series.step for v in bad)
+            s.rows.append([clean(what, NAME_WIDTH), str(episodes), format_duration(bad_seconds),
+                           detail])
+            s.totals[f"{what} seconds"], s.totals[f"{what} flaps"] = bad_seconds, flaps
         if quiet:
             s.notes.append(f"{quiet} UPS / BGP session(s) without events.")
         return s
@@ -713,31 +718,19 @@ class DigestBuilder:
         return s
 
     def section_backups(self, digest: Digest, start: float, end: float) -> Section:
-        from collectors.backups import load_runs
+        from collectors.backups import report
 
         s = Section("backups", "Backup results", ["job", "state", "result"],
                     empty="No backup jobs are configured.")
-        checks = {c.check[7:]: c for c in self.status.all()
-                  if c.target == "backups" and c.check.startswith("backup ")}
-        runs_total = failed_total = 0
-        for job in self.config.backups:
-            c = checks.get(job.name)
-            if c is None:
-                s.rows.append([job.name, "UNKNOWN", "not checked yet"])
-            else:
-                s.rows.append([job.name, c.state.name,
-                               clean(c.message.removeprefix(f"backup {job.name}: "), 400)])
-            if job.kind == "wrapper":
-                runs = [r for r in load_runs(self.config.state_dir, job.name)
-                        if r.get("finished") and start <= r["finished"] < end]
-                failed = [r for r in runs if r.get("exit_status") != 0]
-                runs_total += len(runs)
-                failed_total += len(failed)
-                if runs:
-                    s.notes.append(f"{job.name}: {len(runs)} run(s) in the period, "
-                                   f"{len(failed)} failed.")
+        jobs = report(self.config.backups, self.status.all(), self.config.state_dir, start, end)
+        for job in jobs:
+            state = job.state.name if job.state else "UNKNOWN"
+            s.rows.append([clean(job.job, NAME_WIDTH), state, clean(job.result, 400)])
+            if job.runs:
+                s.notes.append(f"{job.job}: {job.runs} run(s) in the period, {job.failed} failed.")
         s.problems = sum(1 for row in s.rows if row[1] != "OK")
-        s.totals = {"runs": runs_total, "failed": failed_total}
+        s.totals = {"runs": sum(job.runs or 0 for job in jobs),
+                    "failed": sum(job.failed for job in jobs)}
         return s
 
 
@@ -759,7 +752,8 @@ def subject_of(report: Report) -> str:
 
 def render_text(report: Report) -> str:
     lines = [subject_of(report), f"{fmt_time(report.start)} - {fmt_time(report.end)} on "
-                                 f"{report.hostname}", ""]
+                                 f"{report.hostname}", *([report.notice] if report.notice else []),
+             ""]
     for s in report.sections:
         lines += [s.title, "-" * len(s.title)]
         if s.is_empty:
@@ -782,6 +776,7 @@ def render_html(report: Report, base_url: str = "") -> str:
     template = env.from_string(_TEMPLATE.read_text(encoding="utf-8"))
     return template.render(title=subject_of(report), sections=report.sections,
                            period=f"{fmt_time(report.start)} - {fmt_time(report.end)}",
+                           notice=report.notice,
                            hostname=report.hostname, colours=_COLOURS,
                            link=base_url if base_url.startswith(("http://", "https://")) else "")
 
@@ -813,10 +808,11 @@ def compose(report: Report, config: Config) -> EmailMessage:
 async def run_digest(config: Config, name: str, *, dry_run: bool = False, store: RrdStore | None = None,
                      status: StatusBook | None = None, clock: Callable[[], float] = time.time,
                      out: TextIO | None = None, outbox: Outbox | None = None,
-                     last: float | None = None) -> EmailMessage:
+                     last: float | None = None, window: tuple[float, float] | None = None,
+                     notice: str = "") -> EmailMessage:
     """Build digest NAME now; print it (dry run) or enqueue it in the outbox (the agent's own,
-    when it runs there) and try to send. `last`: cover the last this many seconds up to now
-    instead of the last complete scheduled period."""
+    when it runs there) and try to send. It covers its last complete scheduled period, or
+    `window` (start, end), or with `last` the last this many seconds up to now."""
     import sys
 
     digest = next((d for d in config.digests if d.name == name), None)
@@ -831,8 +827,14 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     try:
         builder = DigestBuilder(config, store=store, status=status, clock=clock)
         now = clock()
-        window = (now - last, now) if last else None
+        if last:
+            window = (now - last, now)
         report = await asyncio.to_thread(builder.build, digest, window)
+        report.notice = notice
+        # What each section counted, exactly: with -v the journal tells what a digest said.
+        log.debug("digest %s of %s - %s counted %s", name, fmt_time(report.start),
+                  fmt_time(report.end), json.dumps({f"{s.key}: {k}": v for s in report.sections
+                                                    for k, v in s.totals.items()}))
         msg = await asyncio.to_thread(compose, report, config)
     finally:
         if own_store:
@@ -850,15 +852,125 @@ async def run_digest(config: Config, name: str, *, dry_run: bool = False, store:
     return msg
 
 
+# -- on the agent's schedule ----------------------------------------------------------------
+
+# rrdtool writes the row that ends at a digest's scheduled time at the first poll after it, so
+# a scheduled digest waits for that poll of every collector that polls at least this often
+# (slower ones, a 15-minute mailbox scan, feed no period total of a digest) ...
+WAITED_STEP = 600
+# ... looking every so often, for at most two of the collector's intervals and a minute (its
+# next run starts within an interval and its jitter; a collector that does not come by then
+# is stuck or gone, and the digest says which rows are missing).
+ROWS_LOOK_EVERY = 10.0
+ROWS_MARGIN = 60.0
+
+
+def collectors_behind(store: RrdStore, end: float,
+                      among: Sequence[SeriesInfo] | None = None) -> list[SeriesInfo]:
+    """The heartbeats (agent "collector NAME" run_seconds, written with each run's samples)
+    of the collectors that ran in the two intervals before `end` but whose row ending at `end`
+    is not written yet: their first run after `end` has not been stored. A heartbeat is
+    never unknown while its collector runs, so a written row is a known one."""
+    candidates = among if among is not None else [
+        info for info in store.series()
+        if info.target == "agent" and "run_seconds" in info.metrics and info.step <= WAITED_STEP]
+    behind = []
+    for info in candidates:
+        try:  # through rrdcached the fetch flushes the file first
+            rows = stats.window(store.fetch_path(info, end - 3 * info.step, end),
+                                end - 3 * info.step, end).columns.get("run_seconds", [])
+        except Exception as exc:  # a corrupt file: nothing to wait for
+            log.warning("digest: cannot read %s: %s", info.path, exc)
+            continue
+        if rows and rows[-1] is not None and not math.isnan(rows[-1]):
+            continue  # written
+        if among is None and not stats.known(rows).size:
+            continue  # not running before `end` (stopped, removed, the agent was down)
+        behind.append(info)
+    return behind
+
+
+async def wait_for_rows(store: RrdStore, end: float, clock: Clock) -> list[SeriesInfo]:
+    """Wait until the store holds every running collector's row ending at `end`, or until
+    the bound; returns the collectors still behind then (logged)."""
+    behind = await asyncio.to_thread(collectors_behind, store, end)
+    if not behind:
+        return []
+    deadline = end + 2 * max(info.step for info in behind) + ROWS_MARGIN
+    while behind and (left := deadline - clock.time()) > 0:
+        await clock.sleep(min(ROWS_LOOK_EVERY, left))
+        behind = await asyncio.to_thread(collectors_behind, store, end, behind)
+    if behind:
+        log.warning("digest: no row up to %s from %s yet; the digest goes out without it",
+                    fmt_time(end), ", ".join(info.instance for info in behind))
+    return behind
+
+
+def sent_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "digests.json"
+
+
+def load_sent(state_dir: Path) -> dict[str, float]:
+    """digest name -> the end of the last period the schedule sent ({} when none yet)."""
+    try:
+        raw = json.loads(sent_path(state_dir).read_text(encoding="utf-8"))
+        return {str(k): float(v) for k, v in raw.get("sent", {}).items()}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError, TypeError, AttributeError) as exc:
+        log.error("digest state %s unreadable (%s): no missed digest is caught up",
+                  sent_path(state_dir), exc)
+        return {}
+
+
+def record_sent(state_dir: Path, name: str, end: float) -> None:
+    sent = load_sent(state_dir)
+    sent[name] = max(end, sent.get(name, end))
+    atomic_write(sent_path(state_dir), json.dumps({"version": 1, "sent": sent}, indent=1))
+
+
+def missed_period(digest: Digest, last_sent: float | None, now: float) -> tuple[float, float] | None:
+    """The period a restart made the schedule miss: the last complete one, if an earlier
+    one was sent but not this one and it ended less than half a period ago (later, the next
+    digest is nearer). None for a first start (nothing was ever sent)."""
+    start, end = period_of(digest.schedule, now)
+    if last_sent is None or last_sent >= end or now - end > (end - start) / 2:
+        return None
+    return start, end
+
+
 def schedule_digests(config: Config, scheduler: Scheduler, store: RrdStore, status: StatusBook,
-                     outbox: Outbox, guard: Callable[[Job], Job] = lambda job: job) -> None:
+                     outbox: Outbox, guard: Callable[[Job], Job] = lambda job: job,
+                     clock: Clock | None = None) -> None:
     """Put every [[digests]] on the agent's scheduler at its cron schedule, mailed through the
     agent's outbox (one SQLite connection and one delivery lock for alerts and digests).
-    `guard` wraps each job (in a cluster: run on the leader only)."""
+    Each covers the period that ends at its scheduled time; it is built once the collectors
+    have stored their rows up to that time (`wait_for_rows`), and a digest the agent missed
+    while restarting is sent at its start. `guard` wraps each job (in a cluster: run on the
+    leader only)."""
+    clock = clock or SystemClock()
+    sent = load_sent(config.state_dir)
     for digest in config.digests:
-        async def job(name: str = digest.name) -> None:
-            await run_digest(config, name, store=store, status=status, outbox=outbox)
-        scheduler.add_cron(f"digest {digest.name}", digest.schedule, guard(job))
+        async def job(digest: Digest = digest) -> None:
+            now = clock.time()
+            start, end = period_of(digest.schedule, now)
+            done = await asyncio.to_thread(load_sent, config.state_dir)
+            if done.get(digest.name, -math.inf) >= end:
+                log.info("digest %s of %s was sent already", digest.name, fmt_time(end))
+                return
+            await wait_for_rows(store, end, clock)
+            notice = (f"Sent late, at {fmt_time(clock.time())}: the agent was not running at "
+                      f"{fmt_time(end)}." if now - end > ROWS_MARGIN else "")
+            await run_digest(config, digest.name, store=store, status=status, outbox=outbox,
+                             clock=clock.time, window=(start, end), notice=notice)
+            await asyncio.to_thread(record_sent, config.state_dir, digest.name, end)
+
+        missed = missed_period(digest, sent.get(digest.name), clock.time())
+        if missed is not None:
+            log.warning("digest %s of %s was not sent (the agent was not running); it goes "
+                        "out now", digest.name, fmt_time(missed[1]))
+        scheduler.add_cron(f"digest {digest.name}", digest.schedule, guard(job),
+                           first=None if missed is None else clock.time())
 
 
 __all__ = ["DigestBuilder", "Report", "Section", "compose", "run_digest",

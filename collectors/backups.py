@@ -29,7 +29,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -427,6 +427,36 @@ def judge(job: BackupJob, result: JobResult, now: float) -> CheckResult:
                               minimum=0))
     return CheckResult(TARGET, f"backup {job.name}", State.OK if ok else State.CRITICAL,
                        f"backup {job.name}: {message}", tuple(ms), timestamp=now)
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One job's line in a digest: its current verdict and its wrapper runs of a period."""
+
+    job: str
+    state: State | None  # None: not checked yet
+    result: str
+    runs: int | None  # wrapper runs that finished in the period (None: not a wrapper job)
+    failed: int
+
+
+def report(jobs: Sequence[BackupJob], checks: Iterable[CheckResult], state_dir: Path,
+           start: float, end: float) -> list[JobReport]:
+    """The digest's read of this collector: each job's latest check (from `checks`, e.g. the
+    status book's) and the wrapper runs that finished at start <= t < end."""
+    latest = {c.check: c for c in checks if c.target == TARGET}
+    out = []
+    for job in jobs:
+        check = latest.get(f"backup {job.name}")
+        runs = failed = None
+        if job.kind == "wrapper":
+            finished = [r for r in load_runs(state_dir, job.name)
+                        if r.get("finished") and start <= r["finished"] < end]
+            runs, failed = len(finished), sum(1 for r in finished if r.get("exit_status") != 0)
+        out.append(JobReport(job.name, check.state if check else None,
+                             check.message.removeprefix(f"backup {job.name}: ") if check
+                             else "not checked yet", runs, failed or 0))
+    return out
 
 
 @dataclass

@@ -148,8 +148,12 @@ class Scheduler:
                        first=now if run_now else None if aligned
                        else trigger.get_next_fire_time(now, now), jitter=jitter))
 
-    def add_cron(self, name: str, expression: str, function: JobFunction) -> None:
-        self._add(_Job(name, function, None, cron_trigger(expression), 3600.0))
+    def add_cron(self, name: str, expression: str, function: JobFunction, *,
+                 first: float | None = None) -> None:
+        """`first`: a turn at this time (epoch seconds) too, before the expression's own (a
+        turn the process missed while it was restarting)."""
+        self._add(_Job(name, function, None, cron_trigger(expression), 3600.0,
+                       first=None if first is None else datetime.fromtimestamp(first, UTC)))
 
     def stats(self) -> dict[str, JobStats]:
         return {name: job.stats for name, job in self._jobs.items()}

@@ -23,7 +23,7 @@ from monitor.status import StatusBook
 from monitor.store import RrdStore
 
 STEP = 300
-SECTIONS = ["alerts", "traffic", "services", "lists", "backups"]
+SECTIONS = ["alerts", "traffic", "services", "power", "lists", "backups"]
 
 
 def config_text(tmp_path: Path, log: Path) -> str:
@@ -73,24 +73,31 @@ def test_consecutive_daily_and_weekly_digests_tile_time(tmp_path: Path):
     log.write_text("")
     config = parse_config(config_text(tmp_path, log))
 
-    # Traffic and one service, every 5 minutes; the service misses every 7th sample.
-    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
-    stamps = list(range(int(first) // STEP * STEP + STEP, int(last), STEP))
-    traffic = {t: float(rng.randrange(1000, 90_000)) for t in stamps}
-    answers = {t: (None if i % 7 == 0 else 0.01 + (i % 5) / 100) for i, t in enumerate(stamps)}
-    rows = []
-    for t in stamps:
-        rows += [Measurement("dmz-router", "eth0", "in_octets", traffic[t], timestamp=t),
-                 Measurement("dmz-router", "eth0", "out_octets", traffic[t] / 2, timestamp=t),
-                 Measurement("mail.example.net", "smtp", "response_seconds", answers[t],
-                             timestamp=t)]
-    assert not store.write(rows, STEP).errors
-
     # Events at random times, and some exactly on the boundaries of both schedules.
     boundaries = [(monday + timedelta(days=d, hours=h)).timestamp()
                   for d in range(-1, 22) for h in (-1, 0)]
     def times(n: int) -> list[float]:
         return sorted([rng.uniform(first, last) for _ in range(n)] + rng.sample(boundaries, 6))
+
+    # Traffic and one service, every 5 minutes; the service misses every 7th sample.
+    store = RrdStore(tmp_path / "data" / "rrd", archives=config.storage.archives)
+    stamps = list(range(int(first) // STEP * STEP + STEP, int(last), STEP))
+    traffic = {t: float(rng.randrange(1000, 90_000)) for t in stamps}
+    answers = {t: (None if i % 7 == 0 else 0.01 + (i % 5) / 100) for i, t in enumerate(stamps)}
+    # The UPS runs on battery now and then, for 5 to 40 minutes, boundaries included.
+    battery = {t: 0.0 for t in stamps}
+    for outage, length in ((t, rng.randrange(1, 9) * STEP) for t in times(25)):
+        for t in stamps:
+            if outage <= t < outage + length:
+                battery[t] = 1.0
+    rows = []
+    for t in stamps:
+        rows += [Measurement("ups1", "ups", "on_battery", battery[t], timestamp=t),
+                 Measurement("dmz-router", "eth0", "in_octets", traffic[t], timestamp=t),
+                 Measurement("dmz-router", "eth0", "out_octets", traffic[t] / 2, timestamp=t),
+                 Measurement("mail.example.net", "smtp", "response_seconds", answers[t],
+                             timestamp=t)]
+    assert not store.write(rows, STEP).errors
 
     posts = [(t, rng.choice(["users@lists.a", "users@lists.b"]), rng.randrange(300, 9000),
               rng.choice([0, 0, 0, 2])) for t in times(160)]
@@ -159,6 +166,9 @@ def test_consecutive_daily_and_weekly_digests_tile_time(tmp_path: Path):
             "traffic: dmz-router eth0 out": math.fsum(traffic[t] / 2 for t in stamps
                                                       if start < t <= end) * STEP,
             "services: smtp (mail.example.net) samples": sum(1 for t in stamps if start < t <= end),
+            "power: ups1 on battery seconds": STEP * sum(battery[t] for t in stamps
+                                                         if start < t <= end),
+            "power: ups1 on battery flaps": 0,
             "services: smtp (mail.example.net) answered": sum(
                 1 for t in stamps if start < t <= end and answers[t] is not None),
             "backups: runs": sum(1 for r in runs if start <= r["finished"] < end),

@@ -174,3 +174,64 @@ def test_sizes_match_dovecot_quota_and_stay_one_definition(dovecot: Dovecot, tmp
     history = load_history(tmp_path / "state" / "mailboxes.json")
     assert set(history.latest) == set(users)
     assert all(quota == QUOTA for _, _, quota in history.latest.values())
+
+
+def test_postfix_deliveries_by_lmtp_and_by_virtual8_measure_as_on_disk(dovecot: Dovecot,
+                                                                      tmp_path: Path):
+    """Postfix in front, as on a mail server: one domain goes over LMTP into Dovecot (names with
+    S=, Dovecot's quota), another to Postfix's own virtual(8), whose Maildir names carry no
+    size (each one a stat()). Both measure as Dovecot's quota / the files on disk say."""
+    from types import SimpleNamespace
+
+    from tests import daemons
+    from tests.service_servers import make_cert
+
+    lmtp_users = [f"user{i}@example.net" for i in range(4)]
+    virtual_users = [f"v{i}@virt.example" for i in range(5)]
+    cert = make_cert(tmp_path, names=("localhost",))
+    with daemons.world_dir("monitor-vmail-") as vmail:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(vmail, nobody.pw_uid, nobody.pw_gid)
+        boxes = ", ".join(f"{u}={u.partition('@')[2]}/{u.partition('@')[0]}/"
+                          for u in lmtp_users + virtual_users)
+        main_cf = (f"virtual_mailbox_domains = example.net, virt.example\n"
+                   f"transport_maps = inline:{{virt.example=virtual:}}\n"
+                   f"virtual_mailbox_base = {vmail}\n"
+                   f"virtual_mailbox_maps = inline:{{{boxes}}}\n"
+                   f"virtual_uid_maps = static:{nobody.pw_uid}\n"
+                   f"virtual_gid_maps = static:{nobody.pw_gid}\n")
+        # daemons.postfix wants a Dovecot's LMTP and auth ports: this one's LMTP (no SASL here).
+        backend = SimpleNamespace(ports={"lmtp": dovecot.port, "auth": daemons.free_port()})
+        with daemons.postfix(cert, backend, domain="example.net", main_cf=main_cf) as ports:
+            sizes: dict[str, list[int]] = {}
+            with smtplib.SMTP("127.0.0.1", ports["smtp"]) as smtp:
+                for i, user in enumerate(lmtp_users + virtual_users):
+                    for n in range(i % 3 + 1):
+                        body = message(n, 500 + 1733 * i * n)
+                        assert not smtp.sendmail("sender@example.org", [user], body)
+                        sizes.setdefault(user, []).append(len(body))
+            spools = {u: (dovecot.spool if u in lmtp_users else vmail) / u.partition("@")[2]
+                      / u.partition("@")[0] for u in sizes}
+
+            def delivered(user: str) -> list[Path]:
+                return [f for sub in ("new", "cur") if (spools[user] / sub).is_dir()
+                        for f in (spools[user] / sub).iterdir()]
+
+            deadline = time.monotonic() + 60
+            while any(len(delivered(u)) < len(sizes[u]) for u in sizes):
+                assert time.monotonic() < deadline, "postfix did not deliver within 60 s"
+                time.sleep(0.1)
+            found = {b.address: b for b in scan_spools([
+                f"{dovecot.spool}/{{domain}}/{{user}}", f"{vmail}/{{domain}}/{{user}}"]).mailboxes}
+            for user in virtual_users:
+                files = delivered(user)
+                assert not any(",S=" in f.name for f in files)  # virtual(8)'s own names
+                box = found[user]
+                assert box.source == "stat"
+                assert (box.size_bytes, box.messages) == (sum(f.lstat().st_size for f in files),
+                                                          len(files))
+            for user in lmtp_users:
+                box = found[user]
+                used = dovecot.quota_bytes_used(user)
+                assert box.source == "names" and used - 1024 < box.size_bytes <= used, user
+                assert box.quota_bytes == QUOTA
