@@ -169,7 +169,7 @@ async def test_collector_members_mailman3_and_state(tmp_path: Path):
     thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
-        cfg = ListsConfig(enabled=True, post_log=log, list_members=str(fake),
+        cfg = ListsConfig(enabled=True, post_log=log, smtp_log=None, list_members=str(fake),
                           lists=["users", "ghost"], keep_days=3650,
                           mailman3_url=f"http://127.0.0.1:{server.server_address[1]}",
                           mailman3_password="secret")
@@ -206,7 +206,8 @@ async def test_mailman3_api_that_never_answers_costs_its_timeout_only(tmp_path: 
     log = tmp_path / "post"
     shutil.copy(SAMPLE, log)
     with socket.create_server(("127.0.0.1", 0), backlog=8) as silent:  # listens, never accepts
-        cfg = ListsConfig(enabled=True, post_log=log, list_members=None, keep_days=3650,
+        cfg = ListsConfig(enabled=True, post_log=log, smtp_log=None, list_members=None,
+                          keep_days=3650,
                           mailman3_url=f"http://127.0.0.1:{silent.getsockname()[1]}",
                           mailman3_password="secret", timeout=0.3)
         batch = await ListsCollector(cfg, 60, tmp_path / "lists.json", clock=lambda: NOV22).collect()
@@ -217,7 +218,9 @@ async def test_mailman3_api_that_never_answers_costs_its_timeout_only(tmp_path: 
 
 
 async def test_missing_log_is_reported_not_raised(tmp_path: Path):
-    cfg = ListsConfig(enabled=True, post_log=tmp_path / "nope", list_members=None)
+    # (smtp_log too: its default, /var/log/mailman3/smtp.log, exists wherever mailman3 is.)
+    cfg = ListsConfig(enabled=True, post_log=tmp_path / "nope", smtp_log=tmp_path / "nope3",
+                      list_members=None)
     batch = await ListsCollector(cfg, 60, tmp_path / "s.json").collect()
     (check,) = batch.checks
     assert check.state is State.WARNING and "no Mailman log found" in check.message
@@ -339,3 +342,53 @@ def test_the_rest_of_a_rotated_log_is_read_to_its_end_however_long(tmp_path, mon
     log.write_bytes(b"new 1\nnew 2\n")
     result = logfollow.follow_log(log, position, count, 2.0, "lines")
     assert result.counted == 5000 + 2 and not result.loss
+
+
+MAILMAN3_REAL = Path(__file__).parent / "data" / "mailman" / "smtp.log-mailman3-real"
+
+
+class _RecordedMailman3(BaseHTTPRequestHandler):
+    """Mailman 3.3.8's own answer to GET /3.1/lists, as recorded with the log."""
+
+    def do_GET(self):
+        data = (MAILMAN3_REAL.parent / "lists-mailman3-real.json").read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+async def test_a_real_mailman3_smtp_log_and_rest_answer(tmp_path: Path):
+    """Recorded from Debian 12's Mailman 3.3.8 (tests/data/mailman/record_mailman3.py): two
+    `users` lists on two domains, 3 member posts each with 2 recipients refused by the relay,
+    welcome mails (from users-request@), a bounce and a moderation notice, and the LMTP
+    runner's own debug lines in the same file (no post, no warning)."""
+    log = tmp_path / "smtp.log"
+    shutil.copy(MAILMAN3_REAL, log)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RecordedMailman3)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
+    thread.start()
+    try:
+        cfg = ListsConfig(enabled=True, post_log=None, smtp_log=log, list_members=None,
+                          keep_days=3650, mailman3_url=f"http://127.0.0.1:{server.server_address[1]}",
+                          mailman3_password="restpass")
+        batch = await ListsCollector(cfg, 60, tmp_path / "lists.json",
+                                     clock=lambda: local("2026-12-02T12:00")).collect()
+    finally:
+        server.shutdown()
+        server.server_close()
+    state = load_state(tmp_path / "lists.json")
+    assert counts(state) == {("2026-12-02", "users@lists.a.example"): (3, 1554 + 3498 + 5442, 3, 3, 6),
+                             ("2026-12-02", "users@lists.b.example"): (3, 2526 + 4470 + 6414, 3, 3, 6)}
+    totals = activity(state, 0, local("2026-12-03T00:00"))
+    assert {name: s.notices for name, s in totals.items()} == {"users@lists.a.example": 16,
+                                                               "users@lists.b.example": 7}
+    (check,) = batch.checks
+    assert check.state is State.OK and "6 post(s) to 2 list(s) today" in check.message
+    values = {(m.instance, m.metric): m.value for m in batch.measurements}
+    assert values[("users@lists.a.example", "subscribers")] == 14
+    assert values[("users@lists.b.example", "subscribers")] == 7
