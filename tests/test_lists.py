@@ -6,11 +6,14 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+import pytest
 
 from collectors.lists import (
     ListsCollector,
@@ -345,6 +348,9 @@ def test_the_rest_of_a_rotated_log_is_read_to_its_end_however_long(tmp_path, mon
 
 
 MAILMAN3_REAL = Path(__file__).parent / "data" / "mailman" / "smtp.log-mailman3-real"
+EXPECTED_MAILMAN3_REAL = {
+    ("2026-12-02", "users@lists.a.example"): (3, 1554 + 3498 + 5442, 3, 3, 6),
+    ("2026-12-02", "users@lists.b.example"): (3, 2526 + 4470 + 6414, 3, 3, 6)}
 
 
 class _RecordedMailman3(BaseHTTPRequestHandler):
@@ -382,8 +388,7 @@ async def test_a_real_mailman3_smtp_log_and_rest_answer(tmp_path: Path):
         server.shutdown()
         server.server_close()
     state = load_state(tmp_path / "lists.json")
-    assert counts(state) == {("2026-12-02", "users@lists.a.example"): (3, 1554 + 3498 + 5442, 3, 3, 6),
-                             ("2026-12-02", "users@lists.b.example"): (3, 2526 + 4470 + 6414, 3, 3, 6)}
+    assert counts(state) == EXPECTED_MAILMAN3_REAL
     totals = activity(state, 0, local("2026-12-03T00:00"))
     assert {name: s.notices for name, s in totals.items()} == {"users@lists.a.example": 16,
                                                                "users@lists.b.example": 7}
@@ -392,3 +397,30 @@ async def test_a_real_mailman3_smtp_log_and_rest_answer(tmp_path: Path):
     values = {(m.instance, m.metric): m.value for m in batch.measurements}
     assert values[("users@lists.a.example", "subscribers")] == 14
     assert values[("users@lists.b.example", "subscribers")] == 7
+
+
+@pytest.mark.skipif(shutil.which("logrotate") is None, reason="logrotate (Debian package) not installed")
+@pytest.mark.parametrize("dateext", [False, True], ids=["smtp.log.1.gz", "smtp.log-DATE.gz"])
+async def test_real_logrotate_compressing_at_once_loses_no_post(tmp_path: Path, dateext: bool):
+    """logrotate with `compress` and no `delaycompress` gzips the old log at once: the posts
+    written to it after the collector's last read are read from the .gz."""
+    log = tmp_path / "logs" / "smtp.log"
+    log.parent.mkdir()
+    lines = MAILMAN3_REAL.read_text().splitlines(keepends=True)
+    log.write_text("".join(lines[:60]))  # up to the first member post of users@lists.a
+    cfg = ListsConfig(enabled=True, post_log=None, smtp_log=log, list_members=None, keep_days=3650)
+    collector = ListsCollector(cfg, 60, tmp_path / "lists.json",
+                               clock=lambda: local("2026-12-02T12:00"))
+    await collector.collect()
+    with log.open("a") as handle:
+        handle.writelines(lines[60:])
+    conf = tmp_path / "logrotate.conf"
+    options = ["rotate 3", "compress", "create", *(["dateext"] if dateext else [])]
+    conf.write_text(f"{log} {{\n" + "".join(f"  {o}\n" for o in options) + "}\n")
+    subprocess.run(["logrotate", "-s", str(tmp_path / "logrotate.state"), "-f", str(conf)],
+                   check=True, capture_output=True, timeout=60)
+    assert [p.name.endswith(".gz") for p in log.parent.iterdir() if p != log] == [True]
+    (check,) = (await collector.collect()).checks
+    # All six member posts came after the first read: each one is read from the .gz.
+    assert check.state is State.OK and "(6 new in the log)" in check.message, check.message
+    assert counts(load_state(tmp_path / "lists.json")) == EXPECTED_MAILMAN3_REAL
