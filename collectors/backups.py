@@ -39,6 +39,7 @@ from monitor.config import BackupJob, Config
 from monitor.files import atomic_write
 from monitor.model import Batch, CheckResult, Collector, Measurement, State
 from monitor.process import CommandFailed, CommandMissing, run_command
+from monitor.status import CheckStatus
 from monitor.text import clean
 from monitor.units import format_bytes, format_duration
 
@@ -440,7 +441,7 @@ class JobReport:
     failed: int
 
 
-def report(jobs: Sequence[BackupJob], checks: Iterable[CheckResult], state_dir: Path,
+def report(jobs: Sequence[BackupJob], checks: Iterable[CheckResult | CheckStatus], state_dir: Path,
            start: float, end: float) -> list[JobReport]:
     """The digest's read of this collector: each job's latest check (from `checks`, e.g. the
     status book's) and the wrapper runs that finished at start <= t < end."""
