@@ -26,8 +26,9 @@ STEP = 300
 SECTIONS = ["alerts", "traffic", "services", "power", "lists", "backups"]
 
 
-def config_text(tmp_path: Path, log: Path) -> str:
-    return f"""
+def config_text(tmp_path: Path, log: Path, sections: list[str] = SECTIONS, more: str = "") -> str:
+    """A daily and a weekly digest of `sections`; `more`: more tables ([smtp] ...)."""
+    return f"""{more}
 [agent]
 data_dir = "{tmp_path / 'data'}"
 hostname = "mon.example.net"
@@ -45,12 +46,12 @@ name = "nightly"
 [[digests]]
 name = "daily"
 schedule = "0 7 * * *"
-sections = {SECTIONS!r}
+sections = {sections!r}
 graphs = false
 [[digests]]
 name = "weekly"
 schedule = "0 8 * * 1"
-sections = {SECTIONS!r}
+sections = {sections!r}
 graphs = false
 """
 

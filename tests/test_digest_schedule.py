@@ -39,36 +39,19 @@ from monitor.status import StatusBook
 from monitor.store import RrdStore
 from tests.clock import ManualClock
 from tests.smtp_helpers import Recorder, start_smtp
+from tests.test_digest_periods import config_text as periods_config
 
 STEP = 300
 PHASE = 137
 
 
 def config_text(tmp_path: Path, port: int) -> str:
-    sections = ["traffic", "services"]
-    return f"""
-[agent]
-data_dir = "{tmp_path / 'data'}"
-hostname = "mon.example.net"
-[storage]
-archives = ["step:40d"]
+    return periods_config(tmp_path, tmp_path / "no-list.log", ["traffic", "services"], more=f"""
 [smtp]
 host = "127.0.0.1"
 port = {port}
 from = "monitor@example.net"
-[contacts]
-admins = ["admin@example.net"]
-[[digests]]
-name = "daily"
-schedule = "0 7 * * *"
-sections = {sections!r}
-graphs = false
-[[digests]]
-name = "weekly"
-schedule = "0 8 * * 1"
-sections = {sections!r}
-graphs = false
-"""
+""")
 
 
 class Poller:

@@ -137,21 +137,23 @@ def test_incremental_partial_line_rotation_and_truncation(tmp_path: Path):
 
 
 class _Mailman3(BaseHTTPRequestHandler):
+    """Mailman 3's REST API, GET /3.1/lists: two `users` lists on two domains, among others."""
+
+    body = json.dumps({"total_size": 4, "start": 0, "entries": [
+        {"list_name": "announce", "fqdn_listname": "announce@example.net", "member_count": 812},
+        {"list_name": "staff", "fqdn_listname": "staff@example.net", "member_count": 9},
+        {"list_name": "users", "mail_host": "lists.a", "fqdn_listname": "users@lists.a",
+         "member_count": 14},
+        {"list_name": "users", "mail_host": "lists.b", "fqdn_listname": "users@lists.b",
+         "member_count": 7}]}).encode()
+
     def do_GET(self):
         assert self.headers["Authorization"].startswith("Basic ")
-        body = {"total_size": 4, "start": 0, "entries": [
-            {"list_name": "announce", "fqdn_listname": "announce@example.net", "member_count": 812},
-            {"list_name": "staff", "fqdn_listname": "staff@example.net", "member_count": 9},
-            {"list_name": "users", "mail_host": "lists.a", "fqdn_listname": "users@lists.a",
-             "member_count": 14},
-            {"list_name": "users", "mail_host": "lists.b", "fqdn_listname": "users@lists.b",
-             "member_count": 7}]}
-        data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Content-Length", str(len(self.body)))
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(self.body)
 
     def log_message(self, *args):
         pass
@@ -353,19 +355,10 @@ EXPECTED_MAILMAN3_REAL = {
     ("2026-12-02", "users@lists.b.example"): (3, 2526 + 4470 + 6414, 3, 3, 6)}
 
 
-class _RecordedMailman3(BaseHTTPRequestHandler):
-    """Mailman 3.3.8's own answer to GET /3.1/lists, as recorded with the log."""
+class _RecordedMailman3(_Mailman3):
+    """Mailman 3.3.8's own answer, recorded with the log."""
 
-    def do_GET(self):
-        data = (MAILMAN3_REAL.parent / "lists-mailman3-real.json").read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+    body = (MAILMAN3_REAL.parent / "lists-mailman3-real.json").read_bytes()
 
 
 async def test_a_real_mailman3_smtp_log_and_rest_answer(tmp_path: Path):
