@@ -1,5 +1,6 @@
 """The digest's "power and upstream" section, from real RRD files: a power cut of half an hour
-and a BGP session that went down and flapped, among quiet ones."""
+and a BGP session that went down and flapped, among quiet ones; a real UPS recording's power
+cut through the SNMP collector into the digest's problems and power sections."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from monitor.store import RrdStore
 END = 1_800_000_000 - 1_800_000_000 % 300
 
 
-def power_digest(tmp_path: Path, schedule: str = "0 7 * * *"):
-    """A config with one digest of the power section only."""
+def power_digest(tmp_path: Path, schedule: str = "0 7 * * *", sections: str = '"power"'):
+    """A config with one digest of the power section only (or of `sections`)."""
     return parse_config(f"""
 [agent]
 data_dir = "{tmp_path}"
@@ -24,7 +25,7 @@ admins = ["admin@example.net"]
 [[digests]]
 name = "power"
 schedule = "{schedule}"
-sections = ["power"]
+sections = [{sections}]
 """)
 
 
@@ -79,3 +80,67 @@ def test_flaps_are_counted_whole_from_consolidated_rows(tmp_path: Path):
     store.close()
     [section] = report.sections
     assert section.rows == [["edge1 bgp 192.0.2.1", "0", "0s", "longest down 0s, 3 flap(s)"]]
+
+
+def test_a_minute_down_is_a_minute_in_a_weekly_digest(tmp_path: Path):
+    """Polled every minute, read by a weekly digest from coarser rows: a session down for one
+    minute was down for a minute (the row's mean of session_down), not for the whole row."""
+    config = power_digest(tmp_path, "0 8 * * 1")
+    store = RrdStore(config.rrd_dir)
+    start = END - 7 * 86400
+    down_at = start + 3 * 86400
+    rows = []
+    for ts in range(start - 3600, END + 1, 60):
+        rows += [Measurement("edge1", "bgp 192.0.2.1", "bgp_state", 3 if ts == down_at else 6,
+                             timestamp=ts),
+                 Measurement("edge1", "bgp 192.0.2.1", "session_down", 1.0 if ts == down_at else 0.0,
+                             timestamp=ts)]
+    assert not store.write(rows, 60).errors
+    builder = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "status.json"))
+    report = builder.build(config.digests[0], (start, END))
+    store.close()
+    [section] = report.sections
+    assert section.rows == [["edge1 bgp 192.0.2.1", "1", "1m", "longest down 1m"]]
+
+
+def test_a_real_ups_power_cut_reaches_the_digest(tmp_path: Path):
+    """A real Eaton's recording polled through the SNMP collector every 5 minutes: on line, on
+    battery for two polls, back. The digest's problems say the battery needs replacing now and
+    its power section has the cut with its duration."""
+    import asyncio
+    import dataclasses
+
+    from collectors.snmp import SnmpCollector
+    from monitor.config import SnmpDevice
+    from tests.conftest import DATA
+    from tests.test_snmp import Clock, serving
+
+    config = power_digest(tmp_path, sections='"problems", "power"')
+    store = RrdStore(config.rrd_dir)
+    status = StatusBook(tmp_path / "status.json")
+    clock = Clock(END - 3600)
+    with serving(DATA / "health", "ups-eaton-t0") as port:
+        device = SnmpDevice(name="rack-ups", host="127.0.0.1", port=port, community="ups-eaton-t0",
+                            timeout=2.0, retries=1)
+        collector = SnmpCollector([device], 300, clock=clock)
+        try:
+            for phase in (0, 0, 1, 1, 1, 3, 3):
+                collector.replace_device(dataclasses.replace(device, community=f"ups-eaton-t{phase}"))
+                batch = asyncio.run(collector.collect())
+                assert not store.write(batch.measurements, 300).errors
+                status.update(batch.checks)
+                clock.now += 300
+        finally:
+            collector.close()
+    builder = DigestBuilder(config, store=store, status=status)
+    report = builder.build(config.digests[0], (END - 7200, END))
+    store.close()
+    problems, power = report.sections
+    assert [row[0] for row in problems.rows] == ["WARNING"]
+    assert problems.rows[0][2] == "rack-ups ups"
+    assert problems.rows[0][3].startswith("UPS battery needs replacing, runtime 18h12m")
+    [cut] = power.rows
+    assert cut[:3] == ["rack-ups on battery", "1", "15m"]
+    assert cut[3].startswith("longest 15m, lowest charge ")
+    text = render_text(report)
+    assert "rack-ups on battery" in text and "UPS battery needs replacing" in text
