@@ -349,7 +349,7 @@ def _entity_sensors(out: _Out, tables: Tables, base: Oid) -> dict[Oid, tuple[str
         precision, oper = _int(get(3).get(index)) or 0, _int(get(5).get(index))
         if kind is None or raw is None or oper == 2 or not 1 <= scale <= 17:  # unavailable
             continue
-        label = _name(names.get(index), "") or _name(descrs.get(index), f"sensor {index[0]}")
+        label = _name(names.get(index), "") or _name(descrs.get(index), f"#{index[0]}")  # "sensor #25866"
         name = out.unique(label, index)
         factor = 10.0 ** (3 * (scale - 9) - max(0, min(precision, 9)))
         value = raw * factor

@@ -103,10 +103,9 @@ def test_a_minute_down_is_a_minute_in_a_weekly_digest(tmp_path: Path):
     assert section.rows == [["edge1 bgp 192.0.2.1", "1", "1m", "longest down 1m"]]
 
 
-def test_a_real_ups_power_cut_reaches_the_digest(tmp_path: Path):
-    """A real Eaton's recording polled through the SNMP collector every 5 minutes: on line, on
-    battery for two polls, back. The digest's problems say the battery needs replacing now and
-    its power section has the cut with its duration."""
+def real_power_cut(store: RrdStore, status: StatusBook, start: float) -> None:
+    """A real Eaton's recording polled through the SNMP collector every 5 minutes from `start`:
+    on line, on battery for three polls (15 minutes), back with a battery to replace."""
     import asyncio
     import dataclasses
 
@@ -115,10 +114,7 @@ def test_a_real_ups_power_cut_reaches_the_digest(tmp_path: Path):
     from tests.conftest import DATA
     from tests.test_snmp import Clock, serving
 
-    config = power_digest(tmp_path, sections='"problems", "power"')
-    store = RrdStore(config.rrd_dir)
-    status = StatusBook(tmp_path / "status.json")
-    clock = Clock(END - 3600)
+    clock = Clock(start)
     with serving(DATA / "health", "ups-eaton-t0") as port:
         device = SnmpDevice(name="rack-ups", host="127.0.0.1", port=port, community="ups-eaton-t0",
                             timeout=2.0, retries=1)
@@ -132,15 +128,45 @@ def test_a_real_ups_power_cut_reaches_the_digest(tmp_path: Path):
                 clock.now += 300
         finally:
             collector.close()
+
+
+def test_a_real_ups_power_cut_reaches_the_digest(tmp_path: Path):
+    """The digest's problems say the battery needs replacing now and its power section has
+    the cut with its duration."""
+    config = power_digest(tmp_path, sections='"problems", "power"')
+    store = RrdStore(config.rrd_dir)
+    status = StatusBook(tmp_path / "status.json")
+    real_power_cut(store, status, END - 3600)
     builder = DigestBuilder(config, store=store, status=status)
     report = builder.build(config.digests[0], (END - 7200, END))
     store.close()
     problems, power = report.sections
-    assert [row[0] for row in problems.rows] == ["WARNING"]
-    assert problems.rows[0][2] == "rack-ups ups"
-    assert problems.rows[0][3].startswith("UPS battery needs replacing, runtime 18h12m")
+    # (the replayed recordings' sysUpTime does not follow the test's clock: "rack-ups snmp"
+    # says the device restarted, which is right for what it was shown)
+    [ups] = [row for row in problems.rows if row[2] == "rack-ups ups"]
+    assert ups[0] == "WARNING"
+    assert ups[3].startswith("UPS battery needs replacing, runtime 18h12m (EATON 93E 80")
     [cut] = power.rows
     assert cut[:3] == ["rack-ups on battery", "1", "15m"]
     assert cut[3].startswith("longest 15m, lowest charge ")
     text = render_text(report)
     assert "rack-ups on battery" in text and "UPS battery needs replacing" in text
+
+
+def test_the_ups_graph_shades_the_time_on_battery(tmp_path: Path):
+    """The device page's UPS graph (charge and load) shades each interval's share on battery
+    on its right-hand axis, so the cut shows where the charge fell."""
+    from graphs.render import build_graph
+
+    store = RrdStore(tmp_path / "rrd")
+    real_power_cut(store, StatusBook(tmp_path / "status.json"), END - 3600)
+    [info] = [i for i in store.series() if i.instance == "ups"]
+    series = store.fetch_path(info, END - 3600, END)
+    store.close()
+    graph = build_graph(info, series)
+    [shade] = [layer for layer in graph.layers if layer.right]
+    assert shade.label == "on_battery"
+    on = [v for v in shade.values if v == v]  # known rows (NaN != NaN)
+    assert sum(1 for v in on if v == 100.0) == 3 and sum(on) == 300.0
+    assert [layer.label for layer in graph.layers if not layer.right] == [
+        "battery_charge_percent", "load_percent"]

@@ -31,13 +31,14 @@ SEQUENCE = [
 ]
 
 
-def poll_until(collector: NutCollector, status: str) -> Batch:
-    """Polls until upsd reports `status` (the driver rereads its file every second)."""
-    deadline = time.monotonic() + 20
+def poll_until(collector: NutCollector, values: dict[str, str]) -> Batch:
+    """Polls once upsd reports all of `values` (the driver rereads its file every second and
+    hands upsd one variable at a time)."""
+    deadline = time.monotonic() + 30
+    unit = collector.units[0]
     while True:
-        unit = collector.units[0]
-        now = asyncio.run(list_vars(unit.host, unit.port, unit.ups, 5)).get("ups.status")
-        if now == status or time.monotonic() > deadline:
+        now = asyncio.run(list_vars(unit.host, unit.port, unit.ups, 5))
+        if all(now.get(k) == v for k, v in values.items()) or time.monotonic() > deadline:
             return asyncio.run(collector.collect())
         time.sleep(0.2)
 
@@ -53,11 +54,12 @@ def test_power_cut_through_real_upsd():
         states = []
         for values in SEQUENCE:
             ups.show(values)
-            batch = poll_until(collector, values["ups.status"])
+            batch = poll_until(collector, values)
             states.append(check(batch))
             if values is SEQUENCE[1]:
                 on_battery = batch
-        assert [c.state for c in states] == [State.OK, State.CRITICAL, State.CRITICAL, State.WARNING]
+        assert [c.state for c in states] == [State.OK, State.CRITICAL, State.CRITICAL,
+                                             State.WARNING], [c.message for c in states]
         assert states[0].message == ("UPS on line, runtime 40m (APC Back-UPS ES 700, charge 100 %, "
                                      "load 23 %, input 231 V)")
         assert states[1].message.startswith("UPS on battery, 23m runtime left (APC Back-UPS ES 700")

@@ -364,7 +364,7 @@ def test_a_lying_device_harms_only_itself(recordings):
     names = [c.check for c in batch.checks] + [m.instance for m in batch.measurements]
     assert all(name.isprintable() and len(name) < 80 for name in names)
     assert values(batch, "sensor CPU CRITICAL fake") == {}  # scale 99: not a value
-    assert values(batch, "sensor sensor 6") == {"temperature_celsius": 42.0}
+    assert values(batch, "sensor #6") == {"temperature_celsius": 42.0}
 
 
 def test_peers_are_named_by_the_port_they_are_on():
