@@ -62,45 +62,42 @@ def test_power_and_upstream_section(tmp_path: Path):
     assert "Power and upstream" in text and "rack-ups on battery" in text
 
 
-def test_flaps_are_counted_whole_from_consolidated_rows(tmp_path: Path):
-    """Polled every minute, read by a weekly digest from 5-minute (or coarser) rows: a row's
-    value is the mean of its polls' counts, so the flaps are that mean times its polls."""
+def weekly_of_minute_polls(tmp_path: Path, values) -> list[list[str]]:
+    """The power section of a weekly digest over one peer polled every minute, whose
+    measurements at each poll time are `values(ts, start)` ({metric: value})."""
     config = power_digest(tmp_path, "0 8 * * 1")
     store = RrdStore(config.rrd_dir)
     start = END - 7 * 86400
-    flapped = {start + 3 * 86400: 2, start + 5 * 86400 + 120: 1}
-    rows = []
-    for ts in range(start - 3600, END + 1, 60):
-        rows += [Measurement("edge1", "bgp 192.0.2.1", "bgp_state", 6, timestamp=ts),
-                 Measurement("edge1", "bgp 192.0.2.1", "session_flaps", flapped.get(ts, 0),
-                             timestamp=ts)]
+    rows = [Measurement("edge1", "bgp 192.0.2.1", metric, value, timestamp=ts)
+            for ts in range(start - 3600, END + 1, 60) for metric, value in values(ts, start).items()]
     assert not store.write(rows, 60).errors
     builder = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "status.json"))
     report = builder.build(config.digests[0], (start, END))
     store.close()
     [section] = report.sections
-    assert section.rows == [["edge1 bgp 192.0.2.1", "0", "0s", "longest down 0s, 3 flap(s)"]]
+    return section.rows
+
+
+def test_flaps_are_counted_whole_from_consolidated_rows(tmp_path: Path):
+    """Polled every minute, read by a weekly digest from 5-minute (or coarser) rows: a row's
+    value is the mean of its polls' counts, so the flaps are that mean times its polls."""
+    def values(ts: int, start: int) -> dict[str, float]:
+        flapped = {start + 3 * 86400: 2, start + 5 * 86400 + 120: 1}
+        return {"bgp_state": 6, "session_flaps": flapped.get(ts, 0)}
+
+    assert weekly_of_minute_polls(tmp_path, values) == [
+        ["edge1 bgp 192.0.2.1", "0", "0s", "longest down 0s, 3 flap(s)"]]
 
 
 def test_a_minute_down_is_a_minute_in_a_weekly_digest(tmp_path: Path):
     """Polled every minute, read by a weekly digest from coarser rows: a session down for one
     minute was down for a minute (the row's mean of session_down), not for the whole row."""
-    config = power_digest(tmp_path, "0 8 * * 1")
-    store = RrdStore(config.rrd_dir)
-    start = END - 7 * 86400
-    down_at = start + 3 * 86400
-    rows = []
-    for ts in range(start - 3600, END + 1, 60):
-        rows += [Measurement("edge1", "bgp 192.0.2.1", "bgp_state", 3 if ts == down_at else 6,
-                             timestamp=ts),
-                 Measurement("edge1", "bgp 192.0.2.1", "session_down", 1.0 if ts == down_at else 0.0,
-                             timestamp=ts)]
-    assert not store.write(rows, 60).errors
-    builder = DigestBuilder(config, store=store, status=StatusBook(tmp_path / "status.json"))
-    report = builder.build(config.digests[0], (start, END))
-    store.close()
-    [section] = report.sections
-    assert section.rows == [["edge1 bgp 192.0.2.1", "1", "1m", "longest down 1m"]]
+    def values(ts: int, start: int) -> dict[str, float]:
+        down = ts == start + 3 * 86400
+        return {"bgp_state": 3 if down else 6, "session_down": 1.0 if down else 0.0}
+
+    assert weekly_of_minute_polls(tmp_path, values) == [
+        ["edge1 bgp 192.0.2.1", "1", "1m", "longest down 1m"]]
 
 
 def real_power_cut(store: RrdStore, status: StatusBook, start: float) -> None:
