@@ -12,7 +12,7 @@ families of a peer.
 One check per peer, "bgp <address>" ("bgp <address> in routing instance N" outside Juniper's
 master instance: an L3VPN customer's CE may have a master peer's address): CRITICAL when a
 session that is not administratively stopped is not Established ("BGP to AS64500 192.0.2.1
-down since 03:12, was up 41 days"), WARNING when its accepted prefixes fell by more than
+down since 03:12, was up 41 d 5 h"), WARNING when its accepted prefixes fell by more than
 `bgp_prefix_drop` percent below what it had. Metrics (instance "bgp <address>"): bgp_state
 (6 = established), session_down (1 while the check says down: not Established and not
 administratively stopped; a consolidated row's mean is the share of its time down),
@@ -32,7 +32,7 @@ from typing import Protocol
 from collectors.snmp_ber import Oid
 from monitor.model import Batch, CheckResult, Kind, Measurement, State
 from monitor.text import clean
-from monitor.units import format_duration
+from monitor.units import format_age
 
 BGP_PEER = (1, 3, 6, 1, 2, 1, 15, 3, 1)
 PEER_STATE, PEER_ADMIN, PEER_REMOTE_AS = (*BGP_PEER, 2), (*BGP_PEER, 3), (*BGP_PEER, 9)
@@ -319,10 +319,11 @@ class BgpWatch:
             was = ""
             if history.up_for is not None and history.up_seen is not None:
                 left = now - (peer.established_seconds or 0.0)
-                was = f", was up {format_duration(history.up_for + max(0.0, left - history.up_seen))}"
+                was = f", was up {format_age(history.up_for + max(0.0, left - history.up_seen))}"
             return State.CRITICAL, f"{name} down{since}{was} (state {state_name})"
         history.up_for, history.up_seen = peer.established_seconds, now
-        up = (f" for {format_duration(peer.established_seconds)}"
+        # durations as people say them ("41 d 5 h"): a session's seconds are noise in a subject
+        up = (f" for {format_age(peer.established_seconds)}"
               if peer.established_seconds is not None else "")
         count = peer.accepted_prefixes
         if count is None:
