@@ -509,7 +509,8 @@ async def test_discover_says_why_the_health_mibs_were_not_read():
 
 def test_a_device_with_endless_sensors_keeps_a_bounded_number(tmp_path):
     """A device listing 1,500 ENTITY-SENSOR rows (each would be a series, an RRD file and a
-    check): the first MAX_SENSORS are kept, the rest counted and said, nothing else lost."""
+    check): the first MAX_SENSORS are kept, the rest counted and said, nothing else lost. One
+    whose sensor table goes on past MAX_ROWS has its walk stopped, and says so."""
     import os
     import shutil
     import tempfile
@@ -520,21 +521,31 @@ def test_a_device_with_endless_sensors_keeps_a_bounded_number(tmp_path):
     os.chmod(data, 0o755)
     lines = ["1.3.6.1.2.1.1.1.0|4|sensor flood", "1.3.6.1.2.1.1.3.0|67|100000",
              "1.3.6.1.2.1.1.5.0|4|flood", "1.3.6.1.2.1.2.1.0|2|0"]
+    (data / "deep.snmprec").write_text("\n".join(
+        lines + [f"1.3.6.1.2.1.99.1.1.1.1.{i}|2|8" for i in range(1, 5000)]) + "\n")
     for column, value in ((1, "2|8"), (2, "2|9"), (3, "2|0"), (4, "2|41"), (5, "2|1")):
         lines += [f"1.3.6.1.2.1.99.1.1.1.{column}.{i}|{value}" for i in range(1, 1501)]
     (data / "flood.snmprec").write_text("\n".join(lines) + "\n")
+    collectors, batches = {}, {}
     try:
         with serving(data, "flood") as port:
-            dev = SnmpDevice(name="flood", host="127.0.0.1", port=port, community="flood",
-                             timeout=2.0, retries=1)
-            collector = SnmpCollector([dev], 300, clock=Clock(T0))
-            try:
-                batch = asyncio.run(collector.collect())
-            finally:
-                collector.close()
+            for name in ("flood", "deep"):
+                dev = SnmpDevice(name=name, host="127.0.0.1", port=port, community=name,
+                                 timeout=2.0, retries=1)
+                collectors[name] = SnmpCollector([dev], 300, clock=Clock(T0))
+                try:
+                    batches[name] = asyncio.run(collectors[name].collect())
+                finally:
+                    collectors[name].close()
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    found = collector.pollers["flood"].health.found
+    # A table longer than any device's (its walk stopped): said, not taken for "no sensors".
+    deep = collectors["deep"].pollers["deep"].health.found
+    assert deep.problem == ("the walk of 1.3.6.1.2.1.99.1.1.1.1 passed 4000 rows (more than a "
+                            "walk reads) and was stopped")
+    assert deep.text() == f"UPS, BGP and health MIBs not read: {deep.problem}"
+    batch = batches["flood"]
+    found = collectors["flood"].pollers["flood"].health.found
     assert (found.sensors, found.sensors_dropped) == (MAX_SENSORS, 1500 - MAX_SENSORS)
     sensors = {m.instance for m in batch.measurements if m.instance.startswith("sensor ")}
     assert len(sensors) == MAX_SENSORS
