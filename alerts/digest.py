@@ -501,10 +501,15 @@ class DigestBuilder:
             if series is None:
                 continue
             columns = stats.window(series, start, end).columns
+            # A consolidated row's mean of a 1/0 series is the share of its time on battery
+            # or down (a minute down in a 30-minute row is a minute, not the row).
             if is_ups:
                 bad = [v if v is not None else 0.0 for v in columns.get("on_battery", [])]
-            else:  # a step whose state is below 6 (established) counts as down, to the step
-                bad = [1.0 if v is not None and v < 6 else 0.0 for v in columns.get("bgp_state", [])]
+            else:  # rows from before session_down was stored: down if the state is below 6
+                states = columns.get("bgp_state", [])
+                down = columns.get("session_down") or [None] * len(states)
+                bad = [d if d is not None else 1.0 if v is not None and v < 6 else 0.0
+                       for d, v in zip(down, states, strict=False)]
             episodes = sum(1 for i, v in enumerate(bad) if v > 0 and (i == 0 or bad[i - 1] == 0))
             # Flaps are counted per poll: a consolidated row holds the mean of its polls'
             # counts, so the row's flaps are that mean times the polls it covers.

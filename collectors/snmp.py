@@ -714,7 +714,8 @@ class DevicePoller:
             "known": self.known, "device": self.device.name,
             "ports": {name: {f: getattr(port, f) for f in PORT_FIELDS}  # asdict: 5x slower
                       for name, port in self.ports.items()},
-            "busy_since": self.busy_since, "health": self.health.saved(),
+            "busy_since": self.busy_since, "errors_since": self.errors.since,
+            "health": self.health.saved(),
             "interfaces": {name: {"counters": i.counters.saved(),
                                   "speed_bps": i.speed_bps, "discontinuity": i.discontinuity}
                            for name, i in last.interfaces.items()},
@@ -763,7 +764,7 @@ class DevicePoller:
             return
         self.identity, self.known, self.state.last = identity, known, sample
         self.health.restore(data.get("health"))
-        ports, busy = data.get("ports"), data.get("busy_since")
+        ports, busy, errors = data.get("ports"), data.get("busy_since"), data.get("errors_since")
         try:
             if isinstance(ports, dict):
                 self.ports = {str(n): PortInfo.from_dict(p) for n, p in ports.items()}
@@ -775,6 +776,11 @@ class DevicePoller:
                                    for i, levels in busy.items() if isinstance(levels, dict)}
         except (TypeError, ValueError, AttributeError):
             self.busy_since = {}
+        try:  # the link-error rule's clocks: cron runs reach its `errors_for` too
+            if isinstance(errors, dict):
+                self.errors.since = {str(i): float(t) for i, t in errors.items()}
+        except (TypeError, ValueError):
+            self.errors.since = {}
 
 
 class SnmpCollector:

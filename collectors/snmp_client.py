@@ -496,8 +496,9 @@ async def walk_columns(
                 cursor[column] = last
                 advanced = True
             if len(table) > limit:
-                walk.stopped = (f"the walk of {dotted(column)} passed {limit} rows (more than the "
-                                "device's interface count allows) and was stopped")
+                why = "the device's interface count allows" if callable(max_rows) else "a walk reads"
+                walk.stopped = (f"the walk of {dotted(column)} passed {limit} rows (more than {why})"
+                                " and was stopped")
                 return walk
         for column in active:
             if column in done or not advanced:

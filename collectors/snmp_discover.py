@@ -1,9 +1,11 @@
 """`monitor discover HOST`: walk the system group and IF-MIB, print a [[snmp.devices]] stanza.
 
 Like MRTG's cfgmaker, but the output is our config: paste it into config.toml. Interfaces are
-listed as comments (name, alias, speed, status) so the admin can pick include/exclude patterns.
-Everything from the device is untrusted: it only ever lands in TOML comments or JSON-escaped
-strings, with control characters removed.
+listed as comments (name, alias, speed, status) so the admin can pick include/exclude patterns,
+after one comment line of what else the agent will read there without further setup ("UPS-MIB:
+yes, BGP peers: 2, sensors: 7, ...", or why those MIBs could not be read). Everything from the
+device is untrusted: it only ever lands in TOML comments or JSON-escaped strings, with control
+characters removed.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ budget) and reads, where the device has them:
 
 The first poll walks every column of these MIBs; later polls walk only the columns that had
 rows, and every `SURVEY_INTERVAL` all of them again (a line card or UPS added later shows up).
+At most `MAX_SENSORS` sensors, fans and power supplies are kept per device; `Found` (what
+`monitor discover` prints) counts the rest, and says why the MIBs were not read when they
+were not (rather than "UPS-MIB: no").
 `ErrorWatch` is the interface collector's default link-error rule.
 
 Metrics: instance "cpu" cpu_percent; "memory" used_percent/used_bytes/size_bytes; "storage:PATH"
@@ -42,7 +45,11 @@ from monitor.units import format_bytes, format_duration
 log = logging.getLogger(__name__)
 
 SURVEY_INTERVAL = 3600.0
-MAX_ROWS = 5000  # per column: a sensor table longer than this is an agent that never ends
+# Sensors, fans and power supplies kept per device: each is a series (an RRD file) and
+# checks, so a device that lists thousands fills the agent's disk, not only its own pages.
+# A small shop's biggest box (48 ports with optics, 5 sensors each) has about 300.
+MAX_SENSORS = 1000
+MAX_ROWS = 4 * MAX_SENSORS  # per column (Cisco's threshold table: up to 4 rows per sensor)
 COLUMNS_PER_WALK = 16  # columns walked side by side
 VALUES_PER_REQUEST = 250
 
@@ -154,14 +161,24 @@ class Found:
     cpu: bool = False
     memory: bool = False
     storage: int = 0
+    sensors_dropped: int = 0  # past MAX_SENSORS
+    problem: str = ""  # why the MIBs were not read, or not to their end
 
     def text(self) -> str:
+        if self.problem and not self.read_anything():
+            return f"UPS, BGP and health MIBs not read: {self.problem}"
+        dropped = (f" ({self.sensors_dropped} more not kept: at most {MAX_SENSORS} per device)"
+                   if self.sensors_dropped else "")
         parts = [f"{self.ups or 'UPS-MIB'}: {'yes' if self.ups else 'no'}",
-                 f"BGP peers: {self.bgp_peers}", f"sensors: {self.sensors}",
+                 f"BGP peers: {self.bgp_peers}", f"sensors: {self.sensors}{dropped}",
                  f"CPU: {'yes' if self.cpu else 'no'}", f"memory: {'yes' if self.memory else 'no'}"]
         if self.storage:
             parts.append(f"storage: {self.storage}")
-        return ", ".join(parts)
+        return ", ".join(parts) + (f"; incomplete: {self.problem}" if self.problem else "")
+
+    def read_anything(self) -> bool:
+        return bool(self.ups or self.bgp_peers or self.sensors or self.cpu or self.memory
+                    or self.storage)
 
 
 class _Out:
@@ -185,10 +202,20 @@ class _Out:
         self.names.add((space, name))
         return name
 
-    def sensor(self, name: str, metric: str, value: float | None, unit: str) -> None:
-        if value is not None:
-            self.found.sensors += 1
-            self.value(f"sensor {name}", metric, value, unit)
+    def admit(self) -> bool:
+        """Count one more sensor, fan or power supply: False past MAX_SENSORS (not kept)."""
+        if self.found.sensors >= MAX_SENSORS:
+            self.found.sensors_dropped += 1
+            return False
+        self.found.sensors += 1
+        return True
+
+    def sensor(self, name: str, metric: str, value: float | None, unit: str) -> bool:
+        """Store a sensor's reading; False if it has none or is past MAX_SENSORS."""
+        if value is None or not self.admit():
+            return False
+        self.value(f"sensor {name}", metric, value, unit)
+        return True
 
 
 def _cpu_and_memory(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, object]],
@@ -264,8 +291,8 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
         name = out.unique(_name(descr, f"temperature {index[0]}"), index)
         value, limit = _int(get(ENV_TEMP_VALUE).get(index)), _int(get(ENV_TEMP_THRESHOLD).get(index))
         state_code = _int(get(ENV_TEMP_STATE).get(index)) or 0
-        out.sensor(name, "temperature_celsius", None if value is None else float(value), "°C")
-        if state_code in ENVMON_STATE:
+        kept = out.sensor(name, "temperature_celsius", None if value is None else float(value), "°C")
+        if state_code in ENVMON_STATE and (kept or (value is None and out.admit())):
             shown = f"{value} °C" if value is not None else "unknown"
             threshold = f", device threshold {limit} °C" if limit else ""
             out.check(f"temperature {name}", ENVMON_STATE[state_code],
@@ -274,8 +301,7 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
                                  ("psu", ENV_PSU_DESCR, ENV_PSU_STATE)):
         for index, descr in sorted(get(descrs).items()):
             code = _int(get(states).get(index)) or 0
-            if code in ENVMON_STATE:
-                out.found.sensors += 1
+            if code in ENVMON_STATE and out.admit():
                 _failed_part(out, kind, out.unique(_name(descr, f"{kind} {index[0]}"), index, kind),
                              ENVMON_STATE[code], ENVMON_WORDS[code])
     # Juniper: power supplies ("PEM", "Power Supply") and fans by their description.
@@ -288,8 +314,7 @@ def _sensors(out: _Out, scalars: dict[Oid, object], tables: dict[Oid, dict[Oid, 
         temperature = _int(get(JNX_TEMP).get(index))
         if temperature:
             out.sensor(out.unique(name or str(index), index), "temperature_celsius", float(temperature), "°C")
-        if kind and jnx_state is not None:
-            out.found.sensors += 1
+        if kind and jnx_state is not None and out.admit():
             state = State.CRITICAL if jnx_state == 6 else State.WARNING if jnx_state == 1 else State.OK
             _failed_part(out, kind, out.unique(name, index, kind), state,
                          JNX_WORDS.get(jnx_state, str(jnx_state)))
@@ -324,11 +349,12 @@ def _entity_sensors(out: _Out, tables: Tables, base: Oid) -> dict[Oid, tuple[str
         precision, oper = _int(get(3).get(index)) or 0, _int(get(5).get(index))
         if kind is None or raw is None or oper == 2 or not 1 <= scale <= 17:  # unavailable
             continue
-        label = _name(names.get(index), "") or _name(descrs.get(index), f"sensor {index[0]}")
+        label = _name(names.get(index), "") or _name(descrs.get(index), f"#{index[0]}")  # "sensor #25866"
         name = out.unique(label, index)
         factor = 10.0 ** (3 * (scale - 9) - max(0, min(precision, 9)))
         value = raw * factor
-        out.sensor(name, kind[0], round(value, 6), kind[1])
+        if not out.sensor(name, kind[0], round(value, 6), kind[1]):
+            continue
         found[index] = (name, *kind, factor)
         if kind[0] == "fan_rpm" and oper is not None:
             failed = oper == 3
@@ -414,9 +440,10 @@ Tables = dict[Oid, dict[Oid, object]]
 
 
 async def read(client: Client, columns: Sequence[Oid], names: Tables | None = None
-               ) -> tuple[dict[Oid, object], Tables]:
+               ) -> tuple[dict[Oid, object], Tables, str]:
     """The scalars and `columns` of the health MIBs, a few columns per walk; the sensors'
-    entPhysicalName/Descr too unless `names` (of an earlier poll) are given."""
+    entPhysicalName/Descr too unless `names` (of an earlier poll) are given. The third item
+    says why the walks stopped short of the end ("" if they did not)."""
     scalars: dict[Oid, object] = {}
     tables: dict[Oid, dict[Oid, object]] = {}
     chunks = [columns[i:i + COLUMNS_PER_WALK] for i in range(0, len(columns), COLUMNS_PER_WALK)]
@@ -429,15 +456,15 @@ async def read(client: Client, columns: Sequence[Oid], names: Tables | None = No
         scalars.update(walk.scalars)
         tables.update(walk.tables)
         if walk.stopped:
-            log.info("%s: %s", client.endpoint.where, walk.stopped)
-            break
+            return scalars, tables, walk.stopped
     if names is not None:
         tables.update(names)
     elif tables.get(ENT_TYPE) or tables.get((*CISCO_SENSOR, 1)):  # names: for sensors only
         walk = await walk_columns(client, [ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR], max_repetitions=25,
                                   max_rows=MAX_ROWS)
         tables.update(walk.tables)
-    return scalars, tables
+        return scalars, tables, walk.stopped
+    return scalars, tables, ""
 
 
 @dataclass
@@ -457,15 +484,32 @@ class DeviceHealth:
                   or now - self.surveyed_at >= SURVEY_INTERVAL)
         columns = COLUMNS if survey else self.present or []
         try:
-            scalars, tables = await read(client, columns, None if survey else self.names)
+            scalars, tables, stopped = await read(client, columns, None if survey else self.names)
         except SnmpError as exc:
-            log.debug("%s: health MIBs not read: %s", target, exc.message)
+            # Its interfaces answered: a device that refuses or drops these walks says so
+            # (`discover` prints it), rather than looking like one without a UPS or BGP.
+            problem = exc.message
+            if exc.kind == "timeout":  # not "wrong community": the interface walk just worked
+                e = client.endpoint
+                problem = (f"no SNMP response from {e.where} to these requests ({e.timeout:g} s "
+                           f"x {e.retries} retries) though its interfaces answered: an agent "
+                           "slow on some tables?")
+            log.info("%s: UPS, BGP and health MIBs not read: %s", target, problem)
+            self.found = Found(problem=problem)
             return Batch()
+        if stopped:
+            log.info("%s: UPS, BGP and health MIBs read in part: %s", target, stopped)
         try:
             batch, self.found = interpret(target, scalars, tables, now, self.bgp, self.storage)
         except Exception:  # a device's data we did not foresee: its interfaces still count
             log.exception("%s: cannot interpret its UPS/BGP/health tables", target)
+            self.found = Found(problem="its tables could not be interpreted (see the agent's log)")
             return Batch()
+        self.found.problem = stopped
+        if self.found.sensors_dropped and survey:
+            log.warning("%s: %d sensors, fans and power supplies kept, %d more not (at most %d "
+                        "per device)", target, self.found.sensors, self.found.sensors_dropped,
+                        MAX_SENSORS)
         if survey:
             self.names = {c: tables.get(c, {}) for c in (ENT_PHYSICAL_NAME, ENT_PHYSICAL_DESCR)}
             # A family's columns go together: a UPS's alarm table or a peer's prefix counts

@@ -4,8 +4,9 @@ Each source is read into one `UpsReading`; `ups_batch` turns a reading into the 
 (instance "ups") and the one "ups" check every source shares, so a UPS on a network card and a
 UPS on USB behind upsd page the same way:
 
-- on battery: CRITICAL at once, with the runtime left first ("on battery, 23 min runtime left")
-  because that is what the person woken at 3 a.m. needs to decide;
+- on battery: CRITICAL at once, with the runtime left first ("UPS on battery, 23m runtime left
+  (Smart-UPS 750, charge 90 %)") because that is what the person woken at 3 a.m. needs to
+  decide, and a lock screen shows only the start of the subject;
 - battery low (on line), battery needs replacing, on bypass: WARNING;
 - on line, or in a battery self-test (on battery by design: APC's onBatteryTest, UPS-MIB's
   upsAlarmTestInProgress): OK, with charge, runtime and load.
@@ -61,15 +62,16 @@ def _minutes(seconds: float) -> str:
 
 
 def verdict(r: UpsReading) -> tuple[State, str]:
-    """The state and the one-line message (runtime first when it matters)."""
-    facts = []
+    """The state and the one-line message: the power state and runtime first, the model and
+    readings after (a phone's lock screen shows the subject's first 40 or so characters)."""
+    facts = [clean(r.model, 40)] if r.model else []
     if r.charge_percent is not None:
         facts.append(f"charge {r.charge_percent:.0f} %")
     if r.load_percent is not None:
         facts.append(f"load {r.load_percent:.0f} %")
     if r.input_volts is not None:
         facts.append(f"input {r.input_volts:.0f} V")
-    detail = f" ({', '.join(facts)})" if facts else ""
+    detail = f" ({', '.join(facts)})" if facts else ""  # "(Smart-UPS 750, charge 90 %, ...)"
     runtime = (f", {_minutes(r.runtime_seconds)} runtime left" if r.runtime_seconds is not None
                else ", runtime unknown")
     if r.power == BATTERY:
@@ -87,7 +89,7 @@ def verdict(r: UpsReading) -> tuple[State, str]:
     if problems:
         state = State.WARNING
     elif r.power in (OFF, UNKNOWN):
-        return State.UNKNOWN, f"power state {r.power} ({r.source}){detail}"
+        return State.UNKNOWN, f"power state {r.power} ({', '.join([r.source, *facts])})"
     lead = "; ".join(problems) if problems else r.power
     left = f", runtime {_minutes(r.runtime_seconds)}" if r.runtime_seconds is not None else ""
     return state, f"{lead}{left}{detail}"
@@ -105,8 +107,7 @@ def ups_batch(target: str, reading: UpsReading, now: float | None = None) -> Bat
         if value is not None:
             batch.add(Measurement(target, "ups", metric, value, Kind.GAUGE, unit, now))
     state, message = verdict(reading)
-    model = f"{clean(reading.model, 40)}: " if reading.model else ""
-    batch.add(CheckResult(target, "ups", state, f"UPS {model}{message}", timestamp=now))
+    batch.add(CheckResult(target, "ups", state, f"UPS {message}", timestamp=now))
     return batch
 
 

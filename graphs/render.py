@@ -127,6 +127,8 @@ USUAL_FILL = "#d4dcc4"  # the seasonal baseline's expected band
 BAND_SPAN = 8 * 86400  # day and week graphs: an hour-of-the-week band means something there
 LATENCY_LINE, LATENCY_FILL, LOSS = "#6a3fb5", "#cbb8ec", "#d62728"
 P95_MARK = "#c0392b"
+OUTAGES = {"on_battery": "share of each interval on battery (right axis)",
+           "session_down": "share of each interval the session was down (right axis)"}
 # loss (percent) up to which a latency line has this colour
 LOSS_COLORS = ((0.0, "#1a9e3a"), (5.0, "#1f77d0"), (10.0, "#7b3fd0"), (25.0, "#d0459b"),
                (100.0, "#d62728"))
@@ -359,6 +361,13 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
         layers.append(Layer(metric, values, style, color))
         legend.append(LegendRow(metric, color, _legend_text(dict(s, total_display=None), unit, False)))
         summary[metric], units[metric] = s, unit
+    # A 1/0 outage series (a UPS on battery, a BGP session down) shades its share of each
+    # interval on the right-hand 0-100 % axis, as packet loss does: the graph of a UPS's
+    # charge or a peer's prefixes shows when the power or the session was out.
+    for metric, words in OUTAGES.items():
+        if metric in info.metrics and metric not in metrics:
+            layers.append(Layer(metric, _column(series, metric, 100.0), "bars", LOSS, right=True))
+            legend.append(LegendRow(metric, LOSS, words))
     # Every metric of the file goes into the table, drawn or not.
     for metric in info.metrics:
         if metric not in summary:

@@ -12,6 +12,7 @@ import dataclasses
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -69,20 +70,20 @@ def test_ups_mib_power_cut_from_a_real_eaton(recordings):
     ups = Device(recordings, "ups-eaton")
     try:
         first = ups.poll(0)
-        assert checks(first)["ups"] == (State.OK, "UPS EATON 93E 80: on line, runtime 18h12m "
-                                        "(charge 100 %, load 21 %, input 227 V)")
+        assert checks(first)["ups"] == (State.OK, "UPS on line, runtime 18h12m (EATON 93E 80, "
+                                        "charge 100 %, load 21 %, input 227 V)")
         assert values(first, "ups") == {"on_battery": 0.0, "battery_charge_percent": 100.0,
                                         "runtime_seconds": 65520.0, "input_volts": 227.0,
                                         "output_volts": 220.0, "load_percent": 21.0,
                                         "temperature_celsius": 25.0}
         cut = checks(ups.poll(1, 180))["ups"]
-        assert cut == (State.CRITICAL, "UPS EATON 93E 80: on battery, 23m runtime left, for 3m "
-                                       "(charge 87 %, load 21 %, input 0 V)")
+        assert cut == (State.CRITICAL, "UPS on battery, 23m runtime left, for 3m (EATON 93E 80, "
+                                       "charge 87 %, load 21 %, input 0 V)")
         low = checks(ups.poll(2, 1080))["ups"]
         assert low[0] is State.CRITICAL and "4m runtime left, battery LOW" in low[1]
         back = checks(ups.poll(3, 240))["ups"]
-        assert back == (State.WARNING, "UPS EATON 93E 80: battery needs replacing, runtime 18h12m "
-                                       "(charge 35 %, load 21 %, input 227 V)")
+        assert back == (State.WARNING, "UPS battery needs replacing, runtime 18h12m (EATON 93E 80, "
+                                       "charge 35 %, load 21 %, input 227 V)")
     finally:
         ups.close()
 
@@ -92,8 +93,8 @@ def test_apc_powernet_on_battery_and_replace_battery(recordings):
     try:
         assert checks(apc.poll(0))["ups"][0] is State.OK
         battery = apc.poll(1, 60)
-        assert checks(battery)["ups"] == (State.CRITICAL, "UPS Smart-UPS X 750: on battery, 12m "
-                                          "runtime left, for 1m (charge 90 %, load 0 %, input 119 V)")
+        assert checks(battery)["ups"] == (State.CRITICAL, "UPS on battery, 12m runtime left, for "
+                                          "1m (Smart-UPS X 750, charge 90 %, load 0 %, input 119 V)")
         assert values(battery, "ups")["temperature_celsius"] == 23.4
         assert checks(apc.poll(2, 60))["ups"][0] is State.WARNING
     finally:
@@ -109,7 +110,8 @@ def test_an_apc_self_test_is_not_a_power_cut(recordings):
     finally:
         apc.close()
     state, message = checks(test)["ups"]
-    assert state is State.OK and message.startswith("UPS Smart-UPS X 750: in a battery self-test")
+    assert state is State.OK and message.startswith("UPS in a battery self-test")
+    assert "(Smart-UPS X 750, charge" in message
     assert values(test, "ups")["on_battery"] == 0.0
     # UPS-MIB says it with an upsAlarmTestInProgress row while upsOutputSource is battery.
     eaton = Device(recordings, "ups-eaton")
@@ -118,7 +120,7 @@ def test_an_apc_self_test_is_not_a_power_cut(recordings):
     finally:
         eaton.close()
     state, message = checks(test)["ups"]
-    assert state is State.OK and message.startswith("UPS EATON 93E 80: in a battery self-test")
+    assert state is State.OK and message.startswith("UPS in a battery self-test")
 
 
 def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
@@ -126,11 +128,11 @@ def test_bgp_session_down_and_prefix_drop_on_cisco(recordings):
     try:
         first = checks(router.poll(0))
         assert first["bgp 192.168.99.25"] == (State.OK, "BGP to AS64513 192.168.99.25 established "
-                                              "for 7m47s, 19 prefixes accepted")
+                                              "for 7 min, 19 prefixes accepted")
         later = router.poll(1, 300)
         down_at = time.strftime("%H:%M", time.localtime(router.clock.now - 120))
         assert checks(later)["bgp 192.168.99.25"] == (
-            State.CRITICAL, f"BGP to AS64513 192.168.99.25 down since {down_at}, was up 10m47s "
+            State.CRITICAL, f"BGP to AS64513 192.168.99.25 down since {down_at}, was up 10 min "
                             "(state active)")
         state, message = checks(later)["bgp 192.168.99.20"]
         assert state is State.WARNING and message == (
@@ -161,12 +163,12 @@ def test_bgp_down_mail_is_readable():
     down = Peer("192.0.2.1", 64500, 1, established_seconds=600.0)
     [result] = watch.batch("edge1", [down], T0 + 900).checks
     since = time.strftime("%H:%M", time.localtime(T0 + 300))
-    assert result.message == f"BGP to AS64500 192.0.2.1 down since {since}, was up 41d5m (state idle)"
+    assert result.message == f"BGP to AS64500 192.0.2.1 down since {since}, was up 41 d 0 h (state idle)"
     event = Event(kind=Kind.FIRING, key="k", rule="service-down", target="edge1", label=result.check,
                   severity=State.CRITICAL, message=result.message, value=None, threshold="",
                   since=T0 + 900, at=T0 + 900, groups=("admins",))
     assert one_line(event, T0 + 900).startswith(f"[CRITICAL] edge1 bgp 192.0.2.1: BGP to AS64500 "
-                                                f"192.0.2.1 down since {since}, was up 41d")
+                                                f"192.0.2.1 down since {since}, was up 41 d")
 
 
 def test_flaps_are_counted_and_a_stopped_peer_is_not_a_problem():
@@ -183,7 +185,7 @@ def test_juniper_bgp4_v2_peers_with_ipv6_and_prefixes(recordings):
     router = Device(recordings, "bgp-junos")
     try:
         result = checks(router.poll(0))
-        assert result["bgp 192.168.99.25"][1].endswith("established for 4d4h29m41s, 24 prefixes accepted")
+        assert result["bgp 192.168.99.25"][1].endswith("established for 4 d 4 h, 24 prefixes accepted")
         assert result["bgp fd00:28:1:1::1:5"][0] is State.CRITICAL
         assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 3
     finally:
@@ -204,7 +206,7 @@ def test_juniper_peers_of_two_routing_instances_with_one_address(recordings):
     result = checks(later)
     assert result["bgp 192.168.99.25"][1].endswith(", 24 prefixes accepted")
     assert result["bgp 192.168.99.25 in routing instance 5"] == (
-        State.OK, "BGP to AS65010 192.168.99.25 in routing instance 5 established for 10m, "
+        State.OK, "BGP to AS65010 192.168.99.25 in routing instance 5 established for 10 min, "
                   "2 prefixes accepted")
     assert values(later, "bgp 192.168.99.25 in routing instance 5")["accepted_prefixes"] == 2
     assert router.collector.pollers["bgp-junos"].health.found.bgp_peers == 4
@@ -362,7 +364,7 @@ def test_a_lying_device_harms_only_itself(recordings):
     names = [c.check for c in batch.checks] + [m.instance for m in batch.measurements]
     assert all(name.isprintable() and len(name) < 80 for name in names)
     assert values(batch, "sensor CPU CRITICAL fake") == {}  # scale 99: not a value
-    assert values(batch, "sensor sensor 6") == {"temperature_celsius": 42.0}
+    assert values(batch, "sensor #6") == {"temperature_celsius": 42.0}
 
 
 def test_peers_are_named_by_the_port_they_are_on():
@@ -398,7 +400,7 @@ def test_bgp_history_survives_a_restart(recordings, tmp_path):
 
     run(0, T0)
     message = checks(run(1, T0 + 300))["bgp 192.168.99.25"][1]
-    assert ", was up 10m47s (state active)" in message
+    assert ", was up 10 min (state active)" in message
     assert checks(run(1, T0 + 600))["bgp 192.168.99.20"][0] is State.WARNING  # baseline kept
 
 
@@ -415,3 +417,187 @@ def test_cisco_entity_sensor_thresholds_of_the_switch_itself(recordings):
         assert hot == (State.CRITICAL, "Module-1, Outlet is 69 °C (major threshold: >= 67 °C)")
     finally:
         nexus.close()
+
+
+def test_arista_peers_are_named_by_their_own_description(recordings):
+    """A real Arista DCS-7050TX: no BGP4-MIB at all, its sessions in ARISTA-BGP4V2-MIB with the
+    description configured on the peer, which names it in the check (and so in the mail)."""
+    router = Device(recordings, "bgp-eos")
+    try:
+        first = router.poll(0)
+        later = router.poll(1, 300)
+    finally:
+        router.close()
+    result = checks(first)
+    assert result["bgp 192.168.0.2"] == (
+        State.OK, "BGP to AS65000 192.168.0.2 (peer.example.com EBGP) established for "
+                  "151 d 12 h, 540,339 prefixes accepted")
+    assert result["bgp 2001:550:2:2f::33:1"] == (
+        State.OK, "BGP to AS65001 2001:550:2:2f::33:1 established for 17 d 23 h, 40,633 "
+                  "prefixes accepted")
+    assert router.collector.pollers["bgp-eos"].health.found.bgp_peers == 2
+    down_at = time.strftime("%H:%M", time.localtime(router.clock.now - 240))
+    assert checks(later)["bgp 192.168.0.2"] == (
+        State.CRITICAL, f"BGP to AS65000 192.168.0.2 (peer.example.com EBGP) down since "
+                        f"{down_at}, was up 151 d 12 h (state idle)")
+    assert values(later, "bgp 192.168.0.2")["session_down"] == 1.0
+    assert values(later, "bgp 2001:550:2:2f::33:1")["session_down"] == 0.0
+
+
+def test_juniper_link_local_peer_is_a_peer(recordings):
+    """An IPv6 session on link-local addresses (jnxBgpM2PeerRemoteAddrType ipv6z: 16 octets
+    and the zone) is watched like any other, its zone in its name."""
+    router = Device(recordings, "bgp-junos")
+    try:
+        result = checks(router.poll(2))
+        found = router.collector.pollers["bgp-junos"].health.found
+    finally:
+        router.close()
+    assert result["bgp fe80::1%534"] == (
+        State.OK, "BGP to AS65020 fe80::1%534 established for 1 h 00 min, 12 prefixes accepted")
+    assert found.bgp_peers == 4
+
+
+def test_link_errors_of_a_real_switch_port_warn_across_cron_runs(recordings, tmp_path):
+    """Gi1/0/6 of a real Catalyst 3750 takes 3 % errors, polled every 5 minutes by a new
+    process each time (`collect --once` from cron): WARNING once it has lasted errors_for
+    (15 minutes), without a rule written for it."""
+    def run(poll: int) -> tuple[State, str]:
+        dev = SnmpDevice(name="sw", host="127.0.0.1", port=recordings,
+                         community=f"errors-c3750-t{poll}", timeout=2.0, retries=1)
+        collector = SnmpCollector([dev], 300, clock=Clock(T0 + 300 * poll), state_dir=tmp_path)
+        try:
+            return checks(asyncio.run(collector.collect()))["if Gi1/0/6"]
+        finally:
+            collector.close()
+
+    states = [run(poll) for poll in range(5)]
+    assert [s for s, _ in states] == [State.OK] * 4 + [State.WARNING]
+    assert states[4][1].startswith("Gi1/0/6 (link-wensilou) up, 1 Gbit/s, in ")
+    assert states[4][1].endswith("; 3 % of packets with errors, above 1 % for 15m")
+
+
+async def test_discover_says_why_the_health_mibs_were_not_read():
+    """An agent that answers IF-MIB and drops every other request (a slow or filtered
+    enterprise subtree): `discover` says they were not read, not "UPS-MIB: no"."""
+    from collectors.snmp_client import CommunityClient, Endpoint
+    from collectors.snmp_discover import discover
+    from tests.snmp_hostile import HostileAgent, parse_request
+
+    class InterfacesOnly(HostileAgent):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            oids = parse_request(data)[6]
+            if all(o[:7] in ((1, 3, 6, 1, 2, 1, 1), (1, 3, 6, 1, 2, 1, 2), (1, 3, 6, 1, 2, 1, 31))
+                   for o in oids):
+                super().datagram_received(data, addr)
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(InterfacesOnly, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    client = CommunityClient(Endpoint("quiet", "127.0.0.1", port, 0.3, 0), "longalias", "2c")
+    try:
+        text = await discover(client, "127.0.0.1", port=port, community="longalias")
+    finally:
+        client.close()
+        transport.close()
+    assert "# 2 interface(s)" in text
+    [line] = [line for line in text.splitlines() if "MIBs not read" in line]
+    assert line.startswith("# UPS, BGP and health MIBs not read: ")
+    assert "no SNMP response from" in line
+    assert "UPS-MIB: no" not in text
+
+
+def test_a_device_with_endless_sensors_keeps_a_bounded_number(tmp_path):
+    """A device listing 1,500 ENTITY-SENSOR rows (each would be a series, an RRD file and a
+    check): the first MAX_SENSORS are kept, the rest counted and said, nothing else lost. One
+    whose sensor table goes on past MAX_ROWS has its walk stopped, and says so."""
+    import os
+    import shutil
+    import tempfile
+
+    from collectors.snmp_health import MAX_SENSORS
+
+    data = Path(tempfile.mkdtemp(prefix="monitor-flood-"))
+    os.chmod(data, 0o755)
+    lines = ["1.3.6.1.2.1.1.1.0|4|sensor flood", "1.3.6.1.2.1.1.3.0|67|100000",
+             "1.3.6.1.2.1.1.5.0|4|flood", "1.3.6.1.2.1.2.1.0|2|0"]
+    (data / "deep.snmprec").write_text("\n".join(
+        lines + [f"1.3.6.1.2.1.99.1.1.1.1.{i}|2|8" for i in range(1, 5000)]) + "\n")
+    for column, value in ((1, "2|8"), (2, "2|9"), (3, "2|0"), (4, "2|41"), (5, "2|1")):
+        lines += [f"1.3.6.1.2.1.99.1.1.1.{column}.{i}|{value}" for i in range(1, 1501)]
+    (data / "flood.snmprec").write_text("\n".join(lines) + "\n")
+    collectors, batches = {}, {}
+    try:
+        with serving(data, "flood") as port:
+            for name in ("flood", "deep"):
+                dev = SnmpDevice(name=name, host="127.0.0.1", port=port, community=name,
+                                 timeout=2.0, retries=1)
+                collectors[name] = SnmpCollector([dev], 300, clock=Clock(T0))
+                try:
+                    batches[name] = asyncio.run(collectors[name].collect())
+                finally:
+                    collectors[name].close()
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    # A table longer than any device's (its walk stopped): said, not taken for "no sensors".
+    deep = collectors["deep"].pollers["deep"].health.found
+    assert deep.problem == ("the walk of 1.3.6.1.2.1.99.1.1.1.1 passed 4000 rows (more than a "
+                            "walk reads) and was stopped")
+    assert deep.text() == f"UPS, BGP and health MIBs not read: {deep.problem}"
+    batch = batches["flood"]
+    found = collectors["flood"].pollers["flood"].health.found
+    assert (found.sensors, found.sensors_dropped) == (MAX_SENSORS, 1500 - MAX_SENSORS)
+    sensors = {m.instance for m in batch.measurements if m.instance.startswith("sensor ")}
+    assert len(sensors) == MAX_SENSORS
+    assert "sensors: 1000 (500 more not kept: at most 1000 per device)" in found.text()
+    assert checks(batch)["snmp"][0] is State.OK
+
+
+async def test_bgp_down_mail_through_the_real_mail_path(recordings, tmp_path):
+    """The Arista's described session drops: the shipped service-down rule mails it at the
+    first reading; the subject starts with what is down and on which router."""
+    import re
+
+    from alerts.service import AlertService
+    from tests.conftest import ROOT
+    from tests.smtp_helpers import Recorder, start_smtp
+    from tests.test_alerts import make_config
+
+    rec = Recorder()
+    server, smtp_port = await start_smtp(rec)
+    shipped = re.search(r'^\[\[alerts\.rules\]\]\nname = "service-down"\n.*?(?=\n\n)',
+                        (ROOT / "config.toml").read_text(), re.M | re.S)
+    assert shipped is not None
+    service = AlertService(make_config(tmp_path, smtp_port, shipped.group(0) + "\n",
+                                       group_window="0s"))
+    clock = Clock(T0)
+    dev = SnmpDevice(name="edge1", host="127.0.0.1", port=recordings, community="bgp-eos-t0",
+                     timeout=2.0, retries=1)
+    collector = SnmpCollector([dev], 300, clock=clock)
+    try:
+        await service.consume("snmp", await collector.collect())
+        collector.replace_device(dataclasses.replace(dev, community="bgp-eos-t1"))
+        clock.now += 300
+        await service.consume("snmp", await collector.collect())
+    finally:
+        collector.close()
+        server.close()
+    [mail] = rec.received
+    down_at = time.strftime("%H:%M", time.localtime(clock.now - 240))
+    what = (f"BGP to AS65000 192.168.0.2 (peer.example.com EBGP) down since {down_at}, was up "
+            "151 d 12 h (state idle)")
+    assert str(mail.message["Subject"]) == f"[CRITICAL] edge1 bgp 192.168.0.2: {what}"
+    body = mail.message.get_body(("plain",)).get_content()
+    assert f"  what:      {what}" in body
+
+
+def test_a_failed_power_supply_of_a_real_mx960_is_critical(recordings):
+    router = Device(recordings, "juniper-mx960")
+    try:
+        assert checks(router.poll(0))["psu PEM 2"] == (State.OK, "power supply PEM 2 is running")
+        failed = checks(router.poll(1))
+    finally:
+        router.close()
+    assert failed["psu PEM 2"] == (State.CRITICAL, "power supply PEM 2 is down (failed: "
+                                   "redundancy lost or the device at risk)")
+    assert failed["psu PEM 1"][0] is State.OK

@@ -19,29 +19,80 @@ CBGP2 = "1.3.6.1.4.1.9.9.187.1.2.8.1"
 ENVMON = "1.3.6.1.4.1.9.9.13.1"
 CSENSOR = "1.3.6.1.4.1.9.9.91.1"
 JBGP = "1.3.6.1.4.1.2636.5.1.1.2"
+ABGP = "1.3.6.1.4.1.30065.4.1.1"
 UPTIME = "1.3.6.1.2.1.1.3.0"
+IF = "1.3.6.1.2.1.2.2.1"
+IFX = "1.3.6.1.2.1.31.1.1.1"
 
 
 def oid_key(line: str) -> tuple[int, ...]:
     return tuple(int(x) for x in line.split("|", 1)[0].split("."))
 
 
-def variant(name: str, changes: dict[str, str], seconds: int) -> str:
-    """`name`-t0 with `changes` ({oid: "type|value"}, added when missing) and sysUpTime
-    `seconds` later."""
+def variant(name: str, changes: dict[str, str], seconds: int, t0: Path | None = None) -> str:
+    """`name`-t0 (or the recording `t0`) with `changes` ({oid: "type|value"}, added when
+    missing) and sysUpTime `seconds` later."""
     lines = {}
-    for line in (HERE / f"{name}-t0.snmprec").read_text().splitlines():
+    for line in (t0 or HERE / f"{name}-t0.snmprec").read_text().splitlines():
         oid, kind, value = line.split("|", 2)
         if oid == UPTIME:
-            value = str(int(value) + 100 * seconds)
+            value = str((int(value) + 100 * seconds) % 2**32)
         lines[oid] = f"{oid}|{kind}|{value}"
     for oid, typed in changes.items():
         lines[oid] = f"{oid}|{typed}"
     return "\n".join(sorted(lines.values(), key=oid_key)) + "\n"
 
 
+def octets(address: str) -> str:
+    """An IPv6 address (with %zone: ipv6z) as the dotted octets of an index."""
+    import ipaddress
+
+    ip, _, zone = address.partition("%")
+    raw = ipaddress.ip_address(ip).packed + (int(zone).to_bytes(4, "big") if zone else b"")
+    return ".".join(map(str, raw))
+
+
+C3750 = HERE.parent / "snmp" / "mixed-c3750-t0.snmprec"  # a real Catalyst 3750 (its SOURCES)
+
+
+def link_errors(poll: int) -> str:
+    """The Catalyst 3750's Gi1/0/6 (ifIndex 10106) `poll` x 5 minutes later: 970 good and 30
+    bad frames a second arrive (3 % with errors: a dirty fibre or a duplex mismatch)."""
+    seconds = 300 * poll
+    lines = {}
+    for line in C3750.read_text().splitlines():
+        oid, kind, value = line.split("|", 2)
+        lines[oid] = (kind, value)
+    bumps = {f"{IF}.14.10106": 30, f"{IF}.11.10106": 970, f"{IFX}.7.10106": 970,
+             f"{IF}.10.10106": 500 * 970, f"{IFX}.6.10106": 500 * 970}  # 500-byte frames
+    changes = {}
+    for oid, rate in bumps.items():
+        if oid in lines:
+            kind, value = lines[oid]
+            bits = 64 if kind == "70" else 32
+            changes[oid] = f"{kind}|{(int(value) + rate * seconds) % 2**bits}"
+    return variant("errors-c3750", changes, seconds, t0=C3750)
+
+
 def main() -> None:
+    link_local = f"0.4.{octets('fe80::2%534')}.4.{octets('fe80::1%534')}"
     out = {
+        # Gi1/0/6 of a real Catalyst 3750 starts taking errors: 3 % of its frames, 20 minutes.
+        **{f"errors-c3750-t{poll}": link_errors(poll) for poll in range(5)},
+        # Arista: the IPv4 peer with a description ("peer.example.com EBGP") drops to Idle, 4
+        # minutes ago (aristaBgp4V2PeerFsmEstablishedTime counts since it left Established).
+        "bgp-eos-t1": variant("bgp-eos", {
+            f"{ABGP}.2.1.13.1.1.4.192.168.0.2": "2|1",
+            f"{ABGP}.4.1.1.1.1.4.192.168.0.2": "66|240"}, 300),
+        # Juniper: an IPv6 peer on a link-local address (fe80::1 on the interface of zone
+        # 534), as an IX or a point-to-point link often has: jnxBgpM2PeerRemoteAddrType
+        # ipv6z (4), a 20-octet address (16 and the zone index), in the index too.
+        "bgp-junos-t2": variant("bgp-junos", {
+            f"{JBGP}.1.1.1.{n}.{link_local}": typed for n, typed in (
+                (2, "2|6"), (3, "2|2"), (10, "2|4"),
+                (11, "4x|" + bytes(map(int, octets("fe80::1%534").split("."))).hex().upper()),
+                (13, "66|65020"), (14, "66|4"))} | {
+            f"{JBGP}.4.1.1.1.{link_local}": "66|3600", f"{JBGP}.6.2.1.8.4.2.1": "66|12"}, 300),
         # The mains fail: on battery for 3 minutes, 23 minutes left, an upsAlarmOnBattery row.
         "ups-eaton-t1": variant("ups-eaton", {
             f"{UPS}.4.1.0": "2|5", f"{UPS}.2.2.0": "2|180", f"{UPS}.2.3.0": "2|23",
@@ -100,6 +151,9 @@ def main() -> None:
         "cisco-n5000-t1": variant("cisco-n5000", {
             f"{CSENSOR}.1.1.1.4.21598": "2|69", f"{CSENSOR}.2.1.1.5.21598.1": "2|1",
             f"{CSENSOR}.2.1.1.5.21598.2": "2|1"}, 300),
+        # MX960: power entry module 2 loses its feed (jnxOperatingState down).
+        "juniper-mx960-t1": variant("juniper-mx960", {
+            "1.3.6.1.4.1.2636.3.1.13.1.6.2.3.0.0": "2|6"}, 300),
         # Catalyst 3560: its fan fails.
         "cisco-c3560-t1": variant("cisco-c3560", {f"{ENVMON}.4.1.3.1004": "2|3"}, 300),
     }
