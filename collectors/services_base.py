@@ -9,6 +9,7 @@ import base64
 import contextlib
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -82,10 +83,21 @@ def secs(value: float) -> str:
     return f"{value:.3f} s" if value < 0.1 else f"{value:.2f} s"
 
 
+# The stage of an http check matching its expect_regex: the server has answered; a timeout
+# then is the pattern's (it backtracks without end over this page), not the server's.
+MATCHING = "expect_regex match"
+
+# Implicit TLS through aiosmtplib (a round trip's submission): one call makes the handshake and
+# reads the greeting, so a stall there is one of the two.
+TLS_AND_GREETING = "TLS handshake and greeting"
+
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
-WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-           "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
-           "did not complete", "answer": "sent no answer", "exit": "did not finish",
+WAITING = {"connect": "did not accept the connection",
+           "greeting": "accepted the connection but sent no greeting",
+           "TLS handshake": "accepted the connection but the TLS handshake did not complete",
+           TLS_AND_GREETING: "accepted the connection but the TLS handshake or the greeting "
+                             "after it did not complete",
+           "answer": "sent no answer", "exit": "did not finish",
            "delivery": "accepted the probe mail but it did not arrive in the mailbox"}
 
 
@@ -169,6 +181,69 @@ class Stage:
         self.note = ""  # more for a timeout message: where an http check was ("(after 1 redirect...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
+
+
+async def look_up(check: ServiceCheck, stage: Stage, host: str, port: int,
+                  kind: socket.SocketKind = socket.SOCK_STREAM) -> list[tuple[int, tuple]]:
+    """(family, socket address) of `host` in the system resolver's order (/etc/hosts, then
+    DNS); an IP literal as it is. The lookup is a stage of its own: one that stalls is reported
+    as the name lookup's, never as a server that did not answer."""
+    try:
+        address = ipaddress.ip_address(host)
+        return [(socket.AF_INET6 if address.version == 6 else socket.AF_INET, (host, port))]
+    except ValueError:
+        pass
+    stage.doing = f"name lookup of {said(check, host, 60)}"
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    stage.doing = "connect"
+    return list(dict.fromkeys((int(family), sockaddr) for family, _, _, _, sockaddr in infos))
+
+
+async def _connect(sock: socket.socket, address: tuple) -> None:
+    """A non-blocking connect to a numeric address. Not loop.sock_connect: uvloop's looks the
+    address up again in libuv's thread pool, where stalled name lookups may be queued."""
+    sock.setblocking(False)
+    try:
+        sock.connect(address)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass
+    loop = asyncio.get_running_loop()
+    writable = loop.create_future()
+    def ready() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(sock, ready)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(sock)
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, os.strerror(error))  # (ECONNREFUSED: ConnectionRefusedError)
+
+
+async def open_socket(check: ServiceCheck, stage: Stage, host: str, port: int) -> socket.socket:
+    """A TCP connection to host:port, each of its addresses tried in turn (as asyncio does):
+    the name lookup and the connection as two stages. A refusal or an unreachable network is
+    the kernel's answer at once; the first address's error is the one reported."""
+    addresses = await look_up(check, stage, host, port)
+    stage.doing = "connect"
+    failure: OSError | None = None
+    for family, address in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            await _connect(sock, address)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = failure or exc
+        except BaseException:
+            sock.close()
+            raise
+    assert failure is not None  # getaddrinfo gives an address or raises
+    raise failure
 
 
 def peer_chain(link: asyncio.BaseTransport | asyncio.StreamWriter | None) -> list[bytes]:

@@ -18,6 +18,7 @@ from collectors.services_base import (
     Stage,
     cert_verdict,
     label,
+    open_socket,
     peer_chain,
     plain_credentials,
     said,
@@ -53,12 +54,18 @@ class ProtocolError(Exception):
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the check's (or the given) host and port; with TLS, the handshake made as
-    a stage of its own after the connection is up."""
+    """A connection to the check's (or the given) host and port (name lookup and connection as
+    stages of their own: open_socket); with TLS, the handshake made as a stage of its own
+    after the connection is up."""
     tls = check.tls if tls is None else tls
-    stage.doing = "connect"
-    reader, writer = await asyncio.open_connection(host or check.host, port or check.port,
-                                                   limit=LINE_LIMIT)
+    port = port or check.port
+    assert port is not None  # validate() gives every tcp-like check its port
+    sock = await open_socket(check, stage, host or check.host, port)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
+    except BaseException:
+        sock.close()
+        raise
     if tls:
         try:
             await start_tls(writer, check, verify, stage, sni)
