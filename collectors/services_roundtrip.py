@@ -28,6 +28,7 @@ from collectors.services_base import (
     Outcome,
     Stage,
     certificates,
+    connect_to,
     hostport,
     label,
     open_socket,
@@ -94,7 +95,7 @@ async def _smtp_connect(check: ServiceCheck, stage: Stage, verify: bool) -> aios
     assert check.port is not None  # validate() gives it the submission port
     # Our connection (the name lookup and the connect as stages of their own), handed to
     # aiosmtplib; `hostname` is then the TLS name (SNI) only: server_name, as for every check.
-    sock = await open_socket(check, stage, check.host, check.port)
+    sock = await connect_to(check, stage, check.host, check.port, open_socket)
     smtp = aiosmtplib.SMTP(sock=sock, hostname=server_name(check), use_tls=check.tls,
                            start_tls=False, tls_context=context,
                            local_hostname=check.helo or "monitor.invalid", timeout=check.timeout)

@@ -17,8 +17,8 @@ from collectors.services_base import (
     Outcome,
     Stage,
     cert_verdict,
+    connect_to,
     label,
-    open_socket,
     peer_chain,
     plain_credentials,
     said,
@@ -55,17 +55,14 @@ async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | N
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A connection to the check's (or the given) host and port (name lookup and connection as
-    stages of their own: open_socket); with TLS, the handshake made as a stage of its own
+    stages of their own: connect_to); with TLS, the handshake made as a stage of its own
     after the connection is up."""
     tls = check.tls if tls is None else tls
     port = port or check.port
     assert port is not None  # validate() gives every tcp-like check its port
-    sock = await open_socket(check, stage, host or check.host, port)
-    try:
-        reader, writer = await asyncio.open_connection(sock=sock, limit=LINE_LIMIT)
-    except BaseException:
-        sock.close()
-        raise
+    reader, writer = await connect_to(
+        check, stage, host or check.host, port,
+        lambda family, address: asyncio.open_connection(address[0], port, limit=LINE_LIMIT))
     if tls:
         try:
             await start_tls(writer, check, verify, stage, sni)
