@@ -863,6 +863,22 @@ async def test_plugin_perfdata_per_the_guidelines(tmp_path):
     assert got["rta_seconds"].thresholds == Thresholds("0.2:", "@0.5:0.9", 0, None)
 
 
+async def test_hostile_perfdata_never_holds_the_loop(tmp_path):
+    """60 KB of blanks or of quotes after the "|" (a plugin that pads, or quotes a peer): the
+    perfdata is read in one pass. The old pattern tried every blank and every quote as a
+    label's start and scanned on to the end from each: 55 s of CPU each on the event loop,
+    beyond the test's time limit."""
+    pads = plugin_script(tmp_path, "check_pads", "printf 'OK | a=1'; head -c 60000 /dev/zero | "
+                         "tr '\\0' ' '; echo ' b=2'\n")
+    quotes = plugin_script(tmp_path, "check_quotes", "printf 'OK | a=1 '; head -c 60000 /dev/zero "
+                           "| tr '\\0' \"'\"; echo ' b=2'\n")
+    padded, quoted = await run(svc("plugin", name="pads", command=[str(pads)], timeout=30),
+                               svc("plugin", name="quotes", command=[str(quotes)], timeout=30))
+    for result in (padded, quoted):
+        assert result.state == State.OK, result.message
+        assert metric(result, "a").value == 1 and metric(result, "b").value == 2
+
+
 async def test_plugin_runs_in_a_minimal_c_locale_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("MONITOR_TEST_SECRET", "hunter2")
     monkeypatch.setenv("LANG", "de_DE.UTF-8")
