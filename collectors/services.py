@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from collectors.services_base import (
+    MATCHING,
     WAITING,
     Outcome,
     Stage,
@@ -102,6 +103,11 @@ async def run_check(check: ServiceCheck, target: str, now: float, contexts: TlsC
     except TimeoutError:
         if check.kind == "plugin":
             return Outcome(State.CRITICAL, plugin_timeout_message(check))
+        if stage.doing == MATCHING:  # the server answered: the check cannot judge the page
+            return Outcome(State.UNKNOWN, f"{_where(check, target)} answered, but expect_regex "
+                           f"{clean(check.expect_regex or '', 40)!r} did not finish matching "
+                           f"within {secs(check.timeout)}{stage.note}: does it backtrack without "
+                           "end? Simplify the pattern")
         if stage.doing.startswith("name lookup of "):  # http: the DNS stage, not the server
             return Outcome(State.CRITICAL, f"{_where(check, target)}: {stage.doing} timed out "
                            f"after {secs(check.timeout)}{stage.note}")

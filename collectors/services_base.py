@@ -9,10 +9,12 @@ import base64
 import contextlib
 import datetime
 import ipaddress
+import os
 import socket
 import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from monitor.config import ServiceCheck
@@ -21,6 +23,8 @@ from monitor.text import clean
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+C = TypeVar("C")  # what a connect_to connection is (streams, a socket)
 
 
 def hostport(host: str, port: int | None) -> str:
@@ -82,10 +86,21 @@ def secs(value: float) -> str:
     return f"{value:.3f} s" if value < 0.1 else f"{value:.2f} s"
 
 
+# The stage of an http check matching its expect_regex: the server has answered; a timeout
+# then is the pattern's (it backtracks without end over this page), not the server's.
+MATCHING = "expect_regex match"
+
+# Implicit TLS through aiosmtplib (a round trip's submission): one call makes the handshake and
+# reads the greeting, so a stall there is one of the two.
+TLS_AND_GREETING = "TLS handshake and greeting"
+
 # What a timeout message says for each stage a probe can be waiting in (else "sent no <stage>").
-WAITING = {"connect": "did not accept the connection", "greeting": "accepted the connection but "
-           "sent no greeting", "TLS handshake": "accepted the connection but the TLS handshake "
-           "did not complete", "answer": "sent no answer", "exit": "did not finish",
+WAITING = {"connect": "did not accept the connection",
+           "greeting": "accepted the connection but sent no greeting",
+           "TLS handshake": "accepted the connection but the TLS handshake did not complete",
+           TLS_AND_GREETING: "accepted the connection but the TLS handshake or the greeting "
+                             "after it did not complete",
+           "answer": "sent no answer", "exit": "did not finish",
            "delivery": "accepted the probe mail but it did not arrive in the mailbox"}
 
 
@@ -169,6 +184,71 @@ class Stage:
         self.note = ""  # more for a timeout message: where an http check was ("(after 1 redirect...)")
         self.cert: Outcome | None = None
         self.contexts = contexts
+
+
+async def look_up(check: ServiceCheck, stage: Stage, host: str, port: int,
+                  kind: socket.SocketKind = socket.SOCK_STREAM) -> list[tuple[int, tuple]]:
+    """(family, socket address) of `host` in the system resolver's order (/etc/hosts, then
+    DNS); an IP literal as it is. The lookup is a stage of its own: one that stalls is reported
+    as the name lookup's, never as a server that did not answer."""
+    for family in (socket.AF_INET, socket.AF_INET6):  # (inet_pton: a tenth of ip_address's CPU)
+        try:
+            socket.inet_pton(family, host)
+            return [(family, (host, port))]
+        except OSError:
+            continue
+    stage.doing = f"name lookup of {said(check, host, 60)}"
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=kind)
+    stage.doing = "connect"
+    return list(dict.fromkeys((int(family), sockaddr) for family, _, _, _, sockaddr in infos))
+
+
+async def connect_to(check: ServiceCheck, stage: Stage, host: str, port: int,
+                     connect: Callable[[int, tuple], Awaitable[C]]) -> C:
+    """`connect(family, address)` to each address of `host` in turn (as asyncio does) until one
+    takes: the name lookup and the connection as two stages. A refusal or an unreachable
+    network is the kernel's answer at once; the first address's error is the one reported."""
+    failure: OSError | None = None
+    for family, address in await look_up(check, stage, host, port):
+        try:
+            return await connect(family, address)
+        except OSError as exc:
+            failure = failure or exc
+    assert failure is not None  # getaddrinfo gives an address or raises
+    raise failure
+
+
+async def open_socket(family: int, address: tuple) -> socket.socket:
+    """A socket connected to a numeric address, for a library that takes one (aiosmtplib).
+    Not loop.sock_connect: uvloop's looks the address up again in libuv's thread pool, where
+    stalled name lookups may be queued."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        try:
+            sock.connect(address)
+            return sock
+        except (BlockingIOError, InterruptedError):
+            pass
+        loop = asyncio.get_running_loop()
+        writable = loop.create_future()
+
+        def ready() -> None:
+            if not writable.done():
+                writable.set_result(None)
+
+        loop.add_writer(sock, ready)
+        try:
+            await writable
+        finally:
+            loop.remove_writer(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            raise OSError(error, os.strerror(error))  # (ECONNREFUSED: ConnectionRefusedError)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def peer_chain(link: asyncio.BaseTransport | asyncio.StreamWriter | None) -> list[bytes]:

@@ -9,8 +9,6 @@ is reported from the kernel's ICMP port unreachable at once, not after the timeo
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
 import socket
 import time
 from dataclasses import replace
@@ -24,7 +22,7 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 
-from collectors.services_base import Outcome, Stage, hostport, secs
+from collectors.services_base import Outcome, Stage, hostport, look_up, secs
 from monitor.config import ServiceCheck
 from monitor.model import CheckResult, State
 from monitor.text import clean
@@ -36,21 +34,12 @@ def _norm(text: str) -> str:
     return text.strip().lower().rstrip(".").replace('"', "")
 
 
-async def _address(server: str) -> str:
-    try:
-        ipaddress.ip_address(server)
-        return server
-    except ValueError:
-        infos = await asyncio.get_running_loop().getaddrinfo(server, 53, type=socket.SOCK_DGRAM)
-        return str(infos[0][4][0])
-
-
 async def probe_dns(check: ServiceCheck, server: str, stage: Stage) -> Outcome:
     port = check.port or 53
     where = f"DNS {hostport(server, port)}"
     question = f"{clean(check.query or '', 80)} {check.query_type}"
+    address = str((await look_up(check, stage, server, port, socket.SOCK_DGRAM))[0][1][0])
     stage.doing = "answer"
-    address = await _address(server)
     assert check.query is not None  # the config requires it of a dns check
     query = dns.message.make_query(check.query, dns.rdatatype.from_text(check.query_type),
                                    use_edns=0, payload=EDNS_PAYLOAD, want_dnssec=check.dnssec)

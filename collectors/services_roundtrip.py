@@ -24,11 +24,14 @@ from email.utils import formatdate, make_msgid
 import aiosmtplib
 
 from collectors.services_base import (
+    TLS_AND_GREETING,
     Outcome,
     Stage,
     certificates,
+    connect_to,
     hostport,
     label,
+    open_socket,
     peer_chain,
     said,
     secs,
@@ -58,7 +61,9 @@ def _probe_mail(check: ServiceCheck, header: str) -> EmailMessage:
     message["To"] = check.rcpt_to
     message["Subject"] = f"monitor round trip {header}"
     message["Date"] = formatdate(localtime=False)
-    message["Message-ID"] = make_msgid("monitor-probe")
+    # The domain given: make_msgid's default asks the resolver for this host's name (getfqdn),
+    # blocking the event loop for as long as the resolver stalls.
+    message["Message-ID"] = make_msgid("monitor-probe", domain=(check.rcpt_to or "").rpartition("@")[2])
     message["X-Monitor-Probe"] = header
     message.set_content("A probe of the mail service by the monitoring agent; it deletes this "
                         "message itself as soon as it has arrived.\n")
@@ -87,10 +92,14 @@ def _smtp_errors(check: ServiceCheck, stage: Stage) -> Iterator[None]:
 
 async def _smtp_connect(check: ServiceCheck, stage: Stage, verify: bool) -> aiosmtplib.SMTP:
     context = await stage.contexts.get(check, verify)
-    smtp = aiosmtplib.SMTP(hostname=check.host, port=check.port, use_tls=check.tls,
+    assert check.port is not None  # validate() gives it the submission port
+    # Our connection (the name lookup and the connect as stages of their own), handed to
+    # aiosmtplib; `hostname` is then the TLS name (SNI) only: server_name, as for every check.
+    sock = await connect_to(check, stage, check.host, check.port, open_socket)
+    smtp = aiosmtplib.SMTP(sock=sock, hostname=server_name(check), use_tls=check.tls,
                            start_tls=False, tls_context=context,
                            local_hostname=check.helo or "monitor.invalid", timeout=check.timeout)
-    stage.doing = "connect"
+    stage.doing = TLS_AND_GREETING if check.tls else "greeting"
     try:
         with _smtp_errors(check, stage):
             await smtp.connect()
@@ -99,6 +108,7 @@ async def _smtp_connect(check: ServiceCheck, stage: Stage, verify: bool) -> aios
                 await smtp.starttls(server_hostname=server_name(check))
     except BaseException:
         smtp.close()
+        sock.close()  # (smtp.close() closes it only once aiosmtplib has made its transport)
         raise
     return smtp
 

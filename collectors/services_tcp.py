@@ -17,6 +17,7 @@ from collectors.services_base import (
     Outcome,
     Stage,
     cert_verdict,
+    connect_to,
     label,
     peer_chain,
     plain_credentials,
@@ -53,12 +54,15 @@ class ProtocolError(Exception):
 async def connect(check: ServiceCheck, stage: Stage, verify: bool, host: str | None = None,
                   port: int | None = None, tls: bool | None = None, sni: str | None = None
                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A connection to the check's (or the given) host and port; with TLS, the handshake made as
-    a stage of its own after the connection is up."""
+    """A connection to the check's (or the given) host and port (name lookup and connection as
+    stages of their own: connect_to); with TLS, the handshake made as a stage of its own
+    after the connection is up."""
     tls = check.tls if tls is None else tls
-    stage.doing = "connect"
-    reader, writer = await asyncio.open_connection(host or check.host, port or check.port,
-                                                   limit=LINE_LIMIT)
+    port = port or check.port
+    assert port is not None  # validate() gives every tcp-like check its port
+    reader, writer = await connect_to(
+        check, stage, host or check.host, port,
+        lambda family, address: asyncio.open_connection(address[0], port, limit=LINE_LIMIT))
     if tls:
         try:
             await start_tls(writer, check, verify, stage, sni)

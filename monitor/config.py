@@ -535,9 +535,11 @@ class ServiceCheck:
             raise Invalid("expect_text" if self.expect_text is not None else "expect_regex",
                           'a method = "HEAD" answer has no body to look in')
         if self.expect_regex is not None:
+            import regex  # the module the check matches with (collectors.services_http)
+
             try:
-                re.compile(self.expect_regex)
-            except re.error as exc:
+                regex.compile(self.expect_regex)
+            except regex.error as exc:
                 raise Invalid("expect_regex", f"not a valid regular expression: {exc}") from None
         if self.proxy is not None:
             parts = urlsplit(self.proxy)

@@ -101,7 +101,8 @@ def server_context(cert: tuple[Path, Path]) -> ssl.SSLContext:
     return context
 
 
-async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[asyncio.Server, int]:
+async def serve(handler: Handler, tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+                ) -> tuple[asyncio.Server, int]:
     async def wrapped(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await handler(reader, writer)
@@ -110,15 +111,20 @@ async def serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[as
         finally:
             writer.transport.abort()
 
-    server = await asyncio.start_server(wrapped, "127.0.0.1", 0, ssl=tls)
+    server = await asyncio.start_server(wrapped, host, 0, ssl=tls)
     return server, server.sockets[0].getsockname()[1]
 
 
-def closed_port() -> int:
+def hostport(host: str, port: int) -> str:
+    """ "127.0.0.1:25", "[::1]:25": as the messages name a server."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def closed_port(host: str = "127.0.0.1") -> int:
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

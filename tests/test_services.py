@@ -20,6 +20,8 @@ from tests.conftest import ROOT
 from tests.smtp_helpers import Recorder, start_smtp
 
 PLUGINS = Path("/usr/lib/nagios/plugins")
+# The loopback addresses every kind is tested on (::1 where this machine has it).
+LOOPBACKS = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
 
 
 def svc(kind: str, port: int | None = None, name: str = "svc", **kw) -> ServiceCheck:
@@ -50,8 +52,8 @@ def metric(result, name: str):
 async def servers():
     started = []
 
-    async def start(handler, tls=None):
-        server, port = await srv.serve(handler, tls)
+    async def start(handler, tls=None, host="127.0.0.1"):
+        server, port = await srv.serve(handler, tls, host)
         started.append(server)
         return port
 
@@ -74,14 +76,17 @@ def certs(tmp_path_factory):
 # -- tcp and line protocols ---------------------------------------------------------------------
 
 
-async def test_tcp_connect_send_expect_and_closed_port(servers):
-    port = await servers(srv.banner("hello there"))
+@pytest.mark.parametrize("host", LOOPBACKS)
+async def test_tcp_connect_send_expect_and_closed_port(servers, host):
+    port = await servers(srv.banner("hello there"), host=host)
     ok, expect, missing, closed = await run(
-        svc("tcp", port, "plain"), svc("tcp", port, "expect", send="hi\r\n", expect="hello"),
-        svc("tcp", port, "missing", expect="welcome", timeout=1),
-        svc("tcp", srv.closed_port(), "closed"))
+        svc("tcp", port, "plain", host=host),
+        svc("tcp", port, "expect", host=host, send="hi\r\n", expect="hello"),
+        svc("tcp", port, "missing", host=host, expect="welcome", timeout=1),
+        svc("tcp", srv.closed_port(host), "closed", host=host))
     assert ok.state == State.OK and "accepted the connection" in ok.message
-    assert ok.target == "127.0.0.1" and ok.check == "plain"
+    assert ok.message.startswith(f"TCP {srv.hostport(host, port)} accepted the connection in ")
+    assert ok.target == host and ok.check == "plain"
     assert metric(ok, "response_seconds").value >= 0
     assert metric(ok, "response_seconds").instance == "plain"
     assert expect.state == State.OK and "'hello there'" in expect.message
@@ -386,7 +391,10 @@ async def test_nagios_plugins(servers):
     port = await servers(srv.banner("220 ready"))
     web = await servers(srv.http)
     closed = srv.closed_port()
-    tcp, dead, http, hung, flood = await run(
+    six = [await servers(srv.banner("220 ready"), host="::1")] if "::1" in LOOPBACKS else []
+    *tcp_six, tcp, dead, http, hung, flood = await run(
+        *(svc("plugin", name="check_tcp6", command=[str(PLUGINS / "check_tcp"), "-6", "-H", "::1",
+                                                    "-p", str(p)]) for p in six),
         svc("plugin", name="check_tcp", command=[str(PLUGINS / "check_tcp"), "-H", "127.0.0.1",
                                                    "-p", str(port)]),
         svc("plugin", name="check_tcp_dead", command=[str(PLUGINS / "check_tcp"), "-H",
@@ -397,7 +405,8 @@ async def test_nagios_plugins(servers):
         # Endless output: read up to its bound, then the timeout; the kill must not hang on the
         # pipe the reader stopped draining.
         svc("plugin", name="flood", command=["/usr/bin/yes", "OK | x=1"], timeout=0.5))
-    assert tcp.state == State.OK and tcp.message.startswith("TCP OK")
+    for result in (tcp, *tcp_six):
+        assert result.state == State.OK and result.message.startswith("TCP OK"), result.message
     assert tcp.target == "localhost"
     assert metric(tcp, "time_seconds").unit == "s"
     assert dead.state == State.CRITICAL and "refused" in dead.message.lower()
@@ -485,6 +494,87 @@ async def test_ipv6_loopback_and_a_name_with_several_addresses():
     finally:
         server.close()
         await server.wait_closed()
+
+
+def own_resolver(tmp_path: Path, hosts: str, nameserver: str) -> list[str] | None:
+    """argv that runs a command with its own /etc/hosts and resolv.conf (bound over the real
+    ones in a mount namespace of its own: the machine's stay as they are); None where this
+    machine cannot do that."""
+    import shutil
+    import subprocess
+
+    (tmp_path / "hosts").write_text(hosts)
+    # One attempt of 3 s: the lookup outlives the check's timeout, not the test.
+    (tmp_path / "resolv.conf").write_text(f"nameserver {nameserver}\noptions timeout:3 attempts:1\n")
+    script = (f'mount --bind "{tmp_path}/hosts" /etc/hosts && '
+              f'mount --bind "{tmp_path}/resolv.conf" /etc/resolv.conf && exec "$@"')
+    argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+    if shutil.which("unshare") is None or os.geteuid() != 0 or subprocess.run(
+            [*argv, "grep", "-q", "own.test", "/etc/hosts"]).returncode != 0:
+        return None
+    return argv
+
+
+async def test_names_through_the_system_resolver(tmp_path, write_config, servers):
+    """The system's resolver as a user has it, in `monitor services` on the agent's loop: a
+    name with an IPv4 and an IPv6 address (each tried in turn, whichever listens), and a DNS
+    server that takes the query and never answers: every kind that looks a name up says it
+    was the name lookup that stalled, not the server ("did not accept the connection"
+    before), and five stalled lookups do not hold the lookups of other names (libuv's four
+    lookup threads did)."""
+    from tests.conftest import MONITOR
+
+    if "::1" not in LOOPBACKS:
+        pytest.skip("no IPv6 loopback here")
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.53.53.53", 53))  # (a resolv.conf server has no port: 53; an address no one uses)
+    try:
+        argv = own_resolver(tmp_path, "127.0.0.1 localhost\n127.0.0.1 both.own.test\n"
+                                      "::1 both.own.test\n", "127.53.53.53")
+        if argv is None:
+            pytest.skip("no mount namespace for a resolver of our own here")
+        four = await servers(srv.banner("220 v4"), host="127.0.0.1")
+        six = await servers(srv.banner("220 v6"), host="::1")
+        nowhere = srv.closed_port("::1")
+        stalled = "mail.stalled.test"
+        table = """
+            [[services]]
+            name = "{name}"
+            kind = "{kind}"
+            {keys}
+            timeout = "1s"
+        """
+        checks = {
+            "on-v4": f'host = "both.own.test"\nport = {four}\nexpect = "220"', "on-v6":
+            f'host = "both.own.test"\nport = {six}\nexpect = "220"', "nowhere":
+            f'host = "both.own.test"\nport = {nowhere}', "smtp": f'host = "{stalled}"',
+            "http": f'host = "{stalled}"', "dns": f'server = "{stalled}"\nquery = "example.net"',
+            "pop3": f'host = "{stalled}"',
+            "roundtrip": f'host = "{stalled}"\ntls = true\nusername = "p@example.net"\n'
+                         f'password_file = "{tmp_path / "secret"}"'}
+        (tmp_path / "secret").write_text("secret\n")
+        (tmp_path / "secret").chmod(0o600)
+        kinds = {"on-v4": "tcp", "on-v6": "tcp", "nowhere": "tcp"}
+        config = write_config("".join(table.format(name=name, kind=kinds.get(name, name), keys=keys)
+                                      for name, keys in checks.items()))
+        proc = await asyncio.create_subprocess_exec(
+            *argv, *MONITOR, "--config", str(config), "services", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, cwd=ROOT)
+        out, err = await proc.communicate()
+    finally:
+        silent.close()
+    # "CRITICAL smtp: SMTP mail.stalled.test:25: ..." -> {"smtp": "SMTP mail..."}
+    said = dict(line.split(None, 1)[1].split(": ", 1) for line in out.decode().splitlines())
+    assert set(said) == set(checks), (out, err)
+    assert said["on-v4"].startswith(f"TCP both.own.test:{four} answered '220 v4'"), said
+    assert said["on-v6"].startswith(f"TCP both.own.test:{six} answered '220 v6'"), said
+    assert said["nowhere"].startswith(f"TCP both.own.test:{nowhere} refused the connection"), said
+    lookup = f"name lookup of {stalled} timed out after 1.00 s"
+    assert said["smtp"] == f"SMTP {stalled}:25: {lookup}", said
+    assert said["http"] == f"HTTP {stalled}:80: {lookup}", said
+    assert said["dns"] == f"DNS {stalled}:53: {lookup}", said
+    assert said["pop3"] == f"POP3 {stalled}:110: {lookup}", said
+    assert said["roundtrip"] == f"MAIL ROUND TRIP {stalled}:465: {lookup}", said
 
 
 def test_defaults_and_grouping(write_config):
@@ -605,37 +695,76 @@ async def test_stalled_tls_handshake_is_named(servers):
         writer.write(b"m1 OK Begin TLS negotiation now.\r\n")
         await srv.stall(reader, writer)
 
-    stall = await servers(srv.stall)
+    stalls = [(host, await servers(srv.stall, host=host)) for host in LOOPBACKS]
     imap = await servers(starttls_then_stall)
-    smtps, imap_starttls = await run(svc("smtp", stall, "smtps", tls=True, timeout=1),
-                                     svc("imap", imap, "imap", starttls=True, timeout=1))
-    assert smtps.message == (f"SMTPS 127.0.0.1:{stall} accepted the connection but the TLS "
-                             "handshake did not complete within 1.00 s")
+    login = {"username": "probe", "password": "secret", "rcpt_to": "probe@example.net"}
+    results = await run(
+        *(svc("smtp", port, f"smtps-{host}", host=host, tls=True, timeout=1) for host, port in stalls),
+        *(svc("roundtrip", port, f"roundtrip-{host}", host=host, tls=True, timeout=1, **login)
+          for host, port in stalls),
+        svc("imap", imap, "imap", starttls=True, timeout=1))
+    smtps, roundtrips, imap_starttls = results[:len(stalls)], results[len(stalls):-1], results[-1]
+    for result, (host, port) in zip(smtps, stalls, strict=True):
+        assert result.message == (f"SMTPS {srv.hostport(host, port)} accepted the connection but "
+                                  "the TLS handshake did not complete within 1.00 s")
+    for result, (host, port) in zip(roundtrips, stalls, strict=True):
+        # (aiosmtplib makes the handshake and reads the greeting in one call)
+        assert result.message == (f"MAIL ROUND TRIP {srv.hostport(host, port)} accepted the "
+                                  "connection but the TLS handshake or the greeting after it did "
+                                  "not complete within 1.00 s")
     assert imap_starttls.message == (f"IMAP 127.0.0.1:{imap} accepted the connection but the TLS "
                                      "handshake did not complete within 1.00 s")
 
 
+async def test_server_name_is_the_sni_of_every_tls_kind(servers, certs):
+    """Every kind that speaks TLS sends server_name as the SNI, on 127.0.0.1 and ::1: a server
+    with a certificate per name chooses by it (the round trip's submission through aiosmtplib
+    sent the host before)."""
+    seen: dict[int, list[str | None]] = {}
+
+    def recording(port_of: list[int]):
+        context = srv.server_context(certs["valid"])
+        context.sni_callback = lambda sslobj, name, ctx: seen[port_of[0]].append(name)
+        return context
+
+    async def greet(reader, writer):
+        writer.write(b"nothing useful\r\n")
+        await writer.drain()
+
+    kinds = ("tcp", "smtp", "imap", "pop3", "ftp", "https", "roundtrip")
+    checks = []
+    for host in LOOPBACKS:
+        for kind in kinds:
+            port_of: list[int] = []
+            port = await servers(greet, recording(port_of), host=host)
+            port_of.append(port)
+            seen[port] = []
+            extra = ({"username": "probe", "password": "secret", "rcpt_to": "probe@example.net"}
+                     if kind == "roundtrip" else {})
+            checks.append(svc(kind, port, f"{kind}-{host}", host=host, tls=True, verify=False,
+                              server_name="mail.example.net", timeout=2, **extra))
+    await run(*checks)
+    assert {check.name: seen[check.port] for check in checks} == {
+        check.name: ["mail.example.net"] for check in checks}
+
+
 async def test_smtp_check_against_real_sshd_is_judged_by_its_first_line(tmp_path):
     with daemons.sshd(tmp_path) as port:
-        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
-        smtp = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in hosts))
-        ssh = await run(*(svc("ssh", port, f"ssh-{h}", host=h) for h in hosts))
-    for result, host in zip(ssh, hosts, strict=True):
+        smtp = await run(*(svc("smtp", port, f"smtp-{h}", host=h, timeout=30) for h in LOOPBACKS))
+        ssh = await run(*(svc("ssh", port, f"ssh-{h}", host=h) for h in LOOPBACKS))
+    for result, host in zip(ssh, LOOPBACKS, strict=True):
         assert result.state == State.OK, result.message
-        assert result.message.startswith(f"SSH {srv_hostport(host, port)} answered SSH-2.0-OpenSSH")
-    for result, host in zip(smtp, hosts, strict=True):
+        assert result.message.startswith(f"SSH {srv.hostport(host, port)} answered SSH-2.0-OpenSSH")
+    for result, host in zip(smtp, LOOPBACKS, strict=True):
         # Judged on the line it sent, not after the 30 s timeout ("sent no greeting within").
         assert result.state == State.CRITICAL
-        assert result.message.startswith(f"SMTP {srv_hostport(host, port)} answered 'SSH-2.0-OpenSSH")
+        assert result.message.startswith(f"SMTP {srv.hostport(host, port)} answered 'SSH-2.0-OpenSSH")
         assert "instead of an SMTP greeting in " in result.message, result.message
         assert metric(result, "response_seconds").value is not None
 
 
-def srv_hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-async def test_a_5000_line_greeting_is_read_to_its_end_before_ehlo(servers):
+@pytest.mark.parametrize("host", LOOPBACKS)
+async def test_a_5000_line_greeting_is_read_to_its_end_before_ehlo(servers, host):
     async def chatty_smtp(reader, writer):
         writer.write(b"".join(b"220-line %d of the greeting\r\n" % i for i in range(4999))
                      + b"220 mail.example.net ESMTP ready\r\n")
@@ -651,23 +780,23 @@ async def test_a_5000_line_greeting_is_read_to_its_end_before_ehlo(servers):
             writer.write(b"220-" + b"x" * 1000 + b"\r\n")
             await writer.drain()
 
-    chatty = await servers(chatty_smtp)
-    endless = await servers(endless_greeting)
-    ok, bounded = await run(svc("smtp", chatty, "chatty"), svc("smtp", endless, "endless"))
+    chatty = await servers(chatty_smtp, host=host)
+    endless = await servers(endless_greeting, host=host)
+    ok, bounded = await run(svc("smtp", chatty, "chatty", host=host),
+                            svc("smtp", endless, "endless", host=host))
     assert ok.state == State.OK, ok.message
-    assert ok.message.startswith(f"SMTP 127.0.0.1:{chatty} answered 220 in ")
+    assert ok.message.startswith(f"SMTP {srv.hostport(host, chatty)} answered 220 in ")
     assert bounded.state == State.CRITICAL
-    assert bounded.message == f"SMTP 127.0.0.1:{endless} sent a greeting longer than 1024 KiB"
+    assert bounded.message == f"SMTP {srv.hostport(host, endless)} sent a greeting longer than 1024 KiB"
 
 
 async def test_refused_udp_dns_is_reported_at_once():
     closed = daemons.free_port(socket.SOCK_DGRAM)
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
-    results = await run(svc("dns", closed, "dns", query="www.example.net", servers=hosts, timeout=30))
+    results = await run(svc("dns", closed, "dns", query="www.example.net", servers=LOOPBACKS, timeout=30))
     for result in results:
         # The kernel's ICMP port unreachable, not the 30 s timeout.
         assert result.state == State.CRITICAL
-        assert result.message.startswith(f"DNS {srv_hostport(result.target, closed)} refused the "
+        assert result.message.startswith(f"DNS {srv.hostport(result.target, closed)} refused the "
                                          "query www.example.net A over UDP (port unreachable) in ")
 
 
@@ -678,13 +807,12 @@ async def test_dns_edns0_brings_a_large_answer_over_udp_from_real_unbound(tmp_pa
             *(f"local-data: 'big.example.test. 300 IN TXT \"{t}\"'" for t in texts),
             'local-data: "www.example.test. 300 IN AAAA 2001:db8::10"']
     with daemons.unbound(tmp_path, zone, tcp=False) as port:
-        hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
         results = await run(
-            svc("dns", port, "big", query="big.example.test", query_type="TXT", servers=hosts,
+            svc("dns", port, "big", query="big.example.test", query_type="TXT", servers=LOOPBACKS,
                 expect_answers=[f'"{t}"' for t in texts]),
-            svc("dns", port, "www", query="www.example.test", query_type="AAAA", servers=hosts,
+            svc("dns", port, "www", query="www.example.test", query_type="AAAA", servers=LOOPBACKS,
                 expect_answers=["2001:db8::10"]))
-    assert len(results) == 2 * len(hosts)
+    assert len(results) == 2 * len(LOOPBACKS)
     for result in results:
         assert result.state == State.OK, result.message  # TCP/53 is closed: UDP carried it
         assert "over TCP" not in result.message
@@ -733,6 +861,22 @@ async def test_plugin_perfdata_per_the_guidelines(tmp_path):
     # Ranges and limits in the stored unit (ms -> s), as the plugin gave them otherwise.
     assert got["rta_seconds"].value == pytest.approx(0.25)
     assert got["rta_seconds"].thresholds == Thresholds("0.2:", "@0.5:0.9", 0, None)
+
+
+async def test_hostile_perfdata_never_holds_the_loop(tmp_path):
+    """60 KB of blanks or of quotes after the "|" (a plugin that pads, or quotes a peer): the
+    perfdata is read in one pass. The old pattern tried every blank and every quote as a
+    label's start and scanned on to the end from each: 55 s of CPU each on the event loop,
+    beyond the test's time limit."""
+    pads = plugin_script(tmp_path, "check_pads", "printf 'OK | a=1'; head -c 60000 /dev/zero | "
+                         "tr '\\0' ' '; echo ' b=2'\n")
+    quotes = plugin_script(tmp_path, "check_quotes", "printf 'OK | a=1 '; head -c 60000 /dev/zero "
+                           "| tr '\\0' \"'\"; echo ' b=2'\n")
+    padded, quoted = await run(svc("plugin", name="pads", command=[str(pads)], timeout=30),
+                               svc("plugin", name="quotes", command=[str(quotes)], timeout=30))
+    for result in (padded, quoted):
+        assert result.state == State.OK, result.message
+        assert metric(result, "a").value == 1 and metric(result, "b").value == 2
 
 
 async def test_plugin_runs_in_a_minimal_c_locale_environment(tmp_path, monkeypatch):
@@ -804,8 +948,7 @@ async def test_ping_reports_median_and_jitter(tmp_path):
     assert metric(result, "rtt_median_seconds").value == pytest.approx(0.0225)
     assert metric(result, "rtt_jitter_seconds").value == pytest.approx(0.035 / 3)
     assert ServiceCheck(name="p", kind="ping", host="a").count == 20  # SmokePing's default
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
-    for host in hosts:
+    for host in LOOPBACKS:
         real = await one(svc("ping", name="lo", host=host, count=3, ping_interval=0.2, timeout=5))
         if real.state == State.OK:
             assert real.message.startswith(f"PING {host}: 0% loss, rtt min/avg/max ")
@@ -960,19 +1103,18 @@ def postfix(dovecot):
 
 async def test_imap_and_pop3_login_against_dovecot(dovecot):
     ports = dovecot.ports
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
 
     def login(kind: str, port_name: str, host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
         return svc(kind, ports[port_name], f"{port_name}-{host}-{password[:3]}", host=host,
                    ca_file=dovecot.ca, username="probe@example.test", password=password, **kw)
 
     checks = []
-    for host in hosts:
+    for host in LOOPBACKS:
         checks += [login("imap", "imap", host, starttls=True), login("imap", "imaps", host, tls=True),
                    login("pop3", "pop3", host, starttls=True), login("pop3", "pop3s", host, tls=True)]
     good = await run(*checks)
     bad_imap, bad_pop3 = await run(login("imap", "imaps", "127.0.0.1", "wrong", tls=True),
-                                   login("pop3", "pop3s", hosts[-1], "wrong", tls=True))
+                                   login("pop3", "pop3s", LOOPBACKS[-1], "wrong", tls=True))
     for result in good:
         assert result.state == State.OK, result.message
         assert ", logged in as 'probe@example.test' in " in result.message
@@ -980,7 +1122,7 @@ async def test_imap_and_pop3_login_against_dovecot(dovecot):
     assert bad_imap.state == State.CRITICAL and bad_pop3.state == State.CRITICAL
     assert bad_imap.message.startswith(f"IMAPS 127.0.0.1:{ports['imaps']} refused the login of "
                                        "'probe@example.test': 'NO [AUTHENTICATIONFAILED]")
-    assert bad_pop3.message.startswith(f"POP3S {srv_hostport(hosts[-1], ports['pop3s'])} refused "
+    assert bad_pop3.message.startswith(f"POP3S {srv.hostport(LOOPBACKS[-1], ports['pop3s'])} refused "
                                        "the login of 'probe@example.test': '-ERR [AUTH] "
                                        "Authentication failed.'")
     for result in [*good, bad_imap, bad_pop3]:
@@ -1016,14 +1158,13 @@ def test_login_config(write_config, tmp_path):
 
 
 async def test_smtp_auth_login_against_postfix(postfix, dovecot):
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
 
     def login(host: str, password: str = PASSWORD) -> ServiceCheck:
         return svc("smtp", postfix["submission"], f"submission-{host}-{password[:3]}", host=host,
                    starttls=True, ca_file=dovecot.ca, username="probe@example.test",
                    password=password)
 
-    good = await run(*(login(h) for h in hosts))
+    good = await run(*(login(h) for h in LOOPBACKS))
     bad, = await run(login("127.0.0.1", "wrong"))
     for result in good:
         assert result.state == State.OK, result.message
@@ -1035,20 +1176,19 @@ async def test_smtp_auth_login_against_postfix(postfix, dovecot):
 
 
 async def test_mail_round_trip_through_postfix_and_dovecot(postfix, dovecot):
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
 
     def roundtrip(host: str, password: str = PASSWORD, **kw) -> ServiceCheck:
         return svc("roundtrip", postfix["submission"], f"rt-{host}-{password[:3]}", host=host,
                    starttls=True, ca_file=dovecot.ca, username="probe@example.test",
                    password=password, imap_port=dovecot.ports["imaps"], timeout=20, **kw)
 
-    results = await run(*(roundtrip(h) for h in hosts), concurrency=1)
-    for result, host in zip(results, hosts, strict=True):
+    results = await run(*(roundtrip(h) for h in LOOPBACKS), concurrency=1)
+    for result, host in zip(results, LOOPBACKS, strict=True):
         assert result.state == State.OK, result.message
         assert result.message.startswith(
-            f"MAIL ROUND TRIP {srv_hostport(host, postfix['submission'])} delivered a probe to "
+            f"MAIL ROUND TRIP {srv.hostport(host, postfix['submission'])} delivered a probe to "
             "probe@example.test in ")
-        assert f"found over IMAPS {srv_hostport(host, dovecot.ports['imaps'])})" in result.message
+        assert f"found over IMAPS {srv.hostport(host, dovecot.ports['imaps'])})" in result.message
         assert metric(result, "delivery_seconds").value > 0
         assert "certificate valid for 90 days" in result.message
     # Found and deleted: the mailbox holds no probe afterwards.
@@ -1081,12 +1221,11 @@ async def test_a_refused_imap_certificate_is_judged_and_costs_no_second_probe(tm
 
 
 async def test_ftp_against_real_vsftpd():
-    hosts = ["127.0.0.1", *(["::1"] if daemons.ipv6_loopback() else [])]
     with daemons.vsftpd() as port:
-        results = await run(*(svc("ftp", port, f"ftp-{h}", host=h) for h in hosts))
-    for result, host in zip(results, hosts, strict=True):
+        results = await run(*(svc("ftp", port, f"ftp-{h}", host=h) for h in LOOPBACKS))
+    for result, host in zip(results, LOOPBACKS, strict=True):
         assert result.state == State.OK, result.message
-        assert result.message.startswith(f"FTP {srv_hostport(host, port)} answered 220 in ")
+        assert result.message.startswith(f"FTP {srv.hostport(host, port)} answered 220 in ")
         assert result.message.endswith("(monitor test FTP ready)")
 
 

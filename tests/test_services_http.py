@@ -14,9 +14,14 @@ from monitor.model import State
 from tests import daemons
 from tests import http_servers as web
 from tests import service_servers as srv
-from tests.test_services import metric, one, run, servers, svc
+from tests.test_services import LOOPBACKS, metric, one, run, servers, svc
 
 __all__ = ["servers"]  # the fixture, imported for these tests
+
+
+# Exponential in the length of a run of "a" with no "b" after it (in re and regex alike:
+# 40 a are minutes).
+CATASTROPHIC = r"(a|aa)+b"
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +262,9 @@ async def test_a_64_mib_chunk_or_a_gzip_bomb_neither_holds_the_loop_nor_outlives
     tls = await servers(web.huge_chunk, tls=srv.server_context(pair))
     endless = await servers(web.trickle)
     bomb = await servers(web.answers(await asyncio.to_thread(web.gzip_bomb)))
-    big, big_tls, never, small, bombed = await run(
+    six = [await servers(web.huge_chunk, host="::1")] if "::1" in LOOPBACKS else []
+    *big_six, big, big_tls, never, small, bombed = await run(
+        *(svc("http", port, "big-six", host="::1", timeout=5, expect_text="needle") for port in six),
         svc("http", plain, "big", timeout=5, expect_text="needle"),
         svc("https", tls, "big-tls", timeout=5, ca_file=pair[0]),
         svc("http", endless, "never", timeout=2),
@@ -265,8 +272,9 @@ async def test_a_64_mib_chunk_or_a_gzip_bomb_neither_holds_the_loop_nor_outlives
         svc("http", bomb, "bomb", timeout=5))
     assert bombed.state == State.OK, bombed.message
     assert "(1048576 bytes, more not read)" in bombed.message
-    assert big.state == State.OK, big.message
-    assert "more not read" in big.message
+    for result in (big, *big_six):
+        assert result.state == State.OK, result.message
+        assert "more not read" in result.message
     assert big_tls.state == State.OK, big_tls.message
     assert "(1048576 bytes, more not read)" in big_tls.message
     assert small.state == State.CRITICAL
@@ -349,13 +357,40 @@ async def test_post_with_a_body_and_a_regex(servers):
     assert "but nothing matched 'POST'" in no_match.message
 
 
-async def test_a_stalled_tls_handshake_says_so(servers):
-    port = await servers(srv.stall)
+async def test_a_catastrophic_expect_regex_holds_neither_the_loop_nor_a_thread(servers, heartbeat):
+    """A pattern from the config that backtracks without end over the page: the loop keeps its
+    turns (re held the GIL for as long as it matched, thread or not), the check ends at its
+    timeout, UNKNOWN (the server answered; the check cannot judge), and the thread that
+    matched is free again, not busy for the rest of the agent's life."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = b"a" * 40 + b"!"
+    page = await servers(web.answers(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                     + body))
+    one_thread = ThreadPoolExecutor(1)  # the matching runs on the loop's default executor
+    asyncio.get_running_loop().set_default_executor(one_thread)
+    stuck, fine = await run(svc("http", page, "stuck", expect_regex=CATASTROPHIC, timeout=1),
+                            svc("http", page, "fine", expect_regex=r"a{40}!", timeout=10))
+    assert fine.state == State.OK, fine.message
+    assert stuck.state == State.UNKNOWN, stuck.message
+    assert stuck.message == (f"HTTP 127.0.0.1:{page} answered, but expect_regex "
+                             f"{CATASTROPHIC!r} did not finish matching within 1.00 s (41 bytes): "
+                             "does it backtrack without end? Simplify the pattern")
+    assert heartbeat.ticks > 10, heartbeat.ticks  # (about 100 fit in that second)
+    # The one thread is free again: it gave up at the check's timeout (with re, it would
+    # match for longer than this test lives). 30 s is a bound for a hung test, not a target.
+    assert await asyncio.wait_for(asyncio.to_thread(str, "free"), 30) == "free"
+    one_thread.shutdown(wait=False)
+
+
+@pytest.mark.parametrize("host", LOOPBACKS)
+async def test_a_stalled_tls_handshake_says_so(servers, host):
+    port = await servers(srv.stall, host=host)
     # (Long enough for a busy machine to make the TLS context and connect.)
-    result = await one(svc("https", port, "stalled", timeout=2))
+    result = await one(svc("https", port, "stalled", host=host, timeout=2))
     assert result.state == State.CRITICAL
-    assert result.message == (f"HTTPS 127.0.0.1:{port} accepted the connection but the TLS "
-                              "handshake did not complete within 2.00 s")
+    assert result.message == (f"HTTPS {srv.hostport(host, port)} accepted the connection but the "
+                              "TLS handshake did not complete within 2.00 s")
 
 
 def test_http_config_errors(write_config, tmp_path):
