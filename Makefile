@@ -10,7 +10,8 @@ APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev 
 	borgbackup systemd systemd-journal-remote sudo \
 	unbound openssh-server postfix dovecot-imapd dovecot-pop3d dovecot-lmtpd vsftpd nginx \
 	monitoring-plugins-standard bind9-dnsutils \
-	redis-server nut-server nut-client munin munin-node munin-plugins-core fping logrotate
+	redis-server nut-server nut-client munin munin-node munin-plugins-core fping \
+	prometheus-node-exporter logrotate
 STAMP := $(VENV)/.installed
 NATIVE := collectors/_maildir_sizes.so
 

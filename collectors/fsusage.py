@@ -53,6 +53,25 @@ def parse_mounts(text: str) -> list[Mount]:
     return list(by_point.values())
 
 
+def bind_mounts_of_parts(mountinfo: str) -> set[str]:
+    """Mount points (from /proc/PID/mountinfo text) that show a directory of a file system whose
+    whole (or a part holding that directory) is mounted elsewhere: bind mounts, such as the ones
+    systemd makes for a hardened unit (ProtectSystem=, StateDirectory=, ReadWritePaths=). Their
+    usage is the other mount's, so they are no disks of their own. Btrfs subvolumes mounted side
+    by side (roots /@ and /@home) are not parts of each other and stay."""
+    roots: dict[str, list[tuple[str, str]]] = {}  # device "major:minor" -> [(root, mount point)]
+    for line in mountinfo.splitlines():
+        parts = line.split()
+        if len(parts) >= 5:
+            roots.setdefault(parts[2], []).append((_unescape(parts[3]), _unescape(parts[4])))
+    inside = set()
+    for mounts in roots.values():
+        for root, point in mounts:
+            if any(other != root and root.startswith(other.rstrip("/") + "/") for other, _ in mounts):
+                inside.add(point)
+    return inside
+
+
 def select_mounts(mounts: Iterable[Mount], include: list[str], exclude: list[str],
                   exclude_fs_types: list[str]) -> list[Mount]:
     """Mounts to check: matching `include` (empty: all), not `exclude`, not an excluded fs type."""
@@ -257,7 +276,16 @@ async def collect_usage(target: str, mounts_file: Path, include: list[str], excl
         return [CheckResult(target, "disks", State.UNKNOWN,
                             f"cannot read the mount table {mounts_file}: {exc.strerror}; "
                             "set [disks] mounts to the right file", timestamp=clock())]
-    selected = select_mounts(parse_mounts(text), include, exclude, exclude_fs_types)
+    mounts = parse_mounts(text)
+    if Path(mounts_file).parent.parent == Path("/proc"):  # /proc/self/mounts: the same in detail
+        try:
+            info = await asyncio.to_thread(Path(mounts_file).with_name("mountinfo").read_text,
+                                           encoding="utf-8", errors="surrogateescape")
+        except OSError:
+            info = ""
+        parts = bind_mounts_of_parts(info)
+        mounts = [m for m in mounts if m.mountpoint not in parts]
+    selected = select_mounts(mounts, include, exclude, exclude_fs_types)
 
     async def one(mount: Mount) -> CheckResult:
         shown = clean(mount.mountpoint, 200)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import pwd
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -93,8 +94,7 @@ def parse(plugin: str, lines: Iterable[str], out: Parsed | None = None) -> Parse
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition(" ")
-        value = value.strip()
+        key, value = (*re.split(r"\s+", line, maxsplit=1), "")[:2]
         if key == "multigraph":
             graph = None
             if PLUGIN_NAME.fullmatch(value) and (value in out.graphs or len(out.graphs) < MAX_GRAPHS):
@@ -197,6 +197,120 @@ async def run_plugin(path: Path, env: dict[str, str], timeout: float) -> tuple[l
     except OSError as exc:  # no such file, not executable, no #! line: this plugin's problem
         raise PluginFailed(f"plugin {cannot_run(str(path), exc)}") from None
     return outputs[0], outputs[1]
+
+
+# -- plugin-conf.d ------------------------------------------------------------------------
+
+
+@dataclass
+class PluginSettings:
+    """What munin-node's plugin-conf.d says of one plugin: `env.NAME VALUE`, `timeout`, and the
+    `user` it would run as (which the agent cannot be: it runs plugins as its own user)."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    user: str | None = None
+
+
+@dataclass
+class PluginConf:
+    sections: dict[str, PluginSettings] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # "FILE:LINE: what", munin-node's errors
+
+    def settings(self, plugin: str) -> PluginSettings:
+        """munin-node's rule: the plugin's own section, then the wildcard sections ("if_*",
+        "*_mysql") that match it, most specific (last in sorted order) first; a setting never
+        replaces one already given."""
+        out = PluginSettings()
+        exact = self.sections.get(plugin)
+        wild = [s for name, s in sorted(self.sections.items(), reverse=True)
+                if _wildcard_matches(name, plugin)]
+        for section in ([exact] if exact else []) + wild:
+            for key, value in section.env.items():
+                out.env.setdefault(key, value)
+            out.timeout = out.timeout if out.timeout is not None else section.timeout
+            out.user = out.user or section.user
+        return out
+
+
+def _wildcard_matches(section: str, plugin: str) -> bool:
+    if section.endswith("*"):
+        return plugin.startswith(section[:-1])
+    return section.startswith("*") and plugin.endswith(section[1:])
+
+
+def agent_user() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid without a passwd entry (a container)
+        return str(os.getuid())
+
+
+_CONF_FILE = re.compile(r"[-\w.:]+")  # munin-node skips files with other characters
+MAX_CONF_BYTES = 1 << 20
+
+
+def read_plugin_conf(directory: Path) -> PluginConf:
+    """Every file of `directory` (e.g. /etc/munin/plugin-conf.d) in name order, read as
+    munin-node reads them: `[SECTION]` lines, then `env.NAME VALUE`, `user NAME`, `timeout N`
+    (group, command and the other keys munin-node knows are read and have no effect here), "#"
+    starts a comment unless escaped. A directory that does not exist holds no settings; a line
+    munin-node would refuse is a problem (named by file and line) and is skipped."""
+    conf = PluginConf()
+    try:
+        names = sorted(e.name for e in os.scandir(directory) if e.is_file())
+    except FileNotFoundError:
+        return conf
+    except OSError as exc:
+        conf.problems.append(f"{directory}: {exc.strerror or exc}")
+        return conf
+    for name in names:
+        if name.startswith(".") or not _CONF_FILE.fullmatch(name) or _IGNORED.search(name):
+            continue
+        path = directory / name
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(MAX_CONF_BYTES).decode("utf-8", "replace")
+        except OSError as exc:
+            conf.problems.append(f"{path}: {exc.strerror or exc}")
+            continue
+        _parse_plugin_conf(conf, path, text)
+    return conf
+
+
+def _parse_plugin_conf(conf: PluginConf, path: Path, text: str) -> None:
+    section: PluginSettings | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = re.sub(r"(?<!\\)#.*", "", raw).replace("\\#", "#").strip()
+        if not line:
+            continue
+        header = re.fullmatch(r"\[([^\]]+)\]", line)
+        if header:
+            section = conf.sections.setdefault(header[1].strip(), PluginSettings())
+            continue
+        key, value = (*re.split(r"\s+", line, maxsplit=1), "")[:2]
+        problem = None
+        if section is None:
+            problem = "a setting before the first [PLUGIN] section"
+        elif not value:
+            problem = f"{key!r} is no [PLUGIN] section and no NAME VALUE setting"
+        elif key.startswith("env."):
+            if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", key[4:]) and "\0" not in value:
+                section.env[key[4:]] = value
+            else:
+                problem = f"not an environment variable name: {key[4:]!r}"
+        elif key == "user":
+            section.user = value
+        elif key == "timeout":
+            seconds = _number(value)
+            if seconds is None or not 0 < seconds <= 600:
+                problem = f"timeout {value!r} is not a number of seconds (up to 600)"
+            else:
+                section.timeout = seconds
+        elif key not in ("group", "command", "host_name", "update_rate"):
+            problem = f"unknown setting {key!r} (env.{key} {value}?)"
+        if problem:
+            conf.problems.append(f"{path}:{number}: {clean(problem, 100)}")
 
 
 # -- asking a munin-node ------------------------------------------------------------------
@@ -321,6 +435,7 @@ class MuninCollector:
 
     async def _run_local(self) -> tuple[list[tuple[str, Parsed | PluginFailed]], tuple[State, str] | None]:
         plugins = await asyncio.to_thread(plugins_of, self.source)
+        conf = await asyncio.to_thread(read_plugin_conf, self.source.plugin_conf)
         await asyncio.to_thread(self.plugstate.mkdir, 0o750, True, True)
         semaphore = asyncio.Semaphore(CONCURRENCY)
         env = self._env()
@@ -329,12 +444,19 @@ class MuninCollector:
             name = clean(path.name, 100)
             if not PLUGIN_NAME.fullmatch(path.name):
                 return name, PluginFailed("not a plugin name (letters, digits, _ . : -)")
+            settings = conf.settings(path.name)
             statefile = self.plugstate / f"{path.name}-{safe_name(self.target)}"
+            # The table's env is the agent's own config: it wins over plugin-conf.d's.
+            plugin_env = {**env, **settings.env, **self.source.env,
+                          "MUNIN_STATEFILE": str(statefile)}
             async with semaphore:
                 try:
-                    config, fetch = await run_plugin(path, {**env, "MUNIN_STATEFILE": str(statefile)},
-                                                     self.source.timeout)
+                    config, fetch = await run_plugin(path, plugin_env,
+                                                     settings.timeout or self.source.timeout)
                 except PluginFailed as exc:
+                    if settings.user and settings.user != agent_user():
+                        exc.args = (f"{exc} (plugin-conf.d runs it as {clean(settings.user, 32)}; "
+                                    f"here it ran as {agent_user()})",)
                     return name, exc
             return name, parse(name, fetch, parse(name, config))
 
@@ -342,6 +464,12 @@ class MuninCollector:
         if not plugins:
             where = self.source.directory or "plugins"
             return results, (State.UNKNOWN, f"no plugins found ({clean(str(where), 100)})")
+        if conf.problems:
+            failed = sum(isinstance(o, PluginFailed) for _, o in results)
+            more = f" and {len(conf.problems) - 1} more" if len(conf.problems) > 1 else ""
+            return results, (State.WARNING, f"{len(results)} plugin(s)"
+                             + (f", {failed} failed" if failed else "")
+                             + f"; plugin-conf.d: {clean(conf.problems[0], 200)}{more}")
         return results, None
 
     async def _ask_node(self) -> tuple[list[tuple[str, Parsed | PluginFailed]], tuple[State, str] | None]:

@@ -10,6 +10,7 @@ characters removed.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import re
@@ -162,14 +163,14 @@ async def _discover(client: Client, host: str, *, name: str | None, port: int,
     return "\n".join(lines) + "\n"
 
 
-async def run_discover(args: object, auth_key: str | None, priv_key: str | None) -> str:
+async def run_discover(args: argparse.Namespace, auth_key: str | None, priv_key: str | None) -> str:
     """The CLI's `discover`: build a client from the arguments, show progress on stderr."""
     import sys
 
     from collectors.snmp_client import CommunityClient, Endpoint, UsmClient
 
-    a = args  # argparse.Namespace from monitor.cli
-    endpoint = Endpoint(a.name or a.host, a.host, a.port, a.timeout, a.retries)  # type: ignore[attr-defined]
+    a = args
+    endpoint = Endpoint(a.name or a.host, a.host, a.port, a.timeout, a.retries)
     tty = sys.stderr.isatty()
     last = [0]
 
@@ -182,18 +183,18 @@ async def run_discover(args: object, auth_key: str | None, priv_key: str | None)
 
     print(f"walking {endpoint.where} ...", file=sys.stderr, flush=True)
     v3 = None
-    if a.snmp_version == "3":  # type: ignore[attr-defined]
+    if a.snmp_version == "3":
         from collectors.snmp_v3 import UsmEngine
 
-        client: Client = UsmClient(endpoint, UsmEngine(), a.user, a.auth_protocol, auth_key,  # type: ignore[attr-defined]
-                                   a.priv_protocol, priv_key, a.context)  # type: ignore[attr-defined]
-        v3 = {"user": a.user, "auth_protocol": a.auth_protocol,  # type: ignore[attr-defined]
-              "priv_protocol": a.priv_protocol}  # type: ignore[attr-defined]
+        client: Client = UsmClient(endpoint, UsmEngine(), a.user, a.auth_protocol, auth_key,
+                                   a.priv_protocol, priv_key, a.context)
+        v3 = {"user": a.user, "auth_protocol": a.auth_protocol,
+              "priv_protocol": a.priv_protocol}
     else:
-        client = CommunityClient(endpoint, a.community, a.snmp_version)  # type: ignore[attr-defined]
+        client = CommunityClient(endpoint, a.community, a.snmp_version)
     try:
-        result = await discover(client, a.host, name=a.name, port=a.port,  # type: ignore[attr-defined]
-                                community=a.community, v3=v3, progress=progress)  # type: ignore[attr-defined]
+        result = await discover(client, a.host, name=a.name, port=a.port,
+                                community=a.community, v3=v3, progress=progress)
     finally:
         if tty:
             print(file=sys.stderr)

@@ -1174,7 +1174,10 @@ class MuninSource:
     only: list[str] = field(default_factory=list)
     # The target the graphs and checks belong to (default: this host, or the node's host).
     target: str = ""
-    # env.NAME settings of plugin-conf.d, for the local plugins.
+    # munin-node's plugin settings (env.NAME, timeout) for the local plugins, read as it reads
+    # them; a directory that does not exist has none.
+    plugin_conf: ConfigPath = Path("/etc/munin/plugin-conf.d")
+    # More environment for the local plugins (over plugin-conf.d's).
     env: dict[str, str] = field(default_factory=dict)
     interval: Annotated[float, DURATION_MARK, Range(10, None)] = 300.0
     # Per plugin run (config, then fetch) or per munin-node answer.

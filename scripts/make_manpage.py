@@ -55,18 +55,21 @@ def roff(text: str) -> str:
     return "\n".join("\\&" + line if line[:1] in ".'" else line for line in text.splitlines())
 
 
-def options(parser: argparse.ArgumentParser) -> list[str]:
+def options(parser: argparse.ArgumentParser, skip: frozenset[str] = frozenset()) -> list[str]:
+    """The options of `parser` but those named in `skip` (under a command: -h and the global
+    options, which every command accepts and OPTIONS describes once)."""
     out = []
     formatter = parser._get_formatter()
     for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS:
+        if isinstance(action, argparse._SubParsersAction) or action.help == argparse.SUPPRESS \
+                or skip & set(action.option_strings):
             continue
         out += [".TP", f"\\fB{roff(formatter._format_action_invocation(action))}\\fR",
                 roff(formatter._expand_help(action) if action.help else "")]
     return out
 
 
-def subcommands(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
+def subcommands(parser: argparse.ArgumentParser, prefix: str, skip: frozenset[str]) -> list[str]:
     out = []
     for action in parser._actions:
         if not isinstance(action, argparse._SubParsersAction):
@@ -76,9 +79,14 @@ def subcommands(parser: argparse.ArgumentParser, prefix: str) -> list[str]:
             usage = sub.format_usage().removeprefix("usage: ").strip()
             out += [".SS " + roff(f"{prefix} {name}".strip()), roff(helps.get(name) or ""), ".PP",
                     f"\\fB{roff(' '.join(usage.split()))}\\fR", ".PP",
-                    roff(sub.description or ""), *options(sub)]
-            out += subcommands(sub, f"{prefix} {name}")
+                    roff(sub.description or ""), *options(sub, skip)]
+            out += subcommands(sub, f"{prefix} {name}", skip)
     return out
+
+
+def global_options(parser: argparse.ArgumentParser) -> frozenset[str]:
+    return frozenset(o for a in parser._actions if not isinstance(a, argparse._SubParsersAction)
+                     and not isinstance(a, argparse._VersionAction) for o in a.option_strings)
 
 
 def manpage(parser: argparse.ArgumentParser) -> str:
@@ -91,7 +99,10 @@ def manpage(parser: argparse.ArgumentParser) -> str:
              ".SH SYNOPSIS", "\\fBmonitor\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] [\\fB\\-v\\fR|\\fB\\-q\\fR] "
              "\\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
              ".SH DESCRIPTION", roff(parser.description or ""), ".PP", roff(parser.epilog or ""),
-             ".SH OPTIONS", *options(parser), ".SH COMMANDS", *subcommands(parser, "")]
+             ".SH OPTIONS", *options(parser),
+             ".SH COMMANDS", "Every command also takes \\fB\\-h\\fR (its help) and the options above "
+             "but \\fB\\-\\-version\\fR, after its name as well as before it.",
+             *subcommands(parser, "", global_options(parser))]
     for section, items in EXTRA.items():
         lines.append(f".SH {section}")
         for term, text in items:

@@ -11,12 +11,15 @@ import grp
 import json
 import os
 import pwd
+import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
+from tests import systemd_namespace
 from tests.conftest import ROOT
 
 pytestmark = [
@@ -74,6 +77,70 @@ def check_smartctl_sudo_rule() -> None:
         rule.unlink()
 
 
+def properties(inside: systemd_namespace.Inside, *names: str) -> dict[str, str]:
+    shown = inside("systemctl", "show", "monitor.service", "-p", ",".join(names)).stdout
+    return dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+
+
+def journal(inside: systemd_namespace.Inside, *options: str) -> list[dict]:
+    out = inside("journalctl", "-u", "monitor.service", "-o", "json", "--no-pager", *options).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def check_under_systemd(tmp_path: Path) -> None:
+    """The installed unit under Debian's systemd (booted in namespaces of its own when this
+    machine's PID 1 is something else): started as Type=notify, hardened as it says, logging to
+    the journal with priorities, reloaded by SIGHUP and stopped cleanly."""
+    status_file = Path("/var/lib/monitor/state/status.json")
+    status_file.unlink()  # the one `collect` wrote: the service writes its own
+    with systemd_namespace.booted(tmp_path / "systemd.log") as inside:
+        start = inside("systemctl", "start", "monitor.service")  # returns after READY=1
+        assert start.returncode == 0, start.stderr + inside("journalctl", "-n", "50").stdout
+        shown = properties(inside, "ActiveState", "SubState", "StatusText", "MainPID", "NRestarts")
+        assert (shown["ActiveState"], shown["SubState"]) == ("active", "running"), shown
+        assert shown["StatusText"].startswith("running: host every ")
+        pid = shown["MainPID"]
+        proc = dict(line.split(":\t", 1) for line in
+                    inside("cat", f"/proc/{pid}/status").stdout.splitlines() if ":\t" in line)
+        assert proc["Uid"].split()[0] == str(pwd.getpwnam("monitor").pw_uid)
+        assert int(proc["CapEff"], 16) == int(proc["CapBnd"], 16) == 1 << 13  # CAP_NET_RAW only
+        assert (proc["NoNewPrivs"], proc["Seccomp"]) == ("1", "2")
+
+        deadline = time.monotonic() + 120
+        while not status_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        checks = {c["check"] for c in json.loads(status_file.read_text())["checks"]}
+        assert "collector host" in checks
+        # The unit's bind mounts (StateDirectory=, ReadWritePaths=, ProtectSystem=) are parts
+        # of the root file system, not disks of their own.
+        assert not {"disk /var/lib/monitor", "disk /etc/monitor"} & checks, sorted(checks)
+
+        reload = inside("systemctl", "reload", "monitor.service")
+        assert reload.returncode == 0, reload.stderr
+        # systemd 252 ends the reload job when `kill -HUP` returns; the agent's RELOADING=1 may
+        # come after that, and READY=1 ends the "reloading" state it starts.
+        deadline = time.monotonic() + 60
+        while (after := properties(inside, "ActiveState", "MainPID", "NRestarts"))[
+                "ActiveState"] == "reloading" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert after == {"ActiveState": "active", "MainPID": pid, "NRestarts": "0"}
+
+        stop = inside("systemctl", "stop", "monitor.service")
+        assert stop.returncode == 0, stop.stderr
+        assert properties(inside, "ActiveState", "Result") == {"ActiveState": "inactive",
+                                                               "Result": "success"}
+        # journald read the <N> prefixes: levels filter, and no time stamp of our own.
+        lines = journal(inside)
+        messages = {e["MESSAGE"]: e["PRIORITY"] for e in lines}
+        started = next(m for m in messages if m.startswith("monitor ") and " started: " in m)
+        assert messages[started] == "6" and messages["stopped"] == "6"
+        assert any(m.startswith("config reloaded: ") for m in messages)
+        stamped = [m for m in messages if re.match(r"<\d>|\d{4}-\d\d-\d\d \d\d:\d\d", m)]
+        assert stamped == []
+        warnings = journal(inside, "-p", "warning")
+        assert warnings and all(int(e["PRIORITY"]) <= 4 for e in warnings)
+
+
 def test_deb_builds_installs_runs_as_monitor_and_purges(tmp_path: Path):
     if installed("monitor"):
         pytest.skip("a monitor package is already installed here; not touching it")
@@ -119,6 +186,11 @@ def test_deb_builds_installs_runs_as_monitor_and_purges(tmp_path: Path):
         assert Path("/usr/share/man/man1/monitor.1.gz").exists()
         if shutil.which("sudo"):
             check_smartctl_sudo_rule()
+        why_not = systemd_namespace.available()
+        if why_not is None:
+            check_under_systemd(tmp_path)
+        else:
+            print(f"not started under systemd: {why_not}")
     finally:
         purge = subprocess.run([*APT, "purge", "monitor"], capture_output=True, text=True,
                                timeout=600)

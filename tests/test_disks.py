@@ -161,6 +161,26 @@ def small_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(point)], check=False)
 
 
+async def test_a_bind_mount_of_a_directory_is_no_disk_of_its_own(small_tmpfs, tmp_path):
+    """What systemd's StateDirectory=/ReadWritePaths= make for the hardened unit: a directory of
+    a file system mounted again elsewhere. Its usage is the file system's, checked once."""
+    (small_tmpfs / "state").mkdir()
+    again = tmp_path / "var-lib-monitor"
+    again.mkdir()
+    whole = tmp_path / "whole"  # the same file system's root mounted twice stays (as before)
+    whole.mkdir()
+    for source, point in ((small_tmpfs / "state", again), (small_tmpfs, whole)):
+        subprocess.run(["mount", "--bind", str(source), str(point)], check=True)
+    try:
+        checks = await collect_usage("host1", Path("/proc/self/mounts"),
+                                     [str(small_tmpfs), str(again), str(whole)], [], [],
+                                     UsageThresholds(), BoundedStatvfs(5.0))
+    finally:
+        for point in (again, whole):
+            subprocess.run(["umount", "-l", str(point)], check=False)
+    assert sorted(c.check for c in checks) == sorted([f"disk {small_tmpfs}", f"disk {whole}"])
+
+
 async def test_usage_thresholds_on_a_real_tmpfs(small_tmpfs, tmp_path):
     limits = UsageThresholds()
     statvfs = BoundedStatvfs(5.0)

@@ -66,6 +66,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def scrape(url: str, until: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    body = ""
+    while until not in body and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                body = response.read().decode()
+        except OSError:
+            time.sleep(0.2)
+    return body
+
+
+NODE_EXPORTER = Path("/usr/bin/prometheus-node-exporter")
+
+
+@pytest.mark.skipif(not NODE_EXPORTER.exists(),
+                    reason="prometheus-node-exporter is not installed (see the Makefile)")
+def test_debians_node_exporter_serves_the_textfile(tmp_path: Path, write_config):
+    """Debian's node_exporter with only its textfile collector, on the directory the agent
+    writes: it reads the file without a scrape error and serves the agent's metrics."""
+    directory = tmp_path / "node-exporter"
+    config = write_config(CONFIG.format(data=tmp_path / "data",
+                                        export=f'textfile = "{directory}/monitor.prom"'))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run([*MONITOR, "-c", str(config), "collect", "--only", "host"], env=env,
+                            capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    port = free_port()
+    exporter = subprocess.Popen(
+        [str(NODE_EXPORTER), "--collector.disable-defaults", "--collector.textfile",
+         f"--collector.textfile.directory={directory}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        body = scrape(f"http://127.0.0.1:{port}/metrics", "monitor_check_state")
+    finally:
+        exporter.terminate()
+        _, err = exporter.communicate(timeout=30)
+    values = samples(body)
+    assert values[("node_textfile_scrape_error", ())] == 0, err[-2000:]
+    host = os.uname().nodename
+    assert values[("monitor_check_state", (("check", "host"), ("target", host)))] == 0
+    assert any(name == "monitor_in_bytes_total" for name, _ in values)
+    assert types(body)["monitor_in_bytes"] == "counter"
+
+
 def test_run_serves_metrics_on_listen(tmp_path: Path, write_config):
     port = free_port()
     config = write_config(CONFIG.format(data=tmp_path / "data",
@@ -74,14 +119,7 @@ def test_run_serves_metrics_on_listen(tmp_path: Path, write_config):
     proc = subprocess.Popen([*MONITOR, "-c", str(config), "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        body = ""
-        while "monitor_load1" not in body and time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    body = r.read().decode()
-            except OSError:
-                time.sleep(0.2)
+        body = scrape(f"http://127.0.0.1:{port}/metrics", "monitor_load1")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     finally:

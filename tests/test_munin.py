@@ -11,11 +11,19 @@ import psutil
 import pytest
 import rrdtool
 
-from collectors.munin import MuninCollector, NodeSession, outside, parse
+from collectors.munin import (
+    PLUGIN_ENV,
+    MuninCollector,
+    NodeSession,
+    outside,
+    parse,
+    read_plugin_conf,
+    run_plugin,
+)
 from monitor.config import ConfigError, MuninSource, parse_config
 from monitor.model import Kind, State
 from monitor.store import RrdStore
-from tests.daemons import munin_node
+from tests.daemons import munin_node, unbound
 
 PLUGINS = Path("/usr/share/munin/plugins")
 T0 = 1_800_000_000.0
@@ -36,6 +44,8 @@ def checks(batch) -> dict[str, object]:
 
 
 def collector(tmp_path: Path, clock=None, **keys) -> MuninCollector:
+    # Not this machine's /etc/munin/plugin-conf.d unless a test says so.
+    keys.setdefault("plugin_conf", tmp_path / "no-plugin-conf.d")
     source = MuninSource(name="here", **keys)
     source.validate()
     return MuninCollector(source, "localhost", tmp_path / "plugstate",
@@ -356,3 +366,123 @@ printf 'queue.value %s\\nsent.value %s\\noctets.value %s\\nhits.value %s\\n' $qu
         assert octets_rate == pytest.approx(600) and hits_rate == pytest.approx(2)
         assert sent_rate is None if t == reset else sent_rate == pytest.approx(3), (i, sent_rate)
     store.close()
+
+
+def ds_types(store: RrdStore, target: str, instance: str) -> dict[str, str]:
+    info = rrdtool.info(str(store.info(target, instance).path))
+    return {k.split("[")[1].split("]")[0]: v for k, v in info.items() if k.endswith("].type")}
+
+
+async def test_debian_counter_and_absolute_plugins_with_a_real_unbound(tmp_path: Path):
+    """if_err_ declares COUNTER fields, unbound_munin_ ABSOLUTE ones (asking a real unbound
+    through unbound-control, configured by env as plugin-conf.d would)."""
+    if not Path("/usr/sbin/unbound-control").exists():
+        pytest.skip("unbound-control is not installed (package unbound)")
+    import dns.message
+    import dns.query
+
+    (tmp_path / "if_err_lo").symlink_to(PLUGINS / "if_err_")
+    (tmp_path / "unbound_munin_hits").symlink_to(PLUGINS / "unbound_munin_")
+    control = tmp_path / "unbound/control.sock"
+    remote_control = ["statistics-cumulative: no", "local-data: 'x.test. A 192.0.2.1'",
+                      "remote-control:", "control-enable: yes",
+                      f"control-interface: {control}", "control-use-cert: no"]
+    with unbound(tmp_path / "unbound", remote_control, interfaces=["127.0.0.1"]) as port:
+        for _ in range(7):
+            dns.query.udp(dns.message.make_query("x.test.", "A"), "127.0.0.1", port=port, timeout=5)
+        times = iter([T0, T0 + 300])
+        c = collector(tmp_path, clock=lambda: next(times), timeout=20,
+                      plugins=[tmp_path / "if_err_lo", tmp_path / "unbound_munin_hits"],
+                      env={"unbound_conf": str(tmp_path / "unbound/unbound.conf"),
+                           "unbound_control": "/usr/sbin/unbound-control"})
+        store = RrdStore(tmp_path / "rrd")
+        first = await c.collect()
+        assert store.write(first.measurements, 300).errors == []
+        second = await c.collect()
+        assert store.write(second.measurements, 300).errors == []
+    state = checks(first)
+    assert state["munin if_err_lo"].state is State.OK, state["munin if_err_lo"].message
+    assert state["munin unbound_munin_hits"].state is State.OK, state["munin unbound_munin_hits"]
+    kinds = {(m.instance, m.metric): m.kind for m in first.measurements}
+    assert kinds[("if_err_lo", "rcvd")] is Kind.COUNTER
+    assert kinds[("unbound_munin_hits", "t_n_queries")] is Kind.ABSOLUTE
+    values = {(m.instance, m.metric): m.value for m in first.measurements}
+    # The readiness probe's query and the test's seven: unbound counted them, statistics reset.
+    assert values[("unbound_munin_hits", "t_n_queries")] >= 7
+    # COUNTER fields without a .max (if_err_ gives none) are kept as DERIVE with min 0: the same
+    # rate, and a reset (a reboot) is a gap instead of a 2**64 spike (see store._ds_definition).
+    assert set(ds_types(store, "localhost", "if_err_lo").values()) == {"DERIVE"}
+    info = rrdtool.info(str(store.info("localhost", "if_err_lo").path))
+    assert info["ds[rcvd].min"] == 0.0
+    assert set(ds_types(store, "localhost", "unbound_munin_hits").values()) == {"ABSOLUTE"}
+    # The second reading's checks judge rates per second: loopback has no errors.
+    assert "/s" in checks(second)["munin if_err_lo"].message
+    store.close()
+
+
+def write_conf(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def test_plugin_conf_d_is_read_as_munin_node_reads_it(tmp_path: Path):
+    conf = read_plugin_conf(write_conf(tmp_path / "plugin-conf.d", {
+        "00-first": "[if_*]\nuser root\nenv.speed 100  # a comment\nenv.hash a\\#b\n"
+                    "[if_err_*]\nuser nobody\nenv.speed 10\n",
+        "10-local": "[if_err_eth0]\nenv.speed\t1000\ntimeout 30\n[*_queue]\nenv.spool /x\n"
+                    "[if_eth0]\nenv.hash c\n",
+        "50-broken": "env.orphan 1\n[load]\nwarning 5\nenv.load_warning 5\ntimeout soon\n",
+        "munin-node.dpkg-old": "[load]\nenv.load_warning 99\n",  # skipped, as munin-node does
+    }))
+    # The exact section first, then the most specific wildcard: if_err_* before if_*.
+    eth0 = conf.settings("if_err_eth0")
+    assert eth0.env == {"speed": "1000", "hash": "a#b"}
+    assert (eth0.user, eth0.timeout) == ("nobody", 30)
+    assert conf.settings("if_eth0").env == {"hash": "c", "speed": "100"}
+    assert conf.settings("if_eth0").user == "root"
+    assert conf.settings("mail_queue").env == {"spool": "/x"}
+    assert conf.settings("load").env == {"load_warning": "5"}
+    assert conf.settings("cpu") == type(eth0)()
+    assert conf.problems == [
+        f"{tmp_path}/plugin-conf.d/50-broken:1: a setting before the first [PLUGIN] section",
+        f"{tmp_path}/plugin-conf.d/50-broken:3: unknown setting 'warning' (env.warning 5?)",
+        f"{tmp_path}/plugin-conf.d/50-broken:5: timeout 'soon' is not a number of seconds (up to 600)"]
+    assert read_plugin_conf(tmp_path / "nowhere").sections == {}
+
+
+@pytest.mark.skipif(not Path("/etc/munin/plugin-conf.d/munin-node").exists(),
+                    reason="munin-node is not installed (see the Makefile)")
+async def test_debians_own_plugin_conf_gives_df_its_levels(tmp_path: Path):
+    conf = read_plugin_conf(Path("/etc/munin/plugin-conf.d"))
+    assert conf.problems == []
+    df = conf.settings("df")
+    assert (df.env["warning"], df.env["critical"]) == ("92", "98")
+    assert conf.settings("if_eth0").user == "root" and conf.settings("if_err_eth0").user == "nobody"
+    # The real df plugin prints those levels for each file system it graphs.
+    config, fetch = await run_plugin(PLUGINS / "df", {**PLUGIN_ENV, "MUNIN_LIBDIR": "/usr/share/munin",
+                                                      **df.env}, 20)
+    fields = parse("df", fetch, parse("df", config)).graphs["df"].fields.values()
+    assert fields and all((f.warning, f.critical) == ("92", "98") for f in fields)
+
+
+async def test_levels_from_plugin_conf_d_judge_a_real_plugin(tmp_path: Path):
+    """`load` prints load.critical from $load_critical (plugin.sh's print_critical): set in a
+    plugin-conf.d file, the level makes the check; a table's env wins over the file."""
+    conf = write_conf(tmp_path / "plugin-conf.d", {"munin-node": "[load]\nenv.load_critical 1000:\n"
+                                                                 "[uptime]\nenv.uptime_warning 1000000000:\n"
+                                                                 "[bad\nenv.x 1\n"})
+    c = collector(tmp_path, plugins=[PLUGINS / "load", PLUGINS / "uptime"], plugin_conf=conf)
+    state = checks(await c.collect())
+    assert state["munin load"].state is State.CRITICAL
+    assert "below 1000 (critical)" in state["munin load"].message
+    assert state["munin uptime"].state is State.WARNING
+    # The broken line is the table's warning, named by file and line; the rest was read.
+    assert state["munin [here]"].state is State.WARNING
+    assert state["munin [here]"].message == (
+        f"2 plugin(s); plugin-conf.d: {conf}/munin-node:5: '[bad' is no [PLUGIN] section and no "
+        "NAME VALUE setting")
+    overridden = collector(tmp_path, plugins=[PLUGINS / "load"], plugin_conf=conf,
+                           env={"load_critical": "0:"})
+    assert checks(await overridden.collect())["munin load"].state is State.OK

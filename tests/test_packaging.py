@@ -75,6 +75,8 @@ def test_man_page_lists_every_command_and_option():
         for action in sub._actions:
             for option in action.option_strings:
                 assert option.replace("-", "\\-") in page, (path, option)
+    # The global options once, under OPTIONS, not again under each of the commands.
+    assert page.count("config file (TOML)") == 1
     if shutil.which("man"):
         rendered = subprocess.run(["man", "-l", "-"], input=page, capture_output=True, text=True,
                                   env=dict(os.environ, MANWIDTH="100"))
