@@ -92,6 +92,67 @@ def test_rotation_in_the_middle_counts_every_line_once(tmp_path):
     assert figures(state) == recorded_plan()
 
 
+def shifted(text: str, seconds: int, copy: str) -> str:
+    """The recorded log as if it had been written `seconds` later, its queue ids made this
+    copy's own (a queue id is unique while the message is in the queue; Postfix reuses them
+    only much later)."""
+    from datetime import datetime
+
+    year = datetime.fromtimestamp(RECORDED_AT).year
+    out = []
+    for line in text.splitlines():
+        stamp = datetime.strptime(f"{year} {line[:15]}", "%Y %b %d %H:%M:%S")
+        moved = datetime.fromtimestamp(stamp.timestamp() + seconds).strftime("%b %d %H:%M:%S")
+        out.append(moved + re.sub(r"(?<=\]: )([0-9A-F]{6,})(?=: )", rf"\g<1>{copy}", line[15:]))
+    return "\n".join(out) + "\n"
+
+
+def three_copies(tmp_path: Path) -> tuple[Path, Path]:
+    """The recorded logs three times: at their hour, an hour later and a day later."""
+    mail, dovecot = tmp_path / "mail.log", tmp_path / "dovecot.log"
+    for path, source in ((mail, DATA / "mail.log"), (dovecot, DATA / "dovecot.log")):
+        path.write_text("".join(shifted(source.read_text(), seconds, copy)
+                                for seconds, copy in ((0, "A"), (3600, "B"), (86400, "C"))))
+    return mail, dovecot
+
+
+def test_counts_per_hour_and_per_day(tmp_path):
+    """The recorded traffic three times: at its hour, an hour later, and a day later. Each
+    hour holds the plan once; the first day twice, the next once (pflogsumm's per-hour and
+    per-day summaries)."""
+    from datetime import datetime, timedelta
+
+    from collectors.maillog import hours_between
+
+    mail, dovecot = three_copies(tmp_path)
+    state = MailLogState()
+    assert read_logs(config(tmp_path, mail, dovecot), state, RECORDED_AT + 2 * 86400)[1] == []
+    first = (DATA / "mail.log").read_text()[:15]  # local time, as the reader takes it
+    hour = datetime.strptime(f"{datetime.fromtimestamp(RECORDED_AT).year} {first}",
+                             "%Y %b %d %H:%M:%S").replace(minute=0, second=0)
+    want = recorded_plan()
+
+    def one(counts) -> dict:
+        state = MailLogState(hours={0: counts})
+        return figures(state)
+
+    hours = hours_between(state, 0, float("inf"))
+    assert [datetime.fromtimestamp(h) for h, _ in hours] == [
+        hour, hour + timedelta(hours=1), hour + timedelta(days=1)]
+    assert [one(counts) for _, counts in hours] == [want] * 3
+
+    def twice(figures: dict) -> dict:
+        return {k: ({key: 2 * n for key, n in v.items()} if isinstance(v, dict) else 2 * v)
+                for k, v in figures.items()}
+
+    midnight = hour.replace(hour=0)
+    days = [(midnight + timedelta(days=d)).timestamp() for d in range(3)]
+    first_day = MailLogState(hours={0: summary(state, days[0], days[1])})
+    second_day = MailLogState(hours={0: summary(state, days[1], days[2])})
+    assert figures(first_day) == twice(want)
+    assert figures(second_day) == want
+
+
 async def test_collector_stores_series_and_a_check(tmp_path):
     mail, dovecot = copy_logs(tmp_path)
     collector = MailLogCollector(config(tmp_path, mail, dovecot), 300, tmp_path / "maillog.json",
@@ -240,6 +301,33 @@ def test_digest_mail_section_is_pflogsumm_style(tmp_path):
     assert not (tmp_path / "data" / "state" / "maillog.json").exists()
 
 
+def test_digest_mail_section_per_day_and_busiest_hour(tmp_path):
+    """A weekly digest over the traffic of three hours on two days: a row per day (twice the
+    plan, then once), and the busiest hour."""
+    from alerts.digest import DigestBuilder, Report, render_text
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    mail, dovecot = three_copies(tmp_path)
+    config = digest_config(tmp_path, f'log = "{mail}"\ndovecot_log = "{dovecot}"')
+    builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
+                            status=StatusBook(tmp_path / "status.json"))
+    window = (RECORDED_AT - 3 * 86400, RECORDED_AT + 4 * 86400)
+    (section,) = builder.build(config.digests[0], window).sections
+    want = recorded_plan()
+    per_day = [r for r in section.rows if r[0] == "per day" or (r[0] == "" and "received, " in r[2])]
+    line = ("{} received, {} delivered ({} outbound), {} deferred, {} bounced, {} rejected")
+    assert [r[2] for r in per_day] == [
+        line.format(*(k * want[n] for n in ("received", "delivered", "outbound", "deferred",
+                                             "bounced", "rejected"))) for k in (2, 1)]
+    (busiest,) = [r for r in section.rows if r[0] == "busiest hour"]
+    assert busiest[2] == (f"{want['delivered']} delivered ({want['outbound']} outbound), "
+                          f"{want['received']} received")
+    text = render_text(Report(config.digests[0], "mon.example.net", *window, [section]))
+    print(text)
+    assert "per day" in text and "busiest hour" in text
+
+
 def report_window(report) -> tuple[float, float]:
     return report.start, report.end
 
@@ -321,6 +409,9 @@ async def test_mail_page_shows_the_last_day_escaped(tmp_path):
     row = re.search(r"<tr>(<td class=\"num\">\d+</td>)+</tr>", page).group(0)
     assert re.findall(r">(\d+)<", row)[:3] == [str(want["received"]), str(want["delivered"]),
                                                str(want["outbound"])]
+    (day,) = re.findall(r"<tr><th>\w{3} \d\d \w{3}</th>((?:<td class=\"num\">\d+</td>)+)</tr>",
+                        page)  # the recorded day, in the per-day table
+    assert re.findall(r">(\d+)<", day) == re.findall(r">(\d+)<", row)
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "192.0.2.10 is listed in bl.example" in page
     assert 'href="mail.html">Mail</a>' in (tmp_path / "html" / "index.html").read_text()
