@@ -552,6 +552,12 @@ def test_mail_graphs_draw_messages_per_hour(tmp_path):
     assert shown(10 / 300, "outbound", info.units["outbound"]) == "120 msg/h"
     legend = {row.label: row.text for row in graph.legend}
     assert "avg   120 msg/h" in legend["received"] and "avg  24.0 msg/h" in legend["outbound"]
+    # Six lines: the legend takes a second column, so outbound and rejected are named too.
+    layout = render.legend_layout(graph.legend)
+    assert [(column, line, row.label) for column, line, row, _ in layout] == [
+        (0, 0, "received"), (0, 1, "delivered"), (0, 2, "deferred"), (0, 3, "bounced"),
+        (1, 0, "rejected"), (1, 1, "outbound")]
+    assert layout[-1][3] == "outbound  now 24.0 msg/h avg 24.0 msg/h max 24.0 msg/h"
     _, _, ticks = render.axis(0.0, max(graph.layers[0].values), 0.0, None, graph.unit)
     assert all(t.endswith(" msg/h") for t in ticks) and ticks[-1] in ("120 msg/h", "125 msg/h",
                                                                        "150 msg/h")
