@@ -349,9 +349,12 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
     now = [1_796_000_000.0]
     service = AlertService(config, clock=lambda: now[0])
 
-    def batch(sasl: float, sender: float, deferred: float, baseline: State) -> Batch:
+    def batch(sasl: float, sender: float, deferred: float, baseline: State,
+              logins: float = 0) -> Batch:
         at = now[0]
         return Batch([Measurement("mail", "postfix", "sasl_failures", sasl, Kind.DERIVE,
+                                  timestamp=at),
+                      Measurement("mail", "dovecot", "login_failures", logins, Kind.DERIVE,
                                   timestamp=at),
                       Measurement("mail", "sender alice@example.net", "outbound_last_hour",
                                   sender, timestamp=at),
@@ -369,6 +372,13 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
     firing = {s.rule: s.severity for s in service.states.values() if s.severity is not State.OK}
     assert firing == {"mail-auth-failures": State.CRITICAL, "mail-sender-burst": State.CRITICAL,
                       "mail-deferred-growing": State.CRITICAL, "traffic-unusual": State.WARNING}
+    # Dovecot's failed logins (IMAP/POP3 brute force) are the same rule's, alerted on their own.
+    now[0] += 3600
+    service.evaluate(batch(3050, 0, 700, State.OK, logins=150))
+    auth = {s.label: s.severity for s in service.states.values() if s.rule == "mail-auth-failures"}
+    assert sorted(auth.values()) == [State.OK, State.WARNING], auth
+    assert any("dovecot" in label for label, severity in auth.items()
+               if severity is State.WARNING), auth
     service.close()
 
 
