@@ -679,7 +679,7 @@ class DigestBuilder:
 
     def section_mail(self, digest: Digest, start: float, end: float) -> Section:
         """pflogsumm's summary from the mail-log collector's hourly counts."""
-        from collectors.maillog import load_state, read_journal, read_logs, summary
+        from collectors.maillog import by_day, load_state, read_journal, read_logs, summary
 
         s = Section("mail", "Mail traffic", ["", "what", "count"],
                     empty="No mail logged in this period.")
@@ -708,6 +708,21 @@ class DigestBuilder:
                 ("SASL authentication failures", str(c["sasl_failures"])),
                 ("Dovecot login failures", str(c["login_failures"]))]
         s.rows = [["totals" if i == 0 else "", what, n] for i, (what, n) in enumerate(rows)]
+        # pflogsumm's per-day and per-hour summaries, in a few rows: each day of a longer
+        # period, and the busiest hour (a spam run shows as one).
+        days = by_day(state, start, end)
+        if len(days) > 1:
+            s.rows += [["per day" if i == 0 else "", time.strftime("%a %d %b", time.localtime(day)),
+                        f"{n['received']} received, {n['delivered']} delivered ({n['outbound']} "
+                        f"outbound), {n['deferred']} deferred, {n['bounced']} bounced, "
+                        f"{n['rejected']} rejected"] for i, (day, n) in enumerate(days)]
+        busiest, most = max(((h, n) for h, n in state.hours.items() if start < h + 3600 <= end),
+                            key=lambda item: (item[1].counts["delivered"], item[0]))
+        n = most.counts
+        if n["delivered"]:
+            s.rows.append(["busiest hour", time.strftime("%a %d %b %H:%M", time.localtime(busiest)),
+                           f"{n['delivered']} delivered ({n['outbound']} outbound), "
+                           f"{n['received']} received"])
         for table, title in (("senders", "top senders"), ("outbound_by", "top outbound senders"),
                              ("domains", "top recipient domains"),
                              ("reasons", "top reject reasons"),

@@ -206,6 +206,18 @@ def summary(state: MailLogState, start: float, end: float) -> HourCounts:
     return out
 
 
+def by_day(state: MailLogState, start: float, end: float) -> list[tuple[float, Counter]]:
+    """The counts (COUNTS) of the hours that end within (start, end], as `summary` takes them,
+    per local day (its midnight), oldest first: pflogsumm's per-day summary."""
+    days: dict[float, Counter] = {}
+    for hour, counts in state.hours.items():
+        if start < hour + HOUR <= end:
+            midnight = datetime.fromtimestamp(hour).replace(hour=0, minute=0, second=0,
+                                                            microsecond=0).timestamp()
+            days.setdefault(midnight, Counter()).update(counts.counts)
+    return sorted(days.items())
+
+
 # -- parsing --------------------------------------------------------------------------------
 
 

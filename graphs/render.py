@@ -523,6 +523,23 @@ SCALE = 2
 SPARK_WIDTH, SPARK_HEIGHT = 160, 34
 _AX_LEFT, _AX_RIGHT, _AX_TOP, _AX_BOTTOM = 78, 52, 30, 88  # pixels
 _LEGEND_ROWS = 4
+_LEGEND_COLUMN = (WIDTH - 12) // 2  # pixels: a second legend column starts half-way across
+_LEGEND_COLUMN_CHARS = 54  # of the monospace legend font that fit in one such column
+
+
+def legend_layout(legend: list[LegendRow]) -> list[tuple[int, int, LegendRow, str]]:
+    """(column, line, row, text) of each legend row drawn. Up to _LEGEND_ROWS rows stand in
+    one column; a graph with more lines (the Postfix graph's six message counters, a Munin
+    graph's fields) gets a second column, its rows' runs of spaces closed up to fit half the
+    width, so no drawn line is left without its name."""
+    rows = legend[: 2 * _LEGEND_ROWS]
+    width = min(20, max((len(row.label) for row in rows), default=0)) + 1
+    if len(rows) <= _LEGEND_ROWS:
+        return [(0, i, row, f"{display(row.label, width - 1):<{width}}{row.text}")
+                for i, row in enumerate(rows)]
+    return [(i // _LEGEND_ROWS, i % _LEGEND_ROWS, row,
+             display(f"{display(row.label, width - 1):<{width}}{' '.join(row.text.split())}",
+                     _LEGEND_COLUMN_CHARS)) for i, row in enumerate(rows)]
 
 
 def _steps(start: float, step: float, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -742,13 +759,11 @@ class Renderer:
             rotated = fonts.vertical(label)
             image.paste(rotated, (6 * s, (_AX_TOP * s + (axis_height * s - rotated.height) // 2)))
         legend_top = axis_bottom + 32
-        rows = graph.legend[:_LEGEND_ROWS]
-        width = min(20, max((len(row.label) for row in rows), default=0)) + 1
-        for i, row in enumerate(rows):
-            row_y = legend_top + i * 14
-            pen.rectangle((12 * s, (row_y - 5) * s, 22 * s - 1, (row_y + 5) * s - 1), fill=row.color)
-            fonts.mono_line(image, (27 * s, row_y * s),
-                            f"{display(row.label, width - 1):<{width}}{row.text}", "#222222")
+        for column, line, row, text in legend_layout(graph.legend):
+            row_x, row_y = 12 + column * _LEGEND_COLUMN, legend_top + line * 14
+            pen.rectangle((row_x * s, (row_y - 5) * s, (row_x + 10) * s - 1, (row_y + 5) * s - 1),
+                          fill=row.color)
+            fonts.mono_line(image, ((row_x + 15) * s, row_y * s), text, "#222222")
         return _png(self.canvas)
 
 

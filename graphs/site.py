@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 LABEL_LIMIT = 80  # characters of a name shown in lists (the title attribute has all of it)
 STALE_REDRAW = 3600  # unchanged data is still redrawn this often, so a growing gap shows
+MAIL_DAYS = 14  # mail.html's per-day table: the last two weeks
 
 Progress = Callable[[int, int], None]
 
@@ -392,15 +393,18 @@ class SiteBuilder:
 
     def _mail_model(self, now: float, checks: Sequence[CheckStatus]) -> dict[str, Any] | None:
         """mail.html: pflogsumm's tables for the last 24 hours (hour by hour, the busiest
-        senders, domains, reject reasons and failing clients), the mail graphs and the block-list
-        checks. None when [maillog] is off."""
+        senders, domains, reject reasons and failing clients), the last 14 days day by day, the
+        mail graphs and the block-list checks. None when [maillog] is off."""
         if self.mail_state is None:
             return None
-        from collectors.maillog import TABLES, HourCounts, hours_between, load_state
+        from collectors.maillog import TABLES, HourCounts, by_day, hours_between, load_state
 
         hour = 3600
         start = (int(now) // hour - 23) * hour
-        hours = hours_between(load_state(self.mail_state), start, start + 24 * hour)
+        state = load_state(self.mail_state)
+        hours = hours_between(state, start, start + 24 * hour)
+        today = datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0)
+        days = by_day(state, (today - timedelta(days=MAIL_DAYS - 1)).timestamp(), now + hour)
         total = HourCounts()
         for _, counts in hours:
             total.merge(counts)
@@ -420,6 +424,9 @@ class SiteBuilder:
             "received_bytes": format_bytes(total.counts["received_bytes"]),
             "hours": [{"hour": datetime.fromtimestamp(h).strftime("%a %H:00"),
                        "counts": [c.counts[name] for name in columns]} for h, c in hours],
+            "days_shown": MAIL_DAYS,
+            "days": [{"day": datetime.fromtimestamp(d).strftime("%a %d %b"),
+                      "counts": [c[name] for name in columns]} for d, c in days],
             "tables": [{"title": titles[name],
                         "rows": [(render.display(key, LABEL_LIMIT), n)
                                  for key, n in total.tables[name].most_common(10)]}

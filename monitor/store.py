@@ -221,6 +221,9 @@ class _FileState:
     # tuple per file: allocations that outlive the loop are what set off CPython's GC.
     text: str = ""
     last_before: int | None = None
+    # Whether this process compared the units its producer gives with those recorded (once:
+    # the first batch that writes the file; see RrdStore._follow_units).
+    units_checked: bool = False
 
     @property
     def path_text(self) -> str:
@@ -312,7 +315,8 @@ class MergeReport:
 
 Key = tuple[str, str]  # (target, instance)
 Rows = list[tuple[int, dict[str, float | None]]]
-_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}), [], "%d")  # what a file not yet known looks like
+_NO_FILE = _FileState(SeriesInfo("", "", Path(), 0, {}), [], "%d",  # what a file not yet known looks like
+                      units_checked=True)
 _END = Measurement("", "", "", None, timestamp=math.nan)  # differs from every sample: ends a run
 
 
@@ -712,6 +716,7 @@ class RrdStore:
         serial = self._serial
         updates: list[_FileState] = []
         odd: set[Key] = set()
+        unchecked: list[Key] = []  # known files whose units this process has not compared yet
         key: Key = ("", "")
         state = _NO_FILE
         target = instance = None
@@ -736,6 +741,8 @@ class RrdStore:
                         state.batch = serial
                     else:
                         odd.add(key)
+                    if not state.units_checked:
+                        unchecked.append(key)
                 target, instance, timestamp = m.target, m.instance, m.timestamp
                 key = (target, instance)
                 state = known.get(key, _NO_FILE)
@@ -764,9 +771,33 @@ class RrdStore:
             count += self._general(key, known.get(key), step, report, updates)
         self._made.clear()  # (made but not taken: their rows were all too old; adopted later)
         report.updates += count
+        for key in chain(unchecked, odd):  # odd: files adopted in this batch too
+            self._follow_units(key)
         if told:
             self._note_thresholds(told)
         return updates
+
+    def _follow_units(self, key: Key) -> None:
+        """Record the units the producer gives now for a file's metrics: the index records a
+        unit when a data source is created, and a unit the code changed since (the mail
+        counters' "msg", drawn per hour, were unitless: per second) must reach the files made
+        before. Done once per file and process (an upgrade restarts the agent), off the
+        per-sample loop. An empty unit never erases one: a sample replayed from an old
+        backlog or written by an older node says nothing about the unit."""
+        state = self._files.get(key)
+        if state is None or state.units_checked:
+            return
+        state.units_checked = True
+        recorded = state.info.units
+        changed = {m.metric: m.unit for m in self._measurements_of(key)
+                   if m.unit and m.metric in state.info.metrics
+                   and recorded.get(m.metric) != m.unit}
+        if changed:
+            log.info("store: %s: units now %s", state.path_text, ", ".join(
+                f"{metric} {unit!r} (was {recorded.get(metric, '')!r})"
+                for metric, unit in changed.items()))
+            self._relayout(state, dict(state.info.metrics), {**recorded, **changed})
+            self._index_dirty = True
 
     def _note_thresholds(self, told: list[Measurement]) -> None:
         """Keep the latest thresholds of each metric with its file's index entry (an empty
@@ -905,6 +936,7 @@ class RrdStore:
                     info = SeriesInfo(any_sample.target, any_sample.instance, path, step,
                                       layout.metrics, layout.units)
                     state = _FileState.of(info, layout, last=first - 1)
+                    state.units_checked = True  # made with this batch's units
                     report.files_created += 1
             self._files[key] = state
             self._index_dirty = True

@@ -267,3 +267,51 @@ def test_an_hour_mostly_missing_is_not_judged_on_its_few_samples(tmp_path):
                  for t in range(END + STEP, END + 3600 + 1, STEP)], STEP)
     hours = judge_hours(store, info, metric, np.array([END + 3600]), 6, factor)
     assert hours.values[0] == 1e7 and hours.anomalous[0]
+
+
+def test_outbound_mail_far_above_the_usual_for_the_hour_of_the_week(tmp_path):
+    """Five weeks of the mail-log collector's outbound counter (DERIVE, unit msg: busy
+    weekdays, quiet nights and weekends), then a hijacked account's spam run on a Tuesday
+    night: the default [baseline] series for it says so, in messages per hour."""
+    from collectors.maillog import COUNT_UNITS, TARGET
+
+    rng = np.random.default_rng(7)
+    thursday = END - END % (7 * DAY)  # weeks since the epoch start on a Thursday, 00:00 UTC
+    hour_end = thursday - 2 * DAY + 4 * 3600  # Tuesday 04:00: the hour from 03:00 is judged
+    ts = np.arange(hour_end - 5 * 7 * DAY, hour_end + 1, STEP, dtype=np.int64)
+    hour_of_day, weekday = (ts % DAY) // 3600, ((ts // DAY) + 3) % 7
+    per_hour = np.where((hour_of_day >= 8) & (hour_of_day < 19) & (weekday < 5), 120.0, 12.0)
+    per_hour[ts > hour_end - 3600] = 2400.0  # the spam run
+    total = np.cumsum(rng.poisson(per_hour * STEP / 3600))
+    store = RrdStore(tmp_path / "rrd")
+    for begin in range(0, ts.size, 2016):
+        store.write([Measurement(TARGET, "postfix", "outbound", float(n), Kind.DERIVE,
+                                 COUNT_UNITS["outbound"], int(t), minimum=0)
+                     for t, n in zip(ts[begin:begin + 2016], total[begin:begin + 2016],
+                                     strict=True)], STEP)
+    config = BaselineConfig(enabled=True)
+    (calm,) = check_hour(store, config, hour_end - 3600 + 60)
+    assert calm.state is State.OK and calm.message.startswith("mail postfix outbound: ")
+    (spam,) = check_hour(store, config, hour_end + 60)
+    print(spam.message)
+    assert spam.state is State.WARNING and spam.check == "baseline postfix outbound"
+    assert spam.message.startswith("mail postfix outbound is ")
+    assert "x the usual for Tuesday 03:00: 2.4" in spam.message and "kmsg/h (usual 1" in spam.message
+    # The Postfix graph draws the band of outbound under its lines, the spam run above it.
+    from graphs.render import PERIODS, add_usual_band, build_graph, window
+
+    info = store.info(TARGET, "postfix")
+    start, stop, resolution = window(PERIODS["day"], hour_end, STEP)
+    series = store.fetch_path(info, start, stop, resolution)
+    graph = build_graph(info, series)
+    add_usual_band(graph, store, info, "outbound", config.weeks, series)
+    usual = graph.layers[0]
+    assert usual.label == "usual" and graph.unit == "msg/h"
+    outbound = next(layer for layer in graph.layers if layer.label == "outbound")
+    # (5-minute counts of a few mails are noisy around a band of hourly levels: the spam run
+    # is 10x above it, nothing else is.)
+    far_above = outbound.values > 10 * usual.values
+    stamps = np.array(series.timestamps)[: far_above.size]
+    spam_rows = (stamps > hour_end - 3600) & (stamps <= hour_end)
+    assert spam_rows.sum() == 12 and far_above[spam_rows].all()
+    assert not far_above[~spam_rows].any()

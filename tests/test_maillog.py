@@ -92,6 +92,67 @@ def test_rotation_in_the_middle_counts_every_line_once(tmp_path):
     assert figures(state) == recorded_plan()
 
 
+def shifted(text: str, seconds: int, copy: str) -> str:
+    """The recorded log as if it had been written `seconds` later, its queue ids made this
+    copy's own (a queue id is unique while the message is in the queue; Postfix reuses them
+    only much later)."""
+    from datetime import datetime
+
+    year = datetime.fromtimestamp(RECORDED_AT).year
+    out = []
+    for line in text.splitlines():
+        stamp = datetime.strptime(f"{year} {line[:15]}", "%Y %b %d %H:%M:%S")
+        moved = datetime.fromtimestamp(stamp.timestamp() + seconds).strftime("%b %d %H:%M:%S")
+        out.append(moved + re.sub(r"(?<=\]: )([0-9A-F]{6,})(?=: )", rf"\g<1>{copy}", line[15:]))
+    return "\n".join(out) + "\n"
+
+
+def three_copies(tmp_path: Path) -> tuple[Path, Path]:
+    """The recorded logs three times: at their hour, an hour later and a day later."""
+    mail, dovecot = tmp_path / "mail.log", tmp_path / "dovecot.log"
+    for path, source in ((mail, DATA / "mail.log"), (dovecot, DATA / "dovecot.log")):
+        path.write_text("".join(shifted(source.read_text(), seconds, copy)
+                                for seconds, copy in ((0, "A"), (3600, "B"), (86400, "C"))))
+    return mail, dovecot
+
+
+def test_counts_per_hour_and_per_day(tmp_path):
+    """The recorded traffic three times: at its hour, an hour later, and a day later. Each
+    hour holds the plan once; the first day twice, the next once (pflogsumm's per-hour and
+    per-day summaries)."""
+    from datetime import datetime, timedelta
+
+    from collectors.maillog import hours_between
+
+    mail, dovecot = three_copies(tmp_path)
+    state = MailLogState()
+    assert read_logs(config(tmp_path, mail, dovecot), state, RECORDED_AT + 2 * 86400)[1] == []
+    first = (DATA / "mail.log").read_text()[:15]  # local time, as the reader takes it
+    hour = datetime.strptime(f"{datetime.fromtimestamp(RECORDED_AT).year} {first}",
+                             "%Y %b %d %H:%M:%S").replace(minute=0, second=0)
+    want = recorded_plan()
+
+    def one(counts) -> dict:
+        state = MailLogState(hours={0: counts})
+        return figures(state)
+
+    hours = hours_between(state, 0, float("inf"))
+    assert [datetime.fromtimestamp(h) for h, _ in hours] == [
+        hour, hour + timedelta(hours=1), hour + timedelta(days=1)]
+    assert [one(counts) for _, counts in hours] == [want] * 3
+
+    def twice(figures: dict) -> dict:
+        return {k: ({key: 2 * n for key, n in v.items()} if isinstance(v, dict) else 2 * v)
+                for k, v in figures.items()}
+
+    midnight = hour.replace(hour=0)
+    days = [(midnight + timedelta(days=d)).timestamp() for d in range(3)]
+    first_day = MailLogState(hours={0: summary(state, days[0], days[1])})
+    second_day = MailLogState(hours={0: summary(state, days[1], days[2])})
+    assert figures(first_day) == twice(want)
+    assert figures(second_day) == want
+
+
 async def test_collector_stores_series_and_a_check(tmp_path):
     mail, dovecot = copy_logs(tmp_path)
     collector = MailLogCollector(config(tmp_path, mail, dovecot), 300, tmp_path / "maillog.json",
@@ -240,6 +301,33 @@ def test_digest_mail_section_is_pflogsumm_style(tmp_path):
     assert not (tmp_path / "data" / "state" / "maillog.json").exists()
 
 
+def test_digest_mail_section_per_day_and_busiest_hour(tmp_path):
+    """A weekly digest over the traffic of three hours on two days: a row per day (twice the
+    plan, then once), and the busiest hour."""
+    from alerts.digest import DigestBuilder, Report, render_text
+    from monitor.status import StatusBook
+    from monitor.store import RrdStore
+
+    mail, dovecot = three_copies(tmp_path)
+    config = digest_config(tmp_path, f'log = "{mail}"\ndovecot_log = "{dovecot}"')
+    builder = DigestBuilder(config, store=RrdStore(tmp_path / "rrd"),
+                            status=StatusBook(tmp_path / "status.json"))
+    window = (RECORDED_AT - 3 * 86400, RECORDED_AT + 4 * 86400)
+    (section,) = builder.build(config.digests[0], window).sections
+    want = recorded_plan()
+    per_day = [r for r in section.rows if r[0] == "per day" or (r[0] == "" and "received, " in r[2])]
+    line = ("{} received, {} delivered ({} outbound), {} deferred, {} bounced, {} rejected")
+    assert [r[2] for r in per_day] == [
+        line.format(*(k * want[n] for n in ("received", "delivered", "outbound", "deferred",
+                                             "bounced", "rejected"))) for k in (2, 1)]
+    (busiest,) = [r for r in section.rows if r[0] == "busiest hour"]
+    assert busiest[2] == (f"{want['delivered']} delivered ({want['outbound']} outbound), "
+                          f"{want['received']} received")
+    text = render_text(Report(config.digests[0], "mon.example.net", *window, [section]))
+    print(text)
+    assert "per day" in text and "busiest hour" in text
+
+
 def report_window(report) -> tuple[float, float]:
     return report.start, report.end
 
@@ -261,9 +349,12 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
     now = [1_796_000_000.0]
     service = AlertService(config, clock=lambda: now[0])
 
-    def batch(sasl: float, sender: float, deferred: float, baseline: State) -> Batch:
+    def batch(sasl: float, sender: float, deferred: float, baseline: State,
+              logins: float = 0) -> Batch:
         at = now[0]
         return Batch([Measurement("mail", "postfix", "sasl_failures", sasl, Kind.DERIVE,
+                                  timestamp=at),
+                      Measurement("mail", "dovecot", "login_failures", logins, Kind.DERIVE,
                                   timestamp=at),
                       Measurement("mail", "sender alice@example.net", "outbound_last_hour",
                                   sender, timestamp=at),
@@ -281,6 +372,13 @@ def test_default_rules_of_the_reference_config_fire_on_a_hijacked_server(tmp_pat
     firing = {s.rule: s.severity for s in service.states.values() if s.severity is not State.OK}
     assert firing == {"mail-auth-failures": State.CRITICAL, "mail-sender-burst": State.CRITICAL,
                       "mail-deferred-growing": State.CRITICAL, "traffic-unusual": State.WARNING}
+    # Dovecot's failed logins (IMAP/POP3 brute force) are the same rule's, alerted on their own.
+    now[0] += 3600
+    service.evaluate(batch(3050, 0, 700, State.OK, logins=150))
+    auth = {s.label: s.severity for s in service.states.values() if s.rule == "mail-auth-failures"}
+    assert sorted(auth.values()) == [State.OK, State.WARNING], auth
+    assert any("dovecot" in label for label, severity in auth.items()
+               if severity is State.WARNING), auth
     service.close()
 
 
@@ -321,6 +419,9 @@ async def test_mail_page_shows_the_last_day_escaped(tmp_path):
     row = re.search(r"<tr>(<td class=\"num\">\d+</td>)+</tr>", page).group(0)
     assert re.findall(r">(\d+)<", row)[:3] == [str(want["received"]), str(want["delivered"]),
                                                str(want["outbound"])]
+    (day,) = re.findall(r"<tr><th>\w{3} \d\d \w{3}</th>((?:<td class=\"num\">\d+</td>)+)</tr>",
+                        page)  # the recorded day, in the per-day table
+    assert re.findall(r">(\d+)<", day) == re.findall(r">(\d+)<", row)
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "192.0.2.10 is listed in bl.example" in page
     assert 'href="mail.html">Mail</a>' in (tmp_path / "html" / "index.html").read_text()
@@ -461,6 +562,12 @@ def test_mail_graphs_draw_messages_per_hour(tmp_path):
     assert shown(10 / 300, "outbound", info.units["outbound"]) == "120 msg/h"
     legend = {row.label: row.text for row in graph.legend}
     assert "avg   120 msg/h" in legend["received"] and "avg  24.0 msg/h" in legend["outbound"]
+    # Six lines: the legend takes a second column, so outbound and rejected are named too.
+    layout = render.legend_layout(graph.legend)
+    assert [(column, line, row.label) for column, line, row, _ in layout] == [
+        (0, 0, "received"), (0, 1, "delivered"), (0, 2, "deferred"), (0, 3, "bounced"),
+        (1, 0, "rejected"), (1, 1, "outbound")]
+    assert layout[-1][3] == "outbound  now 24.0 msg/h avg 24.0 msg/h max 24.0 msg/h"
     _, _, ticks = render.axis(0.0, max(graph.layers[0].values), 0.0, None, graph.unit)
     assert all(t.endswith(" msg/h") for t in ticks) and ticks[-1] in ("120 msg/h", "125 msg/h",
                                                                        "150 msg/h")
