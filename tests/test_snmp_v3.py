@@ -451,3 +451,47 @@ def test_fuzzed_v3_replies_only_ever_raise_ber_error(matrix_snmpd):
         opened += 1
         check_values(pdu.varbinds)
     assert opened  # unauthenticated replies still decode after some mutations
+
+
+def unknown_engine_report(reply: bytes, rng: random.Random) -> bytes:
+    """snmpd's reply to a request turned into what a relay that never knows the engine ID
+    answers: a Report of usmStatsUnknownEngineIDs naming a new engine ID each time (discovery's
+    reply, with no user name, passes as it is)."""
+    message = v3.decode_message(reply)
+    if not message.user_name:
+        return reply
+    report = ber.encode_pdu(ber.REPORT, 0, [(*v3.USM_STATS, 4, 0)])
+    return v3.encode_message(message.msg_id, 0, rng.randbytes(12), message.boots,
+                             message.engine_time, message.user_name, None,
+                             v3.encode_scoped_pdu(b"", b"", report))
+
+
+def test_a_relay_that_keeps_reporting_unknown_engine_ids(matrix_snmpd):
+    """Every request answered by an unknownEngineID report with a new engine ID: each poll
+    rediscovers once, then says so in words; the device's engine keeps the keys of a few
+    engine IDs, not of every one it was told (polls go on for months)."""
+    rng = random.Random(20261204)
+    config = v3_config("sha256", "aes128")
+    engine = v3.UsmEngine()
+
+    async def go() -> list[SnmpError]:
+        relay, port = await start_relay(matrix_snmpd, lambda r: unknown_engine_report(r, rng))
+        errors = []
+        try:
+            for _ in range(3 * v3.MAX_KEPT_KEYS):
+                c = client(port, config, engine, timeout=0.5, retries=0)
+                try:
+                    with pytest.raises(SnmpError) as info:
+                        await c.get([SYS_UPTIME])
+                    errors.append(info.value)
+                finally:
+                    c.close()
+        finally:
+            relay.close()
+        return errors
+
+    errors = asyncio.run(go())
+    for error in errors:
+        assert error.kind == "engine", error.message
+        assert "reported an unknown engine ID" in error.message, error.message
+    assert len(engine._keys) <= v3.MAX_KEPT_KEYS
