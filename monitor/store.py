@@ -432,10 +432,10 @@ class JsonCatalog:
                     raw = json.loads(self.path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
                     raw = None
-                existing = raw.get("files") if isinstance(raw, dict) else None
-                existing = {rel: e for rel, e in existing.items()
+                found = raw.get("files") if isinstance(raw, dict) else None
+                existing = {rel: e for rel, e in found.items()
                             if _entry_ok(rel, e) and (self.root / rel).exists()
-                            } if isinstance(existing, dict) else {}
+                            } if isinstance(found, dict) else {}
             existing.update(entries)
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
