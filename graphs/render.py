@@ -532,7 +532,7 @@ SCALE = 2
 SPARK_WIDTH, SPARK_HEIGHT = 160, 34
 _AX_LEFT, _AX_RIGHT, _AX_TOP, _AX_BOTTOM = 78, 52, 30, 88  # pixels
 _LEGEND_ROWS = 4
-_TICK_CHARS, _LEGEND_CHARS = 24, 120  # the most characters of a tick label, a legend line
+_TICK_CHARS, _LEGEND_CHARS = 16, 120  # the most characters of a tick's unit, a legend line
 
 
 def _steps(start: float, step: float, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -662,7 +662,23 @@ class Renderer:
         self.fonts = _Fonts(SCALE)
         self._backgrounds: dict[tuple, object] = {}
         self._windows: dict[str, tuple[float, float]] = {}
+        self._ticks: dict[str, str] = {}  # tick label -> as drawn (_fitted)
         self.spark = _Sparkline()
+
+    def _fitted(self, tick: str) -> str:
+        """A tick label printable and within its margin: a unit from a plugin's perfdata may
+        be any text (it is cut, the number stays whole). Cached: ticks repeat."""
+        fitted = self._ticks.get(tick)
+        if fitted is None:
+            number, space, shown = tick.partition(" ")
+            shown = display(shown, _TICK_CHARS)
+            room = (_AX_LEFT - 7) * SCALE
+            while shown and self.fonts.small.getlength(number + space + shown) > room:
+                shown = display(shown, len(shown) - 1) if len(shown) > 2 else ""
+            if len(self._ticks) > 4096:
+                self._ticks.clear()
+            fitted = self._ticks[tick] = (number + space + shown).rstrip()
+        return fitted
 
     def _background(self, period: str, start: float, end: float, divisions: int, loss: bool) -> object:
         if self._windows.get(period) != (start, end):
@@ -701,8 +717,7 @@ class Renderer:
         if graph.kind not in _YLABELS and label:
             ticks = [number + shown.removesuffix(graph.unit)
                      for number, _, shown in (t.partition(" ") for t in ticks)]
-        # (a unit comes from a plugin's perfdata: printable and short, like every drawn name)
-        ticks = [display(tick, _TICK_CHARS) for tick in ticks]
+        ticks = [self._fitted(tick) for tick in ticks]
         divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)

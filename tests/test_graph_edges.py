@@ -79,7 +79,8 @@ def test_an_axis_shows_its_floor_and_any_range_without_overflow(low: float, high
 
 def test_a_hostile_unit_is_drawn_short_and_printable(tmp_path: Path) -> None:
     """A plugin's perfdata unit is any text: the tick labels and legend lines that carry it
-    are drawn printable and bounded (the renderer keeps what it draws in caches)."""
+    are drawn printable and bounded, each tick's number whole within the margin (the
+    renderer keeps what it draws in caches)."""
     store = RrdStore(tmp_path / "rrd")
     unit = "\u202eevil\x1b[31m" + "U" * 5000
     batch = [Measurement("host", "plugin", "value", float(i % 7), unit=unit, timestamp=t)
@@ -91,7 +92,10 @@ def test_a_hostile_unit_is_drawn_short_and_printable(tmp_path: Path) -> None:
     result = render.render_job(store, renderer, render.Job(info, ["day"], tmp_path / "out", NOW))
     assert result.error == ""
     drawn = [text for _, text, _ in renderer.fonts._texts]
-    assert any("U" in text for text in drawn)
+    ticks = [text for text in drawn if text[:1].isdigit()]
+    assert ticks and all("evil" in text and text.endswith("…") for text in ticks), ticks
+    room = (render._AX_LEFT - 5) * render.SCALE  # the margin left of the axis
+    assert all(renderer.fonts.small.getlength(text) <= room for text in ticks)
     assert all(len(text) <= 80 and not CONTROL.search(text) for text in drawn)
     assert not CONTROL.search("".join(renderer.fonts._glyph_index))
 
