@@ -23,6 +23,24 @@ def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def free_dns_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 and ::1 (a DNS server binds all four; a port
+    free for UDP on 127.0.0.1 alone was taken for TCP now and then by a busy test)."""
+    hosts = ["127.0.0.1", *(["::1"] if ipv6_loopback() else [])]
+    for _ in range(100):
+        port = free_port(socket.SOCK_DGRAM)
+        try:
+            for host in hosts:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(family, kind) as s:
+                        s.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise OSError("no port free for UDP and TCP on the loopback addresses")
+
+
 def ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
@@ -81,7 +99,7 @@ def unbound(directory: Path, local_data: list[str], tcp: bool = True,
     import dns.message
     import dns.query
 
-    port = port or free_port(socket.SOCK_DGRAM)
+    port = port or free_dns_port()
     interfaces = interfaces or ["127.0.0.1", *(["::1"] if ipv6_loopback() else [])]
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "unbound.conf"
