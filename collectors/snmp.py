@@ -90,6 +90,7 @@ HC_COLUMNS = [hc for hc, _ in COUNTERS.values() if hc is not None]
 LOW_COLUMNS = [low for _, low in COUNTERS.values() if low is not None]
 ERROR_COLUMNS = [low for hc, low in COUNTERS.values() if hc is None and low is not None]
 COUNTER_METRICS = tuple(COUNTERS)
+_COUNTER32, _COUNTER64 = 2**32, 2**64  # the values a counter of either width can have
 UNITS = {metric: "B/s" if "octets" in metric else "/s" for metric in COUNTERS}
 # metric -> its 32-bit column, for the metrics that also have a 64-bit one.
 LOW_OF_HC = {metric: low for metric, (hc, low) in COUNTERS.items() if hc is not None and low}
@@ -327,12 +328,14 @@ def interfaces_from_tables(tables: dict[Oid, dict[Oid, object]], identity: str,
         values: list[int] = []
         wide_bits = 0
         for metric, wide, narrow in counter_columns:
+            # (a counter of the wrong type from a broken agent, a negative INTEGER or 64 bits
+            # in a 32-bit column, is no counter: its rate would be made up)
             value = wide.get(key)
-            if value.__class__ is int:
+            if value.__class__ is int and 0 <= value < _COUNTER64:
                 wide_bits |= 1 << len(values)
             else:
                 value = narrow.get(key)
-                if value.__class__ is not int:
+                if value.__class__ is not int or not 0 <= value < _COUNTER32:
                     continue
             metrics.append(metric)
             values.append(value)

@@ -38,6 +38,7 @@ MAX_MESSAGE_SIZE = 65507  # what we accept (msgMaxSize): the largest UDP payload
 MAX_ENGINE_ID, MAX_USER_NAME = 32, 32  # RFC 3411 SnmpEngineID, RFC 3414 usmUserName
 MAX_INT31 = 2**31 - 1
 TIME_WINDOW = 150  # seconds (RFC 3414 3.2.7)
+MAX_KEPT_KEYS = 8  # (user, engine ID) pairs whose localised keys a device's engine keeps
 
 # usmStats (RFC 3414 5) and the other counters an agent reports with, by the name that says what
 # went wrong.
@@ -248,9 +249,7 @@ class UsmEngine:
         (see `keys_soon` for the event loop)."""
         found = self._keys.get((user, self.engine_id))
         if found is None:
-            if len(self._keys) >= 8:  # a device whose engine ID keeps changing
-                self._keys.clear()
-            found = self._keys[(user, self.engine_id)] = Keys(user, self.engine_id)
+            found = self._remember(user, self.engine_id, Keys(user, self.engine_id))
         return found
 
     async def keys_soon(self, user: UsmUser) -> Keys:
@@ -260,10 +259,16 @@ class UsmEngine:
         if found is None:
             engine_id = self.engine_id
             made = await asyncio.to_thread(Keys, user, engine_id)
-            if engine_id == self.engine_id:
-                self._keys.setdefault((user, engine_id), made)
-            return made
+            return self._remember(user, engine_id, made) if engine_id == self.engine_id else made
         return found
+
+    def _remember(self, user: UsmUser, engine_id: bytes, keys: Keys) -> Keys:
+        """Keep keys for the next polls, of a few engine IDs at most: a device whose engine ID
+        keeps changing (or a relay reporting a new unknown one at every request) would
+        otherwise add some at every poll, for as long as the agent runs."""
+        if len(self._keys) >= MAX_KEPT_KEYS and (user, engine_id) not in self._keys:
+            self._keys.clear()
+        return self._keys.setdefault((user, engine_id), keys)
 
     def next_salt(self) -> int:
         self._salt = (self._salt + 1) & 0xFFFFFFFFFFFFFFFF

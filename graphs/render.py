@@ -381,19 +381,28 @@ def build_graph(info: SeriesInfo, series: Series, rows: Series | None = None) ->
 # -- axis scaling --------------------------------------------------------------------------------
 
 _NICE = (1.0, 2.0, 2.5, 5.0)
+# Values beyond this magnitude are drawn at the axis's edge: its arithmetic would overflow
+# (a step of 2.5e308 is infinite). A span below the smallest one is no span at all (its
+# logarithm is that of 0 below 5e-324).
+_AXIS_REACH, _SMALLEST_SPAN = 1e300, 1e-300
 
 
 def nice_axis(
     low: float, high: float, floor: float | None, ceiling: float | None
 ) -> tuple[float, float, int]:
-    """(bottom, top, divisions) with 3..6 divisions of a round step (1, 2, 2.5, 5 x 10^k)."""
+    """(bottom, top, divisions) with 3..6 divisions of a round step (1, 2, 2.5, 5 x 10^k);
+    the axis always shows `floor` (below data that is all negative too) and `ceiling`."""
     if floor is not None:
-        low = min(floor, low)
+        low, high = min(floor, low), max(floor, high)
     if ceiling is not None:
         high = max(ceiling, high)
-    if not (math.isfinite(low) and math.isfinite(high)) or high <= low:
-        high = low + 1.0 if math.isfinite(low) else 1.0
-        low = 0.0 if not math.isfinite(low) else low
+    low, high = (min(max(v, -_AXIS_REACH), _AXIS_REACH) for v in (low, high))
+    if not (math.isfinite(low) and math.isfinite(high)) or not high - low >= max(
+            _SMALLEST_SPAN, 1e-9 * max(abs(low), abs(high))):
+        # No span (one value, or float noise around it): one above it, or a millionth of it
+        # where one is below the doubles' precision.
+        low = low if math.isfinite(low) else 0.0
+        high = low + max(1.0, abs(low) / 1e6)
     span = high - low
     best: tuple[float, float, int] | None = None
     exponent = math.floor(math.log10(span / 6.0))
@@ -443,6 +452,8 @@ def _whole(value: float) -> bool:
 
 def _tick_number(value: float, decimals: int) -> str:
     """A tick's number with the decimals it has, not the step's: "0", "2.5", "5", "7.5"."""
+    if abs(value) >= 1e15:  # (no unit prefix goes this far: not a row of 16 digits)
+        return f"{value:.3g}"
     text = f"{value:.{decimals}f}"
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -465,53 +476,60 @@ def y_axis(graph: Graph) -> tuple[float, float, list[str]]:
 # -- time axis (local time) ----------------------------------------------------------------------
 
 
+def _resolved(wall: datetime) -> datetime:
+    """A local wall-clock time as an instant: the first of the two where the clock went back,
+    the moment the clock jumped where it skipped this time (of the two offsets that could
+    apply, the one that lands after the jump)."""
+    t = wall.replace(fold=0).astimezone()
+    if t.replace(tzinfo=None) == wall:
+        return t
+    return max(t, wall.replace(fold=1).astimezone())
+
+
 def time_ticks(period: str, start: float, end: float) -> tuple[list[float], list[str], list[float]]:
     """Major tick positions and labels, and minor positions, at local-time boundaries."""
-    local_start = datetime.fromtimestamp(start).astimezone()
-    majors: list[float] = []
-    labels: list[str] = []
-    minors: list[float] = []
+    wall_start = datetime.fromtimestamp(start)  # local wall-clock time (naive)
+    ticks: dict[float, tuple[bool, str]] = {}  # position -> (major, label)
 
     def walk(first: datetime, advance, label, major) -> None:  # type: ignore[no-untyped-def]
-        t = first
+        # The wall-clock times are stepped, each resolved to the UTC offset in force then:
+        # stepping resolved times would carry a skipped hour into every later tick (where
+        # daylight saving starts at midnight, as in Cairo, Havana or Santiago, a week's day
+        # ticks would all fall at 01:00 and lose their labels). A wall time that does not
+        # exist lands where the clock jumped to, with the one that does if both are there.
+        wall = first
         while True:
+            t = _resolved(wall)
             ts = t.timestamp()
             if ts > end:
                 break
-            if ts >= start:
-                if major(t):
-                    majors.append(ts)
-                    labels.append(label(t))
-                else:
-                    minors.append(ts)
-            t = advance(t)
-
-    def next_local(t: datetime, **delta: int) -> datetime:
-        # Step in wall-clock time and re-resolve the UTC offset (daylight saving changes).
-        naive = t.replace(tzinfo=None) + timedelta(**delta)
-        return naive.astimezone()
+            if ts >= start and not ticks.get(ts, (False, ""))[0]:
+                ticks[ts] = (major(wall), label(t))
+            wall = advance(wall)
 
     if period == "day":
-        first = local_start.replace(minute=0, second=0, microsecond=0)
-        walk(first, lambda t: next_local(t, hours=1), lambda t: t.strftime("%H:%M"),
+        first = wall_start.replace(minute=0, second=0, microsecond=0)
+        walk(first, lambda t: t + timedelta(hours=1), lambda t: t.strftime("%H:%M"),
              lambda t: t.hour % 3 == 0)
     elif period == "week":
-        first = local_start.replace(hour=0, minute=0, second=0, microsecond=0)
-        walk(first, lambda t: next_local(t, hours=6), lambda t: t.strftime("%a %d"),
+        first = wall_start.replace(hour=0, minute=0, second=0, microsecond=0)
+        walk(first, lambda t: t + timedelta(hours=6), lambda t: t.strftime("%a %d"),
              lambda t: t.hour == 0)
     elif period == "month":
-        first = local_start.replace(hour=0, minute=0, second=0, microsecond=0)
-        walk(first, lambda t: next_local(t, days=1), lambda t: t.strftime("%d %b"),
+        first = wall_start.replace(hour=0, minute=0, second=0, microsecond=0)
+        walk(first, lambda t: t + timedelta(days=1), lambda t: t.strftime("%d %b"),
              lambda t: t.weekday() == 0)
     else:
-        first = local_start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        first = wall_start.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
         def next_month(t: datetime) -> datetime:
             y, m = (t.year + 1, 1) if t.month == 12 else (t.year, t.month + 1)
-            return t.replace(tzinfo=None, year=y, month=m).astimezone()
+            return t.replace(year=y, month=m)
 
         walk(first, next_month, lambda t: t.strftime("%b"), lambda t: True)
-    return majors, labels, minors
+    majors = [ts for ts in sorted(ticks) if ticks[ts][0]]
+    minors = [ts for ts in sorted(ticks) if not ticks[ts][0]]
+    return majors, [ticks[ts][1] for ts in majors], minors
 
 
 # -- drawing -------------------------------------------------------------------------------------
@@ -523,6 +541,7 @@ SCALE = 2
 SPARK_WIDTH, SPARK_HEIGHT = 160, 34
 _AX_LEFT, _AX_RIGHT, _AX_TOP, _AX_BOTTOM = 78, 52, 30, 88  # pixels
 _LEGEND_ROWS = 4
+_TICK_CHARS, _LEGEND_CHARS = 16, 120  # the most characters of a tick's unit, a legend line
 _LEGEND_COLUMN = (WIDTH - 12) // 2  # pixels: a second legend column starts half-way across
 _LEGEND_COLUMN_CHARS = 54  # of the monospace legend font that fit in one such column
 
@@ -535,8 +554,8 @@ def legend_layout(legend: list[LegendRow]) -> list[tuple[int, int, LegendRow, st
     rows = legend[: 2 * _LEGEND_ROWS]
     width = min(20, max((len(row.label) for row in rows), default=0)) + 1
     if len(rows) <= _LEGEND_ROWS:
-        return [(0, i, row, f"{display(row.label, width - 1):<{width}}{row.text}")
-                for i, row in enumerate(rows)]
+        return [(0, i, row, display(f"{display(row.label, width - 1):<{width}}{row.text}",
+                                    _LEGEND_CHARS)) for i, row in enumerate(rows)]
     return [(i // _LEGEND_ROWS, i % _LEGEND_ROWS, row,
              display(f"{display(row.label, width - 1):<{width}}{' '.join(row.text.split())}",
                      _LEGEND_COLUMN_CHARS)) for i, row in enumerate(rows)]
@@ -577,8 +596,11 @@ class _Plot:
         return self.x0 + (t - self.start) * self.x_scale
 
     def y(self, values: np.ndarray | float) -> Any:
-        """Pixel heights of values on the left axis (bottom..top)."""
-        return self.y0 + (values - self.bottom) * self.y_scale
+        """Pixel heights of values on the left axis (bottom..top), kept within a box's height
+        of it: what lies beyond is clipped anyway, and Agg's fixed-point cells overflow on
+        coordinates of billions of pixels (a value far off the axis, a band's far edge)."""
+        return np.clip(self.y0 + (values - self.bottom) * self.y_scale, self.y0 - self.height,
+                       self.y0 + 2 * self.height)
 
     def y_share(self, share: np.ndarray) -> np.ndarray:
         """Pixel heights of 0..1 on the whole height (the right axis, the sparkline)."""
@@ -666,7 +688,23 @@ class Renderer:
         self.fonts = _Fonts(SCALE)
         self._backgrounds: dict[tuple, object] = {}
         self._windows: dict[str, tuple[float, float]] = {}
+        self._ticks: dict[str, str] = {}  # tick label -> as drawn (_fitted)
         self.spark = _Sparkline()
+
+    def _fitted(self, tick: str) -> str:
+        """A tick label printable and within its margin: a unit from a plugin's perfdata may
+        be any text (it is cut, the number stays whole). Cached: ticks repeat."""
+        fitted = self._ticks.get(tick)
+        if fitted is None:
+            number, space, shown = tick.partition(" ")
+            shown = display(shown, _TICK_CHARS)
+            room = (_AX_LEFT - 7) * SCALE
+            while shown and self.fonts.small.getlength(number + space + shown) > room:
+                shown = display(shown, len(shown) - 1) if len(shown) > 2 else ""
+            if len(self._ticks) > 4096:
+                self._ticks.clear()
+            fitted = self._ticks[tick] = (number + space + shown).rstrip()
+        return fitted
 
     def _background(self, period: str, start: float, end: float, divisions: int, loss: bool) -> object:
         if self._windows.get(period) != (start, end):
@@ -705,6 +743,7 @@ class Renderer:
         if graph.kind not in _YLABELS and label:
             ticks = [number + shown.removesuffix(graph.unit)
                      for number, _, shown in (t.partition(" ") for t in ticks)]
+        ticks = [self._fitted(tick) for tick in ticks]
         divisions = len(ticks) - 1
         has_loss = any(layer.right for layer in graph.layers)
         bg = self._background(period.name, start, end, divisions, has_loss)

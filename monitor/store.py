@@ -335,6 +335,24 @@ def _ds_names(info: dict) -> list[str]:
     return sorted(index, key=index.__getitem__)
 
 
+def _entry_ok(rel: object, entry: object) -> bool:
+    """Whether an index entry is one the store could have written, for a file inside the RRD
+    directory: a damaged index (a bad disk, a hand edit, another program's JSON) must neither
+    stop the store nor name a file elsewhere."""
+    if not isinstance(rel, str) or not isinstance(entry, dict):
+        return False
+    step, metrics = entry.get("step"), entry.get("metrics")
+    units, limits = entry.get("units", {}), entry.get("thresholds", {})
+    path = Path(rel)
+    return (rel.endswith(".rrd") and not path.is_absolute() and ".." not in path.parts
+            and isinstance(entry.get("target"), str) and isinstance(entry.get("instance"), str)
+            and type(step) is int and step > 0
+            and isinstance(metrics, dict) and isinstance(units, dict) and isinstance(limits, dict)
+            and all(isinstance(m, str) and isinstance(ds, str) for m, ds in metrics.items())
+            and all(isinstance(u, str) for u in units.values())
+            and all(isinstance(v, list) and len(v) <= 4 for v in limits.values()))
+
+
 class Catalog(Protocol):
     """Where the index of RRD files (relative path -> target, instance, step, metrics in DS
     order, units) is kept, for every process that reads or writes the store."""
@@ -387,12 +405,20 @@ class JsonCatalog:
             log.error("RRD index %s unreadable (%s); it is rebuilt as files are written",
                       self.path, exc)
             return {}
+        entries = raw.get("files") if isinstance(raw, dict) else None
+        if not isinstance(entries, dict):
+            log.error("RRD index %s holds no index of files; it is rebuilt as files are written",
+                      self.path)
+            return {}
         # Version 1 indexes were saved with sorted keys, which scrambled "metrics" (the DS
         # order): take the order from the files themselves once (the next save is version 2).
-        stale = raw.get("version", 1) < 2
+        version = raw.get("version", 1)
+        stale = type(version) is not int or version < 2
+        if not stale:
+            return entries  # (each entry is checked where it is used: `_entry_ok`)
         files = {}
-        for rel, entry in raw.get("files", {}).items():
-            if stale and (self.root / rel).exists():
+        for rel, entry in entries.items():
+            if _entry_ok(rel, entry) and (self.root / rel).exists():
                 entry = {**entry, "metrics": _ds_order(self.root / rel, dict(entry["metrics"])),
                          "stale": True}
             files[rel] = entry
@@ -407,10 +433,13 @@ class JsonCatalog:
                 existing = dict(self._foreign)
             else:
                 try:
-                    existing = json.loads(self.path.read_text(encoding="utf-8")).get("files", {})
+                    raw = json.loads(self.path.read_text(encoding="utf-8"))
                 except (OSError, ValueError):
-                    existing = {}
-                existing = {rel: e for rel, e in existing.items() if (self.root / rel).exists()}
+                    raw = None
+                found = raw.get("files") if isinstance(raw, dict) else None
+                existing = {rel: e for rel, e in found.items()
+                            if _entry_ok(rel, e) and (self.root / rel).exists()
+                            } if isinstance(found, dict) else {}
             existing.update(entries)
             # Not sort_keys: the order of "metrics" is the file's DS order, which every update
             # relies on (sorted, a second process wrote values into the wrong data sources).
@@ -523,6 +552,8 @@ class RrdStore:
         self._batch: list[Measurement] = []
         self._by_key: dict[Key, list[Measurement]] | None = None
         self._serial = 0  # counts write() calls
+        self._told_damaged = False  # a damaged index entry was logged
+        self._changed_layouts: list[_FileState] = []  # files another writer gave more sources
         if not remote:
             self.root.mkdir(parents=True, exist_ok=True)
             migrate_percent_names(self.root)
@@ -538,11 +569,20 @@ class RrdStore:
 
     def _load_index(self) -> None:
         targets: dict[str, str] = {}  # one copy of a device's name for all its files
+        damaged = 0
         for rel, entry in self.catalog.load().items():
+            try:
+                if (entry["target"], entry["instance"]) in self._files:
+                    continue  # (known: most entries at every call but the first)
+            except (KeyError, TypeError):
+                pass  # damaged: _entry_ok says so
+            if not _entry_ok(rel, entry):
+                damaged += 1  # its file is adopted as it is when next written
+                continue
             target = targets.setdefault(entry["target"], entry["target"])
             key = (target, entry["instance"])
             path = self._base / rel
-            if key not in self._files and (self.remote or path.exists()):
+            if self.remote or path.exists():
                 if entry.get("stale"):
                     self._index_dirty = True
                 limits = {m: Thresholds(*v) for m, v in entry.get("thresholds", {}).items()}
@@ -550,6 +590,10 @@ class RrdStore:
                 info = SeriesInfo(target, key[1], path, int(entry["step"]), layout.metrics,
                                   layout.units, limits)
                 self._files[key] = _FileState.of(info, layout)
+        if damaged and not self._told_damaged:
+            self._told_damaged = True
+            log.error("RRD index: %d damaged entries skipped (their files are taken as they are "
+                      "when next written)", damaged)
 
     @property
     def _base(self) -> Path:
@@ -691,6 +735,9 @@ class RrdStore:
                 self._handle_failure(state, error, report)
         for state in updates:  # not kept until the next batch: ~120 bytes a file
             state.text = ""
+        if self._changed_layouts:
+            self._read_layouts(self._changed_layouts)
+            self._changed_layouts = []
         self._batch, self._by_key = [], None
         try:
             self._save_index(INDEX_SAVE_INTERVAL)
@@ -916,8 +963,9 @@ class RrdStore:
         if state is None:
             metrics = {name: ds_name(name) for name in samples}
             made_ahead = key in self._made
+            units = {m: s.unit for m, s in samples.items()}
             if not made_ahead and not self.remote and path.exists():
-                state = self._adopt(key, path, metrics)
+                state = self._adopt(key, path, metrics, units)
             else:
                 try:
                     if made_ahead:
@@ -929,10 +977,10 @@ class RrdStore:
                     if not (self.remote and "File exists" in str(exc)):
                         raise
                     # Another node made it (or the index lost it): take it as it is.
-                    state = self._adopt(key, path, metrics)
+                    state = self._adopt(key, path, metrics, units)
                 else:
                     any_sample = next(iter(samples.values()))
-                    layout = self._layouts.get(metrics, {m: s.unit for m, s in samples.items()})
+                    layout = self._layouts.get(metrics, units)
                     info = SeriesInfo(any_sample.target, any_sample.instance, path, step,
                                       layout.metrics, layout.units)
                     state = _FileState.of(info, layout, last=first - 1)
@@ -958,18 +1006,49 @@ class RrdStore:
                 self._index_dirty = True
         elif missing:
             self._flush_daemon(path)
-            # A new layout (the old one is other files' too), as far as the tunes went.
-            metrics, units = dict(state.info.metrics), dict(state.info.units)
+            # The data sources as the file has them: an index entry may be older than its
+            # file (saved by a writer that had not seen a new metric yet), and a DS added
+            # again is refused as a duplicate at every batch.
+            order = _ds_names(rrdtool.info(str(path)))
+            names = {ds: m for m, ds in state.info.metrics.items()}
+            units = dict(state.info.units)
             try:
                 for metric in missing:
                     ds = ds_name(metric)
-                    rrdtool.tune(str(path), _ds_definition(ds, samples[metric], state.info.step))
-                    metrics[metric] = ds
+                    if ds not in order:
+                        rrdtool.tune(str(path), _ds_definition(ds, samples[metric], state.info.step))
+                        order.append(ds)
+                    names[ds] = metric
                     units[metric] = samples[metric].unit
             finally:
-                self._relayout(state, metrics, units)
+                # A new layout (the old one is other files' too), as far as the tunes went.
+                metrics = {names.get(ds, ds): ds for ds in order}
+                self._relayout(state, metrics, {m: u for m, u in units.items() if m in metrics})
                 self._index_dirty = True
         return state
+
+    def _read_layouts(self, states: list[_FileState]) -> None:
+        """Take the data sources of files another writer changed as the files have them now,
+        each named as that writer's index entry names it (else as we did, else by its DS
+        name), with the units of either."""
+        entries = self.catalog.load()
+        for state in states:
+            info = state.info
+            try:
+                order = _ds_names(rrdtool.info(*self._via, str(info.path)))
+            except rrdtool.OperationalError:
+                continue  # (gone or damaged meanwhile: the next update says which)
+            rel = str(info.path.relative_to(self._base))
+            found = entries.get(rel) or {}
+            theirs = found if _entry_ok(rel, found) else {"metrics": {}}
+            names = {ds: m for m, ds in chain(theirs["metrics"].items(), info.metrics.items())}
+            metrics = {names.get(ds, ds): ds for ds in order}
+            units = {m: u for m, u in chain(theirs.get("units", {}).items(), info.units.items())
+                     if m in metrics}
+            log.warning("store: %s: data sources changed by another writer (%s); taken as they "
+                        "are now", info.path, ", ".join(order))
+            self._relayout(state, metrics, units)
+            self._index_dirty = True
 
     def _relayout(self, state: _FileState, metrics: dict[str, str], units: dict[str, str]) -> None:
         """Give a file these data sources: a layout of its own or another's, never a change
@@ -1010,12 +1089,14 @@ class RrdStore:
         log.warning("store: %s: data source(s) %s added through rrdcached (the file before: %s)",
                     path, ", ".join(added.values()), copy)
 
-    def _adopt(self, key: Key, path: Path, metrics: dict[str, str]) -> _FileState:
-        """A file exists that the index does not know (index lost): read its DS list."""
+    def _adopt(self, key: Key, path: Path, metrics: dict[str, str], units: dict[str, str]
+               ) -> _FileState:
+        """A file exists that the index does not know (index lost): read its DS list; the
+        metrics of this batch (metric -> DS name, and their units) name what they can."""
         info = rrdtool.info(*self._via, str(path))
         by_ds = {ds: m for m, ds in metrics.items()}
         known = {by_ds.get(n, n): n for n in _ds_names(info)}
-        layout = self._layouts.get(known, {})
+        layout = self._layouts.get(known, {m: u for m, u in units.items() if m in known})
         series = SeriesInfo(key[0], key[1], path, int(info["step"]), layout.metrics, layout.units)
         return _FileState.of(series, layout, last=int(info["last_update"]))
 
@@ -1043,16 +1124,20 @@ class RrdStore:
     def _handle_failure(self, state: _FileState, error: str, report: WriteReport) -> None:
         path = state.info.path
         key = (state.info.target, state.info.instance)
-        if self.remote:
+        if "illegal attempt to update" in error:
+            # Another writer got a later row in (another node, a `collect` beside `run`, an
+            # import that moved the file on): the samples wait, and next time those not newer
+            # than the file's last update (asked anew) are skipped and counted, the newer ones
+            # written; not all dropped (rrdcached refuses the rest of an UPDATE from the first
+            # old row), nor retried for ever in front of every newer one. Rows rrdcached holds
+            # for a local file count: flushed first.
+            if not self.remote:
+                self._flush_daemon(path)
+            state.last = None
+            self._keep(key, None, report)
+        elif self.remote:
             # The daemon's files: it says whether one is gone; a busy or failing daemon keeps
             # the samples for the next batch.
-            if "illegal attempt to update" in error:
-                # Another writer got there first (rows not newer than the file's last one):
-                # these can never be written. The file's last update is asked anew next time.
-                state.last = None
-                report.skipped += len(self._measurements_of(key))
-                report.errors.append(f"{path}: {error}; these values are dropped")
-                return
             if "No such file" in error or "data source readings" in error:
                 # Gone, or made again with more data sources by another node: the next batch
                 # takes the file as it is now.
@@ -1063,6 +1148,12 @@ class RrdStore:
             self._files.pop(key, None)
             self._index_dirty = True
             self._keep(key, f"{path}: vanished ({error})", report)
+        elif "data source readings" in error:
+            # Another writer gave the file more data sources (an import, a `collect` beside
+            # `run` with a new metric): its layout is read again after this batch, and the
+            # samples wait for it.
+            self._changed_layouts.append(state)
+            self._keep(key, None, report)
         elif self._is_corrupt(path):
             aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
             try:

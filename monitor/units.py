@@ -174,8 +174,9 @@ def format_value(value: float | None, unit: str = "") -> str:
     """A measured value for people, in the convention above; None or NaN -> "-".
 
     1536, "B" -> "1.5 KiB"; 12_345_678, "b/s" -> "12.3 Mbit/s"; 0.0042, "s" -> "4.20 ms";
-    3_840_000, "s" -> "44 days"; 12.34, "%" -> "12.3 %"."""
-    if value is None or math.isnan(value):
+    3_840_000, "s" -> "44 days"; 12.34, "%" -> "12.3 %". Infinite (rrdtool's average of a
+    value near the doubles' limit) is no figure either."""
+    if value is None or not math.isfinite(value):
         return "-"
     factor, shown = scale_for(value, unit)
     scaled = value / factor

@@ -18,6 +18,8 @@ silence       nothing at all
 Not in MODES (not a broken poll), for the tests of what a device may say:
 longalias     a tidy table of 2 interfaces whose ifAlias is 30 KB with terminal escapes and
               bidi overrides
+badcounters   a tidy table of 2 interfaces whose counters are of the wrong type: a negative
+              INTEGER in the 64-bit columns, a Counter64 above 2^32 in the 32-bit ones
 endlessinventory  a tidy IF-MIB, but ifPhysAddress and the IP-MIB tables never end
 """
 
@@ -99,6 +101,14 @@ def tidy_value(column: tuple[int, ...], index: int) -> bytes:
 def next_row(mode: str, column: tuple[int, ...], cursor: tuple[int, ...], rep: int) -> bytes:
     """One repetition of one column: the varbind the hostile agent returns."""
     index = cursor[len(column)] if len(cursor) > len(column) else 0
+    if mode == "badcounters":
+        if index + rep + 1 > 2:
+            return varbind(cursor, b"\x82\x00")
+        value = tidy_value(column, index + rep + 1)
+        if value == counter(1000):
+            value = (ber.encode_int(-5) if column[:len(IFX)] == IFX
+                     else ber._tlv(0x46, (2**40 + rep).to_bytes(6, "big")))
+        return varbind((*column, index + rep + 1), value)
     if mode in ("longalias", "endlessinventory"):
         if mode == "endlessinventory" and any(column[:len(c)] == c for c in INVENTORY_COLUMNS):
             return varbind((*column, index + rep + 1), counter(1000))

@@ -180,3 +180,27 @@ def test_discover_is_bounded_like_a_poll():
     stanza = asyncio.run(go("endlessinventory"))
     assert "# 2 interface(s)" in stanza and "port1" in stanza and "port2" in stanza
     assert "MACs and addresses not listed" in stanza and "rows" in stanza
+
+
+def test_counters_of_the_wrong_type_are_unknown_not_a_failed_poll(tmp_path):
+    """A negative INTEGER where a Counter64 belongs, a 64-bit value in a 32-bit counter's
+    column: those counters are unknown (no rate from them), the rest of the poll stands."""
+    from monitor.config import SnmpDevice
+
+    async def go() -> list[Batch]:
+        transport, _, port = await start_hostile()
+        collector = SnmpCollector([SnmpDevice(name="bad", host="127.0.0.1", port=port,
+                                              community="badcounters", timeout=1, retries=0)],
+                                  60, state_dir=tmp_path / "snmp")
+        try:
+            return [await collector.collect(), await collector.collect()]
+        finally:
+            collector.close()
+            transport.close()
+
+    for batch in asyncio.run(go()):
+        status = check(batch, "bad", "snmp")
+        assert "poll failed" not in status.message, status.message
+        assert check(batch, "bad", "if port1").state is State.OK
+        octets = [m for m in batch.measurements if m.metric in ("in_octets", "out_octets")]
+        assert all(m.value is None for m in octets), octets

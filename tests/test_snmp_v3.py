@@ -451,3 +451,78 @@ def test_fuzzed_v3_replies_only_ever_raise_ber_error(matrix_snmpd):
         opened += 1
         check_values(pdu.varbinds)
     assert opened  # unauthenticated replies still decode after some mutations
+
+
+def report_instead(reply: bytes, oid: tuple[int, ...], engine_id: bytes | None = None) -> bytes:
+    """snmpd's reply to a request turned into an unauthenticated Report of `oid` (with another
+    engine ID if given); discovery's reply, with no user name, passes as it is."""
+    message = v3.decode_message(reply)
+    if not message.user_name:
+        return reply
+    report = ber.encode_pdu(ber.REPORT, 0, [oid])
+    return v3.encode_message(message.msg_id, 0, engine_id or message.engine_id, message.boots,
+                             message.engine_time, message.user_name, None,
+                             v3.encode_scoped_pdu(b"", b"", report))
+
+
+def unknown_engine_report(reply: bytes, rng: random.Random) -> bytes:
+    """What a relay that never knows the engine ID answers: a Report of
+    usmStatsUnknownEngineIDs naming a new engine ID each time."""
+    return report_instead(reply, (*v3.USM_STATS, 4, 0), rng.randbytes(12))
+
+
+@pytest.mark.parametrize(("oid", "kind", "words"), [
+    ((*v3.USM_STATS, 6, 0), "auth", "cannot decrypt the request of user 'u-sha-aes128'"),
+    ((*v3.USM_STATS, 5, 0), "auth", "authentication failed (wrong auth key or auth protocol)"),
+    ((*v3.USM_STATS, 2, 0), "engine", "not in time window"),
+    ((1, 3, 6, 1, 6, 3, 12, 1, 5, 0), "error", "has no SNMPv3 context ''"),
+    ((1, 3, 6, 1, 6, 3, 11, 2, 1, 3, 0), "protocol", "answered with a report: unknownPDUHandler"),
+    ((1, 3, 6, 1, 4, 1, 9, 9, 9), "protocol", "answered with a report: 1.3.6.1.4.1.9.9.9"),
+])
+def test_reports_of_an_agent_say_what_went_wrong(matrix_snmpd, oid, kind, words):
+    """Each Report an agent (or a relay) may answer with, in words; an unauthenticated
+    notInTimeWindow to an authenticated request is not taken as a clock to follow."""
+    async def go() -> SnmpError:
+        relay, port = await start_relay(matrix_snmpd, lambda r: report_instead(r, oid))
+        c = client(port, v3_config("sha", "aes128"), timeout=0.5, retries=0)
+        try:
+            with pytest.raises(SnmpError) as info:
+                await c.get([SYS_UPTIME])
+        finally:
+            c.close()
+            relay.close()
+        return info.value
+
+    error = asyncio.run(go())
+    assert error.kind == kind and words in error.message, error.message
+
+
+def test_a_relay_that_keeps_reporting_unknown_engine_ids(matrix_snmpd):
+    """Every request answered by an unknownEngineID report with a new engine ID: each poll
+    rediscovers once, then says so in words; the device's engine keeps the keys of a few
+    engine IDs, not of every one it was told (polls go on for months)."""
+    rng = random.Random(20261204)
+    config = v3_config("sha256", "aes128")
+    engine = v3.UsmEngine()
+
+    async def go() -> list[SnmpError]:
+        relay, port = await start_relay(matrix_snmpd, lambda r: unknown_engine_report(r, rng))
+        errors = []
+        try:
+            for _ in range(3 * v3.MAX_KEPT_KEYS):
+                c = client(port, config, engine, timeout=0.5, retries=0)
+                try:
+                    with pytest.raises(SnmpError) as info:
+                        await c.get([SYS_UPTIME])
+                    errors.append(info.value)
+                finally:
+                    c.close()
+        finally:
+            relay.close()
+        return errors
+
+    errors = asyncio.run(go())
+    for error in errors:
+        assert error.kind == "engine", error.message
+        assert "reported an unknown engine ID" in error.message, error.message
+    assert len(engine._keys) <= v3.MAX_KEPT_KEYS
