@@ -71,6 +71,13 @@ def recording(directory: Path) -> None:
     (directory / "mrtg.snmprec").write_text("\n".join(keep) + "\n")
 
 
+# snmpsim's SNMPv3 engine: one user, SHA and AES (its context name "mrtg" is the recording).
+V3_ENGINE_ID = "8000000001020304"
+V3_USER, V3_AUTH, V3_PRIV = "mrtgv3", "authpass123", "privpass123"
+V3_ENGINE = (f"--v3-engine-id={V3_ENGINE_ID}", f"--v3-user={V3_USER}", f"--v3-auth-key={V3_AUTH}",
+             "--v3-auth-proto=SHA", f"--v3-priv-key={V3_PRIV}", "--v3-priv-proto=AES")
+
+
 class CounterSetter:
     """SNMP SETs of Counter32 values into snmpsim's writecache (one engine for all runs)."""
 
@@ -105,7 +112,7 @@ def device():
     recording(data)
     for path in (tmp, data, cache):
         os.chmod(path, 0o777)
-    proc, port = start_snmpsim(data, cache, "mrtg")
+    proc, port = start_snmpsim(data, cache, "mrtg", V3_ENGINE)
     yield port
     stop(proc)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -369,6 +376,44 @@ def test_mrtgs_own_figures_of_every_graph_come_back_from_our_files(device, tmp_p
 async def set_counters(port: int, values: dict[str, int], uptime: int) -> None:
     async with CounterSetter() as setter:
         await setter.set(port, values, uptime)
+
+
+def test_cfgmakers_snmpv3_config_becomes_a_v3_device_our_collector_polls(device, tmp_path):
+    """cfgmaker over SNMPv3 (user, SHA, AES, context): its Target[] and SnmpOptions[] become a
+    [snmp.devices.v3] stanza with the keys as file hints (never inline); with the pass
+    phrases put in those files, our collector polls the same device over SNMPv3."""
+    from collectors.snmp import SnmpCollector
+    from tests.test_snmp import Clock
+
+    work = tmp_path / "mrtg"
+    work.mkdir()
+    config_path = tmp_path / "mrtg.cfg"
+    subprocess.run(["cfgmaker", "--enablesnmpv3", f"--username={V3_USER}", "--authprotocol=sha",
+                    f"--authpassword={V3_AUTH}", "--privprotocol=aes", f"--privpassword={V3_PRIV}",
+                    f"--contextengineid={V3_ENGINE_ID}", "--contextname=mrtg", "--global",
+                    f"WorkDir: {work}", f"--output={config_path}",
+                    f"{V3_USER}@127.0.0.1:{device}::::3"],
+                   check=True, capture_output=True, env={**os.environ, "LANG": "C"})
+    text = config_path.read_text()
+    assert f"#eth0:{V3_USER}@127.0.0.1:{device}::::3" in text and "SnmpOptions[" in text, text
+    plan = mrtg.plan(config_path)
+    (stanza,) = plan.stanzas
+    assert V3_AUTH not in stanza and V3_PRIV not in stanza and "community" not in stanza, stanza
+    keys = {}
+    for kind, secret in (("auth", V3_AUTH), ("priv", V3_PRIV)):
+        keys[kind] = tmp_path / f"dmz-router.{kind}"
+        keys[kind].write_text(secret + "\n")
+        stanza = stanza.replace(f"/etc/monitor/dmz-router.{kind}", str(keys[kind]))
+    (dev,) = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n{stanza}', tmp_path / "c.toml").snmp.devices
+    assert (dev.version, dev.v3.user, dev.v3.auth_protocol, dev.v3.priv_protocol, dev.v3.context,
+            dev.include) == ("3", V3_USER, "sha", "aes", "mrtg", ["eth0", "eth1"])
+    collector = SnmpCollector([dev], 300, clock=Clock(T0))
+    try:
+        batch = asyncio.run(collector.collect())
+    finally:
+        collector.close()
+    checks = {c.check: c for c in batch.checks}
+    assert checks["if eth0"].message.startswith("eth0 (uplink to ISP <transit>) up"), checks
 
 
 def test_target_forms_and_what_cannot_be_mapped(tmp_path):

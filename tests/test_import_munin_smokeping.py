@@ -1,8 +1,8 @@
 """`monitor import munin` and `monitor import smokeping` on files in those tools' exact layouts.
 
 Munin: Debian's munin-update polls Debian's munin-node (its own plugins: cpu, load, memory, df,
-df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, 13 times 5 minutes
-apart on a fake clock (Perl's time(), which munin-update stamps the values with), so an hour of
+df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, 10 times 5 minutes
+apart on a fake clock (Perl's time(), which munin-update stamps the values with), so 45 minutes of
 real Munin history is imported and compared row by row. The longer history test uses files
 made in exactly its layout (DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd, one data source "42",
 AVERAGE, MIN and MAX at 5 min x 576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the
@@ -231,7 +231,7 @@ def test_smokeping_targets_become_checks_with_median_and_loss_history(tmp_path):
 
 
 MUNIN_UPDATE = Path("/usr/share/munin/munin-update")
-MUNIN_RUNS = 13  # an hour of 5-minute polls
+MUNIN_RUNS = 10  # 45 minutes of 5-minute polls
 MUNIN_T0 = END - 86400
 
 
@@ -347,7 +347,7 @@ def test_real_munin_update_files_are_mapped(munin_dbdir, tmp_path):
                 if theirs is not None and step == resolution:
                     assert mine.get(first + (i + 1) * step) == pytest.approx(theirs), (name, cf, i)
                     compared += 1
-    assert compared > 40, compared
+    assert compared > 30, compared
 
 
 def test_smokepings_own_shipped_configs_become_checks(tmp_path):
@@ -387,11 +387,15 @@ def test_a_damaged_munin_file_is_reported_and_the_others_still_imported(tmp_path
          lambda t: [repr(value(t, 0.5))], days=3)
     good = (domain / f"{host}-load-load-g.rrd").read_bytes()
     (domain / f"{host}-cpu-user-d.rrd").write_bytes(good[:1000])  # cut short
+    # A node added just before the move: its file has no row yet.
+    rrdtool.create(str(domain / "new.example.net-load-load-g.rrd"), "--step", "300", "--start",
+                   str(END - 300), "DS:42:GAUGE:600:U:U", *MUNIN_RRAS)
     config = our_config(tmp_path)
     code, _out, err = run("munin", tmp_path / "munin", config)
     assert code == 1
     assert f"Munin {host} cpu: " in err and "not imported" in err
-    assert "1 of 2 series" in err
+    assert "Munin new.example.net load: no data yet in" in err
+    assert "1 of 3 series" in err
     store = RrdStore(config.rrd_dir)
     assert any(v is not None for v in store.fetch(host, "", END - 86400, END, 1800).columns["load5"])
 
