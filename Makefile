@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 APT_PACKAGES := python3 python3-venv python3-dev gcc make pkg-config librrd-dev rrdtool rrdcached \
 	snmp snmpd monitoring-plugins-basic chromium restic smartmontools mrtg librrds-perl iputils-ping \
+	libcrypt-des-perl libdigest-hmac-perl libcrypt-rijndael-perl \
 	borgbackup systemd systemd-journal-remote sudo \
 	unbound openssh-server postfix dovecot-imapd dovecot-pop3d dovecot-lmtpd vsftpd nginx \
 	monitoring-plugins-standard bind9-dnsutils \

@@ -16,7 +16,7 @@ from xml.etree.ElementTree import ParseError
 
 import rrdtool
 
-from importers.plan import Plan, SeriesCopy
+from importers.plan import Plan, SeriesCopy, screen
 from monitor.config import Config, ReadConfig
 from monitor.text import clean
 from monitor.units import format_bytes
@@ -150,12 +150,14 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
     totals = {"created": 0, "filled": 0, "kept": 0, "replaced": 0, "files": 0}
     failed: list[str] = []
     empty: list[str] = []
+    damaged: list[str] = []  # rows or lines left out of what was imported
     lines: list[str] = []
     try:
         for copy, size in zip(plan.copies, sizes, strict=True):
             progress.show(copy.what)
             try:
-                history = copy.read()
+                history, left_out = screen(copy.read(), copy.ceiling)
+                damaged += [f"{copy.what}: {w}" for w in (*copy.warnings, *left_out)]
                 history = {m: a for m, a in history.items()
                            if any(v is not None for archive in a for _, _, v in archive.rows)}
                 if not history:
@@ -194,6 +196,10 @@ def cmd_import(config: Config, args: argparse.Namespace, out: TextIO | None = No
         err.write(f"  {clean(line, 400)}\n")
     for note in plan.notes:
         err.write(f"note: {clean(note, 400)}\n")
+    if damaged:
+        err.write(f"left out of what was imported ({len(damaged)}):\n")
+        for line in damaged:
+            err.write(f"  {clean(line, 400)}\n")
     problems = plan.unmapped + empty + failed
     if problems:
         err.write(f"not imported ({len(problems)}):\n")

@@ -10,15 +10,16 @@ file the SNMP collector writes with its default identity = "ifName".
 
 from __future__ import annotations
 
+import html
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, included_lines, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, read_rrd_archives, toml_string
 from monitor.consolidate import Archive, Interval
 from monitor.model import Kind, Measurement
-from monitor.store import read_archives
 from monitor.text import clean
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,18 @@ OID_METRICS = {
     "1.3.6.1.2.1.2.2.1.13": "in_discards", "1.3.6.1.2.1.2.2.1.19": "out_discards",
 }
 _LINE = re.compile(r"^(?P<key>[A-Za-z][\w-]*)(?:\[(?P<target>[^\]]+)\])?\s*:\s?(?P<value>.*)$")
-# [-]REF:community@host[:port[:timeout[:retries[:backoff[:version]]]]][|conversion]
-_TARGET = re.compile(
-    r"^(?P<reverse>-)?(?P<ref>.+?):(?P<community>(?:\\.|[^@\\])*)@"
-    r"(?P<host>\[[^\]]+\]|[^:|\s]+)(?P<options>(?::[^:|\s]*)*)(?:\|\w+)?$")
+# In a reference (#name, \\descr) and a community, MRTG takes "\\ ", "\\:", "\\&" and "\\@" as
+# the character itself: cfgmaker writes `#Port\\ 1` for an ifName "Port 1".
+_ESCAPE = re.compile(r"\\([\s:&@])")
+# After the community: host[:port[:timeout[:retries[:backoff[:version]]]]][|conversion]
+_HOST = re.compile(r"^(?P<host>\[[^\]]+\]|[^:|\s]+)(?P<options>(?::[^:|\s]*)*)(?:\|\w+)?$")
 _INTERFACE_COMMENT = re.compile(
     r"^### Interface (?P<index>\d+) >> Descr: '(?P<descr>.*?)' \| Name: '(?P<name>.*?)'")
 _SYSTEM_COMMENT = re.compile(r"^# System: (?P<name>.+)$")
 _INCLUDE = re.compile(r"^Include\s*:\s*(.+?)\s*$")
+# A row of the table cfgmaker writes into PageTop[]: <td>ifName:</td> <td>Gi0/1</td>
+_PAGETOP_ROW = re.compile(r"<td>\s*(?P<label>[^<]*?)\s*:?\s*</td>\s*<td>(?P<value>.*?)</td>",
+                          re.S | re.I)
 
 
 @dataclass
@@ -61,6 +66,7 @@ class MrtgTarget:
     if_descr: str = ""
     if_index: int | None = None
     system: str = ""  # from cfgmaker's "# System: NAME"
+    description: str = ""  # the Description row of cfgmaker's PageTop (ifDescr ifAlias ...)
 
     @property
     def where(self) -> str:
@@ -147,12 +153,27 @@ def read_config(path: Path) -> MrtgConfig:
             continue
         target.options = {o.strip().lower() for o in re.split(r"[,\s]+", target.keys.get("options", ""))
                           if o.strip()}
+        if target.keys.get("nohc", "").strip().lower() == "yes":  # cfgmaker: no 64-bit counters
+            target.options.add("nohc")
+        rows = pagetop_rows(target.keys.get("pagetop", ""))
+        target.if_name = target.if_name or rows.get("ifname", "")
+        target.description = rows.get("description", "")
         out.append(target)
     workdir = glob.get("workdir")
     logdir = glob.get("logdir")
     # (MRTG's Interval does not matter: the history goes into files of our collector's step.)
     return MrtgConfig(out, Path(workdir) if workdir else None, Path(logdir) if logdir else None,
                       glob.get("logformat", "rateup").strip().lower(), counts["commented"])
+
+
+def pagetop_rows(text: str) -> dict[str, str]:
+    """The label: value rows of a PageTop[] (cfgmaker's table), labels in lower case, values
+    as plain text (tags dropped, HTML entities undone)."""
+    rows = {}
+    for row in _PAGETOP_ROW.finditer(text):
+        value = html.unescape(re.sub(r"<[^>]*>", "", row["value"]))
+        rows[row["label"].strip().lower()] = " ".join(value.split())
+    return rows
 
 
 @dataclass(frozen=True)
@@ -173,22 +194,28 @@ def parse_target(target: MrtgTarget) -> Interface:
     expression = target.expression.strip()
     if "`" in expression:
         raise ValueError("an external script (`...`): its numbers mean what the script says")
-    if re.search(r"\s", expression):
+    # The same text with each escaped character hidden (same length): where the separators are.
+    masked = _ESCAPE.sub("\0\0", expression)
+    if re.search(r"\s", masked):
         raise ValueError("an expression over several targets (a sum or difference): no single "
                          "interface holds it")
-    match = _TARGET.match(expression)
+    colon = masked.find(":")
+    at = masked.find("@", colon + 1)
+    match = _HOST.match(expression[at + 1:]) if 0 < colon < at else None
     if not match:
         raise ValueError(f"not a Target form MRTG documents: {clean(expression, 80)!r}")
-    community = re.sub(r"\\(.)", r"\1", match["community"])
+    community = _ESCAPE.sub(r"\1", expression[colon + 1:at])
     host = match["host"].strip("[]")
     options = match["options"].split(":")[1:]
     port = int(options[0]) if options and options[0].isdigit() else 161
     version = {"2": "2c", "3": "3"}.get(options[4] if len(options) > 4 else "", "1")
-    ref = match["ref"]
+    reverse = masked.startswith("-")
+    ref = expression[1 if reverse else 0:colon]
     metrics: tuple[str, str] = ("in_octets", "out_octets")
     interface_ref = ref
-    if "&" in ref:
-        first, _, second = ref.partition("&")
+    split = masked.find("&", 0, colon)
+    if split >= 0:
+        first, second = expression[1 if reverse else 0:split], expression[split + 1:colon]
         found = []
         for oid_ref in (first, second):
             # The OID, then ".INDEX" or a reference (#name, \descr, /ip, !mac) that may hold dots.
@@ -202,7 +229,7 @@ def parse_target(target: MrtgTarget) -> Interface:
             raise ValueError(f"explicit OIDs {clean(ref, 60)!r} of two different interfaces")
         metrics = (found[0][0], found[1][0])
         interface_ref = found[0][1].lstrip(".") if found[0][1][:1] == "." else found[0][1]
-    if match["reverse"]:
+    if reverse:
         metrics = (metrics[1], metrics[0])
     identity = _identity(target, interface_ref)
     device = target.system or host
@@ -211,9 +238,9 @@ def parse_target(target: MrtgTarget) -> Interface:
 
 def _identity(target: MrtgTarget, ref: str) -> str:
     """Our identity (ifName) of an MRTG interface reference."""
-    if ref.startswith("#"):
-        return ref[1:]
-    if target.if_name:  # cfgmaker's comment: the ifName of a \descr, /ip, !mac or index target
+    if ref.startswith("#"):  # as MRTG reads it: escapes undone, trailing blanks dropped
+        return re.sub(r"[\0- ]+$", "", _ESCAPE.sub(r"\1", ref[1:]))
+    if target.if_name:  # cfgmaker's comment or PageTop: the ifName of a \descr, /ip, !mac or index
         return target.if_name
     if ref.isdigit():
         raise ValueError(f"interface index {ref} without cfgmaker's \"### Interface {ref} >> "
@@ -221,27 +248,49 @@ def _identity(target: MrtgTarget, ref: str) -> str:
                          "--ifref=name, or `monitor discover`, to name it)")
     kind = {"\\": "description (ifDescr)", "/": "IP address", "!": "Ethernet address",
             "%": "interface type"}.get(ref[:1], "reference")
-    raise ValueError(f"interface by {kind} {clean(ref[1:], 40)!r}: its ifName is unknown "
-                     "without cfgmaker's comment above the target")
+    key = _ESCAPE.sub(r"\1", ref[1:])
+    raise ValueError(f"interface by {kind} {clean(key, 40)!r}: its "
+                     "ifName is unknown without cfgmaker's comment above the target (or the "
+                     "ifName row of its PageTop)")
 
 
 # -- history ------------------------------------------------------------------------------------
 
 
-def read_log(path: Path) -> tuple[list[Archive], list[Archive]]:
+# rateup keeps 2 + 600 + 600 + 600 + 732 lines (and a few of rounding): a file far longer is
+# not rateup's (or is damaged), and is read only this far.
+MAX_LOG_LINES = 10_000
+
+
+def read_log(path: Path, warnings: list[str] | None = None) -> tuple[list[Archive], list[Archive]]:
     """A rateup .log -> (in, out), each [AVERAGE, MAX]. Line i (newest first) holds the rates
-    from the time of line i+1 to its own; negative values are rateup's unknown."""
+    from the time of line i+1 to its own; negative values are rateup's unknown. Lines that
+    are not five numbers are skipped and counted in `warnings`; ValueError for a file that is
+    not a rateup log at all."""
     rows: list[tuple[int, float, float, float, float]] = []
+    unreadable = 0
     with path.open(encoding="ascii", errors="replace") as handle:
-        handle.readline()  # the counters of the last run
-        for text in handle:
+        first = handle.readline(1000).split()  # the counters of the last run
+        if len(first) != 3 or not first[0].isdigit():
+            raise ValueError(f"{path}: not a rateup log (its first line is not \"TIME IN OUT\")")
+        for _ in range(MAX_LOG_LINES):
+            text = handle.readline(1000)  # rateup's lines are 100 characters at most
+            if not text:
+                break
             fields = text.split()
-            if len(fields) < 5:
-                continue
             try:
-                rows.append((int(fields[0]), *(float(f) for f in fields[1:5])))  # type: ignore[arg-type]
+                values = [float(f) for f in fields[1:]]
+                if len(fields) != 5 or not all(map(math.isfinite, values)):
+                    raise ValueError
+                rows.append((int(fields[0]), *values))  # type: ignore[arg-type]
             except ValueError:
-                continue
+                unreadable += 1
+        if handle.read(1) and warnings is not None:
+            warnings.append(f"{path}: more than {MAX_LOG_LINES:,} lines (rateup writes about "
+                            "2,540): the rest not read")
+    if unreadable and warnings is not None:
+        warnings.append(f"{path}: {unreadable} line(s) that are not rateup's \"TIME IN OUT "
+                        "MAXIN MAXOUT\" skipped")
     rows.sort(reverse=True)
     # A new log is rateup's 2533 lines of zeros; what is still zero at its old end is that
     # filler, not traffic (an unused port reads as unknown there rather than as idle).
@@ -264,9 +313,9 @@ def read_log(path: Path) -> tuple[list[Archive], list[Archive]]:
             [Archive("AVERAGE", average_out), Archive("MAX", max_out)])
 
 
-def read_rrd(path: Path) -> tuple[list[Archive], list[Archive]]:
+def read_rrd(path: Path, warnings: list[str] | None = None) -> tuple[list[Archive], list[Archive]]:
     """MRTG's own RRD file (LogFormat: rrdtool): ds0 is in, ds1 is out."""
-    archives = read_archives(path)
+    archives = read_rrd_archives(path)
     return archives.get("ds0", []), archives.get("ds1", [])
 
 
@@ -344,7 +393,10 @@ def _stanza(name: str, host: str, port: int, version: str,
     include = sorted({i.identity for _, i in items})
     lines.append("include = [" + ", ".join(toml_string(i) for i in include) + "]")
     for target, interface in items:
-        notes = [clean(target.keys.get("title", ""), 100)]
+        title = html.unescape(target.keys.get("title", ""))
+        notes = [clean(title, 100)]
+        if target.description and target.description not in title:
+            notes.append(clean(target.description, 100))
         if "maxbytes" in target.keys:
             notes.append(f"MaxBytes {clean(target.keys['maxbytes'], 20)}")
         notes += [o for o in sorted(target.options) if o in ("bits", "nohc", "growright")]
@@ -355,6 +407,9 @@ def _stanza(name: str, host: str, port: int, version: str,
         lines.append("[snmp.devices.v3]  # from MRTG's SnmpOptions[]; put the keys in the files")
         user = re.search(r"username\s*=>\s*'([^']*)'", options)
         lines.append(f"user = {toml_string(user[1] if user else 'CHANGE-ME')}")
+        context = re.search(r"contextname\s*=>\s*'([^']*)'", options)
+        if context:
+            lines.append(f"context = {toml_string(context[1])}")
         for kind in ("auth", "priv"):
             protocol = re.search(kind + r"protocol\s*=>\s*'([^']*)'", options)
             if protocol:
@@ -384,9 +439,25 @@ def _copy(device: str, target: MrtgTarget, interface: Interface, directory: Path
     unit = "B/s" if "octets" in metric_in else "/s"
     templates = [Measurement(device, interface.identity, metric, None, Kind.GAUGE, unit, 0, 0)
                  for metric in (metric_in, metric_out)]
+    warnings: list[str] = []
 
     def read() -> dict[str, list[Archive]]:
-        incoming, outgoing = reader(source)
+        incoming, outgoing = reader(source, warnings)
         return {metric_in: incoming, metric_out: outgoing}
 
-    return SeriesCopy(templates, [source], read, f"MRTG target {target.name}")
+    return SeriesCopy(templates, [source], read, f"MRTG target {target.name}",
+                      ceiling=_ceiling(target), warnings=warnings)
+
+
+def _ceiling(target: MrtgTarget) -> float | None:
+    """Above what a value cannot be this interface's (a damaged or hand-edited file): rateup
+    never logs a rate above AbsMaxBytes (or MaxBytes); ten times that leaves room for a link
+    that was faster before its MaxBytes was lowered."""
+    limits = []
+    for key in ("absmaxbytes", "maxbytes"):
+        try:
+            limits.append(float(target.keys.get(key, "").strip()))
+        except ValueError:
+            continue
+    known = [limit for limit in limits if 0 < limit < math.inf]
+    return 10 * max(known) if known else None

@@ -14,10 +14,9 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, toml_string
+from importers.plan import Plan, SeriesCopy, read_rrd_archives, toml_string
 from monitor.consolidate import Archive, combine
 from monitor.model import Kind, Measurement
-from monitor.store import read_archives
 from monitor.text import clean
 
 CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
@@ -142,7 +141,7 @@ def _copies(host: str, plugin: str, fields: dict[str, Path], labels: dict[tuple[
             files = [fields[f] for f in MEMORY_USED]
 
             def used() -> dict[str, list[Archive]]:
-                return {"memory_used_bytes": combine([read_archives(f)["42"] for f in files])}
+                return {"memory_used_bytes": combine([read_rrd_archives(f)["42"] for f in files])}
 
             copies.append(SeriesCopy([template], files, used, f"Munin {host} memory (apps + "
                                      "page_tables + swap_cache -> memory_used_bytes)", "host"))
@@ -158,5 +157,5 @@ def _copies(host: str, plugin: str, fields: dict[str, Path], labels: dict[tuple[
 
 def _reader(by_metric: dict[str, Path]) -> Callable[[], dict[str, list[Archive]]]:
     def read() -> dict[str, list[Archive]]:
-        return {metric: read_archives(path).get("42", []) for metric, path in by_metric.items()}
+        return {metric: read_rrd_archives(path).get("42", []) for metric, path in by_metric.items()}
     return read

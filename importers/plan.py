@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import rrdtool
+
 from monitor.consolidate import Archive
 from monitor.model import Measurement
+from monitor.store import read_archives
 
 
 @dataclass
@@ -23,6 +27,8 @@ class SeriesCopy:
     read: Callable[[], dict[str, list[Archive]]]
     what: str  # "MRTG target 127.0.0.1_eth0"
     collector: str = "snmp"  # whose files these are (their step is that collector's interval)
+    ceiling: float | None = None  # a value above it is damage, not data (MRTG's 10 x MaxBytes)
+    warnings: list[str] = field(default_factory=list)  # what `read` had to leave out, and why
 
     @property
     def target(self) -> str:
@@ -78,3 +84,54 @@ def included_lines(path: Path, include: re.Pattern[str], within: tuple[Path, ...
             raise ValueError(f"{path}:{number}: {included} is included again (a loop through "
                              "the files that include this one)")
         yield from included_lines(included, include, within)
+
+
+# Munin's files hold 4,968 rows of one data source, SmokePing's 16,128 of 23, MRTG's 6,400 of 2:
+# a file of far more cells is not one of theirs (or is hostile), and reading it would take
+# gigabytes of XML.
+MAX_CELLS = 5_000_000
+
+
+def read_rrd_archives(path: Path) -> dict[str, list[Archive]]:
+    """Every archive of another tool's RRD file; ValueError for one too large to be theirs."""
+    info = rrdtool.info(str(path))
+    rows = sum(v for k, v in info.items() if k.endswith(".rows") and isinstance(v, int))
+    sources = len({k.split("]", 1)[0] for k in info if k.startswith("ds[")})
+    if rows * max(1, sources) > MAX_CELLS:
+        raise ValueError(f"{path}: {rows:,} rows of {sources} data source(s), far more than "
+                         "MRTG, Munin or SmokePing write: not read")
+    return read_archives(path)
+
+
+def screen(history: dict[str, list[Archive]], ceiling: float | None = None,
+           now: float | None = None) -> tuple[dict[str, list[Archive]], list[str]]:
+    """The history without rows no tool could have written (each a damaged or hand-edited
+    file): rows ending in the future (our file would refuse the collector's next samples
+    until then) and values above `ceiling`; what was left out, in words."""
+    now = time.time() if now is None else now
+    future = too_big = 0
+    biggest = 0.0
+    out: dict[str, list[Archive]] = {}
+    for metric, archives in history.items():
+        kept_archives = []
+        for archive in archives:
+            rows = []
+            for start, end, value in archive.rows:
+                if end > now:
+                    future += 1
+                    continue
+                if value is not None and ceiling is not None and abs(value) > ceiling:
+                    too_big += 1
+                    biggest = max(biggest, abs(value))
+                    value = None
+                rows.append((start, end, value))
+            kept_archives.append(Archive(archive.cf, rows))
+        out[metric] = kept_archives
+    said = []
+    if future:
+        said.append(f"{future} row(s) dated after now left out (a clock that was ahead, or a "
+                    "damaged file)")
+    if too_big:
+        said.append(f"{too_big} value(s) above {ceiling:.6g} (10 x MaxBytes) left out as "
+                    f"unknown, the largest {biggest:.6g}")
+    return out, said

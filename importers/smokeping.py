@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from importers.plan import Plan, SeriesCopy, included_lines, toml_string
+from importers.plan import Plan, SeriesCopy, included_lines, read_rrd_archives, toml_string
 from monitor.consolidate import Archive
 from monitor.model import Kind, Measurement
-from monitor.store import read_archives
 from monitor.text import clean
 
 PING_PROBES = ("FPing", "FPing6", "FPingContinuous", "Ping", "TCPPing", "OpenSSHJunOSPing")
@@ -131,7 +130,7 @@ def plan(targets: Path, rrd_dir: Path | None = None) -> Plan:
 
 def _reader(rrd: Path, metric: str, with_loss: bool) -> Callable[[], dict[str, list[Archive]]]:
     def read() -> dict[str, list[Archive]]:
-        archives = read_archives(rrd)
+        archives = read_rrd_archives(rrd)
         pings = len([ds for ds in archives if re.fullmatch(r"ping\d+", ds)]) or 20
         out = {metric: archives.get("median", [])}
         if with_loss:

@@ -4,13 +4,17 @@ import must give back MRTG's own figures (average and max per interval) from our
 
 The device's interface counters are snmpsim `writecache` values that the test SETs before each
 run; MRTG's clock is Perl's time() overridden by a tiny module (MRTG hands that time on to
-rateup and RRDs::update), so 2 hours of 5-minute polls take a few seconds.
+rateup and RRDs::update), so 2 hours of 5-minute polls take a few seconds, and 75 days of
+stretches of polls with jumps between them (rateup carries the last rate over a jump) put
+real rateup lines into every section of its log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -23,18 +27,25 @@ from importers.commands import cmd_import, register
 from monitor.config import parse_config
 from monitor.store import RrdStore
 from tests.conftest import DATA
+from tests.rateup_logs import synthetic_log
 from tests.test_snmp import start_snmpsim, stop
 
 pytestmark = pytest.mark.skipif(not Path("/usr/bin/mrtg").exists() or not Path("/usr/bin/cfgmaker").exists(),
                                 reason="Debian's mrtg is not installed (apt-get install mrtg librrds-perl)")
 
-T0 = 1_800_000_000 - 1_800_000_000 % 86400  # midnight UTC: MRTG's and our rows line up
+# Midnight UTC (MRTG's and our rows line up), in the past: rows dated after now are left out.
+T0 = 1_700_000_000 - 1_700_000_000 % 86400
 RUNS = 25  # 2 hours of 5-minute polls
 IN_OID, OUT_OID = "1.3.6.1.2.1.2.2.1.10", "1.3.6.1.2.1.2.2.1.16"
+UPTIME_OID = "1.3.6.1.2.1.1.3.0"
 FAKE_CLOCK = """package FakeClock;
 BEGIN { *CORE::GLOBAL::time = sub () { defined $ENV{FAKE_TIME} ? $ENV{FAKE_TIME} : CORE::time() }; }
 1;
 """
+
+
+# A Windows-style ifDescr, with spaces: cfgmaker --ifref=descr writes it escaped ("\\ ").
+LONG_DESCR = "Intel(R) PRO/1000 MT Network Connection"
 
 
 def rates(run: int) -> dict[int, tuple[int, int]]:
@@ -51,10 +62,20 @@ def recording(directory: Path) -> None:
                                      "1.3.6.1.2.1.31.1.1.1.10"):
             continue
         keep.append(line)
+    keep = [f"1.3.6.1.2.1.2.2.1.2.2|4|{LONG_DESCR}" if line.startswith("1.3.6.1.2.1.2.2.1.2.2|")
+            else line for line in keep if not line.startswith(f"{UPTIME_OID}|")]
+    keep.append(f"{UPTIME_OID}|67:writecache|value=100000")  # our collector checks for reboots
     for index in (1, 2, 3, 4):
         keep += [f"{IN_OID}.{index}|65:writecache|value=0", f"{OUT_OID}.{index}|65:writecache|value=0"]
     keep.sort(key=lambda line: tuple(int(p) for p in line.split("|", 1)[0].split(".")))
     (directory / "mrtg.snmprec").write_text("\n".join(keep) + "\n")
+
+
+# snmpsim's SNMPv3 engine: one user, SHA and AES (its context name "mrtg" is the recording).
+V3_ENGINE_ID = "8000000001020304"
+V3_USER, V3_AUTH, V3_PRIV = "mrtgv3", "authpass123", "privpass123"
+V3_ENGINE = (f"--v3-engine-id={V3_ENGINE_ID}", f"--v3-user={V3_USER}", f"--v3-auth-key={V3_AUTH}",
+             "--v3-auth-proto=SHA", f"--v3-priv-key={V3_PRIV}", "--v3-priv-proto=AES")
 
 
 class CounterSetter:
@@ -67,13 +88,15 @@ class CounterSetter:
         self.engine = hlapi.SnmpEngine()
         return self
 
-    async def set(self, port: int, values: dict[str, int]) -> None:
+    async def set(self, port: int, values: dict[str, int], uptime: int | None = None) -> None:
+        """Counter32 values; sysUpTime too (in hundredths of a second) when `uptime` is given."""
         h = self.hlapi
         target = await h.UdpTransportTarget.create(("127.0.0.1", port), timeout=2, retries=2)
+        ticks = [] if uptime is None else [h.ObjectType(h.ObjectIdentity(UPTIME_OID), h.TimeTicks(uptime))]
         error, status, _, _ = await h.set_cmd(
             self.engine, h.CommunityData("mrtg"), target, h.ContextData(),
             *(h.ObjectType(h.ObjectIdentity(oid), h.Counter32(value % 2**32))
-              for oid, value in values.items()))
+              for oid, value in values.items()), *ticks)
         assert error is None and not status, (error, status)
 
     async def __aexit__(self, *exc: object) -> None:
@@ -89,41 +112,47 @@ def device():
     recording(data)
     for path in (tmp, data, cache):
         os.chmod(path, 0o777)
-    proc, port = start_snmpsim(data, cache, "mrtg")
+    proc, port = start_snmpsim(data, cache, "mrtg", V3_ENGINE)
     yield port
     stop(proc)
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_mrtg(port: int, tmp: Path, logformat: str) -> tuple[Path, Path]:
-    """cfgmaker's config for the device, then RUNS polls by mrtg; (config, work dir)."""
+def run_mrtg(port: int, tmp: Path, logformat: str, times: list[int] | None = None,
+             ifref: str = "name", options: str = "bits,growright") -> tuple[Path, Path]:
+    """cfgmaker's config for the device, then a poll by mrtg at each of `times` (default:
+    RUNS polls 5 minutes apart from T0); the last one also draws the graphs and writes the
+    HTML page (with rateup's figures). (config, work dir)"""
     work = tmp / "mrtg"
     work.mkdir()
     (tmp / "FakeClock.pm").write_text(FAKE_CLOCK)
     config = tmp / "mrtg.cfg"
     env = {**os.environ, "LANG": "C", "LC_ALL": "C"}
-    subprocess.run(["cfgmaker", "--ifref=name", "--global", f"WorkDir: {work}",
-                    "--global", "Options[_]: bits,growright", "--global", f"LogFormat: {logformat}",
+    subprocess.run(["cfgmaker", f"--ifref={ifref}", "--global", f"WorkDir: {work}",
+                    "--global", f"Options[_]: {options}", "--global", f"LogFormat: {logformat}",
                     f"--output={config}", f"mrtg@127.0.0.1:{port}"],
                    check=True, capture_output=True, env=env)
-    asyncio.run(poll_runs(port, tmp, config, env))
+    times = times or [T0 + run * 300 for run in range(RUNS)]
+    asyncio.run(poll_runs(port, tmp, config, env, times))
     return config, work
 
 
-async def poll_runs(port: int, tmp: Path, config: Path, env: dict[str, str]) -> None:
+async def poll_runs(port: int, tmp: Path, config: Path, env: dict[str, str], times: list[int]
+                    ) -> None:
     counters = {1: [0, 0], 2: [0, 0]}
     async with CounterSetter() as setter:
-        for run in range(RUNS):
+        for run, now in enumerate(times):
             if run:
                 for index, (rate_in, rate_out) in rates(run).items():
-                    counters[index][0] += rate_in * 300
-                    counters[index][1] += rate_out * 300
+                    counters[index][0] += rate_in * (now - times[run - 1])
+                    counters[index][1] += rate_out * (now - times[run - 1])
             await setter.set(port, {f"{oid}.{index}": counters[index][side] for index in counters
                                     for side, oid in enumerate((IN_OID, OUT_OID))})
+            last = run == len(times) - 1
             proc = await asyncio.create_subprocess_exec(
-                "perl", f"-I{tmp}", "-MFakeClock", "/usr/bin/mrtg", "--log-only",
+                "perl", f"-I{tmp}", "-MFakeClock", "/usr/bin/mrtg", *([] if last else ["--log-only"]),
                 "--lock-file", str(tmp / "mrtg.lock"), "--confcache-file", str(tmp / "mrtg.ok"),
-                str(config), env={**env, "FAKE_TIME": str(T0 + run * 300)},
+                str(config), env={**env, "FAKE_TIME": str(now)},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             output, _ = await proc.communicate()
             assert proc.returncode == 0, output.decode(errors="replace")
@@ -228,6 +257,165 @@ def test_mrtg_rrdtool_files_give_the_same_rows_in_every_archive(device, tmp_path
                 assert (our_in, our_out) == (pytest.approx(their_in), pytest.approx(their_out))
 
 
+# Four stretches of 35 minutes of 5-minute polls over 75 days: at the end the first lies in
+# rateup's day lines, the second in its 2-hour, the third in its 30-minute and the last in its
+# 5-minute lines (rateup carries the last rate over each jump).
+PHASES = (0, 40 * 86400, 70 * 86400, 75 * 86400)
+GRAPHS = {"d": 300, "w": 1800, "m": 7200, "y": 86400}  # MRTG's graphs: 400 columns of these
+
+
+def phased_times() -> list[int]:
+    return [T0 + offset + i * 300 for offset in PHASES for i in range(-1, 7)]
+
+
+def mrtg_figures(page: Path) -> dict[tuple[str, str], int]:
+    """The figures under each graph of MRTG's page (its own comments: "<!-- maxin d 6840 -->")."""
+    return {(name, graph): int(value) for name, graph, value in
+            re.findall(r"<!-- (maxin|maxout|avin|avout) ([dwmy]) (\d+) -->", page.read_text())}
+
+
+def our_figures(store: RrdStore, device: str, instance: str, now: int) -> dict[tuple[str, str], float]:
+    """The same figures from our file, the way rateup computes them: over the graph's 400
+    columns, the largest average and the mean of the columns with any traffic (in, out, or
+    their maxima)."""
+    out = {}
+    for graph, step in GRAPHS.items():
+        end = now - now % step
+        by_time: dict[int, list[float]] = {}
+        for cf in ("AVERAGE", "MAX"):
+            fetched = store.fetch(device, instance, end - 400 * step, end, step, cf)
+            for i, t in enumerate(fetched.timestamps):
+                by_time.setdefault(t, []).extend(
+                    fetched.columns[m][i] or 0.0 for m in ("in_octets", "out_octets"))
+        columns = [by_time.get(t, [0.0] * 4) for t in range(end, end - 400 * step, -step)]
+        sampled = [c for c in columns if any(c)]
+        for side, name in enumerate(("in", "out")):
+            out[(f"max{name}", graph)] = max(c[side] for c in columns)
+            out[(f"av{name}", graph)] = sum(c[side] for c in sampled) / len(sampled)
+    return out
+
+
+def test_mrtgs_own_figures_of_every_graph_come_back_from_our_files(device, tmp_path):
+    """75 days of real MRTG (cfgmaker --ifref=descr, one ifDescr with spaces, so escaped): the
+    Max and Average that MRTG's page shows under its day, week, month and year graphs are what
+    our files give for the same periods (within rateup's cut to whole bytes), every line
+    of rateup's log, 5-minute to 1-day, is the row of ours at its resolution (average and
+    max; so is any 95th of them), and our SNMP collector then carries on in the same files."""
+    from collectors.snmp import SnmpCollector
+    from tests.test_snmp import Clock
+
+    times = phased_times()
+    now = times[-1]
+    config_path, work = run_mrtg(device, tmp_path, "rateup", times=times, ifref="descr",
+                                 options="growright")
+    assert "Target[127.0.0.1_Intel(R)_PRO_1000_MT_Network_Connection]: " \
+        "\\Intel(R)\\ PRO/1000\\ MT\\ Network\\ Connection:mrtg@" in config_path.read_text()
+    config = our_config(tmp_path)
+    code, out, err = run_import(config, config_path)
+    assert code == 0, err
+    assert 'include = ["eth0", "eth1"]' in out, out  # by ifName, from cfgmaker's comments
+    store = RrdStore(config.rrd_dir)
+    compared = {300: 0, 1800: 0, 7200: 0, 86400: 0}
+    # Where each of our archives (5 min for 32 days, 30 min for 2 weeks, 2 h for 9 weeks, 1 day
+    # for 2 years) reaches back to, with a day to spare.
+    ours_back = {300: now - 31 * 86400, 1800: now - 13 * 86400, 7200: now - 62 * 86400,
+                 86400: T0 - 86400}
+    for copy in mrtg.plan(config_path).copies:
+        log = copy.sources[0]
+        theirs = mrtg_figures(log.with_suffix(".html"))
+        assert len(theirs) == 16, theirs
+        ours = our_figures(store, "dmz-router", copy.instance, now)
+        # rateup keeps whole bytes: a max cut down to one (long long), an average rounded.
+        for key, value in theirs.items():
+            assert ours[key] == pytest.approx(value, abs=1), (copy.instance, key)
+        lines = log_rows(log)
+        fetched = {}
+        for resolution, start in ours_back.items():
+            for cf in ("AVERAGE", "MAX"):
+                series = store.fetch("dmz-router", copy.instance, start, now, resolution, cf)
+                assert series.step == resolution
+                fetched[(resolution, cf)] = dict(zip(series.timestamps, zip(
+                    series.columns["in_octets"], series.columns["out_octets"], strict=True),
+                    strict=True))
+        for (t, avg_in, avg_out, max_in, max_out), older in itertools.pairwise(lines):
+            resolution = t - older[0]
+            if t <= max(T0, ours_back.get(resolution, now)) or t % resolution:
+                continue  # before the first poll, a section's partial first line, or older
+                # than our archive of that resolution keeps (the next coarser one has it)
+            average, peak = fetched[(resolution, "AVERAGE")], fetched[(resolution, "MAX")]
+            assert average[t] == (pytest.approx(avg_in), pytest.approx(avg_out)), (resolution, t)
+            assert peak[t] == (pytest.approx(max_in), pytest.approx(max_out)), (resolution, t)
+            compared[resolution] += 1
+    assert all(compared.values()), compared  # every section of rateup's log was compared
+
+    # Our collector continues the imported files: MRTG's rows, then ours, in one series.
+    community = tmp_path / "dmz-router.community"
+    community.write_text("mrtg\n")
+    stanza = out.replace("/etc/monitor/dmz-router.community", str(community))
+    (dev,) = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n{stanza}', tmp_path / "c.toml").snmp.devices
+    clock = Clock(now + 300)
+    collector = SnmpCollector([dev], 300, clock=clock)
+    try:
+        asyncio.run(set_counters(device, {f"{IN_OID}.1": 123_456_789, f"{OUT_OID}.1": 0}, 10**7))
+        asyncio.run(collector.collect())
+        clock.now = now + 600
+        asyncio.run(set_counters(device, {f"{IN_OID}.1": 123_456_789 + 300 * 4321,
+                                          f"{OUT_OID}.1": 300 * 1234}, 10**7 + 300 * 100))
+        batch = asyncio.run(collector.collect())
+    finally:
+        collector.close()
+    assert not store.write(batch.measurements, 300).errors
+    series = store.fetch("dmz-router", "eth0", now - 1800, now + 600, 300)
+    rows = dict(zip(series.timestamps, series.columns["in_octets"], strict=True))
+    mrtg_rows = {line[0]: line[1] for line in log_rows(work / "127.0.0.1_eth0.log")}
+    assert [rows[t] for t in range(now - 1500, now + 1, 300)] == \
+        [pytest.approx(mrtg_rows[t]) for t in range(now - 1500, now + 1, 300)]
+    assert rows[now + 600] == pytest.approx(4321)
+
+
+async def set_counters(port: int, values: dict[str, int], uptime: int) -> None:
+    async with CounterSetter() as setter:
+        await setter.set(port, values, uptime)
+
+
+def test_cfgmakers_snmpv3_config_becomes_a_v3_device_our_collector_polls(device, tmp_path):
+    """cfgmaker over SNMPv3 (user, SHA, AES, context): its Target[] and SnmpOptions[] become a
+    [snmp.devices.v3] stanza with the keys as file hints (never inline); with the pass
+    phrases put in those files, our collector polls the same device over SNMPv3."""
+    from collectors.snmp import SnmpCollector
+    from tests.test_snmp import Clock
+
+    work = tmp_path / "mrtg"
+    work.mkdir()
+    config_path = tmp_path / "mrtg.cfg"
+    subprocess.run(["cfgmaker", "--enablesnmpv3", f"--username={V3_USER}", "--authprotocol=sha",
+                    f"--authpassword={V3_AUTH}", "--privprotocol=aes", f"--privpassword={V3_PRIV}",
+                    f"--contextengineid={V3_ENGINE_ID}", "--contextname=mrtg", "--global",
+                    f"WorkDir: {work}", f"--output={config_path}",
+                    f"{V3_USER}@127.0.0.1:{device}::::3"],
+                   check=True, capture_output=True, env={**os.environ, "LANG": "C"})
+    text = config_path.read_text()
+    assert f"#eth0:{V3_USER}@127.0.0.1:{device}::::3" in text and "SnmpOptions[" in text, text
+    plan = mrtg.plan(config_path)
+    (stanza,) = plan.stanzas
+    assert V3_AUTH not in stanza and V3_PRIV not in stanza and "community" not in stanza, stanza
+    keys = {}
+    for kind, secret in (("auth", V3_AUTH), ("priv", V3_PRIV)):
+        keys[kind] = tmp_path / f"dmz-router.{kind}"
+        keys[kind].write_text(secret + "\n")
+        stanza = stanza.replace(f"/etc/monitor/dmz-router.{kind}", str(keys[kind]))
+    (dev,) = parse_config(f'[agent]\ndata_dir = "{tmp_path}"\n{stanza}', tmp_path / "c.toml").snmp.devices
+    assert (dev.version, dev.v3.user, dev.v3.auth_protocol, dev.v3.priv_protocol, dev.v3.context,
+            dev.include) == ("3", V3_USER, "sha", "aes", "mrtg", ["eth0", "eth1"])
+    collector = SnmpCollector([dev], 300, clock=Clock(T0))
+    try:
+        batch = asyncio.run(collector.collect())
+    finally:
+        collector.close()
+    checks = {c.check: c for c in batch.checks}
+    assert checks["if eth0"].message.startswith("eth0 (uplink to ISP <transit>) up"), checks
+
+
 def test_target_forms_and_what_cannot_be_mapped(tmp_path):
     (tmp_path / "work").mkdir()
     cfg = tmp_path / "mrtg.cfg"
@@ -261,26 +449,6 @@ SnmpOptions[v3]: username=>'mon', authprotocol=>'sha', authpassword=>'x', privpr
     stanzas = "\n".join(plan.stanzas)
     assert 'user = "mon"' in stanzas and 'priv_protocol = "aes"' in stanzas and "'x'" not in stanzas
     assert "pub@lic" not in stanzas  # communities stay out of the printed config
-
-
-def synthetic_log(path: Path, now: int) -> list[tuple[int, int, int, int, int]]:
-    """Two years of an interface in rateup's exact layout: the counters line, then the current
-    and 601 five-minute lines, 600 of 30 minutes, 600 of 2 hours and 732 of a day, newest
-    first, each on its resolution's boundaries as rateup writes them."""
-    import math
-
-    times = [now - i * 300 for i in range(602)]
-    for resolution, count in ((1800, 600), (7200, 600), (86400, 732)):
-        first = times[-1] - times[-1] % resolution
-        first = first - resolution if first == times[-1] else first
-        times += [first - i * resolution for i in range(count)]
-    rows = []
-    for t in times:
-        average = int(1e6 * (2 + math.sin(t / 86400 * 2 * math.pi)) * (1 + (t - now) / 4e8))
-        rows.append((t, average, average // 4, int(average * 1.5), average // 3))
-    path.write_text(f"{now} 123456789 23456789\n" + "".join(f"{r[0]} {r[1]} {r[2]} {r[3]} {r[4]}\n"
-                                                            for r in rows))
-    return rows
 
 
 def test_two_years_of_rateup_log_fill_every_archive_and_the_95th(tmp_path):
@@ -332,7 +500,7 @@ def test_progress_on_a_terminal_and_hostile_names_stay_one_line(tmp_path):
     synthetic_log(work / "evil.log", T0)
     cfg = tmp_path / "mrtg.cfg"
     cfg.write_text(f"WorkDir: {work}\n# System: rtr\u202e1\x1b[2J\n"
-                   "Target[evil]: #../../etc/passwd\x07:public@192.0.2.7\n")
+                   "Target[evil]: #../../etc/pass\x07wd:public@192.0.2.7\n")
     config = our_config(tmp_path)
     master, slave = pty.openpty()
     err = os.fdopen(slave, "w")
@@ -356,7 +524,7 @@ def test_progress_on_a_terminal_and_hostile_names_stay_one_line(tmp_path):
     # The name cannot leave the RRD directory; the stanza keeps it, escaped as TOML.
     files = list((tmp_path / "ours").rglob("*.rrd"))
     assert len(files) == 1 and (tmp_path / "ours" / "rrd") in files[0].parents
-    assert 'include = ["../../etc/passwd\\u0007"]' in out.getvalue()
+    assert 'include = ["../../etc/pass\\u0007wd"]' in out.getvalue()
     assert "\u202e" not in out.getvalue() and 'name = "rtr\\u202e1\\u001b[2J"' in out.getvalue()
 
 
@@ -464,3 +632,101 @@ Target[temp]: #Gi0/2:public@192.0.2.1:::::2
     plan = mrtg.plan(cfg)
     assert [c.sources for c in plan.copies] == [[work / "core" / "up.log"]]
     assert any("gauge" in u for u in plan.unmapped)
+
+
+def test_damaged_and_hostile_logs_are_reported_and_the_rest_imported(tmp_path):
+    """Logs no rateup wrote: absurd values (a bit flip, a hand edit), lines of garbage and
+    control characters, rows dated in the future (a clock that was ahead: our file would
+    refuse the collector's samples until then), a binary file, one far longer than rateup's.
+    Each is said in one clean line; what is sound is imported; nothing crashes."""
+    import dataclasses
+    import time
+
+    work = tmp_path / "work"
+    work.mkdir()
+    now = int(time.time()) // 86400 * 86400 - 86400
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text(f"WorkDir: {work}\n" + "".join(
+        f"Target[{name}]: #Gi0/{i}:public@192.0.2.1:::::2\nMaxBytes[{name}]: 125000000\n"
+        for i, name in enumerate(("good", "huge", "garbage", "future", "binary", "long"), 1)))
+    good = synthetic_log(work / "good.log", now)
+    lines = (work / "good.log").read_text().splitlines(keepends=True)
+    bad = list(lines)
+    bad[10] = f"{good[9][0]} {'9' * 40} 5 {'9' * 40} 5\n"  # 1e39 B/s
+    bad[11] = f"{good[10][0]} 1e300 5 1e300 5\n"
+    (work / "huge.log").write_text("".join(bad))
+    garbage = list(lines)
+    garbage[20:20] = ["\x1b[2J\x07 rm -rf /\n", "nan nan nan nan nan\n", "1 2 3\n",
+                      f"{good[30][0]} inf 1 inf 1\n", "\u202e" * 50 + "\n"]
+    (work / "garbage.log").write_text("".join(garbage))
+    synthetic_log(work / "future.log", now + 3 * 86400)  # its last 2 days are in the future
+    (work / "binary.log").write_bytes(bytes(range(256)) * 64)
+    (work / "long.log").write_text("".join(lines) + "".join(
+        f"{good[-1][0] - i * 86400} 1 1 1 1\n" for i in range(1, 20_000)))
+    config = our_config(tmp_path)
+    code, _, err = run_import(config, cfg)
+    assert code == 1, err  # the binary file could not be read
+    assert all(line.isprintable() for line in err.splitlines()), err
+    assert "binary.log: not a rateup log" in err
+    assert "MRTG target huge: 4 value(s) above 1.25e+09 (10 x MaxBytes) left out" in err
+    assert "garbage.log: 5 line(s) that are not rateup's" in err
+    assert "MRTG target future: " in err and "dated after now left out" in err
+    assert "long.log: more than 10,000 lines" in err
+    assert "5 of 6 series" in err
+    store = RrdStore(config.rrd_dir)
+    for instance in ("Gi0/1", "Gi0/2", "Gi0/3", "Gi0/6"):
+        fetched = store.fetch("192.0.2.1", instance, now - 86400, now, 300)
+        known = [v for v in fetched.columns["in_octets"] if v is not None]
+        assert len(known) > 250 and max(known) < 1.25e8, instance
+    # The file of the log that was ahead takes our collector's next sample.
+    info = store.info("192.0.2.1", "Gi0/4")
+    assert info is not None and rrdtool_last(info.path) <= time.time()
+    template = mrtg.plan(cfg).copies[3].templates[0]
+    report = store.write([dataclasses.replace(template, value=10.0, timestamp=int(time.time()))], 300)
+    assert not report.errors, report.errors
+
+
+def rrdtool_last(path: Path) -> int:
+    import rrdtool
+
+    return int(rrdtool.last(str(path)))
+
+
+def test_escaped_references_pagetop_names_nohc_and_v3_context(tmp_path):
+    """cfgmaker escapes spaces, colons and & in references (`#Port\\ 1`, `#eth0\\:1`) and spaces
+    and @ in communities; a hand-kept config may have lost the "### Interface" comments, but
+    cfgmaker's PageTop still has the ifName row; noHC[] is a key of its own."""
+    cfg = tmp_path / "mrtg.cfg"
+    cfg.write_text("""WorkDir: /nonexistent
+Target[a]: #Port\\ 1:public@192.0.2.1:::::2
+Target[b]: #eth0\\:1:public@192.0.2.1:::::2
+Target[c]: -\\Intel(R)\\ PRO/1000\\ MT:pub\\ lic@192.0.2.1:::::2
+PageTop[c]: <h1>Traffic Analysis for Intel(R) PRO/1000 MT -- srv</h1>
+        <div id="sysdetails">
+            <table>
+                <tr>
+                    <td>Description:</td>
+                    <td>Intel(R) PRO/1000 MT Uplink &amp; backup</td>
+                </tr>
+                <tr>
+                    <td>ifName:</td>
+                    <td>eth7</td>
+                </tr>
+            </table>
+        </div>
+noHC[c]: yes
+Target[d]: ifInErrors#Port\\ 1&ifOutErrors#Port\\ 1:public@192.0.2.1:::::2
+Target[v3]: #ge-0/0/0:user@edge2:::::3
+SnmpOptions[v3]: username=>'mon',contextname=>'vrf-a',authprotocol=>'sha'
+""")
+    parsed = {t.name: mrtg.parse_target(t) for t in mrtg.read_config(cfg).targets}
+    assert {n: (i.identity, i.metrics[0]) for n, i in parsed.items()} == {
+        "a": ("Port 1", "in_octets"), "b": ("eth0:1", "in_octets"), "c": ("eth7", "out_octets"),
+        "d": ("Port 1", "in_errors"), "v3": ("ge-0/0/0", "in_octets")}
+    assert parsed["c"].community == "pub lic"
+    plan = mrtg.plan(cfg)
+    stanzas = "\n".join(plan.stanzas)
+    # (Another community is another [[snmp.devices]], even on the same host.)
+    assert 'include = ["Port 1", "eth0:1"]' in stanzas and 'include = ["eth7"]' in stanzas
+    assert "# eth7: " in stanzas and "Uplink & backup" in stanzas and "nohc" in stanzas
+    assert 'context = "vrf-a"' in stanzas and 'user = "mon"' in stanzas

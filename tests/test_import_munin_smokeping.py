@@ -1,12 +1,13 @@
 """`monitor import munin` and `monitor import smokeping` on files in those tools' exact layouts.
 
 Munin: Debian's munin-update polls Debian's munin-node (its own plugins: cpu, load, memory, df,
-df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, to show that the
-files and the datafile it writes are mapped. It polls with the real clock, so its files hold no
-finished 5-minute row yet: the history test uses files made in exactly its layout
-(DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd, one data source "42", AVERAGE, MIN and MAX at 5 min x
-576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the real files) with 12 days of
-5-minute updates, and its `datafile` with the df labels. SmokePing: its
+df_inode, if_, if_err_, ping_) on loopback, with a temporary configuration, 10 times 5 minutes
+apart on a fake clock (Perl's time(), which munin-update stamps the values with), so 45 minutes of
+real Munin history is imported and compared row by row. The longer history test uses files
+made in exactly its layout (DBDIR/DOMAIN/HOST-PLUGIN-FIELD-T.rrd, one data source "42",
+AVERAGE, MIN and MAX at 5 min x 576, 30 min x 432, 2 h x 540, 1 day x 450, checked against the
+real files) with 12 days of 5-minute updates (a real munin-update would need 3,456 runs), and
+its `datafile` with the df labels. SmokePing: its
 documented Database layout (step 300, uptime, loss, median, ping1..ping20; AVERAGE 1 x 1008,
 AVERAGE/MIN/MAX 12 x 4320 and 144 x 720) under DATADIR/SECTION/NAME.rrd, and a real Targets file.
 The imported rows must equal the other tool's own rows in every archive.
@@ -34,8 +35,9 @@ from importers.commands import cmd_import, register
 from monitor.config import parse_config
 from monitor.store import RrdStore
 from tests.conftest import DATA
+from tests.test_import_mrtg import FAKE_CLOCK
 
-END = 1_800_000_000 - 1_800_000_000 % 86400
+END = 1_700_000_000 - 1_700_000_000 % 86400  # in the past: rows after now are left out
 DAYS = 12
 MUNIN_RRAS = [f"RRA:{cf}:0.5:{steps}:{rows}" for steps, rows in ((1, 576), (6, 432), (24, 540), (288, 450))
               for cf in ("AVERAGE", "MIN", "MAX")]
@@ -229,6 +231,8 @@ def test_smokeping_targets_become_checks_with_median_and_loss_history(tmp_path):
 
 
 MUNIN_UPDATE = Path("/usr/share/munin/munin-update")
+MUNIN_RUNS = 10  # 45 minutes of 5-minute polls
+MUNIN_T0 = END - 86400
 
 
 @pytest.fixture(scope="module")
@@ -284,10 +288,15 @@ def munin_dbdir():
                         f"\n[example.net;web1.example.net]\n    address 127.0.0.1\n    port {port}\n"
                         "    use_node_name no\n")
         conf.chmod(0o644)
-        argv = [str(MUNIN_UPDATE), "--config_file", str(conf)]
+        (tmp / "FakeClock.pm").write_text(FAKE_CLOCK)
+        (tmp / "FakeClock.pm").chmod(0o644)
+        argv = ["perl", f"-I{tmp}", "-MFakeClock", str(MUNIN_UPDATE), "--config_file", str(conf)]
         if as_root:
             argv = ["runuser", "-u", "munin", "--", *argv]
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        for run in range(MUNIN_RUNS):
+            done = subprocess.run(argv, capture_output=True, timeout=120, text=True,
+                                  env={**os.environ, "FAKE_TIME": str(MUNIN_T0 + run * 300)})
+            assert done.returncode == 0, done.stdout + done.stderr
         yield tmp / "db", conf
     finally:
         node.terminate()
@@ -317,9 +326,28 @@ def test_real_munin_update_files_are_mapped(munin_dbdir, tmp_path):
     if any("-df-" in name for name in files):  # the mount points depend on the machine
         assert any(i.startswith("fs:/") and m == "used_percent" for _, i, m in series)
     assert any('host = "127.0.0.1"' in s for s in plan.stanzas)  # from the label, not ping_127_0_0_1
-    code, _, err = run("munin", conf, our_config(tmp_path), "--dry-run")
+    config = our_config(tmp_path)
+    code, _, err = run("munin", conf, config)
     assert code == 0, err
-    assert "no data yet" in err  # one poll: no 5-minute row is complete
+    # Munin's own rows (its 5-minute and 30-minute archives, average and max) are ours.
+    store = RrdStore(config.rrd_dir)
+    end = MUNIN_T0 + (MUNIN_RUNS - 1) * 300
+    compared = 0
+    for name, instance, metric in (("load-load-g", "", "load5"), ("if_lo-down-d", "nic:lo", "in_octets"),
+                                   ("cpu-user-d", "", "cpu_user_percent"),
+                                   ("memory-swap-g", "", "swap_used_bytes")):
+        path = dbdir / "example.net" / f"{host}-{name}.rrd"
+        # (Our 5-minute archive is of averages alone: the max of one sample is the sample.)
+        for resolution, cf in ((300, "AVERAGE"), (1800, "AVERAGE"), (1800, "MAX")):
+            (first, _, step), _, rows = rrdtool.fetch(str(path), cf, "-s", str(MUNIN_T0 - 1800),
+                                                      "-e", str(end), "-r", str(resolution))
+            ours = store.fetch(host, instance, MUNIN_T0 - 1800, end, resolution, cf)
+            mine = dict(zip(ours.timestamps, ours.columns[metric], strict=True))
+            for i, (theirs,) in enumerate(rows):
+                if theirs is not None and step == resolution:
+                    assert mine.get(first + (i + 1) * step) == pytest.approx(theirs), (name, cf, i)
+                    compared += 1
+    assert compared > 30, compared
 
 
 def test_smokepings_own_shipped_configs_become_checks(tmp_path):
@@ -359,11 +387,15 @@ def test_a_damaged_munin_file_is_reported_and_the_others_still_imported(tmp_path
          lambda t: [repr(value(t, 0.5))], days=3)
     good = (domain / f"{host}-load-load-g.rrd").read_bytes()
     (domain / f"{host}-cpu-user-d.rrd").write_bytes(good[:1000])  # cut short
+    # A node added just before the move: its file has no row yet.
+    rrdtool.create(str(domain / "new.example.net-load-load-g.rrd"), "--step", "300", "--start",
+                   str(END - 300), "DS:42:GAUGE:600:U:U", *MUNIN_RRAS)
     config = our_config(tmp_path)
     code, _out, err = run("munin", tmp_path / "munin", config)
     assert code == 1
     assert f"Munin {host} cpu: " in err and "not imported" in err
-    assert "1 of 2 series" in err
+    assert "Munin new.example.net load: no data yet in" in err
+    assert "1 of 3 series" in err
     store = RrdStore(config.rrd_dir)
     assert any(v is not None for v in store.fetch(host, "", END - 86400, END, 1800).columns["load5"])
 

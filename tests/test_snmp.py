@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -60,11 +60,13 @@ async def wait_for_agent(port: int, community: str, proc: subprocess.Popen, what
         client.close()
 
 
-def start_snmpsim(data: Path, cache: Path, community: str) -> tuple[subprocess.Popen, int]:
+def start_snmpsim(data: Path, cache: Path, community: str, v3: Sequence[str] = ()
+                  ) -> tuple[subprocess.Popen, int]:
     """snmpsim serving the recordings in `data` on a free loopback port, once it answers
-    `community`. As root it runs as nobody, who must reach `cache` (and `data`)."""
+    `community`. As root it runs as nobody, who must reach `cache` (and `data`). `v3`: its
+    engine's options (--v3-engine-id=..., --v3-user=...), for SNMPv3 too."""
     port = free_udp_port()
-    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"),
+    argv = [sys.executable, str(ROOT / "scripts" / "run_snmpsim.py"), *v3,
             f"--data-dir={data}", f"--cache-dir={cache}",
             f"--agent-udpv4-endpoint=127.0.0.1:{port}", "--max-var-binds=2000",
             "--logging-method=null"]
