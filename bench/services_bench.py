@@ -176,11 +176,14 @@ def main() -> int:
     finally:
         server.kill()
         server.wait()
-    mixed_ok = mixed_cycle(args.mixed, args.concurrency) if args.mixed else True
+    # Debian's default Dovecot forks an imap-login per connection: its cost, the same for both
+    # sides, bounds the wall ratio; the second run uses Dovecot's high-performance mode.
+    mixed_ok = all(mixed_cycle(args.mixed, args.concurrency, reused) for reused in (False, True)
+                   ) if args.mixed else True
     return 0 if ok == len(checks) and mixed_ok else 1
 
 
-def mixed_cycle(count: int, concurrency: int) -> bool:
+def mixed_cycle(count: int, concurrency: int, reused_login_processes: bool) -> bool:
     """`count` checks of real servers on loopback, a quarter each: SMTP with STARTTLS (postfix),
     IMAPS (dovecot), HTTPS (nginx), DNS (unbound); ours in one cycle against Debian's plugins
     for the same (check_smtp -S, check_imap -S, check_http -S, check_dig) under xargs -P 64.
@@ -193,7 +196,8 @@ def mixed_cycle(count: int, concurrency: int) -> bool:
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         cert = make_cert(work, names=("localhost", "127.0.0.1"))
-        dovecot = stack.enter_context(daemons.dovecot(cert, {"probe@example.test": "unused"}))
+        dovecot = stack.enter_context(daemons.dovecot(cert, {"probe@example.test": "unused"},
+                                                        reused_login_processes))
         postfix = stack.enter_context(daemons.postfix(cert, dovecot))
         https = stack.enter_context(daemons.nginx(cert))
         dns = stack.enter_context(daemons.unbound(work / "unbound", [
@@ -234,9 +238,11 @@ def mixed_cycle(count: int, concurrency: int) -> bool:
         ours = min(m[0] for m in measured)
         cpu = sum(m[1] for m in measured) / len(measured)
         failed = measured[-1][2]
+        mode = "high-performance" if reused_login_processes else "Debian's default"
         print(f"ours: a mixed cycle of {count} checks (SMTP+STARTTLS, IMAPS, HTTPS, DNS against "
-              f"postfix, dovecot, nginx, unbound): {ours:.2f} s wall (best of 3), {cpu:.3f} s CPU "
-              f"(mean), {count - len(failed)} OK{': ' + failed[0] if failed else ''}")
+              f"postfix, dovecot ({mode} login processes), nginx, unbound): {ours:.2f} s wall "
+              f"(best of 3), {cpu:.3f} s CPU (mean), {count - len(failed)} OK"
+              f"{': ' + failed[0] if failed else ''}")
 
         # `env` runs each line's plugin (xargs -L 1 needs a command): a small exec in their count.
         theirs, their_cpu, all_ok = under_xargs(["-L", "1", "env"], commands)

@@ -172,10 +172,13 @@ class Dovecot:
 
 
 @contextlib.contextmanager
-def dovecot(cert: tuple[Path, Path], users: dict[str, str]) -> Iterator[Dovecot]:
+def dovecot(cert: tuple[Path, Path], users: dict[str, str],
+            reused_login_processes: bool = False) -> Iterator[Dovecot]:
     """dovecot with IMAP, IMAPS, POP3, POP3S and LMTP (TCP) on 127.0.0.1 and ::1, `users`
     (name -> password) in a passwd-file, Maildirs under its directory, the certificate `cert`
-    (PEM, key) for TLS."""
+    (PEM, key) for TLS. Debian's default starts an imap-login process per connection
+    ("high-security mode"); `reused_login_processes`: Dovecot's "high-performance mode"
+    (service_count = 0), which busy servers use."""
     _require("/usr/sbin/dovecot")
     import pwd
     import shutil
@@ -222,7 +225,9 @@ default_login_user = dovenull
 auth_failure_delay = 0
 # No growing penalty after the tests' failed logins (anvil skips trusted networks).
 login_trusted_networks = 127.0.0.0/8 ::1/128
-""" + listener("imap-login", "imap") + listener("imap-login", "imaps", True).replace(
+""" + ("service imap-login {\n  service_count = 0\n  process_min_avail = 2\n}\n"
+       if reused_login_processes else "")
+            + listener("imap-login", "imap") + listener("imap-login", "imaps", True).replace(
             "service imap-login {\n", "service imap-login {\n", 1)
             + listener("pop3-login", "pop3") + listener("pop3-login", "pop3s", True)
             + listener("lmtp", "lmtp") + listener("auth", "auth").replace(
